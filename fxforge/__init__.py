@@ -1,0 +1,14 @@
+"""fxforge: an ahead-of-time and just-in-time compiler for PyTorch models.
+
+    import fxforge
+    fast = fxforge.compile(model)            # JIT: a torch.compile backend
+    aot = fxforge.compile_aot(model, (ids,))  # AOT: torch.export, one graph, dynamic dims
+    aot.save("out/"); again = fxforge.load("out/")
+"""
+
+from fxforge.api import compile, compile_aot, load
+from fxforge.config import CompileConfig
+from fxforge.errors import FxforgeError
+
+__version__ = "0.1.0"
+__all__ = ["compile", "compile_aot", "load", "CompileConfig", "FxforgeError", "__version__"]

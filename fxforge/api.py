@@ -1,0 +1,127 @@
+"""The public entry points: `compile` (JIT, a torch.compile backend), `compile_aot` (torch.export,
+one graph, savable) and `load` (an artifact directory, no model source needed).
+
+`compile(model)` returns a shallow copy of the model whose `forward` runs through torch.compile
+with fxforge as the backend: it is still an instance of the model's class, shares its parameters,
+and keeps its methods, so `generate()` of a Hugging Face model runs through the compiled forward.
+Parameters are read into the compiled graphs as weights (by reference, not copied): the compiled
+model is for inference, and a change of weights that changes their shapes needs a recompile.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from typing import Any, Callable
+
+import torch
+from torch._dynamo.backends.common import aot_autograd
+
+from fxforge.compiler import compile_lowered
+from fxforge.config import CompileConfig
+from fxforge.errors import NotCompilableError
+from fxforge.frontend.dynamo import lower_aten_graph, tensor_names
+from fxforge.frontend.export import capture_export
+from fxforge.runtime.module import CompiledModule
+from fxforge.runtime.report import CompileReport
+
+
+class Backend:
+    """The torch.compile backend: ATen graph (via aot_autograd) -> ir.Graph -> passes -> Program."""
+
+    def __init__(self, config: CompileConfig, report: CompileReport, names: dict[int, str]) -> None:
+        self.config = config
+        self.report = report
+        self.names = names
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+        import time
+
+        def fw_compiler(aten_gm: torch.fx.GraphModule, _fake_inputs: list[Any]) -> Callable:
+            start = time.perf_counter()
+            name = f"graph{len(self.report.graphs)}"
+            lowered = lower_aten_graph(aten_gm, example_inputs, self.names, name)
+            aten_ops = sum(1 for n in aten_gm.graph.nodes if n.op == "call_function")
+            record = compile_lowered(lowered, self.config, time.perf_counter() - start, aten_ops)
+            self.report.graphs.append(record)
+            if self.config.debug:
+                print(record.summary())
+            program = record.program
+
+            def run(*args: Any) -> tuple:
+                return tuple(program(*args))
+
+            return run
+
+        return aot_autograd(fw_compiler=fw_compiler)(gm, example_inputs)
+
+
+def compile(model_or_fn: Any = None, config: CompileConfig | None = None, **options: Any) -> Any:
+    """Compile an nn.Module or a function with fxforge (JIT). Works as `compile(model)`,
+    `@compile` and `@compile(config=..., verify=True, ...)`. The result has `.fxforge_report`."""
+    cfg = CompileConfig.from_options(config, **options)
+    if model_or_fn is None:
+        return functools.partial(compile, config=cfg)
+    if isinstance(model_or_fn, torch.nn.Module):
+        return _compile_module(model_or_fn, cfg)
+    if callable(model_or_fn) and not isinstance(model_or_fn, type):
+        return _compile_function(model_or_fn, cfg)
+    raise NotCompilableError(
+        f"fxforge.compile takes a torch.nn.Module or a function, got {type(model_or_fn).__name__}; "
+        "for a class, instantiate it first: fxforge.compile(MyModel())")
+
+
+def _torch_compile(fn: Callable, cfg: CompileConfig, report: CompileReport, names: dict[int, str]) -> Callable:
+    return torch.compile(fn, backend=Backend(cfg, report, names), dynamic=cfg.dynamic, fullgraph=cfg.fullgraph)
+
+
+def _compile_module(model: torch.nn.Module, cfg: CompileConfig) -> torch.nn.Module:
+    report = CompileReport()
+    compiled = copy.copy(model)
+    for attr in ("_parameters", "_buffers", "_modules"):
+        compiled.__dict__[attr] = dict(model.__dict__[attr])
+    compiled.__dict__["forward"] = _torch_compile(model.forward, cfg, report, tensor_names(model))
+    compiled.__dict__["fxforge_report"] = report
+    compiled.__dict__["fxforge_config"] = cfg
+    return compiled
+
+
+def _compile_function(fn: Callable, cfg: CompileConfig) -> Callable:
+    report = CompileReport()
+    compiled = _torch_compile(fn, cfg, report, {})
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return compiled(*args, **kwargs)
+
+    wrapper.fxforge_report = report  # type: ignore[attr-defined]
+    wrapper.fxforge_config = cfg  # type: ignore[attr-defined]
+    return wrapper
+
+
+def compile_aot(model: torch.nn.Module, example_args: tuple | Any, example_kwargs: dict | None = None,
+                config: CompileConfig | None = None, **options: Any) -> CompiledModule:
+    """Capture the whole model with torch.export and compile it into a `CompiledModule`, which
+    runs at any size of its dynamic dims without recompiling and can be saved with `.save(dir)`."""
+    cfg = CompileConfig.from_options(config, **options)
+    if not isinstance(model, torch.nn.Module):
+        raise NotCompilableError(f"compile_aot takes a torch.nn.Module, got {type(model).__name__}; "
+                                 "wrap a function in a Module, or use fxforge.compile(fn)")
+    args = example_args if isinstance(example_args, tuple) else (example_args,)
+    capture = capture_export(model.eval(), args, example_kwargs, dynamic=cfg.dynamic is not False)
+    aten_ops = sum(1 for op in capture.lowered.graph.ops)
+    capture.lowered.notes[:0] = [n for n in capture.notes if n not in capture.lowered.notes]
+    record = compile_lowered(capture.lowered, cfg, capture.seconds, aten_ops)
+    arg_names = list(inspect.signature(model.forward).parameters)
+    module = CompiledModule(record, capture.in_spec, capture.out_spec, arg_names, cfg, type(model).__name__)
+    if cfg.debug:
+        print(record.summary())
+    return module
+
+
+def load(path: str) -> CompiledModule:
+    """Load an artifact directory written by `CompiledModule.save` or `fxforge compile`."""
+    from fxforge.runtime.artifact import load_artifact
+
+    return load_artifact(path)

@@ -1,0 +1,64 @@
+"""`CompileConfig`: every option of a compile, validated when made, serialisable into artifacts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fxforge.errors import ConfigError
+
+EXECUTOR_CHOICES = ("auto", "reference", "interpret", "triton")
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """Options of `fxforge.compile` and the CLI.
+
+    passes: the pass pipeline by name (None: the default pipeline); disable: names to skip.
+    executor: "auto" (reference on a CPU), "reference", "interpret" (Triton's CPU interpreter)
+        or "triton" (a GPU).
+    verify: verify the IR after every pass. debug: verify, and print the report after compiling.
+    dynamic: dynamic shapes (JIT: torch.compile's `dynamic`; AOT: export every dim as Dim.AUTO).
+    fullgraph: JIT only: fail on a graph break instead of running it in Python.
+    """
+
+    passes: tuple[str, ...] | None = None
+    disable: tuple[str, ...] = ()
+    executor: str = "auto"
+    verify: bool = False
+    debug: bool = False
+    dynamic: bool | None = None
+    fullgraph: bool = False
+    pass_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTOR_CHOICES:
+            raise ConfigError(f"executor={self.executor!r} is not one of {EXECUTOR_CHOICES}")
+        for name in ("passes", "disable"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
+                raise ConfigError(f"{name} must be a list of pass names, got {value!r}")
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+    @classmethod
+    def from_options(cls, config: CompileConfig | None = None, **options: Any) -> CompileConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown compile option(s) {unknown}; known options: {sorted(known)}")
+        if config is not None and not isinstance(config, CompileConfig):
+            raise ConfigError(f"config must be a fxforge.CompileConfig, got {type(config).__name__}")
+        return dataclasses.replace(config or cls(), **options)
+
+    @property
+    def checks(self) -> bool:
+        return self.verify or self.debug
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CompileConfig:
+        return cls.from_options(None, **data)

@@ -1,0 +1,402 @@
+"""The one table from ATen ops to fxforge ops.
+
+Each entry is a small function `lower(b, *args, **kwargs)` registered for one or more ATen
+overloads with `@lowers(...)`; args arrive as aten's schema gives them, with tensors already turned
+into IR Values and symbolic sizes into sympy. A lowering returns a Value, a tuple of Values (ops
+with several results), or `None` for ops with no value (asserts). A lowering that cannot express
+a particular call raises `Unsupported`, and the node becomes an `extern` call to torch instead.
+Shape-changing views take their target shape from the node's metadata, so `-1` is already resolved.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import torch
+
+from fxforge.frontend.builder import Builder, Unsupported
+from fxforge.ir.dtypes import DType
+from fxforge.ir.graph import Value
+from fxforge.ir.optable import BINARY, UNARY
+
+aten = torch.ops.aten
+Lowering = Callable[..., Any]
+LOWERINGS: dict[Any, Lowering] = {}
+INT64_MAX = 2**63 - 1
+
+
+def lowers(*targets) -> Callable[[Lowering], Lowering]:
+    def register(fn: Lowering) -> Lowering:
+        for t in targets:
+            LOWERINGS[t] = fn
+        return fn
+
+    return register
+
+
+def _overloads(name: str, *overloads: str) -> list:
+    packet = getattr(aten, name)
+    return [getattr(packet, o) for o in overloads if hasattr(packet, o)]
+
+
+# -- pointwise --------------------------------------------------------------------------------------
+
+def _binary(opcode: str) -> Lowering:
+    def lower(b: Builder, x, y, *, alpha=1):
+        if not isinstance(x, Value) and not isinstance(y, Value):
+            raise Unsupported("both operands are scalars")
+        like = x if isinstance(x, Value) else y
+        x, y = b.tensor(x, like), b.tensor(y, like)
+        if alpha != 1:
+            y = b.op("mul", y, b.tensor(alpha, y))
+        return b.op(opcode, x, y)
+
+    return lower
+
+
+_ALIASES = {"logical_and": ["logical_and"], "bitwise_and": ["bitwise_and", "__and__"],
+            "bitwise_or": ["bitwise_or", "__or__"], "bitwise_xor": ["bitwise_xor", "__xor__"]}
+for _opcode in BINARY:
+    for _name in _ALIASES.get(_opcode, [_opcode]):
+        lowers(*_overloads(_name, "Tensor", "Scalar", "Tensor_Scalar", "Tensor_Tensor", "Scalar_Tensor", "self"))(_binary(_opcode))
+
+for _opcode in UNARY:
+    lowers(*_overloads(_opcode, "default"))(lambda b, x, _op=_opcode: b.op(_op, x))
+
+
+@lowers(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, aten.div.Scalar_mode)
+def _div(b, x, y, *, rounding_mode=None):
+    like = x if isinstance(x, Value) else y
+    return b.op("div", b.tensor(x, like), b.tensor(y, like), rounding_mode=rounding_mode)
+
+
+@lowers(aten.gelu.default)
+def _gelu(b, x, approximate="none"):
+    return b.op("gelu", x, approximate=approximate)
+
+
+@lowers(*_overloads("where", "self", "ScalarOther", "ScalarSelf", "Scalar"))
+def _where(b, cond, x, y):
+    like = x if isinstance(x, Value) else y if isinstance(y, Value) else None
+    return b.op("where", cond, b.tensor(x, like), b.tensor(y, like))
+
+
+@lowers(aten.clamp.default)
+def _clamp(b, x, min=None, max=None):
+    return b.op("clamp", x, min=min, max=max)
+
+
+lowers(aten.clamp_min.default)(lambda b, x, lo: b.op("clamp", x, min=lo))
+lowers(aten.clamp_max.default)(lambda b, x, hi: b.op("clamp", x, max=hi))
+lowers(aten.triu.default)(lambda b, x, diagonal=0: b.op("triu", x, diagonal=diagonal))
+lowers(aten.tril.default)(lambda b, x, diagonal=0: b.op("tril", x, diagonal=diagonal))
+
+
+def _cast_to(b: Builder, x: Value, dtype: torch.dtype | None) -> Value:
+    if dtype is None or DType.from_torch(dtype) == x.type.dtype:
+        return x
+    return b.op("cast", x, dtype=DType.from_torch(dtype))
+
+
+def _check_device(device) -> None:
+    if device is not None and torch.device(device).type != "cpu":
+        raise Unsupported(f"device move to {device}")
+
+
+@lowers(aten._to_copy.default)
+def _to_copy(b, x, *, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
+    _check_device(device)
+    return _cast_to(b, x, dtype)
+
+
+@lowers(aten.to.dtype)
+def _to_dtype(b, x, dtype, non_blocking=False, copy=False, memory_format=None):
+    return _cast_to(b, x, dtype)
+
+
+@lowers(aten.to.dtype_layout)
+def _to_dtype_layout(b, x, *, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, copy=False, memory_format=None):
+    _check_device(device)
+    return _cast_to(b, x, dtype)
+
+
+@lowers(aten.to.device)
+def _to_device(b, x, device, dtype, non_blocking=False, copy=False, memory_format=None):
+    _check_device(device)
+    return _cast_to(b, x, dtype)
+
+
+@lowers(aten.type_as.default)
+def _type_as(b, x, other):
+    return _cast_to(b, x, other.type.dtype.torch)
+
+
+# -- values that are the same value ------------------------------------------------------------------
+
+@lowers(aten.clone.default, aten.alias.default, aten.detach.default, aten.contiguous.default,
+        aten.lift_fresh_copy.default, *_overloads("lift_fresh", "default"))
+def _identity(b, x, *args, **kwargs):
+    return x
+
+
+@lowers(aten.dropout.default)
+def _dropout(b, x, p, train):
+    if train and p > 0:
+        raise Unsupported("dropout in training mode")
+    return x
+
+
+@lowers(aten._assert_tensor_metadata.default, *_overloads("_assert_scalar", "default"),
+        *_overloads("sym_constrain_range_for_size", "default"), *_overloads("_assert_async", "msg"))
+def _no_value(b, *args, **kwargs):
+    return None
+
+
+# -- reductions -------------------------------------------------------------------------------------
+
+def _reduction(opcode: str) -> Lowering:
+    def lower(b, x, dims=None, keepdim=False, *, dtype=None):
+        if opcode in ("amax", "amin", "any") and dtype is not None:
+            raise Unsupported("dtype on a max/min reduction")
+        dims = (dims,) if isinstance(dims, int) else dims
+        return b.op(opcode, x, dims=tuple(dims) if dims else None, keepdim=keepdim,
+                    dtype=DType.from_torch(dtype) if dtype is not None else None)
+
+    return lower
+
+
+for _opcode, _names in {"sum": ["dim_IntList", "default"], "mean": ["dim", "default"], "amax": ["default"],
+                        "amin": ["default"], "any": ["dim", "dims", "default"]}.items():
+    lowers(*_overloads(_opcode, *_names))(_reduction(_opcode))
+
+
+lowers(aten.argmax.default)(lambda b, x, dim=None, keepdim=False: _argmax(b, x, dim, keepdim))
+
+
+def _argmax(b, x, dim, keepdim):
+    if dim is None:
+        raise Unsupported("argmax over all dims")
+    return b.op("argmax", x, dim=dim, keepdim=keepdim)
+
+
+@lowers(aten.cumsum.default)
+def _cumsum(b, x, dim, *, dtype=None):
+    return b.op("cumsum", x, dim=dim, dtype=DType.from_torch(dtype) if dtype is not None else None)
+
+
+# -- shape ops --------------------------------------------------------------------------------------
+
+@lowers(aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.unsqueeze.default,
+        aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.flatten.using_ints,
+        aten.unflatten.int, aten.view_as.default, aten.reshape_as.default)
+def _reshape(b, x, *args):
+    shape = b.meta_shape()
+    if shape == x.type.shape:
+        return x
+    return b.op("reshape", x, shape=shape)
+
+
+@lowers(aten.permute.default)
+def _permute(b, x, dims):
+    return b.op("permute", x, dims=tuple(d % max(x.type.rank, 1) for d in dims))
+
+
+@lowers(aten.transpose.int)
+def _transpose(b, x, d0, d1):
+    dims = list(range(x.type.rank))
+    d0, d1 = d0 % x.type.rank, d1 % x.type.rank
+    dims[d0], dims[d1] = dims[d1], dims[d0]
+    return b.op("permute", x, dims=tuple(dims))
+
+
+@lowers(aten.t.default)
+def _t(b, x):
+    return x if x.type.rank < 2 else b.op("permute", x, dims=(1, 0))
+
+
+@lowers(aten.expand.default, aten.expand_as.default)
+def _expand(b, x, *args, **kwargs):
+    shape = b.meta_shape()
+    return x if shape == x.type.shape else b.op("expand", x, shape=shape)
+
+
+def _slice_value(b: Builder, x: Value, dim: int, start, end, step: int) -> Value:
+    dim %= x.type.rank
+    size = x.type.shape[dim]
+    start = 0 if start is None else start
+    end = size if end is None or (isinstance(end, int) and end >= INT64_MAX // 2) else end
+    if isinstance(start, int) and start < 0:
+        start = start + size
+    if isinstance(end, int) and end < 0:
+        end = end + size
+    if isinstance(size, int) and isinstance(end, int):
+        end = min(end, size)
+    if start == 0 and end == size and step == 1:
+        return x
+    return b.op("slice", x, dim=dim, start=start, end=end, step=step)
+
+
+@lowers(aten.slice.Tensor)
+def _slice(b, x, dim=0, start=None, end=None, step=1):
+    out = _slice_value(b, x, dim, start, end, step)
+    if out is not x and out.type.shape != b.meta_shape():
+        raise Unsupported("slice bounds beyond the tensor")
+    return out
+
+
+@lowers(aten.narrow.default)
+def _narrow(b, x, dim, start, length):
+    return _slice_value(b, x, dim, start, start + length, 1)
+
+
+@lowers(aten.select.int)
+def _select(b, x, dim, index):
+    dim %= x.type.rank
+    if isinstance(index, int) and index < 0:
+        index = index + x.type.shape[dim]
+    s = _slice_value(b, x, dim, index, index + 1, 1)
+    return b.op("reshape", s, shape=b.meta_shape())
+
+
+@lowers(aten.cat.default)
+def _cat(b, xs, dim=0):
+    xs = [x for x in xs if not (x.type.rank == 1 and x.type.shape[0] == 0)]
+    return xs[0] if len(xs) == 1 else b.op("cat", *xs, dim=dim % xs[0].type.rank)
+
+
+@lowers(aten.split.Tensor, aten.split_with_sizes.default)
+def _split(b, x, sizes, dim=0):
+    dim %= x.type.rank
+    shapes = [b.symbols.shape(m.shape) for m in b.meta]
+    out, start = [], 0
+    for shape in shapes:
+        out.append(_slice_value(b, x, dim, start, start + shape[dim], 1))
+        start = start + shape[dim]
+    return tuple(out)
+
+
+@lowers(aten.index_select.default)
+def _index_select(b, x, dim, index):
+    return b.op("index_select", x, index, dim=dim % x.type.rank)
+
+
+@lowers(aten.gather.default)
+def _gather(b, x, dim, index, sparse_grad=False):
+    return b.op("gather", x, index, dim=dim % x.type.rank)
+
+
+@lowers(aten.index.Tensor)
+def _index(b, x, indices):
+    picked = [(d, i) for d, i in enumerate(indices) if i is not None]
+    if len(picked) != 1 or picked[0][1].type.rank != 1 or picked[0][1].type.dtype == DType.bool:
+        raise Unsupported("advanced indexing beyond one 1-D integer index")
+    d, idx = picked[0]
+    return b.op("index_select", x, idx, dim=d)
+
+
+# -- GEMMs ------------------------------------------------------------------------------------------
+
+lowers(aten.mm.default, aten.bmm.default, aten.matmul.default)(lambda b, x, y: b.op("matmul", x, y))
+
+
+@lowers(aten.linear.default)
+def _linear(b, x, w, bias=None):
+    return b.op("linear", x, w, *([bias] if bias is not None else []))
+
+
+@lowers(aten.addmm.default)
+def _addmm(b, bias, x, y, *, beta=1, alpha=1):
+    if beta != 1 or alpha != 1:
+        raise Unsupported("addmm with beta/alpha")
+    return b.op("add", b.op("matmul", x, y), bias)
+
+
+@lowers(aten.embedding.default)
+def _embedding(b, w, ids, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    return b.op("embedding", w, ids)
+
+
+# -- composites -------------------------------------------------------------------------------------
+
+@lowers(aten.layer_norm.default)
+def _layer_norm(b, x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    if len(normalized_shape) != 1 or (bias is not None and weight is None):
+        raise Unsupported("layer_norm over several dims, or with a bias but no weight")
+    return b.op("layer_norm", x, *[v for v in (weight, bias) if v is not None], eps=eps)
+
+
+@lowers(aten.native_layer_norm.default)
+def _native_layer_norm(b, x, normalized_shape, weight, bias, eps):
+    # mean and rstd are only for backward; a use of them makes the getitem fail and go extern.
+    return (_layer_norm(b, x, normalized_shape, weight, bias, eps), None, None)
+
+
+@lowers(aten._softmax.default, aten.softmax.int)
+def _softmax(b, x, dim, half_to_float_or_dtype=None):
+    if isinstance(half_to_float_or_dtype, torch.dtype):
+        x = _cast_to(b, x, half_to_float_or_dtype)
+    elif half_to_float_or_dtype:
+        raise Unsupported("softmax with half_to_float")
+    return b.op("softmax", x, dim=dim % x.type.rank)
+
+
+@lowers(aten._log_softmax.default, aten.log_softmax.int)
+def _log_softmax(b, x, dim, half_to_float_or_dtype=None):
+    if half_to_float_or_dtype not in (None, False):
+        raise Unsupported("log_softmax with a dtype")
+    return b.op("log_softmax", x, dim=dim % x.type.rank)
+
+
+@lowers(aten.scaled_dot_product_attention.default)
+def _sdpa(b, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
+    if dropout_p:
+        raise Unsupported("attention dropout")
+    return b.op("attention", q, k, v, *([attn_mask] if attn_mask is not None else []),
+                scale=scale, is_causal=is_causal, enable_gqa=enable_gqa)
+
+
+@lowers(*_overloads("_scaled_dot_product_flash_attention_for_cpu", "default"))
+def _sdpa_flash_cpu(b, q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
+    return (_sdpa(b, q, k, v, attn_mask, dropout_p, is_causal, scale=scale), None)
+
+
+# -- sources ----------------------------------------------------------------------------------------
+
+def _full_value(b: Builder, value) -> Value:
+    t = b.meta_type()
+    return b.op("full", shape=t.shape, value=value, dtype=t.dtype)
+
+
+lowers(aten.full.default, aten.new_full.default)(lambda b, *args, **kw: _full_value(b, _fill_arg(args)))
+lowers(aten.zeros.default, aten.new_zeros.default, aten.zeros_like.default)(lambda b, *a, **kw: _full_value(b, 0))
+lowers(aten.ones.default, aten.new_ones.default, aten.ones_like.default)(lambda b, *a, **kw: _full_value(b, 1))
+lowers(aten.full_like.default)(lambda b, x, value, **kw: _full_value(b, value))
+lowers(aten.scalar_tensor.default)(lambda b, value, **kw: _full_value(b, value))
+
+
+def _fill_arg(args):
+    value = args[-1]
+    if isinstance(value, Value):
+        raise Unsupported("fill value is a tensor")
+    return value
+
+
+@lowers(aten.arange.default, aten.arange.start, aten.arange.start_step)
+def _arange(b, *args, dtype=None, layout=None, device=None, pin_memory=None):
+    start, end, step = (0, args[0], 1) if len(args) == 1 else (args[0], args[1], args[2] if len(args) > 2 else 1)
+    if any(isinstance(v, float) for v in (start, end, step)):
+        raise Unsupported("float arange")
+    return b.op("arange", start=start, end=end, step=step, dtype=b.meta_type().dtype)
+
+
+# -- tuples -----------------------------------------------------------------------------------------
+
+@lowers(operator.getitem)
+def _getitem(b, values, index):
+    if not isinstance(values, (tuple, list)):
+        raise Unsupported("getitem on a single value")
+    picked = values[index]
+    if picked is None:
+        raise Unsupported("this result of the op is not computed by its fxforge lowering")
+    return picked

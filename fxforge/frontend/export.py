@@ -1,0 +1,108 @@
+"""AOT capture with torch.export: the whole model as one graph, dynamic dims as symbols.
+
+Every dim of every tensor input is exported as `Dim.AUTO`: torch keeps it symbolic unless the
+model forces a size (an example dim of size 1 is specialised to 1 by torch, so give examples with
+batch and sequence >= 2 to keep them dynamic; the capture notes which dims stayed static).
+Hugging Face models are exported with `use_cache=False` unless the caller says otherwise: the
+`DynamicCache` they return is not a pytree torch.export can output (the JIT path keeps the cache).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.export import Dim
+from torch.utils import _pytree as pytree
+
+from fxforge.errors import CaptureError, InputError
+from fxforge.frontend.fx_to_ir import FxToIR, InputSlot, Lowered
+
+
+@dataclass
+class Capture:
+    lowered: Lowered
+    in_spec: Any  # pytree spec of (args, kwargs)
+    out_spec: Any  # pytree spec of the outputs
+    seconds: float
+    notes: list[str]
+
+
+def _check_inputs(args: tuple, kwargs: dict) -> None:
+    for leaf in pytree.tree_leaves((args, kwargs)):
+        if not isinstance(leaf, (torch.Tensor, int, float, bool, str, type(None))):
+            raise InputError(f"example input of type {type(leaf).__name__} cannot be captured; pass tensors "
+                             "(or nested tuples/lists/dicts of tensors)")
+
+
+def _dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+    """Dim.AUTO for every dim of every tensor, keyed by forward()'s parameter names as export wants."""
+
+    def spec(x):
+        return {i: Dim.AUTO for i in range(x.dim())} if isinstance(x, torch.Tensor) else None
+
+    bound = inspect.signature(model.forward).bind_partial(*args, **kwargs)
+    return {name: pytree.tree_map(spec, value) for name, value in bound.arguments.items()}
+
+
+def hf_export_kwargs(model: torch.nn.Module, kwargs: dict) -> tuple[dict, list[str]]:
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", False) and "use_cache" not in kwargs:
+        return {**kwargs, "use_cache": False}, ["Hugging Face model exported with use_cache=False "
+                                                "(torch.export cannot return a DynamicCache); use fxforge.compile for generation"]
+    return kwargs, []
+
+
+def capture_export(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dynamic: bool = True) -> Capture:
+    """torch.export the model on example inputs and lower it to an ir.Graph."""
+    kwargs, notes = hf_export_kwargs(model, dict(kwargs or {}))
+    _check_inputs(args, kwargs)
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs) if dynamic else None,
+                                     strict=False)
+    except Exception as e:  # torch raises many kinds; all mean "not capturable as one graph"
+        raise CaptureError(
+            f"torch.export could not capture {type(model).__name__} as one graph: {type(e).__name__}: {_first_lines(e)}\n"
+            "Fix: use fxforge.compile(model) (the JIT path: graph breaks run in Python), or change the "
+            "model's data-dependent control flow."
+        ) from e
+    lowered = lower_exported(ep, model)
+    _note_static_dims(lowered, args, kwargs, notes)
+    return Capture(lowered, ep.call_spec.in_spec, ep.call_spec.out_spec, time.perf_counter() - start, notes + lowered.notes)
+
+
+def lower_exported(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None) -> Lowered:
+    state = {}
+    if model is not None:
+        state.update(model.named_parameters(remove_duplicate=False))
+        state.update(model.named_buffers(remove_duplicate=False))
+    weights: dict[str, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind.name in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
+            tensor = state.get(spec.target)
+            if tensor is None:
+                tensor = ep.state_dict.get(spec.target, ep.constants.get(spec.target))
+            weights[spec.arg.name] = spec.target
+            tensors[spec.target] = tensor
+    lowered = FxToIR(ep.graph_module, weights).run(tensors)
+    lowered.inputs = [s for s in lowered.inputs if s.kind != "weight"]
+    return lowered
+
+
+def _note_static_dims(lowered: Lowered, args, kwargs, notes: list[str]) -> None:
+    static = [f"%{v.name}{list(v.type.shape)}" for v in lowered.graph.inputs if v.type.rank and v.type.is_static]
+    if static:
+        notes.append("inputs with only static dims (an example dim of size 1 is specialised by torch.export): " + ", ".join(static))
+
+
+def _first_lines(e: Exception, n: int = 6) -> str:
+    return "\n".join(str(e).strip().splitlines()[:n])
+
+
+__all__ = ["Capture", "capture_export", "lower_exported", "InputSlot"]

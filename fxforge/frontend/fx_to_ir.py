@@ -1,0 +1,221 @@
+"""An ATen-level torch.fx graph -> `ir.Graph`.
+
+Both capture paths (torch.export and the torch.compile backend) end here. Placeholders become graph
+inputs, or `const` ops when they are parameters, buffers or constants; symbolic-size placeholders
+become symbols bound at run time; each call goes through `aten_table.LOWERINGS`, and a node without
+a lowering (or whose lowering refuses it) becomes an `extern` call to torch. Every lowered node is
+checked against the dtype and shape torch recorded for it; a mismatch is a lowering bug, so that
+node falls back to an extern and the report says so, rather than computing something else.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+import torch
+import torch.fx
+
+from fxforge.frontend.aten_table import LOWERINGS
+from fxforge.frontend.builder import Builder, Unsupported
+from fxforge.frontend.symbols import SymbolTable
+from fxforge.ir.dtypes import DType
+from fxforge.ir.graph import Graph, Value
+from fxforge.ir.optable import OperandRef
+from fxforge.ir.types import TensorType
+
+
+@dataclass
+class InputSlot:
+    """How one flat runtime argument reaches the graph: a tensor input, a size symbol, or ignored
+    (a parameter the graph holds as a weight, or a value the graph does not read)."""
+
+    kind: str  # "tensor" | "symbol" | "weight" | "const"
+    symbol: sympy.Symbol | None = None
+    value: Any = None  # for "const": the value it was captured with
+
+
+@dataclass
+class Lowered:
+    graph: Graph
+    inputs: list[InputSlot]
+    outputs: list[Any]  # per flat output: ("value", i) | ("symbol", expr) | ("const", python value)
+    externs: dict[str, int] = field(default_factory=dict)  # aten target -> count of extern nodes
+    notes: list[str] = field(default_factory=list)
+
+
+def target_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return f"aten.{target._schema.name.split('::')[-1]}.{target._overloadname}"
+    return getattr(target, "__name__", str(target))
+
+
+class FxToIR:
+    def __init__(self, gm: torch.fx.GraphModule, weights: dict[str, str | None], name: str = "forward") -> None:
+        """weights: placeholder name -> weight name for parameters/buffers/constants."""
+        self.gm = gm
+        self.weight_of_placeholder = weights
+        self.graph = Graph(name)
+        self.symbols = SymbolTable()
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.result = Lowered(self.graph, [], [])
+
+    # -- entry ----------------------------------------------------------------------------------
+    def run(self, tensors: dict[str, torch.Tensor]) -> Lowered:
+        """tensors: weight name -> the tensor (shared with the model, not copied)."""
+        nodes = list(self.gm.graph.nodes)
+        for node in nodes:  # bind the symbols of inputs first, in order, so they are s0, s1, ...
+            if node.op == "placeholder" and node.name not in self.weight_of_placeholder:
+                val = node.meta.get("val")
+                if isinstance(val, torch.Tensor):
+                    self.symbols.shape(val.shape)
+                elif isinstance(val, torch.SymInt):
+                    self.symbols.dim(val)
+        for node in nodes:
+            handler = getattr(self, f"_{node.op}")
+            handler(node, tensors)
+        return self.result
+
+    # -- node kinds -----------------------------------------------------------------------------
+    def _placeholder(self, node: torch.fx.Node, tensors) -> None:
+        val = node.meta.get("val")
+        wname = self.weight_of_placeholder.get(node.name)
+        if wname is not None:
+            self.env[node] = self._const(wname, tensors[wname])
+            self.result.inputs.append(InputSlot("weight"))
+        elif isinstance(val, torch.Tensor):
+            t = TensorType(self.symbols.shape(val.shape), DType.from_torch(val.dtype))
+            self.env[node] = self.graph.add_input(node.name, t)
+            self.result.inputs.append(InputSlot("tensor"))
+        elif isinstance(val, torch.SymInt):
+            expr = self.symbols.dim(val)
+            self.env[node] = expr
+            self.result.inputs.append(InputSlot("symbol", expr if isinstance(expr, sympy.Symbol) else None))
+        else:
+            self.env[node] = val
+            self.result.inputs.append(InputSlot("const", value=val))
+
+    def _get_attr(self, node: torch.fx.Node, tensors) -> None:
+        obj = self.gm
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        if not isinstance(obj, torch.Tensor):
+            raise Unsupported(f"get_attr of a {type(obj).__name__}")
+        name = f"constants.{node.target}"
+        self.env[node] = self._const(name, obj)
+
+    def _const(self, name: str, tensor: torch.Tensor) -> Value:
+        wname = name.replace("/", ".")
+        if wname not in self.graph.weights:
+            self.graph.add_weight(wname, tensor.detach())
+        return self.graph.add_op("const", attrs={"weight": wname}, name=wname.rsplit(".", 2)[-2] if "." in wname else wname).result
+
+    def _call_function(self, node: torch.fx.Node, tensors) -> None:
+        if node.target is torch.ops.aten.sym_size.int or _is_sym_node(node):
+            self.env[node] = self.symbols.dim(node.meta["val"])
+            return
+        lowering = LOWERINGS.get(node.target)
+        if lowering is not None:
+            try:
+                self.env[node] = self._lower(node, lowering)
+                return
+            except Unsupported as e:
+                self.result.notes.append(f"{node.name} ({target_name(node.target)}): {e}; runs through torch")
+        if node.target is operator.getitem:
+            raise Unsupported(f"getitem on {node.args[0]} cannot be lowered")
+        self.env[node] = self._extern(node)
+
+    def _lower(self, node: torch.fx.Node, lowering) -> Any:
+        args, kwargs = self._convert(node.args), self._convert(node.kwargs)
+        b = Builder(self.graph, self.symbols, node.meta.get("val"), node.name)
+        out = lowering(b, *args, **kwargs)
+        self._check(node, out)
+        if isinstance(out, tuple):
+            for user in node.users:
+                if user.target is operator.getitem and out[user.args[1]] is None:
+                    raise Unsupported(f"result {user.args[1]} is used but not lowered")
+        return out
+
+    def _check(self, node: torch.fx.Node, out: Any) -> None:
+        """The lowering must give torch's dtype and shape; anything else is a lowering bug."""
+        metas = node.meta.get("val")
+        pairs = zip(out, metas) if isinstance(out, tuple) else [(out, metas)]
+        for value, meta in pairs:
+            if isinstance(value, Value) and isinstance(meta, torch.Tensor):
+                want = TensorType(self.symbols.shape(meta.shape), DType.from_torch(meta.dtype))
+                if not value.type.same_as(want):
+                    raise Unsupported(f"lowering gave {value.type.dtype}{list(value.type.shape)}, torch gives {want.dtype}{list(want.shape)}")
+
+    def _extern(self, node: torch.fx.Node) -> Any:
+        if not isinstance(node.target, torch._ops.OpOverload):
+            raise Unsupported(f"{target_name(node.target)} is not an ATen op and cannot run as an extern")
+        operands: list[Value] = []
+        args = _template(self._convert(node.args), operands)
+        kwargs = _template(self._convert(node.kwargs), operands)
+        metas = node.meta.get("val")
+        multi = isinstance(metas, (tuple, list))
+        metas_list = list(metas) if multi else [metas]
+        if not all(isinstance(m, torch.Tensor) for m in metas_list):
+            raise Unsupported(f"{target_name(node.target)} returns non-tensors")
+        types = [TensorType(self.symbols.shape(m.shape), DType.from_torch(m.dtype)) for m in metas_list]
+        name = target_name(node.target)
+        self.result.externs[name] = self.result.externs.get(name, 0) + 1
+        op = self.graph.add_op("extern", operands, {"target": name, "args": args, "kwargs": kwargs}, types, name=node.name)
+        return tuple(op.results) if multi else op.result
+
+    def _output(self, node: torch.fx.Node, tensors) -> None:
+        flat = node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]]
+        values: list[Value] = []
+        for item in flat:
+            item = self._convert(item)
+            if isinstance(item, Value):
+                self.result.outputs.append(("value", len(values)))
+                values.append(item)
+            elif isinstance(item, sympy.Expr):
+                self.result.outputs.append(("symbol", item))
+            else:
+                self.result.outputs.append(("const", item))
+        self.graph.set_outputs(values)
+
+    def _call_module(self, node, tensors) -> None:
+        raise Unsupported(f"call_module {node.target}: the graph must be ATen-level")
+
+    _call_method = _call_module
+
+    # -- arguments ------------------------------------------------------------------------------
+    def _convert(self, a: Any) -> Any:
+        if isinstance(a, torch.fx.Node):
+            return self.env[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self._convert(x) for x in a) if isinstance(a, tuple) else [self._convert(x) for x in a]
+        if isinstance(a, dict):
+            return {k: self._convert(v) for k, v in a.items()}
+        if isinstance(a, torch.SymInt):
+            return self.symbols.dim(a)
+        return a
+
+
+def _is_sym_node(node: torch.fx.Node) -> bool:
+    return isinstance(node.meta.get("val"), torch.SymInt)
+
+
+def _template(a: Any, operands: list[Value]) -> Any:
+    """Args for an extern: Values become `$i` operand references; torch enums become strings."""
+    if isinstance(a, Value):
+        operands.append(a)
+        return OperandRef(len(operands) - 1)
+    if isinstance(a, (list, tuple)):
+        return tuple(_template(x, operands) for x in a)
+    if isinstance(a, dict):
+        return {k: _template(v, operands) for k, v in a.items()}
+    if isinstance(a, torch.dtype):
+        return DType.from_torch(a)
+    if isinstance(a, torch.device):
+        return str(a)
+    if isinstance(a, (torch.layout, torch.memory_format)):
+        return str(a)  # "torch.strided", ...: turned back into the object when the extern runs
+    if a is None or isinstance(a, (bool, int, float, str, sympy.Expr)):
+        return a
+    raise Unsupported(f"extern argument of type {type(a).__name__}")

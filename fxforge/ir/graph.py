@@ -1,0 +1,270 @@
+"""The SSA graph: `Value`, `Op`, `Weight` and `Graph`.
+
+A `Graph` owns ordered ops, its inputs and outputs, and a weight table. It keeps use-def chains up
+to date through its mutators (`add_op`, `insert_before`, `replace_all_uses`, `erase`), so passes
+never edit `operands` or `uses` lists by hand. `graph.nx()` is a networkx view for global analyses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import networkx as nx
+import torch
+
+from fxforge.ir import optable  # noqa: F401  (fills the op table)
+from fxforge.ir.dtypes import DType
+from fxforge.ir.errors import IRError, ShapeError
+from fxforge.ir.ops import OpDef, lookup
+from fxforge.ir.types import Encoding, TensorType
+
+_NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def freeze(value: Any) -> Any:
+    """Attribute values are immutable: lists become tuples, recursively (so ops hash for CSE)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, dict):
+        return {k: freeze(v) for k, v in value.items()}
+    return value
+
+
+class Value:
+    """One SSA result (or graph input), with its type and the ops that use it."""
+
+    __slots__ = ("name", "type", "producer", "uses")
+
+    def __init__(self, name: str, type: TensorType, producer: Op | None = None) -> None:
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.uses: list[Op] = []
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type.dtype}{list(self.type.shape)}"
+
+
+class Op:
+    """One operation: opcode from the op table, operands, attributes and results."""
+
+    __slots__ = ("opcode", "operands", "attrs", "results", "graph")
+
+    def __init__(self, opcode: str, operands: list[Value], attrs: dict[str, Any], graph: Graph | None = None) -> None:
+        self.opcode = opcode
+        self.operands = list(operands)
+        self.attrs = dict(attrs)
+        self.results: list[Value] = []
+        self.graph = graph
+
+    @property
+    def opdef(self) -> OpDef:
+        return lookup(self.opcode)
+
+    @property
+    def result(self) -> Value:
+        if len(self.results) != 1:
+            raise IRError(f"{self.opcode} has {len(self.results)} results; use .results")
+        return self.results[0]
+
+    def __repr__(self) -> str:
+        res = ", ".join(f"%{r.name}" for r in self.results)
+        ops = ", ".join(f"%{v.name}" for v in self.operands)
+        return f"{res} = {self.opcode}({ops}) {self.attrs}"
+
+
+@dataclass
+class Weight:
+    """A constant tensor of the graph. `payload` holds the packed parts of an encoded weight
+    (codes, scales, sparse indices); `data` is then its high-precision original, if kept."""
+
+    data: torch.Tensor
+    encoding: Encoding | None = None
+    payload: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        parts = self.payload.values() if self.payload else [self.data]
+        return sum(t.numel() * t.element_size() for t in parts)
+
+
+class Graph:
+    """A function: inputs, ordered ops, outputs and a weight table."""
+
+    def __init__(self, name: str = "forward") -> None:
+        self.name = name
+        self.inputs: list[Value] = []
+        self.ops: list[Op] = []
+        self.outputs: list[Value] = []
+        self.weights: dict[str, Weight] = {}
+        self._names: set[str] = set()
+        self._counter = itertools.count()
+
+    # -- names ----------------------------------------------------------------------------------
+    def fresh_name(self, hint: str | None = None) -> str:
+        base = re.sub(r"[^A-Za-z0-9_]", "_", hint) if hint else ""
+        if base and not base[0].isalpha() and base[0] != "_":
+            base = "v" + base
+        if base and base not in self._names:
+            self._names.add(base)
+            return base
+        while True:
+            name = f"{base}_{next(self._counter)}" if base else str(next(self._counter))
+            if name not in self._names:
+                self._names.add(name)
+                return name
+
+    # -- building -------------------------------------------------------------------------------
+    def add_input(self, name: str, type: TensorType) -> Value:
+        value = Value(self.fresh_name(name), type)
+        self.inputs.append(value)
+        return value
+
+    def add_weight(self, name: str, weight: Weight | torch.Tensor) -> str:
+        if not _NAME_OK.fullmatch(name):
+            raise IRError(f"weight name {name!r} must match {_NAME_OK.pattern}")
+        self.weights[name] = weight if isinstance(weight, Weight) else Weight(weight)
+        return name
+
+    def make_op(
+        self,
+        opcode: str,
+        operands: Iterable[Value] = (),
+        attrs: dict[str, Any] | None = None,
+        result_types: list[TensorType] | None = None,
+        names: list[str | None] | None = None,
+    ) -> Op:
+        """Build an op (not yet placed): attributes checked, result types inferred unless given."""
+        opdef = lookup(opcode)
+        operands = list(operands)
+        lo, hi = opdef.arity
+        if len(operands) < lo or (hi is not None and len(operands) > hi):
+            raise ShapeError(f"{opcode}: takes {lo}..{hi if hi is not None else 'any'} operands, got {len(operands)}")
+        full = freeze(opdef.full_attrs(attrs or {}))
+        if result_types is None:
+            result_types = self.infer_types(opcode, operands, full)
+        op = Op(opcode, operands, full, self)
+        names = names or [None] * len(result_types)
+        op.results = [Value(self.fresh_name(n), t, op) for n, t in zip(names, result_types)]
+        return op
+
+    def infer_types(self, opcode: str, operands: list[Value], attrs: dict[str, Any]) -> list[TensorType]:
+        opdef = lookup(opcode)
+        if opcode == "const":
+            w = self.weight(attrs["weight"])
+            return [TensorType(tuple(w.data.shape), _dtype_of(w), w.encoding)]
+        if opdef.infer is None:
+            raise ShapeError(f"{opcode}: result types must be given (the op declares them)")
+        return opdef.infer([v.type for v in operands], attrs)
+
+    def add_op(self, opcode: str, operands: Iterable[Value] = (), attrs: dict[str, Any] | None = None,
+               result_types: list[TensorType] | None = None, name: str | None = None) -> Op:
+        """Append a new op at the end of the graph."""
+        op = self.make_op(opcode, operands, attrs, result_types, [name] if name else None)
+        self._place(op, len(self.ops))
+        return op
+
+    def insert_before(self, anchor: Op, opcode: str, operands: Iterable[Value] = (),
+                      attrs: dict[str, Any] | None = None, result_types: list[TensorType] | None = None,
+                      name: str | None = None) -> Op:
+        op = self.make_op(opcode, operands, attrs, result_types, [name] if name else None)
+        self._place(op, self.ops.index(anchor))
+        return op
+
+    def _place(self, op: Op, index: int) -> None:
+        self.ops.insert(index, op)
+        for v in op.operands:
+            v.uses.append(op)
+
+    def set_outputs(self, outputs: Iterable[Value]) -> None:
+        self.outputs = list(outputs)
+
+    # -- editing --------------------------------------------------------------------------------
+    def set_operand(self, op: Op, index: int, value: Value) -> None:
+        old = op.operands[index]
+        old.uses.remove(op)
+        op.operands[index] = value
+        value.uses.append(op)
+
+    def replace_all_uses(self, old: Value, new: Value) -> None:
+        for user in list(old.uses):
+            for i, v in enumerate(user.operands):
+                if v is old:
+                    self.set_operand(user, i, new)
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    def erase(self, op: Op) -> None:
+        """Remove an op whose results are unused."""
+        for r in op.results:
+            if r.uses or any(r is o for o in self.outputs):
+                raise IRError(f"cannot erase {op.opcode} %{r.name}: it still has uses")
+        for v in op.operands:
+            v.uses.remove(op)
+        self.ops.remove(op)
+        for r in op.results:
+            self._names.discard(r.name)
+
+    def replace_op(self, op: Op, new_values: list[Value]) -> None:
+        """Redirect the uses of op's results to new_values, then erase op."""
+        for old, new in zip(op.results, new_values):
+            self.replace_all_uses(old, new)
+        self.erase(op)
+
+    # -- queries --------------------------------------------------------------------------------
+    def weight(self, name: str) -> Weight:
+        try:
+            return self.weights[name]
+        except KeyError:
+            raise IRError(f"weight {name!r} is not in the graph's weight table") from None
+
+    def values(self) -> Iterator[Value]:
+        yield from self.inputs
+        for op in self.ops:
+            yield from op.results
+
+    def find(self, opcode: str) -> list[Op]:
+        return [op for op in self.ops if op.opcode == opcode]
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for op in self.ops:
+            counts[op.opcode] = counts.get(op.opcode, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def nx(self) -> nx.DiGraph:
+        """Ops as nodes (keyed by position), an edge per producer -> consumer value."""
+        g = nx.DiGraph()
+        index = {id(op): i for i, op in enumerate(self.ops)}
+        for i, op in enumerate(self.ops):
+            g.add_node(i, op=op, opcode=op.opcode)
+            for v in op.operands:
+                if v.producer is not None:
+                    g.add_edge(index[id(v.producer)], i, value=v.name)
+        return g
+
+    def __str__(self) -> str:
+        from fxforge.ir.printer import print_graph
+
+        return print_graph(self)
+
+    def __repr__(self) -> str:
+        return f"<Graph @{self.name}: {len(self.inputs)} inputs, {len(self.ops)} ops, {len(self.weights)} weights>"
+
+    def rename_value(self, value: Value, name: str) -> None:
+        """Give `value` exactly this name (the parser keeps names as written, `%0` included);
+        raises IRError if another value of the graph has it."""
+        if name == value.name:
+            return
+        if name in self._names:
+            raise IRError(f"value name %{name} is already taken")
+        self._names.discard(value.name)
+        self._names.add(name)
+        value.name = name
+
+
+def _dtype_of(w: Weight) -> DType:
+    if w.encoding is not None and getattr(w.encoding, "format", None) in DType.__members__:
+        return DType[w.encoding.format]
+    return DType.from_torch(w.data.dtype)

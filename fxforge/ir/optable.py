@@ -1,0 +1,361 @@
+"""The entries of the closed op table (see `ops.py` for what an entry holds).
+
+Entries are grouped by kind and written as small tables where the ops share a shape rule:
+pointwise (same or broadcast shape, torch's dtype promotion), reductions, shape ops, GEMMs,
+composites (named, with their torch semantics as reference), sources (const, full, arange) and
+`extern`, which calls a torch op by name and declares its result types itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+import torch
+import torch.nn.functional as F
+
+from fxforge.ir.dtypes import DType
+from fxforge.ir.errors import ShapeError
+from fxforge.ir.ops import (
+    REQUIRED,
+    OpDef,
+    broadcast_shapes,
+    meta_dtype,
+    norm_axis,
+    reduce_shape,
+    register,
+)
+from fxforge.ir.types import Dim, TensorType, dims_equal, normalize_dim
+
+# -- pointwise --------------------------------------------------------------------------------------
+
+UNARY = {
+    "neg": torch.neg,
+    "abs": torch.abs,
+    "exp": torch.exp,
+    "log": torch.log,
+    "log1p": torch.log1p,
+    "sqrt": torch.sqrt,
+    "rsqrt": torch.rsqrt,
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "tanh": torch.tanh,
+    "erf": torch.erf,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "silu": F.silu,
+    "reciprocal": torch.reciprocal,
+    "floor": torch.floor,
+    "ceil": torch.ceil,
+    "logical_not": torch.logical_not,
+    "bitwise_not": torch.bitwise_not,
+}
+
+BINARY = {
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "pow": torch.pow,
+    "maximum": torch.maximum,
+    "minimum": torch.minimum,
+    "remainder": torch.remainder,
+    "eq": torch.eq,
+    "ne": torch.ne,
+    "lt": torch.lt,
+    "le": torch.le,
+    "gt": torch.gt,
+    "ge": torch.ge,
+    "logical_and": torch.logical_and,
+    "logical_or": torch.logical_or,
+    "bitwise_and": torch.bitwise_and,
+    "bitwise_or": torch.bitwise_or,
+    "bitwise_xor": torch.bitwise_xor,
+}
+
+
+def _pointwise_infer(ref):
+    def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        shape = broadcast_shapes(*[t.shape for t in types])
+        return [TensorType(shape, meta_dtype(ref, types, attrs))]
+
+    return infer
+
+
+def _pointwise(name: str, ref, arity: int, attrs: dict[str, Any] | None = None, doc: str = "") -> None:
+    register(OpDef(name, (arity, arity), attrs or {}, _pointwise_infer(ref), ref, "pointwise", doc))
+
+
+for _name, _fn in UNARY.items():
+    _pointwise(_name, _fn, 1)
+for _name, _fn in BINARY.items():
+    _pointwise(_name, _fn, 2)
+
+_pointwise("gelu", lambda x, approximate: F.gelu(x, approximate=approximate), 1, {"approximate": "none"})
+_pointwise("div", lambda a, b, rounding_mode: torch.div(a, b, rounding_mode=rounding_mode), 2, {"rounding_mode": None})
+_pointwise("where", torch.where, 3, doc="where(cond, a, b)")
+_pointwise("clamp", lambda x, min, max: torch.clamp(x, min, max), 1, {"min": None, "max": None})
+_pointwise("triu", lambda x, diagonal: torch.triu(x, diagonal), 1, {"diagonal": 0})
+_pointwise("tril", lambda x, diagonal: torch.tril(x, diagonal), 1, {"diagonal": 0})
+
+
+def _cast_infer(types, attrs):
+    return [types[0].with_dtype(attrs["dtype"])]
+
+
+register(OpDef("cast", (1, 1), {"dtype": REQUIRED}, _cast_infer, lambda x, dtype: x.to(dtype.torch), "pointwise"))
+
+# -- reductions -------------------------------------------------------------------------------------
+
+
+def _dims(dims):
+    return None if dims is None else list(dims)
+
+
+REDUCTIONS = {
+    "sum": lambda x, dims, keepdim, dtype: torch.sum(x, _dims(dims), keepdim, dtype=dtype and dtype.torch),
+    "mean": lambda x, dims, keepdim, dtype: torch.mean(x, _dims(dims), keepdim, dtype=dtype and dtype.torch),
+    "amax": lambda x, dims, keepdim, dtype: torch.amax(x, _dims(dims) or [], keepdim),
+    "amin": lambda x, dims, keepdim, dtype: torch.amin(x, _dims(dims) or [], keepdim),
+    "any": lambda x, dims, keepdim, dtype: torch.any(x, _dims(dims), keepdim),
+}
+
+
+def _reduction_infer(ref):
+    def infer(types, attrs):
+        shape = reduce_shape(types[0].shape, attrs["dims"], attrs["keepdim"])
+        return [TensorType(shape, meta_dtype(ref, types, attrs))]
+
+    return infer
+
+
+for _name, _fn in REDUCTIONS.items():
+    register(OpDef(_name, (1, 1), {"dims": None, "keepdim": False, "dtype": None}, _reduction_infer(_fn), _fn, "reduction"))
+
+
+def _argmax_infer(types, attrs):
+    return [TensorType(reduce_shape(types[0].shape, (attrs["dim"],), attrs["keepdim"]), DType.i64)]
+
+
+register(OpDef("argmax", (1, 1), {"dim": REQUIRED, "keepdim": False}, _argmax_infer,
+               lambda x, dim, keepdim: torch.argmax(x, dim, keepdim), "reduction"))
+
+
+def _cumsum(x, dim, dtype):
+    return torch.cumsum(x, dim, dtype=dtype and dtype.torch)
+
+
+register(OpDef("cumsum", (1, 1), {"dim": REQUIRED, "dtype": None},
+               lambda types, attrs: [TensorType(types[0].shape, meta_dtype(_cumsum, types, attrs))],
+               _cumsum, "reduction"))
+
+# -- shape ops --------------------------------------------------------------------------------------
+
+
+def _reshape_infer(types, attrs):
+    shape = tuple(attrs["shape"])
+    if -1 in shape:
+        raise ShapeError("reshape: the target shape must be explicit (no -1); the frontend resolves it")
+    src, dst = types[0].numel(), sympy.Mul(*[sympy.sympify(d) for d in shape])
+    if not dims_equal(src, dst):
+        raise ShapeError(f"reshape: {list(types[0].shape)} has {src} elements, target {list(shape)} has {dst}")
+    return [types[0].with_shape(shape)]
+
+
+def _permute_infer(types, attrs):
+    dims = [norm_axis(d, types[0].rank) for d in attrs["dims"]]
+    if sorted(dims) != list(range(types[0].rank)):
+        raise ShapeError(f"permute: {list(attrs['dims'])} is not a permutation of rank {types[0].rank}")
+    return [types[0].with_shape(types[0].shape[d] for d in dims)]
+
+
+def _expand_infer(types, attrs):
+    shape = tuple(attrs["shape"])
+    src = types[0].shape
+    if len(shape) < len(src) or -1 in shape:
+        raise ShapeError(f"expand: cannot expand {list(src)} to {list(shape)} (target must be explicit, rank >= source)")
+    for s, t in zip(reversed(src), reversed(shape)):
+        if s != 1 and not dims_equal(s, t):
+            raise ShapeError(f"expand: cannot expand {list(src)} to {list(shape)}")
+    return [types[0].with_shape(shape)]
+
+
+def _slice_len(start: Dim, end: Dim, step: int) -> Dim:
+    if isinstance(start, int) and isinstance(end, int):
+        return max(0, (end - start + step - 1) // step)
+    return normalize_dim(sympy.floor((sympy.sympify(end) - start + step - 1) / step))
+
+
+def _slice_infer(types, attrs):
+    shape = list(types[0].shape)
+    dim = norm_axis(attrs["dim"], len(shape))
+    shape[dim] = _slice_len(attrs["start"], attrs["end"], attrs["step"])
+    return [types[0].with_shape(shape)]
+
+
+def _cat_infer(types, attrs):
+    dim = norm_axis(attrs["dim"], types[0].rank)
+    shape = list(types[0].shape)
+    shape[dim] = normalize_dim(sum(sympy.sympify(t.shape[dim]) for t in types))
+    dtype = types[0].dtype
+    for t in types[1:]:
+        dtype = DType.from_torch(torch.promote_types(dtype.torch, t.dtype.torch))
+    return [TensorType(tuple(shape), dtype)]
+
+
+def _index_select_infer(types, attrs):
+    shape = list(types[0].shape)
+    shape[norm_axis(attrs["dim"], len(shape))] = types[1].shape[0]
+    return [types[0].with_shape(shape)]
+
+
+register(OpDef("reshape", (1, 1), {"shape": REQUIRED}, _reshape_infer, lambda x, shape: x.reshape(shape), "shape"))
+register(OpDef("permute", (1, 1), {"dims": REQUIRED}, _permute_infer, lambda x, dims: x.permute(dims), "shape"))
+register(OpDef("expand", (1, 1), {"shape": REQUIRED}, _expand_infer, lambda x, shape: x.expand(shape), "shape"))
+register(OpDef("slice", (1, 1), {"dim": REQUIRED, "start": 0, "end": REQUIRED, "step": 1}, _slice_infer,
+               lambda x, dim, start, end, step: x[(slice(None),) * (dim % x.dim()) + (slice(start, end, step),)], "shape"))
+register(OpDef("cat", (1, None), {"dim": REQUIRED}, _cat_infer, lambda *xs, dim: torch.cat(xs, dim), "shape"))
+register(OpDef("index_select", (2, 2), {"dim": REQUIRED}, _index_select_infer,
+               lambda x, idx, dim: torch.index_select(x, dim, idx), "shape"))
+register(OpDef("gather", (2, 2), {"dim": REQUIRED}, lambda types, attrs: [types[0].with_shape(types[1].shape)],
+               lambda x, idx, dim: torch.gather(x, dim, idx), "shape"))
+
+# -- GEMMs ------------------------------------------------------------------------------------------
+
+
+def _matmul_infer(types, attrs):
+    a, b = types
+    if a.rank < 2 or b.rank < 2:
+        raise ShapeError(f"matmul: operands must have rank >= 2, got {list(a.shape)} and {list(b.shape)}")
+    if not dims_equal(a.shape[-1], b.shape[-2]):
+        raise ShapeError(f"matmul: inner dims differ: {list(a.shape)} @ {list(b.shape)}")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return [TensorType(batch + (a.shape[-2], b.shape[-1]), meta_dtype(torch.matmul, [a, b], {}))]
+
+
+def _linear_infer(types, attrs):
+    x, w = types[0], types[1]
+    if w.rank != 2 or not dims_equal(x.shape[-1], w.shape[1]):
+        raise ShapeError(f"linear: input {list(x.shape)} does not fit weight {list(w.shape)} (expects [out, in])")
+    if len(types) == 3 and (types[2].rank != 1 or not dims_equal(types[2].shape[0], w.shape[0])):
+        raise ShapeError(f"linear: bias {list(types[2].shape)} does not fit weight {list(w.shape)}")
+    return [TensorType(x.shape[:-1] + (w.shape[0],), x.dtype)]
+
+
+def _embedding_infer(types, attrs):
+    w, ids = types
+    return [TensorType(ids.shape + (w.shape[1],), w.dtype)]
+
+
+register(OpDef("matmul", (2, 2), {}, _matmul_infer, torch.matmul, "gemm"))
+register(OpDef("linear", (2, 3), {}, _linear_infer, F.linear, "gemm", "linear(x, w[out, in], bias?)"))
+register(OpDef("embedding", (2, 2), {}, _embedding_infer, lambda w, ids: F.embedding(ids, w), "gemm",
+               "embedding(weight[vocab, dim], ids)"))
+
+# -- composites -------------------------------------------------------------------------------------
+
+
+def _same_as_first(types, attrs):
+    return [types[0]]
+
+
+def _layer_norm(x, w=None, b=None, *, eps):
+    return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+
+def _rms_norm(x, w=None, *, eps):
+    xf = x.float()
+    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return y if w is None else w * y
+
+
+def _attention(q, k, v, mask=None, *, scale, is_causal, enable_gqa):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+
+
+def _attention_infer(types, attrs):
+    q, k, v = types[:3]
+    if q.rank < 3 or not dims_equal(q.shape[-1], k.shape[-1]) or not dims_equal(k.shape[-2], v.shape[-2]):
+        raise ShapeError(f"attention: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)} do not fit")
+    return [TensorType(q.shape[:-1] + (v.shape[-1],), q.dtype)]
+
+
+register(OpDef("layer_norm", (1, 3), {"eps": 1e-5}, _same_as_first, _layer_norm, "composite",
+               "layer_norm over the last dim: layer_norm(x, weight?, bias?)"))
+register(OpDef("rms_norm", (1, 2), {"eps": 1e-6}, _same_as_first, _rms_norm, "composite",
+               "weight * (x * rsqrt(mean(x^2) + eps)) in fp32, cast back to x's dtype (Llama's convention)"))
+register(OpDef("softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: torch.softmax(x, dim), "composite"))
+register(OpDef("log_softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: torch.log_softmax(x, dim), "composite"))
+register(OpDef("attention", (3, 4), {"scale": None, "is_causal": False, "enable_gqa": False}, _attention_infer,
+               _attention, "composite", "scaled dot-product attention: attention(q, k, v, mask?)"))
+
+# -- sources ----------------------------------------------------------------------------------------
+
+
+def _full_infer(types, attrs):
+    return [TensorType(tuple(attrs["shape"]), attrs["dtype"])]
+
+
+def _arange_infer(types, attrs):
+    start, end, step = (sympy.sympify(attrs[k]) for k in ("start", "end", "step"))
+    return [TensorType((normalize_dim(sympy.ceiling((end - start) / step)),), attrs["dtype"])]
+
+
+register(OpDef("full", (0, 0), {"shape": REQUIRED, "value": REQUIRED, "dtype": REQUIRED}, _full_infer,
+               lambda shape, value, dtype: torch.full(tuple(shape), value, dtype=dtype.torch), "source"))
+register(OpDef("arange", (0, 0), {"start": 0, "end": REQUIRED, "step": 1, "dtype": DType.i64}, _arange_infer,
+               lambda start, end, step, dtype: torch.arange(start, end, step, dtype=dtype.torch), "source"))
+register(OpDef("const", (0, 0), {"weight": REQUIRED}, None, None, "source",
+               "a weight of the graph's weight table; its type is the weight's"))
+
+
+# -- extern -----------------------------------------------------------------------------------------
+
+
+class OperandRef:
+    """`$i` inside an extern's args: the extern's i-th operand."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OperandRef) and other.index == self.index
+
+    def __hash__(self) -> int:
+        return hash(("$", self.index))
+
+    def __repr__(self) -> str:
+        return f"${self.index}"
+
+
+def resolve_torch_op(target: str):
+    """`aten.cumsum.default` -> torch.ops.aten.cumsum.default."""
+    obj: Any = torch.ops
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ShapeError(f"extern target {target!r} is not a torch op")
+    return obj
+
+
+def _fill(template, operands):
+    if isinstance(template, OperandRef):
+        return operands[template.index]
+    if isinstance(template, tuple):
+        return [_fill(t, operands) for t in template]
+    if isinstance(template, dict):
+        return {k: _fill(v, operands) for k, v in template.items()}
+    if isinstance(template, DType):
+        return template.torch
+    if isinstance(template, str) and template.startswith("torch."):
+        return getattr(torch, template.removeprefix("torch."))  # torch.strided, torch.contiguous_format, ...
+    return template
+
+
+def _extern(*operands, target, args, kwargs):
+    return resolve_torch_op(target)(*_fill(tuple(args), operands), **_fill(dict(kwargs), operands))
+
+
+register(OpDef("extern", (0, None), {"target": REQUIRED, "args": (), "kwargs": {}}, None, _extern, "extern",
+               "calls a torch op by qualified name; `$i` in args/kwargs stands for operand i", num_results=-1))

@@ -1,0 +1,71 @@
+"""`CompiledModule`: an AOT-compiled model, called like the original one.
+
+It takes the same (args, kwargs) as the model's forward and returns the same output pytree
+(Hugging Face `ModelOutput`s included): inputs are flattened with the captured input spec,
+arguments captured as constants (e.g. `use_cache=False`) may be left out or must equal what was
+captured, and the flat results are rebuilt with the captured output spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from fxforge.errors import InputError
+from fxforge.runtime.report import CompileReport, GraphRecord
+
+
+class CompiledModule(torch.nn.Module):
+    def __init__(self, record: GraphRecord, in_spec: Any, out_spec: Any, arg_names: list[str],
+                 config: Any, source: str = "") -> None:
+        super().__init__()
+        self.record = record
+        self.in_spec = in_spec
+        self.out_spec = out_spec
+        self.arg_names = list(arg_names)
+        self.config = config
+        self.source = source
+        self.fxforge_report = CompileReport([record])
+
+    @property
+    def graph(self):
+        return self.record.program.graph
+
+    @property
+    def program(self):
+        return self.record.program
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = self._normalize(args, kwargs)
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        if spec != self.in_spec:
+            raise InputError(f"inputs have structure {spec}, the model was compiled for {self.in_spec}; "
+                             "pass the same arguments (positional/keyword, nesting) as the example inputs")
+        outs = self.record.program(*flat)
+        return pytree.tree_unflatten(outs, self.out_spec)
+
+    def _normalize(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Move keyword arguments given for captured positional ones, fill captured constants."""
+        captured_args, captured_kwargs = pytree.tree_unflatten([slot.value for slot in self.record.program.inputs], self.in_spec)
+        n = len(captured_args)
+        if len(args) > n:
+            raise InputError(f"the model was compiled with {n} positional input(s), got {len(args)}")
+        args = list(args)
+        for name in self.arg_names[len(args):n]:
+            if name not in kwargs:
+                raise InputError(f"missing input {name!r} (the model was compiled with it)")
+            args.append(kwargs.pop(name))
+        unknown = sorted(set(kwargs) - set(captured_kwargs))
+        if unknown:
+            raise InputError(f"unexpected input(s) {unknown}: the model was compiled with keyword inputs {sorted(captured_kwargs)}")
+        ordered = {}
+        for key, captured in captured_kwargs.items():
+            if key in kwargs:
+                ordered[key] = kwargs[key]
+            elif captured is None or not isinstance(captured, torch.Tensor) and not pytree.tree_leaves(captured) == [None]:
+                ordered[key] = captured
+            else:
+                raise InputError(f"missing keyword input {key!r} (the model was compiled with it)")
+        return tuple(args), ordered

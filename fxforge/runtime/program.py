@@ -1,0 +1,70 @@
+"""A `Program`: one compiled graph with its calling convention, ready to run.
+
+It maps flat runtime arguments to the graph's inputs (tensors in, parameters skipped because the
+graph holds them as weights, symbolic ints bound to their symbols, captured constants checked),
+runs the executor, and rebuilds the flat outputs (tensors, sizes computed from symbols, constants).
+It counts its calls, so reports can show that compiled code really ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+import torch
+
+from fxforge.errors import InputError
+from fxforge.frontend.fx_to_ir import InputSlot
+from fxforge.ir.errors import ShapeError
+from fxforge.ir.evaluate import bind_symbols
+from fxforge.ir.graph import Graph
+from fxforge.ir.types import substitute
+from fxforge.runtime.executors import Executor, make_executor
+
+
+@dataclass
+class Program:
+    graph: Graph
+    inputs: list[InputSlot]
+    outputs: list[Any]  # ("value", i) | ("symbol", expr) | ("const", value)
+    executor_name: str = "reference"
+    calls: int = 0
+    executor: Executor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.executor = make_executor(self.executor_name, self.graph)
+
+    def __call__(self, *flat: Any) -> list[Any]:
+        if len(flat) != len(self.inputs):
+            raise InputError(f"{self.graph.name} takes {len(self.inputs)} flat inputs, got {len(flat)}")
+        tensors, bindings = [], {}
+        for slot, arg in zip(self.inputs, flat):
+            if slot.kind == "tensor":
+                tensors.append(arg)
+            elif slot.kind == "symbol" and slot.symbol is not None:
+                bindings[slot.symbol] = int(arg)
+            elif slot.kind == "const" and not _same_const(arg, slot.value):
+                raise InputError(f"this graph was compiled for an argument equal to {slot.value!r}, got {arg!r}; "
+                                 "compile again with that value (constants are baked into the graph)")
+        try:
+            graph_inputs = self.graph.inputs
+            bindings.update(bind_symbols([v.type for v in graph_inputs], tensors, [v.name for v in graph_inputs]))
+        except ShapeError as e:
+            raise InputError(f"inputs do not fit the compiled graph: {e}") from None
+        with torch.no_grad():
+            results = self.executor(tensors, bindings)
+        self.calls += 1
+        return [self._output(o, results, bindings) for o in self.outputs]
+
+    def _output(self, out: Any, results: list[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> Any:
+        kind, item = out
+        if kind == "value":
+            return results[item]
+        if kind == "symbol":
+            return substitute(item, bindings)
+        return item
+
+
+def _same_const(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b if not isinstance(a, torch.Tensor) else True

@@ -1,0 +1,64 @@
+"""What the compiler did, for people: one record per compiled graph, gathered in a report.
+
+`fxforge.compile` attaches a `CompileReport` to what it returns (`.fxforge_report`); each graph
+record keeps the op counts, the ops that went extern (and why), the pass trace and the number of
+times the compiled program ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fxforge.runtime.program import Program
+
+
+@dataclass
+class GraphRecord:
+    name: str
+    program: Program
+    capture_seconds: float
+    compile_seconds: float
+    aten_ops: int
+    externs: dict[str, int]
+    notes: list[str]
+    trace: Any = None  # passes.manager.Trace
+
+    @property
+    def calls(self) -> int:
+        return self.program.calls
+
+    def summary(self) -> str:
+        ops = self.program.graph.op_counts()
+        top = ", ".join(f"{k} x{v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:8])
+        lines = [f"graph {self.name}: {self.aten_ops} ATen ops -> {sum(ops.values())} fxforge ops ({top}); "
+                 f"compiled in {self.compile_seconds:.2f} s; ran {self.calls} times on the {self.program.executor_name} executor"]
+        if self.externs:
+            lines.append("  through torch (extern): " + ", ".join(f"{k} x{v}" for k, v in sorted(self.externs.items())))
+        if self.trace is not None:
+            lines += [f"  pass {r.name}: {r.stats}" for r in self.trace.records if r.stats]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class CompileReport:
+    graphs: list[GraphRecord] = field(default_factory=list)
+
+    @property
+    def calls(self) -> int:
+        return sum(g.calls for g in self.graphs)
+
+    @property
+    def externs(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for g in self.graphs:
+            for k, v in g.externs.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def __str__(self) -> str:
+        if not self.graphs:
+            return "fxforge: nothing compiled yet (compilation happens on the first call)"
+        head = f"fxforge: {len(self.graphs)} graph(s) compiled, {self.calls} call(s) of compiled code"
+        return "\n".join([head, *(g.summary() for g in self.graphs)])
