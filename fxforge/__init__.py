@@ -10,5 +10,5 @@ from fxforge.api import compile, compile_aot, load
 from fxforge.config import CompileConfig
 from fxforge.errors import FxforgeError
 
-__version__ = "0.1.0"
+from fxforge.version import __version__
 __all__ = ["compile", "compile_aot", "load", "CompileConfig", "FxforgeError", "__version__"]

@@ -13,10 +13,12 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import time
 from typing import Any, Callable
 
 import torch
 from torch._dynamo.backends.common import aot_autograd
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from fxforge.compiler import compile_lowered
 from fxforge.config import CompileConfig
@@ -36,9 +38,11 @@ class Backend:
         self.names = names
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
-        import time
-
         def fw_compiler(aten_gm: torch.fx.GraphModule, _fake_inputs: list[Any]) -> Callable:
+            with unset_fake_temporarily():  # aot_autograd calls us under fake mode; weights are real
+                return compile_aten(aten_gm)
+
+        def compile_aten(aten_gm: torch.fx.GraphModule) -> Callable:
             start = time.perf_counter()
             name = f"graph{len(self.report.graphs)}"
             lowered = lower_aten_graph(aten_gm, example_inputs, self.names, name)

@@ -52,7 +52,8 @@ def unpack_int4(packed):
 def interleave_nibbles(packed):
     """Packed bytes [..., K/2] -> nibbles [..., K] (int32 0..15) in logical order along the last axis."""
     lo, hi = unpack_nibbles(packed)
-    return tl.interleave(lo, hi)
+    pair = tl.join(lo, hi)  # tl.interleave, spelled with core ops so it runs in any interpreter setup
+    return tl.reshape(pair, pair.shape[:-2] + [2 * pair.shape[-2]])
 
 
 @triton.jit

@@ -358,7 +358,9 @@ def _sdpa(b, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=N
 
 @lowers(*_overloads("_scaled_dot_product_flash_attention_for_cpu", "default"))
 def _sdpa_flash_cpu(b, q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
-    return (_sdpa(b, q, k, v, attn_mask, dropout_p, is_causal, scale=scale), None)
+    # The CPU flash kernel broadcasts kv heads itself (grouped-query attention).
+    gqa = q.type.rank >= 3 and q.type.shape[-3] != k.type.shape[-3]
+    return (_sdpa(b, q, k, v, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=gqa), None)
 
 
 # -- sources ----------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from fxforge.frontend.aten_table import LOWERINGS
 from fxforge.frontend.builder import Builder, Unsupported
 from fxforge.frontend.symbols import SymbolTable
 from fxforge.ir.dtypes import DType
+from fxforge.ir.errors import ShapeError
 from fxforge.ir.graph import Graph, Value
 from fxforge.ir.optable import OperandRef
 from fxforge.ir.types import TensorType
@@ -121,7 +122,7 @@ class FxToIR:
             try:
                 self.env[node] = self._lower(node, lowering)
                 return
-            except Unsupported as e:
+            except (Unsupported, ShapeError) as e:
                 self.result.notes.append(f"{node.name} ({target_name(node.target)}): {e}; runs through torch")
         if node.target is operator.getitem:
             raise Unsupported(f"getitem on {node.args[0]} cannot be lowered")

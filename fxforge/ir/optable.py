@@ -25,7 +25,7 @@ from fxforge.ir.ops import (
     reduce_shape,
     register,
 )
-from fxforge.ir.types import Dim, TensorType, dims_equal, normalize_dim
+from fxforge.ir.types import Dim, TensorType, dims_equal, may_equal, normalize_dim
 
 # -- pointwise --------------------------------------------------------------------------------------
 
@@ -226,7 +226,7 @@ def _matmul_infer(types, attrs):
     a, b = types
     if a.rank < 2 or b.rank < 2:
         raise ShapeError(f"matmul: operands must have rank >= 2, got {list(a.shape)} and {list(b.shape)}")
-    if not dims_equal(a.shape[-1], b.shape[-2]):
+    if not may_equal(a.shape[-1], b.shape[-2]):
         raise ShapeError(f"matmul: inner dims differ: {list(a.shape)} @ {list(b.shape)}")
     batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
     return [TensorType(batch + (a.shape[-2], b.shape[-1]), meta_dtype(torch.matmul, [a, b], {}))]
@@ -274,7 +274,7 @@ def _attention(q, k, v, mask=None, *, scale, is_causal, enable_gqa):
 
 def _attention_infer(types, attrs):
     q, k, v = types[:3]
-    if q.rank < 3 or not dims_equal(q.shape[-1], k.shape[-1]) or not dims_equal(k.shape[-2], v.shape[-2]):
+    if q.rank < 3 or not may_equal(q.shape[-1], k.shape[-1]) or not may_equal(k.shape[-2], v.shape[-2]):
         raise ShapeError(f"attention: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)} do not fit")
     return [TensorType(q.shape[:-1] + (v.shape[-1],), q.dtype)]
 

@@ -160,19 +160,17 @@ class _ToIR(Transformer):
         return _OpLine(results, opcode, weight, operands, attrs, types)
 
     def operands(self, c):
-        return [t for t in c if t is not None]
+        return list(c)
 
     def attrs(self, c):
         return self.dict(c)
 
     def ret(self, c):
-        return (c[0], [t for t in c[1:] if t is not None])
+        return (c[0], list(c[1:]))
 
     # types
     def type(self, c):
         tok, *dims, enc = c
-        if dims == [None]:
-            dims = []
         try:
             return TensorType(tuple(dims), _dtype(tok), enc)
         except (TypeError, ValueError) as e:
@@ -184,7 +182,7 @@ class _ToIR(Transformer):
         cls = ENCODINGS.get(kind)
         if cls is None:
             raise _err(f"unknown encoding #{kind}; known encodings: {', '.join('#' + k for k in ENCODINGS)}", tok)
-        values = dict(f for f in fields if f is not None)
+        values = dict(fields)
         try:
             return cls(**{k: freeze(v) for k, v in values.items()})
         except TypeError as e:
@@ -251,10 +249,10 @@ class _ToIR(Transformer):
             raise _err(str(e), tok) from None
 
     def list(self, c):
-        return [] if c == [None] else list(c)
+        return list(c)
 
     def dict(self, c):
-        return {} if c == [None] else dict(c)
+        return dict(c)
 
 
 # -- lark errors -> plain words -------------------------------------------------------------------

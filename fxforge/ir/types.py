@@ -44,6 +44,16 @@ def dims_equal(a: Dim, b: Dim) -> bool:
     return diff == 0 or sympy.simplify(diff) == 0
 
 
+def may_equal(a: Dim, b: Dim) -> bool:
+    """False only when the dims are provably different (two ints, or a nonzero constant apart).
+    Two independent symbols may be equal at run time (dynamo gives a KV cache's keys and values
+    separate size symbols); the reference semantics check them when the op runs."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    diff = sympy.simplify(sympy.sympify(a) - sympy.sympify(b))
+    return not (diff.is_number and diff != 0)
+
+
 def substitute(d: Dim, bindings: dict[sympy.Symbol, int]) -> Dim:
     """Replace symbols by concrete sizes; the result is an int once every symbol is bound."""
     if isinstance(d, int):

@@ -37,6 +37,12 @@ class CompiledModule(torch.nn.Module):
     def program(self):
         return self.record.program
 
+    def save(self, path: str) -> str:
+        """Write an artifact directory (manifest, IR text, pass trace, weights); `fxforge.load` reads it."""
+        from fxforge.runtime.artifact import save_artifact
+
+        return str(save_artifact(self, path))
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         args, kwargs = self._normalize(args, kwargs)
         flat, spec = pytree.tree_flatten((args, kwargs))

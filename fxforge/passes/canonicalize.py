@@ -1,0 +1,210 @@
+"""Canonicalization: small rewrite rules, run by the one greedy driver, that bring captured graphs to
+the core op set the later passes look for.
+
+Rule lists (each rule a few lines; `RULES` is their concatenation, in this order):
+- `FOLD_RULES`: no-op cast/reshape/permute/expand/slice become their operand; reshape∘reshape and
+  permute∘permute compose; an exact widening cast round trip (`f16 -> f32 -> f16`) disappears.
+- `LINEAR_RULES`: `matmul(x, permute(const w, [1, 0]))` -> `linear(x, w)` for a 2-D const w;
+  `add(linear(x, w), b)` with a rank-1 bias of w's output size -> `linear(x, w, b)`; the
+  aot_autograd sandwich `reshape(linear(reshape(x)))` whose reshapes only merge and split the
+  leading dims -> `linear(x)` on the unflattened input.
+- `RMS_NORM_RULES`: Llama's written-out RMSNorm, in three steps that each keep the semantics exact
+  (see `_rms_norm` in ir/optable.py): the fp32 core `xf * rsqrt(mean(xf^2, [-1], keepdim) + eps)` ->
+  `rms_norm(xf)`; `cast(rms_norm(cast(x, f32)), x.dtype)` -> `rms_norm(x)` (exactly what rms_norm does
+  with its casts); `w * rms_norm(x)` -> `rms_norm(x, w)` only when the product keeps x's type, i.e.
+  the weight multiply already happened in x's dtype (an fp32 weight times an fp16 norm promotes to
+  fp32, which rms_norm cannot express, so it is left alone). eps is read through the `full`'s own
+  dtype, exactly the scalar the add used.
+- `ACTIVATION_RULES`: `x * sigmoid(x)` -> `silu(x)`.
+
+Decisions: the sandwich and bias rules need the inner linear (and the core rule its interior ops)
+to be single use, so a rewrite never computes anything twice; views and casts of leaves may be
+shared. Rules check dtypes and shapes themselves and return None when a rewrite would change a type.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fxforge.ir.dtypes import DType
+from fxforge.ir.graph import Graph, Op, Value
+from fxforge.ir.ops import norm_axis
+from fxforge.ir.types import dims_equal
+from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.rewriter import P, Rule, apply_rules, rule
+
+# -- no-op folds and compositions ---------------------------------------------------------------------
+
+_IDENTITY = {
+    "cast": lambda op, x: True,
+    "reshape": lambda op, x: True,
+    "expand": lambda op, x: True,
+    "permute": lambda op, x: tuple(op.attrs["dims"]) == tuple(range(x.type.rank)),
+    "slice": lambda op, x: op.attrs["start"] == 0 and op.attrs["step"] == 1,
+}
+
+
+def _fold_noop(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    x = b["x"]
+    return x if op.result.type.same_as(x.type) and _IDENTITY[op.opcode](op, x) else None
+
+
+FOLD_RULES: list[Rule] = [Rule(P.op(opcode, P.any("x")), _fold_noop, f"fold_noop_{opcode}") for opcode in _IDENTITY]
+
+
+@rule(P.op("reshape", P.op("reshape", P.any("x"))))
+def compose_reshape(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    if op.result.type.same_as(b["x"].type):
+        return b["x"]
+    return g.insert_before(op, "reshape", [b["x"]], {"shape": op.attrs["shape"]}).result
+
+
+@rule(P.op("permute", P.op("permute", P.any("x"), name="inner")))
+def compose_permute(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    inner = b["inner"].producer.attrs["dims"]
+    dims = tuple(inner[d] for d in op.attrs["dims"])
+    if dims == tuple(range(len(dims))):
+        return b["x"]
+    return g.insert_before(op, "permute", [b["x"]], {"dims": dims}).result
+
+
+# (source, wider) pairs where source -> wider -> source is the identity on every value.
+_EXACT_WIDENING = {
+    (DType.f16, DType.f32), (DType.bf16, DType.f32), (DType.f16, DType.f64), (DType.bf16, DType.f64),
+    (DType.f32, DType.f64), (DType.i8, DType.i16), (DType.i8, DType.i32), (DType.i8, DType.i64),
+    (DType.i16, DType.i32), (DType.i16, DType.i64), (DType.i32, DType.i64),
+}
+
+
+@rule(P.op("cast", P.op("cast", P.any("x"), name="wide")))
+def fold_widening_round_trip(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    x, wide = b["x"], b["wide"]
+    if op.attrs["dtype"] == x.type.dtype and (x.type.dtype, wide.type.dtype) in _EXACT_WIDENING:
+        return x
+    return None
+
+
+FOLD_RULES += [compose_reshape, compose_permute, fold_widening_round_trip]
+
+# -- linear ------------------------------------------------------------------------------------------
+
+
+def _rank(n: int):
+    return lambda v: v.type.rank == n
+
+
+@rule(P.op("matmul", P.any("x"), P.op("permute", P.const("w", check=_rank(2)), dims=(1, 0))))
+def matmul_to_linear(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    x, w = b["x"], b["w"]
+    if x.type.dtype != w.type.dtype or w.type.encoding is not None:
+        return None
+    return g.insert_before(op, "linear", [x, w]).result
+
+
+@rule(P.op("add", P.op("linear", P.any("x"), P.any("w"), single_use=True), P.any("bias", check=_rank(1)),
+           commutative=True))
+def linear_bias(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    x, w, bias = b["x"], b["w"], b["bias"]
+    if bias.type.dtype != x.type.dtype or not dims_equal(bias.type.shape[0], w.type.shape[0]):
+        return None
+    if not op.result.type.same_as(x.type.with_shape(x.type.shape[:-1] + (w.type.shape[0],))):
+        return None
+    return g.insert_before(op, "linear", [x, w, bias]).result
+
+
+def _unflatten_linear(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """reshape(linear(reshape(x, [M, K]), w, b?), [*lead, N]) with x = [*lead, K] -> linear(x, w, b?)."""
+    x, flat = b["x"], b["flat"]
+    target = op.result.type.shape
+    if not dims_equal(flat.type.shape[-1], x.type.shape[-1]) or len(target) != x.type.rank:
+        return None
+    if not all(dims_equal(t, d) for t, d in zip(target[:-1], x.type.shape[:-1])):
+        return None
+    operands = [x, b["w"]] + ([b["bias"]] if "bias" in b else [])
+    return g.insert_before(op, "linear", operands).result
+
+
+_FLAT = P.op("reshape", P.any("x"), name="flat")
+LINEAR_RULES: list[Rule] = [
+    matmul_to_linear,
+    linear_bias,
+    Rule(P.op("reshape", P.op("linear", _FLAT, P.any("w"), single_use=True)), _unflatten_linear, "linear_unflatten"),
+    Rule(P.op("reshape", P.op("linear", _FLAT, P.any("w"), P.any("bias"), single_use=True)), _unflatten_linear,
+         "linear_unflatten"),
+]
+
+# -- rms_norm ----------------------------------------------------------------------------------------
+
+_MEAN_SQ = P.op("mean", P.op("pow", P.any("xf"), P.full(value=2)), name="mean", keepdim=True, dtype=None)
+_RMS_CORE = P.op("mul", P.any("xf"), P.op("rsqrt", P.op("add", _MEAN_SQ, P.full("eps"), commutative=True)),
+                 commutative=True)
+
+
+def _scalar(full: Value) -> float | None:
+    """The number a rank-0/unit `full` holds, as its own dtype stores it."""
+    value = full.producer.attrs["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(torch.tensor(value, dtype=full.type.dtype.torch).item())
+
+
+@rule(_RMS_CORE, single_use=True)
+def rms_norm_core(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    xf, mean = b["xf"], b["mean"]
+    dims = mean.producer.attrs["dims"]
+    if xf.type.dtype != DType.f32 or xf.type.rank == 0 or dims is None or len(dims) != 1:
+        return None
+    eps = _scalar(b["eps"])
+    if norm_axis(dims[0], xf.type.rank) != xf.type.rank - 1 or eps is None or not op.result.type.same_as(xf.type):
+        return None
+    return g.insert_before(op, "rms_norm", [xf], {"eps": eps}).result
+
+
+@rule(P.op("cast", P.op("rms_norm", P.op("cast", P.any("x"), dtype=DType.f32), name="norm", single_use=True)))
+def rms_norm_casts(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    x = b["x"]
+    if op.attrs["dtype"] != x.type.dtype or not x.type.dtype.is_float or x.type.encoding is not None:
+        return None
+    return g.insert_before(op, "rms_norm", [x], {"eps": b["norm"].producer.attrs["eps"]}).result
+
+
+@rule(P.op("mul", P.any("w", check=_rank(1)), P.op("rms_norm", P.any("x"), name="norm", single_use=True),
+           commutative=True))
+def rms_norm_weight(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    x, w = b["x"], b["w"]
+    if not dims_equal(w.type.shape[0], x.type.shape[-1]) or not op.result.type.same_as(x.type):
+        return None
+    return g.insert_before(op, "rms_norm", [x, w], {"eps": b["norm"].producer.attrs["eps"]}).result
+
+
+RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_weight]
+
+# -- activations -------------------------------------------------------------------------------------
+
+
+@rule(P.op("mul", P.any("x"), P.op("sigmoid", P.any("x"), single_use=True), commutative=True))
+def silu(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    if not op.result.type.same_as(b["x"].type):
+        return None
+    return g.insert_before(op, "silu", [b["x"]]).result
+
+
+ACTIVATION_RULES: list[Rule] = [silu]
+
+RULES: list[Rule] = FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES
+
+
+@register_pass("canonicalize")
+class Canonicalize:
+    """Runs `RULES` (or the rules given) to a fixpoint; stats: rewrites per rule and their total."""
+
+    name = "canonicalize"
+
+    def __init__(self, rules: list[Rule] | None = None) -> None:
+        self.rules = list(RULES if rules is None else rules)
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        counts = apply_rules(graph, self.rules, ctx.option("canonicalize.max_iterations", 20))
+        ctx.stats["rewrites"] = counts
+        ctx.stats["total"] = sum(counts.values())
+        return graph

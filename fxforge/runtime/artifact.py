@@ -1,0 +1,192 @@
+"""Artifacts: a directory that holds a compiled model, loadable without the model's source.
+
+    out/
+      manifest.json        versions, config, calling convention, weight table layout, hashes
+      graph.fxir           the final IR text (parsed back on load)
+      trace.json           the pass trace (IR before/after each pass), for `fxforge inspect`
+      weights.safetensors  every weight once (tied weights are stored once and aliased);
+                           encoded weights store their payload parts as `name::part`
+
+Loading checks the format, the files and their hashes, and says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils import _pytree as pytree
+
+from fxforge.version import __version__
+from fxforge.config import CompileConfig
+from fxforge.errors import ArtifactError, IRParseError
+from fxforge.frontend.fx_to_ir import InputSlot
+from fxforge.ir.graph import Graph, Weight
+from fxforge.ir.parser import parse_dim, parse_graph, parse_type
+from fxforge.ir.printer import print_dim, print_encoding, print_graph
+from fxforge.runtime.executors import resolve_executor
+from fxforge.runtime.module import CompiledModule
+from fxforge.runtime.program import Program
+from fxforge.runtime.report import GraphRecord
+
+FORMAT = "fxforge-artifact"
+VERSION = 1
+FILES = {"manifest": "manifest.json", "graph": "graph.fxir", "trace": "trace.json", "weights": "weights.safetensors"}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    out = {"fxforge": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return out
+
+
+# -- saving -----------------------------------------------------------------------------------------
+
+def _weight_table(graph: Graph) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    layout: dict[str, Any] = {}
+    by_storage: dict[tuple, str] = {}
+    for name, w in graph.weights.items():
+        entry: dict[str, Any] = {"encoding": print_encoding(w.encoding) if w.encoding else None,
+                                 "parts": sorted(w.payload)}
+        key = (w.data.untyped_storage().data_ptr(), w.data.storage_offset(), tuple(w.data.shape), tuple(w.data.stride()), w.data.dtype)
+        if key in by_storage:
+            entry["alias_of"] = by_storage[key]
+        else:
+            by_storage[key] = name
+            tensors[name] = w.data.detach().contiguous().clone()
+        for part, t in w.payload.items():
+            tensors[f"{name}::{part}"] = t.detach().contiguous().clone()
+        layout[name] = entry
+    return tensors, layout
+
+
+def _slot_json(slot: InputSlot) -> dict[str, Any]:
+    return {"kind": slot.kind, "symbol": str(slot.symbol) if slot.symbol is not None else None,
+            "value": slot.value if not isinstance(slot.value, torch.Tensor) else None}
+
+
+def _output_json(out: Any) -> list[Any]:
+    kind, item = out
+    return [kind, print_dim(item) if kind == "symbol" else item]
+
+
+def save_artifact(module: CompiledModule, path: str | Path) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    program = module.record.program
+    (out / FILES["graph"]).write_text(print_graph(program.graph))
+    trace = module.record.trace
+    (out / FILES["trace"]).write_text(trace.to_json() if trace is not None else "[]")
+    tensors, layout = _weight_table(program.graph)
+    save_file(tensors, str(out / FILES["weights"]))
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "versions": versions(),
+        "source": module.source,
+        "config": module.config.to_json(),
+        "executor": program.executor_name,
+        "arg_names": module.arg_names,
+        "inputs": [_slot_json(s) for s in program.inputs],
+        "outputs": [_output_json(o) for o in program.outputs],
+        "in_spec": pytree.treespec_dumps(module.in_spec),
+        "out_spec": pytree.treespec_dumps(module.out_spec),
+        "weights": layout,
+        "externs": module.record.externs,
+        "notes": module.record.notes,
+        "hashes": {key: _sha256(out / FILES[key]) for key in ("graph", "weights")},
+    }
+    (out / FILES["manifest"]).write_text(json.dumps(manifest, indent=1, default=str))
+    return out
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    if not root.is_dir():
+        raise ArtifactError(f"{root} is not an artifact directory; create one with `fxforge compile ... -o {root}`")
+    missing = [f for f in FILES.values() if not (root / f).is_file()]
+    if missing:
+        raise ArtifactError(f"artifact {root} is incomplete: missing {', '.join(missing)}; compile it again")
+    try:
+        manifest = json.loads((root / FILES["manifest"]).read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{root / FILES['manifest']} is not valid JSON ({e}); the artifact is corrupt, compile it again") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ArtifactError(f"{root} is not a version-{VERSION} fxforge artifact (format={manifest.get('format')!r}, "
+                            f"version={manifest.get('version')!r}); compile it again with this fxforge")
+    for key in ("graph", "weights"):
+        if _sha256(root / FILES[key]) != manifest["hashes"][key]:
+            raise ArtifactError(f"{root / FILES[key]} does not match the hash in manifest.json: the file was changed "
+                                "or is corrupt; compile the artifact again")
+    return manifest
+
+
+def _load_spec(text: str) -> Any:
+    """treespec_loads needs the pytree classes (e.g. transformers' ModelOutputs) registered: import them."""
+    def modules(node: dict) -> list[str]:
+        found = [node["type"].rsplit(".", 1)[0]] if node.get("type") else []
+        return found + [m for child in node.get("children_spec", []) for m in modules(child)]
+
+    for module in modules(json.loads(text)[1]):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ArtifactError(f"the artifact's outputs are {module} objects, which cannot be imported here ({e}); "
+                                "install that package") from None
+    return pytree.treespec_loads(text)
+
+
+def _load_weights(root: Path, manifest: dict[str, Any]) -> dict[str, Weight]:
+    try:
+        tensors = load_file(str(root / FILES["weights"]))
+    except Exception as e:
+        raise ArtifactError(f"cannot read {root / FILES['weights']}: {e}; compile the artifact again") from None
+    weights: dict[str, Weight] = {}
+    for name, entry in manifest["weights"].items():
+        data = tensors[entry.get("alias_of", name)]
+        encoding = parse_type(f"f32[] {entry['encoding']}").encoding if entry["encoding"] else None
+        payload = {part: tensors[f"{name}::{part}"] for part in entry["parts"]}
+        weights[name] = Weight(data, encoding, payload)
+    return weights
+
+
+def load_artifact(path: str | Path) -> CompiledModule:
+    root = Path(path)
+    manifest = _read_manifest(root)
+    weights = _load_weights(root, manifest)
+    try:
+        graph = parse_graph((root / FILES["graph"]).read_text(), weights)
+    except IRParseError as e:
+        raise ArtifactError(f"{root / FILES['graph']}: {e}") from None
+    slots = [InputSlot(s["kind"], parse_dim(s["symbol"]) if s["symbol"] else None, s["value"]) for s in manifest["inputs"]]
+    outputs = [(k, parse_dim(v) if k == "symbol" else v) for k, v in manifest["outputs"]]
+    config = CompileConfig.from_json(manifest["config"])
+    program = Program(graph, slots, outputs, resolve_executor(config.executor))
+    from fxforge.passes.manager import Trace
+
+    trace = Trace.from_json((root / FILES["trace"]).read_text())
+    record = GraphRecord(graph.name, program, 0.0, 0.0, len(graph.ops), manifest["externs"], manifest["notes"], trace)
+    return CompiledModule(record, _load_spec(manifest["in_spec"]), _load_spec(manifest["out_spec"]),
+                          manifest["arg_names"], config, manifest["source"])
+
