@@ -127,6 +127,11 @@ def _to_device(b, x, device, dtype, non_blocking=False, copy=False, memory_forma
     return _cast_to(b, x, dtype)
 
 
+@lowers(torch.ops.prims.convert_element_type.default)
+def _convert_element_type(b, x, dtype):
+    return _cast_to(b, x, dtype)
+
+
 @lowers(aten.type_as.default)
 def _type_as(b, x, other):
     return _cast_to(b, x, other.type.dtype.torch)

@@ -49,7 +49,8 @@ class Lowered:
 
 def target_name(target: Any) -> str:
     if isinstance(target, torch._ops.OpOverload):
-        return f"aten.{target._schema.name.split('::')[-1]}.{target._overloadname}"
+        namespace, name = target._schema.name.split("::")
+        return f"{namespace}.{name}.{target._overloadname}"
     return getattr(target, "__name__", str(target))
 
 

@@ -192,7 +192,7 @@ def encode_elements(v: Tensor, fmt: Format | str) -> Tensor:
     f = get_format(fmt)
     if f.kind == "float":
         return encode_float(v, f)
-    q = torch.round(torch.ldexp(v.to(torch.float64), torch.tensor(float(f.bits - 2))))
+    q = torch.round(v.to(torch.float64) * 2.0 ** (f.bits - 2))  # exact: a power-of-two scaling
     q = q.clamp(-f.max_value, f.max_value).to(torch.int64)
     return (q & ((1 << f.bits) - 1)).to(torch.uint8)
 
@@ -204,7 +204,7 @@ def decode_elements(codes: Tensor, fmt: Format | str) -> Tensor:
         return decode_float(codes, f)
     half = 1 << (f.bits - 1)
     q = (codes.to(torch.int64) ^ half) - half
-    return torch.ldexp(q.to(torch.float64), torch.tensor(float(2 - f.bits))).to(torch.float32)
+    return (q.to(torch.float64) * 2.0 ** (2 - f.bits)).to(torch.float32)
 
 
 # ---------------------------------------------------------------- MX

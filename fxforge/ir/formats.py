@@ -121,8 +121,8 @@ def get_format(fmt: Format | str) -> Format:
 def _float_fmt(fmt: Format | str, allowed: tuple[str, ...] | None = None) -> Format:
     f = get_format(fmt)
     if f.kind != "float" or (allowed is not None and f.name not in allowed):
-        want = ", ".join(allowed) if allowed else "a float format"
-        raise ValueError(f"format {f.name!r} is not {want}; pass one of {want}")
+        names = allowed or tuple(n for n, g in FORMATS.items() if g.kind == "float")
+        raise ValueError(f"format {f.name!r} cannot be used here; pass one of {', '.join(names)}")
     return f
 
 

@@ -3,11 +3,14 @@ the core op set the later passes look for.
 
 Rule lists (each rule a few lines; `RULES` is their concatenation, in this order):
 - `FOLD_RULES`: no-op cast/reshape/permute/expand/slice become their operand; reshape∘reshape and
-  permute∘permute compose; an exact widening cast round trip (`f16 -> f32 -> f16`) disappears.
+  permute∘permute compose; an exact widening cast round trip (`f16 -> f32 -> f16`) disappears;
+  `x * 1`, `x / 1`, `x - 0` by a scalar `full` become x when that keeps x's type (`x + 0` does not:
+  `-0.0 + 0.0` is `+0.0`).
 - `LINEAR_RULES`: `matmul(x, permute(const w, [1, 0]))` -> `linear(x, w)` for a 2-D const w;
   `add(linear(x, w), b)` with a rank-1 bias of w's output size -> `linear(x, w, b)`; the
-  aot_autograd sandwich `reshape(linear(reshape(x)))` whose reshapes only merge and split the
-  leading dims -> `linear(x)` on the unflattened input.
+  aot_autograd sandwich `reshape(linear(reshape(x, [M, K])), [*lead, N])` -> `linear(x)` on the
+  unflattened input when x is `[*lead, K]` (the reshapes only merged and split leading dims), else
+  `linear(reshape(x, [*lead, K]))` (e.g. attention heads merged into K before o_proj).
 - `RMS_NORM_RULES`: Llama's written-out RMSNorm, in three steps that each keep the semantics exact
   (see `_rms_norm` in ir/optable.py): the fp32 core `xf * rsqrt(mean(xf^2, [-1], keepdim) + eps)` ->
   `rms_norm(xf)`; `cast(rms_norm(cast(x, f32)), x.dtype)` -> `rms_norm(x)` (exactly what rms_norm does
@@ -28,10 +31,9 @@ import torch
 
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.ir.ops import norm_axis
-from fxforge.ir.types import dims_equal
+from fxforge.ir.ops import norm_axis, prod
 from fxforge.passes.manager import PassContext, register_pass
-from fxforge.passes.rewriter import P, Rule, apply_rules, rule
+from fxforge.passes.rewriter import P, Rule, apply_rules, dims_match, rule, same_type
 
 # -- no-op folds and compositions ---------------------------------------------------------------------
 
@@ -46,7 +48,7 @@ _IDENTITY = {
 
 def _fold_noop(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     x = b["x"]
-    return x if op.result.type.same_as(x.type) and _IDENTITY[op.opcode](op, x) else None
+    return x if same_type(op.result.type, x.type) and _IDENTITY[op.opcode](op, x) else None
 
 
 FOLD_RULES: list[Rule] = [Rule(P.op(opcode, P.any("x")), _fold_noop, f"fold_noop_{opcode}") for opcode in _IDENTITY]
@@ -54,7 +56,7 @@ FOLD_RULES: list[Rule] = [Rule(P.op(opcode, P.any("x")), _fold_noop, f"fold_noop
 
 @rule(P.op("reshape", P.op("reshape", P.any("x"))))
 def compose_reshape(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
-    if op.result.type.same_as(b["x"].type):
+    if same_type(op.result.type, b["x"].type):
         return b["x"]
     return g.insert_before(op, "reshape", [b["x"]], {"shape": op.attrs["shape"]}).result
 
@@ -84,7 +86,19 @@ def fold_widening_round_trip(g: Graph, op: Op, b: dict[str, Value]) -> Value | N
     return None
 
 
-FOLD_RULES += [compose_reshape, compose_permute, fold_widening_round_trip]
+
+
+def _keep_x(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """x * 1, x / 1, x - 0 are x exactly (signed zeros and NaNs included) when the type is x's."""
+    return b["x"] if same_type(op.result.type, b["x"].type) else None
+
+
+FOLD_RULES += [
+    compose_reshape, compose_permute, fold_widening_round_trip,
+    Rule(P.op("mul", P.any("x"), P.full(value=1), commutative=True), _keep_x, "fold_mul_one"),
+    Rule(P.op("div", P.any("x"), P.full(value=1), rounding_mode=None), _keep_x, "fold_div_one"),
+    Rule(P.op("sub", P.any("x"), P.full(value=0)), _keep_x, "fold_sub_zero"),
+]
 
 # -- linear ------------------------------------------------------------------------------------------
 
@@ -105,21 +119,25 @@ def matmul_to_linear(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
            commutative=True))
 def linear_bias(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     x, w, bias = b["x"], b["w"], b["bias"]
-    if bias.type.dtype != x.type.dtype or not dims_equal(bias.type.shape[0], w.type.shape[0]):
+    if bias.type.dtype != x.type.dtype or not dims_match(bias.type.shape[0], w.type.shape[0]):
         return None
-    if not op.result.type.same_as(x.type.with_shape(x.type.shape[:-1] + (w.type.shape[0],))):
+    if not same_type(op.result.type, x.type.with_shape(x.type.shape[:-1] + (w.type.shape[0],))):
         return None
     return g.insert_before(op, "linear", [x, w, bias]).result
 
 
 def _unflatten_linear(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
-    """reshape(linear(reshape(x, [M, K]), w, b?), [*lead, N]) with x = [*lead, K] -> linear(x, w, b?)."""
+    """reshape(linear(reshape(x, [M, K]), w, b?), [*lead, N]) -> linear(x', w, b?) with x' = x when x is
+    [*lead, K], else reshape(x, [*lead, K]): linear works row by row, and both reshapes keep the rows
+    in row-major order, so only the leading dims change."""
     x, flat = b["x"], b["flat"]
     target = op.result.type.shape
-    if not dims_equal(flat.type.shape[-1], x.type.shape[-1]) or len(target) != x.type.rank:
+    k = flat.type.shape[-1]
+    if not dims_match(prod(target[:-1]), prod(flat.type.shape[:-1])):
         return None
-    if not all(dims_equal(t, d) for t, d in zip(target[:-1], x.type.shape[:-1])):
-        return None
+    want = tuple(target[:-1]) + (k,)
+    if not same_type(x.type.with_shape(want), x.type):
+        x = g.insert_before(op, "reshape", [x], {"shape": want}).result
     operands = [x, b["w"]] + ([b["bias"]] if "bias" in b else [])
     return g.insert_before(op, "linear", operands).result
 
@@ -155,7 +173,7 @@ def rms_norm_core(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     if xf.type.dtype != DType.f32 or xf.type.rank == 0 or dims is None or len(dims) != 1:
         return None
     eps = _scalar(b["eps"])
-    if norm_axis(dims[0], xf.type.rank) != xf.type.rank - 1 or eps is None or not op.result.type.same_as(xf.type):
+    if norm_axis(dims[0], xf.type.rank) != xf.type.rank - 1 or eps is None or not same_type(op.result.type, xf.type):
         return None
     return g.insert_before(op, "rms_norm", [xf], {"eps": eps}).result
 
@@ -172,7 +190,7 @@ def rms_norm_casts(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
            commutative=True))
 def rms_norm_weight(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     x, w = b["x"], b["w"]
-    if not dims_equal(w.type.shape[0], x.type.shape[-1]) or not op.result.type.same_as(x.type):
+    if not dims_match(w.type.shape[0], x.type.shape[-1]) or not same_type(op.result.type, x.type):
         return None
     return g.insert_before(op, "rms_norm", [x, w], {"eps": b["norm"].producer.attrs["eps"]}).result
 
@@ -184,7 +202,7 @@ RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_weight]
 
 @rule(P.op("mul", P.any("x"), P.op("sigmoid", P.any("x"), single_use=True), commutative=True))
 def silu(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
-    if not op.result.type.same_as(b["x"].type):
+    if not same_type(op.result.type, b["x"].type):
         return None
     return g.insert_before(op, "silu", [b["x"]]).result
 

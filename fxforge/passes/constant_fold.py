@@ -13,10 +13,12 @@ Options (`PassContext.options`): `constant_fold.max_elements` (default 4096), th
 fold may create or read; `constant_fold.max_eval_elements` (default 2**22), the largest result it
 will compute at all (bounds compile time and memory).
 
-Decisions: shape ops (reshape, permute, expand, slice, ...) applied directly to a `const` are not
-folded. They are free views at run time, and folding them would copy a weight and hide it from the
-passes that look for weights by their `const` (linear recognition, quantization); shape ops of
-`full`/`arange` values do fold. Uniformity is judged bitwise, so `-0.0` beside `0.0` is kept.
+Decisions: shape ops (reshape, permute, expand, slice, ...) applied directly to a model weight's
+`const` are not folded. They are free views at run time, and folding them would copy a weight and
+hide it from the passes that look for weights by their `const` (linear recognition, quantization);
+shape ops of `full`/`arange` values and of weights this pass created (`folded.*`) do fold, so e.g.
+rotary tables built from a static position range collapse into one small weight. Uniformity is
+judged bitwise, so `-0.0` beside `0.0` is kept.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from fxforge.ir.evaluate import concrete, run_op
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.passes.manager import PassContext, register_pass
 
+FOLDED_PREFIX = "folded."
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -41,6 +44,10 @@ def is_uniform(t: torch.Tensor) -> bool:
     if flat.is_floating_point():
         flat = flat.contiguous().view(_INT_OF_SIZE[flat.element_size()])
     return bool((flat == flat[0]).all())
+
+
+def _is_model_weight(v: Value) -> bool:
+    return v.producer.opcode == "const" and not str(v.producer.attrs["weight"]).startswith(FOLDED_PREFIX)
 
 
 class _Folder:
@@ -74,7 +81,7 @@ class _Folder:
             concrete(op.attrs, {})
         except IRError:
             return False  # attributes with symbols cannot be evaluated now
-        if op.opdef.category == "shape" and any(v.producer.opcode == "const" for v in op.operands):
+        if op.opdef.category == "shape" and any(_is_model_weight(v) for v in op.operands):
             self.stats["skipped_views"] += 1
             return False
         if op.result.type.numel() > self.max_eval:
@@ -103,7 +110,7 @@ class _Folder:
         self.by_opcode[op.opcode] = self.by_opcode.get(op.opcode, 0) + 1
 
     def weight_name(self, op: Op) -> str:
-        base = "folded." + re.sub(r"[^A-Za-z0-9_]", "_", op.result.name)
+        base = FOLDED_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", op.result.name)
         name, i = base, 1
         while name in self.graph.weights:
             name, i = f"{base}_{i}", i + 1

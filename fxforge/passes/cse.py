@@ -18,11 +18,13 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 from fxforge.ir.graph import Graph, Op
 from fxforge.passes.dce import has_side_effects
 from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.rewriter import same_type
 
 _RANDOM = ("rand", "dropout", "bernoulli", "normal", "uniform", "empty", "multinomial", "poisson",
            "exponential", "geometric", "cauchy", "seed")
@@ -71,7 +73,7 @@ def eliminate_common_subexpressions(graph: Graph) -> dict[str, int]:
         if first is None:
             seen[key] = op
             continue
-        if any(not a.type.same_as(b.type) for a, b in zip(op.results, first.results)):
+        if any(not same_type(a.type, b.type) for a, b in zip(op.results, first.results, strict=True)):
             continue  # externs declare their types; different declarations are different calls
         graph.replace_op(op, list(first.results))
         merged[op.opcode] = merged.get(op.opcode, 0) + 1

@@ -29,8 +29,9 @@ from __future__ import annotations
 import difflib
 import json
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 from fxforge.ir.errors import VerifyError
 from fxforge.ir.graph import Graph

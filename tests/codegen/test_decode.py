@@ -16,15 +16,15 @@ _COMPILE_ONLY = os.environ.get("FXFORGE_DECODE_COMPILE_ONLY") == "1"
 if not _COMPILE_ONLY:
     os.environ["TRITON_INTERPRET"] = "1"
 
-import pytest
-import torch
-import triton
-import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-from fxforge.codegen import decode
-from fxforge.ir.block_formats import decode_e8m0
-from fxforge.ir.formats import decode_float, get_format, unpack_int4, unpack_nibbles
+from fxforge.codegen import decode  # noqa: E402
+from fxforge.ir.block_formats import decode_e8m0  # noqa: E402
+from fxforge.ir.formats import decode_float, get_format, unpack_int4, unpack_nibbles  # noqa: E402
 
 if not _COMPILE_ONLY and not isinstance(decode.fp4e2m1_to_f32, InterpretedFunction):
     decode = importlib.reload(decode)  # imported earlier without the interpreter

@@ -260,3 +260,12 @@ def test_nvfp4_rejects_non_finite_and_bad_shapes() -> None:
     q = quantize_nvfp4(torch.randn(4, 64))
     assert q.codes.shape == (4, 32) and q.block_scales.shape == (4, 4)
     assert q.nbytes == bytes_of(q) == 4 * 32 + 16 + 4
+
+
+def test_mxint8_is_fixed_point_and_symmetric() -> None:
+    x = torch.zeros(1, 32)
+    x[0, :4] = torch.tensor([-1.999, 1.999, 0.5 + 2.0**-7, 1.0])  # amax in [1, 2): scale 2^0
+    q = quantize_mx(x, "mxint8")
+    assert q.scales.item() == 127
+    assert q.codes[0, :4].view(torch.int8).tolist() == [-127, 127, 32, 64]  # -128 never; 32.5 -> 32
+    assert q.dequantize()[0, :4].tolist() == [-127 / 64, 127 / 64, 0.5, 1.0]

@@ -1,0 +1,80 @@
+"""Small real model architectures with random weights, for the demo, tests and benchmarks.
+
+Built from Hugging Face `transformers` configs (no download: weights are random and seeded), plus
+a plain MLP. `transformers` is imported only when a model is asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+
+def _hf(config_cls: str, model_cls: str, **config: Any) -> torch.nn.Module:
+    import transformers
+
+    cfg = getattr(transformers, config_cls)(**config)
+    return getattr(transformers, model_cls)(cfg).eval()
+
+
+def llama(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, intermediate: int = 128,
+          vocab: int = 256) -> torch.nn.Module:
+    """LlamaForCausalLM with grouped-query attention (kv_heads < heads)."""
+    return _hf("LlamaConfig", "LlamaForCausalLM", hidden_size=hidden, intermediate_size=intermediate,
+               num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+               vocab_size=vocab, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def mistral(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, intermediate: int = 128,
+            vocab: int = 256) -> torch.nn.Module:
+    return _hf("MistralConfig", "MistralForCausalLM", hidden_size=hidden, intermediate_size=intermediate,
+               num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+               vocab_size=vocab, max_position_embeddings=512, sliding_window=None, bos_token_id=1,
+               eos_token_id=2, pad_token_id=0)
+
+
+def gpt2(hidden: int = 64, layers: int = 2, heads: int = 4, vocab: int = 256) -> torch.nn.Module:
+    return _hf("GPT2Config", "GPT2LMHeadModel", n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=vocab,
+               n_positions=512, bos_token_id=1, eos_token_id=2)
+
+
+def bert(hidden: int = 64, layers: int = 2, heads: int = 4, intermediate: int = 128, vocab: int = 256) -> torch.nn.Module:
+    return _hf("BertConfig", "BertModel", hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+               intermediate_size=intermediate, vocab_size=vocab, max_position_embeddings=512)
+
+
+class MLP(torch.nn.Module):
+    """A plain MLP: linear -> GELU -> linear -> residual -> LayerNorm."""
+
+    def __init__(self, dim: int = 64, hidden: int = 256) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(dim, hidden)
+        self.down = torch.nn.Linear(hidden, dim)
+        self.norm = torch.nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.down(torch.nn.functional.gelu(self.up(x))))
+
+
+def mlp(dim: int = 64, hidden: int = 256) -> torch.nn.Module:
+    return MLP(dim, hidden).eval()
+
+
+MODELS: dict[str, Callable[..., torch.nn.Module]] = {"llama": llama, "mistral": mistral, "gpt2": gpt2, "bert": bert, "mlp": mlp}
+
+
+def build(name: str, seed: int = 0, **sizes: Any) -> torch.nn.Module:
+    """A model of the zoo with seeded random weights."""
+    if name not in MODELS:
+        raise KeyError(f"unknown zoo model {name!r}; known: {sorted(MODELS)}")
+    torch.manual_seed(seed)
+    return MODELS[name](**sizes)
+
+
+def example_input(name: str, batch: int = 2, seq: int = 16, seed: int = 1) -> torch.Tensor:
+    """Token ids for the language models, hidden states for the MLP."""
+    gen = torch.Generator().manual_seed(seed)
+    if name == "mlp":
+        return torch.randn(batch, seq, 64, generator=gen)
+    return torch.randint(3, 256, (batch, seq), generator=gen)
