@@ -24,9 +24,10 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def _csv(values: list[str]) -> list[str]:
@@ -66,15 +67,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled.save(str(out))
     seconds = time.perf_counter() - start
     rec, graph = compiled.record, compiled.graph
-    shown = [f"{n}={ci.tensor_type(t) if isinstance(t, torch.Tensor) else t!r}" for n, t in [*zip(compiled.arg_names, example_args), *example_kwargs.items()]]
+    shown = [f"{n}={ci.tensor_type(t) if isinstance(t, torch.Tensor) else t!r}"
+             for n, t in ci.named_inputs(compiled.arg_names, example_args, example_kwargs)]
     print(f"fxforge: compiled {type(model).__name__} ({args.model}) in {seconds:.2f} s")
     print(f"  example inputs: {', '.join(shown)}")
-    print(f"  signature: {_signature(graph)}")
-    print(f"  graph: {rec.aten_ops} ATen ops -> {len(graph.ops)} fxforge ops: {_counts(graph.op_counts())}")
+    print(f"  signature: {ci.signature(graph)}")
+    print(f"  graph: {rec.aten_ops} ATen ops -> {len(graph.ops)} fxforge ops: {ci.counts(graph.op_counts())}")
     if rec.trace is not None:
         print("  passes: " + ", ".join(f"{r.name} {r.seconds * 1e3:.1f} ms" for r in rec.trace.records))
     if rec.externs:
-        print(f"  extern (runs through torch): {_counts(rec.externs)}")
+        print(f"  extern (runs through torch): {ci.counts(rec.externs)}")
     for note in rec.notes:
         print(f"  note: {note}")
     ones = ci.size_one_dims(example_args, example_kwargs, compiled.arg_names)
@@ -83,20 +85,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
               "give examples with sizes >= 2 (e.g. int64[2,128]) to keep those dims dynamic")
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"  wrote {out}/ ({', '.join(sorted(f.name for f in out.iterdir()))}; {size / 1e6:.2f} MB)")
-    print(f"  next: fxforge run {out} --input '{args.example_input[0] if args.example_input else 'SPEC'}'  |  fxforge inspect {out}")
+    example = " ".join(f"--input '{spec}'" for spec in args.example_input) or "--input SPEC"
+    print(f"  next: fxforge run {out} {example}  |  fxforge inspect {out}")
     return 0
-
-
-def _signature(graph: Any) -> str:
-    from fxforge.ir.printer import print_type
-
-    return f"{graph.name}(" + ", ".join(f"%{v.name}: {print_type(v.type)}" for v in graph.inputs) + ")"
-
-
-def _counts(counts: dict[str, int], top: int = 10) -> str:
-    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    text = ", ".join(f"{k} x{v}" for k, v in items[:top])
-    return text + (f", ... ({len(items) - top} more)" if len(items) > top else "")
 
 
 # -- run --------------------------------------------------------------------------------------------
@@ -122,13 +113,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except FxforgeError:
         raise
     except Exception as e:
-        raise ci.UsageError(f"running {args.artifact} raised {type(e).__name__}: {str(e).strip().splitlines()[0]}; check the "
-                            f"inputs' dtypes, shapes and values (integers are drawn from [0, {high}); --int-high sets that)") from e
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ci.UsageError(f"running {args.artifact} raised {type(e).__name__}: {first}; check the inputs' dtypes, "
+                            f"shapes and values (random integers are drawn from [0, {high}); --int-high sets that)") from e
     seconds = time.perf_counter() - start
     print(f"fxforge: ran {args.artifact} ({module.source or 'model'}) in {seconds * 1e3:.1f} ms "
           f"on the {module.program.executor_name} executor")
-    names = [*module.arg_names[:len(call_args)], *call_kwargs]
-    for name, value in zip(names, [*call_args, *call_kwargs.values()]):
+    for name, value in ci.named_inputs(module.arg_names, call_args, call_kwargs):
         print(f"  input  {name}: {ci.describe(value)}")
     print(f"  output {type(outputs).__name__}:")
     for path, value in ci.leaves(outputs):
@@ -215,6 +206,7 @@ def _pass_view(trace: Any, key: str | None, diff: bool) -> str:
 
 
 def _overview(module: Any, args: argparse.Namespace) -> str:
+    from fxforge import cli_inputs as ci
     from fxforge.runtime.artifact import FILES
 
     manifest = json.loads((Path(args.artifact) / FILES["manifest"]).read_text())
@@ -224,7 +216,7 @@ def _overview(module: Any, args: argparse.Namespace) -> str:
              f"config: passes={','.join(cfg.passes) if cfg.passes is not None else 'default'} "
              f"disable={','.join(cfg.disable) or '-'} executor={cfg.executor} ({module.program.executor_name}) "
              f"dynamic={cfg.dynamic is not False} verify={cfg.verify}",
-             f"signature: {_signature(module.graph)}", "",
+             f"signature: {ci.signature(module.graph)}", "",
              f"{'#':>3}  {'pass':<16}{'ms':>9}{'ops':>14}  changes / stats"]
     for i, r in enumerate(module.record.trace.records, 1):
         before, after = sum(r.ops_before.values()), sum(r.ops_after.values())
@@ -233,9 +225,9 @@ def _overview(module: Any, args: argparse.Namespace) -> str:
         stats = json.dumps(r.stats, sort_keys=True) if r.stats else ""
         lines.append(f"{i:>3}  {r.name:<16}{r.seconds * 1e3:>9.2f}{f'{before} -> {after}':>14}  "
                      + "  ".join(x for x in (changes, stats) if x))
-    lines += ["", f"final graph: {len(module.graph.ops)} ops: {_counts(module.graph.op_counts(), top=50)}"]
+    lines += ["", f"final graph: {len(module.graph.ops)} ops: {ci.counts(module.graph.op_counts(), top=50)}"]
     if module.record.externs:
-        lines.append(f"extern (runs through torch): {_counts(module.record.externs)}")
+        lines.append(f"extern (runs through torch): {ci.counts(module.record.externs)}")
     lines += [f"note: {n}" for n in module.record.notes]
     flags = ", ".join(f"{v.flag}: {v.help}" for v in INSPECT_VIEWS)
     lines.append(f"(--pass NAME|NAME#k|N: the IR after that pass; --diff: what it changed; {flags})")
@@ -257,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="path/to/file.py:factory (a function or nn.Module class making the model, or a module)")
     p.add_argument("--example-input", action="append", default=[], metavar="SPEC",
                    help="an example positional input, dtype[d0,d1,...], e.g. 'int64[2,128]' (repeat per input)")
-    p.add_argument("--kwarg", action="append", default=[], metavar="NAME=SPEC", help="an example keyword input (SPEC or a literal)")
+    p.add_argument("--kwarg", action="append", default=[], metavar="NAME=SPEC", help="an example keyword input (or a literal)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="the artifact directory to write")
     p.add_argument("--passes", action="append", metavar="A,B", help="the pass pipeline (default: the default pipeline)")
     p.add_argument("--disable", action="append", default=[], metavar="X", help="skip these passes (repeatable, commas)")

@@ -46,8 +46,9 @@ def parse_dtype(name: str, spec: str) -> torch.dtype:
     try:
         dtype = DType.parse(name)
     except ValueError:
+        known = ", ".join(d.ir_name for d in DType if not d.is_packed)
         raise UsageError(f"bad input spec {spec!r}: unknown dtype {name!r}; use a torch name (int64, int32, float32, "
-                         f"float16, bfloat16, bool, ...) or an fxforge one ({', '.join(d.ir_name for d in DType if not d.is_packed)})") from None
+                         f"float16, bfloat16, bool, ...) or an fxforge one ({known})") from None
     if dtype.is_packed:
         raise UsageError(f"bad input spec {spec!r}: {name} is a packed weight format, not an input dtype; use e.g. int8 or uint8")
     return dtype.torch
@@ -118,11 +119,15 @@ def make_inputs(specs: list[str], kwarg_items: list[str], seed: int, int_high: i
     return args, kwargs
 
 
+def named_inputs(names: list[str], args: tuple, kwargs: dict) -> list[tuple[str, Any]]:
+    """(name, value) of each input: positional ones named after the forward's parameters (or arg{i})."""
+    return [(names[i] if i < len(names) else f"arg{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+
+
 def size_one_dims(args: tuple, kwargs: dict, names: list[str]) -> list[str]:
     """`name[dim]` for each example dim of size 1 (torch.export specialises those)."""
     found = []
-    named = [*zip(names, args), *kwargs.items()]
-    for name, value in named:
+    for name, value in named_inputs(names, args, kwargs):
         if isinstance(value, torch.Tensor):
             found += [f"{name}[dim {i}]" for i, d in enumerate(value.shape) if d == 1]
     return found
@@ -209,7 +214,8 @@ def load_input_file(path_text: str) -> tuple[tuple, dict]:
         return tuple(data), {}
     if isinstance(data, dict) and all(isinstance(k, str) for k in data):
         return (), dict(data)
-    raise UsageError(f"input file {path} holds a {type(data).__name__}; save a tensor, a tuple of inputs or a dict of named inputs")
+    raise UsageError(f"input file {path} holds a {type(data).__name__}; save a tensor, a tuple of inputs or a dict of "
+                     "named inputs")
 
 
 def leaves(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -250,3 +256,17 @@ def describe(value: Any) -> str:
         return head
     v = value.detach().long()
     return head + f"  min={v.min().item()} max={v.max().item()}"
+
+
+def counts(table: dict[str, int], top: int = 10) -> str:
+    """`reshape x23, const x22, ...`: the largest counts first."""
+    items = sorted(table.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{k} x{v}" for k, v in items[:top])
+    return text + (f", ... ({len(items) - top} more)" if len(items) > top else "")
+
+
+def signature(graph: Any) -> str:
+    """`forward(%input_ids: i64[s0, s1])`: the compiled graph's inputs and their (symbolic) types."""
+    from fxforge.ir.printer import print_type
+
+    return f"{graph.name}(" + ", ".join(f"%{v.name}: {print_type(v.type)}" for v in graph.inputs) + ")"

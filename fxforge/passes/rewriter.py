@@ -24,7 +24,8 @@ Decisions:
   root's type (dims compared as expressions): a rule that changes a type is a bug, raised as
   `RewriteError`, never silently applied.
 - `apply_rules` sweeps the ops in order, applies the first rule that matches each op, redirects the
-  root's uses, erases the matched ops left dead, and repeats until a sweep changes nothing. No
+  root's uses, erases the matched ops left dead (leaves included: a `full` only the rewritten ops
+  used goes too), and repeats until a sweep changes nothing. No
   fixpoint within `max_iterations` sweeps means rules undo each other: that raises too.
 """
 
@@ -78,6 +79,7 @@ class State:
     bindings: tuple[tuple[str, Value], ...] = ()
     ops: tuple[Op, ...] = ()
     single: tuple[Op, ...] = ()  # ops that asked for single use
+    leaves: tuple[Op, ...] = ()  # const/full ops matched as leaves: erased when dead, never checked
 
     def bind(self, name: str | None, value: Value) -> State | None:
         if name is None:
@@ -85,10 +87,12 @@ class State:
         for k, v in self.bindings:
             if k == name:
                 return self if v is value else None
-        return State(self.bindings + ((name, value),), self.ops, self.single)
+        return State(self.bindings + ((name, value),), self.ops, self.single, self.leaves)
 
-    def add_op(self, op: Op, single_use: bool) -> State:
-        return State(self.bindings, self.ops + (op,), self.single + ((op,) if single_use else ()))
+    def add_op(self, op: Op, single_use: bool, leaf: bool = False) -> State:
+        if leaf:
+            return State(self.bindings, self.ops, self.single, self.leaves + (op,))
+        return State(self.bindings, self.ops + (op,), self.single + ((op,) if single_use else ()), self.leaves)
 
 
 class Pattern:
@@ -138,8 +142,7 @@ class OpPat(Pattern):
         state = state.bind(self.name, value)
         if state is None:
             return
-        if not self.leaf:
-            state = state.add_op(op, self.single_use)
+        state = state.add_op(op, self.single_use, self.leaf)
         if self.operands is None:
             yield state
             return
@@ -281,7 +284,7 @@ def _rewrite(graph: Graph, op: Op, r: Rule, state: State, erased: set[int]) -> b
         raise RewriteError(f"rule {r.name} replaced {print_op(op)} by a value of type {print_type(new.type)}; "
                            "a rewrite must keep the type (check it in the rule and return None)")
     graph.replace_all_uses(old, new)
-    _erase_dead(graph, state.ops, erased)
+    _erase_dead(graph, state.ops + state.leaves, erased)
     return True
 
 

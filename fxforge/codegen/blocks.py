@@ -1,0 +1,74 @@
+"""Block sizes and launch parameters for the codegen templates: the ONE place they are chosen.
+
+Every template launcher (and the build check) asks this module for its tile shape, so a later cost
+model replaces these small heuristics without touching any kernel:
+- `gemm_blocks(M, N, K, dtype)` for `templates.gemm` (linear, matmul),
+- `attention_blocks(Lq, Lk, D, dtype)` for `templates.attention`,
+- `row_blocks(n_cols)` for row-wise kernels (norms, softmax, pointwise rows).
+Rules: tile dims are powers of two and at least 16 (the smallest `tl.dot` tile real GPUs accept),
+clamped to the problem so tiny problems do not waste work. The limits were checked against ptxas for
+sm_80 and sm_90 (`tests/codegen/test_build.py`): no register spills, shared memory within limits.
+fp32 GEMMs use smaller tiles because fp32 dots run as exact fp32 FMA (no tf32), which costs registers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    n = int(n)
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def _clamp_pow2(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, next_pow2(n)))
+
+
+def _itemsize(dtype) -> int:
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def gemm_blocks(M: int, N: int, K: int, dtype) -> dict:
+    """Tile shape and launch parameters for a GEMM out[M, N] = A[M, K] @ B[K, N] of element `dtype`.
+
+    Returns dict(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+    """
+    wide = _itemsize(dtype) >= 4
+    if wide:  # exact fp32 (FMA) dot: keep the accumulator and operand tiles small
+        bm, bn, bk = _clamp_pow2(M, 16, 64), _clamp_pow2(N, 16, 64), _clamp_pow2(K, 16, 32)
+    else:
+        bm, bn, bk = _clamp_pow2(M, 16, 128), _clamp_pow2(N, 16, 128), _clamp_pow2(K, 16, 64)
+    num_warps = 8 if bm * bn >= 128 * 128 else 4
+    num_stages = 3 if K > bk else 2
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps, num_stages=num_stages)
+
+
+def attention_blocks(Lq: int, Lk: int, D: int, dtype) -> dict:
+    """Tile shape for flash attention: queries per program, keys per step, padded head dim.
+
+    Returns dict(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). BLOCK_D is D rounded up to a
+    power of two (>= 16); the kernel masks the padding.
+    """
+    bd = _clamp_pow2(D, 16, 256)
+    wide = _itemsize(dtype) >= 4
+    cap_m = 64 if (wide or bd > 64) else 128
+    cap_n = 32 if (wide and bd > 64) else 64
+    bm = _clamp_pow2(Lq, 16, cap_m)
+    bn = _clamp_pow2(Lk, 16, cap_n)
+    num_warps = 8 if bm >= 128 else 4
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=num_warps, num_stages=2)
+
+
+def row_blocks(n_cols: int) -> dict:
+    """Launch parameters for a kernel that handles one row of `n_cols` elements per program.
+
+    Returns dict(BLOCK=next power of two >= n_cols (>= 16), num_warps). Rows wider than 65536
+    elements should loop over column tiles of BLOCK=65536 instead.
+    """
+    block = _clamp_pow2(n_cols, 16, 65536)
+    num_warps = 1 if block <= 256 else 2 if block <= 1024 else 4 if block <= 4096 else 8 if block <= 16384 else 16
+    return dict(BLOCK=block, num_warps=num_warps)

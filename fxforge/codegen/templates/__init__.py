@@ -1,0 +1,1 @@
+"""Hand-written Triton kernel templates (GEMM family, attention) and their Python launchers."""

@@ -1,0 +1,130 @@
+"""The pass manager: pipelines by name, the trace, verification naming the guilty pass, JSON."""
+
+import pytest
+import torch
+
+from fxforge.ir import DType, Graph, TensorType, sym
+from fxforge.passes import PASSES, PassContext, PassManager, PassVerifyError, Trace, build_pipeline, default_pipeline
+
+F32 = DType.f32
+
+
+def small_graph():
+    """neg(neg(x)) + a dead op + a duplicate: every default pass has something to do."""
+    g = Graph()
+    x = g.add_input("x", TensorType((sym("s0"), 8), F32))
+    w = g.add_weight("unused", torch.randn(3))
+    g.add_op("const", [], {"weight": w})
+    a = g.add_op("exp", [x]).result
+    b = g.add_op("exp", [x]).result
+    y = g.add_op("reshape", [g.add_op("add", [a, b]).result], {"shape": (sym("s0"), 8)}).result
+    g.set_outputs([y])
+    return g
+
+
+class Renamer:
+    """A pass that changes nothing but reports a statistic."""
+
+    name = "renamer"
+
+    def run(self, graph, ctx):
+        ctx.stats["seen_ops"] = len(graph.ops)
+        ctx.stats["option"] = ctx.option("renamer.flag", "default")
+        return graph
+
+
+class BreaksTypes:
+    """A buggy pass: retypes a value so it no longer matches its op."""
+
+    name = "breaks_types"
+
+    def run(self, graph, ctx):
+        graph.ops[-1].results[0].type = TensorType((3,), F32)
+        return graph
+
+
+def test_default_pipeline_is_registered_and_builds():
+    names = default_pipeline()
+    assert names[0] == "canonicalize" and names[-1] == "shape_prop"
+    assert set(names) == {"canonicalize", "constant_fold", "cse", "dce", "shape_prop"} <= set(PASSES)
+    passes = build_pipeline(names, disabled=["cse"])
+    assert [p.name for p in passes] == [n for n in names if n != "cse"]
+
+
+def test_a_typo_lists_the_known_passes():
+    with pytest.raises(ValueError, match=r"unknown pass name\(s\) \['cse2'\].*canonicalize"):
+        build_pipeline(["canonicalize", "cse2"])
+    with pytest.raises(ValueError, match="dcee"):
+        build_pipeline(["dce"], disabled=["dcee"])
+
+
+def test_trace_records_text_time_stats_and_op_counts():
+    g = small_graph()
+    pm = PassManager(build_pipeline(default_pipeline()) + [Renamer()], verify=True)
+    out = pm.run(g, PassContext(options={"renamer.flag": 7}))
+    assert out is g
+    trace = pm.trace
+    assert trace.names() == default_pipeline() + ["renamer"]
+    first, second = trace.records[0], trace.records[1]
+    assert first.ir_after == second.ir_before  # one print per pass
+    assert "reshape" in first.ir_before and "reshape" not in first.ir_after
+    assert first.ops_before["reshape"] == 1 and "reshape" not in first.ops_after
+    assert first.stats["rewrites"] == {"fold_noop_reshape": 1}
+    assert trace.record("cse").stats["merged"] == 1
+    assert trace.record("dce").stats == {"ops_removed": 1, "weights_removed": 1, "weight_bytes_freed": 12}
+    assert trace.record("canonicalize", 1).stats["total"] == 0
+    assert trace.record("renamer").stats == {"seen_ops": 2, "option": 7}
+    assert all(r.seconds >= 0 for r in trace.records)
+    assert g.op_counts() == {"add": 1, "exp": 1} and "unused" not in g.weights
+    with pytest.raises(KeyError, match="ran"):
+        trace.record("canonicalize", 2)
+    assert "renamer" in trace.summary()
+
+
+def test_diff_shows_what_a_pass_changed():
+    g = small_graph()
+    pm = PassManager(["canonicalize", "cse"])
+    pm.run(g)
+    diff = pm.trace.diff("cse")
+    assert diff.startswith("--- before cse\n+++ after cse\n")
+    removed = [line for line in diff.splitlines() if line.startswith("-  ")]
+    added = [line for line in diff.splitlines() if line.startswith("+  ")]
+    assert len(removed) == 2 and "exp" in removed[0] and "add" in removed[1]
+    assert len(added) == 1 and "add" in added[0]
+    assert pm.trace.diff("canonicalize") != "" and pm.trace.record("cse").diff() == diff
+
+
+def test_json_round_trip():
+    pm = PassManager(build_pipeline(default_pipeline()))
+    pm.run(small_graph())
+    text = pm.trace.to_json()
+    again = Trace.from_json(text)
+    assert again == pm.trace
+    assert again.to_json() == text
+
+
+def test_verify_names_the_pass_that_broke_the_graph():
+    pm = PassManager([Renamer(), BreaksTypes(), Renamer()], verify=True)
+    with pytest.raises(PassVerifyError, match=r"pass 'breaks_types' broke the graph: .*declared f32\[3\]"):
+        pm.run(small_graph())
+    assert pm.trace.names() == ["renamer", "breaks_types"]  # the broken pass's record is kept
+    # without verification (and without debug) the broken graph goes through unnoticed
+    PassManager([BreaksTypes()]).run(small_graph())
+    # the context can turn checking on too
+    with pytest.raises(PassVerifyError, match="breaks_types"):
+        PassManager([BreaksTypes()]).run(small_graph(), PassContext(debug=True))
+
+
+def test_a_broken_input_is_not_blamed_on_the_first_pass():
+    g = small_graph()
+    g.ops[-1].results[0].type = TensorType((3,), F32)
+    with pytest.raises(PassVerifyError, match="input graph"):
+        PassManager(["cse"], verify=True).run(g)
+
+
+def test_each_run_gets_fresh_stats():
+    ctx = PassContext()
+    pm = PassManager([Renamer(), "dce"])
+    pm.run(small_graph(), ctx)
+    assert pm.trace.record("renamer").stats == {"seen_ops": 5, "option": "default"}
+    assert "seen_ops" not in pm.trace.record("dce").stats

@@ -1,0 +1,160 @@
+"""The `fxforge` command line end to end: compile a model file, run the artifact in a fresh process,
+inspect it, and the one-line errors (exit status 2) for bad input.
+
+`compile` and `run` go through real processes (`python -m fxforge.cli`), so the artifact is shown to
+run without the model's source; `inspect` and most error cases call `main(argv)` in this process,
+which is the same code without the start-up cost.
+"""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fxforge import cli_inputs
+from fxforge.cli import main
+
+MODEL_SOURCE = '''
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def make_model():
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, vocab_size=256)
+    return LlamaForCausalLM(config).eval()
+'''
+EXAMPLE = "int64[2,8]"
+
+
+def fxforge(*args):
+    return subprocess.run([sys.executable, "-m", "fxforge.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "tiny_llama.py").write_text(MODEL_SOURCE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def compiled(workdir):
+    out = workdir / "out"
+    result = fxforge("compile", f"{workdir / 'tiny_llama.py'}:make_model", "--example-input", EXAMPLE, "-o", out)
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def eager_model(workdir):
+    spec = importlib.util.spec_from_file_location("tiny_llama_eager", workdir / "tiny_llama.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_model()
+
+
+def test_compile_prints_summary(compiled):
+    out, stdout = compiled
+    assert "compiled LlamaForCausalLM" in stdout
+    assert "signature: forward(%input_ids: i64[s0, s1])" in stdout  # both dims dynamic
+    assert "fxforge ops" in stdout and "extern" in stdout and f"wrote {out}" in stdout
+    assert "hint:" not in stdout  # no size-1 example dim
+    assert {p.name for p in out.iterdir()} >= {"manifest.json", "graph.fxir", "trace.json", "weights.safetensors"}
+
+
+def test_run_in_fresh_process_matches_eager(workdir, compiled):
+    out, _ = compiled
+    ids = torch.randint(0, 256, (3, 13), generator=torch.Generator().manual_seed(1))  # not the example's shape
+    torch.save(ids, workdir / "ids.pt")
+    result = fxforge("run", out, "--input-file", workdir / "ids.pt", "--output-file", workdir / "logits.pt")
+    assert result.returncode == 0, result.stderr
+    assert "logits: float32[3,13,256]" in result.stdout
+    got = torch.load(workdir / "logits.pt", weights_only=True)
+    with torch.no_grad():
+        want = eager_model(workdir)(ids).logits
+    assert got["logits"].shape == want.shape
+    assert (got["logits"] - want).abs().max().item() <= 1e-5
+
+
+def test_run_random_inputs(compiled, capsys):
+    out, _ = compiled
+    assert main(["run", str(out), "--input", "int64[4,5]", "--seed", "3"]) == 0
+    stdout = capsys.readouterr().out
+    assert "input  input_ids: int64[4,5]" in stdout and "logits: float32[4,5,256]" in stdout
+
+
+def test_inspect_lists_passes(compiled, capsys):
+    out, _ = compiled
+    assert main(["inspect", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    for name in ("canonicalize", "constant_fold", "cse", "dce", "shape_prop"):
+        assert f"  {name} " in stdout
+    assert "->" in stdout and "final graph:" in stdout
+
+
+def test_inspect_pass_ir_and_diff(compiled, capsys):
+    out, _ = compiled
+    assert main(["inspect", str(out), "--pass", "cse"]) == 0
+    ir = capsys.readouterr().out
+    assert ir.startswith("graph @forward(%input_ids: i64[s0, s1]) {") and "return" in ir
+    assert main(["inspect", str(out), "--pass", "cse", "--diff"]) == 0
+    diff = capsys.readouterr().out
+    assert diff.startswith("--- before cse\n+++ after cse") and "\n-  %" in diff
+    assert main(["inspect", str(out), "--ir"]) == 0
+    assert capsys.readouterr().out == (out / "graph.fxir").read_text().rstrip("\n") + "\n"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("int64[1,x]", "bad input spec 'int64[1,x]': dim 'x' is not a non-negative integer"),
+    ("int65[2]", "unknown dtype 'int65'"),
+    ("int64", "bad input spec 'int64': write dtype[d0,d1,...]"),
+])
+def test_bad_spec(compiled, capsys, spec, message):
+    out, _ = compiled
+    assert main(["run", str(out), "--input", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxforge: error: ") and message in err and err.count("\n") == 1
+
+
+def test_missing_factory(workdir, capsys):
+    assert main(["compile", f"{workdir / 'tiny_llama.py'}:nope", "--example-input", EXAMPLE, "-o", str(workdir / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "has no 'nope'" in err and "make_model" in err
+
+
+def test_corrupt_weights(compiled, tmp_path, capsys):
+    out, _ = compiled
+    bad = shutil.copytree(out, tmp_path / "bad")
+    data = bytearray((bad / "weights.safetensors").read_bytes())
+    data[-16] ^= 0xFF
+    (bad / "weights.safetensors").write_bytes(bytes(data))
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxforge: error: ") and "does not match the hash" in err
+
+
+def test_incomplete_artifact_in_fresh_process(compiled, tmp_path):
+    out, _ = compiled
+    bad = shutil.copytree(out, tmp_path / "bad")
+    (bad / "graph.fxir").unlink()
+    result = fxforge("run", bad, "--input", "int64[2,4]")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"fxforge: error: artifact {bad} is incomplete: missing graph.fxir; compile it again"
+    assert "Traceback" not in result.stderr
+
+
+def test_not_an_artifact(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nothing")]) == 2
+    assert "is not an artifact directory" in capsys.readouterr().err
+
+
+def test_size_one_dims_and_specs():
+    assert cli_inputs.parse_spec("int64[1, 128]") == (torch.int64, (1, 128))
+    assert cli_inputs.parse_spec("f32[]") == (torch.float32, ())
+    args, kwargs = cli_inputs.make_inputs(["int64[1,8]"], ["use_cache=false"], seed=0, int_high=7)
+    assert kwargs == {"use_cache": False} and 0 <= int(args[0].min()) and int(args[0].max()) < 7
+    assert cli_inputs.size_one_dims(args, {}, ["input_ids"]) == ["input_ids[dim 0]"]
