@@ -9,6 +9,6 @@
 from fxforge.api import compile, compile_aot, load
 from fxforge.config import CompileConfig
 from fxforge.errors import FxforgeError
-
 from fxforge.version import __version__
+
 __all__ = ["compile", "compile_aot", "load", "CompileConfig", "FxforgeError", "__version__"]

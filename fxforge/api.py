@@ -14,7 +14,8 @@ import copy
 import functools
 import inspect
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch._dynamo.backends.common import aot_autograd

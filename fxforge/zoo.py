@@ -6,7 +6,8 @@ a plain MLP. `transformers` is imported only when a model is asked for.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

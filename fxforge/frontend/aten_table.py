@@ -11,7 +11,8 @@ Shape-changing views take their target shape from the node's metadata, so `-1` i
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

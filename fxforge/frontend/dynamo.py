@@ -7,7 +7,7 @@ the compiled model (found by identity) become weights of the graph, the rest sta
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.fx

@@ -8,7 +8,8 @@ Values are dropped after their last use so peak memory stays near eager's.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import sympy
 import torch

@@ -8,8 +8,9 @@ against). The entries themselves are in `optable.py`; `OPS[name]` looks one up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import sympy
 import torch

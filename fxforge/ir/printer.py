@@ -23,8 +23,8 @@ import sympy
 
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op
-from fxforge.ir.optable import OperandRef
 from fxforge.ir.ops import lookup
+from fxforge.ir.optable import OperandRef
 from fxforge.ir.types import ENCODINGS, TensorType
 
 

@@ -23,7 +23,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils import _pytree as pytree
 
-from fxforge.version import __version__
 from fxforge.config import CompileConfig
 from fxforge.errors import ArtifactError, IRParseError
 from fxforge.frontend.fx_to_ir import InputSlot
@@ -34,6 +33,7 @@ from fxforge.runtime.executors import resolve_executor
 from fxforge.runtime.module import CompiledModule
 from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord
+from fxforge.version import __version__
 
 FORMAT = "fxforge-artifact"
 VERSION = 1

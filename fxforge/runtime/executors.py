@@ -7,7 +7,8 @@ Further executors (the Triton ones) register themselves here with `register_exec
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import sympy
 import torch

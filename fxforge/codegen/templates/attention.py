@@ -1,0 +1,166 @@
+"""Flash-attention template: `attention_kernel` and its launcher `attention` (same contract as torch's sdpa).
+
+This module owns fused scaled-dot-product attention for q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D]:
+- one program per (BLOCK_M queries, batch * head); it walks the keys BLOCK_N at a time with an online
+  softmax (running max m, running sum l, fp32 accumulator), so the Lq x Lk scores never exist in memory;
+- causal masking matches torch's `is_causal` exactly: top-left aligned, query i sees keys j <= i, also
+  when Lq != Lk; the key loop stops at the last block any query of the tile can see;
+- an optional mask [B or 1, H or 1, Lq, Lk] (any shape that broadcasts to it): boolean (True = attend)
+  or additive float; broadcast axes get stride 0, so nothing is copied;
+- grouped-query attention: query head h reads kv head h // (Hq // Hkv);
+- D is padded to a power of two BLOCK_D (>= 16) and masked, so D = 48 or 80 work;
+- rows that can see no key (all masked) give 0, as torch's sdpa does.
+Plain pointers with strides and masks (triton 3.6 and 3.9), tile shape from
+`fxforge.codegen.blocks.attention_blocks`. Dot operand handling (UPCAST, INPUT_PRECISION) as in
+`templates.gemm`: exact fp32 dots for fp32 inputs, bf16 upcast to fp32 under the interpreter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fxforge.codegen.blocks import attention_blocks
+from fxforge.codegen.templates.gemm import dot_options
+from fxforge.errors import ShapeError
+
+MASK_KINDS = ("none", "bool", "add")
+
+
+@triton.jit
+def attention_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr,
+    Hq, Lq, Lk, D, GROUP, sm_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_ob, stride_oh, stride_om, stride_od,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """out[b, h, m] = softmax(sm_scale * q k^T + mask) v for BLOCK_M queries m of head h of batch b."""
+    start_m = tl.program_id(0) * BLOCK_M
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hq).to(tl.int64)
+    h = (pid_bh % Hq).to(tl.int64)
+    kvh = h // GROUP  # grouped-query attention: GROUP query heads share one kv head
+    q_ptr += b * stride_qb + h * stride_qh
+    k_ptr += b * stride_kb + kvh * stride_kh
+    v_ptr += b * stride_vb + kvh * stride_vh
+    mask_ptr += b * stride_mb + h * stride_mh
+    out_ptr += b * stride_ob + h * stride_oh
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    mask_m = offs_m < Lq
+    mask_d = offs_d < D
+
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running row max
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running row sum of exp
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+
+    if IS_CAUSAL:  # top-left aligned: query i sees keys 0..i
+        end_n = tl.minimum(Lk, start_m + BLOCK_M)
+    else:
+        end_n = Lk
+    for start_n in range(0, end_n, BLOCK_N):
+        offs_n = start_n + offs_n0
+        mask_n = offs_n < Lk
+        # K tile read transposed as [BLOCK_D, BLOCK_N]
+        kt = tl.load(k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn,
+                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * sm_scale
+
+        if MASK_KIND != "none":
+            mv = tl.load(mask_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn,
+                         mask=mask_m[:, None] & mask_n[None, :], other=0)
+            if MASK_KIND == "bool":
+                s = tl.where(mv != 0, s, float("-inf"))
+            else:
+                s += mv.to(tl.float32)
+        valid = mask_n[None, :]
+        if IS_CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(valid, s, float("-inf"))
+
+        # online softmax; m_safe keeps exp() finite while a row has seen only -inf
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+        m_i = m_new
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows that saw no key give 0
+    o = acc / l_safe[:, None]
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+             o.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
+              scale: float | None = None, is_causal: bool = False, enable_gqa: bool = False) -> torch.Tensor:
+    """torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, scale=, is_causal=, enable_gqa=), no dropout.
+
+    q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] (rank 3 [B, L, D] is taken as one head); mask broadcasts to
+    [B, Hq, Lq, Lk], boolean (True = attend) or additive float.
+    """
+    squeeze = q.dim() == 3
+    if squeeze:
+        q, k, v = q[:, None], k[:, None], v[:, None]
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ShapeError(f"attention needs q/k/v of rank 4 [B, H, L, D] (or 3); got {q.dim()}, {k.dim()}, {v.dim()}")
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    if k.shape != (B, Hkv, Lk, D) or v.shape != k.shape:
+        raise ShapeError(f"k and v must both be [B, Hkv, Lk, D={D}]; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)} (a v head dim different from q's is not supported)")
+    if Hq != Hkv and not (enable_gqa and Hq % Hkv == 0):
+        raise ShapeError(f"{Hq} query heads and {Hkv} kv heads need enable_gqa=True and Hq a multiple of Hkv")
+    if is_causal and mask is not None:
+        raise ShapeError("pass either mask or is_causal=True, not both (fold the causal mask into the mask)")
+    if D > 256:
+        raise ShapeError(f"head dim {D} > 256 is not supported by the attention template")
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    mask_kind = "none"
+    if mask is not None:
+        try:
+            mask = mask.expand(B, Hq, Lq, Lk)
+        except RuntimeError as e:
+            raise ShapeError(f"mask {tuple(mask.shape)} does not broadcast to {(B, Hq, Lq, Lk)}") from e
+        if mask.dtype == torch.bool:
+            mask_kind, mask = "bool", mask.view(torch.uint8)
+        else:
+            mask_kind = "add"
+    m = mask if mask is not None else out
+    m_strides = m.stride() if mask is not None else (0, 0, 0, 0)
+    if out.numel() == 0:
+        return out[:, 0] if squeeze else out
+    cfg = attention_blocks(Lq, Lk, D, q.dtype)
+    grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * Hq)
+    attention_kernel[grid](
+        q, k, v, m, out,
+        Hq, Lq, Lk, D, Hq // Hkv, float(scale if scale is not None else 1.0 / math.sqrt(D)),
+        *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
+        IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind,
+        **dot_options(q.dtype, k.dtype, v.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out[:, 0] if squeeze else out

@@ -1,0 +1,251 @@
+"""Dense GEMM templates: `gemm_kernel` (nn.Linear with a fused epilogue) and `bmm_kernel` (batched matmul).
+
+This module owns the dense matmul kernels and their plain-Python launchers `linear` and `matmul`.
+- `gemm_kernel`: out[M, N] = epilogue(A[M, K] @ W[N, K]^T), W in nn.Linear layout [out, in].
+  The epilogue runs in registers before the single store, in this order:
+      y = scale * acc  ->  y += bias[N]  ->  y = activation(y)  ->  y += residual[M, N]  ->  cast, store
+  with constexpr switches HAS_BIAS, ACTIVATION ("none", "relu", "silu", "gelu" (erf form), "gelu_tanh",
+  "sigmoid") and HAS_RESIDUAL; `scale` is a runtime fp32 multiplier; the output dtype is the out
+  pointer's element type.
+- `bmm_kernel`: out[b, M, N] = scale * A[b, M, K] @ B[b, K, N] over two batch axes (i0, i1) taken from
+  program id axis 1; a broadcast batch axis has stride 0, so broadcasting never copies.
+Both use plain pointers with strides and masks (no block pointers: triton 3.6 and 3.9), accumulate in
+fp32 and take their tile shape from `fxforge.codegen.blocks.gemm_blocks`.
+fp32 operands use exact fp32 dots (input_precision "ieee") to match torch's default (no tf32).
+UPCAST converts the loaded tiles to fp32 before the dot: the launchers set it for bf16 under the Triton
+interpreter (whose bf16 arithmetic is wrong) and for operands of different dtypes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from fxforge.codegen.blocks import gemm_blocks
+from fxforge.errors import ShapeError
+
+ACTIVATIONS = ("none", "relu", "silu", "gelu", "gelu_tanh", "sigmoid")
+
+_SQRT1_2: tl.constexpr = tl.constexpr(0.7071067811865476)
+_SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(0.7978845608028654)
+
+
+@triton.jit
+def apply_activation(y, ACTIVATION: tl.constexpr):
+    """Elementwise activation on an fp32 tile; ACTIVATION is one of `ACTIVATIONS`."""
+    if ACTIVATION == "relu":
+        y = tl.maximum(y, 0.0)
+    elif ACTIVATION == "silu":
+        y = y * tl.sigmoid(y)
+    elif ACTIVATION == "gelu":
+        y = 0.5 * y * (1.0 + tl.math.erf(y * _SQRT1_2))
+    elif ACTIVATION == "gelu_tanh":
+        u = _SQRT_2_OVER_PI * (y + 0.044715 * y * y * y)
+        y = 0.5 * y * (1.0 + (2.0 * tl.sigmoid(2.0 * u) - 1.0))  # tanh(u) = 2 sigmoid(2u) - 1
+    elif ACTIVATION == "sigmoid":
+        y = tl.sigmoid(y)
+    return y
+
+
+@triton.jit
+def tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of a 1-D tile id, GROUP_M row tiles at a time so neighbours share operands in L2."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+    return pid_m, pid_n
+
+
+@triton.jit
+def gemm_kernel(
+    a_ptr, w_ptr, out_ptr, bias_ptr, res_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on, stride_rm, stride_rn,
+    scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile."""
+    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+
+    # A tile [BLOCK_M, BLOCK_K]; W tile read transposed as [BLOCK_K, BLOCK_N]
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k0 * BLOCK_K
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += BLOCK_K * stride_wk
+
+    # epilogue, in registers
+    y = acc * scale
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y = apply_activation(y, ACTIVATION)
+    mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_RESIDUAL:
+        r_ptrs = res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn
+        y += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def bmm_kernel(
+    a_ptr, b_ptr, out_ptr,
+    M, N, K, B1,
+    stride_a0, stride_a1, stride_am, stride_ak,
+    stride_b0, stride_b1, stride_bk, stride_bn,
+    stride_o0, stride_o1, stride_om, stride_on,
+    scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """out[i0, i1] = scale * A[i0, i1] @ B[i0, i1] for batch index i0 * B1 + i1 = program_id(1)."""
+    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_b = tl.program_id(1).to(tl.int64)
+    i0 = pid_b // B1
+    i1 = pid_b % B1
+    a_ptr += i0 * stride_a0 + i1 * stride_a1
+    b_ptr += i0 * stride_b0 + i1 * stride_b1
+    out_ptr += i0 * stride_o0 + i1 * stride_o1
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k0 * BLOCK_K
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    y = acc * scale
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def interpreting() -> bool:
+    """True when kernels run under Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def dot_options(*dtypes: torch.dtype) -> dict:
+    """UPCAST and INPUT_PRECISION constexprs for dot operands of these dtypes."""
+    upcast = len(set(dtypes)) > 1 or (torch.bfloat16 in dtypes and interpreting())
+    wide = upcast or torch.float32 in dtypes
+    return dict(UPCAST=upcast, INPUT_PRECISION="ieee" if wide else "tf32")
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
+           residual: torch.Tensor | None = None, scale: float = 1.0, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """activation(scale * x @ w.T + bias) + residual for x [..., K], w [N, K]; like F.linear plus an epilogue."""
+    if activation not in ACTIVATIONS:
+        raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
+    if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1]:
+        raise ShapeError(f"linear needs x [..., K] and w [N, K]; got x {tuple(x.shape)} and w {tuple(w.shape)}")
+    K = x.shape[-1]
+    N = w.shape[0]
+    lead = tuple(x.shape[:-1])
+    a = x.reshape(-1, K)  # a view (possibly strided) where the layout allows it
+    M = a.shape[0]
+    out = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
+    if bias is not None:
+        if bias.shape != (N,):
+            raise ShapeError(f"bias must have shape ({N},), got {tuple(bias.shape)}; reshape it to [N]")
+        bias = bias.contiguous()
+    if residual is not None:
+        try:
+            residual = residual.expand(*lead, N).reshape(M, N)
+        except RuntimeError as e:
+            raise ShapeError(f"residual {tuple(residual.shape)} does not broadcast to the output {(*lead, N)}") from e
+    if M == 0 or N == 0:
+        return out.reshape(*lead, N)
+    cfg = gemm_blocks(M, N, K, x.dtype)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    res = residual if residual is not None else out
+    gemm_kernel[grid](
+        a, w, out, bias if bias is not None else out, res,
+        M, N, K,
+        a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1), res.stride(0), res.stride(1),
+        float(scale),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=8,
+        HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
+        **dot_options(x.dtype, w.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out.reshape(*lead, N)
+
+
+def _as_4d(t: torch.Tensor, batch: tuple[int, ...]) -> torch.Tensor:
+    """t [..., R, C] expanded to `batch` and shaped [B0, B1, R, C] (stride 0 on broadcast axes)."""
+    t = t.expand(*batch, *t.shape[-2:])
+    if len(batch) == 0:
+        return t[None, None]
+    if len(batch) == 1:
+        return t[None]
+    if len(batch) == 2:
+        return t
+    return t.reshape(-1, *t.shape[-3:])  # collapses leading batch axes (copies only if it must)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+    """scale * torch.matmul(a, b) for a [..., M, K], b [..., K, N] (rank >= 2, batch dims broadcast)."""
+    if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"matmul needs a [..., M, K] and b [..., K, N]; got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise ShapeError(f"matmul operands must share a dtype, got {a.dtype} and {b.dtype}; cast one first")
+    try:
+        batch = tuple(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    except RuntimeError as e:
+        raise ShapeError(f"batch dims of {tuple(a.shape)} and {tuple(b.shape)} do not broadcast") from e
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    out = torch.empty((*batch, M, N), dtype=a.dtype, device=a.device)
+    if out.numel() == 0:
+        return out
+    a4, b4, o4 = _as_4d(a, batch), _as_4d(b, batch), out.view(-1, *out.shape[-3:]) if len(batch) > 2 else _as_4d(out, batch)
+    B0, B1 = a4.shape[:2]
+    cfg = gemm_blocks(M, N, K, a.dtype)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), B0 * B1)
+    bmm_kernel[grid](
+        a4, b4, o4,
+        M, N, K, B1,
+        *a4.stride(), *b4.stride(), *o4.stride(),
+        float(scale),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=8,
+        **dot_options(a.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out

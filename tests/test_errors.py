@@ -1,0 +1,69 @@
+"""Bad input gets a clear fxforge error that names the problem and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fxforge
+from fxforge import zoo
+from fxforge.errors import ArtifactError, CaptureError, ConfigError, FxforgeError, InputError, NotCompilableError
+
+
+def test_not_a_module_or_function():
+    with pytest.raises(NotCompilableError, match="nn.Module or a function"):
+        fxforge.compile(42)
+    with pytest.raises(NotCompilableError, match="instantiate it first"):
+        fxforge.compile(zoo.MLP)
+    with pytest.raises(NotCompilableError, match="torch.nn.Module"):
+        fxforge.compile_aot(lambda x: x, (torch.zeros(2),))
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError, match="unknown compile option"):
+        fxforge.compile(zoo.mlp(), verfy=True)
+    with pytest.raises(ConfigError, match="executor"):
+        fxforge.CompileConfig(executor="gpu")
+    with pytest.raises(ConfigError, match="canonicalise"):
+        fxforge.compile_aot(zoo.mlp(), (torch.randn(2, 3, 64),), passes=["canonicalise"])
+
+
+def test_inputs_that_do_not_fit_a_compiled_model():
+    compiled = fxforge.compile_aot(zoo.mlp(), (torch.randn(2, 3, 64),))
+    with pytest.raises(InputError, match=r"f32\[s0, s1, 64\].*float16"):
+        compiled(torch.randn(2, 3, 64, dtype=torch.float16))
+    with pytest.raises(InputError, match=r"f32\[s0, s1, 64\]"):
+        compiled(torch.randn(2, 3, 32))
+    with pytest.raises(InputError, match="positional"):
+        compiled(torch.randn(2, 3, 64), torch.randn(1))
+    with pytest.raises(InputError, match="cannot be captured"):
+        fxforge.compile_aot(zoo.mlp(), (object(),))
+
+
+class DataDependent(torch.nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on a value: one graph cannot express it
+            return x * 2
+        return x - 1
+
+
+def test_model_export_cannot_capture_says_why_and_suggests_jit():
+    with pytest.raises(CaptureError, match="fxforge.compile") as info:
+        fxforge.compile_aot(DataDependent(), (torch.randn(4),))
+    assert "DataDependent" in str(info.value)
+    jit = fxforge.compile(DataDependent())  # the JIT path handles it through a graph break
+    x = torch.randn(4)
+    assert torch.allclose(jit(x), DataDependent()(x))
+
+
+def test_missing_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="not an artifact directory"):
+        fxforge.load(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ArtifactError, match="incomplete"):
+        fxforge.load(tmp_path / "half")
+
+
+def test_every_error_is_a_fxforge_error():
+    for cls in (ArtifactError, CaptureError, ConfigError, InputError, NotCompilableError):
+        assert issubclass(cls, FxforgeError)
