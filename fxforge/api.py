@@ -18,8 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch._dynamo.backends.common import aot_autograd
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from fxforge.compiler import compile_lowered
 from fxforge.config import CompileConfig
@@ -39,6 +37,10 @@ class Backend:
         self.names = names
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+        # imported here: torch._dynamo costs seconds to import, and AOT/CLI use never needs it
+        from torch._dynamo.backends.common import aot_autograd
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
         def fw_compiler(aten_gm: torch.fx.GraphModule, _fake_inputs: list[Any]) -> Callable:
             with unset_fake_temporarily():  # aot_autograd calls us under fake mode; weights are real
                 return compile_aten(aten_gm)

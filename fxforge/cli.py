@@ -51,7 +51,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ci.UsageError(f"{out} exists and is not a directory; give -o a directory for the artifact")
     passes = _csv(args.passes) if args.passes else None
-    options = {k: ci.parse_literal(v) for k, v in map(ci.parse_kwarg, args.pass_option)}
+    options = {k: ci.parse_literal(v) for k, v in (ci.parse_kwarg(o, "--pass-option") for o in args.pass_option)}
     config = CompileConfig.from_options(None, passes=passes, disable=_csv(args.disable), executor=args.executor,
                                         verify=args.verify, debug=args.debug, dynamic=False if args.no_dynamic else None,
                                         pass_options=options)
@@ -67,7 +67,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled.save(str(out))
     seconds = time.perf_counter() - start
     rec, graph = compiled.record, compiled.graph
-    shown = [f"{n}={ci.tensor_type(t) if isinstance(t, torch.Tensor) else t!r}"
+    shown = [f"{n}={ci.tensor_type(t) if isinstance(t, torch.Tensor) else repr(t)}"
              for n, t in ci.named_inputs(compiled.arg_names, example_args, example_kwargs)]
     print(f"fxforge: compiled {type(model).__name__} ({args.model}) in {seconds:.2f} s")
     print(f"  example inputs: {', '.join(shown)}")
@@ -85,7 +85,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
               "give examples with sizes >= 2 (e.g. int64[2,128]) to keep those dims dynamic")
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"  wrote {out}/ ({', '.join(sorted(f.name for f in out.iterdir()))}; {size / 1e6:.2f} MB)")
-    example = " ".join(f"--input '{spec}'" for spec in args.example_input) or "--input SPEC"
+    example = " ".join([*(f"--input '{spec}'" for spec in args.example_input), *(f"--kwarg '{kw}'" for kw in args.kwarg)])
     print(f"  next: fxforge run {out} {example}  |  fxforge inspect {out}")
     return 0
 

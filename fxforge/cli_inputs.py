@@ -91,10 +91,10 @@ def parse_literal(text: str) -> Any:
     raise UsageError(f"bad value {text!r}: a keyword input is a tensor spec ({SPEC_HELP}) or true/false/none/a number")
 
 
-def parse_kwarg(item: str) -> tuple[str, str]:
+def parse_kwarg(item: str, flag: str = "--kwarg") -> tuple[str, str]:
     name, sep, value = item.partition("=")
-    if not sep or not name.strip().isidentifier():
-        raise UsageError(f"bad --kwarg {item!r}: write name=SPEC, e.g. attention_mask=int64[2,128] or use_cache=false")
+    if not sep or not name.strip().replace(".", "_").isidentifier():
+        raise UsageError(f"bad {flag} {item!r}: write name=VALUE, e.g. attention_mask=int64[2,128] or use_cache=false")
     return name.strip(), value
 
 
@@ -167,7 +167,8 @@ def load_model(target: str) -> torch.nn.Module:
         obj = getattr(obj, part)
     if not isinstance(obj, torch.nn.Module):
         if not callable(obj):
-            raise UsageError(f"{path}:{attr} is a {type(obj).__name__}, not a function or nn.Module")
+            raise UsageError(f"{path}:{attr} is not a function or an nn.Module (it is a {type(obj).__name__}); "
+                             "name the function that makes the model")
         try:
             obj = obj()
         except Exception as e:

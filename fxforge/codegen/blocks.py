@@ -42,7 +42,7 @@ def gemm_blocks(M: int, N: int, K: int, dtype) -> dict:
         bm, bn, bk = _clamp_pow2(M, 16, 64), _clamp_pow2(N, 16, 64), _clamp_pow2(K, 16, 32)
     else:
         bm, bn, bk = _clamp_pow2(M, 16, 128), _clamp_pow2(N, 16, 128), _clamp_pow2(K, 16, 64)
-    num_warps = 8 if bm * bn >= 128 * 128 else 4
+    num_warps = 8 if (wide and bm * bn >= 64 * 64) or bm * bn >= 128 * 128 else 4
     num_stages = 3 if K > bk else 2
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps, num_stages=num_stages)
 
@@ -55,11 +55,11 @@ def attention_blocks(Lq: int, Lk: int, D: int, dtype) -> dict:
     """
     bd = _clamp_pow2(D, 16, 256)
     wide = _itemsize(dtype) >= 4
-    cap_m = 64 if (wide or bd > 64) else 128
-    cap_n = 32 if (wide and bd > 64) else 64
+    cap_m = 32 if (wide and bd > 64) else 64 if (wide or bd > 64) else 128
+    cap_n = 32 if wide else 64
     bm = _clamp_pow2(Lq, 16, cap_m)
     bn = _clamp_pow2(Lk, 16, cap_n)
-    num_warps = 8 if bm >= 128 else 4
+    num_warps = 8 if (bm >= 128 or wide or bd > 64) and bm * bn >= 64 * 32 else 4
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=num_warps, num_stages=2)
 
 

@@ -30,10 +30,16 @@ def has_side_effects(op: Op) -> bool:
 
 
 def referenced_weights(graph: Graph) -> set[str]:
-    """Weight names some `const` op or some encoding (a value's or a weight's) still refers to."""
+    """Weight names some `const` op refers to, plus those an encoding of a value or of a referenced
+    weight names (a BlockFP channel permutation), transitively."""
     names = {op.attrs["weight"] for op in graph.ops if op.opcode == "const"}
-    encodings = [v.type.encoding for v in graph.values()] + [w.encoding for w in graph.weights.values()]
-    names |= {e.perm for e in encodings if getattr(e, "perm", None)}
+    pending = [v.type.encoding for v in graph.values()] + [graph.weights[n].encoding for n in names if n in graph.weights]
+    while pending:
+        perm = getattr(pending.pop(), "perm", None)
+        if perm and perm not in names:
+            names.add(perm)
+            if perm in graph.weights:
+                pending.append(graph.weights[perm].encoding)
     return names
 
 

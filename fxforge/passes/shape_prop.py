@@ -55,23 +55,22 @@ def propagate_shapes(graph: Graph) -> dict[str, int]:
     """Re-infer and simplify every result type; returns {"ops_checked", "types_updated"}."""
     checked = updated = 0
     for op in graph.ops:
-        if op.opcode == "extern":
-            inferred = [r.type for r in op.results]
-        else:
-            try:
-                inferred = graph.infer_types(op.opcode, op.operands, op.attrs)
-            except IRError as e:
-                raise ShapePropError(f"{print_op(op)}: its operands' types do not fit the op: {e}") from None
-            if len(inferred) != len(op.results):
-                raise ShapePropError(f"{print_op(op)}: declares {len(op.results)} results, the op gives {len(inferred)}")
         checked += 1
+        if op.opcode == "extern":
+            continue
+        try:
+            inferred = graph.infer_types(op.opcode, op.operands, op.attrs)
+        except IRError as e:
+            raise ShapePropError(f"{print_op(op)}: its operands' types do not fit the op: {e}") from None
+        if len(inferred) != len(op.results):
+            raise ShapePropError(f"{print_op(op)}: declares {len(op.results)} results, the op gives {len(inferred)}")
         for r, t in zip(op.results, inferred, strict=True):
             if not same_type(r.type, t):
                 raise ShapePropError(
                     f"{print_op(op)}: %{r.name} is declared {print_type(r.type)} but its operands give "
                     f"{print_type(t)}; the pass that built or retyped this op is wrong (run with verify on "
                     "to find the first pass that leaves it so)")
-            new = simplify_type(t if t.encoding == r.type.encoding else r.type)
+            new = simplify_type(t)
             if new != r.type:
                 r.type = new
                 updated += 1

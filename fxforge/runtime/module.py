@@ -53,8 +53,10 @@ class CompiledModule(torch.nn.Module):
         return pytree.tree_unflatten(outs, self.out_spec)
 
     def _normalize(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """Move keyword arguments given for captured positional ones, fill captured constants."""
-        captured_args, captured_kwargs = pytree.tree_unflatten([slot.value for slot in self.record.program.inputs], self.in_spec)
+        """Move keyword arguments given for captured positional ones; fill left-out keyword
+        arguments that were captured as constants (e.g. use_cache=False)."""
+        leaves = [_TENSOR if slot.kind == "tensor" else slot.value for slot in self.record.program.inputs]
+        captured_args, captured_kwargs = pytree.tree_unflatten(leaves, self.in_spec)
         n = len(captured_args)
         if len(args) > n:
             raise InputError(f"the model was compiled with {n} positional input(s), got {len(args)}")
@@ -70,8 +72,18 @@ class CompiledModule(torch.nn.Module):
         for key, captured in captured_kwargs.items():
             if key in kwargs:
                 ordered[key] = kwargs[key]
-            elif captured is None or not isinstance(captured, torch.Tensor) and not pytree.tree_leaves(captured) == [None]:
-                ordered[key] = captured
-            else:
+            elif _TENSOR in pytree.tree_leaves(captured):
                 raise InputError(f"missing keyword input {key!r} (the model was compiled with it)")
+            else:
+                ordered[key] = captured
         return tuple(args), ordered
+
+
+class _TensorSlot:
+    """Marks where a tensor input goes in the captured input structure."""
+
+    def __repr__(self) -> str:
+        return "<tensor>"
+
+
+_TENSOR = _TensorSlot()

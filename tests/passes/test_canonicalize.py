@@ -204,7 +204,7 @@ def test_llama_rms_norm_is_recognised_and_equals_torch(dtype):
     weight = (torch.rand(64) + 0.5).to(dtype.torch)
     b.g.set_outputs([llama_rms(b, x, b.const("w", weight))])
     inp = (torch.randn(3, 8, 64) * 4).to(dtype.torch)
-    tol = 0 if dtype == F32 else 1e-2
+    tol = 1e-5 if dtype == F32 else 1e-2  # the written-out pow(x, full 2) is std::pow, rms_norm squares: ulps
     canonicalize(b.g, [inp], atol=tol, rtol=tol)
     assert ops(b.g) == {"const": 1, "rms_norm": 1}
     norm = b.g.find("rms_norm")[0]
@@ -218,7 +218,7 @@ def test_fp32_weight_on_fp16_activations_keeps_the_weight_multiply_outside():
     weight = torch.rand(64) + 0.5  # fp32: the multiply promotes to fp32, which rms_norm cannot express
     b.g.set_outputs([llama_rms(b, x, b.const("w", weight))])
     inp = torch.randn(5, 64).half()
-    canonicalize(b.g, [inp])
+    canonicalize(b.g, [inp], atol=1e-3, rtol=1e-3)
     assert ops(b.g) == {"const": 1, "mul": 1, "rms_norm": 1}
     assert len(b.g.find("rms_norm")[0].operands) == 1 and b.g.outputs[0].type.dtype == F32
     torch.testing.assert_close(evaluate(b.g, [inp])[0], hf_rms_norm(inp, weight, 1e-6), atol=0, rtol=0)
@@ -228,7 +228,7 @@ def test_eps_is_read_through_its_full_dtype_and_unweighted_norms_work():
     b = B()
     x = b.input("x", (4, 64))
     b.g.set_outputs([llama_rms(b, x, eps=1e-6, eps_dtype=F16)])
-    canonicalize(b.g, [torch.randn(4, 64)])
+    canonicalize(b.g, [torch.randn(4, 64)], atol=1e-5, rtol=1e-5)
     (norm,) = b.g.find("rms_norm")
     assert len(norm.operands) == 1 and norm.attrs["eps"] == torch.tensor(1e-6, dtype=torch.float16).item() != 1e-6
 

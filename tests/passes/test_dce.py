@@ -20,9 +20,6 @@ def test_dead_chains_and_unused_weights_are_removed():
     used = op(g, "const", weight=g.add_weight("used", torch.randn(4)))
     dead_w = op(g, "const", weight=g.add_weight("dead", torch.randn(4)))
     g.add_weight("never", torch.randn(10))
-    g.add_weight("perm", torch.arange(4))  # named by an encoding: must stay
-    g.add_weight("blocked", torch.randn(4))
-    g.weights["blocked"].encoding = BlockFP("mxfp8", perm="perm")
     chain = op(g, "exp", op(g, "mul", x, dead_w))
     op(g, "neg", chain)
     out = op(g, "add", x, used)
@@ -34,8 +31,22 @@ def test_dead_chains_and_unused_weights_are_removed():
     verify(g)
     assert ctx.stats == {"ops_removed": 4, "weights_removed": 2, "weight_bytes_freed": 56}
     assert g.op_counts() == {"add": 1, "const": 1}
-    assert set(g.weights) == {"used", "perm", "blocked"}
+    assert set(g.weights) == {"used"}
     torch.testing.assert_close(evaluate(g, [inp]), want, atol=0, rtol=0)
+
+
+def test_weights_named_by_a_live_encoding_stay():
+    g = Graph()
+    for name in ("perm", "perm_of_dead"):
+        g.add_weight(name, torch.arange(32))
+    g.add_weight("live", torch.randn(4, 32))
+    g.add_weight("dead", torch.randn(4, 32))
+    g.weights["live"].encoding = BlockFP("mxfp8", perm="perm")
+    g.weights["dead"].encoding = BlockFP("mxfp8", perm="perm_of_dead")
+    g.set_outputs([op(g, "const", weight="live")])
+    op(g, "const", weight="dead")
+    DeadCodeElimination().run(g, PassContext())
+    assert set(g.weights) == {"live", "perm"}
 
 
 def test_side_effecting_externs_stay():

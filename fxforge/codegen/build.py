@@ -1,0 +1,278 @@
+"""Build check for real GPUs without one: compile templates for sm_80 / sm_90 and read their resource use.
+
+This module owns the answer to "does this kernel build for that GPU, and how heavy is it?" on a CPU:
+- `compile_for_target` runs `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` with
+  divisibility-16 hints (pointer args, plus any names listed), reads registers and stack (spill) bytes
+  with the bundled `cuobjdump -res-usage` on the cubin, shared memory from `k.metadata.shared`, and
+  checks shared memory against the architecture's limit (`SHARED_LIMITS`).
+- Triton's interpreter replaces every `@triton.jit` function once TRITON_INTERPRET=1 is set, so GPU
+  compiles must run in a process without it: `build_in_subprocess` serialises specs (module + kernel
+  name + signature + constexprs + launch options) to JSON and runs `python -m fxforge.codegen.build`
+  in fresh `sys.executable` processes (in parallel, with a timeout).
+- `standard_specs()` is the list of template configurations the tests build (GEMM fp32/fp16/bf16 with
+  several epilogues, batched matmul, attention), with tile shapes from `fxforge.codegen.blocks`.
+TRITON_DEFAULT_FP_FUSION is set explicitly (its default changes in triton 3.10 and it keys the cache),
+and `enable_fp_fusion` is passed as a compile option as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FP_FUSION = "1"
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", FP_FUSION)
+
+# dynamic shared memory per block (opt-in maximum), bytes
+SHARED_LIMITS = {75: 64 * 1024, 80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024,
+                 90: 227 * 1024, 100: 227 * 1024, 103: 227 * 1024, 120: 99 * 1024}
+_RESULT_MARK = "FXFORGE_BUILD_RESULT "
+
+
+@dataclasses.dataclass
+class KernelBuild:
+    """What one compile for one architecture produced. `ok` is False on a compile error or too much shared memory."""
+
+    name: str
+    arch: int
+    registers: int = 0
+    spills: int = 0  # stack bytes per thread (register spills and local arrays)
+    shared_bytes: int = 0
+    ptx_lines: int = 0
+    seconds: float = 0.0
+    ok: bool = False
+    error: str = ""
+    label: str = ""  # which configuration (spec label); name is the kernel's
+
+
+def _res_usage(cubin: bytes, kernel_name: str) -> tuple[int, int]:
+    """(registers, stack bytes) of `kernel_name` in a cubin, from `cuobjdump -res-usage`."""
+    import triton
+
+    tool = triton.knobs.nvidia.cuobjdump.path
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "k.cubin"
+        path.write_bytes(cubin)
+        text = subprocess.run([tool, "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
+    blocks = re.split(r"Function\s+", text)
+    chosen = next((b for b in blocks if b.startswith(kernel_name)), None) or next((b for b in blocks if "REG:" in b), "")
+    reg = re.search(r"REG:(\d+)", chosen)
+    stack = re.search(r"STACK:(\d+)", chosen)
+    if reg is None:
+        raise RuntimeError(f"could not parse cuobjdump -res-usage output: {text[:400]!r}")
+    return int(reg.group(1)), int(stack.group(1)) if stack else 0
+
+
+def compile_for_target(kernel_fn, signature: dict, constexprs: dict, arch: int, num_warps: int = 4, num_stages: int = 3,
+                       *, divisible: tuple[str, ...] | list[str] = (), label: str = "") -> KernelBuild:
+    """Compile `kernel_fn` for sm_`arch` and report its resources; never raises for compile errors.
+
+    `signature` maps runtime argument names to Triton types ("*fp16", "i32", "fp32"); every name in
+    `constexprs` (constexpr parameters, or runtime ones specialised like the JIT does for the value 1)
+    is typed "constexpr" automatically. Pointer args and the names in `divisible` get a
+    divisibility-16 hint, as the JIT gives aligned tensors.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(kernel_fn, "fn", kernel_fn)
+    name = getattr(fn, "__name__", str(kernel_fn))
+    build = KernelBuild(name=name, arch=int(arch), label=label)
+    if type(kernel_fn).__name__ == "InterpretedFunction":
+        build.error = "kernel was created under TRITON_INTERPRET=1; compile in a process without it (build_in_subprocess)"
+        return build
+    sig = dict(signature)
+    for key in constexprs:
+        sig[key] = "constexpr"
+    arg_names = list(kernel_fn.arg_names)
+    missing = [a for a in arg_names if a not in sig]
+    if missing:
+        build.error = f"signature lacks arguments {missing}; give each a type or a constexpr value"
+        return build
+    hinted = [a for a in arg_names if sig[a].startswith("*") or a in divisible]
+    attrs = {(arg_names.index(a),): [["tt.divisibility", 16]] for a in hinted}
+    t0 = time.perf_counter()
+    try:
+        src = ASTSource(fn=kernel_fn, signature={a: sig[a] for a in arg_names}, constexprs=dict(constexprs), attrs=attrs)
+        k = triton.compile(src, target=GPUTarget("cuda", int(arch), 32),
+                           options={"num_warps": int(num_warps), "num_stages": int(num_stages),
+                                    "enable_fp_fusion": FP_FUSION == "1"})
+        build.shared_bytes = int(k.metadata.shared)
+        build.ptx_lines = k.asm["ptx"].count("\n")
+        build.registers, build.spills = _res_usage(k.asm["cubin"], getattr(k.metadata, "name", name))
+        limit = SHARED_LIMITS.get(int(arch))
+        if limit is not None and build.shared_bytes > limit:
+            build.error = (f"needs {build.shared_bytes} B of shared memory, sm_{arch} allows {limit}; "
+                           "shrink the blocks or num_stages in fxforge.codegen.blocks")
+        else:
+            build.ok = True
+    except Exception as e:  # noqa: BLE001 - a failed build is a result, not a crash
+        build.error = f"{type(e).__name__}: {str(e)[-2000:]}"
+    build.seconds = time.perf_counter() - t0
+    return build
+
+
+def build_spec(spec: dict, arch: int) -> KernelBuild:
+    """Compile one serialisable spec (see `standard_specs`) in this process."""
+    kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+    return compile_for_target(kernel, spec["signature"], spec["constexprs"], arch, spec.get("num_warps", 4),
+                              spec.get("num_stages", 3), divisible=spec.get("divisible", ()), label=spec.get("label", ""))
+
+
+def _subprocess_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = FP_FUSION
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def build_in_subprocess(specs: list[dict], arch: int, *, timeout: float = 300.0, jobs: int | None = None) -> list[KernelBuild]:
+    """Compile `specs` for sm_`arch` in fresh processes without TRITON_INTERPRET; results in spec order.
+
+    Specs are split over `jobs` processes (default: up to 2, one per core); a process that fails or
+    runs past `timeout` seconds gives ok=False builds that say so.
+    """
+    jobs = max(1, min(jobs or min(2, os.cpu_count() or 1), len(specs) or 1))
+    chunks = [list(range(i, len(specs), jobs)) for i in range(jobs)]
+    procs = []
+    for idx in chunks:
+        payload = json.dumps({"arch": int(arch), "specs": [specs[i] for i in idx]})
+        p = subprocess.Popen([sys.executable, "-m", "fxforge.codegen.build"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=_subprocess_env())
+        p.stdin.write(payload)
+        p.stdin.close()
+        procs.append((idx, p))
+    results: list[KernelBuild | None] = [None] * len(specs)
+    deadline = time.monotonic() + timeout
+    for idx, p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            out, err = p.stdout.read(), p.stderr.read()
+            lines = [ln for ln in out.splitlines() if ln.startswith(_RESULT_MARK)]
+            builds = [KernelBuild(**d) for d in json.loads(lines[-1][len(_RESULT_MARK):])] if lines else None
+            if builds is None or len(builds) != len(idx):
+                raise RuntimeError(f"build process exited with {p.returncode}: {err[-2000:]}")
+        except (subprocess.TimeoutExpired, RuntimeError) as e:
+            p.kill()
+            p.wait()
+            why = f"timed out after {timeout:.0f} s" if isinstance(e, subprocess.TimeoutExpired) else str(e)
+            builds = [KernelBuild(name=specs[i]["kernel"], arch=int(arch), error=why, label=specs[i].get("label", ""))
+                      for i in idx]
+        for i, b in zip(idx, builds, strict=True):
+            results[i] = b
+    return results  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- the standard configurations
+
+_TT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+_GEMM_MODULE = "fxforge.codegen.templates.gemm"
+_ATTN_MODULE = "fxforge.codegen.templates.attention"
+
+
+def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activation: str = "none",
+              residual: bool = False, out_dtype: str | None = None) -> dict:
+    """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`."""
+    from fxforge.codegen.blocks import gemm_blocks
+
+    cfg = gemm_blocks(M, N, K, dtype)
+    t, to = _TT[dtype], _TT[out_dtype or dtype]
+    sig = {"a_ptr": f"*{t}", "w_ptr": f"*{t}", "out_ptr": f"*{to}", "bias_ptr": f"*{t}", "res_ptr": f"*{to}",
+           "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_om": "i32",
+           "stride_rm": "i32", "scale": "fp32"}
+    const = {"stride_ak": 1, "stride_wk": 1, "stride_on": 1, "stride_rn": 1,
+             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": 8,
+             "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual, "UPCAST": False,
+             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
+    epi = "+".join([s for s, on in (("bias", bias), (activation, activation != "none"), ("res", residual)) if on]) or "plain"
+    return {"module": _GEMM_MODULE, "kernel": "gemm_kernel", "signature": sig, "constexprs": const,
+            "divisible": ["N", "K", "stride_am", "stride_wn", "stride_om", "stride_rm"],
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "label": f"gemm {dtype} {M}x{N}x{K} {epi}"}
+
+
+def bmm_spec(dtype: str, M: int, N: int, K: int) -> dict:
+    """Spec of `bmm_kernel` for contiguous [B0, B1, M, K] @ [B0, B1, K, N]."""
+    from fxforge.codegen.blocks import gemm_blocks
+
+    cfg = gemm_blocks(M, N, K, dtype)
+    t = _TT[dtype]
+    sig = {"a_ptr": f"*{t}", "b_ptr": f"*{t}", "out_ptr": f"*{t}", "M": "i32", "N": "i32", "K": "i32", "B1": "i32",
+           "stride_a0": "i32", "stride_a1": "i32", "stride_am": "i32", "stride_b0": "i32", "stride_b1": "i32",
+           "stride_bk": "i32", "stride_o0": "i32", "stride_o1": "i32", "stride_om": "i32", "scale": "fp32"}
+    const = {"stride_ak": 1, "stride_bn": 1, "stride_on": 1,
+             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": 8,
+             "UPCAST": False, "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
+    divisible = [n for n in sig if n.startswith("stride")] + ["N", "K"]
+    return {"module": _GEMM_MODULE, "kernel": "bmm_kernel", "signature": sig, "constexprs": const, "divisible": divisible,
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "label": f"bmm {dtype} {M}x{N}x{K}"}
+
+
+def attention_spec(dtype: str, Lq: int, Lk: int, D: int, *, causal: bool = False, mask: str = "none",
+                   gqa: bool = False) -> dict:
+    """Spec of `attention_kernel` for contiguous q/k/v [B, H, L, D] (mask "none", "bool" or "add")."""
+    from fxforge.codegen.blocks import attention_blocks
+
+    cfg = attention_blocks(Lq, Lk, D, dtype)
+    t = _TT[dtype]
+    sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": {"none": f"*{t}", "bool": "*u8", "add": f"*{t}"}[mask],
+           "out_ptr": f"*{t}", "Hq": "i32", "Lq": "i32", "Lk": "i32", "D": "i32", "GROUP": "i32", "sm_scale": "fp32"}
+    strides = ["stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh",
+               "stride_vn", "stride_mb", "stride_mh", "stride_mm", "stride_ob", "stride_oh", "stride_om"]
+    sig.update({s: "i32" for s in strides})
+    const = {"stride_qd": 1, "stride_kd": 1, "stride_vd": 1, "stride_mn": 1, "stride_od": 1,
+             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"],
+             "IS_CAUSAL": causal, "MASK_KIND": mask, "UPCAST": False,
+             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
+    divisible = [s for s in strides if not s.startswith("stride_m")] + (["Lk"] if mask != "none" else [])
+    tags = [s for s, on in (("causal", causal), (f"{mask}-mask", mask != "none"), ("gqa", gqa)) if on]
+    return {"module": _ATTN_MODULE, "kernel": "attention_kernel", "signature": sig, "constexprs": const,
+            "divisible": divisible, "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+            "label": f"attention {dtype} {Lq}x{Lk} D={D} {' '.join(tags) or 'plain'}"}
+
+
+def standard_specs() -> list[dict]:
+    """The template configurations every build check compiles. bf16 specs carry "min_arch": 90."""
+    specs = [
+        gemm_spec("float16", 4096, 4096, 4096),
+        gemm_spec("float16", 4096, 4096, 4096, bias=True, activation="gelu", residual=True),
+        gemm_spec("float16", 64, 4096, 4096, bias=True, activation="silu", out_dtype="float32"),
+        gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu"),
+        gemm_spec("float32", 512, 512, 512, activation="gelu_tanh", residual=True),
+        dict(gemm_spec("bfloat16", 4096, 4096, 4096, bias=True, activation="sigmoid"), min_arch=90),
+        bmm_spec("float16", 1024, 1024, 128),
+        attention_spec("float16", 4096, 4096, 64, causal=True),
+        attention_spec("float16", 1024, 1024, 128, mask="add"),
+        attention_spec("float16", 1, 4096, 80, gqa=True),
+        attention_spec("float32", 512, 512, 64, mask="bool"),
+        dict(attention_spec("bfloat16", 2048, 2048, 128, causal=True, gqa=True), min_arch=90),
+    ]
+    return specs
+
+
+def specs_for_arch(specs: list[dict], arch: int) -> list[dict]:
+    """The specs that apply to sm_`arch` (drops those whose "min_arch" is higher)."""
+    return [s for s in specs if s.get("min_arch", 0) <= arch]
+
+
+def main() -> None:
+    """`python -m fxforge.codegen.build`: JSON {"arch", "specs"} on stdin -> one marked JSON result line on stdout."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise SystemExit("fxforge.codegen.build: unset TRITON_INTERPRET to compile for a GPU")
+    req = json.loads(sys.stdin.read())
+    builds = [build_spec(s, req["arch"]) for s in req["specs"]]
+    sys.stdout.write("\n" + _RESULT_MARK + json.dumps([dataclasses.asdict(b) for b in builds]) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Kernel emitters: a pointwise or row `KernelGroup` -> the source of one `@triton.jit` kernel plus
+what its launcher passes.
+
+- Pointwise: one program per BLOCK of the flattened output; operands are loaded through
+  `expr.IndexSpace` offsets (broadcast dims stride 0, strided views through their runtime strides),
+  the expression tree is printed by `expr.ExprBuilder`, one contiguous store.
+- Row (`softmax`, `log_softmax`, `layer_norm`, `rms_norm`, and `sum`/`mean`/`amax` over the last
+  dim): one program per block of ROWS rows, the whole row in one BLOCK_N tile (BLOCK_N = the row
+  length rounded up to a power of two: rows up to 65536 elements), masks on both axes, fp32 math.
+  Pointwise producers are computed in the load (prologue); normalising ops also apply their
+  trailing pointwise consumers before the store (epilogue).
+Text only: nothing here imports triton; `module.py` assembles and loads the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+
+from fxforge.codegen.expr import TL_DTYPES, ExprBuilder, IndexSpace, held, pyexpr
+from fxforge.ir.dtypes import DType
+from fxforge.ir.graph import Value
+from fxforge.ir.printer import print_op
+from fxforge.ir.types import Dim
+from fxforge.passes.fuse import KernelGroup
+
+POINTWISE_BLOCK = 1024
+ROW_TILE = 4096  # ROWS * BLOCK_N elements per row program
+
+
+@dataclass
+class KernelSource:
+    """One generated kernel: its source, and the launch: `args` (Python expressions of `run()`,
+    aligned with `params`), `grid` and constexpr `meta` expressions, and the numel guard."""
+
+    name: str
+    kind: str
+    text: str
+    params: list[str]
+    args: list[str]
+    grid: str
+    meta: dict[str, str]
+    setup: list[str] = field(default_factory=list)
+    guard: str = "True"
+    ops: list[str] = field(default_factory=list)
+
+
+class Naming:
+    """What the emitters need to know about values outside the group: their names in `run()`,
+    which are contiguous buffers written by our kernels, and which are `full` literals."""
+
+    def __init__(self, names: dict[int, str], contiguous: set[int]) -> None:
+        self.names = names
+        self.contiguous = contiguous
+
+    def name(self, v: Value) -> str:
+        return self.names[id(v)]
+
+
+def shape_text(shape: tuple[Dim, ...]) -> str:
+    items = [pyexpr(d) for d in shape]
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def numel_expr(shape: tuple[Dim, ...]) -> sympy.Expr:
+    return sympy.Mul(*[sympy.sympify(d) for d in shape])
+
+
+def _symbols(*shapes: tuple[Dim, ...]) -> list[str]:
+    out: set[str] = set()
+    for shape in shapes:
+        for d in shape:
+            if not isinstance(d, int):
+                out |= {str(s) for s in sympy.sympify(d).free_symbols}
+    return sorted(out)
+
+
+def _full_value(v: Value) -> Any:
+    p = v.producer
+    return p.attrs["value"] if p is not None and p.opcode == "full" else None
+
+
+class _Loads:
+    """Loads every group input through the index space; records kernel params and launcher args."""
+
+    def __init__(self, group: KernelGroup, space: IndexSpace, naming: Naming, b: ExprBuilder, domain: tuple[Dim, ...]):
+        self.params: list[str] = []
+        self.args: list[str] = []
+        self.lines: list[str] = []
+        self.shapes: list[tuple[Dim, ...]] = [domain]
+        for v in group.inputs:
+            lit = _full_value(v)
+            if lit is not None:
+                b.bind(v, "", held(v.type.dtype), lit)
+                continue
+            name = naming.name(v)
+            self.params.append(f"{name}_ptr")
+            self.args.append(name)
+            self.shapes.append(v.type.shape)
+            if id(v) in naming.contiguous:
+                off = space.offset(v.type.shape, None)
+            else:
+                pad = len(domain) - v.type.rank
+                bcast = space.broadcast(v.type.shape)
+                used = [i for i in range(len(domain)) if i >= pad and not bcast[i] and space.idx[i] != 0]
+                strides: list[Any] = [0] * v.type.rank
+                for i in used:
+                    strides[i - pad] = sympy.Symbol(f"{name}_st{i}")
+                    self.params.append(f"{name}_st{i}")
+                if used:
+                    self.args.append(f"*_bstrides({name}, {shape_text(domain)}, {tuple(used)!r})")
+                off = space.offset(v.type.shape, strides)
+            dtype = v.type.dtype
+            other = "0.0" if dtype.is_float else "0"
+            text = f"tl.load({name}_ptr + {off}, mask=_mask, other={other})"
+            if held(dtype) != dtype:
+                text += ".to(tl.float32)"
+            self.lines.append(f"{name} = {text}")
+            b.bind(v, name, held(dtype))
+
+
+def _docstring(group: KernelGroup) -> str:
+    body = "\n    ".join(print_op(op).strip() for op in group.ops)
+    return f'    """{group.reason}:\n    {body}\n    """'
+
+
+def _store_cast(value: Value, b: ExprBuilder) -> str:
+    text = b.cv(value, held(value.type.dtype))
+    if held(value.type.dtype) != value.type.dtype:
+        text = f"{text}.to({TL_DTYPES[value.type.dtype]})"
+    return text
+
+
+def pointwise_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSource:
+    out = group.outputs[0]
+    domain = out.type.shape
+    space = IndexSpace(domain)
+    b = ExprBuilder()
+    loads = _Loads(group, space, naming, b, domain)
+    for op in group.ops:
+        b.emit(op, naming.name(op.result))
+    syms = _symbols(*loads.shapes)
+    params = loads.params + [f"{naming.name(out)}_ptr", "n_elements"] + syms
+    n = pyexpr(numel_expr(domain))
+    lines = [
+        f"def {kname}({', '.join(params)}, BLOCK: tl.constexpr):",
+        _docstring(group),
+        "    _offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
+        "    _mask = _offs < n_elements",
+        *["    " + s for s in space.index_lines],
+        *["    " + s for s in loads.lines],
+        *["    " + s for s in b.lines],
+        f"    tl.store({naming.name(out)}_ptr + _offs, {_store_cast(out, b)}, mask=_mask)",
+    ]
+    return KernelSource(
+        kname, "pointwise", "@triton.jit\n" + "\n".join(lines), params,
+        loads.args + [naming.name(out), n] + syms,
+        f"(triton.cdiv({n}, {POINTWISE_BLOCK}),)", {"BLOCK": str(POINTWISE_BLOCK)},
+        guard=f"{n} > 0", ops=[op.opcode for op in group.ops])
+
+
+def row_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSource:
+    anchor = group.params["anchor"]
+    x = anchor.operands[0]
+    domain = x.type.shape
+    n_cols, n_rows = sympy.sympify(domain[-1]), numel_expr(domain[:-1])
+    space = IndexSpace(domain, rows=True)
+    b = ExprBuilder()
+    loads = _Loads(group, space, naming, b, domain)
+    pos = group.ops.index(anchor)
+    for op in group.ops[:pos]:
+        b.emit(op, naming.name(op.result))
+    body = [f"_x = tl.where(_mask, {b.cv(x, DType.f32)}, 0.0)"]
+    code = anchor.opcode
+    r = anchor.result.type.dtype
+    reduce_only = code in ("sum", "mean", "amax")
+    if code in ("softmax", "log_softmax"):
+        body += ['_xm = tl.where(_mask, _x, float("-inf"))',
+                 "_m = tl.max(_xm, axis=1)[:, None]",
+                 "_e = tl.where(_mask, tl.exp(_xm - _m), 0.0)",
+                 "_s = tl.sum(_e, axis=1)[:, None]",
+                 "_y = _e / _s" if code == "softmax" else "_y = (_xm - _m) - tl.log(_s)"]
+    elif code == "layer_norm":
+        eps = float(anchor.attrs["eps"])
+        body += ["_mean = tl.sum(_x, axis=1)[:, None] / n_cols",
+                 "_d = tl.where(_mask, _x - _mean, 0.0)",
+                 "_var = tl.sum(_d * _d, axis=1)[:, None] / n_cols",
+                 f"_y = _d * tl.rsqrt(_var + {eps!r})"]
+        if len(anchor.operands) > 1:
+            body.append(f"_y = _y * {b.cv(anchor.operands[1], DType.f32)}")
+        if len(anchor.operands) > 2:
+            body.append(f"_y = _y + {b.cv(anchor.operands[2], DType.f32)}")
+    elif code == "rms_norm":
+        eps = float(anchor.attrs["eps"])
+        body += ["_ms = tl.sum(_x * _x, axis=1)[:, None] / n_cols",
+                 f"_y = _x * tl.rsqrt(_ms + {eps!r})"]
+        if held(x.type.dtype) != x.type.dtype:
+            body.append(f"_y = _y.to({TL_DTYPES[x.type.dtype]}).to(tl.float32)")
+        if len(anchor.operands) > 1:
+            body.append(f"_y = {b.cv(anchor.operands[1], DType.f32)} * _y")
+    elif code in ("sum", "mean"):
+        body += ["_y = tl.sum(_x, axis=1)" + (" / n_cols" if code == "mean" else "")]
+    elif code == "amax":
+        body += ['_y = tl.max(tl.where(_mask, _x, float("-inf")), axis=1)']
+    else:
+        raise NotImplementedError(f"no row kernel for {code!r}")
+    if r in (DType.f16, DType.bf16):
+        body.append(f"_y = _y.to({TL_DTYPES[r]}).to(tl.float32)")
+    if held(r) != DType.f32:
+        body.append(f"_y = _y.to({TL_DTYPES[held(r)]})")
+    b.lines += body
+    b.bind(anchor.result, "_y", held(r))
+    for op in group.ops[pos + 1:]:
+        b.emit(op, naming.name(op.result))
+    out = group.outputs[0]
+    oname = naming.name(out)
+    if reduce_only:
+        store = f"tl.store({oname}_ptr + _rows, {_store_cast(out, b)}, mask=_rows < n_rows)"
+    else:
+        store = f"tl.store({oname}_ptr + {space.offset(domain, None)}, {_store_cast(out, b)}, mask=_mask)"
+    syms = _symbols(*loads.shapes)
+    params = loads.params + [f"{oname}_ptr", "n_rows", "n_cols"] + syms
+    lines = [
+        f"def {kname}({', '.join(params)}, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):",
+        _docstring(group),
+        "    _rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)",
+        "    _r = _rows[:, None]",
+        "    _c = tl.arange(0, BLOCK_N)[None, :]",
+        "    _mask = (_r < n_rows) & (_c < n_cols)",
+        *["    " + s for s in space.index_lines],
+        *["    " + s for s in loads.lines],
+        *["    " + s for s in b.lines],
+        f"    {store}",
+    ]
+    nr, nc = pyexpr(n_rows), pyexpr(n_cols)
+    return KernelSource(
+        kname, "row", "@triton.jit\n" + "\n".join(lines), params,
+        loads.args + [oname, nr, nc] + syms,
+        f"(triton.cdiv({nr}, _rows_per_program({nc})),)",
+        {"ROWS": f"_rows_per_program({nc})", "BLOCK_N": f"_block_n({nc})"},
+        guard=f"{nr} * {nc} > 0", ops=[op.opcode for op in group.ops])

@@ -1,0 +1,348 @@
+"""Low-precision ops (`quantize`, `dequantize`, `qlinear`) and the quantized-weight codec.
+
+This module owns what a `#quantized<...>` weight *means*: how a 2-D linear weight is encoded into a
+payload (`encode_weight`) and decoded back (`decode_weight`, registered as
+`WEIGHT_DECODERS["quantized"]` so a plain `const` of an encoded weight evaluates to its dequantized
+tensor), and the torch reference semantics of the three low-precision ops. The references
+DEQUANTIZE in torch (float32 math): they are the ground truth a Triton kernel is checked against.
+
+Ops:
+    quantize(x) {format, axis=-1, group=0} -> (q, scale)
+        dynamic symmetric quantization: scale = amax / max(format) per group of `group` elements
+        along `axis` (group 0: the whole axis), q = encode(x / scale). q has x's shape and dtype
+        `format` (i8 -> int8, f8e4m3/f8e5m2 -> torch float8, f4e2m1 / i4 -> uint8 codes, one per
+        element, unpacked); scale is f32 with `axis` reduced to the number of groups.
+    dequantize(q, scale) {format, axis=-1, group=0, dtype=f32} -> decode(q) * scale
+    qlinear(x, w, [bias], [lorc_u, lorc_v]) {scheme, act_format=none, group=0, lorc_rank=0}
+        w is a `const` of a `#quantized` weight (evaluates to its dequantized tensor). Activations are
+        quantize-dequantized per token (per row of the last dim) when `act_format` is set: "i8"
+        symmetric (s = amax / 127), "f8e4m3" (s = amax / 448, saturating RNE encoder of formats.py).
+        y = F.linear(xq, w) [+ (xq @ V) @ U^T when lorc_rank > 0] [+ bias], in f32, cast to x.dtype.
+        Operand count disambiguates: 2 + (1 if bias) + (2 if lorc_rank > 0).
+
+Schemes (`SCHEMES`; weight format, activation format, default group, zero point):
+    w8a8-int8   i8 weights, per-output-channel symmetric (group 0), int8 per-token activations
+    w8a8-fp8    f8e4m3 weights, per-output-channel scale amax/448, f8e4m3 per-token activations
+    w4a16-int4  i4 weights in groups of 128 along the input dim, ASYMMETRIC (uint4 codes + a 4-bit
+                zero point per group, stored one per byte), activations untouched. Decided asymmetric:
+                at 4 bits the 16th level and an offset for skewed groups cut the error measurably
+                (GPTQ/AWQ's choice); a W4A16 kernel dequantizes to fp16 before the MMA anyway, so the
+                zero point costs one subtract per element and nothing in the GEMM.
+    w4a8-fp     ZeroQuant-FP: f4e2m1 weights in groups of 32 (decided: FP4 has 15 levels, so small
+                groups matter; 32 is OCP MX's block, so the same kernels' tiling applies), f8e4m3
+                per-token activations. Power-of-two scale constraint: per row s_max = max_i s_i (real,
+                s_i = amax_i / 6) and each group's scale is s_max * 2^-k_i, k_i an integer in [0, 8].
+                k_i = floor(log2(s_max / s_i)) by default, so the group scale is >= s_i and nothing
+                saturates. DESIGN's s_max / 2^ceil(log2(s_max / s_i)) taken literally (with scale as the
+                multiplier of the codes) makes the scale <= s_i, which saturates each group's largest
+                values: on a Gaussian 256x512 weight, relative weight error 0.19 (ceil) vs 0.113
+                (floor) vs 0.102 unconstrained. Read on the inverse scale (codes = x * S) the ceil
+                rounds the step size up, as our floor does; `encode_weight(pow2_round="ceil")` keeps the literal variant.
+                The payload stores s_max (f32, [out, 1]) and the shifts k_i (uint8,
+                [out, n_groups]); FP4 value * 2^-k_i is then exactly an E4M3 value (the smallest FP4
+                magnitude 0.5 * 2^-8 = 2^-9 is E4M3's smallest subnormal: hence the clamp at 8), so a
+                kernel casts FP4 -> FP8 by an exponent shift and multiplies by s_max after the GEMM.
+
+Encoding fields: `Quantized(format, axis=1, group, scale_dtype, zero_point)`; `axis` is the input
+(reduction) dim the groups run along; group 0 = one scale per row (per output channel).
+Payload parts: "codes" (i8: int8 [out, in]; f8e4m3: uint8 codes [out, in]; i4 / f4e2m1: two codes per
+byte [out, in/2], see formats.pack_nibbles), "scale" ([out, n_groups], scale_dtype; w4a8-fp: s_max
+[out, 1] f32), "zero" (uint8 [out, n_groups], asymmetric only), "shift" (uint8 [out, n_groups], w4a8-fp).
+Scales are f32 for per-channel schemes (negligible bytes) and f16 for int4 groups (as GPTQ stores
+them); quantization uses the f16-rounded scale, so decode matches encode exactly.
+`Weight.data` of an encoded weight is a zero-stride placeholder with the logical shape (so the
+`const` type is right) that costs 4 bytes; the original leaves the table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import sympy
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fxforge.ir import formats
+from fxforge.ir.dtypes import DType
+from fxforge.ir.errors import ShapeError
+from fxforge.ir.evaluate import WEIGHT_DECODERS
+from fxforge.ir.graph import Weight
+from fxforge.ir.ops import REQUIRED, OpDef, norm_axis, register
+from fxforge.ir.types import Quantized, TensorType, dims_equal, normalize_dim
+
+# -- schemes ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    weight_format: str
+    act_format: str | None
+    group: int  # default group along the input dim (0: per output channel)
+    zero_point: bool = False
+    pow2: bool = False  # ZeroQuant-FP power-of-two group scales
+
+
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in (
+        Scheme("w8a8-int8", "i8", "i8", 0),
+        Scheme("w8a8-fp8", "f8e4m3", "f8e4m3", 0),
+        Scheme("w4a16-int4", "i4", None, 128, zero_point=True),
+        Scheme("w4a8-fp", "f4e2m1", "f8e4m3", 32, pow2=True),
+    )
+}
+ACT_FORMATS = (None, "i8", "f8e4m3")
+MAX_SHIFT = 8  # FP4 (min magnitude 2^-1) * 2^-8 = 2^-9, E4M3's smallest subnormal: the cast stays exact
+
+
+def get_scheme(name: str) -> Scheme:
+    try:
+        return SCHEMES[name]
+    except KeyError:
+        raise ValueError(f"unknown quantization scheme {name!r}; known schemes: {', '.join(SCHEMES)}") from None
+
+
+# -- element helpers --------------------------------------------------------------------------------
+
+
+def _is_float(fmt: str) -> bool:
+    return formats.get_format(fmt).kind == "float"
+
+
+def encode_elements(x: Tensor, fmt: str) -> Tensor:
+    """Codes of `x` (already divided by its scale), one per element, in the storage dtype of `fmt`."""
+    f = formats.get_format(fmt)
+    if f.kind == "float":
+        codes = formats.encode_float(x, f)
+        return codes.view(formats.FP8_TORCH_DTYPES[f.name]) if f.name in formats.FP8_TORCH_DTYPES else codes
+    q = torch.round(x.to(torch.float32)).clamp(-f.max_value, f.max_value)
+    return q.to(torch.int8) if f.bits == 8 else (q.to(torch.int16) & 0xF).to(torch.uint8)
+
+
+def decode_elements(q: Tensor, fmt: str) -> Tensor:
+    """float32 values of codes made by `encode_elements`."""
+    f = formats.get_format(fmt)
+    if f.kind == "float":
+        codes = q.view(torch.uint8) if q.dtype != torch.uint8 else q
+        return formats.decode_float(codes, f)
+    if f.bits == 8:
+        return q.to(torch.float32)
+    return (((q.to(torch.int16) & 0xF) ^ 8) - 8).to(torch.float32)
+
+
+def _amax_scale(amax: Tensor, max_value: float) -> Tensor:
+    s = amax.to(torch.float32) / max_value
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def fake_quant_act(x: Tensor, fmt: str | None) -> Tensor:
+    """Per-token (per row of the last dim) symmetric quantize-dequantize, in float32."""
+    xf = x.to(torch.float32)
+    if fmt is None:
+        return xf
+    f = formats.get_format(fmt)
+    s = _amax_scale(xf.abs().amax(-1, keepdim=True), f.max_value)
+    return decode_elements(encode_elements(xf / s, fmt), fmt) * s
+
+
+# -- the weight codec -------------------------------------------------------------------------------
+
+
+def effective_group(in_features: int, group: int) -> int:
+    """The group actually used on an input dim: `group` when it divides it, else gcd(in, group)
+    (a 64-wide layer with group 128 gets one group per row). 0 stays 0 (per channel)."""
+    return math.gcd(in_features, group) if group > 0 else 0
+
+
+def encode_weight(w: Tensor, scheme: str, group: int | None = None, pow2_round: str = "floor") -> Weight:
+    """Encode a 2-D [out, in] weight with a scheme; returns the `Weight` (encoding + payload).
+    `pow2_round` (w4a8-fp only): "floor" (default: k_i = floor(log2(s_max / s_i)), the group scale is
+    >= s_i, nothing saturates) or "ceil" (DESIGN's formula read literally: scale <= s_i, saturates)."""
+    if pow2_round not in ("floor", "ceil"):
+        raise ValueError(f"pow2_round must be 'floor' or 'ceil', got {pow2_round!r}")
+    sc = get_scheme(scheme)
+    if w.dim() != 2:
+        raise ValueError(f"encode_weight takes a 2-D [out, in] weight, got shape {list(w.shape)}")
+    out_f, in_f = w.shape
+    g = effective_group(in_f, sc.group if group is None else group)
+    fmt = formats.get_format(sc.weight_format)
+    if fmt.bits == 4 and in_f % 2:
+        raise ValueError(f"4-bit formats pack two codes per byte: input dim {in_f} must be even")
+    wf = w.detach().to(torch.float32)
+    gsize = g or in_f
+    wg = wf.reshape(out_f, in_f // gsize, gsize)
+    payload: dict[str, Tensor] = {}
+    scale_dtype = DType.f16 if (g and not sc.pow2) else DType.f32
+    if sc.pow2:
+        s_i = wg.abs().amax(-1) / fmt.max_value  # [out, G]
+        s_max = s_i.amax(-1, keepdim=True)
+        s_max = torch.where(s_max > 0, s_max, torch.ones_like(s_max))
+        ratio = s_max / torch.where(s_i > 0, s_i, s_max * 2.0**-MAX_SHIFT)
+        mant, e = torch.frexp(ratio)  # ratio = mant * 2^e, mant in [0.5, 1): ceil(log2) exactly
+        ceil_k = torch.where(mant == 0.5, e - 1, e)
+        k = (ceil_k if pow2_round == "ceil" else e - 1).to(torch.float32).clamp(0, MAX_SHIFT)
+        scale = torch.ldexp(s_max.expand_as(k), -k)  # exact: power-of-two multiple of s_max
+        codes = encode_elements(wg / scale.unsqueeze(-1), fmt.name).reshape(out_f, in_f)
+        payload = {"codes": formats.pack_nibbles(codes), "scale": s_max.contiguous(),
+                   "shift": k.to(torch.uint8)}
+    elif sc.zero_point:
+        scale, _ = formats.int_scales(wf, bits=fmt.bits, axis=-1, group_size=gsize, symmetric=False)
+        scale = scale.to(scale_dtype.torch)  # zero points from the stored (rounded) scale: decode == encode
+        qmin, qmax = formats.int_range(fmt.bits, symmetric=False)
+        zero = torch.round(-wg.amin(-1).clamp(max=0) / scale.float()).clamp(qmin, qmax).to(torch.int32)
+        codes = formats.quantize_int(wf, scale.float(), zero, bits=fmt.bits, axis=-1, group_size=gsize)
+        payload = {"codes": formats.pack_nibbles(codes) if fmt.bits == 4 else codes, "scale": scale,
+                   "zero": zero.to(torch.uint8)}
+    else:
+        scale = _amax_scale(wg.abs().amax(-1), fmt.max_value).to(scale_dtype.torch)  # [out, G]
+        codes = encode_elements(wg / scale.float().unsqueeze(-1), fmt.name).reshape(out_f, in_f)
+        if fmt.kind == "float":
+            codes = codes.view(torch.uint8)
+        payload = {"codes": formats.pack_nibbles(codes) if fmt.bits == 4 else codes, "scale": scale}
+    enc = Quantized(fmt.name, axis=1, group=g, scale_dtype=scale_dtype, zero_point=sc.zero_point)
+    placeholder = torch.zeros((), dtype=torch.float32).expand(out_f, in_f)
+    return Weight(placeholder, enc, payload)
+
+
+def decode_weight(weight: Weight) -> Tensor:
+    """The dense float32 [out, in] tensor an encoded weight stands for."""
+    enc, p = weight.encoding, weight.payload
+    if not isinstance(enc, Quantized):
+        raise ValueError(f"decode_weight takes a #quantized weight, got encoding {enc!r}")
+    fmt = formats.get_format(enc.format)
+    codes = p["codes"]
+    if fmt.bits == 4:
+        codes = formats.unpack_nibbles(codes)
+    out_f, in_f = codes.shape
+    gsize = enc.group or in_f
+    if "shift" in p:
+        k = p["shift"].to(torch.float32)
+        scale = torch.ldexp(p["scale"].to(torch.float32).expand_as(k), -k)
+        vals = decode_elements(codes, fmt.name)
+    elif enc.zero_point:
+        scale = p["scale"].to(torch.float32)
+        vals = codes.to(torch.float32) - p["zero"].to(torch.float32).repeat_interleave(gsize, dim=1)
+    else:
+        scale = p["scale"].to(torch.float32)
+        vals = decode_elements(codes, fmt.name)
+    return vals * scale.repeat_interleave(gsize, dim=1)
+
+
+WEIGHT_DECODERS["quantized"] = decode_weight
+
+
+# -- quantize / dequantize --------------------------------------------------------------------------
+
+
+def _group_count(d, group: int):
+    if group <= 0:
+        return 1
+    if isinstance(d, int) and d % group:
+        raise ShapeError(f"axis size {d} is not a multiple of group {group}")
+    return normalize_dim(sympy.sympify(d) / group)
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in formats.FORMATS or fmt not in DType.__members__:
+        raise ShapeError(f"format {fmt!r} has no IR dtype; use one of i8, i4, f8e4m3, f8e5m2, f4e2m1")
+
+
+def _quantize_infer(types, attrs):
+    (x,) = types
+    _check_format(attrs["format"])
+    ax = norm_axis(attrs["axis"], x.rank)
+    scale_shape = tuple(_group_count(d, attrs["group"]) if i == ax else d for i, d in enumerate(x.shape))
+    return [TensorType(x.shape, DType[attrs["format"]]), TensorType(scale_shape, DType.f32)]
+
+
+def _grouped(x: Tensor, axis: int, group: int) -> Tensor:
+    xt = x.movedim(axis, -1)
+    g = group or xt.shape[-1]
+    return xt.reshape(*xt.shape[:-1], xt.shape[-1] // g, g)
+
+
+def _quantize_ref(x, *, format, axis, group):
+    f = formats.get_format(format)
+    axis = axis % x.dim()
+    xg = _grouped(x.to(torch.float32), axis, group)
+    s = _amax_scale(xg.abs().amax(-1, keepdim=True), f.max_value)
+    q = encode_elements(xg / s, format)
+    q = q.reshape(*q.shape[:-2], -1).movedim(-1, axis)
+    return q, s.squeeze(-1).movedim(-1, axis).contiguous()
+
+
+def _dequantize_infer(types, attrs):
+    q, s = types
+    _check_format(attrs["format"])
+    if q.dtype != DType[attrs["format"]]:
+        raise ShapeError(f"dequantize: codes are {q.dtype}, format says {attrs['format']}")
+    return [TensorType(q.shape, attrs["dtype"])]
+
+
+def _dequantize_ref(q, scale, *, format, axis, group, dtype):
+    axis = axis % q.dim()
+    vals = _grouped(decode_elements(q, format), axis, group)
+    out = vals * scale.to(torch.float32).movedim(axis, -1).unsqueeze(-1)
+    return out.reshape(*out.shape[:-2], -1).movedim(-1, axis).to(dtype.torch)
+
+
+register(OpDef("quantize", (1, 1), {"format": REQUIRED, "axis": -1, "group": 0}, _quantize_infer, _quantize_ref,
+               "lowp", "dynamic symmetric quantization: (codes, scale = amax / max(format) per group)",
+               num_results=2))
+register(OpDef("dequantize", (2, 2), {"format": REQUIRED, "axis": -1, "group": 0, "dtype": DType.f32},
+               _dequantize_infer, _dequantize_ref, "lowp", "dequantize(codes, scale) = decode(codes) * scale"))
+
+# -- qlinear ----------------------------------------------------------------------------------------
+
+
+def _qlinear_parts(operands: list[Any], lorc_rank: int) -> tuple[Any, Any, Any, Any, Any]:
+    x, w, *rest = operands
+    lorc = 2 if lorc_rank > 0 else 0
+    if len(rest) not in (lorc, lorc + 1):
+        raise ShapeError(f"qlinear: {len(operands)} operands do not fit lorc_rank={lorc_rank} "
+                         "(x, w, [bias], [lorc_u, lorc_v])")
+    bias = rest[0] if len(rest) == lorc + 1 else None
+    u, v = (rest[-2], rest[-1]) if lorc else (None, None)
+    return x, w, bias, u, v
+
+
+def _qlinear_infer(types, attrs):
+    get_scheme(attrs["scheme"])
+    if attrs["act_format"] not in ACT_FORMATS:
+        raise ShapeError(f"qlinear: act_format {attrs['act_format']!r} is not one of {ACT_FORMATS}")
+    x, w, bias, u, v = _qlinear_parts(types, attrs["lorc_rank"])
+    if not isinstance(w.encoding, Quantized) or w.rank != 2:
+        raise ShapeError("qlinear: the weight must be a 2-D const with a #quantized encoding")
+    if not dims_equal(x.shape[-1], w.shape[1]):
+        raise ShapeError(f"qlinear: input {list(x.shape)} does not fit weight {list(w.shape)} (expects [out, in])")
+    if bias is not None and (bias.rank != 1 or not dims_equal(bias.shape[0], w.shape[0])):
+        raise ShapeError(f"qlinear: bias {list(bias.shape)} does not fit weight {list(w.shape)}")
+    if u is not None:
+        r = attrs["lorc_rank"]
+        if list(u.shape) != [w.shape[0], r] or list(v.shape) != [w.shape[1], r]:
+            raise ShapeError(f"qlinear: lorc_u {list(u.shape)} / lorc_v {list(v.shape)} must be "
+                             f"[{w.shape[0]}, {r}] / [{w.shape[1]}, {r}]")
+    return [TensorType(x.shape[:-1] + (w.shape[0],), x.dtype)]
+
+
+def qlinear_ref(*operands, scheme, act_format, group, lorc_rank):
+    """The reference: per-token activation quantize-dequantize, dense GEMM on the dequantized weight,
+    LoRC correction on the same (quantized) activations, bias; f32 math, result in x's dtype."""
+    x, w, bias, u, v = _qlinear_parts(list(operands), lorc_rank)
+    xq = fake_quant_act(x, act_format)
+    y = F.linear(xq, w.to(torch.float32))
+    if u is not None:
+        y = y + (xq @ v.to(torch.float32)) @ u.to(torch.float32).T
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)
+
+
+register(OpDef("qlinear", (2, 5), {"scheme": REQUIRED, "act_format": None, "group": 0, "lorc_rank": 0},
+               _qlinear_infer, qlinear_ref, "lowp",
+               "qlinear(x, w #quantized, [bias], [lorc_u, lorc_v]): per-token activation quantization, "
+               "GEMM with the dequantized weight, optional LoRC correction (x @ V) @ U^T"))

@@ -1,0 +1,345 @@
+"""Fusion partitioning: which ops of a graph run together as one kernel, and why the rest do not.
+
+`partition(graph)` returns a `Partition`: `KernelGroup`s (plain data naming ops of the graph) and,
+for every op left outside a kernel, the reason. The graph itself is not rewritten (no new opcodes:
+it stays valid IR for the verifier); codegen reads the partition. The pass `fuse` (registered, not
+in the default pipeline; the `interpret`/`triton` executors run `partition` themselves) stores the
+partition on the graph as `graph.kernel_groups` and its summary in `ctx.stats`.
+
+The rule table (`FUSION_RULES` prints it):
+- gemm: `linear` / `matmul` + an epilogue in the GEMM template's order
+  `scale (mul by a rank-0 full) -> bias add [N] (linear only) -> activation -> residual add -> cast`,
+  each step only when the intermediate has a single use and is not a graph output.
+- row: `softmax`, `log_softmax`, `layer_norm`, `rms_norm` over the last dim, and `sum`/`mean`/`amax`
+  over the last dim (float), with their single-use pointwise producers fused into the load
+  (prologue) and, for the normalising ones, a chain of same-shape pointwise consumers (epilogue).
+- pointwise: a tree of pointwise ops; a producer is fused inward when its result has one use and is
+  not a graph output; operands broadcast, the group's shape is its root's (the largest).
+  `full` never needs a kernel: consumers inline its value as a literal.
+- attention: alone (the flash-attention template).
+Everything else runs on the host with torch, reason recorded: views (reshape, permute, expand,
+slice are strided views; cat, index_select, gather copy on the host), sources (const, full,
+arange), externs, embedding (a gather), reductions not over the last dim, and pointwise ops
+without a kernel emitter (triu, tril) or of types kernels do not handle (fp8, packed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fxforge.ir.dtypes import DType
+from fxforge.ir.graph import Graph, Op, Value
+from fxforge.ir.types import dims_equal
+from fxforge.passes.manager import PassContext, register_pass
+
+FUSION_RULES = {
+    "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
+            "-> residual add -> cast (single-use intermediates)",
+    "row": "softmax|log_softmax|layer_norm|rms_norm|sum|mean|amax over the last dim + single-use pointwise "
+           "producers (prologue) + same-shape pointwise consumers (epilogue, normalising ops only)",
+    "pointwise": "tree of pointwise ops, single-use producers fused inward, broadcasting to the root's shape",
+    "attention": "attention alone (flash-attention template)",
+}
+
+ROW_OPS = ("softmax", "log_softmax", "layer_norm", "rms_norm")
+ROW_REDUCTIONS = ("sum", "mean", "amax")
+ACTIVATIONS = {"relu": "relu", "silu": "silu", "sigmoid": "sigmoid"}  # + gelu (by its approximate attr)
+# pointwise ops the expression printer (fxforge.codegen.expr) emits
+POINTWISE_EMITTED = frozenset({
+    "neg", "abs", "exp", "log", "log1p", "sqrt", "rsqrt", "sin", "cos", "tanh", "erf", "sigmoid", "relu", "silu",
+    "reciprocal", "floor", "ceil", "logical_not", "bitwise_not", "add", "sub", "mul", "pow", "maximum", "minimum",
+    "remainder", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "bitwise_and", "bitwise_or",
+    "bitwise_xor", "gelu", "div", "where", "clamp", "cast",
+})
+KERNEL_DTYPES = frozenset({DType.f64, DType.f32, DType.f16, DType.bf16, DType.i64, DType.i32, DType.i16,
+                           DType.i8, DType.u8, DType.bool})
+HOST_REASONS = {
+    "reshape": "view: runs as a torch view on the host (copies only when the layout needs it)",
+    "permute": "view: strided torch view on the host (kernels read it through its strides)",
+    "expand": "view: stride-0 torch view on the host (kernels read it through its strides)",
+    "slice": "view: strided torch view on the host (kernels read it through its strides)",
+    "cat": "cat: one host torch.cat (a copy; not fused into consumers)",
+    "index_select": "gather: host torch.index_select",
+    "gather": "gather: host torch.gather",
+    "embedding": "embedding: a row gather, host F.embedding",
+    "const": "source: a weight of the graph",
+    "full": "source: uniform value; kernels inline it as a literal, materialised only for host consumers",
+    "arange": "source: host torch.arange",
+    "extern": "extern: calls a torch op on the host",
+    "cumsum": "scan: host torch.cumsum (no scan kernel)",
+    "argmax": "reduction with index result: host torch.argmax",
+    "any": "boolean reduction: host torch.any",
+    "amin": "reduction without a row kernel: host torch.amin",
+}
+
+
+@dataclass
+class KernelGroup:
+    """One kernel: `kind` (pointwise | row | gemm | attention), its ops in graph order, the values it
+    reads from outside (`inputs`) and writes (`outputs`), why it was grouped, and kind-specific
+    `params` (gemm: the epilogue, row: the anchor op)."""
+
+    kind: str
+    ops: list[Op]
+    inputs: list[Value]
+    outputs: list[Value]
+    reason: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Op:
+        return self.ops[-1]
+
+    def describe(self) -> str:
+        return f"{self.kind}[{', '.join(op.opcode for op in self.ops)}]"
+
+
+@dataclass
+class Partition:
+    """Kernel groups in graph order, and the host ops with the reason each stays unfused."""
+
+    groups: list[KernelGroup]
+    host: dict[int, str]  # id(op) -> reason
+    host_ops: dict[str, str] = field(default_factory=dict)  # "%name = opcode" -> reason
+
+    def group_of(self) -> dict[int, KernelGroup]:
+        return {id(op): g for g in self.groups for op in g.ops}
+
+    def stats(self) -> dict[str, Any]:
+        kinds: dict[str, int] = {}
+        for g in self.groups:
+            kinds[g.kind] = kinds.get(g.kind, 0) + 1
+        reasons: dict[str, dict[str, Any]] = {}
+        for op_reason in self.host.values():
+            reasons.setdefault(op_reason, {"count": 0})["count"] += 1
+        return {
+            "kernels": len(self.groups),
+            "kinds": dict(sorted(kinds.items())),
+            "fused_ops": sum(len(g.ops) for g in self.groups),
+            "groups": [g.describe() for g in self.groups],
+            "unfused": {r: v["count"] for r, v in sorted(reasons.items())},
+            "host_ops": dict(self.host_ops),
+        }
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _single_use(v: Value, graph: Graph) -> bool:
+    return len(v.uses) == 1 and not any(v is o for o in graph.outputs)
+
+
+def _same_shape(a: Value, b: Value) -> bool:
+    sa, sb = a.type.shape, b.type.shape
+    return len(sa) == len(sb) and all(dims_equal(x, y) for x, y in zip(sa, sb))
+
+
+def _kernel_types_ok(op: Op) -> bool:
+    vals = [*op.operands, *op.results]
+    return all(v.type.dtype in KERNEL_DTYPES and v.type.encoding is None for v in vals)
+
+
+def pointwise_ok(op: Op) -> bool:
+    """Can the expression printer emit this op inside a kernel?"""
+    return op.opdef.category == "pointwise" and op.opcode in POINTWISE_EMITTED and _kernel_types_ok(op)
+
+
+def _last_dim(op: Op) -> bool:
+    rank = op.operands[0].type.rank
+    if op.opcode in ("softmax", "log_softmax"):
+        return rank >= 1 and op.attrs["dim"] % rank == rank - 1
+    if op.opcode in ROW_REDUCTIONS:
+        dims = op.attrs["dims"]
+        return rank >= 1 and dims is not None and len(dims) == 1 and dims[0] % rank == rank - 1
+    return rank >= 1
+
+
+def row_ok(op: Op) -> bool:
+    if op.opcode not in ROW_OPS + ROW_REDUCTIONS or not _kernel_types_ok(op) or not _last_dim(op):
+        return False
+    return all(v.type.dtype.is_float for v in [*op.operands, *op.results])
+
+
+def _scale_of(op: Op, y: Value) -> float | None:
+    """The constant c of mul(y, c) / mul(c, y) / div(y, c) with c a rank-0 `full`, else None."""
+    if op.opcode not in ("mul", "div") or (op.opcode == "div" and op.attrs["rounding_mode"] is not None):
+        return None
+    others = [v for v in op.operands if v is not y]
+    if len(others) != 1 or (op.opcode == "div" and op.operands[0] is not y):
+        return None
+    c = others[0]
+    if c.producer is None or c.producer.opcode != "full" or c.type.rank != 0:
+        return None
+    value = float(c.producer.attrs["value"])
+    return value if op.opcode == "mul" else (1.0 / value if value != 0 else None)
+
+
+def _activation_of(op: Op) -> str | None:
+    if op.opcode in ACTIVATIONS:
+        return ACTIVATIONS[op.opcode]
+    if op.opcode == "gelu":
+        return "gelu" if op.attrs["approximate"] == "none" else "gelu_tanh"
+    return None
+
+
+# -- the partition ------------------------------------------------------------------------------
+
+
+class _Partitioner:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.claimed: dict[int, KernelGroup] = {}
+        self.groups: list[KernelGroup] = []
+
+    def free(self, op: Op | None) -> bool:
+        return op is not None and id(op) not in self.claimed
+
+    def claim(self, group: KernelGroup) -> None:
+        for op in group.ops:
+            self.claimed[id(op)] = group
+        self.groups.append(group)
+
+    def run(self) -> Partition:
+        ops = self.graph.ops
+        for op in ops:  # anchors first: gemm epilogues, then rows, attention
+            if op.opcode in ("linear", "matmul") and _kernel_types_ok(op) and self.free(op):
+                self.gemm(op)
+        for op in ops:
+            if row_ok(op) and self.free(op):
+                self.row(op)
+            elif op.opcode == "attention" and self.free(op):
+                self.claim(KernelGroup("attention", [op], [], [], FUSION_RULES["attention"]))
+        for op in reversed(ops):  # pointwise trees, grown from their roots (last op first)
+            if pointwise_ok(op) and self.free(op):
+                members = self.grow([op], op)
+                self.claim(KernelGroup("pointwise", members, [], [],
+                                       FUSION_RULES["pointwise"] if len(members) > 1 else "single pointwise op"))
+        order = {id(op): i for i, op in enumerate(ops)}
+        host: dict[int, str] = {}
+        host_ops: dict[str, str] = {}
+        for op in ops:
+            if id(op) not in self.claimed:
+                host[id(op)] = self.host_reason(op)
+                names = ", ".join("%" + r.name for r in op.results)
+                host_ops[f"{names} = {op.opcode}"] = host[id(op)]
+        for g in self.groups:
+            g.ops.sort(key=lambda o: order[id(o)])
+            self.finish(g)
+        self.groups.sort(key=lambda g: order[id(g.root)])
+        return Partition(self.groups, host, host_ops)
+
+    def grow(self, members: list[Op], root: Op) -> list[Op]:
+        """Add single-use pointwise producers of root's operands, recursively (inward fusion)."""
+        stack = [root]
+        while stack:
+            op = stack.pop()
+            for v in op.operands:
+                p = v.producer
+                if self.free(p) and p not in members and pointwise_ok(p) and _single_use(v, self.graph):
+                    members.append(p)
+                    stack.append(p)
+        return members
+
+    def gemm(self, op: Op) -> None:
+        params: dict[str, Any] = {"scale": 1.0, "bias": None, "activation": "none", "residual": None, "out_dtype": None}
+        stage = 0 if op.opcode == "matmul" or len(op.operands) == 2 else 2
+        # matmul(a, b) with a 2-D b is linear(a, b^T): it takes the whole epilogue
+        linear_like = op.opcode == "linear" or (op.operands[1].type.rank == 2 and op.operands[0].type.rank >= 2)
+        params["linear_like"] = linear_like
+        members, y = [op], op.result
+        while _single_use(y, self.graph):
+            user = y.uses[0]
+            if not self.free(user) or not _kernel_types_ok(user) or (not linear_like and stage >= 1):
+                break
+            same = _same_shape(user.result, y) and user.result.type.dtype == y.type.dtype
+            scale = _scale_of(user, y) if same else None
+            act = _activation_of(user) if same else None
+            other = [v for v in user.operands if v is not y]
+            if stage < 1 and scale is not None:
+                params["scale"], stage = scale, 1
+            elif (stage < 2 and linear_like and same and user.opcode == "add" and len(other) == 1
+                  and other[0].type.rank == 1 and dims_equal(other[0].type.shape[0], y.type.shape[-1])
+                  and other[0].type.dtype == y.type.dtype):
+                params["bias"], stage = other[0], 2
+            elif stage < 3 and act is not None:
+                params["activation"], stage = act, 3
+            elif (stage < 4 and linear_like and same and user.opcode == "add" and len(other) == 1
+                  and other[0].type.dtype == y.type.dtype):
+                params["residual"], stage = other[0], 4
+            elif stage < 5 and linear_like and user.opcode == "cast" and user.result.type.dtype.is_float and y.type.dtype.is_float:
+                params["out_dtype"], stage = user.result.type.dtype, 5
+            else:
+                break
+            members.append(user)
+            y = user.result
+        reason = "gemm + epilogue (" + ", ".join(m.opcode for m in members[1:]) + ")" if len(members) > 1 else "gemm alone"
+        self.claim(KernelGroup("gemm", members, [], [], reason, params))
+
+    def row(self, op: Op) -> None:
+        members = [op]
+        x = op.operands[0]
+        p = x.producer
+        if self.free(p) and pointwise_ok(p) and _single_use(x, self.graph):
+            members.append(p)
+            self.grow(members, p)
+        prologue = len(members) - 1
+        y = op.result
+        epilogue = 0
+        if op.opcode in ROW_OPS:
+            while _single_use(y, self.graph):
+                user = y.uses[0]
+                if not (self.free(user) and pointwise_ok(user) and _same_shape(user.result, op.result)):
+                    break
+                members.append(user)
+                epilogue += 1
+                y = user.result
+        reason = f"row {op.opcode}" + (f" + {prologue} prologue op(s)" if prologue else "") + (
+            f" + {epilogue} epilogue op(s)" if epilogue else "")
+        self.claim(KernelGroup("row", members, [], [], reason, {"anchor": op}))
+
+    def finish(self, g: KernelGroup) -> None:
+        inside = {id(op) for op in g.ops}
+        produced = {id(r) for op in g.ops for r in op.results}
+        seen: set[int] = set()
+        for op in g.ops:
+            for v in op.operands:
+                if id(v) not in produced and id(v) not in seen:
+                    seen.add(id(v))
+                    g.inputs.append(v)
+        outs = {id(o) for o in self.graph.outputs}
+        for op in g.ops:
+            for r in op.results:
+                if id(r) in outs or any(id(u) not in inside for u in r.uses):
+                    g.outputs.append(r)
+
+    @staticmethod
+    def host_reason(op: Op) -> str:
+        if op.opcode in HOST_REASONS:
+            return HOST_REASONS[op.opcode] if op.opcode != "extern" else f"extern {op.attrs['target']}: calls torch on the host"
+        if not _kernel_types_ok(op):
+            return f"{op.opcode}: operand/result types a kernel does not handle (fp8/packed/encoded): host torch"
+        if op.opdef.category == "pointwise":
+            return f"{op.opcode}: pointwise op without a kernel emitter: host torch"
+        if op.opcode in ROW_OPS + ROW_REDUCTIONS:
+            return f"{op.opcode}: not over the last dim or not float: host torch"
+        return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"
+
+
+def partition(graph: Graph) -> Partition:
+    """Kernel groups of the graph by the rule table, and the reason for every op left on the host."""
+    return _Partitioner(graph).run()
+
+
+@register_pass("fuse")
+class FusePass:
+    """Partitions the graph into kernel groups (`graph.kernel_groups`); the IR is unchanged."""
+
+    name = "fuse"
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        part = partition(graph)
+        graph.kernel_groups = part  # type: ignore[attr-defined]
+        ctx.stats.update(part.stats())
+        ctx.stats["rules"] = FUSION_RULES
+        return graph

@@ -1,0 +1,217 @@
+"""The `quantize` pass: rewrite `linear`s with a 2-D const weight into `qlinear`s with encoded weights.
+
+Options (`ctx.options`; the pass is off unless "quantize" names a scheme):
+    "quantize"            scheme name: w8a8-int8 | w8a8-fp8 | w4a16-int4 | w4a8-fp (None/absent: off)
+    "quantize_overrides"  {fnmatch pattern on the layer name (weight name without `.weight`): scheme or
+                          None}; the first matching pattern wins, user patterns before the defaults
+    "quantize_group"      group size along the input dim for the grouped schemes (default: the
+                          scheme's, 128 for w4a16-int4, 32 for w4a8-fp)
+    "quantize_pow2_round" w4a8-fp only, "floor" (default) or "ceil": see `fxforge.ir.lowp_ops`
+    "lorc_rank"           LoRC rank (0: off), see `fxforge.passes.lorc`
+    "calibration"         a list of input lists for the graph; errors are measured on them
+
+Decisions:
+- Stay high precision by default: `lm_head` (patterns "lm_head", "*.lm_head"), any linear whose weight
+  is also an embedding's table (tied: same weight name, or same storage), linears whose weight is
+  not a 2-D const, and layers whose input dim cannot be packed (odd, for 4-bit formats). Skips are
+  listed in `ctx.stats["skipped"]` with the reason.
+- The encoded weight is a new table entry `<weight name>.q` (LoRC factors `<layer>.lorc_u` /
+  `.lorc_v`, fp16); the original weight leaves the table once no `const` names it.
+- A group that does not divide the input dim becomes gcd(in, group) (a 64-wide layer under group 128
+  gets one group per row); the group used is in the layer's statistics.
+- Error per layer: ||y_q - y|| / ||y|| of the layer alone (float input, float vs quantized layer) on
+  the calibration activations that reach it (`calibrate`), or, without calibration data, on 256
+  rows of N(0, 1) inputs (`error_data` says which). With calibration data the summary also has the
+  end-to-end relative error of the graph's first output.
+- Bytes per layer: before as fp16 (numel * 2) and as stored (fp32 here), after = codes + scales
+  (+ zero points / shifts) + LoRC factors.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fxforge.ir.evaluate import evaluate
+from fxforge.ir.graph import Graph, Op, Weight
+from fxforge.ir.lowp_ops import decode_weight, encode_weight, get_scheme, qlinear_ref
+from fxforge.passes.calibrate import calibrate, site_name
+from fxforge.passes.lorc import lorc_factors
+from fxforge.passes.manager import PassContext, register_pass
+
+DEFAULT_OVERRIDES: dict[str, str | None] = {"lm_head": None, "*.lm_head": None}
+RANDOM_ROWS = 256
+
+
+def choose_scheme(layer: str, scheme: str | None, overrides: dict[str, str | None] | None) -> str | None:
+    """The scheme for a layer: the first matching pattern (user overrides, then defaults), else `scheme`."""
+    for pattern, value in [*(overrides or {}).items(), *DEFAULT_OVERRIDES.items()]:
+        if fnmatch.fnmatchcase(layer, pattern):
+            return value
+    return scheme
+
+
+def _embedding_tables(graph: Graph) -> tuple[set[str], set[int]]:
+    names, ptrs = set(), set()
+    for op in graph.find("embedding"):
+        producer = op.operands[0].producer
+        if producer is not None and producer.opcode == "const":
+            names.add(producer.attrs["weight"])
+            ptrs.add(graph.weight(producer.attrs["weight"]).data.untyped_storage().data_ptr())
+    return names, ptrs
+
+
+def relative_error(y_q: torch.Tensor, y: torch.Tensor) -> float:
+    denom = y.norm().item()
+    return (y_q - y).norm().item() / denom if denom > 0 else (y_q - y).norm().item()
+
+
+def _skip_reason(graph: Graph, op: Op, tied: tuple[set[str], set[int]]) -> str | None:
+    producer = op.operands[1].producer
+    if producer is None or producer.opcode != "const":
+        return "weight is not a const"
+    name = producer.attrs["weight"]
+    w = graph.weight(name)
+    if w.encoding is not None or w.data.dim() != 2:
+        return "weight is not a plain 2-D tensor"
+    if name in tied[0] or w.data.untyped_storage().data_ptr() in tied[1]:
+        return "weight is tied to an embedding"
+    return None
+
+
+def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | None] | None = None,
+                   group: int | None = None, lorc_rank: int = 0, calibration: list | None = None,
+                   pow2_round: str = "floor") -> dict[str, Any]:
+    """Rewrite the graph's linears in place; returns the statistics (see the module docstring)."""
+    for s in {scheme, *(overrides or {}).values()} - {None}:
+        get_scheme(s)  # a typo fails before anything changes
+    tied = _embedding_tables(graph)
+    plan: list[tuple[Op, str, str]] = []
+    skipped: dict[str, str] = {}
+    for op in graph.find("linear"):
+        layer = site_name(graph, op)
+        label = layer or f"%{op.result.name}"
+        reason = _skip_reason(graph, op, tied)
+        chosen = choose_scheme(layer, scheme, overrides) if layer else None
+        if reason is None and chosen is None:
+            reason = "kept high precision (override)"
+        if reason is None:
+            sc = get_scheme(chosen)
+            in_f = graph.weight(op.operands[1].producer.attrs["weight"]).data.shape[1]
+            if in_f % 2 and sc.weight_format in ("i4", "f4e2m1"):
+                reason = f"input dim {in_f} is odd: 4-bit codes pack two per byte"
+        if reason is not None:
+            skipped[label] = reason
+            continue
+        plan.append((op, layer, chosen))
+
+    calib = calibrate(graph, calibration, sites=[p[1] for p in plan]) if calibration else None
+    layers: dict[str, dict[str, Any]] = {}
+    for op, layer, chosen in plan:
+        layers[layer] = _rewrite(graph, op, layer, chosen, group, lorc_rank, pow2_round,
+                                 calib.sites.get(layer) if calib else None)
+    stats: dict[str, Any] = {"scheme": scheme, "layers": layers, "skipped": skipped,
+                             "error_data": "calibration" if calib else f"random N(0,1), {RANDOM_ROWS} rows"}
+    errors = [v["rel_error"] for v in layers.values()]
+    summary: dict[str, Any] = {
+        "layers_quantized": len(layers),
+        "layers_skipped": len(skipped),
+        "bytes_fp16_before": sum(v["bytes_fp16"] for v in layers.values()),
+        "bytes_stored_before": sum(v["bytes_stored"] for v in layers.values()),
+        "bytes_after": sum(v["bytes_after"] for v in layers.values()),
+        "mean_rel_error": sum(errors) / len(errors) if errors else 0.0,
+        "max_rel_error": max(errors, default=0.0),
+        "graph_weight_bytes": sum(w.nbytes() for w in graph.weights.values()),
+    }
+    if calib is not None:
+        new = [evaluate(graph, list(args))[0] for args in calibration]
+        ref = [o[0] for o in calib.outputs]
+        summary["output_rel_error"] = relative_error(torch.cat([t.flatten() for t in new]).float(),
+                                                     torch.cat([t.flatten() for t in ref]).float())
+    stats["summary"] = summary
+    return stats
+
+
+def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, lorc_rank: int,
+             pow2_round: str, site) -> dict[str, Any]:
+    sc = get_scheme(scheme)
+    const = op.operands[1].producer
+    wname = const.attrs["weight"]
+    w = graph.weight(wname).data
+    encoded = encode_weight(w, scheme, group if sc.group else None, pow2_round=pow2_round)
+    qname = graph.add_weight(_free_name(graph, f"{wname}.q"), encoded)
+    w_hat = decode_weight(encoded)
+    new_operands = [op.operands[0], graph.insert_before(op, "const", [], {"weight": qname}, name=const.result.name).result]
+    if len(op.operands) == 3:
+        new_operands.append(op.operands[2])
+    rank = min(int(lorc_rank or 0), *w.shape)
+    lorc_bytes = 0
+    u = v = None
+    if rank > 0:
+        u, v = lorc_factors(w, w_hat, rank)
+        for part, t in (("lorc_u", u), ("lorc_v", v)):
+            pname = graph.add_weight(_free_name(graph, f"{layer}.{part}"), Weight(t))
+            new_operands.append(graph.insert_before(op, "const", [], {"weight": pname}, name=part).result)
+            lorc_bytes += t.numel() * t.element_size()
+    attrs = {"scheme": scheme, "act_format": sc.act_format, "group": encoded.encoding.group, "lorc_rank": rank}
+    old_name = op.result.name
+    q = graph.insert_before(op, "qlinear", new_operands, attrs)
+    graph.replace_op(op, [q.result])
+    graph.rename_value(q.result, old_name)  # the rewritten layer keeps its value name
+    if not const.result.uses and not any(const.result is o for o in graph.outputs):
+        graph.erase(const)
+    if not any(o.opcode == "const" and o.attrs["weight"] == wname for o in graph.ops):
+        del graph.weights[wname]
+
+    if site is not None and site.samples:
+        x, data = site.sample_matrix(), "calibration"
+    else:
+        x = torch.randn(RANDOM_ROWS, w.shape[1], generator=torch.Generator().manual_seed(0))
+        data = "random"
+    bias = new_operands[2] if len(new_operands) in (3, 5) else None
+    b = None  # a bias that is not a const is left out of both sides of the comparison
+    if bias is not None and bias.producer is not None and bias.producer.opcode == "const":
+        b = graph.weight(bias.producer.attrs["weight"]).data.float()
+    y = F.linear(x, w.float(), b)
+    extra = ([b] if b is not None else []) + ([u, v] if u is not None else [])
+    rel = relative_error(qlinear_ref(x, w_hat, *extra, **attrs), y)
+    return {
+        "scheme": scheme,
+        "group": encoded.encoding.group,
+        "lorc_rank": rank,
+        "rel_error": rel,
+        "weight_rel_error": relative_error(w_hat, w.float()),
+        "error_data": data,
+        "bytes_fp16": w.numel() * 2,
+        "bytes_stored": w.numel() * w.element_size(),
+        "bytes_after": encoded.nbytes() + lorc_bytes,
+    }
+
+
+def _free_name(graph: Graph, name: str) -> str:
+    out, i = name, 0
+    while out in graph.weights:
+        i += 1
+        out = f"{name}{i}"
+    return out
+
+
+@register_pass("quantize")
+class Quantize:
+    """Off unless `ctx.options["quantize"]` names a scheme; stats: see `quantize_graph`."""
+
+    name = "quantize"
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        scheme = ctx.option("quantize")
+        overrides = ctx.option("quantize_overrides") or {}
+        if scheme is None and not any(v is not None for v in overrides.values()):
+            ctx.stats["enabled"] = False
+            return graph
+        ctx.stats.update(quantize_graph(
+            graph, scheme, overrides, group=ctx.option("quantize_group"), lorc_rank=ctx.option("lorc_rank", 0) or 0,
+            calibration=ctx.option("calibration"), pow2_round=ctx.option("quantize_pow2_round", "floor")))
+        return graph

@@ -1,0 +1,46 @@
+"""Every standard template configuration builds for sm_90 and sm_80 without spills and within shared memory.
+
+The compiles run in fresh subprocesses without TRITON_INTERPRET (other test modules set it for the
+interpreter), through `fxforge.codegen.build.build_in_subprocess`. A configuration that spills is fixed
+by shrinking its blocks in `fxforge.codegen.blocks`, not by loosening this test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fxforge.codegen.build import SHARED_LIMITS, build_in_subprocess, specs_for_arch, standard_specs
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+def test_standard_specs_build(arch):
+    specs = specs_for_arch(standard_specs(), arch)
+    assert len(specs) >= 8
+    builds = build_in_subprocess(specs, arch, timeout=240)
+    assert len(builds) == len(specs)
+    report = "\n".join(f"{b.label}: ok={b.ok} regs={b.registers} stack={b.spills} shared={b.shared_bytes} {b.error[:300]}"
+                       for b in builds)
+    for b in builds:
+        assert b.ok, report
+        assert b.arch == arch
+        assert 0 < b.registers <= 255, report
+        assert b.spills == 0, report
+        assert 0 < b.shared_bytes <= SHARED_LIMITS[arch], report
+        assert b.ptx_lines > 0
+
+
+def test_bf16_specs_only_from_sm90():
+    all_specs = standard_specs()
+    assert any(s["constexprs"].get("INPUT_PRECISION") and "bfloat16" in s["label"] for s in all_specs)
+    assert not any("bfloat16" in s["label"] for s in specs_for_arch(all_specs, 80))
+    assert len(specs_for_arch(all_specs, 90)) == len(all_specs)
+
+
+def test_failed_build_is_reported_not_raised():
+    spec = dict(standard_specs()[0])
+    spec["constexprs"] = dict(spec["constexprs"], BLOCK_M=512, BLOCK_N=512, BLOCK_K=256)  # far over shared memory
+    spec["num_stages"] = 4
+    bad_sig = dict(standard_specs()[0], signature={"a_ptr": "*fp16"})  # arguments missing
+    builds = build_in_subprocess([bad_sig, spec], 80, timeout=240)
+    assert not builds[0].ok and "signature lacks" in builds[0].error
+    assert not builds[1].ok and builds[1].error
