@@ -132,3 +132,14 @@ def load(path: str) -> CompiledModule:
     from fxforge.runtime.artifact import load_artifact
 
     return load_artifact(path)
+
+
+BACKEND_REPORT = CompileReport()
+
+
+def backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+    """fxforge as a named torch.compile backend: `torch.compile(model, backend="fxforge")` (registered
+    through the `torch_dynamo_backends` entry point). Default options; graphs go to `BACKEND_REPORT`.
+    Parameters stay graph inputs here (no model is known to name them); use `fxforge.compile(model)`
+    to have them read in as weights, which the compression passes need."""
+    return Backend(CompileConfig(), BACKEND_REPORT, {})(gm, example_inputs)
