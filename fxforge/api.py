@@ -24,7 +24,7 @@ from fxforge.config import CompileConfig
 from fxforge.errors import NotCompilableError
 from fxforge.frontend.dynamo import lower_aten_graph, tensor_names
 from fxforge.frontend.export import capture_export
-from fxforge.runtime.module import CompiledModule
+from fxforge.runtime.module import CompiledModule, flatten_inputs
 from fxforge.runtime.report import CompileReport
 
 
@@ -119,12 +119,26 @@ def compile_aot(model: torch.nn.Module, example_args: tuple | Any, example_kwarg
     capture = capture_export(model.eval(), args, example_kwargs, dynamic=cfg.dynamic is not False)
     aten_ops = sum(1 for op in capture.lowered.graph.ops)
     capture.lowered.notes[:0] = [n for n in capture.notes if n not in capture.lowered.notes]
-    record = compile_lowered(capture.lowered, cfg, capture.seconds, aten_ops)
     arg_names = list(inspect.signature(model.forward).parameters)
+    calibration = _calibration_inputs(cfg, capture, arg_names)
+    record = compile_lowered(capture.lowered, cfg, capture.seconds, aten_ops, calibration)
     module = CompiledModule(record, capture.in_spec, capture.out_spec, arg_names, cfg, type(model).__name__)
     if cfg.debug:
         print(record.summary())
     return module
+
+
+def _calibration_inputs(cfg: CompileConfig, capture: Any, arg_names: list[str]) -> list[list[torch.Tensor]] | None:
+    """Each calibration example (a tuple of args or a dict of kwargs) -> the graph's tensor inputs."""
+    if cfg.calibration is None:
+        return None
+    slots = capture.lowered.inputs
+    out = []
+    for example in cfg.calibration:
+        args, kwargs = (example, {}) if isinstance(example, tuple) else ((), example) if isinstance(example, dict) else ((example,), {})
+        flat = flatten_inputs(slots, capture.in_spec, arg_names, args, dict(kwargs))
+        out.append([x for slot, x in zip(slots, flat) if slot.kind == "tensor"])
+    return out
 
 
 def load(path: str) -> CompiledModule:

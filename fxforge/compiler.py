@@ -17,21 +17,36 @@ from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord
 
 
-def run_passes(lowered: Lowered, config: CompileConfig) -> Trace:
-    names = list(config.passes) if config.passes is not None else default_pipeline()
+def pipeline_names(config: CompileConfig) -> list[str]:
+    """The default pipeline, with the rewrites the config asks for placed after canonicalisation."""
+    if config.passes is not None:
+        return list(config.passes)
+    names = default_pipeline()
+    if config.quantize is not None:
+        names.insert(names.index("dce"), "quantize")
+    return names
+
+
+def run_passes(lowered: Lowered, config: CompileConfig, calibration: list | None = None) -> Trace:
+    names = pipeline_names(config)
     try:
         passes = build_pipeline(names, disabled=config.disable)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    ctx = PassContext(options=dict(config.pass_options), verify=config.checks, debug=config.debug)
+    options = config.pass_context_options()
+    if calibration is not None:
+        options["calibration"] = calibration
+    ctx = PassContext(options=options, verify=config.checks, debug=config.debug)
     manager = PassManager(passes, verify=config.checks)
     lowered.graph = manager.run(lowered.graph, ctx)
     return manager.trace
 
 
-def compile_lowered(lowered: Lowered, config: CompileConfig, capture_seconds: float, aten_ops: int) -> GraphRecord:
+def compile_lowered(lowered: Lowered, config: CompileConfig, capture_seconds: float, aten_ops: int,
+                    calibration: list | None = None) -> GraphRecord:
+    """calibration: input lists for the graph (its tensor inputs, in order)."""
     start = time.perf_counter()
-    trace = run_passes(lowered, config)
+    trace = run_passes(lowered, config, calibration)
     program = Program(lowered.graph, lowered.inputs, lowered.outputs, resolve_executor(config.executor))
     return GraphRecord(lowered.graph.name, program, capture_seconds, time.perf_counter() - start, aten_ops,
                        lowered.externs, lowered.notes, trace)

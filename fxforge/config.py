@@ -21,6 +21,11 @@ class CompileConfig:
     verify: verify the IR after every pass. debug: verify, and print the report after compiling.
     dynamic: dynamic shapes (JIT: torch.compile's `dynamic`; AOT: export every dim as Dim.AUTO).
     fullgraph: JIT only: fail on a graph break instead of running it in Python.
+    quantize: a scheme for every linear ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp") or None;
+        quantize_overrides: {name pattern: scheme or None}, first match wins (lm_head stays high precision
+        by default); quantize_group: the group size of the 4-bit schemes; lorc_rank: ZeroQuant-FP's
+        low-rank error compensation (0: off); calibration: example inputs (each a tuple of args or a
+        dict of kwargs) the errors and scales are measured on (AOT only; not saved into artifacts).
     """
 
     passes: tuple[str, ...] | None = None
@@ -31,10 +36,23 @@ class CompileConfig:
     dynamic: bool | None = None
     fullgraph: bool = False
     pass_options: dict[str, Any] = field(default_factory=dict)
+    quantize: str | None = None
+    quantize_overrides: dict[str, str | None] = field(default_factory=dict)
+    quantize_group: int | None = None
+    quantize_pow2_round: str = "floor"
+    lorc_rank: int = 0
+    calibration: list | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTOR_CHOICES:
             raise ConfigError(f"executor={self.executor!r} is not one of {EXECUTOR_CHOICES}")
+        if self.quantize is not None:
+            from fxforge.ir.lowp_ops import SCHEMES
+
+            if self.quantize not in SCHEMES:
+                raise ConfigError(f"quantize={self.quantize!r} is not a scheme; known: {sorted(SCHEMES)}")
+        if self.lorc_rank < 0:
+            raise ConfigError(f"lorc_rank must be >= 0, got {self.lorc_rank}")
         for name in ("passes", "disable"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
@@ -56,8 +74,15 @@ class CompileConfig:
     def checks(self) -> bool:
         return self.verify or self.debug
 
+    def pass_context_options(self) -> dict[str, Any]:
+        """What the passes read from `ctx.options`."""
+        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank")
+        return {**self.pass_options, **{k: getattr(self, k) for k in keys}}
+
     def to_json(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        """Everything but the calibration tensors."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "calibration"}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompileConfig:

@@ -115,7 +115,7 @@ def compile_for_target(kernel_fn, signature: dict, constexprs: dict, arch: int, 
                            "shrink the blocks or num_stages in fxforge.codegen.blocks")
         else:
             build.ok = True
-    except Exception as e:  # noqa: BLE001 - a failed build is a result, not a crash
+    except Exception as e:  # a failed build is a result, not a crash
         build.error = f"{type(e).__name__}: {str(e)[-2000:]}"
     build.seconds = time.perf_counter() - t0
     return build
@@ -123,7 +123,11 @@ def compile_for_target(kernel_fn, signature: dict, constexprs: dict, arch: int, 
 
 def build_spec(spec: dict, arch: int) -> KernelBuild:
     """Compile one serialisable spec (see `standard_specs`) in this process."""
-    kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+    try:
+        kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+    except (ImportError, AttributeError) as e:
+        return KernelBuild(name=spec["kernel"], arch=int(arch), label=spec.get("label", ""),
+                           error=f"cannot find kernel {spec['module']}.{spec['kernel']}: {e}")
     return compile_for_target(kernel, spec["signature"], spec["constexprs"], arch, spec.get("num_warps", 4),
                               spec.get("num_stages", 3), divisible=spec.get("divisible", ()), label=spec.get("label", ""))
 

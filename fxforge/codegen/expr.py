@@ -161,23 +161,39 @@ class IndexSpace:
             out.append(s == 1 and d != 1)
         return out
 
-    def offset(self, shape: tuple[Dim, ...], strides: list[Any] | None) -> str:
+    def offset(self, shape: tuple[Dim, ...], strides: list[Any] | None, subs: dict | None = None) -> str:
         """Offset expression of an operand of `shape` with `strides` (sympy, per operand dim; None:
-        contiguous). Dims the operand is broadcast along get stride 0."""
+        contiguous). Dims the operand is broadcast along get stride 0. `subs` shifts index variables
+        (an operand of a fused `cat` is read at `i_d - start`). The result always spans the whole
+        tile (a block of pointers, never a scalar or a single row/column)."""
         pad = len(self.dims) - len(shape)
-        if strides is None:
-            if pad == 0 and all(sympy.sympify(a) == b for a, b in zip(shape, self.dims)):
-                if self.rows:
-                    return pyexpr(sympy.Symbol("_r") * self.dims[-1] + self.idx[-1]) if self.dims[-1] != 1 else "_r"
-                return "_offs"
-            strides = self.contiguous_strides(shape)
-        total = sympy.Integer(0)
-        bcast = self.broadcast(shape)
-        for i in range(len(self.dims)):
-            if i < pad or bcast[i] or self.idx[i] == 0:
-                continue
-            total += self.idx[i] * sympy.sympify(strides[i - pad])
-        return pyexpr(sympy.expand(total))
+        r, c = sympy.Symbol("_r"), sympy.Symbol("_c")
+        if not subs and strides is None and pad == 0 and all(sympy.sympify(a) == b for a, b in zip(shape, self.dims)):
+            total = (r * self.dims[-1] + self.idx[-1]) if self.rows else self.flat_symbol
+        else:
+            strides = self.contiguous_strides(shape) if strides is None else strides
+            total = sympy.Integer(0)
+            bcast = self.broadcast(shape)
+            for i in range(len(self.dims)):
+                if i < pad or bcast[i] or self.idx[i] == 0:
+                    continue
+                total += self.idx[i] * sympy.sympify(strides[i - pad])
+            total = sympy.expand(total.xreplace(subs) if subs else total)
+        text = pyexpr(total)
+        free = total.free_symbols if isinstance(total, sympy.Expr) else set()
+        lead = {s for s in self.index_symbols() if s != c} | {r, self.flat_symbol}
+        zeros = []
+        if not free & lead:
+            zeros.append("_r" if self.rows else "_offs")
+        if self.rows and c not in free:
+            zeros.append("_c")
+        if zeros:
+            z = f"({' + '.join(zeros)}) * 0" if len(zeros) > 1 else f"{zeros[0]} * 0"
+            text = z if total == 0 else f"{text} + {z}"
+        return text
+
+    def index_symbols(self) -> list[sympy.Symbol]:
+        return [i for i in self.idx if isinstance(i, sympy.Symbol)]
 
 
 class ExprBuilder:
@@ -274,9 +290,14 @@ class ExprBuilder:
             lit = self.refs[id(xs[1])][2]
             if lit is not None and float(lit) in _POW_LITERAL:
                 return _POW_LITERAL[float(lit)].format(a=a(0))
+            base, exp = a(0), a(1)
+            if self.refs[id(xs[0])][2] is not None:  # a literal operand becomes a block first
+                base = f"tl.zeros_like({exp}) + {base}"
+            elif lit is not None:
+                exp = f"tl.zeros_like({base}) + {exp}"
             if flt:
-                return f"_pow({a(0)}, {a(1)})"
-            return f"_pow({a(0, DType.f64)}, {a(1, DType.f64)}).to({TL_DTYPES[c]})"
+                return f"_pow({base}, {exp})"
+            return f"_pow(({base}).to(tl.float64), ({exp}).to(tl.float64)).to({TL_DTYPES[c]})"
         raise NotImplementedError(f"no Triton expression for pointwise op {code!r}")
 
 

@@ -133,16 +133,118 @@ def _store_cast(value: Value, b: ExprBuilder) -> str:
     return text
 
 
+@dataclass
+class _Ctx:
+    """Where a value is computed: the builder holding its names, index substitutions (the shifted
+    index of a `cat` operand), the extra load mask, and the suffix of its variable names."""
+
+    b: ExprBuilder
+    subs: dict
+    cond: str = ""
+    suffix: str = ""
+
+
+class _Pointwise:
+    """Emits a pointwise group from its root, operands first; a fused `cat` emits each operand's
+    subtree in its own context (index shifted by the operand's start along the cat dim)."""
+
+    def __init__(self, group: KernelGroup, naming: Naming, space: IndexSpace, domain: tuple[Dim, ...]) -> None:
+        self.group, self.naming, self.space, self.domain = group, naming, space, domain
+        self.members = {id(op) for op in group.ops}
+        self.lines: list[str] = []
+        self.params: list[str] = []
+        self.args: list[str] = []
+        self.strides: dict[int, list[Any] | None] = {}
+        self.n_ctx = 0
+        for v in group.inputs:  # kernel parameters: once per input, whatever the contexts
+            if _full_value(v) is not None:
+                continue
+            name = naming.name(v)
+            self.params.append(f"{name}_ptr")
+            self.args.append(name)
+            if id(v) in naming.contiguous:
+                self.strides[id(v)] = None
+                continue
+            pad = len(domain) - v.type.rank
+            bcast = space.broadcast(v.type.shape)
+            used = [i for i in range(len(domain)) if i >= pad and not bcast[i] and space.idx[i] != 0]
+            strides: list[Any] = [0] * v.type.rank
+            for i in used:
+                strides[i - pad] = sympy.Symbol(f"{name}_st{i}")
+                self.params.append(f"{name}_st{i}")
+            if used:
+                self.args.append(f"*_bstrides({name}, {shape_text(domain)}, {tuple(used)!r})")
+            self.strides[id(v)] = strides
+
+    def ctx(self, subs: dict, cond: str, suffix: str) -> _Ctx:
+        b = ExprBuilder()
+        b.lines = self.lines
+        return _Ctx(b, subs, cond, suffix)
+
+    def value(self, v: Value, ctx: _Ctx) -> None:
+        if id(v) in ctx.b.refs:
+            return
+        p = v.producer
+        if p is not None and id(p) in self.members:
+            if p.opcode == "cat":
+                self.cat(p, ctx)
+                return
+            for x in p.operands:
+                self.value(x, ctx)
+            ctx.b.emit(p, self.naming.name(p.result) + ctx.suffix)
+            return
+        lit = _full_value(v)
+        if lit is not None:
+            ctx.b.bind(v, "", held(v.type.dtype), lit)
+            return
+        name = self.naming.name(v)
+        off = self.space.offset(v.type.shape, self.strides[id(v)], ctx.subs)
+        dtype = v.type.dtype
+        text = f"tl.load({name}_ptr + {off}, mask=_mask{ctx.cond}, other={'0.0' if dtype.is_float else '0'})"
+        if held(dtype) != dtype:
+            text += ".to(tl.float32)"
+        self.lines.append(f"{name}{ctx.suffix} = {text}")
+        ctx.b.bind(v, name + ctx.suffix, held(dtype))
+
+    def cat(self, op, ctx: _Ctx) -> None:
+        out = op.result
+        rank = out.type.rank
+        d = op.attrs["dim"] % rank
+        idx = self.space.idx[d + len(self.domain) - rank]
+        cur = sympy.sympify(idx).xreplace(ctx.subs) if ctx.subs else sympy.sympify(idx)
+        r = held(out.type.dtype)
+        lo: Any = sympy.Integer(0)
+        parts = []
+        for i, x in enumerate(op.operands):
+            hi = lo + sympy.sympify(x.type.shape[d])
+            conds = ([f"({pyexpr(cur)} >= {pyexpr(lo)})"] if i > 0 else []) + (
+                [f"({pyexpr(cur)} < {pyexpr(hi)})"] if i < len(op.operands) - 1 else [])
+            cond = " & ".join(conds)
+            self.n_ctx += 1
+            sub = self.ctx({**ctx.subs, idx: cur - lo} if lo != 0 else dict(ctx.subs),
+                           ctx.cond + (f" & {cond}" if cond else ""), f"_{self.n_ctx}")
+            self.value(x, sub)
+            parts.append((cond, sub.b.cv(x, r)))
+            lo = hi
+        text = parts[-1][1]
+        for cond, t in reversed(parts[:-1]):
+            text = f"tl.where({cond}, {t}, {text})"
+        name = self.naming.name(out) + ctx.suffix
+        self.lines.append(f"{name} = {text}")
+        ctx.b.bind(out, name, r)
+
+
 def pointwise_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSource:
     out = group.outputs[0]
     domain = out.type.shape
     space = IndexSpace(domain)
-    b = ExprBuilder()
-    loads = _Loads(group, space, naming, b, domain)
-    for op in group.ops:
-        b.emit(op, naming.name(op.result))
-    syms = _symbols(*loads.shapes)
-    params = loads.params + [f"{naming.name(out)}_ptr", "n_elements"] + syms
+    em = _Pointwise(group, naming, space, domain)
+    root = em.ctx({}, "", "")
+    em.value(out, root)
+    shapes = [domain] + [v.type.shape for v in group.inputs] + [op.result.type.shape for op in group.ops]
+    shapes += [x.type.shape for op in group.ops for x in op.operands]
+    syms = _symbols(*shapes)
+    params = em.params + [f"{naming.name(out)}_ptr", "n_elements"] + syms
     n = pyexpr(numel_expr(domain))
     lines = [
         f"def {kname}({', '.join(params)}, BLOCK: tl.constexpr):",
@@ -150,13 +252,12 @@ def pointwise_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSo
         "    _offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
         "    _mask = _offs < n_elements",
         *["    " + s for s in space.index_lines],
-        *["    " + s for s in loads.lines],
-        *["    " + s for s in b.lines],
-        f"    tl.store({naming.name(out)}_ptr + _offs, {_store_cast(out, b)}, mask=_mask)",
+        *["    " + s for s in em.lines],
+        f"    tl.store({naming.name(out)}_ptr + _offs, {_store_cast(out, root.b)}, mask=_mask)",
     ]
     return KernelSource(
         kname, "pointwise", "@triton.jit\n" + "\n".join(lines), params,
-        loads.args + [naming.name(out), n] + syms,
+        em.args + [naming.name(out), n] + syms,
         f"(triton.cdiv({n}, {POINTWISE_BLOCK}),)", {"BLOCK": str(POINTWISE_BLOCK)},
         guard=f"{n} > 0", ops=[op.opcode for op in group.ops])
 

@@ -21,8 +21,9 @@ import importlib.util
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import sympy
 import torch
@@ -56,8 +57,9 @@ from fxforge.ir.optable import OperandRef
 HELPERS = '''
 
 def _bstrides(t, shape, dims):
-    """Strides of t broadcast to shape (0 on broadcast dims), at the domain dims a kernel indexes."""
-    st = t.expand(shape).stride()
+    """Strides of t seen in a kernel's domain `shape` (0 on broadcast dims), at the dims it indexes."""
+    pad = len(shape) - t.dim()
+    st = [0] * pad + [0 if n == 1 and m != 1 else s for n, m, s in zip(t.shape, shape[pad:], t.stride())]
     return tuple(st[d] for d in dims)
 
 

@@ -14,11 +14,12 @@ The rule table (`FUSION_RULES` prints it):
   over the last dim (float), with their single-use pointwise producers fused into the load
   (prologue) and, for the normalising ones, a chain of same-shape pointwise consumers (epilogue).
 - pointwise: a tree of pointwise ops; a producer is fused inward when its result has one use and is
-  not a graph output; operands broadcast, the group's shape is its root's (the largest).
+  not a graph output; operands broadcast, the group's shape is its root's (the largest). A
+  single-use `cat` inside the tree is fused too (each operand read at its shifted index range).
   `full` never needs a kernel: consumers inline its value as a literal.
 - attention: alone (the flash-attention template).
 Everything else runs on the host with torch, reason recorded: views (reshape, permute, expand,
-slice are strided views; cat, index_select, gather copy on the host), sources (const, full,
+slice are strided views; cat not fused as above, index_select, gather copy on the host), sources (const, full,
 arange), externs, embedding (a gather), reductions not over the last dim, and pointwise ops
 without a kernel emitter (triu, tril) or of types kernels do not handle (fp8, packed).
 """
@@ -38,7 +39,7 @@ FUSION_RULES = {
             "-> residual add -> cast (single-use intermediates)",
     "row": "softmax|log_softmax|layer_norm|rms_norm|sum|mean|amax over the last dim + single-use pointwise "
            "producers (prologue) + same-shape pointwise consumers (epilogue, normalising ops only)",
-    "pointwise": "tree of pointwise ops, single-use producers fused inward, broadcasting to the root's shape",
+    "pointwise": "tree of pointwise ops (+ single-use cat), single-use producers fused inward, broadcasting to the root's shape",
     "attention": "attention alone (flash-attention template)",
 }
 
@@ -59,7 +60,7 @@ HOST_REASONS = {
     "permute": "view: strided torch view on the host (kernels read it through its strides)",
     "expand": "view: stride-0 torch view on the host (kernels read it through its strides)",
     "slice": "view: strided torch view on the host (kernels read it through its strides)",
-    "cat": "cat: one host torch.cat (a copy; not fused into consumers)",
+    "cat": "cat: host torch.cat (a copy): its result has several uses, feeds no pointwise op, or is an output",
     "index_select": "gather: host torch.index_select",
     "gather": "gather: host torch.gather",
     "embedding": "embedding: a row gather, host F.embedding",
@@ -145,6 +146,14 @@ def pointwise_ok(op: Op) -> bool:
     return op.opdef.category == "pointwise" and op.opcode in POINTWISE_EMITTED and _kernel_types_ok(op)
 
 
+def cat_ok(op: Op) -> bool:
+    """A `cat` a pointwise kernel can read through: each operand selected by a range of the cat dim."""
+    if op.opcode != "cat" or not _kernel_types_ok(op) or len(op.operands) > 8:
+        return False
+    out = op.result.type
+    return out.shape[op.attrs["dim"] % out.rank] != 1
+
+
 def _last_dim(op: Op) -> bool:
     rank = op.operands[0].type.rank
     if op.opcode in ("softmax", "log_softmax"):
@@ -212,7 +221,7 @@ class _Partitioner:
                 self.claim(KernelGroup("attention", [op], [], [], FUSION_RULES["attention"]))
         for op in reversed(ops):  # pointwise trees, grown from their roots (last op first)
             if pointwise_ok(op) and self.free(op):
-                members = self.grow([op], op)
+                members = self.grow([op], op, allow_cat=True)
                 self.claim(KernelGroup("pointwise", members, [], [],
                                        FUSION_RULES["pointwise"] if len(members) > 1 else "single pointwise op"))
         order = {id(op): i for i, op in enumerate(ops)}
@@ -229,14 +238,17 @@ class _Partitioner:
         self.groups.sort(key=lambda g: order[id(g.root)])
         return Partition(self.groups, host, host_ops)
 
-    def grow(self, members: list[Op], root: Op) -> list[Op]:
-        """Add single-use pointwise producers of root's operands, recursively (inward fusion)."""
+    def grow(self, members: list[Op], root: Op, allow_cat: bool = False) -> list[Op]:
+        """Add single-use pointwise producers of root's operands, recursively (inward fusion);
+        with `allow_cat`, also a `cat` feeding the tree (its operands are read at shifted indices)."""
         stack = [root]
         while stack:
             op = stack.pop()
             for v in op.operands:
                 p = v.producer
-                if self.free(p) and p not in members and pointwise_ok(p) and _single_use(v, self.graph):
+                fusable = pointwise_ok(p) if p is not None else False
+                fusable = fusable or (allow_cat and p is not None and cat_ok(p))
+                if self.free(p) and p not in members and fusable and _single_use(v, self.graph):
                     members.append(p)
                     stack.append(p)
         return members

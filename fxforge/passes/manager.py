@@ -12,8 +12,9 @@ Decisions:
 - With `verify` on (tests, debug mode) the input graph is verified first, so a broken input is not
   blamed on the first pass; after each pass a `VerifyError` is re-raised as `PassVerifyError`
   naming the pass. The failing pass's record (IR after, as far as it prints) is kept in the trace.
-- Passes register themselves in `PASSES` with `@register_pass`; `fxforge.passes` imports every pass
-  module, so the registry is full once anything of the package is imported.
+- Passes register themselves in `PASSES` with `@register_pass`; `fxforge.passes` imports the core
+  passes, and `build_pipeline` imports the package's other modules (quantize, fuse, ...) the first
+  time it meets a name it does not know, so a pass anywhere in `fxforge/passes/` is found by name.
 - The default pipeline is canonicalize, constant_fold, cse, canonicalize, dce, shape_prop:
   canonicalize first, while the aten patterns (matmul of a transposed const, RMSNorm written out)
   are intact and before folding could touch them; constant_fold next, so scalar arithmetic on
@@ -27,7 +28,9 @@ Decisions:
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
+import pkgutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,9 +86,19 @@ def default_pipeline() -> list[str]:
     return ["canonicalize", "constant_fold", "cse", "canonicalize", "dce", "shape_prop"]
 
 
+def _discover() -> None:
+    """Import every module of this package, so passes defined outside `__init__`'s list register."""
+    import fxforge.passes as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+
+
 def build_pipeline(names: Sequence[str], disabled: Iterable[str] = ()) -> list[Pass]:
     """Pass objects for `names`, skipping `disabled`; a typo raises ValueError listing known names."""
     names, disabled = list(names), list(disabled)
+    if any(n not in PASSES for n in [*names, *disabled]):
+        _discover()
     unknown = [n for n in [*names, *disabled] if n not in PASSES]
     if unknown:
         raise ValueError(f"unknown pass name(s) {unknown}; known passes: {sorted(PASSES)}")
@@ -143,8 +156,10 @@ class Trace:
 
     @staticmethod
     def from_json(text: str) -> Trace:
+        """Reads `to_json`'s output (or a bare list of records: `[]` is an empty trace)."""
         data = json.loads(text)
-        return Trace([PassRecord(**r) for r in data["records"]])
+        records = data["records"] if isinstance(data, dict) else data
+        return Trace([PassRecord(**r) for r in records])
 
 
 def jsonable(value: Any) -> Any:

@@ -67,15 +67,18 @@ def _weight_table(graph: Graph) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     by_storage: dict[tuple, str] = {}
     for name, w in graph.weights.items():
         entry: dict[str, Any] = {"encoding": print_encoding(w.encoding) if w.encoding else None,
-                                 "parts": sorted(w.payload)}
+                                 "parts": sorted(w.payload), "shape": list(w.data.shape)}
+        if w.payload:  # an encoded weight: its payload is the data; `data` is a shape-only placeholder
+            for part, t in w.payload.items():
+                tensors[f"{name}::{part}"] = t.detach().contiguous().clone()
+            layout[name] = entry
+            continue
         key = (w.data.untyped_storage().data_ptr(), w.data.storage_offset(), tuple(w.data.shape), tuple(w.data.stride()), w.data.dtype)
         if key in by_storage:
             entry["alias_of"] = by_storage[key]
         else:
             by_storage[key] = name
             tensors[name] = w.data.detach().contiguous().clone()
-        for part, t in w.payload.items():
-            tensors[f"{name}::{part}"] = t.detach().contiguous().clone()
         layout[name] = entry
     return tensors, layout
 
@@ -164,9 +167,12 @@ def _load_weights(root: Path, manifest: dict[str, Any]) -> dict[str, Weight]:
         raise ArtifactError(f"cannot read {root / FILES['weights']}: {e}; compile the artifact again") from None
     weights: dict[str, Weight] = {}
     for name, entry in manifest["weights"].items():
-        data = tensors[entry.get("alias_of", name)]
-        encoding = parse_type(f"f32[] {entry['encoding']}").encoding if entry["encoding"] else None
         payload = {part: tensors[f"{name}::{part}"] for part in entry["parts"]}
+        if payload:
+            data = torch.zeros((), dtype=torch.float32).expand(*entry["shape"])
+        else:
+            data = tensors[entry.get("alias_of", name)]
+        encoding = parse_type(f"f32[] {entry['encoding']}").encoding if entry["encoding"] else None
         weights[name] = Weight(data, encoding, payload)
     return weights
 

@@ -44,39 +44,46 @@ class CompiledModule(torch.nn.Module):
         return str(save_artifact(self, path))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        args, kwargs = self._normalize(args, kwargs)
-        flat, spec = pytree.tree_flatten((args, kwargs))
-        if spec != self.in_spec:
-            raise InputError(f"inputs have structure {spec}, the model was compiled for {self.in_spec}; "
-                             "pass the same arguments (positional/keyword, nesting) as the example inputs")
+        flat = flatten_inputs(self.record.program.inputs, self.in_spec, self.arg_names, args, kwargs)
         outs = self.record.program(*flat)
         return pytree.tree_unflatten(outs, self.out_spec)
 
-    def _normalize(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """Move keyword arguments given for captured positional ones; fill left-out keyword
-        arguments that were captured as constants (e.g. use_cache=False)."""
-        leaves = [_TENSOR if slot.kind == "tensor" else slot.value for slot in self.record.program.inputs]
-        captured_args, captured_kwargs = pytree.tree_unflatten(leaves, self.in_spec)
-        n = len(captured_args)
-        if len(args) > n:
-            raise InputError(f"the model was compiled with {n} positional input(s), got {len(args)}")
-        args = list(args)
-        for name in self.arg_names[len(args):n]:
-            if name not in kwargs:
-                raise InputError(f"missing input {name!r} (the model was compiled with it)")
-            args.append(kwargs.pop(name))
-        unknown = sorted(set(kwargs) - set(captured_kwargs))
-        if unknown:
-            raise InputError(f"unexpected input(s) {unknown}: the model was compiled with keyword inputs {sorted(captured_kwargs)}")
-        ordered = {}
-        for key, captured in captured_kwargs.items():
-            if key in kwargs:
-                ordered[key] = kwargs[key]
-            elif _TENSOR in pytree.tree_leaves(captured):
-                raise InputError(f"missing keyword input {key!r} (the model was compiled with it)")
-            else:
-                ordered[key] = captured
-        return tuple(args), ordered
+
+def flatten_inputs(slots: list, in_spec: Any, arg_names: list[str], args: tuple, kwargs: dict) -> list[Any]:
+    """(args, kwargs) as the model takes them -> the flat inputs of the captured graph."""
+    args, kwargs = _normalize(slots, in_spec, arg_names, args, kwargs)
+    flat, spec = pytree.tree_flatten((args, kwargs))
+    if spec != in_spec:
+        raise InputError(f"inputs have structure {spec}, the model was compiled for {in_spec}; "
+                         "pass the same arguments (positional/keyword, nesting) as the example inputs")
+    return flat
+
+
+def _normalize(slots: list, in_spec: Any, arg_names: list[str], args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Move keyword arguments given for captured positional ones; fill left-out keyword
+    arguments that were captured as constants (e.g. use_cache=False)."""
+    leaves = [_TENSOR if slot.kind == "tensor" else slot.value for slot in slots]
+    captured_args, captured_kwargs = pytree.tree_unflatten(leaves, in_spec)
+    n = len(captured_args)
+    if len(args) > n:
+        raise InputError(f"the model was compiled with {n} positional input(s), got {len(args)}")
+    args = list(args)
+    for name in arg_names[len(args):n]:
+        if name not in kwargs:
+            raise InputError(f"missing input {name!r} (the model was compiled with it)")
+        args.append(kwargs.pop(name))
+    unknown = sorted(set(kwargs) - set(captured_kwargs))
+    if unknown:
+        raise InputError(f"unexpected input(s) {unknown}: the model was compiled with keyword inputs {sorted(captured_kwargs)}")
+    ordered = {}
+    for key, captured in captured_kwargs.items():
+        if key in kwargs:
+            ordered[key] = kwargs[key]
+        elif _TENSOR in pytree.tree_leaves(captured):
+            raise InputError(f"missing keyword input {key!r} (the model was compiled with it)")
+        else:
+            ordered[key] = captured
+    return tuple(args), ordered
 
 
 class _TensorSlot:

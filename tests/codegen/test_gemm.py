@@ -24,6 +24,9 @@ from fxforge.errors import ShapeError  # noqa: E402
 if not isinstance(gemm.gemm_kernel, InterpretedFunction):
     gemm = importlib.reload(gemm)  # imported earlier without the interpreter
 
+# sigmoid(2u) for large -u: the interpreter's numpy exp overflows to inf (the result, 0, is right)
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+
 FP32_TOL = 1e-4
 FP16_REL = 1e-2
 

@@ -118,6 +118,9 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %s_0, %s_1 = extern(%x) {target="aten.sort.default", args=[$0, -1], kwargs={descending=true}} : f32[s0, 8], i64[s0, 8]
   %z = extern() {target="aten.zeros.default", args=[[2, 3]], kwargs={dtype=f32}} : f32[2, 3]
   %odd = extern(%x, %y) {target="my.op \\"quoted\\" \\\\ \\n \\u00e9", args=[$1, $0, none, [1e-06, -0.0, inf, nan, 1e+20], {a=s0, b=(s0 - 1), c=""}]} : f32[s0, 8]
+  %ql = qlinear(%x, %qw) {scheme="w4a8-fp", act_format="f8e4m3", group=32} : f32[s0, 16]
+  %qv, %qs = quantize(%x) {format="f8e4m3"} : f8e4m3[s0, 8], f32[s0, 1]
+  %dq = dequantize(%qv, %qs) {format="f8e4m3"} : f32[s0, 8]
   return %linb, %s_0, %s_1, %odd
 }
 """  # noqa: E501
