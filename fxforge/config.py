@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,8 @@ class CompileConfig:
 
     @property
     def checks(self) -> bool:
-        return self.verify or self.debug
+        """Verify after every pass: asked for, in debug mode, or FXFORGE_VERIFY=1 (the tests set it)."""
+        return self.verify or self.debug or os.environ.get("FXFORGE_VERIFY") == "1"
 
     def pass_context_options(self) -> dict[str, Any]:
         """What the passes read from `ctx.options`."""

@@ -72,3 +72,27 @@ def row_blocks(n_cols: int) -> dict:
     block = _clamp_pow2(n_cols, 16, 65536)
     num_warps = 1 if block <= 256 else 2 if block <= 1024 else 4 if block <= 4096 else 8 if block <= 16384 else 16
     return dict(BLOCK=block, num_warps=num_warps)
+
+
+def qlinear_blocks(M: int, N: int, K: int, group: int = 0, dot: str = "fp16") -> dict:
+    """Tile shape for the quantized GEMMs of `templates.qlinear` (weights decoded in the K loop).
+
+    `group` is the weight's effective group along K (0: per output channel); `dot` the operand type
+    of the kernel's `tl.dot` ("fp32", "fp16", "bf16", "int8", "fp8"). BLOCK_K is a power of two that
+    divides the group when one of at least the dot's minimum K exists (so one K tile sees one scale
+    per output channel); otherwise the kernel gathers a scale per element. 8-bit dots need BLOCK_K >= 32.
+    Returns dict(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+    """
+    wide = dot == "fp32"
+    k_min = 32 if dot in ("int8", "fp8") else 16
+    k_cap = 32 if wide else 128 if dot in ("int8", "fp8") else 64
+    bm = _clamp_pow2(M, 16, 64 if wide else 128)
+    bn = _clamp_pow2(N, 16, 64 if wide else 128)
+    bk = _clamp_pow2(K, k_min, k_cap)
+    if group > 0:
+        g_pow2 = group & -group  # largest power of two dividing the group
+        if g_pow2 >= k_min:
+            bk = min(bk, g_pow2)
+    num_warps = 8 if (wide and bm * bn >= 64 * 64) or bm * bn >= 128 * 128 else 4
+    num_stages = 3 if K > bk else 2
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps, num_stages=num_stages)

@@ -64,6 +64,8 @@ def _bstrides(t, shape, dims):
 
 
 def _block_n(n_cols):
+    if n_cols > 65536:
+        raise ValueError(f"row kernels keep a row in one tile; {{n_cols}} columns is over 65536 (use the reference executor)")
     return row_blocks(n_cols)["BLOCK"]
 
 
@@ -242,6 +244,8 @@ class _Writer:
                 if s.opcode == "full" and not any(id(r) in needed for r in s.results):
                     continue
                 self.host(s)
+            elif not s.outputs:  # dead: nothing reads it (dce removes such ops)
+                continue
             elif s.kind in ("pointwise", "row"):
                 out = s.outputs[0]
                 key = (sympy.simplify(numel_expr(out.type.shape)), out.type.dtype)
@@ -389,9 +393,20 @@ def _load(source: str, name: str) -> tuple[Any, str]:
     return module, path
 
 
+def _fused_partition(graph: Graph) -> Partition | None:
+    """The partition the `fuse` pass left on the graph, if it still describes exactly these ops."""
+    part = getattr(graph, "kernel_groups", None)
+    if not isinstance(part, Partition):
+        return None
+    ids = {id(op) for op in graph.ops}
+    covered = {id(op) for g in part.groups for op in g.ops} | set(part.host)
+    return part if covered == ids else None
+
+
 def generate_source(graph: Graph, part: Partition | None = None) -> tuple[str, list[KernelInfo], Partition, list[str]]:
     """The module text for a graph (no triton import), its kernel list and partition."""
-    part = part if part is not None else partition(graph)
+    if part is None:
+        part = _fused_partition(graph) or partition(graph)
     w = _Writer(graph, part)
     source = w.write()
     return source, w.infos, part, w.symbols

@@ -45,6 +45,7 @@ FUSION_RULES = {
 
 ROW_OPS = ("softmax", "log_softmax", "layer_norm", "rms_norm")
 ROW_REDUCTIONS = ("sum", "mean", "amax")
+MAX_ROW = 65536  # row kernels hold one row in one tile
 ACTIVATIONS = {"relu": "relu", "silu": "silu", "sigmoid": "sigmoid"}  # + gelu (by its approximate attr)
 # pointwise ops the expression printer (fxforge.codegen.expr) emits
 POINTWISE_EMITTED = frozenset({
@@ -166,6 +167,9 @@ def _last_dim(op: Op) -> bool:
 
 def row_ok(op: Op) -> bool:
     if op.opcode not in ROW_OPS + ROW_REDUCTIONS or not _kernel_types_ok(op) or not _last_dim(op):
+        return False
+    n_cols = op.operands[0].type.shape[-1]
+    if isinstance(n_cols, int) and n_cols > MAX_ROW:
         return False
     return all(v.type.dtype.is_float for v in [*op.operands, *op.results])
 
@@ -334,7 +338,7 @@ class _Partitioner:
         if op.opdef.category == "pointwise":
             return f"{op.opcode}: pointwise op without a kernel emitter: host torch"
         if op.opcode in ROW_OPS + ROW_REDUCTIONS:
-            return f"{op.opcode}: not over the last dim or not float: host torch"
+            return f"{op.opcode}: not over the last dim, not float, or rows over {MAX_ROW}: host torch"
         return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"
 
 

@@ -131,3 +131,16 @@ def test_single_use_cat_fuses_into_its_pointwise_consumer_only():
     part = partition(g)
     assert kinds(part) == [("pointwise", ["neg", "cat", "mul"]), ("pointwise", ["add"]), ("pointwise", ["sub"])]
     assert "cat" in [o.opcode for o in g.ops if id(o) in part.host]
+
+
+def test_codegen_uses_the_partition_the_fuse_pass_left():
+    from fxforge.codegen import generate_source
+
+    g = Graph()
+    x, y = inputs(g, (8, 33), (8, 1))
+    g.set_outputs([op(g, "mul", op(g, "softmax", x), y)])
+    PassManager(["fuse"]).run(g)
+    part = g.kernel_groups
+    assert generate_source(g)[2] is part
+    g.add_op("exp", [x])  # the graph changed: the stale partition is not used
+    assert generate_source(g)[2] is not part

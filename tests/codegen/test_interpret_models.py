@@ -39,3 +39,52 @@ def test_interpret_matches_reference(name):
           f"{len(kernels)} kernels {kinds}")
     assert compiled.program.calls == 2
     assert 0 < len(kernels) < compiled.record.aten_ops
+
+
+def test_jit_generation_with_a_growing_kv_cache():
+    model = zoo.build("llama")
+    prompt = zoo.example_input("llama", batch=1, seq=6)
+    with torch.no_grad():
+        expected = model.generate(prompt, max_new_tokens=3, do_sample=False, min_new_tokens=3)
+        compiled = fxforge.compile(model, executor="interpret")
+        got = compiled.generate(prompt, max_new_tokens=3, do_sample=False, min_new_tokens=3)
+    assert torch.equal(got, expected)
+    assert compiled.fxforge_report.calls == 3
+
+
+def test_fp16_mlp_within_fp16_tolerance():
+    model = zoo.build("mlp").half()
+    x = zoo.example_input("mlp", batch=2, seq=8).half()
+    compiled = fxforge.compile_aot(model, (x,), executor="interpret")
+    reference = fxforge.compile_aot(model, (x,), executor="reference")
+    diff = (compiled(x) - reference(x)).abs().max().item()
+    assert diff <= 1e-2  # fp16: fp32 accumulation in the GEMM vs torch's CPU fp16 GEMM, per-op rounding
+
+
+def test_interpret_without_the_variable_explains_the_fix():
+    import subprocess
+    import sys
+
+    code = (
+        "import os; os.environ.pop('TRITON_INTERPRET', None)\n"
+        "import triton\n"
+        "from fxforge.runtime.executors import make_executor\n"
+        "import fxforge.runtime.triton_executor\n"
+        "from fxforge.ir.graph import Graph\n"
+        "try:\n"
+        "    make_executor('interpret', Graph())\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env).stdout
+    assert out.startswith("ConfigError") and "TRITON_INTERPRET=1" in out
+
+
+def test_triton_executor_needs_a_gpu():
+    from fxforge.errors import ConfigError
+    from fxforge.ir.graph import Graph
+    from fxforge.runtime.executors import make_executor
+
+    with pytest.raises(ConfigError, match="executor='interpret'"):
+        make_executor("triton", Graph())

@@ -1,0 +1,516 @@
+"""Quantized linear kernels: GEMMs that decode packed weights tile by tile, in registers.
+
+This module owns the Triton kernels behind `qlinear` (the IR op of `fxforge.ir.lowp_ops`) and their
+launcher `qlinear(x, weight, scheme, bias, lorc=, activation=, residual=, out_dtype=)`. The reference
+they match is `fxforge.ir.lowp_ops.qlinear_ref` on `decode_weight(weight)`; the payload layouts are
+`encode_weight`'s. No kernel ever writes a dequantized weight to memory: each K step loads the packed
+codes of a [BLOCK_N, BLOCK_K] weight tile, decodes them with the helpers of `fxforge.codegen.decode`
+and feeds the tile to `tl.dot`.
+
+Kernels (one per scheme; all share `_epilogue`, which reuses the dense template's `apply_activation`
+and `tile_coords`):
+- `act_quant_kernel`: per-token (per row) symmetric activation quantization, one program per row:
+  s = amax / max(format) (1 for an all-zero row), v = x / s with IEEE division (`div_rn`), then
+  int8: round half to even (floor-based, exact) and clamp to +-127; E4M3: saturating round-to-nearest-
+  even encoder written with INTEGER bit arithmetic (`f32_to_fp8e4m3`). Decided: integer encoding for
+  both the interpreter and GPUs, one code path that is bit-exact with `formats.encode_float` (the
+  interpreter's fp32 -> fp8 cast is wrong; a GPU's cvt would be right but saves nothing measurable in
+  an elementwise pre-pass over M x K). Codes and the f32 row scales go to memory (M x K bytes).
+- `qlinear_w8a8_int8_kernel`: int8 x int8 -> int32 `tl.dot`; epilogue acc * s_tok[m] * s_w[n].
+- `qlinear_w8a8_fp8_kernel`: E4M3 codes for both operands. FP8_DOT=False (default, interpreter,
+  sm_80): both decoded by bit operations to fp32 and cast to fp16 (every E4M3 value is exact in fp16,
+  and products of 4-bit significands are exact, so this is as exact as an fp32 dot) -> fp16 tensor-core
+  dot, fp32 accumulation. FP8_DOT=True (sm_89+/sm_90): uint8 codes bitcast to `tl.float8e4nv`, fp8
+  `tl.dot` (wgmma on sm_90) with `max_num_imprecise_acc=BLOCK_K`, i.e. the fp22 tensor-core
+  accumulator is promoted into fp32 after every K tile (Triton's sm_90 default never promotes).
+- `qlinear_w4a16_int4_kernel`: nibbles unpacked (`interleave_nibbles`), w = (q - z) * s per group
+  (f16 scales, uint8 zero points), dot in DOT: "fp32" (fp32 activations, exact ieee dot), "fp16"
+  (fp16 activations; the dequantized weight is rounded to fp16, the usual W4A16 path), "bf16"
+  (bf16 activations on a GPU; under the interpreter bf16 becomes "fp32", its bf16 math is wrong).
+- `qlinear_w4a8_fp_kernel`: FP4-E2M1 codes decoded and multiplied by 2^-k (k = the group's shift,
+  2^-k built as fp32 exponent bits: exact); the result is exactly an E4M3 value (lowp_ops clamps k at
+  8), so FP8_DOT=True re-encodes it with the same integer encoder and runs an fp8 dot, and the default
+  path casts it to fp16 (exact) for an fp16 dot against the decoded activation codes. Epilogue:
+  acc * s_tok[m] * s_max[n].
+Group scales: BLOCK_K comes from `blocks.qlinear_blocks` and divides the group whenever a power of two
+>= the dot's minimum K does, so one K tile reads one scale per output channel (`GROUP % BLOCK_K == 0`);
+otherwise the kernels gather one scale per element (any even group works, slower).
+Epilogue (registers, one store): y = acc * row_scale * col_scale -> += LoRC addend -> += bias ->
+activation -> += residual -> cast to the output dtype (default x.dtype, as the reference).
+LoRC (U [out, r], V [in, r]): the correction (xq @ V) @ U^T is two small torch matmuls on the
+quantize-dequantized activations, computed BEFORE the kernel and added in its epilogue before the bias
+and the activation (the reference adds it before the bias; adding it after the kernel would be wrong
+with an activation). It costs an M x N f32 temporary; fusing a rank-r pass into the K loop is left for later.
+Limits: the 8-bit schemes take per-channel weights only (group 0, the scheme default); a grouped
+int8/fp8 weight raises ShapeError.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fxforge.codegen.blocks import qlinear_blocks, row_blocks
+from fxforge.codegen.decode import fp4e2m1_to_f32, fp8e4m3_to_f32, interleave_nibbles
+from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting, tile_coords
+from fxforge.errors import ShapeError
+from fxforge.ir import formats
+from fxforge.ir.lowp_ops import get_scheme
+from fxforge.ir.types import Quantized
+
+QLINEAR_SCHEMES = ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp")
+
+# ---------------------------------------------------------------- element helpers
+
+
+@triton.jit
+def round_half_even(v):
+    """fp32 -> fp32 rounded to the nearest integer, ties to even (torch.round); exact, no libdevice."""
+    r = tl.floor(v)
+    d = v - r
+    odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
+    up = (d > 0.5) | ((d == 0.5) & odd)
+    return tl.where(up, r + 1.0, r)
+
+
+@triton.jit
+def f32_to_fp8e4m3(v):
+    """fp32 -> E4M3FN code (uint8): saturating round to nearest even, sign kept (finite inputs),
+    by integer bit arithmetic; bit-exact with `formats.encode_float(v, "f8e4m3")`."""
+    sign = (v.to(tl.int32, bitcast=True) >> 24) & 0x80
+    mag = tl.minimum(tl.abs(v), 448.0)
+    mb = mag.to(tl.int32, bitcast=True)
+    e = (mb >> 23) - 127
+    m = mb & 0x7FFFFF
+    keep = m >> 20
+    rem = m & 0xFFFFF
+    up = (rem > 0x80000) | ((rem == 0x80000) & ((keep & 1) == 1))
+    normal = ((e + 7) << 3) + keep + up.to(tl.int32)  # a mantissa carry rolls into the exponent
+    sub = round_half_even(mag * 512.0).to(tl.int32)  # below 2^-6: steps of 2^-9 (8 = the smallest normal)
+    code = tl.where(e < -6, sub, normal) | sign
+    return code.to(tl.uint8)
+
+
+@triton.jit
+def act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm,
+                     FORMAT: tl.constexpr, MAX_VALUE: tl.constexpr, BLOCK: tl.constexpr):
+    """Per-token quantization of row program_id(0): q[m, :] = encode(x[m, :] / s[m]), s = amax / MAX_VALUE."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    offs = tl.arange(0, BLOCK)
+    amax = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK):
+        x = tl.load(x_row + (k0 + offs) * stride_xk, mask=(k0 + offs) < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    s = tl.math.div_rn(tl.max(amax, axis=0), MAX_VALUE)
+    s = tl.where(s > 0.0, s, 1.0)
+    tl.store(s_ptr + row, s)
+    for k0 in range(0, K, BLOCK):
+        mask = (k0 + offs) < K
+        x = tl.load(x_row + (k0 + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
+        v = tl.math.div_rn(x, s + tl.zeros_like(x))
+        if FORMAT == "i8":
+            q = tl.minimum(tl.maximum(round_half_even(v), -127.0), 127.0).to(tl.int8)
+        else:
+            q = f32_to_fp8e4m3(v)
+        tl.store(q_ptr + row * stride_qm + k0 + offs, q, mask=mask)
+
+
+# ---------------------------------------------------------------- shared GEMM pieces
+
+
+@triton.jit
+def _epilogue(acc, row_scale, col_scale, offs_m, offs_n, mask_m, mask_n,
+              out_ptr, bias_ptr, add_ptr, res_ptr,
+              stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+              HAS_BIAS: tl.constexpr, HAS_ADDEND: tl.constexpr, ACTIVATION: tl.constexpr,
+              HAS_RESIDUAL: tl.constexpr):
+    """y = acc * row_scale[:, None] * col_scale[None, :] (+ addend) (+ bias) -> activation (+ residual) -> store."""
+    y = acc * row_scale[:, None] * col_scale[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_ADDEND:
+        y += tl.load(add_ptr + offs_m[:, None] * stride_dm + offs_n[None, :] * stride_dn, mask=mask, other=0.0)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y = apply_activation(y, ACTIVATION)
+    if HAS_RESIDUAL:
+        y += tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn, mask=mask,
+                     other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on,
+             y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _group_params(p_ptr, offs_n, mask_n, k_start, offs_k, k_left, stride_pn, stride_pg,
+                  GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Per-group parameters (scale, zero, shift) for a [BLOCK_N, BLOCK_K] weight tile starting at k_start:
+    a [BLOCK_N, 1] column when the tile lies in one group, else one value per element."""
+    if GROUP % BLOCK_K == 0:
+        p = tl.load(p_ptr + offs_n * stride_pn + (k_start // GROUP) * stride_pg, mask=mask_n, other=0)[:, None]
+    else:
+        g = (k_start + offs_k) // GROUP
+        p = tl.load(p_ptr + offs_n[:, None] * stride_pn + g[None, :] * stride_pg,
+                    mask=mask_n[:, None] & (offs_k[None, :] < k_left), other=0)
+    return p
+
+
+# ---------------------------------------------------------------- the kernels
+
+
+@triton.jit
+def qlinear_w8a8_int8_kernel(
+    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, out_ptr, bias_ptr, add_ptr, res_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_ADDEND: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+):
+    """out = epilogue((qa[M, K] @ qw[N, K]^T) * s_tok[M] * s_w[N]) with int8 codes and an int32 dot."""
+    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k0 * BLOCK_K
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0)
+        w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0)
+        acc = tl.dot(a, w, acc)
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += BLOCK_K * stride_wk
+    s_tok = tl.load(a_scale_ptr + offs_m, mask=mask_m, other=0.0)
+    s_w = tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
+    _epilogue(acc.to(tl.float32), s_tok, s_w, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, add_ptr, res_ptr,
+              stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+              HAS_BIAS, HAS_ADDEND, ACTIVATION, HAS_RESIDUAL)
+
+
+@triton.jit
+def qlinear_w8a8_fp8_kernel(
+    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, out_ptr, bias_ptr, add_ptr, res_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_ADDEND: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    FP8_DOT: tl.constexpr,
+):
+    """out = epilogue((qa @ qw^T) * s_tok[M] * s_w[N]) with E4M3 codes (uint8) for both operands."""
+    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k0 * BLOCK_K
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0)
+        w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0)
+        if FP8_DOT:
+            acc = tl.dot(a.to(tl.float8e4nv, bitcast=True), w.to(tl.float8e4nv, bitcast=True), acc,
+                         max_num_imprecise_acc=BLOCK_K)
+        else:
+            acc = tl.dot(fp8e4m3_to_f32(a).to(tl.float16), fp8e4m3_to_f32(w).to(tl.float16), acc)
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += BLOCK_K * stride_wk
+    s_tok = tl.load(a_scale_ptr + offs_m, mask=mask_m, other=0.0)
+    s_w = tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
+    _epilogue(acc, s_tok, s_w, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, add_ptr, res_ptr,
+              stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+              HAS_BIAS, HAS_ADDEND, ACTIVATION, HAS_RESIDUAL)
+
+
+@triton.jit
+def qlinear_w4a16_int4_kernel(
+    a_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, bias_ptr, add_ptr, res_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_sn, stride_sg, stride_zn, stride_zg,
+    stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    GROUP: tl.constexpr, DOT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_ADDEND: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+):
+    """out = epilogue(x[M, K] @ ((q - z) * s)^T): uint4 codes two per byte [N, K/2] (stride_wk is per
+    byte), f16 scales and uint8 zero points per group of GROUP along K."""
+    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_kb = tl.arange(0, BLOCK_K // 2)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_kb[None, :] * stride_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k0 * BLOCK_K
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        packed = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_kb[None, :] < k_left // 2), other=0)
+        q = interleave_nibbles(packed)  # [BLOCK_N, BLOCK_K] int32 0..15
+        s = _group_params(scale_ptr, offs_n, mask_n, k0 * BLOCK_K, offs_k, k_left, stride_sn, stride_sg,
+                          GROUP, BLOCK_K).to(tl.float32)
+        z = _group_params(zero_ptr, offs_n, mask_n, k0 * BLOCK_K, offs_k, k_left, stride_zn, stride_zg,
+                          GROUP, BLOCK_K).to(tl.int32)
+        w = ((q - z).to(tl.float32) * s)
+        if DOT == "fp32":
+            acc = tl.dot(a.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+        elif DOT == "fp16":
+            acc = tl.dot(a.to(tl.float16), tl.trans(w.to(tl.float16)), acc)
+        else:
+            acc = tl.dot(a.to(tl.bfloat16), tl.trans(w.to(tl.bfloat16)), acc)
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += (BLOCK_K // 2) * stride_wk
+    one_m = tl.full((BLOCK_M,), 1.0, tl.float32)
+    one_n = tl.full((BLOCK_N,), 1.0, tl.float32)
+    _epilogue(acc, one_m, one_n, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, add_ptr, res_ptr,
+              stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+              HAS_BIAS, HAS_ADDEND, ACTIVATION, HAS_RESIDUAL)
+
+
+@triton.jit
+def qlinear_w4a8_fp_kernel(
+    a_ptr, a_scale_ptr, w_ptr, smax_ptr, shift_ptr, out_ptr, bias_ptr, add_ptr, res_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_kn, stride_kg,
+    stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    GROUP: tl.constexpr, FP8_DOT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_ADDEND: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+):
+    """ZeroQuant-FP W4A8: out = epilogue((qa @ (fp4 * 2^-k)^T) * s_tok[M] * s_max[N]); qa are E4M3 codes,
+    the weight FP4-E2M1 codes two per byte [N, K/2] with a uint8 shift k per group of GROUP along K."""
+    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_kb = tl.arange(0, BLOCK_K // 2)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_kb[None, :] * stride_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k0 * BLOCK_K
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0)
+        packed = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_kb[None, :] < k_left // 2), other=0)
+        shift = _group_params(shift_ptr, offs_n, mask_n, k0 * BLOCK_K, offs_k, k_left, stride_kn, stride_kg,
+                              GROUP, BLOCK_K).to(tl.int32)
+        pow2 = ((127 - shift) << 23).to(tl.float32, bitcast=True)  # 2^-k exactly
+        w = fp4e2m1_to_f32(interleave_nibbles(packed)) * pow2  # exactly an E4M3 value
+        if FP8_DOT:
+            acc = tl.dot(a.to(tl.float8e4nv, bitcast=True), tl.trans(f32_to_fp8e4m3(w).to(tl.float8e4nv, bitcast=True)),
+                         acc, max_num_imprecise_acc=BLOCK_K)
+        else:
+            acc = tl.dot(fp8e4m3_to_f32(a).to(tl.float16), tl.trans(w.to(tl.float16)), acc)
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += (BLOCK_K // 2) * stride_wk
+    s_tok = tl.load(a_scale_ptr + offs_m, mask=mask_m, other=0.0)
+    s_max = tl.load(smax_ptr + offs_n, mask=mask_n, other=0.0)
+    _epilogue(acc, s_tok, s_max, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, add_ptr, res_ptr,
+              stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+              HAS_BIAS, HAS_ADDEND, ACTIVATION, HAS_RESIDUAL)
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def quantize_activations(x2d: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token codes (int8 for "i8", uint8 E4M3 codes for "f8e4m3") [M, K] and f32 scales [M] of x [M, K]."""
+    M, K = x2d.shape
+    q = torch.empty((M, K), dtype=torch.int8 if fmt == "i8" else torch.uint8, device=x2d.device)
+    s = torch.empty((M,), dtype=torch.float32, device=x2d.device)
+    if M == 0:
+        return q, s
+    block = row_blocks(min(K, 4096))
+    act_quant_kernel[(M,)](x2d, q, s, K, x2d.stride(0), x2d.stride(1), q.stride(0),
+                           FORMAT=fmt, MAX_VALUE=formats.get_format(fmt).max_value, BLOCK=block["BLOCK"],
+                           num_warps=block["num_warps"])
+    return q, s
+
+
+def dequantize_activations(q: torch.Tensor, s: torch.Tensor, fmt: str) -> torch.Tensor:
+    """f32 values of per-token codes (the reference's fake-quantized activations)."""
+    vals = q.float() if fmt == "i8" else formats.decode_fp8(q, "f8e4m3")
+    return vals * s[:, None]
+
+
+def _default_fp8_dot(device: torch.device) -> bool:
+    if interpreting() or device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = None, *,
+            lorc: tuple[torch.Tensor, torch.Tensor] | None = None, activation: str = "none",
+            residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+            fp8_dot: bool | None = None) -> torch.Tensor:
+    """activation(qlinear_ref(x, weight, bias, lorc)) + residual, with the weight decoded inside the GEMM.
+
+    `weight` is an `encode_weight(w, scheme)` Weight [N, K]; x is [..., K]; lorc = (U [N, r], V [K, r]);
+    `fp8_dot` picks the fp8 tensor-core path of the fp8 schemes (default: on a CUDA device of sm_89+,
+    never under the interpreter).
+    """
+    sc = get_scheme(scheme)
+    enc, p = weight.encoding, weight.payload
+    if not isinstance(enc, Quantized) or enc.format != sc.weight_format:
+        raise ShapeError(f"qlinear {scheme}: weight encoding {enc!r} is not a {sc.weight_format} #quantized weight; "
+                         f"encode it with encode_weight(w, {scheme!r})")
+    if activation not in ACTIVATIONS:
+        raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
+    N, K = weight.data.shape
+    if x.dim() < 1 or x.shape[-1] != K:
+        raise ShapeError(f"qlinear: input {tuple(x.shape)} does not fit weight [{N}, {K}] (expects [..., {K}])")
+    if sc.weight_format in ("i8", "f8e4m3") and enc.group:
+        raise ShapeError(f"qlinear {scheme}: only per-channel weights (group 0) are supported, got group {enc.group}")
+    lead = tuple(x.shape[:-1])
+    x2d = x.reshape(-1, K)
+    M = x2d.shape[0]
+    out = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
+    if bias is not None:
+        if bias.shape != (N,):
+            raise ShapeError(f"bias must have shape ({N},), got {tuple(bias.shape)}")
+        bias = bias.contiguous()
+    if residual is not None:
+        try:
+            residual = residual.expand(*lead, N).reshape(M, N)
+        except RuntimeError as e:
+            raise ShapeError(f"residual {tuple(residual.shape)} does not broadcast to the output {(*lead, N)}") from e
+    if M == 0 or N == 0:
+        return out.reshape(*lead, N)
+
+    # activations: per-token codes (schemes with an activation format) or x itself
+    if sc.act_format is not None:
+        a, a_scale = quantize_activations(x2d, sc.act_format)
+    else:
+        a, a_scale = x2d, None
+    addend = None
+    if lorc is not None:
+        u, v = lorc
+        if u.shape[0] != N or v.shape[0] != K or u.shape[1] != v.shape[1]:
+            raise ShapeError(f"qlinear: lorc U {tuple(u.shape)} / V {tuple(v.shape)} must be [{N}, r] / [{K}, r]")
+        xq = dequantize_activations(a, a_scale, sc.act_format) if a_scale is not None else x2d.float()
+        addend = ((xq @ v.float()) @ u.float().T).contiguous()
+
+    res = residual if residual is not None else out
+    add = addend if addend is not None else out
+    epi = (out, bias if bias is not None else out, add, res)
+    epi_strides = (out.stride(0), out.stride(1), add.stride(0), add.stride(1), res.stride(0), res.stride(1))
+    flags = dict(HAS_BIAS=bias is not None, HAS_ADDEND=addend is not None, ACTIVATION=activation,
+                 HAS_RESIDUAL=residual is not None, GROUP_M=8)
+    use_fp8 = _default_fp8_dot(x.device) if fp8_dot is None else bool(fp8_dot)
+
+    if scheme == "w8a8-int8":
+        cfg = qlinear_blocks(M, N, K, 0, "int8")
+        codes, s_w = p["codes"], p["scale"].reshape(N).float().contiguous()
+        args = (a, a_scale, codes, s_w, *epi, M, N, K, a.stride(0), a.stride(1), codes.stride(0), codes.stride(1),
+                *epi_strides)
+        kernel, extra = qlinear_w8a8_int8_kernel, {}
+    elif scheme == "w8a8-fp8":
+        cfg = qlinear_blocks(M, N, K, 0, "fp8" if use_fp8 else "fp16")
+        codes, s_w = p["codes"].view(torch.uint8), p["scale"].reshape(N).float().contiguous()
+        args = (a, a_scale, codes, s_w, *epi, M, N, K, a.stride(0), a.stride(1), codes.stride(0), codes.stride(1),
+                *epi_strides)
+        kernel, extra = qlinear_w8a8_fp8_kernel, dict(FP8_DOT=use_fp8)
+    elif scheme == "w4a16-int4":
+        dot = {torch.float16: "fp16", torch.bfloat16: "fp32" if interpreting() else "bf16"}.get(x.dtype, "fp32")
+        group = enc.group or K
+        cfg = qlinear_blocks(M, N, K, group, dot)
+        codes, s, z = p["codes"], p["scale"], p["zero"]
+        args = (a, codes, s, z, *epi, M, N, K, a.stride(0), a.stride(1), codes.stride(0), codes.stride(1),
+                s.stride(0), s.stride(1), z.stride(0), z.stride(1), *epi_strides)
+        kernel, extra = qlinear_w4a16_int4_kernel, dict(GROUP=group, DOT=dot)
+    else:  # w4a8-fp
+        group = enc.group or K
+        cfg = qlinear_blocks(M, N, K, group, "fp8" if use_fp8 else "fp16")
+        codes, s_max, k = p["codes"], p["scale"].reshape(N).float().contiguous(), p["shift"]
+        args = (a, a_scale, codes, s_max, k, *epi, M, N, K, a.stride(0), a.stride(1), codes.stride(0), codes.stride(1),
+                k.stride(0), k.stride(1), *epi_strides)
+        kernel, extra = qlinear_w4a8_fp_kernel, dict(GROUP=group, FP8_DOT=use_fp8)
+
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    kernel[grid](*args, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], **flags, **extra,
+                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return out.reshape(*lead, N)
+
+
+# ---------------------------------------------------------------- build specs (fxforge.codegen.build)
+
+_MODULE = "fxforge.codegen.templates.qlinear"
+_TT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def qlinear_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "float16", out_dtype: str | None = None,
+                 group: int | None = None, fp8_dot: bool = False, bias: bool = True, activation: str = "none",
+                 residual: bool = False, lorc: bool = False) -> dict:
+    """A `fxforge.codegen.build` spec of this scheme's kernel for contiguous operands (blocks from `qlinear_blocks`)."""
+    sc = get_scheme(scheme)
+    t = _TT[x_dtype]
+    to = _TT[out_dtype or x_dtype]
+    g = sc.group if group is None else group
+    g = g if g > 0 else K
+    epi_sig = {"out_ptr": f"*{to}", "bias_ptr": f"*{t}", "add_ptr": "*fp32", "res_ptr": f"*{to}",
+               "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
+               "stride_om": "i32", "stride_dm": "i32", "stride_rm": "i32"}
+    const = {"stride_ak": 1, "stride_wk": 1, "stride_on": 1, "stride_dn": 1, "stride_rn": 1, "GROUP_M": 8,
+             "HAS_BIAS": bias, "HAS_ADDEND": lorc, "ACTIVATION": activation, "HAS_RESIDUAL": residual}
+    divisible = ["N", "K", "stride_am", "stride_wn", "stride_om", "stride_dm", "stride_rm"]
+    if scheme == "w8a8-int8":
+        kernel, dot = "qlinear_w8a8_int8_kernel", "int8"
+        sig = {"a_ptr": "*i8", "a_scale_ptr": "*fp32", "w_ptr": "*i8", "w_scale_ptr": "*fp32"}
+    elif scheme == "w8a8-fp8":
+        kernel, dot = "qlinear_w8a8_fp8_kernel", "fp8" if fp8_dot else "fp16"
+        sig = {"a_ptr": "*u8", "a_scale_ptr": "*fp32", "w_ptr": "*u8", "w_scale_ptr": "*fp32"}
+        const["FP8_DOT"] = fp8_dot
+    elif scheme == "w4a16-int4":
+        kernel, dot = "qlinear_w4a16_int4_kernel", {"float32": "fp32"}.get(x_dtype, _TT[x_dtype])
+        sig = {"a_ptr": f"*{t}", "w_ptr": "*u8", "scale_ptr": "*fp16", "zero_ptr": "*u8",
+               "stride_sn": "i32", "stride_zn": "i32"}
+        const.update(stride_sg=1, stride_zg=1, GROUP=g, DOT=dot)
+    else:
+        kernel, dot = "qlinear_w4a8_fp_kernel", "fp8" if fp8_dot else "fp16"
+        sig = {"a_ptr": "*u8", "a_scale_ptr": "*fp32", "w_ptr": "*u8", "smax_ptr": "*fp32", "shift_ptr": "*u8",
+               "stride_kn": "i32"}
+        const.update(stride_kg=1, GROUP=g, FP8_DOT=fp8_dot)
+    sig.update(epi_sig)
+    cfg = qlinear_blocks(M, N, K, g if sc.group else 0, dot)
+    const.update(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
+    tag = "fp8-dot" if fp8_dot else dot
+    return {"module": _MODULE, "kernel": kernel, "signature": sig, "constexprs": const, "divisible": divisible,
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+            "label": f"qlinear {scheme} {x_dtype} {M}x{N}x{K} g={g} {tag}", **({"min_arch": 89} if fp8_dot else {})}
+
+
+def act_quant_spec(fmt: str, K: int, x_dtype: str = "float16") -> dict:
+    """A build spec of `act_quant_kernel` for rows of K elements."""
+    block = row_blocks(min(K, 4096))
+    sig = {"x_ptr": f"*{_TT[x_dtype]}", "q_ptr": "*i8" if fmt == "i8" else "*u8", "s_ptr": "*fp32", "K": "i32",
+           "stride_xm": "i32", "stride_qm": "i32"}
+    const = {"stride_xk": 1, "FORMAT": fmt, "MAX_VALUE": formats.get_format(fmt).max_value, "BLOCK": block["BLOCK"]}
+    return {"module": _MODULE, "kernel": "act_quant_kernel", "signature": sig, "constexprs": const,
+            "divisible": ["K", "stride_xm", "stride_qm"], "num_warps": block["num_warps"], "num_stages": 2,
+            "label": f"act_quant {fmt} {x_dtype} K={K}"}
+
+
+def qlinear_specs() -> list[dict]:
+    """The quantized-linear configurations the build check compiles (fp8-dot ones carry "min_arch": 89)."""
+    shapes = [(4096, 4096, 4096), (16, 4096, 4096)]
+    specs = []
+    for M, N, K in shapes:
+        specs += [
+            qlinear_spec("w8a8-int8", M, N, K, activation="silu"),
+            qlinear_spec("w8a8-fp8", M, N, K, residual=True),
+            qlinear_spec("w8a8-fp8", M, N, K, residual=True, fp8_dot=True),
+            qlinear_spec("w4a16-int4", M, N, K, activation="gelu"),
+            qlinear_spec("w4a8-fp", M, N, K, lorc=True),
+            qlinear_spec("w4a8-fp", M, N, K, lorc=True, fp8_dot=True),
+        ]
+    specs += [qlinear_spec("w4a16-int4", 64, 4096, 4096, x_dtype="float32"),
+              act_quant_spec("i8", 4096), act_quant_spec("f8e4m3", 4096)]
+    return specs
