@@ -17,18 +17,21 @@ from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord
 
 
-def pipeline_names(config: CompileConfig) -> list[str]:
-    """The default pipeline, with the rewrites the config asks for placed after canonicalisation."""
+def pipeline_names(config: CompileConfig, executor: str) -> list[str]:
+    """The default pipeline, with the rewrites the config asks for placed after canonicalisation,
+    and fusion last when the executor runs generated kernels (so the trace shows the partition)."""
     if config.passes is not None:
         return list(config.passes)
     names = default_pipeline()
     if config.quantize is not None:
         names.insert(names.index("dce"), "quantize")
+    if executor in ("interpret", "triton"):
+        names.append("fuse")
     return names
 
 
-def run_passes(lowered: Lowered, config: CompileConfig, calibration: list | None = None) -> Trace:
-    names = pipeline_names(config)
+def run_passes(lowered: Lowered, config: CompileConfig, executor: str, calibration: list | None = None) -> Trace:
+    names = pipeline_names(config, executor)
     try:
         passes = build_pipeline(names, disabled=config.disable)
     except ValueError as e:
@@ -46,7 +49,8 @@ def compile_lowered(lowered: Lowered, config: CompileConfig, capture_seconds: fl
                     calibration: list | None = None) -> GraphRecord:
     """calibration: input lists for the graph (its tensor inputs, in order)."""
     start = time.perf_counter()
-    trace = run_passes(lowered, config, calibration)
-    program = Program(lowered.graph, lowered.inputs, lowered.outputs, resolve_executor(config.executor))
+    executor = resolve_executor(config.executor)
+    trace = run_passes(lowered, config, executor, calibration)
+    program = Program(lowered.graph, lowered.inputs, lowered.outputs, executor)
     return GraphRecord(lowered.graph.name, program, capture_seconds, time.perf_counter() - start, aten_ops,
                        lowered.externs, lowered.notes, trace)

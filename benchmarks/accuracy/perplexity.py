@@ -135,8 +135,6 @@ def torchao_configs() -> list[tuple[str, Any]]:
         ("torchao int8 weight-only", lambda: q.Int8WeightOnlyConfig()),
         ("torchao int8 dyn-act + int8 weight", lambda: q.Int8DynamicActivationInt8WeightConfig()),
         ("torchao int4 weight-only g128", lambda: q.Int4WeightOnlyConfig(group_size=128)),
-        ("torchao int4 weight-only g128 (tile_packed_to_4d)", lambda: q.Int4WeightOnlyConfig(group_size=128, int4_packing_format=tiled)),
-        ("torchao bf16 model, no quantization", None),
         ("torchao int4 weight-only g128 (tile_packed_to_4d, bf16 model)",
          lambda: q.Int4WeightOnlyConfig(group_size=128, int4_packing_format=tiled)),
         ("torchao int4 weight-only g32 (tile_packed_to_4d, bf16 model)",

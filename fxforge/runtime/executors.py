@@ -2,11 +2,13 @@
 
 - `reference`: the graph op by op with torch (`ir.evaluate`), the semantic ground truth and the
   fast path on a CPU.
-Further executors (the Triton ones) register themselves here with `register_executor`.
+- `interpret` / `triton`: fxforge's generated Triton module, in Triton's CPU interpreter or on a GPU
+  (`triton_executor.py`, imported when first asked for, so plain use never imports triton).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -42,6 +44,8 @@ def register_executor(name: str, factory: Callable[[Graph], Executor]) -> None:
 
 
 def make_executor(name: str, graph: Graph) -> Executor:
+    if name in ("interpret", "triton") and name not in EXECUTORS:
+        import fxforge.runtime.triton_executor  # noqa: F401  (registers interpret and triton)
     try:
         factory = EXECUTORS[name]
     except KeyError:
@@ -49,6 +53,18 @@ def make_executor(name: str, graph: Graph) -> Executor:
     return factory(graph)
 
 
+_TOLD_NO_GPU = False
+
+
 def resolve_executor(choice: str) -> str:
-    """'auto' -> the best executor this machine runs."""
-    return "reference" if choice == "auto" else choice
+    """'auto' -> `triton` where CUDA is available, else `reference` (said once per process)."""
+    global _TOLD_NO_GPU
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "triton"
+    if not _TOLD_NO_GPU:
+        _TOLD_NO_GPU = True
+        warnings.warn("fxforge: no GPU here, so compiled graphs run on the reference executor (torch, op by op); "
+                      "pass executor='interpret' to run fxforge's Triton kernels in Triton's CPU interpreter", stacklevel=3)
+    return "reference"

@@ -1,0 +1,234 @@
+"""ATen lowerings of structure: shape ops, GEMMs, composites (norms, softmax, attention), sources
+and tuple access. Registered into the one table of `aten_table.py`; see there for the conventions."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from fxforge.frontend.aten_table import INT64_MAX, _cast_to, _overloads, lowers
+from fxforge.frontend.builder import Builder, Unsupported
+from fxforge.ir.dtypes import DType
+from fxforge.ir.graph import Value
+
+aten = torch.ops.aten
+
+
+# -- shape ops --------------------------------------------------------------------------------------
+
+@lowers(aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.unsqueeze.default,
+        aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.flatten.using_ints,
+        aten.unflatten.int, aten.view_as.default, aten.reshape_as.default)
+def _reshape(b, x, *args):
+    shape = b.meta_shape()
+    if shape == x.type.shape:
+        return x
+    return b.op("reshape", x, shape=shape)
+
+
+@lowers(aten.permute.default)
+def _permute(b, x, dims):
+    return b.op("permute", x, dims=tuple(d % max(x.type.rank, 1) for d in dims))
+
+
+@lowers(aten.transpose.int)
+def _transpose(b, x, d0, d1):
+    dims = list(range(x.type.rank))
+    d0, d1 = d0 % x.type.rank, d1 % x.type.rank
+    dims[d0], dims[d1] = dims[d1], dims[d0]
+    return b.op("permute", x, dims=tuple(dims))
+
+
+@lowers(aten.t.default)
+def _t(b, x):
+    return x if x.type.rank < 2 else b.op("permute", x, dims=(1, 0))
+
+
+@lowers(aten.expand.default, aten.expand_as.default)
+def _expand(b, x, *args, **kwargs):
+    shape = b.meta_shape()
+    return x if shape == x.type.shape else b.op("expand", x, shape=shape)
+
+
+def _slice_value(b: Builder, x: Value, dim: int, start, end, step: int) -> Value:
+    dim %= x.type.rank
+    size = x.type.shape[dim]
+    start = 0 if start is None else start
+    end = size if end is None or (isinstance(end, int) and end >= INT64_MAX // 2) else end
+    if isinstance(start, int) and start < 0:
+        start = start + size
+    if isinstance(end, int) and end < 0:
+        end = end + size
+    if isinstance(size, int) and isinstance(end, int):
+        end = min(end, size)
+    if start == 0 and end == size and step == 1:
+        return x
+    return b.op("slice", x, dim=dim, start=start, end=end, step=step)
+
+
+@lowers(aten.slice.Tensor)
+def _slice(b, x, dim=0, start=None, end=None, step=1):
+    out = _slice_value(b, x, dim, start, end, step)
+    if out is not x and out.type.shape != b.meta_shape():
+        raise Unsupported("slice bounds beyond the tensor")
+    return out
+
+
+@lowers(aten.narrow.default)
+def _narrow(b, x, dim, start, length):
+    return _slice_value(b, x, dim, start, start + length, 1)
+
+
+@lowers(aten.select.int)
+def _select(b, x, dim, index):
+    dim %= x.type.rank
+    if isinstance(index, int) and index < 0:
+        index = index + x.type.shape[dim]
+    s = _slice_value(b, x, dim, index, index + 1, 1)
+    return b.op("reshape", s, shape=b.meta_shape())
+
+
+@lowers(aten.cat.default)
+def _cat(b, xs, dim=0):
+    xs = [x for x in xs if not (x.type.rank == 1 and x.type.shape[0] == 0)]
+    return xs[0] if len(xs) == 1 else b.op("cat", *xs, dim=dim % xs[0].type.rank)
+
+
+@lowers(aten.split.Tensor, aten.split_with_sizes.default)
+def _split(b, x, sizes, dim=0):
+    dim %= x.type.rank
+    shapes = [b.symbols.shape(m.shape) for m in b.meta]
+    out, start = [], 0
+    for shape in shapes:
+        out.append(_slice_value(b, x, dim, start, start + shape[dim], 1))
+        start = start + shape[dim]
+    return tuple(out)
+
+
+@lowers(aten.index_select.default)
+def _index_select(b, x, dim, index):
+    return b.op("index_select", x, index, dim=dim % x.type.rank)
+
+
+@lowers(aten.gather.default)
+def _gather(b, x, dim, index, sparse_grad=False):
+    return b.op("gather", x, index, dim=dim % x.type.rank)
+
+
+@lowers(aten.index.Tensor)
+def _index(b, x, indices):
+    picked = [(d, i) for d, i in enumerate(indices) if i is not None]
+    if len(picked) != 1 or picked[0][1].type.rank != 1 or picked[0][1].type.dtype == DType.bool:
+        raise Unsupported("advanced indexing beyond one 1-D integer index")
+    d, idx = picked[0]
+    return b.op("index_select", x, idx, dim=d)
+
+
+# -- GEMMs ------------------------------------------------------------------------------------------
+
+lowers(aten.mm.default, aten.bmm.default, aten.matmul.default)(lambda b, x, y: b.op("matmul", x, y))
+
+
+@lowers(aten.linear.default)
+def _linear(b, x, w, bias=None):
+    return b.op("linear", x, w, *([bias] if bias is not None else []))
+
+
+@lowers(aten.addmm.default)
+def _addmm(b, bias, x, y, *, beta=1, alpha=1):
+    if beta != 1 or alpha != 1:
+        raise Unsupported("addmm with beta/alpha")
+    return b.op("add", b.op("matmul", x, y), bias)
+
+
+@lowers(aten.embedding.default)
+def _embedding(b, w, ids, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    return b.op("embedding", w, ids)
+
+
+# -- composites -------------------------------------------------------------------------------------
+
+@lowers(aten.layer_norm.default)
+def _layer_norm(b, x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    if len(normalized_shape) != 1 or (bias is not None and weight is None):
+        raise Unsupported("layer_norm over several dims, or with a bias but no weight")
+    return b.op("layer_norm", x, *[v for v in (weight, bias) if v is not None], eps=eps)
+
+
+@lowers(aten.native_layer_norm.default)
+def _native_layer_norm(b, x, normalized_shape, weight, bias, eps):
+    # mean and rstd are only for backward; a use of them makes the getitem fail and go extern.
+    return (_layer_norm(b, x, normalized_shape, weight, bias, eps), None, None)
+
+
+@lowers(aten._softmax.default, aten.softmax.int)
+def _softmax(b, x, dim, half_to_float_or_dtype=None):
+    if isinstance(half_to_float_or_dtype, torch.dtype):
+        x = _cast_to(b, x, half_to_float_or_dtype)
+    elif half_to_float_or_dtype:
+        raise Unsupported("softmax with half_to_float")
+    return b.op("softmax", x, dim=dim % x.type.rank)
+
+
+@lowers(aten._log_softmax.default, aten.log_softmax.int)
+def _log_softmax(b, x, dim, half_to_float_or_dtype=None):
+    if half_to_float_or_dtype not in (None, False):
+        raise Unsupported("log_softmax with a dtype")
+    return b.op("log_softmax", x, dim=dim % x.type.rank)
+
+
+@lowers(aten.scaled_dot_product_attention.default)
+def _sdpa(b, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
+    if dropout_p:
+        raise Unsupported("attention dropout")
+    return b.op("attention", q, k, v, *([attn_mask] if attn_mask is not None else []),
+                scale=scale, is_causal=is_causal, enable_gqa=enable_gqa)
+
+
+@lowers(*_overloads("_scaled_dot_product_flash_attention_for_cpu", "default"))
+def _sdpa_flash_cpu(b, q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
+    # The CPU flash kernel broadcasts kv heads itself (grouped-query attention).
+    gqa = q.type.rank >= 3 and q.type.shape[-3] != k.type.shape[-3]
+    return (_sdpa(b, q, k, v, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=gqa), None)
+
+
+# -- sources ----------------------------------------------------------------------------------------
+
+def _full_value(b: Builder, value) -> Value:
+    t = b.meta_type()
+    return b.op("full", shape=t.shape, value=value, dtype=t.dtype)
+
+
+lowers(aten.full.default, aten.new_full.default)(lambda b, *args, **kw: _full_value(b, _fill_arg(args)))
+lowers(aten.zeros.default, aten.new_zeros.default, aten.zeros_like.default)(lambda b, *a, **kw: _full_value(b, 0))
+lowers(aten.ones.default, aten.new_ones.default, aten.ones_like.default)(lambda b, *a, **kw: _full_value(b, 1))
+lowers(aten.full_like.default)(lambda b, x, value, **kw: _full_value(b, value))
+lowers(aten.scalar_tensor.default)(lambda b, value, **kw: _full_value(b, value))
+
+
+def _fill_arg(args):
+    value = args[-1]
+    if isinstance(value, Value):
+        raise Unsupported("fill value is a tensor")
+    return value
+
+
+@lowers(aten.arange.default, aten.arange.start, aten.arange.start_step)
+def _arange(b, *args, dtype=None, layout=None, device=None, pin_memory=None):
+    start, end, step = (0, args[0], 1) if len(args) == 1 else (args[0], args[1], args[2] if len(args) > 2 else 1)
+    if any(isinstance(v, float) for v in (start, end, step)):
+        raise Unsupported("float arange")
+    return b.op("arange", start=start, end=end, step=step, dtype=b.meta_type().dtype)
+
+
+# -- tuples -----------------------------------------------------------------------------------------
+
+@lowers(operator.getitem)
+def _getitem(b, values, index):
+    if not isinstance(values, (tuple, list)):
+        raise Unsupported("getitem on a single value")
+    picked = values[index]
+    if picked is None:
+        raise Unsupported("this result of the op is not computed by its fxforge lowering")
+    return picked
