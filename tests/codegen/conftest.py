@@ -3,7 +3,7 @@ Every test starts from the same random seed."""
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("TRITON_INTERPRET", "1")  # a GPU run sets TRITON_INTERPRET=0
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
