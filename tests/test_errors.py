@@ -67,3 +67,14 @@ def test_missing_artifact(tmp_path):
 def test_every_error_is_a_fxforge_error():
     for cls in (ArtifactError, CaptureError, ConfigError, InputError, NotCompilableError):
         assert issubclass(cls, FxforgeError)
+
+
+def test_argument_captured_as_constant_must_match():
+    model = zoo.build("llama")
+    compiled = fxforge.compile_aot(model, (zoo.example_input("llama"),))  # exported with use_cache=False
+    x = zoo.example_input("llama", batch=2, seq=5)
+    assert compiled(x, use_cache=False).logits.shape == (2, 5, 256)
+    with pytest.raises(InputError, match="compiled for an argument equal to False"):
+        compiled(x, use_cache=True)
+    with pytest.raises(InputError, match="unexpected input"):
+        compiled(x, not_an_argument=1)

@@ -67,4 +67,5 @@ class Program:
 
 
 def _same_const(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b if not isinstance(a, torch.Tensor) else True
+    """A captured constant argument (bool, int, str, None) and the one given now."""
+    return type(a) is type(b) and a == b
