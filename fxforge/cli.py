@@ -37,6 +37,8 @@ def _csv(values: list[str]) -> list[str]:
 # -- compile ----------------------------------------------------------------------------------------
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    if args.executor == "interpret" and "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1"  # importing torch pulls in triton, which picks the interpreter then
     import torch
 
     import fxforge
@@ -44,6 +46,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from fxforge.config import CompileConfig
     from fxforge.passes.manager import build_pipeline, default_pipeline
 
+    if args.build_check and args.executor != "interpret":
+        raise ci.UsageError("--build-check records the kernel launches under Triton's interpreter; add --executor interpret")
     if not args.example_input and not args.kwarg:
         raise ci.UsageError("give the example inputs: --example-input 'int64[2,128]' (one per positional input)")
     ci.check_inputs(args.example_input, args.kwarg)
@@ -64,6 +68,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     example_args, example_kwargs = ci.make_inputs(args.example_input, args.kwarg, args.seed, ci.int_high_of_model(model))
     start = time.perf_counter()
     compiled = fxforge.compile_aot(model, example_args, example_kwargs or None, config=config)
+    build_lines, build_failed = [], False
+    if args.build_check:  # before save: the figures go into the trace
+        from fxforge.codegen.buildcheck import check_kernels, summary
+
+        builds = check_kernels(compiled, example_args, example_kwargs=example_kwargs or None)
+        build_lines, build_failed = summary(compiled.record.trace), not all(b.ok for b in builds)
     compiled.save(str(out))
     seconds = time.perf_counter() - start
     rec, graph = compiled.record, compiled.graph
@@ -87,6 +97,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"  wrote {out}/ ({', '.join(sorted(f.name for f in out.iterdir()))}; {size / 1e6:.2f} MB)")
     example = " ".join([*(f"--input '{spec}'" for spec in args.example_input), *(f"--kwarg '{kw}'" for kw in args.kwarg)])
     print(f"  next: fxforge run {out} {example}  |  fxforge inspect {out}")
+    for line in build_lines:
+        print(f"  build check {line}")
+    if build_failed:  # the artifact is written; `fxforge inspect --kernels` shows the errors
+        print(f"fxforge: error: kernels failed the GPU build check; see fxforge inspect {out} --kernels", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -151,9 +166,48 @@ def _show_ir(module: Any, args: argparse.Namespace) -> str:
     return (Path(args.artifact) / FILES["graph"]).read_text().rstrip("\n")
 
 
+def _show_kernels(module: Any, args: argparse.Namespace) -> str:
+    from fxforge.codegen.buildcheck import format_kernel_table
+
+    return format_kernel_table(module.record.trace)
+
+
+def _show_quant(module: Any, args: argparse.Namespace) -> str:
+    """Per quantized layer: scheme, relative output error, weight bytes before (fp16) and after."""
+    records = [r for r in module.record.trace.records if r.name == "quantize" and r.stats.get("layers") is not None]
+    if not records:
+        return "no quantize pass in this artifact (compile with a quantize scheme, e.g. CompileConfig(quantize='w4a8-fp'))"
+    stats = records[-1].stats
+    rows = [f"quantization: {stats['scheme']} (errors measured on {stats['error_data']})",
+            f"{'layer':<44}{'scheme':<12}{'rel err':>9}{'fp16 B':>10}{'after B':>10}{'ratio':>7}"]
+    for name, layer in stats["layers"].items():
+        rows.append(f"{name:<44}{layer['scheme']:<12}{layer['rel_error']:>9.4f}{layer['bytes_fp16']:>10}"
+                    f"{layer['bytes_after']:>10}{layer['bytes_fp16'] / max(layer['bytes_after'], 1):>6.2f}x")
+    rows += [f"{name:<44}{why}" for name, why in stats["skipped"].items()]
+    total = stats["summary"]
+    rows.append(f"total: {total['layers_quantized']} layers, {total['bytes_fp16_before']} B fp16 -> {total['bytes_after']} B; "
+                f"mean rel err {total['mean_rel_error']:.4f}, max {total['max_rel_error']:.4f}"
+                + (f"; model output rel err {total['output_rel_error']:.4f}" if "output_rel_error" in total else ""))
+    return "\n".join(rows)
+
+
+def _compact(stats: dict[str, Any]) -> str:
+    """One short line of pass statistics: scalars as they are, collections by size."""
+    def short(v: Any) -> str:
+        if isinstance(v, dict):
+            return json.dumps(v, sort_keys=True) if len(json.dumps(v)) <= 80 else f"{{{len(v)} entries}}"
+        if isinstance(v, list):
+            return f"[{len(v)} items]"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={short(v)}" for k, v in stats.items())
+
+
 INSPECT_VIEWS: list[InspectView] = [
+    InspectView("--quant", "per quantized layer: scheme, output error, weight bytes before/after", _show_quant),
     InspectView("--ir", "print the final IR (graph.fxir)", _show_ir),
-    # another issue adds InspectView("--kernels", "print the generated kernels", _show_kernels) here
+    InspectView("--kernels", "per GPU arch, each kernel's registers, spills and shared memory (from --build-check)",
+                _show_kernels),
 ]
 
 
@@ -222,7 +276,7 @@ def _overview(module: Any, args: argparse.Namespace) -> str:
         before, after = sum(r.ops_before.values()), sum(r.ops_after.values())
         delta = {k: r.ops_after.get(k, 0) - r.ops_before.get(k, 0) for k in {*r.ops_before, *r.ops_after}}
         changes = ", ".join(f"{k} {v:+d}" for k, v in sorted(delta.items()) if v)
-        stats = json.dumps(r.stats, sort_keys=True) if r.stats else ""
+        stats = _compact(r.stats) if r.stats else ""
         lines.append(f"{i:>3}  {r.name:<16}{r.seconds * 1e3:>9.2f}{f'{before} -> {after}':>14}  "
                      + "  ".join(x for x in (changes, stats) if x))
     lines += ["", f"final graph: {len(module.graph.ops)} ops: {ci.counts(module.graph.op_counts(), top=50)}"]
@@ -259,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="verify, and print the compile report")
     p.add_argument("--no-dynamic", action="store_true", help="export with the example shapes only (no dynamic dims)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random example inputs (and of the factory)")
+    p.add_argument("--build-check", action="store_true",
+                   help="with --executor interpret: compile every launched kernel for sm_90 and sm_80 and keep the "
+                        "registers/spills/shared figures in the trace (fxforge inspect --kernels); exit 1 if one fails")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", parents=[common], help="run an artifact on random or saved inputs")

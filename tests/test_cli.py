@@ -158,3 +158,18 @@ def test_size_one_dims_and_specs():
     args, kwargs = cli_inputs.make_inputs(["int64[1,8]"], ["use_cache=false"], seed=0, int_high=7)
     assert kwargs == {"use_cache": False} and 0 <= int(args[0].min()) and int(args[0].max()) < 7
     assert cli_inputs.size_one_dims(args, {}, ["input_ids"]) == ["input_ids[dim 0]"]
+
+
+def test_inspect_quant_shows_per_layer_error_and_bytes(tmp_path, capsys):
+    import fxforge
+    from fxforge import zoo
+    from fxforge.cli import main
+
+    model = zoo.build("mlp")
+    fxforge.compile_aot(model, (zoo.example_input("mlp"),), quantize="w8a8-int8").save(str(tmp_path / "q"))
+    assert main(["inspect", str(tmp_path / "q"), "--quant"]) == 0
+    out = capsys.readouterr().out
+    assert "quantization: w8a8-int8" in out and "up " in out and "down " in out and "total: 2 layers" in out
+    fxforge.compile_aot(model, (zoo.example_input("mlp"),)).save(str(tmp_path / "plain"))
+    assert main(["inspect", str(tmp_path / "plain"), "--quant"]) == 0
+    assert "no quantize pass" in capsys.readouterr().out

@@ -121,13 +121,31 @@ def compile_for_target(kernel_fn, signature: dict, constexprs: dict, arch: int, 
     return build
 
 
+def _import_spec_module(spec: dict):
+    """`spec["module"]` by import name, or the file `spec["path"]` (a generated module) under that name."""
+    if not spec.get("path"):
+        return importlib.import_module(spec["module"])
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    name = spec.get("module") or Path(spec["path"]).stem
+    if name in sys.modules:
+        return sys.modules[name]
+    loader_spec = spec_from_file_location(name, spec["path"])
+    if loader_spec is None or loader_spec.loader is None:
+        raise ImportError(f"cannot import {spec['path']}")
+    module = module_from_spec(loader_spec)
+    sys.modules[name] = module
+    loader_spec.loader.exec_module(module)
+    return module
+
+
 def build_spec(spec: dict, arch: int) -> KernelBuild:
-    """Compile one serialisable spec (see `standard_specs`) in this process."""
+    """Compile one serialisable spec (see `standard_specs`; `"path"` imports a module file) in this process."""
     try:
-        kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
-    except (ImportError, AttributeError) as e:
+        kernel = getattr(_import_spec_module(spec), spec["kernel"])
+    except (ImportError, AttributeError, OSError) as e:
         return KernelBuild(name=spec["kernel"], arch=int(arch), label=spec.get("label", ""),
-                           error=f"cannot find kernel {spec['module']}.{spec['kernel']}: {e}")
+                           error=f"cannot find kernel {spec.get('path') or spec['module']}.{spec['kernel']}: {e}")
     return compile_for_target(kernel, spec["signature"], spec["constexprs"], arch, spec.get("num_warps", 4),
                               spec.get("num_stages", 3), divisible=spec.get("divisible", ()), label=spec.get("label", ""))
 

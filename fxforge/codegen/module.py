@@ -4,14 +4,19 @@
 and row group (`kernels.py`), and a launcher `run(weights, *inputs, **sizes)` that, in graph order:
 - calls each generated kernel (`grid`, constexpr tiles; dynamic dims are plain kernel arguments, so
   a new sequence length never recompiles);
-- calls the GEMM template (`templates.gemm.linear` with its epilogue parameters, or `matmul`) and the
+- calls the GEMM template (`templates.gemm.linear` with its epilogue parameters, or `matmul`), the
+  quantized GEMM template for `qlinear` groups (`templates.qlinear.qlinear`, same epilogue) and the
   flash-attention template (`templates.attention.attention`);
 - runs views as torch views on the host (reshape, permute, expand, slice cost no copy; kernels read
   them through their strides), and externs, sources, cat and gathers as torch calls.
 Outputs of our kernels go to buffers planned by liveness: a buffer whose values (and views of them)
 are all dead is reused by a later kernel output of the same element count and dtype. Graph outputs
-never share. The module is written to a file (Triton needs the source of its kernels) and imported;
-`GeneratedModule.source` is the text, `.path` its file.
+never share. Weights reach `run` in its `weights` dict: dense tensors, except the `#quantized` ones
+that only qlinear groups read, which come as their encoded `Weight` (codes + scales in the payload):
+the qlinear kernels decode them tile by tile and no dequantized copy of the weight is ever made (an
+encoded weight that a host op also reads is decoded for that op alone). The module is written to a
+file (Triton needs the source of its kernels) and imported; `GeneratedModule.source` is the text,
+`.path` its file.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from fxforge.codegen.expr import PRELUDE, ident, literal, pyexpr
 from fxforge.codegen.kernels import KernelSource, Naming, numel_expr, pointwise_kernel, row_kernel
 from fxforge.ir.dtypes import DType
 from fxforge.ir.evaluate import weight_tensor
-from fxforge.ir.graph import Graph, Op, Value
+from fxforge.ir.graph import Graph, Op, Value, Weight
 from fxforge.ir.optable import OperandRef
 from fxforge.passes.fuse import KernelGroup, Partition, partition
 
@@ -158,6 +163,27 @@ def lit(value: Any) -> str:
     raise TypeError(f"cannot print attribute value {value!r} ({type(value).__name__})")
 
 
+def encoded_consts(graph: Graph, part: Partition) -> set[int]:
+    """ids of the `const` ops whose result is read only as the weight of qlinear kernel groups:
+    `run` gets their weight encoded (a `Weight`), for the qlinear template to decode in its kernel."""
+    in_group = part.group_of()
+    outputs = {id(v) for v in graph.outputs}
+    out: set[int] = set()
+    for op in graph.ops:
+        if op.opcode != "const" or id(op.result) in outputs or op.result.type.encoding is None:
+            continue
+        uses = op.result.uses
+        if uses and all(u.opcode == "qlinear" and id(u) in in_group and u.operands[1] is op.result for u in uses):
+            out.add(id(op))
+    return out
+
+
+def encoded_weights(graph: Graph, part: Partition) -> set[str]:
+    """Names of the weights `run` gets encoded (see `encoded_consts`)."""
+    ids = encoded_consts(graph, part)
+    return {op.attrs["weight"] for op in graph.ops if id(op) in ids}
+
+
 def _shape(shape) -> str:
     items = [_dim(d) for d in shape]
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
@@ -180,6 +206,9 @@ class _Writer:
         self.infos: list[KernelInfo] = []
         self.body: list[str] = []
         self.contiguous: set[int] = set()
+        self.encoded = encoded_consts(graph, part)
+        self.encoded_names = {op.attrs["weight"] for op in graph.ops if id(op) in self.encoded}
+        self.uses: set[str] = set()  # optional imports the body needs: "qlinear", "decode_weight"
 
     def n(self, v: Value | None) -> str:
         return "None" if v is None else self.names[id(v)]
@@ -296,6 +325,9 @@ class _Writer:
             self.body.append(f"{out} = _attention({', '.join(args + kw)})  # {name}")
             return
         p = g.params
+        if op.opcode == "qlinear":
+            self.qlinear(g, out, name)
+            return
         epilogue = p["bias"] is not None or p["residual"] is not None or p["activation"] != "none" or p["out_dtype"]
         if op.opcode == "matmul" and not epilogue:
             kw = [f"scale={p['scale']!r}"] if p["scale"] != 1.0 else []
@@ -315,12 +347,36 @@ class _Writer:
             args.append(f"out_dtype={p['out_dtype'].torch}")
         self.body.append(f"{out} = _linear({', '.join(args)})  # {name}: {g.describe()}")
 
+    def qlinear(self, g: KernelGroup, out: str, name: str) -> None:
+        """`_qlinear(x, w, scheme, [bias], lorc=(u, v), <epilogue>)`: w is the encoded `Weight`."""
+        op, p = g.ops[0], g.params
+        x, w, *rest = op.operands
+        lorc = rest[-2:] if op.attrs["lorc_rank"] > 0 else []
+        bias = rest[0] if len(rest) == len(lorc) + 1 else p["bias"]
+        args = [self.n(x), self.n(w), repr(op.attrs["scheme"])] + ([self.n(bias)] if bias is not None else [])
+        if lorc:
+            args.append(f"lorc=({self.n(lorc[0])}, {self.n(lorc[1])})")
+        if p["activation"] != "none":
+            args.append(f"activation={p['activation']!r}")
+        if p["residual"] is not None:
+            args.append(f"residual={self.n(p['residual'])}")
+        if p["out_dtype"] is not None:
+            args.append(f"out_dtype={p['out_dtype'].torch}")
+        self.uses.add("qlinear")
+        self.body.append(f"{out} = _qlinear({', '.join(args)})  # {name}: {g.describe()}")
+
     def host(self, op: Op) -> None:
         res = ", ".join(self.n(r) for r in op.results)
         a = op.attrs
         xs = [self.n(v) for v in op.operands]
         code = op.opcode
-        if code == "const":
+        if code == "const" and id(op) in self.encoded:
+            self.body.append(f"{res} = weights[{a['weight']!r}]  # host: source, encoded (decoded in the qlinear kernel)")
+            return
+        if code == "const" and a["weight"] in self.encoded_names:  # a host op reads it dense as well
+            self.uses.add("decode_weight")
+            text = f"_decode_weight(weights[{a['weight']!r}])"
+        elif code == "const":
             text = f"weights[{a['weight']!r}]"
         elif code == "full":
             text = f"torch.full({_shape(a['shape'])}, {lit(a['value'])}, dtype={a['dtype'].torch}, device=device)"
@@ -356,6 +412,10 @@ class _Writer:
                              n_templates=n_templates, n_host=len(self.part.host))
         head += ("from fxforge.codegen.templates.attention import attention as _attention\n"
                  "from fxforge.codegen.templates.gemm import linear as _linear, matmul as _matmul\n")
+        if "qlinear" in self.uses:
+            head += "from fxforge.codegen.templates.qlinear import qlinear as _qlinear\n"
+        if "decode_weight" in self.uses:
+            head += "from fxforge.ir.lowp_ops import decode_weight as _decode_weight\n"
         parts = [head, PRELUDE, HELPERS.format(tile=4096)]
         for ks in self.kernels:
             parts.append("\n" + ks.text + "\n")
@@ -412,15 +472,25 @@ def generate_source(graph: Graph, part: Partition | None = None) -> tuple[str, l
     return source, w.infos, part, w.symbols
 
 
+def _to_device(w: torch.Tensor | Weight, device: str | torch.device) -> torch.Tensor | Weight:
+    """A dense weight moved to `device`; an encoded one with its payload moved (its `data` is a
+    4-byte placeholder that only gives the shape: it stays)."""
+    if isinstance(w, Weight):
+        return Weight(w.data, w.encoding, {k: t.to(device) for k, t in w.payload.items()})
+    return w.to(device)
+
+
 def generate_module(graph: Graph, part: Partition | None = None, device: str | torch.device | None = None) -> GeneratedModule:
     """Generate, write and import the module of `graph`; its `run(inputs, bindings)` has the graph's
     weights bound (moved to `device` when given)."""
     source, infos, part, symbols = generate_source(graph, part)
     module, path = _load(source, "".join(c if c.isalnum() else "_" for c in graph.name))
     used = {op.attrs["weight"] for op in graph.ops if op.opcode == "const"}
-    weights = {name: weight_tensor(graph, name) for name in used}
+    encoded = encoded_weights(graph, part)
+    weights: dict[str, torch.Tensor | Weight] = {
+        name: graph.weight(name) if name in encoded else weight_tensor(graph, name) for name in used}
     if device is not None:
-        weights = {k: v.to(device) for k, v in weights.items()}
+        weights = {k: _to_device(v, device) for k, v in weights.items()}
 
     def run(inputs: Sequence[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> list[torch.Tensor]:
         sizes = {str(k): int(v) for k, v in bindings.items()}

@@ -10,6 +10,9 @@ The rule table (`FUSION_RULES` prints it):
 - gemm: `linear` / `matmul` + an epilogue in the GEMM template's order
   `scale (mul by a rank-0 full) -> bias add [N] (linear only) -> activation -> residual add -> cast`,
   each step only when the intermediate has a single use and is not a graph output.
+  `qlinear` (a `#quantized` const weight of a scheme the qlinear kernels take, float activations)
+  anchors the same epilogue minus the scale (the qlinear template has none): its kernel decodes the
+  packed weight tile by tile (`codegen.templates.qlinear`); its bias and LoRC operands go with it.
 - row: `softmax`, `log_softmax`, `layer_norm`, `rms_norm` over the last dim, and `sum`/`mean`/`amax`
   over the last dim (float), with their single-use pointwise producers fused into the load
   (prologue) and, for the normalising ones, a chain of same-shape pointwise consumers (epilogue).
@@ -31,12 +34,14 @@ from typing import Any
 
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.ir.types import dims_equal
+from fxforge.ir.lowp_ops import SCHEMES
+from fxforge.ir.types import Quantized, dims_equal
 from fxforge.passes.manager import PassContext, register_pass
 
 FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
-            "-> residual add -> cast (single-use intermediates)",
+            "-> residual add -> cast (single-use intermediates); qlinear (#quantized const weight) the same "
+            "without the scale",
     "row": "softmax|log_softmax|layer_norm|rms_norm|sum|mean|amax over the last dim + single-use pointwise "
            "producers (prologue) + same-shape pointwise consumers (epilogue, normalising ops only)",
     "pointwise": "tree of pointwise ops (+ single-use cat), single-use producers fused inward, broadcasting to the root's shape",
@@ -54,6 +59,7 @@ POINTWISE_EMITTED = frozenset({
     "remainder", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "bitwise_and", "bitwise_or",
     "bitwise_xor", "gelu", "div", "where", "clamp", "cast",
 })
+QLINEAR_DTYPES = frozenset({DType.f32, DType.f16, DType.bf16})  # activations, bias, LoRC, result of a qlinear kernel
 KERNEL_DTYPES = frozenset({DType.f64, DType.f32, DType.f16, DType.bf16, DType.i64, DType.i32, DType.i16,
                            DType.i8, DType.u8, DType.bool})
 HOST_REASONS = {
@@ -142,6 +148,27 @@ def _kernel_types_ok(op: Op) -> bool:
     return all(v.type.dtype in KERNEL_DTYPES and v.type.encoding is None for v in vals)
 
 
+def qlinear_ok(op: Op) -> bool:
+    """Can the qlinear template run this `qlinear`? Its weight must be a `const` of a `#quantized`
+    encoding of the op's scheme, in a layout the kernels read (8-bit: per channel; 4-bit: an even
+    input dim), with the scheme's activation format; every other operand a float tensor."""
+    if op.opcode != "qlinear":
+        return False
+    x, w, *rest = op.operands
+    enc, const = w.type.encoding, w.producer
+    if const is None or const.opcode != "const" or not isinstance(enc, Quantized):
+        return False
+    sc = SCHEMES.get(op.attrs["scheme"])
+    if sc is None or enc.format != sc.weight_format or op.attrs["act_format"] != sc.act_format:
+        return False
+    if enc.format in ("i8", "f8e4m3") and enc.group:
+        return False
+    k = w.type.shape[1]
+    if enc.format in ("i4", "f4e2m1") and not (isinstance(k, int) and k % 2 == 0):
+        return False
+    return all(v.type.dtype in QLINEAR_DTYPES and v.type.encoding is None for v in [x, *rest, op.result])
+
+
 def pointwise_ok(op: Op) -> bool:
     """Can the expression printer emit this op inside a kernel?"""
     return op.opdef.category == "pointwise" and op.opcode in POINTWISE_EMITTED and _kernel_types_ok(op)
@@ -216,7 +243,8 @@ class _Partitioner:
     def run(self) -> Partition:
         ops = self.graph.ops
         for op in ops:  # anchors first: gemm epilogues, then rows, attention
-            if op.opcode in ("linear", "matmul") and _kernel_types_ok(op) and self.free(op):
+            gemm_ok = (op.opcode in ("linear", "matmul") and _kernel_types_ok(op)) or qlinear_ok(op)
+            if gemm_ok and self.free(op):
                 self.gemm(op)
         for op in ops:
             if row_ok(op) and self.free(op):
@@ -259,9 +287,12 @@ class _Partitioner:
 
     def gemm(self, op: Op) -> None:
         params: dict[str, Any] = {"scale": 1.0, "bias": None, "activation": "none", "residual": None, "out_dtype": None}
-        stage = 0 if op.opcode == "matmul" or len(op.operands) == 2 else 2
+        has_bias = op.opcode == "linear" and len(op.operands) == 3
+        if op.opcode == "qlinear":  # no scale step; a bias operand is the one of (x, w, [bias], [u, v])
+            has_bias = len(op.operands) in (3, 5)
+        stage = 2 if has_bias else 1 if op.opcode == "qlinear" else 0
         # matmul(a, b) with a 2-D b is linear(a, b^T): it takes the whole epilogue
-        linear_like = op.opcode == "linear" or (op.operands[1].type.rank == 2 and op.operands[0].type.rank >= 2)
+        linear_like = op.opcode in ("linear", "qlinear") or (op.operands[1].type.rank == 2 and op.operands[0].type.rank >= 2)
         params["linear_like"] = linear_like
         members, y = [op], op.result
         while _single_use(y, self.graph):
@@ -333,6 +364,9 @@ class _Partitioner:
     def host_reason(op: Op) -> str:
         if op.opcode in HOST_REASONS:
             return HOST_REASONS[op.opcode] if op.opcode != "extern" else f"extern {op.attrs['target']}: calls torch on the host"
+        if op.opcode == "qlinear":
+            return ("qlinear: weight not a const of its scheme's #quantized layout (8-bit: per channel; 4-bit: "
+                    "even input dim), or non-float operands: host torch (reference, dequantizes the weight)")
         if not _kernel_types_ok(op):
             return f"{op.opcode}: operand/result types a kernel does not handle (fp8/packed/encoded): host torch"
         if op.opdef.category == "pointwise":

@@ -97,7 +97,8 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
         reason = _skip_reason(graph, op, tied)
         chosen = choose_scheme(layer, scheme, overrides) if layer else None
         if reason is None and chosen is None:
-            reason = "kept high precision (override)"
+            user = any(fnmatch.fnmatchcase(layer, p) for p in (overrides or {}))
+            reason = "kept high precision (" + ("quantize_overrides" if user else "default: lm_head stays high precision") + ")"
         if reason is None:
             sc = get_scheme(chosen)
             in_f = graph.weight(op.operands[1].producer.attrs["weight"]).data.shape[1]
