@@ -91,7 +91,8 @@ def memory_plan(graph: Any, part: Any, bindings: dict) -> dict[str, int]:
     free: dict[tuple, list[int]] = {}  # (numel, dtype) -> indices of free pool buffers
     buffer_of: dict[int, int] = {}  # value id -> pool buffer index
     sig: dict[int, tuple] = {}
-    pool: list[tuple[int, int]] = []  # planned buffers (intermediates only): (alloc step, bytes); held until run() returns
+    pool: list[tuple[int, int]] = []  # planned buffers (intermediates only): (alloc step, bytes)
+    idle_from: dict[int, int] = {}  # pool buffer -> step where it was last released (module.py deletes it there)
     events: list[tuple[int, int, int]] = []  # (alloc step, free step, bytes) of non-pool intermediates
     naive_events: list[tuple[int, int, int]] = []  # every intermediate its own buffer, freed after last read
     outputs_bytes = 0
@@ -121,6 +122,7 @@ def memory_plan(graph: Any, part: Any, bindings: dict) -> dict[str, int]:
                 key = (sympy.simplify(numel_expr(v.type.shape)), v.type.dtype)
                 if free.get(key):
                     buffer_of[id(v)] = free[key].pop()
+                    idle_from.pop(buffer_of[id(v)], None)
                 else:
                     pool.append((i, b))
                     buffer_of[id(v)] = len(pool) - 1
@@ -129,16 +131,18 @@ def memory_plan(graph: Any, part: Any, bindings: dict) -> dict[str, int]:
                 events.append((i, end, b))
         for vid, j in last_read.items():
             if j == i and vid in buffer_of and vid not in keep and vid not in extern_aliases:
+                idle_from[buffer_of[vid]] = i
                 free.setdefault(sig[vid], []).append(buffer_of.pop(vid))
+    pool_events = [(a, idle_from.get(k, n), b) for k, (a, b) in enumerate(pool)]
 
-    def peak(evs: list[tuple[int, int, int]], held: list[tuple[int, int]]) -> int:
-        """Most bytes alive at any step: (alloc, last read, bytes) events + buffers held from alloc to the end."""
-        return max([sum(b for a, e, b in evs if a <= i <= e) + sum(b for a, b in held if a <= i) for i in range(n)] or [0])
+    def peak(evs: list[tuple[int, int, int]]) -> int:
+        """Most bytes alive at any step, from (alloc step, last step alive, bytes) events."""
+        return max([sum(b for a, e, b in evs if a <= i <= e) for i in range(n)] or [0])
 
     return {
         "naive_sum_bytes": sum(b for _, _, b in naive_events),
-        "no_reuse_peak_bytes": peak(naive_events, []),
-        "planned_peak_bytes": peak(events, pool),
+        "no_reuse_peak_bytes": peak(naive_events),
+        "planned_peak_bytes": peak(events + pool_events),
         "planned_pool_bytes": sum(b for _, b in pool),
         "planned_buffers": len(pool),
         "intermediates": len(naive_events),
@@ -295,7 +299,7 @@ def markdown(result: dict[str, Any]) -> str:
              "kernel choice is its CPU one (no Triton), from the same model, input and forward kwargs.",
              "- Memory (bytes, fxforge module at this input): naive = sum of all intermediate results (each its own "
              "buffer, all alive); no-reuse peak = each its own buffer, freed after its last read; planned peak = "
-             "module.py's plan (pool buffers reused by element count and dtype, held until run() returns; template and "
+             "module.py's plan (pool buffers reused by element count and dtype, deleted once no later kernel takes them; template and "
              "host results freed after last read). Graph outputs, inputs and weights excluded. Computed by "
              "`memory_plan`, which replicates module.py's planning logic.", ""]
     for r in result["rows"]:

@@ -268,6 +268,7 @@ class _Writer:
                 dels_at.setdefault(i, []).append(vid)
         n_buffers = 0
         sig: dict[int, tuple] = {}
+        idle_since: dict[str, int] = {}  # free pool buffer -> body line where it fell idle
         for i, s in enumerate(steps):
             if isinstance(s, Op):
                 if s.opcode == "full" and not any(id(r) in needed for r in s.results):
@@ -281,6 +282,7 @@ class _Writer:
                 can_share = id(out) not in self.outputs
                 if can_share and free.get(key):
                     buf = free[key].pop()
+                    idle_since.pop(buf, None)
                     self.body.append(f"{self.n(out)} = {buf}.view({_shape(out.type.shape)})  # reuses {buf}")
                 else:
                     buf = f"buf{n_buffers}"
@@ -295,12 +297,18 @@ class _Writer:
                 self.launch(s)
             else:
                 self.template(s)
+            released = []
             for vid in release_at.get(i, []):
                 if vid in buffer_of and vid not in keep and vid not in extern_aliases:
-                    free.setdefault(sig[vid], []).append(buffer_of.pop(vid))
+                    released.append(buffer_of.pop(vid))
+                    free.setdefault(sig[vid], []).append(released[-1])
             dels = [self.names[vid] for vid in dels_at.get(i, []) if vid in self.names]
             if dels:
                 self.body.append("del " + ", ".join(sorted(dels)))
+            idle_since.update(dict.fromkeys(released, len(self.body)))
+        # A pool buffer that no later kernel takes is freed where it fell idle, not at return.
+        for buf, at in sorted(idle_since.items(), key=lambda item: -item[1]):
+            self.body.insert(at, f"del {buf}  # no later kernel reuses it")
         return self.assemble(n_buffers)
 
     # -- steps -------------------------------------------------------------------------------------
