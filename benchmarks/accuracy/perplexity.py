@@ -61,17 +61,31 @@ def load_fixture(path: Path) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def nll(fn, windows: torch.Tensor, batch: int) -> tuple[float, torch.Tensor]:
-    """Mean next-byte NLL (nats) over all windows, and the logits of the first batch (for comparisons)."""
-    total, n, first = 0.0, 0, None
+def nll(fn, windows: torch.Tensor, batch: int) -> tuple[float, torch.Tensor, list[float]]:
+    """Mean next-byte NLL (nats) over all windows, the logits of the first batch (for comparisons) and
+    each window's mean NLL (for paired comparisons between rows)."""
+    total, n, first, per_window = 0.0, 0, None, []
     for i in range(0, len(windows), batch):
         w = windows[i:i + batch]
         logits = fn(w[:, :-1]).float()
         if first is None:
             first = logits
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum").item()
-        n += w[:, 1:].numel()
-    return total / n, first
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="none")
+        ce = ce.view(w.shape[0], -1).double()
+        total += ce.sum().item()
+        n += ce.numel()
+        per_window += [round(v, 6) for v in ce.mean(1).tolist()]
+    return total / n, first, per_window
+
+
+def paired(rows: dict[str, Any], a: str, b: str) -> str:
+    """Paired comparison of two rows over the windows: mean NLL difference a - b ± its standard error,
+    and on how many windows a is worse."""
+    wa, wb = rows[a]["window_nll"], rows[b]["window_nll"]
+    d = torch.tensor(wa, dtype=torch.float64) - torch.tensor(wb, dtype=torch.float64)
+    se = d.std().item() / math.sqrt(len(d))
+    sig = "significant at 2 s.e." if abs(d.mean().item()) > 2 * se else "NOT significant at 2 s.e."
+    return f"Δnll {d.mean().item():+.5f} ± {se:.5f} (paired s.e., {sig}), worse on {(d > 0).sum().item()}/{len(d)} windows"
 
 
 def theory_bits(scheme: str, group: int, lorc_rank: int, out_f: int, in_f: int) -> float:
@@ -115,8 +129,8 @@ def run_fxforge(model, options, windows, calib, batch) -> dict[str, Any]:
         kwargs["calibration"] = [(w[None, :-1],) for w in calib]
     compiled = fxforge.compile_aot(model, (windows[:batch, :-1],), **kwargs)
     t1 = time.perf_counter()
-    loss, logits = nll(lambda x: compiled(x).logits, windows, batch)
-    row = {"nll": loss, "compile_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1), "_logits": logits}
+    loss, logits, per_window = nll(lambda x: compiled(x).logits, windows, batch)
+    row = {"nll": loss, "window_nll": per_window, "compile_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1), "_logits": logits}
     if kwargs.get("quantize"):
         row["bytes"] = byte_report(compiled.record.trace.record("quantize").stats, model)
     return row
@@ -162,7 +176,7 @@ def run_torchao(model, make_config, windows, batch, dtype=torch.float32) -> dict
     if make_config is not None:
         quantize_(m, make_config(), filter_fn=keep)
     t1 = time.perf_counter()
-    loss, logits = nll(lambda x: m(x, use_cache=False).logits, windows, batch)
+    loss, logits, per_window = nll(lambda x: m(x, use_cache=False).logits, windows, batch)
     weights = [m.get_submodule(n).weight for n in names]
     numel = sum(model.get_submodule(n).weight.numel() for n in names)
     quantized = [w for w in weights if hasattr(w, "__tensor_flatten__")]
@@ -170,7 +184,8 @@ def run_torchao(model, make_config, windows, batch, dtype=torch.float32) -> dict
     b = {"layers_quantized": len(quantized), "weights_quantized": numel, "bytes_fp16": 2 * numel, "bytes_after": after,
          "bits_per_weight": 8 * after / numel, "bits_per_weight_theory": None, "ratio_vs_fp16": after / (2 * numel),
          "mean_layer_rel_error": None, "weight_types": sorted({type(w).__name__ for w in weights})}
-    return {"nll": loss, "compile_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1), "_logits": logits, "bytes": b}
+    return {"nll": loss, "window_nll": per_window, "compile_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1),
+            "_logits": logits, "bytes": b}
 
 
 def fmt(x: float | None, spec: str) -> str:
@@ -191,13 +206,13 @@ def markdown(res: dict[str, Any]) -> str:
         f"calibration: {res['eval']['calibration_windows']} windows of train text. lm_head stays high precision in every row.",
         "",
         "| config | ppl | Δppl vs fp32 | Δ nats/byte | bits/weight (stats) | bits/weight (format) "
-        "| quantized-linear bytes | × fp16 | mean layer rel err | time (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| quantized-linear bytes | × fp16 | mean layer rel err | calib logits rel err | time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = res["rows"]["fp32 eager"]["nll"]
     for name, r in res["rows"].items():
         if "error" in r:
-            lines.append(f"| {name} | {r['error']} | | | | | | | | |")
+            lines.append(f"| {name} | {r['error']} | | | | | | | | | |")
             continue
         b = r.get("bytes")
         t = r.get("compile_s", 0) + r.get("eval_s", 0)
@@ -205,10 +220,13 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {name} | {math.exp(r['nll']):.4f} | {math.exp(r['nll']) - math.exp(base):+.4f} | {r['nll'] - base:+.5f} | "
             f"{fmt(b and b['bits_per_weight'], '.3f')} | {fmt(b and b['bits_per_weight_theory'], '.3f')} | "
             f"{fmt(b and b['bytes_after'], ',')} | {fmt(b and b['ratio_vs_fp16'], '.3f')} | "
-            f"{fmt(b and b['mean_layer_rel_error'], '.4f')} | {t:.1f} |")
+            f"{fmt(b and b['mean_layer_rel_error'], '.4f')} | {fmt(b and b.get('calib_output_rel_error'), '.4f')} | {t:.1f} |")
     lines += ["", f"fp16 bytes of the quantized linears: {res['fp16_linear_bytes']:,}. "
               "Format bits/weight: int8/fp8 8 + 32/in (f32 row scale); int4 4 + (16 + 8)/g (f16 scale + uint8 zero per group); "
-              "w4a8-fp 4 + 8/g + 32/in (uint8 shift per group, f32 row s_max); LoRC adds fp16 factors 16·r·(out+in)/(out·in).", "",
+              "w4a8-fp 4 + 8/g + 32/in (uint8 shift per group, f32 row s_max); LoRC adds fp16 factors 16·r·(out+in)/(out·in). "
+              "torchao bytes: the storage of its weight tensor subclasses (IntxUnpackedToInt8Tensor keeps int4 values unpacked in int8). "
+              "Mean layer rel err and calib logits rel err (||Δ|| / ||·|| of the logits on the 8 calibration windows) come from fxforge's "
+              "quantize pass stats. On this CPU fxforge runs compiled graphs on its reference executor (torch, op by op).", "",
               f"fp32 through fxforge vs eager: max |Δlogit| {res['fxforge_fp32_vs_eager']['max_abs_logit_diff']:.3g}, "
               f"Δnll {res['fxforge_fp32_vs_eager']['nll_diff']:.3g} ({res['fxforge_fp32_vs_eager']['verdict']}).", "",
               "## Findings", ""]
@@ -227,17 +245,39 @@ def findings(rows: dict[str, Any]) -> list[str]:
     if fp and i32:
         verdict = "no more" if fp <= i32 else "MORE"
         out.append(f"W4A8-FP g32 loses {verdict} perplexity than INT4 weight-only g32 at the same group size: "
-                   f"+{fp - base:.4f} vs +{i32 - base:.4f} ppl over fp32 ({base:.4f}); W4A8-FP also quantizes the "
-                   f"activations to FP8 and constrains group scales to powers of two, INT4 g32 is asymmetric with f16 scales.")
+                   f"{fp - base:+.4f} vs {i32 - base:+.4f} ppl over fp32 ({base:.4f}); W4A8-FP also quantizes the "
+                   f"activations to FP8 and constrains group scales to powers of two, INT4 g32 is asymmetric with f16 scales. "
+                   f"W4A8-FP g32 vs INT4 g32: {paired(rows, 'fxforge w4a8-fp g32', 'fxforge w4a16-int4 g32')}.")
+    tao = ppl("torchao intx int4 weight-only asym g32")
+    if fp and tao:
+        out.append(f"torchao's int4 weight-only g32 (asymmetric, runs on CPU as IntxWeightOnlyConfig): {tao - base:+.4f} ppl; "
+                   f"W4A8-FP g32 vs it: {paired(rows, 'fxforge w4a8-fp g32', 'torchao intx int4 weight-only asym g32')}.")
     if fp and i128:
-        out.append(f"Against INT4 weight-only g128 (the common default): W4A8-FP g32 +{fp - base:.4f} vs INT4 g128 +{i128 - base:.4f}.")
+        out.append(f"Against INT4 weight-only g128 (the common default): W4A8-FP g32 {fp - base:+.4f} vs INT4 g128 {i128 - base:+.4f} ppl; "
+                   f"{paired(rows, 'fxforge w4a8-fp g32', 'fxforge w4a16-int4 g128')}.")
     for r in (8, 16):
         lo = ppl(f"fxforge w4a8-fp g32 + LoRC r{r}")
         if fp and lo:
             gap = fp - base
             rec = (fp - lo) / gap if gap > 0 else float("nan")
             out.append(f"LoRC rank {r} on W4A8-FP g32: ppl {lo:.4f} vs {fp:.4f} without, recovering {100 * rec:.0f}% of the gap to fp32"
-                       + (" (it does recover part of the gap)" if rec > 0 else " (it does NOT recover any of the gap)") + ".")
+                       + (" (it does recover part of the gap)" if rec > 0 else " (it does NOT recover any of the gap)")
+                       + f"; LoRC r{r} vs none: {paired(rows, f'fxforge w4a8-fp g32 + LoRC r{r}', 'fxforge w4a8-fp g32')}.")
+    def oerr(name):
+        r = rows.get(name) or {}
+        return (r.get("bytes") or {}).get("calib_output_rel_error")
+
+    names = ["fxforge w4a16-int4 g128", "fxforge w4a16-int4 g32", "fxforge w4a8-fp g32", "fxforge w4a8-fp g32 + LoRC r8",
+             "fxforge w4a8-fp g32 + LoRC r16"]
+    if all(oerr(n) is not None for n in names):
+        out.append("Logit error on the calibration windows (a more sensitive, lower-noise measure than perplexity here): "
+                   + ", ".join(f"{n.removeprefix('fxforge ')} {oerr(n):.4f}" for n in names) + ".")
+    ppls = [ppl(n) for n in rows if n.startswith(("fxforge w4", "torchao intx")) and ppl(n)]
+    if base and ppls:
+        out.append(f"Resolution: the 4-bit rows span {min(ppls) - base:+.4f} to {max(ppls) - base:+.4f} ppl around fp32 {base:.4f}. "
+                   "Where a gap to fp32 is this small, which way a given quantization's rounding happens to push the held-out loss "
+                   "matters as much as how large the error is (some rows come out below fp32), so differences of a few 1e-3 ppl "
+                   "between rows say little about the schemes; the paired s.e. covers only the choice of windows, not that.")
     return out
 
 
@@ -251,9 +291,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-torchao", action="store_true")
+    ap.add_argument("--render", type=Path, help="re-render the .md (and findings) of an existing results JSON, measure nothing")
     ap.add_argument("--only", default="", help="run only the rows whose name contains this (fp32 eager always runs)")
     args = ap.parse_args()
 
+    if args.render:
+        res = json.loads(args.render.read_text())
+        res["findings"] = findings(res["rows"])
+        args.render.write_text(json.dumps(res, indent=2) + "\n")
+        args.render.with_suffix(".md").write_text(markdown(res))
+        print(markdown(res))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t_start = time.perf_counter()
@@ -278,8 +326,8 @@ def main() -> None:
 
     def eager():
         t0 = time.perf_counter()
-        loss, logits = nll(lambda x: model(x, use_cache=False).logits, windows, args.batch)
-        return {"nll": loss, "eval_s": round(time.perf_counter() - t0, 1), "_logits": logits}
+        loss, logits, per_window = nll(lambda x: model(x, use_cache=False).logits, windows, args.batch)
+        return {"nll": loss, "window_nll": per_window, "eval_s": round(time.perf_counter() - t0, 1), "_logits": logits}
 
     record("fp32 eager", eager)
     record("fxforge fp32", lambda: run_fxforge(model, {}, windows, calib, args.batch))
@@ -309,7 +357,8 @@ def main() -> None:
         cmp = {"max_abs_logit_diff": diff, "nll_diff": nd,
                "verdict": "equal (within fp32 rounding)" if diff < 1e-3 and abs(nd) < 1e-5 else "NOT equal"}
     else:
-        cmp = {"max_abs_logit_diff": float("nan"), "nll_diff": float("nan"), "verdict": f"fxforge fp32 failed: {f.get('error')}"}
+        verdict = f"fxforge fp32 failed: {f['error']}" if f else "fxforge fp32 not run"
+        cmp = {"max_abs_logit_diff": float("nan"), "nll_diff": float("nan"), "verdict": verdict}
     for r in rows.values():
         r.pop("_logits", None)
     fp16_bytes = next((r["bytes"]["bytes_fp16"] for r in rows.values() if "bytes" in r), 0)
