@@ -64,6 +64,15 @@ def tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M
 
 
 @triton.jit
+def tile_offsets(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's output tile: row, column and k offsets, and the row and column masks."""
+    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_m, offs_n, tl.arange(0, BLOCK_K), offs_m < M, offs_n < N
+
+
+@triton.jit
 def gemm_kernel(
     a_ptr, w_ptr, out_ptr, bias_ptr, res_ptr,
     M, N, K,
@@ -74,12 +83,7 @@ def gemm_kernel(
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile."""
-    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
     # A tile [BLOCK_M, BLOCK_K]; W tile read transposed as [BLOCK_K, BLOCK_N]
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak

@@ -8,7 +8,7 @@ codes of a [BLOCK_N, BLOCK_K] weight tile, decodes them with the helpers of `fxf
 and feeds the tile to `tl.dot`.
 
 Kernels (one per scheme; all share `_epilogue`, which reuses the dense template's `apply_activation`
-and `tile_coords`):
+and `tile_offsets`):
 - `act_quant_kernel`: per-token (per row) symmetric activation quantization, one program per row:
   s = amax / max(format) (1 for an all-zero row), v = x / s with IEEE division (`div_rn`), then
   int8: round half to even (floor-based, exact) and clamp to +-127; E4M3: saturating round-to-nearest-
@@ -53,7 +53,7 @@ import triton.language as tl
 
 from fxforge.codegen.blocks import qlinear_blocks, row_blocks
 from fxforge.codegen.decode import fp4e2m1_to_f32, fp8e4m3_to_f32, interleave_nibbles
-from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting, tile_coords
+from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting, tile_offsets
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
 from fxforge.ir.lowp_ops import get_scheme
@@ -167,12 +167,7 @@ def qlinear_w8a8_int8_kernel(
     HAS_BIAS: tl.constexpr, HAS_ADDEND: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
 ):
     """out = epilogue((qa[M, K] @ qw[N, K]^T) * s_tok[M] * s_w[N]) with int8 codes and an int32 dot."""
-    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
     w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -200,12 +195,7 @@ def qlinear_w8a8_fp8_kernel(
     FP8_DOT: tl.constexpr,
 ):
     """out = epilogue((qa @ qw^T) * s_tok[M] * s_w[N]) with E4M3 codes (uint8) for both operands."""
-    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
     w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -239,13 +229,8 @@ def qlinear_w4a16_int4_kernel(
 ):
     """out = epilogue(x[M, K] @ ((q - z) * s)^T): uint4 codes two per byte [N, K/2] (stride_wk is per
     byte), f16 scales and uint8 zero points per group of GROUP along K."""
-    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
+    offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     offs_kb = tl.arange(0, BLOCK_K // 2)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_kb[None, :] * stride_wk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -286,13 +271,8 @@ def qlinear_w4a8_fp_kernel(
 ):
     """ZeroQuant-FP W4A8: out = epilogue((qa @ (fp4 * 2^-k)^T) * s_tok[M] * s_max[N]); qa are E4M3 codes,
     the weight FP4-E2M1 codes two per byte [N, K/2] with a uint8 shift k per group of GROUP along K."""
-    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
+    offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     offs_kb = tl.arange(0, BLOCK_K // 2)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_kb[None, :] * stride_wk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
