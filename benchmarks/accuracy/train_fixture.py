@@ -1,7 +1,7 @@
 """Train the accuracy benchmark's fixture: a small byte-level LlamaForCausalLM on the Python standard
 library's sources (see data.py), deterministically (seeded, deterministic algorithms, fixed threads).
 
-    .venv/bin/python benchmarks/accuracy/train_fixture.py --steps 150 --max-seconds 1100
+    .venv/bin/python benchmarks/accuracy/train_fixture.py --steps 500 --max-seconds 1700
 
 Writes benchmarks/fixtures/stdlib-llama/{model.safetensors (fp32), config.json, tokenizer.json, metadata.json}.
 The step count is fixed (the cosine schedule spans it); --max-seconds only guards the wall clock and, if it
@@ -65,12 +65,12 @@ def heldout_loss(model: torch.nn.Module, windows: torch.Tensor, batch: int = 16)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--max-seconds", type=float, default=1100.0)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=FIXTURE)
