@@ -26,7 +26,7 @@ import json, os, resource, sys, time
 import torch
 
 def cpu_seconds():
-    """This process and its finished children (inductor runs the C++ compiler as subprocesses)."""
+    # this process and its finished children (inductor runs the C++ compiler as subprocesses)
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
