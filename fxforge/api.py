@@ -14,6 +14,7 @@ import copy
 import functools
 import inspect
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -79,8 +80,34 @@ def compile(model_or_fn: Any = None, config: CompileConfig | None = None, **opti
         "for a class, instantiate it first: fxforge.compile(MyModel())")
 
 
+# Every compiled Hugging Face model adds dynamo cache entries to the same code object (their shared
+# forward wrapper), so dynamo's default limit of 8 is hit after a few models in one process.
+RECOMPILE_LIMIT = 64
+
+
 def _torch_compile(fn: Callable, cfg: CompileConfig, report: CompileReport, names: dict[int, str]) -> Callable:
-    return torch.compile(fn, backend=Backend(cfg, report, names), dynamic=cfg.dynamic, fullgraph=cfg.fullgraph)
+    """torch.compile with the fxforge backend, wrapped so that a call that ran no compiled code (dynamo
+    gave up and ran the function eagerly) is said out loud, once, instead of passing silently."""
+    compiled = torch.compile(fn, backend=Backend(cfg, report, names), dynamic=cfg.dynamic, fullgraph=cfg.fullgraph)
+    told = False
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        nonlocal told
+        import torch._dynamo
+
+        calls = report.calls
+        limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            out = compiled(*args, **kwargs)
+        if report.calls == calls and not told:
+            told = True
+            warnings.warn(f"fxforge: a call of {getattr(fn, '__qualname__', fn)} ran no fxforge-compiled code: torch.compile "
+                          "fell back to eager (see torch._dynamo's warnings above, e.g. its recompile limit); "
+                          "its results are eager PyTorch's", stacklevel=2)
+        return out
+
+    return run
 
 
 def _compile_module(model: torch.nn.Module, cfg: CompileConfig) -> torch.nn.Module:
@@ -96,12 +123,7 @@ def _compile_module(model: torch.nn.Module, cfg: CompileConfig) -> torch.nn.Modu
 
 def _compile_function(fn: Callable, cfg: CompileConfig) -> Callable:
     report = CompileReport()
-    compiled = _torch_compile(fn, cfg, report, {})
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return compiled(*args, **kwargs)
-
+    wrapper = _torch_compile(fn, cfg, report, {})
     wrapper.fxforge_report = report  # type: ignore[attr-defined]
     wrapper.fxforge_config = cfg  # type: ignore[attr-defined]
     return wrapper

@@ -106,3 +106,28 @@ def test_jit_dynamic_runs_three_lengths_without_recompiling():
             x = zoo.example_input("llama", batch=2, seq=seq, seed=seq)
             assert max_diff(compiled(x, use_cache=False), eager(model, x)) <= TOL
     assert len(compiled.fxforge_report.graphs) == 1 and compiled.fxforge_report.calls == 3
+
+
+def test_many_compiled_models_in_one_process_all_run_compiled():
+    # Hugging Face models share one forward wrapper; dynamo's default recompile limit (8) would
+    # otherwise send the ninth compiled model silently to eager.
+    with torch.no_grad():
+        for seed in range(10):
+            model = zoo.build("llama", seed=seed, layers=1)
+            compiled = fxforge.compile(model)
+            x = zoo.example_input("llama", batch=1, seq=6)
+            assert max_diff(compiled(x, use_cache=False), eager(model, x)) <= TOL
+            assert compiled.fxforge_report.calls == 1, f"model {seed} did not run compiled code"
+
+
+def test_a_call_that_runs_no_compiled_code_is_reported():
+    @torch._dynamo.disable
+    def opaque(x):
+        return x * 2
+
+    def f(x):
+        return opaque(x)
+
+    compiled = fxforge.compile(f)
+    with pytest.warns(UserWarning, match="ran no fxforge-compiled code"):
+        assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
