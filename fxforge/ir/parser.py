@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,70 +23,19 @@ import lark
 import sympy
 import torch
 from lark import Lark, Token, Transformer
-from sympy.parsing.sympy_parser import parse_expr, standard_transformations
 
+from fxforge.ir.dim_expr import DimExprError, parse_dim_expr
 from fxforge.ir.dtypes import DType
 from fxforge.ir.errors import IRError, IRParseError
 from fxforge.ir.graph import Graph, Value, Weight, freeze
 from fxforge.ir.ops import OPS
 from fxforge.ir.optable import OperandRef
-from fxforge.ir.types import ENCODINGS, TensorType, normalize_dim, sym
+from fxforge.ir.parse_errors import syntax_error
+from fxforge.ir.types import ENCODINGS, TensorType, sym
 
 __all__ = ["parse_graph", "parse_type", "parse_value", "parse_dim"]
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
-
-# -- symbolic dims --------------------------------------------------------------------------------
-
-# Functions that may appear in a dim expression (what sympy prints for integer size arithmetic).
-_FUNCS = {
-    name: getattr(sympy, name)
-    for name in ("floor", "ceiling", "Mod", "Max", "Min", "Abs", "sign", "sqrt", "log", "exp", "Rational")
-}
-_EXPR_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<num>[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
-                         r"|(?P<op>\*\*|[-+*/(),]))")
-_GLOBALS = {"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol,
-            "__builtins__": {}}
-
-
-class _ExprError(ValueError):
-    pass
-
-
-@functools.lru_cache(maxsize=4096)
-def _sympify(text: str) -> Any:
-    """The sympy expression of a dim's text (without its outer parens). Only names, numbers,
-    + - * / ** , and parentheses are allowed; a name followed by `(` must be a known function
-    (`_FUNCS`), any other name is the symbol `sym(name)`."""
-    pos, names, tokens = 0, {}, []
-    while pos < len(text):
-        m = _EXPR_TOKEN.match(text, pos)
-        if m is None or m.end() == pos:
-            if text[pos:].strip() == "":
-                break
-            raise _ExprError(f"unexpected {text[pos:].strip()[0]!r} in dimension expression ({text})")
-        pos = m.end()
-        tokens.append(m)
-    for i, m in enumerate(tokens):
-        name = m.group("name")
-        if name is None:
-            continue
-        called = i + 1 < len(tokens) and tokens[i + 1].group("op") == "("
-        if called:
-            if name not in _FUNCS:
-                known = ", ".join(sorted(_FUNCS))
-                raise _ExprError(f"unknown function {name!r} in dimension expression ({text}); known: {known}")
-            names[name] = _FUNCS[name]
-        else:
-            names[name] = sym(name)
-    try:
-        expr = parse_expr(text, local_dict=names, global_dict=dict(_GLOBALS), transformations=standard_transformations)
-    except Exception as e:  # noqa: BLE001  (sympy raises many kinds on malformed text)
-        raise _ExprError(f"cannot read dimension expression ({text}): {type(e).__name__}: {e}") from None
-    if not isinstance(expr, sympy.Expr):
-        raise _ExprError(f"dimension expression ({text}) is not an arithmetic expression")
-    return normalize_dim(expr)
-
 
 # -- transformer: tokens -> IR objects ------------------------------------------------------------
 
@@ -244,8 +192,8 @@ class _ToIR(Transformer):
     def expr(self, c):
         tok = self.last_name = c[0]
         try:
-            return _sympify(str(tok)[1:-1])
-        except _ExprError as e:
+            return parse_dim_expr(str(tok)[1:-1])
+        except DimExprError as e:
             raise _err(str(e), tok) from None
 
     def list(self, c):
@@ -255,70 +203,10 @@ class _ToIR(Transformer):
         return dict(c)
 
 
-# -- lark errors -> plain words -------------------------------------------------------------------
-
-_WORDS = {
-    "VALUE": "a value name like %x",
-    "GLOBAL": "a global name like @name",
-    "ENCODING": "an encoding like #quantized<...>",
-    "OPREF": "an operand reference like $0",
-    "NAME": "a name",
-    "NUMBER": "a number",
-    "STRING": 'a string like "text"',
-    "EXPR": "a parenthesised expression like (s0 - 1)",
-    "RETURN": "'return'",
-    "GRAPH": "'graph'",
-    "$END": "the end of the text",
-    "<END-OF-FILE>": "the end of the text",
-}
-
-
 @functools.cache
 def _lark() -> Lark:
     return Lark(_GRAMMAR.read_text(), parser="lalr", lexer="contextual", start=["graph", "type", "value"],
                 transformer=_ToIR(), maybe_placeholders=True)
-
-
-def _describe(names) -> str:
-    parser = _lark()
-    words = set()
-    for name in names:
-        if name in _WORDS:
-            words.add(_WORDS[name])
-            continue
-        try:
-            pattern = parser.get_terminal(name).pattern
-        except KeyError:
-            words.add(name)
-            continue
-        words.add(repr(pattern.value) if pattern.type == "str" else name)
-    return ", ".join(sorted(words))
-
-
-def _end_position(text: str) -> tuple[int, int]:
-    line = text.count("\n") + 1
-    return line, len(text) - (text.rfind("\n") + 1) + 1
-
-
-def _syntax_error(e: lark.exceptions.UnexpectedInput, text: str) -> IRParseError:
-    if isinstance(e, lark.exceptions.UnexpectedToken):
-        tok = e.token
-        if tok.type == "$END":
-            line, col = _end_position(text)
-            got = "end of the text"
-        else:
-            line, col = tok.line, tok.column
-            got = f"{str(tok)!r}"
-        return IRParseError(f"unexpected {got}; expected {_describe(e.expected)}", line, col)
-    if isinstance(e, lark.exceptions.UnexpectedCharacters):
-        expected = _describe(e.allowed) if e.allowed else "something else"
-        if e.char == '"' and "STRING" in (e.allowed or ()):
-            return IRParseError("unterminated string (a string is JSON, on one line)", e.line, e.column)
-        return IRParseError(f"unexpected character {e.char!r}; expected {expected}", e.line, e.column)
-    if isinstance(e, lark.exceptions.UnexpectedEOF):
-        line, col = _end_position(text)
-        return IRParseError(f"unexpected end of the text; expected {_describe(e.expected)}", line, col)
-    return IRParseError(str(e))
 
 
 def _parse(text: str, start: str) -> Any:
@@ -332,7 +220,7 @@ def _parse(text: str, start: str) -> Any:
             raise e.orig_exc from None
         raise
     except lark.exceptions.UnexpectedInput as e:
-        raise _syntax_error(e, text) from None
+        raise syntax_error(e, text, parser) from None
 
 
 # -- public API -----------------------------------------------------------------------------------
