@@ -29,6 +29,7 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 from fxforge.codegen import build  # noqa: E402
 from fxforge.codegen.blocks import qlinear_blocks  # noqa: E402
 from fxforge.codegen.templates import qlinear as ql  # noqa: E402
+from fxforge.codegen.templates import qlinear_specs as qs  # noqa: E402
 from fxforge.errors import ShapeError  # noqa: E402
 from fxforge.ir import formats  # noqa: E402
 from fxforge.ir.lowp_ops import decode_weight, encode_elements, encode_weight, fake_quant_act, get_scheme, qlinear_ref  # noqa: E402
@@ -194,13 +195,13 @@ print("MMA " + json.dumps(sorted(set(re.findall(r"(?:wgmma\.mma_async|mma\.sync)
 def _build_specs():
     shape = (4096, 4096, 4096)
     return [
-        ql.qlinear_spec("w8a8-int8", *shape, activation="silu"),
-        ql.qlinear_spec("w8a8-fp8", *shape, residual=True),
-        ql.qlinear_spec("w8a8-fp8", *shape, residual=True, fp8_dot=True),
-        ql.qlinear_spec("w4a16-int4", *shape, activation="gelu"),
-        ql.qlinear_spec("w4a8-fp", *shape, lorc=True),
-        ql.qlinear_spec("w4a8-fp", *shape, lorc=True, fp8_dot=True),
-        ql.act_quant_spec("f8e4m3", 4096),
+        qs.qlinear_spec("w8a8-int8", *shape, activation="silu"),
+        qs.qlinear_spec("w8a8-fp8", *shape, residual=True),
+        qs.qlinear_spec("w8a8-fp8", *shape, residual=True, fp8_dot=True),
+        qs.qlinear_spec("w4a16-int4", *shape, activation="gelu"),
+        qs.qlinear_spec("w4a8-fp", *shape, lorc=True),
+        qs.qlinear_spec("w4a8-fp", *shape, lorc=True, fp8_dot=True),
+        qs.act_quant_spec("f8e4m3", 4096),
     ]
 
 
@@ -220,7 +221,7 @@ def test_qlinear_kernels_build(arch):
 
 
 def test_fp8_dot_uses_fp8_wgmma_on_sm90():
-    spec = ql.qlinear_spec("w8a8-fp8", 4096, 4096, 4096, residual=True, fp8_dot=True)
+    spec = qs.qlinear_spec("w8a8-fp8", 4096, 4096, 4096, residual=True, fp8_dot=True)
     proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], input=json.dumps([spec, 90]), capture_output=True,
                           text=True, env=build._subprocess_env(), timeout=240)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MMA ")]
