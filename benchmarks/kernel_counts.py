@@ -104,7 +104,7 @@ def memory_plan(graph: Any, part: Any, bindings: dict) -> dict[str, int]:
             if s.opcode == "full" and not any(id(r) in needed for r in s.results):
                 return []
             return list(s.results)  # host results with storage of their own (externs counted as new)
-        return list(s.outputs[:1])
+        return list(s.outputs)
 
     for i, s in enumerate(steps):
         if not isinstance(s, Op) and not s.outputs:

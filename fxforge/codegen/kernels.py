@@ -3,7 +3,8 @@ what its launcher passes.
 
 - Pointwise: one program per BLOCK of the flattened output; operands are loaded through
   `expr.IndexSpace` offsets (broadcast dims stride 0, strided views through their runtime strides),
-  the expression tree is printed by `expr.ExprBuilder`, one contiguous store.
+  the expression tree is printed by `expr.ExprBuilder`, one contiguous store per output (a
+  horizontally fused group has several trees of one domain shape: each input is loaded once).
 - Row (`softmax`, `log_softmax`, `layer_norm`, `rms_norm`, and `sum`/`mean`/`amax` over the last
   dim): one program per block of ROWS rows, the whole row in one BLOCK_N tile (BLOCK_N = the row
   length rounded up to a power of two: rows up to 65536 elements), masks on both axes, fp32 math.
@@ -235,16 +236,18 @@ class _Pointwise:
 
 
 def pointwise_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSource:
-    out = group.outputs[0]
-    domain = out.type.shape
+    outs = group.outputs
+    domain = outs[0].type.shape
     space = IndexSpace(domain)
     em = _Pointwise(group, naming, space, domain)
     root = em.ctx({}, "", "")
-    em.value(out, root)
+    for out in outs:
+        em.value(out, root)
     shapes = [domain] + [v.type.shape for v in group.inputs] + [op.result.type.shape for op in group.ops]
     shapes += [x.type.shape for op in group.ops for x in op.operands]
     syms = _symbols(*shapes)
-    params = em.params + [f"{naming.name(out)}_ptr", "n_elements"] + syms
+    out_names = [naming.name(out) for out in outs]
+    params = em.params + [f"{name}_ptr" for name in out_names] + ["n_elements"] + syms
     n = pyexpr(numel_expr(domain))
     lines = [
         f"def {kname}({', '.join(params)}, BLOCK: tl.constexpr):",
@@ -253,11 +256,11 @@ def pointwise_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSo
         "    _mask = _offs < n_elements",
         *["    " + s for s in space.index_lines],
         *["    " + s for s in em.lines],
-        f"    tl.store({naming.name(out)}_ptr + _offs, {_store_cast(out, root.b)}, mask=_mask)",
+        *[f"    tl.store({name}_ptr + _offs, {_store_cast(out, root.b)}, mask=_mask)" for name, out in zip(out_names, outs)],
     ]
     return KernelSource(
         kname, "pointwise", "@triton.jit\n" + "\n".join(lines), params,
-        em.args + [naming.name(out), n] + syms,
+        em.args + out_names + [n] + syms,
         f"(triton.cdiv({n}, {POINTWISE_BLOCK}),)", {"BLOCK": str(POINTWISE_BLOCK)},
         guard=f"{n} > 0", ops=[op.opcode for op in group.ops])
 

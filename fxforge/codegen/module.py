@@ -221,7 +221,7 @@ class _Writer:
             return [v for v in step.inputs if not (v.producer is not None and v.producer.opcode == "full")]
         if step.kind == "gemm":
             p, root = step.params, step.ops[0]
-            extra = [p["bias"], p["residual"]]
+            extra = [p["bias"], p.get("mul"), p["residual"]]
             return [*root.operands, *[v for v in extra if v is not None]]
         return list(step.ops[0].operands)
 
@@ -277,23 +277,23 @@ class _Writer:
             elif not s.outputs:  # dead: nothing reads it (dce removes such ops)
                 continue
             elif s.kind in ("pointwise", "row"):
-                out = s.outputs[0]
-                key = (sympy.simplify(numel_expr(out.type.shape)), out.type.dtype)
-                can_share = id(out) not in self.outputs
-                if can_share and free.get(key):
-                    buf = free[key].pop()
-                    idle_since.pop(buf, None)
-                    self.body.append(f"{self.n(out)} = {buf}.view({_shape(out.type.shape)})  # reuses {buf}")
-                else:
-                    buf = f"buf{n_buffers}"
-                    n_buffers += 1
-                    self.body.append(f"{buf} = torch.empty({_shape(out.type.shape)}, dtype={out.type.dtype.torch}, "
-                                     "device=device)")
-                    self.body.append(f"{self.n(out)} = {buf}")
-                if can_share:
-                    buffer_of[id(out)] = buf
-                    sig[id(out)] = key
-                self.contiguous.add(id(out))
+                for out in s.outputs:  # several for a horizontally fused pointwise group
+                    key = (sympy.simplify(numel_expr(out.type.shape)), out.type.dtype)
+                    can_share = id(out) not in self.outputs
+                    if can_share and free.get(key):
+                        buf = free[key].pop()
+                        idle_since.pop(buf, None)
+                        self.body.append(f"{self.n(out)} = {buf}.view({_shape(out.type.shape)})  # reuses {buf}")
+                    else:
+                        buf = f"buf{n_buffers}"
+                        n_buffers += 1
+                        self.body.append(f"{buf} = torch.empty({_shape(out.type.shape)}, dtype={out.type.dtype.torch}, "
+                                         "device=device)")
+                        self.body.append(f"{self.n(out)} = {buf}")
+                    if can_share:
+                        buffer_of[id(out)] = buf
+                        sig[id(out)] = key
+                    self.contiguous.add(id(out))
                 self.launch(s)
             else:
                 self.template(s)
@@ -314,7 +314,7 @@ class _Writer:
     # -- steps -------------------------------------------------------------------------------------
     def launch(self, g: KernelGroup) -> None:
         kname = f"k{len(self.infos)}_{g.params['anchor'].opcode if g.kind == 'row' else g.root.opcode}"
-        naming = Naming(self.names, self.contiguous - {id(g.outputs[0])})
+        naming = Naming(self.names, self.contiguous - {id(o) for o in g.outputs})
         ks = (row_kernel if g.kind == "row" else pointwise_kernel)(g, kname, naming)
         self.kernels.append(ks)
         self.infos.append(KernelInfo(kname, g.kind, ks.ops, g.reason))
@@ -336,7 +336,8 @@ class _Writer:
         if op.opcode == "qlinear":
             self.qlinear(g, out, name)
             return
-        epilogue = p["bias"] is not None or p["residual"] is not None or p["activation"] != "none" or p["out_dtype"]
+        epilogue = (p["bias"] is not None or p["residual"] is not None or p.get("mul") is not None
+                    or p["activation"] != "none" or p["out_dtype"])
         if op.opcode == "matmul" and not epilogue:
             kw = [f"scale={p['scale']!r}"] if p["scale"] != 1.0 else []
             self.body.append(f"{out} = _matmul({', '.join([self.n(v) for v in op.operands] + kw)})  # {name}: {g.describe()}")
@@ -347,6 +348,8 @@ class _Writer:
         args = [self.n(x), wt] + ([self.n(bias)] if bias is not None else [])
         if p["activation"] != "none":
             args.append(f"activation={p['activation']!r}")
+        if p.get("mul") is not None:
+            args.append(f"mul={self.n(p['mul'])}")
         if p["residual"] is not None:
             args.append(f"residual={self.n(p['residual'])}")
         if p["scale"] != 1.0:

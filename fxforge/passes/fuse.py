@@ -8,8 +8,10 @@ partition on the graph as `graph.kernel_groups` and its summary in `ctx.stats`.
 
 The rule table (`FUSION_RULES` prints it):
 - gemm: `linear` / `matmul` + an epilogue in the GEMM template's order
-  `scale (mul by a rank-0 full) -> bias add [N] (linear only) -> activation -> residual add -> cast`,
-  each step only when the intermediate has a single use and is not a graph output.
+  `scale (mul by a rank-0 full) -> bias add [N] (linear only) -> activation -> mul by a tensor of the
+  output's shape (linear only: SwiGLU's `silu(gate) * up`) -> residual add -> cast`,
+  each step only when the intermediate has a single use and is not a graph output. A mul of two GEMM
+  results goes to the later GEMM (the one whose other operand, the earlier GEMM's, is ready first).
   `qlinear` (a `#quantized` const weight of a scheme the qlinear kernels take, float activations)
   anchors the same epilogue minus the scale (the qlinear template has none): its kernel decodes the
   packed weight tile by tile (`codegen.templates.qlinear`); its bias and LoRC operands go with it.
@@ -20,6 +22,10 @@ The rule table (`FUSION_RULES` prints it):
   not a graph output; operands broadcast, the group's shape is its root's (the largest). A
   single-use `cat` inside the tree is fused too (each operand read at its shifted index range).
   `full` never needs a kernel: consumers inline its value as a literal.
+- horizontal: pointwise groups of the same domain shape that read a common input (cos and sin of
+  one tensor, RoPE of q and k) and do not depend on each other become one kernel with several
+  outputs (the common input is loaded once). It runs where the last of them did, so every outside
+  reader of an earlier one's outputs must come after that point. At most MAX_HORIZONTAL outputs.
 - attention: alone (the flash-attention template).
 Everything else runs on the host with torch, reason recorded: views (reshape, permute, expand,
 slice are strided views; cat not fused as above, index_select, gather copy on the host), sources (const, full,
@@ -40,17 +46,20 @@ from fxforge.passes.manager import PassContext, register_pass
 
 FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
-            "-> residual add -> cast (single-use intermediates); qlinear (#quantized const weight) the same "
-            "without the scale",
+            "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
+            "(#quantized const weight) the same without the scale and the mul",
     "row": "softmax|log_softmax|layer_norm|rms_norm|sum|mean|amax over the last dim + single-use pointwise "
            "producers (prologue) + same-shape pointwise consumers (epilogue, normalising ops only)",
     "pointwise": "tree of pointwise ops (+ single-use cat), single-use producers fused inward, broadcasting to the root's shape",
+    "horizontal": "pointwise trees of one domain shape reading a common input, independent of each other: one "
+                  "kernel, several outputs",
     "attention": "attention alone (flash-attention template)",
 }
 
 ROW_OPS = ("softmax", "log_softmax", "layer_norm", "rms_norm")
 ROW_REDUCTIONS = ("sum", "mean", "amax")
 MAX_ROW = 65536  # row kernels hold one row in one tile
+MAX_HORIZONTAL = 8  # outputs of one horizontally fused pointwise kernel
 ACTIVATIONS = {"relu": "relu", "silu": "silu", "sigmoid": "sigmoid"}  # + gelu (by its approximate attr)
 # pointwise ops the expression printer (fxforge.codegen.expr) emits
 POINTWISE_EMITTED = frozenset({
@@ -268,7 +277,45 @@ class _Partitioner:
             g.ops.sort(key=lambda o: order[id(o)])
             self.finish(g)
         self.groups.sort(key=lambda g: order[id(g.root)])
+        self.horizontal(order)
         return Partition(self.groups, host, host_ops)
+
+    def horizontal(self, order: dict[int, int]) -> None:
+        """Merge pointwise groups (in root order) into an earlier compatible one: same domain shape,
+        a common (non-`full`) input, and no reader of either's outputs at or before the merged root
+        (so neither depends on the other, and the merged kernel can run where the later one did)."""
+        merged: list[KernelGroup] = []
+        for g in self.groups:
+            target = next((m for m in merged if self.can_merge(m, g, order)), None) if g.kind == "pointwise" else None
+            if target is None:
+                merged.append(g)
+                continue
+            n_trees = target.params.get("trees", 1) + g.params.get("trees", 1)
+            target.ops = sorted(target.ops + g.ops, key=lambda o: order[id(o)])
+            target.inputs += [v for v in g.inputs if all(v is not u for u in target.inputs)]
+            target.outputs = sorted(target.outputs + g.outputs, key=lambda v: order[id(v.producer)])
+            target.params["trees"] = n_trees
+            target.reason = f"horizontal: {n_trees} pointwise trees of one domain shape with a common input"
+            for op in g.ops:
+                self.claimed[id(op)] = target
+        merged.sort(key=lambda g: order[id(g.root)])
+        self.groups = merged
+
+    def can_merge(self, a: KernelGroup, b: KernelGroup, order: dict[int, int]) -> bool:
+        if a.kind != "pointwise" or not a.outputs or not b.outputs or len(a.outputs) + len(b.outputs) > MAX_HORIZONTAL:
+            return False
+        if not all(_same_shape(o, a.outputs[0]) for o in [*a.outputs, *b.outputs]):
+            return False
+        common = [v for v in a.inputs if any(v is u for u in b.inputs)]
+        if not any(v.producer is None or v.producer.opcode != "full" for v in common):
+            return False
+        last = max(order[id(a.root)], order[id(b.root)])
+        inside = {id(op) for op in [*a.ops, *b.ops]}
+        for v in [*a.outputs, *b.outputs]:
+            for u in v.uses:
+                if id(u) in inside or order[id(u)] <= last:
+                    return False
+        return True
 
     def grow(self, members: list[Op], root: Op, allow_cat: bool = False) -> list[Op]:
         """Add single-use pointwise producers of root's operands, recursively (inward fusion);
@@ -285,8 +332,30 @@ class _Partitioner:
                     stack.append(p)
         return members
 
+    def mul_operand(self, op: Op, user: Op, y: Value, linear_like: bool) -> Value | None:
+        """The tensor t of `user` = mul(y, t) / mul(t, y) that the GEMM epilogue of `op` can take (same
+        shape and dtype as y, not a `full`), else None. None as well when t is the single-use result of
+        a later GEMM that can take this mul itself (SwiGLU: the up projection takes `silu(gate) * up`)."""
+        if user.opcode != "mul" or op.opcode == "qlinear" or not linear_like:
+            return None
+        other = [v for v in user.operands if v is not y]
+        if len(other) != 1:
+            return None
+        t = other[0]
+        if not (_same_shape(t, y) and t.type.dtype == y.type.dtype and t.type.encoding is None):
+            return None
+        p = t.producer
+        if p is not None and p.opcode == "full":
+            return None
+        if (p is not None and self.free(p) and p is not op and p.opcode in ("linear", "matmul") and _kernel_types_ok(p)
+                and _single_use(t, self.graph)
+                and (p.opcode == "linear" or (p.operands[1].type.rank == 2 and p.operands[0].type.rank >= 2))):
+            return None  # the later GEMM fuses it
+        return t
+
     def gemm(self, op: Op) -> None:
-        params: dict[str, Any] = {"scale": 1.0, "bias": None, "activation": "none", "residual": None, "out_dtype": None}
+        params: dict[str, Any] = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None,
+                                  "out_dtype": None}
         has_bias = op.opcode == "linear" and len(op.operands) == 3
         if op.opcode == "qlinear":  # no scale step; a bias operand is the one of (x, w, [bias], [u, v])
             has_bias = len(op.operands) in (3, 5)
@@ -311,11 +380,13 @@ class _Partitioner:
                 params["bias"], stage = other[0], 2
             elif stage < 3 and act is not None:
                 params["activation"], stage = act, 3
-            elif (stage < 4 and linear_like and same and user.opcode == "add" and len(other) == 1
+            elif stage < 4 and same and (t := self.mul_operand(op, user, y, linear_like)) is not None:
+                params["mul"], stage = t, 4
+            elif (stage < 5 and linear_like and same and user.opcode == "add" and len(other) == 1
                   and other[0].type.dtype == y.type.dtype):
-                params["residual"], stage = other[0], 4
-            elif stage < 5 and linear_like and user.opcode == "cast" and user.result.type.dtype.is_float and y.type.dtype.is_float:
-                params["out_dtype"], stage = user.result.type.dtype, 5
+                params["residual"], stage = other[0], 5
+            elif stage < 6 and linear_like and user.opcode == "cast" and user.result.type.dtype.is_float and y.type.dtype.is_float:
+                params["out_dtype"], stage = user.result.type.dtype, 6
             else:
                 break
             members.append(user)

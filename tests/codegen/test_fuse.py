@@ -122,6 +122,84 @@ def test_llama_groups():
     assert any(r.startswith("extern aten.index.Tensor") for r in reasons)
 
 
+def test_swiglu_mul_joins_the_up_projection():
+    g = Graph()
+    x, wg, wu, wd = inputs(g, (2, 5, 16), (24, 16), (24, 16), (16, 24))
+    gate = op(g, "silu", op(g, "linear", x, wg))
+    up = op(g, "linear", x, wu)
+    h = op(g, "mul", gate, up)
+    g.set_outputs([op(g, "add", op(g, "linear", h, wd), x)])
+    part = partition(g)
+    assert kinds(part) == [("gemm", ["linear", "silu"]), ("gemm", ["linear", "mul"]), ("gemm", ["linear", "add"])]
+    up_group = part.groups[1]
+    assert up_group.ops[0].result is up and up_group.params["mul"] is gate
+    assert part.groups[0].outputs == [gate] and up_group.outputs == [h]
+
+
+def test_gemm_mul_epilogue_order_and_limits():
+    g = Graph()
+    x, w, t, r, s = inputs(g, (4, 16), (32, 16), (4, 32), (4, 32), (32,))
+    y = op(g, "add", op(g, "mul", op(g, "relu", op(g, "linear", x, w)), t), r)  # act -> mul -> residual
+    z = op(g, "mul", op(g, "linear", x, w), s)  # a broadcast [N] operand: not the output's shape
+    m = op(g, "mul", op(g, "mul", op(g, "linear", x, w), t), t)  # one tensor mul per epilogue
+    g.set_outputs([y, z, m])
+    part = partition(g)
+    assert kinds(part) == [("gemm", ["linear", "relu", "mul", "add"]), ("gemm", ["linear"]), ("pointwise", ["mul"]),
+                           ("gemm", ["linear", "mul"]), ("pointwise", ["mul"])]
+    assert part.groups[0].params["mul"] is t and part.groups[0].params["residual"] is r
+
+
+def test_swiglu_codegen_passes_mul_to_the_gemm():
+    from fxforge.codegen import generate_source
+
+    g = Graph()
+    x, wg, wu = inputs(g, (2, 5, 16), (24, 16), (24, 16))
+    g.set_outputs([op(g, "mul", op(g, "silu", op(g, "linear", x, wg)), op(g, "linear", x, wu))])
+    source, infos, _, _ = generate_source(g)
+    assert [i.kind for i in infos] == ["gemm", "gemm"]
+    assert "mul=" in source.split("def run(")[1]
+
+
+def test_horizontal_fusion_of_independent_trees_with_a_common_input():
+    g = Graph()
+    x, y, z = inputs(g, (4, 8), (4, 8), (8,))
+    c, s = op(g, "cos", x), op(g, "sin", x)  # same shape, common input x: one kernel, two outputs
+    e = op(g, "exp", y)  # no common input: its own kernel
+    g.set_outputs([c, op(g, "mul", s, z), e])
+    part = partition(g)
+    assert kinds(part) == [("pointwise", ["exp"]), ("pointwise", ["cos", "sin", "mul"])]
+    merged = part.groups[1]
+    assert merged.outputs == [c, merged.ops[-1].result] and merged.params["trees"] == 2
+    assert [v.name for v in merged.inputs] == ["x0", "x2"]
+    assert part.stats()["kernels"] == 2
+
+
+def test_horizontal_fusion_respects_dependencies_order_and_shapes():
+    g = Graph()
+    x, w = inputs(g, (4, 8), (8, 8))
+    a = op(g, "exp", x)
+    b = op(g, "add", op(g, "sin", x), a)  # reads a: depends on it
+    d = op(g, "linear", a, w)  # a read before the last tree (c): merging a into c would be too late
+    c = op(g, "cos", x)
+    col = op(g, "neg", op(g, "slice", x, dim=1, start=0, end=1))  # another shape
+    g.set_outputs([b, d, c, col, op(g, "add", d, c)])
+    part = partition(g)
+    groups = kinds(part)
+    assert ("pointwise", ["exp"]) in groups and ("pointwise", ["neg"]) in groups
+    assert all(len(grp.outputs) == 1 for grp in part.groups if grp.kind == "pointwise" and "neg" in grp.describe())
+    exp_group = next(grp for grp in part.groups if grp.describe() == "pointwise[exp]")
+    assert len(exp_group.outputs) == 1
+    # sin+add (reads a) and cos share x and are independent: they may merge, but never with exp
+    assert ("pointwise", ["sin", "add", "cos"]) in groups
+
+
+def test_llama_cos_and_sin_share_one_kernel():
+    model = zoo.build("llama")
+    compiled = fxforge.compile_aot(model, (zoo.example_input("llama", batch=1, seq=8),))
+    described = [grp.describe() for grp in partition(compiled.graph).groups]
+    assert "pointwise[cos, sin]" in described and "gemm[linear, mul]" in described
+
+
 def test_single_use_cat_fuses_into_its_pointwise_consumer_only():
     g = Graph()
     x, y = inputs(g, (4, 8), (4, 16))
@@ -129,7 +207,9 @@ def test_single_use_cat_fuses_into_its_pointwise_consumer_only():
     shared = op(g, "cat", x, x, dim=1)  # two uses: a host cat, read by both consumers
     g.set_outputs([op(g, "mul", c, y), op(g, "add", shared, y), op(g, "sub", shared, y)])
     part = partition(g)
-    assert kinds(part) == [("pointwise", ["neg", "cat", "mul"]), ("pointwise", ["add"]), ("pointwise", ["sub"])]
+    # three trees (the cat in the first only), horizontally fused: all read y
+    assert kinds(part) == [("pointwise", ["neg", "cat", "mul", "add", "sub"])]
+    assert part.groups[0].params["trees"] == 3 and len(part.groups[0].outputs) == 3
     assert "cat" in [o.opcode for o in g.ops if id(o) in part.host]
 
 

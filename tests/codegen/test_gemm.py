@@ -121,6 +121,33 @@ def test_linear_bf16():
     assert _max_err(y, ref) <= 2**-6 * ref.abs().max().item()
 
 
+@pytest.mark.parametrize("activation,with_residual", [("none", False), ("silu", False), ("none", True), ("gelu", True)])
+@pytest.mark.parametrize("M,N,K", [(33, 47, 65), (1, 5, 3), (17, 1, 33)])
+def test_linear_mul_epilogue(M, N, K, activation, with_residual):
+    """HAS_MUL: y = activation(scale * x @ w.T + b) * mul + residual; mul strided (a transposed view)."""
+    x, w, b = _randn(M, K, seed=1), _randn(N, K, seed=2) * 0.3, _randn(N, seed=3)
+    mul = _randn(N, M, seed=5).T  # [M, N] column-major: read through its strides
+    r = _randn(M, N, seed=4) if with_residual else None
+    y = gemm.linear(x, w, b, activation=activation, mul=mul, residual=r, scale=0.5)
+    ref = ACT_REF[activation](0.5 * (x @ w.T) + b) * mul + (r if r is not None else 0.0)
+    assert y.shape == (M, N)
+    assert _max_err(y, ref) <= FP32_TOL
+
+
+def test_linear_mul_broadcast_and_fp16():
+    x, w = _randn(3, 11, 65, seed=1), _randn(47, 65, seed=2) * 0.3
+    mul, r = _randn(11, 47, seed=3), _randn(47, seed=4)  # both broadcast over the leading dims
+    y = gemm.linear(x, w, activation="silu", mul=mul, residual=r)
+    assert _max_err(y, F.silu(x @ w.T) * mul + r) <= FP32_TOL
+    xh, wh, mh = x.half(), w.half(), _randn(3, 11, 47, dtype=torch.float16, seed=6)
+    yh = gemm.linear(xh, wh, mul=mh)  # SwiGLU's up projection: up * silu(gate)
+    ref = (xh.float() @ wh.float().T) * mh.float()
+    assert yh.dtype == torch.float16
+    assert _max_err(yh, ref) <= FP16_REL * ref.abs().max().item()
+    with pytest.raises(ShapeError, match="mul"):
+        gemm.linear(x, w, mul=_randn(5, 47))
+
+
 def test_linear_errors():
     x, w = _randn(4, 8), _randn(5, 9)
     with pytest.raises(ShapeError, match="linear needs"):

@@ -15,6 +15,7 @@ from fxforge.ir.dtypes import DType
 from fxforge.ir.evaluate import bind_symbols, evaluate
 from fxforge.ir.graph import Graph
 from fxforge.ir.types import TensorType, sym
+from fxforge.passes.fuse import MAX_HORIZONTAL
 
 F32 = 1e-4
 
@@ -65,7 +66,8 @@ def test_pointwise_unary_chain_is_one_kernel(shape):
     g.set_outputs(outs)
     x0 = (torch.randn(shape) * 2).clamp(-4, 4) + 0.05  # |exp| < 60: fp32 abs error stays < 1e-4
     mod = check(g, x0)
-    assert all(k.kind == "pointwise" for k in mod.kernels) and len(mod.kernels) == len(UNARY)
+    # the trees all read x: horizontally fused, MAX_HORIZONTAL outputs per kernel
+    assert all(k.kind == "pointwise" for k in mod.kernels) and len(mod.kernels) == -(-len(UNARY) // MAX_HORIZONTAL)
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
@@ -76,7 +78,7 @@ def test_gelu_and_clamp_and_cast(approximate):
     g.set_outputs([op(g, "cast", z, dtype=DType.f16), op(g, "cast", x, dtype=DType.i32)])
     x0 = torch.randn(5, 130) * 3
     mod = check(g, x0, atol=1e-3)
-    assert len(mod.kernels) == 2
+    assert len(mod.kernels) == 1  # both trees read x: one horizontally fused kernel, f16 and i32 outputs
 
 
 @pytest.mark.parametrize("a_shape,b_shape", [((4, 1, 7), (5, 1)), ((1,), (3, 9)), ((2, 1, 1, 33), (1, 6, 1)), ((), (4,))])
@@ -249,3 +251,38 @@ def test_cat_fused_into_a_pointwise_tree_reads_shifted_operands():
         got, want = mod.run([xs, c0], {s0: n}), evaluate(g, [xs, c0])
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, atol=F32, rtol=0)
+
+
+def test_horizontal_fusion_writes_several_outputs_from_one_kernel():
+    # cos/sin of one tensor (a strided view), plus a third tree of another dtype reading it: one kernel
+    s0 = sym("s0")
+    g = Graph()
+    x = g.add_input("x", TensorType((s0, 16), DType.f32))
+    y = g.add_input("y", TensorType((1, 16), DType.f32))
+    f = op(g, "exp", x)  # two uses below: its own kernel
+    t = op(g, "permute", op(g, "reshape", f, shape=(s0, 16)), dims=(0, 1))
+    c = op(g, "cos", t)
+    s = op(g, "mul", op(g, "sin", t), y)
+    h = op(g, "cast", op(g, "add", t, y), dtype=DType.f16)
+    g.set_outputs([c, s, h, f])
+    mod = generate_module(g)
+    kinds = [k.ops for k in mod.kernels]
+    assert kinds == [["exp"], ["cos", "sin", "mul", "add", "cast"]], kinds
+    assert mod.source.count("tl.store(") == 4  # exp's, and the three trees' of the fused kernel
+    assert "horizontal" in mod.kernels[1].reason
+    for n in (1, 5, 300):
+        xs, ys = torch.randn(n, 16), torch.randn(1, 16)
+        got, want = mod.run([xs, ys], {s0: n}), evaluate(g, [xs, ys])
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            torch.testing.assert_close(a.double(), b.double(), atol=1e-3 if a.dtype == torch.float16 else F32, rtol=0)
+
+
+def test_swiglu_mul_runs_in_the_up_projection_gemm():
+    g, (x, wg, wu, r) = graph(((2, 5, 24), DType.f32), ((40, 24), DType.f32), ((40, 24), DType.f32),
+                              ((2, 5, 40), DType.f32))
+    gate = op(g, "silu", op(g, "linear", x, wg))
+    g.set_outputs([op(g, "add", op(g, "mul", gate, op(g, "linear", x, wu)), r)])
+    mod = check(g, torch.randn(2, 5, 24), torch.randn(40, 24), torch.randn(40, 24), torch.randn(2, 5, 40))
+    assert [k.ops for k in mod.kernels] == [["linear", "silu"], ["linear", "mul", "add"]]
+    assert "mul=" in mod.source and "residual=" in mod.source

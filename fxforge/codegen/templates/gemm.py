@@ -3,10 +3,11 @@
 This module owns the dense matmul kernels and their plain-Python launchers `linear` and `matmul`.
 - `gemm_kernel`: out[M, N] = epilogue(A[M, K] @ W[N, K]^T), W in nn.Linear layout [out, in].
   The epilogue runs in registers before the single store, in this order:
-      y = scale * acc  ->  y += bias[N]  ->  y = activation(y)  ->  y += residual[M, N]  ->  cast, store
+      y = scale * acc  ->  y += bias[N]  ->  y = activation(y)  ->  y *= mul[M, N]  ->  y += residual[M, N]
+        ->  cast, store
   with constexpr switches HAS_BIAS, ACTIVATION ("none", "relu", "silu", "gelu" (erf form), "gelu_tanh",
-  "sigmoid") and HAS_RESIDUAL; `scale` is a runtime fp32 multiplier; the output dtype is the out
-  pointer's element type.
+  "sigmoid"), HAS_MUL (e.g. SwiGLU's `silu(gate) * up` in the up projection) and HAS_RESIDUAL;
+  `scale` is a runtime fp32 multiplier; the output dtype is the out pointer's element type.
 - `bmm_kernel`: out[b, M, N] = scale * A[b, M, K] @ B[b, K, N] over two batch axes (i0, i1) taken from
   program id axis 1; a broadcast batch axis has stride 0, so broadcasting never copies.
 Both use plain pointers with strides and masks (no block pointers: triton 3.6 and 3.9), accumulate in
@@ -74,13 +75,13 @@ def tile_offsets(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl
 
 @triton.jit
 def gemm_kernel(
-    a_ptr, w_ptr, out_ptr, bias_ptr, res_ptr,
+    a_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, mul_ptr,
     M, N, K,
-    stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on, stride_rm, stride_rn,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
     scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, HAS_MUL: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile."""
     offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
@@ -106,6 +107,9 @@ def gemm_kernel(
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y = apply_activation(y, ACTIVATION)
     mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_MUL:
+        m_ptrs = mul_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+        y *= tl.load(m_ptrs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         r_ptrs = res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn
         y += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
@@ -173,8 +177,11 @@ def dot_options(*dtypes: torch.dtype) -> dict:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
-           residual: torch.Tensor | None = None, scale: float = 1.0, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """activation(scale * x @ w.T + bias) + residual for x [..., K], w [N, K]; like F.linear plus an epilogue."""
+           residual: torch.Tensor | None = None, scale: float = 1.0, out_dtype: torch.dtype | None = None,
+           mul: torch.Tensor | None = None) -> torch.Tensor:
+    """activation(scale * x @ w.T + bias) * mul + residual for x [..., K], w [N, K]; like F.linear plus an
+    epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
+    unless their layout cannot be viewed as [M, N])."""
     if activation not in ACTIVATIONS:
         raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
     if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1]:
@@ -194,18 +201,25 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
             residual = residual.expand(*lead, N).reshape(M, N)
         except RuntimeError as e:
             raise ShapeError(f"residual {tuple(residual.shape)} does not broadcast to the output {(*lead, N)}") from e
+    if mul is not None:
+        try:
+            mul = mul.expand(*lead, N).reshape(M, N)
+        except RuntimeError as e:
+            raise ShapeError(f"mul {tuple(mul.shape)} does not broadcast to the output {(*lead, N)}") from e
     if M == 0 or N == 0:
         return out.reshape(*lead, N)
     cfg = gemm_blocks(M, N, K, x.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     res = residual if residual is not None else out
+    mt = mul if mul is not None else out
     gemm_kernel[grid](
-        a, w, out, bias if bias is not None else out, res,
+        a, w, out, bias if bias is not None else out, res, mt,
         M, N, K,
         a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1), res.stride(0), res.stride(1),
+        mt.stride(0), mt.stride(1),
         float(scale),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=8,
-        HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
+        HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None, HAS_MUL=mul is not None,
         **dot_options(x.dtype, w.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
