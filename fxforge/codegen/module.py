@@ -39,7 +39,8 @@ from fxforge.ir.dtypes import DType
 from fxforge.ir.evaluate import weight_tensor
 from fxforge.ir.graph import Graph, Op, Value, Weight
 from fxforge.ir.optable import OperandRef
-from fxforge.passes.fuse import KernelGroup, Partition, partition
+from fxforge.passes.fuse import partition
+from fxforge.passes.fusion_rules import KernelGroup, Partition
 
 ALIASING = ("reshape", "permute", "expand", "slice", "extern")  # results may share their operand's storage
 

@@ -15,7 +15,7 @@ from fxforge.ir.dtypes import DType
 from fxforge.ir.evaluate import bind_symbols, evaluate
 from fxforge.ir.graph import Graph
 from fxforge.ir.types import TensorType, sym
-from fxforge.passes.fuse import MAX_HORIZONTAL
+from fxforge.passes.fusion_rules import MAX_HORIZONTAL
 
 F32 = 1e-4
 
