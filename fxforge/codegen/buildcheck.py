@@ -16,7 +16,7 @@ Decisions:
   arguments always get one in `compile_for_target`; a launch whose pointer is not 16-byte aligned is
   noted in its spec's `"unaligned"` list). num_warps/num_stages are taken from the launch (4/3 otherwise).
 - Template kernels are imported by module name; generated kernels live in a module file (see
-  `codegen.module._load`) and are imported from `"path"`. Identical specs (same kernel source, same
+  `codegen.loader.load_module`) and are imported from `"path"`. Identical specs (same kernel source, same
   signature, constexprs, hints and launch options) are built once; `BUILD_CACHE` keeps the builds of a
   process so several models' checks share the compiles of kernels they have in common.
 - Kernels with fp8 operands (or `FP8_DOT=True`) need sm_89+: they are skipped on older targets with
