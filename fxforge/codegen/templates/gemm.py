@@ -19,6 +19,7 @@ interpreter (whose bf16 arithmetic is wrong) and for operands of different dtype
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -176,6 +177,25 @@ def dot_options(*dtypes: torch.dtype) -> dict:
     return dict(UPCAST=upcast, INPUT_PRECISION="ieee" if wide else "tf32")
 
 
+def epilogue_operands(lead: tuple, N: int, *, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                      mul: torch.Tensor | None = None) -> tuple:
+    """The epilogue's tensors as the kernels read them: bias [N] contiguous; residual and mul broadcast
+    to the output [*lead, N] and viewed as [M, N] (stride 0 where broadcast). Raises ShapeError if not."""
+    if bias is not None:
+        if bias.shape != (N,):
+            raise ShapeError(f"bias must have shape ({N},), got {tuple(bias.shape)}; reshape it to [N]")
+        bias = bias.contiguous()
+    out = [bias]
+    for name, t in (("residual", residual), ("mul", mul)):
+        if t is not None:
+            try:
+                t = t.expand(*lead, N).reshape(math.prod(lead), N)
+            except RuntimeError as e:
+                raise ShapeError(f"{name} {tuple(t.shape)} does not broadcast to the output {(*lead, N)}") from e
+        out.append(t)
+    return tuple(out)
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
            residual: torch.Tensor | None = None, scale: float = 1.0, out_dtype: torch.dtype | None = None,
            mul: torch.Tensor | None = None) -> torch.Tensor:
@@ -192,20 +212,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     a = x.reshape(-1, K)  # a view (possibly strided) where the layout allows it
     M = a.shape[0]
     out = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
-    if bias is not None:
-        if bias.shape != (N,):
-            raise ShapeError(f"bias must have shape ({N},), got {tuple(bias.shape)}; reshape it to [N]")
-        bias = bias.contiguous()
-    if residual is not None:
-        try:
-            residual = residual.expand(*lead, N).reshape(M, N)
-        except RuntimeError as e:
-            raise ShapeError(f"residual {tuple(residual.shape)} does not broadcast to the output {(*lead, N)}") from e
-    if mul is not None:
-        try:
-            mul = mul.expand(*lead, N).reshape(M, N)
-        except RuntimeError as e:
-            raise ShapeError(f"mul {tuple(mul.shape)} does not broadcast to the output {(*lead, N)}") from e
+    bias, residual, mul = epilogue_operands(lead, N, bias=bias, residual=residual, mul=mul)
     if M == 0 or N == 0:
         return out.reshape(*lead, N)
     cfg = gemm_blocks(M, N, K, x.dtype)

@@ -53,7 +53,7 @@ import triton.language as tl
 
 from fxforge.codegen.blocks import qlinear_blocks, row_blocks
 from fxforge.codegen.decode import fp4e2m1_to_f32, fp8e4m3_to_f32, interleave_nibbles
-from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting, tile_offsets
+from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, epilogue_operands, interpreting, tile_offsets
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
 from fxforge.ir.lowp_ops import get_scheme
@@ -353,15 +353,7 @@ def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = No
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
     out = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
-    if bias is not None:
-        if bias.shape != (N,):
-            raise ShapeError(f"bias must have shape ({N},), got {tuple(bias.shape)}")
-        bias = bias.contiguous()
-    if residual is not None:
-        try:
-            residual = residual.expand(*lead, N).reshape(M, N)
-        except RuntimeError as e:
-            raise ShapeError(f"residual {tuple(residual.shape)} does not broadcast to the output {(*lead, N)}") from e
+    bias, residual, _ = epilogue_operands(lead, N, bias=bias, residual=residual)
     if M == 0 or N == 0:
         return out.reshape(*lead, N)
 
