@@ -13,12 +13,12 @@ For each zoo model (`fxforge.zoo`, small sizes, input batch 2 x seq 16; HF model
   their calls in `call()`) and extern calls (`extern_kernels.*`, `torch.ops.*` fallbacks), reported apart;
 - peak intermediate memory (bytes) of the fxforge module at this input size: naive (every intermediate
   its own buffer, all alive: the sum of all intermediate results), no-reuse liveness (each its own buffer,
-  freed after its last read), and planned (module.py's buffer plan). module.py does not expose these
-  numbers, so `memory_plan` below replicates its planning logic (`_Writer.write`): steps in graph order,
-  alias roots through views/externs, last reads, and reuse of a dead kernel-output buffer by a later
-  kernel output of the same element count and dtype. Planned buffers (`bufN`) stay referenced by the
-  generated `run()` until it returns; template outputs and host results are freed (`del`) after their
-  last read. Graph outputs, inputs and weights are not intermediates (outputs are reported apart).
+  freed after its last read), and planned (module.py's buffer plan). `memory_plan` below takes the
+  module writer's own liveness analysis (`_Writer.liveness()`: steps in graph order, alias roots through
+  views/externs, last reads) and replays its reuse rule (a dead kernel-output buffer is taken by a later
+  kernel output of the same element count and dtype; a pool buffer no later kernel takes is deleted);
+  template outputs and host results are freed (`del`) after their last read. Graph outputs, inputs and
+  weights are not intermediates (outputs are reported apart).
 
 Every model and compiler runs in a fresh subprocess (inductor: fresh TORCHINDUCTOR_CACHE_DIR, FX graph
 cache off). Inductor's cold compile takes ~30-100 s per model on a small machine.
@@ -46,7 +46,6 @@ from typing import Any
 MODELS = ["llama", "mistral", "gpt2", "bert", "mlp"]
 VIEWS = ("reshape", "permute", "expand", "slice")  # no storage of their own
 SOURCES = ("const", "full", "arange")  # weights and uniform/iota sources: no compute kernel
-ALIASING = ("reshape", "permute", "expand", "slice", "extern")  # as in fxforge.codegen.module
 
 
 # -- fxforge: kernel counts and memory plan -----------------------------------------------------------
@@ -68,24 +67,10 @@ def memory_plan(graph: Any, part: Any, bindings: dict) -> dict[str, int]:
     from fxforge.codegen.module import _Writer
     from fxforge.ir.graph import Op
 
-    w = _Writer(graph, part)  # only for steps() and tensor_reads(): nothing is written
-    steps = w.steps()
+    live = _Writer(graph, part).liveness()  # the module writer's own analysis; nothing is written
+    steps, needed, root, last_read = live.steps, live.needed, live.root, live.last_read
+    keep, extern_aliases = live.keep, live.extern_aliases
     outputs = {id(v) for v in graph.outputs}
-    needed = set(outputs)
-    for s in steps:
-        needed |= {id(v) for v in w.tensor_reads(s)}
-    root: dict[int, int] = {}
-    for s in steps:
-        if isinstance(s, Op) and s.opcode in ALIASING:
-            srcs = [root.get(id(v), id(v)) for v in s.operands]
-            for r in s.results:
-                root[id(r)] = srcs[0] if srcs else id(r)
-    last_read: dict[int, int] = {}
-    for i, s in enumerate(steps):
-        for v in w.tensor_reads(s):
-            last_read[root.get(id(v), id(v))] = i
-    keep = {root.get(id(v), id(v)) for v in graph.outputs}
-    extern_aliases = {root.get(id(r), id(r)) for s in steps if isinstance(s, Op) and s.opcode == "extern" for r in s.results}
 
     n = len(steps)
     free: dict[tuple, list[int]] = {}  # (numel, dtype) -> indices of free pool buffers

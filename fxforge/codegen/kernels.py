@@ -83,6 +83,22 @@ def _full_value(v: Value) -> Any:
     return p.attrs["value"] if p is not None and p.opcode == "full" else None
 
 
+def stride_params(v: Value, name: str, space: IndexSpace, domain: tuple[Dim, ...], params: list[str],
+                  args: list[str]) -> list[Any]:
+    """Symbolic strides of a non-contiguous input in the kernel's domain: one `{name}_st{i}` kernel
+    parameter per dim it really indexes (0 where broadcast), filled at launch by `_bstrides`."""
+    pad = len(domain) - v.type.rank
+    bcast = space.broadcast(v.type.shape)
+    used = [i for i in range(len(domain)) if i >= pad and not bcast[i] and space.idx[i] != 0]
+    strides: list[Any] = [0] * v.type.rank
+    for i in used:
+        strides[i - pad] = sympy.Symbol(f"{name}_st{i}")
+        params.append(f"{name}_st{i}")
+    if used:
+        args.append(f"*_bstrides({name}, {shape_text(domain)}, {tuple(used)!r})")
+    return strides
+
+
 class _Loads:
     """Loads every group input through the index space; records kernel params and launcher args."""
 
@@ -100,19 +116,8 @@ class _Loads:
             self.params.append(f"{name}_ptr")
             self.args.append(name)
             self.shapes.append(v.type.shape)
-            if id(v) in naming.contiguous:
-                off = space.offset(v.type.shape, None)
-            else:
-                pad = len(domain) - v.type.rank
-                bcast = space.broadcast(v.type.shape)
-                used = [i for i in range(len(domain)) if i >= pad and not bcast[i] and space.idx[i] != 0]
-                strides: list[Any] = [0] * v.type.rank
-                for i in used:
-                    strides[i - pad] = sympy.Symbol(f"{name}_st{i}")
-                    self.params.append(f"{name}_st{i}")
-                if used:
-                    self.args.append(f"*_bstrides({name}, {shape_text(domain)}, {tuple(used)!r})")
-                off = space.offset(v.type.shape, strides)
+            strides = None if id(v) in naming.contiguous else stride_params(v, name, space, domain, self.params, self.args)
+            off = space.offset(v.type.shape, strides)
             dtype = v.type.dtype
             other = "0.0" if dtype.is_float else "0"
             text = f"tl.load({name}_ptr + {off}, mask=_mask, other={other})"
@@ -163,19 +168,8 @@ class _Pointwise:
             name = naming.name(v)
             self.params.append(f"{name}_ptr")
             self.args.append(name)
-            if id(v) in naming.contiguous:
-                self.strides[id(v)] = None
-                continue
-            pad = len(domain) - v.type.rank
-            bcast = space.broadcast(v.type.shape)
-            used = [i for i in range(len(domain)) if i >= pad and not bcast[i] and space.idx[i] != 0]
-            strides: list[Any] = [0] * v.type.rank
-            for i in used:
-                strides[i - pad] = sympy.Symbol(f"{name}_st{i}")
-                self.params.append(f"{name}_st{i}")
-            if used:
-                self.args.append(f"*_bstrides({name}, {shape_text(domain)}, {tuple(used)!r})")
-            self.strides[id(v)] = strides
+            self.strides[id(v)] = (None if id(v) in naming.contiguous
+                                   else stride_params(v, name, space, domain, self.params, self.args))
 
     def ctx(self, subs: dict, cond: str, suffix: str) -> _Ctx:
         b = ExprBuilder()

@@ -84,6 +84,19 @@ def encoded_weights(graph: Graph, part: Partition) -> set[str]:
     return {op.attrs["weight"] for op in graph.ops if id(op) in ids}
 
 
+@dataclass
+class Liveness:
+    """What buffer planning needs to know about a module's steps (value ids are `id(Value)`)."""
+
+    steps: list  # KernelGroup | Op, in launch order
+    needed: set[int]  # values some step (or the graph's return) reads
+    root: dict[int, int]  # value -> the value whose storage it aliases (views, externs)
+    last_read: dict[int, int]  # alias root -> last step reading it
+    value_last: dict[int, int]  # value -> last step reading it
+    keep: set[int]  # alias roots of graph outputs (never reused)
+    extern_aliases: set[int]  # alias roots of extern results (storage torch owns)
+
+
 class _Writer:
     def __init__(self, graph: Graph, part: Partition) -> None:
         self.graph = graph
@@ -131,12 +144,12 @@ class _Writer:
                 out.append(last[id(op)])
         return out
 
-    def write(self) -> str:
+    def liveness(self) -> Liveness:
+        """Steps in order, and for each value's storage (its alias root) the last step reading it."""
         steps = self.steps()
         needed: set[int] = {id(v) for v in self.graph.outputs}
         for s in steps:
             needed |= {id(v) for v in self.tensor_reads(s)}
-        # liveness: alias roots, last step reading each root
         root: dict[int, int] = {}
         for s in steps:
             if isinstance(s, Op) and s.opcode in ALIASING:
@@ -152,6 +165,12 @@ class _Writer:
         keep = {root.get(id(v), id(v)) for v in self.graph.outputs}
         extern_aliases = {root.get(id(r), id(r)) for s in steps if isinstance(s, Op) and s.opcode == "extern"
                           for r in s.results}
+        return Liveness(steps, needed, root, last_read, value_last, keep, extern_aliases)
+
+    def write(self) -> str:
+        live = self.liveness()
+        steps, needed, last_read, value_last = live.steps, live.needed, live.last_read, live.value_last
+        keep, extern_aliases = live.keep, live.extern_aliases
         free: dict[tuple, list[str]] = {}
         buffer_of: dict[int, str] = {}
         release_at: dict[int, list[int]] = {}

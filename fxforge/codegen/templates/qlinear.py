@@ -9,13 +9,7 @@ and feeds the tile to `tl.dot`.
 
 Kernels (one per scheme; all share `_epilogue`, which reuses the dense template's `apply_activation`
 and `tile_offsets`):
-- `act_quant_kernel`: per-token (per row) symmetric activation quantization, one program per row:
-  s = amax / max(format) (1 for an all-zero row), v = x / s with IEEE division (`div_rn`), then
-  int8: round half to even (floor-based, exact) and clamp to +-127; E4M3: saturating round-to-nearest-
-  even encoder written with INTEGER bit arithmetic (`f32_to_fp8e4m3`). Decided: integer encoding for
-  both the interpreter and GPUs, one code path that is bit-exact with `formats.encode_float` (the
-  interpreter's fp32 -> fp8 cast is wrong; a GPU's cvt would be right but saves nothing measurable in
-  an elementwise pre-pass over M x K). Codes and the f32 row scales go to memory (M x K bytes).
+- activations of the A8 schemes are quantized per token first (`act_quant.py`).
 - `qlinear_w8a8_int8_kernel`: int8 x int8 -> int32 `tl.dot`; epilogue acc * s_tok[m] * s_w[n].
 - `qlinear_w8a8_fp8_kernel`: E4M3 codes for both operands. FP8_DOT=False (default, interpreter,
   sm_80): both decoded by bit operations to fp32 and cast to fp16 (every E4M3 value is exact in fp16,
@@ -51,71 +45,19 @@ import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.blocks import qlinear_blocks, row_blocks
+from fxforge.codegen.blocks import qlinear_blocks
 from fxforge.codegen.decode import fp4e2m1_to_f32, fp8e4m3_to_f32, interleave_nibbles
+from fxforge.codegen.templates.act_quant import (  # noqa: F401  (quantize/dequantize_activations: part of this API)
+    dequantize_activations,
+    f32_to_fp8e4m3,
+    quantize_activations,
+)
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, epilogue_operands, interpreting, tile_offsets
 from fxforge.errors import ShapeError
-from fxforge.ir import formats
 from fxforge.ir.lowp_ops import get_scheme
 from fxforge.ir.types import Quantized
 
 QLINEAR_SCHEMES = ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp")
-
-# ---------------------------------------------------------------- element helpers
-
-
-@triton.jit
-def round_half_even(v):
-    """fp32 -> fp32 rounded to the nearest integer, ties to even (torch.round); exact, no libdevice."""
-    r = tl.floor(v)
-    d = v - r
-    odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
-    up = (d > 0.5) | ((d == 0.5) & odd)
-    return tl.where(up, r + 1.0, r)
-
-
-@triton.jit
-def f32_to_fp8e4m3(v):
-    """fp32 -> E4M3FN code (uint8): saturating round to nearest even, sign kept (finite inputs),
-    by integer bit arithmetic; bit-exact with `formats.encode_float(v, "f8e4m3")`."""
-    sign = (v.to(tl.int32, bitcast=True) >> 24) & 0x80
-    mag = tl.minimum(tl.abs(v), 448.0)
-    mb = mag.to(tl.int32, bitcast=True)
-    e = (mb >> 23) - 127
-    m = mb & 0x7FFFFF
-    keep = m >> 20
-    rem = m & 0xFFFFF
-    up = (rem > 0x80000) | ((rem == 0x80000) & ((keep & 1) == 1))
-    normal = ((e + 7) << 3) + keep + up.to(tl.int32)  # a mantissa carry rolls into the exponent
-    sub = round_half_even(mag * 512.0).to(tl.int32)  # below 2^-6: steps of 2^-9 (8 = the smallest normal)
-    code = tl.where(e < -6, sub, normal) | sign
-    return code.to(tl.uint8)
-
-
-@triton.jit
-def act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm,
-                     FORMAT: tl.constexpr, MAX_VALUE: tl.constexpr, BLOCK: tl.constexpr):
-    """Per-token quantization of row program_id(0): q[m, :] = encode(x[m, :] / s[m]), s = amax / MAX_VALUE."""
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_xm
-    offs = tl.arange(0, BLOCK)
-    amax = tl.zeros((BLOCK,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK):
-        x = tl.load(x_row + (k0 + offs) * stride_xk, mask=(k0 + offs) < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
-    s = tl.math.div_rn(tl.max(amax, axis=0), MAX_VALUE)
-    s = tl.where(s > 0.0, s, 1.0)
-    tl.store(s_ptr + row, s)
-    for k0 in range(0, K, BLOCK):
-        mask = (k0 + offs) < K
-        x = tl.load(x_row + (k0 + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
-        v = tl.math.div_rn(x, s + tl.zeros_like(x))
-        if FORMAT == "i8":
-            q = tl.minimum(tl.maximum(round_half_even(v), -127.0), 127.0).to(tl.int8)
-        else:
-            q = f32_to_fp8e4m3(v)
-        tl.store(q_ptr + row * stride_qm + k0 + offs, q, mask=mask)
-
 
 # ---------------------------------------------------------------- shared GEMM pieces
 
@@ -299,26 +241,6 @@ def qlinear_w4a8_fp_kernel(
 
 
 # ---------------------------------------------------------------- launchers
-
-
-def quantize_activations(x2d: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token codes (int8 for "i8", uint8 E4M3 codes for "f8e4m3") [M, K] and f32 scales [M] of x [M, K]."""
-    M, K = x2d.shape
-    q = torch.empty((M, K), dtype=torch.int8 if fmt == "i8" else torch.uint8, device=x2d.device)
-    s = torch.empty((M,), dtype=torch.float32, device=x2d.device)
-    if M == 0:
-        return q, s
-    block = row_blocks(min(K, 4096))
-    act_quant_kernel[(M,)](x2d, q, s, K, x2d.stride(0), x2d.stride(1), q.stride(0),
-                           FORMAT=fmt, MAX_VALUE=formats.get_format(fmt).max_value, BLOCK=block["BLOCK"],
-                           num_warps=block["num_warps"])
-    return q, s
-
-
-def dequantize_activations(q: torch.Tensor, s: torch.Tensor, fmt: str) -> torch.Tensor:
-    """f32 values of per-token codes (the reference's fake-quantized activations)."""
-    vals = q.float() if fmt == "i8" else formats.decode_fp8(q, "f8e4m3")
-    return vals * s[:, None]
 
 
 def _default_fp8_dot(device: torch.device) -> bool:

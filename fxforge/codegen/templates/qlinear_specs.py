@@ -58,7 +58,7 @@ def act_quant_spec(fmt: str, K: int, x_dtype: str = "float16") -> dict:
     sig = {"x_ptr": f"*{_TT[x_dtype]}", "q_ptr": "*i8" if fmt == "i8" else "*u8", "s_ptr": "*fp32", "K": "i32",
            "stride_xm": "i32", "stride_qm": "i32"}
     const = {"stride_xk": 1, "FORMAT": fmt, "MAX_VALUE": formats.get_format(fmt).max_value, "BLOCK": block["BLOCK"]}
-    return {"module": _MODULE, "kernel": "act_quant_kernel", "signature": sig, "constexprs": const,
+    return {"module": "fxforge.codegen.templates.act_quant", "kernel": "act_quant_kernel", "signature": sig, "constexprs": const,
             "divisible": ["K", "stride_xm", "stride_qm"], "num_warps": block["num_warps"], "num_stages": 2,
             "label": f"act_quant {fmt} {x_dtype} K={K}"}
 
