@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from fxforge.compiler import compile_lowered
 from fxforge.config import CompileConfig
 from fxforge.errors import NotCompilableError
 from fxforge.frontend.dynamo import lower_aten_graph, tensor_names
 from fxforge.frontend.export import capture_export
+from fxforge.pipeline import compile_lowered
 from fxforge.runtime.module import CompiledModule, flatten_inputs
 from fxforge.runtime.report import CompileReport
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from fxforge import cli_inputs
+from fxforge.cli import inputs as cli_inputs
 from fxforge.cli import main
 
 MODEL_SOURCE = '''
@@ -162,7 +162,7 @@ def test_size_one_dims_and_specs():
 
 def test_inspect_quant_shows_per_layer_error_and_bytes(tmp_path, capsys):
     import fxforge
-    from fxforge import zoo
+    from fxforge import testing as zoo
     from fxforge.cli import main
 
     model = zoo.build("mlp")

@@ -5,11 +5,11 @@
     fxforge inspect out/ [--pass cse [--diff]] [--diff] [--ir]
 
 Decisions:
-- Every `FxforgeError` and every bad command line input (`cli_inputs.UsageError`, a missing file)
+- Every `FxforgeError` and every bad command line input (`cli.inputs.UsageError`, a missing file)
   prints one line `fxforge: error: ...` to stderr and exits with status 2, as argparse does for a
   bad option; `--traceback` (before or after the subcommand) prints the traceback first. Anything
   else is a bug of fxforge and keeps its traceback.
-- Each command imports what it needs itself; `cli_inputs` holds the helpers (model files, input
+- Each command imports what it needs itself; `cli.inputs` holds the helpers (model files, input
   specs and files, output views), so this module stays the commands and the parser.
 - `inspect` shows views of an artifact; each view beside the pass trace is an `InspectView` in
   `INSPECT_VIEWS` (flag, help, function of the loaded module and the parsed arguments). A new view
@@ -42,7 +42,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     import torch
 
     import fxforge
-    from fxforge import cli_inputs as ci
+    from fxforge.cli import inputs as ci
     from fxforge.config import CompileConfig
     from fxforge.passes.manager import build_pipeline, default_pipeline
 
@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     import fxforge
-    from fxforge import cli_inputs as ci
+    from fxforge.cli import inputs as ci
     from fxforge.errors import FxforgeError
 
     ci.check_inputs(args.input, args.kwarg)
@@ -226,7 +226,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _select(trace: Any, key: str) -> Any:
     """A pass run by position (`3`), name (`cse`: its first run) or name and run (`canonicalize#2`)."""
-    from fxforge.cli_inputs import UsageError
+    from fxforge.cli.inputs import UsageError
 
     runs = "; it ran: " + ", ".join(f"{i}:{n}" for i, n in enumerate(trace.names(), 1))
     if key.isdigit():
@@ -260,7 +260,7 @@ def _pass_view(trace: Any, key: str | None, diff: bool) -> str:
 
 
 def _overview(module: Any, args: argparse.Namespace) -> str:
-    from fxforge import cli_inputs as ci
+    from fxforge.cli import inputs as ci
     from fxforge.runtime.artifact import FILES
 
     manifest = json.loads((Path(args.artifact) / FILES["manifest"]).read_text())
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fxforge.cli_inputs import UsageError
+    from fxforge.cli.inputs import UsageError
     from fxforge.errors import FxforgeError
 
     try:
@@ -355,6 +355,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fxforge: error: {message}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph
 from fxforge.ir.optable import OperandRef

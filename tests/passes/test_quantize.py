@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.ir import evaluate, verify
 from fxforge.ir.parser import parse_graph
 from fxforge.ir.printer import print_graph
