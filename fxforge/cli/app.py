@@ -44,7 +44,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     import fxforge
     from fxforge.cli import inputs as ci
     from fxforge.config import CompileConfig
-    from fxforge.passes.manager import build_pipeline, default_pipeline
+    from fxforge.pipeline import build_passes, default_pipeline
 
     if args.build_check and args.executor != "interpret":
         raise ci.UsageError("--build-check records the kernel launches under Triton's interpreter; add --executor interpret")
@@ -60,7 +60,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                         verify=args.verify, debug=args.debug, dynamic=False if args.no_dynamic else None,
                                         pass_options=options)
     try:  # a typo in a pass name should not wait for the capture
-        build_pipeline(passes if passes is not None else default_pipeline(), config.disable)
+        build_passes(passes if passes is not None else default_pipeline(config), config.disable)
     except ValueError as e:
         raise ci.UsageError(f"{e}; fix --passes/--disable") from None
     torch.manual_seed(args.seed)

@@ -25,7 +25,7 @@ from torch.utils import _pytree as pytree
 
 from fxforge.config import CompileConfig
 from fxforge.errors import ArtifactError, IRParseError
-from fxforge.frontend.fx_to_ir import InputSlot
+from fxforge.ir.calling import InputSlot
 from fxforge.ir.graph import Graph, Weight
 from fxforge.ir.parser import parse_dim, parse_graph, parse_type
 from fxforge.ir.printer import print_dim, print_encoding, print_graph
@@ -189,7 +189,7 @@ def load_artifact(path: str | Path) -> CompiledModule:
     outputs = [(k, parse_dim(v) if k == "symbol" else v) for k, v in manifest["outputs"]]
     config = CompileConfig.from_json(manifest["config"])
     program = Program(graph, slots, outputs, resolve_executor(config.executor))
-    from fxforge.passes.manager import Trace
+    from fxforge.ir.trace import Trace
 
     trace = Trace.from_json((root / FILES["trace"]).read_text())
     record = GraphRecord(graph.name, program, 0.0, 0.0, len(graph.ops), manifest["externs"], manifest["notes"], trace)
