@@ -9,7 +9,7 @@ it is in the default pipeline, and which `CompileConfig` fields become its optio
 pipeline is the rows whose condition holds, in table order. Adding a pass is one row, at the place
 it runs (plus its `CompileConfig` field and CLI flag if users set it):
 
-    PassSpec("sparsify", Sparsify, when=_option_set("sparsify.pattern"), options={"sparsity": "pattern"}),
+    PassSpec("sparsify", Sparsify, when=option_set("sparsify.pattern"), options={"sparsity": "pattern"}),
 
 Pass options (one naming scheme): `"<pass>.<option>"`. A row's `options` maps a `CompileConfig` field
 to an option of that pass (`quantize_group` -> `"quantize.group"`); `CompileConfig.pass_options`
@@ -65,6 +65,11 @@ def _always(options: Mapping[str, Any], executor: str) -> bool:
 def _quantizing(options: Mapping[str, Any], executor: str) -> bool:
     overrides = options.get("quantize.overrides") or {}
     return options.get("quantize.scheme") is not None or any(v is not None for v in overrides.values())
+
+
+def option_set(key: str) -> When:
+    """`when` of a pass that runs when its option `key` ("<pass>.<option>") is set (not None)."""
+    return lambda options, executor: options.get(key) is not None
 
 
 def _kernel_executor(options: Mapping[str, Any], executor: str) -> bool:

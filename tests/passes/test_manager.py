@@ -8,7 +8,7 @@ from fxforge.config import CompileConfig
 from fxforge.errors import ConfigError
 from fxforge.ir import DType, Graph, TensorType, sym
 from fxforge.passes import PassContext, PassManager, PassVerifyError, Trace
-from fxforge.pipeline import PASSES, build_passes, default_pipeline, pass_options
+from fxforge.pipeline import PASSES, build_passes, default_pipeline, option_set, pass_options
 
 F32 = DType.f32
 
@@ -142,6 +142,8 @@ def test_default_pipeline_follows_the_config_and_executor():
     # an override that names a scheme switches the pass on too, and so does the option set directly
     assert "quantize" in default_pipeline(CompileConfig(quantize_overrides={"*.mlp.*": "w4a8-fp"}))
     assert "quantize" in default_pipeline(CompileConfig(pass_options={"quantize.scheme": "w8a8-int8"}))
+    when = option_set("quantize.lorc_rank")
+    assert when({"quantize.lorc_rank": 0}, "reference") and not when({"quantize.lorc_rank": None}, "triton")
 
 
 def test_config_fields_become_dotted_pass_options():
