@@ -194,6 +194,8 @@ def test_compile_quantized_with_calibration_file_then_run(workdir, tmp_path, cap
     stats = module.record.trace.record("quantize").stats
     assert stats["error_data"] == "calibration"
     assert stats["skipped"]["model.layers.0.mlp.down_proj"].startswith("kept high precision (quantize_overrides")
+    assert main(["inspect", str(out)]) == 0
+    assert "quantize=w8a8-int8 quantize_overrides={'*.mlp.down_proj': None}" in capsys.readouterr().out
     ids = torch.randint(0, 256, (2, 5), generator=gen)
     torch.save(ids, tmp_path / "ids.pt")
     assert main(["run", str(out), "--input-file", str(tmp_path / "ids.pt"), "--output-file", str(tmp_path / "y.pt")]) == 0
