@@ -24,7 +24,8 @@ def pipeline_names(config: CompileConfig, executor: str) -> list[str]:
         return list(config.passes)
     names = default_pipeline()
     if config.quantize is not None:
-        names.insert(names.index("dce"), "quantize")
+        at = names.index("dce")
+        names[at:at] = ["rotate", "smooth", "quantize"]  # each is off unless its method plan turns it on
     if executor in ("interpret", "triton"):
         names.append("fuse")
     return names

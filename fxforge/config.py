@@ -27,6 +27,11 @@ class CompileConfig:
         by default); quantize_group: the group size of the 4-bit schemes; lorc_rank: ZeroQuant-FP's
         low-rank error compensation (0: off); calibration: example inputs (each a tuple of args or a
         dict of kwargs) the errors and scales are measured on (AOT only; not saved into artifacts).
+    quantize_method: "auto" (with calibration data each scheme runs its best measured methods, see
+        `fxforge.passes.quant_methods.DEFAULTS`) or "rtn" (round to nearest); smooth / rotate / gptq:
+        None (the scheme's default) or a bool forcing SmoothQuant/AWQ smoothing, Hadamard rotation, GPTQ
+        on or off; rotate_mode: "auto" (residual-stream rotation where the architecture allows, online
+        Hadamard elsewhere) or "online"; rotate_block: the largest online Hadamard block (0: whole width).
     """
 
     passes: tuple[str, ...] | None = None
@@ -42,6 +47,12 @@ class CompileConfig:
     quantize_group: int | None = None
     quantize_pow2_round: str = "floor"
     lorc_rank: int = 0
+    quantize_method: str = "auto"
+    smooth: bool | None = None
+    rotate: bool | None = None
+    gptq: bool | None = None
+    rotate_mode: str = "auto"
+    rotate_block: int = 0
     calibration: list | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +63,7 @@ class CompileConfig:
 
             if self.quantize not in SCHEMES:
                 raise ConfigError(f"quantize={self.quantize!r} is not a scheme; known: {sorted(SCHEMES)}")
+        self._check_methods()
         if self.lorc_rank < 0:
             raise ConfigError(f"lorc_rank must be >= 0, got {self.lorc_rank}")
         for name in ("passes", "disable"):
@@ -60,6 +72,20 @@ class CompileConfig:
                 raise ConfigError(f"{name} must be a list of pass names, got {value!r}")
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
+
+    def _check_methods(self) -> None:
+        from fxforge.passes.quant_methods import QUANTIZE_METHODS
+        from fxforge.passes.rotate import ROTATE_MODES
+
+        if self.quantize_method not in QUANTIZE_METHODS:
+            raise ConfigError(f"quantize_method={self.quantize_method!r} is not one of {QUANTIZE_METHODS}")
+        for name in ("smooth", "rotate", "gptq"):
+            if getattr(self, name) not in (None, True, False):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be None (the scheme's default), True or False")
+        if self.rotate_mode not in ROTATE_MODES:
+            raise ConfigError(f"rotate_mode={self.rotate_mode!r} is not one of {ROTATE_MODES}")
+        if not isinstance(self.rotate_block, int) or self.rotate_block < 0:
+            raise ConfigError(f"rotate_block must be an int >= 0 (0: the whole width), got {self.rotate_block!r}")
 
     @classmethod
     def from_options(cls, config: CompileConfig | None = None, **options: Any) -> CompileConfig:
@@ -78,7 +104,8 @@ class CompileConfig:
 
     def pass_context_options(self) -> dict[str, Any]:
         """What the passes read from `ctx.options`."""
-        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank")
+        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank",
+                "quantize_method", "smooth", "rotate", "gptq", "rotate_mode", "rotate_block")
         return {**self.pass_options, **{k: getattr(self, k) for k in keys}}
 
     def to_json(self) -> dict[str, Any]:
