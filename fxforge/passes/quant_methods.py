@@ -23,6 +23,7 @@ smoothing and rotation only touch layers that will be quantized.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,9 +55,16 @@ class MethodPlan:
         return {"methods": {m: self.why[m] for m in METHODS}, "skipped": dict(self.skipped)}
 
 
-def resolve_methods(options: dict[str, Any], available: tuple[str, ...] = METHODS) -> MethodPlan:
+def available_methods() -> tuple[str, ...]:
+    """The methods this build has: gptq comes with the second-order solver (`passes/gptq.py`)."""
+    has_gptq = importlib.util.find_spec("fxforge.passes.gptq") is not None
+    return tuple(m for m in METHODS if m != "gptq" or has_gptq)
+
+
+def resolve_methods(options: dict[str, Any], available: tuple[str, ...] | None = None) -> MethodPlan:
     """One decision per method from the compile options (see the module docstring).
-    `available`: methods this build has (gptq comes with the solver)."""
+    `available`: methods this build has (default `available_methods()`)."""
+    available = available_methods() if available is None else available
     scheme = options.get("quantize")
     calibrated = bool(options.get("calibration"))
     auto = (options.get("quantize_method") or "auto") == "auto"

@@ -138,3 +138,15 @@ def dequantize_activations(q: torch.Tensor, s: torch.Tensor, fmt: str) -> torch.
     """f32 values of per-token codes (the reference's fake-quantized activations)."""
     vals = q.float() if fmt == "i8" else formats.decode_fp8(q, "f8e4m3")
     return vals * s[:, None]
+
+
+def hadamard_act_quant_spec(fmt: str, K: int, block: int, x_dtype: str = "float16") -> dict:
+    """A `fxforge.codegen.build` spec of `act_quant_hadamard_kernel` for rows of K elements, blocks of `block`."""
+    prm = block_params(effective_block(K, block))
+    t = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[x_dtype]
+    sig = {"x_ptr": f"*{t}", "q_ptr": "*i8" if fmt == "i8" else "*u8", "s_ptr": "*fp32", "hm_ptr": "*fp32",
+           "K": "i32", "stride_xm": "i32", "stride_qm": "i32"}
+    const = {"FORMAT": fmt, "MAX_VALUE": formats.get_format(fmt).max_value, **prm}
+    return {"module": __name__, "kernel": "act_quant_hadamard_kernel", "signature": sig, "constexprs": const,
+            "divisible": ["K", "stride_xm", "stride_qm"], "num_stages": 1, **launch_options(prm["M_BASE"] * prm["P"]),
+            "label": f"act_quant+hadamard {fmt} {x_dtype} K={K} block={block}"}
