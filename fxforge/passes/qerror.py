@@ -33,3 +33,16 @@ def layer_error(x: Tensor, w: Tensor, scheme: str, group: int | None = None, *,
 def rows_for(samples: Tensor, n: int = 512) -> Tensor:
     """At most n rows (the first ones: calibration samples are deterministic)."""
     return samples[:n].to(torch.float32)
+
+
+def report_inputs(calibration: list, rows: int = 512) -> list:
+    """The first calibration inputs holding at least `rows` token rows (by their first tensor's leading
+    dims): enough for a per-layer error report, without evaluating the whole calibration set again."""
+    out, seen = [], 0
+    for args in calibration:
+        out.append(args)
+        first = next((t for t in args if isinstance(t, torch.Tensor)), None)
+        seen += first.numel() if first is not None and first.dim() <= 2 else (first[..., 0].numel() if first is not None else 1)
+        if seen >= rows:
+            break
+    return out

@@ -30,6 +30,7 @@ import torch
 from fxforge.ir.graph import Graph, Op, Value, Weight
 from fxforge.ir.hadamard import hadamard_ref, largest_block
 from fxforge.passes.calibrate import calibrate
+from fxforge.passes.qerror import report_inputs
 from fxforge.passes.manager import PassContext, register_pass
 from fxforge.passes.qerror import layer_error, rows_for
 from fxforge.passes.quant_methods import quant_targets, resolve_methods
@@ -115,7 +116,8 @@ class Rotate:
         mode = ctx.option("rotate_mode") or "auto"
         targets = quant_targets(graph, ctx.options)
         calibration = ctx.option("calibration")
-        calib = calibrate(graph, calibration, sites=[t[1] for t in targets]) if calibration else None
+        # the before/after report needs only the rows calibrate keeps (MAX_SAMPLES): the first inputs do
+        calib = calibrate(graph, report_inputs(calibration), sites=[t[1] for t in targets]) if calibration else None
         originals = {layer: graph.weight(_weight_name(op)).data.clone() for op, layer, _ in targets}
         layers: dict[str, dict[str, Any]] = {}
         notes: dict[str, str] = {}
