@@ -55,6 +55,7 @@ class _GeneratedExecutor:
 
 class InterpretExecutor(_GeneratedExecutor):
     name = "interpret"
+    devices = ("cpu",)
 
     def __init__(self, graph: Graph) -> None:
         ensure_interpreter()
@@ -63,6 +64,7 @@ class InterpretExecutor(_GeneratedExecutor):
 
 class TritonExecutor(_GeneratedExecutor):
     name = "triton"
+    devices = ("cuda", "cpu")  # cpu inputs are moved to the GPU
 
     def __init__(self, graph: Graph) -> None:
         if os.environ.get("TRITON_INTERPRET") == "1":
