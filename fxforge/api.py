@@ -135,7 +135,8 @@ def load(path: str) -> CompiledModule:
     """Load an artifact directory written by `CompiledModule.save` or `fxforge compile`."""
     from fxforge.runtime.artifact import load_artifact
 
-    return load_artifact(path)
+    loaded = load_artifact(path)
+    return CompiledModule(loaded.record, loaded.in_spec, loaded.out_spec, loaded.arg_names, loaded.config, loaded.source)
 
 
 BACKEND_REPORT = CompileReport()

@@ -7,7 +7,7 @@ arguments, so new lengths reuse the same module.
   environment before triton is first imported in the process; if triton is already imported
   without it, a clear error says so (when triton is not imported yet, the variable is set here).
 - `triton`: a CUDA GPU; weights move to the GPU once, inputs move there per call, outputs stay there.
-Registered with `fxforge.runtime.executors.register_executor` when this module is imported.
+Named in the executor table of `fxforge.runtime.executors` (this module imports nothing from there).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 
 from fxforge.errors import ConfigError
 from fxforge.ir.graph import Graph
-from fxforge.runtime.executors import register_executor
 
 
 def ensure_interpreter() -> None:
@@ -75,6 +74,3 @@ class TritonExecutor(_GeneratedExecutor):
                               "(Triton's CPU interpreter) or 'reference' on this machine")
         super().__init__(graph, "cuda")
 
-
-register_executor("interpret", InterpretExecutor)
-register_executor("triton", TritonExecutor)
