@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from fxforge.compiler import compile_lowered
 from fxforge.config import CompileConfig
 from fxforge.errors import NotCompilableError
 from fxforge.frontend.dynamo import buffer_ids, tensor_names
 from fxforge.frontend.export import capture_export
 from fxforge.jit import Backend, jit_wrapper
+from fxforge.pipeline import compile_lowered
 from fxforge.runtime.devices import module_devices
 from fxforge.runtime.module import CompiledModule, flatten_inputs
 from fxforge.runtime.report import CompileReport

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from fxforge.compiler import compile_lowered
 from fxforge.config import CompileConfig
 from fxforge.frontend.dynamo import lower_aten_graph, mutated_inputs
 from fxforge.frontend.fx_to_ir import Lowered
+from fxforge.pipeline import compile_lowered
 from fxforge.runtime.devices import check_arguments
 from fxforge.runtime.report import CompileReport, GraphRecord
 

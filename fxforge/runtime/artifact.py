@@ -35,11 +35,12 @@ from torch.utils import _pytree as pytree
 
 from fxforge.config import CompileConfig
 from fxforge.errors import ArtifactError, FxforgeError, IRParseError
-from fxforge.frontend.fx_to_ir import InputSlot
+from fxforge.ir.calling import InputSlot
 from fxforge.ir.graph import Graph, Weight
 from fxforge.ir.optable import resolve_torch_op
 from fxforge.ir.parser import parse_dim, parse_graph, parse_type
 from fxforge.ir.printer import print_dim, print_encoding, print_graph
+from fxforge.ir.trace import Trace
 from fxforge.runtime.executors import resolve_executor
 from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord
@@ -228,8 +229,6 @@ def load_artifact(path: str | Path) -> LoadedArtifact:
     outputs = [(k, parse_dim(v) if k == "symbol" else v) for k, v in manifest["outputs"]]
     config = CompileConfig.from_json(manifest["config"])
     program = Program(graph, slots, outputs, resolve_executor(config.executor))
-    from fxforge.passes.manager import Trace
-
     trace = Trace.from_json((root / FILES["trace"]).read_text())
     record = GraphRecord(graph.name, program, 0.0, 0.0, len(graph.ops), manifest["externs"], manifest["notes"], trace)
     return LoadedArtifact(record, in_spec, out_spec, manifest["arg_names"], config, manifest["source"])

@@ -17,7 +17,7 @@ import sympy
 import torch
 
 from fxforge.errors import InputError
-from fxforge.frontend.fx_to_ir import InputSlot
+from fxforge.ir.calling import InputSlot
 from fxforge.ir.errors import ShapeError
 from fxforge.ir.evaluate import bind_symbols
 from fxforge.ir.graph import Graph

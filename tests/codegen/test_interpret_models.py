@@ -10,7 +10,7 @@ from torch.utils import _pytree as pytree
 
 import fxforge
 import fxforge.runtime.triton_executor  # noqa: F401  (registers the interpret/triton executors)
-from fxforge import zoo
+from fxforge import testing as zoo
 
 TOL = 1e-4
 MODELS = ["llama", "mistral", "gpt2", "bert", "mlp"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.errors import ArtifactError
 from fxforge.runtime.artifact import SELF_HASH, _body_hash
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.codegen import loader
 from fxforge.errors import ConfigError
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.errors import InputError
 from fxforge.ir.graph import Graph
 from fxforge.runtime.devices import check_arguments, check_devices
