@@ -10,6 +10,8 @@ from typing import Any
 from fxforge.errors import ConfigError
 
 EXECUTOR_CHOICES = ("auto", "reference", "interpret", "triton")
+QUANTIZE_METHODS = ("auto", "rtn")  # see fxforge.passes.quant_methods
+ROTATE_MODES = ("auto", "online")  # see fxforge.passes.rotate
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class CompileConfig:
     verify: verify the IR after every pass. debug: verify, and print the report after compiling.
     dynamic: dynamic shapes (JIT: torch.compile's `dynamic`; AOT: export every dim as Dim.AUTO).
     fullgraph: JIT only: fail on a graph break instead of running it in Python.
+    pass_options: {"<pass>.<option>": value}, read by that pass (`fxforge.pipeline` names the passes
+        and maps the typed fields below onto their options, e.g. quantize_group -> "quantize.group").
     quantize: a scheme for every linear ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp") or None;
         quantize_overrides: {name pattern: scheme or None}, first match wins (lm_head stays high precision
         by default); quantize_group: the group size of the 4-bit schemes; lorc_rank: ZeroQuant-FP's
@@ -74,9 +78,6 @@ class CompileConfig:
                 object.__setattr__(self, name, tuple(value))
 
     def _check_methods(self) -> None:
-        from fxforge.passes.quant_methods import QUANTIZE_METHODS
-        from fxforge.passes.rotate import ROTATE_MODES
-
         if self.quantize_method not in QUANTIZE_METHODS:
             raise ConfigError(f"quantize_method={self.quantize_method!r} is not one of {QUANTIZE_METHODS}")
         for name in ("smooth", "rotate", "gptq"):
@@ -101,12 +102,6 @@ class CompileConfig:
     def checks(self) -> bool:
         """Verify after every pass: asked for, in debug mode, or FXFORGE_VERIFY=1 (the tests set it)."""
         return self.verify or self.debug or os.environ.get("FXFORGE_VERIFY") == "1"
-
-    def pass_context_options(self) -> dict[str, Any]:
-        """What the passes read from `ctx.options`."""
-        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank",
-                "quantize_method", "smooth", "rotate", "gptq", "rotate_mode", "rotate_block")
-        return {**self.pass_options, **{k: getattr(self, k) for k in keys}}
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the calibration tensors."""
