@@ -50,6 +50,8 @@ from fxforge.passes.dce import DeadCodeElimination
 from fxforge.passes.fuse import FusePass
 from fxforge.passes.manager import Pass, PassContext, PassManager
 from fxforge.passes.quantize import Quantize
+from fxforge.passes.rotate import Rotate
+from fxforge.passes.smooth import Smooth
 from fxforge.passes.shape_prop import ShapePropagation
 from fxforge.runtime.executors import resolve_executor
 from fxforge.runtime.program import Program
@@ -88,7 +90,8 @@ class PassSpec:
 
 
 QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "quantize_group": "group",
-                    "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank"}
+                    "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank", "quantize_method": "method",
+                    "gptq": "gptq"}
 
 # The passes, in default-pipeline order (a name may appear twice: canonicalize runs twice).
 PASS_TABLE: tuple[PassSpec, ...] = (
@@ -96,6 +99,10 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("constant_fold", ConstantFold),
     PassSpec("cse", CommonSubexpressionElimination),
     PassSpec("canonicalize", Canonicalize),
+    # rotate and smooth read the quantize.* options too; each decides by `quant_methods.resolve_methods`
+    PassSpec("rotate", Rotate, when=_quantizing, options={"rotate": "enabled", "rotate_mode": "mode",
+                                                          "rotate_block": "block"}),
+    PassSpec("smooth", Smooth, when=_quantizing, options={"smooth": "enabled"}),
     PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),

@@ -103,7 +103,13 @@ def run_row(captured, options, windows, calib, batch, ref_preds) -> dict[str, An
     except ImportError:  # before the pipeline module landed
         from fxforge.compiler import compile_lowered
 
-    lowered = copy.deepcopy(captured.lowered)
+    from fxforge.ir.graph import Weight
+    from fxforge.ir.parser import parse_graph
+    from fxforge.ir.printer import print_graph
+
+    g0 = captured.lowered.graph
+    lowered = copy.copy(captured.lowered)
+    lowered.graph = parse_graph(print_graph(g0), {k: Weight(w.data.clone()) for k, w in g0.weights.items()})
     t0 = time.perf_counter()
     record = compile_lowered(lowered, CompileConfig(executor="reference", **options), 0.0, 0,
                              calibration=[[w[None, :-1]] for w in calib])

@@ -1,11 +1,13 @@
 """Which accuracy methods a quantized compile runs (smooth, rotate, gptq), and which linears they touch.
 
-`resolve_methods(options)` turns the compile options into one decision per method, with the reason,
-so the passes (`rotate`, `smooth`, `quantize`) and the report agree:
-    quantize_method  "auto" (default): each scheme's best measured methods when calibration data is
+`resolve_methods(options, calibrated)` turns the pass options into one decision per method, with the
+reason, so the passes (`rotate`, `smooth`, `quantize`) and the report agree (CompileConfig field ->
+pass option, `fxforge.pipeline.PASS_TABLE`):
+    quantize_method  ("quantize.method") "auto" (default): each scheme's best measured methods when calibration data is
                      given (`DEFAULTS`), none without it; "rtn": round to nearest, no method at all
                      unless one is switched on explicitly
-    smooth / rotate / gptq   None (the default for the scheme) or a bool that forces it
+    smooth / rotate / gptq  ("smooth.enabled", "rotate.enabled", "quantize.gptq") None (the default for
+                     the scheme) or a bool that forces it
 A method that needs calibration data (smooth, gptq) and has none is skipped, and `skipped` says so.
 
 `DEFAULTS` (measured: benchmarks/accuracy/methods.py, results in benchmarks/results/methods-*.md):
@@ -32,6 +34,7 @@ from fxforge.passes.calibrate import site_name
 from fxforge.passes.quantize import _embedding_tables, _skip_reason, choose_scheme
 
 METHODS = ("smooth", "rotate", "gptq")
+OPTION_KEYS = {"smooth": "smooth.enabled", "rotate": "rotate.enabled", "gptq": "quantize.gptq"}
 NEEDS_CALIBRATION = {"smooth": True, "rotate": False, "gptq": True}
 DEFAULTS: dict[str, tuple[str, ...]] = {
     "w8a8-int8": ("rotate", "gptq"),
@@ -61,17 +64,16 @@ def available_methods() -> tuple[str, ...]:
     return tuple(m for m in METHODS if m != "gptq" or has_gptq)
 
 
-def resolve_methods(options: dict[str, Any], available: tuple[str, ...] | None = None) -> MethodPlan:
-    """One decision per method from the compile options (see the module docstring).
-    `available`: methods this build has (default `available_methods()`)."""
+def resolve_methods(options: dict[str, Any], calibrated: bool, available: tuple[str, ...] | None = None) -> MethodPlan:
+    """One decision per method from the pass options (see the module docstring); `calibrated`: whether
+    calibration inputs were given. `available`: methods this build has (default `available_methods()`)."""
     available = available_methods() if available is None else available
-    scheme = options.get("quantize")
-    calibrated = bool(options.get("calibration"))
-    auto = (options.get("quantize_method") or "auto") == "auto"
+    scheme = options.get("quantize.scheme")
+    auto = (options.get("quantize.method") or "auto") == "auto"
     defaults = DEFAULTS.get(scheme, ()) if (auto and calibrated) else ()
     on, why, skipped = {}, {}, {}
     for m in METHODS:
-        forced = options.get(m)
+        forced = options.get(OPTION_KEYS[m])
         want = (m in defaults) if forced is None else bool(forced)
         reason = ("asked for" if forced else "switched off") if forced is not None else (
             f"default for {scheme}" if want else ("quantize_method='rtn'" if not auto else
@@ -90,7 +92,7 @@ def resolve_methods(options: dict[str, Any], available: tuple[str, ...] | None =
 
 def quant_targets(graph: Graph, options: dict[str, Any]) -> list[tuple[Op, str, str]]:
     """(linear op, layer name, scheme) for each linear the quantize pass will rewrite."""
-    scheme, overrides = options.get("quantize"), options.get("quantize_overrides") or {}
+    scheme, overrides = options.get("quantize.scheme"), options.get("quantize.overrides") or {}
     tied = _embedding_tables(graph)
     out = []
     for op in graph.find("linear"):

@@ -15,9 +15,9 @@ Two forms, both exact in real arithmetic (fp32 outputs equal the unrotated graph
   so a 688-wide down_proj gets blocks of 16. This is the form for BERT-like models and for inputs the
   residual form does not reach (o_proj after attention, down_proj after SwiGLU).
 
-Options: "rotate" (the method plan decides, see `quant_methods`), "rotate_mode" = "auto" (residual where
-the architecture allows, online elsewhere) | "online", "rotate_block" (max block, 0 = whole width),
-"rotate_seed" (the random signs of Q). Stats: per layer the block, the form, and with calibration data
+Options: "rotate.enabled" (None: the method plan decides, see `quant_methods`), "rotate.mode" = "auto"
+(residual where the architecture allows, online elsewhere) | "online", "rotate.block" (max block, 0 =
+whole width), "rotate.seed" (the random signs of Q); the quantize.* options say which linears. Stats: per layer the block, the form, and with calibration data
 the round-to-nearest error of the layer before and after rotation (`rtn_error_before/after`).
 """
 
@@ -31,12 +31,11 @@ from fxforge.ir.graph import Graph, Op, Value, Weight
 from fxforge.ir.hadamard import hadamard_ref, largest_block
 from fxforge.passes.calibrate import calibrate
 from fxforge.passes.qerror import report_inputs
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 from fxforge.passes.qerror import layer_error, rows_for
 from fxforge.passes.quant_methods import quant_targets, resolve_methods
 from fxforge.passes.rotate_residual import rotate_stream
 
-ROTATE_MODES = ("auto", "online")
 
 
 def _weight_name(op: Op) -> str:
@@ -101,21 +100,20 @@ def _errors(calib, targets, rotate_rows, graph: Graph, group: int | None) -> dic
     return out
 
 
-@register_pass("rotate")
 class Rotate:
     """Off unless the method plan turns rotation on (see `quant_methods.resolve_methods`)."""
 
     name = "rotate"
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
-        plan = resolve_methods(ctx.options)
+        plan = resolve_methods(ctx.options, bool(ctx.calibration))
         ctx.stats["plan"] = plan.why["rotate"]
-        if not ctx.option("quantize") or not plan["rotate"]:
+        if not ctx.option("quantize.scheme") or not plan["rotate"]:
             ctx.stats["enabled"] = False
             return graph
-        mode = ctx.option("rotate_mode") or "auto"
+        mode = ctx.option("rotate.mode") or "auto"
         targets = quant_targets(graph, ctx.options)
-        calibration = ctx.option("calibration")
+        calibration = ctx.calibration
         # the before/after report needs only the rows calibrate keeps (MAX_SAMPLES): the first inputs do
         calib = calibrate(graph, report_inputs(calibration), sites=[t[1] for t in targets]) if calibration else None
         originals = {layer: graph.weight(_weight_name(op)).data.clone() for op, layer, _ in targets}
@@ -124,14 +122,14 @@ class Rotate:
         rotated_values: set[int] = set()
         stream = None
         if mode == "auto":
-            stream = rotate_stream(graph, seed=int(ctx.option("rotate_seed") or 0))
+            stream = rotate_stream(graph, seed=int(ctx.option("rotate.seed") or 0))
             notes.update(stream.notes)
             rotated_values = stream.reader_inputs
             for layer, q in stream.layers.items():
                 form = "residual-out" if layer in stream.writers else "residual"
                 layers[layer] = {"form": form, "block": q}
         online, online_notes = rotate_online(graph, quant_targets(graph, ctx.options),
-                                             int(ctx.option("rotate_block") or 0), rotated_values)
+                                             int(ctx.option("rotate.block") or 0), rotated_values)
         for layer, info in online.items():
             layers.setdefault(layer, {}).update(info)
         notes.update(online_notes)
@@ -144,7 +142,7 @@ class Rotate:
                 rot_fns[layer] = (originals[layer], lambda x, b=b: hadamard_ref(x, block=b))
             elif stream is not None and layer in stream.input_maps:
                 rot_fns[layer] = (originals[layer], stream.input_maps[layer])
-        for layer, (before, after) in _errors(calib, targets, rot_fns, graph, ctx.option("quantize_group")).items():
+        for layer, (before, after) in _errors(calib, targets, rot_fns, graph, ctx.option("quantize.group")).items():
             layers[layer].update(rtn_error_before=before, rtn_error_after=after)
         ctx.stats.update(enabled=True, mode=mode, layers=layers, notes=notes,
                          hadamard_ops=len(graph.find("hadamard")))

@@ -14,8 +14,8 @@ relative output error of the round-to-nearest quantized layers, `qerror.layer_er
 is always a candidate, so the pass never makes a group worse on its calibration rows):
 - SmoothQuant (schemes that quantize activations): s_j = max|x_j|^a / max|W_:,j|^(1-a), a in ALPHAS;
 - AWQ (weight-only schemes): s_j = mean|x_j|^a, normalised by sqrt(max s * min s), a in AWQ_ALPHAS.
-Options: "smooth" (the method plan decides, see `quant_methods`), "smooth_alpha" (one fixed alpha
-instead of the search). Stats per layer: the method, alpha, producer, `rtn_error_before/after`.
+Options: "smooth.enabled" (None: the method plan decides, see `quant_methods`), "smooth.alpha" (one
+fixed alpha instead of the search); the quantize.* options say which linears. Stats per layer: the method, alpha, producer, `rtn_error_before/after`.
 Needs calibration data; without it the pass records that it was skipped.
 """
 
@@ -29,7 +29,7 @@ from torch import Tensor
 from fxforge.ir.graph import Graph, Op, Value, Weight
 from fxforge.ir.lowp_ops import get_scheme
 from fxforge.passes.calibrate import calibrate
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 from fxforge.passes.qerror import layer_error, rows_for
 from fxforge.passes.quant_methods import quant_targets, resolve_methods
 
@@ -126,26 +126,25 @@ def smooth_group(graph: Graph, x: Value, group: list[tuple[Op, str, str]], calib
     return {**info, "smoothed": True, "alpha": best[1]}
 
 
-@register_pass("smooth")
 class Smooth:
     """Off unless the method plan turns smoothing on (see `quant_methods.resolve_methods`)."""
 
     name = "smooth"
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
-        plan = resolve_methods(ctx.options)
+        plan = resolve_methods(ctx.options, bool(ctx.calibration))
         ctx.stats["plan"] = plan.why["smooth"]
-        if not ctx.option("quantize") or not plan["smooth"]:
+        if not ctx.option("quantize.scheme") or not plan["smooth"]:
             ctx.stats["enabled"] = False
             return graph
         targets = quant_targets(graph, ctx.options)
-        calib = calibrate(graph, ctx.option("calibration"), sites=[t[1] for t in targets])
+        calib = calibrate(graph, ctx.calibration, sites=[t[1] for t in targets])
         by_input: dict[int, tuple[Value, list]] = {}
         for t in targets:
             by_input.setdefault(id(t[0].operands[0]), (t[0].operands[0], []))[1].append(t)
         layers: dict[str, dict[str, Any]] = {}
         for x, group in by_input.values():
-            info = smooth_group(graph, x, group, calib, ctx.option("quantize_group"), ctx.option("smooth_alpha"))
+            info = smooth_group(graph, x, group, calib, ctx.option("quantize.group"), ctx.option("smooth.alpha"))
             for _, layer, _ in group:
                 layers[layer] = info
         ctx.stats.update(enabled=True, layers=layers,

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.errors import ConfigError
 from fxforge.ir import evaluate, verify
 from fxforge.ir.parser import parse_graph
 from fxforge.ir.printer import print_graph
-from fxforge.passes import PassContext, PassManager
+from fxforge.passes.manager import PassContext, PassManager
 from fxforge.passes.quant_methods import resolve_methods
 from fxforge.passes.rotate import Rotate
 from fxforge.passes.smooth import Smooth
@@ -30,11 +30,16 @@ def capture(name):
     return model, graph, x
 
 
-def run(graph, passes, **options):
+KEYS = {"quantize": "quantize.scheme", "quantize_method": "quantize.method", "rotate": "rotate.enabled",
+        "smooth": "smooth.enabled", "gptq": "quantize.gptq"}
+
+
+def run(graph, passes, calibration=None, **options):
     g = parse_graph(print_graph(graph), {k: type(w)(w.data.clone(), w.encoding, dict(w.payload))
                                          for k, w in graph.weights.items()})
     pm = PassManager(passes, verify=True)
-    out = pm.run(g, PassContext(options=options, verify=True))
+    opts = {KEYS[k]: v for k, v in options.items()}
+    out = pm.run(g, PassContext(options=opts, calibration=calibration, verify=True))
     return out, {r.name: r.stats for r in pm.trace.records}
 
 
@@ -112,14 +117,14 @@ def test_smoothing_alone_keeps_the_function_and_awq_for_weight_only(outlier_llam
 
 
 def test_method_plan():
-    calib = {"calibration": [[torch.zeros(1)]]}
-    plan = resolve_methods({"quantize": "w8a8-int8", **calib}, available=("smooth", "rotate", "gptq"))
+    every = ("smooth", "rotate", "gptq")
+    plan = resolve_methods({"quantize.scheme": "w8a8-int8"}, True, available=every)
     assert plan["rotate"] and plan["gptq"] and not plan["smooth"]
-    plan = resolve_methods({"quantize": "w8a8-int8"}, available=("smooth", "rotate", "gptq"))
+    plan = resolve_methods({"quantize.scheme": "w8a8-int8"}, False, available=every)
     assert not any(plan.on.values()) and set(plan.skipped) == {"rotate", "gptq"}
-    plan = resolve_methods({"quantize": "w4a16-int4", "smooth": True})
+    plan = resolve_methods({"quantize.scheme": "w4a16-int4", "smooth.enabled": True}, False)
     assert not plan["smooth"] and plan.skipped["smooth"] == "needs calibration data"
-    plan = resolve_methods({"quantize": "w8a8-fp8", "quantize_method": "rtn", "rotate": True, **calib})
+    plan = resolve_methods({"quantize.scheme": "w8a8-fp8", "quantize.method": "rtn", "rotate.enabled": True}, True)
     assert plan["rotate"] and not plan["smooth"] and not plan["gptq"]
 
 
@@ -130,5 +135,8 @@ def test_config_validates_method_options():
         fxforge.CompileConfig(rotate="yes")
     with pytest.raises(ConfigError, match="rotate_mode"):
         fxforge.CompileConfig(rotate_mode="residual")
+    from fxforge.pipeline import default_pipeline, pass_options
+
     cfg = fxforge.CompileConfig(quantize="w8a8-int8", rotate=True, rotate_block=64)
-    assert cfg.pass_context_options()["rotate"] is True and cfg.pass_context_options()["rotate_block"] == 64
+    assert pass_options(cfg)["rotate.enabled"] is True and pass_options(cfg)["rotate.block"] == 64
+    assert default_pipeline(cfg)[-5:-2] == ["rotate", "smooth", "quantize"]
