@@ -51,8 +51,8 @@ from fxforge.passes.fuse import FusePass
 from fxforge.passes.manager import Pass, PassContext, PassManager
 from fxforge.passes.quantize import Quantize
 from fxforge.passes.rotate import Rotate
-from fxforge.passes.smooth import Smooth
 from fxforge.passes.shape_prop import ShapePropagation
+from fxforge.passes.smooth import Smooth
 from fxforge.runtime.executors import resolve_executor
 from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord

@@ -47,7 +47,7 @@ def _jacobsthal(q: int) -> Tensor:
     return table[diff]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def base_matrix(m: int) -> Tensor:
     """The unnormalised m x m Hadamard matrix for m in BASES (float64, entries +-1)."""
     if m == 1:
@@ -100,7 +100,7 @@ def largest_block(n: int, cap: int | None = None) -> int:
     return 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hadamard_matrix(b: int) -> Tensor:
     """The orthonormal b x b matrix M (float64) with hadamard(x) = x @ M for one block."""
     f = factor(b)

@@ -17,8 +17,9 @@ Two forms, both exact in real arithmetic (fp32 outputs equal the unrotated graph
 
 Options: "rotate.enabled" (None: the method plan decides, see `quant_methods`), "rotate.mode" = "auto"
 (residual where the architecture allows, online elsewhere) | "online", "rotate.block" (max block, 0 =
-whole width), "rotate.seed" (the random signs of Q); the quantize.* options say which linears. Stats: per layer the block, the form, and with calibration data
-the round-to-nearest error of the layer before and after rotation (`rtn_error_before/after`).
+whole width), "rotate.seed" (the random signs of Q); the quantize.* options say which linears.
+Stats: per layer the block, the form, and with calibration data the round-to-nearest error of the
+layer before and after rotation (`rtn_error_before/after`).
 """
 
 from __future__ import annotations
@@ -30,12 +31,10 @@ import torch
 from fxforge.ir.graph import Graph, Op, Value, Weight
 from fxforge.ir.hadamard import hadamard_ref, largest_block
 from fxforge.passes.calibrate import calibrate
-from fxforge.passes.qerror import report_inputs
 from fxforge.passes.manager import PassContext
-from fxforge.passes.qerror import layer_error, rows_for
+from fxforge.passes.qerror import layer_error, report_inputs, rows_for
 from fxforge.passes.quant_methods import quant_targets, resolve_methods
 from fxforge.passes.rotate_residual import rotate_stream
-
 
 
 def _weight_name(op: Op) -> str:
