@@ -25,6 +25,8 @@ def pipeline_names(config: CompileConfig, executor: str) -> list[str]:
     names = default_pipeline()
     if config.quantize is not None:
         names.insert(names.index("dce"), "quantize")
+    if config.ffn_skip is not None:  # after quantize: the gate is fitted on the activations that will run
+        names.insert(names.index("dce"), "ffn_skip")
     if executor in ("interpret", "triton"):
         names.append("fuse")
     return names

@@ -27,6 +27,11 @@ class CompileConfig:
         by default); quantize_group: the group size of the 4-bit schemes; lorc_rank: ZeroQuant-FP's
         low-rank error compensation (0: off); calibration: example inputs (each a tuple of args or a
         dict of kwargs) the errors and scales are measured on (AOT only; not saved into artifacts).
+    ffn_skip: share of FFN token-rows to skip per token at run time (0 < x <= 0.9; needs calibration);
+        ffn_skip_gate: "linear" (default), "carry" (FFN-SkipLLM's rule) or "oracle" (measurement only);
+        ffn_skip_warmup: tokens at positions below it always run their FFNs; ffn_skip_protect: FFN block
+        indices never skipped (default first and last); ffn_skip_overrides: {site pattern: fixed share}.
+        See `fxforge.passes.ffn_skip`.
     """
 
     passes: tuple[str, ...] | None = None
@@ -43,6 +48,11 @@ class CompileConfig:
     quantize_pow2_round: str = "floor"
     lorc_rank: int = 0
     calibration: list | None = field(default=None, compare=False)
+    ffn_skip: float | None = None
+    ffn_skip_gate: str = "linear"
+    ffn_skip_warmup: int = 4
+    ffn_skip_protect: tuple[int, ...] = (0, -1)
+    ffn_skip_overrides: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTOR_CHOICES:
@@ -52,6 +62,7 @@ class CompileConfig:
 
             if self.quantize not in SCHEMES:
                 raise ConfigError(f"quantize={self.quantize!r} is not a scheme; known: {sorted(SCHEMES)}")
+        _check_ffn_skip(self)
         if self.lorc_rank < 0:
             raise ConfigError(f"lorc_rank must be >= 0, got {self.lorc_rank}")
         for name in ("passes", "disable"):
@@ -78,7 +89,8 @@ class CompileConfig:
 
     def pass_context_options(self) -> dict[str, Any]:
         """What the passes read from `ctx.options`."""
-        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank")
+        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank", "ffn_skip",
+                "ffn_skip_gate", "ffn_skip_warmup", "ffn_skip_protect", "ffn_skip_overrides")
         return {**self.pass_options, **{k: getattr(self, k) for k in keys}}
 
     def to_json(self) -> dict[str, Any]:
@@ -89,3 +101,11 @@ class CompileConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompileConfig:
         return cls.from_options(None, **data)
+
+
+def _check_ffn_skip(cfg: CompileConfig) -> None:
+    from fxforge.passes.ffn_skip import check_options  # lazily: the passes import the IR
+
+    if isinstance(cfg.ffn_skip_protect, (list, tuple)):
+        object.__setattr__(cfg, "ffn_skip_protect", tuple(cfg.ffn_skip_protect))
+    check_options(cfg.ffn_skip, cfg.ffn_skip_gate, cfg.ffn_skip_warmup, cfg.ffn_skip_protect, cfg.ffn_skip_overrides)

@@ -1,0 +1,212 @@
+"""The `ffn_skip` pass: per-token FFN skipping (FFN-SkipLLM) with a gate fitted on calibration data.
+
+Options (`ctx.options`; the pass is off unless "ffn_skip" is set):
+    "ffn_skip"            target share of FFN token-rows to skip, 0 < x <= 0.9 (of ALL FFN rows: protected
+                          blocks and warm-up tokens count as rows that run)
+    "ffn_skip_gate"       "linear" (default: least-squares predictor of the FFN's relative output size
+                          from its own input), "carry" (FFN-SkipLLM's rule: skip when the previous FFN
+                          left the stream unchanged) or "oracle" (measurement only: runs every FFN)
+    "ffn_skip_warmup"     tokens at positions below this always run their FFNs (default 4)
+    "ffn_skip_protect"    block indices never skipped (default (0, -1): the first and last FFN)
+    "ffn_skip_overrides"  {fnmatch pattern on the block's site, e.g. "model.layers.3.mlp": a fixed share
+                          of that block's rows to skip (0: protect it)}; the rest of the budget is
+                          allocated across the other blocks
+    "calibration"         input lists for the graph: required (the gate is fitted on them)
+
+What it does: finds the FFN blocks (`ffn_skip_find`), fits the gate per block and calibrates the
+thresholds so the share skipped on the calibration data hits the target, spending the skips where
+they cost least (`ffn_skip_gate`), and rewrites each gated block into dataflow (`ffn_skip_rewrite`):
+gate -> gather kept rows -> FFN on them -> scatter-add into the residual. A `skip_counts` output
+carries the run-time counters (`compiled.fxforge_report.ffn_skip`).
+
+Decisions:
+- Skipping a row at one block changes the next blocks' inputs, so the share measured on the
+  rewritten graph drifts from the one planned on unskipped activations (the carry rule cascades by
+  design). The pass re-runs the rewritten graph on the calibration inputs and rescales the planned
+  budget until the measured share is within TOLERANCE of the target (at most ITERATIONS runs).
+- First version: compaction is `torch.nonzero` + `index_select`/`index_add_` on the host for every
+  executor (the interpret/triton executors run these ops as torch calls between kernels); the FFN's
+  GEMMs then run on the kept rows only (M = kept rows). A device-side early-exit flag for decode (so
+  a step stays capturable in a CUDA graph) is not built yet.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+
+from fxforge.errors import ConfigError
+from fxforge.ir.evaluate import evaluate
+from fxforge.ir.graph import Graph, Op
+from fxforge.ir.skip_ops import GATE_KINDS
+from fxforge.passes import ffn_skip_gate as G
+from fxforge.passes.ffn_skip_find import FfnBlock, find_ffn_blocks, find_positions
+from fxforge.passes.ffn_skip_rewrite import add_count, add_counts, add_gate, compact
+from fxforge.passes.manager import PassContext, register_pass
+
+TOLERANCE = 0.01
+ITERATIONS = 6
+MAX_SHARE = 0.9
+
+
+def check_options(target: Any, gate: Any, warmup: Any, protect: Any, overrides: Any) -> None:
+    """ConfigError for a bad option (shared with CompileConfig's validation)."""
+    if target is None:
+        return
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= MAX_SHARE:
+        raise ConfigError(f"ffn_skip={target!r}: the share of FFN token-rows to skip must be a number in (0, {MAX_SHARE}]")
+    if gate not in GATE_KINDS:
+        raise ConfigError(f"ffn_skip_gate={gate!r} is not a gate; known: {list(GATE_KINDS)}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"ffn_skip_warmup={warmup!r} must be an int >= 0 (tokens that always run their FFNs)")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in protect or ()):
+        raise ConfigError(f"ffn_skip_protect={protect!r} must be a list of FFN block indices (negative from the end)")
+    for k, v in (overrides or {}).items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_SHARE:
+            raise ConfigError(f"ffn_skip_overrides[{k!r}]={v!r}: give {{site pattern: share in [0, {MAX_SHARE}]}}")
+
+
+def _options(ctx: PassContext) -> dict[str, Any]:
+    o = {"target": ctx.option("ffn_skip"), "gate": ctx.option("ffn_skip_gate") or "linear",
+         "warmup": ctx.option("ffn_skip_warmup", 4), "protect": tuple(ctx.option("ffn_skip_protect", (0, -1)) or ()),
+         "overrides": dict(ctx.option("ffn_skip_overrides") or {})}
+    check_options(o["target"], o["gate"], o["warmup"], o["protect"], o["overrides"])
+    return o
+
+
+def _plan(blocks: list[FfnBlock], o: dict[str, Any]) -> tuple[dict[int, float | None], dict[str, str]]:
+    """Block index -> fixed share (an override) or None (allocated); reasons for the ungated ones."""
+    n = len(blocks)
+    protected = {i % n for i in o["protect"] if -n <= i < n}
+    plan: dict[int, float | None] = {}
+    why: dict[str, str] = {}
+    for i, b in enumerate(blocks):
+        fixed = next((float(v) for p, v in o["overrides"].items() if fnmatch.fnmatchcase(b.site, p)), None)
+        if fixed == 0.0:
+            why[b.site] = "protected (ffn_skip_overrides)"
+        elif i in protected and fixed is None:
+            why[b.site] = "protected (ffn_skip_protect)"
+        elif o["gate"] == "carry" and i == 0:
+            why[b.site] = "carry gate: no previous FFN block"
+        else:
+            plan[i] = fixed
+    return plan, why
+
+
+def _fixed_rows(curve: G.Curve, share: float, n_rows: int) -> int:
+    return min(len(curve.sorted_scores), round(share * n_rows))
+
+
+def _run_counts(graph: Graph, inputs: list) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+    outs = [evaluate(graph, list(args)) for args in inputs]
+    return sum(o[-1] for o in outs), outs
+
+
+def ffn_skip_graph(graph: Graph, o: dict[str, Any], calibration: list) -> dict[str, Any]:
+    """Rewrite the graph in place; returns the statistics (see the module docstring)."""
+    blocks = find_ffn_blocks(graph)
+    stats: dict[str, Any] = {"target": o["target"], "gate": o["gate"], "warmup": o["warmup"], "blocks": len(blocks)}
+    if not blocks:
+        stats["note"] = ("no FFN block found (no residual add(h, mlp(norm(h))) with a row-local MLP of >= 2 GEMMs): "
+                         "nothing is skipped")
+        return stats
+    pos, pos_from = _positions(graph, blocks)
+    stats["positions"] = pos_from
+    data, ref_outs = G.collect(graph, blocks, pos, calibration)
+    plan, why = _plan(blocks, o)
+    n_rows = len(data[0].cost)
+    fits, curves, layer_stats = {}, {}, {}
+    for i in plan:
+        d, prev = data[i], data[i - 1] if i > 0 else None
+        w, bias, r2 = G.fit_linear(d) if o["gate"] == "linear" else (None, 0.0, None)
+        score = G.scores(o["gate"], d, prev, w, bias)
+        eligible = d.pos >= o["warmup"]
+        fits[i] = (w, bias)
+        curves[blocks[i].site] = G.make_curve(score, d.cost, eligible)
+        layer_stats[blocks[i].site] = {"fit_r2": r2, "eligible_rows": int(eligible.sum()),
+                                       "quality": G.quality_curve(score, d, eligible)}
+    gates: dict[int, Op] = {}
+    counts = []
+    prev_streams = None
+    for i, b in enumerate(blocks):
+        gate = None
+        if i in plan:
+            w, bias = fits[i]
+            gate = add_gate(graph, b, o["gate"], i, pos, G.NEVER, o["warmup"], w, bias, prev_streams)
+            gates[i] = gate
+        counts.append(add_count(graph, b, gate))
+        out = compact(graph, b, gate, o["gate"]) if gate is not None else b.add_op.result
+        prev_streams = (b.stream, out)
+    add_counts(graph, blocks, counts)
+
+    fixed = {blocks[i].site: _fixed_rows(curves[blocks[i].site], s, n_rows) for i, s in plan.items() if s is not None}
+    free = {k: c for k, c in curves.items() if k not in fixed}
+    total = n_rows * len(blocks)
+    planned = o["target"] * total
+    history = []
+    for _ in range(ITERATIONS):
+        rows = {**G.allocate(free, max(0, round(planned) - sum(fixed.values()))), **fixed}
+        th = G.thresholds(curves, rows)
+        for i, gate in gates.items():
+            gate.attrs = {**gate.attrs, "threshold": th[blocks[i].site]}
+        counted, outs = _run_counts(graph, calibration)
+        share = float(counted[:, 1].sum()) / max(float(counted[:, 0].sum()), 1.0)
+        history.append(round(share, 5))
+        if abs(share - o["target"]) <= TOLERANCE or share == 0.0:
+            break
+        planned = min(planned * o["target"] / share, float(total))
+    for site, st in layer_stats.items():
+        st["threshold"] = th[site]
+    for i, b in enumerate(blocks):
+        entry = layer_stats.setdefault(b.site, {})
+        entry["gated"] = i in gates
+        if b.site in why:
+            entry["not_gated"] = why[b.site]
+        entry["calib_rows"] = int(counted[i, 0])
+        entry["calib_skipped"] = int(counted[i, 1])
+        entry["calib_share"] = int(counted[i, 1]) / max(int(counted[i, 0]), 1)
+    stats["layers"] = layer_stats
+    stats["calibration"] = {"share_skipped": history[-1], "share_history": history, **_output_error(ref_outs, outs)}
+    return stats
+
+
+def _positions(graph: Graph, blocks: list[FfnBlock]):
+    u = blocks[0].u
+    seq = u.type.shape[-2] if u.type.rank >= 3 else u.type.shape[0]
+    pos, where = find_positions(graph, seq)
+    if pos is None:
+        anchor = min((b.add_op for b in blocks), key=graph.ops.index)
+        pos = graph.insert_before(anchor, "arange", [], {"end": seq}, name="ffn_skip_pos").result
+        where = "none found: row index within each call (warm-up counts rows of a call, not generated positions)"
+    return pos, where
+
+
+def _output_error(ref: list[list[torch.Tensor]], new: list[list[torch.Tensor]]) -> dict[str, float]:
+    a = torch.cat([r[0].float().flatten() for r in ref])
+    b = torch.cat([n[0].float().flatten() for n in new])
+    out = {"output_rel_error": float((b - a).norm() / a.norm().clamp_min(1e-30))}
+    if ref[0][0].dim() >= 2 and ref[0][0].shape[-1] > 1 and ref[0][0].is_floating_point():
+        agree = [(r[0].argmax(-1) == n[0].argmax(-1)).float() for r, n in zip(ref, new)]
+        out["next_token_agreement"] = float(torch.cat([x.flatten() for x in agree]).mean())
+    return out
+
+
+@register_pass("ffn_skip")
+class FfnSkip:
+    """Off unless `ctx.options["ffn_skip"]` is a share; stats: see `ffn_skip_graph`."""
+
+    name = "ffn_skip"
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        o = _options(ctx)
+        if o["target"] is None:
+            ctx.stats["enabled"] = False
+            return graph
+        calibration = ctx.option("calibration")
+        if not calibration:
+            raise ConfigError("ffn_skip needs calibration data: pass calibration=[example inputs, ...] (the gate is "
+                              "fitted and its thresholds set on them)")
+        ctx.stats.update(ffn_skip_graph(graph, o, list(calibration)))
+        return graph
