@@ -112,11 +112,43 @@ def ffn_skip_graph(graph: Graph, o: dict[str, Any], calibration: list) -> dict[s
         stats["note"] = ("no FFN block found (no residual add(h, mlp(norm(h))) with a row-local MLP of >= 2 GEMMs): "
                          "nothing is skipped")
         return stats
-    pos, pos_from = _positions(graph, blocks)
-    stats["positions"] = pos_from
+    pos, stats["positions"] = _positions(graph, blocks)
     data, ref_outs = G.collect(graph, blocks, pos, calibration)
     plan, why = _plan(blocks, o)
+    fits, curves, layer_stats = _fit_layers(blocks, data, plan, o)
+    gates = _rewrite(graph, blocks, plan, fits, pos, o)
     n_rows = len(data[0].cost)
+    total = n_rows * len(blocks)
+    weights = _sensitivities(graph, blocks, gates, curves, calibration, ref_outs, o["target"] * total)
+    curves = {k: G.scaled(c, weights[k]) for k, c in curves.items()}
+    fixed = {blocks[i].site: _fixed_rows(curves[blocks[i].site], s, n_rows) for i, s in plan.items() if s is not None}
+    free = {k: c for k, c in curves.items() if k not in fixed}
+    planned, history = o["target"] * total, []
+    for _ in range(ITERATIONS):
+        rows = {**G.allocate(free, max(0, round(planned) - sum(fixed.values()))), **fixed}
+        th = G.thresholds(curves, rows)
+        _set_thresholds(gates, blocks, th)
+        counted, outs = _run_counts(graph, calibration)
+        share = float(counted[:, 1].sum()) / max(float(counted[:, 0].sum()), 1.0)
+        history.append(round(share, 5))
+        if abs(share - o["target"]) <= TOLERANCE or share == 0.0:
+            break
+        planned = min(planned * o["target"] / share, float(total))
+    for i, b in enumerate(blocks):
+        entry = layer_stats.setdefault(b.site, {})
+        entry.update({"gated": i in gates, "calib_rows": int(counted[i, 0]), "calib_skipped": int(counted[i, 1]),
+                      "calib_share": int(counted[i, 1]) / max(int(counted[i, 0]), 1)})
+        if b.site in th:
+            entry.update({"threshold": th[b.site], "sensitivity": weights[b.site]})
+        if b.site in why:
+            entry["not_gated"] = why[b.site]
+    stats["layers"] = layer_stats
+    stats["calibration"] = {"share_skipped": history[-1], "share_history": history, **_output_error(ref_outs, outs)}
+    return stats
+
+
+def _fit_layers(blocks: list[FfnBlock], data: list[G.BlockData], plan: dict[int, float | None], o: dict[str, Any]):
+    """Per gated block: the gate's fit, its (rows, cost) curve in score order, and its report entry."""
     fits, curves, layer_stats = {}, {}, {}
     for i in plan:
         d, prev = data[i], data[i - 1] if i > 0 else None
@@ -127,6 +159,11 @@ def ffn_skip_graph(graph: Graph, o: dict[str, Any], calibration: list) -> dict[s
         curves[blocks[i].site] = G.make_curve(score, d.cost, eligible)
         layer_stats[blocks[i].site] = {"fit_r2": r2, "eligible_rows": int(eligible.sum()),
                                        "quality": G.quality_curve(score, d, eligible)}
+    return fits, curves, layer_stats
+
+
+def _rewrite(graph: Graph, blocks: list[FfnBlock], plan: dict[int, float | None], fits: dict, pos, o: dict[str, Any]) -> dict[int, Op]:
+    """Gate (threshold NEVER for now) and compact every planned block; count every block."""
     gates: dict[int, Op] = {}
     counts = []
     prev_streams = None
@@ -134,42 +171,38 @@ def ffn_skip_graph(graph: Graph, o: dict[str, Any], calibration: list) -> dict[s
         gate = None
         if i in plan:
             w, bias = fits[i]
-            gate = add_gate(graph, b, o["gate"], i, pos, G.NEVER, o["warmup"], w, bias, prev_streams)
-            gates[i] = gate
+            gate = gates[i] = add_gate(graph, b, o["gate"], i, pos, G.NEVER, o["warmup"], w, bias, prev_streams)
         counts.append(add_count(graph, b, gate))
         out = compact(graph, b, gate, o["gate"]) if gate is not None else b.add_op.result
         prev_streams = (b.stream, out)
     add_counts(graph, blocks, counts)
+    return gates
 
-    fixed = {blocks[i].site: _fixed_rows(curves[blocks[i].site], s, n_rows) for i, s in plan.items() if s is not None}
-    free = {k: c for k, c in curves.items() if k not in fixed}
-    total = n_rows * len(blocks)
-    planned = o["target"] * total
-    history = []
-    for _ in range(ITERATIONS):
-        rows = {**G.allocate(free, max(0, round(planned) - sum(fixed.values()))), **fixed}
-        th = G.thresholds(curves, rows)
-        for i, gate in gates.items():
-            gate.attrs = {**gate.attrs, "threshold": th[blocks[i].site]}
-        counted, outs = _run_counts(graph, calibration)
-        share = float(counted[:, 1].sum()) / max(float(counted[:, 0].sum()), 1.0)
-        history.append(round(share, 5))
-        if abs(share - o["target"]) <= TOLERANCE or share == 0.0:
-            break
-        planned = min(planned * o["target"] / share, float(total))
-    for site, st in layer_stats.items():
-        st["threshold"] = th[site]
-    for i, b in enumerate(blocks):
-        entry = layer_stats.setdefault(b.site, {})
-        entry["gated"] = i in gates
-        if b.site in why:
-            entry["not_gated"] = why[b.site]
-        entry["calib_rows"] = int(counted[i, 0])
-        entry["calib_skipped"] = int(counted[i, 1])
-        entry["calib_share"] = int(counted[i, 1]) / max(int(counted[i, 0]), 1)
-    stats["layers"] = layer_stats
-    stats["calibration"] = {"share_skipped": history[-1], "share_history": history, **_output_error(ref_outs, outs)}
-    return stats
+
+def _set_thresholds(gates: dict[int, Op], blocks: list[FfnBlock], th: dict[str, float]) -> None:
+    for i, gate in gates.items():
+        gate.attrs = {**gate.attrs, "threshold": th.get(blocks[i].site, G.NEVER)}
+
+
+def _sensitivities(graph: Graph, blocks: list[FfnBlock], gates: dict[int, Op], curves: dict[str, G.Curve],
+                   calibration: list, ref_outs: list, budget: float) -> dict[str, float]:
+    """Measured output error per unit of predicted cost, per gated block: skip one block alone at an
+    even share of the budget, compare the graph's first output with the unskipped one. Blocks whose
+    skipped rows hurt the output more per unit of stream change get their costs scaled up."""
+    out: dict[str, float] = {}
+    per_block = budget / max(len(gates), 1)
+    for i in gates:
+        site = blocks[i].site
+        curve = curves[site]
+        m = min(len(curve.sorted_scores), max(1, round(per_block)))
+        _set_thresholds(gates, blocks, {site: G.threshold_at(curve, m)})
+        _, outs = _run_counts(graph, calibration)
+        err = sum(float(((n[0].float() - r[0].float()) ** 2).sum()) for n, r in zip(outs, ref_outs))
+        ref = sum(float((r[0].float() ** 2).sum()) for r in ref_outs)
+        predicted = float(curve.cum_cost[m])
+        out[site] = (err / max(ref, 1e-30)) / predicted if predicted > 0 and err > 0 else 1.0
+    mean = sum(out.values()) / max(len(out), 1)
+    return {k: v / mean for k, v in out.items()}  # relative weights: the allocation only compares them
 
 
 def _positions(graph: Graph, blocks: list[FfnBlock]):

@@ -168,6 +168,16 @@ def thresholds(curves: dict[str, Curve], rows: dict[str, int]) -> dict[str, floa
     return {k: _threshold(curves[k].sorted_scores, rows.get(k, 0)) for k in curves}
 
 
+def threshold_at(curve: Curve, rows: int) -> float:
+    """The threshold that skips the `rows` lowest-score calibration rows of a layer."""
+    return _threshold(curve.sorted_scores, rows)
+
+
+def scaled(curve: Curve, weight: float) -> Curve:
+    """The same curve with its costs multiplied by a layer's measured sensitivity."""
+    return Curve(curve.sorted_scores, curve.cum_cost * weight, [(m, c * weight) for m, c in curve.hull])
+
+
 def quality_curve(score: Tensor, d: BlockData, eligible: Tensor) -> dict[str, list[float]]:
     """Share of the layer's rows skipped vs the layer's output error (|dropped y| / |stream|, RMS over
     all rows), in the gate's order and in the oracle's (true |y|/|stream|) order."""
