@@ -22,6 +22,8 @@ class CompileConfig:
     verify: verify the IR after every pass. debug: verify, and print the report after compiling.
     dynamic: dynamic shapes (JIT: torch.compile's `dynamic`; AOT: export every dim as Dim.AUTO).
     fullgraph: JIT only: fail on a graph break instead of running it in Python.
+    pass_options: {"<pass>.<option>": value}, read by that pass (`fxforge.pipeline` names the passes
+        and maps the typed fields below onto their options, e.g. quantize_group -> "quantize.group").
     quantize: a scheme for every linear ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp") or None;
         quantize_overrides: {name pattern: scheme or None}, first match wins (lm_head stays high precision
         by default); quantize_group: the group size of the 4-bit schemes; lorc_rank: ZeroQuant-FP's
@@ -87,12 +89,6 @@ class CompileConfig:
         """Verify after every pass: asked for, in debug mode, or FXFORGE_VERIFY=1 (the tests set it)."""
         return self.verify or self.debug or os.environ.get("FXFORGE_VERIFY") == "1"
 
-    def pass_context_options(self) -> dict[str, Any]:
-        """What the passes read from `ctx.options`."""
-        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank", "ffn_skip",
-                "ffn_skip_gate", "ffn_skip_warmup", "ffn_skip_protect", "ffn_skip_overrides")
-        return {**self.pass_options, **{k: getattr(self, k) for k in keys}}
-
     def to_json(self) -> dict[str, Any]:
         """Everything but the calibration tensors."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "calibration"}
@@ -104,8 +100,11 @@ class CompileConfig:
 
 
 def _check_ffn_skip(cfg: CompileConfig) -> None:
-    from fxforge.passes.ffn_skip import check_options  # lazily: the passes import the IR
+    from fxforge.ir.skip_ops import options_problem
 
-    if isinstance(cfg.ffn_skip_protect, (list, tuple)):
+    if isinstance(cfg.ffn_skip_protect, list):
         object.__setattr__(cfg, "ffn_skip_protect", tuple(cfg.ffn_skip_protect))
-    check_options(cfg.ffn_skip, cfg.ffn_skip_gate, cfg.ffn_skip_warmup, cfg.ffn_skip_protect, cfg.ffn_skip_overrides)
+    problem = options_problem(cfg.ffn_skip, cfg.ffn_skip_gate, cfg.ffn_skip_warmup, cfg.ffn_skip_protect,
+                              cfg.ffn_skip_overrides)
+    if problem:
+        raise ConfigError(problem)

@@ -41,6 +41,28 @@ from fxforge.ir.types import TensorType, dims_equal, sym
 DATA_DEPENDENT = "data_dependent_shape"
 GATE_KINDS = ("linear", "carry", "oracle")
 EPS = 1e-12
+MAX_SHARE = 0.9
+
+
+def options_problem(target: Any, gate: Any, warmup: Any, protect: Any, overrides: Any) -> str | None:
+    """What is wrong with the ffn_skip options, or None. One check for CompileConfig and the pass (which
+    both raise ConfigError with it); it lives with the gate kinds because both layers may import the IR."""
+    if target is None:
+        return None
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= MAX_SHARE:
+        return f"ffn_skip={target!r}: the share of FFN token-rows to skip must be a number in (0, {MAX_SHARE}]"
+    if gate not in GATE_KINDS:
+        return f"ffn_skip_gate={gate!r} is not a gate; known: {list(GATE_KINDS)}"
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        return f"ffn_skip_warmup={warmup!r} must be an int >= 0 (tokens that always run their FFNs)"
+    if not isinstance(protect, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in protect):
+        return f"ffn_skip_protect={protect!r} must be a list of FFN block indices (negative count from the end)"
+    if not isinstance(overrides, dict):
+        return f"ffn_skip_overrides={overrides!r} must be a dict {{site pattern: share}}"
+    for k, v in overrides.items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_SHARE:
+            return f"ffn_skip_overrides[{k!r}]={v!r}: give {{site pattern: share in [0, {MAX_SHARE}]}}"
+    return None
 
 
 def _row_norm(x: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,18 @@
 """The `ffn_skip` pass: per-token FFN skipping (FFN-SkipLLM) with a gate fitted on calibration data.
 
-Options (`ctx.options`; the pass is off unless "ffn_skip" is set):
-    "ffn_skip"            target share of FFN token-rows to skip, 0 < x <= 0.9 (of ALL FFN rows: protected
+Options (`ctx.option("ffn_skip.<name>")`, set from CompileConfig's ffn_skip* fields by
+`fxforge.pipeline`; the pass is off unless "ffn_skip.target" is set):
+    "target"              target share of FFN token-rows to skip, 0 < x <= 0.9 (of ALL FFN rows: protected
                           blocks and warm-up tokens count as rows that run)
-    "ffn_skip_gate"       "linear" (default: least-squares predictor of the FFN's relative output size
+    "gate"                "linear" (default: least-squares predictor of the FFN's relative output size
                           from its own input), "carry" (FFN-SkipLLM's rule: skip when the previous FFN
                           left the stream unchanged) or "oracle" (measurement only: runs every FFN)
-    "ffn_skip_warmup"     tokens at positions below this always run their FFNs (default 4)
-    "ffn_skip_protect"    block indices never skipped (default (0, -1): the first and last FFN)
-    "ffn_skip_overrides"  {fnmatch pattern on the block's site, e.g. "model.layers.3.mlp": a fixed share
+    "warmup"              tokens at positions below this always run their FFNs (default 4)
+    "protect"             block indices never skipped (default (0, -1): the first and last FFN)
+    "overrides"           {fnmatch pattern on the block's site, e.g. "model.layers.3.mlp": a fixed share
                           of that block's rows to skip (0: protect it)}; the rest of the budget is
                           allocated across the other blocks
-    "calibration"         input lists for the graph: required (the gate is fitted on them)
+Calibration inputs (`ctx.calibration`) are required: the gate is fitted on them.
 
 What it does: finds the FFN blocks (`ffn_skip_find`), fits the gate per block and calibrates the
 thresholds so the share skipped on the calibration data hits the target, spending the skips where
@@ -40,39 +41,23 @@ import torch
 from fxforge.errors import ConfigError
 from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph, Op
-from fxforge.ir.skip_ops import GATE_KINDS
+from fxforge.ir.skip_ops import options_problem
 from fxforge.passes import ffn_skip_gate as G
 from fxforge.passes.ffn_skip_find import FfnBlock, find_ffn_blocks, find_positions
 from fxforge.passes.ffn_skip_rewrite import add_count, add_counts, add_gate, compact
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 
 TOLERANCE = 0.01
 ITERATIONS = 6
-MAX_SHARE = 0.9
-
-
-def check_options(target: Any, gate: Any, warmup: Any, protect: Any, overrides: Any) -> None:
-    """ConfigError for a bad option (shared with CompileConfig's validation)."""
-    if target is None:
-        return
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= MAX_SHARE:
-        raise ConfigError(f"ffn_skip={target!r}: the share of FFN token-rows to skip must be a number in (0, {MAX_SHARE}]")
-    if gate not in GATE_KINDS:
-        raise ConfigError(f"ffn_skip_gate={gate!r} is not a gate; known: {list(GATE_KINDS)}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError(f"ffn_skip_warmup={warmup!r} must be an int >= 0 (tokens that always run their FFNs)")
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in protect or ()):
-        raise ConfigError(f"ffn_skip_protect={protect!r} must be a list of FFN block indices (negative from the end)")
-    for k, v in (overrides or {}).items():
-        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_SHARE:
-            raise ConfigError(f"ffn_skip_overrides[{k!r}]={v!r}: give {{site pattern: share in [0, {MAX_SHARE}]}}")
 
 
 def _options(ctx: PassContext) -> dict[str, Any]:
-    o = {"target": ctx.option("ffn_skip"), "gate": ctx.option("ffn_skip_gate") or "linear",
-         "warmup": ctx.option("ffn_skip_warmup", 4), "protect": tuple(ctx.option("ffn_skip_protect", (0, -1)) or ()),
-         "overrides": dict(ctx.option("ffn_skip_overrides") or {})}
-    check_options(o["target"], o["gate"], o["warmup"], o["protect"], o["overrides"])
+    o = {"target": ctx.option("ffn_skip.target"), "gate": ctx.option("ffn_skip.gate") or "linear",
+         "warmup": ctx.option("ffn_skip.warmup", 4), "protect": tuple(ctx.option("ffn_skip.protect", (0, -1)) or ()),
+         "overrides": dict(ctx.option("ffn_skip.overrides") or {})}
+    problem = options_problem(o["target"], o["gate"], o["warmup"], o["protect"], o["overrides"])
+    if problem:
+        raise ConfigError(problem)
     return o
 
 
@@ -226,9 +211,8 @@ def _output_error(ref: list[list[torch.Tensor]], new: list[list[torch.Tensor]]) 
     return out
 
 
-@register_pass("ffn_skip")
 class FfnSkip:
-    """Off unless `ctx.options["ffn_skip"]` is a share; stats: see `ffn_skip_graph`."""
+    """Off unless the option "ffn_skip.target" is a share; stats: see `ffn_skip_graph`."""
 
     name = "ffn_skip"
 
@@ -237,7 +221,7 @@ class FfnSkip:
         if o["target"] is None:
             ctx.stats["enabled"] = False
             return graph
-        calibration = ctx.option("calibration")
+        calibration = ctx.calibration
         if not calibration:
             raise ConfigError("ffn_skip needs calibration data: pass calibration=[example inputs, ...] (the gate is "
                               "fitted and its thresholds set on them)")
