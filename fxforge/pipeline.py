@@ -48,10 +48,13 @@ from fxforge.passes.canonicalize import Canonicalize
 from fxforge.passes.constant_fold import ConstantFold
 from fxforge.passes.cse import CommonSubexpressionElimination
 from fxforge.passes.dce import DeadCodeElimination
+from fxforge.passes.ffn_skip import FfnSkip
 from fxforge.passes.fuse import FusePass
 from fxforge.passes.manager import Pass, PassContext, PassManager
 from fxforge.passes.quantize import Quantize
+from fxforge.passes.rotate import Rotate
 from fxforge.passes.shape_prop import ShapePropagation
+from fxforge.passes.smooth import Smooth
 from fxforge.runtime.executors import resolve_executor
 from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord
@@ -91,7 +94,10 @@ class PassSpec:
 
 
 QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "quantize_group": "group",
-                    "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank"}
+                    "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank", "quantize_method": "method",
+                    "gptq": "gptq"}
+FFN_SKIP_OPTIONS = {"ffn_skip": "target", "ffn_skip_gate": "gate", "ffn_skip_warmup": "warmup",
+                    "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides"}
 
 # The passes, in default-pipeline order (a name may appear twice: canonicalize runs twice).
 PASS_TABLE: tuple[PassSpec, ...] = (
@@ -99,7 +105,13 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("constant_fold", ConstantFold),
     PassSpec("cse", CommonSubexpressionElimination),
     PassSpec("canonicalize", Canonicalize),
+    # rotate and smooth read the quantize.* options too; each decides by `quant_methods.resolve_methods`
+    PassSpec("rotate", Rotate, when=_quantizing, options={"rotate": "enabled", "rotate_mode": "mode",
+                                                          "rotate_block": "block"}, calibrated=True),
+    PassSpec("smooth", Smooth, when=_quantizing, options={"smooth": "enabled"}, calibrated=True),
     PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS, calibrated=True),
+    # after quantize: the skip gate is fitted on the activations that will run
+    PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS, calibrated=True),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),

@@ -125,6 +125,10 @@ def _import_spec_module(spec: dict):
     """`spec["module"]` by import name, or the file `spec["path"]` (a generated module) under that name."""
     if not spec.get("path"):
         return importlib.import_module(spec["module"])
+    if Path(spec["path"]).name.startswith("fxforge_gen_"):  # a kernel-cache file: checked against its hash
+        from fxforge.codegen.loader import import_cached
+
+        return import_cached(spec["path"])
     from importlib.util import module_from_spec, spec_from_file_location
 
     name = spec.get("module") or Path(spec["path"]).stem
