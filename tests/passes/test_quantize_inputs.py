@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.config import CompileConfig
 from fxforge.errors import ConfigError, InputError
 from fxforge.ir import formats
@@ -139,3 +139,13 @@ def test_model_with_in_features_100_keeps_group_32(scheme):
     assert all(op.attrs["group"] == 32 for op in compiled.graph.find("qlinear"))
     with torch.no_grad():
         assert rel(compiled(x), model(x)) < INT4_BOUND
+
+
+def test_inspect_quant_reports_the_group(tmp_path, capsys):
+    from fxforge.cli import main
+
+    model = zoo.build("mlp", dim=100, hidden=96)
+    fxforge.compile_aot(model, (torch.randn(2, 100),), quantize="w4a16-int4", quantize_group=32).save(str(tmp_path / "q"))
+    assert main(["inspect", str(tmp_path / "q"), "--quant"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["up"][:3] == ["up", "w4a16-int4", "32+28"] and rows["down"][:3] == ["down", "w4a16-int4", "32"]
