@@ -36,6 +36,11 @@ class CompileConfig:
         None (the scheme's default) or a bool forcing SmoothQuant/AWQ smoothing, Hadamard rotation, GPTQ
         on or off; rotate_mode: "auto" (residual-stream rotation where the architecture allows, online
         Hadamard elsewhere) or "online"; rotate_block: the largest online Hadamard block (0: whole width).
+    ffn_skip: share of FFN token-rows to skip per token at run time (0 < x <= 0.9; needs calibration);
+        ffn_skip_gate: "linear" (default), "carry" (FFN-SkipLLM's rule) or "oracle" (measurement only);
+        ffn_skip_warmup: tokens at positions below it always run their FFNs; ffn_skip_protect: FFN block
+        indices never skipped (default first and last); ffn_skip_overrides: {site pattern: fixed share}.
+        See `fxforge.passes.ffn_skip`.
     """
 
     passes: tuple[str, ...] | None = None
@@ -58,6 +63,11 @@ class CompileConfig:
     rotate_mode: str = "auto"
     rotate_block: int = 0
     calibration: list | None = field(default=None, compare=False)
+    ffn_skip: float | None = None
+    ffn_skip_gate: str = "linear"
+    ffn_skip_warmup: int = 4
+    ffn_skip_protect: tuple[int, ...] = (0, -1)
+    ffn_skip_overrides: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTOR_CHOICES:
@@ -68,6 +78,7 @@ class CompileConfig:
             if self.quantize not in SCHEMES:
                 raise ConfigError(f"quantize={self.quantize!r} is not a scheme; known: {sorted(SCHEMES)}")
         self._check_methods()
+        _check_ffn_skip(self)
         if self.lorc_rank < 0:
             raise ConfigError(f"lorc_rank must be >= 0, got {self.lorc_rank}")
         for name in ("passes", "disable"):
@@ -111,3 +122,14 @@ class CompileConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompileConfig:
         return cls.from_options(None, **data)
+
+
+def _check_ffn_skip(cfg: CompileConfig) -> None:
+    from fxforge.ir.skip_ops import options_problem
+
+    if isinstance(cfg.ffn_skip_protect, list):
+        object.__setattr__(cfg, "ffn_skip_protect", tuple(cfg.ffn_skip_protect))
+    problem = options_problem(cfg.ffn_skip, cfg.ffn_skip_gate, cfg.ffn_skip_warmup, cfg.ffn_skip_protect,
+                              cfg.ffn_skip_overrides)
+    if problem:
+        raise ConfigError(problem)

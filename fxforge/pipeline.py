@@ -47,6 +47,7 @@ from fxforge.passes.canonicalize import Canonicalize
 from fxforge.passes.constant_fold import ConstantFold
 from fxforge.passes.cse import CommonSubexpressionElimination
 from fxforge.passes.dce import DeadCodeElimination
+from fxforge.passes.ffn_skip import FfnSkip
 from fxforge.passes.fuse import FusePass
 from fxforge.passes.manager import Pass, PassContext, PassManager
 from fxforge.passes.quantize import Quantize
@@ -92,6 +93,8 @@ class PassSpec:
 QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "quantize_group": "group",
                     "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank", "quantize_method": "method",
                     "gptq": "gptq"}
+FFN_SKIP_OPTIONS = {"ffn_skip": "target", "ffn_skip_gate": "gate", "ffn_skip_warmup": "warmup",
+                    "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides"}
 
 # The passes, in default-pipeline order (a name may appear twice: canonicalize runs twice).
 PASS_TABLE: tuple[PassSpec, ...] = (
@@ -104,6 +107,8 @@ PASS_TABLE: tuple[PassSpec, ...] = (
                                                           "rotate_block": "block"}),
     PassSpec("smooth", Smooth, when=_quantizing, options={"smooth": "enabled"}),
     PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS),
+    # after quantize: the skip gate is fitted on the activations that will run
+    PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),

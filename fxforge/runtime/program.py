@@ -22,6 +22,7 @@ from fxforge.ir.errors import ShapeError
 from fxforge.ir.evaluate import bind_symbols
 from fxforge.ir.graph import Graph
 from fxforge.ir.types import substitute
+from fxforge.runtime.counters import SkipCounters
 from fxforge.runtime.devices import check_devices, weight_devices
 from fxforge.runtime.executors import Executor, make_executor
 
@@ -34,9 +35,11 @@ class Program:
     executor_name: str = "reference"
     calls: int = 0
     executor: Executor = field(init=False)
+    counters: SkipCounters = field(init=False)
 
     def __post_init__(self) -> None:
         self.executor = make_executor(self.executor_name, self.graph)
+        self.counters = SkipCounters(self.graph)  # extra outputs the caller never sees (ffn_skip's counts)
         self.expected_devices = getattr(self.executor, "devices", None) or weight_devices(self.graph)
 
     def __call__(self, *flat: Any) -> list[Any]:
@@ -60,6 +63,7 @@ class Program:
         with torch.no_grad():
             results = self.executor(tensors, bindings)
         self.calls += 1
+        self.counters.add(results)
         return [self._output(o, results, bindings) for o in self.outputs]
 
     def _output(self, out: Any, results: list[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> Any:
