@@ -54,11 +54,30 @@ def _show_quant(module: Any, args: argparse.Namespace) -> str:
         rows.append(f"{name:<44}{layer['scheme']:<12}{group:>10}{layer['rel_error']:>9.4f}{layer['bytes_fp16']:>10}"
                     f"{layer['bytes_after']:>10}{layer['bytes_fp16'] / max(layer['bytes_after'], 1):>6.2f}x")
     rows += [f"{name:<44}{why}" for name, why in stats["skipped"].items()]
+    rows += _method_rows(module.record.trace.records)
     total = stats["summary"]
     rows.append(f"total: {total['layers_quantized']} layers, {total['bytes_fp16_before']} B fp16 -> {total['bytes_after']} B; "
                 f"mean rel err {total['mean_rel_error']:.4f}, max {total['max_rel_error']:.4f}"
                 + (f"; model output rel err {total['output_rel_error']:.4f}" if "output_rel_error" in total else ""))
     return "\n".join(rows)
+
+
+def _method_rows(records: list[Any]) -> list[str]:
+    """The accuracy methods the compile ran (or skipped, and why) and each layer's error after each."""
+    from fxforge.passes.quant_methods import METHODS, method_report
+
+    plan = next((r.stats["methods"] for r in records if r.name == "rotate" and "methods" in r.stats), None)
+    if plan is None:
+        return []
+    rows = ["methods: " + "; ".join(f"{m} {plan['methods'][m]}" for m in METHODS)]
+    rows += [f"skipped: {m} ({why})" for m, why in plan["skipped"].items()]
+    report = method_report(records)
+    steps = [s for s in ("rtn", "rotate", "smooth", "final") if any(s in v for v in report.values())]
+    if report and steps != ["rtn", "final"]:
+        rows.append(f"{'error per layer on the calibration rows':<44}" + "".join(f"{s:>9}" for s in steps))
+        for name, errs in report.items():
+            rows.append(f"{name:<44}" + "".join(f"{errs[s]:>9.4f}" if s in errs else f"{'-':>9}" for s in steps))
+    return rows
 
 
 def _compact(stats: dict[str, Any]) -> str:
