@@ -146,9 +146,10 @@ class Graph:
         full = freeze(opdef.full_attrs(attrs or {}))
         if result_types is None:
             result_types = self.infer_types(opcode, operands, full)
+        if opdef.num_results >= 0 and len(result_types) != opdef.num_results:
+            raise ShapeError(f"{opcode}: has {opdef.num_results} result(s), {len(result_types)} result type(s) given")
         op = Op(opcode, operands, full, self)
-        names = names or [None] * len(result_types)
-        op.results = [Value(self.fresh_name(n), t, op) for n, t in zip(names, result_types)]
+        op.results = [Value(self.fresh_name(n), t, op) for n, t in zip(_result_names(names, len(result_types)), result_types)]
         return op
 
     def infer_types(self, opcode: str, operands: list[Value], attrs: dict[str, Any]) -> list[TensorType]:
@@ -263,6 +264,16 @@ class Graph:
         self._names.discard(value.name)
         self._names.add(name)
         value.name = name
+
+
+def _result_names(names: list[str | None] | None, count: int) -> list[str | None]:
+    """One name hint per result: a single hint for a multi-result op names them `x`, `x_1`, ..."""
+    names = list(names or [])
+    if len(names) > count:
+        raise IRError(f"{len(names)} result names for {count} result(s)")
+    if len(names) == 1 and count > 1 and names[0]:
+        return [names[0]] + [f"{names[0]}_{i}" for i in range(1, count)]
+    return names + [None] * (count - len(names))
 
 
 def _dtype_of(w: Weight) -> DType:
