@@ -20,6 +20,7 @@ from fxforge.ir import optable  # noqa: F401  (fills the op table)
 from fxforge.ir.dtypes import DType
 from fxforge.ir.errors import IRError, ShapeError
 from fxforge.ir.ops import OpDef, lookup
+from fxforge.ir.printer import print_graph
 from fxforge.ir.types import Encoding, TensorType
 
 _NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -247,8 +248,6 @@ class Graph:
         return g
 
     def __str__(self) -> str:
-        from fxforge.ir.printer import print_graph
-
         return print_graph(self)
 
     def __repr__(self) -> str:

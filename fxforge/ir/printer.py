@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sympy
 
 from fxforge.ir.dtypes import DType
-from fxforge.ir.graph import Graph, Op
 from fxforge.ir.ops import lookup
 from fxforge.ir.optable import OperandRef
 from fxforge.ir.types import ENCODINGS, TensorType
+
+if TYPE_CHECKING:  # the printer reads graphs but needs no graph code: graph.py imports this module
+    from fxforge.ir.graph import Graph, Op
 
 
 def print_dim(d: Any) -> str:
