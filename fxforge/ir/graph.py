@@ -23,8 +23,6 @@ from fxforge.ir.ops import OpDef, lookup
 from fxforge.ir.printer import print_graph
 from fxforge.ir.types import Encoding, TensorType
 
-_NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-
 
 def freeze(value: Any) -> Any:
     """Attribute values are immutable: lists become tuples, recursively (so ops hash for CSE)."""
@@ -125,8 +123,10 @@ class Graph:
         return value
 
     def add_weight(self, name: str, weight: Weight | torch.Tensor) -> str:
-        if not _NAME_OK.fullmatch(name):
-            raise IRError(f"weight name {name!r} must match {_NAME_OK.pattern}")
+        """Any non-empty name (torch's parameter names, `0.weight` of an nn.Sequential included);
+        the text form quotes names that are not plain (see printer.print_global)."""
+        if not isinstance(name, str) or not name:
+            raise IRError(f"a weight name must be a non-empty string, got {name!r}")
         self.weights[name] = weight if isinstance(weight, Weight) else Weight(weight)
         return name
 

@@ -56,6 +56,20 @@ def _dtype(tok: Token) -> DType:
         raise _err(f"unknown dtype {str(tok)!r}{hint} (known dtypes: {known})", tok) from None
 
 
+def _global_name(tok: Token) -> str:
+    """The name of `@name` or `@"quoted name"` (JSON)."""
+    text = str(tok)[1:]
+    if not text.startswith('"'):
+        return text
+    try:
+        name = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _err(f"bad quoted name @{text}: {e.msg}", tok) from None
+    if not name:
+        raise _err("a name cannot be empty", tok)
+    return name
+
+
 def _is_dtype_key(key: str) -> bool:
     return key == "dtype" or key.endswith("_dtype")
 
@@ -249,7 +263,7 @@ def parse_graph(text: str, weights: dict[str, Weight | torch.Tensor] | None = No
     a `const` of a plain (unencoded) one must have the weight's type. `const` ops of weights not
     given still parse (their types come from the text), as the verifier allows."""
     g: _GraphText = _parse(text, "graph")
-    graph = Graph(str(g.name)[1:])
+    graph = Graph(_global_name(g.name))
     if weights is not None:
         for wname, w in weights.items():
             try:
@@ -303,7 +317,7 @@ def _add_op(graph: Graph, line: _OpLine, use, define, weights) -> None:
             raise _err("const takes no operand list: `const @name : type`", tok)
         if "weight" in attrs:
             raise _err("const names its weight as `const @name`, not as an attribute", tok)
-        attrs["weight"] = str(line.weight)[1:]
+        attrs["weight"] = _global_name(line.weight)
         _check_weight(graph, line, attrs["weight"], weights)
     else:
         if line.weight is not None:
