@@ -1,5 +1,6 @@
 """ATen lowerings of ops with several results: topk, sort, var_mean, max/min along a dim, layer
-norm with its statistics, and inference batch norm. Filed into this module's `TABLE` (merged by
+norm with its statistics, and inference batch norm (one result, but it shares the multi-result
+entry's arithmetic). Filed into this module's `TABLE` (merged by
 `aten_table.py`, see there for the conventions).
 
 Decisions: a lowering returns one entry per ATen result. An entry the lowering does not compute is
@@ -82,8 +83,19 @@ def _native_layer_norm(b, x, normalized_shape, weight, bias, eps):
 
 @lowers(aten._native_batch_norm_legit_no_training.default)
 def _batch_norm_inference(b, x, weight, bias, running_mean, running_var, momentum, eps):
-    """(x - mean) / sqrt(var + eps) * weight + bias over channel dim 1; the saved statistics
-    (results 1 and 2, empty in inference) are left to torch."""
+    """The saved statistics (results 1 and 2, empty in inference) are left to torch."""
+    return (_batch_norm(b, x, weight, bias, running_mean, running_var, eps), None, None)
+
+
+@lowers(aten.batch_norm.default)
+def _batch_norm_op(b, x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled):
+    if training or running_mean is None or running_var is None:
+        raise Unsupported("batch norm in training mode (batch statistics, running stats updated)")
+    return _batch_norm(b, x, weight, bias, running_mean, running_var, eps)
+
+
+def _batch_norm(b: Builder, x: Value, weight, bias, running_mean: Value, running_var: Value, eps: float) -> Value:
+    """(x - mean) / sqrt(var + eps) * weight + bias over channel dim 1."""
     if x.type.rank < 2:
         raise Unsupported("batch norm of a rank < 2 input")
     shape = (x.type.shape[1],) + (1,) * (x.type.rank - 2)
@@ -97,4 +109,4 @@ def _batch_norm_inference(b, x, weight, bias, running_mean, running_var, momentu
         y = b.op("mul", y, channel(weight))
     if bias is not None:
         y = b.op("add", y, channel(bias))
-    return (y, None, None)
+    return y

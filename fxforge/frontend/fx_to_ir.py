@@ -119,7 +119,11 @@ class FxToIR:
                 self.result.notes.append(f"{node.name} ({target_name(node.target)}): {e}; runs through torch")
         if node.target is operator.getitem:  # its source was lowered to a tuple holding every used result
             raise CaptureError(f"{node.name}: result {node.args[1]} of {node.args[0]} was not lowered (a frontend bug)")
-        self.env[node] = self._extern(node)
+        try:
+            self.env[node] = self._extern(node)
+        except Unsupported as e:
+            raise CaptureError(f"{node.name} ({target_name(node.target)}) has no fxforge lowering and cannot run as an "
+                               f"extern: {e}. Fix: rewrite that part of the model with tensor-returning ATen ops") from None
 
     def _lower(self, node: torch.fx.Node, lowering) -> Any:
         args, kwargs = self._convert(node.args), self._convert(node.kwargs)

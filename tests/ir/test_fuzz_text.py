@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.ir.errors import FxforgeError
 from fxforge.ir.ops import OPS
 from fxforge.ir.parser import parse_graph

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.ir.evaluate import evaluate
 from fxforge.ir.parser import parse_graph
 from fxforge.ir.printer import print_graph
