@@ -148,6 +148,17 @@ def _pass_view(trace: Any, key: str | None, diff: bool) -> str:
     return rec.diff().rstrip("\n") or f"({key} changed nothing)"
 
 
+def _compression(cfg: Any) -> str:
+    """` quantize=w8a8-int8 ...`: the compression options (`compile.CONFIG_FLAGS`) the artifact was compiled with."""
+    from fxforge.cli.compile import CONFIG_FLAGS
+    from fxforge.config import CompileConfig
+
+    default = CompileConfig()
+    shown = [f"{row.field}={getattr(cfg, row.field)}" for row in CONFIG_FLAGS
+             if row.field != "calibration" and getattr(cfg, row.field) != getattr(default, row.field)]
+    return "".join(" " + s for s in shown)
+
+
 def _overview(module: Any, args: argparse.Namespace) -> str:
     from fxforge.cli import inputs as ci
     from fxforge.runtime.artifact import FILES
@@ -158,7 +169,7 @@ def _overview(module: Any, args: argparse.Namespace) -> str:
     lines = [f"artifact {args.artifact}: {module.source or 'model'} ({versions})",
              f"config: passes={','.join(cfg.passes) if cfg.passes is not None else 'default'} "
              f"disable={','.join(cfg.disable) or '-'} executor={cfg.executor} ({module.program.executor_name}) "
-             f"dynamic={cfg.dynamic is not False} verify={cfg.verify}",
+             f"dynamic={cfg.dynamic is not False} verify={cfg.verify}{_compression(cfg)}",
              f"signature: {ci.signature(module.graph)}", "",
              f"{'#':>3}  {'pass':<16}{'ms':>9}{'ops':>14}  changes / stats"]
     for i, r in enumerate(module.record.trace.records, 1):
