@@ -16,6 +16,7 @@ import torch
 
 from fxforge.cli import inputs as cli_inputs
 from fxforge.cli import main
+from fxforge.cli.inputs import UsageError
 
 MODEL_SOURCE = '''
 import torch
@@ -204,6 +205,34 @@ def test_compile_quantized_with_calibration_file_then_run(workdir, tmp_path, cap
         want = eager_model(workdir)(ids).logits
     rel = ((got - want).norm() / want.norm()).item()
     assert 0 < rel < 0.05  # quantized: close to eager, and not eager itself
+
+
+def test_inspect_quant_shows_the_methods_and_errors_per_step(tmp_path, capsys):
+    import fxforge
+    from fxforge import testing as zoo
+
+    model = zoo.build("llama")
+    calib = [(zoo.example_input("llama", seed=s),) for s in (3, 4)]
+    fxforge.compile_aot(model, (zoo.example_input("llama"),), quantize="w8a8-int8", quantize_method="rtn", rotate=True,
+                        smooth=True, calibration=calib).save(str(tmp_path / "q"))
+    assert main(["inspect", str(tmp_path / "q"), "--quant"]) == 0
+    out = capsys.readouterr().out
+    assert "methods: smooth on: asked for; rotate on: asked for" in out
+    head = next(line for line in out.splitlines() if line.startswith("error per layer"))
+    assert head.split()[-4:] == ["rtn", "rotate", "smooth", "final"]
+    row = [line for line in out.splitlines() if line.startswith("model.layers.0.mlp.down_proj ")][-1].split()
+    assert len(row) == 5 and float(row[1]) > float(row[2])  # rotation lowered the round-to-nearest error
+    fxforge.compile_aot(model, (zoo.example_input("llama"),), quantize="w8a8-int8").save(str(tmp_path / "plain"))
+    assert main(["inspect", str(tmp_path / "plain"), "--quant"]) == 0
+    assert "skipped: rotate (default with calibration data; none given)" in capsys.readouterr().out
+
+
+def test_method_flags(tmp_path):
+    config = _compile_args(tmp_path, "--quantize", "w8a8-int8", "--quantize-method", "rtn", "--rotate", "on",
+                           "--smooth", "off", "--gptq", "auto")
+    assert (config.quantize_method, config.rotate, config.smooth, config.gptq) == ("rtn", True, False, None)
+    with pytest.raises(UsageError, match="on, off or auto"):
+        _compile_args(tmp_path, "--rotate", "yes")
 
 
 def _compile_args(tmp_path, *extra):
