@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from fxforge.codegen import triton_compat  # noqa: F401  (Triton-version fixes, e.g. 3.6's interpreter)
 from fxforge.codegen.blocks import next_pow2, row_blocks
 from fxforge.ir.dtypes import DType
 from fxforge.ir.ops import OPS
