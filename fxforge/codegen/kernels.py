@@ -23,9 +23,9 @@ import sympy
 from fxforge.codegen.expr import TL_DTYPES, ExprBuilder, IndexSpace, held, pyexpr
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Value
+from fxforge.ir.partition import KernelGroup
 from fxforge.ir.printer import print_op
 from fxforge.ir.types import Dim
-from fxforge.passes.fusion_rules import KernelGroup
 
 POINTWISE_BLOCK = 1024
 ROW_TILE = 4096  # ROWS * BLOCK_N elements per row program

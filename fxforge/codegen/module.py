@@ -34,8 +34,8 @@ from fxforge.codegen.loader import load_module
 from fxforge.codegen.module_text import HEADER, HELPERS, graph_symbols, lit, py_shape
 from fxforge.ir.evaluate import weight_tensor
 from fxforge.ir.graph import Graph, Op, Value, Weight
+from fxforge.ir.partition import KernelGroup, Partition
 from fxforge.passes.fuse import partition
-from fxforge.passes.fusion_rules import KernelGroup, Partition
 
 ALIASING = ("reshape", "permute", "expand", "slice", "extern")  # results may share their operand's storage
 
@@ -358,7 +358,7 @@ class _Writer:
 
 def _fused_partition(graph: Graph) -> Partition | None:
     """The partition the `fuse` pass left on the graph, if it still describes exactly these ops."""
-    part = getattr(graph, "kernel_groups", None)
+    part = graph.partition
     if not isinstance(part, Partition):
         return None
     ids = {id(op) for op in graph.ops}

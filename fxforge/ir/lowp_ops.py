@@ -345,4 +345,4 @@ def qlinear_ref(*operands, scheme, act_format, group, lorc_rank):
 register(OpDef("qlinear", (2, 5), {"scheme": REQUIRED, "act_format": None, "group": 0, "lorc_rank": 0},
                _qlinear_infer, qlinear_ref, "lowp",
                "qlinear(x, w #quantized, [bias], [lorc_u, lorc_v]): per-token activation quantization, "
-               "GEMM with the dequantized weight, optional LoRC correction (x @ V) @ U^T"))
+               "GEMM with the dequantized weight, optional LoRC correction (x @ V) @ U^T", kernel="gemm"))
