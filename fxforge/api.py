@@ -165,9 +165,10 @@ def _calibration_inputs(cfg: CompileConfig, capture: Any, arg_names: list[str]) 
 
 def load(path: str) -> CompiledModule:
     """Load an artifact directory written by `CompiledModule.save` or `fxforge compile`."""
+    from fxforge.compiler import prepare_graph
     from fxforge.runtime.artifact import load_artifact
 
-    return load_artifact(path)
+    return load_artifact(path, prepare=prepare_graph)
 
 
 BACKEND_REPORT = CompileReport()

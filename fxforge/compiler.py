@@ -11,23 +11,35 @@ import time
 from fxforge.config import CompileConfig
 from fxforge.errors import ConfigError
 from fxforge.frontend.fx_to_ir import Lowered
+from fxforge.ir.graph import Graph
+from fxforge.passes.fuse import fuse
 from fxforge.passes.manager import PassContext, PassManager, Trace, build_pipeline, default_pipeline
 from fxforge.runtime.executors import resolve_executor
 from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord
+
+KERNEL_EXECUTORS = ("interpret", "triton")  # executors that run generated kernels (they need `fuse`)
 
 
 def pipeline_names(config: CompileConfig, executor: str) -> list[str]:
     """The default pipeline, with the rewrites the config asks for placed after canonicalisation,
     and fusion last when the executor runs generated kernels (so the trace shows the partition)."""
     if config.passes is not None:
-        return list(config.passes)
-    names = default_pipeline()
-    if config.quantize is not None:
-        names.insert(names.index("dce"), "quantize")
-    if executor in ("interpret", "triton"):
-        names.append("fuse")
+        names = list(config.passes)
+    else:
+        names = default_pipeline()
+        if config.quantize is not None:
+            names.insert(names.index("dce"), "quantize")
+    if executor in KERNEL_EXECUTORS and "fuse" not in names:
+        names.append("fuse")  # codegen needs the partition, even after a custom pass list
     return names
+
+
+def prepare_graph(graph: Graph, executor: str) -> None:
+    """Give a graph that did not come through the pipeline (a loaded artifact) what its executor
+    needs: the kernel partition for the generated-kernel executors."""
+    if executor in KERNEL_EXECUTORS and (graph.partition is None or not graph.partition.covers(graph)):
+        fuse(graph)
 
 
 def run_passes(lowered: Lowered, config: CompileConfig, executor: str, calibration: list | None = None) -> Trace:

@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,9 @@ def _load_weights(root: Path, manifest: dict[str, Any]) -> dict[str, Weight]:
     return weights
 
 
-def load_artifact(path: str | Path) -> CompiledModule:
+def load_artifact(path: str | Path, prepare: Callable[[Graph, str], Any] | None = None) -> CompiledModule:
+    """`prepare(graph, executor)` runs on the parsed graph before its executor is built (the pipeline
+    layer passes the `fuse` step the generated-kernel executors need; the runtime imports no pass)."""
     root = Path(path)
     manifest = _read_manifest(root)
     weights = _load_weights(root, manifest)
@@ -188,7 +191,10 @@ def load_artifact(path: str | Path) -> CompiledModule:
     slots = [InputSlot(s["kind"], parse_dim(s["symbol"]) if s["symbol"] else None, s["value"]) for s in manifest["inputs"]]
     outputs = [(k, parse_dim(v) if k == "symbol" else v) for k, v in manifest["outputs"]]
     config = CompileConfig.from_json(manifest["config"])
-    program = Program(graph, slots, outputs, resolve_executor(config.executor))
+    executor = resolve_executor(config.executor)
+    if prepare is not None:
+        prepare(graph, executor)
+    program = Program(graph, slots, outputs, executor)
     from fxforge.passes.manager import Trace
 
     trace = Trace.from_json((root / FILES["trace"]).read_text())
