@@ -70,10 +70,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled = fxforge.compile_aot(model, example_args, example_kwargs or None, config=config)
     build_lines, build_failed = [], False
     if args.build_check:  # before save: the figures go into the trace
-        from fxforge.codegen.buildcheck import check_kernels, summary
+        from fxforge.codegen.buildcheck import RECORD_NAME, check_kernels, summary
 
-        builds = check_kernels(compiled, example_args, example_kwargs=example_kwargs or None)
-        build_lines, build_failed = summary(compiled.record.trace), not all(b.ok for b in builds)
+        check = check_kernels(compiled, example_args, example_kwargs=example_kwargs or None)
+        compiled.record.add_check(RECORD_NAME, check.stats, check.seconds)
+        build_lines, build_failed = summary(compiled.record.trace), not check.ok
     compiled.save(str(out))
     seconds = time.perf_counter() - start
     rec, graph = compiled.record, compiled.graph

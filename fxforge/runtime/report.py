@@ -28,6 +28,19 @@ class GraphRecord:
     def calls(self) -> int:
         return self.program.calls
 
+    def add_check(self, name: str, stats: dict[str, Any], seconds: float) -> None:
+        """File the result of a check that leaves the IR unchanged (the kernel build check) in the trace,
+        as a record named `name` after the last pass (replacing an earlier one of that name)."""
+        from fxforge.passes.manager import PassRecord, Trace
+
+        if self.trace is None:
+            self.trace = Trace()
+        records = [r for r in self.trace.records if r.name != name]
+        last = records[-1] if records else None
+        ir = last.ir_after if last else ""
+        ops = dict(last.ops_after) if last else {}
+        self.trace.records = [*records, PassRecord(name, ir, ir, seconds, stats, ops, dict(ops))]
+
     def summary(self) -> str:
         ops = self.program.graph.op_counts()
         top = ", ".join(f"{k} x{v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:8])
