@@ -276,13 +276,20 @@ def row_renders(*opcodes: str) -> Callable[[RowRenderer], RowRenderer]:
     return deco
 
 
-@row_renders("softmax", "log_softmax")
-def _softmax(op: Op, b: ExprBuilder) -> list[str]:
-    return ['_xm = tl.where(_mask, _x, float("-inf"))',
+_SOFTMAX = ['_xm = tl.where(_mask, _x, float("-inf"))',
             "_m = tl.max(_xm, axis=1)[:, None]",
             "_e = tl.where(_mask, tl.exp(_xm - _m), 0.0)",
-            "_s = tl.sum(_e, axis=1)[:, None]",
-            "_y = _e / _s" if op.opcode == "softmax" else "_y = (_xm - _m) - tl.log(_s)"]
+            "_s = tl.sum(_e, axis=1)[:, None]"]
+
+
+@row_renders("softmax")
+def _softmax(op: Op, b: ExprBuilder) -> list[str]:
+    return [*_SOFTMAX, "_y = _e / _s"]
+
+
+@row_renders("log_softmax")
+def _log_softmax(op: Op, b: ExprBuilder) -> list[str]:
+    return [*_SOFTMAX, "_y = (_xm - _m) - tl.log(_s)"]
 
 
 @row_renders("layer_norm")
@@ -310,9 +317,14 @@ def _rms_norm(op: Op, b: ExprBuilder) -> list[str]:
     return body
 
 
-@row_renders("sum", "mean")
+@row_renders("sum")
 def _sum(op: Op, b: ExprBuilder) -> list[str]:
-    return ["_y = tl.sum(_x, axis=1)" + (" / n_cols" if op.opcode == "mean" else "")]
+    return ["_y = tl.sum(_x, axis=1)"]
+
+
+@row_renders("mean")
+def _mean(op: Op, b: ExprBuilder) -> list[str]:
+    return ["_y = tl.sum(_x, axis=1) / n_cols"]
 
 
 @row_renders("amax")

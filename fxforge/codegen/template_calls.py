@@ -64,20 +64,32 @@ def _attention(g: KernelGroup, n: Names) -> str:
     return f"_attention({', '.join([n(v) for v in op.operands] + kw)})"
 
 
-@template_renders("linear", "matmul")
-def _gemm(g: KernelGroup, n: Names) -> str:
+def _has_epilogue(p: dict[str, Any]) -> bool:
+    return (p["bias"] is not None or p["residual"] is not None or p.get("mul") is not None
+            or p["activation"] != "none" or p["out_dtype"] is not None)
+
+
+def _linear_call(g: KernelGroup, n: Names, weight: str) -> str:
+    """`_linear(x, weight, [bias], <epilogue>)`; `weight` is the [N, K] operand's expression."""
     op, p = g.ops[0], g.params
-    epilogue = (p["bias"] is not None or p["residual"] is not None or p.get("mul") is not None
-                or p["activation"] != "none" or p["out_dtype"])
-    if op.opcode == "matmul" and not epilogue:
-        kw = [f"scale={p['scale']!r}"] if p["scale"] != 1.0 else []
-        return f"_matmul({', '.join([n(v) for v in op.operands] + kw)})"
-    x, w = op.operands[0], op.operands[1]
-    wt = f"{n(w)}.t()" if op.opcode == "matmul" else n(w)  # matmul(a, b) = linear(a, b^T)
     bias = op.operands[2] if len(op.operands) > 2 else p["bias"]
-    args = [n(x), wt] + ([n(bias)] if bias is not None else [])
+    args = [n(op.operands[0]), weight] + ([n(bias)] if bias is not None else [])
     args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype"))
     return f"_linear({', '.join(args)})"
+
+
+@template_renders("linear")
+def _linear(g: KernelGroup, n: Names) -> str:
+    return _linear_call(g, n, n(g.ops[0].operands[1]))
+
+
+@template_renders("matmul")
+def _matmul(g: KernelGroup, n: Names) -> str:
+    op, p = g.ops[0], g.params
+    if _has_epilogue(p):
+        return _linear_call(g, n, f"{n(op.operands[1])}.t()")  # matmul(a, b) = linear(a, b^T)
+    kw = [f"scale={p['scale']!r}"] if p["scale"] != 1.0 else []
+    return f"_matmul({', '.join([n(v) for v in op.operands] + kw)})"
 
 
 @template_renders("qlinear")
