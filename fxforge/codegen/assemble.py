@@ -21,7 +21,7 @@ from fxforge.codegen.module_text import HEADER, HOST_HELPERS
 def _defs(text: str) -> dict[str, str]:
     """Top-level functions of a helper text, by name (with their decorators)."""
     out: dict[str, str] = {}
-    for chunk in re.split(r"\n(?=@triton\.jit\n|def )", text.strip()):
+    for chunk in re.split(r"\n[ \t]*\n(?=\S)", text.strip()):  # a blank line, then a top-level line
         if not chunk.strip():
             continue
         name = re.search(r"^def (\w+)", chunk, re.M)

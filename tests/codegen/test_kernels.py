@@ -242,7 +242,7 @@ def test_helpers_and_imports_follow_use():
     g.set_outputs([op(g, "pow", y, op(g, "full", shape=(), value=1.5, dtype=DType.f32))])
     source = generate_source(fuse(g))[0]
     head = source.split("def run(")[0]
-    assert "def _tanh(" in head and "def _pow(" in head and "def _imod(" not in head
+    assert "@triton.jit\ndef _tanh(" in head and "@triton.jit\ndef _pow(" in head and "def _imod(" not in head
     assert "import linear as _linear" in head and "_attention" not in head and "_qlinear" not in head
 
 
