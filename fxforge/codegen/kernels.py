@@ -3,13 +3,15 @@ what its launcher passes.
 
 - Pointwise: one program per BLOCK of the flattened output; operands are loaded through
   `expr.IndexSpace` offsets (broadcast dims stride 0, strided views through their runtime strides),
-  the expression tree is printed by `expr.ExprBuilder`, one contiguous store per output (a
-  horizontally fused group has several trees of one domain shape: each input is loaded once).
+  the expression tree is printed by `expr_ops.ExprBuilder` (one renderer per op), one contiguous
+  store per output (a horizontally fused group has several trees of one domain shape: each input is
+  loaded once).
 - Row (`softmax`, `log_softmax`, `layer_norm`, `rms_norm`, and `sum`/`mean`/`amax` over the last
   dim): one program per block of ROWS rows, the whole row in one BLOCK_N tile (BLOCK_N = the row
   length rounded up to a power of two: rows up to 65536 elements), masks on both axes, fp32 math.
   Pointwise producers are computed in the load (prologue); normalising ops also apply their
-  trailing pointwise consumers before the store (epilogue).
+  trailing pointwise consumers before the store (epilogue). The row body of each anchor is a
+  renderer of `ROW_RENDERERS` (`@row_renders("softmax")`), from the fp32 row tile `_x` to `_y`.
 Text only: nothing here imports triton; `module.py` assembles and loads the module.
 """
 

@@ -116,8 +116,8 @@ class _Writer:
         for i, s in enumerate(self.plan.live.steps):
             if isinstance(s, Op):
                 self.host(s)
-            elif not s.outputs:  # dead: nothing reads it (dce removes such ops)
-                continue
+            elif not s.outputs:  # dead: nothing reads it (dce removes such ops); its reads still end here
+                pass
             elif s.kind in GENERATED:
                 self.buffers(s)
                 self.launch(s)
