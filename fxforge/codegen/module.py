@@ -41,6 +41,7 @@ from fxforge.codegen.template_calls import render_template
 from fxforge.ir.evaluate import weight_tensor
 from fxforge.ir.graph import Graph, Op, Value, Weight
 from fxforge.ir.partition import KernelGroup, Partition, check_partition
+from fxforge.ir.skip_ops import data_dependent_symbols
 
 
 @dataclass
@@ -108,6 +109,7 @@ class _Writer:
         self.contiguous: set[int] = set()
         encoded = encoded_consts(graph, part)
         self.host_ctx = HostContext(encoded, {op.attrs["weight"] for op in graph.ops if id(op) in encoded})
+        self.dynamic = data_dependent_symbols(graph)  # sizes a host op's result defines
 
     def n(self, v: Value | None) -> str:
         return "None" if v is None else self.names[id(v)]
@@ -160,7 +162,8 @@ class _Writer:
 
     def host(self, op: Op) -> None:
         needed = self.plan.live.needed
-        if op.opdef.is_pure(op.attrs) and not any(id(r) in needed for r in op.results):
+        defines = any(v.producer is op for v, _ in self.dynamic.values())  # binds a size: never skipped
+        if op.opdef.is_pure(op.attrs) and not defines and not any(id(r) in needed for r in op.results):
             return  # read by no step as a tensor (a `full` that kernels inline as a literal)
         res = ", ".join(self.n(r) for r in op.results) + ("," if len(op.results) > 1 else "")
         text = render_host(op, [self.n(v) for v in op.operands], self.host_ctx)
@@ -170,6 +173,9 @@ class _Writer:
             reason = self.part.host.get(id(op), "")
             note = f"host: {reason.split(':')[0]}" if reason else ""
         self.body += wrap_call(f"{res} = {text}" + (f"  # {note}" if note else ""), "", WIDTH - 4)
+        for sym_name, (value, axis) in self.dynamic.items():  # a data-dependent size: bound from the result
+            if value.producer is op:
+                self.body.append(f"{sym_name} = int({self.n(value)}.shape[{axis}])")
 
     def assemble(self) -> str:
         g = self.graph

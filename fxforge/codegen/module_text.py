@@ -12,6 +12,7 @@ from fxforge.codegen.expr import literal, pyexpr
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph
 from fxforge.ir.optable import OperandRef
+from fxforge.ir.skip_ops import data_dependent_symbols
 
 WIDTH = 110  # generated lines longer than this are wrapped at their argument list
 
@@ -48,6 +49,8 @@ def _ev(expr, **sizes):
 
 
 def graph_symbols(graph: Graph) -> list[str]:
+    """The sizes `run()` takes: every symbol of the graph but those a data-dependent op defines
+    (`fxforge.ir.skip_ops`), which the body binds from that op's result."""
     out: set[str] = set()
     for v in graph.values():
         for d in v.type.shape:
@@ -55,7 +58,7 @@ def graph_symbols(graph: Graph) -> list[str]:
                 out |= {str(s) for s in sympy.sympify(d).free_symbols}
     for op in graph.ops:
         out |= {str(s) for s in attr_symbols(op.attrs)}
-    return sorted(out)
+    return sorted(out - set(data_dependent_symbols(graph)))
 
 
 def attr_symbols(value: Any) -> set:

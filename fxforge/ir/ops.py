@@ -5,15 +5,18 @@ An `OpDef` holds everything the compiler knows about one opcode: its arity, its 
 result types) and its reference semantics in torch (the ground truth every executor is checked
 against), and the traits the passes and codegen read instead of lists of opcodes of their own:
 - `kernel`: where the op can run (`KERNEL_CLASSES`): `pointwise` (an expression inside any generated
-  kernel; codegen.expr has a renderer per such op), `row` (anchors a row kernel), `gemm` (anchors a
-  GEMM template call), `attention`, `view` (a torch view on the host: its result aliases operand 0),
-  `host` (a torch call on the host; the default, always correct).
+  kernel; codegen.expr_ops has a renderer per such op), `row` (anchors a row kernel), `gemm` (anchors
+  a GEMM template call with an epilogue), `template` (a kernel of its own, one template call: attention),
+  `view` (a torch view on the host: its result aliases operand 0), `host` (a torch call on the host;
+  the default, always correct).
 - `commutative`: a binary op whose two operands may be swapped bit for bit (CSE numbers them as a set).
 - `pure` / `deterministic`: no side effects (DCE may drop it when unused) / equal operands give equal
   results (CSE may merge two of them); a bool, or a function of the op's attributes (`extern`).
 - `activation`: the GEMM epilogue's activation name this op computes (a name, or a function of the
   attributes: gelu's `approximate`), None when it is not one.
 - `aliases`: results may share operand storage (views, externs): buffer planning keeps the storage.
+- `tags`: open-ended markers a module of ops defines and reads itself (`skip_ops.DATA_DEPENDENT`:
+  the result's bare-symbol dims are set by the data).
 The entries themselves are in `optable.py` / `lowp_ops.py`; `OPS[name]` looks one up. Adding an op is
 one `register(OpDef(...))` entry with its traits.
 
@@ -27,7 +30,7 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sympy
@@ -42,7 +45,7 @@ REQUIRED = object()  # marks an attribute without a default
 ShapeFn = Callable[[list[TensorType], dict[str, Any]], list[TensorType]]
 RefFn = Callable[..., Any]
 AttrPredicate = Callable[[dict[str, Any]], bool]
-KERNEL_CLASSES = ("pointwise", "row", "gemm", "attention", "view", "host")
+KERNEL_CLASSES = ("pointwise", "row", "gemm", "template", "view", "host")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class OpDef:
     deterministic: bool | AttrPredicate = True
     activation: str | Callable[[dict[str, Any]], str | None] | None = None
     aliases: bool = False
+    tags: frozenset[str] = field(default_factory=frozenset)  # open-ended markers (skip_ops.DATA_DEPENDENT)
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNEL_CLASSES:

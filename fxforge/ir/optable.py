@@ -309,7 +309,7 @@ register(OpDef("softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: to
 register(OpDef("log_softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: torch.log_softmax(x, dim),
                "composite", kernel="row"))
 register(OpDef("attention", (3, 4), {"scale": None, "is_causal": False, "enable_gqa": False}, _attention_infer,
-               _attention, "composite", "scaled dot-product attention: attention(q, k, v, mask?)", kernel="attention"))
+               _attention, "composite", "scaled dot-product attention: attention(q, k, v, mask?)", kernel="template"))
 
 # -- sources ----------------------------------------------------------------------------------------
 

@@ -21,9 +21,9 @@ from fxforge.ir.graph import Graph, Op, Value
 
 @dataclass
 class KernelGroup:
-    """One kernel: `kind` (pointwise | row | gemm | attention), its ops in graph order, the values it
-    reads from outside (`inputs`) and writes (`outputs`), why it was grouped, and kind-specific
-    `params` (gemm: the epilogue, row: the anchor op)."""
+    """One kernel: `kind` (pointwise | row | gemm, or the opcode of a lone template op: attention),
+    its ops in graph order, the values it reads from outside (`inputs`) and writes (`outputs`), why
+    it was grouped, and kind-specific `params` (gemm: the epilogue, row: the anchor op)."""
 
     kind: str
     ops: list[Op]

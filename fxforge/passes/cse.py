@@ -22,7 +22,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from fxforge.ir.graph import Graph, Op
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 from fxforge.passes.rewriter import same_type
 
 
@@ -72,7 +72,6 @@ def eliminate_common_subexpressions(graph: Graph) -> dict[str, int]:
     return merged
 
 
-@register_pass("cse")
 class CommonSubexpressionElimination:
     """stats: merged (total) and merged_by_opcode."""
 

@@ -2,9 +2,10 @@
 
 `partition(graph)` returns a `Partition` (`ir/partition.py`): `KernelGroup`s (plain data naming ops
 of the graph) and, for every op left outside a kernel, the reason. The graph itself is not rewritten
-(no new opcodes: it stays valid IR for the verifier). The pass `fuse` (registered, not in the default
-pipeline; the pipeline appends it for the `interpret`/`triton` executors) and `fuse(graph)` store the
-partition in the graph's `partition` field, which codegen requires, and its summary in `ctx.stats`.
+(no new opcodes: it stays valid IR for the verifier). The pass `fuse` (a row of
+`fxforge.pipeline.PASS_TABLE`, run last for the `interpret`/`triton` executors) and `fuse(graph)`
+store the partition in the graph's `partition` field, which codegen requires, and its summary in
+`ctx.stats`.
 Which ops may anchor or join a kernel is read from the op table's traits (`fusion_rules.py`).
 
 The rule table (`FUSION_RULES` prints it):
@@ -59,7 +60,7 @@ from fxforge.passes.fusion_rules import (
     scale_of,
     single_use,
 )
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 
 # -- the GEMM epilogue, in the template's order ------------------------------------------------------
 # Each step: (params key, taker(fuser, anchor, rule, user, y) -> the value it records, or None).
@@ -137,8 +138,9 @@ class _Partitioner:
         for op in ops:
             if row_ok(op) and self.free(op):
                 self.row(op)
-            elif op.opdef.kernel == "attention" and self.free(op):
-                self.claim(KernelGroup("attention", [op], [], [], FUSION_RULES["attention"]))
+            elif op.opdef.kernel == "template" and self.free(op):  # alone, its own template (attention)
+                reason = FUSION_RULES.get(op.opcode, f"{op.opcode} alone (its template)")
+                self.claim(KernelGroup(op.opcode, [op], [], [], reason))
         for op in reversed(ops):  # pointwise trees, grown from their roots (last op first)
             if pointwise_ok(op) and self.free(op):
                 members = self.grow([op], op, allow_cat=True)
@@ -310,7 +312,6 @@ def fuse(graph: Graph) -> Graph:
     return graph
 
 
-@register_pass("fuse")
 class FusePass:
     """Partitions the graph into kernel groups (`graph.partition`); the IR is unchanged."""
 

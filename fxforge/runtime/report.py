@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fxforge.ir.trace import PassRecord, Trace
+from fxforge.runtime.counters import merge_counts
 from fxforge.runtime.program import Program
 
 
@@ -22,7 +24,7 @@ class GraphRecord:
     aten_ops: int
     externs: dict[str, int]
     notes: list[str]
-    trace: Any = None  # passes.manager.Trace
+    trace: Trace | None = None
 
     @property
     def calls(self) -> int:
@@ -31,8 +33,6 @@ class GraphRecord:
     def add_check(self, name: str, stats: dict[str, Any], seconds: float) -> None:
         """File the result of a check that leaves the IR unchanged (the kernel build check) in the trace,
         as a record named `name` after the last pass (replacing an earlier one of that name)."""
-        from fxforge.passes.manager import PassRecord, Trace
-
         if self.trace is None:
             self.trace = Trace()
         records = [r for r in self.trace.records if r.name != name]
@@ -69,6 +69,13 @@ class CompileReport:
             for k, v in g.externs.items():
                 out[k] = out.get(k, 0) + v
         return out
+
+    @property
+    def ffn_skip(self) -> dict[str, Any]:
+        """FFN skipping's run-time counters over every graph and call so far (`fxforge.passes.ffn_skip`):
+        `{"rows", "skipped", "share", "per_layer": {site: {"rows", "skipped"}}}`; rows = FFN token-rows
+        that would have run without skipping."""
+        return merge_counts([g.program.counters for g in self.graphs])
 
     def __str__(self) -> str:
         if not self.graphs:

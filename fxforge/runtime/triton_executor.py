@@ -1,20 +1,18 @@
 """Executors `interpret` and `triton`: run a graph through its generated Triton module.
 
-Both need a partitioned graph (the pipeline appends the `fuse` pass for them, and `fxforge.load`
-runs it on a loaded graph; without it construction fails with a `PartitionError` saying so), generate
-and import the module once per graph (`fxforge.codegen.generate_module`) and call its `run` on every call; dynamic sizes are kernel
-arguments, so new lengths reuse the same module.
-- `interpret`: Triton's CPU interpreter on CPU tensors. It needs `TRITON_INTERPRET=1` in the
-  environment before triton is first imported in the process; if triton is already imported
-  without it, a clear error says so (when triton is not imported yet, the variable is set here).
+Both need a partitioned graph (the pipeline runs the `fuse` pass last for them, and `fxforge.load`
+runs it on a loaded graph; without it construction fails with a `PartitionError` saying so),
+generate and import the module once per graph (`fxforge.codegen.generate_module`) and call its
+`run` on every call; dynamic sizes are kernel arguments, so new lengths reuse the same module.
+- `interpret`: Triton's CPU interpreter on CPU tensors, in any process (`runtime/interpreter.py`
+  arranges the interpreter; no environment variable is needed), one call at a time.
 - `triton`: a CUDA GPU; weights move to the GPU once, inputs move there per call, outputs stay there.
-Registered with `fxforge.runtime.executors.register_executor` when this module is imported.
+Named in the executor table of `fxforge.runtime.executors` (this module imports nothing from there).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 import sympy
@@ -23,20 +21,7 @@ import torch
 from fxforge.errors import ConfigError
 from fxforge.ir.graph import Graph
 from fxforge.ir.partition import check_partition
-from fxforge.runtime.executors import register_executor
-
-
-def ensure_interpreter() -> None:
-    """Make sure Triton kernels will run under the CPU interpreter, or explain how to."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return
-    if "triton" in sys.modules:
-        raise ConfigError(
-            "executor='interpret' needs Triton's CPU interpreter, but triton was already imported in this "
-            "process without TRITON_INTERPRET=1, and the interpreter is chosen when triton is imported. "
-            "Set the variable at process start (`TRITON_INTERPRET=1 python ...`, or "
-            "`os.environ['TRITON_INTERPRET'] = '1'` before anything imports triton or fxforge.codegen.templates).")
-    os.environ["TRITON_INTERPRET"] = "1"
+from fxforge.runtime.interpreter import exclusive, interpreter_scope
 
 
 class _GeneratedExecutor:
@@ -58,14 +43,19 @@ class _GeneratedExecutor:
 
 class InterpretExecutor(_GeneratedExecutor):
     name = "interpret"
+    devices = ("cpu",)
 
     def __init__(self, graph: Graph) -> None:
-        ensure_interpreter()
-        super().__init__(graph, "cpu")
+        super().__init__(graph, "cpu")  # kernels decorated as the process is; interpreted per call
+
+    def __call__(self, inputs: Sequence[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> list[torch.Tensor]:
+        with interpreter_scope():
+            return super().__call__(inputs, bindings)
 
 
 class TritonExecutor(_GeneratedExecutor):
     name = "triton"
+    devices = ("cuda", "cpu")  # cpu inputs are moved to the GPU
 
     def __init__(self, graph: Graph) -> None:
         if os.environ.get("TRITON_INTERPRET") == "1":
@@ -76,6 +66,7 @@ class TritonExecutor(_GeneratedExecutor):
                               "(Triton's CPU interpreter) or 'reference' on this machine")
         super().__init__(graph, "cuda")
 
+    def __call__(self, inputs: Sequence[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> list[torch.Tensor]:
+        with exclusive():  # not while an interpret call has kernels swapped (only if interpret ran here)
+            return super().__call__(inputs, bindings)
 
-register_executor("interpret", InterpretExecutor)
-register_executor("triton", TritonExecutor)

@@ -25,7 +25,7 @@ from fxforge.passes.dce import eliminate_dead_code
 from fxforge.passes.fuse import fuse
 
 TABLES = {"pointwise": KERNEL_RENDERERS, "row": ROW_RENDERERS, "gemm": TEMPLATE_RENDERERS,
-          "attention": TEMPLATE_RENDERERS, "view": HOST_RENDERERS}
+          "template": TEMPLATE_RENDERERS, "view": HOST_RENDERERS}
 
 
 @pytest.mark.parametrize("kernel", sorted(TABLES))
