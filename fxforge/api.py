@@ -6,6 +6,13 @@ with fxforge as the backend: it is still an instance of the model's class, share
 and keeps its methods, so `generate()` of a Hugging Face model runs through the compiled forward.
 Parameters are read into the compiled graphs as weights (by reference, not copied): the compiled
 model is for inference, and a change of weights that changes their shapes needs a recompile.
+The JIT machinery (the backend, the wrapper with device checks and the calibration run) is `jit.py`.
+
+Decisions:
+- `compile_aot` captures in eval mode (fxforge compiles for inference) and warns when the model was
+  in train mode; every submodule's `training` flag is put back as it was, whatever happens.
+- `load` builds the `CompiledModule` from the parts `runtime.artifact` reads, so the artifact module
+  never imports the module class (no import cycle).
 """
 
 from __future__ import annotations
