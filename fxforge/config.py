@@ -10,6 +10,13 @@ from typing import Any
 from fxforge.errors import ConfigError
 
 EXECUTOR_CHOICES = ("auto", "reference", "interpret", "triton")
+QUANTIZE_METHODS = ("auto", "rtn")  # see fxforge.passes.quant_methods
+ROTATE_MODES = ("auto", "online")  # see fxforge.passes.rotate
+POW2_ROUND_CHOICES = ("floor", "ceil")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,11 @@ class CompileConfig:
         by default); quantize_group: the group size of the 4-bit schemes; lorc_rank: ZeroQuant-FP's
         low-rank error compensation (0: off); calibration: example inputs (each a tuple of args or a
         dict of kwargs) the errors and scales are measured on (AOT only; not saved into artifacts).
+    quantize_method: "auto" (with calibration data each scheme runs its best measured methods, see
+        `fxforge.passes.quant_methods.DEFAULTS`) or "rtn" (round to nearest); smooth / rotate / gptq:
+        None (the scheme's default) or a bool forcing SmoothQuant/AWQ smoothing, Hadamard rotation, GPTQ
+        on or off; rotate_mode: "auto" (residual-stream rotation where the architecture allows, online
+        Hadamard elsewhere) or "online"; rotate_block: the largest online Hadamard block (0: whole width).
     ffn_skip: share of FFN token-rows to skip per token at run time (0 < x <= 0.9; needs calibration);
         ffn_skip_gate: "linear" (default), "carry" (FFN-SkipLLM's rule) or "oracle" (measurement only);
         ffn_skip_warmup: tokens at positions below it always run their FFNs; ffn_skip_protect: FFN block
@@ -49,6 +61,12 @@ class CompileConfig:
     quantize_group: int | None = None
     quantize_pow2_round: str = "floor"
     lorc_rank: int = 0
+    quantize_method: str = "auto"
+    smooth: bool | None = None
+    rotate: bool | None = None
+    gptq: bool | None = None
+    rotate_mode: str = "auto"
+    rotate_block: int = 0
     calibration: list | None = field(default=None, compare=False)
     ffn_skip: float | None = None
     ffn_skip_gate: str = "linear"
@@ -59,20 +77,50 @@ class CompileConfig:
     def __post_init__(self) -> None:
         if self.executor not in EXECUTOR_CHOICES:
             raise ConfigError(f"executor={self.executor!r} is not one of {EXECUTOR_CHOICES}")
-        if self.quantize is not None:
-            from fxforge.ir.lowp_ops import SCHEMES
-
-            if self.quantize not in SCHEMES:
-                raise ConfigError(f"quantize={self.quantize!r} is not a scheme; known: {sorted(SCHEMES)}")
+        self._check_quantize_options()
+        self._check_methods()
         _check_ffn_skip(self)
-        if self.lorc_rank < 0:
-            raise ConfigError(f"lorc_rank must be >= 0, got {self.lorc_rank}")
         for name in ("passes", "disable"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
                 raise ConfigError(f"{name} must be a list of pass names, got {value!r}")
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
+
+    def _check_quantize_options(self) -> None:
+        """Typos in the quantization options fail here, naming the valid values (never a silent default)."""
+        from fxforge.ir.lowp_ops import SCHEMES
+
+        known = sorted(SCHEMES)
+        if self.quantize is not None and self.quantize not in SCHEMES:
+            raise ConfigError(f"quantize={self.quantize!r} is not a scheme; use one of {known} or None")
+        if not isinstance(self.quantize_overrides, dict):
+            raise ConfigError(f"quantize_overrides must be a dict {{layer name pattern: scheme or None}}, "
+                              f"got {type(self.quantize_overrides).__name__}")
+        for pattern, scheme in self.quantize_overrides.items():
+            if not isinstance(pattern, str):
+                raise ConfigError(f"quantize_overrides: pattern {pattern!r} must be a string (an fnmatch pattern on layer names)")
+            if scheme is not None and scheme not in SCHEMES:
+                raise ConfigError(f"quantize_overrides[{pattern!r}]={scheme!r} is not a scheme; use one of {known} "
+                                  "or None (keep the layer high precision)")
+        if self.quantize_group is not None and (not _is_int(self.quantize_group) or self.quantize_group <= 0):
+            raise ConfigError(f"quantize_group={self.quantize_group!r} must be a positive int (the group size along the "
+                              "input dim, e.g. 32, 64 or 128) or None (the scheme's default)")
+        if self.quantize_pow2_round not in POW2_ROUND_CHOICES:
+            raise ConfigError(f"quantize_pow2_round={self.quantize_pow2_round!r} is not one of {POW2_ROUND_CHOICES}")
+        if not _is_int(self.lorc_rank) or self.lorc_rank < 0:
+            raise ConfigError(f"lorc_rank={self.lorc_rank!r} must be an int >= 0 (0: LoRC off)")
+
+    def _check_methods(self) -> None:
+        if self.quantize_method not in QUANTIZE_METHODS:
+            raise ConfigError(f"quantize_method={self.quantize_method!r} is not one of {QUANTIZE_METHODS}")
+        for name in ("smooth", "rotate", "gptq"):
+            if getattr(self, name) not in (None, True, False):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be None (the scheme's default), True or False")
+        if self.rotate_mode not in ROTATE_MODES:
+            raise ConfigError(f"rotate_mode={self.rotate_mode!r} is not one of {ROTATE_MODES}")
+        if not isinstance(self.rotate_block, int) or self.rotate_block < 0:
+            raise ConfigError(f"rotate_block must be an int >= 0 (0: the whole width), got {self.rotate_block!r}")
 
     @classmethod
     def from_options(cls, config: CompileConfig | None = None, **options: Any) -> CompileConfig:

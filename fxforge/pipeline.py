@@ -29,7 +29,8 @@ Decisions:
 - A row's `when` reads the final pass options (not the config), so a pass switched on through
   `pass_options` alone runs too; a rewrite that is asked for is never silently left out.
 - An option set both by a config field and in `pass_options` to different values is a ConfigError,
-  and so is a `pass_options` key that names no pass.
+  and so is a `pass_options` key that names no pass, and calibration inputs that no pass of the
+  pipeline reads (a row says `calibrated=True` when its pass reads `ctx.calibration`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ from fxforge.passes.ffn_skip import FfnSkip
 from fxforge.passes.fuse import FusePass
 from fxforge.passes.manager import Pass, PassContext, PassManager
 from fxforge.passes.quantize import Quantize
+from fxforge.passes.rotate import Rotate
 from fxforge.passes.shape_prop import ShapePropagation
+from fxforge.passes.smooth import Smooth
 from fxforge.runtime.executors import resolve_executor
 from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord
@@ -80,16 +83,19 @@ def _kernel_executor(options: Mapping[str, Any], executor: str) -> bool:
 @dataclass(frozen=True)
 class PassSpec:
     """One row of the pass table: a pass by name, in the default pipeline when `when` holds, reading
-    `options` ({CompileConfig field: option name}; the key it reads is "<name>.<option>")."""
+    `options` ({CompileConfig field: option name}; the key it reads is "<name>.<option>"), and
+    `ctx.calibration` when `calibrated`."""
 
     name: str
     make: Callable[[], Pass]
     when: When = _always
     options: Mapping[str, str] = field(default_factory=dict)
+    calibrated: bool = False
 
 
 QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "quantize_group": "group",
-                    "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank"}
+                    "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank", "quantize_method": "method",
+                    "gptq": "gptq"}
 FFN_SKIP_OPTIONS = {"ffn_skip": "target", "ffn_skip_gate": "gate", "ffn_skip_warmup": "warmup",
                     "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides"}
 
@@ -99,9 +105,13 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("constant_fold", ConstantFold),
     PassSpec("cse", CommonSubexpressionElimination),
     PassSpec("canonicalize", Canonicalize),
-    PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS),
+    # rotate and smooth read the quantize.* options too; each decides by `quant_methods.resolve_methods`
+    PassSpec("rotate", Rotate, when=_quantizing, options={"rotate": "enabled", "rotate_mode": "mode",
+                                                          "rotate_block": "block"}, calibrated=True),
+    PassSpec("smooth", Smooth, when=_quantizing, options={"smooth": "enabled"}, calibrated=True),
+    PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS, calibrated=True),
     # after quantize: the skip gate is fitted on the activations that will run
-    PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS),
+    PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS, calibrated=True),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),
@@ -141,6 +151,15 @@ def pipeline_names(config: CompileConfig, executor: str) -> list[str]:
     return list(config.passes) if config.passes is not None else default_pipeline(config, executor)
 
 
+def check_calibration(names: Sequence[str], calibration: list | None) -> None:
+    """Calibration inputs that no pass of the pipeline reads are a ConfigError, not a silent no-op."""
+    if calibration is None or any(spec.calibrated for spec in PASS_TABLE if spec.name in names):
+        return
+    readers = sorted({spec.name for spec in PASS_TABLE if spec.calibrated})
+    raise ConfigError(f"calibration inputs were given, but no pass of the pipeline {list(names)} reads them (the passes "
+                      f"that do: {readers}); ask for one (e.g. quantize='w8a8-int8') or leave the calibration out")
+
+
 def build_passes(names: Sequence[str], disabled: Iterable[str] = ()) -> list[Pass]:
     """Pass objects for `names`, skipping `disabled`; a typo raises ConfigError listing the known names."""
     names, disabled = list(names), list(disabled)
@@ -154,7 +173,9 @@ def run_passes(lowered: Lowered, config: CompileConfig, executor: str, calibrati
                shared: dict[str, Any] | None = None) -> Trace:
     """Runs the pipeline on `lowered.graph` (replaced by the result); returns the trace. `shared`: the
     passes' state across the graphs of one compile (`PassContext.shared`)."""
-    passes = build_passes(pipeline_names(config, executor), disabled=config.disable)
+    names = [n for n in pipeline_names(config, executor) if n not in config.disable]
+    check_calibration(names, calibration)
+    passes = build_passes(names)
     ctx = PassContext(options=pass_options(config), calibration=calibration, verify=config.checks, debug=config.debug,
                       shared=shared if shared is not None else {})
     manager = PassManager(passes, verify=config.checks)
