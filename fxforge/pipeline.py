@@ -181,23 +181,26 @@ def build_passes(names: Sequence[str], disabled: Iterable[str] = ()) -> list[Pas
     return [PASSES[n]() for n in names if n not in disabled]
 
 
-def run_passes(lowered: Lowered, config: CompileConfig, executor: str, calibration: list | None = None) -> Trace:
-    """Runs the pipeline on `lowered.graph` (replaced by the result); returns the trace."""
+def run_passes(lowered: Lowered, config: CompileConfig, executor: str, calibration: list | None = None,
+               shared: dict[str, Any] | None = None) -> Trace:
+    """Runs the pipeline on `lowered.graph` (replaced by the result); returns the trace. `shared`: the
+    passes' state across the graphs of one compile (`PassContext.shared`)."""
     names = [n for n in pipeline_names(config, executor) if n not in config.disable]
     check_calibration(names, calibration)
     passes = build_passes(names)
-    ctx = PassContext(options=pass_options(config), calibration=calibration, verify=config.checks, debug=config.debug)
+    ctx = PassContext(options=pass_options(config), calibration=calibration, verify=config.checks, debug=config.debug,
+                      shared=shared if shared is not None else {})
     manager = PassManager(passes, verify=config.checks)
     lowered.graph = manager.run(lowered.graph, ctx)
     return manager.trace
 
 
 def compile_lowered(lowered: Lowered, config: CompileConfig, capture_seconds: float, aten_ops: int,
-                    calibration: list | None = None) -> GraphRecord:
-    """calibration: input lists for the graph (its tensor inputs, in order)."""
+                    calibration: list | None = None, shared: dict[str, Any] | None = None) -> GraphRecord:
+    """calibration: input lists for the graph (its tensor inputs, in order); shared: see `run_passes`."""
     start = time.perf_counter()
     executor = resolve_executor(config.executor)
-    trace = run_passes(lowered, config, executor, calibration)
+    trace = run_passes(lowered, config, executor, calibration, shared)
     program = Program(lowered.graph, lowered.inputs, lowered.outputs, executor)
     return GraphRecord(lowered.graph.name, program, capture_seconds, time.perf_counter() - start, aten_ops,
                        lowered.externs, lowered.notes, trace)
