@@ -27,6 +27,8 @@ class CompileConfig:
         by default); quantize_group: the group size of the 4-bit schemes; lorc_rank: ZeroQuant-FP's
         low-rank error compensation (0: off); calibration: example inputs (each a tuple of args or a
         dict of kwargs) the errors and scales are measured on (AOT only; not saved into artifacts).
+    gptq: GPTQ rounding (second-order, error-compensating) instead of round-to-nearest; None (default):
+        on when calibration is given, False: off, True without calibration: reported as skipped.
     """
 
     passes: tuple[str, ...] | None = None
@@ -42,6 +44,7 @@ class CompileConfig:
     quantize_group: int | None = None
     quantize_pow2_round: str = "floor"
     lorc_rank: int = 0
+    gptq: bool | None = None
     calibration: list | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -78,7 +81,7 @@ class CompileConfig:
 
     def pass_context_options(self) -> dict[str, Any]:
         """What the passes read from `ctx.options`."""
-        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank")
+        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank", "gptq")
         return {**self.pass_options, **{k: getattr(self, k) for k in keys}}
 
     def to_json(self) -> dict[str, Any]:

@@ -9,6 +9,8 @@ Options (`ctx.options`; the pass is off unless "quantize" names a scheme):
     "quantize_pow2_round" w4a8-fp only, "floor" (default) or "ceil": see `fxforge.ir.lowp_ops`
     "lorc_rank"           LoRC rank (0: off), see `fxforge.passes.lorc`
     "calibration"         a list of input lists for the graph; errors are measured on them
+    "gptq"                GPTQ rounding (`fxforge.passes.gptq`) instead of round-to-nearest: None (default)
+                          = on when calibration is given; True without calibration is reported as skipped
 
 Decisions:
 - Stay high precision by default: `lm_head` (patterns "lm_head", "*.lm_head"), any linear whose weight
@@ -23,6 +25,9 @@ Decisions:
   the calibration activations that reach it (`calibrate`), or, without calibration data, on 256
   rows of N(0, 1) inputs (`error_data` says which). With calibration data the summary also has the
   end-to-end relative error of the graph's first output.
+- GPTQ runs sequentially (`hessian.run_stages`): each layer's H is collected on the graph as already
+  quantized above it. Each GPTQ layer also reports `rtn_rel_error` (the same layer rounded to nearest)
+  so the gain is visible per layer; `method` says which rounding the layer got and `note` why not GPTQ.
 - Bytes per layer: before as fp16 (numel * 2) and as stored (fp32 here), after = codes + scales
   (+ zero points / shifts) + LoRC factors.
 """
@@ -39,6 +44,8 @@ from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import decode_weight, encode_weight, get_scheme, qlinear_ref
 from fxforge.passes.calibrate import calibrate, site_name
+from fxforge.passes.gptq import gptq_encode
+from fxforge.passes.hessian import Hessian, run_stages
 from fxforge.passes.lorc import lorc_factors
 from fxforge.passes.manager import PassContext, register_pass
 
@@ -84,7 +91,7 @@ def _skip_reason(graph: Graph, op: Op, tied: tuple[set[str], set[int]]) -> str |
 
 def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | None] | None = None,
                    group: int | None = None, lorc_rank: int = 0, calibration: list | None = None,
-                   pow2_round: str = "floor") -> dict[str, Any]:
+                   pow2_round: str = "floor", gptq: bool | None = None) -> dict[str, Any]:
     """Rewrite the graph's linears in place; returns the statistics (see the module docstring)."""
     for s in {scheme, *(overrides or {}).values()} - {None}:
         get_scheme(s)  # a typo fails before anything changes
@@ -111,11 +118,24 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
 
     calib = calibrate(graph, calibration, sites=[p[1] for p in plan]) if calibration else None
     layers: dict[str, dict[str, Any]] = {}
-    for op, layer, chosen in plan:
+    use_gptq = bool(calib) if gptq is None else gptq and bool(calib)
+    by_op = {id(op): (layer, chosen) for op, layer, chosen in plan}
+
+    def rewrite(op: Op, hessian: Hessian | None = None) -> None:
+        layer, chosen = by_op[id(op)]
         layers[layer] = _rewrite(graph, op, layer, chosen, group, lorc_rank, pow2_round,
-                                 calib.sites.get(layer) if calib else None)
+                                 calib.sites.get(layer) if calib else None, hessian)
+
+    if use_gptq:
+        run_stages(graph, calibration, [p[0] for p in plan], rewrite)
+    else:
+        for op, _, _ in plan:
+            rewrite(op)
     stats: dict[str, Any] = {"scheme": scheme, "layers": layers, "skipped": skipped,
-                             "error_data": "calibration" if calib else f"random N(0,1), {RANDOM_ROWS} rows"}
+                             "error_data": "calibration" if calib else f"random N(0,1), {RANDOM_ROWS} rows",
+                             "method": "gptq" if use_gptq else "rtn"}
+    if gptq and not calib:
+        stats["note"] = "gptq skipped: it needs calibration data (give calibration=[...])"
     errors = [v["rel_error"] for v in layers.values()]
     summary: dict[str, Any] = {
         "layers_quantized": len(layers),
@@ -137,12 +157,15 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
 
 
 def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, lorc_rank: int,
-             pow2_round: str, site) -> dict[str, Any]:
+             pow2_round: str, site, hessian: Hessian | None = None) -> dict[str, Any]:
     sc = get_scheme(scheme)
     const = op.operands[1].producer
     wname = const.attrs["weight"]
     w = graph.weight(wname).data
-    encoded = encode_weight(w, scheme, group if sc.group else None, pow2_round=pow2_round)
+    rtn = encode_weight(w, scheme, group if sc.group else None, pow2_round=pow2_round)
+    encoded, method = rtn, {"method": "rtn"}
+    if hessian is not None:
+        encoded, method = gptq_encode(w, scheme, group if sc.group else None, hessian, pow2_round=pow2_round)
     qname = graph.add_weight(_free_name(graph, f"{wname}.q"), encoded)
     w_hat = decode_weight(encoded)
     new_operands = [op.operands[0], graph.insert_before(op, "const", [], {"weight": qname}, name=const.result.name).result]
@@ -179,7 +202,10 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
     y = F.linear(x, w.float(), b)
     extra = ([b] if b is not None else []) + ([u, v] if u is not None else [])
     rel = relative_error(qlinear_ref(x, w_hat, *extra, **attrs), y)
+    if encoded is not rtn:
+        method["rtn_rel_error"] = relative_error(qlinear_ref(x, decode_weight(rtn), *extra, **attrs), y)
     return {
+        **method,
         "scheme": scheme,
         "group": encoded.encoding.group,
         "lorc_rank": rank,
@@ -214,5 +240,6 @@ class Quantize:
             return graph
         ctx.stats.update(quantize_graph(
             graph, scheme, overrides, group=ctx.option("quantize_group"), lorc_rank=ctx.option("lorc_rank", 0) or 0,
-            calibration=ctx.option("calibration"), pow2_round=ctx.option("quantize_pow2_round", "floor")))
+            calibration=ctx.option("calibration"), pow2_round=ctx.option("quantize_pow2_round", "floor"),
+            gptq=ctx.option("gptq")))
         return graph
