@@ -25,6 +25,8 @@ def pipeline_names(config: CompileConfig, executor: str) -> list[str]:
     names = default_pipeline()
     if config.quantize is not None:
         names.insert(names.index("dce"), "quantize")
+    if config.sparsity is not None or any(v is not None for v in config.sparsity_overrides.values()):
+        names.insert(names.index("quantize") if "quantize" in names else names.index("dce"), "sparsify")
     if executor in ("interpret", "triton"):
         names.append("fuse")
     return names

@@ -29,6 +29,10 @@ class CompileConfig:
         dict of kwargs) the errors and scales are measured on (AOT only; not saved into artifacts).
     gptq: GPTQ rounding (second-order, error-compensating) instead of round-to-nearest; None (default):
         on when calibration is given, False: off, True without calibration: reported as skipped.
+    sparsity: "N:M" pruning of every linear (N < M <= 16; lm_head stays dense) or None;
+        sparsity_overrides: {name pattern: "N:M" or None}, first match wins; sparsity_method:
+        "magnitude" | "wanda" | "sparsegpt" or None (the best the calibration allows: sparsegpt with
+        calibration, else magnitude). With `quantize` too, the kept values are quantized.
     """
 
     passes: tuple[str, ...] | None = None
@@ -45,6 +49,9 @@ class CompileConfig:
     quantize_pow2_round: str = "floor"
     lorc_rank: int = 0
     gptq: bool | None = None
+    sparsity: str | None = None
+    sparsity_overrides: dict[str, str | None] = field(default_factory=dict)
+    sparsity_method: str | None = None
     calibration: list | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +62,10 @@ class CompileConfig:
 
             if self.quantize not in SCHEMES:
                 raise ConfigError(f"quantize={self.quantize!r} is not a scheme; known: {sorted(SCHEMES)}")
+        if self.sparsity is not None or self.sparsity_overrides or self.sparsity_method is not None:
+            from fxforge.passes.sparsify import check_options
+
+            check_options(self.sparsity, self.sparsity_overrides, self.sparsity_method)
         if self.lorc_rank < 0:
             raise ConfigError(f"lorc_rank must be >= 0, got {self.lorc_rank}")
         for name in ("passes", "disable"):
@@ -81,7 +92,8 @@ class CompileConfig:
 
     def pass_context_options(self) -> dict[str, Any]:
         """What the passes read from `ctx.options`."""
-        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank", "gptq")
+        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank", "gptq",
+                "sparsity", "sparsity_overrides", "sparsity_method")
         return {**self.pass_options, **{k: getattr(self, k) for k in keys}}
 
     def to_json(self) -> dict[str, Any]:

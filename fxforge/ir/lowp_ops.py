@@ -14,7 +14,8 @@ Ops:
         element, unpacked); scale is f32 with `axis` reduced to the number of groups.
     dequantize(q, scale) {format, axis=-1, group=0, dtype=f32} -> decode(q) * scale
     qlinear(x, w, [bias], [lorc_u, lorc_v]) {scheme, act_format=none, group=0, lorc_rank=0}
-        w is a `const` of a `#quantized` weight (evaluates to its dequantized tensor). Activations are
+        w is a `const` of a `#quantized` weight (evaluates to its dequantized tensor), or of an `#nm`
+        weight whose kept values are quantized with the op's scheme (`fxforge.ir.nm`; decodes dense). Activations are
         quantize-dequantized per token (per row of the last dim) when `act_format` is set: "i8"
         symmetric (s = amax / 127), "f8e4m3" (s = amax / 448, saturating RNE encoder of formats.py).
         y = F.linear(xq, w) [+ (xq @ V) @ U^T when lorc_rank > 0] [+ bias], in f32, cast to x.dtype.
@@ -71,7 +72,7 @@ from fxforge.ir.errors import ShapeError
 from fxforge.ir.evaluate import WEIGHT_DECODERS
 from fxforge.ir.graph import Weight
 from fxforge.ir.ops import REQUIRED, OpDef, norm_axis, register
-from fxforge.ir.types import Quantized, TensorType, dims_equal, normalize_dim
+from fxforge.ir.types import NM, Quantized, TensorType, dims_equal, normalize_dim
 
 # -- schemes ----------------------------------------------------------------------------------------
 
@@ -357,8 +358,10 @@ def _qlinear_infer(types, attrs):
     if attrs["act_format"] not in ACT_FORMATS:
         raise ShapeError(f"qlinear: act_format {attrs['act_format']!r} is not one of {ACT_FORMATS}")
     x, w, bias, u, v = _qlinear_parts(types, attrs["lorc_rank"])
-    if not isinstance(w.encoding, Quantized) or w.rank != 2:
-        raise ShapeError("qlinear: the weight must be a 2-D const with a #quantized encoding")
+    nm_ok = isinstance(w.encoding, NM) and w.encoding.scheme == attrs["scheme"]  # quantized N:M (fxforge.ir.nm)
+    if not (isinstance(w.encoding, Quantized) or nm_ok) or w.rank != 2:
+        raise ShapeError("qlinear: the weight must be a 2-D const with a #quantized encoding "
+                         "(or #nm with the op's scheme)")
     if not dims_equal(x.shape[-1], w.shape[1]):
         raise ShapeError(f"qlinear: input {list(x.shape)} does not fit weight {list(w.shape)} (expects [out, in])")
     if bias is not None and (bias.rank != 1 or not dims_equal(bias.shape[0], w.shape[0])):

@@ -4,7 +4,7 @@ Importing this package registers every pass in `PASSES` (each module registers i
 `build_pipeline(default_pipeline())` works after `import fxforge.passes`.
 """
 
-from fxforge.passes import canonicalize, constant_fold, cse, dce, fuse, quantize, shape_prop  # noqa: F401  (registers)
+from fxforge.passes import canonicalize, constant_fold, cse, dce, fuse, quantize, shape_prop, sparsify  # noqa: F401  (registers)
 from fxforge.passes.manager import (
     PASSES,
     Pass,
