@@ -219,6 +219,8 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
 
 
 def _free_name(graph: Graph, name: str) -> str:
+    """`name`, made a legal weight name (nn.Sequential's "0.weight" starts with a digit) and unused."""
+    name = name if name[:1].isalpha() or name[:1] == "_" else f"w{name}"
     out, i = name, 0
     while out in graph.weights:
         i += 1
