@@ -33,6 +33,9 @@ class CompileConfig:
         sparsity_overrides: {name pattern: "N:M" or None}, first match wins; sparsity_method:
         "magnitude" | "wanda" | "sparsegpt" or None (the best the calibration allows: sparsegpt with
         calibration, else magnitude). With `quantize` too, the kept values are quantized.
+    solver_target: what the second-order solver reconstructs when pruning: "reference" (default: the
+        dense model's layer output, from the inputs the pruned model really gives the layer) or "layer"
+        (the layer's own output on those inputs: plain sequential SparseGPT).
     """
 
     passes: tuple[str, ...] | None = None
@@ -52,6 +55,7 @@ class CompileConfig:
     sparsity: str | None = None
     sparsity_overrides: dict[str, str | None] = field(default_factory=dict)
     sparsity_method: str | None = None
+    solver_target: str | None = None
     calibration: list | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +70,8 @@ class CompileConfig:
             from fxforge.passes.sparsify import check_options
 
             check_options(self.sparsity, self.sparsity_overrides, self.sparsity_method)
+        if self.solver_target not in (None, "reference", "layer"):
+            raise ConfigError(f"solver_target={self.solver_target!r} must be 'reference', 'layer' or None")
         if self.lorc_rank < 0:
             raise ConfigError(f"lorc_rank must be >= 0, got {self.lorc_rank}")
         for name in ("passes", "disable"):
@@ -93,7 +99,7 @@ class CompileConfig:
     def pass_context_options(self) -> dict[str, Any]:
         """What the passes read from `ctx.options`."""
         keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank", "gptq",
-                "sparsity", "sparsity_overrides", "sparsity_method")
+                "sparsity", "sparsity_overrides", "sparsity_method", "solver_target")
         return {**self.pass_options, **{k: getattr(self, k) for k in keys}}
 
     def to_json(self) -> dict[str, Any]:

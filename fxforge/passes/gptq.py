@@ -15,6 +15,9 @@ Decisions:
 - act-order (columns by decreasing diag H) is on by default for per-channel schemes and off for
   grouped ones: with groups it would need a per-column group index in the stored format (GPTQ's
   g_idx), which fxforge's kernels do not read. Never with pruning (N:M blocks are in column order).
+- With a reference graph (`hessian.run_stages(reference=...)`) the solver aims at the reference
+  model's layer output from the inputs the layer really gets (`reference_target`), so each layer also
+  corrects what the rewritten layers above it lost.
 - A layer whose calibration inputs are all zero (or whose H cannot be factored) keeps
   round-to-nearest; `info["note"]` says why.
 """
@@ -29,7 +32,7 @@ from torch import Tensor
 
 from fxforge.ir.graph import Weight
 from fxforge.ir.lowp_ops import effective_group, encode_weight, get_scheme, quantize_groups, weight_from_codes, weight_params
-from fxforge.passes.hessian import Hessian, prepare
+from fxforge.passes.hessian import Hessian, Prepared, prepare
 from fxforge.passes.obs_solver import act_order_perm, obs_solve
 
 ALL_ZERO_NOTE = "calibration inputs of this layer are all zero: kept round-to-nearest (GPTQ has nothing to weigh)"
@@ -82,6 +85,15 @@ class Solved:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def reference_target(w: Tensor, cross: Tensor, prepared: Prepared) -> Tensor:
+    """W* = (W Cᵀ + δW)(H + δI)⁻¹, C = X_pᵀX_d: the weight whose output on the inputs the layer will
+    really see (X_p) is closest to the reference layer's output (X_d Wᵀ); δ, the dampening, pulls
+    toward W, so with X_p = X_d it is W itself. H⁻¹ = UᵀU from `prepare`."""
+    u = prepared.hinv_u
+    rhs = w.to(torch.float64) @ cross.T + prepared.added * w.to(torch.float64)
+    return ((rhs @ u.T) @ u).to(torch.float32)
+
+
 def solve_weight(w: Tensor, hessian: Hessian | None, scheme: str | None = None, group: int = 0,
                  pow2_round: str = "floor", nm: tuple[int, int] | None = None, mask: Tensor | None = None,
                  act_order: bool | None = None) -> Solved | None:
@@ -99,10 +111,13 @@ def solve_weight(w: Tensor, hessian: Hessian | None, scheme: str | None = None, 
     if prepared is None:
         return None
     wp = w if perm is None else w[:, perm]
+    if hessian.cross is not None:
+        wp = reference_target(wp, hessian.cross if perm is None else hessian.cross[perm][:, perm], prepared)
     quantizer = SchemeQuantizer(wp, scheme, group, pow2_round) if scheme is not None else None
     res = obs_solve(wp, prepared.hinv_u, quantizer=quantizer, nm=nm, mask=mask)
     new = res.weight if perm is None else res.weight[:, torch.argsort(perm)]
-    info = {"damp": prepared.damp, "tokens": hessian.tokens, "obs_loss": res.loss, "act_order": perm is not None}
+    info = {"damp": prepared.damp, "tokens": hessian.tokens, "obs_loss": res.loss, "act_order": perm is not None,
+            "target": "reference" if hessian.cross is not None else "layer"}
     if prepared.note:
         info["note"] = prepared.note
     return Solved(new, res.kept, quantizer, perm, info)

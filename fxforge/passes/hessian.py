@@ -12,6 +12,10 @@ inputs that reach it. This module owns collecting it and making it safe to inver
 - `run_stages(graph, calibration, ops, solve)`: streaming, one stage's H at a time, in graph order,
   each collected on the graph *as already rewritten* by the earlier stages (GPTQ's / SparseGPT's
   "sequential" mode: a layer sees the activations of the already quantized / pruned layers before it).
+  Given a `reference` graph (the model before the pass), it also accumulates X_pᵀX_d, the rewritten
+  model's inputs against the reference model's, so the solver can reconstruct the *reference* layer
+  output from the inputs the layer will really see (the errors of the layers above are corrected
+  instead of inherited; GPTAQ-style asymmetric calibration).
 - `prepare(h, tokens)`: dampening and the checks of the issue's "bad input".
 
 Decisions:
@@ -47,6 +51,7 @@ class Hessian:
 
     h: Tensor
     tokens: int
+    cross: Tensor | None = None  # X_pᵀX_d: inputs in the graph being rewritten against the reference graph's
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Prepared:
 
     hinv_u: Tensor  # float64 [in, in], upper triangular: H⁻¹ = Uᵀ U
     damp: float  # the λ used
+    added: float  # λ·mean(diag H): what was added to the diagonal
     dead: int  # input features never seen nonzero
     note: str  # "" or why the layer needed care (few tokens, dead inputs, extra dampening)
 
@@ -71,39 +77,53 @@ def stages(ops: Sequence[Op]) -> list[list[Op]]:
     return list(groups.values())
 
 
-def collect(graph: Graph, calibration: Sequence[Sequence[Tensor]], values: Sequence) -> dict[int, Hessian]:
-    """XᵀX per watched value (keyed by id(value)) over every calibration input."""
-    want = {id(v): v.type.shape[-1] for v in values}
-    acc: dict[int, Hessian] = {}
+def _capture(graph: Graph, args: Sequence[Tensor], values: Sequence) -> dict[int, Tensor]:
+    """The token rows (float64 [tokens, in]) of each watched value on one input; stops early."""
+    want = {id(v) for v in values}
+    got: dict[int, Tensor] = {}
 
-    def add(vid: int, t: Tensor) -> None:
-        x = t.detach().reshape(-1, t.shape[-1]).to(torch.float64).cpu()
-        x = torch.nan_to_num(x)  # one inf in calibration must not poison H
-        hs = acc.setdefault(vid, Hessian(torch.zeros(want[vid], want[vid], dtype=torch.float64), 0))
-        hs.h.addmm_(x.T, x)
-        hs.tokens += x.shape[0]
+    def rows(t: Tensor) -> Tensor:
+        return torch.nan_to_num(t.detach().reshape(-1, t.shape[-1]).to(torch.float64).cpu())  # one inf must not poison H
 
-    for args in calibration:
-        seen: set[int] = set()
-        for v, t in zip(graph.inputs, args):
-            if id(v) in want:
-                add(id(v), t)
-                seen.add(id(v))
-        if len(seen) == len(want):
-            continue
+    for v, t in zip(graph.inputs, args):
+        if id(v) in want:
+            got[id(v)] = rows(t)
 
-        def observe(op: Op, outs: list[Tensor], seen: set[int] = seen) -> None:
-            for r, t in zip(op.results, outs):
-                if id(r) in want and id(r) not in seen:
-                    add(id(r), t)
-                    seen.add(id(r))
-            if len(seen) == len(want):
-                raise _Stop
+    def observe(op: Op, outs: list[Tensor]) -> None:
+        for r, t in zip(op.results, outs):
+            if id(r) in want and id(r) not in got:
+                got[id(r)] = rows(t)
+        if len(got) == len(want):
+            raise _Stop
 
+    if len(got) < len(want):
         try:
             evaluate(graph, list(args), observe=observe)
         except _Stop:
             pass
+    return got
+
+
+def collect(graph: Graph, calibration: Sequence[Sequence[Tensor]], values: Sequence,
+            reference: Graph | None = None, ref_values: Sequence | None = None) -> dict[int, Hessian]:
+    """XᵀX per watched value (keyed by id(value)) over every calibration input; with a `reference`
+    graph (the unmodified model) and its values of the same names, also X_pᵀX_d (`Hessian.cross`)."""
+    acc: dict[int, Hessian] = {}
+    for args in calibration:
+        xs = _capture(graph, args, values)
+        xd = _capture(reference, args, ref_values) if reference is not None else {}
+        for i, v in enumerate(values):
+            x = xs.get(id(v))
+            if x is None:
+                continue
+            n = x.shape[1]
+            hs = acc.setdefault(id(v), Hessian(torch.zeros(n, n, dtype=torch.float64), 0))
+            hs.h.addmm_(x.T, x)
+            hs.tokens += x.shape[0]
+            d = xd.get(id(ref_values[i])) if ref_values is not None else None
+            if d is not None and d.shape == x.shape:
+                hs.cross = torch.zeros_like(hs.h) if hs.cross is None else hs.cross
+                hs.cross.addmm_(x.T, d)
     return acc
 
 
@@ -134,17 +154,22 @@ def prepare(h: Tensor, tokens: int, damp: float = DAMP) -> Prepared | None:
             if info == 0:
                 if attempt:
                     notes.append(f"H not positive definite at λ={damp:g}: dampened {lam:g}·mean(diag H)")
-                return Prepared(u, lam, int(dead.sum()), "; ".join(notes))
+                return Prepared(u, lam, lam * mean, int(dead.sum()), "; ".join(notes))
     return None
 
 
 def run_stages(graph: Graph, calibration: Sequence[Sequence[Tensor]], ops: Sequence[Op],
-               solve: Callable[[Op, Hessian], None]) -> None:
+               solve: Callable[[Op, Hessian], None], reference: Graph | None = None) -> None:
     """Sequential mode: for each stage in graph order, collect its H on the graph as rewritten so far,
-    then `solve(op, hessian)` every linear of the stage (which may rewrite the op)."""
+    then `solve(op, hessian)` every linear of the stage (which may rewrite the op). With `reference`
+    (a copy of the graph before any rewrite), each Hessian also carries X_pᵀX_d, so the solver can
+    aim at the reference model's output of the layer rather than the layer's own (see `gptq.solve_weight`)."""
+    ref_values = {v.name: v for v in reference.values()} if reference is not None else {}
     for stage in stages(ops):
         value = stage[0].operands[0]  # read now: an earlier rewrite may have replaced the producer
-        hs = collect(graph, calibration, [value]).get(id(value))
+        ref = ref_values.get(value.name)
+        hs = collect(graph, calibration, [value], reference if ref is not None else None,
+                     [ref] if ref is not None else None).get(id(value))
         if hs is None:
             n = value.type.shape[-1]
             hs = Hessian(torch.zeros(n, n, dtype=torch.float64), 0)

@@ -42,6 +42,8 @@ from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import effective_group, encode_weight, get_scheme, qlinear_ref
 from fxforge.ir.nm import MAX_M, compress, encode_nm, encode_nm_quantized, index_bits, pack_bits
+from fxforge.ir.parser import parse_graph
+from fxforge.ir.printer import print_graph
 from fxforge.ir.types import NM
 from fxforge.passes.calibrate import calibrate, site_name
 from fxforge.passes.gptq import solve_weight
@@ -261,7 +263,12 @@ def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
 
     needs_h = calibration and (method != "magnitude" or (opts.get("gptq") is not False and any(p.scheme for p in plan)))
     if needs_h:
-        run_stages(graph, calibration, [p.op for p in plan], rewrite)
+        target = opts.get("solver_target") or "reference"
+        if target not in ("reference", "layer"):
+            raise ConfigError(f"solver_target={target!r} must be 'reference' or 'layer'")
+        reference = parse_graph(print_graph(graph), dict(graph.weights)) if target == "reference" else None
+        stats["solver_target"] = target
+        run_stages(graph, calibration, [p.op for p in plan], rewrite, reference=reference)
     else:
         for p in plan:
             rewrite(p.op)
@@ -279,7 +286,7 @@ def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
-OPTION_KEYS = ("sparsity", "sparsity_overrides", "sparsity_method", "calibration", "quantize", "quantize_overrides",
+OPTION_KEYS = ("solver_target", "sparsity", "sparsity_overrides", "sparsity_method", "calibration", "quantize", "quantize_overrides",
                "quantize_group", "quantize_pow2_round", "gptq")
 
 
