@@ -30,7 +30,7 @@ def cpu_seconds():
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
-from fxforge import zoo
+from fxforge import testing as zoo
 layers, mode = int(sys.argv[1]), sys.argv[2]
 torch.manual_seed(0)
 model = zoo.llama(hidden=512, intermediate=1376, layers=layers, heads=8, kv_heads=8, vocab=4096)

@@ -1,6 +1,6 @@
 """Kernel counts and planned intermediate memory: fxforge beside TorchInductor, per zoo model, same graph.
 
-For each zoo model (`fxforge.zoo`, small sizes, input batch 2 x seq 16; HF models called with
+For each zoo model (`fxforge.testing`, small sizes, input batch 2 x seq 16; HF models called with
 `use_cache=False` by both compilers, so both see the same forward graph) it reports:
 
 - ATen ops: call_function nodes of fxforge's torch.export capture (the `aten_ops` of the compile record);
@@ -139,7 +139,7 @@ def run_fxforge(name: str, batch: int, seq: int) -> dict[str, Any]:
     import torch
 
     import fxforge
-    from fxforge import zoo
+    from fxforge import testing as zoo
     from fxforge.codegen.module import generate_source
     from fxforge.ir.evaluate import bind_symbols
     from fxforge.runtime.module import flatten_inputs
@@ -222,7 +222,7 @@ def run_inductor(name: str, batch: int, seq: int) -> dict[str, Any]:
     import torch._inductor.config as cfg
     from torch._inductor.utils import run_and_get_code
 
-    from fxforge import zoo
+    from fxforge import testing as zoo
 
     cfg.fx_graph_cache = False
     model = zoo.build(name)

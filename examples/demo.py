@@ -13,7 +13,7 @@ import tempfile
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 
 
 def main() -> None:

@@ -10,59 +10,25 @@ model is for inference, and a change of weights that changes their shapes needs 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
-import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from fxforge.compiler import compile_lowered
 from fxforge.config import CompileConfig
 from fxforge.errors import NotCompilableError
-from fxforge.frontend.dynamo import lower_aten_graph, tensor_names
+from fxforge.frontend.dynamo import buffer_ids, tensor_names
 from fxforge.frontend.export import capture_export
+from fxforge.jit import Backend, jit_wrapper
+from fxforge.pipeline import compile_lowered
+from fxforge.runtime.devices import module_devices
 from fxforge.runtime.module import CompiledModule, flatten_inputs
 from fxforge.runtime.report import CompileReport
-
-
-class Backend:
-    """The torch.compile backend: ATen graph (via aot_autograd) -> ir.Graph -> passes -> Program."""
-
-    def __init__(self, config: CompileConfig, report: CompileReport, names: dict[int, str]) -> None:
-        self.config = config
-        self.report = report
-        self.names = names
-
-    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
-        # imported here: torch._dynamo costs seconds to import, and AOT/CLI use never needs it
-        from torch._dynamo.backends.common import aot_autograd
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-        def fw_compiler(aten_gm: torch.fx.GraphModule, _fake_inputs: list[Any]) -> Callable:
-            with unset_fake_temporarily():  # aot_autograd calls us under fake mode; weights are real
-                return compile_aten(aten_gm)
-
-        def compile_aten(aten_gm: torch.fx.GraphModule) -> Callable:
-            start = time.perf_counter()
-            name = f"graph{len(self.report.graphs)}"
-            lowered = lower_aten_graph(aten_gm, example_inputs, self.names, name)
-            aten_ops = sum(1 for n in aten_gm.graph.nodes if n.op == "call_function")
-            record = compile_lowered(lowered, self.config, time.perf_counter() - start, aten_ops)
-            self.report.graphs.append(record)
-            if self.config.debug:
-                print(record.summary())
-            program = record.program
-
-            def run(*args: Any) -> tuple:
-                return tuple(program(*args))
-
-            return run
-
-        return aot_autograd(fw_compiler=fw_compiler)(gm, example_inputs)
 
 
 def compile(model_or_fn: Any = None, config: CompileConfig | None = None, **options: Any) -> Any:
@@ -80,34 +46,10 @@ def compile(model_or_fn: Any = None, config: CompileConfig | None = None, **opti
         "for a class, instantiate it first: fxforge.compile(MyModel())")
 
 
-# Every compiled Hugging Face model adds dynamo cache entries to the same code object (their shared
-# forward wrapper), so dynamo's default limit of 8 is hit after a few models in one process.
-RECOMPILE_LIMIT = 64
-
-
-def _torch_compile(fn: Callable, cfg: CompileConfig, report: CompileReport, names: dict[int, str]) -> Callable:
-    """torch.compile with the fxforge backend, wrapped so that a call that ran no compiled code (dynamo
-    gave up and ran the function eagerly) is said out loud, once, instead of passing silently."""
-    compiled = torch.compile(fn, backend=Backend(cfg, report, names), dynamic=cfg.dynamic, fullgraph=cfg.fullgraph)
-    told = False
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        nonlocal told
-        import torch._dynamo
-
-        calls = report.calls
-        limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        with torch._dynamo.config.patch(recompile_limit=limit):
-            out = compiled(*args, **kwargs)
-        if report.calls == calls and not told:
-            told = True
-            warnings.warn(f"fxforge: a call of {getattr(fn, '__qualname__', fn)} ran no fxforge-compiled code: torch.compile "
-                          "fell back to eager (see torch._dynamo's warnings above, e.g. its recompile limit); "
-                          "its results are eager PyTorch's", stacklevel=2)
-        return out
-
-    return run
+def _devices(cfg: CompileConfig, model: torch.nn.Module | None) -> tuple[str, ...] | None:
+    """Where the JIT-compiled code takes its inputs: the executor's device, else the model's."""
+    fixed = {"interpret": ("cpu",), "triton": ("cuda", "cpu")}.get(cfg.executor)
+    return fixed or (module_devices(model) if model is not None else None)
 
 
 def _compile_module(model: torch.nn.Module, cfg: CompileConfig) -> torch.nn.Module:
@@ -115,7 +57,9 @@ def _compile_module(model: torch.nn.Module, cfg: CompileConfig) -> torch.nn.Modu
     compiled = copy.copy(model)
     for attr in ("_parameters", "_buffers", "_modules"):
         compiled.__dict__[attr] = dict(model.__dict__[attr])
-    compiled.__dict__["forward"] = _torch_compile(model.forward, cfg, report, tensor_names(model))
+    arg_names = list(inspect.signature(model.forward).parameters)
+    compiled.__dict__["forward"] = jit_wrapper(model.forward, cfg, report, tensor_names(model), buffer_ids(model),
+                                               _devices(cfg, model), arg_names)
     compiled.__dict__["fxforge_report"] = report
     compiled.__dict__["fxforge_config"] = cfg
     return compiled
@@ -123,7 +67,11 @@ def _compile_module(model: torch.nn.Module, cfg: CompileConfig) -> torch.nn.Modu
 
 def _compile_function(fn: Callable, cfg: CompileConfig) -> Callable:
     report = CompileReport()
-    wrapper = _torch_compile(fn, cfg, report, {})
+    try:
+        arg_names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # builtins and some callables have no signature
+        arg_names = []
+    wrapper = jit_wrapper(fn, cfg, report, {}, devices=_devices(cfg, None), arg_names=arg_names)
     wrapper.fxforge_report = report  # type: ignore[attr-defined]
     wrapper.fxforge_config = cfg  # type: ignore[attr-defined]
     return wrapper
@@ -138,7 +86,8 @@ def compile_aot(model: torch.nn.Module, example_args: tuple | Any, example_kwarg
         raise NotCompilableError(f"compile_aot takes a torch.nn.Module, got {type(model).__name__}; "
                                  "wrap a function in a Module, or use fxforge.compile(fn)")
     args = example_args if isinstance(example_args, tuple) else (example_args,)
-    capture = capture_export(model.eval(), args, example_kwargs, dynamic=cfg.dynamic is not False)
+    with _eval_mode(model):
+        capture = capture_export(model, args, example_kwargs, dynamic=cfg.dynamic is not False)
     aten_ops = sum(1 for op in capture.lowered.graph.ops)
     capture.lowered.notes[:0] = [n for n in capture.notes if n not in capture.lowered.notes]
     arg_names = list(inspect.signature(model.forward).parameters)
@@ -148,6 +97,25 @@ def compile_aot(model: torch.nn.Module, example_args: tuple | Any, example_kwarg
     if cfg.debug:
         print(record.summary())
     return module
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Capture in eval mode (fxforge compiles for inference: dropout off, BatchNorm running stats)
+    and give the caller's module back with every submodule's `training` flag as it was."""
+    flags = [(m, m.training) for m in model.modules()]
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        warnings.warn(f"fxforge.compile_aot compiles for inference with eval-mode semantics (dropout off, BatchNorm "
+                      f"uses running statistics), but {training[:3]}{' ...' if len(training) > 3 else ''} "
+                      "are in train mode; the compiled module behaves as model.eval() would. Your module's "
+                      "mode is left as it was.", stacklevel=3)
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def _calibration_inputs(cfg: CompileConfig, capture: Any, arg_names: list[str]) -> list[list[torch.Tensor]] | None:
@@ -167,7 +135,8 @@ def load(path: str) -> CompiledModule:
     """Load an artifact directory written by `CompiledModule.save` or `fxforge compile`."""
     from fxforge.runtime.artifact import load_artifact
 
-    return load_artifact(path)
+    loaded = load_artifact(path)
+    return CompiledModule(loaded.record, loaded.in_spec, loaded.out_spec, loaded.arg_names, loaded.config, loaded.source)
 
 
 BACKEND_REPORT = CompileReport()

@@ -10,6 +10,8 @@ from typing import Any
 from fxforge.errors import ConfigError
 
 EXECUTOR_CHOICES = ("auto", "reference", "interpret", "triton")
+QUANTIZE_METHODS = ("auto", "rtn")  # see fxforge.passes.quant_methods
+ROTATE_MODES = ("auto", "online")  # see fxforge.passes.rotate
 
 
 @dataclass(frozen=True)
@@ -22,20 +24,31 @@ class CompileConfig:
     verify: verify the IR after every pass. debug: verify, and print the report after compiling.
     dynamic: dynamic shapes (JIT: torch.compile's `dynamic`; AOT: export every dim as Dim.AUTO).
     fullgraph: JIT only: fail on a graph break instead of running it in Python.
+    pass_options: {"<pass>.<option>": value}, read by that pass (`fxforge.pipeline` names the passes
+        and maps the typed fields below onto their options, e.g. quantize_group -> "quantize.group").
     quantize: a scheme for every linear ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp") or None;
         quantize_overrides: {name pattern: scheme or None}, first match wins (lm_head stays high precision
         by default); quantize_group: the group size of the 4-bit schemes; lorc_rank: ZeroQuant-FP's
         low-rank error compensation (0: off); calibration: example inputs (each a tuple of args or a
         dict of kwargs) the errors and scales are measured on (AOT only; not saved into artifacts).
-    gptq: GPTQ rounding (second-order, error-compensating) instead of round-to-nearest; None (default):
-        on when calibration is given, False: off, True without calibration: reported as skipped.
+    quantize_method: "auto" (with calibration data each scheme runs its best measured methods, see
+        `fxforge.passes.quant_methods.DEFAULTS`) or "rtn" (round to nearest); smooth / rotate / gptq:
+        None (the scheme's default) or a bool forcing SmoothQuant/AWQ smoothing, Hadamard rotation, GPTQ
+        on or off; rotate_mode: "auto" (residual-stream rotation where the architecture allows, online
+        Hadamard elsewhere) or "online"; rotate_block: the largest online Hadamard block (0: whole width).
+    ffn_skip: share of FFN token-rows to skip per token at run time (0 < x <= 0.9; needs calibration);
+        ffn_skip_gate: "linear" (default), "carry" (FFN-SkipLLM's rule) or "oracle" (measurement only);
+        ffn_skip_warmup: tokens at positions below it always run their FFNs; ffn_skip_protect: FFN block
+        indices never skipped (default first and last); ffn_skip_overrides: {site pattern: fixed share}.
+        See `fxforge.passes.ffn_skip`.
     sparsity: "N:M" pruning of every linear (N < M <= 16; lm_head stays dense) or None;
         sparsity_overrides: {name pattern: "N:M" or None}, first match wins; sparsity_method:
         "magnitude" | "wanda" | "sparsegpt" or None (the best the calibration allows: sparsegpt with
-        calibration, else magnitude). With `quantize` too, the kept values are quantized.
-    solver_target: what the second-order solver reconstructs when pruning: "reference" (default: the
-        dense model's layer output, from the inputs the pruned model really gives the layer) or "layer"
-        (the layer's own output on those inputs: plain sequential SparseGPT).
+        calibration, else magnitude). With `quantize` too, the kept values are quantized (GPTQ with
+        calibration). solver_target: what the second-order solver reconstructs when pruning:
+        "reference" (default: the dense model's layer output, from the inputs the pruned model really
+        gives the layer) or "layer" (the layer's own output: plain sequential SparseGPT).
+        See `fxforge.passes.sparsify`.
     """
 
     passes: tuple[str, ...] | None = None
@@ -51,12 +64,22 @@ class CompileConfig:
     quantize_group: int | None = None
     quantize_pow2_round: str = "floor"
     lorc_rank: int = 0
+    quantize_method: str = "auto"
+    smooth: bool | None = None
+    rotate: bool | None = None
     gptq: bool | None = None
+    rotate_mode: str = "auto"
+    rotate_block: int = 0
+    calibration: list | None = field(default=None, compare=False)
+    ffn_skip: float | None = None
+    ffn_skip_gate: str = "linear"
+    ffn_skip_warmup: int = 4
+    ffn_skip_protect: tuple[int, ...] = (0, -1)
+    ffn_skip_overrides: dict[str, float] = field(default_factory=dict)
     sparsity: str | None = None
     sparsity_overrides: dict[str, str | None] = field(default_factory=dict)
     sparsity_method: str | None = None
     solver_target: str | None = None
-    calibration: list | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTOR_CHOICES:
@@ -66,12 +89,9 @@ class CompileConfig:
 
             if self.quantize not in SCHEMES:
                 raise ConfigError(f"quantize={self.quantize!r} is not a scheme; known: {sorted(SCHEMES)}")
-        if self.sparsity is not None or self.sparsity_overrides or self.sparsity_method is not None:
-            from fxforge.passes.sparsify import check_options
-
-            check_options(self.sparsity, self.sparsity_overrides, self.sparsity_method)
-        if self.solver_target not in (None, "reference", "layer"):
-            raise ConfigError(f"solver_target={self.solver_target!r} must be 'reference', 'layer' or None")
+        self._check_methods()
+        _check_ffn_skip(self)
+        _check_sparsity(self)
         if self.lorc_rank < 0:
             raise ConfigError(f"lorc_rank must be >= 0, got {self.lorc_rank}")
         for name in ("passes", "disable"):
@@ -80,6 +100,17 @@ class CompileConfig:
                 raise ConfigError(f"{name} must be a list of pass names, got {value!r}")
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
+
+    def _check_methods(self) -> None:
+        if self.quantize_method not in QUANTIZE_METHODS:
+            raise ConfigError(f"quantize_method={self.quantize_method!r} is not one of {QUANTIZE_METHODS}")
+        for name in ("smooth", "rotate", "gptq"):
+            if getattr(self, name) not in (None, True, False):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be None (the scheme's default), True or False")
+        if self.rotate_mode not in ROTATE_MODES:
+            raise ConfigError(f"rotate_mode={self.rotate_mode!r} is not one of {ROTATE_MODES}")
+        if not isinstance(self.rotate_block, int) or self.rotate_block < 0:
+            raise ConfigError(f"rotate_block must be an int >= 0 (0: the whole width), got {self.rotate_block!r}")
 
     @classmethod
     def from_options(cls, config: CompileConfig | None = None, **options: Any) -> CompileConfig:
@@ -96,12 +127,6 @@ class CompileConfig:
         """Verify after every pass: asked for, in debug mode, or FXFORGE_VERIFY=1 (the tests set it)."""
         return self.verify or self.debug or os.environ.get("FXFORGE_VERIFY") == "1"
 
-    def pass_context_options(self) -> dict[str, Any]:
-        """What the passes read from `ctx.options`."""
-        keys = ("quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "lorc_rank", "gptq",
-                "sparsity", "sparsity_overrides", "sparsity_method", "solver_target")
-        return {**self.pass_options, **{k: getattr(self, k) for k in keys}}
-
     def to_json(self) -> dict[str, Any]:
         """Everything but the calibration tensors."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "calibration"}
@@ -110,3 +135,23 @@ class CompileConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompileConfig:
         return cls.from_options(None, **data)
+
+
+def _check_ffn_skip(cfg: CompileConfig) -> None:
+    from fxforge.ir.skip_ops import options_problem
+
+    if isinstance(cfg.ffn_skip_protect, list):
+        object.__setattr__(cfg, "ffn_skip_protect", tuple(cfg.ffn_skip_protect))
+    problem = options_problem(cfg.ffn_skip, cfg.ffn_skip_gate, cfg.ffn_skip_warmup, cfg.ffn_skip_protect,
+                              cfg.ffn_skip_overrides)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _check_sparsity(cfg: CompileConfig) -> None:
+    if cfg.sparsity is not None or cfg.sparsity_overrides or cfg.sparsity_method is not None:
+        from fxforge.passes.sparsify import check_options
+
+        check_options(cfg.sparsity, cfg.sparsity_overrides, cfg.sparsity_method)
+    if cfg.solver_target not in (None, "reference", "layer"):
+        raise ConfigError(f"solver_target={cfg.solver_target!r} must be 'reference', 'layer' or None")

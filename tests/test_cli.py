@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from fxforge import cli_inputs
+from fxforge.cli import inputs as cli_inputs
 from fxforge.cli import main
 
 MODEL_SOURCE = '''
@@ -162,7 +162,7 @@ def test_size_one_dims_and_specs():
 
 def test_inspect_quant_shows_per_layer_error_and_bytes(tmp_path, capsys):
     import fxforge
-    from fxforge import zoo
+    from fxforge import testing as zoo
     from fxforge.cli import main
 
     model = zoo.build("mlp")
@@ -173,3 +173,102 @@ def test_inspect_quant_shows_per_layer_error_and_bytes(tmp_path, capsys):
     fxforge.compile_aot(model, (zoo.example_input("mlp"),)).save(str(tmp_path / "plain"))
     assert main(["inspect", str(tmp_path / "plain"), "--quant"]) == 0
     assert "no quantize pass" in capsys.readouterr().out
+
+
+# -- compression options and calibration files ------------------------------------------------------
+
+def test_compile_quantized_with_calibration_file_then_run(workdir, tmp_path, capsys):
+    gen = torch.Generator().manual_seed(4)
+    torch.save([torch.randint(0, 256, (2, 8), generator=gen), (torch.randint(0, 256, (1, 12), generator=gen),)],
+               tmp_path / "calib.pt")
+    out = tmp_path / "q"
+    assert main(["compile", f"{workdir / 'tiny_llama.py'}:make_model", "--example-input", EXAMPLE, "-o", str(out),
+                 "--quantize", "w8a8-int8", "--quantize-override", "*.mlp.down_proj=none",
+                 "--calibration", str(tmp_path / "calib.pt")]) == 0
+    stdout = capsys.readouterr().out
+    assert "quantize: 12 linears (w8a8-int8), 3 kept high precision" in stdout and "on calibration" in stdout
+    import fxforge
+
+    module = fxforge.load(str(out))
+    assert len(module.graph.find("qlinear")) == 12 and module.config.quantize == "w8a8-int8"
+    stats = module.record.trace.record("quantize").stats
+    assert stats["error_data"] == "calibration"
+    assert stats["skipped"]["model.layers.0.mlp.down_proj"].startswith("kept high precision (quantize_overrides")
+    ids = torch.randint(0, 256, (2, 5), generator=gen)
+    torch.save(ids, tmp_path / "ids.pt")
+    assert main(["run", str(out), "--input-file", str(tmp_path / "ids.pt"), "--output-file", str(tmp_path / "y.pt")]) == 0
+    got = torch.load(tmp_path / "y.pt", weights_only=True)["logits"]
+    with torch.no_grad():
+        want = eager_model(workdir)(ids).logits
+    rel = ((got - want).norm() / want.norm()).item()
+    assert 0 < rel < 0.05  # quantized: close to eager, and not eager itself
+
+
+def _compile_args(tmp_path, *extra):
+    from fxforge.cli import build_parser
+    from fxforge.cli.compile import config_from_args
+
+    return config_from_args(build_parser().parse_args(["compile", "m.py:f", "-o", str(tmp_path / "o"), *extra]))
+
+
+def test_compression_flags_set_the_config(tmp_path):
+    config = _compile_args(tmp_path, "--quantize", "w4a16-int4", "--quantize-group", "32", "--lorc-rank", "4",
+                           "--quantize-override", "lm_head=w8a8-int8", "--quantize-override", "*.o_proj=none")
+    assert config.quantize == "w4a16-int4" and config.quantize_group == 32 and config.lorc_rank == 4
+    assert config.quantize_overrides == {"lm_head": "w8a8-int8", "*.o_proj": None}
+    plain = _compile_args(tmp_path)
+    assert plain.quantize is None and plain.quantize_overrides == {} and plain.calibration is None
+
+
+def test_calibration_file_layouts(tmp_path):
+    from safetensors.torch import save_file
+
+    from fxforge.cli.calibration import load_calibration
+
+    a, b = torch.arange(6).reshape(2, 3), torch.ones(1, 4, dtype=torch.int64)
+    torch.save([a, [a, b], {"input_ids": b}], tmp_path / "c.pt")
+    got = load_calibration(str(tmp_path / "c.pt"))
+    assert torch.equal(got[0], a) and isinstance(got[1], tuple) and torch.equal(got[1][1], b) and set(got[2]) == {"input_ids"}
+    save_file({"0.0": a, "0.1": b, "1.input_ids": b.clone(), "2": a.clone()}, str(tmp_path / "c.safetensors"))
+    got = load_calibration(str(tmp_path / "c.safetensors"))
+    assert isinstance(got[0], tuple) and torch.equal(got[0][1], b) and list(got[1]) == ["input_ids"]
+    assert isinstance(got[2], tuple) and len(got[2]) == 1 and torch.equal(got[2][0], a)
+
+
+def _bad_files(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.save({"input_ids": torch.ones(2, 3)}, tmp_path / "dict.pt")
+    torch.save([torch.ones(2), 3], tmp_path / "int.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    save_file({"input_ids": torch.ones(2)}, str(tmp_path / "key.safetensors"))
+    save_file({"0.0": torch.ones(2), "0.x": torch.ones(2)}, str(tmp_path / "mixed.safetensors"))
+    (tmp_path / "c.npy").write_bytes(b"")
+    return [("missing.pt", "does not exist", "torch.save([example"), ("dict.pt", "holds a dict", "torch.save([example"),
+            ("int.pt", "example 1 is a int", "torch.save([example"), ("junk.pt", "cannot read", "torch.save([example"),
+            ("key.safetensors", "key 'input_ids'", "'<example>.<input>'"),
+            ("mixed.safetensors", "not both", "'<example>.<input>'"), ("c.npy", "unknown kind '.npy'", ".safetensors")]
+
+
+def test_bad_calibration_file_is_one_line_exit_2(workdir, tmp_path, capsys):
+    for name, problem, layout in _bad_files(tmp_path):
+        assert main(["compile", f"{workdir / 'tiny_llama.py'}:make_model", "--example-input", EXAMPLE, "-o",
+                     str(tmp_path / "o"), "--quantize", "w8a8-int8", "--calibration", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"fxforge: error: calibration file {tmp_path / name}") and err.count("\n") == 1, err
+        assert problem in err and layout in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--quantize", "w3a3"], "--quantize 'w3a3' is not a quantization scheme; use one of w8a8-int8"),
+    (["--quantize-override", "lm_head"], "bad --quantize-override 'lm_head': write GLOB=SCHEME"),
+    (["--quantize-group", "0"], "--quantize-group '0' must be an integer >= 1"),
+    (["--lorc-rank", "x"], "--lorc-rank 'x' must be an integer >= 0"),
+    (["--pass-option", "quantise.group=3"], "not '<pass>.<option>' with a known pass"),
+])
+def test_bad_compression_flag(workdir, tmp_path, capsys, flags, message):
+    assert main(["compile", f"{workdir / 'tiny_llama.py'}:make_model", "--example-input", EXAMPLE, "-o",
+                 str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxforge: error: ") and message in err and err.count("\n") == 1, err

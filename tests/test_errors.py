@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.errors import ArtifactError, CaptureError, ConfigError, FxforgeError, InputError, NotCompilableError
 
 

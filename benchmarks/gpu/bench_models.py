@@ -19,7 +19,7 @@ from datetime import date
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 
 SIZES = {"llama": dict(hidden=512, layers=4, heads=8, kv_heads=4, intermediate=1376, vocab=4096),
          "mistral": dict(hidden=512, layers=4, heads=8, kv_heads=4, intermediate=1376, vocab=4096),

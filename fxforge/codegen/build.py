@@ -9,8 +9,8 @@ This module owns the answer to "does this kernel build for that GPU, and how hea
   compiles must run in a process without it: `build_in_subprocess` serialises specs (module + kernel
   name + signature + constexprs + launch options) to JSON and runs `python -m fxforge.codegen.build`
   in fresh `sys.executable` processes (in parallel, with a timeout).
-- `standard_specs()` is the list of template configurations the tests build (GEMM fp32/fp16/bf16 with
-  several epilogues, batched matmul, attention), with tile shapes from `fxforge.codegen.blocks`.
+- `gemm_spec`, `bmm_spec`, `attention_spec` describe a template's compile for given sizes, with tile
+  shapes from `fxforge.codegen.blocks`; the list the tests build is `tests/codegen/standard_specs.py`.
 TRITON_DEFAULT_FP_FUSION is set explicitly (its default changes in triton 3.10 and it keys the cache),
 and `enable_fp_fusion` is passed as a compile option as well.
 """
@@ -125,6 +125,10 @@ def _import_spec_module(spec: dict):
     """`spec["module"]` by import name, or the file `spec["path"]` (a generated module) under that name."""
     if not spec.get("path"):
         return importlib.import_module(spec["module"])
+    if Path(spec["path"]).name.startswith("fxforge_gen_"):  # a kernel-cache file: checked against its hash
+        from fxforge.codegen.loader import import_cached
+
+        return import_cached(spec["path"])
     from importlib.util import module_from_spec, spec_from_file_location
 
     name = spec.get("module") or Path(spec["path"]).stem
@@ -140,7 +144,7 @@ def _import_spec_module(spec: dict):
 
 
 def build_spec(spec: dict, arch: int) -> KernelBuild:
-    """Compile one serialisable spec (see `standard_specs`; `"path"` imports a module file) in this process."""
+    """Compile one serialisable spec (see `gemm_spec`; `"path"` imports a module file) in this process."""
     try:
         kernel = getattr(_import_spec_module(spec), spec["kernel"])
     except (ImportError, AttributeError, OSError) as e:
@@ -195,7 +199,7 @@ def build_in_subprocess(specs: list[dict], arch: int, *, timeout: float = 300.0,
     return results  # type: ignore[return-value]
 
 
-# ---------------------------------------------------------------- the standard configurations
+# ---------------------------------------------------------------- specs of the templates
 
 _TT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _GEMM_MODULE = "fxforge.codegen.templates.gemm"
@@ -261,26 +265,6 @@ def attention_spec(dtype: str, Lq: int, Lk: int, D: int, *, causal: bool = False
     return {"module": _ATTN_MODULE, "kernel": "attention_kernel", "signature": sig, "constexprs": const,
             "divisible": divisible, "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
             "label": f"attention {dtype} {Lq}x{Lk} D={D} {' '.join(tags) or 'plain'}"}
-
-
-def standard_specs() -> list[dict]:
-    """The template configurations every build check compiles. bf16 specs carry "min_arch": 90."""
-    specs = [
-        gemm_spec("float16", 4096, 4096, 4096),
-        gemm_spec("float16", 4096, 4096, 4096, bias=True, activation="gelu", residual=True),
-        gemm_spec("float16", 64, 4096, 4096, bias=True, activation="silu", out_dtype="float32"),
-        gemm_spec("float16", 4096, 11008, 4096, mul=True, residual=True),
-        gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu"),
-        gemm_spec("float32", 512, 512, 512, activation="gelu_tanh", residual=True),
-        dict(gemm_spec("bfloat16", 4096, 4096, 4096, bias=True, activation="sigmoid"), min_arch=90),
-        bmm_spec("float16", 1024, 1024, 128),
-        attention_spec("float16", 4096, 4096, 64, causal=True),
-        attention_spec("float16", 1024, 1024, 128, mask="add"),
-        attention_spec("float16", 1, 4096, 80, gqa=True),
-        attention_spec("float32", 512, 512, 64, mask="bool"),
-        dict(attention_spec("bfloat16", 2048, 2048, 128, causal=True, gqa=True), min_arch=90),
-    ]
-    return specs
 
 
 def specs_for_arch(specs: list[dict], arch: int) -> list[dict]:

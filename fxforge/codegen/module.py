@@ -34,6 +34,7 @@ from fxforge.codegen.loader import load_module
 from fxforge.codegen.module_text import HEADER, HELPERS, graph_symbols, lit, py_shape
 from fxforge.ir.evaluate import weight_tensor
 from fxforge.ir.graph import Graph, Op, Value, Weight
+from fxforge.ir.skip_ops import data_dependent_symbols
 from fxforge.passes.fuse import partition
 from fxforge.passes.fusion_rules import KernelGroup, Partition
 
@@ -117,6 +118,7 @@ class _Writer:
         self.encoded = encoded_consts(graph, part)
         self.encoded_names = {op.attrs["weight"] for op in graph.ops if id(op) in self.encoded}
         self.uses: set[str] = set()  # optional imports the body needs: "qlinear", "decode_weight"
+        self.dynamic = data_dependent_symbols(graph)
 
     def n(self, v: Value | None) -> str:
         return "None" if v is None else self.names[id(v)]
@@ -329,6 +331,9 @@ class _Writer:
         if len(op.results) > 1:
             res = res + ","
         self.body.append(f"{res} = {text}  # host: {reason.split(':')[0]}" if reason else f"{res} = {text}")
+        for sym_name, (value, axis) in self.dynamic.items():  # a data-dependent size: bound from the result
+            if value.producer is op:
+                self.body.append(f"{sym_name} = int({self.n(value)}.shape[{axis}])")
 
     def assemble(self, n_buffers: int) -> str:
         g = self.graph

@@ -3,6 +3,8 @@
 Every dim of every tensor input is exported as `Dim.AUTO`: torch keeps it symbolic unless the
 model forces a size (an example dim of size 1 is specialised to 1 by torch, so give examples with
 batch and sequence >= 2 to keep them dynamic; the capture notes which dims stayed static).
+A forward that writes a buffer or an input in place (`buffers_to_mutate` in the graph signature) is
+refused with a `CaptureError` naming them: the AOT graph and its artifact hold constant weights only.
 Hugging Face models are exported with `use_cache=False` unless the caller says otherwise: the
 `DynamicCache` they return is not a pytree torch.export can output (the JIT path keeps the cache).
 """
@@ -71,9 +73,51 @@ def capture_export(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
             "Fix: use fxforge.compile(model) (the JIT path: graph breaks run in Python), or change the "
             "model's data-dependent control flow."
         ) from e
+    _refuse_mutations(ep, model)
     lowered = lower_exported(ep, model)
     _note_static_dims(lowered, args, kwargs, notes)
     return Capture(lowered, ep.call_spec.in_spec, ep.call_spec.out_spec, time.perf_counter() - start, notes + lowered.notes)
+
+
+def _written_placeholders(ep: torch.export.ExportedProgram) -> set[str]:
+    """Placeholders an in-place op writes, directly or through views (export's training IR keeps
+    `add_`/`copy_`/`index_copy_` unfunctionalized, so `buffers_to_mutate` is empty there)."""
+    written = set()
+    for node in ep.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is None or not schema.is_mutable:
+            continue
+        for arg, value in zip(schema.arguments, node.args):
+            if arg.alias_info is not None and arg.alias_info.is_write and isinstance(value, torch.fx.Node):
+                base = _view_base(value)
+                if base.op == "placeholder":
+                    written.add(base.name)
+    return written
+
+
+def _view_base(node: torch.fx.Node) -> torch.fx.Node:
+    """Follow view ops (their result aliases their first argument) back to the viewed tensor."""
+    while node.op == "call_function" and node.args and isinstance(node.args[0], torch.fx.Node):
+        schema = getattr(node.target, "_schema", None)
+        if schema is None or not schema.returns or schema.returns[0].alias_info is None:
+            break
+        node = node.args[0]
+    return node
+
+
+def _refuse_mutations(ep: torch.export.ExportedProgram, model: torch.nn.Module) -> None:
+    """An AOT graph is a pure function of its inputs and constant weights: a forward that writes a
+    buffer or an input in place cannot be honoured there, so it is refused by name."""
+    sig = ep.graph_signature
+    written = _written_placeholders(ep)
+    names = {spec.arg.name: spec.target or spec.arg.name for spec in sig.input_specs if hasattr(spec.arg, "name")}
+    targets = set(sig.buffers_to_mutate.values()) | set(getattr(sig, "user_inputs_to_mutate", {}).values())
+    targets |= {names.get(p, p) for p in written}
+    if targets:
+        raise CaptureError(
+            f"{type(model).__name__}.forward writes {sorted(targets)} in place; compile_aot builds a pure graph "
+            "of constant weights, so the writes would be lost. Fix: use fxforge.compile(model) (the JIT path "
+            "writes mutated buffers back after each call), or keep that state outside the module.")
 
 
 def lower_exported(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None) -> Lowered:

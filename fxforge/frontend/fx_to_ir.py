@@ -21,21 +21,12 @@ import torch.fx
 from fxforge.frontend.aten_table import LOWERINGS
 from fxforge.frontend.builder import Builder, Unsupported
 from fxforge.frontend.symbols import SymbolTable
+from fxforge.ir.calling import InputSlot
 from fxforge.ir.dtypes import DType
 from fxforge.ir.errors import ShapeError
 from fxforge.ir.graph import Graph, Value
 from fxforge.ir.optable import OperandRef
 from fxforge.ir.types import TensorType
-
-
-@dataclass
-class InputSlot:
-    """How one flat runtime argument reaches the graph: a tensor input, a size symbol, or ignored
-    (a parameter the graph holds as a weight, or a value the graph does not read)."""
-
-    kind: str  # "tensor" | "symbol" | "weight" | "const"
-    symbol: sympy.Symbol | None = None
-    value: Any = None  # for "const": the value it was captured with
 
 
 @dataclass

@@ -1,6 +1,11 @@
 """fxforge's IR: types, the op table, graphs, text form, verifier and reference evaluator."""
 
-from fxforge.ir import lowp_ops, nm  # noqa: F401  (register quantize, dequantize, qlinear; the #nm decoder)
+from fxforge.ir import (
+    hadamard,  # noqa: F401  (registers hadamard)
+    lowp_ops,  # noqa: F401  (registers quantize, dequantize, qlinear)
+    nm,  # noqa: F401  (the #nm weight decoder)
+    skip_ops,  # noqa: F401  (registers skip_gate, gather_rows, scatter_add_rows, skip_counts)
+)
 from fxforge.ir.dtypes import DType
 from fxforge.ir.errors import IRError, IRParseError, ShapeError, VerifyError
 from fxforge.ir.evaluate import evaluate

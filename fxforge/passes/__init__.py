@@ -1,25 +1,14 @@
 """Graph passes: the pass manager, the pattern rewriter, and one module per pass.
 
-Importing this package registers every pass in `PASSES` (each module registers itself), so
-`build_pipeline(default_pipeline())` works after `import fxforge.passes`.
+This package's `__init__` imports only the manager and the rewriter (what pass authors use); it does
+not import the pass modules, and they do not register themselves. `fxforge.pipeline.PASS_TABLE` is
+the table of passes by name.
 """
 
-from fxforge.passes import canonicalize, constant_fold, cse, dce, fuse, quantize, shape_prop, sparsify  # noqa: F401  (registers)
-from fxforge.passes.manager import (
-    PASSES,
-    Pass,
-    PassContext,
-    PassManager,
-    PassRecord,
-    PassVerifyError,
-    Trace,
-    build_pipeline,
-    default_pipeline,
-    register_pass,
-)
+from fxforge.passes.manager import Pass, PassContext, PassManager, PassRecord, PassVerifyError, Trace
 from fxforge.passes.rewriter import P, RewriteError, Rule, apply_rules, rule
 
 __all__ = [
-    "PASSES", "Pass", "PassContext", "PassManager", "PassRecord", "PassVerifyError", "Trace",
-    "build_pipeline", "default_pipeline", "register_pass", "P", "RewriteError", "Rule", "apply_rules", "rule",
+    "Pass", "PassContext", "PassManager", "PassRecord", "PassVerifyError", "Trace",
+    "P", "RewriteError", "Rule", "apply_rules", "rule",
 ]

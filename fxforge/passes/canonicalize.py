@@ -32,7 +32,7 @@ import torch
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.ops import norm_axis, prod
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 from fxforge.passes.rewriter import P, Rule, apply_rules, dims_match, rule, same_type
 
 # -- no-op folds and compositions ---------------------------------------------------------------------
@@ -212,7 +212,6 @@ ACTIVATION_RULES: list[Rule] = [silu]
 RULES: list[Rule] = FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES
 
 
-@register_pass("canonicalize")
 class Canonicalize:
     """Runs `RULES` (or the rules given) to a fixpoint; stats: rewrites per rule and their total."""
 

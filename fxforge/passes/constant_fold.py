@@ -30,7 +30,7 @@ import torch
 from fxforge.ir.errors import IRError
 from fxforge.ir.evaluate import concrete, run_op
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 
 FOLDED_PREFIX = "folded."
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -126,7 +126,6 @@ def fold_constants(graph: Graph, max_elements: int = 4096, max_eval_elements: in
     return {**folder.stats, "by_opcode": dict(sorted(folder.by_opcode.items()))}
 
 
-@register_pass("constant_fold")
 class ConstantFold:
     """stats: folded, to_full, to_weight, skipped_too_large, skipped_views, by_opcode."""
 

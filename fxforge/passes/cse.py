@@ -23,7 +23,7 @@ from typing import Any
 
 from fxforge.ir.graph import Graph, Op
 from fxforge.passes.dce import has_side_effects
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 from fxforge.passes.rewriter import same_type
 
 _RANDOM = ("rand", "dropout", "bernoulli", "normal", "uniform", "empty", "multinomial", "poisson",
@@ -80,7 +80,6 @@ def eliminate_common_subexpressions(graph: Graph) -> dict[str, int]:
     return merged
 
 
-@register_pass("cse")
 class CommonSubexpressionElimination:
     """stats: merged (total) and merged_by_opcode."""
 

@@ -14,7 +14,7 @@ Decisions:
 from __future__ import annotations
 
 from fxforge.ir.graph import Graph, Op
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 
 _SIDE_EFFECTS = ("print", "_assert", "record_stream")
 
@@ -60,7 +60,6 @@ def eliminate_dead_code(graph: Graph) -> tuple[int, list[str]]:
     return removed, dropped
 
 
-@register_pass("dce")
 class DeadCodeElimination:
     """stats: ops_removed, weights_removed, weight_bytes_freed."""
 

@@ -2,7 +2,7 @@
 
 `partition(graph)` returns a `Partition`: `KernelGroup`s (plain data naming ops of the graph) and,
 for every op left outside a kernel, the reason. The graph itself is not rewritten (no new opcodes:
-it stays valid IR for the verifier); codegen reads the partition. The pass `fuse` (registered, not
+it stays valid IR for the verifier); codegen reads the partition. The pass `fuse` (in `fxforge.pipeline.PASS_TABLE`; not
 in the default pipeline; the `interpret`/`triton` executors run `partition` themselves) stores the
 partition on the graph as `graph.kernel_groups` and its summary in `ctx.stats`.
 
@@ -58,7 +58,7 @@ from fxforge.passes.fusion_rules import (
     scale_of,
     single_use,
 )
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 
 # -- the partition ------------------------------------------------------------------------------
 
@@ -280,7 +280,6 @@ def partition(graph: Graph) -> Partition:
     return _Partitioner(graph).run()
 
 
-@register_pass("fuse")
 class FusePass:
     """Partitions the graph into kernel groups (`graph.kernel_groups`); the IR is unchanged."""
 

@@ -1,16 +1,17 @@
 """The `quantize` pass: rewrite `linear`s with a 2-D const weight into `qlinear`s with encoded weights.
 
-Options (`ctx.options`; the pass is off unless "quantize" names a scheme):
-    "quantize"            scheme name: w8a8-int8 | w8a8-fp8 | w4a16-int4 | w4a8-fp (None/absent: off)
-    "quantize_overrides"  {fnmatch pattern on the layer name (weight name without `.weight`): scheme or
-                          None}; the first matching pattern wins, user patterns before the defaults
-    "quantize_group"      group size along the input dim for the grouped schemes (default: the
-                          scheme's, 128 for w4a16-int4, 32 for w4a8-fp)
-    "quantize_pow2_round" w4a8-fp only, "floor" (default) or "ceil": see `fxforge.ir.lowp_ops`
-    "lorc_rank"           LoRC rank (0: off), see `fxforge.passes.lorc`
-    "calibration"         a list of input lists for the graph; errors are measured on them
-    "gptq"                GPTQ rounding (`fxforge.passes.gptq`) instead of round-to-nearest: None (default)
-                          = on when calibration is given; True without calibration is reported as skipped
+Options (`ctx.option("quantize.<name>")`; the pass is off unless "quantize.scheme" or an override names a scheme;
+`fxforge.pipeline` fills them from `CompileConfig.quantize*` and `lorc_rank`):
+    "quantize.scheme"      scheme name: w8a8-int8 | w8a8-fp8 | w4a16-int4 | w4a8-fp (None/absent: off)
+    "quantize.overrides"   {fnmatch pattern on the layer name (weight name without `.weight`): scheme or
+                           None}; the first matching pattern wins, user patterns before the defaults
+    "quantize.group"       group size along the input dim for the grouped schemes (default: the
+                           scheme's, 128 for w4a16-int4, 32 for w4a8-fp)
+    "quantize.pow2_round"  w4a8-fp only, "floor" (default) or "ceil": see `fxforge.ir.lowp_ops`
+    "quantize.lorc_rank"   LoRC rank (0: off), see `fxforge.passes.lorc`
+    "quantize.gptq"        GPTQ rounding (`fxforge.passes.gptq`) instead of round-to-nearest; decided with
+                           the other methods by `quant_methods.resolve_methods` (on by default with calibration)
+Errors are measured on `ctx.calibration` (a list of input lists for the graph) when it is given.
 
 Decisions:
 - Stay high precision by default: `lm_head` (patterns "lm_head", "*.lm_head"), any linear whose weight
@@ -47,7 +48,7 @@ from fxforge.passes.calibrate import calibrate, site_name
 from fxforge.passes.gptq import gptq_encode
 from fxforge.passes.hessian import Hessian, run_stages
 from fxforge.passes.lorc import lorc_factors
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 
 DEFAULT_OVERRIDES: dict[str, str | None] = {"lm_head": None, "*.lm_head": None}
 RANDOM_ROWS = 256
@@ -228,20 +229,21 @@ def _free_name(graph: Graph, name: str) -> str:
     return out
 
 
-@register_pass("quantize")
 class Quantize:
-    """Off unless `ctx.options["quantize"]` names a scheme; stats: see `quantize_graph`."""
+    """Off unless "quantize.scheme" (or an override) names a scheme; stats: see `quantize_graph`."""
 
     name = "quantize"
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
-        scheme = ctx.option("quantize")
-        overrides = ctx.option("quantize_overrides") or {}
+        from fxforge.passes.quant_methods import resolve_methods  # it imports this module
+
+        scheme = ctx.option("quantize.scheme")
+        overrides = ctx.option("quantize.overrides") or {}
         if scheme is None and not any(v is not None for v in overrides.values()):
             ctx.stats["enabled"] = False
             return graph
         ctx.stats.update(quantize_graph(
-            graph, scheme, overrides, group=ctx.option("quantize_group"), lorc_rank=ctx.option("lorc_rank", 0) or 0,
-            calibration=ctx.option("calibration"), pow2_round=ctx.option("quantize_pow2_round", "floor"),
-            gptq=ctx.option("gptq")))
+            graph, scheme, overrides, group=ctx.option("quantize.group"), lorc_rank=ctx.option("quantize.lorc_rank", 0) or 0,
+            calibration=ctx.calibration, pow2_round=ctx.option("quantize.pow2_round", "floor"),
+            gptq=resolve_methods(ctx.options, ctx.calibration is not None)["gptq"]))
         return graph

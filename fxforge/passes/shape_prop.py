@@ -24,7 +24,7 @@ from fxforge.ir.errors import IRError, ShapeError
 from fxforge.ir.graph import Graph
 from fxforge.ir.printer import print_op, print_type
 from fxforge.ir.types import Dim, TensorType, normalize_dim
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 from fxforge.passes.rewriter import same_type
 
 
@@ -77,7 +77,6 @@ def propagate_shapes(graph: Graph) -> dict[str, int]:
     return {"ops_checked": checked, "types_updated": updated}
 
 
-@register_pass("shape_prop")
 class ShapePropagation:
     """stats: ops_checked, types_updated."""
 

@@ -1,18 +1,20 @@
 """The `sparsify` pass: N:M pruning of `linear` weights into `#nm` weights, alone or with quantization.
 
-Options (`ctx.options`; the pass is off unless "sparsity" or an override names a pattern):
-    "sparsity"            "N:M" for every linear (any N < M <= 16), None: off
-    "sparsity_overrides"  {fnmatch pattern on the layer name: "N:M" or None}, first match wins, user
+Options (`ctx.option("sparsify.<name>")`, from `CompileConfig.sparsity*` and `solver_target` through
+`fxforge.pipeline.PASS_TABLE`; the pass is off unless "sparsify.pattern" or an override names a pattern):
+    "sparsify.pattern"    "N:M" for every linear (any N < M <= 16), None: off
+    "sparsify.overrides"  {fnmatch pattern on the layer name: "N:M" or None}, first match wins, user
                           patterns before the defaults (lm_head stays dense, as in `quantize`)
-    "sparsity_method"     "magnitude" (|w|), "wanda" (|w|·‖x_j‖), "sparsegpt" (second-order: mask
+    "sparsify.method"     "magnitude" (|w|), "wanda" (|w|·‖x_j‖), "sparsegpt" (second-order: mask
                           from w²/[H⁻¹]_jj per block, OBS update of the kept weights); None: the best
                           the calibration allows (sparsegpt with calibration, else magnitude)
-    "calibration"         input lists; H and errors are measured on them
-    "quantize", "quantize_overrides", "quantize_group", "quantize_pow2_round", "gptq": composition.
-        A layer that also gets a scheme is pruned and quantized in one pass of the solver (prune, then
-        quantize the survivors with error compensation) and becomes a `qlinear` of a quantized `#nm`
-        weight; the `quantize` pass then leaves it alone. Without calibration: kept values rounded to
-        nearest.
+    "sparsify.target"     "reference" (default) or "layer": what the solver reconstructs (`gptq.solve_weight`)
+    "quantize.scheme", "quantize.overrides", "quantize.group", "quantize.pow2_round" (and the methods
+        of `quant_methods.resolve_methods` for GPTQ): composition. A layer that also gets a scheme is
+        pruned and quantized in one pass of the solver (prune, then quantize the survivors with error
+        compensation) and becomes a `qlinear` of a quantized `#nm` weight; the `quantize` pass then
+        leaves it alone. Without calibration: kept values rounded to nearest.
+H and errors are measured on `ctx.calibration`.
 
 Decisions:
 - Never pruned by default: lm_head, a linear tied to an embedding table, a weight that is not a plain
@@ -48,7 +50,7 @@ from fxforge.ir.types import NM
 from fxforge.passes.calibrate import calibrate, site_name
 from fxforge.passes.gptq import solve_weight
 from fxforge.passes.hessian import Hessian, run_stages
-from fxforge.passes.manager import PassContext, register_pass
+from fxforge.passes.manager import PassContext
 from fxforge.passes.quantize import RANDOM_ROWS, _embedding_tables, _free_name, _skip_reason, choose_scheme, relative_error
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -222,7 +224,7 @@ def _plan(graph: Graph, opts: dict[str, Any]) -> tuple[list[_Layer], dict[str, s
         layer = site_name(graph, op)
         label = layer or f"%{op.result.name}"
         reason = _skip_reason(graph, op, tied)
-        spec = choose_pattern(layer, opts.get("sparsity"), opts.get("sparsity_overrides")) if layer else None
+        spec = choose_pattern(layer, opts.get("pattern"), opts.get("overrides")) if layer else None
         if reason is None and spec is None:
             reason = "kept dense (sparsity_overrides or default: lm_head stays dense)"
         if reason is not None:
@@ -243,11 +245,11 @@ def _plan(graph: Graph, opts: dict[str, Any]) -> tuple[list[_Layer], dict[str, s
 
 def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
     """Prune (and, composed, quantize) the graph's linears in place; returns the statistics."""
-    check_options(opts.get("sparsity"), opts.get("sparsity_overrides"), opts.get("sparsity_method"))
+    check_options(opts.get("pattern"), opts.get("overrides"), opts.get("method"))
     for s in {opts.get("quantize"), *(opts.get("quantize_overrides") or {}).values()} - {None}:
         get_scheme(s)
     calibration = opts.get("calibration")
-    method = opts.get("sparsity_method") or ("sparsegpt" if calibration else "magnitude")
+    method = opts.get("method") or ("sparsegpt" if calibration else "magnitude")
     stats: dict[str, Any] = {"method": method}
     if method in NEEDS_CALIBRATION and not calibration:
         stats["note"] = f"sparsity_method={method!r} needs calibration data: pruned by magnitude instead"
@@ -263,7 +265,7 @@ def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
 
     needs_h = calibration and (method != "magnitude" or (opts.get("gptq") is not False and any(p.scheme for p in plan)))
     if needs_h:
-        target = opts.get("solver_target") or "reference"
+        target = opts.get("target") or "reference"
         if target not in ("reference", "layer"):
             raise ConfigError(f"solver_target={target!r} must be 'reference' or 'layer'")
         reference = parse_graph(print_graph(graph), dict(graph.weights)) if target == "reference" else None
@@ -286,20 +288,27 @@ def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
-OPTION_KEYS = ("solver_target", "sparsity", "sparsity_overrides", "sparsity_method", "calibration", "quantize", "quantize_overrides",
-               "quantize_group", "quantize_pow2_round", "gptq")
+# this pass's options ("sparsify.<name>") and the quantize options it composes with
+OPTION_KEYS = {"pattern": "sparsify.pattern", "overrides": "sparsify.overrides", "method": "sparsify.method",
+               "target": "sparsify.target", "quantize": "quantize.scheme", "quantize_overrides": "quantize.overrides",
+               "quantize_group": "quantize.group", "quantize_pow2_round": "quantize.pow2_round"}
 
 
-@register_pass("sparsify")
 class Sparsify:
-    """Off unless `ctx.options["sparsity"]` (or an override) names an N:M pattern; stats: see `sparsify_graph`."""
+    """Off unless "sparsify.pattern" (or an override) names an N:M pattern; stats: see `sparsify_graph`."""
 
     name = "sparsify"
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
-        opts = {k: ctx.option(k) for k in OPTION_KEYS}
-        if opts["sparsity"] is None and not any(v is not None for v in (opts["sparsity_overrides"] or {}).values()):
+        from fxforge.passes.quant_methods import resolve_methods
+
+        opts = {k: ctx.option(key) for k, key in OPTION_KEYS.items()}
+        if opts["pattern"] is None and not any(v is not None for v in (opts["overrides"] or {}).values()):
             ctx.stats["enabled"] = False
             return graph
+        opts["calibration"] = ctx.calibration
+        # composed layers: GPTQ on the kept values when the quantize methods say so (on with calibration)
+        opts["gptq"] = resolve_methods({**ctx.options, "quantize.scheme": opts["quantize"] or "w8a8-int8"},
+                                       ctx.calibration is not None)["gptq"]
         ctx.stats.update(sparsify_graph(graph, opts))
         return graph

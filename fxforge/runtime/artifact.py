@@ -8,14 +8,24 @@
                            encoded weights store their payload parts as `name::part`
 
 Loading checks the format, the files and their hashes, and says what is wrong and how to fix it.
+
+Decisions:
+- Every file is covered by the integrity check: `manifest.json` holds the SHA-256 of each other file
+  (graph, trace, weights) and, under `manifest_sha256`, the hash of its own body (the manifest
+  without that key, as canonical JSON). An edited `alias_of`, output list or hash is an
+  `ArtifactError` naming the file. (The hashes catch edits and corruption; they are not signatures.)
+- Loading never imports or runs anything an artifact names: pytree specs are rebuilt from an
+  allow-list (`runtime/specs.py`), and every `extern` op must name a registered torch op.
+- This module builds the parts of a loaded model (`LoadedArtifact`); `fxforge.load` makes the
+  `CompiledModule` (so runtime.module imports this module, never the reverse).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +34,24 @@ from safetensors.torch import load_file, save_file
 from torch.utils import _pytree as pytree
 
 from fxforge.config import CompileConfig
-from fxforge.errors import ArtifactError, IRParseError
-from fxforge.frontend.fx_to_ir import InputSlot
+from fxforge.errors import ArtifactError, FxforgeError, IRParseError
+from fxforge.ir.calling import InputSlot
 from fxforge.ir.graph import Graph, Weight
+from fxforge.ir.optable import resolve_torch_op
 from fxforge.ir.parser import parse_dim, parse_graph, parse_type
 from fxforge.ir.printer import print_dim, print_encoding, print_graph
+from fxforge.ir.trace import Trace
 from fxforge.runtime.executors import resolve_executor
-from fxforge.runtime.module import CompiledModule
 from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord
+from fxforge.runtime.specs import load_spec
 from fxforge.version import __version__
 
 FORMAT = "fxforge-artifact"
 VERSION = 1
 FILES = {"manifest": "manifest.json", "graph": "graph.fxir", "trace": "trace.json", "weights": "weights.safetensors"}
+HASHED = ("graph", "trace", "weights")  # every file but the manifest, which hashes its own body
+SELF_HASH = "manifest_sha256"
 
 
 def _sha256(path: Path) -> str:
@@ -46,6 +60,11 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _body_hash(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != SELF_HASH}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -93,7 +112,8 @@ def _output_json(out: Any) -> list[Any]:
     return [kind, print_dim(item) if kind == "symbol" else item]
 
 
-def save_artifact(module: CompiledModule, path: str | Path) -> Path:
+def save_artifact(module: Any, path: str | Path) -> Path:
+    """module: a `CompiledModule` (record, config, in/out spec, arg names, source)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     program = module.record.program
@@ -117,9 +137,11 @@ def save_artifact(module: CompiledModule, path: str | Path) -> Path:
         "weights": layout,
         "externs": module.record.externs,
         "notes": module.record.notes,
-        "hashes": {key: _sha256(out / FILES[key]) for key in ("graph", "weights")},
+        "hashes": {key: _sha256(out / FILES[key]) for key in HASHED},
     }
-    (out / FILES["manifest"]).write_text(json.dumps(manifest, indent=1, default=str))
+    manifest = json.loads(json.dumps(manifest, default=str))  # the body exactly as it will read back
+    manifest[SELF_HASH] = _body_hash(manifest)
+    (out / FILES["manifest"]).write_text(json.dumps(manifest, indent=1))
     return out
 
 
@@ -138,26 +160,15 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ArtifactError(f"{root} is not a version-{VERSION} fxforge artifact (format={manifest.get('format')!r}, "
                             f"version={manifest.get('version')!r}); compile it again with this fxforge")
-    for key in ("graph", "weights"):
-        if _sha256(root / FILES[key]) != manifest["hashes"][key]:
+    if not isinstance(manifest, dict) or manifest.get(SELF_HASH) != _body_hash(manifest):
+        raise ArtifactError(f"{root / FILES['manifest']} does not match its own hash ({SELF_HASH}): the file was "
+                            "edited or is corrupt; compile the artifact again")
+    hashes = manifest.get("hashes") or {}
+    for key in HASHED:
+        if hashes.get(key) is None or _sha256(root / FILES[key]) != hashes[key]:
             raise ArtifactError(f"{root / FILES[key]} does not match the hash in manifest.json: the file was changed "
                                 "or is corrupt; compile the artifact again")
     return manifest
-
-
-def _load_spec(text: str) -> Any:
-    """treespec_loads needs the pytree classes (e.g. transformers' ModelOutputs) registered: import them."""
-    def modules(node: dict) -> list[str]:
-        found = [node["type"].rsplit(".", 1)[0]] if node.get("type") else []
-        return found + [m for child in node.get("children_spec", []) for m in modules(child)]
-
-    for module in modules(json.loads(text)[1]):
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise ArtifactError(f"the artifact's outputs are {module} objects, which cannot be imported here ({e}); "
-                                "install that package") from None
-    return pytree.treespec_loads(text)
 
 
 def _load_weights(root: Path, manifest: dict[str, Any]) -> dict[str, Weight]:
@@ -177,22 +188,47 @@ def _load_weights(root: Path, manifest: dict[str, Any]) -> dict[str, Weight]:
     return weights
 
 
-def load_artifact(path: str | Path) -> CompiledModule:
+def _check_externs(graph: Graph, where: Path) -> None:
+    """An extern op runs what it names: only a registered torch op may be named."""
+    for op in graph.ops:
+        if op.opcode != "extern":
+            continue
+        target = op.attrs.get("target")
+        try:
+            fn = resolve_torch_op(target) if isinstance(target, str) else None
+        except FxforgeError:
+            fn = None
+        if not isinstance(fn, torch._ops.OpOverload):
+            raise ArtifactError(f"{where}: extern op %{op.result.name if op.results else '?'} names {target!r}, which "
+                                "is not a torch op overload (e.g. aten.cumsum.default); compile the artifact again")
+
+
+@dataclass
+class LoadedArtifact:
+    """What `fxforge.load` makes a `CompiledModule` of."""
+
+    record: GraphRecord
+    in_spec: Any
+    out_spec: Any
+    arg_names: list[str]
+    config: CompileConfig
+    source: str
+
+
+def load_artifact(path: str | Path) -> LoadedArtifact:
     root = Path(path)
     manifest = _read_manifest(root)
+    in_spec, out_spec = load_spec(manifest["in_spec"], "in_spec"), load_spec(manifest["out_spec"], "out_spec")
     weights = _load_weights(root, manifest)
     try:
         graph = parse_graph((root / FILES["graph"]).read_text(), weights)
     except IRParseError as e:
         raise ArtifactError(f"{root / FILES['graph']}: {e}") from None
+    _check_externs(graph, root / FILES["graph"])
     slots = [InputSlot(s["kind"], parse_dim(s["symbol"]) if s["symbol"] else None, s["value"]) for s in manifest["inputs"]]
     outputs = [(k, parse_dim(v) if k == "symbol" else v) for k, v in manifest["outputs"]]
     config = CompileConfig.from_json(manifest["config"])
     program = Program(graph, slots, outputs, resolve_executor(config.executor))
-    from fxforge.passes.manager import Trace
-
     trace = Trace.from_json((root / FILES["trace"]).read_text())
     record = GraphRecord(graph.name, program, 0.0, 0.0, len(graph.ops), manifest["externs"], manifest["notes"], trace)
-    return CompiledModule(record, _load_spec(manifest["in_spec"]), _load_spec(manifest["out_spec"]),
-                          manifest["arg_names"], config, manifest["source"])
-
+    return LoadedArtifact(record, in_spec, out_spec, manifest["arg_names"], config, manifest["source"])

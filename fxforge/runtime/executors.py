@@ -4,6 +4,9 @@
   fast path on a CPU.
 - `interpret` / `triton`: fxforge's generated Triton module, in Triton's CPU interpreter or on a GPU
   (`triton_executor.py`, imported when first asked for, so plain use never imports triton).
+
+Decisions: the table `EXECUTORS` names every executor explicitly (no registration by import side
+effect); `triton_executor` imports nothing from here, so the two modules form no import cycle.
 """
 
 from __future__ import annotations
@@ -36,16 +39,23 @@ class ReferenceExecutor:
         return evaluate(self.graph, inputs, bindings=bindings)
 
 
-EXECUTORS: dict[str, Callable[[Graph], Executor]] = {"reference": ReferenceExecutor}
+def _interpret(graph: Graph) -> Executor:
+    from fxforge.runtime.triton_executor import InterpretExecutor  # imports triton: only when asked for
+
+    return InterpretExecutor(graph)
 
 
-def register_executor(name: str, factory: Callable[[Graph], Executor]) -> None:
-    EXECUTORS[name] = factory
+def _triton(graph: Graph) -> Executor:
+    from fxforge.runtime.triton_executor import TritonExecutor
+
+    return TritonExecutor(graph)
+
+
+EXECUTORS: dict[str, Callable[[Graph], Executor]] = {"reference": ReferenceExecutor, "interpret": _interpret,
+                                                     "triton": _triton}
 
 
 def make_executor(name: str, graph: Graph) -> Executor:
-    if name in ("interpret", "triton") and name not in EXECUTORS:
-        import fxforge.runtime.triton_executor  # noqa: F401  (registers interpret and triton)
     try:
         factory = EXECUTORS[name]
     except KeyError:

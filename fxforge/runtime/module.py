@@ -14,6 +14,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from fxforge.errors import InputError
+from fxforge.runtime.artifact import save_artifact
 from fxforge.runtime.report import CompileReport, GraphRecord
 
 
@@ -39,8 +40,6 @@ class CompiledModule(torch.nn.Module):
 
     def save(self, path: str) -> str:
         """Write an artifact directory (manifest, IR text, pass trace, weights); `fxforge.load` reads it."""
-        from fxforge.runtime.artifact import save_artifact
-
         return str(save_artifact(self, path))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

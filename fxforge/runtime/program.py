@@ -4,6 +4,8 @@ It maps flat runtime arguments to the graph's inputs (tensors in, parameters ski
 graph holds them as weights, symbolic ints bound to their symbols, captured constants checked),
 runs the executor, and rebuilds the flat outputs (tensors, sizes computed from symbols, constants).
 It counts its calls, so reports can show that compiled code really ran.
+
+Every tensor input's device is checked before anything runs (`runtime/devices.py`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import sympy
 import torch
 
 from fxforge.errors import InputError
-from fxforge.frontend.fx_to_ir import InputSlot
+from fxforge.ir.calling import InputSlot
 from fxforge.ir.errors import ShapeError
 from fxforge.ir.evaluate import bind_symbols
 from fxforge.ir.graph import Graph
 from fxforge.ir.types import substitute
+from fxforge.runtime.counters import SkipCounters
+from fxforge.runtime.devices import check_devices, weight_devices
 from fxforge.runtime.executors import Executor, make_executor
 
 
@@ -31,9 +35,12 @@ class Program:
     executor_name: str = "reference"
     calls: int = 0
     executor: Executor = field(init=False)
+    counters: SkipCounters = field(init=False)
 
     def __post_init__(self) -> None:
         self.executor = make_executor(self.executor_name, self.graph)
+        self.counters = SkipCounters(self.graph)  # extra outputs the caller never sees (ffn_skip's counts)
+        self.expected_devices = getattr(self.executor, "devices", None) or weight_devices(self.graph)
 
     def __call__(self, *flat: Any) -> list[Any]:
         if len(flat) != len(self.inputs):
@@ -47,6 +54,7 @@ class Program:
             elif slot.kind == "const" and not _same_const(arg, slot.value):
                 raise InputError(f"this graph was compiled for an argument equal to {slot.value!r}, got {arg!r}; "
                                  "compile again with that value (constants are baked into the graph)")
+        check_devices(self.graph, tensors, self.expected_devices)
         try:
             graph_inputs = self.graph.inputs
             bindings.update(bind_symbols([v.type for v in graph_inputs], tensors, [v.name for v in graph_inputs]))
@@ -55,6 +63,7 @@ class Program:
         with torch.no_grad():
             results = self.executor(tensors, bindings)
         self.calls += 1
+        self.counters.add(results)
         return [self._output(o, results, bindings) for o in self.outputs]
 
     def _output(self, out: Any, results: list[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> Any:

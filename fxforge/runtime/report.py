@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fxforge.runtime.counters import merge_counts
 from fxforge.runtime.program import Program
 
 
@@ -56,6 +57,13 @@ class CompileReport:
             for k, v in g.externs.items():
                 out[k] = out.get(k, 0) + v
         return out
+
+    @property
+    def ffn_skip(self) -> dict[str, Any]:
+        """FFN skipping's run-time counters over every graph and call so far (`fxforge.passes.ffn_skip`):
+        `{"rows", "skipped", "share", "per_layer": {site: {"rows", "skipped"}}}`; rows = FFN token-rows
+        that would have run without skipping."""
+        return merge_counts([g.program.counters for g in self.graphs])
 
     def __str__(self) -> str:
         if not self.graphs:

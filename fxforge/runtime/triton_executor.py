@@ -3,17 +3,15 @@
 Both partition the graph (`passes.fuse`), generate and import the module once per graph
 (`fxforge.codegen.generate_module`) and call its `run` on every call; dynamic sizes are kernel
 arguments, so new lengths reuse the same module.
-- `interpret`: Triton's CPU interpreter on CPU tensors. It needs `TRITON_INTERPRET=1` in the
-  environment before triton is first imported in the process; if triton is already imported
-  without it, a clear error says so (when triton is not imported yet, the variable is set here).
+- `interpret`: Triton's CPU interpreter on CPU tensors, in any process (`runtime/interpreter.py`
+  arranges the interpreter; no environment variable is needed), one call at a time.
 - `triton`: a CUDA GPU; weights move to the GPU once, inputs move there per call, outputs stay there.
-Registered with `fxforge.runtime.executors.register_executor` when this module is imported.
+Named in the executor table of `fxforge.runtime.executors` (this module imports nothing from there).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 import sympy
@@ -21,20 +19,7 @@ import torch
 
 from fxforge.errors import ConfigError
 from fxforge.ir.graph import Graph
-from fxforge.runtime.executors import register_executor
-
-
-def ensure_interpreter() -> None:
-    """Make sure Triton kernels will run under the CPU interpreter, or explain how to."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return
-    if "triton" in sys.modules:
-        raise ConfigError(
-            "executor='interpret' needs Triton's CPU interpreter, but triton was already imported in this "
-            "process without TRITON_INTERPRET=1, and the interpreter is chosen when triton is imported. "
-            "Set the variable at process start (`TRITON_INTERPRET=1 python ...`, or "
-            "`os.environ['TRITON_INTERPRET'] = '1'` before anything imports triton or fxforge.codegen.templates).")
-    os.environ["TRITON_INTERPRET"] = "1"
+from fxforge.runtime.interpreter import interpret_was_arranged, interpreter_scope
 
 
 class _GeneratedExecutor:
@@ -55,24 +40,30 @@ class _GeneratedExecutor:
 
 class InterpretExecutor(_GeneratedExecutor):
     name = "interpret"
+    devices = ("cpu",)
 
     def __init__(self, graph: Graph) -> None:
-        ensure_interpreter()
-        super().__init__(graph, "cpu")
+        with interpreter_scope():
+            super().__init__(graph, "cpu")
+
+    def __call__(self, inputs: Sequence[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> list[torch.Tensor]:
+        with interpreter_scope():
+            return super().__call__(inputs, bindings)
 
 
 class TritonExecutor(_GeneratedExecutor):
     name = "triton"
+    devices = ("cuda", "cpu")  # cpu inputs are moved to the GPU
 
     def __init__(self, graph: Graph) -> None:
         if os.environ.get("TRITON_INTERPRET") == "1":
             raise ConfigError("executor='triton' runs on a GPU, but TRITON_INTERPRET=1 is set; use executor='interpret' "
                               "or unset the variable")
+        if interpret_was_arranged():
+            raise ConfigError("executor='triton' cannot run in a process that already ran executor='interpret' (its "
+                              "kernels were switched to Triton's interpreter); compile for the GPU in another process")
         if not torch.cuda.is_available():
             raise ConfigError("executor='triton' needs a CUDA GPU, and torch sees none; use executor='interpret' "
                               "(Triton's CPU interpreter) or 'reference' on this machine")
         super().__init__(graph, "cuda")
 
-
-register_executor("interpret", InterpretExecutor)
-register_executor("triton", TritonExecutor)

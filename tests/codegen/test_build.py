@@ -8,8 +8,9 @@ by shrinking its blocks in `fxforge.codegen.blocks`, not by loosening this test.
 from __future__ import annotations
 
 import pytest
+from standard_specs import standard_specs
 
-from fxforge.codegen.build import SHARED_LIMITS, build_in_subprocess, specs_for_arch, standard_specs
+from fxforge.codegen.build import SHARED_LIMITS, build_in_subprocess, specs_for_arch
 
 
 @pytest.mark.parametrize("arch", [90, 80])

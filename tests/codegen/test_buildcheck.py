@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.codegen import buildcheck as bc
 from fxforge.codegen.build import SHARED_LIMITS
 
@@ -113,7 +113,7 @@ def test_inspect_kernels_cli(checked, tmp_path, capsys):
     from fxforge.cli import main
 
     out = tmp_path / "mlp"
-    assert main(["compile", "fxforge/zoo.py:mlp", "--example-input", "float32[2,8,64]", "--executor", "interpret",
+    assert main(["compile", "fxforge/testing.py:mlp", "--example-input", "float32[2,8,64]", "--executor", "interpret",
                  "--build-check", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "build check sm_90:" in printed and "build check sm_80:" in printed
@@ -130,5 +130,5 @@ def test_inspect_kernels_cli(checked, tmp_path, capsys):
     checked["bert"][0].save(str(plain))
     assert main(["inspect", str(plain), "--kernels"]) == 0
     assert "--build-check" in capsys.readouterr().out
-    assert main(["compile", "fxforge/zoo.py:mlp", "--example-input", "float32[2,8,64]", "--build-check",
+    assert main(["compile", "fxforge/testing.py:mlp", "--example-input", "float32[2,8,64]", "--build-check",
                  "-o", str(tmp_path / "bad")]) == 2

@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import fxforge  # noqa: E402
 import fxforge.runtime.triton_executor  # noqa: E402, F401  (registers the interpret/triton executors)
-from fxforge import zoo  # noqa: E402
+from fxforge import testing as zoo  # noqa: E402
 from fxforge.codegen import generate_source  # noqa: E402
 from fxforge.ir.evaluate import WEIGHT_DECODERS  # noqa: E402
 from fxforge.ir.graph import Weight  # noqa: E402

@@ -7,7 +7,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.ir.parser import parse_graph
 from fxforge.ir.printer import print_graph
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fxforge.ir import evaluate
-from fxforge.passes import PassContext, PassManager, build_pipeline, default_pipeline
+from fxforge.passes import PassContext, PassManager
+from fxforge.pipeline import build_passes, default_pipeline
 
 dynamo = pytest.importorskip("fxforge.frontend.dynamo")
 export = pytest.importorskip("fxforge.frontend.export")
@@ -50,7 +51,7 @@ def capture_aot(model, ids):
 
 
 def run_default_pipeline(graph):
-    pm = PassManager(build_pipeline(default_pipeline()), verify=True)
+    pm = PassManager(build_passes(default_pipeline()), verify=True)
     return pm.run(graph, PassContext(verify=True)), pm.trace
 
 

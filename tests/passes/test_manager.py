@@ -1,10 +1,14 @@
-"""The pass manager: pipelines by name, the trace, verification naming the guilty pass, JSON."""
+"""The pass manager and the pass table: pipelines by name, the trace, verification naming the guilty pass, JSON,
+one naming scheme for pass options."""
 
 import pytest
 import torch
 
+from fxforge.config import CompileConfig
+from fxforge.errors import ConfigError
 from fxforge.ir import DType, Graph, TensorType, sym
-from fxforge.passes import PASSES, PassContext, PassManager, PassVerifyError, Trace, build_pipeline, default_pipeline
+from fxforge.passes import PassContext, PassManager, PassVerifyError, Trace
+from fxforge.pipeline import PASSES, build_passes, default_pipeline, option_set, pass_options
 
 F32 = DType.f32
 
@@ -47,20 +51,20 @@ def test_default_pipeline_is_registered_and_builds():
     names = default_pipeline()
     assert names[0] == "canonicalize" and names[-1] == "shape_prop"
     assert set(names) == {"canonicalize", "constant_fold", "cse", "dce", "shape_prop"} <= set(PASSES)
-    passes = build_pipeline(names, disabled=["cse"])
+    passes = build_passes(names, disabled=["cse"])
     assert [p.name for p in passes] == [n for n in names if n != "cse"]
 
 
 def test_a_typo_lists_the_known_passes():
     with pytest.raises(ValueError, match=r"unknown pass name\(s\) \['cse2'\].*canonicalize"):
-        build_pipeline(["canonicalize", "cse2"])
+        build_passes(["canonicalize", "cse2"])
     with pytest.raises(ValueError, match="dcee"):
-        build_pipeline(["dce"], disabled=["dcee"])
+        build_passes(["dce"], disabled=["dcee"])
 
 
 def test_trace_records_text_time_stats_and_op_counts():
     g = small_graph()
-    pm = PassManager(build_pipeline(default_pipeline()) + [Renamer()], verify=True)
+    pm = PassManager(build_passes(default_pipeline()) + [Renamer()], verify=True)
     out = pm.run(g, PassContext(options={"renamer.flag": 7}))
     assert out is g
     trace = pm.trace
@@ -83,7 +87,7 @@ def test_trace_records_text_time_stats_and_op_counts():
 
 def test_diff_shows_what_a_pass_changed():
     g = small_graph()
-    pm = PassManager(["canonicalize", "cse"])
+    pm = PassManager(build_passes(["canonicalize", "cse"]))
     pm.run(g)
     diff = pm.trace.diff("cse")
     assert diff.startswith("--- before cse\n+++ after cse\n")
@@ -95,7 +99,7 @@ def test_diff_shows_what_a_pass_changed():
 
 
 def test_json_round_trip():
-    pm = PassManager(build_pipeline(default_pipeline()))
+    pm = PassManager(build_passes(default_pipeline()))
     pm.run(small_graph())
     text = pm.trace.to_json()
     again = Trace.from_json(text)
@@ -119,12 +123,53 @@ def test_a_broken_input_is_not_blamed_on_the_first_pass():
     g = small_graph()
     g.ops[-1].results[0].type = TensorType((3,), F32)
     with pytest.raises(PassVerifyError, match="input graph"):
-        PassManager(["cse"], verify=True).run(g)
+        PassManager(build_passes(["cse"]), verify=True).run(g)
 
 
 def test_each_run_gets_fresh_stats():
     ctx = PassContext()
-    pm = PassManager([Renamer(), "dce"])
+    pm = PassManager([Renamer(), *build_passes(["dce"])])
     pm.run(small_graph(), ctx)
     assert pm.trace.record("renamer").stats == {"seen_ops": 5, "option": "default"}
     assert "seen_ops" not in pm.trace.record("dce").stats
+
+
+def test_default_pipeline_follows_the_config_and_executor():
+    core = ["canonicalize", "constant_fold", "cse", "canonicalize", "dce", "shape_prop"]
+    assert default_pipeline() == core
+    assert default_pipeline(CompileConfig(), "interpret") == core + ["fuse"]
+    assert default_pipeline(CompileConfig(quantize="w8a8-int8"))[4] == "quantize"
+    # an override that names a scheme switches the pass on too, and so does the option set directly
+    assert "quantize" in default_pipeline(CompileConfig(quantize_overrides={"*.mlp.*": "w4a8-fp"}))
+    assert "quantize" in default_pipeline(CompileConfig(pass_options={"quantize.scheme": "w8a8-int8"}))
+    when = option_set("quantize.lorc_rank")
+    assert when({"quantize.lorc_rank": 0}, "reference") and not when({"quantize.lorc_rank": None}, "triton")
+
+
+def test_config_fields_become_dotted_pass_options():
+    options = pass_options(CompileConfig(quantize="w4a16-int4", quantize_group=32, lorc_rank=4,
+                                         pass_options={"constant_fold.max_elements": 0}))
+    assert options["quantize.scheme"] == "w4a16-int4" and options["quantize.group"] == 32
+    assert options["quantize.lorc_rank"] == 4 and options["constant_fold.max_elements"] == 0
+    assert all("." in key for key in options)
+    with pytest.raises(ConfigError, match="known passes"):
+        pass_options(CompileConfig(pass_options={"canonicalise.max_iterations": 3}))
+    with pytest.raises(ConfigError, match="known passes"):
+        pass_options(CompileConfig(pass_options={"quantize": "w8a8-int8"}))  # not dotted
+    with pytest.raises(ConfigError, match="contradicts quantize_group"):
+        pass_options(CompileConfig(quantize_group=32, pass_options={"quantize.group": 64}))
+
+
+def test_an_undotted_option_read_is_refused():
+    # a pass reading an old undotted key would otherwise get None and do nothing, silently
+    with pytest.raises(ValueError, match="'<pass>.<option>'"):
+        PassContext(options={"quantize": "w8a8-int8"}).option("quantize")
+
+
+def test_manager_takes_pass_objects_only():
+    with pytest.raises(TypeError, match="build_passes"):
+        PassManager(["cse"])
+
+
+def test_every_pass_in_the_table_builds_and_is_named_as_listed():
+    assert {p.name for p in build_passes(sorted(PASSES))} == set(PASSES)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.ir import evaluate, verify
 from fxforge.ir.parser import parse_graph
 from fxforge.ir.printer import print_graph
@@ -33,8 +33,8 @@ def fresh(graph):
     return parse_graph(print_graph(graph), dict(graph.weights))
 
 
-def run(graph, **options):
-    ctx = PassContext(options=options, verify=True)
+def run(graph, calibration=None, **options):
+    ctx = PassContext(options={f"quantize.{k}": v for k, v in options.items()}, calibration=calibration, verify=True)
     pm = PassManager([Quantize()], verify=True)
     out = pm.run(fresh(graph), ctx)
     return out, pm.trace.record("quantize").stats
@@ -46,14 +46,14 @@ def rel(a, b):
 
 CALIB = [[zoo.example_input("llama", seed=5)]]
 BOUNDS = [("w8a8-int8", {}, 0.02, 1.8), ("w8a8-fp8", {}, 0.06, 1.8), ("w4a16-int4", {}, 0.18, 3.3),
-          ("w4a16-int4", {"quantize_group": 32}, 0.18, 3.3), ("w4a8-fp", {}, 0.20, 3.3),
+          ("w4a16-int4", {"group": 32}, 0.18, 3.3), ("w4a8-fp", {}, 0.20, 3.3),
           ("w4a8-fp", {"lorc_rank": 8}, 0.12, 1.4)]
 
 
 @pytest.mark.parametrize("scheme,extra,bound,shrink", BOUNDS)
 def test_scheme_rewrites_all_linears_but_lm_head(llama, scheme, extra, bound, shrink):
     graph, x, ref = llama
-    g, stats = run(graph, quantize=scheme, calibration=CALIB, **extra)
+    g, stats = run(graph, scheme=scheme, calibration=CALIB, **extra)
     verify(g)
     assert len(g.find("qlinear")) == LINEARS - 1
     (head,) = g.find("linear")
@@ -75,8 +75,8 @@ def test_scheme_rewrites_all_linears_but_lm_head(llama, scheme, extra, bound, sh
 
 def test_lorc_lowers_the_error(llama):
     graph, x, ref = llama
-    g0, s0 = run(graph, quantize="w4a8-fp")
-    g8, s8 = run(graph, quantize="w4a8-fp", lorc_rank=8)
+    g0, s0 = run(graph, scheme="w4a8-fp")
+    g8, s8 = run(graph, scheme="w4a8-fp", lorc_rank=8)
     assert s0["error_data"].startswith("random") and s8["summary"]["mean_rel_error"] < s0["summary"]["mean_rel_error"]
     assert rel(evaluate(g8, [x])[0], ref) < rel(evaluate(g0, [x])[0], ref)
     assert all(op.attrs["lorc_rank"] == 8 and len(op.operands) == 4 for op in g8.find("qlinear"))
@@ -85,7 +85,7 @@ def test_lorc_lowers_the_error(llama):
 def test_overrides(llama):
     graph, _, _ = llama
     overrides = {"model.layers.0.*": "w8a8-int8", "*.down_proj": None, "lm_head": "w8a8-fp8"}
-    g, stats = run(graph, quantize="w4a8-fp", quantize_overrides=overrides)
+    g, stats = run(graph, scheme="w4a8-fp", overrides=overrides)
     schemes = {name: info["scheme"] for name, info in stats["layers"].items()}
     assert schemes["model.layers.0.mlp.down_proj"] == "w8a8-int8"  # first match wins
     assert "model.layers.1.mlp.down_proj" in stats["skipped"]
@@ -100,14 +100,14 @@ def test_off_by_default_and_bad_scheme(llama):
     g, stats = run(graph)
     assert stats == {"enabled": False} and not g.find("qlinear")
     with pytest.raises(ValueError, match="known schemes"):
-        run(graph, quantize="w3a3")
+        run(graph, scheme="w3a3")
 
 
 def test_tied_embedding_stays(llama):
     graph, x, ref = llama
     g = fresh(graph)
     g.weights["lm_head.weight"] = g.weights["model.embed_tokens.weight"]  # tie them
-    ctx = PassContext(options={"quantize": "w8a8-int8", "quantize_overrides": {"lm_head": "w8a8-int8"}})
+    ctx = PassContext(options={"quantize.scheme": "w8a8-int8", "quantize.overrides": {"lm_head": "w8a8-int8"}})
     Quantize().run(g, ctx)
     assert ctx.stats["skipped"] == {"lm_head": "weight is tied to an embedding"}
 
@@ -121,7 +121,7 @@ def test_choose_scheme_patterns():
 
 def test_quantized_graph_round_trips_as_text(llama):
     graph, x, _ = llama
-    g, _ = run(graph, quantize="w4a8-fp", lorc_rank=4)
+    g, _ = run(graph, scheme="w4a8-fp", lorc_rank=4)
     text = print_graph(g)
     g2 = parse_graph(text, dict(g.weights))
     verify(g2)

@@ -102,7 +102,7 @@ def test_dead_features_and_all_zero_inputs():
 
 def test_stages_group_linears_by_input():
     import fxforge
-    from fxforge import zoo
+    from fxforge import testing as zoo
 
     graph = fxforge.compile_aot(zoo.build("llama"), (zoo.example_input("llama"),)).graph
     groups = stages(graph.find("linear"))
@@ -112,7 +112,7 @@ def test_stages_group_linears_by_input():
 
 def test_quantize_pass_uses_gptq_with_calibration():
     import fxforge
-    from fxforge import zoo
+    from fxforge import testing as zoo
     from fxforge.passes import PassContext, PassManager
     from fxforge.passes.quantize import Quantize
 
@@ -122,10 +122,11 @@ def test_quantize_pass_uses_gptq_with_calibration():
     def run(**opts):
         graph = fxforge.compile_aot(model, (x,)).graph
         pm = PassManager([Quantize()], verify=True)
-        pm.run(graph, PassContext(options={"quantize": "w4a16-int4", "quantize_group": 32, "calibration": calib, **opts}))
+        options = {"quantize.scheme": "w4a16-int4", "quantize.group": 32, "quantize.method": "rtn", **opts}
+        pm.run(graph, PassContext(options=options, calibration=calib))
         return pm.trace.record("quantize").stats
 
-    on, off = run(), run(gptq=False)
+    on, off = run(**{"quantize.gptq": True}), run()
     assert on["method"] == "gptq" and off["method"] == "rtn"
     layers = on["layers"].values()
     assert all(v["method"] == "gptq" for v in layers)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import fxforge
-from fxforge import zoo
+from fxforge import testing as zoo
 from fxforge.errors import ConfigError
 from fxforge.ir.nm import decode_nm
 

@@ -7,6 +7,12 @@
   both the interpreter and GPUs, one code path that is bit-exact with `formats.encode_float` (the
   interpreter's fp32 -> fp8 cast is wrong; a GPU's cvt would be right but saves nothing measurable in
   an elementwise pre-pass over M x K). Codes and the f32 row scales go to memory (M x K bytes).
+
+`act_quant_hadamard_kernel`: the same with an online (block-)Hadamard rotation of the row first
+(`hadamard(x) {block}` feeding an A8 qlinear, fused): the row is walked block by block twice, each
+block transformed in registers by `templates.hadamard.hadamard_block` (amax pass, then quantize
+pass), so the rotated activations never go to memory. Decided: recompute the transform in the second
+pass rather than keep the row in registers, so any K works with one block-sized tile.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.blocks import row_blocks
+from fxforge.codegen.templates.hadamard import base_table, block_params, hadamard_block, launch_options
 from fxforge.ir import formats
+from fxforge.ir.hadamard import effective_block
 
 
 @triton.jit
@@ -72,12 +80,52 @@ def act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk, stride_qm,
         tl.store(q_ptr + row * stride_qm + k0 + offs, q, mask=mask)
 
 
-def quantize_activations(x2d: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token codes (int8 for "i8", uint8 E4M3 codes for "f8e4m3") [M, K] and f32 scales [M] of x [M, K]."""
+@triton.jit
+def quant_codes(v, FORMAT: tl.constexpr):
+    if FORMAT == "i8":
+        q = tl.minimum(tl.maximum(round_half_even(v), -127.0), 127.0).to(tl.int8)
+    else:
+        q = f32_to_fp8e4m3(v)
+    return q
+
+
+@triton.jit
+def act_quant_hadamard_kernel(x_ptr, q_ptr, s_ptr, hm_ptr, K, stride_xm, stride_qm,
+                              FORMAT: tl.constexpr, MAX_VALUE: tl.constexpr, M_BASE: tl.constexpr,
+                              MP: tl.constexpr, P: tl.constexpr, LOG: tl.constexpr, SCALE: tl.constexpr):
+    """q[m, :] = encode(hadamard(x[m, :]) / s[m]), s = amax(hadamard(x[m, :])) / MAX_VALUE; x rows contiguous."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    rows = tl.arange(0, MP)[:, None]
+    cols = tl.arange(0, P)[None, :]
+    amax = tl.zeros((MP, P), dtype=tl.float32)
+    for k0 in range(0, K, M_BASE * P):
+        y = hadamard_block(x_row + k0, hm_ptr, M_BASE, MP, P, LOG, SCALE)
+        amax = tl.maximum(amax, tl.abs(y))
+    s = tl.math.div_rn(tl.max(tl.max(amax, axis=1), axis=0), MAX_VALUE)
+    s = tl.where(s > 0.0, s, 1.0)
+    tl.store(s_ptr + row, s)
+    for k0 in range(0, K, M_BASE * P):
+        y = hadamard_block(x_row + k0, hm_ptr, M_BASE, MP, P, LOG, SCALE)
+        q = quant_codes(tl.math.div_rn(y, s + tl.zeros_like(y)), FORMAT)
+        tl.store(q_ptr + row * stride_qm + k0 + rows * P + cols, q, mask=rows < M_BASE)
+
+
+def quantize_activations(x2d: torch.Tensor, fmt: str, hadamard: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token codes (int8 for "i8", uint8 E4M3 codes for "f8e4m3") [M, K] and f32 scales [M] of x [M, K];
+    `hadamard`: a block size (0: the whole row) to rotate each row by first (`hadamard(x) {block}`), None: none."""
     M, K = x2d.shape
     q = torch.empty((M, K), dtype=torch.int8 if fmt == "i8" else torch.uint8, device=x2d.device)
     s = torch.empty((M,), dtype=torch.float32, device=x2d.device)
     if M == 0:
+        return q, s
+    if hadamard is not None:
+        b = effective_block(K, hadamard)
+        prm = block_params(b)
+        x2d = x2d.contiguous()
+        act_quant_hadamard_kernel[(M,)](x2d, q, s, base_table(prm["M_BASE"], x2d.device), K, x2d.stride(0),
+                                        q.stride(0), FORMAT=fmt, MAX_VALUE=formats.get_format(fmt).max_value,
+                                        **prm, **launch_options(b))
         return q, s
     block = row_blocks(min(K, 4096))
     act_quant_kernel[(M,)](x2d, q, s, K, x2d.stride(0), x2d.stride(1), q.stride(0),
@@ -90,3 +138,15 @@ def dequantize_activations(q: torch.Tensor, s: torch.Tensor, fmt: str) -> torch.
     """f32 values of per-token codes (the reference's fake-quantized activations)."""
     vals = q.float() if fmt == "i8" else formats.decode_fp8(q, "f8e4m3")
     return vals * s[:, None]
+
+
+def hadamard_act_quant_spec(fmt: str, K: int, block: int, x_dtype: str = "float16") -> dict:
+    """A `fxforge.codegen.build` spec of `act_quant_hadamard_kernel` for rows of K elements, blocks of `block`."""
+    prm = block_params(effective_block(K, block))
+    t = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[x_dtype]
+    sig = {"x_ptr": f"*{t}", "q_ptr": "*i8" if fmt == "i8" else "*u8", "s_ptr": "*fp32", "hm_ptr": "*fp32",
+           "K": "i32", "stride_xm": "i32", "stride_qm": "i32"}
+    const = {"FORMAT": fmt, "MAX_VALUE": formats.get_format(fmt).max_value, **prm}
+    return {"module": __name__, "kernel": "act_quant_hadamard_kernel", "signature": sig, "constexprs": const,
+            "divisible": ["K", "stride_xm", "stride_qm"], "num_stages": 1, **launch_options(prm["M_BASE"] * prm["P"]),
+            "label": f"act_quant+hadamard {fmt} {x_dtype} K={K} block={block}"}

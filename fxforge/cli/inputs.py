@@ -1,4 +1,4 @@
-"""Helpers of the command line (`fxforge.cli`): model loading, input specs, input files, output views.
+"""Helpers of the command line (`fxforge.cli`, every command): model loading, input specs, input files, output views.
 
 Decisions:
 - A bad command line input raises `UsageError` (not an `FxforgeError`: the library never raises it);

@@ -1,4 +1,7 @@
-"""Small real model architectures with random weights, for the demo, tests and benchmarks.
+"""Small real model architectures with random weights (the "zoo"), for the demo, notebook, tests and benchmarks.
+
+Nothing in the package imports this module (tests/test_layering.py checks it): it is for code that
+uses fxforge, and it is here so the demo and the notebook run from an installed package.
 
 Built from Hugging Face `transformers` configs (no download: weights are random and seeded), plus
 a plain MLP. `transformers` is imported only when a model is asked for.

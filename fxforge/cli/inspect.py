@@ -1,0 +1,168 @@
+"""`fxforge inspect ARTIFACT`: the pass trace of an artifact, the IR after a pass, diffs, and views.
+
+Decisions:
+- Each view beside the pass trace is an `InspectView` in `INSPECT_VIEWS` (flag, help, function of the
+  loaded module and the parsed arguments). A new view (e.g. `--kernels`) is one more entry there:
+  the parser and the command pick it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InspectView:
+    """One optional view of `fxforge inspect`: `--flag` prints `show(module, args)`."""
+
+    flag: str
+    help: str
+    show: Callable[[Any, argparse.Namespace], str]
+
+    @property
+    def dest(self) -> str:
+        return "view_" + self.flag.lstrip("-").replace("-", "_")
+
+
+def _show_ir(module: Any, args: argparse.Namespace) -> str:
+    from fxforge.runtime.artifact import FILES
+
+    return (Path(args.artifact) / FILES["graph"]).read_text().rstrip("\n")
+
+
+def _show_kernels(module: Any, args: argparse.Namespace) -> str:
+    from fxforge.codegen.buildcheck import format_kernel_table
+
+    return format_kernel_table(module.record.trace)
+
+
+def _show_quant(module: Any, args: argparse.Namespace) -> str:
+    """Per quantized layer: scheme, relative output error, weight bytes before (fp16) and after."""
+    records = [r for r in module.record.trace.records if r.name == "quantize" and r.stats.get("layers") is not None]
+    if not records:
+        return "no quantize pass in this artifact (compile with a quantize scheme, e.g. CompileConfig(quantize='w4a8-fp'))"
+    stats = records[-1].stats
+    rows = [f"quantization: {stats['scheme']} (errors measured on {stats['error_data']})",
+            f"{'layer':<44}{'scheme':<12}{'rel err':>9}{'fp16 B':>10}{'after B':>10}{'ratio':>7}"]
+    for name, layer in stats["layers"].items():
+        rows.append(f"{name:<44}{layer['scheme']:<12}{layer['rel_error']:>9.4f}{layer['bytes_fp16']:>10}"
+                    f"{layer['bytes_after']:>10}{layer['bytes_fp16'] / max(layer['bytes_after'], 1):>6.2f}x")
+    rows += [f"{name:<44}{why}" for name, why in stats["skipped"].items()]
+    total = stats["summary"]
+    rows.append(f"total: {total['layers_quantized']} layers, {total['bytes_fp16_before']} B fp16 -> {total['bytes_after']} B; "
+                f"mean rel err {total['mean_rel_error']:.4f}, max {total['max_rel_error']:.4f}"
+                + (f"; model output rel err {total['output_rel_error']:.4f}" if "output_rel_error" in total else ""))
+    return "\n".join(rows)
+
+
+def _compact(stats: dict[str, Any]) -> str:
+    """One short line of pass statistics: scalars as they are, collections by size."""
+    def short(v: Any) -> str:
+        if isinstance(v, dict):
+            return json.dumps(v, sort_keys=True) if len(json.dumps(v)) <= 80 else f"{{{len(v)} entries}}"
+        if isinstance(v, list):
+            return f"[{len(v)} items]"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={short(v)}" for k, v in stats.items())
+
+
+INSPECT_VIEWS: list[InspectView] = [
+    InspectView("--quant", "per quantized layer: scheme, output error, weight bytes before/after", _show_quant),
+    InspectView("--ir", "print the final IR (graph.fxir)", _show_ir),
+    InspectView("--kernels", "per GPU arch, each kernel's registers, spills and shared memory (from --build-check)",
+                _show_kernels),
+]
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import fxforge
+
+    module = fxforge.load(args.artifact)
+    trace = module.record.trace
+    parts = []
+    if args.pass_name or args.diff:
+        parts.append(_pass_view(trace, args.pass_name, args.diff))
+    parts += [view.show(module, args) for view in INSPECT_VIEWS if getattr(args, view.dest)]
+    print("\n".join(parts) if parts else _overview(module, args))
+    return 0
+
+
+def _select(trace: Any, key: str) -> Any:
+    """A pass run by position (`3`), name (`cse`: its first run) or name and run (`canonicalize#2`)."""
+    from fxforge.cli.inputs import UsageError
+
+    runs = "; it ran: " + ", ".join(f"{i}:{n}" for i, n in enumerate(trace.names(), 1))
+    if key.isdigit():
+        if not 1 <= int(key) <= len(trace.records):
+            raise UsageError(f"no pass #{key} in the trace{runs}")
+        return trace.records[int(key) - 1]
+    name, _, nth = key.partition("#")
+    if nth and not nth.isdigit() or nth == "0":
+        raise UsageError(f"bad --pass {key!r}: write NAME, NAME#k (its k-th run) or the position in the list{runs}")
+    if name not in trace.names():
+        raise UsageError(f"no pass {name!r} in the trace{runs}")
+    try:
+        return trace.record(name, int(nth or 1) - 1)
+    except KeyError:
+        raise UsageError(f"pass {name!r} ran {trace.names().count(name)} time(s), not {nth}{runs}") from None
+
+
+def _pass_view(trace: Any, key: str | None, diff: bool) -> str:
+    if key is None:  # --diff alone: every pass that changed something
+        counts: dict[str, int] = {}
+        out, same = [], []
+        for r in trace.records:
+            counts[r.name] = counts.get(r.name, 0) + 1
+            label = r.name if counts[r.name] == 1 else f"{r.name}#{counts[r.name]}"
+            (out.append(r.diff().rstrip("\n")) if r.ir_before != r.ir_after else same.append(label))
+        return "\n".join(out + ([f"(unchanged by: {', '.join(same)})"] if same else []))
+    rec = _select(trace, key)
+    if not diff:
+        return rec.ir_after.rstrip("\n")
+    return rec.diff().rstrip("\n") or f"({key} changed nothing)"
+
+
+def _overview(module: Any, args: argparse.Namespace) -> str:
+    from fxforge.cli import inputs as ci
+    from fxforge.runtime.artifact import FILES
+
+    manifest = json.loads((Path(args.artifact) / FILES["manifest"]).read_text())
+    versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
+    cfg = module.config
+    lines = [f"artifact {args.artifact}: {module.source or 'model'} ({versions})",
+             f"config: passes={','.join(cfg.passes) if cfg.passes is not None else 'default'} "
+             f"disable={','.join(cfg.disable) or '-'} executor={cfg.executor} ({module.program.executor_name}) "
+             f"dynamic={cfg.dynamic is not False} verify={cfg.verify}",
+             f"signature: {ci.signature(module.graph)}", "",
+             f"{'#':>3}  {'pass':<16}{'ms':>9}{'ops':>14}  changes / stats"]
+    for i, r in enumerate(module.record.trace.records, 1):
+        before, after = sum(r.ops_before.values()), sum(r.ops_after.values())
+        delta = {k: r.ops_after.get(k, 0) - r.ops_before.get(k, 0) for k in {*r.ops_before, *r.ops_after}}
+        changes = ", ".join(f"{k} {v:+d}" for k, v in sorted(delta.items()) if v)
+        stats = _compact(r.stats) if r.stats else ""
+        lines.append(f"{i:>3}  {r.name:<16}{r.seconds * 1e3:>9.2f}{f'{before} -> {after}':>14}  "
+                     + "  ".join(x for x in (changes, stats) if x))
+    lines += ["", f"final graph: {len(module.graph.ops)} ops: {ci.counts(module.graph.op_counts(), top=50)}"]
+    if module.record.externs:
+        lines.append(f"extern (runs through torch): {ci.counts(module.record.externs)}")
+    lines += [f"note: {n}" for n in module.record.notes]
+    flags = ", ".join(f"{v.flag}: {v.help}" for v in INSPECT_VIEWS)
+    lines.append(f"(--pass NAME|NAME#k|N: the IR after that pass; --diff: what it changed; {flags})")
+    return "\n".join(lines)
+
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("inspect", parents=[common], help="show an artifact's pass trace and IR")
+    p.add_argument("artifact", help="an artifact directory (from fxforge compile)")
+    p.add_argument("--pass", dest="pass_name", metavar="NAME", help="print the IR after this pass (NAME, NAME#k or its position)")
+    p.add_argument("--diff", action="store_true", help="with --pass: a unified diff before -> after; alone: every pass's diff")
+    for view in INSPECT_VIEWS:
+        p.add_argument(view.flag, dest=view.dest, action="store_true", help=view.help)
+    p.set_defaults(func=cmd_inspect)

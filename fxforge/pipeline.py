@@ -1,0 +1,187 @@
+"""The compile pipeline: which passes exist, their default order, how compile options reach them,
+and the run from a lowered graph to a runnable `Program`.
+
+Both entry points (the JIT backend and AOT compile) go through `compile_lowered`, so a graph is
+optimised the same way whichever path captured it.
+
+`PASS_TABLE` is the one table of passes: each row is a pass by name, the class that makes it, when
+it is in the default pipeline, and which `CompileConfig` fields become its options. The default
+pipeline is the rows whose condition holds, in table order. Adding a pass is one row, at the place
+it runs (plus its `CompileConfig` field and CLI flag if users set it):
+
+    PassSpec("sparsify", Sparsify, when=option_set("sparsify.pattern"), options={"sparsity": "pattern"}),
+
+Pass options (one naming scheme): `"<pass>.<option>"`. A row's `options` maps a `CompileConfig` field
+to an option of that pass (`quantize_group` -> `"quantize.group"`); `CompileConfig.pass_options`
+sets any option directly (`--pass-option constant_fold.max_elements=0`). Calibration inputs are not
+an option: they are `PassContext.calibration`.
+
+Decisions:
+- The default order is canonicalize, constant_fold, cse, canonicalize, [rewrites], dce, shape_prop,
+  [fuse]: canonicalize first, while the aten patterns (matmul of a transposed const, RMSNorm written
+  out) are intact and before folding could touch them; constant_fold next, so scalar arithmetic on
+  `full`s and masks built from constants collapse; cse then merges the duplicates the frontend and
+  folding leave (the per-call `full` scalars, repeated casts and views); canonicalize again because
+  merging exposes patterns that were split across equal-but-distinct values (`x * sigmoid(x')` with
+  x' a copy of x); the rewrites (quantize, ...) see the cleaned graph; dce removes what the rewrites
+  left dead and drops unused weights; shape_prop re-infers every type on the final graph; fuse last,
+  for the executors that run generated kernels, so the trace shows the partition.
+- A row's `when` reads the final pass options (not the config), so a pass switched on through
+  `pass_options` alone runs too; a rewrite that is asked for is never silently left out.
+- An option set both by a config field and in `pass_options` to different values is a ConfigError,
+  and so is a `pass_options` key that names no pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fxforge.config import CompileConfig
+from fxforge.errors import ConfigError
+from fxforge.frontend.fx_to_ir import Lowered
+from fxforge.ir.trace import Trace
+from fxforge.passes.canonicalize import Canonicalize
+from fxforge.passes.constant_fold import ConstantFold
+from fxforge.passes.cse import CommonSubexpressionElimination
+from fxforge.passes.dce import DeadCodeElimination
+from fxforge.passes.ffn_skip import FfnSkip
+from fxforge.passes.fuse import FusePass
+from fxforge.passes.manager import Pass, PassContext, PassManager
+from fxforge.passes.quantize import Quantize
+from fxforge.passes.rotate import Rotate
+from fxforge.passes.shape_prop import ShapePropagation
+from fxforge.passes.smooth import Smooth
+from fxforge.passes.sparsify import Sparsify
+from fxforge.runtime.executors import resolve_executor
+from fxforge.runtime.program import Program
+from fxforge.runtime.report import GraphRecord
+
+When = Callable[[Mapping[str, Any], str], bool]  # (pass options, executor) -> in the default pipeline?
+
+
+def _always(options: Mapping[str, Any], executor: str) -> bool:
+    return True
+
+
+def _quantizing(options: Mapping[str, Any], executor: str) -> bool:
+    overrides = options.get("quantize.overrides") or {}
+    return options.get("quantize.scheme") is not None or any(v is not None for v in overrides.values())
+
+
+def _sparsifying(options: Mapping[str, Any], executor: str) -> bool:
+    overrides = options.get("sparsify.overrides") or {}
+    return options.get("sparsify.pattern") is not None or any(v is not None for v in overrides.values())
+
+
+def option_set(key: str) -> When:
+    """`when` of a pass that runs when its option `key` ("<pass>.<option>") is set (not None)."""
+    return lambda options, executor: options.get(key) is not None
+
+
+def _kernel_executor(options: Mapping[str, Any], executor: str) -> bool:
+    return executor in ("interpret", "triton")
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One row of the pass table: a pass by name, in the default pipeline when `when` holds, reading
+    `options` ({CompileConfig field: option name}; the key it reads is "<name>.<option>")."""
+
+    name: str
+    make: Callable[[], Pass]
+    when: When = _always
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "quantize_group": "group",
+                    "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank", "quantize_method": "method",
+                    "gptq": "gptq"}
+SPARSIFY_OPTIONS = {"sparsity": "pattern", "sparsity_overrides": "overrides", "sparsity_method": "method",
+                    "solver_target": "target"}
+FFN_SKIP_OPTIONS = {"ffn_skip": "target", "ffn_skip_gate": "gate", "ffn_skip_warmup": "warmup",
+                    "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides"}
+
+# The passes, in default-pipeline order (a name may appear twice: canonicalize runs twice).
+PASS_TABLE: tuple[PassSpec, ...] = (
+    PassSpec("canonicalize", Canonicalize),
+    PassSpec("constant_fold", ConstantFold),
+    PassSpec("cse", CommonSubexpressionElimination),
+    PassSpec("canonicalize", Canonicalize),
+    # rotate and smooth read the quantize.* options too; each decides by `quant_methods.resolve_methods`
+    PassSpec("rotate", Rotate, when=_quantizing, options={"rotate": "enabled", "rotate_mode": "mode",
+                                                          "rotate_block": "block"}),
+    PassSpec("smooth", Smooth, when=_quantizing, options={"smooth": "enabled"}),
+    # sparsify before quantize: a layer with both is pruned and quantized in one solve, then left alone
+    PassSpec("sparsify", Sparsify, when=_sparsifying, options=SPARSIFY_OPTIONS),
+    PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS),
+    # after quantize: the skip gate is fitted on the activations that will run
+    PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS),
+    PassSpec("dce", DeadCodeElimination),
+    PassSpec("shape_prop", ShapePropagation),
+    PassSpec("fuse", FusePass, when=_kernel_executor),
+)
+PASSES: dict[str, Callable[[], Pass]] = {spec.name: spec.make for spec in PASS_TABLE}
+_DEFAULT_CONFIG = CompileConfig()
+
+
+def pass_options(config: CompileConfig) -> dict[str, Any]:
+    """What the passes read from `ctx.options`: the table's config fields as "<pass>.<option>", and
+    `config.pass_options` (checked: each key names a known pass, and agrees with the config fields)."""
+    bad = sorted(k for k in config.pass_options if not isinstance(k, str) or k.partition(".")[0] not in PASSES
+                 or not k.partition(".")[2])
+    if bad:
+        raise ConfigError(f"pass option(s) {bad} are not '<pass>.<option>' with a known pass; known passes: {sorted(PASSES)}")
+    options: dict[str, Any] = {}
+    for spec in PASS_TABLE:
+        for config_field, option in spec.options.items():
+            options[f"{spec.name}.{option}"] = getattr(config, config_field)
+    fields = {f"{spec.name}.{o}": f for spec in PASS_TABLE for f, o in spec.options.items()}
+    for key, value in config.pass_options.items():
+        config_field = fields.get(key)
+        if config_field and getattr(config, config_field) != getattr(_DEFAULT_CONFIG, config_field) and options[key] != value:
+            raise ConfigError(f"pass option {key}={value!r} contradicts {config_field}={options[key]!r}; set it one way")
+        options[key] = value
+    return options
+
+
+def default_pipeline(config: CompileConfig | None = None, executor: str = "reference") -> list[str]:
+    """The pass names `compile` runs when the config names none: the rows of `PASS_TABLE` that apply."""
+    options = pass_options(config or CompileConfig())
+    return [spec.name for spec in PASS_TABLE if spec.when(options, executor)]
+
+
+def pipeline_names(config: CompileConfig, executor: str) -> list[str]:
+    """`config.passes` when given, else the default pipeline for this config and executor."""
+    return list(config.passes) if config.passes is not None else default_pipeline(config, executor)
+
+
+def build_passes(names: Sequence[str], disabled: Iterable[str] = ()) -> list[Pass]:
+    """Pass objects for `names`, skipping `disabled`; a typo raises ConfigError listing the known names."""
+    names, disabled = list(names), list(disabled)
+    unknown = [n for n in [*names, *disabled] if n not in PASSES]
+    if unknown:
+        raise ConfigError(f"unknown pass name(s) {unknown}; known passes: {sorted(PASSES)}")
+    return [PASSES[n]() for n in names if n not in disabled]
+
+
+def run_passes(lowered: Lowered, config: CompileConfig, executor: str, calibration: list | None = None) -> Trace:
+    """Runs the pipeline on `lowered.graph` (replaced by the result); returns the trace."""
+    passes = build_passes(pipeline_names(config, executor), disabled=config.disable)
+    ctx = PassContext(options=pass_options(config), calibration=calibration, verify=config.checks, debug=config.debug)
+    manager = PassManager(passes, verify=config.checks)
+    lowered.graph = manager.run(lowered.graph, ctx)
+    return manager.trace
+
+
+def compile_lowered(lowered: Lowered, config: CompileConfig, capture_seconds: float, aten_ops: int,
+                    calibration: list | None = None) -> GraphRecord:
+    """calibration: input lists for the graph (its tensor inputs, in order)."""
+    start = time.perf_counter()
+    executor = resolve_executor(config.executor)
+    trace = run_passes(lowered, config, executor, calibration)
+    program = Program(lowered.graph, lowered.inputs, lowered.outputs, executor)
+    return GraphRecord(lowered.graph.name, program, capture_seconds, time.perf_counter() - start, aten_ops,
+                       lowered.externs, lowered.notes, trace)
