@@ -78,6 +78,10 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
                "the scheme (or none) of the layers whose name matches GLOB; repeatable, the first match wins", repeat=True),
     ConfigFlag("--quantize-group", "quantize_group", _count(1), "N", "group size of the grouped (4-bit) schemes"),
     ConfigFlag("--lorc-rank", "lorc_rank", _count(0), "N", "low-rank error compensation of quantized layers (0: off)"),
+    ConfigFlag("--sparsity", "sparsity", lambda flag, v: None if v.strip().lower() == "none" else v.strip(), "N:M",
+               "N:M pruning of every linear but lm_head (e.g. 2:4, 4:8; composes with --quantize)"),
+    ConfigFlag("--sparsity-method", "sparsity_method", lambda flag, v: v.strip(), "METHOD",
+               "magnitude, wanda or sparsegpt (default: sparsegpt with --calibration, else magnitude)"),
     ConfigFlag("--calibration", "calibration", lambda flag, path: load_calibration(path), "FILE",
                "example inputs the quantization errors are measured on: a .pt file (torch.save of a list of examples, "
                "each a tensor, a tuple of args or a dict of kwargs) or a .safetensors file with keys '<example>.<input>'"),

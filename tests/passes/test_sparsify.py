@@ -127,3 +127,25 @@ def test_artifact_stores_packed_weights(tmp_path):
     assert not any(k.startswith("model.layers.0.self_attn.q_proj.weight") and "::" not in k for k in tensors)
     loaded = fxforge.load(str(tmp_path / "art"))
     assert torch.equal(logits(loaded(x)), logits(c(x)))
+
+
+def test_inspect_quant_shows_pruned_layers():
+    from fxforge.cli.inspect import _show_quant
+
+    model, x = zoo.build("llama"), zoo.example_input("llama")
+    c = fxforge.compile_aot(model, (x,), sparsity="2:4", quantize="w8a8-int8")
+    text = _show_quant(c, None)
+    assert "sparsity: method magnitude" in text and "model.layers.0.mlp.down_proj" in text
+    row = next(line for line in text.splitlines() if line.startswith("model.layers.0.self_attn.q_proj"))
+    assert "2:4" in row and "w8a8-int8" in row
+    assert "lm_head" in text and text.splitlines()[-1].startswith("total: 14 layers")
+
+
+def test_kernel_executor_runs_sparse_layers_as_reference():
+    """Under the Triton executors an #nm weight has no kernel yet: its linear runs on the host with the
+    decoded weight, and the result equals the reference executor's."""
+    model, x = zoo.build("mlp"), zoo.example_input("mlp")
+    ref = fxforge.compile_aot(model, (x,), sparsity="2:4", quantize="w8a8-int8", executor="reference")
+    interp = fxforge.compile_aot(model, (x,), sparsity="2:4", quantize="w8a8-int8", executor="interpret")
+    assert any(op.opcode == "qlinear" and op.operands[1].type.encoding.kind == "nm" for op in interp.graph.ops)
+    assert torch.allclose(interp(x), ref(x), atol=1e-5, rtol=1e-5)
