@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated substrings: run the rows whose name contains one")
+    ap.add_argument("--rows", default="", help="comma-separated exact row names (instead of --only)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,6 +118,8 @@ def main() -> None:
     results: dict[str, Any] = {"fp32 dense": dense}
     print(f"fp32 dense ppl {dense['ppl']:.3f}", flush=True)
     for name, options in rows():
+        if args.rows and name not in args.rows.split(","):
+            continue
         if args.only and not any(o in name for o in args.only.split(",")):
             continue
         try:
@@ -130,7 +133,8 @@ def main() -> None:
     res = {"date": date, "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
            "eval": {"windows": args.windows, "length": args.length, "calibration": args.calibration}, "rows": results}
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = f"-{args.only.replace(':', '_').replace(' ', '_')}" if args.only else ""
+    picked = args.rows or args.only
+    suffix = "-partial" if picked else ""
     (args.out / f"sparsity-{date}{suffix}.json").write_text(json.dumps(res, indent=2) + "\n")
     (args.out / f"sparsity-{date}{suffix}.md").write_text(markdown(res))
     print(markdown(res))

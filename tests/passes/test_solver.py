@@ -132,3 +132,23 @@ def test_quantize_pass_uses_gptq_with_calibration():
     assert all(v["method"] == "gptq" for v in layers)
     assert sum(v["rel_error"] for v in layers) < 0.9 * sum(v["rtn_rel_error"] for v in layers)
     assert on["summary"]["output_rel_error"] < off["summary"]["output_rel_error"]
+
+
+def test_reference_target_reconstructs_the_dense_output(data):
+    """With X_pᵀX_d (the rewritten model's inputs against the dense model's), the solver aims at the
+    dense layer output X_d Wᵀ: it beats the plain (layer-target) solve on that, and with X_p = X_d it
+    changes nothing."""
+    x, w, h = data
+    xp = x + 0.3 * correlated(seed=5)  # inputs perturbed by the layers above
+    hp = Hessian(xp.double().T @ xp.double(), xp.shape[0])
+    with_ref = Hessian(hp.h, hp.tokens, cross=xp.double().T @ x.double())
+    target = x @ w.T
+
+    def err(solved):
+        return ((xp @ solved.weight.T - target).norm() / target.norm()).item()
+
+    layer, ref = solve_weight(w, hp, nm=(2, 4)), solve_weight(w, with_ref, nm=(2, 4))
+    assert ref.info["target"] == "reference" and layer.info["target"] == "layer"
+    assert err(ref) < 0.9 * err(layer)
+    same = solve_weight(w, Hessian(h.h, h.tokens, cross=h.h.clone()), scheme="w8a8-int8")
+    assert torch.allclose(same.weight, solve_weight(w, h, scheme="w8a8-int8").weight, atol=1e-3)
