@@ -40,8 +40,8 @@ def test_fp16_with_epilogue():
 
 @pytest.mark.parametrize("arch", [80, 90])
 def test_builds_without_spills(arch):
-    specs = [nm_gemm_spec(dt, M, 512, 512, n, m, bias=True)
-             for dt in ("float16", "bfloat16") for M in (1, 128) for n, m in ((2, 4), (4, 8))]
+    specs = [nm_gemm_spec("float16", 1, 512, 512, 2, 4, bias=True), nm_gemm_spec("bfloat16", 128, 512, 512, 2, 4),
+             nm_gemm_spec("float16", 128, 512, 512, 4, 8, bias=True)]
     builds = build_in_subprocess(specs, arch, timeout=400)
     for b in builds:
         assert b.ok and b.spills == 0, (b.label, b.error, b.spills)

@@ -14,7 +14,7 @@ The epilogue is the dense template's (`gemm.apply_activation`, bias, residual; `
 
 Decisions: values are fp16/bf16 (the plain `#nm` payload; quantized kept values still run as host ops),
 the expanded tile is built in fp32 and cast to the activation dtype for the dot (exact: it holds the
-16-bit values); BLOCK_K is a multiple of m.
+16-bit values); BLOCK_K is a multiple of m (so M must divide 32: 2, 4, 8 or 16).
 """
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ def nm_gemm_kernel(
 
 
 def nm_blocks(M: int, m: int) -> dict:
-    """Tiles: a small BLOCK_M for decode (GEMV-like M); BLOCK_K 64, a multiple of every m dividing 64."""
-    return {"BLOCK_M": 16 if M <= 16 else 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2}
+    """Tiles: a small BLOCK_M for decode (GEMV-like M); BLOCK_N x BLOCK_K 32 x 32 (a multiple of every m
+    dividing 32): the expansion holds n (value, two index bytes) tiles of gathered pointers at once, and
+    64 x 64 spilled (255 registers + 120 B of spills on sm_80)."""
+    return {"BLOCK_M": 16 if M <= 16 else 64, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
 
 
 def nm_linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
@@ -91,8 +93,8 @@ def nm_linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, acti
         raise ShapeError("nm_linear takes a plain #nm weight (16-bit kept values); quantized kept values run on the host")
     n, m = enc.n, enc.m
     N, K = weight.data.shape
-    if 64 % m:
-        raise ShapeError(f"the sparse template tiles K by 64: M={m} must divide 64 (2, 4, 8, 16)")
+    if 32 % m:
+        raise ShapeError(f"the sparse template tiles K by 32: M={m} must divide 32 (2, 4, 8, 16)")
     if x.shape[-1] != K:
         raise ShapeError(f"nm_linear: x {tuple(x.shape)} does not fit the weight [{N}, {K}]")
     values, index = weight.payload["values"].contiguous(), weight.payload["index"].contiguous()
