@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from fxforge.ir.graph import Weight
-from fxforge.ir.lowp_ops import effective_group, encode_weight, get_scheme, quantize_groups, weight_from_codes, weight_params
+from fxforge.ir.lowp_ops import encode_weight, get_scheme, quantize_groups, weight_from_codes, weight_params
 from fxforge.passes.hessian import Hessian, Prepared, prepare
 from fxforge.passes.obs_solver import act_order_perm, obs_solve
 
@@ -127,8 +127,7 @@ def gptq_encode(w: Tensor, scheme: str, group: int | None, hessian: Hessian | No
                 act_order: bool | None = None) -> tuple[Weight, dict[str, Any]]:
     """The GPTQ-rounded encoded weight of `w` [out, in] under `scheme` (group as `encode_weight` takes
     it: None = the scheme's default), and the report fields ("method", "note", "damp", ...)."""
-    in_f = w.shape[1]
-    g = effective_group(in_f, get_scheme(scheme).group if group is None else group)
+    g = get_scheme(scheme).group if group is None else group  # the last group may be partial (lowp_ops)
     solved = solve_weight(w, hessian, scheme=scheme, group=g, pow2_round=pow2_round, act_order=act_order)
     if solved is None:
         return encode_weight(w, scheme, group, pow2_round=pow2_round), {"method": "rtn", "note": ALL_ZERO_NOTE}

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from fxforge.errors import ConfigError
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Weight
-from fxforge.ir.lowp_ops import effective_group, encode_weight, get_scheme, qlinear_ref
+from fxforge.ir.lowp_ops import encode_weight, get_scheme, qlinear_ref
 from fxforge.ir.nm import MAX_M, compress, encode_nm, encode_nm_quantized, index_bits, pack_bits
 from fxforge.ir.parser import parse_graph
 from fxforge.ir.printer import print_graph
@@ -97,8 +97,7 @@ def _mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 def _quant_group(scheme: str, group: int | None, in_f: int, n: int, m: int) -> tuple[int, int, str]:
     """(group in kept values, the same in original columns, note) for a composed layer."""
-    k = (in_f // m) * n + in_f % m
-    g = effective_group(k, get_scheme(scheme).group if group is None else group)
+    g = get_scheme(scheme).group if group is None else group
     if g and (in_f % m or (g * m) % n):
         return 0, 0, f"quantization groups do not map onto whole {n}:{m} blocks here: one scale per row"
     return g, g * m // n, ""
