@@ -56,6 +56,7 @@ from fxforge.passes.quantize import Quantize
 from fxforge.passes.rotate import Rotate
 from fxforge.passes.shape_prop import ShapePropagation
 from fxforge.passes.smooth import Smooth
+from fxforge.passes.sparsify import Sparsify
 from fxforge.runtime.executors import resolve_executor
 from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord
@@ -70,6 +71,11 @@ def _always(options: Mapping[str, Any], executor: str) -> bool:
 def _quantizing(options: Mapping[str, Any], executor: str) -> bool:
     overrides = options.get("quantize.overrides") or {}
     return options.get("quantize.scheme") is not None or any(v is not None for v in overrides.values())
+
+
+def _sparsifying(options: Mapping[str, Any], executor: str) -> bool:
+    overrides = options.get("sparsify.overrides") or {}
+    return options.get("sparsify.pattern") is not None or any(v is not None for v in overrides.values())
 
 
 def option_set(key: str) -> When:
@@ -97,6 +103,8 @@ class PassSpec:
 QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "quantize_group": "group",
                     "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank", "quantize_method": "method",
                     "gptq": "gptq"}
+SPARSIFY_OPTIONS = {"sparsity": "pattern", "sparsity_overrides": "overrides", "sparsity_method": "method",
+                    "solver_target": "target"}
 FFN_SKIP_OPTIONS = {"ffn_skip": "target", "ffn_skip_gate": "gate", "ffn_skip_warmup": "warmup",
                     "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides"}
 
@@ -110,6 +118,8 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("rotate", Rotate, when=_quantizing, options={"rotate": "enabled", "rotate_mode": "mode",
                                                           "rotate_block": "block"}, calibrated=True),
     PassSpec("smooth", Smooth, when=_quantizing, options={"smooth": "enabled"}, calibrated=True),
+    # sparsify before quantize: a layer with both is pruned and quantized in one solve, then left alone
+    PassSpec("sparsify", Sparsify, when=_sparsifying, options=SPARSIFY_OPTIONS, calibrated=True),
     PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS, calibrated=True),
     # after quantize: the skip gate is fitted on the activations that will run
     PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS, calibrated=True),

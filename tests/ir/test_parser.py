@@ -65,7 +65,7 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %g8 = const @norm.weight : f32[8]
   %emb = const @embed.weight : f32[100, 8]
   %qw = const @q.weight : f4e2m1[16, 8] #quantized<format="f4e2m1", axis=1, group=32, scale_dtype=f8e4m3, zero_point=false>
-  %sw = const @sparse.weight : f32[16, 8] #nm<n=2, m=4>
+  %sw = const @sparse.weight : f32[16, 8] #nm<n=2, m=4, dtype=f32, scheme=none, group=0>
   %bw = const @mx.weight : f8e4m3[16, 8] #blockfp<format="f8e4m3", block=32, axis=-1, perm="mx.perm">
   %bw2 = const @mx2.weight : f8e4m3[16, 8] #blockfp<format="f8e4m3", block=16, axis=0, perm=none>
   %lin = linear(%x, %w) : f32[s0, 16]
@@ -276,7 +276,7 @@ def test_symbolic_dims_and_expressions():
 def test_types():
     for text in ["f32[]", "f32[s0, 128]", "bool[1]", "i4[3, (s0 - 1)]",
                  'f4e2m1[16, 64] #quantized<format="f4e2m1", axis=1, group=32, scale_dtype=f8e4m3, zero_point=true>',
-                 "f32[4, 8] #nm<n=2, m=4>", 'f8e5m2[8] #blockfp<format="f8e5m2", block=32, axis=-1, perm=none>']:
+                 "f32[4, 8] #nm<n=2, m=4, dtype=f32, scheme=none, group=0>", 'f8e5m2[8] #blockfp<format="f8e5m2", block=32, axis=-1, perm=none>']:
         assert print_type(parse_type(text)) == text
     t = parse_type("f4e2m1[16, 64] #quantized<format=\"f4e2m1\", axis=1>")
     assert t == TensorType((16, 64), DType.f4e2m1, Quantized("f4e2m1", 1))
