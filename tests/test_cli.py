@@ -16,6 +16,7 @@ import torch
 
 from fxforge.cli import inputs as cli_inputs
 from fxforge.cli import main
+from fxforge.cli.inputs import UsageError
 
 MODEL_SOURCE = '''
 import torch
@@ -194,6 +195,8 @@ def test_compile_quantized_with_calibration_file_then_run(workdir, tmp_path, cap
     stats = module.record.trace.record("quantize").stats
     assert stats["error_data"] == "calibration"
     assert stats["skipped"]["model.layers.0.mlp.down_proj"].startswith("kept high precision (quantize_overrides")
+    assert main(["inspect", str(out)]) == 0
+    assert "quantize=w8a8-int8 quantize_overrides={'*.mlp.down_proj': None}" in capsys.readouterr().out
     ids = torch.randint(0, 256, (2, 5), generator=gen)
     torch.save(ids, tmp_path / "ids.pt")
     assert main(["run", str(out), "--input-file", str(tmp_path / "ids.pt"), "--output-file", str(tmp_path / "y.pt")]) == 0
@@ -202,6 +205,34 @@ def test_compile_quantized_with_calibration_file_then_run(workdir, tmp_path, cap
         want = eager_model(workdir)(ids).logits
     rel = ((got - want).norm() / want.norm()).item()
     assert 0 < rel < 0.05  # quantized: close to eager, and not eager itself
+
+
+def test_inspect_quant_shows_the_methods_and_errors_per_step(tmp_path, capsys):
+    import fxforge
+    from fxforge import testing as zoo
+
+    model = zoo.build("llama")
+    calib = [(zoo.example_input("llama", seed=s),) for s in (3, 4)]
+    fxforge.compile_aot(model, (zoo.example_input("llama"),), quantize="w8a8-int8", quantize_method="rtn", rotate=True,
+                        smooth=True, calibration=calib).save(str(tmp_path / "q"))
+    assert main(["inspect", str(tmp_path / "q"), "--quant"]) == 0
+    out = capsys.readouterr().out
+    assert "methods: smooth on: asked for; rotate on: asked for" in out
+    head = next(line for line in out.splitlines() if line.startswith("error per layer"))
+    assert head.split()[-4:] == ["rtn", "rotate", "smooth", "final"]
+    row = [line for line in out.splitlines() if line.startswith("model.layers.0.mlp.down_proj ")][-1].split()
+    assert len(row) == 5 and float(row[1]) > float(row[2])  # rotation lowered the round-to-nearest error
+    fxforge.compile_aot(model, (zoo.example_input("llama"),), quantize="w8a8-int8").save(str(tmp_path / "plain"))
+    assert main(["inspect", str(tmp_path / "plain"), "--quant"]) == 0
+    assert "skipped: rotate (default with calibration data; none given)" in capsys.readouterr().out
+
+
+def test_method_flags(tmp_path):
+    config = _compile_args(tmp_path, "--quantize", "w8a8-int8", "--quantize-method", "rtn", "--rotate", "on",
+                           "--smooth", "off", "--gptq", "auto")
+    assert (config.quantize_method, config.rotate, config.smooth, config.gptq) == ("rtn", True, False, None)
+    with pytest.raises(UsageError, match="on, off or auto"):
+        _compile_args(tmp_path, "--rotate", "yes")
 
 
 def _compile_args(tmp_path, *extra):
@@ -266,9 +297,24 @@ def test_bad_calibration_file_is_one_line_exit_2(workdir, tmp_path, capsys):
     (["--quantize-group", "0"], "--quantize-group '0' must be an integer >= 1"),
     (["--lorc-rank", "x"], "--lorc-rank 'x' must be an integer >= 0"),
     (["--pass-option", "quantise.group=3"], "not '<pass>.<option>' with a known pass"),
+    (["--calibration", "CALIB"], "--calibration: calibration inputs were given, but no pass of the pipeline"),
 ])
 def test_bad_compression_flag(workdir, tmp_path, capsys, flags, message):
+    torch.save([torch.ones(2, 8, dtype=torch.int64)], tmp_path / "calib.pt")
+    flags = [str(tmp_path / "calib.pt") if f == "CALIB" else f for f in flags]
     assert main(["compile", f"{workdir / 'tiny_llama.py'}:make_model", "--example-input", EXAMPLE, "-o",
                  str(tmp_path / "o"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fxforge: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_console_script_is_the_cli_main():
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    from fxforge.cli.app import main as app_main
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attr = scripts["fxforge"].partition(":")
+    assert getattr(importlib.import_module(module), attr) is app_main

@@ -43,14 +43,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "testing": set(),  # fixtures for the demo, notebook and tests: nothing of fxforge, and nothing imports it
 }
 
-PENDING_ARROWS = {
-    "codegen": "house-codegen moves KernelGroup/Partition into ir/ and makes buildcheck return data "
-               "(codegen.module, codegen.kernels -> passes.fuse/fusion_rules; codegen.buildcheck -> passes.manager)",
-}
-PENDING_CYCLES = {
-    "ir": "harden-ir removes ir.graph <-> ir.printer",
-    "frontend": "harden-ir removes frontend.aten_structural <-> frontend.aten_table",
-}
+PENDING_ARROWS: dict[str, str] = {}
+PENDING_CYCLES: dict[str, str] = {}
 
 
 def module_name(path: Path) -> str:

@@ -122,14 +122,15 @@ def run_row(captured, options, windows, calib, batch, ref_preds) -> dict[str, An
             "compile_s": round(t1 - t0, 1), "plan": plan}
 
 
-def run_model(name: str, model, windows, calib, batch: int, only: str, torchao: bool) -> dict[str, Any]:
+def run_model(name: str, model, windows, calib, batch: int, only: str, torchao: bool,
+              schemes: tuple[str, ...] = SCHEMES, wanted: tuple[str, ...] = tuple(METHODS)) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     loss, ref_preds = evaluate(lambda x: model(x, use_cache=False).logits, windows, batch)
     rows["fp32"] = {"ppl": math.exp(loss), "agreement": 1.0, "compile_s": 0.0}
     captured = capture(model, windows[:batch, :-1])
     rows["fxforge fp32"] = run_row(captured, {}, windows, calib, batch, ref_preds)
-    methods = {k: v for k, v in METHODS.items() if "gptq" not in k or gptq_available()}
-    for scheme in SCHEMES:
+    methods = {k: v for k, v in METHODS.items() if k in wanted and ("gptq" not in k or gptq_available())}
+    for scheme in schemes:
         for method, opts in methods.items():
             row = f"{scheme} {method}"
             if only and only not in row:
@@ -186,6 +187,9 @@ def main() -> None:
     ap.add_argument("--only", default="")
     ap.add_argument("--models", default="stdlib-llama,stdlib-llama-outliers")
     ap.add_argument("--no-torchao", action="store_true")
+    ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--tag", default="", help="suffix of the results file name (runs split over processes)")
     ap.add_argument("--out", type=Path, default=perplexity.RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -201,9 +205,10 @@ def main() -> None:
            "positions": args.windows * args.length, "calibration": args.calibration,
            "outlier_model_max_abs_logit_diff": diff, "models": {}}
     for name in args.models.split(","):
-        res["models"][name] = run_model(name, models[name], windows, calib, args.batch, args.only, not args.no_torchao)
+        res["models"][name] = run_model(name, models[name], windows, calib, args.batch, args.only, not args.no_torchao,
+                                        tuple(args.schemes.split(",")), tuple(args.methods.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"methods-{res['date']}"
+    stem = args.out / f"methods-{res['date']}{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))

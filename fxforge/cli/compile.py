@@ -48,6 +48,24 @@ def _overrides(flag: str, items: list[str]) -> dict[str, str | None]:
     return out
 
 
+_SWITCH = {"on": True, "off": False, "auto": None}
+
+
+def _switch(flag: str, text: str) -> bool | None:
+    if text.strip().lower() not in _SWITCH:
+        raise UsageError(f"{flag} {text!r} must be on, off or auto (the scheme's default with calibration data)")
+    return _SWITCH[text.strip().lower()]
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(flag: str, text: str) -> str:
+        if text.strip().lower() not in choices:
+            raise UsageError(f"{flag} {text!r} must be one of {', '.join(choices)}")
+        return text.strip().lower()
+
+    return parse
+
+
 def _count(least: int) -> Callable[[str, str], int]:
     def parse(flag: str, text: str) -> int:
         if not text.strip().isdigit() or int(text) < least:
@@ -78,6 +96,15 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
                "the scheme (or none) of the layers whose name matches GLOB; repeatable, the first match wins", repeat=True),
     ConfigFlag("--quantize-group", "quantize_group", _count(1), "N", "group size of the grouped (4-bit) schemes"),
     ConfigFlag("--lorc-rank", "lorc_rank", _count(0), "N", "low-rank error compensation of quantized layers (0: off)"),
+    ConfigFlag("--quantize-method", "quantize_method", _choice(("auto", "rtn")), "auto|rtn",
+               "auto: with calibration data each scheme runs its best methods (rotation, smoothing, GPTQ); rtn: round to nearest"),
+    ConfigFlag("--rotate", "rotate", _switch, "on|off|auto", "Hadamard rotations (residual stream + online) before quantizing"),
+    ConfigFlag("--smooth", "smooth", _switch, "on|off|auto", "SmoothQuant / AWQ per-channel smoothing (needs --calibration)"),
+    ConfigFlag("--gptq", "gptq", _switch, "on|off|auto", "GPTQ rounding (needs --calibration)"),
+    ConfigFlag("--sparsity", "sparsity", lambda flag, v: None if v.strip().lower() == "none" else v.strip(), "N:M",
+               "N:M pruning of every linear but lm_head (e.g. 2:4, 4:8; composes with --quantize)"),
+    ConfigFlag("--sparsity-method", "sparsity_method", lambda flag, v: v.strip(), "METHOD",
+               "magnitude, wanda or sparsegpt (default: sparsegpt with --calibration, else magnitude)"),
     ConfigFlag("--calibration", "calibration", lambda flag, path: load_calibration(path), "FILE",
                "example inputs the quantization errors are measured on: a .pt file (torch.save of a list of examples, "
                "each a tensor, a tuple of args or a dict of kwargs) or a .safetensors file with keys '<example>.<input>'"),
@@ -120,7 +147,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The `CompileConfig` of a `compile` command line; pass names are checked here, before any capture."""
     from fxforge.cli import inputs as ci
     from fxforge.config import CompileConfig
-    from fxforge.pipeline import build_passes, default_pipeline
+    from fxforge.pipeline import build_passes, check_calibration, default_pipeline
 
     passes = _csv(args.passes) if args.passes else None
     options = {k: ci.parse_literal(v) for k, v in (ci.parse_kwarg(o, "--pass-option") for o in args.pass_option)}
@@ -129,10 +156,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
     config = CompileConfig.from_options(None, passes=passes, disable=_csv(args.disable), executor=args.executor,
                                         verify=args.verify, debug=args.debug, dynamic=False if args.no_dynamic else None,
                                         pass_options=options, **fields)
+    names = passes if passes is not None else default_pipeline(config)
     try:
-        build_passes(passes if passes is not None else default_pipeline(config), config.disable)
+        build_passes(names, config.disable)
     except ValueError as e:
         raise UsageError(f"{e}; fix --passes/--disable/--pass-option") from None
+    try:
+        check_calibration([n for n in names if n not in config.disable], config.calibration)
+    except ValueError as e:
+        raise UsageError(f"--calibration: {e}".replace("quantize='w8a8-int8'", "--quantize w8a8-int8")) from None
     return config
 
 
@@ -160,10 +192,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled = fxforge.compile_aot(model, example_args, example_kwargs or None, config=config)
     build_lines, build_failed = [], False
     if args.build_check:  # before save: the figures go into the trace
-        from fxforge.codegen.buildcheck import check_kernels, summary
+        from fxforge.codegen.buildcheck import RECORD_NAME, check_kernels, summary
 
-        builds = check_kernels(compiled, example_args, example_kwargs=example_kwargs or None)
-        build_lines, build_failed = summary(compiled.record.trace), not all(b.ok for b in builds)
+        check = check_kernels(compiled, example_args, example_kwargs=example_kwargs or None)
+        compiled.record.add_check(RECORD_NAME, check.stats, check.seconds)  # files the figures in the trace
+        build_lines, build_failed = summary(compiled.record.trace), not check.ok
     compiled.save(str(out))
     _print_summary(args, model, compiled, example_args, example_kwargs, time.perf_counter() - start)
     for line in build_lines:

@@ -41,11 +41,39 @@ def _show_kernels(module: Any, args: argparse.Namespace) -> str:
     return format_kernel_table(module.record.trace)
 
 
-def _show_quant(module: Any, args: argparse.Namespace) -> str:
-    """Per quantized layer: scheme, group used (+ zero-padded columns), relative output error, weight bytes before (fp16) and after."""
-    records = [r for r in module.record.trace.records if r.name == "quantize" and r.stats.get("layers") is not None]
+def _show_sparsity(module: Any) -> str | None:
+    """Per pruned layer: N:M pattern, method, scheme of the kept values, relative output error, bytes."""
+    records = [r for r in module.record.trace.records if r.name == "sparsify" and r.stats.get("layers") is not None]
     if not records:
-        return "no quantize pass in this artifact (compile with a quantize scheme, e.g. CompileConfig(quantize='w4a8-fp'))"
+        return None
+    stats = records[-1].stats
+    rows = [f"sparsity: method {stats['method']} (errors measured on {stats['error_data']})"
+            + (f"; {stats['note']}" if "note" in stats else ""),
+            f"{'layer':<44}{'pattern':<8}{'method':<11}{'scheme':<12}{'rel err':>9}{'fp16 B':>10}{'after B':>10}{'tail':>6}"]
+    for name, layer in stats["layers"].items():
+        rows.append(f"{name:<44}{layer['pattern']:<8}{layer['method']:<11}{layer['scheme'] or '-':<12}"
+                    f"{layer['rel_error']:>9.4f}{layer['bytes_fp16']:>10}{layer['bytes_after']:>10}{layer['dense_tail']:>6}"
+                    + (f"  ({layer['note']})" if "note" in layer else ""))
+    rows += [f"{name:<44}{why}" for name, why in stats["skipped"].items()]
+    total = stats["summary"]
+    rows.append(f"total: {total['layers_pruned']} layers, {total['bytes_fp16_before']} B fp16 -> {total['bytes_after']} B; "
+                f"mean rel err {total['mean_rel_error']:.4f}, max {total['max_rel_error']:.4f}")
+    return "\n".join(rows)
+
+
+def _show_quant(module: Any, args: argparse.Namespace) -> str:
+    """Per quantized layer: scheme, group used (+ zero-padded columns), relative output error, weight bytes
+    before (fp16) and after; then the pruned layers, when the artifact is sparse."""
+    sparse = _show_sparsity(module)
+    records = [r for r in module.record.trace.records if r.name == "quantize" and r.stats.get("layers")]
+    if not records:
+        return sparse or "no quantize pass in this artifact (compile with a quantize scheme, e.g. CompileConfig(quantize='w4a8-fp'))"
+    if sparse:
+        return _quant_table(module, records) + "\n" + sparse
+    return _quant_table(module, records)
+
+
+def _quant_table(module: Any, records: list) -> str:
     stats = records[-1].stats
     rows = [f"quantization: {stats['scheme']} (errors measured on {stats['error_data']})",
             f"{'layer':<44}{'scheme':<12}{'group':>10}{'rel err':>9}{'fp16 B':>10}{'after B':>10}{'ratio':>7}"]
@@ -54,11 +82,30 @@ def _show_quant(module: Any, args: argparse.Namespace) -> str:
         rows.append(f"{name:<44}{layer['scheme']:<12}{group:>10}{layer['rel_error']:>9.4f}{layer['bytes_fp16']:>10}"
                     f"{layer['bytes_after']:>10}{layer['bytes_fp16'] / max(layer['bytes_after'], 1):>6.2f}x")
     rows += [f"{name:<44}{why}" for name, why in stats["skipped"].items()]
+    rows += _method_rows(module.record.trace.records)
     total = stats["summary"]
     rows.append(f"total: {total['layers_quantized']} layers, {total['bytes_fp16_before']} B fp16 -> {total['bytes_after']} B; "
                 f"mean rel err {total['mean_rel_error']:.4f}, max {total['max_rel_error']:.4f}"
                 + (f"; model output rel err {total['output_rel_error']:.4f}" if "output_rel_error" in total else ""))
     return "\n".join(rows)
+
+
+def _method_rows(records: list[Any]) -> list[str]:
+    """The accuracy methods the compile ran (or skipped, and why) and each layer's error after each."""
+    from fxforge.passes.quant_methods import METHODS, method_report
+
+    plan = next((r.stats["methods"] for r in records if r.name == "rotate" and "methods" in r.stats), None)
+    if plan is None:
+        return []
+    rows = ["methods: " + "; ".join(f"{m} {plan['methods'][m]}" for m in METHODS)]
+    rows += [f"skipped: {m} ({why})" for m, why in plan["skipped"].items()]
+    report = method_report(records)
+    steps = [s for s in ("rtn", "rotate", "smooth", "final") if any(s in v for v in report.values())]
+    if report and steps != ["rtn", "final"]:
+        rows.append(f"{'error per layer on the calibration rows':<44}" + "".join(f"{s:>9}" for s in steps))
+        for name, errs in report.items():
+            rows.append(f"{name:<44}" + "".join(f"{errs[s]:>9.4f}" if s in errs else f"{'-':>9}" for s in steps))
+    return rows
 
 
 def _compact(stats: dict[str, Any]) -> str:
@@ -129,6 +176,17 @@ def _pass_view(trace: Any, key: str | None, diff: bool) -> str:
     return rec.diff().rstrip("\n") or f"({key} changed nothing)"
 
 
+def _compression(cfg: Any) -> str:
+    """` quantize=w8a8-int8 ...`: the compression options (`compile.CONFIG_FLAGS`) the artifact was compiled with."""
+    from fxforge.cli.compile import CONFIG_FLAGS
+    from fxforge.config import CompileConfig
+
+    default = CompileConfig()
+    shown = [f"{row.field}={getattr(cfg, row.field)}" for row in CONFIG_FLAGS
+             if row.field != "calibration" and getattr(cfg, row.field) != getattr(default, row.field)]
+    return "".join(" " + s for s in shown)
+
+
 def _overview(module: Any, args: argparse.Namespace) -> str:
     from fxforge.cli import inputs as ci
     from fxforge.runtime.artifact import FILES
@@ -139,7 +197,7 @@ def _overview(module: Any, args: argparse.Namespace) -> str:
     lines = [f"artifact {args.artifact}: {module.source or 'model'} ({versions})",
              f"config: passes={','.join(cfg.passes) if cfg.passes is not None else 'default'} "
              f"disable={','.join(cfg.disable) or '-'} executor={cfg.executor} ({module.program.executor_name}) "
-             f"dynamic={cfg.dynamic is not False} verify={cfg.verify}",
+             f"dynamic={cfg.dynamic is not False} verify={cfg.verify}{_compression(cfg)}",
              f"signature: {ci.signature(module.graph)}", "",
              f"{'#':>3}  {'pass':<16}{'ms':>9}{'ops':>14}  changes / stats"]
     for i, r in enumerate(module.record.trace.records, 1):

@@ -103,3 +103,25 @@ def quant_targets(graph: Graph, options: dict[str, Any]) -> list[tuple[Op, str, 
         if chosen is not None:
             out.append((op, layer, chosen))
     return out
+
+
+def method_report(records: list[Any]) -> dict[str, dict[str, float]]:
+    """Per quantized layer, its error after each step of a compile's trace (pass records with `.name`
+    and `.stats`): "rtn" (round to nearest on the original layer, as rotate/smooth measured it), then
+    "rotate" and "smooth" (round to nearest after that method, where it ran), and "final" (the quantize
+    pass's error of the layer as stored: GPTQ and LoRC included). All on the calibration rows."""
+    out: dict[str, dict[str, float]] = {}
+    for rec in records:
+        layers = rec.stats.get("layers") or {}
+        if rec.name in ("rotate", "smooth"):
+            for layer, info in layers.items():
+                if "rtn_error_after" in info:
+                    row = out.setdefault(layer, {})
+                    row.setdefault("rtn", info["rtn_error_before"])
+                    row[rec.name] = info["rtn_error_after"]
+        elif rec.name == "quantize":
+            for layer, info in layers.items():
+                row = out.setdefault(layer, {})
+                row.setdefault("rtn", info.get("rtn_error", info["rel_error"]))
+                row["final"] = info["rel_error"]
+    return out

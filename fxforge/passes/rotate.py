@@ -107,6 +107,7 @@ class Rotate:
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         plan = resolve_methods(ctx.options, bool(ctx.calibration))
         ctx.stats["plan"] = plan.why["rotate"]
+        ctx.stats["methods"] = plan.to_json()  # the whole plan once in the trace (rotate runs first)
         if not ctx.option("quantize.scheme") or not plan["rotate"]:
             ctx.stats["enabled"] = False
             return graph
