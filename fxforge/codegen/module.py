@@ -38,6 +38,12 @@ from fxforge.ir.skip_ops import data_dependent_symbols
 from fxforge.passes.fuse import partition
 from fxforge.passes.fusion_rules import KernelGroup, Partition
 
+
+def gemm_anchor(g: KernelGroup) -> Op:
+    """The GEMM of a gemm group: its first op, but for a hadamard fused into a qlinear (graph order puts it first)."""
+    return next(o for o in g.ops if o.opcode != "hadamard")
+
+
 ALIASING = ("reshape", "permute", "expand", "slice", "extern")  # results may share their operand's storage
 
 @dataclass
@@ -130,9 +136,12 @@ class _Writer:
         if step.kind in ("pointwise", "row"):
             return [v for v in step.inputs if not (v.producer is not None and v.producer.opcode == "full")]
         if step.kind == "gemm":
-            p, root = step.params, step.ops[0]
+            p, root = step.params, gemm_anchor(step)
             extra = [p["bias"], p.get("mul"), p["residual"]]
-            return [*root.operands, *[v for v in extra if v is not None]]
+            operands = list(root.operands)
+            if p.get("hadamard"):  # rotated inside the kernel: it reads the hadamard's input
+                operands[0] = p["hadamard"][1]
+            return [*operands, *[v for v in extra if v is not None]]
         return list(step.ops[0].operands)
 
     def steps(self) -> list[KernelGroup | Op]:
@@ -239,9 +248,13 @@ class _Writer:
         self.body.append(f"    {kname}[{ks.grid}]({', '.join(ks.args)}, {meta})")
 
     def template(self, g: KernelGroup) -> None:
-        op, out = g.ops[0], self.n(g.outputs[0])
+        op, out = (gemm_anchor(g) if g.kind == "gemm" else g.ops[0]), self.n(g.outputs[0])
         name = f"k{len(self.infos)}_{op.opcode}"
         self.infos.append(KernelInfo(name, g.kind, [o.opcode for o in g.ops], g.reason))
+        if g.kind == "hadamard":
+            self.uses.add("hadamard")
+            self.body.append(f"{out} = _hadamard({self.n(op.operands[0])}, block={op.attrs['block']})  # {name}")
+            return
         if g.kind == "attention":
             a = op.attrs
             args = [self.n(v) for v in op.operands]
@@ -276,11 +289,15 @@ class _Writer:
 
     def qlinear(self, g: KernelGroup, out: str, name: str) -> None:
         """`_qlinear(x, w, scheme, [bias], lorc=(u, v), <epilogue>)`: w is the encoded `Weight`."""
-        op, p = g.ops[0], g.params
+        op, p = gemm_anchor(g), g.params
         x, w, *rest = op.operands
         lorc = rest[-2:] if op.attrs["lorc_rank"] > 0 else []
         bias = rest[0] if len(rest) == len(lorc) + 1 else p["bias"]
+        if p.get("hadamard"):  # x = hadamard(x0): rotated in the activation quantization kernel
+            x = p["hadamard"][1]
         args = [self.n(x), self.n(w), repr(op.attrs["scheme"])] + ([self.n(bias)] if bias is not None else [])
+        if p.get("hadamard"):
+            args.append(f"hadamard={p['hadamard'][0]}")
         if lorc:
             args.append(f"lorc=({self.n(lorc[0])}, {self.n(lorc[1])})")
         if p["activation"] != "none":
@@ -337,13 +354,15 @@ class _Writer:
 
     def assemble(self, n_buffers: int) -> str:
         g = self.graph
-        n_templates = sum(1 for i in self.infos if i.kind in ("gemm", "attention"))
+        n_templates = sum(1 for i in self.infos if i.kind in ("gemm", "attention", "hadamard"))
         head = HEADER.format(name=g.name, n_kernels=len(self.infos), n_generated=len(self.kernels),
                              n_templates=n_templates, n_host=len(self.part.host))
         head += ("from fxforge.codegen.templates.attention import attention as _attention\n"
                  "from fxforge.codegen.templates.gemm import linear as _linear, matmul as _matmul\n")
         if "qlinear" in self.uses:
             head += "from fxforge.codegen.templates.qlinear import qlinear as _qlinear\n"
+        if "hadamard" in self.uses:
+            head += "from fxforge.codegen.templates.hadamard import hadamard as _hadamard\n"
         if "decode_weight" in self.uses:
             head += "from fxforge.ir.lowp_ops import decode_weight as _decode_weight\n"
         parts = [head, PRELUDE, HELPERS.format(tile=4096)]

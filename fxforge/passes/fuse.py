@@ -44,6 +44,7 @@ from fxforge.passes.fusion_rules import (
     HOST_REASONS,
     MAX_HORIZONTAL,
     MAX_ROW,
+    QLINEAR_DTYPES,
     ROW_OPS,
     ROW_REDUCTIONS,
     KernelGroup,
@@ -88,6 +89,8 @@ class _Partitioner:
                 self.row(op)
             elif op.opcode == "attention" and self.free(op):
                 self.claim(KernelGroup("attention", [op], [], [], FUSION_RULES["attention"]))
+            elif op.opcode == "hadamard" and self.free(op) and op.result.type.dtype in QLINEAR_DTYPES:
+                self.claim(KernelGroup("hadamard", [op], [], [], FUSION_RULES["hadamard"]))
         for op in reversed(ops):  # pointwise trees, grown from their roots (last op first)
             if pointwise_ok(op) and self.free(op):
                 members = self.grow([op], op, allow_cat=True)
@@ -219,6 +222,13 @@ class _Partitioner:
                 break
             members.append(user)
             y = user.result
+        had = op.operands[0].producer
+        if (op.opcode == "qlinear" and op.attrs["act_format"] is not None and len(members) > 1 and had is not None
+                and had.opcode == "hadamard" and self.free(had) and single_use(op.operands[0], self.graph)):
+            # the rotation runs inside the qlinear's per-token activation quantization (act_quant.py);
+            # the group's root stays the epilogue's end (codegen finds the qlinear by `gemm_anchor`)
+            params["hadamard"] = (had.attrs["block"], had.operands[0])
+            members.insert(1, had)
         reason = "gemm + epilogue (" + ", ".join(m.opcode for m in members[1:]) + ")" if len(members) > 1 else "gemm alone"
         self.claim(KernelGroup("gemm", members, [], [], reason, params))
 

@@ -22,6 +22,8 @@ FUSION_RULES = {
     "horizontal": "pointwise trees of one domain shape reading a common input, independent of each other: one "
                   "kernel, several outputs",
     "attention": "attention alone (flash-attention template)",
+    "hadamard": "hadamard alone (fast Walsh-Hadamard template); single-use into an A8 qlinear with an epilogue: "
+                "fused into its per-token activation quantization",
 }
 
 ROW_OPS = ("softmax", "log_softmax", "layer_norm", "rms_norm")
