@@ -4,7 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-triton36 lint bench clean
+
+# CI's second venv: the GPU machine's Triton 3.6.0 (cached outside the clone by .ci/triton36-venv) runs the
+# tests that build and run kernels: codegen (interpreter + sm_80/sm_90 build checks) and the quantized kernels.
+T36_TESTS ?= tests/codegen
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11) on PATH, or run: make PY=python3 ..."; exit 1; }
@@ -20,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
+
+test-triton36: $(STAMP)
+	@venv=$$(.ci/triton36-venv $(BIN)/python) && echo "triton 3.6 venv: $$venv" && \
+		PYTHONPATH=$(CURDIR) $$venv/bin/python -m pytest -n 2 -p no:cacheprovider $(T36_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check fxforge tests benchmarks examples

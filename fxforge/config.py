@@ -12,6 +12,11 @@ from fxforge.errors import ConfigError
 EXECUTOR_CHOICES = ("auto", "reference", "interpret", "triton")
 QUANTIZE_METHODS = ("auto", "rtn")  # see fxforge.passes.quant_methods
 ROTATE_MODES = ("auto", "online")  # see fxforge.passes.rotate
+POW2_ROUND_CHOICES = ("floor", "ceil")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -72,21 +77,39 @@ class CompileConfig:
     def __post_init__(self) -> None:
         if self.executor not in EXECUTOR_CHOICES:
             raise ConfigError(f"executor={self.executor!r} is not one of {EXECUTOR_CHOICES}")
-        if self.quantize is not None:
-            from fxforge.ir.lowp_ops import SCHEMES
-
-            if self.quantize not in SCHEMES:
-                raise ConfigError(f"quantize={self.quantize!r} is not a scheme; known: {sorted(SCHEMES)}")
+        self._check_quantize_options()
         self._check_methods()
         _check_ffn_skip(self)
-        if self.lorc_rank < 0:
-            raise ConfigError(f"lorc_rank must be >= 0, got {self.lorc_rank}")
         for name in ("passes", "disable"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
                 raise ConfigError(f"{name} must be a list of pass names, got {value!r}")
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
+
+    def _check_quantize_options(self) -> None:
+        """Typos in the quantization options fail here, naming the valid values (never a silent default)."""
+        from fxforge.ir.lowp_ops import SCHEMES
+
+        known = sorted(SCHEMES)
+        if self.quantize is not None and self.quantize not in SCHEMES:
+            raise ConfigError(f"quantize={self.quantize!r} is not a scheme; use one of {known} or None")
+        if not isinstance(self.quantize_overrides, dict):
+            raise ConfigError(f"quantize_overrides must be a dict {{layer name pattern: scheme or None}}, "
+                              f"got {type(self.quantize_overrides).__name__}")
+        for pattern, scheme in self.quantize_overrides.items():
+            if not isinstance(pattern, str):
+                raise ConfigError(f"quantize_overrides: pattern {pattern!r} must be a string (an fnmatch pattern on layer names)")
+            if scheme is not None and scheme not in SCHEMES:
+                raise ConfigError(f"quantize_overrides[{pattern!r}]={scheme!r} is not a scheme; use one of {known} "
+                                  "or None (keep the layer high precision)")
+        if self.quantize_group is not None and (not _is_int(self.quantize_group) or self.quantize_group <= 0):
+            raise ConfigError(f"quantize_group={self.quantize_group!r} must be a positive int (the group size along the "
+                              "input dim, e.g. 32, 64 or 128) or None (the scheme's default)")
+        if self.quantize_pow2_round not in POW2_ROUND_CHOICES:
+            raise ConfigError(f"quantize_pow2_round={self.quantize_pow2_round!r} is not one of {POW2_ROUND_CHOICES}")
+        if not _is_int(self.lorc_rank) or self.lorc_rank < 0:
+            raise ConfigError(f"lorc_rank={self.lorc_rank!r} must be an int >= 0 (0: LoRC off)")
 
     def _check_methods(self) -> None:
         if self.quantize_method not in QUANTIZE_METHODS:

@@ -29,7 +29,8 @@ Decisions:
 - A row's `when` reads the final pass options (not the config), so a pass switched on through
   `pass_options` alone runs too; a rewrite that is asked for is never silently left out.
 - An option set both by a config field and in `pass_options` to different values is a ConfigError,
-  and so is a `pass_options` key that names no pass.
+  and so is a `pass_options` key that names no pass, and calibration inputs that no pass of the
+  pipeline reads (a row says `calibrated=True` when its pass reads `ctx.calibration`).
 """
 
 from __future__ import annotations
@@ -82,12 +83,14 @@ def _kernel_executor(options: Mapping[str, Any], executor: str) -> bool:
 @dataclass(frozen=True)
 class PassSpec:
     """One row of the pass table: a pass by name, in the default pipeline when `when` holds, reading
-    `options` ({CompileConfig field: option name}; the key it reads is "<name>.<option>")."""
+    `options` ({CompileConfig field: option name}; the key it reads is "<name>.<option>"), and
+    `ctx.calibration` when `calibrated`."""
 
     name: str
     make: Callable[[], Pass]
     when: When = _always
     options: Mapping[str, str] = field(default_factory=dict)
+    calibrated: bool = False
 
 
 QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "quantize_group": "group",
@@ -104,11 +107,11 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("canonicalize", Canonicalize),
     # rotate and smooth read the quantize.* options too; each decides by `quant_methods.resolve_methods`
     PassSpec("rotate", Rotate, when=_quantizing, options={"rotate": "enabled", "rotate_mode": "mode",
-                                                          "rotate_block": "block"}),
-    PassSpec("smooth", Smooth, when=_quantizing, options={"smooth": "enabled"}),
-    PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS),
+                                                          "rotate_block": "block"}, calibrated=True),
+    PassSpec("smooth", Smooth, when=_quantizing, options={"smooth": "enabled"}, calibrated=True),
+    PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS, calibrated=True),
     # after quantize: the skip gate is fitted on the activations that will run
-    PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS),
+    PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS, calibrated=True),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),
@@ -148,6 +151,15 @@ def pipeline_names(config: CompileConfig, executor: str) -> list[str]:
     return list(config.passes) if config.passes is not None else default_pipeline(config, executor)
 
 
+def check_calibration(names: Sequence[str], calibration: list | None) -> None:
+    """Calibration inputs that no pass of the pipeline reads are a ConfigError, not a silent no-op."""
+    if calibration is None or any(spec.calibrated for spec in PASS_TABLE if spec.name in names):
+        return
+    readers = sorted({spec.name for spec in PASS_TABLE if spec.calibrated})
+    raise ConfigError(f"calibration inputs were given, but no pass of the pipeline {list(names)} reads them (the passes "
+                      f"that do: {readers}); ask for one (e.g. quantize='w8a8-int8') or leave the calibration out")
+
+
 def build_passes(names: Sequence[str], disabled: Iterable[str] = ()) -> list[Pass]:
     """Pass objects for `names`, skipping `disabled`; a typo raises ConfigError listing the known names."""
     names, disabled = list(names), list(disabled)
@@ -159,7 +171,9 @@ def build_passes(names: Sequence[str], disabled: Iterable[str] = ()) -> list[Pas
 
 def run_passes(lowered: Lowered, config: CompileConfig, executor: str, calibration: list | None = None) -> Trace:
     """Runs the pipeline on `lowered.graph` (replaced by the result); returns the trace."""
-    passes = build_passes(pipeline_names(config, executor), disabled=config.disable)
+    names = [n for n in pipeline_names(config, executor) if n not in config.disable]
+    check_calibration(names, calibration)
+    passes = build_passes(names)
     ctx = PassContext(options=pass_options(config), calibration=calibration, verify=config.checks, debug=config.debug)
     manager = PassManager(passes, verify=config.checks)
     lowered.graph = manager.run(lowered.graph, ctx)

@@ -195,6 +195,8 @@ def test_compile_quantized_with_calibration_file_then_run(workdir, tmp_path, cap
     stats = module.record.trace.record("quantize").stats
     assert stats["error_data"] == "calibration"
     assert stats["skipped"]["model.layers.0.mlp.down_proj"].startswith("kept high precision (quantize_overrides")
+    assert main(["inspect", str(out)]) == 0
+    assert "quantize=w8a8-int8 quantize_overrides={'*.mlp.down_proj': None}" in capsys.readouterr().out
     ids = torch.randint(0, 256, (2, 5), generator=gen)
     torch.save(ids, tmp_path / "ids.pt")
     assert main(["run", str(out), "--input-file", str(tmp_path / "ids.pt"), "--output-file", str(tmp_path / "y.pt")]) == 0
@@ -295,9 +297,24 @@ def test_bad_calibration_file_is_one_line_exit_2(workdir, tmp_path, capsys):
     (["--quantize-group", "0"], "--quantize-group '0' must be an integer >= 1"),
     (["--lorc-rank", "x"], "--lorc-rank 'x' must be an integer >= 0"),
     (["--pass-option", "quantise.group=3"], "not '<pass>.<option>' with a known pass"),
+    (["--calibration", "CALIB"], "--calibration: calibration inputs were given, but no pass of the pipeline"),
 ])
 def test_bad_compression_flag(workdir, tmp_path, capsys, flags, message):
+    torch.save([torch.ones(2, 8, dtype=torch.int64)], tmp_path / "calib.pt")
+    flags = [str(tmp_path / "calib.pt") if f == "CALIB" else f for f in flags]
     assert main(["compile", f"{workdir / 'tiny_llama.py'}:make_model", "--example-input", EXAMPLE, "-o",
                  str(tmp_path / "o"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fxforge: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_console_script_is_the_cli_main():
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    from fxforge.cli.app import main as app_main
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attr = scripts["fxforge"].partition(":")
+    assert getattr(importlib.import_module(module), attr) is app_main

@@ -78,3 +78,13 @@ def test_argument_captured_as_constant_must_match():
         compiled(x, use_cache=True)
     with pytest.raises(InputError, match="unexpected input"):
         compiled(x, not_an_argument=1)
+
+
+def test_calibration_that_no_pass_reads_is_an_error():
+    x = torch.randn(2, 3, 64)
+    with pytest.raises(ConfigError, match=r"no pass of the pipeline .* reads them"):
+        fxforge.compile_aot(zoo.mlp(), (x,), calibration=[(x,)])
+    with pytest.raises(ConfigError, match="'<pass>.<option>'"):
+        fxforge.compile_aot(zoo.mlp(), (x,), pass_options={"quantize": "w8a8-int8"})
+    q = fxforge.compile_aot(zoo.mlp(), (x,), quantize="w8a8-int8", calibration=[(x,)])
+    assert q.record.trace.record("quantize").stats["error_data"] == "calibration"

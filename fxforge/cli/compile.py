@@ -143,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The `CompileConfig` of a `compile` command line; pass names are checked here, before any capture."""
     from fxforge.cli import inputs as ci
     from fxforge.config import CompileConfig
-    from fxforge.pipeline import build_passes, default_pipeline
+    from fxforge.pipeline import build_passes, check_calibration, default_pipeline
 
     passes = _csv(args.passes) if args.passes else None
     options = {k: ci.parse_literal(v) for k, v in (ci.parse_kwarg(o, "--pass-option") for o in args.pass_option)}
@@ -152,10 +152,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
     config = CompileConfig.from_options(None, passes=passes, disable=_csv(args.disable), executor=args.executor,
                                         verify=args.verify, debug=args.debug, dynamic=False if args.no_dynamic else None,
                                         pass_options=options, **fields)
+    names = passes if passes is not None else default_pipeline(config)
     try:
-        build_passes(passes if passes is not None else default_pipeline(config), config.disable)
+        build_passes(names, config.disable)
     except ValueError as e:
         raise UsageError(f"{e}; fix --passes/--disable/--pass-option") from None
+    try:
+        check_calibration([n for n in names if n not in config.disable], config.calibration)
+    except ValueError as e:
+        raise UsageError(f"--calibration: {e}".replace("quantize='w8a8-int8'", "--quantize w8a8-int8")) from None
     return config
 
 

@@ -42,15 +42,16 @@ def _show_kernels(module: Any, args: argparse.Namespace) -> str:
 
 
 def _show_quant(module: Any, args: argparse.Namespace) -> str:
-    """Per quantized layer: scheme, relative output error, weight bytes before (fp16) and after."""
+    """Per quantized layer: scheme, group used (+ zero-padded columns), relative output error, weight bytes before (fp16) and after."""
     records = [r for r in module.record.trace.records if r.name == "quantize" and r.stats.get("layers") is not None]
     if not records:
         return "no quantize pass in this artifact (compile with a quantize scheme, e.g. CompileConfig(quantize='w4a8-fp'))"
     stats = records[-1].stats
     rows = [f"quantization: {stats['scheme']} (errors measured on {stats['error_data']})",
-            f"{'layer':<44}{'scheme':<12}{'rel err':>9}{'fp16 B':>10}{'after B':>10}{'ratio':>7}"]
+            f"{'layer':<44}{'scheme':<12}{'group':>10}{'rel err':>9}{'fp16 B':>10}{'after B':>10}{'ratio':>7}"]
     for name, layer in stats["layers"].items():
-        rows.append(f"{name:<44}{layer['scheme']:<12}{layer['rel_error']:>9.4f}{layer['bytes_fp16']:>10}"
+        group = str(layer.get("group") or "channel") + (f"+{layer['padded']}" if layer.get("padded") else "")
+        rows.append(f"{name:<44}{layer['scheme']:<12}{group:>10}{layer['rel_error']:>9.4f}{layer['bytes_fp16']:>10}"
                     f"{layer['bytes_after']:>10}{layer['bytes_fp16'] / max(layer['bytes_after'], 1):>6.2f}x")
     rows += [f"{name:<44}{why}" for name, why in stats["skipped"].items()]
     rows += _method_rows(module.record.trace.records)
@@ -147,6 +148,17 @@ def _pass_view(trace: Any, key: str | None, diff: bool) -> str:
     return rec.diff().rstrip("\n") or f"({key} changed nothing)"
 
 
+def _compression(cfg: Any) -> str:
+    """` quantize=w8a8-int8 ...`: the compression options (`compile.CONFIG_FLAGS`) the artifact was compiled with."""
+    from fxforge.cli.compile import CONFIG_FLAGS
+    from fxforge.config import CompileConfig
+
+    default = CompileConfig()
+    shown = [f"{row.field}={getattr(cfg, row.field)}" for row in CONFIG_FLAGS
+             if row.field != "calibration" and getattr(cfg, row.field) != getattr(default, row.field)]
+    return "".join(" " + s for s in shown)
+
+
 def _overview(module: Any, args: argparse.Namespace) -> str:
     from fxforge.cli import inputs as ci
     from fxforge.runtime.artifact import FILES
@@ -157,7 +169,7 @@ def _overview(module: Any, args: argparse.Namespace) -> str:
     lines = [f"artifact {args.artifact}: {module.source or 'model'} ({versions})",
              f"config: passes={','.join(cfg.passes) if cfg.passes is not None else 'default'} "
              f"disable={','.join(cfg.disable) or '-'} executor={cfg.executor} ({module.program.executor_name}) "
-             f"dynamic={cfg.dynamic is not False} verify={cfg.verify}",
+             f"dynamic={cfg.dynamic is not False} verify={cfg.verify}{_compression(cfg)}",
              f"signature: {ci.signature(module.graph)}", "",
              f"{'#':>3}  {'pass':<16}{'ms':>9}{'ops':>14}  changes / stats"]
     for i, r in enumerate(module.record.trace.records, 1):

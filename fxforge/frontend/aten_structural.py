@@ -1,5 +1,6 @@
 """ATen lowerings of structure: shape ops, GEMMs, composites (norms, softmax, attention), sources
-and tuple access. Registered into the one table of `aten_table.py`; see there for the conventions."""
+and tuple access. Filed into this module's `TABLE`; `aten_table.py` merges it (see there for the
+conventions)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import operator
 
 import torch
 
-from fxforge.frontend.aten_table import INT64_MAX, _cast_to, _overloads, lowers
+from fxforge.frontend.aten_common import INT64_MAX, Table, aten, cast_to, overloads, registrar
 from fxforge.frontend.builder import Builder, Unsupported
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Value
 
-aten = torch.ops.aten
+TABLE: Table = {}
+lowers = registrar(TABLE)
 
 
 # -- shape ops --------------------------------------------------------------------------------------
@@ -95,8 +97,8 @@ def _cat(b, xs, dim=0):
     return xs[0] if len(xs) == 1 else b.op("cat", *xs, dim=dim % xs[0].type.rank)
 
 
-@lowers(aten.split.Tensor, aten.split_with_sizes.default)
-def _split(b, x, sizes, dim=0):
+@lowers(aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
+def _split(b, x, sizes_or_chunks, dim=0):
     dim %= x.type.rank
     shapes = [b.symbols.shape(m.shape) for m in b.meta]
     out, start = [], 0
@@ -104,6 +106,12 @@ def _split(b, x, sizes, dim=0):
         out.append(_slice_value(b, x, dim, start, start + shape[dim], 1))
         start = start + shape[dim]
     return tuple(out)
+
+
+@lowers(aten.unbind.int)
+def _unbind(b, x, dim=0):
+    dim %= x.type.rank
+    return tuple(b.op("reshape", _slice_value(b, x, dim, i, i + 1, 1), shape=b.meta_shape(i)) for i in range(len(b.meta)))
 
 
 @lowers(aten.index_select.default)
@@ -149,23 +157,21 @@ def _embedding(b, w, ids, padding_idx=-1, scale_grad_by_freq=False, sparse=False
 
 # -- composites -------------------------------------------------------------------------------------
 
-@lowers(aten.layer_norm.default)
-def _layer_norm(b, x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+def layer_norm_value(b: Builder, x: Value, normalized_shape, weight=None, bias=None, eps=1e-5) -> Value:
     if len(normalized_shape) != 1 or (bias is not None and weight is None):
         raise Unsupported("layer_norm over several dims, or with a bias but no weight")
     return b.op("layer_norm", x, *[v for v in (weight, bias) if v is not None], eps=eps)
 
 
-@lowers(aten.native_layer_norm.default)
-def _native_layer_norm(b, x, normalized_shape, weight, bias, eps):
-    # mean and rstd are only for backward; a use of them makes the getitem fail and go extern.
-    return (_layer_norm(b, x, normalized_shape, weight, bias, eps), None, None)
+@lowers(aten.layer_norm.default)
+def _layer_norm(b, x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    return layer_norm_value(b, x, normalized_shape, weight, bias, eps)
 
 
 @lowers(aten._softmax.default, aten.softmax.int)
 def _softmax(b, x, dim, half_to_float_or_dtype=None):
     if isinstance(half_to_float_or_dtype, torch.dtype):
-        x = _cast_to(b, x, half_to_float_or_dtype)
+        x = cast_to(b, x, half_to_float_or_dtype)
     elif half_to_float_or_dtype:
         raise Unsupported("softmax with half_to_float")
     return b.op("softmax", x, dim=dim % x.type.rank)
@@ -186,7 +192,7 @@ def _sdpa(b, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=N
                 scale=scale, is_causal=is_causal, enable_gqa=enable_gqa)
 
 
-@lowers(*_overloads("_scaled_dot_product_flash_attention_for_cpu", "default"))
+@lowers(*overloads("_scaled_dot_product_flash_attention_for_cpu", "default"))
 def _sdpa_flash_cpu(b, q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
     # The CPU flash kernel broadcasts kv heads itself (grouped-query attention).
     gqa = q.type.rank >= 3 and q.type.shape[-3] != k.type.shape[-3]

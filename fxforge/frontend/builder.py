@@ -10,7 +10,7 @@ import torch
 
 from fxforge.frontend.symbols import SymbolTable
 from fxforge.ir.dtypes import DType
-from fxforge.ir.graph import Graph, Value
+from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.types import Dim, TensorType
 
 
@@ -25,9 +25,14 @@ class Builder:
     meta: Any = None  # the fx node's meta["val"] (FakeTensor or tuple of them) for the node being lowered
     name_hint: str | None = None
     notes: list[str] = field(default_factory=list)
+    used: frozenset[int] = frozenset({0})  # which results of the node its users read (getitem indices)
 
     def op(self, opcode: str, *operands: Value, **attrs: Any) -> Value:
         return self.graph.add_op(opcode, list(operands), attrs, name=self.name_hint).result
+
+    def multi(self, opcode: str, *operands: Value, **attrs: Any) -> Op:
+        """An op with several results (its `.results`), named after the node being lowered."""
+        return self.graph.add_op(opcode, list(operands), attrs, name=self.name_hint)
 
     def tensor(self, x: Any, like: Value | None = None) -> Value:
         """A Value for x: itself if already one, else a rank-0 `full` with torch's scalar dtype rule

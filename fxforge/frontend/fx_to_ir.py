@@ -18,6 +18,7 @@ import sympy
 import torch
 import torch.fx
 
+from fxforge.errors import CaptureError
 from fxforge.frontend.aten_table import LOWERINGS
 from fxforge.frontend.builder import Builder, Unsupported
 from fxforge.frontend.symbols import SymbolTable
@@ -116,19 +117,23 @@ class FxToIR:
                 return
             except (Unsupported, ShapeError) as e:
                 self.result.notes.append(f"{node.name} ({target_name(node.target)}): {e}; runs through torch")
-        if node.target is operator.getitem:
-            raise Unsupported(f"getitem on {node.args[0]} cannot be lowered")
-        self.env[node] = self._extern(node)
+        if node.target is operator.getitem:  # its source was lowered to a tuple holding every used result
+            raise CaptureError(f"{node.name}: result {node.args[1]} of {node.args[0]} was not lowered (a frontend bug)")
+        try:
+            self.env[node] = self._extern(node)
+        except Unsupported as e:
+            raise CaptureError(f"{node.name} ({target_name(node.target)}) has no fxforge lowering and cannot run as an "
+                               f"extern: {e}. Fix: rewrite that part of the model with tensor-returning ATen ops") from None
 
     def _lower(self, node: torch.fx.Node, lowering) -> Any:
         args, kwargs = self._convert(node.args), self._convert(node.kwargs)
-        b = Builder(self.graph, self.symbols, node.meta.get("val"), node.name)
+        b = Builder(self.graph, self.symbols, node.meta.get("val"), node.name, used=_used_results(node))
         out = lowering(b, *args, **kwargs)
         self._check(node, out)
         if isinstance(out, tuple):
-            for user in node.users:
-                if user.target is operator.getitem and out[user.args[1]] is None:
-                    raise Unsupported(f"result {user.args[1]} is used but not lowered")
+            for i in b.used:
+                if i >= len(out) or out[i] is None:
+                    raise Unsupported(f"result {i} is used but not lowered")
         return out
 
     def _check(self, node: torch.fx.Node, out: Any) -> None:
@@ -188,6 +193,18 @@ class FxToIR:
         if isinstance(a, torch.SymInt):
             return self.symbols.dim(a)
         return a
+
+
+def _used_results(node: torch.fx.Node) -> frozenset[int]:
+    """The result indices node's users read: getitem indices, or all of them for any other user."""
+    used: set[int] = set()
+    metas = node.meta.get("val")
+    for user in node.users:
+        if user.target is operator.getitem and isinstance(user.args[1], int):
+            used.add(user.args[1])
+        else:
+            used.update(range(len(metas)) if isinstance(metas, (tuple, list)) else (0,))
+    return frozenset(used)
 
 
 def _is_sym_node(node: torch.fx.Node) -> bool:

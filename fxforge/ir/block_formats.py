@@ -3,6 +3,8 @@
 This module owns how a tensor is cut into blocks along its last axis, how each block's shared scale is
 chosen and stored, and how element codes are laid out in bytes. Element formats come from
 `fxforge.ir.formats`, whose rounding rules apply to every element (saturating round-to-nearest-even).
+Only its tests import it today; it is kept on purpose: issue #12 (block formats in the IR and kernels)
+builds on it (docs/architecture.md, "Kept on purpose").
 
 Decisions:
 - Blocks run along the last axis, which must be a multiple of the block size (32 for MX, 16 for

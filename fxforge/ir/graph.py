@@ -20,9 +20,8 @@ from fxforge.ir import optable  # noqa: F401  (fills the op table)
 from fxforge.ir.dtypes import DType
 from fxforge.ir.errors import IRError, ShapeError
 from fxforge.ir.ops import OpDef, lookup
+from fxforge.ir.printer import print_graph
 from fxforge.ir.types import Encoding, TensorType
-
-_NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 
 def freeze(value: Any) -> Any:
@@ -124,8 +123,10 @@ class Graph:
         return value
 
     def add_weight(self, name: str, weight: Weight | torch.Tensor) -> str:
-        if not _NAME_OK.fullmatch(name):
-            raise IRError(f"weight name {name!r} must match {_NAME_OK.pattern}")
+        """Any non-empty name (torch's parameter names, `0.weight` of an nn.Sequential included);
+        the text form quotes names that are not plain (see printer.print_global)."""
+        if not isinstance(name, str) or not name:
+            raise IRError(f"a weight name must be a non-empty string, got {name!r}")
         self.weights[name] = weight if isinstance(weight, Weight) else Weight(weight)
         return name
 
@@ -146,9 +147,10 @@ class Graph:
         full = freeze(opdef.full_attrs(attrs or {}))
         if result_types is None:
             result_types = self.infer_types(opcode, operands, full)
+        if opdef.num_results >= 0 and len(result_types) != opdef.num_results:
+            raise ShapeError(f"{opcode}: has {opdef.num_results} result(s), {len(result_types)} result type(s) given")
         op = Op(opcode, operands, full, self)
-        names = names or [None] * len(result_types)
-        op.results = [Value(self.fresh_name(n), t, op) for n, t in zip(names, result_types)]
+        op.results = [Value(self.fresh_name(n), t, op) for n, t in zip(_result_names(names, len(result_types)), result_types)]
         return op
 
     def infer_types(self, opcode: str, operands: list[Value], attrs: dict[str, Any]) -> list[TensorType]:
@@ -246,8 +248,6 @@ class Graph:
         return g
 
     def __str__(self) -> str:
-        from fxforge.ir.printer import print_graph
-
         return print_graph(self)
 
     def __repr__(self) -> str:
@@ -263,6 +263,16 @@ class Graph:
         self._names.discard(value.name)
         self._names.add(name)
         value.name = name
+
+
+def _result_names(names: list[str | None] | None, count: int) -> list[str | None]:
+    """One name hint per result: a single hint for a multi-result op names them `x`, `x_1`, ..."""
+    names = list(names or [])
+    if len(names) > count:
+        raise IRError(f"{len(names)} result names for {count} result(s)")
+    if len(names) == 1 and count > 1 and names[0]:
+        return [names[0]] + [f"{names[0]}_{i}" for i in range(1, count)]
+    return names + [None] * (count - len(names))
 
 
 def _dtype_of(w: Weight) -> DType:

@@ -45,6 +45,14 @@ Schemes (`SCHEMES`; weight format, activation format, default group, zero point)
 
 Encoding fields: `Quantized(format, axis=1, group, scale_dtype, zero_point)`; `axis` is the input
 (reduction) dim the groups run along; group 0 = one scale per row (per output channel).
+Groups are exactly the requested size, never changed: n_groups = ceil(in / group), and when the group
+does not divide `in` the last group is partial (decided over refusing or shrinking the group: a
+smaller group would silently cost bytes, a refusal would make e.g. in=100 unquantizable). Encoding
+pads the weight with zeros to n_groups * group (zeros never change a group's amax, nor its min/max
+range, which always includes 0) and drops the padding's codes; decoding and the kernels index the
+group of element k as k // group and mask k >= in, i.e. the reference semantics of a zero-padded K.
+Non-finite weights (NaN/inf) are refused (ValueError; the quantize pass names the layer): a scale
+computed from them would turn a whole group into NaN or 0 with no trace of where it came from.
 Payload parts: "codes" (i8: int8 [out, in]; f8e4m3: uint8 codes [out, in]; i4 / f4e2m1: two codes per
 byte [out, in/2], see formats.pack_nibbles), "scale" ([out, n_groups], scale_dtype; w4a8-fp: s_max
 [out, 1] f32), "zero" (uint8 [out, n_groups], asymmetric only), "shift" (uint8 [out, n_groups], w4a8-fp).
@@ -56,7 +64,6 @@ them); quantization uses the f16-rounded scale, so decode matches encode exactly
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,10 +159,24 @@ def fake_quant_act(x: Tensor, fmt: str | None) -> Tensor:
 # -- the weight codec -------------------------------------------------------------------------------
 
 
-def effective_group(in_features: int, group: int) -> int:
-    """The group actually used on an input dim: `group` when it divides it, else gcd(in, group)
-    (a 64-wide layer with group 128 gets one group per row). 0 stays 0 (per channel)."""
-    return math.gcd(in_features, group) if group > 0 else 0
+def group_count(in_features: int, group: int) -> int:
+    """Number of groups along an input dim of `in_features`: ceil(in / group) (the last one partial
+    when `group` does not divide it), 1 for group 0 (per channel)."""
+    return -(-in_features // group) if group > 0 else 1
+
+
+def _check_group(group: Any) -> int:
+    if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+        raise ValueError(f"group must be an int >= 0 (0: one scale per output channel), got {group!r}")
+    return group
+
+
+def _check_finite(w: Tensor) -> None:
+    bad = ~torch.isfinite(w)
+    if bool(bad.any()):
+        first = [int(i) for i in bad.nonzero()[0]]
+        raise ValueError(f"weight has {int(torch.isnan(w).sum())} NaN and {int(torch.isinf(w).sum())} inf values "
+                         f"(first at {first}); a quantized weight cannot represent them")
 
 
 def encode_weight(w: Tensor, scheme: str, group: int | None = None, pow2_round: str = "floor") -> Weight:
@@ -168,13 +189,15 @@ def encode_weight(w: Tensor, scheme: str, group: int | None = None, pow2_round: 
     if w.dim() != 2:
         raise ValueError(f"encode_weight takes a 2-D [out, in] weight, got shape {list(w.shape)}")
     out_f, in_f = w.shape
-    g = effective_group(in_f, sc.group if group is None else group)
+    g = _check_group(sc.group if group is None else group)
     fmt = formats.get_format(sc.weight_format)
     if fmt.bits == 4 and in_f % 2:
         raise ValueError(f"4-bit formats pack two codes per byte: input dim {in_f} must be even")
-    wf = w.detach().to(torch.float32)
+    _check_finite(w)
     gsize = g or in_f
-    wg = wf.reshape(out_f, in_f // gsize, gsize)
+    in_pad = group_count(in_f, g) * gsize
+    wf = F.pad(w.detach().to(torch.float32), (0, in_pad - in_f))  # zeros fill the last group: see Decisions
+    wg = wf.reshape(out_f, in_pad // gsize, gsize)
     payload: dict[str, Tensor] = {}
     scale_dtype = DType.f16 if (g and not sc.pow2) else DType.f32
     if sc.pow2:
@@ -186,7 +209,7 @@ def encode_weight(w: Tensor, scheme: str, group: int | None = None, pow2_round: 
         ceil_k = torch.where(mant == 0.5, e - 1, e)
         k = (ceil_k if pow2_round == "ceil" else e - 1).to(torch.float32).clamp(0, MAX_SHIFT)
         scale = torch.ldexp(s_max.expand_as(k), -k)  # exact: power-of-two multiple of s_max
-        codes = encode_elements(wg / scale.unsqueeze(-1), fmt.name).reshape(out_f, in_f)
+        codes = encode_elements(wg / scale.unsqueeze(-1), fmt.name).reshape(out_f, in_pad)[:, :in_f]
         payload = {"codes": formats.pack_nibbles(codes), "scale": s_max.contiguous(),
                    "shift": k.to(torch.uint8)}
     elif sc.zero_point:
@@ -194,15 +217,15 @@ def encode_weight(w: Tensor, scheme: str, group: int | None = None, pow2_round: 
         scale = scale.to(scale_dtype.torch)  # zero points from the stored (rounded) scale: decode == encode
         qmin, qmax = formats.int_range(fmt.bits, symmetric=False)
         zero = torch.round(-wg.amin(-1).clamp(max=0) / scale.float()).clamp(qmin, qmax).to(torch.int32)
-        codes = formats.quantize_int(wf, scale.float(), zero, bits=fmt.bits, axis=-1, group_size=gsize)
+        codes = formats.quantize_int(wf, scale.float(), zero, bits=fmt.bits, axis=-1, group_size=gsize)[:, :in_f]
         payload = {"codes": formats.pack_nibbles(codes) if fmt.bits == 4 else codes, "scale": scale,
                    "zero": zero.to(torch.uint8)}
     else:
         scale = _amax_scale(wg.abs().amax(-1), fmt.max_value).to(scale_dtype.torch)  # [out, G]
-        codes = encode_elements(wg / scale.float().unsqueeze(-1), fmt.name).reshape(out_f, in_f)
+        codes = encode_elements(wg / scale.float().unsqueeze(-1), fmt.name).reshape(out_f, in_pad)[:, :in_f]
         if fmt.kind == "float":
             codes = codes.view(torch.uint8)
-        payload = {"codes": formats.pack_nibbles(codes) if fmt.bits == 4 else codes, "scale": scale}
+        payload = {"codes": formats.pack_nibbles(codes) if fmt.bits == 4 else codes.contiguous(), "scale": scale}
     enc = Quantized(fmt.name, axis=1, group=g, scale_dtype=scale_dtype, zero_point=sc.zero_point)
     placeholder = torch.zeros((), dtype=torch.float32).expand(out_f, in_f)
     return Weight(placeholder, enc, payload)
@@ -225,11 +248,11 @@ def decode_weight(weight: Weight) -> Tensor:
         vals = decode_elements(codes, fmt.name)
     elif enc.zero_point:
         scale = p["scale"].to(torch.float32)
-        vals = codes.to(torch.float32) - p["zero"].to(torch.float32).repeat_interleave(gsize, dim=1)
+        vals = codes.to(torch.float32) - p["zero"].to(torch.float32).repeat_interleave(gsize, dim=1)[:, :in_f]
     else:
         scale = p["scale"].to(torch.float32)
         vals = decode_elements(codes, fmt.name)
-    return vals * scale.repeat_interleave(gsize, dim=1)
+    return vals * scale.repeat_interleave(gsize, dim=1)[:, :in_f]  # the last group may be partial
 
 
 WEIGHT_DECODERS["quantized"] = decode_weight

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import sympy
 import torch
 from lark import Lark, Token, Transformer
 
-from fxforge.ir.dim_expr import DimExprError, parse_dim_expr
+from fxforge.ir.dim_expr import DimExprError, dim_problem, parse_dim_expr
 from fxforge.ir.dtypes import DType
 from fxforge.ir.errors import IRError, IRParseError
 from fxforge.ir.graph import Graph, Value, Weight, freeze
@@ -36,6 +37,14 @@ from fxforge.ir.types import ENCODINGS, TensorType, sym
 __all__ = ["parse_graph", "parse_type", "parse_value", "parse_dim"]
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
+# Bounds on untrusted text (each broken bound is an IRParseError): bracket nesting, the size of
+# a number literal, of a static dim and the rank of a type. Dim expressions have their own
+# bounds (dim_expr.py).
+MAX_NESTING = 32
+MAX_NUMBER_CHARS = 64
+MAX_DIM_DIGITS = 19
+MAX_DIM = 2**63 - 1
+MAX_RANK = 64
 
 # -- transformer: tokens -> IR objects ------------------------------------------------------------
 
@@ -54,6 +63,20 @@ def _dtype(tok: Token) -> DType:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         known = ", ".join(DType.__members__)
         raise _err(f"unknown dtype {str(tok)!r}{hint} (known dtypes: {known})", tok) from None
+
+
+def _global_name(tok: Token) -> str:
+    """The name of `@name` or `@"quoted name"` (JSON)."""
+    text = str(tok)[1:]
+    if not text.startswith('"'):
+        return text
+    try:
+        name = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _err(f"bad quoted name @{text}: {e.msg}", tok) from None
+    if not name:
+        raise _err("a name cannot be empty", tok)
+    return name
 
 
 def _is_dtype_key(key: str) -> bool:
@@ -119,6 +142,8 @@ class _ToIR(Transformer):
     # types
     def type(self, c):
         tok, *dims, enc = c
+        if len(dims) > MAX_RANK:
+            raise _err(f"a type of rank {len(dims)}: at most {MAX_RANK} dims", tok)
         try:
             return TensorType(tuple(dims), _dtype(tok), enc)
         except (TypeError, ValueError) as e:
@@ -141,13 +166,19 @@ class _ToIR(Transformer):
         tok = c[0]
         if not tok.isdigit():
             raise _err(f"a dimension must be an integer, a symbol or a (expression), not {str(tok)!r}", tok)
+        if len(tok) > MAX_DIM_DIGITS or int(tok) > MAX_DIM:
+            raise _err(f"dimension {str(tok)[:24]}... is larger than {MAX_DIM}", tok)
         return int(tok)
 
     def dim_sym(self, c):
         return sym(str(c[0]))
 
     def dim_expr(self, c):
-        return self.expr(c)
+        d = self.expr(c)
+        problem = dim_problem(d)
+        if problem:
+            raise _err(problem, c[0])
+        return d
 
     # attribute values
     def field(self, c):
@@ -158,6 +189,8 @@ class _ToIR(Transformer):
 
     def number(self, c):
         text = str(c[0])
+        if len(text) > MAX_NUMBER_CHARS:
+            raise _err(f"a number of more than {MAX_NUMBER_CHARS} characters ({text[:24]}...)", c[0])
         if text.isdigit():
             return int(text)
         return float(text)
@@ -209,7 +242,28 @@ def _lark() -> Lark:
                 transformer=_ToIR(), maybe_placeholders=True)
 
 
+_NESTING_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|[(\[{<]|[)\]}>]')
+
+
+def _check_nesting(text: str) -> None:
+    """Refuse brackets nested deeper than MAX_NESTING (strings and comments aside) before parsing:
+    the values built from them are recursive."""
+    depth = 0
+    for m in _NESTING_TOKENS.finditer(text):
+        ch = m.group()
+        if ch in "([{<":
+            depth += 1
+            if depth > MAX_NESTING:
+                line = text.count("\n", 0, m.start()) + 1
+                raise IRParseError(f"brackets nested deeper than {MAX_NESTING}", line, m.start() - text.rfind("\n", 0, m.start()))
+        elif ch in ")]}>":
+            depth -= 1
+
+
 def _parse(text: str, start: str) -> Any:
+    if not isinstance(text, str):
+        raise IRParseError(f"IR text must be a str, got {type(text).__name__}")
+    _check_nesting(text)
     parser = _lark()
     try:
         return parser.parse(text, start=start)
@@ -249,7 +303,7 @@ def parse_graph(text: str, weights: dict[str, Weight | torch.Tensor] | None = No
     a `const` of a plain (unencoded) one must have the weight's type. `const` ops of weights not
     given still parse (their types come from the text), as the verifier allows."""
     g: _GraphText = _parse(text, "graph")
-    graph = Graph(str(g.name)[1:])
+    graph = Graph(_global_name(g.name))
     if weights is not None:
         for wname, w in weights.items():
             try:
@@ -303,7 +357,7 @@ def _add_op(graph: Graph, line: _OpLine, use, define, weights) -> None:
             raise _err("const takes no operand list: `const @name : type`", tok)
         if "weight" in attrs:
             raise _err("const names its weight as `const @name`, not as an attribute", tok)
-        attrs["weight"] = str(line.weight)[1:]
+        attrs["weight"] = _global_name(line.weight)
         _check_weight(graph, line, attrs["weight"], weights)
     else:
         if line.weight is not None:

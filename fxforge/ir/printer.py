@@ -8,7 +8,8 @@
       return %2, %3
     }
 
-Attributes equal to their op's defaults are not printed. Attribute values: ints, floats (repr, and
+Weight and graph names are `@name`, or `@"..."` (a JSON string) when they hold other characters
+than letters, digits and `_.-`. Attributes equal to their op's defaults are not printed. Attribute values: ints, floats (repr, and
 inf/-inf/nan), strings (JSON quoted), true/false/none, dtypes by name, lists `[...]`, dicts `{k=v}`,
 `$i` (an extern's operand i), and dims: a bare symbol `s0` or a parenthesised expression `(2*s0)`.
 """
@@ -17,15 +18,27 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
 import sympy
 
 from fxforge.ir.dtypes import DType
-from fxforge.ir.graph import Graph, Op
 from fxforge.ir.ops import lookup
 from fxforge.ir.optable import OperandRef
 from fxforge.ir.types import ENCODINGS, TensorType
+
+if TYPE_CHECKING:  # the printer reads graphs but needs no graph code: graph.py imports this module
+    from fxforge.ir.graph import Graph, Op
+
+
+_BARE_GLOBAL = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def print_global(name: str) -> str:
+    """A weight or graph name: `@layers.0.weight` bare when it is made of letters, digits and `_.-`,
+    else quoted as a JSON string, `@"blocks.a b.weight"` (any name torch allows round-trips)."""
+    return f"@{name}" if _BARE_GLOBAL.fullmatch(name) else "@" + json.dumps(name)
 
 
 def print_dim(d: Any) -> str:
@@ -95,7 +108,7 @@ def print_op(op: Op) -> str:
     results = ", ".join(f"%{r.name}" for r in op.results)
     text = f"{results} = {op.opcode}"
     if op.opcode == "const":
-        text += f" @{op.attrs['weight']}"
+        text += " " + print_global(op.attrs["weight"])
     if op.operands or op.opcode != "const":
         text += "(" + ", ".join(f"%{v.name}" for v in op.operands) + ")"
     attrs = _shown_attrs(op)
@@ -106,7 +119,7 @@ def print_op(op: Op) -> str:
 
 def print_graph(graph: Graph) -> str:
     params = ", ".join(f"%{v.name}: {print_type(v.type)}" for v in graph.inputs)
-    lines = [f"graph @{graph.name}({params}) {{"]
+    lines = [f"graph {print_global(graph.name)}({params}) {{"]
     lines += [f"  {print_op(op)}" for op in graph.ops]
     lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
     lines.append("}")

@@ -18,8 +18,12 @@ Decisions:
   listed in `ctx.stats["skipped"]` with the reason.
 - The encoded weight is a new table entry `<weight name>.q` (LoRC factors `<layer>.lorc_u` /
   `.lorc_v`, fp16); the original weight leaves the table once no `const` names it.
-- A group that does not divide the input dim becomes gcd(in, group) (a 64-wide layer under group 128
-  gets one group per row); the group used is in the layer's statistics.
+- The requested group always holds (never a gcd or another quiet substitute): a group that does not
+  divide the input dim leaves the last group partial (zero-padded, see `fxforge.ir.lowp_ops`), and a
+  group wider than the row is one group per row. Each layer's statistics say "group" (the group used),
+  "groups" (per row) and "padded" (zero columns in the last group).
+- NaN or inf weights are refused before anything changes (InputError naming the layer and the fix):
+  quantizing them would give finite or all-NaN groups that no longer say where they came from.
 - Error per layer: ||y_q - y|| / ||y|| of the layer alone (float input, float vs quantized layer) on
   the calibration activations that reach it (`calibrate`), or, without calibration data, on 256
   rows of N(0, 1) inputs (`error_data` says which). With calibration data the summary also has the
@@ -36,9 +40,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fxforge.errors import InputError
 from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph, Op, Weight
-from fxforge.ir.lowp_ops import decode_weight, encode_weight, get_scheme, qlinear_ref
+from fxforge.ir.lowp_ops import decode_weight, encode_weight, get_scheme, group_count, qlinear_ref
 from fxforge.passes.calibrate import calibrate, site_name
 from fxforge.passes.lorc import lorc_factors
 from fxforge.passes.manager import PassContext
@@ -83,6 +88,17 @@ def _skip_reason(graph: Graph, op: Op, tied: tuple[set[str], set[int]]) -> str |
     return None
 
 
+def _check_finite(graph: Graph, op: Op, layer: str) -> None:
+    name = op.operands[1].producer.attrs["weight"]
+    w = graph.weight(name).data
+    finite = torch.isfinite(w)
+    if not bool(finite.all()):
+        where = [int(i) for i in (~finite).nonzero()[0]]
+        raise InputError(f"layer {layer!r}: weight {name!r} has {int(torch.isnan(w).sum())} NaN and "
+                         f"{int(torch.isinf(w).sum())} inf values (first at {where}); quantizing would hide them. "
+                         f"Fix the weights, or keep the layer high precision: quantize_overrides={{{layer!r}: None}}")
+
+
 def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | None] | None = None,
                    group: int | None = None, lorc_rank: int = 0, calibration: list | None = None,
                    pow2_round: str = "floor") -> dict[str, Any]:
@@ -105,6 +121,7 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
             in_f = graph.weight(op.operands[1].producer.attrs["weight"]).data.shape[1]
             if in_f % 2 and sc.weight_format in ("i4", "f4e2m1"):
                 reason = f"input dim {in_f} is odd: 4-bit codes pack two per byte"
+            _check_finite(graph, op, layer)
         if reason is not None:
             skipped[label] = reason
             continue
@@ -180,9 +197,12 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
     y = F.linear(x, w.float(), b)
     extra = ([b] if b is not None else []) + ([u, v] if u is not None else [])
     rel = relative_error(qlinear_ref(x, w_hat, *extra, **attrs), y)
+    g = encoded.encoding.group
     return {
         "scheme": scheme,
-        "group": encoded.encoding.group,
+        "group": g,
+        "groups": group_count(w.shape[1], g),
+        "padded": group_count(w.shape[1], g) * g - w.shape[1] if g else 0,
         "lorc_rank": rank,
         "rel_error": rel,
         "weight_rel_error": relative_error(w_hat, w.float()),

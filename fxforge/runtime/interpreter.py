@@ -6,22 +6,24 @@ Triton chooses between compiling and interpreting a kernel when `@triton.jit` ru
 never set the variable has its template modules decorated as compiled `JITFunction`s as soon as
 anything imports them (torch's own use of triton imports triton early, too).
 
-`interpreter_scope()` is what the interpret executor runs inside, for loading a generated module and
-for every call:
+`interpreter_scope()` is what the interpret executor runs every call inside:
 - it holds one process-wide lock: the interpreter patches `triton.language` for the length of a
   kernel launch and rewrites kernels into shared caches, so two launches at once corrupt each
-  other (calls from several threads are serialized here, and only here);
-- it sets `TRITON_INTERPRET=1` for its length (restoring what was there), so kernels decorated
-  inside it are interpreted and the templates' launchers take their interpreter paths;
+  other (calls from several threads are serialized here);
+- it sets `TRITON_INTERPRET=1` for its length (restoring what was there), so the templates'
+  launchers and triton's constexpr helpers take their interpreter paths;
 - for its length it swaps every compiled-mode `JITFunction` in the kernel modules (fxforge's
   `fxforge.codegen.*`, generated `fxforge_gen_*` modules, and `triton.language`'s own jit helpers
   such as `tl.sum`, decorated when triton was first imported) for an `InterpretedFunction` of the
   same Python function, so kernels that call each other resolve to interpreted ones; on exit the
   originals are put back, so other triton users in the process (inductor) are untouched.
 
-Decisions: a generated module first loaded inside the scope keeps interpreted kernels; so the
-`triton` executor refuses to run in a process that used `interpret` (`interpret_was_arranged()`),
-with a clear error, rather than run interpreted kernels on a GPU.
+Decisions:
+- Modules are loaded (their kernels decorated) outside the scope, in whatever mode the process is
+  in; only the swap makes them interpreted, and only for the length of a call. So a generated module
+  or a template imported under `interpret` still runs compiled under the `triton` executor.
+- Once `interpret` has run in a process (`interpret_was_arranged()`), the `triton` executor takes the
+  same lock for its calls (`exclusive()`), so a GPU launch never meets a swapped-in interpreted kernel.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def _swap(swaps: list[tuple[dict, str, Any, Any]], to_interpreted: bool) -> None
         old, new = (jit, interp) if to_interpreted else (interp, jit)
         if space.get(key) is old:
             space[key] = new
+
+
+def exclusive() -> contextlib.AbstractContextManager:
+    """The interpreter's lock once `interpret` has run in this process (else no lock)."""
+    return _LOCK if _ARRANGED else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

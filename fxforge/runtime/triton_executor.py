@@ -19,7 +19,7 @@ import torch
 
 from fxforge.errors import ConfigError
 from fxforge.ir.graph import Graph
-from fxforge.runtime.interpreter import interpret_was_arranged, interpreter_scope
+from fxforge.runtime.interpreter import exclusive, interpreter_scope
 
 
 class _GeneratedExecutor:
@@ -43,8 +43,7 @@ class InterpretExecutor(_GeneratedExecutor):
     devices = ("cpu",)
 
     def __init__(self, graph: Graph) -> None:
-        with interpreter_scope():
-            super().__init__(graph, "cpu")
+        super().__init__(graph, "cpu")  # kernels decorated as the process is; interpreted per call
 
     def __call__(self, inputs: Sequence[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> list[torch.Tensor]:
         with interpreter_scope():
@@ -59,11 +58,12 @@ class TritonExecutor(_GeneratedExecutor):
         if os.environ.get("TRITON_INTERPRET") == "1":
             raise ConfigError("executor='triton' runs on a GPU, but TRITON_INTERPRET=1 is set; use executor='interpret' "
                               "or unset the variable")
-        if interpret_was_arranged():
-            raise ConfigError("executor='triton' cannot run in a process that already ran executor='interpret' (its "
-                              "kernels were switched to Triton's interpreter); compile for the GPU in another process")
         if not torch.cuda.is_available():
             raise ConfigError("executor='triton' needs a CUDA GPU, and torch sees none; use executor='interpret' "
                               "(Triton's CPU interpreter) or 'reference' on this machine")
         super().__init__(graph, "cuda")
+
+    def __call__(self, inputs: Sequence[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> list[torch.Tensor]:
+        with exclusive():  # not while an interpret call has kernels swapped (only if interpret ran here)
+            return super().__call__(inputs, bindings)
 

@@ -121,6 +121,23 @@ def test_qlinear_matches_reference(scheme, M, N, K, group):
     assert _rel_err(y, _reference(x, weight, scheme, b)) <= FP32_REL
 
 
+# groups that do not divide K: the requested group holds, the last one is partial (K = 100: 32,32,32,4;
+# group 7: fourteen of 7 and one of 2), on the one-scale-per-tile path (32) and the gather path (7, 24)
+PARTIAL = [("w4a16-int4", 5, 33, 100, 32), ("w4a16-int4", 3, 17, 100, 7), ("w4a8-fp", 5, 33, 100, 32),
+           ("w4a8-fp", 3, 17, 100, 24)]
+
+
+@pytest.mark.parametrize("scheme,M,N,K,group", PARTIAL)
+def test_qlinear_partial_last_group(scheme, M, N, K, group):
+    x, w, b = _randn(M, K, seed=4), _randn(N, K, seed=5), _randn(N, seed=6)
+    weight = encode_weight(w, scheme, group)
+    assert weight.encoding.group == group
+    y = ql.qlinear(x, weight, scheme, b)
+    assert _rel_err(y, _reference(x, weight, scheme, b)) <= FP32_REL
+    y16 = ql.qlinear(x.half(), weight, scheme, b.half())
+    assert _rel_err(y16, _reference(x.half(), weight, scheme, b.half())) <= FP16_REL
+
+
 @pytest.mark.parametrize("scheme", ql.QLINEAR_SCHEMES)
 def test_qlinear_epilogue_lorc_activation_residual(scheme):
     N, K, r = 37, 64, 8

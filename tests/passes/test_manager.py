@@ -160,6 +160,15 @@ def test_config_fields_become_dotted_pass_options():
         pass_options(CompileConfig(quantize_group=32, pass_options={"quantize.group": 64}))
 
 
+def test_calibration_no_pass_reads_is_an_error():
+    from fxforge.pipeline import check_calibration
+
+    check_calibration(default_pipeline(CompileConfig(quantize="w8a8-int8")), [[torch.ones(2)]])
+    check_calibration(default_pipeline(), None)
+    with pytest.raises(ConfigError, match=r"no pass of the pipeline .* reads them .*\['quantize'\]"):
+        check_calibration(default_pipeline(), [[torch.ones(2)]])
+
+
 def test_an_undotted_option_read_is_refused():
     # a pass reading an old undotted key would otherwise get None and do nothing, silently
     with pytest.raises(ValueError, match="'<pass>.<option>'"):

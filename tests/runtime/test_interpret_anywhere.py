@@ -30,7 +30,11 @@ aot = fxforge.compile_aot(model, (zoo.example_input("llama", batch=2, seq=8),), 
 want = model(x, use_cache=False).logits
 d_jit = (jit(x, use_cache=False).logits - want).abs().max().item()
 d_aot = (aot(x).logits - want).abs().max().item()
-print("RESULT", d_jit, d_aot, jit.fxforge_report.calls, "TRITON_INTERPRET" in os.environ)
+import sys, triton.language as tl
+kinds = {type(v).__name__ for n, m in list(sys.modules.items()) if n.startswith(("fxforge_gen_", "fxforge.codegen"))
+         for v in vars(m).values() if type(v).__name__.endswith("Function") and hasattr(v, "fn")}
+print("RESULT", d_jit, d_aot, jit.fxforge_report.calls, "TRITON_INTERPRET" in os.environ,
+      ",".join(sorted(kinds | {type(tl.sum).__name__})))
 """
 
 
@@ -41,9 +45,10 @@ def test_interpret_in_a_fresh_process_without_the_variable(tmp_path):
     proc = subprocess.run([sys.executable, "-c", FRESH], capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    _, d_jit, d_aot, calls, leaked = lines[0].split()
+    _, d_jit, d_aot, calls, leaked, kinds = lines[0].split()
     assert float(d_jit) <= 1e-4 and float(d_aot) <= 1e-4 and int(calls) == 1
     assert leaked == "False"  # the variable was set only while kernels ran
+    assert kinds == "JITFunction"  # and kernels are interpreted only during calls: other triton users see them as found
 
 
 def test_eight_threads_calling_at_once_all_get_eager_results():

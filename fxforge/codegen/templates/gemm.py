@@ -27,7 +27,10 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.blocks import gemm_blocks
+from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
+
+patch_interpreter()  # Triton 3.6's interpreter under numpy >= 2.4: see triton_compat
 
 ACTIVATIONS = ("none", "relu", "silu", "gelu", "gelu_tanh", "sigmoid")
 

@@ -118,7 +118,7 @@ def qlinear_w8a8_int8_kernel(
         k_left = K - k0 * BLOCK_K
         a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0)
         w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0)
-        acc = tl.dot(a, w, acc)
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)  # out_dtype: Triton 3.6 (see triton_compat)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
     s_tok = tl.load(a_scale_ptr + offs_m, mask=mask_m, other=0.0)

@@ -1,0 +1,53 @@
+"""What every ATen lowering module shares: the lowering signature, the decorator that files a
+lowering into a module's table, overload lookup and torch's conventions (INT64_MAX ends, casts).
+
+Decisions: each lowering module fills its own `TABLE` through `registrar(TABLE)`, and
+`aten_table.py` merges the tables explicitly; so no lowering module imports another and no table
+is filled as a side effect of importing some other module (no import cycle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fxforge.frontend.builder import Builder, Unsupported
+from fxforge.ir.dtypes import DType
+from fxforge.ir.graph import Value
+
+aten = torch.ops.aten
+Lowering = Callable[..., Any]
+Table = dict[Any, Lowering]
+INT64_MAX = 2**63 - 1  # aten's "to the end" for slice bounds
+
+
+def registrar(table: Table) -> Callable[..., Callable[[Lowering], Lowering]]:
+    """A `@lowers(*targets)` decorator that files the decorated lowering into `table`."""
+
+    def lowers(*targets: Any) -> Callable[[Lowering], Lowering]:
+        def register(fn: Lowering) -> Lowering:
+            for t in targets:
+                table[t] = fn
+            return fn
+
+        return register
+
+    return lowers
+
+
+def overloads(name: str, *names: str) -> list:
+    """The overloads of `aten.<name>` among `names` that this torch has."""
+    packet = getattr(aten, name, None)
+    return [getattr(packet, o) for o in names if packet is not None and hasattr(packet, o)]
+
+
+def cast_to(b: Builder, x: Value, dtype: torch.dtype | None) -> Value:
+    """x cast to dtype (x itself when it has that dtype already, or dtype is None)."""
+    if dtype is None or DType.from_torch(dtype) == x.type.dtype:
+        return x
+    return b.op("cast", x, dtype=DType.from_torch(dtype))
+
+
+__all__ = ["INT64_MAX", "Lowering", "Table", "Unsupported", "aten", "cast_to", "overloads", "registrar"]
