@@ -111,8 +111,8 @@ def run_row(captured, options, windows, calib, batch, ref_preds) -> dict[str, An
     lowered = copy.copy(captured.lowered)
     lowered.graph = parse_graph(print_graph(g0), {k: Weight(w.data.clone()) for k, w in g0.weights.items()})
     t0 = time.perf_counter()
-    record = compile_lowered(lowered, CompileConfig(executor="reference", **options), 0.0, 0,
-                             calibration=[[w[None, :-1]] for w in calib])
+    calibration = [[w[None, :-1]] for w in calib] if options.get("quantize") else None  # nothing reads it otherwise
+    record = compile_lowered(lowered, CompileConfig(executor="reference", **options), 0.0, 0, calibration=calibration)
     t1 = time.perf_counter()
     graph = record.program.graph
     loss, preds = evaluate(lambda x: ir_evaluate(graph, [x])[0], windows, batch)
