@@ -3,7 +3,7 @@
 Every template launcher (and the build check) asks this module for its tile shape, so a later cost
 model replaces these small heuristics without touching any kernel:
 - `gemm_blocks(M, N, K, dtype)` for `templates.gemm` (linear, matmul),
-- `attention_blocks(Lq, Lk, D, dtype)` for `templates.attention`,
+- `attention_blocks(Lq, Lk, D, dtype, masked)` for `templates.attention`,
 - `row_blocks(n_cols)` for row-wise kernels (norms, softmax, pointwise rows).
 Rules: tile dims are powers of two and at least 16 (the smallest `tl.dot` tile real GPUs accept),
 clamped to the problem so tiny problems do not waste work. The limits were checked against ptxas for
@@ -47,16 +47,19 @@ def gemm_blocks(M: int, N: int, K: int, dtype) -> dict:
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps, num_stages=num_stages)
 
 
-def attention_blocks(Lq: int, Lk: int, D: int, dtype) -> dict:
+def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> dict:
     """Tile shape for flash attention: queries per program, keys per step, padded head dim.
 
+    `masked`: the kernel also loads a [BLOCK_M, BLOCK_N] mask tile (bool or additive).
     Returns dict(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). BLOCK_D is D rounded up to a
     power of two (>= 16); the kernel masks the padding.
+    A masked 16-bit attention with BLOCK_D 128 takes BLOCK_N 32: at 64 the mask tile pushes it to 255
+    registers and Triton 3.6 spills 8 B on sm_90 (209 registers, no spill at 32).
     """
     bd = _clamp_pow2(D, 16, 256)
     wide = _itemsize(dtype) >= 4
     cap_m = 32 if (wide and bd > 64) else 64 if (wide or bd > 64) else 128
-    cap_n = 32 if wide else 64
+    cap_n = 32 if wide or (masked and bd > 64) else 64
     bm = _clamp_pow2(Lq, 16, cap_m)
     bn = _clamp_pow2(Lk, 16, cap_n)
     num_warps = 8 if (bm >= 128 or wide or bd > 64) and bm * bn >= 64 * 32 else 4

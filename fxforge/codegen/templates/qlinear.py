@@ -28,7 +28,9 @@ and `tile_offsets`):
   acc * s_tok[m] * s_max[n].
 Group scales: BLOCK_K comes from `blocks.qlinear_blocks` and divides the group whenever a power of two
 >= the dot's minimum K does, so one K tile reads one scale per output channel (`GROUP % BLOCK_K == 0`);
-otherwise the kernels gather one scale per element (any even group works, slower).
+otherwise the kernels gather one scale per element (any group works, slower). A group that does not
+divide K leaves the last group partial (`fxforge.ir.lowp_ops`): group k // GROUP of element k, elements
+k >= K masked to zero, i.e. a zero-padded K, the reference's semantics.
 Epilogue (registers, one store): y = acc * row_scale * col_scale -> += LoRC addend -> += bias ->
 activation -> += residual -> cast to the output dtype (default x.dtype, as the reference).
 LoRC (U [out, r], V [in, r]): the correction (xq @ V) @ U^T is two small torch matmuls on the
