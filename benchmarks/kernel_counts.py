@@ -13,11 +13,11 @@ For each zoo model (`fxforge.testing`, small sizes, input batch 2 x seq 16; HF m
   their calls in `call()`) and extern calls (`extern_kernels.*`, `torch.ops.*` fallbacks), reported apart;
 - peak intermediate memory (bytes) of the fxforge module at this input size: naive (every intermediate
   its own buffer, all alive: the sum of all intermediate results), no-reuse liveness (each its own buffer,
-  freed after its last read), and planned (module.py's buffer plan). `memory_plan` below takes the
-  module writer's own liveness analysis (`_Writer.liveness()`: steps in graph order, alias roots through
-  views/externs, last reads) and replays its reuse rule (a dead kernel-output buffer is taken by a later
-  kernel output of the same element count and dtype; a pool buffer no later kernel takes is deleted);
-  template outputs and host results are freed (`del`) after their last read. Graph outputs, inputs and
+  freed after its last read), and planned (the module writer's `fxforge.codegen.buffers.BufferPlan`:
+  steps in graph order, alias roots through views/externs, last reads; a dead kernel-output buffer is
+  taken by a later kernel output of the same element count and dtype; a pool buffer no later kernel
+  takes is deleted where it fell idle); template outputs and host results are freed (`del`) after
+  their last read. Graph outputs, inputs and
   weights are not intermediates (outputs are reported apart).
 
 Every model and compiler runs in a fresh subprocess (inductor: fresh TORCHINDUCTOR_CACHE_DIR, FX graph
@@ -60,24 +60,15 @@ def _nbytes(v: Any, bindings: dict) -> int:
 def memory_plan(graph: Any, part: Any, bindings: dict) -> dict[str, int]:
     """Peak intermediate bytes of the generated module at `bindings`: naive, no-reuse liveness, planned.
 
-    Replicates `fxforge.codegen.module._Writer.write` (buffer planning) without emitting code."""
-    import sympy
-
-    from fxforge.codegen.kernels import numel_expr
-    from fxforge.codegen.module import _Writer
+    Reads the module writer's own `fxforge.codegen.buffers.BufferPlan` (no rule copied here)."""
+    from fxforge.codegen.buffers import GENERATED, BufferPlan
     from fxforge.ir.graph import Op
 
-    live = _Writer(graph, part).liveness()  # the module writer's own analysis; nothing is written
-    steps, needed, root, last_read = live.steps, live.needed, live.root, live.last_read
-    keep, extern_aliases = live.keep, live.extern_aliases
+    plan = BufferPlan.build(graph, part)
+    live = plan.live
+    steps, needed, last_read, keep = live.steps, live.needed, live.last_read, live.keep
     outputs = {id(v) for v in graph.outputs}
-
     n = len(steps)
-    free: dict[tuple, list[int]] = {}  # (numel, dtype) -> indices of free pool buffers
-    buffer_of: dict[int, int] = {}  # value id -> pool buffer index
-    sig: dict[int, tuple] = {}
-    pool: list[tuple[int, int]] = []  # planned buffers (intermediates only): (alloc step, bytes)
-    idle_from: dict[int, int] = {}  # pool buffer -> step where it was last released (module.py deletes it there)
     events: list[tuple[int, int, int]] = []  # (alloc step, free step, bytes) of non-pool intermediates
     naive_events: list[tuple[int, int, int]] = []  # every intermediate its own buffer, freed after last read
     outputs_bytes = 0
@@ -94,31 +85,19 @@ def memory_plan(graph: Any, part: Any, bindings: dict) -> dict[str, int]:
     for i, s in enumerate(steps):
         if not isinstance(s, Op) and not s.outputs:
             continue
-        vals = result_values(s)
-        for v in vals:
+        for v in result_values(s):
             b = _nbytes(v, bindings)
-            r = root.get(id(v), id(v))
+            r = live.root_of(v)
             if id(v) in outputs or r in keep:
                 outputs_bytes += b
                 continue
             end = last_read.get(r, n)  # never read: its name lives until run() returns
             naive_events.append((i, end, b))
-            if not isinstance(s, Op) and s.kind in ("pointwise", "row"):
-                key = (sympy.simplify(numel_expr(v.type.shape)), v.type.dtype)
-                if free.get(key):
-                    buffer_of[id(v)] = free[key].pop()
-                    idle_from.pop(buffer_of[id(v)], None)
-                else:
-                    pool.append((i, b))
-                    buffer_of[id(v)] = len(pool) - 1
-                sig[id(v)] = key
-            else:
+            if isinstance(s, Op) or s.kind not in GENERATED:
                 events.append((i, end, b))
-        for vid, j in last_read.items():
-            if j == i and vid in buffer_of and vid not in keep and vid not in extern_aliases:
-                idle_from[buffer_of[vid]] = i
-                free.setdefault(sig[vid], []).append(buffer_of.pop(vid))
-    pool_events = [(a, idle_from.get(k, n), b) for k, (a, b) in enumerate(pool)]
+    pool = {buf: (plan.allocated_at[buf], _nbytes(v, bindings)) for buf, v in plan.allocated_for.items()
+            if id(v) not in outputs and live.root_of(v) not in keep}  # outputs are not intermediates
+    pool_events = [(a, plan.idle_after.get(buf, n), b) for buf, (a, b) in pool.items()]
 
     def peak(evs: list[tuple[int, int, int]]) -> int:
         """Most bytes alive at any step, from (alloc step, last step alive, bytes) events."""
@@ -128,7 +107,7 @@ def memory_plan(graph: Any, part: Any, bindings: dict) -> dict[str, int]:
         "naive_sum_bytes": sum(b for _, _, b in naive_events),
         "no_reuse_peak_bytes": peak(naive_events),
         "planned_peak_bytes": peak(events + pool_events),
-        "planned_pool_bytes": sum(b for _, b in pool),
+        "planned_pool_bytes": sum(b for _, b in pool.values()),
         "planned_buffers": len(pool),
         "intermediates": len(naive_events),
         "outputs_bytes": outputs_bytes,
@@ -142,6 +121,7 @@ def run_fxforge(name: str, batch: int, seq: int) -> dict[str, Any]:
     from fxforge import testing as zoo
     from fxforge.codegen.module import generate_source
     from fxforge.ir.evaluate import bind_symbols
+    from fxforge.passes.fuse import fuse
     from fxforge.runtime.module import flatten_inputs
 
     model = zoo.build(name)
@@ -153,7 +133,7 @@ def run_fxforge(name: str, batch: int, seq: int) -> dict[str, Any]:
     compile_s = time.perf_counter() - t
     rec = compiled.fxforge_report.graphs[0]
     graph = compiled.graph
-    _source, infos, part, _symbols = generate_source(graph)
+    _source, infos, part, _symbols = generate_source(graph if graph.partition is not None else fuse(graph))
     kinds = Counter(i.kind for i in infos)
     host = Counter(op.opcode for op in graph.ops if id(op) in part.host)
     views = sum(c for k, c in host.items() if k in VIEWS or k in SOURCES)
@@ -284,9 +264,9 @@ def markdown(result: dict[str, Any]) -> str:
              "kernel choice is its CPU one (no Triton), from the same model, input and forward kwargs.",
              "- Memory (bytes, fxforge module at this input): naive = sum of all intermediate results (each its own "
              "buffer, all alive); no-reuse peak = each its own buffer, freed after its last read; planned peak = "
-             "module.py's plan (pool buffers reused by element count and dtype, deleted once no later kernel takes them; template and "
-             "host results freed after last read). Graph outputs, inputs and weights excluded. Computed by "
-             "`memory_plan`, which replicates module.py's planning logic.", ""]
+             "codegen's BufferPlan (pool buffers reused by element count and dtype, deleted once no later kernel "
+             "takes them; template and host results freed after last read). Graph outputs, inputs and weights "
+             "excluded. Computed by `memory_plan` from `fxforge.codegen.buffers.BufferPlan`.", ""]
     for r in result["rows"]:
         extra = {k: r[k] for k in ("fxforge_kinds", "fxforge_host_by_op", "inductor_externs", "memory") if k in r}
         errs = {k: v for k, v in r.items() if k.endswith("_error")}

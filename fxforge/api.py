@@ -6,6 +6,13 @@ with fxforge as the backend: it is still an instance of the model's class, share
 and keeps its methods, so `generate()` of a Hugging Face model runs through the compiled forward.
 Parameters are read into the compiled graphs as weights (by reference, not copied): the compiled
 model is for inference, and a change of weights that changes their shapes needs a recompile.
+The JIT machinery (the backend, the wrapper with device checks and the calibration run) is `jit.py`.
+
+Decisions:
+- `compile_aot` captures in eval mode (fxforge compiles for inference) and warns when the model was
+  in train mode; every submodule's `training` flag is put back as it was, whatever happens.
+- `load` builds the `CompiledModule` from the parts `runtime.artifact` reads, so the artifact module
+  never imports the module class (no import cycle).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from fxforge.errors import NotCompilableError
 from fxforge.frontend.dynamo import buffer_ids, tensor_names
 from fxforge.frontend.export import capture_export
 from fxforge.jit import Backend, jit_wrapper
-from fxforge.pipeline import compile_lowered
+from fxforge.pipeline import compile_lowered, prepare_graph
 from fxforge.runtime.devices import module_devices
 from fxforge.runtime.module import CompiledModule, flatten_inputs
 from fxforge.runtime.report import CompileReport
@@ -135,7 +142,7 @@ def load(path: str) -> CompiledModule:
     """Load an artifact directory written by `CompiledModule.save` or `fxforge compile`."""
     from fxforge.runtime.artifact import load_artifact
 
-    loaded = load_artifact(path)
+    loaded = load_artifact(path, prepare=prepare_graph)
     return CompiledModule(loaded.record, loaded.in_spec, loaded.out_spec, loaded.arg_names, loaded.config, loaded.source)
 
 

@@ -46,6 +46,14 @@ class CompileConfig:
         ffn_skip_warmup: tokens at positions below it always run their FFNs; ffn_skip_protect: FFN block
         indices never skipped (default first and last); ffn_skip_overrides: {site pattern: fixed share}.
         See `fxforge.passes.ffn_skip`.
+    sparsity: "N:M" pruning of every linear (N < M <= 16; lm_head stays dense) or None;
+        sparsity_overrides: {name pattern: "N:M" or None}, first match wins; sparsity_method:
+        "magnitude" | "wanda" | "sparsegpt" or None (the best the calibration allows: sparsegpt with
+        calibration, else magnitude). With `quantize` too, the kept values are quantized (GPTQ with
+        calibration). solver_target: what the second-order solver reconstructs when pruning:
+        "reference" (default: the dense model's layer output, from the inputs the pruned model really
+        gives the layer) or "layer" (the layer's own output: plain sequential SparseGPT).
+        See `fxforge.passes.sparsify`.
     """
 
     passes: tuple[str, ...] | None = None
@@ -73,6 +81,10 @@ class CompileConfig:
     ffn_skip_warmup: int = 4
     ffn_skip_protect: tuple[int, ...] = (0, -1)
     ffn_skip_overrides: dict[str, float] = field(default_factory=dict)
+    sparsity: str | None = None
+    sparsity_overrides: dict[str, str | None] = field(default_factory=dict)
+    sparsity_method: str | None = None
+    solver_target: str | None = None
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTOR_CHOICES:
@@ -80,6 +92,7 @@ class CompileConfig:
         self._check_quantize_options()
         self._check_methods()
         _check_ffn_skip(self)
+        _check_sparsity(self)
         for name in ("passes", "disable"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
@@ -156,3 +169,12 @@ def _check_ffn_skip(cfg: CompileConfig) -> None:
                               cfg.ffn_skip_overrides)
     if problem:
         raise ConfigError(problem)
+
+
+def _check_sparsity(cfg: CompileConfig) -> None:
+    if cfg.sparsity is not None or cfg.sparsity_overrides or cfg.sparsity_method is not None:
+        from fxforge.passes.sparsify import check_options
+
+        check_options(cfg.sparsity, cfg.sparsity_overrides, cfg.sparsity_method)
+    if cfg.solver_target not in (None, "reference", "layer"):
+        raise ConfigError(f"solver_target={cfg.solver_target!r} must be 'reference', 'layer' or None")

@@ -59,7 +59,8 @@ class _Graph:
                     warnings.warn(f"fxforge: graph {self.lowered.graph.name} was captured after the calibration "
                                   "examples ran (a new input structure or shape), so it is compiled without "
                                   "calibration data; give examples shaped like the calls you make", stacklevel=4)
-                record = compile_lowered(self.lowered, self.backend.config, self.capture_s, self.aten_ops, calibration)
+                record = compile_lowered(self.lowered, self.backend.config, self.capture_s, self.aten_ops, calibration,
+                                         self.backend.shared)
                 self.backend.report.graphs.append(record)
                 if self.backend.config.debug:
                     print(record.summary())
@@ -86,6 +87,7 @@ class Backend:
         self.buffers = buffers
         self.recording = False  # set by the wrapper while calibration examples run
         self.graphs: list[_Graph] = []
+        self.shared: dict[str, Any] = {}  # the passes' state across this model's graphs (PassContext.shared)
         self.lock = threading.RLock()
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:

@@ -43,18 +43,20 @@ from typing import Any
 from fxforge.config import CompileConfig
 from fxforge.errors import ConfigError
 from fxforge.frontend.fx_to_ir import Lowered
+from fxforge.ir.graph import Graph
 from fxforge.ir.trace import Trace
 from fxforge.passes.canonicalize import Canonicalize
 from fxforge.passes.constant_fold import ConstantFold
 from fxforge.passes.cse import CommonSubexpressionElimination
 from fxforge.passes.dce import DeadCodeElimination
 from fxforge.passes.ffn_skip import FfnSkip
-from fxforge.passes.fuse import FusePass
+from fxforge.passes.fuse import FusePass, fuse
 from fxforge.passes.manager import Pass, PassContext, PassManager
 from fxforge.passes.quantize import Quantize
 from fxforge.passes.rotate import Rotate
 from fxforge.passes.shape_prop import ShapePropagation
 from fxforge.passes.smooth import Smooth
+from fxforge.passes.sparsify import Sparsify
 from fxforge.runtime.executors import resolve_executor
 from fxforge.runtime.program import Program
 from fxforge.runtime.report import GraphRecord
@@ -69,6 +71,11 @@ def _always(options: Mapping[str, Any], executor: str) -> bool:
 def _quantizing(options: Mapping[str, Any], executor: str) -> bool:
     overrides = options.get("quantize.overrides") or {}
     return options.get("quantize.scheme") is not None or any(v is not None for v in overrides.values())
+
+
+def _sparsifying(options: Mapping[str, Any], executor: str) -> bool:
+    overrides = options.get("sparsify.overrides") or {}
+    return options.get("sparsify.pattern") is not None or any(v is not None for v in overrides.values())
 
 
 def option_set(key: str) -> When:
@@ -96,6 +103,8 @@ class PassSpec:
 QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "quantize_group": "group",
                     "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank", "quantize_method": "method",
                     "gptq": "gptq"}
+SPARSIFY_OPTIONS = {"sparsity": "pattern", "sparsity_overrides": "overrides", "sparsity_method": "method",
+                    "solver_target": "target"}
 FFN_SKIP_OPTIONS = {"ffn_skip": "target", "ffn_skip_gate": "gate", "ffn_skip_warmup": "warmup",
                     "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides"}
 
@@ -109,6 +118,8 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("rotate", Rotate, when=_quantizing, options={"rotate": "enabled", "rotate_mode": "mode",
                                                           "rotate_block": "block"}, calibrated=True),
     PassSpec("smooth", Smooth, when=_quantizing, options={"smooth": "enabled"}, calibrated=True),
+    # sparsify before quantize: a layer with both is pruned and quantized in one solve, then left alone
+    PassSpec("sparsify", Sparsify, when=_sparsifying, options=SPARSIFY_OPTIONS, calibrated=True),
     PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS, calibrated=True),
     # after quantize: the skip gate is fitted on the activations that will run
     PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS, calibrated=True),
@@ -147,8 +158,19 @@ def default_pipeline(config: CompileConfig | None = None, executor: str = "refer
 
 
 def pipeline_names(config: CompileConfig, executor: str) -> list[str]:
-    """`config.passes` when given, else the default pipeline for this config and executor."""
-    return list(config.passes) if config.passes is not None else default_pipeline(config, executor)
+    """`config.passes` when given, else the default pipeline for this config and executor; `fuse` is
+    appended for the generated-kernel executors when a custom list lacks it (codegen needs it)."""
+    if config.passes is None:
+        return default_pipeline(config, executor)
+    names = list(config.passes)
+    return names + ["fuse"] if _kernel_executor({}, executor) and "fuse" not in names else names
+
+
+def prepare_graph(graph: Graph, executor: str) -> None:
+    """Give a graph that did not come through the pipeline (a loaded artifact: the partition is not
+    stored) what its executor needs: the kernel partition for the generated-kernel executors."""
+    if _kernel_executor({}, executor) and (graph.partition is None or not graph.partition.covers(graph)):
+        fuse(graph)
 
 
 def check_calibration(names: Sequence[str], calibration: list | None) -> None:
@@ -169,23 +191,26 @@ def build_passes(names: Sequence[str], disabled: Iterable[str] = ()) -> list[Pas
     return [PASSES[n]() for n in names if n not in disabled]
 
 
-def run_passes(lowered: Lowered, config: CompileConfig, executor: str, calibration: list | None = None) -> Trace:
-    """Runs the pipeline on `lowered.graph` (replaced by the result); returns the trace."""
+def run_passes(lowered: Lowered, config: CompileConfig, executor: str, calibration: list | None = None,
+               shared: dict[str, Any] | None = None) -> Trace:
+    """Runs the pipeline on `lowered.graph` (replaced by the result); returns the trace. `shared`: the
+    passes' state across the graphs of one compile (`PassContext.shared`)."""
     names = [n for n in pipeline_names(config, executor) if n not in config.disable]
     check_calibration(names, calibration)
     passes = build_passes(names)
-    ctx = PassContext(options=pass_options(config), calibration=calibration, verify=config.checks, debug=config.debug)
+    ctx = PassContext(options=pass_options(config), calibration=calibration, verify=config.checks, debug=config.debug,
+                      shared=shared if shared is not None else {})
     manager = PassManager(passes, verify=config.checks)
     lowered.graph = manager.run(lowered.graph, ctx)
     return manager.trace
 
 
 def compile_lowered(lowered: Lowered, config: CompileConfig, capture_seconds: float, aten_ops: int,
-                    calibration: list | None = None) -> GraphRecord:
-    """calibration: input lists for the graph (its tensor inputs, in order)."""
+                    calibration: list | None = None, shared: dict[str, Any] | None = None) -> GraphRecord:
+    """calibration: input lists for the graph (its tensor inputs, in order); shared: see `run_passes`."""
     start = time.perf_counter()
     executor = resolve_executor(config.executor)
-    trace = run_passes(lowered, config, executor, calibration)
+    trace = run_passes(lowered, config, executor, calibration, shared)
     program = Program(lowered.graph, lowered.inputs, lowered.outputs, executor)
     return GraphRecord(lowered.graph.name, program, capture_seconds, time.perf_counter() - start, aten_ops,
                        lowered.externs, lowered.notes, trace)

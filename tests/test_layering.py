@@ -43,10 +43,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "testing": set(),  # fixtures for the demo, notebook and tests: nothing of fxforge, and nothing imports it
 }
 
-PENDING_ARROWS = {
-    "codegen": "house-codegen moves KernelGroup/Partition into ir/ and makes buildcheck return data "
-               "(codegen.module, codegen.kernels -> passes.fuse/fusion_rules; codegen.buildcheck -> passes.manager)",
-}
+PENDING_ARROWS: dict[str, str] = {}
 PENDING_CYCLES: dict[str, str] = {}
 
 

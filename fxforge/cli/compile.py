@@ -75,6 +75,13 @@ def _count(least: int) -> Callable[[str, str], int]:
     return parse
 
 
+def _share(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} must be a number, the share of FFN token-rows to skip (e.g. 0.2)") from None
+
+
 @dataclass(frozen=True)
 class ConfigFlag:
     """One `fxforge compile` flag that sets the `CompileConfig` field `field` to `parse(flag, value)`
@@ -101,6 +108,15 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("--rotate", "rotate", _switch, "on|off|auto", "Hadamard rotations (residual stream + online) before quantizing"),
     ConfigFlag("--smooth", "smooth", _switch, "on|off|auto", "SmoothQuant / AWQ per-channel smoothing (needs --calibration)"),
     ConfigFlag("--gptq", "gptq", _switch, "on|off|auto", "GPTQ rounding (needs --calibration)"),
+    ConfigFlag("--sparsity", "sparsity", lambda flag, v: None if v.strip().lower() == "none" else v.strip(), "N:M",
+               "N:M pruning of every linear but lm_head (e.g. 2:4, 4:8; composes with --quantize)"),
+    ConfigFlag("--sparsity-method", "sparsity_method", lambda flag, v: v.strip(), "METHOD",
+               "magnitude, wanda or sparsegpt (default: sparsegpt with --calibration, else magnitude)"),
+    ConfigFlag("--ffn-skip", "ffn_skip", _share, "SHARE",
+               "skip this share of FFN token-rows at run time, per token, by a gate fitted on --calibration (0 < SHARE <= 0.9)"),
+    ConfigFlag("--ffn-skip-gate", "ffn_skip_gate", _choice(("linear", "carry", "oracle")), "linear|carry|oracle",
+               "the skip gate: least-squares predictor (default), FFN-SkipLLM's carry-over rule, or the oracle (measures only)"),
+    ConfigFlag("--ffn-skip-warmup", "ffn_skip_warmup", _count(0), "N", "tokens at positions below N always run their FFNs"),
     ConfigFlag("--calibration", "calibration", lambda flag, path: load_calibration(path), "FILE",
                "example inputs the quantization errors are measured on: a .pt file (torch.save of a list of examples, "
                "each a tensor, a tuple of args or a dict of kwargs) or a .safetensors file with keys '<example>.<input>'"),
@@ -188,10 +204,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled = fxforge.compile_aot(model, example_args, example_kwargs or None, config=config)
     build_lines, build_failed = [], False
     if args.build_check:  # before save: the figures go into the trace
-        from fxforge.codegen.buildcheck import check_kernels, summary
+        from fxforge.codegen.buildcheck import RECORD_NAME, check_kernels, summary
 
-        builds = check_kernels(compiled, example_args, example_kwargs=example_kwargs or None)
-        build_lines, build_failed = summary(compiled.record.trace), not all(b.ok for b in builds)
+        check = check_kernels(compiled, example_args, example_kwargs=example_kwargs or None)
+        compiled.record.add_check(RECORD_NAME, check.stats, check.seconds)  # files the figures in the trace
+        build_lines, build_failed = summary(compiled.record.trace), not check.ok
     compiled.save(str(out))
     _print_summary(args, model, compiled, example_args, example_kwargs, time.perf_counter() - start)
     for line in build_lines:

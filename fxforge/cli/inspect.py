@@ -41,11 +41,39 @@ def _show_kernels(module: Any, args: argparse.Namespace) -> str:
     return format_kernel_table(module.record.trace)
 
 
-def _show_quant(module: Any, args: argparse.Namespace) -> str:
-    """Per quantized layer: scheme, group used (+ zero-padded columns), relative output error, weight bytes before (fp16) and after."""
-    records = [r for r in module.record.trace.records if r.name == "quantize" and r.stats.get("layers") is not None]
+def _show_sparsity(module: Any) -> str | None:
+    """Per pruned layer: N:M pattern, method, scheme of the kept values, relative output error, bytes."""
+    records = [r for r in module.record.trace.records if r.name == "sparsify" and r.stats.get("layers") is not None]
     if not records:
-        return "no quantize pass in this artifact (compile with a quantize scheme, e.g. CompileConfig(quantize='w4a8-fp'))"
+        return None
+    stats = records[-1].stats
+    rows = [f"sparsity: method {stats['method']} (errors measured on {stats['error_data']})"
+            + (f"; {stats['note']}" if "note" in stats else ""),
+            f"{'layer':<44}{'pattern':<8}{'method':<11}{'scheme':<12}{'rel err':>9}{'fp16 B':>10}{'after B':>10}{'tail':>6}"]
+    for name, layer in stats["layers"].items():
+        rows.append(f"{name:<44}{layer['pattern']:<8}{layer['method']:<11}{layer['scheme'] or '-':<12}"
+                    f"{layer['rel_error']:>9.4f}{layer['bytes_fp16']:>10}{layer['bytes_after']:>10}{layer['dense_tail']:>6}"
+                    + (f"  ({layer['note']})" if "note" in layer else ""))
+    rows += [f"{name:<44}{why}" for name, why in stats["skipped"].items()]
+    total = stats["summary"]
+    rows.append(f"total: {total['layers_pruned']} layers, {total['bytes_fp16_before']} B fp16 -> {total['bytes_after']} B; "
+                f"mean rel err {total['mean_rel_error']:.4f}, max {total['max_rel_error']:.4f}")
+    return "\n".join(rows)
+
+
+def _show_quant(module: Any, args: argparse.Namespace) -> str:
+    """Per quantized layer: scheme, group used (+ zero-padded columns), relative output error, weight bytes
+    before (fp16) and after; then the pruned layers, when the artifact is sparse."""
+    sparse = _show_sparsity(module)
+    records = [r for r in module.record.trace.records if r.name == "quantize" and r.stats.get("layers")]
+    if not records:
+        return sparse or "no quantize pass in this artifact (compile with a quantize scheme, e.g. CompileConfig(quantize='w4a8-fp'))"
+    if sparse:
+        return _quant_table(module, records) + "\n" + sparse
+    return _quant_table(module, records)
+
+
+def _quant_table(module: Any, records: list) -> str:
     stats = records[-1].stats
     rows = [f"quantization: {stats['scheme']} (errors measured on {stats['error_data']})",
             f"{'layer':<44}{'scheme':<12}{'group':>10}{'rel err':>9}{'fp16 B':>10}{'after B':>10}{'ratio':>7}"]
@@ -80,6 +108,15 @@ def _method_rows(records: list[Any]) -> list[str]:
     return rows
 
 
+def _show_ffn_skip(module: Any, args: argparse.Namespace) -> str:
+    from fxforge.passes.ffn_skip import format_report
+
+    records = [r for r in module.record.trace.records if r.name == "ffn_skip" and "target" in r.stats]
+    if not records:
+        return "no ffn_skip pass in this artifact (compile with ffn_skip=<share> and calibration=[...])"
+    return format_report(records[-1].stats)
+
+
 def _compact(stats: dict[str, Any]) -> str:
     """One short line of pass statistics: scalars as they are, collections by size."""
     def short(v: Any) -> str:
@@ -94,6 +131,7 @@ def _compact(stats: dict[str, Any]) -> str:
 
 INSPECT_VIEWS: list[InspectView] = [
     InspectView("--quant", "per quantized layer: scheme, output error, weight bytes before/after", _show_quant),
+    InspectView("--ffn-skip", "per FFN block: gated, threshold, calibrated share, gate quality vs the oracle", _show_ffn_skip),
     InspectView("--ir", "print the final IR (graph.fxir)", _show_ir),
     InspectView("--kernels", "per GPU arch, each kernel's registers, spills and shared memory (from --build-check)",
                 _show_kernels),

@@ -249,7 +249,7 @@ def attention_spec(dtype: str, Lq: int, Lk: int, D: int, *, causal: bool = False
     """Spec of `attention_kernel` for contiguous q/k/v [B, H, L, D] (mask "none", "bool" or "add")."""
     from fxforge.codegen.blocks import attention_blocks
 
-    cfg = attention_blocks(Lq, Lk, D, dtype)
+    cfg = attention_blocks(Lq, Lk, D, dtype, masked=mask != "none")
     t = _TT[dtype]
     sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": {"none": f"*{t}", "bool": "*u8", "add": f"*{t}"}[mask],
            "out_ptr": f"*{t}", "Hq": "i32", "Lq": "i32", "Lk": "i32", "D": "i32", "GROUP": "i32", "sm_scale": "fp32"}

@@ -3,7 +3,8 @@
     with record_launches() as launches:          # or: launches = record_launches(fn)
         compiled(x)                               # an executor="interpret" CompiledModule
     specs = launch_specs(launches)                # distinct build specs (fxforge.codegen.build)
-    builds = check_kernels(compiled, (x,))        # both steps + builds + a "build_check" trace record
+    check = check_kernels(compiled, (x,))         # both steps + builds: a `BuildCheck` (plain data)
+    compiled.record.add_check(RECORD_NAME, check.stats, check.seconds)  # the caller files it in the trace
 
 Decisions:
 - Launches are recorded by wrapping `triton.runtime.interpreter.InterpretedFunction.run` for the
@@ -21,9 +22,11 @@ Decisions:
   process so several models' checks share the compiles of kernels they have in common.
 - Kernels with fp8 operands (or `FP8_DOT=True`) need sm_89+: they are skipped on older targets with
   the reason, and the skip is in the trace, not counted as a failure.
-- The figures go into the compiled module's trace as a `PassRecord` named "build_check" (IR text and
-  op counts unchanged) whose stats are {"sm_90": [per-kernel dicts], "sm_80": [...]}, so `save()` writes
-  them to trace.json and `fxforge inspect out/ --kernels` prints them (`format_kernel_table`).
+- `check_kernels` returns the figures as data (`BuildCheck`: stats {"sm_90": [per-kernel dicts],
+  "sm_80": [...]}, seconds, builds); codegen imports nothing of the pass manager. The caller (the CLI)
+  files them in the compiled module's trace as a record named "build_check" (IR text and op counts
+  unchanged: `GraphRecord.add_check`), so `save()` writes them to trace.json and `fxforge inspect out/
+  --kernels` prints them (`format_kernel_table`, which reads any trace-like object).
 """
 
 from __future__ import annotations
@@ -257,29 +260,26 @@ def _executor_kinds(target: Any) -> dict[str, str]:
     return {k.name: k.kind for k in getattr(executor, "kernels", None) or []}
 
 
-def attach_to_trace(target: Any, stats: dict[str, Any], seconds: float) -> None:
-    """Add (or replace) the "build_check" record of `target`'s trace (a CompiledModule or GraphRecord)."""
-    from fxforge.passes.manager import PassRecord, Trace
+@dataclasses.dataclass
+class BuildCheck:
+    """What `check_kernels` found: per-arch rows (`stats`, the "build_check" record's statistics), the
+    seconds it took, and the builds (skipped fp8-on-sm_80 kernels are rows only)."""
 
-    record = getattr(target, "record", target)
-    if record is None or not hasattr(record, "trace"):
-        return
-    if record.trace is None:
-        record.trace = Trace()
-    trace = record.trace
-    trace.records = [r for r in trace.records if r.name != RECORD_NAME]
-    last = trace.records[-1] if trace.records else None
-    ir = last.ir_after if last else ""
-    ops = dict(last.ops_after) if last else {}
-    trace.records.append(PassRecord(RECORD_NAME, ir, ir, seconds, stats, ops, dict(ops)))
+    stats: dict[str, list[dict[str, Any]]]
+    seconds: float
+    builds: list[KernelBuild]
+
+    @property
+    def ok(self) -> bool:
+        return all(b.ok for b in self.builds)
 
 
 def check_kernels(compiled: Any, example_inputs: Sequence[Any], archs: Sequence[int] = (90, 80), *,
                   example_kwargs: dict | None = None, specs: Sequence[dict] | None = None,
-                  cache: dict | None = None, timeout: float = 600.0) -> list[KernelBuild]:
-    """Run `compiled(*example_inputs, **example_kwargs)` once (an executor="interpret" CompiledModule), build each distinct
-    kernel it launched for each arch, add the figures to its trace ("build_check") and return the
-    builds (skipped fp8-on-sm_80 kernels are only in the trace). `specs` skips the recording run."""
+                  cache: dict | None = None, timeout: float = 600.0) -> BuildCheck:
+    """Run `compiled(*example_inputs, **example_kwargs)` once (an executor="interpret" CompiledModule), build
+    each distinct kernel it launched for each arch, and return the figures (`BuildCheck`); the caller
+    files them in the trace. `specs` skips the recording run."""
     from fxforge.errors import ConfigError
 
     start = time.perf_counter()
@@ -292,8 +292,7 @@ def check_kernels(compiled: Any, example_inputs: Sequence[Any], archs: Sequence[
         specs = launch_specs(launches, _executor_kinds(compiled))
     built = build_specs(specs, archs, cache=cache, timeout=timeout)
     stats = {f"sm_{arch}": [_row(s, b, arch) for s, b in zip(specs, built[arch], strict=True)] for arch in archs}
-    attach_to_trace(compiled, stats, time.perf_counter() - start)
-    return [b for arch in archs for b in built[arch] if b is not None]
+    return BuildCheck(stats, time.perf_counter() - start, [b for arch in archs for b in built[arch] if b is not None])
 
 
 def summary(trace: Any) -> list[str]:
@@ -319,7 +318,8 @@ def format_kernel_table(trace: Any) -> str:
     found = [r for r in getattr(trace, "records", []) if r.name == RECORD_NAME]
     if not found:
         return ("no build check in this artifact: compile with `fxforge compile ... --executor interpret --build-check` "
-                "(or call fxforge.codegen.buildcheck.check_kernels(compiled, inputs) before compiled.save(dir))")
+                "(or, before compiled.save(dir): check = fxforge.codegen.buildcheck.check_kernels(compiled, inputs); "
+                "compiled.record.add_check('build_check', check.stats, check.seconds))")
     lines = []
     for arch_key, rows in found[-1].stats.items():
         arch = int(arch_key.removeprefix("sm_")) if arch_key.startswith("sm_") else 0

@@ -7,11 +7,10 @@ Two jobs, both text-only (no triton import):
   stride 0 on broadcast dims. Strides are sympy: runtime kernel arguments (`x_st1`) for tensors the
   host hands over (views, inputs, template outputs), or computed from the shape for the contiguous
   buffers our own kernels write, which sympy folds back to the flat index when it can.
-- `ExprBuilder`: prints ops of the op table's pointwise category as Triton expressions, one line per
-  value. Values are held in a compute type (fp32 for f16/bf16; loads convert right away, because the
-  interpreter's bf16 arithmetic is wrong), every operand is cast to the op's compute type explicitly,
-  and f16/bf16 results are rounded per op like torch. Only portable `tl` functions are used
-  (`libdevice` fails in the interpreter): tanh, pow, GELU are spelled out by helpers in `PRELUDE`.
+- the printers every emitter shares: `pyexpr` (sympy -> Python), `literal`, `held` (the compute type
+  of a dtype), `ident` (IR names -> Python identifiers), `TL_DTYPES`, and `PRELUDE`, the portable
+  device helpers (`_tanh`, `_pow`, `_imod`, `_ifloordiv`; the assembler keeps the ones a module uses).
+Pointwise ops are rendered by `expr_ops.py` (one renderer per op).
 """
 
 from __future__ import annotations
@@ -22,11 +21,9 @@ import re
 from typing import Any
 
 import sympy
-import torch
 from sympy.printing.str import StrPrinter
 
 from fxforge.ir.dtypes import DType
-from fxforge.ir.graph import Op, Value
 from fxforge.ir.types import Dim
 
 TL_DTYPES = {
@@ -167,7 +164,8 @@ class IndexSpace:
         (an operand of a fused `cat` is read at `i_d - start`). The result always spans the whole
         tile (a block of pointers, never a scalar or a single row/column)."""
         pad = len(self.dims) - len(shape)
-        r, c = sympy.Symbol("_r"), sympy.Symbol("_c")
+        r = sympy.Symbol("_r")
+        c = self.idx[-1] if self.rows else None  # the column index (0 when there is one column)
         if not subs and strides is None and pad == 0 and all(sympy.sympify(a) == b for a, b in zip(shape, self.dims)):
             total = (r * self.dims[-1] + self.idx[-1]) if self.rows else self.flat_symbol
         else:
@@ -181,11 +179,11 @@ class IndexSpace:
             total = sympy.expand(total.xreplace(subs) if subs else total)
         text = pyexpr(total)
         free = total.free_symbols if isinstance(total, sympy.Expr) else set()
-        lead = {s for s in self.index_symbols() if s != c} | {r, self.flat_symbol}
+        lead = set(self.index_symbols()) | {r, self.flat_symbol}
         zeros = []
         if not free & lead:
             zeros.append("_r" if self.rows else "_offs")
-        if self.rows and c not in free:
+        if self.rows and not (isinstance(c, sympy.Symbol) and c in free):  # span the columns too
             zeros.append("_c")
         if zeros:
             z = f"({' + '.join(zeros)}) * 0" if len(zeros) > 1 else f"{zeros[0]} * 0"
@@ -194,127 +192,3 @@ class IndexSpace:
 
     def index_symbols(self) -> list[sympy.Symbol]:
         return [i for i in self.idx if isinstance(i, sympy.Symbol)]
-
-
-class ExprBuilder:
-    """Prints pointwise ops as lines of a kernel body. `refs` maps id(Value) -> (text, held dtype,
-    literal value or None)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.refs: dict[int, tuple[str, DType, Any]] = {}
-
-    def bind(self, value: Value, text: str, dtype: DType, lit: Any = None) -> None:
-        self.refs[id(value)] = (text, dtype, lit)
-
-    def cv(self, value: Value, to: DType) -> str:
-        """The operand as an expression of compute type `to`."""
-        text, have, lit = self.refs[id(value)]
-        if lit is not None:
-            return literal(lit, to)
-        if have == to:
-            return text
-        if to == DType.bool:
-            return f"({text} != 0)"
-        return f"{text}.to({TL_DTYPES[to]})"
-
-    def emit(self, op: Op, name: str) -> None:
-        """One line `name = <expr>` for a pointwise op; binds its result to `name`."""
-        r = op.result.type.dtype
-        c = held(r)
-        text = self._expr(op, c)
-        if r in (DType.f16, DType.bf16):  # round per op like torch
-            text = f"({text}).to({TL_DTYPES[r]}).to(tl.float32)"
-        self.lines.append(f"{name} = {text}")
-        self.bind(op.result, name, c)
-
-    def _expr(self, op: Op, c: DType) -> str:
-        code, xs = op.opcode, op.operands
-        a = (lambda i, t=c: self.cv(xs[i], t))
-        flt = c.is_float
-        if code == "cast":
-            return a(0)
-        if code in _UNARY_FLOAT:
-            return _UNARY_FLOAT[code].format(a=a(0))
-        if code == "neg":
-            return f"-{a(0)}" if c != DType.bool else f"({a(0)} == 0)"
-        if code == "abs":
-            return f"tl.abs({a(0)})" if c != DType.bool else a(0)
-        if code == "relu":
-            return f"tl.where({a(0)} < 0, 0, {a(0)})"
-        if code in ("floor", "ceil"):
-            return f"tl.{code}({a(0)})" if flt else a(0)
-        if code == "logical_not":
-            return f"({self.cv(xs[0], DType.bool)} == 0)"
-        if code == "bitwise_not":
-            return f"({a(0)} == 0)" if c == DType.bool else f"~{a(0)}"
-        if code == "gelu":
-            x = a(0)
-            if op.attrs["approximate"] == "tanh":
-                return f"0.5 * {x} * (1.0 + _tanh(0.7978845608028654 * ({x} + 0.044715 * {x} * {x} * {x})))"
-            return f"0.5 * {x} * (1.0 + tl.math.erf({x} * 0.7071067811865476))"
-        if code == "clamp":
-            x, lo, hi = a(0), op.attrs["min"], op.attrs["max"]
-            if lo is not None:
-                x = f"tl.maximum({x}, {literal(lo, c)})"
-            if hi is not None:
-                x = f"tl.minimum({x}, {literal(hi, c)})"
-            return x
-        if code == "where":
-            return f"tl.where({self.cv(xs[0], DType.bool)}, {a(1)}, {a(2)})"
-        if code in _COMPARE:
-            t = held(_promote(xs[0].type.dtype, xs[1].type.dtype))
-            return f"{self.cv(xs[0], t)} {_COMPARE[code]} {self.cv(xs[1], t)}"
-        if code in ("logical_and", "logical_or"):
-            sym = "&" if code == "logical_and" else "|"
-            return f"{self.cv(xs[0], DType.bool)} {sym} {self.cv(xs[1], DType.bool)}"
-        if code in ("bitwise_and", "bitwise_or", "bitwise_xor"):
-            return f"{a(0)} {_BITWISE[code]} {a(1)}"
-        if code in ("add", "sub", "mul") and c == DType.bool:
-            return f"{a(0)} {'&' if code == 'mul' else '|'} {a(1)}"
-        if code in ("add", "sub", "mul"):
-            return f"{a(0)} {_ARITH[code]} {a(1)}"
-        if code in ("maximum", "minimum"):
-            return f"tl.{code}({a(0)}, {a(1)})"
-        if code == "div":
-            mode = op.attrs["rounding_mode"]
-            if mode is None:
-                return f"{a(0)} / {a(1)}"
-            if mode == "floor":
-                return f"tl.floor({a(0)} / {a(1)})" if flt else f"_ifloordiv({a(0)}, {a(1)})"
-            q = f"({a(0)} / {a(1)})"
-            return f"tl.where({q} < 0, tl.ceil({q}), tl.floor({q}))" if flt else f"{a(0)} // {a(1)}"
-        if code == "remainder":
-            return f"{a(0)} - tl.floor({a(0)} / {a(1)}) * {a(1)}" if flt else f"_imod({a(0)}, {a(1)})"
-        if code == "pow":
-            lit = self.refs[id(xs[1])][2]
-            if lit is not None and float(lit) in _POW_LITERAL:
-                return _POW_LITERAL[float(lit)].format(a=a(0))
-            base, exp = a(0), a(1)
-            if self.refs[id(xs[0])][2] is not None:  # a literal operand becomes a block first
-                base = f"tl.zeros_like({exp}) + {base}"
-            elif lit is not None:
-                exp = f"tl.zeros_like({base}) + {exp}"
-            if flt:
-                return f"_pow({base}, {exp})"
-            return f"_pow(({base}).to(tl.float64), ({exp}).to(tl.float64)).to({TL_DTYPES[c]})"
-        raise NotImplementedError(f"no Triton expression for pointwise op {code!r}")
-
-
-def _promote(a: DType, b: DType) -> DType:
-    return DType.from_torch(torch.promote_types(a.torch, b.torch))
-
-
-_UNARY_FLOAT = {
-    "exp": "tl.exp({a})", "log": "tl.log({a})", "log1p": "tl.log(1.0 + {a})", "sqrt": "tl.sqrt({a})",
-    "rsqrt": "tl.rsqrt({a})", "sin": "tl.sin({a})", "cos": "tl.cos({a})", "tanh": "_tanh({a})",
-    "erf": "tl.math.erf({a})", "sigmoid": "tl.sigmoid({a})", "silu": "{a} * tl.sigmoid({a})",
-    "reciprocal": "1.0 / {a}",
-}
-_COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-_BITWISE = {"bitwise_and": "&", "bitwise_or": "|", "bitwise_xor": "^"}
-_ARITH = {"add": "+", "sub": "-", "mul": "*"}
-_POW_LITERAL = {
-    0.0: "({a} * 0 + 1)", 1.0: "{a}", 2.0: "{a} * {a}", 3.0: "{a} * {a} * {a}", 4.0: "{a} * {a} * {a} * {a}",
-    0.5: "tl.sqrt({a})", -0.5: "tl.rsqrt({a})", -1.0: "1.0 / {a}", -2.0: "1.0 / ({a} * {a})",
-}

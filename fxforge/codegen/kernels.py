@@ -3,29 +3,34 @@ what its launcher passes.
 
 - Pointwise: one program per BLOCK of the flattened output; operands are loaded through
   `expr.IndexSpace` offsets (broadcast dims stride 0, strided views through their runtime strides),
-  the expression tree is printed by `expr.ExprBuilder`, one contiguous store per output (a
-  horizontally fused group has several trees of one domain shape: each input is loaded once).
+  the expression tree is printed by `expr_ops.ExprBuilder` (one renderer per op), one contiguous
+  store per output (a horizontally fused group has several trees of one domain shape: each input is
+  loaded once).
 - Row (`softmax`, `log_softmax`, `layer_norm`, `rms_norm`, and `sum`/`mean`/`amax` over the last
   dim): one program per block of ROWS rows, the whole row in one BLOCK_N tile (BLOCK_N = the row
   length rounded up to a power of two: rows up to 65536 elements), masks on both axes, fp32 math.
   Pointwise producers are computed in the load (prologue); normalising ops also apply their
-  trailing pointwise consumers before the store (epilogue).
+  trailing pointwise consumers before the store (epilogue). The row body of each anchor is a
+  renderer of `ROW_RENDERERS` (`@row_renders("softmax")`), from the fp32 row tile `_x` to `_y`.
 Text only: nothing here imports triton; `module.py` assembles and loads the module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import sympy
 
-from fxforge.codegen.expr import TL_DTYPES, ExprBuilder, IndexSpace, held, pyexpr
+from fxforge.codegen.expr import TL_DTYPES, IndexSpace, held, pyexpr
+from fxforge.codegen.expr_ops import ExprBuilder
+from fxforge.codegen.module_text import def_lines, wrap_call
 from fxforge.ir.dtypes import DType
-from fxforge.ir.graph import Value
+from fxforge.ir.graph import Op, Value
+from fxforge.ir.partition import KernelGroup
 from fxforge.ir.printer import print_op
 from fxforge.ir.types import Dim
-from fxforge.passes.fusion_rules import KernelGroup
 
 POINTWISE_BLOCK = 1024
 ROW_TILE = 4096  # ROWS * BLOCK_N elements per row program
@@ -244,12 +249,12 @@ def pointwise_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSo
     params = em.params + [f"{name}_ptr" for name in out_names] + ["n_elements"] + syms
     n = pyexpr(numel_expr(domain))
     lines = [
-        f"def {kname}({', '.join(params)}, BLOCK: tl.constexpr):",
+        *def_lines(kname, [*params, "BLOCK: tl.constexpr"]),
         _docstring(group),
         "    _offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
         "    _mask = _offs < n_elements",
         *["    " + s for s in space.index_lines],
-        *["    " + s for s in em.lines],
+        *[w for s in em.lines for w in wrap_call(s, "    ")],
         *[f"    tl.store({name}_ptr + _offs, {_store_cast(out, root.b)}, mask=_mask)" for name, out in zip(out_names, outs)],
     ]
     return KernelSource(
@@ -257,6 +262,76 @@ def pointwise_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSo
         em.args + out_names + [n] + syms,
         f"(triton.cdiv({n}, {POINTWISE_BLOCK}),)", {"BLOCK": str(POINTWISE_BLOCK)},
         guard=f"{n} > 0", ops=[op.opcode for op in group.ops])
+
+
+RowRenderer = Callable[[Op, ExprBuilder], list[str]]
+ROW_RENDERERS: dict[str, RowRenderer] = {}
+
+
+def row_renders(*opcodes: str) -> Callable[[RowRenderer], RowRenderer]:
+    """Register the body of a row kernel: lines from the fp32 row tile `_x` to its result `_y`."""
+
+    def deco(fn: RowRenderer) -> RowRenderer:
+        ROW_RENDERERS.update(dict.fromkeys(opcodes, fn))
+        return fn
+
+    return deco
+
+
+_SOFTMAX = ['_xm = tl.where(_mask, _x, float("-inf"))',
+            "_m = tl.max(_xm, axis=1)[:, None]",
+            "_e = tl.where(_mask, tl.exp(_xm - _m), 0.0)",
+            "_s = tl.sum(_e, axis=1)[:, None]"]
+
+
+@row_renders("softmax")
+def _softmax(op: Op, b: ExprBuilder) -> list[str]:
+    return [*_SOFTMAX, "_y = _e / _s"]
+
+
+@row_renders("log_softmax")
+def _log_softmax(op: Op, b: ExprBuilder) -> list[str]:
+    return [*_SOFTMAX, "_y = (_xm - _m) - tl.log(_s)"]
+
+
+@row_renders("layer_norm")
+def _layer_norm(op: Op, b: ExprBuilder) -> list[str]:
+    body = ["_mean = tl.sum(_x, axis=1)[:, None] / n_cols",
+            "_d = tl.where(_mask, _x - _mean, 0.0)",
+            "_var = tl.sum(_d * _d, axis=1)[:, None] / n_cols",
+            f"_y = _d * tl.rsqrt(_var + {float(op.attrs['eps'])!r})"]
+    if len(op.operands) > 1:
+        body.append(f"_y = _y * {b.cv(op.operands[1], DType.f32)}")
+    if len(op.operands) > 2:
+        body.append(f"_y = _y + {b.cv(op.operands[2], DType.f32)}")
+    return body
+
+
+@row_renders("rms_norm")
+def _rms_norm(op: Op, b: ExprBuilder) -> list[str]:
+    x = op.operands[0]
+    body = ["_ms = tl.sum(_x * _x, axis=1)[:, None] / n_cols",
+            f"_y = _x * tl.rsqrt(_ms + {float(op.attrs['eps'])!r})"]
+    if held(x.type.dtype) != x.type.dtype:  # Llama rounds the normalised row to x's dtype before the weight
+        body.append(f"_y = _y.to({TL_DTYPES[x.type.dtype]}).to(tl.float32)")
+    if len(op.operands) > 1:
+        body.append(f"_y = {b.cv(op.operands[1], DType.f32)} * _y")
+    return body
+
+
+@row_renders("sum")
+def _sum(op: Op, b: ExprBuilder) -> list[str]:
+    return ["_y = tl.sum(_x, axis=1)"]
+
+
+@row_renders("mean")
+def _mean(op: Op, b: ExprBuilder) -> list[str]:
+    return ["_y = tl.sum(_x, axis=1) / n_cols"]
+
+
+@row_renders("amax")
+def _amax(op: Op, b: ExprBuilder) -> list[str]:
+    return ['_y = tl.max(tl.where(_mask, _x, float("-inf")), axis=1)']
 
 
 def row_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSource:
@@ -270,40 +345,13 @@ def row_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSource:
     pos = group.ops.index(anchor)
     for op in group.ops[:pos]:
         b.emit(op, naming.name(op.result))
-    body = [f"_x = tl.where(_mask, {b.cv(x, DType.f32)}, 0.0)"]
     code = anchor.opcode
     r = anchor.result.type.dtype
-    reduce_only = code in ("sum", "mean", "amax")
-    if code in ("softmax", "log_softmax"):
-        body += ['_xm = tl.where(_mask, _x, float("-inf"))',
-                 "_m = tl.max(_xm, axis=1)[:, None]",
-                 "_e = tl.where(_mask, tl.exp(_xm - _m), 0.0)",
-                 "_s = tl.sum(_e, axis=1)[:, None]",
-                 "_y = _e / _s" if code == "softmax" else "_y = (_xm - _m) - tl.log(_s)"]
-    elif code == "layer_norm":
-        eps = float(anchor.attrs["eps"])
-        body += ["_mean = tl.sum(_x, axis=1)[:, None] / n_cols",
-                 "_d = tl.where(_mask, _x - _mean, 0.0)",
-                 "_var = tl.sum(_d * _d, axis=1)[:, None] / n_cols",
-                 f"_y = _d * tl.rsqrt(_var + {eps!r})"]
-        if len(anchor.operands) > 1:
-            body.append(f"_y = _y * {b.cv(anchor.operands[1], DType.f32)}")
-        if len(anchor.operands) > 2:
-            body.append(f"_y = _y + {b.cv(anchor.operands[2], DType.f32)}")
-    elif code == "rms_norm":
-        eps = float(anchor.attrs["eps"])
-        body += ["_ms = tl.sum(_x * _x, axis=1)[:, None] / n_cols",
-                 f"_y = _x * tl.rsqrt(_ms + {eps!r})"]
-        if held(x.type.dtype) != x.type.dtype:
-            body.append(f"_y = _y.to({TL_DTYPES[x.type.dtype]}).to(tl.float32)")
-        if len(anchor.operands) > 1:
-            body.append(f"_y = {b.cv(anchor.operands[1], DType.f32)} * _y")
-    elif code in ("sum", "mean"):
-        body += ["_y = tl.sum(_x, axis=1)" + (" / n_cols" if code == "mean" else "")]
-    elif code == "amax":
-        body += ['_y = tl.max(tl.where(_mask, _x, float("-inf")), axis=1)']
-    else:
-        raise NotImplementedError(f"no row kernel for {code!r}")
+    reduce_only = anchor.opdef.category == "reduction"  # one value per row, stored at the row index
+    render = ROW_RENDERERS.get(code)
+    if render is None:
+        raise NotImplementedError(f"no row kernel for {code!r} (add a @row_renders entry)")
+    body = [f"_x = tl.where(_mask, {b.cv(x, DType.f32)}, 0.0)", *render(anchor, b)]
     if r in (DType.f16, DType.bf16):
         body.append(f"_y = _y.to({TL_DTYPES[r]}).to(tl.float32)")
     if held(r) != DType.f32:
@@ -321,14 +369,14 @@ def row_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSource:
     syms = _symbols(*loads.shapes)
     params = loads.params + [f"{oname}_ptr", "n_rows", "n_cols"] + syms
     lines = [
-        f"def {kname}({', '.join(params)}, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):",
+        *def_lines(kname, [*params, "ROWS: tl.constexpr", "BLOCK_N: tl.constexpr"]),
         _docstring(group),
         "    _rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)",
         "    _r = _rows[:, None]",
         "    _c = tl.arange(0, BLOCK_N)[None, :]",
         "    _mask = (_r < n_rows) & (_c < n_cols)",
         *["    " + s for s in space.index_lines],
-        *["    " + s for s in loads.lines],
+        *[w for s in loads.lines for w in wrap_call(s, "    ")],
         *["    " + s for s in b.lines],
         f"    {store}",
     ]

@@ -11,7 +11,7 @@ import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import torch
@@ -22,6 +22,9 @@ from fxforge.ir.errors import IRError, ShapeError
 from fxforge.ir.ops import OpDef, lookup
 from fxforge.ir.printer import print_graph
 from fxforge.ir.types import Encoding, TensorType
+
+if TYPE_CHECKING:
+    from fxforge.ir.partition import Partition
 
 
 def freeze(value: Any) -> Any:
@@ -99,6 +102,7 @@ class Graph:
         self.ops: list[Op] = []
         self.outputs: list[Value] = []
         self.weights: dict[str, Weight] = {}
+        self.partition: Partition | None = None  # kernel groups, set by the `fuse` pass (ir/partition.py)
         self._names: set[str] = set()
         self._counter = itertools.count()
 

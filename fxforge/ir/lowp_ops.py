@@ -14,7 +14,8 @@ Ops:
         element, unpacked); scale is f32 with `axis` reduced to the number of groups.
     dequantize(q, scale) {format, axis=-1, group=0, dtype=f32} -> decode(q) * scale
     qlinear(x, w, [bias], [lorc_u, lorc_v]) {scheme, act_format=none, group=0, lorc_rank=0}
-        w is a `const` of a `#quantized` weight (evaluates to its dequantized tensor). Activations are
+        w is a `const` of a `#quantized` weight (evaluates to its dequantized tensor), or of an `#nm`
+        weight whose kept values are quantized with the op's scheme (`fxforge.ir.nm`; decodes dense). Activations are
         quantize-dequantized per token (per row of the last dim) when `act_format` is set: "i8"
         symmetric (s = amax / 127), "f8e4m3" (s = amax / 448, saturating RNE encoder of formats.py).
         y = F.linear(xq, w) [+ (xq @ V) @ U^T when lorc_rank > 0] [+ bias], in f32, cast to x.dtype.
@@ -78,7 +79,7 @@ from fxforge.ir.errors import ShapeError
 from fxforge.ir.evaluate import WEIGHT_DECODERS
 from fxforge.ir.graph import Weight
 from fxforge.ir.ops import REQUIRED, OpDef, norm_axis, register
-from fxforge.ir.types import Quantized, TensorType, dims_equal, normalize_dim
+from fxforge.ir.types import NM, Quantized, TensorType, dims_equal, normalize_dim
 
 # -- schemes ----------------------------------------------------------------------------------------
 
@@ -179,10 +180,81 @@ def _check_finite(w: Tensor) -> None:
                          f"(first at {first}); a quantized weight cannot represent them")
 
 
+def weight_params(wg: Tensor, scheme: str, grouped: bool, pow2_round: str = "floor",
+                  s_max: Tensor | None = None) -> dict[str, Tensor]:
+    """Scale parameters of grouped weights `wg` [out, G, g] (float32) under a scheme, as stored:
+    "scale" [out, G] (scale dtype: f16 for grouped non-pow2 schemes, else f32), plus "zero" [out, G]
+    (asymmetric) or, for pow2 schemes, "scale" = s_max [out, 1] and "shift" [out, G]. `s_max` given
+    (pow2 only): keep that row scale and choose only the shifts (GPTQ decides s_max once per row and
+    each group's shift as the solver reaches the group)."""
+    sc, fmt = get_scheme(scheme), formats.get_format(get_scheme(scheme).weight_format)
+    if sc.pow2:
+        s_i = wg.abs().amax(-1) / fmt.max_value  # [out, G]
+        if s_max is None:
+            s_max = s_i.amax(-1, keepdim=True)
+            s_max = torch.where(s_max > 0, s_max, torch.ones_like(s_max))
+        ratio = s_max / torch.where(s_i > 0, s_i, s_max * 2.0**-MAX_SHIFT)
+        mant, e = torch.frexp(ratio)  # ratio = mant * 2^e, mant in [0.5, 1): ceil(log2) exactly
+        ceil_k = torch.where(mant == 0.5, e - 1, e)
+        k = (ceil_k if pow2_round == "ceil" else e - 1).to(torch.float32).clamp(0, MAX_SHIFT)
+        return {"scale": s_max.to(torch.float32).contiguous(), "shift": k.to(torch.uint8)}
+    scale_dtype = DType.f16 if grouped else DType.f32
+    if sc.zero_point:
+        qmin, qmax = formats.int_range(fmt.bits, symmetric=False)
+        lo, hi = wg.amin(-1).clamp(max=0), wg.amax(-1).clamp(min=0)
+        scale = _nonzero_scale((hi - lo) / (qmax - qmin)).to(scale_dtype.torch)
+        zero = torch.round(-lo / scale.float()).clamp(qmin, qmax)  # from the stored scale: decode == encode
+        return {"scale": scale, "zero": zero.to(torch.uint8)}
+    return {"scale": _amax_scale(wg.abs().amax(-1), fmt.max_value).to(scale_dtype.torch)}
+
+
+def _nonzero_scale(s: Tensor) -> Tensor:
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def param_multiplier(params: dict[str, Tensor]) -> Tensor:
+    """The float32 scale [out, G] each group's decoded codes are multiplied by."""
+    if "shift" in params:
+        k = params["shift"].to(torch.float32)
+        return torch.ldexp(params["scale"].to(torch.float32).expand_as(k), -k)  # exact power-of-two multiples
+    return params["scale"].to(torch.float32)
+
+
+def quantize_groups(wg: Tensor, scheme: str, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(codes [out, G, g] unpacked, one per element; dequantized float32 values) of `wg` under fixed
+    `params` (from `weight_params`, possibly sliced to the groups `wg` covers)."""
+    sc = get_scheme(scheme)
+    fmt = formats.get_format(sc.weight_format)
+    scale = param_multiplier(params).unsqueeze(-1)
+    if sc.zero_point:
+        qmin, qmax = formats.int_range(fmt.bits, symmetric=False)
+        zero = params["zero"].to(torch.float32).unsqueeze(-1)
+        q = (torch.round(wg.to(torch.float32) / scale) + zero).clamp(qmin, qmax)
+        return q.to(torch.uint8), (q - zero) * scale
+    codes = encode_elements(wg.to(torch.float32) / scale, fmt.name)
+    return codes, decode_elements(codes, fmt.name) * scale
+
+
+def weight_from_codes(codes: Tensor, scheme: str, group: int, params: dict[str, Tensor]) -> Weight:
+    """The encoded `Weight` of unpacked codes [out, in] (from `quantize_groups`) with their params."""
+    sc = get_scheme(scheme)
+    fmt = formats.get_format(sc.weight_format)
+    out_f, in_f = codes.shape
+    if fmt.kind == "float" and codes.dtype != torch.uint8:
+        codes = codes.view(torch.uint8)
+    payload = {"codes": formats.pack_nibbles(codes) if fmt.bits == 4 else codes.contiguous(),
+               "scale": params["scale"].contiguous()}
+    payload.update({k: params[k].contiguous() for k in ("zero", "shift") if k in params})
+    scale_dtype = DType.from_torch(params["scale"].dtype)
+    enc = Quantized(fmt.name, axis=1, group=group, scale_dtype=scale_dtype, zero_point=sc.zero_point)
+    placeholder = torch.zeros((), dtype=torch.float32).expand(out_f, in_f)
+    return Weight(placeholder, enc, payload)
+
+
 def encode_weight(w: Tensor, scheme: str, group: int | None = None, pow2_round: str = "floor") -> Weight:
-    """Encode a 2-D [out, in] weight with a scheme; returns the `Weight` (encoding + payload).
-    `pow2_round` (w4a8-fp only): "floor" (default: k_i = floor(log2(s_max / s_i)), the group scale is
-    >= s_i, nothing saturates) or "ceil" (DESIGN's formula read literally: scale <= s_i, saturates)."""
+    """Encode a 2-D [out, in] weight with a scheme (round to nearest); returns the `Weight` (encoding +
+    payload). `pow2_round` (w4a8-fp only): "floor" (default: k_i = floor(log2(s_max / s_i)), the group
+    scale is >= s_i, nothing saturates) or "ceil" (DESIGN's formula read literally: scale <= s_i, saturates)."""
     if pow2_round not in ("floor", "ceil"):
         raise ValueError(f"pow2_round must be 'floor' or 'ceil', got {pow2_round!r}")
     sc = get_scheme(scheme)
@@ -198,37 +270,9 @@ def encode_weight(w: Tensor, scheme: str, group: int | None = None, pow2_round: 
     in_pad = group_count(in_f, g) * gsize
     wf = F.pad(w.detach().to(torch.float32), (0, in_pad - in_f))  # zeros fill the last group: see Decisions
     wg = wf.reshape(out_f, in_pad // gsize, gsize)
-    payload: dict[str, Tensor] = {}
-    scale_dtype = DType.f16 if (g and not sc.pow2) else DType.f32
-    if sc.pow2:
-        s_i = wg.abs().amax(-1) / fmt.max_value  # [out, G]
-        s_max = s_i.amax(-1, keepdim=True)
-        s_max = torch.where(s_max > 0, s_max, torch.ones_like(s_max))
-        ratio = s_max / torch.where(s_i > 0, s_i, s_max * 2.0**-MAX_SHIFT)
-        mant, e = torch.frexp(ratio)  # ratio = mant * 2^e, mant in [0.5, 1): ceil(log2) exactly
-        ceil_k = torch.where(mant == 0.5, e - 1, e)
-        k = (ceil_k if pow2_round == "ceil" else e - 1).to(torch.float32).clamp(0, MAX_SHIFT)
-        scale = torch.ldexp(s_max.expand_as(k), -k)  # exact: power-of-two multiple of s_max
-        codes = encode_elements(wg / scale.unsqueeze(-1), fmt.name).reshape(out_f, in_pad)[:, :in_f]
-        payload = {"codes": formats.pack_nibbles(codes), "scale": s_max.contiguous(),
-                   "shift": k.to(torch.uint8)}
-    elif sc.zero_point:
-        scale, _ = formats.int_scales(wf, bits=fmt.bits, axis=-1, group_size=gsize, symmetric=False)
-        scale = scale.to(scale_dtype.torch)  # zero points from the stored (rounded) scale: decode == encode
-        qmin, qmax = formats.int_range(fmt.bits, symmetric=False)
-        zero = torch.round(-wg.amin(-1).clamp(max=0) / scale.float()).clamp(qmin, qmax).to(torch.int32)
-        codes = formats.quantize_int(wf, scale.float(), zero, bits=fmt.bits, axis=-1, group_size=gsize)[:, :in_f]
-        payload = {"codes": formats.pack_nibbles(codes) if fmt.bits == 4 else codes, "scale": scale,
-                   "zero": zero.to(torch.uint8)}
-    else:
-        scale = _amax_scale(wg.abs().amax(-1), fmt.max_value).to(scale_dtype.torch)  # [out, G]
-        codes = encode_elements(wg / scale.float().unsqueeze(-1), fmt.name).reshape(out_f, in_pad)[:, :in_f]
-        if fmt.kind == "float":
-            codes = codes.view(torch.uint8)
-        payload = {"codes": formats.pack_nibbles(codes) if fmt.bits == 4 else codes.contiguous(), "scale": scale}
-    enc = Quantized(fmt.name, axis=1, group=g, scale_dtype=scale_dtype, zero_point=sc.zero_point)
-    placeholder = torch.zeros((), dtype=torch.float32).expand(out_f, in_f)
-    return Weight(placeholder, enc, payload)
+    params = weight_params(wg, scheme, bool(g), pow2_round)
+    codes, _ = quantize_groups(wg, scheme, params)
+    return weight_from_codes(codes.reshape(out_f, in_pad)[:, :in_f], scheme, g, params)
 
 
 def decode_weight(weight: Weight) -> Tensor:
@@ -338,8 +382,10 @@ def _qlinear_infer(types, attrs):
     if attrs["act_format"] not in ACT_FORMATS:
         raise ShapeError(f"qlinear: act_format {attrs['act_format']!r} is not one of {ACT_FORMATS}")
     x, w, bias, u, v = _qlinear_parts(types, attrs["lorc_rank"])
-    if not isinstance(w.encoding, Quantized) or w.rank != 2:
-        raise ShapeError("qlinear: the weight must be a 2-D const with a #quantized encoding")
+    nm_ok = isinstance(w.encoding, NM) and w.encoding.scheme == attrs["scheme"]  # quantized N:M (fxforge.ir.nm)
+    if not (isinstance(w.encoding, Quantized) or nm_ok) or w.rank != 2:
+        raise ShapeError("qlinear: the weight must be a 2-D const with a #quantized encoding "
+                         "(or #nm with the op's scheme)")
     if not dims_equal(x.shape[-1], w.shape[1]):
         raise ShapeError(f"qlinear: input {list(x.shape)} does not fit weight {list(w.shape)} (expects [out, in])")
     if bias is not None and (bias.rank != 1 or not dims_equal(bias.shape[0], w.shape[0])):
@@ -368,4 +414,4 @@ def qlinear_ref(*operands, scheme, act_format, group, lorc_rank):
 register(OpDef("qlinear", (2, 5), {"scheme": REQUIRED, "act_format": None, "group": 0, "lorc_rank": 0},
                _qlinear_infer, qlinear_ref, "lowp",
                "qlinear(x, w #quantized, [bias], [lorc_u, lorc_v]): per-token activation quantization, "
-               "GEMM with the dequantized weight, optional LoRC correction (x @ V) @ U^T"))
+               "GEMM with the dequantized weight, optional LoRC correction (x @ V) @ U^T", kernel="gemm"))

@@ -3,7 +3,9 @@
 Entries are grouped by kind and written as small tables where the ops share a shape rule:
 pointwise (same or broadcast shape, torch's dtype promotion), reductions, shape ops, GEMMs,
 composites (named, with their torch semantics as reference), sources (const, full, arange) and
-`extern`, which calls a torch op by name and declares its result types itself.
+`extern`, which calls a torch op by name and declares its result types itself. Each entry carries
+its traits (`ops.py` says what they mean): adding an op is one entry here, plus a kernel renderer in
+codegen when its `kernel` class says it can run inside a generated kernel.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fxforge.ir.dtypes import DType
 from fxforge.ir.errors import ShapeError
 from fxforge.ir.ops import (
     REQUIRED,
+    ByAttr,
     OpDef,
     broadcast_shapes,
     meta_dtype,
@@ -81,28 +84,38 @@ def _pointwise_infer(ref):
     return infer
 
 
-def _pointwise(name: str, ref, arity: int, attrs: dict[str, Any] | None = None, doc: str = "") -> None:
-    register(OpDef(name, (arity, arity), attrs or {}, _pointwise_infer(ref), ref, "pointwise", doc))
+# IEEE add/mul/max/min and the comparisons/logic below give the same bits with operands swapped
+COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
+                         "bitwise_and", "bitwise_or", "bitwise_xor"})
+ACTIVATIONS = {"relu": "relu", "silu": "silu", "sigmoid": "sigmoid"}  # the GEMM epilogue's names
+
+
+def _pointwise(name: str, ref, arity: int, attrs: dict[str, Any] | None = None, doc: str = "", **traits) -> None:
+    traits.setdefault("kernel", "pointwise")
+    register(OpDef(name, (arity, arity), attrs or {}, _pointwise_infer(ref), ref, "pointwise", doc, **traits))
 
 
 for _name, _fn in UNARY.items():
-    _pointwise(_name, _fn, 1)
+    _pointwise(_name, _fn, 1, activation=ACTIVATIONS.get(_name))
 for _name, _fn in BINARY.items():
-    _pointwise(_name, _fn, 2)
+    _pointwise(_name, _fn, 2, commutative=_name in COMMUTATIVE)
 
-_pointwise("gelu", lambda x, approximate: F.gelu(x, approximate=approximate), 1, {"approximate": "none"})
+_pointwise("gelu", lambda x, approximate: F.gelu(x, approximate=approximate), 1, {"approximate": "none"},
+           activation=ByAttr("approximate", {"none": "gelu", "tanh": "gelu_tanh"}))
 _pointwise("div", lambda a, b, rounding_mode: torch.div(a, b, rounding_mode=rounding_mode), 2, {"rounding_mode": None})
 _pointwise("where", torch.where, 3, doc="where(cond, a, b)")
 _pointwise("clamp", lambda x, min, max: torch.clamp(x, min, max), 1, {"min": None, "max": None})
-_pointwise("triu", lambda x, diagonal: torch.triu(x, diagonal), 1, {"diagonal": 0})
-_pointwise("tril", lambda x, diagonal: torch.tril(x, diagonal), 1, {"diagonal": 0})
+# no kernel renderer (an index-dependent mask): host torch
+_pointwise("triu", lambda x, diagonal: torch.triu(x, diagonal), 1, {"diagonal": 0}, kernel="host")
+_pointwise("tril", lambda x, diagonal: torch.tril(x, diagonal), 1, {"diagonal": 0}, kernel="host")
 
 
 def _cast_infer(types, attrs):
     return [types[0].with_dtype(attrs["dtype"])]
 
 
-register(OpDef("cast", (1, 1), {"dtype": REQUIRED}, _cast_infer, lambda x, dtype: x.to(dtype.torch), "pointwise"))
+register(OpDef("cast", (1, 1), {"dtype": REQUIRED}, _cast_infer, lambda x, dtype: x.to(dtype.torch), "pointwise",
+               kernel="pointwise"))
 
 # -- reductions -------------------------------------------------------------------------------------
 
@@ -128,8 +141,10 @@ def _reduction_infer(ref):
     return infer
 
 
+ROW_REDUCTIONS = ("sum", "mean", "amax")  # a row kernel computes them over the last dim
 for _name, _fn in REDUCTIONS.items():
-    register(OpDef(_name, (1, 1), {"dims": None, "keepdim": False, "dtype": None}, _reduction_infer(_fn), _fn, "reduction"))
+    register(OpDef(_name, (1, 1), {"dims": None, "keepdim": False, "dtype": None}, _reduction_infer(_fn), _fn,
+                   "reduction", kernel="row" if _name in ROW_REDUCTIONS else "host"))
 
 
 def _argmax_infer(types, attrs):
@@ -208,11 +223,16 @@ def _index_select_infer(types, attrs):
     return [types[0].with_shape(shape)]
 
 
-register(OpDef("reshape", (1, 1), {"shape": REQUIRED}, _reshape_infer, lambda x, shape: x.reshape(shape), "shape"))
-register(OpDef("permute", (1, 1), {"dims": REQUIRED}, _permute_infer, lambda x, dims: x.permute(dims), "shape"))
-register(OpDef("expand", (1, 1), {"shape": REQUIRED}, _expand_infer, lambda x, shape: x.expand(shape), "shape"))
+_VIEW = {"kernel": "view", "aliases": True}
+register(OpDef("reshape", (1, 1), {"shape": REQUIRED}, _reshape_infer, lambda x, shape: x.reshape(shape), "shape",
+               **_VIEW))
+register(OpDef("permute", (1, 1), {"dims": REQUIRED}, _permute_infer, lambda x, dims: x.permute(dims), "shape",
+               **_VIEW))
+register(OpDef("expand", (1, 1), {"shape": REQUIRED}, _expand_infer, lambda x, shape: x.expand(shape), "shape",
+               **_VIEW))
 register(OpDef("slice", (1, 1), {"dim": REQUIRED, "start": 0, "end": REQUIRED, "step": 1}, _slice_infer,
-               lambda x, dim, start, end, step: x[(slice(None),) * (dim % x.dim()) + (slice(start, end, step),)], "shape"))
+               lambda x, dim, start, end, step: x[(slice(None),) * (dim % x.dim()) + (slice(start, end, step),)], "shape",
+               **_VIEW))
 register(OpDef("cat", (1, None), {"dim": REQUIRED}, _cat_infer, lambda *xs, dim: torch.cat(xs, dim), "shape"))
 register(OpDef("index_select", (2, 2), {"dim": REQUIRED}, _index_select_infer,
                lambda x, idx, dim: torch.index_select(x, dim, idx), "shape"))
@@ -246,8 +266,8 @@ def _embedding_infer(types, attrs):
     return [TensorType(ids.shape + (w.shape[1],), w.dtype)]
 
 
-register(OpDef("matmul", (2, 2), {}, _matmul_infer, torch.matmul, "gemm"))
-register(OpDef("linear", (2, 3), {}, _linear_infer, F.linear, "gemm", "linear(x, w[out, in], bias?)"))
+register(OpDef("matmul", (2, 2), {}, _matmul_infer, torch.matmul, "gemm", kernel="gemm"))
+register(OpDef("linear", (2, 3), {}, _linear_infer, F.linear, "gemm", "linear(x, w[out, in], bias?)", kernel="gemm"))
 register(OpDef("embedding", (2, 2), {}, _embedding_infer, lambda w, ids: F.embedding(ids, w), "gemm",
                "embedding(weight[vocab, dim], ids)"))
 
@@ -280,13 +300,16 @@ def _attention_infer(types, attrs):
 
 
 register(OpDef("layer_norm", (1, 3), {"eps": 1e-5}, _same_as_first, _layer_norm, "composite",
-               "layer_norm over the last dim: layer_norm(x, weight?, bias?)"))
+               "layer_norm over the last dim: layer_norm(x, weight?, bias?)", kernel="row"))
 register(OpDef("rms_norm", (1, 2), {"eps": 1e-6}, _same_as_first, _rms_norm, "composite",
-               "weight * (x * rsqrt(mean(x^2) + eps)) in fp32, cast back to x's dtype (Llama's convention)"))
-register(OpDef("softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: torch.softmax(x, dim), "composite"))
-register(OpDef("log_softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: torch.log_softmax(x, dim), "composite"))
+               "weight * (x * rsqrt(mean(x^2) + eps)) in fp32, cast back to x's dtype (Llama's convention)",
+               kernel="row"))
+register(OpDef("softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: torch.softmax(x, dim), "composite",
+               kernel="row"))
+register(OpDef("log_softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: torch.log_softmax(x, dim),
+               "composite", kernel="row"))
 register(OpDef("attention", (3, 4), {"scale": None, "is_causal": False, "enable_gqa": False}, _attention_infer,
-               _attention, "composite", "scaled dot-product attention: attention(q, k, v, mask?)"))
+               _attention, "composite", "scaled dot-product attention: attention(q, k, v, mask?)", kernel="template"))
 
 # -- sources ----------------------------------------------------------------------------------------
 
@@ -307,55 +330,9 @@ register(OpDef("arange", (0, 0), {"start": 0, "end": REQUIRED, "step": 1, "dtype
 register(OpDef("const", (0, 0), {"weight": REQUIRED}, None, None, "source",
                "a weight of the graph's weight table; its type is the weight's"))
 
+# -- extern (its own module; re-exported here) ------------------------------------------------------
 
-# -- extern -----------------------------------------------------------------------------------------
+from fxforge.ir.extern_op import OperandRef, resolve_torch_op  # noqa: E402
 
-
-class OperandRef:
-    """`$i` inside an extern's args: the extern's i-th operand."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, OperandRef) and other.index == self.index
-
-    def __hash__(self) -> int:
-        return hash(("$", self.index))
-
-    def __repr__(self) -> str:
-        return f"${self.index}"
-
-
-def resolve_torch_op(target: str):
-    """`aten.cumsum.default` -> torch.ops.aten.cumsum.default."""
-    obj: Any = torch.ops
-    for part in target.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ShapeError(f"extern target {target!r} is not a torch op")
-    return obj
-
-
-def _fill(template, operands):
-    if isinstance(template, OperandRef):
-        return operands[template.index]
-    if isinstance(template, tuple):
-        return [_fill(t, operands) for t in template]
-    if isinstance(template, dict):
-        return {k: _fill(v, operands) for k, v in template.items()}
-    if isinstance(template, DType):
-        return template.torch
-    if isinstance(template, str) and template.startswith("torch."):
-        return getattr(torch, template.removeprefix("torch."))  # torch.strided, torch.contiguous_format, ...
-    return template
-
-
-def _extern(*operands, target, args, kwargs):
-    return resolve_torch_op(target)(*_fill(tuple(args), operands), **_fill(dict(kwargs), operands))
-
-
-register(OpDef("extern", (0, None), {"target": REQUIRED, "args": (), "kwargs": {}}, None, _extern, "extern",
-               "calls a torch op by qualified name; `$i` in args/kwargs stands for operand i", num_results=-1))
+__all__ = ["ACTIVATIONS", "BINARY", "COMMUTATIVE", "REDUCTIONS", "ROW_REDUCTIONS", "UNARY", "OperandRef",
+           "resolve_torch_op"]

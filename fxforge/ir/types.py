@@ -88,10 +88,15 @@ class Quantized:
 
 @dataclass(frozen=True)
 class NM:
-    """N:M structured sparsity: at most n nonzeros in every m consecutive values along the last axis."""
+    """N:M structured sparsity: at most n nonzeros in every m consecutive values along the last axis.
+    `dtype`: the logical dtype of the decoded tensor; `scheme`/`group`: the quantization scheme of the
+    kept values and its group (in kept values), None for 16-bit values. Codec: `fxforge.ir.nm`."""
 
     n: int
     m: int
+    dtype: DType = DType.f32
+    scheme: str | None = None
+    group: int = 0
 
     kind = "nm"
 

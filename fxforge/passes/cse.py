@@ -8,12 +8,12 @@ canonical when an op is numbered.
 Decisions:
 - Attribute keys are exact: floats are compared by their bit pattern (`-0.0` is not `0.0`, a NaN
   equals the same NaN), and `1`, `1.0` and `True` are different keys.
-- Operands of commutative binary ops (add, mul, maximum, minimum, eq, ne, logical/bitwise and, or,
-  xor) are numbered as an unordered pair: IEEE addition and multiplication are commutative, so
-  `add(a, b)` and `add(b, a)` are the same value bit for bit.
-- Externs that are random or stateful (the target names rand, dropout, bernoulli, normal, uniform,
-  empty, multinomial, poisson, exponential, ..., or `dce.has_side_effects` holds) never merge: two
-  draws are two different values. Two `const` ops of the same weight do merge.
+- Operands of ops with the `commutative` trait (add, mul, maximum, minimum, eq, ne, logical/bitwise
+  and, or, xor) are numbered as an unordered pair: IEEE addition and multiplication are commutative,
+  so `add(a, b)` and `add(b, a)` are the same value bit for bit.
+- Ops without the `deterministic` trait (externs that are random or stateful: rand, dropout,
+  bernoulli, empty, ..., or impure) never merge: two draws are two different values. Two `const` ops
+  of the same weight do merge.
 """
 
 from __future__ import annotations
@@ -22,21 +22,13 @@ from collections.abc import Hashable
 from typing import Any
 
 from fxforge.ir.graph import Graph, Op
-from fxforge.passes.dce import has_side_effects
 from fxforge.passes.manager import PassContext
 from fxforge.passes.rewriter import same_type
 
-_RANDOM = ("rand", "dropout", "bernoulli", "normal", "uniform", "empty", "multinomial", "poisson",
-           "exponential", "geometric", "cauchy", "seed")
-COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
-                         "bitwise_and", "bitwise_or", "bitwise_xor"})
-
 
 def may_merge(op: Op) -> bool:
-    if op.opcode != "extern":
-        return True
-    target = str(op.attrs["target"]).lower()
-    return not has_side_effects(op) and not any(word in target for word in _RANDOM)
+    """The op table's `deterministic` trait: random or stateful externs never merge."""
+    return op.opdef.is_deterministic(op.attrs)
 
 
 def attr_key(value: Any) -> Hashable:
@@ -56,7 +48,7 @@ def attr_key(value: Any) -> Hashable:
 
 def op_key(op: Op) -> Hashable:
     operands: Any = tuple(id(v) for v in op.operands)
-    if op.opcode in COMMUTATIVE and len(operands) == 2:
+    if op.opdef.commutative and len(operands) == 2:
         operands = frozenset(operands) if operands[0] != operands[1] else operands
     return (op.opcode, operands, attr_key(op.attrs), len(op.results))
 

@@ -5,8 +5,8 @@ Decisions:
 - One backward sweep suffices: an op's users come after it, so visiting ops last to first sees
   every user removed before the op itself is considered.
 - An `extern` that mutates its operands (an in-place aten op, `copy_`, `index_put_`, ...) or has
-  another side effect is kept even when its results are unused; `has_side_effects` says which, and
-  CSE uses it too. Pure ops, random ones included, are dropped when unused.
+  another side effect is kept even when its results are unused; the op table's `pure` trait says
+  which (`has_side_effects`). Pure ops, random ones included, are dropped when unused.
 - A weight stays while a `const` op names it or an encoding refers to it (a BlockFP channel
   permutation names its weight in `perm`); everything else leaves the weight table.
 """
@@ -16,17 +16,11 @@ from __future__ import annotations
 from fxforge.ir.graph import Graph, Op
 from fxforge.passes.manager import PassContext
 
-_SIDE_EFFECTS = ("print", "_assert", "record_stream")
-
 
 def has_side_effects(op: Op) -> bool:
-    """True for externs that write to their operands or act outside the graph."""
-    if op.opcode != "extern":
-        return False
-    target = str(op.attrs["target"])
-    parts = target.split(".")
-    name = parts[1] if len(parts) >= 2 else target  # aten.<name>.<overload>
-    return name.endswith("_") or any(s in target for s in _SIDE_EFFECTS) or "out" in op.attrs.get("kwargs", {})
+    """True for ops that write to their operands or act outside the graph (the op's `pure` trait:
+    for an extern, a function of its target)."""
+    return not op.opdef.is_pure(op.attrs)
 
 
 def referenced_weights(graph: Graph) -> set[str]:

@@ -25,6 +25,9 @@ Decisions:
   rewritten graph drifts from the one planned on unskipped activations (the carry rule cascades by
   design). The pass re-runs the rewritten graph on the calibration inputs and rescales the planned
   budget until the measured share is within TOLERANCE of the target (at most ITERATIONS runs).
+- Gates belong to the model, not to one graph: they are kept in `ctx.shared` by site, and a graph
+  that no calibration example reached (the JIT's decode graphs, captured after the calibration run)
+  is gated with the gates fitted for the same sites in an earlier graph (`reuse_gates`).
 - First version: compaction is `torch.nonzero` + `index_select`/`index_add_` on the host for every
   executor (the interpret/triton executors run these ops as torch calls between kernels); the FFN's
   GEMMs then run on the kept rows only (M = kept rows). A device-side early-exit flag for decode (so
@@ -89,8 +92,10 @@ def _run_counts(graph: Graph, inputs: list) -> tuple[torch.Tensor, list[list[tor
     return sum(o[-1] for o in outs), outs
 
 
-def ffn_skip_graph(graph: Graph, o: dict[str, Any], calibration: list) -> dict[str, Any]:
-    """Rewrite the graph in place; returns the statistics (see the module docstring)."""
+def ffn_skip_graph(graph: Graph, o: dict[str, Any], calibration: list, store: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Rewrite the graph in place; returns the statistics (see the module docstring). The fitted gates
+    go into `store` (site -> w, bias, threshold) for graphs of the same compile without calibration."""
+    store = store if store is not None else {}
     blocks = find_ffn_blocks(graph)
     stats: dict[str, Any] = {"target": o["target"], "gate": o["gate"], "warmup": o["warmup"], "blocks": len(blocks)}
     if not blocks:
@@ -129,6 +134,26 @@ def ffn_skip_graph(graph: Graph, o: dict[str, Any], calibration: list) -> dict[s
             entry["not_gated"] = why[b.site]
     stats["layers"] = layer_stats
     stats["calibration"] = {"share_skipped": history[-1], "share_history": history, **_output_error(ref_outs, outs)}
+    store.update({blocks[i].site: {"w": fits[i][0], "bias": fits[i][1], "threshold": th[blocks[i].site]} for i in gates})
+    return stats
+
+
+def reuse_gates(graph: Graph, o: dict[str, Any], store: dict[str, dict]) -> dict[str, Any]:
+    """A graph no calibration example reached (a decode graph captured later): gate its blocks with the
+    gates fitted for the same sites in an earlier graph of this compile."""
+    blocks = find_ffn_blocks(graph)
+    stats: dict[str, Any] = {"target": o["target"], "gate": o["gate"], "warmup": o["warmup"], "blocks": len(blocks),
+                             "gates_from": "an earlier graph of this compile (no calibration data reached this one)"}
+    if not blocks:
+        stats["note"] = "no FFN block found: nothing is skipped"
+        return stats
+    pos, stats["positions"] = _positions(graph, blocks)
+    plan = {i: None for i, b in enumerate(blocks) if b.site in store}
+    fits = {i: (store[blocks[i].site]["w"], store[blocks[i].site]["bias"]) for i in plan}
+    gates = _rewrite(graph, blocks, plan, fits, pos, o)
+    _set_thresholds(gates, blocks, {b.site: store[b.site]["threshold"] for b in blocks if b.site in store})
+    stats["layers"] = {b.site: {"gated": i in gates, **({"threshold": store[b.site]["threshold"]} if i in gates else {})}
+                       for i, b in enumerate(blocks)}
     return stats
 
 
@@ -197,7 +222,8 @@ def _positions(graph: Graph, blocks: list[FfnBlock]):
     if pos is None:
         anchor = min((b.add_op for b in blocks), key=graph.ops.index)
         pos = graph.insert_before(anchor, "arange", [], {"end": seq}, name="ffn_skip_pos").result
-        where = "none found: row index within each call (warm-up counts rows of a call, not generated positions)"
+        where = ("none in the graph (folded into constants, or no position input): the index along the sequence "
+                 "within each call, which is the position when the graph has no KV cache")
     return pos, where
 
 
@@ -221,9 +247,41 @@ class FfnSkip:
         if o["target"] is None:
             ctx.stats["enabled"] = False
             return graph
-        calibration = ctx.calibration
-        if not calibration:
+        store = ctx.shared.setdefault("ffn_skip", {})
+        if ctx.calibration:
+            ctx.stats.update(ffn_skip_graph(graph, o, list(ctx.calibration), store))
+        elif store:
+            ctx.stats.update(reuse_gates(graph, o, store))
+        else:
             raise ConfigError("ffn_skip needs calibration data: pass calibration=[example inputs, ...] (the gate is "
                               "fitted and its thresholds set on them)")
-        ctx.stats.update(ffn_skip_graph(graph, o, list(calibration)))
         return graph
+
+
+def format_report(stats: dict[str, Any]) -> str:
+    """The pass's report as text (`fxforge inspect --ffn-skip`): per FFN block, whether it is gated,
+    its threshold, the share it skipped on the calibration data, and the gate's quality curve (share
+    of the block's rows skipped -> the block's output error, gate order vs oracle order)."""
+    head = f"ffn_skip: target {stats['target']}, gate {stats['gate']}, warm-up {stats['warmup']}, {stats['blocks']} FFN blocks"
+    if "note" in stats:
+        return head + "\n" + stats["note"]
+    rows = [head, f"positions: {stats.get('positions')}"]
+    if "gates_from" in stats:
+        rows.append(f"gates from {stats['gates_from']}")
+    cal = stats.get("calibration")
+    if cal:
+        rows.append(f"calibration: {cal['share_skipped']:.4f} of FFN rows skipped (runs: {cal['share_history']}); "
+                    f"output rel err {cal['output_rel_error']:.4f}"
+                    + (f", next-token agreement {cal['next_token_agreement']:.4f}" if "next_token_agreement" in cal else ""))
+    rows.append(f"{'block':<36}{'gated':>6}{'threshold':>11}{'calib share':>12}{'fit R2':>8}{'weight':>8}  quality")
+    for site, v in stats.get("layers", {}).items():
+        r2 = v.get("fit_r2")
+        q = v.get("quality")
+        curve = " ".join(f"{s:.2f}:{g:.3f}/{o:.3f}" for s, g, o in zip(q["share"], q["gate_error"], q["oracle_error"])) if q else \
+            v.get("not_gated", "")
+        rows.append(f"{site:<36}{'yes' if v.get('gated') else 'no':>6}{v.get('threshold', float('nan')):>11.4g}"
+                    f"{v.get('calib_share', float('nan')):>12.4f}{'' if r2 is None else f'{r2:.3f}':>8}"
+                    f"{v.get('sensitivity', float('nan')):>8.3f}  {curve}")
+    rows.append("quality: share of the block's rows skipped: its output error (|dropped FFN output| / |stream|, RMS) "
+                "in gate order / in oracle order")
+    return "\n".join(rows)

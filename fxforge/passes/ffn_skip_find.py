@@ -14,9 +14,12 @@ may first sum it with the attention output instead of the stream; dropping y's r
 the same skip, and the stream the FFN's size is measured against is still the norm's input h.
 Attention never matches (its op is not row-local), so it is never skipped and the KV cache stays whole.
 
-Positions (for the warm-up) come from, in order: a graph input named `*cache_position*` (i64 [T]),
-one named `*position_ids*` (i64 [B, T]), or the i64 `arange` over the sequence dim (plus a scalar
-offset in a KV-cache graph) that the model builds them from; a graph with none gets row indices (noted).
+Positions (for the warm-up) come from, in order: a graph input named `*cache_position*` (i64 [T]) or
+`*position_ids*` (i64 [B, T]) (AOT graphs keep argument names), else the first i64 graph input or
+`arange` over the sequence dim (plus a scalar offset in a KV-cache graph) that flows into the position
+embedding (a table named like `wpe`/`pos*`) or, cast to float, into a product with a const (the rotary
+embedding's inverse frequencies): JIT graphs name inputs `argN_1`, so the use tells. A graph with none
+gets row indices within each call (noted in the report).
 """
 
 from __future__ import annotations
@@ -160,13 +163,36 @@ def find_ffn_blocks(graph: Graph) -> list[FfnBlock]:
     return blocks
 
 
-def find_positions(graph: Graph, seq_dim) -> tuple[Value | None, str]:
-    """The value holding each token's position (broadcasting to [B, T]) and where it came from."""
-    for key in ("cache_position", "position_ids"):
-        for v in graph.inputs:
-            if key in v.name and v.type.dtype == DType.i64 and 1 <= v.type.rank <= 2 \
-               and dims_equal(v.type.shape[-1], seq_dim):
-                return v, f"graph input %{v.name}"
+PASS_THROUGH = ("reshape", "expand", "cast", "slice", "add")  # ops positions flow through unchanged in meaning
+
+
+def _from_const(v: Value) -> bool:
+    """A const, possibly reshaped, expanded or cast (HF's `inv_freq[None, :, None].expand(...).float()`)."""
+    while v.producer is not None and v.producer.opcode in ("reshape", "expand", "cast"):
+        v = v.producer.operands[0]
+    return v.producer is not None and v.producer.opcode == "const"
+
+
+def _feeds_positions(v: Value, depth: int = 6) -> bool:
+    """Does v (integer) reach a position consumer: an embedding table of positions (GPT-2's wpe) or,
+    cast to float, a product with a const (the rotary embedding's inverse frequencies)?"""
+    for u in v.uses:
+        if u.opcode == "embedding" and u.operands[1] is v:
+            table = u.operands[0].producer
+            if table is not None and table.opcode == "const" and any(k in table.attrs["weight"] for k in ("pos", "wpe")):
+                return True
+        elif u.opcode in ("mul", "matmul") and v.type.dtype.is_float and any(_from_const(o) for o in u.operands if o is not v):
+            return True
+        elif u.opcode in PASS_THROUGH and depth > 0 and _feeds_positions(u.results[0], depth - 1):
+            return True
+    return False
+
+
+def _candidates(graph: Graph, seq_dim) -> list[tuple[Value, str]]:
+    out = []
+    for v in graph.inputs:
+        if v.type.dtype == DType.i64 and 1 <= v.type.rank <= 2 and dims_equal(v.type.shape[-1], seq_dim):
+            out.append((v, f"graph input %{v.name}"))
     for op in graph.ops:
         if op.opcode == "arange" and op.result.type.dtype == DType.i64 and dims_equal(op.result.type.shape[0], seq_dim):
             v = op.result
@@ -175,5 +201,20 @@ def find_positions(graph: Graph, seq_dim) -> tuple[Value | None, str]:
                 if not nxt:
                     break
                 v = nxt[0].result
-            return v, f"arange %{v.name} over the sequence"
+            out.append((v, f"arange %{v.name} over the sequence"))
+    return out
+
+
+def find_positions(graph: Graph, seq_dim) -> tuple[Value | None, str]:
+    """The value holding each token's position (broadcasting to [B, T]) and where it came from: an
+    input named like cache_position / position_ids, else the first integer input or arange over the
+    sequence that feeds the position embedding or the rotary embedding."""
+    cands = _candidates(graph, seq_dim)
+    for key in ("cache_position", "position_ids"):
+        for v, where in cands:
+            if key in v.name:
+                return v, where
+    for v, where in cands:
+        if _feeds_positions(v):
+            return v, where + " (feeds the position/rotary embedding)"
     return None, "none found"

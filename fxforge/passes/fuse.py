@@ -1,10 +1,12 @@
 """Fusion partitioning: which ops of a graph run together as one kernel, and why the rest do not.
 
-`partition(graph)` returns a `Partition`: `KernelGroup`s (plain data naming ops of the graph) and,
-for every op left outside a kernel, the reason. The graph itself is not rewritten (no new opcodes:
-it stays valid IR for the verifier); codegen reads the partition. The pass `fuse` (in `fxforge.pipeline.PASS_TABLE`; not
-in the default pipeline; the `interpret`/`triton` executors run `partition` themselves) stores the
-partition on the graph as `graph.kernel_groups` and its summary in `ctx.stats`.
+`partition(graph)` returns a `Partition` (`ir/partition.py`): `KernelGroup`s (plain data naming ops
+of the graph) and, for every op left outside a kernel, the reason. The graph itself is not rewritten
+(no new opcodes: it stays valid IR for the verifier). The pass `fuse` (a row of
+`fxforge.pipeline.PASS_TABLE`, run last for the `interpret`/`triton` executors) and `fuse(graph)`
+store the partition in the graph's `partition` field, which codegen requires, and its summary in
+`ctx.stats`.
+Which ops may anchor or join a kernel is read from the op table's traits (`fusion_rules.py`).
 
 The rule table (`FUSION_RULES` prints it):
 - gemm: `linear` / `matmul` + an epilogue in the GEMM template's order
@@ -35,30 +37,80 @@ without a kernel emitter (triu, tril) or of types kernels do not handle (fp8, pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fxforge.ir.graph import Graph, Op, Value
+from fxforge.ir.partition import KernelGroup, Partition
 from fxforge.ir.types import dims_equal
 from fxforge.passes.fusion_rules import (
     FUSION_RULES,
-    HOST_REASONS,
     MAX_HORIZONTAL,
-    MAX_ROW,
-    ROW_OPS,
-    ROW_REDUCTIONS,
-    KernelGroup,
-    Partition,
+    GemmRule,
     activation_of,
     cat_ok,
+    gemm_rule,
+    host_reason,
     kernel_types_ok,
+    literal_value,
+    normalizes,
     pointwise_ok,
-    qlinear_ok,
     row_ok,
     same_shape,
     scale_of,
     single_use,
 )
 from fxforge.passes.manager import PassContext
+
+# -- the GEMM epilogue, in the template's order ------------------------------------------------------
+# Each step: (params key, taker(fuser, anchor, rule, user, y) -> the value it records, or None).
+# A user joins the group when a step after the last one taken accepts it.
+
+
+def _same(user: Op, y: Value) -> bool:
+    return same_shape(user.result, y) and user.result.type.dtype == y.type.dtype
+
+
+def _other(user: Op, y: Value) -> Value | None:
+    others = [v for v in user.operands if v is not y]
+    return others[0] if len(others) == 1 else None
+
+
+def _scale(f, op, rule, user, y):
+    return scale_of(user, y) if rule.scale and _same(user, y) else None
+
+
+def _bias(f, op, rule, user, y):
+    b = _other(user, y)
+    if user.opcode != "add" or not _same(user, y) or b is None:
+        return None
+    ok = b.type.rank == 1 and dims_equal(b.type.shape[0], y.type.shape[-1]) and b.type.dtype == y.type.dtype
+    return b if ok else None
+
+
+def _activation(f, op, rule, user, y):
+    return activation_of(user) if _same(user, y) else None
+
+
+def _mul(f, op, rule, user, y):
+    return f.mul_operand(op, rule, user, y) if _same(user, y) else None
+
+
+def _residual(f, op, rule, user, y):
+    r = _other(user, y)
+    return r if user.opcode == "add" and _same(user, y) and r is not None and r.type.dtype == y.type.dtype else None
+
+
+def _out_dtype(f, op, rule, user, y):
+    ok = user.opcode == "cast" and user.result.type.dtype.is_float and y.type.dtype.is_float
+    return user.result.type.dtype if ok else None
+
+
+EPILOGUE: list[tuple[str, Callable[..., Any]]] = [
+    ("scale", _scale), ("bias", _bias), ("activation", _activation), ("mul", _mul), ("residual", _residual),
+    ("out_dtype", _out_dtype)]
+_LINEAR_ONLY = {"bias", "mul", "residual", "out_dtype"}  # a batched matmul's template call has none of them
+_DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None, "out_dtype": None}
 
 # -- the partition ------------------------------------------------------------------------------
 
@@ -80,14 +132,15 @@ class _Partitioner:
     def run(self) -> Partition:
         ops = self.graph.ops
         for op in ops:  # anchors first: gemm epilogues, then rows, attention
-            gemm_ok = (op.opcode in ("linear", "matmul") and kernel_types_ok(op)) or qlinear_ok(op)
-            if gemm_ok and self.free(op):
-                self.gemm(op)
+            rule = gemm_rule(op)
+            if rule is not None and self.free(op):
+                self.gemm(op, rule)
         for op in ops:
             if row_ok(op) and self.free(op):
                 self.row(op)
-            elif op.opcode == "attention" and self.free(op):
-                self.claim(KernelGroup("attention", [op], [], [], FUSION_RULES["attention"]))
+            elif op.opdef.kernel == "template" and self.free(op):  # alone, its own template (attention)
+                reason = FUSION_RULES.get(op.opcode, f"{op.opcode} alone (its template)")
+                self.claim(KernelGroup(op.opcode, [op], [], [], reason))
         for op in reversed(ops):  # pointwise trees, grown from their roots (last op first)
             if pointwise_ok(op) and self.free(op):
                 members = self.grow([op], op, allow_cat=True)
@@ -98,7 +151,7 @@ class _Partitioner:
         host_ops: dict[str, str] = {}
         for op in ops:
             if id(op) not in self.claimed:
-                host[id(op)] = self.host_reason(op)
+                host[id(op)] = host_reason(op)
                 names = ", ".join("%" + r.name for r in op.results)
                 host_ops[f"{names} = {op.opcode}"] = host[id(op)]
         for g in self.groups:
@@ -135,7 +188,7 @@ class _Partitioner:
         if not all(same_shape(o, a.outputs[0]) for o in [*a.outputs, *b.outputs]):
             return False
         common = [v for v in a.inputs if any(v is u for u in b.inputs)]
-        if not any(v.producer is None or v.producer.opcode != "full" for v in common):
+        if all(literal_value(v) is not None for v in common):
             return False
         last = max(order[id(a.root)], order[id(b.root)])
         inside = {id(op) for op in [*a.ops, *b.ops]}
@@ -160,67 +213,55 @@ class _Partitioner:
                     stack.append(p)
         return members
 
-    def mul_operand(self, op: Op, user: Op, y: Value, linear_like: bool) -> Value | None:
+    def mul_operand(self, op: Op, rule: GemmRule, user: Op, y: Value) -> Value | None:
         """The tensor t of `user` = mul(y, t) / mul(t, y) that the GEMM epilogue of `op` can take (same
         shape and dtype as y, not a `full`), else None. None as well when t is the single-use result of
         a later GEMM that can take this mul itself (SwiGLU: the up projection takes `silu(gate) * up`)."""
-        if user.opcode != "mul" or op.opcode == "qlinear" or not linear_like:
+        t = _other(user, y)
+        if user.opcode != "mul" or not rule.mul or t is None:
             return None
-        other = [v for v in user.operands if v is not y]
-        if len(other) != 1:
-            return None
-        t = other[0]
         if not (same_shape(t, y) and t.type.dtype == y.type.dtype and t.type.encoding is None):
             return None
-        p = t.producer
-        if p is not None and p.opcode == "full":
+        if literal_value(t) is not None:
             return None
-        if (p is not None and self.free(p) and p is not op and p.opcode in ("linear", "matmul") and kernel_types_ok(p)
-                and single_use(t, self.graph)
-                and (p.opcode == "linear" or (p.operands[1].type.rank == 2 and p.operands[0].type.rank >= 2))):
+        p = t.producer
+        later = gemm_rule(p)
+        if (later is not None and later.mul and later.linear_like(p) and self.free(p) and p is not op
+                and single_use(t, self.graph)):
             return None  # the later GEMM fuses it
         return t
 
-    def gemm(self, op: Op) -> None:
-        params: dict[str, Any] = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None,
-                                  "out_dtype": None}
-        has_bias = op.opcode == "linear" and len(op.operands) == 3
-        if op.opcode == "qlinear":  # no scale step; a bias operand is the one of (x, w, [bias], [u, v])
-            has_bias = len(op.operands) in (3, 5)
-        stage = 2 if has_bias else 1 if op.opcode == "qlinear" else 0
-        # matmul(a, b) with a 2-D b is linear(a, b^T): it takes the whole epilogue
-        linear_like = op.opcode in ("linear", "qlinear") or (op.operands[1].type.rank == 2 and op.operands[0].type.rank >= 2)
-        params["linear_like"] = linear_like
+    def gemm(self, op: Op, rule: GemmRule) -> None:
+        """The anchor and the epilogue steps its template takes, in order; a GEMM that is not
+        linear-like (a batched matmul) takes one step at most, scale or activation."""
+        params: dict[str, Any] = dict(_DEFAULTS)
+        linear_like = params["linear_like"] = rule.linear_like(op)
+        nxt = 2 if len(op.operands) in rule.bias_arity else 0  # a bias operand: the activation is next
         members, y = [op], op.result
         while single_use(y, self.graph):
             user = y.uses[0]
-            if not self.free(user) or not kernel_types_ok(user) or (not linear_like and stage >= 1):
+            if not self.free(user) or not kernel_types_ok(user) or (not linear_like and len(members) > 1):
                 break
-            same = same_shape(user.result, y) and user.result.type.dtype == y.type.dtype
-            scale = scale_of(user, y) if same else None
-            act = activation_of(user) if same else None
-            other = [v for v in user.operands if v is not y]
-            if stage < 1 and scale is not None:
-                params["scale"], stage = scale, 1
-            elif (stage < 2 and linear_like and same and user.opcode == "add" and len(other) == 1
-                  and other[0].type.rank == 1 and dims_equal(other[0].type.shape[0], y.type.shape[-1])
-                  and other[0].type.dtype == y.type.dtype):
-                params["bias"], stage = other[0], 2
-            elif stage < 3 and act is not None:
-                params["activation"], stage = act, 3
-            elif stage < 4 and same and (t := self.mul_operand(op, user, y, linear_like)) is not None:
-                params["mul"], stage = t, 4
-            elif (stage < 5 and linear_like and same and user.opcode == "add" and len(other) == 1
-                  and other[0].type.dtype == y.type.dtype):
-                params["residual"], stage = other[0], 5
-            elif stage < 6 and linear_like and user.opcode == "cast" and user.result.type.dtype.is_float and y.type.dtype.is_float:
-                params["out_dtype"], stage = user.result.type.dtype, 6
-            else:
+            taken = self.epilogue_step(op, rule, user, y, nxt, linear_like)
+            if taken is None:
                 break
+            nxt, params[EPILOGUE[taken[0]][0]] = taken[0] + 1, taken[1]
             members.append(user)
             y = user.result
         reason = "gemm + epilogue (" + ", ".join(m.opcode for m in members[1:]) + ")" if len(members) > 1 else "gemm alone"
         self.claim(KernelGroup("gemm", members, [], [], reason, params))
+
+    def epilogue_step(self, op: Op, rule: GemmRule, user: Op, y: Value, start: int,
+                      linear_like: bool) -> tuple[int, Any] | None:
+        """The first epilogue step from `start` on that takes `user`: (its index, the value recorded)."""
+        for i in range(start, len(EPILOGUE)):
+            key, take = EPILOGUE[i]
+            if key in _LINEAR_ONLY and not linear_like:
+                continue
+            value = take(self, op, rule, user, y)
+            if value is not None:
+                return i, value
+        return None
 
     def row(self, op: Op) -> None:
         members = [op]
@@ -232,7 +273,7 @@ class _Partitioner:
         prologue = len(members) - 1
         y = op.result
         epilogue = 0
-        if op.opcode in ROW_OPS:
+        if normalizes(op):
             while single_use(y, self.graph):
                 user = y.uses[0]
                 if not (self.free(user) and pointwise_ok(user) and same_shape(user.result, op.result)):
@@ -259,35 +300,26 @@ class _Partitioner:
                 if id(r) in outs or any(id(u) not in inside for u in r.uses):
                     g.outputs.append(r)
 
-    @staticmethod
-    def host_reason(op: Op) -> str:
-        if op.opcode in HOST_REASONS:
-            return HOST_REASONS[op.opcode] if op.opcode != "extern" else f"extern {op.attrs['target']}: calls torch on the host"
-        if op.opcode == "qlinear":
-            return ("qlinear: weight not a const of its scheme's #quantized layout (8-bit: per channel; 4-bit: "
-                    "even input dim), or non-float operands: host torch (reference, dequantizes the weight)")
-        if not kernel_types_ok(op):
-            return f"{op.opcode}: operand/result types a kernel does not handle (fp8/packed/encoded): host torch"
-        if op.opdef.category == "pointwise":
-            return f"{op.opcode}: pointwise op without a kernel emitter: host torch"
-        if op.opcode in ROW_OPS + ROW_REDUCTIONS:
-            return f"{op.opcode}: not over the last dim, not float, or rows over {MAX_ROW}: host torch"
-        return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"
-
 
 def partition(graph: Graph) -> Partition:
     """Kernel groups of the graph by the rule table, and the reason for every op left on the host."""
     return _Partitioner(graph).run()
 
 
+def fuse(graph: Graph) -> Graph:
+    """Partition the graph and store the partition in `graph.partition` (what codegen reads)."""
+    graph.partition = partition(graph)
+    return graph
+
+
 class FusePass:
-    """Partitions the graph into kernel groups (`graph.kernel_groups`); the IR is unchanged."""
+    """Partitions the graph into kernel groups (`graph.partition`); the IR is unchanged."""
 
     name = "fuse"
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
-        part = partition(graph)
-        graph.kernel_groups = part  # type: ignore[attr-defined]
+        part = fuse(graph).partition
+        assert part is not None
         ctx.stats.update(part.stats())
         ctx.stats["rules"] = FUSION_RULES
         return graph

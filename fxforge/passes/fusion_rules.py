@@ -1,10 +1,16 @@
-"""The fusion rule table and the data a partition is made of (see `fuse.py` for the rules in words):
-which ops may anchor or join a kernel (`*_ok` predicates), the reasons for ops left on the host,
-and `KernelGroup` / `Partition`, which codegen reads."""
+"""The fusion rule table (see `fuse.py` for the rules in words): which ops may anchor or join a
+kernel, read from the op table's traits (`kernel`, `activation`), the GEMM anchors' table, the
+epilogue steps of the GEMM template in order, and the reasons for ops left on the host.
+
+Decisions:
+- What an op can do is its `OpDef`'s business (traits); this module only adds what depends on the
+  templates: the GEMM anchors (`GEMM_RULES`), the epilogue order, the limits, the host reasons.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fxforge.ir.dtypes import DType
@@ -22,24 +28,18 @@ FUSION_RULES = {
     "horizontal": "pointwise trees of one domain shape reading a common input, independent of each other: one "
                   "kernel, several outputs",
     "attention": "attention alone (flash-attention template)",
+    "hadamard": "hadamard alone (fast Walsh-Hadamard template)",
 }
 
-ROW_OPS = ("softmax", "log_softmax", "layer_norm", "rms_norm")
-ROW_REDUCTIONS = ("sum", "mean", "amax")
 MAX_ROW = 65536  # row kernels hold one row in one tile
 MAX_HORIZONTAL = 8  # outputs of one horizontally fused pointwise kernel
-ACTIVATIONS = {"relu": "relu", "silu": "silu", "sigmoid": "sigmoid"}  # + gelu (by its approximate attr)
-# pointwise ops the expression printer (fxforge.codegen.expr) emits
-POINTWISE_EMITTED = frozenset({
-    "neg", "abs", "exp", "log", "log1p", "sqrt", "rsqrt", "sin", "cos", "tanh", "erf", "sigmoid", "relu", "silu",
-    "reciprocal", "floor", "ceil", "logical_not", "bitwise_not", "add", "sub", "mul", "pow", "maximum", "minimum",
-    "remainder", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "bitwise_and", "bitwise_or",
-    "bitwise_xor", "gelu", "div", "where", "clamp", "cast",
-})
+MAX_CAT = 8  # operands of a cat read inside a pointwise kernel
 QLINEAR_DTYPES = frozenset({DType.f32, DType.f16, DType.bf16})  # activations, bias, LoRC, result of a qlinear kernel
 KERNEL_DTYPES = frozenset({DType.f64, DType.f32, DType.f16, DType.bf16, DType.i64, DType.i32, DType.i16,
                            DType.i8, DType.u8, DType.bool})
-HOST_REASONS = {
+_QLINEAR_HOST = ("qlinear: weight not a const of its scheme's #quantized layout (8-bit: per channel; 4-bit: "
+                 "even input dim), or non-float operands: host torch (reference, dequantizes the weight)")
+HOST_REASONS: dict[str, str | Callable[[Op], str]] = {
     "reshape": "view: runs as a torch view on the host (copies only when the layout needs it)",
     "permute": "view: strided torch view on the host (kernels read it through its strides)",
     "expand": "view: stride-0 torch view on the host (kernels read it through its strides)",
@@ -51,62 +51,13 @@ HOST_REASONS = {
     "const": "source: a weight of the graph",
     "full": "source: uniform value; kernels inline it as a literal, materialised only for host consumers",
     "arange": "source: host torch.arange",
-    "extern": "extern: calls a torch op on the host",
+    "extern": lambda op: f"extern {op.attrs['target']}: calls torch on the host",
     "cumsum": "scan: host torch.cumsum (no scan kernel)",
     "argmax": "reduction with index result: host torch.argmax",
     "any": "boolean reduction: host torch.any",
     "amin": "reduction without a row kernel: host torch.amin",
+    "qlinear": _QLINEAR_HOST,
 }
-
-
-@dataclass
-class KernelGroup:
-    """One kernel: `kind` (pointwise | row | gemm | attention), its ops in graph order, the values it
-    reads from outside (`inputs`) and writes (`outputs`), why it was grouped, and kind-specific
-    `params` (gemm: the epilogue, row: the anchor op)."""
-
-    kind: str
-    ops: list[Op]
-    inputs: list[Value]
-    outputs: list[Value]
-    reason: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def root(self) -> Op:
-        return self.ops[-1]
-
-    def describe(self) -> str:
-        return f"{self.kind}[{', '.join(op.opcode for op in self.ops)}]"
-
-
-@dataclass
-class Partition:
-    """Kernel groups in graph order, and the host ops with the reason each stays unfused."""
-
-    groups: list[KernelGroup]
-    host: dict[int, str]  # id(op) -> reason
-    host_ops: dict[str, str] = field(default_factory=dict)  # "%name = opcode" -> reason
-
-    def group_of(self) -> dict[int, KernelGroup]:
-        return {id(op): g for g in self.groups for op in g.ops}
-
-    def stats(self) -> dict[str, Any]:
-        kinds: dict[str, int] = {}
-        for g in self.groups:
-            kinds[g.kind] = kinds.get(g.kind, 0) + 1
-        reasons: dict[str, dict[str, Any]] = {}
-        for op_reason in self.host.values():
-            reasons.setdefault(op_reason, {"count": 0})["count"] += 1
-        return {
-            "kernels": len(self.groups),
-            "kinds": dict(sorted(kinds.items())),
-            "fused_ops": sum(len(g.ops) for g in self.groups),
-            "groups": [g.describe() for g in self.groups],
-            "unfused": {r: v["count"] for r, v in sorted(reasons.items())},
-            "host_ops": dict(self.host_ops),
-        }
-
 
 # -- helpers ----------------------------------------------------------------------------------------
 
@@ -120,6 +71,12 @@ def same_shape(a: Value, b: Value) -> bool:
     return len(sa) == len(sb) and all(dims_equal(x, y) for x, y in zip(sa, sb))
 
 
+def literal_value(v: Value) -> Any:
+    """The value of a rank-any `full` (kernels inline it as a literal), else None."""
+    p = v.producer
+    return p.attrs["value"] if p is not None and p.opcode == "full" else None
+
+
 def kernel_types_ok(op: Op) -> bool:
     vals = [*op.operands, *op.results]
     return all(v.type.dtype in KERNEL_DTYPES and v.type.encoding is None for v in vals)
@@ -129,8 +86,6 @@ def qlinear_ok(op: Op) -> bool:
     """Can the qlinear template run this `qlinear`? Its weight must be a `const` of a `#quantized`
     encoding of the op's scheme, in a layout the kernels read (8-bit: per channel; 4-bit: an even
     input dim), with the scheme's activation format; every other operand a float tensor."""
-    if op.opcode != "qlinear":
-        return False
     x, w, *rest = op.operands
     enc, const = w.type.encoding, w.producer
     if const is None or const.opcode != "const" or not isinstance(enc, Quantized):
@@ -146,36 +101,82 @@ def qlinear_ok(op: Op) -> bool:
     return all(v.type.dtype in QLINEAR_DTYPES and v.type.encoding is None for v in [x, *rest, op.result])
 
 
-def pointwise_ok(op: Op) -> bool:
-    """Can the expression printer emit this op inside a kernel?"""
-    return op.opdef.category == "pointwise" and op.opcode in POINTWISE_EMITTED and kernel_types_ok(op)
+def _always(op: Op) -> bool:
+    return True
 
 
-def cat_ok(op: Op) -> bool:
+def _matmul_2d_weight(op: Op) -> bool:
+    """matmul(a, b) with a 2-D b is linear(a, b^T): it takes the whole epilogue."""
+    return op.operands[1].type.rank == 2 and op.operands[0].type.rank >= 2
+
+
+@dataclass(frozen=True)
+class GemmRule:
+    """A GEMM anchor: can its template run this op (`ok`), does it take the whole epilogue
+    (`linear_like`), the operand counts that include a bias, and whether the template has the
+    scale and mul-by-tensor steps."""
+
+    ok: Callable[[Op], bool]
+    linear_like: Callable[[Op], bool]
+    bias_arity: tuple[int, ...]
+    scale: bool = True
+    mul: bool = True
+
+
+GEMM_RULES = {
+    "linear": GemmRule(kernel_types_ok, _always, (3,)),
+    "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, ()),
+    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=False, mul=False),  # operands x, w, [bias], [u, v]
+}
+
+
+def gemm_rule(op: Op | None) -> GemmRule | None:
+    """The anchor rule of a GEMM op the template can run, else None."""
+    if op is None or op.opdef.kernel != "gemm":
+        return None
+    rule = GEMM_RULES.get(op.opcode)
+    return rule if rule is not None and rule.ok(op) else None
+
+
+def pointwise_ok(op: Op | None) -> bool:
+    """Can the expression printer emit this op inside a kernel (its `kernel` trait)?"""
+    return op is not None and op.opdef.kernel == "pointwise" and kernel_types_ok(op)
+
+
+def cat_ok(op: Op | None) -> bool:
     """A `cat` a pointwise kernel can read through: each operand selected by a range of the cat dim."""
-    if op.opcode != "cat" or not kernel_types_ok(op) or len(op.operands) > 8:
+    if op is None or op.opcode != "cat" or not kernel_types_ok(op) or len(op.operands) > MAX_CAT:
         return False
     out = op.result.type
     return out.shape[op.attrs["dim"] % out.rank] != 1
 
 
-def last_dim(op: Op) -> bool:
-    rank = op.operands[0].type.rank
-    if op.opcode in ("softmax", "log_softmax"):
-        return rank >= 1 and op.attrs["dim"] % rank == rank - 1
-    if op.opcode in ROW_REDUCTIONS:
-        dims = op.attrs["dims"]
-        return rank >= 1 and dims is not None and len(dims) == 1 and dims[0] % rank == rank - 1
-    return rank >= 1
+def row_axes(op: Op) -> tuple[int, ...] | None:
+    """The dims a row op works over: `dims` (reductions; None = all), `dim` (softmax), else the last."""
+    if "dims" in op.attrs:
+        return None if op.attrs["dims"] is None else tuple(op.attrs["dims"])
+    return (op.attrs["dim"],) if "dim" in op.attrs else (-1,)
 
 
 def row_ok(op: Op) -> bool:
-    if op.opcode not in ROW_OPS + ROW_REDUCTIONS or not kernel_types_ok(op) or not last_dim(op):
+    """A row kernel can anchor `op`: its `kernel` trait is `row`, over the last dim only, float types,
+    rows of at most MAX_ROW elements."""
+    if op.opdef.kernel != "row" or not kernel_types_ok(op):
+        return False
+    rank = op.operands[0].type.rank
+    axes = row_axes(op)
+    if rank < 1 or axes is None or len(axes) != 1 or axes[0] % rank != rank - 1:
         return False
     n_cols = op.operands[0].type.shape[-1]
     if isinstance(n_cols, int) and n_cols > MAX_ROW:
         return False
     return all(v.type.dtype.is_float for v in [*op.operands, *op.results])
+
+
+def normalizes(op: Op) -> bool:
+    """A row op that is not a reduction (softmax, norms): its result has its input's shape, and
+    same-shape pointwise consumers join its kernel as an epilogue."""
+    return op.opdef.category != "reduction"
 
 
 def scale_of(op: Op, y: Value) -> float | None:
@@ -185,16 +186,27 @@ def scale_of(op: Op, y: Value) -> float | None:
     others = [v for v in op.operands if v is not y]
     if len(others) != 1 or (op.opcode == "div" and op.operands[0] is not y):
         return None
-    c = others[0]
-    if c.producer is None or c.producer.opcode != "full" or c.type.rank != 0:
+    value = literal_value(others[0])
+    if value is None or others[0].type.rank != 0:
         return None
-    value = float(c.producer.attrs["value"])
+    value = float(value)
     return value if op.opcode == "mul" else (1.0 / value if value != 0 else None)
 
 
 def activation_of(op: Op) -> str | None:
-    if op.opcode in ACTIVATIONS:
-        return ACTIVATIONS[op.opcode]
-    if op.opcode == "gelu":
-        return "gelu" if op.attrs["approximate"] == "none" else "gelu_tanh"
-    return None
+    """The GEMM epilogue activation `op` computes (its `activation` trait), else None."""
+    return op.opdef.activation_of(op.attrs)
+
+
+def host_reason(op: Op) -> str:
+    """Why `op` runs on the host."""
+    reason = HOST_REASONS.get(op.opcode)
+    if reason is not None:
+        return reason(op) if callable(reason) else reason
+    if not kernel_types_ok(op):
+        return f"{op.opcode}: operand/result types a kernel does not handle (fp8/packed/encoded): host torch"
+    if op.opdef.category == "pointwise":
+        return f"{op.opcode}: pointwise op without a kernel emitter: host torch"
+    if op.opdef.kernel == "row":
+        return f"{op.opcode}: not over the last dim, not float, or rows over {MAX_ROW}: host torch"
+    return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"

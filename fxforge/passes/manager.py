@@ -46,13 +46,17 @@ class PassVerifyError(VerifyError):
 @dataclass
 class PassContext:
     """What a pass run gets beside the graph: options (`"<pass>.<option>"` keys), the calibration
-    inputs (a list of input lists for the graph, or None), checking flags, and its statistics dict."""
+    inputs (a list of input lists for the graph, or None), checking flags, and its statistics dict.
+    `shared`: what a pass keeps across the graphs of one compile (JIT: every graph dynamo captures
+    for one model), under its own name; e.g. ffn_skip's gates, fitted where calibration data reached
+    a graph and reused by the decode graphs captured later."""
 
     options: dict[str, Any] = field(default_factory=dict)
     calibration: list | None = None
     verify: bool = False
     debug: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def option(self, key: str, default: Any = None) -> Any:
         """The option `key` ("<pass>.<option>"), or `default` when it is not set."""

@@ -9,6 +9,8 @@ Options (`ctx.option("quantize.<name>")`; the pass is off unless "quantize.schem
                            scheme's, 128 for w4a16-int4, 32 for w4a8-fp)
     "quantize.pow2_round"  w4a8-fp only, "floor" (default) or "ceil": see `fxforge.ir.lowp_ops`
     "quantize.lorc_rank"   LoRC rank (0: off), see `fxforge.passes.lorc`
+    "quantize.gptq"        GPTQ rounding (`fxforge.passes.gptq`) instead of round-to-nearest; decided with
+                           the other methods by `quant_methods.resolve_methods` (on by default with calibration)
 Errors are measured on `ctx.calibration` (a list of input lists for the graph) when it is given.
 
 Decisions:
@@ -28,6 +30,9 @@ Decisions:
   the calibration activations that reach it (`calibrate`), or, without calibration data, on 256
   rows of N(0, 1) inputs (`error_data` says which). With calibration data the summary also has the
   end-to-end relative error of the graph's first output.
+- GPTQ runs sequentially (`hessian.run_stages`): each layer's H is collected on the graph as already
+  quantized above it. Each GPTQ layer also reports `rtn_rel_error` (the same layer rounded to nearest)
+  so the gain is visible per layer; `method` says which rounding the layer got and `note` why not GPTQ.
 - Bytes per layer: before as fp16 (numel * 2) and as stored (fp32 here), after = codes + scales
   (+ zero points / shifts) + LoRC factors.
 """
@@ -45,6 +50,8 @@ from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import decode_weight, encode_weight, get_scheme, group_count, qlinear_ref
 from fxforge.passes.calibrate import calibrate, site_name
+from fxforge.passes.gptq import gptq_encode
+from fxforge.passes.hessian import Hessian, run_stages
 from fxforge.passes.lorc import lorc_factors
 from fxforge.passes.manager import PassContext
 
@@ -101,7 +108,7 @@ def _check_finite(graph: Graph, op: Op, layer: str) -> None:
 
 def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | None] | None = None,
                    group: int | None = None, lorc_rank: int = 0, calibration: list | None = None,
-                   pow2_round: str = "floor") -> dict[str, Any]:
+                   pow2_round: str = "floor", gptq: bool | None = None) -> dict[str, Any]:
     """Rewrite the graph's linears in place; returns the statistics (see the module docstring)."""
     for s in {scheme, *(overrides or {}).values()} - {None}:
         get_scheme(s)  # a typo fails before anything changes
@@ -129,11 +136,24 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
 
     calib = calibrate(graph, calibration, sites=[p[1] for p in plan]) if calibration else None
     layers: dict[str, dict[str, Any]] = {}
-    for op, layer, chosen in plan:
+    use_gptq = bool(calib) if gptq is None else gptq and bool(calib)
+    by_op = {id(op): (layer, chosen) for op, layer, chosen in plan}
+
+    def rewrite(op: Op, hessian: Hessian | None = None) -> None:
+        layer, chosen = by_op[id(op)]
         layers[layer] = _rewrite(graph, op, layer, chosen, group, lorc_rank, pow2_round,
-                                 calib.sites.get(layer) if calib else None)
+                                 calib.sites.get(layer) if calib else None, hessian)
+
+    if use_gptq:
+        run_stages(graph, calibration, [p[0] for p in plan], rewrite)
+    else:
+        for op, _, _ in plan:
+            rewrite(op)
     stats: dict[str, Any] = {"scheme": scheme, "layers": layers, "skipped": skipped,
-                             "error_data": "calibration" if calib else f"random N(0,1), {RANDOM_ROWS} rows"}
+                             "error_data": "calibration" if calib else f"random N(0,1), {RANDOM_ROWS} rows",
+                             "method": "gptq" if use_gptq else "rtn"}
+    if gptq and not calib:
+        stats["note"] = "gptq skipped: it needs calibration data (give calibration=[...])"
     errors = [v["rel_error"] for v in layers.values()]
     summary: dict[str, Any] = {
         "layers_quantized": len(layers),
@@ -155,12 +175,15 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
 
 
 def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, lorc_rank: int,
-             pow2_round: str, site) -> dict[str, Any]:
+             pow2_round: str, site, hessian: Hessian | None = None) -> dict[str, Any]:
     sc = get_scheme(scheme)
     const = op.operands[1].producer
     wname = const.attrs["weight"]
     w = graph.weight(wname).data
-    encoded = encode_weight(w, scheme, group if sc.group else None, pow2_round=pow2_round)
+    rtn = encode_weight(w, scheme, group if sc.group else None, pow2_round=pow2_round)
+    encoded, method = rtn, {"method": "rtn"}
+    if hessian is not None:
+        encoded, method = gptq_encode(w, scheme, group if sc.group else None, hessian, pow2_round=pow2_round)
     qname = graph.add_weight(_free_name(graph, f"{wname}.q"), encoded)
     w_hat = decode_weight(encoded)
     new_operands = [op.operands[0], graph.insert_before(op, "const", [], {"weight": qname}, name=const.result.name).result]
@@ -197,8 +220,11 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
     y = F.linear(x, w.float(), b)
     extra = ([b] if b is not None else []) + ([u, v] if u is not None else [])
     rel = relative_error(qlinear_ref(x, w_hat, *extra, **attrs), y)
+    if encoded is not rtn:
+        method["rtn_rel_error"] = relative_error(qlinear_ref(x, decode_weight(rtn), *extra, **attrs), y)
     g = encoded.encoding.group
     return {
+        **method,
         "scheme": scheme,
         "group": g,
         "groups": group_count(w.shape[1], g),
@@ -214,6 +240,8 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
 
 
 def _free_name(graph: Graph, name: str) -> str:
+    """`name`, made a legal weight name (nn.Sequential's "0.weight" starts with a digit) and unused."""
+    name = name if name[:1].isalpha() or name[:1] == "_" else f"w{name}"
     out, i = name, 0
     while out in graph.weights:
         i += 1
@@ -227,6 +255,8 @@ class Quantize:
     name = "quantize"
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        from fxforge.passes.quant_methods import resolve_methods  # it imports this module
+
         scheme = ctx.option("quantize.scheme")
         overrides = ctx.option("quantize.overrides") or {}
         if scheme is None and not any(v is not None for v in overrides.values()):
@@ -234,5 +264,6 @@ class Quantize:
             return graph
         ctx.stats.update(quantize_graph(
             graph, scheme, overrides, group=ctx.option("quantize.group"), lorc_rank=ctx.option("quantize.lorc_rank", 0) or 0,
-            calibration=ctx.calibration, pow2_round=ctx.option("quantize.pow2_round", "floor")))
+            calibration=ctx.calibration, pow2_round=ctx.option("quantize.pow2_round", "floor"),
+            gptq=resolve_methods(ctx.options, ctx.calibration is not None)["gptq"]))
         return graph

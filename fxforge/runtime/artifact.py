@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,9 @@ class LoadedArtifact:
     source: str
 
 
-def load_artifact(path: str | Path) -> LoadedArtifact:
+def load_artifact(path: str | Path, prepare: Callable[[Graph, str], Any] | None = None) -> LoadedArtifact:
+    """`prepare(graph, executor)` runs on the parsed graph before its executor is built (the pipeline
+    layer passes the `fuse` step the generated-kernel executors need; the runtime imports no pass)."""
     root = Path(path)
     manifest = _read_manifest(root)
     in_spec, out_spec = load_spec(manifest["in_spec"], "in_spec"), load_spec(manifest["out_spec"], "out_spec")
@@ -228,7 +231,10 @@ def load_artifact(path: str | Path) -> LoadedArtifact:
     slots = [InputSlot(s["kind"], parse_dim(s["symbol"]) if s["symbol"] else None, s["value"]) for s in manifest["inputs"]]
     outputs = [(k, parse_dim(v) if k == "symbol" else v) for k, v in manifest["outputs"]]
     config = CompileConfig.from_json(manifest["config"])
-    program = Program(graph, slots, outputs, resolve_executor(config.executor))
+    executor = resolve_executor(config.executor)
+    if prepare is not None:
+        prepare(graph, executor)
+    program = Program(graph, slots, outputs, executor)
     trace = Trace.from_json((root / FILES["trace"]).read_text())
     record = GraphRecord(graph.name, program, 0.0, 0.0, len(graph.ops), manifest["externs"], manifest["notes"], trace)
     return LoadedArtifact(record, in_spec, out_spec, manifest["arg_names"], config, manifest["source"])

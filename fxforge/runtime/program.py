@@ -10,6 +10,7 @@ Every tensor input's device is checked before anything runs (`runtime/devices.py
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,8 +63,9 @@ class Program:
             raise InputError(f"inputs do not fit the compiled graph: {e}") from None
         with torch.no_grad():
             results = self.executor(tensors, bindings)
-        self.calls += 1
-        self.counters.add(results)
+        with _COUNT_LOCK:  # calls may come from several threads
+            self.calls += 1
+            self.counters.add(results)
         return [self._output(o, results, bindings) for o in self.outputs]
 
     def _output(self, out: Any, results: list[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> Any:
@@ -73,6 +75,9 @@ class Program:
         if kind == "symbol":
             return substitute(item, bindings)
         return item
+
+
+_COUNT_LOCK = threading.Lock()
 
 
 def _same_const(a: Any, b: Any) -> bool:

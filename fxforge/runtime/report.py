@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fxforge.ir.trace import PassRecord, Trace
 from fxforge.runtime.counters import merge_counts
 from fxforge.runtime.program import Program
 
@@ -23,11 +24,22 @@ class GraphRecord:
     aten_ops: int
     externs: dict[str, int]
     notes: list[str]
-    trace: Any = None  # passes.manager.Trace
+    trace: Trace | None = None
 
     @property
     def calls(self) -> int:
         return self.program.calls
+
+    def add_check(self, name: str, stats: dict[str, Any], seconds: float) -> None:
+        """File the result of a check that leaves the IR unchanged (the kernel build check) in the trace,
+        as a record named `name` after the last pass (replacing an earlier one of that name)."""
+        if self.trace is None:
+            self.trace = Trace()
+        records = [r for r in self.trace.records if r.name != name]
+        last = records[-1] if records else None
+        ir = last.ir_after if last else ""
+        ops = dict(last.ops_after) if last else {}
+        self.trace.records = [*records, PassRecord(name, ir, ir, seconds, stats, ops, dict(ops))]
 
     def summary(self) -> str:
         ops = self.program.graph.op_counts()

@@ -1,8 +1,9 @@
 """Executors `interpret` and `triton`: run a graph through its generated Triton module.
 
-Both partition the graph (`passes.fuse`), generate and import the module once per graph
-(`fxforge.codegen.generate_module`) and call its `run` on every call; dynamic sizes are kernel
-arguments, so new lengths reuse the same module.
+Both need a partitioned graph (the pipeline runs the `fuse` pass last for them, and `fxforge.load`
+runs it on a loaded graph; without it construction fails with a `PartitionError` saying so),
+generate and import the module once per graph (`fxforge.codegen.generate_module`) and call its
+`run` on every call; dynamic sizes are kernel arguments, so new lengths reuse the same module.
 - `interpret`: Triton's CPU interpreter on CPU tensors, in any process (`runtime/interpreter.py`
   arranges the interpreter; no environment variable is needed), one call at a time.
 - `triton`: a CUDA GPU; weights move to the GPU once, inputs move there per call, outputs stay there.
@@ -19,6 +20,7 @@ import torch
 
 from fxforge.errors import ConfigError
 from fxforge.ir.graph import Graph
+from fxforge.ir.partition import check_partition
 from fxforge.runtime.interpreter import exclusive, interpreter_scope
 
 
@@ -28,6 +30,7 @@ class _GeneratedExecutor:
     def __init__(self, graph: Graph, device: str) -> None:
         from fxforge.codegen import generate_module
 
+        check_partition(graph)  # the pipeline's `fuse` step partitions; a clear error when it did not run
         self.graph = graph
         self.device = device
         self.module = generate_module(graph, device=device if device != "cpu" else None)

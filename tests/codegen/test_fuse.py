@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import fxforge
@@ -11,7 +12,7 @@ from fxforge.ir.graph import Graph
 from fxforge.ir.optable import OperandRef
 from fxforge.ir.types import TensorType
 from fxforge.ir.verify import verify
-from fxforge.passes.fuse import FusePass, partition
+from fxforge.passes.fuse import FusePass, fuse, partition
 from fxforge.passes.manager import PassManager
 from fxforge.pipeline import PASSES, default_pipeline
 
@@ -154,7 +155,7 @@ def test_swiglu_codegen_passes_mul_to_the_gemm():
     g = Graph()
     x, wg, wu = inputs(g, (2, 5, 16), (24, 16), (24, 16))
     g.set_outputs([op(g, "mul", op(g, "silu", op(g, "linear", x, wg)), op(g, "linear", x, wu))])
-    source, infos, _, _ = generate_source(g)
+    source, infos, _, _ = generate_source(fuse(g))
     assert [i.kind for i in infos] == ["gemm", "gemm"]
     assert "mul=" in source.split("def run(")[1]
 
@@ -214,12 +215,17 @@ def test_single_use_cat_fuses_into_its_pointwise_consumer_only():
 
 def test_codegen_uses_the_partition_the_fuse_pass_left():
     from fxforge.codegen import generate_source
+    from fxforge.ir.partition import PartitionError
 
     g = Graph()
     x, y = inputs(g, (8, 33), (8, 1))
     g.set_outputs([op(g, "mul", op(g, "softmax", x), y)])
+    with pytest.raises(PartitionError, match="run the `fuse` pass"):
+        generate_source(g)  # codegen never partitions by itself
     PassManager([FusePass()]).run(g)
-    part = g.kernel_groups
-    assert generate_source(g)[2] is part
-    g.add_op("exp", [x])  # the graph changed: the stale partition is not used
-    assert generate_source(g)[2] is not part
+    part = g.partition
+    assert part is not None and generate_source(g)[2] is part
+    g.add_op("exp", [x])  # the graph changed: the partition is stale, and codegen says so
+    with pytest.raises(PartitionError, match="stale"):
+        generate_source(g)
+    assert generate_source(fuse(g))[2] is not part

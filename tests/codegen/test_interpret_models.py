@@ -68,3 +68,23 @@ def test_triton_executor_needs_a_gpu():
 
     with pytest.raises(ConfigError, match="executor='interpret'"):
         make_executor("triton", Graph())
+
+
+def test_generated_kernel_executors_need_the_partition_and_the_pipeline_gives_it(tmp_path):
+    from fxforge.ir.partition import PartitionError
+    from fxforge.runtime.executors import make_executor
+
+    model = zoo.build("mlp")
+    x = zoo.example_input("mlp", batch=2, seq=4)
+    # a custom pass list without `fuse`: the pipeline still appends it for the interpret executor
+    compiled = fxforge.compile_aot(model, (x,), executor="interpret", passes=["canonicalize", "dce"])
+    assert compiled.record.trace.names()[-1] == "fuse" and compiled.graph.partition is not None
+    graph = compiled.graph
+    graph.partition = None
+    with pytest.raises(PartitionError, match="run the `fuse` pass"):
+        make_executor("interpret", graph)
+    # a loaded artifact has no partition on disk: load runs `fuse` for the generated-kernel executor
+    fxforge.compile_aot(model, (x,), executor="interpret").save(str(tmp_path / "a"))
+    loaded = fxforge.load(str(tmp_path / "a"))
+    assert loaded.graph.partition is not None and loaded.program.executor_name == "interpret"
+    torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=1e-4)

@@ -15,13 +15,14 @@ from fxforge.ir.dtypes import DType
 from fxforge.ir.evaluate import bind_symbols, evaluate
 from fxforge.ir.graph import Graph
 from fxforge.ir.types import TensorType, sym
+from fxforge.passes.fuse import fuse
 from fxforge.passes.fusion_rules import MAX_HORIZONTAL
 
 F32 = 1e-4
 
 
 def run_both(g: Graph, *inputs: torch.Tensor):
-    mod = generate_module(g)
+    mod = generate_module(fuse(g))
     bindings = bind_symbols([v.type for v in g.inputs], inputs, [v.name for v in g.inputs])
     return mod, mod.run(list(inputs), bindings), evaluate(g, list(inputs))
 
@@ -182,7 +183,7 @@ def test_dynamic_dim_is_a_kernel_argument_not_a_recompile():
     x = g.add_input("x", TensorType((2, s0, 24), DType.f32))
     w = g.add_input("w", TensorType((24,), DType.f32))
     g.set_outputs([op(g, "rms_norm", op(g, "add", x, op(g, "sigmoid", x)), w), op(g, "exp", x)])
-    mod = generate_module(g)
+    mod = generate_module(fuse(g))
     assert "s0" in mod.source.split("def run")[0]  # kernels take s0 as an argument
     for n in (1, 5, 19):
         xs, w0 = torch.randn(2, n, 24), torch.randn(24)
@@ -190,7 +191,7 @@ def test_dynamic_dim_is_a_kernel_argument_not_a_recompile():
         want = evaluate(g, [xs, w0])
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, atol=F32, rtol=0)
-    assert generate_module(g).module is mod.module  # same text: the loaded module is reused
+    assert generate_module(fuse(g)).module is mod.module  # same text: the loaded module is reused
 
 
 def test_buffers_are_reused_by_liveness():
@@ -224,10 +225,25 @@ def test_gemm_epilogue_and_attention_templates():
 def test_source_is_readable_text_without_importing_triton():
     g, (x,) = graph(((4, 4), DType.f32))
     g.set_outputs([op(g, "softmax", op(g, "exp", x))])
-    source, kernels, part, _ = generate_source(g)
+    source, kernels, part, _ = generate_source(fuse(g))
     compile(source, "<generated>", "exec")
-    assert source.count("@triton.jit") >= 2 and "def run(weights, x0):" in source
+    assert source.count("@triton.jit") == 1 and "def run(weights, x0):" in source
     assert '"""row softmax + 1 prologue op(s):' in source and len(kernels) == 1
+    # only what the module uses: no unused device helpers, templates, op table or sympy
+    for unused in ("_tanh", "_pow", "_ev", "OPS", "OperandRef", "_attention", "_linear", "import sympy", "F."):
+        assert unused not in source, unused
+    assert "_c * 0" not in source  # every load/store here spans the columns already
+    assert max(len(line) for line in source.splitlines()) <= 120
+
+
+def test_helpers_and_imports_follow_use():
+    g, (x, w) = graph(((4, 40), DType.f32), ((8, 40), DType.f32))
+    y = op(g, "linear", op(g, "gelu", x, approximate="tanh"), w)
+    g.set_outputs([op(g, "pow", y, op(g, "full", shape=(), value=1.5, dtype=DType.f32))])
+    source = generate_source(fuse(g))[0]
+    head = source.split("def run(")[0]
+    assert "@triton.jit\ndef _tanh(" in head and "@triton.jit\ndef _pow(" in head and "def _imod(" not in head
+    assert "import linear as _linear" in head and "_attention" not in head and "_qlinear" not in head
 
 
 def test_cat_fused_into_a_pointwise_tree_reads_shifted_operands():
@@ -244,7 +260,7 @@ def test_cat_fused_into_a_pointwise_tree_reads_shifted_operands():
              op(g, "mul", xt, op(g, "permute", cos, dims=(1, 0, 2))))
     three = op(g, "cat", op(g, "exp", op(g, "slice", x, dim=1, start=0, end=1)), x, op(g, "cos", x), dim=1)
     g.set_outputs([out, op(g, "mul", three, op(g, "full", shape=(), value=2.0, dtype=DType.f32))])
-    mod = generate_module(g)
+    mod = generate_module(fuse(g))
     assert [k.ops for k in mod.kernels] == [["neg", "cat", "sin", "mul", "mul", "add"], ["exp", "cos", "cat", "mul"]]
     for n in (1, 7):
         xs, c0 = torch.randn(1, n, 3, 16), torch.randn(n, 1, 16)
@@ -265,7 +281,7 @@ def test_horizontal_fusion_writes_several_outputs_from_one_kernel():
     s = op(g, "mul", op(g, "sin", t), y)
     h = op(g, "cast", op(g, "add", t, y), dtype=DType.f16)
     g.set_outputs([c, s, h, f])
-    mod = generate_module(g)
+    mod = generate_module(fuse(g))
     kinds = [k.ops for k in mod.kernels]
     assert kinds == [["exp"], ["cos", "sin", "mul", "add", "cast"]], kinds
     assert mod.source.count("tl.store(") == 4  # exp's, and the three trees' of the fused kernel

@@ -38,6 +38,7 @@ from fxforge.codegen import generate_source  # noqa: E402
 from fxforge.ir.evaluate import WEIGHT_DECODERS  # noqa: E402
 from fxforge.ir.graph import Weight  # noqa: E402
 from fxforge.ir.lowp_ops import decode_weight, get_scheme, qlinear_ref  # noqa: E402
+from fxforge.passes.fuse import fuse  # noqa: E402
 
 LAYER_TOL = 1e-5
 LOGIT_TOL = {"w4a16-int4": 1e-4}  # activations not quantized: nothing can flip
@@ -124,8 +125,8 @@ def test_quantized_llama_keeps_the_kernel_plan():
     example = (zoo.example_input("llama", batch=2, seq=8),)
     dense = fxforge.compile_aot(model, example, executor="reference")
     quant = fxforge.compile_aot(model, example, executor="reference", quantize="w4a8-fp", lorc_rank=4)
-    _, dense_kernels, _, _ = generate_source(dense.graph)
-    source, quant_kernels, part, _ = generate_source(quant.graph)
+    _, dense_kernels, _, _ = generate_source(fuse(dense.graph))
+    source, quant_kernels, part, _ = generate_source(fuse(quant.graph))
     plan = [k.ops for k in dense_kernels]
     renamed = []
     for k in plan:

@@ -25,7 +25,7 @@ import fxforge
 from fxforge import testing as zoo
 from fxforge.ir.errors import FxforgeError
 from fxforge.ir.ops import OPS
-from fxforge.ir.parser import parse_graph
+from fxforge.ir.parser import parse_dim, parse_graph, parse_type, parse_value
 from fxforge.ir.printer import print_graph
 from fxforge.ir.verify import verify
 
@@ -167,3 +167,25 @@ def test_fuzz_model_ir_is_valid(model_ir):
     text, weights = model_ir
     verify(parse_graph(text, weights))
     assert torch.is_tensor(next(iter(weights.values())).data)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.one_of(st.text(alphabet="s0129+-*/() ,flooriceMdaxinMo_", max_size=40), st.text(max_size=30)))
+def test_random_dim_expressions_parse_or_fail_cleanly(text):
+    with time_limit(CASE_SECONDS):
+        try:
+            d = parse_dim(f"({text})")
+        except FxforgeError:
+            return
+    assert isinstance(d, int) and 0 <= d < 2**63 or d.free_symbols
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(st.text(alphabet=st.one_of(st.sampled_from(list("[]{}<>#%@$,=:()-.\"\\")), st.characters()), max_size=40))
+def test_random_types_and_values_parse_or_fail_cleanly(text):
+    for parse in (parse_type, parse_value):
+        with time_limit(CASE_SECONDS):
+            try:
+                parse(text)
+            except FxforgeError:
+                pass

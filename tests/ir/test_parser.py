@@ -65,7 +65,7 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %g8 = const @norm.weight : f32[8]
   %emb = const @embed.weight : f32[100, 8]
   %qw = const @q.weight : f4e2m1[16, 8] #quantized<format="f4e2m1", axis=1, group=32, scale_dtype=f8e4m3, zero_point=false>
-  %sw = const @sparse.weight : f32[16, 8] #nm<n=2, m=4>
+  %sw = const @sparse.weight : f32[16, 8] #nm<n=2, m=4, dtype=f32, scheme=none, group=0>
   %bw = const @mx.weight : f8e4m3[16, 8] #blockfp<format="f8e4m3", block=32, axis=-1, perm="mx.perm">
   %bw2 = const @mx2.weight : f8e4m3[16, 8] #blockfp<format="f8e4m3", block=16, axis=0, perm=none>
   %lin = linear(%x, %w) : f32[s0, 16]
@@ -122,6 +122,15 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %vra, %mna = var_mean(%x) : f32[], f32[]
   %mx, %mxi = max_dim(%x) {dim=1} : f32[s0], i64[s0]
   %mi, %mii = min_dim(%x) {dim=0, keepdim=true} : f32[1, 8], i64[1, 8]
+  %had = hadamard(%x) : f32[s0, 8]
+  %had4 = hadamard(%x) {block=4} : f32[s0, 8]
+  %keep = skip_gate(%x, %y, %ids) {kind="carry", threshold=0.5, warmup=2, count="k0"} : i64[k0]
+  %keep2 = skip_gate(%x, %y, %ids, %g8) {kind="linear", bias=0.25, threshold=0.0, count="k1"} : i64[k1]
+  %rows = gather_rows(%x, %keep) : f32[k0, 8]
+  %back = scatter_add_rows(%x, %rows, %keep) : f32[s0, 8]
+  %cnt = skip_count(%x, %keep) : i64[2]
+  %cnt1 = skip_count(%x) : i64[2]
+  %cnts = skip_counts(%cnt, %cnt1) {sites=["a", "b"]} : i64[2, 2]
   %s_0, %s_1 = extern(%x) {target="aten.sort.default", args=[$0, -1], kwargs={descending=true}} : f32[s0, 8], i64[s0, 8]
   %z = extern() {target="aten.zeros.default", args=[[2, 3]], kwargs={dtype=f32}} : f32[2, 3]
   %odd = extern(%x, %y) {target="my.op \\"quoted\\" \\\\ \\n \\u00e9", args=[$1, $0, none, [1e-06, -0.0, inf, nan, 1e+20], {a=s0, b=(s0 - 1), c=""}]} : f32[s0, 8]
@@ -267,7 +276,7 @@ def test_symbolic_dims_and_expressions():
 def test_types():
     for text in ["f32[]", "f32[s0, 128]", "bool[1]", "i4[3, (s0 - 1)]",
                  'f4e2m1[16, 64] #quantized<format="f4e2m1", axis=1, group=32, scale_dtype=f8e4m3, zero_point=true>',
-                 "f32[4, 8] #nm<n=2, m=4>", 'f8e5m2[8] #blockfp<format="f8e5m2", block=32, axis=-1, perm=none>']:
+                 "f32[4, 8] #nm<n=2, m=4, dtype=f32, scheme=none, group=0>", 'f8e5m2[8] #blockfp<format="f8e5m2", block=32, axis=-1, perm=none>']:
         assert print_type(parse_type(text)) == text
     t = parse_type("f4e2m1[16, 64] #quantized<format=\"f4e2m1\", axis=1>")
     assert t == TensorType((16, 64), DType.f4e2m1, Quantized("f4e2m1", 1))

@@ -138,8 +138,7 @@ def test_default_pipeline_follows_the_config_and_executor():
     core = ["canonicalize", "constant_fold", "cse", "canonicalize", "dce", "shape_prop"]
     assert default_pipeline() == core
     assert default_pipeline(CompileConfig(), "interpret") == core + ["fuse"]
-    names = default_pipeline(CompileConfig(quantize="w8a8-int8"))
-    assert names[:4] == core[:4] and names[-2:] == core[-2:] and "quantize" in names  # rewrites between cleanup and dce
+    assert default_pipeline(CompileConfig(quantize="w8a8-int8"))[4:7] == ["rotate", "smooth", "quantize"]
     # an override that names a scheme switches the pass on too, and so does the option set directly
     assert "quantize" in default_pipeline(CompileConfig(quantize_overrides={"*.mlp.*": "w4a8-fp"}))
     assert "quantize" in default_pipeline(CompileConfig(pass_options={"quantize.scheme": "w8a8-int8"}))

@@ -57,12 +57,6 @@ def test_option_typos_are_config_errors(options, words):
         fxforge.compile_aot(zoo.build("mlp"), (torch.randn(2, 64),), **options)
 
 
-def test_valid_quantize_options_pass():
-    cfg = CompileConfig(quantize="w4a8-fp", quantize_overrides={"lm_head": None, "*.up": "w8a8-int8"},
-                        quantize_group=64, quantize_pow2_round="ceil", lorc_rank=4)
-    assert cfg.quantize_group == 64 and cfg.lorc_rank == 4
-
-
 # ---------------------------------------------------------------- 11: NaN / inf weights
 
 

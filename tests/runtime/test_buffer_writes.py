@@ -66,8 +66,6 @@ def test_kv_cache_buffers_are_written_back():
     assert model.pos.item() == 5 and bool((model.cache[:5] != 0).all()) and bool((model.cache[5] == 0).all())
 
 
-@pytest.mark.xfail(reason="needs multi-result ATen ops in the IR (#7 item 1, harden-ir): batch_norm's running "
-                          "stats are results 1 and 2; remove this mark when that lands", strict=False)
 def test_batchnorm_running_stats_update_under_jit_in_train_mode():
     class BN(torch.nn.Module):
         def __init__(self) -> None:

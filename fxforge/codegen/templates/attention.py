@@ -152,7 +152,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     m_strides = m.stride() if mask is not None else (0, 0, 0, 0)
     if out.numel() == 0:
         return out[:, 0] if squeeze else out
-    cfg = attention_blocks(Lq, Lk, D, q.dtype)
+    cfg = attention_blocks(Lq, Lk, D, q.dtype, masked=mask_kind != "none")
     grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * Hq)
     attention_kernel[grid](
         q, k, v, m, out,

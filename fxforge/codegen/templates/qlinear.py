@@ -28,7 +28,9 @@ and `tile_offsets`):
   acc * s_tok[m] * s_max[n].
 Group scales: BLOCK_K comes from `blocks.qlinear_blocks` and divides the group whenever a power of two
 >= the dot's minimum K does, so one K tile reads one scale per output channel (`GROUP % BLOCK_K == 0`);
-otherwise the kernels gather one scale per element (any even group works, slower).
+otherwise the kernels gather one scale per element (any group works, slower). A group that does not
+divide K leaves the last group partial (`fxforge.ir.lowp_ops`): group k // GROUP of element k, elements
+k >= K masked to zero, i.e. a zero-padded K, the reference's semantics.
 Epilogue (registers, one store): y = acc * row_scale * col_scale -> += LoRC addend -> += bias ->
 activation -> += residual -> cast to the output dtype (default x.dtype, as the reference).
 LoRC (U [out, r], V [in, r]): the correction (xq @ V) @ U^T is two small torch matmuls on the
@@ -53,6 +55,7 @@ from fxforge.codegen.templates.act_quant import (  # noqa: F401  (quantize/dequa
     quantize_activations,
 )
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, epilogue_operands, interpreting, tile_offsets
+from fxforge.codegen.templates.hadamard import hadamard as hadamard_rows
 from fxforge.errors import ShapeError
 from fxforge.ir.lowp_ops import get_scheme
 from fxforge.ir.types import Quantized
@@ -252,7 +255,7 @@ def _default_fp8_dot(device: torch.device) -> bool:
 def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = None, *,
             lorc: tuple[torch.Tensor, torch.Tensor] | None = None, activation: str = "none",
             residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-            fp8_dot: bool | None = None) -> torch.Tensor:
+            fp8_dot: bool | None = None, hadamard: int | None = None) -> torch.Tensor:
     """activation(qlinear_ref(x, weight, bias, lorc)) + residual, with the weight decoded inside the GEMM.
 
     `weight` is an `encode_weight(w, scheme)` Weight [N, K]; x is [..., K]; lorc = (U [N, r], V [K, r]);
@@ -279,9 +282,12 @@ def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = No
     if M == 0 or N == 0:
         return out.reshape(*lead, N)
 
-    # activations: per-token codes (schemes with an activation format) or x itself
+    # activations: per-token codes (schemes with an activation format) or x itself; `hadamard` (a block
+    # size) rotates x first, inside the activation quantization kernel (act_quant.py) when there is one
+    if hadamard is not None and sc.act_format is None:
+        x2d = hadamard_rows(x2d, hadamard)
     if sc.act_format is not None:
-        a, a_scale = quantize_activations(x2d, sc.act_format)
+        a, a_scale = quantize_activations(x2d, sc.act_format, hadamard)
     else:
         a, a_scale = x2d, None
     addend = None

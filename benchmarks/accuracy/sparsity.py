@@ -1,0 +1,144 @@
+"""N:M sparsity (and sparsity + quantization) on the stdlib-llama fixture: next-token agreement with
+fp32, held-out perplexity, logits cosine, pruned-weight bytes and compile time per row.
+
+    .venv/bin/python benchmarks/accuracy/sparsity.py                # every row, ~10 min on 2 busy cores
+    .venv/bin/python benchmarks/accuracy/sparsity.py --only 2:4     # rows whose name contains "2:4"
+
+Every linear but lm_head is pruned (fxforge's default; the embedding is not a linear). Calibration:
+`--calibration` windows of TRAIN text (16 x 128 bytes = 2048 tokens, more than the widest layer's 768
+inputs, so H is full rank). Writes benchmarks/results/sparsity-<date>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import data  # noqa: E402
+from perplexity import FIXTURE, RESULTS, load_fixture  # noqa: E402
+
+SCHEMES = ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp")
+
+
+def rows() -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    for pattern in ("2:4", "4:8", "2:8"):
+        for method in ("magnitude", "wanda", "sparsegpt"):
+            out.append((f"{pattern} {method}", {"sparsity": pattern, "sparsity_method": method}))
+    out.append(("2:4 sparsegpt (layer target)", {"sparsity": "2:4", "sparsity_method": "sparsegpt", "solver_target": "layer"}))
+    out.append(("4:8 sparsegpt (layer target)", {"sparsity": "4:8", "sparsity_method": "sparsegpt", "solver_target": "layer"}))
+    for scheme in SCHEMES:
+        out.append((f"2:4 sparsegpt + {scheme}", {"sparsity": "2:4", "sparsity_method": "sparsegpt", "quantize": scheme}))
+    out.append(("2:4 magnitude + w8a8-int8 (no calibration)", {"sparsity": "2:4", "quantize": "w8a8-int8", "_no_calib": True}))
+    return out
+
+
+@torch.no_grad()
+def evaluate(fn, windows: torch.Tensor, ref_logits: list[torch.Tensor] | None, batch: int) -> dict[str, Any]:
+    total, n, agree, cos, outs = 0.0, 0, 0.0, 0.0, []
+    for i in range(0, len(windows), batch):
+        w = windows[i:i + batch]
+        logits = fn(w[:, :-1]).float()
+        outs.append(logits)
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum")
+        total += ce.item()
+        n += w[:, 1:].numel()
+        if ref_logits is not None:
+            ref = ref_logits[len(outs) - 1]
+            agree += (logits.argmax(-1) == ref.argmax(-1)).sum().item()
+            cos += torch.nn.functional.cosine_similarity(logits, ref, dim=-1).sum().item()
+    res = {"nll": total / n, "ppl": math.exp(total / n), "_logits": outs}
+    if ref_logits is not None:
+        res.update({"next_token_agreement": agree / n, "logits_cosine": cos / n})
+    return res
+
+
+def run_row(model, options: dict[str, Any], windows, calib, ref, batch) -> dict[str, Any]:
+    import fxforge
+
+    opts = {k: v for k, v in options.items() if not k.startswith("_")}
+    if not options.get("_no_calib"):
+        opts["calibration"] = [(w[None, :-1],) for w in calib]
+    t0 = time.perf_counter()
+    compiled = fxforge.compile_aot(model, (windows[:batch, :-1],), **opts)
+    t1 = time.perf_counter()
+    res = evaluate(lambda x: compiled(x).logits, windows, ref, batch)
+    st = compiled.record.trace.record("sparsify").stats
+    pruned = sum(model.get_submodule(k).weight.numel() for k in st["layers"])
+    res.update({"compile_s": round(t1 - t0, 1), "method": st["method"], "layers_pruned": len(st["layers"]),
+                "skipped": sorted(st["skipped"]), "bytes_fp16": st["summary"]["bytes_fp16_before"],
+                "bytes_after": st["summary"]["bytes_after"], "bits_per_weight": 8 * st["summary"]["bytes_after"] / pruned,
+                "mean_layer_rel_error": st["summary"]["mean_rel_error"]})
+    return res
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = [f"# Sparsity on the stdlib-llama fixture ({res['date']})", "",
+             f"{res['eval']['windows']} held-out windows x {res['eval']['length']} bytes; calibration "
+             f"{res['eval']['calibration']} train windows; machine {res['machine']}. Agreement = next-token "
+             "argmax equal to fp32's; bits/weight of the pruned linears (values + index + scales).", "",
+             "| row | next-token agreement | logits cosine | ppl | bits/weight | compile s |", "|---|---|---|---|---|---|"]
+    for name, r in res["rows"].items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error']} | | | | |")
+            continue
+        lines.append(f"| {name} | {r.get('next_token_agreement', 1.0):.4f} | {r.get('logits_cosine', 1.0):.4f} | "
+                     f"{r['ppl']:.3f} | {r.get('bits_per_weight', 32):.2f} | {r.get('compile_s', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fixture", type=Path, default=FIXTURE)
+    ap.add_argument("--windows", type=int, default=32)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--calibration", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="", help="comma-separated substrings: run the rows whose name contains one")
+    ap.add_argument("--rows", default="", help="comma-separated exact row names (instead of --only)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_fixture(args.fixture)
+    windows = data.heldout_windows(args.windows, args.length)
+    calib = data.calibration_windows(args.calibration, args.length)
+    dense = evaluate(lambda x: model(x, use_cache=False).logits, windows, None, args.batch)
+    ref = dense.pop("_logits")
+    results: dict[str, Any] = {"fp32 dense": dense}
+    print(f"fp32 dense ppl {dense['ppl']:.3f}", flush=True)
+    for name, options in rows():
+        if args.rows and name not in args.rows.split(","):
+            continue
+        if args.only and not any(o in name for o in args.only.split(",")):
+            continue
+        try:
+            r = run_row(model, options, windows, calib, ref, args.batch)
+            r.pop("_logits")
+        except Exception as e:  # reported in the table, not hidden
+            r = {"error": f"{type(e).__name__}: {e}"[:300]}
+        results[name] = r
+        print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "skipped"}, flush=True)
+    date = datetime.date.today().isoformat()
+    res = {"date": date, "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
+           "eval": {"windows": args.windows, "length": args.length, "calibration": args.calibration}, "rows": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    picked = args.rows or args.only
+    suffix = "-partial" if picked else ""
+    (args.out / f"sparsity-{date}{suffix}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / f"sparsity-{date}{suffix}.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

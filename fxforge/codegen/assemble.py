@@ -1,0 +1,95 @@
+"""The assembler of a generated module: header, the imports and helpers the module uses, its
+kernels, then `run(...)`.
+
+Decisions:
+- What a module uses is read from its own text: an import or helper is kept when its name occurs in
+  the kernels, the launcher body or a kept helper (helpers may call helpers). Renderers never
+  declare what they need, so a new renderer cannot forget to, and no module carries unused
+  imports (`OPS`, `OperandRef`, `_attention`, ...) or helpers.
+- Long calls and kernel signatures are wrapped at the argument list (`module_text.wrap_call`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from fxforge.codegen.expr import PRELUDE
+from fxforge.codegen.kernels import ROW_TILE
+from fxforge.codegen.module_text import HEADER, HOST_HELPERS
+
+
+def _defs(text: str) -> dict[str, str]:
+    """Top-level functions of a helper text, by name (with their decorators)."""
+    out: dict[str, str] = {}
+    for chunk in re.split(r"\n[ \t]*\n(?=\S)", text.strip()):  # a blank line, then a top-level line
+        if not chunk.strip():
+            continue
+        name = re.search(r"^def (\w+)", chunk, re.M)
+        if name is not None:
+            out[name.group(1)] = chunk.strip()
+    return out
+
+
+HELPERS: dict[str, str] = {**_defs(PRELUDE), **_defs(HOST_HELPERS.format(tile=ROW_TILE))}
+
+# (pattern that shows the use, import line); module names, then the names fxforge provides
+IMPORTS: list[tuple[str, str]] = [
+    (r"(?<![\w.])sympy\.", "import sympy"),
+    (r"(?<![\w.])torch\.", "import torch"),
+    (r"(?<![\w.])F\.", "import torch.nn.functional as F"),
+    (r"(?<![\w.])triton\.", "import triton"),
+    (r"(?<![\w.])tl\.", "import triton.language as tl"),
+]
+NAMED_IMPORTS: dict[str, tuple[str, str]] = {  # name in the module -> (module, import spelling)
+    "next_pow2": ("fxforge.codegen.blocks", "next_pow2"),
+    "row_blocks": ("fxforge.codegen.blocks", "row_blocks"),
+    "_attention": ("fxforge.codegen.templates.attention", "attention as _attention"),
+    "_hadamard": ("fxforge.codegen.templates.hadamard", "hadamard as _hadamard"),
+    "_linear": ("fxforge.codegen.templates.gemm", "linear as _linear"),
+    "_matmul": ("fxforge.codegen.templates.gemm", "matmul as _matmul"),
+    "_qlinear": ("fxforge.codegen.templates.qlinear", "qlinear as _qlinear"),
+    "DType": ("fxforge.ir.dtypes", "DType"),
+    "_decode_weight": ("fxforge.ir.lowp_ops", "decode_weight as _decode_weight"),
+    "OPS": ("fxforge.ir.ops", "OPS"),
+    "OperandRef": ("fxforge.ir.optable", "OperandRef"),
+}
+
+
+def _uses(name: str, text: str) -> bool:
+    return re.search(rf"(?<![\w.]){re.escape(name)}\b", text) is not None
+
+
+def used_helpers(text: str) -> list[str]:
+    """Helpers the text calls, and the helpers those call, in HELPERS order."""
+    chosen: set[str] = set()
+    pending = [text]
+    while pending:
+        body = pending.pop()
+        for name, helper in HELPERS.items():
+            if name not in chosen and _uses(name, body):
+                chosen.add(name)
+                pending.append(helper)
+    return [name for name in HELPERS if name in chosen]
+
+
+def import_lines(text: str) -> list[str]:
+    """The import block for a module whose code (helpers included) is `text`."""
+    plain = [line for pattern, line in IMPORTS if re.search(pattern, text)]
+    grouped: dict[str, list[str]] = {}
+    for name, (module, spelling) in NAMED_IMPORTS.items():
+        if _uses(name, text):
+            grouped.setdefault(module, []).append(spelling)
+    named = [f"from {m} import {', '.join(sorted(s))}" for m, s in sorted(grouped.items())]
+    if re.search(r"(?<![\w.])tl\.", text):  # kernels: Triton-version fixes (3.6's interpreter) before they run
+        named.append("from fxforge.codegen import triton_compat  # noqa: F401")
+    return plain + ([""] if plain and named else []) + named
+
+
+def assemble(doc: dict[str, object], kernels: list[str], run_lines: list[str]) -> str:
+    """The module text: header docstring (`doc` fills HEADER), imports, used helpers, kernels, `run`."""
+    code = "\n".join(kernels) + "\n" + "\n".join(run_lines)
+    helpers = [HELPERS[name] for name in used_helpers(code)]
+    imports = import_lines(code + "\n" + "\n".join(helpers))
+    parts = [HEADER.format(**doc) + "\n" + "\n".join(imports)]
+    parts += helpers + kernels + ["\n".join(run_lines)]
+    return "\n\n\n".join(p.strip("\n") for p in parts) + "\n"

@@ -1,0 +1,112 @@
+"""Template calls in the generated launcher: one renderer per anchor op of a GEMM or attention
+kernel group (`@template_renders("linear")`), printing the call of the hand-written template
+(`templates/gemm.py`, `templates/qlinear.py`, `templates/attention.py`) with the group's epilogue.
+
+Decisions:
+- Keyword arguments appear only when they differ from the template's default, so a plain GEMM
+  reads `_linear(x, w)`.
+- `matmul(a, b)` with an epilogue runs as `linear(a, b^T)` (the linear template has the epilogue;
+  `b.t()` is a view, no copy); a plain matmul calls the batched `_matmul` template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fxforge.codegen.module_text import lit
+from fxforge.ir.graph import Value
+from fxforge.ir.partition import KernelGroup
+
+Names = Callable[[Value], str]
+TemplateRenderer = Callable[[KernelGroup, Names], str]
+TEMPLATE_RENDERERS: dict[str, TemplateRenderer] = {}
+
+
+def template_renders(*opcodes: str) -> Callable[[TemplateRenderer], TemplateRenderer]:
+    """Register the template call of kernel groups anchored by these opcodes."""
+
+    def deco(fn: TemplateRenderer) -> TemplateRenderer:
+        TEMPLATE_RENDERERS.update(dict.fromkeys(opcodes, fn))
+        return fn
+
+    return deco
+
+
+def render_template(g: KernelGroup, n: Names) -> str:
+    """The call expression of a template kernel group."""
+    render = TEMPLATE_RENDERERS.get(g.ops[0].opcode)
+    if render is None:
+        raise NotImplementedError(f"no template call for a {g.kind} group anchored by {g.ops[0].opcode!r}")
+    return render(g, n)
+
+
+def _epilogue(p: dict[str, Any], n: Names, keys: tuple[str, ...]) -> list[str]:
+    """The epilogue keyword arguments that differ from the template defaults, in the template's order."""
+    out = []
+    if "activation" in keys and p["activation"] != "none":
+        out.append(f"activation={p['activation']!r}")
+    for key in ("mul", "residual"):
+        if key in keys and p.get(key) is not None:
+            out.append(f"{key}={n(p[key])}")
+    if "scale" in keys and p["scale"] != 1.0:
+        out.append(f"scale={p['scale']!r}")
+    if "out_dtype" in keys and p["out_dtype"] is not None:
+        out.append(f"out_dtype={p['out_dtype'].torch}")
+    return out
+
+
+@template_renders("hadamard")
+def _hadamard(g: KernelGroup, n: Names) -> str:
+    op = g.ops[0]
+    return f"_hadamard({n(op.operands[0])}, block={op.attrs['block']})"
+
+
+@template_renders("attention")
+def _attention(g: KernelGroup, n: Names) -> str:
+    op = g.ops[0]
+    a = op.attrs
+    kw = [f"scale={lit(a['scale'])}", f"is_causal={a['is_causal']}", f"enable_gqa={a['enable_gqa']}"]
+    return f"_attention({', '.join([n(v) for v in op.operands] + kw)})"
+
+
+def _has_epilogue(p: dict[str, Any]) -> bool:
+    return (p["bias"] is not None or p["residual"] is not None or p.get("mul") is not None
+            or p["activation"] != "none" or p["out_dtype"] is not None)
+
+
+def _linear_call(g: KernelGroup, n: Names, weight: str) -> str:
+    """`_linear(x, weight, [bias], <epilogue>)`; `weight` is the [N, K] operand's expression."""
+    op, p = g.ops[0], g.params
+    bias = op.operands[2] if len(op.operands) > 2 else p["bias"]
+    args = [n(op.operands[0]), weight] + ([n(bias)] if bias is not None else [])
+    args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype"))
+    return f"_linear({', '.join(args)})"
+
+
+@template_renders("linear")
+def _linear(g: KernelGroup, n: Names) -> str:
+    return _linear_call(g, n, n(g.ops[0].operands[1]))
+
+
+@template_renders("matmul")
+def _matmul(g: KernelGroup, n: Names) -> str:
+    op, p = g.ops[0], g.params
+    if _has_epilogue(p):
+        return _linear_call(g, n, f"{n(op.operands[1])}.t()")  # matmul(a, b) = linear(a, b^T)
+    kw = [f"scale={p['scale']!r}"] if p["scale"] != 1.0 else []
+    return f"_matmul({', '.join([n(v) for v in op.operands] + kw)})"
+
+
+@template_renders("qlinear")
+def _qlinear(g: KernelGroup, n: Names) -> str:
+    """`_qlinear(x, w, scheme, [bias], lorc=(u, v), <epilogue>)`: w is the encoded `Weight`."""
+    op, p = g.ops[0], g.params
+    x, w, *rest = op.operands
+    lorc = rest[-2:] if op.attrs["lorc_rank"] > 0 else []
+    bias = rest[0] if len(rest) == len(lorc) + 1 else p["bias"]
+    args = [n(x), n(w), repr(op.attrs["scheme"])] + ([n(bias)] if bias is not None else [])
+    if lorc:
+        args.append(f"lorc=({n(lorc[0])}, {n(lorc[1])})")
+    args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
+    return f"_qlinear({', '.join(args)})"

@@ -1,0 +1,313 @@
+"""The `sparsify` pass: N:M pruning of `linear` weights into `#nm` weights, alone or with quantization.
+
+Options (`ctx.option("sparsify.<name>")`, from `CompileConfig.sparsity*` and `solver_target` through
+`fxforge.pipeline.PASS_TABLE`; the pass is off unless "sparsify.pattern" or an override names a pattern):
+    "sparsify.pattern"    "N:M" for every linear (any N < M <= 16), None: off
+    "sparsify.overrides"  {fnmatch pattern on the layer name: "N:M" or None}, first match wins, user
+                          patterns before the defaults (lm_head stays dense, as in `quantize`)
+    "sparsify.method"     "magnitude" (|w|), "wanda" (|w|·‖x_j‖), "sparsegpt" (second-order: mask
+                          from w²/[H⁻¹]_jj per block, OBS update of the kept weights); None: the best
+                          the calibration allows (sparsegpt with calibration, else magnitude)
+    "sparsify.target"     "reference" (default) or "layer": what the solver reconstructs (`gptq.solve_weight`)
+    "quantize.scheme", "quantize.overrides", "quantize.group", "quantize.pow2_round" (and the methods
+        of `quant_methods.resolve_methods` for GPTQ): composition. A layer that also gets a scheme is
+        pruned and quantized in one pass of the solver (prune, then quantize the survivors with error
+        compensation) and becomes a `qlinear` of a quantized `#nm` weight; the `quantize` pass then
+        leaves it alone. Without calibration: kept values rounded to nearest.
+H and errors are measured on `ctx.calibration`.
+
+Decisions:
+- Never pruned by default: lm_head, a linear tied to an embedding table, a weight that is not a plain
+  2-D const, a layer narrower than M (listed in `skipped` with the reason).
+- in_features not a multiple of M: the last in % M columns stay dense (`dense_tail` in the layer's
+  stats, and a note).
+- Sequential with calibration (`hessian.run_stages`): each stage's H (and Wanda's ‖x_j‖² = H_jj) is
+  collected on the graph as already pruned above it: a layer learns to live with its pruned inputs.
+- Quantized groups are counted in kept values (group g of the compressed [out, K] matrix covers
+  g·M/N original columns). If that is not a whole number of columns, or a dense tail exists, the
+  layer uses one scale per row (`group` 0) and says so.
+- Error per layer: ||y' - y|| / ||y|| of the layer alone on the calibration rows reaching it (dense
+  float layer as reference), or on 256 random rows without calibration.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fxforge.errors import ConfigError
+from fxforge.ir.dtypes import DType
+from fxforge.ir.graph import Graph, Op, Weight
+from fxforge.ir.lowp_ops import encode_weight, get_scheme, qlinear_ref
+from fxforge.ir.nm import MAX_M, compress, encode_nm, encode_nm_quantized, index_bits, pack_bits
+from fxforge.ir.parser import parse_graph
+from fxforge.ir.printer import print_graph
+from fxforge.ir.types import NM
+from fxforge.passes.calibrate import calibrate, site_name
+from fxforge.passes.gptq import solve_weight
+from fxforge.passes.hessian import Hessian, run_stages
+from fxforge.passes.manager import PassContext
+from fxforge.passes.quantize import RANDOM_ROWS, _embedding_tables, _free_name, _skip_reason, choose_scheme, relative_error
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+NEEDS_CALIBRATION = ("wanda", "sparsegpt")
+DEFAULT_OVERRIDES: dict[str, str | None] = {"lm_head": None, "*.lm_head": None}
+_SPEC = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
+
+
+def parse_nm(spec: str) -> tuple[int, int]:
+    """"2:4" -> (2, 4); ConfigError for malformed text, N >= M, N < 1 or M > 16."""
+    match = _SPEC.fullmatch(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ConfigError(f"sparsity={spec!r} is not an N:M pattern; write it like '2:4' (N < M <= {MAX_M})")
+    n, m = int(match[1]), int(match[2])
+    if not 1 <= n < m or m > MAX_M:
+        raise ConfigError(f"sparsity={spec!r}: need 1 <= N < M <= {MAX_M} (keep N of every M weights), e.g. '2:4'")
+    return n, m
+
+
+def check_options(sparsity: str | None, overrides: dict[str, str | None] | None, method: str | None) -> None:
+    """Fail early (ConfigError) on a bad pattern or method, before anything changes."""
+    for spec in {sparsity, *(overrides or {}).values()} - {None}:
+        parse_nm(spec)
+    if method is not None and method not in METHODS:
+        raise ConfigError(f"sparsity_method={method!r} is not one of {METHODS} (None: the best the calibration allows)")
+
+
+def choose_pattern(layer: str, sparsity: str | None, overrides: dict[str, str | None] | None) -> str | None:
+    for pattern, value in [*(overrides or {}).items(), *DEFAULT_OVERRIDES.items()]:
+        if fnmatch.fnmatchcase(layer, pattern):
+            return value
+    return sparsity
+
+
+def _mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the n largest scores of every m-block (tail columns kept)."""
+    out_f, in_f = score.shape
+    full = (in_f // m) * m
+    blocks = score[:, :full].reshape(out_f, -1, m)
+    drop = torch.topk(blocks, m - n, dim=-1, largest=False).indices
+    kept = torch.ones_like(blocks, dtype=torch.bool).scatter_(-1, drop, False).reshape(out_f, full)
+    return torch.cat([kept, torch.ones(out_f, in_f - full, dtype=torch.bool)], dim=1)
+
+
+def _quant_group(scheme: str, group: int | None, in_f: int, n: int, m: int) -> tuple[int, int, str]:
+    """(group in kept values, the same in original columns, note) for a composed layer."""
+    g = get_scheme(scheme).group if group is None else group
+    if g and (in_f % m or (g * m) % n):
+        return 0, 0, f"quantization groups do not map onto whole {n}:{m} blocks here: one scale per row"
+    return g, g * m // n, ""
+
+
+class _Layer:
+    """One planned layer: where it is, its pattern and scheme, and how it was treated."""
+
+    def __init__(self, op: Op, name: str, n: int, m: int, scheme: str | None) -> None:
+        self.op, self.name, self.n, self.m, self.scheme = op, name, n, m, scheme
+
+
+def _select_mask(w: torch.Tensor, method: str, hessian: Hessian | None, n: int, m: int) -> torch.Tensor | None:
+    """The kept mask of magnitude / Wanda (‖x_j‖² = H_jj), None for SparseGPT (the solver selects)."""
+    if method == "sparsegpt":
+        return None
+    score = w.abs().float()
+    if method == "wanda":
+        score = score * torch.diagonal(hessian.h).sqrt().float()
+    return _mask(score, n, m)
+
+
+def _encode_rtn(w: torch.Tensor, mask: torch.Tensor, layer: _Layer, g_c: int, opts: dict[str, Any]) -> Weight:
+    """No solver: the pruned weight, kept values rounded to nearest when the layer has a scheme."""
+    n, m = layer.n, layer.m
+    if not layer.scheme:
+        return encode_nm(w * mask, mask, n, m, DType.from_torch(w.dtype))
+    vals, pos = compress(w.float() * mask, mask, n, m)
+    inner = encode_weight(vals, layer.scheme, g_c, pow2_round=opts.get("quantize_pow2_round") or "floor")
+    payload = {**inner.payload, "index": pack_bits(pos, index_bits(m))}
+    placeholder = torch.zeros((), dtype=torch.float32).expand(*w.shape)
+    return Weight(placeholder, NM(n, m, DType.f32, layer.scheme, g_c), payload)
+
+
+def _encode(w: torch.Tensor, layer: _Layer, method: str, hessian: Hessian | None,
+            opts: dict[str, Any]) -> tuple[Weight, str, dict[str, Any]]:
+    """The encoded weight, the method actually used, and report fields."""
+    n, m = layer.n, layer.m
+    info: dict[str, Any] = {}
+    g_c = g_o = 0
+    if layer.scheme:
+        g_c, g_o, note = _quant_group(layer.scheme, opts.get("quantize_group"), w.shape[1], n, m)
+        if note:
+            info["note"] = note
+    if hessian is None and method != "magnitude":
+        method = "magnitude"
+    mask = _select_mask(w, method, hessian, n, m)
+    use_solver = hessian is not None and (method == "sparsegpt" or (layer.scheme and opts.get("gptq") is not False))
+    solved = None
+    if use_solver:
+        solved = solve_weight(w, hessian, scheme=layer.scheme, group=g_o, nm=(n, m) if mask is None else None,
+                              mask=mask, pow2_round=opts.get("quantize_pow2_round") or "floor")
+    if solved is None:
+        if use_solver:
+            info["note"] = "calibration inputs are all zero: pruned by magnitude, rounded to nearest"
+            method = "magnitude"
+        mask = mask if mask is not None and method != "magnitude" else _mask(w.abs().float(), n, m)
+        return _encode_rtn(w, mask, layer, g_c, opts), method, info
+    info.update({k: solved.info[k] for k in ("damp", "tokens")})
+    if "note" in solved.info:
+        info["note"] = "; ".join(filter(None, [info.get("note"), solved.info["note"]]))
+    if layer.scheme:
+        info["quantized_with"] = "gptq"
+    kept = solved.kept if solved.kept is not None else mask
+    if layer.scheme:
+        q = solved.quantizer
+        return encode_nm_quantized(q.code_matrix(), kept, n, m, layer.scheme, g_c, q.merged_params()), method, info
+    return encode_nm(solved.weight.to(w.dtype), kept, n, m, DType.from_torch(w.dtype)), method, info
+
+
+def _rewrite(graph: Graph, layer: _Layer, method: str, hessian: Hessian | None, site, opts: dict[str, Any]) -> dict[str, Any]:
+    op = layer.op
+    const = op.operands[1].producer
+    wname = const.attrs["weight"]
+    w = graph.weight(wname).data
+    encoded, used, info = _encode(w, layer, method, hessian, opts)
+    nname = graph.add_weight(_free_name(graph, f"{wname}.nm"), encoded)
+    new_const = graph.insert_before(op, "const", [], {"weight": nname}, name=const.result.name).result
+    operands = [op.operands[0], new_const, *op.operands[2:]]
+    if layer.scheme:
+        sc = get_scheme(layer.scheme)
+        attrs = {"scheme": layer.scheme, "act_format": sc.act_format, "group": encoded.encoding.group, "lorc_rank": 0}
+        new = graph.insert_before(op, "qlinear", operands, attrs)
+    else:
+        new = graph.insert_before(op, "linear", operands, dict(op.attrs))
+    old_name = op.result.name
+    graph.replace_op(op, [new.result])
+    graph.rename_value(new.result, old_name)
+    if not const.result.uses and not any(const.result is o for o in graph.outputs):
+        graph.erase(const)
+    if not any(o.opcode == "const" and o.attrs["weight"] == wname for o in graph.ops):
+        del graph.weights[wname]
+    bias = None
+    if len(operands) == 3 and operands[2].producer is not None and operands[2].producer.opcode == "const":
+        bias = graph.weight(operands[2].producer.attrs["weight"]).data.float()
+    return {"pattern": f"{layer.n}:{layer.m}", "method": used, "scheme": layer.scheme,
+            **_errors(w, encoded, new, bias, site), "dense_tail": w.shape[1] % layer.m,
+            "bytes_fp16": w.numel() * 2, "bytes_after": encoded.nbytes(), **info}
+
+
+def _errors(w: torch.Tensor, encoded: Weight, new: Op, bias, site) -> dict[str, Any]:
+    from fxforge.ir.nm import decode_nm
+
+    if site is not None and site.samples:
+        x, data = site.sample_matrix(), "calibration"
+    else:
+        x = torch.randn(RANDOM_ROWS, w.shape[1], generator=torch.Generator().manual_seed(0))
+        data = "random"
+    y = F.linear(x, w.float(), bias)
+    w_new = decode_nm(encoded).float()
+    if new.opcode == "qlinear":
+        extra = [bias] if bias is not None else []
+        y_new = qlinear_ref(x, w_new, *extra, **new.attrs)
+    else:
+        y_new = F.linear(x, w_new, bias)
+    return {"rel_error": relative_error(y_new, y), "weight_rel_error": relative_error(w_new, w.float()), "error_data": data}
+
+
+def _plan(graph: Graph, opts: dict[str, Any]) -> tuple[list[_Layer], dict[str, str]]:
+    tied = _embedding_tables(graph)
+    plan, skipped = [], {}
+    for op in graph.find("linear"):
+        layer = site_name(graph, op)
+        label = layer or f"%{op.result.name}"
+        reason = _skip_reason(graph, op, tied)
+        spec = choose_pattern(layer, opts.get("pattern"), opts.get("overrides")) if layer else None
+        if reason is None and spec is None:
+            reason = "kept dense (sparsity_overrides or default: lm_head stays dense)"
+        if reason is not None:
+            skipped[label] = reason
+            continue
+        n, m = parse_nm(spec)
+        in_f = graph.weight(op.operands[1].producer.attrs["weight"]).data.shape[1]
+        if in_f < m:
+            skipped[label] = f"input dim {in_f} is narrower than one {n}:{m} block"
+            continue
+        scheme = choose_scheme(layer, opts.get("quantize"), opts.get("quantize_overrides"))
+        if scheme and get_scheme(scheme).weight_format in ("i4", "f4e2m1") and ((in_f // m) * n + in_f % m) % 2:
+            skipped[label] = f"{n}:{m} of {in_f} inputs leaves an odd number of kept values: 4-bit codes pack two per byte"
+            continue
+        plan.append(_Layer(op, layer, n, m, scheme))
+    return plan, skipped
+
+
+def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
+    """Prune (and, composed, quantize) the graph's linears in place; returns the statistics."""
+    check_options(opts.get("pattern"), opts.get("overrides"), opts.get("method"))
+    for s in {opts.get("quantize"), *(opts.get("quantize_overrides") or {}).values()} - {None}:
+        get_scheme(s)
+    calibration = opts.get("calibration")
+    method = opts.get("method") or ("sparsegpt" if calibration else "magnitude")
+    stats: dict[str, Any] = {"method": method}
+    if method in NEEDS_CALIBRATION and not calibration:
+        stats["note"] = f"sparsity_method={method!r} needs calibration data: pruned by magnitude instead"
+        method = stats["method"] = "magnitude"
+    plan, skipped = _plan(graph, opts)
+    calib = calibrate(graph, calibration, sites=[p.name for p in plan]) if calibration else None
+    layers: dict[str, dict[str, Any]] = {}
+    by_op = {id(p.op): p for p in plan}
+
+    def rewrite(op: Op, hessian: Hessian | None = None) -> None:
+        layer = by_op[id(op)]
+        layers[layer.name] = _rewrite(graph, layer, method, hessian, calib.sites.get(layer.name) if calib else None, opts)
+
+    needs_h = calibration and (method != "magnitude" or (opts.get("gptq") is not False and any(p.scheme for p in plan)))
+    if needs_h:
+        target = opts.get("target") or "reference"
+        if target not in ("reference", "layer"):
+            raise ConfigError(f"solver_target={target!r} must be 'reference' or 'layer'")
+        reference = parse_graph(print_graph(graph), dict(graph.weights)) if target == "reference" else None
+        stats["solver_target"] = target
+        run_stages(graph, calibration, [p.op for p in plan], rewrite, reference=reference)
+    else:
+        for p in plan:
+            rewrite(p.op)
+    errors = [v["rel_error"] for v in layers.values()]
+    tails = {k: v["dense_tail"] for k, v in layers.items() if v["dense_tail"]}
+    if tails:
+        stats["dense_tail_note"] = f"{len(tails)} layer(s) have in_features not a multiple of M: their last columns stay dense {tails}"
+    stats.update({"layers": layers, "skipped": skipped, "error_data": "calibration" if calib else f"random N(0,1), {RANDOM_ROWS} rows"})
+    stats["summary"] = {
+        "layers_pruned": len(layers), "layers_skipped": len(skipped),
+        "bytes_fp16_before": sum(v["bytes_fp16"] for v in layers.values()),
+        "bytes_after": sum(v["bytes_after"] for v in layers.values()),
+        "mean_rel_error": sum(errors) / len(errors) if errors else 0.0, "max_rel_error": max(errors, default=0.0),
+    }
+    return stats
+
+
+# this pass's options ("sparsify.<name>") and the quantize options it composes with
+OPTION_KEYS = {"pattern": "sparsify.pattern", "overrides": "sparsify.overrides", "method": "sparsify.method",
+               "target": "sparsify.target", "quantize": "quantize.scheme", "quantize_overrides": "quantize.overrides",
+               "quantize_group": "quantize.group", "quantize_pow2_round": "quantize.pow2_round"}
+
+
+class Sparsify:
+    """Off unless "sparsify.pattern" (or an override) names an N:M pattern; stats: see `sparsify_graph`."""
+
+    name = "sparsify"
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        from fxforge.passes.quant_methods import resolve_methods
+
+        opts = {k: ctx.option(key) for k, key in OPTION_KEYS.items()}
+        if opts["pattern"] is None and not any(v is not None for v in (opts["overrides"] or {}).values()):
+            ctx.stats["enabled"] = False
+            return graph
+        opts["calibration"] = ctx.calibration
+        # composed layers: GPTQ on the kept values when the quantize methods say so (on with calibration)
+        opts["gptq"] = resolve_methods({**ctx.options, "quantize.scheme": opts["quantize"] or "w8a8-int8"},
+                                       ctx.calibration is not None)["gptq"]
+        ctx.stats.update(sparsify_graph(graph, opts))
+        return graph
