@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)  # 2 threads on 2 busy cores spin: 50x slower
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--tag", default="", help="suffix of the results file name (one run per model: ffn_skip-<date>-<tag>)")
     args = ap.parse_args()
     warnings.simplefilter("ignore", UserWarning)
     torch.set_num_threads(args.threads)
@@ -152,7 +153,7 @@ def main() -> None:
            "models": models}
     res["findings"] = findings(res)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"ffn_skip-{res['date']}"
+    stem = args.out / (f"ffn_skip-{res['date']}" + (f"-{args.tag}" if args.tag else ""))
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))

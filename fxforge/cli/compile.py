@@ -75,6 +75,13 @@ def _count(least: int) -> Callable[[str, str], int]:
     return parse
 
 
+def _share(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} must be a number, the share of FFN token-rows to skip (e.g. 0.2)") from None
+
+
 @dataclass(frozen=True)
 class ConfigFlag:
     """One `fxforge compile` flag that sets the `CompileConfig` field `field` to `parse(flag, value)`
@@ -105,6 +112,11 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
                "N:M pruning of every linear but lm_head (e.g. 2:4, 4:8; composes with --quantize)"),
     ConfigFlag("--sparsity-method", "sparsity_method", lambda flag, v: v.strip(), "METHOD",
                "magnitude, wanda or sparsegpt (default: sparsegpt with --calibration, else magnitude)"),
+    ConfigFlag("--ffn-skip", "ffn_skip", _share, "SHARE",
+               "skip this share of FFN token-rows at run time, per token, by a gate fitted on --calibration (0 < SHARE <= 0.9)"),
+    ConfigFlag("--ffn-skip-gate", "ffn_skip_gate", _choice(("linear", "carry", "oracle")), "linear|carry|oracle",
+               "the skip gate: least-squares predictor (default), FFN-SkipLLM's carry-over rule, or the oracle (measures only)"),
+    ConfigFlag("--ffn-skip-warmup", "ffn_skip_warmup", _count(0), "N", "tokens at positions below N always run their FFNs"),
     ConfigFlag("--calibration", "calibration", lambda flag, path: load_calibration(path), "FILE",
                "example inputs the quantization errors are measured on: a .pt file (torch.save of a list of examples, "
                "each a tensor, a tuple of args or a dict of kwargs) or a .safetensors file with keys '<example>.<input>'"),

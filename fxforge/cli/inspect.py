@@ -108,6 +108,15 @@ def _method_rows(records: list[Any]) -> list[str]:
     return rows
 
 
+def _show_ffn_skip(module: Any, args: argparse.Namespace) -> str:
+    from fxforge.passes.ffn_skip import format_report
+
+    records = [r for r in module.record.trace.records if r.name == "ffn_skip" and "target" in r.stats]
+    if not records:
+        return "no ffn_skip pass in this artifact (compile with ffn_skip=<share> and calibration=[...])"
+    return format_report(records[-1].stats)
+
+
 def _compact(stats: dict[str, Any]) -> str:
     """One short line of pass statistics: scalars as they are, collections by size."""
     def short(v: Any) -> str:
@@ -122,6 +131,7 @@ def _compact(stats: dict[str, Any]) -> str:
 
 INSPECT_VIEWS: list[InspectView] = [
     InspectView("--quant", "per quantized layer: scheme, output error, weight bytes before/after", _show_quant),
+    InspectView("--ffn-skip", "per FFN block: gated, threshold, calibrated share, gate quality vs the oracle", _show_ffn_skip),
     InspectView("--ir", "print the final IR (graph.fxir)", _show_ir),
     InspectView("--kernels", "per GPU arch, each kernel's registers, spills and shared memory (from --build-check)",
                 _show_kernels),

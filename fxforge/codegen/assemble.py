@@ -80,6 +80,8 @@ def import_lines(text: str) -> list[str]:
         if _uses(name, text):
             grouped.setdefault(module, []).append(spelling)
     named = [f"from {m} import {', '.join(sorted(s))}" for m, s in sorted(grouped.items())]
+    if re.search(r"(?<![\w.])tl\.", text):  # kernels: Triton-version fixes (3.6's interpreter) before they run
+        named.append("from fxforge.codegen import triton_compat  # noqa: F401")
     return plain + ([""] if plain and named else []) + named
 
 

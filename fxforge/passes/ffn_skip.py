@@ -256,3 +256,32 @@ class FfnSkip:
             raise ConfigError("ffn_skip needs calibration data: pass calibration=[example inputs, ...] (the gate is "
                               "fitted and its thresholds set on them)")
         return graph
+
+
+def format_report(stats: dict[str, Any]) -> str:
+    """The pass's report as text (`fxforge inspect --ffn-skip`): per FFN block, whether it is gated,
+    its threshold, the share it skipped on the calibration data, and the gate's quality curve (share
+    of the block's rows skipped -> the block's output error, gate order vs oracle order)."""
+    head = f"ffn_skip: target {stats['target']}, gate {stats['gate']}, warm-up {stats['warmup']}, {stats['blocks']} FFN blocks"
+    if "note" in stats:
+        return head + "\n" + stats["note"]
+    rows = [head, f"positions: {stats.get('positions')}"]
+    if "gates_from" in stats:
+        rows.append(f"gates from {stats['gates_from']}")
+    cal = stats.get("calibration")
+    if cal:
+        rows.append(f"calibration: {cal['share_skipped']:.4f} of FFN rows skipped (runs: {cal['share_history']}); "
+                    f"output rel err {cal['output_rel_error']:.4f}"
+                    + (f", next-token agreement {cal['next_token_agreement']:.4f}" if "next_token_agreement" in cal else ""))
+    rows.append(f"{'block':<36}{'gated':>6}{'threshold':>11}{'calib share':>12}{'fit R2':>8}{'weight':>8}  quality")
+    for site, v in stats.get("layers", {}).items():
+        r2 = v.get("fit_r2")
+        q = v.get("quality")
+        curve = " ".join(f"{s:.2f}:{g:.3f}/{o:.3f}" for s, g, o in zip(q["share"], q["gate_error"], q["oracle_error"])) if q else \
+            v.get("not_gated", "")
+        rows.append(f"{site:<36}{'yes' if v.get('gated') else 'no':>6}{v.get('threshold', float('nan')):>11.4g}"
+                    f"{v.get('calib_share', float('nan')):>12.4f}{'' if r2 is None else f'{r2:.3f}':>8}"
+                    f"{v.get('sensitivity', float('nan')):>8.3f}  {curve}")
+    rows.append("quality: share of the block's rows skipped: its output error (|dropped FFN output| / |stream|, RMS) "
+                "in gate order / in oracle order")
+    return "\n".join(rows)

@@ -201,3 +201,17 @@ def test_generate_through_the_jit_counts_decode():
     assert decode_rows == LAYERS * (new - 1)  # one row per generated position and layer (the last token needs none)
     assert decode_skipped > 0
     assert report.ffn_skip["rows"] == LAYERS * (8 + new - 1)  # calibration examples ran eagerly: not counted
+
+
+def test_artifact_keeps_gates_and_counters(llama, tmp_path, capsys):
+    from fxforge.cli import main
+
+    _, x, c = llama
+    path = c.save(str(tmp_path / "art"))
+    loaded = fxforge.load(path)
+    torch.testing.assert_close(loaded(x, use_cache=False).logits, c(x, use_cache=False).logits)
+    counts = loaded.fxforge_report.ffn_skip
+    assert counts["rows"] == LAYERS * x.numel() and counts["skipped"] > 0
+    assert main(["inspect", path, "--ffn-skip"]) == 0
+    out = capsys.readouterr().out
+    assert "model.layers.1.mlp" in out and "calibration:" in out and "quality" in out
