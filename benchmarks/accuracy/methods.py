@@ -111,8 +111,8 @@ def run_row(captured, options, windows, calib, batch, ref_preds) -> dict[str, An
     lowered = copy.copy(captured.lowered)
     lowered.graph = parse_graph(print_graph(g0), {k: Weight(w.data.clone()) for k, w in g0.weights.items()})
     t0 = time.perf_counter()
-    record = compile_lowered(lowered, CompileConfig(executor="reference", **options), 0.0, 0,
-                             calibration=[[w[None, :-1]] for w in calib])
+    calibration = [[w[None, :-1]] for w in calib] if options.get("quantize") else None  # nothing reads it otherwise
+    record = compile_lowered(lowered, CompileConfig(executor="reference", **options), 0.0, 0, calibration=calibration)
     t1 = time.perf_counter()
     graph = record.program.graph
     loss, preds = evaluate(lambda x: ir_evaluate(graph, [x])[0], windows, batch)
@@ -123,8 +123,9 @@ def run_row(captured, options, windows, calib, batch, ref_preds) -> dict[str, An
 
 
 def run_model(name: str, model, windows, calib, batch: int, only: str, torchao: bool,
-              schemes: tuple[str, ...] = SCHEMES, wanted: tuple[str, ...] = tuple(METHODS)) -> dict[str, Any]:
+              schemes: tuple[str, ...] = SCHEMES, wanted: tuple[str, ...] = tuple(METHODS), save=None) -> dict[str, Any]:
     rows: dict[str, Any] = {}
+    save = save or (lambda rows: None)
     loss, ref_preds = evaluate(lambda x: model(x, use_cache=False).logits, windows, batch)
     rows["fp32"] = {"ppl": math.exp(loss), "agreement": 1.0, "compile_s": 0.0}
     captured = capture(model, windows[:batch, :-1])
@@ -141,6 +142,7 @@ def run_model(name: str, model, windows, calib, batch: int, only: str, torchao: 
             except Exception as e:  # in the table, not hidden
                 rows[row] = {"error": f"{type(e).__name__}: {e}"[:300]}
             print("   ", rows[row], flush=True)
+            save(rows)  # partial results survive an interrupted run
     if torchao:
         for label, make in perplexity.torchao_configs():
             if label not in ("torchao int8 dyn-act + int8 weight", "torchao intx int4 weight-only asym g128"):
@@ -204,13 +206,18 @@ def main() -> None:
     res = {"date": dt.date.today().isoformat(), "windows": args.windows, "length": args.length,
            "positions": args.windows * args.length, "calibration": args.calibration,
            "outlier_model_max_abs_logit_diff": diff, "models": {}}
-    for name in args.models.split(","):
-        res["models"][name] = run_model(name, models[name], windows, calib, args.batch, args.only, not args.no_torchao,
-                                        tuple(args.schemes.split(",")), tuple(args.methods.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"methods-{res['date']}{'-' + args.tag if args.tag else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(res))
+
+    def save(name: str, rows: dict[str, Any]) -> None:
+        res["models"][name] = rows
+        stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(markdown(res))
+
+    for name in args.models.split(","):
+        save(name, run_model(name, models[name], windows, calib, args.batch, args.only, not args.no_torchao,
+                             tuple(args.schemes.split(",")), tuple(args.methods.split(",")),
+                             save=lambda rows, name=name: save(name, rows)))
     print(markdown(res))
 
 

@@ -44,6 +44,7 @@ NAMED_IMPORTS: dict[str, tuple[str, str]] = {  # name in the module -> (module, 
     "next_pow2": ("fxforge.codegen.blocks", "next_pow2"),
     "row_blocks": ("fxforge.codegen.blocks", "row_blocks"),
     "_attention": ("fxforge.codegen.templates.attention", "attention as _attention"),
+    "_hadamard": ("fxforge.codegen.templates.hadamard", "hadamard as _hadamard"),
     "_linear": ("fxforge.codegen.templates.gemm", "linear as _linear"),
     "_matmul": ("fxforge.codegen.templates.gemm", "matmul as _matmul"),
     "_qlinear": ("fxforge.codegen.templates.qlinear", "qlinear as _qlinear"),
@@ -79,6 +80,8 @@ def import_lines(text: str) -> list[str]:
         if _uses(name, text):
             grouped.setdefault(module, []).append(spelling)
     named = [f"from {m} import {', '.join(sorted(s))}" for m, s in sorted(grouped.items())]
+    if re.search(r"(?<![\w.])tl\.", text):  # kernels: Triton-version fixes (3.6's interpreter) before they run
+        named.append("from fxforge.codegen import triton_compat  # noqa: F401")
     return plain + ([""] if plain and named else []) + named
 
 

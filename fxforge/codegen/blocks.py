@@ -40,8 +40,9 @@ def gemm_blocks(M: int, N: int, K: int, dtype) -> dict:
     wide = _itemsize(dtype) >= 4
     if wide:  # exact fp32 (FMA) dot: keep the accumulator and operand tiles small
         bm, bn, bk = _clamp_pow2(M, 16, 64), _clamp_pow2(N, 16, 64), _clamp_pow2(K, 16, 32)
-    else:
-        bm, bn, bk = _clamp_pow2(M, 16, 128), _clamp_pow2(N, 16, 128), _clamp_pow2(K, 16, 64)
+    else:  # a 16-row tile takes BLOCK_N <= 64: at 128 the erf-GELU epilogue spilled 8 B on sm_80
+        bm, bk = _clamp_pow2(M, 16, 128), _clamp_pow2(K, 16, 64)
+        bn = _clamp_pow2(N, 16, 64 if bm <= 16 else 128)
     num_warps = 8 if (wide and bm * bn >= 64 * 64) or bm * bn >= 128 * 128 else 4
     num_stages = 3 if K > bk else 2
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps, num_stages=num_stages)
@@ -53,16 +54,22 @@ def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> d
     `masked`: the kernel also loads a [BLOCK_M, BLOCK_N] mask tile (bool or additive).
     Returns dict(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). BLOCK_D is D rounded up to a
     power of two (>= 16); the kernel masks the padding.
-    A masked 16-bit attention with BLOCK_D 128 takes BLOCK_N 32: at 64 the mask tile pushes it to 255
-    registers and Triton 3.6 spills 8 B on sm_90 (209 registers, no spill at 32).
+    Spill limits measured with ptxas (`tests/codegen/test_build.py`'s size sweep, Triton 3.6 and 3.9):
+    a masked 16-bit attention takes BLOCK_N 32 (at 64 the mask tile spilled 8 B at D=128 on sm_90 with
+    3.6, and 64-208 B at D=16/24 on sm_80); fp32 takes 32 queries above BLOCK_D 16 (64 spilled 8-16 B
+    at D=24 on sm_80 and sm_90) and runs 4 warps up to BLOCK_D 32 (8 spilled 8-16 B on sm_80) and 8
+    above (4 spilled 24-40 B at D=80 on sm_80).
     """
     bd = _clamp_pow2(D, 16, 256)
     wide = _itemsize(dtype) >= 4
-    cap_m = 32 if (wide and bd > 64) else 64 if (wide or bd > 64) else 128
-    cap_n = 32 if wide or (masked and bd > 64) else 64
+    cap_m = (32 if bd > 16 else 64) if wide else 64 if bd > 64 else 128
+    cap_n = 32 if wide or masked else 64
     bm = _clamp_pow2(Lq, 16, cap_m)
     bn = _clamp_pow2(Lk, 16, cap_n)
-    num_warps = 8 if (bm >= 128 or wide or bd > 64) and bm * bn >= 64 * 32 else 4
+    if wide:
+        num_warps = 8 if bd > 32 and bm * bn >= 32 * 32 else 4
+    else:
+        num_warps = 8 if (bm >= 128 or bd > 64) and bm * bn >= 64 * 32 else 4
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=num_warps, num_stages=2)
 
 

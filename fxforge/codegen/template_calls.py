@@ -56,6 +56,12 @@ def _epilogue(p: dict[str, Any], n: Names, keys: tuple[str, ...]) -> list[str]:
     return out
 
 
+@template_renders("hadamard")
+def _hadamard(g: KernelGroup, n: Names) -> str:
+    op = g.ops[0]
+    return f"_hadamard({n(op.operands[0])}, block={op.attrs['block']})"
+
+
 @template_renders("attention")
 def _attention(g: KernelGroup, n: Names) -> str:
     op = g.ops[0]

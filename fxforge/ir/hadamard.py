@@ -149,4 +149,5 @@ def _infer(types: list[TensorType], attrs: dict) -> list[TensorType]:
 
 
 register(OpDef("hadamard", (1, 1), {"block": 0}, _infer, hadamard_ref, "composite",
-               "hadamard(x) {block}: x @ blockdiag(H_block) / sqrt(block) along the last dim (orthonormal)"))
+               "hadamard(x) {block}: x @ blockdiag(H_block) / sqrt(block) along the last dim (orthonormal)",
+               kernel="template"))

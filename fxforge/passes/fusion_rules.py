@@ -28,6 +28,7 @@ FUSION_RULES = {
     "horizontal": "pointwise trees of one domain shape reading a common input, independent of each other: one "
                   "kernel, several outputs",
     "attention": "attention alone (flash-attention template)",
+    "hadamard": "hadamard alone (fast Walsh-Hadamard template)",
 }
 
 MAX_ROW = 65536  # row kernels hold one row in one tile

@@ -27,13 +27,13 @@ def standard_specs() -> list[dict]:
 
 
 HIDDEN_SIZES = (64, 96, 128, 192, 256)  # the zoo's 64 alone hid sm_80 spills at 96-192
-HEAD_DIMS = (64, 128)
+HEAD_DIMS = (16, 24, 32, 48, 64, 80, 128)  # hidden 64..256 over 4 heads, and the usual 64/80/128
 
 
 def size_sweep_specs() -> list[dict]:
     """Template configurations at several model sizes: the GEMMs and quantized GEMMs of a layer of each
     hidden size (decode M=16 and prefill M=2048 tokens, fp32 and fp16 activations), and attention at
-    head dims 64 and 128 with each mask kind. Distinct specs only (small sizes clamp to the same blocks)."""
+    head dims 16..128 with each mask kind. Distinct specs only (small sizes clamp to the same blocks)."""
     from fxforge.codegen.templates.qlinear_specs import qlinear_spec
 
     specs = []
@@ -47,9 +47,8 @@ def size_sweep_specs() -> list[dict]:
                 specs += [qlinear_spec(s, M, h, 4 * h, x_dtype=dt, fp8_dot=True) for s in ("w8a8-fp8", "w4a8-fp")]
     for D in HEAD_DIMS:
         for dt in ("float32", "float16"):
-            for L in (16, 1024):
-                specs += [attention_spec(dt, L, L, D, causal=True), attention_spec(dt, L, L, D, mask="add"),
-                          attention_spec(dt, L, L, D, mask="bool", gqa=True)]
+            specs += [attention_spec(dt, 1024, 1024, D, causal=True), attention_spec(dt, 1024, 1024, D, mask="add"),
+                      attention_spec(dt, 1024, 1024, D, mask="bool", gqa=True), attention_spec(dt, 1024, 1024, D)]
     unique: dict[str, dict] = {}
     for s in specs:
         key = repr((s["kernel"], sorted(s["signature"].items()), sorted(s["constexprs"].items()), s["num_warps"], s["num_stages"]))

@@ -45,3 +45,18 @@ def test_builds_without_spills(arch):
         specs.append(hadamard_act_quant_spec("f8e4m3", 4096, 128))
     builds = build_in_subprocess(specs, arch, jobs=1)
     assert len(builds) == len(specs) and all(b.ok and b.spills == 0 for b in builds), builds
+
+
+def test_rotated_model_runs_hadamard_kernels_and_matches_reference():
+    """Online rotations run as hadamard template kernels; the interpret executor equals the reference one."""
+    import fxforge
+    from fxforge import testing as zoo
+
+    model, x = zoo.build("llama"), zoo.example_input("llama")
+    for scheme, kind in (("w8a8-int8", "hadamard[hadamard]"), ("w4a16-int4", "hadamard[hadamard]")):
+        options = dict(quantize=scheme, quantize_method="rtn", rotate=True)
+        ref = fxforge.compile_aot(model, (x,), executor="reference", **options)(x).logits
+        compiled = fxforge.compile_aot(model, (x,), executor="interpret", **options)
+        groups = compiled.record.trace.record("fuse").stats["groups"]
+        assert groups.count(kind) == 4, groups
+        torch.testing.assert_close(compiled(x).logits, ref, atol=1e-4, rtol=1e-4)

@@ -55,6 +55,7 @@ from fxforge.codegen.templates.act_quant import (  # noqa: F401  (quantize/dequa
     quantize_activations,
 )
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, epilogue_operands, interpreting, tile_offsets
+from fxforge.codegen.templates.hadamard import hadamard as hadamard_rows
 from fxforge.errors import ShapeError
 from fxforge.ir.lowp_ops import get_scheme
 from fxforge.ir.types import Quantized
@@ -254,7 +255,7 @@ def _default_fp8_dot(device: torch.device) -> bool:
 def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = None, *,
             lorc: tuple[torch.Tensor, torch.Tensor] | None = None, activation: str = "none",
             residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-            fp8_dot: bool | None = None) -> torch.Tensor:
+            fp8_dot: bool | None = None, hadamard: int | None = None) -> torch.Tensor:
     """activation(qlinear_ref(x, weight, bias, lorc)) + residual, with the weight decoded inside the GEMM.
 
     `weight` is an `encode_weight(w, scheme)` Weight [N, K]; x is [..., K]; lorc = (U [N, r], V [K, r]);
@@ -281,9 +282,12 @@ def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = No
     if M == 0 or N == 0:
         return out.reshape(*lead, N)
 
-    # activations: per-token codes (schemes with an activation format) or x itself
+    # activations: per-token codes (schemes with an activation format) or x itself; `hadamard` (a block
+    # size) rotates x first, inside the activation quantization kernel (act_quant.py) when there is one
+    if hadamard is not None and sc.act_format is None:
+        x2d = hadamard_rows(x2d, hadamard)
     if sc.act_format is not None:
-        a, a_scale = quantize_activations(x2d, sc.act_format)
+        a, a_scale = quantize_activations(x2d, sc.act_format, hadamard)
     else:
         a, a_scale = x2d, None
     addend = None
