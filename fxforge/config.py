@@ -173,8 +173,10 @@ def _check_ffn_skip(cfg: CompileConfig) -> None:
 
 def _check_sparsity(cfg: CompileConfig) -> None:
     if cfg.sparsity is not None or cfg.sparsity_overrides or cfg.sparsity_method is not None:
-        from fxforge.passes.sparsify import check_options
+        from fxforge.ir.nm import sparsity_options_problem
 
-        check_options(cfg.sparsity, cfg.sparsity_overrides, cfg.sparsity_method)
+        problem = sparsity_options_problem(cfg.sparsity, cfg.sparsity_overrides, cfg.sparsity_method)
+        if problem:
+            raise ConfigError(problem)
     if cfg.solver_target not in (None, "reference", "layer"):
         raise ConfigError(f"solver_target={cfg.solver_target!r} must be 'reference', 'layer' or None")

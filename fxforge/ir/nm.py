@@ -29,6 +29,8 @@ Decisions:
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,6 +42,33 @@ from fxforge.ir.lowp_ops import decode_weight, get_scheme, weight_from_codes
 from fxforge.ir.types import NM, Quantized
 
 MAX_M = 16
+
+# The sparsity options' vocabulary lives with the encoding, so CompileConfig (which may import only the IR)
+# and the sparsify pass check them with one function.
+SPARSITY_METHODS = ("magnitude", "wanda", "sparsegpt")
+_SPEC = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
+
+
+def nm_pattern(spec: Any) -> tuple[int, int] | None:
+    """"2:4" -> (2, 4); None for malformed text, N >= M, N < 1 or M > MAX_M."""
+    match = _SPEC.fullmatch(spec) if isinstance(spec, str) else None
+    if match is None:
+        return None
+    n, m = int(match[1]), int(match[2])
+    return (n, m) if 1 <= n < m <= MAX_M else None
+
+
+def sparsity_options_problem(sparsity: Any, overrides: Any, method: Any) -> str | None:
+    """What is wrong with the sparsity options, or None."""
+    if overrides is not None and not isinstance(overrides, dict):
+        return f"sparsity_overrides must be a dict {{layer glob: 'N:M' or None}}, got {type(overrides).__name__}"
+    for spec in [sparsity, *(overrides or {}).values()]:
+        if spec is not None and nm_pattern(spec) is None:
+            return (f"sparsity={spec!r} is not an N:M pattern with 1 <= N < M <= {MAX_M} (keep N of every M weights); "
+                    "write it like '2:4'")
+    if method is not None and method not in SPARSITY_METHODS:
+        return f"sparsity_method={method!r} is not one of {SPARSITY_METHODS} (None: the best the calibration allows)"
+    return None
 
 
 def index_bits(m: int) -> int:

@@ -22,7 +22,7 @@ Decided: rotation is data-free but stays off by default without calibration data
 `quantize=` compile is still round-to-nearest (pass rotate=True to have it anyway).
 
 `quant_targets(graph, options)` lists the linears the quantize pass will rewrite, with their scheme
-(the same rules as `quantize.choose_scheme`: lm_head and tied embeddings stay high precision), so
+(the same rules as `linear_sites.choose_by_pattern`: lm_head and tied embeddings stay high precision), so
 smoothing and rotation only touch layers that will be quantized.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 
 from fxforge.ir.graph import Graph, Op
 from fxforge.passes.calibrate import site_name
-from fxforge.passes.quantize import _embedding_tables, _skip_reason, choose_scheme
+from fxforge.passes.linear_sites import choose_by_pattern, embedding_tables, skip_reason
 
 METHODS = ("smooth", "rotate", "gptq")
 OPTION_KEYS = {"smooth": "smooth.enabled", "rotate": "rotate.enabled", "gptq": "quantize.gptq"}
@@ -96,13 +96,13 @@ def resolve_methods(options: dict[str, Any], calibrated: bool, available: tuple[
 def quant_targets(graph: Graph, options: dict[str, Any]) -> list[tuple[Op, str, str]]:
     """(linear op, layer name, scheme) for each linear the quantize pass will rewrite."""
     scheme, overrides = options.get("quantize.scheme"), options.get("quantize.overrides") or {}
-    tied = _embedding_tables(graph)
+    tied = embedding_tables(graph)
     out = []
     for op in graph.find("linear"):
         layer = site_name(graph, op)
-        if not layer or _skip_reason(graph, op, tied) is not None:
+        if not layer or skip_reason(graph, op, tied) is not None:
             continue
-        chosen = choose_scheme(layer, scheme, overrides)
+        chosen = choose_by_pattern(layer, scheme, overrides)
         if chosen is not None:
             out.append((op, layer, chosen))
     return out

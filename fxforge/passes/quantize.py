@@ -52,47 +52,10 @@ from fxforge.ir.lowp_ops import decode_weight, encode_weight, get_scheme, group_
 from fxforge.passes.calibrate import calibrate, site_name
 from fxforge.passes.gptq import gptq_encode
 from fxforge.passes.hessian import Hessian, run_stages
+from fxforge.passes.linear_sites import RANDOM_ROWS, choose_by_pattern, embedding_tables, free_name, relative_error, skip_reason
 from fxforge.passes.lorc import lorc_factors
 from fxforge.passes.manager import PassContext
-
-DEFAULT_OVERRIDES: dict[str, str | None] = {"lm_head": None, "*.lm_head": None}
-RANDOM_ROWS = 256
-
-
-def choose_scheme(layer: str, scheme: str | None, overrides: dict[str, str | None] | None) -> str | None:
-    """The scheme for a layer: the first matching pattern (user overrides, then defaults), else `scheme`."""
-    for pattern, value in [*(overrides or {}).items(), *DEFAULT_OVERRIDES.items()]:
-        if fnmatch.fnmatchcase(layer, pattern):
-            return value
-    return scheme
-
-
-def _embedding_tables(graph: Graph) -> tuple[set[str], set[int]]:
-    names, ptrs = set(), set()
-    for op in graph.find("embedding"):
-        producer = op.operands[0].producer
-        if producer is not None and producer.opcode == "const":
-            names.add(producer.attrs["weight"])
-            ptrs.add(graph.weight(producer.attrs["weight"]).data.untyped_storage().data_ptr())
-    return names, ptrs
-
-
-def relative_error(y_q: torch.Tensor, y: torch.Tensor) -> float:
-    denom = y.norm().item()
-    return (y_q - y).norm().item() / denom if denom > 0 else (y_q - y).norm().item()
-
-
-def _skip_reason(graph: Graph, op: Op, tied: tuple[set[str], set[int]]) -> str | None:
-    producer = op.operands[1].producer
-    if producer is None or producer.opcode != "const":
-        return "weight is not a const"
-    name = producer.attrs["weight"]
-    w = graph.weight(name)
-    if w.encoding is not None or w.data.dim() != 2:
-        return "weight is not a plain 2-D tensor"
-    if name in tied[0] or w.data.untyped_storage().data_ptr() in tied[1]:
-        return "weight is tied to an embedding"
-    return None
+from fxforge.passes.quant_methods import resolve_methods
 
 
 def _check_finite(graph: Graph, op: Op, layer: str) -> None:
@@ -112,14 +75,14 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
     """Rewrite the graph's linears in place; returns the statistics (see the module docstring)."""
     for s in {scheme, *(overrides or {}).values()} - {None}:
         get_scheme(s)  # a typo fails before anything changes
-    tied = _embedding_tables(graph)
+    tied = embedding_tables(graph)
     plan: list[tuple[Op, str, str]] = []
     skipped: dict[str, str] = {}
     for op in graph.find("linear"):
         layer = site_name(graph, op)
         label = layer or f"%{op.result.name}"
-        reason = _skip_reason(graph, op, tied)
-        chosen = choose_scheme(layer, scheme, overrides) if layer else None
+        reason = skip_reason(graph, op, tied)
+        chosen = choose_by_pattern(layer, scheme, overrides) if layer else None
         if reason is None and chosen is None:
             user = any(fnmatch.fnmatchcase(layer, p) for p in (overrides or {}))
             reason = "kept high precision (" + ("quantize_overrides" if user else "default: lm_head stays high precision") + ")"
@@ -184,7 +147,7 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
     encoded, method = rtn, {"method": "rtn"}
     if hessian is not None:
         encoded, method = gptq_encode(w, scheme, group if sc.group else None, hessian, pow2_round=pow2_round)
-    qname = graph.add_weight(_free_name(graph, f"{wname}.q"), encoded)
+    qname = graph.add_weight(free_name(graph, f"{wname}.q"), encoded)
     w_hat = decode_weight(encoded)
     new_operands = [op.operands[0], graph.insert_before(op, "const", [], {"weight": qname}, name=const.result.name).result]
     if len(op.operands) == 3:
@@ -195,7 +158,7 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
     if rank > 0:
         u, v = lorc_factors(w, w_hat, rank)
         for part, t in (("lorc_u", u), ("lorc_v", v)):
-            pname = graph.add_weight(_free_name(graph, f"{layer}.{part}"), Weight(t))
+            pname = graph.add_weight(free_name(graph, f"{layer}.{part}"), Weight(t))
             new_operands.append(graph.insert_before(op, "const", [], {"weight": pname}, name=part).result)
             lorc_bytes += t.numel() * t.element_size()
     attrs = {"scheme": scheme, "act_format": sc.act_format, "group": encoded.encoding.group, "lorc_rank": rank}
@@ -239,14 +202,7 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
     }
 
 
-def _free_name(graph: Graph, name: str) -> str:
-    """`name`, made a legal weight name (nn.Sequential's "0.weight" starts with a digit) and unused."""
-    name = name if name[:1].isalpha() or name[:1] == "_" else f"w{name}"
-    out, i = name, 0
-    while out in graph.weights:
-        i += 1
-        out = f"{name}{i}"
-    return out
+
 
 
 class Quantize:
@@ -255,8 +211,6 @@ class Quantize:
     name = "quantize"
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
-        from fxforge.passes.quant_methods import resolve_methods  # it imports this module
-
         scheme = ctx.option("quantize.scheme")
         overrides = ctx.option("quantize.overrides") or {}
         if scheme is None and not any(v is not None for v in overrides.values()):

@@ -32,8 +32,6 @@ Decisions:
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from typing import Any
 
 import torch
@@ -43,46 +41,36 @@ from fxforge.errors import ConfigError
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import encode_weight, get_scheme, qlinear_ref
-from fxforge.ir.nm import MAX_M, compress, encode_nm, encode_nm_quantized, index_bits, pack_bits
+from fxforge.ir.nm import SPARSITY_METHODS, compress, encode_nm, encode_nm_quantized, index_bits, nm_pattern, pack_bits, sparsity_options_problem
 from fxforge.ir.parser import parse_graph
 from fxforge.ir.printer import print_graph
 from fxforge.ir.types import NM
 from fxforge.passes.calibrate import calibrate, site_name
 from fxforge.passes.gptq import solve_weight
 from fxforge.passes.hessian import Hessian, run_stages
+from fxforge.passes.linear_sites import RANDOM_ROWS, choose_by_pattern, embedding_tables, free_name, relative_error, skip_reason
 from fxforge.passes.manager import PassContext
-from fxforge.passes.quantize import RANDOM_ROWS, _embedding_tables, _free_name, _skip_reason, choose_scheme, relative_error
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = SPARSITY_METHODS
 NEEDS_CALIBRATION = ("wanda", "sparsegpt")
-DEFAULT_OVERRIDES: dict[str, str | None] = {"lm_head": None, "*.lm_head": None}
-_SPEC = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
 
 
 def parse_nm(spec: str) -> tuple[int, int]:
     """"2:4" -> (2, 4); ConfigError for malformed text, N >= M, N < 1 or M > 16."""
-    match = _SPEC.fullmatch(spec) if isinstance(spec, str) else None
-    if match is None:
-        raise ConfigError(f"sparsity={spec!r} is not an N:M pattern; write it like '2:4' (N < M <= {MAX_M})")
-    n, m = int(match[1]), int(match[2])
-    if not 1 <= n < m or m > MAX_M:
-        raise ConfigError(f"sparsity={spec!r}: need 1 <= N < M <= {MAX_M} (keep N of every M weights), e.g. '2:4'")
-    return n, m
+    pair = nm_pattern(spec)
+    if pair is None:
+        raise ConfigError(sparsity_options_problem(spec, None, None))
+    return pair
 
 
 def check_options(sparsity: str | None, overrides: dict[str, str | None] | None, method: str | None) -> None:
     """Fail early (ConfigError) on a bad pattern or method, before anything changes."""
-    for spec in {sparsity, *(overrides or {}).values()} - {None}:
-        parse_nm(spec)
-    if method is not None and method not in METHODS:
-        raise ConfigError(f"sparsity_method={method!r} is not one of {METHODS} (None: the best the calibration allows)")
+    problem = sparsity_options_problem(sparsity, overrides, method)
+    if problem:
+        raise ConfigError(problem)
 
 
-def choose_pattern(layer: str, sparsity: str | None, overrides: dict[str, str | None] | None) -> str | None:
-    for pattern, value in [*(overrides or {}).items(), *DEFAULT_OVERRIDES.items()]:
-        if fnmatch.fnmatchcase(layer, pattern):
-            return value
-    return sparsity
+
 
 
 def _mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -174,7 +162,7 @@ def _rewrite(graph: Graph, layer: _Layer, method: str, hessian: Hessian | None, 
     wname = const.attrs["weight"]
     w = graph.weight(wname).data
     encoded, used, info = _encode(w, layer, method, hessian, opts)
-    nname = graph.add_weight(_free_name(graph, f"{wname}.nm"), encoded)
+    nname = graph.add_weight(free_name(graph, f"{wname}.nm"), encoded)
     new_const = graph.insert_before(op, "const", [], {"weight": nname}, name=const.result.name).result
     operands = [op.operands[0], new_const, *op.operands[2:]]
     if layer.scheme:
@@ -217,13 +205,13 @@ def _errors(w: torch.Tensor, encoded: Weight, new: Op, bias, site) -> dict[str, 
 
 
 def _plan(graph: Graph, opts: dict[str, Any]) -> tuple[list[_Layer], dict[str, str]]:
-    tied = _embedding_tables(graph)
+    tied = embedding_tables(graph)
     plan, skipped = [], {}
     for op in graph.find("linear"):
         layer = site_name(graph, op)
         label = layer or f"%{op.result.name}"
-        reason = _skip_reason(graph, op, tied)
-        spec = choose_pattern(layer, opts.get("pattern"), opts.get("overrides")) if layer else None
+        reason = skip_reason(graph, op, tied)
+        spec = choose_by_pattern(layer, opts.get("pattern"), opts.get("overrides")) if layer else None
         if reason is None and spec is None:
             reason = "kept dense (sparsity_overrides or default: lm_head stays dense)"
         if reason is not None:
@@ -234,7 +222,7 @@ def _plan(graph: Graph, opts: dict[str, Any]) -> tuple[list[_Layer], dict[str, s
         if in_f < m:
             skipped[label] = f"input dim {in_f} is narrower than one {n}:{m} block"
             continue
-        scheme = choose_scheme(layer, opts.get("quantize"), opts.get("quantize_overrides"))
+        scheme = choose_by_pattern(layer, opts.get("quantize"), opts.get("quantize_overrides"))
         if scheme and get_scheme(scheme).weight_format in ("i4", "f4e2m1") and ((in_f // m) * n + in_f % m) % 2:
             skipped[label] = f"{n}:{m} of {in_f} inputs leaves an odd number of kept values: 4-bit codes pack two per byte"
             continue

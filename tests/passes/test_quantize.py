@@ -16,7 +16,8 @@ from fxforge.ir import evaluate, verify
 from fxforge.ir.parser import parse_graph
 from fxforge.ir.printer import print_graph
 from fxforge.passes import PassContext, PassManager
-from fxforge.passes.quantize import Quantize, choose_scheme
+from fxforge.passes.linear_sites import choose_by_pattern as choose_scheme
+from fxforge.passes.quantize import Quantize
 
 LINEARS = 15  # 2 layers x 7 projections + lm_head
 
