@@ -56,20 +56,18 @@ def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> d
     power of two (>= 16); the kernel masks the padding.
     Spill limits measured with ptxas (`tests/codegen/test_build.py`'s size sweep, Triton 3.6 and 3.9):
     a masked 16-bit attention takes BLOCK_N 32 (at 64 the mask tile spilled 8 B at D=128 on sm_90 with
-    3.6, and 64-208 B at D=16/24 on sm_80); fp32 takes 32 queries above BLOCK_D 16 (64 spilled 8-16 B
-    at D=24 on sm_80 and sm_90) and runs 4 warps up to BLOCK_D 32 (8 spilled 8-16 B on sm_80) and 8
-    above (4 spilled 24-40 B at D=80 on sm_80).
+    3.6, and 64-208 B at D=16/24 on sm_80). fp32 (a correctness path: fast attention runs in 16 bits) takes
+    16 queries x 16 keys on 4 warps at every head dim: the only shape of five measured spill-free at
+    D=16..128 with every mask kind on both sm_80 and sm_90 (32x32, 32x16 and 16x32 spilled 8-808 B on one
+    arch or the other).
     """
     bd = _clamp_pow2(D, 16, 256)
     wide = _itemsize(dtype) >= 4
-    cap_m = (32 if bd > 16 else 64) if wide else 64 if bd > 64 else 128
-    cap_n = 32 if wide or masked else 64
+    cap_m = 16 if wide else 64 if bd > 64 else 128
+    cap_n = 16 if wide else 32 if masked else 64
     bm = _clamp_pow2(Lq, 16, cap_m)
     bn = _clamp_pow2(Lk, 16, cap_n)
-    if wide:
-        num_warps = 8 if bd > 32 and bm * bn >= 32 * 32 else 4
-    else:
-        num_warps = 8 if (bm >= 128 or bd > 64) and bm * bn >= 64 * 32 else 4
+    num_warps = 8 if not wide and (bm >= 128 or bd > 64) and bm * bn >= 64 * 32 else 4
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=num_warps, num_stages=2)
 
 
