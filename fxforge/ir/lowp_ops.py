@@ -65,7 +65,6 @@ them); quantization uses the f16-rounded scale, so decode matches encode exactly
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import sympy
@@ -79,83 +78,19 @@ from fxforge.ir.errors import ShapeError
 from fxforge.ir.evaluate import WEIGHT_DECODERS
 from fxforge.ir.graph import Weight
 from fxforge.ir.ops import REQUIRED, OpDef, norm_axis, register
+from fxforge.ir.schemes import (  # noqa: F401  (re-exported: callers see one low-precision module)
+    ACT_FORMATS,
+    MAX_SHIFT,
+    SCHEMES,
+    Scheme,
+    amax_scale,
+    decode_elements,
+    encode_elements,
+    fake_quant_act,
+    get_scheme,
+    is_float,
+)
 from fxforge.ir.types import NM, Quantized, TensorType, dims_equal, normalize_dim
-
-# -- schemes ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Scheme:
-    name: str
-    weight_format: str
-    act_format: str | None
-    group: int  # default group along the input dim (0: per output channel)
-    zero_point: bool = False
-    pow2: bool = False  # ZeroQuant-FP power-of-two group scales
-
-
-SCHEMES: dict[str, Scheme] = {
-    s.name: s
-    for s in (
-        Scheme("w8a8-int8", "i8", "i8", 0),
-        Scheme("w8a8-fp8", "f8e4m3", "f8e4m3", 0),
-        Scheme("w4a16-int4", "i4", None, 128, zero_point=True),
-        Scheme("w4a8-fp", "f4e2m1", "f8e4m3", 32, pow2=True),
-    )
-}
-ACT_FORMATS = (None, "i8", "f8e4m3")
-MAX_SHIFT = 8  # FP4 (min magnitude 2^-1) * 2^-8 = 2^-9, E4M3's smallest subnormal: the cast stays exact
-
-
-def get_scheme(name: str) -> Scheme:
-    try:
-        return SCHEMES[name]
-    except KeyError:
-        raise ValueError(f"unknown quantization scheme {name!r}; known schemes: {', '.join(SCHEMES)}") from None
-
-
-# -- element helpers --------------------------------------------------------------------------------
-
-
-def _is_float(fmt: str) -> bool:
-    return formats.get_format(fmt).kind == "float"
-
-
-def encode_elements(x: Tensor, fmt: str) -> Tensor:
-    """Codes of `x` (already divided by its scale), one per element, in the storage dtype of `fmt`."""
-    f = formats.get_format(fmt)
-    if f.kind == "float":
-        codes = formats.encode_float(x, f)
-        return codes.view(formats.FP8_TORCH_DTYPES[f.name]) if f.name in formats.FP8_TORCH_DTYPES else codes
-    q = torch.round(x.to(torch.float32)).clamp(-f.max_value, f.max_value)
-    return q.to(torch.int8) if f.bits == 8 else (q.to(torch.int16) & 0xF).to(torch.uint8)
-
-
-def decode_elements(q: Tensor, fmt: str) -> Tensor:
-    """float32 values of codes made by `encode_elements`."""
-    f = formats.get_format(fmt)
-    if f.kind == "float":
-        codes = q.view(torch.uint8) if q.dtype != torch.uint8 else q
-        return formats.decode_float(codes, f)
-    if f.bits == 8:
-        return q.to(torch.float32)
-    return (((q.to(torch.int16) & 0xF) ^ 8) - 8).to(torch.float32)
-
-
-def _amax_scale(amax: Tensor, max_value: float) -> Tensor:
-    s = amax.to(torch.float32) / max_value
-    return torch.where(s > 0, s, torch.ones_like(s))
-
-
-def fake_quant_act(x: Tensor, fmt: str | None) -> Tensor:
-    """Per-token (per row of the last dim) symmetric quantize-dequantize, in float32."""
-    xf = x.to(torch.float32)
-    if fmt is None:
-        return xf
-    f = formats.get_format(fmt)
-    s = _amax_scale(xf.abs().amax(-1, keepdim=True), f.max_value)
-    return decode_elements(encode_elements(xf / s, fmt), fmt) * s
-
 
 # -- the weight codec -------------------------------------------------------------------------------
 
@@ -205,7 +140,7 @@ def weight_params(wg: Tensor, scheme: str, grouped: bool, pow2_round: str = "flo
         scale = _nonzero_scale((hi - lo) / (qmax - qmin)).to(scale_dtype.torch)
         zero = torch.round(-lo / scale.float()).clamp(qmin, qmax)  # from the stored scale: decode == encode
         return {"scale": scale, "zero": zero.to(torch.uint8)}
-    return {"scale": _amax_scale(wg.abs().amax(-1), fmt.max_value).to(scale_dtype.torch)}
+    return {"scale": amax_scale(wg.abs().amax(-1), fmt.max_value).to(scale_dtype.torch)}
 
 
 def _nonzero_scale(s: Tensor) -> Tensor:
@@ -336,7 +271,7 @@ def _quantize_ref(x, *, format, axis, group):
     f = formats.get_format(format)
     axis = axis % x.dim()
     xg = _grouped(x.to(torch.float32), axis, group)
-    s = _amax_scale(xg.abs().amax(-1, keepdim=True), f.max_value)
+    s = amax_scale(xg.abs().amax(-1, keepdim=True), f.max_value)
     q = encode_elements(xg / s, format)
     q = q.reshape(*q.shape[:-2], -1).movedim(-1, axis)
     return q, s.squeeze(-1).movedim(-1, axis).contiguous()

@@ -31,6 +31,24 @@ MASK_KINDS = ("none", "bool", "add")
 
 
 @triton.jit
+def _masked_scores(s, mask_ptr, offs_m, offs_n, mask_m, mask_n, stride_mm, stride_mn,
+                   IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr):
+    """The score tile with the user's mask (bool: keep where set; add: add it), causality and the key
+    padding applied: excluded scores become -inf."""
+    if MASK_KIND != "none":
+        mv = tl.load(mask_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn,
+                     mask=mask_m[:, None] & mask_n[None, :], other=0)
+        if MASK_KIND == "bool":
+            s = tl.where(mv != 0, s, float("-inf"))
+        else:
+            s += mv.to(tl.float32)
+    valid = mask_n[None, :]
+    if IS_CAUSAL:
+        valid = valid & (offs_n[None, :] <= offs_m[:, None])
+    return tl.where(valid, s, float("-inf"))
+
+
+@triton.jit
 def attention_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr,
     Hq, Lq, Lk, D, GROUP, sm_scale,
@@ -86,18 +104,7 @@ def attention_kernel(
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * sm_scale
-
-        if MASK_KIND != "none":
-            mv = tl.load(mask_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn,
-                         mask=mask_m[:, None] & mask_n[None, :], other=0)
-            if MASK_KIND == "bool":
-                s = tl.where(mv != 0, s, float("-inf"))
-            else:
-                s += mv.to(tl.float32)
-        valid = mask_n[None, :]
-        if IS_CAUSAL:
-            valid = valid & (offs_n[None, :] <= offs_m[:, None])
-        s = tl.where(valid, s, float("-inf"))
+        s = _masked_scores(s, mask_ptr, offs_m, offs_n, mask_m, mask_n, stride_mm, stride_mn, IS_CAUSAL, MASK_KIND)
 
         # online softmax; m_safe keeps exp() finite while a row has seen only -inf
         m_new = tl.maximum(m_i, tl.max(s, 1))

@@ -252,18 +252,10 @@ def _default_fp8_dot(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = None, *,
-            lorc: tuple[torch.Tensor, torch.Tensor] | None = None, activation: str = "none",
-            residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-            fp8_dot: bool | None = None, hadamard: int | None = None) -> torch.Tensor:
-    """activation(qlinear_ref(x, weight, bias, lorc)) + residual, with the weight decoded inside the GEMM.
-
-    `weight` is an `encode_weight(w, scheme)` Weight [N, K]; x is [..., K]; lorc = (U [N, r], V [K, r]);
-    `fp8_dot` picks the fp8 tensor-core path of the fp8 schemes (default: on a CUDA device of sm_89+,
-    never under the interpreter).
-    """
+def _check_operands(x: torch.Tensor, weight, scheme: str, activation: str):
+    """The scheme, after checking that the weight, input and activation fit it (ShapeError naming the fix)."""
     sc = get_scheme(scheme)
-    enc, p = weight.encoding, weight.payload
+    enc = weight.encoding
     if not isinstance(enc, Quantized) or enc.format != sc.weight_format:
         raise ShapeError(f"qlinear {scheme}: weight encoding {enc!r} is not a {sc.weight_format} #quantized weight; "
                          f"encode it with encode_weight(w, {scheme!r})")
@@ -274,6 +266,22 @@ def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = No
         raise ShapeError(f"qlinear: input {tuple(x.shape)} does not fit weight [{N}, {K}] (expects [..., {K}])")
     if sc.weight_format in ("i8", "f8e4m3") and enc.group:
         raise ShapeError(f"qlinear {scheme}: only per-channel weights (group 0) are supported, got group {enc.group}")
+    return sc
+
+
+def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = None, *,
+            lorc: tuple[torch.Tensor, torch.Tensor] | None = None, activation: str = "none",
+            residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+            fp8_dot: bool | None = None, hadamard: int | None = None) -> torch.Tensor:
+    """activation(qlinear_ref(x, weight, bias, lorc)) + residual, with the weight decoded inside the GEMM.
+
+    `weight` is an `encode_weight(w, scheme)` Weight [N, K]; x is [..., K]; lorc = (U [N, r], V [K, r]);
+    `fp8_dot` picks the fp8 tensor-core path of the fp8 schemes (default: on a CUDA device of sm_89+,
+    never under the interpreter).
+    """
+    sc = _check_operands(x, weight, scheme, activation)
+    enc, p = weight.encoding, weight.payload
+    N, K = weight.data.shape
     lead = tuple(x.shape[:-1])
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
