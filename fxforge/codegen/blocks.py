@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from fxforge.codegen.triton_compat import has
+
 
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1)."""
@@ -68,7 +70,8 @@ def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> d
     bm = _clamp_pow2(Lq, 16, cap_m)
     bn = _clamp_pow2(Lk, 16, cap_n)
     num_warps = 8 if not wide and (bm >= 128 or bd > 64) and bm * bn >= 64 * 32 else 4
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=num_warps, num_stages=2)
+    num_stages = 2 if not wide or has("fp32_attention_two_stages") else 1
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=num_warps, num_stages=num_stages)
 
 
 def row_blocks(n_cols: int) -> dict:
