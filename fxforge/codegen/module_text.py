@@ -136,37 +136,30 @@ def wrap_call(line: str, indent: str = "", width: int = WIDTH) -> list[str]:
     return lines
 
 
-def _closing(text: str, open_at: int) -> int:
-    """Index of the bracket closing the one at `open_at` (-1 when unbalanced)."""
+def _scan(text: str, start: int = 0):
+    """(index, char, bracket depth after it) of every character of `text` outside string literals."""
     depth, quote = 0, ""
-    for i in range(open_at, len(text)):
+    for i in range(start, len(text)):
         ch = text[i]
         if quote:
             quote = "" if ch == quote else quote
         elif ch in "'\"":
             quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
+        else:
+            depth += (ch in "([{") - (ch in ")]}")
+            yield i, ch, depth
+
+
+def _closing(text: str, open_at: int) -> int:
+    """Index of the bracket closing the one at `open_at` (-1 when unbalanced)."""
+    return next((i for i, ch, depth in _scan(text, open_at) if ch in ")]}" and depth == 0), -1)
 
 
 def _split_args(text: str) -> list[str]:
     """Top-level comma-separated parts of an argument list."""
-    parts, depth, start, quote = [], 0, 0, ""
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
+    parts, start = [], 0
+    for i, ch, depth in _scan(text):
+        if ch == "," and depth == 0:
             parts.append(text[start:i].strip())
             start = i + 1
     parts.append(text[start:].strip())
