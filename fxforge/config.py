@@ -31,7 +31,9 @@ class CompileConfig:
     fullgraph: JIT only: fail on a graph break instead of running it in Python.
     pass_options: {"<pass>.<option>": value}, read by that pass (`fxforge.pipeline` names the passes
         and maps the typed fields below onto their options, e.g. quantize_group -> "quantize.group").
-    quantize: a scheme for every linear ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp") or None;
+    quantize: a scheme for every linear ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp", or the block
+        schemes "mxfp8", "mxfp6", "mxfp4", "mxint8", "nvfp4": OCP MX / NVFP4 weights and per-block
+        activations, `fxforge.ir.block_weights`) or None;
         quantize_overrides: {name pattern: scheme or None}, first match wins (lm_head stays high precision
         by default); quantize_group: the group size of the 4-bit schemes; lorc_rank: ZeroQuant-FP's
         low-rank error compensation (0: off); calibration: example inputs (each a tuple of args or a
@@ -119,6 +121,10 @@ class CompileConfig:
         if self.quantize_group is not None and (not _is_int(self.quantize_group) or self.quantize_group <= 0):
             raise ConfigError(f"quantize_group={self.quantize_group!r} must be a positive int (the group size along the "
                               "input dim, e.g. 32, 64 or 128) or None (the scheme's default)")
+        block = SCHEMES[self.quantize].block if self.quantize else 0
+        if block and self.quantize_group not in (None, block):
+            raise ConfigError(f"quantize={self.quantize!r} has a fixed block of {block}; quantize_group="
+                              f"{self.quantize_group} cannot hold (leave it None)")
         if self.quantize_pow2_round not in POW2_ROUND_CHOICES:
             raise ConfigError(f"quantize_pow2_round={self.quantize_pow2_round!r} is not one of {POW2_ROUND_CHOICES}")
         if not _is_int(self.lorc_rank) or self.lorc_rank < 0:

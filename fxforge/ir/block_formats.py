@@ -3,8 +3,8 @@
 This module owns how a tensor is cut into blocks along its last axis, how each block's shared scale is
 chosen and stored, and how element codes are laid out in bytes. Element formats come from
 `fxforge.ir.formats`, whose rounding rules apply to every element (saturating round-to-nearest-even).
-Only its tests import it today; it is kept on purpose: issue #12 (block formats in the IR and kernels)
-builds on it (docs/architecture.md, "Kept on purpose").
+The MX/NVFP4 quantization schemes (`fxforge.ir.block_weights`, `fxforge.ir.schemes`) and the KV-cache
+formats build on it.
 
 Decisions:
 - Blocks run along the last axis, which must be a multiple of the block size (32 for MX, 16 for
@@ -14,6 +14,15 @@ Decisions:
   gets the smallest scale 2^-127 (code 0x00), so it decodes to zeros, never NaN/inf. A block holding
   NaN or +-inf gets the NaN scale 0xFF (its elements are stored as zeros) and decodes to all NaN.
   Elements are x / 2^scale (exact in float64) encoded in the element format, saturating at its max.
+- Scale rules (`SCALE_RULES`, argument `rule` of `quantize_mx` / `quantize_nvfp4`): "ocp" is the spec's
+  rule above (NVFP4: the block scale rounded to nearest, NVIDIA's recipe). It clips: a block whose
+  amax / 2^e exceeds the element max (E4M3: amax / 2^e in (448, 512); E2M1: (6, 8)) saturates its
+  largest values. "noclip" takes e + 1 (NVFP4: the next E4M3 code) for exactly those blocks, so
+  nothing saturates; it is cheap and deterministic (one exact comparison), which is why on-the-fly
+  activation quantization uses it. "search" encodes each block with both candidates (e and e + 1;
+  NVFP4: the rounded scale code and the next one) and keeps the one with the smaller squared error
+  (ties keep the smaller scale), in float64: weights use it (decided offline, once).
+  Decoding never depends on the rule: every rule's output is a valid spec-conforming tensor.
 - MXINT8 elements are two's complement fixed point s1.6 (value = code * 2^-6, emax 0), rounded half
   to even and restricted to the symmetric range +-127 (code -128 is never produced).
 - NVFP4 (NVIDIA's recipe): tensor scale ts = amax(|x|) / (6 * 448) in fp32 (1.0 for an all-zero
@@ -43,6 +52,7 @@ from fxforge.ir.formats import (
     unpack_nibbles,
 )
 
+SCALE_RULES = ("ocp", "noclip", "search")
 E8M0_BIAS = 127
 E8M0_NAN = 0xFF
 NVFP4_BLOCK = 16
@@ -219,18 +229,50 @@ def mx_shared_exponent(amax: Tensor, emax: int) -> Tensor:
     return exp.clamp(-E8M0_BIAS, E8M0_BIAS)
 
 
-def quantize_mx(x: Tensor, fmt: MXSpec | str) -> MXTensor:
+def element_max(fmt: Format | str) -> float:
+    """Largest magnitude of an MX element value (ints as fixed point: 127 * 2^-6 for INT8)."""
+    f = get_format(fmt)
+    return f.max_value if f.kind == "float" else f.max_value * 2.0 ** (2 - f.bits)
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in SCALE_RULES:
+        raise ValueError(f"unknown scale rule {rule!r}; use one of {SCALE_RULES}")
+
+
+def mx_encode_blocks(blocks: Tensor, exp: Tensor, fmt: Format | str) -> tuple[Tensor, Tensor]:
+    """(element codes, float64 dequantized values) of float64 `blocks` [..., nb, block] with shared
+    exponents `exp` [..., nb] (finite blocks only)."""
+    f = get_format(fmt)
+    e = exp.unsqueeze(-1).to(torch.float64)
+    codes = encode_elements(torch.ldexp(blocks, -e), f)
+    return codes, torch.ldexp(decode_elements(codes, f).to(torch.float64), e)
+
+
+def mx_block_exponents(blocks: Tensor, spec: MXSpec, rule: str = "ocp") -> Tensor:
+    """Shared exponent (int64 [..., nb]) of each finite float64 block under a scale rule."""
+    _check_rule(rule)
+    amax = blocks.abs().amax(-1)
+    exp = mx_shared_exponent(amax, spec.emax)
+    if rule == "ocp":
+        return exp
+    up = (exp + 1).clamp(max=E8M0_BIAS)
+    if rule == "noclip":
+        return torch.where(torch.ldexp(amax, -exp.to(torch.float64)) > element_max(spec.element), up, exp)
+    errs = [((mx_encode_blocks(blocks, e, spec.element)[1] - blocks) ** 2).sum(-1) for e in (exp, up)]
+    return torch.where(errs[1] < errs[0], up, exp)
+
+
+def quantize_mx(x: Tensor, fmt: MXSpec | str, rule: str = "ocp") -> MXTensor:
     """Quantize `x` to an MX format in blocks along the last axis (see the module docstring)."""
     spec = get_mx_format(fmt)
     blocks = _blocks(x, spec.block)
-    amax = blocks.abs().amax(-1)
-    finite = torch.isfinite(amax)
-    exp = mx_shared_exponent(torch.where(finite, amax, 0.0), spec.emax)
-    scaled = torch.ldexp(blocks, -exp.unsqueeze(-1).to(torch.float64))
-    scaled = torch.where(finite.unsqueeze(-1), scaled, 0.0)
-    codes = encode_elements(scaled, spec.element_format).reshape(x.shape)
+    finite = torch.isfinite(blocks).all(-1)
+    blocks = torch.where(finite.unsqueeze(-1), blocks, 0.0)
+    exp = mx_block_exponents(blocks, spec, rule)
+    codes = encode_elements(torch.ldexp(blocks, -exp.unsqueeze(-1).to(torch.float64)), spec.element_format)
     scales = torch.where(finite, encode_e8m0(exp), E8M0_NAN).to(torch.uint8)
-    packed = pack_codes(codes, spec.element_format.bits)
+    packed = pack_codes(codes.reshape(x.shape), spec.element_format.bits)
     return MXTensor(packed, scales, tuple(x.shape), spec.name)
 
 
@@ -253,17 +295,56 @@ def nvfp4_tensor_scale(x: Tensor) -> Tensor:
     return torch.where(amax > 0, scale, torch.ones_like(scale))
 
 
-def quantize_nvfp4(x: Tensor) -> NVFP4Tensor:
-    """Quantize `x` to NVFP4 in blocks of 16 along the last axis (see the module docstring)."""
+def nvfp4_encode_blocks(blocks: Tensor, block_codes: Tensor, ts: Tensor) -> tuple[Tensor, Tensor]:
+    """(E2M1 codes, float64 dequantized values) of float64 `blocks` [..., nb, 16] with E4M3 block
+    scale codes [..., nb] and the tensor scale `ts` (broadcastable to [..., nb])."""
+    s = (decode_float(block_codes, NVFP4_SCALE_FORMAT).double() * ts.double()).unsqueeze(-1)
+    scaled = torch.where(s > 0, blocks / torch.where(s > 0, s, 1.0), 0.0)
+    codes = encode_float(scaled, NVFP4_ELEMENT_FORMAT)
+    return codes, decode_float(codes, NVFP4_ELEMENT_FORMAT).double() * s
+
+
+def nvfp4_block_codes(blocks: Tensor, ts: Tensor, rule: str = "ocp") -> Tensor:
+    """E4M3 block scale codes [..., nb] of float64 blocks under a scale rule (the next code up is the
+    next larger E4M3 value; 0x7E = 448 is the largest)."""
+    _check_rule(rule)
+    amax = blocks.abs().amax(-1)
+    codes = encode_float(amax / 6.0 / ts.double(), NVFP4_SCALE_FORMAT)
+    if rule == "ocp":
+        return codes
+    up = torch.where(codes < 0x7E, codes + 1, codes).to(torch.uint8)
+    if rule == "noclip":
+        s = decode_float(codes, NVFP4_SCALE_FORMAT).double() * ts.double()
+        return torch.where(amax > 6.0 * s, up, codes)
+    errs = [((nvfp4_encode_blocks(blocks, c, ts)[1] - blocks) ** 2).sum(-1) for c in (codes, up)]
+    return torch.where(errs[1] < errs[0], up, codes)
+
+
+def quantize_nvfp4(x: Tensor, rule: str = "ocp", tensor_scale: Tensor | None = None) -> NVFP4Tensor:
+    """Quantize `x` to NVFP4 in blocks of 16 along the last axis (see the module docstring).
+    `tensor_scale` (fp32, broadcastable to x's shape without its last axis, e.g. [rows, 1] per row):
+    the second-level scale to use instead of the whole tensor's."""
     blocks = _blocks(x, NVFP4_BLOCK)
     if not bool(torch.isfinite(blocks).all()):
         raise ValueError("NVFP4 cannot store NaN or inf: clamp or mask the tensor before quantizing")
-    ts = nvfp4_tensor_scale(x)
-    block_codes = encode_float(blocks.abs().amax(-1) / 6.0 / ts.double(), NVFP4_SCALE_FORMAT)
-    s = (decode_float(block_codes, NVFP4_SCALE_FORMAT).double() * ts.double()).unsqueeze(-1)
-    scaled = torch.where(s > 0, blocks / torch.where(s > 0, s, 1.0), 0.0)
-    codes = encode_float(scaled, NVFP4_ELEMENT_FORMAT).reshape(x.shape)
-    return NVFP4Tensor(pack_nibbles(codes), block_codes, ts, tuple(x.shape))
+    ts = nvfp4_tensor_scale(x) if tensor_scale is None else tensor_scale.to(torch.float32)
+    block_codes = nvfp4_block_codes(blocks, ts, rule)
+    codes, _ = nvfp4_encode_blocks(blocks, block_codes, ts)
+    return NVFP4Tensor(pack_nibbles(codes.reshape(x.shape)), block_codes, ts, tuple(x.shape))
+
+
+def nvfp4_row_scale(x: Tensor) -> Tensor:
+    """Per-row (last axis) fp32 second-level scale amax_row / (6 * 448), 1.0 for zero rows, [..., 1]."""
+    amax = x.detach().abs().amax(-1, keepdim=True).to(torch.float32)
+    return torch.where(amax > 0, amax / (6.0 * 448.0), torch.ones_like(amax))
+
+
+def fake_quant_block(x: Tensor, fmt: str, rule: str = "noclip") -> Tensor:
+    """float32 quantize-dequantize of `x` in blocks along its last axis: an MX format (`MX_FORMATS`)
+    or "nvfp4" with a per-row second-level scale (what an activation quantized on the fly gets)."""
+    if fmt == "nvfp4":
+        return dequantize_nvfp4(quantize_nvfp4(x, rule, nvfp4_row_scale(x)))
+    return dequantize_mx(quantize_mx(x, fmt, rule))
 
 
 def nvfp4_block_scales(q: NVFP4Tensor) -> Tensor:

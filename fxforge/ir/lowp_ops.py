@@ -44,6 +44,11 @@ Schemes (`SCHEMES`; weight format, activation format, default group, zero point)
                 magnitude 0.5 * 2^-8 = 2^-9 is E4M3's smallest subnormal: hence the clamp at 8), so a
                 kernel casts FP4 -> FP8 by an exponent shift and multiplies by s_max after the GEMM.
 
+Block schemes (mxfp8 | mxfp6 | mxfp4 | mxint8 | nvfp4, `Scheme.block` > 0): the weight is a `#blockfp`
+const (`fxforge.ir.block_weights`; `encode_weight` / `decode_weight` dispatch to it) and act_format is
+the block format itself: activations are quantize-dequantized per block of the last dim
+(`schemes.fake_quant_act`). qlinear's reference is otherwise unchanged.
+
 Encoding fields: `Quantized(format, axis=1, group, scale_dtype, zero_point)`; `axis` is the input
 (reduction) dim the groups run along; group 0 = one scale per row (per output channel).
 Groups are exactly the requested size, never changed: n_groups = ceil(in / group), and when the group
@@ -72,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fxforge.ir import formats
+from fxforge.ir import block_weights, formats
 from fxforge.ir.dtypes import DType
 from fxforge.ir.errors import ShapeError
 from fxforge.ir.evaluate import WEIGHT_DECODERS
@@ -90,7 +95,7 @@ from fxforge.ir.schemes import (  # noqa: F401  (re-exported: callers see one lo
     get_scheme,
     is_float,
 )
-from fxforge.ir.types import NM, Quantized, TensorType, dims_equal, normalize_dim
+from fxforge.ir.types import NM, BlockFP, Quantized, TensorType, dims_equal, normalize_dim
 
 # -- the weight codec -------------------------------------------------------------------------------
 
@@ -193,6 +198,10 @@ def encode_weight(w: Tensor, scheme: str, group: int | None = None, pow2_round: 
     if pow2_round not in ("floor", "ceil"):
         raise ValueError(f"pow2_round must be 'floor' or 'ceil', got {pow2_round!r}")
     sc = get_scheme(scheme)
+    if sc.block:  # MX / NVFP4: the block is the format's, a different group cannot hold
+        if group not in (None, 0, sc.block):
+            raise ValueError(f"{scheme} has a fixed block of {sc.block} along the input dim; group {group} cannot hold")
+        return block_weights.encode_block_weight(w, scheme)
     if w.dim() != 2:
         raise ValueError(f"encode_weight takes a 2-D [out, in] weight, got shape {list(w.shape)}")
     out_f, in_f = w.shape
@@ -213,6 +222,8 @@ def encode_weight(w: Tensor, scheme: str, group: int | None = None, pow2_round: 
 def decode_weight(weight: Weight) -> Tensor:
     """The dense float32 [out, in] tensor an encoded weight stands for."""
     enc, p = weight.encoding, weight.payload
+    if isinstance(enc, BlockFP):
+        return block_weights.decode_block_weight(weight)
     if not isinstance(enc, Quantized):
         raise ValueError(f"decode_weight takes a #quantized weight, got encoding {enc!r}")
     fmt = formats.get_format(enc.format)
@@ -318,9 +329,10 @@ def _qlinear_infer(types, attrs):
         raise ShapeError(f"qlinear: act_format {attrs['act_format']!r} is not one of {ACT_FORMATS}")
     x, w, bias, u, v = _qlinear_parts(types, attrs["lorc_rank"])
     nm_ok = isinstance(w.encoding, NM) and w.encoding.scheme == attrs["scheme"]  # quantized N:M (fxforge.ir.nm)
-    if not (isinstance(w.encoding, Quantized) or nm_ok) or w.rank != 2:
+    block_ok = isinstance(w.encoding, BlockFP) and w.encoding.format == get_scheme(attrs["scheme"]).weight_format
+    if not (isinstance(w.encoding, Quantized) or nm_ok or block_ok) or w.rank != 2:
         raise ShapeError("qlinear: the weight must be a 2-D const with a #quantized encoding "
-                         "(or #nm with the op's scheme)")
+                         "(or #nm with the op's scheme, or #blockfp of the op's block scheme)")
     if not dims_equal(x.shape[-1], w.shape[1]):
         raise ShapeError(f"qlinear: input {list(x.shape)} does not fit weight {list(w.shape)} (expects [out, in])")
     if bias is not None and (bias.rank != 1 or not dims_equal(bias.shape[0], w.shape[0])):

@@ -18,6 +18,8 @@ Decisions:
 - With a reference graph (`hessian.run_stages(reference=...)`) the solver aims at the reference
   model's layer output from the inputs the layer really gets (`reference_target`), so each layer also
   corrects what the rewritten layers above it lost.
+- Block schemes (MX / NVFP4) use `block_weights.BlockQuantizer`: each block's scale (rule "search")
+  is chosen as the solver reaches the block, on the weights as updated so far; never act-order.
 - A layer whose calibration inputs are all zero (or whose H cannot be factored) keeps
   round-to-nearest; `info["note"]` says why.
 """
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fxforge.ir.block_weights import BlockQuantizer
 from fxforge.ir.graph import Weight
 from fxforge.ir.lowp_ops import encode_weight, get_scheme, quantize_groups, weight_from_codes, weight_params
 from fxforge.passes.hessian import Hessian, Prepared, prepare
@@ -72,6 +75,17 @@ class SchemeQuantizer:
         codes = torch.stack(self.codes, dim=1)  # type: ignore[arg-type]
         return codes if perm is None else codes[:, torch.argsort(perm)]
 
+    def to_weight(self, perm: Tensor | None = None) -> Weight:
+        """The encoded weight of the solver's codes and scales (original column order)."""
+        return weight_from_codes(self.code_matrix(perm), self.scheme, self.group, self.merged_params())
+
+
+def make_quantizer(w: Tensor, scheme: str, group: int, pow2_round: str = "floor") -> SchemeQuantizer | BlockQuantizer:
+    """The column quantizer of a scheme: block schemes (MX / NVFP4) quantize per block of their own size."""
+    if get_scheme(scheme).block:
+        return BlockQuantizer(w, scheme)
+    return SchemeQuantizer(w, scheme, group, pow2_round)
+
 
 @dataclass
 class Solved:
@@ -80,7 +94,7 @@ class Solved:
 
     weight: Tensor
     kept: Tensor | None
-    quantizer: SchemeQuantizer | None
+    quantizer: SchemeQuantizer | BlockQuantizer | None
     perm: Tensor | None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -101,6 +115,8 @@ def solve_weight(w: Tensor, hessian: Hessian | None, scheme: str | None = None, 
     `group`: columns per scale group (0: per row). None when H is unusable (all-zero inputs)."""
     if hessian is None:
         return None
+    if scheme is not None and get_scheme(scheme).block:
+        group, act_order = get_scheme(scheme).block, False  # a block's scale spans consecutive columns
     if act_order is None:
         act_order = group == 0
     h, perm = hessian.h, None
@@ -113,7 +129,7 @@ def solve_weight(w: Tensor, hessian: Hessian | None, scheme: str | None = None, 
     wp = w if perm is None else w[:, perm]
     if hessian.cross is not None:
         wp = reference_target(wp, hessian.cross if perm is None else hessian.cross[perm][:, perm], prepared)
-    quantizer = SchemeQuantizer(wp, scheme, group, pow2_round) if scheme is not None else None
+    quantizer = make_quantizer(wp, scheme, group, pow2_round) if scheme is not None else None
     res = obs_solve(wp, prepared.hinv_u, quantizer=quantizer, nm=nm, mask=mask)
     new = res.weight if perm is None else res.weight[:, torch.argsort(perm)]
     info = {"damp": prepared.damp, "tokens": hessian.tokens, "obs_loss": res.loss, "act_order": perm is not None,
@@ -131,6 +147,5 @@ def gptq_encode(w: Tensor, scheme: str, group: int | None, hessian: Hessian | No
     solved = solve_weight(w, hessian, scheme=scheme, group=g, pow2_round=pow2_round, act_order=act_order)
     if solved is None:
         return encode_weight(w, scheme, group, pow2_round=pow2_round), {"method": "rtn", "note": ALL_ZERO_NOTE}
-    q = solved.quantizer
-    weight = weight_from_codes(q.code_matrix(solved.perm), scheme, g, q.merged_params())
+    weight = solved.quantizer.to_weight(solved.perm)
     return weight, {"method": "gptq", **solved.info}

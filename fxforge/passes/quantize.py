@@ -2,7 +2,9 @@
 
 Options (`ctx.option("quantize.<name>")`; the pass is off unless "quantize.scheme" or an override names a scheme;
 `fxforge.pipeline` fills them from `CompileConfig.quantize*` and `lorc_rank`):
-    "quantize.scheme"      scheme name: w8a8-int8 | w8a8-fp8 | w4a16-int4 | w4a8-fp (None/absent: off)
+    "quantize.scheme"      scheme name: w8a8-int8 | w8a8-fp8 | w4a16-int4 | w4a8-fp, or a block scheme
+                           mxfp8 | mxfp6 | mxfp4 | mxint8 | nvfp4 (`#blockfp` weights, activations per
+                           block; an input dim that is not a multiple of the block: ConfigError) (None/absent: off)
     "quantize.overrides"   {fnmatch pattern on the layer name (weight name without `.weight`): scheme or
                            None}; the first matching pattern wins, user patterns before the defaults
     "quantize.group"       group size along the input dim for the grouped schemes (default: the
@@ -45,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fxforge.errors import InputError
+from fxforge.errors import ConfigError, InputError
 from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import decode_weight, encode_weight, get_scheme, group_count, qlinear_ref
@@ -91,6 +93,10 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
             in_f = graph.weight(op.operands[1].producer.attrs["weight"]).data.shape[1]
             if in_f % 2 and sc.weight_format in ("i4", "f4e2m1"):
                 reason = f"input dim {in_f} is odd: 4-bit codes pack two per byte"
+            if sc.block and in_f % sc.block:
+                raise ConfigError(f"layer {layer!r}: input dim {in_f} is not a multiple of {chosen}'s block size "
+                                  f"{sc.block}; keep it high precision (quantize_overrides={{{layer!r}: None}}) "
+                                  f"or choose a scheme with groups (e.g. w4a8-fp)")
             _check_finite(graph, op, layer)
         if reason is not None:
             skipped[label] = reason
@@ -143,10 +149,11 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
     const = op.operands[1].producer
     wname = const.attrs["weight"]
     w = graph.weight(wname).data
-    rtn = encode_weight(w, scheme, group if sc.group else None, pow2_round=pow2_round)
+    group = group if sc.group and not sc.block else None  # a block scheme's block is fixed
+    rtn = encode_weight(w, scheme, group, pow2_round=pow2_round)
     encoded, method = rtn, {"method": "rtn"}
     if hessian is not None:
-        encoded, method = gptq_encode(w, scheme, group if sc.group else None, hessian, pow2_round=pow2_round)
+        encoded, method = gptq_encode(w, scheme, group, hessian, pow2_round=pow2_round)
     qname = graph.add_weight(free_name(graph, f"{wname}.q"), encoded)
     w_hat = decode_weight(encoded)
     new_operands = [op.operands[0], graph.insert_before(op, "const", [], {"weight": qname}, name=const.result.name).result]
@@ -161,7 +168,8 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
             pname = graph.add_weight(free_name(graph, f"{layer}.{part}"), Weight(t))
             new_operands.append(graph.insert_before(op, "const", [], {"weight": pname}, name=part).result)
             lorc_bytes += t.numel() * t.element_size()
-    attrs = {"scheme": scheme, "act_format": sc.act_format, "group": encoded.encoding.group, "lorc_rank": rank}
+    g = getattr(encoded.encoding, "group", sc.block)
+    attrs = {"scheme": scheme, "act_format": sc.act_format, "group": g, "lorc_rank": rank}
     old_name = op.result.name
     q = graph.insert_before(op, "qlinear", new_operands, attrs)
     graph.replace_op(op, [q.result])
@@ -185,7 +193,6 @@ def _rewrite(graph: Graph, op: Op, layer: str, scheme: str, group: int | None, l
     rel = relative_error(qlinear_ref(x, w_hat, *extra, **attrs), y)
     if encoded is not rtn:
         method["rtn_rel_error"] = relative_error(qlinear_ref(x, decode_weight(rtn), *extra, **attrs), y)
-    g = encoded.encoding.group
     return {
         **method,
         "scheme": scheme,
