@@ -16,7 +16,7 @@ from typing import Any
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.lowp_ops import SCHEMES
-from fxforge.ir.types import Quantized, dims_equal
+from fxforge.ir.types import BlockFP, Quantized, dims_equal
 
 FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
@@ -88,6 +88,8 @@ def qlinear_ok(op: Op) -> bool:
     input dim), with the scheme's activation format; every other operand a float tensor."""
     x, w, *rest = op.operands
     enc, const = w.type.encoding, w.producer
+    if isinstance(enc, BlockFP) and const is not None and const.opcode == "const":
+        return _block_qlinear_ok(op, enc)
     if const is None or const.opcode != "const" or not isinstance(enc, Quantized):
         return False
     sc = SCHEMES.get(op.attrs["scheme"])
@@ -97,6 +99,19 @@ def qlinear_ok(op: Op) -> bool:
         return False
     k = w.type.shape[1]
     if enc.format in ("i4", "f4e2m1") and not (isinstance(k, int) and k % 2 == 0):
+        return False
+    return all(v.type.dtype in QLINEAR_DTYPES and v.type.encoding is None for v in [x, *rest, op.result])
+
+
+def _block_qlinear_ok(op: Op, enc: BlockFP) -> bool:
+    """Block schemes (`templates/qlinear_block.py`): the scheme's own #blockfp layout, unpermuted, a K
+    the block divides, no LoRC; float activations, bias and result."""
+    x, w, *rest = op.operands
+    sc = SCHEMES.get(op.attrs["scheme"])
+    if sc is None or not sc.block or enc.format != sc.weight_format or enc.perm is not None:
+        return False
+    k = w.type.shape[1]
+    if op.attrs["act_format"] != sc.act_format or op.attrs["lorc_rank"] or not (isinstance(k, int) and k % sc.block == 0):
         return False
     return all(v.type.dtype in QLINEAR_DTYPES and v.type.encoding is None for v in [x, *rest, op.result])
 

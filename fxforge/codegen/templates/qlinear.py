@@ -37,6 +37,7 @@ LoRC (U [out, r], V [in, r]): the correction (xq @ V) @ U^T is two small torch m
 quantize-dequantized activations, computed BEFORE the kernel and added in its epilogue before the bias
 and the activation (the reference adds it before the bias; adding it after the kernel would be wrong
 with an activation). It costs an M x N f32 temporary; fusing a rank-r pass into the K loop is left for later.
+Block schemes (mxfp8 / mxfp6 / mxfp4 / mxint8 / nvfp4): `qlinear` hands them to `templates/qlinear_block.py`.
 Limits: the 8-bit schemes take per-channel weights only (group 0, the scheme default); a grouped
 int8/fp8 weight raises ShapeError.
 """
@@ -56,6 +57,7 @@ from fxforge.codegen.templates.act_quant import (  # noqa: F401  (quantize/dequa
 )
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, epilogue_operands, interpreting, tile_offsets
 from fxforge.codegen.templates.hadamard import hadamard as hadamard_rows
+from fxforge.codegen.templates.qlinear_block import qlinear_block
 from fxforge.errors import ShapeError
 from fxforge.ir.lowp_ops import get_scheme
 from fxforge.ir.types import Quantized
@@ -279,6 +281,10 @@ def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = No
     `fp8_dot` picks the fp8 tensor-core path of the fp8 schemes (default: on a CUDA device of sm_89+,
     never under the interpreter).
     """
+    if get_scheme(scheme).block:  # MX / NVFP4: activations quantized per block inside the GEMM
+        if lorc is not None or hadamard is not None:
+            raise ShapeError(f"qlinear {scheme}: block schemes take no LoRC factors nor an online Hadamard")
+        return qlinear_block(x, weight, scheme, bias, activation=activation, residual=residual, out_dtype=out_dtype)
     sc = _check_operands(x, weight, scheme, activation)
     enc, p = weight.encoding, weight.payload
     N, K = weight.data.shape

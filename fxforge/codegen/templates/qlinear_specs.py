@@ -52,6 +52,36 @@ def qlinear_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "float16
             "label": f"qlinear {scheme} {x_dtype} {M}x{N}x{K} g={g} {tag}", **({"min_arch": 89} if fp8_dot else {})}
 
 
+def qlinear_block_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "float16", bias: bool = True,
+                       activation: str = "none", residual: bool = False) -> dict:
+    """A build spec of `qlinear_block_kernel` (MX / NVFP4 schemes, `templates/qlinear_block.py`)."""
+    from fxforge.codegen.templates.qlinear_block import block_launch_config, element_params
+
+    t = _TT[x_dtype]
+    sig = {"a_ptr": f"*{t}", "a_ts_ptr": "*fp32", "w_ptr": "*u8", "ws_ptr": "*u8", "w_ts_ptr": "*fp32",
+           "out_ptr": f"*{t}", "bias_ptr": f"*{t}", "res_ptr": f"*{t}", "M": "i32", "N": "i32", "K": "i32",
+           "stride_am": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_om": "i32", "stride_rm": "i32"}
+    cfg = block_launch_config(scheme, M, N, K)
+    const = {"stride_ak": 1, "stride_on": 1, "stride_rn": 1, "GROUP_M": 8, "BLOCK_M": cfg["BLOCK_M"],
+             "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], **element_params(get_scheme(scheme).weight_format),
+             "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual}
+    return {"module": "fxforge.codegen.templates.qlinear_block", "kernel": "qlinear_block_kernel", "signature": sig,
+            "constexprs": const, "divisible": ["N", "K", "stride_am", "stride_om", "stride_rm"],
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+            "label": f"qlinear {scheme} {x_dtype} {M}x{N}x{K}"}
+
+
+def block_specs() -> list[dict]:
+    """The block-scheme qlinear configurations the build check compiles (every scheme, decode and prefill
+    shapes, fp16 and fp32 activations)."""
+    specs = []
+    for scheme in ("mxfp8", "mxfp6", "mxfp4", "mxint8", "nvfp4"):
+        specs += [qlinear_block_spec(scheme, 4096, 4096, 4096, activation="silu"),
+                  qlinear_block_spec(scheme, 16, 4096, 4096, residual=True),
+                  qlinear_block_spec(scheme, 64, 384, 1536, x_dtype="float32")]
+    return specs
+
+
 def act_quant_spec(fmt: str, K: int, x_dtype: str = "float16") -> dict:
     """A build spec of `act_quant_kernel` for rows of K elements."""
     block = row_blocks(min(K, 4096))
@@ -78,4 +108,4 @@ def qlinear_specs() -> list[dict]:
         ]
     specs += [qlinear_spec("w4a16-int4", 64, 4096, 4096, x_dtype="float32"),
               act_quant_spec("i8", 4096), act_quant_spec("f8e4m3", 4096)]
-    return specs
+    return specs + block_specs()
