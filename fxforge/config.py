@@ -56,6 +56,10 @@ class CompileConfig:
         "reference" (default: the dense model's layer output, from the inputs the pruned model really
         gives the layer) or "layer" (the layer's own output: plain sequential SparseGPT).
         See `fxforge.passes.sparsify`.
+    kv_cache: K (after RoPE) and V quantize-dequantized as a compressed KV cache stores them: "bfp4",
+        "bfp8", "fp8", "int8" or None; kv_block: elements per shared scale along head_dim (16, 32, 64);
+        k_sort: "auto" (with kv_cache and calibration: per KV head a channel permutation where it lowers
+        the calibrated attention-logit error), "on" (always apply it) or "off". See `fxforge.passes.ksort`.
     """
 
     passes: tuple[str, ...] | None = None
@@ -87,6 +91,9 @@ class CompileConfig:
     sparsity_overrides: dict[str, str | None] = field(default_factory=dict)
     sparsity_method: str | None = None
     solver_target: str | None = None
+    kv_cache: str | None = None
+    kv_block: int = 32
+    k_sort: str = "auto"
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTOR_CHOICES:
@@ -95,6 +102,7 @@ class CompileConfig:
         self._check_methods()
         _check_ffn_skip(self)
         _check_sparsity(self)
+        _check_kv(self)
         for name in ("passes", "disable"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
@@ -186,3 +194,11 @@ def _check_sparsity(cfg: CompileConfig) -> None:
             raise ConfigError(problem)
     if cfg.solver_target not in (None, "reference", "layer"):
         raise ConfigError(f"solver_target={cfg.solver_target!r} must be 'reference', 'layer' or None")
+
+
+def _check_kv(cfg: CompileConfig) -> None:
+    from fxforge.ir.kv_ops import kv_options_problem
+
+    problem = kv_options_problem(cfg.kv_cache, cfg.kv_block, cfg.k_sort)
+    if problem:
+        raise ConfigError(problem)

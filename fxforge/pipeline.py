@@ -51,6 +51,8 @@ from fxforge.passes.cse import CommonSubexpressionElimination
 from fxforge.passes.dce import DeadCodeElimination
 from fxforge.passes.ffn_skip import FfnSkip
 from fxforge.passes.fuse import FusePass, fuse
+from fxforge.passes.ksort import KSort
+from fxforge.passes.kv_cache import KVCache
 from fxforge.passes.manager import Pass, PassContext, PassManager
 from fxforge.passes.quantize import Quantize
 from fxforge.passes.rotate import Rotate
@@ -76,6 +78,11 @@ def _quantizing(options: Mapping[str, Any], executor: str) -> bool:
 def _sparsifying(options: Mapping[str, Any], executor: str) -> bool:
     overrides = options.get("sparsify.overrides") or {}
     return options.get("sparsify.pattern") is not None or any(v is not None for v in overrides.values())
+
+
+def _ksorting(options: Mapping[str, Any], executor: str) -> bool:
+    mode = options.get("ksort.mode")
+    return mode == "on" or (mode == "auto" and options.get("ksort.format") is not None)
 
 
 def option_set(key: str) -> When:
@@ -105,6 +112,7 @@ QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "qu
                     "gptq": "gptq"}
 SPARSIFY_OPTIONS = {"sparsity": "pattern", "sparsity_overrides": "overrides", "sparsity_method": "method",
                     "solver_target": "target"}
+KV_OPTIONS = {"kv_cache": "format", "kv_block": "block"}
 FFN_SKIP_OPTIONS = {"ffn_skip": "target", "ffn_skip_gate": "gate", "ffn_skip_warmup": "warmup",
                     "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides"}
 
@@ -123,6 +131,9 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS, calibrated=True),
     # after quantize: the skip gate is fitted on the activations that will run
     PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS, calibrated=True),
+    # K-sort then the KV-cache formats: the cache stores K with its channels already permuted
+    PassSpec("ksort", KSort, when=_ksorting, options={"k_sort": "mode", **KV_OPTIONS}, calibrated=True),
+    PassSpec("kv_cache", KVCache, when=option_set("kv_cache.format"), options=KV_OPTIONS),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),

@@ -2,6 +2,7 @@
 
 from fxforge.ir import (
     hadamard,  # noqa: F401  (registers hadamard)
+    kv_ops,  # noqa: F401  (registers kv_quant)
     lowp_ops,  # noqa: F401  (registers quantize, dequantize, qlinear)
     multi_ops,  # noqa: F401  (registers topk, sort, var_mean, max_dim, min_dim)
     nm,  # noqa: F401  (the #nm weight decoder)
