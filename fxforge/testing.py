@@ -82,3 +82,29 @@ def example_input(name: str, batch: int = 2, seq: int = 16, seed: int = 1) -> to
     if name == "mlp":
         return torch.randn(batch, seq, 64, generator=gen)
     return torch.randint(3, 256, (batch, seq), generator=gen)
+
+
+@torch.no_grad()
+def plant_k_outliers(model: torch.nn.Module, pairs: int = 4, factor: float = 16.0, seed: int = 0) -> torch.nn.Module:
+    """The same function with outlier channels in K (in place; HF Llama-style attention): per layer and KV
+    head, `pairs` RoPE pairs (c, c + d/2) of W_k rows (and bias) are multiplied by `factor` and the matching
+    W_q rows of every query head of the group divided by it. RoPE rotates within a pair, which is scaled
+    as a whole, so q·kᵀ (and the fp32 output) is unchanged while the keys get K-cache outliers."""
+    gen = torch.Generator().manual_seed(seed)
+    for layer in model.model.layers:
+        att = layer.self_attn
+        d = att.head_dim
+        kv = att.k_proj.out_features // d
+        group = att.q_proj.out_features // d // kv
+        for h in range(kv):
+            chans = torch.randperm(d // 2, generator=gen)[:pairs]
+            rows = torch.cat([chans, chans + d // 2])
+            att.k_proj.weight[h * d + rows] *= factor
+            if att.k_proj.bias is not None:
+                att.k_proj.bias[h * d + rows] *= factor
+            for g in range(group):
+                qrows = (h * group + g) * d + rows
+                att.q_proj.weight[qrows] /= factor
+                if att.q_proj.bias is not None:
+                    att.q_proj.bias[qrows] /= factor
+    return model
