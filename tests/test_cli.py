@@ -318,3 +318,11 @@ def test_console_script_is_the_cli_main():
     scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, attr = scripts["fxforge"].partition(":")
     assert getattr(importlib.import_module(module), attr) is app_main
+
+
+def test_block_format_flags(tmp_path):
+    config = _compile_args(tmp_path, "--quantize", "nvfp4", "--kv-cache", "bfp4", "--kv-block", "16", "--k-sort", "on")
+    assert (config.quantize, config.kv_cache, config.kv_block, config.k_sort) == ("nvfp4", "bfp4", 16, "on")
+    assert _compile_args(tmp_path, "--kv-cache", "none").kv_cache is None
+    with pytest.raises(UsageError, match="16, 32, 64"):
+        _compile_args(tmp_path, "--kv-block", "24")

@@ -98,7 +98,7 @@ class ConfigFlag:
 CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("--quantize", "quantize", _scheme, "SCHEME",
                "quantize every linear (lm_head and tied embeddings stay high precision): w8a8-int8, w8a8-fp8, "
-               "w4a16-int4, w4a8-fp, or none"),
+               "w4a16-int4, w4a8-fp, the block schemes mxfp8, mxfp6, mxfp4, mxint8, nvfp4, or none"),
     ConfigFlag("--quantize-override", "quantize_overrides", _overrides, "GLOB=SCHEME",
                "the scheme (or none) of the layers whose name matches GLOB; repeatable, the first match wins", repeat=True),
     ConfigFlag("--quantize-group", "quantize_group", _count(1), "N", "group size of the grouped (4-bit) schemes"),
@@ -117,6 +117,13 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("--ffn-skip-gate", "ffn_skip_gate", _choice(("linear", "carry", "oracle")), "linear|carry|oracle",
                "the skip gate: least-squares predictor (default), FFN-SkipLLM's carry-over rule, or the oracle (measures only)"),
     ConfigFlag("--ffn-skip-warmup", "ffn_skip_warmup", _count(0), "N", "tokens at positions below N always run their FFNs"),
+    ConfigFlag("--kv-cache", "kv_cache", lambda flag, v: None if v.strip().lower() == "none" else
+               _choice(("bfp4", "bfp8", "fp8", "int8"))(flag, v), "bfp4|bfp8|fp8|int8|none",
+               "store K (after RoPE) and V as a compressed KV cache would (teacher-forced accuracy; bytes per token in the report)"),
+    ConfigFlag("--kv-block", "kv_block", lambda flag, v: int(_choice(("16", "32", "64"))(flag, v)), "16|32|64",
+               "elements per shared scale along head_dim of --kv-cache (default 32)"),
+    ConfigFlag("--k-sort", "k_sort", _choice(("off", "on", "auto")), "off|on|auto",
+               "per-KV-head channel permutation of K chosen on --calibration to cut the cache's logit error (default auto)"),
     ConfigFlag("--calibration", "calibration", lambda flag, path: load_calibration(path), "FILE",
                "example inputs the quantization errors are measured on: a .pt file (torch.save of a list of examples, "
                "each a tensor, a tuple of args or a dict of kwargs) or a .safetensors file with keys '<example>.<input>'"),
