@@ -10,7 +10,8 @@ Options (`CompileConfig.k_sort` / `kv_cache` / `kv_block` -> "ksort.mode" / "kso
 
 Objective, per KV head h on calibration tokens: E(P) = ||Q_h (K_h - deq_P(K_h))ᵀ||² / ||Q_h K_hᵀ||²,
 deq_P = quantize-dequantize K with its channels in order P (`kv_ops`), Q_h the rows of every query
-head of h's GQA group. Search (`search_perm`): candidates identity and channels sorted by RMS; from the
+head of h's GQA group. Search (`search_perm`): candidates identity, channels sorted by RMS, and the
+outliers' block filled with the channels least important to the logits (`outlier_block_order`); from the
 best, swaps of two channels in different blocks are tried in order of the largest-RMS channel's block
 (a budget of `MOVES` evaluations), kept when E drops. So it is a local search on the error itself,
 never sorting alone (sorting puts the largest ordinary channels into the outlier block).
@@ -44,7 +45,8 @@ from fxforge.passes.attention_sites import AttentionSite, attention_sites, repla
 from fxforge.passes.manager import PassContext
 
 MODES = KSORT_MODES
-MOVES = 96  # swap evaluations per head
+MOVES = 160  # swap evaluations per head
+OUTLIER = 3.0  # a channel whose RMS exceeds this many times the median is an outlier
 MAX_ROWS = 256  # calibration rows of K and of Q per head
 
 
@@ -55,11 +57,29 @@ def logit_error(q: Tensor, k: Tensor, perm: Tensor, fmt: str, block: int) -> flo
     return float(((q @ (k - kq).T).norm() / ref.norm().clamp_min(1e-30)) ** 2)
 
 
+def outlier_block_order(q: Tensor, k: Tensor, block: int) -> Tensor:
+    """Channels with RMS > OUTLIER x the median go first, their block filled with the channels that
+    matter least to the logits (smallest E[(q_c k_c)^2]); the rest by decreasing RMS."""
+    rms = k.pow(2).mean(0).sqrt()
+    order = torch.argsort(rms, descending=True)
+    n_out = int((rms > OUTLIER * rms.median()).sum())
+    if n_out == 0:
+        return order
+    outliers = order[:n_out]
+    fill = block - n_out % block if n_out % block else 0
+    rest = order[n_out:]
+    importance = (q[:, rest].pow(2).mean(0) * k[:, rest].pow(2).mean(0))
+    least = rest[torch.argsort(importance)[:fill]]
+    others = rest[~torch.isin(rest, least)]
+    return torch.cat([outliers, least, others])
+
+
 def search_perm(q: Tensor, k: Tensor, fmt: str, block: int, start_identity: bool = True) -> tuple[Tensor, float]:
     """(best permutation found, its error) by the local search of the module docstring."""
     d = k.shape[1]
     rms = k.pow(2).mean(0).sqrt()
-    cands = [torch.argsort(rms, descending=True)] + ([torch.arange(d)] if start_identity else [])
+    cands = [torch.argsort(rms, descending=True), outlier_block_order(q, k, block)]
+    cands += [torch.arange(d)] if start_identity else []
     scored = [(logit_error(q, k, p, fmt, block), p) for p in cands]
     err, perm = min(scored, key=lambda t: t[0])
     gen = torch.Generator().manual_seed(0)
