@@ -123,6 +123,7 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %mi, %mii = min_dim(%x) {dim=0, keepdim=true} : f32[1, 8], i64[1, 8]
   %had = hadamard(%x) : f32[s0, 8]
   %had4 = hadamard(%x) {block=4} : f32[s0, 8]
+  %kq = kv_quant(%k) {format="bfp4", block=16} : f16[2, 4, s1, 16]
   %keep = skip_gate(%x, %y, %ids) {kind="carry", threshold=0.5, warmup=2, count="k0"} : i64[k0]
   %keep2 = skip_gate(%x, %y, %ids, %g8) {kind="linear", bias=0.25, threshold=0.0, count="k1"} : i64[k1]
   %rows = gather_rows(%x, %keep) : f32[k0, 8]
