@@ -145,3 +145,23 @@ def test_quantized_llama_runs_block_kernels(scheme, monkeypatch):
     assert len(diffs) == 14 and max(diffs) <= 1e-5
     # a block flip upstream (an ulp apart at a rounding boundary) moves the logits a little; see test_qlinear_models
     assert ((got - want).abs().max() / want.abs().max()).item() <= 2e-2
+
+
+def _build_specs():
+    from fxforge.codegen.templates.qlinear_specs import qlinear_block_spec
+
+    specs = [qlinear_block_spec(s, 4096, 4096, 4096, activation="silu") for s in BLOCK_SCHEMES]
+    return specs + [qlinear_block_spec("nvfp4", 16, 4096, 4096, residual=True),
+                    qlinear_block_spec("mxfp6", 64, 384, 1536, x_dtype="float32")]
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+def test_block_kernels_build_without_spills(arch):
+    from fxforge.codegen import build
+
+    builds = build.build_in_subprocess(_build_specs(), arch, timeout=600)
+    report = "\n".join(f"sm_{arch} {b.label}: ok={b.ok} regs={b.registers} stack={b.spills} {b.error[:300]}" for b in builds)
+    assert len(builds) == 7
+    for b in builds:
+        assert b.ok and b.spills == 0 and 0 < b.registers <= 255, report
+        assert 0 < b.shared_bytes <= build.SHARED_LIMITS[arch], report
