@@ -78,3 +78,14 @@ def test_ksort_without_calibration_is_skipped_with_a_note(model):
     c = fxforge.compile_aot(model, (x,), kv_cache="bfp4", kv_block=16, k_sort="on")
     assert "needs calibration" in c.record.trace.record("ksort").stats["note"]
     assert not c.graph.find("index_select")
+
+
+def test_interpret_executor_agrees(model):
+    import fxforge.runtime.triton_executor  # noqa: F401  (registers the interpret executor)
+
+    x = zoo.example_input("llama", seq=8)
+    cal = [(zoo.example_input("llama", seed=s, seq=8),) for s in (5, 6)]
+    opts = dict(kv_cache="bfp4", kv_block=16, k_sort="on", calibration=cal)
+    a = fxforge.compile_aot(model, (x,), executor="interpret", **opts)(x).logits
+    b = fxforge.compile_aot(model, (x,), executor="reference", **opts)(x).logits
+    assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
