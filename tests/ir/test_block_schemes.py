@@ -181,3 +181,19 @@ def test_qlinear_reference_with_block_weight(scheme):
 def test_blockfp_type_round_trips_as_text():
     t = TensorType((8, 64), DType.f32, BlockFP("nvfp4", 16, 1))
     assert parse_type(print_type(t)) == t
+
+
+@pytest.mark.parametrize("name", MX + ["nvfp4"])
+def test_fast_fake_quant_equals_the_codec(name):
+    """fake_quant_block (no codes) == dequantize(quantize()) on random data, exact ties, outliers, zeros."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(33, 128, generator=g) * torch.logspace(-3, 3, 128)
+    x[0, :32] = 0.0
+    x[1, :16] = torch.arange(16) * 0.25  # exact ties of the coarse formats
+    x[2, 40] = 1e4
+    for rule in bf.SCALE_RULES:
+        if name == "nvfp4":
+            want = bf.dequantize_nvfp4(bf.quantize_nvfp4(x, rule, bf.nvfp4_row_scale(x)))
+        else:
+            want = bf.dequantize_mx(bf.quantize_mx(x, name, rule))
+        assert torch.equal(bf.fake_quant_block(x, name, rule), want), rule
