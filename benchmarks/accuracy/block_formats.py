@@ -75,9 +75,9 @@ def run_model(name: str, model, windows, calib, args, mx: bool, save) -> dict[st
     rows["fp32"] = {"bpb": loss / LN2, "agreement": 1.0}
     captured = methods.capture(model, windows[:args.batch, :-1])
     todo = [(f"kv {f} b{b} ksort={k}", {"kv_cache": f, "kv_block": int(b), "k_sort": k})
-            for f in args.formats.split(",") for b in args.blocks.split(",") for k in ("off", "auto")]
+            for f in args.formats.split(",") if f for b in args.blocks.split(",") for k in args.ksort.split(",")]
     if mx:
-        todo += [(f"{s} (W+A, defaults)", {"quantize": s}) for s in MX_SCHEMES]
+        todo += [(f"{s} (W+A, defaults)", {"quantize": s}) for s in args.mx.split(",")]
     for label, options in todo:
         print(f"{name}: {label} ...", flush=True)
         try:
@@ -120,8 +120,11 @@ def main() -> None:
     ap.add_argument("--formats", default="bfp4,bfp8,fp8,int8")
     ap.add_argument("--blocks", default="16,32,64")
     ap.add_argument("--models", default="stdlib-llama,stdlib-llama-kplanted")
+    ap.add_argument("--ksort", default="off,auto")
     ap.add_argument("--no-mx", action="store_true")
+    ap.add_argument("--mx", default=",".join(MX_SCHEMES))
     ap.add_argument("--out", type=Path, default=perplexity.RESULTS)
+    ap.add_argument("--tag", default="", help="suffix of the results file name (runs split over processes)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     from fxforge.testing import plant_k_outliers
@@ -139,7 +142,7 @@ def main() -> None:
            "calibration": args.calibration, "planted_model_max_abs_logit_diff": diff,
            "kv_fp16": 2 * 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim, "models": {}}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"block-formats-{res['date']}"
+    stem = args.out / f"block-formats-{res['date']}{'-' + args.tag if args.tag else ''}"
 
     def save(name: str, rows: dict[str, Any]) -> None:
         res["models"][name] = rows
