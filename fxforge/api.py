@@ -21,6 +21,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import json
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -100,7 +101,8 @@ def compile_aot(model: torch.nn.Module, example_args: tuple | Any, example_kwarg
     arg_names = list(inspect.signature(model.forward).parameters)
     calibration = _calibration_inputs(cfg, capture, arg_names)
     record = compile_lowered(capture.lowered, cfg, capture.seconds, aten_ops, calibration)
-    module = CompiledModule(record, capture.in_spec, capture.out_spec, arg_names, cfg, type(model).__name__)
+    module = CompiledModule(record, capture.in_spec, capture.out_spec, arg_names, cfg, type(model).__name__,
+                            hf_config_record(model))
     if cfg.debug:
         print(record.summary())
     return module
@@ -143,7 +145,22 @@ def load(path: str) -> CompiledModule:
     from fxforge.runtime.artifact import load_artifact
 
     loaded = load_artifact(path, prepare=prepare_graph)
-    return CompiledModule(loaded.record, loaded.in_spec, loaded.out_spec, loaded.arg_names, loaded.config, loaded.source)
+    return CompiledModule(loaded.record, loaded.in_spec, loaded.out_spec, loaded.arg_names, loaded.config, loaded.source,
+                          loaded.hf_config)
+
+
+def hf_config_record(model: torch.nn.Module) -> dict[str, Any] | None:
+    """A transformers model's config (with its class as `architectures`) and generation config, as
+    plain JSON data for the artifact and `export`; None for any other module."""
+    config = getattr(model, "config", None)
+    if config is None or not callable(getattr(config, "to_dict", None)) or not hasattr(config, "model_type"):
+        return None
+    data = json.loads(config.to_json_string(use_diff=False))
+    data.pop("quantization_config", None)  # what the compiled weights are is decided by fxforge, and export says it
+    data["architectures"] = [type(model).__name__]
+    gen = getattr(model, "generation_config", None)
+    gen_data = json.loads(gen.to_json_string(use_diff=False)) if gen is not None and hasattr(gen, "to_json_string") else None
+    return {"config": data, "generation_config": gen_data}
 
 
 BACKEND_REPORT = CompileReport()
