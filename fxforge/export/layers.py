@@ -146,8 +146,8 @@ def _unpacked(w: Weight) -> tuple[Tensor, Tensor, Tensor | None]:
 
 def _dense_group(group: int, scale: Tensor, in_f: int, per_dense: int = 1) -> int:
     """Dense columns per scale; `per_dense`: dense columns per stored column (m / n for N:M)."""
-    if scale.shape[1] == 1:
-        return 0
+    if scale.shape[1] == 1:  # one group covers the row: that group when it is the row, else per channel
+        return group * per_dense if group == in_f else 0
     if in_f % group:
         raise ExportError(f"group {group} does not divide the input dim {in_f} (a partial last group); "
                           "compile with a quantize_group that divides it")
