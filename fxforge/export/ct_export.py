@@ -22,7 +22,7 @@ from torch import Tensor
 
 from fxforge.errors import ExportError
 from fxforge.export.ct_format import SCHEMES, layer_tensors, quantization_config, require
-from fxforge.export.layers import hf_key, linear_layers
+from fxforge.export.layers import linear_layers
 from fxforge.ir.graph import Graph
 
 WEIGHTS_FILE = "model.safetensors"

@@ -85,24 +85,39 @@ def take_quantization(model: torch.nn.Module) -> dict[str, tuple[str, Weight]]:
     if not modules:
         return {}
     require()
-    from compressed_tensors.compressors.base import decompress_module
-
     hook = getattr(model, "ct_decompress_hook", None)
     if hook is not None:  # compressed-tensors decompresses on the first forward; fxforge takes over instead
         hook.remove()
         del model.ct_decompress_hook
+    from compressed_tensors.offload import remove_dispatch
+
+    remove_dispatch(model, onload_tensors=True)  # CT's offloading wrappers (set when it decompressed) do not trace
     out: dict[str, tuple[str, Weight]] = {}
     for name, module in modules:
         scheme, w = read_module(name, module)
         dtype = dtype_of(model)
-        decompress_module(module, leave_decompressed=False)
+        _to_plain_linear(module)
         dense = decode_weight(w)
-        if not torch.equal(module.weight.detach().float(), dense.to(dtype).float()) and dtype == torch.float32:
+        if dtype == torch.float32 and not torch.equal(module.weight.detach().float(), dense):
             raise ExportError(f"{name}: compressed-tensors' decompression of the checkpoint disagrees with fxforge's "
                               "decode of the same codes; the checkpoint is not one fxforge can take over exactly")
         module.weight = torch.nn.Parameter(dense.to(dtype), requires_grad=False)
         out[f"{name}.weight"] = (scheme, w)
     return out
+
+
+def _to_plain_linear(module: torch.nn.Module) -> None:
+    """compressed-tensors' own way back to a plain module: decompress it if it is still compressed, drop
+    its quantization parameters and scheme, restore its forward. Its weight is then CT's dequantization."""
+    from compressed_tensors.compressors.base import decompress_module
+    from compressed_tensors.quantization import QuantizationMetadata, QuantizationStatus
+
+    if getattr(module, "quantization_status", None) == QuantizationStatus.COMPRESSED:
+        decompress_module(module, leave_decompressed=False)
+        return
+    QuantizationMetadata.clear_quantization(module)
+    if hasattr(module, "quantization_status"):
+        delattr(module, "quantization_status")
 
 
 def dtype_of(model: torch.nn.Module) -> torch.dtype:

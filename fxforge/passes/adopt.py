@@ -16,8 +16,6 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import Any
-
 from fxforge.errors import ConfigError
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import get_scheme

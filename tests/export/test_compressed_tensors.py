@@ -75,7 +75,8 @@ def _ct_decompressed(directory: str) -> torch.nn.Module:
         scheme = getattr(module, "quantization_scheme", None)
         if scheme is not None:
             local = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.weight_")}
-            plain[f"{name}.weight"] = BaseCompressor.get_value_from_registry(getattr(scheme.format, "value", scheme.format)).decompress(local, scheme)["weight"]
+            compressor = BaseCompressor.get_value_from_registry(getattr(scheme.format, "value", scheme.format))
+            plain[f"{name}.weight"] = compressor.decompress(local, scheme)["weight"]
     missing, unexpected = model.load_state_dict(plain, strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     return model
