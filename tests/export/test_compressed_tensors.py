@@ -11,6 +11,7 @@ llm-compressor#1618/#1704); that checkpoint is read with compressed-tensors' own
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,14 +27,19 @@ from safetensors.torch import load_file  # noqa: E402
 X = testing.example_input("llama", batch=2, seq=16)
 WEIGHT_ONLY_TOL = 1e-3
 ARGMAX_AGREE = 0.99
+INT8_CT_CONVENTION_AGREE = 0.98  # int8 activations under compressed-tensors' CPU convention: see the test
 
-CASES = {  # name -> compile options, weight-only?
+# name -> compile options, weight-only? The int8 cases are checked apart (see the two int8 tests below):
+# compressed-tensors quantizes int8 activations on the CPU at amax / 127.5, fxforge (like vLLM) at amax / 127,
+# and on a random-weight model's flat logits 1 flip in 32 positions is already 3%.
+CASES = {
     "w8a8-int8": ({"quantize": "w8a8-int8"}, False),
     "w8a8-fp8": ({"quantize": "w8a8-fp8"}, False),
     "w4a16-int4": ({"quantize": "w4a16-int4"}, True),
     "2:4": ({"sparsity": "2:4"}, True),
     "w4a16-int4+2:4": ({"quantize": "w4a16-int4", "sparsity": "2:4"}, True),
     "w8a8-fp8+2:4": ({"quantize": "w8a8-fp8", "sparsity": "2:4"}, False),
+    "w8a8-int8+2:4": ({"quantize": "w8a8-int8", "sparsity": "2:4"}, False),
 }
 
 
@@ -88,7 +94,7 @@ def _load(directory: str, name: str) -> torch.nn.Module:
     return transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [n for n in CASES if "int8" not in n])
 def test_checkpoint_logits_match_fxforge(exported, name):
     compiled, out, ours = exported(name)
     with torch.no_grad():
@@ -99,6 +105,39 @@ def test_checkpoint_logits_match_fxforge(exported, name):
     else:
         agree = (theirs.argmax(-1) == ours.argmax(-1)).float().mean().item()
         assert agree >= ARGMAX_AGREE, f"{name}: same argmax at {agree:.3f} of positions"
+
+
+@pytest.mark.parametrize("name", ["w8a8-int8", "w8a8-int8+2:4"])
+def test_int8_checkpoint_is_exact_under_the_same_activation_convention(exported, name, monkeypatch):
+    """compressed-tensors scales int8 activations by amax / 127.5 on the CPU (range [-128, 127]); fxforge and
+    vLLM use amax / 127. With its range made symmetric the checkpoint gives fxforge's logits bit for bit: the
+    weights, scales and everything else are exactly fxforge's."""
+    import compressed_tensors.quantization.utils.helpers as helpers
+
+    original = helpers._calculate_range
+    monkeypatch.setattr(helpers, "_calculate_range", lambda t, n, d: (-original(t, n, d)[1], original(t, n, d)[1])
+                        if str(getattr(t, "value", t)) == "int" else original(t, n, d))
+    _, out, ours = exported(name)
+    with torch.no_grad():
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()(X).logits
+    assert torch.equal(theirs, ours)
+
+
+def test_int8_checkpoint_same_next_token_on_a_trained_model(tmp_path):
+    """Under compressed-tensors' own CPU activation convention (amax / 127.5), on the trained byte-level fixture
+    (1024 positions of Python source): measured 98.9% here, 99.3% on the benchmark's held-out windows and 99.5%
+    on other source text, so the bound is 98%: the issue's 99% holds only where the activation convention is
+    the same (bit-identical logits: the test above), which is vLLM's."""
+    fixture = Path(__file__).resolve().parents[2] / "benchmarks" / "fixtures" / "stdlib-llama"
+    model = transformers.AutoModelForCausalLM.from_pretrained(fixture).eval()
+    text = (Path(json.__file__).parent / "decoder.py").read_bytes()[: 8 * 128]
+    x = torch.tensor(list(text), dtype=torch.long).reshape(8, 128)
+    compiled = fxforge.compile_aot(model, (x,), executor="reference", quantize="w8a8-int8")
+    out = compiled.export(str(tmp_path / "ckpt"))
+    with torch.no_grad():
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()(x).logits
+    agree = (theirs.argmax(-1) == compiled(x).logits.argmax(-1)).float().mean().item()
+    assert agree >= INT8_CT_CONVENTION_AGREE, f"same next token at {agree:.4f} of positions"
 
 
 @pytest.mark.parametrize("name", ["w8a8-int8", "w4a16-int4+2:4"])
@@ -119,7 +158,7 @@ def test_config_says_the_scheme(exported, name):
         assert all(g["weights"]["symmetric"] is False and g["input_activations"] is None for g in groups)
         assert sorted((g["weights"]["strategy"], g["weights"]["group_size"]) for g in groups) == [("channel", None), ("group", 256)]
         assert any(t.endswith("down_proj") for g in groups for t in g["targets"])
-    assert (out_files := sorted(p.name for p in __import__("pathlib").Path(out).iterdir())) == \
+    assert (out_files := sorted(p.name for p in Path(out).iterdir())) == \
         ["config.json", "generation_config.json", "model.safetensors"], out_files
 
 
@@ -176,6 +215,15 @@ def test_pow2_scheme_is_refused_naming_layers(tmp_path):
     compiled = fxforge.compile_aot(testing.llama(), (X,), executor="reference", quantize="w4a8-fp")
     with pytest.raises(ExportError, match=r"q_proj.*power-of-two"):
         compiled.export(str(tmp_path / "out"))
+
+
+def test_online_rotation_and_ffn_skip_ops_are_refused():
+    from fxforge.export.layers import linear_layers
+    from fxforge.ir.parser import parse_graph
+
+    graph = parse_graph("graph @f(%x: f32[4, 8]) {\n  %0 = hadamard(%x) {block=0} : f32[4, 8]\n  return %0\n}", {})
+    with pytest.raises(ExportError, match="online Walsh-Hadamard"):
+        linear_layers(graph, [], ["w8a8-int8"])
 
 
 def test_unknown_format_and_missing_package(exported, monkeypatch, tmp_path):
