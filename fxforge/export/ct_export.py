@@ -55,7 +55,8 @@ def checkpoint_state(graph: Graph, model: torch.nn.Module, config: Any) -> tuple
     """(state dict to save, the quantized layers, the HF linears left high precision)."""
     keys = list(model.state_dict())
     tied = _tied(model, config)
-    layers, _ = linear_layers(graph, keys, tuple(SCHEMES))
+    layers, linear_names = linear_layers(graph, keys, tuple(SCHEMES))
+    _check_weights_are_parameters(graph, model, keys, linear_names)
     state: dict[str, Tensor] = {}
     for layer in layers:
         if layer.scheme is None:
@@ -82,6 +83,22 @@ def checkpoint_state(graph: Graph, model: torch.nn.Module, config: Any) -> tuple
         state.pop(key, None)
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     return state, quantized, sorted(linears - qnames)
+
+
+def _check_weights_are_parameters(graph: Graph, model: torch.nn.Module, keys: list[str], linear_names: dict[str, str]) -> None:
+    """Every weight the graph reads must be an HF parameter (or a non-persistent buffer the model rebuilds,
+    e.g. rotary inv_freq): a weight a pass added under a new name (an untied, rotated embedding) means the
+    compiled model is no longer the HF architecture with other weights, and writing it would be wrong."""
+    used = {op.attrs["weight"] for op in graph.ops if op.opcode == "const"}
+    known = set(keys) | set(linear_names) | {n for n, _ in model.named_buffers()}
+    stray = sorted(used - known)
+    twice = sorted(k for k in set(linear_names.values()) if list(linear_names.values()).count(k) > 1 or
+                   (k in used and k not in linear_names))
+    if stray or twice:
+        what = [f"{', '.join(stray[:4])} (no parameter of {type(model).__name__})"] if stray else []
+        what += [f"{', '.join(twice[:4])} (read both as given and as rewritten)"] if twice else []
+        raise ExportError(f"the compiled graph reads weight(s) {'; '.join(what)}: a pass (e.g. a residual rotation "
+                          "that unties embeddings) changed the model beyond its HF architecture; compile without it to export")
 
 
 def export_compressed_tensors(graph: Graph, hf: dict[str, Any] | None, directory: str | Path) -> Path:

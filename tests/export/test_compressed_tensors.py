@@ -226,6 +226,20 @@ def test_online_rotation_and_ffn_skip_ops_are_refused():
         linear_layers(graph, [], ["w8a8-int8"])
 
 
+def test_a_weight_a_pass_added_is_refused():
+    """A residual rotation of a tied model adds `<embedding>_rotated`: no HF parameter, so no export."""
+    from fxforge.export.ct_export import _check_weights_are_parameters
+    from fxforge.ir.graph import Weight
+    from fxforge.ir.parser import parse_graph
+
+    text = ("graph @f(%i: i64[2]) {\n  %t = const @model.embed_tokens.weight_rotated : f32[16, 8]\n"
+            "  %0 = embedding(%t, %i) : f32[2, 8]\n  return %0\n}")
+    graph = parse_graph(text, {"model.embed_tokens.weight_rotated": Weight(torch.zeros(16, 8))})
+    model = torch.nn.Module()
+    with pytest.raises(ExportError, match="weight_rotated"):
+        _check_weights_are_parameters(graph, model, ["model.embed_tokens.weight"], {})
+
+
 def test_unknown_format_and_missing_package(exported, monkeypatch, tmp_path):
     compiled, _, _ = exported("w8a8-fp8")
     with pytest.raises(ExportError, match="unknown export format"):
