@@ -171,7 +171,7 @@ def hf_config_record(model: torch.nn.Module) -> dict[str, Any] | None:
     """A transformers model's config (with its class as `architectures`) and generation config, as
     plain JSON data for the artifact and `export`; None for any other module."""
     config = getattr(model, "config", None)
-    if config is None or not callable(getattr(config, "to_dict", None)) or not hasattr(config, "model_type"):
+    if config is None or not callable(getattr(config, "to_json_string", None)) or not hasattr(config, "model_type"):
         return None
     data = json.loads(config.to_json_string(use_diff=False))
     data.pop("quantization_config", None)  # what the compiled weights are is decided by fxforge, and export says it

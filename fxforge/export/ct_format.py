@@ -125,23 +125,27 @@ def codes_from_tensors(fmt: str, t: dict[str, Tensor]) -> tuple[Tensor, Tensor |
     shape = torch.Size(int(d) for d in t["weight_shape"])
     codes = unpack_from_int32(t["weight_packed"], 4, shape).to(torch.int16) + INT4_OFFSET
     zshape = torch.Size((shape[0], t["weight_scale"].shape[-1]))
+    if "weight_zero_point" not in t:  # symmetric: signed zero point 0
+        return codes.to(torch.uint8), torch.full(zshape, INT4_OFFSET, dtype=torch.uint8)
     zero = unpack_from_int32(t["weight_zero_point"], 4, zshape, packed_dim=0).to(torch.int16) + INT4_OFFSET
     return codes.to(torch.uint8), zero.to(torch.uint8)
 
 
 def fxforge_scheme(weights: Any, acts: Any) -> tuple[str, int]:
-    """(fxforge scheme, dense group) of compressed-tensors QuantizationArgs; ExportError when none fits."""
+    """(fxforge scheme, dense group) of compressed-tensors QuantizationArgs; ExportError when none fits.
+    Symmetric int4 (llmcompressor's usual W4A16) is fxforge's asymmetric int4 with every zero point at 8."""
     def key(args: Any) -> tuple | None:
         if args is None:
             return None
-        dyn = getattr(args, "dynamic", False)
         strategy = getattr(args.strategy, "value", args.strategy)
-        return (args.num_bits, getattr(args.type, "value", args.type), bool(args.symmetric), strategy, dyn is True)
+        return (args.num_bits, getattr(args.type, "value", args.type), bool(args.symmetric), strategy,
+                getattr(args, "dynamic", False) is True)
 
+    wk, ak = key(weights), key(acts)
     for name, (_, w, a) in SCHEMES.items():
-        wk, ak = key(weights), key(acts)
-        if wk[:3] == (w["num_bits"], w["type"], w["symmetric"]) and wk[3] in ("channel", "group") and \
-                ak == (None if a is None else (a["num_bits"], a["type"], a["symmetric"], a["strategy"], True)):
+        symmetric_ok = wk[2] == w["symmetric"] or (name == "w4a16-int4" and wk[2])
+        a_key = None if a is None else (a["num_bits"], a["type"], a["symmetric"], a["strategy"], True)
+        if wk[:2] == (w["num_bits"], w["type"]) and symmetric_ok and wk[3] in ("channel", "group") and ak == a_key:
             return name, (weights.group_size or 0) if wk[3] == "group" else 0
     raise ExportError(f"compressed-tensors weights {weights} with input activations {acts} have no fxforge scheme "
                       f"(fxforge runs: {', '.join(SCHEMES)})")

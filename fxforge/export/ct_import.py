@@ -51,15 +51,18 @@ def _codes(module: torch.nn.Module, fmt: str) -> tuple[Tensor, Tensor | None]:
     from compressed_tensors.quantization.lifecycle.forward import quantize
 
     state = {k: getattr(module, k).detach() for k in PARTS if isinstance(getattr(module, k, None), Tensor)}
+    args = module.quantization_scheme.weights
+    if args.symmetric:
+        state.pop("weight_zero_point", None)  # all zeros where present; compressed-tensors never stores it
     if getattr(module, "quantization_status", None) == QuantizationStatus.COMPRESSED:
         return codes_from_tensors(fmt, state)
-    args = module.quantization_scheme.weights
     zp = state.get("weight_zero_point")
     q = quantize(state["weight"].float(), state["weight_scale"].float(), zp, args, dtype=args.pytorch_dtype())
     if fmt == "float-quantized":
         return q.view(torch.uint8), None
     if fmt == "pack-quantized":
-        return (q.to(torch.int16) + 8).to(torch.uint8), (zp.to(torch.int16) + 8).to(torch.uint8)
+        zero = torch.zeros_like(state["weight_scale"], dtype=torch.int16) if zp is None or args.symmetric else zp
+        return (q.to(torch.int16) + 8).to(torch.uint8), (zero.to(torch.int16) + 8).to(torch.uint8)
     return q.to(torch.int8), None
 
 
