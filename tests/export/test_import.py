@@ -69,8 +69,7 @@ def _llmcompressor_style_w4a16(directory) -> None:
     """A symmetric W4A16 checkpoint made the way llmcompressor saves one (compressed-tensors' own objects:
     apply the config, min/max scales, `ModelCompressor.compress_model`, `save_pretrained`, `update_config`)."""
     from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
-                                                 apply_quantization_config)
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme, apply_quantization_config
     from compressed_tensors.quantization.utils.helpers import calculate_qparams
 
     torch.manual_seed(1)
