@@ -96,7 +96,7 @@ def linear_layers(graph: Graph, keys: Collection[str], exportable: Collection[st
                                          "weight (lorc_rank); the format has none (compile with lorc_rank=0)"))
             continue
         try:
-            layers.append(read_layer(layer_name, graph.weight(wname), exportable))
+            layers.append(read_layer(layer_name, graph.weight(wname), exportable, op.attrs.get("scheme")))
         except ExportError as e:
             problems.append((layer_name, str(e)))
     if problems:
@@ -112,14 +112,14 @@ def _problem_text(problems: list[tuple[str, str]]) -> str:
     return "the compiled model cannot be exported to this format: " + "; ".join(parts)
 
 
-def read_layer(name: str, w: Weight, exportable: Collection[str]) -> Layer:
+def read_layer(name: str, w: Weight, exportable: Collection[str], scheme: str | None = None) -> Layer:
     enc = w.encoding
     if enc is None:
         return Layer(name, None, dense=w.data)
     if isinstance(enc, NM):
         return _read_nm(name, w, exportable)
     if isinstance(enc, Quantized):
-        scheme = _scheme_of(enc, exportable)
+        scheme = _scheme_of(enc, exportable, scheme)
         codes, scale, zero = _unpacked(w)
         layer = Layer(name, scheme, codes=codes, scale=scale, zero=zero, group=_dense_group(enc.group, scale, codes.shape[1]))
         check_exact(layer, decode_weight(w))
@@ -127,13 +127,21 @@ def read_layer(name: str, w: Weight, exportable: Collection[str]) -> Layer:
     raise ExportError(f"weight encoding {type(enc).__name__} has no counterpart in the format")
 
 
-def _scheme_of(enc: Quantized, exportable: Collection[str]) -> str:
-    for s in exportable:
-        sc = get_scheme(s)
-        if sc.weight_format == enc.format and sc.zero_point == enc.zero_point and not sc.pow2:
-            return s
-    why = "power-of-two group scales (w4a8-fp, ZeroQuant-FP)" if enc.format == "f4e2m1" else f"{enc.format} weights"
-    raise ExportError(f"{why} have no counterpart in the format (exportable schemes: {', '.join(exportable)})")
+WHY_NOT = {  # fxforge schemes a format cannot express -> why (others: "no mapping to the format")
+    "w4a8-fp": "power-of-two group scales (w4a8-fp, ZeroQuant-FP: FP4 weights whose group scales are s_max * 2^-k) "
+               "have no counterpart in the format",
+}
+
+
+def _scheme_of(enc: Quantized, exportable: Collection[str], scheme: str | None = None) -> str:
+    """The fxforge scheme of an encoded weight (named by its op when known), if the format can express it."""
+    if scheme is None:
+        scheme = next((s for s in exportable if get_scheme(s).weight_format == enc.format
+                       and get_scheme(s).zero_point == enc.zero_point), None)
+    if scheme in exportable:
+        return scheme
+    why = WHY_NOT.get(scheme, f"scheme {scheme or enc.format!r} has no mapping to the format")
+    raise ExportError(f"{why} (exportable schemes: {', '.join(exportable)})")
 
 
 def _unpacked(w: Weight) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -164,7 +172,7 @@ def _read_nm(name: str, w: Weight, exportable: Collection[str]) -> Layer:
     if enc.scheme is None:
         return Layer(name, None, dense=nm.decode_nm(w), sparse=(enc.n, enc.m))
     inner = nm.inner_weight(w)
-    scheme = _scheme_of(inner.encoding, exportable)
+    scheme = _scheme_of(inner.encoding, exportable, enc.scheme)
     codes, scale, zero = _unpacked(inner)
     k = codes.shape[1]
     group = _dense_group(enc.group, scale, k, enc.m // enc.n)
