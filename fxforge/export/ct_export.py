@@ -108,7 +108,8 @@ def export_compressed_tensors(graph: Graph, hf: dict[str, Any] | None, directory
 
     if not hf or not hf.get("config"):
         raise ExportError("export to compressed-tensors needs a Hugging Face model (a transformers PreTrainedModel "
-                          "with a .config); this compiled model was not made from one")
+                          "with a .config); this compiled model keeps no HF config: it was not made from one (or is "
+                          "an artifact saved before fxforge kept it: compile it again)")
     config, model = hf_skeleton(hf)
     state, quantized, plain = checkpoint_state(graph, model, config)
     out = Path(directory)
