@@ -77,7 +77,8 @@ def run_model(name: str, model, windows, calib, args, mx: bool, save) -> dict[st
     todo = [(f"kv {f} b{b} ksort={k}", {"kv_cache": f, "kv_block": int(b), "k_sort": k})
             for f in args.formats.split(",") if f for b in args.blocks.split(",") for k in args.ksort.split(",")]
     if mx:
-        todo += [(f"{s} (W+A, defaults)", {"quantize": s}) for s in args.mx.split(",")]
+        how = {"auto": {}, "rtn": {"quantize_method": "rtn"}}[args.mx_method]
+        todo += [(f"{s} (W+A, {args.mx_method})", {"quantize": s, **how}) for s in args.mx.split(",")]
     for label, options in todo:
         print(f"{name}: {label} ...", flush=True)
         try:
@@ -123,6 +124,7 @@ def main() -> None:
     ap.add_argument("--ksort", default="off,auto")
     ap.add_argument("--no-mx", action="store_true")
     ap.add_argument("--mx", default=",".join(MX_SCHEMES))
+    ap.add_argument("--mx-method", default="auto", choices=("auto", "rtn"), help="auto: the defaults (GPTQ with calibration)")
     ap.add_argument("--out", type=Path, default=perplexity.RESULTS)
     ap.add_argument("--tag", default="", help="suffix of the results file name (runs split over processes)")
     args = ap.parse_args()
