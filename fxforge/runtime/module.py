@@ -14,6 +14,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from fxforge.errors import InputError
+from fxforge.ir.calling import DECODE_STEP_ARGS
 from fxforge.runtime.artifact import save_artifact
 from fxforge.runtime.report import CompileReport, GraphRecord
 
@@ -42,10 +43,27 @@ class CompiledModule(torch.nn.Module):
         """Write an artifact directory (manifest, IR text, pass trace, weights); `fxforge.load` reads it."""
         return str(save_artifact(self, path))
 
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 16, eos_token_id: int | None = None) -> torch.Tensor:
+        """Greedy generation with fxforge's static KV cache (a module made by `fxforge.compile_decoder`):
+        the prompt with up to `max_new_tokens` tokens appended, eager HF `generate()`'s greedy tokens."""
+        from fxforge.runtime.generate import StaticKVCache, greedy_generate
+
+        if tuple(self.arg_names) != DECODE_STEP_ARGS:
+            raise InputError("generate() needs a compiled decode step: compile with fxforge.compile_decoder(model, "
+                             "max_length=...) (compile_aot captures the forward without a KV cache)")
+        cache = self.__dict__.get("_kv_cache")
+        if cache is None:  # preallocated once per module (= per batch bucket and max length)
+            cache = self.__dict__["_kv_cache"] = StaticKVCache.for_step(self.graph, _step_device(self))
+        return greedy_generate(self, cache, input_ids, max_new_tokens, eos_token_id)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         flat = flatten_inputs(self.record.program.inputs, self.in_spec, self.arg_names, args, kwargs)
         outs = self.record.program(*flat)
         return pytree.tree_unflatten(outs, self.out_spec)
+
+
+def _step_device(module: CompiledModule) -> str:
+    return "cuda" if module.program.executor_name == "triton" else "cpu"
 
 
 def flatten_inputs(slots: list, in_spec: Any, arg_names: list[str], args: tuple, kwargs: dict) -> list[Any]:
