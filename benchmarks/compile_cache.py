@@ -77,7 +77,8 @@ def main() -> None:
     ap.add_argument("--out", default=f"benchmarks/results/compile_cache-{date.today()}.json")
     args = ap.parse_args()
     art = tempfile.mkdtemp(prefix="fxforge-cc-")
-    result: dict = {"benchmark": "compile_cache", "date": str(date.today()), "rows": []}
+    result: dict = {"benchmark": "compile_cache", "date": str(date.today()), "cpu_count": os.cpu_count(),
+                    "load_average_at_start": os.getloadavg(), "rows": []}
     for i, layers in enumerate(args.layers):
         row = child(COMPILE, str(layers), art if i == 0 else "")
         result["rows"].append(row)

@@ -2,7 +2,8 @@
 
 Every template launcher (and the build check) asks this module for its tile shape, so a later cost
 model replaces these small heuristics without touching any kernel:
-- `gemm_blocks(M, N, K, dtype)` for `templates.gemm` (linear, matmul),
+- `gemm_blocks(M, N, K, dtype, arch)` for `templates.gemm` (linear, matmul; decode shapes from the
+  `DECODE_GEMM` table by M bucket, N, K and arch),
 - `attention_blocks(Lq, Lk, D, dtype, masked)` for `templates.attention`,
 - `row_blocks(n_cols)` for row-wise kernels (norms, softmax, pointwise rows).
 Rules: tile dims are powers of two and at least 16 (the smallest `tl.dot` tile real GPUs accept),
@@ -34,12 +35,38 @@ def _itemsize(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def gemm_blocks(M: int, N: int, K: int, dtype) -> dict:
+# Streaming multiprocessors per architecture (the CTA count a decode GEMV should cover twice).
+SM_COUNT = {80: 108, 86: 84, 89: 128, 90: 132, 100: 148, 120: 84}
+# Decode-shaped GEMMs, one table: (largest M of the bucket, BLOCK_M, widest BLOCK_N, BLOCK_K cap, warps).
+# M <= 16 is a GEMV in all but name: one 16-row tile, BLOCK_N shrunk (to 16 at the least) until the
+# grid puts >= 2 CTAs on every SM, and a long BLOCK_K so each CTA streams its weight rows in few steps.
+DECODE_GEMM = ((16, 16, 64, 128, 4), (64, 64, 64, 64, 4))
+
+
+def decode_gemm_blocks(M: int, N: int, K: int, arch: int) -> dict | None:
+    """The decode table's config for a 16-bit GEMM of M <= 64 rows on `arch` (sm number), else None."""
+    for m_max, bm, bn_max, bk_cap, warps in DECODE_GEMM:
+        if M <= m_max:
+            bn, ctas = bn_max, 2 * SM_COUNT.get(arch, 132)
+            while bn > 16 and -(-N // bn) * -(-M // bm) < ctas:
+                bn //= 2
+            bk = _clamp_pow2(K, 16, bk_cap)
+            return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=4 if K >= 4 * bk else 2)
+    return None
+
+
+def gemm_blocks(M: int, N: int, K: int, dtype, arch: int | None = None) -> dict:
     """Tile shape and launch parameters for a GEMM out[M, N] = A[M, K] @ B[K, N] of element `dtype`.
 
+    `arch` (sm number, e.g. 90): the GPU the kernel runs on; a 16-bit GEMM of few rows then takes the
+    decode table (`decode_gemm_blocks`). None (the interpreter, or unknown) keeps the general rule,
+    whose bigger tiles also keep interpreted programs few.
     Returns dict(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
     """
     wide = _itemsize(dtype) >= 4
+    decode = decode_gemm_blocks(M, N, K, arch) if arch is not None and not wide else None
+    if decode is not None:
+        return decode
     if wide:  # exact fp32 (FMA) dot: keep the accumulator and operand tiles small
         bm, bn, bk = _clamp_pow2(M, 16, 64), _clamp_pow2(N, 16, 64), _clamp_pow2(K, 16, 32)
     else:  # a 16-row tile takes BLOCK_N <= 64: at 128 the erf-GELU epilogue spilled 8 B on sm_80

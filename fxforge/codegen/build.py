@@ -207,11 +207,12 @@ _ATTN_MODULE = "fxforge.codegen.templates.attention"
 
 
 def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activation: str = "none",
-              residual: bool = False, out_dtype: str | None = None, mul: bool = False) -> dict:
-    """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`."""
+              residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None) -> dict:
+    """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`
+    (`arch`: the decode table's configs for that GPU, as the launcher picks them there)."""
     from fxforge.codegen.blocks import gemm_blocks
 
-    cfg = gemm_blocks(M, N, K, dtype)
+    cfg = gemm_blocks(M, N, K, dtype, arch)
     t, to = _TT[dtype], _TT[out_dtype or dtype]
     sig = {"a_ptr": f"*{t}", "w_ptr": f"*{t}", "out_ptr": f"*{to}", "bias_ptr": f"*{t}", "res_ptr": f"*{to}",
            "mul_ptr": f"*{to}", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
@@ -224,7 +225,8 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
                     if on]) or "plain"
     return {"module": _GEMM_MODULE, "kernel": "gemm_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_om", "stride_rm", "stride_mm"],
-            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "label": f"gemm {dtype} {M}x{N}x{K} {epi}"}
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+            "label": f"gemm {dtype} {M}x{N}x{K} {epi}" + (f" decode-table sm_{arch}" if arch else "")}
 
 
 def bmm_spec(dtype: str, M: int, N: int, K: int) -> dict:

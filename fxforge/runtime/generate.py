@@ -46,8 +46,9 @@ class StaticKVCache:
 
 
 def greedy_generate(step: Any, cache: StaticKVCache, input_ids: torch.Tensor, max_new_tokens: int,
-                    eos_token_id: int | None = None) -> torch.Tensor:
-    """Greedy decoding with `step` (a decode-step CompiledModule) on the caches `cache`."""
+                    eos_token_id: int | None = None, decode_step: Any = None) -> torch.Tensor:
+    """Greedy decoding with `step` (a decode-step CompiledModule) on the caches `cache`; `decode_step`
+    (e.g. a `cuda_graph.GraphedStep`, made before this call) runs the T=1 steps instead when given."""
     if input_ids.dim() != 2:
         raise InputError(f"input_ids must be [batch, length], got shape {list(input_ids.shape)}")
     batch, length = input_ids.shape
@@ -63,8 +64,8 @@ def greedy_generate(step: Any, cache: StaticKVCache, input_ids: torch.Tensor, ma
     done = torch.zeros(cache.batch, dtype=torch.bool, device=device)
     pos = torch.arange(length, device=device)
     tokens = ids
-    for _ in range(max_new_tokens):
-        logits = step(tokens, pos, cache.tensors)
+    for i in range(max_new_tokens):
+        logits = (decode_step if decode_step is not None and i > 0 else step)(tokens, pos, cache.tensors)
         nxt = logits[:, -1].argmax(-1)
         if eos_token_id is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)

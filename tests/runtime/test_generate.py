@@ -85,3 +85,22 @@ def test_saved_decoder_generates_after_load(tmp_path):
     fxforge.compile_decoder(model, max_length=12, executor="reference").save(str(tmp_path / "dec"))
     loaded = fxforge.load(str(tmp_path / "dec"))
     assert torch.equal(loaded.generate(ids, max_new_tokens=4), _eager(model, ids, 4))
+
+
+def test_cuda_graph_needs_a_gpu_step():
+    torch.manual_seed(0)
+    model = zoo.llama(hidden=64, layers=1, heads=4, kv_heads=2, intermediate=128)
+    dec = fxforge.compile_decoder(model, max_length=8, executor="reference")
+    with pytest.raises(InputError, match="GPU"):
+        dec.generate(torch.randint(3, 256, (1, 3)), max_new_tokens=2, cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph replay needs a GPU")
+def test_cuda_graph_generate_matches_eager_on_gpu():
+    torch.manual_seed(0)
+    model = zoo.llama(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128).cuda()
+    ids = torch.randint(3, 256, (1, 5), device="cuda")
+    dec = fxforge.compile_decoder(model, max_length=24, executor="triton")
+    got = dec.generate(ids, max_new_tokens=8, cuda_graph=True)
+    assert dec._graphed_step, "the decode step was not captured"
+    assert torch.equal(got, _eager(model, ids, 8))
