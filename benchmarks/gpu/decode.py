@@ -7,6 +7,8 @@ plus bf16 and FP8 GEMM at 4096^3 against cuBLAS (torch.matmul, torch._scaled_mm)
     python benchmarks/gpu/decode.py --out $OUT            # on the GPU (run_all.sh calls it)
     python benchmarks/gpu/decode.py --dry-run --out DIR   # tiny model on the CPU: the same code paths
 
+fxforge's steps replay a CUDA graph as `generate()` does (--no-cuda-graph: uncaptured; torch.compile's
+max-autotune mode uses CUDA graphs too; eager does not).
 A decode step is timed at cache length = context - 1 (the static caches are filled with random K/V:
 what a step reads does not depend on how the cache was filled), after warm-up, median of CUDA-event
 timed steps; every variant's first-step logits are compared with eager's (max abs diff in the table).
@@ -118,6 +120,11 @@ def bench_variant(variant: str, model, batch: int, context: int, args, budget: B
     pos = torch.tensor([context - 1], device=device)
     with torch.no_grad():
         row["first_logits"] = step(ids, pos, kv).float()
+        if device == "cuda" and variant.startswith("fxforge") and args.cuda_graph:  # as generate() runs it
+            from fxforge.runtime.cuda_graph import GraphedStep
+
+            step = GraphedStep(step, kv, batch)
+            row["cuda_graph"] = True
         row["compile_s"] = time.perf_counter() - t
         ms = timer(device)(lambda: step(ids, pos, kv), args.reps)
     row.update(ms_per_token=ms, tok_per_s=batch * 1e3 / ms, weight_bytes=weight_bytes(compiled, model),
@@ -211,6 +218,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--contexts", type=int, nargs="+")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                    help="time fxforge's steps uncaptured (default: replayed CUDA graphs, as generate() runs them)")
     ap.add_argument("--budget-s", type=float, default=420.0)
     ap.add_argument("--min-left-s", type=float, default=25.0, help="skip a variant when less than this is left")
     args = ap.parse_args(argv)
