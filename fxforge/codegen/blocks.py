@@ -100,6 +100,22 @@ def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> d
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=num_warps, num_stages=num_stages)
 
 
+def decode_attention_blocks(programs: int, group: int, Lk: int, D: int, dtype, arch: int | None,
+                            masked: bool = False) -> dict:
+    """Flash-decoding (`templates.decode_attention`): `programs` = batch * kv heads, `group` query heads
+    per kv head packed as the tile's rows. Returns dict(BLOCK_G, BLOCK_N, BLOCK_D, splits, num_warps,
+    num_stages): splits of >= 256 keys until programs * splits covers the SMs twice (1 without an arch:
+    the interpreter). fp32 keeps 16-key tiles (as fp32 attention: larger tiles spilled)."""
+    wide = _itemsize(dtype) >= 4
+    bn = 16 if wide else 64
+    splits = 1
+    if arch is not None:
+        want = -(-2 * SM_COUNT.get(arch, 132) // max(programs, 1))
+        splits = max(1, min(want, -(-Lk // 256)))
+    return dict(BLOCK_G=_clamp_pow2(group, 16, 64), BLOCK_N=bn, BLOCK_D=_clamp_pow2(D, 16, 256), splits=splits,
+                num_warps=4, num_stages=2)
+
+
 def row_blocks(n_cols: int) -> dict:
     """Launch parameters for a kernel that handles one row of `n_cols` elements per program.
 
