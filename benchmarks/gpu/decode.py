@@ -37,6 +37,9 @@ FULL = dict(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, voc
 TINY = dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vocab=256)
 VARIANTS = ("eager", "torch.compile max-autotune", "fxforge bf16", "fxforge w8a8-fp8", "fxforge w4a16-int4",
             "fxforge w4a8-fp")
+PRIORITY = ("eager", "fxforge bf16", "torch.compile max-autotune", "fxforge w4a16-int4", "fxforge w8a8-fp8",
+            "fxforge w4a8-fp")
+COMPILE_MIN_LEFT_S = 150.0  # a max-autotune compile of the 1B model takes minutes: not started on less
 SCHEME = {"fxforge bf16": None, "fxforge w8a8-fp8": "w8a8-fp8", "fxforge w4a16-int4": "w4a16-int4",
           "fxforge w4a8-fp": "w4a8-fp"}
 
@@ -104,7 +107,7 @@ def bench_variant(variant: str, model, batch: int, context: int, args, budget: B
     row: dict = {"variant": variant, "batch": batch, "context": context}
     if args.dry_run and variant.startswith("torch.compile"):
         return {**row, "skipped": "dry run (inductor on the CPU is slow)"}
-    if budget.left() < args.min_left_s:
+    if budget.left() < (COMPILE_MIN_LEFT_S if variant.startswith("torch.compile") else args.min_left_s):
         return {**row, "skipped": f"time budget ({budget.left():.0f} s left)"}
     device = args.device
     t = time.perf_counter()
@@ -123,8 +126,11 @@ def bench_variant(variant: str, model, batch: int, context: int, args, budget: B
         if device == "cuda" and variant.startswith("fxforge") and args.cuda_graph:  # as generate() runs it
             from fxforge.runtime.cuda_graph import GraphedStep
 
-            step = GraphedStep(step, kv, batch)
-            row["cuda_graph"] = True
+            try:
+                step = GraphedStep(step, kv, batch)
+                row["cuda_graph"] = True
+            except RuntimeError as e:  # timed uncaptured, and the table says why
+                row["note"] = f"uncaptured: {str(e)[:80]}"
         row["compile_s"] = time.perf_counter() - t
         ms = timer(device)(lambda: step(ids, pos, kv), args.reps)
     row.update(ms_per_token=ms, tok_per_s=batch * 1e3 / ms, weight_bytes=weight_bytes(compiled, model),
@@ -171,7 +177,8 @@ def table(rows: list[dict], bandwidth: float, gemms: list[dict]) -> str:
             continue
         floor = (r["weight_bytes"] + r["kv_bytes"]) / bandwidth * 1e3
         out.append(f"| {r['variant']} | {r['batch']} | {r['context']} | {r['ms_per_token']:.3f} | {r['tok_per_s']:.1f} | "
-                   f"{floor:.3f} | {r['ms_per_token'] / floor:.2f} | {r.get('diff', 0.0):.2e} | |")
+                   f"{floor:.3f} | {r['ms_per_token'] / floor:.2f} | {r.get('diff', 0.0):.2e} | "
+                   f"{r.get('note', 'CUDA graph' if r.get('cuda_graph') else '')} |")
     out += ["", "| GEMM | fxforge ms | cuBLAS ms | fxforge TFLOP/s | cuBLAS TFLOP/s | note |", "|---|---|---|---|---|---|"]
     for g in gemms:
         f = lambda k: f"{g[k]:.3f}" if g.get(k) is not None else ""  # noqa: E731
@@ -180,18 +187,19 @@ def table(rows: list[dict], bandwidth: float, gemms: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def run_all(args) -> tuple[list[dict], float, list[dict]]:
+def run_all(args, write: Callable[[list[dict], float, list[dict]], None]) -> tuple[list[dict], float, list[dict]]:
+    """Every row, in priority order (eager, fxforge bf16, torch.compile, then the quantized schemes);
+    `write` gets the rows so far after each one (a run killed by its timeout still leaves its table)."""
     budget = Budget(args.budget_s)
     sizes = TINY if args.dry_run else FULL
     torch.manual_seed(0)
-    model = zoo.llama(**sizes).to(args.device, args.dtype).eval()
+    with torch.device(args.device):  # initialise on the device: a 1B model's CPU init is slow
+        model = zoo.llama(**sizes).to(args.dtype).eval()
     model.config.max_position_embeddings = max(args.contexts) + 1
     bandwidth = copy_bandwidth(args.device, 1 << (24 if args.dry_run else 30))
-    rows = []
+    rows: list[dict] = []
     eager: dict[tuple[int, int], torch.Tensor] = {}
-    # torch.compile's max-autotune compiles are the slowest: they run last, on what budget is left
-    order = [v for v in args.variants if not v.startswith("torch.compile")] + [
-        v for v in args.variants if v.startswith("torch.compile")]
+    order = sorted(args.variants, key=PRIORITY.index)
     for variant in order:
         for batch in args.batches:
             for context in args.contexts:
@@ -206,8 +214,15 @@ def run_all(args) -> tuple[list[dict], float, list[dict]]:
                     row["diff"] = (logits - eager[batch, context]).abs().max().item()
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    rows.sort(key=lambda r: (r["batch"], r["context"], VARIANTS.index(r["variant"])))
+                write(sorted(rows, key=_row_order), bandwidth, [])
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()
+    rows.sort(key=_row_order)
     return rows, bandwidth, gemm_rows(args)
+
+
+def _row_order(r: dict) -> tuple:
+    return r["batch"], r["context"], VARIANTS.index(r["variant"])
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -230,16 +245,22 @@ def main(argv: list[str] | None = None) -> Path:
     args.contexts = args.contexts or ([16, 32] if args.dry_run else [1024, 8192])
     if args.dry_run:
         args.reps = min(args.reps, 3)
-    rows, bandwidth, gemms = run_all(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"decode-{'dryrun-' if args.dry_run else ''}{date.today()}"
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (dry run)"
-    text = f"# Decode benchmark, {device}, torch {torch.__version__}\n\n" + table(rows, bandwidth, gemms)
-    (out / f"{stem}.md").write_text(text)
-    (out / f"{stem}.json").write_text(json.dumps({"device": device, "bandwidth": bandwidth, "rows": rows, "gemm": gemms},
-                                                 indent=1, default=str))
-    print(text)
+
+    def write(rows: list[dict], bandwidth: float, gemms: list[dict]) -> str:
+        import triton
+
+        text = (f"# Decode benchmark, {device}, torch {torch.__version__}, triton {triton.__version__}\n\n"
+                + table(rows, bandwidth, gemms))
+        (out / f"{stem}.md").write_text(text)
+        (out / f"{stem}.json").write_text(json.dumps({"device": device, "bandwidth": bandwidth, "rows": rows,
+                                                      "gemm": gemms}, indent=1, default=str))
+        return text
+
+    print(write(*run_all(args, write)))
     return out / f"{stem}.md"
 
 
