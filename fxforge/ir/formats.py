@@ -33,7 +33,7 @@ Rounding rules (decided):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 import torch
@@ -175,7 +175,7 @@ def decode_minifloat(
     return _decode_arith(codes, exp_bits, man_bits, bias, specials)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _decode_table(exp_bits: int, man_bits: int, bias: int, specials: Specials) -> Tensor:
     return _decode_arith(torch.arange(256), exp_bits, man_bits, bias, specials)
 
