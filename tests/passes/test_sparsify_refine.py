@@ -94,3 +94,12 @@ def test_default_on_with_calibration_only_and_not_for_quantized_values():
 def test_bad_refine_option_is_a_config_error(bad):
     with pytest.raises(ConfigError, match="sparsity_refine"):
         fxforge.CompileConfig(sparsity="2:4", sparsity_refine=bad)
+
+
+def test_cli_flag_sets_the_option(tmp_path):
+    from fxforge.cli.app import build_parser
+    from fxforge.cli.compile import config_from_args
+
+    args = build_parser().parse_args(["compile", "m.py:f", "-o", str(tmp_path / "o"), "--sparsity", "2:4",
+                                      "--sparsity-refine", "12"])
+    assert config_from_args(args).sparsity_refine == 12
