@@ -131,3 +131,15 @@ def test_bert_gelu_epilogue_and_bias_on_the_sparse_template(monkeypatch):
     got, want = got.last_hidden_state, want.last_hidden_state
     assert ((got - want).abs().max() / want.abs().max()).item() <= 1e-4
     assert "activation='gelu'" in compiled.program.executor.module.source
+
+
+def test_a_pattern_the_template_cannot_tile_runs_on_the_host_and_says_so():
+    """M = 3 does not divide the template's 32-column K tile: the layer runs as host torch on the decoded
+    weight, the report says so, and the result still equals the reference executor's."""
+    model, x = zoo.build("mlp"), zoo.example_input("mlp")
+    interp = fxforge.compile_aot(model, (x,), sparsity="1:3", executor="interpret")
+    ref = fxforge.compile_aot(model, (x,), sparsity="1:3", executor="reference")
+    paths = interp.fxforge_report.sparse_paths
+    assert set(paths) == {"up", "down"} and all(p.startswith("host torch (decoded weight)") for p in paths.values())
+    assert "_nm_linear" not in interp.program.executor.module.source
+    assert torch.allclose(interp(x), ref(x), atol=1e-5, rtol=1e-5)
