@@ -94,13 +94,10 @@ class CompileConfig:
     sparsity_overrides: dict[str, str | None] = field(default_factory=dict)
     sparsity_method: str | None = None
     solver_target: str | None = None
-<<<<<<< HEAD
+    sparsity_refine: int | None = None
     kv_cache: str | None = None
     kv_block: int = 32
     k_sort: str = "auto"
-=======
-    sparsity_refine: int | None = None
->>>>>>> main
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTOR_CHOICES:

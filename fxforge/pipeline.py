@@ -113,12 +113,8 @@ QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "qu
                     "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank", "quantize_method": "method",
                     "gptq": "gptq"}
 SPARSIFY_OPTIONS = {"sparsity": "pattern", "sparsity_overrides": "overrides", "sparsity_method": "method",
-<<<<<<< HEAD
-                    "solver_target": "target"}
-KV_OPTIONS = {"kv_cache": "format", "kv_block": "block"}
-=======
                     "solver_target": "target", "sparsity_refine": "refine"}
->>>>>>> main
+KV_OPTIONS = {"kv_cache": "format", "kv_block": "block"}
 FFN_SKIP_OPTIONS = {"ffn_skip": "target", "ffn_skip_gate": "gate", "ffn_skip_warmup": "warmup",
                     "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides"}
 
@@ -139,14 +135,11 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS, calibrated=True),
     # after quantize: the skip gate is fitted on the activations that will run
     PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS, calibrated=True),
-<<<<<<< HEAD
     # K-sort then the KV-cache formats: the cache stores K with its channels already permuted
     PassSpec("ksort", KSort, when=_ksorting, options={"k_sort": "mode", **KV_OPTIONS}, calibrated=True),
     PassSpec("kv_cache", KVCache, when=option_set("kv_cache.format"), options=KV_OPTIONS),
-=======
     # fewer GEMM launches: Q/K/V (siblings reading one input) as one linear; before dce drops the old weights
     PassSpec("concat_linears", ConcatLinears, when=_kernel_executor),
->>>>>>> main
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),

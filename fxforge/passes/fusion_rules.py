@@ -16,11 +16,7 @@ from typing import Any
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.lowp_ops import SCHEMES
-<<<<<<< HEAD
-from fxforge.ir.types import BlockFP, Quantized, dims_equal
-=======
-from fxforge.ir.types import NM, Quantized, dims_equal
->>>>>>> main
+from fxforge.ir.types import NM, BlockFP, Quantized, dims_equal
 
 FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
@@ -109,7 +105,6 @@ def qlinear_ok(op: Op) -> bool:
     return all(v.type.dtype in QLINEAR_DTYPES and v.type.encoding is None for v in [x, *rest, op.result])
 
 
-<<<<<<< HEAD
 def _block_qlinear_ok(op: Op, enc: BlockFP) -> bool:
     """Block schemes (`templates/qlinear_block.py`): the scheme's own #blockfp layout, unpermuted, a K
     the block divides, no LoRC; float activations, bias and result."""
@@ -120,7 +115,9 @@ def _block_qlinear_ok(op: Op, enc: BlockFP) -> bool:
     k = w.type.shape[1]
     if op.attrs["act_format"] != sc.act_format or op.attrs["lorc_rank"] or not (isinstance(k, int) and k % sc.block == 0):
         return False
-=======
+    return all(v.type.dtype in QLINEAR_DTYPES and v.type.encoding is None for v in [x, *rest, op.result])
+
+
 def _nm_weight(op: Op) -> NM | None:
     """The `#nm` encoding of a GEMM's weight when a sparse template can read it: a single-use `const`
     whose pattern tiles into 32 columns (M divides 32), else None."""
@@ -150,7 +147,6 @@ def nm_qlinear_ok(op: Op) -> bool:
     if sc is None or op.attrs["act_format"] != sc.act_format or (sc.weight_format in ("i8", "f8e4m3") and enc.group):
         return False
     x, _w, *rest = op.operands
->>>>>>> main
     return all(v.type.dtype in QLINEAR_DTYPES and v.type.encoding is None for v in [x, *rest, op.result])
 
 
