@@ -1,0 +1,29 @@
+"""Model factories for `fxforge costmodel profile | eval` (FILE:FACTORY): the zoo's HF architectures at
+small sizes, with seeded random weights. Training set: mlp, llama, gpt2; held out for eval: bert, mistral,
+and the wider llama variant (`llama_wide`)."""
+
+from fxforge import testing
+
+
+def mlp():
+    return testing.build("mlp")
+
+
+def llama():
+    return testing.build("llama")
+
+
+def gpt2():
+    return testing.build("gpt2")
+
+
+def bert():
+    return testing.build("bert")
+
+
+def mistral():
+    return testing.build("mistral", hidden=128, heads=4, kv_heads=1, intermediate=256)
+
+
+def llama_wide():
+    return testing.build("llama", hidden=128, heads=8, kv_heads=8, intermediate=384, seed=3)
