@@ -13,6 +13,8 @@ Decisions:
   logarithmically, and trees split on the log the same way.
 - FLOPs follow the op's kernel class: 2*M*N*K for GEMMs (linear, qlinear, matmul), 4*B*H*Lq*Lk*D for
   attention, one per output element (times the op count) for pointwise/row ops.
+- torch-mlir tokens go into the bag of ops only (the text model), never into the feature model: the
+  shipped feature model then predicts the same with or without the optional dependency.
 - The bag of ops is the text side (TLP-like): IR opcodes, encodings, dtypes and the kernel kind, plus the
   torch-mlir op tokens when `mlir_tokens` is available (`fxforge.costmodel.mlir`); it is counted, not
   ordered.
@@ -26,6 +28,9 @@ from typing import Any
 
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.partition import KernelGroup
+from fxforge.ir.types import substitute
+
+Bindings = dict | None  # symbol -> size (selection: the calibration shape)
 
 KINDS = ("pointwise", "row", "gemm", "attention", "hadamard", "template")
 GEMM_OPS = ("linear", "qlinear", "matmul")
@@ -36,66 +41,65 @@ def log2p(x: float) -> float:
     return math.log2(1.0 + max(0.0, float(x)))
 
 
-def _dims(v: Value) -> list[int]:
+def _dims(v: Value, b: Bindings = None) -> list[int]:
     out = []
     for d in v.type.shape:
         try:
-            out.append(int(d))
-        except TypeError:  # a symbolic dim: profile compiles with static shapes; 1 keeps the rest sane
+            out.append(int(substitute(d, b) if b else d))
+        except TypeError:  # an unbound symbolic dim: profile compiles with static shapes; 1 keeps the rest sane
             out.append(1)
     return out
 
 
-def numel(v: Value) -> int:
-    return math.prod(_dims(v))
+def numel(v: Value, b: Bindings = None) -> int:
+    return math.prod(_dims(v, b))
 
 
-def nbytes(v: Value) -> float:
-    return numel(v) * v.type.dtype.bits / 8
+def nbytes(v: Value, b: Bindings = None) -> float:
+    return numel(v, b) * v.type.dtype.bits / 8
 
 
-def op_flops(op: Op) -> float:
+def op_flops(op: Op, b: Bindings = None) -> float:
     """Multiply-adds x2 for GEMMs and attention; one per output element otherwise."""
     if op.opcode in GEMM_OPS:
-        x, w = _dims(op.operands[0]), _dims(op.operands[1])
-        k = x[-1] if x else 1
-        return 2.0 * numel(op.results[0]) * k if w else 0.0
+        x = _dims(op.operands[0], b)
+        return 2.0 * numel(op.results[0], b) * (x[-1] if x else 1)
     if op.opcode == "attention":
-        q, k = _dims(op.operands[0]), _dims(op.operands[1])
+        q, k = _dims(op.operands[0], b), _dims(op.operands[1], b)
         return 4.0 * math.prod(q) * (k[-2] if len(k) >= 2 else 1)
-    return float(sum(numel(r) for r in op.results))
+    return float(sum(numel(r, b) for r in op.results))
 
 
-def _gemm_mnk(group: KernelGroup) -> tuple[int, int, int]:
+def _gemm_mnk(group: KernelGroup, b: Bindings = None) -> tuple[int, int, int]:
     for op in group.ops:
         if op.opcode in GEMM_OPS:
-            x = _dims(op.operands[0])
-            n = _dims(op.results[0])[-1]
+            x = _dims(op.operands[0], b)
+            n = _dims(op.results[0], b)[-1]
             return math.prod(x[:-1]) or 1, n, x[-1]
         if op.opcode == "attention":
-            q, k = _dims(op.operands[0]), _dims(op.operands[1])
+            q, k = _dims(op.operands[0], b), _dims(op.operands[1], b)
             return math.prod(q[:-1]) or 1, k[-2] if len(k) >= 2 else 1, q[-1]
     return 0, 0, 0
 
 
-def group_features(graph: Graph, group: KernelGroup) -> dict[str, float]:
-    """The IR side of a kernel's features (see the module docstring)."""
+def group_features(graph: Graph, group: KernelGroup, b: Bindings = None) -> dict[str, float]:
+    """The IR side of a kernel's features (see the module docstring); `b` binds symbolic dims."""
     ins, outs = group.inputs, group.outputs
-    in_bytes = sum(nbytes(v) for v in ins)
-    out_bytes = sum(nbytes(v) for v in outs)
-    flops = sum(op_flops(op) for op in group.ops)
+    in_bytes = sum(nbytes(v, b) for v in ins)
+    out_bytes = sum(nbytes(v, b) for v in outs)
+    flops = sum(op_flops(op, b) for op in group.ops)
     moved = in_bytes + out_bytes
-    m, n, k = _gemm_mnk(group)
+    m, n, k = _gemm_mnk(group, b)
     bits = [v.type.dtype.bits for v in (*ins, *outs)] or [32]
     enc = [v for v in ins if v.type.encoding is not None]
     feats: dict[str, float] = {
         "n_ops": len(group.ops), "n_inputs": len(ins), "n_outputs": len(outs),
         "log_flops": log2p(flops), "log_bytes": log2p(moved), "log_in_bytes": log2p(in_bytes),
         "log_out_bytes": log2p(out_bytes), "intensity": flops / moved if moved else 0.0,
-        "log_out_numel": log2p(sum(numel(v) for v in outs)), "log_M": log2p(m), "log_N": log2p(n), "log_K": log2p(k),
+        "log_out_numel": log2p(sum(numel(v, b) for v in outs)), "log_M": log2p(m), "log_N": log2p(n), "log_K": log2p(k),
         "min_bits": min(bits), "max_bits": max(bits), "n_encoded": len(enc),
         "out_rank": max((v.type.rank for v in outs), default=0),
-        "last_dim": log2p(max((_dims(v)[-1] for v in (*ins, *outs) if v.type.rank), default=1)),
+        "last_dim": log2p(max((_dims(v, b)[-1] for v in (*ins, *outs) if v.type.rank), default=1)),
     }
     for kind in KINDS:
         feats[f"kind={kind}"] = float(group.kind == kind)
@@ -156,13 +160,14 @@ def gemm_launch(m: int, n: int, k: int, dtype: str) -> dict[str, float]:
 
 
 def kernel_features(graph: Graph, group: KernelGroup, spec: dict[str, Any] | None, arch: int,
-                    mlir: dict[str, int] | None = None) -> dict[str, float]:
-    """Everything the models read about one kernel on one arch."""
-    feats = group_features(graph, group)
+                    mlir: dict[str, int] | None = None, bindings: Bindings = None) -> dict[str, float]:
+    """Everything the models read about one kernel on one arch (launch features from `spec`, else the
+    GEMM tile `codegen.blocks` would choose)."""
+    feats = group_features(graph, group, bindings)
     if spec is not None:
         feats.update(launch_features(spec))
     else:
-        m, n, k = _gemm_mnk(group)
+        m, n, k = _gemm_mnk(group, bindings)
         dtype = "float16" if min((v.type.dtype.bits for v in group.inputs), default=32) <= 16 else "float32"
         feats.update(gemm_launch(m, n, k, dtype) if m else {})
     feats["arch"] = float(arch)

@@ -120,7 +120,7 @@ def kernel_row(kernel: Kernel, arch: int, mlir: dict[str, int] | None = None) ->
     bag = dict(op_bag(kernel.graph, kernel.group))
     bag.update({f"mlir:{t}": c for t, c in (mlir or {}).items()})
     return {"kernel": kernel.spec["kernel"], "label": kernel.spec.get("label", ""), "group": kernel.group.describe(),
-            "arch": arch, "features": kernel_features(kernel.graph, kernel.group, kernel.spec, arch, mlir), "bag": bag}
+            "arch": arch, "features": kernel_features(kernel.graph, kernel.group, kernel.spec, arch), "bag": bag}
 
 
 def measure(kernels: Sequence[Kernel], archs: Sequence[int] = (90, 80), tags: dict[str, Any] | None = None, *,
