@@ -215,10 +215,14 @@ def compile_lowered(lowered: Lowered, config: CompileConfig, capture_seconds: fl
     start = time.perf_counter()
     executor = resolve_executor(config.executor)
     plan = None
-    if config.budget is not None and calibration:
-        plan = select_plan(lowered.graph, config, calibration)
-        config = dataclasses.replace(config, budget=None, quantize_overrides={**plan.overrides, **config.quantize_overrides})
-        calibration = calibration if plan.overrides else None  # all dense: no pass reads it
+    if config.budget is not None:
+        shared = shared if shared is not None else {}
+        if calibration:
+            plan = select_plan(lowered.graph, config, calibration)
+            shared[PLAN_RECORD] = plan.overrides  # graphs no calibration reached (JIT decode) reuse the plan
+        chosen = plan.overrides if plan is not None else shared.get(PLAN_RECORD, {})
+        config = dataclasses.replace(config, budget=None, quantize_overrides={**chosen, **config.quantize_overrides})
+        calibration = calibration if chosen else None  # all dense: no pass reads it
     trace = run_passes(lowered, config, executor, calibration, shared)
     program = Program(lowered.graph, lowered.inputs, lowered.outputs, executor)
     record = GraphRecord(lowered.graph.name, program, capture_seconds, time.perf_counter() - start, aten_ops,

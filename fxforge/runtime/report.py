@@ -52,8 +52,9 @@ class GraphRecord:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of all the graph's weights as stored (encoded payloads: values, scales, metadata)."""
-        return sum(w.nbytes() for w in self.program.graph.weights.values())
+        """Bytes of the weights the graph reads (`const` ops), as stored (encoded: values, scales, metadata)."""
+        graph = self.program.graph
+        return sum(graph.weight(n).nbytes() for n in {op.attrs["weight"] for op in graph.find("const")})
 
     def summary(self) -> str:
         ops = self.program.graph.op_counts()
