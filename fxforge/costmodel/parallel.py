@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,5 +59,10 @@ def run_jobs(fn: Callable[[dict], list[dict]], jobs: Sequence[dict], *, workers:
     if workers <= 1 or len(jobs) <= 1:
         return [row for job in jobs for row in fn(job)]
     ctx = multiprocessing.get_context("spawn")
+    results: list[list[dict]] = [[] for _ in jobs]
     with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-        return [row for rows in pool.map(fn, jobs) for row in rows]
+        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            results[futures[future]] = future.result()
+            print(f"fxforge costmodel: job {done}/{len(jobs)} done", file=sys.stderr, flush=True)
+    return [row for rows in results for row in rows]

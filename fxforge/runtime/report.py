@@ -14,7 +14,6 @@ from fxforge.ir.trace import PassRecord, Trace
 from fxforge.runtime.counters import merge_counts
 from fxforge.runtime.program import Program
 
-
 PLAN_RECORD = "select"
 
 
