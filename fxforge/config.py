@@ -163,7 +163,11 @@ class CompileConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompileConfig:
-        return cls.from_options(None, **data)
+        data = dict(data)
+        budget = data.pop("budget", None)  # an artifact's record of it: calibration is not saved, nothing recompiles
+        cfg = cls.from_options(None, **data)
+        object.__setattr__(cfg, "budget", budget)
+        return cfg
 
 
 def _check_ffn_skip(cfg: CompileConfig) -> None:

@@ -184,7 +184,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     except ValueError as e:
         raise UsageError(f"{e}; fix --passes/--disable/--pass-option") from None
     try:
-        check_calibration([n for n in names if n not in config.disable], config.calibration)
+        if config.budget is None:  # with a budget, the plan's selection reads the calibration
+            check_calibration([n for n in names if n not in config.disable], config.calibration)
     except ValueError as e:
         raise UsageError(f"--calibration: {e}".replace("quantize='w8a8-int8'", "--quantize w8a8-int8")) from None
     return config

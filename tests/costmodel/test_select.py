@@ -83,3 +83,24 @@ def test_shipped_model_is_used_when_present():
 def test_bad_budget_options(options, words):
     with pytest.raises(ConfigError, match=words):
         fxforge.CompileConfig(**options)
+
+
+def test_cli_compile_budget_and_inspect_plan(tmp_path, capsys):
+    import torch
+
+    from fxforge.cli.app import main
+
+    calib = tmp_path / "calib.pt"
+    torch.save(_calib(), calib)
+    out = tmp_path / "art"
+    factory = f"{Path(__file__).parent / 'models.py'}:mlp_train"
+    assert main(["compile", factory, "--example-input", "float32[2,8,64]", "--budget", "0.02", "--calibration",
+                 str(calib), "--quantize-method", "rtn", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--plan"]) == 0
+    text = capsys.readouterr().out
+    assert "budget 0.02: met" in text and "up" in text and "down" in text and "weight bytes" in text
+    assert main(["inspect", str(out)]) == 0
+    assert "plan (budget 0.02, met" in capsys.readouterr().out
+    assert main(["compile", factory, "--example-input", "float32[2,8,64]", "--budget", "x", "-o", str(out)]) == 2
+    assert "--budget" in capsys.readouterr().err
