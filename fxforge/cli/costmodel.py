@@ -71,6 +71,7 @@ def _run(args: argparse.Namespace) -> tuple[list[dict], list[str], list[int], bo
     from fxforge.cli import inputs as ci
     from fxforge.cli.costmodel_jobs import jobs_for, profile_job
     from fxforge.costmodel.parallel import run_jobs
+    from fxforge.costmodel.profile import attach_figures
 
     models, schemes = _list(args.models), _list(args.schemes)
     bad = [s for s in schemes if s not in SCHEMES]
@@ -84,9 +85,11 @@ def _run(args: argparse.Namespace) -> tuple[list[dict], list[str], list[int], bo
             raise ci.UsageError(f"model file {path} does not exist (give FILE:FACTORY)")
     archs = [int(a) for a in _list(args.arch)]
     mlir = _mlir(args.mlir)
-    rows = run_jobs(profile_job, jobs_for(models, args.example_input, schemes, archs, mlir),
-                    workers=args.workers, ray=args.ray)
-    return rows, models, archs, mlir
+    def run(fn: Any, jobs: list) -> list:
+        return run_jobs(fn, jobs, workers=args.workers, ray=args.ray, flat=False)
+
+    rows = [r for rows in run(profile_job, jobs_for(models, args.example_input, schemes, archs, mlir)) for r in rows]
+    return attach_figures(rows, run), models, archs, mlir
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

@@ -17,14 +17,15 @@ def jobs_for(models: list[str], inputs: list[str], schemes: list[str], archs: li
 
 
 def profile_job(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of one job; a model that does not take this input gives one row with "skipped" (why)."""
+    """The rows of one job (features and build specs; `costmodel.profile.attach_figures` builds them); a model
+    that does not take this input gives one row with "skipped" (why)."""
     import os
 
     import torch
 
     import fxforge
     from fxforge.cli import inputs as ci
-    from fxforge.costmodel.profile import measure, record_kernels
+    from fxforge.costmodel.profile import kernel_rows, record_kernels
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.manual_seed(0)
@@ -38,7 +39,7 @@ def profile_job(job: dict[str, Any]) -> list[dict[str, Any]]:
         kernels, untied = record_kernels(compiled, (x,))
     except (fxforge.FxforgeError, RuntimeError, IndexError, TypeError, ValueError) as e:
         return [{**tags, "skipped": f"{type(e).__name__}: {str(e)[:300]}"}]
-    rows = measure(kernels, job["archs"], tags, mlir=job["mlir"])
+    rows = kernel_rows(kernels, job["archs"], tags, mlir=job["mlir"])
     if untied:
         rows.append({**tags, "skipped": f"{untied} launches not tied to a kernel group"})
     return rows

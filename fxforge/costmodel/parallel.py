@@ -49,20 +49,25 @@ def _ray_connect(address: str, timeout: float) -> Any:
     return ray
 
 
-def run_jobs(fn: Callable[[dict], list[dict]], jobs: Sequence[dict], *, workers: int = 2, ray: str | None = None,
-             timeout: float = RAY_CONNECT_TIMEOUT) -> list[dict]:
-    """Run `fn(job)` for every job; the rows of all jobs in job order."""
+def run_jobs(fn: Callable[[Any], list], jobs: Sequence[Any], *, workers: int = 2, ray: str | None = None,
+             timeout: float = RAY_CONNECT_TIMEOUT, flat: bool = True) -> list:
+    """Run `fn(job)` for every job; the results in job order (`flat`: concatenated)."""
+    results = _run(fn, jobs, workers, ray, timeout)
+    return [row for rows in results for row in rows] if flat else results
+
+
+def _run(fn: Callable[[Any], list], jobs: Sequence[Any], workers: int, ray: str | None, timeout: float) -> list[list]:
     if ray:
         rt = _ray_connect(ray, timeout)
         remote = rt.remote(fn)
-        return [row for rows in rt.get([remote.remote(job) for job in jobs]) for row in rows]
+        return list(rt.get([remote.remote(job) for job in jobs]))
     if workers <= 1 or len(jobs) <= 1:
-        return [row for job in jobs for row in fn(job)]
+        return [fn(job) for job in jobs]
     ctx = multiprocessing.get_context("spawn")
-    results: list[list[dict]] = [[] for _ in jobs]
+    results: list[list] = [[] for _ in jobs]
     with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
         futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
         for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
             results[futures[future]] = future.result()
-            print(f"fxforge costmodel: job {done}/{len(jobs)} done", file=sys.stderr, flush=True)
-    return [row for rows in results for row in rows]
+            print(f"fxforge costmodel: {fn.__name__} {done}/{len(jobs)} done", file=sys.stderr, flush=True)
+    return results

@@ -9,8 +9,11 @@ Decisions:
   file names the kernel (`kN_opcode` of a generated kernel, or the `# kN_opcode:` comment of a template
   call), and kernel N is the N-th kernel step of `codegen.buffers.launch_steps` (the order `run()` is
   written in). A launch that cannot be tied (no generated frame) is dropped and counted, never guessed.
-- Builds go through `codegen.buildcheck.build_specs` (subprocesses, a process-wide cache), so the figures
-  are the build check's: registers, spill bytes, shared memory, SASS instructions. `seconds` of a build is
+- Two phases: jobs record kernels and compute features (`kernel_rows`, under the interpreter), then each
+  distinct (spec, arch) of all jobs is built once (`attach_figures`, batches over the same workers). A
+  process that ran the interpreter cannot compile nested jit helpers reliably, so builds run in fresh
+  workers in-process (no process start per kernel, which cost more than the compiles) or, where the
+  interpreter is set, in subprocesses (`codegen.buildcheck.build_specs`). The figures are the build check's: registers, spill bytes, shared memory, SASS instructions. `seconds` of a build is
   not a target (it depends on the machine's load).
 - A row stores features and the bag of ops as they are computed now, plus the tags; the model file names
   the features it was fit on, so old datasets stay readable.
@@ -20,18 +23,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fxforge.codegen.buffers import launch_steps
-from fxforge.codegen.buildcheck import build_specs, launch_specs, record_launches
+from fxforge.codegen.build import build_spec
+from fxforge.codegen.buildcheck import build_specs, launch_specs, record_launches, skip_reason
 from fxforge.costmodel.features import kernel_features, op_bag
 from fxforge.ir.graph import Graph, Op
 from fxforge.ir.partition import KernelGroup, check_partition
 
 TARGETS = ("registers", "spills", "shared", "instructions")
+BATCHES = 8  # build batches per profile (spread over the workers)
 _TEMPLATE_TAG = re.compile(r"#\s*(k(\d+)_\w+):")
 _GENERATED = re.compile(r"^k(\d+)_\w+$")
 
@@ -123,25 +129,69 @@ def kernel_row(kernel: Kernel, arch: int, mlir: dict[str, int] | None = None) ->
             "arch": arch, "features": kernel_features(kernel.graph, kernel.group, kernel.spec, arch), "bag": bag}
 
 
-def measure(kernels: Sequence[Kernel], archs: Sequence[int] = (90, 80), tags: dict[str, Any] | None = None, *,
-            mlir: bool = False, timeout: float = 600.0) -> list[dict[str, Any]]:
-    """Build every kernel for every arch; one row per (kernel, arch) that built (failed builds are rows
-    with "error" and no figures, kept so a dataset says what did not build)."""
+def kernel_rows(kernels: Sequence[Kernel], archs: Sequence[int] = (90, 80), tags: dict[str, Any] | None = None, *,
+                mlir: bool = False) -> list[dict[str, Any]]:
+    """One row per (kernel, arch) with features, bag of ops and the build "spec", no figures yet
+    (fp8 kernels have no sm_80 row: not a kernel of that arch)."""
     from fxforge.costmodel.mlir import group_tokens
 
-    specs = [k.spec for k in kernels]
-    built = build_specs(specs, archs, timeout=timeout)
-    tokens = [group_tokens(k.graph, k.group) if mlir else None for k in kernels]
     rows = []
-    for arch in archs:
-        for kernel, build, tok in zip(kernels, built[arch], tokens, strict=True):
-            if build is None:  # fp8 on sm_80: not a kernel of that arch
-                continue
-            row = {**(tags or {}), **kernel_row(kernel, arch, tok)}
-            if build.ok:
-                row.update(registers=build.registers, spills=build.spills, shared=build.shared_bytes,
-                           instructions=build.instructions)
-            else:
-                row["error"] = build.error[-300:]
-            rows.append(row)
+    for kernel in kernels:
+        tok = group_tokens(kernel.graph, kernel.group) if mlir else None
+        for arch in archs:
+            if not skip_reason(kernel.spec, arch):
+                rows.append({**(tags or {}), **kernel_row(kernel, arch, tok), "spec": kernel.spec})
     return rows
+
+
+def build_batch(items: list[tuple[dict, int]]) -> list[dict[str, Any]]:
+    """Build (spec, arch) pairs; their figures. In this process when it has no interpreter set (a fresh
+    worker: no process start per kernel), else in subprocesses without it (`build_specs`)."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1" and not _interpreted_here():
+        return [_figures(build_spec(spec, arch)) for spec, arch in items]
+    out: list[dict[str, Any]] = [{} for _ in items]
+    for arch in sorted({a for _, a in items}):
+        idx = [i for i, (_, a) in enumerate(items) if a == arch]
+        for i, b in zip(idx, build_specs([items[i][0] for i in idx], [arch])[arch], strict=True):
+            out[i] = _figures(b)
+    return out
+
+
+def _interpreted_here() -> bool:
+    """Did this process run Triton's interpreter (`runtime.interpreter`, read without importing it)?"""
+    module = sys.modules.get("fxforge.runtime.interpreter")
+    return bool(module is not None and module.interpret_was_arranged())
+
+
+def _figures(build: Any) -> dict[str, Any]:
+    if build.ok:
+        return {"registers": build.registers, "spills": build.spills, "shared": build.shared_bytes,
+                "instructions": build.instructions}
+    return {"error": build.error[-300:]}
+
+
+def attach_figures(rows: list[dict[str, Any]], run: Any = None) -> list[dict[str, Any]]:
+    """Build each distinct (spec, arch) of the rows once and attach the figures; `run(fn, batches)` runs
+    the batches (default: here). The spec is replaced by its key."""
+    todo: dict[tuple[str, int], tuple[dict, int]] = {}
+    for r in rows:
+        if "spec" in r:
+            todo.setdefault((r["spec"]["key"], r["arch"]), (r["spec"], r["arch"]))
+    items = list(todo.values())
+    batches = [items[i::BATCHES] for i in range(min(BATCHES, len(items)))]
+    results = run(build_batch, batches) if run else [build_batch(b) for b in batches]
+    figures = {(spec["key"], arch): f for batch, res in zip(batches, results, strict=True)
+               for (spec, arch), f in zip(batch, res, strict=True)}
+    for r in rows:
+        if "spec" in r:
+            spec = r.pop("spec")
+            r["spec_key"] = spec["key"]
+            r.update(figures[(spec["key"], r["arch"])])
+    return rows
+
+
+def measure(kernels: Sequence[Kernel], archs: Sequence[int] = (90, 80), tags: dict[str, Any] | None = None, *,
+            mlir: bool = False) -> list[dict[str, Any]]:
+    """Rows with figures for these kernels, built here (see `attach_figures`); failed builds are rows
+    with "error" and no figures, kept so a dataset says what did not build."""
+    return attach_figures(kernel_rows(kernels, archs, tags, mlir=mlir))
