@@ -13,8 +13,8 @@ Decisions:
   distinct (spec, arch) of all jobs is built once (`attach_figures`, batches over the same workers). A
   process that ran the interpreter cannot compile nested jit helpers reliably, so builds run in fresh
   workers in-process (no process start per kernel, which cost more than the compiles) or, where the
-  interpreter is set, in subprocesses (`codegen.buildcheck.build_specs`). The figures are the build check's: registers, spill bytes, shared memory, SASS instructions. `seconds` of a build is
-  not a target (it depends on the machine's load).
+  interpreter is set, in subprocesses (`codegen.buildcheck.build_specs`). The figures are the build
+  check's: registers, spill bytes, shared memory, SASS instructions. `seconds` of a build is not a target (it depends on the machine's load).
 - A row stores features and the bag of ops as they are computed now, plus the tags; the model file names
   the features it was fit on, so old datasets stay readable.
 """
