@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> tuple[list[dict], list[str], list[int], bo
         return run_jobs(fn, jobs, workers=args.workers, ray=args.ray, flat=False)
 
     rows = [r for rows in run(profile_job, jobs_for(models, args.example_input, schemes, archs, mlir)) for r in rows]
-    return attach_figures(rows, run), models, archs, mlir
+    return attach_figures(rows, run, batches=4 * args.workers if not args.ray else 64), models, archs, mlir
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

@@ -37,7 +37,6 @@ from fxforge.ir.graph import Graph, Op
 from fxforge.ir.partition import KernelGroup, check_partition
 
 TARGETS = ("registers", "spills", "shared", "instructions")
-BATCHES = 8  # build batches per profile (spread over the workers)
 _TEMPLATE_TAG = re.compile(r"#\s*(k(\d+)_\w+):")
 _GENERATED = re.compile(r"^k(\d+)_\w+$")
 
@@ -170,7 +169,7 @@ def _figures(build: Any) -> dict[str, Any]:
     return {"error": build.error[-300:]}
 
 
-def attach_figures(rows: list[dict[str, Any]], run: Any = None) -> list[dict[str, Any]]:
+def attach_figures(rows: list[dict[str, Any]], run: Any = None, batches: int = 1) -> list[dict[str, Any]]:
     """Build each distinct (spec, arch) of the rows once and attach the figures; `run(fn, batches)` runs
     the batches (default: here). The spec is replaced by its key."""
     todo: dict[tuple[str, int], tuple[dict, int]] = {}
@@ -178,9 +177,9 @@ def attach_figures(rows: list[dict[str, Any]], run: Any = None) -> list[dict[str
         if "spec" in r:
             todo.setdefault((r["spec"]["key"], r["arch"]), (r["spec"], r["arch"]))
     items = list(todo.values())
-    batches = [items[i::BATCHES] for i in range(min(BATCHES, len(items)))]
-    results = run(build_batch, batches) if run else [build_batch(b) for b in batches]
-    figures = {(spec["key"], arch): f for batch, res in zip(batches, results, strict=True)
+    split = [items[i::batches] for i in range(min(max(1, batches), len(items)))]
+    results = run(build_batch, split) if run else [build_batch(b) for b in split]
+    figures = {(spec["key"], arch): f for batch, res in zip(split, results, strict=True)
                for (spec, arch), f in zip(batch, res, strict=True)}
     for r in rows:
         if "spec" in r:
