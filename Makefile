@@ -9,9 +9,8 @@ STAMP := $(VENV)/.installed
 # CI's second venv: the GPU machine's Triton 3.6.0 (cached outside the clone by .ci/triton36-venv) runs the
 # tests that build and run kernels: codegen (interpreter + sm_80/sm_90 build checks) and the quantized kernels.
 T36_TESTS ?= tests/codegen
-# Open item of issue #7: on 3.6.0 the zoo models' kernels still show 8-32 B of stack (the rotary sin kernel, fp32
-# attention at 16x16 tiles with a bool mask); the size sweep (test_build.py) is spill-free there, this check is not yet.
-T36_DESELECT ?= --deselect tests/codegen/test_buildcheck.py::test_every_kernel_builds
+# Tests to leave out of the 3.6 run (pytest --deselect ...); none today.
+T36_DESELECT ?=
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11) on PATH, or run: make PY=python3 ..."; exit 1; }

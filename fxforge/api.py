@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import inspect
+import json
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,10 +30,12 @@ from typing import Any
 import torch
 
 from fxforge.config import CompileConfig
-from fxforge.errors import NotCompilableError
+from fxforge.errors import ConfigError, NotCompilableError
+from fxforge.export import ct_import
 from fxforge.frontend.dynamo import buffer_ids, tensor_names
 from fxforge.frontend.export import capture_export
 from fxforge.jit import Backend, jit_wrapper
+from fxforge.passes.adopt import SHARED_KEY as ADOPT_KEY
 from fxforge.pipeline import compile_lowered, prepare_graph
 from fxforge.runtime.devices import module_devices
 from fxforge.runtime.module import CompiledModule, flatten_inputs
@@ -61,12 +65,13 @@ def _devices(cfg: CompileConfig, model: torch.nn.Module | None) -> tuple[str, ..
 
 def _compile_module(model: torch.nn.Module, cfg: CompileConfig) -> torch.nn.Module:
     report = CompileReport()
+    cfg, shared = _imported_quantization(model, cfg)
     compiled = copy.copy(model)
     for attr in ("_parameters", "_buffers", "_modules"):
         compiled.__dict__[attr] = dict(model.__dict__[attr])
     arg_names = list(inspect.signature(model.forward).parameters)
     compiled.__dict__["forward"] = jit_wrapper(model.forward, cfg, report, tensor_names(model), buffer_ids(model),
-                                               _devices(cfg, model), arg_names)
+                                               _devices(cfg, model), arg_names, shared)
     compiled.__dict__["fxforge_report"] = report
     compiled.__dict__["fxforge_config"] = cfg
     return compiled
@@ -93,17 +98,32 @@ def compile_aot(model: torch.nn.Module, example_args: tuple | Any, example_kwarg
         raise NotCompilableError(f"compile_aot takes a torch.nn.Module, got {type(model).__name__}; "
                                  "wrap a function in a Module, or use fxforge.compile(fn)")
     args = example_args if isinstance(example_args, tuple) else (example_args,)
+    cfg, shared = _imported_quantization(model, cfg)
     with _eval_mode(model):
         capture = capture_export(model, args, example_kwargs, dynamic=cfg.dynamic is not False)
     aten_ops = sum(1 for op in capture.lowered.graph.ops)
     capture.lowered.notes[:0] = [n for n in capture.notes if n not in capture.lowered.notes]
     arg_names = list(inspect.signature(model.forward).parameters)
     calibration = _calibration_inputs(cfg, capture, arg_names)
-    record = compile_lowered(capture.lowered, cfg, capture.seconds, aten_ops, calibration)
-    module = CompiledModule(record, capture.in_spec, capture.out_spec, arg_names, cfg, type(model).__name__)
+    record = compile_lowered(capture.lowered, cfg, capture.seconds, aten_ops, calibration, shared)
+    module = CompiledModule(record, capture.in_spec, capture.out_spec, arg_names, cfg, type(model).__name__,
+                            hf_config_record(model))
     if cfg.debug:
         print(record.summary())
     return module
+
+
+def _imported_quantization(model: torch.nn.Module, cfg: CompileConfig) -> tuple[CompileConfig, dict[str, Any] | None]:
+    """A model loaded from a compressed-tensors checkpoint keeps its quantization: its weights are read
+    (`fxforge.export.ct_import`) and the `adopt` pass puts them in place of the captured linears."""
+    if not ct_import.quantized_modules(model):
+        return cfg, None
+    if cfg.passes is not None and "adopt" not in cfg.passes:
+        raise ConfigError(f"the model holds a compressed-tensors checkpoint's quantization, which the 'adopt' pass "
+                          f"takes over; add 'adopt' to passes={list(cfg.passes)} (before quantize)")
+    imported = ct_import.take_quantization(model)
+    options = {**cfg.pass_options, "adopt.source": "compressed-tensors"}
+    return dataclasses.replace(cfg, pass_options=options), {ADOPT_KEY: imported}
 
 
 @contextlib.contextmanager
@@ -143,7 +163,22 @@ def load(path: str) -> CompiledModule:
     from fxforge.runtime.artifact import load_artifact
 
     loaded = load_artifact(path, prepare=prepare_graph)
-    return CompiledModule(loaded.record, loaded.in_spec, loaded.out_spec, loaded.arg_names, loaded.config, loaded.source)
+    return CompiledModule(loaded.record, loaded.in_spec, loaded.out_spec, loaded.arg_names, loaded.config, loaded.source,
+                          loaded.hf_config)
+
+
+def hf_config_record(model: torch.nn.Module) -> dict[str, Any] | None:
+    """A transformers model's config (with its class as `architectures`) and generation config, as
+    plain JSON data for the artifact and `export`; None for any other module."""
+    config = getattr(model, "config", None)
+    if config is None or not callable(getattr(config, "to_json_string", None)) or not hasattr(config, "model_type"):
+        return None
+    data = json.loads(config.to_json_string(use_diff=False))
+    data.pop("quantization_config", None)  # what the compiled weights are is decided by fxforge, and export says it
+    data["architectures"] = [type(model).__name__]
+    gen = getattr(model, "generation_config", None)
+    gen_data = json.loads(gen.to_json_string(use_diff=False)) if gen is not None and hasattr(gen, "to_json_string") else None
+    return {"config": data, "generation_config": gen_data}
 
 
 BACKEND_REPORT = CompileReport()

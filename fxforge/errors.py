@@ -29,7 +29,11 @@ class ConfigError(FxforgeError, ValueError):
     """An unknown or malformed compile option."""
 
 
+class ExportError(FxforgeError, ValueError):
+    """A compiled model that an export format cannot express (the message names the layers and why)."""
+
+
 __all__ = [
     "FxforgeError", "IRError", "IRParseError", "ShapeError", "VerifyError", "NotCompilableError",
-    "InputError", "CaptureError", "ArtifactError", "ConfigError",
+    "InputError", "CaptureError", "ArtifactError", "ConfigError", "ExportError",
 ]

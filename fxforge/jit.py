@@ -123,11 +123,12 @@ def _examples(calibration: Sequence[Any]) -> list[tuple[tuple, dict]]:
 
 def jit_wrapper(fn: Callable, cfg: CompileConfig, report: CompileReport, names: dict[int, str],
                 buffers: frozenset[int] = frozenset(), devices: tuple[str, ...] | None = None,
-                arg_names: Sequence[str] = ()) -> Callable:
+                arg_names: Sequence[str] = (), shared: dict[str, Any] | None = None) -> Callable:
     """torch.compile with the fxforge backend, wrapped so that input devices are checked, calibration
     examples run first, and a call that ran no compiled code (dynamo gave up and ran the function
     eagerly) is said out loud, once, instead of passing silently."""
     backend = Backend(cfg, report, names, buffers)
+    backend.shared.update(shared or {})  # e.g. weights a loaded checkpoint quantized (the adopt pass)
     compiled = torch.compile(fn, backend=backend, dynamic=cfg.dynamic, fullgraph=cfg.fullgraph)
     state = {"told": False, "calibrated": cfg.calibration is None}
 

@@ -48,6 +48,7 @@ from fxforge.errors import ConfigError
 from fxforge.frontend.fx_to_ir import Lowered
 from fxforge.ir.graph import Graph
 from fxforge.ir.trace import Trace
+from fxforge.passes.adopt import Adopt
 from fxforge.passes.canonicalize import Canonicalize
 from fxforge.passes.constant_fold import ConstantFold
 from fxforge.passes.cse import CommonSubexpressionElimination
@@ -121,6 +122,8 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("rotate", Rotate, when=_quantizing, options={"rotate": "enabled", "rotate_mode": "mode",
                                                           "rotate_block": "block"}, calibrated=True),
     PassSpec("smooth", Smooth, when=_quantizing, options={"smooth": "enabled"}, calibrated=True),
+    # adopt before sparsify/quantize: layers quantized by a loaded checkpoint keep its codes (fxforge.export.ct_import)
+    PassSpec("adopt", Adopt, when=option_set("adopt.source")),
     # sparsify before quantize: a layer with both is pruned and quantized in one solve, then left alone
     PassSpec("sparsify", Sparsify, when=_sparsifying, options=SPARSIFY_OPTIONS, calibrated=True),
     PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS, calibrated=True),

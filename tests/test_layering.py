@@ -33,12 +33,13 @@ MAY_IMPORT: dict[str, set[str]] = {
     "frontend": BASE,
     "passes": BASE,
     "codegen": BASE,
-    "runtime": {"codegen", "config"} | BASE,
+    "runtime": {"codegen", "config", "export"} | BASE,  # CompiledModule.export calls the export layer
+    "export": BASE,  # checkpoint formats of other runtimes (compressed-tensors), export and import
     "costmodel": {"passes", "codegen", "config"} | BASE,
-    "pipeline": {"frontend", "passes", "codegen", "runtime", "costmodel", "config"} | BASE,
+    "pipeline": {"frontend", "passes", "codegen", "runtime", "costmodel", "config", "export"} | BASE,
     "jit": {"pipeline", "frontend", "runtime", "config"} | BASE,  # the torch.compile backend and its wrapper
-    "api": {"jit", "pipeline", "frontend", "passes", "codegen", "runtime", "costmodel", "config"} | BASE,
-    "cli": {"", "api", "pipeline", "frontend", "passes", "codegen", "runtime", "costmodel", "config"} | BASE,
+    "api": {"jit", "pipeline", "frontend", "passes", "codegen", "runtime", "costmodel", "config", "export"} | BASE,
+    "cli": {"", "api", "pipeline", "frontend", "passes", "codegen", "runtime", "costmodel", "config", "export"} | BASE,
     "": {"api", "config"} | BASE,
     "testing": set(),  # fixtures for the demo, notebook and tests: nothing of fxforge, and nothing imports it
 }

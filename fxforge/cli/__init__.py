@@ -5,6 +5,7 @@
     calibration.py  reading a calibration file (.pt or .safetensors) into example inputs
     run.py          `fxforge run`
     inspect.py      `fxforge inspect` and its views
+    export.py       `fxforge export` (a checkpoint for another runtime: compressed-tensors for vLLM)
     inputs.py       model files, input specs and files, output views (helpers of every command)
 """
 

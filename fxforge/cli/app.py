@@ -4,6 +4,7 @@ artifact, `inspect` it (each command in a module of its own: `compile.py`, `run.
     fxforge compile models/tiny.py:make_model --example-input 'int64[2,128]' -o out/ [--quantize w8a8-int8 ...]
     fxforge run out/ --input 'int64[2,16]' --output-file y.pt
     fxforge inspect out/ [--pass cse [--diff]] [--diff] [--ir]
+    fxforge export out/ --format compressed-tensors -o ckpt/
 
 Decisions:
 - Every `FxforgeError` and every bad command line input (`cli.inputs.UsageError`, a missing file)
@@ -24,6 +25,7 @@ import traceback
 
 from fxforge.cli import compile as compile_cmd
 from fxforge.cli import costmodel as costmodel_cmd
+from fxforge.cli import export as export_cmd
 from fxforge.cli import inspect as inspect_cmd
 from fxforge.cli import run as run_cmd
 
@@ -33,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     parser = argparse.ArgumentParser(prog="fxforge", description="fxforge: compile, run and inspect PyTorch models.")
     parser.add_argument("--traceback", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,inspect,costmodel}")
-    for command in (compile_cmd, run_cmd, inspect_cmd, costmodel_cmd):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,inspect,export,costmodel}")
+    for command in (compile_cmd, run_cmd, inspect_cmd, export_cmd, costmodel_cmd):
         command.add_parser(sub, common)
     return parser
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from fxforge.codegen.triton_compat import has
-
 
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1)."""
@@ -59,9 +57,10 @@ def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> d
     Spill limits measured with ptxas (`tests/codegen/test_build.py`'s size sweep, Triton 3.6 and 3.9):
     a masked 16-bit attention takes BLOCK_N 32 (at 64 the mask tile spilled 8 B at D=128 on sm_90 with
     3.6, and 64-208 B at D=16/24 on sm_80). fp32 (a correctness path: fast attention runs in 16 bits) takes
-    16 queries x 16 keys on 4 warps at every head dim: the only shape of five measured spill-free at
-    D=16..128 with every mask kind on both sm_80 and sm_90 (32x32, 32x16 and 16x32 spilled 8-808 B on one
-    arch or the other).
+    16 queries x 16 keys on 8 warps, 2 stages, at every head dim: spill-free at D=16..128 with every mask
+    kind, causal or not, on sm_80 and sm_90 with both Triton 3.6.0 and 3.9.0 (spill stores read from ptxas).
+    On 4 warps every stage count spilled 4-16 B somewhere (D=16 masked on sm_80, D=32/48 on one version
+    or the other); 32x32, 32x16 and 16x32 tiles spilled 8-808 B.
     """
     bd = _clamp_pow2(D, 16, 256)
     wide = _itemsize(dtype) >= 4
@@ -69,8 +68,8 @@ def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> d
     cap_n = 16 if wide else 32 if masked else 64
     bm = _clamp_pow2(Lq, 16, cap_m)
     bn = _clamp_pow2(Lk, 16, cap_n)
-    num_warps = 8 if not wide and (bm >= 128 or bd > 64) and bm * bn >= 64 * 32 else 4
-    num_stages = 2 if not wide or has("fp32_attention_two_stages") else 1
+    num_warps = 8 if wide or ((bm >= 128 or bd > 64) and bm * bn >= 64 * 32) else 4
+    num_stages = 2
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=num_warps, num_stages=num_stages)
 
 

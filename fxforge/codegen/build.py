@@ -45,7 +45,8 @@ class KernelBuild:
     name: str
     arch: int
     registers: int = 0
-    spills: int = 0  # stack bytes per thread (register spills and local arrays)
+    spills: int = 0  # register spill store bytes per thread (ptxas), the figure that must be 0
+    stack: int = 0  # stack frame bytes per thread: spills plus local arrays (libdevice's sinf keeps one)
     shared_bytes: int = 0
     ptx_lines: int = 0
     instructions: int = 0  # SASS instructions of the kernel (NOPs not counted), from `cuobjdump -sass`
@@ -89,6 +90,26 @@ def sass_instructions(cubin: bytes) -> int:
     return sum(1 for op in ops if not op.startswith("NOP"))
 
 
+def _ptxas_spill_bytes(ptx: str, arch: int) -> int:
+    """Spill-store bytes that ptxas reports for the PTX (`-v`); only asked when the cubin has a stack frame.
+
+    cuobjdump's STACK also counts local arrays that are not spills (libdevice's sinf/cosf argument reduction
+    keeps a 7-word array on the stack); ptxas' own verbose line separates them.
+    """
+    import triton
+
+    tool = triton.knobs.nvidia.ptxas.path
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        out = subprocess.run([tool, "-v", f"--gpu-name=sm_{arch}a" if arch >= 90 else f"--gpu-name=sm_{arch}",
+                              str(src), "-o", str(Path(d) / "k.cubin")], capture_output=True, text=True, check=True)
+    stores = [int(n) for n in re.findall(r"(\d+) bytes spill stores", out.stdout + out.stderr)]
+    if not stores:
+        raise RuntimeError(f"could not read spill stores from ptxas -v: {(out.stdout + out.stderr)[:400]!r}")
+    return max(stores)
+
+
 def compile_for_target(kernel_fn, signature: dict, constexprs: dict, arch: int, num_warps: int = 4, num_stages: int = 3,
                        *, divisible: tuple[str, ...] | list[str] = (), label: str = "") -> KernelBuild:
     """Compile `kernel_fn` for sm_`arch` and report its resources; never raises for compile errors.
@@ -126,7 +147,8 @@ def compile_for_target(kernel_fn, signature: dict, constexprs: dict, arch: int, 
                                     "enable_fp_fusion": FP_FUSION == "1"})
         build.shared_bytes = int(k.metadata.shared)
         build.ptx_lines = k.asm["ptx"].count("\n")
-        build.registers, build.spills = _res_usage(k.asm["cubin"], getattr(k.metadata, "name", name))
+        build.registers, build.stack = _res_usage(k.asm["cubin"], getattr(k.metadata, "name", name))
+        build.spills = _ptxas_spill_bytes(k.asm["ptx"], int(arch)) if build.stack else 0
         build.instructions = sass_instructions(k.asm["cubin"])
         limit = SHARED_LIMITS.get(int(arch))
         if limit is not None and build.shared_bytes > limit:

@@ -36,9 +36,6 @@ MIN_SUPPORTED = (3, 6, 0)
 # switch name -> first release with the new behaviour
 SWITCHES = {
     "interpreter_index_squeezes": (3, 7, 0),
-    # fp32 flash attention at 16x16 tiles: 3.6.0 spills 8-16 B with a 2-stage pipeline and none with 1;
-    # 3.9.0 is the reverse (1 stage spilled 16 B at D=48 causal on sm_80). Measured on 3.6.0 and 3.9.0 only.
-    "fp32_attention_two_stages": (3, 7, 0),
 }
 
 

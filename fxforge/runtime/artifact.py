@@ -128,6 +128,7 @@ def save_artifact(module: Any, path: str | Path) -> Path:
         "version": VERSION,
         "versions": versions(),
         "source": module.source,
+        "hf_config": getattr(module, "hf_config", None),
         "config": module.config.to_json(),
         "executor": program.executor_name,
         "arg_names": module.arg_names,
@@ -214,6 +215,7 @@ class LoadedArtifact:
     arg_names: list[str]
     config: CompileConfig
     source: str
+    hf_config: dict[str, Any] | None = None
 
 
 def load_artifact(path: str | Path, prepare: Callable[[Graph, str], Any] | None = None) -> LoadedArtifact:
@@ -237,4 +239,5 @@ def load_artifact(path: str | Path, prepare: Callable[[Graph, str], Any] | None 
     program = Program(graph, slots, outputs, executor)
     trace = Trace.from_json((root / FILES["trace"]).read_text())
     record = GraphRecord(graph.name, program, 0.0, 0.0, len(graph.ops), manifest["externs"], manifest["notes"], trace)
-    return LoadedArtifact(record, in_spec, out_spec, manifest["arg_names"], config, manifest["source"])
+    return LoadedArtifact(record, in_spec, out_spec, manifest["arg_names"], config, manifest["source"],
+                          manifest.get("hf_config"))

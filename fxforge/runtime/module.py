@@ -4,6 +4,7 @@ It takes the same (args, kwargs) as the model's forward and returns the same out
 (Hugging Face `ModelOutput`s included): inputs are flattened with the captured input spec,
 arguments captured as constants (e.g. `use_cache=False`) may be left out or must equal what was
 captured, and the flat results are rebuilt with the captured output spec.
+`hf_config` keeps a Hugging Face model's config (and generation config) so `export` can write a checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fxforge.runtime.report import CompileReport, GraphRecord
 
 class CompiledModule(torch.nn.Module):
     def __init__(self, record: GraphRecord, in_spec: Any, out_spec: Any, arg_names: list[str],
-                 config: Any, source: str = "") -> None:
+                 config: Any, source: str = "", hf_config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.record = record
         self.in_spec = in_spec
@@ -28,6 +29,7 @@ class CompiledModule(torch.nn.Module):
         self.arg_names = list(arg_names)
         self.config = config
         self.source = source
+        self.hf_config = hf_config  # {"config": HF config dict, "generation_config": ...} of a transformers model
         self.fxforge_report = CompileReport([record])
 
     @property
@@ -41,6 +43,13 @@ class CompiledModule(torch.nn.Module):
     def save(self, path: str) -> str:
         """Write an artifact directory (manifest, IR text, pass trace, weights); `fxforge.load` reads it."""
         return str(save_artifact(self, path))
+
+    def export(self, directory: str, format: str = "compressed-tensors") -> str:
+        """Write the compiled model as a checkpoint another runtime loads (`fxforge.export`): for
+        "compressed-tensors", an HF checkpoint vLLM and transformers read, holding fxforge's own codes."""
+        from fxforge.export import export
+
+        return str(export(self.graph, self.hf_config, directory, format))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         flat = flatten_inputs(self.record.program.inputs, self.in_spec, self.arg_names, args, kwargs)

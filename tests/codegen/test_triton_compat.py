@@ -40,7 +40,7 @@ def _int8_dot_kernel(a_ptr, b_ptr, out_ptr, K, BLOCK: tl.constexpr):
 def test_version_table():
     assert triton_compat.TRITON_VERSION >= triton_compat.MIN_SUPPORTED
     assert triton_compat._version("3.6.0") == (3, 6, 0) and triton_compat._version("3.10.0+git1") == (3, 10, 0)
-    assert set(triton_compat.SWITCHES) == {"interpreter_index_squeezes", "fp32_attention_two_stages"}
+    assert set(triton_compat.SWITCHES) == {"interpreter_index_squeezes"}
     assert triton_compat.patch_interpreter() is not triton_compat.has("interpreter_index_squeezes")
 
 
