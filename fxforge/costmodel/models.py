@@ -28,7 +28,7 @@ from fxforge.errors import ConfigError
 
 TARGETS = ("registers", "instructions", "shared", "spills")
 SHIPPED = Path(__file__).parent / "data" / "model.json"
-PARAMS = {"n_estimators": 200, "max_depth": 4, "learning_rate": 0.08, "subsample": 0.9, "random_state": 0}
+PARAMS = {"n_estimators": 120, "max_depth": 4, "learning_rate": 0.1, "subsample": 0.9, "random_state": 0}
 
 
 @dataclass
