@@ -4,11 +4,12 @@
     fast = fxforge.compile(model)            # JIT: a torch.compile backend
     aot = fxforge.compile_aot(model, (ids,))  # AOT: torch.export, one graph, dynamic dims
     aot.save("out/"); again = fxforge.load("out/")
+    dec = fxforge.compile_decoder(model, max_length=256); dec.generate(ids, max_new_tokens=32)
 """
 
-from fxforge.api import compile, compile_aot, load
+from fxforge.api import compile, compile_aot, compile_decoder, load
 from fxforge.config import CompileConfig
 from fxforge.errors import FxforgeError
 from fxforge.version import __version__
 
-__all__ = ["compile", "compile_aot", "load", "CompileConfig", "FxforgeError", "__version__"]
+__all__ = ["compile", "compile_aot", "compile_decoder", "load", "CompileConfig", "FxforgeError", "__version__"]
