@@ -63,6 +63,10 @@ class CompileConfig:
         "bfp8", "fp8", "int8" or None; kv_block: elements per shared scale along head_dim (16, 32, 64);
         k_sort: "auto" (with kv_cache and calibration: per KV head a channel permutation where it lowers
         the calibrated attention-logit error), "on" (always apply it) or "off". See `fxforge.passes.ksort`.
+    budget: choose a rewrite per linear (dense or a quantization scheme) minimising the cost model's
+        predicted time while the mean relative L2 error of the model's (first) output on the calibration
+        inputs stays within `budget` (> 0; needs calibration; not with `quantize`). See
+        `fxforge.costmodel.select`; the plan is `report.plan`.
     """
 
     passes: tuple[str, ...] | None = None
@@ -94,6 +98,7 @@ class CompileConfig:
     sparsity_overrides: dict[str, str | None] = field(default_factory=dict)
     sparsity_method: str | None = None
     solver_target: str | None = None
+    budget: float | None = None
     sparsity_refine: int | None = None
     kv_cache: str | None = None
     kv_block: int = 32
@@ -107,6 +112,7 @@ class CompileConfig:
         _check_ffn_skip(self)
         _check_sparsity(self)
         _check_kv(self)
+        _check_budget(self)
         for name in ("passes", "disable"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
@@ -175,7 +181,11 @@ class CompileConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompileConfig:
-        return cls.from_options(None, **data)
+        data = dict(data)
+        budget = data.pop("budget", None)  # an artifact's record of it: calibration is not saved, nothing recompiles
+        cfg = cls.from_options(None, **data)
+        object.__setattr__(cfg, "budget", budget)
+        return cfg
 
 
 def _check_ffn_skip(cfg: CompileConfig) -> None:
@@ -209,3 +219,16 @@ def _check_kv(cfg: CompileConfig) -> None:
     problem = kv_options_problem(cfg.kv_cache, cfg.kv_block, cfg.k_sort)
     if problem:
         raise ConfigError(problem)
+
+
+def _check_budget(cfg: CompileConfig) -> None:
+    if cfg.budget is None:
+        return
+    if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, (int, float)) or not cfg.budget > 0:
+        raise ConfigError(f"budget={cfg.budget!r} must be a number > 0: the mean relative L2 error of the model's "
+                          "output allowed on the calibration inputs, e.g. 0.05")
+    if cfg.calibration is None:
+        raise ConfigError("budget needs calibration inputs to measure each rewrite's error: "
+                          "compile(model, budget=..., calibration=[example, ...])")
+    if cfg.quantize is not None:
+        raise ConfigError(f"budget chooses the scheme of each layer; drop quantize={cfg.quantize!r} (or drop budget)")

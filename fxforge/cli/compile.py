@@ -82,6 +82,13 @@ def _share(flag: str, text: str) -> float:
         raise UsageError(f"{flag} {text!r} must be a number, the share of FFN token-rows to skip (e.g. 0.2)") from None
 
 
+def _budget(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} must be a number, the mean relative output error allowed (e.g. 0.05)") from None
+
+
 @dataclass(frozen=True)
 class ConfigFlag:
     """One `fxforge compile` flag that sets the `CompileConfig` field `field` to `parse(flag, value)`
@@ -126,6 +133,9 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
                "elements per shared scale along head_dim of --kv-cache (default 32)"),
     ConfigFlag("--k-sort", "k_sort", _choice(("off", "on", "auto")), "off|on|auto",
                "per-KV-head channel permutation of K chosen on --calibration to cut the cache's logit error (default auto)"),
+    ConfigFlag("--budget", "budget", _budget, "ERR",
+               "choose dense or a scheme per linear: fastest predicted plan whose mean relative output error on "
+               "--calibration stays <= ERR (see fxforge inspect --plan)"),
     ConfigFlag("--calibration", "calibration", lambda flag, path: load_calibration(path), "FILE",
                "example inputs the quantization errors are measured on: a .pt file (torch.save of a list of examples, "
                "each a tensor, a tuple of args or a dict of kwargs) or a .safetensors file with keys '<example>.<input>'"),
@@ -183,7 +193,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     except ValueError as e:
         raise UsageError(f"{e}; fix --passes/--disable/--pass-option") from None
     try:
-        check_calibration([n for n in names if n not in config.disable], config.calibration)
+        if config.budget is None:  # with a budget, the plan's selection reads the calibration
+            check_calibration([n for n in names if n not in config.disable], config.calibration)
     except ValueError as e:
         raise UsageError(f"--calibration: {e}".replace("quantize='w8a8-int8'", "--quantize w8a8-int8")) from None
     return config
