@@ -69,7 +69,7 @@ def plot_histograms(weights: dict[str, Any], activations: dict[str, Any] | None 
     for ax, (kind, stages) in zip(axes[0], panels):
         ratios = []
         for i, (stage, t) in enumerate(stages.items()):
-            x = t.detach().float().reshape(-1)
+            x = getattr(t, "data", t).detach().float().reshape(-1)  # a tensor, or a graph's dense `Weight`
             ax.hist(x.numpy(), bins=bins, histtype="step", color=f"C{i}", label=stage, log=True)
             ratios.append(f"{stage} {float(x.abs().max() / x.pow(2).mean().sqrt().clamp_min(1e-30)):.1f}")
         ax.set_title(f"{name} {kind}: max/RMS " + ", ".join(ratios), fontsize=9)
