@@ -113,6 +113,20 @@ def compile_aot(model: torch.nn.Module, example_args: tuple | Any, example_kwarg
     return module
 
 
+def compile_decoder(model: torch.nn.Module, max_length: int = 512, batch: int = 1, config: CompileConfig | None = None,
+                    **options: Any) -> CompiledModule:
+    """Compile the decode step of a Hugging Face decoder LM (Llama, Qwen2, Mistral, ...) with fxforge's
+    own static KV cache for one (batch bucket, max length): the result's `generate(input_ids,
+    max_new_tokens)` decodes greedily; it can be saved and loaded like any `CompiledModule`."""
+    from fxforge.frontend.kv_capture import STEP_ARGS, capture_decoder
+
+    cfg = CompileConfig.from_options(config, **options)
+    with _eval_mode(model):
+        capture, _layout = capture_decoder(model, batch, max_length)
+    record = compile_lowered(capture.lowered, cfg, capture.seconds, len(capture.lowered.graph.ops))
+    return CompiledModule(record, capture.in_spec, capture.out_spec, STEP_ARGS, cfg, type(model).__name__)
+
+
 def _imported_quantization(model: torch.nn.Module, cfg: CompileConfig) -> tuple[CompileConfig, dict[str, Any] | None]:
     """A model loaded from a compressed-tensors checkpoint keeps its quantization: its weights are read
     (`fxforge.export.ct_import`) and the `adopt` pass puts them in place of the captured linears."""

@@ -47,6 +47,7 @@ from fxforge.ir.graph import Graph
 from fxforge.ir.trace import Trace
 from fxforge.passes.adopt import Adopt
 from fxforge.passes.canonicalize import Canonicalize
+from fxforge.passes.concat_linears import ConcatLinears
 from fxforge.passes.constant_fold import ConstantFold
 from fxforge.passes.cse import CommonSubexpressionElimination
 from fxforge.passes.dce import DeadCodeElimination
@@ -126,6 +127,8 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("quantize", Quantize, when=_quantizing, options=QUANTIZE_OPTIONS, calibrated=True),
     # after quantize: the skip gate is fitted on the activations that will run
     PassSpec("ffn_skip", FfnSkip, when=option_set("ffn_skip.target"), options=FFN_SKIP_OPTIONS, calibrated=True),
+    # fewer GEMM launches: Q/K/V (siblings reading one input) as one linear; before dce drops the old weights
+    PassSpec("concat_linears", ConcatLinears, when=_kernel_executor),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),

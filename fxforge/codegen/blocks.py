@@ -2,7 +2,8 @@
 
 Every template launcher (and the build check) asks this module for its tile shape, so a later cost
 model replaces these small heuristics without touching any kernel:
-- `gemm_blocks(M, N, K, dtype)` for `templates.gemm` (linear, matmul),
+- `gemm_blocks(M, N, K, dtype, arch)` for `templates.gemm` (linear, matmul; decode shapes from the
+  `DECODE_GEMM` table by M bucket, N, K and arch),
 - `attention_blocks(Lq, Lk, D, dtype, masked)` for `templates.attention`,
 - `row_blocks(n_cols)` for row-wise kernels (norms, softmax, pointwise rows).
 Rules: tile dims are powers of two and at least 16 (the smallest `tl.dot` tile real GPUs accept),
@@ -32,12 +33,38 @@ def _itemsize(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def gemm_blocks(M: int, N: int, K: int, dtype) -> dict:
+# Streaming multiprocessors per architecture (the CTA count a decode GEMV should cover twice).
+SM_COUNT = {80: 108, 86: 84, 89: 128, 90: 132, 100: 148, 120: 84}
+# Decode-shaped GEMMs, one table: (largest M of the bucket, BLOCK_M, widest BLOCK_N, BLOCK_K cap, warps).
+# M <= 16 is a GEMV in all but name: one 16-row tile, BLOCK_N shrunk (to 16 at the least) until the
+# grid puts >= 2 CTAs on every SM, and a long BLOCK_K so each CTA streams its weight rows in few steps.
+DECODE_GEMM = ((16, 16, 64, 128, 4), (64, 64, 64, 64, 4))
+
+
+def decode_gemm_blocks(M: int, N: int, K: int, arch: int) -> dict | None:
+    """The decode table's config for a 16-bit GEMM of M <= 64 rows on `arch` (sm number), else None."""
+    for m_max, bm, bn_max, bk_cap, warps in DECODE_GEMM:
+        if M <= m_max:
+            bn, ctas = bn_max, 2 * SM_COUNT.get(arch, 132)
+            while bn > 16 and -(-N // bn) * -(-M // bm) < ctas:
+                bn //= 2
+            bk = _clamp_pow2(K, 16, bk_cap)
+            return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=4 if K >= 4 * bk else 2)
+    return None
+
+
+def gemm_blocks(M: int, N: int, K: int, dtype, arch: int | None = None) -> dict:
     """Tile shape and launch parameters for a GEMM out[M, N] = A[M, K] @ B[K, N] of element `dtype`.
 
+    `arch` (sm number, e.g. 90): the GPU the kernel runs on; a 16-bit GEMM of few rows then takes the
+    decode table (`decode_gemm_blocks`). None (the interpreter, or unknown) keeps the general rule,
+    whose bigger tiles also keep interpreted programs few.
     Returns dict(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
     """
     wide = _itemsize(dtype) >= 4
+    decode = decode_gemm_blocks(M, N, K, arch) if arch is not None and not wide else None
+    if decode is not None:
+        return decode
     if wide:  # exact fp32 (FMA) dot: keep the accumulator and operand tiles small
         bm, bn, bk = _clamp_pow2(M, 16, 64), _clamp_pow2(N, 16, 64), _clamp_pow2(K, 16, 32)
     else:  # a 16-row tile takes BLOCK_N <= 64: at 128 the erf-GELU epilogue spilled 8 B on sm_80
@@ -71,6 +98,22 @@ def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> d
     num_warps = 8 if wide or ((bm >= 128 or bd > 64) and bm * bn >= 64 * 32) else 4
     num_stages = 2
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=num_warps, num_stages=num_stages)
+
+
+def decode_attention_blocks(programs: int, group: int, Lk: int, D: int, dtype, arch: int | None,
+                            masked: bool = False) -> dict:
+    """Flash-decoding (`templates.decode_attention`): `programs` = batch * kv heads, `group` query heads
+    per kv head packed as the tile's rows. Returns dict(BLOCK_G, BLOCK_N, BLOCK_D, splits, num_warps,
+    num_stages): splits of >= 256 keys until programs * splits covers the SMs twice (1 without an arch:
+    the interpreter). fp32 keeps 16-key tiles (as fp32 attention: larger tiles spilled)."""
+    wide = _itemsize(dtype) >= 4
+    bn = 16 if wide else 64
+    splits = 1
+    if arch is not None:
+        want = -(-2 * SM_COUNT.get(arch, 132) // max(programs, 1))
+        splits = max(1, min(want, -(-Lk // 256)))
+    return dict(BLOCK_G=_clamp_pow2(group, 16, 64), BLOCK_N=bn, BLOCK_D=_clamp_pow2(D, 16, 256), splits=splits,
+                num_warps=4, num_stages=2)
 
 
 def row_blocks(n_cols: int) -> dict:

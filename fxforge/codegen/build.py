@@ -229,11 +229,12 @@ _ATTN_MODULE = "fxforge.codegen.templates.attention"
 
 
 def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activation: str = "none",
-              residual: bool = False, out_dtype: str | None = None, mul: bool = False) -> dict:
-    """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`."""
+              residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None) -> dict:
+    """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`
+    (`arch`: the decode table's configs for that GPU, as the launcher picks them there)."""
     from fxforge.codegen.blocks import gemm_blocks
 
-    cfg = gemm_blocks(M, N, K, dtype)
+    cfg = gemm_blocks(M, N, K, dtype, arch)
     t, to = _TT[dtype], _TT[out_dtype or dtype]
     sig = {"a_ptr": f"*{t}", "w_ptr": f"*{t}", "out_ptr": f"*{to}", "bias_ptr": f"*{t}", "res_ptr": f"*{to}",
            "mul_ptr": f"*{to}", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
@@ -246,7 +247,8 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
                     if on]) or "plain"
     return {"module": _GEMM_MODULE, "kernel": "gemm_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_om", "stride_rm", "stride_mm"],
-            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "label": f"gemm {dtype} {M}x{N}x{K} {epi}"}
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+            "label": f"gemm {dtype} {M}x{N}x{K} {epi}" + (f" decode-table sm_{arch}" if arch else "")}
 
 
 def bmm_spec(dtype: str, M: int, N: int, K: int) -> dict:
@@ -287,6 +289,38 @@ def attention_spec(dtype: str, Lq: int, Lk: int, D: int, *, causal: bool = False
     return {"module": _ATTN_MODULE, "kernel": "attention_kernel", "signature": sig, "constexprs": const,
             "divisible": divisible, "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
             "label": f"attention {dtype} {Lq}x{Lk} D={D} {' '.join(tags) or 'plain'}"}
+
+
+_DECODE_ATTN_MODULE = "fxforge.codegen.templates.decode_attention"
+
+
+def decode_attention_specs(dtype: str, group: int, Lk: int, D: int, *, mask: str = "none", arch: int = 90) -> list[dict]:
+    """Specs of the flash-decoding kernels (`decode_split_kernel` with its final and partial stores, and
+    `decode_combine_kernel`) for contiguous q [B, Hq, 1, D], k/v [B, Hkv, Lk, D] on `arch`."""
+    from fxforge.codegen.blocks import decode_attention_blocks
+
+    cfg = decode_attention_blocks(8, group, Lk, D, dtype, arch, mask != "none")
+    t = _TT[dtype]
+    sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": {"none": f"*{t}", "bool": "*u8", "add": f"*{t}"}[mask],
+           "out_ptr": f"*{t}", "part_ptr": "*fp32", "ml_ptr": "*fp32", "Hq": "i32", "Lk": "i32", "D": "i32",
+           "GROUP": "i32", "qk_scale": "fp32", "keys_per_split": "i32"}
+    strides = ["stride_qb", "stride_qh", "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh", "stride_vn",
+               "stride_mb", "stride_mh", "stride_ob", "stride_oh"]
+    sig.update({s: "i32" for s in strides})
+    const = {"stride_qd": 1, "stride_kd": 1, "stride_vd": 1, "stride_mn": 1, "stride_od": 1, "BLOCK_G": cfg["BLOCK_G"],
+             "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "MASK_KIND": mask, "UPCAST": False,
+             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
+    label = f"decode-attention {dtype} G={group} Lk={Lk} D={D} {mask}-mask sm_{arch}"
+    split = [{"module": _DECODE_ATTN_MODULE, "kernel": "decode_split_kernel", "signature": sig,
+              "constexprs": dict(const, FINAL=final), "divisible": [s for s in strides if not s.startswith("stride_m")],
+              "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+              "label": f"{label} {'final' if final else 'split'}"} for final in (True, False)]
+    combine = {"module": _DECODE_ATTN_MODULE, "kernel": "decode_combine_kernel",
+               "signature": {"out_ptr": f"*{t}", "part_ptr": "*fp32", "ml_ptr": "*fp32", "Hq": "i32", "D": "i32",
+                             "n_splits": "i32", "stride_ob": "i32", "stride_oh": "i32"},
+               "constexprs": {"stride_od": 1, "BLOCK_S": 64, "BLOCK_D": cfg["BLOCK_D"]}, "divisible": ["stride_ob", "stride_oh"],
+               "num_warps": 4, "num_stages": 1, "label": f"decode-attention-combine {dtype} D={D}"}
+    return [*split, combine]
 
 
 def specs_for_arch(specs: list[dict], arch: int) -> list[dict]:

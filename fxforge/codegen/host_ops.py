@@ -76,7 +76,7 @@ def _arange(op: Op, xs: list[str], ctx: HostContext) -> str:
 
 @host_renders("reshape")
 def _reshape(op: Op, xs: list[str], ctx: HostContext) -> str:
-    return f"{xs[0]}.reshape{py_shape(op.attrs['shape'])}"
+    return f"{xs[0]}.reshape({py_shape(op.attrs['shape'])})"  # one tuple argument: () for a scalar
 
 
 @host_renders("permute")

@@ -54,15 +54,31 @@ class KernelSource:
 
 
 class Naming:
-    """What the emitters need to know about values outside the group: their names in `run()`,
-    which are contiguous buffers written by our kernels, and which are `full` literals."""
+    """What the emitters need to know about values: their names inside the kernel (`names`), their
+    names in `run()` (`run_names`, what the launch passes; the kernel's names when not given), and
+    which are contiguous buffers written by our kernels. Kernels are emitted with canonical local
+    names (`canonical_naming`), so identical groups give identical text and share one kernel."""
 
-    def __init__(self, names: dict[int, str], contiguous: set[int]) -> None:
+    def __init__(self, names: dict[int, str], contiguous: set[int], run_names: dict[int, str] | None = None) -> None:
         self.names = names
         self.contiguous = contiguous
+        self.run_names = names if run_names is None else run_names
 
     def name(self, v: Value) -> str:
         return self.names[id(v)]
+
+    def arg(self, v: Value) -> str:
+        return self.run_names[id(v)]
+
+
+def canonical_naming(group: KernelGroup, run_names: dict[int, str], contiguous: set[int]) -> Naming:
+    """Kernel-local names by position (`in0..` for inputs, `t0..` for results): the text of a group's
+    kernel then depends only on what it computes (`ir.fhash.group_key`), not on the model's names."""
+    names = {id(v): f"in{k}" for k, v in enumerate(group.inputs)}
+    for op in group.ops:
+        for r in op.results:
+            names.setdefault(id(r), f"t{len(names) - len(group.inputs)}")
+    return Naming(names, contiguous, run_names)
 
 
 def shape_text(shape: tuple[Dim, ...]) -> str:
@@ -89,7 +105,7 @@ def _full_value(v: Value) -> Any:
 
 
 def stride_params(v: Value, name: str, space: IndexSpace, domain: tuple[Dim, ...], params: list[str],
-                  args: list[str]) -> list[Any]:
+                  args: list[str], arg: str | None = None) -> list[Any]:
     """Symbolic strides of a non-contiguous input in the kernel's domain: one `{name}_st{i}` kernel
     parameter per dim it really indexes (0 where broadcast), filled at launch by `_bstrides`."""
     pad = len(domain) - v.type.rank
@@ -100,7 +116,7 @@ def stride_params(v: Value, name: str, space: IndexSpace, domain: tuple[Dim, ...
         strides[i - pad] = sympy.Symbol(f"{name}_st{i}")
         params.append(f"{name}_st{i}")
     if used:
-        args.append(f"*_bstrides({name}, {shape_text(domain)}, {tuple(used)!r})")
+        args.append(f"*_bstrides({arg or name}, {shape_text(domain)}, {tuple(used)!r})")
     return strides
 
 
@@ -119,9 +135,10 @@ class _Loads:
                 continue
             name = naming.name(v)
             self.params.append(f"{name}_ptr")
-            self.args.append(name)
+            self.args.append(naming.arg(v))
             self.shapes.append(v.type.shape)
-            strides = None if id(v) in naming.contiguous else stride_params(v, name, space, domain, self.params, self.args)
+            strides = (None if id(v) in naming.contiguous
+                       else stride_params(v, name, space, domain, self.params, self.args, naming.arg(v)))
             off = space.offset(v.type.shape, strides)
             dtype = v.type.dtype
             other = "0.0" if dtype.is_float else "0"
@@ -132,8 +149,8 @@ class _Loads:
             b.bind(v, name, held(dtype))
 
 
-def _docstring(group: KernelGroup) -> str:
-    body = "\n    ".join(print_op(op).strip() for op in group.ops)
+def _docstring(group: KernelGroup, naming: Naming) -> str:
+    body = "\n    ".join(print_op(op, naming.name).strip() for op in group.ops)
     return f'    """{group.reason}:\n    {body}\n    """'
 
 
@@ -172,9 +189,9 @@ class _Pointwise:
                 continue
             name = naming.name(v)
             self.params.append(f"{name}_ptr")
-            self.args.append(name)
+            self.args.append(naming.arg(v))
             self.strides[id(v)] = (None if id(v) in naming.contiguous
-                                   else stride_params(v, name, space, domain, self.params, self.args))
+                                   else stride_params(v, name, space, domain, self.params, self.args, naming.arg(v)))
 
     def ctx(self, subs: dict, cond: str, suffix: str) -> _Ctx:
         b = ExprBuilder()
@@ -250,7 +267,7 @@ def pointwise_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSo
     n = pyexpr(numel_expr(domain))
     lines = [
         *def_lines(kname, [*params, "BLOCK: tl.constexpr"]),
-        _docstring(group),
+        _docstring(group, naming),
         "    _offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
         "    _mask = _offs < n_elements",
         *["    " + s for s in space.index_lines],
@@ -259,7 +276,7 @@ def pointwise_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSo
     ]
     return KernelSource(
         kname, "pointwise", "@triton.jit\n" + "\n".join(lines), params,
-        em.args + out_names + [n] + syms,
+        em.args + [naming.arg(out) for out in outs] + [n] + syms,
         f"(triton.cdiv({n}, {POINTWISE_BLOCK}),)", {"BLOCK": str(POINTWISE_BLOCK)},
         guard=f"{n} > 0", ops=[op.opcode for op in group.ops])
 
@@ -370,7 +387,7 @@ def row_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSource:
     params = loads.params + [f"{oname}_ptr", "n_rows", "n_cols"] + syms
     lines = [
         *def_lines(kname, [*params, "ROWS: tl.constexpr", "BLOCK_N: tl.constexpr"]),
-        _docstring(group),
+        _docstring(group, naming),
         "    _rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)",
         "    _r = _rows[:, None]",
         "    _c = tl.arange(0, BLOCK_N)[None, :]",
@@ -383,7 +400,7 @@ def row_kernel(group: KernelGroup, kname: str, naming: Naming) -> KernelSource:
     nr, nc = pyexpr(n_rows), pyexpr(n_cols)
     return KernelSource(
         kname, "row", "@triton.jit\n" + "\n".join(lines), params,
-        loads.args + [oname, nr, nc] + syms,
+        loads.args + [naming.arg(out), nr, nc] + syms,
         f"(triton.cdiv({nr}, _rows_per_program({nc})),)",
         {"ROWS": f"_rows_per_program({nc})", "BLOCK_N": f"_block_n({nc})"},
         guard=f"{nr} * {nc} > 0", ops=[op.opcode for op in group.ops])

@@ -24,6 +24,7 @@ alone). The module is written to a file (Triton needs the source of its kernels)
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,11 +36,13 @@ from fxforge.codegen.assemble import assemble
 from fxforge.codegen.buffers import GENERATED, BufferPlan
 from fxforge.codegen.expr import ident
 from fxforge.codegen.host_ops import HostContext, render_host
-from fxforge.codegen.kernels import KernelSource, Naming, pointwise_kernel, row_kernel
+from fxforge.codegen.kernel_keys import kernel_for
+from fxforge.codegen.kernels import KernelSource
 from fxforge.codegen.loader import load_module
 from fxforge.codegen.module_text import WIDTH, graph_symbols, lit, py_shape, wrap_call
 from fxforge.codegen.template_calls import render_template
 from fxforge.ir.evaluate import weight_tensor
+from fxforge.ir.fhash import graph_key
 from fxforge.ir.graph import Graph, Op, Value, Weight
 from fxforge.ir.partition import KernelGroup, Partition, check_partition
 from fxforge.ir.skip_ops import data_dependent_symbols
@@ -106,7 +109,8 @@ class _Writer:
             taken.add(n)
             self.names[id(v)] = n
         self.plan = BufferPlan.build(graph, part)
-        self.kernels: list[KernelSource] = []
+        self.kernels: list[KernelSource] = []  # one per distinct group key (`kernel_keys`)
+        self.unique: dict[str, str] = {}  # group key -> kernel name
         self.infos: list[KernelInfo] = []
         self.body: list[str] = []
         self.contiguous: set[int] = set()
@@ -148,10 +152,12 @@ class _Writer:
             self.contiguous.add(id(out))
 
     def launch(self, g: KernelGroup) -> None:
-        kname = f"k{len(self.infos)}_{g.params['anchor'].opcode if g.kind == 'row' else g.root.opcode}"
-        naming = Naming(self.names, self.contiguous - {id(o) for o in g.outputs})
-        ks = (row_kernel if g.kind == "row" else pointwise_kernel)(g, kname, naming)
-        self.kernels.append(ks)
+        """One launch; its kernel is emitted once per functional group key (`ir.fhash.group_key`), so
+        the groups of identical decoder layers share one kernel (one Triton build)."""
+        ks, new = kernel_for(g, self.names, self.contiguous - {id(o) for o in g.outputs}, self.unique, len(self.infos))
+        if new:
+            self.kernels.append(ks)
+        kname = ks.name
         self.infos.append(KernelInfo(kname, g.kind, ks.ops, g.reason))
         meta = ", ".join(f"{k}={v}" for k, v in ks.meta.items())
         self.body.append(f"if {ks.guard}:  # {g.describe()}")
@@ -197,11 +203,29 @@ class _Writer:
         return assemble(doc, [ks.text for ks in self.kernels], lines)
 
 
+_SOURCES: OrderedDict[str, tuple[str, list[KernelInfo], list[str]]] = OrderedDict()
+MAX_SOURCES = 64
+SOURCE_STATS = {"hits": 0, "misses": 0}
+
+
 def generate_source(graph: Graph) -> tuple[str, list[KernelInfo], Partition, list[str]]:
-    """The module text for a partitioned graph (no triton import), its kernel list and partition."""
+    """The module text for a partitioned graph (no triton import), its kernel list and partition.
+    Cached in the process by the graph's functional hash (`ir.fhash.graph_key`, with its name): a
+    second compile of the same model reuses the text (the value names in it are the first graph's;
+    the code is the same) and the imported module."""
     part = check_partition(graph)
+    key = graph_key(graph) + graph.name
+    hit = _SOURCES.get(key)
+    if hit is not None:
+        SOURCE_STATS["hits"] += 1
+        _SOURCES.move_to_end(key)
+        return hit[0], list(hit[1]), part, list(hit[2])
+    SOURCE_STATS["misses"] += 1
     w = _Writer(graph, part)
     source = w.write()
+    _SOURCES[key] = (source, list(w.infos), list(w.symbols))
+    if len(_SOURCES) > MAX_SOURCES:
+        _SOURCES.popitem(last=False)
     return source, w.infos, part, w.symbols
 
 

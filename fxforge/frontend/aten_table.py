@@ -15,9 +15,10 @@ there is no import cycle and no registration by import side effect.
 
 from __future__ import annotations
 
-from fxforge.frontend import aten_multi, aten_pointwise, aten_structural
+from fxforge.frontend import aten_cache, aten_multi, aten_pointwise, aten_structural
 from fxforge.frontend.aten_common import Lowering
 
-LOWERINGS: dict[object, Lowering] = {**aten_pointwise.TABLE, **aten_structural.TABLE, **aten_multi.TABLE}
+LOWERINGS: dict[object, Lowering] = {**aten_pointwise.TABLE, **aten_structural.TABLE, **aten_multi.TABLE,
+                                     **aten_cache.TABLE}
 
 __all__ = ["LOWERINGS"]

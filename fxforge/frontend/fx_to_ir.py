@@ -114,6 +114,7 @@ class FxToIR:
         if lowering is not None:
             try:
                 self.env[node] = self._lower(node, lowering)
+                self._rebind_written(node)
                 return
             except (Unsupported, ShapeError) as e:
                 self.result.notes.append(f"{node.name} ({target_name(node.target)}): {e}; runs through torch")
@@ -124,6 +125,16 @@ class FxToIR:
         except Unsupported as e:
             raise CaptureError(f"{node.name} ({target_name(node.target)}) has no fxforge lowering and cannot run as an "
                                f"extern: {e}. Fix: rewrite that part of the model with tensor-returning ATen ops") from None
+
+    def _rebind_written(self, node: torch.fx.Node) -> None:
+        """A lowered in-place op (`index_copy_` -> `cache_write`) returns the tensor it wrote: later reads
+        of that tensor read the result, so they come after the write in the SSA graph."""
+        schema = getattr(node.target, "_schema", None)
+        if schema is None or not schema.is_mutable or not schema.arguments or not isinstance(node.args[0], torch.fx.Node):
+            return
+        alias = schema.arguments[0].alias_info
+        if alias is not None and alias.is_write:
+            self.env[node.args[0]] = self.env[node]
 
     def _lower(self, node: torch.fx.Node, lowering) -> Any:
         args, kwargs = self._convert(node.args), self._convert(node.kwargs)

@@ -1,6 +1,7 @@
 """fxforge's IR: types, the op table, graphs, text form, verifier and reference evaluator."""
 
 from fxforge.ir import (
+    cache_ops,  # noqa: F401  (registers cache_write)
     hadamard,  # noqa: F401  (registers hadamard)
     lowp_ops,  # noqa: F401  (registers quantize, dequantize, qlinear)
     multi_ops,  # noqa: F401  (registers topk, sort, var_mean, max_dim, min_dim)

@@ -20,3 +20,7 @@ class InputSlot:
     kind: str  # "tensor" | "symbol" | "weight" | "const"
     symbol: sympy.Symbol | None = None
     value: Any = None  # for "const": the value it was captured with
+
+# The signature of a captured decode step (`frontend/kv_capture.py`), by which the runtime knows a
+# CompiledModule can `generate()`: step(input_ids, cache_position, kv) -> logits.
+DECODE_STEP_ARGS = ("input_ids", "cache_position", "kv")

@@ -33,6 +33,7 @@ Rounding rules (decided):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 import torch
@@ -163,7 +164,23 @@ def encode_minifloat(
 def decode_minifloat(
     codes: Tensor, exp_bits: int, man_bits: int, bias: int, *, specials: Specials = "none"
 ) -> Tensor:
-    """Decode sign/exponent/mantissa codes to float32 (exact; -0 code gives -0.0)."""
+    """Decode sign/exponent/mantissa codes to float32 (exact; -0 code gives -0.0).
+
+    Formats of at most 8 bits decode by a 256-entry table (built once by the arithmetic below): the
+    reference evaluator decodes every quantized weight on every call, and GPTQ per column.
+    """
+    if 1 + exp_bits + man_bits <= 8:
+        table = _decode_table(exp_bits, man_bits, bias, specials).to(codes.device)
+        return table[codes.to(torch.int64) & 0xFF]
+    return _decode_arith(codes, exp_bits, man_bits, bias, specials)
+
+
+@cache
+def _decode_table(exp_bits: int, man_bits: int, bias: int, specials: Specials) -> Tensor:
+    return _decode_arith(torch.arange(256), exp_bits, man_bits, bias, specials)
+
+
+def _decode_arith(codes: Tensor, exp_bits: int, man_bits: int, bias: int, specials: Specials) -> Tensor:
     c = codes.to(torch.int64)
     m = c & ((1 << man_bits) - 1)
     e = (c >> man_bits) & ((1 << exp_bits) - 1)
@@ -180,8 +197,15 @@ def decode_minifloat(
 
 
 def encode_float(x: Tensor, fmt: Format | str) -> Tensor:
-    """Encode `x` in a float format of the table (saturating RNE, see the module docstring)."""
+    """Encode `x` in a float format of the table (saturating RNE, see the module docstring).
+
+    FP8 from float32/16 without NaN takes torch's own cast after clamping to +-max (RNE, bit-identical to
+    the arithmetic below: tests/ir/test_formats.py checks both on every code and on random ties).
+    """
     f = _float_fmt(fmt)
+    dtype = FP8_TORCH_DTYPES.get(f.name)
+    if dtype is not None and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and not torch.isnan(x).any():
+        return x.float().clamp(-f.max_value, f.max_value).to(dtype).view(torch.uint8)
     return encode_minifloat(
         x, f.exp_bits, f.man_bits, f.bias, max_value=f.max_value, nan_code=f.nan_code
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import sympy
@@ -104,13 +105,16 @@ def _shown_attrs(op: Op) -> dict[str, Any]:
     return out
 
 
-def print_op(op: Op) -> str:
-    results = ", ".join(f"%{r.name}" for r in op.results)
+def print_op(op: Op, name: Callable[[Any], str] | None = None) -> str:
+    """One op in IR syntax; `name` (Value -> str) replaces the values' own names (the functional hash
+    prints canonical positional names)."""
+    name = name or (lambda v: v.name)
+    results = ", ".join(f"%{name(r)}" for r in op.results)
     text = f"{results} = {op.opcode}"
     if op.opcode == "const":
         text += " " + print_global(op.attrs["weight"])
     if op.operands or op.opcode != "const":
-        text += "(" + ", ".join(f"%{v.name}" for v in op.operands) + ")"
+        text += "(" + ", ".join(f"%{name(v)}" for v in op.operands) + ")"
     attrs = _shown_attrs(op)
     if attrs:
         text += " " + print_value(attrs)

@@ -15,6 +15,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from fxforge.errors import InputError
+from fxforge.ir.calling import DECODE_STEP_ARGS
 from fxforge.runtime.artifact import save_artifact
 from fxforge.runtime.report import CompileReport, GraphRecord
 
@@ -44,6 +45,42 @@ class CompiledModule(torch.nn.Module):
         """Write an artifact directory (manifest, IR text, pass trace, weights); `fxforge.load` reads it."""
         return str(save_artifact(self, path))
 
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 16, eos_token_id: int | None = None,
+                 cuda_graph: bool | None = None) -> torch.Tensor:
+        """Greedy generation with fxforge's static KV cache (a module made by `fxforge.compile_decoder`):
+        the prompt with up to `max_new_tokens` tokens appended, eager HF `generate()`'s greedy tokens.
+        `cuda_graph` (default: when the caches are on a GPU): the decode steps replay a CUDA graph."""
+        from fxforge.runtime.generate import StaticKVCache, greedy_generate
+
+        if tuple(self.arg_names) != DECODE_STEP_ARGS:
+            raise InputError("generate() needs a compiled decode step: compile with fxforge.compile_decoder(model, "
+                             "max_length=...) (compile_aot captures the forward without a KV cache)")
+        cache = self.__dict__.get("_kv_cache")
+        if cache is None:  # preallocated once per module (= per batch bucket and max length)
+            cache = self.__dict__["_kv_cache"] = StaticKVCache.for_step(self.graph, _step_device(self))
+        use_graph = cache.tensors[0].is_cuda if cuda_graph is None else cuda_graph
+        return greedy_generate(self, cache, input_ids, max_new_tokens, eos_token_id,
+                               self._graphed(cache) if use_graph else None)
+
+    def _graphed(self, cache: Any) -> Any:
+        """The captured decode step of this module's cache (made once; before a prefill, see cuda_graph)."""
+        import warnings
+
+        from fxforge.runtime.cuda_graph import GraphedStep
+
+        graphed = self.__dict__.get("_graphed_step")
+        if graphed is None:
+            if not cache.tensors[0].is_cuda:
+                raise InputError("generate(cuda_graph=True) needs a GPU decode step (executor='triton')")
+            try:
+                graphed = GraphedStep(self, cache.tensors, cache.batch)
+            except RuntimeError as e:  # a launcher that synchronises: said, then run uncaptured
+                warnings.warn(f"fxforge: the decode step could not be captured as a CUDA graph ({e}); "
+                              "it runs uncaptured", stacklevel=3)
+                graphed = False
+            self.__dict__["_graphed_step"] = graphed
+        return graphed or None
+
     def export(self, directory: str, format: str = "compressed-tensors") -> str:
         """Write the compiled model as a checkpoint another runtime loads (`fxforge.export`): for
         "compressed-tensors", an HF checkpoint vLLM and transformers read, holding fxforge's own codes."""
@@ -55,6 +92,10 @@ class CompiledModule(torch.nn.Module):
         flat = flatten_inputs(self.record.program.inputs, self.in_spec, self.arg_names, args, kwargs)
         outs = self.record.program(*flat)
         return pytree.tree_unflatten(outs, self.out_spec)
+
+
+def _step_device(module: CompiledModule) -> str:
+    return "cuda" if module.program.executor_name == "triton" else "cpu"
 
 
 def flatten_inputs(slots: list, in_spec: Any, arg_names: list[str], args: tuple, kwargs: dict) -> list[Any]:

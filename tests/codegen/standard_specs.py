@@ -54,3 +54,24 @@ def size_sweep_specs() -> list[dict]:
         key = repr((s["kernel"], sorted(s["signature"].items()), sorted(s["constexprs"].items()), s["num_warps"], s["num_stages"]))
         unique.setdefault(key, s)
     return list(unique.values())
+
+
+def decode_specs(arch: int) -> list[dict]:
+    """The decode table's GEMMs (`blocks.DECODE_GEMM`) on `arch`, at a Llama-3.2-1B layer's shapes
+    (hidden 2048, GQA QKV 3072 concatenated, intermediate 8192, vocab 128256) for M = 1, 8 and 64, in
+    fp16 and bf16 (bf16 from sm_90), with the epilogues those GEMMs carry."""
+    specs = []
+    for M in (1, 8, 64):
+        for dt in ("float16", "bfloat16"):
+            layer = [gemm_spec(dt, M, 3072, 2048, bias=True, arch=arch),
+                     gemm_spec(dt, M, 2048, 2048, residual=True, arch=arch),
+                     gemm_spec(dt, M, 8192, 2048, activation="silu", arch=arch),
+                     gemm_spec(dt, M, 8192, 2048, mul=True, arch=arch),
+                     gemm_spec(dt, M, 2048, 8192, residual=True, arch=arch),
+                     gemm_spec(dt, M, 128256, 2048, arch=arch)]
+            specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in layer]
+    unique: dict[str, dict] = {}
+    for s in specs:
+        key = repr((sorted(s["signature"].items()), sorted(s["constexprs"].items()), s["num_warps"], s["num_stages"]))
+        unique.setdefault(key, s)
+    return list(unique.values())

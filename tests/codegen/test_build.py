@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import triton
-from standard_specs import HEAD_DIMS, size_sweep_specs, standard_specs
+from standard_specs import HEAD_DIMS, decode_specs, size_sweep_specs, standard_specs
 
 from fxforge.codegen.build import SHARED_LIMITS, build_in_subprocess, specs_for_arch
 
@@ -32,6 +32,14 @@ def test_size_sweep_builds(arch):
     block_d = {s["constexprs"]["BLOCK_D"] for s in specs if s["kernel"] == "attention_kernel"}
     assert block_d == {triton.next_power_of_2(d) for d in HEAD_DIMS}, block_d
     assert "x96x96" in labels and "x768x192" in labels
+    _check_builds(specs, arch)
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+def test_decode_table_builds(arch):
+    """The decode-shaped GEMM configs (small BLOCK_N, long BLOCK_K) build spill-free on the arch they are for."""
+    specs = specs_for_arch(decode_specs(arch), arch)
+    assert any(s["constexprs"]["BLOCK_N"] == 16 for s in specs) and all(s["constexprs"]["BLOCK_M"] <= 64 for s in specs)
     _check_builds(specs, arch)
 
 

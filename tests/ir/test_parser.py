@@ -130,6 +130,8 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %cnt = skip_count(%x, %keep) : i64[2]
   %cnt1 = skip_count(%x) : i64[2]
   %cnts = skip_counts(%cnt, %cnt1) {sites=["a", "b"]} : i64[2, 2]
+  %kpos = arange() {end=s1} : i64[s1]
+  %kc = cache_write(%k, %kpos, %q) : f16[2, 4, s1, 16]
   %s_0, %s_1 = extern(%x) {target="aten.sort.default", args=[$0, -1], kwargs={descending=true}} : f32[s0, 8], i64[s0, 8]
   %z = extern() {target="aten.zeros.default", args=[[2, 3]], kwargs={dtype=f32}} : f32[2, 3]
   %odd = extern(%x, %y) {target="my.op \\"quoted\\" \\\\ \\n \\u00e9", args=[$1, $0, none, [1e-06, -0.0, inf, nan, 1e+20], {a=s0, b=(s0 - 1), c=""}]} : f32[s0, 8]

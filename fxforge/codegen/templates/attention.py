@@ -9,7 +9,9 @@ This module owns fused scaled-dot-product attention for q [B, Hq, Lq, D], k/v [B
   or additive float; broadcast axes get stride 0, so nothing is copied;
 - grouped-query attention: query head h reads kv head h // (Hq // Hkv);
 - D is padded to a power of two BLOCK_D (>= 16) and masked, so D = 48 or 80 work;
-- rows that can see no key (all masked) give 0, as torch's sdpa does.
+- rows that can see no key (all masked) give 0, as torch's sdpa does;
+- one query position (Lq = 1, a decode step) without `is_causal` goes to `decode_attention.py`
+  (flash-decoding: split-KV + combine, the query heads of one kv head packed in one tile).
 Plain pointers with strides and masks (triton 3.6 and 3.9), tile shape from
 `fxforge.codegen.blocks.attention_blocks`. Dot operand handling (UPCAST, INPUT_PRECISION) as in
 `templates.gemm`: exact fp32 dots for fp32 inputs, bf16 upcast to fp32 under the interpreter.
@@ -24,6 +26,7 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.blocks import attention_blocks
+from fxforge.codegen.templates.decode_attention import decode_attention
 from fxforge.codegen.templates.gemm import dot_options
 from fxforge.errors import ShapeError
 
@@ -121,6 +124,12 @@ def attention_kernel(
              o.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
+def _broadcasts(shape: tuple, to: tuple) -> bool:
+    if len(shape) > len(to):
+        return False
+    return all(a in (1, b) for a, b in zip(shape[::-1], to[::-1]))
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
               scale: float | None = None, is_causal: bool = False, enable_gqa: bool = False) -> torch.Tensor:
     """torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, scale=, is_causal=, enable_gqa=), no dropout.
@@ -144,6 +153,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         raise ShapeError("pass either mask or is_causal=True, not both (fold the causal mask into the mask)")
     if D > 256:
         raise ShapeError(f"head dim {D} > 256 is not supported by the attention template")
+    if Lq == 1 and Lk > 0 and not is_causal and B * Hq > 0:  # a decode step: flash-decoding, GQA heads packed
+        if mask is not None and not _broadcasts(mask.shape, (B, Hq, 1, Lk)):
+            raise ShapeError(f"mask {tuple(mask.shape)} does not broadcast to {(B, Hq, Lq, Lk)}")
+        out = decode_attention(q, k, v, mask, scale=scale)
+        return out[:, 0] if squeeze else out
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     mask_kind = "none"
     if mask is not None:

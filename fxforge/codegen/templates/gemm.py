@@ -168,6 +168,14 @@ def bmm_kernel(
 # ---------------------------------------------------------------- launchers
 
 
+def device_arch(device: torch.device) -> int | None:
+    """The sm number of a CUDA device (90 for sm_90), None on the CPU (the interpreter)."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def interpreting() -> bool:
     """True when kernels run under Triton's CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -218,7 +226,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     bias, residual, mul = epilogue_operands(lead, N, bias=bias, residual=residual, mul=mul)
     if M == 0 or N == 0:
         return out.reshape(*lead, N)
-    cfg = gemm_blocks(M, N, K, x.dtype)
+    cfg = gemm_blocks(M, N, K, x.dtype, device_arch(x.device))
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     res = residual if residual is not None else out
     mt = mul if mul is not None else out

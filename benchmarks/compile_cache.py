@@ -1,0 +1,103 @@
+"""Compile cache figures (issue #13, item 6): what the functional hash saves, on the CPU.
+
+For an h512 Llama (intermediate 1376, 8 heads, vocab 4096) at 8 and 32 layers, each in a fresh process:
+- capture (torch.export, torch's cost, linear in depth) and fxforge's own compile (passes + codegen of
+  the `interpret` executor's module), and the generated kernels: launches vs distinct kernels (the
+  Triton builds a GPU would run, one per functional group key);
+- a second `compile_aot` of the same model in the same process: its fxforge compile time and whether
+  the module text came from the cache (`codegen.module.SOURCE_STATS`);
+- `fxforge.load` + first call of the 8-layer artifact (reference executor, input 1x16), in a fresh
+  process with torch, fxforge and transformers imported (their import times are not counted; the
+  transformers import is reported), and a second load + call in that process.
+
+    .venv/bin/python benchmarks/compile_cache.py [--layers 8 32] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+COMPILE = r"""
+import json, sys, time, torch
+import fxforge
+from fxforge import testing as zoo
+from fxforge.codegen import kernel_keys, module as gen
+layers, art = int(sys.argv[1]), sys.argv[2]
+torch.manual_seed(0)
+model = zoo.llama(hidden=512, intermediate=1376, layers=layers, heads=8, kv_heads=8, vocab=4096)
+ids = torch.randint(0, 4096, (1, 16))
+rows = []
+for attempt in range(2):
+    t = time.perf_counter()
+    c = fxforge.compile_aot(model, (ids,), executor="interpret")
+    total = time.perf_counter() - t
+    rec = c.fxforge_report.graphs[0]
+    ex = rec.program.executor
+    rows.append({"attempt": attempt + 1, "total_s": total, "capture_s": rec.capture_seconds,
+                 "fxforge_s": rec.compile_seconds, "launches": len(ex.kernels),
+                 "generated_launches": sum(1 for k in ex.kernels if k.kind in ("pointwise", "row")),
+                 "distinct_generated": len({k.name for k in ex.kernels if k.kind in ("pointwise", "row")}),
+                 "source_cache": dict(gen.SOURCE_STATS), "kernel_cache": dict(kernel_keys.STATS)})
+if art:
+    fxforge.compile_aot(model, (ids,), executor="reference").save(art)
+print(json.dumps({"layers": layers, "compiles": rows}))
+"""
+
+LOAD = r"""
+import json, sys, time, torch
+import fxforge
+ids = torch.randint(0, 4096, (1, 16))
+t = time.perf_counter(); import transformers; hf_import_s = time.perf_counter() - t  # the output classes' module
+t = time.perf_counter(); m = fxforge.load(sys.argv[1]); t1 = time.perf_counter(); m(ids); t2 = time.perf_counter()
+t3 = time.perf_counter(); m2 = fxforge.load(sys.argv[1]); m2(ids); again = time.perf_counter() - t3
+print(json.dumps({"transformers_import_s": hf_import_s, "load_s": t1 - t, "first_call_s": t2 - t1,
+                  "load_plus_first_call_s": t2 - t, "second_load_plus_call_s": again}))
+"""
+
+
+def child(code: str, *args: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--out", default=f"benchmarks/results/compile_cache-{date.today()}.json")
+    args = ap.parse_args()
+    art = tempfile.mkdtemp(prefix="fxforge-cc-")
+    result: dict = {"benchmark": "compile_cache", "date": str(date.today()), "cpu_count": os.cpu_count(),
+                    "load_average_at_start": os.getloadavg(), "rows": []}
+    for i, layers in enumerate(args.layers):
+        row = child(COMPILE, str(layers), art if i == 0 else "")
+        result["rows"].append(row)
+        for c in row["compiles"]:
+            print(f"layers={layers:3d} compile #{c['attempt']}: total {c['total_s']:.2f} s (capture {c['capture_s']:.2f} s, "
+                  f"fxforge {c['fxforge_s']:.2f} s); {c['launches']} launches, {c['generated_launches']} generated -> "
+                  f"{c['distinct_generated']} distinct kernels; source cache {c['source_cache']}", flush=True)
+    base, deep = (result["rows"][0]["compiles"][0], result["rows"][-1]["compiles"][0])
+    result["fxforge_compile_ratio"] = deep["fxforge_s"] / base["fxforge_s"]
+    result["distinct_kernel_ratio"] = deep["distinct_generated"] / base["distinct_generated"]
+    t = time.perf_counter()
+    result["load"] = child(LOAD, art)
+    print(f"{args.layers[-1]} vs {args.layers[0]} layers: fxforge compile x{result['fxforge_compile_ratio']:.2f}, "
+          f"distinct kernels x{result['distinct_kernel_ratio']:.2f}; load + first call "
+          f"{result['load']['load_plus_first_call_s']:.3f} s ({time.perf_counter() - t:.0f} s wall)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

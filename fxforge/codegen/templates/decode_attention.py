@@ -1,0 +1,160 @@
+"""Flash-decoding template: attention of ONE query position (Lq = 1, a decode step) over a long cache.
+
+`decode_attention(q, k, v, mask, scale=, splits=)` computes sdpa for q [B, Hq, 1, D], k/v [B, Hkv, Lk, D]:
+- `decode_split_kernel`, grid (splits, B * Hkv): the GROUP = Hq / Hkv query heads that share one kv
+  head are packed as the rows of one tile (padded to 16, the smallest dot), so each K/V tile is read
+  once for all of them; each program walks its split of the keys with an online softmax and writes
+  its partial (row max m, row sum l, unnormalised accumulator) in fp32, or, with one split, the
+  normalised output directly (one launch);
+- `decode_combine_kernel`, grid (B * Hq,): merges the splits' partials (weights exp(m_s - max m)).
+The mask (bool: True = attend, or additive float) broadcasts to [B, Hq, 1, Lk] as in `attention`;
+rows that see no key give 0. `attention()` sends Lq = 1 without `is_causal` here.
+
+Decisions:
+- Splits from `blocks.decode_attention_blocks`: enough (B * Hkv * splits) programs to cover the GPU's
+  SMs twice, at least 256 keys each; one split under the interpreter (no arch), where the launch
+  count matters more than parallelism. Tests force `splits` to check the combine.
+- exp2 with log2(e) folded into the scale (one multiply fewer per score).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fxforge.codegen.blocks import decode_attention_blocks
+from fxforge.codegen.templates.gemm import device_arch, dot_options
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def decode_split_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, ml_ptr,
+    Hq, Lk, D, GROUP, qk_scale, keys_per_split,
+    stride_qb, stride_qh, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_mb, stride_mh, stride_mn,
+    stride_ob, stride_oh, stride_od,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
+    FINAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """One split of the keys for the GROUP query heads of one kv head (see the module docstring)."""
+    split = tl.program_id(0)
+    n_splits = tl.num_programs(0)
+    pid = tl.program_id(1)
+    Hkv = Hq // GROUP
+    b = (pid // Hkv).to(tl.int64)
+    kvh = (pid % Hkv).to(tl.int64)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_g = offs_g < GROUP
+    mask_d = offs_d < D
+    heads = kvh * GROUP + offs_g
+    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :] * stride_qd,
+                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_ptr += b * stride_kb + kvh * stride_kh
+    v_ptr += b * stride_vb + kvh * stride_vh
+    m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    start = split * keys_per_split
+    end = tl.minimum(Lk, start + keys_per_split)
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < end
+        kt = tl.load(k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn,
+                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale  # in log2 units
+        if MASK_KIND != "none":
+            mv = tl.load(mask_ptr + b * stride_mb + heads[:, None] * stride_mh + offs_n[None, :] * stride_mn,
+                         mask=mask_g[:, None] & mask_n[None, :], other=0)
+            if MASK_KIND == "bool":
+                s = tl.where(mv != 0, s, float("-inf"))
+            else:
+                s += mv.to(tl.float32) * 1.4426950408889634
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+        m_i = m_new
+    rows = b * Hq + heads  # flat (batch, head) row of this tile's query heads
+    if FINAL:
+        o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :] * stride_od,
+                 o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
+    else:
+        slot = rows * n_splits + split
+        tl.store(part_ptr + slot[:, None] * BLOCK_D + offs_d[None, :], acc, mask=mask_g[:, None])
+        tl.store(ml_ptr + slot * 2, m_i, mask=mask_g)
+        tl.store(ml_ptr + slot * 2 + 1, l_i, mask=mask_g)
+
+
+@triton.jit
+def decode_combine_kernel(out_ptr, part_ptr, ml_ptr, Hq, D, n_splits, stride_ob, stride_oh, stride_od,
+                          BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[b, h] = sum_s exp2(m_s - M) acc_s / sum_s exp2(m_s - M) l_s over the splits of one row."""
+    row = tl.program_id(0).to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_s = offs_s < n_splits
+    slot = row * n_splits + offs_s
+    m = tl.load(ml_ptr + slot * 2, mask=mask_s, other=float("-inf"))
+    l_s = tl.load(ml_ptr + slot * 2 + 1, mask=mask_s, other=0.0)
+    m_max = tl.max(m, 0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max)))
+    total = tl.sum(w * l_s, 0)
+    acc = tl.load(part_ptr + slot[:, None] * BLOCK_D + offs_d[None, :], mask=mask_s[:, None], other=0.0)
+    o = tl.sum(acc * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    b, h = row // Hq, row % Hq
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_d * stride_od, o.to(out_ptr.dtype.element_ty),
+             mask=offs_d < D)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
+                     scale: float | None = None, splits: int | None = None) -> torch.Tensor:
+    """sdpa for one query position: q [B, Hq, 1, D], k/v [B, Hkv, Lk, D], mask broadcasting to
+    [B, Hq, 1, Lk] or None (shapes checked by `attention`, which calls this)."""
+    B, Hq, _, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    cfg = decode_attention_blocks(B * Hkv, group, Lk, D, q.dtype, device_arch(q.device), mask is not None)
+    n_splits = max(1, min(splits or cfg["splits"], triton.cdiv(Lk, cfg["BLOCK_N"])))
+    keys_per_split = triton.cdiv(triton.cdiv(Lk, n_splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
+    n_splits = triton.cdiv(Lk, keys_per_split)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    mask_kind, m = "none", out
+    if mask is not None:
+        m = mask.expand(B, Hq, 1, Lk)
+        mask_kind = "bool" if m.dtype == torch.bool else "add"
+        m = m.view(torch.uint8) if m.dtype == torch.bool else m
+    ms = (m.stride(0), m.stride(1), m.stride(3)) if mask is not None else (0, 0, 0)
+    bd = cfg["BLOCK_D"]
+    final = n_splits == 1
+    part = out if final else torch.empty((B * Hq * n_splits, bd), dtype=torch.float32, device=q.device)
+    ml = out if final else torch.empty((B * Hq * n_splits, 2), dtype=torch.float32, device=q.device)
+    qk_scale = float(scale if scale is not None else 1.0 / math.sqrt(D)) * LOG2E
+    decode_split_kernel[(n_splits, B * Hkv)](
+        q, k, v, m, out, part, ml, Hq, Lk, D, group, qk_scale, keys_per_split,
+        q.stride(0), q.stride(1), q.stride(3), *k.stride(), *v.stride(), *ms,
+        out.stride(0), out.stride(1), out.stride(3),
+        BLOCK_G=cfg["BLOCK_G"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, MASK_KIND=mask_kind, FINAL=final,
+        **dot_options(q.dtype, k.dtype, v.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if not final:
+        decode_combine_kernel[(B * Hq,)](out, part, ml, Hq, D, n_splits, out.stride(0), out.stride(1), out.stride(3),
+                                         BLOCK_S=triton.next_power_of_2(n_splits), BLOCK_D=bd, num_warps=4)
+    return out

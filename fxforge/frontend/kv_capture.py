@@ -1,0 +1,119 @@
+"""Capture of a Hugging Face decoder LM's step with fxforge's own static KV cache (issue #13).
+
+`capture_decoder(model, batch, max_length)` exports one graph,
+
+    step(input_ids[B, T], cache_position[T], kv=(k_0, v_0, ..., k_{L-1}, v_{L-1})) -> logits[B, T, V]
+
+where every cache is a run-time input of static shape [B, H_kv, max_length, D], written in place at
+`cache_position` (RoPE already applied to keys) by `cache_write` ops, and attention reads the whole
+cache under HF's mask built from `cache_position` (the device-side length: rows past it are masked).
+T is dynamic: the same graph runs the prefill (T = prompt length) and every decode step (T = 1).
+
+Decisions (the capture route):
+- torch.export of a wrapper whose cache object is an HF `Cache` of `StaticLayer`s bound to the input
+  tensors, with `update` writing at the given positions (HF's own StaticLayer counts positions in a
+  tensor of its own state, which an exported graph cannot keep). HF computes RoPE, GQA and the mask as
+  in eager, so the tokens are eager's; no model code is rewritten.
+- The writes are `aten.index_copy_` on graph inputs: lowered to `cache_write` (in place, no copy of
+  the cache), and only the cache inputs may be written (anything else is refused as `compile_aot` does).
+- Batch and max length are static per capture (one graph per (batch bucket, max length)); the
+  runtime (`runtime/generate.py`) owns the preallocated caches.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.export import Dim
+
+from fxforge.errors import CaptureError, NotCompilableError
+from fxforge.frontend.export import Capture, _written_placeholders, lower_exported
+from fxforge.ir.calling import DECODE_STEP_ARGS
+
+STEP_ARGS = list(DECODE_STEP_ARGS)  # the step's signature: how a CompiledModule knows it can generate
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """The caches of one decoder: `layers` pairs (k, v) of [batch, kv_heads, max_length, head_dim]."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    batch: int
+    max_length: int
+    dtype: torch.dtype
+
+    def allocate(self, device: Any = "cpu") -> tuple[torch.Tensor, ...]:
+        shape = (self.batch, self.kv_heads, self.max_length, self.head_dim)
+        return tuple(torch.zeros(shape, dtype=self.dtype, device=device) for _ in range(2 * self.layers))
+
+
+def kv_layout(model: torch.nn.Module, batch: int, max_length: int) -> KVLayout:
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    if text is None or not hasattr(text, "num_hidden_layers") or not hasattr(text, "num_attention_heads"):
+        raise NotCompilableError(f"{type(model).__name__} is not a Hugging Face decoder LM (no config with "
+                                 "num_hidden_layers/num_attention_heads); compile_decoder takes e.g. LlamaForCausalLM")
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    dtype = next(model.parameters()).dtype
+    return KVLayout(text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim, batch,
+                    max_length, dtype)
+
+
+def _step_module(model: torch.nn.Module) -> torch.nn.Module:
+    from transformers.cache_utils import Cache, StaticLayer  # only HF decoders come here
+
+    class _Layer(StaticLayer):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor) -> None:
+            super().__init__(keys.shape[2])
+            self.keys, self.values, self.pos = keys, values, pos
+            self.cumulative_length = pos[0]  # HF builds the mask's query positions from it: the device-side length
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            self.keys.index_copy_(2, self.pos, key_states.to(self.keys.dtype))
+            self.values.index_copy_(2, self.pos, value_states.to(self.values.dtype))
+            return self.keys, self.values
+
+    class DecodeStep(torch.nn.Module):
+        def __init__(self, lm: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = lm
+
+        def forward(self, input_ids, cache_position, kv):
+            cache = Cache(layers=[_Layer(kv[2 * i], kv[2 * i + 1], cache_position) for i in range(len(kv) // 2)])
+            positions = cache_position[None].expand(input_ids.shape[0], -1)
+            return self.model(input_ids=input_ids, past_key_values=cache, cache_position=cache_position,
+                              position_ids=positions, use_cache=True).logits
+
+    return DecodeStep(model).eval()
+
+
+def capture_decoder(model: torch.nn.Module, batch: int, max_length: int) -> tuple[Capture, KVLayout]:
+    """Export the decode step of `model` for one (batch, max_length) and lower it (see the docstring)."""
+    layout = kv_layout(model, batch, max_length)
+    step = _step_module(model)
+    device = next(model.parameters()).device
+    ids = torch.zeros((batch, 2), dtype=torch.long, device=device)  # T=2: stays dynamic (1 would be specialised)
+    pos = torch.arange(2, device=device)
+    kv = layout.allocate(device)
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(step, (ids, pos, kv), dynamic_shapes=({1: Dim.AUTO}, {0: Dim.AUTO}, (None,) * len(kv)),
+                                     strict=False)
+    except Exception as e:  # torch raises many kinds; all mean "not capturable"
+        raise CaptureError(f"torch.export could not capture the decode step of {type(model).__name__}: "
+                           f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+    user = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    written = _written_placeholders(ep) - set(user[2:])
+    if written or ep.graph_signature.buffers_to_mutate:
+        raise CaptureError(f"the decode step of {type(model).__name__} writes {sorted(written)} besides its KV cache; "
+                           "fxforge's decode capture only lets the cache be written")
+    lowered = lower_exported(ep, step)
+    return Capture(lowered, ep.call_spec.in_spec, ep.call_spec.out_spec, time.perf_counter() - start, []), layout

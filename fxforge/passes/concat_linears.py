@@ -1,0 +1,106 @@
+"""Concatenate the linears that read the same input into one GEMM (issue #13, fewer launches).
+
+Q, K and V projections (and any other siblings: an MLP's gate and up) read one activation: one
+`linear` with their weights stacked along the output dim, then a `slice` per original result (a view,
+read by stride), so a decode step launches one GEMM where it launched three.
+
+    %q = linear(%x, %wq, %bq); %k = linear(%x, %wk, %bk); %v = linear(%x, %wv, %bv)
+ -> %qkv = linear(%x, %wqkv, %bqkv); %q = slice(%qkv) {dim=-1, end=Nq}; %k = slice(...); %v = slice(...)
+
+Decisions:
+- Only dense `linear`s whose weights (and biases, all or none) are plain constants of one dtype:
+  encoded weights are the quantize pass's, and their GEMMs are another template.
+- A group whose linears each carry a fusible consumer keeps those consumers: the fuse pass sees a
+  GEMM followed by views and fuses what it can; the SwiGLU pattern (silu(gate) * up) is then one
+  pointwise kernel on the two slices, as many launches as before, so MLP siblings are left alone
+  unless `concat_linears.mlp` is set (a SwiGLU GEMM epilogue is the open half of this item).
+- The stacked weight is a new weight (`<prefix>.{q_proj+k_proj+v_proj}.weight`); the originals go
+  with dce. Runs for the generated-kernel executors, before dce.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fxforge.ir.graph import Graph, Op, Value
+from fxforge.passes.manager import PassContext
+
+
+def _const_weight(graph: Graph, v: Value) -> str | None:
+    p = v.producer
+    if p is None or p.opcode != "const" or v.type.encoding is not None:
+        return None
+    return p.attrs["weight"]
+
+
+def _feeds_swiglu(op: Op) -> bool:
+    """The linear's result is gated by another linear's result (silu(gate) * up): an MLP sibling."""
+    return any(u.opcode in ("silu", "mul") for u in op.result.uses)
+
+
+def _groups(graph: Graph, mlp: bool) -> list[list[Op]]:
+    groups = []
+    for x in graph.values():
+        users = [u for u in dict.fromkeys(x.uses) if u.opcode == "linear" and u.operands[0] is x]
+        users = [u for u in users if _const_weight(graph, u.operands[1]) is not None
+                 and (len(u.operands) < 3 or _const_weight(graph, u.operands[2]) is not None)]
+        if not mlp:
+            users = [u for u in users if not _feeds_swiglu(u)]
+        if len(users) < 2:
+            continue
+        first = users[0]
+        same = [u for u in users if u.operands[1].type.dtype == first.operands[1].type.dtype
+                and len(u.operands) == len(first.operands)
+                and u.operands[1].type.shape[1] == first.operands[1].type.shape[1]]
+        if len(same) >= 2:
+            groups.append(sorted(same, key=graph.ops.index))
+    return groups
+
+
+def _stacked_name(names: list[str]) -> str:
+    parts = [n.split(".") for n in names]
+    head = 0
+    while all(len(p) > head + 1 and p[head] == parts[0][head] for p in parts):
+        head += 1
+    tail = 0
+    while all(len(p) > head + tail + 1 and p[-1 - tail] == parts[0][-1 - tail] for p in parts):
+        tail += 1
+    mid = "+".join(".".join(p[head:len(p) - tail]) for p in parts)
+    return ".".join(parts[0][:head] + ["{" + mid + "}"] + (parts[0][len(parts[0]) - tail:] if tail else []))
+
+
+def _stack(graph: Graph, anchor: Op, operands: list[Value]) -> Value:
+    names = [operand.producer.attrs["weight"] for operand in operands]
+    name = _stacked_name(names)
+    graph.add_weight(name, torch.cat([graph.weight(n).data for n in names], dim=0))
+    return graph.insert_before(anchor, "const", attrs={"weight": name}, name=name.rsplit(".", 1)[0].split(".")[-1]).result
+
+
+def concat_group(graph: Graph, group: list[Op]) -> None:
+    anchor = group[0]
+    x = anchor.operands[0]
+    w = _stack(graph, anchor, [op.operands[1] for op in group])
+    bias = [_stack(graph, anchor, [op.operands[2] for op in group])] if len(anchor.operands) == 3 else []
+    fused = graph.insert_before(anchor, "linear", [x, w, *bias], name="qkv").result
+    start, parts = 0, []
+    for op in group:
+        n = op.operands[1].type.shape[0]
+        parts.append(graph.insert_before(anchor, "slice", [fused], {"dim": fused.type.rank - 1, "start": start,
+                                                                   "end": start + n}).result)
+        start += n
+    for op, part in zip(group, parts):
+        graph.replace_op(op, [part])
+
+
+class ConcatLinears:
+    """stats: groups (how many), linears (how many became part of one)."""
+
+    name = "concat_linears"
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        groups = _groups(graph, bool(ctx.option("concat_linears.mlp", False)))
+        for group in groups:
+            concat_group(graph, group)
+        ctx.stats["groups"] = len(groups)
+        ctx.stats["linears"] = sum(len(g) for g in groups)
+        return graph
