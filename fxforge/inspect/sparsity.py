@@ -5,8 +5,10 @@ skip-vs-error curve against the oracle (the `ffn_skip` pass's `quality` statisti
 Decisions:
 - The mask is decoded from the stored index bits, not recomputed from the values: it shows what the
   kernel reads, zeros kept by the mask included.
-- The heat map's cells are counted skips (`runtime.counters`), one column per input the caller ran;
-  per token figures are not recorded by the runtime (it counts per FFN block and call).
+- The heat map's cells are counted skips (`runtime.counters`), one column per input the caller ran
+  (`skip_shares`) or per token of one text (`skip_by_token`). The runtime counts per FFN block and call,
+  so a token's cell is the count on its prefix minus the count on the prefix one shorter: exact for a
+  causal model, whose earlier rows (and their gates) do not depend on later tokens.
 """
 
 from __future__ import annotations
@@ -110,4 +112,22 @@ def skip_shares(compiled: Any, inputs: dict[str, Any]) -> dict[str, dict[str, fl
             skipped = v["skipped"] - before.get(site, {}).get("skipped", 0)
             out[label][site] = skipped / rows if rows else 0.0
         before = {k: dict(v) for k, v in now.items()}
+    return out
+
+
+def skip_by_token(compiled: Any, ids: torch.Tensor, labels: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Per token of one sequence `ids` [1, T] (a causal LM): {label: {site: 1.0 if its FFN row was skipped
+    else 0.0}}, from the counted skips of each prefix (see the module's Decisions)."""
+    if ids.dim() != 2 or ids.shape[0] != 1:
+        raise ConfigError(f"skip_by_token takes one sequence of token ids [1, T], got shape {tuple(ids.shape)}")
+    labels = labels or [str(int(t)) for t in ids[0]]
+    prefixes = {f"{i}": ids[:, : i + 1] for i in range(ids.shape[1])}
+    per_prefix = skip_shares(compiled, prefixes)
+    out: dict[str, dict[str, float]] = {}
+    previous: dict[str, float] = {}
+    for i, (key, shares) in enumerate(per_prefix.items()):
+        n = int(key) + 1  # rows of this prefix: skipped rows = share * n
+        skipped = {site: round(share * n) for site, share in shares.items()}
+        out[f"{i}:{labels[i]}"] = {site: float(skipped[site] - previous.get(site, 0)) for site in skipped}
+        previous = skipped
     return out

@@ -5,7 +5,7 @@ import torch
 
 from fxforge import testing as zoo
 from fxforge.errors import ConfigError
-from fxforge.inspect import layer_errors, nm_mask, plot_ffn_skip, plot_histograms, plot_nm_mask, plot_quant, skip_shares
+from fxforge.inspect import layer_errors, nm_mask, plot_ffn_skip, plot_histograms, plot_nm_mask, plot_quant, skip_by_token, skip_shares
 
 Q = "model.layers.1.self_attn.q_proj.weight.nm"
 
@@ -69,3 +69,15 @@ def test_ffn_skip_heat_map_is_the_counted_share(skipping):
     assert len(curve.lines) == 2 * len(gated) > 0
     calib = plot_ffn_skip(skipping.record.trace).axes[0]
     assert [t.get_text() for t in calib.get_xticklabels()] == ["calibration"]
+
+
+def test_ffn_skip_per_token_adds_up_to_the_whole_sequence(skipping):
+    ids = torch.tensor([list(b"The quick brown fox jumps.")])
+    tokens = skip_by_token(skipping, ids, labels=[chr(c) for c in ids[0]])
+    assert len(tokens) == ids.shape[1] and all(v in (0.0, 1.0) for t in tokens.values() for v in t.values())
+    whole = skip_shares(skipping, {"all": ids})["all"]
+    for site, share in whole.items():  # causal: the per-token skips are the whole sequence's
+        assert sum(t[site] for t in tokens.values()) == round(share * ids.shape[1])
+    assert any(v for t in tokens.values() for v in t.values())
+    heat = plot_ffn_skip(skipping, tokens).axes[0]
+    assert heat.images[0].get_array().shape == (4, ids.shape[1]) and heat.get_xticklabels()[0].get_text() == "0:T"
