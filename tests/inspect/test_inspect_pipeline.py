@@ -35,3 +35,20 @@ def test_diff_is_side_by_side_html_of_the_changed_lines():
 def test_diff_of_a_pass_that_did_not_run_names_the_ones_that_did(dense):
     with pytest.raises(KeyError, match="it ran"):
         show_diff(dense.record.trace, "no_such_pass")
+
+
+def test_plotting_libraries_are_imported_only_when_drawing():
+    import subprocess
+    import sys
+
+    code = "import sys, fxforge.inspect; print(sorted({'matplotlib', 'pygments'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_missing_extra_names_what_to_install():
+    from fxforge.errors import ConfigError
+    from fxforge.inspect._common import optional
+
+    with pytest.raises(ConfigError, match=r"fxforge\[notebook\]"):
+        optional("matplotlib_that_is_not_installed")
