@@ -53,6 +53,9 @@ class CompileConfig:
         calibration). solver_target: what the second-order solver reconstructs when pruning:
         "reference" (default: the dense model's layer output, from the inputs the pruned model really
         gives the layer) or "layer" (the layer's own output: plain sequential SparseGPT).
+        sparsity_refine: steps of block-output reconstruction after pruning (kept values refit, masks
+        fixed, so each pruned block reproduces the dense block's outputs on the calibration data);
+        None: on with calibration (`sparsify_refine.DEFAULT_STEPS`), 0: off.
         See `fxforge.passes.sparsify`.
     """
 
@@ -85,6 +88,7 @@ class CompileConfig:
     sparsity_overrides: dict[str, str | None] = field(default_factory=dict)
     sparsity_method: str | None = None
     solver_target: str | None = None
+    sparsity_refine: int | None = None
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTOR_CHOICES:
@@ -178,5 +182,8 @@ def _check_sparsity(cfg: CompileConfig) -> None:
         problem = sparsity_options_problem(cfg.sparsity, cfg.sparsity_overrides, cfg.sparsity_method)
         if problem:
             raise ConfigError(problem)
+    refine = cfg.sparsity_refine
+    if refine is not None and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
+        raise ConfigError(f"sparsity_refine={refine!r} must be an int >= 0 (steps of block-output refitting; 0: off) or None")
     if cfg.solver_target not in (None, "reference", "layer"):
         raise ConfigError(f"solver_target={cfg.solver_target!r} must be 'reference', 'layer' or None")

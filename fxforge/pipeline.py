@@ -106,7 +106,7 @@ QUANTIZE_OPTIONS = {"quantize": "scheme", "quantize_overrides": "overrides", "qu
                     "quantize_pow2_round": "pow2_round", "lorc_rank": "lorc_rank", "quantize_method": "method",
                     "gptq": "gptq"}
 SPARSIFY_OPTIONS = {"sparsity": "pattern", "sparsity_overrides": "overrides", "sparsity_method": "method",
-                    "solver_target": "target"}
+                    "solver_target": "target", "sparsity_refine": "refine"}
 FFN_SKIP_OPTIONS = {"ffn_skip": "target", "ffn_skip_gate": "gate", "ffn_skip_warmup": "warmup",
                     "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides"}
 

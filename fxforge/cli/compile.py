@@ -112,6 +112,8 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
                "N:M pruning of every linear but lm_head (e.g. 2:4, 4:8; composes with --quantize)"),
     ConfigFlag("--sparsity-method", "sparsity_method", lambda flag, v: v.strip(), "METHOD",
                "magnitude, wanda or sparsegpt (default: sparsegpt with --calibration, else magnitude)"),
+    ConfigFlag("--sparsity-refine", "sparsity_refine", _count(0), "STEPS",
+               "steps of block-output refitting of the kept values after pruning (default: on with --calibration; 0: off)"),
     ConfigFlag("--ffn-skip", "ffn_skip", _share, "SHARE",
                "skip this share of FFN token-rows at run time, per token, by a gate fitted on --calibration (0 < SHARE <= 0.9)"),
     ConfigFlag("--ffn-skip-gate", "ffn_skip_gate", _choice(("linear", "carry", "oracle")), "linear|carry|oracle",

@@ -14,7 +14,7 @@ kernels go to buffers reused once their values and views are dead; graph outputs
 render tables (`expr_ops`, `host_ops`, `template_calls`, the row bodies in `kernels`), and the
 assembler (`assemble.py`: only the imports and helpers the module uses, long calls wrapped). This
 module walks the steps and glues them. Weights reach `run` in its `weights` dict: dense tensors,
-except the `#quantized` ones that only qlinear groups read, which come as their encoded `Weight`
+except the `#quantized` / `#nm` ones that only qlinear (or sparse linear) groups read, which come as their encoded `Weight`
 (codes + scales in the payload): the qlinear kernels decode them tile by tile and no dequantized copy
 of the weight is ever made (an encoded weight that a host op also reads is decoded for that op
 alone). The module is written to a file (Triton needs the source of its kernels) and imported;
@@ -74,9 +74,13 @@ class GeneratedModule:
     symbols: list[str] = field(default_factory=list)
 
 
+ENCODED_READERS = ("qlinear", "linear")  # anchors whose kernel group reads its weight encoded (linear: `#nm`)
+
+
 def encoded_consts(graph: Graph, part: Partition) -> set[int]:
-    """ids of the `const` ops whose result is read only as the weight of qlinear kernel groups:
-    `run` gets their weight encoded (a `Weight`), for the qlinear template to decode in its kernel."""
+    """ids of the `const` ops whose result is read only as the weight of qlinear (or `#nm` linear) kernel
+    groups: `run` gets their weight encoded (a `Weight`), for the template to decode in its kernel (the
+    fusion rules put an encoded linear weight in a group only when a template reads it)."""
     in_group = part.group_of()
     outputs = {id(v) for v in graph.outputs}
     out: set[int] = set()
@@ -84,7 +88,7 @@ def encoded_consts(graph: Graph, part: Partition) -> set[int]:
         if op.opcode != "const" or id(op.result) in outputs or op.result.type.encoding is None:
             continue
         uses = op.result.uses
-        if uses and all(u.opcode == "qlinear" and id(u) in in_group and u.operands[1] is op.result for u in uses):
+        if uses and all(u.opcode in ENCODED_READERS and id(u) in in_group and u.operands[1] is op.result for u in uses):
             out.add(id(op))
     return out
 

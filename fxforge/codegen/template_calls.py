@@ -5,6 +5,8 @@ kernel group (`@template_renders("linear")`), printing the call of the hand-writ
 Decisions:
 - Keyword arguments appear only when they differ from the template's default, so a plain GEMM
   reads `_linear(x, w)`.
+- An anchor whose weight is encoded for a template of its own (`#nm`: the sparse templates) is
+  rendered by the `(opcode, encoding)` table first; the call keeps the plain template's arguments.
 - `matmul(a, b)` with an epilogue runs as `linear(a, b^T)` (the linear template has the epilogue;
   `b.t()` is a view, no copy); a plain matmul calls the batched `_matmul` template.
 """
@@ -21,21 +23,33 @@ from fxforge.ir.partition import KernelGroup
 Names = Callable[[Value], str]
 TemplateRenderer = Callable[[KernelGroup, Names], str]
 TEMPLATE_RENDERERS: dict[str, TemplateRenderer] = {}
+# anchors whose weight operand carries an encoding with a template of its own: (opcode, encoding kind)
+ENCODED_TEMPLATE_RENDERERS: dict[tuple[str, str], TemplateRenderer] = {}
 
 
-def template_renders(*opcodes: str) -> Callable[[TemplateRenderer], TemplateRenderer]:
-    """Register the template call of kernel groups anchored by these opcodes."""
+def template_renders(*opcodes: str, encoding: str | None = None) -> Callable[[TemplateRenderer], TemplateRenderer]:
+    """Register the template call of kernel groups anchored by these opcodes (with `encoding`: only
+    when the anchor's weight operand has that encoding kind, e.g. "nm"; tried before the plain one)."""
 
     def deco(fn: TemplateRenderer) -> TemplateRenderer:
-        TEMPLATE_RENDERERS.update(dict.fromkeys(opcodes, fn))
+        if encoding is None:
+            TEMPLATE_RENDERERS.update(dict.fromkeys(opcodes, fn))
+        else:
+            ENCODED_TEMPLATE_RENDERERS.update({(op, encoding): fn for op in opcodes})
         return fn
 
     return deco
 
 
+def _weight_kind(op) -> str | None:
+    enc = op.operands[1].type.encoding if len(op.operands) > 1 else None
+    return getattr(enc, "kind", None)
+
+
 def render_template(g: KernelGroup, n: Names) -> str:
     """The call expression of a template kernel group."""
-    render = TEMPLATE_RENDERERS.get(g.ops[0].opcode)
+    anchor = g.ops[0]
+    render = ENCODED_TEMPLATE_RENDERERS.get((anchor.opcode, _weight_kind(anchor))) or TEMPLATE_RENDERERS.get(anchor.opcode)
     if render is None:
         raise NotImplementedError(f"no template call for a {g.kind} group anchored by {g.ops[0].opcode!r}")
     return render(g, n)
@@ -75,18 +89,24 @@ def _has_epilogue(p: dict[str, Any]) -> bool:
             or p["activation"] != "none" or p["out_dtype"] is not None)
 
 
-def _linear_call(g: KernelGroup, n: Names, weight: str) -> str:
+def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear") -> str:
     """`_linear(x, weight, [bias], <epilogue>)`; `weight` is the [N, K] operand's expression."""
     op, p = g.ops[0], g.params
     bias = op.operands[2] if len(op.operands) > 2 else p["bias"]
     args = [n(op.operands[0]), weight] + ([n(bias)] if bias is not None else [])
     args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype"))
-    return f"_linear({', '.join(args)})"
+    return f"{template}({', '.join(args)})"
 
 
 @template_renders("linear")
 def _linear(g: KernelGroup, n: Names) -> str:
     return _linear_call(g, n, n(g.ops[0].operands[1]))
+
+
+@template_renders("linear", encoding="nm")
+def _nm_linear(g: KernelGroup, n: Names) -> str:
+    """`_nm_linear(x, w, [bias], <epilogue>)`: w is the `#nm` `Weight` (kept values + index)."""
+    return _linear_call(g, n, n(g.ops[0].operands[1]), "_nm_linear")
 
 
 @template_renders("matmul")
@@ -96,6 +116,12 @@ def _matmul(g: KernelGroup, n: Names) -> str:
         return _linear_call(g, n, f"{n(op.operands[1])}.t()")  # matmul(a, b) = linear(a, b^T)
     kw = [f"scale={p['scale']!r}"] if p["scale"] != 1.0 else []
     return f"_matmul({', '.join([n(v) for v in op.operands] + kw)})"
+
+
+@template_renders("qlinear", encoding="nm")
+def _nm_qlinear(g: KernelGroup, n: Names) -> str:
+    """`_nm_qlinear(x, w, scheme, [bias], <epilogue>)`: w is the `#nm` `Weight` of quantized kept values."""
+    return _qlinear(g, n).replace("_qlinear(", "_nm_qlinear(", 1)
 
 
 @template_renders("qlinear")

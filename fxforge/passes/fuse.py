@@ -29,6 +29,9 @@ The rule table (`FUSION_RULES` prints it):
   outputs (the common input is loaded once). It runs where the last of them did, so every outside
   reader of an earlier one's outputs must come after that point. At most MAX_HORIZONTAL outputs.
 - attention: alone (the flash-attention template).
+- nm: a `linear`/`qlinear` whose weight is an `#nm` const runs the N:M sparse template of its GEMM rule
+  (`ENCODED_GEMM_RULES`: the dense epilogue for `linear`, the qlinear one for `qlinear`); the pass's
+  statistics say which path each pruned layer took (`sparse_paths`: template or host, and why).
 Everything else runs on the host with torch, reason recorded: views (reshape, permute, expand,
 slice are strided views; cat not fused as above, index_select, gather copy on the host), sources (const, full,
 arange), externs, embedding (a gather), reductions not over the last dim, and pointwise ops
@@ -59,6 +62,8 @@ from fxforge.passes.fusion_rules import (
     same_shape,
     scale_of,
     single_use,
+    sparse_paths,
+    weight_encoding_kind,
 )
 from fxforge.passes.manager import PassContext
 
@@ -249,6 +254,9 @@ class _Partitioner:
             members.append(user)
             y = user.result
         reason = "gemm + epilogue (" + ", ".join(m.opcode for m in members[1:]) + ")" if len(members) > 1 else "gemm alone"
+        if weight_encoding_kind(op) == "nm":
+            enc = op.operands[1].type.encoding
+            reason = f"N:M sparse template ({enc.n}:{enc.m}, {enc.scheme or 'fp16/bf16'} kept values): {reason}"
         self.claim(KernelGroup("gemm", members, [], [], reason, params))
 
     def epilogue_step(self, op: Op, rule: GemmRule, user: Op, y: Value, start: int,
@@ -321,5 +329,8 @@ class FusePass:
         part = fuse(graph).partition
         assert part is not None
         ctx.stats.update(part.stats())
+        paths = sparse_paths(graph, part)
+        if paths:
+            ctx.stats["sparse_paths"] = paths
         ctx.stats["rules"] = FUSION_RULES
         return graph

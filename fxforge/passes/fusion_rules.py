@@ -16,7 +16,7 @@ from typing import Any
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.lowp_ops import SCHEMES
-from fxforge.ir.types import Quantized, dims_equal
+from fxforge.ir.types import NM, Quantized, dims_equal
 
 FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
@@ -29,6 +29,8 @@ FUSION_RULES = {
                   "kernel, several outputs",
     "attention": "attention alone (flash-attention template)",
     "hadamard": "hadamard alone (fast Walsh-Hadamard template)",
+    "nm": "linear/qlinear of an #nm const weight (M divides 32; qlinear: no LoRC): the N:M sparse template "
+          "(kept values + index expanded in registers) with its GEMM rule's epilogue",
 }
 
 MAX_ROW = 65536  # row kernels hold one row in one tile
@@ -101,6 +103,38 @@ def qlinear_ok(op: Op) -> bool:
     return all(v.type.dtype in QLINEAR_DTYPES and v.type.encoding is None for v in [x, *rest, op.result])
 
 
+def _nm_weight(op: Op) -> NM | None:
+    """The `#nm` encoding of a GEMM's weight when a sparse template can read it: a single-use `const`
+    whose pattern tiles into 32 columns (M divides 32), else None."""
+    w = op.operands[1]
+    enc, const = w.type.encoding, w.producer
+    if not isinstance(enc, NM) or const is None or const.opcode != "const" or len(w.uses) != 1 or 32 % enc.m:
+        return None
+    return enc
+
+
+def nm_linear_ok(op: Op) -> bool:
+    """Can the N:M sparse GEMM template (`codegen.templates.sparse_gemm`) run this `linear`: a plain `#nm`
+    weight (16-bit kept values), every other operand a float tensor of a kernel dtype."""
+    enc = _nm_weight(op)
+    others = [v for i, v in enumerate([*op.operands, op.result]) if i != 1]
+    return (enc is not None and enc.scheme is None
+            and all(v.type.dtype in QLINEAR_DTYPES and v.type.encoding is None for v in others))
+
+
+def nm_qlinear_ok(op: Op) -> bool:
+    """Can the quantized-value sparse template (`codegen.templates.sparse_qlinear`) run this `qlinear`: an
+    `#nm` weight whose kept values are quantized with the op's scheme (no LoRC), float activations."""
+    enc = _nm_weight(op)
+    if enc is None or enc.scheme != op.attrs["scheme"] or op.attrs["lorc_rank"] > 0:
+        return False
+    sc = SCHEMES.get(enc.scheme)
+    if sc is None or op.attrs["act_format"] != sc.act_format or (sc.weight_format in ("i8", "f8e4m3") and enc.group):
+        return False
+    x, _w, *rest = op.operands
+    return all(v.type.dtype in QLINEAR_DTYPES and v.type.encoding is None for v in [x, *rest, op.result])
+
+
 def _always(op: Op) -> bool:
     return True
 
@@ -128,14 +162,44 @@ GEMM_RULES = {
     "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, ()),
     "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=False, mul=False),  # operands x, w, [bias], [u, v]
 }
+# anchors whose weight has an encoding another template reads: (opcode, encoding kind) -> rule, tried first
+ENCODED_GEMM_RULES = {
+    ("linear", "nm"): GemmRule(nm_linear_ok, _always, (3,)),  # sparse_gemm: the dense epilogue
+    ("qlinear", "nm"): GemmRule(nm_qlinear_ok, _always, (3,), scale=False, mul=False),  # sparse_qlinear
+}
+
+
+def weight_encoding_kind(op: Op) -> str | None:
+    """The encoding kind ("nm", "quantized", ...) of a GEMM op's weight operand, None when plain."""
+    enc = op.operands[1].type.encoding if len(op.operands) > 1 else None
+    return getattr(enc, "kind", None)
 
 
 def gemm_rule(op: Op | None) -> GemmRule | None:
     """The anchor rule of a GEMM op the template can run, else None."""
     if op is None or op.opdef.kernel != "gemm":
         return None
-    rule = GEMM_RULES.get(op.opcode)
+    rule = ENCODED_GEMM_RULES.get((op.opcode, weight_encoding_kind(op))) or GEMM_RULES.get(op.opcode)
     return rule if rule is not None and rule.ok(op) else None
+
+
+def sparse_paths(graph: Graph, part: Any) -> dict[str, str]:
+    """For each linear/qlinear of an `#nm` weight, by layer name: the path it runs (the sparse template of
+    its kernel group, or host torch on the decoded weight, and why)."""
+    groups = part.group_of()
+    out: dict[str, str] = {}
+    for op in graph.ops:
+        if op.opcode not in ("linear", "qlinear") or weight_encoding_kind(op) != "nm":
+            continue
+        const = op.operands[1].producer
+        name = const.attrs["weight"] if const is not None and const.opcode == "const" else "%" + op.result.name
+        name = name.removesuffix(".nm").removesuffix(".weight")
+        enc = op.operands[1].type.encoding
+        if id(op) in groups:
+            out[name] = "nm_qlinear template (" + enc.scheme + ")" if enc.scheme else "nm_linear template"
+        else:
+            out[name] = "host torch (decoded weight): " + part.host.get(id(op), "not in a kernel group")
+    return out
 
 
 def pointwise_ok(op: Op | None) -> bool:

@@ -9,6 +9,9 @@ Options (`ctx.option("sparsify.<name>")`, from `CompileConfig.sparsity*` and `so
                           from w²/[H⁻¹]_jj per block, OBS update of the kept weights); None: the best
                           the calibration allows (sparsegpt with calibration, else magnitude)
     "sparsify.target"     "reference" (default) or "layer": what the solver reconstructs (`gptq.solve_weight`)
+    "sparsify.refine"     steps of block-output reconstruction after pruning (`sparsify_refine.py`: the
+                          kept values refit, masks fixed, to the dense blocks' outputs); None: DEFAULT_STEPS
+                          with calibration, 0 without; 0: off
     "quantize.scheme", "quantize.overrides", "quantize.group", "quantize.pow2_round" (and the methods
         of `quant_methods.resolve_methods` for GPTQ): composition. A layer that also gets a scheme is
         pruned and quantized in one pass of the solver (prune, then quantize the survivors with error
@@ -50,6 +53,7 @@ from fxforge.passes.gptq import solve_weight
 from fxforge.passes.hessian import Hessian, run_stages
 from fxforge.passes.linear_sites import RANDOM_ROWS, choose_by_pattern, embedding_tables, free_name, relative_error, skip_reason
 from fxforge.passes.manager import PassContext
+from fxforge.passes.sparsify_refine import DEFAULT_STEPS, refine
 
 METHODS = SPARSITY_METHODS
 NEEDS_CALIBRATION = ("wanda", "sparsegpt")
@@ -251,16 +255,19 @@ def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
         layers[layer.name] = _rewrite(graph, layer, method, hessian, calib.sites.get(layer.name) if calib else None, opts)
 
     needs_h = calibration and (method != "magnitude" or (opts.get("gptq") is not False and any(p.scheme for p in plan)))
+    steps = refine_steps(opts.get("refine"), calibration)
+    dense = parse_graph(print_graph(graph), dict(graph.weights)) if calibration and (needs_h or steps) else None
     if needs_h:
         target = opts.get("target") or "reference"
         if target not in ("reference", "layer"):
             raise ConfigError(f"solver_target={target!r} must be 'reference' or 'layer'")
-        reference = parse_graph(print_graph(graph), dict(graph.weights)) if target == "reference" else None
         stats["solver_target"] = target
-        run_stages(graph, calibration, [p.op for p in plan], rewrite, reference=reference)
+        run_stages(graph, calibration, [p.op for p in plan], rewrite, reference=dense if target == "reference" else None)
     else:
         for p in plan:
             rewrite(p.op)
+    if steps and layers:
+        stats["refine"] = refine(graph, dense, calibration, _pruned_ops(graph, layers), steps)
     errors = [v["rel_error"] for v in layers.values()]
     tails = {k: v["dense_tail"] for k, v in layers.items() if v["dense_tail"]}
     if tails:
@@ -275,9 +282,31 @@ def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
+def refine_steps(option: Any, calibration: Any) -> int:
+    """Steps of block-output reconstruction: the option (an int >= 0), or by default DEFAULT_STEPS when
+    calibration is given (0 without: there is nothing to fit)."""
+    if option is None:
+        return DEFAULT_STEPS if calibration else 0
+    if isinstance(option, bool) or not isinstance(option, int) or option < 0:
+        raise ConfigError(f"sparsity_refine={option!r} must be an int >= 0 (steps of block-output refitting; 0: off)")
+    return option if calibration else 0
+
+
+def _pruned_ops(graph: Graph, layers: dict[str, Any]) -> dict[str, Op]:
+    """The rewritten linear / qlinear of each pruned layer, by layer name."""
+    out = {}
+    for op in graph.ops:
+        const = op.operands[1].producer if op.opcode in ("linear", "qlinear") and len(op.operands) > 1 else None
+        if const is not None and const.opcode == "const":
+            name = const.attrs["weight"].removesuffix(".nm").removesuffix(".weight")
+            if name in layers:
+                out[name] = op
+    return out
+
+
 # this pass's options ("sparsify.<name>") and the quantize options it composes with
 OPTION_KEYS = {"pattern": "sparsify.pattern", "overrides": "sparsify.overrides", "method": "sparsify.method",
-               "target": "sparsify.target", "quantize": "quantize.scheme", "quantize_overrides": "quantize.overrides",
+               "target": "sparsify.target", "refine": "sparsify.refine", "quantize": "quantize.scheme", "quantize_overrides": "quantize.overrides",
                "quantize_group": "quantize.group", "quantize_pow2_round": "quantize.pow2_round"}
 
 

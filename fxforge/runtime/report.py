@@ -77,6 +77,21 @@ class CompileReport:
         that would have run without skipping."""
         return merge_counts([g.program.counters for g in self.graphs])
 
+    @property
+    def sparse_paths(self) -> dict[str, str]:
+        """Which path each N:M-pruned layer runs, by layer name, over every graph: the sparse template
+        (`nm_linear` / `nm_qlinear`) or host torch on the decoded weight and why (the `fuse` pass's
+        `sparse_paths`); under the `reference` executor (no `fuse`): `ir.evaluate` on the decoded weight."""
+        out: dict[str, str] = {}
+        for g in self.graphs:
+            names = g.trace.names() if g.trace is not None else []
+            if "fuse" in names:
+                out.update(g.trace.record("fuse", -1).stats.get("sparse_paths", {}))
+            elif "sparsify" in names:
+                layers = g.trace.record("sparsify", -1).stats.get("layers", {})
+                out.update(dict.fromkeys(layers, "reference executor: ir.evaluate on the decoded weight"))
+        return out
+
     def __str__(self) -> str:
         if not self.graphs:
             return "fxforge: nothing compiled yet (compilation happens on the first call)"

@@ -23,6 +23,30 @@ def standard_specs() -> list[dict]:
         attention_spec("float32", 512, 512, 64, mask="bool"),
         dict(attention_spec("bfloat16", 2048, 2048, 128, causal=True, gqa=True), min_arch=90),
     ]
+    return specs + sparse_specs()
+
+
+def sparse_specs() -> list[dict]:
+    """The N:M sparse templates: 16-bit kept values (fp16/bf16) and quantized ones (int8, fp8, int4, fp4),
+    decode (M=1) and prefill (M=128) tiles, 2:4, 4:8 (3-bit indices across bytes) and 2:8, with epilogues."""
+    from fxforge.codegen.templates.sparse_gemm import nm_gemm_spec
+    from fxforge.codegen.templates.sparse_qlinear import nm_qlinear_spec
+
+    specs = [
+        nm_gemm_spec("float16", 1, 4096, 4096, 2, 4, bias=True),
+        nm_gemm_spec("float16", 128, 4096, 4096, 2, 4, activation="silu", mul=True, residual=True),
+        nm_gemm_spec("float16", 128, 4096, 4096, 4, 8, bias=True, activation="gelu"),
+        nm_gemm_spec("float16", 1, 4096, 4096, 2, 8),
+        nm_gemm_spec("float32", 16, 512, 512, 2, 4, residual=True),
+        dict(nm_gemm_spec("bfloat16", 128, 4096, 4096, 2, 4, bias=True), min_arch=90),
+        dict(nm_gemm_spec("bfloat16", 1, 4096, 4096, 4, 8), min_arch=90),
+    ]
+    for scheme in ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp"):
+        group = {"w4a16-int4": 64, "w4a8-fp": 16}.get(scheme, 0)
+        specs += [nm_qlinear_spec(scheme, "float16", 1, 4096, 4096, 2, 4, group=group, bias=True),
+                  nm_qlinear_spec(scheme, "float16", 128, 4096, 4096, 2, 4, group=group, activation="silu", residual=True),
+                  nm_qlinear_spec(scheme, "float32", 16, 512, 512, 4, 8, group=group)]
+    specs.append(dict(nm_qlinear_spec("w4a16-int4", "bfloat16", 128, 4096, 4096, 2, 4, group=64), min_arch=90))
     return specs
 
 

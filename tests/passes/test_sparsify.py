@@ -142,10 +142,12 @@ def test_inspect_quant_shows_pruned_layers():
 
 
 def test_kernel_executor_runs_sparse_layers_as_reference():
-    """Under the Triton executors an #nm weight has no kernel yet: its linear runs on the host with the
-    decoded weight, and the result equals the reference executor's."""
+    """Under the Triton executors a pruned + quantized linear runs the sparse qlinear template (the report
+    names the path per layer), and the result equals the reference executor's."""
     model, x = zoo.build("mlp"), zoo.example_input("mlp")
     ref = fxforge.compile_aot(model, (x,), sparsity="2:4", quantize="w8a8-int8", executor="reference")
     interp = fxforge.compile_aot(model, (x,), sparsity="2:4", quantize="w8a8-int8", executor="interpret")
     assert any(op.opcode == "qlinear" and op.operands[1].type.encoding.kind == "nm" for op in interp.graph.ops)
+    assert interp.fxforge_report.sparse_paths == {"up": "nm_qlinear template (w8a8-int8)",
+                                                  "down": "nm_qlinear template (w8a8-int8)"}
     assert torch.allclose(interp(x), ref(x), atol=1e-5, rtol=1e-5)

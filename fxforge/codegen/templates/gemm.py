@@ -78,6 +78,28 @@ def tile_offsets(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl
 
 
 @triton.jit
+def gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
+                  stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
+                  HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                  HAS_MUL: tl.constexpr):
+    """The dense GEMM epilogue, in registers before the single store (shared by the N:M sparse
+    templates): y = scale * acc -> += bias -> activation -> *= mul -> += residual -> cast, store."""
+    y = acc * scale
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y = apply_activation(y, ACTIVATION)
+    mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_MUL:
+        m_ptrs = mul_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+        y *= tl.load(m_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r_ptrs = res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn
+        y += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def gemm_kernel(
     a_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, mul_ptr,
     M, N, K,
@@ -105,20 +127,9 @@ def gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
 
-    # epilogue, in registers
-    y = acc * scale
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y = apply_activation(y, ACTIVATION)
-    mask = mask_m[:, None] & mask_n[None, :]
-    if HAS_MUL:
-        m_ptrs = mul_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
-        y *= tl.load(m_ptrs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:
-        r_ptrs = res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn
-        y += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
+                  stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
+                  HAS_BIAS, ACTIVATION, HAS_RESIDUAL, HAS_MUL)
 
 
 @triton.jit
