@@ -46,6 +46,7 @@ def plot_build_check(source: Any) -> Any:
                 if not by_kernel[k].get("ok"):
                     bar.set_hatch("//")
         ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)  # an all-zero panel (no spills) reads as zero, not as a band around it
         ax.legend(fontsize=7)
     axes[0, 0].set_title(f"build check: {len(kernels)} kernels on {', '.join(archs)} (hatched: failed build)")
     axes[-1, 0].set_xticks([i + 0.4 - width / 2 for i in range(len(kernels))], kernels, rotation=70, fontsize=6)

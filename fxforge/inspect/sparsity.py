@@ -66,10 +66,10 @@ def _skip_stats(source: Any) -> dict[str, Any]:
     return source
 
 
-def plot_ffn_skip(source: Any, per_input: dict[str, dict[str, float]] | None = None) -> Any:
+def plot_ffn_skip(source: Any, per_input: dict[str, dict[str, float]] | None = None, columns: str = "input") -> Any:
     """Left: share of FFN rows skipped per layer (rows) and input (columns) as a heat map, from counted
     skips (`per_input`: {input label: {site: share}}, see `skip_shares`) or else the calibration shares
-    of the pass's statistics; right: the gate's skip-vs-error curve of each gated layer, dashed: oracle."""
+    of the pass's statistics (`columns` names what a column is); right: the gate's skip-vs-error curve of each gated layer, dashed: oracle."""
     stats = _skip_stats(source)
     layers = stats.get("layers") or {}
     if not layers:
@@ -84,7 +84,7 @@ def plot_ffn_skip(source: Any, per_input: dict[str, dict[str, float]] | None = N
     img = hax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     hax.set_yticks(range(len(sites)), sites, fontsize=7)
     hax.set_xticks(range(len(cols)), cols, rotation=45, fontsize=7)
-    hax.set_title("share of FFN rows skipped (layer x input)")
+    hax.set_title(f"share of FFN rows skipped (layer x {columns})")
     fig.colorbar(img, ax=hax)
     for i, site in enumerate(s for s in sites if "quality" in layers[s]):
         q = layers[site]["quality"]

@@ -79,5 +79,6 @@ def test_ffn_skip_per_token_adds_up_to_the_whole_sequence(skipping):
     for site, share in whole.items():  # causal: the per-token skips are the whole sequence's
         assert sum(t[site] for t in tokens.values()) == round(share * ids.shape[1])
     assert any(v for t in tokens.values() for v in t.values())
-    heat = plot_ffn_skip(skipping, tokens).axes[0]
+    heat = plot_ffn_skip(skipping, tokens, columns="token").axes[0]
+    assert heat.get_title() == "share of FFN rows skipped (layer x token)"
     assert heat.images[0].get_array().shape == (4, ids.shape[1]) and heat.get_xticklabels()[0].get_text() == "0:T"
