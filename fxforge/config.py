@@ -57,6 +57,10 @@ class CompileConfig:
         fixed, so each pruned block reproduces the dense block's outputs on the calibration data);
         None: on with calibration (`sparsify_refine.DEFAULT_STEPS`), 0: off.
         See `fxforge.passes.sparsify`.
+    budget: choose a rewrite per linear (dense or a quantization scheme) minimising the cost model's
+        predicted time while the mean relative L2 error of the model's (first) output on the calibration
+        inputs stays within `budget` (> 0; needs calibration; not with `quantize`). See
+        `fxforge.costmodel.select`; the plan is `report.plan`.
     """
 
     passes: tuple[str, ...] | None = None
@@ -88,6 +92,7 @@ class CompileConfig:
     sparsity_overrides: dict[str, str | None] = field(default_factory=dict)
     sparsity_method: str | None = None
     solver_target: str | None = None
+    budget: float | None = None
     sparsity_refine: int | None = None
 
     def __post_init__(self) -> None:
@@ -97,6 +102,7 @@ class CompileConfig:
         self._check_methods()
         _check_ffn_skip(self)
         _check_sparsity(self)
+        _check_budget(self)
         for name in ("passes", "disable"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
@@ -161,7 +167,11 @@ class CompileConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CompileConfig:
-        return cls.from_options(None, **data)
+        data = dict(data)
+        budget = data.pop("budget", None)  # an artifact's record of it: calibration is not saved, nothing recompiles
+        cfg = cls.from_options(None, **data)
+        object.__setattr__(cfg, "budget", budget)
+        return cfg
 
 
 def _check_ffn_skip(cfg: CompileConfig) -> None:
@@ -187,3 +197,16 @@ def _check_sparsity(cfg: CompileConfig) -> None:
         raise ConfigError(f"sparsity_refine={refine!r} must be an int >= 0 (steps of block-output refitting; 0: off) or None")
     if cfg.solver_target not in (None, "reference", "layer"):
         raise ConfigError(f"solver_target={cfg.solver_target!r} must be 'reference', 'layer' or None")
+
+
+def _check_budget(cfg: CompileConfig) -> None:
+    if cfg.budget is None:
+        return
+    if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, (int, float)) or not cfg.budget > 0:
+        raise ConfigError(f"budget={cfg.budget!r} must be a number > 0: the mean relative L2 error of the model's "
+                          "output allowed on the calibration inputs, e.g. 0.05")
+    if cfg.calibration is None:
+        raise ConfigError("budget needs calibration inputs to measure each rewrite's error: "
+                          "compile(model, budget=..., calibration=[example, ...])")
+    if cfg.quantize is not None:
+        raise ConfigError(f"budget chooses the scheme of each layer; drop quantize={cfg.quantize!r} (or drop budget)")

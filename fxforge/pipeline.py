@@ -35,12 +35,15 @@ Decisions:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fxforge.config import CompileConfig
+from fxforge.costmodel.select import Plan, choose
 from fxforge.errors import ConfigError
 from fxforge.frontend.fx_to_ir import Lowered
 from fxforge.ir.graph import Graph
@@ -61,7 +64,7 @@ from fxforge.passes.smooth import Smooth
 from fxforge.passes.sparsify import Sparsify
 from fxforge.runtime.executors import resolve_executor
 from fxforge.runtime.program import Program
-from fxforge.runtime.report import GraphRecord
+from fxforge.runtime.report import PLAN_RECORD, GraphRecord
 
 When = Callable[[Mapping[str, Any], str], bool]  # (pass options, executor) -> in the default pipeline?
 
@@ -213,10 +216,46 @@ def run_passes(lowered: Lowered, config: CompileConfig, executor: str, calibrati
 
 def compile_lowered(lowered: Lowered, config: CompileConfig, capture_seconds: float, aten_ops: int,
                     calibration: list | None = None, shared: dict[str, Any] | None = None) -> GraphRecord:
-    """calibration: input lists for the graph (its tensor inputs, in order); shared: see `run_passes`."""
+    """calibration: input lists for the graph (its tensor inputs, in order); shared: see `run_passes`.
+    With `config.budget`, the plan is chosen first (`select_plan`) and compiled as quantize overrides."""
     start = time.perf_counter()
     executor = resolve_executor(config.executor)
+    plan = None
+    if config.budget is not None:
+        shared = shared if shared is not None else {}
+        if calibration:
+            plan = select_plan(lowered.graph, config, calibration)
+            shared[PLAN_RECORD] = plan.overrides  # graphs no calibration reached (JIT decode) reuse the plan
+        chosen = plan.overrides if plan is not None else shared.get(PLAN_RECORD, {})
+        config = dataclasses.replace(config, budget=None, quantize_overrides={**chosen, **config.quantize_overrides})
+        calibration = calibration if chosen else None  # all dense: no pass reads it
     trace = run_passes(lowered, config, executor, calibration, shared)
     program = Program(lowered.graph, lowered.inputs, lowered.outputs, executor)
-    return GraphRecord(lowered.graph.name, program, capture_seconds, time.perf_counter() - start, aten_ops,
-                       lowered.externs, lowered.notes, trace)
+    record = GraphRecord(lowered.graph.name, program, capture_seconds, time.perf_counter() - start, aten_ops,
+                         lowered.externs, lowered.notes, trace)
+    if plan is not None:
+        record.add_check(PLAN_RECORD, plan.stats(), plan.seconds)
+        record.notes.extend(plan.notes)
+    return record
+
+
+REWRITE_PASSES = ("rotate", "smooth", "sparsify", "quantize", "dce", "shape_prop")
+
+
+def select_plan(graph: Graph, config: CompileConfig, calibration: list) -> Plan:
+    """The budget's plan for `graph` (unchanged): the cleaning passes once on a copy, then each candidate
+    through the same rewrite passes the compile runs (`fxforge.costmodel.select.choose`)."""
+    base_cfg = dataclasses.replace(config, budget=None, quantize=None)
+    base = copy.deepcopy(graph)
+    names = default_pipeline(base_cfg, "reference")
+    prefix = names[:next((i for i, n in enumerate(names) if n in REWRITE_PASSES), len(names))]
+    base = PassManager(build_passes(prefix), verify=config.checks).run(
+        base, PassContext(options=pass_options(base_cfg), verify=config.checks, shared={}))
+
+    def apply(g: Graph, overrides: dict[str, str]) -> Graph:
+        cfg = dataclasses.replace(base_cfg, quantize_overrides={**overrides, **config.quantize_overrides})
+        passes = build_passes([n for n in default_pipeline(cfg, "reference") if n in REWRITE_PASSES])
+        ctx = PassContext(options=pass_options(cfg), calibration=calibration, verify=config.checks, shared={})
+        return PassManager(passes, verify=config.checks).run(g, ctx)
+
+    return choose(base, calibration, float(config.budget or 0), apply, overrides=config.quantize_overrides)

@@ -24,6 +24,7 @@ import sys
 import traceback
 
 from fxforge.cli import compile as compile_cmd
+from fxforge.cli import costmodel as costmodel_cmd
 from fxforge.cli import export as export_cmd
 from fxforge.cli import inspect as inspect_cmd
 from fxforge.cli import run as run_cmd
@@ -34,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     parser = argparse.ArgumentParser(prog="fxforge", description="fxforge: compile, run and inspect PyTorch models.")
     parser.add_argument("--traceback", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,inspect,export}")
-    for command in (compile_cmd, run_cmd, inspect_cmd, export_cmd):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{compile,run,inspect,export,costmodel}")
+    for command in (compile_cmd, run_cmd, inspect_cmd, export_cmd, costmodel_cmd):
         command.add_parser(sub, common)
     return parser
 

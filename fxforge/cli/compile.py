@@ -82,6 +82,13 @@ def _share(flag: str, text: str) -> float:
         raise UsageError(f"{flag} {text!r} must be a number, the share of FFN token-rows to skip (e.g. 0.2)") from None
 
 
+def _budget(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} must be a number, the mean relative output error allowed (e.g. 0.05)") from None
+
+
 @dataclass(frozen=True)
 class ConfigFlag:
     """One `fxforge compile` flag that sets the `CompileConfig` field `field` to `parse(flag, value)`
@@ -119,6 +126,9 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("--ffn-skip-gate", "ffn_skip_gate", _choice(("linear", "carry", "oracle")), "linear|carry|oracle",
                "the skip gate: least-squares predictor (default), FFN-SkipLLM's carry-over rule, or the oracle (measures only)"),
     ConfigFlag("--ffn-skip-warmup", "ffn_skip_warmup", _count(0), "N", "tokens at positions below N always run their FFNs"),
+    ConfigFlag("--budget", "budget", _budget, "ERR",
+               "choose dense or a scheme per linear: fastest predicted plan whose mean relative output error on "
+               "--calibration stays <= ERR (see fxforge inspect --plan)"),
     ConfigFlag("--calibration", "calibration", lambda flag, path: load_calibration(path), "FILE",
                "example inputs the quantization errors are measured on: a .pt file (torch.save of a list of examples, "
                "each a tensor, a tuple of args or a dict of kwargs) or a .safetensors file with keys '<example>.<input>'"),
@@ -176,7 +186,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     except ValueError as e:
         raise UsageError(f"{e}; fix --passes/--disable/--pass-option") from None
     try:
-        check_calibration([n for n in names if n not in config.disable], config.calibration)
+        if config.budget is None:  # with a budget, the plan's selection reads the calibration
+            check_calibration([n for n in names if n not in config.disable], config.calibration)
     except ValueError as e:
         raise UsageError(f"--calibration: {e}".replace("quantize='w8a8-int8'", "--quantize w8a8-int8")) from None
     return config

@@ -117,6 +117,21 @@ def _show_ffn_skip(module: Any, args: argparse.Namespace) -> str:
     return format_report(records[-1].stats)
 
 
+def _show_plan(module: Any, args: argparse.Namespace) -> str:
+    """The plan `--budget` chose: per site the choice, its measured error and predicted time."""
+    plan = module.record.plan
+    if plan is None:
+        return f"no budget plan in this artifact (compile with --budget B --calibration FILE); weight bytes {module.record.weight_bytes}"
+    lines = [f"budget {plan['budget']}: {'met' if plan['met'] else 'NOT met'}, measured error {plan['error']}, "
+             f"predicted time {plan['predicted_time_us']} us ({plan['predictor']}); weight bytes {module.record.weight_bytes}",
+             f"  {'site':<40}{'choice':<14}{'error':>10}{'time us':>10}{'bytes':>12}"]
+    for site, row in plan["plan"].items():
+        lines.append(f"  {site:<40}{row['choice']:<14}{row['error']:>10.4f}{row['predicted_time_us']:>10.2f}"
+                     f"{row['weight_bytes']:>12}")
+    lines += [f"  note: {n}" for n in plan.get("notes", [])]
+    return "\n".join(lines)
+
+
 def _compact(stats: dict[str, Any]) -> str:
     """One short line of pass statistics: scalars as they are, collections by size."""
     def short(v: Any) -> str:
@@ -130,6 +145,7 @@ def _compact(stats: dict[str, Any]) -> str:
 
 
 INSPECT_VIEWS: list[InspectView] = [
+    InspectView("--plan", "the plan --budget chose: per site the choice, error and predicted time; weight bytes", _show_plan),
     InspectView("--quant", "per quantized layer: scheme, output error, weight bytes before/after", _show_quant),
     InspectView("--ffn-skip", "per FFN block: gated, threshold, calibrated share, gate quality vs the oracle", _show_ffn_skip),
     InspectView("--ir", "print the final IR (graph.fxir)", _show_ir),
@@ -217,7 +233,13 @@ def _overview(module: Any, args: argparse.Namespace) -> str:
         stats = _compact(r.stats) if r.stats else ""
         lines.append(f"{i:>3}  {r.name:<16}{r.seconds * 1e3:>9.2f}{f'{before} -> {after}':>14}  "
                      + "  ".join(x for x in (changes, stats) if x))
-    lines += ["", f"final graph: {len(module.graph.ops)} ops: {ci.counts(module.graph.op_counts(), top=50)}"]
+    lines += ["", f"final graph: {len(module.graph.ops)} ops: {ci.counts(module.graph.op_counts(), top=50)}",
+              f"weight bytes (as stored): {module.record.weight_bytes}"]
+    plan = module.record.plan
+    if plan is not None:
+        chosen = [row["choice"] for row in plan["plan"].values()]
+        lines.append(f"plan (budget {plan['budget']}, {'met' if plan['met'] else 'NOT met'}, error {plan['error']}): "
+                     f"{ci.counts({c: chosen.count(c) for c in set(chosen)})} (--plan: per site)")
     if module.record.externs:
         lines.append(f"extern (runs through torch): {ci.counts(module.record.externs)}")
     lines += [f"note: {n}" for n in module.record.notes]

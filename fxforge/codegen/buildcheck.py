@@ -252,6 +252,7 @@ def _row(spec: dict, build: KernelBuild | None, arch: int) -> dict[str, Any]:
     if build is None:
         return {**row, "ok": None, "skipped": skip_reason(spec, arch)}
     row.update(ok=build.ok, registers=build.registers, spills=build.spills, stack=build.stack, shared=build.shared_bytes,
+               instructions=build.instructions,
                seconds=round(build.seconds, 3))
     if build.error:
         row["error"] = build.error[-600:]

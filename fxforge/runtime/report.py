@@ -14,6 +14,8 @@ from fxforge.ir.trace import PassRecord, Trace
 from fxforge.runtime.counters import merge_counts
 from fxforge.runtime.program import Program
 
+PLAN_RECORD = "select"
+
 
 @dataclass
 class GraphRecord:
@@ -40,6 +42,18 @@ class GraphRecord:
         ir = last.ir_after if last else ""
         ops = dict(last.ops_after) if last else {}
         self.trace.records = [*records, PassRecord(name, ir, ir, seconds, stats, ops, dict(ops))]
+
+    @property
+    def plan(self) -> dict[str, Any] | None:
+        """The plan `budget` chose (`fxforge.costmodel.select`): its "select" record's statistics, or None."""
+        found = [r for r in (self.trace.records if self.trace else []) if r.name == PLAN_RECORD]
+        return found[-1].stats if found else None
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights the graph reads (`const` ops), as stored (encoded: values, scales, metadata)."""
+        graph = self.program.graph
+        return sum(graph.weight(n).nbytes() for n in {op.attrs["weight"] for op in graph.find("const")})
 
     def summary(self) -> str:
         ops = self.program.graph.op_counts()
@@ -76,6 +90,16 @@ class CompileReport:
         `{"rows", "skipped", "share", "per_layer": {site: {"rows", "skipped"}}}`; rows = FFN token-rows
         that would have run without skipping."""
         return merge_counts([g.program.counters for g in self.graphs])
+
+    @property
+    def plan(self) -> dict[str, Any] | None:
+        """The budget plan of the last compiled graph that has one (None without `budget`)."""
+        plans = [g.plan for g in self.graphs if g.plan is not None]
+        return plans[-1] if plans else None
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(g.weight_bytes for g in self.graphs)
 
     @property
     def sparse_paths(self) -> dict[str, str]:
