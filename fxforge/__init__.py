@@ -10,6 +10,9 @@
 from fxforge.api import compile, compile_aot, compile_decoder, load
 from fxforge.config import CompileConfig
 from fxforge.errors import FxforgeError
+from fxforge.progress import configure_logging
 from fxforge.version import __version__
+
+configure_logging()  # FXFORGE_LOGS=passes,codegen,... (see fxforge.progress.LOGS)
 
 __all__ = ["compile", "compile_aot", "compile_decoder", "load", "CompileConfig", "FxforgeError", "__version__"]

@@ -9,3 +9,4 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("FXFORGE_VERIFY", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")  # fxforge.inspect tests draw without a display

@@ -24,11 +24,12 @@ ROOT = Path(__file__).resolve().parents[1] / "fxforge"
 # layer -> the layers it may import (besides itself). A layer is a top-level module or package of
 # fxforge ("" is fxforge/__init__.py). Leaf records every layer may import live in ir/ (Trace,
 # PassRecord, InputSlot) or are errors/version; config is the options record the runtime stores.
-BASE = {"ir", "errors", "version"}
+BASE = {"ir", "errors", "version", "progress"}
 MAY_IMPORT: dict[str, set[str]] = {
     "ir": set(),
     "errors": {"ir"},  # re-exports the IR's exceptions beside the user-facing ones
     "version": set(),
+    "progress": {"errors", "ir"},  # progress bars and FXFORGE_LOGS, used by every layer
     "config": BASE,
     "frontend": BASE,
     "passes": BASE,
@@ -41,6 +42,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "api": {"jit", "pipeline", "frontend", "passes", "codegen", "runtime", "costmodel", "config", "export"} | BASE,
     "cli": {"", "api", "pipeline", "frontend", "passes", "codegen", "runtime", "costmodel", "config", "export"} | BASE,
     "": {"api", "config"} | BASE,
+    "inspect": {"runtime", "codegen", "passes", "config"} | BASE,  # notebook pictures; nothing in the compiler imports it
     "testing": set(),  # fixtures for the demo, notebook and tests: nothing of fxforge, and nothing imports it
 }
 

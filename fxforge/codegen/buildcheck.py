@@ -36,11 +36,15 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from fxforge.codegen.build import SHARED_LIMITS, KernelBuild, build_in_subprocess
+from fxforge.progress import progress
+
+log = logging.getLogger(__name__)
 
 RECORD_NAME = "build_check"
 FP8_MIN_ARCH = 89
@@ -231,10 +235,11 @@ def build_specs(specs: Sequence[dict], archs: Sequence[int] = (90, 80), *, cache
     (default `BUILD_CACHE`); per arch, a list aligned with `specs` (None where the spec is skipped)."""
     cache = BUILD_CACHE if cache is None else cache
     out: dict[int, list[KernelBuild | None]] = {}
-    for arch in archs:
+    for arch in progress(archs, "build check (one subprocess per arch)"):
         todo = [s for s in specs if not skip_reason(s, arch) and (s["key"], arch) not in cache]
         todo = list({s["key"]: s for s in todo}.values())
         if todo:
+            log.debug("building %d kernels for sm_%d", len(todo), arch)
             for s, b in zip(todo, build_in_subprocess(todo, arch, timeout=timeout), strict=True):
                 cache[(s["key"], arch)] = b
         out[arch] = [None if skip_reason(s, arch) else cache[(s["key"], arch)] for s in specs]

@@ -23,6 +23,7 @@ alone). The module is written to a file (Triton needs the source of its kernels)
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from fxforge.ir.fhash import graph_key
 from fxforge.ir.graph import Graph, Op, Value, Weight
 from fxforge.ir.partition import KernelGroup, Partition, check_partition
 from fxforge.ir.skip_ops import data_dependent_symbols
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -243,6 +246,8 @@ def generate_module(graph: Graph, device: str | torch.device | None = None) -> G
     the graph's weights bound (moved to `device` when given)."""
     source, infos, part, symbols = generate_source(graph)
     module, path = load_module(source, "".join(c if c.isalnum() else "_" for c in graph.name))
+    log.debug("graph %s: %d kernel launches (%s) written to %s", graph.name, len(infos),
+              ", ".join(f"{k.name}:{k.kind}" for k in infos), path)
     used = {op.attrs["weight"] for op in graph.ops if op.opcode == "const"}
     encoded = encoded_weights(graph, part)
     weights: dict[str, torch.Tensor | Weight] = {

@@ -17,6 +17,7 @@ sets are small); statistics are taken on the CPU in float32.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,9 @@ from torch import Tensor
 
 from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph, Op
+from fxforge.progress import progress
+
+log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 512
 
@@ -84,7 +88,8 @@ def calibrate(graph: Graph, inputs: Sequence[Sequence[Tensor]], sites: Sequence[
                 record(id(r), t)
 
     outputs = []
-    for args in inputs:
+    log.debug("calibrating %d sites on %d inputs", len(stats), len(inputs))
+    for args in progress(inputs, "calibration", total=len(inputs)):
         for v, t in zip(graph.inputs, args):
             if id(v) in watch:
                 record(id(v), t)

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph, Op
+from fxforge.progress import progress
 
 DAMP = 0.01
 DAMP_FEW_TOKENS = 0.1
@@ -165,7 +166,7 @@ def run_stages(graph: Graph, calibration: Sequence[Sequence[Tensor]], ops: Seque
     (a copy of the graph before any rewrite), each Hessian also carries X_pᵀX_d, so the solver can
     aim at the reference model's output of the layer rather than the layer's own (see `gptq.solve_weight`)."""
     ref_values = {v.name: v for v in reference.values()} if reference is not None else {}
-    for stage in stages(ops):
+    for stage in progress(list(stages(ops)), "GPTQ/SparseGPT solves"):
         value = stage[0].operands[0]  # read now: an earlier rewrite may have replaced the producer
         ref = ref_values.get(value.name)
         hs = collect(graph, calibration, [value], reference if ref is not None else None,

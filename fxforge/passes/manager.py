@@ -25,6 +25,7 @@ Decisions:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from fxforge.ir.graph import Graph
 from fxforge.ir.printer import print_graph
 from fxforge.ir.trace import PassRecord, Trace, jsonable
 from fxforge.ir.verify import verify as verify_graph
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Pass", "PassContext", "PassManager", "PassRecord", "PassVerifyError", "Trace", "jsonable"]
 
@@ -105,6 +108,8 @@ class PassManager:
                 after = f"<IR does not print: {type(e).__name__}: {e}>"
             record = PassRecord(p.name, text, after, seconds, jsonable(ctx.stats), counts, graph.op_counts())
             self.trace.records.append(record)
+            log.debug("%s: %.1f ms, %d -> %d ops, %s", p.name, seconds * 1e3, sum(counts.values()), sum(record.ops_after.values()),
+                      record.stats)
             if checking:
                 try:
                     verify_graph(graph)
