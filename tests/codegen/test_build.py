@@ -24,6 +24,7 @@ def test_standard_specs_build(arch):
     _check_builds(specs, arch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [90, 80])
 def test_size_sweep_builds(arch):
     specs = specs_for_arch(size_sweep_specs(), arch)

@@ -108,6 +108,7 @@ def test_jit_dynamic_runs_three_lengths_without_recompiling():
     assert len(compiled.fxforge_report.graphs) == 1 and compiled.fxforge_report.calls == 3
 
 
+@pytest.mark.slow
 def test_many_compiled_models_in_one_process_all_run_compiled():
     # Hugging Face models share one forward wrapper; dynamo's default recompile limit (8) would
     # otherwise send the ninth compiled model silently to eager.

@@ -57,6 +57,7 @@ def test_lm_head_dense_and_every_other_linear_pruned():
     assert all(v["pattern"] == "2:4" and v["bytes_after"] * 16 == v["bytes_fp16"] * 9 for v in stats["layers"].values())
 
 
+@pytest.mark.slow
 def test_overrides_and_composition_with_every_scheme():
     model, x = zoo.build("llama"), zoo.example_input("llama")
     calib = [(zoo.example_input("llama", seed=s),) for s in range(2)]
@@ -76,6 +77,7 @@ def test_overrides_and_composition_with_every_scheme():
         assert 0.02 < rel < 0.6, (scheme, rel)
 
 
+@pytest.mark.slow
 def test_sparsegpt_beats_magnitude_on_layer_errors():
     model, x = zoo.build("llama"), zoo.example_input("llama")
     calib = [(zoo.example_input("llama", seed=s, seq=32),) for s in range(4)]

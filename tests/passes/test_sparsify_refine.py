@@ -33,6 +33,7 @@ def _nm_weights(compiled):
     return {k: w for k, w in compiled.graph.weights.items() if w.encoding is not None and w.encoding.kind == "nm"}
 
 
+@pytest.mark.slow
 def test_refit_keeps_masks_and_brings_the_model_closer_to_dense():
     model = zoo.build("llama")
     calib = _calib("llama")
