@@ -10,3 +10,39 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("FXFORGE_VERIFY", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")  # fxforge.inspect tests draw without a display
+
+
+# Tests `make test` (CI) leaves out, on top of those decorated `@pytest.mark.slow`, to keep CI under 15 minutes;
+# `make test-all` runs them. Each row names what still covers the same ground in CI.
+SLOW_IN_CI = {
+    # the other qlinear schemes (int8, int4, W4A8) run end to end; fp8 and LoRC kernels have interpreter unit tests
+    "tests/codegen/test_qlinear_models.py::test_quantized_llama_runs_qlinear_kernels[w8a8-fp8]",
+    "tests/codegen/test_qlinear_models.py::test_quantized_llama_runs_qlinear_kernels[w4a8-fp-lorc4]",
+    # pruned + W8A8-INT8 and plain 2:4 run end to end; every value kind has test_sparse_qlinear unit tests
+    "tests/codegen/test_sparse_models.py::test_pruned_and_quantized_llama_runs_the_sparse_qlinear_template[w8a8-fp8]",
+    "tests/codegen/test_sparse_models.py::test_pruned_and_quantized_llama_runs_the_sparse_qlinear_template[w4a16-int4]",
+    "tests/codegen/test_sparse_models.py::test_pruned_and_quantized_llama_runs_the_sparse_qlinear_template[w4a8-fp]",
+    "tests/codegen/test_sparse_models.py::test_pruned_llama_runs_the_sparse_template[4:8]",
+    # nvfp4 runs end to end; mxfp4's codes are unit-tested
+    "tests/codegen/test_qlinear_block.py::test_quantized_llama_runs_block_kernels[mxfp4]",
+}
+# sm_80 builds on the newest Triton: CI builds sm_80 on Triton 3.6.0 (make test-triton36) and sm_90 on both.
+SM80_BUILDS = {
+    "tests/codegen/test_build.py::test_standard_specs_build[80]",
+    "tests/codegen/test_build.py::test_decode_table_builds[80]",
+    "tests/codegen/test_qlinear.py::test_qlinear_kernels_build[80]",
+    "tests/codegen/test_qlinear_block.py::test_block_kernels_build_without_spills[80]",
+    "tests/codegen/test_decode_attention.py::test_decode_attention_builds[80]",
+    "tests/codegen/test_hadamard_kernel.py::test_builds_without_spills[80]",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+    import triton
+
+    newest = tuple(int(p) for p in triton.__version__.split(".")[:2]) > (3, 6)
+    slow = SLOW_IN_CI | (SM80_BUILDS if newest else set())
+    for item in items:
+        if item.nodeid in slow:
+            item.add_marker(pytest.mark.slow)
