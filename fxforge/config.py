@@ -57,7 +57,9 @@ class CompileConfig:
         gives the layer) or "layer" (the layer's own output: plain sequential SparseGPT).
         sparsity_refine: steps of block-output reconstruction after pruning (kept values refit, masks
         fixed, so each pruned block reproduces the dense block's outputs on the calibration data);
-        None: on with calibration (`sparsify_refine.DEFAULT_STEPS`), 0: off.
+        None: on with calibration (`sparsify_refine.DEFAULT_STEPS`), 0: off. With `quantize` too and
+        refinement on, layers are pruned, refined, then their kept values quantized by GPTQ with the mask
+        fixed (`passes/sparsify_quant.py`); with 0, pruned and quantized in one solve.
         See `fxforge.passes.sparsify`.
     kv_cache: K (after RoPE) and V quantize-dequantized as a compressed KV cache stores them: "bfp4",
         "bfp8", "fp8", "int8" or None; kv_block: elements per shared scale along head_dim (16, 32, 64);

@@ -45,8 +45,10 @@ def rows() -> list[tuple[str, dict[str, Any]]]:
             out.append((f"{pattern} {method} + refine", {"sparsity": pattern, "sparsity_method": method}))
     out.append(("2:4 sparsegpt (layer target)", {"sparsity": "2:4", "sparsity_method": "sparsegpt", "solver_target": "layer",
                                                  "sparsity_refine": 0}))
-    for scheme in SCHEMES:
-        out.append((f"2:4 sparsegpt + {scheme}", {"sparsity": "2:4", "sparsity_method": "sparsegpt", "quantize": scheme}))
+    for scheme in SCHEMES:  # one-shot: pruned and quantized in one solve; refined: prune, refine, masked GPTQ
+        base = {"sparsity": "2:4", "sparsity_method": "sparsegpt", "quantize": scheme}
+        out.append((f"2:4 sparsegpt + {scheme}", {**base, "sparsity_refine": 0}))
+        out.append((f"2:4 sparsegpt + refine + {scheme}", base))
     out.append(("2:4 magnitude + w8a8-int8 (no calibration)", {"sparsity": "2:4", "quantize": "w8a8-int8", "_no_calib": True}))
     return out
 

@@ -13,10 +13,13 @@ Options (`ctx.option("sparsify.<name>")`, from `CompileConfig.sparsity*` and `so
                           kept values refit, masks fixed, to the dense blocks' outputs); None: DEFAULT_STEPS
                           with calibration, 0 without; 0: off
     "quantize.scheme", "quantize.overrides", "quantize.group", "quantize.pow2_round" (and the methods
-        of `quant_methods.resolve_methods` for GPTQ): composition. A layer that also gets a scheme is
-        pruned and quantized in one pass of the solver (prune, then quantize the survivors with error
-        compensation) and becomes a `qlinear` of a quantized `#nm` weight; the `quantize` pass then
-        leaves it alone. Without calibration: kept values rounded to nearest.
+        of `quant_methods.resolve_methods` for GPTQ): composition. A layer that also gets a scheme becomes
+        a `qlinear` of a quantized `#nm` weight (the `quantize` pass then leaves it alone). With
+        calibration and refinement on (the default): pruned with 16-bit kept values, refined with the
+        other layers, then its kept values quantized by GPTQ with the mask fixed, sequentially
+        (`sparsify_quant.py`). With refinement off: pruned and quantized in one pass of the solver
+        (prune, then quantize the survivors with error compensation). Without calibration: kept values
+        rounded to nearest.
 H and errors are measured on `ctx.calibration`.
 
 Decisions:
@@ -26,9 +29,7 @@ Decisions:
   stats, and a note).
 - Sequential with calibration (`hessian.run_stages`): each stage's H (and Wanda's ‖x_j‖² = H_jj) is
   collected on the graph as already pruned above it: a layer learns to live with its pruned inputs.
-- Quantized groups are counted in kept values (group g of the compressed [out, K] matrix covers
-  g·M/N original columns). If that is not a whole number of columns, or a dense tail exists, the
-  layer uses one scale per row (`group` 0) and says so.
+- Quantized groups: see `sparsify_quant.py` (one scale per row when groups do not map onto N:M blocks).
 - Error per layer: ||y' - y|| / ||y|| of the layer alone on the calibration rows reaching it (dense
   float layer as reference), or on 256 random rows without calibration.
 """
@@ -43,16 +44,16 @@ import torch.nn.functional as F
 from fxforge.errors import ConfigError
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Weight
-from fxforge.ir.lowp_ops import encode_weight, get_scheme, qlinear_ref
-from fxforge.ir.nm import SPARSITY_METHODS, compress, encode_nm, encode_nm_quantized, index_bits, nm_pattern, pack_bits, sparsity_options_problem
+from fxforge.ir.lowp_ops import get_scheme, qlinear_ref
+from fxforge.ir.nm import SPARSITY_METHODS, encode_nm, encode_nm_quantized, nm_pattern, sparsity_options_problem
 from fxforge.ir.parser import parse_graph
 from fxforge.ir.printer import print_graph
-from fxforge.ir.types import NM
 from fxforge.passes.calibrate import calibrate, site_name
 from fxforge.passes.gptq import solve_weight
 from fxforge.passes.hessian import Hessian, run_stages
 from fxforge.passes.linear_sites import RANDOM_ROWS, choose_by_pattern, embedding_tables, free_name, relative_error, skip_reason
 from fxforge.passes.manager import PassContext
+from fxforge.passes.sparsify_quant import encode_rtn, quant_group, quantize_survivors
 from fxforge.passes.sparsify_refine import DEFAULT_STEPS, refine
 
 METHODS = SPARSITY_METHODS
@@ -73,10 +74,6 @@ def check_options(sparsity: str | None, overrides: dict[str, str | None] | None,
     if problem:
         raise ConfigError(problem)
 
-
-
-
-
 def _mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep the n largest scores of every m-block (tail columns kept)."""
     out_f, in_f = score.shape
@@ -85,14 +82,6 @@ def _mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     drop = torch.topk(blocks, m - n, dim=-1, largest=False).indices
     kept = torch.ones_like(blocks, dtype=torch.bool).scatter_(-1, drop, False).reshape(out_f, full)
     return torch.cat([kept, torch.ones(out_f, in_f - full, dtype=torch.bool)], dim=1)
-
-
-def _quant_group(scheme: str, group: int | None, in_f: int, n: int, m: int) -> tuple[int, int, str]:
-    """(group in kept values, the same in original columns, note) for a composed layer."""
-    g = get_scheme(scheme).group if group is None else group
-    if g and (in_f % m or (g * m) % n):
-        return 0, 0, f"quantization groups do not map onto whole {n}:{m} blocks here: one scale per row"
-    return g, g * m // n, ""
 
 
 class _Layer:
@@ -112,18 +101,6 @@ def _select_mask(w: torch.Tensor, method: str, hessian: Hessian | None, n: int, 
     return _mask(score, n, m)
 
 
-def _encode_rtn(w: torch.Tensor, mask: torch.Tensor, layer: _Layer, g_c: int, opts: dict[str, Any]) -> Weight:
-    """No solver: the pruned weight, kept values rounded to nearest when the layer has a scheme."""
-    n, m = layer.n, layer.m
-    if not layer.scheme:
-        return encode_nm(w * mask, mask, n, m, DType.from_torch(w.dtype))
-    vals, pos = compress(w.float() * mask, mask, n, m)
-    inner = encode_weight(vals, layer.scheme, g_c, pow2_round=opts.get("quantize_pow2_round") or "floor")
-    payload = {**inner.payload, "index": pack_bits(pos, index_bits(m))}
-    placeholder = torch.zeros((), dtype=torch.float32).expand(*w.shape)
-    return Weight(placeholder, NM(n, m, DType.f32, layer.scheme, g_c), payload)
-
-
 def _encode(w: torch.Tensor, layer: _Layer, method: str, hessian: Hessian | None,
             opts: dict[str, Any]) -> tuple[Weight, str, dict[str, Any]]:
     """The encoded weight, the method actually used, and report fields."""
@@ -131,7 +108,7 @@ def _encode(w: torch.Tensor, layer: _Layer, method: str, hessian: Hessian | None
     info: dict[str, Any] = {}
     g_c = g_o = 0
     if layer.scheme:
-        g_c, g_o, note = _quant_group(layer.scheme, opts.get("quantize_group"), w.shape[1], n, m)
+        g_c, g_o, note = quant_group(layer.scheme, opts.get("quantize_group"), w.shape[1], n, m)
         if note:
             info["note"] = note
     if hessian is None and method != "magnitude":
@@ -147,7 +124,9 @@ def _encode(w: torch.Tensor, layer: _Layer, method: str, hessian: Hessian | None
             info["note"] = "calibration inputs are all zero: pruned by magnitude, rounded to nearest"
             method = "magnitude"
         mask = mask if mask is not None and method != "magnitude" else _mask(w.abs().float(), n, m)
-        return _encode_rtn(w, mask, layer, g_c, opts), method, info
+        if not layer.scheme:
+            return encode_nm(w * mask, mask, n, m, DType.from_torch(w.dtype)), method, info
+        return encode_rtn(w, mask, n, m, layer.scheme, g_c, opts), method, info
     info.update({k: solved.info[k] for k in ("damp", "tokens")})
     if "note" in solved.info:
         info["note"] = "; ".join(filter(None, [info.get("note"), solved.info["note"]]))
@@ -160,18 +139,21 @@ def _encode(w: torch.Tensor, layer: _Layer, method: str, hessian: Hessian | None
     return encode_nm(solved.weight.to(w.dtype), kept, n, m, DType.from_torch(w.dtype)), method, info
 
 
-def _rewrite(graph: Graph, layer: _Layer, method: str, hessian: Hessian | None, site, opts: dict[str, Any]) -> dict[str, Any]:
-    op = layer.op
+def _swap(graph: Graph, op: Op, encoded: Weight, scheme: str | None) -> tuple[Op, torch.Tensor | None]:
+    """Put `encoded` in place of the linear / qlinear `op`'s weight (a `qlinear` when `scheme`); the new op
+    and the layer's bias (None without one)."""
     const = op.operands[1].producer
     wname = const.attrs["weight"]
-    w = graph.weight(wname).data
-    encoded, used, info = _encode(w, layer, method, hessian, opts)
-    nname = graph.add_weight(free_name(graph, f"{wname}.nm"), encoded)
+    if wname.endswith(".nm"):  # an #nm weight of ours re-encoded (quantized after refinement): same name
+        del graph.weights[wname]
+        nname = graph.add_weight(wname, encoded)
+    else:
+        nname = graph.add_weight(free_name(graph, f"{wname}.nm"), encoded)
     new_const = graph.insert_before(op, "const", [], {"weight": nname}, name=const.result.name).result
     operands = [op.operands[0], new_const, *op.operands[2:]]
-    if layer.scheme:
-        sc = get_scheme(layer.scheme)
-        attrs = {"scheme": layer.scheme, "act_format": sc.act_format, "group": encoded.encoding.group, "lorc_rank": 0}
+    if scheme:
+        sc = get_scheme(scheme)
+        attrs = {"scheme": scheme, "act_format": sc.act_format, "group": encoded.encoding.group, "lorc_rank": 0}
         new = graph.insert_before(op, "qlinear", operands, attrs)
     else:
         new = graph.insert_before(op, "linear", operands, dict(op.attrs))
@@ -180,11 +162,18 @@ def _rewrite(graph: Graph, layer: _Layer, method: str, hessian: Hessian | None, 
     graph.rename_value(new.result, old_name)
     if not const.result.uses and not any(const.result is o for o in graph.outputs):
         graph.erase(const)
-    if not any(o.opcode == "const" and o.attrs["weight"] == wname for o in graph.ops):
+    if nname != wname and not any(o.opcode == "const" and o.attrs["weight"] == wname for o in graph.ops):
         del graph.weights[wname]
     bias = None
     if len(operands) == 3 and operands[2].producer is not None and operands[2].producer.opcode == "const":
         bias = graph.weight(operands[2].producer.attrs["weight"]).data.float()
+    return new, bias
+
+
+def _rewrite(graph: Graph, layer: _Layer, method: str, hessian: Hessian | None, site, opts: dict[str, Any]) -> dict[str, Any]:
+    w = graph.weight(layer.op.operands[1].producer.attrs["weight"]).data
+    encoded, used, info = _encode(w, layer, method, hessian, opts)
+    new, bias = _swap(graph, layer.op, encoded, layer.scheme)
     return {"pattern": f"{layer.n}:{layer.m}", "method": used, "scheme": layer.scheme,
             **_errors(w, encoded, new, bias, site), "dense_tail": w.shape[1] % layer.m,
             "bytes_fp16": w.numel() * 2, "bytes_after": encoded.nbytes(), **info}
@@ -254,13 +243,18 @@ def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
         layer = by_op[id(op)]
         layers[layer.name] = _rewrite(graph, layer, method, hessian, calib.sites.get(layer.name) if calib else None, opts)
 
-    needs_h = calibration and (method != "magnitude" or (opts.get("gptq") is not False and any(p.scheme for p in plan)))
     steps = refine_steps(opts.get("refine"), calibration)
+    # composed layers with refinement: prune now, quantize the refined kept values after (`sparsify_quant`)
+    later = {p.name: p.scheme for p in plan if p.scheme} if steps else {}
+    originals = {p.name: graph.weight(p.op.operands[1].producer.attrs["weight"]).data for p in plan if p.name in later}
+    for p in plan:
+        p.scheme = None if p.name in later else p.scheme
+    needs_h = calibration and (method != "magnitude" or (opts.get("gptq") is not False and any(p.scheme for p in plan)))
     dense = parse_graph(print_graph(graph), dict(graph.weights)) if calibration and (needs_h or steps) else None
+    target = opts.get("target") or "reference"
+    if target not in ("reference", "layer"):
+        raise ConfigError(f"solver_target={target!r} must be 'reference' or 'layer'")
     if needs_h:
-        target = opts.get("target") or "reference"
-        if target not in ("reference", "layer"):
-            raise ConfigError(f"solver_target={target!r} must be 'reference' or 'layer'")
         stats["solver_target"] = target
         run_stages(graph, calibration, [p.op for p in plan], rewrite, reference=dense if target == "reference" else None)
     else:
@@ -268,6 +262,11 @@ def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
             rewrite(p.op)
     if steps and layers:
         stats["refine"] = refine(graph, dense, calibration, _pruned_ops(graph, layers), steps)
+    if later:
+        import os
+        mode = os.environ.get("FXF_Q2", "refined")
+        ref2 = {"dense": dense, "layer": None}.get(mode) if mode != "refined" else parse_graph(print_graph(graph), dict(graph.weights))
+        _quantize_later(graph, layers, later, originals, ref2 if target == "reference" else None, calib, opts)
     errors = [v["rel_error"] for v in layers.values()]
     tails = {k: v["dense_tail"] for k, v in layers.items() if v["dense_tail"]}
     if tails:
@@ -280,6 +279,20 @@ def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
         "mean_rel_error": sum(errors) / len(errors) if errors else 0.0, "max_rel_error": max(errors, default=0.0),
     }
     return stats
+
+
+def _quantize_later(graph: Graph, layers: dict[str, dict[str, Any]], schemes: dict[str, str], originals: dict[str, torch.Tensor],
+                    reference: Graph | None, calib, opts: dict[str, Any]) -> None:
+    """Quantize the (refined) kept values of the composed layers, sequentially; their report fields updated
+    (errors against the dense layer, bytes, how they were quantized)."""
+    def swap(name: str, op: Op, encoded: Weight, info: dict[str, Any]) -> None:
+        new, bias = _swap(graph, op, encoded, schemes[name])
+        row = layers[name]
+        site = calib.sites.get(name) if calib else None
+        row.update({"scheme": schemes[name], **_errors(originals[name], encoded, new, bias, site),
+                    "bytes_after": encoded.nbytes(), "quantized_after_refine": True, **info})
+
+    quantize_survivors(graph, opts["calibration"], _pruned_ops(graph, layers), schemes, reference, opts, swap)
 
 
 def refine_steps(option: Any, calibration: Any) -> int:

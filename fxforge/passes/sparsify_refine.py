@@ -17,7 +17,8 @@ every layer is pruned, walks the blocks in graph order and for each:
   calibration batch, when there are at least 4 examples; else on the fitting rows), at the best step.
 
 Decisions:
-- Plain `#nm` layers only (16-bit kept values); a layer whose kept values are also quantized keeps its
+- Plain `#nm` layers only (16-bit kept values): `sparsify` refines composed layers (sparsity + quantize)
+  before quantizing their kept values (`sparsify_quant.py`); a quantized `#nm` layer handed in keeps its
   solver result (refitting would move the values off their quantization grid) and the stats say so.
 - Calibration examples of one shape are batched into one run (the graph's batch dim is symbolic); with
   mixed shapes each example is its own run.
@@ -127,7 +128,7 @@ def blocks(graph: Graph, layer_ops: dict[str, Op]) -> list[tuple[list[str], int,
     return out
 
 
-def _kept_mask(weight) -> Tensor:
+def kept_mask(weight) -> Tensor:
     enc = weight.encoding
     out_f, in_f = weight.data.shape
     k = (in_f // enc.m) * enc.n
@@ -181,7 +182,7 @@ def refine_block(graph: Graph, reference: Graph, batches: tuple[list, list], nam
     masks, params, scales = {}, {}, {}
     for n, op in wconst.items():
         w = graph.weight(op.attrs["weight"])
-        masks[n] = _kept_mask(w)
+        masks[n] = kept_mask(w)
         params[n] = decode_nm(w).float().clone().requires_grad_(True)
         scales[n] = float(params[n].detach().abs()[masks[n]].mean().clamp_min(1e-8))
     opt = torch.optim.Adam([{"params": [params[n]], "lr": (LR if lr is None else lr) * scales[n]} for n in names])

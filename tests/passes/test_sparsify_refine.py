@@ -1,7 +1,8 @@
 """Block-output reconstruction after N:M pruning (`passes/sparsify_refine.py`, option `sparsity_refine`):
 blocks found on real HF graphs (llama: the residual add after down_proj; BERT: the residual add before the output LayerNorm), the kept
-values refit with the masks fixed, the block loss and the model's error against dense lowered, and it stays
-off without calibration, for quantized kept values, and at 0 steps."""
+values refit with the masks fixed, the block loss and the model's error against dense lowered, composed
+layers (sparsity + quantize) refined before their kept values are quantized, and it stays off without
+calibration and at 0 steps."""
 
 from __future__ import annotations
 
@@ -78,17 +79,39 @@ def test_blocks_of_a_bert_encoder_end_at_the_residual_add():
         assert [u.opcode for u in graph.ops[cut].result.uses] == ["layer_norm"]
 
 
-def test_default_on_with_calibration_only_and_not_for_quantized_values():
+def test_default_on_with_calibration_only():
     model = zoo.build("mlp")
     x = zoo.example_input("mlp")
     calib = [(zoo.example_input("mlp", batch=1, seed=s),) for s in range(4)]
     on = fxforge.compile_aot(model, (x,), sparsity="2:4", calibration=calib).record.trace.record("sparsify").stats
-    assert on["refine"]["steps"] > 0
+    assert on["refine"]["steps"] > 0 and on["method"] == "sparsegpt"
     off = fxforge.compile_aot(model, (x,), sparsity="2:4").record.trace.record("sparsify").stats
     assert "refine" not in off
-    quant = fxforge.compile_aot(model, (x,), sparsity="2:4", quantize="w8a8-int8", calibration=calib)
-    st = quant.record.trace.record("sparsify").stats["refine"]
-    assert st["blocks"] == {} and "quantized kept values" in st["note"]
+
+
+def test_composed_layers_are_refined_then_quantized_with_the_mask_fixed():
+    """sparsity + quantize: prune, refit the 16-bit kept values on block outputs, then GPTQ the survivors
+    (`passes/sparsify_quant.py`); the one-shot path (refine 0) prunes and quantizes in one solve."""
+    model = zoo.build("bert")
+    calib = _calib("bert", n=8, seq=16)
+    runs = {r: _compile(model, calib, quantize="w8a8-int8", sparsity_refine=r) for r in (0, 20)}
+    st = runs[20].record.trace.record("sparsify").stats
+    assert list(st["refine"]["blocks"]) == ["encoder.layer.0", "encoder.layer.1", "pooler.dense"]
+    assert any(b["refined"] and b["loss_after"] < b["loss_before"] for b in st["refine"]["blocks"].values())
+    assert all(v["quantized_after_refine"] and v["quantized_with"] == "gptq" and v["scheme"] == "w8a8-int8"
+               for v in st["layers"].values()) and len(st["layers"]) == 13
+    assert "refine" not in runs[0].record.trace.record("sparsify").stats
+    for c in runs.values():
+        qlinears = [op for op in c.graph.ops if op.opcode == "qlinear"]
+        assert len(qlinears) == 13 and all(op.operands[1].type.encoding.scheme == "w8a8-int8" for op in qlinears)
+
+    def error(c, x):
+        with torch.no_grad():
+            want = model(x).last_hidden_state
+            return ((c(x).last_hidden_state - want).norm() / want.norm()).item()
+
+    for x in [calib[-1][0], _tokens(7, 16)]:  # a held-out calibration example and a new input
+        assert error(runs[20], x) < 0.9 * error(runs[0], x)
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, True, "10"])
