@@ -263,10 +263,9 @@ def sparsify_graph(graph: Graph, opts: dict[str, Any]) -> dict[str, Any]:
     if steps and layers:
         stats["refine"] = refine(graph, dense, calibration, _pruned_ops(graph, layers), steps)
     if later:
-        import os
-        mode = os.environ.get("FXF_Q2", "refined")
-        ref2 = {"dense": dense, "layer": None}.get(mode) if mode != "refined" else parse_graph(print_graph(graph), dict(graph.weights))
-        _quantize_later(graph, layers, later, originals, ref2 if target == "reference" else None, calib, opts)
+        # the solver aims at the refined sparse model's layer outputs (aiming at dense's would undo the refit)
+        refined = parse_graph(print_graph(graph), dict(graph.weights)) if target == "reference" else None
+        _quantize_later(graph, layers, later, originals, refined, calib, opts)
     errors = [v["rel_error"] for v in layers.values()]
     tails = {k: v["dense_tail"] for k, v in layers.items() if v["dense_tail"]}
     if tails:
