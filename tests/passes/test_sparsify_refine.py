@@ -94,8 +94,8 @@ def test_composed_layers_are_refined_then_quantized_with_the_mask_fixed():
     (`passes/sparsify_quant.py`); the one-shot path (refine 0) prunes and quantizes in one solve."""
     model = zoo.build("bert")
     calib = _calib("bert", n=8, seq=16)
-    runs = {r: _compile(model, calib, quantize="w8a8-int8", sparsity_refine=r) for r in (0, 20)}
-    st = runs[20].record.trace.record("sparsify").stats
+    runs = {r: _compile(model, calib, quantize="w8a8-int8", sparsity_refine=r) for r in (0, 10)}
+    st = runs[10].record.trace.record("sparsify").stats
     assert list(st["refine"]["blocks"]) == ["encoder.layer.0", "encoder.layer.1", "pooler.dense"]
     assert any(b["refined"] and b["loss_after"] < b["loss_before"] for b in st["refine"]["blocks"].values())
     assert all(v["quantized_after_refine"] and v["quantized_with"] == "gptq" and v["scheme"] == "w8a8-int8"
@@ -111,7 +111,7 @@ def test_composed_layers_are_refined_then_quantized_with_the_mask_fixed():
             return ((c(x).last_hidden_state - want).norm() / want.norm()).item()
 
     for x in [calib[-1][0], _tokens(7, 16)]:  # a held-out calibration example and a new input
-        assert error(runs[20], x) < 0.9 * error(runs[0], x)
+        assert error(runs[10], x) < 0.85 * error(runs[0], x)  # measured 0.62x, 0.70x
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, True, "10"])
