@@ -2,7 +2,7 @@
 them). Every helper returns a matplotlib Figure, or an `HTML` object Jupyter renders; matplotlib,
 networkx and pygments are imported only when a helper draws (`pip install 'fxforge[notebook]'`).
 
-Layer: may import runtime, ir, codegen, passes, config, errors (docs/architecture.md); nothing in
+Layer: may import runtime, ir, codegen, passes, costmodel, config, errors (docs/architecture.md); nothing in
 the compiler imports it.
 """
 

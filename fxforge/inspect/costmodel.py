@@ -16,6 +16,7 @@ Decisions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fxforge.errors import ConfigError
@@ -43,15 +44,17 @@ def predictions(rows: list[dict[str, Any]], model: Any = None, target: str = "re
 
 
 def plot_costmodel(rows: list[dict[str, Any]] | None = None, plan: Any = None, *, model: Any = None,
-                   target: str = "registers") -> Any:
-    """Left (with `rows`): predicted vs measured `target` per kernel and arch, Spearman in the title;
-    right (with `plan`: `compiled.record.plan`, or a `Plan`): the choice per linear site."""
+                   target: str | Sequence[str] = "registers") -> Any:
+    """One panel per `target` (with `rows`): predicted vs measured per kernel and arch, Spearman in the
+    title; last (with `plan`: `compiled.record.plan`, or a `Plan`): the choice per linear site."""
     if rows is None and plan is None:
         raise ConfigError("plot_costmodel needs rows (measured kernels) or a plan (compile with budget=...)")
-    panels = (rows is not None) + (plan is not None)
+    targets = [target] if isinstance(target, str) else list(target)
+    scatters = [predictions(rows, model, t) for t in targets] if rows is not None else []
+    panels = len(scatters) + (plan is not None)
     fig, axes = figure(1, panels, width=6.5 * panels, height=4.5)
-    if rows is not None:
-        _scatter(axes[0][0], predictions(rows, model, target), target)
+    for ax, p, t in zip(axes[0], scatters, targets):
+        _scatter(ax, p, t)
     if plan is not None:
         _plan_bars(axes[0][-1], plan.stats() if hasattr(plan, "stats") else plan)
     return fig

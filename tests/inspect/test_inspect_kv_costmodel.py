@@ -68,6 +68,8 @@ def test_costmodel_scatter_is_the_shipped_models_prediction():
     pts = ax.collections[0].get_offsets().tolist() + ax.collections[1].get_offsets().tolist()
     assert len(pts) == len(p["measured"])
     assert f"Spearman {spearman(p['predicted'], p['measured']):.2f}" in ax.get_title()
+    both = plot_costmodel(rows, target=("registers", "instructions")).axes
+    assert [ax.get_xlabel() for ax in both] == ["measured registers", "measured instructions"]
     with pytest.raises(ConfigError, match="no row has a measured 'time'"):
         predictions(rows, target="time")  # CPU builds measure no time
     with pytest.raises(ConfigError, match="not 'time'"):
