@@ -8,7 +8,9 @@ the mean-pooled embedding's cosine with the dense model's.
     .venv/bin/python benchmarks/accuracy/sparsity.py --model bert --only "2:4 sparsegpt"
 
 One-shot rows set `sparsity_refine=0`; "+ refine" rows run the block-output reconstruction
-(`fxforge.passes.sparsify_refine`, the default with calibration).
+(`fxforge.passes.sparsify_refine`, the default with calibration); with a scheme ("2:4 sparsegpt + refine +
+w8a8-int8"), the refined kept values are then quantized by GPTQ with the mask fixed (`sparsify_quant`),
+while "2:4 sparsegpt + w8a8-int8" prunes and quantizes in one solve.
 
 Every linear but lm_head is pruned (fxforge's default; the embedding is not a linear). Calibration:
 `--calibration` windows of TRAIN text (16 x 128 bytes = 2048 tokens, more than the widest layer's 768
