@@ -295,7 +295,7 @@ def attention_spec(dtype: str, Lq: int, Lk: int, D: int, *, causal: bool = False
     cfg = attention_blocks(Lq, Lk, D, dtype, masked=mask != "none")
     t = _TT[dtype]
     sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": {"none": f"*{t}", "bool": "*u8", "add": f"*{t}"}[mask],
-           "out_ptr": f"*{t}", "Hq": "i32", "Lq": "i32", "Lk": "i32", "D": "i32", "GROUP": "i32", "sm_scale": "fp32"}
+           "out_ptr": f"*{t}", "Hq": "i32", "Lq": "i32", "Lk": "i32", "D": "i32", "GROUP": "i32", "qk_scale": "fp32"}
     strides = ["stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh",
                "stride_vn", "stride_mb", "stride_mh", "stride_mm", "stride_ob", "stride_oh", "stride_om"]
     sig.update({s: "i32" for s in strides})
