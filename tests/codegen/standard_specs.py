@@ -13,6 +13,8 @@ def standard_specs() -> list[dict]:
         gemm_spec("float16", 4096, 4096, 4096, bias=True, activation="gelu", residual=True),
         gemm_spec("float16", 64, 4096, 4096, bias=True, activation="silu", out_dtype="float32"),
         gemm_spec("float16", 4096, 11008, 4096, mul=True, residual=True),
+        gemm_spec("float16", 1, 11008, 4096, keep=True),  # FFN skipping's decode form: keep flags, early exit
+        gemm_spec("float16", 1, 4096, 11008, keep=True, mul=True, residual=True),
         gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu"),
         gemm_spec("float32", 512, 512, 512, activation="gelu_tanh", residual=True),
         dict(gemm_spec("bfloat16", 4096, 4096, 4096, bias=True, activation="sigmoid"), min_arch=90),
