@@ -40,6 +40,11 @@ def masked():
     return decoder("auto")
 
 
+@pytest.fixture(scope="module")
+def compact():
+    return decoder("compact")
+
+
 class _Ops(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -50,8 +55,7 @@ class _Ops(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_same_tokens_and_counts_as_compaction(masked):
-    compact = decoder("compact")
+def test_same_tokens_and_counts_as_compaction(masked, compact):
     assert compact.record.trace.record("ffn_skip").stats["form"] == "compact"
     assert masked.record.trace.record("ffn_skip").stats["form"] == "mask"  # auto: a decode step takes the flags
     a, b = compact.generate(prompt(), max_new_tokens=NEW), masked.generate(prompt(), max_new_tokens=NEW)
@@ -76,9 +80,9 @@ def test_decode_step_has_no_host_sync(masked):
     assert after["skipped"] - before["skipped"] == 2  # both gated layers skip this token (its gates' flags)
 
 
-def test_compaction_does_sync():
+def test_compaction_does_sync(compact):
     """The check above can fail: the compaction path's step runs nonzero (a host sync on a GPU)."""
-    c = decoder("compact")
+    c = compact
     c.generate(prompt(), max_new_tokens=2)
     with _Ops() as seen, torch.no_grad():
         c(torch.tensor([[5]]), torch.tensor([PROMPT + 1]), c._kv_cache.tensors)
@@ -101,8 +105,12 @@ def test_interpret_kernels_read_the_flags_and_build(masked):
         assert rows and all(r.get("spills") == 0 for r in rows), rows
 
 
-def test_bad_calibration_and_mode():
+def test_bad_mode():
     with pytest.raises(ConfigError, match="ffn_skip_mode"):
         fxforge.CompileConfig(ffn_skip=0.2, ffn_skip_mode="device")
+
+
+@pytest.mark.slow
+def test_bad_calibration():
     with pytest.raises(ConfigError, match="token ids"):
         fxforge.compile_decoder(model(), max_length=16, executor="reference", ffn_skip=0.2, calibration=["text"])
