@@ -114,3 +114,12 @@ def test_bad_mode():
 def test_bad_calibration():
     with pytest.raises(ConfigError, match="token ids"):
         fxforge.compile_decoder(model(), max_length=16, executor="reference", ffn_skip=0.2, calibration=["text"])
+
+
+def test_ir_text_round_trips(masked):
+    from fxforge.ir.parser import parse_graph
+    from fxforge.ir.printer import print_graph
+
+    text = print_graph(masked.graph)
+    assert "skip_keep(" in text and "row_keep(" in text
+    assert print_graph(parse_graph(text, dict(masked.graph.weights))) == text
