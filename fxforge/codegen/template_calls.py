@@ -137,4 +137,6 @@ def _qlinear(g: KernelGroup, n: Names) -> str:
     if lorc:
         args.append(f"lorc=({n(lorc[0])}, {n(lorc[1])})")
     args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
+    if p.get("keep") is not None:
+        args.append(f"keep={n(p['keep'])}")
     return f"_qlinear({', '.join(args)})"

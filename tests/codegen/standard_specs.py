@@ -25,7 +25,16 @@ def standard_specs() -> list[dict]:
         attention_spec("float32", 512, 512, 64, mask="bool"),
         dict(attention_spec("bfloat16", 2048, 2048, 128, causal=True, gqa=True), min_arch=90),
     ]
-    return specs + sparse_specs()
+    return specs + sparse_specs() + keep_specs()
+
+
+def keep_specs() -> list[dict]:
+    """FFN skipping's decode form: the qlinear kernels with keep flags (early exit), decode shapes."""
+    from fxforge.codegen.templates.qlinear_specs import qlinear_spec
+
+    specs = [qlinear_spec(s, 1, 11008, 4096, activation="silu", keep=True) for s in ("w8a8-int8", "w8a8-fp8", "w4a16-int4",
+                                                                                       "w4a8-fp")]
+    return specs + [qlinear_spec(s, 1, 4096, 11008, residual=True, fp8_dot=True, keep=True) for s in ("w8a8-fp8", "w4a8-fp")]
 
 
 def sparse_specs() -> list[dict]:

@@ -31,3 +31,20 @@ def test_keep_flags_skip_rows_and_whole_tiles():
     off = torch.zeros(3, 1, 1)
     got = gemm.linear(x_off, w_nan, b, keep=off)
     torch.testing.assert_close(got, b.expand(3, 1, 32))  # every row off: no K loop, the epilogue of zeros
+
+
+def test_qlinear_keep_flags():
+    """The qlinear kernels with keep flags give what they give on the zeroed rows without them."""
+    from fxforge.codegen.templates import qlinear as ql
+    from fxforge.ir.lowp_ops import encode_weight
+
+    if not isinstance(ql.qlinear_w8a8_int8_kernel, InterpretedFunction):
+        ql = importlib.reload(ql)
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 1, 64), torch.randn(32, 64), torch.randn(32)
+    keep = torch.tensor([0.0, 1.0, 0.0]).reshape(3, 1, 1)
+    for scheme in ("w8a8-int8", "w4a16-int4"):
+        weight = encode_weight(w, scheme)
+        plain = ql.qlinear(x * keep, weight, scheme, b, activation="silu")
+        torch.testing.assert_close(ql.qlinear(x * keep, weight, scheme, b, activation="silu", keep=keep), plain)
+        torch.testing.assert_close(ql.qlinear(x * 0, weight, scheme, b, keep=keep * 0), b.expand(3, 1, 32))

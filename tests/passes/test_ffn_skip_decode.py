@@ -123,3 +123,18 @@ def test_ir_text_round_trips(masked):
     text = print_graph(masked.graph)
     assert "skip_keep(" in text and "row_keep(" in text
     assert print_graph(parse_graph(text, dict(masked.graph.weights))) == text
+
+
+@pytest.mark.slow
+def test_quantized_decode_kernels_read_the_flags():
+    """W8A8 + FFN skipping through compile_decoder: the qlinear kernels take the flags, the interpreter's
+    tokens and counts are the reference's."""
+    cal = [torch.randint(3, 256, (2, 16), generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    opts = dict(max_length=16, ffn_skip=0.4, ffn_skip_warmup=2, quantize="w8a8-int8", quantize_method="rtn",
+                calibration=cal)
+    ref = fxforge.compile_decoder(model(), executor="reference", **opts)
+    itp = fxforge.compile_decoder(model(), executor="interpret", **opts)
+    assert torch.equal(itp.generate(prompt(), max_new_tokens=NEW), ref.generate(prompt(), max_new_tokens=NEW))
+    assert itp.fxforge_report.ffn_skip == ref.fxforge_report.ffn_skip and ref.fxforge_report.ffn_skip["skipped"] > 0
+    src = itp.record.program.executor.module.source
+    assert src.count("keep=") == 3 * 2 and "_qlinear(" in src

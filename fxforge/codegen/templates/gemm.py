@@ -104,6 +104,18 @@ def gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr,
 
 
 @triton.jit
+def keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K: tl.constexpr, HAS_KEEP: tl.constexpr):
+    """(the A rows a tile loads, its K-loop trip count): with HAS_KEEP, rows whose keep flag is 0 are not
+    loaded and a tile whose rows are all off runs no K iteration (shared by the qlinear kernels)."""
+    rows_a = mask_m
+    n_k = tl.cdiv(K, BLOCK_K)
+    if HAS_KEEP:
+        rows_a = mask_m & (tl.load(keep_ptr + offs_m * stride_km, mask=mask_m, other=0.0) != 0)
+        n_k = tl.where(tl.max(rows_a.to(tl.int32), 0) > 0, n_k, 0)  # every row skipped: no K loop
+    return rows_a, n_k
+
+
+@triton.jit
 def gemm_kernel(
     a_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, mul_ptr,
     M, N, K,
@@ -116,11 +128,7 @@ def gemm_kernel(
 ):
     """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile."""
     offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-    rows_a = mask_m  # the A rows this tile loads
-    n_k = tl.cdiv(K, BLOCK_K)
-    if HAS_KEEP:
-        rows_a = mask_m & (tl.load(keep_ptr + offs_m * stride_km, mask=mask_m, other=0.0) != 0)
-        n_k = tl.where(tl.max(rows_a.to(tl.int32), 0) > 0, n_k, 0)  # every row skipped: no K loop
+    rows_a, n_k = keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K, HAS_KEEP)
 
     # A tile [BLOCK_M, BLOCK_K]; W tile read transposed as [BLOCK_K, BLOCK_N]
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
@@ -252,7 +260,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     res = residual if residual is not None else out
     mt = mul if mul is not None else out
-    kp = _keep_rows(keep, lead, M) if keep is not None else out
+    kp = keep_view(keep, lead, M) if keep is not None else out
     gemm_kernel[grid](
         a, w, out, bias if bias is not None else out, res, mt,
         M, N, K,
@@ -267,7 +275,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     return out.reshape(*lead, N)
 
 
-def _keep_rows(keep: torch.Tensor, lead: tuple, M: int) -> torch.Tensor:
+def keep_view(keep: torch.Tensor, lead: tuple, M: int) -> torch.Tensor:
     """The [..., 1] keep flags as [M] (a view where the layout allows it)."""
     if tuple(keep.shape[:-1]) != lead or keep.shape[-1] != 1:
         raise ShapeError(f"keep {tuple(keep.shape)} must be the rows of x {lead} + (1,)")
