@@ -138,3 +138,15 @@ def test_quantized_decode_kernels_read_the_flags():
     assert itp.fxforge_report.ffn_skip == ref.fxforge_report.ffn_skip and ref.fxforge_report.ffn_skip["skipped"] > 0
     src = itp.record.program.executor.module.source
     assert src.count("keep=") == 3 * 2 and "_qlinear(" in src
+
+
+def test_export_refuses_the_decode_gate():
+    from fxforge.errors import ExportError
+    from fxforge.export.layers import linear_layers
+    from fxforge.ir.parser import parse_graph
+
+    text = ("graph @f(%x: f32[4, 8], %p: i64[4]) {\n"
+            "  %k = skip_keep(%x, %x, %p) {kind=\"carry\", threshold=0.5} : f32[4, 1]\n"
+            "  %0 = row_keep(%x, %k) : f32[4, 8]\n  return %0\n}")
+    with pytest.raises(ExportError, match="FFN skipping"):
+        linear_layers(parse_graph(text, {}), [], ["w8a8-int8"])
