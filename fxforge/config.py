@@ -44,7 +44,7 @@ class CompileConfig:
         on or off; rotate_mode: "auto" (residual-stream rotation where the architecture allows, online
         Hadamard elsewhere) or "online"; rotate_block: the largest online Hadamard block (0: whole width).
     ffn_skip: share of FFN token-rows to skip per token at run time (0 < x <= 0.9; needs calibration);
-        ffn_skip_gate: "linear" (default), "carry" (FFN-SkipLLM's rule) or "oracle" (measurement only);
+        ffn_skip_gate: "linear" (default), "quadratic" (on [u, u*u]), "carry" (FFN-SkipLLM's rule) or "oracle" (measurement only);
         ffn_skip_warmup: tokens at positions below it always run their FFNs; ffn_skip_protect: FFN block
         indices never skipped (default first and last); ffn_skip_overrides: {site pattern: fixed share};
         ffn_skip_mode: "auto" (per-row keep flags on the device in decode graphs, compaction elsewhere),

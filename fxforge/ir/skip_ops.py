@@ -7,6 +7,8 @@ the residual stream. No control-flow regions: the number of kept rows is a data-
   below `threshold` and its position (`pos`, broadcast to the leading dims) is >= `warmup`. Scores:
   `linear`: a = FFN input u, b = the residual stream h, w: f32[D]: u·w + bias - log|h|
             (a least-squares prediction of log(|FFN(u)| / |h|), the FFN's relative size);
+  `quadratic`: as linear with w: f32[2D] over the features [u, u*u]: [u, u*u]·w + bias - log|h|
+            (the FFN's size is closer to a quadratic than a linear function of its input);
   `carry`:  a, b = the previous FFN block's input and output streams: 1 - cos(a, b) (FFN-SkipLLM's
             rule: a block that left the stream unchanged predicts the next one will too);
   `oracle`: a = the FFN's own output y, b = h: log(|y| / |h|) (measurement only: the FFN has run).
@@ -45,7 +47,8 @@ from fxforge.ir.ops import REQUIRED, OpDef, register
 from fxforge.ir.types import TensorType, dims_equal, sym
 
 DATA_DEPENDENT = "data_dependent_shape"
-GATE_KINDS = ("linear", "carry", "oracle")
+GATE_KINDS = ("linear", "quadratic", "carry", "oracle")
+WEIGHTED = {"linear": 1, "quadratic": 2}  # gate kinds with a weight operand: its length in multiples of D
 MODES = ("auto", "compact", "mask")  # how a gated block skips: see passes/ffn_skip.py
 EPS = 1e-12
 MAX_SHARE = 0.9
@@ -74,14 +77,19 @@ def options_problem(target: Any, gate: Any, warmup: Any, protect: Any, overrides
     return None
 
 
+def gate_features(kind: str, u: torch.Tensor) -> torch.Tensor:
+    """What a weighted gate's w is dotted with: u (linear) or [u, u*u] (quadratic)."""
+    return u if kind == "linear" else torch.cat([u, u * u], -1)
+
+
 def _row_norm(x: torch.Tensor) -> torch.Tensor:
     return x.float().norm(dim=-1).clamp_min(EPS)
 
 
 def gate_scores(kind: str, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None = None, bias: float = 0.0) -> torch.Tensor:
     """Per-row scores (leading dims of a) of a gate kind; a row is skipped where its score is low."""
-    if kind == "linear":
-        return a.float() @ w.float() + bias - torch.log(_row_norm(b))
+    if kind in WEIGHTED:
+        return gate_features(kind, a.float()) @ w.float() + bias - torch.log(_row_norm(b))
     if kind == "carry":
         return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1, eps=EPS)
     if kind == "oracle":
@@ -104,10 +112,11 @@ def _skip_gate_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[Ten
         raise ShapeError(f"skip_gate: a {list(a.shape)} and b {list(b.shape)} must have the same row dims (rank >= 2)")
     if pos.dtype not in (DType.i64, DType.i32) or pos.rank > a.rank - 1:
         raise ShapeError(f"skip_gate: pos must be integer positions broadcasting to {list(a.shape[:-1])}")
-    if (attrs["kind"] == "linear") != (len(types) == 4):
-        raise ShapeError("skip_gate: the linear kind takes a weight operand w[D]; the others take none")
-    if len(types) == 4 and (types[3].rank != 1 or not dims_equal(types[3].shape[0], a.shape[-1])):
-        raise ShapeError(f"skip_gate: w {list(types[3].shape)} must be [{a.shape[-1]}]")
+    k = WEIGHTED.get(attrs["kind"])
+    if (k is not None) != (len(types) == 4):
+        raise ShapeError(f"skip_gate: the kinds {list(WEIGHTED)} take a weight operand w; the others take none")
+    if k is not None and (types[3].rank != 1 or not dims_equal(types[3].shape[0], k * a.shape[-1])):
+        raise ShapeError(f"skip_gate: w {list(types[3].shape)} must be [{k} x {a.shape[-1]}] for kind {attrs['kind']!r}")
     return [TensorType((sym(attrs["count"]),), DType.i64)]
 
 

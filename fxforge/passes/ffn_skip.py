@@ -5,7 +5,7 @@ Options (`ctx.option("ffn_skip.<name>")`, set from CompileConfig's ffn_skip* fie
     "target"              target share of FFN token-rows to skip, 0 < x <= 0.9 (of ALL FFN rows: protected
                           blocks and warm-up tokens count as rows that run)
     "gate"                "linear" (default: least-squares predictor of the FFN's relative output size
-                          from its own input), "carry" (FFN-SkipLLM's rule: skip when the previous FFN
+                          from its own input), "quadratic" (the same on [u, u*u]), "carry" (FFN-SkipLLM's rule: skip when the previous FFN
                           left the stream unchanged) or "oracle" (measurement only: runs every FFN)
     "warmup"              tokens at positions below this always run their FFNs (default 4)
     "protect"             block indices never skipped (default (0, -1): the first and last FFN)
@@ -54,7 +54,7 @@ import torch
 from fxforge.errors import ConfigError
 from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph, Op
-from fxforge.ir.skip_ops import options_problem
+from fxforge.ir.skip_ops import WEIGHTED, options_problem
 from fxforge.passes import ffn_skip_gate as G
 from fxforge.passes.ffn_skip_find import FfnBlock, find_ffn_blocks, find_positions
 from fxforge.passes.ffn_skip_rewrite import add_count, add_counts, add_gate, compact, mask
@@ -187,7 +187,7 @@ def _fit_layers(blocks: list[FfnBlock], data: list[G.BlockData], plan: dict[int,
     fits, curves, layer_stats = {}, {}, {}
     for i in plan:
         d, prev = data[i], data[i - 1] if i > 0 else None
-        w, bias, r2 = G.fit_linear(d) if o["gate"] == "linear" else (None, 0.0, None)
+        w, bias, r2 = G.fit_linear(d, kind=o["gate"]) if o["gate"] in WEIGHTED else (None, 0.0, None)
         score = G.scores(o["gate"], d, prev, w, bias)
         eligible = d.pos >= o["warmup"]
         fits[i] = (w, bias)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fxforge.ir.graph import Graph, Op, Value, Weight
+from fxforge.ir.skip_ops import WEIGHTED
 from fxforge.passes.ffn_skip_find import GEMMS, FfnBlock
 
 COUNTS_NAME = "ffn_skip_counts"
@@ -70,7 +71,7 @@ def add_gate(graph: Graph, block: FfnBlock, kind: str, index: int, pos: Value, t
     attrs = {"kind": kind, "threshold": float(threshold), "warmup": int(warmup)}
     if form == "compact":
         attrs["count"] = f"ffn_kept{index}"
-    if kind == "linear":
+    if kind in WEIGHTED:
         name = _free_weight(graph, f"{block.site}.skip_gate")
         graph.add_weight(name, Weight(w.detach().float().clone()))
         wv = graph.insert_before(anchor, "const", [], {"weight": name}, name="skip_gate_w").result

@@ -149,7 +149,7 @@ def test_ir_text_round_trips(llama):
     torch.testing.assert_close(evaluate(again, [x])[0], evaluate(c.graph, [x])[0])
 
 
-@pytest.mark.parametrize("gate", ["carry", "oracle"])
+@pytest.mark.parametrize("gate", ["quadratic", "carry", "oracle"])
 def test_other_gates(gate):
     model = zoo.build("llama", layers=LAYERS)
     x = zoo.example_input("llama")
@@ -157,6 +157,8 @@ def test_other_gates(gate):
                             executor="reference")
     assert {op.attrs["kind"] for op in c.graph.find("skip_gate")} == {gate}
     assert abs(stats(c)["calibration"]["share_skipped"] - 0.2) <= 0.05
+    if gate == "quadratic":  # w over [u, u*u]
+        assert {c.graph.weights[n].data.shape[0] for n in c.graph.weights if n.endswith("skip_gate")} == {2 * 64}
 
 
 def test_no_ffn_block_is_a_note_not_an_error():
