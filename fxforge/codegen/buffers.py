@@ -42,7 +42,7 @@ def tensor_reads(step: Step) -> list[Value]:
         return [v for v in step.inputs if not _is_literal(v)]
     if step.kind == "gemm":
         p, root = step.params, step.ops[0]
-        extra = [p["bias"], p.get("mul"), p["residual"]]
+        extra = [p["bias"], p.get("mul"), p["residual"], p.get("keep")]
         return [*root.operands, *[v for v in extra if v is not None]]
     return list(step.ops[0].operands)
 

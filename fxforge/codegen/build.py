@@ -248,7 +248,8 @@ _ATTN_MODULE = "fxforge.codegen.templates.attention"
 
 
 def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activation: str = "none",
-              residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None) -> dict:
+              residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None,
+              keep: bool = False) -> dict:
     """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`
     (`arch`: the decode table's configs for that GPU, as the launcher picks them there)."""
     from fxforge.codegen.blocks import gemm_blocks
@@ -257,13 +258,14 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
     t, to = _TT[dtype], _TT[out_dtype or dtype]
     sig = {"a_ptr": f"*{t}", "w_ptr": f"*{t}", "out_ptr": f"*{to}", "bias_ptr": f"*{t}", "res_ptr": f"*{to}",
            "mul_ptr": f"*{to}", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
-           "stride_om": "i32", "stride_rm": "i32", "stride_mm": "i32", "scale": "fp32"}
+           "stride_om": "i32", "stride_rm": "i32", "stride_mm": "i32", "scale": "fp32", "keep_ptr": f"*{t}"}
     const = {"stride_ak": 1, "stride_wk": 1, "stride_on": 1, "stride_rn": 1, "stride_mn": 1, "HAS_MUL": mul,
+             "stride_km": 1, "HAS_KEEP": keep,
              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": 8,
              "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual, "UPCAST": False,
              "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
-    epi = "+".join([s for s, on in (("bias", bias), (activation, activation != "none"), ("mul", mul), ("res", residual))
-                    if on]) or "plain"
+    epi = "+".join([s for s, on in (("bias", bias), (activation, activation != "none"), ("mul", mul), ("res", residual),
+                                    ("keep", keep)) if on]) or "plain"
     return {"module": _GEMM_MODULE, "kernel": "gemm_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_om", "stride_rm", "stride_mm"],
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],

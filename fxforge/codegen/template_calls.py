@@ -95,6 +95,8 @@ def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear
     bias = op.operands[2] if len(op.operands) > 2 else p["bias"]
     args = [n(op.operands[0]), weight] + ([n(bias)] if bias is not None else [])
     args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype"))
+    if p.get("keep") is not None:  # FFN skipping's decode form (only the dense rule sets it)
+        args.append(f"keep={n(p['keep'])}")
     return f"{template}({', '.join(args)})"
 
 
@@ -135,4 +137,6 @@ def _qlinear(g: KernelGroup, n: Names) -> str:
     if lorc:
         args.append(f"lorc=({n(lorc[0])}, {n(lorc[1])})")
     args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
+    if p.get("keep") is not None:
+        args.append(f"keep={n(p['keep'])}")
     return f"_qlinear({', '.join(args)})"

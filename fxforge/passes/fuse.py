@@ -254,6 +254,10 @@ class _Partitioner:
             members.append(user)
             y = user.result
         reason = "gemm + epilogue (" + ", ".join(m.opcode for m in members[1:]) + ")" if len(members) > 1 else "gemm alone"
+        src = op.operands[0].producer
+        if rule.keep and src is not None and src.opcode == "row_keep":  # FFN skipping: early exit on the flags
+            params["keep"] = src.operands[1]
+            reason += ", keep flags of the row_keep input (early exit)"
         if weight_encoding_kind(op) == "nm":
             enc = op.operands[1].type.encoding
             reason = f"N:M sparse template ({enc.n}:{enc.m}, {enc.scheme or 'fp16/bf16'} kept values): {reason}"
@@ -302,6 +306,9 @@ class _Partitioner:
                 if id(v) not in produced and id(v) not in seen:
                     seen.add(id(v))
                     g.inputs.append(v)
+        keep = g.params.get("keep")
+        if keep is not None and id(keep) not in seen:  # read by the template, operand of no member
+            g.inputs.append(keep)
         outs = {id(o) for o in self.graph.outputs}
         for op in g.ops:
             for r in op.results:

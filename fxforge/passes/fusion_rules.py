@@ -21,7 +21,8 @@ from fxforge.ir.types import NM, BlockFP, Quantized, dims_equal
 FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
-            "(#quantized const weight) the same without the scale and the mul",
+            "(#quantized const weight) the same without the scale and the mul; a linear/qlinear whose input is "
+            "a row_keep also reads its keep flags (FFN skipping's early exit; not the MX/NVFP4 schemes yet)",
     "row": "softmax|log_softmax|layer_norm|rms_norm|sum|mean|amax over the last dim + single-use pointwise "
            "producers (prologue) + same-shape pointwise consumers (epilogue, normalising ops only)",
     "pointwise": "tree of pointwise ops (+ single-use cat), single-use producers fused inward, broadcasting to the root's shape",
@@ -163,19 +164,21 @@ def _matmul_2d_weight(op: Op) -> bool:
 class GemmRule:
     """A GEMM anchor: can its template run this op (`ok`), does it take the whole epilogue
     (`linear_like`), the operand counts that include a bias, and whether the template has the
-    scale and mul-by-tensor steps."""
+    scale and mul-by-tensor steps, and whether it reads FFN-skip keep flags (`keep`: the input is a
+    `row_keep`, the template skips the K loop of tiles whose rows are all off)."""
 
     ok: Callable[[Op], bool]
     linear_like: Callable[[Op], bool]
     bias_arity: tuple[int, ...]
     scale: bool = True
     mul: bool = True
+    keep: bool = False
 
 
 GEMM_RULES = {
-    "linear": GemmRule(kernel_types_ok, _always, (3,)),
+    "linear": GemmRule(kernel_types_ok, _always, (3,), keep=True),
     "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, ()),
-    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=False, mul=False),  # operands x, w, [bias], [u, v]
+    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=False, mul=False, keep=True),  # x, w, [bias], [u, v]
 }
 # anchors whose weight has an encoding another template reads: (opcode, encoding kind) -> rule, tried first
 ENCODED_GEMM_RULES = {

@@ -13,6 +13,7 @@ def standard_specs() -> list[dict]:
         gemm_spec("float16", 4096, 4096, 4096, bias=True, activation="gelu", residual=True),
         gemm_spec("float16", 64, 4096, 4096, bias=True, activation="silu", out_dtype="float32"),
         gemm_spec("float16", 4096, 11008, 4096, mul=True, residual=True),
+        gemm_spec("float16", 1, 4096, 11008, keep=True, mul=True, residual=True),  # FFN skipping's keep flags
         gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu"),
         gemm_spec("float32", 512, 512, 512, activation="gelu_tanh", residual=True),
         dict(gemm_spec("bfloat16", 4096, 4096, 4096, bias=True, activation="sigmoid"), min_arch=90),
@@ -23,7 +24,16 @@ def standard_specs() -> list[dict]:
         attention_spec("float32", 512, 512, 64, mask="bool"),
         dict(attention_spec("bfloat16", 2048, 2048, 128, causal=True, gqa=True), min_arch=90),
     ]
-    return specs + sparse_specs()
+    return specs + sparse_specs() + keep_specs()
+
+
+def keep_specs() -> list[dict]:
+    """FFN skipping's decode form: the qlinear kernels with keep flags (early exit), decode shapes."""
+    from fxforge.codegen.templates.qlinear_specs import qlinear_spec
+
+    return [qlinear_spec("w8a8-int8", 1, 11008, 4096, activation="silu", keep=True),
+            qlinear_spec("w4a16-int4", 1, 11008, 4096, keep=True),
+            qlinear_spec("w8a8-fp8", 1, 4096, 11008, residual=True, fp8_dot=True, keep=True)]
 
 
 def sparse_specs() -> list[dict]:
