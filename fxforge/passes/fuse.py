@@ -29,6 +29,8 @@ The rule table (`FUSION_RULES` prints it):
   outputs (the common input is loaded once). It runs where the last of them did, so every outside
   reader of an earlier one's outputs must come after that point. At most MAX_HORIZONTAL outputs.
 - attention: alone (the flash-attention template).
+- rope_cache: after a concatenated QKV GEMM, the q/k/v head views, RoPE of q and k and the two
+  `cache_write`s of k and v (`rope_sites.py`): one template launch (`templates/rope_cache.py`).
 - nm: a `linear`/`qlinear` whose weight is an `#nm` const runs the N:M sparse template of its GEMM rule
   (`ENCODED_GEMM_RULES`: the dense epilogue for `linear`, the qlinear one for `qlinear`); the pass's
   statistics say which path each pruned layer took (`sparse_paths`: template or host, and why).
@@ -56,6 +58,7 @@ from fxforge.passes.fusion_rules import (
     host_reason,
     kernel_types_ok,
     literal_value,
+    norm_prologue,
     normalizes,
     pointwise_ok,
     row_ok,
@@ -63,9 +66,11 @@ from fxforge.passes.fusion_rules import (
     scale_of,
     single_use,
     sparse_paths,
+    swiglu_ops,
     weight_encoding_kind,
 )
 from fxforge.passes.manager import PassContext
+from fxforge.passes.rope_sites import rope_sites
 
 # -- the GEMM epilogue, in the template's order ------------------------------------------------------
 # Each step: (params key, taker(fuser, anchor, rule, user, y) -> the value it records, or None).
@@ -115,7 +120,9 @@ EPILOGUE: list[tuple[str, Callable[..., Any]]] = [
     ("scale", _scale), ("bias", _bias), ("activation", _activation), ("mul", _mul), ("residual", _residual),
     ("out_dtype", _out_dtype)]
 _LINEAR_ONLY = {"bias", "mul", "residual", "out_dtype"}  # a batched matmul's template call has none of them
-_DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None, "out_dtype": None}
+_DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None, "out_dtype": None,
+             "norm": None, "swiglu": False}
+_STEP = {key: i for i, (key, _) in enumerate(EPILOGUE)}
 
 # -- the partition ------------------------------------------------------------------------------
 
@@ -140,6 +147,9 @@ class _Partitioner:
             rule = gemm_rule(op)
             if rule is not None and self.free(op):
                 self.gemm(op, rule)
+        for site in rope_sites(self.graph):  # before the pointwise trees, which would take its RoPE ops
+            if all(self.free(op) for op in site.ops):
+                self.claim(KernelGroup("rope_cache", list(site.ops), [], [], FUSION_RULES["rope_cache"], {"site": site}))
         for op in ops:
             if row_ok(op) and self.free(op):
                 self.row(op)
@@ -239,10 +249,18 @@ class _Partitioner:
     def gemm(self, op: Op, rule: GemmRule) -> None:
         """The anchor and the epilogue steps its template takes, in order; a GEMM that is not
         linear-like (a batched matmul) takes one step at most, scale or activation."""
-        params: dict[str, Any] = dict(_DEFAULTS)
+        params: dict[str, Any] = dict(_DEFAULTS, anchor=op)
         linear_like = params["linear_like"] = rule.linear_like(op)
         nxt = 2 if len(op.operands) in rule.bias_arity else 0  # a bias operand: the activation is next
         members, y = [op], op.result
+        norm = norm_prologue(op, self.graph) if rule.norm else None
+        if norm is not None and self.free(norm):
+            members.append(norm)
+            params["norm"] = norm
+        swiglu = swiglu_ops(op, self.graph) if rule.swiglu else None
+        if swiglu is not None and all(self.free(o) for o in swiglu):  # the activation and mul steps, in the template
+            members += swiglu
+            params["swiglu"], y, nxt = True, swiglu[-1].result, _STEP["residual"]
         while single_use(y, self.graph):
             user = y.uses[0]
             if not self.free(user) or not kernel_types_ok(user) or (not linear_like and len(members) > 1):
@@ -253,7 +271,10 @@ class _Partitioner:
             nxt, params[EPILOGUE[taken[0]][0]] = taken[0] + 1, taken[1]
             members.append(user)
             y = user.result
-        reason = "gemm + epilogue (" + ", ".join(m.opcode for m in members[1:]) + ")" if len(members) > 1 else "gemm alone"
+        reason = "gemm + epilogue (" + ", ".join(m.opcode for m in members[1:] if m is not norm) + ")" if len(
+            members) > (2 if params["norm"] else 1) else "gemm alone"
+        if params["norm"]:
+            reason = "rms_norm prologue + " + reason
         if weight_encoding_kind(op) == "nm":
             enc = op.operands[1].type.encoding
             reason = f"N:M sparse template ({enc.n}:{enc.m}, {enc.scheme or 'fp16/bf16'} kept values): {reason}"
@@ -302,6 +323,10 @@ class _Partitioner:
                 if id(v) not in produced and id(v) not in seen:
                     seen.add(id(v))
                     g.inputs.append(v)
+        if g.kind == "rope_cache":  # the template's results, in its order
+            site = g.params["site"]
+            g.outputs += [site.q, site.k_written, site.v_written]
+            return
         outs = {id(o) for o in self.graph.outputs}
         for op in g.ops:
             for r in op.results:
