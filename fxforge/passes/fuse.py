@@ -162,6 +162,12 @@ class _Partitioner:
                 self.claim(KernelGroup("pointwise", members, [], [],
                                        FUSION_RULES["pointwise"] if len(members) > 1 else "single pointwise op"))
         order = {id(op): i for i, op in enumerate(ops)}
+        for g in self.groups:
+            g.ops.sort(key=lambda o: order[id(o)])
+            self.finish(g)
+        self.groups.sort(key=lambda g: order[id(g.root)])
+        self.horizontal(order)
+        self.absorb(order)
         host: dict[int, str] = {}
         host_ops: dict[str, str] = {}
         for op in ops:
@@ -169,12 +175,37 @@ class _Partitioner:
                 host[id(op)] = host_reason(op)
                 names = ", ".join("%" + r.name for r in op.results)
                 host_ops[f"{names} = {op.opcode}"] = host[id(op)]
-        for g in self.groups:
-            g.ops.sort(key=lambda o: order[id(o)])
-            self.finish(g)
-        self.groups.sort(key=lambda g: order[id(g.root)])
-        self.horizontal(order)
         return Partition(self.groups, host, host_ops)
+
+    def absorb(self, order: dict[int, int]) -> None:
+        """Pull into a pointwise group what only it reads: a host `cat` it could read through, or a whole
+        earlier pointwise group (RoPE's tables: cos and sin of cat(f, f), f = pos * inv_freq, one kernel
+        instead of two and a host cat). Absorbed values are recomputed where read; the group's root,
+        hence its place in the launch order, is unchanged."""
+        changed = True
+        while changed:
+            changed = False
+            for g in [g for g in self.groups if g.kind == "pointwise"]:
+                for v in g.inputs:
+                    p = v.producer
+                    src = self.claimed.get(id(p)) if p is not None else None
+                    ops = [p] if p is not None and src is None and cat_ok(p) else src.ops if (
+                        src is not None and src is not g and src.kind == "pointwise") else []
+                    if ops and self.only_read_by(ops, g):
+                        self.groups = [x for x in self.groups if x is not src]
+                        g.ops = sorted(g.ops + ops, key=lambda o: order[id(o)])
+                        g.inputs, g.outputs = [], []
+                        self.finish(g)
+                        for op in ops:
+                            self.claimed[id(op)] = g
+                        g.reason += f" (+ {len(ops)} absorbed producer op(s) only it reads)"
+                        changed = True
+                        break
+
+    def only_read_by(self, ops: list[Op], g: KernelGroup) -> bool:
+        inside = {id(op) for op in [*g.ops, *ops]}
+        outs = {id(o) for o in self.graph.outputs}
+        return all(id(r) not in outs and all(id(u) in inside for u in r.uses) for op in ops for r in op.results)
 
     def horizontal(self, order: dict[int, int]) -> None:
         """Merge pointwise groups (in root order) into an earlier compatible one: same domain shape,

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.blocks import gemm_blocks
+from fxforge.codegen.blocks import gemm_blocks, swiglu_blocks
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
 
@@ -285,6 +285,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     if M == 0 or N == 0:
         return out.reshape(*lead, N)
     cfg = gemm_blocks(M, N, K, x.dtype, device_arch(x.device))
+    cfg = swiglu_blocks(cfg) if swiglu else cfg
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     res = residual if residual is not None else out
     mt = mul if mul is not None else out

@@ -92,3 +92,17 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         *k_cache.stride()[:3], *v_cache.stride()[:3],
         HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim))
     return q, k_cache, v_cache
+
+
+def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int) -> dict:
+    """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches."""
+    t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
+    ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr", "k_ptr", "v_ptr")}
+    strides = ("S", "stride_xb", "stride_xs", "stride_cb", "stride_cs", "stride_kb", "stride_kh", "stride_kl",
+               "stride_vb", "stride_vh", "stride_vl")
+    sig = {**ptrs, "pos_ptr": "*i64", **dict.fromkeys(strides, "i32")}
+    const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim,
+             "BLOCK_D": triton.next_power_of_2(head_dim)}
+    return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
+            "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
+            "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim}"}
