@@ -41,6 +41,20 @@ def template_renders(*opcodes: str, encoding: str | None = None) -> Callable[[Te
     return deco
 
 
+# kernel groups of several ops that one template runs, by group kind (`rope_cache`): not an opcode's renderer
+GROUP_RENDERERS: dict[str, TemplateRenderer] = {}
+
+
+def group_renders(kind: str) -> Callable[[TemplateRenderer], TemplateRenderer]:
+    """Register the template call of kernel groups of this kind (a pattern of several ops, not one anchor)."""
+
+    def deco(fn: TemplateRenderer) -> TemplateRenderer:
+        GROUP_RENDERERS[kind] = fn
+        return fn
+
+    return deco
+
+
 def _weight_kind(op) -> str | None:
     enc = op.operands[1].type.encoding if len(op.operands) > 1 else None
     return getattr(enc, "kind", None)
@@ -49,8 +63,8 @@ def _weight_kind(op) -> str | None:
 def render_template(g: KernelGroup, n: Names) -> str:
     """The call expression of a template kernel group."""
     anchor = g.anchor
-    render = (ENCODED_TEMPLATE_RENDERERS.get((anchor.opcode, _weight_kind(anchor))) or TEMPLATE_RENDERERS.get(anchor.opcode)
-              or TEMPLATE_RENDERERS.get(g.kind))  # a group of several ops with its own template (rope_cache)
+    render = (GROUP_RENDERERS.get(g.kind) or ENCODED_TEMPLATE_RENDERERS.get((anchor.opcode, _weight_kind(anchor)))
+              or TEMPLATE_RENDERERS.get(anchor.opcode))
     if render is None:
         raise NotImplementedError(f"no template call for a {g.kind} group anchored by {g.anchor.opcode!r}")
     return render(g, n)
@@ -77,7 +91,7 @@ def _hadamard(g: KernelGroup, n: Names) -> str:
     return f"_hadamard({n(op.operands[0])}, block={op.attrs['block']})"
 
 
-@template_renders("rope_cache")
+@group_renders("rope_cache")
 def _rope_cache(g: KernelGroup, n: Names) -> str:
     """`_rope_cache(qkv, cos, sin, pos, k_cache, v_cache, ...)` -> (q, k_cache, v_cache): the group's outputs."""
     s = g.params["site"]
