@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 $(MARK) tests
+	$(BIN)/python -m pytest -n 2 --durations=15 $(MARK) tests
 
 test-all: $(STAMP)
 	$(MAKE) test MARK=

@@ -42,7 +42,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "api": {"jit", "pipeline", "frontend", "passes", "codegen", "runtime", "costmodel", "config", "export"} | BASE,
     "cli": {"", "api", "pipeline", "frontend", "passes", "codegen", "runtime", "costmodel", "config", "export"} | BASE,
     "": {"api", "config"} | BASE,
-    "inspect": {"runtime", "codegen", "passes", "config"} | BASE,  # notebook pictures; nothing in the compiler imports it
+    "inspect": {"runtime", "codegen", "passes", "costmodel", "config"} | BASE,  # notebook pictures; nothing in the compiler imports it
     "testing": set(),  # fixtures for the demo, notebook and tests: nothing of fxforge, and nothing imports it
 }
 

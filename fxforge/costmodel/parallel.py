@@ -5,8 +5,10 @@
 
 Decisions:
 - Each job is independent (one model x scheme x input), so the results are concatenated in job order.
-- Ray is optional (the `ray` extra) and imported only when asked for. Connecting to an address runs in a
-  thread with a timeout: an unreachable cluster is a ConfigError naming the address, never a hang.
+- Ray is optional (the `ray` extra) and imported only when asked for. `ray="auto"` starts a local cluster
+  (or joins the one RAY_ADDRESS names). An address is first probed with a TCP connect under a timeout, so
+  an unreachable cluster is a ConfigError naming the address, never a hang; `ray.init` itself runs in the
+  calling thread (run in a worker thread, Ray's GCS client lost its server within a minute, measured).
 - `workers=1` runs the jobs in this process (tests, debugging).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,22 +34,24 @@ def _ray_connect(address: str, timeout: float) -> Any:
                           "local processes") from None
     if ray.is_initialized():
         return ray
-    if address != "auto" and ":" not in address:
-        raise ConfigError(f"Ray address {address!r} is not 'auto' or HOST:PORT")
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    kwargs = {} if address == "auto" else {"address": address}
-    future = pool.submit(ray.init, include_dashboard=False, log_to_driver=False, **kwargs)
+    if address != "auto":
+        _probe(address, timeout)
     try:
-        future.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise ConfigError(f"cannot reach the Ray cluster at {address!r} within {timeout:.0f} s; check the address "
-                          "(ray status on the head node) or drop --ray") from None
+        ray.init(include_dashboard=False, log_to_driver=False, **({} if address == "auto" else {"address": address}))
     except Exception as e:
         raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {type(e).__name__}: {e}") from None
-    finally:
-        pool.shutdown(wait=False)
     return ray
+
+
+def _probe(address: str, timeout: float) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Ray address {address!r} is not 'auto' or HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address!r} within {timeout:.0f} s ({e}); check the "
+                          "address (ray status on the head node) or drop --ray") from None
 
 
 def run_jobs(fn: Callable[[Any], list], jobs: Sequence[Any], *, workers: int = 2, ray: str | None = None,

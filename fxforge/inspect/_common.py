@@ -48,6 +48,11 @@ class HTML:
         return self.data
 
 
+def trace_of(source: Any) -> Any:
+    """The pass trace of a CompiledModule (`.record.trace`), a record (`.trace`), or a trace itself."""
+    return getattr(getattr(source, "record", None), "trace", None) or getattr(source, "trace", None) or source
+
+
 def layer_index(site: str) -> int | None:
     """The decoder layer a weight or site name belongs to (`model.layers.3.mlp` -> 3), None if none."""
     parts = site.split(".")

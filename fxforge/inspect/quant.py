@@ -15,16 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from fxforge.errors import ConfigError
-from fxforge.inspect._common import figure, layer_index
-
-
-def _trace(source: Any) -> Any:
-    return getattr(getattr(source, "record", None), "trace", None) or getattr(source, "trace", None) or source
+from fxforge.inspect._common import figure, layer_index, trace_of
 
 
 def layer_errors(source: Any, pass_name: str = "quantize") -> dict[str, dict[str, Any]]:
     """{linear: its statistics} from the last run of `pass_name` (layers with a `rel_error` only)."""
-    stats = _trace(source).record(pass_name, -1).stats
+    stats = trace_of(source).record(pass_name, -1).stats
     return {k: v for k, v in (stats.get("layers") or {}).items() if isinstance(v, dict) and "rel_error" in v}
 
 

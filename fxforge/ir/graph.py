@@ -251,6 +251,32 @@ class Graph:
                     g.add_edge(index[id(v.producer)], i, value=v.name)
         return g
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Graph:
+        """A deep copy made op by op: the default one follows use-def chains recursively (producer ->
+        operands -> producer ...), so a few hundred ops (a 2-layer Llama) exceeded Python's recursion limit."""
+        import copy
+
+        new = Graph.__new__(Graph)
+        memo[id(self)] = new
+        values = list(self.values())
+        for v in values:  # shells first, so every reference below resolves through memo
+            memo[id(v)] = Value.__new__(Value)
+        for op in self.ops:
+            memo[id(op)] = Op.__new__(Op)
+        for v in values:
+            c = memo[id(v)]
+            c.name, c.type = v.name, copy.deepcopy(v.type, memo)
+            c.producer = memo.get(id(v.producer)) if v.producer is not None else None
+            c.uses = [copy.deepcopy(u, memo) for u in v.uses]
+        for op in self.ops:
+            c = memo[id(op)]
+            c.opcode, c.attrs, c.graph = op.opcode, copy.deepcopy(op.attrs, memo), new
+            c.operands = [copy.deepcopy(v, memo) for v in op.operands]
+            c.results = [memo[id(r)] for r in op.results]
+        for key, val in self.__dict__.items():
+            setattr(new, key, copy.deepcopy(val, memo))
+        return new
+
     def __str__(self) -> str:
         return print_graph(self)
 

@@ -21,6 +21,10 @@ W4A16-INT4 / W4A8-FP with rotation see the results file; GPTQ rows come with the
 Decided: rotation is data-free but stays off by default without calibration data, so a plain
 `quantize=` compile is still round-to-nearest (pass rotate=True to have it anyway).
 
+Methods are decided per scheme: a layer whose scheme comes from `quantize_overrides` (or from a budget's
+plan, which compiles with overrides only) gets its own scheme's defaults (`method_targets`), never the
+methods of the global scheme or none at all.
+
 `quant_targets(graph, options)` lists the linears the quantize pass will rewrite, with their scheme
 (the same rules as `linear_sites.choose_by_pattern`: lm_head and tied embeddings stay high precision), so
 smoothing and rotation only touch layers that will be quantized.
@@ -112,6 +116,19 @@ def quant_targets(graph: Graph, options: dict[str, Any]) -> list[tuple[Op, str, 
         chosen = choose_by_pattern(layer, scheme, overrides)
         if chosen is not None:
             out.append((op, layer, chosen))
+    return out
+
+
+def method_targets(method: str, graph: Graph, options: dict[str, Any], calibrated: bool) -> list[tuple[Op, str, str]]:
+    """The `quant_targets` whose own scheme's method plan turns `method` on: a compile that mixes schemes
+    (per-layer overrides, a budget's plan) runs each scheme's methods on its layers only."""
+    plans: dict[str, MethodPlan] = {}
+    out = []
+    for op, layer, scheme in quant_targets(graph, options):
+        if scheme not in plans:
+            plans[scheme] = resolve_methods({**options, "quantize.scheme": scheme}, calibrated)
+        if plans[scheme][method]:
+            out.append((op, layer, scheme))
     return out
 
 

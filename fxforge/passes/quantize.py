@@ -42,6 +42,7 @@ Decisions:
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -57,7 +58,7 @@ from fxforge.passes.hessian import Hessian, run_stages
 from fxforge.passes.linear_sites import RANDOM_ROWS, choose_by_pattern, embedding_tables, free_name, relative_error, skip_reason
 from fxforge.passes.lorc import lorc_factors
 from fxforge.passes.manager import PassContext
-from fxforge.passes.quant_methods import resolve_methods
+from fxforge.passes.quant_methods import method_targets
 
 
 def _check_finite(graph: Graph, op: Op, layer: str) -> None:
@@ -73,8 +74,10 @@ def _check_finite(graph: Graph, op: Op, layer: str) -> None:
 
 def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | None] | None = None,
                    group: int | None = None, lorc_rank: int = 0, calibration: list | None = None,
-                   pow2_round: str = "floor", gptq: bool | None = None) -> dict[str, Any]:
-    """Rewrite the graph's linears in place; returns the statistics (see the module docstring)."""
+                   pow2_round: str = "floor", gptq: bool | None = None,
+                   gptq_schemes: Collection[str] | None = None) -> dict[str, Any]:
+    """Rewrite the graph's linears in place; returns the statistics (see the module docstring).
+    `gptq_schemes`: the schemes whose layers GPTQ rounds (None: all); the others round to nearest."""
     for s in {scheme, *(overrides or {}).values()} - {None}:
         get_scheme(s)  # a typo fails before anything changes
     tied = embedding_tables(graph)
@@ -105,13 +108,14 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
 
     calib = calibrate(graph, calibration, sites=[p[1] for p in plan]) if calibration else None
     layers: dict[str, dict[str, Any]] = {}
-    use_gptq = bool(calib) if gptq is None else gptq and bool(calib)
+    wants = (lambda _: True) if gptq_schemes is None else set(gptq_schemes).__contains__
+    use_gptq = (bool(calib) if gptq is None else gptq and bool(calib)) and any(wants(c) for *_, c in plan)
     by_op = {id(op): (layer, chosen) for op, layer, chosen in plan}
 
     def rewrite(op: Op, hessian: Hessian | None = None) -> None:
         layer, chosen = by_op[id(op)]
         layers[layer] = _rewrite(graph, op, layer, chosen, group, lorc_rank, pow2_round,
-                                 calib.sites.get(layer) if calib else None, hessian)
+                                 calib.sites.get(layer) if calib else None, hessian if wants(chosen) else None)
 
     if use_gptq:
         run_stages(graph, calibration, [p[0] for p in plan], rewrite)
@@ -223,8 +227,10 @@ class Quantize:
         if scheme is None and not any(v is not None for v in overrides.values()):
             ctx.stats["enabled"] = False
             return graph
+        calibrated = ctx.calibration is not None
+        gptq_schemes = {c for *_, c in method_targets("gptq", graph, ctx.options, calibrated)}
         ctx.stats.update(quantize_graph(
             graph, scheme, overrides, group=ctx.option("quantize.group"), lorc_rank=ctx.option("quantize.lorc_rank", 0) or 0,
             calibration=ctx.calibration, pow2_round=ctx.option("quantize.pow2_round", "floor"),
-            gptq=resolve_methods(ctx.options, ctx.calibration is not None)["gptq"]))
+            gptq=bool(gptq_schemes), gptq_schemes=gptq_schemes))
         return graph

@@ -33,7 +33,7 @@ from fxforge.ir.hadamard import hadamard_ref, largest_block
 from fxforge.passes.calibrate import calibrate
 from fxforge.passes.manager import PassContext
 from fxforge.passes.qerror import layer_error, report_inputs, rows_for
-from fxforge.passes.quant_methods import quant_targets, resolve_methods
+from fxforge.passes.quant_methods import method_targets, resolve_methods
 from fxforge.passes.rotate_residual import rotate_stream
 
 
@@ -108,11 +108,11 @@ class Rotate:
         plan = resolve_methods(ctx.options, bool(ctx.calibration))
         ctx.stats["plan"] = plan.why["rotate"]
         ctx.stats["methods"] = plan.to_json()  # the whole plan once in the trace (rotate runs first)
-        if not ctx.option("quantize.scheme") or not plan["rotate"]:
+        targets = method_targets("rotate", graph, ctx.options, bool(ctx.calibration))
+        if not targets:
             ctx.stats["enabled"] = False
             return graph
         mode = ctx.option("rotate.mode") or "auto"
-        targets = quant_targets(graph, ctx.options)
         calibration = ctx.calibration
         # the before/after report needs only the rows calibrate keeps (MAX_SAMPLES): the first inputs do
         calib = calibrate(graph, report_inputs(calibration), sites=[t[1] for t in targets]) if calibration else None
@@ -128,7 +128,7 @@ class Rotate:
             for layer, q in stream.layers.items():
                 form = "residual-out" if layer in stream.writers else "residual"
                 layers[layer] = {"form": form, "block": q}
-        online, online_notes = rotate_online(graph, quant_targets(graph, ctx.options),
+        online, online_notes = rotate_online(graph, targets,
                                              int(ctx.option("rotate.block") or 0), rotated_values)
         for layer, info in online.items():
             layers.setdefault(layer, {}).update(info)

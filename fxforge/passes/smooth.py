@@ -31,7 +31,7 @@ from fxforge.ir.lowp_ops import get_scheme
 from fxforge.passes.calibrate import calibrate
 from fxforge.passes.manager import PassContext
 from fxforge.passes.qerror import layer_error, rows_for
-from fxforge.passes.quant_methods import quant_targets, resolve_methods
+from fxforge.passes.quant_methods import method_targets, resolve_methods
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 AWQ_ALPHAS = tuple(i / 10 for i in range(1, 11))
@@ -134,10 +134,10 @@ class Smooth:
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         plan = resolve_methods(ctx.options, bool(ctx.calibration))
         ctx.stats["plan"] = plan.why["smooth"]
-        if not ctx.option("quantize.scheme") or not plan["smooth"]:
+        targets = method_targets("smooth", graph, ctx.options, bool(ctx.calibration))
+        if not targets:
             ctx.stats["enabled"] = False
             return graph
-        targets = quant_targets(graph, ctx.options)
         calib = calibrate(graph, ctx.calibration, sites=[t[1] for t in targets])
         by_input: dict[int, tuple[Value, list]] = {}
         for t in targets:

@@ -1,5 +1,6 @@
-"""`fxforge costmodel profile -> train -> eval` on a tiny model set (two MLP widths; local processes), and
-the errors a user can make. Builds for sm_90 only, so it stays cheap."""
+"""`fxforge costmodel profile -> train -> eval` on a tiny model set (two MLP widths): profiling on a local
+Ray cluster (the `ray` extra, installed by requirements-dev), evaluation in this process; and the errors a
+user can make. Builds for sm_90 only, so it stays cheap."""
 
 import json
 from pathlib import Path
@@ -16,10 +17,14 @@ HELDOUT = f"{HERE / 'models.py'}:mlp_heldout"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    ray = pytest.importorskip("ray")
     d = tmp_path_factory.mktemp("cm")
-    assert main(["costmodel", "profile", "--models", TRAIN, "--example-input", "float32[1,4,64]",
-                 "--schemes", "dense,w8a8-int8", "--arch", "90",
-                 "--workers", "1", "--mlir", "off", "-o", str(d / "ds.json")]) == 0
+    try:
+        assert main(["costmodel", "profile", "--models", TRAIN, "--example-input", "float32[1,4,64]",
+                     "--schemes", "dense,w8a8-int8", "--arch", "90",
+                     "--ray", "auto", "--mlir", "off", "-o", str(d / "ds.json")]) == 0
+    finally:
+        ray.shutdown()
     assert main(["costmodel", "train", "--data", str(d / "ds.json"), "-o", str(d / "model.json")]) == 0
     return d
 

@@ -128,6 +128,26 @@ def test_method_plan():
     assert plan["rotate"] and not plan["smooth"] and not plan["gptq"]
 
 
+def test_each_layer_gets_its_own_schemes_methods(outlier_llama):
+    """A compile with overrides only (as a budget's plan compiles) runs each scheme's default methods on
+    its layers: GPTQ on both, rotation only where the scheme wants it (w8a8-int8, not w8a8-fp8)."""
+    from fxforge.passes.quantize import Quantize
+
+    graph, x, ref, calib = outlier_llama
+    overrides = {"model.layers.0.*": "w8a8-fp8", "model.layers.1.*": "w8a8-int8"}
+    opts = {"quantize.overrides": overrides}
+    g = parse_graph(print_graph(graph), {k: type(w)(w.data.clone(), w.encoding, dict(w.payload))
+                                         for k, w in graph.weights.items()})
+    pm = PassManager([Rotate(), Smooth(), Quantize()], verify=True)
+    pm.run(g, PassContext(options=opts, calibration=calib, verify=True))
+    stats = {r.name: r.stats for r in pm.trace.records}
+    layers = stats["quantize"]["layers"]
+    assert {v["method"] for v in layers.values()} == {"gptq"}, {k: v["method"] for k, v in layers.items()}
+    rotated = {k for k, v in stats["rotate"]["layers"].items() if v.get("form") == "online"}
+    assert stats["rotate"]["enabled"] and not any(k.startswith("model.layers.0.") for k in rotated)
+    assert any(k.startswith("model.layers.1.") for k in rotated)
+
+
 def test_config_validates_method_options():
     with pytest.raises(ConfigError, match="'auto', 'rtn'"):
         fxforge.CompileConfig(quantize_method="gptq")

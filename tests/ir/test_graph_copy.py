@@ -1,0 +1,36 @@
+"""`copy.deepcopy(graph)` (the budget's selection copies the graph per candidate) works on long graphs
+and gives an independent graph with the same text, use-def chains and partition."""
+
+import copy
+
+import torch
+
+from fxforge.ir.dtypes import DType
+from fxforge.ir.graph import Graph
+from fxforge.ir.types import TensorType
+from fxforge.passes.fuse import fuse
+
+
+def chain(n: int) -> Graph:
+    g = Graph()
+    x = g.add_input("x", TensorType((4, 8), DType.f32))
+    w = g.add_op("const", [], {"weight": g.add_weight("w", torch.ones(8))}).result
+    for _ in range(n):
+        x = g.add_op("mul", [g.add_op("add", [x, w]).result, w]).result
+    g.set_outputs([x])
+    return g
+
+
+def test_deepcopy_of_a_long_graph_is_independent_and_equal():
+    g = chain(200)  # 400 ops: the default deepcopy recursed along the chain past the recursion limit
+    fuse(g)
+    c = copy.deepcopy(g)
+    assert str(c) == str(g)
+    assert all(op.graph is c for op in c.ops) and not set(map(id, c.ops)) & set(map(id, g.ops))
+    for op in c.ops:
+        assert all(op in v.uses for v in op.operands) and all(r.producer is op for r in op.results)
+    assert c.outputs[0] is c.ops[-1].result and c.weights["w"].data is not g.weights["w"].data
+    grouped = {id(op) for grp in c.partition.groups for op in grp.ops}
+    assert grouped <= set(map(id, c.ops)) and grouped
+    c.add_op("neg", [c.outputs[0]])
+    assert len(c.ops) == len(g.ops) + 1 and not g.outputs[0].uses
