@@ -127,6 +127,7 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %keep = skip_gate(%x, %y, %ids) {kind="carry", threshold=0.5, warmup=2, count="k0"} : i64[k0]
   %keep2 = skip_gate(%x, %y, %ids, %g8) {kind="linear", bias=0.25, threshold=0.0, count="k1"} : i64[k1]
   %rows = gather_rows(%x, %keep) : f32[k0, 8]
+  %kf = skip_keep(%x, %y, %ids) {kind="carry", threshold=0.5, warmup=2} : f32[s0, 1]
   %back = scatter_add_rows(%x, %rows, %keep) : f32[s0, 8]
   %cnt = skip_count(%x, %keep) : i64[2]
   %cnt1 = skip_count(%x) : i64[2]
@@ -170,6 +171,7 @@ def pointwise_graph() -> Graph:
     i = g.add_input("i", TensorType((s0, 4), DType.i32))
     j = g.add_input("j", TensorType((1, 4), DType.i32))
     cond = g.add_input("cond", TensorType((s0, 1), DType.bool))
+    col = g.add_input("col", TensorType((s0, 1), DType.f32))
     outs = []
     for name, opdef in OPS.items():
         if opdef.category != "pointwise":
@@ -177,6 +179,8 @@ def pointwise_graph() -> Graph:
         lo, _ = opdef.arity
         if name == "where":
             operands = [cond, a, b]
+        elif name == "row_keep":
+            operands = [a, col]
         elif name.startswith("bitwise"):
             operands = [i, j][:lo]
         else:
