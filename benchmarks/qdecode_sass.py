@@ -33,6 +33,15 @@ def main() -> None:
             for arch, (pw, b) in decode_per_weight(scheme, M, 4096, 4096).items():
                 rows.append(f"| {scheme} {spec['label'].split()[-1]} | {M} | sm_{arch} | {b.loop_instructions} | "
                             f"{weights_per_thread(spec):.0f} | {pw:.2f} | {b.registers} | {b.spills} |")
+    from fxforge.codegen.build import build_in_subprocess
+    from fxforge.codegen.templates.qlinear_cost import per_weight
+    from fxforge.codegen.templates.qlinear_decode import decode_kwidth, w4_decode_spec
+
+    for arch in (90, 80):  # the decode kernel (issue #13 item 5): int4 in the "i4w128" layout, group 128
+        spec = w4_decode_spec(4096, 4096, 128, 128, kw=decode_kwidth(arch))
+        (b,) = build_in_subprocess([spec], arch)
+        rows.append(f"| w4_decode {spec['label'].split()[-1]} | 1-16 | sm_{arch} | {b.loop_instructions} | "
+                    f"{weights_per_thread(spec):.0f} | {per_weight(spec, b):.2f} | {b.registers} | {b.spills} |")
     text = "\n".join(rows)
     print(text)
     if args.out:

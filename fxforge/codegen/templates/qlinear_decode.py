@@ -30,7 +30,7 @@ import triton.language as tl
 
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting
 from fxforge.errors import ShapeError
-from fxforge.ir.weight_layouts import layout_tile
+from fxforge.ir.weight_layouts import layout_params
 
 MAX_M = 16
 
@@ -76,7 +76,8 @@ def _dequant_portable(w, zz):
 def qlinear_w4_decode_kernel(
     a_ptr, w_ptr, zz_ptr, s_ptr, out_ptr, bias_ptr, res_ptr,
     M, N, K, stride_am, stride_wn, stride_zn, stride_sn, stride_om, stride_rm,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr, ASM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
+    ASM: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T) for M <= 16, W an "i4w{BLOCK_K}" int4 weight (see module doc)."""
@@ -105,8 +106,12 @@ def qlinear_w4_decode_kernel(
         # slot e of word j = c * (BLOCK_K/32) + p is tile column 32p + 16(e//4) + 8((e//2)%2) + 2c + e%2
         h = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
         h = tl.reshape(h, (BLOCK_N, 4, BLOCK_K // 32, 2, 2, 2))
-        h = tl.reshape(tl.permute(h, (0, 2, 3, 4, 1, 5)), (BLOCK_N, BLOCK_K))
-        s = tl.load(s_ptr + rows_n * stride_sn + g).to(tl.float32)
+        if KW == 2:
+            h = tl.permute(h, (0, 2, 3, 4, 1, 5))
+        else:  # kWidth 4: slot e of word j is column 32p + 16(e//4) + 4c + 2((e//2)%2) + e%2
+            h = tl.permute(h, (0, 2, 3, 1, 4, 5))
+        h = tl.reshape(h, (BLOCK_N, BLOCK_K))
+        s = tl.load(s_ptr + rows_n * stride_sn + g)
         acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
     y = tl.trans(acc)  # [16, BLOCK_N]
     mask = (offs_m < M)[:, None] & mask_n[None, :]
@@ -119,9 +124,13 @@ def qlinear_w4_decode_kernel(
 
 
 def decode_blocks(N: int) -> dict:
-    """BLOCK_N and warps of the decode kernel: 128 rows on 4 warps (a 64-row tile per warp pair keeps the
-    x fragments shared by 2 A fragments), 64 on 2 warps for narrow layers."""
-    return dict(BLOCK_N=128, num_warps=4) if N >= 1024 else dict(BLOCK_N=64, num_warps=2)
+    """BLOCK_N and warps of the decode kernel. Rows per warp decide the cost per weight: each warp reloads
+    the x fragments for its rows, so 64 rows per warp (256 on 4 warps) amortise them to <= 2 SASS
+    instructions per weight (1.95 on sm_90, 1.99 on sm_80 at 4096x4096, group 128), 32 rows per warp cost
+    ~2.3. Wide tiles leave few CTAs for a GEMV (N=4096: 16); filling the SMs is split-K's job (not here)."""
+    if N >= 2048:
+        return dict(BLOCK_N=256, num_warps=4)
+    return dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
 
 
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
@@ -143,31 +152,39 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     if x.dtype != torch.float16 or not 1 <= M <= MAX_M or x.shape[-1] != K:
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}] with 1..{MAX_M} rows")
     x2d = x2d.contiguous()
-    bk = layout_tile(enc.layout)
+    bk, kw = layout_params(enc.layout)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     res = residual.reshape(M, N) if residual is not None else out
     cfg = decode_blocks(N)
-    words, zz, s = p["words"], p["zz"], p["scale"]
+    words, zz, s = p["words"], p["zz"], p["scale32"]
     grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, GROUP=enc.group or words.shape[1] * 8, EVEN_K=K % bk == 0,
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, GROUP=enc.group or words.shape[1] * 8, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, HAS_BIAS=bias is not None, ACTIVATION=activation,
         HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=3)
     return out.reshape(*lead, N)
 
 
+def decode_kwidth(arch: int) -> int:
+    """The kWidth Triton gives the kernel's fp16 MMA operands on sm_`arch` (measured: 4 with Triton 3.6 on
+    sm_80, 2 with 3.9 and on sm_90), i.e. which decode layout ("i4w{BK}" or "i4w{BK}k4") to encode for it."""
+    version = tuple(int(v) for v in triton.__version__.split(".")[:2])
+    return 4 if arch < 90 and version < (3, 9) else 2
+
+
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
-                   activation: str = "none", residual: bool = False) -> dict:
-    """`fxforge.codegen.build` spec of the decode kernel for fp16 x, an "i4w{bk}" weight [N, K]."""
+                   activation: str = "none", residual: bool = False, kw: int = 2) -> dict:
+    """`fxforge.codegen.build` spec of the decode kernel for fp16 x, an "i4w{bk}" weight [N, K] (kw: kWidth)."""
     cfg = decode_blocks(N)
-    sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp16", "out_ptr": "*fp16",
+    sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
            "bias_ptr": "*fp16", "res_ptr": "*fp16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32",
            "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32", "stride_om": "i32", "stride_rm": "i32"}
-    const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
+    const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual}
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": 3,
-            "label": f"qlinear w4a16-int4 decode {N}x{K} g={group} i4w{bk}" + ("" if asm else " portable")}
+            "label": f"qlinear w4a16-int4 decode {N}x{K} g={group} i4w{bk}" + ("k4" if kw == 4 else "")
+            + ("" if asm else " portable")}
