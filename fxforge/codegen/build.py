@@ -91,7 +91,10 @@ def _ptxas_spill_bytes(ptx: str, arch: int) -> int:
     """
     import triton
 
-    tool = triton.knobs.nvidia.ptxas.path
+    # sm_90a and newer are assembled by the bundled ptxas-blackwell where Triton has one (its PTX .version is
+    # newer than the plain ptxas reads: "Unsupported .version 9.4" on triton 3.9)
+    blackwell = getattr(triton.knobs.nvidia, "ptxas_blackwell", None)
+    tool = blackwell.path if arch >= 90 and blackwell is not None and blackwell.path else triton.knobs.nvidia.ptxas.path
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "k.ptx"
         src.write_text(ptx)
@@ -243,22 +246,31 @@ _ATTN_MODULE = "fxforge.codegen.templates.attention"
 
 
 def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activation: str = "none",
-              residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None) -> dict:
+              residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None,
+              keep: bool = False, norm: bool = False, swiglu: bool = False) -> dict:
     """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`
-    (`arch`: the decode table's configs for that GPU, as the launcher picks them there)."""
-    from fxforge.codegen.blocks import gemm_blocks
+    (`arch`: the decode table's configs for that GPU, as the launcher picks them there); `norm`: the
+    RMSNorm prologue, `swiglu`: the [gate; up] epilogue (N is the output width, the weight has 2N rows)."""
+    from fxforge.codegen.blocks import gemm_blocks, swiglu_blocks
 
     cfg = gemm_blocks(M, N, K, dtype, arch)
+    cfg = swiglu_blocks(cfg) if swiglu else cfg
     t, to = _TT[dtype], _TT[out_dtype or dtype]
     sig = {"a_ptr": f"*{t}", "w_ptr": f"*{t}", "out_ptr": f"*{to}", "bias_ptr": f"*{t}", "res_ptr": f"*{to}",
            "mul_ptr": f"*{to}", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
-           "stride_om": "i32", "stride_rm": "i32", "stride_mm": "i32", "scale": "fp32"}
+           "stride_om": "i32", "stride_rm": "i32", "stride_mm": "i32", "scale": "fp32", "keep_ptr": f"*{t}"}
     const = {"stride_ak": 1, "stride_wk": 1, "stride_on": 1, "stride_rn": 1, "stride_mn": 1, "HAS_MUL": mul,
+             "stride_km": 1, "HAS_KEEP": keep,
              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": 8,
              "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual, "UPCAST": False,
-             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
-    epi = "+".join([s for s, on in (("bias", bias), (activation, activation != "none"), ("mul", mul), ("res", residual))
-                    if on]) or "plain"
+             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "HAS_NORM": norm, "SWIGLU": swiglu}
+    sig["eps"] = "fp32"
+    if norm:
+        sig["norm_ptr"] = f"*{t}"
+    else:
+        const["norm_ptr"] = None
+    epi = "+".join([s for s, on in (("norm", norm), ("bias", bias), (activation, activation != "none"), ("mul", mul),
+                                    ("swiglu", swiglu), ("res", residual), ("keep", keep)) if on]) or "plain"
     return {"module": _GEMM_MODULE, "kernel": "gemm_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_om", "stride_rm", "stride_mm"],
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
@@ -290,7 +302,7 @@ def attention_spec(dtype: str, Lq: int, Lk: int, D: int, *, causal: bool = False
     cfg = attention_blocks(Lq, Lk, D, dtype, masked=mask != "none")
     t = _TT[dtype]
     sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": {"none": f"*{t}", "bool": "*u8", "add": f"*{t}"}[mask],
-           "out_ptr": f"*{t}", "Hq": "i32", "Lq": "i32", "Lk": "i32", "D": "i32", "GROUP": "i32", "sm_scale": "fp32"}
+           "out_ptr": f"*{t}", "Hq": "i32", "Lq": "i32", "Lk": "i32", "D": "i32", "GROUP": "i32", "qk_scale": "fp32"}
     strides = ["stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh",
                "stride_vn", "stride_mb", "stride_mh", "stride_mm", "stride_ob", "stride_oh", "stride_om"]
     sig.update({s: "i32" for s in strides})

@@ -19,8 +19,12 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import warnings
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from fxforge.ir.graph import Graph, Value
@@ -79,6 +83,21 @@ def _zeros(v: Value) -> Any:
     return torch.zeros([int(d) for d in v.type.shape], dtype=v.type.dtype.torch)
 
 
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """torch.export's warnings (pytree deprecations, data-dependent guards printed with the whole graph)
+    are about our small reference modules, not the user's model: kept out of the user's terminal."""
+    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def group_tokens(graph: Graph, group: KernelGroup) -> dict[str, int]:
     """The op tokens of the group's linalg-on-tensors text; {} without torch-mlir."""
     if not available():
@@ -89,7 +108,8 @@ def group_tokens(graph: Graph, group: KernelGroup) -> dict[str, int]:
             from torch_mlir import fx
 
             module, inputs = _reference_module(graph, group)
-            text = str(fx.export_and_import(module, *inputs, output_type="linalg-on-tensors"))
+            with _quiet_export():
+                text = str(fx.export_and_import(module, *inputs, output_type="linalg-on-tensors"))
             _CACHE[key] = tokens_of(text)
         except Exception:  # not lowerable: said in the row, the IR features stand
             _CACHE[key] = {"failed": 1}

@@ -64,7 +64,7 @@ def test_unreachable_ray_address_is_a_clear_error(trained, capsys):
     from fxforge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="Ray cluster"):
-        run_jobs(len, [{}], ray="10.255.255.1:6379", timeout=5)
+        run_jobs(len, [{}], ray="127.0.0.1:1", timeout=5)  # nothing listens: refused at once
 
 
 def test_ray_without_ray_installed_says_how(monkeypatch):

@@ -584,3 +584,18 @@ def test_type_and_value_errors():
         parse_value("[1 2]")
     with pytest.raises(IRParseError, match=r"line 1, column 2: unknown function '__import__'"):
         parse_value("[(__import__(1))]")
+
+
+def test_parser_tables_are_cached_in_the_directory_given(tmp_path):
+    from fxforge.ir.parser import _CACHE_DIR, parse_type, use_parser_cache
+
+    before = _CACHE_DIR[0]
+    try:
+        use_parser_cache(tmp_path)
+        assert str(parse_type("f32[s0, 4]")) == str(parse_type("f32[s0, 4]"))
+        assert [p.name for p in tmp_path.iterdir()] == ["ir-grammar.lark-cache"]
+        use_parser_cache(None)
+        use_parser_cache(tmp_path)  # a fresh parser from the cached tables parses the same
+        assert parse_type("f16[2, 3]").shape == (2, 3)
+    finally:
+        use_parser_cache(before)
