@@ -5,7 +5,8 @@ This module owns the answer to "does this kernel build for that GPU, and how hea
   divisibility-16 hints (pointer args, plus any names listed), reads registers and stack (spill) bytes
   with the bundled `cuobjdump -res-usage` on the cubin, shared memory from `k.metadata.shared`, and
   checks shared memory against the architecture's limit (`SHARED_LIMITS`); SASS instruction counts come
-  from `cuobjdump -sass` on the same cubin (`sass_instructions`, the cost model's target).
+  from `cuobjdump -sass` on the same cubin (`sass_instructions`, the cost model's target), and those of the
+  main loop body (`loop_instructions`, parsed by `fxforge.codegen.sass`).
 - Triton's interpreter replaces every `@triton.jit` function once TRITON_INTERPRET=1 is set, so GPU
   compiles must run in a process without it: `build_in_subprocess` serialises specs (module + kernel
   name + signature + constexprs + launch options) to JSON and runs `python -m fxforge.codegen.build`
@@ -29,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fxforge.codegen import sass
+
 FP_FUSION = "1"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", FP_FUSION)
 
@@ -50,6 +53,7 @@ class KernelBuild:
     shared_bytes: int = 0
     ptx_lines: int = 0
     instructions: int = 0  # SASS instructions of the kernel (NOPs not counted), from `cuobjdump -sass`
+    loop_instructions: int = 0  # SASS instructions of its main loop body (`fxforge.codegen.sass.main_loop`)
     seconds: float = 0.0
     ok: bool = False
     error: str = ""
@@ -74,20 +78,9 @@ def _res_usage(cubin: bytes, kernel_name: str) -> tuple[int, int]:
     return int(reg.group(1)), int(stack.group(1)) if stack else 0
 
 
-_SASS_LINE = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+([A-Z][A-Z0-9_.]*|@!?U?P\w+\s+[A-Z][A-Z0-9_.]*)")
-
-
 def sass_instructions(cubin: bytes) -> int:
-    """Instructions in the cubin's SASS (`cuobjdump -sass`; the NOP padding after the last branch not counted)."""
-    import triton
-
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "k.cubin"
-        path.write_bytes(cubin)
-        text = subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-sass", str(path)], capture_output=True, text=True,
-                              check=True).stdout
-    ops = [m.group(1).split()[-1] for m in map(_SASS_LINE.match, text.splitlines()) if m]
-    return sum(1 for op in ops if not op.startswith("NOP"))
+    """Instructions in the cubin's SASS (`cuobjdump -sass`; NOP padding not counted)."""
+    return len(sass.instructions(sass.sass_text(cubin), drop_padding=False))
 
 
 def _ptxas_spill_bytes(ptx: str, arch: int) -> int:
@@ -152,7 +145,9 @@ def compile_for_target(kernel_fn, signature: dict, constexprs: dict, arch: int, 
         build.ptx_lines = k.asm["ptx"].count("\n")
         build.registers, build.stack = _res_usage(k.asm["cubin"], getattr(k.metadata, "name", name))
         build.spills = _ptxas_spill_bytes(k.asm["ptx"], int(arch)) if build.stack else 0
-        build.instructions = sass_instructions(k.asm["cubin"])
+        text = sass.sass_text(k.asm["cubin"])
+        build.instructions = len(sass.instructions(text, drop_padding=False))
+        build.loop_instructions = len(sass.main_loop(text))
         limit = SHARED_LIMITS.get(int(arch))
         if limit is not None and build.shared_bytes > limit:
             build.error = (f"needs {build.shared_bytes} B of shared memory, sm_{arch} allows {limit}; "
