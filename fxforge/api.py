@@ -117,13 +117,15 @@ def compile_decoder(model: torch.nn.Module, max_length: int = 512, batch: int = 
                     **options: Any) -> CompiledModule:
     """Compile the decode step of a Hugging Face decoder LM (Llama, Qwen2, Mistral, ...) with fxforge's
     own static KV cache for one (batch bucket, max length): the result's `generate(input_ids,
-    max_new_tokens)` decodes greedily; it can be saved and loaded like any `CompiledModule`."""
-    from fxforge.frontend.kv_capture import STEP_ARGS, capture_decoder
+    max_new_tokens)` decodes greedily; it can be saved and loaded like any `CompiledModule`.
+    `calibration`: token ids [batch, length] per example (run as prefill calls on fresh caches)."""
+    from fxforge.frontend.kv_capture import STEP_ARGS, capture_decoder, step_calibration
 
     cfg = CompileConfig.from_options(config, **options)
     with _eval_mode(model):
-        capture, _layout = capture_decoder(model, batch, max_length)
-    record = compile_lowered(capture.lowered, cfg, capture.seconds, len(capture.lowered.graph.ops))
+        capture, layout = capture_decoder(model, batch, max_length)
+    calibration = step_calibration(list(cfg.calibration), layout) if cfg.calibration is not None else None
+    record = compile_lowered(capture.lowered, cfg, capture.seconds, len(capture.lowered.graph.ops), calibration)
     return CompiledModule(record, capture.in_spec, capture.out_spec, STEP_ARGS, cfg, type(model).__name__)
 
 

@@ -44,10 +44,11 @@ class CompileConfig:
         on or off; rotate_mode: "auto" (residual-stream rotation where the architecture allows, online
         Hadamard elsewhere) or "online"; rotate_block: the largest online Hadamard block (0: whole width).
     ffn_skip: share of FFN token-rows to skip per token at run time (0 < x <= 0.9; needs calibration);
-        ffn_skip_gate: "linear" (default), "carry" (FFN-SkipLLM's rule) or "oracle" (measurement only);
+        ffn_skip_gate: "linear" (default), "quadratic" (on [u, u*u]), "carry" (FFN-SkipLLM's rule) or "oracle" (measurement only);
         ffn_skip_warmup: tokens at positions below it always run their FFNs; ffn_skip_protect: FFN block
-        indices never skipped (default first and last); ffn_skip_overrides: {site pattern: fixed share}.
-        See `fxforge.passes.ffn_skip`.
+        indices never skipped (default first and last); ffn_skip_overrides: {site pattern: fixed share};
+        ffn_skip_mode: "auto" (per-row keep flags on the device in decode graphs, compaction elsewhere),
+        "compact" or "mask". See `fxforge.passes.ffn_skip`.
     sparsity: "N:M" pruning of every linear (N < M <= 16; lm_head stays dense) or None;
         sparsity_overrides: {name pattern: "N:M" or None}, first match wins; sparsity_method:
         "magnitude" | "wanda" | "sparsegpt" or None (the best the calibration allows: sparsegpt with
@@ -96,6 +97,7 @@ class CompileConfig:
     ffn_skip_warmup: int = 4
     ffn_skip_protect: tuple[int, ...] = (0, -1)
     ffn_skip_overrides: dict[str, float] = field(default_factory=dict)
+    ffn_skip_mode: str = "auto"
     sparsity: str | None = None
     sparsity_overrides: dict[str, str | None] = field(default_factory=dict)
     sparsity_method: str | None = None
@@ -196,7 +198,7 @@ def _check_ffn_skip(cfg: CompileConfig) -> None:
     if isinstance(cfg.ffn_skip_protect, list):
         object.__setattr__(cfg, "ffn_skip_protect", tuple(cfg.ffn_skip_protect))
     problem = options_problem(cfg.ffn_skip, cfg.ffn_skip_gate, cfg.ffn_skip_warmup, cfg.ffn_skip_protect,
-                              cfg.ffn_skip_overrides)
+                              cfg.ffn_skip_overrides, cfg.ffn_skip_mode)
     if problem:
         raise ConfigError(problem)
 

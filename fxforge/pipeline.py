@@ -119,7 +119,7 @@ SPARSIFY_OPTIONS = {"sparsity": "pattern", "sparsity_overrides": "overrides", "s
                     "solver_target": "target", "sparsity_refine": "refine"}
 KV_OPTIONS = {"kv_cache": "format", "kv_block": "block"}
 FFN_SKIP_OPTIONS = {"ffn_skip": "target", "ffn_skip_gate": "gate", "ffn_skip_warmup": "warmup",
-                    "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides"}
+                    "ffn_skip_protect": "protect", "ffn_skip_overrides": "overrides", "ffn_skip_mode": "mode"}
 
 # The passes, in default-pipeline order (a name may appear twice: canonicalize runs twice).
 PASS_TABLE: tuple[PassSpec, ...] = (

@@ -32,7 +32,7 @@ import data  # noqa: E402
 import deep_fixture  # noqa: E402
 from perplexity import FIXTURE, RESULTS, load_fixture  # noqa: E402
 
-GATES = ("linear", "carry", "oracle")
+GATES = ("linear", "quadratic", "carry", "oracle")
 
 
 @torch.no_grad()

@@ -123,9 +123,11 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
                "steps of block-output refitting of the kept values after pruning (default: on with --calibration; 0: off)"),
     ConfigFlag("--ffn-skip", "ffn_skip", _share, "SHARE",
                "skip this share of FFN token-rows at run time, per token, by a gate fitted on --calibration (0 < SHARE <= 0.9)"),
-    ConfigFlag("--ffn-skip-gate", "ffn_skip_gate", _choice(("linear", "carry", "oracle")), "linear|carry|oracle",
+    ConfigFlag("--ffn-skip-gate", "ffn_skip_gate", _choice(("linear", "quadratic", "carry", "oracle")), "linear|quadratic|carry|oracle",
                "the skip gate: least-squares predictor (default), FFN-SkipLLM's carry-over rule, or the oracle (measures only)"),
     ConfigFlag("--ffn-skip-warmup", "ffn_skip_warmup", _count(0), "N", "tokens at positions below N always run their FFNs"),
+    ConfigFlag("--ffn-skip-mode", "ffn_skip_mode", _choice(("auto", "compact", "mask")), "auto|compact|mask",
+               "compact the kept rows, or keep flags on the device (decode: no host sync); auto: flags in decode graphs"),
     ConfigFlag("--kv-cache", "kv_cache", lambda flag, v: None if v.strip().lower() == "none" else
                _choice(("bfp4", "bfp8", "fp8", "int8"))(flag, v), "bfp4|bfp8|fp8|int8|none",
                "store K (after RoPE) and V as a compressed KV cache would (teacher-forced accuracy; bytes per token in the report)"),

@@ -149,3 +149,12 @@ def qlinear_blocks(M: int, N: int, K: int, group: int = 0, dot: str = "fp16") ->
     num_warps = 8 if (wide and bm * bn >= 64 * 64) or bm * bn >= 128 * 128 else 4
     num_stages = 3 if K > bk else 2
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps, num_stages=num_stages)
+
+
+def swiglu_blocks(cfg: dict) -> dict:
+    """Blocks of the SwiGLU GEMM (`gemm_kernel` SWIGLU, two fp32 accumulators) from `gemm_blocks`' choice for
+    its output: a tile over 128 x 64 halves BLOCK_N, so both accumulators take the registers one did
+    (128 x 128 x 2 spilled 244 bytes per thread on sm_80)."""
+    if cfg["BLOCK_M"] * cfg["BLOCK_N"] > 128 * 64:
+        return dict(cfg, BLOCK_N=cfg["BLOCK_N"] // 2)
+    return cfg

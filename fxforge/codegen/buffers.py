@@ -41,10 +41,14 @@ def tensor_reads(step: Step) -> list[Value]:
     if step.kind in GENERATED:
         return [v for v in step.inputs if not _is_literal(v)]
     if step.kind == "gemm":
-        p, root = step.params, step.ops[0]
-        extra = [p["bias"], p.get("mul"), p["residual"]]
-        return [*root.operands, *[v for v in extra if v is not None]]
-    return list(step.ops[0].operands)
+        p, root = step.params, step.anchor
+        extra = [p["bias"], p.get("mul"), p["residual"], p.get("keep")]
+        norm = p.get("norm")  # a fused rms_norm prologue: the GEMM reads the norm's operands, not its result
+        lead = list(norm.operands) if norm is not None else [root.operands[0]]
+        return [*lead, *root.operands[1:], *[v for v in extra if v is not None]]
+    if step.kind == "rope_cache":  # several ops, one template call reading the group's inputs
+        return list(step.inputs)
+    return list(step.anchor.operands)
 
 
 def launch_steps(graph: Graph, part: Partition) -> list[Step]:
@@ -81,9 +85,11 @@ class Liveness:
             needed |= {id(v) for v in tensor_reads(s)}
         root: dict[int, int] = {}
         for s in steps:
-            if isinstance(s, Op) and s.opdef.aliases:
-                srcs = [root.get(id(v), id(v)) for v in s.operands]
-                for r in s.results:
+            for op in ([s] if isinstance(s, Op) else s.ops if s.kind not in GENERATED else []):
+                if not op.opdef.aliases:
+                    continue
+                srcs = [root.get(id(v), id(v)) for v in op.operands]
+                for r in op.results:
                     root[id(r)] = srcs[0] if srcs else id(r)
         last_read: dict[int, int] = {}
         value_last: dict[int, int] = {}

@@ -5,7 +5,8 @@ This module owns the answer to "does this kernel build for that GPU, and how hea
   divisibility-16 hints (pointer args, plus any names listed), reads registers and stack (spill) bytes
   with the bundled `cuobjdump -res-usage` on the cubin, shared memory from `k.metadata.shared`, and
   checks shared memory against the architecture's limit (`SHARED_LIMITS`); SASS instruction counts come
-  from `cuobjdump -sass` on the same cubin (`sass_instructions`, the cost model's target).
+  from `cuobjdump -sass` on the same cubin (`sass_instructions`, the cost model's target), and those of the
+  main loop body (`loop_instructions`, parsed by `fxforge.codegen.sass`).
 - Triton's interpreter replaces every `@triton.jit` function once TRITON_INTERPRET=1 is set, so GPU
   compiles must run in a process without it: `build_in_subprocess` serialises specs (module + kernel
   name + signature + constexprs + launch options) to JSON and runs `python -m fxforge.codegen.build`
@@ -29,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fxforge.codegen import sass
+
 FP_FUSION = "1"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", FP_FUSION)
 
@@ -50,6 +53,7 @@ class KernelBuild:
     shared_bytes: int = 0
     ptx_lines: int = 0
     instructions: int = 0  # SASS instructions of the kernel (NOPs not counted), from `cuobjdump -sass`
+    loop_instructions: int = 0  # SASS instructions of its main loop body (`fxforge.codegen.sass.main_loop`)
     seconds: float = 0.0
     ok: bool = False
     error: str = ""
@@ -74,20 +78,9 @@ def _res_usage(cubin: bytes, kernel_name: str) -> tuple[int, int]:
     return int(reg.group(1)), int(stack.group(1)) if stack else 0
 
 
-_SASS_LINE = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+([A-Z][A-Z0-9_.]*|@!?U?P\w+\s+[A-Z][A-Z0-9_.]*)")
-
-
 def sass_instructions(cubin: bytes) -> int:
-    """Instructions in the cubin's SASS (`cuobjdump -sass`; the NOP padding after the last branch not counted)."""
-    import triton
-
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "k.cubin"
-        path.write_bytes(cubin)
-        text = subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-sass", str(path)], capture_output=True, text=True,
-                              check=True).stdout
-    ops = [m.group(1).split()[-1] for m in map(_SASS_LINE.match, text.splitlines()) if m]
-    return sum(1 for op in ops if not op.startswith("NOP"))
+    """Instructions in the cubin's SASS (`cuobjdump -sass`; NOP padding not counted)."""
+    return len(sass.instructions(sass.sass_text(cubin), drop_padding=False))
 
 
 def _ptxas_spill_bytes(ptx: str, arch: int) -> int:
@@ -98,7 +91,10 @@ def _ptxas_spill_bytes(ptx: str, arch: int) -> int:
     """
     import triton
 
-    tool = triton.knobs.nvidia.ptxas.path
+    # sm_90a and newer are assembled by the bundled ptxas-blackwell where Triton has one (its PTX .version is
+    # newer than the plain ptxas reads: "Unsupported .version 9.4" on triton 3.9)
+    blackwell = getattr(triton.knobs.nvidia, "ptxas_blackwell", None)
+    tool = blackwell.path if arch >= 90 and blackwell is not None and blackwell.path else triton.knobs.nvidia.ptxas.path
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "k.ptx"
         src.write_text(ptx)
@@ -149,7 +145,9 @@ def compile_for_target(kernel_fn, signature: dict, constexprs: dict, arch: int, 
         build.ptx_lines = k.asm["ptx"].count("\n")
         build.registers, build.stack = _res_usage(k.asm["cubin"], getattr(k.metadata, "name", name))
         build.spills = _ptxas_spill_bytes(k.asm["ptx"], int(arch)) if build.stack else 0
-        build.instructions = sass_instructions(k.asm["cubin"])
+        text = sass.sass_text(k.asm["cubin"])
+        build.instructions = len(sass.instructions(text, drop_padding=False))
+        build.loop_instructions = len(sass.main_loop(text))
         limit = SHARED_LIMITS.get(int(arch))
         if limit is not None and build.shared_bytes > limit:
             build.error = (f"needs {build.shared_bytes} B of shared memory, sm_{arch} allows {limit}; "
@@ -248,22 +246,31 @@ _ATTN_MODULE = "fxforge.codegen.templates.attention"
 
 
 def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activation: str = "none",
-              residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None) -> dict:
+              residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None,
+              keep: bool = False, norm: bool = False, swiglu: bool = False) -> dict:
     """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`
-    (`arch`: the decode table's configs for that GPU, as the launcher picks them there)."""
-    from fxforge.codegen.blocks import gemm_blocks
+    (`arch`: the decode table's configs for that GPU, as the launcher picks them there); `norm`: the
+    RMSNorm prologue, `swiglu`: the [gate; up] epilogue (N is the output width, the weight has 2N rows)."""
+    from fxforge.codegen.blocks import gemm_blocks, swiglu_blocks
 
     cfg = gemm_blocks(M, N, K, dtype, arch)
+    cfg = swiglu_blocks(cfg) if swiglu else cfg
     t, to = _TT[dtype], _TT[out_dtype or dtype]
     sig = {"a_ptr": f"*{t}", "w_ptr": f"*{t}", "out_ptr": f"*{to}", "bias_ptr": f"*{t}", "res_ptr": f"*{to}",
            "mul_ptr": f"*{to}", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
-           "stride_om": "i32", "stride_rm": "i32", "stride_mm": "i32", "scale": "fp32"}
+           "stride_om": "i32", "stride_rm": "i32", "stride_mm": "i32", "scale": "fp32", "keep_ptr": f"*{t}"}
     const = {"stride_ak": 1, "stride_wk": 1, "stride_on": 1, "stride_rn": 1, "stride_mn": 1, "HAS_MUL": mul,
+             "stride_km": 1, "HAS_KEEP": keep,
              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": 8,
              "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual, "UPCAST": False,
-             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
-    epi = "+".join([s for s, on in (("bias", bias), (activation, activation != "none"), ("mul", mul), ("res", residual))
-                    if on]) or "plain"
+             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "HAS_NORM": norm, "SWIGLU": swiglu}
+    sig["eps"] = "fp32"
+    if norm:
+        sig["norm_ptr"] = f"*{t}"
+    else:
+        const["norm_ptr"] = None
+    epi = "+".join([s for s, on in (("norm", norm), ("bias", bias), (activation, activation != "none"), ("mul", mul),
+                                    ("swiglu", swiglu), ("res", residual), ("keep", keep)) if on]) or "plain"
     return {"module": _GEMM_MODULE, "kernel": "gemm_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_om", "stride_rm", "stride_mm"],
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
@@ -295,7 +302,7 @@ def attention_spec(dtype: str, Lq: int, Lk: int, D: int, *, causal: bool = False
     cfg = attention_blocks(Lq, Lk, D, dtype, masked=mask != "none")
     t = _TT[dtype]
     sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": {"none": f"*{t}", "bool": "*u8", "add": f"*{t}"}[mask],
-           "out_ptr": f"*{t}", "Hq": "i32", "Lq": "i32", "Lk": "i32", "D": "i32", "GROUP": "i32", "sm_scale": "fp32"}
+           "out_ptr": f"*{t}", "Hq": "i32", "Lq": "i32", "Lk": "i32", "D": "i32", "GROUP": "i32", "qk_scale": "fp32"}
     strides = ["stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh",
                "stride_vn", "stride_mb", "stride_mh", "stride_mm", "stride_ob", "stride_oh", "stride_om"]
     sig.update({s: "i32" for s in strides})

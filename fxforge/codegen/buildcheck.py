@@ -26,7 +26,9 @@ Decisions:
   "sm_80": [...]}, seconds, builds); codegen imports nothing of the pass manager. The caller (the CLI)
   files them in the compiled module's trace as a record named "build_check" (IR text and op counts
   unchanged: `GraphRecord.add_check`), so `save()` writes them to trace.json and `fxforge inspect out/
-  --kernels` prints them (`format_kernel_table`, which reads any trace-like object).
+  --kernels` prints them (`format_kernel_table`, which reads any trace-like object): registers, spills,
+  shared memory, SASS instructions of the kernel and of its main loop body ("loop", `fxforge.codegen.sass`;
+  divided by the weights a thread consumes per iteration it is the per-weight cost of a decode GEMM).
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ def _row(spec: dict, build: KernelBuild | None, arch: int) -> dict[str, Any]:
     if build is None:
         return {**row, "ok": None, "skipped": skip_reason(spec, arch)}
     row.update(ok=build.ok, registers=build.registers, spills=build.spills, stack=build.stack, shared=build.shared_bytes,
-               instructions=build.instructions,
+               instructions=build.instructions, loop_instructions=build.loop_instructions,
                seconds=round(build.seconds, 3))
     if build.error:
         row["error"] = build.error[-600:]
@@ -334,13 +336,15 @@ def format_kernel_table(trace: Any) -> str:
         skipped = sum(1 for r in rows if r.get("skipped"))
         head = f"{arch_key}: {len(rows)} kernels, {ok} ok, {len(rows) - ok - skipped} failed, {skipped} skipped"
         lines += [head + (f" (shared limit {limit / 1024:.0f} KiB)" if limit else ""),
-                  f"  {'kernel':<28}{'label':<40}{'regs':>6}{'spills':>8}{'shared KiB':>12}  ok"]
+                  f"  {'kernel':<28}{'label':<40}{'regs':>6}{'spills':>8}{'shared KiB':>12}{'SASS':>7}{'loop':>6}  ok"]
         for r in rows:
             if r.get("skipped"):
-                lines.append(f"  {r['kernel']:<28}{r['label'][:39]:<40}{'-':>6}{'-':>8}{'-':>12}  skipped: {r['skipped']}")
+                lines.append(f"  {r['kernel']:<28}{r['label'][:39]:<40}{'-':>6}{'-':>8}{'-':>12}{'-':>7}{'-':>6}"
+                             f"  skipped: {r['skipped']}")
                 continue
             err = f"  {r['error'][:120]}" if r.get("error") else ""
             lines.append(f"  {r['kernel']:<28}{r['label'][:39]:<40}{r.get('registers', 0):>6}{r.get('spills', 0):>8}"
-                         f"{r.get('shared', 0) / 1024:>12.1f}  {'yes' if r.get('ok') else 'NO'}{err}")
+                         f"{r.get('shared', 0) / 1024:>12.1f}{r.get('instructions', 0):>7}{r.get('loop_instructions', 0):>6}"
+                         f"  {'yes' if r.get('ok') else 'NO'}{err}")
         lines.append("")
     return "\n".join(lines).rstrip("\n")

@@ -198,6 +198,7 @@ def _infix(sym: str, on_bool: str | None = None, to: DType | None = None) -> Ren
 renders("add")(_infix("+", on_bool="|"))
 renders("sub")(_infix("-", on_bool="|"))
 renders("mul")(_infix("*", on_bool="&"))
+renders("row_keep")(_infix("*"))  # x * keep[..., 1]: the FFN-skip flags zero a row (ir/skip_ops.py)
 renders("bitwise_and")(_infix("&"))
 renders("bitwise_or")(_infix("|"))
 renders("bitwise_xor")(_infix("^"))

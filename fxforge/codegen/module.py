@@ -168,10 +168,11 @@ class _Writer:
         self.body += wrap_call(f"{kname}[{ks.grid}]({', '.join(ks.args)}, {meta})", "    ", WIDTH - 4)
 
     def template(self, g: KernelGroup) -> None:
-        name = f"k{len(self.infos)}_{g.ops[0].opcode}"
+        name = f"k{len(self.infos)}_{g.anchor.opcode if g.kind == 'gemm' else g.kind}"
         self.infos.append(KernelInfo(name, g.kind, [o.opcode for o in g.ops], g.reason))
         call = render_template(g, self.n)
-        self.body += wrap_call(f"{self.n(g.outputs[0])} = {call}  # {name}: {g.describe()}", "", WIDTH - 4)
+        outs = ", ".join(self.n(o) for o in g.outputs) + ("," if len(g.outputs) > 1 else "")  # rope_cache: several
+        self.body += wrap_call(f"{outs} = {call}  # {name}: {g.describe()}", "", WIDTH - 4)
 
     def host(self, op: Op) -> None:
         needed = self.plan.live.needed

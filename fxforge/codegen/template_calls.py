@@ -41,6 +41,20 @@ def template_renders(*opcodes: str, encoding: str | None = None) -> Callable[[Te
     return deco
 
 
+# kernel groups of several ops that one template runs, by group kind (`rope_cache`): not an opcode's renderer
+GROUP_RENDERERS: dict[str, TemplateRenderer] = {}
+
+
+def group_renders(kind: str) -> Callable[[TemplateRenderer], TemplateRenderer]:
+    """Register the template call of kernel groups of this kind (a pattern of several ops, not one anchor)."""
+
+    def deco(fn: TemplateRenderer) -> TemplateRenderer:
+        GROUP_RENDERERS[kind] = fn
+        return fn
+
+    return deco
+
+
 def _weight_kind(op) -> str | None:
     enc = op.operands[1].type.encoding if len(op.operands) > 1 else None
     return getattr(enc, "kind", None)
@@ -48,10 +62,11 @@ def _weight_kind(op) -> str | None:
 
 def render_template(g: KernelGroup, n: Names) -> str:
     """The call expression of a template kernel group."""
-    anchor = g.ops[0]
-    render = ENCODED_TEMPLATE_RENDERERS.get((anchor.opcode, _weight_kind(anchor))) or TEMPLATE_RENDERERS.get(anchor.opcode)
+    anchor = g.anchor
+    render = (GROUP_RENDERERS.get(g.kind) or ENCODED_TEMPLATE_RENDERERS.get((anchor.opcode, _weight_kind(anchor)))
+              or TEMPLATE_RENDERERS.get(anchor.opcode))
     if render is None:
-        raise NotImplementedError(f"no template call for a {g.kind} group anchored by {g.ops[0].opcode!r}")
+        raise NotImplementedError(f"no template call for a {g.kind} group anchored by {g.anchor.opcode!r}")
     return render(g, n)
 
 
@@ -72,13 +87,22 @@ def _epilogue(p: dict[str, Any], n: Names, keys: tuple[str, ...]) -> list[str]:
 
 @template_renders("hadamard")
 def _hadamard(g: KernelGroup, n: Names) -> str:
-    op = g.ops[0]
+    op = g.anchor
     return f"_hadamard({n(op.operands[0])}, block={op.attrs['block']})"
+
+
+@group_renders("rope_cache")
+def _rope_cache(g: KernelGroup, n: Names) -> str:
+    """`_rope_cache(qkv, cos, sin, pos, k_cache, v_cache, ...)` -> (q, k_cache, v_cache): the group's outputs."""
+    s = g.params["site"]
+    args = [n(v) for v in (s.qkv, s.cos, s.sin, s.pos, s.k_cache, s.v_cache)]
+    kw = [f"q_heads={s.q_heads}", f"kv_heads={s.kv_heads}", f"head_dim={s.head_dim}"]
+    return f"_rope_cache({', '.join(args + kw)})"
 
 
 @template_renders("attention")
 def _attention(g: KernelGroup, n: Names) -> str:
-    op = g.ops[0]
+    op = g.anchor
     a = op.attrs
     kw = [f"scale={lit(a['scale'])}", f"is_causal={a['is_causal']}", f"enable_gqa={a['enable_gqa']}"]
     return f"_attention({', '.join([n(v) for v in op.operands] + kw)})"
@@ -86,32 +110,40 @@ def _attention(g: KernelGroup, n: Names) -> str:
 
 def _has_epilogue(p: dict[str, Any]) -> bool:
     return (p["bias"] is not None or p["residual"] is not None or p.get("mul") is not None
-            or p["activation"] != "none" or p["out_dtype"] is not None)
+            or p["activation"] != "none" or p["out_dtype"] is not None or p.get("norm") is not None)
 
 
 def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear") -> str:
     """`_linear(x, weight, [bias], <epilogue>)`; `weight` is the [N, K] operand's expression."""
-    op, p = g.ops[0], g.params
+    op, p = g.anchor, g.params
     bias = op.operands[2] if len(op.operands) > 2 else p["bias"]
-    args = [n(op.operands[0]), weight] + ([n(bias)] if bias is not None else [])
+    norm = p.get("norm")  # a fused rms_norm prologue: the template reads the norm's input and weight
+    x = n(norm.operands[0]) if norm is not None else n(op.operands[0])
+    args = [x, weight] + ([n(bias)] if bias is not None else [])
+    if norm is not None:
+        args.append(f"norm=({n(norm.operands[1])}, {float(norm.attrs['eps'])!r})")
+    if p.get("swiglu"):
+        args.append("swiglu=True")
     args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype"))
+    if p.get("keep") is not None:  # FFN skipping's decode form (only the dense rule sets it)
+        args.append(f"keep={n(p['keep'])}")
     return f"{template}({', '.join(args)})"
 
 
 @template_renders("linear")
 def _linear(g: KernelGroup, n: Names) -> str:
-    return _linear_call(g, n, n(g.ops[0].operands[1]))
+    return _linear_call(g, n, n(g.anchor.operands[1]))
 
 
 @template_renders("linear", encoding="nm")
 def _nm_linear(g: KernelGroup, n: Names) -> str:
     """`_nm_linear(x, w, [bias], <epilogue>)`: w is the `#nm` `Weight` (kept values + index)."""
-    return _linear_call(g, n, n(g.ops[0].operands[1]), "_nm_linear")
+    return _linear_call(g, n, n(g.anchor.operands[1]), "_nm_linear")
 
 
 @template_renders("matmul")
 def _matmul(g: KernelGroup, n: Names) -> str:
-    op, p = g.ops[0], g.params
+    op, p = g.anchor, g.params
     if _has_epilogue(p):
         return _linear_call(g, n, f"{n(op.operands[1])}.t()")  # matmul(a, b) = linear(a, b^T)
     kw = [f"scale={p['scale']!r}"] if p["scale"] != 1.0 else []
@@ -127,7 +159,7 @@ def _nm_qlinear(g: KernelGroup, n: Names) -> str:
 @template_renders("qlinear")
 def _qlinear(g: KernelGroup, n: Names) -> str:
     """`_qlinear(x, w, scheme, [bias], lorc=(u, v), <epilogue>)`: w is the encoded `Weight`."""
-    op, p = g.ops[0], g.params
+    op, p = g.anchor, g.params
     x, w, *rest = op.operands
     lorc = rest[-2:] if op.attrs["lorc_rank"] > 0 else []
     bias = rest[0] if len(rest) == len(lorc) + 1 else p["bias"]
@@ -135,4 +167,6 @@ def _qlinear(g: KernelGroup, n: Names) -> str:
     if lorc:
         args.append(f"lorc=({n(lorc[0])}, {n(lorc[1])})")
     args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
+    if p.get("keep") is not None:
+        args.append(f"keep={n(p['keep'])}")
     return f"_qlinear({', '.join(args)})"

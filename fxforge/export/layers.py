@@ -36,6 +36,7 @@ REFUSED_OPS = {
     "skip_gate": "FFN skipping is a per-token decision at run time (ffn_skip); a checkpoint has no place for its gates "
                  "(compile without ffn_skip)",
 }
+REFUSED_OPS["skip_keep"] = REFUSED_OPS["skip_gate"]  # the same gate in decode form (per-row keep flags)
 
 
 @dataclass

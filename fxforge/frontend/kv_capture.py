@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.export import Dim
 
-from fxforge.errors import CaptureError, NotCompilableError
+from fxforge.errors import CaptureError, ConfigError, NotCompilableError
 from fxforge.frontend.export import Capture, _written_placeholders, lower_exported
 from fxforge.ir.calling import DECODE_STEP_ARGS
 
@@ -117,3 +117,22 @@ def capture_decoder(model: torch.nn.Module, batch: int, max_length: int) -> tupl
                            "fxforge's decode capture only lets the cache be written")
     lowered = lower_exported(ep, step)
     return Capture(lowered, ep.call_spec.in_spec, ep.call_spec.out_spec, time.perf_counter() - start, []), layout
+
+
+def step_calibration(examples: list, layout: KVLayout) -> list[list[torch.Tensor]]:
+    """Calibration examples (token ids [B, T], a tuple whose first item they are, or {"input_ids": ...})
+    as the step graph's tensor inputs: prefill calls (ids, arange(T), fresh zero caches), the rows cut
+    into the compiled batch bucket (the last chunk padded with copies of its first row)."""
+    out = []
+    for example in examples:
+        ids = example.get("input_ids") if isinstance(example, dict) else example[0] if isinstance(example, tuple) else example
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise ConfigError("compile_decoder's calibration examples are token ids [batch, length] (a tensor, a tuple "
+                               f"starting with one, or {{'input_ids': ...}}); got {type(ids).__name__}")
+        if ids.shape[1] > layout.max_length:
+            raise ConfigError(f"a calibration example of length {ids.shape[1]} is over max_length {layout.max_length}")
+        for chunk in ids.long().split(layout.batch):
+            if len(chunk) < layout.batch:
+                chunk = torch.cat([chunk, chunk[:1].expand(layout.batch - len(chunk), -1)])
+            out.append([chunk, torch.arange(chunk.shape[1]), *layout.allocate()])
+    return out

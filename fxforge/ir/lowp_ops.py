@@ -64,6 +64,8 @@ byte [out, in/2], see formats.pack_nibbles), "scale" ([out, n_groups], scale_dty
 [out, 1] f32), "zero" (uint8 [out, n_groups], asymmetric only), "shift" (uint8 [out, n_groups], w4a8-fp).
 Scales are f32 for per-channel schemes (negligible bytes) and f16 for int4 groups (as GPTQ stores
 them); quantization uses the f16-rounded scale, so decode matches encode exactly.
+A 4-bit weight may carry a decode layout (`Quantized.layout`, codec in `weight_layouts`): its codes are
+pre-shuffled for the decode kernels and `decode_weight` reads them back exactly.
 `Weight.data` of an encoded weight is a zero-stride placeholder with the logical shape (so the
 `const` type is right) that costs 4 bytes; the original leaves the table.
 """
@@ -77,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fxforge.ir import block_weights, formats
+from fxforge.ir import block_weights, formats, weight_layouts
 from fxforge.ir.dtypes import DType
 from fxforge.ir.errors import ShapeError
 from fxforge.ir.evaluate import WEIGHT_DECODERS
@@ -227,9 +229,7 @@ def decode_weight(weight: Weight) -> Tensor:
     if not isinstance(enc, Quantized):
         raise ValueError(f"decode_weight takes a #quantized weight, got encoding {enc!r}")
     fmt = formats.get_format(enc.format)
-    codes = p["codes"]
-    if fmt.bits == 4:
-        codes = formats.unpack_nibbles(codes)
+    codes = weight_layouts.codes_of(weight) if fmt.bits == 4 else p["codes"]  # any `Quantized.layout`
     out_f, in_f = codes.shape
     gsize = enc.group or in_f
     if "shift" in p:

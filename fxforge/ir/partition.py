@@ -36,6 +36,12 @@ class KernelGroup:
     def root(self) -> Op:
         return self.ops[-1]
 
+    @property
+    def anchor(self) -> Op:
+        """The op whose template runs the group (gemm: the GEMM, after a fused norm prologue; row: the
+        row op), else the first op."""
+        return self.params.get("anchor") or self.ops[0]
+
     def describe(self) -> str:
         return f"{self.kind}[{', '.join(op.opcode for op in self.ops)}]"
 

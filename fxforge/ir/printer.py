@@ -82,7 +82,8 @@ def print_value(v: Any) -> str:
 
 
 def print_encoding(enc: Any) -> str:
-    fields = ", ".join(f"{k}={print_value(getattr(enc, k))}" for k in enc.__dataclass_fields__)
+    fields = ", ".join(f"{k}={print_value(getattr(enc, k))}" for k, f in enc.__dataclass_fields__.items()
+                       if not (f.metadata.get("omit_default") and getattr(enc, k) == f.default))
     assert ENCODINGS[enc.kind] is type(enc)
     return f"#{enc.kind}<{fields}>"
 

@@ -7,6 +7,8 @@ the residual stream. No control-flow regions: the number of kept rows is a data-
   below `threshold` and its position (`pos`, broadcast to the leading dims) is >= `warmup`. Scores:
   `linear`: a = FFN input u, b = the residual stream h, w: f32[D]: u·w + bias - log|h|
             (a least-squares prediction of log(|FFN(u)| / |h|), the FFN's relative size);
+  `quadratic`: as linear with w: f32[2D] over the features [u, u*u]: [u, u*u]·w + bias - log|h|
+            (the FFN's size is closer to a quadratic than a linear function of its input);
   `carry`:  a, b = the previous FFN block's input and output streams: 1 - cos(a, b) (FFN-SkipLLM's
             rule: a block that left the stream unchanged predicts the next one will too);
   `oracle`: a = the FFN's own output y, b = h: log(|y| / |h|) (measurement only: the FFN has run).
@@ -14,6 +16,12 @@ the residual stream. No control-flow regions: the number of kept rows is a data-
 - `scatter_add_rows(r[..., D], y[k, D], idx[k])` -> r's type: r with y added to the rows idx.
 - `skip_count(x[..., D], [idx])` -> i64[2]: (rows the FFN would run without skipping, rows skipped),
   counted from the tensors as they flow: rows from x's shape, kept rows from the gate's idx.
+- The decode form (no compaction, nothing data-dependent: a CUDA graph can capture it):
+  `skip_keep(a, b, pos, [w]) {kind, bias, threshold, warmup}` -> a's dtype [..., 1]: the same decision as
+  `skip_gate` as a per-row flag, 1 = keep, 0 = skip; `row_keep(x[..., F], keep[..., 1])` -> x * keep: the
+  rows the gate skips are zero. A GEMM whose input is a `row_keep` may read the flags and skip the K loop
+  of a tile whose rows are all off (the zero rows it would compute); `row_keep` of the FFN's output
+  before the residual add is the masked add. `skip_count(x, keep)` counts from the flags.
 - `skip_counts(c_0, ..., c_{L-1}) {sites}` -> i64[L, 2]: the blocks' counts stacked, named by site;
   the graph returns it as an extra output that the runtime adds into its counters.
 
@@ -39,12 +47,14 @@ from fxforge.ir.ops import REQUIRED, OpDef, register
 from fxforge.ir.types import TensorType, dims_equal, sym
 
 DATA_DEPENDENT = "data_dependent_shape"
-GATE_KINDS = ("linear", "carry", "oracle")
+GATE_KINDS = ("linear", "quadratic", "carry", "oracle")
+WEIGHTED = {"linear": 1, "quadratic": 2}  # gate kinds with a weight operand: its length in multiples of D
+MODES = ("auto", "compact", "mask")  # how a gated block skips: see passes/ffn_skip.py
 EPS = 1e-12
 MAX_SHARE = 0.9
 
 
-def options_problem(target: Any, gate: Any, warmup: Any, protect: Any, overrides: Any) -> str | None:
+def options_problem(target: Any, gate: Any, warmup: Any, protect: Any, overrides: Any, mode: Any = "auto") -> str | None:
     """What is wrong with the ffn_skip options, or None. One check for CompileConfig and the pass (which
     both raise ConfigError with it); it lives with the gate kinds because both layers may import the IR."""
     if target is None:
@@ -57,6 +67,8 @@ def options_problem(target: Any, gate: Any, warmup: Any, protect: Any, overrides
         return f"ffn_skip_warmup={warmup!r} must be an int >= 0 (tokens that always run their FFNs)"
     if not isinstance(protect, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in protect):
         return f"ffn_skip_protect={protect!r} must be a list of FFN block indices (negative count from the end)"
+    if mode not in MODES:
+        return f"ffn_skip_mode={mode!r} is not a mode; known: {list(MODES)}"
     if not isinstance(overrides, dict):
         return f"ffn_skip_overrides={overrides!r} must be a dict {{site pattern: share}}"
     for k, v in overrides.items():
@@ -65,14 +77,19 @@ def options_problem(target: Any, gate: Any, warmup: Any, protect: Any, overrides
     return None
 
 
+def gate_features(kind: str, u: torch.Tensor) -> torch.Tensor:
+    """What a weighted gate's w is dotted with: u (linear) or [u, u*u] (quadratic)."""
+    return u if kind == "linear" else torch.cat([u, u * u], -1)
+
+
 def _row_norm(x: torch.Tensor) -> torch.Tensor:
     return x.float().norm(dim=-1).clamp_min(EPS)
 
 
 def gate_scores(kind: str, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None = None, bias: float = 0.0) -> torch.Tensor:
     """Per-row scores (leading dims of a) of a gate kind; a row is skipped where its score is low."""
-    if kind == "linear":
-        return a.float() @ w.float() + bias - torch.log(_row_norm(b))
+    if kind in WEIGHTED:
+        return gate_features(kind, a.float()) @ w.float() + bias - torch.log(_row_norm(b))
     if kind == "carry":
         return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1, eps=EPS)
     if kind == "oracle":
@@ -95,11 +112,34 @@ def _skip_gate_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[Ten
         raise ShapeError(f"skip_gate: a {list(a.shape)} and b {list(b.shape)} must have the same row dims (rank >= 2)")
     if pos.dtype not in (DType.i64, DType.i32) or pos.rank > a.rank - 1:
         raise ShapeError(f"skip_gate: pos must be integer positions broadcasting to {list(a.shape[:-1])}")
-    if (attrs["kind"] == "linear") != (len(types) == 4):
-        raise ShapeError("skip_gate: the linear kind takes a weight operand w[D]; the others take none")
-    if len(types) == 4 and (types[3].rank != 1 or not dims_equal(types[3].shape[0], a.shape[-1])):
-        raise ShapeError(f"skip_gate: w {list(types[3].shape)} must be [{a.shape[-1]}]")
+    k = WEIGHTED.get(attrs["kind"])
+    if (k is not None) != (len(types) == 4):
+        raise ShapeError(f"skip_gate: the kinds {list(WEIGHTED)} take a weight operand w; the others take none")
+    if k is not None and (types[3].rank != 1 or not dims_equal(types[3].shape[0], k * a.shape[-1])):
+        raise ShapeError(f"skip_gate: w {list(types[3].shape)} must be [{k} x {a.shape[-1]}] for kind {attrs['kind']!r}")
     return [TensorType((sym(attrs["count"]),), DType.i64)]
+
+
+def _skip_keep(a, b, pos, w=None, *, kind, bias, threshold, warmup):
+    score = gate_scores(kind, a, b, w, bias)
+    keep = (score >= threshold) | (pos.expand(score.shape) < warmup)
+    return keep.to(a.dtype).unsqueeze(-1)
+
+
+def _skip_keep_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    _skip_gate_infer(types, {**attrs, "count": "k"})  # the same operand checks
+    return [TensorType(types[0].shape[:-1] + (1,), types[0].dtype)]
+
+
+def _row_keep(x, keep):
+    return x * keep.to(x.dtype)
+
+
+def _row_keep_infer(types, attrs):
+    x, keep = types
+    if keep.rank != x.rank or keep.shape[-1] != 1 or not all(dims_equal(a, b) for a, b in zip(x.shape[:-1], keep.shape[:-1])):
+        raise ShapeError(f"row_keep: keep {list(keep.shape)} must be x's row dims + [1], x is {list(x.shape)}")
+    return [x]
 
 
 def _gather_rows(x, idx):
@@ -128,6 +168,9 @@ def _scatter_add_rows_infer(types, attrs):
 
 def _skip_count(x, idx=None):
     rows = x.numel() // max(x.shape[-1], 1)
+    if idx is not None and idx.is_floating_point():  # the decode form's flags: counted on the device, no sync
+        return torch.stack([torch.full((), rows, dtype=torch.int64, device=x.device),
+                            rows - (idx != 0).sum().to(torch.int64)])
     skipped = 0 if idx is None else rows - idx.shape[0]
     return torch.tensor([rows, skipped], dtype=torch.int64, device=x.device)
 
@@ -146,12 +189,16 @@ _TAGS = frozenset({DATA_DEPENDENT})
 register(OpDef("skip_gate", (3, 4), {"kind": REQUIRED, "bias": 0.0, "threshold": REQUIRED, "warmup": 0, "count": REQUIRED},
                _skip_gate_infer, _skip_gate, "skip", "skip_gate(a, b, pos, [w]): indices of the rows that keep their FFN",
                tags=_TAGS))
+register(OpDef("skip_keep", (3, 4), {"kind": REQUIRED, "bias": 0.0, "threshold": REQUIRED, "warmup": 0},
+               _skip_keep_infer, _skip_keep, "skip", "skip_keep(a, b, pos, [w]) -> [..., 1]: 1 where the row keeps its FFN"))
+register(OpDef("row_keep", (2, 2), {}, _row_keep_infer, _row_keep, "pointwise",
+               "row_keep(x[..., F], keep[..., 1]) -> x * keep: the rows the gate skips are zero", kernel="pointwise"))
 register(OpDef("gather_rows", (2, 2), {}, _gather_rows_infer, _gather_rows, "skip",
                "gather_rows(x[..., D], idx[k]) -> [k, D]"))
 register(OpDef("scatter_add_rows", (3, 3), {}, _scatter_add_rows_infer, _scatter_add_rows, "skip",
                "scatter_add_rows(r[..., D], y[k, D], idx[k]): r with y added at rows idx"))
 register(OpDef("skip_count", (1, 2), {}, lambda types, attrs: [TensorType((2,), DType.i64)], _skip_count, "skip",
-               "skip_count(x[..., D], [idx]) -> i64[2]: (rows of x, rows not in idx)"))
+               "skip_count(x[..., D], [idx | keep]) -> i64[2]: (rows of x, rows not in idx / with keep 0)"))
 register(OpDef("skip_counts", (1, None), {"sites": REQUIRED}, _skip_counts_infer, _skip_counts, "skip",
                "skip_counts(count_0, ..., count_{L-1}) {sites} -> i64[L, 2]: (rows, skipped) per FFN block"))
 

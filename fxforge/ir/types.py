@@ -75,13 +75,17 @@ def free_symbols(dims) -> set[sympy.Symbol]:
 @dataclass(frozen=True)
 class Quantized:
     """Values in a low-precision `format` with scales along `axis`, one scale per `group` elements
-    (group 0: one scale per slice along axis). `zero_point`: asymmetric integer quantization."""
+    (group 0: one scale per slice along axis). `zero_point`: asymmetric integer quantization.
+    `layout`: how the payload's codes are stored: "" (row-major, two per byte) or a decode layout of
+    `fxforge.ir.weight_layouts` (e.g. "i4w128": nibbles pre-shuffled into int32 words per 128-wide K tile
+    for the in-register dequantization of the decode kernels); printed only when set."""
 
     format: str
     axis: int
     group: int = 0
     scale_dtype: DType = DType.f32
     zero_point: bool = False
+    layout: str = field(default="", metadata={"omit_default": True})
 
     kind = "quantized"
 

@@ -11,9 +11,10 @@ Decisions:
 - Only dense `linear`s whose weights (and biases, all or none) are plain constants of one dtype:
   encoded weights are the quantize pass's, and their GEMMs are another template.
 - A group whose linears each carry a fusible consumer keeps those consumers: the fuse pass sees a
-  GEMM followed by views and fuses what it can; the SwiGLU pattern (silu(gate) * up) is then one
-  pointwise kernel on the two slices, as many launches as before, so MLP siblings are left alone
-  unless `concat_linears.mlp` is set (a SwiGLU GEMM epilogue is the open half of this item).
+  GEMM followed by views and fuses what it can. MLP siblings (a linear feeding silu or mul) are left
+  alone except the SwiGLU pair silu(gate) * up of bias-free linears, stacked [gate; up] in that order:
+  the dense GEMM template runs it with the SwiGLU epilogue (two accumulators, one launch instead of
+  two GEMMs and a pointwise kernel). `concat_linears.mlp` stacks every sibling group regardless.
 - The stacked weight is a new weight (`<prefix>.{q_proj+k_proj+v_proj}.weight`); the originals go
   with dce. Runs for the generated-kernel executors, before dce.
 """
@@ -38,6 +39,25 @@ def _feeds_swiglu(op: Op) -> bool:
     return any(u.opcode in ("silu", "mul") for u in op.result.uses)
 
 
+def _swiglu_pair(users: list[Op]) -> list[Op] | None:
+    """[gate, up] among sibling linears when the only use of gate is silu, whose only use is
+    silu(gate) * up, the only use of up: one GEMM with the SwiGLU epilogue (`fusion_rules.swiglu_ops`)."""
+    for gate in users:
+        act = gate.result.uses[0] if len(gate.result.uses) == 1 else None
+        if act is None or act.opcode != "silu" or len(act.result.uses) != 1:
+            continue
+        mul = act.result.uses[0]
+        other = [v for v in mul.operands if v is not act.result]
+        if mul.opcode != "mul" or len(other) != 1:
+            continue
+        up = next((u for u in users if u is not gate and u.result is other[0] and len(u.result.uses) == 1), None)
+        same = up is not None and len(up.operands) == len(gate.operands) == 2 and (
+            up.operands[1].type.dtype == gate.operands[1].type.dtype)
+        if same:
+            return [gate, up]
+    return None
+
+
 def _groups(graph: Graph, mlp: bool) -> list[list[Op]]:
     groups = []
     for x in graph.values():
@@ -45,6 +65,9 @@ def _groups(graph: Graph, mlp: bool) -> list[list[Op]]:
         users = [u for u in users if _const_weight(graph, u.operands[1]) is not None
                  and (len(u.operands) < 3 or _const_weight(graph, u.operands[2]) is not None)]
         if not mlp:
+            pair = _swiglu_pair(users)
+            if pair is not None:
+                groups.append(pair)
             users = [u for u in users if not _feeds_swiglu(u)]
         if len(users) < 2:
             continue

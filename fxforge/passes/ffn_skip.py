@@ -5,10 +5,16 @@ Options (`ctx.option("ffn_skip.<name>")`, set from CompileConfig's ffn_skip* fie
     "target"              target share of FFN token-rows to skip, 0 < x <= 0.9 (of ALL FFN rows: protected
                           blocks and warm-up tokens count as rows that run)
     "gate"                "linear" (default: least-squares predictor of the FFN's relative output size
-                          from its own input), "carry" (FFN-SkipLLM's rule: skip when the previous FFN
+                          from its own input), "quadratic" (the same on [u, u*u]), "carry" (FFN-SkipLLM's rule: skip when the previous FFN
                           left the stream unchanged) or "oracle" (measurement only: runs every FFN)
     "warmup"              tokens at positions below this always run their FFNs (default 4)
     "protect"             block indices never skipped (default (0, -1): the first and last FFN)
+    "mode"                "auto" (default: "mask" in a decode graph, else "compact"), "compact" (gather the kept
+                          rows, run the FFN on them, scatter-add: the work skipped is not computed; the row
+                          count is data-dependent, a host synchronisation on a GPU) or "mask" (per-row keep
+                          flags on the device: the FFN's GEMMs skip the K loop of tiles whose rows are all
+                          off, the add is masked; nothing data-dependent, so a decode step stays capturable
+                          in a CUDA graph)
     "overrides"           {fnmatch pattern on the block's site, e.g. "model.layers.3.mlp": a fixed share
                           of that block's rows to skip (0: protect it)}; the rest of the budget is
                           allocated across the other blocks
@@ -28,10 +34,14 @@ Decisions:
 - Gates belong to the model, not to one graph: they are kept in `ctx.shared` by site, and a graph
   that no calibration example reached (the JIT's decode graphs, captured after the calibration run)
   is gated with the gates fitted for the same sites in an earlier graph (`reuse_gates`).
-- First version: compaction is `torch.nonzero` + `index_select`/`index_add_` on the host for every
-  executor (the interpret/triton executors run these ops as torch calls between kernels); the FFN's
-  GEMMs then run on the kept rows only (M = kept rows). A device-side early-exit flag for decode (so
-  a step stays capturable in a CUDA graph) is not built yet.
+- Compaction is `torch.nonzero` + `index_select`/`index_add_` on the host for every executor (the
+  interpret/triton executors run these ops as torch calls between kernels); the FFN's GEMMs then run
+  on the kept rows only (M = kept rows). That needs the kept count on the host: a synchronisation.
+- Decode graphs (one row per sequence) take the mask form instead (`ffn_skip_rewrite.mask`): a
+  decode graph is one with an in-place KV-cache write (`compile_decoder`'s step, whose prefill calls
+  then run every row and skip only whole tiles) or whose sequence dim is the static 1 (the JIT's
+  decode graphs). Nothing in it is data-dependent (no op tagged DATA_DEPENDENT), which is what
+  makes the step capturable; the counters come from the flags, on the device.
 """
 
 from __future__ import annotations
@@ -44,10 +54,10 @@ import torch
 from fxforge.errors import ConfigError
 from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph, Op
-from fxforge.ir.skip_ops import options_problem
+from fxforge.ir.skip_ops import WEIGHTED, options_problem
 from fxforge.passes import ffn_skip_gate as G
 from fxforge.passes.ffn_skip_find import FfnBlock, find_ffn_blocks, find_positions
-from fxforge.passes.ffn_skip_rewrite import add_count, add_counts, add_gate, compact
+from fxforge.passes.ffn_skip_rewrite import add_count, add_counts, add_gate, compact, mask
 from fxforge.passes.manager import PassContext
 
 TOLERANCE = 0.01
@@ -56,12 +66,25 @@ ITERATIONS = 6
 
 def _options(ctx: PassContext) -> dict[str, Any]:
     o = {"target": ctx.option("ffn_skip.target"), "gate": ctx.option("ffn_skip.gate") or "linear",
+         "mode": ctx.option("ffn_skip.mode") or "auto",
          "warmup": ctx.option("ffn_skip.warmup", 4), "protect": tuple(ctx.option("ffn_skip.protect", (0, -1)) or ()),
          "overrides": dict(ctx.option("ffn_skip.overrides") or {})}
-    problem = options_problem(o["target"], o["gate"], o["warmup"], o["protect"], o["overrides"])
+    problem = options_problem(o["target"], o["gate"], o["warmup"], o["protect"], o["overrides"], o["mode"])
     if problem:
         raise ConfigError(problem)
     return o
+
+
+def decode_graph(graph: Graph, blocks: list[FfnBlock]) -> bool:
+    """A graph that writes a KV cache in place (a decode step) or whose sequence dim is the static 1."""
+    u = blocks[0].u
+    return any(op.opcode == "cache_write" for op in graph.ops) or (u.type.rank >= 3 and u.type.shape[-2] == 1)
+
+
+def _form(graph: Graph, blocks: list[FfnBlock], o: dict[str, Any]) -> str:
+    if o["mode"] != "auto":
+        return o["mode"]
+    return "mask" if decode_graph(graph, blocks) else "compact"
 
 
 def _plan(blocks: list[FfnBlock], o: dict[str, Any]) -> tuple[dict[int, float | None], dict[str, str]]:
@@ -103,6 +126,7 @@ def ffn_skip_graph(graph: Graph, o: dict[str, Any], calibration: list, store: di
                          "nothing is skipped")
         return stats
     pos, stats["positions"] = _positions(graph, blocks)
+    stats["form"] = _form(graph, blocks, o)
     data, ref_outs = G.collect(graph, blocks, pos, calibration)
     plan, why = _plan(blocks, o)
     fits, curves, layer_stats = _fit_layers(blocks, data, plan, o)
@@ -148,6 +172,7 @@ def reuse_gates(graph: Graph, o: dict[str, Any], store: dict[str, dict]) -> dict
         stats["note"] = "no FFN block found: nothing is skipped"
         return stats
     pos, stats["positions"] = _positions(graph, blocks)
+    stats["form"] = _form(graph, blocks, o)
     plan = {i: None for i, b in enumerate(blocks) if b.site in store}
     fits = {i: (store[blocks[i].site]["w"], store[blocks[i].site]["bias"]) for i in plan}
     gates = _rewrite(graph, blocks, plan, fits, pos, o)
@@ -162,7 +187,7 @@ def _fit_layers(blocks: list[FfnBlock], data: list[G.BlockData], plan: dict[int,
     fits, curves, layer_stats = {}, {}, {}
     for i in plan:
         d, prev = data[i], data[i - 1] if i > 0 else None
-        w, bias, r2 = G.fit_linear(d) if o["gate"] == "linear" else (None, 0.0, None)
+        w, bias, r2 = G.fit_linear(d, kind=o["gate"]) if o["gate"] in WEIGHTED else (None, 0.0, None)
         score = G.scores(o["gate"], d, prev, w, bias)
         eligible = d.pos >= o["warmup"]
         fits[i] = (w, bias)
@@ -173,17 +198,19 @@ def _fit_layers(blocks: list[FfnBlock], data: list[G.BlockData], plan: dict[int,
 
 
 def _rewrite(graph: Graph, blocks: list[FfnBlock], plan: dict[int, float | None], fits: dict, pos, o: dict[str, Any]) -> dict[int, Op]:
-    """Gate (threshold NEVER for now) and compact every planned block; count every block."""
+    """Gate (threshold NEVER for now) and compact (or mask) every planned block; count every block."""
     gates: dict[int, Op] = {}
     counts = []
     prev_streams = None
+    form = _form(graph, blocks, o)
     for i, b in enumerate(blocks):
         gate = None
         if i in plan:
             w, bias = fits[i]
-            gate = gates[i] = add_gate(graph, b, o["gate"], i, pos, G.NEVER, o["warmup"], w, bias, prev_streams)
+            gate = gates[i] = add_gate(graph, b, o["gate"], i, pos, G.NEVER, o["warmup"], w, bias, prev_streams, form)
         counts.append(add_count(graph, b, gate))
-        out = compact(graph, b, gate, o["gate"]) if gate is not None else b.add_op.result
+        out = b.add_op.result if gate is None else compact(graph, b, gate, o["gate"]) if form == "compact" else \
+            mask(graph, b, gate)
         prev_streams = (b.stream, out)
     add_counts(graph, blocks, counts)
     return gates

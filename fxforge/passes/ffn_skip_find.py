@@ -12,6 +12,8 @@ reshape around every GEMM), post-norm BERT (r = u), and the parallel residual of
 (`h + attn(ln1(h)) + mlp(ln2(h))`, or one shared norm in Phi): there the add that takes the MLP output
 may first sum it with the attention output instead of the stream; dropping y's rows from that sum is
 the same skip, and the stream the FFN's size is measured against is still the norm's input h.
+Quantized FFNs match too: `qlinear` quantizes its activations per row (or per block of a row), and
+the online Hadamard rotation (`hadamard`, inserted by `rotate`) mixes channels within a row only.
 Attention never matches (its op is not row-local), so it is never skipped and the KV cache stays whole.
 
 Positions (for the warm-up) come from, in order: a graph input named `*cache_position*` (i64 [T]) or
@@ -33,6 +35,7 @@ from fxforge.ir.types import dims_equal
 NORMS = ("rms_norm", "layer_norm")
 GEMMS = ("linear", "matmul", "qlinear")
 ROW_COMPOSITES = ("rms_norm", "layer_norm", "softmax", "log_softmax")
+LAST_DIM_OPS = ("hadamard",)  # act on each row along the last dim only: the online rotation of quantized FFNs
 LEAVES = ("const", "full")
 
 
@@ -66,7 +69,7 @@ def _row_local(op: Op, body_value: Value) -> bool:
         return op.operands[0] is body_value
     if code in ROW_COMPOSITES:
         return code in NORMS or op.attrs["dim"] % body_value.type.rank == body_value.type.rank - 1
-    return cat == "pointwise"
+    return cat == "pointwise" or code in LAST_DIM_OPS
 
 
 def _outside_ok(op: Op, v: Value) -> bool:

@@ -7,7 +7,15 @@ Per gated block, before its residual add:
 ...     the FFN's ops, cloned onto the kept rows     : f32[ffn_kept3, F] ... [ffn_kept3, D]
 %out  = scatter_add_rows(%r, %yk, %idx)            : f32[B, T, D]   (replaces add(%r, %y))
 ```
-and a `skip_count` per block (protected blocks too: their rows count), stacked by one `skip_counts`
+The decode form (`mask`: no compaction, nothing data-dependent, so a decode step stays capturable):
+```
+%keep = skip_keep(%u, %h, %pos, %w) {kind="linear", threshold=..., warmup=...} : f32[B, T, 1]
+%a_k  = row_keep(%a, %keep)      before every GEMM of the FFN (its input's skipped rows are zero)
+%y_k  = row_keep(%y, %keep)      the masked add: %out = add(%r, %y_k)
+```
+The GEMM templates read `row_keep`'s flags as a prologue and skip the K loop of tiles whose rows are
+all off (`fuse` / `codegen/templates/gemm.py`); the result is the reference's x * keep either way.
+And a `skip_count` per block (protected blocks too: their rows count), stacked by one `skip_counts`
 appended to the graph's outputs; the runtime reads that output into the run-time counters.
 
 Decisions:
@@ -23,7 +31,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fxforge.ir.graph import Graph, Op, Value, Weight
-from fxforge.passes.ffn_skip_find import FfnBlock
+from fxforge.ir.skip_ops import WEIGHTED
+from fxforge.passes.ffn_skip_find import GEMMS, FfnBlock
 
 COUNTS_NAME = "ffn_skip_counts"
 
@@ -55,11 +64,14 @@ def clone_on_rows(graph: Graph, block: FfnBlock, uk: Value) -> Value:
 
 
 def add_gate(graph: Graph, block: FfnBlock, kind: str, index: int, pos: Value, threshold: float, warmup: int,
-             w=None, bias: float = 0.0, prev: tuple[Value, Value] | None = None) -> Op:
-    """Insert the block's `skip_gate` before its add; `prev` = (input, output) stream of the previous block."""
-    anchor = block.add_op
-    attrs = {"kind": kind, "threshold": float(threshold), "warmup": int(warmup), "count": f"ffn_kept{index}"}
-    if kind == "linear":
+             w=None, bias: float = 0.0, prev: tuple[Value, Value] | None = None, form: str = "compact") -> Op:
+    """Insert the block's `skip_gate` (form "compact") or `skip_keep` (form "mask") before its first
+    op; `prev` = (input, output) stream of the previous block."""
+    anchor = block.body[0] if form == "mask" and kind != "oracle" else block.add_op
+    attrs = {"kind": kind, "threshold": float(threshold), "warmup": int(warmup)}
+    if form == "compact":
+        attrs["count"] = f"ffn_kept{index}"
+    if kind in WEIGHTED:
         name = _free_weight(graph, f"{block.site}.skip_gate")
         graph.add_weight(name, Weight(w.detach().float().clone()))
         wv = graph.insert_before(anchor, "const", [], {"weight": name}, name="skip_gate_w").result
@@ -69,7 +81,8 @@ def add_gate(graph: Graph, block: FfnBlock, kind: str, index: int, pos: Value, t
         operands = [prev[0], prev[1], pos]
     else:
         operands = [block.y, block.stream, pos]
-    return graph.insert_before(anchor, "skip_gate", operands, attrs, name=f"ffn_keep{index}")
+    opcode = "skip_gate" if form == "compact" else "skip_keep"
+    return graph.insert_before(anchor, opcode, operands, attrs, name=f"ffn_keep{index}")
 
 
 def compact(graph: Graph, block: FfnBlock, gate: Op, kind: str) -> Value:
@@ -88,6 +101,31 @@ def compact(graph: Graph, block: FfnBlock, gate: Op, kind: str) -> Value:
         for op in reversed(block.body):
             graph.erase(op)
     return out.result
+
+
+def _keep_for(graph: Graph, anchor: Op, keep: Value, x: Value, cache: dict) -> Value:
+    """keep [..., 1] in the row shape of x (the GPT-2 Conv1D sandwich flattens the rows)."""
+    want = tuple(x.type.shape[:-1]) + (1,)
+    if len(want) == keep.type.rank:
+        return keep
+    if want not in cache:
+        cache[want] = graph.insert_before(anchor, "reshape", [keep], {"shape": want}).result
+    return cache[want]
+
+
+def mask(graph: Graph, block: FfnBlock, gate: Op) -> Value:
+    """The decode form: every GEMM of the FFN reads `row_keep(input, keep)`, the add reads
+    `row_keep(y, keep)`. Returns the new stream value (the add's result, unchanged)."""
+    keep, shapes = gate.result, {}
+    inner = {id(r) for op in block.body for r in op.results} | {id(block.u)}
+    for op in block.body if gate.attrs["kind"] != "oracle" else ():  # the oracle's flags come after the FFN
+        if op.opcode in GEMMS and id(op.operands[0]) in inner:
+            x = op.operands[0]
+            graph.set_operand(op, 0, graph.insert_before(op, "row_keep", [x, _keep_for(graph, op, keep, x, shapes)]).result)
+    add = block.add_op
+    yk = graph.insert_before(add, "row_keep", [block.y, keep]).result
+    graph.set_operand(add, list(add.operands).index(block.y), yk)
+    return add.result
 
 
 def add_count(graph: Graph, block: FfnBlock, gate: Op | None) -> Value:

@@ -29,6 +29,8 @@ The rule table (`FUSION_RULES` prints it):
   outputs (the common input is loaded once). It runs where the last of them did, so every outside
   reader of an earlier one's outputs must come after that point. At most MAX_HORIZONTAL outputs.
 - attention: alone (the flash-attention template).
+- rope_cache: after a concatenated QKV GEMM, the q/k/v head views, RoPE of q and k and the two
+  `cache_write`s of k and v (`rope_sites.py`): one template launch (`templates/rope_cache.py`).
 - nm: a `linear`/`qlinear` whose weight is an `#nm` const runs the N:M sparse template of its GEMM rule
   (`ENCODED_GEMM_RULES`: the dense epilogue for `linear`, the qlinear one for `qlinear`); the pass's
   statistics say which path each pruned layer took (`sparse_paths`: template or host, and why).
@@ -56,6 +58,7 @@ from fxforge.passes.fusion_rules import (
     host_reason,
     kernel_types_ok,
     literal_value,
+    norm_prologue,
     normalizes,
     pointwise_ok,
     row_ok,
@@ -63,9 +66,11 @@ from fxforge.passes.fusion_rules import (
     scale_of,
     single_use,
     sparse_paths,
+    swiglu_ops,
     weight_encoding_kind,
 )
 from fxforge.passes.manager import PassContext
+from fxforge.passes.rope_sites import rope_sites
 
 # -- the GEMM epilogue, in the template's order ------------------------------------------------------
 # Each step: (params key, taker(fuser, anchor, rule, user, y) -> the value it records, or None).
@@ -115,7 +120,9 @@ EPILOGUE: list[tuple[str, Callable[..., Any]]] = [
     ("scale", _scale), ("bias", _bias), ("activation", _activation), ("mul", _mul), ("residual", _residual),
     ("out_dtype", _out_dtype)]
 _LINEAR_ONLY = {"bias", "mul", "residual", "out_dtype"}  # a batched matmul's template call has none of them
-_DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None, "out_dtype": None}
+_DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None, "out_dtype": None,
+             "norm": None, "swiglu": False}
+_STEP = {key: i for i, (key, _) in enumerate(EPILOGUE)}
 
 # -- the partition ------------------------------------------------------------------------------
 
@@ -140,6 +147,9 @@ class _Partitioner:
             rule = gemm_rule(op)
             if rule is not None and self.free(op):
                 self.gemm(op, rule)
+        for site in rope_sites(self.graph):  # before the pointwise trees, which would take its RoPE ops
+            if all(self.free(op) for op in site.ops):
+                self.claim(KernelGroup("rope_cache", list(site.ops), [], [], FUSION_RULES["rope_cache"], {"site": site}))
         for op in ops:
             if row_ok(op) and self.free(op):
                 self.row(op)
@@ -152,6 +162,12 @@ class _Partitioner:
                 self.claim(KernelGroup("pointwise", members, [], [],
                                        FUSION_RULES["pointwise"] if len(members) > 1 else "single pointwise op"))
         order = {id(op): i for i, op in enumerate(ops)}
+        for g in self.groups:
+            g.ops.sort(key=lambda o: order[id(o)])
+            self.finish(g)
+        self.groups.sort(key=lambda g: order[id(g.root)])
+        self.horizontal(order)
+        self.absorb(order)
         host: dict[int, str] = {}
         host_ops: dict[str, str] = {}
         for op in ops:
@@ -159,12 +175,37 @@ class _Partitioner:
                 host[id(op)] = host_reason(op)
                 names = ", ".join("%" + r.name for r in op.results)
                 host_ops[f"{names} = {op.opcode}"] = host[id(op)]
-        for g in self.groups:
-            g.ops.sort(key=lambda o: order[id(o)])
-            self.finish(g)
-        self.groups.sort(key=lambda g: order[id(g.root)])
-        self.horizontal(order)
         return Partition(self.groups, host, host_ops)
+
+    def absorb(self, order: dict[int, int]) -> None:
+        """Pull into a pointwise group what only it reads: a host `cat` it could read through, or a whole
+        earlier pointwise group (RoPE's tables: cos and sin of cat(f, f), f = pos * inv_freq, one kernel
+        instead of two and a host cat). Absorbed values are recomputed where read; the group's root,
+        hence its place in the launch order, is unchanged."""
+        changed = True
+        while changed:
+            changed = False
+            for g in [g for g in self.groups if g.kind == "pointwise"]:
+                for v in g.inputs:
+                    p = v.producer
+                    src = self.claimed.get(id(p)) if p is not None else None
+                    ops = [p] if p is not None and src is None and cat_ok(p) else src.ops if (
+                        src is not None and src is not g and src.kind == "pointwise") else []
+                    if ops and self.only_read_by(ops, g):
+                        self.groups = [x for x in self.groups if x is not src]
+                        g.ops = sorted(g.ops + ops, key=lambda o: order[id(o)])
+                        g.inputs, g.outputs = [], []
+                        self.finish(g)
+                        for op in ops:
+                            self.claimed[id(op)] = g
+                        g.reason += f" (+ {len(ops)} absorbed producer op(s) only it reads)"
+                        changed = True
+                        break
+
+    def only_read_by(self, ops: list[Op], g: KernelGroup) -> bool:
+        inside = {id(op) for op in [*g.ops, *ops]}
+        outs = {id(o) for o in self.graph.outputs}
+        return all(id(r) not in outs and all(id(u) in inside for u in r.uses) for op in ops for r in op.results)
 
     def horizontal(self, order: dict[int, int]) -> None:
         """Merge pointwise groups (in root order) into an earlier compatible one: same domain shape,
@@ -239,10 +280,18 @@ class _Partitioner:
     def gemm(self, op: Op, rule: GemmRule) -> None:
         """The anchor and the epilogue steps its template takes, in order; a GEMM that is not
         linear-like (a batched matmul) takes one step at most, scale or activation."""
-        params: dict[str, Any] = dict(_DEFAULTS)
+        params: dict[str, Any] = dict(_DEFAULTS, anchor=op)
         linear_like = params["linear_like"] = rule.linear_like(op)
         nxt = 2 if len(op.operands) in rule.bias_arity else 0  # a bias operand: the activation is next
         members, y = [op], op.result
+        norm = norm_prologue(op, self.graph) if rule.norm else None
+        if norm is not None and self.free(norm):
+            members.append(norm)
+            params["norm"] = norm
+        swiglu = swiglu_ops(op, self.graph) if rule.swiglu else None
+        if swiglu is not None and all(self.free(o) for o in swiglu):  # the activation and mul steps, in the template
+            members += swiglu
+            params["swiglu"], y, nxt = True, swiglu[-1].result, _STEP["residual"]
         while single_use(y, self.graph):
             user = y.uses[0]
             if not self.free(user) or not kernel_types_ok(user) or (not linear_like and len(members) > 1):
@@ -253,7 +302,14 @@ class _Partitioner:
             nxt, params[EPILOGUE[taken[0]][0]] = taken[0] + 1, taken[1]
             members.append(user)
             y = user.result
-        reason = "gemm + epilogue (" + ", ".join(m.opcode for m in members[1:]) + ")" if len(members) > 1 else "gemm alone"
+        reason = "gemm + epilogue (" + ", ".join(m.opcode for m in members[1:] if m is not norm) + ")" if len(
+            members) > (2 if params["norm"] else 1) else "gemm alone"
+        if params["norm"]:
+            reason = "rms_norm prologue + " + reason
+        src = op.operands[0].producer
+        if rule.keep and src is not None and src.opcode == "row_keep":  # FFN skipping: early exit on the flags
+            params["keep"] = src.operands[1]
+            reason += ", keep flags of the row_keep input (early exit)"
         if weight_encoding_kind(op) == "nm":
             enc = op.operands[1].type.encoding
             reason = f"N:M sparse template ({enc.n}:{enc.m}, {enc.scheme or 'fp16/bf16'} kept values): {reason}"
@@ -302,6 +358,13 @@ class _Partitioner:
                 if id(v) not in produced and id(v) not in seen:
                     seen.add(id(v))
                     g.inputs.append(v)
+        if g.kind == "rope_cache":  # the template's results, in its order
+            site = g.params["site"]
+            g.outputs += [site.q, site.k_written, site.v_written]
+            return
+        keep = g.params.get("keep")
+        if keep is not None and id(keep) not in seen:  # read by the template, operand of no member
+            g.inputs.append(keep)
         outs = {id(o) for o in self.graph.outputs}
         for op in g.ops:
             for r in op.results:

@@ -21,13 +21,18 @@ from fxforge.ir.types import NM, BlockFP, Quantized, dims_equal
 FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
-            "(#quantized const weight) the same without the scale and the mul",
+            "(#quantized const weight) the same without the scale and the mul; dense linear also: a "
+            "single-use rms_norm(x, w[K]) producer as a prologue, and silu(y[..., :N]) * y[..., N:] of its "
+            "[gate; up] result (SwiGLU) as the activation + mul steps; a linear/qlinear whose input is "
+            "a row_keep also reads its keep flags (FFN skipping's early exit; not the MX/NVFP4 schemes yet)",
     "row": "softmax|log_softmax|layer_norm|rms_norm|sum|mean|amax over the last dim + single-use pointwise "
            "producers (prologue) + same-shape pointwise consumers (epilogue, normalising ops only)",
     "pointwise": "tree of pointwise ops (+ single-use cat), single-use producers fused inward, broadcasting to the root's shape",
     "horizontal": "pointwise trees of one domain shape reading a common input, independent of each other: one "
                   "kernel, several outputs",
     "attention": "attention alone (flash-attention template)",
+    "rope_cache": "q/k/v head views of a [q; k; v] GEMM output + RoPE of q and k + cache_write of k and v: one "
+                  "template launch (RoPE'd q out, k/v written into the static cache in place)",
     "hadamard": "hadamard alone (fast Walsh-Hadamard template)",
     "nm": "linear/qlinear of an #nm const weight (M divides 32; qlinear: no LoRC): the N:M sparse template "
           "(kept values + index expanded in registers) with its GEMM rule's epilogue",
@@ -163,19 +168,23 @@ def _matmul_2d_weight(op: Op) -> bool:
 class GemmRule:
     """A GEMM anchor: can its template run this op (`ok`), does it take the whole epilogue
     (`linear_like`), the operand counts that include a bias, and whether the template has the
-    scale and mul-by-tensor steps."""
+    scale and mul-by-tensor steps, and whether it reads FFN-skip keep flags (`keep`: the input is a
+    `row_keep`, the template skips the K loop of tiles whose rows are all off)."""
 
     ok: Callable[[Op], bool]
     linear_like: Callable[[Op], bool]
     bias_arity: tuple[int, ...]
     scale: bool = True
     mul: bool = True
+    keep: bool = False
+    norm: bool = False  # an rms_norm prologue (`norm_prologue`)
+    swiglu: bool = False  # the SwiGLU epilogue of a [gate; up] GEMM (`swiglu_ops`)
 
 
 GEMM_RULES = {
-    "linear": GemmRule(kernel_types_ok, _always, (3,)),
+    "linear": GemmRule(kernel_types_ok, _always, (3,), keep=True, norm=True, swiglu=True),
     "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, ()),
-    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=False, mul=False),  # operands x, w, [bias], [u, v]
+    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=False, mul=False, keep=True),  # x, w, [bias], [u, v]
 }
 # anchors whose weight has an encoding another template reads: (opcode, encoding kind) -> rule, tried first
 ENCODED_GEMM_RULES = {
@@ -289,3 +298,40 @@ def host_reason(op: Op) -> str:
     if op.opdef.kernel == "row":
         return f"{op.opcode}: not over the last dim, not float, or rows over {MAX_ROW}: host torch"
     return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"
+
+
+def norm_prologue(op: Op, graph: Graph) -> Op | None:
+    """The `rms_norm(x, w)` producing the GEMM's input that its load can compute (`gemm.py` HAS_NORM): a
+    row-kernel rms_norm whose single-use result has x's dtype, with a weight [K]; else None."""
+    y = op.operands[0]
+    p = y.producer
+    if p is None or p.opcode != "rms_norm" or len(p.operands) != 2 or not single_use(y, graph) or not row_ok(p):
+        return None
+    x, w = p.operands
+    ok = x.type.dtype == y.type.dtype and w.type.rank == 1 and dims_equal(w.type.shape[0], x.type.shape[-1])
+    return p if ok and x.type.rank >= 1 else None
+
+
+def swiglu_ops(op: Op, graph: Graph) -> list[Op] | None:
+    """[gate slice, up slice, silu, mul] when the bias-free GEMM's result y [..., 2N] is read only as
+    silu(y[..., :N]) * y[..., N:] (concat_linears' gate/up GEMM), else None."""
+    y = op.result
+    n2 = y.type.shape[-1] if y.type.rank else None
+    if len(op.operands) != 2 or not isinstance(n2, int) or n2 % 2 or len(y.uses) != 2 or any(y is o for o in graph.outputs):
+        return None
+    halves: dict[tuple[int, int], Op] = {}
+    for u in y.uses:
+        if u.opcode != "slice" or u.attrs["dim"] % y.type.rank != y.type.rank - 1 or u.attrs["step"] != 1:
+            return None
+        halves[(u.attrs["start"], min(u.attrs["end"], n2))] = u
+    gate, up = halves.get((0, n2 // 2)), halves.get((n2 // 2, n2))
+    if gate is None or up is None or not single_use(gate.result, graph) or not single_use(up.result, graph):
+        return None
+    act = gate.result.uses[0]
+    if activation_of(act) != "silu" or not single_use(act.result, graph):
+        return None
+    mul = act.result.uses[0]
+    if mul.opcode != "mul" or {id(v) for v in mul.operands} != {id(act.result), id(up.result)}:
+        return None
+    chain = [gate, up, act, mul]
+    return chain if all(kernel_types_ok(o) and o.result.type.dtype == y.type.dtype for o in chain) else None

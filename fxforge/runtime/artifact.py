@@ -39,7 +39,7 @@ from fxforge.errors import ArtifactError, FxforgeError, IRParseError
 from fxforge.ir.calling import InputSlot
 from fxforge.ir.graph import Graph, Weight
 from fxforge.ir.optable import resolve_torch_op
-from fxforge.ir.parser import parse_dim, parse_graph, parse_type
+from fxforge.ir.parser import parse_dim, parse_graph, parse_type, use_parser_cache
 from fxforge.ir.printer import print_dim, print_encoding, print_graph
 from fxforge.ir.trace import Trace
 from fxforge.runtime.executors import resolve_executor
@@ -218,11 +218,23 @@ class LoadedArtifact:
     hf_config: dict[str, Any] | None = None
 
 
+def _parser_cache() -> Path | None:
+    """The IR parser's grammar cache beside the kernel cache (private to this user), None when that
+    directory is unusable (the parser then builds its tables in-process: slower, same result)."""
+    from fxforge.codegen.loader import cache_root, private_dir
+
+    try:
+        return private_dir(private_dir(cache_root()) / "parser")
+    except (OSError, FxforgeError):
+        return None
+
+
 def load_artifact(path: str | Path, prepare: Callable[[Graph, str], Any] | None = None) -> LoadedArtifact:
     """`prepare(graph, executor)` runs on the parsed graph before its executor is built (the pipeline
     layer passes the `fuse` step the generated-kernel executors need; the runtime imports no pass)."""
     root = Path(path)
     manifest = _read_manifest(root)
+    use_parser_cache(_parser_cache())
     in_spec, out_spec = load_spec(manifest["in_spec"], "in_spec"), load_spec(manifest["out_spec"], "out_spec")
     weights = _load_weights(root, manifest)
     try:

@@ -13,6 +13,8 @@ def standard_specs() -> list[dict]:
         gemm_spec("float16", 4096, 4096, 4096, bias=True, activation="gelu", residual=True),
         gemm_spec("float16", 64, 4096, 4096, bias=True, activation="silu", out_dtype="float32"),
         gemm_spec("float16", 4096, 11008, 4096, mul=True, residual=True),
+        gemm_spec("float16", 1, 4096, 11008, keep=True, mul=True, residual=True),  # FFN skipping's keep flags
+        gemm_spec("float16", 2048, 8192, 2048, norm=True, swiglu=True),  # prefill [gate; up]: halved BLOCK_N
         gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu"),
         gemm_spec("float32", 512, 512, 512, activation="gelu_tanh", residual=True),
         dict(gemm_spec("bfloat16", 4096, 4096, 4096, bias=True, activation="sigmoid"), min_arch=90),
@@ -23,7 +25,16 @@ def standard_specs() -> list[dict]:
         attention_spec("float32", 512, 512, 64, mask="bool"),
         dict(attention_spec("bfloat16", 2048, 2048, 128, causal=True, gqa=True), min_arch=90),
     ]
-    return specs + sparse_specs()
+    return specs + sparse_specs() + keep_specs()
+
+
+def keep_specs() -> list[dict]:
+    """FFN skipping's decode form: the qlinear kernels with keep flags (early exit), decode shapes."""
+    from fxforge.codegen.templates.qlinear_specs import qlinear_spec
+
+    return [qlinear_spec("w8a8-int8", 1, 11008, 4096, activation="silu", keep=True),
+            qlinear_spec("w4a16-int4", 1, 11008, 4096, keep=True),
+            qlinear_spec("w8a8-fp8", 1, 4096, 11008, residual=True, fp8_dot=True, keep=True)]
 
 
 def sparse_specs() -> list[dict]:
@@ -83,16 +94,20 @@ def size_sweep_specs() -> list[dict]:
 def decode_specs(arch: int) -> list[dict]:
     """The decode table's GEMMs (`blocks.DECODE_GEMM`) on `arch`, at a Llama-3.2-1B layer's shapes
     (hidden 2048, GQA QKV 3072 concatenated, intermediate 8192, vocab 128256) for M = 1, 8 and 64, in
-    fp16 and bf16 (bf16 from sm_90), with the epilogues those GEMMs carry."""
+    fp16 and bf16 (bf16 from sm_90), with the epilogues those GEMMs carry (fused RMSNorm prologue and
+    SwiGLU as `compile_decoder` runs them, and unfused as a quantized or unconcatenated model does)."""
+
     specs = []
     for M in (1, 8, 64):
         for dt in ("float16", "bfloat16"):
-            layer = [gemm_spec(dt, M, 3072, 2048, bias=True, arch=arch),
+            layer = [gemm_spec(dt, M, 3072, 2048, bias=True, norm=True, arch=arch),  # QKV + input_layernorm
+                     gemm_spec(dt, M, 3072, 2048, bias=True, arch=arch),
                      gemm_spec(dt, M, 2048, 2048, residual=True, arch=arch),
+                     gemm_spec(dt, M, 8192, 2048, norm=True, swiglu=True, arch=arch),  # [gate; up] + SwiGLU
                      gemm_spec(dt, M, 8192, 2048, activation="silu", arch=arch),
                      gemm_spec(dt, M, 8192, 2048, mul=True, arch=arch),
                      gemm_spec(dt, M, 2048, 8192, residual=True, arch=arch),
-                     gemm_spec(dt, M, 128256, 2048, arch=arch)]
+                     gemm_spec(dt, M, 128256, 2048, norm=True, arch=arch)]
             specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in layer]
     unique: dict[str, dict] = {}
     for s in specs:

@@ -68,12 +68,27 @@ def test_extern_breaks_a_group_and_says_why():
     assert part.stats()["unfused"] == {"extern aten.cumsum.default: calls torch on the host": 1}
 
 
-def test_multi_use_values_are_not_fused_inward():
+def test_multi_use_values_join_the_group_that_reads_them_all():
     g = Graph()
     (x,) = inputs(g, (4, 8))
     a = op(g, "exp", x)
     g.set_outputs([op(g, "add", op(g, "sin", a), op(g, "cos", a))])
+    part = partition(g)  # exp is read only by the sin/cos/add kernel: absorbed (computed once in it)
+    assert kinds(part) == [("pointwise", ["exp", "sin", "cos", "add"])]
+    assert "absorbed" in part.groups[0].reason
+    g.set_outputs([g.outputs[0], a])  # also read outside: its own kernel, not fused inward
     assert kinds(partition(g)) == [("pointwise", ["exp"]), ("pointwise", ["sin", "cos", "add"])]
+
+
+def test_rope_tables_cat_of_one_value_and_cos_sin_are_one_kernel():
+    g = Graph()
+    (pos, inv) = inputs(g, (1, 6, 1), (4,))
+    f = op(g, "mul", pos, inv)
+    emb = g.add_op("cat", [f, f], {"dim": 2}).result
+    g.set_outputs([op(g, "cos", emb), op(g, "sin", emb)])
+    part = partition(g)
+    assert kinds(part) == [("pointwise", ["mul", "cat", "cos", "sin"])]
+    assert part.host == {}
 
 
 def test_broadcast_chain_takes_the_largest_shape():
@@ -197,20 +212,23 @@ def test_llama_cos_and_sin_share_one_kernel():
     model = zoo.build("llama")
     compiled = fxforge.compile_aot(model, (zoo.example_input("llama", batch=1, seq=8),))
     described = [grp.describe() for grp in partition(compiled.graph).groups]
-    assert "pointwise[cos, sin]" in described and "gemm[linear, mul]" in described
+    # cos and sin of cat(f, f), f = position * inv_freq: the cat and f absorbed, one kernel for the tables
+    assert "pointwise[cast, mul, cat, cos, sin]" in described and "gemm[linear, mul]" in described
 
 
 def test_single_use_cat_fuses_into_its_pointwise_consumer_only():
     g = Graph()
     x, y = inputs(g, (4, 8), (4, 16))
     c = op(g, "cat", op(g, "neg", x), x, dim=1)
-    shared = op(g, "cat", x, x, dim=1)  # two uses: a host cat, read by both consumers
+    shared = op(g, "cat", x, x, dim=1)  # two uses: not in either tree, read by both consumers
     g.set_outputs([op(g, "mul", c, y), op(g, "add", shared, y), op(g, "sub", shared, y)])
     part = partition(g)
-    # three trees (the cat in the first only), horizontally fused: all read y
-    assert kinds(part) == [("pointwise", ["neg", "cat", "mul", "add", "sub"])]
+    # three trees (the cat in the first), horizontally fused (all read y); the shared cat, read only
+    # by that kernel, absorbed into it
+    assert kinds(part) == [("pointwise", ["neg", "cat", "cat", "mul", "add", "sub"])]
     assert part.groups[0].params["trees"] == 3 and len(part.groups[0].outputs) == 3
-    assert "cat" in [o.opcode for o in g.ops if id(o) in part.host]
+    g.set_outputs([*g.outputs, shared])  # also a graph output: a host cat
+    assert "cat: host torch.cat" in partition(g).host[id(shared.producer)]
 
 
 def test_codegen_uses_the_partition_the_fuse_pass_left():
@@ -229,3 +247,24 @@ def test_codegen_uses_the_partition_the_fuse_pass_left():
     with pytest.raises(PartitionError, match="stale"):
         generate_source(g)
     assert generate_source(fuse(g))[2] is not part
+
+
+def test_rms_norm_prologue_and_swiglu_epilogue_join_the_gemm():
+    from fxforge.codegen import generate_source
+
+    g = Graph()
+    x, nw, w, wd = inputs(g, (2, 5, 16), (16,), (48, 16), (16, 24))
+    y = op(g, "linear", op(g, "rms_norm", x, nw, eps=1e-5), w)  # [gate; up] of a normalised input
+    gate, up = (g.add_op("slice", [y], {"dim": 2, "start": a, "end": b}).result for a, b in ((0, 24), (24, 48)))
+    h = op(g, "mul", op(g, "silu", gate), up)
+    g.set_outputs([op(g, "add", op(g, "linear", h, wd), x)])
+    part = partition(g)
+    assert kinds(part) == [("gemm", ["rms_norm", "linear", "slice", "slice", "silu", "mul"]), ("gemm", ["linear", "add"])]
+    first = part.groups[0]
+    assert first.anchor.opcode == "linear" and first.params["swiglu"] and first.params["norm"].opcode == "rms_norm"
+    assert first.inputs[:2] == [x, nw] and first.outputs == [h]
+    run = generate_source(fuse(g))[0].split("def run(")[1]
+    assert "norm=(" in run and "1e-05)" in run and "swiglu=True" in run
+    g.set_outputs([g.outputs[0], gate])  # the gate half read elsewhere: no SwiGLU epilogue, the norm stays fused
+    part = partition(g)
+    assert part.groups[0].params["norm"] is not None and not part.groups[0].params["swiglu"]

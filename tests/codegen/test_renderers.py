@@ -92,11 +92,11 @@ def test_buffer_plan_is_public_and_reuses_dead_buffers():
     g = Graph()
     x = g.add_input("x", TensorType((8, 40), DType.f32))
     a = g.add_op("exp", [x]).result
-    b = g.add_op("add", [a, a]).result  # a has two uses: its own kernel and buffer
-    c = g.add_op("sin", [b]).result
+    b = g.add_op("add", [a, a]).result  # a has two uses: its own kernel and buffer (a row kernel reads it)
+    c = g.add_op("softmax", [b], {"dim": -1}).result
     d = g.add_op("mul", [c, c]).result
     e = g.add_op("cos", [d]).result
-    g.set_outputs([g.add_op("add", [e, e]).result])
+    g.set_outputs([g.add_op("softmax", [g.add_op("add", [e, e]).result], {"dim": -1}).result])
     plan = BufferPlan.build(g, fuse(g).partition)
     assert len(plan.live.steps) == 4 and plan.n_buffers == 3  # e reuses a's buffer; the output never shares
     assert plan.buffer_of[id(e)] == plan.buffer_of[id(a)] and id(e) in plan.reused

@@ -127,6 +127,7 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %keep = skip_gate(%x, %y, %ids) {kind="carry", threshold=0.5, warmup=2, count="k0"} : i64[k0]
   %keep2 = skip_gate(%x, %y, %ids, %g8) {kind="linear", bias=0.25, threshold=0.0, count="k1"} : i64[k1]
   %rows = gather_rows(%x, %keep) : f32[k0, 8]
+  %kf = skip_keep(%x, %y, %ids) {kind="carry", threshold=0.5, warmup=2} : f32[s0, 1]
   %back = scatter_add_rows(%x, %rows, %keep) : f32[s0, 8]
   %cnt = skip_count(%x, %keep) : i64[2]
   %cnt1 = skip_count(%x) : i64[2]
@@ -170,6 +171,7 @@ def pointwise_graph() -> Graph:
     i = g.add_input("i", TensorType((s0, 4), DType.i32))
     j = g.add_input("j", TensorType((1, 4), DType.i32))
     cond = g.add_input("cond", TensorType((s0, 1), DType.bool))
+    col = g.add_input("col", TensorType((s0, 1), DType.f32))
     outs = []
     for name, opdef in OPS.items():
         if opdef.category != "pointwise":
@@ -177,6 +179,8 @@ def pointwise_graph() -> Graph:
         lo, _ = opdef.arity
         if name == "where":
             operands = [cond, a, b]
+        elif name == "row_keep":
+            operands = [a, col]
         elif name.startswith("bitwise"):
             operands = [i, j][:lo]
         else:
@@ -584,3 +588,18 @@ def test_type_and_value_errors():
         parse_value("[1 2]")
     with pytest.raises(IRParseError, match=r"line 1, column 2: unknown function '__import__'"):
         parse_value("[(__import__(1))]")
+
+
+def test_parser_tables_are_cached_in_the_directory_given(tmp_path):
+    from fxforge.ir.parser import _CACHE_DIR, parse_type, use_parser_cache
+
+    before = _CACHE_DIR[0]
+    try:
+        use_parser_cache(tmp_path)
+        assert str(parse_type("f32[s0, 4]")) == str(parse_type("f32[s0, 4]"))
+        assert [p.name for p in tmp_path.iterdir()] == ["ir-grammar.lark-cache"]
+        use_parser_cache(None)
+        use_parser_cache(tmp_path)  # a fresh parser from the cached tables parses the same
+        assert parse_type("f16[2, 3]").shape == (2, 3)
+    finally:
+        use_parser_cache(before)

@@ -12,6 +12,7 @@ import fxforge
 from fxforge import testing as zoo
 from fxforge.errors import ConfigError
 from fxforge.ir import evaluate
+from fxforge.ir.lowp_ops import SCHEMES
 from fxforge.ir.parser import parse_graph
 from fxforge.ir.printer import print_graph
 from fxforge.passes.ffn_skip_find import find_ffn_blocks
@@ -148,7 +149,7 @@ def test_ir_text_round_trips(llama):
     torch.testing.assert_close(evaluate(again, [x])[0], evaluate(c.graph, [x])[0])
 
 
-@pytest.mark.parametrize("gate", ["carry", "oracle"])
+@pytest.mark.parametrize("gate", ["quadratic", "carry", "oracle"])
 def test_other_gates(gate):
     model = zoo.build("llama", layers=LAYERS)
     x = zoo.example_input("llama")
@@ -156,6 +157,8 @@ def test_other_gates(gate):
                             executor="reference")
     assert {op.attrs["kind"] for op in c.graph.find("skip_gate")} == {gate}
     assert abs(stats(c)["calibration"]["share_skipped"] - 0.2) <= 0.05
+    if gate == "quadratic":  # w over [u, u*u]
+        assert {c.graph.weights[n].data.shape[0] for n in c.graph.weights if n.endswith("skip_gate")} == {2 * 64}
 
 
 def test_no_ffn_block_is_a_note_not_an_error():
@@ -215,3 +218,32 @@ def test_artifact_keeps_gates_and_counters(llama, tmp_path, capsys):
     assert main(["inspect", path, "--ffn-skip"]) == 0
     out = capsys.readouterr().out
     assert "model.layers.1.mlp" in out and "calibration:" in out and "quality" in out
+
+
+def _quantized_skip(model, **kw):
+    x = zoo.example_input("llama", batch=2, seq=16, seed=10)
+    c = fxforge.compile_aot(model, (x,), {"use_cache": False}, ffn_skip=0.2, calibration=calib(n=2), executor="reference",
+                            **kw)
+    st = stats(c)
+    assert st["blocks"] == LAYERS and "note" not in st
+    assert abs(st["calibration"]["share_skipped"] - 0.2) <= 0.03
+    c(x, use_cache=False)
+    assert c.fxforge_report.ffn_skip["skipped"] > 0
+    return c
+
+
+def test_composes_with_quantization():
+    """W8A8 rotates the SwiGLU output online (a `hadamard` before down_proj) and quantizes every GEMM:
+    the FFN is still found, and the hadamard and qlinears run on the kept rows."""
+    c = _quantized_skip(zoo.build("llama", layers=LAYERS), quantize="w8a8-int8", quantize_method="rtn", rotate=True,
+                        rotate_mode="online")
+    kept = [op for op in c.graph.ops if op.opcode in ("hadamard", "qlinear")
+            and str(op.result.type.shape[0]).startswith("ffn_kept")]
+    assert {op.opcode for op in kept} == {"hadamard", "qlinear"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{"quantize": s} for s in SCHEMES] + [
+    {"sparsity": "2:4"}, {"sparsity": "2:4", "quantize": "w8a8-int8"}, {"quantize": "w4a8-fp", "rotate_mode": "online"}])
+def test_composes_with_every_scheme(options):
+    _quantized_skip(zoo.build("llama", layers=LAYERS), **options)

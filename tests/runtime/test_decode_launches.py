@@ -1,7 +1,11 @@
 """Launches per decode step (issue #13, item 3), counted from outside fxforge: every Triton kernel
 launch under the interpreter goes through `InterpretedFunction.run`, which this test wraps. The
-model is a GQA Qwen2 (q/k/v biases) compiled with `compile_decoder(..., executor="interpret")`; the
-per-layer count is the difference between a 3-layer and a 2-layer model."""
+models are a GQA Qwen2 (q/k/v biases) and a GQA Llama (none) compiled with
+`compile_decoder(..., executor="interpret")`; the per-layer count is the difference between a 2-layer
+and a 1-layer model. Per layer today: QKV GEMM (RMSNorm prologue, bias), rope_cache (RoPE of q and k,
+k/v written into the cache), decode attention, o_proj GEMM (+ residual), gate/up GEMM (RMSNorm
+prologue, SwiGLU epilogue), down GEMM (+ residual); the rest: the mask (2 kernels), the RoPE tables
+(cos and sin in one kernel) and the lm_head GEMM with the final norm as its prologue."""
 
 from __future__ import annotations
 
@@ -33,43 +37,50 @@ def counting():
         InterpretedFunction.run = original
 
 
-def qwen2(layers: int) -> torch.nn.Module:
+def decoder(arch: str, layers: int) -> torch.nn.Module:
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
-                                   max_position_embeddings=512)
-    return transformers.Qwen2ForCausalLM(cfg).eval()
+    config = {"qwen2": transformers.Qwen2Config, "llama": transformers.LlamaConfig}[arch]
+    cfg = config(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=256, max_position_embeddings=512)
+    model = {"qwen2": transformers.Qwen2ForCausalLM, "llama": transformers.LlamaForCausalLM}[arch](cfg)
+    return model.eval()
 
 
-def decode_launches(layers: int, **options) -> int:
-    dec = fxforge.compile_decoder(qwen2(layers), max_length=12, executor="interpret", **options)
+def decode_launches(arch: str, layers: int, **options) -> list[str]:
+    dec = fxforge.compile_decoder(decoder(arch, layers), max_length=12, executor="interpret", **options)
     cache = StaticKVCache.for_step(dec.graph)
     ids = torch.randint(3, 256, (1, 4), generator=torch.Generator().manual_seed(0))
     dec(ids, torch.arange(4), cache.tensors)  # prefill
     with counting() as names:
         dec(ids[:, :1], torch.tensor([4]), cache.tensors)
-    return len(names)
+    return names
 
 
 @pytest.fixture(scope="module")
-def counts() -> dict[str, int]:
-    return {"two": decode_launches(2), "three": decode_launches(3),
-            "three_unconcatenated": decode_launches(3, disable=["concat_linears"])}
+def counts() -> dict[str, list[str]]:
+    return {"qwen2_1": decode_launches("qwen2", 1), "qwen2_2": decode_launches("qwen2", 2),
+            "llama_1": decode_launches("llama", 1), "llama_2": decode_launches("llama", 2),
+            "qwen2_1_unconcatenated": decode_launches("qwen2", 1, disable=["concat_linears"])}
 
 
-def test_concatenated_qkv_saves_two_launches_per_layer(counts):
-    per_layer = counts["three"] - counts["two"]
-    rest = counts["two"] - 2 * per_layer
-    print(f"\ndecode step: {per_layer} launches per layer + {rest} (3 layers: {counts['three']}; without "
-          f"concat_linears {counts['three_unconcatenated']})")
-    assert counts["three_unconcatenated"] - counts["three"] == 2 * 3  # Q, K, V: one GEMM instead of three
-    assert per_layer <= 10
+def split(counts: dict[str, list[str]], arch: str) -> tuple[int, int]:
+    per_layer = len(counts[f"{arch}_2"]) - len(counts[f"{arch}_1"])
+    return per_layer, len(counts[f"{arch}_1"]) - per_layer
 
 
-@pytest.mark.xfail(strict=True, reason="issue #13 item 3 open: RoPE + cache write in the QKV epilogue, the SwiGLU "
-                                       "GEMM epilogue and residual + RMSNorm in one kernel are not built yet")
-def test_launch_budget(counts):
-    per_layer = counts["three"] - counts["two"]
-    assert per_layer <= BUDGET_PER_LAYER and counts["two"] - 2 * per_layer <= BUDGET_REST
+def test_concatenated_linears_enable_the_decoder_fusions(counts):
+    per_layer, rest = split(counts, "qwen2")
+    print(f"\ndecode step: {per_layer} launches per layer + {rest} (2 layers: {counts['qwen2_2']}; 1 layer without "
+          f"concat_linears {len(counts['qwen2_1_unconcatenated'])})")
+    # without it: Q, K, V and gate, up are separate GEMMs, RoPE runs as pointwise kernels
+    assert len(counts["qwen2_1_unconcatenated"]) - len(counts["qwen2_1"]) >= 4
+    layer = counts["qwen2_2"][len(counts["qwen2_1"]) - per_layer:len(counts["qwen2_1"])]
+    assert sorted(layer) == sorted(["gemm_kernel"] * 4 + ["rope_cache_kernel", "decode_split_kernel"]), layer
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_launch_budget(counts, arch):
+    per_layer, rest = split(counts, arch)
+    assert per_layer <= BUDGET_PER_LAYER and rest <= BUDGET_REST, (per_layer, rest, counts[f"{arch}_2"])

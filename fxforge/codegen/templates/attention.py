@@ -2,7 +2,8 @@
 
 This module owns fused scaled-dot-product attention for q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D]:
 - one program per (BLOCK_M queries, batch * head); it walks the keys BLOCK_N at a time with an online
-  softmax (running max m, running sum l, fp32 accumulator), so the Lq x Lk scores never exist in memory;
+  softmax (running max m, running sum l, fp32 accumulator; `online_softmax.py`, in exp2 with log2(e)
+  folded into the scale), so the Lq x Lk scores never exist in memory;
 - causal masking matches torch's `is_causal` exactly: top-left aligned, query i sees keys j <= i, also
   when Lq != Lk; the key loop stops at the last block any query of the tile can see;
 - an optional mask [B or 1, H or 1, Lq, Lk] (any shape that broadcasts to it): boolean (True = attend)
@@ -28,6 +29,7 @@ import triton.language as tl
 from fxforge.codegen.blocks import attention_blocks
 from fxforge.codegen.templates.decode_attention import decode_attention
 from fxforge.codegen.templates.gemm import dot_options
+from fxforge.codegen.templates.online_softmax import LOG2E, online_softmax_step
 from fxforge.errors import ShapeError
 
 MASK_KINDS = ("none", "bool", "add")
@@ -44,7 +46,7 @@ def _masked_scores(s, mask_ptr, offs_m, offs_n, mask_m, mask_n, stride_mm, strid
         if MASK_KIND == "bool":
             s = tl.where(mv != 0, s, float("-inf"))
         else:
-            s += mv.to(tl.float32)
+            s += mv.to(tl.float32) * 1.4426950408889634  # log2(e): scores are in log2 units
     valid = mask_n[None, :]
     if IS_CAUSAL:
         valid = valid & (offs_n[None, :] <= offs_m[:, None])
@@ -54,7 +56,7 @@ def _masked_scores(s, mask_ptr, offs_m, offs_n, mask_m, mask_n, stride_mm, strid
 @triton.jit
 def attention_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr,
-    Hq, Lq, Lk, D, GROUP, sm_scale,
+    Hq, Lq, Lk, D, GROUP, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -64,7 +66,8 @@ def attention_kernel(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    """out[b, h, m] = softmax(sm_scale * q k^T + mask) v for BLOCK_M queries m of head h of batch b."""
+    """out[b, h, m] = softmax(scale * q k^T + mask) v for BLOCK_M queries m of head h of batch b;
+    qk_scale = scale * log2(e) (the softmax runs in exp2)."""
     start_m = tl.program_id(0) * BLOCK_M
     pid_bh = tl.program_id(1)
     b = (pid_bh // Hq).to(tl.int64)
@@ -106,17 +109,10 @@ def attention_kernel(
         if UPCAST:
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * sm_scale
+        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale  # in log2 units
         s = _masked_scores(s, mask_ptr, offs_m, offs_n, mask_m, mask_n, stride_mm, stride_mn, IS_CAUSAL, MASK_KIND)
 
-        # online softmax; m_safe keeps exp() finite while a row has seen only -inf
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, m_i, l_i, acc, v, INPUT_PRECISION)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows that saw no key give 0
     o = acc / l_safe[:, None]
@@ -177,7 +173,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * Hq)
     attention_kernel[grid](
         q, k, v, m, out,
-        Hq, Lq, Lk, D, Hq // Hkv, float(scale if scale is not None else 1.0 / math.sqrt(D)),
+        Hq, Lq, Lk, D, Hq // Hkv, float(scale if scale is not None else 1.0 / math.sqrt(D)) * LOG2E,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
         IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind,

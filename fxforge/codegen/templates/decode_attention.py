@@ -27,8 +27,7 @@ import triton.language as tl
 
 from fxforge.codegen.blocks import decode_attention_blocks
 from fxforge.codegen.templates.gemm import device_arch, dot_options
-
-LOG2E = 1.4426950408889634
+from fxforge.codegen.templates.online_softmax import LOG2E, online_softmax_step
 
 
 @triton.jit
@@ -83,15 +82,9 @@ def decode_split_kernel(
             if MASK_KIND == "bool":
                 s = tl.where(mv != 0, s, float("-inf"))
             else:
-                s += mv.to(tl.float32) * 1.4426950408889634
+                s += mv.to(tl.float32) * 1.4426950408889634  # log2(e): scores are in log2 units
         s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, m_i, l_i, acc, v, INPUT_PRECISION)
     rows = b * Hq + heads  # flat (batch, head) row of this tile's query heads
     if FINAL:
         o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]

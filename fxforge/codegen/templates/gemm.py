@@ -8,6 +8,16 @@ This module owns the dense matmul kernels and their plain-Python launchers `line
   with constexpr switches HAS_BIAS, ACTIVATION ("none", "relu", "silu", "gelu" (erf form), "gelu_tanh",
   "sigmoid"), HAS_MUL (e.g. SwiGLU's `silu(gate) * up` in the up projection) and HAS_RESIDUAL;
   `scale` is a runtime fp32 multiplier; the output dtype is the out pointer's element type.
+  HAS_KEEP (FFN skipping's decode form, `ir/skip_ops.py`): keep[M] flags (0 = the row is skipped, its A
+  row is zero); A rows that are off are not loaded and a tile whose rows are all off skips its K loop
+  (an early exit read on the device: no host sync, capturable), then runs the epilogue on its zero
+  accumulator, which is exactly what the dense GEMM of the zero rows gives.
+  Two fusions at the ends of a decoder block's GEMMs (issue #13, fewer launches):
+  HAS_NORM: an RMSNorm prologue, A = rms_norm(X, norm_w, eps) computed in the load (a first pass over K
+  gives each row's 1/rms; the main loop scales, rounds to X's dtype as Llama does, multiplies by the norm
+  weight and rounds again, exactly the row kernel's steps), so the norm that starts a block needs no
+  launch of its own. SWIGLU: W is the concatenated [gate; up] weight [2N, K] and the kernel computes
+  silu(A @ Wg^T) * (A @ Wu^T) with two accumulators over one A tile (the SwiGLU MLP's gate/up GEMM, out [M, N]).
 - `bmm_kernel`: out[b, M, N] = scale * A[b, M, K] @ B[b, K, N] over two batch axes (i0, i1) taken from
   program id axis 1; a broadcast batch axis has stride 0, so broadcasting never copies.
 Both use plain pointers with strides and masks (no block pointers: triton 3.6 and 3.9), accumulate in
@@ -26,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.blocks import gemm_blocks
+from fxforge.codegen.blocks import gemm_blocks, swiglu_blocks
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
 
@@ -100,32 +110,74 @@ def gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr,
 
 
 @triton.jit
+def keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K: tl.constexpr, HAS_KEEP: tl.constexpr):
+    """(the A rows a tile loads, its K-loop trip count): with HAS_KEEP, rows whose keep flag is 0 are not
+    loaded and a tile whose rows are all off runs no K iteration (shared by the qlinear kernels)."""
+    rows_a = mask_m
+    n_k = tl.cdiv(K, BLOCK_K)
+    if HAS_KEEP:
+        rows_a = mask_m & (tl.load(keep_ptr + offs_m * stride_km, mask=mask_m, other=0.0) != 0)
+        n_k = tl.where(tl.max(rows_a.to(tl.int32), 0) > 0, n_k, 0)  # every row skipped: no K loop
+    return rows_a, n_k
+
+
+@triton.jit
+def row_rstd(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """1 / sqrt(mean(x^2) + eps) of the BLOCK_M rows of A (fp32): the RMSNorm prologue's first pass."""
+    offs_k = tl.arange(0, BLOCK_K)
+    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        ks = k0 * BLOCK_K + offs_k
+        x = tl.load(a_ptr + offs_m[:, None] * stride_am + ks[None, :] * stride_ak,
+                    mask=mask_m[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32)
+        ss += tl.sum(x * x, axis=1)
+    return tl.rsqrt(ss / K + eps)
+
+
+@triton.jit
 def gemm_kernel(
     a_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, mul_ptr,
     M, N, K,
     stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
-    scale,
+    scale, keep_ptr, stride_km,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, HAS_MUL: tl.constexpr = False,
+    HAS_KEEP: tl.constexpr = False,
+    norm_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, SWIGLU: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile."""
     offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+    rows_a, n_k = keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K, HAS_KEEP)
+    if HAS_NORM:
+        rstd = row_rstd(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M, BLOCK_K)
 
-    # A tile [BLOCK_M, BLOCK_K]; W tile read transposed as [BLOCK_K, BLOCK_N]
+    # A tile [BLOCK_M, BLOCK_K]; W tile read transposed as [BLOCK_K, BLOCK_N] (SWIGLU: the up rows N further)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
     w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, n_k):
         k_left = K - k0 * BLOCK_K
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        a = tl.load(a_ptrs, mask=rows_a[:, None] & (offs_k[None, :] < k_left), other=0.0)
         w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
+        if HAS_NORM:  # the rms_norm row kernel's steps: scale, round to X's dtype, weight, round
+            g = tl.load(norm_ptr + k0 * BLOCK_K + offs_k, mask=offs_k < k_left, other=0.0).to(tl.float32)
+            xn = (a.to(tl.float32) * rstd[:, None]).to(a_ptr.dtype.element_ty).to(tl.float32)
+            a = (xn * g[None, :]).to(a_ptr.dtype.element_ty)
         if UPCAST:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
+        if SWIGLU:
+            u = tl.load(w_ptrs + N * stride_wn, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
+            if UPCAST:
+                u = u.to(tl.float32)
+            acc_up = tl.dot(a, u, acc_up, input_precision=INPUT_PRECISION)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
+    if SWIGLU:  # the activation and mul steps of the epilogue, done here on the two accumulators
+        acc = acc * tl.sigmoid(acc) * acc_up
 
     gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
                   stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
@@ -218,18 +270,33 @@ def epilogue_operands(lead: tuple, N: int, *, bias: torch.Tensor | None = None, 
     return tuple(out)
 
 
+def _check_fusions(x: torch.Tensor, w: torch.Tensor, norm: tuple | None, swiglu: bool, plain: bool) -> None:
+    """The prologue/epilogue fusions' operands: norm weight [K]; SWIGLU: an even row count, no bias,
+    activation, mul or scale (the gate/up epilogue replaces those steps)."""
+    if norm is not None and tuple(norm[0].shape) != (x.shape[-1],):
+        raise ShapeError(f"norm weight must have shape ({x.shape[-1]},), got {tuple(norm[0].shape)}")
+    if swiglu and (w.shape[0] % 2 or not plain):
+        raise ShapeError(f"swiglu needs the [gate; up] weight [2N, K] (got {tuple(w.shape)}) and no bias, "
+                         "activation, mul or scale")
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
            residual: torch.Tensor | None = None, scale: float = 1.0, out_dtype: torch.dtype | None = None,
-           mul: torch.Tensor | None = None) -> torch.Tensor:
+           mul: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+           norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False) -> torch.Tensor:
     """activation(scale * x @ w.T + bias) * mul + residual for x [..., K], w [N, K]; like F.linear plus an
     epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
-    unless their layout cannot be viewed as [M, N])."""
+    unless their layout cannot be viewed as [M, N]). `keep` [..., 1]: FFN-skip flags of x's rows (x's
+    rows with keep 0 must be zero, as `row_keep` makes them): tiles whose rows are all off skip the K loop.
+    `norm=(weight, eps)`: x is rms_norm'ed in the load; `swiglu`: w is [gate; up] [2N, K] and the result
+    silu(x @ gate.T) * (x @ up.T) [..., N]."""
     if activation not in ACTIVATIONS:
         raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
     if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1]:
         raise ShapeError(f"linear needs x [..., K] and w [N, K]; got x {tuple(x.shape)} and w {tuple(w.shape)}")
+    _check_fusions(x, w, norm, swiglu, bias is None and activation == "none" and mul is None and scale == 1.0)
     K = x.shape[-1]
-    N = w.shape[0]
+    N = w.shape[0] // 2 if swiglu else w.shape[0]
     lead = tuple(x.shape[:-1])
     a = x.reshape(-1, K)  # a view (possibly strided) where the layout allows it
     M = a.shape[0]
@@ -238,21 +305,31 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     if M == 0 or N == 0:
         return out.reshape(*lead, N)
     cfg = gemm_blocks(M, N, K, x.dtype, device_arch(x.device))
+    cfg = swiglu_blocks(cfg) if swiglu else cfg
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     res = residual if residual is not None else out
     mt = mul if mul is not None else out
+    kp = keep_view(keep, lead, M) if keep is not None else out
     gemm_kernel[grid](
         a, w, out, bias if bias is not None else out, res, mt,
         M, N, K,
         a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1), res.stride(0), res.stride(1),
         mt.stride(0), mt.stride(1),
-        float(scale),
+        float(scale), kp, kp.stride(0), HAS_KEEP=keep is not None,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=8,
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None, HAS_MUL=mul is not None,
-        **dot_options(x.dtype, w.dtype),
+        norm_ptr=norm[0].contiguous() if norm is not None else None, eps=float(norm[1]) if norm is not None else 0.0,
+        HAS_NORM=norm is not None, SWIGLU=swiglu, **dot_options(x.dtype, w.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out.reshape(*lead, N)
+
+
+def keep_view(keep: torch.Tensor, lead: tuple, M: int) -> torch.Tensor:
+    """The [..., 1] keep flags as [M] (a view where the layout allows it)."""
+    if tuple(keep.shape[:-1]) != lead or keep.shape[-1] != 1:
+        raise ShapeError(f"keep {tuple(keep.shape)} must be the rows of x {lead} + (1,)")
+    return keep.reshape(M)
 
 
 def _as_4d(t: torch.Tensor, batch: tuple[int, ...]) -> torch.Tensor:

@@ -8,7 +8,7 @@ codes of a [BLOCK_N, BLOCK_K] weight tile, decodes them with the helpers of `fxf
 and feeds the tile to `tl.dot`.
 
 Kernels (one per scheme; all share `_epilogue`, which reuses the dense template's `apply_activation`
-and `tile_offsets`):
+and `tile_offsets`, and `keep_rows`: FFN-skip keep flags, HAS_KEEP, as in `gemm.py`):
 - activations of the A8 schemes are quantized per token first (`act_quant.py`).
 - `qlinear_w8a8_int8_kernel`: int8 x int8 -> int32 `tl.dot`; epilogue acc * s_tok[m] * s_w[n].
 - `qlinear_w8a8_fp8_kernel`: E4M3 codes for both operands. FP8_DOT=False (default, interpreter,
@@ -55,7 +55,15 @@ from fxforge.codegen.templates.act_quant import (  # noqa: F401  (quantize/dequa
     f32_to_fp8e4m3,
     quantize_activations,
 )
-from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, epilogue_operands, interpreting, tile_offsets
+from fxforge.codegen.templates.gemm import (
+    ACTIVATIONS,
+    apply_activation,
+    epilogue_operands,
+    interpreting,
+    keep_rows,
+    keep_view,
+    tile_offsets,
+)
 from fxforge.codegen.templates.hadamard import hadamard as hadamard_rows
 from fxforge.codegen.templates.qlinear_block import qlinear_block
 from fxforge.errors import ShapeError
@@ -109,18 +117,20 @@ def _group_params(p_ptr, offs_n, mask_n, k_start, offs_k, k_left, stride_pn, str
 def qlinear_w8a8_int8_kernel(
     a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, out_ptr, bias_ptr, add_ptr, res_ptr,
     M, N, K,
-    stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn, keep_ptr, stride_km,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_ADDEND: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    HAS_KEEP: tl.constexpr = False,
 ):
     """out = epilogue((qa[M, K] @ qw[N, K]^T) * s_tok[M] * s_w[N]) with int8 codes and an int32 dot."""
     offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
     w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    rows_a, n_k = keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K, HAS_KEEP)
+    for k0 in range(0, n_k):
         k_left = K - k0 * BLOCK_K
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0)
+        a = tl.load(a_ptrs, mask=rows_a[:, None] & (offs_k[None, :] < k_left), other=0)
         w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0)
         acc = tl.dot(a, w, acc, out_dtype=tl.int32)  # out_dtype: Triton 3.6 (see triton_compat)
         a_ptrs += BLOCK_K * stride_ak
@@ -136,19 +146,20 @@ def qlinear_w8a8_int8_kernel(
 def qlinear_w8a8_fp8_kernel(
     a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, out_ptr, bias_ptr, add_ptr, res_ptr,
     M, N, K,
-    stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn, keep_ptr, stride_km,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_ADDEND: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    FP8_DOT: tl.constexpr,
+    FP8_DOT: tl.constexpr, HAS_KEEP: tl.constexpr = False,
 ):
     """out = epilogue((qa @ qw^T) * s_tok[M] * s_w[N]) with E4M3 codes (uint8) for both operands."""
     offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
     w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    rows_a, n_k = keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K, HAS_KEEP)
+    for k0 in range(0, n_k):
         k_left = K - k0 * BLOCK_K
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0)
+        a = tl.load(a_ptrs, mask=rows_a[:, None] & (offs_k[None, :] < k_left), other=0)
         w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0)
         if FP8_DOT:
             acc = tl.dot(a.to(tl.float8e4nv, bitcast=True), w.to(tl.float8e4nv, bitcast=True), acc,
@@ -169,10 +180,11 @@ def qlinear_w4a16_int4_kernel(
     a_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, bias_ptr, add_ptr, res_ptr,
     M, N, K,
     stride_am, stride_ak, stride_wn, stride_wk, stride_sn, stride_sg, stride_zn, stride_zg,
-    stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+    stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn, keep_ptr, stride_km,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     GROUP: tl.constexpr, DOT: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_ADDEND: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    HAS_KEEP: tl.constexpr = False,
 ):
     """out = epilogue(x[M, K] @ ((q - z) * s)^T): uint4 codes two per byte [N, K/2] (stride_wk is per
     byte), f16 scales and uint8 zero points per group of GROUP along K."""
@@ -181,9 +193,10 @@ def qlinear_w4a16_int4_kernel(
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_kb[None, :] * stride_wk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    rows_a, n_k = keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K, HAS_KEEP)
+    for k0 in range(0, n_k):
         k_left = K - k0 * BLOCK_K
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        a = tl.load(a_ptrs, mask=rows_a[:, None] & (offs_k[None, :] < k_left), other=0.0)
         packed = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_kb[None, :] < k_left // 2), other=0)
         q = interleave_nibbles(packed)  # [BLOCK_N, BLOCK_K] int32 0..15
         s = _group_params(scale_ptr, offs_n, mask_n, k0 * BLOCK_K, offs_k, k_left, stride_sn, stride_sg,
@@ -211,10 +224,11 @@ def qlinear_w4a8_fp_kernel(
     a_ptr, a_scale_ptr, w_ptr, smax_ptr, shift_ptr, out_ptr, bias_ptr, add_ptr, res_ptr,
     M, N, K,
     stride_am, stride_ak, stride_wn, stride_wk, stride_kn, stride_kg,
-    stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn,
+    stride_om, stride_on, stride_dm, stride_dn, stride_rm, stride_rn, keep_ptr, stride_km,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     GROUP: tl.constexpr, FP8_DOT: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_ADDEND: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    HAS_KEEP: tl.constexpr = False,
 ):
     """ZeroQuant-FP W4A8: out = epilogue((qa @ (fp4 * 2^-k)^T) * s_tok[M] * s_max[N]); qa are E4M3 codes,
     the weight FP4-E2M1 codes two per byte [N, K/2] with a uint8 shift k per group of GROUP along K."""
@@ -223,9 +237,10 @@ def qlinear_w4a8_fp_kernel(
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_kb[None, :] * stride_wk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    rows_a, n_k = keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K, HAS_KEEP)
+    for k0 in range(0, n_k):
         k_left = K - k0 * BLOCK_K
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0)
+        a = tl.load(a_ptrs, mask=rows_a[:, None] & (offs_k[None, :] < k_left), other=0)
         packed = tl.load(w_ptrs, mask=mask_n[:, None] & (offs_kb[None, :] < k_left // 2), other=0)
         shift = _group_params(shift_ptr, offs_n, mask_n, k0 * BLOCK_K, offs_k, k_left, stride_kn, stride_kg,
                               GROUP, BLOCK_K).to(tl.int32)
@@ -274,17 +289,17 @@ def _check_operands(x: torch.Tensor, weight, scheme: str, activation: str):
 def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = None, *,
             lorc: tuple[torch.Tensor, torch.Tensor] | None = None, activation: str = "none",
             residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-            fp8_dot: bool | None = None, hadamard: int | None = None) -> torch.Tensor:
+            fp8_dot: bool | None = None, hadamard: int | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
     """activation(qlinear_ref(x, weight, bias, lorc)) + residual, with the weight decoded inside the GEMM.
 
     `weight` is an `encode_weight(w, scheme)` Weight [N, K]; x is [..., K]; lorc = (U [N, r], V [K, r]);
     `fp8_dot` picks the fp8 tensor-core path of the fp8 schemes (default: on a CUDA device of sm_89+,
-    never under the interpreter).
+    never under the interpreter). `keep` [..., 1]: FFN-skip flags of x's rows (see `gemm.linear`).
     """
     if get_scheme(scheme).block:  # MX / NVFP4: activations quantized per block inside the GEMM
         if lorc is not None or hadamard is not None:
             raise ShapeError(f"qlinear {scheme}: block schemes take no LoRC factors nor an online Hadamard")
-        return qlinear_block(x, weight, scheme, bias, activation=activation, residual=residual, out_dtype=out_dtype)
+        return qlinear_block(x, weight, scheme, bias, activation=activation, residual=residual, out_dtype=out_dtype)  # no keep yet
     sc = _check_operands(x, weight, scheme, activation)
     enc, p = weight.encoding, weight.payload
     N, K = weight.data.shape
@@ -315,9 +330,10 @@ def qlinear(x: torch.Tensor, weight, scheme: str, bias: torch.Tensor | None = No
     res = residual if residual is not None else out
     add = addend if addend is not None else out
     epi = (out, bias if bias is not None else out, add, res)
-    epi_strides = (out.stride(0), out.stride(1), add.stride(0), add.stride(1), res.stride(0), res.stride(1))
+    kp = keep_view(keep, lead, M) if keep is not None else out
+    epi_strides = (out.stride(0), out.stride(1), add.stride(0), add.stride(1), res.stride(0), res.stride(1), kp, kp.stride(0))
     flags = dict(HAS_BIAS=bias is not None, HAS_ADDEND=addend is not None, ACTIVATION=activation,
-                 HAS_RESIDUAL=residual is not None, GROUP_M=8)
+                 HAS_RESIDUAL=residual is not None, GROUP_M=8, HAS_KEEP=keep is not None)
     use_fp8 = _default_fp8_dot(x.device) if fp8_dot is None else bool(fp8_dot)
 
     if scheme == "w8a8-int8":

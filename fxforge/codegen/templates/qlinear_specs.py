@@ -13,7 +13,7 @@ _TT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 def qlinear_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "float16", out_dtype: str | None = None,
                  group: int | None = None, fp8_dot: bool = False, bias: bool = True, activation: str = "none",
-                 residual: bool = False, lorc: bool = False) -> dict:
+                 residual: bool = False, lorc: bool = False, keep: bool = False) -> dict:
     """A `fxforge.codegen.build` spec of this scheme's kernel for contiguous operands (blocks from `qlinear_blocks`)."""
     sc = get_scheme(scheme)
     t = _TT[x_dtype]
@@ -22,9 +22,10 @@ def qlinear_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "float16
     g = g if g > 0 else K
     epi_sig = {"out_ptr": f"*{to}", "bias_ptr": f"*{t}", "add_ptr": "*fp32", "res_ptr": f"*{to}",
                "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
-               "stride_om": "i32", "stride_dm": "i32", "stride_rm": "i32"}
+               "stride_om": "i32", "stride_dm": "i32", "stride_rm": "i32", "keep_ptr": f"*{t}"}
     const = {"stride_ak": 1, "stride_wk": 1, "stride_on": 1, "stride_dn": 1, "stride_rn": 1, "GROUP_M": 8,
-             "HAS_BIAS": bias, "HAS_ADDEND": lorc, "ACTIVATION": activation, "HAS_RESIDUAL": residual}
+             "HAS_BIAS": bias, "HAS_ADDEND": lorc, "ACTIVATION": activation, "HAS_RESIDUAL": residual,
+             "stride_km": 1, "HAS_KEEP": keep}
     divisible = ["N", "K", "stride_am", "stride_wn", "stride_om", "stride_dm", "stride_rm"]
     if scheme == "w8a8-int8":
         kernel, dot = "qlinear_w8a8_int8_kernel", "int8"
@@ -49,7 +50,7 @@ def qlinear_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "float16
     tag = "fp8-dot" if fp8_dot else dot
     return {"module": _MODULE, "kernel": kernel, "signature": sig, "constexprs": const, "divisible": divisible,
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
-            "label": f"qlinear {scheme} {x_dtype} {M}x{N}x{K} g={g} {tag}", **({"min_arch": 89} if fp8_dot else {})}
+            "label": f"qlinear {scheme} {x_dtype} {M}x{N}x{K} g={g} {tag}" + (" keep" if keep else ""), **({"min_arch": 89} if fp8_dot else {})}
 
 
 def qlinear_block_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "float16", bias: bool = True,

@@ -1,0 +1,190 @@
+"""Decode-shaped W4A16 GEMM (M <= 16): int4 weights in a decode layout, dequantized in registers by bit tricks.
+
+This module owns `qlinear_w4_decode_kernel`, its launcher `qlinear_w4_decode(x, weight, ...)` and its build
+spec `w4_decode_spec`. The weight is a w4a16-int4 `Weight` re-encoded by
+`fxforge.ir.weight_layouts.to_decode_layout` (layout "i4w{BK}"); the reference is unchanged
+(`lowp_ops.qlinear_ref` on `decode_weight`, which reads any layout exactly).
+
+How (per K tile of BLOCK_K = the layout's tile):
+- out^T[BLOCK_N, 16] = W[BLOCK_N, BLOCK_K] @ x^T: the weight is the MMA's A operand, built in registers;
+  x (16 rows; rows past M repeat row M-1 and are not stored) is the B operand.
+- One int32 word = 8 codes; `_dequant_asm` turns it into four fp16x2 registers with 4 LOP3 + 1 SHF +
+  2 HSUB2 + 2 HFMA2 (the magic-number trick: (w & 0x000F000F) | 0x64006400 is 1024 + q per half; the
+  nibbles at bits 4-7 give 1024 + 16q, scaled by 1/16 in the same FMA that subtracts 64 + z): q - z exactly.
+  The word's 8 slots are the 8 weights one thread holds in the mma's A fragment for two K16 steps
+  (`weight_layouts` shuffles them there), so no layout conversion follows; the 6-D permute below only
+  names that mapping for Triton. Zero points arrive as int32 fp16x2 pairs ("zz"), so every operand of the
+  chain is 32-bit and Triton picks kWidth=2 (a uint8 operand made it kWidth=8, which cost a MOV per HMMA).
+- The group scale multiplies the tile's partial accumulator (BLOCK_K divides the group), not each weight.
+- ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
+  the same fp16 values.
+Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, see the module
+`qlinear_cost` and benchmarks/results/qdecode_sass-*.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting
+from fxforge.errors import ShapeError
+from fxforge.ir.weight_layouts import layout_params
+
+MAX_M = 16
+
+
+@triton.jit
+def _dequant_asm(w, zz, zz16):
+    """int32 words -> 8 fp16 tensors (slots 0..7 = q - z) by LOP3/HSUB2/HFMA2 on fp16 pairs."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t0, t1, t2, t3, s, m;
+        mov.b32 m, 0x2C002C00;
+        lop3.b32 t0, $8, 0x000F000F, 0x64006400, 0xEA;
+        lop3.b32 t1, $8, 0x00F000F0, 0x64006400, 0xEA;
+        shr.u32 s, $8, 8;
+        lop3.b32 t2, s, 0x000F000F, 0x64006400, 0xEA;
+        lop3.b32 t3, s, 0x00F000F0, 0x64006400, 0xEA;
+        sub.f16x2 t0, t0, $9;
+        fma.rn.f16x2 t1, t1, m, $10;
+        sub.f16x2 t2, t2, $9;
+        fma.rn.f16x2 t3, t3, m, $10;
+        mov.b32 {$0, $1}, t0;
+        mov.b32 {$2, $3}, t1;
+        mov.b32 {$4, $5}, t2;
+        mov.b32 {$6, $7}, t3;
+        }""",
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", args=[w, zz, zz16], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
+def _slot(w, z, NIBBLE: tl.constexpr):
+    return (((w >> (4 * NIBBLE)) & 0xF) - z).to(tl.float16)
+
+
+@triton.jit
+def _dequant_portable(w, zz):
+    """The same 8 fp16 tensors as `_dequant_asm`, by integer ops (z from the low half of zz: 1024 + z)."""
+    z = (zz & 0xFFFF) - 0x6400
+    return (_slot(w, z, 0), _slot(w, z, 4), _slot(w, z, 1), _slot(w, z, 5),
+            _slot(w, z, 2), _slot(w, z, 6), _slot(w, z, 3), _slot(w, z, 7))
+
+
+@triton.jit
+def qlinear_w4_decode_kernel(
+    a_ptr, w_ptr, zz_ptr, s_ptr, out_ptr, bias_ptr, res_ptr,
+    M, N, K, stride_am, stride_wn, stride_zn, stride_sn, stride_om, stride_rm,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
+    ASM: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+):
+    """out[M, N] = epilogue(x[M, K] @ W^T) for M <= 16, W an "i4w{BLOCK_K}" int4 weight (see module doc)."""
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows_n = tl.minimum(offs_n, N - 1)  # rows past N read row N-1 (never stored): no load masks
+    offs_m = tl.arange(0, 16)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, 16]
+    w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
+    acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+    for t in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptr + t * BLOCK_K + a_off)
+        else:
+            a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=(t * BLOCK_K + offs_k)[:, None] < K, other=0.0)
+        w = tl.load(w_ptr + t * (BLOCK_K // 8) + w_off)
+        g = (t * BLOCK_K) // GROUP
+        zz = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g)[:, None], w.shape)
+        if ASM:
+            zz16 = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g + 1)[:, None], w.shape)
+            v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_asm(w, zz, zz16)
+        else:
+            v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_portable(w, zz)
+        # slot e of word j = c * (BLOCK_K/32) + p is tile column 32p + 16(e//4) + 8((e//2)%2) + 2c + e%2
+        h = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+        h = tl.reshape(h, (BLOCK_N, 4, BLOCK_K // 32, 2, 2, 2))
+        if KW == 2:
+            h = tl.permute(h, (0, 2, 3, 4, 1, 5))
+        else:  # kWidth 4: slot e of word j is column 32p + 16(e//4) + 4c + 2((e//2)%2) + e%2
+            h = tl.permute(h, (0, 2, 3, 1, 4, 5))
+        h = tl.reshape(h, (BLOCK_N, BLOCK_K))
+        s = tl.load(s_ptr + rows_n * stride_sn + g)
+        acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
+    y = tl.trans(acc)  # [16, BLOCK_N]
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y = apply_activation(y, ACTIVATION)
+    if HAS_RESIDUAL:
+        y += tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def decode_blocks(N: int) -> dict:
+    """BLOCK_N and warps of the decode kernel. Rows per warp decide the cost per weight: each warp reloads
+    the x fragments for its rows, so 64 rows per warp (256 on 4 warps) amortise them to <= 2 SASS
+    instructions per weight (1.95 on sm_90, 1.99 on sm_80 at 4096x4096, group 128), 32 rows per warp cost
+    ~2.3. Wide tiles leave few CTAs for a GEMV (N=4096: 16); filling the SMs is split-K's job (not here)."""
+    if N >= 2048:
+        return dict(BLOCK_N=256, num_warps=4)
+    return dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
+
+
+def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
+                      residual: torch.Tensor | None = None, asm: bool | None = None) -> torch.Tensor:
+    """activation(x @ decode_weight(weight)^T + bias) + residual for fp16 x [..., K] of at most 16 rows.
+
+    `weight`: a w4a16-int4 `Weight` in a decode layout (`weight_layouts.to_decode_layout`). `asm` picks the
+    PTX dequantization (default: on a GPU; the interpreter runs the portable one)."""
+    enc, p = weight.encoding, weight.payload
+    if not enc.layout:
+        raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
+                         "fxforge.ir.weight_layouts.to_decode_layout(weight)")
+    if activation not in ACTIVATIONS:
+        raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
+    N, K = weight.data.shape
+    lead = tuple(x.shape[:-1])
+    x2d = x.reshape(-1, K)
+    M = x2d.shape[0]
+    if x.dtype != torch.float16 or not 1 <= M <= MAX_M or x.shape[-1] != K:
+        raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}] with 1..{MAX_M} rows")
+    x2d = x2d.contiguous()
+    bk, kw = layout_params(enc.layout)
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    res = residual.reshape(M, N) if residual is not None else out
+    cfg = decode_blocks(N)
+    words, zz, s = p["words"], p["zz"], p["scale32"]
+    grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
+    qlinear_w4_decode_kernel[grid](
+        x2d, words, zz, s, out, bias if bias is not None else out, res, M, N, K,
+        x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, GROUP=enc.group or words.shape[1] * 8, EVEN_K=K % bk == 0,
+        ASM=(not interpreting()) if asm is None else asm, HAS_BIAS=bias is not None, ACTIVATION=activation,
+        HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=3)
+    return out.reshape(*lead, N)
+
+
+def decode_kwidth(arch: int) -> int:
+    """The kWidth Triton gives the kernel's fp16 MMA operands on sm_`arch` (measured: 4 with Triton 3.6 on
+    sm_80, 2 with 3.9 and on sm_90), i.e. which decode layout ("i4w{BK}" or "i4w{BK}k4") to encode for it."""
+    version = tuple(int(v) for v in triton.__version__.split(".")[:2])
+    return 4 if arch < 90 and version < (3, 9) else 2
+
+
+def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
+                   activation: str = "none", residual: bool = False, kw: int = 2) -> dict:
+    """`fxforge.codegen.build` spec of the decode kernel for fp16 x, an "i4w{bk}" weight [N, K] (kw: kWidth)."""
+    cfg = decode_blocks(N)
+    sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
+           "bias_ptr": "*fp16", "res_ptr": "*fp16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32",
+           "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32", "stride_om": "i32", "stride_rm": "i32"}
+    const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
+             "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual}
+    return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
+            "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
+            "num_warps": cfg["num_warps"], "num_stages": 3,
+            "label": f"qlinear w4a16-int4 decode {N}x{K} g={group} i4w{bk}" + ("k4" if kw == 4 else "")
+            + ("" if asm else " portable")}

@@ -1,0 +1,135 @@
+"""RoPE + KV-cache-write sites after a concatenated QKV GEMM: the ops the `rope_cache` kernel group
+of the fuse pass takes (`codegen/templates/rope_cache.py` runs them in one launch).
+
+The shape matched, per decoder layer (HF's Llama/Qwen2 attention after `concat_linears` and
+`frontend/kv_capture.py`), with x_h = permute(reshape(slice(qkv, h-th range), [B, S, H, D]), [0, 2, 1, 3]):
+
+    q   = rope(x_q)                            # read by attention
+    k'  = cache_write(k_cache, pos, rope(x_k))
+    v'  = cache_write(v_cache, pos, x_v)
+    rope(x) = add(mul(x, cos), mul(cat(neg(x[..., D/2:]), x[..., :D/2]), sin))   (either operand order)
+
+Decisions:
+- Matched structurally on the IR (no new opcode): the graph stays the one the reference executor
+  runs, and the fuse pass only records which ops run together.
+- Every intermediate must be single-use and of one float dtype; q and k must share cos and sin;
+  the three slices must tile the GEMM's output in order q, k, v. Anything else is left to the
+  generic rules (pointwise RoPE kernels and host cache writes): never a wrong fusion, at worst fewer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fxforge.ir.graph import Graph, Op, Value
+
+
+@dataclass
+class RopeSite:
+    """One site: its ops (graph order not guaranteed), the group's reads and results, and sizes."""
+
+    ops: list[Op]
+    qkv: Value
+    cos: Value
+    sin: Value
+    pos: Value
+    k_cache: Value
+    v_cache: Value
+    q: Value  # RoPE'd q [B, Hq, S, D]
+    k_written: Value  # the cache_write results (the caches themselves)
+    v_written: Value
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+
+
+def _only_use(v: Value, graph: Graph, opcode: str) -> Op | None:
+    if len(v.uses) != 1 or any(v is o for o in graph.outputs):
+        return None
+    u = v.uses[0]
+    return u if u.opcode == opcode else None
+
+
+def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int] | None:
+    """slice -> reshape [B, S, H, D] -> permute [0, 2, 1, 3]: (x_h, the three ops, H, D)."""
+    r = _only_use(sl.result, graph, "reshape")
+    p = _only_use(r.result, graph, "permute") if r is not None else None
+    if p is None or r.result.type.rank != 4 or list(p.attrs["dims"]) != [0, 2, 1, 3]:
+        return None
+    _, _, h, d = r.result.type.shape
+    if not isinstance(h, int) or not isinstance(d, int) or d % 2:
+        return None
+    return p.result, [sl, r, p], h, d
+
+
+def _mul_by(m: Op, x: Value) -> Value | None:
+    if m.opcode != "mul" or len(m.operands) != 2:
+        return None
+    a, b = m.operands
+    return b if a is x else a if b is x else None
+
+
+def _rope(x: Value, graph: Graph, d: int) -> tuple[Value, Value, Value, list[Op]] | None:
+    """rope(x) = add(mul(x, cos), mul(rotate_half(x), sin)): (result, cos, sin, ops), else None."""
+    if len(x.uses) != 3 or any(x is o for o in graph.outputs):
+        return None
+    muls = [u for u in x.uses if u.opcode == "mul"]
+    halves = {(u.attrs["start"], u.attrs["end"]): u for u in x.uses if u.opcode == "slice"
+              and u.attrs["dim"] % 4 == 3 and u.attrs["step"] == 1}
+    lo, hi = halves.get((0, d // 2)), halves.get((d // 2, d))
+    if len(muls) != 1 or lo is None or hi is None:
+        return None
+    neg = _only_use(hi.result, graph, "neg")
+    cat = _only_use(neg.result, graph, "cat") if neg is not None else None
+    if cat is None or cat.attrs["dim"] % 4 != 3 or [v for v in cat.operands] != [neg.result, lo.result]:
+        return None
+    if len(lo.result.uses) != 1:
+        return None
+    m1, m2 = muls[0], _only_use(cat.result, graph, "mul")
+    cos = _mul_by(m1, x)
+    sin = _mul_by(m2, cat.result) if m2 is not None else None
+    add = _only_use(m1.result, graph, "add")
+    if cos is None or sin is None or add is None or not any(v is m2.result for v in add.operands):
+        return None
+    ops = [m1, lo, hi, neg, cat, m2, add]
+    if any(o.result.type.dtype != x.type.dtype for o in ops) or add.result.type.shape != x.type.shape:
+        return None
+    return add.result, cos, sin, ops
+
+
+def _site(qkv: Value, graph: Graph) -> RopeSite | None:
+    rank = qkv.type.rank
+    slices = sorted((u for u in qkv.uses), key=lambda u: u.attrs.get("start", -1))
+    if rank != 3 or len(slices) != 3 or any(u.opcode != "slice" or u.attrs["dim"] % rank != 2 or u.attrs["step"] != 1
+                                            for u in slices):
+        return None
+    ends = [0] + [u.attrs["end"] for u in slices]
+    if any(u.attrs["start"] != ends[i] for i, u in enumerate(slices)) or ends[-1] != qkv.type.shape[2]:
+        return None
+    heads = [_heads(u, graph) for u in slices]
+    if any(h is None for h in heads) or len({h[3] for h in heads}) != 1 or heads[1][2] != heads[2][2]:
+        return None
+    (xq, oq, hq, d), (xk, ok, hkv, _), (xv, ov, _, _) = heads
+    rq, rk = _rope(xq, graph, d), _rope(xk, graph, d)
+    if rq is None or rk is None or rq[1] is not rk[1] or rq[2] is not rk[2]:
+        return None
+    cw_k, cw_v = _only_use(rk[0], graph, "cache_write"), _only_use(xv, graph, "cache_write")
+    if cw_k is None or cw_v is None or cw_k.operands[2] is not rk[0] or cw_v.operands[2] is not xv:
+        return None
+    if cw_k.operands[1] is not cw_v.operands[1] or any(c.attrs["dim"] % 4 != 2 or c.attrs["format"] != "dense"
+                                                       for c in (cw_k, cw_v)):
+        return None
+    ops = [*oq, *ok, *ov, *rq[3], *rk[3], cw_k, cw_v]
+    return RopeSite(ops, qkv, rq[1], rq[2], cw_k.operands[1], cw_k.operands[0], cw_v.operands[0], rq[0],
+                    cw_k.result, cw_v.result, hq, hkv, d)
+
+
+def rope_sites(graph: Graph) -> list[RopeSite]:
+    """Every RoPE + cache-write site after a `linear` (the concatenated QKV projection)."""
+    out = []
+    for op in graph.ops:
+        if op.opcode == "linear":
+            site = _site(op.result, graph)
+            if site is not None:
+                out.append(site)
+    return out
