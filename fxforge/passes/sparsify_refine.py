@@ -21,7 +21,8 @@ Decisions:
   before quantizing their kept values (`sparsify_quant.py`); a quantized `#nm` layer handed in keeps its
   solver result (refitting would move the values off their quantization grid) and the stats say so.
 - Calibration examples of one shape are batched into one run (the graph's batch dim is symbolic); with
-  mixed shapes, one run per shape.
+  mixed shapes, one run per shape, and a step fits at most MAX_RUNS_PER_STEP of them (cycling), the held-out
+  check at most MAX_HELD_RUNS: the cost of a step is bounded whatever the calibration set.
 - lr is relative to each weight's mean |kept value| (LR = 1e-2), so one setting fits every layer scale; 40 steps
   (DEFAULT_STEPS). Measured on the stdlib-llama fixture, 2:4 SparseGPT, 16 calibration windows: next-token
   agreement 0.9668 one-shot -> 0.9712 (lr 3e-3) -> 0.9741 (lr 1e-2), ppl 4.861 -> 4.852 -> 4.851 (dense 4.821).
@@ -43,6 +44,11 @@ from fxforge.ir.nm import decode_nm, encode_nm, expand, index_bits, unpack_bits
 DEFAULT_STEPS = 40
 LR = 1e-2
 CHECK_EVERY = 2  # steps between held-out checks
+# Calibration sentences of mixed lengths make one run per length; replaying all of them every step made a
+# MiniLM-sized 2:4 + W8A8 compile on 100 sentences take 28 CPU-minutes (benchmarks/results/sparsity-2026-11-30-composed.md).
+# Above these counts a step fits a cycling slice of the runs (minibatch Adam) and the held-out check reads a fixed subset.
+MAX_RUNS_PER_STEP = 8
+MAX_HELD_RUNS = 16
 _BLOCK = re.compile(r"^(.*?\.\d+)\.")
 
 
@@ -159,6 +165,15 @@ def _loss(ys: list[Tensor], want: list[Tensor]) -> Tensor:
     return total
 
 
+def _minibatch(runs: list, step: int) -> list:
+    """The runs step `step` fits on: all of them, or (many shapes: one run each) the step's slice of
+    MAX_RUNS_PER_STEP, cycling through every run in order, so each step's cost stays bounded."""
+    if len(runs) <= MAX_RUNS_PER_STEP:
+        return runs
+    start = ((step - 1) * MAX_RUNS_PER_STEP) % len(runs)
+    return (runs + runs)[start:start + MAX_RUNS_PER_STEP]
+
+
 def refine_block(graph: Graph, reference: Graph, batches: tuple[list, list], names: list[str], start: int, cut: int,
                  targets: list[Value], consts: dict[str, Op], steps: int, lr: float | None = None) -> dict[str, Any]:
     """Refit the kept values of the block's `#nm` weights; rewrites the graph's weights when it helps."""
@@ -190,7 +205,8 @@ def refine_block(graph: Graph, reference: Graph, batches: tuple[list, list], nam
         scales[n] = float(params[n].detach().abs()[masks[n]].mean().clamp_min(1e-8))
     opt = torch.optim.Adam([{"params": [params[n]], "lr": (LR if lr is None else lr) * scales[n]} for n in names])
     split = bool(runs[1])
-    held_runs = runs[1] or runs[0]
+    held_runs = (runs[1] or runs[0])[:MAX_HELD_RUNS]
+    fit_runs = runs[0]
     p = {id(wconst[n].result): n for n in names}
 
     def loss(which: list) -> Tensor:
@@ -209,7 +225,7 @@ def refine_block(graph: Graph, reference: Graph, batches: tuple[list, list], nam
         best, best_state, best_step = before, None, 0
         for step in range(1, steps + 1):
             opt.zero_grad()
-            loss(runs[0]).backward()
+            loss(_minibatch(fit_runs, step)).backward()
             opt.step()
             if step % CHECK_EVERY == 0 or step == steps:
                 now = held_loss()

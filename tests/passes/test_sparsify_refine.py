@@ -127,3 +127,15 @@ def test_cli_flag_sets_the_option(tmp_path):
     args = build_parser().parse_args(["compile", "m.py:f", "-o", str(tmp_path / "o"), "--sparsity", "2:4",
                                       "--sparsity-refine", "12"])
     assert config_from_args(args).sparsity_refine == 12
+
+
+def test_many_runs_fit_in_cycling_minibatches():
+    """Mixed-length calibration makes one run per length: a step fits a bounded slice, and every run is
+    visited within ceil(n / MAX_RUNS_PER_STEP) steps."""
+    from fxforge.passes.sparsify_refine import MAX_RUNS_PER_STEP, _minibatch
+
+    runs = list(range(3 * MAX_RUNS_PER_STEP + 3))
+    assert _minibatch(runs[:MAX_RUNS_PER_STEP], 5) == runs[:MAX_RUNS_PER_STEP]
+    slices = [_minibatch(runs, step) for step in range(1, 5)]
+    assert all(len(s) == MAX_RUNS_PER_STEP for s in slices)
+    assert set().union(*slices) == set(runs)
