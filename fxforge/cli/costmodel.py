@@ -70,7 +70,7 @@ def _mlir(mode: str) -> bool:
 def _run(args: argparse.Namespace) -> tuple[list[dict], list[str], list[int], bool]:
     from fxforge.cli import inputs as ci
     from fxforge.cli.costmodel_jobs import jobs_for, profile_job
-    from fxforge.costmodel.parallel import run_jobs
+    from fxforge.costmodel.parallel import parallelism, run_jobs
     from fxforge.costmodel.profile import attach_figures
 
     models, schemes = _list(args.models), _list(args.schemes)
@@ -89,7 +89,9 @@ def _run(args: argparse.Namespace) -> tuple[list[dict], list[str], list[int], bo
         return run_jobs(fn, jobs, workers=args.workers, ray=args.ray, flat=False)
 
     rows = [r for rows in run(profile_job, jobs_for(models, args.example_input, schemes, archs, mlir)) for r in rows]
-    return attach_figures(rows, run, batches=4 * args.workers if not args.ray else 64), models, archs, mlir
+    # a batch is one build subprocess (torch + Triton imported once): a few per worker, not one per kernel
+    batches = 4 * parallelism(args.workers, args.ray)
+    return attach_figures(rows, run, batches=batches), models, archs, mlir
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

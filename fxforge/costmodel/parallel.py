@@ -54,6 +54,13 @@ def _probe(address: str, timeout: float) -> None:
                           "address (ray status on the head node) or drop --ray") from None
 
 
+def parallelism(workers: int, ray: str | None = None, timeout: float = RAY_CONNECT_TIMEOUT) -> int:
+    """How many jobs run at once: `workers`, or the Ray cluster's CPUs (connecting to it)."""
+    if not ray:
+        return max(1, workers)
+    return max(1, int(_ray_connect(ray, timeout).cluster_resources().get("CPU", 1)))
+
+
 def run_jobs(fn: Callable[[Any], list], jobs: Sequence[Any], *, workers: int = 2, ray: str | None = None,
              timeout: float = RAY_CONNECT_TIMEOUT, flat: bool = True) -> list:
     """Run `fn(job)` for every job; the results in job order (`flat`: concatenated)."""

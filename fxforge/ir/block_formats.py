@@ -288,11 +288,16 @@ def dequantize_mx(q: MXTensor, dtype: torch.dtype = torch.float32) -> Tensor:
 
 # ---------------------------------------------------------------- NVFP4
 
-def nvfp4_tensor_scale(x: Tensor) -> Tensor:
-    """fp32 amax(|x|) / (6 * 448); 1.0 when x is all zeros."""
-    amax = x.detach().abs().amax().to(torch.float32)
-    scale = amax / (6.0 * 448.0)
+def _second_level_scale(amax: Tensor) -> Tensor:
+    """fp32 amax / (6 * 448); 1.0 where amax is 0; never 0 for a nonzero amax (a subnormal amax would
+    underflow the division and decode its whole tensor to zeros: the smallest fp32 subnormal instead)."""
+    scale = (amax / (6.0 * 448.0)).clamp_min(torch.finfo(torch.float32).smallest_normal * 2.0**-23)
     return torch.where(amax > 0, scale, torch.ones_like(scale))
+
+
+def nvfp4_tensor_scale(x: Tensor) -> Tensor:
+    """fp32 amax(|x|) / (6 * 448) (`_second_level_scale`); 1.0 when x is all zeros."""
+    return _second_level_scale(x.detach().abs().amax().to(torch.float32))
 
 
 def nvfp4_encode_blocks(blocks: Tensor, block_codes: Tensor, ts: Tensor) -> tuple[Tensor, Tensor]:
@@ -335,8 +340,7 @@ def quantize_nvfp4(x: Tensor, rule: str = "ocp", tensor_scale: Tensor | None = N
 
 def nvfp4_row_scale(x: Tensor) -> Tensor:
     """Per-row (last axis) fp32 second-level scale amax_row / (6 * 448), 1.0 for zero rows, [..., 1]."""
-    amax = x.detach().abs().amax(-1, keepdim=True).to(torch.float32)
-    return torch.where(amax > 0, amax / (6.0 * 448.0), torch.ones_like(amax))
+    return _second_level_scale(x.detach().abs().amax(-1, keepdim=True).to(torch.float32))
 
 
 def round_elements(v: Tensor, fmt: Format | str) -> Tensor:

@@ -224,7 +224,8 @@ def nvfp4_error_bound(x: torch.Tensor, q) -> torch.Tensor:
 def test_nvfp4_recipe_and_error_bound(x: torch.Tensor) -> None:
     q = quantize_nvfp4(x)
     amax = x.abs().max()
-    want_ts = amax / (6 * 448) if amax > 0 else torch.tensor(1.0)
+    tiny = torch.tensor(2.0**-149)  # a subnormal amax must not underflow the tensor scale to 0
+    want_ts = torch.maximum(amax / (6 * 448), tiny) if amax > 0 else torch.tensor(1.0)
     assert q.tensor_scale.dtype == torch.float32 and q.tensor_scale.item() == want_ts.item()
     block_amax = x.double().abs().reshape(*x.shape[:-1], -1, 16).amax(-1)
     assert torch.equal(q.block_scales, encode_fp8(block_amax / 6 / q.tensor_scale.double(), "f8e4m3"))
@@ -269,3 +270,10 @@ def test_mxint8_is_fixed_point_and_symmetric() -> None:
     assert q.scales.item() == 127
     assert q.codes[0, :4].view(torch.int8).tolist() == [-127, 127, 32, 64]  # -128 never; 32.5 -> 32
     assert q.dequantize()[0, :4].tolist() == [-127 / 64, 127 / 64, 0.5, 1.0]
+
+
+def test_nvfp4_subnormal_tensor_is_not_flushed_to_zero():
+    """amax / (6 * 448) underflows fp32 for a subnormal tensor: the scale must stay positive (found by hypothesis)."""
+    x = torch.full((1, 16), 1.1e-42)
+    assert float(quantize_nvfp4(x).tensor_scale) > 0
+    assert torch.allclose(quantize_nvfp4(x).dequantize(torch.float64), x.double(), rtol=0.25, atol=0)
