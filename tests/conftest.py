@@ -49,6 +49,13 @@ LEFT_TO_TRITON36 = {
 }
 
 
+# Model-level tests inside the kernel files run once, in the main venv (the 3.6 run is about the kernels).
+MAIN_VENV_ONLY = {
+    "tests/codegen/test_hadamard_kernel.py::test_rotated_model_runs_hadamard_kernels_and_matches_reference",
+    "tests/codegen/test_qlinear_block.py::test_quantized_llama_runs_block_kernels[nvfp4]",
+}
+
+
 def pytest_collection_modifyitems(config, items):
     from fnmatch import fnmatchcase
 
@@ -56,7 +63,7 @@ def pytest_collection_modifyitems(config, items):
     import triton
 
     newest = tuple(int(p) for p in triton.__version__.split(".")[:2]) > (3, 6)
-    slow = SLOW_IN_CI | (LEFT_TO_TRITON36 if newest else set())
+    slow = SLOW_IN_CI | (LEFT_TO_TRITON36 if newest else MAIN_VENV_ONLY)
     for item in items:
         if item.nodeid in slow or any(fnmatchcase(item.nodeid, p) for p in slow if "*" in p):
             item.add_marker(pytest.mark.slow)
