@@ -54,6 +54,7 @@ from fxforge.passes.concat_linears import ConcatLinears
 from fxforge.passes.constant_fold import ConstantFold
 from fxforge.passes.cse import CommonSubexpressionElimination
 from fxforge.passes.dce import DeadCodeElimination
+from fxforge.passes.decode_layout import DecodeLayout
 from fxforge.passes.ffn_skip import FfnSkip
 from fxforge.passes.fuse import FusePass, fuse
 from fxforge.passes.ksort import KSort
@@ -143,6 +144,8 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("kv_cache", KVCache, when=option_set("kv_cache.format"), options=KV_OPTIONS),
     # fewer GEMM launches: Q/K/V (siblings reading one input) as one linear; before dce drops the old weights
     PassSpec("concat_linears", ConcatLinears, when=_kernel_executor),
+    # int4 weights of decode-shaped qlinears pre-shuffled for the decode kernel (templates/qlinear_decode.py)
+    PassSpec("decode_layout", DecodeLayout, when=_kernel_executor),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),

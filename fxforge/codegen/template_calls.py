@@ -158,9 +158,12 @@ def _nm_qlinear(g: KernelGroup, n: Names) -> str:
 
 @template_renders("qlinear")
 def _qlinear(g: KernelGroup, n: Names) -> str:
-    """`_qlinear(x, w, scheme, [bias], lorc=(u, v), <epilogue>)`: w is the encoded `Weight`."""
+    """`_qlinear(x, w, scheme, [bias], lorc=(u, v), <epilogue>)`: w is the encoded `Weight`; a weight in a decode
+    layout (`passes/decode_layout.py`) calls `_qlinear_w4_decode(x, w, [bias], <epilogue>)` instead."""
     op, p = g.anchor, g.params
     x, w, *rest = op.operands
+    if getattr(w.type.encoding, "layout", ""):
+        return _qlinear_decode(g, n)
     lorc = rest[-2:] if op.attrs["lorc_rank"] > 0 else []
     bias = rest[0] if len(rest) == len(lorc) + 1 else p["bias"]
     args = [n(x), n(w), repr(op.attrs["scheme"])] + ([n(bias)] if bias is not None else [])
@@ -170,3 +173,15 @@ def _qlinear(g: KernelGroup, n: Names) -> str:
     if p.get("keep") is not None:
         args.append(f"keep={n(p['keep'])}")
     return f"_qlinear({', '.join(args)})"
+
+
+def _qlinear_decode(g: KernelGroup, n: Names) -> str:
+    """`_qlinear_w4_decode(x, w, [bias], <epilogue>)`: the int4 decode GEMM (no LoRC: the pass keeps those row-major)."""
+    op, p = g.anchor, g.params
+    x, w, *rest = op.operands
+    bias = rest[0] if rest else p["bias"]
+    args = [n(x), n(w)] + ([n(bias)] if bias is not None else [])
+    args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
+    if p.get("keep") is not None:
+        args.append(f"keep={n(p['keep'])}")
+    return f"_qlinear_w4_decode({', '.join(args)})"

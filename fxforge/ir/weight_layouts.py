@@ -33,6 +33,7 @@ from torch import Tensor
 
 from fxforge.ir import formats
 
+DECODE_ROWS = 16  # the most rows a decode-shaped linear has (the decode kernel's x tile: 16 columns of the MMA)
 _LAYOUT = re.compile(r"^i4w(32|64|128)(k4)?$")
 
 
@@ -46,6 +47,13 @@ def layout_params(layout: str) -> tuple[int, int]:
 
 def layout_name(bk: int, kw: int = 2) -> str:
     return f"i4w{bk}" + ("k4" if kw == 4 else "")
+
+
+def preferred_kwidth(arch: int | None, triton_version: tuple[int, int]) -> int:
+    """The kWidth Triton gives the decode kernel's fp16 MMA operands (measured: 4 with Triton 3.6 on sm_80, 2 with
+    3.9 and on sm_90), i.e. which layout ("i4w{BK}" or "i4w{BK}k4") to store for sm_`arch` (None: no GPU known,
+    2). Only speed depends on it: the kernel reads either layout correctly on any GPU."""
+    return 4 if arch is not None and arch < 90 and triton_version < (3, 9) else 2
 
 
 def decode_tile(group: int, K: int) -> int | None:

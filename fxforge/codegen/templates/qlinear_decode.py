@@ -30,9 +30,9 @@ import triton.language as tl
 
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting
 from fxforge.errors import ShapeError
-from fxforge.ir.weight_layouts import layout_params
+from fxforge.ir.weight_layouts import DECODE_ROWS, layout_params, preferred_kwidth
 
-MAX_M = 16
+MAX_M = DECODE_ROWS
 
 
 @triton.jit
@@ -77,19 +77,20 @@ def qlinear_w4_decode_kernel(
     a_ptr, w_ptr, zz_ptr, s_ptr, out_ptr, bias_ptr, res_ptr,
     M, N, K, stride_am, stride_wn, stride_zn, stride_sn, stride_om, stride_rm,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
-    ASM: tl.constexpr,
+    ASM: tl.constexpr, BLOCK_M: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
 ):
-    """out[M, N] = epilogue(x[M, K] @ W^T) for M <= 16, W an "i4w{BLOCK_K}" int4 weight (see module doc)."""
+    """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
+    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column)."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows_n = tl.minimum(offs_n, N - 1)  # rows past N read row N-1 (never stored): no load masks
-    offs_m = tl.arange(0, 16)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
-    a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, 16]
+    a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
-    acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(0, tl.cdiv(K, BLOCK_K)):
         if EVEN_K:
             a = tl.load(a_ptr + t * BLOCK_K + a_off)
@@ -113,7 +114,7 @@ def qlinear_w4_decode_kernel(
         h = tl.reshape(h, (BLOCK_N, BLOCK_K))
         s = tl.load(s_ptr + rows_n * stride_sn + g)
         acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
-    y = tl.trans(acc)  # [16, BLOCK_N]
+    y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
     mask = (offs_m < M)[:, None] & mask_n[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -123,22 +124,31 @@ def qlinear_w4_decode_kernel(
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def decode_blocks(N: int) -> dict:
-    """BLOCK_N and warps of the decode kernel. Rows per warp decide the cost per weight: each warp reloads
-    the x fragments for its rows, so 64 rows per warp (256 on 4 warps) amortise them to <= 2 SASS
-    instructions per weight (1.95 on sm_90, 1.99 on sm_80 at 4096x4096, group 128), 32 rows per warp cost
-    ~2.3. Wide tiles leave few CTAs for a GEMV (N=4096: 16); filling the SMs is split-K's job (not here)."""
+def decode_blocks(N: int, M: int = 1) -> dict:
+    """BLOCK_N, BLOCK_M and warps of the decode kernel. M <= 16 (a decode step): rows per warp decide the cost per
+    weight: each warp reloads the x fragments for its rows, so 64 rows per warp (256 on 4 warps) amortise them to
+    <= 2 SASS instructions per weight (1.95 on sm_90, 1.99 on sm_80 at 4096x4096, group 128), 32 rows per warp
+    cost ~2.3. Wide tiles leave few CTAs for a GEMV (N=4096: 16); filling the SMs is split-K's job (not here).
+    M > 16 (the prefill of a decode-step graph, whose weights are stored in the decode layout): 64 x rows per
+    program on 8 warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost
+    ~1.4x the instructions per row on sm_90)."""
+    if M > MAX_M:
+        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8)
     if N >= 2048:
-        return dict(BLOCK_N=256, num_warps=4)
-    return dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
+        return dict(BLOCK_N=256, BLOCK_M=16, num_warps=4)
+    return dict(BLOCK_N=128, BLOCK_M=16, num_warps=2) if N >= 512 else dict(BLOCK_N=64, BLOCK_M=16, num_warps=1)
 
 
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
-                      residual: torch.Tensor | None = None, asm: bool | None = None) -> torch.Tensor:
-    """activation(x @ decode_weight(weight)^T + bias) + residual for fp16 x [..., K] of at most 16 rows.
+                      residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+                      keep: torch.Tensor | None = None, asm: bool | None = None) -> torch.Tensor:
+    """activation(x @ decode_weight(weight)^T + bias) + residual for fp16 x [..., K] (any number of rows: tiles of
+    16 rows up to 16, of 64 past it).
 
     `weight`: a w4a16-int4 `Weight` in a decode layout (`weight_layouts.to_decode_layout`). `asm` picks the
-    PTX dequantization (default: on a GPU; the interpreter runs the portable one)."""
+    PTX dequantization (default: on a GPU; the interpreter runs the portable one). `keep` (FFN-skip flags of
+    x's rows, the qlinear template's early exit) is accepted and not read: x's skipped rows are zero already
+    (`row_keep`), so the result is the same."""
     enc, p = weight.encoding, weight.payload
     if not enc.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
@@ -147,44 +157,45 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
     N, K = weight.data.shape
     lead = tuple(x.shape[:-1])
-    x2d = x.reshape(-1, K)
+    x2d = x.reshape(-1, K) if x.shape[-1] == K else x
     M = x2d.shape[0]
-    if x.dtype != torch.float16 or not 1 <= M <= MAX_M or x.shape[-1] != K:
-        raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}] with 1..{MAX_M} rows")
+    if x.dtype != torch.float16 or x.shape[-1] != K:
+        raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}]")
+    out = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
+    if M == 0:
+        return out.reshape(*lead, N)
     x2d = x2d.contiguous()
     bk, kw = layout_params(enc.layout)
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     res = residual.reshape(M, N) if residual is not None else out
-    cfg = decode_blocks(N)
+    cfg = decode_blocks(N, M)
     words, zz, s = p["words"], p["zz"], p["scale32"]
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
+    grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]))
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, GROUP=enc.group or words.shape[1] * 8, EVEN_K=K % bk == 0,
-        ASM=(not interpreting()) if asm is None else asm, HAS_BIAS=bias is not None, ACTIVATION=activation,
-        HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=3)
+        ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], HAS_BIAS=bias is not None,
+        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=3)
     return out.reshape(*lead, N)
 
 
 def decode_kwidth(arch: int) -> int:
-    """The kWidth Triton gives the kernel's fp16 MMA operands on sm_`arch` (measured: 4 with Triton 3.6 on
-    sm_80, 2 with 3.9 and on sm_90), i.e. which decode layout ("i4w{BK}" or "i4w{BK}k4") to encode for it."""
-    version = tuple(int(v) for v in triton.__version__.split(".")[:2])
-    return 4 if arch < 90 and version < (3, 9) else 2
+    """The kWidth Triton gives the kernel's fp16 MMA operands on sm_`arch` with this Triton, i.e. which decode
+    layout ("i4w{BK}" or "i4w{BK}k4") to encode for it (`weight_layouts.preferred_kwidth`)."""
+    return preferred_kwidth(arch, tuple(int(v) for v in triton.__version__.split(".")[:2]))
 
 
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
-                   activation: str = "none", residual: bool = False, kw: int = 2) -> dict:
-    """`fxforge.codegen.build` spec of the decode kernel for fp16 x, an "i4w{bk}" weight [N, K] (kw: kWidth)."""
-    cfg = decode_blocks(N)
+                   activation: str = "none", residual: bool = False, kw: int = 2, M: int = 1) -> dict:
+    """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K], an "i4w{bk}" weight [N, K] (kw: kWidth)."""
+    cfg = decode_blocks(N, M)
     sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
            "bias_ptr": "*fp16", "res_ptr": "*fp16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32",
            "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32", "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
-             "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual}
+             "BLOCK_M": cfg["BLOCK_M"], "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual}
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": 3,
             "label": f"qlinear w4a16-int4 decode {N}x{K} g={group} i4w{bk}" + ("k4" if kw == 4 else "")
-            + ("" if asm else " portable")}
+            + ("" if asm else " portable") + (f" M={M}" if M > MAX_M else "")}

@@ -1,0 +1,120 @@
+"""The `decode_layout` pass: store the 4-bit weights of decode-shaped `qlinear`s in a decode layout (issue #13 item 5).
+
+A `qlinear` whose weight is a w4a16-int4 `#quantized` const is re-encoded by `ir.weight_layouts.to_decode_layout`
+(codes pre-shuffled into int32 words for the in-register dequantization of `codegen.templates.qlinear_decode`);
+the encoding's `layout` then says so, the codegen routes the layer's template call to `_qlinear_w4_decode`, and
+the reference semantics are unchanged (`decode_weight` reads every layout exactly).
+
+Which layers (decided per `qlinear`, statistics `layers`: {layer: "decode" or why not}):
+- decode-shaped: the rows of the input (the product of its leading dims) are static and <= 16 (a decode step
+  traced with static shapes, e.g. HF `generate` under `fxforge.compile`, where dynamo specialises T = 1); or
+  symbolic in a decode-step graph (one that writes a KV cache, `cache_write`: `compile_decoder`'s step, whose
+  T is dynamic because prefill and decode share it). Static rows > 16 are prefill-shaped: the row-major
+  weight and the qlinear template stay (the decode layout would buy them nothing).
+- w4a16-int4 with no LoRC, a group that admits a decode tile (`weight_layouts.decode_tile`), fp16
+  activations (the magic-number trick makes fp16 pairs; f32/bf16 models keep the qlinear template), and a
+  const read only by such qlinears.
+Decisions:
+- One weight copy: a decode-step graph whose T is dynamic runs its prefill calls through the same decode
+  kernel with 64-row tiles (`qlinear_decode.decode_blocks`), never a second row-major copy of the weight.
+- The layout's kWidth variant follows the GPU this process sees (`weight_layouts.preferred_kwidth`: Triton 3.6
+  on sm_80 wants "k4"); without a GPU, kWidth 2. Only speed depends on it.
+- Runs for the generated-kernel executors only (the reference evaluator gains nothing), after quantize.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import math
+from typing import Any
+
+import torch
+
+from fxforge.ir.dtypes import DType
+from fxforge.ir.graph import Graph, Op
+from fxforge.ir.types import Quantized
+from fxforge.ir.weight_layouts import DECODE_ROWS, decode_tile, preferred_kwidth, to_decode_layout
+from fxforge.passes.calibrate import site_name
+from fxforge.passes.manager import PassContext
+
+
+def _rows(op: Op) -> int | None:
+    """The static row count of a qlinear's input (product of its leading dims), None when symbolic."""
+    rows = math.prod(op.operands[0].type.shape[:-1])
+    return int(rows) if getattr(rows, "is_number", True) else None
+
+
+def _label(graph: Graph, op: Op) -> str:
+    name = site_name(graph, op)
+    return name.removesuffix(".q").removesuffix(".weight") if name else f"%{op.result.name}"
+
+
+def why_not(op: Op, decode_step: bool) -> str | None:
+    """None when this qlinear's weight goes into a decode layout, else the reason it stays row-major."""
+    x, w = op.operands[:2]
+    enc, const = w.type.encoding, w.producer
+    if op.attrs["scheme"] != "w4a16-int4" or not isinstance(enc, Quantized) or enc.format != "i4" or not enc.zero_point:
+        return f"scheme {op.attrs['scheme']}: decode layouts hold w4a16-int4 weights"
+    if const is None or const.opcode != "const" or enc.layout:
+        return "weight is not a row-major const"
+    if op.attrs["lorc_rank"]:
+        return "LoRC factors: the decode kernel has no LoRC step"
+    k = w.type.shape[1]
+    if not isinstance(k, int) or k % 2 or decode_tile(enc.group, k) is None:
+        return f"group {enc.group} (K {k}) admits no decode tile"
+    if x.type.dtype != DType.f16:
+        return f"{x.type.dtype.name} activations: the decode kernel takes fp16"
+    rows = _rows(op)
+    if rows is None and not decode_step:
+        return "symbolic rows outside a decode step"
+    if rows is not None and rows > DECODE_ROWS:
+        return f"prefill-shaped ({rows} rows > {DECODE_ROWS})"
+    return None
+
+
+def _gpu_kwidth() -> int:
+    arch = None
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        arch = 10 * major + minor
+    version = tuple(int(v) for v in importlib.metadata.version("triton").split(".")[:2])
+    return preferred_kwidth(arch, version)
+
+
+def apply_decode_layouts(graph: Graph, kw: int | None = None) -> dict[str, Any]:
+    """Re-encode the weights of decode-shaped qlinears in place (see the module docstring); the statistics."""
+    decode_step = any(op.opcode == "cache_write" for op in graph.ops)
+    layers: dict[str, str] = {}
+    chosen: dict[int, Op] = {}
+    for op in graph.find("qlinear"):
+        label = _label(graph, op)
+        reason = why_not(op, decode_step)
+        layers[label] = reason or "decode"
+        if reason is None:
+            chosen[id(op.operands[1].producer)] = op.operands[1].producer
+    kw = _gpu_kwidth() if kw is None and chosen else kw
+    converted = 0
+    for const in chosen.values():
+        users = const.result.uses
+        if any(u.opcode != "qlinear" or u.operands[1] is not const.result or why_not(u, decode_step) for u in users):
+            for u in users:  # read by something else too: one weight, one layout
+                if u.opcode == "qlinear" and layers.get(_label(graph, u)) == "decode":
+                    layers[_label(graph, u)] = "weight shared with a reader that keeps the row-major layout"
+            continue
+        name = const.attrs["weight"]
+        new = to_decode_layout(graph.weight(name), kw=kw)
+        graph.weights[name] = new
+        const.result.type = dataclasses.replace(const.result.type, encoding=new.encoding)
+        converted += 1
+    return {"decode_step": decode_step, "weights": converted, "kwidth": kw, "layers": layers}
+
+
+class DecodeLayout:
+    """stats: see `apply_decode_layouts`."""
+
+    name = "decode_layout"
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        ctx.stats.update(apply_decode_layouts(graph, ctx.option("decode_layout.kwidth")))
+        return graph

@@ -1,0 +1,77 @@
+"""The `decode_layout` pass (issue #13 item 5): w4a16-int4 weights of decode-shaped qlinears are stored in the
+decode layout at compile time and their template call is the int4 decode GEMM (`_qlinear_w4_decode`);
+prefill-shaped (static rows > 16), f32 and LoRC layers keep the row-major qlinear. Numerics: the layout is
+exact, so the interpreter's tokens are the reference executor's."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from triton.runtime.interpreter import InterpretedFunction
+
+import fxforge
+from fxforge import testing as zoo
+
+
+@contextlib.contextmanager
+def counting():
+    """The names of the Triton kernels launched (under the interpreter), counted from outside fxforge."""
+    names: list[str] = []
+    original = InterpretedFunction.run
+
+    def run(self, *args, **kwargs):
+        names.append(self.fn.__name__)
+        return original(self, *args, **kwargs)
+
+    InterpretedFunction.run = run
+    try:
+        yield names
+    finally:
+        InterpretedFunction.run = original
+
+
+def _stats(module, name: str = "decode_layout") -> dict:
+    return next(r.stats for r in module.record.trace.records if r.name == name)
+
+
+def _layouts(module) -> set[str]:
+    return {getattr(w.encoding, "layout", None) for w in module.graph.weights.values() if w.encoding is not None}
+
+
+def test_decoder_w4a16_runs_the_decode_kernel_with_reference_tokens():
+    torch.manual_seed(0)
+    model = zoo.llama(hidden=64, layers=1, heads=4, kv_heads=2, intermediate=128).half()
+    ids = torch.randint(3, 256, (1, 18), generator=torch.Generator().manual_seed(1))  # prefill: 18 rows, 64-row tiles
+    opts = dict(max_length=24, quantize="w4a16-int4", quantize_group=32)
+    dec = fxforge.compile_decoder(model, executor="interpret", **opts)
+    ref = fxforge.compile_decoder(model, executor="reference", **opts)
+    stats = _stats(dec)
+    assert stats["decode_step"] and stats["weights"] == 7 and set(stats["layers"].values()) == {"decode"}
+    assert _layouts(dec) == {"i4w32"} and _layouts(ref) == {""}  # the reference keeps the row-major codes
+    source = dec.program.executor.module.source
+    assert source.count("_qlinear_w4_decode(") == 7 and "_qlinear(" not in source
+    with counting() as names:
+        got = dec.generate(ids, max_new_tokens=3)
+    assert names.count("qlinear_w4_decode_kernel") == 3 * 7 and "qlinear_w4a16_int4_kernel" not in names
+    assert torch.equal(got, ref.generate(ids, max_new_tokens=3))
+
+
+def test_static_rows_decide_and_other_layers_keep_the_qlinear():
+    torch.manual_seed(0)
+    model = zoo.mlp(dim=64, hidden=128).half()
+    small, wide = torch.randn(2, 3, 64).half(), torch.randn(4, 8, 64).half()
+    for x, layout in ((small, "i4w64"), (wide, "")):
+        mod = fxforge.compile_aot(model, (x,), executor="interpret", dynamic=False, quantize="w4a16-int4",
+                                  quantize_group=64)
+        ref = fxforge.compile_aot(model, (x,), executor="reference", dynamic=False, quantize="w4a16-int4",
+                                  quantize_group=64)
+        assert _layouts(mod) == {layout}, _stats(mod)
+        template = "_qlinear_w4_decode(" if layout else "_qlinear("
+        assert mod.program.executor.module.source.count(template) == 2
+        y, y_ref = mod(x).float(), ref(x).float()
+        assert (y - y_ref).abs().max() <= 2e-3 * y_ref.abs().max()
+    assert set(_stats(mod)["layers"].values()) == {"prefill-shaped (32 rows > 16)"}
+    f32 = fxforge.compile_aot(zoo.mlp(dim=64, hidden=128), (small.float(),), executor="interpret", dynamic=False,
+                              quantize="w4a16-int4", quantize_group=64, lorc_rank=0)
+    assert _layouts(f32) == {""} and "f32 activations" in next(iter(_stats(f32)["layers"].values()))
