@@ -100,6 +100,11 @@ def _kernel_executor(options: Mapping[str, Any], executor: str) -> bool:
     return executor in ("interpret", "triton")
 
 
+def _quantized_kernels(options: Mapping[str, Any], executor: str) -> bool:
+    """qlinears may exist (quantize, or an adopted checkpoint's) and run as generated kernels."""
+    return _kernel_executor(options, executor) and (_quantizing(options, executor) or options.get("adopt.source") is not None)
+
+
 @dataclass(frozen=True)
 class PassSpec:
     """One row of the pass table: a pass by name, in the default pipeline when `when` holds, reading
@@ -145,7 +150,7 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     # fewer GEMM launches: Q/K/V (siblings reading one input) as one linear; before dce drops the old weights
     PassSpec("concat_linears", ConcatLinears, when=_kernel_executor),
     # int4 weights of decode-shaped qlinears pre-shuffled for the decode kernel (templates/qlinear_decode.py)
-    PassSpec("decode_layout", DecodeLayout, when=_kernel_executor),
+    PassSpec("decode_layout", DecodeLayout, when=_quantized_kernels),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),

@@ -20,6 +20,8 @@ Decisions:
   `codegen.loader.load_module`) and are imported from `"path"`. Identical specs (same kernel source, same
   signature, constexprs, hints and launch options) are built once; `BUILD_CACHE` keeps the builds of a
   process so several models' checks share the compiles of kernels they have in common.
+- `ASM=False` (a kernel with an inline-PTX path, the decode GEMMs of `templates/qlinear_decode.py`, run portably
+  by the interpreter) is built as `ASM=True`: the PTX path is what a GPU launch runs.
 - Kernels with fp8 operands (or `FP8_DOT=True`) need sm_89+: they are skipped on older targets with
   the reason, and the skip is in the trace, not counted as a failure.
 - `check_kernels` returns the figures as data (`BuildCheck`: stats {"sm_90": [per-kernel dicts],
@@ -199,6 +201,8 @@ def launch_specs(launches: Sequence[Launch], kinds: dict[str, str] | None = None
                     unaligned.append(name)
             elif key == "D":
                 divisible.append(name)
+        if const.get("ASM") is False:
+            const["ASM"] = True  # the GPU's path (see Decisions)
         spec: dict[str, Any] = {**_where(fn), "kernel": launch.name, "signature": sig, "constexprs": const,
                                 "divisible": divisible, "num_warps": int(launch.num_warps or 4),
                                 "num_stages": int(launch.num_stages or 3)}

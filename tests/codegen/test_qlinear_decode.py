@@ -69,6 +69,15 @@ def test_decode_kernel_matches_reference(M, N, K, group, kw, activation, residua
     assert (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
 
 
+def test_build_check_builds_the_ptx_path_the_gpu_runs():
+    from fxforge.codegen.buildcheck import launch_specs, record_launches
+
+    w = to_decode_layout(encode_weight(torch.randn(64, 64), "w4a16-int4", group=64))
+    launches = record_launches(lambda: qlinear_w4_decode(torch.randn(1, 64).half(), w))
+    (spec,) = launch_specs(launches)
+    assert spec["kernel"] == "qlinear_w4_decode_kernel" and spec["constexprs"]["ASM"] is True
+
+
 def test_decode_kernel_refuses_row_major_and_f32_inputs():
     w = encode_weight(torch.randn(16, 64), "w4a16-int4", group=64)
     with pytest.raises(ShapeError, match="to_decode_layout"):
