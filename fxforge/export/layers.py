@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from fxforge.errors import ExportError
-from fxforge.ir import formats, nm
+from fxforge.ir import formats, nm, weight_layouts
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import decode_elements, decode_weight, get_scheme
 from fxforge.ir.types import NM, Quantized
@@ -147,8 +147,7 @@ def _scheme_of(enc: Quantized, exportable: Collection[str], scheme: str | None =
 
 def _unpacked(w: Weight) -> tuple[Tensor, Tensor, Tensor | None]:
     fmt = formats.get_format(w.encoding.format)
-    codes = w.payload["codes"]
-    codes = formats.unpack_nibbles(codes) if fmt.bits == 4 else codes
+    codes = weight_layouts.codes_of(w) if fmt.bits == 4 else w.payload["codes"]  # any decode layout, row-major
     zero = w.payload.get("zero")
     return codes, w.payload["scale"].to(torch.float32), zero
 
