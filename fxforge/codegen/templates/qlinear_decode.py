@@ -1,13 +1,15 @@
 """Decode-shaped W4A16 GEMM (M <= 16): int4 weights in a decode layout, dequantized in registers by bit tricks.
 
 This module owns `qlinear_w4_decode_kernel`, its launcher `qlinear_w4_decode(x, weight, ...)` and its build
-spec `w4_decode_spec`. The weight is a w4a16-int4 `Weight` re-encoded by
+spec `w4_decode_spec`. The compile routes here (`_qlinear_w4_decode` in generated code) every qlinear whose
+weight the `decode_layout` pass re-encoded (`fxforge.passes.decode_layout`); a decode-step graph's prefill
+calls (M > 16) run the same kernel with 64-row tiles (`decode_blocks`), so the weight is stored once. The weight is a w4a16-int4 `Weight` re-encoded by
 `fxforge.ir.weight_layouts.to_decode_layout` (layout "i4w{BK}"); the reference is unchanged
 (`lowp_ops.qlinear_ref` on `decode_weight`, which reads any layout exactly).
 
 How (per K tile of BLOCK_K = the layout's tile):
-- out^T[BLOCK_N, 16] = W[BLOCK_N, BLOCK_K] @ x^T: the weight is the MMA's A operand, built in registers;
-  x (16 rows; rows past M repeat row M-1 and are not stored) is the B operand.
+- out^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, BLOCK_K] @ x^T: the weight is the MMA's A operand, built in registers;
+  x (BLOCK_M = 16 rows, 64 past 16; rows past M repeat row M-1 and are not stored) is the B operand.
 - One int32 word = 8 codes; `_dequant_asm` turns it into four fp16x2 registers with 4 LOP3 + 1 SHF +
   2 HSUB2 + 2 HFMA2 (the magic-number trick: (w & 0x000F000F) | 0x64006400 is 1024 + q per half; the
   nibbles at bits 4-7 give 1024 + 16q, scaled by 1/16 in the same FMA that subtracts 64 + z): q - z exactly.
