@@ -1,9 +1,10 @@
 """Decode layouts of 4-bit quantized weights: codes pre-shuffled at compile time for in-register dequantization.
 
 This module owns what `Quantized.layout` means for the payload, both ways: `to_decode_layout(weight)`
-re-encodes a row-major int4 `#quantized` weight (w4a16-int4) into the layout the decode kernels
-(`fxforge.codegen.templates.qlinear_decode`) read, and `codes_of(weight)` gives the row-major codes back,
-so `lowp_ops.decode_weight` (the reference semantics) is exact for either layout.
+re-encodes a row-major 4-bit `#quantized` weight (w4a16-int4: layout "i4w{BK}"; w4a8-fp, FP4-E2M1 codes:
+"f4w{BK}") into the layout the decode kernels (`fxforge.codegen.templates.qlinear_decode`) read, and
+`codes_of(weight)` gives the row-major codes back, so `lowp_ops.decode_weight` (the reference semantics) is
+exact for every layout.
 
 Layout "i4w{BK}" (BK = 32, 64 or 128, the kernel's K tile; "i4w{BK}k4": the same for an MMA operand of
 kWidth 4, which Triton 3.6 picks on sm_80 where 3.9 picks 2: slot e is column 32p + 16(e//4) + 4c +
@@ -19,6 +20,14 @@ kWidth 4, which Triton 3.6 picks on sm_80 where 3.9 picks 2: slot e is column 32
   `sub.f16x2` / `fma.f16x2 (x, 1/16, -(64+z))` turns a pair into q - z (exact: small integers).
 - payload "scale" (f16 [N, G]) and "zero" (uint8 [N, G]) stay as in the row-major layout; "scale32" holds
   the same scales as f32 (exact), so the kernel's loop converts nothing.
+Layout "f4w{BK}" (w4a8-fp; "k4" likewise): the same words and slot -> column map, but a slot's 4 code bits
+(sign s, magnitude e1 e0 m) are not a nibble: slot e's magnitude sits at bits MAG[e]..MAG[e]+2 and its sign at
+bit SIGN[e], so that with M = 0x8E008E00 the fp16x2 pairs are w & M (slots 0, 1), (w << 8) & M (2, 3), and,
+with u = ((w >> 3) & 0x0E0E0E0E) | ((w << 7) & ~0x0E0E0E0E), u & M (4, 5) and (u << 8) & M (6, 7): 4 LOP3 +
+1 LOP3 + 4 shifts per 8 weights. Each half is then s << 15 | (e1 e0 m) << 9, the fp16 whose value is exactly
+the E2M1 value times 2^-14 (E2M1's subnormal 0.5 lands on fp16's subnormal 2^-15); the 2^14 goes into the
+group factor. Payload: "words", "scale" (s_max f32 [N, 1]) and "shift" (uint8 [N, G]) as row-major, and
+"scale32" = 2^(14 - shift) f32 [N, G], the factor of a group's partial accumulator.
 Decided: the layout depends on BK (the thread/fragment mapping is per tile); BK divides the group, so a
 tile reads one scale per row and the kernel scales its partial accumulator, not each weight.
 """
@@ -34,19 +43,29 @@ from torch import Tensor
 from fxforge.ir import formats
 
 DECODE_ROWS = 16  # the most rows a decode-shaped linear has (the decode kernel's x tile: 16 columns of the MMA)
-_LAYOUT = re.compile(r"^i4w(32|64|128)(k4)?$")
+_LAYOUT = re.compile(r"^(i4|f4)w(32|64|128)(k4)?$")
+FORMATS = {"i4": "i4", "f4": "f4e2m1"}  # layout prefix -> element format
+FP4_BIAS = 14  # the f4w halves are E2M1 values times 2^-14
 
 
 def layout_params(layout: str) -> tuple[int, int]:
-    """(BK, kWidth) of a decode layout name ("i4w128" -> (128, 2), "i4w64k4" -> (64, 4)); ValueError else."""
+    """(BK, kWidth) of a decode layout name ("i4w128" -> (128, 2), "f4w64k4" -> (64, 4)); ValueError else."""
     m = _LAYOUT.match(layout)
     if m is None:
-        raise ValueError(f"unknown weight layout {layout!r}; known: i4w32, i4w64, i4w128, each with a k4 suffix")
-    return int(m.group(1)), 4 if m.group(2) else 2
+        raise ValueError(f"unknown weight layout {layout!r}; known: i4w32, i4w64, i4w128 and f4w32, f4w64, f4w128, "
+                         "each with a k4 suffix")
+    return int(m.group(2)), 4 if m.group(3) else 2
 
 
-def layout_name(bk: int, kw: int = 2) -> str:
-    return f"i4w{bk}" + ("k4" if kw == 4 else "")
+def layout_format(layout: str) -> str:
+    """The element format of a decode layout ("i4" or "f4e2m1")."""
+    layout_params(layout)
+    return FORMATS[layout[:2]]
+
+
+def layout_name(bk: int, kw: int = 2, fmt: str = "i4") -> str:
+    prefix = next(k for k, v in FORMATS.items() if v == fmt)
+    return f"{prefix}w{bk}" + ("k4" if kw == 4 else "")
 
 
 def preferred_kwidth(arch: int | None, triton_version: tuple[int, int]) -> int:
@@ -78,18 +97,25 @@ def _slot_columns(bk: int, kw: int) -> Tensor:
     return 32 * p + 16 * (e // 4) + 8 * ((e // 2) % 2) + 2 * c + (e % 2)
 
 
-_NIBBLE = torch.tensor([e // 2 + 4 * (e % 2) for e in range(8)])
+_NIBBLE = [e // 2 + 4 * (e % 2) for e in range(8)]
+# word bit of code bit b (0..3) of slot e: int4 nibbles; fp4 magnitude bits MAG[e].. and sign bit SIGN[e]
+_MAG, _SIGN = (9, 25, 1, 17, 12, 28, 4, 20), (15, 31, 7, 23, 8, 24, 0, 16)
+BIT_POSITIONS = {
+    "i4": torch.tensor([[4 * _NIBBLE[e] + b for b in range(4)] for e in range(8)]),
+    "f4e2m1": torch.tensor([[_MAG[e], _MAG[e] + 1, _MAG[e] + 2, _SIGN[e]] for e in range(8)]),
+}
 
 
-def shuffle_words(codes: Tensor, bk: int, pad_code: Tensor, kw: int = 2) -> Tensor:
-    """Row-major codes [N, K] (uint8 0..15) -> int32 words [N, Kp/8] of layout "i4w{bk}"; `pad_code` [N]
-    fills the columns past K."""
+def shuffle_words(codes: Tensor, bk: int, pad_code: Tensor, kw: int = 2, fmt: str = "i4") -> Tensor:
+    """Row-major codes [N, K] (uint8 0..15) -> int32 words [N, Kp/8] of the decode layout of `fmt` with tile
+    `bk`; `pad_code` [N] fills the columns past K."""
     n, k = codes.shape
     kp = -(-k // bk) * bk
     full = pad_code.to(torch.int64)[:, None].expand(n, kp).clone()
     full[:, :k] = codes.to(torch.int64)
     tiles = full.reshape(n, kp // bk, bk)[:, :, _slot_columns(bk, kw)]  # [N, T, bk/8, 8]
-    words = (tiles << (4 * _NIBBLE)).sum(-1)  # disjoint nibbles: the sum is an OR
+    bits = (tiles[..., None] >> torch.arange(4)) & 1  # [N, T, bk/8, 8, 4]
+    words = (bits << BIT_POSITIONS[fmt]).sum((-1, -2))  # disjoint bits: the sum is an OR
     return _wrap_i32(words).reshape(n, kp // 8)
 
 
@@ -98,12 +124,12 @@ def _wrap_i32(v: Tensor) -> Tensor:
     return (v - ((v >> 31) << 32)).to(torch.int32)
 
 
-def unshuffle_words(words: Tensor, k: int, bk: int, kw: int = 2) -> Tensor:
-    """int32 words of layout "i4w{bk}" -> row-major codes [N, k] (uint8)."""
+def unshuffle_words(words: Tensor, k: int, bk: int, kw: int = 2, fmt: str = "i4") -> Tensor:
+    """int32 words of a decode layout -> row-major codes [N, k] (uint8)."""
     n = words.shape[0]
     w = words.to(torch.int64) & 0xFFFFFFFF
-    w = w.reshape(n, -1, bk // 8, 1)
-    slots = (w >> (4 * _NIBBLE)) & 0xF  # [N, T, bk/8, 8]
+    w = w.reshape(n, -1, bk // 8, 1, 1)
+    slots = (((w >> BIT_POSITIONS[fmt]) & 1) << torch.arange(4)).sum(-1)  # [N, T, bk/8, 8]
     out = torch.empty(n, w.shape[1], bk, dtype=torch.int64)
     out[:, :, _slot_columns(bk, kw)] = slots
     return out.reshape(n, -1)[:, :k].to(torch.uint8)
@@ -121,22 +147,32 @@ def zero_pairs(zero: Tensor) -> Tensor:
 
 
 def to_decode_layout(weight, bk: int | None = None, kw: int = 2):
-    """A w4a16-int4 `Weight` in layout "i4w{bk}" (+"k4" for kw=4; bk: `decode_tile` by default); the weight itself when
-    it already has that layout. ValueError when the group admits no decode tile or the weight is not int4."""
+    """A w4a16-int4 or w4a8-fp `Weight` in its decode layout ("i4w{bk}" / "f4w{bk}", +"k4" for kw=4; bk:
+    `decode_tile` by default); the weight itself when it already has that layout. ValueError when the group
+    admits no decode tile or the weight is of another scheme."""
     enc, p = weight.encoding, weight.payload
-    if enc.format != "i4" or not enc.zero_point:
-        raise ValueError(f"decode layouts hold asymmetric int4 weights (w4a16-int4), not {enc!r}")
+    int4 = enc.format == "i4" and enc.zero_point
+    if not int4 and not (enc.format == "f4e2m1" and "shift" in p):
+        raise ValueError(f"decode layouts hold w4a16-int4 (asymmetric int4) or w4a8-fp (FP4 codes with pow2 group "
+                         f"shifts) weights, not {enc!r}")
     codes = codes_of(weight)
     n, k = codes.shape
     bk = bk or decode_tile(enc.group, k)
     if bk is None or (enc.group and enc.group % bk):
         raise ValueError(f"group {enc.group} has no power-of-two K tile >= 32 dividing it; keep the row-major layout")
-    if enc.layout == layout_name(bk, kw):
+    name = layout_name(bk, kw, enc.format)
+    if enc.layout == name:
         return weight
-    zero = p["zero"]
-    payload = {"words": shuffle_words(codes, bk, zero[:, -1], kw), "zz": zero_pairs(zero), "scale": p["scale"],
-               "zero": zero, "scale32": p["scale"].to(torch.float32).contiguous()}
-    return type(weight)(weight.data, dataclasses.replace(enc, layout=layout_name(bk, kw)), payload)
+    if int4:
+        zero = p["zero"]
+        payload = {"words": shuffle_words(codes, bk, zero[:, -1], kw), "zz": zero_pairs(zero), "scale": p["scale"],
+                   "zero": zero, "scale32": p["scale"].to(torch.float32).contiguous()}
+    else:  # fp4: code 0 is +0; a group's factor 2^(14 - k) (exact in f32: k <= 8)
+        shift = p["shift"]
+        payload = {"words": shuffle_words(codes, bk, torch.zeros(n, dtype=torch.uint8), kw, "f4e2m1"),
+                   "scale": p["scale"], "shift": shift,
+                   "scale32": torch.ldexp(torch.ones(shift.shape), FP4_BIAS - shift.to(torch.int32)).contiguous()}
+    return type(weight)(weight.data, dataclasses.replace(enc, layout=name), payload)
 
 
 def codes_of(weight) -> Tensor:
@@ -144,4 +180,4 @@ def codes_of(weight) -> Tensor:
     enc, p = weight.encoding, weight.payload
     if not enc.layout:
         return formats.unpack_nibbles(p["codes"])
-    return unshuffle_words(p["words"], weight.data.shape[1], *layout_params(enc.layout))
+    return unshuffle_words(p["words"], weight.data.shape[1], *layout_params(enc.layout), layout_format(enc.layout))

@@ -1,7 +1,8 @@
 """The `decode_layout` pass: store the 4-bit weights of decode-shaped `qlinear`s in a decode layout (issue #13 item 5).
 
-A `qlinear` whose weight is a w4a16-int4 `#quantized` const is re-encoded by `ir.weight_layouts.to_decode_layout`
-(codes pre-shuffled into int32 words for the in-register dequantization of `codegen.templates.qlinear_decode`);
+A `qlinear` whose weight is a w4a16-int4 or w4a8-fp (FP4-E2M1) `#quantized` const is re-encoded by
+`ir.weight_layouts.to_decode_layout` (codes pre-shuffled into int32 words for the in-register dequantization of
+`codegen.templates.qlinear_decode`; W4A8 then runs as W4A16 on the E4M3 activation codes' fp16 values);
 the encoding's `layout` then says so, the codegen routes the layer's template call to `_qlinear_w4_decode`, and
 the reference semantics are unchanged (`decode_weight` reads every layout exactly).
 
@@ -11,7 +12,7 @@ Which layers (decided per `qlinear`, statistics `layers`: {layer: "decode" or wh
   symbolic in a decode-step graph (one that writes a KV cache, `cache_write`: `compile_decoder`'s step, whose
   T is dynamic because prefill and decode share it). Static rows > 16 are prefill-shaped: the row-major
   weight and the qlinear template stay (the decode layout would buy them nothing).
-- w4a16-int4 with no LoRC, a group that admits a decode tile (`weight_layouts.decode_tile`), fp16
+- w4a16-int4 or w4a8-fp with no LoRC, a group that admits a decode tile (`weight_layouts.decode_tile`), fp16
   activations (the magic-number trick makes fp16 pairs; f32/bf16 models keep the qlinear template), and a
   const read only by such qlinears.
 Decisions:
@@ -38,6 +39,8 @@ from fxforge.ir.weight_layouts import DECODE_ROWS, decode_tile, preferred_kwidth
 from fxforge.passes.calibrate import site_name
 from fxforge.passes.manager import PassContext
 
+DECODE_SCHEMES = {"w4a16-int4": "i4", "w4a8-fp": "f4e2m1"}  # scheme -> the weight format its decode layout holds
+
 
 def _rows(op: Op) -> int | None:
     """The static row count of a qlinear's input (product of its leading dims), None when symbolic."""
@@ -54,8 +57,9 @@ def why_not(op: Op, decode_step: bool) -> str | None:
     """None when this qlinear's weight goes into a decode layout, else the reason it stays row-major."""
     x, w = op.operands[:2]
     enc, const = w.type.encoding, w.producer
-    if op.attrs["scheme"] != "w4a16-int4" or not isinstance(enc, Quantized) or enc.format != "i4" or not enc.zero_point:
-        return f"scheme {op.attrs['scheme']}: decode layouts hold w4a16-int4 weights"
+    if op.attrs["scheme"] not in DECODE_SCHEMES or not isinstance(enc, Quantized) or enc.format != DECODE_SCHEMES[
+            op.attrs["scheme"]]:
+        return f"scheme {op.attrs['scheme']}: decode layouts hold w4a16-int4 and w4a8-fp weights"
     if const is None or const.opcode != "const" or enc.layout:
         return "weight is not a row-major const"
     if op.attrs["lorc_rank"]:

@@ -31,12 +31,14 @@ from fxforge.ir.types import TensorType  # noqa: E402
 from fxforge.ir.weight_layouts import decode_tile, to_decode_layout  # noqa: E402
 
 
+@pytest.mark.parametrize("scheme", ["w4a16-int4", "w4a8-fp"])
 @pytest.mark.parametrize("group,K,kw", [(128, 256, 2), (64, 200, 4), (96, 96, 2), (32, 160, 4), (0, 100, 2)])
-def test_layout_is_exact(group, K, kw):
+def test_layout_is_exact(group, K, kw, scheme):
     torch.manual_seed(group + K)
-    w = encode_weight(torch.randn(37, K), "w4a16-int4", group=group)
+    w = encode_weight(torch.randn(37, K), scheme, group=group)
     d = to_decode_layout(w, kw=kw)
-    assert d.encoding.layout == f"i4w{decode_tile(group, K)}" + ("k4" if kw == 4 else "")
+    prefix = "i4" if scheme == "w4a16-int4" else "f4"
+    assert d.encoding.layout == f"{prefix}w{decode_tile(group, K)}" + ("k4" if kw == 4 else "")
     assert d.payload["words"].dtype == torch.int32 and "codes" not in d.payload
     assert torch.equal(decode_weight(d), decode_weight(w))
     t = TensorType((37, K), DType.i4, d.encoding)
@@ -55,14 +57,17 @@ CASES = [(1, 97, 256, 128, 2, "none", False), (5, 64, 200, 64, 4, "silu", True),
          (3, 48, 512, 0, 4, "gelu", False), (70, 130, 64, 32, 2, "none", True)]  # 70 rows: two 64-row tiles
 
 
+@pytest.mark.parametrize("scheme", ["w4a16-int4", "w4a8-fp"])
 @pytest.mark.parametrize("M,N,K,group,kw,activation,residual", CASES)
-def test_decode_kernel_matches_reference(M, N, K, group, kw, activation, residual):
+def test_decode_kernel_matches_reference(M, N, K, group, kw, activation, residual, scheme):
+    """w4a8-fp: the activations are quantized to E4M3 per token as the reference does (W4A16 on fp8 values)."""
     torch.manual_seed(M * N + K)
-    w = encode_weight(torch.randn(N, K), "w4a16-int4", group=group)
+    w = encode_weight(torch.randn(N, K), scheme, group=group)
     x, b = torch.randn(M, 2 * K).half()[:, ::2], torch.randn(N).half()  # a strided x is made contiguous
     res = torch.randn(M, N).half() if residual else None
     y = qlinear_w4_decode(x, to_decode_layout(w, kw=kw), b, activation=activation, residual=res)
-    ref = qlinear_ref(x.float(), decode_weight(w), b.float(), scheme="w4a16-int4", act_format=None, group=group, lorc_rank=0)
+    act = "f8e4m3" if scheme == "w4a8-fp" else None
+    ref = qlinear_ref(x.float(), decode_weight(w), b.float(), scheme=scheme, act_format=act, group=group, lorc_rank=0)
     ref = {"none": ref, "silu": torch.nn.functional.silu(ref), "gelu": torch.nn.functional.gelu(ref)}[activation]
     ref = ref + (res.float() if residual else 0)
     assert y.shape == (M, N) and y.dtype == torch.float16
@@ -87,15 +92,18 @@ def test_decode_kernel_refuses_row_major_and_f32_inputs():
 
 
 @pytest.mark.parametrize("arch", [90, 80])
-def test_decode_kernel_builds_at_two_instructions_per_weight(arch):
+@pytest.mark.parametrize("fp4", [False, True], ids=["int4", "fp4"])
+def test_decode_kernel_builds_at_two_instructions_per_weight(arch, fp4):
     kw = decode_kwidth(arch)
-    spec = w4_decode_spec(4096, 4096, 128, 128, kw=kw)  # a Llama linear: no bias (with one, sm_80 measured 2.02)
+    spec = w4_decode_spec(4096, 4096, 128, 128, kw=kw, fp4=fp4)  # a Llama linear: no bias (with one, sm_80 measured 2.02)
     (b,) = build_in_subprocess([spec], arch)
     assert b.ok and b.spills == 0, b.error
     cost = per_weight(spec, b)
     print(f"sm_{arch} triton {triton.__version__} kWidth {kw}: {b.loop_instructions} loop instructions, "
           f"{cost:.2f} per weight, {b.registers} registers")
-    assert 0 < cost <= (2.6 if kw == 4 else 2.0)
+    # fp4 on sm_80 (HMMA): ptxas adds ~70 register moves to assemble the A fragments from the integer decode
+    # (measured 2.14 with Triton 3.9; sm_90's wgmma has none: 1.82 / 1.78 on 3.9 / 3.6)
+    assert 0 < cost <= (2.6 if kw == 4 else 2.2 if fp4 and arch == 80 else 2.0)
 
 
 @pytest.mark.parametrize("arch", [90, 80])

@@ -52,9 +52,9 @@ def test_decoder_w4a16_runs_the_decode_kernel_with_reference_tokens():
     source = dec.program.executor.module.source
     assert source.count("_qlinear_w4_decode(") == 7 and "_qlinear(" not in source
     with counting() as names:
-        got = dec.generate(ids, max_new_tokens=3)
-    assert names.count("qlinear_w4_decode_kernel") == 3 * 7 and "qlinear_w4a16_int4_kernel" not in names
-    assert torch.equal(got, ref.generate(ids, max_new_tokens=3))
+        got = dec.generate(ids, max_new_tokens=2)
+    assert names.count("qlinear_w4_decode_kernel") == 2 * 7 and "qlinear_w4a16_int4_kernel" not in names
+    assert torch.equal(got, ref.generate(ids, max_new_tokens=2))
 
 
 def test_static_rows_decide_and_other_layers_keep_the_qlinear():
@@ -75,3 +75,19 @@ def test_static_rows_decide_and_other_layers_keep_the_qlinear():
     f32 = fxforge.compile_aot(zoo.mlp(dim=64, hidden=128), (small.float(),), executor="interpret", dynamic=False,
                               quantize="w4a16-int4", quantize_group=64, lorc_rank=0)
     assert _layouts(f32) == {""} and "f32 activations" in next(iter(_stats(f32)["layers"].values()))
+
+
+def test_w4a8_fp_decode_step_runs_as_w4a16_on_the_fp4_layout():
+    """W4A8 at M <= 16: FP4 weights in the "f4w" layout, activations quantized to E4M3 per token as the reference."""
+    torch.manual_seed(0)
+    model = zoo.mlp(dim=64, hidden=128).half()
+    x = torch.randn(1, 2, 64).half()
+    opts = dict(dynamic=False, quantize="w4a8-fp", quantize_group=32)
+    mod = fxforge.compile_aot(model, (x,), executor="interpret", **opts)
+    ref = fxforge.compile_aot(model, (x,), executor="reference", **opts)
+    assert _layouts(mod) == {"f4w32"} and set(_stats(mod)["layers"].values()) == {"decode"}
+    with counting() as names:
+        y = mod(x).float()
+    assert names.count("qlinear_w4_decode_kernel") == 2 and "qlinear_w4a8_fp_kernel" not in names
+    y_ref = ref(x).float()
+    assert (y - y_ref).abs().max() <= 2e-3 * y_ref.abs().max()

@@ -1,11 +1,12 @@
-"""Decode-shaped W4A16 GEMM (M <= 16): int4 weights in a decode layout, dequantized in registers by bit tricks.
+"""Decode-shaped 4-bit GEMM (M <= 16): int4 / FP4 weights in a decode layout, dequantized in registers by bit tricks.
 
 This module owns `qlinear_w4_decode_kernel`, its launcher `qlinear_w4_decode(x, weight, ...)` and its build
-spec `w4_decode_spec`. The compile routes here (`_qlinear_w4_decode` in generated code) every qlinear whose
-weight the `decode_layout` pass re-encoded (`fxforge.passes.decode_layout`); a decode-step graph's prefill
-calls (M > 16) run the same kernel with 64-row tiles (`decode_blocks`), so the weight is stored once. The weight is a w4a16-int4 `Weight` re-encoded by
-`fxforge.ir.weight_layouts.to_decode_layout` (layout "i4w{BK}"); the reference is unchanged
-(`lowp_ops.qlinear_ref` on `decode_weight`, which reads any layout exactly).
+spec `w4_decode_spec`. The weight is a w4a16-int4 (layout "i4w{BK}") or w4a8-fp ("f4w{BK}") `Weight`
+re-encoded by `fxforge.ir.weight_layouts.to_decode_layout`; the reference is unchanged (`lowp_ops.qlinear_ref`
+on `decode_weight`, which reads any layout exactly). The compile routes here (`_qlinear_w4_decode` in
+generated code) every qlinear whose weight the `decode_layout` pass re-encoded (`fxforge.passes.decode_layout`);
+a decode-step graph's prefill calls (M > 16) run the same kernel with 64-row tiles (`decode_blocks`), so the
+weight is stored once.
 
 How (per K tile of BLOCK_K = the layout's tile):
 - out^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, BLOCK_K] @ x^T: the weight is the MMA's A operand, built in registers;
@@ -17,7 +18,13 @@ How (per K tile of BLOCK_K = the layout's tile):
   (`weight_layouts` shuffles them there), so no layout conversion follows; the 6-D permute below only
   names that mapping for Triton. Zero points arrive as int32 fp16x2 pairs ("zz"), so every operand of the
   chain is 32-bit and Triton picks kWidth=2 (a uint8 operand made it kWidth=8, which cost a MOV per HMMA).
-- The group scale multiplies the tile's partial accumulator (BLOCK_K divides the group), not each weight.
+- FP4 (w4a8-fp, FP4=True): `_dequant_f4_asm` places each E2M1 code's sign at an fp16 half's bit 15 and its
+  3 magnitude bits at bits 9-11 (5 LOP3 + 4 shifts per word, no zero point): the fp16 is the E2M1 value times
+  2^-14 exactly. At M <= 16, W4A8 runs as W4A16: x is quantized per token to E4M3 as the reference does
+  (`act_quant`), and the codes' values (exact in fp16) are the fp16 B operand; the epilogue multiplies by the
+  token scale and the row's s_max.
+- The group scale multiplies the tile's partial accumulator (BLOCK_K divides the group), not each weight
+  (int4: the f16 scale as f32; FP4: 2^(14 - k), the group's power of two times the 2^14 of the decode).
 - ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
   the same fp16 values.
 Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, see the module
@@ -30,9 +37,11 @@ import torch
 import triton
 import triton.language as tl
 
+from fxforge.codegen.templates.act_quant import quantize_activations
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting
 from fxforge.errors import ShapeError
-from fxforge.ir.weight_layouts import DECODE_ROWS, layout_params, preferred_kwidth
+from fxforge.ir import formats
+from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_kwidth
 
 MAX_M = DECODE_ROWS
 
@@ -75,11 +84,47 @@ def _dequant_portable(w, zz):
 
 
 @triton.jit
+def _dequant_f4_asm(w):
+    """int32 words of an "f4w" layout -> 8 fp16 tensors (slot e = E2M1 value * 2^-14) by 5 LOP3 + 4 shifts."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t0, t1, t2, t3, a, b, u;
+        lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;
+        shl.b32 a, $8, 8;
+        lop3.b32 t1, a, 0x8E008E00, 0, 0xC0;
+        shr.u32 a, $8, 3;
+        shl.b32 b, $8, 7;
+        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
+        lop3.b32 t2, u, 0x8E008E00, 0, 0xC0;
+        shl.b32 a, u, 8;
+        lop3.b32 t3, a, 0x8E008E00, 0, 0xC0;
+        mov.b32 {$0, $1}, t0;
+        mov.b32 {$2, $3}, t1;
+        mov.b32 {$4, $5}, t2;
+        mov.b32 {$6, $7}, t3;
+        }""",
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
+def _f4_slot(w, MAG: tl.constexpr, SIGN: tl.constexpr):
+    bits = (((w >> SIGN) & 1) << 15) | (((w >> MAG) & 7) << 9)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _dequant_f4_portable(w):
+    """The same 8 fp16 tensors as `_dequant_f4_asm`, by integer ops (bit positions: `weight_layouts._MAG/_SIGN`)."""
+    return (_f4_slot(w, 9, 15), _f4_slot(w, 25, 31), _f4_slot(w, 1, 7), _f4_slot(w, 17, 23),
+            _f4_slot(w, 12, 8), _f4_slot(w, 28, 24), _f4_slot(w, 4, 0), _f4_slot(w, 20, 16))
+
+
+@triton.jit
 def qlinear_w4_decode_kernel(
-    a_ptr, w_ptr, zz_ptr, s_ptr, out_ptr, bias_ptr, res_ptr,
+    a_ptr, w_ptr, zz_ptr, s_ptr, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
     M, N, K, stride_am, stride_wn, stride_zn, stride_sn, stride_om, stride_rm,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
-    ASM: tl.constexpr, BLOCK_M: tl.constexpr,
+    ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
@@ -100,12 +145,18 @@ def qlinear_w4_decode_kernel(
             a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=(t * BLOCK_K + offs_k)[:, None] < K, other=0.0)
         w = tl.load(w_ptr + t * (BLOCK_K // 8) + w_off)
         g = (t * BLOCK_K) // GROUP
-        zz = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g)[:, None], w.shape)
-        if ASM:
-            zz16 = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g + 1)[:, None], w.shape)
-            v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_asm(w, zz, zz16)
+        if FP4:
+            if ASM:
+                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4_asm(w)
+            else:
+                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4_portable(w)
         else:
-            v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_portable(w, zz)
+            zz = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g)[:, None], w.shape)
+            if ASM:
+                zz16 = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g + 1)[:, None], w.shape)
+                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_asm(w, zz, zz16)
+            else:
+                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_portable(w, zz)
         # slot e of word j = c * (BLOCK_K/32) + p is tile column 32p + 16(e//4) + 8((e//2)%2) + 2c + e%2
         h = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
         h = tl.reshape(h, (BLOCK_N, 4, BLOCK_K // 32, 2, 2, 2))
@@ -118,6 +169,9 @@ def qlinear_w4_decode_kernel(
         acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
     y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
     mask = (offs_m < M)[:, None] & mask_n[None, :]
+    if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
+        y = y * tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
+        y = y * tl.load(cs_ptr + rows_n)[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y = apply_activation(y, ACTIVATION)
@@ -144,13 +198,14 @@ def decode_blocks(N: int, M: int = 1) -> dict:
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
                       residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
                       keep: torch.Tensor | None = None, asm: bool | None = None) -> torch.Tensor:
-    """activation(x @ decode_weight(weight)^T + bias) + residual for fp16 x [..., K] (any number of rows: tiles of
-    16 rows up to 16, of 64 past it).
+    """`qlinear_ref` with the scheme's epilogue (bias, activation, residual) for fp16 x [..., K] (any number of
+    rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers.
 
-    `weight`: a w4a16-int4 `Weight` in a decode layout (`weight_layouts.to_decode_layout`). `asm` picks the
-    PTX dequantization (default: on a GPU; the interpreter runs the portable one). `keep` (FFN-skip flags of
-    x's rows, the qlinear template's early exit) is accepted and not read: x's skipped rows are zero already
-    (`row_keep`), so the result is the same."""
+    `weight`: a w4a16-int4 or w4a8-fp `Weight` in a decode layout (`weight_layouts.to_decode_layout`). w4a8-fp
+    quantizes x per token to E4M3 first, as the reference does, and runs the fp16 MMA on the codes' values
+    (exact in fp16): at M <= 16 W4A8 is W4A16 with fp8-valued activations. `asm` picks the PTX dequantization
+    (default: on a GPU; the interpreter runs the portable one). `keep` (FFN-skip flags of x's rows, the qlinear
+    template's early exit) is accepted and not read: x's skipped rows are zero already (`row_keep`)."""
     enc, p = weight.encoding, weight.payload
     if not enc.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
@@ -159,24 +214,30 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
     N, K = weight.data.shape
     lead = tuple(x.shape[:-1])
-    x2d = x.reshape(-1, K) if x.shape[-1] == K else x
-    M = x2d.shape[0]
     if x.dtype != torch.float16 or x.shape[-1] != K:
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}]")
+    x2d = x.reshape(-1, K)
+    M = x2d.shape[0]
     out = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
     if M == 0:
         return out.reshape(*lead, N)
+    fp4 = layout_format(enc.layout) == "f4e2m1"
+    row_scale = col_scale = out  # unread unless FP4
+    if fp4:
+        codes, row_scale = quantize_activations(x2d, "f8e4m3")
+        x2d, col_scale = formats.decode_fp8(codes, "f8e4m3").to(torch.float16), p["scale"].reshape(N).float()
     x2d = x2d.contiguous()
     bk, kw = layout_params(enc.layout)
     res = residual.reshape(M, N) if residual is not None else out
     cfg = decode_blocks(N, M)
-    words, zz, s = p["words"], p["zz"], p["scale32"]
+    words, s = p["words"], p["scale32"]
+    zz = p["zz"] if not fp4 else words  # unread by FP4
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]))
     qlinear_w4_decode_kernel[grid](
-        x2d, words, zz, s, out, bias if bias is not None else out, res, M, N, K,
+        x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, GROUP=enc.group or words.shape[1] * 8, EVEN_K=K % bk == 0,
-        ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], HAS_BIAS=bias is not None,
+        ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, HAS_BIAS=bias is not None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=3)
     return out.reshape(*lead, N)
 
@@ -188,16 +249,20 @@ def decode_kwidth(arch: int) -> int:
 
 
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
-                   activation: str = "none", residual: bool = False, kw: int = 2, M: int = 1) -> dict:
-    """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K], an "i4w{bk}" weight [N, K] (kw: kWidth)."""
+                   activation: str = "none", residual: bool = False, kw: int = 2, M: int = 1, fp4: bool = False) -> dict:
+    """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
+    (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts)."""
     cfg = decode_blocks(N, M)
     sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
-           "bias_ptr": "*fp16", "res_ptr": "*fp16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32",
-           "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32", "stride_om": "i32", "stride_rm": "i32"}
+           "bias_ptr": "*fp16", "res_ptr": "*fp16", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
+           "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
+           "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
-             "BLOCK_M": cfg["BLOCK_M"], "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual}
+             "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "HAS_BIAS": bias, "ACTIVATION": activation,
+             "HAS_RESIDUAL": residual}
+    layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4")
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": 3,
-            "label": f"qlinear w4a16-int4 decode {N}x{K} g={group} i4w{bk}" + ("k4" if kw == 4 else "")
+            "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group} {layout}"
             + ("" if asm else " portable") + (f" M={M}" if M > MAX_M else "")}
