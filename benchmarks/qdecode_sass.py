@@ -3,8 +3,9 @@
     PYTHONPATH=$PWD python benchmarks/qdecode_sass.py [--out benchmarks/results/qdecode_sass-DATE.md]
 
 Builds each 4-bit scheme's qlinear kernel at a decode shape (M=1 and M=16, N=K=4096, fp16 activations)
-for sm_90 and sm_80 with the installed Triton, and prints a markdown table: main-loop instructions,
-weights per thread per iteration, instructions per weight, registers, spills.
+for sm_90 and sm_80 with the installed Triton, then the decode kernel (`templates/qlinear_decode.py`) on int4
+and FP4 decode layouts, and prints a markdown table: main-loop instructions, weights per thread per
+iteration, instructions per weight, registers, spills.
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ def main() -> None:
     from fxforge.codegen.templates.qlinear_cost import per_weight
     from fxforge.codegen.templates.qlinear_decode import decode_kwidth, w4_decode_spec
 
-    for arch in (90, 80):  # the decode kernel (issue #13 item 5): int4 in the "i4w128" layout, group 128
-        spec = w4_decode_spec(4096, 4096, 128, 128, kw=decode_kwidth(arch))
-        (b,) = build_in_subprocess([spec], arch)
-        rows.append(f"| w4_decode {spec['label'].split()[-1]} | 1-16 | sm_{arch} | {b.loop_instructions} | "
-                    f"{weights_per_thread(spec):.0f} | {per_weight(spec, b):.2f} | {b.registers} | {b.spills} |")
+    # the decode kernel (issue #13 item 5): int4 "i4w128" (group 128), FP4 "f4w" (w4a8-fp at group 128, and at
+    # its default group 32, whose 32-wide K tile scales the accumulator 4x as often)
+    cases = [("w4_decode int4 g128", dict(group=128, bk=128)), ("w4_decode fp4 g128", dict(group=128, bk=128, fp4=True)),
+             ("w4_decode fp4 g32", dict(group=32, bk=32, fp4=True))]
+    for arch in (90, 80):
+        specs = [w4_decode_spec(4096, 4096, kw=decode_kwidth(arch), **kw) for _, kw in cases]
+        for (name, _), spec, b in zip(cases, specs, build_in_subprocess(specs, arch)):
+            rows.append(f"| {name} {spec['label'].split()[-1]} | 1-16 | sm_{arch} | {b.loop_instructions} | "
+                        f"{weights_per_thread(spec):.0f} | {per_weight(spec, b):.2f} | {b.registers} | {b.spills} |")
     text = "\n".join(rows)
     print(text)
     if args.out:
