@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 from triton.runtime.interpreter import InterpretedFunction
 
@@ -91,3 +92,21 @@ def test_w4a8_fp_decode_step_runs_as_w4a16_on_the_fp4_layout():
     assert names.count("qlinear_w4_decode_kernel") == 2 and "qlinear_w4a8_fp_kernel" not in names
     y_ref = ref(x).float()
     assert (y - y_ref).abs().max() <= 2e-3 * y_ref.abs().max()
+
+
+@pytest.mark.slow  # two JIT compiles of a HF model through dynamo (~20 s on 2 cores)
+def test_jit_generate_decode_graphs_run_the_decode_kernel():
+    """`fxforge.compile` under HF `generate`: dynamo captures each step with static shapes (T = 1 decode steps
+    specialised), so every graph's qlinears are decode-shaped; tokens equal the reference executor's."""
+    torch.manual_seed(0)
+    model = zoo.llama(hidden=64, layers=1, heads=4, kv_heads=2, intermediate=128).half()
+    ids = torch.randint(3, 256, (1, 5), generator=torch.Generator().manual_seed(1))
+    tokens = {}
+    for executor in ("interpret", "reference"):
+        fx = fxforge.compile(model, executor=executor, quantize="w4a16-int4", quantize_group=32)
+        with torch.no_grad():
+            tokens[executor] = fx.generate(ids, max_new_tokens=3, do_sample=False)
+        if executor == "interpret":
+            stats = [g.trace.record("decode_layout").stats for g in fx.fxforge_report.graphs]
+            assert stats and all(s["weights"] == 7 for s in stats)
+    assert torch.equal(tokens["interpret"], tokens["reference"])
