@@ -22,7 +22,10 @@ How (per K tile of BLOCK_K = the layout's tile):
   3 magnitude bits at bits 9-11 (5 LOP3 + 4 shifts per word, no zero point): the fp16 is the E2M1 value times
   2^-14 exactly. At M <= 16, W4A8 runs as W4A16: x is quantized per token to E4M3 as the reference does
   (`act_quant`), and the codes' values (exact in fp16) are the fp16 B operand; the epilogue multiplies by the
-  token scale and the row's s_max.
+  token scale and the row's s_max. On sm_80 (HMMA A fragments in register quads) ptxas adds ~70 register moves
+  per iteration to gather the integer-decoded pairs (2.14 per weight with Triton 3.9; sm_90's wgmma has none).
+  Tried: reordering which output feeds which fragment slot (24 orders) gives 2.02 at best on 3.9 but 2.58 on
+  3.6 (2.53 as is); and/shift, shift/and and PRMT spellings compile to the same SASS. Kept as is.
 - The group scale multiplies the tile's partial accumulator (BLOCK_K divides the group), not each weight
   (int4: the f16 scale as f32; FP4: 2^(14 - k), the group's power of two times the 2^14 of the decode).
 - ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
