@@ -38,10 +38,10 @@ def main() -> None:
     from fxforge.codegen.templates.qlinear_cost import per_weight
     from fxforge.codegen.templates.qlinear_decode import decode_kwidth, w4_decode_spec
 
-    # the decode kernel (issue #13 item 5): int4 "i4w128" (group 128), FP4 "f4w" (w4a8-fp at group 128, and at
-    # its default group 32, whose 32-wide K tile scales the accumulator 4x as often)
+    # the decode kernel (issue #13 item 5): int4 "i4w128" (group 128), FP4 "f4w128" (w4a8-fp at group 128, and at
+    # its default group 32: the group factors multiply the decoded weights, 8 warps)
     cases = [("w4_decode int4 g128", dict(group=128, bk=128)), ("w4_decode fp4 g128", dict(group=128, bk=128, fp4=True)),
-             ("w4_decode fp4 g32", dict(group=32, bk=32, fp4=True))]
+             ("w4_decode fp4 g32", dict(group=32, bk=128, fp4=True))]
     for arch in (90, 80):
         specs = [w4_decode_spec(4096, 4096, kw=decode_kwidth(arch), **kw) for _, kw in cases]
         for (name, _), spec, b in zip(cases, specs, build_in_subprocess(specs, arch)):

@@ -27,7 +27,9 @@ with u = ((w >> 3) & 0x0E0E0E0E) | ((w << 7) & ~0x0E0E0E0E), u & M (4, 5) and (u
 1 LOP3 + 4 shifts per 8 weights. Each half is then s << 15 | (e1 e0 m) << 9, the fp16 whose value is exactly
 the E2M1 value times 2^-14 (E2M1's subnormal 0.5 lands on fp16's subnormal 2^-15); the 2^14 goes into the
 group factor. Payload: "words", "scale" (s_max f32 [N, 1]) and "shift" (uint8 [N, G]) as row-major, and
-"scale32" = 2^(14 - shift) f32 [N, G], the factor of a group's partial accumulator.
+"scale32" = 2^(14 - shift) f32 [N, G], the factor of a group's partial accumulator, and "ss" (int32 [N, G]:
+the same factor as an fp16x2 pair) for groups narrower than the tile (w4a8-fp's default 32: the K tile stays
+128, and each word's fp16 pairs are multiplied by their group's pair, one HMUL2 each, exact).
 Decided: the layout depends on BK (the thread/fragment mapping is per tile); BK divides the group, so a
 tile reads one scale per row and the kernel scales its partial accumulator, not each weight.
 """
@@ -84,6 +86,12 @@ def decode_tile(group: int, K: int) -> int | None:
     while bk >= 32 and group % bk:
         bk //= 2
     return bk if bk >= 32 else None
+
+
+def fp4_tile(group: int) -> int | None:
+    """The K tile of an "f4w" layout: 128 whenever the group is a multiple of 32 (a word's 8 weights lie in one
+    32-column block, so a group narrower than the tile scales the decoded weights, "ss"), else `decode_tile`'s."""
+    return 128 if group % 32 == 0 else decode_tile(group, 0)
 
 
 def _slot_columns(bk: int, kw: int) -> Tensor:
@@ -157,8 +165,8 @@ def to_decode_layout(weight, bk: int | None = None, kw: int = 2):
                          f"shifts) weights, not {enc!r}")
     codes = codes_of(weight)
     n, k = codes.shape
-    bk = bk or decode_tile(enc.group, k)
-    if bk is None or (enc.group and enc.group % bk):
+    bk = bk or (decode_tile(enc.group, k) if int4 else fp4_tile(enc.group))
+    if bk is None or (enc.group and enc.group % bk and (int4 or enc.group % 32)):
         raise ValueError(f"group {enc.group} has no power-of-two K tile >= 32 dividing it; keep the row-major layout")
     name = layout_name(bk, kw, enc.format)
     if enc.layout == name:
@@ -169,9 +177,10 @@ def to_decode_layout(weight, bk: int | None = None, kw: int = 2):
                    "zero": zero, "scale32": p["scale"].to(torch.float32).contiguous()}
     else:  # fp4: code 0 is +0; a group's factor 2^(14 - k) (exact in f32: k <= 8)
         shift = p["shift"]
+        factor = torch.ldexp(torch.ones(shift.shape), FP4_BIAS - shift.to(torch.int32))
         payload = {"words": shuffle_words(codes, bk, torch.zeros(n, dtype=torch.uint8), kw, "f4e2m1"),
-                   "scale": p["scale"], "shift": shift,
-                   "scale32": torch.ldexp(torch.ones(shift.shape), FP4_BIAS - shift.to(torch.int32)).contiguous()}
+                   "scale": p["scale"], "shift": shift, "scale32": factor.contiguous(),
+                   "ss": _wrap_i32(_f16_bits(factor) * 0x10001).contiguous()}
     return type(weight)(weight.data, dataclasses.replace(enc, layout=name), payload)
 
 

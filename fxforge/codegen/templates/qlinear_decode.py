@@ -110,6 +110,33 @@ def _dequant_f4_asm(w):
 
 
 @triton.jit
+def _dequant_f4s_asm(w, ss):
+    """`_dequant_f4_asm` times the group's factor (fp16x2 `ss`, 2^(14 - k)): E2M1 * 2^-k exactly, + 4 HMUL2."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t0, t1, t2, t3, a, b, u;
+        lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;
+        shl.b32 a, $8, 8;
+        lop3.b32 t1, a, 0x8E008E00, 0, 0xC0;
+        shr.u32 a, $8, 3;
+        shl.b32 b, $8, 7;
+        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
+        lop3.b32 t2, u, 0x8E008E00, 0, 0xC0;
+        shl.b32 a, u, 8;
+        lop3.b32 t3, a, 0x8E008E00, 0, 0xC0;
+        mul.rn.f16x2 t0, t0, $9;
+        mul.rn.f16x2 t1, t1, $9;
+        mul.rn.f16x2 t2, t2, $9;
+        mul.rn.f16x2 t3, t3, $9;
+        mov.b32 {$0, $1}, t0;
+        mov.b32 {$2, $3}, t1;
+        mov.b32 {$4, $5}, t2;
+        mov.b32 {$6, $7}, t3;
+        }""",
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r", args=[w, ss], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
 def _f4_slot(w, MAG: tl.constexpr, SIGN: tl.constexpr):
     bits = (((w >> SIGN) & 1) << 15) | (((w >> MAG) & 7) << 9)
     return bits.to(tl.int16).to(tl.float16, bitcast=True)
@@ -127,7 +154,7 @@ def qlinear_w4_decode_kernel(
     a_ptr, w_ptr, zz_ptr, s_ptr, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
     M, N, K, stride_am, stride_wn, stride_zn, stride_sn, stride_om, stride_rm,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
-    ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr,
+    ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
@@ -148,7 +175,17 @@ def qlinear_w4_decode_kernel(
             a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=(t * BLOCK_K + offs_k)[:, None] < K, other=0.0)
         w = tl.load(w_ptr + t * (BLOCK_K // 8) + w_off)
         g = (t * BLOCK_K) // GROUP
-        if FP4:
+        if FP4 and WSCALE:  # groups narrower than the tile: each word's group factor on its weights
+            blk = tl.minimum((t * BLOCK_K + 32 * (tl.arange(0, BLOCK_K // 8) % (BLOCK_K // 32))) // GROUP,
+                             (K - 1) // GROUP)  # blocks past K hold zero codes: any group's factor will do
+            ss = tl.load(zz_ptr + rows_n[:, None] * stride_zn + blk[None, :])
+            if ASM:
+                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4s_asm(w, ss)
+            else:
+                f = (ss & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4_portable(w)
+                v0, v1, v2, v3, v4, v5, v6, v7 = v0 * f, v1 * f, v2 * f, v3 * f, v4 * f, v5 * f, v6 * f, v7 * f
+        elif FP4:
             if ASM:
                 v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4_asm(w)
             else:
@@ -168,8 +205,11 @@ def qlinear_w4_decode_kernel(
         else:  # kWidth 4: slot e of word j is column 32p + 16(e//4) + 4c + 2((e//2)%2) + e%2
             h = tl.permute(h, (0, 2, 3, 1, 4, 5))
         h = tl.reshape(h, (BLOCK_N, BLOCK_K))
-        s = tl.load(s_ptr + rows_n * stride_sn + g)
-        acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
+        if WSCALE:
+            acc = tl.dot(h, a.to(tl.float16), acc)
+        else:
+            s = tl.load(s_ptr + rows_n * stride_sn + g)
+            acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
     y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
     mask = (offs_m < M)[:, None] & mask_n[None, :]
     if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
@@ -183,7 +223,7 @@ def qlinear_w4_decode_kernel(
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def decode_blocks(N: int, M: int = 1) -> dict:
+def decode_blocks(N: int, M: int = 1, wscale: bool = False) -> dict:
     """BLOCK_N, BLOCK_M and warps of the decode kernel. M <= 16 (a decode step): rows per warp decide the cost per
     weight: each warp reloads the x fragments for its rows, so 64 rows per warp (256 on 4 warps) amortise them to
     <= 2 SASS instructions per weight (1.95 on sm_90, 1.99 on sm_80 at 4096x4096, group 128), 32 rows per warp
@@ -193,9 +233,10 @@ def decode_blocks(N: int, M: int = 1) -> dict:
     ~1.4x the instructions per row on sm_90)."""
     if M > MAX_M:
         return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8)
+    warps = 2 if wscale else 1  # FP4 groups narrower than the tile: 4 warps of 64 rows spilled (sm_90, Triton 3.9)
     if N >= 2048:
-        return dict(BLOCK_N=256, BLOCK_M=16, num_warps=4)
-    return dict(BLOCK_N=128, BLOCK_M=16, num_warps=2) if N >= 512 else dict(BLOCK_N=64, BLOCK_M=16, num_warps=1)
+        return dict(BLOCK_N=256, BLOCK_M=16, num_warps=4 * warps)
+    return dict(BLOCK_N=128, BLOCK_M=16, num_warps=2 * warps) if N >= 512 else dict(BLOCK_N=64, BLOCK_M=16, num_warps=warps)
 
 
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
@@ -232,15 +273,17 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     x2d = x2d.contiguous()
     bk, kw = layout_params(enc.layout)
     res = residual.reshape(M, N) if residual is not None else out
-    cfg = decode_blocks(N, M)
     words, s = p["words"], p["scale32"]
-    zz = p["zz"] if not fp4 else words  # unread by FP4
+    group = enc.group or words.shape[1] * 8
+    wscale = fp4 and group % bk != 0  # a group narrower than the tile: factors on the weights ("ss")
+    cfg = decode_blocks(N, M, wscale)
+    zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]))
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, GROUP=enc.group or words.shape[1] * 8, EVEN_K=K % bk == 0,
-        ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, HAS_BIAS=bias is not None,
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, GROUP=group, EVEN_K=K % bk == 0,
+        ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=3)
     return out.reshape(*lead, N)
 
@@ -255,13 +298,14 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
                    activation: str = "none", residual: bool = False, kw: int = 2, M: int = 1, fp4: bool = False) -> dict:
     """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
     (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts)."""
-    cfg = decode_blocks(N, M)
+    wscale = fp4 and (group or K) % bk != 0
+    cfg = decode_blocks(N, M, wscale)
     sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
            "bias_ptr": "*fp16", "res_ptr": "*fp16", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
            "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
            "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
-             "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "HAS_BIAS": bias, "ACTIVATION": activation,
+             "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
              "HAS_RESIDUAL": residual}
     layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4")
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
