@@ -86,7 +86,7 @@ def test_w4a8_fp_decode_step_runs_as_w4a16_on_the_fp4_layout():
     opts = dict(dynamic=False, quantize="w4a8-fp", quantize_group=32)
     mod = fxforge.compile_aot(model, (x,), executor="interpret", **opts)
     ref = fxforge.compile_aot(model, (x,), executor="reference", **opts)
-    assert _layouts(mod) == {"f4w32"} and set(_stats(mod)["layers"].values()) == {"decode"}
+    assert _layouts(mod) == {"f4w128"} and set(_stats(mod)["layers"].values()) == {"decode"}
     with counting() as names:
         y = mod(x).float()
     assert names.count("qlinear_w4_decode_kernel") == 2 and "qlinear_w4a8_fp_kernel" not in names
