@@ -28,6 +28,10 @@ How (per K tile of BLOCK_K = the layout's tile):
   3.6 (2.53 as is); and/shift, shift/and and PRMT spellings compile to the same SASS. Kept as is.
 - The group scale multiplies the tile's partial accumulator (BLOCK_K divides the group), not each weight
   (int4: the f16 scale as f32; FP4: 2^(14 - k), the group's power of two times the 2^14 of the decode).
+  FP4 groups narrower than the tile (WSCALE: w4a8-fp's default 32; an "f4w" tile stays 128 wide, a word's 8
+  weights lie in one 32-column block) multiply the decoded fp16 pairs by their group's factor instead (one
+  HMUL2 each, exact: powers of two), on 8 warps (4 spilled on sm_90 with Triton 3.9): ~2.7-3.1 instructions
+  per weight against 3.2-3.5 with 32-wide tiles scaling the accumulator.
 - ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
   the same fp16 values.
 Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, see the module
