@@ -51,6 +51,7 @@ from fxforge.ir.trace import Trace
 from fxforge.passes.adopt import Adopt
 from fxforge.passes.canonicalize import Canonicalize
 from fxforge.passes.concat_linears import ConcatLinears
+from fxforge.passes.gqa_attention import GqaAttention
 from fxforge.passes.constant_fold import ConstantFold
 from fxforge.passes.cse import CommonSubexpressionElimination
 from fxforge.passes.dce import DeadCodeElimination
@@ -143,6 +144,8 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("kv_cache", KVCache, when=option_set("kv_cache.format"), options=KV_OPTIONS),
     # fewer GEMM launches: Q/K/V (siblings reading one input) as one linear; before dce drops the old weights
     PassSpec("concat_linears", ConcatLinears, when=_kernel_executor),
+    # attention reads K/V before HF's GQA head repeat (which copies the whole cache per call)
+    PassSpec("gqa_attention", GqaAttention, when=_kernel_executor),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),

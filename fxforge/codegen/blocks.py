@@ -30,7 +30,7 @@ def _clamp_pow2(n: int, lo: int, hi: int) -> int:
 def _itemsize(dtype) -> int:
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize  # no tensor made: launchers run inside an allocation-free run()
 
 
 # Streaming multiprocessors per architecture (the CTA count a decode GEMV should cover twice).

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.blocks import gemm_blocks, swiglu_blocks
+from fxforge.codegen.pool import Workspace, out_tensor
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
 
@@ -283,13 +284,15 @@ def _check_fusions(x: torch.Tensor, w: torch.Tensor, norm: tuple | None, swiglu:
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
            residual: torch.Tensor | None = None, scale: float = 1.0, out_dtype: torch.dtype | None = None,
            mul: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-           norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False) -> torch.Tensor:
+           norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
+           out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """activation(scale * x @ w.T + bias) * mul + residual for x [..., K], w [N, K]; like F.linear plus an
     epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
     unless their layout cannot be viewed as [M, N]). `keep` [..., 1]: FFN-skip flags of x's rows (x's
     rows with keep 0 must be zero, as `row_keep` makes them): tiles whose rows are all off skip the K loop.
     `norm=(weight, eps)`: x is rms_norm'ed in the load; `swiglu`: w is [gate; up] [2N, K] and the result
-    silu(x @ gate.T) * (x @ up.T) [..., N]."""
+    silu(x @ gate.T) * (x @ up.T) [..., N]. `out`: the result's storage (contiguous [..., N], a planned
+    buffer of the generated `run()`), else allocated; `ws`: the workspace scratch comes from."""
     if activation not in ACTIVATIONS:
         raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
     if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1]:
@@ -300,7 +303,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     lead = tuple(x.shape[:-1])
     a = x.reshape(-1, K)  # a view (possibly strided) where the layout allows it
     M = a.shape[0]
-    out = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
+    out = out_tensor(out, (*lead, N), out_dtype or x.dtype, x.device, "linear").view(M, N)
     bias, residual, mul = epilogue_operands(lead, N, bias=bias, residual=residual, mul=mul)
     if M == 0 or N == 0:
         return out.reshape(*lead, N)
@@ -344,8 +347,9 @@ def _as_4d(t: torch.Tensor, batch: tuple[int, ...]) -> torch.Tensor:
     return t.reshape(-1, *t.shape[-3:])  # collapses leading batch axes (copies only if it must)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
-    """scale * torch.matmul(a, b) for a [..., M, K], b [..., K, N] (rank >= 2, batch dims broadcast)."""
+def matmul(a: torch.Tensor, b: torch.Tensor, *, scale: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """scale * torch.matmul(a, b) for a [..., M, K], b [..., K, N] (rank >= 2, batch dims broadcast);
+    `out`: the result's storage (contiguous), else allocated."""
     if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
         raise ShapeError(f"matmul needs a [..., M, K] and b [..., K, N]; got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dtype != b.dtype:
@@ -356,7 +360,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, scale: float = 1.0) -> torch.Ten
         raise ShapeError(f"batch dims of {tuple(a.shape)} and {tuple(b.shape)} do not broadcast") from e
     M, K = a.shape[-2:]
     N = b.shape[-1]
-    out = torch.empty((*batch, M, N), dtype=a.dtype, device=a.device)
+    out = out_tensor(out, (*batch, M, N), a.dtype, a.device, "matmul")
     if out.numel() == 0:
         return out
     a4, b4, o4 = _as_4d(a, batch), _as_4d(b, batch), out.view(-1, *out.shape[-3:]) if len(batch) > 2 else _as_4d(out, batch)
