@@ -51,12 +51,12 @@ from fxforge.ir.trace import Trace
 from fxforge.passes.adopt import Adopt
 from fxforge.passes.canonicalize import Canonicalize
 from fxforge.passes.concat_linears import ConcatLinears
-from fxforge.passes.gqa_attention import GqaAttention
 from fxforge.passes.constant_fold import ConstantFold
 from fxforge.passes.cse import CommonSubexpressionElimination
 from fxforge.passes.dce import DeadCodeElimination
 from fxforge.passes.ffn_skip import FfnSkip
 from fxforge.passes.fuse import FusePass, fuse
+from fxforge.passes.gqa_attention import GqaAttention
 from fxforge.passes.ksort import KSort
 from fxforge.passes.kv_cache import KVCache
 from fxforge.passes.manager import Pass, PassContext, PassManager

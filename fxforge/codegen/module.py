@@ -41,8 +41,8 @@ from fxforge.codegen.host_ops import HostContext, render_host
 from fxforge.codegen.kernel_keys import kernel_for
 from fxforge.codegen.kernels import KernelSource
 from fxforge.codegen.loader import load_module
-from fxforge.codegen.pool import BufferPool, ThreadPools
 from fxforge.codegen.module_text import WIDTH, graph_symbols, lit, py_shape, wrap_call
+from fxforge.codegen.pool import BufferPool, ThreadPools
 from fxforge.codegen.template_calls import render_template
 from fxforge.ir.evaluate import weight_tensor
 from fxforge.ir.fhash import graph_key
