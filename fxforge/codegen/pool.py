@@ -21,7 +21,8 @@ Decisions:
 - The workspace is one byte arena per device, grown to the largest request: a template carves its
   scratch tensors from it (`Workspace.take`) and must be done with them when it returns (the next
   template call reuses the bytes; kernels on one stream run in order). Growth happens in the first
-  call of a key only, as the requests are the same every call.
+  call of a key only, as the requests are the same every call. Counters that must start at zero
+  (split-K's arrivals) live apart (`Workspace.counters`): zeroed once, re-armed by the kernel itself.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class Workspace:
     def __init__(self) -> None:
         self.arena: torch.Tensor | None = None
         self.grows = 0  # how many times the arena was (re)allocated: 0 or 1 after warm-up
+        self.locks: torch.Tensor | None = None  # zeroed int32 counters (split-K), never part of the arena
+
+    def counters(self, device: torch.device, n: int) -> torch.Tensor:
+        """`n` int32 counters that are zero before and after every kernel using them (each kernel re-arms
+        what it counts: split-K's last split resets its tile's counter), kept apart from the scratch."""
+        if self.locks is None or self.locks.numel() < n or self.locks.device != torch.device(device):
+            self.locks = torch.zeros(max(n, 1), dtype=torch.int32, device=device)
+        return self.locks[:n]
 
     def take(self, device: torch.device, *specs: tuple[tuple[int, ...], torch.dtype]) -> list[torch.Tensor]:
         """Contiguous tensors of these (shape, dtype), not overlapping each other, valid until the next take."""
@@ -77,6 +86,11 @@ def scratch(ws: Workspace | None, device: torch.device, *specs: tuple[tuple[int,
     return ws.take(device, *specs)
 
 
+def counters(ws: Workspace | None, device: torch.device, n: int) -> torch.Tensor:
+    """A template's zeroed counters: the workspace's (kept zero between calls) or new ones."""
+    return torch.zeros(n, dtype=torch.int32, device=device) if ws is None else ws.counters(device, n)
+
+
 class BufferPool:
     """Planned buffers and a workspace per size key, made at the first call of the key (see module doc)."""
 
@@ -107,7 +121,7 @@ class BufferPool:
         """Every buffer and workspace arena kept now (a CUDA graph keeps these references alive)."""
         out: list[Any] = []
         for bufs, ws in self.sets.values():
-            out += [*bufs, ws.arena]
+            out += [*bufs, ws.arena, ws.locks]
         return out
 
 
