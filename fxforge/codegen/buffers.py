@@ -203,7 +203,7 @@ class BufferPlan:
         if s.kind in GENERATED:
             return list(s.outputs)
         new = [o for o in s.outputs if self.live.root_of(o) == id(o)]
-        if new and not takes_out(s):
+        if new and (len(new) > 1 or not takes_out(s)):  # a template writes one `out=`
             self.allocating.append((i, f"template {s.describe()} (no out=)"))
             return []
         return new
