@@ -161,7 +161,8 @@ class _Writer:
     def buffers(self, g: KernelGroup) -> None:
         """The planned buffer of each output of a generated kernel (several: horizontal fusion)."""
         for out in g.outputs:
-            self.body.append(f"{self.n(out)} = {self.out_expr(out)}")
+            note = f"  # reuses {self.plan.buffer_of[id(out)]}" if id(out) in self.plan.reused else ""
+            self.body.append(f"{self.n(out)} = {self.out_expr(out)}{note}")
             self.contiguous.add(id(out))
 
     def out_expr(self, v: Value) -> str:
