@@ -125,3 +125,26 @@ def test_second_decode_call_allocates_nothing(step):
         third = dec(ids[:, 4:5], torch.tensor([4]), cache.tensors)
     assert fresh.new == ["aten.empty_like.default"], fresh.new
     assert third.data_ptr() != second.data_ptr() and torch.equal(third, second)
+
+
+def test_pool_keeps_one_set_per_size_key_and_holds_what_a_graph_replays():
+    from fxforge.codegen.pool import BufferPool, pooled
+
+    def make(device, s0):
+        return [torch.empty(s0, device=device), torch.empty(2 * s0, device=device)]
+
+    pool = BufferPool(max_keys=2)
+    a = pool.take(make, (1,), ("cpu", 3))
+    b = pool.take(make, (1,), ("cpu", 3))
+    assert a[0] is b[0] and a[1] is not b[1]  # scratch reused; the output fresh (the caller keeps it)
+    pool.static_outputs = True
+    assert pool.take(make, (1,), ("cpu", 3))[1] is pool.take(make, (1,), ("cpu", 3))[1]
+    held = pool.held()
+    pool.take(make, (1,), ("cpu", 4))
+    pool.take(make, (1,), ("cpu", 5))  # a third key: the least recently used (3) goes
+    assert list(pool.sets) == [("cpu", 4), ("cpu", 5)] and pool.allocations == 3
+    assert any(t is a[0] for t in held)  # a CUDA graph's references outlive the pool's
+    ws = a[-1]
+    x, y = ws.take("cpu", ((4, 3), torch.float32), ((5,), torch.int32))
+    assert x.data_ptr() != y.data_ptr() and y.data_ptr() >= x.data_ptr() + 48 and ws.grows == 1
+    assert len(pooled(None, make, (1,), "cpu", 3)) == 3  # no pool: made afresh
