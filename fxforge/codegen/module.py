@@ -231,7 +231,8 @@ class _Writer:
                                f"{lit(tuple(self.plan.output_buffers()))}, {key})", "    ", WIDTH)
         lines += ["    " + s for s in self.body]
         lines.append(f"    return [{outs}]")
-        return assemble(doc, [ks.text for ks in self.kernels], self.plan_lines() + [""] * 3 + lines)
+        plan = self.plan_lines() + [""] * 3 if any("_pooled(" in line for line in lines) else []
+        return assemble(doc, [ks.text for ks in self.kernels], plan + lines)
 
     def plan_lines(self) -> list[str]:
         """`_plan(device, *sizes)`: the pooled buffers, made once per size key by `pool.BufferPool`."""
