@@ -117,6 +117,10 @@ class BufferPool:
                 bufs[i] = torch.empty_like(bufs[i])
         return [*bufs, ws]
 
+    def clear(self) -> None:
+        """Drop every kept buffer (memory back to torch; the next call of each key makes its set again)."""
+        self.sets.clear()
+
     def held(self) -> list[Any]:
         """Every buffer and workspace arena kept now (a CUDA graph keeps these references alive)."""
         out: list[Any] = []

@@ -148,3 +148,5 @@ def test_pool_keeps_one_set_per_size_key_and_holds_what_a_graph_replays():
     x, y = ws.take("cpu", ((4, 3), torch.float32), ((5,), torch.int32))
     assert x.data_ptr() != y.data_ptr() and y.data_ptr() >= x.data_ptr() + 48 and ws.grows == 1
     assert len(pooled(None, make, (1,), "cpu", 3)) == 3  # no pool: made afresh
+    pool.clear()
+    assert not pool.sets
