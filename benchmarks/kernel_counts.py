@@ -14,10 +14,11 @@ For each zoo model (`fxforge.testing`, small sizes, input batch 2 x seq 16; HF m
 - peak intermediate memory (bytes) of the fxforge module at this input size: naive (every intermediate
   its own buffer, all alive: the sum of all intermediate results), no-reuse liveness (each its own buffer,
   freed after its last read), and planned (the module writer's `fxforge.codegen.buffers.BufferPlan`:
-  steps in graph order, alias roots through views/externs, last reads; a dead kernel-output buffer is
-  taken by a later kernel output of the same element count and dtype; a pool buffer no later kernel
-  takes is deleted where it fell idle); template outputs and host results are freed (`del`) after
-  their last read. Graph outputs, inputs and
+  steps in graph order, alias roots through views/externs, last reads; a dead buffer is taken by a later
+  result (generated kernel, template with `out=`, `out=` host op) of the same element count and dtype;
+  the peak counts a buffer from its first use to where it falls idle, while `planned_pool_bytes` is what
+  the run-time pool keeps, every buffer for the module's life); results torch still allocates are freed
+  (`del`) after their last read. Graph outputs, inputs and
   weights are not intermediates (outputs are reported apart).
 
 Every model and compiler runs in a fresh subprocess (inductor: fresh TORCHINDUCTOR_CACHE_DIR, FX graph
@@ -61,7 +62,7 @@ def memory_plan(graph: Any, part: Any, bindings: dict) -> dict[str, int]:
     """Peak intermediate bytes of the generated module at `bindings`: naive, no-reuse liveness, planned.
 
     Reads the module writer's own `fxforge.codegen.buffers.BufferPlan` (no rule copied here)."""
-    from fxforge.codegen.buffers import GENERATED, BufferPlan
+    from fxforge.codegen.buffers import BufferPlan
     from fxforge.ir.graph import Op
 
     plan = BufferPlan.build(graph, part)
@@ -93,7 +94,7 @@ def memory_plan(graph: Any, part: Any, bindings: dict) -> dict[str, int]:
                 continue
             end = last_read.get(r, n)  # never read: its name lives until run() returns
             naive_events.append((i, end, b))
-            if isinstance(s, Op) or s.kind not in GENERATED:
+            if id(v) not in plan.buffer_of:  # storage torch allocates (the plan's buffers are counted below)
                 events.append((i, end, b))
     pool = {buf: (plan.allocated_at[buf], _nbytes(v, bindings)) for buf, v in plan.allocated_for.items()
             if id(v) not in outputs and live.root_of(v) not in keep}  # outputs are not intermediates

@@ -57,6 +57,7 @@ from fxforge.passes.dce import DeadCodeElimination
 from fxforge.passes.decode_layout import DecodeLayout
 from fxforge.passes.ffn_skip import FfnSkip
 from fxforge.passes.fuse import FusePass, fuse
+from fxforge.passes.gqa_attention import GqaAttention
 from fxforge.passes.ksort import KSort
 from fxforge.passes.kv_cache import KVCache
 from fxforge.passes.manager import Pass, PassContext, PassManager
@@ -149,8 +150,10 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("kv_cache", KVCache, when=option_set("kv_cache.format"), options=KV_OPTIONS),
     # fewer GEMM launches: Q/K/V (siblings reading one input) as one linear; before dce drops the old weights
     PassSpec("concat_linears", ConcatLinears, when=_kernel_executor),
-    # int4 weights of decode-shaped qlinears pre-shuffled for the decode kernel (templates/qlinear_decode.py)
+    # 4-bit (int4, FP4) weights of decode-shaped qlinears pre-shuffled for the decode kernel (templates/qlinear_decode.py)
     PassSpec("decode_layout", DecodeLayout, when=_quantized_kernels),
+    # attention reads K/V before HF's GQA head repeat (which copies the whole cache per call)
+    PassSpec("gqa_attention", GqaAttention, when=_kernel_executor),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),

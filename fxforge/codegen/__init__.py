@@ -5,7 +5,8 @@ the text alone without importing triton. Both need a partitioned graph (`graph.p
 `fuse` pass); codegen never partitions. The modules, one job each: `expr.py` (index math, printers),
 `expr_ops.py` (pointwise renderers), `kernels.py` (pointwise/row kernels, row renderers),
 `host_ops.py` (host-op renderers), `template_calls.py` (GEMM/attention template calls),
-`buffers.py` (`BufferPlan`: liveness and buffer reuse), `assemble.py` (imports and helpers a module
+`buffers.py` (`BufferPlan`: liveness, buffer reuse, what still allocates), `pool.py` (the buffers and
+workspace a generated `run()` reuses per size key), `assemble.py` (imports and helpers a module
 uses), `module.py` (the walk over the steps). GEMM and attention kernels come from `templates/`.
 Nothing here imports the passes or the runtime, and triton is imported only when a generated module
 is loaded (so `TRITON_INTERPRET` can still be set first).

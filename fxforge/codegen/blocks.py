@@ -30,7 +30,7 @@ def _clamp_pow2(n: int, lo: int, hi: int) -> int:
 def _itemsize(dtype) -> int:
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize  # no tensor made: launchers run inside an allocation-free run()
 
 
 # Streaming multiprocessors per architecture (the CTA count a decode GEMV should cover twice).
@@ -38,7 +38,30 @@ SM_COUNT = {80: 108, 86: 84, 89: 128, 90: 132, 100: 148, 120: 84}
 # Decode-shaped GEMMs, one table: (largest M of the bucket, BLOCK_M, widest BLOCK_N, BLOCK_K cap, warps).
 # M <= 16 is a GEMV in all but name: one 16-row tile, BLOCK_N shrunk (to 16 at the least) until the
 # grid puts >= 2 CTAs on every SM, and a long BLOCK_K so each CTA streams its weight rows in few steps.
+# When BLOCK_N = 16 still leaves fewer than 2 CTAs per SM (N = 512..2048: o_proj, down_proj), the M <= 16
+# row splits K across SPLIT_K programs per tile (`templates.gemm`: fp32 partials, the tile's last split
+# sums them in split order and runs the epilogue): each split keeps >= MIN_SPLIT_TILES BLOCK_K steps.
 DECODE_GEMM = ((16, 16, 64, 128, 4), (64, 64, 64, 64, 4))
+SPLIT_K_ROWS = 16  # the M bucket that splits K (a GEMV in all but name)
+MAX_SPLIT_K, MIN_SPLIT_TILES = 16, 4
+
+
+def split_steps(k_tiles: int, splits: int) -> tuple[int, int]:
+    """(K steps per split, splits launched) for `splits` wanted: balanced, none empty (launched <= wanted).
+    The GEMM launcher and the table both count this way."""
+    per = -(-k_tiles // max(1, min(splits, k_tiles)))
+    return per, -(-k_tiles // per)
+
+
+def split_k(tiles: int, k_tiles: int, ctas: int) -> int:
+    """Splits of a K loop of `k_tiles` steps so that `tiles` output tiles make >= `ctas` programs (1: none
+    needed, or K too short for MIN_SPLIT_TILES steps a split); the smallest balanced count that reaches
+    it (or the cap)."""
+    cap = min(MAX_SPLIT_K, k_tiles // MIN_SPLIT_TILES)
+    need = min(-(-ctas // max(tiles, 1)), cap)
+    if tiles >= ctas or need <= 1:
+        return 1
+    return next((n for s in range(need, cap + 1) if (n := split_steps(k_tiles, s)[1]) >= need), need)
 
 
 def decode_gemm_blocks(M: int, N: int, K: int, arch: int) -> dict | None:
@@ -49,7 +72,9 @@ def decode_gemm_blocks(M: int, N: int, K: int, arch: int) -> dict | None:
             while bn > 16 and -(-N // bn) * -(-M // bm) < ctas:
                 bn //= 2
             bk = _clamp_pow2(K, 16, bk_cap)
-            return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=4 if K >= 4 * bk else 2)
+            split = split_k(-(-N // bn) * -(-M // bm), -(-K // bk), ctas) if m_max <= SPLIT_K_ROWS else 1
+            return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=4 if K >= 4 * bk else 2,
+                        SPLIT_K=split)
     return None
 
 
@@ -57,9 +82,9 @@ def gemm_blocks(M: int, N: int, K: int, dtype, arch: int | None = None) -> dict:
     """Tile shape and launch parameters for a GEMM out[M, N] = A[M, K] @ B[K, N] of element `dtype`.
 
     `arch` (sm number, e.g. 90): the GPU the kernel runs on; a 16-bit GEMM of few rows then takes the
-    decode table (`decode_gemm_blocks`). None (the interpreter, or unknown) keeps the general rule,
-    whose bigger tiles also keep interpreted programs few.
-    Returns dict(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+    decode table (`decode_gemm_blocks`, split-K included). None (the interpreter, or unknown) keeps the
+    general rule, whose bigger tiles also keep interpreted programs few, and one split.
+    Returns dict(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT_K).
     """
     wide = _itemsize(dtype) >= 4
     decode = decode_gemm_blocks(M, N, K, arch) if arch is not None and not wide else None
@@ -72,7 +97,7 @@ def gemm_blocks(M: int, N: int, K: int, dtype, arch: int | None = None) -> dict:
         bn = _clamp_pow2(N, 16, 64 if bm <= 16 else 128)
     num_warps = 8 if (wide and bm * bn >= 64 * 64) or bm * bn >= 128 * 128 else 4
     num_stages = 3 if K > bk else 2
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps, num_stages=num_stages)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps, num_stages=num_stages, SPLIT_K=1)
 
 
 def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> dict:
@@ -154,7 +179,9 @@ def qlinear_blocks(M: int, N: int, K: int, group: int = 0, dot: str = "fp16") ->
 def swiglu_blocks(cfg: dict) -> dict:
     """Blocks of the SwiGLU GEMM (`gemm_kernel` SWIGLU, two fp32 accumulators) from `gemm_blocks`' choice for
     its output: a tile over 128 x 64 halves BLOCK_N, so both accumulators take the registers one did
-    (128 x 128 x 2 spilled 244 bytes per thread on sm_80)."""
+    (128 x 128 x 2 spilled 244 bytes per thread on sm_80). No split-K: SiLU needs the whole sums (and the
+    gate/up GEMM is 2x as wide as the hidden size: it fills the GPU without)."""
+    cfg = dict(cfg, SPLIT_K=1)
     if cfg["BLOCK_M"] * cfg["BLOCK_N"] > 128 * 64:
         return dict(cfg, BLOCK_N=cfg["BLOCK_N"] // 2)
     return cfg

@@ -1,19 +1,33 @@
 """Buffer planning for a generated module: the launch steps in order, liveness, and which planned
-buffer each kernel output is written to.
+buffer each tensor a step produces is written to.
 
 `BufferPlan.build(graph, partition)` walks the steps `run()` will take (a host op, or a kernel group
-at its root's place) and decides, for every output of a generated (pointwise/row) kernel, a pool
+at its root's place) and decides, for every value a step writes with storage of its own, a planned
 buffer: a new one, or one whose values (and every view of them) are dead, of the same element count
-and dtype. Graph outputs get buffers of their own and never share. The module writer prints the
-plan (`torch.empty`, `.view` of a reused buffer, `del` after last reads); the memory benchmark
+and dtype. The writers are generated (pointwise/row) kernels, template calls that take `out=`
+(`template_calls.takes_out`: GEMM, matmul, attention, rope_cache) and host ops with an `out=` form
+(`host_ops.HOST_OUT_RENDERERS`: embedding, arange, full, cat). Graph outputs get buffers of their own
+and never share. The module writer prints the plan as `_plan(device, *sizes)` (every buffer, made once
+per size key by `pool.BufferPool`) and binds each step's result to its buffer; the memory benchmark
 (benchmarks/kernel_counts.py) reads the same plan to count bytes.
+
+`plan.allocating` lists the steps that still allocate on every call (an extern, a host op run through
+its torch reference, a template without `out=` such as qlinear, a value sized by a data-dependent
+symbol): empty for a decode step (tests/runtime/test_alloc_free.py), so its `run()` allocates nothing
+after the first call of a size key and a CUDA graph captures it without its private pool.
 
 Decisions:
 - Storage is tracked per alias root: a view (or an extern's result, which may be a torch view) keeps
   its source alive; an extern's storage belongs to torch and is never reused.
-- Template calls (GEMM, attention) allocate their own results; only generated kernels write into
-  planned buffers (their outputs are contiguous, so kernels read them without strides).
-- A pool buffer no later kernel takes is deleted where it fell idle, not at `return`.
+- A step's fresh results are the outputs that alias nothing (`rope_cache` returns q fresh and the two
+  caches it wrote in place); only those take buffers.
+- Planned buffers are contiguous, so kernels read them without strides; a template writes its result
+  into its buffer as the result's contiguous layout.
+- A value sized by a data-dependent symbol (FFN skipping's kept rows) cannot be made before `run()`
+  binds that size: its buffer is `late`, allocated at its step as before (and listed in `allocating`).
+- `idle_after` still says when a buffer falls idle (the memory benchmark's peak); the pool keeps every
+  buffer for the module's life, so the planned bytes are the pool's sum (liveness reuse keeps it near
+  the peak), not freed mid-run.
 """
 
 from __future__ import annotations
@@ -22,9 +36,12 @@ from dataclasses import dataclass, field
 
 import sympy
 
+from fxforge.codegen.host_ops import HOST_OUT_RENDERERS
 from fxforge.codegen.kernels import numel_expr
+from fxforge.codegen.template_calls import takes_out
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.partition import KernelGroup, Partition
+from fxforge.ir.skip_ops import data_dependent_symbols
 
 Step = KernelGroup | Op
 GENERATED = ("pointwise", "row")  # kernel kinds whose outputs go to planned buffers
@@ -107,14 +124,23 @@ class Liveness:
         return self.root.get(id(v), id(v))
 
 
+def host_skipped(op: Op, live: Liveness, dynamic: dict) -> bool:
+    """A pure host op no step reads as a tensor (a `full` kernels inline as a literal) and that binds
+    no size: `run()` leaves it out."""
+    defines = any(v.producer is op for v, _ in dynamic.values())
+    return op.opdef.is_pure(op.attrs) and not defines and not any(id(r) in live.needed for r in op.results)
+
+
 @dataclass
 class BufferPlan:
-    """Which pool buffer each generated-kernel output is written to, and when names and buffers die.
+    """Which planned buffer each fresh step result is written to, and when names and buffers die.
 
-    `buffer_of[id(v)]` is the buffer name (`buf3`); `reused` holds the outputs that take a buffer an
+    `buffer_of[id(v)]` is the buffer name (`buf3`); `reused` holds the values that take a buffer an
     earlier value left; `allocated_for[buf]` the value a buffer was allocated for (its size and dtype)
-    and `allocated_at[buf]` that step; `idle_after[buf]` the step after which no later kernel takes
-    it; `dels[i]` the values whose names die after step i (last read; never graph outputs)."""
+    and `allocated_at[buf]` that step; `late` the buffers allocated at their step (sized by a
+    data-dependent symbol); `idle_after[buf]` the step after which no later step takes it; `dels[i]`
+    the values whose names die after step i (last read; never graph outputs); `allocating` the steps
+    (index, what) whose results torch still allocates on every call."""
 
     live: Liveness
     buffer_of: dict[int, str] = field(default_factory=dict)
@@ -123,15 +149,27 @@ class BufferPlan:
     allocated_at: dict[str, int] = field(default_factory=dict)
     idle_after: dict[str, int] = field(default_factory=dict)
     dels: dict[int, list[int]] = field(default_factory=dict)
+    late: set[str] = field(default_factory=set)
+    allocating: list[tuple[int, str]] = field(default_factory=list)
+    dynamic: dict = field(default_factory=dict)
 
     @property
     def n_buffers(self) -> int:
         return len(self.allocated_for)
 
+    @property
+    def pooled(self) -> list[str]:
+        """The buffers `_plan` makes once per size key, in order."""
+        return [b for b in self.allocated_for if b not in self.late]
+
+    def output_buffers(self) -> list[int]:
+        """Positions in `pooled` of the buffers graph outputs live in (fresh per call unless static)."""
+        return [i for i, b in enumerate(self.pooled) if self.live.root_of(self.allocated_for[b]) in self.live.keep]
+
     @classmethod
     def build(cls, graph: Graph, part: Partition) -> BufferPlan:
         live = Liveness.of(graph, part)
-        plan = cls(live)
+        plan = cls(live, dynamic=data_dependent_symbols(graph))
         outputs = {id(v) for v in graph.outputs}
         release_at: dict[int, list[int]] = {}
         for vid, i in live.last_read.items():
@@ -140,18 +178,35 @@ class BufferPlan:
             if vid not in outputs:
                 plan.dels.setdefault(i, []).append(vid)
         free: dict[tuple, list[str]] = {}
-        holder: dict[int, str] = {}  # alias root -> the pool buffer it holds until released
+        holder: dict[int, str] = {}  # alias root -> the buffer it holds until released
         sig: dict[int, tuple] = {}
         for i, s in enumerate(live.steps):
-            if isinstance(s, KernelGroup) and s.kind in GENERATED:
-                for out in s.outputs:  # several for a horizontally fused pointwise group
-                    plan.place(out, i, free, holder, sig, shared=id(out) not in outputs)
+            for out in plan.fresh(i, s):  # several for a horizontally fused pointwise group
+                plan.place(out, i, free, holder, sig, shared=live.root_of(out) not in live.keep)
             for vid in release_at.get(i, []):
                 if vid in holder and vid not in live.keep and vid not in live.extern_aliases:
                     buf = holder.pop(vid)
                     free.setdefault(sig[vid], []).append(buf)
                     plan.idle_after[buf] = i
         return plan
+
+    def fresh(self, i: int, s: Step) -> list[Value]:
+        """The results step `i` writes into planned buffers; a step whose results torch allocates is
+        noted in `allocating` instead."""
+        if isinstance(s, Op):
+            if s.opcode == "const" or s.opdef.kernel == "view" or host_skipped(s, self.live, self.dynamic):
+                return []
+            if s.opcode in HOST_OUT_RENDERERS and not any(v.producer is s for v, _ in self.dynamic.values()):
+                return list(s.results)
+            self.allocating.append((i, f"host {s.opcode}"))
+            return []
+        if s.kind in GENERATED:
+            return list(s.outputs)
+        new = [o for o in s.outputs if self.live.root_of(o) == id(o)]
+        if new and (len(new) > 1 or not takes_out(s)):  # a template writes one `out=`
+            self.allocating.append((i, f"template {s.describe()} (no out=)"))
+            return []
+        return new
 
     def place(self, out: Value, step: int, free: dict[tuple, list[str]], holder: dict[int, str],
               sig: dict[int, tuple], shared: bool) -> None:
@@ -164,11 +219,14 @@ class BufferPlan:
             buf = f"buf{len(self.allocated_for)}"
             self.allocated_for[buf] = out
             self.allocated_at[buf] = step
+            if {str(s) for s in key[0].free_symbols} & set(self.dynamic):
+                self.late.add(buf)
+                self.allocating.append((step, f"{buf}: sized at run time"))
         self.buffer_of[id(out)] = buf
         if shared:
             holder[id(out)] = buf
             sig[id(out)] = key
 
     def idle_at(self, step: int) -> list[str]:
-        """Pool buffers that fall idle after `step` and that no later kernel takes (deleted there)."""
+        """Buffers that fall idle after `step` and that no later step takes."""
         return sorted((b for b, i in self.idle_after.items() if i == step), key=lambda b: int(b[3:]))

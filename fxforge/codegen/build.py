@@ -247,14 +247,16 @@ _ATTN_MODULE = "fxforge.codegen.templates.attention"
 
 def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activation: str = "none",
               residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None,
-              keep: bool = False, norm: bool = False, swiglu: bool = False) -> dict:
+              keep: bool = False, norm: bool = False, swiglu: bool = False, split_k: int | None = None) -> dict:
     """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`
-    (`arch`: the decode table's configs for that GPU, as the launcher picks them there); `norm`: the
-    RMSNorm prologue, `swiglu`: the [gate; up] epilogue (N is the output width, the weight has 2N rows)."""
+    (`arch`: the decode table's configs for that GPU, as the launcher picks them there, split-K included);
+    `norm`: the RMSNorm prologue, `swiglu`: the [gate; up] epilogue (N is the output width, the weight
+    has 2N rows); `split_k`: K splits instead of the table's."""
     from fxforge.codegen.blocks import gemm_blocks, swiglu_blocks
 
     cfg = gemm_blocks(M, N, K, dtype, arch)
     cfg = swiglu_blocks(cfg) if swiglu else cfg
+    split = split_k or cfg["SPLIT_K"]
     t, to = _TT[dtype], _TT[out_dtype or dtype]
     sig = {"a_ptr": f"*{t}", "w_ptr": f"*{t}", "out_ptr": f"*{to}", "bias_ptr": f"*{t}", "res_ptr": f"*{to}",
            "mul_ptr": f"*{to}", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
@@ -265,12 +267,18 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
              "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual, "UPCAST": False,
              "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "HAS_NORM": norm, "SWIGLU": swiglu}
     sig["eps"] = "fp32"
+    const["SPLIT_K"] = split
+    if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
+        sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")
+    else:
+        const.update(part_ptr=None, lock_ptr=None, k_per_split=1)
     if norm:
         sig["norm_ptr"] = f"*{t}"
     else:
         const["norm_ptr"] = None
     epi = "+".join([s for s, on in (("norm", norm), ("bias", bias), (activation, activation != "none"), ("mul", mul),
-                                    ("swiglu", swiglu), ("res", residual), ("keep", keep)) if on]) or "plain"
+                                    ("swiglu", swiglu), ("res", residual), ("keep", keep),
+                                    (f"splitk{split}", split > 1)) if on]) or "plain"
     return {"module": _GEMM_MODULE, "kernel": "gemm_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_om", "stride_rm", "stride_mm"],
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
@@ -290,7 +298,7 @@ def bmm_spec(dtype: str, M: int, N: int, K: int) -> dict:
              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": 8,
              "UPCAST": False, "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
     divisible = [n for n in sig if n.startswith("stride")] + ["N", "K"]
-    return {"module": _GEMM_MODULE, "kernel": "bmm_kernel", "signature": sig, "constexprs": const, "divisible": divisible,
+    return {"module": "fxforge.codegen.templates.bmm", "kernel": "bmm_kernel", "signature": sig, "constexprs": const, "divisible": divisible,
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "label": f"bmm {dtype} {M}x{N}x{K}"}
 
 

@@ -19,6 +19,20 @@ from fxforge.ir.graph import Op
 
 HostRenderer = Callable[[Op, list[str], "HostContext"], str]
 HOST_RENDERERS: dict[str, HostRenderer] = {}
+# host ops that can write into a planned buffer (`buffers.BufferPlan`): renderer(op, xs, ctx, out) with
+# `out` the buffer's expression (contiguous, the result's shape and dtype); the expression is the result
+OutRenderer = Callable[[Op, list[str], "HostContext", str], str]
+HOST_OUT_RENDERERS: dict[str, OutRenderer] = {}
+
+
+def host_renders_out(*opcodes: str) -> Callable[[OutRenderer], OutRenderer]:
+    """Register the `out=` form of these opcodes' host renderer (run() then allocates nothing for them)."""
+
+    def deco(fn: OutRenderer) -> OutRenderer:
+        HOST_OUT_RENDERERS.update(dict.fromkeys(opcodes, fn))
+        return fn
+
+    return deco
 
 
 def host_renders(*opcodes: str) -> Callable[[HostRenderer], HostRenderer]:
@@ -43,8 +57,11 @@ class HostContext:
     encoded_names: set[str] = field(default_factory=set)
 
 
-def render_host(op: Op, xs: list[str], ctx: HostContext) -> str:
-    """The torch expression of a host op; `xs` are its operands' names in `run()`."""
+def render_host(op: Op, xs: list[str], ctx: HostContext, out: str | None = None) -> str:
+    """The torch expression of a host op; `xs` are its operands' names in `run()`; `out` the planned
+    buffer it writes (an op of `HOST_OUT_RENDERERS`)."""
+    if out is not None:
+        return HOST_OUT_RENDERERS[op.opcode](op, xs, ctx, out)
     render = HOST_RENDERERS.get(op.opcode, _reference)
     return render(op, xs, ctx)
 
@@ -105,3 +122,26 @@ def _cat(op: Op, xs: list[str], ctx: HostContext) -> str:
 @host_renders("embedding")
 def _embedding(op: Op, xs: list[str], ctx: HostContext) -> str:
     return f"F.embedding({xs[1]}, {xs[0]})"
+
+
+@host_renders_out("full")
+def _full_out(op: Op, xs: list[str], ctx: HostContext, out: str) -> str:
+    return f"{out}.fill_({lit(op.attrs['value'])})"
+
+
+@host_renders_out("arange")
+def _arange_out(op: Op, xs: list[str], ctx: HostContext, out: str) -> str:
+    a = op.attrs
+    return f"torch.arange({lit(a['start'])}, {lit(a['end'])}, {lit(a['step'])}, out={out})"
+
+
+@host_renders_out("cat")
+def _cat_out(op: Op, xs: list[str], ctx: HostContext, out: str) -> str:
+    return f"torch.cat([{', '.join(xs)}], dim={op.attrs['dim']}, out={out})"
+
+
+@host_renders_out("embedding")
+def _embedding_out(op: Op, xs: list[str], ctx: HostContext, out: str) -> str:
+    """Rows of the table gathered into the buffer viewed as [ids, dim] (index_select's out= form)."""
+    dim = py_shape(op.results[0].type.shape)
+    return f"torch.index_select({xs[0]}, 0, {xs[1]}.reshape(-1), out={out}.view(-1, {xs[0]}.shape[1])).view({dim})"

@@ -9,8 +9,10 @@ emits a kernel per pointwise and row group (`kernels.py`), and a launcher `run(w
   a new sequence length never recompiles);
 - calls the templates for GEMM, qlinear and attention groups (`template_calls.py`);
 - runs the other ops on the host with torch (`host_ops.py`: views, sources, externs, gathers).
-The jobs live in their own modules: buffer planning (`buffers.BufferPlan`: outputs of generated
-kernels go to buffers reused once their values and views are dead; graph outputs never share), the
+The jobs live in their own modules: buffer planning (`buffers.BufferPlan`: what generated kernels,
+templates with `out=` and host ops with an `out=` form write goes to buffers reused once their values
+and views are dead; graph outputs never share; `_plan(device, *sizes)` makes them once per size key and
+`pool.BufferPool` keeps them, so `run()` allocates nothing after a key's first call), the
 render tables (`expr_ops`, `host_ops`, `template_calls`, the row bodies in `kernels`), and the
 assembler (`assemble.py`: only the imports and helpers the module uses, long calls wrapped). This
 module walks the steps and glues them. Weights reach `run` in its `weights` dict: dense tensors,
@@ -33,13 +35,14 @@ import sympy
 import torch
 
 from fxforge.codegen.assemble import assemble
-from fxforge.codegen.buffers import GENERATED, BufferPlan
+from fxforge.codegen.buffers import GENERATED, BufferPlan, host_skipped
 from fxforge.codegen.expr import ident
 from fxforge.codegen.host_ops import HostContext, render_host
 from fxforge.codegen.kernel_keys import kernel_for
 from fxforge.codegen.kernels import KernelSource
 from fxforge.codegen.loader import load_module
 from fxforge.codegen.module_text import WIDTH, graph_symbols, lit, py_shape, wrap_call
+from fxforge.codegen.pool import BufferPool, ThreadPools
 from fxforge.codegen.template_calls import render_template
 from fxforge.ir.evaluate import weight_tensor
 from fxforge.ir.fhash import graph_key
@@ -62,8 +65,10 @@ class KernelInfo:
 
 @dataclass
 class GeneratedModule:
-    """The module's source text, its `run(inputs, bindings) -> list[Tensor]` (weights bound), and
-    the kernels it launches."""
+    """The module's source text, its `run(inputs, bindings) -> list[Tensor]` (weights bound, planned
+    buffers kept per thread and size key in `pools`), and the kernels it launches. `static_outputs`:
+    the outputs' buffers are reused too (a result is valid until the next call with the same sizes:
+    a decode loop, a CUDA graph), so `run` allocates nothing after a size key's first call."""
 
     source: str
     run: Callable[[Sequence[torch.Tensor], dict[sympy.Symbol, int]], list[torch.Tensor]]
@@ -72,8 +77,17 @@ class GeneratedModule:
     path: str = ""
     module: Any = None
     symbols: list[str] = field(default_factory=list)
+    pools: ThreadPools = field(default_factory=ThreadPools)
+    static_outputs: bool = False
+
+    def pool(self) -> BufferPool:
+        """This thread's buffer pool, with the module's output policy."""
+        pool = self.pools.pool
+        pool.static_outputs = self.static_outputs
+        return pool
 
 
+RESERVED = {"weights", "device", "pool", "_ws", "_plan", "_pooled"}  # names run() itself uses
 ENCODED_READERS = ("qlinear", "linear")  # anchors whose kernel group reads its weight encoded (linear: `#nm`)
 
 
@@ -106,7 +120,7 @@ class _Writer:
         self.graph = graph
         self.part = part
         self.symbols = graph_symbols(graph)
-        taken = set(self.symbols)
+        taken = set(self.symbols) | RESERVED
         self.names: dict[int, str] = {}
         for v in graph.values():
             n = ident(v.name, taken)
@@ -139,21 +153,27 @@ class _Writer:
             dels = [self.names[vid] for vid in self.plan.dels.get(i, []) if vid in self.names]
             if dels:
                 self.body.append("del " + ", ".join(sorted(dels)))
-            self.body += [f"del {buf}  # no later kernel reuses it" for buf in self.plan.idle_at(i)]
+            late = [b for b in self.plan.idle_at(i) if b in self.plan.late]  # pooled buffers stay with the pool
+            self.body += [f"del {buf}  # no later kernel reuses it" for buf in late]
         return self.assemble()
 
     # -- steps -------------------------------------------------------------------------------------
     def buffers(self, g: KernelGroup) -> None:
         """The planned buffer of each output of a generated kernel (several: horizontal fusion)."""
         for out in g.outputs:
-            buf = self.plan.buffer_of[id(out)]
-            if id(out) in self.plan.reused:
-                self.body.append(f"{self.n(out)} = {buf}.view({py_shape(out.type.shape)})  # reuses {buf}")
-            else:
-                self.body.append(f"{buf} = torch.empty({py_shape(out.type.shape)}, dtype={out.type.dtype.torch}, "
-                                 "device=device)")
-                self.body.append(f"{self.n(out)} = {buf}")
+            note = f"  # reuses {self.plan.buffer_of[id(out)]}" if id(out) in self.plan.reused else ""
+            self.body.append(f"{self.n(out)} = {self.out_expr(out)}{note}")
             self.contiguous.add(id(out))
+
+    def out_expr(self, v: Value) -> str:
+        """The planned buffer `v` is written to, shaped as `v` (a late buffer is allocated here first)."""
+        buf = self.plan.buffer_of[id(v)]
+        if id(v) in self.plan.reused:
+            return f"{buf}.view({py_shape(v.type.shape)})"
+        if buf in self.plan.late:
+            self.body.append(f"{buf} = torch.empty({py_shape(v.type.shape)}, dtype={v.type.dtype.torch}, "
+                             "device=device)  # sized at run time")
+        return buf
 
     def launch(self, g: KernelGroup) -> None:
         """One launch; its kernel is emitted once per functional group key (`ir.fhash.group_key`), so
@@ -170,17 +190,17 @@ class _Writer:
     def template(self, g: KernelGroup) -> None:
         name = f"k{len(self.infos)}_{g.anchor.opcode if g.kind == 'gemm' else g.kind}"
         self.infos.append(KernelInfo(name, g.kind, [o.opcode for o in g.ops], g.reason))
-        call = render_template(g, self.n)
+        fresh = [o for o in g.outputs if id(o) in self.plan.buffer_of]
+        call = render_template(g, self.n, self.out_expr(fresh[0]) if fresh else None, "_ws")
         outs = ", ".join(self.n(o) for o in g.outputs) + ("," if len(g.outputs) > 1 else "")  # rope_cache: several
         self.body += wrap_call(f"{outs} = {call}  # {name}: {g.describe()}", "", WIDTH - 4)
 
     def host(self, op: Op) -> None:
-        needed = self.plan.live.needed
-        defines = any(v.producer is op for v, _ in self.dynamic.values())  # binds a size: never skipped
-        if op.opdef.is_pure(op.attrs) and not defines and not any(id(r) in needed for r in op.results):
+        if host_skipped(op, self.plan.live, self.dynamic):
             return  # read by no step as a tensor (a `full` that kernels inline as a literal)
         res = ", ".join(self.n(r) for r in op.results) + ("," if len(op.results) > 1 else "")
-        text = render_host(op, [self.n(v) for v in op.operands], self.host_ctx)
+        out = self.out_expr(op.results[0]) if id(op.results[0]) in self.plan.buffer_of else None
+        text = render_host(op, [self.n(v) for v in op.operands], self.host_ctx, out)
         if id(op) in self.host_ctx.encoded:
             note = "host: source, encoded (decoded in the qlinear kernel)"
         else:
@@ -197,15 +217,33 @@ class _Writer:
         doc = {"name": g.name, "n_kernels": len(self.infos), "n_generated": len(self.kernels),
                "n_templates": n_templates, "n_host": len(self.part.host)}
         ins = [self.n(v) for v in g.inputs]
-        sig = ", ".join(["weights", *ins] + (["*"] + self.symbols if self.symbols else []))
+        sig = ", ".join(["weights", *ins, "*", *self.symbols, "pool=None"])
         dev = f"{ins[0]}.device" if ins else "next(iter(weights.values())).device if weights else torch.device('cpu')"
         outs = ", ".join(self.n(v) for v in g.outputs)
         lines = [f"def run({sig}):",
-                 f'    """Runs @{g.name}: {len(self.infos)} kernel launches, {self.plan.n_buffers} planned buffers."""',
+                 f'    """Runs @{g.name}: {len(self.infos)} kernel launches, {self.plan.n_buffers} planned buffers '
+                 '(made once per sizes by `pool`)."""',
                  f"    device = {dev}"]
+        pooled = self.plan.pooled
+        if pooled or any(i.kind not in GENERATED for i in self.infos):
+            key = ", ".join(["device", *self.symbols])
+            lines += wrap_call(f"{', '.join([*pooled, '_ws'])} = _pooled(pool, _plan, "
+                               f"{lit(tuple(self.plan.output_buffers()))}, {key})", "    ", WIDTH)
         lines += ["    " + s for s in self.body]
         lines.append(f"    return [{outs}]")
-        return assemble(doc, [ks.text for ks in self.kernels], lines)
+        plan = self.plan_lines() + [""] * 3 if any("_pooled(" in line for line in lines) else []
+        return assemble(doc, [ks.text for ks in self.kernels], plan + lines)
+
+    def plan_lines(self) -> list[str]:
+        """`_plan(device, *sizes)`: the pooled buffers, made once per size key by `pool.BufferPool`."""
+        lines = [f"def _plan({', '.join(['device', *self.symbols])}):",
+                 '    """The planned buffers of run() at these sizes (`codegen/pool.py` keeps them per sizes)."""',
+                 "    return ["]
+        for buf in self.plan.pooled:
+            v = self.plan.allocated_for[buf]
+            lines.append(f"        torch.empty({py_shape(v.type.shape)}, dtype={v.type.dtype.torch}, device=device),"
+                         f"  # {buf}")
+        return lines + ["    ]"]
 
 
 _SOURCES: OrderedDict[str, tuple[str, list[KernelInfo], list[str]]] = OrderedDict()
@@ -261,9 +299,10 @@ def generate_module(graph: Graph, device: str | torch.device | None = None) -> G
         missing = [s for s in symbols if s not in sizes]
         if missing:
             raise ValueError(f"run(): sizes {missing} are not bound; pass them in bindings")
-        return module.run(weights, *inputs, **{s: sizes[s] for s in symbols})
+        return module.run(weights, *inputs, **{s: sizes[s] for s in symbols}, pool=generated.pool())
 
-    return GeneratedModule(source, run, infos, part, path, module, symbols)
+    generated = GeneratedModule(source, run, infos, part, path, module, symbols)
+    return generated
 
 
 __all__ = ["GeneratedModule", "KernelInfo", "generate_module", "generate_source", "lit"]

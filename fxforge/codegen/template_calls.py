@@ -9,6 +9,11 @@ Decisions:
   rendered by the `(opcode, encoding)` table first; the call keeps the plain template's arguments.
 - `matmul(a, b)` with an epilogue runs as `linear(a, b^T)` (the linear template has the epilogue;
   `b.t()` is a view, no copy); a plain matmul calls the batched `_matmul` template.
+- Templates named in `OUT_TEMPLATES` write their result into the planned buffer `run()` passes as
+  `out=` (and carve scratch from the pool's workspace, `ws=`), so `run()` allocates nothing for them
+  (`buffers.BufferPlan`); a template not named there allocates its result, and the plan lists the step
+  in `allocating`. Which template a group calls is read from its rendered call, so a routing line in a
+  renderer (qlinear's decode kernel) needs no second table.
 """
 
 from __future__ import annotations
@@ -60,8 +65,33 @@ def _weight_kind(op) -> str | None:
     return getattr(enc, "kind", None)
 
 
-def render_template(g: KernelGroup, n: Names) -> str:
-    """The call expression of a template kernel group."""
+# templates that write into planned storage: call name -> the keywords `run()` passes (out: the result's
+# buffer, contiguous in the result's shape; ws: the pool's `Workspace` for scratch, see `codegen/pool.py`)
+OUT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "_linear": ("out", "ws"), "_matmul": ("out",), "_attention": ("out", "ws"), "_rope_cache": ("out",),
+}
+
+
+def template_name(g: KernelGroup) -> str:
+    """The function a template group's call names (`_linear`, `_qlinear`, ...)."""
+    return _render(g, lambda v: "_").split("(", 1)[0]
+
+
+def takes_out(g: KernelGroup) -> bool:
+    """Whether the group's template writes its result into an `out=` buffer."""
+    return "out" in OUT_TEMPLATES.get(template_name(g), ())
+
+
+def render_template(g: KernelGroup, n: Names, out: str | None = None, ws: str | None = None) -> str:
+    """The call expression of a template kernel group; `out`/`ws` (expressions) are passed to the
+    templates that take them (`OUT_TEMPLATES`)."""
+    call = _render(g, n)
+    takes = OUT_TEMPLATES.get(call.split("(", 1)[0], ())
+    extra = [f"{k}={v}" for k, v in (("out", out), ("ws", ws)) if v is not None and k in takes]
+    return call[:-1] + "".join(f", {e}" for e in extra) + ")" if extra else call
+
+
+def _render(g: KernelGroup, n: Names) -> str:
     anchor = g.anchor
     render = (GROUP_RENDERERS.get(g.kind) or ENCODED_TEMPLATE_RENDERERS.get((anchor.opcode, _weight_kind(anchor)))
               or TEMPLATE_RENDERERS.get(anchor.opcode))

@@ -8,9 +8,13 @@ launch from the host instead of one per kernel, no Python on the path.
 Decisions:
 - Warm-up runs (Triton JIT compiles, the allocator's pool) happen on a side stream before capture;
   they write cache row 0, so the graph is made BEFORE the prefill, which overwrites that row.
-- What `run()` allocates during capture comes from the graph's private pool and is reused by every
-  replay at the same addresses (that is what makes the allocating launcher capturable today; an
-  allocation-free `run()` is the open half of the item). The cache tensors must stay the ones
+- `run()` allocates nothing once a size key has run (`codegen/pool.py`: every kernel, template and
+  host op writes a buffer planned once per key; `CompiledModule.generate` captures inside
+  `Program.static_outputs()`, so the logits reuse theirs too): the warm-up makes the buffers, and the
+  graph replays into those same addresses. The graph keeps references to every pooled buffer
+  (`self.held`), so a pool that later drops the key (LRU) never frees storage the graph writes. Torch
+  calls that would still allocate (a step the planner lists in `BufferPlan.allocating`: none for a
+  decode step) take the graph's private pool, as before. The cache tensors must stay the ones
   captured: `__call__` checks their addresses.
 - A capture that fails (a host synchronisation in some launcher) is not hidden: `generate` warns with
   the reason and runs the step uncaptured.
@@ -45,6 +49,8 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.no_grad():
             self.logits = step(self.ids, self.pos, kv)
+        pool = step.program.buffer_pool() if hasattr(step, "program") else None
+        self.held = pool.held() if pool is not None else []  # the buffers the graph replays into
 
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, kv: Any = None) -> torch.Tensor:
         if kv is not None and [t.data_ptr() for t in kv] != self.ptrs:

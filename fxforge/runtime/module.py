@@ -59,8 +59,9 @@ class CompiledModule(torch.nn.Module):
         if cache is None:  # preallocated once per module (= per batch bucket and max length)
             cache = self.__dict__["_kv_cache"] = StaticKVCache.for_step(self.graph, _step_device(self))
         use_graph = cache.tensors[0].is_cuda if cuda_graph is None else cuda_graph
-        return greedy_generate(self, cache, input_ids, max_new_tokens, eos_token_id,
-                               self._graphed(cache) if use_graph else None)
+        with self.program.static_outputs():  # each step's logits are read before the next: no allocation
+            return greedy_generate(self, cache, input_ids, max_new_tokens, eos_token_id,
+                                   self._graphed(cache) if use_graph else None)
 
     def _graphed(self, cache: Any) -> Any:
         """The captured decode step of this module's cache (made once; before a prefill, see cuda_graph)."""

@@ -6,11 +6,19 @@ runs the executor, and rebuilds the flat outputs (tensors, sizes computed from s
 It counts its calls, so reports can show that compiled code really ran.
 
 Every tensor input's device is checked before anything runs (`runtime/devices.py`).
+
+A generated executor's `run()` writes into planned buffers kept per size key (`codegen/pool.py`):
+after a key's first call it allocates nothing but fresh storage for the outputs the caller keeps;
+inside `static_outputs()` (a decode loop, a CUDA-graph capture) not even that, and a result is valid
+until the next call with the same sizes. `buffer_pool()` is this thread's pool (a captured CUDA graph
+holds its buffers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +75,24 @@ class Program:
             self.calls += 1
             self.counters.add(results)
         return [self._output(o, results, bindings) for o in self.outputs]
+
+    @contextlib.contextmanager
+    def static_outputs(self) -> Iterator[None]:
+        """Within: outputs reuse their planned buffers too (valid until the next call of the same sizes)."""
+        module = getattr(self.executor, "module", None)
+        before = getattr(module, "static_outputs", False)
+        if module is not None:
+            module.static_outputs = True
+        try:
+            yield
+        finally:
+            if module is not None:
+                module.static_outputs = before
+
+    def buffer_pool(self) -> Any:
+        """This thread's `codegen.pool.BufferPool` of a generated executor (None for `reference`)."""
+        module = getattr(self.executor, "module", None)
+        return module.pool() if module is not None else None
 
     def _output(self, out: Any, results: list[torch.Tensor], bindings: dict[sympy.Symbol, int]) -> Any:
         kind, item = out

@@ -38,9 +38,10 @@ def test_size_sweep_builds(arch):
 
 @pytest.mark.parametrize("arch", [90, 80])
 def test_decode_table_builds(arch):
-    """The decode-shaped GEMM configs (small BLOCK_N, long BLOCK_K) build spill-free on the arch they are for."""
+    """The decode-shaped GEMM configs (small BLOCK_N, long BLOCK_K, split-K) build spill-free on the arch they are for."""
     specs = specs_for_arch(decode_specs(arch), arch)
     assert any(s["constexprs"]["BLOCK_N"] == 16 for s in specs) and all(s["constexprs"]["BLOCK_M"] <= 64 for s in specs)
+    assert any(s["constexprs"]["SPLIT_K"] > 1 for s in specs)  # o_proj / down_proj at M <= 16
     _check_builds(specs, arch)
 
 

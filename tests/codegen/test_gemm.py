@@ -18,11 +18,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-from fxforge.codegen.templates import gemm  # noqa: E402
+from fxforge.codegen.templates import bmm, gemm  # noqa: E402
 from fxforge.errors import ShapeError  # noqa: E402
 
 if not isinstance(gemm.gemm_kernel, InterpretedFunction):
     gemm = importlib.reload(gemm)  # imported earlier without the interpreter
+if not isinstance(bmm.bmm_kernel, InterpretedFunction):
+    bmm = importlib.reload(bmm)
 
 # sigmoid(2u) for large -u: the interpreter's numpy exp overflows to inf (the result, 0, is right)
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
@@ -168,7 +170,7 @@ def test_linear_errors():
 ])
 def test_matmul_broadcast_fp32(a_shape, b_shape):
     a, b = _randn(*a_shape, seed=1), _randn(*b_shape, seed=2)
-    y = gemm.matmul(a, b)
+    y = bmm.matmul(a, b)
     ref = a @ b
     assert y.shape == ref.shape
     assert _max_err(y, ref) <= FP32_TOL
@@ -177,9 +179,9 @@ def test_matmul_broadcast_fp32(a_shape, b_shape):
 def test_matmul_strided_scale_fp16():
     a = _randn(2, 20, 33, seed=1).transpose(-1, -2)  # [2, 33, 20] column-major
     b = _randn(17, 20, seed=2).T
-    assert _max_err(gemm.matmul(a, b, scale=0.5), 0.5 * (a @ b)) <= FP32_TOL
+    assert _max_err(bmm.matmul(a, b, scale=0.5), 0.5 * (a @ b)) <= FP32_TOL
     ah, bh = a.half(), b.half()
-    y = gemm.matmul(ah, bh)
+    y = bmm.matmul(ah, bh)
     ref = ah.float() @ bh.float()
     assert y.dtype == torch.float16
     assert _max_err(y, ref) <= FP16_REL * ref.abs().max().item()
@@ -187,8 +189,8 @@ def test_matmul_strided_scale_fp16():
 
 def test_matmul_errors():
     with pytest.raises(ShapeError, match="matmul needs"):
-        gemm.matmul(_randn(3, 4), _randn(5, 6))
+        bmm.matmul(_randn(3, 4), _randn(5, 6))
     with pytest.raises(ShapeError, match="do not broadcast"):
-        gemm.matmul(_randn(2, 3, 4), _randn(3, 4, 6))
+        bmm.matmul(_randn(2, 3, 4), _randn(3, 4, 6))
     with pytest.raises(ShapeError, match="share a dtype"):
-        gemm.matmul(_randn(3, 4), _randn(4, 6, dtype=torch.float16))
+        bmm.matmul(_randn(3, 4), _randn(4, 6, dtype=torch.float16))

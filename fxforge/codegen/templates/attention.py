@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.blocks import attention_blocks
+from fxforge.codegen.pool import Workspace, out_tensor
 from fxforge.codegen.templates.decode_attention import decode_attention
 from fxforge.codegen.templates.gemm import dot_options
 from fxforge.codegen.templates.online_softmax import LOG2E, online_softmax_step
@@ -127,15 +128,19 @@ def _broadcasts(shape: tuple, to: tuple) -> bool:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
-              scale: float | None = None, is_causal: bool = False, enable_gqa: bool = False) -> torch.Tensor:
+              scale: float | None = None, is_causal: bool = False, enable_gqa: bool = False,
+              out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, scale=, is_causal=, enable_gqa=), no dropout.
 
     q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] (rank 3 [B, L, D] is taken as one head); mask broadcasts to
-    [B, Hq, Lq, Lk], boolean (True = attend) or additive float.
+    [B, Hq, Lq, Lk], boolean (True = attend) or additive float. `out`: the result's storage (contiguous,
+    q's shape; a planned buffer of the generated `run()`), else allocated; `ws`: the workspace the
+    decode path's split partials come from.
     """
     squeeze = q.dim() == 3
     if squeeze:
         q, k, v = q[:, None], k[:, None], v[:, None]
+        out = out[:, None] if out is not None else None
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ShapeError(f"attention needs q/k/v of rank 4 [B, H, L, D] (or 3); got {q.dim()}, {k.dim()}, {v.dim()}")
     B, Hq, Lq, D = q.shape
@@ -152,9 +157,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if Lq == 1 and Lk > 0 and not is_causal and B * Hq > 0:  # a decode step: flash-decoding, GQA heads packed
         if mask is not None and not _broadcasts(mask.shape, (B, Hq, 1, Lk)):
             raise ShapeError(f"mask {tuple(mask.shape)} does not broadcast to {(B, Hq, Lq, Lk)}")
-        out = decode_attention(q, k, v, mask, scale=scale)
+        out = decode_attention(q, k, v, mask, scale=scale, out=out, ws=ws)
         return out[:, 0] if squeeze else out
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    out = out_tensor(out, q.shape, q.dtype, q.device, "attention")
     mask_kind = "none"
     if mask is not None:
         try:

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.blocks import decode_attention_blocks
+from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.gemm import device_arch, dot_options
 from fxforge.codegen.templates.online_softmax import LOG2E, online_softmax_step
 
@@ -119,9 +120,11 @@ def decode_combine_kernel(out_ptr, part_ptr, ml_ptr, Hq, D, n_splits, stride_ob,
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
-                     scale: float | None = None, splits: int | None = None) -> torch.Tensor:
+                     scale: float | None = None, splits: int | None = None, out: torch.Tensor | None = None,
+                     ws: Workspace | None = None) -> torch.Tensor:
     """sdpa for one query position: q [B, Hq, 1, D], k/v [B, Hkv, Lk, D], mask broadcasting to
-    [B, Hq, 1, Lk] or None (shapes checked by `attention`, which calls this)."""
+    [B, Hq, 1, Lk] or None (shapes checked by `attention`, which calls this). `out`: the result's
+    storage (contiguous, q's shape), else allocated; `ws`: the workspace the split partials come from."""
     B, Hq, _, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     group = Hq // Hkv
@@ -129,7 +132,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     n_splits = max(1, min(splits or cfg["splits"], triton.cdiv(Lk, cfg["BLOCK_N"])))
     keys_per_split = triton.cdiv(triton.cdiv(Lk, n_splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     n_splits = triton.cdiv(Lk, keys_per_split)
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    out = out_tensor(out, q.shape, q.dtype, q.device, "decode_attention")
     mask_kind, m = "none", out
     if mask is not None:
         m = mask.expand(B, Hq, 1, Lk)
@@ -138,8 +141,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     ms = (m.stride(0), m.stride(1), m.stride(3)) if mask is not None else (0, 0, 0)
     bd = cfg["BLOCK_D"]
     final = n_splits == 1
-    part = out if final else torch.empty((B * Hq * n_splits, bd), dtype=torch.float32, device=q.device)
-    ml = out if final else torch.empty((B * Hq * n_splits, 2), dtype=torch.float32, device=q.device)
+    part, ml = (out, out) if final else scratch(ws, q.device, ((B * Hq * n_splits, bd), torch.float32),
+                                                ((B * Hq * n_splits, 2), torch.float32))
     qk_scale = float(scale if scale is not None else 1.0 / math.sqrt(D)) * LOG2E
     decode_split_kernel[(n_splits, B * Hkv)](
         q, k, v, m, out, part, ml, Hq, Lk, D, group, qk_scale, keys_per_split,

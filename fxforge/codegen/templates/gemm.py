@@ -1,6 +1,5 @@
-"""Dense GEMM templates: `gemm_kernel` (nn.Linear with a fused epilogue) and `bmm_kernel` (batched matmul).
-
-This module owns the dense matmul kernels and their plain-Python launchers `linear` and `matmul`.
+"""Dense GEMM template: `gemm_kernel` (nn.Linear with a fused epilogue) and its launcher `linear`
+(the batched matmul is `templates/bmm.py`).
 - `gemm_kernel`: out[M, N] = epilogue(A[M, K] @ W[N, K]^T), W in nn.Linear layout [out, in].
   The epilogue runs in registers before the single store, in this order:
       y = scale * acc  ->  y += bias[N]  ->  y = activation(y)  ->  y *= mul[M, N]  ->  y += residual[M, N]
@@ -18,9 +17,11 @@ This module owns the dense matmul kernels and their plain-Python launchers `line
   weight and rounds again, exactly the row kernel's steps), so the norm that starts a block needs no
   launch of its own. SWIGLU: W is the concatenated [gate; up] weight [2N, K] and the kernel computes
   silu(A @ Wg^T) * (A @ Wu^T) with two accumulators over one A tile (the SwiGLU MLP's gate/up GEMM, out [M, N]).
-- `bmm_kernel`: out[b, M, N] = scale * A[b, M, K] @ B[b, K, N] over two batch axes (i0, i1) taken from
-  program id axis 1; a broadcast batch axis has stride 0, so broadcasting never copies.
-Both use plain pointers with strides and masks (no block pointers: triton 3.6 and 3.9), accumulate in
+  SPLIT_K > 1 (the decode table's M <= 16 GEMVs of few output tiles): K split across grid axis 1, the
+  tile's last split sums the fp32 partials in split order and runs the epilogue (`split_k.py`).
+`linear(..., out=, ws=)` writes a planned buffer and takes its scratch from the pool's workspace
+(`codegen/pool.py`), so the generated `run()` allocates nothing for it.
+Plain pointers with strides and masks (no block pointers: triton 3.6 and 3.9), accumulate in
 fp32 and take their tile shape from `fxforge.codegen.blocks.gemm_blocks`.
 fp32 operands use exact fp32 dots (input_precision "ieee") to match torch's default (no tf32).
 UPCAST converts the loaded tiles to fp32 before the dot: the launchers set it for bf16 under the Triton
@@ -36,7 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.blocks import gemm_blocks, swiglu_blocks
+from fxforge.codegen.blocks import gemm_blocks, split_steps, swiglu_blocks
+from fxforge.codegen.pool import Workspace, counters, out_tensor, scratch
+from fxforge.codegen.templates.split_k import split_range, split_sum
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
 
@@ -145,19 +148,24 @@ def gemm_kernel(
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, HAS_MUL: tl.constexpr = False,
     HAS_KEEP: tl.constexpr = False,
     norm_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, SWIGLU: tl.constexpr = False,
+    part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1,
 ):
-    """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile."""
+    """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile (and per
+    K split: grid axis 1, `split_k.py`)."""
     offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     rows_a, n_k = keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K, HAS_KEEP)
     if HAS_NORM:
         rstd = row_rstd(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M, BLOCK_K)
+    k_lo = 0
+    if SPLIT_K > 1:
+        k_lo, n_k = split_range(n_k, k_per_split)
 
     # A tile [BLOCK_M, BLOCK_K]; W tile read transposed as [BLOCK_K, BLOCK_N] (SWIGLU: the up rows N further)
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + (k_lo * BLOCK_K + offs_k)[None, :] * stride_ak
+    w_ptrs = w_ptr + (k_lo * BLOCK_K + offs_k)[:, None] * stride_wk + offs_n[None, :] * stride_wn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, n_k):
+    for k0 in range(k_lo, n_k):
         k_left = K - k0 * BLOCK_K
         a = tl.load(a_ptrs, mask=rows_a[:, None] & (offs_k[None, :] < k_left), other=0.0)
         w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
@@ -179,53 +187,13 @@ def gemm_kernel(
     if SWIGLU:  # the activation and mul steps of the epilogue, done here on the two accumulators
         acc = acc * tl.sigmoid(acc) * acc_up
 
-    gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
-                  stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
-                  HAS_BIAS, ACTIVATION, HAS_RESIDUAL, HAS_MUL)
-
-
-@triton.jit
-def bmm_kernel(
-    a_ptr, b_ptr, out_ptr,
-    M, N, K, B1,
-    stride_a0, stride_a1, stride_am, stride_ak,
-    stride_b0, stride_b1, stride_bk, stride_bn,
-    stride_o0, stride_o1, stride_om, stride_on,
-    scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-):
-    """out[i0, i1] = scale * A[i0, i1] @ B[i0, i1] for batch index i0 * B1 + i1 = program_id(1)."""
-    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    pid_b = tl.program_id(1).to(tl.int64)
-    i0 = pid_b // B1
-    i1 = pid_b % B1
-    a_ptr += i0 * stride_a0 + i1 * stride_a1
-    b_ptr += i0 * stride_b0 + i1 * stride_b1
-    out_ptr += i0 * stride_o0 + i1 * stride_o1
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
-        k_left = K - k0 * BLOCK_K
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
-        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-
-    y = acc * scale
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    last = True
+    if SPLIT_K > 1:  # the tile's last split sums the partials (in split order) and runs the epilogue
+        last, acc = split_sum(acc, part_ptr, lock_ptr, offs_m, offs_n, mask_m, mask_n, M, N, SPLIT_K)
+    if last:
+        gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
+                      stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
+                      HAS_BIAS, ACTIVATION, HAS_RESIDUAL, HAS_MUL)
 
 
 # ---------------------------------------------------------------- launchers
@@ -283,13 +251,16 @@ def _check_fusions(x: torch.Tensor, w: torch.Tensor, norm: tuple | None, swiglu:
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
            residual: torch.Tensor | None = None, scale: float = 1.0, out_dtype: torch.dtype | None = None,
            mul: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-           norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False) -> torch.Tensor:
+           norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
+           out: torch.Tensor | None = None, ws: Workspace | None = None, split_k: int | None = None) -> torch.Tensor:
     """activation(scale * x @ w.T + bias) * mul + residual for x [..., K], w [N, K]; like F.linear plus an
     epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
     unless their layout cannot be viewed as [M, N]). `keep` [..., 1]: FFN-skip flags of x's rows (x's
     rows with keep 0 must be zero, as `row_keep` makes them): tiles whose rows are all off skip the K loop.
     `norm=(weight, eps)`: x is rms_norm'ed in the load; `swiglu`: w is [gate; up] [2N, K] and the result
-    silu(x @ gate.T) * (x @ up.T) [..., N]."""
+    silu(x @ gate.T) * (x @ up.T) [..., N]. `out`: the result's storage (contiguous [..., N], a planned
+    buffer of the generated `run()`), else allocated; `ws`: the workspace scratch comes from (split-K's
+    partials and counters); `split_k`: K splits instead of the decode table's (tests force them)."""
     if activation not in ACTIVATIONS:
         raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
     if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1]:
@@ -300,13 +271,21 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     lead = tuple(x.shape[:-1])
     a = x.reshape(-1, K)  # a view (possibly strided) where the layout allows it
     M = a.shape[0]
-    out = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
+    out = out_tensor(out, (*lead, N), out_dtype or x.dtype, x.device, "linear").view(M, N)
     bias, residual, mul = epilogue_operands(lead, N, bias=bias, residual=residual, mul=mul)
     if M == 0 or N == 0:
         return out.reshape(*lead, N)
     cfg = gemm_blocks(M, N, K, x.dtype, device_arch(x.device))
     cfg = swiglu_blocks(cfg) if swiglu else cfg
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    tiles, n_k = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(K, cfg["BLOCK_K"])
+    per, splits = split_steps(n_k, split_k or cfg["SPLIT_K"]) if n_k else (1, 1)
+    if splits > 1 and swiglu:
+        raise ShapeError("swiglu does not split K (SiLU needs the whole gate sum); leave split_k unset")
+    part, locks = out, out
+    if splits > 1:  # fp32 partials [splits, M, N] from the workspace; one arrival counter per tile
+        part, = scratch(ws, x.device, ((splits, M, N), torch.float32))
+        locks = counters(ws, x.device, tiles)
+    grid = (tiles, splits)
     res = residual if residual is not None else out
     mt = mul if mul is not None else out
     kp = keep_view(keep, lead, M) if keep is not None else out
@@ -320,6 +299,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None, HAS_MUL=mul is not None,
         norm_ptr=norm[0].contiguous() if norm is not None else None, eps=float(norm[1]) if norm is not None else 0.0,
         HAS_NORM=norm is not None, SWIGLU=swiglu, **dot_options(x.dtype, w.dtype),
+        part_ptr=part, lock_ptr=locks, k_per_split=per, SPLIT_K=splits,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out.reshape(*lead, N)
@@ -330,46 +310,3 @@ def keep_view(keep: torch.Tensor, lead: tuple, M: int) -> torch.Tensor:
     if tuple(keep.shape[:-1]) != lead or keep.shape[-1] != 1:
         raise ShapeError(f"keep {tuple(keep.shape)} must be the rows of x {lead} + (1,)")
     return keep.reshape(M)
-
-
-def _as_4d(t: torch.Tensor, batch: tuple[int, ...]) -> torch.Tensor:
-    """t [..., R, C] expanded to `batch` and shaped [B0, B1, R, C] (stride 0 on broadcast axes)."""
-    t = t.expand(*batch, *t.shape[-2:])
-    if len(batch) == 0:
-        return t[None, None]
-    if len(batch) == 1:
-        return t[None]
-    if len(batch) == 2:
-        return t
-    return t.reshape(-1, *t.shape[-3:])  # collapses leading batch axes (copies only if it must)
-
-
-def matmul(a: torch.Tensor, b: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
-    """scale * torch.matmul(a, b) for a [..., M, K], b [..., K, N] (rank >= 2, batch dims broadcast)."""
-    if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
-        raise ShapeError(f"matmul needs a [..., M, K] and b [..., K, N]; got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.dtype != b.dtype:
-        raise ShapeError(f"matmul operands must share a dtype, got {a.dtype} and {b.dtype}; cast one first")
-    try:
-        batch = tuple(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
-    except RuntimeError as e:
-        raise ShapeError(f"batch dims of {tuple(a.shape)} and {tuple(b.shape)} do not broadcast") from e
-    M, K = a.shape[-2:]
-    N = b.shape[-1]
-    out = torch.empty((*batch, M, N), dtype=a.dtype, device=a.device)
-    if out.numel() == 0:
-        return out
-    a4, b4, o4 = _as_4d(a, batch), _as_4d(b, batch), out.view(-1, *out.shape[-3:]) if len(batch) > 2 else _as_4d(out, batch)
-    B0, B1 = a4.shape[:2]
-    cfg = gemm_blocks(M, N, K, a.dtype)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), B0 * B1)
-    bmm_kernel[grid](
-        a4, b4, o4,
-        M, N, K, B1,
-        *a4.stride(), *b4.stride(), *o4.stride(),
-        float(scale),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=8,
-        **dot_options(a.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
-    return out

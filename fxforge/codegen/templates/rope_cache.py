@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fxforge.codegen.pool import out_tensor
 from fxforge.errors import ShapeError
 
 
@@ -73,8 +74,9 @@ def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim) -> None:
 
 def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
                v_cache: torch.Tensor, *, q_heads: int, kv_heads: int,
-               head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`."""
+               head_dim: int, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`;
+    `out`: q's storage (contiguous; a planned buffer of the generated `run()`), else allocated."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim)
     B, S, _ = qkv.shape
     try:
@@ -83,7 +85,7 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {(B, 1, S, head_dim)}") from e
     if cs[0].stride() != cs[1].stride():  # the kernel reads both through one set of strides
         cs = [t.contiguous() for t in cs]
-    q = torch.empty((B, q_heads, S, head_dim), dtype=qkv.dtype, device=qkv.device)
+    q = out_tensor(out, (B, q_heads, S, head_dim), qkv.dtype, qkv.device, "rope_cache")
     if q.numel() == 0:
         return q, k_cache, v_cache
     rope_cache_kernel[(B * S, q_heads + 2 * kv_heads)](
