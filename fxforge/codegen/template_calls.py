@@ -69,6 +69,7 @@ def _weight_kind(op) -> str | None:
 # buffer, contiguous in the result's shape; ws: the pool's `Workspace` for scratch, see `codegen/pool.py`)
 OUT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "_linear": ("out", "ws"), "_matmul": ("out",), "_attention": ("out", "ws"), "_rope_cache": ("out",),
+    "_qlinear_w4_decode": ("out",),
 }
 
 

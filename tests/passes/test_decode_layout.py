@@ -13,6 +13,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 import fxforge
 from fxforge import testing as zoo
+from fxforge.codegen.buffers import BufferPlan
 
 
 @contextlib.contextmanager
@@ -52,6 +53,8 @@ def test_decoder_w4a16_runs_the_decode_kernel_with_reference_tokens():
     assert _layouts(dec) == {"i4w32"} and _layouts(ref) == {""}  # the reference keeps the row-major codes
     source = dec.program.executor.module.source
     assert source.count("_qlinear_w4_decode(") == 7 and "_qlinear(" not in source
+    plan = BufferPlan.build(dec.graph, dec.graph.partition)  # the decode GEMMs write planned buffers (out=)
+    assert not [step for step in plan.allocating if "qlinear" in str(step)], plan.allocating
     with counting() as names:
         got = dec.generate(ids, max_new_tokens=2)
     assert names.count("qlinear_w4_decode_kernel") == 2 * 7 and "qlinear_w4a16_int4_kernel" not in names

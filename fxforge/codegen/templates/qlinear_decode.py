@@ -44,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fxforge.codegen.pool import out_tensor
 from fxforge.codegen.templates.act_quant import quantize_activations
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting
 from fxforge.errors import ShapeError
@@ -245,7 +246,8 @@ def decode_blocks(N: int, M: int = 1, wscale: bool = False) -> dict:
 
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
                       residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-                      keep: torch.Tensor | None = None, asm: bool | None = None) -> torch.Tensor:
+                      keep: torch.Tensor | None = None, asm: bool | None = None,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
     """`qlinear_ref` with the scheme's epilogue (bias, activation, residual) for fp16 x [..., K] (any number of
     rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers.
 
@@ -253,7 +255,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     quantizes x per token to E4M3 first, as the reference does, and runs the fp16 MMA on the codes' values
     (exact in fp16): at M <= 16 W4A8 is W4A16 with fp8-valued activations. `asm` picks the PTX dequantization
     (default: on a GPU; the interpreter runs the portable one). `keep` (FFN-skip flags of x's rows, the qlinear
-    template's early exit) is accepted and not read: x's skipped rows are zero already (`row_keep`)."""
+    template's early exit) is accepted and not read: x's skipped rows are zero already (`row_keep`). `out`: the
+    result's storage (a planned buffer, `codegen.pool.out_tensor`); w4a8-fp still allocates its activation codes."""
     enc, p = weight.encoding, weight.payload
     if not enc.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
@@ -266,7 +269,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}]")
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
-    out = torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
+    out = out_tensor(out, (*lead, N), out_dtype or x.dtype, x.device, "qlinear_w4_decode").view(M, N)
     if M == 0:
         return out.reshape(*lead, N)
     fp4 = layout_format(enc.layout) == "f4e2m1"
