@@ -3,7 +3,7 @@ the decode runtime to write and read a bfp4 / bfp8 / fp8 / int8 cache in registe
 
     vals = kv_dequant(codes_ptr, scales_ptr, rows, offs_d, mask, stride_c, stride_s, FORMAT, BLOCK)   # @triton.jit
     x = kv_unpack(packed)        # launcher of kv_unpack_kernel: the whole tensor, == kv_ops.unpack_kv
-    vals = kv_decode(row_ptr, d, mask, FORMAT, BLOCK, CODE_BYTES)    # @triton.jit, packed cache rows
+    vals = kv_decode_tile(rows, mask_n, D, BLOCK_D, FORMAT, BLOCK, CODE_BYTES)   # @triton.jit: [N, BLOCK_D] of N rows
     kv_encode(row_ptr, y_even, y_odd, nb_mask, FORMAT, BLOCK, CODE_BYTES)   # @triton.jit: one row written
     x = kv_unpack_rows(cache, format, block, head_dim, dtype)   # whole packed cache, == kv_ops.unpack_kv_rows
 
@@ -12,9 +12,8 @@ codes_ptr + row * stride_c + byte(d), one scale per BLOCK channels at scales_ptr
 Formats: bfp4 (int4 nibbles, low first, x E8M0), bfp8 (int8 x E8M0), fp8 (E4M3 x E8M0), int8 (int8 x fp16 scale:
 pass the scales as an fp16 pointer). Bit for bit `unpack_kv` (every value and scale is exact in fp32).
 
-Packed rows (`kv_ops.kv_row_layout`: codes, then scales at byte CODE_BYTES of the row): `kv_decode`
-reads channels `d` of the rows starting at `row_ptr` (any broadcastable shapes: attention reads K
-transposed by passing [1, N] rows and [D, 1] channels); `kv_encode` writes one token's row from its fp32
+Packed rows (`kv_ops.kv_row_layout`: codes, then scales at byte CODE_BYTES of the row): `kv_decode_tile`
+reads whole rows (attention transposes its K tile); `kv_encode` writes one token's row from its fp32
 values split into even and odd channels, [NB, BLOCK / 2] each (channel nb * BLOCK + 2 j and + 1): a
 block is one tile row, so its amax is one reduction, and bfp4's byte (low nibble = even channel) is
 one OR. Bit for bit `pack_kv_rows` (tests/codegen/test_kv_cache_kernels.py):
@@ -86,25 +85,34 @@ def kv_unpack(p: KVPacked) -> torch.Tensor:
 
 
 @triton.jit
-def kv_decode(row_ptr, d, mask, FORMAT: tl.constexpr, BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr):
-    """fp32 values of channels `d` of the packed rows at `row_ptr` (uint8 pointers, broadcast with d)."""
+def kv_decode_tile(rows, mask_n, D: tl.constexpr, BLOCK_D: tl.constexpr, FORMAT: tl.constexpr, BLOCK: tl.constexpr,
+                   CODE_BYTES: tl.constexpr):
+    """fp32 [N, BLOCK_D] values of N packed rows (`rows`: [N, 1] uint8 pointers to the row starts, `mask_n`
+    [N, 1]): each row's code bytes and block scales loaded once, bfp4 nibbles split and interleaved, and
+    the scales broadcast over their blocks by a reshape (one load per byte and scale, not per element:
+    decoding per element took 255 registers and spilled in decode attention on sm_90)."""
     if FORMAT == "bfp4":
-        b = tl.load(row_ptr + d // 2, mask=mask, other=0).to(tl.int32) & 0xFF
-        v = ((((b >> ((d % 2) * 4)) & 0xF) ^ 8) - 8).to(tl.float32)
+        j = tl.arange(0, BLOCK_D // 2)[None, :]
+        b = tl.load(rows + j, mask=mask_n & (j < D // 2), other=0).to(tl.int32)
+        v = tl.interleave((((b & 0xF) ^ 8) - 8).to(tl.float32), ((((b >> 4) & 0xF) ^ 8) - 8).to(tl.float32))
     else:
-        c = tl.load(row_ptr + d, mask=mask, other=0).to(tl.int32) & 0xFF
+        d = tl.arange(0, BLOCK_D)[None, :]
+        c = tl.load(rows + d, mask=mask_n & (d < D), other=0).to(tl.int32) & 0xFF
         if FORMAT == "fp8":
             v = fp8e4m3_to_f32(c)
         else:
             v = ((c ^ 128) - 128).to(tl.float32)
-    if FORMAT == "int8":  # fp16 scale, little endian, read as two bytes (no aligned fp16 pointer needed)
-        sp = row_ptr + CODE_BYTES + 2 * (d // BLOCK)
-        lo = tl.load(sp, mask=mask, other=0).to(tl.int32) & 0xFF
-        hi = tl.load(sp + 1, mask=mask, other=0).to(tl.int32) & 0xFF
+    nb = tl.arange(0, BLOCK_D // BLOCK)[None, :]
+    ms = mask_n & (nb < D // BLOCK)
+    if FORMAT == "int8":
+        lo = tl.load(rows + CODE_BYTES + 2 * nb, mask=ms, other=0).to(tl.int32) & 0xFF
+        hi = tl.load(rows + CODE_BYTES + 2 * nb + 1, mask=ms, other=0).to(tl.int32) & 0xFF
         scale = (lo | (hi << 8)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
     else:
-        scale = e8m0_to_f32(tl.load(row_ptr + CODE_BYTES + d // BLOCK, mask=mask, other=0))
-    return v * scale
+        scale = e8m0_to_f32(tl.load(rows + CODE_BYTES + nb, mask=ms, other=0))
+    n: tl.constexpr = v.shape[0]
+    v = tl.reshape(v, (n, BLOCK_D // BLOCK, BLOCK)) * scale[:, :, None]
+    return tl.reshape(v, (n, BLOCK_D))
 
 
 @triton.jit
@@ -187,15 +195,14 @@ def kv_encode(row_ptr, ye, yo, nb_mask, FORMAT: tl.constexpr, BLOCK: tl.constexp
 @triton.jit
 def kv_rows_unpack_kernel(cache_ptr, out_ptr, R, stride_r, stride_o, D: tl.constexpr, BLOCK_D: tl.constexpr,
                           FORMAT: tl.constexpr, BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, ROWS: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < R) & (offs_d[None, :] < D)
-    v = kv_decode(cache_ptr + rows[:, None].to(tl.int64) * stride_r, offs_d[None, :], mask, FORMAT, BLOCK, CODE_BYTES)
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_o + offs_d[None, :], v.to(out_ptr.dtype.element_ty), mask=mask)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    v = kv_decode_tile(cache_ptr + rows * stride_r, rows < R, D, BLOCK_D, FORMAT, BLOCK, CODE_BYTES)
+    offs_d = tl.arange(0, BLOCK_D)[None, :]
+    tl.store(out_ptr + rows * stride_o + offs_d, v.to(out_ptr.dtype.element_ty), mask=(rows < R) & (offs_d < D))
 
 
 def kv_unpack_rows(cache: torch.Tensor, fmt: str, block: int, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """The values [..., head_dim] in `dtype` of packed cache rows [..., row_bytes], decoded by `kv_decode`."""
+    """The values [..., head_dim] in `dtype` of packed cache rows [..., row_bytes], decoded by `kv_decode_tile`."""
     code, total = kv_row_layout(fmt, block, head_dim)
     rows = cache.reshape(-1, total)  # a view for a contiguous cache
     out = torch.empty(rows.shape[0], head_dim, dtype=dtype, device=cache.device)
