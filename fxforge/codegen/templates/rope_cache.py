@@ -40,7 +40,7 @@ def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.const
     """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row`."""
     x = tl.load(row + d * stride_xn, mask=md, other=0.0).to(tl.float32)
     partner = tl.load(row + ((d + D // 2) % D) * stride_xn, mask=md, other=0.0).to(tl.float32)
-    rot = tl.where(d < D // 2, -partner, partner)
+    rot = tl.where(d < D // 2, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
     c = tl.load(c_ptr + d * stride_cd, mask=md, other=0.0).to(tl.float32)
     sn = tl.load(s_ptr + d * stride_cd, mask=md, other=0.0).to(tl.float32)
     return tl.where(rotate, x * c + rot * sn, x)
