@@ -95,7 +95,7 @@ def main() -> None:
     lines += ["", f"## Greedy agreement with eager ({PROMPTS} prompts x {NEW} new tokens)", "",
               "Small random-weight Llama (hidden 256, 4 layers, 8 heads, 2 KV heads, head_dim 32, vocab 512), prompts of",
               f"{PROMPT_LEN} random tokens; the compiled step on the reference executor (the packed cache written and read",
-              "by the ops' reference semantics, which the kernels match bit for bit) vs HF `generate()` in eager fp32.", "",
+              "by the ops' reference semantics, which the encode and decode kernels match bit for bit) vs HF `generate()` in eager fp32.", "",
               "| kv_cache | kv_block | new tokens before the first disagreement (mean) | position-wise match | identical sequences |",
               "|---|---|---|---|---|"]
     for name, block, prefix, match, same in agree:
