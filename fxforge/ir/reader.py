@@ -28,7 +28,6 @@ from typing import Any
 
 import sympy
 import torch
-from lark import Token
 
 from fxforge.ir.dim_expr import DimExprError, dim_problem, parse_dim_expr
 from fxforge.ir.dtypes import DType
@@ -53,6 +52,13 @@ _STRING = re.compile(r'"([^"\\\n]|\\.)*"')
 _OPREF = re.compile(r"\$[0-9]+")
 _EXPR_BODY = r"[\w +\-*\/.,]"
 _EXPR = re.compile(r"\((?:X|\((?:X|\((?:X|\((?:X|\((?:X|\(X*\))*\))*\))*\))*\))*\)".replace("X", _EXPR_BODY))
+
+
+class _Tok(str):
+    """A token's text for `parser.build_graph` (which reads `.line`/`.column` only for error messages;
+    on an error this reader hands the text to lark, which says where). Lighter than lark's Token."""
+
+    line = column = type = None
 
 
 class _Unread(Exception):
@@ -80,9 +86,8 @@ class _Cursor:
         self.pos = m.end()
         return m.group()
 
-    def tok(self, pattern: re.Pattern, kind: str) -> Token:
-        col = self.pos + 1
-        return Token(kind, self.token(pattern, kind), line=self.line, column=col)
+    def tok(self, pattern: re.Pattern, kind: str) -> _Tok:
+        return _Tok(self.token(pattern, kind))
 
     def done(self) -> bool:
         return self.pos == len(self.text)
@@ -234,7 +239,7 @@ def _graph_text(text: str) -> _GraphText:
     name = head.tok(_GLOBAL, "GLOBAL")
     head.lit("(")
 
-    def param(cc: _Cursor, _: int) -> tuple[Token, TensorType]:
+    def param(cc: _Cursor, _: int) -> tuple[_Tok, TensorType]:
         tok = cc.tok(_VALUE, "VALUE")
         cc.lit(": ")
         return tok, _type(cc)
@@ -253,7 +258,7 @@ def _graph_text(text: str) -> _GraphText:
         if not c.done():
             raise _Unread(f"line {i}: text after the types")
     ret = _Cursor(lines[-3], len(lines) - 2)
-    ret_tok = Token("RETURN", "return", line=ret.line, column=3)
+    ret_tok = _Tok("return")
     ret.lit("  return")
     outputs = []
     if ret.at(" %"):
