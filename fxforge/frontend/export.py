@@ -7,6 +7,9 @@ A forward that writes a buffer or an input in place (`buffers_to_mutate` in the 
 refused with a `CaptureError` naming them: the AOT graph and its artifact hold constant weights only.
 Hugging Face models are exported with `use_cache=False` unless the caller says otherwise: the
 `DynamicCache` they return is not a pytree torch.export can output (the JIT path keeps the cache).
+A stack of >= 3 layers of one structure is exported with its first two layers and the others cloned
+from layer 1 (`layer_reuse.py`; export's time grows with depth, the clone's barely), noted in the
+capture's notes either way.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def _layer(node: torch.fx.Node, path: str) -> int | None:
     return None
 
 
-def _split(graph: torch.fx.Graph, path: str, targets: dict[str, str]) -> tuple[list, list, list]:
+def _split(graph: torch.fx.Graph, path: str) -> tuple[list, list, list]:
     """Layer 0's and layer 1's call nodes (in order) and the nodes after the stack."""
     layers: tuple[list, list] = ([], [])
     after: list = []
@@ -133,16 +133,26 @@ def _match(l0: list, l1: list, targets: dict[str, str], path: str) -> dict:
         if a.target != b.target or len(a.args) != len(b.args) or a.kwargs.keys() != b.kwargs.keys():
             raise NoReuse(f"{path}.1 differs from {path}.0 at {b.name} ({b.target} vs {a.target})")
         pairs, pairs_b = _leaves((a.args, a.kwargs)), _leaves((b.args, b.kwargs))
+        if len(pairs) != len(pairs_b):
+            raise NoReuse(f"{path}.1 differs from {path}.0 at {b.name} ({len(pairs_b)} vs {len(pairs)} operands)")
         for x, y in zip(pairs, pairs_b):
-            ok = (x in index0 and y in index1 and index0[x] == index1[y]) or \
-                 (_param_suffix(x, targets, f"{path}.0.") is not None
-                  and _param_suffix(x, targets, f"{path}.0.") == _param_suffix(y, targets, f"{path}.1.")) or \
-                 (y in index0) or \
-                 (not isinstance(x, torch.fx.Node) and type(x) is type(y) and x == y) or \
-                 (isinstance(x, torch.fx.Node) and x is y and x not in index0 and x not in index1)
-            if not ok or len(pairs) != len(pairs_b):
+            if not _same_operand(x, y, index0, index1, targets, path):
                 raise NoReuse(f"{path}.1 differs from {path}.0 at {b.name} (operand {y} vs {x})")
     return index0
+
+
+def _same_operand(x: Any, y: Any, index0: dict, index1: dict, targets: dict[str, str], path: str) -> bool:
+    """Operand y of a layer-1 node plays the part of operand x of its layer-0 twin."""
+    if y in index0:  # layer 1 reads layer 0 where layer 0 reads its input: carried from layer to layer
+        return True
+    if x in index0 or y in index1:  # a result of the layer itself, at the same position
+        return x in index0 and y in index1 and index0[x] == index1[y]
+    suffix = _param_suffix(x, targets, f"{path}.0.")
+    if suffix is not None:  # the layer's own weight, the same one
+        return suffix == _param_suffix(y, targets, f"{path}.1.")
+    if isinstance(x, torch.fx.Node):  # a value both read (RoPE tables, masks, shared weights)
+        return x is y
+    return type(x) is type(y) and x == y  # a constant
 
 
 def replicate(gm: torch.fx.GraphModule, targets: dict[str, str], path: str, layers: int,
@@ -150,10 +160,10 @@ def replicate(gm: torch.fx.GraphModule, targets: dict[str, str], path: str, laye
     """Clone layer 1 of the two-layer graph `gm` for layers 2..layers-1, in place; `targets` maps
     placeholder names to weight names (new placeholders are added to it) and is returned."""
     graph = gm.graph
-    l0, l1, after = _split(graph, path, targets)
+    l0, l1, after = _split(graph, path)
     index0 = _match(l0, l1, targets, path)
     outputs = [n for n in graph.nodes if n.op == "output"]
-    if any(a in index0 or (a in set(l1) and a is not l1[-1] and False) for a in _flat_nodes(outputs[0])):
+    if any(a in index0 for a in _flat_nodes(outputs[0])):  # e.g. every layer's hidden states: N outputs, not 2
         raise NoReuse(f"an output reads {path}.0 directly")
     params1 = {n: _param_suffix(n, targets, f"{path}.1.") for n in graph.nodes if n.op == "placeholder"}
     params1 = {n: s for n, s in params1.items() if s is not None}
