@@ -118,7 +118,9 @@ def compile_decoder(model: torch.nn.Module, max_length: int = 512, batch: int = 
     """Compile the decode step of a Hugging Face decoder LM (Llama, Qwen2, Mistral, ...) with fxforge's
     own static KV cache for one (batch bucket, max length): the result's `generate(input_ids,
     max_new_tokens)` decodes greedily; it can be saved and loaded like any `CompiledModule`.
-    `calibration`: token ids [batch, length] per example (run as prefill calls on fresh caches)."""
+    `calibration`: token ids [batch, length] per example (run as prefill calls on fresh caches).
+    `kv_cache="bfp4" | "bfp8" | "fp8" | "int8"` (`kv_block=16 | 32 | 64`) stores the caches in that format
+    (packed uint8 rows, encoded and decoded by the kernels; `passes/kv_cache.py`)."""
     from fxforge.frontend.kv_capture import STEP_ARGS, capture_decoder, step_calibration
 
     cfg = CompileConfig.from_options(config, **options)

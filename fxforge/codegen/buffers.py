@@ -63,7 +63,7 @@ def tensor_reads(step: Step) -> list[Value]:
         norm = p.get("norm")  # a fused rms_norm prologue: the GEMM reads the norm's operands, not its result
         lead = list(norm.operands) if norm is not None else [root.operands[0]]
         return [*lead, *root.operands[1:], *[v for v in extra if v is not None]]
-    if step.kind == "rope_cache":  # several ops, one template call reading the group's inputs
+    if step.kind in ("rope_cache", "kv_attention"):  # several ops, one template call reading the group's inputs
         return list(step.inputs)
     return list(step.anchor.operands)
 

@@ -328,12 +328,14 @@ def attention_spec(dtype: str, Lq: int, Lk: int, D: int, *, causal: bool = False
 _DECODE_ATTN_MODULE = "fxforge.codegen.templates.decode_attention"
 
 
-def decode_attention_specs(dtype: str, group: int, Lk: int, D: int, *, mask: str = "none", arch: int = 90) -> list[dict]:
+def decode_attention_specs(dtype: str, group: int, Lk: int, D: int, *, mask: str = "none", arch: int = 90,
+                           kv_format: str = "dense", kv_block: int = 32) -> list[dict]:
     """Specs of the flash-decoding kernels (`decode_split_kernel` with its final and partial stores, and
-    `decode_combine_kernel`) for contiguous q [B, Hq, 1, D], k/v [B, Hkv, Lk, D] on `arch`."""
+    `decode_combine_kernel`) for contiguous q [B, Hq, 1, D], k/v [B, Hkv, Lk, D] (or packed rows) on `arch`."""
     from fxforge.codegen.blocks import decode_attention_blocks
+    from fxforge.codegen.templates.decode_attention import kv_constexprs, packed_blocks
 
-    cfg = decode_attention_blocks(8, group, Lk, D, dtype, arch, mask != "none")
+    cfg = packed_blocks(decode_attention_blocks(8, group, Lk, D, dtype, arch, mask != "none"), kv_format)
     t = _TT[dtype]
     sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": {"none": f"*{t}", "bool": "*u8", "add": f"*{t}"}[mask],
            "out_ptr": f"*{t}", "part_ptr": "*fp32", "ml_ptr": "*fp32", "Hq": "i32", "Lk": "i32", "D": "i32",
@@ -343,8 +345,11 @@ def decode_attention_specs(dtype: str, group: int, Lk: int, D: int, *, mask: str
     sig.update({s: "i32" for s in strides})
     const = {"stride_qd": 1, "stride_kd": 1, "stride_vd": 1, "stride_mn": 1, "stride_od": 1, "BLOCK_G": cfg["BLOCK_G"],
              "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "MASK_KIND": mask, "UPCAST": False,
-             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
-    label = f"decode-attention {dtype} G={group} Lk={Lk} D={D} {mask}-mask sm_{arch}"
+             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", **kv_constexprs(kv_format, kv_block, D)}
+    if kv_format != "dense":  # packed cache rows (uint8), decoded in the key loop
+        sig.update(k_ptr="*u8", v_ptr="*u8")
+    label = f"decode-attention {dtype} G={group} Lk={Lk} D={D} {mask}-mask sm_{arch}" + (
+        f" {kv_format}/{kv_block}" if kv_format != "dense" else "")
     split = [{"module": _DECODE_ATTN_MODULE, "kernel": "decode_split_kernel", "signature": sig,
               "constexprs": dict(const, FINAL=final), "divisible": [s for s in strides if not s.startswith("stride_m")],
               "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],

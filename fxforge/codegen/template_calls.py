@@ -128,7 +128,19 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
     s = g.params["site"]
     args = [n(v) for v in (s.qkv, s.cos, s.sin, s.pos, s.k_cache, s.v_cache)]
     kw = [f"q_heads={s.q_heads}", f"kv_heads={s.kv_heads}", f"head_dim={s.head_dim}"]
+    if s.format != "dense":
+        kw += [f"format={s.format!r}", f"block={s.block}"]
     return f"_rope_cache({', '.join(args + kw)})"
+
+
+@group_renders("kv_attention")
+def _kv_attention(g: KernelGroup, n: Names) -> str:
+    """`_kv_attention(q, k_cache, v_cache, mask, format=, block=, scale=, is_causal=)`: attention over packed caches."""
+    s = g.params["site"]
+    a = s.attention.attrs
+    kw = [f"format={s.format!r}", f"block={s.block}", f"scale={lit(a['scale'])}", f"is_causal={a['is_causal']}"]
+    args = [n(v) for v in (s.q, s.k_cache, s.v_cache)] + ([n(s.mask)] if s.mask is not None else [])
+    return f"_kv_attention({', '.join(args + kw)})"
 
 
 @template_renders("attention")

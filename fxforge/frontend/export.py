@@ -7,6 +7,9 @@ A forward that writes a buffer or an input in place (`buffers_to_mutate` in the 
 refused with a `CaptureError` naming them: the AOT graph and its artifact hold constant weights only.
 Hugging Face models are exported with `use_cache=False` unless the caller says otherwise: the
 `DynamicCache` they return is not a pytree torch.export can output (the JIT path keeps the cache).
+A stack of >= 3 layers of one structure is exported with its first two layers and the others cloned
+from layer 1 (`layer_reuse.py`; export's time grows with depth, the clone's barely), noted in the
+capture's notes either way.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch.export import Dim
 from torch.utils import _pytree as pytree
 
 from fxforge.errors import CaptureError, InputError
+from fxforge.frontend import layer_reuse
 from fxforge.frontend.fx_to_ir import FxToIR, InputSlot, Lowered
 
 
@@ -58,25 +62,59 @@ def hf_export_kwargs(model: torch.nn.Module, kwargs: dict) -> tuple[dict, list[s
     return kwargs, []
 
 
-def capture_export(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dynamic: bool = True) -> Capture:
-    """torch.export the model on example inputs and lower it to an ir.Graph."""
+def capture_export(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dynamic: bool = True,
+                   reuse_layers: bool = True) -> Capture:
+    """torch.export the model on example inputs and lower it to an ir.Graph. `reuse_layers`: a stack
+    of >= 3 same-structure layers is exported with two and the rest cloned (`layer_reuse.py`)."""
     kwargs, notes = hf_export_kwargs(model, dict(kwargs or {}))
     _check_inputs(args, kwargs)
     start = time.perf_counter()
+    captured = _capture_reusing_layers(model, args, kwargs, dynamic, notes) if reuse_layers else None
+    if captured is None:
+        ep = _export(model, args, kwargs, dynamic)
+        _refuse_mutations(ep, model)
+        captured = lower_exported(ep, model), ep
+    lowered, ep = captured
+    _note_static_dims(lowered, args, kwargs, notes)
+    return Capture(lowered, ep.call_spec.in_spec, ep.call_spec.out_spec, time.perf_counter() - start, notes + lowered.notes)
+
+
+def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: bool) -> torch.export.ExportedProgram:
     try:
         with torch.no_grad():
-            ep = torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs) if dynamic else None,
-                                     strict=False)
+            return torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs) if dynamic else None,
+                                       strict=False)
     except Exception as e:  # torch raises many kinds; all mean "not capturable as one graph"
         raise CaptureError(
             f"torch.export could not capture {type(model).__name__} as one graph: {type(e).__name__}: {_first_lines(e)}\n"
             "Fix: use fxforge.compile(model) (the JIT path: graph breaks run in Python), or change the "
             "model's data-dependent control flow."
         ) from e
-    _refuse_mutations(ep, model)
-    lowered = lower_exported(ep, model)
-    _note_static_dims(lowered, args, kwargs, notes)
-    return Capture(lowered, ep.call_spec.in_spec, ep.call_spec.out_spec, time.perf_counter() - start, notes + lowered.notes)
+
+
+def _capture_reusing_layers(model, args, kwargs, dynamic, notes: list[str]) -> tuple[Lowered, Any] | None:
+    """Export with the layer stack cut to two and clone layer 1 (None: no such stack, or a check failed)."""
+    found = layer_reuse.stack_of(model)
+    if found is None:
+        return None
+    path, stack = found
+    try:
+        with layer_reuse.cut_to_two(model, path):
+            ep = _export(model, args, kwargs, dynamic)
+        _refuse_mutations(ep, model)
+        weights, tensors = _weight_table(ep, model)
+        state = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+        layer_reuse.replicate(ep.graph_module, weights, path, len(stack), state)
+        tensors.update({name: state[name] for name in weights.values() if name not in tensors})
+        layer_reuse.check_numerics(ep.graph_module, weights, tensors, model, args, kwargs)
+    except (layer_reuse.NoReuse, CaptureError) as e:
+        notes.append(f"{path}: each layer exported (no layer reuse: {e})")
+        return None
+    notes.append(f"{path}: 2 of {len(stack)} layers exported, layer 1's graph reused for the other {len(stack) - 2} "
+                 "(checked against eager on the examples)")
+    lowered = FxToIR(ep.graph_module, weights).run(tensors)
+    lowered.inputs = [s for s in lowered.inputs if s.kind != "weight"]
+    return lowered, ep
 
 
 def _written_placeholders(ep: torch.export.ExportedProgram) -> set[str]:
@@ -120,7 +158,8 @@ def _refuse_mutations(ep: torch.export.ExportedProgram, model: torch.nn.Module) 
             "writes mutated buffers back after each call), or keep that state outside the module.")
 
 
-def lower_exported(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None) -> Lowered:
+def _weight_table(ep: torch.export.ExportedProgram, model: torch.nn.Module | None) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Placeholder name -> weight name, and weight name -> tensor (the model's own, else the export's)."""
     state = {}
     if model is not None:
         state.update(model.named_parameters(remove_duplicate=False))
@@ -134,6 +173,11 @@ def lower_exported(ep: torch.export.ExportedProgram, model: torch.nn.Module | No
                 tensor = ep.state_dict.get(spec.target, ep.constants.get(spec.target))
             weights[spec.arg.name] = spec.target
             tensors[spec.target] = tensor
+    return weights, tensors
+
+
+def lower_exported(ep: torch.export.ExportedProgram, model: torch.nn.Module | None = None) -> Lowered:
+    weights, tensors = _weight_table(ep, model)
     lowered = FxToIR(ep.graph_module, weights).run(tensors)
     lowered.inputs = [s for s in lowered.inputs if s.kind != "weight"]
     return lowered

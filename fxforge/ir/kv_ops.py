@@ -4,6 +4,8 @@ dequantizes K (after RoPE) and V exactly as the cache would store them.
     kv_quant(x) {format, block} -> x's type: decode(encode(x)) in blocks of `block` along the last (head) dim
     packed = pack_kv(x, format, block)      # KVPacked(codes, scales): the bytes a cache slot holds
     x_hat = unpack_kv(packed, dtype)        # == kv_quant's reference, bit for bit
+    rows = pack_kv_rows(x, format, block)   # uint8 [..., row_bytes]: one cache row per token (codes, then scales)
+    x_hat = unpack_kv_rows(rows, format, block, head_dim, dtype)   # == unpack_kv(pack_kv(x)), bit for bit
 
 Formats (`KV_FORMATS`; blocks run along head_dim, one scale per block per token and head):
     bfp4   block floating point, 4-bit mantissa: two's complement q in [-7, 7] (two per byte, low nibble
@@ -21,6 +23,10 @@ Decisions:
   An all-zero block gets e = -127 (decodes to zeros).
 - Rounding: half to even on q (torch.round), in float64 after an exact power-of-two scaling, so the
   reference is exact; int8's division by its fp16 scale is done in float32 (as a kernel would).
+- A packed cache row (`kv_row_layout`): the token's codes (head_dim * bits / 8 bytes) then its block
+  scales (1 byte E8M0 each; int8: 2 bytes fp16, little endian, at the even byte offset head_dim), so a
+  cache is ONE uint8 tensor [B, H_kv, L, row_bytes]: the decode step keeps one tensor per cache, a
+  token's write is one contiguous row, and a kernel finds a row's scales at a constant offset.
 - Non-finite K/V values are not representable: they decode as NaN for the whole block (E8M0 0xFF), so
   a NaN in attention stays visible instead of being silently replaced.
 """
@@ -165,3 +171,31 @@ def _kv_quant_infer(types, attrs):
 
 register(OpDef("kv_quant", (1, 1), {"format": REQUIRED, "block": REQUIRED}, _kv_quant_infer, kv_quant_ref, "lowp",
                "kv_quant(x) {format, block}: quantize-dequantize K/V along head_dim as a compressed KV cache stores it"))
+
+
+def kv_row_layout(fmt: str, block: int, head_dim: int) -> tuple[int, int]:
+    """(code bytes, row bytes) of one packed cache row of `head_dim` channels (see the docstring)."""
+    if fmt not in KV_FORMATS:
+        raise ValueError(f"unknown KV-cache format {fmt!r}; use one of {KV_FORMATS}")
+    check_block(head_dim, block)
+    code = head_dim * ELEMENT_BITS[fmt] // 8
+    return code, code + head_dim // block * SCALE_BYTES[fmt]
+
+
+def pack_kv_rows(x: Tensor, fmt: str, block: int) -> Tensor:
+    """uint8 [..., row_bytes]: `pack_kv(x)` as cache rows, codes then scales (bytes of int8's fp16 scales)."""
+    p = pack_kv(x, fmt, block)
+    scales = p.scales.contiguous().view(torch.uint8) if fmt == "int8" else p.scales
+    return torch.cat([p.codes, scales], dim=-1)
+
+
+def unpack_kv_rows(rows: Tensor, fmt: str, block: int, head_dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The values packed cache rows [..., row_bytes] stand for, [..., head_dim] in `dtype` (== unpack_kv)."""
+    code, total = kv_row_layout(fmt, block, head_dim)
+    if rows.dtype != torch.uint8 or rows.shape[-1] != total:
+        raise ValueError(f"packed {fmt} rows of head_dim {head_dim} (block {block}) are uint8 [..., {total}]; "
+                         f"got {rows.dtype}{list(rows.shape)}")
+    scales = rows[..., code:]
+    if fmt == "int8":
+        scales = scales.contiguous().view(torch.float16)
+    return unpack_kv(KVPacked(rows[..., :code], scales, (*rows.shape[:-1], head_dim), fmt, block), dtype)

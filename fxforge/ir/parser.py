@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,19 +32,12 @@ from fxforge.ir.graph import Graph, Value, Weight, freeze
 from fxforge.ir.ops import OPS
 from fxforge.ir.optable import OperandRef
 from fxforge.ir.parse_errors import syntax_error
+from fxforge.ir.text_bounds import MAX_DIM, MAX_DIM_DIGITS, MAX_NUMBER_CHARS, MAX_RANK, check_nesting
 from fxforge.ir.types import ENCODINGS, TensorType, sym
 
-__all__ = ["parse_graph", "parse_type", "parse_value", "parse_dim", "use_parser_cache"]
+__all__ = ["parse_graph", "parse_type", "parse_value", "parse_dim", "use_parser_cache", "build_graph"]
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
-# Bounds on untrusted text (each broken bound is an IRParseError): bracket nesting, the size of
-# a number literal, of a static dim and the rank of a type. Dim expressions have their own
-# bounds (dim_expr.py).
-MAX_NESTING = 32
-MAX_NUMBER_CHARS = 64
-MAX_DIM_DIGITS = 19
-MAX_DIM = 2**63 - 1
-MAX_RANK = 64
 
 # -- transformer: tokens -> IR objects ------------------------------------------------------------
 
@@ -236,14 +229,15 @@ class _ToIR(Transformer):
         return dict(c)
 
 
-_CACHE_DIR: list[Path | None] = [None]
+_CACHE_DIR: list[Path | Callable[[], Path | None] | None] = [None]
 
 
-def use_parser_cache(directory: Path | None) -> None:
+def use_parser_cache(directory: Path | Callable[[], Path | None] | None) -> None:
     """Keep lark's analysed grammar (its LALR tables) in `directory`, so a new process builds the parser in
-    ~30 ms instead of ~0.5 s (`fxforge.load`'s largest fixed cost). Lark reads the file back with pickle
-    and checks it against the grammar's hash: pass only a private directory of this user (the runtime
-    passes the kernel cache's, `codegen.loader.private_dir`). None: no cache."""
+    ~30 ms instead of ~0.5 s. Lark reads the file back with pickle and checks it against the grammar's
+    hash: pass only a private directory of this user (the runtime passes the kernel cache's,
+    `codegen.loader.private_dir`), or a function giving it, called only when lark is first needed (an
+    artifact's canonical text never is: `reader.py`). None: no cache."""
     if _CACHE_DIR[0] != directory:
         _CACHE_DIR[0] = directory
         _lark.cache_clear()
@@ -252,32 +246,15 @@ def use_parser_cache(directory: Path | None) -> None:
 @functools.cache
 def _lark() -> Lark:
     d = _CACHE_DIR[0]
+    d = d() if callable(d) else d
     return Lark(_GRAMMAR.read_text(), parser="lalr", lexer="contextual", start=["graph", "type", "value"],
                 transformer=_ToIR(), maybe_placeholders=True, cache=str(d / "ir-grammar.lark-cache") if d else False)
-
-
-_NESTING_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|[(\[{<]|[)\]}>]')
-
-
-def _check_nesting(text: str) -> None:
-    """Refuse brackets nested deeper than MAX_NESTING (strings and comments aside) before parsing:
-    the values built from them are recursive."""
-    depth = 0
-    for m in _NESTING_TOKENS.finditer(text):
-        ch = m.group()
-        if ch in "([{<":
-            depth += 1
-            if depth > MAX_NESTING:
-                line = text.count("\n", 0, m.start()) + 1
-                raise IRParseError(f"brackets nested deeper than {MAX_NESTING}", line, m.start() - text.rfind("\n", 0, m.start()))
-        elif ch in ")]}>":
-            depth -= 1
 
 
 def _parse(text: str, start: str) -> Any:
     if not isinstance(text, str):
         raise IRParseError(f"IR text must be a str, got {type(text).__name__}")
-    _check_nesting(text)
+    check_nesting(text)
     parser = _lark()
     try:
         return parser.parse(text, start=start)
@@ -316,7 +293,11 @@ def parse_graph(text: str, weights: dict[str, Weight | torch.Tensor] | None = No
     """A graph, as `print_graph` prints it. `weights`, if given, fill the graph's weight table, and
     a `const` of a plain (unencoded) one must have the weight's type. `const` ops of weights not
     given still parse (their types come from the text), as the verifier allows."""
-    g: _GraphText = _parse(text, "graph")
+    return build_graph(_parse(text, "graph"), weights)
+
+
+def build_graph(g: _GraphText, weights: dict[str, Weight | torch.Tensor] | None = None) -> Graph:
+    """The Graph of a read graph text (lark's, or `reader.py`'s for the canonical form): the same checks."""
     graph = Graph(_global_name(g.name))
     if weights is not None:
         for wname, w in weights.items():

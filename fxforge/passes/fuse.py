@@ -4,8 +4,7 @@
 of the graph) and, for every op left outside a kernel, the reason. The graph itself is not rewritten
 (no new opcodes: it stays valid IR for the verifier). The pass `fuse` (a row of
 `fxforge.pipeline.PASS_TABLE`, run last for the `interpret`/`triton` executors) and `fuse(graph)`
-store the partition in the graph's `partition` field, which codegen requires, and its summary in
-`ctx.stats`.
+store the partition in the graph's `partition` field, which codegen requires, and its summary in `ctx.stats`.
 Which ops may anchor or join a kernel is read from the op table's traits (`fusion_rules.py`).
 
 The rule table (`FUSION_RULES` prints it):
@@ -29,8 +28,9 @@ The rule table (`FUSION_RULES` prints it):
   outputs (the common input is loaded once). It runs where the last of them did, so every outside
   reader of an earlier one's outputs must come after that point. At most MAX_HORIZONTAL outputs.
 - attention: alone (the flash-attention template).
-- rope_cache: after a concatenated QKV GEMM, the q/k/v head views, RoPE of q and k and the two
-  `cache_write`s of k and v (`rope_sites.py`): one template launch (`templates/rope_cache.py`).
+- rope_cache: after a concatenated QKV GEMM, the q/k/v head views, RoPE of q and k and the two `cache_write`s
+  (`rope_sites.py`); kv_attention: an attention over `kv_load`s of packed caches and their GQA repeat views
+  (`kv_attention_sites.py`): one template launch each (`templates/rope_cache.py`, `templates/kv_attention.py`).
 - nm: a `linear`/`qlinear` whose weight is an `#nm` const runs the N:M sparse template of its GEMM rule
   (`ENCODED_GEMM_RULES`: the dense epilogue for `linear`, the qlinear one for `qlinear`); the pass's
   statistics say which path each pruned layer took (`sparse_paths`: template or host, and why).
@@ -69,6 +69,7 @@ from fxforge.passes.fusion_rules import (
     swiglu_ops,
     weight_encoding_kind,
 )
+from fxforge.passes.kv_attention_sites import kv_attention_sites
 from fxforge.passes.manager import PassContext
 from fxforge.passes.rope_sites import rope_sites
 
@@ -147,9 +148,9 @@ class _Partitioner:
             rule = gemm_rule(op)
             if rule is not None and self.free(op):
                 self.gemm(op, rule)
-        for site in rope_sites(self.graph):  # before the pointwise trees, which would take its RoPE ops
-            if all(self.free(op) for op in site.ops):
-                self.claim(KernelGroup("rope_cache", list(site.ops), [], [], FUSION_RULES["rope_cache"], {"site": site}))
+        for kind, sites in (("rope_cache", rope_sites(self.graph)), ("kv_attention", kv_attention_sites(self.graph))):  # before pointwise
+            for site in (s for s in sites if all(self.free(op) for op in s.ops)):
+                self.claim(KernelGroup(kind, list(site.ops), [], [], FUSION_RULES[kind], {"site": site}))
         for op in ops:
             if row_ok(op) and self.free(op):
                 self.row(op)
@@ -302,8 +303,8 @@ class _Partitioner:
             nxt, params[EPILOGUE[taken[0]][0]] = taken[0] + 1, taken[1]
             members.append(user)
             y = user.result
-        reason = "gemm + epilogue (" + ", ".join(m.opcode for m in members[1:] if m is not norm) + ")" if len(
-            members) > (2 if params["norm"] else 1) else "gemm alone"
+        epi = [m.opcode for m in members[1:] if m is not norm]
+        reason = f"gemm + epilogue ({', '.join(epi)})" if epi else "gemm alone"
         if params["norm"]:
             reason = "rms_norm prologue + " + reason
         src = op.operands[0].producer
@@ -345,8 +346,7 @@ class _Partitioner:
                 members.append(user)
                 epilogue += 1
                 y = user.result
-        reason = f"row {op.opcode}" + (f" + {prologue} prologue op(s)" if prologue else "") + (
-            f" + {epilogue} epilogue op(s)" if epilogue else "")
+        reason = f"row {op.opcode}" + (f" + {prologue} prologue op(s)" if prologue else "") + (f" + {epilogue} epilogue op(s)" if epilogue else "")
         self.claim(KernelGroup("row", members, [], [], reason, {"anchor": op}))
 
     def finish(self, g: KernelGroup) -> None:

@@ -12,6 +12,7 @@ The shape matched, per decoder layer (HF's Llama/Qwen2 attention after `concat_l
 Decisions:
 - Matched structurally on the IR (no new opcode): the graph stays the one the reference executor
   runs, and the fuse pass only records which ops run together.
+- The caches may be packed (`cache_write`s of a KV format, both alike): the template encodes the rows.
 - Every intermediate must be single-use and of one float dtype; q and k must share cos and sin;
   the three slices must tile the GEMM's output in order q, k, v. Anything else is left to the
   generic rules (pointwise RoPE kernels and host cache writes): never a wrong fusion, at worst fewer.
@@ -41,6 +42,8 @@ class RopeSite:
     q_heads: int
     kv_heads: int
     head_dim: int
+    format: str = "dense"  # the caches' format (`cache_ops.CACHE_FORMATS`): a KV format writes packed rows
+    block: int = 32
 
 
 def _only_use(v: Value, graph: Graph, opcode: str) -> Op | None:
@@ -116,12 +119,13 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     cw_k, cw_v = _only_use(rk[0], graph, "cache_write"), _only_use(xv, graph, "cache_write")
     if cw_k is None or cw_v is None or cw_k.operands[2] is not rk[0] or cw_v.operands[2] is not xv:
         return None
-    if cw_k.operands[1] is not cw_v.operands[1] or any(c.attrs["dim"] % 4 != 2 or c.attrs["format"] != "dense"
-                                                       for c in (cw_k, cw_v)):
+    fmt = (cw_k.attrs["format"], cw_k.attrs["block"])
+    if cw_k.operands[1] is not cw_v.operands[1] or any(c.attrs["dim"] % 4 != 2 for c in (cw_k, cw_v)) or fmt != (
+            cw_v.attrs["format"], cw_v.attrs["block"]):
         return None
     ops = [*oq, *ok, *ov, *rq[3], *rk[3], cw_k, cw_v]
     return RopeSite(ops, qkv, rq[1], rq[2], cw_k.operands[1], cw_k.operands[0], cw_v.operands[0], rq[0],
-                    cw_k.result, cw_v.result, hq, hkv, d)
+                    cw_k.result, cw_v.result, hq, hkv, d, *fmt)
 
 
 def rope_sites(graph: Graph) -> list[RopeSite]:

@@ -11,8 +11,14 @@ Decisions:
   device-side length the mask is built from), so nothing is reset or copied between steps. A stale
   row past the current length is never read (masked), so a new generation reuses the cache as is.
 - A batch smaller than the compiled bucket is padded with copies of its first row and cut back.
-- `format` is the hook for compressed cache formats (#12, `ir/kv_ops.py`): "dense" only for now; a
-  format would allocate its encoded caches here and the step graph would decode them.
+- Compressed formats (#12, `compile_decoder(..., kv_cache="bfp4" | "bfp8" | "fp8" | "int8", kv_block=)`)
+  are the storage itself: the `kv_cache` pass retypes the step's cache inputs to packed rows, so the
+  caches allocated here from those types are ONE uint8 tensor per cache [B, H_kv, L, row_bytes]
+  (`kv_ops.kv_row_layout`: a token's codes, then its block scales). One tensor, not codes + scales
+  apart: the step keeps one input per cache, a token's write is one contiguous row, and a kernel finds
+  the scales at a constant offset in the row it already addresses. `format` / `block` say which
+  (read from the graph's `cache_write`s); `nbytes` is what the caches hold (measured in
+  benchmarks/kv_cache_storage.py; allocate on device="meta" to size a long context without memory).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class StaticKVCache:
     batch: int
     max_length: int
     format: str = "dense"
+    block: int | None = None  # channels per scale of a compressed format
 
     @classmethod
     def for_step(cls, graph: Any, device: Any = None) -> StaticKVCache:
@@ -42,7 +49,14 @@ class StaticKVCache:
             raise InputError("this compiled module is not a decode step with static caches; compile it with "
                              "fxforge.compile_decoder(model, max_length=...)")
         tensors = tuple(torch.zeros(tuple(t.shape), dtype=t.dtype.torch, device=device) for t in types)
-        return cls(tensors, int(types[0].shape[0]), int(types[0].shape[2]))
+        writes = [op.attrs for op in graph.ops if op.opcode == "cache_write" and op.attrs["format"] != "dense"]
+        fmt, block = (writes[0]["format"], writes[0]["block"]) if writes else ("dense", None)
+        return cls(tensors, int(types[0].shape[0]), int(types[0].shape[2]), fmt, block)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the caches hold (codes and scales of a compressed format)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors)
 
 
 def greedy_generate(step: Any, cache: StaticKVCache, input_ids: torch.Tensor, max_new_tokens: int,

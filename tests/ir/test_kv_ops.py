@@ -70,3 +70,69 @@ def test_triton_decode_helper_matches_unpack():
         for block in (16, 64):
             p = pack_kv(x, fmt, block)
             assert torch.equal(kv_cache.kv_unpack(p), unpack_kv(p)), (fmt, block)
+
+
+# -- packed cache rows and the cache ops (issue #12: the compressed cache is the decode storage) -------------
+
+@pytest.mark.parametrize("fmt", KV_FORMATS)
+def test_cache_rows_layout_and_roundtrip(fmt):
+    x = _x(seed=4, shape=(2, 2, 5, 64))
+    x[0, 1, 2, 20] = float("inf")  # a non-finite block stays NaN through the row layout
+    code, total = kv_ops.kv_row_layout(fmt, 16, 64)
+    assert (code, total) == {"bfp4": (32, 36), "bfp8": (64, 68), "fp8": (64, 68), "int8": (64, 72)}[fmt]
+    rows = kv_ops.pack_kv_rows(x, fmt, 16)
+    assert rows.dtype == torch.uint8 and rows.shape == (2, 2, 5, total)
+    p = pack_kv(x, fmt, 16)
+    assert rows.numel() == p.nbytes  # the cache row is exactly the packed codes and scales
+    want = unpack_kv(p)
+    got = kv_ops.unpack_kv_rows(rows, fmt, 16, 64)
+    assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)) and bool(got[0, 1, 2, 16:32].isnan().all())
+    with pytest.raises(ValueError, match=r"uint8 \[\.\.\., "):
+        kv_ops.unpack_kv_rows(rows[..., :-1], fmt, 16, 64)
+
+
+def test_cache_write_packs_rows_and_kv_load_reads_them():
+    from fxforge.ir.cache_ops import CACHE_FORMATS
+    from fxforge.ir.ops import lookup
+
+    assert CACHE_FORMATS == ("dense", *KV_FORMATS)
+    write, load = lookup("cache_write"), lookup("kv_load")
+    cache = torch.zeros(1, 2, 8, kv_ops.kv_row_layout("bfp8", 32, 64)[1], dtype=torch.uint8)
+    new = _x(seed=5, shape=(2, 2, 3, 64))[:1]
+    pos = torch.tensor([2, 3, 4])
+    out = write.ref(cache, pos, new, dim=2, format="bfp8", block=32)
+    assert out is cache  # in place
+    assert torch.equal(cache[:, :, 2:5], kv_ops.pack_kv_rows(new, "bfp8", 32))
+    assert not cache[:, :, :2].any() and not cache[:, :, 5:].any()
+    from fxforge.ir.dtypes import DType
+
+    vals = load.ref(cache, format="bfp8", block=32, head_dim=64, dtype=DType.f16)
+    assert vals.dtype == torch.float16 and torch.equal(vals[:, :, 2:5], kv_quant_ref(new, format="bfp8", block=32).half())
+
+
+def test_cache_ops_check_the_packed_types_and_print_parse():
+    from fxforge.ir.errors import ShapeError
+    from fxforge.ir.parser import parse_graph
+    from fxforge.ir.printer import print_graph
+
+    text = """graph @step(%cache: u8[1, 2, 8, 36], %pos: i64[s0], %new: f16[1, 2, s0, 64]) {
+  %w = cache_write(%cache, %pos, %new) {format="bfp4", block=16} : u8[1, 2, 8, 36]
+  %k = kv_load(%w) {format="bfp4", block=16, head_dim=64, dtype=f16} : f16[1, 2, 8, 64]
+  return %k
+}
+"""
+    assert print_graph(parse_graph(text, {})) == text
+    from fxforge.ir.ops import lookup
+    from fxforge.ir.parser import parse_type
+
+    write, load = lookup("cache_write"), lookup("kv_load")
+    pos, new = parse_type("i64[3]"), parse_type("f16[1, 2, 3, 64]")
+    bad = [("u8[1, 2, 8, 40]", 16, r"u8\[\.\.\., 36\]"),  # wrong row size
+           ("f16[1, 2, 8, 64]", 16, "one packed row per token"),  # a dense cache with a packed format
+           ("u8[1, 2, 8, 36]", 48, "must be one of")]  # a block that does not divide head_dim
+    for cache_type, block, match in bad:
+        with pytest.raises(ShapeError, match=match):
+            write.infer([parse_type(cache_type), pos, new], write.full_attrs({"format": "bfp4", "block": block}))
+    with pytest.raises(ShapeError, match=r"must be u8\[\.\.\., 36\]"):
+        load.infer([parse_type("u8[1, 2, 8, 40]")], load.full_attrs(
+            {"format": "bfp4", "block": 16, "head_dim": 64, "dtype": new.dtype}))

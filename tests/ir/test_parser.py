@@ -18,6 +18,7 @@ from fxforge.ir.ops import OPS
 from fxforge.ir.optable import OperandRef
 from fxforge.ir.parser import parse_dim, parse_graph, parse_type, parse_value
 from fxforge.ir.printer import print_dim, print_graph, print_type, print_value
+from fxforge.ir.reader import STATS, read_dim, read_graph, read_type
 from fxforge.ir.types import NM, BlockFP, Quantized, TensorType, sym
 
 s0, s1 = sym("s0"), sym("s1")
@@ -199,6 +200,8 @@ def pointwise_graph() -> Graph:
 def test_every_op_roundtrips():
     weights = every_op_weights()
     g = roundtrip(EVERY_OP, weights)
+    fast = STATS["fast"]
+    assert print_graph(read_graph(EVERY_OP, weights)) == EVERY_OP and STATS["fast"] == fast + 1, STATS
     check_types_inferred(g)
     assert set(g.weights) == set(weights)
     assert g.weights["q.weight"].encoding == Quantized("f4e2m1", 1, 32, DType.f8e4m3)
@@ -268,7 +271,7 @@ def test_symbolic_dims_and_expressions():
     for text in ["s0", "(s0 - 1)", "(floor(s0/2) + 1)", "(2*s0*s1)", "(Max(s0, s1))", "(ceiling(s1/3))",
                  "(Mod(s0, 4))", "(-s0 + s1)", "(s0**2)", "(floor(s0/2 - 1/2) + 1)"]:
         d = parse_dim(text)
-        assert print_dim(d) == text
+        assert print_dim(d) == text and read_dim(text) == d
         assert d.free_symbols <= {s0, s1}
     assert parse_dim("(s0 - 1)") == s0 - 1
     assert parse_dim("( 2 * s0 )") == 2 * s0  # spaces inside are fine
@@ -284,6 +287,7 @@ def test_types():
                  'f4e2m1[16, 64] #quantized<format="f4e2m1", axis=1, group=32, scale_dtype=f8e4m3, zero_point=true>',
                  "f32[4, 8] #nm<n=2, m=4, dtype=f32, scheme=none, group=0>", 'f8e5m2[8] #blockfp<format="f8e5m2", block=32, axis=-1, perm=none>']:
         assert print_type(parse_type(text)) == text
+        assert read_type(text) == parse_type(text)
     t = parse_type("f4e2m1[16, 64] #quantized<format=\"f4e2m1\", axis=1>")
     assert t == TensorType((16, 64), DType.f4e2m1, Quantized("f4e2m1", 1))
 
@@ -485,6 +489,9 @@ def test_random_graphs_roundtrip(g: Graph):
     assert print_graph(back) == text
     same_graph(g, back)
     assert back.weights == {}
+    fast = STATS["fast"]
+    same_graph(g, read_graph(text))  # the fast reader of the canonical form reads every printed graph
+    assert STATS["fast"] == fast + 1, STATS
     # with the weight table given, const types are checked against it and it is carried over
     with_weights = parse_graph(text, g.weights)
     assert with_weights.weights.keys() == g.weights.keys()
@@ -557,9 +564,11 @@ ERRORS = [
 
 
 @pytest.mark.parametrize("text,line,column,words", ERRORS, ids=[w[0] for *_, w in ERRORS])
-def test_errors(text, line, column, words):
+@pytest.mark.parametrize("reader", [parse_graph, read_graph])
+def test_errors(text, line, column, words, reader):
+    """The fast reader (`reader.py`) refuses what lark refuses, with lark's error."""
     with pytest.raises(IRParseError) as info:
-        parse_graph(text)
+        reader(text)
     err = info.value
     assert (err.line, err.column) == (line, column), str(err)
     message = str(err)

@@ -135,3 +135,41 @@ def test_hugging_face_outputs_come_back_by_name(tmp_path):
     with torch.no_grad():
         want = model(x)
     assert type(out) is type(want) and torch.allclose(out.last_hidden_state, want.last_hidden_state, atol=1e-5)
+
+
+def test_weights_are_hashed_with_xxh3_and_the_graph_read_without_lark(tied_artifact, tmp_path, monkeypatch):
+    """The load path's two largest costs were SHA-256 of the weights and lark's parse of the graph."""
+    from fxforge.ir import parser
+
+    path, model = tied_artifact
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["hash_algorithms"] == {"graph": "sha256", "trace": "sha256", "weights": "xxh3_128"}
+    parser._lark.cache_clear()
+    monkeypatch.setattr(parser, "_lark", lambda: pytest.fail("lark's parser was built to load an artifact"))
+    x = torch.randn(2, 8)
+    got = fxforge.load(str(path))(x)
+    assert torch.allclose(got[0], model(x)[0], atol=1e-6)
+
+
+def test_an_artifact_hashed_with_sha256_still_loads(tied_artifact, tmp_path):
+    path = copy_artifact(tied_artifact[0], tmp_path / "a")
+
+    def older(m):  # as written before `hash_algorithms`: every file's SHA-256
+        del m["hash_algorithms"]
+        m["hashes"]["weights"] = hashlib.sha256((path / "weights.safetensors").read_bytes()).hexdigest()
+
+    edit_manifest(path, older, rehash=True)
+    fxforge.load(str(path))
+    edit_manifest(path, lambda m: m["hashes"].update(weights="0" * 64), rehash=True)
+    with pytest.raises(ArtifactError, match=r"weights\.safetensors does not match the hash"):
+        fxforge.load(str(path))
+
+
+def test_unknown_hash_algorithm_and_missing_xxhash_are_named(tied_artifact, tmp_path, monkeypatch):
+    path = copy_artifact(tied_artifact[0], tmp_path / "a")
+    monkeypatch.setitem(sys.modules, "xxhash", None)  # `import xxhash` raises ImportError
+    with pytest.raises(ArtifactError, match=r"hashed with xxh3_128.*pip install xxhash"):
+        fxforge.load(str(path))
+    edit_manifest(path, lambda m: m["hash_algorithms"].update(weights="md5"), rehash=True)
+    with pytest.raises(ArtifactError, match=r"unknown hash_algorithms \{'weights': 'md5'\}"):
+        fxforge.load(str(path))

@@ -5,7 +5,8 @@ models are a GQA Qwen2 (q/k/v biases) and a GQA Llama (none) compiled with
 and a 1-layer model. Per layer today: QKV GEMM (RMSNorm prologue, bias), rope_cache (RoPE of q and k,
 k/v written into the cache), decode attention, o_proj GEMM (+ residual), gate/up GEMM (RMSNorm
 prologue, SwiGLU epilogue), down GEMM (+ residual); the rest: the mask (2 kernels), the RoPE tables
-(cos and sin in one kernel) and the lm_head GEMM with the final norm as its prologue."""
+(cos and sin in one kernel) and the lm_head GEMM with the final norm as its prologue. With a packed KV
+cache (kv_cache="int8") the same kernels run: rope_cache encodes the rows, decode attention decodes them."""
 
 from __future__ import annotations
 
@@ -55,14 +56,16 @@ def decode_launches(arch: str, layers: int, **options) -> list[str]:
     dec(ids, torch.arange(4), cache.tensors)  # prefill
     with counting() as names:
         dec(ids[:, :1], torch.tensor([4]), cache.tensors)
-    return names
+    host = dec.graph.partition.host  # a KV-cache op left to the host would dequantize the cache in torch
+    return names + [f"host {op.opcode}" for op in dec.graph.ops if op.opcode in ("kv_load", "kv_quant") and id(op) in host]
 
 
 @pytest.fixture(scope="module")
 def counts() -> dict[str, list[str]]:
     return {"qwen2_1": decode_launches("qwen2", 1), "qwen2_2": decode_launches("qwen2", 2),
             "llama_1": decode_launches("llama", 1), "llama_2": decode_launches("llama", 2),
-            "qwen2_1_unconcatenated": decode_launches("qwen2", 1, disable=["concat_linears"])}
+            "qwen2_1_unconcatenated": decode_launches("qwen2", 1, disable=["concat_linears"]),
+            "llama_1_int8": decode_launches("llama", 1, kv_cache="int8", kv_block=16)}
 
 
 def split(counts: dict[str, list[str]], arch: str) -> tuple[int, int]:
@@ -84,3 +87,9 @@ def test_concatenated_linears_enable_the_decoder_fusions(counts):
 def test_launch_budget(counts, arch):
     per_layer, rest = split(counts, arch)
     assert per_layer <= BUDGET_PER_LAYER and rest <= BUDGET_REST, (per_layer, rest, counts[f"{arch}_2"])
+
+
+def test_packed_kv_cache_keeps_the_launches(counts):
+    """A compressed cache (issue #12) is encoded by rope_cache and decoded inside decode attention: the
+    T=1 step launches exactly the dense step's kernels (no dequantize launch), so the budget holds."""
+    assert counts["llama_1_int8"] == counts["llama_1"], (counts["llama_1_int8"], counts["llama_1"])

@@ -104,3 +104,56 @@ def test_cuda_graph_generate_matches_eager_on_gpu():
     got = dec.generate(ids, max_new_tokens=8, cuda_graph=True)
     assert dec._graphed_step, "the decode step was not captured"
     assert torch.equal(got, _eager(model, ids, 8))
+
+
+# -- a compressed KV cache is the decode storage (issue #12) ---------------------------------------------------
+
+def _packed_decoder(executor: str, fmt: str = "bfp8"):
+    torch.manual_seed(0)
+    model = zoo.llama(hidden=64, layers=1, heads=4, kv_heads=2, intermediate=128)  # head_dim 16
+    return fxforge.compile_decoder(model, max_length=12, executor=executor, kv_cache=fmt, kv_block=16)
+
+
+def test_packed_cache_is_the_decode_storage():
+    from fxforge.ir.dtypes import DType
+    from fxforge.ir.kv_ops import kv_row_layout, unpack_kv_rows
+
+    dec = _packed_decoder("reference")
+    row = kv_row_layout("bfp8", 16, 16)[1]  # 16 codes + 1 scale byte per token and head
+    assert [(v.type.dtype, v.type.shape) for v in dec.graph.inputs[2:]] == [(DType.u8, (1, 2, 12, row))] * 2
+    opcodes = [op.opcode for op in dec.graph.ops]
+    assert opcodes.count("kv_load") == 2 and "kv_quant" not in opcodes  # read back from the packed cache
+    assert [op.attrs["format"] for op in dec.graph.find("cache_write")] == ["bfp8"] * 2
+    ids = torch.randint(3, 256, (1, 4), generator=torch.Generator().manual_seed(5))
+    dec.generate(ids, max_new_tokens=4)
+    cache = dec._kv_cache
+    assert all(t.dtype == torch.uint8 and t.shape == (1, 2, 12, row) for t in cache.tensors)
+    assert (cache.format, cache.block, cache.nbytes) == ("bfp8", 16, 2 * 2 * 12 * row)  # vs 2 * 2 * 12 * 16 * 4 fp32
+    written = (cache.tensors[0][0].sum(dim=(0, 2)) > 0).nonzero().flatten().tolist()
+    assert written == list(range(7))  # prompt + 3 fed-back tokens, as packed rows
+    k = unpack_kv_rows(cache.tensors[0], "bfp8", 16, 16)
+    assert k[..., :7, :].abs().sum() > 0 and not k[..., 7:, :].any()
+
+
+@pytest.mark.slow
+def test_packed_cache_interpret_generate_matches_the_reference():
+    """The interpret executor's kernels (rope_cache encoding rows, decode attention decoding them) give
+    the tokens of the same compiled graph run op by op on its reference semantics."""
+    from fxforge.ir.evaluate import evaluate
+    from fxforge.runtime.generate import StaticKVCache, greedy_generate
+
+    dec = _packed_decoder("interpret")
+    ids = torch.randint(3, 256, (1, 4), generator=torch.Generator().manual_seed(5))
+    got = dec.generate(ids, max_new_tokens=4)
+    cache = StaticKVCache.for_step(dec.graph)
+    assert cache.tensors[0].dtype == torch.uint8
+    want = greedy_generate(lambda t, p, kv: evaluate(dec.graph, [t, p, *kv])[0], cache, ids, 4)
+    assert torch.equal(got, want)
+
+
+def test_packed_cache_bad_block_is_a_config_error():
+    from fxforge.errors import ConfigError
+
+    model = zoo.llama(hidden=64, layers=1, heads=4, kv_heads=2, intermediate=128)  # head_dim 16
+    with pytest.raises(ConfigError, match="kv_block=32 does not divide head_dim 16"):
+        fxforge.compile_decoder(model, max_length=8, executor="reference", kv_cache="int8", kv_block=32)

@@ -15,6 +15,10 @@ Decisions:
   SMs twice, at least 256 keys each; one split under the interpreter (no arch), where the launch
   count matters more than parallelism. Tests force `splits` to check the combine.
 - exp2 with log2(e) folded into the scale (one multiply fewer per score).
+- A packed KV cache (`kv_format`, issue #12) is decoded tile by tile inside the key loop
+  (`kv_cache.kv_decode_tile`: codes and block scales of each key row, rounded to q's dtype as the reference
+  `kv_load` is): the compressed cache is what the kernel reads from memory, no dequantized copy exists.
+  Tiles of at most 32 keys then (`packed_blocks`): the decoded tile lives in registers.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import triton.language as tl
 from fxforge.codegen.blocks import decode_attention_blocks
 from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.gemm import device_arch, dot_options
+from fxforge.codegen.templates.kv_cache import kv_decode_tile
 from fxforge.codegen.templates.online_softmax import LOG2E, online_softmax_step
+from fxforge.ir.kv_ops import kv_row_layout
 
 
 @triton.jit
@@ -42,6 +48,7 @@ def decode_split_kernel(
     stride_ob, stride_oh, stride_od,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
     FINAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    KV_FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, D_CONST: tl.constexpr,
 ):
     """One split of the keys for the GROUP query heads of one kv head (see the module docstring)."""
     split = tl.program_id(0)
@@ -69,10 +76,16 @@ def decode_split_kernel(
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < end
-        kt = tl.load(k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn,
-                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)
-        v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        if KV_FORMAT == "dense":
+            kt = tl.load(k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn,
+                         mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+            v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        else:  # packed rows: decoded here, in the model's dtype as the reference kv_load gives them
+            kt = tl.trans(kv_decode_tile(k_ptr + offs_n[:, None] * stride_kn, mask_n[:, None], D_CONST, BLOCK_D,
+                                         KV_FORMAT, KV_BLOCK, CODE_BYTES).to(q_ptr.dtype.element_ty))
+            v = kv_decode_tile(v_ptr + offs_n[:, None] * stride_vn, mask_n[:, None], D_CONST, BLOCK_D,
+                               KV_FORMAT, KV_BLOCK, CODE_BYTES).to(q_ptr.dtype.element_ty)
         if UPCAST:
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
@@ -119,16 +132,32 @@ def decode_combine_kernel(out_ptr, part_ptr, ml_ptr, Hq, D, n_splits, stride_ob,
              mask=offs_d < D)
 
 
+def packed_blocks(cfg: dict, kv_format: str) -> dict:
+    """The tile config for a packed cache: at most 32 keys per tile (decoding a 64-key tile of D=128 in
+    registers took 254 registers on sm_90, 32 keys 144-189, no spills)."""
+    return cfg if kv_format == "dense" else dict(cfg, BLOCK_N=min(cfg["BLOCK_N"], 32))
+
+
+def kv_constexprs(kv_format: str, kv_block: int, D: int) -> dict:
+    """`decode_split_kernel`'s constexprs for the cache layout (dense: placeholders the kernel ignores)."""
+    if kv_format == "dense":
+        return {"KV_FORMAT": "dense", "KV_BLOCK": 16, "CODE_BYTES": 0, "D_CONST": 0}
+    return {"KV_FORMAT": kv_format, "KV_BLOCK": kv_block, "CODE_BYTES": kv_row_layout(kv_format, kv_block, D)[0],
+            "D_CONST": D}
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
-                     scale: float | None = None, splits: int | None = None, out: torch.Tensor | None = None,
-                     ws: Workspace | None = None) -> torch.Tensor:
-    """sdpa for one query position: q [B, Hq, 1, D], k/v [B, Hkv, Lk, D], mask broadcasting to
-    [B, Hq, 1, Lk] or None (shapes checked by `attention`, which calls this). `out`: the result's
-    storage (contiguous, q's shape), else allocated; `ws`: the workspace the split partials come from."""
+                     scale: float | None = None, splits: int | None = None, kv_format: str = "dense",
+                     kv_block: int = 32, out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
+    """sdpa for one query position: q [B, Hq, 1, D], k/v [B, Hkv, Lk, D] (a `kv_format`: packed cache rows
+    uint8 [B, Hkv, Lk, row_bytes], `kv_ops.kv_row_layout`), mask broadcasting to [B, Hq, 1, Lk] or None
+    (shapes checked by `attention` / `kv_attention`, which call this). `out`: the result's storage
+    (contiguous, q's shape), else allocated; `ws`: the workspace the split partials come from."""
     B, Hq, _, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     group = Hq // Hkv
-    cfg = decode_attention_blocks(B * Hkv, group, Lk, D, q.dtype, device_arch(q.device), mask is not None)
+    cfg = packed_blocks(decode_attention_blocks(B * Hkv, group, Lk, D, q.dtype, device_arch(q.device), mask is not None),
+                        kv_format)
     n_splits = max(1, min(splits or cfg["splits"], triton.cdiv(Lk, cfg["BLOCK_N"])))
     keys_per_split = triton.cdiv(triton.cdiv(Lk, n_splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     n_splits = triton.cdiv(Lk, keys_per_split)
@@ -149,7 +178,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         q.stride(0), q.stride(1), q.stride(3), *k.stride(), *v.stride(), *ms,
         out.stride(0), out.stride(1), out.stride(3),
         BLOCK_G=cfg["BLOCK_G"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, MASK_KIND=mask_kind, FINAL=final,
-        **dot_options(q.dtype, k.dtype, v.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        **kv_constexprs(kv_format, kv_block, D),
+        **dot_options(*((q.dtype, k.dtype, v.dtype) if kv_format == "dense" else (q.dtype,))),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if not final:
         decode_combine_kernel[(B * Hq,)](out, part, ml, Hq, D, n_splits, out.stride(0), out.stride(1), out.stride(3),
                                          BLOCK_S=triton.next_power_of_2(n_splits), BLOCK_D=bd, num_warps=4)

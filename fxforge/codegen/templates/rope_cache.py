@@ -8,6 +8,9 @@ applied, [B, Hq, S, D] contiguous, and the caches, after writing RoPE(k) and v i
 [B, Hkv, L, D] at `pos` along L, in place (the `cache_write` ops of `ir/cache_ops.py`, whose results are
 the caches themselves). The rotation is HF's
 `x * cos + rotate_half(x) * sin` with rotate_half(x) = cat(-x[D/2:], x[:D/2]).
+With `format=` a KV format (`ir/kv_ops.py`) the caches are uint8 [B, Hkv, L, row_bytes] and each k / v
+head program encodes its token's row (`templates/kv_cache.kv_encode`: bit for bit `pack_kv_rows` of the
+values rounded to qkv's dtype, which is what the reference `cache_write` packs).
 
 Decisions:
 - One program per (token, head) over all Hq + 2 Hkv heads: a decode step has one token, so this is
@@ -16,6 +19,9 @@ Decisions:
 - The partner half for rotate_half is loaded again from memory at (d + D/2) mod D (L1-resident)
   rather than permuted in registers: no reshape/split tricks, the same code on Triton 3.6 and 3.9.
 - fp32 math, one rounding at the store (the generated pointwise kernel's convention).
+- Packed: a k / v program computes its row as even and odd channels [blocks, block / 2] (RoPE evaluated
+  at those indices), so the encoder reduces each block along one axis and pairs bfp4's nibbles without
+  reshapes; q heads take the dense path (a runtime branch on the head, one kernel for all heads).
 """
 
 from __future__ import annotations
@@ -25,59 +31,93 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.pool import out_tensor
+from fxforge.codegen.templates.kv_cache import kv_encode
 from fxforge.errors import ShapeError
+from fxforge.ir.kv_ops import kv_row_layout
+
+
+@triton.jit
+def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr):
+    """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row`."""
+    x = tl.load(row + d * stride_xn, mask=md, other=0.0).to(tl.float32)
+    partner = tl.load(row + ((d + D // 2) % D) * stride_xn, mask=md, other=0.0).to(tl.float32)
+    rot = tl.where(d < D // 2, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
+    c = tl.load(c_ptr + d * stride_cd, mask=md, other=0.0).to(tl.float32)
+    sn = tl.load(s_ptr + d * stride_cd, mask=md, other=0.0).to(tl.float32)
+    return tl.where(rotate, x * c + rot * sn, x)
 
 
 @triton.jit
 def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       S, stride_xb, stride_xs, stride_xn, stride_cb, stride_cs, stride_cd,
                       stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
-                      HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
+                      HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                      FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, NB: tl.constexpr):
     """Head program_id(1) of token program_id(0) = b * S + s: RoPE on q/k heads, then store q / write the cache."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     b = t // S
     s = t % S
-    d = tl.arange(0, BLOCK_D)
-    md = d < D
-    hd = d * 0 + h  # the head index as a vector: masks of one dtype with md
     row = qkv_ptr + b * stride_xb + s * stride_xs + h * D * stride_xn
-    x = tl.load(row + d * stride_xn, mask=md, other=0.0).to(tl.float32)
-    partner = tl.load(row + ((d + D // 2) % D) * stride_xn, mask=md, other=0.0).to(tl.float32)
-    rot = tl.where(d < D // 2, -partner, partner)
-    c_off = b * stride_cb + s * stride_cs + d * stride_cd
-    c = tl.load(cos_ptr + c_off, mask=md, other=0.0).to(tl.float32)
-    sn = tl.load(sin_ptr + c_off, mask=md, other=0.0).to(tl.float32)
-    y = tl.where(hd < HQ + HKV, x * c + rot * sn, x)  # v heads pass through
+    c_off = b * stride_cb + s * stride_cs
     p = tl.load(pos_ptr + s)
-    q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
-    tl.store(q_dst, y.to(q_ptr.dtype.element_ty), mask=md & (hd < HQ))
     hk = tl.minimum(tl.maximum(h - HQ, 0), HKV - 1)
-    k_dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl + d
-    tl.store(k_dst, y.to(k_ptr.dtype.element_ty), mask=md & (hd >= HQ) & (hd < HQ + HKV))
     hv = tl.minimum(tl.maximum(h - HQ - HKV, 0), HKV - 1)
-    v_dst = v_ptr + b * stride_vb + hv * stride_vh + p * stride_vl + d
-    tl.store(v_dst, y.to(v_ptr.dtype.element_ty), mask=md & (hd >= HQ + HKV))
+    if FORMAT == "dense":
+        d = tl.arange(0, BLOCK_D)
+        md = d < D
+        hd = d * 0 + h  # the head index as a vector: masks of one dtype with md
+        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D)
+        q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
+        tl.store(q_dst, y.to(q_ptr.dtype.element_ty), mask=md & (hd < HQ))
+        k_dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl + d
+        tl.store(k_dst, y.to(k_ptr.dtype.element_ty), mask=md & (hd >= HQ) & (hd < HQ + HKV))
+        v_dst = v_ptr + b * stride_vb + hv * stride_vh + p * stride_vl + d
+        tl.store(v_dst, y.to(v_ptr.dtype.element_ty), mask=md & (hd >= HQ + HKV))
+    elif h < HQ:  # packed cache, a q head: plain store
+        d = tl.arange(0, BLOCK_D)
+        md = d < D
+        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D)
+        tl.store(q_ptr + ((b * HQ + h) * S + s) * D + d, y.to(q_ptr.dtype.element_ty), mask=md)
+    else:  # packed cache, a k or v head: encode the token's row (even / odd channels of each block)
+        is_k = h < HQ + HKV
+        nb = tl.arange(0, NB)
+        nb_mask = nb < D // KV_BLOCK
+        de = nb[:, None] * KV_BLOCK + 2 * tl.arange(0, KV_BLOCK // 2)[None, :]
+        me = nb_mask[:, None] & (de < D)
+        ye = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D)
+        yo = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D)
+        ye = ye.to(q_ptr.dtype.element_ty).to(tl.float32)  # what the graph's `new` holds: the model's dtype
+        yo = yo.to(q_ptr.dtype.element_ty).to(tl.float32)
+        if is_k:
+            dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl
+        else:
+            dst = v_ptr + b * stride_vb + hv * stride_vh + p * stride_vl
+        kv_encode(dst, ye, yo, nb_mask, FORMAT, KV_BLOCK, CODE_BYTES)
 
 
-def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim) -> None:
+def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, fmt, block) -> None:
     B, S, N = qkv.shape
-    want = (B, kv_heads, k_cache.shape[2], head_dim)
+    row = head_dim if fmt == "dense" else kv_row_layout(fmt, block, head_dim)[1]
+    want = (B, kv_heads, k_cache.shape[2], row)
     if N != (q_heads + 2 * kv_heads) * head_dim or head_dim % 2:
         raise ShapeError(f"rope_cache: qkv {tuple(qkv.shape)} is not [B, S, (Hq + 2 Hkv) * D] for Hq={q_heads}, "
                          f"Hkv={kv_heads}, D={head_dim} (D even)")
     if tuple(k_cache.shape) != want or tuple(v_cache.shape) != want:
         raise ShapeError(f"rope_cache: caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)} must be {want}")
+    if fmt != "dense" and (k_cache.dtype != torch.uint8 or v_cache.dtype != torch.uint8):
+        raise ShapeError(f"rope_cache: {fmt} caches hold packed rows (uint8), got {k_cache.dtype}, {v_cache.dtype}")
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ShapeError("rope_cache: the caches must be contiguous along head_dim (StaticKVCache allocates them so)")
 
 
 def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
-               v_cache: torch.Tensor, *, q_heads: int, kv_heads: int,
-               head_dim: int, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`;
-    `out`: q's storage (contiguous; a planned buffer of the generated `run()`), else allocated."""
-    _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim)
+               v_cache: torch.Tensor, *, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
+               block: int = 32, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
+    (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
+    buffer of the generated `run()`), else allocated."""
+    _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
     try:
         cs = [t.expand(B, 1, S, head_dim).select(1, 0) for t in (cos, sin)]
@@ -92,19 +132,29 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         qkv, cs[0], cs[1], pos, q, k_cache, v_cache,
         S, *qkv.stride(), *cs[0].stride(),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
-        HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim))
+        HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), **_format_constexprs(
+            format, block, head_dim))
     return q, k_cache, v_cache
 
 
-def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int) -> dict:
+def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
+    if fmt == "dense":
+        return {"FORMAT": "dense", "KV_BLOCK": 16, "CODE_BYTES": 0, "NB": 1}
+    return {"FORMAT": fmt, "KV_BLOCK": block, "CODE_BYTES": kv_row_layout(fmt, block, head_dim)[0],
+            "NB": triton.next_power_of_2(head_dim // block)}
+
+
+def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
+                    block: int = 32) -> dict:
     """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches."""
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
-    ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr", "k_ptr", "v_ptr")}
+    ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
+    ptrs.update(dict.fromkeys(("k_ptr", "v_ptr"), f"*{t}" if format == "dense" else "*u8"))
     strides = ("S", "stride_xb", "stride_xs", "stride_cb", "stride_cs", "stride_kb", "stride_kh", "stride_kl",
                "stride_vb", "stride_vh", "stride_vl")
     sig = {**ptrs, "pos_ptr": "*i64", **dict.fromkeys(strides, "i32")}
     const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim,
-             "BLOCK_D": triton.next_power_of_2(head_dim)}
+             "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim)}
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
-            "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim}"}
+            "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"}

@@ -1,0 +1,108 @@
+"""Capturing a stack of identical layers once (`frontend/layer_reuse.py`): the graph is the one a full
+export gives, and any layer that is not the same function drops the reuse (never a wrong graph)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fxforge
+from fxforge import testing as zoo
+from fxforge.frontend import layer_reuse
+from fxforge.frontend.export import capture_export
+from fxforge.ir.fhash import graph_key
+
+
+class Block(torch.nn.Module):
+    def __init__(self, i: int, scale: float = 1.0, branch_on: int | None = None) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+        self.layer_idx, self.scale, self.branch_on = i, scale, branch_on
+
+    def forward(self, x, bias):
+        y = x + torch.relu(self.fc(x)) * self.scale + bias
+        return y * 2 if self.layer_idx == self.branch_on else y  # a layer_idx-dependent graph
+
+
+class Stack(torch.nn.Module):
+    def __init__(self, blocks: list[Block], every_output: bool = False) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(blocks)
+        self.head = torch.nn.Linear(8, 3)
+        self.every_output = every_output
+
+    def forward(self, x):
+        bias = x.mean(-1, keepdim=True)  # a value every layer reads (as RoPE tables are)
+        outs = []
+        for layer in self.layers:
+            x = layer(x, bias)
+            outs.append(x)
+        return tuple(outs) if self.every_output else self.head(x)
+
+
+def capture(model, reuse=True):
+    torch.manual_seed(1)
+    return capture_export(model.eval(), (torch.randn(2, 5, 8),), reuse_layers=reuse)
+
+
+def reused(cap) -> bool:
+    return any("layers reused" in n or "graph reused" in n for n in cap.notes)
+
+
+def test_identical_layers_captured_once_give_the_full_export_s_graph():
+    torch.manual_seed(0)
+    model = Stack([Block(i) for i in range(5)])
+    cap = capture(model)
+    assert reused(cap), cap.notes
+    assert graph_key(cap.lowered.graph, weights=True) == graph_key(capture(model, reuse=False).lowered.graph, weights=True)
+
+
+@pytest.mark.parametrize("blocks,every_output,why", [
+    ([Block(i, scale=2.0 if i == 3 else 1.0) for i in range(5)], False, None),  # not one structure key
+    ([Block(i, branch_on=3) for i in range(5)], False, "differ from the eager model"),  # only layer_idx differs
+    ([Block(i) for i in range(5)], True, "an output reads"),  # every layer's output is returned
+])
+def test_layers_that_are_not_one_function_are_each_exported(blocks, every_output, why):
+    torch.manual_seed(0)
+    model = Stack(blocks, every_output).eval()
+    compiled = fxforge.compile_aot(model, (torch.randn(2, 5, 8),), executor="reference")
+    notes = compiled.fxforge_report.graphs[0].notes
+    assert not any("graph reused" in n for n in notes), notes
+    if why:
+        assert any(why in n and "no layer reuse" in n for n in notes), notes
+    x = torch.randn(3, 4, 8)
+    got = compiled(x)
+    with torch.no_grad():
+        want = model(x)
+    for g, w in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        torch.testing.assert_close(g, w)
+
+
+def test_structure_key_ignores_only_layer_idx():
+    a, b = Block(0), Block(7)
+    assert layer_reuse.structure_key(a) == layer_reuse.structure_key(b)
+    b.scale = 0.5
+    assert layer_reuse.structure_key(a) != layer_reuse.structure_key(b)
+    assert layer_reuse.stack_of(Stack([Block(0), Block(1)])) is None  # two layers: nothing to reuse
+
+
+@pytest.mark.slow
+def test_three_layer_llama_matches_eager():
+    model = zoo.llama(layers=3)
+    ids = zoo.example_input("llama", batch=2, seq=8)
+    compiled = fxforge.compile_aot(model, (ids,), executor="reference")
+    assert any("2 of 3 layers exported" in n for n in compiled.fxforge_report.graphs[0].notes), compiled.fxforge_report.graphs[0].notes
+    x = torch.randint(0, 256, (3, 11))
+    with torch.no_grad():
+        want = model(x).logits
+    torch.testing.assert_close(compiled(x).logits, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mistral"])
+def test_hf_models_reused_graph_is_the_full_graph(arch):
+    model = zoo.build(arch, layers=4)
+    ids = zoo.example_input(arch, batch=2, seq=8)
+    a, b = capture_export(model, (ids,)), capture_export(model, (ids,), reuse_layers=False)
+    assert any("2 of 4 layers exported" in n for n in a.notes), a.notes
+    assert graph_key(a.lowered.graph, weights=True) == graph_key(b.lowered.graph, weights=True)
