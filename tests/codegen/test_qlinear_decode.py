@@ -125,3 +125,85 @@ def test_fp4_narrow_group_builds_without_spills(arch):
     builds = build_in_subprocess(specs, arch)
     assert all(b.ok and b.spills == 0 for b in builds), [b.error for b in builds]
     assert 0 < per_weight(specs[0], builds[0]) <= 3.2
+
+
+def _run_ptx(text: str, args: list[int]) -> list[int]:
+    """A tiny emulator of the integer/f16x2 PTX the FP4 decode uses (no GPU here): returns the 16-bit outputs."""
+    import re
+
+    import numpy as np
+
+    regs = {f"${i}": v for i, v in enumerate(args, start=8)}
+    val = lambda t: regs[t] if t in regs else int(t, 0)  # noqa: E731
+    out: dict[int, int] = {}
+    for line in text.split(";"):
+        ins = line.strip().lstrip("{").strip()
+        if not ins or ins.startswith(".reg") or ins == "}":
+            continue
+        op, rest = ins.split(None, 1)
+        ops = [o.strip() for o in re.split(r",(?![^{]*})", rest)]
+        if op == "lop3.b32":
+            a, b, c, lut = (val(o) for o in ops[1:])
+            regs[ops[0]] = sum((((lut >> (((a >> i) & 1) << 2 | ((b >> i) & 1) << 1 | ((c >> i) & 1))) & 1) << i)
+                               for i in range(32))
+        elif op in ("shl.b32", "shr.u32"):
+            x, n = val(ops[1]), val(ops[2])
+            regs[ops[0]] = ((x << n) if op == "shl.b32" else (x >> n)) & 0xFFFFFFFF
+        elif op in ("mul.rn.f16x2", "sub.f16x2", "fma.rn.f16x2"):
+            h = np.array([val(o) for o in ops[1:]], dtype=np.uint32).view(np.uint16).view(np.float16)
+            r = {"mul.rn.f16x2": lambda: h[0:2] * h[2:4], "sub.f16x2": lambda: h[0:2] - h[2:4],
+                 "fma.rn.f16x2": lambda: (h[0:2].astype(np.float64) * h[2:4] + h[4:6])}[op]()
+            regs[ops[0]] = int(np.asarray(r).astype(np.float16).view(np.uint32)[0])
+        elif op == "mov.b32" and not ops[0].startswith("{"):
+            regs[ops[0]] = val(ops[1])
+        elif op == "mov.b32":
+            lo, hi = re.findall(r"\$(\d+)", ops[0])
+            out[int(lo)], out[int(hi)] = val(ops[1]) & 0xFFFF, val(ops[1]) >> 16
+        else:
+            raise AssertionError(f"emulator lacks {op}")
+    return [out[i] for i in range(8)]
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_fp4_ptx_matches_the_layout(scaled):
+    """The PTX of `_dequant_f4_asm` / `_dequant_f4s_asm` (emulated: no GPU runs it in CI) decodes the words of an
+    "f4w" layout into exactly the fp16 values the portable path and `decode_weight` give (E2M1 * 2^-14, times
+    the group factor when scaled)."""
+    import inspect
+    import re
+
+    from fxforge.codegen.templates import qlinear_decode as qd
+    from fxforge.ir.weight_layouts import BIT_POSITIONS, shuffle_words
+
+    fn = qd._dequant_f4s_asm if scaled else qd._dequant_f4_asm
+    text = re.search(r'asm="""(.*?)"""', inspect.getsource(fn.fn), re.S).group(1)
+    codes = torch.randint(0, 16, (1, 32), generator=torch.Generator().manual_seed(3)).to(torch.uint8)
+    word = shuffle_words(codes, 32, torch.zeros(1, dtype=torch.uint8), 2, "f4e2m1")  # 4 words, slot e = bits
+    factor = 2.0 ** 5
+    ss = int(torch.tensor([factor, factor], dtype=torch.float16).view(torch.int32)[0]) & 0xFFFFFFFF
+    table = decode_weight.__globals__["decode_elements"](torch.arange(16, dtype=torch.uint8), "f4e2m1")
+    for w in word[0].tolist():
+        got = _run_ptx(text, [w & 0xFFFFFFFF] + ([ss] if scaled else []))
+        got = torch.tensor(got, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
+        slots = [sum(((w >> int(p)) & 1) << b for b, p in enumerate(BIT_POSITIONS["f4e2m1"][e])) for e in range(8)]
+        want = table[slots] * 2.0 ** -14 * (factor if scaled else 1)
+        assert torch.equal(got, want), (got, want)
+
+
+def test_int4_ptx_matches_the_layout():
+    """The PTX of `_dequant_asm` (emulated) turns "i4w" words and a group's zero-point pairs into q - z, exactly
+    what `decode_weight` reads from the layout (before the group scale)."""
+    import inspect
+    import re
+
+    from fxforge.codegen.templates import qlinear_decode as qd
+    from fxforge.ir.weight_layouts import BIT_POSITIONS, shuffle_words, zero_pairs
+
+    text = re.search(r'asm="""(.*?)"""', inspect.getsource(qd._dequant_asm.fn), re.S).group(1)
+    codes = torch.randint(0, 16, (1, 32), generator=torch.Generator().manual_seed(4)).to(torch.uint8)
+    zero = torch.tensor([[11]], dtype=torch.uint8)
+    zz, zz16 = (int(v) & 0xFFFFFFFF for v in zero_pairs(zero)[0, 0])
+    for w in shuffle_words(codes, 32, zero[:, -1])[0].tolist():
+        got = torch.tensor(_run_ptx(text, [w & 0xFFFFFFFF, zz, zz16]), dtype=torch.int32).to(torch.int16)
+        slots = [sum(((w >> int(p)) & 1) << b for b, p in enumerate(BIT_POSITIONS["i4"][e])) for e in range(8)]
+        assert torch.equal(got.view(torch.float16).float(), torch.tensor(slots, dtype=torch.float32) - 11)
