@@ -33,6 +33,7 @@ Decisions:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import sympy
 
@@ -80,6 +81,13 @@ def launch_steps(graph: Graph, part: Partition) -> list[Step]:
         elif id(op) in last:
             out.append(last[id(op)])
     return out
+
+
+@lru_cache(maxsize=4096)
+def _numel(shape: tuple) -> sympy.Expr:
+    """A shape's element count, simplified (cached: sympy's simplify costs ~5 ms, and a deep model repeats
+    the same few shapes hundreds of times)."""
+    return sympy.simplify(numel_expr(shape))
 
 
 @dataclass
@@ -210,7 +218,7 @@ class BufferPlan:
 
     def place(self, out: Value, step: int, free: dict[tuple, list[str]], holder: dict[int, str],
               sig: dict[int, tuple], shared: bool) -> None:
-        key = (sympy.simplify(numel_expr(out.type.shape)), out.type.dtype)
+        key = (_numel(tuple(out.type.shape)), out.type.dtype)
         if shared and free.get(key):
             buf = free[key].pop()
             self.idle_after.pop(buf, None)
