@@ -21,17 +21,42 @@ Decisions:
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 
-from fxforge.ir.graph import Graph, Op, Value
+from fxforge.ir.graph import Graph, Op, Value, Weight
+from fxforge.ir.types import Quantized
 from fxforge.passes.manager import PassContext
 
 
-def _const_weight(graph: Graph, v: Value) -> str | None:
-    p = v.producer
-    if p is None or p.opcode != "const" or v.type.encoding is not None:
+def _const_weight(graph: Graph, v: Value, encoded: bool = False) -> str | None:
+    """The weight name of a const (plain, or `#quantized` row-major when `encoded`), else None."""
+    p, enc = v.producer, v.type.encoding
+    plain = enc is None or (encoded and isinstance(enc, Quantized) and not enc.layout)
+    if p is None or p.opcode != "const" or not plain:
         return None
     return p.attrs["weight"]
+
+
+def _key(graph: Graph, op: Op) -> Hashable | None:
+    """What sibling GEMMs must share to stack into one, None when this op cannot: the opcode, the weight's
+    dtype, encoding and K, bias or not, and for a `qlinear` its attributes (scheme, act_format, group) and
+    payload parts; a LoRC-corrected qlinear stays alone (its factors would need a block-diagonal stack)."""
+    if op.opcode not in ("linear", "qlinear") or len(op.operands) < 2:
+        return None
+    w, bias = op.operands[1], op.operands[2:]
+    quantized = op.opcode == "qlinear"
+    name = _const_weight(graph, w, encoded=quantized)
+    if name is None or len(bias) > 1 or any(_const_weight(graph, b) is None for b in bias):
+        return None
+    if not quantized:
+        return ("linear", w.type.dtype, w.type.shape[1], len(bias))
+    if not isinstance(w.type.encoding, Quantized) or op.attrs["lorc_rank"]:
+        return None
+    attrs = tuple(sorted(op.attrs.items()))
+    return ("qlinear", w.type.dtype, w.type.shape[1], len(bias), w.type.encoding, attrs,
+            tuple(sorted(graph.weight(name).payload)))
 
 
 def _feeds_swiglu(op: Op) -> bool:
@@ -39,7 +64,7 @@ def _feeds_swiglu(op: Op) -> bool:
     return any(u.opcode in ("silu", "mul") for u in op.result.uses)
 
 
-def _swiglu_pair(users: list[Op]) -> list[Op] | None:
+def _swiglu_pair(users: list[Op], keys: dict[int, Hashable]) -> list[Op] | None:
     """[gate, up] among sibling linears when the only use of gate is silu, whose only use is
     silu(gate) * up, the only use of up: one GEMM with the SwiGLU epilogue (`fusion_rules.swiglu_ops`)."""
     for gate in users:
@@ -51,9 +76,7 @@ def _swiglu_pair(users: list[Op]) -> list[Op] | None:
         if mul.opcode != "mul" or len(other) != 1:
             continue
         up = next((u for u in users if u is not gate and u.result is other[0] and len(u.result.uses) == 1), None)
-        same = up is not None and len(up.operands) == len(gate.operands) == 2 and (
-            up.operands[1].type.dtype == gate.operands[1].type.dtype)
-        if same:
+        if up is not None and len(up.operands) == len(gate.operands) == 2 and keys[id(up)] == keys[id(gate)]:
             return [gate, up]
     return None
 
@@ -61,22 +84,18 @@ def _swiglu_pair(users: list[Op]) -> list[Op] | None:
 def _groups(graph: Graph, mlp: bool) -> list[list[Op]]:
     groups = []
     for x in graph.values():
-        users = [u for u in dict.fromkeys(x.uses) if u.opcode == "linear" and u.operands[0] is x]
-        users = [u for u in users if _const_weight(graph, u.operands[1]) is not None
-                 and (len(u.operands) < 3 or _const_weight(graph, u.operands[2]) is not None)]
+        users = [u for u in dict.fromkeys(x.uses) if u.operands and u.operands[0] is x]
+        keys = {id(u): _key(graph, u) for u in users}
+        users = [u for u in users if keys[id(u)] is not None]
         if not mlp:
-            pair = _swiglu_pair(users)
+            pair = _swiglu_pair(users, keys)
             if pair is not None:
                 groups.append(pair)
             users = [u for u in users if not _feeds_swiglu(u)]
-        if len(users) < 2:
-            continue
-        first = users[0]
-        same = [u for u in users if u.operands[1].type.dtype == first.operands[1].type.dtype
-                and len(u.operands) == len(first.operands)
-                and u.operands[1].type.shape[1] == first.operands[1].type.shape[1]]
-        if len(same) >= 2:
-            groups.append(sorted(same, key=graph.ops.index))
+        by_key: dict[Hashable, list[Op]] = {}
+        for u in users:
+            by_key.setdefault(keys[id(u)], []).append(u)
+        groups += [sorted(same, key=graph.ops.index) for same in by_key.values() if len(same) >= 2]
     return groups
 
 
@@ -92,10 +111,25 @@ def _stacked_name(names: list[str]) -> str:
     return ".".join(parts[0][:head] + ["{" + mid + "}"] + (parts[0][len(parts[0]) - tail:] if tail else []))
 
 
+def stack_weights(weights: list[Weight]) -> Weight:
+    """One weight with the given ones' rows stacked (along the output dim). An encoded (`#quantized`,
+    row-major) weight keeps its encoding: every payload part (codes, scale, zero, shift) is per output
+    row, so the parts stack row for row and decode(stacked) == cat(decode(each)) exactly."""
+    first = weights[0]
+    if first.encoding is None:
+        return Weight(torch.cat([w.data for w in weights], dim=0))
+    if any(w.encoding != first.encoding or set(w.payload) != set(first.payload) for w in weights):
+        raise ValueError("stack_weights: the encoded weights differ in encoding or payload parts")
+    rows = sum(w.data.shape[0] for w in weights)
+    placeholder = first.data.new_zeros(()).expand(rows, *first.data.shape[1:])  # the logical shape, 4 bytes
+    return Weight(placeholder, first.encoding, {k: torch.cat([w.payload[k] for w in weights], dim=0).contiguous()
+                                                for k in first.payload})
+
+
 def _stack(graph: Graph, anchor: Op, operands: list[Value]) -> Value:
     names = [operand.producer.attrs["weight"] for operand in operands]
     name = _stacked_name(names)
-    graph.add_weight(name, torch.cat([graph.weight(n).data for n in names], dim=0))
+    graph.add_weight(name, stack_weights([graph.weight(n) for n in names]))
     return graph.insert_before(anchor, "const", attrs={"weight": name}, name=name.rsplit(".", 1)[0].split(".")[-1]).result
 
 
@@ -104,7 +138,7 @@ def concat_group(graph: Graph, group: list[Op]) -> None:
     x = anchor.operands[0]
     w = _stack(graph, anchor, [op.operands[1] for op in group])
     bias = [_stack(graph, anchor, [op.operands[2] for op in group])] if len(anchor.operands) == 3 else []
-    fused = graph.insert_before(anchor, "linear", [x, w, *bias], name="qkv").result
+    fused = graph.insert_before(anchor, anchor.opcode, [x, w, *bias], dict(anchor.attrs), name="qkv").result
     start, parts = 0, []
     for op in group:
         n = op.operands[1].type.shape[0]

@@ -10,6 +10,8 @@ The shape matched, per decoder layer (HF's Llama/Qwen2 attention after `concat_l
     rope(x) = add(mul(x, cos), mul(cat(neg(x[..., D/2:]), x[..., :D/2]), sin))   (either operand order)
 
 Decisions:
+- The QKV GEMM may be a dense `linear` or a `qlinear` (quantized weights stacked by `concat_linears`):
+  the rope_cache kernel reads the GEMM's output, whichever template wrote it.
 - Matched structurally on the IR (no new opcode): the graph stays the one the reference executor
   runs, and the fuse pass only records which ops run together.
 - The caches may be packed (`cache_write`s of a KV format, both alike): the template encodes the rows.
@@ -23,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fxforge.ir.graph import Graph, Op, Value
+
+QKV_GEMMS = ("linear", "qlinear")  # the site reads the GEMM's output from memory: any GEMM template wrote it
 
 
 @dataclass
@@ -129,10 +133,10 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
 
 
 def rope_sites(graph: Graph) -> list[RopeSite]:
-    """Every RoPE + cache-write site after a `linear` (the concatenated QKV projection)."""
+    """Every RoPE + cache-write site after a `linear` or `qlinear` (the concatenated QKV projection)."""
     out = []
     for op in graph.ops:
-        if op.opcode == "linear":
+        if op.opcode in QKV_GEMMS:
             site = _site(op.result, graph)
             if site is not None:
                 out.append(site)
