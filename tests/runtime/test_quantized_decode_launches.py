@@ -1,0 +1,88 @@
+"""Launches per decode step of a w4a16-int4 decoder (issue #13 item 3, quantized): `concat_linears` stacks
+the quantized q/k/v and gate/up weights (one `qlinear` each), so the QKV GEMM feeds a `rope_cache` group
+(RoPE + both cache writes in one launch, no host `cache_write`). Per layer: RMSNorm, QKV qlinear, rope_cache,
+decode attention, o_proj qlinear (+ residual), RMSNorm, gate/up qlinear, silu * mul (one pointwise kernel:
+the qlinear templates have no SwiGLU epilogue), down qlinear (+ residual) = 9, was 13 (3 q/k/v GEMMs, 2 RoPE
+kernels, 2 gate/up GEMMs; cache writes on the host). Rest: mask (2), RoPE tables, lm_head = 4. Counted
+from outside fxforge, as tests/runtime/test_decode_launches.py does; tokens equal the reference executor's."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+from triton.runtime.interpreter import InterpretedFunction
+
+import fxforge
+from fxforge import testing as zoo
+from fxforge.runtime.generate import StaticKVCache
+
+PER_LAYER, REST = 9, 4
+
+
+@contextlib.contextmanager
+def counting():
+    names: list[str] = []
+    original = InterpretedFunction.run
+
+    def run(self, *args, **kwargs):
+        names.append(self.fn.__name__)
+        return original(self, *args, **kwargs)
+
+    InterpretedFunction.run = run
+    try:
+        yield names
+    finally:
+        InterpretedFunction.run = original
+
+
+@dataclasses.dataclass
+class Step:
+    names: list[str]  # the kernels one T=1 decode step launched
+    host: list[str]  # opcodes of the cache writes left to the host
+    groups: int  # concat_linears' stacked groups
+    tokens: torch.Tensor
+
+
+def decode_step(model: torch.nn.Module, executor: str = "interpret", **options) -> Step:
+    """Greedy tokens of a prefill and two T=1 steps (HF's `generate` loop); the first T=1 step's launches counted."""
+    dec = fxforge.compile_decoder(model, max_length=12, executor=executor, **options)
+    tokens = torch.randint(3, 256, (1, 4), generator=torch.Generator().manual_seed(1))
+    cache, out, pos, names = StaticKVCache.for_step(dec.graph), [tokens], torch.arange(4), []
+    for i in range(3):
+        with counting() if i == 1 else contextlib.nullcontext([]) as launched:
+            tokens = dec(tokens, pos, cache.tensors)[:, -1:].argmax(-1)
+        names += launched
+        out.append(tokens)
+        pos = pos[-1:] + 1
+    if executor == "reference":
+        return Step([], [], 0, torch.cat(out, dim=1))
+    host = [op.opcode for op in dec.graph.ops if op.opcode == "cache_write" and id(op) in dec.graph.partition.host]
+    groups = next(r.stats for r in dec.record.trace.records if r.name == "concat_linears")["groups"]
+    return Step(names, host, groups, torch.cat(out, dim=1))
+
+
+def llama(layers: int = 1) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return zoo.llama(hidden=64, layers=layers, heads=4, kv_heads=2, intermediate=128)
+
+
+def test_w4a16_decode_layer_stacks_qkv_and_gate_up():
+    """fp16 with group 32: the decode-layout path (`qlinear_w4_decode`) on the stacked weights."""
+    model, opts = llama().half(), dict(quantize="w4a16-int4", quantize_group=32)
+    step = decode_step(model, **opts)
+    assert step.groups == 2 and step.host == []
+    assert len(step.names) == PER_LAYER + REST, step.names
+    assert step.names.count("qlinear_w4_decode_kernel") == 4 and step.names.count("rope_cache_kernel") == 1
+    assert torch.equal(step.tokens, decode_step(model, "reference", **opts).tokens)
+
+
+@pytest.mark.slow  # three compiles (~25 s on 2 cores)
+def test_w4a16_row_major_layers_per_layer_budget():
+    """f32 activations keep the row-major qlinear template: the same 9 launches per layer (2 layers minus 1)."""
+    one, two = decode_step(llama(1), quantize="w4a16-int4"), decode_step(llama(2), quantize="w4a16-int4")
+    assert len(two.names) - len(one.names) == PER_LAYER and len(one.names) == PER_LAYER + REST, two.names
+    assert two.host == [] and two.names.count("rope_cache_kernel") == 2
+    assert torch.equal(two.tokens, decode_step(llama(2), "reference", quantize="w4a16-int4").tokens)
