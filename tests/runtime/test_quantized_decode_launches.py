@@ -69,6 +69,21 @@ def llama(layers: int = 1) -> torch.nn.Module:
     return zoo.llama(hidden=64, layers=layers, heads=4, kv_heads=2, intermediate=128)
 
 
+def test_w4a16_decode_partition_has_one_qkv_gemm_and_rope_cache():
+    """The cheap check (compile only): 4 qlinear GEMM groups, the QKV one feeding the rope_cache group, no host
+    cache write, and the partition's kernels are the 13 launches counted below."""
+    torch.manual_seed(0)
+    dec = fxforge.compile_decoder(llama().half(), max_length=12, executor="interpret", quantize="w4a16-int4",
+                                  quantize_group=32)
+    part = dec.graph.partition
+    assert len(part.groups) == PER_LAYER + REST, part.stats()["groups"]
+    gemms = [g.anchor for g in part.groups if g.kind == "gemm" and g.anchor.opcode == "qlinear"]
+    (rope,) = [g for g in part.groups if g.kind == "rope_cache"]
+    assert len(gemms) == 4 and rope.params["site"].qkv.producer in gemms
+    assert not [op for op in dec.graph.ops if op.opcode == "cache_write" and id(op) in part.host]
+
+
+@pytest.mark.slow  # two compiles and three interpreted steps (~12 s on 2 cores)
 def test_w4a16_decode_layer_stacks_qkv_and_gate_up():
     """fp16 with group 32: the decode-layout path (`qlinear_w4_decode`) on the stacked weights."""
     model, opts = llama().half(), dict(quantize="w4a16-int4", quantize_group=32)
