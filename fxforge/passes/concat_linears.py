@@ -8,8 +8,16 @@ read by stride), so a decode step launches one GEMM where it launched three.
  -> %qkv = linear(%x, %wqkv, %bqkv); %q = slice(%qkv) {dim=-1, end=Nq}; %k = slice(...); %v = slice(...)
 
 Decisions:
-- Only dense `linear`s whose weights (and biases, all or none) are plain constants of one dtype:
-  encoded weights are the quantize pass's, and their GEMMs are another template.
+- Dense `linear`s whose weights (and biases, all or none) are plain constants of one dtype, and
+  `qlinear`s of row-major `#quantized` const weights that share the encoding (format, group, scale
+  dtype, zero point), the attributes (scheme, act_format, group) and the payload parts (`_key`). Every
+  payload part (codes, scale, zero, shift; w4a8-fp's s_max too) is per output row, so the parts stack
+  along dim 0 and decode(stacked) == cat(decode(each)) bit for bit (`stack_weights`); the activation
+  quantization is per token of the shared input, the same for every sibling. Runs before
+  `decode_layout`, which re-encodes the stacked weight. Left alone: LoRC (its U factors would stack but
+  V would need a block-diagonal stack), `#nm` / `#blockfp` weights and weights already in a layout.
+- The quantized SwiGLU pair is stacked [gate; up] too, but the qlinear templates have no SwiGLU
+  epilogue: silu * mul runs as one pointwise kernel reading the two halves (one launch fewer, not two).
 - A group whose linears each carry a fusible consumer keeps those consumers: the fuse pass sees a
   GEMM followed by views and fuses what it can. MLP siblings (a linear feeding silu or mul) are left
   alone except the SwiGLU pair silu(gate) * up of bias-free linears, stacked [gate; up] in that order:
