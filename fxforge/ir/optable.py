@@ -213,7 +213,10 @@ def _cat_infer(types, attrs):
     shape[dim] = normalize_dim(sum(sympy.sympify(t.shape[dim]) for t in types))
     dtype = types[0].dtype
     for t in types[1:]:
-        dtype = DType.from_torch(torch.promote_types(dtype.torch, t.dtype.torch))
+        try:
+            dtype = DType.from_torch(torch.promote_types(dtype.torch, t.dtype.torch))
+        except RuntimeError as e:  # torch promotes no float8 type: torch.cat refuses them the same way
+            raise ShapeError(f"cat: {dtype} and {t.dtype} have no common type ({e}); cast one of them first") from None
     return [TensorType(tuple(shape), dtype)]
 
 

@@ -59,7 +59,7 @@ def same_graph(a: Graph, b: Graph) -> None:
 # -- hand-written graphs covering the op table ---------------------------------------------------
 
 EVERY_OP = """\
-graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], %idx: i64[s0, 2], %q: f16[2, 4, s1, 16], %k: f16[2, 4, s1, 16], %v: f16[2, 4, s1, 16], %m: bool[s1, s1]) {
+graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], %idx: i64[s0, 2], %q: f16[2, 4, s1, 16], %k: f16[2, 4, s1, 16], %v: f16[2, 4, s1, 16], %m: bool[s1, s1], %pc: u8[2, 4, s1, 9]) {
   %w = const @layers.0.weight : f32[16, 8]
   %b = const @layers.0.bias : f32[16]
   %g8 = const @norm.weight : f32[8]
@@ -135,6 +135,8 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %cnts = skip_counts(%cnt, %cnt1) {sites=["a", "b"]} : i64[2, 2]
   %kpos = arange() {end=s1} : i64[s1]
   %kc = cache_write(%k, %kpos, %q) : f16[2, 4, s1, 16]
+  %pcw = cache_write(%pc, %kpos, %k) {format="bfp4", block=16} : u8[2, 4, s1, 9]
+  %pk = kv_load(%pcw) {format="bfp4", block=16, head_dim=16, dtype=f16} : f16[2, 4, s1, 16]
   %s_0, %s_1 = extern(%x) {target="aten.sort.default", args=[$0, -1], kwargs={descending=true}} : f32[s0, 8], i64[s0, 8]
   %z = extern() {target="aten.zeros.default", args=[[2, 3]], kwargs={dtype=f32}} : f32[2, 3]
   %odd = extern(%x, %y) {target="my.op \\"quoted\\" \\\\ \\n \\u00e9", args=[$1, $0, none, [1e-06, -0.0, inf, nan, 1e+20], {a=s0, b=(s0 - 1), c=""}]} : f32[s0, 8]
@@ -430,7 +432,7 @@ def _step(draw, g: Graph, values: list[Value]) -> list[Value]:
             start, end = draw(st.integers(0, 1)), size
         return op("slice", [v], {"dim": dim, "start": start, "end": end, "step": draw(st.integers(1, 2))})
     if kind == "cat":
-        other = draw(st.sampled_from(_same_shape(values, v)))
+        other = draw(st.sampled_from([u for u in _same_shape(values, v) if u.type.dtype == v.type.dtype]))
         return op("cat", [v, other], {"dim": draw(st.integers(0, rank - 1))})
     if kind == "matmul" and rank >= 2:
         perm = list(range(rank - 2)) + [rank - 1, rank - 2]
