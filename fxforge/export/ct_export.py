@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from fxforge.errors import ExportError
+from fxforge.export import stacked
 from fxforge.export.ct_format import SCHEMES, layer_tensors, quantization_config, require
 from fxforge.export.layers import linear_layers
 from fxforge.ir.graph import Graph
@@ -57,6 +58,7 @@ def checkpoint_state(graph: Graph, model: torch.nn.Module, config: Any) -> tuple
     tied = _tied(model, config)
     layers, linear_names = linear_layers(graph, keys, tuple(SCHEMES))
     _check_weights_are_parameters(graph, model, keys, linear_names)
+    unstacked = stacked.plain_parts(graph)  # biases of stacked linears, back under their HF names
     state: dict[str, Tensor] = {}
     for layer in layers:
         if layer.scheme is None:
@@ -70,7 +72,9 @@ def checkpoint_state(graph: Graph, model: torch.nn.Module, config: Any) -> tuple
         if key in state or key.removesuffix(".weight") in qnames or key in tied:
             continue
         w = graph.weights.get(key)
-        if w is None:
+        if w is None and key in unstacked:
+            state[key] = unstacked[key]
+        elif w is None:
             missing.append(key)
         elif w.encoding is not None:
             raise ExportError(f"{key}: a {type(w.encoding).__name__} weight outside a linear has no counterpart in the format")
@@ -89,7 +93,7 @@ def _check_weights_are_parameters(graph: Graph, model: torch.nn.Module, keys: li
     """Every weight the graph reads must be an HF parameter (or a non-persistent buffer the model rebuilds,
     e.g. rotary inv_freq): a weight a pass added under a new name (an untied, rotated embedding) means the
     compiled model is no longer the HF architecture with other weights, and writing it would be wrong."""
-    used = {op.attrs["weight"] for op in graph.ops if op.opcode == "const"}
+    used = {part for op in graph.ops if op.opcode == "const" for part in stacked.parts_of(op.attrs["weight"])}
     known = set(keys) | set(linear_names) | {n for n, _ in model.named_buffers()}
     stray = sorted(used - known)
     twice = sorted(k for k in set(linear_names.values()) if list(linear_names.values()).count(k) > 1 or

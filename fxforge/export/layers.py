@@ -11,6 +11,8 @@ Decisions:
 - An N:M weight whose values are quantized groups `g` *kept* values (`fxforge.ir.nm`); with 2:4 and no
   tail those are exactly the `g * m / n` dense columns around them, and the pruned places decode to an
   exact 0 (code 0, or the group's zero point), so the dense group `g * m / n` is the same weight, bit for bit.
+- A weight `concat_linears` stacked (`prefix.{q_proj+k_proj+v_proj}.weight`) is read once and split back by
+  rows into its HF layers (`export/stacked.py`).
 - A grouped weight whose one group covers the whole row (group >= in) is per channel; a grouped weight whose
   last group is partial is refused (the format has no partial groups).
 """
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from fxforge.errors import ExportError
+from fxforge.export import stacked
 from fxforge.ir import formats, nm, weight_layouts
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import decode_elements, decode_weight, get_scheme
@@ -85,21 +88,25 @@ def linear_layers(graph: Graph, keys: Collection[str], exportable: Collection[st
         if op.opcode not in ("linear", "qlinear"):
             continue
         wname = _weight_const(op)
-        key = hf_key(wname, keys) if wname else None
-        if key is None or not key.endswith(".weight"):
+        parts = stacked.parts_of(wname) if wname else []
+        rows = stacked.part_rows(op, len(parts)) if len(parts) > 1 else [None]
+        part_keys = [hf_key(n, keys) for n in parts]
+        if not parts or rows is None or not all(k and k.endswith(".weight") for k in part_keys):
             if op.opcode == "qlinear" or (wname and graph.weight(wname).encoding is not None):
                 problems.append((wname or f"%{op.result.name}", "its weight is not a parameter of the HF model"))
             continue
-        names[wname] = key
-        layer_name = key.removesuffix(".weight")
+        names.update(zip(parts, part_keys))
+        layer_names = [k.removesuffix(".weight") for k in part_keys]
         if op.opcode == "qlinear" and op.attrs.get("lorc_rank", 0):
-            problems.append((layer_name, f"LoRC adds a rank-{op.attrs['lorc_rank']} correction beside the quantized "
-                                         "weight (lorc_rank); the format has none (compile with lorc_rank=0)"))
+            problems.append((layer_names[0], f"LoRC adds a rank-{op.attrs['lorc_rank']} correction beside the quantized "
+                                             "weight (lorc_rank); the format has none (compile with lorc_rank=0)"))
             continue
         try:
-            layers.append(read_layer(layer_name, graph.weight(wname), exportable, op.attrs.get("scheme")))
+            whole = read_layer("+".join(layer_names), graph.weight(wname), exportable, op.attrs.get("scheme"))
         except ExportError as e:
-            problems.append((layer_name, str(e)))
+            problems.append(("+".join(layer_names), str(e)))
+            continue
+        layers.extend([whole] if len(parts) == 1 else stacked.split_layer(whole, layer_names, rows))
     if problems:
         raise ExportError(_problem_text(problems))
     return layers, names

@@ -259,3 +259,26 @@ def test_cli_export_from_an_artifact(exported, tmp_path, capsys):
     a, b = load_file(f"{out}/model.safetensors"), load_file(f"{tmp_path}/ckpt/model.safetensors")
     assert all(a[k].view(torch.uint8).equal(b[k].view(torch.uint8)) for k in a)
     assert main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "x")]) == 2
+
+
+def test_stacked_linears_export_as_their_hf_layers(tmp_path):
+    """The kernel executors stack q/k/v and gate/up (`concat_linears`); the checkpoint still holds the HF layers,
+    bit for bit those of the unstacked (reference executor) compile, biases included."""
+    torch.manual_seed(0)
+    model = testing._hf("LlamaConfig", "LlamaForCausalLM", hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2, vocab_size=256, attention_bias=True)
+    with torch.no_grad():  # HF initialises biases to zero: make them count
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.1)
+    x = X[:1, :4]
+    states = {}
+    for executor in ("reference", "interpret"):
+        compiled = fxforge.compile_aot(model, (x,), executor=executor, quantize="w8a8-int8")
+        if executor == "interpret":
+            assert any("+" in n for n in compiled.graph.weights), "the kernel executor should stack siblings"
+        out = Path(compiled.export(str(tmp_path / executor)))
+        states[executor] = load_file(str(out / "model.safetensors"))
+    ref, got = states["reference"], states["interpret"]
+    assert set(got) == set(ref)
+    assert all(torch.equal(got[k], ref[k]) for k in ref), [k for k in ref if not torch.equal(got[k], ref[k])]
