@@ -9,7 +9,8 @@ a plain MLP. `transformers` is imported only when a model is asked for.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -108,3 +109,23 @@ def plant_k_outliers(model: torch.nn.Module, pairs: int = 4, factor: float = 16.
                 if att.q_proj.bias is not None:
                     att.q_proj.bias[qrows] /= factor
     return model
+
+
+@contextlib.contextmanager
+def counting_launches() -> Iterator[list[str]]:
+    """The names of the Triton kernels launched under the interpreter inside the block, counted from outside
+    fxforge (by wrapping triton's `InterpretedFunction.run`): what a decode step really launches."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    names: list[str] = []
+    original = InterpretedFunction.run
+
+    def run(self, *args, **kwargs):
+        names.append(self.fn.__name__)
+        return original(self, *args, **kwargs)
+
+    InterpretedFunction.run = run
+    try:
+        yield names
+    finally:
+        InterpretedFunction.run = original

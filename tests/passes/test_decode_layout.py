@@ -5,32 +5,15 @@ exact, so the interpreter's tokens are the reference executor's."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from triton.runtime.interpreter import InterpretedFunction
 
 import fxforge
 from fxforge import testing as zoo
 from fxforge.codegen.buffers import BufferPlan
+from fxforge.testing import counting_launches
 
-
-@contextlib.contextmanager
-def counting():
-    """The names of the Triton kernels launched (under the interpreter), counted from outside fxforge."""
-    names: list[str] = []
-    original = InterpretedFunction.run
-
-    def run(self, *args, **kwargs):
-        names.append(self.fn.__name__)
-        return original(self, *args, **kwargs)
-
-    InterpretedFunction.run = run
-    try:
-        yield names
-    finally:
-        InterpretedFunction.run = original
+counting = counting_launches  # the kernels launched, counted from outside fxforge
 
 
 def _stats(module, name: str = "decode_layout") -> dict:

@@ -10,32 +10,17 @@ cache (kv_cache="int8") the same kernels run: rope_cache encodes the rows, decod
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from triton.runtime.interpreter import InterpretedFunction
 
 import fxforge
 from fxforge.runtime.generate import StaticKVCache
+from fxforge.testing import counting_launches
 
 BUDGET_PER_LAYER, BUDGET_REST = 6, 4
 
 
-@contextlib.contextmanager
-def counting():
-    names: list[str] = []
-    original = InterpretedFunction.run
-
-    def run(self, *args, **kwargs):
-        names.append(self.fn.__name__)
-        return original(self, *args, **kwargs)
-
-    InterpretedFunction.run = run
-    try:
-        yield names
-    finally:
-        InterpretedFunction.run = original
+counting = counting_launches  # the kernels launched, counted from outside fxforge
 
 
 def decoder(arch: str, layers: int) -> torch.nn.Module:

@@ -13,29 +13,16 @@ import dataclasses
 
 import pytest
 import torch
-from triton.runtime.interpreter import InterpretedFunction
 
 import fxforge
 from fxforge import testing as zoo
 from fxforge.runtime.generate import StaticKVCache
+from fxforge.testing import counting_launches
 
 PER_LAYER, REST = 9, 4
 
 
-@contextlib.contextmanager
-def counting():
-    names: list[str] = []
-    original = InterpretedFunction.run
-
-    def run(self, *args, **kwargs):
-        names.append(self.fn.__name__)
-        return original(self, *args, **kwargs)
-
-    InterpretedFunction.run = run
-    try:
-        yield names
-    finally:
-        InterpretedFunction.run = original
+counting = counting_launches  # the kernels launched, counted from outside fxforge
 
 
 @dataclasses.dataclass
