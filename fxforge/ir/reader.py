@@ -291,25 +291,23 @@ def read_graph(text: str, weights: dict[str, Weight | torch.Tensor] | None = Non
     return parse_graph(text, weights)
 
 
-def read_type(text: str) -> TensorType:
-    """`parse_type(text)`, without lark for a printed type."""
+def _read_one(text: str, read: Any, printer: Any, parse: Any, what: str) -> Any:
+    """`read` the one printed item `text` proved by printing it back, else lark's `parse` (which decides)."""
     try:
         c = _Cursor(text, 1)
-        t = _type(c)
-        if c.done() and print_type(t) == text:
-            return t
+        item = read(c)
+        if c.done() and printer(item) == text:
+            return item
     except (_Unread, KeyError, ValueError, TypeError, IndexError) as e:
-        _fallback(f"type: {type(e).__name__}: {e}")
-    return parse_type(text)
+        _fallback(f"{what}: {type(e).__name__}: {e}")
+    return parse(text)
+
+
+def read_type(text: str) -> TensorType:
+    """`parse_type(text)`, without lark for a printed type."""
+    return _read_one(text, _type, print_type, parse_type, "type")
 
 
 def read_dim(text: str) -> Any:
     """`parse_dim(text)`, without lark for a printed dim."""
-    try:
-        c = _Cursor(text, 1)
-        d = _dim(c)
-        if c.done() and print_dim(d) == text:
-            return d
-    except (_Unread, KeyError, ValueError, TypeError, IndexError) as e:
-        _fallback(f"dim: {type(e).__name__}: {e}")
-    return parse_dim(text)
+    return _read_one(text, _dim, print_dim, parse_dim, "dim")

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from triton.runtime.interpreter import InterpretedFunction
 
 from fxforge.codegen.build import build_in_subprocess, decode_attention_specs, specs_for_arch
 from fxforge.codegen.templates.attention import attention
 from fxforge.codegen.templates.decode_attention import decode_attention
 from fxforge.runtime.interpreter import interpreter_scope
+from fxforge.testing import counting_launches
 
 CASES = [  # B, Hq, Hkv, Lk, D, dtype, mask, splits
     (2, 8, 2, 100, 64, torch.float32, "add", None),
@@ -50,19 +50,8 @@ def test_matches_sdpa(case):
 
 def test_attention_sends_one_query_to_flash_decoding():
     q, k, v, m = _inputs(1, 8, 2, 40, 32, torch.float32, "add")
-    names = []
-    original = InterpretedFunction.run
-
-    def run(self, *args, **kwargs):
-        names.append(self.fn.__name__)
-        return original(self, *args, **kwargs)
-
-    InterpretedFunction.run = run
-    try:
-        with interpreter_scope():
-            got = attention(q, k, v, m, enable_gqa=True)
-    finally:
-        InterpretedFunction.run = original
+    with counting_launches() as names, interpreter_scope():
+        got = attention(q, k, v, m, enable_gqa=True)
     assert names == ["decode_split_kernel"]  # one split under the interpreter: one launch, no combine
     assert (got - _sdpa(q, k, v, m)).abs().max().item() <= 1e-5
 
