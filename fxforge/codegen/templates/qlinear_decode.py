@@ -124,6 +124,31 @@ def _dequant_f4_asm(w):
 
 
 @triton.jit
+def _dequant_f4p_asm(w):
+    """`_dequant_f4_asm` spelled with PRMT: the 0x8E bytes of both code halves masked once, then moved into place
+    by byte permutes (3 LOP3 + 2 shifts + 4 PRMT). Same values; on mma.sync (8-column x tiles) ptxas then writes
+    the fragments directly, saving ~25 register moves per iteration; on wgmma the LOP3 spelling is cheaper."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t0, t1, t2, t3, a, b, u;
+        lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;
+        prmt.b32 t0, a, 0, 0x3414;
+        prmt.b32 t1, a, 0, 0x2404;
+        shr.u32 a, $8, 3;
+        shl.b32 b, $8, 7;
+        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
+        lop3.b32 u, u, 0x8E8E8E8E, 0, 0xC0;
+        prmt.b32 t2, u, 0, 0x3414;
+        prmt.b32 t3, u, 0, 0x2404;
+        mov.b32 {$0, $1}, t0;
+        mov.b32 {$2, $3}, t1;
+        mov.b32 {$4, $5}, t2;
+        mov.b32 {$6, $7}, t3;
+        }""",
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
 def _dequant_f4s_asm(w, ss):
     """`_dequant_f4_asm` times the group's factor (fp16x2 `ss`, 2^(14 - k)): E2M1 * 2^-k exactly, + 4 HMUL2."""
     return tl.inline_asm_elementwise(
@@ -169,7 +194,7 @@ def qlinear_w4_decode_kernel(
     M, N, K, stride_am, stride_wn, stride_zn, stride_sn, stride_om, stride_rm,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PACK: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
     computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column)."""
@@ -177,13 +202,22 @@ def qlinear_w4_decode_kernel(
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows_n = tl.minimum(offs_n, N - 1)  # rows past N read row N-1 (never stored): no load masks
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
+    if PACK:  # x tile column c: row c // 4 of x, its K block c % 4 only (the others zero); see `_pack_blocks`
+        offs_c = tl.arange(0, BLOCK_M)
+        offs_m = tl.program_id(1) * (BLOCK_M // 4) + offs_c // 4
+        block_of = (offs_k // 32)[:, None] == (offs_c % 4)[None, :]
+    else:
+        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(0, tl.cdiv(K, BLOCK_K)):
-        if EVEN_K:
+        if PACK and EVEN_K:
+            a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=block_of, other=0.0)
+        elif PACK:
+            a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=block_of & ((t * BLOCK_K + offs_k)[:, None] < K), other=0.0)
+        elif EVEN_K:
             a = tl.load(a_ptr + t * BLOCK_K + a_off)
         else:
             a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=(t * BLOCK_K + offs_k)[:, None] < K, other=0.0)
@@ -195,7 +229,7 @@ def qlinear_w4_decode_kernel(
                            (BLOCK_K, BLOCK_M))
         w = tl.load(w_ptr + t * (BLOCK_K // 8) + w_off)
         g = (t * BLOCK_K) // GROUP
-        if FP4 and WSCALE:  # groups narrower than the tile: each word's group factor on its weights
+        if FP4 and WSCALE and not PACK:  # groups narrower than the tile: each word's factor on its weights
             blk = tl.minimum((t * BLOCK_K + 32 * (tl.arange(0, BLOCK_K // 8) % (BLOCK_K // 32))) // GROUP,
                              (K - 1) // GROUP)  # blocks past K hold zero codes: any group's factor will do
             ss = tl.load(zz_ptr + rows_n[:, None] * stride_zn + blk[None, :])
@@ -206,7 +240,9 @@ def qlinear_w4_decode_kernel(
                 v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4_portable(w)
                 v0, v1, v2, v3, v4, v5, v6, v7 = v0 * f, v1 * f, v2 * f, v3 * f, v4 * f, v5 * f, v6 * f, v7 * f
         elif FP4:
-            if ASM:
+            if ASM and BLOCK_M == 8:  # mma.sync: the PRMT spelling (see `_dequant_f4p_asm`)
+                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4p_asm(w)
+            elif ASM:
                 v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4_asm(w)
             else:
                 v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4_portable(w)
@@ -225,12 +261,20 @@ def qlinear_w4_decode_kernel(
         else:  # kWidth 4: slot e of word j is column 32p + 16(e//4) + 4c + 2((e//2)%2) + e%2
             h = tl.permute(h, (0, 2, 3, 1, 4, 5))
         h = tl.reshape(h, (BLOCK_N, BLOCK_K))
-        if WSCALE:
+        if PACK:  # column c holds K block c % 4's partial sum: its group factor per row
+            blk = tl.minimum((t * BLOCK_K + 32 * (offs_c % 4)) // GROUP, (K - 1) // GROUP)
+            f = tl.load(s_ptr + rows_n[:, None] * stride_sn + blk[None, :])
+            acc += tl.dot(h, a.to(tl.float16)) * f
+        elif WSCALE:
             acc = tl.dot(h, a.to(tl.float16), acc)
         else:
             s = tl.load(s_ptr + rows_n * stride_sn + g)
             acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
-    y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
+    if PACK:  # sum each row's 4 block columns
+        y = tl.trans(tl.sum(tl.reshape(acc, (BLOCK_N, BLOCK_M // 4, 4)), axis=2))  # [BLOCK_M / 4, BLOCK_N]
+        offs_m = tl.program_id(1) * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
+    else:
+        y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
     mask = (offs_m < M)[:, None] & mask_n[None, :]
     if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
         y = y * tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
@@ -243,24 +287,34 @@ def qlinear_w4_decode_kernel(
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def decode_blocks(N: int, M: int = 1, arch: int | None = None) -> dict:
-    """BLOCK_N, BLOCK_M and warps of the decode kernel on sm_`arch` (None: the interpreter). M <= 16 (a decode
-    step): rows per warp decide the cost per weight: each warp reloads the x fragments for its rows, so 64 rows per
-    warp (256 on 4 warps) amortise them, 32 rows per warp cost ~2.3. M <= 8 takes an 8-column x tile where the MMA
-    runs it unpadded (`_narrow_x`): half the MMAs and x fragments. Measured at 4096x4096
-    (`benchmarks/qdecode_sass.py`): 1.78-1.96 SASS instructions per weight at group 128 at batch 1 (up to 2.14
-    for FP4 on sm_80 at batch 9-16), ~2.4-2.5 for FP4 at group 32, no spill. Wide tiles leave few CTAs for a
-    GEMV (N=4096: 32 at batch 1, 16 past 8); filling the SMs is split-K's job (not here).
-    M > 16 (the prefill of a decode-step graph, whose weights are stored in the decode layout): 64 x rows per
-    program on 8 warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost
-    ~1.4x the instructions per row on sm_90)."""
+def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False) -> dict:
+    """BLOCK_N, BLOCK_M, warps, stages and PACK of the decode kernel on sm_`arch` (None: the interpreter);
+    `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp decide the cost per
+    weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them, 32 rows per warp
+    cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half the MMAs and x
+    fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 2 pack each row's 4 K
+    blocks into the tile's columns (`_pack_blocks`). Measured at 4096x4096 (`benchmarks/qdecode_sass.py`): see
+    benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs for a GEMV (N=4096: 32 at batch
+    1, 16 past 8); filling the SMs is split-K's job (not here). M > 16 (the prefill of a decode-step graph, whose
+    weights are stored in the decode layout): 64 x rows per program on 8 warps, so each weight tile is decoded once
+    per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the instructions per row on sm_90)."""
     if M > MAX_M:
-        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8)
+        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False)
     if M <= 8 and _narrow_x(arch):  # 128 x 8 tiles on 2 warps (256 x 8 on 4 spilled with Triton 3.6 on sm_80)
-        return dict(BLOCK_N=128, BLOCK_M=8, num_warps=2) if N >= 512 else dict(BLOCK_N=64, BLOCK_M=8, num_warps=1)
+        tile = dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
+        return dict(tile, BLOCK_M=8, num_stages=2, PACK=narrow_groups and M <= 2)
     if N >= 2048:
-        return dict(BLOCK_N=256, BLOCK_M=16, num_warps=4)
-    return dict(BLOCK_N=128, BLOCK_M=16, num_warps=2) if N >= 512 else dict(BLOCK_N=64, BLOCK_M=16, num_warps=1)
+        return dict(BLOCK_N=256, BLOCK_M=16, num_warps=4, num_stages=3, PACK=False)
+    tile = dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
+    return dict(tile, BLOCK_M=16, num_stages=3, PACK=False)
+
+
+def _pack_blocks() -> None:
+    """Why PACK (FP4 groups of 32 or 64 in 128-wide tiles, M <= 2, 8-column x tiles): the MMA's 8 x columns hold
+    column c = row c // 4 of x restricted to K block c % 4 (zero elsewhere), so the accumulator keeps each block's
+    partial sum apart and the group factor multiplies it once per tile (an FFMA per accumulator element, 1/16 of a
+    weight's share) instead of each decoded pair (an HMUL2 per 2 weights); the epilogue sums the 4 columns of a
+    row. Same MMA count as an unpacked 8-column tile. 2.41 -> 1.96-1.98 instructions per weight."""
 
 
 def _narrow_x(arch: int | None) -> bool:
@@ -309,15 +363,16 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     words, s = p["words"], p["scale32"]
     group = enc.group or words.shape[1] * 8
     wscale = fp4 and group % bk != 0  # a group narrower than the tile: factors on the weights ("ss")
-    cfg = decode_blocks(N, M, device_arch(x.device))
+    cfg = decode_blocks(N, M, device_arch(x.device), wscale)
     zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]))
+    grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"] // (4 if cfg["PACK"] else 1)))
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
-        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=3)
+        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, PACK=cfg["PACK"], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
     return out.reshape(*lead, N)
 
 
@@ -334,17 +389,17 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts), xperm: x-permuted ("x"); the
     blocks the launcher picks on sm_`arch`."""
     wscale = fp4 and (group or K) % bk != 0
-    cfg = decode_blocks(N, M, arch)
+    cfg = decode_blocks(N, M, arch, wscale)
     sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
            "bias_ptr": "*fp16", "res_ptr": "*fp16", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
            "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
            "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
-             "HAS_RESIDUAL": residual}
+             "HAS_RESIDUAL": residual, "PACK": cfg["PACK"]}
     layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4", xperm)
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
-            "num_warps": cfg["num_warps"], "num_stages": 3,
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
             "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group} {layout}"
             + ("" if asm else " portable") + (f" M={M}" if M > MAX_M else "")}
