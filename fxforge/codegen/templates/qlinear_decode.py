@@ -44,9 +44,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.pool import out_tensor
+from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.act_quant import quantize_activations
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting
+from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, norm_rows, normed_rows, swiglu_pairs
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
 from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_kwidth
@@ -161,15 +162,22 @@ def qlinear_w4_decode_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, SWIGLU: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
-    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column)."""
+    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, SWIGLU: the
+    RMSNorm prologue and the SwiGLU epilogue over interleaved (gate, up) rows (`qlinear_decode_fuse`)."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows_n = tl.minimum(offs_n, N - 1)  # rows past N read row N-1 (never stored): no load masks
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
+    if HAS_NORM:  # x's rows normalised into this program's scratch rows (M <= BLOCK_M), which the K loop reads
+        xn_ptr += pid * M * K
+        norm_rows(a_ptr, stride_am, xn_ptr, norm_ptr, eps, offs_m, M, K, BLOCK_M, BLOCK_K)
+        tl.debug_barrier()
+        a_ptr, stride_am = xn_ptr, K
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -216,13 +224,15 @@ def qlinear_w4_decode_kernel(
             s = tl.load(s_ptr + rows_n * stride_sn + g)
             acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
     y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
-    mask = (offs_m < M)[:, None] & mask_n[None, :]
     if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
         y = y * tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
         y = y * tl.load(cs_ptr + rows_n)[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y = apply_activation(y, ACTIVATION)
+    if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs silu(g) * u of N / 2
+        y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N)
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
     if HAS_RESIDUAL:
         y += tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
@@ -247,7 +257,8 @@ def decode_blocks(N: int, M: int = 1, wscale: bool = False) -> dict:
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
                       residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
                       keep: torch.Tensor | None = None, asm: bool | None = None,
-                      out: torch.Tensor | None = None) -> torch.Tensor:
+                      norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
+                      out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """`qlinear_ref` with the scheme's epilogue (bias, activation, residual) for fp16 x [..., K] (any number of
     rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers.
 
@@ -256,7 +267,10 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     (exact in fp16): at M <= 16 W4A8 is W4A16 with fp8-valued activations. `asm` picks the PTX dequantization
     (default: on a GPU; the interpreter runs the portable one). `keep` (FFN-skip flags of x's rows, the qlinear
     template's early exit) is accepted and not read: x's skipped rows are zero already (`row_keep`). `out`: the
-    result's storage (a planned buffer, `codegen.pool.out_tensor`); w4a8-fp still allocates its activation codes."""
+    result's storage (a planned buffer, `codegen.pool.out_tensor`); w4a8-fp still allocates its activation codes.
+    `norm=(weight, eps)` (int4): x is rms_norm'ed first, in the kernel (M <= 16) or by one row kernel (prefill),
+    into scratch from `ws`; `swiglu`: the weight's 2N rows are interleaved (gate, up) pairs and the result is
+    silu(gate) * up [..., N] (`qlinear_decode_fuse`)."""
     enc, p = weight.encoding, weight.payload
     if not enc.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
@@ -267,32 +281,41 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     lead = tuple(x.shape[:-1])
     if x.dtype != torch.float16 or x.shape[-1] != K:
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}]")
+    fp4 = layout_format(enc.layout) == "f4e2m1"
+    check_fusions(norm, swiglu, N, K, bias is None and activation == "none", fp4)
+    n_out = N // 2 if swiglu else N
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
-    out = out_tensor(out, (*lead, N), out_dtype or x.dtype, x.device, "qlinear_w4_decode").view(M, N)
+    out = out_tensor(out, (*lead, n_out), out_dtype or x.dtype, x.device, "qlinear_w4_decode").view(M, n_out)
     if M == 0:
-        return out.reshape(*lead, N)
-    fp4 = layout_format(enc.layout) == "f4e2m1"
+        return out.reshape(*lead, n_out)
     row_scale = col_scale = out  # unread unless FP4
     if fp4:
         codes, row_scale = quantize_activations(x2d, "f8e4m3")
         x2d, col_scale = formats.decode_fp8(codes, "f8e4m3").to(torch.float16), p["scale"].reshape(N).float()
     x2d = x2d.contiguous()
     bk, kw = layout_params(enc.layout)
-    res = residual.reshape(M, N) if residual is not None else out
+    res = residual.reshape(M, n_out) if residual is not None else out
     words, s = p["words"], p["scale32"]
     group = enc.group or words.shape[1] * 8
     wscale = fp4 and group % bk != 0  # a group narrower than the tile: factors on the weights ("ss")
     cfg = decode_blocks(N, M, wscale)
     zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]))
+    xn = g = None  # the RMSNorm prologue: in the kernel at M <= 16 (per-program scratch rows), else one row kernel
+    if norm is not None and M > MAX_M:
+        x2d, norm = normed_rows(x2d, norm, bk, ws), None
+    elif norm is not None:
+        g, (xn,) = norm[0].contiguous(), scratch(ws, x.device, ((grid[0], M, K), torch.float16))
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, GROUP=group, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
-        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=3)
-    return out.reshape(*lead, N)
+        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, norm_ptr=g, xn_ptr=xn,
+        eps=float(norm[1]) if norm is not None else 0.0, HAS_NORM=norm is not None, SWIGLU=swiglu,
+        num_warps=cfg["num_warps"], num_stages=3)
+    return out.reshape(*lead, n_out)
 
 
 def decode_kwidth(arch: int) -> int:
@@ -302,9 +325,11 @@ def decode_kwidth(arch: int) -> int:
 
 
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
-                   activation: str = "none", residual: bool = False, kw: int = 2, M: int = 1, fp4: bool = False) -> dict:
+                   activation: str = "none", residual: bool = False, kw: int = 2, M: int = 1, fp4: bool = False,
+                   norm: bool = False, swiglu: bool = False) -> dict:
     """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
-    (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts)."""
+    (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts); `norm`: the RMSNorm prologue,
+    `swiglu`: the epilogue over interleaved (gate, up) rows (N counts the weight's rows, 2x the output's)."""
     wscale = fp4 and (group or K) % bk != 0
     cfg = decode_blocks(N, M, wscale)
     sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
@@ -313,10 +338,16 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
            "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
-             "HAS_RESIDUAL": residual}
+             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "SWIGLU": swiglu}
+    sig["eps"] = "fp32"
+    if norm:
+        sig.update(norm_ptr="*fp16", xn_ptr="*fp16")
+    else:
+        const.update(norm_ptr=None, xn_ptr=None)
     layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4")
+    fused = "".join(f" {name}" for name, on in (("norm", norm), ("swiglu", swiglu)) if on)
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": 3,
             "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group} {layout}"
-            + ("" if asm else " portable") + (f" M={M}" if M > MAX_M else "")}
+            + fused + ("" if asm else " portable") + (f" M={M}" if M > MAX_M else "")}
