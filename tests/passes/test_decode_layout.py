@@ -37,6 +37,9 @@ def test_decoder_w4a16_runs_the_decode_kernel_with_reference_tokens():
     assert _layouts(dec) == {"i4w32"} and _layouts(ref) == {""}  # the reference keeps the row-major codes
     source = dec.program.executor.module.source
     assert source.count("_qlinear_w4_decode(") == 4 and "_qlinear(" not in source
+    # the stacked [gate; up] rows interleaved for the SwiGLU epilogue; both RMSNorms fused as prologues
+    assert stats["swiglu"] == ["model.model.layers.0.mlp.{gate_proj+up_proj}"], stats["swiglu"]
+    assert source.count("swiglu=True") == 1 and source.count("norm=(") == 3  # QKV, gate/up, the dense lm_head
     plan = BufferPlan.build(dec.graph, dec.graph.partition)  # the decode GEMMs write planned buffers (out=)
     assert not [step for step in plan.allocating if "qlinear" in str(step)], plan.allocating
     with counting() as names:
