@@ -24,7 +24,7 @@ FUSION_RULES = {
             "(#quantized const weight) the same without the scale and the mul; dense linear also: a "
             "single-use rms_norm(x, w[K]) producer as a prologue, and silu(y[..., :N]) * y[..., N:] of its "
             "[gate; up] result (SwiGLU) as the activation + mul steps; a qlinear whose weight is in a decode "
-            "layout the same two (the rms_norm for int4 only; SwiGLU over interleaved rows: "
+            "layout the same two (SwiGLU over interleaved rows: "
             "silu(y[..., 0::2]) * y[..., 1::2]); a linear/qlinear whose input is "
             "a row_keep also reads its keep flags (FFN skipping's early exit; not the MX/NVFP4 schemes yet)",
     "row": "softmax|log_softmax|layer_norm|rms_norm|sum|mean|amax over the last dim + single-use pointwise "
@@ -305,14 +305,12 @@ def host_reason(op: Op) -> str:
     return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"
 
 
-def decode_fusions_ok(op: Op, norm: bool) -> bool:
+def decode_fusions_ok(op: Op) -> bool:
     """A qlinear fuses a norm prologue or a SwiGLU epilogue only in the 4-bit decode kernel (`qlinear_decode_fuse`):
-    a weight in a decode layout, int4 for the norm (w4a8-fp quantizes x before the kernel), no LoRC; a dense
-    linear always may (`gemm.py`)."""
+    a weight in a decode layout, no LoRC; a dense linear always may (`gemm.py`)."""
     if op.opcode != "qlinear":
         return op.opcode == "linear"
-    layout = getattr(op.operands[1].type.encoding, "layout", "")
-    return bool(layout) and not op.attrs["lorc_rank"] and (not norm or layout.startswith("i4"))
+    return bool(getattr(op.operands[1].type.encoding, "layout", "")) and not op.attrs["lorc_rank"]
 
 
 def norm_prologue(op: Op, graph: Graph) -> Op | None:
@@ -320,7 +318,7 @@ def norm_prologue(op: Op, graph: Graph) -> Op | None:
     row-kernel rms_norm whose single-use result has x's dtype, with a weight [K]; else None."""
     y = op.operands[0]
     p = y.producer
-    if not decode_fusions_ok(op, norm=True):
+    if not decode_fusions_ok(op):
         return None
     if p is None or p.opcode != "rms_norm" or len(p.operands) != 2 or not single_use(y, graph) or not row_ok(p):
         return None
@@ -338,7 +336,7 @@ def swiglu_ops(op: Op, graph: Graph, interleaved: bool | None = None) -> list[Op
     interleaved = op.opcode == "qlinear" if interleaved is None else interleaved
     if len(op.operands) != 2 or not isinstance(n2, int) or n2 % 2 or len(y.uses) != 2 or any(y is o for o in graph.outputs):
         return None
-    if interleaved and not decode_fusions_ok(op, norm=False):
+    if interleaved and not decode_fusions_ok(op):
         return None
     halves: dict[tuple[int, int, int], Op] = {}
     for u in y.uses:

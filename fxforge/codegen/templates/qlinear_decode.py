@@ -44,12 +44,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.pool import Workspace, out_tensor, scratch
-from fxforge.codegen.templates.act_quant import quantize_activations
+from fxforge.codegen.pool import Workspace, out_tensor
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting
-from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, norm_rows, normed_rows, swiglu_pairs
+from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, prologue, prologue_rows, swiglu_pairs
 from fxforge.errors import ShapeError
-from fxforge.ir import formats
 from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_kwidth
 
 MAX_M = DECODE_ROWS
@@ -162,22 +160,25 @@ def qlinear_w4_decode_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, SWIGLU: tl.constexpr = False,
+    norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False,
+    SWIGLU: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
-    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, SWIGLU: the
-    RMSNorm prologue and the SwiGLU epilogue over interleaved (gate, up) rows (`qlinear_decode_fuse`)."""
+    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU:
+    the RMSNorm and per-token E4M3 prologue, the SwiGLU epilogue over interleaved (gate, up) rows
+    (`qlinear_decode_fuse`)."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows_n = tl.minimum(offs_n, N - 1)  # rows past N read row N-1 (never stored): no load masks
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
-    if HAS_NORM:  # x's rows normalised into this program's scratch rows (M <= BLOCK_M), which the K loop reads
+    if HAS_NORM or QUANT_X:  # x's rows normalised / quantized into this program's scratch rows (M <= BLOCK_M)
         xn_ptr += pid * M * K
-        norm_rows(a_ptr, stride_am, xn_ptr, norm_ptr, eps, offs_m, M, K, BLOCK_M, BLOCK_K)
+        rs_ptr += pid * M  # QUANT_X: the per-token scales the epilogue reads
+        prologue_rows(a_ptr, stride_am, xn_ptr, rs_ptr, norm_ptr, eps, offs_m, M, K, HAS_NORM, QUANT_X, BLOCK_M, BLOCK_K)
         tl.debug_barrier()
-        a_ptr, stride_am = xn_ptr, K
+        a_ptr, stride_am = xn_ptr, K  # the K loop reads them
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -282,17 +283,14 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     if x.dtype != torch.float16 or x.shape[-1] != K:
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}]")
     fp4 = layout_format(enc.layout) == "f4e2m1"
-    check_fusions(norm, swiglu, N, K, bias is None and activation == "none", fp4)
+    check_fusions(norm, swiglu, N, K, bias is None and activation == "none")
     n_out = N // 2 if swiglu else N
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
     out = out_tensor(out, (*lead, n_out), out_dtype or x.dtype, x.device, "qlinear_w4_decode").view(M, n_out)
     if M == 0:
         return out.reshape(*lead, n_out)
-    row_scale = col_scale = out  # unread unless FP4
-    if fp4:
-        codes, row_scale = quantize_activations(x2d, "f8e4m3")
-        x2d, col_scale = formats.decode_fp8(codes, "f8e4m3").to(torch.float16), p["scale"].reshape(N).float()
+    col_scale = p["scale"].reshape(N).float() if fp4 else out  # unread unless FP4
     x2d = x2d.contiguous()
     bk, kw = layout_params(enc.layout)
     res = residual.reshape(M, n_out) if residual is not None else out
@@ -302,18 +300,14 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     cfg = decode_blocks(N, M, wscale)
     zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]))
-    xn = g = None  # the RMSNorm prologue: in the kernel at M <= 16 (per-program scratch rows), else one row kernel
-    if norm is not None and M > MAX_M:
-        x2d, norm = normed_rows(x2d, norm, bk, ws), None
-    elif norm is not None:
-        g, (xn,) = norm[0].contiguous(), scratch(ws, x.device, ((grid[0], M, K), torch.float16))
+    x2d, row_scale, fused = prologue(x2d, norm, fp4, grid[0], bk, ws)  # the norm / E4M3 prologue (M <= 16: in here)
+    row_scale = out if row_scale is None else row_scale  # unread unless FP4
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, GROUP=group, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
-        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, norm_ptr=g, xn_ptr=xn,
-        eps=float(norm[1]) if norm is not None else 0.0, HAS_NORM=norm is not None, SWIGLU=swiglu,
+        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, **fused,
         num_warps=cfg["num_warps"], num_stages=3)
     return out.reshape(*lead, n_out)
 
@@ -338,12 +332,10 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
            "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
-             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "SWIGLU": swiglu}
+             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu}
     sig["eps"] = "fp32"
-    if norm:
-        sig.update(norm_ptr="*fp16", xn_ptr="*fp16")
-    else:
-        const.update(norm_ptr=None, xn_ptr=None)
+    for name, used in (("norm_ptr", norm), ("xn_ptr", norm or const["QUANT_X"])):  # the prologue's operands
+        sig.update({name: "*fp16"}) if used else const.update({name: None})
     layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4")
     fused = "".join(f" {name}" for name, on in (("norm", norm), ("swiglu", swiglu)) if on)
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,

@@ -29,25 +29,65 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.pool import Workspace, scratch
+from fxforge.codegen.templates.act_quant import f32_to_fp8e4m3, quantize_activations
 from fxforge.codegen.templates.gemm import row_rstd
 from fxforge.errors import ShapeError
+from fxforge.ir import formats
+from fxforge.ir.weight_layouts import DECODE_ROWS
 
 PREFILL_ROWS = 64  # rows per program of `rms_norm_rows_kernel`
+E4M3_MAX: tl.constexpr = tl.constexpr(formats.get_format("f8e4m3").max_value)
 
 
 @triton.jit
-def norm_rows(x_ptr, stride_xm, xn_ptr, g_ptr, eps, offs_m, M, K, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """xn[m, :] = rms_norm(x[m, :]) * g for the rows offs_m < M (xn: rows of K contiguous elements)."""
+def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.constexpr):
+    """x's tile (rows offs_m, columns ks) as fp32, rms_norm'ed with the row kernel's steps and roundings."""
+    x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
+    if HAS_NORM:
+        g = tl.load(g_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)
+        xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype).to(tl.float32)
+        x = (xn * g[None, :]).to(x.dtype)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def e4m3_value(code):
+    """E4M3FN code (uint8, never NaN) -> its fp32 value, by integer bit arithmetic (exact in fp16 too)."""
+    c = code.to(tl.int32)
+    e, m = (c >> 3) & 0xF, c & 7
+    normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
+    mag = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)  # subnormals: m * 2^-9
+    return tl.where((c & 0x80) != 0, -mag, mag)
+
+
+@triton.jit
+def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HAS_NORM: tl.constexpr,
+                  QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """xn[m, :] = rms_norm(x[m, :]) * g (HAS_NORM) for the rows offs_m < M (xn: rows of K contiguous elements);
+    QUANT: then quantized per token to E4M3 as `act_quant_kernel` does (rs[m] = amax / 448, codes by the same
+    integer encoder, bit-exact) and stored as the codes' fp16 values."""
     mask_m = offs_m < M
-    rstd = row_rstd(x_ptr, offs_m, mask_m, stride_xm, 1, K, eps, BLOCK_M, BLOCK_K)
+    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if HAS_NORM:
+        rstd = row_rstd(x_ptr, offs_m, mask_m, stride_xm, 1, K, eps, BLOCK_M, BLOCK_K)
     offs_k = tl.arange(0, BLOCK_K)
+    s = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
+    if QUANT:
+        amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+            ks = k0 * BLOCK_K + offs_k
+            v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask_m[:, None] & (ks[None, :] < K), K, HAS_NORM)
+            amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
+        s = tl.math.div_rn(amax, E4M3_MAX + tl.zeros_like(amax))
+        s = tl.where(s > 0.0, s, 1.0)
+        tl.store(rs_ptr + offs_m, s, mask=mask_m)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         ks = k0 * BLOCK_K + offs_k
         mask = mask_m[:, None] & (ks[None, :] < K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)
-        xn = (x * rstd[:, None]).to(xn_ptr.dtype.element_ty).to(tl.float32)  # the row kernel's two roundings
-        tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], (xn * g[None, :]).to(xn_ptr.dtype.element_ty), mask=mask)
+        v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM)
+        if QUANT:
+            v = e4m3_value(f32_to_fp8e4m3(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))))
+        tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -61,26 +101,45 @@ def swiglu_pairs(y, pid, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def rms_norm_rows_kernel(x_ptr, stride_xm, xn_ptr, g_ptr, eps, M, K, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """`norm_rows` of BLOCK_M rows per program."""
+    """`prologue_rows` (the norm only) of BLOCK_M rows per program."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    norm_rows(x_ptr, stride_xm, xn_ptr, g_ptr, eps, offs_m, M, K, BLOCK_M, BLOCK_K)
+    prologue_rows(x_ptr, stride_xm, xn_ptr, None, g_ptr, eps, offs_m, M, K, True, False, BLOCK_M, BLOCK_K)
 
 
-def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: bool, fp4: bool) -> None:
-    """The fused operands of `qlinear_w4_decode`: a norm weight [K] (int4 only), an even row count and no bias or
-    activation with swiglu (the epilogue replaces them)."""
-    if norm is not None and (fp4 or tuple(norm[0].shape) != (K,)):
-        raise ShapeError(f"qlinear_w4_decode norm: a weight of shape ({K},) and a w4a16-int4 weight (w4a8-fp "
-                         f"quantizes x before the kernel); got {tuple(norm[0].shape)}, fp4={fp4}")
+def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: bool) -> None:
+    """The fused operands of `qlinear_w4_decode`: a norm weight [K], an even row count and no bias or activation
+    with swiglu (the epilogue replaces them)."""
+    if norm is not None and tuple(norm[0].shape) != (K,):
+        raise ShapeError(f"qlinear_w4_decode norm weight must have shape ({K},), got {tuple(norm[0].shape)}")
     if swiglu and (n_rows % 2 or not plain):
         raise ShapeError(f"qlinear_w4_decode swiglu needs interleaved [gate; up] rows (an even count, got {n_rows}) "
                          "and no bias or activation")
 
 
-def normed_rows(x2d: torch.Tensor, norm: tuple[torch.Tensor, float], bk: int, ws: Workspace | None) -> torch.Tensor:
-    """rms_norm(x2d) * weight [M, K] fp16 in workspace scratch (one launch): the prologue of prefill tiles."""
+_PLAIN = dict(norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM=False, QUANT_X=False)
+
+
+def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bool, programs: int, bk: int,
+             ws: Workspace | None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """(x as the K loop's kernel argument, w4a8-fp's per-token scales, the prologue's kernel arguments). M <= 16:
+    the kernel normalises (`norm`) and quantizes (`fp4`) x itself into per-program scratch rows ([programs, M, K]
+    fp16 and [programs, M] scales from the workspace). Prefill: one row-kernel launch for the norm, then
+    `quantize_activations` for FP4 (the codes' values in fp16)."""
     M, K = x2d.shape
-    (xn,) = scratch(ws, x2d.device, ((M, K), x2d.dtype))
-    rms_norm_rows_kernel[(triton.cdiv(M, PREFILL_ROWS),)](
-        x2d, x2d.stride(0), xn, norm[0].contiguous(), float(norm[1]), M, K, BLOCK_M=PREFILL_ROWS, BLOCK_K=bk)
-    return xn
+    if M <= DECODE_ROWS:
+        if norm is None and not fp4:
+            return x2d, None, _PLAIN
+        xn, rs = scratch(ws, x2d.device, ((programs, M, K), torch.float16), ((programs, M), torch.float32))
+        return x2d, rs if fp4 else None, dict(
+            norm_ptr=norm[0].contiguous() if norm else None, xn_ptr=xn, eps=float(norm[1]) if norm else 0.0,
+            HAS_NORM=norm is not None, QUANT_X=fp4)
+    if norm is not None:
+        (xn,) = scratch(ws, x2d.device, ((M, K), x2d.dtype))
+        rms_norm_rows_kernel[(triton.cdiv(M, PREFILL_ROWS),)](
+            x2d, x2d.stride(0), xn, norm[0].contiguous(), float(norm[1]), M, K, BLOCK_M=PREFILL_ROWS, BLOCK_K=bk)
+        x2d = xn
+    rs = None
+    if fp4:
+        codes, rs = quantize_activations(x2d, "f8e4m3")
+        x2d = formats.decode_fp8(codes, "f8e4m3").to(torch.float16)
+    return x2d, rs, _PLAIN
