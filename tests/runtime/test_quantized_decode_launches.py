@@ -88,12 +88,14 @@ def test_w4a16_decode_partition_has_one_qkv_gemm_and_rope_cache():
     assert not [op for op in dec.graph.ops if op.opcode == "cache_write" and id(op) in part.host]
 
 
-@pytest.mark.slow  # two compiles and three interpreted steps (~12 s on 2 cores) per model
-@pytest.mark.parametrize("arch", [llama, qwen2], ids=["llama", "qwen2"])
-def test_w4a16_decode_layer_stacks_qkv_and_gate_up(arch):
+@pytest.mark.slow  # two compiles and three interpreted steps (~12 s on 2 cores) per case
+@pytest.mark.parametrize("arch,scheme", [(llama, "w4a16-int4"), (qwen2, "w4a16-int4"), (llama, "w4a8-fp")],
+                         ids=["llama", "qwen2", "llama-w4a8"])
+def test_w4a16_decode_layer_stacks_qkv_and_gate_up(arch, scheme):
     """fp16 with group 32: the decode-layout path (`qlinear_w4_decode`, norm prologue and SwiGLU epilogue) on the
-    stacked weights, 6 launches per layer with the reference executor's greedy tokens."""
-    model, opts = arch().half(), dict(quantize="w4a16-int4", quantize_group=32)
+    stacked weights, 6 launches per layer with the reference executor's greedy tokens. w4a8-fp: the same 6 (its
+    per-token E4M3 quantization runs in the decode kernel's prologue at M <= 16, no act_quant launch)."""
+    model, opts = arch().half(), dict(quantize=scheme, quantize_group=32)
     step = decode_step(model, **opts)
     assert step.groups == 2 and step.host == []
     assert len(step.names) == PER_LAYER + REST, step.names

@@ -21,7 +21,7 @@ How (per K tile of BLOCK_K = the layout's tile):
 - FP4 (w4a8-fp, FP4=True): `_dequant_f4_asm` places each E2M1 code's sign at an fp16 half's bit 15 and its
   3 magnitude bits at bits 9-11 (5 LOP3 + 4 shifts per word, no zero point): the fp16 is the E2M1 value times
   2^-14 exactly. At M <= 16, W4A8 runs as W4A16: x is quantized per token to E4M3 as the reference does
-  (`act_quant`), and the codes' values (exact in fp16) are the fp16 B operand; the epilogue multiplies by the
+  (`act_quant`, in the prologue), and the codes' values (exact in fp16) are the fp16 B operand; the epilogue multiplies by the
   token scale and the row's s_max. On sm_80 (HMMA A fragments in register quads) ptxas adds ~70 register moves
   per iteration to gather the integer-decoded pairs (2.14 per weight with Triton 3.9; sm_90's wgmma has none).
   Tried: reordering which output feeds which fragment slot (24 orders) gives 2.02 at best on 3.9 but 2.58 on

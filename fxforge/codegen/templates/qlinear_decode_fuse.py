@@ -1,8 +1,8 @@
-"""The fusions at the two ends of the 4-bit decode GEMM (`qlinear_decode`): an RMSNorm prologue and a SwiGLU
-epilogue, so a quantized decoder layer launches what a dense one does (issue #13 item 3).
+"""The fusions at the two ends of the 4-bit decode GEMM (`qlinear_decode`): an RMSNorm and per-token E4M3
+prologue and a SwiGLU epilogue, so a quantized decoder layer launches what a dense one does (issue #13 item 3).
 
-This module owns the jit helpers the decode kernel calls (`norm_rows`, `swiglu_pairs`), the row kernel
-`rms_norm_rows_kernel` and its launcher `normed_rows` (the prologue of 64-row prefill tiles).
+This module owns the jit helpers the decode kernel calls (`prologue_rows`, `e4m3_value`, `swiglu_pairs`), the
+row kernel `rms_norm_rows_kernel`, and `prologue`, the launcher's part that decides where x is prepared.
 
 - SWIGLU: the [gate; up] weight of `concat_linears` has its rows interleaved [g0, u0, g1, u1, ...] by the
   `decode_layout` pass (a row permutation of the row-major payload, before the decode layout is made: group
@@ -10,13 +10,19 @@ This module owns the jit helpers the decode kernel calls (`norm_rows`, `swiglu_p
   semantics hold). A BLOCK_N tile of the accumulator then holds BLOCK_N/2 whole (gate, up) pairs:
   `swiglu_pairs` splits them in registers and returns silu(gate) * up with the output's column offsets and
   mask (N/2 columns). fp32 throughout, as the dense GEMM's SwiGLU epilogue (`gemm.py` SWIGLU).
-- RMSNorm (HAS_NORM, int4 only): the dense GEMM normalises each A tile as it loads it; the decode kernel's K
-  loop is not touched (its loads are tuned for the in-register dequantization), so before the loop each
-  program writes rms_norm(x) of its (at most 16) rows into its own scratch rows, [programs, M, K] fp16 from
-  the pool's workspace, waits at a barrier (its own writes, read back by its own threads: no race between
-  programs) and points the K loop's x at them. The steps are the row kernel's and the dense prologue's
-  (fp32 sum of squares, scale, round to x's dtype, times the norm weight, round). Prefill tiles (M > 16,
-  grid over N of 64-row tiles) would each write M x K: they get one `rms_norm_rows_kernel` launch instead.
+- RMSNorm (HAS_NORM): the dense GEMM normalises each A tile as it loads it; the decode kernel's K loop is not
+  touched (its loads are tuned for the in-register dequantization), so before the loop each program writes
+  rms_norm(x) of its (at most 16) rows into its own scratch rows, [programs, M, K] fp16 from the pool's
+  workspace, waits at a barrier (its own writes, read back by its own threads: no race between programs) and
+  points the K loop's x at them. The steps are the row kernel's and the dense prologue's (fp32 sum of
+  squares, scale, round to x's dtype, times the norm weight, round). Prefill tiles (M > 16, grid over N of
+  64-row tiles) would each write M x K: they get one `rms_norm_rows_kernel` launch instead.
+- E4M3 (QUANT_X, w4a8-fp at M <= 16, which runs as W4A16 on the codes' values): the same prologue then
+  quantizes each row per token as `act_quant_kernel` does (amax pass, s = amax / 448, IEEE division, the
+  integer encoder `f32_to_fp8e4m3`: the same codes, bit for bit) and stores the codes' fp16 values and the
+  row scales (scratch the epilogue reads as `rs_ptr`): no act_quant launch and no host decode of the codes.
+  Prefill keeps `quantize_activations`. The prologue's loops are longer than the K loop in SASS:
+  `sass.main_loop` takes the loop that issues MMAs (the K loop's count is unchanged: 455 on sm_90, 3.6).
 Decisions:
 - Scratch per program, not one shared [M, K]: programs writing the same bytes would be a (benign) race;
   a decode step's x is 1-16 rows, so grid_n x M x K fp16 is a few hundred KB at most.
