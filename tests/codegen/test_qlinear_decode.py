@@ -83,9 +83,10 @@ def _interleaved(n: int) -> torch.Tensor:
     return torch.stack([torch.arange(n), torch.arange(n, 2 * n)], dim=1).reshape(-1)
 
 
-@pytest.mark.parametrize("scheme,M,norm", [("w4a16-int4", 1, True), ("w4a16-int4", 5, False), ("w4a8-fp", 2, True),
-                                           ("w4a16-int4", 70, True), ("w4a8-fp", 70, True)])  # 70: prefill tiles
-def test_fused_norm_and_swiglu_match_reference(scheme, M, norm):
+@pytest.mark.parametrize("scheme,M,norm,kw,xperm", [("w4a16-int4", 1, True, 4, True), ("w4a16-int4", 5, False, 2, False),
+                                                    ("w4a8-fp", 2, True, 2, True), ("w4a16-int4", 70, True, 2, False),
+                                                    ("w4a8-fp", 70, True, 4, True)])  # 70 rows: prefill tiles
+def test_fused_norm_and_swiglu_match_reference(scheme, M, norm, kw, xperm):
     """The RMSNorm prologue and the SwiGLU epilogue over interleaved (gate, up) rows against `qlinear_ref` of the
     row-major weight on rms_norm(x) (the op table's reference), and silu(gate) * up (+ residual); w4a8-fp: x
     quantized per token to E4M3 after the norm, in the kernel's prologue at M <= 16."""
@@ -96,7 +97,8 @@ def test_fused_norm_and_swiglu_match_reference(scheme, M, norm):
     w = encode_weight(torch.randn(2 * N, K)[_interleaved(N)], scheme, group=group)
     x, g, res = torch.randn(M, K).half(), (torch.rand(K) + 0.5).half(), torch.randn(M, N).half()
     ws = Workspace()
-    y = qlinear_w4_decode(x, to_decode_layout(w), norm=(g, 1e-6) if norm else None, swiglu=True, residual=res, ws=ws)
+    y = qlinear_w4_decode(x, to_decode_layout(w, kw=kw, xperm=xperm), norm=(g, 1e-6) if norm else None, swiglu=True,
+                          residual=res, ws=ws)
     xn = OPS["rms_norm"].ref(x, g, eps=1e-6) if norm else x
     act = "f8e4m3" if scheme == "w4a8-fp" else None
     h = qlinear_ref(xn.float(), decode_weight(w), None, scheme=scheme, act_format=act, group=group, lorc_rank=0)
