@@ -9,7 +9,9 @@ row kernel `rms_norm_rows_kernel`, and `prologue`, the launcher's part that deci
   scales and zero points move with their rows; the two slices of the IR become step-2 slices, so the reference
   semantics hold). A BLOCK_N tile of the accumulator then holds BLOCK_N/2 whole (gate, up) pairs:
   `swiglu_pairs` splits them in registers and returns silu(gate) * up with the output's column offsets and
-  mask (N/2 columns). fp32 throughout, as the dense GEMM's SwiGLU epilogue (`gemm.py` SWIGLU).
+  mask (N/2 columns). fp32 throughout, as the dense GEMM's SwiGLU epilogue (`gemm.py` SWIGLU). The pair's two
+  halves are taken by a masked sum over the pair axis (register-local): `tl.split` spilled 8 bytes in the w4a8-fp
+  group-32 kernel on sm_80 with Triton 3.9.
 - RMSNorm (HAS_NORM): the dense GEMM normalises each A tile as it loads it; the decode kernel's K loop is not
   touched (its loads are tuned for the in-register dequantization), so before the loop each program writes
   rms_norm(x) of its (at most 16) rows into its own scratch rows, [programs, M, K] fp16 from the pool's
@@ -100,7 +102,9 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
 def swiglu_pairs(y, pid, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """y [BLOCK_M, BLOCK_N] over interleaved (gate, up) rows -> silu(gate) * up [BLOCK_M, BLOCK_N/2], its output
     columns (N/2 in all) and their mask."""
-    gate, up = tl.split(tl.reshape(y, (BLOCK_M, BLOCK_N // 2, 2)))
+    pairs = tl.reshape(y, (BLOCK_M, BLOCK_N // 2, 2))
+    first = (tl.arange(0, 2) == 0)[None, None, :]
+    gate, up = tl.sum(tl.where(first, pairs, 0.0), axis=2), tl.sum(tl.where(first, 0.0, pairs), axis=2)
     offs = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
     return gate * tl.sigmoid(gate) * up, offs, offs < N // 2
 
