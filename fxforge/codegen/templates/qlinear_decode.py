@@ -174,20 +174,16 @@ def qlinear_w4_decode_kernel(
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
     computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU:
-    the RMSNorm and per-token E4M3 prologue, the SwiGLU epilogue over interleaved (gate, up) rows
-    (`qlinear_decode_fuse`)."""
+    the RMSNorm / E4M3 prologue and the SwiGLU epilogue (`qlinear_decode_fuse`)."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows_n = tl.minimum(offs_n, N - 1)  # rows past N read row N-1 (never stored): no load masks
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
-    if HAS_NORM or QUANT_X:  # x's rows normalised / quantized into this program's scratch rows (M <= BLOCK_M)
-        xn_ptr += pid * M * K
-        rs_ptr += pid * M  # QUANT_X: the per-token scales the epilogue reads
-        prologue_rows(a_ptr, stride_am, xn_ptr, rs_ptr, norm_ptr, eps, offs_m, M, K, HAS_NORM, QUANT_X, BLOCK_M, BLOCK_K)
-        tl.debug_barrier()
-        a_ptr, stride_am = xn_ptr, K  # the K loop reads them
+    if HAS_NORM or QUANT_X:  # x's rows normalised / quantized into this program's scratch rows: the K loop's x
+        a_ptr, stride_am, rs_ptr = prologue_rows(a_ptr, stride_am, xn_ptr + pid * M * K, rs_ptr + pid * M, norm_ptr,
+                                                 eps, offs_m, M, K, HAS_NORM, QUANT_X, BLOCK_M, BLOCK_K)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -239,6 +235,16 @@ def qlinear_w4_decode_kernel(
         else:
             s = tl.load(s_ptr + rows_n * stride_sn + g)
             acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
+    _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr, stride_om,
+              stride_rm, BLOCK_M, BLOCK_N, FP4, HAS_BIAS, ACTIVATION, SWIGLU, HAS_RESIDUAL)
+
+
+@triton.jit
+def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr, stride_om,
+              stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP4: tl.constexpr, HAS_BIAS: tl.constexpr,
+              ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """The decode kernel's epilogue on its fp32 accumulator out^T [BLOCK_N, BLOCK_M]: scales, bias, activation,
+    SwiGLU, residual, store."""
     y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
     if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
         y = y * tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]

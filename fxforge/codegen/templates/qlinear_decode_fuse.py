@@ -73,7 +73,8 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
                   QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """xn[m, :] = rms_norm(x[m, :]) * g (HAS_NORM) for the rows offs_m < M (xn: rows of K contiguous elements);
     QUANT: then quantized per token to E4M3 as `act_quant_kernel` does (rs[m] = amax / 448, codes by the same
-    integer encoder, bit-exact) and stored as the codes' fp16 values."""
+    integer encoder, bit-exact) and stored as the codes' fp16 values. Then a barrier: the caller's threads read
+    the rows back (returned: x's pointer and row stride for the K loop, and the scales' pointer)."""
     mask_m = offs_m < M
     rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
     if HAS_NORM:
@@ -96,6 +97,8 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
         if QUANT:
             v = e4m3_value(f32_to_fp8e4m3(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))))
         tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mask)
+    tl.debug_barrier()
+    return xn_ptr, K, rs_ptr
 
 
 @triton.jit
@@ -113,7 +116,7 @@ def swiglu_pairs(y, pid, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 def rms_norm_rows_kernel(x_ptr, stride_xm, xn_ptr, g_ptr, eps, M, K, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """`prologue_rows` (the norm only) of BLOCK_M rows per program."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    prologue_rows(x_ptr, stride_xm, xn_ptr, None, g_ptr, eps, offs_m, M, K, True, False, BLOCK_M, BLOCK_K)
+    prologue_rows(x_ptr, stride_xm, xn_ptr, xn_ptr, g_ptr, eps, offs_m, M, K, True, False, BLOCK_M, BLOCK_K)
 
 
 def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: bool) -> None:
