@@ -54,7 +54,7 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.pool import Workspace, out_tensor
-from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting
+from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, device_arch, interpreting
 from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, prologue, prologue_rows, swiglu_pairs
 from fxforge.errors import ShapeError
 from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_operand
@@ -260,19 +260,31 @@ def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr,
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def decode_blocks(N: int, M: int = 1) -> dict:
-    """BLOCK_N, BLOCK_M and warps of the decode kernel. M <= 16 (a decode step): rows per warp decide the cost per
-    weight: each warp reloads the x fragments for its rows, so 64 rows per warp (256 on 4 warps) amortise them
-    (4096x4096: 1.79-1.99 SASS instructions per weight at group 128, 2.48-2.55 for FP4 at group 32, no spill;
-    `benchmarks/qdecode_sass.py`), 32 rows per warp cost ~2.3. Wide tiles leave few CTAs for a GEMV (N=4096: 16);
-    filling the SMs is split-K's job (not here). M > 16 (the prefill of a decode-step graph, whose weights are
-    stored in the decode layout): 64 x rows per program on 8 warps, so each weight tile is decoded once per 64
-    rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the instructions per row on sm_90)."""
+def decode_blocks(N: int, M: int = 1, arch: int | None = None) -> dict:
+    """BLOCK_N, BLOCK_M and warps of the decode kernel on sm_`arch` (None: the interpreter). M <= 16 (a decode
+    step): rows per warp decide the cost per weight: each warp reloads the x fragments for its rows, so 64 rows per
+    warp (256 on 4 warps) amortise them, 32 rows per warp cost ~2.3. M <= 8 takes an 8-column x tile where the MMA
+    runs it unpadded (`_narrow_x`): half the MMAs and x fragments. Measured at 4096x4096
+    (`benchmarks/qdecode_sass.py`): 1.78-1.96 SASS instructions per weight at group 128 at batch 1 (up to 2.14
+    for FP4 on sm_80 at batch 9-16), ~2.4-2.5 for FP4 at group 32, no spill. Wide tiles leave few CTAs for a
+    GEMV (N=4096: 32 at batch 1, 16 past 8); filling the SMs is split-K's job (not here).
+    M > 16 (the prefill of a decode-step graph, whose weights are stored in the decode layout): 64 x rows per
+    program on 8 warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost
+    ~1.4x the instructions per row on sm_90)."""
     if M > MAX_M:
         return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8)
+    if M <= 8 and _narrow_x(arch):  # 128 x 8 tiles on 2 warps (256 x 8 on 4 spilled with Triton 3.6 on sm_80)
+        return dict(BLOCK_N=128, BLOCK_M=8, num_warps=2) if N >= 512 else dict(BLOCK_N=64, BLOCK_M=8, num_warps=1)
     if N >= 2048:
         return dict(BLOCK_N=256, BLOCK_M=16, num_warps=4)
     return dict(BLOCK_N=128, BLOCK_M=16, num_warps=2) if N >= 512 else dict(BLOCK_N=64, BLOCK_M=16, num_warps=1)
+
+
+def _narrow_x(arch: int | None) -> bool:
+    """Whether an 8-column x tile is cheaper than 16 on sm_`arch` with this Triton: sm_80's mma.m16n8k16 takes it as
+    is (int4 1.98-1.99 -> 1.78-1.79, FP4 2.07-2.14 -> 1.90-1.96 per weight); so does sm_90 with Triton 3.9 (1.91
+    -> 1.79) but not with 3.6 (2.69 on 4 warps). The interpreter: any; 8 exercises the narrow tile."""
+    return arch is None or arch < 90 or tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9)
 
 
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
@@ -288,8 +300,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     (exact in fp16): at M <= 16 W4A8 is W4A16 with fp8-valued activations. `asm` picks the PTX dequantization
     (default: on a GPU; the interpreter runs the portable one). `keep` (FFN-skip flags of x's rows, the qlinear
     template's early exit) is accepted and not read: x's skipped rows are zero already (`row_keep`). `out`: the
-    result's storage (a planned buffer, `codegen.pool.out_tensor`); w4a8-fp still allocates its activation codes.
-    `norm=(weight, eps)` (int4): x is rms_norm'ed first, in the kernel (M <= 16) or by one row kernel (prefill),
+    result's storage (a planned buffer, `codegen.pool.out_tensor`); w4a8-fp's prefill still allocates its activation
+    codes. `norm=(weight, eps)`: x is rms_norm'ed first, in the kernel (M <= 16) or by one row kernel (prefill),
     into scratch from `ws`; `swiglu`: the weight's 2N rows are interleaved (gate, up) pairs and the result is
     silu(gate) * up [..., N] (`qlinear_decode_fuse`)."""
     enc, p = weight.encoding, weight.payload
@@ -317,7 +329,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     words, s = p["words"], p["scale32"]
     group = enc.group or words.shape[1] * 8
     wscale = fp4 and group % bk != 0  # a group narrower than the tile: factors on the weights ("ss")
-    cfg = decode_blocks(N, M)
+    cfg = decode_blocks(N, M, device_arch(x.device))
     zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]))
     x2d, row_scale, fused = prologue(x2d, norm, fp4, grid[0], bk, ws)  # the norm / E4M3 prologue (M <= 16: in here)
@@ -340,13 +352,13 @@ def decode_operand(arch: int) -> tuple[int, bool]:
 
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
                    activation: str = "none", residual: bool = False, kw: int = 2, xperm: bool = False, M: int = 1,
-                   fp4: bool = False, norm: bool = False, swiglu: bool = False) -> dict:
+                   fp4: bool = False, arch: int | None = 90, norm: bool = False, swiglu: bool = False) -> dict:
     """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
-    (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts), xperm: x-permuted ("x"); `norm`:
-    the RMSNorm prologue, `swiglu`: the epilogue over interleaved (gate, up) rows (N counts the weight's rows, 2x
-    the output's)."""
+    (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts), xperm: x-permuted ("x"); the
+    blocks the launcher picks on sm_`arch`; `norm`: the RMSNorm prologue, `swiglu`: the epilogue over interleaved
+    (gate, up) rows (N counts the weight's rows, 2x the output's)."""
     wscale = fp4 and (group or K) % bk != 0
-    cfg = decode_blocks(N, M)
+    cfg = decode_blocks(N, M, arch)
     sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
            "bias_ptr": "*fp16", "res_ptr": "*fp16", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
            "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
