@@ -162,9 +162,9 @@ def test_fused_decode_kernels_build_without_spills(arch):
     SwiGLU epilogue, the SwiGLU of a 64-row prefill tile, and w4a8-fp's (norm + E4M3 prologue, SwiGLU).
     The K loop is the plain kernel's (`sass.main_loop` reads the MMA loop, not the longer prologue loops)."""
     kw, xperm = decode_operand(arch)
-    specs = [w4_decode_spec(16384, 2048, 128, 128, kw=kw, xperm=xperm, norm=True, swiglu=True),
-             w4_decode_spec(16384, 2048, 128, 128, kw=kw, xperm=xperm, M=64, swiglu=True),
-             w4_decode_spec(16384, 2048, 32, 128, kw=kw, xperm=xperm, fp4=True, norm=True, swiglu=True)]
+    specs = [w4_decode_spec(16384, 2048, 128, 128, kw=kw, xperm=xperm, arch=arch, norm=True, swiglu=True),
+             w4_decode_spec(16384, 2048, 128, 128, kw=kw, xperm=xperm, arch=arch, M=64, swiglu=True),
+             w4_decode_spec(16384, 2048, 32, 128, kw=kw, xperm=xperm, arch=arch, fp4=True, norm=True, swiglu=True)]
     builds = build_in_subprocess(specs, arch)
     assert all(b.ok and b.spills == 0 for b in builds), [(s["label"], b.error) for s, b in zip(specs, builds)]
     assert 0 < per_weight(specs[0], builds[0]) <= 2.0
