@@ -7,9 +7,10 @@ backward branch's target up to and including the branch, divided (by the caller)
 thread consumes per iteration.
 
 Decisions:
-- The main loop is the backward branch with the longest body: Triton's software pipeliner leaves one
-  steady-state loop per `for` (prologue and epilogue are straight-line code); a kernel whose only loop is
-  elsewhere (a row loop) still gets that loop's count, which is what the caller asked about there.
+- The main loop is the backward branch with the longest body among those that issue an MMA (a GEMM's K loop,
+  not a longer row loop before it: the decode kernel's norm / E4M3 prologue), else the longest: Triton's software
+  pipeliner leaves one steady-state loop per `for` (prologue and epilogue are straight-line code); a kernel whose
+  only loop is elsewhere (a row loop) still gets that loop's count, which is what the caller asked about there.
 - Not counted: `NOP`s and `@!UPT UIADD3 URZ, URZ, URZ, URZ` (a predicated-off uniform add that ptxas
   pads wgmma sequences with; it issues nothing).
 """
@@ -25,6 +26,7 @@ _LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _OPCODE = re.compile(r"^(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
 _BRA = re.compile(r"\bBRA\s+(?:`?\(?\.?L?_?x?_?)?(0x[0-9a-f]+)")
 _PADDING = "@!UPT UIADD3 URZ, URZ, URZ, URZ"
+_MMA = re.compile(r"\b(HMMA|HGMMA|IMMA|IGMMA|QGMMA|UTC\w*MMA)\b")
 
 
 def sass_text(cubin: bytes) -> str:
@@ -55,19 +57,16 @@ def instructions(text: str, drop_padding: bool = True) -> list[tuple[int, str]]:
 
 
 def main_loop(text: str) -> list[str]:
-    """The instructions of the longest loop body (backward-branch target .. the branch), [] without a loop."""
+    """The instructions of the longest loop body (backward-branch target .. the branch) that issues an MMA, else of
+    the longest loop body, [] without a loop."""
     instrs = instructions(text)
-    best: tuple[int, int] | None = None
+    loops = []
     for addr, body in instrs:
         m = _BRA.search(body)
-        if m is None:
-            continue
-        target = int(m.group(1), 16)
-        if target < addr and (best is None or addr - target > best[1] - best[0]):
-            best = (target, addr)
-    if best is None:
-        return []
-    return [body for addr, body in instrs if best[0] <= addr <= best[1]]
+        if m is not None and int(m.group(1), 16) < addr:
+            loops.append([b for a, b in instrs if int(m.group(1), 16) <= a <= addr])
+    mma = [body for body in loops if any(_MMA.search(b) for b in body)]
+    return max(mma or loops, key=len, default=[])
 
 
 def loop_instructions(cubin: bytes) -> int:

@@ -69,7 +69,7 @@ def _weight_kind(op) -> str | None:
 # buffer, contiguous in the result's shape; ws: the pool's `Workspace` for scratch, see `codegen/pool.py`)
 OUT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "_linear": ("out", "ws"), "_matmul": ("out",), "_attention": ("out", "ws"), "_rope_cache": ("out",),
-    "_qlinear_w4_decode": ("out",),
+    "_qlinear_w4_decode": ("out", "ws"),
 }
 
 
@@ -219,11 +219,17 @@ def _qlinear(g: KernelGroup, n: Names) -> str:
 
 
 def _qlinear_decode(g: KernelGroup, n: Names) -> str:
-    """`_qlinear_w4_decode(x, w, [bias], <epilogue>)`: the int4 decode GEMM (no LoRC: the pass keeps those row-major)."""
+    """`_qlinear_w4_decode(x, w, [bias], [norm=], [swiglu=], <epilogue>)`: the 4-bit decode GEMM (no LoRC: the pass
+    keeps those row-major); a fused rms_norm prologue reads the norm's input and weight, as `_linear`'s does."""
     op, p = g.anchor, g.params
     x, w, *rest = op.operands
     bias = rest[0] if rest else p["bias"]
-    args = [n(x), n(w)] + ([n(bias)] if bias is not None else [])
+    norm = p.get("norm")
+    args = [n(norm.operands[0]) if norm is not None else n(x), n(w)] + ([n(bias)] if bias is not None else [])
+    if norm is not None:
+        args.append(f"norm=({n(norm.operands[1])}, {float(norm.attrs['eps'])!r})")
+    if p.get("swiglu"):
+        args.append("swiglu=True")
     args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
     if p.get("keep") is not None:
         args.append(f"keep={n(p['keep'])}")

@@ -16,8 +16,9 @@ Decisions:
   quantization is per token of the shared input, the same for every sibling. Runs before
   `decode_layout`, which re-encodes the stacked weight. Left alone: LoRC (its U factors would stack but
   V would need a block-diagonal stack), `#nm` / `#blockfp` weights and weights already in a layout.
-- The quantized SwiGLU pair is stacked [gate; up] too, but the qlinear templates have no SwiGLU
-  epilogue: silu * mul runs as one pointwise kernel reading the two halves (one launch fewer, not two).
+- The quantized SwiGLU pair is stacked [gate; up] too; the row-major qlinear template has no SwiGLU
+  epilogue (silu * mul runs as one pointwise kernel reading the two halves), the decode kernel has: the
+  `decode_layout` pass interleaves the pair's rows for it (`permute_rows`).
 - A group whose linears each carry a fusible consumer keeps those consumers: the fuse pass sees a
   GEMM followed by views and fuses what it can. MLP siblings (a linear feeding silu or mul) are left
   alone except the SwiGLU pair silu(gate) * up of bias-free linears, stacked [gate; up] in that order:
@@ -132,6 +133,16 @@ def stack_weights(weights: list[Weight]) -> Weight:
     placeholder = first.data.new_zeros(()).expand(rows, *first.data.shape[1:])  # the logical shape, 4 bytes
     return Weight(placeholder, first.encoding, {k: torch.cat([w.payload[k] for w in weights], dim=0).contiguous()
                                                 for k in first.payload})
+
+
+def permute_rows(weight: Weight, perm: torch.Tensor) -> Weight:
+    """The weight with its output rows in the order `perm` (row i of the result is row perm[i]): every payload
+    part of a row-major encoded weight is per row, so each part is indexed along dim 0 (`stack_weights`)."""
+    rows = weight.data.shape[0]
+    if any(t.shape[0] != rows for t in weight.payload.values()) or weight.encoding is not None and not weight.payload:
+        raise ValueError("permute_rows: a payload part is not per output row")
+    data = weight.data if weight.data.stride(0) == 0 else weight.data[perm]  # a stacked placeholder stays one
+    return Weight(data, weight.encoding, {k: t[perm].contiguous() for k, t in weight.payload.items()})
 
 
 def _stack(graph: Graph, anchor: Op, operands: list[Value]) -> Value:

@@ -22,6 +22,11 @@ Decisions:
   kWidth 4 for Triton 3.6 on sm_80, x-permuted but on sm_80 with Triton >= 3.9); without a GPU, sm_90's.
   Only speed depends on it.
 - Runs for the generated-kernel executors only (the reference evaluator gains nothing), after quantize.
+- A stacked [gate; up] weight read as silu(gate) * up (`concat_linears`) gets its rows interleaved, gate and up
+  alternating, before the layout is made (statistics `swiglu`): a row permutation of the row-major payload
+  (scales and zero points move with their rows), not a change of the layout, and the two slices of the result
+  become its even and odd columns. The decode kernel's SwiGLU epilogue (`qlinear_decode_fuse`) then finds
+  whole (gate, up) pairs in every tile whatever BLOCK_N is (decode and prefill tiles differ).
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ from typing import Any
 import torch
 
 from fxforge.ir.dtypes import DType
-from fxforge.ir.graph import Graph, Op
+from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.types import Quantized
 from fxforge.ir.weight_layouts import DECODE_ROWS, decode_tile, preferred_operand, to_decode_layout
 from fxforge.passes.calibrate import site_name
+from fxforge.passes.concat_linears import permute_rows
+from fxforge.passes.fusion_rules import swiglu_ops
 from fxforge.passes.manager import PassContext
 
 DECODE_SCHEMES = {"w4a16-int4": "i4", "w4a8-fp": "f4e2m1"}  # scheme -> the weight format its decode layout holds
@@ -99,7 +106,7 @@ def apply_decode_layouts(graph: Graph, operand: tuple[int, bool] | None = None) 
         if reason is None:
             chosen[id(op.operands[1].producer)] = op.operands[1].producer
     kw, xperm = _gpu_operand() if operand is None and chosen else operand or (2, True)
-    converted = 0
+    converted, swiglu = 0, []
     for const in chosen.values():
         users = const.result.uses
         if any(u.opcode != "qlinear" or u.operands[1] is not const.result or why_not(u, decode_step) for u in users):
@@ -108,11 +115,26 @@ def apply_decode_layouts(graph: Graph, operand: tuple[int, bool] | None = None) 
                     layers[_label(graph, u)] = "weight shared with a reader that keeps the row-major layout"
             continue
         name = const.attrs["weight"]
-        new = to_decode_layout(graph.weight(name), kw=kw, xperm=xperm)
+        weight, chain = graph.weight(name), swiglu_ops(users[0], graph, interleaved=False) if len(users) == 1 else None
+        if chain is not None:  # concat_linears' [gate; up]: rows interleaved for the decode kernel's SwiGLU epilogue
+            weight = interleave_swiglu(weight, chain)
+            swiglu.append(_label(graph, users[0]))
+        new = to_decode_layout(weight, kw=kw, xperm=xperm)
         graph.weights[name] = new
         const.result.type = dataclasses.replace(const.result.type, encoding=new.encoding)
         converted += 1
-    return {"decode_step": decode_step, "weights": converted, "kwidth": kw, "xperm": xperm, "layers": layers}
+    return {"decode_step": decode_step, "weights": converted, "kwidth": kw, "xperm": xperm, "layers": layers,
+            "swiglu": swiglu}
+
+
+def interleave_swiglu(weight: Weight, chain: list[Op]) -> Weight:
+    """[gate; up] rows -> [g0, u0, g1, u1, ...], and the chain's two slices (`fusion_rules.swiglu_ops`) read the
+    result's even and odd columns: the IR means what it meant, and a tile of the decode kernel holds whole pairs."""
+    n = weight.data.shape[0] // 2
+    gate, up = chain[:2]
+    gate.attrs.update(start=0, end=2 * n, step=2)
+    up.attrs.update(start=1, end=2 * n, step=2)
+    return permute_rows(weight, torch.stack([torch.arange(n), torch.arange(n, 2 * n)], dim=1).reshape(-1))
 
 
 class DecodeLayout:

@@ -23,7 +23,9 @@ FUSION_RULES = {
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
             "(#quantized const weight) the same without the scale and the mul; dense linear also: a "
             "single-use rms_norm(x, w[K]) producer as a prologue, and silu(y[..., :N]) * y[..., N:] of its "
-            "[gate; up] result (SwiGLU) as the activation + mul steps; a linear/qlinear whose input is "
+            "[gate; up] result (SwiGLU) as the activation + mul steps; a qlinear whose weight is in a decode "
+            "layout the same two (SwiGLU over interleaved rows: "
+            "silu(y[..., 0::2]) * y[..., 1::2]); a linear/qlinear whose input is "
             "a row_keep also reads its keep flags (FFN skipping's early exit; not the MX/NVFP4 schemes yet)",
     "row": "softmax|log_softmax|layer_norm|rms_norm|sum|mean|amax over the last dim + single-use pointwise "
            "producers (prologue) + same-shape pointwise consumers (epilogue, normalising ops only)",
@@ -186,7 +188,8 @@ class GemmRule:
 GEMM_RULES = {
     "linear": GemmRule(kernel_types_ok, _always, (3,), keep=True, norm=True, swiglu=True),
     "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, ()),
-    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=False, mul=False, keep=True),  # x, w, [bias], [u, v]
+    # x, w, [bias], [u, v]; norm and SwiGLU only for a weight in a decode layout (`decode_fusions_ok`)
+    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=False, mul=False, keep=True, norm=True, swiglu=True),
 }
 # anchors whose weight has an encoding another template reads: (opcode, encoding kind) -> rule, tried first
 ENCODED_GEMM_RULES = {
@@ -302,11 +305,21 @@ def host_reason(op: Op) -> str:
     return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"
 
 
+def decode_fusions_ok(op: Op) -> bool:
+    """A qlinear fuses a norm prologue or a SwiGLU epilogue only in the 4-bit decode kernel (`qlinear_decode_fuse`):
+    a weight in a decode layout, no LoRC; a dense linear always may (`gemm.py`)."""
+    if op.opcode != "qlinear":
+        return op.opcode == "linear"
+    return bool(getattr(op.operands[1].type.encoding, "layout", "")) and not op.attrs["lorc_rank"]
+
+
 def norm_prologue(op: Op, graph: Graph) -> Op | None:
     """The `rms_norm(x, w)` producing the GEMM's input that its load can compute (`gemm.py` HAS_NORM): a
     row-kernel rms_norm whose single-use result has x's dtype, with a weight [K]; else None."""
     y = op.operands[0]
     p = y.producer
+    if not decode_fusions_ok(op):
+        return None
     if p is None or p.opcode != "rms_norm" or len(p.operands) != 2 or not single_use(y, graph) or not row_ok(p):
         return None
     x, w = p.operands
@@ -314,19 +327,24 @@ def norm_prologue(op: Op, graph: Graph) -> Op | None:
     return p if ok and x.type.rank >= 1 else None
 
 
-def swiglu_ops(op: Op, graph: Graph) -> list[Op] | None:
+def swiglu_ops(op: Op, graph: Graph, interleaved: bool | None = None) -> list[Op] | None:
     """[gate slice, up slice, silu, mul] when the bias-free GEMM's result y [..., 2N] is read only as
-    silu(y[..., :N]) * y[..., N:] (concat_linears' gate/up GEMM), else None."""
+    silu(y[..., :N]) * y[..., N:] (concat_linears' gate/up GEMM), else None. `interleaved` (a qlinear's
+    default: the decode kernel's rows, `decode_layout.interleave_swiglu`): silu(y[..., 0::2]) * y[..., 1::2]."""
     y = op.result
     n2 = y.type.shape[-1] if y.type.rank else None
+    interleaved = op.opcode == "qlinear" if interleaved is None else interleaved
     if len(op.operands) != 2 or not isinstance(n2, int) or n2 % 2 or len(y.uses) != 2 or any(y is o for o in graph.outputs):
         return None
-    halves: dict[tuple[int, int], Op] = {}
+    if interleaved and not decode_fusions_ok(op):
+        return None
+    halves: dict[tuple[int, int, int], Op] = {}
     for u in y.uses:
-        if u.opcode != "slice" or u.attrs["dim"] % y.type.rank != y.type.rank - 1 or u.attrs["step"] != 1:
+        if u.opcode != "slice" or u.attrs["dim"] % y.type.rank != y.type.rank - 1:
             return None
-        halves[(u.attrs["start"], min(u.attrs["end"], n2))] = u
-    gate, up = halves.get((0, n2 // 2)), halves.get((n2 // 2, n2))
+        halves[(u.attrs["start"], min(u.attrs["end"], n2), u.attrs["step"])] = u
+    want = ((0, n2, 2), (1, n2, 2)) if interleaved else ((0, n2 // 2, 1), (n2 // 2, n2, 1))
+    gate, up = halves.get(want[0]), halves.get(want[1])
     if gate is None or up is None or not single_use(gate.result, graph) or not single_use(up.result, graph):
         return None
     act = gate.result.uses[0]

@@ -21,6 +21,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from fxforge.codegen.build import build_in_subprocess  # noqa: E402
+from fxforge.codegen.pool import Workspace  # noqa: E402
 from fxforge.codegen.templates.qlinear_cost import per_weight  # noqa: E402
 from fxforge.codegen.templates.qlinear_decode import decode_operand, qlinear_w4_decode, w4_decode_spec  # noqa: E402
 from fxforge.errors import ShapeError  # noqa: E402
@@ -79,6 +80,43 @@ def test_decode_kernel_matches_reference(M, N, K, group, operand, activation, re
     assert (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
 
 
+def _interleaved(n: int) -> torch.Tensor:
+    return torch.stack([torch.arange(n), torch.arange(n, 2 * n)], dim=1).reshape(-1)
+
+
+@pytest.mark.parametrize("scheme,M,norm,kw,xperm", [("w4a16-int4", 1, True, 4, True), ("w4a16-int4", 5, False, 2, False),
+                                                    ("w4a8-fp", 2, True, 2, True), ("w4a16-int4", 70, True, 2, False),
+                                                    ("w4a8-fp", 70, True, 4, True)])  # 70 rows: prefill tiles
+def test_fused_norm_and_swiglu_match_reference(scheme, M, norm, kw, xperm):
+    """The RMSNorm prologue and the SwiGLU epilogue over interleaved (gate, up) rows against `qlinear_ref` of the
+    row-major weight on rms_norm(x) (the op table's reference), and silu(gate) * up (+ residual); w4a8-fp: x
+    quantized per token to E4M3 after the norm, in the kernel's prologue at M <= 16."""
+    from fxforge.ir.ops import OPS
+
+    torch.manual_seed(M)
+    N, K, group = 80, 192, 64  # 160 weight rows: the last tile holds a partial pair count
+    w = encode_weight(torch.randn(2 * N, K)[_interleaved(N)], scheme, group=group)
+    x, g, res = torch.randn(M, K).half(), (torch.rand(K) + 0.5).half(), torch.randn(M, N).half()
+    ws = Workspace()
+    y = qlinear_w4_decode(x, to_decode_layout(w, kw=kw, xperm=xperm), norm=(g, 1e-6) if norm else None, swiglu=True,
+                          residual=res, ws=ws)
+    xn = OPS["rms_norm"].ref(x, g, eps=1e-6) if norm else x
+    act = "f8e4m3" if scheme == "w4a8-fp" else None
+    h = qlinear_ref(xn.float(), decode_weight(w), None, scheme=scheme, act_format=act, group=group, lorc_rank=0)
+    ref = torch.nn.functional.silu(h[:, 0::2]) * h[:, 1::2] + res.float()
+    assert y.shape == (M, N) and (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
+    assert ws.grows == (1 if norm or scheme == "w4a8-fp" else 0)  # the prologue's rows are workspace scratch
+
+
+def test_fused_operands_are_checked():
+    w = to_decode_layout(encode_weight(torch.randn(16, 64), "w4a16-int4", group=64))
+    x = torch.randn(1, 64).half()
+    with pytest.raises(ShapeError, match="norm"):
+        qlinear_w4_decode(x, w, norm=(torch.ones(8).half(), 1e-6))
+    with pytest.raises(ShapeError, match="swiglu"):
+        qlinear_w4_decode(x, w, torch.zeros(16).half(), swiglu=True)
+
+
 def test_build_check_builds_the_ptx_path_the_gpu_runs():
     from fxforge.codegen.buildcheck import launch_specs, record_launches
 
@@ -117,6 +155,20 @@ def test_prefill_tile_builds_without_spills(arch):
                           arch=arch)
     (b,) = build_in_subprocess([spec], arch)
     assert b.ok and b.spills == 0, b.error
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+def test_fused_decode_kernels_build_without_spills(arch):
+    """A Llama-3.2-1B layer's fused decode GEMMs: [gate; up] (8192 x 2 rows) with the RMSNorm prologue and the
+    SwiGLU epilogue, the SwiGLU of a 64-row prefill tile, and w4a8-fp's (norm + E4M3 prologue, SwiGLU).
+    The K loop is the plain kernel's (`sass.main_loop` reads the MMA loop, not the longer prologue loops)."""
+    kw, xperm = decode_operand(arch)
+    specs = [w4_decode_spec(16384, 2048, 128, 128, kw=kw, xperm=xperm, arch=arch, norm=True, swiglu=True),
+             w4_decode_spec(16384, 2048, 128, 128, kw=kw, xperm=xperm, arch=arch, M=64, swiglu=True),
+             w4_decode_spec(16384, 2048, 32, 128, kw=kw, xperm=xperm, arch=arch, fp4=True, norm=True, swiglu=True)]
+    builds = build_in_subprocess(specs, arch)
+    assert all(b.ok and b.spills == 0 for b in builds), [(s["label"], b.error) for s, b in zip(specs, builds)]
+    assert 0 < per_weight(specs[0], builds[0]) <= 2.0
 
 
 @pytest.mark.parametrize("arch", [90, 80])
@@ -172,16 +224,16 @@ def _run_ptx(text: str, args: list[int]) -> list[int]:
 
 @pytest.mark.parametrize("scaled", [False, True])
 def test_fp4_ptx_matches_the_layout(scaled):
-    """The PTX of `_dequant_f4_asm` / `_dequant_f4s_asm` (emulated: no GPU runs it in CI) decodes the words of an
+    """The PTX of `dequant_f4_asm` / `dequant_f4s_asm` (emulated: no GPU runs it in CI) decodes the words of an
     "f4w" layout into exactly the fp16 values the portable path and `decode_weight` give (E2M1 * 2^-14, times
     the group factor when scaled)."""
     import inspect
     import re
 
-    from fxforge.codegen.templates import qlinear_decode as qd
+    from fxforge.codegen.templates import qlinear_decode_dequant as qd
     from fxforge.ir.weight_layouts import BIT_POSITIONS, shuffle_words
 
-    fn = qd._dequant_f4s_asm if scaled else qd._dequant_f4_asm
+    fn = qd.dequant_f4s_asm if scaled else qd.dequant_f4_asm
     text = re.search(r'asm="""(.*?)"""', inspect.getsource(fn.fn), re.S).group(1)
     codes = torch.randint(0, 16, (1, 32), generator=torch.Generator().manual_seed(3)).to(torch.uint8)
     word = shuffle_words(codes, 32, torch.zeros(1, dtype=torch.uint8), 2, "f4e2m1")  # 4 words, slot e = bits
@@ -197,15 +249,15 @@ def test_fp4_ptx_matches_the_layout(scaled):
 
 
 def test_int4_ptx_matches_the_layout():
-    """The PTX of `_dequant_asm` (emulated) turns "i4w" words and a group's zero-point pairs into q - z, exactly
+    """The PTX of `dequant_asm` (emulated) turns "i4w" words and a group's zero-point pairs into q - z, exactly
     what `decode_weight` reads from the layout (before the group scale)."""
     import inspect
     import re
 
-    from fxforge.codegen.templates import qlinear_decode as qd
+    from fxforge.codegen.templates import qlinear_decode_dequant as qd
     from fxforge.ir.weight_layouts import BIT_POSITIONS, shuffle_words, zero_pairs
 
-    text = re.search(r'asm="""(.*?)"""', inspect.getsource(qd._dequant_asm.fn), re.S).group(1)
+    text = re.search(r'asm="""(.*?)"""', inspect.getsource(qd.dequant_asm.fn), re.S).group(1)
     codes = torch.randint(0, 16, (1, 32), generator=torch.Generator().manual_seed(4)).to(torch.uint8)
     zero = torch.tensor([[11]], dtype=torch.uint8)
     zz, zz16 = (int(v) & 0xFFFFFFFF for v in zero_pairs(zero)[0, 0])

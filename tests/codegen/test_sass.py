@@ -30,3 +30,11 @@ def test_main_loop_is_the_backward_branch_body_without_padding():
 def test_no_loop_gives_empty_body():
     straight = "\n".join(ln for ln in LISTING.splitlines() if "@P1 BRA" not in ln and "BRA 0xa0" not in ln)
     assert sass.main_loop(straight) == []
+
+
+def test_main_loop_is_the_mma_loop_not_a_longer_row_loop():
+    """A GEMM with a row loop before its K loop (the decode kernel's norm / E4M3 prologue): the K loop is the main one."""
+    row_loop = "\n".join(f"        /*{0x100 + 16 * i:04x}*/                   LOP3.LUT R4, R3, 0xf, RZ, 0xc0, !PT ;"
+                          for i in range(8)) + "\n        /*0180*/               @P2 BRA 0x100 ;"
+    body = sass.main_loop(LISTING.replace("/*0090*/", "/*0090*/ ").replace("EXIT ;", "NOP ;") + row_loop)
+    assert [b.split()[0] for b in body] == ["LOP3.LUT", "HMMA.16816.F32", "@P1"]

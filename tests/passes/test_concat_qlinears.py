@@ -12,7 +12,7 @@ from fxforge.ir import DType, Graph, TensorType, evaluate, sym, verify
 from fxforge.ir.lowp_ops import decode_weight, encode_weight
 from fxforge.ir.weight_layouts import to_decode_layout
 from fxforge.passes import PassContext
-from fxforge.passes.concat_linears import ConcatLinears, stack_weights
+from fxforge.passes.concat_linears import ConcatLinears, permute_rows, stack_weights
 from fxforge.passes.dce import DeadCodeElimination
 
 S0 = sym("s0")
@@ -32,6 +32,14 @@ def test_stacked_payload_decodes_bit_for_bit(scheme, group):
     assert torch.equal(decode_weight(stacked), torch.cat([decode_weight(w) for w in parts]))
     if scheme in ("w4a16-int4", "w4a8-fp") and group == 32:  # decode_layout re-encodes the stacked weight
         assert torch.equal(decode_weight(to_decode_layout(stacked)), decode_weight(stacked))
+
+
+@pytest.mark.parametrize("scheme", ["w4a16-int4", "w4a8-fp"])
+def test_permuted_rows_decode_bit_for_bit(scheme):
+    """`permute_rows` (decode_layout's gate/up interleave) moves every payload part with its row."""
+    stacked = stack_weights(_weights(scheme, 32, outs=(16, 16)))
+    perm = torch.stack([torch.arange(16), torch.arange(16, 32)], dim=1).reshape(-1)
+    assert torch.equal(decode_weight(permute_rows(stacked, perm)), decode_weight(stacked)[perm])
 
 
 def test_different_encodings_refuse_to_stack():

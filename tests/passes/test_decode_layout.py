@@ -37,6 +37,9 @@ def test_decoder_w4a16_runs_the_decode_kernel_with_reference_tokens():
     assert _layouts(dec) == {"i4w32x"} and _layouts(ref) == {""}  # the reference keeps the row-major codes
     source = dec.program.executor.module.source
     assert source.count("_qlinear_w4_decode(") == 4 and "_qlinear(" not in source
+    # the stacked [gate; up] rows interleaved for the SwiGLU epilogue; both RMSNorms fused as prologues
+    assert stats["swiglu"] == ["model.model.layers.0.mlp.{gate_proj+up_proj}"], stats["swiglu"]
+    assert source.count("swiglu=True") == 1 and source.count("norm=(") == 3  # QKV, gate/up, the dense lm_head
     plan = BufferPlan.build(dec.graph, dec.graph.partition)  # the decode GEMMs write planned buffers (out=)
     assert not [step for step in plan.allocating if "qlinear" in str(step)], plan.allocating
     with counting() as names:
@@ -97,3 +100,28 @@ def test_jit_generate_decode_graphs_run_the_decode_kernel():
             stats = [g.trace.record("decode_layout").stats for g in fx.fxforge_report.graphs]
             assert stats and all(s["weights"] == 4 for s in stats)  # qkv, o, gate+up, down (concat_linears)
     assert torch.equal(tokens["interpret"], tokens["reference"])
+
+
+def test_gate_up_rows_interleave_and_the_graph_means_the_same():
+    """decode_layout interleaves a stacked [gate; up] qlinear read as silu(gate) * up (rows g0, u0, g1, ...; the
+    slices become step-2 slices): the reference semantics of the graph are unchanged."""
+    from fxforge.ir import DType, Graph, TensorType, evaluate, verify
+    from fxforge.ir.lowp_ops import encode_weight
+    from fxforge.passes.concat_linears import stack_weights
+    from fxforge.passes.decode_layout import apply_decode_layouts
+
+    gen = torch.Generator().manual_seed(0)
+    g = Graph()
+    x = g.add_input("x", TensorType((1, 64), DType.f16))
+    w = stack_weights([encode_weight(torch.randn(32, 64, generator=gen), "w4a16-int4", 32) for _ in range(2)])
+    c = g.add_op("const", [], {"weight": g.add_weight("mlp.{gate_proj+up_proj}.weight", w)}).result
+    y = g.add_op("qlinear", [x, c], {"scheme": "w4a16-int4", "act_format": None, "group": 32, "lorc_rank": 0}).result
+    gate, up = (g.add_op("slice", [y], {"dim": 1, "start": a, "end": b}).result for a, b in ((0, 32), (32, 64)))
+    g.set_outputs([g.add_op("mul", [g.add_op("silu", [gate]).result, up]).result])
+    xs = [torch.randn(1, 64, generator=gen).half()]
+    want = evaluate(g, xs)[0]
+    stats = apply_decode_layouts(g, (2, False))
+    verify(g)
+    assert stats["swiglu"] == ["mlp.{gate_proj+up_proj}"] and stats["weights"] == 1
+    assert [(s.attrs["start"], s.attrs["step"]) for s in y.uses] == [(0, 2), (1, 2)]
+    torch.testing.assert_close(evaluate(g, xs)[0], want, rtol=1e-3, atol=1e-3)

@@ -1,10 +1,12 @@
 """Launches per decode step of a w4a16-int4 decoder (issue #13 item 3, quantized): `concat_linears` stacks
 the quantized q/k/v and gate/up weights (one `qlinear` each), so the QKV GEMM feeds a `rope_cache` group
-(RoPE + both cache writes in one launch, no host `cache_write`). Per layer: RMSNorm, QKV qlinear, rope_cache,
-decode attention, o_proj qlinear (+ residual), RMSNorm, gate/up qlinear, silu * mul (one pointwise kernel:
-the qlinear templates have no SwiGLU epilogue), down qlinear (+ residual) = 9, was 13 (3 q/k/v GEMMs, 2 RoPE
-kernels, 2 gate/up GEMMs; cache writes on the host). Rest: mask (2), RoPE tables, lm_head = 4. Counted
-from outside fxforge, as tests/runtime/test_decode_launches.py does; tokens equal the reference executor's."""
+(RoPE + both cache writes in one launch, no host `cache_write`), and the 4-bit decode kernel takes the
+RMSNorm as a prologue and the SwiGLU as an epilogue over interleaved gate/up rows (`qlinear_decode_fuse`), as
+the dense GEMM does. Per layer: QKV qlinear (+ input RMSNorm), rope_cache, decode attention, o_proj qlinear
+(+ residual), gate/up qlinear (+ RMSNorm, SwiGLU), down qlinear (+ residual) = 6, the dense count (was 9:
+two RMSNorm row kernels and silu * mul; 13 before concat_linears). Rest: mask (2), RoPE tables, lm_head = 4.
+f32 activations keep the row-major qlinear template, which has neither fusion: 9 per layer. Counted from
+outside fxforge, as tests/runtime/test_decode_launches.py does; tokens equal the reference executor's."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from fxforge import testing as zoo
 from fxforge.runtime.generate import StaticKVCache
 from fxforge.testing import counting_launches
 
-PER_LAYER, REST = 9, 4
+PER_LAYER, REST = 6, 4
+ROW_MAJOR_PER_LAYER = 9  # f32 activations: the row-major qlinear template, its norms and silu * mul apart
 
 
 counting = counting_launches  # the kernels launched, counted from outside fxforge
@@ -56,24 +59,43 @@ def llama(layers: int = 1) -> torch.nn.Module:
     return zoo.llama(hidden=64, layers=layers, heads=4, kv_heads=2, intermediate=128)
 
 
+def qwen2(layers: int = 1) -> torch.nn.Module:
+    """Qwen2: the QKV qlinear has a bias (the norm prologue and the bias in one launch)."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                                   max_position_embeddings=64)
+    return transformers.Qwen2ForCausalLM(cfg).eval()
+
+
 def test_w4a16_decode_partition_has_one_qkv_gemm_and_rope_cache():
-    """The cheap check (compile only): 4 qlinear GEMM groups, the QKV one feeding the rope_cache group, no host
-    cache write, and the partition's kernels are the 13 launches counted below."""
+    """The cheap check (compile only): 4 qlinear GEMM groups, the QKV one feeding the rope_cache group, both
+    RMSNorms fused into the qlinears that read them and the SwiGLU into the gate/up one, no host cache write:
+    the partition's kernels are the 10 launches counted below."""
     torch.manual_seed(0)
     dec = fxforge.compile_decoder(llama().half(), max_length=12, executor="interpret", quantize="w4a16-int4",
                                   quantize_group=32)
     part = dec.graph.partition
     assert len(part.groups) == PER_LAYER + REST, part.stats()["groups"]
-    gemms = [g.anchor for g in part.groups if g.kind == "gemm" and g.anchor.opcode == "qlinear"]
+    gemms = [g for g in part.groups if g.kind == "gemm" and g.anchor.opcode == "qlinear"]
     (rope,) = [g for g in part.groups if g.kind == "rope_cache"]
-    assert len(gemms) == 4 and rope.params["site"].qkv.producer in gemms
+    assert len(gemms) == 4 and rope.params["site"].qkv.producer in [g.anchor for g in gemms]
+    assert [(g.params["norm"] is not None, g.params["swiglu"]) for g in gemms] == [
+        (True, False), (False, False), (True, True), (False, False)]  # qkv, o_proj, gate/up, down
+    assert not [g for g in part.groups if g.kind == "row"]  # the final norm is lm_head's (dense) prologue
     assert not [op for op in dec.graph.ops if op.opcode == "cache_write" and id(op) in part.host]
 
 
-@pytest.mark.slow  # two compiles and three interpreted steps (~12 s on 2 cores)
-def test_w4a16_decode_layer_stacks_qkv_and_gate_up():
-    """fp16 with group 32: the decode-layout path (`qlinear_w4_decode`) on the stacked weights."""
-    model, opts = llama().half(), dict(quantize="w4a16-int4", quantize_group=32)
+@pytest.mark.slow  # two compiles and three interpreted steps (~12 s on 2 cores) per case
+@pytest.mark.parametrize("arch,scheme", [(llama, "w4a16-int4"), (qwen2, "w4a16-int4"), (llama, "w4a8-fp")],
+                         ids=["llama", "qwen2", "llama-w4a8"])
+def test_w4a16_decode_layer_stacks_qkv_and_gate_up(arch, scheme):
+    """fp16 with group 32: the decode-layout path (`qlinear_w4_decode`, norm prologue and SwiGLU epilogue) on the
+    stacked weights, 6 launches per layer with the reference executor's greedy tokens. w4a8-fp: the same 6 (its
+    per-token E4M3 quantization runs in the decode kernel's prologue at M <= 16, no act_quant launch)."""
+    model, opts = arch().half(), dict(quantize=scheme, quantize_group=32)
     step = decode_step(model, **opts)
     assert step.groups == 2 and step.host == []
     assert len(step.names) == PER_LAYER + REST, step.names
@@ -83,8 +105,9 @@ def test_w4a16_decode_layer_stacks_qkv_and_gate_up():
 
 @pytest.mark.slow  # three compiles (~25 s on 2 cores)
 def test_w4a16_row_major_layers_per_layer_budget():
-    """f32 activations keep the row-major qlinear template: the same 9 launches per layer (2 layers minus 1)."""
+    """f32 activations keep the row-major qlinear template (no fusions): 9 launches per layer (2 layers minus 1)."""
     one, two = decode_step(llama(1), quantize="w4a16-int4"), decode_step(llama(2), quantize="w4a16-int4")
-    assert len(two.names) - len(one.names) == PER_LAYER and len(one.names) == PER_LAYER + REST, two.names
+    per_layer = ROW_MAJOR_PER_LAYER
+    assert len(two.names) - len(one.names) == per_layer and len(one.names) == per_layer + REST, two.names
     assert two.host == [] and two.names.count("rope_cache_kernel") == 2
     assert torch.equal(two.tokens, decode_step(llama(2), "reference", quantize="w4a16-int4").tokens)

@@ -11,17 +11,17 @@ weight is stored once.
 How (per K tile of BLOCK_K = the layout's tile):
 - out^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, BLOCK_K] @ x^T: the weight is the MMA's A operand, built in registers;
   x (BLOCK_M = 16 rows, 64 past 16; rows past M repeat row M-1 and are not stored) is the B operand.
-- One int32 word = 8 codes; `_dequant_asm` turns it into four fp16x2 registers with 4 LOP3 + 1 SHF +
+- One int32 word = 8 codes; `dequant_asm` turns it into four fp16x2 registers with 4 LOP3 + 1 SHF +
   2 HSUB2 + 2 HFMA2 (the magic-number trick: (w & 0x000F000F) | 0x64006400 is 1024 + q per half; the
   nibbles at bits 4-7 give 1024 + 16q, scaled by 1/16 in the same FMA that subtracts 64 + z): q - z exactly.
   The word's 8 slots are the 8 weights one thread holds in the mma's A fragment for two K16 steps
   (`weight_layouts` shuffles them there), so no layout conversion follows; the 6-D permute below only
   names that mapping for Triton. Zero points arrive as int32 fp16x2 pairs ("zz"), so every operand of the
   chain is 32-bit and Triton picks kWidth=2 (a uint8 operand made it kWidth=8, which cost a MOV per HMMA).
-- FP4 (w4a8-fp, FP4=True): `_dequant_f4_asm` places each E2M1 code's sign at an fp16 half's bit 15 and its
+- FP4 (w4a8-fp, FP4=True): `dequant_f4_asm` places each E2M1 code's sign at an fp16 half's bit 15 and its
   3 magnitude bits at bits 9-11 (5 LOP3 + 4 shifts per word, no zero point): the fp16 is the E2M1 value times
   2^-14 exactly. At M <= 16, W4A8 runs as W4A16: x is quantized per token to E4M3 as the reference does
-  (`act_quant`), and the codes' values (exact in fp16) are the fp16 B operand; the epilogue multiplies by the
+  (`act_quant`, in the prologue), and the codes' values (exact in fp16) are the fp16 B operand; the epilogue multiplies by the
   token scale and the row's s_max.
 - x-permuted layouts ("x" suffix, `weight_layouts._x_order`; chosen per GPU and Triton by `preferred_operand`):
   the kernel reads x's K tile in an order (a reshape/permute below, free in registers) in which each thread's
@@ -53,139 +53,21 @@ import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.pool import out_tensor
-from fxforge.codegen.templates.act_quant import quantize_activations
+from fxforge.codegen.pool import Workspace, out_tensor
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, device_arch, interpreting
+from fxforge.codegen.templates.qlinear_decode_dequant import (
+    dequant_asm,
+    dequant_f4_asm,
+    dequant_f4_portable,
+    dequant_f4p_asm,
+    dequant_f4s_asm,
+    dequant_portable,
+)
+from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, prologue, prologue_rows, swiglu_pairs
 from fxforge.errors import ShapeError
-from fxforge.ir import formats
 from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_operand
 
 MAX_M = DECODE_ROWS
-
-
-@triton.jit
-def _dequant_asm(w, zz, zz16):
-    """int32 words -> 8 fp16 tensors (slots 0..7 = q - z) by LOP3/HSUB2/HFMA2 on fp16 pairs."""
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t0, t1, t2, t3, s, m;
-        mov.b32 m, 0x2C002C00;
-        lop3.b32 t0, $8, 0x000F000F, 0x64006400, 0xEA;
-        lop3.b32 t1, $8, 0x00F000F0, 0x64006400, 0xEA;
-        shr.u32 s, $8, 8;
-        lop3.b32 t2, s, 0x000F000F, 0x64006400, 0xEA;
-        lop3.b32 t3, s, 0x00F000F0, 0x64006400, 0xEA;
-        sub.f16x2 t0, t0, $9;
-        fma.rn.f16x2 t1, t1, m, $10;
-        sub.f16x2 t2, t2, $9;
-        fma.rn.f16x2 t3, t3, m, $10;
-        mov.b32 {$0, $1}, t0;
-        mov.b32 {$2, $3}, t1;
-        mov.b32 {$4, $5}, t2;
-        mov.b32 {$6, $7}, t3;
-        }""",
-        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", args=[w, zz, zz16], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
-
-
-@triton.jit
-def _slot(w, z, NIBBLE: tl.constexpr):
-    return (((w >> (4 * NIBBLE)) & 0xF) - z).to(tl.float16)
-
-
-@triton.jit
-def _dequant_portable(w, zz):
-    """The same 8 fp16 tensors as `_dequant_asm`, by integer ops (z from the low half of zz: 1024 + z)."""
-    z = (zz & 0xFFFF) - 0x6400
-    return (_slot(w, z, 0), _slot(w, z, 4), _slot(w, z, 1), _slot(w, z, 5),
-            _slot(w, z, 2), _slot(w, z, 6), _slot(w, z, 3), _slot(w, z, 7))
-
-
-@triton.jit
-def _dequant_f4_asm(w):
-    """int32 words of an "f4w" layout -> 8 fp16 tensors (slot e = E2M1 value * 2^-14) by 5 LOP3 + 4 shifts."""
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t0, t1, t2, t3, a, b, u;
-        lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;
-        shl.b32 a, $8, 8;
-        lop3.b32 t1, a, 0x8E008E00, 0, 0xC0;
-        shr.u32 a, $8, 3;
-        shl.b32 b, $8, 7;
-        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
-        lop3.b32 t2, u, 0x8E008E00, 0, 0xC0;
-        shl.b32 a, u, 8;
-        lop3.b32 t3, a, 0x8E008E00, 0, 0xC0;
-        mov.b32 {$0, $1}, t0;
-        mov.b32 {$2, $3}, t1;
-        mov.b32 {$4, $5}, t2;
-        mov.b32 {$6, $7}, t3;
-        }""",
-        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
-
-
-@triton.jit
-def _dequant_f4p_asm(w):
-    """`_dequant_f4_asm` spelled with PRMT: the 0x8E bytes of both code halves masked once, then moved into place
-    by byte permutes (3 LOP3 + 2 shifts + 4 PRMT). Same values; on mma.sync (8-column x tiles) ptxas then writes
-    the fragments directly, saving ~25 register moves per iteration; on wgmma the LOP3 spelling is cheaper."""
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t0, t1, t2, t3, a, b, u;
-        lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;
-        prmt.b32 t0, a, 0, 0x3414;
-        prmt.b32 t1, a, 0, 0x2404;
-        shr.u32 a, $8, 3;
-        shl.b32 b, $8, 7;
-        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
-        lop3.b32 u, u, 0x8E8E8E8E, 0, 0xC0;
-        prmt.b32 t2, u, 0, 0x3414;
-        prmt.b32 t3, u, 0, 0x2404;
-        mov.b32 {$0, $1}, t0;
-        mov.b32 {$2, $3}, t1;
-        mov.b32 {$4, $5}, t2;
-        mov.b32 {$6, $7}, t3;
-        }""",
-        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
-
-
-@triton.jit
-def _dequant_f4s_asm(w, ss):
-    """`_dequant_f4_asm` times the group's factor (fp16x2 `ss`, 2^(14 - k)): E2M1 * 2^-k exactly, + 4 HMUL2."""
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t0, t1, t2, t3, a, b, u;
-        lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;
-        shl.b32 a, $8, 8;
-        lop3.b32 t1, a, 0x8E008E00, 0, 0xC0;
-        shr.u32 a, $8, 3;
-        shl.b32 b, $8, 7;
-        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
-        lop3.b32 t2, u, 0x8E008E00, 0, 0xC0;
-        shl.b32 a, u, 8;
-        lop3.b32 t3, a, 0x8E008E00, 0, 0xC0;
-        mul.rn.f16x2 t0, t0, $9;
-        mul.rn.f16x2 t1, t1, $9;
-        mul.rn.f16x2 t2, t2, $9;
-        mul.rn.f16x2 t3, t3, $9;
-        mov.b32 {$0, $1}, t0;
-        mov.b32 {$2, $3}, t1;
-        mov.b32 {$4, $5}, t2;
-        mov.b32 {$6, $7}, t3;
-        }""",
-        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r", args=[w, ss], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
-
-
-@triton.jit
-def _f4_slot(w, MAG: tl.constexpr, SIGN: tl.constexpr):
-    bits = (((w >> SIGN) & 1) << 15) | (((w >> MAG) & 7) << 9)
-    return bits.to(tl.int16).to(tl.float16, bitcast=True)
-
-
-@triton.jit
-def _dequant_f4_portable(w):
-    """The same 8 fp16 tensors as `_dequant_f4_asm`, by integer ops (bit positions: `weight_layouts._MAG/_SIGN`)."""
-    return (_f4_slot(w, 9, 15), _f4_slot(w, 25, 31), _f4_slot(w, 1, 7), _f4_slot(w, 17, 23),
-            _f4_slot(w, 12, 8), _f4_slot(w, 28, 24), _f4_slot(w, 4, 0), _f4_slot(w, 20, 16))
 
 
 @triton.jit
@@ -194,21 +76,30 @@ def qlinear_w4_decode_kernel(
     M, N, K, stride_am, stride_wn, stride_zn, stride_sn, stride_om, stride_rm,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PACK: tl.constexpr = False,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False,
+    SWIGLU: tl.constexpr = False, PACK: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
-    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column)."""
+    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU:
+    the RMSNorm / E4M3 prologue and the SwiGLU epilogue (`qlinear_decode_fuse`)."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows_n = tl.minimum(offs_n, N - 1)  # rows past N read row N-1 (never stored): no load masks
     offs_k = tl.arange(0, BLOCK_K)
     if PACK:  # x tile column c: row c // 4 of x, its K block c % 4 only (the others zero); see `_pack_blocks`
+        offs_r = tl.program_id(1) * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)  # this program's rows of x
         offs_c = tl.arange(0, BLOCK_M)
         offs_m = tl.program_id(1) * (BLOCK_M // 4) + offs_c // 4
         block_of = (offs_k // 32)[:, None] == (offs_c % 4)[None, :]
     else:
         offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_r = offs_m
+    if HAS_NORM or QUANT_X:  # x's rows normalised / quantized into this program's scratch rows: the K loop's x
+        a_ptr, stride_am, rs_ptr = prologue_rows(a_ptr, stride_am, xn_ptr + pid * M * K, rs_ptr + pid * M, norm_ptr,
+                                                 eps, offs_r, M, K, HAS_NORM, QUANT_X,
+                                                 BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_K)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -234,25 +125,25 @@ def qlinear_w4_decode_kernel(
                              (K - 1) // GROUP)  # blocks past K hold zero codes: any group's factor will do
             ss = tl.load(zz_ptr + rows_n[:, None] * stride_zn + blk[None, :])
             if ASM:
-                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4s_asm(w, ss)
+                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4s_asm(w, ss)
             else:
                 f = (ss & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4_portable(w)
+                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_portable(w)
                 v0, v1, v2, v3, v4, v5, v6, v7 = v0 * f, v1 * f, v2 * f, v3 * f, v4 * f, v5 * f, v6 * f, v7 * f
         elif FP4:
-            if ASM and BLOCK_M == 8:  # mma.sync: the PRMT spelling (see `_dequant_f4p_asm`)
-                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4p_asm(w)
+            if ASM and BLOCK_M == 8:  # mma.sync: the PRMT spelling (see `dequant_f4p_asm`)
+                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4p_asm(w)
             elif ASM:
-                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4_asm(w)
+                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_asm(w)
             else:
-                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_f4_portable(w)
+                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_portable(w)
         else:
             zz = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g)[:, None], w.shape)
             if ASM:
                 zz16 = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g + 1)[:, None], w.shape)
-                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_asm(w, zz, zz16)
+                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_asm(w, zz, zz16)
             else:
-                v0, v1, v2, v3, v4, v5, v6, v7 = _dequant_portable(w, zz)
+                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_portable(w, zz)
         # slot e of word j = c * (BLOCK_K/32) + p is tile column 32p + 16(e//4) + 8((e//2)%2) + 2c + e%2
         h = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
         h = tl.reshape(h, (BLOCK_N, 4, BLOCK_K // 32, 2, 2, 2))
@@ -271,17 +162,27 @@ def qlinear_w4_decode_kernel(
             s = tl.load(s_ptr + rows_n * stride_sn + g)
             acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
     if PACK:  # sum each row's 4 block columns
-        y = tl.trans(tl.sum(tl.reshape(acc, (BLOCK_N, BLOCK_M // 4, 4)), axis=2))  # [BLOCK_M / 4, BLOCK_N]
-        offs_m = tl.program_id(1) * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
-    else:
-        y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
-    mask = (offs_m < M)[:, None] & mask_n[None, :]
+        acc = tl.sum(tl.reshape(acc, (BLOCK_N, BLOCK_M // 4, 4)), axis=2)  # [BLOCK_N, BLOCK_M / 4]
+    _epilogue(acc, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr, stride_om,
+              stride_rm, BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_N, FP4, HAS_BIAS, ACTIVATION, SWIGLU, HAS_RESIDUAL)
+
+
+@triton.jit
+def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr, stride_om,
+              stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP4: tl.constexpr, HAS_BIAS: tl.constexpr,
+              ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """The decode kernel's epilogue on its fp32 accumulator out^T [BLOCK_N, BLOCK_M]: scales, bias, activation,
+    SwiGLU, residual, store."""
+    y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
     if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
         y = y * tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
         y = y * tl.load(cs_ptr + rows_n)[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y = apply_activation(y, ACTIVATION)
+    if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs silu(g) * u of N / 2
+        y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N)
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
     if HAS_RESIDUAL:
         y += tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
@@ -327,7 +228,8 @@ def _narrow_x(arch: int | None) -> bool:
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
                       residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
                       keep: torch.Tensor | None = None, asm: bool | None = None,
-                      out: torch.Tensor | None = None) -> torch.Tensor:
+                      norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
+                      out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """`qlinear_ref` with the scheme's epilogue (bias, activation, residual) for fp16 x [..., K] (any number of
     rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers.
 
@@ -336,7 +238,10 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     (exact in fp16): at M <= 16 W4A8 is W4A16 with fp8-valued activations. `asm` picks the PTX dequantization
     (default: on a GPU; the interpreter runs the portable one). `keep` (FFN-skip flags of x's rows, the qlinear
     template's early exit) is accepted and not read: x's skipped rows are zero already (`row_keep`). `out`: the
-    result's storage (a planned buffer, `codegen.pool.out_tensor`); w4a8-fp still allocates its activation codes."""
+    result's storage (a planned buffer, `codegen.pool.out_tensor`); w4a8-fp's prefill still allocates its activation
+    codes. `norm=(weight, eps)`: x is rms_norm'ed first, in the kernel (M <= 16) or by one row kernel (prefill),
+    into scratch from `ws`; `swiglu`: the weight's 2N rows are interleaved (gate, up) pairs and the result is
+    silu(gate) * up [..., N] (`qlinear_decode_fuse`)."""
     enc, p = weight.encoding, weight.payload
     if not enc.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
@@ -347,33 +252,34 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     lead = tuple(x.shape[:-1])
     if x.dtype != torch.float16 or x.shape[-1] != K:
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}]")
+    fp4 = layout_format(enc.layout) == "f4e2m1"
+    check_fusions(norm, swiglu, N, K, bias is None and activation == "none")
+    n_out = N // 2 if swiglu else N
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
-    out = out_tensor(out, (*lead, N), out_dtype or x.dtype, x.device, "qlinear_w4_decode").view(M, N)
+    out = out_tensor(out, (*lead, n_out), out_dtype or x.dtype, x.device, "qlinear_w4_decode").view(M, n_out)
     if M == 0:
-        return out.reshape(*lead, N)
-    fp4 = layout_format(enc.layout) == "f4e2m1"
-    row_scale = col_scale = out  # unread unless FP4
-    if fp4:
-        codes, row_scale = quantize_activations(x2d, "f8e4m3")
-        x2d, col_scale = formats.decode_fp8(codes, "f8e4m3").to(torch.float16), p["scale"].reshape(N).float()
+        return out.reshape(*lead, n_out)
+    col_scale = p["scale"].reshape(N).float() if fp4 else out  # unread unless FP4
     x2d = x2d.contiguous()
     bk, kw, xperm = layout_params(enc.layout)
-    res = residual.reshape(M, N) if residual is not None else out
+    res = residual.reshape(M, n_out) if residual is not None else out
     words, s = p["words"], p["scale32"]
     group = enc.group or words.shape[1] * 8
     wscale = fp4 and group % bk != 0  # a group narrower than the tile: factors on the weights ("ss")
     cfg = decode_blocks(N, M, device_arch(x.device), wscale)
     zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"] // (4 if cfg["PACK"] else 1)))
+    x2d, row_scale, fused = prologue(x2d, norm, fp4, grid[0], bk, ws)  # the norm / E4M3 prologue (M <= 16: in here)
+    row_scale = out if row_scale is None else row_scale  # unread unless FP4
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
-        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, PACK=cfg["PACK"], num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"])
-    return out.reshape(*lead, N)
+        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, PACK=cfg["PACK"], **fused,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return out.reshape(*lead, n_out)
 
 
 def decode_operand(arch: int) -> tuple[int, bool]:
@@ -384,10 +290,11 @@ def decode_operand(arch: int) -> tuple[int, bool]:
 
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
                    activation: str = "none", residual: bool = False, kw: int = 2, xperm: bool = False, M: int = 1,
-                   fp4: bool = False, arch: int | None = 90) -> dict:
+                   fp4: bool = False, arch: int | None = 90, norm: bool = False, swiglu: bool = False) -> dict:
     """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
     (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts), xperm: x-permuted ("x"); the
-    blocks the launcher picks on sm_`arch`."""
+    blocks the launcher picks on sm_`arch`; `norm`: the RMSNorm prologue, `swiglu`: the epilogue over interleaved
+    (gate, up) rows (N counts the weight's rows, 2x the output's)."""
     wscale = fp4 and (group or K) % bk != 0
     cfg = decode_blocks(N, M, arch, wscale)
     sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
@@ -396,10 +303,15 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
            "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
-             "HAS_RESIDUAL": residual, "PACK": cfg["PACK"]}
+             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu,
+             "PACK": cfg["PACK"]}
+    sig["eps"] = "fp32"
+    for name, used in (("norm_ptr", norm), ("xn_ptr", norm or const["QUANT_X"])):  # the prologue's operands
+        sig.update({name: "*fp16"}) if used else const.update({name: None})
     layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4", xperm)
+    fused = "".join(f" {name}" for name, on in (("norm", norm), ("swiglu", swiglu)) if on)
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
             "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group} {layout}"
-            + ("" if asm else " portable") + (f" M={M}" if M > MAX_M else "")}
+            + fused + ("" if asm else " portable") + (f" M={M}" if M > MAX_M else "")}

@@ -1,0 +1,142 @@
+"""In-register dequantization of one int32 word of a 4-bit decode layout (`fxforge.ir.weight_layouts`) into the 8
+fp16 values it holds, for the decode GEMM (`qlinear_decode`): inline PTX for a GPU, portable integer ops for the
+interpreter (the same values, bit for bit).
+
+Decisions:
+- int4 ("i4w"): the magic-number trick, 4 LOP3 + 1 SHF + 2 HSUB2 + 2 HFMA2 per word: q - z exactly.
+- FP4 ("f4w"): E2M1 sign/magnitude bits placed into fp16 halves (value * 2^-14 exactly), 5 LOP3 + 4 shifts, or
+  the PRMT spelling (3 LOP3 + 2 shifts + 4 PRMT, same values) that ptxas allocates better on mma.sync; `_s`: times
+  a group factor pair (4 HMUL2). A search over shift/rotate/PRMT placements of the codes found no 8-instruction
+  FP4 decode. `tests/codegen/test_qlinear_decode.py` checks each PTX body with a small emulator of its
+  instructions against the layout.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def dequant_asm(w, zz, zz16):
+    """int32 words -> 8 fp16 tensors (slots 0..7 = q - z) by LOP3/HSUB2/HFMA2 on fp16 pairs."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t0, t1, t2, t3, s, m;
+        mov.b32 m, 0x2C002C00;
+        lop3.b32 t0, $8, 0x000F000F, 0x64006400, 0xEA;
+        lop3.b32 t1, $8, 0x00F000F0, 0x64006400, 0xEA;
+        shr.u32 s, $8, 8;
+        lop3.b32 t2, s, 0x000F000F, 0x64006400, 0xEA;
+        lop3.b32 t3, s, 0x00F000F0, 0x64006400, 0xEA;
+        sub.f16x2 t0, t0, $9;
+        fma.rn.f16x2 t1, t1, m, $10;
+        sub.f16x2 t2, t2, $9;
+        fma.rn.f16x2 t3, t3, m, $10;
+        mov.b32 {$0, $1}, t0;
+        mov.b32 {$2, $3}, t1;
+        mov.b32 {$4, $5}, t2;
+        mov.b32 {$6, $7}, t3;
+        }""",
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", args=[w, zz, zz16], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
+def _slot(w, z, NIBBLE: tl.constexpr):
+    return (((w >> (4 * NIBBLE)) & 0xF) - z).to(tl.float16)
+
+
+@triton.jit
+def dequant_portable(w, zz):
+    """The same 8 fp16 tensors as `dequant_asm`, by integer ops (z from the low half of zz: 1024 + z)."""
+    z = (zz & 0xFFFF) - 0x6400
+    return (_slot(w, z, 0), _slot(w, z, 4), _slot(w, z, 1), _slot(w, z, 5),
+            _slot(w, z, 2), _slot(w, z, 6), _slot(w, z, 3), _slot(w, z, 7))
+
+
+@triton.jit
+def dequant_f4_asm(w):
+    """int32 words of an "f4w" layout -> 8 fp16 tensors (slot e = E2M1 value * 2^-14) by 5 LOP3 + 4 shifts."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t0, t1, t2, t3, a, b, u;
+        lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;
+        shl.b32 a, $8, 8;
+        lop3.b32 t1, a, 0x8E008E00, 0, 0xC0;
+        shr.u32 a, $8, 3;
+        shl.b32 b, $8, 7;
+        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
+        lop3.b32 t2, u, 0x8E008E00, 0, 0xC0;
+        shl.b32 a, u, 8;
+        lop3.b32 t3, a, 0x8E008E00, 0, 0xC0;
+        mov.b32 {$0, $1}, t0;
+        mov.b32 {$2, $3}, t1;
+        mov.b32 {$4, $5}, t2;
+        mov.b32 {$6, $7}, t3;
+        }""",
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
+def dequant_f4p_asm(w):
+    """`dequant_f4_asm` spelled with PRMT: the 0x8E bytes of both code halves masked once, then moved into place
+    by byte permutes (3 LOP3 + 2 shifts + 4 PRMT). Same values; on mma.sync (8-column x tiles) ptxas then writes
+    the fragments directly, saving ~25 register moves per iteration; on wgmma the LOP3 spelling is cheaper."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t0, t1, t2, t3, a, b, u;
+        lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;
+        prmt.b32 t0, a, 0, 0x3414;
+        prmt.b32 t1, a, 0, 0x2404;
+        shr.u32 a, $8, 3;
+        shl.b32 b, $8, 7;
+        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
+        lop3.b32 u, u, 0x8E8E8E8E, 0, 0xC0;
+        prmt.b32 t2, u, 0, 0x3414;
+        prmt.b32 t3, u, 0, 0x2404;
+        mov.b32 {$0, $1}, t0;
+        mov.b32 {$2, $3}, t1;
+        mov.b32 {$4, $5}, t2;
+        mov.b32 {$6, $7}, t3;
+        }""",
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
+def dequant_f4s_asm(w, ss):
+    """`dequant_f4_asm` times the group's factor (fp16x2 `ss`, 2^(14 - k)): E2M1 * 2^-k exactly, + 4 HMUL2."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t0, t1, t2, t3, a, b, u;
+        lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;
+        shl.b32 a, $8, 8;
+        lop3.b32 t1, a, 0x8E008E00, 0, 0xC0;
+        shr.u32 a, $8, 3;
+        shl.b32 b, $8, 7;
+        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
+        lop3.b32 t2, u, 0x8E008E00, 0, 0xC0;
+        shl.b32 a, u, 8;
+        lop3.b32 t3, a, 0x8E008E00, 0, 0xC0;
+        mul.rn.f16x2 t0, t0, $9;
+        mul.rn.f16x2 t1, t1, $9;
+        mul.rn.f16x2 t2, t2, $9;
+        mul.rn.f16x2 t3, t3, $9;
+        mov.b32 {$0, $1}, t0;
+        mov.b32 {$2, $3}, t1;
+        mov.b32 {$4, $5}, t2;
+        mov.b32 {$6, $7}, t3;
+        }""",
+        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r", args=[w, ss], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
+def _f4_slot(w, MAG: tl.constexpr, SIGN: tl.constexpr):
+    bits = (((w >> SIGN) & 1) << 15) | (((w >> MAG) & 7) << 9)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def dequant_f4_portable(w):
+    """The same 8 fp16 tensors as `dequant_f4_asm`, by integer ops (bit positions: `weight_layouts._MAG/_SIGN`)."""
+    return (_f4_slot(w, 9, 15), _f4_slot(w, 25, 31), _f4_slot(w, 1, 7), _f4_slot(w, 17, 23),
+            _f4_slot(w, 12, 8), _f4_slot(w, 28, 24), _f4_slot(w, 4, 0), _f4_slot(w, 20, 16))

@@ -1,0 +1,158 @@
+"""The fusions at the two ends of the 4-bit decode GEMM (`qlinear_decode`): an RMSNorm and per-token E4M3
+prologue and a SwiGLU epilogue, so a quantized decoder layer launches what a dense one does (issue #13 item 3).
+
+This module owns the jit helpers the decode kernel calls (`prologue_rows`, `e4m3_value`, `swiglu_pairs`), the
+row kernel `rms_norm_rows_kernel`, and `prologue`, the launcher's part that decides where x is prepared.
+
+- SWIGLU: the [gate; up] weight of `concat_linears` has its rows interleaved [g0, u0, g1, u1, ...] by the
+  `decode_layout` pass (a row permutation of the row-major payload, before the decode layout is made: group
+  scales and zero points move with their rows; the two slices of the IR become step-2 slices, so the reference
+  semantics hold). A BLOCK_N tile of the accumulator then holds BLOCK_N/2 whole (gate, up) pairs:
+  `swiglu_pairs` splits them in registers and returns silu(gate) * up with the output's column offsets and
+  mask (N/2 columns). fp32 throughout, as the dense GEMM's SwiGLU epilogue (`gemm.py` SWIGLU). The pair's two
+  halves are taken by a masked sum over the pair axis (register-local): `tl.split` spilled 8 bytes in the w4a8-fp
+  group-32 kernel on sm_80 with Triton 3.9.
+- RMSNorm (HAS_NORM): the dense GEMM normalises each A tile as it loads it; the decode kernel's K loop is not
+  touched (its loads are tuned for the in-register dequantization), so before the loop each program writes
+  rms_norm(x) of its (at most 16) rows into its own scratch rows, [programs, M, K] fp16 from the pool's
+  workspace, waits at a barrier (its own writes, read back by its own threads: no race between programs) and
+  points the K loop's x at them. The steps are the row kernel's and the dense prologue's (fp32 sum of
+  squares, scale, round to x's dtype, times the norm weight, round). Prefill tiles (M > 16, grid over N of
+  64-row tiles) would each write M x K: they get one `rms_norm_rows_kernel` launch instead.
+- E4M3 (QUANT_X, w4a8-fp at M <= 16, which runs as W4A16 on the codes' values): the same prologue then
+  quantizes each row per token as `act_quant_kernel` does (amax pass, s = amax / 448, IEEE division, the
+  integer encoder `f32_to_fp8e4m3`: the same codes, bit for bit) and stores the codes' fp16 values and the
+  row scales (scratch the epilogue reads as `rs_ptr`): no act_quant launch and no host decode of the codes.
+  Prefill keeps `quantize_activations`. The prologue's loops are longer than the K loop in SASS:
+  `sass.main_loop` takes the loop that issues MMAs (the K loop's count is unchanged: 455 on sm_90, 3.6).
+Decisions:
+- Scratch per program, not one shared [M, K]: programs writing the same bytes would be a (benign) race;
+  a decode step's x is 1-16 rows, so grid_n x M x K fp16 is a few hundred KB at most.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fxforge.codegen.pool import Workspace, scratch
+from fxforge.codegen.templates.act_quant import f32_to_fp8e4m3, quantize_activations
+from fxforge.codegen.templates.gemm import row_rstd
+from fxforge.errors import ShapeError
+from fxforge.ir import formats
+from fxforge.ir.weight_layouts import DECODE_ROWS
+
+PREFILL_ROWS = 64  # rows per program of `rms_norm_rows_kernel`
+E4M3_MAX: tl.constexpr = tl.constexpr(formats.get_format("f8e4m3").max_value)
+
+
+@triton.jit
+def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.constexpr):
+    """x's tile (rows offs_m, columns ks) as fp32, rms_norm'ed with the row kernel's steps and roundings."""
+    x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
+    if HAS_NORM:
+        g = tl.load(g_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)
+        xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype).to(tl.float32)
+        x = (xn * g[None, :]).to(x.dtype)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def e4m3_value(code):
+    """E4M3FN code (uint8, never NaN) -> its fp32 value, by integer bit arithmetic (exact in fp16 too)."""
+    c = code.to(tl.int32)
+    e, m = (c >> 3) & 0xF, c & 7
+    normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
+    mag = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)  # subnormals: m * 2^-9
+    return tl.where((c & 0x80) != 0, -mag, mag)
+
+
+@triton.jit
+def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HAS_NORM: tl.constexpr,
+                  QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """xn[m, :] = rms_norm(x[m, :]) * g (HAS_NORM) for the rows offs_m < M (xn: rows of K contiguous elements);
+    QUANT: then quantized per token to E4M3 as `act_quant_kernel` does (rs[m] = amax / 448, codes by the same
+    integer encoder, bit-exact) and stored as the codes' fp16 values. Then a barrier: the caller's threads read
+    the rows back (returned: x's pointer and row stride for the K loop, and the scales' pointer)."""
+    mask_m = offs_m < M
+    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if HAS_NORM:
+        rstd = row_rstd(x_ptr, offs_m, mask_m, stride_xm, 1, K, eps, BLOCK_M, BLOCK_K)
+    offs_k = tl.arange(0, BLOCK_K)
+    s = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
+    if QUANT:
+        amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+            ks = k0 * BLOCK_K + offs_k
+            v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask_m[:, None] & (ks[None, :] < K), K, HAS_NORM)
+            amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
+        s = tl.math.div_rn(amax, E4M3_MAX + tl.zeros_like(amax))
+        s = tl.where(s > 0.0, s, 1.0)
+        tl.store(rs_ptr + offs_m, s, mask=mask_m)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        ks = k0 * BLOCK_K + offs_k
+        mask = mask_m[:, None] & (ks[None, :] < K)
+        v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM)
+        if QUANT:
+            v = e4m3_value(f32_to_fp8e4m3(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))))
+        tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mask)
+    tl.debug_barrier()
+    return xn_ptr, K, rs_ptr
+
+
+@triton.jit
+def swiglu_pairs(y, pid, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """y [BLOCK_M, BLOCK_N] over interleaved (gate, up) rows -> silu(gate) * up [BLOCK_M, BLOCK_N/2], its output
+    columns (N/2 in all) and their mask."""
+    pairs = tl.reshape(y, (BLOCK_M, BLOCK_N // 2, 2))
+    first = (tl.arange(0, 2) == 0)[None, None, :]
+    gate, up = tl.sum(tl.where(first, pairs, 0.0), axis=2), tl.sum(tl.where(first, 0.0, pairs), axis=2)
+    offs = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    return gate * tl.sigmoid(gate) * up, offs, offs < N // 2
+
+
+@triton.jit
+def rms_norm_rows_kernel(x_ptr, stride_xm, xn_ptr, g_ptr, eps, M, K, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """`prologue_rows` (the norm only) of BLOCK_M rows per program."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    prologue_rows(x_ptr, stride_xm, xn_ptr, xn_ptr, g_ptr, eps, offs_m, M, K, True, False, BLOCK_M, BLOCK_K)
+
+
+def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: bool) -> None:
+    """The fused operands of `qlinear_w4_decode`: a norm weight [K], an even row count and no bias or activation
+    with swiglu (the epilogue replaces them)."""
+    if norm is not None and tuple(norm[0].shape) != (K,):
+        raise ShapeError(f"qlinear_w4_decode norm weight must have shape ({K},), got {tuple(norm[0].shape)}")
+    if swiglu and (n_rows % 2 or not plain):
+        raise ShapeError(f"qlinear_w4_decode swiglu needs interleaved [gate; up] rows (an even count, got {n_rows}) "
+                         "and no bias or activation")
+
+
+_PLAIN = dict(norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM=False, QUANT_X=False)
+
+
+def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bool, programs: int, bk: int,
+             ws: Workspace | None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """(x as the K loop's kernel argument, w4a8-fp's per-token scales, the prologue's kernel arguments). M <= 16:
+    the kernel normalises (`norm`) and quantizes (`fp4`) x itself into per-program scratch rows ([programs, M, K]
+    fp16 and [programs, M] scales from the workspace). Prefill: one row-kernel launch for the norm, then
+    `quantize_activations` for FP4 (the codes' values in fp16)."""
+    M, K = x2d.shape
+    if M <= DECODE_ROWS:
+        if norm is None and not fp4:
+            return x2d, None, _PLAIN
+        xn, rs = scratch(ws, x2d.device, ((programs, M, K), torch.float16), ((programs, M), torch.float32))
+        return x2d, rs if fp4 else None, dict(
+            norm_ptr=norm[0].contiguous() if norm else None, xn_ptr=xn, eps=float(norm[1]) if norm else 0.0,
+            HAS_NORM=norm is not None, QUANT_X=fp4)
+    if norm is not None:
+        (xn,) = scratch(ws, x2d.device, ((M, K), x2d.dtype))
+        rms_norm_rows_kernel[(triton.cdiv(M, PREFILL_ROWS),)](
+            x2d, x2d.stride(0), xn, norm[0].contiguous(), float(norm[1]), M, K, BLOCK_M=PREFILL_ROWS, BLOCK_K=bk)
+        x2d = xn
+    rs = None
+    if fp4:
+        codes, rs = quantize_activations(x2d, "f8e4m3")
+        x2d = formats.decode_fp8(codes, "f8e4m3").to(torch.float16)
+    return x2d, rs, _PLAIN
