@@ -182,3 +182,38 @@ def test_manager_takes_pass_objects_only():
 
 def test_every_pass_in_the_table_builds_and_is_named_as_listed():
     assert {p.name for p in build_passes(sorted(PASSES))} == set(PASSES)
+
+
+class Probe:
+    """Records the IR text as the pass sees it (what the trace must say before it), then edits the graph in
+    place (a value renamed, a type changed), as later passes do."""
+
+    name = "probe"
+
+    def __init__(self):
+        self.seen = []
+
+    def run(self, graph, ctx):
+        from fxforge.ir.printer import print_graph
+
+        self.seen.append(print_graph(graph))
+        graph.rename_value(graph.ops[-1].results[0], f"probed{len(self.seen)}")
+        return graph
+
+
+def test_the_trace_prints_when_read_and_reads_the_ir_of_its_time(monkeypatch):
+    from fxforge.ir import printer
+
+    printed = []
+    real = printer._graph_text
+    monkeypatch.setattr(printer, "_graph_text", lambda *a: printed.append(1) or real(*a))
+    probe = Probe()
+    pm = PassManager([*build_passes(["canonicalize", "cse"]), probe, *build_passes(["dce"]), probe, Renamer()])
+    g = pm.run(small_graph())
+    assert len(printed) == len(probe.seen) == 2  # the probe's: a trace nobody reads costs no printing (it was N+1 prints)
+    first, second = pm.trace.record("probe", 0), pm.trace.record("probe", 1)
+    assert first.ir_before == probe.seen[0] and second.ir_before == probe.seen[1]  # not the graph as it is now
+    assert "%probed1 = " in first.ir_after and "%probed1 = " not in first.ir_before and "probed2" not in first.ir_after
+    assert pm.trace.record("dce").ir_before == first.ir_after and len(printed) == 2 + 3  # after i is before i+1: printed once
+    assert pm.trace.records[-1].ir_after == printer.print_graph(g)
+    assert Trace.from_json(pm.trace.to_json()) == pm.trace
