@@ -217,3 +217,39 @@ def test_the_trace_prints_when_read_and_reads_the_ir_of_its_time(monkeypatch):
     assert pm.trace.record("dce").ir_before == first.ir_after and len(printed) == 2 + 3  # after i is before i+1: printed once
     assert pm.trace.records[-1].ir_after == printer.print_graph(g)
     assert Trace.from_json(pm.trace.to_json()) == pm.trace
+
+
+class SeesFreeze:
+    """Records whether the objects that existed before the compile are out of the collector's reach."""
+
+    name = "sees_freeze"
+
+    def __init__(self):
+        self.frozen = []
+
+    def run(self, graph, ctx):
+        import gc
+
+        self.frozen.append(gc.get_freeze_count())
+        return graph
+
+
+def test_compile_freezes_the_heap_it_found_and_gives_it_back(monkeypatch):
+    import gc
+
+    import fxforge
+    from fxforge import pipeline, testing
+
+    probe = SeesFreeze()
+    monkeypatch.setitem(pipeline.PASSES, "sees_freeze", lambda: probe)
+    model = testing.mlp(dim=8, hidden=16)
+    assert gc.get_freeze_count() == 0
+    fxforge.compile_aot(model, (torch.randn(2, 3, 8),), passes=["sees_freeze"])
+    assert probe.frozen[0] > 0 and gc.get_freeze_count() == 0  # full collections skipped the model and torch's heap
+    gc.freeze()  # a program that froze its own heap (a pre-fork server) keeps it frozen, as it was
+    try:
+        frozen = gc.get_freeze_count()
+        fxforge.compile_aot(model, (torch.randn(2, 3, 8),), passes=["sees_freeze"])
+        assert 0 < probe.frozen[1] <= frozen and 0 < gc.get_freeze_count() <= frozen  # not refrozen, not unfrozen
+    finally:
+        gc.unfreeze()
