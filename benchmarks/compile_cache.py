@@ -1,6 +1,7 @@
 """Compile cache figures (issue #13, item 6): what the functional hash saves, on the CPU.
 
-For an h512 Llama (intermediate 1376, 8 heads, vocab 4096) at 8 and 32 layers, each in a fresh process:
+For an h512 Llama (intermediate 1376, 8 heads, vocab 4096; `--arch mistral` / `qwen2`: the same sizes
+with 2 KV heads, Qwen2 with its biased Q/K/V) at 8 and 32 layers, each in a fresh process:
 - capture (torch.export, torch's cost, linear in depth unless the layer stack is captured once:
   `frontend/layer_reuse.py`, its note is recorded) and fxforge's own compile (passes + codegen of
   the `interpret` executor's module), and the generated kernels: launches vs distinct kernels (the
@@ -11,7 +12,7 @@ For an h512 Llama (intermediate 1376, 8 heads, vocab 4096) at 8 and 32 layers, e
   process with torch, fxforge and transformers imported (their import times are not counted; the
   transformers import is reported), and a second load + call in that process.
 
-    .venv/bin/python benchmarks/compile_cache.py [--layers 8 32] [--out FILE]
+    .venv/bin/python benchmarks/compile_cache.py [--layers 8 32] [--arch llama|mistral|qwen2] [--out FILE]
 """
 
 from __future__ import annotations
@@ -31,9 +32,14 @@ import json, sys, time, torch
 import fxforge
 from fxforge import testing as zoo
 from fxforge.codegen import kernel_keys, module as gen
-layers, art = int(sys.argv[1]), sys.argv[2]
+layers, art, arch = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 torch.manual_seed(0)
-model = zoo.llama(hidden=512, intermediate=1376, layers=layers, heads=8, kv_heads=8, vocab=4096)
+sizes = dict(hidden=512, intermediate=1376, layers=layers, heads=8, kv_heads=8 if arch == "llama" else 2, vocab=4096)
+if arch == "qwen2":  # biased Q/K/V projections, GQA: not in the zoo, built from its transformers config
+    model = zoo._hf("Qwen2Config", "Qwen2ForCausalLM", hidden_size=512, intermediate_size=1376, num_hidden_layers=layers,
+                    num_attention_heads=8, num_key_value_heads=2, vocab_size=4096, max_position_embeddings=512)
+else:
+    model = getattr(zoo, arch)(**sizes)
 ids = torch.randint(0, 4096, (1, 16))
 rows = []
 for attempt in range(2):
@@ -76,13 +82,14 @@ def child(code: str, *args: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--arch", choices=["llama", "mistral", "qwen2"], default="llama")
     ap.add_argument("--out", default=f"benchmarks/results/compile_cache-{date.today()}.json")
     args = ap.parse_args()
     art = tempfile.mkdtemp(prefix="fxforge-cc-")
-    result: dict = {"benchmark": "compile_cache", "date": str(date.today()), "cpu_count": os.cpu_count(),
+    result: dict = {"benchmark": "compile_cache", "arch": args.arch, "date": str(date.today()), "cpu_count": os.cpu_count(),
                     "load_average_at_start": os.getloadavg(), "rows": []}
     for i, layers in enumerate(args.layers):
-        row = child(COMPILE, str(layers), art if i == 0 else "")
+        row = child(COMPILE, str(layers), art if i == 0 else "", args.arch)
         result["rows"].append(row)
         for c in row["compiles"]:
             print(f"layers={layers:3d} compile #{c['attempt']}: total {c['total_s']:.2f} s (capture {c['capture_s']:.2f} s, "
