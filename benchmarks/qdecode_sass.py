@@ -36,17 +36,20 @@ def main() -> None:
                             f"{weights_per_thread(spec):.0f} | {pw:.2f} | {b.registers} | {b.spills} |")
     from fxforge.codegen.build import build_in_subprocess
     from fxforge.codegen.templates.qlinear_cost import per_weight
-    from fxforge.codegen.templates.qlinear_decode import decode_kwidth, w4_decode_spec
+    from fxforge.codegen.templates.qlinear_decode import decode_operand, w4_decode_spec
 
     # the decode kernel (issue #13 item 5): int4 "i4w128" (group 128), FP4 "f4w128" (w4a8-fp at group 128, and at
-    # its default group 32: the group factors multiply the decoded weights, 8 warps)
+    # its default group 32: the group factors multiply the decoded weights); the layout variant decode_operand picks
     cases = [("w4_decode int4 g128", dict(group=128, bk=128)), ("w4_decode fp4 g128", dict(group=128, bk=128, fp4=True)),
              ("w4_decode fp4 g32", dict(group=32, bk=128, fp4=True))]
     for arch in (90, 80):
-        specs = [w4_decode_spec(4096, 4096, kw=decode_kwidth(arch), **kw) for _, kw in cases]
-        for (name, _), spec, b in zip(cases, specs, build_in_subprocess(specs, arch)):
-            rows.append(f"| {name} {spec['label'].split()[-1]} | 1-16 | sm_{arch} | {b.loop_instructions} | "
-                        f"{weights_per_thread(spec):.0f} | {per_weight(spec, b):.2f} | {b.registers} | {b.spills} |")
+        kw, xperm = decode_operand(arch)
+        for M in (1, 16):  # batch 1 takes an 8-column x tile where that is cheaper (`decode_blocks`)
+            specs = [w4_decode_spec(4096, 4096, kw=kw, xperm=xperm, M=M, arch=arch, **case) for _, case in cases]
+            for (name, _), spec, b in zip(cases, specs, build_in_subprocess(specs, arch)):
+                rows.append(f"| {name} {spec['label'].split()[-1]} | {M} (x tile {spec['constexprs']['BLOCK_M']}) | "
+                            f"sm_{arch} | {b.loop_instructions} | {weights_per_thread(spec):.0f} | "
+                            f"{per_weight(spec, b):.2f} | {b.registers} | {b.spills} |")
     text = "\n".join(rows)
     print(text)
     if args.out:

@@ -45,18 +45,19 @@ from torch import Tensor
 from fxforge.ir import formats
 
 DECODE_ROWS = 16  # the most rows a decode-shaped linear has (the decode kernel's x tile: 16 columns of the MMA)
-_LAYOUT = re.compile(r"^(i4|f4)w(32|64|128)(k4)?$")
+_LAYOUT = re.compile(r"^(i4|f4)w(32|64|128)(k4)?(x)?$")
 FORMATS = {"i4": "i4", "f4": "f4e2m1"}  # layout prefix -> element format
 FP4_BIAS = 14  # the f4w halves are E2M1 values times 2^-14
 
 
-def layout_params(layout: str) -> tuple[int, int]:
-    """(BK, kWidth) of a decode layout name ("i4w128" -> (128, 2), "f4w64k4" -> (64, 4)); ValueError else."""
+def layout_params(layout: str) -> tuple[int, int, bool]:
+    """(BK, kWidth, x-permuted) of a decode layout name ("i4w128" -> (128, 2, False), "f4w64k4x" -> (64, 4, True));
+    ValueError else."""
     m = _LAYOUT.match(layout)
     if m is None:
         raise ValueError(f"unknown weight layout {layout!r}; known: i4w32, i4w64, i4w128 and f4w32, f4w64, f4w128, "
-                         "each with a k4 suffix")
-    return int(m.group(2)), 4 if m.group(3) else 2
+                         "each with an optional k4 then x suffix")
+    return int(m.group(2)), 4 if m.group(3) else 2, bool(m.group(4))
 
 
 def layout_format(layout: str) -> str:
@@ -65,16 +66,21 @@ def layout_format(layout: str) -> str:
     return FORMATS[layout[:2]]
 
 
-def layout_name(bk: int, kw: int = 2, fmt: str = "i4") -> str:
+def layout_name(bk: int, kw: int = 2, fmt: str = "i4", xperm: bool = False) -> str:
     prefix = next(k for k, v in FORMATS.items() if v == fmt)
-    return f"{prefix}w{bk}" + ("k4" if kw == 4 else "")
+    return f"{prefix}w{bk}" + ("k4" if kw == 4 else "") + ("x" if xperm else "")
 
 
-def preferred_kwidth(arch: int | None, triton_version: tuple[int, int]) -> int:
-    """The kWidth Triton gives the decode kernel's fp16 MMA operands (measured: 4 with Triton 3.6 on sm_80, 2 with
-    3.9 and on sm_90), i.e. which layout ("i4w{BK}" or "i4w{BK}k4") to store for sm_`arch` (None: no GPU known,
-    2). Only speed depends on it: the kernel reads either layout correctly on any GPU."""
-    return 4 if arch is not None and arch < 90 and triton_version < (3, 9) else 2
+def preferred_operand(arch: int | None, triton_version: tuple[int, int]) -> tuple[int, bool]:
+    """(kWidth, x-permuted) of the decode layout to store for sm_`arch` with this Triton (None: no GPU known, the
+    sm_90 choice). kWidth is what Triton gives the kernel's fp16 MMA operands (measured: 4 with Triton 3.6 on
+    sm_80, 2 with 3.9 and on sm_90). x-permuted: the kernel reads x's K in an order that gives each thread its
+    B-fragment pairs as contiguous halves; it removes ~120 register moves per iteration on sm_80 with 3.6 and
+    ~40 instructions of the narrow-group FP4 loop on sm_90, but costs 3.9's ldmatrix on sm_80 (+19). Only speed
+    depends on it: the kernel reads every layout correctly on any GPU (`benchmarks/qdecode_sass.py`)."""
+    if arch is None or arch >= 90:
+        return 2, True
+    return (4, True) if triton_version < (3, 9) else (2, False)
 
 
 def decode_tile(group: int, K: int) -> int | None:
@@ -94,15 +100,29 @@ def fp4_tile(group: int) -> int | None:
     return 128 if group % 32 == 0 else decode_tile(group, 0)
 
 
-def _slot_columns(bk: int, kw: int) -> Tensor:
-    """[bk/8, 8] tile column of each (word, slot) for an MMA operand of kWidth `kw` (2 or 4)."""
+def _slot_columns(bk: int, kw: int, xperm: bool = False) -> Tensor:
+    """[bk/8, 8] tile column of each (word, slot) for an MMA operand of kWidth `kw` (2 or 4); `xperm`: the true K
+    column of the MMA's column (the kernel reads x in that order, `_x_order`)."""
     p_n = bk // 32
     j = torch.arange(bk // 8)
     c, p = (j // p_n)[:, None], (j % p_n)[:, None]
     e = torch.arange(8)[None, :]
     if kw == 4:  # a thread holds 4 consecutive columns per K16 step
-        return 32 * p + 16 * (e // 4) + 4 * c + 2 * ((e // 2) % 2) + (e % 2)
-    return 32 * p + 16 * (e // 4) + 8 * ((e // 2) % 2) + 2 * c + (e % 2)
+        cols = 32 * p + 16 * (e // 4) + 4 * c + 2 * ((e // 2) % 2) + (e % 2)
+    else:
+        cols = 32 * p + 16 * (e // 4) + 8 * ((e // 2) % 2) + 2 * c + (e % 2)
+    return _x_order(cols, kw) if xperm else cols
+
+
+def _x_order(col: Tensor, kw: int) -> Tensor:
+    """True K column of MMA column `col` in an x-permuted layout: a thread's B-fragment halves (b0, b1) of an MMA
+    are contiguous in x. kWidth 4: MMA column 32p + 16h + 4t + 2s + j (b_h of K16 step s of thread t) is true
+    column 32p + 8t + 4s + 2h + j; kWidth 2: 16q + 8h + 2t + j is 16q + 4t + 2h + j."""
+    if kw == 4:
+        p, r = col // 32, col % 32
+        return 32 * p + 8 * ((r // 4) % 4) + 4 * ((r // 2) % 2) + 2 * (r // 16) + r % 2
+    q, r = col // 16, col % 16
+    return 16 * q + 4 * ((r // 2) % 4) + 2 * (r // 8) + r % 2
 
 
 _NIBBLE = [e // 2 + 4 * (e % 2) for e in range(8)]
@@ -114,14 +134,14 @@ BIT_POSITIONS = {
 }
 
 
-def shuffle_words(codes: Tensor, bk: int, pad_code: Tensor, kw: int = 2, fmt: str = "i4") -> Tensor:
+def shuffle_words(codes: Tensor, bk: int, pad_code: Tensor, kw: int = 2, fmt: str = "i4", xperm: bool = False) -> Tensor:
     """Row-major codes [N, K] (uint8 0..15) -> int32 words [N, Kp/8] of the decode layout of `fmt` with tile
     `bk`; `pad_code` [N] fills the columns past K."""
     n, k = codes.shape
     kp = -(-k // bk) * bk
     full = pad_code.to(torch.int64)[:, None].expand(n, kp).clone()
     full[:, :k] = codes.to(torch.int64)
-    tiles = full.reshape(n, kp // bk, bk)[:, :, _slot_columns(bk, kw)]  # [N, T, bk/8, 8]
+    tiles = full.reshape(n, kp // bk, bk)[:, :, _slot_columns(bk, kw, xperm)]  # [N, T, bk/8, 8]
     bits = (tiles[..., None] >> torch.arange(4)) & 1  # [N, T, bk/8, 8, 4]
     words = (bits << BIT_POSITIONS[fmt]).sum((-1, -2))  # disjoint bits: the sum is an OR
     return _wrap_i32(words).reshape(n, kp // 8)
@@ -132,14 +152,14 @@ def _wrap_i32(v: Tensor) -> Tensor:
     return (v - ((v >> 31) << 32)).to(torch.int32)
 
 
-def unshuffle_words(words: Tensor, k: int, bk: int, kw: int = 2, fmt: str = "i4") -> Tensor:
+def unshuffle_words(words: Tensor, k: int, bk: int, kw: int = 2, fmt: str = "i4", xperm: bool = False) -> Tensor:
     """int32 words of a decode layout -> row-major codes [N, k] (uint8)."""
     n = words.shape[0]
     w = words.to(torch.int64) & 0xFFFFFFFF
     w = w.reshape(n, -1, bk // 8, 1, 1)
     slots = (((w >> BIT_POSITIONS[fmt]) & 1) << torch.arange(4)).sum(-1)  # [N, T, bk/8, 8]
     out = torch.empty(n, w.shape[1], bk, dtype=torch.int64)
-    out[:, :, _slot_columns(bk, kw)] = slots
+    out[:, :, _slot_columns(bk, kw, xperm)] = slots
     return out.reshape(n, -1)[:, :k].to(torch.uint8)
 
 
@@ -154,8 +174,8 @@ def zero_pairs(zero: Tensor) -> Tensor:
     return _wrap_i32(pairs * 0x10001)
 
 
-def to_decode_layout(weight, bk: int | None = None, kw: int = 2):
-    """A w4a16-int4 or w4a8-fp `Weight` in its decode layout ("i4w{bk}" / "f4w{bk}", +"k4" for kw=4; bk:
+def to_decode_layout(weight, bk: int | None = None, kw: int = 2, xperm: bool = False):
+    """A w4a16-int4 or w4a8-fp `Weight` in its decode layout ("i4w{bk}" / "f4w{bk}", +"k4" for kw=4, +"x" x-permuted; bk:
     `decode_tile` by default); the weight itself when it already has that layout. ValueError when the group
     admits no decode tile or the weight is of another scheme."""
     enc, p = weight.encoding, weight.payload
@@ -168,17 +188,17 @@ def to_decode_layout(weight, bk: int | None = None, kw: int = 2):
     bk = bk or (decode_tile(enc.group, k) if int4 else fp4_tile(enc.group))
     if bk is None or (enc.group and enc.group % bk and (int4 or enc.group % 32)):
         raise ValueError(f"group {enc.group} has no power-of-two K tile >= 32 dividing it; keep the row-major layout")
-    name = layout_name(bk, kw, enc.format)
+    name = layout_name(bk, kw, enc.format, xperm)
     if enc.layout == name:
         return weight
     if int4:
         zero = p["zero"]
-        payload = {"words": shuffle_words(codes, bk, zero[:, -1], kw), "zz": zero_pairs(zero), "scale": p["scale"],
+        payload = {"words": shuffle_words(codes, bk, zero[:, -1], kw, xperm=xperm), "zz": zero_pairs(zero), "scale": p["scale"],
                    "zero": zero, "scale32": p["scale"].to(torch.float32).contiguous()}
     else:  # fp4: code 0 is +0; a group's factor 2^(14 - k) (exact in f32: k <= 8)
         shift = p["shift"]
         factor = torch.ldexp(torch.ones(shift.shape), FP4_BIAS - shift.to(torch.int32))
-        payload = {"words": shuffle_words(codes, bk, torch.zeros(n, dtype=torch.uint8), kw, "f4e2m1"),
+        payload = {"words": shuffle_words(codes, bk, torch.zeros(n, dtype=torch.uint8), kw, "f4e2m1", xperm),
                    "scale": p["scale"], "shift": shift, "scale32": factor.contiguous(),
                    "ss": _wrap_i32(_f16_bits(factor) * 0x10001).contiguous()}
     return type(weight)(weight.data, dataclasses.replace(enc, layout=name), payload)
@@ -189,4 +209,5 @@ def codes_of(weight) -> Tensor:
     enc, p = weight.encoding, weight.payload
     if not enc.layout:
         return formats.unpack_nibbles(p["codes"])
-    return unshuffle_words(p["words"], weight.data.shape[1], *layout_params(enc.layout), layout_format(enc.layout))
+    bk, kw, xperm = layout_params(enc.layout)
+    return unshuffle_words(p["words"], weight.data.shape[1], bk, kw, layout_format(enc.layout), xperm)

@@ -18,8 +18,9 @@ Which layers (decided per `qlinear`, statistics `layers`: {layer: "decode" or wh
 Decisions:
 - One weight copy: a decode-step graph whose T is dynamic runs its prefill calls through the same decode
   kernel with 64-row tiles (`qlinear_decode.decode_blocks`), never a second row-major copy of the weight.
-- The layout's kWidth variant follows the GPU this process sees (`weight_layouts.preferred_kwidth`: Triton 3.6
-  on sm_80 wants "k4"); without a GPU, kWidth 2. Only speed depends on it.
+- The layout's MMA-operand variant follows the GPU this process sees (`weight_layouts.preferred_operand`:
+  kWidth 4 for Triton 3.6 on sm_80, x-permuted but on sm_80 with Triton >= 3.9); without a GPU, sm_90's.
+  Only speed depends on it.
 - Runs for the generated-kernel executors only (the reference evaluator gains nothing), after quantize.
 """
 
@@ -35,7 +36,7 @@ import torch
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op
 from fxforge.ir.types import Quantized
-from fxforge.ir.weight_layouts import DECODE_ROWS, decode_tile, preferred_kwidth, to_decode_layout
+from fxforge.ir.weight_layouts import DECODE_ROWS, decode_tile, preferred_operand, to_decode_layout
 from fxforge.passes.calibrate import site_name
 from fxforge.passes.manager import PassContext
 
@@ -77,16 +78,16 @@ def why_not(op: Op, decode_step: bool) -> str | None:
     return None
 
 
-def _gpu_kwidth() -> int:
+def _gpu_operand() -> tuple[int, bool]:
     arch = None
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         arch = 10 * major + minor
     version = tuple(int(v) for v in importlib.metadata.version("triton").split(".")[:2])
-    return preferred_kwidth(arch, version)
+    return preferred_operand(arch, version)
 
 
-def apply_decode_layouts(graph: Graph, kw: int | None = None) -> dict[str, Any]:
+def apply_decode_layouts(graph: Graph, operand: tuple[int, bool] | None = None) -> dict[str, Any]:
     """Re-encode the weights of decode-shaped qlinears in place (see the module docstring); the statistics."""
     decode_step = any(op.opcode == "cache_write" for op in graph.ops)
     layers: dict[str, str] = {}
@@ -97,7 +98,7 @@ def apply_decode_layouts(graph: Graph, kw: int | None = None) -> dict[str, Any]:
         layers[label] = reason or "decode"
         if reason is None:
             chosen[id(op.operands[1].producer)] = op.operands[1].producer
-    kw = _gpu_kwidth() if kw is None and chosen else kw
+    kw, xperm = _gpu_operand() if operand is None and chosen else operand or (2, True)
     converted = 0
     for const in chosen.values():
         users = const.result.uses
@@ -107,11 +108,11 @@ def apply_decode_layouts(graph: Graph, kw: int | None = None) -> dict[str, Any]:
                     layers[_label(graph, u)] = "weight shared with a reader that keeps the row-major layout"
             continue
         name = const.attrs["weight"]
-        new = to_decode_layout(graph.weight(name), kw=kw)
+        new = to_decode_layout(graph.weight(name), kw=kw, xperm=xperm)
         graph.weights[name] = new
         const.result.type = dataclasses.replace(const.result.type, encoding=new.encoding)
         converted += 1
-    return {"decode_step": decode_step, "weights": converted, "kwidth": kw, "layers": layers}
+    return {"decode_step": decode_step, "weights": converted, "kwidth": kw, "xperm": xperm, "layers": layers}
 
 
 class DecodeLayout:
@@ -120,5 +121,5 @@ class DecodeLayout:
     name = "decode_layout"
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
-        ctx.stats.update(apply_decode_layouts(graph, ctx.option("decode_layout.kwidth")))
+        ctx.stats.update(apply_decode_layouts(graph, ctx.option("decode_layout.operand")))
         return graph

@@ -34,7 +34,7 @@ def test_decoder_w4a16_runs_the_decode_kernel_with_reference_tokens():
     stats = _stats(dec)
     # 4 weights: concat_linears stacked q/k/v and gate/up (one qlinear each), then o_proj and down_proj
     assert stats["decode_step"] and stats["weights"] == 4 and set(stats["layers"].values()) == {"decode"}
-    assert _layouts(dec) == {"i4w32"} and _layouts(ref) == {""}  # the reference keeps the row-major codes
+    assert _layouts(dec) == {"i4w32x"} and _layouts(ref) == {""}  # the reference keeps the row-major codes
     source = dec.program.executor.module.source
     assert source.count("_qlinear_w4_decode(") == 4 and "_qlinear(" not in source
     plan = BufferPlan.build(dec.graph, dec.graph.partition)  # the decode GEMMs write planned buffers (out=)
@@ -49,7 +49,7 @@ def test_static_rows_decide_and_other_layers_keep_the_qlinear():
     torch.manual_seed(0)
     model = zoo.mlp(dim=64, hidden=128).half()
     small, wide = torch.randn(2, 3, 64).half(), torch.randn(4, 8, 64).half()
-    for x, layout in ((small, "i4w64"), (wide, "")):
+    for x, layout in ((small, "i4w64x"), (wide, "")):
         mod = fxforge.compile_aot(model, (x,), executor="interpret", dynamic=False, quantize="w4a16-int4",
                                   quantize_group=64)
         ref = fxforge.compile_aot(model, (x,), executor="reference", dynamic=False, quantize="w4a16-int4",
@@ -73,7 +73,7 @@ def test_w4a8_fp_decode_step_runs_as_w4a16_on_the_fp4_layout():
     opts = dict(dynamic=False, quantize="w4a8-fp", quantize_group=32)
     mod = fxforge.compile_aot(model, (x,), executor="interpret", **opts)
     ref = fxforge.compile_aot(model, (x,), executor="reference", **opts)
-    assert _layouts(mod) == {"f4w128"} and set(_stats(mod)["layers"].values()) == {"decode"}
+    assert _layouts(mod) == {"f4w128x"} and set(_stats(mod)["layers"].values()) == {"decode"}
     with counting() as names:
         y = mod(x).float()
     assert names.count("qlinear_w4_decode_kernel") == 2 and "qlinear_w4a8_fp_kernel" not in names

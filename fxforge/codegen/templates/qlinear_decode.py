@@ -22,16 +22,25 @@ How (per K tile of BLOCK_K = the layout's tile):
   3 magnitude bits at bits 9-11 (5 LOP3 + 4 shifts per word, no zero point): the fp16 is the E2M1 value times
   2^-14 exactly. At M <= 16, W4A8 runs as W4A16: x is quantized per token to E4M3 as the reference does
   (`act_quant`), and the codes' values (exact in fp16) are the fp16 B operand; the epilogue multiplies by the
-  token scale and the row's s_max. On sm_80 (HMMA A fragments in register quads) ptxas adds ~70 register moves
-  per iteration to gather the integer-decoded pairs (2.14 per weight with Triton 3.9; sm_90's wgmma has none).
-  Tried: reordering which output feeds which fragment slot (24 orders) gives 2.02 at best on 3.9 but 2.58 on
-  3.6 (2.53 as is); and/shift, shift/and and PRMT spellings compile to the same SASS. Kept as is.
+  token scale and the row's s_max.
+- x-permuted layouts ("x" suffix, `weight_layouts._x_order`; chosen per GPU and Triton by `preferred_operand`):
+  the kernel reads x's K tile in an order (a reshape/permute below, free in registers) in which each thread's
+  B-fragment halves (b0, b1) of one MMA are 4 contiguous fp16 in x, and the weight layout stores its columns in
+  the same order. Without it Triton 3.6 on sm_80 loads x pairs across two vector loads and ptxas spends ~2
+  register moves per HMMA pairing them (int4 2.45 -> 1.99, FP4 2.53 -> 2.07 instructions per weight); on sm_90
+  it is neutral at group 128 and saves ~40 instructions per iteration at FP4 group 32. Triton 3.9 on sm_80 reads
+  x with ldmatrix, which the permutation would lose (+19): plain layouts there. On sm_80, FP4 still pays ~60-80
+  moves per iteration to gather the integer-decoded pairs into HMMA A fragments (2.07 / 2.14 per weight with
+  Triton 3.6 / 3.9; int4's decode ends in HADD2/HFMA2, which ptxas writes into the fragments directly). Tried
+  before: 24 orders of which output feeds which fragment slot (2.02 at best on 3.9, worse on 3.6), and/shift,
+  shift/and and PRMT spellings (the same SASS).
 - The group scale multiplies the tile's partial accumulator (BLOCK_K divides the group), not each weight
   (int4: the f16 scale as f32; FP4: 2^(14 - k), the group's power of two times the 2^14 of the decode).
   FP4 groups narrower than the tile (WSCALE: w4a8-fp's default 32; an "f4w" tile stays 128 wide, a word's 8
   weights lie in one 32-column block) multiply the decoded fp16 pairs by their group's factor instead (one
-  HMUL2 each, exact: powers of two), on 8 warps (4 spilled on sm_90 with Triton 3.9): ~2.7-3.1 instructions
-  per weight against 3.2-3.5 with 32-wide tiles scaling the accumulator.
+  HMUL2 each, exact: powers of two): 0.5 instructions per weight more, ~2.5 in all (2.48-2.55 on 4 warps) against
+  3.2-3.5 with 32-wide tiles scaling the accumulator. Not <= 2: the decode is 9 instructions per 8 weights
+  (a search over shift/rotate/PRMT placements of the codes found no 8), the factors 4 more.
 - ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
   the same fp16 values.
 Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, see the module
@@ -46,10 +55,10 @@ import triton.language as tl
 
 from fxforge.codegen.pool import out_tensor
 from fxforge.codegen.templates.act_quant import quantize_activations
-from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, interpreting
+from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, device_arch, interpreting
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
-from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_kwidth
+from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_operand
 
 MAX_M = DECODE_ROWS
 
@@ -158,7 +167,7 @@ def _dequant_f4_portable(w):
 def qlinear_w4_decode_kernel(
     a_ptr, w_ptr, zz_ptr, s_ptr, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
     M, N, K, stride_am, stride_wn, stride_zn, stride_sn, stride_om, stride_rm,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
 ):
@@ -178,6 +187,12 @@ def qlinear_w4_decode_kernel(
             a = tl.load(a_ptr + t * BLOCK_K + a_off)
         else:
             a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=(t * BLOCK_K + offs_k)[:, None] < K, other=0.0)
+        if XP == 4:  # x-permuted layouts (`weight_layouts._x_order`): MMA column 32p + 16h + 4t + 2s + j of x
+            a = tl.reshape(tl.permute(tl.reshape(a, (BLOCK_K // 32, 4, 2, 2, 2, BLOCK_M)), (0, 3, 1, 2, 4, 5)),
+                           (BLOCK_K, BLOCK_M))  # is its true column 32p + 8t + 4s + 2h + j
+        elif XP == 2:  # MMA column 16q + 8h + 2t + j is true column 16q + 4t + 2h + j
+            a = tl.reshape(tl.permute(tl.reshape(a, (BLOCK_K // 16, 4, 2, 2, BLOCK_M)), (0, 2, 1, 3, 4)),
+                           (BLOCK_K, BLOCK_M))
         w = tl.load(w_ptr + t * (BLOCK_K // 8) + w_off)
         g = (t * BLOCK_K) // GROUP
         if FP4 and WSCALE:  # groups narrower than the tile: each word's group factor on its weights
@@ -228,20 +243,31 @@ def qlinear_w4_decode_kernel(
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def decode_blocks(N: int, M: int = 1, wscale: bool = False) -> dict:
-    """BLOCK_N, BLOCK_M and warps of the decode kernel. M <= 16 (a decode step): rows per warp decide the cost per
-    weight: each warp reloads the x fragments for its rows, so 64 rows per warp (256 on 4 warps) amortise them to
-    <= 2 SASS instructions per weight (1.95 on sm_90, 1.99 on sm_80 at 4096x4096, group 128), 32 rows per warp
-    cost ~2.3. Wide tiles leave few CTAs for a GEMV (N=4096: 16); filling the SMs is split-K's job (not here).
+def decode_blocks(N: int, M: int = 1, arch: int | None = None) -> dict:
+    """BLOCK_N, BLOCK_M and warps of the decode kernel on sm_`arch` (None: the interpreter). M <= 16 (a decode
+    step): rows per warp decide the cost per weight: each warp reloads the x fragments for its rows, so 64 rows per
+    warp (256 on 4 warps) amortise them, 32 rows per warp cost ~2.3. M <= 8 takes an 8-column x tile where the MMA
+    runs it unpadded (`_narrow_x`): half the MMAs and x fragments. Measured at 4096x4096
+    (`benchmarks/qdecode_sass.py`): 1.78-1.96 SASS instructions per weight at group 128 at batch 1 (up to 2.14
+    for FP4 on sm_80 at batch 9-16), ~2.4-2.5 for FP4 at group 32, no spill. Wide tiles leave few CTAs for a
+    GEMV (N=4096: 32 at batch 1, 16 past 8); filling the SMs is split-K's job (not here).
     M > 16 (the prefill of a decode-step graph, whose weights are stored in the decode layout): 64 x rows per
     program on 8 warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost
     ~1.4x the instructions per row on sm_90)."""
     if M > MAX_M:
         return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8)
-    warps = 2 if wscale else 1  # FP4 groups narrower than the tile: 4 warps of 64 rows spilled (sm_90, Triton 3.9)
+    if M <= 8 and _narrow_x(arch):  # 128 x 8 tiles on 2 warps (256 x 8 on 4 spilled with Triton 3.6 on sm_80)
+        return dict(BLOCK_N=128, BLOCK_M=8, num_warps=2) if N >= 512 else dict(BLOCK_N=64, BLOCK_M=8, num_warps=1)
     if N >= 2048:
-        return dict(BLOCK_N=256, BLOCK_M=16, num_warps=4 * warps)
-    return dict(BLOCK_N=128, BLOCK_M=16, num_warps=2 * warps) if N >= 512 else dict(BLOCK_N=64, BLOCK_M=16, num_warps=warps)
+        return dict(BLOCK_N=256, BLOCK_M=16, num_warps=4)
+    return dict(BLOCK_N=128, BLOCK_M=16, num_warps=2) if N >= 512 else dict(BLOCK_N=64, BLOCK_M=16, num_warps=1)
+
+
+def _narrow_x(arch: int | None) -> bool:
+    """Whether an 8-column x tile is cheaper than 16 on sm_`arch` with this Triton: sm_80's mma.m16n8k16 takes it as
+    is (int4 1.98-1.99 -> 1.78-1.79, FP4 2.07-2.14 -> 1.90-1.96 per weight); so does sm_90 with Triton 3.9 (1.91
+    -> 1.79) but not with 3.6 (2.69 on 4 warps). The interpreter: any; 8 exercises the narrow tile."""
+    return arch is None or arch < 90 or tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9)
 
 
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
@@ -278,43 +304,45 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         codes, row_scale = quantize_activations(x2d, "f8e4m3")
         x2d, col_scale = formats.decode_fp8(codes, "f8e4m3").to(torch.float16), p["scale"].reshape(N).float()
     x2d = x2d.contiguous()
-    bk, kw = layout_params(enc.layout)
+    bk, kw, xperm = layout_params(enc.layout)
     res = residual.reshape(M, N) if residual is not None else out
     words, s = p["words"], p["scale32"]
     group = enc.group or words.shape[1] * 8
     wscale = fp4 and group % bk != 0  # a group narrower than the tile: factors on the weights ("ss")
-    cfg = decode_blocks(N, M, wscale)
+    cfg = decode_blocks(N, M, device_arch(x.device))
     zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]))
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, GROUP=group, EVEN_K=K % bk == 0,
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=3)
     return out.reshape(*lead, N)
 
 
-def decode_kwidth(arch: int) -> int:
-    """The kWidth Triton gives the kernel's fp16 MMA operands on sm_`arch` with this Triton, i.e. which decode
-    layout ("i4w{BK}" or "i4w{BK}k4") to encode for it (`weight_layouts.preferred_kwidth`)."""
-    return preferred_kwidth(arch, tuple(int(v) for v in triton.__version__.split(".")[:2]))
+def decode_operand(arch: int) -> tuple[int, bool]:
+    """(kWidth, x-permuted) of the decode layout to encode for sm_`arch` with this Triton
+    (`weight_layouts.preferred_operand`)."""
+    return preferred_operand(arch, tuple(int(v) for v in triton.__version__.split(".")[:2]))
 
 
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
-                   activation: str = "none", residual: bool = False, kw: int = 2, M: int = 1, fp4: bool = False) -> dict:
+                   activation: str = "none", residual: bool = False, kw: int = 2, xperm: bool = False, M: int = 1,
+                   fp4: bool = False, arch: int | None = 90) -> dict:
     """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
-    (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts)."""
+    (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts), xperm: x-permuted ("x"); the
+    blocks the launcher picks on sm_`arch`."""
     wscale = fp4 and (group or K) % bk != 0
-    cfg = decode_blocks(N, M, wscale)
+    cfg = decode_blocks(N, M, arch)
     sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
            "bias_ptr": "*fp16", "res_ptr": "*fp16", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
            "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
            "stride_om": "i32", "stride_rm": "i32"}
-    const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
+    const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
              "HAS_RESIDUAL": residual}
-    layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4")
+    layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4", xperm)
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": 3,
