@@ -133,13 +133,16 @@ class GraphText:
     pass trace keeps one per pass and most traces are never read. Types and attribute values are
     immutable (`graph.freeze`), so the copy of each op's attribute dict is enough; later edits of the
     graph do not change the text. `broken`: when printing fails, the text is `<{broken}: the error>`
-    instead of the error raised (the trace of a pass that broke the graph keeps what went wrong)."""
+    instead of the error raised (the trace of a pass that broke the graph keeps what went wrong).
+    `memo` (id(op) -> (op, its copy), shared by the snapshots of one pass run): an op whose opcode,
+    names, type objects and attribute objects are the very ones copied before shares that copy, so a
+    pass that changed a few ops allocates a few copies (fewer objects for the collector to walk)."""
 
     __slots__ = ("_parts", "_text", "_broken")
 
-    def __init__(self, graph: Graph, broken: str | None = None) -> None:
-        ops = [(op.opcode, [(r.name, r.type) for r in op.results], [v.name for v in op.operands], dict(op.attrs))
-               for op in graph.ops]
+    def __init__(self, graph: Graph, broken: str | None = None, memo: dict[int, tuple] | None = None) -> None:
+        memo = {} if memo is None else memo
+        ops = [_op_copy(op, memo) for op in graph.ops]
         self._parts: tuple | None = (graph.name, [(v.name, v.type) for v in graph.inputs], ops,
                                      [v.name for v in graph.outputs])
         self._text: str | None = None
@@ -156,6 +159,24 @@ class GraphText:
                 self._text = f"<{self._broken}: {type(e).__name__}: {e}>"
             self._parts = None
         return self._text
+
+
+def _op_copy(op: Op, memo: dict[int, tuple]) -> tuple:
+    """What `_op_text` reads of `op`: the memo's copy when nothing in it changed (compared by identity)."""
+    hit = memo.get(id(op))
+    if hit is not None and hit[0] is op:
+        opcode, results, operands, attrs = copy = hit[1]
+        if (opcode == op.opcode and len(results) == len(op.results) and len(operands) == len(op.operands)
+                and len(attrs) == len(op.attrs) and all(op.attrs.get(k, _MISSING) is v for k, v in attrs.items())
+                and all(n == r.name and t is r.type for (n, t), r in zip(results, op.results))
+                and all(n == v.name for n, v in zip(operands, op.operands))):
+            return copy
+    copy = (op.opcode, tuple((r.name, r.type) for r in op.results), tuple(v.name for v in op.operands), dict(op.attrs))
+    memo[id(op)] = (op, copy)
+    return copy
+
+
+_MISSING = object()
 
 
 def _graph_text(name: str, inputs: list[tuple[str, TensorType]], ops: list[tuple], outputs: list[str]) -> str:

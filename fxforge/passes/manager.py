@@ -98,13 +98,14 @@ class PassManager:
                 verify_graph(graph)
             except VerifyError as e:
                 raise PassVerifyError(f"the input graph (before any pass) is broken: {e}") from None
-        text, counts = GraphText(graph), graph.op_counts()
+        memo: dict[int, tuple] = {}  # the ops' copies, shared by the snapshots of this run (GraphText)
+        text, counts = GraphText(graph, memo=memo), graph.op_counts()
         for p in self.passes:
             ctx.stats = {}
             start = time.perf_counter()
             graph = p.run(graph, ctx)
             seconds = time.perf_counter() - start
-            after = _snapshot(graph)
+            after = _snapshot(graph, memo)
             record = PassRecord(p.name, text, after, seconds, jsonable(ctx.stats), counts, graph.op_counts())
             self.trace.records.append(record)
             log.debug("%s: %.1f ms, %d -> %d ops, %s", p.name, seconds * 1e3, sum(counts.values()), sum(record.ops_after.values()),
@@ -120,9 +121,9 @@ class PassManager:
         return graph
 
 
-def _snapshot(graph: Graph) -> GraphText | str:
+def _snapshot(graph: Graph, memo: dict[int, tuple]) -> GraphText | str:
     """The IR text after a pass, unprinted; a broken graph may not even print: its text then says why."""
     try:
-        return GraphText(graph, broken="IR does not print")
+        return GraphText(graph, broken="IR does not print", memo=memo)
     except Exception as e:
         return f"<IR does not print: {type(e).__name__}: {e}>"

@@ -253,3 +253,27 @@ def test_compile_freezes_the_heap_it_found_and_gives_it_back(monkeypatch):
         assert 0 < probe.frozen[1] <= frozen and 0 < gc.get_freeze_count() <= frozen  # not refrozen, not unfrozen
     finally:
         gc.unfreeze()
+
+
+def test_snapshots_sharing_op_copies_still_see_every_edit():
+    """The trace's snapshots share the copy of an op that did not change (GraphText's memo): an attribute set in
+    place (kv_cache does), a retyped result (shape_prop) and a renamed value each show in the next snapshot."""
+    from fxforge.ir.printer import GraphText, print_graph
+
+    g = small_graph()
+    memo, texts, snaps = {}, [], []
+
+    def snap():
+        texts.append(print_graph(g))
+        snaps.append(GraphText(g, memo=memo))
+
+    snap()
+    reshape = g.ops[-1]
+    reshape.attrs.update(shape=(sym("s0"), 2, 4))
+    reshape.results[0].type = TensorType((sym("s0"), 2, 4), F32)
+    snap()
+    g.rename_value(g.ops[1].results[0], "renamed")
+    snap()
+    snap()  # nothing changed: every op's copy is shared
+    assert [str(s) for s in snaps] == texts and texts[0] != texts[1] != texts[2] == texts[3]
+    assert "[s0, 2, 4]" in texts[1] and "%renamed = exp" in texts[2]
