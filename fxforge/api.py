@@ -36,7 +36,7 @@ from fxforge.frontend.dynamo import buffer_ids, tensor_names
 from fxforge.frontend.export import capture_export
 from fxforge.jit import Backend, jit_wrapper
 from fxforge.passes.adopt import SHARED_KEY as ADOPT_KEY
-from fxforge.pipeline import compile_lowered, prepare_graph
+from fxforge.pipeline import compile_lowered, frozen_heap, prepare_graph
 from fxforge.runtime.devices import module_devices
 from fxforge.runtime.module import CompiledModule, flatten_inputs
 from fxforge.runtime.report import CompileReport
@@ -99,13 +99,14 @@ def compile_aot(model: torch.nn.Module, example_args: tuple | Any, example_kwarg
                                  "wrap a function in a Module, or use fxforge.compile(fn)")
     args = example_args if isinstance(example_args, tuple) else (example_args,)
     cfg, shared = _imported_quantization(model, cfg)
-    with _eval_mode(model):
-        capture = capture_export(model, args, example_kwargs, dynamic=cfg.dynamic is not False)
-    aten_ops = sum(1 for op in capture.lowered.graph.ops)
-    capture.lowered.notes[:0] = [n for n in capture.notes if n not in capture.lowered.notes]
-    arg_names = list(inspect.signature(model.forward).parameters)
-    calibration = _calibration_inputs(cfg, capture, arg_names)
-    record = compile_lowered(capture.lowered, cfg, capture.seconds, aten_ops, calibration, shared)
+    with frozen_heap():  # capture included: torch.export's allocations trigger collections too
+        with _eval_mode(model):
+            capture = capture_export(model, args, example_kwargs, dynamic=cfg.dynamic is not False)
+        aten_ops = sum(1 for op in capture.lowered.graph.ops)
+        capture.lowered.notes[:0] = [n for n in capture.notes if n not in capture.lowered.notes]
+        arg_names = list(inspect.signature(model.forward).parameters)
+        calibration = _calibration_inputs(cfg, capture, arg_names)
+        record = compile_lowered(capture.lowered, cfg, capture.seconds, aten_ops, calibration, shared)
     module = CompiledModule(record, capture.in_spec, capture.out_spec, arg_names, cfg, type(model).__name__,
                             hf_config_record(model))
     if cfg.debug:
@@ -124,7 +125,7 @@ def compile_decoder(model: torch.nn.Module, max_length: int = 512, batch: int = 
     from fxforge.frontend.kv_capture import STEP_ARGS, capture_decoder, step_calibration
 
     cfg = CompileConfig.from_options(config, **options)
-    with _eval_mode(model):
+    with frozen_heap(), _eval_mode(model):
         capture, layout = capture_decoder(model, batch, max_length)
     calibration = step_calibration(list(cfg.calibration), layout) if cfg.calibration is not None else None
     record = compile_lowered(capture.lowered, cfg, capture.seconds, len(capture.lowered.graph.ops), calibration)

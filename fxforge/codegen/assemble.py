@@ -61,8 +61,13 @@ NAMED_IMPORTS: dict[str, tuple[str, str]] = {  # name in the module -> (module, 
 }
 
 
-def _uses(name: str, text: str) -> bool:
-    return re.search(rf"(?<![\w.]){re.escape(name)}\b", text) is not None
+_WORD = re.compile(r"(?<![\w.])\w+")  # a whole word, not an attribute (`x.name`)
+
+
+def _names(text: str) -> set[str]:
+    """The words of `text`: a name is used when it is one of them. One scan for all names (a search
+    per name and helper was linear in the module's length, hence in depth, times the helper count)."""
+    return set(_WORD.findall(text))
 
 
 def used_helpers(text: str) -> list[str]:
@@ -70,9 +75,9 @@ def used_helpers(text: str) -> list[str]:
     chosen: set[str] = set()
     pending = [text]
     while pending:
-        body = pending.pop()
+        words = _names(pending.pop())
         for name, helper in HELPERS.items():
-            if name not in chosen and _uses(name, body):
+            if name not in chosen and name in words:
                 chosen.add(name)
                 pending.append(helper)
     return [name for name in HELPERS if name in chosen]
@@ -82,8 +87,9 @@ def import_lines(text: str) -> list[str]:
     """The import block for a module whose code (helpers included) is `text`."""
     plain = [line for pattern, line in IMPORTS if re.search(pattern, text)]
     grouped: dict[str, list[str]] = {}
+    words = _names(text)
     for name, (module, spelling) in NAMED_IMPORTS.items():
-        if _uses(name, text):
+        if name in words:
             grouped.setdefault(module, []).append(spelling)
     named = [f"from {m} import {', '.join(sorted(s))}" for m, s in sorted(grouped.items())]
     if re.search(r"(?<![\w.])tl\.", text):  # kernels: Triton-version fixes (3.6's interpreter) before they run

@@ -41,7 +41,9 @@ class NoReuse(Exception):
     """This model's stack cannot be captured once (the message says why; the whole model is exported)."""
 
 
-def _attrs_key(module: torch.nn.Module) -> tuple:
+def _attrs_key(module: torch.nn.Module, reprs: dict[int, str]) -> tuple:
+    """`reprs`: repr by object id, shared by the layers of one stack (each layer's attention holds the
+    model's config: printing it per layer and submodule was a linear cost of its own)."""
     out = []
     for name, sub in module.named_modules():
         plain = {k: v for k, v in vars(sub).items() if not k.startswith("_") and k not in SKIP_ATTRS}
@@ -51,16 +53,18 @@ def _attrs_key(module: torch.nn.Module) -> tuple:
             if isinstance(v, torch.Tensor):
                 v = ("tensor", tuple(v.shape), v.dtype)
             elif not isinstance(v, (int, float, str, bool, type(None), tuple, torch.dtype)):
-                v = ("obj", type(v).__qualname__, repr(v)[:200])
+                if id(v) not in reprs:
+                    reprs[id(v)] = repr(v)[:200]
+                v = ("obj", type(v).__qualname__, reprs[id(v)])
             items.append((k, v))
         out.append((name, type(sub).__qualname__, tuple(items)))
     return tuple(out)
 
 
-def structure_key(layer: torch.nn.Module) -> tuple:
-    """What makes two layers one function of their weights."""
+def structure_key(layer: torch.nn.Module, reprs: dict[int, str] | None = None) -> tuple:
+    """What makes two layers one function of their weights (`reprs`: see `_attrs_key`)."""
     tensors = [(n, tuple(t.shape), t.dtype) for n, t in [*layer.named_parameters(), *layer.named_buffers()]]
-    return type(layer).__qualname__, tuple(tensors), _attrs_key(layer)
+    return type(layer).__qualname__, tuple(tensors), _attrs_key(layer, {} if reprs is None else reprs)
 
 
 def stack_of(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | None:
@@ -71,8 +75,9 @@ def stack_of(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | None:
             best = (name, mod)
     if best is None:
         return None
-    key = structure_key(best[1][0])
-    if any(structure_key(layer) != key for layer in best[1]):
+    reprs: dict[int, str] = {}  # the objects stay alive (held by the layers) while their ids are keys
+    key = structure_key(best[1][0], reprs)
+    if any(structure_key(layer, reprs) != key for layer in best[1]):
         return None
     return best
 

@@ -36,6 +36,7 @@ class SymbolTable:
 
     def __init__(self) -> None:
         self.mapping: dict[sympy.Symbol, sympy.Symbol] = {}
+        self._exprs: dict[sympy.Expr, Dim] = {}  # torch's expression -> its IR dim, once converted
 
     def symbol(self, torch_symbol: sympy.Symbol) -> sympy.Symbol:
         if torch_symbol not in self.mapping:
@@ -43,6 +44,14 @@ class SymbolTable:
         return self.mapping[torch_symbol]
 
     def expr(self, e: sympy.Expr) -> Dim:
+        """Memoised: a graph repeats a handful of size expressions in every node's shape (the
+        mapping only grows, so a converted expression never changes)."""
+        done = self._exprs.get(e)
+        if done is None:
+            done = self._exprs[e] = self._convert(e)
+        return done
+
+    def _convert(self, e: sympy.Expr) -> Dim:
         for fn, plain in _PLAIN.items():
             if e.has(fn):
                 e = e.replace(fn, plain)

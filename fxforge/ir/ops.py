@@ -186,12 +186,26 @@ def reduce_shape(shape: tuple[Dim, ...], dims: tuple[int, ...] | None, keepdim: 
     return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
+_META_DTYPES: dict[Any, DType] = {}
+
+
 def meta_dtype(ref: RefFn, types: list[TensorType], attrs: dict[str, Any]) -> DType:
     """The result dtype torch gives, found by running the reference on tiny meta tensors
-    (rank-0 operands stay rank 0, so torch's scalar promotion rules apply)."""
+    (rank-0 operands stay rank 0, so torch's scalar promotion rules apply). Memoised on what the
+    meta run reads (the reference, each operand's rank and dtype, the attributes): a graph asks the
+    same question once per op, and torch's dispatch was most of lowering's time on deep models."""
+    try:
+        key = (ref, tuple((t.rank, t.dtype) for t in types), tuple(attrs.items()))
+        return _META_DTYPES[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable attribute value: ask torch every time
+        key = None
     metas = [torch.empty((1,) * t.rank, dtype=t.dtype.torch, device="meta") for t in types]
-    out = ref(*metas, **attrs)
-    return DType.from_torch(out.dtype)
+    out = DType.from_torch(ref(*metas, **attrs).dtype)
+    if key is not None:
+        _META_DTYPES[key] = out
+    return out
 
 
 def prod(dims) -> Dim:

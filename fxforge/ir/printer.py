@@ -93,11 +93,11 @@ def print_type(t: TensorType) -> str:
     return text if t.encoding is None else f"{text} {print_encoding(t.encoding)}"
 
 
-def _shown_attrs(op: Op) -> dict[str, Any]:
-    defaults = lookup(op.opcode).attrs
+def _shown_attrs(opcode: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    defaults = lookup(opcode).attrs
     out = {}
-    for k, v in op.attrs.items():
-        if op.opcode == "const" and k == "weight":
+    for k, v in attrs.items():
+        if opcode == "const" and k == "weight":
             continue
         d = defaults.get(k)
         if type(v) is type(d) and v == d:
@@ -106,26 +106,87 @@ def _shown_attrs(op: Op) -> dict[str, Any]:
     return out
 
 
+def _op_text(opcode: str, results: list[tuple[str, TensorType]], operands: list[str], attrs: dict[str, Any]) -> str:
+    """One op from what the printer reads: (name, type) per result, operand names, attributes."""
+    text = ", ".join(f"%{r}" for r, _ in results) + f" = {opcode}"
+    if opcode == "const":
+        text += " " + print_global(attrs["weight"])
+    if operands or opcode != "const":
+        text += "(" + ", ".join(f"%{v}" for v in operands) + ")"
+    shown = _shown_attrs(opcode, attrs)
+    if shown:
+        text += " " + print_value(shown)
+    return text + " : " + ", ".join(print_type(t) for _, t in results)
+
+
 def print_op(op: Op, name: Callable[[Any], str] | None = None) -> str:
     """One op in IR syntax; `name` (Value -> str) replaces the values' own names (the functional hash
     prints canonical positional names)."""
     name = name or (lambda v: v.name)
-    results = ", ".join(f"%{name(r)}" for r in op.results)
-    text = f"{results} = {op.opcode}"
-    if op.opcode == "const":
-        text += " " + print_global(op.attrs["weight"])
-    if op.operands or op.opcode != "const":
-        text += "(" + ", ".join(f"%{name(v)}" for v in op.operands) + ")"
-    attrs = _shown_attrs(op)
-    if attrs:
-        text += " " + print_value(attrs)
-    return text + " : " + ", ".join(print_type(r.type) for r in op.results)
+    return _op_text(op.opcode, [(name(r), r.type) for r in op.results], [name(v) for v in op.operands], op.attrs)
+
+
+class GraphText:
+    """`print_graph`'s text of a graph as it is now, formatted only when first read (`str()`).
+
+    Taking one copies what the printer reads (names, types, attributes; O(ops), no formatting): the
+    pass trace keeps one per pass and most traces are never read. Types and attribute values are
+    immutable (`graph.freeze`), so the copy of each op's attribute dict is enough; later edits of the
+    graph do not change the text. `broken`: when printing fails, the text is `<{broken}: the error>`
+    instead of the error raised (the trace of a pass that broke the graph keeps what went wrong).
+    `memo` (id(op) -> (op, its copy), shared by the snapshots of one pass run): an op whose opcode,
+    names, type objects and attribute objects are the very ones copied before shares that copy, so a
+    pass that changed a few ops allocates a few copies (fewer objects for the collector to walk)."""
+
+    __slots__ = ("_parts", "_text", "_broken")
+
+    def __init__(self, graph: Graph, broken: str | None = None, memo: dict[int, tuple] | None = None) -> None:
+        memo = {} if memo is None else memo
+        ops = [_op_copy(op, memo) for op in graph.ops]
+        self._parts: tuple | None = (graph.name, [(v.name, v.type) for v in graph.inputs], ops,
+                                     [v.name for v in graph.outputs])
+        self._text: str | None = None
+        self._broken = broken
+
+    def __str__(self) -> str:
+        if self._text is None:
+            assert self._parts is not None
+            try:
+                self._text = _graph_text(*self._parts)
+            except Exception as e:
+                if self._broken is None:
+                    raise
+                self._text = f"<{self._broken}: {type(e).__name__}: {e}>"
+            self._parts = None
+        return self._text
+
+
+def _op_copy(op: Op, memo: dict[int, tuple]) -> tuple:
+    """What `_op_text` reads of `op`: the memo's copy when nothing in it changed (compared by identity)."""
+    hit = memo.get(id(op))
+    if hit is not None and hit[0] is op:
+        opcode, results, operands, attrs = copy = hit[1]
+        if (opcode == op.opcode and len(results) == len(op.results) and len(operands) == len(op.operands)
+                and len(attrs) == len(op.attrs) and all(op.attrs.get(k, _MISSING) is v for k, v in attrs.items())
+                and all(n == r.name and t is r.type for (n, t), r in zip(results, op.results))
+                and all(n == v.name for n, v in zip(operands, op.operands))):
+            return copy
+    copy = (op.opcode, tuple((r.name, r.type) for r in op.results), tuple(v.name for v in op.operands), dict(op.attrs))
+    memo[id(op)] = (op, copy)
+    return copy
+
+
+_MISSING = object()
+
+
+def _graph_text(name: str, inputs: list[tuple[str, TensorType]], ops: list[tuple], outputs: list[str]) -> str:
+    params = ", ".join(f"%{v}: {print_type(t)}" for v, t in inputs)
+    lines = [f"graph {print_global(name)}({params}) {{"]
+    lines += [f"  {_op_text(*op)}" for op in ops]
+    lines.append("  return " + ", ".join(f"%{v}" for v in outputs))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
 
 
 def print_graph(graph: Graph) -> str:
-    params = ", ".join(f"%{v.name}: {print_type(v.type)}" for v in graph.inputs)
-    lines = [f"graph {print_global(graph.name)}({params}) {{"]
-    lines += [f"  {print_op(op)}" for op in graph.ops]
-    lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return str(GraphText(graph))

@@ -7,27 +7,57 @@ may import, and holds only plain data.
 Decisions:
 - `PassRecord`s hold plain data (str, float, dicts of JSON types) so `Trace.to_json()`/`from_json()`
   round-trip exactly; `jsonable` turns a pass's statistics into such data.
+- The IR texts may be given unprinted, as `printer.GraphText` snapshots (the pass manager does:
+  printing every pass's IR was linear in depth for traces nobody reads): `ir_before`/`ir_after`
+  print them when first read and keep the string, so what is read is the same text.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from fxforge.ir.printer import GraphText
 
-@dataclass
+IRText = str | GraphText  # a printed IR text, or a snapshot printed when first read
+
+
 class PassRecord:
     """One pass run: its name, IR text before and after, wall time, statistics and op counts."""
 
-    name: str
-    ir_before: str
-    ir_after: str
-    seconds: float
-    stats: dict[str, Any]
-    ops_before: dict[str, int]
-    ops_after: dict[str, int]
+    FIELDS = ("name", "ir_before", "ir_after", "seconds", "stats", "ops_before", "ops_after")
+
+    def __init__(self, name: str, ir_before: IRText, ir_after: IRText, seconds: float, stats: dict[str, Any],
+                 ops_before: dict[str, int], ops_after: dict[str, int]) -> None:
+        self.name, self._before, self._after, self.seconds = name, ir_before, ir_after, seconds
+        self.stats, self.ops_before, self.ops_after = stats, ops_before, ops_after
+
+    @property
+    def ir_before(self) -> str:
+        if not isinstance(self._before, str):
+            self._before = str(self._before)
+        return self._before
+
+    @property
+    def ir_after(self) -> str:
+        if not isinstance(self._after, str):
+            self._after = str(self._after)
+        return self._after
+
+    def with_name(self, name: str, seconds: float, stats: dict[str, Any]) -> PassRecord:
+        """A record of a check that leaves the IR as this record left it (its IR after, unprinted if it is)."""
+        return PassRecord(name, self._after, self._after, seconds, stats, dict(self.ops_after), dict(self.ops_after))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PassRecord) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"PassRecord({self.name!r}, {self.seconds:.4f} s, stats={self.stats!r})"
 
     def diff(self) -> str:
         return "".join(difflib.unified_diff(
@@ -64,7 +94,7 @@ class Trace:
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps({"records": [asdict(r) for r in self.records]}, indent=1)
+        return json.dumps({"records": [r.to_dict() for r in self.records]}, indent=1)
 
     @staticmethod
     def from_json(text: str) -> Trace:

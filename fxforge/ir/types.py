@@ -40,6 +40,8 @@ def normalize_dim(d: Dim) -> Dim:
 def dims_equal(a: Dim, b: Dim) -> bool:
     if isinstance(a, int) and isinstance(b, int):
         return a == b
+    if a is b or a == b:  # the same expression (the common case): no subtraction, no simplify
+        return True
     diff = sympy.sympify(a) - sympy.sympify(b)
     return diff == 0 or sympy.simplify(diff) == 0
 

@@ -232,10 +232,11 @@ class _Partitioner:
     def can_merge(self, a: KernelGroup, b: KernelGroup, order: dict[int, int]) -> bool:
         if a.kind != "pointwise" or not a.outputs or not b.outputs or len(a.outputs) + len(b.outputs) > MAX_HORIZONTAL:
             return False
-        if not all(same_shape(o, a.outputs[0]) for o in [*a.outputs, *b.outputs]):
-            return False
-        common = [v for v in a.inputs if any(v is u for u in b.inputs)]
+        b_inputs = {id(u) for u in b.inputs}  # the cheap test first: most pairs share no input
+        common = [v for v in a.inputs if id(v) in b_inputs]
         if all(literal_value(v) is not None for v in common):
+            return False
+        if not all(same_shape(o, a.outputs[0]) for o in [*a.outputs, *b.outputs]):
             return False
         last = max(order[id(a.root)], order[id(b.root)])
         inside = {id(op) for op in [*a.ops, *b.ops]}

@@ -12,8 +12,10 @@ one with `ctx.option("<pass>.<option>", default)`. Data every pass may use is a 
 context, not an option: `ctx.calibration` (example inputs of the graph).
 
 Decisions:
-- The trace prints the IR once per pass: the text after pass i is the text before pass i+1, so an
-  N-pass pipeline prints N+1 times; the artifact stores the trace, `inspect` reads it.
+- The trace keeps the IR once per pass: the text after pass i is the text before pass i+1, so an
+  N-pass pipeline takes N+1 snapshots (`printer.GraphText`: names, types and attributes copied, not
+  formatted); a text is printed when the trace is first read (the artifact stores the trace,
+  `inspect` reads it), so a compile whose trace is not read does not pay for printing.
 - With `verify` on (tests, debug mode) the input graph is verified first, so a broken input is not
   blamed on the first pass; after each pass a `VerifyError` is re-raised as `PassVerifyError`
   naming the pass. The failing pass's record (IR after, as far as it prints) is kept in the trace.
@@ -33,7 +35,7 @@ from typing import Any, Protocol
 
 from fxforge.ir.errors import VerifyError
 from fxforge.ir.graph import Graph
-from fxforge.ir.printer import print_graph
+from fxforge.ir.printer import GraphText
 from fxforge.ir.trace import PassRecord, Trace, jsonable
 from fxforge.ir.verify import verify as verify_graph
 
@@ -96,16 +98,14 @@ class PassManager:
                 verify_graph(graph)
             except VerifyError as e:
                 raise PassVerifyError(f"the input graph (before any pass) is broken: {e}") from None
-        text, counts = print_graph(graph), graph.op_counts()
+        memo: dict[int, tuple] = {}  # the ops' copies, shared by the snapshots of this run (GraphText)
+        text, counts = GraphText(graph, memo=memo), graph.op_counts()
         for p in self.passes:
             ctx.stats = {}
             start = time.perf_counter()
             graph = p.run(graph, ctx)
             seconds = time.perf_counter() - start
-            try:
-                after = print_graph(graph)
-            except Exception as e:  # a broken graph may not even print; keep what we can
-                after = f"<IR does not print: {type(e).__name__}: {e}>"
+            after = _snapshot(graph, memo)
             record = PassRecord(p.name, text, after, seconds, jsonable(ctx.stats), counts, graph.op_counts())
             self.trace.records.append(record)
             log.debug("%s: %.1f ms, %d -> %d ops, %s", p.name, seconds * 1e3, sum(counts.values()), sum(record.ops_after.values()),
@@ -119,3 +119,11 @@ class PassManager:
                         "what it changed)") from None
             text, counts = after, record.ops_after
         return graph
+
+
+def _snapshot(graph: Graph, memo: dict[int, tuple]) -> GraphText | str:
+    """The IR text after a pass, unprinted; a broken graph may not even print: its text then says why."""
+    try:
+        return GraphText(graph, broken="IR does not print", memo=memo)
+    except Exception as e:
+        return f"<IR does not print: {type(e).__name__}: {e}>"

@@ -38,10 +38,8 @@ class GraphRecord:
         if self.trace is None:
             self.trace = Trace()
         records = [r for r in self.trace.records if r.name != name]
-        last = records[-1] if records else None
-        ir = last.ir_after if last else ""
-        ops = dict(last.ops_after) if last else {}
-        self.trace.records = [*records, PassRecord(name, ir, ir, seconds, stats, ops, dict(ops))]
+        record = records[-1].with_name(name, seconds, stats) if records else PassRecord(name, "", "", seconds, stats, {}, {})
+        self.trace.records = [*records, record]
 
     @property
     def plan(self) -> dict[str, Any] | None:

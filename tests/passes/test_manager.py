@@ -182,3 +182,98 @@ def test_manager_takes_pass_objects_only():
 
 def test_every_pass_in_the_table_builds_and_is_named_as_listed():
     assert {p.name for p in build_passes(sorted(PASSES))} == set(PASSES)
+
+
+class Probe:
+    """Records the IR text as the pass sees it (what the trace must say before it), then edits the graph in
+    place (a value renamed, a type changed), as later passes do."""
+
+    name = "probe"
+
+    def __init__(self):
+        self.seen = []
+
+    def run(self, graph, ctx):
+        from fxforge.ir.printer import print_graph
+
+        self.seen.append(print_graph(graph))
+        graph.rename_value(graph.ops[-1].results[0], f"probed{len(self.seen)}")
+        return graph
+
+
+def test_the_trace_prints_when_read_and_reads_the_ir_of_its_time(monkeypatch):
+    from fxforge.ir import printer
+
+    printed = []
+    real = printer._graph_text
+    monkeypatch.setattr(printer, "_graph_text", lambda *a: printed.append(1) or real(*a))
+    probe = Probe()
+    pm = PassManager([*build_passes(["canonicalize", "cse"]), probe, *build_passes(["dce"]), probe, Renamer()])
+    g = pm.run(small_graph())
+    assert len(printed) == len(probe.seen) == 2  # the probe's: a trace nobody reads costs no printing (it was N+1 prints)
+    first, second = pm.trace.record("probe", 0), pm.trace.record("probe", 1)
+    assert first.ir_before == probe.seen[0] and second.ir_before == probe.seen[1]  # not the graph as it is now
+    assert "%probed1 = " in first.ir_after and "%probed1 = " not in first.ir_before and "probed2" not in first.ir_after
+    assert pm.trace.record("dce").ir_before == first.ir_after and len(printed) == 2 + 3  # after i is before i+1: printed once
+    assert pm.trace.records[-1].ir_after == printer.print_graph(g)
+    assert Trace.from_json(pm.trace.to_json()) == pm.trace
+
+
+class SeesFreeze:
+    """Records whether the objects that existed before the compile are out of the collector's reach."""
+
+    name = "sees_freeze"
+
+    def __init__(self):
+        self.frozen = []
+
+    def run(self, graph, ctx):
+        import gc
+
+        self.frozen.append(gc.get_freeze_count())
+        return graph
+
+
+def test_compile_freezes_the_heap_it_found_and_gives_it_back(monkeypatch):
+    import gc
+
+    import fxforge
+    from fxforge import pipeline, testing
+
+    probe = SeesFreeze()
+    monkeypatch.setitem(pipeline.PASSES, "sees_freeze", lambda: probe)
+    model = testing.mlp(dim=8, hidden=16)
+    assert gc.get_freeze_count() == 0
+    fxforge.compile_aot(model, (torch.randn(2, 3, 8),), passes=["sees_freeze"])
+    assert probe.frozen[0] > 0 and gc.get_freeze_count() == 0  # full collections skipped the model and torch's heap
+    gc.freeze()  # a program that froze its own heap (a pre-fork server) keeps it frozen, as it was
+    try:
+        frozen = gc.get_freeze_count()
+        fxforge.compile_aot(model, (torch.randn(2, 3, 8),), passes=["sees_freeze"])
+        assert 0 < probe.frozen[1] <= frozen and 0 < gc.get_freeze_count() <= frozen  # not refrozen, not unfrozen
+    finally:
+        gc.unfreeze()
+
+
+def test_snapshots_sharing_op_copies_still_see_every_edit():
+    """The trace's snapshots share the copy of an op that did not change (GraphText's memo): an attribute set in
+    place (kv_cache does), a retyped result (shape_prop) and a renamed value each show in the next snapshot."""
+    from fxforge.ir.printer import GraphText, print_graph
+
+    g = small_graph()
+    memo, texts, snaps = {}, [], []
+
+    def snap():
+        texts.append(print_graph(g))
+        snaps.append(GraphText(g, memo=memo))
+
+    snap()
+    reshape = g.ops[-1]
+    reshape.attrs.update(shape=(sym("s0"), 2, 4))
+    reshape.results[0].type = TensorType((sym("s0"), 2, 4), F32)
+    snap()
+    g.rename_value(g.ops[1].results[0], "renamed")
+    snap()
+    snap()  # nothing changed: every op's copy is shared
+    assert [str(s) for s in snaps] == texts and texts[0] != texts[1] != texts[2] == texts[3]
+    assert "[s0, 2, 4]" in texts[1] and "%renamed = exp" in texts[2]
