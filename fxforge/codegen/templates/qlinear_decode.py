@@ -10,7 +10,8 @@ weight is stored once.
 
 How (per K tile of BLOCK_K = the layout's tile):
 - out^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, BLOCK_K] @ x^T: the weight is the MMA's A operand, built in registers;
-  x (BLOCK_M = 16 rows, 64 past 16; rows past M repeat row M-1 and are not stored) is the B operand.
+  x (BLOCK_M = 8 columns at M <= 8 where the MMA takes them unpadded, else 16, 64 past 16; rows past M repeat
+  row M-1 and are not stored) is the B operand.
 - One int32 word = 8 codes; `dequant_asm` turns it into four fp16x2 registers with 4 LOP3 + 1 SHF +
   2 HSUB2 + 2 HFMA2 (the magic-number trick: (w & 0x000F000F) | 0x64006400 is 1024 + q per half; the
   nibbles at bits 4-7 give 1024 + 16q, scaled by 1/16 in the same FMA that subtracts 64 + z): q - z exactly.
@@ -29,18 +30,19 @@ How (per K tile of BLOCK_K = the layout's tile):
   the same order. Without it Triton 3.6 on sm_80 loads x pairs across two vector loads and ptxas spends ~2
   register moves per HMMA pairing them (int4 2.45 -> 1.99, FP4 2.53 -> 2.07 instructions per weight); on sm_90
   it is neutral at group 128 and saves ~40 instructions per iteration at FP4 group 32. Triton 3.9 on sm_80 reads
-  x with ldmatrix, which the permutation would lose (+19): plain layouts there. On sm_80, FP4 still pays ~60-80
-  moves per iteration to gather the integer-decoded pairs into HMMA A fragments (2.07 / 2.14 per weight with
-  Triton 3.6 / 3.9; int4's decode ends in HADD2/HFMA2, which ptxas writes into the fragments directly). Tried
-  before: 24 orders of which output feeds which fragment slot (2.02 at best on 3.9, worse on 3.6), and/shift,
-  shift/and and PRMT spellings (the same SASS).
+  x with ldmatrix, which the permutation would lose (+19): plain layouts there. On sm_80 with 16-column tiles,
+  FP4 still pays ~60-80 moves per iteration to gather the integer-decoded pairs into HMMA A fragments (2.07 /
+  2.13 per weight with Triton 3.6 / 3.9; int4's decode ends in HADD2/HFMA2, which ptxas writes into the
+  fragments directly); 8-column tiles use the PRMT spelling of the decode (`dequant_f4p_asm`), which ptxas
+  allocates better there. Tried before: 24 orders of which output feeds which fragment slot (2.02 at best on
+  3.9, worse on 3.6).
 - The group scale multiplies the tile's partial accumulator (BLOCK_K divides the group), not each weight
   (int4: the f16 scale as f32; FP4: 2^(14 - k), the group's power of two times the 2^14 of the decode).
   FP4 groups narrower than the tile (WSCALE: w4a8-fp's default 32; an "f4w" tile stays 128 wide, a word's 8
   weights lie in one 32-column block) multiply the decoded fp16 pairs by their group's factor instead (one
   HMUL2 each, exact: powers of two): 0.5 instructions per weight more, ~2.5 in all (2.48-2.55 on 4 warps) against
-  3.2-3.5 with 32-wide tiles scaling the accumulator. Not <= 2: the decode is 9 instructions per 8 weights
-  (a search over shift/rotate/PRMT placements of the codes found no 8), the factors 4 more.
+  3.2-3.5 with 32-wide tiles scaling the accumulator; at M <= 2 with 8-column tiles the K blocks are packed
+  into x's columns instead (PACK, `_pack_blocks`): 1.95-2.00.
 - ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
   the same fp16 values.
 Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, see the module
