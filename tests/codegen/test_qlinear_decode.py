@@ -212,6 +212,10 @@ def _run_ptx(text: str, args: list[int]) -> list[int]:
             r = {"mul.rn.f16x2": lambda: h[0:2] * h[2:4], "sub.f16x2": lambda: h[0:2] - h[2:4],
                  "fma.rn.f16x2": lambda: (h[0:2].astype(np.float64) * h[2:4] + h[4:6])}[op]()
             regs[ops[0]] = int(np.asarray(r).astype(np.float16).view(np.uint32)[0])
+        elif op == "prmt.b32":  # default mode: byte i of the result is byte sel[i] of (b:a)
+            a, b, sel = (val(o) for o in ops[1:])
+            assert not sel & 0x8888, "emulator lacks prmt's sign-replicate mode"
+            regs[ops[0]] = sum(((((b << 32 | a) >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i)) for i in range(4))
         elif op == "mov.b32" and not ops[0].startswith("{"):
             regs[ops[0]] = val(ops[1])
         elif op == "mov.b32":
@@ -222,19 +226,16 @@ def _run_ptx(text: str, args: list[int]) -> list[int]:
     return [out[i] for i in range(8)]
 
 
-@pytest.mark.parametrize("scaled", [False, True])
-def test_fp4_ptx_matches_the_layout(scaled):
-    """The PTX of `dequant_f4_asm` / `dequant_f4s_asm` (emulated: no GPU runs it in CI) decodes the words of an
-    "f4w" layout into exactly the fp16 values the portable path and `decode_weight` give (E2M1 * 2^-14, times
-    the group factor when scaled)."""
-    import inspect
-    import re
-
+@pytest.mark.parametrize("body", ["F4_PTX", "F4P_PTX", "F4S_PTX"])
+def test_fp4_ptx_matches_the_layout(body):
+    """The PTX of `dequant_f4_asm` / `dequant_f4p_asm` / `dequant_f4s_asm` (emulated: no GPU runs it in CI)
+    decodes the words of an "f4w" layout into exactly the fp16 values the portable path and `decode_weight` give
+    (E2M1 * 2^-14, times the group factor when scaled)."""
     from fxforge.codegen.templates import qlinear_decode_dequant as qd
     from fxforge.ir.weight_layouts import BIT_POSITIONS, shuffle_words
 
-    fn = qd.dequant_f4s_asm if scaled else qd.dequant_f4_asm
-    text = re.search(r'asm="""(.*?)"""', inspect.getsource(fn.fn), re.S).group(1)
+    scaled = body == "F4S_PTX"
+    text = getattr(qd, body).value
     codes = torch.randint(0, 16, (1, 32), generator=torch.Generator().manual_seed(3)).to(torch.uint8)
     word = shuffle_words(codes, 32, torch.zeros(1, dtype=torch.uint8), 2, "f4e2m1")  # 4 words, slot e = bits
     factor = 2.0 ** 5

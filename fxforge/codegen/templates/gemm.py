@@ -138,6 +138,14 @@ def row_rstd(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M: tl.co
 
 
 @triton.jit
+def rms_scale(x, rstd, g):
+    """x [rows, cols] normalised by its rows' `row_rstd` and weighted by g [cols] (fp32) with the rms_norm row
+    kernel's steps and roundings: scale, round to x's dtype, weight, round."""
+    xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype).to(tl.float32)
+    return (xn * g[None, :]).to(x.dtype)
+
+
+@triton.jit
 def gemm_kernel(
     a_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, mul_ptr,
     M, N, K,
@@ -169,10 +177,9 @@ def gemm_kernel(
         k_left = K - k0 * BLOCK_K
         a = tl.load(a_ptrs, mask=rows_a[:, None] & (offs_k[None, :] < k_left), other=0.0)
         w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
-        if HAS_NORM:  # the rms_norm row kernel's steps: scale, round to X's dtype, weight, round
+        if HAS_NORM:
             g = tl.load(norm_ptr + k0 * BLOCK_K + offs_k, mask=offs_k < k_left, other=0.0).to(tl.float32)
-            xn = (a.to(tl.float32) * rstd[:, None]).to(a_ptr.dtype.element_ty).to(tl.float32)
-            a = (xn * g[None, :]).to(a_ptr.dtype.element_ty)
+            a = rms_scale(a, rstd, g)
         if UPCAST:
             a = a.to(tl.float32)
             w = w.to(tl.float32)

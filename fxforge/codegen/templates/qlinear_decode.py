@@ -42,7 +42,10 @@ How (per K tile of BLOCK_K = the layout's tile):
   weights lie in one 32-column block) multiply the decoded fp16 pairs by their group's factor instead (one
   HMUL2 each, exact: powers of two): 0.5 instructions per weight more, ~2.5 in all (2.48-2.55 on 4 warps) against
   3.2-3.5 with 32-wide tiles scaling the accumulator; at M <= 2 with 8-column tiles the K blocks are packed
-  into x's columns instead (PACK, `_pack_blocks`): 1.95-2.00.
+  into x's columns instead (PACK): x tile column c holds row c // 4 of x restricted to K block c % 4 (zero
+  elsewhere), so the accumulator keeps each block's partial sum apart and the group factor multiplies it once
+  per tile (an FFMA per accumulator element, 1/16 of a weight's share) instead of each decoded pair; the
+  epilogue sums a row's 4 columns. Same MMA count as an unpacked 8-column tile: 2.41 -> 1.95-2.00.
 - ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
   the same fp16 values.
 Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, see the module
@@ -66,6 +69,7 @@ from fxforge.codegen.templates.qlinear_decode_dequant import (
     dequant_portable,
 )
 from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, prologue, prologue_rows, swiglu_pairs
+from fxforge.codegen.triton_compat import TRITON_VERSION
 from fxforge.errors import ShapeError
 from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_operand
 
@@ -90,7 +94,7 @@ def qlinear_w4_decode_kernel(
     mask_n = offs_n < N
     rows_n = tl.minimum(offs_n, N - 1)  # rows past N read row N-1 (never stored): no load masks
     offs_k = tl.arange(0, BLOCK_K)
-    if PACK:  # x tile column c: row c // 4 of x, its K block c % 4 only (the others zero); see `_pack_blocks`
+    if PACK:  # x tile column c: row c // 4 of x, its K block c % 4 only (the others zero); see the module notes
         offs_r = tl.program_id(1) * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)  # this program's rows of x
         offs_c = tl.arange(0, BLOCK_M)
         offs_m = tl.program_id(1) * (BLOCK_M // 4) + offs_c // 4
@@ -196,35 +200,26 @@ def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bo
     weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them, 32 rows per warp
     cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half the MMAs and x
     fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 2 pack each row's 4 K
-    blocks into the tile's columns (`_pack_blocks`). Measured at 4096x4096 (`benchmarks/qdecode_sass.py`): see
+    blocks into the tile's columns (PACK, module notes). Measured at 4096x4096 (`benchmarks/qdecode_sass.py`): see
     benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs for a GEMV (N=4096: 32 at batch
     1, 16 past 8); filling the SMs is split-K's job (not here). M > 16 (the prefill of a decode-step graph, whose
     weights are stored in the decode layout): 64 x rows per program on 8 warps, so each weight tile is decoded once
     per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the instructions per row on sm_90)."""
     if M > MAX_M:
         return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False)
+    tile = dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
     if M <= 8 and _narrow_x(arch):  # 128 x 8 tiles on 2 warps (256 x 8 on 4 spilled with Triton 3.6 on sm_80)
-        tile = dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
         return dict(tile, BLOCK_M=8, num_stages=2, PACK=narrow_groups and M <= 2)
     if N >= 2048:
-        return dict(BLOCK_N=256, BLOCK_M=16, num_warps=4, num_stages=3, PACK=False)
-    tile = dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
+        tile = dict(BLOCK_N=256, num_warps=4)
     return dict(tile, BLOCK_M=16, num_stages=3, PACK=False)
-
-
-def _pack_blocks() -> None:
-    """Why PACK (FP4 groups of 32 or 64 in 128-wide tiles, M <= 2, 8-column x tiles): the MMA's 8 x columns hold
-    column c = row c // 4 of x restricted to K block c % 4 (zero elsewhere), so the accumulator keeps each block's
-    partial sum apart and the group factor multiplies it once per tile (an FFMA per accumulator element, 1/16 of a
-    weight's share) instead of each decoded pair (an HMUL2 per 2 weights); the epilogue sums the 4 columns of a
-    row. Same MMA count as an unpacked 8-column tile. 2.41 -> 1.96-1.98 instructions per weight."""
 
 
 def _narrow_x(arch: int | None) -> bool:
     """Whether an 8-column x tile is cheaper than 16 on sm_`arch` with this Triton: sm_80's mma.m16n8k16 takes it as
     is (int4 1.98-1.99 -> 1.78-1.79, FP4 2.07-2.14 -> 1.90-1.96 per weight); so does sm_90 with Triton 3.9 (1.91
     -> 1.79) but not with 3.6 (2.69 on 4 warps). The interpreter: any; 8 exercises the narrow tile."""
-    return arch is None or arch < 90 or tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9)
+    return arch is None or arch < 90 or TRITON_VERSION >= (3, 9, 0)  # measured on 3.6 and 3.9 only
 
 
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
@@ -287,7 +282,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
 def decode_operand(arch: int) -> tuple[int, bool]:
     """(kWidth, x-permuted) of the decode layout to encode for sm_`arch` with this Triton
     (`weight_layouts.preferred_operand`)."""
-    return preferred_operand(arch, tuple(int(v) for v in triton.__version__.split(".")[:2]))
+    return preferred_operand(arch, TRITON_VERSION[:2])
 
 
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,

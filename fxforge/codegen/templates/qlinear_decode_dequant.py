@@ -8,7 +8,8 @@ Decisions:
   the PRMT spelling (3 LOP3 + 2 shifts + 4 PRMT, same values) that ptxas allocates better on mma.sync; `_s`: times
   a group factor pair (4 HMUL2). A search over shift/rotate/PRMT placements of the codes found no 8-instruction
   FP4 decode. `tests/codegen/test_qlinear_decode.py` checks each PTX body with a small emulator of its
-  instructions against the layout.
+  instructions against the layout (the FP4 bodies are assembled from named steps: `F4_PTX`, `F4P_PTX`,
+  `F4S_PTX`).
 """
 
 from __future__ import annotations
@@ -54,79 +55,46 @@ def dequant_portable(w, zz):
             _slot(w, z, 2), _slot(w, z, 6), _slot(w, z, 3), _slot(w, z, 7))
 
 
+def _ptx(*steps: str) -> tl.constexpr:
+    """An inline-asm body: the FP4 registers, `steps` (PTX lines), then the four fp16x2 results unpacked into the 8
+    16-bit outputs $0..$7 (the word is $8, a factor pair $9)."""
+    unpack = [f"mov.b32 {{${2 * i}, ${2 * i + 1}}}, t{i};" for i in range(4)]
+    return tl.constexpr("\n".join(["{", ".reg .b32 t0, t1, t2, t3, a, b, u;", *steps, *unpack, "}"]))
+
+
+# E2M1 sign/magnitude bits into fp16 halves: 5 LOP3 + 4 shifts (t0..t3 = slots (0,1) .. (6,7))
+_F4_LOP3 = ("lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;", "shl.b32 a, $8, 8;", "lop3.b32 t1, a, 0x8E008E00, 0, 0xC0;",
+            "shr.u32 a, $8, 3;", "shl.b32 b, $8, 7;", "lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;",
+            "lop3.b32 t2, u, 0x8E008E00, 0, 0xC0;", "shl.b32 a, u, 8;", "lop3.b32 t3, a, 0x8E008E00, 0, 0xC0;")
+# the same values by byte permutes: the 0x8E bytes masked once, moved into place (3 LOP3 + 2 shifts + 4 PRMT)
+_F4_PRMT = ("lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;", "prmt.b32 t0, a, 0, 0x3414;", "prmt.b32 t1, a, 0, 0x2404;",
+            "shr.u32 a, $8, 3;", "shl.b32 b, $8, 7;", "lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;",
+            "lop3.b32 u, u, 0x8E8E8E8E, 0, 0xC0;", "prmt.b32 t2, u, 0, 0x3414;", "prmt.b32 t3, u, 0, 0x2404;")
+F4_PTX = _ptx(*_F4_LOP3)
+F4P_PTX = _ptx(*_F4_PRMT)
+F4S_PTX = _ptx(*_F4_LOP3, *(f"mul.rn.f16x2 t{i}, t{i}, $9;" for i in range(4)))
+
+
 @triton.jit
 def dequant_f4_asm(w):
     """int32 words of an "f4w" layout -> 8 fp16 tensors (slot e = E2M1 value * 2^-14) by 5 LOP3 + 4 shifts."""
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t0, t1, t2, t3, a, b, u;
-        lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;
-        shl.b32 a, $8, 8;
-        lop3.b32 t1, a, 0x8E008E00, 0, 0xC0;
-        shr.u32 a, $8, 3;
-        shl.b32 b, $8, 7;
-        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
-        lop3.b32 t2, u, 0x8E008E00, 0, 0xC0;
-        shl.b32 a, u, 8;
-        lop3.b32 t3, a, 0x8E008E00, 0, 0xC0;
-        mov.b32 {$0, $1}, t0;
-        mov.b32 {$2, $3}, t1;
-        mov.b32 {$4, $5}, t2;
-        mov.b32 {$6, $7}, t3;
-        }""",
-        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+    return tl.inline_asm_elementwise(asm=F4_PTX, constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w],
+                                     dtype=(tl.float16,) * 8, is_pure=True, pack=1)
 
 
 @triton.jit
 def dequant_f4p_asm(w):
-    """`dequant_f4_asm` spelled with PRMT: the 0x8E bytes of both code halves masked once, then moved into place
-    by byte permutes (3 LOP3 + 2 shifts + 4 PRMT). Same values; on mma.sync (8-column x tiles) ptxas then writes
-    the fragments directly, saving ~25 register moves per iteration; on wgmma the LOP3 spelling is cheaper."""
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t0, t1, t2, t3, a, b, u;
-        lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;
-        prmt.b32 t0, a, 0, 0x3414;
-        prmt.b32 t1, a, 0, 0x2404;
-        shr.u32 a, $8, 3;
-        shl.b32 b, $8, 7;
-        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
-        lop3.b32 u, u, 0x8E8E8E8E, 0, 0xC0;
-        prmt.b32 t2, u, 0, 0x3414;
-        prmt.b32 t3, u, 0, 0x2404;
-        mov.b32 {$0, $1}, t0;
-        mov.b32 {$2, $3}, t1;
-        mov.b32 {$4, $5}, t2;
-        mov.b32 {$6, $7}, t3;
-        }""",
-        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+    """`dequant_f4_asm` spelled with PRMT (same values): on mma.sync (8-column x tiles) ptxas then writes the
+    fragments directly, saving ~25 register moves per iteration; on wgmma the LOP3 spelling is cheaper."""
+    return tl.inline_asm_elementwise(asm=F4P_PTX, constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w],
+                                     dtype=(tl.float16,) * 8, is_pure=True, pack=1)
 
 
 @triton.jit
 def dequant_f4s_asm(w, ss):
     """`dequant_f4_asm` times the group's factor (fp16x2 `ss`, 2^(14 - k)): E2M1 * 2^-k exactly, + 4 HMUL2."""
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t0, t1, t2, t3, a, b, u;
-        lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;
-        shl.b32 a, $8, 8;
-        lop3.b32 t1, a, 0x8E008E00, 0, 0xC0;
-        shr.u32 a, $8, 3;
-        shl.b32 b, $8, 7;
-        lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;
-        lop3.b32 t2, u, 0x8E008E00, 0, 0xC0;
-        shl.b32 a, u, 8;
-        lop3.b32 t3, a, 0x8E008E00, 0, 0xC0;
-        mul.rn.f16x2 t0, t0, $9;
-        mul.rn.f16x2 t1, t1, $9;
-        mul.rn.f16x2 t2, t2, $9;
-        mul.rn.f16x2 t3, t3, $9;
-        mov.b32 {$0, $1}, t0;
-        mov.b32 {$2, $3}, t1;
-        mov.b32 {$4, $5}, t2;
-        mov.b32 {$6, $7}, t3;
-        }""",
-        constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r", args=[w, ss], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+    return tl.inline_asm_elementwise(asm=F4S_PTX, constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r", args=[w, ss],
+                                     dtype=(tl.float16,) * 8, is_pure=True, pack=1)
 
 
 @triton.jit

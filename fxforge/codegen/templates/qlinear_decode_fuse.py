@@ -1,7 +1,7 @@
 """The fusions at the two ends of the 4-bit decode GEMM (`qlinear_decode`): an RMSNorm and per-token E4M3
 prologue and a SwiGLU epilogue, so a quantized decoder layer launches what a dense one does (issue #13 item 3).
 
-This module owns the jit helpers the decode kernel calls (`prologue_rows`, `e4m3_value`, `swiglu_pairs`), the
+This module owns the jit helpers the decode kernel calls (`prologue_rows`, `swiglu_pairs`), the
 row kernel `rms_norm_rows_kernel`, and `prologue`, the launcher's part that decides where x is prepared.
 
 - SWIGLU: the [gate; up] weight of `concat_linears` has its rows interleaved [g0, u0, g1, u1, ...] by the
@@ -36,9 +36,10 @@ import torch
 import triton
 import triton.language as tl
 
+from fxforge.codegen.decode import fp8e4m3_to_f32
 from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.act_quant import f32_to_fp8e4m3, quantize_activations
-from fxforge.codegen.templates.gemm import row_rstd
+from fxforge.codegen.templates.gemm import rms_scale, row_rstd
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
 from fxforge.ir.weight_layouts import DECODE_ROWS
@@ -52,20 +53,8 @@ def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.c
     """x's tile (rows offs_m, columns ks) as fp32, rms_norm'ed with the row kernel's steps and roundings."""
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
     if HAS_NORM:
-        g = tl.load(g_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)
-        xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype).to(tl.float32)
-        x = (xn * g[None, :]).to(x.dtype)
+        x = rms_scale(x, rstd, tl.load(g_ptr + ks, mask=ks < K, other=0.0).to(tl.float32))
     return x.to(tl.float32)
-
-
-@triton.jit
-def e4m3_value(code):
-    """E4M3FN code (uint8, never NaN) -> its fp32 value, by integer bit arithmetic (exact in fp16 too)."""
-    c = code.to(tl.int32)
-    e, m = (c >> 3) & 0xF, c & 7
-    normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
-    mag = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)  # subnormals: m * 2^-9
-    return tl.where((c & 0x80) != 0, -mag, mag)
 
 
 @triton.jit
@@ -95,7 +84,7 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
         mask = mask_m[:, None] & (ks[None, :] < K)
         v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM)
         if QUANT:
-            v = e4m3_value(f32_to_fp8e4m3(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))))
+            v = fp8e4m3_to_f32(f32_to_fp8e4m3(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))))
         tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mask)
     tl.debug_barrier()
     return xn_ptr, K, rs_ptr
