@@ -4,9 +4,8 @@ Every template launcher (and the build check) asks this module for its tile shap
 model replaces these small heuristics without touching any kernel:
 - `gemm_blocks(M, N, K, dtype, arch)` for `templates.gemm` (linear, matmul; decode shapes from the
   `DECODE_GEMM` table by M bucket, N, K and arch),
-- `decode_split(tile, N, k_tiles, arch)`: split-K (and, where splits cannot fill the GPU, a narrower tile) of
-  the 4-bit decode GEMV, `templates.qlinear_decode.decode_blocks`' last step; `gemv_split` is the split rule
-  both decode tables share (>= 2 CTAs per SM, `SM_COUNT`),
+- `decode_split(tile, N, k_tiles, arch)`: split-K of the 4-bit decode GEMV, `templates.qlinear_decode.decode_blocks`'
+  last step; `gemv_split` is the split rule both decode tables share (>= 2 CTAs per SM, `SM_COUNT`),
 - `attention_blocks(Lq, Lk, D, dtype, masked)` for `templates.attention`,
 - `row_blocks(n_cols)` for row-wise kernels (norms, softmax, pointwise rows).
 Rules: tile dims are powers of two and at least 16 (the smallest `tl.dot` tile real GPUs accept),
@@ -49,10 +48,12 @@ SPLIT_K_ROWS = 16  # the M bucket that splits K (a GEMV in all but name)
 MAX_SPLIT_K, MIN_SPLIT_TILES = 16, 4
 
 
-def split_steps(k_tiles: int, splits: int) -> tuple[int, int]:
-    """(K steps per split, splits launched) for `splits` wanted: balanced, none empty (launched <= wanted).
-    The GEMM launcher and the table both count this way."""
+def split_steps(k_tiles: int, splits: int, unit: int = 1) -> tuple[int, int]:
+    """(K steps per split, splits launched) for `splits` wanted: balanced, none empty (launched <= wanted), the
+    steps per split a multiple of `unit` (the 4-bit decode kernel's splits start on a quantization group).
+    The GEMM launchers and the tables all count this way."""
     per = -(-k_tiles // max(1, min(splits, k_tiles)))
+    per = -(-per // unit) * unit
     return per, -(-k_tiles // per)
 
 
@@ -79,18 +80,16 @@ def gemv_split(tiles: int, k_tiles: int, arch: int | None, min_steps: int = MIN_
 
 
 # The 4-bit decode GEMV (`templates.qlinear_decode`): its K steps are 128 wide (the layout's tile, 64 bytes of a
-# weight row), so a split keeps >= 2 of them; where even MAX_SPLIT_K splits leave fewer than 2 CTAs per SM, the
-# tile halves first (BLOCK_N and warps together: the rows per warp, which set the cost per weight, stay).
-DECODE_SPLIT_STEPS, DECODE_MIN_BLOCK_N = 2, 64
+# weight row); a split keeps >= 2 of them. The tile is the kernel's own choice (`decode_blocks`): halving it to
+# make room for more splits cost more per weight than the splits save (Triton 3.6, sm_90, int4 g128, 4096 x 4096:
+# 256 x 16 on 4 warps 1.91-1.96 per weight; 128 x 16 on 4 warps 2.20, on 2 warps 3.38), so where even the most
+# splits cannot give 2 CTAs per SM (that tile: 16 tiles x 16 splits = 256 CTAs on 132 SMs) the most are taken.
+DECODE_SPLIT_STEPS = 2
 
 
 def decode_split(tile: dict, N: int, k_tiles: int, arch: int | None) -> dict:
-    """`tile` (BLOCK_N, num_warps, ... of the 4-bit decode kernel at M <= 16, one program row) with SPLIT_K, and
-    BLOCK_N / num_warps halved while even the most splits cannot reach `gemv_ctas` programs."""
-    most = split_steps(k_tiles, min(MAX_SPLIT_K, k_tiles // DECODE_SPLIT_STEPS))[1] if k_tiles else 1
-    while (arch is not None and tile["BLOCK_N"] > DECODE_MIN_BLOCK_N and tile["num_warps"] > 1
-           and -(-N // tile["BLOCK_N"]) * most < gemv_ctas(arch)):
-        tile = dict(tile, BLOCK_N=tile["BLOCK_N"] // 2, num_warps=tile["num_warps"] // 2)
+    """`tile` (the 4-bit decode kernel's config at M <= 16: one program row, BLOCK_N rows per program) with SPLIT_K
+    for a weight of N rows and `k_tiles` K steps (`gemv_split`, >= DECODE_SPLIT_STEPS steps a split)."""
     return dict(tile, SPLIT_K=gemv_split(-(-N // tile["BLOCK_N"]), k_tiles, arch, DECODE_SPLIT_STEPS))
 
 

@@ -17,9 +17,14 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fxforge.codegen.blocks import DECODE_SPLIT_STEPS, SM_COUNT, split_steps  # noqa: E402
+from fxforge.codegen.blocks import DECODE_SPLIT_STEPS, MAX_SPLIT_K, SM_COUNT, split_steps  # noqa: E402
 from fxforge.codegen.pool import Workspace  # noqa: E402
-from fxforge.codegen.templates.qlinear_decode import decode_blocks, qlinear_w4_decode, w4_decode_spec  # noqa: E402
+from fxforge.codegen.templates.qlinear_decode import (  # noqa: E402
+    decode_blocks,
+    qlinear_w4_decode,
+    split_plan,
+    w4_decode_spec,
+)
 from fxforge.errors import ShapeError  # noqa: E402
 from fxforge.ir.lowp_ops import decode_weight, encode_weight, qlinear_ref, weight_from_codes  # noqa: E402
 from fxforge.ir.ops import OPS  # noqa: E402
@@ -32,14 +37,18 @@ F = torch.nn.functional
 @pytest.mark.parametrize("fp4,group", [(False, 128), (True, 32), (True, 128)], ids=["int4", "fp4-g32", "fp4-g128"])
 def test_decode_table_puts_two_ctas_on_every_sm(arch, fp4, group):
     """A Llama-shaped 4096 x 4096 GEMV and the [gate; up] one of a 2048 x 8192 MLP (16384 x 2048), batch 1 and 16:
-    tiles x splits >= 2 x SMs, each split >= DECODE_SPLIT_STEPS K steps; the build spec gives the launcher's config."""
+    tiles x splits >= 2 x SMs, each split >= DECODE_SPLIT_STEPS K steps, or the most such splits where the tile
+    leaves too few (`blocks.decode_split`: 256-row tiles of a 4096-row weight, 16 x 16 = 256 CTAs on sm_90);
+    the gate/up GEMV always reaches 2 per SM; the build spec gives the launcher's config."""
+    want = 2 * SM_COUNT[arch]
     for N, K in [(4096, 4096), (2 * 8192, 2048)]:
         k_tiles = K // 128
+        most = split_steps(k_tiles, min(MAX_SPLIT_K, k_tiles // DECODE_SPLIT_STEPS))[1]
         for M in (1, 16):
-            narrow = fp4 and group < 128
-            cfg = decode_blocks(N, M, arch, narrow, k_tiles)
+            cfg = decode_blocks(N, M, arch, fp4 and group < 128, k_tiles)
             tiles = -(-N // cfg["BLOCK_N"])
-            assert tiles * cfg["SPLIT_K"] >= 2 * SM_COUNT[arch], (N, K, M, cfg)
+            assert tiles * cfg["SPLIT_K"] >= min(want, tiles * most), (N, K, M, cfg)
+            assert tiles * cfg["SPLIT_K"] >= (want if N > 4096 else 0.96 * want), (N, K, M, cfg)
             per, launched = split_steps(k_tiles, cfg["SPLIT_K"])
             assert launched == cfg["SPLIT_K"] and per >= DECODE_SPLIT_STEPS, (N, K, M, cfg)
             spec = w4_decode_spec(N, K, group, 128, fp4=fp4, M=M, arch=arch)
@@ -61,10 +70,19 @@ def _exact_int4(N: int, K: int, group: int):
     return weight_from_codes(codes, "w4a16-int4", group, {"scale": scale, "zero": zero})
 
 
-@pytest.mark.parametrize("splits", [2, 3])
-def test_split_is_bitwise_the_unsplit_kernel_when_sums_are_exact(splits):
-    M, N, K = 3, 96, 600  # 5 K tiles of 128, the last 88 wide: splits of 3 + 2 and 2 + 2 + 1; two N tiles
-    w = _exact_int4(N, K, 128)
+def test_splits_start_on_group_boundaries():
+    """`split_plan`: a split's window starts on a quantization group (`_k_window` shifts the group index)."""
+    assert split_plan(600, 128, 128, 3) == (2, 3)  # 5 steps: 2 + 2 + 1
+    assert split_plan(600, 128, 256, 2) == (4, 2)  # 3 + 2 would start a split mid-group: 4 + 1
+    assert split_plan(1152, 128, 96, 3) == (3, 3)  # FP4 group 96 in 128-wide tiles: windows of 384 columns
+    assert split_plan(600, 128, 32, 3) == (2, 3) and split_plan(600, 128, 640, 4) == (2, 3)  # one group spans K
+
+
+@pytest.mark.parametrize("splits,group", [(2, 256), (3, 128)])
+def test_split_is_bitwise_the_unsplit_kernel_when_sums_are_exact(splits, group):
+    """5 K tiles of 128, the last 88 wide: splits of 4 + 1 (group 256) and 2 + 2 + 1; two N tiles."""
+    M, N, K = 3, 96, 600
+    w = _exact_int4(N, K, group)
     d = to_decode_layout(w, kw=2, xperm=True)
     x = torch.randint(-3, 4, (M, K), generator=torch.Generator().manual_seed(1)).half()
     b, r = torch.randn(N).half(), torch.randn(M, N).half()

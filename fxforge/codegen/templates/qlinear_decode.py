@@ -54,6 +54,8 @@ Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K l
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -70,7 +72,7 @@ from fxforge.codegen.templates.qlinear_decode_dequant import (
     dequant_portable,
 )
 from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, prologue, prologue_rows, swiglu_pairs
-from fxforge.codegen.templates.split_k import split_range, split_sum
+from fxforge.codegen.templates.split_k import split_sum
 from fxforge.codegen.triton_compat import TRITON_VERSION
 from fxforge.errors import ShapeError
 from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_operand
@@ -117,10 +119,9 @@ def qlinear_w4_decode_kernel(
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    k_lo, k_hi = 0, tl.cdiv(K, BLOCK_K)
-    if SPLIT_K > 1:  # this split's K steps (the loop body is the unsplit kernel's)
-        k_lo, k_hi = split_range(k_hi, k_per_split)
-    for t in range(k_lo, k_hi):
+    if SPLIT_K > 1:  # the loop below runs on this split's K window, as the unsplit kernel on a narrower K
+        a_ptr, w_ptr, zz_ptr, s_ptr, K = _k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K, GROUP, FP4)
+    for t in range(0, tl.cdiv(K, BLOCK_K)):
         if PACK and EVEN_K:
             a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=block_of, other=0.0)
         elif PACK:
@@ -190,6 +191,19 @@ def qlinear_w4_decode_kernel(
 
 
 @triton.jit
+def _k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+              FP4: tl.constexpr):
+    """A K split's window (grid axis 1; `k_per_split` K steps, whole groups): x, the weight words, zero points (int4:
+    a pair per group; FP4's per-word factors: one) and group scales advanced to its first column, and its width.
+    The K loop's code on the window is the unsplit kernel's (its induction variable starts at 0: a runtime start
+    cost ~11 SASS instructions per iteration in address arithmetic, FP4 group 32 on sm_90)."""
+    k0 = tl.program_id(1) * k_per_split * BLOCK_K
+    g0 = k0 // GROUP
+    return (a_ptr + k0, w_ptr + k0 // 8, zz_ptr + (1 if FP4 else 2) * g0, s_ptr + g0,
+            tl.minimum(K, k0 + k_per_split * BLOCK_K) - k0)
+
+
+@triton.jit
 def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr, stride_om,
               stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP4: tl.constexpr, HAS_BIAS: tl.constexpr,
               ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
@@ -213,8 +227,7 @@ def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr,
 def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False, k_tiles: int = 1) -> dict:
     """The decode kernel's launch config on sm_`arch` (None: the interpreter) for a weight of N rows and `k_tiles` K
     steps: `_decode_tile`'s BLOCK_N, BLOCK_M, warps, stages and PACK, and SPLIT_K, at M <= 16 from
-    `blocks.decode_split` (>= 2 CTAs per SM: K splits, or a narrower tile where splits alone cannot; 1 split
-    without an arch)."""
+    `blocks.decode_split` (K splits towards >= 2 CTAs per SM; 1 without an arch)."""
     cfg = _decode_tile(N, M, arch, narrow_groups)
     return dict(cfg, SPLIT_K=1) if M > MAX_M else decode_split(cfg, N, k_tiles, arch)
 
@@ -294,7 +307,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     cfg = decode_blocks(N, M, device_arch(x.device), wscale, triton.cdiv(K, bk))
     zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"] // (4 if cfg["PACK"] else 1)))
-    per, splits = split_steps(triton.cdiv(K, bk), split_k or cfg["SPLIT_K"])
+    per, splits = split_plan(K, bk, group, split_k or cfg["SPLIT_K"])
     if splits > 1 and M > MAX_M:  # one program row (M <= 16): grid axis 1 is free for the splits
         raise ShapeError(f"qlinear_w4_decode splits K at M <= {MAX_M} rows only (got {M}); leave split_k unset")
     more = (((splits, N, M), torch.float32),) if splits > 1 else ()  # split-K's fp32 partials (out^T per split)
@@ -315,6 +328,13 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     return out.reshape(*lead, n_out)
 
 
+def split_plan(K: int, bk: int, group: int, splits: int) -> tuple[int, int]:
+    """(K steps per split, splits launched) of the decode kernel for `splits` wanted (`blocks.split_steps`): a split
+    starts on a group boundary (`_k_window`), so the steps per split are a multiple of lcm(bk, group) / bk unless
+    one group spans K."""
+    return split_steps(-(-K // bk), splits, math.lcm(bk, group) // bk if group < K else 1)
+
+
 def decode_operand(arch: int) -> tuple[int, bool]:
     """(kWidth, x-permuted) of the decode layout to encode for sm_`arch` with this Triton
     (`weight_layouts.preferred_operand`)."""
@@ -332,7 +352,7 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     instead)."""
     wscale = fp4 and (group or K) % bk != 0
     cfg = decode_blocks(N, M, arch, wscale, -(-K // bk))
-    per, split = split_steps(-(-K // bk), split_k or cfg["SPLIT_K"])
+    per, split = split_plan(K, bk, group or K, split_k or cfg["SPLIT_K"])
     sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
            "bias_ptr": "*fp16", "res_ptr": "*fp16", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
            "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
