@@ -46,6 +46,16 @@ How (per K tile of BLOCK_K = the layout's tile):
   elsewhere), so the accumulator keeps each block's partial sum apart and the group factor multiplies it once
   per tile (an FFMA per accumulator element, 1/16 of a weight's share) instead of each decoded pair; the
   epilogue sums a row's 4 columns. Same MMA count as an unpacked 8-column tile: 2.41 -> 1.95-2.00.
+- Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
+  `split_plan` the steps): a split is the kernel on its K window (`_k_window`: x, the words, zero points and group
+  scales advanced to its first column, which starts a group; K its width), so the K loop's code is the unsplit
+  kernel's (with a runtime start, address arithmetic cost ~11 instructions per iteration); after the loop (and
+  PACK's column sum) `split_k.split_sum` stores the fp32 partial out^T into part[SPLIT_K, N, M] and the tile's
+  last split sums them in split order and runs `_epilogue`. SPLIT_K = 1 builds the same SASS as before splits
+  (Triton 3.6 and 3.9, sm_80/sm_90). Split kernels' K loops measured 0.98-1.03x the unsplit ones' instructions
+  (register allocation around the partials' sum: 490 -> 503 for int4 g128 256 x 16 tiles on sm_90, Triton 3.6).
+  Sums: fp32 partials added in split order, so a split result differs from the unsplit one by fp32 rounding
+  only (bitwise equal when the sums are exact; tests/codegen/test_qlinear_decode_split.py).
 - ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
   the same fp16 values.
 Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, see the module
