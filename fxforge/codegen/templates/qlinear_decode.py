@@ -52,8 +52,9 @@ How (per K tile of BLOCK_K = the layout's tile):
   kernel's (with a runtime start, address arithmetic cost ~11 instructions per iteration); after the loop (and
   PACK's column sum) `split_k.split_sum` stores the fp32 partial out^T into part[SPLIT_K, N, M] and the tile's
   last split sums them in split order and runs `_epilogue`. SPLIT_K = 1 builds the same SASS as before splits
-  (Triton 3.6 and 3.9, sm_80/sm_90). Split kernels' K loops measured 0.98-1.03x the unsplit ones' instructions
-  (register allocation around the partials' sum: 490 -> 503 for int4 g128 256 x 16 tiles on sm_90, Triton 3.6).
+  (Triton 3.6 and 3.9, sm_80/sm_90). Split kernels' K loops measured 0.95-1.03x the unsplit ones' instructions
+  (register allocation around the partials' sum: 490 -> 503 for int4 g128 256 x 16 tiles on sm_90, Triton 3.6;
+  benchmarks/results/qdecode_sass-2026-12-01-splitk-*.md).
   Sums: fp32 partials added in split order, so a split result differs from the unsplit one by fp32 rounding
   only (bitwise equal when the sums are exact; tests/codegen/test_qlinear_decode_split.py).
 - ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
@@ -383,6 +384,6 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
-            "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group} {layout}"
-            + fused + ("" if asm else " portable") + (f" M={M}" if M > MAX_M else "") + (f" splitk{split}" if split > 1
-                                                                                          else "")}
+            "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group}"
+            + (f" splitk{split}" if split > 1 else "") + f" {layout}" + fused + ("" if asm else " portable")
+            + (f" M={M}" if M > MAX_M else "")}
