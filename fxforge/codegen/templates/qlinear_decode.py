@@ -41,11 +41,15 @@ How (per K tile of BLOCK_K = the layout's tile):
   FP4 groups narrower than the tile (WSCALE: w4a8-fp's default 32; an "f4w" tile stays 128 wide, a word's 8
   weights lie in one 32-column block) multiply the decoded fp16 pairs by their group's factor instead (one
   HMUL2 each, exact: powers of two): 0.5 instructions per weight more, ~2.5 in all (2.48-2.55 on 4 warps) against
-  3.2-3.5 with 32-wide tiles scaling the accumulator; at M <= 2 with 8-column tiles the K blocks are packed
-  into x's columns instead (PACK): x tile column c holds row c // 4 of x restricted to K block c % 4 (zero
-  elsewhere), so the accumulator keeps each block's partial sum apart and the group factor multiplies it once
-  per tile (an FFMA per accumulator element, 1/16 of a weight's share) instead of each decoded pair; the
-  epilogue sums a row's 4 columns. Same MMA count as an unpacked 8-column tile: 2.41 -> 1.95-2.00.
+  3.2-3.5 with 32-wide tiles scaling the accumulator; at M <= 4 the K blocks are packed into x's columns
+  instead (PACK; 8 columns at M <= 2, 16 at M <= 4): x tile column c holds row c // 4 of x restricted to K
+  block c % 4 (zero elsewhere), so the accumulator keeps each block's partial sum apart and the group factor
+  multiplies it once per tile (an FFMA per accumulator element: BLOCK_M / BLOCK_K of a weight's share) instead
+  of each decoded pair; the epilogue sums a row's 4 columns. The factors are loaded as [BLOCK_N, 4] and scale
+  the product viewed as [BLOCK_N, BLOCK_M / 4, 4], which stays in the MMA's layout (a [BLOCK_N, BLOCK_M]
+  load went through shared memory to reach it: ~50 instructions and, on Triton 3.6 / sm_90, a spill).
+  Batch 1: 2.41-2.48 -> 1.87-1.91 everywhere; batch 3-4: 2.36-2.48 -> 1.82-2.18 (16 columns cost twice the
+  MMAs of 8 on mma.sync). Packing cannot pay past 4 rows: its FFMAs per weight are M / 32, HMUL2's 1/2.
 - ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
   the same fp16 values.
 Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, see the module
@@ -159,9 +163,10 @@ def qlinear_w4_decode_kernel(
             h = tl.permute(h, (0, 2, 3, 1, 4, 5))
         h = tl.reshape(h, (BLOCK_N, BLOCK_K))
         if PACK:  # column c holds K block c % 4's partial sum: its group factor per row
-            blk = tl.minimum((t * BLOCK_K + 32 * (offs_c % 4)) // GROUP, (K - 1) // GROUP)
+            blk = tl.minimum((t * BLOCK_K + 32 * tl.arange(0, 4)) // GROUP, (K - 1) // GROUP)
             f = tl.load(s_ptr + rows_n[:, None] * stride_sn + blk[None, :])
-            acc += tl.dot(h, a.to(tl.float16)) * f
+            d = tl.reshape(tl.dot(h, a.to(tl.float16)), (BLOCK_N, BLOCK_M // 4, 4))
+            acc += tl.reshape(d * f[:, None, :], (BLOCK_N, BLOCK_M))
         elif WSCALE:
             acc = tl.dot(h, a.to(tl.float16), acc)
         else:
@@ -199,20 +204,22 @@ def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bo
     `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp decide the cost per
     weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them, 32 rows per warp
     cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half the MMAs and x
-    fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 2 pack each row's 4 K
-    blocks into the tile's columns (PACK, module notes). Measured at 4096x4096 (`benchmarks/qdecode_sass.py`): see
-    benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs for a GEMV (N=4096: 32 at batch
+    fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 4 pack each row's 4 K
+    blocks into the tile's columns (PACK, module notes; 16 columns past 2 rows). Measured at 4096x4096
+    (`benchmarks/qdecode_sass.py`): see benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs for a GEMV (N=4096: 32 at batch
     1, 16 past 8); filling the SMs is split-K's job (not here). M > 16 (the prefill of a decode-step graph, whose
     weights are stored in the decode layout): 64 x rows per program on 8 warps, so each weight tile is decoded once
     per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the instructions per row on sm_90)."""
     if M > MAX_M:
         return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False)
-    tile = dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
-    if M <= 8 and _narrow_x(arch):  # 128 x 8 tiles on 2 warps (256 x 8 on 4 spilled with Triton 3.6 on sm_80)
-        return dict(tile, BLOCK_M=8, num_stages=2, PACK=narrow_groups and M <= 2)
-    if N >= 2048:
-        tile = dict(BLOCK_N=256, num_warps=4)
-    return dict(tile, BLOCK_M=16, num_stages=3, PACK=False)
+    pack = narrow_groups and M <= 4  # 4 K blocks of M rows in 8 (M <= 2) or 16 x columns
+    narrow = M <= 8 and _narrow_x(arch) and not (pack and M > 2)
+    # 256-row tiles on 4 warps: 16-column tiles, and unpacked narrow groups (128 x 8 on 2 spilled with 3.9 on sm_80)
+    wide = N >= 2048 and (not narrow or (narrow_groups and not pack))
+    tile = dict(BLOCK_N=256, num_warps=4) if wide else dict(BLOCK_N=128, num_warps=2) if N >= 512 else \
+        dict(BLOCK_N=64, num_warps=1)
+    # 3 stages cost ~15 instructions per iteration on 8-column tiles and spilled packed 16-column ones (3.6 sm_80)
+    return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2 if narrow or pack else 3, PACK=pack)
 
 
 def _narrow_x(arch: int | None) -> bool:
