@@ -88,7 +88,7 @@ def qlinear_w4_decode_kernel(
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False,
-    SWIGLU: tl.constexpr = False, PACK: tl.constexpr = False,
+    SWIGLU: tl.constexpr = False, PACK: tl.constexpr = False, PRMT: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
     computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU:
@@ -141,7 +141,7 @@ def qlinear_w4_decode_kernel(
                 v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_portable(w)
                 v0, v1, v2, v3, v4, v5, v6, v7 = v0 * f, v1 * f, v2 * f, v3 * f, v4 * f, v5 * f, v6 * f, v7 * f
         elif FP4:
-            if ASM and BLOCK_M == 8:  # mma.sync: the PRMT spelling (see `dequant_f4p_asm`)
+            if ASM and PRMT:  # mma.sync: the PRMT spelling (see `dequant_f4p_asm`)
                 v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4p_asm(w)
             elif ASM:
                 v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_asm(w)
@@ -211,15 +211,15 @@ def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bo
     weights are stored in the decode layout): 64 x rows per program on 8 warps, so each weight tile is decoded once
     per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the instructions per row on sm_90)."""
     if M > MAX_M:
-        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False)
+        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, PRMT=False)
     pack = narrow_groups and M <= 4  # 4 K blocks of M rows in 8 (M <= 2) or 16 x columns
     narrow = M <= 8 and _narrow_x(arch) and not (pack and M > 2)
     # 256-row tiles on 4 warps: 16-column tiles, and unpacked narrow groups (128 x 8 on 2 spilled with 3.9 on sm_80)
     wide = N >= 2048 and (not narrow or (narrow_groups and not pack))
     tile = dict(BLOCK_N=256, num_warps=4) if wide else dict(BLOCK_N=128, num_warps=2) if N >= 512 else \
         dict(BLOCK_N=64, num_warps=1)
-    # 3 stages cost ~15 instructions per iteration on 8-column tiles and spilled packed 16-column ones (3.6 sm_80)
-    return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2 if narrow or pack else 3, PACK=pack)
+    # 2 stages: a third cost 10-15 instructions per iteration (and spilled packed 16-column tiles on 3.6 sm_80)
+    return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2, PACK=pack, PRMT=narrow or (arch or 90) < 90)
 
 
 def _narrow_x(arch: int | None) -> bool:
@@ -281,7 +281,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
-        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, PACK=cfg["PACK"], **fused,
+        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, PACK=cfg["PACK"], PRMT=cfg["PRMT"],
+        **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out.reshape(*lead, n_out)
 
@@ -308,7 +309,7 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
              "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu,
-             "PACK": cfg["PACK"]}
+             "PACK": cfg["PACK"], "PRMT": cfg["PRMT"]}
     sig["eps"] = "fp32"
     for name, used in (("norm_ptr", norm), ("xn_ptr", norm or const["QUANT_X"])):  # the prologue's operands
         sig.update({name: "*fp16"}) if used else const.update({name: None})
