@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD python benchmarks/qdecode_sass.py [--out benchmarks/results/qdecode_sass-DATE.md]
 
-Builds each 4-bit scheme's qlinear kernel at a decode shape (M=1 and M=16, N=K=4096, fp16 activations)
+Builds each 4-bit scheme's qlinear kernel at a decode shape (M=1 and M=16 (the decode kernel also 4 and 8), N=K=4096, fp16 activations)
 for sm_90 and sm_80 with the installed Triton, then the decode kernel (`templates/qlinear_decode.py`) on int4
 and FP4 decode layouts, and prints a markdown table: main-loop instructions, weights per thread per
 iteration, instructions per weight, registers, spills.
@@ -44,10 +44,11 @@ def main() -> None:
              ("w4_decode fp4 g32", dict(group=32, bk=128, fp4=True))]
     for arch in (90, 80):
         kw, xperm = decode_operand(arch)
-        for M in (1, 16):  # batch 1 takes an 8-column x tile where that is cheaper (`decode_blocks`)
+        for M in (1, 4, 8, 16):  # batch <= 8 takes an 8-column x tile where that is cheaper (`decode_blocks`)
             specs = [w4_decode_spec(4096, 4096, kw=kw, xperm=xperm, M=M, arch=arch, **case) for _, case in cases]
             for (name, _), spec, b in zip(cases, specs, build_in_subprocess(specs, arch)):
-                rows.append(f"| {name} {spec['label'].split()[-1]} | {M} (x tile {spec['constexprs']['BLOCK_M']}) | "
+                tile = f"x tile {spec['constexprs']['BLOCK_M']}{' packed' if spec['constexprs']['PACK'] else ''}"
+                rows.append(f"| {name} {spec['label'].split()[-1]} | {M} ({tile}) | "
                             f"sm_{arch} | {b.loop_instructions} | {weights_per_thread(spec):.0f} | "
                             f"{per_weight(spec, b):.2f} | {b.registers} | {b.spills} |")
     text = "\n".join(rows)

@@ -41,11 +41,15 @@ How (per K tile of BLOCK_K = the layout's tile):
   FP4 groups narrower than the tile (WSCALE: w4a8-fp's default 32; an "f4w" tile stays 128 wide, a word's 8
   weights lie in one 32-column block) multiply the decoded fp16 pairs by their group's factor instead (one
   HMUL2 each, exact: powers of two): 0.5 instructions per weight more, ~2.5 in all (2.48-2.55 on 4 warps) against
-  3.2-3.5 with 32-wide tiles scaling the accumulator; at M <= 2 with 8-column tiles the K blocks are packed
-  into x's columns instead (PACK): x tile column c holds row c // 4 of x restricted to K block c % 4 (zero
-  elsewhere), so the accumulator keeps each block's partial sum apart and the group factor multiplies it once
-  per tile (an FFMA per accumulator element, 1/16 of a weight's share) instead of each decoded pair; the
-  epilogue sums a row's 4 columns. Same MMA count as an unpacked 8-column tile: 2.41 -> 1.95-2.00.
+  3.2-3.5 with 32-wide tiles scaling the accumulator; at M <= 4 the K blocks are packed into x's columns
+  instead (PACK; 8 columns at M <= 2, 16 at M <= 4): x tile column c holds row c // 4 of x restricted to K
+  block c % 4 (zero elsewhere), so the accumulator keeps each block's partial sum apart and the group factor
+  multiplies it once per tile (an FFMA per accumulator element: BLOCK_M / BLOCK_K of a weight's share) instead
+  of each decoded pair; the epilogue sums a row's 4 columns. The factors are loaded as [BLOCK_N, 4] and scale
+  the product viewed as [BLOCK_N, BLOCK_M / 4, 4], which stays in the MMA's layout (a [BLOCK_N, BLOCK_M]
+  load went through shared memory to reach it: ~50 instructions and, on Triton 3.6 / sm_90, a spill).
+  Batch 1: 2.41-2.48 -> 1.87-1.91 everywhere; batch 3-4: 2.36-2.48 -> 1.82-2.18 (16 columns cost twice the
+  MMAs of 8 on mma.sync). Packing cannot pay past 4 rows: its FFMAs per weight are M / 32, HMUL2's 1/2.
 - Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
   `split_plan` the steps): a split is the kernel on its K window (`_k_window`: x, the words, zero points and group
   scales advanced to its first column, which starts a group; K its width), so the K loop's code is the unsplit
@@ -99,7 +103,7 @@ def qlinear_w4_decode_kernel(
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False,
-    SWIGLU: tl.constexpr = False, PACK: tl.constexpr = False,
+    SWIGLU: tl.constexpr = False, PACK: tl.constexpr = False, PRMT: tl.constexpr = False,
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
@@ -160,7 +164,7 @@ def qlinear_w4_decode_kernel(
                 v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_portable(w)
                 v0, v1, v2, v3, v4, v5, v6, v7 = v0 * f, v1 * f, v2 * f, v3 * f, v4 * f, v5 * f, v6 * f, v7 * f
         elif FP4:
-            if ASM and BLOCK_M == 8:  # mma.sync: the PRMT spelling (see `dequant_f4p_asm`)
+            if ASM and PRMT:  # mma.sync: the PRMT spelling (see `dequant_f4p_asm`)
                 v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4p_asm(w)
             elif ASM:
                 v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_asm(w)
@@ -182,9 +186,10 @@ def qlinear_w4_decode_kernel(
             h = tl.permute(h, (0, 2, 3, 1, 4, 5))
         h = tl.reshape(h, (BLOCK_N, BLOCK_K))
         if PACK:  # column c holds K block c % 4's partial sum: its group factor per row
-            blk = tl.minimum((t * BLOCK_K + 32 * (offs_c % 4)) // GROUP, (K - 1) // GROUP)
+            blk = tl.minimum((t * BLOCK_K + 32 * tl.arange(0, 4)) // GROUP, (K - 1) // GROUP)
             f = tl.load(s_ptr + rows_n[:, None] * stride_sn + blk[None, :])
-            acc += tl.dot(h, a.to(tl.float16)) * f
+            d = tl.reshape(tl.dot(h, a.to(tl.float16)), (BLOCK_N, BLOCK_M // 4, 4))
+            acc += tl.reshape(d * f[:, None, :], (BLOCK_N, BLOCK_M))
         elif WSCALE:
             acc = tl.dot(h, a.to(tl.float16), acc)
         else:
@@ -248,20 +253,23 @@ def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: boo
     `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp decide the cost per
     weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them, 32 rows per warp
     cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half the MMAs and x
-    fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 2 pack each row's 4 K
-    blocks into the tile's columns (PACK, module notes). Measured at 4096x4096 (`benchmarks/qdecode_sass.py`): see
-    benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs for a GEMV (N=4096: 32 at batch
-    1, 16 past 8); filling the SMs is split-K's job (`decode_blocks`). M > 16 (the prefill of a decode-step graph, whose
-    weights are stored in the decode layout): 64 x rows per program on 8 warps, so each weight tile is decoded once
-    per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the instructions per row on sm_90)."""
+    fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 4 pack each row's 4 K
+    blocks into the tile's columns (PACK, module notes; 16 columns past 2 rows). Measured at 4096x4096
+    (`benchmarks/qdecode_sass.py`): see benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs
+    for a GEMV (N=4096: 32 at batch 1, 16 past 8); filling the SMs is split-K's job (`decode_blocks`). M > 16 (the
+    prefill of a decode-step graph, whose weights are stored in the decode layout): 64 x rows per program on 8
+    warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the
+    instructions per row on sm_90)."""
     if M > MAX_M:
-        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False)
-    tile = dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
-    if M <= 8 and _narrow_x(arch):  # 128 x 8 tiles on 2 warps (256 x 8 on 4 spilled with Triton 3.6 on sm_80)
-        return dict(tile, BLOCK_M=8, num_stages=2, PACK=narrow_groups and M <= 2)
-    if N >= 2048:
-        tile = dict(BLOCK_N=256, num_warps=4)
-    return dict(tile, BLOCK_M=16, num_stages=3, PACK=False)
+        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, PRMT=False)
+    pack = narrow_groups and M <= 4  # 4 K blocks of M rows in 8 (M <= 2) or 16 x columns
+    narrow = M <= 8 and _narrow_x(arch) and not (pack and M > 2)
+    # 256-row tiles on 4 warps: 16-column tiles, and unpacked narrow groups (128 x 8 on 2 spilled with 3.9 on sm_80)
+    wide = N >= 2048 and (not narrow or (narrow_groups and not pack))
+    tile = dict(BLOCK_N=256, num_warps=4) if wide else dict(BLOCK_N=128, num_warps=2) if N >= 512 else \
+        dict(BLOCK_N=64, num_warps=1)
+    # 2 stages: a third cost 10-15 instructions per iteration (and spilled packed 16-column tiles on 3.6 sm_80)
+    return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2, PACK=pack, PRMT=narrow or (arch or 90) < 90)
 
 
 def _narrow_x(arch: int | None) -> bool:
@@ -334,7 +342,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
-        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, PACK=cfg["PACK"], **fused,
+        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, PACK=cfg["PACK"], PRMT=cfg["PRMT"],
+        **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out.reshape(*lead, n_out)
 
@@ -371,7 +380,7 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
              "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu,
-             "PACK": cfg["PACK"], "SPLIT_K": split}
+             "PACK": cfg["PACK"], "PRMT": cfg["PRMT"], "SPLIT_K": split}
     sig["eps"] = "fp32"
     if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
         sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")
