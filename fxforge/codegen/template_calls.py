@@ -130,6 +130,8 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
     kw = [f"q_heads={s.q_heads}", f"kv_heads={s.kv_heads}", f"head_dim={s.head_dim}"]
     if s.format != "dense":
         kw += [f"format={s.format!r}", f"block={s.block}"]
+    if s.qk_norm is not None:  # per-head q/k RMSNorm before RoPE (Qwen3)
+        kw.append(f"qk_norm=({n(s.qk_norm[0])}, {n(s.qk_norm[1])}, {s.qk_norm[2]!r})")
     return f"_rope_cache({', '.join(args + kw)})"
 
 
@@ -156,6 +158,13 @@ def _has_epilogue(p: dict[str, Any]) -> bool:
             or p["activation"] != "none" or p["out_dtype"] is not None or p.get("norm") is not None)
 
 
+def _gated(p: dict[str, Any]) -> list[str]:
+    """The gated epilogue's arguments: `swiglu=True` and, for an activation other than silu, `gate=` (GeGLU)."""
+    if not p.get("swiglu"):
+        return []
+    return ["swiglu=True"] + ([f"gate={p['gate']!r}"] if p.get("gate", "silu") != "silu" else [])
+
+
 def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear") -> str:
     """`_linear(x, weight, [bias], <epilogue>)`; `weight` is the [N, K] operand's expression."""
     op, p = g.anchor, g.params
@@ -165,8 +174,7 @@ def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear
     args = [x, weight] + ([n(bias)] if bias is not None else [])
     if norm is not None:
         args.append(f"norm=({n(norm.operands[1])}, {float(norm.attrs['eps'])!r})")
-    if p.get("swiglu"):
-        args.append("swiglu=True")
+    args += _gated(p)
     args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype"))
     if p.get("keep") is not None:  # FFN skipping's decode form (only the dense rule sets it)
         args.append(f"keep={n(p['keep'])}")
@@ -228,8 +236,7 @@ def _qlinear_decode(g: KernelGroup, n: Names) -> str:
     args = [n(norm.operands[0]) if norm is not None else n(x), n(w)] + ([n(bias)] if bias is not None else [])
     if norm is not None:
         args.append(f"norm=({n(norm.operands[1])}, {float(norm.attrs['eps'])!r})")
-    if p.get("swiglu"):
-        args.append("swiglu=True")
+    args += _gated(p)
     args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
     if p.get("keep") is not None:
         args.append(f"keep={n(p['keep'])}")

@@ -5,7 +5,8 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
 - `FOLD_RULES`: no-op cast/reshape/permute/expand/slice become their operand; reshape∘reshape and
   permute∘permute compose; an exact widening cast round trip (`f16 -> f32 -> f16`) disappears;
   `x * 1`, `x / 1`, `x - 0` by a scalar `full` become x when that keeps x's type (`x + 0` does not:
-  `-0.0 + 0.0` is `+0.0`).
+  `-0.0 + 0.0` is `+0.0`); a `cat` drops its operands of static size 0 along the cat dim (partial RoPE at
+  the full rotary dim, Phi3: `cat(rope(x), x[..., D:])`).
 - `LINEAR_RULES`: `matmul(x, permute(const w, [1, 0]))` -> `linear(x, w)` for a 2-D const w;
   `add(linear(x, w), b)` with a rank-1 bias of w's output size -> `linear(x, w, b)`; the
   aot_autograd sandwich `reshape(linear(reshape(x, [M, K])), [*lead, N])` -> `linear(x)` on the
@@ -88,13 +89,26 @@ def fold_widening_round_trip(g: Graph, op: Op, b: dict[str, Value]) -> Value | N
 
 
 
+@rule(P.op("cat"))
+def cat_drop_empty(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """cat without its operands of static size 0 along the cat dim (partial rotary at full rotary dim:
+    `cat(rope(x[..., :D]), x[..., D:])` of Phi3/StableLM-style RoPE): the rest's cat, or the one left."""
+    dim = op.attrs["dim"] % op.result.type.rank
+    kept = [v for v in op.operands if v.type.shape[dim] != 0]
+    if len(kept) == len(op.operands) or not kept:
+        return None
+    if len(kept) == 1:
+        return kept[0] if same_type(op.result.type, kept[0].type) else None
+    return g.insert_before(op, "cat", kept, dict(op.attrs)).result
+
+
 def _keep_x(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     """x * 1, x / 1, x - 0 are x exactly (signed zeros and NaNs included) when the type is x's."""
     return b["x"] if same_type(op.result.type, b["x"].type) else None
 
 
 FOLD_RULES += [
-    compose_reshape, compose_permute, fold_widening_round_trip,
+    compose_reshape, compose_permute, fold_widening_round_trip, cat_drop_empty,
     Rule(P.op("mul", P.any("x"), P.full(value=1), commutative=True), _keep_x, "fold_mul_one"),
     Rule(P.op("div", P.any("x"), P.full(value=1), rounding_mode=None), _keep_x, "fold_div_one"),
     Rule(P.op("sub", P.any("x"), P.full(value=0)), _keep_x, "fold_sub_zero"),

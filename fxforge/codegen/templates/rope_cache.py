@@ -37,10 +37,33 @@ from fxforge.ir.kv_ops import kv_row_layout
 
 
 @triton.jit
-def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr):
-    """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row`."""
-    x = tl.load(row + d * stride_xn, mask=md, other=0.0).to(tl.float32)
-    partner = tl.load(row + ((d + D // 2) % D) * stride_xn, mask=md, other=0.0).to(tl.float32)
+def _head_rstd(row, stride_xn, eps, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """1 / sqrt(mean(x^2) + eps) of the head row at `row` (fp32): the per-head q/k RMSNorm's scale."""
+    d = tl.arange(0, BLOCK_D)
+    x = tl.load(row + d * stride_xn, mask=d < D, other=0.0).to(tl.float32)
+    return tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
+
+
+@triton.jit
+def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM: tl.constexpr):
+    """Channels `d` of the head row (fp32); QK_NORM: the head's RMSNorm (weights qn / kn [D], its row's `rstd`)
+    applied where is_q or is_k with `gemm.rms_scale`'s steps and roundings (v heads as loaded)."""
+    x = tl.load(row + d * stride_xn, mask=md, other=0.0)
+    if QK_NORM:
+        vq, vk = (d * 0 + is_q.to(tl.int32)) != 0, (d * 0 + is_k.to(tl.int32)) != 0  # vector masks (the interpreter)
+        g = tl.load(qn_ptr + d, mask=md & vq, other=0.0).to(tl.float32) + tl.load(
+            kn_ptr + d, mask=md & vk, other=0.0).to(tl.float32)
+        xn = ((x.to(tl.float32) * rstd).to(x.dtype).to(tl.float32) * g).to(x.dtype)
+        x = tl.where(vq | vk, xn, x)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr, qn_ptr, kn_ptr, rstd, is_q,
+             is_k, QK_NORM: tl.constexpr):
+    """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row` (QK_NORM: normed first)."""
+    x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
+    partner = _channel(row, (d + D // 2) % D, md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
     rot = tl.where(d < D // 2, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
     c = tl.load(c_ptr + d * stride_cd, mask=md, other=0.0).to(tl.float32)
     sn = tl.load(s_ptr + d * stride_cd, mask=md, other=0.0).to(tl.float32)
@@ -52,8 +75,10 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       S, stride_xb, stride_xs, stride_xn, stride_cb, stride_cs, stride_cd,
                       stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
                       HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                      FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, NB: tl.constexpr):
-    """Head program_id(1) of token program_id(0) = b * S + s: RoPE on q/k heads, then store q / write the cache."""
+                      FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, NB: tl.constexpr,
+                      qn_ptr=None, kn_ptr=None, eps=0.0, QK_NORM: tl.constexpr = False):
+    """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k heads,] RoPE on q/k heads, then store
+    q / write the cache."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     b = t // S
@@ -63,11 +88,16 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
     p = tl.load(pos_ptr + s)
     hk = tl.minimum(tl.maximum(h - HQ, 0), HKV - 1)
     hv = tl.minimum(tl.maximum(h - HQ - HKV, 0), HKV - 1)
+    rstd = 1.0
+    if QK_NORM:  # per-head q/k RMSNorm before RoPE (Qwen3)
+        rstd = _head_rstd(row, stride_xn, eps, D, BLOCK_D)
+    is_q, is_k = h < HQ, (h >= HQ) & (h < HQ + HKV)
     if FORMAT == "dense":
         d = tl.arange(0, BLOCK_D)
         md = d < D
         hd = d * 0 + h  # the head index as a vector: masks of one dtype with md
-        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D)
+        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D,
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
         q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
         tl.store(q_dst, y.to(q_ptr.dtype.element_ty), mask=md & (hd < HQ))
         k_dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl + d
@@ -77,7 +107,8 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
     elif h < HQ:  # packed cache, a q head: plain store
         d = tl.arange(0, BLOCK_D)
         md = d < D
-        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D)
+        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D,
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
         tl.store(q_ptr + ((b * HQ + h) * S + s) * D + d, y.to(q_ptr.dtype.element_ty), mask=md)
     else:  # packed cache, a k or v head: encode the token's row (even / odd channels of each block)
         is_k = h < HQ + HKV
@@ -85,8 +116,10 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         nb_mask = nb < D // KV_BLOCK
         de = nb[:, None] * KV_BLOCK + 2 * tl.arange(0, KV_BLOCK // 2)[None, :]
         me = nb_mask[:, None] & (de < D)
-        ye = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D)
-        yo = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D)
+        ye = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D,
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
+        yo = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D,
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
         ye = ye.to(q_ptr.dtype.element_ty).to(tl.float32)  # what the graph's `new` holds: the model's dtype
         yo = yo.to(q_ptr.dtype.element_ty).to(tl.float32)
         if is_k:
@@ -113,10 +146,12 @@ def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, fmt, block) 
 
 def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
                v_cache: torch.Tensor, *, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
-               block: int = 32, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               block: int = 32, out: torch.Tensor | None = None,
+               qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
-    buffer of the generated `run()`), else allocated."""
+    buffer of the generated `run()`), else allocated. `qk_norm=(q_weight [D], k_weight [D], eps)`: each q and
+    k head is rms_norm'ed (over D) before RoPE, as Qwen3's q_norm / k_norm."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
     try:
@@ -133,8 +168,17 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         S, *qkv.stride(), *cs[0].stride(),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
         HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), **_format_constexprs(
-            format, block, head_dim))
+            format, block, head_dim), **_norm_args(qk_norm, head_dim))
     return q, k_cache, v_cache
+
+
+def _norm_args(qk_norm: tuple | None, head_dim: int) -> dict:
+    if qk_norm is None:
+        return {}
+    qn, kn, eps = qk_norm
+    if tuple(qn.shape) != (head_dim,) or tuple(kn.shape) != (head_dim,):
+        raise ShapeError(f"rope_cache: qk_norm weights {tuple(qn.shape)}, {tuple(kn.shape)} must be ({head_dim},)")
+    return {"qn_ptr": qn.contiguous(), "kn_ptr": kn.contiguous(), "eps": float(eps), "QK_NORM": True}
 
 
 def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
