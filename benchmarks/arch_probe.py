@@ -2,7 +2,7 @@
 (issue #13's CPU done-when on an architecture outside the test zoo).
 
 For each architecture, built from a small config with random weights (hidden 64, 4 heads, 2 KV heads,
-vocab 256; `ARCHS`), in a fresh subprocess:
+vocab 256; `fxforge.testing.GQA_DECODERS`, norm weights with noise), in a fresh subprocess:
 - tokens: greedy `compile_decoder(model, executor="interpret").generate(ids, 8)` vs eager HF
   `model.generate(do_sample=False)` (2 layers);
 - launches of one T=1 decode step, counted from outside fxforge (`fxforge.testing.counting_launches`):
@@ -12,7 +12,7 @@ vocab 256; `ARCHS`), in a fresh subprocess:
 - extern ops and host ops left in the step graph (anything not a kernel).
 
     OMP_NUM_THREADS=1 python benchmarks/arch_probe.py [--archs mistral qwen3 ...] [--no-quant]
-        [--out benchmarks/results/arch_probe-<date>.md]
+        [--quant-archs llama qwen3 ...] [--out benchmarks/results/arch_probe-<date>.md]
 """
 
 from __future__ import annotations
@@ -27,48 +27,13 @@ import sys
 import time
 import traceback
 
-COMMON = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
-              max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-
-# name -> (config class, model class, config overrides); head_dim 16 where the config's default is not hidden/heads
-ARCHS: dict[str, tuple[str, str, dict]] = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
-    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
-    "mistral-swa": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 6}),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 16}),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "query_pre_attn_scalar": 16,
-                                                     "sliding_window": 6}),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "query_pre_attn_scalar": 16,
-                                                        "sliding_window": 6}),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
-    "granite": ("GraniteConfig", "GraniteForCausalLM", {"embedding_multiplier": 2.0, "attention_multiplier": 0.2,
-                                                        "residual_multiplier": 0.5, "logits_scaling": 4.0}),
-    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
-    "stablelm": ("StableLmConfig", "StableLmForCausalLM", {}),
-    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", {"sliding_window": None}),
-    "cohere": ("CohereConfig", "CohereForCausalLM", {}),
-    "glm": ("GlmConfig", "GlmForCausalLM", {"head_dim": 16}),
-    "internlm3": ("InternLM3Config", "InternLM3ForCausalLM", {"head_dim": 16}),
-    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {}),
-    "olmo": ("OlmoConfig", "OlmoForCausalLM", {}),
-    "helium": ("HeliumConfig", "HeliumForCausalLM", {"head_dim": 16}),
-    "exaone4": ("Exaone4Config", "Exaone4ForCausalLM", {"head_dim": 16, "sliding_window": None}),
-    "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM", {"head_dim": 16}),
-    "arcee": ("ArceeConfig", "ArceeForCausalLM", {"head_dim": 16}),
-    "ministral": ("MinistralConfig", "MinistralForCausalLM", {"head_dim": 16, "sliding_window": None}),
-}
+from fxforge.testing import GQA_DECODERS
 
 
 def build(arch: str, layers: int):
-    import torch
-    import transformers
+    from fxforge.testing import gqa_decoder
 
-    cfg_cls, model_cls, extra = ARCHS[arch]
-    torch.manual_seed(0)
-    cfg = getattr(transformers, cfg_cls)(**{**COMMON, "num_hidden_layers": layers, **extra})
-    return getattr(transformers, model_cls)(cfg).eval()
+    return gqa_decoder(arch, layers)
 
 
 def step_launches(model, **options) -> tuple[list[str], list[str], object]:
@@ -150,8 +115,9 @@ def table(rows: list[dict], quant: bool) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--archs", nargs="*", default=list(ARCHS))
+    ap.add_argument("--archs", nargs="*", default=list(GQA_DECODERS))
     ap.add_argument("--no-quant", action="store_true")
+    ap.add_argument("--quant-archs", nargs="*", help="the w4a16 columns only for these (default: every arch)")
     ap.add_argument("--out")
     ap.add_argument("--child")
     ap.add_argument("--timeout", type=int, default=900)
@@ -160,7 +126,8 @@ def main() -> None:
         return child(args.child, not args.no_quant)
     rows = []
     for arch in args.archs:
-        cmd = [sys.executable, __file__, "--child", arch] + (["--no-quant"] if args.no_quant else [])
+        quant = not args.no_quant and (args.quant_archs is None or arch in args.quant_archs)
+        cmd = [sys.executable, __file__, "--child", arch] + ([] if quant else ["--no-quant"])
         with contextlib.suppress(subprocess.TimeoutExpired):
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=os.environ)
             found = [json.loads(line[4:]) for line in out.stdout.splitlines() if line.startswith("ROW ")]

@@ -189,8 +189,9 @@ def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
 
 
 def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
-                    block: int = 32) -> dict:
-    """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches."""
+                    block: int = 32, qk_norm: bool = False) -> dict:
+    """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches
+    (`qk_norm`: with the per-head q/k RMSNorm)."""
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
     ptrs.update(dict.fromkeys(("k_ptr", "v_ptr"), f"*{t}" if format == "dense" else "*u8"))
@@ -198,7 +199,12 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
                "stride_vb", "stride_vh", "stride_vl")
     sig = {**ptrs, "pos_ptr": "*i64", **dict.fromkeys(strides, "i32")}
     const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim,
-             "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim)}
+             "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim),
+             "QK_NORM": qk_norm}
+    if qk_norm:
+        sig.update({"qn_ptr": f"*{t}", "kn_ptr": f"*{t}", "eps": "fp32"})
+    else:
+        const.update({"qn_ptr": None, "kn_ptr": None, "eps": 0.0})
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
-            "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"}
+            "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}{' qk_norm' * qk_norm}"}
