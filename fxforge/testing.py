@@ -92,7 +92,7 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "exaone4": ("Exaone4Config", "Exaone4ForCausalLM", {"head_dim": 16}),
     "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM", {"head_dim": 16}),
     "arcee": ("ArceeConfig", "ArceeForCausalLM", {"head_dim": 16}),
-    "ministral": ("MinistralConfig", "MinistralForCausalLM", {"head_dim": 16, "sliding_window": None}),
+    "ministral": ("MinistralConfig", "MinistralForCausalLM", {"head_dim": 16}),
 }
 
 

@@ -34,8 +34,8 @@ FUSION_RULES = {
     "horizontal": "pointwise trees of one domain shape reading a common input, independent of each other: one "
                   "kernel, several outputs",
     "attention": "attention alone (flash-attention template)",
-    "rope_cache": "q/k/v head views of a [q; k; v] GEMM output + RoPE of q and k + cache_write of k and v: one "
-                  "template launch (RoPE'd q out, k/v written into the static cache in place)",
+    "rope_cache": "q/k/v head views of a [q; k; v] GEMM output (+ per-head q/k rms_norm) + RoPE of q and k + "
+                  "cache_write of k and v: one template launch (RoPE'd q out, k/v written into the static cache in place)",
     "kv_attention": "attention whose K/V are kv_loads of packed KV caches (+ their GQA repeat views): one template "
                     "launch at T=1, the cache rows decoded in the key loop",
     "hadamard": "hadamard alone (fast Walsh-Hadamard template)",

@@ -132,3 +132,17 @@ def test_index_unsqueeze_sinks_to_the_leaves():
     assert g.outputs[1].producer.opcode == "reshape"  # float arithmetic keeps its reshape
     for a, b in zip(evaluate(g, inputs), want, strict=True):
         assert torch.equal(a, b)
+
+
+def test_square_lowers_to_mul():
+    """aten.square (Arcee's ReLU^2 MLP) is x * x in the IR, not an extern, and gives torch's bits."""
+    from fxforge.frontend.export import capture_export
+
+    class Relu2(torch.nn.Module):
+        def forward(self, x):
+            return torch.square(torch.relu(x))
+
+    x = torch.randn(3, 8)
+    lowered = capture_export(Relu2(), (x,)).lowered
+    assert lowered.externs == {} and "mul" in lowered.graph.op_counts()
+    assert torch.equal(evaluate(lowered.graph, [x])[0], torch.square(torch.relu(x)))

@@ -19,6 +19,9 @@ Decisions:
 - The partner half for rotate_half is loaded again from memory at (d + D/2) mod D (L1-resident)
   rather than permuted in registers: no reshape/split tricks, the same code on Triton 3.6 and 3.9.
 - fp32 math, one rounding at the store (the generated pointwise kernel's convention).
+- `qk_norm=(q_w, k_w, eps)` (Qwen3's q_norm / k_norm, `rope_sites._head_norm`): a q or k program first takes its
+  head row's 1/rms, then every channel it reads (the partner half too) is normalised with `gemm.rms_scale`'s
+  steps (scale, round to qkv's dtype, weight, round), so RoPE sees exactly what the rms_norm row kernel wrote.
 - Packed: a k / v program computes its row as even and odd channels [blocks, block / 2] (RoPE evaluated
   at those indices), so the encoder reduces each block along one axis and pairs bfp4's nibbles without
   reshapes; q heads take the dense path (a runtime branch on the head, one kernel for all heads).
