@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fxforge.codegen.module_text import lit
-from fxforge.ir.graph import Value
+from fxforge.ir.graph import Op, Value
 from fxforge.ir.partition import KernelGroup
 
 Names = Callable[[Value], str]
@@ -158,6 +158,17 @@ def _has_epilogue(p: dict[str, Any]) -> bool:
             or p["activation"] != "none" or p["out_dtype"] is not None or p.get("norm") is not None)
 
 
+def _norm_arg(norm: Op | None, n: Names) -> list[str]:
+    """A fused norm prologue's argument: `norm=(w, eps)` (RMSNorm) or `layer_norm=(w, b or None, eps)`."""
+    if norm is None:
+        return []
+    eps = float(norm.attrs["eps"])
+    if norm.opcode == "layer_norm":
+        bias = n(norm.operands[2]) if len(norm.operands) > 2 else "None"
+        return [f"layer_norm=({n(norm.operands[1])}, {bias}, {eps!r})"]
+    return [f"norm=({n(norm.operands[1])}, {eps!r})"]
+
+
 def _gated(p: dict[str, Any]) -> list[str]:
     """The gated epilogue's arguments: `swiglu=True` and, for an activation other than silu, `gate=` (GeGLU)."""
     if not p.get("swiglu"):
@@ -172,8 +183,7 @@ def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear
     norm = p.get("norm")  # a fused rms_norm prologue: the template reads the norm's input and weight
     x = n(norm.operands[0]) if norm is not None else n(op.operands[0])
     args = [x, weight] + ([n(bias)] if bias is not None else [])
-    if norm is not None:
-        args.append(f"norm=({n(norm.operands[1])}, {float(norm.attrs['eps'])!r})")
+    args += _norm_arg(norm, n)
     args += _gated(p)
     args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype"))
     if p.get("keep") is not None:  # FFN skipping's decode form (only the dense rule sets it)
@@ -234,8 +244,7 @@ def _qlinear_decode(g: KernelGroup, n: Names) -> str:
     bias = rest[0] if rest else p["bias"]
     norm = p.get("norm")
     args = [n(norm.operands[0]) if norm is not None else n(x), n(w)] + ([n(bias)] if bias is not None else [])
-    if norm is not None:
-        args.append(f"norm=({n(norm.operands[1])}, {float(norm.attrs['eps'])!r})")
+    args += _norm_arg(norm, n)
     args += _gated(p)
     args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
     if p.get("keep") is not None:

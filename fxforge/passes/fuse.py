@@ -308,7 +308,7 @@ class _Partitioner:
         epi = [m.opcode for m in members[1:] if m is not norm]
         reason = f"gemm + epilogue ({', '.join(epi)})" if epi else "gemm alone"
         if params["norm"]:
-            reason = "rms_norm prologue + " + reason
+            reason = f"{params['norm'].opcode} prologue + " + reason
         src = op.operands[0].producer
         if rule.keep and src is not None and src.opcode == "row_keep":  # FFN skipping: early exit on the flags
             params["keep"] = src.operands[1]

@@ -319,17 +319,24 @@ def decode_fusions_ok(op: Op) -> bool:
     return bool(getattr(op.operands[1].type.encoding, "layout", "")) and not op.attrs["lorc_rank"]
 
 
+# the norms a GEMM's load computes (`gemm.py` HAS_NORM): opcode -> (operand counts, GEMM opcodes whose template
+# has that prologue). LayerNorm (with weight, bias optional): the dense GEMM only (the 4-bit decode kernel: RMSNorm)
+NORM_PROLOGUES = {"rms_norm": ((2,), ("linear", "qlinear")), "layer_norm": ((2, 3), ("linear",))}
+
+
 def norm_prologue(op: Op, graph: Graph) -> Op | None:
-    """The `rms_norm(x, w)` producing the GEMM's input that its load can compute (`gemm.py` HAS_NORM): a
-    row-kernel rms_norm whose single-use result has x's dtype, with a weight [K]; else None."""
+    """The norm (`NORM_PROLOGUES`: `rms_norm(x, w)`, `layer_norm(x, w[, b])`) producing the GEMM's input that its
+    load can compute: a row-kernel norm whose single-use result has x's dtype, with a weight (and bias) [K]."""
     y = op.operands[0]
     p = y.producer
-    if not decode_fusions_ok(op):
+    if not decode_fusions_ok(op) or p is None or p.opcode not in NORM_PROLOGUES:
         return None
-    if p is None or p.opcode != "rms_norm" or len(p.operands) != 2 or not single_use(y, graph) or not row_ok(p):
+    arity, gemms = NORM_PROLOGUES[p.opcode]
+    if len(p.operands) not in arity or op.opcode not in gemms or not single_use(y, graph) or not row_ok(p):
         return None
-    x, w = p.operands
-    ok = x.type.dtype == y.type.dtype and w.type.rank == 1 and dims_equal(w.type.shape[0], x.type.shape[-1])
+    x, *params = p.operands
+    ok = x.type.dtype == y.type.dtype and all(w.type.rank == 1 and dims_equal(w.type.shape[0], x.type.shape[-1])
+                                              for w in params)
     return p if ok and x.type.rank >= 1 else None
 
 

@@ -146,3 +146,18 @@ def test_square_lowers_to_mul():
     lowered = capture_export(Relu2(), (x,)).lowered
     assert lowered.externs == {} and "mul" in lowered.graph.op_counts()
     assert torch.equal(evaluate(lowered.graph, [x])[0], torch.square(torch.relu(x)))
+
+
+@pytest.mark.parametrize("dtype,bias", [(torch.float16, True), (torch.float32, False)])
+def test_gemm_layer_norm_prologue(dtype, bias):
+    """layer_norm(x, w[, b]) computed in the GEMM's load (StableLM, Starcoder2, Cohere blocks), an offset mean too."""
+    torch.manual_seed(0)
+    x = (torch.randn(3, 96) + 3).to(dtype)  # K = 96: a partial last K tile
+    w, g = (torch.randn(40, 96) / 10).to(dtype), (1 + torch.randn(96) / 4).to(dtype)
+    nb = (torch.randn(96) / 4).to(dtype) if bias else None
+    want = F.linear(F.layer_norm(x.float(), (96,), g.float(), nb.float() if bias else None, 1e-5).to(dtype).float(),
+                    w.float())
+    got = linear(x, w, layer_norm=(g, nb, 1e-5))
+    assert got.shape == (3, 40) and (got.float() - want).abs().max() <= TOL[dtype] * 4 * want.abs().max()
+    with pytest.raises(ShapeError, match="one norm prologue"):
+        linear(x, w, norm=(g, 1e-6), layer_norm=(g, nb, 1e-5))
