@@ -130,6 +130,8 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
     kw = [f"q_heads={s.q_heads}", f"kv_heads={s.kv_heads}", f"head_dim={s.head_dim}"]
     if s.format != "dense":
         kw += [f"format={s.format!r}", f"block={s.block}"]
+    if s.rotary_dim and s.rotary_dim != s.head_dim:  # partial RoPE (StableLM)
+        kw.append(f"rotary_dim={s.rotary_dim}")
     if s.qk_norm is not None:  # per-head q/k RMSNorm before RoPE (Qwen3)
         kw.append(f"qk_norm=({n(s.qk_norm[0])}, {n(s.qk_norm[1])}, {s.qk_norm[2]!r})")
     return f"_rope_cache({', '.join(args + kw)})"

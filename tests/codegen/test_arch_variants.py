@@ -87,6 +87,26 @@ def test_rope_cache_per_head_qk_norm(dtype):
         rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, qk_norm=(qn[:8], kn, 1e-6))
 
 
+def test_rope_cache_partial_rotary():
+    """rotary_dim R < D (StableLM's partial_rotary_factor): channels [0, R) rotated with R-channel cos/sin, the rest
+    copied, as cat(rope(x[..., :R]), x[..., R:])."""
+    torch.manual_seed(0)
+    B, S, Hq, Hkv, D, R, L = 1, 2, 4, 2, 16, 4, 6
+    qkv = torch.randn(B, S, (Hq + 2 * Hkv) * D)
+    cos, sin = torch.randn(1, 1, S, R), torch.randn(1, 1, S, R)
+    kc, vc, pos = torch.zeros(B, Hkv, L, D), torch.zeros(B, Hkv, L, D), torch.tensor([0, 5])
+    q, _, _ = rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, rotary_dim=R)
+    x = qkv.reshape(B, S, -1, D).transpose(1, 2)
+
+    def rope(h):
+        return torch.cat([h[..., :R] * cos + _rot(h[..., :R]) * sin, h[..., R:]], -1)
+
+    torch.testing.assert_close(q, rope(x[:, :Hq]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kc[:, :, pos], rope(x[:, Hq:Hq + Hkv]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ShapeError, match="rotary_dim"):
+        rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, rotary_dim=5)
+
+
 def test_cat_drops_empty_operands():
     """cat(rope, x[..., D:]) with the pass-through part empty (Phi3 at partial_rotary_factor 1) is rope itself."""
     g = Graph()

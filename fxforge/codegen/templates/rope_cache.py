@@ -19,6 +19,8 @@ Decisions:
 - The partner half for rotate_half is loaded again from memory at (d + D/2) mod D (L1-resident)
   rather than permuted in registers: no reshape/split tricks, the same code on Triton 3.6 and 3.9.
 - fp32 math, one rounding at the store (the generated pointwise kernel's convention).
+- `rotary_dim` R < D (partial RoPE): channel d < R pairs with (d + R/2) mod R, channels past R are copied; the
+  same code at R = D is the full rotation.
 - `qk_norm=(q_w, k_w, eps)` (Qwen3's q_norm / k_norm, `rope_sites._head_norm`): a q or k program first takes its
   head row's 1/rms, then every channel it reads (the partner half too) is normalised with `gemm.rms_scale`'s
   steps (scale, round to qkv's dtype, weight, round), so RoPE sees exactly what the rms_norm row kernel wrote.
@@ -63,14 +65,17 @@ def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM: t
 
 @triton.jit
 def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr, qn_ptr, kn_ptr, rstd, is_q,
-             is_k, QK_NORM: tl.constexpr):
-    """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row` (QK_NORM: normed first)."""
+             is_k, QK_NORM: tl.constexpr, ROT: tl.constexpr):
+    """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row` (QK_NORM: normed first);
+    channels past ROT (partial RoPE) pass through."""
     x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
-    partner = _channel(row, (d + D // 2) % D, md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
-    rot = tl.where(d < D // 2, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
-    c = tl.load(c_ptr + d * stride_cd, mask=md, other=0.0).to(tl.float32)
-    sn = tl.load(s_ptr + d * stride_cd, mask=md, other=0.0).to(tl.float32)
-    return tl.where(rotate, x * c + rot * sn, x)
+    in_rot = d < ROT
+    partner = _channel(row, tl.where(in_rot, (d + ROT // 2) % ROT, d), md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k,
+                       QK_NORM)
+    rot = tl.where(d < ROT // 2, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
+    c = tl.load(c_ptr + d * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
+    sn = tl.load(s_ptr + d * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
+    return tl.where(rotate, tl.where(in_rot, x * c + rot * sn, x), x)
 
 
 @triton.jit
@@ -79,7 +84,7 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
                       HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
                       FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, NB: tl.constexpr,
-                      qn_ptr=None, kn_ptr=None, eps=0.0, QK_NORM: tl.constexpr = False):
+                      qn_ptr=None, kn_ptr=None, eps=0.0, QK_NORM: tl.constexpr = False, ROT: tl.constexpr = 0):
     """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k heads,] RoPE on q/k heads, then store
     q / write the cache."""
     t = tl.program_id(0)
@@ -100,7 +105,7 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         md = d < D
         hd = d * 0 + h  # the head index as a vector: masks of one dtype with md
         y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D,
-                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
         q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
         tl.store(q_dst, y.to(q_ptr.dtype.element_ty), mask=md & (hd < HQ))
         k_dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl + d
@@ -111,7 +116,7 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         d = tl.arange(0, BLOCK_D)
         md = d < D
         y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D,
-                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
         tl.store(q_ptr + ((b * HQ + h) * S + s) * D + d, y.to(q_ptr.dtype.element_ty), mask=md)
     else:  # packed cache, a k or v head: encode the token's row (even / odd channels of each block)
         is_k = h < HQ + HKV
@@ -120,9 +125,9 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         de = nb[:, None] * KV_BLOCK + 2 * tl.arange(0, KV_BLOCK // 2)[None, :]
         me = nb_mask[:, None] & (de < D)
         ye = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D,
-                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
         yo = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D,
-                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
         ye = ye.to(q_ptr.dtype.element_ty).to(tl.float32)  # what the graph's `new` holds: the model's dtype
         yo = yo.to(q_ptr.dtype.element_ty).to(tl.float32)
         if is_k:
@@ -150,17 +155,22 @@ def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, fmt, block) 
 def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
                v_cache: torch.Tensor, *, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
                block: int = 32, out: torch.Tensor | None = None,
-               qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+               rotary_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
     buffer of the generated `run()`), else allocated. `qk_norm=(q_weight [D], k_weight [D], eps)`: each q and
-    k head is rms_norm'ed (over D) before RoPE, as Qwen3's q_norm / k_norm."""
+    k head is rms_norm'ed (over D) before RoPE, as Qwen3's q_norm / k_norm. `rotary_dim` R (partial RoPE, even,
+    <= D): channels [0, R) rotate with cos/sin of R channels, the rest pass through."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
+    rot = head_dim if rotary_dim is None else rotary_dim
+    if rot % 2 or not 0 < rot <= head_dim:
+        raise ShapeError(f"rope_cache: rotary_dim {rot} must be even and in (0, head_dim={head_dim}]")
     try:
-        cs = [t.expand(B, 1, S, head_dim).select(1, 0) for t in (cos, sin)]
+        cs = [t.expand(B, 1, S, rot).select(1, 0) for t in (cos, sin)]
     except RuntimeError as e:
-        raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {(B, 1, S, head_dim)}") from e
+        raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {(B, 1, S, rot)}") from e
     if cs[0].stride() != cs[1].stride():  # the kernel reads both through one set of strides
         cs = [t.contiguous() for t in cs]
     q = out_tensor(out, (B, q_heads, S, head_dim), qkv.dtype, qkv.device, "rope_cache")
@@ -171,7 +181,7 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         S, *qkv.stride(), *cs[0].stride(),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
         HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), **_format_constexprs(
-            format, block, head_dim), **_norm_args(qk_norm, head_dim))
+            format, block, head_dim), **_norm_args(qk_norm, head_dim), ROT=rot)
     return q, k_cache, v_cache
 
 
@@ -203,7 +213,7 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
     sig = {**ptrs, "pos_ptr": "*i64", **dict.fromkeys(strides, "i32")}
     const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim,
              "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim),
-             "QK_NORM": qk_norm}
+             "QK_NORM": qk_norm, "ROT": head_dim}
     if qk_norm:
         sig.update({"qn_ptr": f"*{t}", "kn_ptr": f"*{t}", "eps": "fp32"})
     else:
