@@ -23,8 +23,9 @@ FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
             "(#quantized const weight) the same without the scale and the mul; dense linear also: a "
-            "single-use rms_norm(x, w[K]) or layer_norm(x, w[K], b[K]?) producer as a prologue (NORM_PROLOGUES), and act(y[..., :N]) * y[..., N:] of its "
-            "[gate; up] result (SwiGLU; GeGLU: act a GATED_ACTIVATIONS entry) as the activation + mul steps; a qlinear whose weight is in a decode "
+            "single-use rms_norm(x, w[K]) or layer_norm(x, w[K], b[K]?) producer as a prologue (NORM_PROLOGUES), "
+            "and act(y[..., :N]) * y[..., N:] of its [gate; up] result (SwiGLU; GeGLU: act a GATED_ACTIVATIONS "
+            "entry) as the activation + mul steps; a qlinear whose weight is in a decode "
             "layout the same two (SwiGLU over interleaved rows: "
             "silu(y[..., 0::2]) * y[..., 1::2]); a linear/qlinear whose input is "
             "a row_keep also reads its keep flags (FFN skipping's early exit; not the MX/NVFP4 schemes yet)",
