@@ -13,7 +13,8 @@ Partial RoPE (StableLM; Phi3 below partial_rotary_factor 1): rope(x) = cat(rope_
 sin of R channels; the site's `rotary_dim` is R.
 
 Per-head q/k norms (Qwen3, Gemma3, OLMo3-style `q_norm`/`k_norm` over head_dim) sit between the reshape and
-the permute of q and k: x_h = permute(rms_norm(reshape(...), w[D]), [0, 2, 1, 3]); both or neither, one eps.
+the permute of q and k (x_h = permute(rms_norm(reshape(...), w[D]), [0, 2, 1, 3])) or after the permute (Gemma3);
+both or neither, one eps.
 
 Decisions:
 - The QKV GEMM may be a dense `linear` or a `qlinear` (quantized weights stacked by `concat_linears`):
@@ -68,7 +69,7 @@ def _only_use(v: Value, graph: Graph, opcode: str) -> Op | None:
 
 
 def _head_norm(r: Op, graph: Graph) -> Op | None:
-    """The per-head `rms_norm(x_h, w[D])` reading the reshape, when that is its only use (else None)."""
+    """The per-head `rms_norm(x_h, w[D])` reading the head view `r` (reshape or permute), its only use (else None)."""
     n = _only_use(r.result, graph, "rms_norm")
     d = r.result.type.shape[-1]
     if n is None or len(n.operands) != 2 or n.result.type != r.result.type:
@@ -87,7 +88,9 @@ def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, Op | None] 
     _, _, h, d = r.result.type.shape
     if not isinstance(h, int) or not isinstance(d, int) or d % 2:
         return None
-    return p.result, [sl, r, p] + ([norm] if norm else []), h, d, norm
+    after = _head_norm(p, graph) if norm is None else None  # Gemma3 norms the heads after the transpose
+    norm = norm or after
+    return (after or p).result, [sl, r, p] + ([norm] if norm else []), h, d, norm
 
 
 def _mul_by(m: Op, x: Value) -> Value | None:
