@@ -66,6 +66,52 @@ def mlp(dim: int = 64, hidden: int = 256) -> torch.nn.Module:
     return MLP(dim, hidden).eval()
 
 
+# GQA decoder LMs of `transformers` beyond Llama/Qwen2 (issue #13's hidden architecture; benchmarks/arch_probe.py):
+# name -> (config class, model class, config overrides). head_dim 16 where a config's default is not hidden / heads.
+GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "mistral-swa": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 6}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),  # per-head q_norm / k_norm
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 16}),  # GeGLU, (1 + w) RMSNorm, embedding scale
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 6}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "query_pre_attn_scalar": 16,
+                                                        "sliding_window": 6}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),  # fused qkv_proj and gate_up_proj
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {"embedding_multiplier": 2.0, "attention_multiplier": 0.2,
+                                                        "residual_multiplier": 0.5, "logits_scaling": 4.0}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", {}),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", {"sliding_window": None}),
+    "cohere": ("CohereConfig", "CohereForCausalLM", {}),
+    "glm": ("GlmConfig", "GlmForCausalLM", {"head_dim": 16}),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {}),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", {}),
+    "helium": ("HeliumConfig", "HeliumForCausalLM", {"head_dim": 16}),
+    "exaone4": ("Exaone4Config", "Exaone4ForCausalLM", {"head_dim": 16}),
+    "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM", {"head_dim": 16}),
+    "arcee": ("ArceeConfig", "ArceeForCausalLM", {"head_dim": 16}),
+    "ministral": ("MinistralConfig", "MinistralForCausalLM", {"head_dim": 16}),
+}
+
+
+def gqa_decoder(arch: str, layers: int = 2, seed: int = 0) -> torch.nn.Module:
+    """A `GQA_DECODERS` model: hidden 64, intermediate 128, 4 heads, 2 KV heads, vocab 256, seeded random weights;
+    norm weights (zero- or one-initialised by HF) get noise too, so a norm weight's handling is exercised."""
+    cfg_cls, model_cls, extra = GQA_DECODERS[arch]
+    torch.manual_seed(seed)
+    model = _hf(cfg_cls, model_cls, **{**dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                              num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
+                                              bos_token_id=1, eos_token_id=2, pad_token_id=0),
+                                       "num_hidden_layers": layers, **extra})
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.rsplit(".", 2)[-2] and p.dim() == 1:
+                p.add_(torch.randn_like(p) / 8)
+    return model
+
+
 MODELS: dict[str, Callable[..., torch.nn.Module]] = {"llama": llama, "mistral": mistral, "gpt2": gpt2, "bert": bert, "mlp": mlp}
 
 

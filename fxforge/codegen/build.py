@@ -247,11 +247,13 @@ _ATTN_MODULE = "fxforge.codegen.templates.attention"
 
 def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activation: str = "none",
               residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None,
-              keep: bool = False, norm: bool = False, swiglu: bool = False, split_k: int | None = None) -> dict:
+              keep: bool = False, norm: bool = False, swiglu: bool = False, split_k: int | None = None,
+              gate: str = "silu", layer_norm: bool = False) -> dict:
     """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`
     (`arch`: the decode table's configs for that GPU, as the launcher picks them there, split-K included);
     `norm`: the RMSNorm prologue, `swiglu`: the [gate; up] epilogue (N is the output width, the weight
-    has 2N rows); `split_k`: K splits instead of the table's."""
+    has 2N rows; `gate`: its activation, GeGLU's "gelu_tanh"); `split_k`: K splits instead of the table's;
+    `layer_norm`: the LayerNorm prologue (weight and bias) instead of the RMSNorm one."""
     from fxforge.codegen.blocks import gemm_blocks, swiglu_blocks
 
     cfg = gemm_blocks(M, N, K, dtype, arch)
@@ -265,19 +267,24 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
              "stride_km": 1, "HAS_KEEP": keep,
              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": 8,
              "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual, "UPCAST": False,
-             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "HAS_NORM": norm, "SWIGLU": swiglu}
+             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "HAS_NORM": norm or layer_norm,
+             "SWIGLU": swiglu, "GATE": gate, "LAYER_NORM": layer_norm, "HAS_NB": layer_norm}
     sig["eps"] = "fp32"
     const["SPLIT_K"] = split
     if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
         sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")
     else:
         const.update(part_ptr=None, lock_ptr=None, k_per_split=1)
-    if norm:
+    if norm or layer_norm:
         sig["norm_ptr"] = f"*{t}"
     else:
         const["norm_ptr"] = None
-    epi = "+".join([s for s, on in (("norm", norm), ("bias", bias), (activation, activation != "none"), ("mul", mul),
-                                    ("swiglu", swiglu), ("res", residual), ("keep", keep),
+    if layer_norm:
+        sig["nb_ptr"] = f"*{t}"
+    else:
+        const["nb_ptr"] = None
+    epi = "+".join([s for s, on in (("norm", norm), ("layer_norm", layer_norm), ("bias", bias), (activation, activation != "none"), ("mul", mul),
+                                    ("swiglu" if gate == "silu" else f"gated-{gate}", swiglu), ("res", residual), ("keep", keep),
                                     (f"splitk{split}", split > 1)) if on]) or "plain"
     return {"module": _GEMM_MODULE, "kernel": "gemm_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_om", "stride_rm", "stride_mm"],

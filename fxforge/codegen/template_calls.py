@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fxforge.codegen.module_text import lit
-from fxforge.ir.graph import Value
+from fxforge.ir.graph import Op, Value
 from fxforge.ir.partition import KernelGroup
 
 Names = Callable[[Value], str]
@@ -130,6 +130,10 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
     kw = [f"q_heads={s.q_heads}", f"kv_heads={s.kv_heads}", f"head_dim={s.head_dim}"]
     if s.format != "dense":
         kw += [f"format={s.format!r}", f"block={s.block}"]
+    if s.rotary_dim and s.rotary_dim != s.head_dim:  # partial RoPE (StableLM)
+        kw.append(f"rotary_dim={s.rotary_dim}")
+    if s.qk_norm is not None:  # per-head q/k RMSNorm before RoPE (Qwen3)
+        kw.append(f"qk_norm=({n(s.qk_norm[0])}, {n(s.qk_norm[1])}, {s.qk_norm[2]!r})")
     return f"_rope_cache({', '.join(args + kw)})"
 
 
@@ -156,6 +160,24 @@ def _has_epilogue(p: dict[str, Any]) -> bool:
             or p["activation"] != "none" or p["out_dtype"] is not None or p.get("norm") is not None)
 
 
+def _norm_arg(norm: Op | None, n: Names) -> list[str]:
+    """A fused norm prologue's argument: `norm=(w, eps)` (RMSNorm) or `layer_norm=(w, b or None, eps)`."""
+    if norm is None:
+        return []
+    eps = float(norm.attrs["eps"])
+    if norm.opcode == "layer_norm":
+        bias = n(norm.operands[2]) if len(norm.operands) > 2 else "None"
+        return [f"layer_norm=({n(norm.operands[1])}, {bias}, {eps!r})"]
+    return [f"norm=({n(norm.operands[1])}, {eps!r})"]
+
+
+def _gated(p: dict[str, Any]) -> list[str]:
+    """The gated epilogue's arguments: `swiglu=True` and, for an activation other than silu, `gate=` (GeGLU)."""
+    if not p.get("swiglu"):
+        return []
+    return ["swiglu=True"] + ([f"gate={p['gate']!r}"] if p.get("gate", "silu") != "silu" else [])
+
+
 def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear") -> str:
     """`_linear(x, weight, [bias], <epilogue>)`; `weight` is the [N, K] operand's expression."""
     op, p = g.anchor, g.params
@@ -163,10 +185,8 @@ def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear
     norm = p.get("norm")  # a fused rms_norm prologue: the template reads the norm's input and weight
     x = n(norm.operands[0]) if norm is not None else n(op.operands[0])
     args = [x, weight] + ([n(bias)] if bias is not None else [])
-    if norm is not None:
-        args.append(f"norm=({n(norm.operands[1])}, {float(norm.attrs['eps'])!r})")
-    if p.get("swiglu"):
-        args.append("swiglu=True")
+    args += _norm_arg(norm, n)
+    args += _gated(p)
     args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype"))
     if p.get("keep") is not None:  # FFN skipping's decode form (only the dense rule sets it)
         args.append(f"keep={n(p['keep'])}")
@@ -226,10 +246,8 @@ def _qlinear_decode(g: KernelGroup, n: Names) -> str:
     bias = rest[0] if rest else p["bias"]
     norm = p.get("norm")
     args = [n(norm.operands[0]) if norm is not None else n(x), n(w)] + ([n(bias)] if bias is not None else [])
-    if norm is not None:
-        args.append(f"norm=({n(norm.operands[1])}, {float(norm.attrs['eps'])!r})")
-    if p.get("swiglu"):
-        args.append("swiglu=True")
+    args += _norm_arg(norm, n)
+    args += _gated(p)
     args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
     if p.get("keep") is not None:
         args.append(f"keep={n(p['keep'])}")

@@ -40,6 +40,12 @@ for _opcode in UNARY:
     lowers(*overloads(_opcode, "default"))(lambda b, x, _op=_opcode: b.op(_op, x))
 
 
+@lowers(aten.square.default)
+def _square(b: Builder, x):
+    """x * x (torch's pow(x, 2) for a square: the same bits): Arcee's ReLU^2 MLP then fuses instead of an extern."""
+    return b.op("mul", x, x)
+
+
 @lowers(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, aten.div.Scalar_mode)
 def _div(b, x, y, *, rounding_mode=None):
     like = x if isinstance(x, Value) else y

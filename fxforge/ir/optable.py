@@ -88,6 +88,9 @@ def _pointwise_infer(ref):
 COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
                          "bitwise_and", "bitwise_or", "bitwise_xor"})
 ACTIVATIONS = {"relu": "relu", "silu": "silu", "sigmoid": "sigmoid"}  # the GEMM epilogue's names
+# act(gate) * up of a gated MLP (SwiGLU: Llama, Qwen, Mistral, Phi3; GeGLU with tanh GeLU: Gemma): the
+# activations (`activation` trait names) the [gate; up] GEMM's gated epilogue computes
+GATED_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 
 
 def _pointwise(name: str, ref, arity: int, attrs: dict[str, Any] | None = None, doc: str = "", **traits) -> None:
@@ -337,5 +340,5 @@ register(OpDef("const", (0, 0), {"weight": REQUIRED}, None, None, "source",
 
 from fxforge.ir.extern_op import OperandRef, resolve_torch_op  # noqa: E402
 
-__all__ = ["ACTIVATIONS", "BINARY", "COMMUTATIVE", "REDUCTIONS", "ROW_REDUCTIONS", "UNARY", "OperandRef",
+__all__ = ["ACTIVATIONS", "GATED_ACTIVATIONS", "BINARY", "COMMUTATIVE", "REDUCTIONS", "ROW_REDUCTIONS", "UNARY", "OperandRef",
            "resolve_torch_op"]

@@ -5,7 +5,9 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
 - `FOLD_RULES`: no-op cast/reshape/permute/expand/slice become their operand; reshape∘reshape and
   permute∘permute compose; an exact widening cast round trip (`f16 -> f32 -> f16`) disappears;
   `x * 1`, `x / 1`, `x - 0` by a scalar `full` become x when that keeps x's type (`x + 0` does not:
-  `-0.0 + 0.0` is `+0.0`).
+  `-0.0 + 0.0` is `+0.0`); a `cat` drops its operands of static size 0 along the cat dim (partial RoPE at
+  the full rotary dim, Phi3: `cat(rope(x), x[..., D:])`); an unsqueeze of rank-1 integer index arithmetic
+  moves to the op's operands (`sink_index_unsqueeze`: the decode mask's positions join the mask's kernel).
 - `LINEAR_RULES`: `matmul(x, permute(const w, [1, 0]))` -> `linear(x, w)` for a 2-D const w;
   `add(linear(x, w), b)` with a rank-1 bias of w's output size -> `linear(x, w, b)`; the
   aot_autograd sandwich `reshape(linear(reshape(x, [M, K])), [*lead, N])` -> `linear(x)` on the
@@ -32,6 +34,7 @@ import torch
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.ops import norm_axis, prod
+from fxforge.ir.types import TensorType
 from fxforge.passes.manager import PassContext
 from fxforge.passes.rewriter import P, Rule, apply_rules, dims_match, rule, same_type
 
@@ -88,13 +91,49 @@ def fold_widening_round_trip(g: Graph, op: Op, b: dict[str, Value]) -> Value | N
 
 
 
+@rule(P.op("cat"))
+def cat_drop_empty(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """cat without its operands of static size 0 along the cat dim (partial rotary at full rotary dim:
+    `cat(rope(x[..., :D]), x[..., D:])` of Phi3/StableLM-style RoPE): the rest's cat, or the one left."""
+    dim = op.attrs["dim"] % op.result.type.rank
+    kept = [v for v in op.operands if v.type.shape[dim] != 0]
+    if len(kept) == len(op.operands) or not kept:
+        return None
+    if len(kept) == 1:
+        return kept[0] if same_type(op.result.type, kept[0].type) else None
+    return g.insert_before(op, "cat", kept, dict(op.attrs)).result
+
+
+def _unit_dims_only(src: TensorType, dst: TensorType) -> bool:
+    """dst is src with unit dims inserted or removed (an unsqueeze/squeeze reshape: a view either way)."""
+    a, b = [d for d in src.shape if d != 1], [d for d in dst.shape if d != 1]
+    return len(a) == len(b) and all(dims_match(x, y) for x, y in zip(a, b))
+
+
+@rule(P.op("reshape", P.any("y")))
+def sink_index_unsqueeze(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """unsqueeze(add(arange, start)) -> add(unsqueeze(arange), start) for integer index arithmetic over one non-unit
+    dim (the decode mask's query positions): the pointwise op then reads views of its leaves and joins the pointwise tree
+    that reads it (the mask: one kernel, not two). Operands of the op's shape get the reshape, rank-0 ones stay."""
+    y = op.operands[0]
+    p = y.producer
+    if (p is None or p.opdef.kernel != "pointwise" or len(y.uses) != 1 or y.type.dtype.is_float
+            or not _unit_dims_only(y.type, op.result.type) or any(y is o for o in g.outputs)):
+        return None
+    if sum(d != 1 for d in y.type.shape) > 1 or any(v.type.rank and not same_type(v.type, y.type) for v in p.operands):
+        return None
+    shape = op.attrs["shape"]
+    xs = [v if v.type.rank == 0 else g.insert_before(op, "reshape", [v], {"shape": shape}).result for v in p.operands]
+    return g.insert_before(op, p.opcode, xs, dict(p.attrs)).result
+
+
 def _keep_x(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     """x * 1, x / 1, x - 0 are x exactly (signed zeros and NaNs included) when the type is x's."""
     return b["x"] if same_type(op.result.type, b["x"].type) else None
 
 
 FOLD_RULES += [
-    compose_reshape, compose_permute, fold_widening_round_trip,
+    compose_reshape, compose_permute, fold_widening_round_trip, cat_drop_empty, sink_index_unsqueeze,
     Rule(P.op("mul", P.any("x"), P.full(value=1), commutative=True), _keep_x, "fold_mul_one"),
     Rule(P.op("div", P.any("x"), P.full(value=1), rounding_mode=None), _keep_x, "fold_div_one"),
     Rule(P.op("sub", P.any("x"), P.full(value=0)), _keep_x, "fold_sub_zero"),

@@ -35,6 +35,7 @@ from collections.abc import Hashable
 import torch
 
 from fxforge.ir.graph import Graph, Op, Value, Weight
+from fxforge.ir.optable import GATED_ACTIVATIONS
 from fxforge.ir.types import Quantized
 from fxforge.passes.manager import PassContext
 
@@ -68,17 +69,23 @@ def _key(graph: Graph, op: Op) -> Hashable | None:
             tuple(sorted(graph.weight(name).payload)))
 
 
+def _gated_act(op: Op) -> bool:
+    """`op` is the activation of a gated MLP (`GATED_ACTIVATIONS`: silu, tanh or erf GeLU)."""
+    return op.opdef.activation_of(op.attrs) in GATED_ACTIVATIONS
+
+
 def _feeds_swiglu(op: Op) -> bool:
-    """The linear's result is gated by another linear's result (silu(gate) * up): an MLP sibling."""
-    return any(u.opcode in ("silu", "mul") for u in op.result.uses)
+    """The linear's result is gated by another linear's result (act(gate) * up): an MLP sibling."""
+    return any(u.opcode == "mul" or _gated_act(u) for u in op.result.uses)
 
 
 def _swiglu_pair(users: list[Op], keys: dict[int, Hashable]) -> list[Op] | None:
-    """[gate, up] among sibling linears when the only use of gate is silu, whose only use is
-    silu(gate) * up, the only use of up: one GEMM with the SwiGLU epilogue (`fusion_rules.swiglu_ops`)."""
+    """[gate, up] among sibling linears when the only use of gate is a gated activation act (silu, GeLU),
+    whose only use is act(gate) * up, the only use of up: one GEMM with the gated (SwiGLU / GeGLU) epilogue
+    (`fusion_rules.swiglu_ops`)."""
     for gate in users:
         act = gate.result.uses[0] if len(gate.result.uses) == 1 else None
-        if act is None or act.opcode != "silu" or len(act.result.uses) != 1:
+        if act is None or not _gated_act(act) or len(act.result.uses) != 1:
             continue
         mul = act.result.uses[0]
         other = [v for v in mul.operands if v is not act.result]

@@ -54,6 +54,7 @@ from fxforge.passes.fusion_rules import (
     GemmRule,
     activation_of,
     cat_ok,
+    gated_activation,
     gemm_rule,
     host_reason,
     kernel_types_ok,
@@ -122,7 +123,7 @@ EPILOGUE: list[tuple[str, Callable[..., Any]]] = [
     ("out_dtype", _out_dtype)]
 _LINEAR_ONLY = {"bias", "mul", "residual", "out_dtype"}  # a batched matmul's template call has none of them
 _DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None, "out_dtype": None,
-             "norm": None, "swiglu": False}
+             "norm": None, "swiglu": False, "gate": "silu"}
 _STEP = {key: i for i, (key, _) in enumerate(EPILOGUE)}
 
 # -- the partition ------------------------------------------------------------------------------
@@ -293,7 +294,7 @@ class _Partitioner:
         swiglu = swiglu_ops(op, self.graph) if rule.swiglu else None
         if swiglu is not None and all(self.free(o) for o in swiglu):  # the activation and mul steps, in the template
             members += swiglu
-            params["swiglu"], y, nxt = True, swiglu[-1].result, _STEP["residual"]
+            params["swiglu"], params["gate"], y, nxt = True, gated_activation(swiglu), swiglu[-1].result, _STEP["residual"]
         while single_use(y, self.graph):
             user = y.uses[0]
             if not self.free(user) or not kernel_types_ok(user) or (not linear_like and len(members) > 1):
@@ -307,7 +308,7 @@ class _Partitioner:
         epi = [m.opcode for m in members[1:] if m is not norm]
         reason = f"gemm + epilogue ({', '.join(epi)})" if epi else "gemm alone"
         if params["norm"]:
-            reason = "rms_norm prologue + " + reason
+            reason = f"{params['norm'].opcode} prologue + " + reason
         src = op.operands[0].producer
         if rule.keep and src is not None and src.opcode == "row_keep":  # FFN skipping: early exit on the flags
             params["keep"] = src.operands[1]

@@ -16,14 +16,16 @@ from typing import Any
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.lowp_ops import SCHEMES
+from fxforge.ir.optable import GATED_ACTIVATIONS
 from fxforge.ir.types import NM, BlockFP, Quantized, dims_equal
 
 FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
             "(#quantized const weight) the same without the scale and the mul; dense linear also: a "
-            "single-use rms_norm(x, w[K]) producer as a prologue, and silu(y[..., :N]) * y[..., N:] of its "
-            "[gate; up] result (SwiGLU) as the activation + mul steps; a qlinear whose weight is in a decode "
+            "single-use rms_norm(x, w[K]) or layer_norm(x, w[K], b[K]?) producer as a prologue (NORM_PROLOGUES), "
+            "and act(y[..., :N]) * y[..., N:] of its [gate; up] result (SwiGLU; GeGLU: act a GATED_ACTIVATIONS "
+            "entry) as the activation + mul steps; a qlinear whose weight is in a decode "
             "layout the same two (SwiGLU over interleaved rows: "
             "silu(y[..., 0::2]) * y[..., 1::2]); a linear/qlinear whose input is "
             "a row_keep also reads its keep flags (FFN skipping's early exit; not the MX/NVFP4 schemes yet)",
@@ -33,8 +35,8 @@ FUSION_RULES = {
     "horizontal": "pointwise trees of one domain shape reading a common input, independent of each other: one "
                   "kernel, several outputs",
     "attention": "attention alone (flash-attention template)",
-    "rope_cache": "q/k/v head views of a [q; k; v] GEMM output + RoPE of q and k + cache_write of k and v: one "
-                  "template launch (RoPE'd q out, k/v written into the static cache in place)",
+    "rope_cache": "q/k/v head views of a [q; k; v] GEMM output (+ per-head q/k rms_norm) + RoPE of q and k + "
+                  "cache_write of k and v: one template launch (RoPE'd q out, k/v written into the static cache in place)",
     "kv_attention": "attention whose K/V are kv_loads of packed KV caches (+ their GQA repeat views): one template "
                     "launch at T=1, the cache rows decoded in the key loop",
     "hadamard": "hadamard alone (fast Walsh-Hadamard template)",
@@ -305,6 +307,11 @@ def host_reason(op: Op) -> str:
     return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"
 
 
+def gated_activation(chain: list[Op]) -> str:
+    """The activation (`GATED_ACTIVATIONS`) of a `swiglu_ops` chain: the gated epilogue's `gate=`."""
+    return activation_of(chain[2])
+
+
 def decode_fusions_ok(op: Op) -> bool:
     """A qlinear fuses a norm prologue or a SwiGLU epilogue only in the 4-bit decode kernel (`qlinear_decode_fuse`):
     a weight in a decode layout, no LoRC; a dense linear always may (`gemm.py`)."""
@@ -313,23 +320,31 @@ def decode_fusions_ok(op: Op) -> bool:
     return bool(getattr(op.operands[1].type.encoding, "layout", "")) and not op.attrs["lorc_rank"]
 
 
+# the norms a GEMM's load computes (`gemm.py` HAS_NORM): opcode -> (operand counts, GEMM opcodes whose template
+# has that prologue). LayerNorm (with weight, bias optional): the dense GEMM only (the 4-bit decode kernel: RMSNorm)
+NORM_PROLOGUES = {"rms_norm": ((2,), ("linear", "qlinear")), "layer_norm": ((2, 3), ("linear",))}
+
+
 def norm_prologue(op: Op, graph: Graph) -> Op | None:
-    """The `rms_norm(x, w)` producing the GEMM's input that its load can compute (`gemm.py` HAS_NORM): a
-    row-kernel rms_norm whose single-use result has x's dtype, with a weight [K]; else None."""
+    """The norm (`NORM_PROLOGUES`: `rms_norm(x, w)`, `layer_norm(x, w[, b])`) producing the GEMM's input that its
+    load can compute: a row-kernel norm whose single-use result has x's dtype, with a weight (and bias) [K]."""
     y = op.operands[0]
     p = y.producer
-    if not decode_fusions_ok(op):
+    if not decode_fusions_ok(op) or p is None or p.opcode not in NORM_PROLOGUES:
         return None
-    if p is None or p.opcode != "rms_norm" or len(p.operands) != 2 or not single_use(y, graph) or not row_ok(p):
+    arity, gemms = NORM_PROLOGUES[p.opcode]
+    if len(p.operands) not in arity or op.opcode not in gemms or not single_use(y, graph) or not row_ok(p):
         return None
-    x, w = p.operands
-    ok = x.type.dtype == y.type.dtype and w.type.rank == 1 and dims_equal(w.type.shape[0], x.type.shape[-1])
+    x, *params = p.operands
+    ok = x.type.dtype == y.type.dtype and all(w.type.rank == 1 and dims_equal(w.type.shape[0], x.type.shape[-1])
+                                              for w in params)
     return p if ok and x.type.rank >= 1 else None
 
 
 def swiglu_ops(op: Op, graph: Graph, interleaved: bool | None = None) -> list[Op] | None:
-    """[gate slice, up slice, silu, mul] when the bias-free GEMM's result y [..., 2N] is read only as
-    silu(y[..., :N]) * y[..., N:] (concat_linears' gate/up GEMM), else None. `interleaved` (a qlinear's
+    """[gate slice, up slice, act, mul] when the bias-free GEMM's result y [..., 2N] is read only as
+    act(y[..., :N]) * y[..., N:] with act one of `GATED_ACTIVATIONS` (concat_linears' gate/up GEMM; the
+    template computes it: `gated_activation`), else None. `interleaved` (a qlinear's
     default: the decode kernel's rows, `decode_layout.interleave_swiglu`): silu(y[..., 0::2]) * y[..., 1::2]."""
     y = op.result
     n2 = y.type.shape[-1] if y.type.rank else None
@@ -348,7 +363,7 @@ def swiglu_ops(op: Op, graph: Graph, interleaved: bool | None = None) -> list[Op
     if gate is None or up is None or not single_use(gate.result, graph) or not single_use(up.result, graph):
         return None
     act = gate.result.uses[0]
-    if activation_of(act) != "silu" or not single_use(act.result, graph):
+    if activation_of(act) not in GATED_ACTIVATIONS or not single_use(act.result, graph):
         return None
     mul = act.result.uses[0]
     if mul.opcode != "mul" or {id(v) for v in mul.operands} != {id(act.result), id(up.result)}:

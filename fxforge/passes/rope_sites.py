@@ -9,12 +9,21 @@ The shape matched, per decoder layer (HF's Llama/Qwen2 attention after `concat_l
     v'  = cache_write(v_cache, pos, x_v)
     rope(x) = add(mul(x, cos), mul(cat(neg(x[..., D/2:]), x[..., :D/2]), sin))   (either operand order)
 
+Partial RoPE (StableLM; Phi3 below partial_rotary_factor 1): rope(x) = cat(rope_R(x[..., :R]), x[..., R:]), cos and
+sin of R channels; the site's `rotary_dim` is R.
+
+Per-head q/k norms (Qwen3, Gemma3, OLMo3-style `q_norm`/`k_norm` over head_dim) sit between the reshape and
+the permute of q and k (x_h = permute(rms_norm(reshape(...), w[D]), [0, 2, 1, 3])) or after the permute (Gemma3);
+both or neither, one eps.
+
 Decisions:
 - The QKV GEMM may be a dense `linear` or a `qlinear` (quantized weights stacked by `concat_linears`):
   the rope_cache kernel reads the GEMM's output, whichever template wrote it.
 - Matched structurally on the IR (no new opcode): the graph stays the one the reference executor
   runs, and the fuse pass only records which ops run together.
 - The caches may be packed (`cache_write`s of a KV format, both alike): the template encodes the rows.
+- The q/k norms are recognised variants of the head view, not a new site: the template normalises each q/k
+  head row before RoPE with the rms_norm row kernel's steps and roundings (`gemm.rms_scale`).
 - Every intermediate must be single-use and of one float dtype; q and k must share cos and sin;
   the three slices must tile the GEMM's output in order q, k, v. Anything else is left to the
   generic rules (pointwise RoPE kernels and host cache writes): never a wrong fusion, at worst fewer.
@@ -48,6 +57,8 @@ class RopeSite:
     head_dim: int
     format: str = "dense"  # the caches' format (`cache_ops.CACHE_FORMATS`): a KV format writes packed rows
     block: int = 32
+    qk_norm: tuple[Value, Value, float] | None = None  # per-head RMSNorm weights of q and k [D] and eps
+    rotary_dim: int = 0  # channels [0, rotary_dim) rotated, the rest passed through (partial RoPE); 0: head_dim
 
 
 def _only_use(v: Value, graph: Graph, opcode: str) -> Op | None:
@@ -57,16 +68,29 @@ def _only_use(v: Value, graph: Graph, opcode: str) -> Op | None:
     return u if u.opcode == opcode else None
 
 
-def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int] | None:
-    """slice -> reshape [B, S, H, D] -> permute [0, 2, 1, 3]: (x_h, the three ops, H, D)."""
+def _head_norm(r: Op, graph: Graph) -> Op | None:
+    """The per-head `rms_norm(x_h, w[D])` reading the head view `r` (reshape or permute), its only use (else None)."""
+    n = _only_use(r.result, graph, "rms_norm")
+    d = r.result.type.shape[-1]
+    if n is None or len(n.operands) != 2 or n.result.type != r.result.type:
+        return None
+    w = n.operands[1].type
+    return n if w.rank == 1 and w.shape[0] == d and w.dtype == r.result.type.dtype else None
+
+
+def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, Op | None] | None:
+    """slice -> reshape [B, S, H, D] -> [rms_norm over D] -> permute [0, 2, 1, 3]: (x_h, the ops, H, D, the norm)."""
     r = _only_use(sl.result, graph, "reshape")
-    p = _only_use(r.result, graph, "permute") if r is not None else None
+    norm = _head_norm(r, graph) if r is not None and r.result.type.rank == 4 else None
+    p = _only_use((norm or r).result, graph, "permute") if r is not None else None
     if p is None or r.result.type.rank != 4 or list(p.attrs["dims"]) != [0, 2, 1, 3]:
         return None
     _, _, h, d = r.result.type.shape
     if not isinstance(h, int) or not isinstance(d, int) or d % 2:
         return None
-    return p.result, [sl, r, p], h, d
+    after = _head_norm(p, graph) if norm is None else None  # Gemma3 norms the heads after the transpose
+    norm = norm or after
+    return (after or p).result, [sl, r, p] + ([norm] if norm else []), h, d, norm
 
 
 def _mul_by(m: Op, x: Value) -> Value | None:
@@ -104,6 +128,31 @@ def _rope(x: Value, graph: Graph, d: int) -> tuple[Value, Value, Value, list[Op]
     return add.result, cos, sin, ops
 
 
+def _partial_rope(x: Value, graph: Graph, d: int) -> tuple[Value, Value, Value, list[Op], int] | None:
+    """rope over all D channels (rotary dim D), or partial RoPE (StableLM, Phi3 with partial_rotary_factor < 1):
+    cat(rope(x[..., :R]), x[..., R:]) with R even: (result, cos, sin, ops, R), else None."""
+    full = _rope(x, graph, d)
+    if full is not None:
+        return (*full, d)
+    parts = {(u.attrs["start"], min(u.attrs["end"], d)): u for u in x.uses if u.opcode == "slice" and u.attrs["dim"] % 4 == 3
+             and u.attrs["step"] == 1}
+    if len(x.uses) != 2 or len(parts) != 2 or any(x is o for o in graph.outputs):
+        return None
+    rot = next((u for (a, b), u in parts.items() if a == 0 and 0 < b < d and b % 2 == 0), None)
+    r = rot.attrs["end"] if rot is not None else 0
+    rest = parts.get((r, d))
+    inner = _rope(rot.result, graph, r) if rot is not None and rest is not None else None
+    cat = _only_use(inner[0], graph, "cat") if inner is not None else None
+    if cat is None or cat.attrs["dim"] % 4 != 3 or list(cat.operands) != [inner[0], rest.result] or not _single_use(
+            rest.result, graph) or cat.result.type.shape != x.type.shape:
+        return None
+    return cat.result, inner[1], inner[2], [rot, rest, *inner[3], cat], r
+
+
+def _single_use(v: Value, graph: Graph) -> bool:
+    return len(v.uses) == 1 and not any(v is o for o in graph.outputs)
+
+
 def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     rank = qkv.type.rank
     slices = sorted((u for u in qkv.uses), key=lambda u: u.attrs.get("start", -1))
@@ -116,9 +165,12 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     heads = [_heads(u, graph) for u in slices]
     if any(h is None for h in heads) or len({h[3] for h in heads}) != 1 or heads[1][2] != heads[2][2]:
         return None
-    (xq, oq, hq, d), (xk, ok, hkv, _), (xv, ov, _, _) = heads
-    rq, rk = _rope(xq, graph, d), _rope(xk, graph, d)
-    if rq is None or rk is None or rq[1] is not rk[1] or rq[2] is not rk[2]:
+    (xq, oq, hq, d, nq), (xk, ok, hkv, _, nk), (xv, ov, _, _, nv) = heads
+    if nv is not None or (nq is None) != (nk is None) or (nq is not None and nq.attrs["eps"] != nk.attrs["eps"]):
+        return None
+    qk_norm = (nq.operands[1], nk.operands[1], float(nq.attrs["eps"])) if nq is not None else None
+    rq, rk = _partial_rope(xq, graph, d), _partial_rope(xk, graph, d)
+    if rq is None or rk is None or rq[1] is not rk[1] or rq[2] is not rk[2] or rq[4] != rk[4]:
         return None
     cw_k, cw_v = _only_use(rk[0], graph, "cache_write"), _only_use(xv, graph, "cache_write")
     if cw_k is None or cw_v is None or cw_k.operands[2] is not rk[0] or cw_v.operands[2] is not xv:
@@ -129,7 +181,7 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
         return None
     ops = [*oq, *ok, *ov, *rq[3], *rk[3], cw_k, cw_v]
     return RopeSite(ops, qkv, rq[1], rq[2], cw_k.operands[1], cw_k.operands[0], cw_v.operands[0], rq[0],
-                    cw_k.result, cw_v.result, hq, hkv, d, *fmt)
+                    cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm, rq[4])
 
 
 def rope_sites(graph: Graph) -> list[RopeSite]:

@@ -109,6 +109,7 @@ def decode_specs(arch: int) -> list[dict]:
                      gemm_spec(dt, M, 2048, 8192, residual=True, arch=arch),
                      gemm_spec(dt, M, 128256, 2048, norm=True, arch=arch)]
             specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in layer]
+    specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, gate="gelu_tanh", arch=arch))  # GeGLU
     unique: dict[str, dict] = {}
     for s in specs:
         key = repr((sorted(s["signature"].items()), sorted(s["constexprs"].items()), s["num_warps"], s["num_stages"]))

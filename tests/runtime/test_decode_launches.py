@@ -4,7 +4,7 @@ models are a GQA Qwen2 (q/k/v biases) and a GQA Llama (none) compiled with
 `compile_decoder(..., executor="interpret")`; the per-layer count is the difference between a 2-layer
 and a 1-layer model. Per layer today: QKV GEMM (RMSNorm prologue, bias), rope_cache (RoPE of q and k,
 k/v written into the cache), decode attention, o_proj GEMM (+ residual), gate/up GEMM (RMSNorm
-prologue, SwiGLU epilogue), down GEMM (+ residual); the rest: the mask (2 kernels), the RoPE tables
+prologue, SwiGLU epilogue), down GEMM (+ residual); the rest: the mask (1 kernel; 2 before `canonicalize.sink_index_unsqueeze`), the RoPE tables
 (cos and sin in one kernel) and the lm_head GEMM with the final norm as its prologue. With a packed KV
 cache (kv_cache="int8") the same kernels run: rope_cache encodes the rows, decode attention decodes them."""
 

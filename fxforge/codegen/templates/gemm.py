@@ -15,8 +15,11 @@
   HAS_NORM: an RMSNorm prologue, A = rms_norm(X, norm_w, eps) computed in the load (a first pass over K
   gives each row's 1/rms; the main loop scales, rounds to X's dtype as Llama does, multiplies by the norm
   weight and rounds again, exactly the row kernel's steps), so the norm that starts a block needs no
-  launch of its own. SWIGLU: W is the concatenated [gate; up] weight [2N, K] and the kernel computes
-  silu(A @ Wg^T) * (A @ Wu^T) with two accumulators over one A tile (the SwiGLU MLP's gate/up GEMM, out [M, N]).
+  launch of its own; LAYER_NORM (+ HAS_NB): a LayerNorm prologue instead (StableLM, Starcoder2, Cohere: mean and
+  variance in two passes, (x - mean) * rstd * w + b in fp32, one rounding, the layer_norm row kernel's steps).
+  SWIGLU: W is the concatenated [gate; up] weight [2N, K] and the kernel computes
+  act(A @ Wg^T) * (A @ Wu^T) with two accumulators over one A tile (the gated MLP's gate/up GEMM, out [M, N]);
+  act is GATE, one of `ir.optable.GATED_ACTIVATIONS` (silu: SwiGLU; gelu_tanh: Gemma's GeGLU).
   SPLIT_K > 1 (the decode table's M <= 16 GEMVs of few output tiles): K split across grid axis 1, the
   tile's last split sums the fp32 partials in split order and runs the epilogue (`split_k.py`).
 `linear(..., out=, ws=)` writes a planned buffer and takes its scratch from the pool's workspace
@@ -42,6 +45,7 @@ from fxforge.codegen.pool import Workspace, counters, out_tensor, scratch
 from fxforge.codegen.templates.split_k import split_range, split_sum
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
+from fxforge.ir.optable import GATED_ACTIVATIONS
 
 patch_interpreter()  # Triton 3.6's interpreter under numpy >= 2.4: see triton_compat
 
@@ -138,6 +142,34 @@ def row_rstd(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M: tl.co
 
 
 @triton.jit
+def row_moments(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(mean, 1 / sqrt(var + eps)) of the BLOCK_M rows of A (fp32; two passes, as the layer_norm row kernel centres
+    before squaring): the LayerNorm prologue's statistics."""
+    offs_k = tl.arange(0, BLOCK_K)
+    s = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        ks = k0 * BLOCK_K + offs_k
+        s += tl.sum(tl.load(a_ptr + offs_m[:, None] * stride_am + ks[None, :] * stride_ak,
+                            mask=mask_m[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32), axis=1)
+    mean = s / K
+    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        ks = k0 * BLOCK_K + offs_k
+        m = mask_m[:, None] & (ks[None, :] < K)
+        x = tl.load(a_ptr + offs_m[:, None] * stride_am + ks[None, :] * stride_ak, mask=m, other=0.0).to(tl.float32)
+        d = tl.where(m, x - mean[:, None], 0.0)
+        ss += tl.sum(d * d, axis=1)
+    return mean, tl.rsqrt(ss / K + eps)
+
+
+@triton.jit
+def ln_scale(x, mean, rstd, g, nb):
+    """x [rows, cols] layer-normalised by its rows' `row_moments`, times g plus nb [cols] in fp32, one rounding to
+    x's dtype (the layer_norm row kernel's steps)."""
+    return (((x.to(tl.float32) - mean[:, None]) * rstd[:, None]) * g[None, :] + nb[None, :]).to(x.dtype)
+
+
+@triton.jit
 def rms_scale(x, rstd, g):
     """x [rows, cols] normalised by its rows' `row_rstd` and weighted by g [cols] (fp32) with the rms_norm row
     kernel's steps and roundings: scale, round to x's dtype, weight, round."""
@@ -156,6 +188,7 @@ def gemm_kernel(
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, HAS_MUL: tl.constexpr = False,
     HAS_KEEP: tl.constexpr = False,
     norm_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, SWIGLU: tl.constexpr = False,
+    GATE: tl.constexpr = "silu", nb_ptr=None, LAYER_NORM: tl.constexpr = False, HAS_NB: tl.constexpr = False,
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1,
 ):
     """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile (and per
@@ -163,7 +196,10 @@ def gemm_kernel(
     offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     rows_a, n_k = keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K, HAS_KEEP)
     if HAS_NORM:
-        rstd = row_rstd(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M, BLOCK_K)
+        if LAYER_NORM:
+            mean, rstd = row_moments(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M, BLOCK_K)
+        else:
+            rstd = row_rstd(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M, BLOCK_K)
     k_lo = 0
     if SPLIT_K > 1:
         k_lo, n_k = split_range(n_k, k_per_split)
@@ -179,7 +215,13 @@ def gemm_kernel(
         w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
         if HAS_NORM:
             g = tl.load(norm_ptr + k0 * BLOCK_K + offs_k, mask=offs_k < k_left, other=0.0).to(tl.float32)
-            a = rms_scale(a, rstd, g)
+            if LAYER_NORM:
+                nb = g * 0.0
+                if HAS_NB:
+                    nb = tl.load(nb_ptr + k0 * BLOCK_K + offs_k, mask=offs_k < k_left, other=0.0).to(tl.float32)
+                a = ln_scale(a, mean, rstd, g, nb)
+            else:
+                a = rms_scale(a, rstd, g)
         if UPCAST:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
@@ -192,7 +234,7 @@ def gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
     if SWIGLU:  # the activation and mul steps of the epilogue, done here on the two accumulators
-        acc = acc * tl.sigmoid(acc) * acc_up
+        acc = apply_activation(acc, GATE) * acc_up
 
     last = True
     if SPLIT_K > 1:  # the tile's last split sums the partials (in split order) and runs the epilogue
@@ -245,9 +287,12 @@ def epilogue_operands(lead: tuple, N: int, *, bias: torch.Tensor | None = None, 
     return tuple(out)
 
 
-def _check_fusions(x: torch.Tensor, w: torch.Tensor, norm: tuple | None, swiglu: bool, plain: bool) -> None:
+def _check_fusions(x: torch.Tensor, w: torch.Tensor, norm: tuple | None, swiglu: bool, plain: bool,
+                   gate: str = "silu") -> None:
     """The prologue/epilogue fusions' operands: norm weight [K]; SWIGLU: an even row count, no bias,
-    activation, mul or scale (the gate/up epilogue replaces those steps)."""
+    activation, mul or scale (the gate/up epilogue replaces those steps), a gated activation `gate`."""
+    if gate not in GATED_ACTIVATIONS:
+        raise ShapeError(f"unknown gated activation gate={gate!r}; use one of {GATED_ACTIVATIONS}")
     if norm is not None and tuple(norm[0].shape) != (x.shape[-1],):
         raise ShapeError(f"norm weight must have shape ({x.shape[-1]},), got {tuple(norm[0].shape)}")
     if swiglu and (w.shape[0] % 2 or not plain):
@@ -258,21 +303,30 @@ def _check_fusions(x: torch.Tensor, w: torch.Tensor, norm: tuple | None, swiglu:
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
            residual: torch.Tensor | None = None, scale: float = 1.0, out_dtype: torch.dtype | None = None,
            mul: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-           norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
+           norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False, gate: str = "silu",
+           layer_norm: tuple[torch.Tensor, torch.Tensor | None, float] | None = None,
            out: torch.Tensor | None = None, ws: Workspace | None = None, split_k: int | None = None) -> torch.Tensor:
     """activation(scale * x @ w.T + bias) * mul + residual for x [..., K], w [N, K]; like F.linear plus an
     epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
     unless their layout cannot be viewed as [M, N]). `keep` [..., 1]: FFN-skip flags of x's rows (x's
     rows with keep 0 must be zero, as `row_keep` makes them): tiles whose rows are all off skip the K loop.
-    `norm=(weight, eps)`: x is rms_norm'ed in the load; `swiglu`: w is [gate; up] [2N, K] and the result
-    silu(x @ gate.T) * (x @ up.T) [..., N]. `out`: the result's storage (contiguous [..., N], a planned
+    `norm=(weight, eps)`: x is rms_norm'ed in the load (`layer_norm=(weight, bias or None, eps)`:
+    layer_norm'ed); `swiglu`: w is [gate; up] [2N, K] and the result
+    act(x @ gate.T) * (x @ up.T) [..., N], act = `gate` (silu, gelu_tanh, gelu). `out`: the result's storage (contiguous [..., N], a planned
     buffer of the generated `run()`), else allocated; `ws`: the workspace scratch comes from (split-K's
     partials and counters); `split_k`: K splits instead of the decode table's (tests force them)."""
     if activation not in ACTIVATIONS:
         raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
     if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1]:
         raise ShapeError(f"linear needs x [..., K] and w [N, K]; got x {tuple(x.shape)} and w {tuple(w.shape)}")
-    _check_fusions(x, w, norm, swiglu, bias is None and activation == "none" and mul is None and scale == 1.0)
+    nb = None
+    if layer_norm is not None:  # the same prologue with the LayerNorm statistics and bias
+        if norm is not None:
+            raise ShapeError("linear takes one norm prologue: norm= (RMSNorm) or layer_norm=, not both")
+        norm, nb = (layer_norm[0], layer_norm[2]), layer_norm[1]
+        if nb is not None and tuple(nb.shape) != (x.shape[-1],):
+            raise ShapeError(f"layer_norm bias must have shape ({x.shape[-1]},), got {tuple(nb.shape)}")
+    _check_fusions(x, w, norm, swiglu, bias is None and activation == "none" and mul is None and scale == 1.0, gate)
     K = x.shape[-1]
     N = w.shape[0] // 2 if swiglu else w.shape[0]
     lead = tuple(x.shape[:-1])
@@ -305,7 +359,8 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=8,
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None, HAS_MUL=mul is not None,
         norm_ptr=norm[0].contiguous() if norm is not None else None, eps=float(norm[1]) if norm is not None else 0.0,
-        HAS_NORM=norm is not None, SWIGLU=swiglu, **dot_options(x.dtype, w.dtype),
+        HAS_NORM=norm is not None, SWIGLU=swiglu, GATE=gate, LAYER_NORM=layer_norm is not None, HAS_NB=nb is not None,
+        nb_ptr=nb.contiguous() if nb is not None else None, **dot_options(x.dtype, w.dtype),
         part_ptr=part, lock_ptr=locks, k_per_split=per, SPLIT_K=splits,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )

@@ -232,8 +232,8 @@ def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr,
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y = apply_activation(y, ACTIVATION)
-    if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs silu(g) * u of N / 2
-        y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N)
+    if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs act(g) * u of N / 2; SWIGLU names act
+        y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N, SWIGLU)
     mask = (offs_m < M)[:, None] & mask_n[None, :]
     if HAS_RESIDUAL:
         y += tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -282,7 +282,7 @@ def _narrow_x(arch: int | None) -> bool:
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
                       residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
                       keep: torch.Tensor | None = None, asm: bool | None = None,
-                      norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
+                      norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False, gate: str = "silu",
                       out: torch.Tensor | None = None, ws: Workspace | None = None,
                       split_k: int | None = None) -> torch.Tensor:
     """`qlinear_ref` with the scheme's epilogue (bias, activation, residual) for fp16 x [..., K] (any number of
@@ -296,8 +296,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     result's storage (a planned buffer, `codegen.pool.out_tensor`); w4a8-fp's prefill still allocates its activation
     codes. `norm=(weight, eps)`: x is rms_norm'ed first, in the kernel (M <= 16) or by one row kernel (prefill),
     into scratch from `ws`; `swiglu`: the weight's 2N rows are interleaved (gate, up) pairs and the result is
-    silu(gate) * up [..., N] (`qlinear_decode_fuse`). `split_k`: K splits instead of the table's (M <= 16; tests
-    force them): fp32 partials from `ws`, summed by each tile's last split (`split_k.py`)."""
+    act(gate) * up [..., N], act = `gate` (`qlinear_decode_fuse`). `split_k`: K splits instead of the table's (M <= 16;
+    tests force them): fp32 partials from `ws`, summed by each tile's last split (`split_k.py`)."""
     enc, p = weight.encoding, weight.payload
     if not enc.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
@@ -309,7 +309,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     if x.dtype != torch.float16 or x.shape[-1] != K:
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}]")
     fp4 = layout_format(enc.layout) == "f4e2m1"
-    check_fusions(norm, swiglu, N, K, bias is None and activation == "none")
+    check_fusions(norm, swiglu, N, K, bias is None and activation == "none", gate)
     n_out = N // 2 if swiglu else N
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
@@ -342,8 +342,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
-        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, PACK=cfg["PACK"], PRMT=cfg["PRMT"],
-        **fused,
+        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu and gate, PACK=cfg["PACK"],
+        PRMT=cfg["PRMT"], **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out.reshape(*lead, n_out)
 
@@ -379,7 +379,7 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
            "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
-             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu,
+             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu and "silu",
              "PACK": cfg["PACK"], "PRMT": cfg["PRMT"], "SPLIT_K": split}
     sig["eps"] = "fp32"
     if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split

@@ -8,7 +8,7 @@ row kernel `rms_norm_rows_kernel`, and `prologue`, the launcher's part that deci
   `decode_layout` pass (a row permutation of the row-major payload, before the decode layout is made: group
   scales and zero points move with their rows; the two slices of the IR become step-2 slices, so the reference
   semantics hold). A BLOCK_N tile of the accumulator then holds BLOCK_N/2 whole (gate, up) pairs:
-  `swiglu_pairs` splits them in registers and returns silu(gate) * up with the output's column offsets and
+  `swiglu_pairs` splits them in registers and returns act(gate) * up (act: silu, or GeGLU's GeLU) with the output's column offsets and
   mask (N/2 columns). fp32 throughout, as the dense GEMM's SwiGLU epilogue (`gemm.py` SWIGLU). The pair's two
   halves are taken by a masked sum over the pair axis (register-local): `tl.split` spilled 8 bytes in the w4a8-fp
   group-32 kernel on sm_80 with Triton 3.9.
@@ -42,10 +42,11 @@ import triton.language as tl
 from fxforge.codegen.decode import fp8e4m3_to_f32
 from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.act_quant import f32_to_fp8e4m3, quantize_activations
-from fxforge.codegen.templates.gemm import rms_scale, row_rstd
+from fxforge.codegen.templates.gemm import apply_activation, rms_scale, row_rstd
 from fxforge.codegen.templates.split_k import split_range
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
+from fxforge.ir.optable import GATED_ACTIVATIONS
 from fxforge.ir.weight_layouts import DECODE_ROWS
 
 PREFILL_ROWS = 64  # rows per program of `rms_norm_rows_kernel`
@@ -100,14 +101,14 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
 
 
 @triton.jit
-def swiglu_pairs(y, pid, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """y [BLOCK_M, BLOCK_N] over interleaved (gate, up) rows -> silu(gate) * up [BLOCK_M, BLOCK_N/2], its output
-    columns (N/2 in all) and their mask."""
+def swiglu_pairs(y, pid, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GATE: tl.constexpr = "silu"):
+    """y [BLOCK_M, BLOCK_N] over interleaved (gate, up) rows -> act(gate) * up [BLOCK_M, BLOCK_N/2], act = GATE (a
+    gated activation, `ir.optable.GATED_ACTIVATIONS`), its output columns (N/2 in all) and their mask."""
     pairs = tl.reshape(y, (BLOCK_M, BLOCK_N // 2, 2))
     first = (tl.arange(0, 2) == 0)[None, None, :]
     gate, up = tl.sum(tl.where(first, pairs, 0.0), axis=2), tl.sum(tl.where(first, 0.0, pairs), axis=2)
     offs = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-    return gate * tl.sigmoid(gate) * up, offs, offs < N // 2
+    return apply_activation(gate, GATE) * up, offs, offs < N // 2
 
 
 @triton.jit
@@ -117,9 +118,11 @@ def rms_norm_rows_kernel(x_ptr, stride_xm, xn_ptr, g_ptr, eps, M, K, BLOCK_M: tl
     prologue_rows(x_ptr, stride_xm, xn_ptr, xn_ptr, g_ptr, eps, offs_m, M, K, True, False, BLOCK_M, BLOCK_K)
 
 
-def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: bool) -> None:
+def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: bool, gate: str = "silu") -> None:
     """The fused operands of `qlinear_w4_decode`: a norm weight [K], an even row count and no bias or activation
-    with swiglu (the epilogue replaces them)."""
+    with swiglu (the epilogue replaces them), a gated activation `gate`."""
+    if gate not in GATED_ACTIVATIONS:
+        raise ShapeError(f"qlinear_w4_decode: unknown gated activation gate={gate!r}; use one of {GATED_ACTIVATIONS}")
     if norm is not None and tuple(norm[0].shape) != (K,):
         raise ShapeError(f"qlinear_w4_decode norm weight must have shape ({K},), got {tuple(norm[0].shape)}")
     if swiglu and (n_rows % 2 or not plain):

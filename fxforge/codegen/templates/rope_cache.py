@@ -19,6 +19,11 @@ Decisions:
 - The partner half for rotate_half is loaded again from memory at (d + D/2) mod D (L1-resident)
   rather than permuted in registers: no reshape/split tricks, the same code on Triton 3.6 and 3.9.
 - fp32 math, one rounding at the store (the generated pointwise kernel's convention).
+- `rotary_dim` R < D (partial RoPE): channel d < R pairs with (d + R/2) mod R, channels past R are copied; the
+  same code at R = D is the full rotation.
+- `qk_norm=(q_w, k_w, eps)` (Qwen3's q_norm / k_norm, `rope_sites._head_norm`): a q or k program first takes its
+  head row's 1/rms, then every channel it reads (the partner half too) is normalised with `gemm.rms_scale`'s
+  steps (scale, round to qkv's dtype, weight, round), so RoPE sees exactly what the rms_norm row kernel wrote.
 - Packed: a k / v program computes its row as even and odd channels [blocks, block / 2] (RoPE evaluated
   at those indices), so the encoder reduces each block along one axis and pairs bfp4's nibbles without
   reshapes; q heads take the dense path (a runtime branch on the head, one kernel for all heads).
@@ -37,14 +42,40 @@ from fxforge.ir.kv_ops import kv_row_layout
 
 
 @triton.jit
-def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr):
-    """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row`."""
-    x = tl.load(row + d * stride_xn, mask=md, other=0.0).to(tl.float32)
-    partner = tl.load(row + ((d + D // 2) % D) * stride_xn, mask=md, other=0.0).to(tl.float32)
-    rot = tl.where(d < D // 2, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
-    c = tl.load(c_ptr + d * stride_cd, mask=md, other=0.0).to(tl.float32)
-    sn = tl.load(s_ptr + d * stride_cd, mask=md, other=0.0).to(tl.float32)
-    return tl.where(rotate, x * c + rot * sn, x)
+def _head_rstd(row, stride_xn, eps, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """1 / sqrt(mean(x^2) + eps) of the head row at `row` (fp32): the per-head q/k RMSNorm's scale."""
+    d = tl.arange(0, BLOCK_D)
+    x = tl.load(row + d * stride_xn, mask=d < D, other=0.0).to(tl.float32)
+    return tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
+
+
+@triton.jit
+def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM: tl.constexpr):
+    """Channels `d` of the head row (fp32); QK_NORM: the head's RMSNorm (weights qn / kn [D], its row's `rstd`)
+    applied where is_q or is_k with `gemm.rms_scale`'s steps and roundings (v heads as loaded)."""
+    x = tl.load(row + d * stride_xn, mask=md, other=0.0)
+    if QK_NORM:
+        vq, vk = (d * 0 + is_q.to(tl.int32)) != 0, (d * 0 + is_k.to(tl.int32)) != 0  # vector masks (the interpreter)
+        g = tl.load(qn_ptr + d, mask=md & vq, other=0.0).to(tl.float32) + tl.load(
+            kn_ptr + d, mask=md & vk, other=0.0).to(tl.float32)
+        xn = ((x.to(tl.float32) * rstd).to(x.dtype).to(tl.float32) * g).to(x.dtype)
+        x = tl.where(vq | vk, xn, x)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr, qn_ptr, kn_ptr, rstd, is_q,
+             is_k, QK_NORM: tl.constexpr, ROT: tl.constexpr):
+    """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row` (QK_NORM: normed first);
+    channels past ROT (partial RoPE) pass through."""
+    x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
+    in_rot = d < ROT
+    partner = _channel(row, tl.where(in_rot, (d + ROT // 2) % ROT, d), md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k,
+                       QK_NORM)
+    rot = tl.where(d < ROT // 2, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
+    c = tl.load(c_ptr + d * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
+    sn = tl.load(s_ptr + d * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
+    return tl.where(rotate, tl.where(in_rot, x * c + rot * sn, x), x)
 
 
 @triton.jit
@@ -52,8 +83,10 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       S, stride_xb, stride_xs, stride_xn, stride_cb, stride_cs, stride_cd,
                       stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
                       HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                      FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, NB: tl.constexpr):
-    """Head program_id(1) of token program_id(0) = b * S + s: RoPE on q/k heads, then store q / write the cache."""
+                      FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, NB: tl.constexpr,
+                      qn_ptr=None, kn_ptr=None, eps=0.0, QK_NORM: tl.constexpr = False, ROT: tl.constexpr = 0):
+    """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k heads,] RoPE on q/k heads, then store
+    q / write the cache."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     b = t // S
@@ -63,11 +96,16 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
     p = tl.load(pos_ptr + s)
     hk = tl.minimum(tl.maximum(h - HQ, 0), HKV - 1)
     hv = tl.minimum(tl.maximum(h - HQ - HKV, 0), HKV - 1)
+    rstd = 1.0
+    if QK_NORM:  # per-head q/k RMSNorm before RoPE (Qwen3)
+        rstd = _head_rstd(row, stride_xn, eps, D, BLOCK_D)
+    is_q, is_k = h < HQ, (h >= HQ) & (h < HQ + HKV)
     if FORMAT == "dense":
         d = tl.arange(0, BLOCK_D)
         md = d < D
         hd = d * 0 + h  # the head index as a vector: masks of one dtype with md
-        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D)
+        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D,
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
         q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
         tl.store(q_dst, y.to(q_ptr.dtype.element_ty), mask=md & (hd < HQ))
         k_dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl + d
@@ -77,7 +115,8 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
     elif h < HQ:  # packed cache, a q head: plain store
         d = tl.arange(0, BLOCK_D)
         md = d < D
-        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D)
+        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D,
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
         tl.store(q_ptr + ((b * HQ + h) * S + s) * D + d, y.to(q_ptr.dtype.element_ty), mask=md)
     else:  # packed cache, a k or v head: encode the token's row (even / odd channels of each block)
         is_k = h < HQ + HKV
@@ -85,8 +124,10 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         nb_mask = nb < D // KV_BLOCK
         de = nb[:, None] * KV_BLOCK + 2 * tl.arange(0, KV_BLOCK // 2)[None, :]
         me = nb_mask[:, None] & (de < D)
-        ye = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D)
-        yo = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D)
+        ye = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D,
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
+        yo = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D,
+                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
         ye = ye.to(q_ptr.dtype.element_ty).to(tl.float32)  # what the graph's `new` holds: the model's dtype
         yo = yo.to(q_ptr.dtype.element_ty).to(tl.float32)
         if is_k:
@@ -113,16 +154,23 @@ def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, fmt, block) 
 
 def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
                v_cache: torch.Tensor, *, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
-               block: int = 32, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               block: int = 32, out: torch.Tensor | None = None,
+               qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+               rotary_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
-    buffer of the generated `run()`), else allocated."""
+    buffer of the generated `run()`), else allocated. `qk_norm=(q_weight [D], k_weight [D], eps)`: each q and
+    k head is rms_norm'ed (over D) before RoPE, as Qwen3's q_norm / k_norm. `rotary_dim` R (partial RoPE, even,
+    <= D): channels [0, R) rotate with cos/sin of R channels, the rest pass through."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
+    rot = head_dim if rotary_dim is None else rotary_dim
+    if rot % 2 or not 0 < rot <= head_dim:
+        raise ShapeError(f"rope_cache: rotary_dim {rot} must be even and in (0, head_dim={head_dim}]")
     try:
-        cs = [t.expand(B, 1, S, head_dim).select(1, 0) for t in (cos, sin)]
+        cs = [t.expand(B, 1, S, rot).select(1, 0) for t in (cos, sin)]
     except RuntimeError as e:
-        raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {(B, 1, S, head_dim)}") from e
+        raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {(B, 1, S, rot)}") from e
     if cs[0].stride() != cs[1].stride():  # the kernel reads both through one set of strides
         cs = [t.contiguous() for t in cs]
     q = out_tensor(out, (B, q_heads, S, head_dim), qkv.dtype, qkv.device, "rope_cache")
@@ -133,8 +181,17 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         S, *qkv.stride(), *cs[0].stride(),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
         HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), **_format_constexprs(
-            format, block, head_dim))
+            format, block, head_dim), **_norm_args(qk_norm, head_dim), ROT=rot)
     return q, k_cache, v_cache
+
+
+def _norm_args(qk_norm: tuple | None, head_dim: int) -> dict:
+    if qk_norm is None:
+        return {}
+    qn, kn, eps = qk_norm
+    if tuple(qn.shape) != (head_dim,) or tuple(kn.shape) != (head_dim,):
+        raise ShapeError(f"rope_cache: qk_norm weights {tuple(qn.shape)}, {tuple(kn.shape)} must be ({head_dim},)")
+    return {"qn_ptr": qn.contiguous(), "kn_ptr": kn.contiguous(), "eps": float(eps), "QK_NORM": True}
 
 
 def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
@@ -145,8 +202,9 @@ def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
 
 
 def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
-                    block: int = 32) -> dict:
-    """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches."""
+                    block: int = 32, qk_norm: bool = False) -> dict:
+    """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches
+    (`qk_norm`: with the per-head q/k RMSNorm)."""
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
     ptrs.update(dict.fromkeys(("k_ptr", "v_ptr"), f"*{t}" if format == "dense" else "*u8"))
@@ -154,7 +212,12 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
                "stride_vb", "stride_vh", "stride_vl")
     sig = {**ptrs, "pos_ptr": "*i64", **dict.fromkeys(strides, "i32")}
     const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim,
-             "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim)}
+             "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim),
+             "QK_NORM": qk_norm, "ROT": head_dim}
+    if qk_norm:
+        sig.update({"qn_ptr": f"*{t}", "kn_ptr": f"*{t}", "eps": "fp32"})
+    else:
+        const.update({"qn_ptr": None, "kn_ptr": None, "eps": 0.0})
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
-            "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"}
+            "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}{' qk_norm' * qk_norm}"}

@@ -1,0 +1,149 @@
+"""GQA decoder architectures of the installed `transformers` through `compile_decoder(executor="interpret")`
+(issue #13's CPU done-when on an architecture outside the test zoo).
+
+For each architecture, built from a small config with random weights (hidden 64, 4 heads, 2 KV heads,
+vocab 256; `fxforge.testing.GQA_DECODERS`, norm weights with noise), in a fresh subprocess:
+- tokens: greedy `compile_decoder(model, executor="interpret").generate(ids, 8)` vs eager HF
+  `model.generate(do_sample=False)` (2 layers);
+- launches of one T=1 decode step, counted from outside fxforge (`fxforge.testing.counting_launches`):
+  per layer = 2-layer count - 1-layer count, rest = 1-layer count - per layer (budget 6 + 4);
+- the same launches for `quantize="w4a16-int4"` (fp16 model, group 32), whose tokens are compared with
+  the reference executor's on the same quantized graph;
+- extern ops and host ops left in the step graph (anything not a kernel).
+
+    OMP_NUM_THREADS=1 python benchmarks/arch_probe.py [--archs mistral qwen3 ...] [--no-quant]
+        [--quant-archs llama qwen3 ...] [--out benchmarks/results/arch_probe-<date>.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+from fxforge.testing import GQA_DECODERS
+
+
+def build(arch: str, layers: int):
+    from fxforge.testing import gqa_decoder
+
+    return gqa_decoder(arch, layers)
+
+
+def step_launches(model, **options) -> tuple[list[str], list[str], object]:
+    """Launches of one T=1 step after a 4-token prefill; externs and host ops of the graph; the compiled step."""
+    import torch
+
+    import fxforge
+    from fxforge.runtime.generate import StaticKVCache
+    from fxforge.testing import counting_launches
+
+    dec = fxforge.compile_decoder(model, max_length=24, executor="interpret", **options)
+    cache = StaticKVCache.for_step(dec.graph)
+    ids = torch.randint(3, 256, (1, 4), generator=torch.Generator().manual_seed(0))
+    dec(ids, torch.arange(4), cache.tensors)
+    with counting_launches() as names:
+        dec(ids[:, :1], torch.tensor([4]), cache.tensors)
+    host = dec.graph.partition.host
+    odd = [f"extern {op.attrs.get('target', '?')}" for op in dec.graph.ops if op.opcode == "extern"]
+    odd += [f"host {op.opcode}" for op in dec.graph.ops if id(op) in host and op.opcode in ("cache_write", "kv_load")]
+    return list(names), odd, dec
+
+
+def probe(arch: str, quant: bool) -> dict:
+    import torch
+
+    import fxforge
+
+    row: dict = {"arch": arch}
+    ids = torch.randint(3, 256, (1, 5), generator=torch.Generator().manual_seed(1))
+    start = time.perf_counter()
+    m2 = build(arch, 2)
+    m2.generation_config.eos_token_id = None  # 8 tokens whatever they are (min_new_tokens would mask eos instead)
+    with torch.no_grad():
+        want = m2.generate(ids, max_new_tokens=8, do_sample=False)
+    one, _, _ = step_launches(build(arch, 1))
+    two, odd, dec = step_launches(m2)
+    got = dec.generate(ids, max_new_tokens=8)
+    row.update(tokens=bool(torch.equal(got, want)), per_layer=len(two) - len(one), rest=2 * len(one) - len(two),
+               layer_kernels=sorted(two[len(one) - (len(two) - len(one)):len(one)]), odd=sorted(set(odd)))
+    if not row["tokens"]:
+        row["got"], row["want"] = got.tolist(), want.tolist()
+    if quant:
+        opts = dict(quantize="w4a16-int4", quantize_group=32)
+        q1, _, _ = step_launches(build(arch, 1).half(), **opts)
+        q2, qodd, qdec = step_launches(build(arch, 2).half(), **opts)
+        ref = fxforge.compile_decoder(build(arch, 2).half(), max_length=24, executor="reference", **opts)
+        row.update(q_tokens=bool(torch.equal(qdec.generate(ids, max_new_tokens=8), ref.generate(ids, max_new_tokens=8))),
+                   q_per_layer=len(q2) - len(q1), q_rest=2 * len(q1) - len(q2), q_odd=sorted(set(qodd)))
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def child(arch: str, quant: bool) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        row = probe(arch, quant)
+    except Exception as e:  # report what broke, per architecture
+        row = {"arch": arch, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}",
+               "trace": traceback.format_exc()[-1500:]}
+    print("ROW " + json.dumps(row))
+
+
+def table(rows: list[dict], quant: bool) -> str:
+    head = "| arch | tokens equal | launches/layer | rest | w4a16 tokens = ref | w4a16 /layer | w4a16 rest | notes |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['arch']} | ERROR | | | | | | {r['error'].replace('|', '/')} |")
+            continue
+        notes = ", ".join(r.get("odd", []) + [f"w4: {x}" for x in r.get("q_odd", [])])
+        if r["per_layer"] > 6:
+            notes = (notes + "; " if notes else "") + "layer: " + " ".join(r["layer_kernels"])
+        q = [str(r.get(k, "-")) for k in ("q_tokens", "q_per_layer", "q_rest")]
+        lines.append(f"| {r['arch']} | {r['tokens']} | {r['per_layer']} | {r['rest']} | {' | '.join(q)} | {notes} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--archs", nargs="*", default=list(GQA_DECODERS))
+    ap.add_argument("--no-quant", action="store_true")
+    ap.add_argument("--quant-archs", nargs="*", help="the w4a16 columns only for these (default: every arch)")
+    ap.add_argument("--out")
+    ap.add_argument("--child")
+    ap.add_argument("--timeout", type=int, default=900)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, not args.no_quant)
+    rows = []
+    for arch in args.archs:
+        quant = not args.no_quant and (args.quant_archs is None or arch in args.quant_archs)
+        cmd = [sys.executable, __file__, "--child", arch] + ([] if quant else ["--no-quant"])
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=os.environ)
+            found = [json.loads(line[4:]) for line in out.stdout.splitlines() if line.startswith("ROW ")]
+            rows.append(found[0] if found else {"arch": arch, "error": f"no result: {out.stderr.strip()[-300:]}"})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
+        rows.append({"arch": arch, "error": f"timeout {args.timeout}s"})
+    text = table(rows, not args.no_quant)
+    print(text)
+    if args.out:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        with open(args.out, "w") as f:
+            f.write(f"# arch_probe ({stamp})\n\n`{' '.join(sys.argv)}`\n\n{text}\n")
+        with open(args.out.removesuffix(".md") + ".json", "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

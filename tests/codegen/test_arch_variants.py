@@ -1,0 +1,183 @@
+"""Recognised variants of the decoder-layer patterns of GQA architectures outside Llama/Qwen2 (issue #13 on a
+hidden architecture; `benchmarks/arch_probe.py`), each against torch: the gated MLP epilogue with another
+activation (Gemma's GeGLU: `gelu(gate, approximate="tanh") * up`) in the dense GEMM and the 4-bit decode GEMM,
+rope_cache with per-head q/k RMSNorm before RoPE (Qwen3's q_norm / k_norm), and the `cat` fold that makes
+Phi3's full-dim "partial" RoPE the plain one. Kernel-level and graph-level only (cheap); the architectures
+themselves run in tests/runtime/test_arch_decode.py (slow)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fxforge.codegen.pool import Workspace
+from fxforge.codegen.templates.gemm import linear
+from fxforge.codegen.templates.qlinear_decode import qlinear_w4_decode
+from fxforge.codegen.templates.rope_cache import rope_cache
+from fxforge.errors import ShapeError
+from fxforge.ir import DType, Graph, TensorType, evaluate, sym, verify
+from fxforge.ir.ops import OPS
+from fxforge.ir.optable import GATED_ACTIVATIONS
+from fxforge.passes import PassContext
+from fxforge.passes.canonicalize import Canonicalize
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+GATES = {"silu": F.silu, "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"), "gelu": F.gelu}
+
+
+def test_every_gated_activation_has_a_torch_form():
+    assert set(GATED_ACTIVATIONS) == set(GATES)
+
+
+@pytest.mark.parametrize("gate,dtype", [("gelu_tanh", torch.float16), ("gelu", torch.float32)])
+def test_gemm_gated_epilogue_other_activations(gate, dtype):
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 96, dtype=dtype), (torch.randn(80, 96) / 10).to(dtype)  # [gate; up], N = 40 each
+    g = (1 + torch.randn(96) / 4).to(dtype)
+    h = F.linear(OPS["rms_norm"].ref(x, g, eps=1e-6), w).float()
+    want = GATES[gate](h[..., :40]) * h[..., 40:]
+    got = linear(x, w, norm=(g, 1e-6), swiglu=True, gate=gate)
+    assert got.shape == (3, 40) and (got.float() - want).abs().max() <= TOL[dtype] * 4 * want.abs().max()
+    silu = linear(x, w, norm=(g, 1e-6), swiglu=True)  # the default stays SwiGLU
+    assert (silu.float() - F.silu(h[..., :40]) * h[..., 40:]).abs().max() <= TOL[dtype] * 4 * want.abs().max()
+    with pytest.raises(ShapeError, match="gated activation"):
+        linear(x, w, swiglu=True, gate="relu")
+
+
+def test_qlinear_decode_gated_epilogue_gelu_tanh():
+    from fxforge.ir.lowp_ops import decode_weight, encode_weight, qlinear_ref
+    from fxforge.ir.weight_layouts import to_decode_layout
+
+    torch.manual_seed(1)
+    N, K = 48, 128
+    w = encode_weight(torch.randn(2 * N, K)[torch.stack([torch.arange(N), torch.arange(N, 2 * N)], 1).reshape(-1)],
+                      "w4a16-int4", group=64)  # interleaved (gate, up) rows, as decode_layout stores them
+    x = torch.randn(2, K).half()
+    y = qlinear_w4_decode(x, to_decode_layout(w), swiglu=True, gate="gelu_tanh", ws=Workspace())
+    h = qlinear_ref(x.float(), decode_weight(w), None, scheme="w4a16-int4", act_format=None, group=64, lorc_rank=0)
+    ref = F.gelu(h[:, 0::2], approximate="tanh") * h[:, 1::2]
+    assert y.shape == (2, N) and (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
+
+
+def _rot(x):
+    d = x.shape[-1] // 2
+    return torch.cat((-x[..., d:], x[..., :d]), -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16])
+def test_rope_cache_per_head_qk_norm(dtype):
+    """q and k heads rms_norm'ed over head_dim with their own weights before RoPE, v as is (Qwen3)."""
+    torch.manual_seed(0)
+    B, S, Hq, Hkv, D, L = 1, 2, 4, 2, 16, 6
+    qkv = torch.randn(B, S, (Hq + 2 * Hkv) * D, dtype=dtype) * 3
+    cos, sin = torch.randn(1, 1, S, D, dtype=dtype), torch.randn(1, 1, S, D, dtype=dtype)
+    qn, kn = (1 + torch.randn(D) / 4).to(dtype), (1 + torch.randn(D) / 4).to(dtype)
+    pos = torch.tensor([3, 1])
+    kc, vc = torch.zeros(B, Hkv, L, D, dtype=dtype), torch.zeros(B, Hkv, L, D, dtype=dtype)
+    q, _, _ = rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, qk_norm=(qn, kn, 1e-6))
+    heads = qkv.reshape(B, S, -1, D)
+    xq = OPS["rms_norm"].ref(heads[:, :, :Hq], qn, eps=1e-6).transpose(1, 2).float()
+    xk = OPS["rms_norm"].ref(heads[:, :, Hq:Hq + Hkv], kn, eps=1e-6).transpose(1, 2).float()
+    c, s, tol = cos.float(), sin.float(), TOL[dtype] * 8
+    torch.testing.assert_close(q.float(), xq * c + _rot(xq) * s, atol=tol, rtol=tol)
+    torch.testing.assert_close(kc[:, :, pos].float(), xk * c + _rot(xk) * s, atol=tol, rtol=tol)
+    assert torch.equal(vc[:, :, pos], heads[:, :, Hq + Hkv:].transpose(1, 2))  # v: not normed
+    with pytest.raises(ShapeError, match="qk_norm"):
+        rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, qk_norm=(qn[:8], kn, 1e-6))
+
+
+def test_rope_cache_partial_rotary():
+    """rotary_dim R < D (StableLM's partial_rotary_factor): channels [0, R) rotated with R-channel cos/sin, the rest
+    copied, as cat(rope(x[..., :R]), x[..., R:])."""
+    torch.manual_seed(0)
+    B, S, Hq, Hkv, D, R, L = 1, 2, 4, 2, 16, 4, 6
+    qkv = torch.randn(B, S, (Hq + 2 * Hkv) * D)
+    cos, sin = torch.randn(1, 1, S, R), torch.randn(1, 1, S, R)
+    kc, vc, pos = torch.zeros(B, Hkv, L, D), torch.zeros(B, Hkv, L, D), torch.tensor([0, 5])
+    q, _, _ = rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, rotary_dim=R)
+    x = qkv.reshape(B, S, -1, D).transpose(1, 2)
+
+    def rope(h):
+        return torch.cat([h[..., :R] * cos + _rot(h[..., :R]) * sin, h[..., R:]], -1)
+
+    torch.testing.assert_close(q, rope(x[:, :Hq]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kc[:, :, pos], rope(x[:, Hq:Hq + Hkv]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ShapeError, match="rotary_dim"):
+        rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, rotary_dim=5)
+
+
+def test_cat_drops_empty_operands():
+    """cat(rope, x[..., D:]) with the pass-through part empty (Phi3 at partial_rotary_factor 1) is rope itself."""
+    g = Graph()
+    x = g.add_input("x", TensorType((2, sym("s0"), 16), DType.f32))
+    y = g.add_op("neg", [x], {}).result
+    empty = g.add_op("slice", [x], {"dim": 2, "start": 16, "end": 16, "step": 1}).result
+    both = g.add_op("cat", [y, empty], {"dim": 2}).result
+    three = g.add_op("cat", [y, empty, x], {"dim": -1}).result
+    g.outputs = [both, three]
+    inputs = [torch.randn(2, 3, 16)]
+    want = evaluate(g, inputs)
+    ctx = PassContext()
+    Canonicalize().run(g, ctx)
+    verify(g)
+    assert ctx.stats["rewrites"]["cat_drop_empty"] == 2
+    assert g.outputs[0] is y and len(g.outputs[1].producer.operands) == 2
+    for a, b in zip(evaluate(g, inputs), want, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_index_unsqueeze_sinks_to_the_leaves():
+    """HF's decode mask: le(kv_idx, unsqueeze(arange(s0) + start)); the unsqueeze moves onto arange, so add and le
+    form one pointwise tree (one mask kernel per step instead of two); float or 2-D operands are left alone."""
+    g = Graph()
+    s0 = sym("s0")
+    pos = g.add_input("pos", TensorType((s0,), DType.i64))
+    start = g.add_op("reshape", [g.add_op("slice", [pos], {"dim": 0, "start": 0, "end": 1, "step": 1}).result],
+                     {"shape": []}).result
+    idx = g.add_op("add", [g.add_op("arange", [], {"end": s0}).result, start], {}).result
+    col = g.add_op("reshape", [idx], {"shape": [1, 1, s0, 1]}).result
+    kv = g.add_op("const", [], {"weight": g.add_weight("kv", torch.arange(8).reshape(1, 1, 1, 8))}).result
+    xf = g.add_input("xf", TensorType((s0,), DType.f32))
+    other = g.add_op("reshape", [g.add_op("neg", [xf], {}).result], {"shape": [1, s0]}).result
+    g.outputs = [g.add_op("le", [kv, col], {}).result, other]
+    inputs = [torch.tensor([3, 4, 5]), torch.randn(3)]
+    want = evaluate(g, inputs)
+    ctx = PassContext()
+    Canonicalize().run(g, ctx)
+    verify(g)
+    assert ctx.stats["rewrites"]["sink_index_unsqueeze"] == 1
+    add = g.outputs[0].producer.operands[1].producer
+    assert add.opcode == "add" and add.operands[0].producer.opcode == "reshape"
+    assert g.outputs[1].producer.opcode == "reshape"  # float arithmetic keeps its reshape
+    for a, b in zip(evaluate(g, inputs), want, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_square_lowers_to_mul():
+    """aten.square (Arcee's ReLU^2 MLP) is x * x in the IR, not an extern, and gives torch's bits."""
+    from fxforge.frontend.export import capture_export
+
+    class Relu2(torch.nn.Module):
+        def forward(self, x):
+            return torch.square(torch.relu(x))
+
+    x = torch.randn(3, 8)
+    lowered = capture_export(Relu2(), (x,)).lowered
+    assert lowered.externs == {} and "mul" in lowered.graph.op_counts()
+    assert torch.equal(evaluate(lowered.graph, [x])[0], torch.square(torch.relu(x)))
+
+
+@pytest.mark.parametrize("dtype,bias", [(torch.float16, True), (torch.float32, False)])
+def test_gemm_layer_norm_prologue(dtype, bias):
+    """layer_norm(x, w[, b]) computed in the GEMM's load (StableLM, Starcoder2, Cohere blocks), an offset mean too."""
+    torch.manual_seed(0)
+    x = (torch.randn(3, 96) + 3).to(dtype)  # K = 96: a partial last K tile
+    w, g = (torch.randn(40, 96) / 10).to(dtype), (1 + torch.randn(96) / 4).to(dtype)
+    nb = (torch.randn(96) / 4).to(dtype) if bias else None
+    want = F.linear(F.layer_norm(x.float(), (96,), g.float(), nb.float() if bias else None, 1e-5).to(dtype).float(),
+                    w.float())
+    got = linear(x, w, layer_norm=(g, nb, 1e-5))
+    assert got.shape == (3, 40) and (got.float() - want).abs().max() <= TOL[dtype] * 4 * want.abs().max()
+    with pytest.raises(ShapeError, match="one norm prologue"):
+        linear(x, w, norm=(g, 1e-6), layer_norm=(g, nb, 1e-5))
