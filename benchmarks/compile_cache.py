@@ -14,7 +14,8 @@ transformers, `ARCHS`: the same sizes with 2 KV heads) at 8 and 32 layers, each 
   process with torch, fxforge and transformers imported (their import times are not counted; the
   transformers import is reported), and a second load + call in that process.
 
-    .venv/bin/python benchmarks/compile_cache.py [--layers 8 32] [--arch llama|mistral|qwen2|qwen3|gemma2|phi3|...] [--out FILE]
+    .venv/bin/python benchmarks/compile_cache.py [--layers 8 32] [--arch llama|mistral|qwen2|qwen3|gemma2|phi3|...]
+        [--profile DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from datetime import date
 from pathlib import Path
 
 COMPILE = r"""
-import json, sys, time, torch
+import cProfile, json, sys, time, torch
 import fxforge
 from fxforge import testing as zoo
 from fxforge.codegen import kernel_keys, module as gen
@@ -40,9 +41,15 @@ model = zoo._hf(spec["config"], spec["model"], num_hidden_layers=layers, **spec[
 ids = torch.randint(0, 4096, (1, 16))
 rows = []
 for attempt in range(2):
+    prof = cProfile.Profile(time.process_time) if attempt == 0 and sys.argv[4] else None
     t, cpu = time.perf_counter(), time.process_time()
+    if prof:
+        prof.enable()
     c = fxforge.compile_aot(model, (ids,), executor="interpret")
     total, cpu = time.perf_counter() - t, time.process_time() - cpu
+    if prof:
+        prof.disable()
+        prof.dump_stats(f"{sys.argv[4]}/compile-{layers}.prof")
     rec = c.fxforge_report.graphs[0]
     ex = rec.program.executor
     rows.append({"attempt": attempt + 1, "total_s": total, "total_cpu_s": cpu, "capture_s": rec.capture_seconds,
@@ -61,10 +68,12 @@ import json, sys, time, torch
 import fxforge
 ids = torch.randint(0, 4096, (1, 16))
 t = time.perf_counter(); import transformers; hf_import_s = time.perf_counter() - t  # the output classes' module
+cpu = time.process_time()
 t = time.perf_counter(); m = fxforge.load(sys.argv[1]); t1 = time.perf_counter(); m(ids); t2 = time.perf_counter()
+cpu = time.process_time() - cpu  # beside the wall time: what other processes on a shared machine disturb least
 t3 = time.perf_counter(); m2 = fxforge.load(sys.argv[1]); m2(ids); again = time.perf_counter() - t3
 print(json.dumps({"transformers_import_s": hf_import_s, "load_s": t1 - t, "first_call_s": t2 - t1,
-                  "load_plus_first_call_s": t2 - t, "second_load_plus_call_s": again}))
+                  "load_plus_first_call_s": t2 - t, "load_plus_first_call_cpu_s": cpu, "second_load_plus_call_s": again}))
 """
 
 
@@ -107,13 +116,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--arch", choices=sorted(ARCHS), default="llama")
+    ap.add_argument("--profile", metavar="DIR", default="",
+                    help="write cProfile stats (process time) of each depth's first compile to DIR/compile-<layers>.prof "
+                         "(that compile's times are then inflated: not figures)")
     ap.add_argument("--out", default=f"benchmarks/results/compile_cache-{date.today()}.json")
     args = ap.parse_args()
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     art = tempfile.mkdtemp(prefix="fxforge-cc-")
     result: dict = {"benchmark": "compile_cache", "arch": args.arch, "date": str(date.today()), "cpu_count": os.cpu_count(),
                     "load_average_at_start": os.getloadavg(), "rows": []}
     for i, layers in enumerate(args.layers):
-        row = child(COMPILE, str(layers), art if i == 0 else "", arch_spec(args.arch))
+        row = child(COMPILE, str(layers), art if i == 0 else "", arch_spec(args.arch), args.profile)
         result["rows"].append(row)
         for c in row["compiles"]:
             print(f"layers={layers:3d} compile #{c['attempt']}: total {c['total_s']:.2f} s (CPU {c['total_cpu_s']:.2f} s; "
@@ -134,7 +148,8 @@ def main() -> None:
           f"x{result['total_cpu_ratio']:.2f}; capture "
           f"x{result['capture_ratio']:.2f}), fxforge compile x{result['fxforge_compile_ratio']:.2f}, "
           f"distinct kernels x{result['distinct_kernel_ratio']:.2f}; load + first call "
-          f"{result['load']['load_plus_first_call_s']:.3f} s ({time.perf_counter() - t:.0f} s wall)")
+          f"{result['load']['load_plus_first_call_s']:.3f} s "
+          f"(CPU {result['load']['load_plus_first_call_cpu_s']:.3f} s; {time.perf_counter() - t:.0f} s wall)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
