@@ -1,26 +1,32 @@
-"""Capture a deep stack of identical layers once (issue #13, item 6: compile time linear in depth).
+"""Capture a deep stack of layers once per kind (issue #13, item 6: compile time linear in depth).
 
 torch.export's cost grows with depth (8 h512 Llama layers ~18 s, 32 layers ~96 s on the shared CPU),
-though a decoder's layers are one function with different weights. So when a model holds a
-`ModuleList` of >= 3 layers of one structure, `capture_export` exports it with only the first two
-layers in the list, and this module builds the full graph from that:
+though a decoder's layers are one function with different weights (or a few: Gemma 2 alternates
+local and global attention, Gemma 3 has 5 local to 1 global). So when a model holds a `ModuleList`
+of >= 3 layers, `capture_export` exports it with a prefix of the list and this module builds the full
+graph from that:
 
-1. `stack_of(model)`: the longest `ModuleList` whose layers share one *structure key*: class, every
-   parameter's and buffer's name, shape and dtype, and every other attribute of every submodule
-   (sliding windows, layer types, eps...) except `layer_idx`, which only indexes caches.
-2. `replicate(ep, ...)`: in the two-layer exported graph, layer 1's nodes (found by their
-   `nn_module_stack`) must be layer 0's node for node (same targets, same constants, operands in the
-   same places): the functional check at capture. Layer 1's graph is then cloned for layers 2..N-1,
-   each clone reading its own layer's weights (new placeholders named by the layer's parameters),
-   the previous clone's results where layer 1 read layer 0's, and the shared values (RoPE tables,
-   masks) as they are; the nodes after the stack read the last clone.
+1. `stack_of(model)`: the longest `ModuleList`; each layer's *kind* is its *structure key*: class,
+   every parameter's and buffer's name, shape and dtype, and every other attribute of every submodule
+   (sliding windows, layer types, eps...) except `layer_idx`, which only indexes caches. `plan_for`:
+   the shortest prefix (>= 2 layers) holding every (kind, next kind) pair of the stack at a position
+   >= 1 and ending on the last layer's kind (a uniform stack: two layers; Gemma 2: 3 or 4); None (full
+   export) when only the whole stack does (a kind that occurs once, last).
+2. `replicate(ep, ...)`: in the exported graph, each layer's nodes (found by their `nn_module_stack`)
+   must be those of the first exported layer of its kind node for node (same targets, same constants,
+   operands in the same places, reading nothing but its predecessor and values from before the
+   stack): the functional check at capture. Layer k >= prefix is a clone of the exported layer of
+   the pair (kind k-1, kind k), reading its own weights (new placeholders named by the layer's
+   parameters), the previous layer's results where the template read its predecessor's, and the
+   shared values (RoPE tables, each kind's mask) as they are; the nodes after the stack read the last clone.
 3. `check_numerics`: the replicated graph is run on the example inputs next to the eager model; any
    difference beyond float noise (or any of the conditions above failing) drops this path and
    `capture_export` exports the whole model, with a note saying why.
 
-Decisions: the stack is cut and restored on the model object in a `finally` (exported once, with its
-own config untouched); outputs that read a layer inside the stack (hidden states of every layer,
-KV caches) are not replicated (the path is dropped with a note).
+Decisions: the stack is cut to a prefix (not any subset: models index per-layer settings by position,
+`config.layer_types[i]`) and restored on the model object in a `finally` (exported once, with its own
+config untouched); outputs or nodes after the stack that read a layer before the last exported one
+(hidden states of every layer, KV caches) are not replicated (the path is dropped with a note).
 """
 
 from __future__ import annotations
