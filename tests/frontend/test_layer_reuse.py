@@ -139,3 +139,10 @@ def test_gemma2_local_and_global_layers_reused_graph_is_the_full_graph():
     a, b = capture_export(model, (ids,)), capture_export(model, (ids,), reuse_layers=False)
     assert any("3 of 5 layers exported" in n for n in a.notes), a.notes
     assert graph_key(a.lowered.graph, weights=True) == graph_key(b.lowered.graph, weights=True)
+
+
+def test_graph_key_with_weights_digests_a_0_dim_weight():
+    # Gemma's scalar constants: a 0-dim tensor has no byte view (the digest raised on them)
+    from fxforge.ir.fhash import _tensor_digest
+    a, b = _tensor_digest(torch.tensor(2.0)), _tensor_digest(torch.tensor(3.0))
+    assert a != b and a.startswith("torch.float32():") and a == _tensor_digest(torch.tensor(2.0))
