@@ -92,6 +92,7 @@ def test_alternating_kinds_are_each_cloned_from_their_own_kind():
     ((0,) * 8, 2, {(0, 0): 1}),
     ((0, 1) * 4, 4, {(0, 1): 3, (1, 0): 2}),  # ends on the last layer's kind
     ((0, 0, 0, 1) * 3 + (0,), 5, {(0, 0): 2, (0, 1): 3, (1, 0): 4}),  # Gemma 3's 5:1 in short
+    ((0, 1, 1, 1, 1, 1), 3, {(0, 1): 1, (1, 1): 2}),  # a first layer of its own (a dense layer before MoE ones)
     ((0, 0, 0, 0, 0, 1), None, None),  # the one global layer is the last: nothing to clone it from
     ((0, 1, 2, 3), None, None),
 ])
