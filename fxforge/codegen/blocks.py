@@ -4,6 +4,8 @@ Every template launcher (and the build check) asks this module for its tile shap
 model replaces these small heuristics without touching any kernel:
 - `gemm_blocks(M, N, K, dtype, arch)` for `templates.gemm` (linear, matmul; decode shapes from the
   `DECODE_GEMM` table by M bucket, N, K and arch),
+- `decode_split(tile, N, k_tiles, arch)`: split-K of the 4-bit decode GEMV, `templates.qlinear_decode.decode_blocks`'
+  last step; `gemv_split` is the split rule both decode tables share (>= 2 CTAs per SM, `SM_COUNT`),
 - `attention_blocks(Lq, Lk, D, dtype, masked)` for `templates.attention`,
 - `row_blocks(n_cols)` for row-wise kernels (norms, softmax, pointwise rows).
 Rules: tile dims are powers of two and at least 16 (the smallest `tl.dot` tile real GPUs accept),
@@ -46,33 +48,60 @@ SPLIT_K_ROWS = 16  # the M bucket that splits K (a GEMV in all but name)
 MAX_SPLIT_K, MIN_SPLIT_TILES = 16, 4
 
 
-def split_steps(k_tiles: int, splits: int) -> tuple[int, int]:
-    """(K steps per split, splits launched) for `splits` wanted: balanced, none empty (launched <= wanted).
-    The GEMM launcher and the table both count this way."""
+def split_steps(k_tiles: int, splits: int, unit: int = 1) -> tuple[int, int]:
+    """(K steps per split, splits launched) for `splits` wanted: balanced, none empty (launched <= wanted), the
+    steps per split a multiple of `unit` (the 4-bit decode kernel's splits start on a quantization group).
+    The GEMM launchers and the tables all count this way."""
     per = -(-k_tiles // max(1, min(splits, k_tiles)))
+    per = -(-per // unit) * unit
     return per, -(-k_tiles // per)
 
 
-def split_k(tiles: int, k_tiles: int, ctas: int) -> int:
+def split_k(tiles: int, k_tiles: int, ctas: int, min_steps: int = MIN_SPLIT_TILES) -> int:
     """Splits of a K loop of `k_tiles` steps so that `tiles` output tiles make >= `ctas` programs (1: none
-    needed, or K too short for MIN_SPLIT_TILES steps a split); the smallest balanced count that reaches
+    needed, or K too short for `min_steps` steps a split); the smallest balanced count that reaches
     it (or the cap)."""
-    cap = min(MAX_SPLIT_K, k_tiles // MIN_SPLIT_TILES)
+    cap = min(MAX_SPLIT_K, k_tiles // min_steps)
     need = min(-(-ctas // max(tiles, 1)), cap)
     if tiles >= ctas or need <= 1:
         return 1
     return next((n for s in range(need, cap + 1) if (n := split_steps(k_tiles, s)[1]) >= need), need)
 
 
+def gemv_ctas(arch: int) -> int:
+    """The programs a decode GEMV should launch on sm_`arch`: two per SM."""
+    return 2 * SM_COUNT.get(arch, 132)
+
+
+def gemv_split(tiles: int, k_tiles: int, arch: int | None, min_steps: int = MIN_SPLIT_TILES) -> int:
+    """K splits of an M <= 16 GEMM of `tiles` output tiles and `k_tiles` K steps on sm_`arch` (`split_k` towards
+    `gemv_ctas`); 1 without an arch (the interpreter: tests force splits)."""
+    return 1 if arch is None else split_k(tiles, k_tiles, gemv_ctas(arch), min_steps)
+
+
+# The 4-bit decode GEMV (`templates.qlinear_decode`): its K steps are 128 wide (the layout's tile, 64 bytes of a
+# weight row); a split keeps >= 2 of them. The tile is the kernel's own choice (`decode_blocks`): halving it to
+# make room for more splits cost more per weight than the splits save (Triton 3.6, sm_90, int4 g128, 4096 x 4096:
+# 256 x 16 on 4 warps 1.91-1.96 per weight; 128 x 16 on 4 warps 2.20, on 2 warps 3.38), so where even the most
+# splits cannot give 2 CTAs per SM (that tile: 16 tiles x 16 splits = 256 CTAs on 132 SMs) the most are taken.
+DECODE_SPLIT_STEPS = 2
+
+
+def decode_split(tile: dict, N: int, k_tiles: int, arch: int | None) -> dict:
+    """`tile` (the 4-bit decode kernel's config at M <= 16: one program row, BLOCK_N rows per program) with SPLIT_K
+    for a weight of N rows and `k_tiles` K steps (`gemv_split`, >= DECODE_SPLIT_STEPS steps a split)."""
+    return dict(tile, SPLIT_K=gemv_split(-(-N // tile["BLOCK_N"]), k_tiles, arch, DECODE_SPLIT_STEPS))
+
+
 def decode_gemm_blocks(M: int, N: int, K: int, arch: int) -> dict | None:
     """The decode table's config for a 16-bit GEMM of M <= 64 rows on `arch` (sm number), else None."""
     for m_max, bm, bn_max, bk_cap, warps in DECODE_GEMM:
         if M <= m_max:
-            bn, ctas = bn_max, 2 * SM_COUNT.get(arch, 132)
+            bn, ctas = bn_max, gemv_ctas(arch)
             while bn > 16 and -(-N // bn) * -(-M // bm) < ctas:
                 bn //= 2
             bk = _clamp_pow2(K, 16, bk_cap)
-            split = split_k(-(-N // bn) * -(-M // bm), -(-K // bk), ctas) if m_max <= SPLIT_K_ROWS else 1
+            split = gemv_split(-(-N // bn) * -(-M // bm), -(-K // bk), arch) if m_max <= SPLIT_K_ROWS else 1
             return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=4 if K >= 4 * bk else 2,
                         SPLIT_K=split)
     return None

@@ -46,6 +46,17 @@ How (per K tile of BLOCK_K = the layout's tile):
   elsewhere), so the accumulator keeps each block's partial sum apart and the group factor multiplies it once
   per tile (an FFMA per accumulator element, 1/16 of a weight's share) instead of each decoded pair; the
   epilogue sums a row's 4 columns. Same MMA count as an unpacked 8-column tile: 2.41 -> 1.95-2.00.
+- Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
+  `split_plan` the steps): a split is the kernel on its K window (`_k_window`: x, the words, zero points and group
+  scales advanced to its first column, which starts a group; K its width), so the K loop's code is the unsplit
+  kernel's (with a runtime start, address arithmetic cost ~11 instructions per iteration); after the loop (and
+  PACK's column sum) `split_k.split_sum` stores the fp32 partial out^T into part[SPLIT_K, N, M] and the tile's
+  last split sums them in split order and runs `_epilogue`. SPLIT_K = 1 builds the same SASS as before splits
+  (Triton 3.6 and 3.9, sm_80/sm_90). Split kernels' K loops measured 0.95-1.03x the unsplit ones' instructions
+  (register allocation around the partials' sum: 490 -> 503 for int4 g128 256 x 16 tiles on sm_90, Triton 3.6;
+  benchmarks/results/qdecode_sass-2026-12-01-splitk-*.md).
+  Sums: fp32 partials added in split order, so a split result differs from the unsplit one by fp32 rounding
+  only (bitwise equal when the sums are exact; tests/codegen/test_qlinear_decode_split.py).
 - ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
   the same fp16 values.
 Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, see the module
@@ -54,11 +65,14 @@ Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K l
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.pool import Workspace, out_tensor
+from fxforge.codegen.blocks import decode_split, split_steps
+from fxforge.codegen.pool import Workspace, counters, out_tensor
 from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, device_arch, interpreting
 from fxforge.codegen.templates.qlinear_decode_dequant import (
     dequant_asm,
@@ -69,6 +83,7 @@ from fxforge.codegen.templates.qlinear_decode_dequant import (
     dequant_portable,
 )
 from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, prologue, prologue_rows, swiglu_pairs
+from fxforge.codegen.templates.split_k import split_sum
 from fxforge.codegen.triton_compat import TRITON_VERSION
 from fxforge.errors import ShapeError
 from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_operand
@@ -85,30 +100,38 @@ def qlinear_w4_decode_kernel(
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False,
     SWIGLU: tl.constexpr = False, PACK: tl.constexpr = False,
+    part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
     computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU:
-    the RMSNorm / E4M3 prologue and the SwiGLU epilogue (`qlinear_decode_fuse`)."""
+    the RMSNorm / E4M3 prologue and the SwiGLU epilogue (`qlinear_decode_fuse`). SPLIT_K > 1: grid axis 1 is the
+    K split (one program row, M <= 16): `split_k.py` hands the partials to the tile's last split."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows_n = tl.minimum(offs_n, N - 1)  # rows past N read row N-1 (never stored): no load masks
     offs_k = tl.arange(0, BLOCK_K)
+    pid_m = tl.program_id(1) if SPLIT_K == 1 else 0  # (axis 1 is the K split with SPLIT_K > 1)
     if PACK:  # x tile column c: row c // 4 of x, its K block c % 4 only (the others zero); see the module notes
-        offs_r = tl.program_id(1) * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)  # this program's rows of x
+        offs_r = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)  # this program's rows of x
         offs_c = tl.arange(0, BLOCK_M)
-        offs_m = tl.program_id(1) * (BLOCK_M // 4) + offs_c // 4
+        offs_m = pid_m * (BLOCK_M // 4) + offs_c // 4
         block_of = (offs_k // 32)[:, None] == (offs_c % 4)[None, :]
     else:
-        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_r = offs_m
-    if HAS_NORM or QUANT_X:  # x's rows normalised / quantized into this program's scratch rows: the K loop's x
-        a_ptr, stride_am, rs_ptr = prologue_rows(a_ptr, stride_am, xn_ptr + pid * M * K, rs_ptr + pid * M, norm_ptr,
+    if HAS_NORM or QUANT_X:  # x's rows normalised / quantized into this tile's scratch rows: the K loop's x
+        rs_at = pid * M  # a split writes its own K range of the tile's rows, and its own row scales
+        if SPLIT_K > 1:
+            rs_at = (pid * SPLIT_K + tl.program_id(1)) * M
+        a_ptr, stride_am, rs_ptr = prologue_rows(a_ptr, stride_am, xn_ptr + pid * M * K, rs_ptr + rs_at, norm_ptr,
                                                  eps, offs_r, M, K, HAS_NORM, QUANT_X,
-                                                 BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_K)
+                                                 BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_K, k_per_split, SPLIT_K)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    if SPLIT_K > 1:  # the loop below runs on this split's K window, as the unsplit kernel on a narrower K
+        a_ptr, w_ptr, zz_ptr, s_ptr, K = _k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K, GROUP, FP4)
     for t in range(0, tl.cdiv(K, BLOCK_K)):
         if PACK and EVEN_K:
             a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=block_of, other=0.0)
@@ -169,8 +192,26 @@ def qlinear_w4_decode_kernel(
             acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
     if PACK:  # sum each row's 4 block columns
         acc = tl.sum(tl.reshape(acc, (BLOCK_N, BLOCK_M // 4, 4)), axis=2)  # [BLOCK_N, BLOCK_M / 4]
-    _epilogue(acc, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr, stride_om,
-              stride_rm, BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_N, FP4, HAS_BIAS, ACTIVATION, SWIGLU, HAS_RESIDUAL)
+    last = True
+    if SPLIT_K > 1:  # partials part[SPLIT_K, N, M] (acc is out^T); the tile's last split sums them in split order
+        last, acc = split_sum(acc, part_ptr, lock_ptr, offs_n, offs_r, mask_n, offs_r < M, N, M, SPLIT_K)
+    if last:
+        _epilogue(acc, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
+                  stride_om, stride_rm, BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_N, FP4, HAS_BIAS, ACTIVATION, SWIGLU,
+                  HAS_RESIDUAL)
+
+
+@triton.jit
+def _k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+              FP4: tl.constexpr):
+    """A K split's window (grid axis 1; `k_per_split` K steps, whole groups): x, the weight words, zero points (int4:
+    a pair per group; FP4's per-word factors: one) and group scales advanced to its first column, and its width.
+    The K loop's code on the window is the unsplit kernel's (its induction variable starts at 0: a runtime start
+    cost ~11 SASS instructions per iteration in address arithmetic, FP4 group 32 on sm_90)."""
+    k0 = tl.program_id(1) * k_per_split * BLOCK_K
+    g0 = k0 // GROUP
+    return (a_ptr + k0, w_ptr + k0 // 8, zz_ptr + (1 if FP4 else 2) * g0, s_ptr + g0,
+            tl.minimum(K, k0 + k_per_split * BLOCK_K) - k0)
 
 
 @triton.jit
@@ -194,7 +235,15 @@ def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr,
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False) -> dict:
+def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False, k_tiles: int = 1) -> dict:
+    """The decode kernel's launch config on sm_`arch` (None: the interpreter) for a weight of N rows and `k_tiles` K
+    steps: `_decode_tile`'s BLOCK_N, BLOCK_M, warps, stages and PACK, and SPLIT_K, at M <= 16 from
+    `blocks.decode_split` (K splits towards >= 2 CTAs per SM; 1 without an arch)."""
+    cfg = _decode_tile(N, M, arch, narrow_groups)
+    return dict(cfg, SPLIT_K=1) if M > MAX_M else decode_split(cfg, N, k_tiles, arch)
+
+
+def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False) -> dict:
     """BLOCK_N, BLOCK_M, warps, stages and PACK of the decode kernel on sm_`arch` (None: the interpreter);
     `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp decide the cost per
     weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them, 32 rows per warp
@@ -202,7 +251,7 @@ def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bo
     fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 2 pack each row's 4 K
     blocks into the tile's columns (PACK, module notes). Measured at 4096x4096 (`benchmarks/qdecode_sass.py`): see
     benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs for a GEMV (N=4096: 32 at batch
-    1, 16 past 8); filling the SMs is split-K's job (not here). M > 16 (the prefill of a decode-step graph, whose
+    1, 16 past 8); filling the SMs is split-K's job (`decode_blocks`). M > 16 (the prefill of a decode-step graph, whose
     weights are stored in the decode layout): 64 x rows per program on 8 warps, so each weight tile is decoded once
     per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the instructions per row on sm_90)."""
     if M > MAX_M:
@@ -226,7 +275,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
                       residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
                       keep: torch.Tensor | None = None, asm: bool | None = None,
                       norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
-                      out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
+                      out: torch.Tensor | None = None, ws: Workspace | None = None,
+                      split_k: int | None = None) -> torch.Tensor:
     """`qlinear_ref` with the scheme's epilogue (bias, activation, residual) for fp16 x [..., K] (any number of
     rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers.
 
@@ -238,7 +288,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     result's storage (a planned buffer, `codegen.pool.out_tensor`); w4a8-fp's prefill still allocates its activation
     codes. `norm=(weight, eps)`: x is rms_norm'ed first, in the kernel (M <= 16) or by one row kernel (prefill),
     into scratch from `ws`; `swiglu`: the weight's 2N rows are interleaved (gate, up) pairs and the result is
-    silu(gate) * up [..., N] (`qlinear_decode_fuse`)."""
+    silu(gate) * up [..., N] (`qlinear_decode_fuse`). `split_k`: K splits instead of the table's (M <= 16; tests
+    force them): fp32 partials from `ws`, summed by each tile's last split (`split_k.py`)."""
     enc, p = weight.encoding, weight.payload
     if not enc.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
@@ -264,11 +315,20 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     words, s = p["words"], p["scale32"]
     group = enc.group or words.shape[1] * 8
     wscale = fp4 and group % bk != 0  # a group narrower than the tile: factors on the weights ("ss")
-    cfg = decode_blocks(N, M, device_arch(x.device), wscale)
+    cfg = decode_blocks(N, M, device_arch(x.device), wscale, triton.cdiv(K, bk))
     zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"] // (4 if cfg["PACK"] else 1)))
-    x2d, row_scale, fused = prologue(x2d, norm, fp4, grid[0], bk, ws)  # the norm / E4M3 prologue (M <= 16: in here)
+    per, splits = split_plan(K, bk, group, split_k or cfg["SPLIT_K"])
+    if splits > 1 and M > MAX_M:  # one program row (M <= 16): grid axis 1 is free for the splits
+        raise ShapeError(f"qlinear_w4_decode splits K at M <= {MAX_M} rows only (got {M}); leave split_k unset")
+    more = (((splits, N, M), torch.float32),) if splits > 1 else ()  # split-K's fp32 partials (out^T per split)
+    # the norm / E4M3 prologue (M <= 16: in here) and the partials, in one workspace take
+    x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more)
     row_scale = out if row_scale is None else row_scale  # unread unless FP4
+    if splits > 1:  # one arrival counter per tile, kept zero between launches (`Workspace.counters`)
+        fused = dict(fused, part_ptr=part[0], lock_ptr=counters(ws, x.device, grid[0]), k_per_split=per,
+                     SPLIT_K=splits)
+        grid = (grid[0], splits)
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
@@ -279,6 +339,13 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     return out.reshape(*lead, n_out)
 
 
+def split_plan(K: int, bk: int, group: int, splits: int) -> tuple[int, int]:
+    """(K steps per split, splits launched) of the decode kernel for `splits` wanted (`blocks.split_steps`): a split
+    starts on a group boundary (`_k_window`), so the steps per split are a multiple of lcm(bk, group) / bk unless
+    one group spans K."""
+    return split_steps(-(-K // bk), splits, math.lcm(bk, group) // bk if group < K else 1)
+
+
 def decode_operand(arch: int) -> tuple[int, bool]:
     """(kWidth, x-permuted) of the decode layout to encode for sm_`arch` with this Triton
     (`weight_layouts.preferred_operand`)."""
@@ -287,13 +354,16 @@ def decode_operand(arch: int) -> tuple[int, bool]:
 
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
                    activation: str = "none", residual: bool = False, kw: int = 2, xperm: bool = False, M: int = 1,
-                   fp4: bool = False, arch: int | None = 90, norm: bool = False, swiglu: bool = False) -> dict:
+                   fp4: bool = False, arch: int | None = 90, norm: bool = False, swiglu: bool = False,
+                   split_k: int | None = None) -> dict:
     """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
     (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts), xperm: x-permuted ("x"); the
     blocks the launcher picks on sm_`arch`; `norm`: the RMSNorm prologue, `swiglu`: the epilogue over interleaved
-    (gate, up) rows (N counts the weight's rows, 2x the output's)."""
+    (gate, up) rows (N counts the weight's rows, 2x the output's); the K splits the launcher picks (`split_k`: these
+    instead)."""
     wscale = fp4 and (group or K) % bk != 0
-    cfg = decode_blocks(N, M, arch, wscale)
+    cfg = decode_blocks(N, M, arch, wscale, -(-K // bk))
+    per, split = split_plan(K, bk, group or K, split_k or cfg["SPLIT_K"])
     sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
            "bias_ptr": "*fp16", "res_ptr": "*fp16", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
            "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
@@ -301,8 +371,12 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
              "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu,
-             "PACK": cfg["PACK"]}
+             "PACK": cfg["PACK"], "SPLIT_K": split}
     sig["eps"] = "fp32"
+    if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
+        sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")
+    else:
+        const.update(part_ptr=None, lock_ptr=None, k_per_split=1)
     for name, used in (("norm_ptr", norm), ("xn_ptr", norm or const["QUANT_X"])):  # the prologue's operands
         sig.update({name: "*fp16"}) if used else const.update({name: None})
     layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4", xperm)
@@ -310,5 +384,6 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
-            "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group} {layout}"
-            + fused + ("" if asm else " portable") + (f" M={M}" if M > MAX_M else "")}
+            "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group}"
+            + (f" splitk{split}" if split > 1 else "") + f" {layout}" + fused + ("" if asm else " portable")
+            + (f" M={M}" if M > MAX_M else "")}

@@ -28,6 +28,9 @@ row kernel `rms_norm_rows_kernel`, and `prologue`, the launcher's part that deci
 Decisions:
 - Scratch per program, not one shared [M, K]: programs writing the same bytes would be a (benign) race;
   a decode step's x is 1-16 rows, so grid_n x M x K fp16 is a few hundred KB at most.
+- Split-K (`qlinear_decode` SPLIT_K): every split of a tile computes the row's rms and amax over the whole K (the
+  same loops, so the same scale and codes, bit for bit, as without splits) and writes only its own K tiles of
+  the tile's scratch rows (disjoint bytes, read back by the same program), and its own row scales.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from fxforge.codegen.decode import fp8e4m3_to_f32
 from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.act_quant import f32_to_fp8e4m3, quantize_activations
 from fxforge.codegen.templates.gemm import rms_scale, row_rstd
+from fxforge.codegen.templates.split_k import split_range
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
 from fxforge.ir.weight_layouts import DECODE_ROWS
@@ -59,11 +63,13 @@ def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.c
 
 @triton.jit
 def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HAS_NORM: tl.constexpr,
-                  QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                  QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, k_per_split=1,
+                  SPLIT_K: tl.constexpr = 1):
     """xn[m, :] = rms_norm(x[m, :]) * g (HAS_NORM) for the rows offs_m < M (xn: rows of K contiguous elements);
     QUANT: then quantized per token to E4M3 as `act_quant_kernel` does (rs[m] = amax / 448, codes by the same
     integer encoder, bit-exact) and stored as the codes' fp16 values. Then a barrier: the caller's threads read
-    the rows back (returned: x's pointer and row stride for the K loop, and the scales' pointer)."""
+    the rows back (returned: x's pointer and row stride for the K loop, and the scales' pointer). SPLIT_K > 1:
+    only this K split's tiles of xn are written (`split_range`); the row's rms and amax span the whole K."""
     mask_m = offs_m < M
     rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
     if HAS_NORM:
@@ -79,7 +85,10 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
         s = tl.math.div_rn(amax, E4M3_MAX + tl.zeros_like(amax))
         s = tl.where(s > 0.0, s, 1.0)
         tl.store(rs_ptr + offs_m, s, mask=mask_m)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    k_lo, k_hi = 0, tl.cdiv(K, BLOCK_K)
+    if SPLIT_K > 1:
+        k_lo, k_hi = split_range(k_hi, k_per_split)
+    for k0 in range(k_lo, k_hi):
         ks = k0 * BLOCK_K + offs_k
         mask = mask_m[:, None] & (ks[None, :] < K)
         v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM)
@@ -122,19 +131,25 @@ _PLAIN = dict(norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM=False, QUANT_X=False
 
 
 def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bool, programs: int, bk: int,
-             ws: Workspace | None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """(x as the K loop's kernel argument, w4a8-fp's per-token scales, the prologue's kernel arguments). M <= 16:
-    the kernel normalises (`norm`) and quantizes (`fp4`) x itself into per-program scratch rows ([programs, M, K]
-    fp16 and [programs, M] scales from the workspace). Prefill: one row-kernel launch for the norm, then
-    `quantize_activations` for FP4 (the codes' values in fp16)."""
+             ws: Workspace | None, splits: int = 1, more: tuple = ()) -> tuple[torch.Tensor, torch.Tensor | None, dict,
+                                                                             list[torch.Tensor]]:
+    """(x as the K loop's kernel argument, w4a8-fp's per-token scales, the prologue's kernel arguments, the caller's
+    `more` scratch). M <= 16: the kernel normalises (`norm`) and quantizes (`fp4`) x itself into per-tile scratch
+    rows ([programs, M, K] fp16, each of the `splits` K splits of a tile writing its own K range, and
+    [programs * splits, M] scales) taken from the workspace in one take with `more` ((shape, dtype) specs: split-K's
+    partials; M <= 16 only). Prefill: one row-kernel launch for the norm, then `quantize_activations` for FP4 (the
+    codes' values in fp16)."""
     M, K = x2d.shape
     if M <= DECODE_ROWS:
         if norm is None and not fp4:
-            return x2d, None, _PLAIN
-        xn, rs = scratch(ws, x2d.device, ((programs, M, K), torch.float16), ((programs, M), torch.float32))
+            return x2d, None, _PLAIN, scratch(ws, x2d.device, *more) if more else []
+        xn, rs, *extra = scratch(ws, x2d.device, ((programs, M, K), torch.float16),
+                                 ((programs * splits, M), torch.float32), *more)
         return x2d, rs if fp4 else None, dict(
             norm_ptr=norm[0].contiguous() if norm else None, xn_ptr=xn, eps=float(norm[1]) if norm else 0.0,
-            HAS_NORM=norm is not None, QUANT_X=fp4)
+            HAS_NORM=norm is not None, QUANT_X=fp4), extra
+    if more or splits > 1:
+        raise ShapeError(f"the decode prologue splits K at M <= {DECODE_ROWS} rows only (got {M})")
     if norm is not None:
         (xn,) = scratch(ws, x2d.device, ((M, K), x2d.dtype))
         rms_norm_rows_kernel[(triton.cdiv(M, PREFILL_ROWS),)](
@@ -144,4 +159,4 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
     if fp4:
         codes, rs = quantize_activations(x2d, "f8e4m3")
         x2d = formats.decode_fp8(codes, "f8e4m3").to(torch.float16)
-    return x2d, rs, _PLAIN
+    return x2d, rs, _PLAIN, []
