@@ -7,9 +7,9 @@ A forward that writes a buffer or an input in place (`buffers_to_mutate` in the 
 refused with a `CaptureError` naming them: the AOT graph and its artifact hold constant weights only.
 Hugging Face models are exported with `use_cache=False` unless the caller says otherwise: the
 `DynamicCache` they return is not a pytree torch.export can output (the JIT path keeps the cache).
-A stack of >= 3 layers of one structure is exported with its first two layers and the others cloned
-from layer 1 (`layer_reuse.py`; export's time grows with depth, the clone's barely), noted in the
-capture's notes either way.
+A stack of >= 3 layers of one structure (or of a few kinds that repeat, e.g. local/global attention)
+is exported with its first layers (two when uniform) and the others cloned from them (`layer_reuse.py`;
+export's time grows with depth, the clone's barely), noted in the capture's notes either way.
 """
 
 from __future__ import annotations
@@ -93,24 +93,26 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: bool) ->
 
 
 def _capture_reusing_layers(model, args, kwargs, dynamic, notes: list[str]) -> tuple[Lowered, Any] | None:
-    """Export with the layer stack cut to two and clone layer 1 (None: no such stack, or a check failed)."""
-    found = layer_reuse.stack_of(model)
-    if found is None:
+    """Export with the layer stack cut to its plan's prefix and clone the rest (None: no such stack, or a check failed)."""
+    plan = layer_reuse.stack_of(model)
+    if plan is None:
         return None
-    path, stack = found
+    path, size = plan.path, len(plan.kinds)
     try:
-        with layer_reuse.cut_to_two(model, path):
+        with layer_reuse.cut_to(model, path, plan.prefix):
             ep = _export(model, args, kwargs, dynamic)
         _refuse_mutations(ep, model)
         weights, tensors = _weight_table(ep, model)
         state = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
-        layer_reuse.replicate(ep.graph_module, weights, path, len(stack), state)
+        layer_reuse.replicate(ep.graph_module, weights, plan, state)
         tensors.update({name: state[name] for name in weights.values() if name not in tensors})
         layer_reuse.check_numerics(ep.graph_module, weights, tensors, model, args, kwargs)
     except (layer_reuse.NoReuse, CaptureError) as e:
         notes.append(f"{path}: each layer exported (no layer reuse: {e})")
         return None
-    notes.append(f"{path}: 2 of {len(stack)} layers exported, layer 1's graph reused for the other {len(stack) - 2} "
+    used = sorted(set(plan.templates.values()))
+    which = f"layer {used[0]}'s graph" if len(used) == 1 else f"layers {', '.join(map(str, used))}' graphs"
+    notes.append(f"{path}: {plan.prefix} of {size} layers exported, {which} reused for the other {size - plan.prefix} "
                  "(checked against eager on the examples)")
     lowered = FxToIR(ep.graph_module, weights).run(tensors)
     lowered.inputs = [s for s in lowered.inputs if s.kind != "weight"]

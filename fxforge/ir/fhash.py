@@ -96,9 +96,9 @@ def _tensor_digest(t: Any) -> str:
 
     if not isinstance(t, torch.Tensor):
         return repr(t)
-    data = t.detach().contiguous().cpu()
+    data = t.detach().contiguous().cpu().reshape(-1)  # a 0-dim tensor has no byte view
     raw = data.view(torch.uint8) if data.element_size() and data.numel() else data
-    return f"{data.dtype}{tuple(data.shape)}:" + hashlib.sha256(raw.numpy().tobytes()).hexdigest()
+    return f"{data.dtype}{tuple(t.shape)}:" + hashlib.sha256(raw.numpy().tobytes()).hexdigest()
 
 
 def group_lines(kind: str, ops: list[Op], inputs: list[Value], outputs: list[Value], reason: str,

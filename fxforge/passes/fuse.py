@@ -50,9 +50,9 @@ from fxforge.ir.partition import KernelGroup, Partition
 from fxforge.ir.types import dims_equal
 from fxforge.passes.fusion_rules import (
     FUSION_RULES,
-    MAX_HORIZONTAL,
     GemmRule,
     activation_of,
+    can_merge_horizontal,
     cat_ok,
     gated_activation,
     gemm_rule,
@@ -210,42 +210,30 @@ class _Partitioner:
         return all(id(r) not in outs and all(id(u) in inside for u in r.uses) for op in ops for r in op.results)
 
     def horizontal(self, order: dict[int, int]) -> None:
-        """Merge pointwise groups (in root order) into an earlier compatible one: same domain shape,
-        a common (non-`full`) input, and no reader of either's outputs at or before the merged root
-        (so neither depends on the other, and the merged kernel can run where the later one did)."""
+        """Merge pointwise groups (in root order) into the first earlier one `can_merge_horizontal` allows (the
+        module notes say when)."""
         merged: list[KernelGroup] = []
-        for g in self.groups:
-            target = next((m for m in merged if self.can_merge(m, g, order)), None) if g.kind == "pointwise" else None
-            if target is None:
+        readers: dict[int, set[int]] = {}  # input id -> positions in `merged` of its readers: only they can merge
+        first_use: list[float] = []  # per merged group, its outputs' first reader: no later root merges with it
+        for g in self.groups:  # linear in depth: a group is tried only while alive and sharing an input
+            now, uses = order[id(g.root)], min((order[id(u)] for v in g.outputs for u in v.uses), default=float("inf"))
+            near = sorted({i for v in g.inputs for i in readers.get(id(v), ()) if first_use[i] > now}) if g.kind == "pointwise" else []
+            at = next((i for i in near if can_merge_horizontal(merged[i], g, order)), None)
+            for v in g.inputs:
+                readers.setdefault(id(v), set()).add(len(merged) if at is None else at)
+            if at is None:
                 merged.append(g)
+                first_use.append(uses)
                 continue
-            n_trees = target.params.get("trees", 1) + g.params.get("trees", 1)
+            target, first_use[at] = merged[at], min(first_use[at], uses)
+            target.params["trees"] = n_trees = target.params.get("trees", 1) + g.params.get("trees", 1)
             target.ops = sorted(target.ops + g.ops, key=lambda o: order[id(o)])
             target.inputs += [v for v in g.inputs if all(v is not u for u in target.inputs)]
             target.outputs = sorted(target.outputs + g.outputs, key=lambda v: order[id(v.producer)])
-            target.params["trees"] = n_trees
             target.reason = f"horizontal: {n_trees} pointwise trees of one domain shape with a common input"
             for op in g.ops:
                 self.claimed[id(op)] = target
-        merged.sort(key=lambda g: order[id(g.root)])
-        self.groups = merged
-
-    def can_merge(self, a: KernelGroup, b: KernelGroup, order: dict[int, int]) -> bool:
-        if a.kind != "pointwise" or not a.outputs or not b.outputs or len(a.outputs) + len(b.outputs) > MAX_HORIZONTAL:
-            return False
-        b_inputs = {id(u) for u in b.inputs}  # the cheap test first: most pairs share no input
-        common = [v for v in a.inputs if id(v) in b_inputs]
-        if all(literal_value(v) is not None for v in common):
-            return False
-        if not all(same_shape(o, a.outputs[0]) for o in [*a.outputs, *b.outputs]):
-            return False
-        last = max(order[id(a.root)], order[id(b.root)])
-        inside = {id(op) for op in [*a.ops, *b.ops]}
-        for v in [*a.outputs, *b.outputs]:
-            for u in v.uses:
-                if id(u) in inside or order[id(u)] <= last:
-                    return False
-        return True
+        self.groups = sorted(merged, key=lambda g: order[id(g.root)])
 
     def grow(self, members: list[Op], root: Op, allow_cat: bool = False) -> list[Op]:
         """Add single-use pointwise producers of root's operands, recursively (inward fusion);
@@ -318,8 +306,7 @@ class _Partitioner:
             reason = f"N:M sparse template ({enc.n}:{enc.m}, {enc.scheme or 'fp16/bf16'} kept values): {reason}"
         self.claim(KernelGroup("gemm", members, [], [], reason, params))
 
-    def epilogue_step(self, op: Op, rule: GemmRule, user: Op, y: Value, start: int,
-                      linear_like: bool) -> tuple[int, Any] | None:
+    def epilogue_step(self, op: Op, rule: GemmRule, user: Op, y: Value, start: int, linear_like: bool) -> tuple[int, Any] | None:
         """The first epilogue step from `start` on that takes `user`: (its index, the value recorded)."""
         for i in range(start, len(EPILOGUE)):
             key, take = EPILOGUE[i]

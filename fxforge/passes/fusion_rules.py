@@ -17,6 +17,7 @@ from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.lowp_ops import SCHEMES
 from fxforge.ir.optable import GATED_ACTIVATIONS
+from fxforge.ir.partition import KernelGroup
 from fxforge.ir.types import NM, BlockFP, Quantized, dims_equal
 
 FUSION_RULES = {
@@ -370,3 +371,24 @@ def swiglu_ops(op: Op, graph: Graph, interleaved: bool | None = None) -> list[Op
         return None
     chain = [gate, up, act, mul]
     return chain if all(kernel_types_ok(o) and o.result.type.dtype == y.type.dtype for o in chain) else None
+
+
+def can_merge_horizontal(a: KernelGroup, b: KernelGroup, order: dict[int, int]) -> bool:
+    """Pointwise group b (later root) may join a (`fuse.py`'s horizontal rule): at most MAX_HORIZONTAL outputs
+    of one domain shape, a common non-literal input, and no reader of either's outputs inside them or at or
+    before the later root (op positions: `order`)."""
+    if a.kind != "pointwise" or not a.outputs or not b.outputs or len(a.outputs) + len(b.outputs) > MAX_HORIZONTAL:
+        return False
+    b_inputs = {id(u) for u in b.inputs}  # the cheap test first: most pairs share no input
+    common = [v for v in a.inputs if id(v) in b_inputs]
+    if all(literal_value(v) is not None for v in common):
+        return False
+    if not all(same_shape(o, a.outputs[0]) for o in [*a.outputs, *b.outputs]):
+        return False
+    last = max(order[id(a.root)], order[id(b.root)])
+    inside = {id(op) for op in [*a.ops, *b.ops]}
+    for v in [*a.outputs, *b.outputs]:
+        for u in v.uses:
+            if id(u) in inside or order[id(u)] <= last:
+                return False
+    return True

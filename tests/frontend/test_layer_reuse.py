@@ -61,6 +61,7 @@ def test_identical_layers_captured_once_give_the_full_export_s_graph():
     ([Block(i, scale=2.0 if i == 3 else 1.0) for i in range(5)], False, None),  # not one structure key
     ([Block(i, branch_on=3) for i in range(5)], False, "differ from the eager model"),  # only layer_idx differs
     ([Block(i) for i in range(5)], True, "an output reads"),  # every layer's output is returned
+    ([Block(i, scale=1.0 + i % 2, branch_on=5) for i in range(7)], False, "differ from the eager model"),  # two kinds
 ])
 def test_layers_that_are_not_one_function_are_each_exported(blocks, every_output, why):
     torch.manual_seed(0)
@@ -78,12 +79,35 @@ def test_layers_that_are_not_one_function_are_each_exported(blocks, every_output
         torch.testing.assert_close(g, w)
 
 
+def test_alternating_kinds_are_each_cloned_from_their_own_kind():
+    # local/global attention layers (Gemma 2): two structure keys in turn, each cloned from an exported twin
+    torch.manual_seed(0)
+    model = Stack([Block(i, scale=1.0 + i % 2) for i in range(7)])
+    cap = capture(model)
+    assert any("3 of 7 layers exported, layers 1, 2' graphs reused for the other 4" in n for n in cap.notes), cap.notes
+    assert graph_key(cap.lowered.graph, weights=True) == graph_key(capture(model, reuse=False).lowered.graph, weights=True)
+
+
+@pytest.mark.parametrize("kinds,prefix,templates", [
+    ((0,) * 8, 2, {(0, 0): 1}),
+    ((0, 1) * 4, 4, {(0, 1): 3, (1, 0): 2}),  # ends on the last layer's kind
+    ((0, 0, 0, 1) * 3 + (0,), 5, {(0, 0): 2, (0, 1): 3, (1, 0): 4}),  # Gemma 3's 5:1 in short
+    ((0, 1, 1, 1, 1, 1), 3, {(0, 1): 1, (1, 1): 2}),  # a first layer of its own (a dense layer before MoE ones)
+    ((0, 0, 0, 0, 0, 1), None, None),  # the one global layer is the last: nothing to clone it from
+    ((0, 1, 2, 3), None, None),
+])
+def test_plan_exports_the_shortest_prefix_holding_every_pair_of_kinds(kinds, prefix, templates):
+    plan = layer_reuse.plan_for("layers", kinds)
+    assert (plan and plan.prefix, plan and plan.templates) == (prefix, templates)
+
+
 def test_structure_key_ignores_only_layer_idx():
     a, b = Block(0), Block(7)
     assert layer_reuse.structure_key(a) == layer_reuse.structure_key(b)
     b.scale = 0.5
     assert layer_reuse.structure_key(a) != layer_reuse.structure_key(b)
     assert layer_reuse.stack_of(Stack([Block(0), Block(1)])) is None  # two layers: nothing to reuse
+    assert layer_reuse.stack_of(Stack([Block(i, scale=1.0 + (i == 3)) for i in range(5)])) is None  # one odd layer
 
 
 @pytest.mark.slow
@@ -106,3 +130,20 @@ def test_hf_models_reused_graph_is_the_full_graph(arch):
     a, b = capture_export(model, (ids,)), capture_export(model, (ids,), reuse_layers=False)
     assert any("2 of 4 layers exported" in n for n in a.notes), a.notes
     assert graph_key(a.lowered.graph, weights=True) == graph_key(b.lowered.graph, weights=True)
+
+
+@pytest.mark.slow
+def test_gemma2_local_and_global_layers_reused_graph_is_the_full_graph():
+    model = zoo._hf("Gemma2Config", "Gemma2ForCausalLM", hidden_size=64, intermediate_size=128, num_hidden_layers=5,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256, sliding_window=4)
+    ids = zoo.example_input("llama", batch=2, seq=8)  # longer than the window: the local layers' mask differs
+    a, b = capture_export(model, (ids,)), capture_export(model, (ids,), reuse_layers=False)
+    assert any("3 of 5 layers exported" in n for n in a.notes), a.notes
+    assert graph_key(a.lowered.graph, weights=True) == graph_key(b.lowered.graph, weights=True)
+
+
+def test_graph_key_with_weights_digests_a_0_dim_weight():
+    # Gemma's scalar constants: a 0-dim tensor has no byte view (the digest raised on them)
+    from fxforge.ir.fhash import _tensor_digest
+    a, b = _tensor_digest(torch.tensor(2.0)), _tensor_digest(torch.tensor(3.0))
+    assert a != b and a.startswith("torch.float32():") and a == _tensor_digest(torch.tensor(2.0))
