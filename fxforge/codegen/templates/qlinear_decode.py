@@ -103,7 +103,7 @@ def qlinear_w4_decode_kernel(
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False,
-    SWIGLU: tl.constexpr = False, PACK: tl.constexpr = False, PRMT: tl.constexpr = False,
+    SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu", PACK: tl.constexpr = False, PRMT: tl.constexpr = False,
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
@@ -203,7 +203,7 @@ def qlinear_w4_decode_kernel(
     if last:
         _epilogue(acc, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
                   stride_om, stride_rm, BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_N, FP4, HAS_BIAS, ACTIVATION, SWIGLU,
-                  HAS_RESIDUAL)
+                  GATE, HAS_RESIDUAL)
 
 
 @triton.jit
@@ -222,7 +222,7 @@ def _k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K: tl.constexpr
 @triton.jit
 def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr, stride_om,
               stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP4: tl.constexpr, HAS_BIAS: tl.constexpr,
-              ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+              ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, GATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     """The decode kernel's epilogue on its fp32 accumulator out^T [BLOCK_N, BLOCK_M]: scales, bias, activation,
     SwiGLU, residual, store."""
     y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
@@ -232,8 +232,8 @@ def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr,
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y = apply_activation(y, ACTIVATION)
-    if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs act(g) * u of N / 2; SWIGLU names act
-        y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N, SWIGLU)
+    if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs act(g) * u of N / 2, act = GATE (a string: Triton
+        y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N, GATE)  # 3.6 refuses one as an `if` test)
     mask = (offs_m < M)[:, None] & mask_n[None, :]
     if HAS_RESIDUAL:
         y += tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -262,8 +262,10 @@ def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: boo
     instructions per row on sm_90)."""
     if M > MAX_M:
         return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, PRMT=False)
-    pack = narrow_groups and M <= 4  # 4 K blocks of M rows in 8 (M <= 2) or 16 x columns
-    narrow = M <= 8 and _narrow_x(arch) and not (pack and M > 2)
+    # 4 K blocks of M rows in 8 (M <= 2) or 16 x columns; 16 where not narrow, and on mma.sync (sm_80: 2.11-2.14
+    # against 2.34 unpacked; with Triton 3.9 on sm_90 the 16 columns spilled beside split-K's partial sum)
+    narrow = M <= 8 and _narrow_x(arch) and not (narrow_groups and 2 < M <= 4 and (arch or 0) < 90)
+    pack = narrow_groups and (M <= 2 or (M <= 4 and not narrow))
     # 256-row tiles on 4 warps: 16-column tiles, and unpacked narrow groups (128 x 8 on 2 spilled with 3.9 on sm_80)
     wide = N >= 2048 and (not narrow or (narrow_groups and not pack))
     tile = dict(BLOCK_N=256, num_warps=4) if wide else dict(BLOCK_N=128, num_warps=2) if N >= 512 else \
@@ -342,7 +344,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
-        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu and gate, PACK=cfg["PACK"],
+        ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, GATE=gate, PACK=cfg["PACK"],
         PRMT=cfg["PRMT"], **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out.reshape(*lead, n_out)
@@ -379,7 +381,7 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
            "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
-             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu and "silu",
+             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu, "GATE": "silu",
              "PACK": cfg["PACK"], "PRMT": cfg["PRMT"], "SPLIT_K": split}
     sig["eps"] = "fp32"
     if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
