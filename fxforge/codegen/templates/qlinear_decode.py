@@ -40,16 +40,16 @@ How (per K tile of BLOCK_K = the layout's tile):
   (int4: the f16 scale as f32; FP4: 2^(14 - k), the group's power of two times the 2^14 of the decode).
   FP4 groups narrower than the tile (WSCALE: w4a8-fp's default 32; an "f4w" tile stays 128 wide, a word's 8
   weights lie in one 32-column block) multiply the decoded fp16 pairs by their group's factor instead (one
-  HMUL2 each, exact: powers of two): 0.5 instructions per weight more, ~2.5 in all (2.48-2.55 on 4 warps) against
-  3.2-3.5 with 32-wide tiles scaling the accumulator; at M <= 4 the K blocks are packed into x's columns
-  instead (PACK; 8 columns at M <= 2, 16 at M <= 4): x tile column c holds row c // 4 of x restricted to K
-  block c % 4 (zero elsewhere), so the accumulator keeps each block's partial sum apart and the group factor
-  multiplies it once per tile (an FFMA per accumulator element: BLOCK_M / BLOCK_K of a weight's share) instead
-  of each decoded pair; the epilogue sums a row's 4 columns. The factors are loaded as [BLOCK_N, 4] and scale
-  the product viewed as [BLOCK_N, BLOCK_M / 4, 4], which stays in the MMA's layout (a [BLOCK_N, BLOCK_M]
-  load went through shared memory to reach it: ~50 instructions and, on Triton 3.6 / sm_90, a spill).
-  Batch 1: 2.41-2.48 -> 1.87-1.91 everywhere; batch 3-4: 2.36-2.48 -> 1.82-2.18 (16 columns cost twice the
-  MMAs of 8 on mma.sync). Packing cannot pay past 4 rows: its FFMAs per weight are M / 32, HMUL2's 1/2.
+  HMUL2 each, exact: powers of two): 0.5 instructions per weight more, 2.33-2.50 in all, against 3.2-3.5 with
+  32-wide tiles scaling the accumulator; at M <= 4 the K blocks are packed into x's columns instead (PACK; 8
+  columns at M <= 2, 16 at M <= 4): x tile column c holds row c // 4 of x restricted to K block c % 4 (zero
+  elsewhere), so the accumulator keeps each block's partial sum apart and the group factor multiplies it once
+  per tile (an FFMA per accumulator element: BLOCK_M / BLOCK_K of a weight's share) instead of each decoded
+  pair; the epilogue sums a row's 4 columns. The factors are loaded as [BLOCK_N, 4] and scale the product
+  viewed as [BLOCK_N, BLOCK_M / 4, 4], which stays in the MMA's layout (a [BLOCK_N, BLOCK_M] load went through
+  shared memory to reach it: ~50 instructions and, on Triton 3.6 / sm_90, a spill). Batch 1: 2.41-2.48 ->
+  1.80-1.91 everywhere; batch 3-4: 2.34-2.48 -> 1.88 (sm_90, 3.6), 2.11-2.13 (sm_80: 16 columns, twice the
+  MMAs of 8 on mma.sync; 3.9 on sm_90 keeps 8 unpacked: 16 spilled beside split-K's sum). No gain past 4 rows.
 - Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
   `split_plan` the steps): a split is the kernel on its K window (`_k_window`: x, the words, zero points and group
   scales advanced to its first column, which starts a group; K its width), so the K loop's code is the unsplit
