@@ -12,9 +12,17 @@ The shape matched, per decoder layer (HF's Llama/Qwen2 attention after `concat_l
 Partial RoPE (StableLM; Phi3 below partial_rotary_factor 1): rope(x) = cat(rope_R(x[..., :R]), x[..., R:]), cos and
 sin of R channels; the site's `rotary_dim` is R.
 
+Interleaved RoPE (GLM, Helium, Cohere: channels (2i, 2i+1) rotate together), as the frontend lowers
+`stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)`: rotate(x) = reshape(cat(reshape(neg(x[..., 1::2]), [.., R/2, 1]),
+reshape(x[..., 0::2], [.., R/2, 1]), -1), [.., R]) (`ROTATIONS`; the site's `interleaved`). Its cos/sin may be
+`repeat_interleave(t, 2, -1)` of a table of one entry per pair (GLM, Helium: reshape(expand(reshape(t)))): the site
+reads t itself (`pair_tables`), so the repeated copy is never made.
+
 Per-head q/k norms (Qwen3, Gemma3, OLMo3-style `q_norm`/`k_norm` over head_dim) sit between the reshape and
 the permute of q and k (x_h = permute(rms_norm(reshape(...), w[D]), [0, 2, 1, 3])) or after the permute (Gemma3);
-both or neither, one eps.
+both or neither, one eps. A norm over the whole q (k) projection, all heads of the token at once (OLMo2's q_norm /
+k_norm: rms_norm(slice, w[H * D]) before the reshape), is the same variant with weights of H * D: the template takes
+the row's scale over H heads.
 
 Decisions:
 - The QKV GEMM may be a dense `linear` or a `qlinear` (quantized weights stacked by `concat_linears`):
@@ -57,8 +65,16 @@ class RopeSite:
     head_dim: int
     format: str = "dense"  # the caches' format (`cache_ops.CACHE_FORMATS`): a KV format writes packed rows
     block: int = 32
-    qk_norm: tuple[Value, Value, float] | None = None  # per-head RMSNorm weights of q and k [D] and eps
+    qk_norm: tuple[Value, Value, float] | None = None  # RMSNorm weights of q and k ([D] per head, [H * D] per row), eps
     rotary_dim: int = 0  # channels [0, rotary_dim) rotated, the rest passed through (partial RoPE); 0: head_dim
+    interleaved: bool = False  # channels (2i, 2i+1) rotate together (else i with i + R/2: rotate_half)
+    pair_tables: bool = False  # cos / sin hold one entry per pair (R/2), channel d reads entry d // 2
+
+    @property
+    def reads(self) -> list[Value]:
+        """What the template reads (a repeat_interleave'd table is read through: not its copy)."""
+        norm = list(self.qk_norm[:2]) if self.qk_norm is not None else []
+        return [self.qkv, self.cos, self.sin, self.pos, self.k_cache, self.v_cache, *norm]
 
 
 def _only_use(v: Value, graph: Graph, opcode: str) -> Op | None:
@@ -78,11 +94,22 @@ def _head_norm(r: Op, graph: Graph) -> Op | None:
     return n if w.rank == 1 and w.shape[0] == d and w.dtype == r.result.type.dtype else None
 
 
+def _row_norm(sl: Op, graph: Graph) -> Op | None:
+    """`rms_norm(slice, w[H * D])` over the whole q or k projection of the token (OLMo2), its only use (else None)."""
+    n = _only_use(sl.result, graph, "rms_norm")
+    if n is None or len(n.operands) != 2 or n.result.type != sl.result.type:
+        return None
+    w = n.operands[1].type
+    return n if w.rank == 1 and w.shape[0] == sl.result.type.shape[-1] and w.dtype == sl.result.type.dtype else None
+
+
 def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, Op | None] | None:
-    """slice -> reshape [B, S, H, D] -> [rms_norm over D] -> permute [0, 2, 1, 3]: (x_h, the ops, H, D, the norm)."""
-    r = _only_use(sl.result, graph, "reshape")
-    norm = _head_norm(r, graph) if r is not None and r.result.type.rank == 4 else None
-    p = _only_use((norm or r).result, graph, "permute") if r is not None else None
+    """slice -> [rms_norm over the row] -> reshape [B, S, H, D] -> [rms_norm over D] -> permute [0, 2, 1, 3]:
+    (x_h, the ops, H, D, the norm)."""
+    row = _row_norm(sl, graph)
+    r = _only_use((row or sl).result, graph, "reshape")
+    norm = row or (_head_norm(r, graph) if r is not None and r.result.type.rank == 4 else None)
+    p = _only_use((r if row else norm or r).result, graph, "permute") if r is not None else None
     if p is None or r.result.type.rank != 4 or list(p.attrs["dims"]) != [0, 2, 1, 3]:
         return None
     _, _, h, d = r.result.type.shape
@@ -100,40 +127,114 @@ def _mul_by(m: Op, x: Value) -> Value | None:
     return b if a is x else a if b is x else None
 
 
-def _rope(x: Value, graph: Graph, d: int) -> tuple[Value, Value, Value, list[Op]] | None:
-    """rope(x) = add(mul(x, cos), mul(rotate_half(x), sin)): (result, cos, sin, ops), else None."""
-    if len(x.uses) != 3 or any(x is o for o in graph.outputs):
-        return None
-    muls = [u for u in x.uses if u.opcode == "mul"]
-    halves = {(u.attrs["start"], u.attrs["end"]): u for u in x.uses if u.opcode == "slice"
-              and u.attrs["dim"] % 4 == 3 and u.attrs["step"] == 1}
-    lo, hi = halves.get((0, d // 2)), halves.get((d // 2, d))
-    if len(muls) != 1 or lo is None or hi is None:
+def _single_use(v: Value, graph: Graph) -> bool:
+    return len(v.uses) == 1 and not any(v is o for o in graph.outputs)
+
+
+def _last_dim_slices(x: Value, step: int) -> dict[int, Op]:
+    """x's uses that slice its last dim with `step`, by start."""
+    return {u.attrs["start"]: u for u in x.uses if u.opcode == "slice" and u.attrs["dim"] == x.type.rank - 1
+            and u.attrs["step"] == step}
+
+
+def _rotate_half(x: Value, graph: Graph, d: int) -> tuple[Value, list[Op]] | None:
+    """cat(neg(x[..., D/2:]), x[..., :D/2]) (Llama's rotate_half): (its result, its ops), else None."""
+    halves = _last_dim_slices(x, 1)
+    lo, hi = halves.get(0), halves.get(d // 2)
+    if lo is None or hi is None or lo.attrs["end"] != d // 2 or hi.attrs["end"] != d:
         return None
     neg = _only_use(hi.result, graph, "neg")
     cat = _only_use(neg.result, graph, "cat") if neg is not None else None
-    if cat is None or cat.attrs["dim"] % 4 != 3 or [v for v in cat.operands] != [neg.result, lo.result]:
+    if cat is None or cat.attrs["dim"] % 4 != 3 or list(cat.operands) != [neg.result, lo.result] or not _single_use(
+            lo.result, graph):
         return None
-    if len(lo.result.uses) != 1:
+    return cat.result, [lo, hi, neg, cat]
+
+
+def _rotate_pairs(x: Value, graph: Graph, d: int) -> tuple[Value, list[Op]] | None:
+    """reshape(cat(reshape(neg(x[..., 1::2]), [.., D/2, 1]), reshape(x[..., 0::2], [.., D/2, 1]), -1), [.., D])
+    (interleaved pairs, `stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)`): (its result, its ops), else None."""
+    strided = _last_dim_slices(x, 2)
+    even, odd = strided.get(0), strided.get(1)
+    if even is None or odd is None or even.attrs["end"] != d or odd.attrs["end"] != d:
         return None
-    m1, m2 = muls[0], _only_use(cat.result, graph, "mul")
+    neg = _only_use(odd.result, graph, "neg")
+    cols = [_only_use(v, graph, "reshape") for v in (neg.result, even.result)] if neg is not None else [None]
+    if any(c is None or tuple(c.result.type.shape) != (*x.type.shape[:-1], d // 2, 1) for c in cols):
+        return None
+    cat = _only_use(cols[0].result, graph, "cat")
+    flat = _only_use(cat.result, graph, "reshape") if cat is not None else None
+    if flat is None or list(cat.operands) != [c.result for c in cols] or cat.attrs["dim"] != x.type.rank or tuple(
+            flat.result.type.shape) != tuple(x.type.shape):
+        return None
+    return flat.result, [even, odd, neg, *cols, cat, flat]
+
+
+ROTATIONS = {False: _rotate_half, True: _rotate_pairs}  # interleaved? -> the rotation's matcher
+
+
+def _pair_table(c: Value) -> Value | None:
+    """t where c = repeat_interleave(t, 2, -1) as the frontend lowers it (reshape(expand(reshape(t, [.., n, 1]),
+    [.., n, 2]), [.., 2n])): one table entry per rotated pair; else None."""
+    chain, v = [], c
+    for opcode in ("reshape", "expand", "reshape"):
+        if v.producer is None or v.producer.opcode != opcode:
+            return None
+        chain.append(v)
+        v = v.producer.operands[0]
+    s = tuple(v.type.shape)
+    if not s or not isinstance(s[-1], int):
+        return None
+    want = [(*s[:-1], 2 * s[-1]), (*s, 2), (*s, 1)]
+    return v if all(tuple(x.type.shape) == w for x, w in zip(chain, want)) else None
+
+
+@dataclass
+class _Rope:
+    result: Value
+    cos: Value  # the tables the template reads
+    sin: Value
+    ops: list[Op]
+    rotary_dim: int
+    interleaved: bool
+    pair_tables: bool
+
+    def same_variant(self, other: _Rope) -> bool:
+        """q's and k's RoPE must be one: the same tables, rotary dim and pairing."""
+        return self.cos is other.cos and self.sin is other.sin and (self.rotary_dim, self.interleaved,
+                                                                    self.pair_tables) == (
+            other.rotary_dim, other.interleaved, other.pair_tables)
+
+
+def _rope(x: Value, graph: Graph, d: int) -> _Rope | None:
+    """rope(x) = add(mul(x, cos), mul(rotate(x), sin)), either rotation of `ROTATIONS`, else None."""
+    if len(x.uses) != 3 or any(x is o for o in graph.outputs):
+        return None
+    muls = [u for u in x.uses if u.opcode == "mul"]
+    found = next(((i, r) for i, match in ROTATIONS.items() if (r := match(x, graph, d)) is not None), None)
+    if len(muls) != 1 or found is None:
+        return None
+    interleaved, (rot, rot_ops) = found
+    m1, m2 = muls[0], _only_use(rot, graph, "mul")
     cos = _mul_by(m1, x)
-    sin = _mul_by(m2, cat.result) if m2 is not None else None
+    sin = _mul_by(m2, rot) if m2 is not None else None
     add = _only_use(m1.result, graph, "add")
     if cos is None or sin is None or add is None or not any(v is m2.result for v in add.operands):
         return None
-    ops = [m1, lo, hi, neg, cat, m2, add]
+    ops = [m1, *rot_ops, m2, add]
     if any(o.result.type.dtype != x.type.dtype for o in ops) or add.result.type.shape != x.type.shape:
         return None
-    return add.result, cos, sin, ops
+    tables = [_pair_table(t) if interleaved else None for t in (cos, sin)]
+    pairs = all(t is not None for t in tables)
+    return _Rope(add.result, *(tables if pairs else (cos, sin)), ops, d, interleaved, pairs)
 
 
-def _partial_rope(x: Value, graph: Graph, d: int) -> tuple[Value, Value, Value, list[Op], int] | None:
-    """rope over all D channels (rotary dim D), or partial RoPE (StableLM, Phi3 with partial_rotary_factor < 1):
-    cat(rope(x[..., :R]), x[..., R:]) with R even: (result, cos, sin, ops, R), else None."""
+def _partial_rope(x: Value, graph: Graph, d: int) -> _Rope | None:
+    """rope over all D channels (rotary dim D), or partial RoPE (StableLM, Phi3 with partial_rotary_factor < 1, GLM):
+    cat(rope(x[..., :R]), x[..., R:]) with R even, else None."""
     full = _rope(x, graph, d)
     if full is not None:
-        return (*full, d)
+        return full
     parts = {(u.attrs["start"], min(u.attrs["end"], d)): u for u in x.uses if u.opcode == "slice" and u.attrs["dim"] % 4 == 3
              and u.attrs["step"] == 1}
     if len(x.uses) != 2 or len(parts) != 2 or any(x is o for o in graph.outputs):
@@ -142,15 +243,12 @@ def _partial_rope(x: Value, graph: Graph, d: int) -> tuple[Value, Value, Value, 
     r = rot.attrs["end"] if rot is not None else 0
     rest = parts.get((r, d))
     inner = _rope(rot.result, graph, r) if rot is not None and rest is not None else None
-    cat = _only_use(inner[0], graph, "cat") if inner is not None else None
-    if cat is None or cat.attrs["dim"] % 4 != 3 or list(cat.operands) != [inner[0], rest.result] or not _single_use(
+    cat = _only_use(inner.result, graph, "cat") if inner is not None else None
+    if cat is None or cat.attrs["dim"] % 4 != 3 or list(cat.operands) != [inner.result, rest.result] or not _single_use(
             rest.result, graph) or cat.result.type.shape != x.type.shape:
         return None
-    return cat.result, inner[1], inner[2], [rot, rest, *inner[3], cat], r
-
-
-def _single_use(v: Value, graph: Graph) -> bool:
-    return len(v.uses) == 1 and not any(v is o for o in graph.outputs)
+    inner.ops, inner.result = [rot, rest, *inner.ops, cat], cat.result
+    return inner
 
 
 def _site(qkv: Value, graph: Graph) -> RopeSite | None:
@@ -170,18 +268,18 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
         return None
     qk_norm = (nq.operands[1], nk.operands[1], float(nq.attrs["eps"])) if nq is not None else None
     rq, rk = _partial_rope(xq, graph, d), _partial_rope(xk, graph, d)
-    if rq is None or rk is None or rq[1] is not rk[1] or rq[2] is not rk[2] or rq[4] != rk[4]:
+    if rq is None or rk is None or not rq.same_variant(rk):
         return None
-    cw_k, cw_v = _only_use(rk[0], graph, "cache_write"), _only_use(xv, graph, "cache_write")
-    if cw_k is None or cw_v is None or cw_k.operands[2] is not rk[0] or cw_v.operands[2] is not xv:
+    cw_k, cw_v = _only_use(rk.result, graph, "cache_write"), _only_use(xv, graph, "cache_write")
+    if cw_k is None or cw_v is None or cw_k.operands[2] is not rk.result or cw_v.operands[2] is not xv:
         return None
     fmt = (cw_k.attrs["format"], cw_k.attrs["block"])
     if cw_k.operands[1] is not cw_v.operands[1] or any(c.attrs["dim"] % 4 != 2 for c in (cw_k, cw_v)) or fmt != (
             cw_v.attrs["format"], cw_v.attrs["block"]):
         return None
-    ops = [*oq, *ok, *ov, *rq[3], *rk[3], cw_k, cw_v]
-    return RopeSite(ops, qkv, rq[1], rq[2], cw_k.operands[1], cw_k.operands[0], cw_v.operands[0], rq[0],
-                    cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm, rq[4])
+    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, cw_k, cw_v]
+    return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0], rq.result,
+                    cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm, rq.rotary_dim, rq.interleaved, rq.pair_tables)
 
 
 def rope_sites(graph: Graph) -> list[RopeSite]:

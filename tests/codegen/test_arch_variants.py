@@ -107,6 +107,41 @@ def test_rope_cache_partial_rotary():
         rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, rotary_dim=5)
 
 
+def _rot_pairs(x):
+    """Interleaved rotate (GLM, Helium, Cohere): stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)."""
+    return torch.stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)
+
+
+@pytest.mark.parametrize("dtype,rotary,pairs", [(torch.float16, 8, True), (torch.float32, 16, False)])
+def test_rope_cache_interleaved_and_row_qk_norm(dtype, rotary, pairs):
+    """Interleaved pairs (2i, 2i + 1), partial (GLM: R = D/2, cos/sin of one entry per pair, repeat_interleave'd by
+    the model) or full with interleaved tables (Cohere); q and k rms_norm'ed over all their heads at once (OLMo2's
+    q_norm / k_norm over the projection, weights [H * D]) before RoPE, v as is."""
+    torch.manual_seed(0)
+    B, S, Hq, Hkv, D, L, eps = 1, 2, 4, 2, 16, 6, 1e-6
+    qkv = torch.randn(B, S, (Hq + 2 * Hkv) * D, dtype=dtype) * 3
+    tables = [torch.randn(1, 1, S, rotary // 2 if pairs else rotary, dtype=dtype) for _ in range(2)]
+    qn, kn = (1 + torch.randn(Hq * D) / 4).to(dtype), (1 + torch.randn(Hkv * D) / 4).to(dtype)
+    pos = torch.tensor([3, 1])
+    kc, vc = torch.zeros(B, Hkv, L, D, dtype=dtype), torch.zeros(B, Hkv, L, D, dtype=dtype)
+    q, _, _ = rope_cache(qkv, *tables, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, qk_norm=(qn, kn, eps),
+                         rotary_dim=rotary, interleaved=True, pair_tables=pairs)
+    c, s = (t.float().repeat_interleave(2, -1) if pairs else t.float() for t in tables)
+    norm = OPS["rms_norm"].ref
+    xq = norm(qkv[..., :Hq * D], qn, eps=eps).reshape(B, S, Hq, D).transpose(1, 2).float()
+    xk = norm(qkv[..., Hq * D:(Hq + Hkv) * D], kn, eps=eps).reshape(B, S, Hkv, D).transpose(1, 2).float()
+
+    def rope(h):
+        return torch.cat([h[..., :rotary] * c + _rot_pairs(h[..., :rotary]) * s, h[..., rotary:]], -1)
+
+    tol = TOL[dtype] * 8
+    torch.testing.assert_close(q.float(), rope(xq), atol=tol, rtol=tol)
+    torch.testing.assert_close(kc[:, :, pos].float(), rope(xk), atol=tol, rtol=tol)
+    assert torch.equal(vc[:, :, pos], qkv.reshape(B, S, -1, D)[:, :, Hq + Hkv:].transpose(1, 2))  # v: not normed
+    with pytest.raises(ShapeError, match="pair_tables"):
+        rope_cache(qkv, *tables, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, pair_tables=True)
+
+
 def test_cat_drops_empty_operands():
     """cat(rope, x[..., D:]) with the pass-through part empty (Phi3 at partial_rotary_factor 1) is rope itself."""
     g = Graph()
