@@ -18,6 +18,8 @@ reshape(x[..., 0::2], [.., R/2, 1]), -1), [.., R]) (`ROTATIONS`; the site's `int
 `repeat_interleave(t, 2, -1)` of a table of one entry per pair (GLM, Helium: reshape(expand(reshape(t)))): the site
 reads t itself (`pair_tables`), so the repeated copy is never made.
 
+The rotation may run in fp32 between casts (cast(rope(cast(x_h, f32)), x.dtype): Cohere in fp16/bf16).
+
 Per-head q/k norms (Qwen3, Gemma3, OLMo3-style `q_norm`/`k_norm` over head_dim) sit between the reshape and
 the permute of q and k (x_h = permute(rms_norm(reshape(...), w[D]), [0, 2, 1, 3])) or after the permute (Gemma3);
 both or neither, one eps. A norm over the whole q (k) projection, all heads of the token at once (OLMo2's q_norm /
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 
 QKV_GEMMS = ("linear", "qlinear")  # the site reads the GEMM's output from memory: any GEMM template wrote it
@@ -251,6 +254,20 @@ def _partial_rope(x: Value, graph: Graph, d: int) -> _Rope | None:
     return inner
 
 
+def _upcast_rope(x: Value, graph: Graph, d: int) -> _Rope | None:
+    """RoPE of the head view x, or cast(rope(cast(x, f32)), x.dtype) (Cohere computes RoPE in fp32 for fp16/bf16
+    models: rope_cache's own math, one rounding at the store)."""
+    up = _only_use(x, graph, "cast")
+    if up is None or up.result.type.dtype != DType.f32 or x.type.dtype == DType.f32:
+        return _partial_rope(x, graph, d)
+    rope = _partial_rope(up.result, graph, d)
+    down = _only_use(rope.result, graph, "cast") if rope is not None else None
+    if down is None or down.result.type.dtype != x.type.dtype:
+        return None
+    rope.ops, rope.result = [up, *rope.ops, down], down.result
+    return rope
+
+
 def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     rank = qkv.type.rank
     slices = sorted((u for u in qkv.uses), key=lambda u: u.attrs.get("start", -1))
@@ -267,7 +284,7 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     if nv is not None or (nq is None) != (nk is None) or (nq is not None and nq.attrs["eps"] != nk.attrs["eps"]):
         return None
     qk_norm = (nq.operands[1], nk.operands[1], float(nq.attrs["eps"])) if nq is not None else None
-    rq, rk = _partial_rope(xq, graph, d), _partial_rope(xk, graph, d)
+    rq, rk = _upcast_rope(xq, graph, d), _upcast_rope(xk, graph, d)
     if rq is None or rk is None or not rq.same_variant(rk):
         return None
     cw_k, cw_v = _only_use(rk.result, graph, "cache_write"), _only_use(xv, graph, "cache_write")
