@@ -136,6 +136,7 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
         kw += ["interleaved=True"] + (["pair_tables=True"] if s.pair_tables else [])
     if s.qk_norm is not None:  # q/k RMSNorm before RoPE, per head (Qwen3) or over all heads (OLMo2)
         kw.append(f"qk_norm=({n(s.qk_norm[0])}, {n(s.qk_norm[1])}, {s.qk_norm[2]!r})")
+        kw += ["norm_fp32=True"] if s.norm_fp32 else []
     return f"_rope_cache({', '.join(args + kw)})"
 
 

@@ -18,13 +18,15 @@ reshape(x[..., 0::2], [.., R/2, 1]), -1), [.., R]) (`ROTATIONS`; the site's `int
 `repeat_interleave(t, 2, -1)` of a table of one entry per pair (GLM, Helium: reshape(expand(reshape(t)))): the site
 reads t itself (`pair_tables`), so the repeated copy is never made.
 
-The rotation may run in fp32 between casts (cast(rope(cast(x_h, f32)), x.dtype): Cohere in fp16/bf16).
+The rotation may run in fp32 and round once at its cast back to x_h's dtype (fp16/bf16 models): of cast(x_h, f32)
+(Cohere) or with fp32 tables promoting its products (OLMo2).
 
 Per-head q/k norms (Qwen3, Gemma3, OLMo3-style `q_norm`/`k_norm` over head_dim) sit between the reshape and
 the permute of q and k (x_h = permute(rms_norm(reshape(...), w[D]), [0, 2, 1, 3])) or after the permute (Gemma3);
 both or neither, one eps. A norm over the whole q (k) projection, all heads of the token at once (OLMo2's q_norm /
 k_norm: rms_norm(slice, w[H * D]) before the reshape), is the same variant with weights of H * D: the template takes
-the row's scale over H heads.
+the row's scale over H heads. Either may weigh in fp32 before its one rounding (cast(rms_norm(cast(x, f32), w),
+x.dtype): OLMo2 in fp16/bf16; the site's `norm_fp32`).
 
 Decisions:
 - The QKV GEMM may be a dense `linear` or a `qlinear` (quantized weights stacked by `concat_linears`):
@@ -72,6 +74,7 @@ class RopeSite:
     rotary_dim: int = 0  # channels [0, rotary_dim) rotated, the rest passed through (partial RoPE); 0: head_dim
     interleaved: bool = False  # channels (2i, 2i+1) rotate together (else i with i + R/2: rotate_half)
     pair_tables: bool = False  # cos / sin hold one entry per pair (R/2), channel d reads entry d // 2
+    norm_fp32: bool = False  # the q/k norm weighs in fp32 before its one rounding (cast(rms_norm(cast(x, f32), w)))
 
     @property
     def reads(self) -> list[Value]:
@@ -87,40 +90,49 @@ def _only_use(v: Value, graph: Graph, opcode: str) -> Op | None:
     return u if u.opcode == opcode else None
 
 
-def _head_norm(r: Op, graph: Graph) -> Op | None:
-    """The per-head `rms_norm(x_h, w[D])` reading the head view `r` (reshape or permute), its only use (else None)."""
-    n = _only_use(r.result, graph, "rms_norm")
-    d = r.result.type.shape[-1]
-    if n is None or len(n.operands) != 2 or n.result.type != r.result.type:
+@dataclass
+class _Norm:
+    ops: list[Op]
+    result: Value
+    op: Op  # the rms_norm (its weight and eps)
+    fp32: bool  # normalised and weighted in fp32 between casts, one rounding
+
+
+def _norm(v: Value, graph: Graph, width: int) -> _Norm | None:
+    """`rms_norm(v, w[width])`, v's only use, or cast(rms_norm(cast(v, f32), w), v.dtype) (OLMo2's fp16/bf16 norm:
+    the weight multiplies in fp32 before the one rounding); else None."""
+    up = _only_use(v, graph, "cast")
+    fp32 = up is not None and up.result.type.dtype == DType.f32 and v.type.dtype != DType.f32
+    x = up.result if fp32 else v
+    n = _only_use(x, graph, "rms_norm")
+    if n is None or len(n.operands) != 2 or n.result.type != x.type:
         return None
     w = n.operands[1].type
-    return n if w.rank == 1 and w.shape[0] == d and w.dtype == r.result.type.dtype else None
-
-
-def _row_norm(sl: Op, graph: Graph) -> Op | None:
-    """`rms_norm(slice, w[H * D])` over the whole q or k projection of the token (OLMo2), its only use (else None)."""
-    n = _only_use(sl.result, graph, "rms_norm")
-    if n is None or len(n.operands) != 2 or n.result.type != sl.result.type:
+    if w.rank != 1 or w.shape[0] != width or w.dtype not in (x.type.dtype, v.type.dtype):
         return None
-    w = n.operands[1].type
-    return n if w.rank == 1 and w.shape[0] == sl.result.type.shape[-1] and w.dtype == sl.result.type.dtype else None
+    down = _only_use(n.result, graph, "cast") if fp32 else None
+    if fp32 and (down is None or down.result.type != v.type):
+        return None
+    return _Norm([up, n, down], down.result, n, True) if fp32 else _Norm([n], n.result, n, False)
 
 
-def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, Op | None] | None:
-    """slice -> [rms_norm over the row] -> reshape [B, S, H, D] -> [rms_norm over D] -> permute [0, 2, 1, 3]:
-    (x_h, the ops, H, D, the norm)."""
-    row = _row_norm(sl, graph)
+def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, _Norm | None] | None:
+    """slice -> [rms_norm over the row] -> reshape [B, S, H, D] -> [rms_norm over D] -> permute [0, 2, 1, 3]
+    [-> rms_norm over D]: (x_h, the ops, H, D, the norm)."""
+    row = _norm(sl.result, graph, sl.result.type.shape[-1])  # over all heads of the token (OLMo2)
     r = _only_use((row or sl).result, graph, "reshape")
-    norm = row or (_head_norm(r, graph) if r is not None and r.result.type.rank == 4 else None)
-    p = _only_use((r if row else norm or r).result, graph, "permute") if r is not None else None
-    if p is None or r.result.type.rank != 4 or list(p.attrs["dims"]) != [0, 2, 1, 3]:
+    if r is None or r.result.type.rank != 4:
         return None
     _, _, h, d = r.result.type.shape
     if not isinstance(h, int) or not isinstance(d, int) or d % 2:
         return None
-    after = _head_norm(p, graph) if norm is None else None  # Gemma3 norms the heads after the transpose
+    norm = row or _norm(r.result, graph, d)  # per head (Qwen3)
+    p = _only_use((r if row else norm or r).result, graph, "permute")
+    if p is None or list(p.attrs["dims"]) != [0, 2, 1, 3]:
+        return None
+    after = _norm(p.result, graph, d) if norm is None else None  # Gemma3 norms the heads after the transpose
     norm = norm or after
-    return (after or p).result, [sl, r, p] + ([norm] if norm else []), h, d, norm
+    return (after or p).result, [sl, r, p] + (norm.ops if norm else []), h, d, norm
 
 
 def _mul_by(m: Op, x: Value) -> Value | None:
@@ -225,7 +237,7 @@ def _rope(x: Value, graph: Graph, d: int) -> _Rope | None:
     if cos is None or sin is None or add is None or not any(v is m2.result for v in add.operands):
         return None
     ops = [m1, *rot_ops, m2, add]
-    if any(o.result.type.dtype != x.type.dtype for o in ops) or add.result.type.shape != x.type.shape:
+    if any(o.result.type.dtype not in (x.type.dtype, DType.f32) for o in ops) or add.result.type.shape != x.type.shape:
         return None
     tables = [_pair_table(t) if interleaved else None for t in (cos, sin)]
     pairs = all(t is not None for t in tables)
@@ -254,17 +266,18 @@ def _partial_rope(x: Value, graph: Graph, d: int) -> _Rope | None:
     return inner
 
 
-def _upcast_rope(x: Value, graph: Graph, d: int) -> _Rope | None:
-    """RoPE of the head view x, or cast(rope(cast(x, f32)), x.dtype) (Cohere computes RoPE in fp32 for fp16/bf16
-    models: rope_cache's own math, one rounding at the store)."""
+def _fp32_rope(x: Value, graph: Graph, d: int) -> _Rope | None:
+    """RoPE of the head view x, or for an fp16/bf16 x RoPE in fp32 cast back to x's dtype: of cast(x, f32) (Cohere), or
+    with fp32 tables promoting the products (OLMo2): rope_cache's own math, one rounding at the store."""
     up = _only_use(x, graph, "cast")
-    if up is None or up.result.type.dtype != DType.f32 or x.type.dtype == DType.f32:
-        return _partial_rope(x, graph, d)
-    rope = _partial_rope(up.result, graph, d)
-    down = _only_use(rope.result, graph, "cast") if rope is not None else None
+    upcast = up is not None and up.result.type.dtype == DType.f32 and x.type.dtype != DType.f32
+    rope = _partial_rope(up.result if upcast else x, graph, d)
+    if rope is None or rope.result.type.dtype == x.type.dtype:
+        return rope
+    down = _only_use(rope.result, graph, "cast")
     if down is None or down.result.type.dtype != x.type.dtype:
         return None
-    rope.ops, rope.result = [up, *rope.ops, down], down.result
+    rope.ops, rope.result = [*([up] if upcast else []), *rope.ops, down], down.result
     return rope
 
 
@@ -281,10 +294,11 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     if any(h is None for h in heads) or len({h[3] for h in heads}) != 1 or heads[1][2] != heads[2][2]:
         return None
     (xq, oq, hq, d, nq), (xk, ok, hkv, _, nk), (xv, ov, _, _, nv) = heads
-    if nv is not None or (nq is None) != (nk is None) or (nq is not None and nq.attrs["eps"] != nk.attrs["eps"]):
+    if nv is not None or (nq is None) != (nk is None) or (nq is not None and (
+            nq.op.attrs["eps"] != nk.op.attrs["eps"] or nq.fp32 != nk.fp32)):
         return None
-    qk_norm = (nq.operands[1], nk.operands[1], float(nq.attrs["eps"])) if nq is not None else None
-    rq, rk = _upcast_rope(xq, graph, d), _upcast_rope(xk, graph, d)
+    qk_norm = (nq.op.operands[1], nk.op.operands[1], float(nq.op.attrs["eps"])) if nq is not None else None
+    rq, rk = _fp32_rope(xq, graph, d), _fp32_rope(xk, graph, d)
     if rq is None or rk is None or not rq.same_variant(rk):
         return None
     cw_k, cw_v = _only_use(rk.result, graph, "cache_write"), _only_use(xv, graph, "cache_write")
@@ -296,7 +310,8 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
         return None
     ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, cw_k, cw_v]
     return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0], rq.result,
-                    cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm, rq.rotary_dim, rq.interleaved, rq.pair_tables)
+                    cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm, rq.rotary_dim, rq.interleaved, rq.pair_tables,
+                    nq is not None and nq.fp32)
 
 
 def rope_sites(graph: Graph) -> list[RopeSite]:

@@ -24,12 +24,13 @@ Decisions:
 - `interleaved=True` (GLM, Helium, Cohere): channel d pairs with d ^ 1 (rotate(x)[2i] = -x[2i+1], rotate(x)[2i+1] =
   x[2i]) instead of (d + R/2) mod R; `pair_tables=True`: cos / sin hold R/2 entries, one per pair (the table
   `repeat_interleave(t, 2)` repeats, read through: channel d reads entry d // 2). Constexprs: one kernel per pairing.
-- `qk_norm=(q_w, k_w, eps)` (Qwen3's q_norm / k_norm, `rope_sites._head_norm`): a q or k program first takes its
+- `qk_norm=(q_w, k_w, eps)` (Qwen3's q_norm / k_norm, `rope_sites._norm`): a q or k program first takes its
   row's 1/rms, then every channel it reads (the partner too) is normalised with `gemm.rms_scale`'s steps (scale,
   round to qkv's dtype, weight, round), so RoPE sees exactly what the rms_norm row kernel wrote. The row is the
   head (weights [D]) or all the token's q (k) heads (weights [Hq * D] / [Hkv * D], OLMo2's norm over the whole
   projection): each head program sums the squares of the whole row itself (a loop over NQN / NKN heads, L1/L2
-  resident, no second launch) and reads its own slice of the weights.
+  resident, no second launch) and reads its own slice of the weights. `norm_fp32` (OLMo2 in fp16/bf16): weighted in
+  fp32 and rounded once, as cast(rms_norm(cast(x, f32), w), x.dtype).
 - Packed: a k / v program computes its row as even and odd channels [blocks, block / 2] (RoPE evaluated
   at those indices), so the encoder reduces each block along one axis and pairs bfp4's nibbles without
   reshapes; q heads take the dense path (a runtime branch on the head, one kernel for all heads).
@@ -61,15 +62,20 @@ def _rows_rstd(row, stride_xn, eps, nh, NH: tl.constexpr, D: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM: tl.constexpr):
+def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM: tl.constexpr,
+             NORM_F32: tl.constexpr):
     """Channels `d` of the head row (fp32); QK_NORM: the RMSNorm (weights qn / kn from `w_off`, the row's `rstd`)
-    applied where is_q or is_k with `gemm.rms_scale`'s steps and roundings (v heads as loaded)."""
+    applied where is_q or is_k with `gemm.rms_scale`'s steps and roundings, NORM_F32: weighted in fp32 and rounded
+    once (v heads as loaded)."""
     x = tl.load(row + d * stride_xn, mask=md, other=0.0)
     if QK_NORM:
         vq, vk = (d * 0 + is_q.to(tl.int32)) != 0, (d * 0 + is_k.to(tl.int32)) != 0  # vector masks (the interpreter)
         g = tl.load(qn_ptr + w_off + d, mask=md & vq, other=0.0).to(tl.float32) + tl.load(
             kn_ptr + w_off + d, mask=md & vk, other=0.0).to(tl.float32)
-        xn = ((x.to(tl.float32) * rstd).to(x.dtype).to(tl.float32) * g).to(x.dtype)
+        if NORM_F32:  # the norm's IR: cast(rms_norm(cast(x, f32), w), x.dtype)
+            xn = (x.to(tl.float32) * rstd * g).to(x.dtype)
+        else:
+            xn = ((x.to(tl.float32) * rstd).to(x.dtype).to(tl.float32) * g).to(x.dtype)
         x = tl.where(vq | vk, xn, x)
     return x.to(tl.float32)
 
@@ -77,10 +83,10 @@ def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_
 @triton.jit
 def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr, qn_ptr, kn_ptr, w_off, rstd,
              is_q, is_k, QK_NORM: tl.constexpr, ROT: tl.constexpr, INTERLEAVED: tl.constexpr,
-             PAIR_TABLES: tl.constexpr):
+             PAIR_TABLES: tl.constexpr, NORM_F32: tl.constexpr):
     """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row` (QK_NORM: normed first);
     channels past ROT (partial RoPE) pass through."""
-    x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM)
+    x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, NORM_F32)
     in_rot = d < ROT
     if INTERLEAVED:  # pairs (2i, 2i + 1): rotate(x)[2i] = -x[2i + 1], rotate(x)[2i + 1] = x[2i]
         pd = d ^ 1
@@ -88,7 +94,8 @@ def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.const
     else:  # rotate_half: d with (d + R/2) mod R, negated in the first half
         pd = (d + ROT // 2) % ROT
         negated = d < ROT // 2
-    partner = _channel(row, tl.where(in_rot, pd, d), md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM)
+    partner = _channel(row, tl.where(in_rot, pd, d), md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM,
+                       NORM_F32)
     rot = tl.where(negated, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
     if PAIR_TABLES:  # one table entry per pair
         cd = d // 2
@@ -107,7 +114,7 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, NB: tl.constexpr,
                       qn_ptr=None, kn_ptr=None, eps=0.0, QK_NORM: tl.constexpr = False, ROT: tl.constexpr = 0,
                       INTERLEAVED: tl.constexpr = False, PAIR_TABLES: tl.constexpr = False, NQN: tl.constexpr = 1,
-                      NKN: tl.constexpr = 1):
+                      NKN: tl.constexpr = 1, NORM_F32: tl.constexpr = False):
     """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k rows (NQN / NKN heads each),] RoPE on
     q/k heads, then store q / write the cache."""
     t = tl.program_id(0)
@@ -134,7 +141,7 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         hd = d * 0 + h  # the head index as a vector: masks of one dtype with md
         y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
-                     INTERLEAVED, PAIR_TABLES)
+                     INTERLEAVED, PAIR_TABLES, NORM_F32)
         q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
         tl.store(q_dst, y.to(q_ptr.dtype.element_ty), mask=md & (hd < HQ))
         k_dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl + d
@@ -146,7 +153,7 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         md = d < D
         y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
-                     INTERLEAVED, PAIR_TABLES)
+                     INTERLEAVED, PAIR_TABLES, NORM_F32)
         tl.store(q_ptr + ((b * HQ + h) * S + s) * D + d, y.to(q_ptr.dtype.element_ty), mask=md)
     else:  # packed cache, a k or v head: encode the token's row (even / odd channels of each block)
         is_k = h < HQ + HKV
@@ -156,10 +163,10 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         me = nb_mask[:, None] & (de < D)
         ye = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
-                     INTERLEAVED, PAIR_TABLES)
+                     INTERLEAVED, PAIR_TABLES, NORM_F32)
         yo = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
-                     INTERLEAVED, PAIR_TABLES)
+                     INTERLEAVED, PAIR_TABLES, NORM_F32)
         ye = ye.to(q_ptr.dtype.element_ty).to(tl.float32)  # what the graph's `new` holds: the model's dtype
         yo = yo.to(q_ptr.dtype.element_ty).to(tl.float32)
         if is_k:
@@ -188,14 +195,16 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
                v_cache: torch.Tensor, *, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
                block: int = 32, out: torch.Tensor | None = None,
                qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, rotary_dim: int | None = None,
-               interleaved: bool = False, pair_tables: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               interleaved: bool = False, pair_tables: bool = False,
+               norm_fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
     buffer of the generated `run()`), else allocated. `qk_norm=(q_weight, k_weight, eps)`: q and k are rms_norm'ed
     before RoPE, each head over D with weights [D] (Qwen3's q_norm / k_norm), or the token's whole q (k) row with
     weights [Hq * D] ([Hkv * D]: OLMo2). `rotary_dim` R (partial RoPE, even, <= D): channels [0, R) rotate with
     cos/sin of R channels, the rest pass through. `interleaved`: pairs (2i, 2i + 1) rotate (GLM), not (i, i + R/2);
-    `pair_tables` (interleaved only): cos/sin of R/2 entries, one per pair (the table before `repeat_interleave(2)`)."""
+    `pair_tables` (interleaved only): cos/sin of R/2 entries, one per pair (the table before `repeat_interleave(2)`).
+    `norm_fp32`: the q/k norm weighs in fp32 and rounds once (OLMo2's fp16/bf16 norm), not rms_norm(x, w)'s two."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
     rot = head_dim if rotary_dim is None else rotary_dim
@@ -219,7 +228,7 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         *k_cache.stride()[:3], *v_cache.stride()[:3],
         HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), **_format_constexprs(
             format, block, head_dim), **_norm_args(qk_norm, q_heads, kv_heads, head_dim), ROT=rot,
-        INTERLEAVED=interleaved, PAIR_TABLES=pair_tables)
+        INTERLEAVED=interleaved, PAIR_TABLES=pair_tables, NORM_F32=norm_fp32 and qk_norm is not None)
     return q, k_cache, v_cache
 
 
@@ -244,9 +253,10 @@ def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
 
 
 def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
-                    block: int = 32, qk_norm: bool = False, norm_rows: bool = False, interleaved: bool = False) -> dict:
+                    block: int = 32, qk_norm: bool = False, norm_rows: bool = False, interleaved: bool = False,
+                    norm_fp32: bool = False) -> dict:
     """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches
-    (`qk_norm`: with the per-head q/k RMSNorm, `norm_rows`: over all heads; `interleaved`: pairs (2i, 2i + 1) with
+    (`qk_norm`: with the per-head q/k RMSNorm, `norm_rows`: over all heads, `norm_fp32`: weighted in fp32; `interleaved`: pairs (2i, 2i + 1) with
     tables of one entry per pair and half the head rotated, GLM's)."""
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
@@ -257,7 +267,8 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
     const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim,
              "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim),
              "QK_NORM": qk_norm, "ROT": head_dim // 2 if interleaved else head_dim, "INTERLEAVED": interleaved,
-             "PAIR_TABLES": interleaved, "NQN": q_heads if norm_rows else 1, "NKN": kv_heads if norm_rows else 1}
+             "PAIR_TABLES": interleaved, "NQN": q_heads if norm_rows else 1, "NKN": kv_heads if norm_rows else 1,
+             "NORM_F32": norm_fp32}
     if qk_norm:
         sig.update({"qn_ptr": f"*{t}", "kn_ptr": f"*{t}", "eps": "fp32"})
     else:
@@ -265,4 +276,4 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
             "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"
-                      f"{' qk_norm' * qk_norm}{' rows' * norm_rows}{' interleaved' * interleaved}"}
+                      f"{' qk_norm' * qk_norm}{' rows' * norm_rows}{' fp32' * norm_fp32}{' interleaved' * interleaved}"}
