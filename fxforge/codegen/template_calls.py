@@ -137,6 +137,9 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
     if s.qk_norm is not None:  # q/k RMSNorm before RoPE, per head (Qwen3) or over all heads (OLMo2)
         kw.append(f"qk_norm=({n(s.qk_norm[0])}, {n(s.qk_norm[1])}, {s.qk_norm[2]!r})")
         kw += ["norm_fp32=True"] if s.norm_fp32 else []
+        kw += ["norm_after=True"] if s.norm_after else []  # after RoPE (HunYuan)
+    if s.q_scale is not None:  # q's per-token scale after RoPE (Ministral3)
+        kw.append(f"q_scale={n(s.q_scale)}")
     return f"_rope_cache({', '.join(args + kw)})"
 
 

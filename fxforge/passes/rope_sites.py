@@ -26,7 +26,9 @@ the permute of q and k (x_h = permute(rms_norm(reshape(...), w[D]), [0, 2, 1, 3]
 both or neither, one eps. A norm over the whole q (k) projection, all heads of the token at once (OLMo2's q_norm /
 k_norm: rms_norm(slice, w[H * D]) before the reshape), is the same variant with weights of H * D: the template takes
 the row's scale over H heads. Either may weigh in fp32 before its one rounding (cast(rms_norm(cast(x, f32), w),
-x.dtype): OLMo2 in fp16/bf16; the site's `norm_fp32`).
+x.dtype): OLMo2 in fp16/bf16; the site's `norm_fp32`). Per-head norms after RoPE instead (HunYuan: rms_norm(rope(x_h),
+w[D]) feeds the attention / the cache write; the site's `norm_after`, dense caches only). q after RoPE (and its norm)
+may be scaled per token, mul(q, t[B or 1, 1, S, 1]) of q's dtype (Ministral3's position-dependent scaling; `q_scale`).
 
 Decisions:
 - The QKV GEMM may be a dense `linear` or a `qlinear` (quantized weights stacked by `concat_linears`):
@@ -75,12 +77,15 @@ class RopeSite:
     interleaved: bool = False  # channels (2i, 2i+1) rotate together (else i with i + R/2: rotate_half)
     pair_tables: bool = False  # cos / sin hold one entry per pair (R/2), channel d reads entry d // 2
     norm_fp32: bool = False  # the q/k norm weighs in fp32 before its one rounding (cast(rms_norm(cast(x, f32), w)))
+    norm_after: bool = False  # the per-head q/k norm applies to RoPE's result (HunYuan), not before it
+    q_scale: Value | None = None  # q after RoPE times a per-token scale [B or 1, 1, S, 1] (Ministral3)
 
     @property
     def reads(self) -> list[Value]:
         """What the template reads (a repeat_interleave'd table is read through: not its copy)."""
         norm = list(self.qk_norm[:2]) if self.qk_norm is not None else []
-        return [self.qkv, self.cos, self.sin, self.pos, self.k_cache, self.v_cache, *norm]
+        scale = [self.q_scale] if self.q_scale is not None else []
+        return [self.qkv, self.cos, self.sin, self.pos, self.k_cache, self.v_cache, *norm, *scale]
 
 
 def _only_use(v: Value, graph: Graph, opcode: str) -> Op | None:
@@ -301,17 +306,37 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     rq, rk = _fp32_rope(xq, graph, d), _fp32_rope(xk, graph, d)
     if rq is None or rk is None or not rq.same_variant(rk):
         return None
-    cw_k, cw_v = _only_use(rk.result, graph, "cache_write"), _only_use(xv, graph, "cache_write")
-    if cw_k is None or cw_v is None or cw_k.operands[2] is not rk.result or cw_v.operands[2] is not xv:
+    aq, ak = _norm(rq.result, graph, d), _norm(rk.result, graph, d)  # per-head norms after RoPE (HunYuan)
+    if (aq is None) != (ak is None) or (aq is not None and (qk_norm is not None or aq.op.attrs["eps"] != ak.op.attrs[
+            "eps"] or aq.fp32 != ak.fp32)):
+        return None
+    if aq is not None:
+        qk_norm, nq = (aq.op.operands[1], ak.op.operands[1], float(aq.op.attrs["eps"])), aq
+    q, k = (aq.result, ak.result) if aq is not None else (rq.result, rk.result)
+    scaled = _q_scale(q, graph)
+    cw_k, cw_v = _only_use(k, graph, "cache_write"), _only_use(xv, graph, "cache_write")
+    if cw_k is None or cw_v is None or cw_k.operands[2] is not k or cw_v.operands[2] is not xv:
         return None
     fmt = (cw_k.attrs["format"], cw_k.attrs["block"])
     if cw_k.operands[1] is not cw_v.operands[1] or any(c.attrs["dim"] % 4 != 2 for c in (cw_k, cw_v)) or fmt != (
-            cw_v.attrs["format"], cw_v.attrs["block"]):
+            cw_v.attrs["format"], cw_v.attrs["block"]) or (aq is not None and fmt[0] != "dense"):
         return None
-    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, cw_k, cw_v]
-    return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0], rq.result,
-                    cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm, rq.rotary_dim, rq.interleaved, rq.pair_tables,
-                    nq is not None and nq.fp32)
+    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *scaled[:1], cw_k, cw_v]
+    return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0],
+                    scaled[0].result if scaled else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
+                    rq.rotary_dim, rq.interleaved, rq.pair_tables, nq is not None and nq.fp32, norm_after=aq is not None,
+                    q_scale=scaled[1] if scaled else None)
+
+
+def _q_scale(q: Value, graph: Graph) -> tuple[Op, Value] | tuple[()]:
+    """(the mul, t) of q's only use mul(q, t) with t a per-token scale [B or 1, 1, S, 1] of q's dtype (Ministral3's
+    position-dependent q scaling after RoPE), else ()."""
+    m = _only_use(q, graph, "mul")
+    t = _mul_by(m, q) if m is not None else None
+    if t is None or m.result.type != q.type or t.type.dtype != q.type.dtype or t.type.rank != 4:
+        return ()
+    b, h, s, one = t.type.shape
+    return (m, t) if h == 1 and one == 1 and s == q.type.shape[2] and b in (1, q.type.shape[0]) else ()
 
 
 def rope_sites(graph: Graph) -> list[RopeSite]:

@@ -147,6 +147,37 @@ def test_rope_cache_interleaved_and_row_qk_norm(dtype, rotary, pairs, fp32):
         rope_cache(qkv, *tables, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, pair_tables=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rope_cache_norm_after_rope_and_q_scale(dtype):
+    """HunYuan's per-head q/k RMSNorm after RoPE (`norm_after`) and Ministral3's per-token q scale after it
+    (`q_scale` [1, 1, S, 1]): q = rms_norm(rope(x_q)) * scale, the k cache rms_norm(rope(x_k)), v as is; with the
+    graph's roundings in fp16 (rope rounded, then the norm's two, then the mul's)."""
+    torch.manual_seed(0)
+    B, S, Hq, Hkv, D, L, eps = 1, 2, 4, 2, 16, 6, 1e-6
+    qkv = torch.randn(B, S, (Hq + 2 * Hkv) * D, dtype=dtype) * 3
+    cos, sin = (torch.randn(1, 1, S, D, dtype=dtype) for _ in range(2))
+    qn, kn = ((1 + torch.randn(D) / 4).to(dtype) for _ in range(2))
+    scale = (1 + torch.rand(1, 1, S, 1)).to(dtype)
+    pos = torch.tensor([3, 1])
+    kc, vc = torch.zeros(B, Hkv, L, D, dtype=dtype), torch.zeros(B, Hkv, L, D, dtype=dtype)
+    q, _, _ = rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, qk_norm=(qn, kn, eps),
+                         norm_after=True, q_scale=scale)
+    x = qkv.reshape(B, S, -1, D).transpose(1, 2)
+
+    def rope_norm(h, w):  # RoPE in fp32, one rounding (the fused kernels' convention), then the norm's steps
+        h, c, s = h.float(), cos.float(), sin.float()
+        return OPS["rms_norm"].ref((h * c + _rot(h) * s).to(dtype), w, eps=eps)
+
+    want_q = (rope_norm(x[:, :Hq], qn).float() * scale.float()).to(dtype)
+    tol = TOL[dtype] * 8
+    torch.testing.assert_close(q.float(), want_q.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(kc[:, :, pos].float(), rope_norm(x[:, Hq:Hq + Hkv], kn).float(), atol=tol, rtol=tol)
+    assert torch.equal(vc[:, :, pos], x[:, Hq + Hkv:])
+    assert dtype == torch.float32 or (q == want_q).float().mean() >= 0.95
+    with pytest.raises(ShapeError, match="norm_after"):
+        rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, norm_after=True)
+
+
 class _InterleavedAttention(torch.nn.Module):
     """After one [q; k; v] linear, as HF writes them: OLMo2's q/k RMSNorm over the whole projection, the head views,
     GLM's interleaved partial RoPE (R = D/2, cos/sin of R channels, their first R/2 repeat_interleave'd); `cohere`:

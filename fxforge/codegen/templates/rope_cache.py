@@ -107,6 +107,32 @@ def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.const
 
 
 @triton.jit
+def _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, out_ptr, D: tl.constexpr, NORM_F32: tl.constexpr):
+    """RMSNorm over D of a RoPE'd q / k head row y (fp32; HunYuan's q/k norm after RoPE): of y rounded to the model's
+    dtype (the graph's RoPE result), with `_channel`'s steps and roundings; v rows as they are."""
+    dt = out_ptr.dtype.element_ty
+    x = tl.where(md, y.to(dt).to(tl.float32), 0.0)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
+    vq, vk = (d * 0 + is_q.to(tl.int32)) != 0, (d * 0 + is_k.to(tl.int32)) != 0  # vector masks (the interpreter)
+    g = tl.load(qn_ptr + d, mask=md & vq, other=0.0).to(tl.float32) + tl.load(kn_ptr + d, mask=md & vk,
+                                                                              other=0.0).to(tl.float32)
+    if NORM_F32:
+        xn = x * rstd * g
+    else:
+        xn = (x * rstd).to(dt).to(tl.float32) * g
+    return tl.where(vq | vk, xn.to(dt).to(tl.float32), y)
+
+
+@triton.jit
+def _scaled_q(y, d, scale_at, is_q, out_ptr):
+    """q rows times their token's scale (Ministral3's position-dependent q scaling after RoPE), rounded as the graph's
+    mul of two model-dtype tensors; k / v rows as they are."""
+    dt = out_ptr.dtype.element_ty
+    vq = (d * 0 + is_q.to(tl.int32)) != 0
+    return tl.where(vq, (y.to(dt).to(tl.float32) * tl.load(scale_at).to(tl.float32)).to(dt).to(tl.float32), y)
+
+
+@triton.jit
 def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       S, stride_xb, stride_xs, stride_xn, stride_cb, stride_cs, stride_cd,
                       stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
@@ -114,9 +140,11 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, NB: tl.constexpr,
                       qn_ptr=None, kn_ptr=None, eps=0.0, QK_NORM: tl.constexpr = False, ROT: tl.constexpr = 0,
                       INTERLEAVED: tl.constexpr = False, PAIR_TABLES: tl.constexpr = False, NQN: tl.constexpr = 1,
-                      NKN: tl.constexpr = 1, NORM_F32: tl.constexpr = False):
+                      NKN: tl.constexpr = 1, NORM_F32: tl.constexpr = False, NORM_AFTER: tl.constexpr = False,
+                      qs_ptr=None, stride_qsb=0, stride_qss=0, Q_SCALE: tl.constexpr = False):
     """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k rows (NQN / NKN heads each),] RoPE on
-    q/k heads, then store q / write the cache."""
+    q/k heads [, their RMSNorm after RoPE (NORM_AFTER, dense caches), q times its token's scale (Q_SCALE)], then
+    store q / write the cache."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     b = t // S
@@ -142,6 +170,10 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
                      INTERLEAVED, PAIR_TABLES, NORM_F32)
+        if NORM_AFTER:
+            y = _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, q_ptr, D, NORM_F32)
+        if Q_SCALE:
+            y = _scaled_q(y, d, qs_ptr + b * stride_qsb + s * stride_qss, is_q, q_ptr)
         q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
         tl.store(q_dst, y.to(q_ptr.dtype.element_ty), mask=md & (hd < HQ))
         k_dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl + d
@@ -154,6 +186,8 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
                      INTERLEAVED, PAIR_TABLES, NORM_F32)
+        if Q_SCALE:
+            y = _scaled_q(y, d, qs_ptr + b * stride_qsb + s * stride_qss, is_q, q_ptr)
         tl.store(q_ptr + ((b * HQ + h) * S + s) * D + d, y.to(q_ptr.dtype.element_ty), mask=md)
     else:  # packed cache, a k or v head: encode the token's row (even / odd channels of each block)
         is_k = h < HQ + HKV
@@ -195,8 +229,9 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
                v_cache: torch.Tensor, *, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
                block: int = 32, out: torch.Tensor | None = None,
                qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, rotary_dim: int | None = None,
-               interleaved: bool = False, pair_tables: bool = False,
-               norm_fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               interleaved: bool = False, pair_tables: bool = False, norm_fp32: bool = False,
+               norm_after: bool = False,
+               q_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
     buffer of the generated `run()`), else allocated. `qk_norm=(q_weight, k_weight, eps)`: q and k are rms_norm'ed
@@ -204,7 +239,9 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
     weights [Hq * D] ([Hkv * D]: OLMo2). `rotary_dim` R (partial RoPE, even, <= D): channels [0, R) rotate with
     cos/sin of R channels, the rest pass through. `interleaved`: pairs (2i, 2i + 1) rotate (GLM), not (i, i + R/2);
     `pair_tables` (interleaved only): cos/sin of R/2 entries, one per pair (the table before `repeat_interleave(2)`).
-    `norm_fp32`: the q/k norm weighs in fp32 and rounds once (OLMo2's fp16/bf16 norm), not rms_norm(x, w)'s two."""
+    `norm_fp32`: the q/k norm weighs in fp32 and rounds once (OLMo2's fp16/bf16 norm), not rms_norm(x, w)'s two.
+    `norm_after`: the per-head `qk_norm` applies to RoPE's result instead (HunYuan; dense caches). `q_scale`: q times a
+    per-token scale broadcast to [B, 1, S, 1] after RoPE (Ministral3's position-dependent scaling)."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
     rot = head_dim if rotary_dim is None else rotary_dim
@@ -219,6 +256,7 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {(B, 1, S, width)}") from e
     if cs[0].stride() != cs[1].stride():  # the kernel reads both through one set of strides
         cs = [t.contiguous() for t in cs]
+    more = _after_args(qk_norm, norm_after, q_scale, format, head_dim, B, S)
     q = out_tensor(out, (B, q_heads, S, head_dim), qkv.dtype, qkv.device, "rope_cache")
     if q.numel() == 0:
         return q, k_cache, v_cache
@@ -227,9 +265,27 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         S, *qkv.stride(), *cs[0].stride(),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
         HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), **_format_constexprs(
-            format, block, head_dim), **_norm_args(qk_norm, q_heads, kv_heads, head_dim), ROT=rot,
+            format, block, head_dim), **{**_norm_args(qk_norm, q_heads, kv_heads, head_dim), **more}, ROT=rot,
         INTERLEAVED=interleaved, PAIR_TABLES=pair_tables, NORM_F32=norm_fp32 and qk_norm is not None)
     return q, k_cache, v_cache
+
+
+def _after_args(qk_norm: tuple | None, norm_after: bool, q_scale: torch.Tensor | None, fmt: str, head_dim: int,
+                B: int, S: int) -> dict:
+    """The steps after RoPE: the per-head q/k norm moved there (NORM_AFTER replaces QK_NORM's norm before RoPE) and
+    q's per-token scale ([B, S] strides of its [B, 1, S, 1] broadcast)."""
+    out: dict = {}
+    if norm_after:
+        if qk_norm is None or fmt != "dense" or qk_norm[0].numel() != head_dim or qk_norm[1].numel() != head_dim:
+            raise ShapeError("rope_cache: norm_after takes per-head qk_norm weights of head_dim and dense caches")
+        out.update(QK_NORM=False, NORM_AFTER=True)
+    if q_scale is not None:
+        try:
+            qs = q_scale.expand(B, 1, S, 1)[:, 0, :, 0]
+        except RuntimeError as e:
+            raise ShapeError(f"rope_cache: q_scale {tuple(q_scale.shape)} does not broadcast to {(B, 1, S, 1)}") from e
+        out.update(qs_ptr=qs, stride_qsb=qs.stride(0), stride_qss=qs.stride(1), Q_SCALE=True)
+    return out
 
 
 def _norm_args(qk_norm: tuple | None, q_heads: int, kv_heads: int, head_dim: int) -> dict:
@@ -254,10 +310,11 @@ def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
 
 def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
                     block: int = 32, qk_norm: bool = False, norm_rows: bool = False, interleaved: bool = False,
-                    norm_fp32: bool = False) -> dict:
+                    norm_fp32: bool = False, after: bool = False) -> dict:
     """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches
     (`qk_norm`: with the per-head q/k RMSNorm, `norm_rows`: over all heads, `norm_fp32`: weighted in fp32; `interleaved`: pairs (2i, 2i + 1) with
-    tables of one entry per pair and half the head rotated, GLM's)."""
+    tables of one entry per pair and half the head rotated, GLM's; `after`: the per-head norm after RoPE and q's
+    per-token scale, HunYuan's and Ministral3's)."""
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
     ptrs.update(dict.fromkeys(("k_ptr", "v_ptr"), f"*{t}" if format == "dense" else "*u8"))
@@ -269,11 +326,17 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
              "QK_NORM": qk_norm, "ROT": head_dim // 2 if interleaved else head_dim, "INTERLEAVED": interleaved,
              "PAIR_TABLES": interleaved, "NQN": q_heads if norm_rows else 1, "NKN": kv_heads if norm_rows else 1,
              "NORM_F32": norm_fp32}
-    if qk_norm:
+    if qk_norm or after:
         sig.update({"qn_ptr": f"*{t}", "kn_ptr": f"*{t}", "eps": "fp32"})
     else:
         const.update({"qn_ptr": None, "kn_ptr": None, "eps": 0.0})
+    if after:
+        const.update(QK_NORM=False, NORM_AFTER=True, Q_SCALE=True, stride_qsb=0)
+        sig.update(qs_ptr=f"*{t}", stride_qss="i32")
+    else:
+        const.update(qs_ptr=None, stride_qsb=0, stride_qss=0)
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
             "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"
-                      f"{' qk_norm' * qk_norm}{' rows' * norm_rows}{' fp32' * norm_fp32}{' interleaved' * interleaved}"}
+                      f"{' qk_norm' * qk_norm}{' rows' * norm_rows}{' fp32' * norm_fp32}{' interleaved' * interleaved}"
+                      f"{' norm_after q_scale' * after}"}
