@@ -6,7 +6,9 @@ vocab 256; `fxforge.testing.GQA_DECODERS`, norm weights with noise), in a fresh 
 - tokens: greedy `compile_decoder(model, executor="interpret").generate(ids, 8)` vs eager HF
   `model.generate(do_sample=False)` (2 layers);
 - launches of one T=1 decode step, counted from outside fxforge (`fxforge.testing.counting_launches`):
-  per layer = 2-layer count - 1-layer count, rest = 1-layer count - per layer (budget 6 + 4);
+  per layer = (2n-layer count - n-layer count) / n, rest = n-layer count - n * per layer (budget 6 + 4),
+  n = 1, or the layers of one period when the config's `layer_types` alternate (Gemma2: sliding, full):
+  a 1-layer model lacks the second kind's shared kernels (its mask), which 2 - 1 would count per layer;
 - the same launches for `quantize="w4a16-int4"` (fp16 model, group 32), whose tokens are compared with
   the reference executor's on the same quantized graph;
 - extern ops and host ops left in the step graph (anything not a kernel).
@@ -34,6 +36,22 @@ def build(arch: str, layers: int):
     from fxforge.testing import gqa_decoder
 
     return gqa_decoder(arch, layers)
+
+
+def period(arch: str) -> int:
+    """n: the fewest first layers holding every layer kind (`config.layer_types`) that 2n layers hold."""
+    for n in (1, 2, 3):
+        kinds = getattr(build(arch, 2 * n).config, "layer_types", None)
+        if not kinds or set(kinds[:n]) == set(kinds):
+            return n
+    return n
+
+
+def counts(one: list[str], two: list[str], n: int) -> dict:
+    """Per layer and rest from the n- and 2n-layer launches (a fraction when kinds of a period differ)."""
+    per = (len(two) - len(one)) / n
+    per = int(per) if per == int(per) else round(per, 2)
+    return dict(per_layer=per, rest=round(len(one) - n * per, 2))
 
 
 def step_launches(model, **options) -> tuple[list[str], list[str], object]:
@@ -68,20 +86,24 @@ def probe(arch: str, quant: bool) -> dict:
     m2.generation_config.eos_token_id = None  # 8 tokens whatever they are (min_new_tokens would mask eos instead)
     with torch.no_grad():
         want = m2.generate(ids, max_new_tokens=8, do_sample=False)
-    one, _, _ = step_launches(build(arch, 1))
-    two, odd, dec = step_launches(m2)
-    got = dec.generate(ids, max_new_tokens=8)
-    row.update(tokens=bool(torch.equal(got, want)), per_layer=len(two) - len(one), rest=2 * len(one) - len(two),
+    n = period(arch)
+    one, _, _ = step_launches(build(arch, n))
+    two, odd, dec = step_launches(m2 if n == 1 else build(arch, 2 * n))
+    got = (dec if n == 1 else step_launches(m2)[2]).generate(ids, max_new_tokens=8)
+    row.update(tokens=bool(torch.equal(got, want)), **counts(one, two, n), layers=(n, 2 * n),
                layer_kernels=sorted(two[len(one) - (len(two) - len(one)):len(one)]), odd=sorted(set(odd)))
     if not row["tokens"]:
         row["got"], row["want"] = got.tolist(), want.tolist()
     if quant:
         opts = dict(quantize="w4a16-int4", quantize_group=32)
-        q1, _, _ = step_launches(build(arch, 1).half(), **opts)
-        q2, qodd, qdec = step_launches(build(arch, 2).half(), **opts)
+        q1, _, _ = step_launches(build(arch, n).half(), **opts)
+        q2, qodd, qdec = step_launches(build(arch, 2 * n).half(), **opts)
+        if n != 1:
+            qdec = step_launches(build(arch, 2).half(), **opts)[2]
         ref = fxforge.compile_decoder(build(arch, 2).half(), max_length=24, executor="reference", **opts)
+        q = counts(q1, q2, n)
         row.update(q_tokens=bool(torch.equal(qdec.generate(ids, max_new_tokens=8), ref.generate(ids, max_new_tokens=8))),
-                   q_per_layer=len(q2) - len(q1), q_rest=2 * len(q1) - len(q2), q_odd=sorted(set(qodd)))
+                   q_per_layer=q["per_layer"], q_rest=q["rest"], q_odd=sorted(set(qodd)))
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
@@ -106,8 +128,11 @@ def table(rows: list[dict], quant: bool) -> str:
             lines.append(f"| {r['arch']} | ERROR | | | | | | {r['error'].replace('|', '/')} |")
             continue
         notes = ", ".join(r.get("odd", []) + [f"w4: {x}" for x in r.get("q_odd", [])])
+        n = r.get("layers", (1, 2))[0]
+        if n != 1:  # alternating layer kinds: counted over one period
+            notes = (notes + "; " if notes else "") + f"({r['layers'][1]} - {n} layers) / {n}"
         if r["per_layer"] > 6:
-            notes = (notes + "; " if notes else "") + "layer: " + " ".join(r["layer_kernels"])
+            notes = (notes + "; " if notes else "") + ("layer: " if n == 1 else f"{n} layers: ") + " ".join(r["layer_kernels"])
         q = [str(r.get(k, "-")) for k in ("q_tokens", "q_per_layer", "q_rest")]
         lines.append(f"| {r['arch']} | {r['tokens']} | {r['per_layer']} | {r['rest']} | {' | '.join(q)} | {notes} |")
     return "\n".join(lines)

@@ -159,15 +159,19 @@ def decode_attention_blocks(programs: int, group: int, Lk: int, D: int, dtype, a
     """Flash-decoding (`templates.decode_attention`): `programs` = batch * kv heads, `group` query heads
     per kv head packed as the tile's rows. Returns dict(BLOCK_G, BLOCK_N, BLOCK_D, splits, num_warps,
     num_stages): splits of >= 256 keys until programs * splits covers the SMs twice (1 without an arch:
-    the interpreter). fp32 keeps 16-key tiles (as fp32 attention: larger tiles spilled)."""
+    the interpreter). fp32 keeps 16-key tiles (as fp32 attention: larger tiles spilled); 16-bit tiles hold
+    at most 8192 keys x head dims, 4096 with a mask tile (64 keys spilled 4-12 B at a masked D=128 on sm_80 with
+    Triton 3.6, 72-128 B at D=256 (Gemma2), 44 B at an unmasked D=256); D=256 on 8 warps on sm_80 (on 4, 16 keys still
+    spilled 4 B with Triton 3.9, which caps sm_80 at 168 registers) and 4 on sm_90 (8 spilled 20 B with 3.6)."""
     wide = _itemsize(dtype) >= 4
-    bn = 16 if wide else 64
+    bd = _clamp_pow2(D, 16, 256)
+    bn = 16 if wide else max(16, min(64, 8192 // bd // (2 if masked else 1)))  # keys x head dim capped (spills)
     splits = 1
     if arch is not None:
         want = -(-2 * SM_COUNT.get(arch, 132) // max(programs, 1))
         splits = max(1, min(want, -(-Lk // 256)))
-    return dict(BLOCK_G=_clamp_pow2(group, 16, 64), BLOCK_N=bn, BLOCK_D=_clamp_pow2(D, 16, 256), splits=splits,
-                num_warps=4, num_stages=2)
+    return dict(BLOCK_G=_clamp_pow2(group, 16, 64), BLOCK_N=bn, BLOCK_D=bd, splits=splits,
+                num_warps=8 if bd >= 256 and (arch or 90) < 90 else 4, num_stages=2)
 
 
 def row_blocks(n_cols: int) -> dict:

@@ -145,10 +145,12 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
 
 @group_renders("kv_attention")
 def _kv_attention(g: KernelGroup, n: Names) -> str:
-    """`_kv_attention(q, k_cache, v_cache, mask, format=, block=, scale=, is_causal=)`: attention over packed caches."""
+    """`_kv_attention(q, k_cache, v_cache, mask, format=, block=, scale=, is_causal=, [softcap=])`: attention over
+    packed caches."""
     s = g.params["site"]
     a = s.attention.attrs
     kw = [f"format={s.format!r}", f"block={s.block}", f"scale={lit(a['scale'])}", f"is_causal={a['is_causal']}"]
+    kw += [f"softcap={lit(a['softcap'])}"] if a.get("softcap") is not None else []
     args = [n(v) for v in (s.q, s.k_cache, s.v_cache)] + ([n(s.mask)] if s.mask is not None else [])
     return f"_kv_attention({', '.join(args + kw)})"
 
@@ -158,6 +160,7 @@ def _attention(g: KernelGroup, n: Names) -> str:
     op = g.anchor
     a = op.attrs
     kw = [f"scale={lit(a['scale'])}", f"is_causal={a['is_causal']}", f"enable_gqa={a['enable_gqa']}"]
+    kw += [f"softcap={lit(a['softcap'])}"] if a.get("softcap") is not None else []  # Gemma2's logit soft-cap
     return f"_attention({', '.join([n(v) for v in op.operands] + kw)})"
 
 

@@ -59,8 +59,12 @@ def _gelu(b, x, approximate="none"):
 
 @lowers(*overloads("where", "self", "ScalarOther", "ScalarSelf", "Scalar"))
 def _where(b, cond, x, y):
-    like = x if isinstance(x, Value) else y if isinstance(y, Value) else None
-    return b.op("where", cond, b.tensor(x, like), b.tensor(y, like))
+    # a python scalar takes the result's dtype (torch's where does not promote for it): HF's eager mask
+    # where(mask, 0.0, finfo.min) is then a pointwise op that fuses, not an f64 extern
+    if not (isinstance(x, Value) and isinstance(y, Value)):
+        dtype = b.meta_type().dtype
+        x, y = (v if isinstance(v, Value) else b.op("full", shape=(), value=v, dtype=dtype) for v in (x, y))
+    return b.op("where", cond, x, y)
 
 
 @lowers(aten.clamp.default)

@@ -294,8 +294,25 @@ def _rms_norm(x, w=None, *, eps):
     return y if w is None else w * y
 
 
-def _attention(q, k, v, mask=None, *, scale, is_causal, enable_gqa):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+def _attention(q, k, v, mask=None, *, scale, is_causal, enable_gqa, softcap=None):
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
+                                              enable_gqa=enable_gqa)
+    return _softcapped_attention(q, k, v, mask, scale, is_causal, enable_gqa, softcap)
+
+
+def _softcapped_attention(q, k, v, mask, scale, is_causal, enable_gqa, softcap):
+    """sdpa with the scaled scores soft-capped, tanh(s / cap) * cap, before the mask: HF's eager attention
+    (Gemma2) op for op, in q's dtype, softmax in fp32."""
+    if enable_gqa:
+        k, v = (t.repeat_interleave(q.shape[-3] // t.shape[-3], -3) for t in (k, v))
+    s = torch.matmul(q, k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    s = torch.tanh(s / softcap) * softcap
+    if is_causal:
+        mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+    return torch.matmul(torch.softmax(s, -1, dtype=torch.float32).to(q.dtype), v)
 
 
 def _attention_infer(types, attrs):
@@ -314,8 +331,10 @@ register(OpDef("softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: to
                kernel="row"))
 register(OpDef("log_softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: torch.log_softmax(x, dim),
                "composite", kernel="row"))
-register(OpDef("attention", (3, 4), {"scale": None, "is_causal": False, "enable_gqa": False}, _attention_infer,
-               _attention, "composite", "scaled dot-product attention: attention(q, k, v, mask?)", kernel="template"))
+register(OpDef("attention", (3, 4), {"scale": None, "is_causal": False, "enable_gqa": False, "softcap": None},
+               _attention_infer, _attention, "composite",
+               "scaled dot-product attention: attention(q, k, v, mask?); softcap: scores tanh(s / cap) * cap before "
+               "the mask", kernel="template"))
 
 # -- sources ----------------------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   fp32, which rms_norm cannot express, so it is left alone). eps is read through the `full`'s own
   dtype, exactly the scalar the add used.
 - `ACTIVATION_RULES`: `x * sigmoid(x)` -> `silu(x)`.
+- `ATTENTION_RULES` (`attention_rules.py`): HF's eager attention written out (matmul, scale, optional
+  logit soft-cap, additive mask, softmax, matmul) -> `attention(q, k, v, mask?) {scale, softcap}`.
 
 Decisions: the sandwich and bias rules need the inner linear (and the core rule its interior ops)
 to be single use, so a rewrite never computes anything twice; views and casts of leaves may be
@@ -35,6 +37,7 @@ from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.ops import norm_axis, prod
 from fxforge.ir.types import TensorType
+from fxforge.passes.attention_rules import ATTENTION_RULES
 from fxforge.passes.manager import PassContext
 from fxforge.passes.rewriter import P, Rule, apply_rules, dims_match, rule, same_type
 
@@ -248,7 +251,7 @@ def silu(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
 
 ACTIVATION_RULES: list[Rule] = [silu]
 
-RULES: list[Rule] = FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES
+RULES: list[Rule] = FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + ATTENTION_RULES
 
 
 class Canonicalize:

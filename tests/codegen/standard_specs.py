@@ -24,6 +24,7 @@ def standard_specs() -> list[dict]:
         attention_spec("float16", 1, 4096, 80, gqa=True),
         attention_spec("float32", 512, 512, 64, mask="bool"),
         dict(attention_spec("bfloat16", 2048, 2048, 128, causal=True, gqa=True), min_arch=90),
+        attention_spec("float16", 1024, 1024, 128, mask="add", gqa=True, softcap=True),  # Gemma2's logit soft-cap
     ]
     return specs + sparse_specs() + keep_specs()
 

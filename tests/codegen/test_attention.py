@@ -16,6 +16,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from test_decode_attention import softcapped_sdpa  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from fxforge.codegen.templates import attention as attn  # noqa: E402
@@ -109,3 +110,17 @@ def test_attention_errors():
         attn.attention(q, k, v, torch.ones(8, 8, dtype=torch.bool), is_causal=True)
     with pytest.raises(ShapeError, match="does not broadcast"):
         attn.attention(q, k, v, torch.ones(3, 8, 8, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("dtype,mask,causal", [(torch.float32, "add", False), (torch.float16, None, True),
+                                               (torch.float32, "bool", False)])
+def test_attention_softcap(dtype, mask, causal):
+    """Gemma2's logit soft-cap at the score step, before the mask (a cap of 2 on scores of std ~2: it matters)."""
+    q, k, v = _qkv(1, 4, 2, 33, 47, 16, dtype=dtype)
+    m = {None: None, "add": _randn(1, 1, 33, 47, seed=8).to(dtype), "bool": _randn(33, 47, seed=8) > -1}[mask]
+    out = attn.attention(q, k, v, m, scale=0.5, softcap=2.0, is_causal=causal, enable_gqa=True)
+    want = softcapped_sdpa(q, k, v, m, scale=0.5, cap=2.0, is_causal=causal)
+    tol = FP16_TOL if dtype == torch.float16 else FP32_TOL
+    assert out.dtype == dtype and (out.float() - want).abs().max().item() <= tol
+    uncapped = softcapped_sdpa(q, k, v, m, scale=0.5, cap=1e9, is_causal=causal)
+    assert (uncapped - want).abs().max().item() > 20 * tol  # the check can fail without the cap

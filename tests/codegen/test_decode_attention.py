@@ -63,9 +63,34 @@ def test_decode_attention_builds(arch):
         for mask in ("add", "bool"):
             specs += decode_attention_specs(dt, 4, 8192, 64, mask=mask, arch=arch)
         specs += decode_attention_specs(dt, 8, 8192, 128, arch=arch)
+    specs += decode_attention_specs("float16", 2, 8192, 256, mask="add", arch=arch, softcap=True)  # Gemma2: D=256, soft-cap
+    specs += decode_attention_specs("float16", 4, 8192, 128, mask="add", arch=arch)  # masked D=128 (spilled at 64 keys)
     for fmt in ("bfp4", "fp8", "int8"):  # packed KV-cache rows decoded in the key loop (issue #12)
         specs += decode_attention_specs("float16", 4, 8192, 128, mask="bool", arch=arch, kv_format=fmt, kv_block=32)
     specs = specs_for_arch(list({s["label"]: s for s in specs}.values()), arch)
     builds = build_in_subprocess(specs, arch, timeout=900)
     report = "\n".join(f"{b.label}: ok={b.ok} regs={b.registers} stack={b.spills} {b.error[:200]}" for b in builds)
     assert len(builds) == len(specs) and all(b.ok and b.spills == 0 and 0 < b.registers <= 255 for b in builds), report
+
+
+def softcapped_sdpa(q, k, v, mask=None, *, scale, cap, is_causal=False):
+    """HF's eager soft-capped attention (Gemma2) in fp32: tanh(scale * q.k / cap) * cap, then the mask, softmax."""
+    q, k, v = q.float(), k.float(), v.float()
+    k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], 1) for t in (k, v))
+    s = torch.tanh(q @ k.transpose(-2, -1) * scale / cap) * cap
+    if is_causal:
+        mask = torch.ones(s.shape[-2:], dtype=torch.bool).tril()
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.float()
+    return torch.softmax(s, -1) @ v
+
+
+@pytest.mark.parametrize("splits,mask", [(1, "add"), (3, "bool")])
+def test_softcap_matches_eager(splits, mask):
+    """Gemma2's logit soft-cap in flash-decoding (one split and with the combine), against the eager formula."""
+    q, k, v, m = _inputs(2, 8, 2, 70, 16, torch.float32, mask)
+    with interpreter_scope():
+        got = decode_attention(q, k, v, m, scale=0.5, softcap=2.0, splits=splits)
+    want = softcapped_sdpa(q, k, v, m, scale=0.5, cap=2.0)
+    assert (got - want).abs().max().item() <= 1e-5
+    assert (softcapped_sdpa(q, k, v, m, scale=0.5, cap=1e9) - want).abs().max().item() > 1e-3

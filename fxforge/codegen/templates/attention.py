@@ -11,6 +11,8 @@ This module owns fused scaled-dot-product attention for q [B, Hq, Lq, D], k/v [B
 - grouped-query attention: query head h reads kv head h // (Hq // Hkv);
 - D is padded to a power of two BLOCK_D (>= 16) and masked, so D = 48 or 80 work;
 - rows that can see no key (all masked) give 0, as torch's sdpa does;
+- an optional logit soft-cap (Gemma2): scores become tanh(score / cap) * cap before the mask
+  (`online_softmax.scaled_scores`), as HF's eager attention computes them;
 - one query position (Lq = 1, a decode step) without `is_causal` goes to `decode_attention.py`
   (flash-decoding: split-KV + combine, the query heads of one kv head packed in one tile).
 Plain pointers with strides and masks (triton 3.6 and 3.9), tile shape from
@@ -30,7 +32,7 @@ from fxforge.codegen.blocks import attention_blocks
 from fxforge.codegen.pool import Workspace, out_tensor
 from fxforge.codegen.templates.decode_attention import decode_attention
 from fxforge.codegen.templates.gemm import dot_options
-from fxforge.codegen.templates.online_softmax import LOG2E, online_softmax_step
+from fxforge.codegen.templates.online_softmax import online_softmax_step, scaled_scores, score_scales
 from fxforge.errors import ShapeError
 
 MASK_KINDS = ("none", "bool", "add")
@@ -57,18 +59,18 @@ def _masked_scores(s, mask_ptr, offs_m, offs_n, mask_m, mask_n, stride_mm, strid
 @triton.jit
 def attention_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr,
-    Hq, Lq, Lk, D, GROUP, qk_scale,
+    Hq, Lq, Lk, D, GROUP, qk_scale, cap_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_ob, stride_oh, stride_om, stride_od,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    """out[b, h, m] = softmax(scale * q k^T + mask) v for BLOCK_M queries m of head h of batch b;
-    qk_scale = scale * log2(e) (the softmax runs in exp2)."""
+    """out[b, h, m] = softmax(cap(scale * q k^T) + mask) v for BLOCK_M queries m of head h of batch b;
+    qk_scale, cap_scale from `online_softmax.score_scales` (the softmax runs in exp2)."""
     start_m = tl.program_id(0) * BLOCK_M
     pid_bh = tl.program_id(1)
     b = (pid_bh // Hq).to(tl.int64)
@@ -110,7 +112,7 @@ def attention_kernel(
         if UPCAST:
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale  # in log2 units
+        s = scaled_scores(tl.dot(q, kt, input_precision=INPUT_PRECISION), qk_scale, cap_scale, SOFTCAP)  # log2 units
         s = _masked_scores(s, mask_ptr, offs_m, offs_n, mask_m, mask_n, stride_mm, stride_mn, IS_CAUSAL, MASK_KIND)
 
         m_i, l_i, acc = online_softmax_step(s, m_i, l_i, acc, v, INPUT_PRECISION)
@@ -129,8 +131,10 @@ def _broadcasts(shape: tuple, to: tuple) -> bool:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
               scale: float | None = None, is_causal: bool = False, enable_gqa: bool = False,
-              out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
-    """torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, scale=, is_causal=, enable_gqa=), no dropout.
+              softcap: float | None = None, out: torch.Tensor | None = None,
+              ws: Workspace | None = None) -> torch.Tensor:
+    """torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, scale=, is_causal=, enable_gqa=), no dropout;
+    `softcap`: scores tanh(score / softcap) * softcap before the mask (HF's eager soft-capped attention).
 
     q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] (rank 3 [B, L, D] is taken as one head); mask broadcasts to
     [B, Hq, Lq, Lk], boolean (True = attend) or additive float. `out`: the result's storage (contiguous,
@@ -157,7 +161,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if Lq == 1 and Lk > 0 and not is_causal and B * Hq > 0:  # a decode step: flash-decoding, GQA heads packed
         if mask is not None and not _broadcasts(mask.shape, (B, Hq, 1, Lk)):
             raise ShapeError(f"mask {tuple(mask.shape)} does not broadcast to {(B, Hq, Lq, Lk)}")
-        out = decode_attention(q, k, v, mask, scale=scale, out=out, ws=ws)
+        out = decode_attention(q, k, v, mask, scale=scale, softcap=softcap, out=out, ws=ws)
         return out[:, 0] if squeeze else out
     out = out_tensor(out, q.shape, q.dtype, q.device, "attention")
     mask_kind = "none"
@@ -176,12 +180,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         return out[:, 0] if squeeze else out
     cfg = attention_blocks(Lq, Lk, D, q.dtype, masked=mask_kind != "none")
     grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * Hq)
+    qk_scale, cap_scale = score_scales(float(scale if scale is not None else 1.0 / math.sqrt(D)), softcap)
     attention_kernel[grid](
         q, k, v, m, out,
-        Hq, Lq, Lk, D, Hq // Hkv, float(scale if scale is not None else 1.0 / math.sqrt(D)) * LOG2E,
+        Hq, Lq, Lk, D, Hq // Hkv, qk_scale, cap_scale,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
-        IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind,
+        IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind, SOFTCAP=softcap is not None,
         **dot_options(q.dtype, k.dtype, v.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )

@@ -14,7 +14,8 @@ Decisions:
 - Splits from `blocks.decode_attention_blocks`: enough (B * Hkv * splits) programs to cover the GPU's
   SMs twice, at least 256 keys each; one split under the interpreter (no arch), where the launch
   count matters more than parallelism. Tests force `splits` to check the combine.
-- exp2 with log2(e) folded into the scale (one multiply fewer per score).
+- exp2 with log2(e) folded into the scale (one multiply fewer per score); an optional logit soft-cap
+  (`softcap`, Gemma2) at the score step, before the mask (`online_softmax.scaled_scores`).
 - A packed KV cache (`kv_format`, issue #12) is decoded tile by tile inside the key loop
   (`kv_cache.kv_decode_tile`: codes and block scales of each key row, rounded to q's dtype as the reference
   `kv_load` is): the compressed cache is what the kernel reads from memory, no dequantized copy exists.
@@ -33,21 +34,21 @@ from fxforge.codegen.blocks import decode_attention_blocks
 from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.gemm import device_arch, dot_options
 from fxforge.codegen.templates.kv_cache import kv_decode_tile
-from fxforge.codegen.templates.online_softmax import LOG2E, online_softmax_step
+from fxforge.codegen.templates.online_softmax import online_softmax_step, scaled_scores, score_scales
 from fxforge.ir.kv_ops import kv_row_layout
 
 
 @triton.jit
 def decode_split_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, ml_ptr,
-    Hq, Lk, D, GROUP, qk_scale, keys_per_split,
+    Hq, Lk, D, GROUP, qk_scale, cap_scale, keys_per_split,
     stride_qb, stride_qh, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mh, stride_mn,
     stride_ob, stride_oh, stride_od,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
-    FINAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr, FINAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     KV_FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, D_CONST: tl.constexpr,
 ):
     """One split of the keys for the GROUP query heads of one kv head (see the module docstring)."""
@@ -89,7 +90,7 @@ def decode_split_kernel(
         if UPCAST:
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale  # in log2 units
+        s = scaled_scores(tl.dot(q, kt, input_precision=INPUT_PRECISION), qk_scale, cap_scale, SOFTCAP)  # log2 units
         if MASK_KIND != "none":
             mv = tl.load(mask_ptr + b * stride_mb + heads[:, None] * stride_mh + offs_n[None, :] * stride_mn,
                          mask=mask_g[:, None] & mask_n[None, :], other=0)
@@ -147,7 +148,8 @@ def kv_constexprs(kv_format: str, kv_block: int, D: int) -> dict:
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
-                     scale: float | None = None, splits: int | None = None, kv_format: str = "dense",
+                     scale: float | None = None, softcap: float | None = None, splits: int | None = None,
+                     kv_format: str = "dense",
                      kv_block: int = 32, out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """sdpa for one query position: q [B, Hq, 1, D], k/v [B, Hkv, Lk, D] (a `kv_format`: packed cache rows
     uint8 [B, Hkv, Lk, row_bytes], `kv_ops.kv_row_layout`), mask broadcasting to [B, Hq, 1, Lk] or None
@@ -172,12 +174,12 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     final = n_splits == 1
     part, ml = (out, out) if final else scratch(ws, q.device, ((B * Hq * n_splits, bd), torch.float32),
                                                 ((B * Hq * n_splits, 2), torch.float32))
-    qk_scale = float(scale if scale is not None else 1.0 / math.sqrt(D)) * LOG2E
+    qk_scale, cap_scale = score_scales(float(scale if scale is not None else 1.0 / math.sqrt(D)), softcap)
     decode_split_kernel[(n_splits, B * Hkv)](
-        q, k, v, m, out, part, ml, Hq, Lk, D, group, qk_scale, keys_per_split,
+        q, k, v, m, out, part, ml, Hq, Lk, D, group, qk_scale, cap_scale, keys_per_split,
         q.stride(0), q.stride(1), q.stride(3), *k.stride(), *v.stride(), *ms,
         out.stride(0), out.stride(1), out.stride(3),
-        BLOCK_G=cfg["BLOCK_G"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, MASK_KIND=mask_kind, FINAL=final,
+        BLOCK_G=cfg["BLOCK_G"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, MASK_KIND=mask_kind, SOFTCAP=softcap is not None, FINAL=final,
         **kv_constexprs(kv_format, kv_block, D),
         **dot_options(*((q.dtype, k.dtype, v.dtype) if kv_format == "dense" else (q.dtype,))),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

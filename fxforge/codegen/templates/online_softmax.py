@@ -1,11 +1,18 @@
-"""The online-softmax step both attention templates run per key tile (`attention.py`, `decode_attention.py`).
+"""The score and online-softmax steps both attention templates run per key tile (`attention.py`,
+`decode_attention.py`).
 
+    s = scaled_scores(dot, qk_scale, cap_scale, SOFTCAP)                         # @triton.jit
     m_i, l_i, acc = online_softmax_step(s, m_i, l_i, acc, v, INPUT_PRECISION)   # @triton.jit
+    qk_scale, cap_scale = score_scales(scale, softcap)                            # host side
 
 `s` [ROWS, BLOCK_N] are scores in log2 units (log2(e) folded into the scale and into an additive mask,
 so each score costs one exp2, no extra multiply), -inf where excluded; `m_i`/`l_i` [ROWS] the running
 row max and sum of exp2, `acc` [ROWS, D] the unnormalised fp32 accumulator, `v` [BLOCK_N, D] the tile's
 values. A row that has seen only -inf keeps m = -inf, l = 0 (m_safe keeps exp2 finite meanwhile).
+
+Logit soft-capping (Gemma2: `s = tanh(scale * q.k / cap) * cap`, before the mask): the tanh must see the
+natural-unit score, so log2(e) is folded into the factor after it, not before: qk_scale = scale / cap,
+cap_scale = cap * log2(e); without a cap qk_scale = scale * log2(e) and cap_scale is unused.
 """
 
 from __future__ import annotations
@@ -14,6 +21,27 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+
+
+def score_scales(scale: float, softcap: float | None) -> tuple[float, float]:
+    """(qk_scale, cap_scale) of `scaled_scores` for sdpa's `scale` and an optional soft-cap."""
+    if softcap is None:
+        return scale * LOG2E, 1.0
+    return scale / softcap, softcap * LOG2E
+
+
+@triton.jit
+def _tanh(x):
+    # 1 - 2 / (exp(2x) + 1): exact limits at +-inf, no libdevice (as codegen's expression `_tanh`)
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def scaled_scores(dot, qk_scale, cap_scale, SOFTCAP: tl.constexpr):
+    """The scores q.k of a tile in log2 units, soft-capped when SOFTCAP (see the module docstring)."""
+    if SOFTCAP:
+        return _tanh(dot * qk_scale) * cap_scale
+    return dot * qk_scale
 
 
 @triton.jit
