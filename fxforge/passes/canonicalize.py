@@ -20,7 +20,8 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   the weight multiply already happened in x's dtype (an fp32 weight times an fp16 norm promotes to
   fp32, which rms_norm cannot express, so it is left alone). eps is read through the `full`'s own
   dtype, exactly the scalar the add used.
-- `ACTIVATION_RULES`: `x * sigmoid(x)` -> `silu(x)`.
+- `ACTIVATION_RULES`: `x * sigmoid(x)` -> `silu(x)`; `relu(x) * relu(x)` and `relu(x) ** 2` -> `relu2(x)`
+  (squared ReLU, exact: relu rounds nothing, so one rounding of the square either way).
 
 Decisions: the sandwich and bias rules need the inner linear (and the core rule its interior ops)
 to be single use, so a rewrite never computes anything twice; views and casts of leaves may be
@@ -246,7 +247,21 @@ def silu(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "silu", [b["x"]]).result
 
 
-ACTIVATION_RULES: list[Rule] = [silu]
+# squared ReLU (Arcee's MLP: `square(relu(y))`, aten.square lowered to mul): one activation the GEMM epilogue applies
+_RELU = P.op("relu", P.any("x"), name="r", single_use=True)
+
+
+@rule(P.op("mul", _RELU, P.any("r")))
+def relu2_mul(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    return g.insert_before(op, "relu2", [b["x"]]).result if same_type(op.result.type, b["x"].type) else None
+
+
+@rule(P.op("pow", _RELU, P.full(value=2)))
+def relu2_pow(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    return g.insert_before(op, "relu2", [b["x"]]).result if same_type(op.result.type, b["x"].type) else None
+
+
+ACTIVATION_RULES: list[Rule] = [silu, relu2_mul, relu2_pow]
 
 RULES: list[Rule] = FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES
 

@@ -4,7 +4,7 @@
   The epilogue runs in registers before the single store, in this order:
       y = scale * acc  ->  y += bias[N]  ->  y = activation(y)  ->  y *= mul[M, N]  ->  y += residual[M, N]
         ->  cast, store
-  with constexpr switches HAS_BIAS, ACTIVATION ("none", "relu", "silu", "gelu" (erf form), "gelu_tanh",
+  with constexpr switches HAS_BIAS, ACTIVATION ("none", "relu", "relu2" (squared), "silu", "gelu" (erf form), "gelu_tanh",
   "sigmoid"), HAS_MUL (e.g. SwiGLU's `silu(gate) * up` in the up projection) and HAS_RESIDUAL;
   `scale` is a runtime fp32 multiplier; the output dtype is the out pointer's element type.
   HAS_KEEP (FFN skipping's decode form, `ir/skip_ops.py`): keep[M] flags (0 = the row is skipped, its A
@@ -49,7 +49,7 @@ from fxforge.ir.optable import GATED_ACTIVATIONS
 
 patch_interpreter()  # Triton 3.6's interpreter under numpy >= 2.4: see triton_compat
 
-ACTIVATIONS = ("none", "relu", "silu", "gelu", "gelu_tanh", "sigmoid")
+ACTIVATIONS = ("none", "relu", "relu2", "silu", "gelu", "gelu_tanh", "sigmoid")
 
 _SQRT1_2: tl.constexpr = tl.constexpr(0.7071067811865476)
 _SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(0.7978845608028654)
@@ -60,6 +60,9 @@ def apply_activation(y, ACTIVATION: tl.constexpr):
     """Elementwise activation on an fp32 tile; ACTIVATION is one of `ACTIVATIONS`."""
     if ACTIVATION == "relu":
         y = tl.maximum(y, 0.0)
+    elif ACTIVATION == "relu2":  # squared ReLU: relu(y) * relu(y), one rounding at the store
+        y = tl.maximum(y, 0.0)
+        y = y * y
     elif ACTIVATION == "silu":
         y = y * tl.sigmoid(y)
     elif ACTIVATION == "gelu":

@@ -1,0 +1,70 @@
+"""More recognised variants of the decoder-layer patterns (issue #13, `benchmarks/arch_probe.py`), each against
+torch, kernel-level and graph-level only (cheap): the squared ReLU of Arcee's MLP as one GEMM-epilogue activation
+(`relu2`, dense and 4-bit decode GEMMs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fxforge.codegen.pool import Workspace
+from fxforge.codegen.templates.gemm import linear
+from fxforge.codegen.templates.qlinear_decode import qlinear_w4_decode
+from fxforge.ir import evaluate, verify
+from fxforge.passes import PassContext
+from fxforge.passes.canonicalize import Canonicalize
+from fxforge.passes.fuse import partition
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+def _relu2(h: torch.Tensor) -> torch.Tensor:
+    return torch.square(torch.relu(h))
+
+
+class _Relu2Mlp(torch.nn.Module):
+    """up -> ReLU -> square -> down, the square spelled two ways (aten.square, ** 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(16, 32, bias=False), torch.nn.Linear(32, 16, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.square(torch.relu(self.up(x)))) + self.down(torch.relu(self.up(x)) ** 2)
+
+
+def test_relu_square_is_one_epilogue_activation():
+    """relu(y) * relu(y) and relu(y) ** 2 become relu2(y) with torch's bits, and the up GEMM takes it."""
+    from fxforge.frontend.export import capture_export
+
+    x = torch.randn(2, 3, 16)
+    g = capture_export(_Relu2Mlp(), (x,)).lowered.graph
+    want = evaluate(g, [x])
+    ctx = PassContext()
+    Canonicalize().run(g, ctx)
+    verify(g)
+    assert ctx.stats["rewrites"]["relu2_mul"] == 1 and ctx.stats["rewrites"]["relu2_pow"] == 1
+    assert torch.equal(evaluate(g, [x])[0], want[0])
+    gemms = [grp for grp in partition(g).groups if grp.kind == "gemm"]
+    assert sorted(grp.params["activation"] for grp in gemms) == ["none", "none", "relu2", "relu2"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_gemm_relu2_epilogue(dtype):
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 96, dtype=dtype), (torch.randn(40, 96) / 10).to(dtype)
+    want = _relu2(x.float() @ w.float().T)
+    got = linear(x, w, activation="relu2")
+    assert (got.float() - want).abs().max() <= TOL[dtype] * 4 * want.abs().max()
+
+
+def test_qlinear_decode_relu2_epilogue():
+    from fxforge.ir.lowp_ops import decode_weight, encode_weight, qlinear_ref
+    from fxforge.ir.weight_layouts import to_decode_layout
+
+    torch.manual_seed(1)
+    w = encode_weight(torch.randn(48, 128), "w4a16-int4", group=64)
+    x = torch.randn(2, 128).half()
+    y = qlinear_w4_decode(x, to_decode_layout(w), activation="relu2", ws=Workspace())
+    ref = _relu2(qlinear_ref(x.float(), decode_weight(w), None, scheme="w4a16-int4", act_format=None, group=64, lorc_rank=0))
+    assert (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
