@@ -19,7 +19,8 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   with its casts); `w * rms_norm(x)` -> `rms_norm(x, w)` only when the product keeps x's type, i.e.
   the weight multiply already happened in x's dtype (an fp32 weight times an fp16 norm promotes to
   fp32, which rms_norm cannot express, so it is left alone). eps is read through the `full`'s own
-  dtype, exactly the scalar the add used.
+  dtype, exactly the scalar the add used. `rms_norm(x - mean(x, [-1], keepdim)[, w])` of an fp32 x ->
+  `layer_norm(x[, w])` (Cohere's LayerNorm spelled out; the same math up to the order of the sums).
 - `ACTIVATION_RULES`: `x * sigmoid(x)` -> `silu(x)`; `relu(x) * relu(x)` and `relu(x) ** 2` -> `relu2(x)`
   (squared ReLU, exact: relu rounds nothing, so one rounding of the square either way).
 
@@ -235,7 +236,23 @@ def rms_norm_weight(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "rms_norm", [x, w], {"eps": b["norm"].producer.attrs["eps"]}).result
 
 
-RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_weight]
+# Cohere's LayerNorm written out (no bias): d = x - mean(x); d * rsqrt(mean(d^2) + eps) * w, which the rules
+# above make rms_norm(x - mean(x, [-1], keepdim), w): a layer_norm of x (fp32: the rms_norm of d rounds nothing more)
+_CENTERED = P.op("sub", P.any("x"), P.op("mean", P.any("x"), keepdim=True, dtype=None, name="mean"), name="d")
+
+
+def _layer_norm_of_centered(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    x, dims = b["x"], b["mean"].producer.attrs["dims"]
+    if x.type.dtype != DType.f32 or x.type.rank == 0 or dims is None or len(dims) != 1:
+        return None
+    if norm_axis(dims[0], x.type.rank) != x.type.rank - 1 or not same_type(b["d"].type, x.type):
+        return None
+    return g.insert_before(op, "layer_norm", [x, *op.operands[1:]], {"eps": op.attrs["eps"]}).result
+
+
+RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_weight] + [
+    Rule(P.op("rms_norm", _CENTERED, *w), _layer_norm_of_centered, "layer_norm_centered", single_use=True)
+    for w in ((), (P.any("w"),))]
 
 # -- activations -------------------------------------------------------------------------------------
 

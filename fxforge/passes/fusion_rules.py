@@ -326,15 +326,16 @@ def decode_fusions_ok(op: Op) -> bool:
 NORM_PROLOGUES = {"rms_norm": ((2,), ("linear", "qlinear")), "layer_norm": ((2, 3), ("linear",))}
 
 
-def norm_prologue(op: Op, graph: Graph) -> Op | None:
+def norm_prologue(op: Op, graph: Graph, shared: bool = False) -> Op | None:
     """The norm (`NORM_PROLOGUES`: `rms_norm(x, w)`, `layer_norm(x, w[, b])`) producing the GEMM's input that its
-    load can compute: a row-kernel norm whose single-use result has x's dtype, with a weight (and bias) [K]."""
+    load can compute: a row-kernel norm whose single-use result has x's dtype, with a weight (and bias) [K];
+    `shared`: whatever its other uses (`norm_copies` then gives each GEMM reader its own copy)."""
     y = op.operands[0]
     p = y.producer
     if not decode_fusions_ok(op) or p is None or p.opcode not in NORM_PROLOGUES:
         return None
     arity, gemms = NORM_PROLOGUES[p.opcode]
-    if len(p.operands) not in arity or op.opcode not in gemms or not single_use(y, graph) or not row_ok(p):
+    if len(p.operands) not in arity or op.opcode not in gemms or not (shared or single_use(y, graph)) or not row_ok(p):
         return None
     x, *params = p.operands
     ok = x.type.dtype == y.type.dtype and all(w.type.rank == 1 and dims_equal(w.type.shape[0], x.type.shape[-1])

@@ -1,6 +1,7 @@
 """More recognised variants of the decoder-layer patterns (issue #13, `benchmarks/arch_probe.py`), each against
 torch, kernel-level and graph-level only (cheap): the squared ReLU of Arcee's MLP as one GEMM-epilogue activation
-(`relu2`, dense and 4-bit decode GEMMs)."""
+(`relu2`, dense and 4-bit decode GEMMs); Cohere's LayerNorm spelled out (a `layer_norm`) read by both GEMMs of its
+parallel block (`norm_copies`: each takes it as its prologue)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fxforge.codegen.templates.qlinear_decode import qlinear_w4_decode
 from fxforge.ir import evaluate, verify
 from fxforge.passes import PassContext
 from fxforge.passes.canonicalize import Canonicalize
+from fxforge.passes.cse import CommonSubexpressionElimination
 from fxforge.passes.fuse import partition
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
@@ -68,3 +70,43 @@ def test_qlinear_decode_relu2_epilogue():
     y = qlinear_w4_decode(x, to_decode_layout(w), activation="relu2", ws=Workspace())
     ref = _relu2(qlinear_ref(x.float(), decode_weight(w), None, scheme="w4a16-int4", act_format=None, group=64, lorc_rank=0))
     assert (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
+
+
+class _ParallelBlock(torch.nn.Module):
+    """Cohere's block: a hand-written LayerNorm (fp32 mean and variance, weight, no bias) read by attention's and the
+    MLP's GEMMs, both added to the residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(1 + torch.randn(16) / 4)
+        self.attn, self.mlp = torch.nn.Linear(16, 16, bias=False), torch.nn.Linear(16, 16, bias=False)
+
+    def forward(self, x):
+        h = x.to(torch.float32)
+        mean = h.mean(-1, keepdim=True)
+        var = (h - mean).pow(2).mean(-1, keepdim=True)
+        h = (self.weight.to(torch.float32) * ((h - mean) * torch.rsqrt(var + 1e-5))).to(x.dtype)
+        return x + self.attn(h) + self.mlp(h)
+
+
+def test_parallel_block_layer_norm_prologue_in_both_gemms():
+    from fxforge.frontend.export import capture_export
+    from fxforge.passes.norm_copies import copy_shared_norms
+
+    torch.manual_seed(0)
+    block, x = _ParallelBlock(), torch.randn(2, 3, 16) + 2
+    g = capture_export(block, (x,)).lowered.graph
+    Canonicalize().run(g, PassContext())
+    CommonSubexpressionElimination().run(g, PassContext())  # the two x - mean, as the pipeline merges them
+    ctx = PassContext()
+    Canonicalize().run(g, ctx)
+    verify(g)
+    assert ctx.stats["rewrites"]["layer_norm_centered"] == 1
+    torch.testing.assert_close(evaluate(g, [x])[0], block(x), rtol=1e-5, atol=1e-5)
+    assert copy_shared_norms(g) == 1
+    verify(g)
+    part = partition(g)
+    gemms = [grp for grp in part.groups if grp.kind == "gemm"]
+    assert len(part.groups) == 2 and all(grp.params["norm"].opcode == "layer_norm" for grp in gemms)
+    assert [grp.params["residual"] is not None for grp in gemms] == [True, True]  # both adds in the epilogues
+    torch.testing.assert_close(evaluate(g, [x])[0], block(x), rtol=1e-5, atol=1e-5)
