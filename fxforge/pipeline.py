@@ -65,10 +65,10 @@ from fxforge.passes.decode_layout import DecodeLayout
 from fxforge.passes.ffn_skip import FfnSkip
 from fxforge.passes.fuse import FusePass, fuse
 from fxforge.passes.gqa_attention import GqaAttention
-from fxforge.passes.norm_copies import NormCopies
 from fxforge.passes.ksort import KSort
 from fxforge.passes.kv_cache import KVCache
 from fxforge.passes.manager import Pass, PassContext, PassManager
+from fxforge.passes.norm_copies import NormCopies
 from fxforge.passes.quantize import Quantize
 from fxforge.passes.rotate import Rotate
 from fxforge.passes.shape_prop import ShapePropagation

@@ -248,7 +248,7 @@ def _qlinear_decode(g: KernelGroup, n: Names) -> str:
     args = [n(norm.operands[0]) if norm is not None else n(x), n(w)] + ([n(bias)] if bias is not None else [])
     args += _norm_arg(norm, n)
     args += _gated(p)
-    args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
+    args += _epilogue(p, n, ("activation", "residual", "scale", "out_dtype"))
     if p.get("keep") is not None:
         args.append(f"keep={n(p['keep'])}")
     return f"_qlinear_w4_decode({', '.join(args)})"

@@ -14,7 +14,7 @@ The rule table (`FUSION_RULES` prints it):
   each step only when the intermediate has a single use and is not a graph output. A mul of two GEMM
   results goes to the later GEMM (the one whose other operand, the earlier GEMM's, is ready first).
   `qlinear` (a `#quantized` const weight of a scheme the qlinear kernels take, float activations)
-  anchors the same epilogue minus the scale (the qlinear template has none): its kernel decodes the
+  anchors the same epilogue minus the scale (the qlinear template has none; the 4-bit decode kernel has): its kernel decodes the
   packed weight tile by tile (`codegen.templates.qlinear`); its bias and LoRC operands go with it.
 - row: `softmax`, `log_softmax`, `layer_norm`, `rms_norm` over the last dim, and `sum`/`mean`/`amax`
   over the last dim (float), with their single-use pointwise producers fused into the load
@@ -68,6 +68,7 @@ from fxforge.passes.fusion_rules import (
     single_use,
     sparse_paths,
     swiglu_ops,
+    takes_scale,
     weight_encoding_kind,
 )
 from fxforge.passes.kv_attention_sites import kv_attention_sites
@@ -89,7 +90,7 @@ def _other(user: Op, y: Value) -> Value | None:
 
 
 def _scale(f, op, rule, user, y):
-    return scale_of(user, y) if rule.scale and _same(user, y) else None
+    return scale_of(user, y) if takes_scale(rule, op) and _same(user, y) else None
 
 
 def _bias(f, op, rule, user, y):

@@ -23,7 +23,8 @@ from fxforge.ir.types import NM, BlockFP, Quantized, dims_equal
 FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
-            "(#quantized const weight) the same without the scale and the mul; dense linear also: a "
+            "(#quantized const weight) the same without the mul, and without the scale unless its weight is in a decode "
+            "layout (Granite's residual multiplier); dense linear also: a "
             "single-use rms_norm(x, w[K]) or layer_norm(x, w[K], b[K]?) producer as a prologue (NORM_PROLOGUES), "
             "and act(y[..., :N]) * y[..., N:] of its [gate; up] result (SwiGLU; GeGLU: act a GATED_ACTIVATIONS "
             "entry) as the activation + mul steps; a qlinear whose weight is in a decode "
@@ -181,7 +182,7 @@ class GemmRule:
     ok: Callable[[Op], bool]
     linear_like: Callable[[Op], bool]
     bias_arity: tuple[int, ...]
-    scale: bool = True
+    scale: bool | Callable[[Op], bool] = True  # or for which ops of the rule (the 4-bit decode kernel's qlinears)
     mul: bool = True
     keep: bool = False
     norm: bool = False  # an rms_norm prologue (`norm_prologue`)
@@ -192,7 +193,8 @@ GEMM_RULES = {
     "linear": GemmRule(kernel_types_ok, _always, (3,), keep=True, norm=True, swiglu=True),
     "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, ()),
     # x, w, [bias], [u, v]; norm and SwiGLU only for a weight in a decode layout (`decode_fusions_ok`)
-    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=False, mul=False, keep=True, norm=True, swiglu=True),
+    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=lambda op: decode_fusions_ok(op), mul=False, keep=True, norm=True,
+                        swiglu=True),
 }
 # anchors whose weight has an encoding another template reads: (opcode, encoding kind) -> rule, tried first
 ENCODED_GEMM_RULES = {
@@ -205,6 +207,11 @@ def weight_encoding_kind(op: Op) -> str | None:
     """The encoding kind ("nm", "quantized", ...) of a GEMM op's weight operand, None when plain."""
     enc = op.operands[1].type.encoding if len(op.operands) > 1 else None
     return getattr(enc, "kind", None)
+
+
+def takes_scale(rule: GemmRule, op: Op) -> bool:
+    """Does the template of `op` (anchored by `rule`) have the scale step (a multiplier by a rank-0 constant)?"""
+    return rule.scale(op) if callable(rule.scale) else rule.scale
 
 
 def gemm_rule(op: Op | None) -> GemmRule | None:

@@ -27,8 +27,13 @@ def _prologue_reader(u: Op, norm: Op, graph: Graph) -> bool:
     """u reads norm's result as its GEMM input only, and its template would compute that norm in its load."""
     rule = gemm_rule(u)
     y = norm.result
-    return (rule is not None and rule.norm and u.operands[0] is y and all(v is not y for v in u.operands[1:])
-            and norm_prologue(u, graph, shared=True) is norm)
+    return (
+        rule is not None
+        and rule.norm
+        and u.operands[0] is y
+        and all(v is not y for v in u.operands[1:])
+        and norm_prologue(u, graph, shared=True) is norm
+    )
 
 
 def copy_shared_norms(graph: Graph) -> int:

@@ -1,7 +1,8 @@
 """More recognised variants of the decoder-layer patterns (issue #13, `benchmarks/arch_probe.py`), each against
 torch, kernel-level and graph-level only (cheap): the squared ReLU of Arcee's MLP as one GEMM-epilogue activation
 (`relu2`, dense and 4-bit decode GEMMs); Cohere's LayerNorm spelled out (a `layer_norm`) read by both GEMMs of its
-parallel block (`norm_copies`: each takes it as its prologue)."""
+parallel block (`norm_copies`: each takes it as its prologue); a scalar multiplier of a 4-bit decode GEMM's result
+(Granite's residual multiplier) in that kernel's epilogue."""
 
 from __future__ import annotations
 
@@ -110,3 +111,41 @@ def test_parallel_block_layer_norm_prologue_in_both_gemms():
     assert len(part.groups) == 2 and all(grp.params["norm"].opcode == "layer_norm" for grp in gemms)
     assert [grp.params["residual"] is not None for grp in gemms] == [True, True]  # both adds in the epilogues
     torch.testing.assert_close(evaluate(g, [x])[0], block(x), rtol=1e-5, atol=1e-5)
+
+
+def test_qlinear_decode_scale_epilogue():
+    """scale * (x @ W^T) + residual in the 4-bit decode kernel, split-K too."""
+    from fxforge.ir.lowp_ops import decode_weight, encode_weight, qlinear_ref
+    from fxforge.ir.weight_layouts import to_decode_layout
+
+    torch.manual_seed(2)
+    w = encode_weight(torch.randn(48, 256), "w4a16-int4", group=64)
+    x, r = torch.randn(3, 256).half(), torch.randn(3, 48).half()
+    ref = 0.22 * qlinear_ref(x.float(), decode_weight(w), None, scheme="w4a16-int4", act_format=None, group=64, lorc_rank=0) + r.float()
+    for split_k in (None, 2):
+        y = qlinear_w4_decode(x, to_decode_layout(w), scale=0.22, residual=r, ws=Workspace(), split_k=split_k)
+        assert (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
+
+
+class _ScaledResidual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(64, 64, bias=False)
+
+    def forward(self, x):
+        return x + self.proj(x) * 0.22  # Granite's residual multiplier
+
+
+def test_decode_layout_qlinear_takes_the_scale_step():
+    import fxforge
+
+    torch.manual_seed(0)
+    model, x = _ScaledResidual().half(), torch.randn(1, 3, 64).half()
+    opts = dict(dynamic=False, quantize="w4a16-int4", quantize_group=64)
+    mod = fxforge.compile_aot(model, (x,), executor="interpret", **opts)
+    ref = fxforge.compile_aot(model, (x,), executor="reference", **opts)
+    source = mod.program.executor.module.source
+    assert source.count("_qlinear_w4_decode(") == 1 and "scale=0.22" in source and "residual=" in source
+    assert len(mod.graph.partition.groups) == 1
+    y, want = mod(x).float(), ref(x).float()
+    assert (y - want).abs().max() <= 2e-3 * want.abs().max()
