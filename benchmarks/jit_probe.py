@@ -42,8 +42,13 @@ def probe(arch: str, executor: str, new_tokens: int = 8) -> dict:
         got = compiled.generate(ids, max_new_tokens=new_tokens, do_sample=False)
     graphs = compiled.fxforge_report.graphs
     externs = sorted({op.attrs.get("target", "?") for g in graphs for op in g.graph.ops if op.opcode == "extern"})
-    row = {"arch": arch, "tokens": bool(torch.equal(got, want)), "graphs": len(graphs), "externs": externs,
-           "seconds": round(time.perf_counter() - start, 1)}
+    row = {
+        "arch": arch,
+        "tokens": bool(torch.equal(got, want)),
+        "graphs": len(graphs),
+        "externs": externs,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     if not row["tokens"]:
         g, w = got[0].tolist(), want[0].tolist()
         row["first_diff"] = next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), min(len(g), len(w)))
@@ -99,7 +104,7 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.out:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         cmd = "OMP_NUM_THREADS=1 python benchmarks/jit_probe.py " + " ".join(sys.argv[1:])
         with open(args.out, "w") as f:
             f.write(f"# jit_probe ({stamp})\n\n`{cmd}`\n\n{text}\n")
