@@ -3,7 +3,7 @@
 `model.generate(do_sample=False)`, EOS off, for each `fxforge.testing.GQA_DECODERS` model (hidden 64, 4 heads,
 2 KV heads, vocab 256, 2 layers, fp32, random weights), each in a fresh subprocess.
 
-Per architecture: tokens equal, the graphs fxforge compiled (one per dynamo capture), the externs in them, seconds,
+Per architecture: tokens equal, the graphs fxforge compiled (one per dynamo capture), the externs their capture left, seconds,
 and on a mismatch the first position where the tokens differ; an exception is reported as the row's error.
 
     OMP_NUM_THREADS=1 python benchmarks/jit_probe.py [--archs llama gemma ...] [--executor interpret]
@@ -41,7 +41,7 @@ def probe(arch: str, executor: str, new_tokens: int = 8) -> dict:
     with torch.no_grad():
         got = compiled.generate(ids, max_new_tokens=new_tokens, do_sample=False)
     graphs = compiled.fxforge_report.graphs
-    externs = sorted({op.attrs.get("target", "?") for g in graphs for op in g.graph.ops if op.opcode == "extern"})
+    externs = sorted({target for g in graphs for target in g.externs})
     row = {
         "arch": arch,
         "tokens": bool(torch.equal(got, want)),

@@ -350,6 +350,36 @@ def norm_prologue(op: Op, graph: Graph, shared: bool = False) -> Op | None:
     return p if ok and x.type.rank >= 1 else None
 
 
+def cast_norm_prologue(op: Op, graph: Graph) -> list[Op] | None:
+    """[cast out, rms_norm, cast in] when the GEMM's 16-bit input is cast(rms_norm(cast(x, f32), w), x.dtype) with an
+    fp32 weight [K] (Gemma's RMSNorm: (1 + w) multiplies in fp32 before the one rounding), all single use: the
+    templates' norm prologue computes it from x with an fp32 weight (`gemm.rms_scale` ONE_ROUNDING)."""
+    y = op.operands[0]
+    out = y.producer
+    if not decode_fusions_ok(op) or out is None or out.opcode != "cast" or not single_use(y, graph):
+        return None
+    norm = out.operands[0].producer
+    if norm is None or norm.opcode != "rms_norm" or len(norm.operands) != 2 or not single_use(norm.result, graph):
+        return None
+    (xf, w), cast_in = norm.operands, norm.operands[0].producer
+    if cast_in is None or cast_in.opcode != "cast" or not single_use(xf, graph) or not row_ok(norm):
+        return None
+    x = cast_in.operands[0]
+    ok = xf.type.dtype == w.type.dtype == DType.f32 and x.type.dtype == y.type.dtype and x.type.dtype.bits == 16
+    ok = ok and w.type.rank == 1 and x.type.rank >= 1 and dims_equal(w.type.shape[0], x.type.shape[-1])
+    return [out, norm, cast_in] if ok and x.type.dtype.is_float else None
+
+
+def norm_ops(op: Op, graph: Graph) -> tuple[Op, Value, list[Op]] | None:
+    """The GEMM's norm prologue (`norm_prologue`, or `cast_norm_prologue`'s fp32-weight form): (the norm, the input
+    the template reads, the ops the kernel computes)."""
+    norm = norm_prologue(op, graph)
+    if norm is not None:
+        return norm, norm.operands[0], [norm]
+    ops = cast_norm_prologue(op, graph)
+    return (ops[1], ops[2].operands[0], ops) if ops else None
+
+
 def swiglu_ops(op: Op, graph: Graph, interleaved: bool | None = None) -> list[Op] | None:
     """[gate slice, up slice, act, mul] when the bias-free GEMM's result y [..., 2N] is read only as
     act(y[..., :N]) * y[..., N:] with act one of `GATED_ACTIVATIONS` (concat_linears' gate/up GEMM; the

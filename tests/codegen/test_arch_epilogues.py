@@ -2,7 +2,8 @@
 torch, kernel-level and graph-level only (cheap): the squared ReLU of Arcee's MLP as one GEMM-epilogue activation
 (`relu2`, dense and 4-bit decode GEMMs); Cohere's LayerNorm spelled out (a `layer_norm`) read by both GEMMs of its
 parallel block (`norm_copies`: each takes it as its prologue); a scalar multiplier of a 4-bit decode GEMM's result
-(Granite's residual multiplier) in that kernel's epilogue."""
+(Granite's residual multiplier) in that kernel's epilogue; Gemma's fp16 RMSNorm (an fp32 (1 + w) weight before
+the one rounding) as the dense and 4-bit decode GEMMs' norm prologue."""
 
 from __future__ import annotations
 
@@ -147,5 +148,55 @@ def test_decode_layout_qlinear_takes_the_scale_step():
     source = mod.program.executor.module.source
     assert source.count("_qlinear_w4_decode(") == 1 and "scale=0.22" in source and "residual=" in source
     assert len(mod.graph.partition.groups) == 1
+    y, want = mod(x).float(), ref(x).float()
+    assert (y - want).abs().max() <= 2e-3 * want.abs().max()
+
+
+def _one_rounding_norm(x: torch.Tensor, g: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Gemma's RMSNorm of 16-bit x with an fp32 weight: scale and weight in fp32, one rounding."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * g).to(x.dtype)
+
+
+def test_fp32_norm_weight_prologue_rounds_once():
+    """An fp32 norm weight on fp16 x: the prologue's normed rows are the one-rounding ones (Llama's rounds twice),
+    bit for bit: the dense GEMM, the decode kernel at 3 rows and its 24-row prefill (the row kernel)."""
+    from fxforge.ir.lowp_ops import encode_weight
+    from fxforge.ir.weight_layouts import to_decode_layout
+
+    torch.manual_seed(3)
+    x, g = (torch.randn(3, 256) * 2).half(), 1 + torch.randn(256) / 4
+    one = _one_rounding_norm(x, g)
+    w = (torch.randn(64, 256) / 10).half()
+    assert torch.equal(linear(x, w, norm=(g, 1e-6)), linear(one, w))
+    wl = to_decode_layout(encode_weight(torch.randn(64, 256), "w4a16-int4", group=64))
+    for rows in (1, 8):
+        got = qlinear_w4_decode(x.repeat(rows, 1), wl, norm=(g, 1e-6), ws=Workspace())
+        assert torch.equal(got, qlinear_w4_decode(one.repeat(rows, 1), wl, ws=Workspace()))
+
+
+class _GemmaNormLinear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(64) / 4)
+        self.proj = torch.nn.Linear(64, 64, bias=False)
+
+    def forward(self, x):
+        xf = x.float()
+        h = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6) * (1.0 + self.weight.float())
+        return self.proj(h.type_as(x))
+
+
+@pytest.mark.parametrize("quantize", [None, "w4a16-int4"])
+def test_gemma_fp16_norm_is_the_gemm_prologue(quantize):
+    import fxforge
+
+    torch.manual_seed(0)
+    model, x = _GemmaNormLinear().half(), torch.randn(1, 3, 64).half()
+    opts = dict(dynamic=False, quantize=quantize, quantize_group=64) if quantize else dict(dynamic=False)
+    mod = fxforge.compile_aot(model, (x,), executor="interpret", **opts)
+    ref = fxforge.compile_aot(model, (x,), executor="reference", **opts)
+    (group,) = mod.graph.partition.groups
+    assert [o.opcode for o in group.ops].count("cast") == 2 and group.params["norm"].opcode == "rms_norm"
     y, want = mod(x).float(), ref(x).float()
     assert (y - want).abs().max() <= 2e-3 * want.abs().max()

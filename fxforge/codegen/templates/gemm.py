@@ -173,9 +173,12 @@ def ln_scale(x, mean, rstd, g, nb):
 
 
 @triton.jit
-def rms_scale(x, rstd, g):
+def rms_scale(x, rstd, g, ONE_ROUNDING: tl.constexpr = False):
     """x [rows, cols] normalised by its rows' `row_rstd` and weighted by g [cols] (fp32) with the rms_norm row
-    kernel's steps and roundings: scale, round to x's dtype, weight, round."""
+    kernel's steps and roundings: scale, round to x's dtype, weight, round. ONE_ROUNDING (an fp32 norm weight on
+    16-bit x: Gemma's (1 + w) in fp32, `fusion_rules.cast_norm_prologue`): scale, weight, round."""
+    if ONE_ROUNDING:
+        return (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(x.dtype)
     xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype).to(tl.float32)
     return (xn * g[None, :]).to(x.dtype)
 
@@ -224,7 +227,7 @@ def gemm_kernel(
                     nb = tl.load(nb_ptr + k0 * BLOCK_K + offs_k, mask=offs_k < k_left, other=0.0).to(tl.float32)
                 a = ln_scale(a, mean, rstd, g, nb)
             else:
-                a = rms_scale(a, rstd, g)
+                a = rms_scale(a, rstd, g, norm_ptr.dtype.element_ty == tl.float32)
         if UPCAST:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
