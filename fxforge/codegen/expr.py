@@ -91,7 +91,7 @@ class _Printer(StrPrinter):
 
 
 class _HostPrinter(_Printer):
-    """Host Python (a generated `run()`): sympy's Max / Min as max() / min() (a sliding window's first position)."""
+    """Host Python (run()'s sizes): also max / min (a sliding window's `max(0, s0 - w)` start)."""
 
     def _print_Max(self, expr):
         return f"max({', '.join(self._print(a) for a in expr.args)})"
@@ -101,10 +101,10 @@ class _HostPrinter(_Printer):
 
 
 def pyexpr(expr: Any, host: bool = False) -> str:
-    """An int or sympy expression as Python source (`host`: for the generated `run()`, not a kernel)."""
+    """An int or sympy expression as Python source (`host`: run()'s Python, where max / min exist)."""
     if isinstance(expr, int):
         return str(expr)
-    return (_HostPrinter if host else _Printer)().doprint(sympy.sympify(expr))
+    return (_HostPrinter() if host else _Printer()).doprint(sympy.sympify(expr))
 
 
 def held(dtype: DType) -> DType:

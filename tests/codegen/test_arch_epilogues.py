@@ -200,15 +200,3 @@ def test_gemma_fp16_norm_is_the_gemm_prologue(quantize):
     assert [o.opcode for o in group.ops].count("cast") == 2 and group.params["norm"].opcode == "rms_norm"
     y, want = mod(x).float(), ref(x).float()
     assert (y - want).abs().max() <= 2e-3 * want.abs().max()
-
-
-def test_host_sizes_print_max_and_min():
-    """A size like max(0, s0 - 5) (Mistral's sliding window under the JIT's symbolic decode step) in a generated
-    `run()` is Python's max(), not sympy's Max (a NameError there)."""
-    import sympy
-
-    from fxforge.codegen.module_text import lit
-
-    s0 = sympy.Symbol("s0", integer=True, positive=True)
-    text = lit((sympy.Max(0, s0 - 5), sympy.Min(s0, 7) + 1))
-    assert [eval(text, {"s0": s}) for s in (3, 9)] == [(0, 4), (4, 8)]
