@@ -68,6 +68,7 @@ from fxforge.passes.gqa_attention import GqaAttention
 from fxforge.passes.ksort import KSort
 from fxforge.passes.kv_cache import KVCache
 from fxforge.passes.manager import Pass, PassContext, PassManager
+from fxforge.passes.norm_copies import NormCopies
 from fxforge.passes.quantize import Quantize
 from fxforge.passes.rotate import Rotate
 from fxforge.passes.shape_prop import ShapePropagation
@@ -161,6 +162,8 @@ PASS_TABLE: tuple[PassSpec, ...] = (
     PassSpec("decode_layout", DecodeLayout, when=_quantized_kernels),
     # attention reads K/V before HF's GQA head repeat (which copies the whole cache per call)
     PassSpec("gqa_attention", GqaAttention, when=_kernel_executor),
+    # a norm read by several GEMMs (a parallel block's attention and MLP): one copy per GEMM, each its prologue
+    PassSpec("norm_copies", NormCopies, when=_kernel_executor),
     PassSpec("dce", DeadCodeElimination),
     PassSpec("shape_prop", ShapePropagation),
     PassSpec("fuse", FusePass, when=_kernel_executor),

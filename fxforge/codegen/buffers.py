@@ -61,8 +61,8 @@ def tensor_reads(step: Step) -> list[Value]:
     if step.kind == "gemm":
         p, root = step.params, step.anchor
         extra = [p["bias"], p.get("mul"), p["residual"], p.get("keep")]
-        norm = p.get("norm")  # a fused rms_norm prologue: the GEMM reads the norm's operands, not its result
-        lead = list(norm.operands) if norm is not None else [root.operands[0]]
+        norm = p.get("norm")  # a fused norm prologue: the GEMM reads its input (`norm_x`) and weights, not its result
+        lead = [p.get("norm_x") or norm.operands[0], *norm.operands[1:]] if norm is not None else [root.operands[0]]
         return [*lead, *root.operands[1:], *[v for v in extra if v is not None]]
     if step.kind in ("rope_cache", "kv_attention"):  # several ops, one template call reading the group's inputs
         return list(step.inputs)

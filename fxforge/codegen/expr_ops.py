@@ -123,6 +123,7 @@ for _code, _template in {
     "rsqrt": "tl.rsqrt({a})", "sin": "tl.sin({a})", "cos": "tl.cos({a})", "tanh": "_tanh({a})",
     "erf": "tl.math.erf({a})", "sigmoid": "tl.sigmoid({a})", "silu": "{a} * tl.sigmoid({a})",
     "reciprocal": "1.0 / {a}", "relu": "tl.where({a} < 0, 0, {a})",
+    "relu2": "tl.where({a} < 0, 0, {a} * {a})",
 }.items():
     renders(_code)(_unary(_template))
 

@@ -192,7 +192,7 @@ def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear
     op, p = g.anchor, g.params
     bias = op.operands[2] if len(op.operands) > 2 else p["bias"]
     norm = p.get("norm")  # a fused rms_norm prologue: the template reads the norm's input and weight
-    x = n(norm.operands[0]) if norm is not None else n(op.operands[0])
+    x = n(p["norm_x"]) if norm is not None else n(op.operands[0])
     args = [x, weight] + ([n(bias)] if bias is not None else [])
     args += _norm_arg(norm, n)
     args += _gated(p)
@@ -254,10 +254,10 @@ def _qlinear_decode(g: KernelGroup, n: Names) -> str:
     x, w, *rest = op.operands
     bias = rest[0] if rest else p["bias"]
     norm = p.get("norm")
-    args = [n(norm.operands[0]) if norm is not None else n(x), n(w)] + ([n(bias)] if bias is not None else [])
+    args = [n(p["norm_x"]) if norm is not None else n(x), n(w)] + ([n(bias)] if bias is not None else [])
     args += _norm_arg(norm, n)
     args += _gated(p)
-    args += _epilogue(p, n, ("activation", "residual", "out_dtype"))
+    args += _epilogue(p, n, ("activation", "residual", "scale", "out_dtype"))
     if p.get("keep") is not None:
         args.append(f"keep={n(p['keep'])}")
     return f"_qlinear_w4_decode({', '.join(args)})"

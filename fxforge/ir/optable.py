@@ -46,6 +46,7 @@ UNARY = {
     "erf": torch.erf,
     "sigmoid": torch.sigmoid,
     "relu": torch.relu,
+    "relu2": lambda x: torch.square(torch.relu(x)),  # squared ReLU (Primer; Arcee's MLP): canonicalize spots relu(x)^2
     "silu": F.silu,
     "reciprocal": torch.reciprocal,
     "floor": torch.floor,
@@ -87,7 +88,7 @@ def _pointwise_infer(ref):
 # IEEE add/mul/max/min and the comparisons/logic below give the same bits with operands swapped
 COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
                          "bitwise_and", "bitwise_or", "bitwise_xor"})
-ACTIVATIONS = {"relu": "relu", "silu": "silu", "sigmoid": "sigmoid"}  # the GEMM epilogue's names
+ACTIVATIONS = {"relu": "relu", "relu2": "relu2", "silu": "silu", "sigmoid": "sigmoid"}  # the GEMM epilogue's names
 # act(gate) * up of a gated MLP (SwiGLU: Llama, Qwen, Mistral, Phi3; GeGLU with tanh GeLU: Gemma): the
 # activations (`activation` trait names) the [gate; up] GEMM's gated epilogue computes
 GATED_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")

@@ -19,8 +19,10 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   with its casts); `w * rms_norm(x)` -> `rms_norm(x, w)` only when the product keeps x's type, i.e.
   the weight multiply already happened in x's dtype (an fp32 weight times an fp16 norm promotes to
   fp32, which rms_norm cannot express, so it is left alone). eps is read through the `full`'s own
-  dtype, exactly the scalar the add used.
-- `ACTIVATION_RULES`: `x * sigmoid(x)` -> `silu(x)`.
+  dtype, exactly the scalar the add used. `rms_norm(x - mean(x, [-1], keepdim)[, w])` of an fp32 x ->
+  `layer_norm(x[, w])` (Cohere's LayerNorm spelled out; the same math up to the order of the sums).
+- `ACTIVATION_RULES`: `x * sigmoid(x)` -> `silu(x)`; `relu(x) * relu(x)` and `relu(x) ** 2` -> `relu2(x)`
+  (squared ReLU, exact: relu rounds nothing, so one rounding of the square either way).
 - `ATTENTION_RULES` (`attention_rules.py`): HF's eager attention written out (matmul, scale, optional
   logit soft-cap, additive mask, softmax, matmul) -> `attention(q, k, v, mask?) {scale, softcap}`.
 
@@ -237,7 +239,23 @@ def rms_norm_weight(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "rms_norm", [x, w], {"eps": b["norm"].producer.attrs["eps"]}).result
 
 
-RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_weight]
+# Cohere's LayerNorm written out (no bias): d = x - mean(x); d * rsqrt(mean(d^2) + eps) * w, which the rules
+# above make rms_norm(x - mean(x, [-1], keepdim), w): a layer_norm of x (fp32: the rms_norm of d rounds nothing more)
+_CENTERED = P.op("sub", P.any("x"), P.op("mean", P.any("x"), keepdim=True, dtype=None, name="mean"), name="d")
+
+
+def _layer_norm_of_centered(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    x, dims = b["x"], b["mean"].producer.attrs["dims"]
+    if x.type.dtype != DType.f32 or x.type.rank == 0 or dims is None or len(dims) != 1:
+        return None
+    if norm_axis(dims[0], x.type.rank) != x.type.rank - 1 or not same_type(b["d"].type, x.type):
+        return None
+    return g.insert_before(op, "layer_norm", [x, *op.operands[1:]], {"eps": op.attrs["eps"]}).result
+
+
+RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_weight] + [
+    Rule(P.op("rms_norm", _CENTERED, *w), _layer_norm_of_centered, "layer_norm_centered", single_use=True)
+    for w in ((), (P.any("w"),))]
 
 # -- activations -------------------------------------------------------------------------------------
 
@@ -249,7 +267,21 @@ def silu(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "silu", [b["x"]]).result
 
 
-ACTIVATION_RULES: list[Rule] = [silu]
+# squared ReLU (Arcee's MLP: `square(relu(y))`, aten.square lowered to mul): one activation the GEMM epilogue applies
+_RELU = P.op("relu", P.any("x"), name="r", single_use=True)
+
+
+@rule(P.op("mul", _RELU, P.any("r")))
+def relu2_mul(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    return g.insert_before(op, "relu2", [b["x"]]).result if same_type(op.result.type, b["x"].type) else None
+
+
+@rule(P.op("pow", _RELU, P.full(value=2)))
+def relu2_pow(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    return g.insert_before(op, "relu2", [b["x"]]).result if same_type(op.result.type, b["x"].type) else None
+
+
+ACTIVATION_RULES: list[Rule] = [silu, relu2_mul, relu2_pow]
 
 RULES: list[Rule] = FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + ATTENTION_RULES
 

@@ -14,7 +14,7 @@ The rule table (`FUSION_RULES` prints it):
   each step only when the intermediate has a single use and is not a graph output. A mul of two GEMM
   results goes to the later GEMM (the one whose other operand, the earlier GEMM's, is ready first).
   `qlinear` (a `#quantized` const weight of a scheme the qlinear kernels take, float activations)
-  anchors the same epilogue minus the scale (the qlinear template has none): its kernel decodes the
+  anchors the same epilogue minus the scale (the qlinear template has none; the 4-bit decode kernel has): its kernel decodes the
   packed weight tile by tile (`codegen.templates.qlinear`); its bias and LoRC operands go with it.
 - row: `softmax`, `log_softmax`, `layer_norm`, `rms_norm` over the last dim, and `sum`/`mean`/`amax`
   over the last dim (float), with their single-use pointwise producers fused into the load
@@ -59,7 +59,7 @@ from fxforge.passes.fusion_rules import (
     host_reason,
     kernel_types_ok,
     literal_value,
-    norm_prologue,
+    norm_ops,
     normalizes,
     pointwise_ok,
     row_ok,
@@ -68,6 +68,7 @@ from fxforge.passes.fusion_rules import (
     single_use,
     sparse_paths,
     swiglu_ops,
+    takes_scale,
     weight_encoding_kind,
 )
 from fxforge.passes.kv_attention_sites import kv_attention_sites
@@ -89,7 +90,7 @@ def _other(user: Op, y: Value) -> Value | None:
 
 
 def _scale(f, op, rule, user, y):
-    return scale_of(user, y) if rule.scale and _same(user, y) else None
+    return scale_of(user, y) if takes_scale(rule, op) and _same(user, y) else None
 
 
 def _bias(f, op, rule, user, y):
@@ -123,7 +124,7 @@ EPILOGUE: list[tuple[str, Callable[..., Any]]] = [
     ("out_dtype", _out_dtype)]
 _LINEAR_ONLY = {"bias", "mul", "residual", "out_dtype"}  # a batched matmul's template call has none of them
 _DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None, "out_dtype": None,
-             "norm": None, "swiglu": False, "gate": "silu"}
+             "norm": None, "norm_x": None, "swiglu": False, "gate": "silu"}
 _STEP = {key: i for i, (key, _) in enumerate(EPILOGUE)}
 
 # -- the partition ------------------------------------------------------------------------------
@@ -275,10 +276,11 @@ class _Partitioner:
         linear_like = params["linear_like"] = rule.linear_like(op)
         nxt = 2 if len(op.operands) in rule.bias_arity else 0  # a bias operand: the activation is next
         members, y = [op], op.result
-        norm = norm_prologue(op, self.graph) if rule.norm else None
-        if norm is not None and self.free(norm):
-            members.append(norm)
-            params["norm"] = norm
+        found = norm_ops(op, self.graph) if rule.norm else None
+        prologue = found[2] if found is not None and all(self.free(o) for o in found[2]) else []
+        if prologue:
+            members += prologue
+            params["norm"], params["norm_x"] = found[0], found[1]
         swiglu = swiglu_ops(op, self.graph) if rule.swiglu else None
         if swiglu is not None and all(self.free(o) for o in swiglu):  # the activation and mul steps, in the template
             members += swiglu
@@ -294,7 +296,7 @@ class _Partitioner:
             nxt, params[EPILOGUE[taken[0]][0]] = taken[0] + 1, taken[1]
             members.append(user)
             y = user.result
-        epi = [m.opcode for m in members[1:] if m is not norm]
+        epi = [m.opcode for m in members[1:] if all(m is not o for o in prologue)]
         reason = f"gemm + epilogue ({', '.join(epi)})" if epi else "gemm alone"
         if params["norm"]:
             reason = f"{params['norm'].opcode} prologue + " + reason

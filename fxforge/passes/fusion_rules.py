@@ -23,7 +23,8 @@ from fxforge.ir.types import NM, BlockFP, Quantized, dims_equal
 FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
-            "(#quantized const weight) the same without the scale and the mul; dense linear also: a "
+            "(#quantized const weight) the same without the mul, and without the scale unless its weight is in a decode "
+            "layout (Granite's residual multiplier); dense linear also: a "
             "single-use rms_norm(x, w[K]) or layer_norm(x, w[K], b[K]?) producer as a prologue (NORM_PROLOGUES), "
             "and act(y[..., :N]) * y[..., N:] of its [gate; up] result (SwiGLU; GeGLU: act a GATED_ACTIVATIONS "
             "entry) as the activation + mul steps; a qlinear whose weight is in a decode "
@@ -181,7 +182,7 @@ class GemmRule:
     ok: Callable[[Op], bool]
     linear_like: Callable[[Op], bool]
     bias_arity: tuple[int, ...]
-    scale: bool = True
+    scale: bool | Callable[[Op], bool] = True  # or for which ops of the rule (the 4-bit decode kernel's qlinears)
     mul: bool = True
     keep: bool = False
     norm: bool = False  # an rms_norm prologue (`norm_prologue`)
@@ -192,7 +193,8 @@ GEMM_RULES = {
     "linear": GemmRule(kernel_types_ok, _always, (3,), keep=True, norm=True, swiglu=True),
     "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, ()),
     # x, w, [bias], [u, v]; norm and SwiGLU only for a weight in a decode layout (`decode_fusions_ok`)
-    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=False, mul=False, keep=True, norm=True, swiglu=True),
+    "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=lambda op: decode_fusions_ok(op), mul=False, keep=True, norm=True,
+                        swiglu=True),
 }
 # anchors whose weight has an encoding another template reads: (opcode, encoding kind) -> rule, tried first
 ENCODED_GEMM_RULES = {
@@ -205,6 +207,11 @@ def weight_encoding_kind(op: Op) -> str | None:
     """The encoding kind ("nm", "quantized", ...) of a GEMM op's weight operand, None when plain."""
     enc = op.operands[1].type.encoding if len(op.operands) > 1 else None
     return getattr(enc, "kind", None)
+
+
+def takes_scale(rule: GemmRule, op: Op) -> bool:
+    """Does the template of `op` (anchored by `rule`) have the scale step (a multiplier by a rank-0 constant)?"""
+    return rule.scale(op) if callable(rule.scale) else rule.scale
 
 
 def gemm_rule(op: Op | None) -> GemmRule | None:
@@ -326,20 +333,51 @@ def decode_fusions_ok(op: Op) -> bool:
 NORM_PROLOGUES = {"rms_norm": ((2,), ("linear", "qlinear")), "layer_norm": ((2, 3), ("linear",))}
 
 
-def norm_prologue(op: Op, graph: Graph) -> Op | None:
+def norm_prologue(op: Op, graph: Graph, shared: bool = False) -> Op | None:
     """The norm (`NORM_PROLOGUES`: `rms_norm(x, w)`, `layer_norm(x, w[, b])`) producing the GEMM's input that its
-    load can compute: a row-kernel norm whose single-use result has x's dtype, with a weight (and bias) [K]."""
+    load can compute: a row-kernel norm whose single-use result has x's dtype, with a weight (and bias) [K];
+    `shared`: whatever its other uses (`norm_copies` then gives each GEMM reader its own copy)."""
     y = op.operands[0]
     p = y.producer
     if not decode_fusions_ok(op) or p is None or p.opcode not in NORM_PROLOGUES:
         return None
     arity, gemms = NORM_PROLOGUES[p.opcode]
-    if len(p.operands) not in arity or op.opcode not in gemms or not single_use(y, graph) or not row_ok(p):
+    if len(p.operands) not in arity or op.opcode not in gemms or not (shared or single_use(y, graph)) or not row_ok(p):
         return None
     x, *params = p.operands
     ok = x.type.dtype == y.type.dtype and all(w.type.rank == 1 and dims_equal(w.type.shape[0], x.type.shape[-1])
                                               for w in params)
     return p if ok and x.type.rank >= 1 else None
+
+
+def cast_norm_prologue(op: Op, graph: Graph) -> list[Op] | None:
+    """[cast out, rms_norm, cast in] when the GEMM's 16-bit input is cast(rms_norm(cast(x, f32), w), x.dtype) with an
+    fp32 weight [K] (Gemma's RMSNorm: (1 + w) multiplies in fp32 before the one rounding), all single use: the
+    templates' norm prologue computes it from x with an fp32 weight (`gemm.rms_scale` ONE_ROUNDING)."""
+    y = op.operands[0]
+    out = y.producer
+    if not decode_fusions_ok(op) or out is None or out.opcode != "cast" or not single_use(y, graph):
+        return None
+    norm = out.operands[0].producer
+    if norm is None or norm.opcode != "rms_norm" or len(norm.operands) != 2 or not single_use(norm.result, graph):
+        return None
+    (xf, w), cast_in = norm.operands, norm.operands[0].producer
+    if cast_in is None or cast_in.opcode != "cast" or not single_use(xf, graph) or not row_ok(norm):
+        return None
+    x = cast_in.operands[0]
+    ok = xf.type.dtype == w.type.dtype == DType.f32 and x.type.dtype == y.type.dtype and x.type.dtype.bits == 16
+    ok = ok and w.type.rank == 1 and x.type.rank >= 1 and dims_equal(w.type.shape[0], x.type.shape[-1])
+    return [out, norm, cast_in] if ok and x.type.dtype.is_float else None
+
+
+def norm_ops(op: Op, graph: Graph) -> tuple[Op, Value, list[Op]] | None:
+    """The GEMM's norm prologue (`norm_prologue`, or `cast_norm_prologue`'s fp32-weight form): (the norm, the input
+    the template reads, the ops the kernel computes)."""
+    norm = norm_prologue(op, graph)
+    if norm is not None:
+        return norm, norm.operands[0], [norm]
+    ops = cast_norm_prologue(op, graph)
+    return (ops[1], ops[2].operands[0], ops) if ops else None
 
 
 def swiglu_ops(op: Op, graph: Graph, interleaved: bool | None = None) -> list[Op] | None:

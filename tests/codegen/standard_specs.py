@@ -15,7 +15,7 @@ def standard_specs() -> list[dict]:
         gemm_spec("float16", 4096, 11008, 4096, mul=True, residual=True),
         gemm_spec("float16", 1, 4096, 11008, keep=True, mul=True, residual=True),  # FFN skipping's keep flags
         gemm_spec("float16", 2048, 8192, 2048, norm=True, swiglu=True),  # prefill [gate; up]: halved BLOCK_N
-        gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu"),
+        gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu2"),  # relu2 (squared) covers relu
         gemm_spec("float32", 512, 512, 512, activation="gelu_tanh", residual=True),
         dict(gemm_spec("bfloat16", 4096, 4096, 4096, bias=True, activation="sigmoid"), min_arch=90),
         bmm_spec("float16", 1024, 1024, 128),

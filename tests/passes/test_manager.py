@@ -137,7 +137,7 @@ def test_each_run_gets_fresh_stats():
 def test_default_pipeline_follows_the_config_and_executor():
     core = ["canonicalize", "constant_fold", "cse", "canonicalize", "dce", "shape_prop"]
     assert default_pipeline() == core
-    assert default_pipeline(CompileConfig(), "interpret") == core[:4] + ["concat_linears", "gqa_attention"] + core[4:] + ["fuse"]
+    assert default_pipeline(CompileConfig(), "interpret") == core[:4] + ["concat_linears", "gqa_attention", "norm_copies"] + core[4:] + ["fuse"]
     assert default_pipeline(CompileConfig(quantize="w8a8-int8"))[4:7] == ["rotate", "smooth", "quantize"]
     # an override that names a scheme switches the pass on too, and so does the option set directly
     assert "quantize" in default_pipeline(CompileConfig(quantize_overrides={"*.mlp.*": "w4a8-fp"}))

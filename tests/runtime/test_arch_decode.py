@@ -6,9 +6,9 @@ Each architecture exercises a recognised variant: Qwen3 the per-head q/k RMSNorm
 GeGLU gated epilogue (its (1 + w) norm folded to a weight, its embedding scale one kernel of the rest), Phi3 the
 fused qkv_proj / gate_up_proj and its full-dim partial RoPE (`cat_drop_empty`), Granite its multipliers,
 Starcoder2 the LayerNorm prologue, StableLM that and partial RoPE (`rotary_dim`), GLM interleaved partial RoPE with
-tables per pair and Helium the full one (`interleaved`, `pair_tables`), Mistral/SmolLM3 the plain pattern. Three
-compiles and ~14 interpreted steps per architecture (~40-90 s on 2 cores): slow; the variants' kernels and rules are
-checked cheaply in tests/codegen/test_arch_variants.py."""
+tables per pair and Helium the full one (`interleaved`, `pair_tables`), Arcee the relu2 epilogue, Mistral/SmolLM3
+the plain pattern. Three compiles and ~14 interpreted steps per architecture (~40-90 s on 2 cores): slow; the
+variants' kernels and rules are checked cheaply in tests/codegen/test_arch_variants.py."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from fxforge.testing import counting_launches, gqa_decoder
 PER_LAYER, REST = 6, 4
 # (arch, per-layer budget, rest budget); the architectures still over it: docs/architecture.md ("Decoder architectures")
 WITHIN = [(arch, PER_LAYER, REST) for arch in ("mistral", "qwen3", "gemma", "phi3", "granite", "smollm3", "starcoder2",
-                                                "stablelm", "glm", "helium")]
+                                                "stablelm", "glm", "helium", "arcee")]
 
 
 def _step(model: torch.nn.Module) -> tuple[list[str], object]:

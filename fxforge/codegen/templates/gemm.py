@@ -4,7 +4,7 @@
   The epilogue runs in registers before the single store, in this order:
       y = scale * acc  ->  y += bias[N]  ->  y = activation(y)  ->  y *= mul[M, N]  ->  y += residual[M, N]
         ->  cast, store
-  with constexpr switches HAS_BIAS, ACTIVATION ("none", "relu", "silu", "gelu" (erf form), "gelu_tanh",
+  with constexpr switches HAS_BIAS, ACTIVATION ("none", "relu", "relu2" (squared), "silu", "gelu" (erf form), "gelu_tanh",
   "sigmoid"), HAS_MUL (e.g. SwiGLU's `silu(gate) * up` in the up projection) and HAS_RESIDUAL;
   `scale` is a runtime fp32 multiplier; the output dtype is the out pointer's element type.
   HAS_KEEP (FFN skipping's decode form, `ir/skip_ops.py`): keep[M] flags (0 = the row is skipped, its A
@@ -49,7 +49,7 @@ from fxforge.ir.optable import GATED_ACTIVATIONS
 
 patch_interpreter()  # Triton 3.6's interpreter under numpy >= 2.4: see triton_compat
 
-ACTIVATIONS = ("none", "relu", "silu", "gelu", "gelu_tanh", "sigmoid")
+ACTIVATIONS = ("none", "relu", "relu2", "silu", "gelu", "gelu_tanh", "sigmoid")
 
 _SQRT1_2: tl.constexpr = tl.constexpr(0.7071067811865476)
 _SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(0.7978845608028654)
@@ -60,6 +60,9 @@ def apply_activation(y, ACTIVATION: tl.constexpr):
     """Elementwise activation on an fp32 tile; ACTIVATION is one of `ACTIVATIONS`."""
     if ACTIVATION == "relu":
         y = tl.maximum(y, 0.0)
+    elif ACTIVATION == "relu2":  # squared ReLU: relu(y) * relu(y), one rounding at the store
+        y = tl.maximum(y, 0.0)
+        y = y * y
     elif ACTIVATION == "silu":
         y = y * tl.sigmoid(y)
     elif ACTIVATION == "gelu":
@@ -170,9 +173,12 @@ def ln_scale(x, mean, rstd, g, nb):
 
 
 @triton.jit
-def rms_scale(x, rstd, g):
+def rms_scale(x, rstd, g, ONE_ROUNDING: tl.constexpr = False):
     """x [rows, cols] normalised by its rows' `row_rstd` and weighted by g [cols] (fp32) with the rms_norm row
-    kernel's steps and roundings: scale, round to x's dtype, weight, round."""
+    kernel's steps and roundings: scale, round to x's dtype, weight, round. ONE_ROUNDING (an fp32 norm weight on
+    16-bit x: Gemma's (1 + w) in fp32, `fusion_rules.cast_norm_prologue`): scale, weight, round."""
+    if ONE_ROUNDING:
+        return (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(x.dtype)
     xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype).to(tl.float32)
     return (xn * g[None, :]).to(x.dtype)
 
@@ -221,7 +227,7 @@ def gemm_kernel(
                     nb = tl.load(nb_ptr + k0 * BLOCK_K + offs_k, mask=offs_k < k_left, other=0.0).to(tl.float32)
                 a = ln_scale(a, mean, rstd, g, nb)
             else:
-                a = rms_scale(a, rstd, g)
+                a = rms_scale(a, rstd, g, norm_ptr.dtype.element_ty == tl.float32)
         if UPCAST:
             a = a.to(tl.float32)
             w = w.to(tl.float32)

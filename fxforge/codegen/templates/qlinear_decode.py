@@ -102,7 +102,7 @@ def qlinear_w4_decode_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False,
+    norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False, scale=1.0,
     SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu", PACK: tl.constexpr = False, PRMT: tl.constexpr = False,
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1,
 ):
@@ -201,7 +201,7 @@ def qlinear_w4_decode_kernel(
     if SPLIT_K > 1:  # partials part[SPLIT_K, N, M] (acc is out^T); the tile's last split sums them in split order
         last, acc = split_sum(acc, part_ptr, lock_ptr, offs_n, offs_r, mask_n, offs_r < M, N, M, SPLIT_K)
     if last:
-        _epilogue(acc, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
+        _epilogue(acc * scale, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
                   stride_om, stride_rm, BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_N, FP4, HAS_BIAS, ACTIVATION, SWIGLU,
                   GATE, HAS_RESIDUAL)
 
@@ -282,12 +282,12 @@ def _narrow_x(arch: int | None) -> bool:
 
 
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
-                      residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+                      residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None, scale: float = 1.0,
                       keep: torch.Tensor | None = None, asm: bool | None = None,
                       norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False, gate: str = "silu",
                       out: torch.Tensor | None = None, ws: Workspace | None = None,
                       split_k: int | None = None) -> torch.Tensor:
-    """`qlinear_ref` with the scheme's epilogue (bias, activation, residual) for fp16 x [..., K] (any number of
+    """`qlinear_ref` with the scheme's epilogue (scale, bias, activation, residual) for fp16 x [..., K] (any number of
     rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers.
 
     `weight`: a w4a16-int4 or w4a8-fp `Weight` in a decode layout (`weight_layouts.to_decode_layout`). w4a8-fp
@@ -345,7 +345,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, GATE=gate, PACK=cfg["PACK"],
-        PRMT=cfg["PRMT"], **fused,
+        PRMT=cfg["PRMT"], scale=float(scale), **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out.reshape(*lead, n_out)
 
@@ -383,7 +383,7 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
              "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu, "GATE": "silu",
              "PACK": cfg["PACK"], "PRMT": cfg["PRMT"], "SPLIT_K": split}
-    sig["eps"] = "fp32"
+    sig.update(eps="fp32", scale="fp32")
     if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
         sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")
     else:

@@ -58,7 +58,8 @@ def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.c
     """x's tile (rows offs_m, columns ks) as fp32, rms_norm'ed with the row kernel's steps and roundings."""
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
     if HAS_NORM:
-        x = rms_scale(x, rstd, tl.load(g_ptr + ks, mask=ks < K, other=0.0).to(tl.float32))
+        g = tl.load(g_ptr + ks, mask=ks < K, other=0.0)
+        x = rms_scale(x, rstd, g.to(tl.float32), g_ptr.dtype.element_ty == tl.float32)  # fp32 g: one rounding
     return x.to(tl.float32)
 
 
