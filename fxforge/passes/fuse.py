@@ -72,6 +72,7 @@ from fxforge.passes.fusion_rules import (
 )
 from fxforge.passes.kv_attention_sites import kv_attention_sites
 from fxforge.passes.manager import PassContext
+from fxforge.passes.post_norm import post_norm_prologue
 from fxforge.passes.rope_sites import rope_sites
 
 # -- the GEMM epilogue, in the template's order ------------------------------------------------------
@@ -123,7 +124,7 @@ EPILOGUE: list[tuple[str, Callable[..., Any]]] = [
     ("out_dtype", _out_dtype)]
 _LINEAR_ONLY = {"bias", "mul", "residual", "out_dtype"}  # a batched matmul's template call has none of them
 _DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None, "out_dtype": None,
-             "norm": None, "swiglu": False, "gate": "silu"}
+             "norm": None, "post_norm": None, "swiglu": False, "gate": "silu"}
 _STEP = {key: i for i, (key, _) in enumerate(EPILOGUE)}
 
 # -- the partition ------------------------------------------------------------------------------
@@ -279,6 +280,10 @@ class _Partitioner:
         if norm is not None and self.free(norm):
             members.append(norm)
             params["norm"] = norm
+        post = post_norm_prologue(op, self.graph, params["norm"]) if rule.norm else None
+        if post is not None and self.free(post.norm) and self.free(post.add):  # z = res + norm(h), in the load
+            members += [post.norm, post.add]
+            params["post_norm"] = post
         swiglu = swiglu_ops(op, self.graph) if rule.swiglu else None
         if swiglu is not None and all(self.free(o) for o in swiglu):  # the activation and mul steps, in the template
             members += swiglu
@@ -293,10 +298,13 @@ class _Partitioner:
             nxt, params[EPILOGUE[taken[0]][0]] = taken[0] + 1, taken[1]
             members.append(user)
             y = user.result
-        epi = [m.opcode for m in members[1:] if m is not norm]
+        prologue = [params["norm"], *((post.norm, post.add) if params["post_norm"] else ())]
+        epi = [m.opcode for m in members[1:] if all(m is not p for p in prologue)]
         reason = f"gemm + epilogue ({', '.join(epi)})" if epi else "gemm alone"
         if params["norm"]:
             reason = f"{params['norm'].opcode} prologue + " + reason
+        if params["post_norm"]:
+            reason = "post-norm residual (add of an rms_norm) + " + reason
         src = op.operands[0].producer
         if rule.keep and src is not None and src.opcode == "row_keep":  # FFN skipping: early exit on the flags
             params["keep"] = src.operands[1]

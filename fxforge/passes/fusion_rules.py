@@ -24,7 +24,8 @@ FUSION_RULES = {
     "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
             "(#quantized const weight) the same without the scale and the mul; dense linear also: a "
-            "single-use rms_norm(x, w[K]) or layer_norm(x, w[K], b[K]?) producer as a prologue (NORM_PROLOGUES), "
+            "single-use rms_norm(x, w[K]) or layer_norm(x, w[K]?, b[K]?) producer as a prologue (NORM_PROLOGUES), "
+            "its input (or the GEMM's) may be a post-norm residual add(res, rms_norm(h, w[K])) (post_norm.py), "
             "and act(y[..., :N]) * y[..., N:] of its [gate; up] result (SwiGLU; GeGLU: act a GATED_ACTIVATIONS "
             "entry) as the activation + mul steps; a qlinear whose weight is in a decode "
             "layout the same two (SwiGLU over interleaved rows: "
@@ -322,12 +323,12 @@ def decode_fusions_ok(op: Op) -> bool:
 
 
 # the norms a GEMM's load computes (`gemm.py` HAS_NORM): opcode -> (operand counts, GEMM opcodes whose template
-# has that prologue). LayerNorm (with weight, bias optional): the dense GEMM only (the 4-bit decode kernel: RMSNorm)
-NORM_PROLOGUES = {"rms_norm": ((2,), ("linear", "qlinear")), "layer_norm": ((2, 3), ("linear",))}
+# has that prologue). LayerNorm (weight and bias optional): the dense GEMM only (the 4-bit decode kernel: RMSNorm)
+NORM_PROLOGUES = {"rms_norm": ((2,), ("linear", "qlinear")), "layer_norm": ((1, 2, 3), ("linear",))}
 
 
 def norm_prologue(op: Op, graph: Graph) -> Op | None:
-    """The norm (`NORM_PROLOGUES`: `rms_norm(x, w)`, `layer_norm(x, w[, b])`) producing the GEMM's input that its
+    """The norm (`NORM_PROLOGUES`: `rms_norm(x, w)`, `layer_norm(x[, w[, b]])`) producing the GEMM's input that its
     load can compute: a row-kernel norm whose single-use result has x's dtype, with a weight (and bias) [K]."""
     y = op.operands[0]
     p = y.producer

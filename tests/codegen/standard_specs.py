@@ -15,6 +15,7 @@ def standard_specs() -> list[dict]:
         gemm_spec("float16", 4096, 11008, 4096, mul=True, residual=True),
         gemm_spec("float16", 1, 4096, 11008, keep=True, mul=True, residual=True),  # FFN skipping's keep flags
         gemm_spec("float16", 2048, 8192, 2048, norm=True, swiglu=True),  # prefill [gate; up]: halved BLOCK_N
+        gemm_spec("float16", 2048, 8192, 2048, post_norm=True, norm=True, swiglu=True, gate="gelu_tanh"),  # Gemma's
         gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu"),
         gemm_spec("float32", 512, 512, 512, activation="gelu_tanh", residual=True),
         dict(gemm_spec("bfloat16", 4096, 4096, 4096, bias=True, activation="sigmoid"), min_arch=90),
@@ -110,6 +111,14 @@ def decode_specs(arch: int) -> list[dict]:
                      gemm_spec(dt, M, 128256, 2048, norm=True, arch=arch)]
             specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in layer]
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, gate="gelu_tanh", arch=arch))  # GeGLU
+    for dt in ("float16", "bfloat16"):  # post-norm blocks (Gemma2/3, OLMo2, EXAONE 4) and OLMo's bare LayerNorm
+        post = [gemm_spec(dt, 1, 8192, 2048, post_norm=True, norm=True, swiglu=True, gate="gelu_tanh", arch=arch),
+                gemm_spec(dt, 1, 3072, 2048, post_norm=True, arch=arch),  # OLMo2's QKV: z itself
+                gemm_spec(dt, 1, 2048, 2048, post_norm=True, split_k=4, arch=arch),  # z written by each K split
+                gemm_spec(dt, 1, 128256, 2048, post_norm=True, norm=True, arch=arch),  # the final norm + lm_head
+                gemm_spec(dt, 64, 3072, 2048, post_norm=True, layer_norm=True, arch=arch),
+                gemm_spec(dt, 1, 3072, 2048, layer_norm=True, bare_norm=True, arch=arch)]
+        specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in post]
     unique: dict[str, dict] = {}
     for s in specs:
         key = repr((sorted(s["signature"].items()), sorted(s["constexprs"].items()), s["num_warps"], s["num_stages"]))
