@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from fxforge.codegen.build import attention_spec, bmm_spec, gemm_spec
+from fxforge.codegen.templates.gemm_prologue import post_norm_rows_spec
 
 
 def standard_specs() -> list[dict]:
@@ -15,7 +16,6 @@ def standard_specs() -> list[dict]:
         gemm_spec("float16", 4096, 11008, 4096, mul=True, residual=True),
         gemm_spec("float16", 1, 4096, 11008, keep=True, mul=True, residual=True),  # FFN skipping's keep flags
         gemm_spec("float16", 2048, 8192, 2048, norm=True, swiglu=True),  # prefill [gate; up]: halved BLOCK_N
-        gemm_spec("float16", 2048, 8192, 2048, post_norm=True, norm=True, swiglu=True, gate="gelu_tanh"),  # Gemma's
         gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu"),
         gemm_spec("float32", 512, 512, 512, activation="gelu_tanh", residual=True),
         dict(gemm_spec("bfloat16", 4096, 4096, 4096, bias=True, activation="sigmoid"), min_arch=90),
@@ -25,6 +25,8 @@ def standard_specs() -> list[dict]:
         attention_spec("float16", 1, 4096, 80, gqa=True),
         attention_spec("float32", 512, 512, 64, mask="bool"),
         dict(attention_spec("bfloat16", 2048, 2048, 128, causal=True, gqa=True), min_arch=90),
+        post_norm_rows_spec("float16"),  # a post-norm GEMM of more than 16 rows (prefill): z by a row kernel first
+        dict(post_norm_rows_spec("bfloat16"), min_arch=90),
     ]
     return specs + sparse_specs() + keep_specs()
 
@@ -116,7 +118,7 @@ def decode_specs(arch: int) -> list[dict]:
                 gemm_spec(dt, 1, 3072, 2048, post_norm=True, arch=arch),  # OLMo2's QKV: z itself
                 gemm_spec(dt, 1, 2048, 2048, post_norm=True, split_k=4, arch=arch),  # z written by each K split
                 gemm_spec(dt, 1, 128256, 2048, post_norm=True, norm=True, arch=arch),  # the final norm + lm_head
-                gemm_spec(dt, 64, 3072, 2048, post_norm=True, layer_norm=True, arch=arch),
+                gemm_spec(dt, 16, 3072, 2048, post_norm=True, layer_norm=True, arch=arch),  # the most rows it takes
                 gemm_spec(dt, 1, 3072, 2048, layer_norm=True, bare_norm=True, arch=arch)]
         specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in post]
     unique: dict[str, dict] = {}

@@ -14,7 +14,8 @@
   Two fusions at the ends of a decoder block's GEMMs (issue #13, fewer launches):
   the prologue (`gemm_prologue.py`): HAS_NORM, an RMSNorm of A computed in the load (LAYER_NORM: a LayerNorm,
   HAS_NW / HAS_NB: its weight / bias), so the norm that starts a block needs no launch of its own; POST_NORM: A is
-  z = res + rms_norm(h, w) (a post-norm block's residual add, z stored as well with WRITE_Z), then its norm if any.
+  z = res + rms_norm(h, w) (a post-norm block's residual add, z stored as well with WRITE_Z), then its norm if any;
+  above SPLIT_K_ROWS rows the launcher writes z with `post_norm_rows` first (one launch more, not per column tile).
   SWIGLU: W is the concatenated [gate; up] weight [2N, K] and the kernel computes
   act(A @ Wg^T) * (A @ Wu^T) with two accumulators over one A tile (the gated MLP's gate/up GEMM, out [M, N]);
   act is GATE, one of `ir.optable.GATED_ACTIVATIONS` (silu: SwiGLU; gelu_tanh: Gemma's GeGLU).
@@ -38,9 +39,16 @@ import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.blocks import gemm_blocks, split_steps, swiglu_blocks
+from fxforge.codegen.blocks import SPLIT_K_ROWS, gemm_blocks, split_steps, swiglu_blocks
 from fxforge.codegen.pool import Workspace, counters, out_tensor, scratch
-from fxforge.codegen.templates.gemm_prologue import prologue_stats, prologue_tile, rms_scale, row_rstd  # noqa: F401 (re-exported)
+from fxforge.codegen.templates.gemm_prologue import (  # noqa: F401 (rms_scale, row_rstd: re-exported)
+    POST_NORM_ROWS,
+    post_norm_rows,
+    prologue_stats,
+    prologue_tile,
+    rms_scale,
+    row_rstd,
+)
 from fxforge.codegen.templates.split_k import split_range, split_sum
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
@@ -287,6 +295,11 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         if keep_z and M:
             raise ShapeError("keep_z with N = 0: no program would write z")
         return (out.reshape(*lead, N), z.reshape(*lead, K)) if keep_z else out.reshape(*lead, N)
+    if post_norm is not None and M > SPLIT_K_ROWS:  # not a decode step: z once per row first, then its norm in the load
+        z = z if z is not None else scratch(ws, x.device, ((M, K), x.dtype))[0]
+        _post_norm_rows(a, post_norm, z)
+        a, post_norm = z, None
+    write_z = keep_z and post_norm is not None
     res2 = post_norm[0].reshape(M, K) if post_norm is not None else a
     cfg = gemm_blocks(M, N, K, x.dtype, device_arch(x.device))
     cfg = swiglu_blocks(cfg) if swiglu else cfg
@@ -318,11 +331,21 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         res2_ptr=res2, stride_pm=res2.stride(0), stride_pk=res2.stride(1), POST_NORM=post_norm is not None,
         post_w_ptr=post_norm[1].contiguous() if post_norm is not None else None,
         post_eps=float(post_norm[2]) if post_norm is not None else 0.0,
-        z_ptr=z, stride_zm=z.stride(0) if z is not None else 0, WRITE_Z=keep_z,
+        z_ptr=z if write_z else None, stride_zm=z.stride(0) if write_z else 0, WRITE_Z=write_z,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     y = out.reshape(*lead, N)
     return (y, z.reshape(*lead, K)) if keep_z else y
+
+
+def _post_norm_rows(h: torch.Tensor, post_norm: tuple, z: torch.Tensor) -> None:
+    """z [M, K] = res + rms_norm(h, w, eps) for `post_norm` = (res, w, eps): `gemm_prologue.post_norm_rows`."""
+    M, K = h.shape
+    res = post_norm[0].reshape(M, K)
+    cfg = POST_NORM_ROWS
+    post_norm_rows[(triton.cdiv(M, cfg["BLOCK_M"]),)](
+        h, res, post_norm[1].contiguous(), z, M, K, h.stride(0), h.stride(1), res.stride(0), res.stride(1), z.stride(0),
+        float(post_norm[2]), BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
 
 
 def _check_prologue(x: torch.Tensor, nb: torch.Tensor | None, post_norm: tuple | None, keep: bool,

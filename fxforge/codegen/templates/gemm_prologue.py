@@ -152,3 +152,32 @@ def prologue_tile(
         else:
             a = rms_scale(a, rstd, g)
     return a
+
+
+@triton.jit
+def post_norm_rows(
+    h_ptr, res_ptr, pw_ptr, z_ptr, M, K, stride_hm, stride_hk, stride_pm, stride_pk, stride_zm, eps,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """z = res + rms_norm(h, pw) for BLOCK_M rows per program: the post-norm step on its own, where the GEMM has more
+    rows than a decode step (`gemm.linear`: each column tile would recompute every row's statistics)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    h_rstd = row_rstd(h_ptr, offs_m, mask_m, stride_hm, stride_hk, K, eps, BLOCK_M, BLOCK_K)
+    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+        ks = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
+        z = prologue_input(h_ptr, res_ptr, pw_ptr, offs_m, mask_m, ks, stride_hm, stride_hk, stride_pm, stride_pk, K, h_rstd, True)
+        tl.store(z_ptr + offs_m[:, None] * stride_zm + ks[None, :], z, mask=mask_m[:, None] & (ks[None, :] < K))
+
+
+POST_NORM_ROWS = dict(BLOCK_M=16, BLOCK_K=128, num_warps=4)  # `post_norm_rows`' tile
+
+
+def post_norm_rows_spec(dtype: str) -> dict:
+    """Build spec (`codegen.build`) of `post_norm_rows` for contiguous rows of `dtype`."""
+    t = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
+    sig = {"h_ptr": f"*{t}", "res_ptr": f"*{t}", "pw_ptr": f"*{t}", "z_ptr": f"*{t}", "M": "i32", "K": "i32",
+           "stride_hm": "i32", "stride_pm": "i32", "stride_zm": "i32", "eps": "fp32"}  # fmt: skip
+    const = {"stride_hk": 1, "stride_pk": 1, "BLOCK_M": POST_NORM_ROWS["BLOCK_M"], "BLOCK_K": POST_NORM_ROWS["BLOCK_K"]}
+    return {"module": __name__, "kernel": "post_norm_rows", "signature": sig, "constexprs": const, "num_warps": 4,
+            "num_stages": 1, "divisible": ["K", "stride_hm", "stride_pm", "stride_zm"], "label": f"post_norm_rows {dtype}"}  # fmt: skip
