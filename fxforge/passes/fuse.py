@@ -15,7 +15,8 @@ The rule table (`FUSION_RULES` prints it):
   results goes to the later GEMM (the one whose other operand, the earlier GEMM's, is ready first).
   `qlinear` (a `#quantized` const weight of a scheme the qlinear kernels take, float activations)
   anchors the same epilogue minus the scale (the qlinear template has none): its kernel decodes the
-  packed weight tile by tile (`codegen.templates.qlinear`); its bias and LoRC operands go with it.
+  packed weight tile by tile (`codegen.templates.qlinear`); its bias and LoRC operands go with it. A dense
+  `linear` also takes its input's norm (`norm_prologue`) and a post-norm residual add before it (`post_norm.py`).
 - row: `softmax`, `log_softmax`, `layer_norm`, `rms_norm` over the last dim, and `sum`/`mean`/`amax`
   over the last dim (float), with their single-use pointwise producers fused into the load
   (prologue) and, for the normalising ones, a chain of same-shape pointwise consumers (epilogue).
