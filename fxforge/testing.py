@@ -93,6 +93,28 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM", {"head_dim": 16}),
     "arcee": ("ArceeConfig", "ArceeForCausalLM", {"head_dim": 16}),
     "ministral": ("MinistralConfig", "MinistralForCausalLM", {"head_dim": 16}),
+    "ministral3": ("Ministral3Config", "Ministral3ForCausalLM", {"head_dim": 16}),  # position-scaled q after RoPE
+    "glm4": ("Glm4Config", "Glm4ForCausalLM", {"head_dim": 16}),  # interleaved partial RoPE + post-norms
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM", {"sliding_window": 6}),
+    "cohere2": ("Cohere2Config", "Cohere2ForCausalLM", {"sliding_window": 6}),
+    "nemotron": ("NemotronConfig", "NemotronForCausalLM", {"head_dim": 16}),  # ReLU^2 MLP, (1 + w) LayerNorm
+    "apertus": ("ApertusConfig", "ApertusForCausalLM", {}),  # xIELU activation
+    "hunyuan": ("HunYuanDenseV1Config", "HunYuanDenseV1ForCausalLM", {"head_dim": 16}),  # q/k norm after RoPE
+    "ernie4_5": ("Ernie4_5Config", "Ernie4_5ForCausalLM", {"head_dim": 16}),
+    "bitnet": ("BitNetConfig", "BitNetForCausalLM", {}),  # sub-norms before o_proj / down
+    "vaultgemma": ("VaultGemmaConfig", "VaultGemmaForCausalLM", {"head_dim": 16, "query_pre_attn_scalar": 16,
+                                                                "sliding_window": 6}),
+    "cwm": ("CwmConfig", "CwmForCausalLM", {"head_dim": 16, "sliding_window": 6}),
+    "nanochat": ("NanoChatConfig", "NanoChatForCausalLM", {}),
+    "jais2": ("Jais2Config", "Jais2ForCausalLM", {}),
+    # mixture-of-experts FFNs (eager's tokens; the experts run as externs and pointwise kernels, not within 6 + 4)
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2,
+                                                            "moe_intermediate_size": 32, "head_dim": 16}),
+    "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2}),
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2,
+                                                      "head_dim": 16, "sliding_window": 6}),
 }
 
 

@@ -88,3 +88,16 @@ def test_calibration_that_no_pass_reads_is_an_error():
         fxforge.compile_aot(zoo.mlp(), (x,), pass_options={"quantize": "w8a8-int8"})
     q = fxforge.compile_aot(zoo.mlp(), (x,), quantize="w8a8-int8", calibration=[(x,)])
     assert q.record.trace.record("quantize").stats["error_data"] == "calibration"
+
+
+def test_complex_tensors_are_refused_by_name():
+    """Llama4's complex RoPE (polar / view_as_complex): the IR has no complex dtype; the capture names the op and why
+    (it was a bare TypeError from the dtype table)."""
+
+    class ComplexRope(torch.nn.Module):
+        def forward(self, x):
+            f = torch.polar(torch.ones_like(x[..., ::2]), x[..., ::2])
+            return torch.view_as_real(torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2)) * f).flatten(-2)
+
+    with pytest.raises(CaptureError, match="complex tensors are not supported"):
+        fxforge.compile_aot(ComplexRope(), (torch.randn(2, 8),))

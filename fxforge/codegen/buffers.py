@@ -41,7 +41,7 @@ from fxforge.codegen.host_ops import HOST_OUT_RENDERERS
 from fxforge.codegen.kernels import numel_expr
 from fxforge.codegen.template_calls import post_norm_z, takes_out
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.ir.partition import KernelGroup, Partition
+from fxforge.ir.partition import KernelGroup, Partition, PartitionError
 from fxforge.ir.skip_ops import data_dependent_symbols
 
 Step = KernelGroup | Op
@@ -72,7 +72,8 @@ def tensor_reads(step: Step) -> list[Value]:
 
 
 def launch_steps(graph: Graph, part: Partition) -> list[Step]:
-    """Host ops in graph order, and each kernel group at its root's place."""
+    """Host ops in graph order, and each kernel group at its root's place, except that a step reading a result of a
+    group whose root comes later waits for that group (`_after_producers`)."""
     group_of = part.group_of()
     last = {id(g.root): g for g in part.groups}
     out: list[Step] = []
@@ -82,7 +83,37 @@ def launch_steps(graph: Graph, part: Partition) -> list[Step]:
             out.append(op)
         elif id(op) in last:
             out.append(last[id(op)])
-    return out
+    return _after_producers(out)
+
+
+def _after_producers(steps: list[Step]) -> list[Step]:
+    """`steps` in their order, but each step after the steps producing what it reads: a group runs at its root's place,
+    and an op between its members may read an earlier member's result (Ministral3's position-scaled q reads the roped
+    q that rope_cache, rooted at the cache write, produces). A step that must wait moves just past what it waits for,
+    with its own readers; the rest keep their place."""
+    produced_by = {id(v): i for i, s in enumerate(steps) for v in (s.results if isinstance(s, Op) else s.outputs)}
+    reads = [s.operands if isinstance(s, Op) else s.inputs for s in steps]
+    needs = [{produced_by[id(v)] for v in vs if id(v) in produced_by} - {i} for i, vs in enumerate(reads)]
+    if all(max(n, default=-1) < i for i, n in enumerate(needs)):
+        return steps
+    done: set[int] = set()
+    order: list[int] = []
+    waiting: list[int] = []
+    for i in range(len(steps)):
+        waiting.append(i)
+        progress = True
+        while progress:  # emit every waiting step whose producers ran, in step order
+            ready = [j for j in waiting if needs[j] <= done]
+            progress = bool(ready)
+            for j in ready:
+                waiting.remove(j)
+                done.add(j)
+                order.append(j)
+    if waiting:
+        names = ", ".join(s.opcode if isinstance(s, Op) else s.describe() for s in (steps[j] for j in waiting))
+        raise PartitionError(f"kernel groups read each other's results in a cycle ({names}): the fuse pass grouped "
+                             "ops that cannot run as one kernel; report this graph")
+    return [steps[j] for j in order]
 
 
 @lru_cache(maxsize=4096)

@@ -90,11 +90,21 @@ class _Printer(StrPrinter):
         raise ValueError(f"cannot print index expression {expr}")
 
 
-def pyexpr(expr: Any) -> str:
-    """An int or sympy expression as Python source."""
+class _HostPrinter(_Printer):
+    """Host Python (run()'s sizes): also max / min (a sliding window's `max(0, s0 - w)` start)."""
+
+    def _print_Max(self, expr):
+        return f"max({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Min(self, expr):
+        return f"min({', '.join(self._print(a) for a in expr.args)})"
+
+
+def pyexpr(expr: Any, host: bool = False) -> str:
+    """An int or sympy expression as Python source (`host`: run()'s Python, where max / min exist)."""
     if isinstance(expr, int):
         return str(expr)
-    return _Printer().doprint(sympy.sympify(expr))
+    return (_HostPrinter() if host else _Printer()).doprint(sympy.sympify(expr))
 
 
 def held(dtype: DType) -> DType:

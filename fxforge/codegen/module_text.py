@@ -73,7 +73,7 @@ def attr_symbols(value: Any) -> set:
 
 def py_dim(d: Any) -> str:
     try:
-        return pyexpr(d)
+        return pyexpr(d, host=True)
     except (ValueError, TypeError):
         syms = ", ".join(f"{s}={s}" for s in sorted(map(str, sympy.sympify(d).free_symbols)))
         return f"_ev({str(d)!r}, {syms})"

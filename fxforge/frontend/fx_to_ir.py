@@ -168,7 +168,11 @@ class FxToIR:
         metas_list = list(metas) if multi else [metas]
         if not all(isinstance(m, torch.Tensor) for m in metas_list):
             raise Unsupported(f"{target_name(node.target)} returns non-tensors")
-        types = [TensorType(self.symbols.shape(m.shape), DType.from_torch(m.dtype)) for m in metas_list]
+        try:
+            types = [TensorType(self.symbols.shape(m.shape), DType.from_torch(m.dtype)) for m in metas_list]
+        except TypeError as e:  # complex results (Llama4's complex RoPE): no IR dtype to carry them between ops
+            raise Unsupported(f"{e} (complex tensors are not supported: compute RoPE on real tensors, as "
+                              "rotate_half does)") from None
         name = target_name(node.target)
         self.result.externs[name] = self.result.externs.get(name, 0) + 1
         op = self.graph.add_op("extern", operands, {"target": name, "args": args, "kwargs": kwargs}, types, name=node.name)

@@ -291,7 +291,8 @@ class _Partitioner:
             params["swiglu"], params["gate"], y, nxt = True, gated_activation(swiglu), swiglu[-1].result, _STEP["residual"]
         while single_use(y, self.graph):
             user = y.uses[0]
-            if not self.free(user) or not kernel_types_ok(user) or (not linear_like and len(members) > 1):
+            if (not self.free(user) or len(user.results) != 1 or not kernel_types_ok(user)  # (topk: 2 results)
+                    or (not linear_like and len(members) > 1)):
                 break
             taken = self.epilogue_step(op, rule, user, y, nxt, linear_like)
             if taken is None:

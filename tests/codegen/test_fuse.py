@@ -268,3 +268,31 @@ def test_rms_norm_prologue_and_swiglu_epilogue_join_the_gemm():
     g.set_outputs([g.outputs[0], gate])  # the gate half read elsewhere: no SwiGLU epilogue, the norm stays fused
     part = partition(g)
     assert part.groups[0].params["norm"] is not None and not part.groups[0].params["swiglu"]
+
+
+def test_a_multi_result_user_ends_the_gemm_epilogue():
+    """A router GEMM feeding topk (two results; GPT-OSS, GraniteMoE) stays a GEMM alone: the epilogue walk used to
+    ask topk for its single result and crash."""
+    g = Graph()
+    x, w = inputs(g, (4, 16), (8, 16))
+    vals, idx = g.add_op("topk", [op(g, "linear", x, w)], {"k": 2}).results
+    g.set_outputs([vals, idx])
+    assert kinds(partition(g)) == [("gemm", ["linear"])]
+
+
+def test_a_step_reading_an_earlier_member_of_a_later_rooted_group_runs_after_it():
+    """A group launches at its root's place; an op between its members that reads one of their results (Ministral3's
+    position-scaled q reads the roped q of rope_cache, rooted at its cache write) must wait for the group: it ran
+    first, on a value not computed yet."""
+    from fxforge.codegen.buffers import launch_steps
+    from fxforge.ir.partition import KernelGroup, Partition
+
+    g = Graph()
+    (x,) = inputs(g, (4, 16))
+    a = op(g, "neg", x)
+    b = op(g, "exp", a)  # on the host, between the group's members, reading the group's first result
+    c = op(g, "add", a, x)
+    g.set_outputs([b, c])
+    group = KernelGroup("pointwise", [a.producer, c.producer], [x], [a, c], "test")
+    steps = launch_steps(g, Partition([group], {id(b.producer): "test"}))
+    assert steps == [group, b.producer]

@@ -102,3 +102,15 @@ def test_buffer_plan_is_public_and_reuses_dead_buffers():
     assert plan.buffer_of[id(e)] == plan.buffer_of[id(a)] and id(e) in plan.reused
     assert plan.allocated_at == {"buf0": 0, "buf1": 1, "buf2": 3}
 
+
+
+def test_host_sizes_print_max_and_min_as_python():
+    """A sliding window's decode step under fxforge.compile has `max(0, s0 - w)` in an extern's arguments: run() printed
+    sympy's `Max(...)`, a NameError (Mistral with a window, Gemma2/3 through the JIT path)."""
+    import sympy
+
+    from fxforge.codegen.module_text import lit
+
+    s0 = sympy.Symbol("s0", integer=True, positive=True)
+    text = lit((sympy.Max(0, s0 - 5), sympy.Min(s0, 7)))
+    assert eval(text, {"s0": 3}) == (0, 3) and eval(text, {"s0": 9}) == (4, 7)
