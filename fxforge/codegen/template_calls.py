@@ -134,8 +134,11 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
         kw += [f"format={s.format!r}", f"block={s.block}"]
     if s.rotary_dim and s.rotary_dim != s.head_dim:  # partial RoPE (StableLM)
         kw.append(f"rotary_dim={s.rotary_dim}")
-    if s.qk_norm is not None:  # per-head q/k RMSNorm before RoPE (Qwen3)
+    if s.interleaved:  # channels (2i, 2i+1) rotate together (GLM); tables of one entry per pair
+        kw += ["interleaved=True"] + (["pair_tables=True"] if s.pair_tables else [])
+    if s.qk_norm is not None:  # q/k RMSNorm before RoPE, per head (Qwen3) or over all heads (OLMo2)
         kw.append(f"qk_norm=({n(s.qk_norm[0])}, {n(s.qk_norm[1])}, {s.qk_norm[2]!r})")
+        kw += ["norm_fp32=True"] if s.norm_fp32 else []
     return f"_rope_cache({', '.join(args + kw)})"
 
 

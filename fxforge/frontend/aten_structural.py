@@ -97,6 +97,29 @@ def _cat(b, xs, dim=0):
     return xs[0] if len(xs) == 1 else b.op("cat", *xs, dim=dim % xs[0].type.rank)
 
 
+@lowers(aten.stack.default)
+def _stack(b, xs, dim=0):
+    """cat of the operands unsqueezed at dim (interleaved RoPE's `stack((-x[..., 1::2], x[..., ::2]), -1)`)."""
+    shape = b.meta_shape()
+    dim %= len(shape)
+    one = tuple(shape[:dim]) + (1,) + tuple(shape[dim + 1:])
+    parts = [b.op("reshape", x, shape=one) for x in xs]
+    return parts[0] if len(parts) == 1 else b.op("cat", *parts, dim=dim)
+
+
+@lowers(aten.repeat_interleave.self_int)
+def _repeat_interleave(b, x, repeats, dim=None, output_size=None):
+    """x repeated `repeats` times along dim, each element in place: reshape(expand(x unsqueezed after dim)) (views; the
+    cos/sin tables of interleaved RoPE, which `rope_sites` reads through)."""
+    if dim is None or not isinstance(repeats, int) or x.type.rank == 0:
+        raise Unsupported("repeat_interleave without a dim or with a symbolic repeat count")
+    dim %= x.type.rank
+    s = tuple(x.type.shape)
+    col = b.op("reshape", x, shape=s[:dim + 1] + (1,) + s[dim + 1:])
+    rep = b.op("expand", col, shape=s[:dim + 1] + (repeats,) + s[dim + 1:])
+    return b.op("reshape", rep, shape=b.meta_shape())
+
+
 @lowers(aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
 def _split(b, x, sizes_or_chunks, dim=0):
     dim %= x.type.rank

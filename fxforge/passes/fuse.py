@@ -357,8 +357,9 @@ class _Partitioner:
                 if id(v) not in produced and id(v) not in seen:
                     seen.add(id(v))
                     g.inputs.append(v)
-        if g.kind == "rope_cache":  # the template's results, in its order
+        if g.kind == "rope_cache":  # the template's reads (tables read through their repeat) and results, in its order
             site = g.params["site"]
+            g.inputs[:] = site.reads
             g.outputs += [site.q, site.k_written, site.v_written]
             return
         keep = g.params.get("keep")

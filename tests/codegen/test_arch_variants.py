@@ -107,6 +107,113 @@ def test_rope_cache_partial_rotary():
         rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, rotary_dim=5)
 
 
+def _rot_pairs(x):
+    """Interleaved rotate (GLM, Helium, Cohere): stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)."""
+    return torch.stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)
+
+
+@pytest.mark.parametrize("dtype,rotary,pairs,fp32", [(torch.float16, 8, True, False), (torch.float32, 16, False, False),
+                                                     (torch.float16, 16, True, True)])
+def test_rope_cache_interleaved_and_row_qk_norm(dtype, rotary, pairs, fp32):
+    """Interleaved pairs (2i, 2i + 1), partial (GLM: R = D/2, cos/sin of one entry per pair, repeat_interleave'd by
+    the model) or full with interleaved tables (Cohere); q and k rms_norm'ed over all their heads at once (OLMo2's
+    q_norm / k_norm over the projection, weights [H * D]; `fp32`: weighted in fp32, one rounding) before RoPE, v as is."""
+    torch.manual_seed(0)
+    B, S, Hq, Hkv, D, L, eps = 1, 2, 4, 2, 16, 6, 1e-6
+    qkv = torch.randn(B, S, (Hq + 2 * Hkv) * D, dtype=dtype) * 3
+    tables = [torch.randn(1, 1, S, rotary // 2 if pairs else rotary, dtype=dtype) for _ in range(2)]
+    qn, kn = (1 + torch.randn(Hq * D) / 4).to(dtype), (1 + torch.randn(Hkv * D) / 4).to(dtype)
+    pos = torch.tensor([3, 1])
+    kc, vc = torch.zeros(B, Hkv, L, D, dtype=dtype), torch.zeros(B, Hkv, L, D, dtype=dtype)
+    q, _, _ = rope_cache(qkv, *tables, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, qk_norm=(qn, kn, eps),
+                         rotary_dim=rotary, interleaved=True, pair_tables=pairs, norm_fp32=fp32)
+    c, s = (t.float().repeat_interleave(2, -1) if pairs else t.float() for t in tables)
+
+    def norm(x, w, eps):
+        return (OPS["rms_norm"].ref(x.float(), w, eps=eps)).to(dtype) if fp32 else OPS["rms_norm"].ref(x, w, eps=eps)
+    xq = norm(qkv[..., :Hq * D], qn, eps=eps).reshape(B, S, Hq, D).transpose(1, 2).float()
+    xk = norm(qkv[..., Hq * D:(Hq + Hkv) * D], kn, eps=eps).reshape(B, S, Hkv, D).transpose(1, 2).float()
+
+    def rope(h):
+        return torch.cat([h[..., :rotary] * c + _rot_pairs(h[..., :rotary]) * s, h[..., rotary:]], -1)
+
+    tol = TOL[dtype] * 8
+    torch.testing.assert_close(q.float(), rope(xq), atol=tol, rtol=tol)
+    torch.testing.assert_close(kc[:, :, pos].float(), rope(xk), atol=tol, rtol=tol)
+    assert torch.equal(vc[:, :, pos], qkv.reshape(B, S, -1, D)[:, :, Hq + Hkv:].transpose(1, 2))  # v: not normed
+    # the norm's roundings are the graph's: bit for bit but for rare reduction-order ties (the other rounding: ~70%)
+    assert dtype == torch.float32 or (q == rope(xq).to(dtype)).float().mean() >= 0.95
+    with pytest.raises(ShapeError, match="pair_tables"):
+        rope_cache(qkv, *tables, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, pair_tables=True)
+
+
+class _InterleavedAttention(torch.nn.Module):
+    """After one [q; k; v] linear, as HF writes them: OLMo2's q/k RMSNorm over the whole projection, the head views,
+    GLM's interleaved partial RoPE (R = D/2, cos/sin of R channels, their first R/2 repeat_interleave'd); `cohere`:
+    no norm, interleaved RoPE over all D channels with interleaved tables, in fp32 between casts (an fp16 model)."""
+
+    def __init__(self, cohere: bool, hq: int = 4, hkv: int = 2, d: int = 16) -> None:
+        super().__init__()
+        self.heads, self.d, self.cohere = (hq, hkv, hkv), d, cohere
+        self.qkv = torch.nn.Linear(32, (hq + 2 * hkv) * d, bias=False)
+        self.qn, self.kn = (torch.nn.Parameter(1 + torch.randn(h * d) / 4) for h in (hq, hkv))
+        self.register_buffer("cos_t", torch.randn(8, d if cohere else d // 2))
+        self.register_buffer("sin_t", torch.randn(8, d if cohere else d // 2))
+
+    def forward(self, x, pos):
+        def norm(t, w):
+            return t if self.cohere else w * (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+        def rope(t):
+            if self.cohere:  # fp32 between casts, all channels
+                f = t.float()
+                return (f * cos + torch.stack((-f[..., 1::2], f[..., ::2]), -1).flatten(-2) * sin).to(t.dtype)
+            rot, r = t[..., :cos.shape[-1]], cos.shape[-1]
+            pairs = torch.stack((-rot[..., 1::2], rot[..., ::2]), -1).flatten(-2)
+            return torch.cat([rot * cos + pairs * sin, t[..., r:]], -1)
+
+        q, k, v = self.qkv(x).split([h * self.d for h in self.heads], -1)
+        q, k, v = (t.view(*x.shape[:2], -1, self.d).transpose(1, 2) for t in (norm(q, self.qn), norm(k, self.kn), v))
+        cos, sin = (t[pos][None, None] for t in (self.cos_t, self.sin_t))
+        if not self.cohere:
+            cos, sin = (t[..., :t.shape[-1] // 2].repeat_interleave(2, -1) for t in (cos, sin))
+        return rope(q), rope(k), v
+
+
+@pytest.mark.parametrize("cohere", [False, True])
+def test_interleaved_rope_lowers_and_forms_a_rope_cache_site(cohere):
+    """aten.stack / repeat_interleave lower to views + cat (no extern, torch's bits); with cache writes after it the
+    graph is one rope_cache site: interleaved, tables read before their repeat (the group does not read the repeated
+    copy), the row norm's weights [H * D]; Cohere's fp32 RoPE between casts. Swapping the pair order is not RoPE."""
+    from fxforge.frontend.export import capture_export
+    from fxforge.passes.fuse import partition
+    from fxforge.passes.rope_sites import rope_sites
+
+    torch.manual_seed(0)
+    dtype = torch.float16 if cohere else torch.float32
+    m, x, pos = _InterleavedAttention(cohere).to(dtype).eval(), torch.randn(1, 3, 32, dtype=dtype), torch.tensor([0, 1, 2])
+    g = capture_export(m, (x, pos), dynamic=False).lowered.graph
+    Canonicalize().run(g, PassContext())
+    assert "extern" not in g.op_counts()
+    for a, b in zip(evaluate(g, [x, pos]), m(x, pos), strict=True):
+        assert torch.equal(a, b)
+    q, k, v = g.outputs
+    caches = [g.add_input(n, TensorType((1, 2, 8, 16), q.type.dtype)) for n in ("kc", "vc")]
+    at = g.add_input("at", TensorType((q.type.shape[2],), DType.i64))
+    g.set_outputs([q, *(g.add_op("cache_write", [c, at, t], {"dim": 2}).result for c, t in zip(caches, (k, v)))])
+    verify(g)
+    (site,) = rope_sites(g)
+    assert (site.rotary_dim, site.interleaved, site.pair_tables) == ((16, True, False) if cohere else (8, True, True))
+    assert (site.qk_norm is None) if cohere else [tuple(w.type.shape) for w in site.qk_norm[:2]] == [(64,), (32,)]
+    (group,) = [grp for grp in partition(g).groups if grp.kind == "rope_cache"]
+    assert group.inputs == site.reads and site.cos.type.shape[-1] == (16 if cohere else 4)
+    cat = next(op for op in g.ops if op.opcode == "cat" and op.result.type.rank == 5)
+    a, b = cat.operands
+    g.set_operand(cat, 0, b)
+    g.set_operand(cat, 1, a)
+    assert rope_sites(g) == []
+
+
 def test_cat_drops_empty_operands():
     """cat(rope, x[..., D:]) with the pass-through part empty (Phi3 at partial_rotary_factor 1) is rope itself."""
     g = Graph()

@@ -102,7 +102,10 @@ def test_decode_step_fused_kernels_build_without_spills(decode_step_specs):
     assert any(s["kernel"] == "rope_cache_kernel" for s in specs)
     specs += [dict(rope_cache_spec("float16", 32, 8, 64), key="rope fp16 64"),
               dict(rope_cache_spec("bfloat16", 32, 8, 128), key="rope bf16 128", min_arch=90),
-              dict(rope_cache_spec("bfloat16", 16, 8, 128, qk_norm=True), key="rope bf16 128 qk_norm", min_arch=90)]
+              dict(rope_cache_spec("bfloat16", 16, 8, 128, qk_norm=True), key="rope bf16 128 qk_norm", min_arch=90),
+              dict(rope_cache_spec("float16", 32, 8, 128, interleaved=True), key="rope fp16 128 interleaved"),  # GLM
+              dict(rope_cache_spec("float16", 32, 32, 128, qk_norm=True, norm_rows=True, norm_fp32=True),
+                   key="rope fp16 128 qk_norm rows fp32")]  # OLMo2's norm over all heads
     specs += [dict(rope_cache_spec("float16", 32, 8, 128, fmt, 32), key=f"rope fp16 128 {fmt}")  # packed rows (#12)
               for fmt in ("bfp4", "bfp8", "fp8", "int8")]
     builds = bc.build_specs(specs, (90, 80), timeout=600)

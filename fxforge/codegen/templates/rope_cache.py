@@ -21,9 +21,16 @@ Decisions:
 - fp32 math, one rounding at the store (the generated pointwise kernel's convention).
 - `rotary_dim` R < D (partial RoPE): channel d < R pairs with (d + R/2) mod R, channels past R are copied; the
   same code at R = D is the full rotation.
-- `qk_norm=(q_w, k_w, eps)` (Qwen3's q_norm / k_norm, `rope_sites._head_norm`): a q or k program first takes its
-  head row's 1/rms, then every channel it reads (the partner half too) is normalised with `gemm.rms_scale`'s
-  steps (scale, round to qkv's dtype, weight, round), so RoPE sees exactly what the rms_norm row kernel wrote.
+- `interleaved=True` (GLM, Helium, Cohere): channel d pairs with d ^ 1 (rotate(x)[2i] = -x[2i+1], rotate(x)[2i+1] =
+  x[2i]) instead of (d + R/2) mod R; `pair_tables=True`: cos / sin hold R/2 entries, one per pair (the table
+  `repeat_interleave(t, 2)` repeats, read through: channel d reads entry d // 2). Constexprs: one kernel per pairing.
+- `qk_norm=(q_w, k_w, eps)` (Qwen3's q_norm / k_norm, `rope_sites._norm`): a q or k program first takes its
+  row's 1/rms, then every channel it reads (the partner too) is normalised with `gemm.rms_scale`'s steps (scale,
+  round to qkv's dtype, weight, round), so RoPE sees exactly what the rms_norm row kernel wrote. The row is the
+  head (weights [D]) or all the token's q (k) heads (weights [Hq * D] / [Hkv * D], OLMo2's norm over the whole
+  projection): each head program sums the squares of the whole row itself (a loop over NQN / NKN heads, L1/L2
+  resident, no second launch) and reads its own slice of the weights. `norm_fp32` (OLMo2 in fp16/bf16): weighted in
+  fp32 and rounded once, as cast(rms_norm(cast(x, f32), w), x.dtype).
 - Packed: a k / v program computes its row as even and odd channels [blocks, block / 2] (RoPE evaluated
   at those indices), so the encoder reduces each block along one axis and pairs bfp4's nibbles without
   reshapes; q heads take the dense path (a runtime branch on the head, one kernel for all heads).
@@ -42,39 +49,60 @@ from fxforge.ir.kv_ops import kv_row_layout
 
 
 @triton.jit
-def _head_rstd(row, stride_xn, eps, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """1 / sqrt(mean(x^2) + eps) of the head row at `row` (fp32): the per-head q/k RMSNorm's scale."""
+def _rows_rstd(row, stride_xn, eps, nh, NH: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """1 / sqrt(mean(x^2) + eps) over the nh <= NH head rows from `row` on (fp32): the q/k RMSNorm's scale (nh = 1: the
+    head's own)."""
     d = tl.arange(0, BLOCK_D)
-    x = tl.load(row + d * stride_xn, mask=d < D, other=0.0).to(tl.float32)
-    return tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for i in range(NH):
+        live = (d * 0 + i) < nh  # a vector mask (the interpreter refuses a scalar one in `&`)
+        x = tl.load(row + (i * D + d) * stride_xn, mask=(d < D) & live, other=0.0).to(tl.float32)
+        acc += x * x
+    return tl.rsqrt(tl.sum(acc, axis=0) / (nh * D) + eps)
 
 
 @triton.jit
-def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM: tl.constexpr):
-    """Channels `d` of the head row (fp32); QK_NORM: the head's RMSNorm (weights qn / kn [D], its row's `rstd`)
-    applied where is_q or is_k with `gemm.rms_scale`'s steps and roundings (v heads as loaded)."""
+def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM: tl.constexpr,
+             NORM_F32: tl.constexpr):
+    """Channels `d` of the head row (fp32); QK_NORM: the RMSNorm (weights qn / kn from `w_off`, the row's `rstd`)
+    applied where is_q or is_k with `gemm.rms_scale`'s steps and roundings, NORM_F32: weighted in fp32 and rounded
+    once (v heads as loaded)."""
     x = tl.load(row + d * stride_xn, mask=md, other=0.0)
     if QK_NORM:
         vq, vk = (d * 0 + is_q.to(tl.int32)) != 0, (d * 0 + is_k.to(tl.int32)) != 0  # vector masks (the interpreter)
-        g = tl.load(qn_ptr + d, mask=md & vq, other=0.0).to(tl.float32) + tl.load(
-            kn_ptr + d, mask=md & vk, other=0.0).to(tl.float32)
-        xn = ((x.to(tl.float32) * rstd).to(x.dtype).to(tl.float32) * g).to(x.dtype)
+        g = tl.load(qn_ptr + w_off + d, mask=md & vq, other=0.0).to(tl.float32) + tl.load(
+            kn_ptr + w_off + d, mask=md & vk, other=0.0).to(tl.float32)
+        if NORM_F32:  # the norm's IR: cast(rms_norm(cast(x, f32), w), x.dtype)
+            xn = (x.to(tl.float32) * rstd * g).to(x.dtype)
+        else:
+            xn = ((x.to(tl.float32) * rstd).to(x.dtype).to(tl.float32) * g).to(x.dtype)
         x = tl.where(vq | vk, xn, x)
     return x.to(tl.float32)
 
 
 @triton.jit
-def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr, qn_ptr, kn_ptr, rstd, is_q,
-             is_k, QK_NORM: tl.constexpr, ROT: tl.constexpr):
+def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr, qn_ptr, kn_ptr, w_off, rstd,
+             is_q, is_k, QK_NORM: tl.constexpr, ROT: tl.constexpr, INTERLEAVED: tl.constexpr,
+             PAIR_TABLES: tl.constexpr, NORM_F32: tl.constexpr):
     """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row` (QK_NORM: normed first);
     channels past ROT (partial RoPE) pass through."""
-    x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM)
+    x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, NORM_F32)
     in_rot = d < ROT
-    partner = _channel(row, tl.where(in_rot, (d + ROT // 2) % ROT, d), md, stride_xn, qn_ptr, kn_ptr, rstd, is_q, is_k,
-                       QK_NORM)
-    rot = tl.where(d < ROT // 2, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
-    c = tl.load(c_ptr + d * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
-    sn = tl.load(s_ptr + d * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
+    if INTERLEAVED:  # pairs (2i, 2i + 1): rotate(x)[2i] = -x[2i + 1], rotate(x)[2i + 1] = x[2i]
+        pd = d ^ 1
+        negated = (d % 2) == 0
+    else:  # rotate_half: d with (d + R/2) mod R, negated in the first half
+        pd = (d + ROT // 2) % ROT
+        negated = d < ROT // 2
+    partner = _channel(row, tl.where(in_rot, pd, d), md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM,
+                       NORM_F32)
+    rot = tl.where(negated, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
+    if PAIR_TABLES:  # one table entry per pair
+        cd = d // 2
+    else:
+        cd = d
+    c = tl.load(c_ptr + cd * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
+    sn = tl.load(s_ptr + cd * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
     return tl.where(rotate, tl.where(in_rot, x * c + rot * sn, x), x)
 
 
@@ -84,28 +112,36 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
                       HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
                       FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, NB: tl.constexpr,
-                      qn_ptr=None, kn_ptr=None, eps=0.0, QK_NORM: tl.constexpr = False, ROT: tl.constexpr = 0):
-    """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k heads,] RoPE on q/k heads, then store
-    q / write the cache."""
+                      qn_ptr=None, kn_ptr=None, eps=0.0, QK_NORM: tl.constexpr = False, ROT: tl.constexpr = 0,
+                      INTERLEAVED: tl.constexpr = False, PAIR_TABLES: tl.constexpr = False, NQN: tl.constexpr = 1,
+                      NKN: tl.constexpr = 1, NORM_F32: tl.constexpr = False):
+    """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k rows (NQN / NKN heads each),] RoPE on
+    q/k heads, then store q / write the cache."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     b = t // S
     s = t % S
-    row = qkv_ptr + b * stride_xb + s * stride_xs + h * D * stride_xn
+    token = qkv_ptr + b * stride_xb + s * stride_xs
+    row = token + h * D * stride_xn
     c_off = b * stride_cb + s * stride_cs
     p = tl.load(pos_ptr + s)
     hk = tl.minimum(tl.maximum(h - HQ, 0), HKV - 1)
     hv = tl.minimum(tl.maximum(h - HQ - HKV, 0), HKV - 1)
-    rstd = 1.0
-    if QK_NORM:  # per-head q/k RMSNorm before RoPE (Qwen3)
-        rstd = _head_rstd(row, stride_xn, eps, D, BLOCK_D)
     is_q, is_k = h < HQ, (h >= HQ) & (h < HQ + HKV)
+    rstd = 1.0
+    w_off = 0
+    if QK_NORM:  # q/k RMSNorm before RoPE over rows of NQN / NKN heads: 1 (Qwen3), all (OLMo2)
+        first = tl.where(is_q, (h // NQN) * NQN, HQ + (tl.maximum(h - HQ, 0) // NKN) * NKN)
+        w_off = (h - first) * D
+        rstd = _rows_rstd(token + first * D * stride_xn, stride_xn, eps, tl.where(is_q, NQN, NKN),
+                          NQN if NQN > NKN else NKN, D, BLOCK_D)
     if FORMAT == "dense":
         d = tl.arange(0, BLOCK_D)
         md = d < D
         hd = d * 0 + h  # the head index as a vector: masks of one dtype with md
         y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D,
-                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
+                     qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
+                     INTERLEAVED, PAIR_TABLES, NORM_F32)
         q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
         tl.store(q_dst, y.to(q_ptr.dtype.element_ty), mask=md & (hd < HQ))
         k_dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl + d
@@ -116,7 +152,8 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         d = tl.arange(0, BLOCK_D)
         md = d < D
         y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D,
-                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
+                     qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
+                     INTERLEAVED, PAIR_TABLES, NORM_F32)
         tl.store(q_ptr + ((b * HQ + h) * S + s) * D + d, y.to(q_ptr.dtype.element_ty), mask=md)
     else:  # packed cache, a k or v head: encode the token's row (even / odd channels of each block)
         is_k = h < HQ + HKV
@@ -125,9 +162,11 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         de = nb[:, None] * KV_BLOCK + 2 * tl.arange(0, KV_BLOCK // 2)[None, :]
         me = nb_mask[:, None] & (de < D)
         ye = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D,
-                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
+                     qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
+                     INTERLEAVED, PAIR_TABLES, NORM_F32)
         yo = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D,
-                     qn_ptr, kn_ptr, rstd, is_q, is_k, QK_NORM, ROT)
+                     qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
+                     INTERLEAVED, PAIR_TABLES, NORM_F32)
         ye = ye.to(q_ptr.dtype.element_ty).to(tl.float32)  # what the graph's `new` holds: the model's dtype
         yo = yo.to(q_ptr.dtype.element_ty).to(tl.float32)
         if is_k:
@@ -155,22 +194,29 @@ def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, fmt, block) 
 def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
                v_cache: torch.Tensor, *, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
                block: int = 32, out: torch.Tensor | None = None,
-               qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
-               rotary_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, rotary_dim: int | None = None,
+               interleaved: bool = False, pair_tables: bool = False,
+               norm_fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
-    buffer of the generated `run()`), else allocated. `qk_norm=(q_weight [D], k_weight [D], eps)`: each q and
-    k head is rms_norm'ed (over D) before RoPE, as Qwen3's q_norm / k_norm. `rotary_dim` R (partial RoPE, even,
-    <= D): channels [0, R) rotate with cos/sin of R channels, the rest pass through."""
+    buffer of the generated `run()`), else allocated. `qk_norm=(q_weight, k_weight, eps)`: q and k are rms_norm'ed
+    before RoPE, each head over D with weights [D] (Qwen3's q_norm / k_norm), or the token's whole q (k) row with
+    weights [Hq * D] ([Hkv * D]: OLMo2). `rotary_dim` R (partial RoPE, even, <= D): channels [0, R) rotate with
+    cos/sin of R channels, the rest pass through. `interleaved`: pairs (2i, 2i + 1) rotate (GLM), not (i, i + R/2);
+    `pair_tables` (interleaved only): cos/sin of R/2 entries, one per pair (the table before `repeat_interleave(2)`).
+    `norm_fp32`: the q/k norm weighs in fp32 and rounds once (OLMo2's fp16/bf16 norm), not rms_norm(x, w)'s two."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
     rot = head_dim if rotary_dim is None else rotary_dim
     if rot % 2 or not 0 < rot <= head_dim:
         raise ShapeError(f"rope_cache: rotary_dim {rot} must be even and in (0, head_dim={head_dim}]")
+    if pair_tables and not interleaved:
+        raise ShapeError("rope_cache: pair_tables (one cos/sin entry per pair) needs interleaved pairs")
+    width = rot // 2 if pair_tables else rot
     try:
-        cs = [t.expand(B, 1, S, rot).select(1, 0) for t in (cos, sin)]
+        cs = [t.expand(B, 1, S, width).select(1, 0) for t in (cos, sin)]
     except RuntimeError as e:
-        raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {(B, 1, S, rot)}") from e
+        raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {(B, 1, S, width)}") from e
     if cs[0].stride() != cs[1].stride():  # the kernel reads both through one set of strides
         cs = [t.contiguous() for t in cs]
     q = out_tensor(out, (B, q_heads, S, head_dim), qkv.dtype, qkv.device, "rope_cache")
@@ -181,17 +227,22 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         S, *qkv.stride(), *cs[0].stride(),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
         HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), **_format_constexprs(
-            format, block, head_dim), **_norm_args(qk_norm, head_dim), ROT=rot)
+            format, block, head_dim), **_norm_args(qk_norm, q_heads, kv_heads, head_dim), ROT=rot,
+        INTERLEAVED=interleaved, PAIR_TABLES=pair_tables, NORM_F32=norm_fp32 and qk_norm is not None)
     return q, k_cache, v_cache
 
 
-def _norm_args(qk_norm: tuple | None, head_dim: int) -> dict:
+def _norm_args(qk_norm: tuple | None, q_heads: int, kv_heads: int, head_dim: int) -> dict:
+    """The norm's arguments; NQN / NKN: heads per normalised q / k row (weights [D]: 1, [H * D]: all H)."""
     if qk_norm is None:
         return {}
     qn, kn, eps = qk_norm
-    if tuple(qn.shape) != (head_dim,) or tuple(kn.shape) != (head_dim,):
-        raise ShapeError(f"rope_cache: qk_norm weights {tuple(qn.shape)}, {tuple(kn.shape)} must be ({head_dim},)")
-    return {"qn_ptr": qn.contiguous(), "kn_ptr": kn.contiguous(), "eps": float(eps), "QK_NORM": True}
+    if qn.dim() != 1 or kn.dim() != 1 or qn.numel() not in (head_dim, q_heads * head_dim) or kn.numel() not in (
+            head_dim, kv_heads * head_dim):
+        raise ShapeError(f"rope_cache: qk_norm weights {tuple(qn.shape)}, {tuple(kn.shape)} must be ({head_dim},) "
+                         f"per head or ({q_heads * head_dim},), ({kv_heads * head_dim},) over all heads")
+    return {"qn_ptr": qn.contiguous(), "kn_ptr": kn.contiguous(), "eps": float(eps), "QK_NORM": True,
+            "NQN": qn.numel() // head_dim, "NKN": kn.numel() // head_dim}
 
 
 def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
@@ -202,9 +253,11 @@ def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
 
 
 def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
-                    block: int = 32, qk_norm: bool = False) -> dict:
+                    block: int = 32, qk_norm: bool = False, norm_rows: bool = False, interleaved: bool = False,
+                    norm_fp32: bool = False) -> dict:
     """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches
-    (`qk_norm`: with the per-head q/k RMSNorm)."""
+    (`qk_norm`: with the per-head q/k RMSNorm, `norm_rows`: over all heads, `norm_fp32`: weighted in fp32; `interleaved`: pairs (2i, 2i + 1) with
+    tables of one entry per pair and half the head rotated, GLM's)."""
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
     ptrs.update(dict.fromkeys(("k_ptr", "v_ptr"), f"*{t}" if format == "dense" else "*u8"))
@@ -213,11 +266,14 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
     sig = {**ptrs, "pos_ptr": "*i64", **dict.fromkeys(strides, "i32")}
     const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim,
              "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim),
-             "QK_NORM": qk_norm, "ROT": head_dim}
+             "QK_NORM": qk_norm, "ROT": head_dim // 2 if interleaved else head_dim, "INTERLEAVED": interleaved,
+             "PAIR_TABLES": interleaved, "NQN": q_heads if norm_rows else 1, "NKN": kv_heads if norm_rows else 1,
+             "NORM_F32": norm_fp32}
     if qk_norm:
         sig.update({"qn_ptr": f"*{t}", "kn_ptr": f"*{t}", "eps": "fp32"})
     else:
         const.update({"qn_ptr": None, "kn_ptr": None, "eps": 0.0})
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
-            "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}{' qk_norm' * qk_norm}"}
+            "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"
+                      f"{' qk_norm' * qk_norm}{' rows' * norm_rows}{' fp32' * norm_fp32}{' interleaved' * interleaved}"}
