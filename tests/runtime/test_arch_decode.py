@@ -24,7 +24,8 @@ from fxforge.testing import counting_launches, gqa_decoder
 PER_LAYER, REST = 6, 4
 # (arch, per-layer budget, rest budget); the architectures still over it: docs/architecture.md ("Decoder architectures")
 WITHIN = [(arch, PER_LAYER, REST) for arch in ("mistral", "qwen3", "gemma", "phi3", "granite", "smollm3", "starcoder2",
-                                                "stablelm", "glm", "helium", "gemma3", "exaone4", "olmo", "olmo2")]
+                                                "stablelm", "glm", "helium", "gemma3", "exaone4", "olmo", "olmo2",
+                                                "olmo3", "glm4")]
 
 
 def _step(model: torch.nn.Module) -> tuple[list[str], object]:
