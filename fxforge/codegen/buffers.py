@@ -39,7 +39,7 @@ import sympy
 
 from fxforge.codegen.host_ops import HOST_OUT_RENDERERS
 from fxforge.codegen.kernels import numel_expr
-from fxforge.codegen.template_calls import takes_out
+from fxforge.codegen.template_calls import post_norm_z, takes_out
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.partition import KernelGroup, Partition, PartitionError
 from fxforge.ir.skip_ops import data_dependent_symbols
@@ -63,6 +63,8 @@ def tensor_reads(step: Step) -> list[Value]:
         extra = [p["bias"], p.get("mul"), p["residual"], p.get("keep")]
         norm = p.get("norm")  # a fused norm prologue: the GEMM reads its input (`norm_x`) and weights, not its result
         lead = [p.get("norm_x") or norm.operands[0], *norm.operands[1:]] if norm is not None else [root.operands[0]]
+        post = p.get("post_norm")  # z = res + norm(h) in the load: reads h, the norm's weight and res, not z
+        lead = [*post.norm.operands, post.residual, *lead[1:]] if post is not None else lead
         return [*lead, *root.operands[1:], *[v for v in extra if v is not None]]
     if step.kind in ("rope_cache", "kv_attention"):  # several ops, one template call reading the group's inputs
         return list(step.inputs)
@@ -242,7 +244,7 @@ class BufferPlan:
         if s.kind in GENERATED:
             return list(s.outputs)
         new = [o for o in s.outputs if self.live.root_of(o) == id(o)]
-        if new and (len(new) > 1 or not takes_out(s)):  # a template writes one `out=`
+        if new and (len([o for o in new if o is not post_norm_z(s)]) > 1 or not takes_out(s)):  # one `out=` (+ z_out=)
             self.allocating.append((i, f"template {s.describe()} (no out=)"))
             return []
         return new

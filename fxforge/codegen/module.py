@@ -43,7 +43,7 @@ from fxforge.codegen.kernels import KernelSource
 from fxforge.codegen.loader import load_module
 from fxforge.codegen.module_text import WIDTH, graph_symbols, lit, py_shape, wrap_call
 from fxforge.codegen.pool import BufferPool, ThreadPools
-from fxforge.codegen.template_calls import render_template
+from fxforge.codegen.template_calls import post_norm_z, render_template, template_results
 from fxforge.ir.evaluate import weight_tensor
 from fxforge.ir.fhash import graph_key
 from fxforge.ir.graph import Graph, Op, Value, Weight
@@ -190,9 +190,12 @@ class _Writer:
     def template(self, g: KernelGroup) -> None:
         name = f"k{len(self.infos)}_{g.anchor.opcode if g.kind == 'gemm' else g.kind}"
         self.infos.append(KernelInfo(name, g.kind, [o.opcode for o in g.ops], g.reason))
-        fresh = [o for o in g.outputs if id(o) in self.plan.buffer_of]
-        call = render_template(g, self.n, self.out_expr(fresh[0]) if fresh else None, "_ws")
-        outs = ", ".join(self.n(o) for o in g.outputs) + ("," if len(g.outputs) > 1 else "")  # rope_cache: several
+        z = post_norm_z(g)  # a post-norm GEMM's z: its own buffer (`z_out=`)
+        fresh = [o for o in g.outputs if id(o) in self.plan.buffer_of and o is not z]
+        z_out = self.out_expr(z) if z is not None and id(z) in self.plan.buffer_of else None
+        call = render_template(g, self.n, self.out_expr(fresh[0]) if fresh else None, "_ws", z_out)
+        results = template_results(g)  # rope_cache, a post-norm GEMM: several
+        outs = ", ".join(self.n(o) for o in results) + ("," if len(results) > 1 else "")
         self.body += wrap_call(f"{outs} = {call}  # {name}: {g.describe()}", "", WIDTH - 4)
 
     def host(self, op: Op) -> None:

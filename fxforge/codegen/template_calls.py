@@ -66,9 +66,10 @@ def _weight_kind(op) -> str | None:
 
 
 # templates that write into planned storage: call name -> the keywords `run()` passes (out: the result's
-# buffer, contiguous in the result's shape; ws: the pool's `Workspace` for scratch, see `codegen/pool.py`)
+# buffer, contiguous in the result's shape; ws: the pool's `Workspace` for scratch, see `codegen/pool.py`;
+# z_out: a post-norm GEMM's z, `post_norm_z`)
 OUT_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "_linear": ("out", "ws"), "_matmul": ("out",), "_attention": ("out", "ws"), "_rope_cache": ("out",),
+    "_linear": ("out", "ws", "z_out"), "_matmul": ("out",), "_attention": ("out", "ws"), "_rope_cache": ("out",),
     "_qlinear_w4_decode": ("out", "ws"),
 }
 
@@ -83,12 +84,13 @@ def takes_out(g: KernelGroup) -> bool:
     return "out" in OUT_TEMPLATES.get(template_name(g), ())
 
 
-def render_template(g: KernelGroup, n: Names, out: str | None = None, ws: str | None = None) -> str:
-    """The call expression of a template kernel group; `out`/`ws` (expressions) are passed to the
+def render_template(g: KernelGroup, n: Names, out: str | None = None, ws: str | None = None,
+                    z_out: str | None = None) -> str:
+    """The call expression of a template kernel group; `out`/`ws`/`z_out` (expressions) are passed to the
     templates that take them (`OUT_TEMPLATES`)."""
     call = _render(g, n)
     takes = OUT_TEMPLATES.get(call.split("(", 1)[0], ())
-    extra = [f"{k}={v}" for k, v in (("out", out), ("ws", ws)) if v is not None and k in takes]
+    extra = [f"{k}={v}" for k, v in (("out", out), ("ws", ws), ("z_out", z_out)) if v is not None and k in takes]
     return call[:-1] + "".join(f", {e}" for e in extra) + ")" if extra else call
 
 
@@ -170,14 +172,35 @@ def _has_epilogue(p: dict[str, Any]) -> bool:
 
 
 def _norm_arg(norm: Op | None, n: Names) -> list[str]:
-    """A fused norm prologue's argument: `norm=(w, eps)` (RMSNorm) or `layer_norm=(w, b or None, eps)`."""
+    """A fused norm prologue's argument: `norm=(w, eps)` (RMSNorm) or `layer_norm=(w or None, b or None, eps)`."""
     if norm is None:
         return []
     eps = float(norm.attrs["eps"])
     if norm.opcode == "layer_norm":
-        bias = n(norm.operands[2]) if len(norm.operands) > 2 else "None"
-        return [f"layer_norm=({n(norm.operands[1])}, {bias}, {eps!r})"]
+        w, bias = (n(norm.operands[i]) if len(norm.operands) > i else "None" for i in (1, 2))
+        return [f"layer_norm=({w}, {bias}, {eps!r})"]
     return [f"norm=({n(norm.operands[1])}, {eps!r})"]
+
+
+def post_norm_z(g: KernelGroup) -> Value | None:
+    """The z = res + norm(h) a post-norm GEMM group stores for readers outside it (`keep_z`), else None."""
+    post = g.params.get("post_norm") if g.kind == "gemm" else None
+    return post.z if post is not None and any(post.z is o for o in g.outputs) else None
+
+
+def template_results(g: KernelGroup) -> list[Value]:
+    """The values a template group's call returns, in its order: its outputs (a post-norm GEMM: its result, z)."""
+    z = post_norm_z(g)
+    return list(g.outputs) if z is None else [o for o in g.outputs if o is not z] + [z]
+
+
+def _post_norm_args(g: KernelGroup, n: Names) -> list[str]:
+    """`post_norm=(res, w, eps)` (and `keep_z=True` when z is read outside) of a post-norm GEMM group."""
+    post = g.params.get("post_norm")
+    if post is None:
+        return []
+    arg = f"post_norm=({n(post.residual)}, {n(post.norm.operands[1])}, {float(post.norm.attrs['eps'])!r})"
+    return [arg] + (["keep_z=True"] if post_norm_z(g) is not None else [])
 
 
 def _gated(p: dict[str, Any]) -> list[str]:
@@ -191,10 +214,10 @@ def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear
     """`_linear(x, weight, [bias], <epilogue>)`; `weight` is the [N, K] operand's expression."""
     op, p = g.anchor, g.params
     bias = op.operands[2] if len(op.operands) > 2 else p["bias"]
-    norm = p.get("norm")  # a fused rms_norm prologue: the template reads the norm's input and weight
-    x = n(p["norm_x"]) if norm is not None else n(op.operands[0])
+    norm, post = p.get("norm"), p.get("post_norm")  # fused prologues: the template reads their inputs and weights
+    x = n(post.h) if post is not None else n(p["norm_x"]) if norm is not None else n(op.operands[0])
     args = [x, weight] + ([n(bias)] if bias is not None else [])
-    args += _norm_arg(norm, n)
+    args += _post_norm_args(g, n) + _norm_arg(norm, n)
     args += _gated(p)
     args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype"))
     if p.get("keep") is not None:  # FFN skipping's decode form (only the dense rule sets it)

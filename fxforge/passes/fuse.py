@@ -15,7 +15,8 @@ The rule table (`FUSION_RULES` prints it):
   results goes to the later GEMM (the one whose other operand, the earlier GEMM's, is ready first).
   `qlinear` (a `#quantized` const weight of a scheme the qlinear kernels take, float activations)
   anchors the same epilogue minus the scale (the qlinear template has none; the 4-bit decode kernel has): its kernel decodes the
-  packed weight tile by tile (`codegen.templates.qlinear`); its bias and LoRC operands go with it.
+  packed weight tile by tile (`codegen.templates.qlinear`); its bias and LoRC operands go with it. A dense
+  `linear` also takes its input's norm (`norm_prologue`) and a post-norm residual add before it (`norm_prologues.py`).
 - row: `softmax`, `log_softmax`, `layer_norm`, `rms_norm` over the last dim, and `sum`/`mean`/`amax`
   over the last dim (float), with their single-use pointwise producers fused into the load
   (prologue) and, for the normalising ones, a chain of same-shape pointwise consumers (epilogue).
@@ -59,7 +60,6 @@ from fxforge.passes.fusion_rules import (
     host_reason,
     kernel_types_ok,
     literal_value,
-    norm_ops,
     normalizes,
     pointwise_ok,
     row_ok,
@@ -73,6 +73,7 @@ from fxforge.passes.fusion_rules import (
 )
 from fxforge.passes.kv_attention_sites import kv_attention_sites
 from fxforge.passes.manager import PassContext
+from fxforge.passes.norm_prologues import norm_ops, post_norm_prologue
 from fxforge.passes.rope_sites import rope_sites
 
 # -- the GEMM epilogue, in the template's order ------------------------------------------------------
@@ -124,7 +125,7 @@ EPILOGUE: list[tuple[str, Callable[..., Any]]] = [
     ("out_dtype", _out_dtype)]
 _LINEAR_ONLY = {"bias", "mul", "residual", "out_dtype"}  # a batched matmul's template call has none of them
 _DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None, "out_dtype": None,
-             "norm": None, "norm_x": None, "swiglu": False, "gate": "silu"}
+             "norm": None, "norm_x": None, "post_norm": None, "swiglu": False, "gate": "silu"}
 _STEP = {key: i for i, (key, _) in enumerate(EPILOGUE)}
 
 # -- the partition ------------------------------------------------------------------------------
@@ -281,6 +282,11 @@ class _Partitioner:
         if prologue:
             members += prologue
             params["norm"], params["norm_x"] = found[0], found[1]
+        post = post_norm_prologue(op, self.graph, params["norm_x"]) if rule.norm else None
+        if post is not None and self.free(post.norm) and self.free(post.add):  # z = res + norm(h), in the load
+            members += [post.norm, post.add]
+            prologue = [*prologue, post.norm, post.add]
+            params["post_norm"] = post
         swiglu = swiglu_ops(op, self.graph) if rule.swiglu else None
         if swiglu is not None and all(self.free(o) for o in swiglu):  # the activation and mul steps, in the template
             members += swiglu
@@ -300,6 +306,8 @@ class _Partitioner:
         reason = f"gemm + epilogue ({', '.join(epi)})" if epi else "gemm alone"
         if params["norm"]:
             reason = f"{params['norm'].opcode} prologue + " + reason
+        if params["post_norm"]:
+            reason = "post-norm residual (add of an rms_norm) + " + reason
         src = op.operands[0].producer
         if rule.keep and src is not None and src.opcode == "row_keep":  # FFN skipping: early exit on the flags
             params["keep"] = src.operands[1]

@@ -25,7 +25,8 @@ FUSION_RULES = {
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
             "(#quantized const weight) the same without the mul, and without the scale unless its weight is in a decode "
             "layout (Granite's residual multiplier); dense linear also: a "
-            "single-use rms_norm(x, w[K]) or layer_norm(x, w[K], b[K]?) producer as a prologue (NORM_PROLOGUES), "
+            "single-use rms_norm(x, w[K]) or layer_norm(x, w[K]?, b[K]?) producer as a prologue (NORM_PROLOGUES), "
+            "its input (or the GEMM's) may be a post-norm residual add(res, rms_norm(h, w[K])) (norm_prologues.py), "
             "and act(y[..., :N]) * y[..., N:] of its [gate; up] result (SwiGLU; GeGLU: act a GATED_ACTIVATIONS "
             "entry) as the activation + mul steps; a qlinear whose weight is in a decode "
             "layout the same two (SwiGLU over interleaved rows: "
@@ -326,58 +327,6 @@ def decode_fusions_ok(op: Op) -> bool:
     if op.opcode != "qlinear":
         return op.opcode == "linear"
     return bool(getattr(op.operands[1].type.encoding, "layout", "")) and not op.attrs["lorc_rank"]
-
-
-# the norms a GEMM's load computes (`gemm.py` HAS_NORM): opcode -> (operand counts, GEMM opcodes whose template
-# has that prologue). LayerNorm (with weight, bias optional): the dense GEMM only (the 4-bit decode kernel: RMSNorm)
-NORM_PROLOGUES = {"rms_norm": ((2,), ("linear", "qlinear")), "layer_norm": ((2, 3), ("linear",))}
-
-
-def norm_prologue(op: Op, graph: Graph, shared: bool = False) -> Op | None:
-    """The norm (`NORM_PROLOGUES`: `rms_norm(x, w)`, `layer_norm(x, w[, b])`) producing the GEMM's input that its
-    load can compute: a row-kernel norm whose single-use result has x's dtype, with a weight (and bias) [K];
-    `shared`: whatever its other uses (`norm_copies` then gives each GEMM reader its own copy)."""
-    y = op.operands[0]
-    p = y.producer
-    if not decode_fusions_ok(op) or p is None or p.opcode not in NORM_PROLOGUES:
-        return None
-    arity, gemms = NORM_PROLOGUES[p.opcode]
-    if len(p.operands) not in arity or op.opcode not in gemms or not (shared or single_use(y, graph)) or not row_ok(p):
-        return None
-    x, *params = p.operands
-    ok = x.type.dtype == y.type.dtype and all(w.type.rank == 1 and dims_equal(w.type.shape[0], x.type.shape[-1])
-                                              for w in params)
-    return p if ok and x.type.rank >= 1 else None
-
-
-def cast_norm_prologue(op: Op, graph: Graph) -> list[Op] | None:
-    """[cast out, rms_norm, cast in] when the GEMM's 16-bit input is cast(rms_norm(cast(x, f32), w), x.dtype) with an
-    fp32 weight [K] (Gemma's RMSNorm: (1 + w) multiplies in fp32 before the one rounding), all single use: the
-    templates' norm prologue computes it from x with an fp32 weight (`gemm.rms_scale` ONE_ROUNDING)."""
-    y = op.operands[0]
-    out = y.producer
-    if not decode_fusions_ok(op) or out is None or out.opcode != "cast" or not single_use(y, graph):
-        return None
-    norm = out.operands[0].producer
-    if norm is None or norm.opcode != "rms_norm" or len(norm.operands) != 2 or not single_use(norm.result, graph):
-        return None
-    (xf, w), cast_in = norm.operands, norm.operands[0].producer
-    if cast_in is None or cast_in.opcode != "cast" or not single_use(xf, graph) or not row_ok(norm):
-        return None
-    x = cast_in.operands[0]
-    ok = xf.type.dtype == w.type.dtype == DType.f32 and x.type.dtype == y.type.dtype and x.type.dtype.bits == 16
-    ok = ok and w.type.rank == 1 and x.type.rank >= 1 and dims_equal(w.type.shape[0], x.type.shape[-1])
-    return [out, norm, cast_in] if ok and x.type.dtype.is_float else None
-
-
-def norm_ops(op: Op, graph: Graph) -> tuple[Op, Value, list[Op]] | None:
-    """The GEMM's norm prologue (`norm_prologue`, or `cast_norm_prologue`'s fp32-weight form): (the norm, the input
-    the template reads, the ops the kernel computes)."""
-    norm = norm_prologue(op, graph)
-    if norm is not None:
-        return norm, norm.operands[0], [norm]
-    ops = cast_norm_prologue(op, graph)
-    return (ops[1], ops[2].operands[0], ops) if ops else None
 
 
 def swiglu_ops(op: Op, graph: Graph, interleaved: bool | None = None) -> list[Op] | None:

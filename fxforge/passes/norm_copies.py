@@ -5,7 +5,7 @@ A parallel decoder block feeds one normed input to its attention and its MLP:
     %h = layer_norm(%x, %w); %qkv = linear(%h, %wqkv); %gu = linear(%h, %wgu)
  -> %h = layer_norm(%x, %w); %qkv = linear(%h, %wqkv); %h2 = layer_norm(%x, %w); %gu = linear(%h2, %wgu)
 
-The GEMM's norm prologue (`fusion_rules.norm_prologue`) takes a single-use norm only (the fused kernel never
+The GEMM's norm prologue (`norm_prologues.norm_prologue`) takes a single-use norm only (the fused kernel never
 writes the normed rows out), so a norm read by two GEMMs ran as a row kernel of its own. With one copy per
 GEMM each one computes it in its load (a second pass over K of the same rows) and the row kernel goes.
 
@@ -19,8 +19,9 @@ Decisions:
 from __future__ import annotations
 
 from fxforge.ir.graph import Graph, Op
-from fxforge.passes.fusion_rules import NORM_PROLOGUES, gemm_rule, norm_prologue
+from fxforge.passes.fusion_rules import gemm_rule
 from fxforge.passes.manager import PassContext
+from fxforge.passes.norm_prologues import NORM_PROLOGUES, norm_prologue
 
 
 def _prologue_reader(u: Op, norm: Op, graph: Graph) -> bool:

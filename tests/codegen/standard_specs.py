@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from fxforge.codegen.build import attention_spec, bmm_spec, gemm_spec
+from fxforge.codegen.templates.gemm_prologue import post_norm_rows_spec
 
 
 def standard_specs() -> list[dict]:
@@ -25,6 +26,8 @@ def standard_specs() -> list[dict]:
         attention_spec("float32", 512, 512, 64, mask="bool"),
         dict(attention_spec("bfloat16", 2048, 2048, 128, causal=True, gqa=True), min_arch=90),
         attention_spec("float16", 1024, 1024, 128, mask="add", gqa=True, softcap=True),  # Gemma2's logit soft-cap
+        post_norm_rows_spec("float16"),  # a post-norm GEMM of more than 16 rows (prefill): z by a row kernel first
+        dict(post_norm_rows_spec("bfloat16"), min_arch=90),
     ]
     return specs + sparse_specs() + keep_specs()
 
@@ -111,6 +114,14 @@ def decode_specs(arch: int) -> list[dict]:
                      gemm_spec(dt, M, 128256, 2048, norm=True, arch=arch)]
             specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in layer]
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, gate="gelu_tanh", arch=arch))  # GeGLU
+    for dt in ("float16", "bfloat16"):  # post-norm blocks (Gemma2/3, OLMo2, EXAONE 4) and OLMo's bare LayerNorm
+        post = [gemm_spec(dt, 1, 8192, 2048, post_norm=True, norm=True, swiglu=True, gate="gelu_tanh", arch=arch),
+                gemm_spec(dt, 1, 3072, 2048, post_norm=True, arch=arch),  # OLMo2's QKV: z itself
+                gemm_spec(dt, 1, 2048, 2048, post_norm=True, split_k=4, arch=arch),  # z written by each K split
+                gemm_spec(dt, 1, 128256, 2048, post_norm=True, norm=True, arch=arch),  # the final norm + lm_head
+                gemm_spec(dt, 16, 3072, 2048, post_norm=True, layer_norm=True, arch=arch),  # the most rows it takes
+                gemm_spec(dt, 1, 3072, 2048, layer_norm=True, bare_norm=True, arch=arch)]
+        specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in post]
     unique: dict[str, dict] = {}
     for s in specs:
         key = repr((sorted(s["signature"].items()), sorted(s["constexprs"].items()), s["num_warps"], s["num_stages"]))

@@ -12,11 +12,10 @@
   (an early exit read on the device: no host sync, capturable), then runs the epilogue on its zero
   accumulator, which is exactly what the dense GEMM of the zero rows gives.
   Two fusions at the ends of a decoder block's GEMMs (issue #13, fewer launches):
-  HAS_NORM: an RMSNorm prologue, A = rms_norm(X, norm_w, eps) computed in the load (a first pass over K
-  gives each row's 1/rms; the main loop scales, rounds to X's dtype as Llama does, multiplies by the norm
-  weight and rounds again, exactly the row kernel's steps), so the norm that starts a block needs no
-  launch of its own; LAYER_NORM (+ HAS_NB): a LayerNorm prologue instead (StableLM, Starcoder2, Cohere: mean and
-  variance in two passes, (x - mean) * rstd * w + b in fp32, one rounding, the layer_norm row kernel's steps).
+  the prologue (`gemm_prologue.py`): HAS_NORM, an RMSNorm of A computed in the load (LAYER_NORM: a LayerNorm,
+  HAS_NW / HAS_NB: its weight / bias), so the norm that starts a block needs no launch of its own; POST_NORM: A is
+  z = res + rms_norm(h, w) (a post-norm block's residual add, z stored as well with WRITE_Z), then its norm if any;
+  above SPLIT_K_ROWS rows the launcher writes z with `post_norm_rows` first (one launch more, not per column tile).
   SWIGLU: W is the concatenated [gate; up] weight [2N, K] and the kernel computes
   act(A @ Wg^T) * (A @ Wu^T) with two accumulators over one A tile (the gated MLP's gate/up GEMM, out [M, N]);
   act is GATE, one of `ir.optable.GATED_ACTIVATIONS` (silu: SwiGLU; gelu_tanh: Gemma's GeGLU).
@@ -40,8 +39,16 @@ import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.blocks import gemm_blocks, split_steps, swiglu_blocks
+from fxforge.codegen.blocks import SPLIT_K_ROWS, gemm_blocks, split_steps, swiglu_blocks
 from fxforge.codegen.pool import Workspace, counters, out_tensor, scratch
+from fxforge.codegen.templates.gemm_prologue import (  # noqa: F401 (rms_scale, row_rstd: re-exported)
+    POST_NORM_ROWS,
+    post_norm_rows,
+    prologue_stats,
+    prologue_tile,
+    rms_scale,
+    row_rstd,
+)
 from fxforge.codegen.templates.split_k import split_range, split_sum
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
@@ -132,58 +139,6 @@ def keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K: tl.constexpr, HAS
 
 
 @triton.jit
-def row_rstd(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """1 / sqrt(mean(x^2) + eps) of the BLOCK_M rows of A (fp32): the RMSNorm prologue's first pass."""
-    offs_k = tl.arange(0, BLOCK_K)
-    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
-        ks = k0 * BLOCK_K + offs_k
-        x = tl.load(a_ptr + offs_m[:, None] * stride_am + ks[None, :] * stride_ak,
-                    mask=mask_m[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32)
-        ss += tl.sum(x * x, axis=1)
-    return tl.rsqrt(ss / K + eps)
-
-
-@triton.jit
-def row_moments(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(mean, 1 / sqrt(var + eps)) of the BLOCK_M rows of A (fp32; two passes, as the layer_norm row kernel centres
-    before squaring): the LayerNorm prologue's statistics."""
-    offs_k = tl.arange(0, BLOCK_K)
-    s = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
-        ks = k0 * BLOCK_K + offs_k
-        s += tl.sum(tl.load(a_ptr + offs_m[:, None] * stride_am + ks[None, :] * stride_ak,
-                            mask=mask_m[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32), axis=1)
-    mean = s / K
-    ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
-        ks = k0 * BLOCK_K + offs_k
-        m = mask_m[:, None] & (ks[None, :] < K)
-        x = tl.load(a_ptr + offs_m[:, None] * stride_am + ks[None, :] * stride_ak, mask=m, other=0.0).to(tl.float32)
-        d = tl.where(m, x - mean[:, None], 0.0)
-        ss += tl.sum(d * d, axis=1)
-    return mean, tl.rsqrt(ss / K + eps)
-
-
-@triton.jit
-def ln_scale(x, mean, rstd, g, nb):
-    """x [rows, cols] layer-normalised by its rows' `row_moments`, times g plus nb [cols] in fp32, one rounding to
-    x's dtype (the layer_norm row kernel's steps)."""
-    return (((x.to(tl.float32) - mean[:, None]) * rstd[:, None]) * g[None, :] + nb[None, :]).to(x.dtype)
-
-
-@triton.jit
-def rms_scale(x, rstd, g, ONE_ROUNDING: tl.constexpr = False):
-    """x [rows, cols] normalised by its rows' `row_rstd` and weighted by g [cols] (fp32) with the rms_norm row
-    kernel's steps and roundings: scale, round to x's dtype, weight, round. ONE_ROUNDING (an fp32 norm weight on
-    16-bit x: Gemma's (1 + w) in fp32, `fusion_rules.cast_norm_prologue`): scale, weight, round."""
-    if ONE_ROUNDING:
-        return (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(x.dtype)
-    xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype).to(tl.float32)
-    return (xn * g[None, :]).to(x.dtype)
-
-
-@triton.jit
 def gemm_kernel(
     a_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, mul_ptr,
     M, N, K,
@@ -195,17 +150,17 @@ def gemm_kernel(
     HAS_KEEP: tl.constexpr = False,
     norm_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, SWIGLU: tl.constexpr = False,
     GATE: tl.constexpr = "silu", nb_ptr=None, LAYER_NORM: tl.constexpr = False, HAS_NB: tl.constexpr = False,
-    part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1,
+    part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, HAS_NW: tl.constexpr = True,
+    res2_ptr=None, stride_pm=0, stride_pk=0, post_w_ptr=None, post_eps=0.0, z_ptr=None, stride_zm=0,
+    POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile (and per
     K split: grid axis 1, `split_k.py`)."""
     offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     rows_a, n_k = keep_rows(keep_ptr, stride_km, offs_m, mask_m, K, BLOCK_K, HAS_KEEP)
-    if HAS_NORM:
-        if LAYER_NORM:
-            mean, rstd = row_moments(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M, BLOCK_K)
-        else:
-            rstd = row_rstd(a_ptr, offs_m, mask_m, stride_am, stride_ak, K, eps, BLOCK_M, BLOCK_K)
+    h_rstd, mean, rstd = prologue_stats(a_ptr, res2_ptr, post_w_ptr, offs_m, mask_m, stride_am, stride_ak, stride_pm,
+                                        stride_pk, K, eps, post_eps, BLOCK_M, BLOCK_K, HAS_NORM, LAYER_NORM, POST_NORM)
+    z_rows = tl.where(tl.min(offs_n, axis=0) == 0, mask_m, False)  # WRITE_Z: the first column tile writes z
     k_lo = 0
     if SPLIT_K > 1:
         k_lo, n_k = split_range(n_k, k_per_split)
@@ -219,15 +174,10 @@ def gemm_kernel(
         k_left = K - k0 * BLOCK_K
         a = tl.load(a_ptrs, mask=rows_a[:, None] & (offs_k[None, :] < k_left), other=0.0)
         w = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
-        if HAS_NORM:
-            g = tl.load(norm_ptr + k0 * BLOCK_K + offs_k, mask=offs_k < k_left, other=0.0).to(tl.float32)
-            if LAYER_NORM:
-                nb = g * 0.0
-                if HAS_NB:
-                    nb = tl.load(nb_ptr + k0 * BLOCK_K + offs_k, mask=offs_k < k_left, other=0.0).to(tl.float32)
-                a = ln_scale(a, mean, rstd, g, nb)
-            else:
-                a = rms_scale(a, rstd, g, norm_ptr.dtype.element_ty == tl.float32)
+        if HAS_NORM or POST_NORM:
+            a = prologue_tile(a, k0 * BLOCK_K + offs_k, offs_m, rows_a, K, res2_ptr, stride_pm, stride_pk, post_w_ptr,
+                              h_rstd, z_ptr, stride_zm, z_rows, norm_ptr, nb_ptr, mean, rstd, HAS_NORM, LAYER_NORM,
+                              HAS_NW, HAS_NB, POST_NORM, WRITE_Z)
         if UPCAST:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
@@ -299,7 +249,7 @@ def _check_fusions(x: torch.Tensor, w: torch.Tensor, norm: tuple | None, swiglu:
     activation, mul or scale (the gate/up epilogue replaces those steps), a gated activation `gate`."""
     if gate not in GATED_ACTIVATIONS:
         raise ShapeError(f"unknown gated activation gate={gate!r}; use one of {GATED_ACTIVATIONS}")
-    if norm is not None and tuple(norm[0].shape) != (x.shape[-1],):
+    if norm is not None and norm[0] is not None and tuple(norm[0].shape) != (x.shape[-1],):
         raise ShapeError(f"norm weight must have shape ({x.shape[-1]},), got {tuple(norm[0].shape)}")
     if swiglu and (w.shape[0] % 2 or not plain):
         raise ShapeError(f"swiglu needs the [gate; up] weight [2N, K] (got {tuple(w.shape)}) and no bias, "
@@ -310,14 +260,18 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
            residual: torch.Tensor | None = None, scale: float = 1.0, out_dtype: torch.dtype | None = None,
            mul: torch.Tensor | None = None, keep: torch.Tensor | None = None,
            norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False, gate: str = "silu",
-           layer_norm: tuple[torch.Tensor, torch.Tensor | None, float] | None = None,
-           out: torch.Tensor | None = None, ws: Workspace | None = None, split_k: int | None = None) -> torch.Tensor:
+           layer_norm: tuple[torch.Tensor | None, torch.Tensor | None, float] | None = None,
+           post_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, keep_z: bool = False,
+           out: torch.Tensor | None = None, z_out: torch.Tensor | None = None, ws: Workspace | None = None,
+           split_k: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """activation(scale * x @ w.T + bias) * mul + residual for x [..., K], w [N, K]; like F.linear plus an
     epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
     unless their layout cannot be viewed as [M, N]). `keep` [..., 1]: FFN-skip flags of x's rows (x's
     rows with keep 0 must be zero, as `row_keep` makes them): tiles whose rows are all off skip the K loop.
     `norm=(weight, eps)`: x is rms_norm'ed in the load (`layer_norm=(weight, bias or None, eps)`:
-    layer_norm'ed); `swiglu`: w is [gate; up] [2N, K] and the result
+    layer_norm'ed; weight and bias may be None); `post_norm=(res, weight, eps)`: x is h and the GEMM's input is
+    z = res + rms_norm(h, weight, eps), then norm=/layer_norm= of z if given; `keep_z`: z is stored too (into
+    `z_out`, else allocated) and the result is (y, z); `swiglu`: w is [gate; up] [2N, K] and the result
     act(x @ gate.T) * (x @ up.T) [..., N], act = `gate` (silu, gelu_tanh, gelu). `out`: the result's storage (contiguous [..., N], a planned
     buffer of the generated `run()`), else allocated; `ws`: the workspace scratch comes from (split-K's
     partials and counters); `split_k`: K splits instead of the decode table's (tests force them)."""
@@ -330,9 +284,8 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         if norm is not None:
             raise ShapeError("linear takes one norm prologue: norm= (RMSNorm) or layer_norm=, not both")
         norm, nb = (layer_norm[0], layer_norm[2]), layer_norm[1]
-        if nb is not None and tuple(nb.shape) != (x.shape[-1],):
-            raise ShapeError(f"layer_norm bias must have shape ({x.shape[-1]},), got {tuple(nb.shape)}")
     _check_fusions(x, w, norm, swiglu, bias is None and activation == "none" and mul is None and scale == 1.0, gate)
+    _check_prologue(x, nb, post_norm, keep is not None, keep_z)
     K = x.shape[-1]
     N = w.shape[0] // 2 if swiglu else w.shape[0]
     lead = tuple(x.shape[:-1])
@@ -340,8 +293,17 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     M = a.shape[0]
     out = out_tensor(out, (*lead, N), out_dtype or x.dtype, x.device, "linear").view(M, N)
     bias, residual, mul = epilogue_operands(lead, N, bias=bias, residual=residual, mul=mul)
+    z = out_tensor(z_out, (*lead, K), x.dtype, x.device, "linear z").view(M, K) if keep_z else None
     if M == 0 or N == 0:
-        return out.reshape(*lead, N)
+        if keep_z and M:
+            raise ShapeError("keep_z with N = 0: no program would write z")
+        return (out.reshape(*lead, N), z.reshape(*lead, K)) if keep_z else out.reshape(*lead, N)
+    if post_norm is not None and M > SPLIT_K_ROWS:  # not a decode step: z once per row first, then its norm in the load
+        z = z if z is not None else scratch(ws, x.device, ((M, K), x.dtype))[0]
+        _post_norm_rows(a, post_norm, z)
+        a, post_norm = z, None
+    write_z = keep_z and post_norm is not None
+    res2 = post_norm[0].reshape(M, K) if post_norm is not None else a
     cfg = gemm_blocks(M, N, K, x.dtype, device_arch(x.device))
     cfg = swiglu_blocks(cfg) if swiglu else cfg
     tiles, n_k = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(K, cfg["BLOCK_K"])
@@ -364,13 +326,48 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         float(scale), kp, kp.stride(0), HAS_KEEP=keep is not None,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=8,
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None, HAS_MUL=mul is not None,
-        norm_ptr=norm[0].contiguous() if norm is not None else None, eps=float(norm[1]) if norm is not None else 0.0,
-        HAS_NORM=norm is not None, SWIGLU=swiglu, GATE=gate, LAYER_NORM=layer_norm is not None, HAS_NB=nb is not None,
+        norm_ptr=norm[0].contiguous() if norm is not None and norm[0] is not None else None,
+        eps=float(norm[1]) if norm is not None else 0.0, HAS_NORM=norm is not None, SWIGLU=swiglu, GATE=gate,
+        LAYER_NORM=layer_norm is not None, HAS_NW=norm is None or norm[0] is not None, HAS_NB=nb is not None,
         nb_ptr=nb.contiguous() if nb is not None else None, **dot_options(x.dtype, w.dtype),
         part_ptr=part, lock_ptr=locks, k_per_split=per, SPLIT_K=splits,
+        res2_ptr=res2, stride_pm=res2.stride(0), stride_pk=res2.stride(1), POST_NORM=post_norm is not None,
+        post_w_ptr=post_norm[1].contiguous() if post_norm is not None else None,
+        post_eps=float(post_norm[2]) if post_norm is not None else 0.0,
+        z_ptr=z if write_z else None, stride_zm=z.stride(0) if write_z else 0, WRITE_Z=write_z,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    return out.reshape(*lead, N)
+    y = out.reshape(*lead, N)
+    return (y, z.reshape(*lead, K)) if keep_z else y
+
+
+def _post_norm_rows(h: torch.Tensor, post_norm: tuple, z: torch.Tensor) -> None:
+    """z [M, K] = res + rms_norm(h, w, eps) for `post_norm` = (res, w, eps): `gemm_prologue.post_norm_rows`."""
+    M, K = h.shape
+    res = post_norm[0].reshape(M, K)
+    cfg = POST_NORM_ROWS
+    post_norm_rows[(triton.cdiv(M, cfg["BLOCK_M"]),)](
+        h, res, post_norm[1].contiguous(), z, M, K, h.stride(0), h.stride(1), res.stride(0), res.stride(1), z.stride(0),
+        float(post_norm[2]), BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
+
+
+def _check_prologue(x: torch.Tensor, nb: torch.Tensor | None, post_norm: tuple | None, keep: bool,
+                    keep_z: bool) -> None:
+    """The LayerNorm bias [K]; `post_norm`'s residual (x's shape) and weight [K], not with keep flags (the K
+    loop of a skipped tile would not write its z); `keep_z` only with `post_norm`."""
+    K = x.shape[-1]
+    if nb is not None and tuple(nb.shape) != (K,):
+        raise ShapeError(f"layer_norm bias must have shape ({K},), got {tuple(nb.shape)}")
+    if keep_z and post_norm is None:
+        raise ShapeError("keep_z stores the post-norm residual z: it needs post_norm=(res, weight, eps)")
+    if post_norm is None:
+        return
+    res, pw, _ = post_norm
+    if tuple(res.shape) != tuple(x.shape) or tuple(pw.shape) != (K,) or res.dtype != x.dtype:
+        raise ShapeError(f"post_norm needs a residual of x's shape {tuple(x.shape)} and dtype, and a weight ({K},); "
+                         f"got {tuple(res.shape)} {res.dtype} and {tuple(pw.shape)}")
+    if keep:
+        raise ShapeError("post_norm does not take keep flags (FFN skipping): a skipped tile writes no z")
 
 
 def keep_view(keep: torch.Tensor, lead: tuple, M: int) -> torch.Tensor:

@@ -42,7 +42,8 @@ import triton.language as tl
 from fxforge.codegen.decode import fp8e4m3_to_f32
 from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.act_quant import f32_to_fp8e4m3, quantize_activations
-from fxforge.codegen.templates.gemm import apply_activation, rms_scale, row_rstd
+from fxforge.codegen.templates.gemm import apply_activation
+from fxforge.codegen.templates.gemm_prologue import rms_scale, row_rstd
 from fxforge.codegen.templates.split_k import split_range
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
