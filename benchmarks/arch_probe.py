@@ -20,14 +20,9 @@ vocab 256; `fxforge.testing.GQA_DECODERS`, norm weights with noise), in a fresh 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import json
-import os
-import subprocess
-import sys
 import time
-import traceback
+
+from probe_children import child_row, run_children, write_results
 
 from fxforge.testing import GQA_DECODERS
 
@@ -109,15 +104,7 @@ def probe(arch: str, quant: bool) -> dict:
 
 
 def child(arch: str, quant: bool) -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    try:
-        row = probe(arch, quant)
-    except Exception as e:  # report what broke, per architecture
-        row = {"arch": arch, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}",
-               "trace": traceback.format_exc()[-1500:]}
-    print("ROW " + json.dumps(row))
+    child_row(probe, arch, quant)
 
 
 def table(rows: list[dict], quant: bool) -> str:
@@ -149,25 +136,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.child, not args.no_quant)
-    rows = []
-    for arch in args.archs:
-        quant = not args.no_quant and (args.quant_archs is None or arch in args.quant_archs)
-        cmd = [sys.executable, __file__, "--child", arch] + ([] if quant else ["--no-quant"])
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=os.environ)
-            found = [json.loads(line[4:]) for line in out.stdout.splitlines() if line.startswith("ROW ")]
-            rows.append(found[0] if found else {"arch": arch, "error": f"no result: {out.stderr.strip()[-300:]}"})
-            print(json.dumps(rows[-1]), flush=True)
-            continue
-        rows.append({"arch": arch, "error": f"timeout {args.timeout}s"})
+    rows = run_children(__file__, args.archs, lambda arch: [] if not args.no_quant and (
+        args.quant_archs is None or arch in args.quant_archs) else ["--no-quant"], args.timeout)
     text = table(rows, not args.no_quant)
     print(text)
     if args.out:
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        with open(args.out, "w") as f:
-            f.write(f"# arch_probe ({stamp})\n\n`{' '.join(sys.argv)}`\n\n{text}\n")
-        with open(args.out.removesuffix(".md") + ".json", "w") as f:
-            json.dump(rows, f, indent=1)
+        write_results(args.out, "arch_probe", text, rows)
 
 
 if __name__ == "__main__":

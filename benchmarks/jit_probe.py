@@ -13,14 +13,9 @@ and on a mismatch the first position where the tokens differ; an exception is re
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import json
-import os
-import subprocess
-import sys
 import time
-import traceback
+
+from probe_children import child_row, run_children, write_results
 
 from fxforge.testing import GQA_DECODERS
 
@@ -57,15 +52,7 @@ def probe(arch: str, executor: str, new_tokens: int = 8) -> dict:
 
 
 def child(arch: str, executor: str) -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    try:
-        row = probe(arch, executor)
-    except Exception as e:  # report what broke, per architecture
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        row = {"arch": arch, "error": f"{type(e).__name__}: {first}", "trace": traceback.format_exc()[-1500:]}
-    print("ROW " + json.dumps(row))
+    child_row(probe, arch, executor)
 
 
 def table(rows: list[dict]) -> str:
@@ -91,23 +78,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.executor)
-    rows = []
-    for arch in args.archs:
-        cmd = [sys.executable, __file__, "--child", arch, "--executor", args.executor]
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=os.environ)
-            found = [json.loads(line[4:]) for line in out.stdout.splitlines() if line.startswith("ROW ")]
-            rows.append(found[0] if found else {"arch": arch, "error": f"no result: {out.stderr.strip()[-300:]}"})
-            print(json.dumps(rows[-1]), flush=True)
-            continue
-        rows.append({"arch": arch, "error": f"timeout {args.timeout}s"})
+    rows = run_children(__file__, args.archs, lambda arch: ["--executor", args.executor], args.timeout)
     text = table(rows)
     print(text)
     if args.out:
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        cmd = "OMP_NUM_THREADS=1 python benchmarks/jit_probe.py " + " ".join(sys.argv[1:])
-        with open(args.out, "w") as f:
-            f.write(f"# jit_probe ({stamp})\n\n`{cmd}`\n\n{text}\n")
+        write_results(args.out, "jit_probe", text, rows)
 
 
 if __name__ == "__main__":
