@@ -334,7 +334,7 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
         const.update(QK_NORM=False, NORM_AFTER=True, Q_SCALE=True, stride_qsb=0)
         sig.update(qs_ptr=f"*{t}", stride_qss="i32")
     else:
-        const.update(qs_ptr=None, stride_qsb=0, stride_qss=0)
+        const.update(NORM_AFTER=False, Q_SCALE=False, qs_ptr=None, stride_qsb=0, stride_qss=0)
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
             "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"
