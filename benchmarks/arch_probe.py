@@ -19,12 +19,9 @@ vocab 256; `fxforge.testing.GQA_DECODERS`, norm weights with noise), in a fresh 
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from probe_children import child_row, run_children, write_results
-
-from fxforge.testing import GQA_DECODERS
+from probe_children import child_row, probe_parser, run_children, write_results
 
 
 def build(arch: str, layers: int):
@@ -126,13 +123,9 @@ def table(rows: list[dict], quant: bool) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--archs", nargs="*", default=list(GQA_DECODERS))
+    ap = probe_parser()
     ap.add_argument("--no-quant", action="store_true")
     ap.add_argument("--quant-archs", nargs="*", help="the w4a16 columns only for these (default: every arch)")
-    ap.add_argument("--out")
-    ap.add_argument("--child")
-    ap.add_argument("--timeout", type=int, default=900)
     args = ap.parse_args()
     if args.child:
         return child(args.child, not args.no_quant)

@@ -12,12 +12,9 @@ and on a mismatch the first position where the tokens differ; an exception is re
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from probe_children import child_row, run_children, write_results
-
-from fxforge.testing import GQA_DECODERS
+from probe_children import child_row, probe_parser, run_children, write_results
 
 
 def probe(arch: str, executor: str, new_tokens: int = 8) -> dict:
@@ -69,12 +66,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--archs", nargs="*", default=list(GQA_DECODERS))
+    ap = probe_parser()
     ap.add_argument("--executor", default="interpret")
-    ap.add_argument("--out")
-    ap.add_argument("--child")
-    ap.add_argument("--timeout", type=int, default=900)
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.executor)

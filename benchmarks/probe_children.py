@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -11,6 +12,19 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Callable
+
+
+def probe_parser() -> argparse.ArgumentParser:
+    """The options every probe takes: --archs (default: every `GQA_DECODERS` model), --out, --timeout per child, and
+    --child (internal: run one architecture in this process)."""
+    from fxforge.testing import GQA_DECODERS
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--archs", nargs="*", default=list(GQA_DECODERS))
+    ap.add_argument("--out")
+    ap.add_argument("--child")
+    ap.add_argument("--timeout", type=int, default=900)
+    return ap
 
 
 def child_row(probe: Callable[..., dict], arch: str, *args) -> None:
