@@ -89,9 +89,9 @@ def _pointwise_infer(ref):
 COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
                          "bitwise_and", "bitwise_or", "bitwise_xor"})
 ACTIVATIONS = {"relu": "relu", "relu2": "relu2", "silu": "silu", "sigmoid": "sigmoid"}  # the GEMM epilogue's names
-# act(gate) * up of a gated MLP (SwiGLU: Llama, Qwen, Mistral, Phi3; GeGLU with tanh GeLU: Gemma): the
-# activations (`activation` trait names) the [gate; up] GEMM's gated epilogue computes
-GATED_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
+# act(gate) * up of a gated MLP (SwiGLU: Llama, Qwen, Mistral, Phi3; GeGLU with tanh GeLU: Gemma; squared ReLU: BitNet):
+# the activations (`activation` trait names) the [gate; up] GEMM's gated epilogue computes
+GATED_ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu2")
 
 
 def _pointwise(name: str, ref, arity: int, attrs: dict[str, Any] | None = None, doc: str = "", **traits) -> None:

@@ -23,14 +23,15 @@ from fxforge.passes import PassContext
 from fxforge.passes.canonicalize import Canonicalize
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
-GATES = {"silu": F.silu, "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"), "gelu": F.gelu}
+GATES = {"silu": F.silu, "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"), "gelu": F.gelu,
+         "relu2": lambda h: torch.square(torch.relu(h))}
 
 
 def test_every_gated_activation_has_a_torch_form():
     assert set(GATED_ACTIVATIONS) == set(GATES)
 
 
-@pytest.mark.parametrize("gate,dtype", [("gelu_tanh", torch.float16), ("gelu", torch.float32)])
+@pytest.mark.parametrize("gate,dtype", [("gelu_tanh", torch.float16), ("gelu", torch.float32), ("relu2", torch.float16)])
 def test_gemm_gated_epilogue_other_activations(gate, dtype):
     torch.manual_seed(0)
     x, w = torch.randn(3, 96, dtype=dtype), (torch.randn(80, 96) / 10).to(dtype)  # [gate; up], N = 40 each
