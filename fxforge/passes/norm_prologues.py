@@ -97,7 +97,7 @@ def norm_prologue(op: Op, graph: Graph, shared: bool = False) -> Op | None:
 def cast_norm_prologue(op: Op, graph: Graph) -> list[Op] | None:
     """[cast out, rms_norm, cast in] when the GEMM's 16-bit input is cast(rms_norm(cast(x, f32), w), x.dtype) with an
     fp32 weight [K] (Gemma's RMSNorm: (1 + w) multiplies in fp32 before the one rounding), all single use: the
-    templates' norm prologue computes it from x with an fp32 weight (`gemm.rms_scale` ONE_ROUNDING)."""
+    templates' norm prologue computes it from x with an fp32 weight (`gemm_prologue.rms_scale` ONE_ROUNDING)."""
     y = op.operands[0]
     out = y.producer
     if not decode_fusions_ok(op) or out is None or out.opcode != "cast" or not single_use(y, graph):

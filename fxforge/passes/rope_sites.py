@@ -37,7 +37,7 @@ Decisions:
   runs, and the fuse pass only records which ops run together.
 - The caches may be packed (`cache_write`s of a KV format, both alike): the template encodes the rows.
 - The q/k norms are recognised variants of the head view, not a new site: the template normalises each q/k
-  head row before RoPE with the rms_norm row kernel's steps and roundings (`gemm.rms_scale`).
+  head row before RoPE with the rms_norm row kernel's steps and roundings (`gemm_prologue.rms_scale`).
 - Every intermediate must be single-use and of one float dtype; q and k must share cos and sin;
   the three slices must tile the GEMM's output in order q, k, v. Anything else is left to the
   generic rules (pointwise RoPE kernels and host cache writes): never a wrong fusion, at worst fewer.

@@ -41,14 +41,7 @@ import triton.language as tl
 
 from fxforge.codegen.blocks import SPLIT_K_ROWS, gemm_blocks, split_steps, swiglu_blocks
 from fxforge.codegen.pool import Workspace, counters, out_tensor, scratch
-from fxforge.codegen.templates.gemm_prologue import (  # noqa: F401 (rms_scale, row_rstd: re-exported)
-    POST_NORM_ROWS,
-    post_norm_rows,
-    prologue_stats,
-    prologue_tile,
-    rms_scale,
-    row_rstd,
-)
+from fxforge.codegen.templates.gemm_prologue import POST_NORM_ROWS, post_norm_rows, prologue_stats, prologue_tile
 from fxforge.codegen.templates.split_k import split_range, split_sum
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError

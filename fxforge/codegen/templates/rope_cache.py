@@ -25,7 +25,7 @@ Decisions:
   x[2i]) instead of (d + R/2) mod R; `pair_tables=True`: cos / sin hold R/2 entries, one per pair (the table
   `repeat_interleave(t, 2)` repeats, read through: channel d reads entry d // 2). Constexprs: one kernel per pairing.
 - `qk_norm=(q_w, k_w, eps)` (Qwen3's q_norm / k_norm, `rope_sites._norm`): a q or k program first takes its
-  row's 1/rms, then every channel it reads (the partner too) is normalised with `gemm.rms_scale`'s steps (scale,
+  row's 1/rms, then every channel it reads (the partner too) is normalised with `gemm_prologue.rms_scale`'s steps (scale,
   round to qkv's dtype, weight, round), so RoPE sees exactly what the rms_norm row kernel wrote. The row is the
   head (weights [D]) or all the token's q (k) heads (weights [Hq * D] / [Hkv * D], OLMo2's norm over the whole
   projection): each head program sums the squares of the whole row itself (a loop over NQN / NKN heads, L1/L2
@@ -65,7 +65,7 @@ def _rows_rstd(row, stride_xn, eps, nh, NH: tl.constexpr, D: tl.constexpr, BLOCK
 def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM: tl.constexpr,
              NORM_F32: tl.constexpr):
     """Channels `d` of the head row (fp32); QK_NORM: the RMSNorm (weights qn / kn from `w_off`, the row's `rstd`)
-    applied where is_q or is_k with `gemm.rms_scale`'s steps and roundings, NORM_F32: weighted in fp32 and rounded
+    applied where is_q or is_k with `gemm_prologue.rms_scale`'s steps and roundings, NORM_F32: weighted in fp32 and rounded
     once (v heads as loaded)."""
     x = tl.load(row + d * stride_xn, mask=md, other=0.0)
     if QK_NORM:
