@@ -271,17 +271,12 @@ def silu(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
 _RELU = P.op("relu", P.any("x"), name="r", single_use=True)
 
 
-@rule(P.op("mul", _RELU, P.any("r")))
-def relu2_mul(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+def _relu2(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "relu2", [b["x"]]).result if same_type(op.result.type, b["x"].type) else None
 
 
-@rule(P.op("pow", _RELU, P.full(value=2)))
-def relu2_pow(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
-    return g.insert_before(op, "relu2", [b["x"]]).result if same_type(op.result.type, b["x"].type) else None
-
-
-ACTIVATION_RULES: list[Rule] = [silu, relu2_mul, relu2_pow]
+ACTIVATION_RULES: list[Rule] = [silu, Rule(P.op("mul", _RELU, P.any("r")), _relu2, "relu2_mul"),
+                                Rule(P.op("pow", _RELU, P.full(value=2)), _relu2, "relu2_pow")]
 
 RULES: list[Rule] = FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + ATTENTION_RULES
 
