@@ -72,21 +72,23 @@ def post_norm_prologue(op: Op, graph: Graph, norm_x: Value | None) -> PostNorm |
     return None
 
 
-# the norms a GEMM's load computes (`gemm.py` HAS_NORM): opcode -> (operand counts, GEMM opcodes whose template
-# has that prologue). LayerNorm (weight and bias optional): the dense GEMM only (the 4-bit decode kernel: RMSNorm)
-NORM_PROLOGUES = {"rms_norm": ((2,), ("linear", "qlinear")), "layer_norm": ((1, 2, 3), ("linear",))}
+# the norms a GEMM's load computes (`gemm.py` HAS_NORM): opcode -> operand count -> the GEMM opcodes whose template
+# has that prologue. The dense GEMM: RMSNorm with or without a weight (NanoChat's has none: HAS_NW), LayerNorm with
+# its weight and bias optional; the 4-bit decode kernel: weighted RMSNorm only
+NORM_PROLOGUES = {"rms_norm": {1: ("linear",), 2: ("linear", "qlinear")},
+                  "layer_norm": {1: ("linear",), 2: ("linear",), 3: ("linear",)}}
 
 
 def norm_prologue(op: Op, graph: Graph, shared: bool = False) -> Op | None:
-    """The norm (`NORM_PROLOGUES`: `rms_norm(x, w)`, `layer_norm(x[, w[, b]])`) producing the GEMM's input that its
-    load can compute: a row-kernel norm whose single-use result has x's dtype, with a weight (and bias) [K];
+    """The norm (`NORM_PROLOGUES`: `rms_norm(x[, w])`, `layer_norm(x[, w[, b]])`) producing the GEMM's input that its
+    load can compute: a row-kernel norm whose single-use result has x's dtype, with its weight (and bias) [K];
     `shared`: whatever its other uses (`norm_copies` then gives each GEMM reader its own copy)."""
     y = op.operands[0]
     p = y.producer
     if not decode_fusions_ok(op) or p is None or p.opcode not in NORM_PROLOGUES:
         return None
-    arity, gemms = NORM_PROLOGUES[p.opcode]
-    if len(p.operands) not in arity or op.opcode not in gemms or not (shared or single_use(y, graph)) or not row_ok(p):
+    gemms = NORM_PROLOGUES[p.opcode].get(len(p.operands), ())
+    if op.opcode not in gemms or not (shared or single_use(y, graph)) or not row_ok(p):
         return None
     x, *params = p.operands
     ok = x.type.dtype == y.type.dtype and all(w.type.rank == 1 and dims_equal(w.type.shape[0], x.type.shape[-1])

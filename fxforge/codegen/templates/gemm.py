@@ -261,7 +261,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
     unless their layout cannot be viewed as [M, N]). `keep` [..., 1]: FFN-skip flags of x's rows (x's
     rows with keep 0 must be zero, as `row_keep` makes them): tiles whose rows are all off skip the K loop.
-    `norm=(weight, eps)`: x is rms_norm'ed in the load (`layer_norm=(weight, bias or None, eps)`:
+    `norm=(weight or None, eps)`: x is rms_norm'ed in the load (`layer_norm=(weight, bias or None, eps)`:
     layer_norm'ed; weight and bias may be None); `post_norm=(res, weight, eps)`: x is h and the GEMM's input is
     z = res + rms_norm(h, weight, eps), then norm=/layer_norm= of z if given; `keep_z`: z is stored too (into
     `z_out`, else allocated) and the result is (y, z); `swiglu`: w is [gate; up] [2N, K] and the result

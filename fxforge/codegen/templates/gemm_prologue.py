@@ -5,7 +5,7 @@ the norms between a decoder block's GEMMs need no launch of their own (issue #13
   loop scales, rounds to X's dtype as Llama does, multiplies by the norm weight and rounds again (the rms_norm row
   kernel's steps). LAYER_NORM: LayerNorm instead (mean and variance in two passes, (x - mean) * rstd [* w] [+ b] in
   fp32, one rounding: the layer_norm row kernel's steps); HAS_NW / HAS_NB: whether it has a weight / a bias
-  (OLMo's LayerNorm has neither).
+  (OLMo's LayerNorm has neither; NanoChat's RMSNorm no weight: scaled and rounded once).
 - POST_NORM (Gemma2/3, OLMo2, EXAONE 4: the norm of a GEMM output before the residual add): a_ptr is h, the
   previous GEMM's output, and the GEMM's input is z = res + rms_norm(h, pw) (the rms_norm's roundings, then the
   add's), optionally followed by the HAS_NORM / LAYER_NORM norm of z (Gemma's pre-feedforward norm, the final
@@ -152,8 +152,10 @@ def prologue_tile(
             if HAS_NB:
                 y += tl.load(nb_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)[None, :]
             a = y.to(a.dtype)
-        else:
+        elif HAS_NW:
             a = rms_scale(a, rstd, g, norm_ptr.dtype.element_ty == tl.float32)  # fp32 g: one rounding
+        else:  # a weightless RMSNorm (NanoChat): scale, one rounding
+            a = (a.to(tl.float32) * rstd[:, None]).to(a.dtype)
     return a
 
 

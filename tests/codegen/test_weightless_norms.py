@@ -1,0 +1,86 @@
+"""NanoChat's decoder-layer forms (issue #13 on a hidden architecture), each against torch: RMSNorms without a weight
+as the dense GEMM's prologue (`norm=(None, eps)`, `norm_prologues.NORM_PROLOGUES` arity 1), and its attention head
+path in rope_cache: RoPE with the rotation negated (`rotate_half` = cat(x2, -x1)), then a weightless per-head q/k
+RMSNorm (`norm_after`), then the cache write; plus the graph-level site of that form. Kernel- and graph-level
+(cheap); the model's decode runs in tests/runtime/test_arch_decode.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fxforge.codegen.templates.gemm import linear
+from fxforge.codegen.templates.rope_cache import rope_cache
+from fxforge.errors import ShapeError
+from fxforge.ir.ops import OPS
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+def _norm(x, eps=1e-6):
+    return OPS["rms_norm"].ref(x, None, eps=eps)
+
+
+def _neg_rot(x):
+    """NanoChat's rotate_half: cat(x2, -x1), the negation of Llama's."""
+    d = x.shape[-1] // 2
+    return torch.cat((x[..., d:], -x[..., :d]), -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gemm_weightless_rms_norm_prologue(dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(3, 96) * 3).to(dtype)  # K = 96: a partial last K tile
+    w = (torch.randn(40, 96) / 10).to(dtype)
+    want = F.linear(_norm(x).float(), w.float())
+    got = linear(x, w, norm=(None, 1e-6))
+    assert got.shape == (3, 40) and (got.float() - want).abs().max() <= TOL[dtype] * 4 * want.abs().max()
+    relu2 = linear(x, w, norm=(None, 1e-6), activation="relu2")  # NanoChat's fc1: the prologue with an epilogue
+    assert (relu2.float() - torch.relu(want) ** 2).abs().max() <= TOL[dtype] * 8 * (want ** 2).max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rope_cache_negated_rotation_weightless_norm_after(dtype):
+    """q = rms_norm(x_q * cos + cat(x2, -x1) * sin) without weights, the k cache likewise, v as is (NanoChat's
+    attention: RoPE, then its q/k norm); the graph's roundings in fp16 (RoPE rounded, then the norm's one)."""
+    torch.manual_seed(0)
+    B, S, Hq, Hkv, D, L, eps = 1, 2, 4, 2, 16, 6, 1e-6
+    qkv = torch.randn(B, S, (Hq + 2 * Hkv) * D, dtype=dtype) * 3
+    cos, sin = (torch.randn(1, 1, S, D, dtype=dtype) for _ in range(2))
+    pos = torch.tensor([3, 1])
+    kc, vc = torch.zeros(B, Hkv, L, D, dtype=dtype), torch.zeros(B, Hkv, L, D, dtype=dtype)
+    q, _, _ = rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, qk_norm=(None, None, eps),
+                         norm_after=True, negated=True)
+    x = qkv.reshape(B, S, -1, D).transpose(1, 2)
+
+    def rope_norm(h):
+        h, c, s = h.float(), cos.float(), sin.float()
+        return _norm((h * c + _neg_rot(h) * s).to(dtype), eps)
+
+    tol = TOL[dtype] * 8
+    torch.testing.assert_close(q.float(), rope_norm(x[:, :Hq]).float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(kc[:, :, pos].float(), rope_norm(x[:, Hq:Hq + Hkv]).float(), atol=tol, rtol=tol)
+    assert torch.equal(vc[:, :, pos], x[:, Hq + Hkv:])
+    with pytest.raises(ShapeError, match="qk_norm"):  # one weightless, one not
+        rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D,
+                   qk_norm=(None, torch.ones(D, dtype=dtype), eps))
+
+
+def test_rope_cache_negated_before_norm_and_interleaved():
+    """The negated rotation alone (no norm), the weightless per-head norm before RoPE, and the interleaved form
+    negated (rotate(x)[2i] = x[2i + 1], rotate(x)[2i + 1] = -x[2i])."""
+    torch.manual_seed(0)
+    B, S, Hq, Hkv, D, L, eps = 1, 2, 4, 2, 16, 6, 1e-6
+    qkv = torch.randn(B, S, (Hq + 2 * Hkv) * D) * 3
+    cos, sin = (torch.randn(1, 1, S, D) for _ in range(2))
+    pos = torch.tensor([0, 5])
+    x = qkv.reshape(B, S, -1, D).transpose(1, 2)
+    pairs = torch.stack((x[..., 1::2], -x[..., ::2]), -1).flatten(-2)
+    for kw, xn, rot in [({}, x, _neg_rot(x)), ({"qk_norm": (None, None, eps)}, _norm(x, eps), _neg_rot(_norm(x, eps))),
+                        ({"interleaved": True}, x, pairs)]:
+        kc, vc = torch.zeros(B, Hkv, L, D), torch.zeros(B, Hkv, L, D)
+        q, _, _ = rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=Hq, kv_heads=Hkv, head_dim=D, negated=True, **kw)
+        want = xn * cos + rot * sin
+        torch.testing.assert_close(q, want[:, :Hq], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(kc[:, :, pos], want[:, Hq:Hq + Hkv], atol=1e-5, rtol=1e-5)
