@@ -84,3 +84,61 @@ def test_rope_cache_negated_before_norm_and_interleaved():
         want = xn * cos + rot * sin
         torch.testing.assert_close(q, want[:, :Hq], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(kc[:, :, pos], want[:, Hq:Hq + Hkv], atol=1e-5, rtol=1e-5)
+
+
+class _NanoChatHeads(torch.nn.Module):
+    """NanoChat's attention up to the cache (transformers' own `apply_rotary_pos_emb` and `NanoChatRMSNorm`) after
+    one [q; k; v] linear: head views, RoPE with its negated rotate_half, then the weightless q/k norms."""
+
+    def __init__(self, hq: int = 4, hkv: int = 2, d: int = 16) -> None:
+        from transformers.models.nanochat.modeling_nanochat import NanoChatRMSNorm
+
+        super().__init__()
+        self.heads, self.d = (hq, hkv, hkv), d
+        self.qkv = torch.nn.Linear(32, (hq + 2 * hkv) * d, bias=False)
+        self.q_norm, self.k_norm = NanoChatRMSNorm(1e-6), NanoChatRMSNorm(1e-6)
+        self.register_buffer("cos_t", torch.randn(8, d))
+        self.register_buffer("sin_t", torch.randn(8, d))
+
+    def forward(self, x, pos):
+        from transformers.models.nanochat.modeling_nanochat import apply_rotary_pos_emb
+
+        q, k, v = self.qkv(x).split([h * self.d for h in self.heads], -1)
+        q, k, v = (t.view(*x.shape[:2], -1, self.d).transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rotary_pos_emb(q, k, self.cos_t[pos][None], self.sin_t[pos][None])
+        return self.q_norm(q), self.k_norm(k), v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_nanochat_heads_form_a_rope_cache_site(dtype):
+    """With cache writes after it, NanoChat's head path is one rope_cache site: negated, its weightless norms after
+    RoPE (fp16: the fp32 norm between casts canonicalised to rms_norm(x)); a cat of the other order, cat(-x1, x2),
+    rotates nothing."""
+    from fxforge.frontend.export import capture_export
+    from fxforge.ir import DType, TensorType, evaluate, verify
+    from fxforge.passes import PassContext
+    from fxforge.passes.canonicalize import Canonicalize
+    from fxforge.passes.fuse import partition
+    from fxforge.passes.rope_sites import rope_sites
+
+    torch.manual_seed(0)
+    m, x, pos = _NanoChatHeads().to(dtype).eval(), torch.randn(1, 3, 32, dtype=dtype), torch.tensor([0, 1, 2])
+    g = capture_export(m, (x, pos), dynamic=False).lowered.graph
+    Canonicalize().run(g, PassContext())
+    for a, b in zip(evaluate(g, [x, pos]), m(x, pos), strict=True):
+        assert torch.equal(a, b)
+    q, k, v = g.outputs
+    caches = [g.add_input(n, TensorType((1, 2, 8, 16), q.type.dtype)) for n in ("kc", "vc")]
+    at = g.add_input("at", TensorType((q.type.shape[2],), DType.i64))
+    g.set_outputs([q, *(g.add_op("cache_write", [c, at, t], {"dim": 2}).result for c, t in zip(caches, (k, v)))])
+    verify(g)
+    (site,) = rope_sites(g)
+    assert site.negated and site.norm_after and site.qk_norm == (None, None, 1e-6) and not site.norm_fp32
+    (group,) = [grp for grp in partition(g).groups if grp.kind == "rope_cache"]
+    assert group.inputs == site.reads
+    cats = [op for op in g.ops if op.opcode == "cat" and op.operands[1].producer.opcode == "neg"]
+    for cat in cats:  # cat(x2, -x1) -> cat(-x1, x2): not a rotation of either sign
+        a, b = cat.operands
+        g.set_operand(cat, 0, b)
+        g.set_operand(cat, 1, a)
+    assert len(cats) == 2 and rope_sites(g) == []
