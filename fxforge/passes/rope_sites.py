@@ -29,6 +29,8 @@ the row's scale over H heads. Either may weigh in fp32 before its one rounding (
 x.dtype): OLMo2 in fp16/bf16; the site's `norm_fp32`). Per-head norms after RoPE instead (HunYuan: rms_norm(rope(x_h),
 w[D]) feeds the attention / the cache write; the site's `norm_after`, dense caches only). q after RoPE (and its norm)
 may be scaled per token, mul(q, t[B or 1, 1, S, 1]) of q's dtype (Ministral3's position-dependent scaling; `q_scale`).
+NanoChat: rotate_half negated, cat(x[..., D/2:], neg(x[..., :D/2])) (the site's `negated`: a rotation by -theta), and
+per-head q/k norms without a weight (after RoPE there; before it too): qk_norm = (None, None, eps).
 
 Decisions:
 - The QKV GEMM may be a dense `linear` or a `qlinear` (quantized weights stacked by `concat_linears`):

@@ -114,13 +114,14 @@ def decode_specs(arch: int) -> list[dict]:
                      gemm_spec(dt, M, 128256, 2048, norm=True, arch=arch)]
             specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in layer]
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, gate="gelu_tanh", arch=arch))  # GeGLU
-    for dt in ("float16", "bfloat16"):  # post-norm blocks (Gemma2/3, OLMo2, EXAONE 4) and OLMo's bare LayerNorm
+    for dt in ("float16", "bfloat16"):  # post-norm blocks (Gemma2/3, OLMo2, EXAONE 4), OLMo's / NanoChat's bare norms
         post = [gemm_spec(dt, 1, 8192, 2048, post_norm=True, norm=True, swiglu=True, gate="gelu_tanh", arch=arch),
                 gemm_spec(dt, 1, 3072, 2048, post_norm=True, arch=arch),  # OLMo2's QKV: z itself
                 gemm_spec(dt, 1, 2048, 2048, post_norm=True, split_k=4, arch=arch),  # z written by each K split
                 gemm_spec(dt, 1, 128256, 2048, post_norm=True, norm=True, arch=arch),  # the final norm + lm_head
                 gemm_spec(dt, 16, 3072, 2048, post_norm=True, layer_norm=True, arch=arch),  # the most rows it takes
-                gemm_spec(dt, 1, 3072, 2048, layer_norm=True, bare_norm=True, arch=arch)]
+                gemm_spec(dt, 1, 3072, 2048, layer_norm=True, bare_norm=True, arch=arch),
+                gemm_spec(dt, 1, 8192, 2048, norm=True, bare_norm=True, activation="relu2", arch=arch)]  # NanoChat's fc1
         specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in post]
     unique: dict[str, dict] = {}
     for s in specs:
