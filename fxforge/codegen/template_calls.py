@@ -200,7 +200,8 @@ def _post_norm_args(g: KernelGroup, n: Names) -> list[str]:
     post = g.params.get("post_norm")
     if post is None:
         return []
-    arg = f"post_norm=({n(post.residual)}, {n(post.norm.operands[1])}, {float(post.norm.attrs['eps'])!r})"
+    res, w = (n(v) if v is not None else "None" for v in (post.residual, post.weight))  # None: z = norm(h[, w])
+    arg = f"post_norm=({res}, {w}, {float(post.norm.attrs['eps'])!r})"
     return [arg] + (["keep_z=True"] if post_norm_z(g) is not None else [])
 
 

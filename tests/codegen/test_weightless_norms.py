@@ -142,3 +142,52 @@ def test_nanochat_heads_form_a_rope_cache_site(dtype):
         g.set_operand(cat, 0, b)
         g.set_operand(cat, 1, a)
     assert len(cats) == 2 and rope_sites(g) == []
+
+
+@pytest.mark.parametrize("dtype,M,split_k,weighted", [(torch.float16, 5, None, False), (torch.float32, 5, 2, True),
+                                                      (torch.float32, 130, None, False)])
+def test_gemm_norm_of_a_norm_prologue(dtype, M, split_k, weighted):
+    """z = rms_norm(h[, pw]) (the post-norm step without its add: `post_norm=(None, w or None, eps)`), stored, then
+    the weightless norm of z in the same load (NanoChat's embedding norm and its first layer's input norm); several
+    column tiles at M=5 (the first writes z), split-K, and M=130 (z by the `post_norm_rows` kernel first)."""
+    torch.manual_seed(0)
+    K, N = 96, 160 if M < 16 else 16
+    h, w = torch.randn(M, K, dtype=dtype) * 3, (torch.randn(N, K) / 10).to(dtype)
+    pw = (1 + torch.randn(K) / 4).to(dtype) if weighted else None
+    z_want = OPS["rms_norm"].ref(h, pw, eps=1e-6)
+    want = F.linear(_norm(z_want).float(), w.float())
+    z_out = torch.full((M, K), float("nan"), dtype=dtype)
+    y, z = linear(h, w, post_norm=(None, pw, 1e-6), norm=(None, 1e-6), keep_z=True, z_out=z_out, split_k=split_k)
+    torch.testing.assert_close(z, z_want, atol=TOL[dtype], rtol=TOL[dtype])
+    assert (y.float() - want).abs().max() <= TOL[dtype] * 4 * want.abs().max()
+
+
+def test_norm_of_a_norm_fuses_into_the_gemm():
+    """e -> n1 = rms_norm(e) -> linear(rms_norm(n1)) + ... -> add(n1, .): the first GEMM's group takes both norms and
+    stores n1 for the residual add (one launch fewer); a norm the GEMM reads directly stays its plain prologue. The
+    generated module gives the graph's reference result."""
+    from fxforge.codegen import generate_module
+    from fxforge.ir import DType, Graph, TensorType, evaluate, sym
+    from fxforge.ir.evaluate import bind_symbols
+    from fxforge.passes.fuse import fuse, partition
+
+    torch.manual_seed(2)
+    g = Graph()
+    e = g.add_input("e", TensorType((1, sym("s0"), 32), DType.f32))
+
+    def const(name, *shape):
+        return g.add_op("const", [], {"weight": g.add_weight(name, torch.randn(*shape) * 0.2)}).result
+
+    n1 = g.add_op("rms_norm", [e], {"eps": 1e-6}).result
+    up = g.add_op("linear", [g.add_op("rms_norm", [n1], {"eps": 1e-6}).result, const("up", 48, 32)], {}).result
+    down = g.add_op("linear", [g.add_op("relu", [up], {}).result, const("down", 32, 48)], {}).result
+    g.set_outputs([g.add_op("add", [n1, down], {}).result])
+    part = partition(g)
+    first = next(grp for grp in part.groups if grp.kind == "gemm" and grp.params["post_norm"] is not None)
+    assert [o.opcode for o in first.ops][:3] == ["rms_norm", "rms_norm", "linear"] and n1 in first.outputs
+    assert first.params["post_norm"].add is None and not any(grp.kind == "row" for grp in part.groups)
+    inputs = [torch.randn(1, 3, 32) * 3]
+    mod = generate_module(fuse(g))
+    assert "post_norm=(None, None, 1e-06)" in mod.source and "keep_z=True" in mod.source
+    got = mod.run(inputs, bind_symbols([v.type for v in g.inputs], inputs, [v.name for v in g.inputs]))
+    torch.testing.assert_close(got[0], evaluate(g, inputs)[0], atol=1e-5, rtol=1e-5)
