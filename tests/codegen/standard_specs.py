@@ -28,6 +28,7 @@ def standard_specs() -> list[dict]:
         attention_spec("float16", 1024, 1024, 128, mask="add", gqa=True, softcap=True),  # Gemma2's logit soft-cap
         post_norm_rows_spec("float16"),  # a post-norm GEMM of more than 16 rows (prefill): z by a row kernel first
         dict(post_norm_rows_spec("bfloat16"), min_arch=90),
+        post_norm_rows_spec("float16", bare=True),  # z = rms_norm(h) alone (NanoChat's norm of a norm, prefill)
     ]
     return specs + sparse_specs() + keep_specs()
 
@@ -121,7 +122,8 @@ def decode_specs(arch: int) -> list[dict]:
                 gemm_spec(dt, 1, 128256, 2048, post_norm=True, norm=True, arch=arch),  # the final norm + lm_head
                 gemm_spec(dt, 16, 3072, 2048, post_norm=True, layer_norm=True, arch=arch),  # the most rows it takes
                 gemm_spec(dt, 1, 3072, 2048, layer_norm=True, bare_norm=True, arch=arch),
-                gemm_spec(dt, 1, 8192, 2048, norm=True, bare_norm=True, activation="relu2", arch=arch)]  # NanoChat's fc1
+                gemm_spec(dt, 1, 8192, 2048, norm=True, bare_norm=True, activation="relu2", arch=arch),  # NanoChat's fc1
+                gemm_spec(dt, 1, 3072, 2048, post_norm=True, bare_post=True, norm=True, bare_norm=True, arch=arch)]
         specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in post]
     unique: dict[str, dict] = {}
     for s in specs:
