@@ -28,7 +28,6 @@ def standard_specs() -> list[dict]:
         attention_spec("float16", 1024, 1024, 128, mask="add", gqa=True, softcap=True),  # Gemma2's logit soft-cap
         post_norm_rows_spec("float16"),  # a post-norm GEMM of more than 16 rows (prefill): z by a row kernel first
         dict(post_norm_rows_spec("bfloat16"), min_arch=90),
-        post_norm_rows_spec("float16", bare=True),  # z = rms_norm(h) alone (NanoChat's norm of a norm, prefill)
     ]
     return specs + sparse_specs() + keep_specs()
 

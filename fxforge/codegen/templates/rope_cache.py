@@ -31,6 +31,8 @@ Decisions:
   projection): each head program sums the squares of the whole row itself (a loop over NQN / NKN heads, L1/L2
   resident, no second launch) and reads its own slice of the weights. `norm_fp32` (OLMo2 in fp16/bf16): weighted in
   fp32 and rounded once, as cast(rms_norm(cast(x, f32), w), x.dtype).
+- `negated=True` (NanoChat's rotate_half, cat(x2, -x1)): the other channel of each pair is negated, a rotation by
+  -theta; `qk_norm=(None, None, eps)`: weightless per-head norms (NORM_W false, one rounding).
 - Packed: a k / v program computes its row as even and odd channels [blocks, block / 2] (RoPE evaluated
   at those indices), so the encoder reduces each block along one axis and pairs bfp4's nibbles without
   reshapes; q heads take the dense path (a runtime branch on the head, one kernel for all heads).
