@@ -106,9 +106,9 @@ def _pre_norm(norm: Op) -> PostNorm | None:
 
 
 # the norms a GEMM's load computes (`gemm.py` HAS_NORM): opcode -> operand count -> the GEMM opcodes whose template
-# has that prologue. The dense GEMM: RMSNorm with or without a weight (NanoChat's has none: HAS_NW), LayerNorm with
-# its weight and bias optional; the 4-bit decode kernel: weighted RMSNorm only
-NORM_PROLOGUES = {"rms_norm": {1: ("linear",), 2: ("linear", "qlinear")},
+# has that prologue. RMSNorm with or without a weight (NanoChat's has none: the dense GEMM's HAS_NW, the 4-bit decode
+# kernel's norm_ptr None); LayerNorm with its weight and bias optional, the dense GEMM only
+NORM_PROLOGUES = {"rms_norm": {1: ("linear", "qlinear"), 2: ("linear", "qlinear")},
                   "layer_norm": {1: ("linear",), 2: ("linear",), 3: ("linear",)}}
 
 

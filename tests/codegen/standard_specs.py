@@ -124,8 +124,19 @@ def decode_specs(arch: int) -> list[dict]:
                 gemm_spec(dt, 1, 8192, 2048, norm=True, bare_norm=True, activation="relu2", arch=arch),  # NanoChat's fc1
                 gemm_spec(dt, 1, 3072, 2048, post_norm=True, bare_post=True, norm=True, bare_norm=True, arch=arch)]
         specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in post]
+    specs.append(_weightless_w4_decode(arch))
     unique: dict[str, dict] = {}
     for s in specs:
         key = repr((sorted(s["signature"].items()), sorted(s["constexprs"].items()), s["num_warps"], s["num_stages"]))
         unique.setdefault(key, s)
     return list(unique.values())
+
+
+def _weightless_w4_decode(arch: int) -> dict:
+    """The 4-bit decode GEMM with a weightless RMSNorm prologue (norm_ptr None: NanoChat's fc1 in w4a16) on `arch`."""
+    from fxforge.codegen.templates.qlinear_decode import decode_operand, w4_decode_spec
+
+    kw, xperm = decode_operand(arch)
+    spec = w4_decode_spec(8192, 2048, 128, 128, kw=kw, xperm=xperm, arch=arch, norm=True)
+    del spec["signature"]["norm_ptr"]
+    return dict(spec, constexprs={**spec["constexprs"], "norm_ptr": None}, label=spec["label"] + " weightless")

@@ -191,3 +191,22 @@ def test_norm_of_a_norm_fuses_into_the_gemm():
     assert "post_norm=(None, None, 1e-06)" in mod.source and "keep_z=True" in mod.source
     got = mod.run(inputs, bind_symbols([v.type for v in g.inputs], inputs, [v.name for v in g.inputs]))
     torch.testing.assert_close(got[0], evaluate(g, inputs)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("M", [1, 70])  # 70 rows: prefill (the norm by one row kernel first)
+def test_qlinear_decode_weightless_norm_prologue(M):
+    """The 4-bit decode GEMM's RMSNorm prologue without a weight (`norm=(None, eps)`: NanoChat's norms before its
+    w4a16 QKV and fc1) against `qlinear_ref` on the op table's weightless rms_norm."""
+    from fxforge.codegen.pool import Workspace
+    from fxforge.codegen.templates.qlinear_decode import qlinear_w4_decode
+    from fxforge.ir.lowp_ops import decode_weight, encode_weight, qlinear_ref
+    from fxforge.ir.weight_layouts import to_decode_layout
+
+    torch.manual_seed(M)
+    N, K, group = 48, 192, 64
+    w = encode_weight(torch.randn(N, K), "w4a16-int4", group=group)
+    x = (torch.randn(M, K) * 3).half()
+    y = qlinear_w4_decode(x, to_decode_layout(w), norm=(None, 1e-6), ws=Workspace())
+    ref = qlinear_ref(_norm(x).float(), decode_weight(w), None, scheme="w4a16-int4", act_format=None, group=group,
+                      lorc_rank=0)
+    assert y.shape == (M, N) and (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
