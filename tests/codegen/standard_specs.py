@@ -18,6 +18,7 @@ def standard_specs() -> list[dict]:
         gemm_spec("float16", 2048, 8192, 2048, norm=True, swiglu=True),  # prefill [gate; up]: halved BLOCK_N
         gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu2"),  # relu2 (squared) covers relu
         gemm_spec("float32", 512, 512, 512, activation="gelu_tanh", residual=True),
+        gemm_spec("float16", 4096, 4096, 4096, norm=True, activation="xielu"),  # xIELU's scalars: run-time arguments
         dict(gemm_spec("bfloat16", 4096, 4096, 4096, bias=True, activation="sigmoid"), min_arch=90),
         bmm_spec("float16", 1024, 1024, 128),
         attention_spec("float16", 4096, 4096, 64, causal=True),
@@ -114,6 +115,7 @@ def decode_specs(arch: int) -> list[dict]:
                      gemm_spec(dt, M, 128256, 2048, norm=True, arch=arch)]
             specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in layer]
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, gate="gelu_tanh", arch=arch))  # GeGLU
+    specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, activation="xielu", arch=arch))  # Apertus' up + xIELU
     for dt in ("float16", "bfloat16"):  # post-norm blocks (Gemma2/3, OLMo2, EXAONE 4) and OLMo's bare LayerNorm
         post = [gemm_spec(dt, 1, 8192, 2048, post_norm=True, norm=True, swiglu=True, gate="gelu_tanh", arch=arch),
                 gemm_spec(dt, 1, 3072, 2048, post_norm=True, arch=arch),  # OLMo2's QKV: z itself
