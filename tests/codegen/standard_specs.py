@@ -18,7 +18,6 @@ def standard_specs() -> list[dict]:
         gemm_spec("float16", 2048, 8192, 2048, norm=True, swiglu=True),  # prefill [gate; up]: halved BLOCK_N
         gemm_spec("float32", 4096, 4096, 4096, bias=True, activation="relu2"),  # relu2 (squared) covers relu
         gemm_spec("float32", 512, 512, 512, activation="gelu_tanh", residual=True),
-        gemm_spec("float16", 4096, 4096, 4096, norm=True, activation="xielu"),  # xIELU's scalars: run-time arguments
         dict(gemm_spec("bfloat16", 4096, 4096, 4096, bias=True, activation="sigmoid"), min_arch=90),
         bmm_spec("float16", 1024, 1024, 128),
         attention_spec("float16", 4096, 4096, 64, causal=True),
@@ -85,6 +84,7 @@ def size_sweep_specs() -> list[dict]:
                 specs += [qlinear_spec(s, M, 4 * h, h, x_dtype=dt, activation="silu")
                           for s in ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp")]
                 specs += [qlinear_spec(s, M, h, 4 * h, x_dtype=dt, fp8_dot=True) for s in ("w8a8-fp8", "w4a8-fp")]
+    specs.append(gemm_spec("float16", 4096, 4096, 4096, norm=True, activation="xielu"))  # prefill xIELU (the decode: below)
     for D in HEAD_DIMS:
         for dt in ("float32", "float16"):
             specs += [attention_spec(dt, 1024, 1024, D, causal=True), attention_spec(dt, 1024, 1024, D, mask="add"),
