@@ -7,6 +7,8 @@
   with constexpr switches HAS_BIAS, ACTIVATION ("none", "relu", "relu2" (squared), "silu", "gelu" (erf form), "gelu_tanh",
   "sigmoid"), HAS_MUL (e.g. SwiGLU's `silu(gate) * up` in the up projection) and HAS_RESIDUAL;
   `scale` is a runtime fp32 multiplier; the output dtype is the out pointer's element type.
+  ACTIVATION "xielu" (PARAM_ACTIVATIONS, learned scalars) reads them from the runtime fp32 act_p0..act_p3
+  (`special_fns.xielu`; `linear(act_args=)`), so the layers of a model share one kernel.
   HAS_KEEP (FFN skipping's decode form, `ir/skip_ops.py`): keep[M] flags (0 = the row is skipped, its A
   row is zero); A rows that are off are not loaded and a tile whose rows are all off skips its K loop
   (an early exit read on the device: no host sync, capturable), then runs the epilogue on its zero
@@ -42,10 +44,10 @@ import triton.language as tl
 from fxforge.codegen.blocks import SPLIT_K_ROWS, gemm_blocks, split_steps, swiglu_blocks
 from fxforge.codegen.pool import Workspace, counters, out_tensor, scratch
 from fxforge.codegen.templates.gemm_prologue import POST_NORM_ROWS, post_norm_rows, prologue_stats, prologue_tile
+from fxforge.codegen.templates.special_fns import xielu
 from fxforge.codegen.templates.split_k import split_range, split_sum
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
-from fxforge.codegen.templates.special_fns import xielu
 from fxforge.ir.optable import ACTIVATION_PARAMS, GATED_ACTIVATIONS
 
 patch_interpreter()  # Triton 3.6's interpreter under numpy >= 2.4: see triton_compat
