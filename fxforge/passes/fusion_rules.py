@@ -330,14 +330,16 @@ def decode_fusions_ok(op: Op) -> bool:
 
 
 def swiglu_ops(op: Op, graph: Graph, interleaved: bool | None = None) -> list[Op] | None:
-    """[gate slice, up slice, act, mul] when the bias-free GEMM's result y [..., 2N] is read only as
+    """[gate slice, up slice, act, mul] when the GEMM's result y [..., 2N] (a bias [2N] only for a dense linear) is read only as
     act(y[..., :N]) * y[..., N:] with act one of `GATED_ACTIVATIONS` (concat_linears' gate/up GEMM; the
     template computes it: `gated_activation`), else None. `interleaved` (a qlinear's
     default: the decode kernel's rows, `decode_layout.interleave_swiglu`): silu(y[..., 0::2]) * y[..., 1::2]."""
     y = op.result
     n2 = y.type.shape[-1] if y.type.rank else None
     interleaved = op.opcode == "qlinear" if interleaved is None else interleaved
-    if len(op.operands) != 2 or not isinstance(n2, int) or n2 % 2 or len(y.uses) != 2 or any(y is o for o in graph.outputs):
+    biased = len(op.operands) == 3 and op.opcode == "linear"  # `gemm.py` adds [b_gate; b_up] before the activation
+    if (len(op.operands) != 2 and not biased) or not isinstance(n2, int) or n2 % 2 or len(y.uses) != 2 \
+            or any(y is o for o in graph.outputs):
         return None
     if interleaved and not decode_fusions_ok(op):
         return None

@@ -114,6 +114,7 @@ def decode_specs(arch: int) -> list[dict]:
                      gemm_spec(dt, M, 128256, 2048, norm=True, arch=arch)]
             specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in layer]
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, gate="gelu_tanh", arch=arch))  # GeGLU
+    specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, bias=True, arch=arch))  # mlp_bias
     for dt in ("float16", "bfloat16"):  # post-norm blocks (Gemma2/3, OLMo2, EXAONE 4) and OLMo's bare LayerNorm
         post = [gemm_spec(dt, 1, 8192, 2048, post_norm=True, norm=True, swiglu=True, gate="gelu_tanh", arch=arch),
                 gemm_spec(dt, 1, 3072, 2048, post_norm=True, arch=arch),  # OLMo2's QKV: z itself

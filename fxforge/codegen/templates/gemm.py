@@ -182,7 +182,10 @@ def gemm_kernel(
             acc_up = tl.dot(a, u, acc_up, input_precision=INPUT_PRECISION)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
-    if SWIGLU:  # the activation and mul steps of the epilogue, done here on the two accumulators
+    if SWIGLU:  # the bias, activation and mul steps of the epilogue, done here on the two accumulators
+        if HAS_BIAS:  # [b_gate; b_up]
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            acc_up += tl.load(bias_ptr + N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         acc = apply_activation(acc, GATE) * acc_up
 
     last = True
@@ -191,7 +194,7 @@ def gemm_kernel(
     if last:
         gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
                       stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
-                      HAS_BIAS, ACTIVATION, HAS_RESIDUAL, HAS_MUL)
+                      HAS_BIAS and not SWIGLU, ACTIVATION, HAS_RESIDUAL, HAS_MUL)
 
 
 # ---------------------------------------------------------------- launchers
@@ -218,12 +221,13 @@ def dot_options(*dtypes: torch.dtype) -> dict:
 
 
 def epilogue_operands(lead: tuple, N: int, *, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-                      mul: torch.Tensor | None = None) -> tuple:
-    """The epilogue's tensors as the kernels read them: bias [N] contiguous; residual and mul broadcast
-    to the output [*lead, N] and viewed as [M, N] (stride 0 where broadcast). Raises ShapeError if not."""
+                      mul: torch.Tensor | None = None, bias_rows: int | None = None) -> tuple:
+    """The epilogue's tensors as the kernels read them: bias [N] (the weight's `bias_rows`: [2N] for SwiGLU's
+    [gate; up]) contiguous; residual and mul broadcast to the output [*lead, N] and viewed as [M, N] (stride 0 where
+    broadcast). Raises ShapeError if not."""
     if bias is not None:
-        if bias.shape != (N,):
-            raise ShapeError(f"bias must have shape ({N},), got {tuple(bias.shape)}; reshape it to [N]")
+        if bias.shape != (bias_rows or N,):
+            raise ShapeError(f"bias must have shape ({bias_rows or N},) (the weight's rows), got {tuple(bias.shape)}")
         bias = bias.contiguous()
     out = [bias]
     for name, t in (("residual", residual), ("mul", mul)):
@@ -238,15 +242,15 @@ def epilogue_operands(lead: tuple, N: int, *, bias: torch.Tensor | None = None, 
 
 def _check_fusions(x: torch.Tensor, w: torch.Tensor, norm: tuple | None, swiglu: bool, plain: bool,
                    gate: str = "silu") -> None:
-    """The prologue/epilogue fusions' operands: norm weight [K]; SWIGLU: an even row count, no bias,
-    activation, mul or scale (the gate/up epilogue replaces those steps), a gated activation `gate`."""
+    """The prologue/epilogue fusions' operands: norm weight [K]; SWIGLU: an even row count, no activation, mul or
+    scale (the gate/up epilogue replaces those steps), a gated activation `gate`."""
     if gate not in GATED_ACTIVATIONS:
         raise ShapeError(f"unknown gated activation gate={gate!r}; use one of {GATED_ACTIVATIONS}")
     if norm is not None and norm[0] is not None and tuple(norm[0].shape) != (x.shape[-1],):
         raise ShapeError(f"norm weight must have shape ({x.shape[-1]},), got {tuple(norm[0].shape)}")
     if swiglu and (w.shape[0] % 2 or not plain):
-        raise ShapeError(f"swiglu needs the [gate; up] weight [2N, K] (got {tuple(w.shape)}) and no bias, "
-                         "activation, mul or scale")
+        raise ShapeError(f"swiglu needs the [gate; up] weight [2N, K] (got {tuple(w.shape)}) and no activation, mul "
+                         "or scale")
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
@@ -277,7 +281,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         if norm is not None:
             raise ShapeError("linear takes one norm prologue: norm= (RMSNorm) or layer_norm=, not both")
         norm, nb = (layer_norm[0], layer_norm[2]), layer_norm[1]
-    _check_fusions(x, w, norm, swiglu, bias is None and activation == "none" and mul is None and scale == 1.0, gate)
+    _check_fusions(x, w, norm, swiglu, activation == "none" and mul is None and scale == 1.0, gate)
     _check_prologue(x, nb, post_norm, keep is not None, keep_z)
     K = x.shape[-1]
     N = w.shape[0] // 2 if swiglu else w.shape[0]
@@ -285,7 +289,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     a = x.reshape(-1, K)  # a view (possibly strided) where the layout allows it
     M = a.shape[0]
     out = out_tensor(out, (*lead, N), out_dtype or x.dtype, x.device, "linear").view(M, N)
-    bias, residual, mul = epilogue_operands(lead, N, bias=bias, residual=residual, mul=mul)
+    bias, residual, mul = epilogue_operands(lead, N, residual=residual, mul=mul, bias=bias, bias_rows=w.shape[0])
     z = out_tensor(z_out, (*lead, K), x.dtype, x.device, "linear z").view(M, K) if keep_z else None
     if M == 0 or N == 0:
         if keep_z and M:
