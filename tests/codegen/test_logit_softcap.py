@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import fxforge
+from fxforge.codegen.pool import Workspace
 from fxforge.codegen.templates.gemm import linear
 from fxforge.codegen.templates.sparse_gemm import nm_linear
 from fxforge.frontend.export import capture_export
@@ -40,6 +41,8 @@ def test_gemm_softcap_epilogue(dtype):
     assert h.abs().max() > 8 * cap and (linear(x, w, activation="tanh").float().abs() <= 1).all()
     plain = linear(x, w, b, post_scale=0.25)  # a post-scale alone: (x @ w.T + b) * 0.25
     assert (plain.float() - 0.25 * h).abs().max() <= tol * h.abs().max()
+    split = linear(x, w, scale=1 / cap, activation="tanh", post_scale=cap, split_k=3, ws=Workspace())  # last split's epilogue
+    assert (split.float() - _softcap(h - b.float(), cap)).abs().max() <= tol * cap
 
 
 def test_nm_linear_softcap_epilogue():
@@ -94,3 +97,20 @@ def test_gemma2_lm_head_takes_the_softcap():
     with torch.no_grad():
         want = model(ids).logits
     assert want.abs().max() > 0.09 and (got - want).abs().max() <= 1e-6
+
+
+def test_qlinear_decode_takes_tanh_not_the_post_scale():
+    """The 4-bit decode GEMM (a quantized head, by `quantize_overrides`) shares the activation table, so tanh(y / cap)
+    is its epilogue (scale step, then tanh); it has no post-scale step, so the rule leaves the mul by cap a kernel."""
+    from fxforge.codegen.templates.qlinear_decode import qlinear_w4_decode
+    from fxforge.ir.lowp_ops import decode_weight, encode_weight, qlinear_ref
+    from fxforge.ir.weight_layouts import to_decode_layout
+    from fxforge.passes.fusion_rules import GEMM_RULES
+
+    torch.manual_seed(1)
+    w = encode_weight(torch.randn(48, 128), "w4a16-int4", group=64)
+    x = torch.randn(2, 128).half()
+    y = qlinear_w4_decode(x, to_decode_layout(w), activation="tanh", scale=0.25, ws=Workspace())
+    h = qlinear_ref(x.float(), decode_weight(w), None, scheme="w4a16-int4", act_format=None, group=64, lorc_rank=0)
+    assert h.abs().max() > 20 and (y.float() - torch.tanh(0.25 * h)).abs().max() <= 2e-3
+    assert not GEMM_RULES["qlinear"].post_scale and GEMM_RULES["linear"].post_scale
