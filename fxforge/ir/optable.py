@@ -88,7 +88,7 @@ def _pointwise_infer(ref):
 # IEEE add/mul/max/min and the comparisons/logic below give the same bits with operands swapped
 COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
                          "bitwise_and", "bitwise_or", "bitwise_xor"})
-ACTIVATIONS = {"relu": "relu", "relu2": "relu2", "silu": "silu", "sigmoid": "sigmoid"}  # the GEMM epilogue's names
+ACTIVATIONS = {"relu": "relu", "relu2": "relu2", "silu": "silu", "sigmoid": "sigmoid", "tanh": "tanh"}  # GEMM epilogue names
 # act(gate) * up of a gated MLP (SwiGLU: Llama, Qwen, Mistral, Phi3; GeGLU with tanh GeLU: Gemma; squared ReLU: BitNet):
 # the activations (`activation` trait names) the [gate; up] GEMM's gated epilogue computes
 GATED_ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu2")

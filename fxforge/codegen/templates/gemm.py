@@ -2,11 +2,12 @@
 (the batched matmul is `templates/bmm.py`).
 - `gemm_kernel`: out[M, N] = epilogue(A[M, K] @ W[N, K]^T), W in nn.Linear layout [out, in].
   The epilogue runs in registers before the single store, in this order:
-      y = scale * acc  ->  y += bias[N]  ->  y = activation(y)  ->  y *= mul[M, N]  ->  y += residual[M, N]
-        ->  cast, store
+      y = scale * acc  ->  y += bias[N]  ->  y = activation(y)  ->  y *= post_scale  ->  y *= mul[M, N]
+        ->  y += residual[M, N]  ->  cast, store
   with constexpr switches HAS_BIAS, ACTIVATION ("none", "relu", "relu2" (squared), "silu", "gelu" (erf form), "gelu_tanh",
-  "sigmoid"), HAS_MUL (e.g. SwiGLU's `silu(gate) * up` in the up projection) and HAS_RESIDUAL;
-  `scale` is a runtime fp32 multiplier; the output dtype is the out pointer's element type.
+  "sigmoid", "tanh"), HAS_POST_SCALE, HAS_MUL (e.g. SwiGLU's `silu(gate) * up` in the up projection) and HAS_RESIDUAL;
+  `scale` and `post_scale` are runtime fp32 multipliers (a logit soft-cap, Gemma2's lm_head: scale 1/cap, tanh,
+  post_scale cap); the output dtype is the out pointer's element type.
   HAS_KEEP (FFN skipping's decode form, `ir/skip_ops.py`): keep[M] flags (0 = the row is skipped, its A
   row is zero); A rows that are off are not loaded and a tile whose rows are all off skips its K loop
   (an early exit read on the device: no host sync, capturable), then runs the epilogue on its zero
@@ -49,7 +50,7 @@ from fxforge.ir.optable import GATED_ACTIVATIONS
 
 patch_interpreter()  # Triton 3.6's interpreter under numpy >= 2.4: see triton_compat
 
-ACTIVATIONS = ("none", "relu", "relu2", "silu", "gelu", "gelu_tanh", "sigmoid")
+ACTIVATIONS = ("none", "relu", "relu2", "silu", "gelu", "gelu_tanh", "sigmoid", "tanh")
 
 _SQRT1_2: tl.constexpr = tl.constexpr(0.7071067811865476)
 _SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(0.7978845608028654)
@@ -72,6 +73,8 @@ def apply_activation(y, ACTIVATION: tl.constexpr):
         y = 0.5 * y * (1.0 + (2.0 * tl.sigmoid(2.0 * u) - 1.0))  # tanh(u) = 2 sigmoid(2u) - 1
     elif ACTIVATION == "sigmoid":
         y = tl.sigmoid(y)
+    elif ACTIVATION == "tanh":  # portable (no libdevice); exactly +-1 once sigmoid saturates
+        y = 2.0 * tl.sigmoid(2.0 * y) - 1.0
     return y
 
 
@@ -101,13 +104,15 @@ def tile_offsets(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl
 def gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
                   stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                  HAS_MUL: tl.constexpr):
-    """The dense GEMM epilogue, in registers before the single store (shared by the N:M sparse
-    templates): y = scale * acc -> += bias -> activation -> *= mul -> += residual -> cast, store."""
+                  HAS_MUL: tl.constexpr, post_scale, HAS_POST_SCALE: tl.constexpr):
+    """The dense GEMM epilogue, in registers before the single store (shared by the N:M sparse templates):
+    y = scale * acc -> += bias -> activation -> *= post_scale -> *= mul -> += residual -> cast, store."""
     y = acc * scale
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y = apply_activation(y, ACTIVATION)
+    if HAS_POST_SCALE:
+        y = y * post_scale
     mask = mask_m[:, None] & mask_n[None, :]
     if HAS_MUL:
         m_ptrs = mul_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
@@ -146,6 +151,7 @@ def gemm_kernel(
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, HAS_NW: tl.constexpr = True,
     res2_ptr=None, stride_pm=0, stride_pk=0, post_w_ptr=None, post_eps=0.0, z_ptr=None, stride_zm=0,
     POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
+    post_scale=1.0, HAS_POST_SCALE: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile (and per
     K split: grid axis 1, `split_k.py`)."""
@@ -194,7 +200,7 @@ def gemm_kernel(
     if last:
         gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
                       stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
-                      HAS_BIAS and not SWIGLU, ACTIVATION, HAS_RESIDUAL, HAS_MUL)
+                      HAS_BIAS and not SWIGLU, ACTIVATION, HAS_RESIDUAL, HAS_MUL, post_scale, HAS_POST_SCALE)
 
 
 # ---------------------------------------------------------------- launchers
@@ -260,9 +266,9 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
            layer_norm: tuple[torch.Tensor | None, torch.Tensor | None, float] | None = None,
            post_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, keep_z: bool = False,
            out: torch.Tensor | None = None, z_out: torch.Tensor | None = None, ws: Workspace | None = None,
-           split_k: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """activation(scale * x @ w.T + bias) * mul + residual for x [..., K], w [N, K]; like F.linear plus an
-    epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
+           split_k: int | None = None, post_scale: float = 1.0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """activation(scale * x @ w.T + bias) * post_scale * mul + residual for x [..., K], w [N, K]; like F.linear
+    plus an epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
     unless their layout cannot be viewed as [M, N]). `keep` [..., 1]: FFN-skip flags of x's rows (x's
     rows with keep 0 must be zero, as `row_keep` makes them): tiles whose rows are all off skip the K loop.
     `norm=(weight, eps)`: x is rms_norm'ed in the load (`layer_norm=(weight, bias or None, eps)`:
@@ -332,6 +338,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         post_w_ptr=post_norm[1].contiguous() if post_norm is not None else None,
         post_eps=float(post_norm[2]) if post_norm is not None else 0.0,
         z_ptr=z if write_z else None, stride_zm=z.stride(0) if write_z else 0, WRITE_Z=write_z,
+        post_scale=float(post_scale), HAS_POST_SCALE=post_scale != 1.0,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     y = out.reshape(*lead, N)
