@@ -112,8 +112,9 @@ def _epilogue(p: dict[str, Any], n: Names, keys: tuple[str, ...]) -> list[str]:
     for key in ("mul", "residual"):
         if key in keys and p.get(key) is not None:
             out.append(f"{key}={n(p[key])}")
-    if "scale" in keys and p["scale"] != 1.0:
-        out.append(f"scale={p['scale']!r}")
+    for key in ("scale", "post_scale"):
+        if key in keys and p.get(key, 1.0) != 1.0:
+            out.append(f"{key}={p[key]!r}")
     if "out_dtype" in keys and p["out_dtype"] is not None:
         out.append(f"out_dtype={p['out_dtype'].torch}")
     return out
@@ -169,7 +170,8 @@ def _attention(g: KernelGroup, n: Names) -> str:
 
 def _has_epilogue(p: dict[str, Any]) -> bool:
     return (p["bias"] is not None or p["residual"] is not None or p.get("mul") is not None
-            or p["activation"] != "none" or p["out_dtype"] is not None or p.get("norm") is not None)
+            or p["activation"] != "none" or p["out_dtype"] is not None or p.get("norm") is not None
+            or p.get("post_scale", 1.0) != 1.0)
 
 
 def _norm_arg(norm: Op | None, n: Names) -> list[str]:
@@ -230,7 +232,7 @@ def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear
     args = [x, weight] + ([n(bias)] if bias is not None else [])
     args += _post_norm_args(g, n) + _norm_arg(norm, n)
     args += _gated(p)
-    args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype")) + _act_args(g)
+    args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "post_scale", "out_dtype")) + _act_args(g)
     if p.get("keep") is not None:  # FFN skipping's decode form (only the dense rule sets it)
         args.append(f"keep={n(p['keep'])}")
     return f"{template}({', '.join(args)})"

@@ -89,7 +89,7 @@ def _pointwise_infer(ref):
 # IEEE add/mul/max/min and the comparisons/logic below give the same bits with operands swapped
 COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
                          "bitwise_and", "bitwise_or", "bitwise_xor"})
-ACTIVATIONS = {"relu": "relu", "relu2": "relu2", "silu": "silu", "sigmoid": "sigmoid"}  # the GEMM epilogue's names
+ACTIVATIONS = {"relu": "relu", "relu2": "relu2", "silu": "silu", "sigmoid": "sigmoid", "tanh": "tanh"}  # GEMM epilogue names
 # activations with learned scalars: their attributes, in the order the dense GEMM epilogue takes them at run time
 # (`linear(act_args=)`; one kernel for every layer); only the dense linear template computes them
 ACTIVATION_PARAMS = {"xielu": ("alpha_p", "alpha_n", "beta", "eps")}
