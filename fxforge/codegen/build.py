@@ -279,6 +279,7 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
     sig.update({"post_w_ptr": f"*{t}", "z_ptr": f"*{t}"} if post_norm else {})
     const.update({} if post_norm else {"post_w_ptr": None, "z_ptr": None})
     sig["eps"] = "fp32"
+    sig.update(dict.fromkeys(("act_p0", "act_p1", "act_p2", "act_p3"), "fp32"))  # a PARAM_ACTIVATIONS one's scalars
     const["SPLIT_K"] = split
     if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
         sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")

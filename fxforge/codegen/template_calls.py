@@ -23,6 +23,7 @@ from typing import Any
 
 from fxforge.codegen.module_text import lit
 from fxforge.ir.graph import Op, Value
+from fxforge.ir.optable import ACTIVATION_PARAMS
 from fxforge.ir.partition import KernelGroup
 
 Names = Callable[[Value], str]
@@ -212,6 +213,16 @@ def _gated(p: dict[str, Any]) -> list[str]:
     return ["swiglu=True"] + ([f"gate={p['gate']!r}"] if p.get("gate", "silu") != "silu" else [])
 
 
+def _act_args(g: KernelGroup) -> list[str]:
+    """`act_args=(...)`: the scalars of the group's activation with learned ones (ACTIVATION_PARAMS: xielu), read
+    from its op's attributes (run-time arguments of one kernel for every layer)."""
+    act = g.params["activation"]
+    if act not in ACTIVATION_PARAMS:
+        return []
+    op = next(o for o in g.ops if o.opdef.activation_of(o.attrs) == act)
+    return [f"act_args=({', '.join(repr(float(op.attrs[k])) for k in ACTIVATION_PARAMS[act])})"]
+
+
 def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear") -> str:
     """`_linear(x, weight, [bias], <epilogue>)`; `weight` is the [N, K] operand's expression."""
     op, p = g.anchor, g.params
@@ -221,7 +232,7 @@ def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear
     args = [x, weight] + ([n(bias)] if bias is not None else [])
     args += _post_norm_args(g, n) + _norm_arg(norm, n)
     args += _gated(p)
-    args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "post_scale", "out_dtype"))
+    args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "post_scale", "out_dtype")) + _act_args(g)
     if p.get("keep") is not None:  # FFN skipping's decode form (only the dense rule sets it)
         args.append(f"keep={n(p['keep'])}")
     return f"{template}({', '.join(args)})"

@@ -52,9 +52,9 @@ from fxforge.ir.types import dims_equal
 from fxforge.passes.fusion_rules import (
     FUSION_RULES,
     GemmRule,
-    activation_of,
     can_merge_horizontal,
     cat_ok,
+    epilogue_activation,
     gated_activation,
     gemm_rule,
     host_reason,
@@ -103,7 +103,7 @@ def _bias(f, op, rule, user, y):
 
 
 def _activation(f, op, rule, user, y):
-    return activation_of(user) if _same(user, y) else None
+    return epilogue_activation(rule, user) if _same(user, y) else None
 
 
 def _mul(f, op, rule, user, y):

@@ -16,7 +16,7 @@ from typing import Any
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.lowp_ops import SCHEMES
-from fxforge.ir.optable import GATED_ACTIVATIONS
+from fxforge.ir.optable import ACTIVATION_PARAMS, GATED_ACTIVATIONS
 from fxforge.ir.partition import KernelGroup
 from fxforge.ir.types import NM, BlockFP, Quantized, dims_equal
 
@@ -25,7 +25,8 @@ FUSION_RULES = {
             "-> post-scale (rank-0 full; dense and N:M linear, matmul: a logit soft-cap cap * tanh(y / cap)) "
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
             "(#quantized const weight) the same without the mul, and without the scale unless its weight is in a decode "
-            "layout (Granite's residual multiplier); dense linear also: a "
+            "layout (Granite's residual multiplier); dense linear/matmul also: xielu (learned scalars, "
+            "ACTIVATION_PARAMS) as the activation; dense linear also: a "
             "single-use rms_norm(x, w[K]) or layer_norm(x, w[K]?, b[K]?) producer as a prologue (NORM_PROLOGUES), "
             "its input (or the GEMM's) may be a post-norm residual add(res, rms_norm(h, w[K])) (norm_prologues.py), "
             "and act(y[..., :N]) * y[..., N:] of its [gate; up] result (SwiGLU; GeGLU: act a GATED_ACTIVATIONS "
@@ -190,11 +191,12 @@ class GemmRule:
     norm: bool = False  # an rms_norm prologue (`norm_prologue`)
     swiglu: bool = False  # the SwiGLU epilogue of a [gate; up] GEMM (`swiglu_ops`)
     post_scale: bool = False  # the multiplier by a rank-0 constant after the activation (`gemm.gemm_epilogue`)
+    act_params: bool = False  # activations with learned scalars (ACTIVATION_PARAMS: xielu), `linear(act_args=)`
 
 
 GEMM_RULES = {
-    "linear": GemmRule(kernel_types_ok, _always, (3,), keep=True, norm=True, swiglu=True, post_scale=True),
-    "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, (), post_scale=True),
+    "linear": GemmRule(kernel_types_ok, _always, (3,), keep=True, norm=True, swiglu=True, post_scale=True, act_params=True),
+    "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, (), post_scale=True, act_params=True),
     # x, w, [bias], [u, v]; norm and SwiGLU only for a weight in a decode layout (`decode_fusions_ok`)
     "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=lambda op: decode_fusions_ok(op), mul=False, keep=True, norm=True,
                         swiglu=True),
@@ -319,6 +321,13 @@ def host_reason(op: Op) -> str:
     if op.opdef.kernel == "row":
         return f"{op.opcode}: not over the last dim, not float, or rows over {MAX_ROW}: host torch"
     return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"
+
+
+def epilogue_activation(rule: GemmRule, op: Op) -> str | None:
+    """The activation `op` computes, when the template of `rule` applies it (one with learned scalars,
+    ACTIVATION_PARAMS, only where `act_params`: the others run it in a pointwise kernel), else None."""
+    act = activation_of(op)
+    return act if act not in ACTIVATION_PARAMS or rule.act_params else None
 
 
 def gated_activation(chain: list[Op]) -> str:

@@ -84,6 +84,7 @@ def size_sweep_specs() -> list[dict]:
                 specs += [qlinear_spec(s, M, 4 * h, h, x_dtype=dt, activation="silu")
                           for s in ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp")]
                 specs += [qlinear_spec(s, M, h, 4 * h, x_dtype=dt, fp8_dot=True) for s in ("w8a8-fp8", "w4a8-fp")]
+    specs.append(gemm_spec("float16", 4096, 4096, 4096, norm=True, activation="xielu"))  # prefill xIELU (the decode: below)
     for D in HEAD_DIMS:
         for dt in ("float32", "float16"):
             specs += [attention_spec(dt, 1024, 1024, D, causal=True), attention_spec(dt, 1024, 1024, D, mask="add"),
@@ -115,6 +116,7 @@ def decode_specs(arch: int) -> list[dict]:
             specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in layer]
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, gate="gelu_tanh", arch=arch))  # GeGLU
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, bias=True, arch=arch))  # mlp_bias
+    specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, activation="xielu", arch=arch))  # Apertus' up + xIELU
     for dt in ("float16", "bfloat16"):  # post-norm blocks (Gemma2/3, OLMo2, EXAONE 4) and OLMo's bare LayerNorm
         cap = dict(activation="tanh", post_scale=True) if dt == "float16" else {}  # Gemma2's logit soft-cap (fp16)
         post = [gemm_spec(dt, 1, 8192, 2048, post_norm=True, norm=True, swiglu=True, gate="gelu_tanh", arch=arch),

@@ -8,6 +8,8 @@
   "sigmoid", "tanh"), HAS_POST_SCALE, HAS_MUL (e.g. SwiGLU's `silu(gate) * up` in the up projection) and HAS_RESIDUAL;
   `scale` and `post_scale` are runtime fp32 multipliers (a logit soft-cap, Gemma2's lm_head: scale 1/cap, tanh,
   post_scale cap); the output dtype is the out pointer's element type.
+  ACTIVATION "xielu" (PARAM_ACTIVATIONS, learned scalars) reads them from the runtime fp32 act_p0..act_p3
+  (`special_fns.xielu`; `linear(act_args=)`), so the layers of a model share one kernel.
   HAS_KEEP (FFN skipping's decode form, `ir/skip_ops.py`): keep[M] flags (0 = the row is skipped, its A
   row is zero); A rows that are off are not loaded and a tile whose rows are all off skips its K loop
   (an early exit read on the device: no host sync, capturable), then runs the epilogue on its zero
@@ -43,14 +45,17 @@ import triton.language as tl
 from fxforge.codegen.blocks import SPLIT_K_ROWS, gemm_blocks, split_steps, swiglu_blocks
 from fxforge.codegen.pool import Workspace, counters, out_tensor, scratch
 from fxforge.codegen.templates.gemm_prologue import POST_NORM_ROWS, post_norm_rows, prologue_stats, prologue_tile
+from fxforge.codegen.templates.special_fns import xielu
 from fxforge.codegen.templates.split_k import split_range, split_sum
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
-from fxforge.ir.optable import GATED_ACTIVATIONS
+from fxforge.ir.optable import ACTIVATION_PARAMS, GATED_ACTIVATIONS
 
 patch_interpreter()  # Triton 3.6's interpreter under numpy >= 2.4: see triton_compat
 
 ACTIVATIONS = ("none", "relu", "relu2", "silu", "gelu", "gelu_tanh", "sigmoid", "tanh")
+# activations with learned scalars (`ir.optable.ACTIVATION_PARAMS`): `linear(act_args=)`, the dense GEMM's only
+PARAM_ACTIVATIONS = tuple(ACTIVATION_PARAMS)
 
 _SQRT1_2: tl.constexpr = tl.constexpr(0.7071067811865476)
 _SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(0.7978845608028654)
@@ -104,13 +109,18 @@ def tile_offsets(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl
 def gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
                   stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                  HAS_MUL: tl.constexpr, post_scale, HAS_POST_SCALE: tl.constexpr):
+                  HAS_MUL: tl.constexpr, post_scale, HAS_POST_SCALE: tl.constexpr,
+                  act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0):
     """The dense GEMM epilogue, in registers before the single store (shared by the N:M sparse templates):
-    y = scale * acc -> += bias -> activation -> *= post_scale -> *= mul -> += residual -> cast, store."""
+    y = scale * acc -> += bias -> activation -> *= post_scale -> *= mul -> += residual -> cast, store.
+    act_p*: a PARAM_ACTIVATIONS activation's scalars (xielu: alpha_p, alpha_n, beta, eps)."""
     y = acc * scale
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y = apply_activation(y, ACTIVATION)
+    if ACTIVATION == "xielu":
+        y = xielu(y, act_p0, act_p1, act_p2, act_p3)
+    else:
+        y = apply_activation(y, ACTIVATION)
     if HAS_POST_SCALE:
         y = y * post_scale
     mask = mask_m[:, None] & mask_n[None, :]
@@ -152,6 +162,7 @@ def gemm_kernel(
     res2_ptr=None, stride_pm=0, stride_pk=0, post_w_ptr=None, post_eps=0.0, z_ptr=None, stride_zm=0,
     POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
     post_scale=1.0, HAS_POST_SCALE: tl.constexpr = False,
+    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0,
 ):
     """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile (and per
     K split: grid axis 1, `split_k.py`)."""
@@ -200,7 +211,8 @@ def gemm_kernel(
     if last:
         gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
                       stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
-                      HAS_BIAS and not SWIGLU, ACTIVATION, HAS_RESIDUAL, HAS_MUL, post_scale, HAS_POST_SCALE)
+                      HAS_BIAS and not SWIGLU, ACTIVATION, HAS_RESIDUAL, HAS_MUL, post_scale, HAS_POST_SCALE,
+                      act_p0, act_p1, act_p2, act_p3)
 
 
 # ---------------------------------------------------------------- launchers
@@ -266,7 +278,8 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
            layer_norm: tuple[torch.Tensor | None, torch.Tensor | None, float] | None = None,
            post_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, keep_z: bool = False,
            out: torch.Tensor | None = None, z_out: torch.Tensor | None = None, ws: Workspace | None = None,
-           split_k: int | None = None, post_scale: float = 1.0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+           split_k: int | None = None, post_scale: float = 1.0,
+           act_args: tuple[float, ...] = ()) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """activation(scale * x @ w.T + bias) * post_scale * mul + residual for x [..., K], w [N, K]; like F.linear
     plus an epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
     unless their layout cannot be viewed as [M, N]). `keep` [..., 1]: FFN-skip flags of x's rows (x's
@@ -277,9 +290,13 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     `z_out`, else allocated) and the result is (y, z); `swiglu`: w is [gate; up] [2N, K] and the result
     act(x @ gate.T) * (x @ up.T) [..., N], act = `gate` (silu, gelu_tanh, gelu). `out`: the result's storage (contiguous [..., N], a planned
     buffer of the generated `run()`), else allocated; `ws`: the workspace scratch comes from (split-K's
-    partials and counters); `split_k`: K splits instead of the decode table's (tests force them)."""
-    if activation not in ACTIVATIONS:
-        raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
+    partials and counters); `split_k`: K splits instead of the decode table's (tests force them); `act_args`: the
+    scalars of a PARAM_ACTIVATIONS activation (xielu: alpha_p, alpha_n, beta, eps), none for the others."""
+    if activation not in ACTIVATIONS + PARAM_ACTIVATIONS:
+        raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS + PARAM_ACTIVATIONS}")
+    if len(act_args) != len(ACTIVATION_PARAMS.get(activation, ())):
+        raise ShapeError(f"activation {activation!r} takes act_args {ACTIVATION_PARAMS.get(activation, ())}, "
+                         f"got {len(act_args)} value(s)")
     if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1]:
         raise ShapeError(f"linear needs x [..., K] and w [N, K]; got x {tuple(x.shape)} and w {tuple(w.shape)}")
     nb = None
@@ -339,6 +356,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         post_eps=float(post_norm[2]) if post_norm is not None else 0.0,
         z_ptr=z if write_z else None, stride_zm=z.stride(0) if write_z else 0, WRITE_Z=write_z,
         post_scale=float(post_scale), HAS_POST_SCALE=post_scale != 1.0,
+        **{f"act_p{i}": float(v) for i, v in enumerate(act_args)},
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     y = out.reshape(*lead, N)
