@@ -118,15 +118,18 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def gqa_decoder(arch: str, layers: int = 2, seed: int = 0) -> torch.nn.Module:
+def gqa_decoder(arch: str, layers: int = 2, seed: int = 0, **overrides: Any) -> torch.nn.Module:
     """A `GQA_DECODERS` model: hidden 64, intermediate 128, 4 heads, 2 KV heads, vocab 256, seeded random weights;
-    norm weights (zero- or one-initialised by HF) get noise too, so a norm weight's handling is exercised."""
+    norm weights (zero- or one-initialised by HF) get noise too, so a norm weight's handling is exercised.
+    `overrides`: config fields on top (a new hidden size or head count resets an explicit head_dim to their ratio)."""
     cfg_cls, model_cls, extra = GQA_DECODERS[arch]
     torch.manual_seed(seed)
-    model = _hf(cfg_cls, model_cls, **{**dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                              num_key_value_heads=2, vocab_size=256, max_position_embeddings=512,
-                                              bos_token_id=1, eos_token_id=2, pad_token_id=0),
-                                       "num_hidden_layers": layers, **extra})
+    config = {**dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                     vocab_size=256, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+              "num_hidden_layers": layers, **extra, **overrides}
+    if "head_dim" in extra and "head_dim" not in overrides and {"hidden_size", "num_attention_heads"} & set(overrides):
+        config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
+    model = _hf(cfg_cls, model_cls, **config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name.rsplit(".", 2)[-2] and p.dim() == 1:

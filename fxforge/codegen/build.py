@@ -249,14 +249,15 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
               residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None,
               keep: bool = False, norm: bool = False, swiglu: bool = False, split_k: int | None = None,
               gate: str = "silu", layer_norm: bool = False, bare_norm: bool = False, post_norm: bool = False,
-              bare_post: bool = False) -> dict:
+              post_scale: bool = False, bare_post: bool = False) -> dict:
     """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`
     (`arch`: the decode table's configs for that GPU, as the launcher picks them there, split-K included);
     `norm`: the RMSNorm prologue, `swiglu`: the [gate; up] epilogue (N is the output width, the weight
     has 2N rows; `gate`: its activation, GeGLU's "gelu_tanh"); `split_k`: K splits instead of the table's;
     `layer_norm`: the LayerNorm prologue (weight and bias; `bare_norm`: neither, OLMo) instead of the RMSNorm one;
     `post_norm`: the post-norm residual step before it (z = res + rms_norm(h, w), z stored; `bare_post`: z = rms_norm(h),
-    no residual, no weight: NanoChat's norm of a norm)."""
+    no residual, no weight: NanoChat's norm of a norm); `post_scale`: the multiplier after the activation (a logit
+    soft-cap: activation "tanh")."""
     from fxforge.codegen.blocks import gemm_blocks, swiglu_blocks
 
     cfg = gemm_blocks(M, N, K, dtype, arch)
@@ -265,14 +266,16 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
     t, to = _TT[dtype], _TT[out_dtype or dtype]
     sig = {"a_ptr": f"*{t}", "w_ptr": f"*{t}", "out_ptr": f"*{to}", "bias_ptr": f"*{t}", "res_ptr": f"*{to}",
            "mul_ptr": f"*{to}", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
-           "stride_om": "i32", "stride_rm": "i32", "stride_mm": "i32", "scale": "fp32", "keep_ptr": f"*{t}"}
+           "stride_om": "i32", "stride_rm": "i32", "stride_mm": "i32", "scale": "fp32", "keep_ptr": f"*{t}",
+           "post_scale": "fp32"}
     const = {"stride_ak": 1, "stride_wk": 1, "stride_on": 1, "stride_rn": 1, "stride_mn": 1, "HAS_MUL": mul,
              "stride_km": 1, "HAS_KEEP": keep,
              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": 8,
              "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual, "UPCAST": False,
              "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "HAS_NORM": norm or layer_norm,
              "SWIGLU": swiglu, "GATE": gate, "LAYER_NORM": layer_norm, "HAS_NB": layer_norm and not bare_norm,
-             "HAS_NW": not bare_norm, "stride_pk": 1, "POST_NORM": post_norm, "WRITE_Z": post_norm}
+             "HAS_NW": not bare_norm, "stride_pk": 1, "POST_NORM": post_norm, "WRITE_Z": post_norm,
+             "HAS_POST_SCALE": post_scale}
     sig.update(res2_ptr=f"*{t}", stride_pm="i32", post_eps="fp32", stride_zm="i32")  # res2: A itself when off
     sig.update({"post_w_ptr": f"*{t}", "z_ptr": f"*{t}"} if post_norm else {})
     const.update({} if post_norm else {"post_w_ptr": None, "z_ptr": None})
@@ -280,6 +283,7 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
         del sig["res2_ptr"], sig["post_w_ptr"]
         const.update(res2_ptr=None, post_w_ptr=None)
     sig["eps"] = "fp32"
+    sig.update(dict.fromkeys(("act_p0", "act_p1", "act_p2", "act_p3"), "fp32"))  # a PARAM_ACTIVATIONS one's scalars
     const["SPLIT_K"] = split
     if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
         sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")
@@ -294,7 +298,8 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
     else:
         const["nb_ptr"] = None
     epi = "+".join([s for s, on in (("post_norm", post_norm), ("bare_post", bare_post), ("norm", norm), ("layer_norm", layer_norm),
-                                    ("bare", bare_norm), ("bias", bias), (activation, activation != "none"), ("mul", mul),
+                                    ("bare", bare_norm), ("bias", bias), (activation, activation != "none"), ("post_scale", post_scale),
+                                    ("mul", mul),
                                     ("swiglu" if gate == "silu" else f"gated-{gate}", swiglu), ("res", residual), ("keep", keep),
                                     (f"splitk{split}", split > 1)) if on]) or "plain"
     return {"module": _GEMM_MODULE, "kernel": "gemm_kernel", "signature": sig, "constexprs": const,

@@ -25,6 +25,7 @@ import torch
 from fxforge.codegen.expr import TL_DTYPES, held, literal
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Op, Value
+from fxforge.ir.optable import ACTIVATION_PARAMS
 
 Renderer = Callable[["Args"], str]
 KERNEL_RENDERERS: dict[str, Renderer] = {}
@@ -123,7 +124,7 @@ for _code, _template in {
     "rsqrt": "tl.rsqrt({a})", "sin": "tl.sin({a})", "cos": "tl.cos({a})", "tanh": "_tanh({a})",
     "erf": "tl.math.erf({a})", "sigmoid": "tl.sigmoid({a})", "silu": "{a} * tl.sigmoid({a})",
     "reciprocal": "1.0 / {a}", "relu": "tl.where({a} < 0, 0, {a})",
-    "relu2": "tl.where({a} < 0, 0, {a} * {a})",
+    "relu2": "tl.where({a} < 0, 0, {a} * {a})", "expm1": "_expm1({a})",
 }.items():
     renders(_code)(_unary(_template))
 
@@ -164,6 +165,18 @@ def _gelu(a: Args) -> str:
     if a.attrs["approximate"] == "tanh":
         return f"0.5 * {x} * (1.0 + _tanh(0.7978845608028654 * ({x} + 0.044715 * {x} * {x} * {x})))"
     return f"0.5 * {x} * (1.0 + tl.math.erf({x} * 0.7071067811865476))"
+
+
+@renders("softplus")
+def _softplus(a: Args) -> str:
+    return f"_softplus({a(0)}, {literal(a.attrs['beta'], a.c)}, {literal(a.attrs['threshold'], a.c)})"
+
+
+@renders("xielu")
+def _xielu(a: Args) -> str:
+    """`templates/special_fns.xielu` with the op's scalars as fp32 literals (the GEMM epilogue's math)."""
+    scalars = ", ".join(literal(a.attrs[k], a.c) for k in ACTIVATION_PARAMS["xielu"])
+    return f"_xielu({a(0)}, {scalars})"
 
 
 @renders("clamp")

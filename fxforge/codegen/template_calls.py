@@ -23,6 +23,7 @@ from typing import Any
 
 from fxforge.codegen.module_text import lit
 from fxforge.ir.graph import Op, Value
+from fxforge.ir.optable import ACTIVATION_PARAMS
 from fxforge.ir.partition import KernelGroup
 
 Names = Callable[[Value], str]
@@ -111,8 +112,9 @@ def _epilogue(p: dict[str, Any], n: Names, keys: tuple[str, ...]) -> list[str]:
     for key in ("mul", "residual"):
         if key in keys and p.get(key) is not None:
             out.append(f"{key}={n(p[key])}")
-    if "scale" in keys and p["scale"] != 1.0:
-        out.append(f"scale={p['scale']!r}")
+    for key in ("scale", "post_scale"):
+        if key in keys and p.get(key, 1.0) != 1.0:
+            out.append(f"{key}={p[key]!r}")
     if "out_dtype" in keys and p["out_dtype"] is not None:
         out.append(f"out_dtype={p['out_dtype'].torch}")
     return out
@@ -171,7 +173,8 @@ def _attention(g: KernelGroup, n: Names) -> str:
 
 def _has_epilogue(p: dict[str, Any]) -> bool:
     return (p["bias"] is not None or p["residual"] is not None or p.get("mul") is not None
-            or p["activation"] != "none" or p["out_dtype"] is not None or p.get("norm") is not None)
+            or p["activation"] != "none" or p["out_dtype"] is not None or p.get("norm") is not None
+            or p.get("post_scale", 1.0) != 1.0)
 
 
 def _norm_arg(norm: Op | None, n: Names) -> list[str]:
@@ -212,6 +215,16 @@ def _gated(p: dict[str, Any]) -> list[str]:
     return ["swiglu=True"] + ([f"gate={p['gate']!r}"] if p.get("gate", "silu") != "silu" else [])
 
 
+def _act_args(g: KernelGroup) -> list[str]:
+    """`act_args=(...)`: the scalars of the group's activation with learned ones (ACTIVATION_PARAMS: xielu), read
+    from its op's attributes (run-time arguments of one kernel for every layer)."""
+    act = g.params["activation"]
+    if act not in ACTIVATION_PARAMS:
+        return []
+    op = next(o for o in g.ops if o.opdef.activation_of(o.attrs) == act)
+    return [f"act_args=({', '.join(repr(float(op.attrs[k])) for k in ACTIVATION_PARAMS[act])})"]
+
+
 def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear") -> str:
     """`_linear(x, weight, [bias], <epilogue>)`; `weight` is the [N, K] operand's expression."""
     op, p = g.anchor, g.params
@@ -221,7 +234,7 @@ def _linear_call(g: KernelGroup, n: Names, weight: str, template: str = "_linear
     args = [x, weight] + ([n(bias)] if bias is not None else [])
     args += _post_norm_args(g, n) + _norm_arg(norm, n)
     args += _gated(p)
-    args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "out_dtype"))
+    args += _epilogue(p, n, ("activation", "mul", "residual", "scale", "post_scale", "out_dtype")) + _act_args(g)
     if p.get("keep") is not None:  # FFN skipping's decode form (only the dense rule sets it)
         args.append(f"keep={n(p['keep'])}")
     return f"{template}({', '.join(args)})"

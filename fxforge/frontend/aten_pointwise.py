@@ -38,6 +38,11 @@ for _opcode in BINARY:
 
 for _opcode in UNARY:
     lowers(*overloads(_opcode, "default"))(lambda b, x, _op=_opcode: b.op(_op, x))
+# torch.min(a, b) / max(a, b) of two tensors are minimum / maximum (xIELU's min(x, eps)); no extern
+lowers(aten.minimum.default, aten.min.other)(_binary("minimum"))
+lowers(aten.maximum.default, aten.max.other)(_binary("maximum"))
+lowers(aten.softplus.default)(lambda b, x, beta=1, threshold=20: b.op("softplus", x, beta=float(beta),
+                                                                       threshold=float(threshold)))
 
 
 @lowers(aten.square.default)

@@ -16,6 +16,8 @@ Decisions (the capture route):
   in eager, so the tokens are eager's; no model code is rewritten.
 - The writes are `aten.index_copy_` on graph inputs: lowered to `cache_write` (in place, no copy of
   the cache), and only the cache inputs may be written (anything else is refused as `compile_aot` does).
+- RoPE whose frequencies depend on the positions seen (dynamic NTK, LongRoPE) is captured with its original table,
+  exact up to its limit, which max_length must not pass (`rope_updates.static_rope`).
 - Batch and max length are static per capture (one graph per (batch bucket, max length)); the
   runtime (`runtime/generate.py`) owns the preallocated caches.
 """
@@ -31,6 +33,7 @@ from torch.export import Dim
 
 from fxforge.errors import CaptureError, ConfigError, NotCompilableError
 from fxforge.frontend.export import Capture, _written_placeholders, lower_exported
+from fxforge.frontend.rope_updates import static_rope
 from fxforge.ir.calling import DECODE_STEP_ARGS
 
 STEP_ARGS = list(DECODE_STEP_ARGS)  # the step's signature: how a CompiledModule knows it can generate
@@ -103,19 +106,20 @@ def capture_decoder(model: torch.nn.Module, batch: int, max_length: int) -> tupl
     pos = torch.arange(2, device=device)
     kv = layout.allocate(device)
     start = time.perf_counter()
-    try:
-        with torch.no_grad():
-            ep = torch.export.export(step, (ids, pos, kv), dynamic_shapes=({1: Dim.AUTO}, {0: Dim.AUTO}, (None,) * len(kv)),
-                                     strict=False)
-    except Exception as e:  # torch raises many kinds; all mean "not capturable"
-        raise CaptureError(f"torch.export could not capture the decode step of {type(model).__name__}: "
-                           f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
-    user = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-    written = _written_placeholders(ep) - set(user[2:])
-    if written or ep.graph_signature.buffers_to_mutate:
-        raise CaptureError(f"the decode step of {type(model).__name__} writes {sorted(written)} besides its KV cache; "
-                           "fxforge's decode capture only lets the cache be written")
-    lowered = lower_exported(ep, step)
+    with static_rope(model, max_length):  # the tables it sets are those the export and the lowering read
+        try:
+            with torch.no_grad():
+                ep = torch.export.export(step, (ids, pos, kv), strict=False,
+                                         dynamic_shapes=({1: Dim.AUTO}, {0: Dim.AUTO}, (None,) * len(kv)))
+        except Exception as e:  # torch raises many kinds; all mean "not capturable"
+            raise CaptureError(f"torch.export could not capture the decode step of {type(model).__name__}: "
+                               f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+        user = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+        written = _written_placeholders(ep) - set(user[2:])
+        if written or ep.graph_signature.buffers_to_mutate:
+            raise CaptureError(f"the decode step of {type(model).__name__} writes {sorted(written)} besides its KV "
+                               "cache; fxforge's decode capture only lets the cache be written")
+        lowered = lower_exported(ep, step)
     return Capture(lowered, ep.call_spec.in_spec, ep.call_spec.out_spec, time.perf_counter() - start, []), layout
 
 

@@ -36,6 +36,7 @@ UNARY = {
     "neg": torch.neg,
     "abs": torch.abs,
     "exp": torch.exp,
+    "expm1": torch.expm1,
     "log": torch.log,
     "log1p": torch.log1p,
     "sqrt": torch.sqrt,
@@ -88,7 +89,10 @@ def _pointwise_infer(ref):
 # IEEE add/mul/max/min and the comparisons/logic below give the same bits with operands swapped
 COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
                          "bitwise_and", "bitwise_or", "bitwise_xor"})
-ACTIVATIONS = {"relu": "relu", "relu2": "relu2", "silu": "silu", "sigmoid": "sigmoid"}  # the GEMM epilogue's names
+ACTIVATIONS = {"relu": "relu", "relu2": "relu2", "silu": "silu", "sigmoid": "sigmoid", "tanh": "tanh"}  # GEMM epilogue names
+# activations with learned scalars: their attributes, in the order the dense GEMM epilogue takes them at run time
+# (`linear(act_args=)`; one kernel for every layer); only the dense linear template computes them
+ACTIVATION_PARAMS = {"xielu": ("alpha_p", "alpha_n", "beta", "eps")}
 # act(gate) * up of a gated MLP (SwiGLU: Llama, Qwen, Mistral, Phi3; GeGLU with tanh GeLU: Gemma; squared ReLU: BitNet):
 # the activations (`activation` trait names) the [gate; up] GEMM's gated epilogue computes
 GATED_ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu2")
@@ -106,9 +110,23 @@ for _name, _fn in BINARY.items():
 
 _pointwise("gelu", lambda x, approximate: F.gelu(x, approximate=approximate), 1, {"approximate": "none"},
            activation=ByAttr("approximate", {"none": "gelu", "tanh": "gelu_tanh"}))
+_pointwise("softplus", lambda x, beta, threshold: F.softplus(x, beta, threshold), 1, {"beta": 1.0, "threshold": 20.0})
 _pointwise("div", lambda a, b, rounding_mode: torch.div(a, b, rounding_mode=rounding_mode), 2, {"rounding_mode": None})
 _pointwise("where", torch.where, 3, doc="where(cond, a, b)")
 _pointwise("clamp", lambda x, min, max: torch.clamp(x, min, max), 1, {"min": None, "max": None})
+
+
+def _xielu(x, alpha_p, alpha_n, beta, eps):
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # fp32 math, one rounding (the kernels')
+    y = torch.where(xf > 0, alpha_p * xf * xf + beta * xf, (torch.expm1(xf.clamp(max=eps)) - xf) * alpha_n + beta * xf)
+    return y.to(x.dtype)
+
+
+# xIELU (Apertus' MLP; HF's XIELUActivation, its python path op for op) with its scalars already resolved:
+# alpha_p = softplus(a_p), alpha_n = beta + softplus(a_n) (`passes/xielu_rules.py` reads them from the graph)
+_pointwise("xielu", _xielu, 1, dict.fromkeys(ACTIVATION_PARAMS["xielu"], REQUIRED), activation="xielu",
+           doc="xielu(x) {alpha_p, alpha_n, beta, eps}: where(x > 0, alpha_p*x*x + beta*x, "
+               "(expm1(min(x, eps)) - x)*alpha_n + beta*x)")
 # no kernel renderer (an index-dependent mask): host torch
 _pointwise("triu", lambda x, diagonal: torch.triu(x, diagonal), 1, {"diagonal": 0}, kernel="host")
 _pointwise("tril", lambda x, diagonal: torch.tril(x, diagonal), 1, {"diagonal": 0}, kernel="host")
@@ -360,5 +378,5 @@ register(OpDef("const", (0, 0), {"weight": REQUIRED}, None, None, "source",
 
 from fxforge.ir.extern_op import OperandRef, resolve_torch_op  # noqa: E402
 
-__all__ = ["ACTIVATIONS", "GATED_ACTIVATIONS", "BINARY", "COMMUTATIVE", "REDUCTIONS", "ROW_REDUCTIONS", "UNARY", "OperandRef",
+__all__ = ["ACTIVATIONS", "ACTIVATION_PARAMS", "GATED_ACTIVATIONS", "BINARY", "COMMUTATIVE", "REDUCTIONS", "ROW_REDUCTIONS", "UNARY", "OperandRef",
            "resolve_torch_op"]

@@ -23,6 +23,8 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   `layer_norm(x[, w])` (Cohere's LayerNorm spelled out; the same math up to the order of the sums).
 - `ACTIVATION_RULES`: `x * sigmoid(x)` -> `silu(x)`; `relu(x) * relu(x)` and `relu(x) ** 2` -> `relu2(x)`
   (squared ReLU, exact: relu rounds nothing, so one rounding of the square either way).
+- `XIELU_RULES` (`xielu_rules.py`): HF's xIELU written out (Apertus) -> `xielu(x) {alpha_p, alpha_n, beta, eps}`,
+  its scalars read from the graph once constant folding has evaluated their softplus.
 - `ATTENTION_RULES` (`attention_rules.py`): HF's eager attention written out (matmul, scale, optional
   logit soft-cap, additive mask, softmax, matmul) -> `attention(q, k, v, mask?) {scale, softcap}`.
 
@@ -42,6 +44,7 @@ from fxforge.ir.types import TensorType
 from fxforge.passes.attention_rules import ATTENTION_RULES
 from fxforge.passes.manager import PassContext
 from fxforge.passes.rewriter import P, Rule, apply_rules, dims_match, rule, same_type
+from fxforge.passes.xielu_rules import XIELU_RULES
 
 # -- no-op folds and compositions ---------------------------------------------------------------------
 
@@ -278,7 +281,7 @@ def _relu2(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
 ACTIVATION_RULES: list[Rule] = [silu, Rule(P.op("mul", _RELU, P.any("r")), _relu2, "relu2_mul"),
                                 Rule(P.op("pow", _RELU, P.full(value=2)), _relu2, "relu2_pow")]
 
-RULES: list[Rule] = FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + ATTENTION_RULES
+RULES: list[Rule] = FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + XIELU_RULES + ATTENTION_RULES
 
 
 class Canonicalize:

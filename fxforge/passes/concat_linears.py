@@ -21,7 +21,8 @@ Decisions:
   `decode_layout` pass interleaves the pair's rows for it (`permute_rows`).
 - A group whose linears each carry a fusible consumer keeps those consumers: the fuse pass sees a
   GEMM followed by views and fuses what it can. MLP siblings (a linear feeding silu or mul) are left
-  alone except the SwiGLU pair silu(gate) * up of bias-free linears, stacked [gate; up] in that order:
+  alone except the SwiGLU pair silu(gate) * up (dense linears with or without biases, bias-free qlinears), stacked
+  [gate; up] in that order:
   the dense GEMM template runs it with the SwiGLU epilogue (two accumulators, one launch instead of
   two GEMMs and a pointwise kernel). `concat_linears.mlp` stacks every sibling group regardless.
 - The stacked weight is a new weight (`<prefix>.{q_proj+k_proj+v_proj}.weight`); the originals go
@@ -82,7 +83,8 @@ def _feeds_swiglu(op: Op) -> bool:
 def _swiglu_pair(users: list[Op], keys: dict[int, Hashable]) -> list[Op] | None:
     """[gate, up] among sibling linears when the only use of gate is a gated activation act (silu, GeLU),
     whose only use is act(gate) * up, the only use of up: one GEMM with the gated (SwiGLU / GeGLU) epilogue
-    (`fusion_rules.swiglu_ops`)."""
+    (`fusion_rules.swiglu_ops`). Biases (both or neither, `_key`) only for dense linears: the dense template adds
+    [b_gate; b_up] to its two accumulators; the 4-bit decode kernel's gated epilogue takes none."""
     for gate in users:
         act = gate.result.uses[0] if len(gate.result.uses) == 1 else None
         if act is None or not _gated_act(act) or len(act.result.uses) != 1:
@@ -92,7 +94,7 @@ def _swiglu_pair(users: list[Op], keys: dict[int, Hashable]) -> list[Op] | None:
         if mul.opcode != "mul" or len(other) != 1:
             continue
         up = next((u for u in users if u is not gate and u.result is other[0] and len(u.result.uses) == 1), None)
-        if up is not None and len(up.operands) == len(gate.operands) == 2 and keys[id(up)] == keys[id(gate)]:
+        if up is not None and keys[id(up)] == keys[id(gate)] and (len(gate.operands) == 2 or gate.opcode == "linear"):
             return [gate, up]
     return None
 

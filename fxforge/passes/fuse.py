@@ -8,11 +8,11 @@ store the partition in the graph's `partition` field, which codegen requires, an
 Which ops may anchor or join a kernel is read from the op table's traits (`fusion_rules.py`).
 
 The rule table (`FUSION_RULES` prints it):
-- gemm: `linear` / `matmul` + an epilogue in the GEMM template's order
-  `scale (mul by a rank-0 full) -> bias add [N] (linear only) -> activation -> mul by a tensor of the
-  output's shape (linear only: SwiGLU's `silu(gate) * up`) -> residual add -> cast`,
-  each step only when the intermediate has a single use and is not a graph output. A mul of two GEMM
-  results goes to the later GEMM (the one whose other operand, the earlier GEMM's, is ready first).
+- gemm: `linear` / `matmul` + an epilogue in the GEMM template's order `scale (mul by a rank-0 full) -> bias add
+  [N] (linear only) -> activation -> post-scale (the same mul after it: a logit soft-cap cap * tanh(y / cap)) -> mul
+  by a tensor of the output's shape (linear only: SwiGLU's `silu(gate) * up`) -> residual add -> cast`, each step
+  only when the intermediate has a single use and is not a graph output. A mul of two GEMM results goes to the later
+  GEMM (the one whose other operand, the earlier GEMM's, is ready first).
   `qlinear` (a `#quantized` const weight of a scheme the qlinear kernels take, float activations)
   anchors the same epilogue minus the scale (the qlinear template has none; the 4-bit decode kernel has): its kernel decodes the
   packed weight tile by tile (`codegen.templates.qlinear`); its bias and LoRC operands go with it. A dense
@@ -52,9 +52,9 @@ from fxforge.ir.types import dims_equal
 from fxforge.passes.fusion_rules import (
     FUSION_RULES,
     GemmRule,
-    activation_of,
     can_merge_horizontal,
     cat_ok,
+    epilogue_activation,
     gated_activation,
     gemm_rule,
     host_reason,
@@ -90,8 +90,8 @@ def _other(user: Op, y: Value) -> Value | None:
     return others[0] if len(others) == 1 else None
 
 
-def _scale(f, op, rule, user, y):
-    return scale_of(user, y) if takes_scale(rule, op) and _same(user, y) else None
+def _scale(f, op, rule, user, y, post=False):
+    return scale_of(user, y) if takes_scale(rule, op, post) and _same(user, y) else None
 
 
 def _bias(f, op, rule, user, y):
@@ -103,7 +103,7 @@ def _bias(f, op, rule, user, y):
 
 
 def _activation(f, op, rule, user, y):
-    return activation_of(user) if _same(user, y) else None
+    return epilogue_activation(rule, user) if _same(user, y) else None
 
 
 def _mul(f, op, rule, user, y):
@@ -121,11 +121,11 @@ def _out_dtype(f, op, rule, user, y):
 
 
 EPILOGUE: list[tuple[str, Callable[..., Any]]] = [
-    ("scale", _scale), ("bias", _bias), ("activation", _activation), ("mul", _mul), ("residual", _residual),
-    ("out_dtype", _out_dtype)]
-_LINEAR_ONLY = {"bias", "mul", "residual", "out_dtype"}  # a batched matmul's template call has none of them
-_DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "mul": None, "residual": None, "out_dtype": None,
-             "norm": None, "norm_x": None, "post_norm": None, "swiglu": False, "gate": "silu"}
+    ("scale", _scale), ("bias", _bias), ("activation", _activation), ("post_scale", lambda *a: _scale(*a, post=True)),
+    ("mul", _mul), ("residual", _residual), ("out_dtype", _out_dtype)]
+_LINEAR_ONLY = {"bias", "post_scale", "mul", "residual", "out_dtype"}  # a batched matmul's template call has none
+_DEFAULTS = {"scale": 1.0, "bias": None, "activation": "none", "post_scale": 1.0, "mul": None, "residual": None,
+             "out_dtype": None, "norm": None, "norm_x": None, "post_norm": None, "swiglu": False, "gate": "silu"}
 _STEP = {key: i for i, (key, _) in enumerate(EPILOGUE)}
 
 # -- the partition ------------------------------------------------------------------------------

@@ -16,15 +16,17 @@ from typing import Any
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.lowp_ops import SCHEMES
-from fxforge.ir.optable import GATED_ACTIVATIONS
+from fxforge.ir.optable import ACTIVATION_PARAMS, GATED_ACTIVATIONS
 from fxforge.ir.partition import KernelGroup
 from fxforge.ir.types import NM, BlockFP, Quantized, dims_equal
 
 FUSION_RULES = {
-    "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid "
+    "gemm": "linear/matmul + epilogue: scale(rank-0 full) -> bias[N] -> relu|silu|gelu|gelu_tanh|sigmoid|tanh "
+            "-> post-scale (rank-0 full; dense and N:M linear, matmul: a logit soft-cap cap * tanh(y / cap)) "
             "-> mul by a same-shape tensor -> residual add -> cast (single-use intermediates); qlinear "
             "(#quantized const weight) the same without the mul, and without the scale unless its weight is in a decode "
-            "layout (Granite's residual multiplier); dense linear also: a "
+            "layout (Granite's residual multiplier); dense linear/matmul also: xielu (learned scalars, "
+            "ACTIVATION_PARAMS) as the activation; dense linear also: a "
             "single-use rms_norm(x, w[K]) or layer_norm(x, w[K]?, b[K]?) producer as a prologue (NORM_PROLOGUES), "
             "its input (or the GEMM's) may be a post-norm residual add(res, rms_norm(h, w[K])) (norm_prologues.py), "
             "and act(y[..., :N]) * y[..., N:] of its [gate; up] result (SwiGLU; GeGLU: act a GATED_ACTIVATIONS "
@@ -177,8 +179,8 @@ def _matmul_2d_weight(op: Op) -> bool:
 class GemmRule:
     """A GEMM anchor: can its template run this op (`ok`), does it take the whole epilogue
     (`linear_like`), the operand counts that include a bias, and whether the template has the
-    scale and mul-by-tensor steps, and whether it reads FFN-skip keep flags (`keep`: the input is a
-    `row_keep`, the template skips the K loop of tiles whose rows are all off)."""
+    scale, post-scale (a multiplier after the activation) and mul-by-tensor steps, and whether it reads FFN-skip
+    keep flags (`keep`: the input is a `row_keep`, the template skips the K loop of tiles whose rows are all off)."""
 
     ok: Callable[[Op], bool]
     linear_like: Callable[[Op], bool]
@@ -188,18 +190,20 @@ class GemmRule:
     keep: bool = False
     norm: bool = False  # an rms_norm prologue (`norm_prologue`)
     swiglu: bool = False  # the SwiGLU epilogue of a [gate; up] GEMM (`swiglu_ops`)
+    post_scale: bool = False  # the multiplier by a rank-0 constant after the activation (`gemm.gemm_epilogue`)
+    act_params: bool = False  # activations with learned scalars (ACTIVATION_PARAMS: xielu), `linear(act_args=)`
 
 
 GEMM_RULES = {
-    "linear": GemmRule(kernel_types_ok, _always, (3,), keep=True, norm=True, swiglu=True),
-    "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, ()),
+    "linear": GemmRule(kernel_types_ok, _always, (3,), keep=True, norm=True, swiglu=True, post_scale=True, act_params=True),
+    "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, (), post_scale=True, act_params=True),
     # x, w, [bias], [u, v]; norm and SwiGLU only for a weight in a decode layout (`decode_fusions_ok`)
     "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=lambda op: decode_fusions_ok(op), mul=False, keep=True, norm=True,
                         swiglu=True),
 }
 # anchors whose weight has an encoding another template reads: (opcode, encoding kind) -> rule, tried first
 ENCODED_GEMM_RULES = {
-    ("linear", "nm"): GemmRule(nm_linear_ok, _always, (3,)),  # sparse_gemm: the dense epilogue
+    ("linear", "nm"): GemmRule(nm_linear_ok, _always, (3,), post_scale=True),  # sparse_gemm: the dense epilogue
     ("qlinear", "nm"): GemmRule(nm_qlinear_ok, _always, (3,), scale=False, mul=False),  # sparse_qlinear
 }
 
@@ -210,8 +214,11 @@ def weight_encoding_kind(op: Op) -> str | None:
     return getattr(enc, "kind", None)
 
 
-def takes_scale(rule: GemmRule, op: Op) -> bool:
-    """Does the template of `op` (anchored by `rule`) have the scale step (a multiplier by a rank-0 constant)?"""
+def takes_scale(rule: GemmRule, op: Op, post: bool = False) -> bool:
+    """Does the template of `op` (anchored by `rule`) have the scale step (a multiplier by a rank-0 constant)?
+    `post`: the post-scale step (the same after the activation)."""
+    if post:
+        return rule.post_scale
     return rule.scale(op) if callable(rule.scale) else rule.scale
 
 
@@ -316,6 +323,13 @@ def host_reason(op: Op) -> str:
     return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"
 
 
+def epilogue_activation(rule: GemmRule, op: Op) -> str | None:
+    """The activation `op` computes, when the template of `rule` applies it (one with learned scalars,
+    ACTIVATION_PARAMS, only where `act_params`: the others run it in a pointwise kernel), else None."""
+    act = activation_of(op)
+    return act if act not in ACTIVATION_PARAMS or rule.act_params else None
+
+
 def gated_activation(chain: list[Op]) -> str:
     """The activation (`GATED_ACTIVATIONS`) of a `swiglu_ops` chain: the gated epilogue's `gate=`."""
     return activation_of(chain[2])
@@ -330,14 +344,16 @@ def decode_fusions_ok(op: Op) -> bool:
 
 
 def swiglu_ops(op: Op, graph: Graph, interleaved: bool | None = None) -> list[Op] | None:
-    """[gate slice, up slice, act, mul] when the bias-free GEMM's result y [..., 2N] is read only as
+    """[gate slice, up slice, act, mul] when the GEMM's result y [..., 2N] (a bias [2N] only for a dense linear) is read only as
     act(y[..., :N]) * y[..., N:] with act one of `GATED_ACTIVATIONS` (concat_linears' gate/up GEMM; the
     template computes it: `gated_activation`), else None. `interleaved` (a qlinear's
     default: the decode kernel's rows, `decode_layout.interleave_swiglu`): silu(y[..., 0::2]) * y[..., 1::2]."""
     y = op.result
     n2 = y.type.shape[-1] if y.type.rank else None
     interleaved = op.opcode == "qlinear" if interleaved is None else interleaved
-    if len(op.operands) != 2 or not isinstance(n2, int) or n2 % 2 or len(y.uses) != 2 or any(y is o for o in graph.outputs):
+    biased = len(op.operands) == 3 and op.opcode == "linear"  # `gemm.py` adds [b_gate; b_up] before the activation
+    if (len(op.operands) != 2 and not biased) or not isinstance(n2, int) or n2 % 2 or len(y.uses) != 2 \
+            or any(y is o for o in graph.outputs):
         return None
     if interleaved and not decode_fusions_ok(op):
         return None

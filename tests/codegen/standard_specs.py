@@ -51,7 +51,7 @@ def sparse_specs() -> list[dict]:
         nm_gemm_spec("float16", 1, 4096, 4096, 2, 4, bias=True),
         nm_gemm_spec("float16", 128, 4096, 4096, 2, 4, activation="silu", mul=True, residual=True),
         nm_gemm_spec("float16", 128, 4096, 4096, 4, 8, bias=True, activation="gelu"),
-        nm_gemm_spec("float16", 1, 4096, 4096, 2, 8),
+        nm_gemm_spec("float16", 1, 4096, 4096, 2, 8, activation="tanh", post_scale=True),  # a soft-capped head
         nm_gemm_spec("float32", 16, 512, 512, 2, 4, residual=True),
         dict(nm_gemm_spec("bfloat16", 128, 4096, 4096, 2, 4, bias=True), min_arch=90),
         dict(nm_gemm_spec("bfloat16", 1, 4096, 4096, 4, 8), min_arch=90),
@@ -84,6 +84,7 @@ def size_sweep_specs() -> list[dict]:
                 specs += [qlinear_spec(s, M, 4 * h, h, x_dtype=dt, activation="silu")
                           for s in ("w8a8-int8", "w8a8-fp8", "w4a16-int4", "w4a8-fp")]
                 specs += [qlinear_spec(s, M, h, 4 * h, x_dtype=dt, fp8_dot=True) for s in ("w8a8-fp8", "w4a8-fp")]
+    specs.append(gemm_spec("float16", 4096, 4096, 4096, norm=True, activation="xielu"))  # prefill xIELU (the decode: below)
     for D in HEAD_DIMS:
         for dt in ("float32", "float16"):
             specs += [attention_spec(dt, 1024, 1024, D, causal=True), attention_spec(dt, 1024, 1024, D, mask="add"),
@@ -114,11 +115,14 @@ def decode_specs(arch: int) -> list[dict]:
                      gemm_spec(dt, M, 128256, 2048, norm=True, arch=arch)]
             specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in layer]
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, gate="gelu_tanh", arch=arch))  # GeGLU
+    specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, bias=True, arch=arch))  # mlp_bias
+    specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, activation="xielu", arch=arch))  # Apertus' up + xIELU
     for dt in ("float16", "bfloat16"):  # post-norm blocks (Gemma2/3, OLMo2, EXAONE 4), OLMo's / NanoChat's bare norms
+        cap = dict(activation="tanh", post_scale=True) if dt == "float16" else {}  # Gemma2's logit soft-cap (fp16)
         post = [gemm_spec(dt, 1, 8192, 2048, post_norm=True, norm=True, swiglu=True, gate="gelu_tanh", arch=arch),
                 gemm_spec(dt, 1, 3072, 2048, post_norm=True, arch=arch),  # OLMo2's QKV: z itself
                 gemm_spec(dt, 1, 2048, 2048, post_norm=True, split_k=4, arch=arch),  # z written by each K split
-                gemm_spec(dt, 1, 128256, 2048, post_norm=True, norm=True, arch=arch),  # the final norm + lm_head
+                gemm_spec(dt, 1, 128256, 2048, post_norm=True, norm=True, arch=arch, **cap),  # the final norm + lm_head
                 gemm_spec(dt, 16, 3072, 2048, post_norm=True, layer_norm=True, arch=arch),  # the most rows it takes
                 gemm_spec(dt, 1, 3072, 2048, layer_norm=True, bare_norm=True, arch=arch),
                 gemm_spec(dt, 1, 8192, 2048, norm=True, bare_norm=True, activation="relu2", arch=arch),  # NanoChat's fc1

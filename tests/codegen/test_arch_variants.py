@@ -46,6 +46,39 @@ def test_gemm_gated_epilogue_other_activations(gate, dtype):
         linear(x, w, swiglu=True, gate="relu")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gemm_gated_epilogue_with_biases(dtype):
+    """act(x @ Wg^T + bg) * (x @ Wu^T + bu): a gated MLP with biases (Llama's mlp_bias), [bg; bu] as one bias."""
+    torch.manual_seed(2)
+    x, w, b = torch.randn(3, 96, dtype=dtype), (torch.randn(80, 96) / 10).to(dtype), torch.randn(80).to(dtype)
+    h = F.linear(x.float(), w.float(), b.float())
+    want = F.silu(h[..., :40]) * h[..., 40:]
+    got = linear(x, w, b, swiglu=True)
+    assert got.shape == (3, 40) and (got.float() - want).abs().max() <= TOL[dtype] * 4 * want.abs().max()
+
+
+def test_biased_gate_up_pair_is_one_gated_gemm():
+    """concat_linears stacks a biased gate/up pair (dense) and the fuse pass gives it the gated epilogue."""
+    from fxforge.passes.concat_linears import ConcatLinears
+    from fxforge.passes.fuse import partition
+
+    g = Graph()
+    x = g.add_input("x", TensorType((2, 16), DType.f32))
+    params = {}
+    for name, shape in (("wg", (24, 16)), ("bg", (24,)), ("wu", (24, 16)), ("bu", (24,))):
+        g.add_weight(f"mlp.{name}", torch.randn(shape))
+        params[name] = g.add_op("const", [], {"weight": f"mlp.{name}"}).result
+    gate = g.add_op("linear", [x, params["wg"], params["bg"]], {}).result
+    up = g.add_op("linear", [x, params["wu"], params["bu"]], {}).result
+    g.set_outputs([g.add_op("mul", [g.add_op("silu", [gate], {}).result, up], {}).result])
+    want = evaluate(g, [torch.randn(2, 16, generator=torch.Generator().manual_seed(0))])
+    ConcatLinears().run(g, PassContext())
+    verify(g)
+    part = partition(g)
+    assert [grp.kind for grp in part.groups] == ["gemm"] and part.groups[0].params["swiglu"]
+    torch.testing.assert_close(evaluate(g, [torch.randn(2, 16, generator=torch.Generator().manual_seed(0))]), want)
+
+
 def test_qlinear_decode_gated_epilogue_gelu_tanh():
     from fxforge.ir.lowp_ops import decode_weight, encode_weight, qlinear_ref
     from fxforge.ir.weight_layouts import to_decode_layout

@@ -48,7 +48,9 @@ def test_gemm_fusion_operands_are_checked():
     with pytest.raises(ShapeError, match="swiglu"):
         linear(x, torch.randn(5, 8), swiglu=True)
     with pytest.raises(ShapeError, match="swiglu"):
-        linear(x, w, torch.zeros(6), swiglu=True)
+        linear(x, w, swiglu=True, activation="relu")
+    with pytest.raises(ShapeError, match=r"bias must have shape \(6,\)"):  # [b_gate; b_up]: the weight's rows
+        linear(x, w, torch.zeros(3), swiglu=True)
 
 
 def _rot(x):

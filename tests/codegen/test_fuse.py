@@ -42,10 +42,13 @@ def test_linear_bias_gelu_is_one_group():
 def test_epilogue_order_follows_the_template():
     g = Graph()
     x, w, b = inputs(g, (4, 16), (32, 16), (32,))
-    y = op(g, "linear", x, w, b)  # bias inside the linear: a later scale cannot move before it
+    y = op(g, "linear", x, w, b)  # bias inside the linear: a later scale cannot move before it, it is the post-scale
     z = op(g, "mul", y, op(g, "full", shape=(), value=2.0, dtype=DType.f32))
+    z = op(g, "mul", z, op(g, "full", shape=(), value=3.0, dtype=DType.f32))  # one post-scale per epilogue
     g.set_outputs([z])
-    assert kinds(partition(g)) == [("gemm", ["linear"]), ("pointwise", ["mul"])]
+    part = partition(g)
+    assert kinds(part) == [("gemm", ["linear", "mul"]), ("pointwise", ["mul"])]
+    assert part.groups[0].params["scale"] == 1.0 and part.groups[0].params["post_scale"] == 2.0
 
 
 def test_softmax_then_mul_is_one_row_group():

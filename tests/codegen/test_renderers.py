@@ -13,7 +13,7 @@ from fxforge.codegen.expr_ops import KERNEL_RENDERERS
 from fxforge.codegen.host_ops import HOST_RENDERERS
 from fxforge.codegen.kernels import ROW_RENDERERS
 from fxforge.codegen.template_calls import TEMPLATE_RENDERERS
-from fxforge.codegen.templates.gemm import ACTIVATIONS
+from fxforge.codegen.templates.gemm import ACTIVATIONS, PARAM_ACTIVATIONS
 from fxforge.ir.dtypes import DType
 from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph
@@ -48,7 +48,7 @@ def test_host_ops_without_a_callable_reference_have_a_host_renderer():
 
 
 def test_the_gemm_template_computes_every_activation_trait():
-    assert set(activations()) == set(ACTIVATIONS) - {"none"}
+    assert set(activations()) == set(ACTIVATIONS + PARAM_ACTIVATIONS) - {"none"}
 
 
 @pytest.fixture

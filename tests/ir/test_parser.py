@@ -163,7 +163,8 @@ def every_op_weights() -> dict[str, Weight | torch.Tensor]:
 
 
 # Attributes for the pointwise ops that cannot go without (clamp needs a bound, cast a dtype).
-_POINTWISE_ATTRS = {"cast": {"dtype": DType.f16}, "clamp": {"min": 0.0}}
+_POINTWISE_ATTRS = {"cast": {"dtype": DType.f16}, "clamp": {"min": 0.0},
+                    "xielu": {"alpha_p": 0.8, "alpha_n": 0.8, "beta": 0.5, "eps": -1e-6}}
 
 
 def pointwise_graph() -> Graph:

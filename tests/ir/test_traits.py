@@ -20,7 +20,7 @@ def test_traits_of_the_table():
     assert set(ops_with("gemm")) == {"linear", "matmul", "qlinear"} and sorted(ops_with("template")) == ["attention", "hadamard"]
     assert "triu" not in ops_with("pointwise") and "cast" in ops_with("pointwise")
     assert {n for n, d in OPS.items() if d.aliases} == {"reshape", "permute", "expand", "slice", "extern", "cache_write"}
-    assert activations() == ("gelu", "gelu_tanh", "relu", "relu2", "sigmoid", "silu")
+    assert activations() == ("gelu", "gelu_tanh", "relu", "relu2", "sigmoid", "silu", "tanh", "xielu")
     assert OPS["gelu"].activation_of({"approximate": "tanh"}) == "gelu_tanh"
     assert OPS["exp"].activation_of({}) is None
 

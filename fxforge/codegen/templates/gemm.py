@@ -2,11 +2,14 @@
 (the batched matmul is `templates/bmm.py`).
 - `gemm_kernel`: out[M, N] = epilogue(A[M, K] @ W[N, K]^T), W in nn.Linear layout [out, in].
   The epilogue runs in registers before the single store, in this order:
-      y = scale * acc  ->  y += bias[N]  ->  y = activation(y)  ->  y *= mul[M, N]  ->  y += residual[M, N]
-        ->  cast, store
+      y = scale * acc  ->  y += bias[N]  ->  y = activation(y)  ->  y *= post_scale  ->  y *= mul[M, N]
+        ->  y += residual[M, N]  ->  cast, store
   with constexpr switches HAS_BIAS, ACTIVATION ("none", "relu", "relu2" (squared), "silu", "gelu" (erf form), "gelu_tanh",
-  "sigmoid"), HAS_MUL (e.g. SwiGLU's `silu(gate) * up` in the up projection) and HAS_RESIDUAL;
-  `scale` is a runtime fp32 multiplier; the output dtype is the out pointer's element type.
+  "sigmoid", "tanh"), HAS_POST_SCALE, HAS_MUL (e.g. SwiGLU's `silu(gate) * up` in the up projection) and HAS_RESIDUAL;
+  `scale` and `post_scale` are runtime fp32 multipliers (a logit soft-cap, Gemma2's lm_head: scale 1/cap, tanh,
+  post_scale cap); the output dtype is the out pointer's element type.
+  ACTIVATION "xielu" (PARAM_ACTIVATIONS, learned scalars) reads them from the runtime fp32 act_p0..act_p3
+  (`special_fns.xielu`; `linear(act_args=)`), so the layers of a model share one kernel.
   HAS_KEEP (FFN skipping's decode form, `ir/skip_ops.py`): keep[M] flags (0 = the row is skipped, its A
   row is zero); A rows that are off are not loaded and a tile whose rows are all off skips its K loop
   (an early exit read on the device: no host sync, capturable), then runs the epilogue on its zero
@@ -42,14 +45,17 @@ import triton.language as tl
 from fxforge.codegen.blocks import SPLIT_K_ROWS, gemm_blocks, split_steps, swiglu_blocks
 from fxforge.codegen.pool import Workspace, counters, out_tensor, scratch
 from fxforge.codegen.templates.gemm_prologue import POST_NORM_ROWS, post_norm_rows, prologue_stats, prologue_tile
+from fxforge.codegen.templates.special_fns import xielu
 from fxforge.codegen.templates.split_k import split_range, split_sum
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
-from fxforge.ir.optable import GATED_ACTIVATIONS
+from fxforge.ir.optable import ACTIVATION_PARAMS, GATED_ACTIVATIONS
 
 patch_interpreter()  # Triton 3.6's interpreter under numpy >= 2.4: see triton_compat
 
-ACTIVATIONS = ("none", "relu", "relu2", "silu", "gelu", "gelu_tanh", "sigmoid")
+ACTIVATIONS = ("none", "relu", "relu2", "silu", "gelu", "gelu_tanh", "sigmoid", "tanh")
+# activations with learned scalars (`ir.optable.ACTIVATION_PARAMS`): `linear(act_args=)`, the dense GEMM's only
+PARAM_ACTIVATIONS = tuple(ACTIVATION_PARAMS)
 
 _SQRT1_2: tl.constexpr = tl.constexpr(0.7071067811865476)
 _SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(0.7978845608028654)
@@ -72,6 +78,8 @@ def apply_activation(y, ACTIVATION: tl.constexpr):
         y = 0.5 * y * (1.0 + (2.0 * tl.sigmoid(2.0 * u) - 1.0))  # tanh(u) = 2 sigmoid(2u) - 1
     elif ACTIVATION == "sigmoid":
         y = tl.sigmoid(y)
+    elif ACTIVATION == "tanh":  # portable (no libdevice); exactly +-1 once sigmoid saturates
+        y = 2.0 * tl.sigmoid(2.0 * y) - 1.0
     return y
 
 
@@ -101,13 +109,20 @@ def tile_offsets(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl
 def gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
                   stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                  HAS_MUL: tl.constexpr):
-    """The dense GEMM epilogue, in registers before the single store (shared by the N:M sparse
-    templates): y = scale * acc -> += bias -> activation -> *= mul -> += residual -> cast, store."""
+                  HAS_MUL: tl.constexpr, post_scale, HAS_POST_SCALE: tl.constexpr,
+                  act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0):
+    """The dense GEMM epilogue, in registers before the single store (shared by the N:M sparse templates):
+    y = scale * acc -> += bias -> activation -> *= post_scale -> *= mul -> += residual -> cast, store.
+    act_p*: a PARAM_ACTIVATIONS activation's scalars (xielu: alpha_p, alpha_n, beta, eps)."""
     y = acc * scale
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y = apply_activation(y, ACTIVATION)
+    if ACTIVATION == "xielu":
+        y = xielu(y, act_p0, act_p1, act_p2, act_p3)
+    else:
+        y = apply_activation(y, ACTIVATION)
+    if HAS_POST_SCALE:
+        y = y * post_scale
     mask = mask_m[:, None] & mask_n[None, :]
     if HAS_MUL:
         m_ptrs = mul_ptr + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
@@ -146,6 +161,8 @@ def gemm_kernel(
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, HAS_NW: tl.constexpr = True,
     res2_ptr=None, stride_pm=0, stride_pk=0, post_w_ptr=None, post_eps=0.0, z_ptr=None, stride_zm=0,
     POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
+    post_scale=1.0, HAS_POST_SCALE: tl.constexpr = False,
+    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0,
 ):
     """out[M, N] = epilogue(A[M, K] @ W[N, K]^T); one program per BLOCK_M x BLOCK_N output tile (and per
     K split: grid axis 1, `split_k.py`)."""
@@ -182,7 +199,10 @@ def gemm_kernel(
             acc_up = tl.dot(a, u, acc_up, input_precision=INPUT_PRECISION)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
-    if SWIGLU:  # the activation and mul steps of the epilogue, done here on the two accumulators
+    if SWIGLU:  # the bias, activation and mul steps of the epilogue, done here on the two accumulators
+        if HAS_BIAS:  # [b_gate; b_up]
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            acc_up += tl.load(bias_ptr + N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         acc = apply_activation(acc, GATE) * acc_up
 
     last = True
@@ -191,7 +211,8 @@ def gemm_kernel(
     if last:
         gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
                       stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
-                      HAS_BIAS, ACTIVATION, HAS_RESIDUAL, HAS_MUL)
+                      HAS_BIAS and not SWIGLU, ACTIVATION, HAS_RESIDUAL, HAS_MUL, post_scale, HAS_POST_SCALE,
+                      act_p0, act_p1, act_p2, act_p3)
 
 
 # ---------------------------------------------------------------- launchers
@@ -218,12 +239,13 @@ def dot_options(*dtypes: torch.dtype) -> dict:
 
 
 def epilogue_operands(lead: tuple, N: int, *, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-                      mul: torch.Tensor | None = None) -> tuple:
-    """The epilogue's tensors as the kernels read them: bias [N] contiguous; residual and mul broadcast
-    to the output [*lead, N] and viewed as [M, N] (stride 0 where broadcast). Raises ShapeError if not."""
+                      mul: torch.Tensor | None = None, bias_rows: int | None = None) -> tuple:
+    """The epilogue's tensors as the kernels read them: bias [N] (the weight's `bias_rows`: [2N] for SwiGLU's
+    [gate; up]) contiguous; residual and mul broadcast to the output [*lead, N] and viewed as [M, N] (stride 0 where
+    broadcast). Raises ShapeError if not."""
     if bias is not None:
-        if bias.shape != (N,):
-            raise ShapeError(f"bias must have shape ({N},), got {tuple(bias.shape)}; reshape it to [N]")
+        if bias.shape != (bias_rows or N,):
+            raise ShapeError(f"bias must have shape ({bias_rows or N},) (the weight's rows), got {tuple(bias.shape)}")
         bias = bias.contiguous()
     out = [bias]
     for name, t in (("residual", residual), ("mul", mul)):
@@ -238,15 +260,15 @@ def epilogue_operands(lead: tuple, N: int, *, bias: torch.Tensor | None = None, 
 
 def _check_fusions(x: torch.Tensor, w: torch.Tensor, norm: tuple | None, swiglu: bool, plain: bool,
                    gate: str = "silu") -> None:
-    """The prologue/epilogue fusions' operands: norm weight [K]; SWIGLU: an even row count, no bias,
-    activation, mul or scale (the gate/up epilogue replaces those steps), a gated activation `gate`."""
+    """The prologue/epilogue fusions' operands: norm weight [K]; SWIGLU: an even row count, no activation, mul or
+    scale (the gate/up epilogue replaces those steps), a gated activation `gate`."""
     if gate not in GATED_ACTIVATIONS:
         raise ShapeError(f"unknown gated activation gate={gate!r}; use one of {GATED_ACTIVATIONS}")
     if norm is not None and norm[0] is not None and tuple(norm[0].shape) != (x.shape[-1],):
         raise ShapeError(f"norm weight must have shape ({x.shape[-1]},), got {tuple(norm[0].shape)}")
     if swiglu and (w.shape[0] % 2 or not plain):
-        raise ShapeError(f"swiglu needs the [gate; up] weight [2N, K] (got {tuple(w.shape)}) and no bias, "
-                         "activation, mul or scale")
+        raise ShapeError(f"swiglu needs the [gate; up] weight [2N, K] (got {tuple(w.shape)}) and no activation, mul "
+                         "or scale")
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
@@ -256,9 +278,10 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
            layer_norm: tuple[torch.Tensor | None, torch.Tensor | None, float] | None = None,
            post_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, keep_z: bool = False,
            out: torch.Tensor | None = None, z_out: torch.Tensor | None = None, ws: Workspace | None = None,
-           split_k: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """activation(scale * x @ w.T + bias) * mul + residual for x [..., K], w [N, K]; like F.linear plus an
-    epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
+           split_k: int | None = None, post_scale: float = 1.0,
+           act_args: tuple[float, ...] = ()) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """activation(scale * x @ w.T + bias) * post_scale * mul + residual for x [..., K], w [N, K]; like F.linear
+    plus an epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
     unless their layout cannot be viewed as [M, N]). `keep` [..., 1]: FFN-skip flags of x's rows (x's
     rows with keep 0 must be zero, as `row_keep` makes them): tiles whose rows are all off skip the K loop.
     `norm=(weight or None, eps)`: x is rms_norm'ed in the load (`layer_norm=(weight, bias or None, eps)`:
@@ -267,9 +290,13 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     `z_out`, else allocated) and the result is (y, z); `swiglu`: w is [gate; up] [2N, K] and the result
     act(x @ gate.T) * (x @ up.T) [..., N], act = `gate` (silu, gelu_tanh, gelu). `out`: the result's storage (contiguous [..., N], a planned
     buffer of the generated `run()`), else allocated; `ws`: the workspace scratch comes from (split-K's
-    partials and counters); `split_k`: K splits instead of the decode table's (tests force them)."""
-    if activation not in ACTIVATIONS:
-        raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
+    partials and counters); `split_k`: K splits instead of the decode table's (tests force them); `act_args`: the
+    scalars of a PARAM_ACTIVATIONS activation (xielu: alpha_p, alpha_n, beta, eps), none for the others."""
+    if activation not in ACTIVATIONS + PARAM_ACTIVATIONS:
+        raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS + PARAM_ACTIVATIONS}")
+    if len(act_args) != len(ACTIVATION_PARAMS.get(activation, ())):
+        raise ShapeError(f"activation {activation!r} takes act_args {ACTIVATION_PARAMS.get(activation, ())}, "
+                         f"got {len(act_args)} value(s)")
     if w.dim() != 2 or x.dim() < 1 or x.shape[-1] != w.shape[1]:
         raise ShapeError(f"linear needs x [..., K] and w [N, K]; got x {tuple(x.shape)} and w {tuple(w.shape)}")
     nb = None
@@ -277,7 +304,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         if norm is not None:
             raise ShapeError("linear takes one norm prologue: norm= (RMSNorm) or layer_norm=, not both")
         norm, nb = (layer_norm[0], layer_norm[2]), layer_norm[1]
-    _check_fusions(x, w, norm, swiglu, bias is None and activation == "none" and mul is None and scale == 1.0, gate)
+    _check_fusions(x, w, norm, swiglu, activation == "none" and mul is None and scale == 1.0, gate)
     _check_prologue(x, nb, post_norm, keep is not None, keep_z)
     K = x.shape[-1]
     N = w.shape[0] // 2 if swiglu else w.shape[0]
@@ -285,7 +312,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     a = x.reshape(-1, K)  # a view (possibly strided) where the layout allows it
     M = a.shape[0]
     out = out_tensor(out, (*lead, N), out_dtype or x.dtype, x.device, "linear").view(M, N)
-    bias, residual, mul = epilogue_operands(lead, N, bias=bias, residual=residual, mul=mul)
+    bias, residual, mul = epilogue_operands(lead, N, residual=residual, mul=mul, bias=bias, bias_rows=w.shape[0])
     z = out_tensor(z_out, (*lead, K), x.dtype, x.device, "linear z").view(M, K) if keep_z else None
     if M == 0 or N == 0:
         if keep_z and M:
@@ -329,6 +356,8 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         post_w_ptr=post_norm[1].contiguous() if post_norm is not None and post_norm[1] is not None else None,
         post_eps=float(post_norm[2]) if post_norm is not None else 0.0,
         z_ptr=z if write_z else None, stride_zm=z.stride(0) if write_z else 0, WRITE_Z=write_z,
+        post_scale=float(post_scale), HAS_POST_SCALE=post_scale != 1.0,
+        **{f"act_p{i}": float(v) for i, v in enumerate(act_args)},
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     y = out.reshape(*lead, N)

@@ -10,8 +10,8 @@ where the position equals c % m: the dense tile [BLOCK_K, BLOCK_N] exists only i
 `tl.dot`. Columns past the last full block (the dense tail) are read straight from the values after the
 kept ones. Bandwidth is what it saves (decode / GEMV): the weight bytes read are n/m of the values plus
 the index; the tile is re-read n times from L1, not from DRAM.
-The epilogue is the dense template's (`gemm.gemm_epilogue`: scale, bias, activation, mul, residual,
-cast), so `nm_linear` takes the dense `linear` launcher's arguments and a fused GEMM group with an `#nm`
+The epilogue is the dense template's (`gemm.gemm_epilogue`: scale, bias, activation, post-scale, mul,
+residual, cast), so `nm_linear` takes the dense `linear` launcher's arguments and a fused GEMM group with an `#nm`
 weight renders as `_nm_linear(...)` with the same epilogue (`codegen/template_calls.py`).
 `nm_slot_position` (the index-stream read) is shared with the quantized-value kernels (`sparse_qlinear.py`).
 
@@ -53,6 +53,7 @@ def nm_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, HAS_MUL: tl.constexpr = False,
+    post_scale=1.0, HAS_POST_SCALE: tl.constexpr = False,
 ):
     """One program per BLOCK_M x BLOCK_N output tile; KEEP:GROUP is the pattern (n:m)."""
     offs_m, offs_n, offs_k, mask_m, mask_n = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
@@ -79,7 +80,7 @@ def nm_gemm_kernel(
             acc = tl.dot(a, w.to(a.dtype), acc, input_precision=INPUT_PRECISION)
     gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr, res_ptr, mul_ptr,
                   stride_om, stride_on, stride_rm, stride_rn, stride_mm, stride_mn,
-                  HAS_BIAS, ACTIVATION, HAS_RESIDUAL, HAS_MUL)
+                  HAS_BIAS, ACTIVATION, HAS_RESIDUAL, HAS_MUL, post_scale, HAS_POST_SCALE)
 
 
 def nm_blocks(M: int, m: int) -> dict:
@@ -109,8 +110,8 @@ def nm_check(x: torch.Tensor, weight, activation: str, quantized: bool) -> tuple
 
 def nm_linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
               residual: torch.Tensor | None = None, scale: float = 1.0, out_dtype: torch.dtype | None = None,
-              mul: torch.Tensor | None = None) -> torch.Tensor:
-    """activation(scale * x @ W.T + bias) * mul + residual with W a plain `#nm` `Weight` (16-bit kept
+              mul: torch.Tensor | None = None, post_scale: float = 1.0) -> torch.Tensor:
+    """activation(scale * x @ W.T + bias) * post_scale * mul + residual with W a plain `#nm` `Weight` (16-bit kept
     values): the dense `linear` template's contract, the weight read compressed."""
     from fxforge.ir.nm import index_bits
 
@@ -134,13 +135,14 @@ def nm_linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, acti
         mt.stride(0), mt.stride(1), float(scale),
         KEEP=n, GROUP=m, BITS=index_bits(m), BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=8, HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
-        HAS_MUL=mul is not None, **dot_options(x.dtype, values.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        HAS_MUL=mul is not None, post_scale=float(post_scale), HAS_POST_SCALE=post_scale != 1.0,
+        **dot_options(x.dtype, values.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out.reshape(*lead, N)
 
 
 def nm_gemm_spec(dtype: str, M: int, N: int, K: int, n: int, m: int, *, bias: bool = False, mul: bool = False,
-                 activation: str = "none", residual: bool = False) -> dict:
+                 activation: str = "none", residual: bool = False, post_scale: bool = False) -> dict:
     """Build spec (`fxforge.codegen.build.build_spec`) of `nm_gemm_kernel` for contiguous operands."""
     from fxforge.ir.nm import index_bits
 
@@ -150,11 +152,11 @@ def nm_gemm_spec(dtype: str, M: int, N: int, K: int, n: int, m: int, *, bias: bo
     sig = {"a_ptr": f"*{t}", "v_ptr": f"*{vt}", "idx_ptr": "*u8", "out_ptr": f"*{t}", "bias_ptr": f"*{t}", "res_ptr": f"*{t}",
            "mul_ptr": f"*{t}", "M": "i32", "N": "i32", "K": "i32", "K_FULL": "i32", "KC": "i32", "NB": "i32",
            "stride_am": "i32", "stride_vn": "i32", "stride_in": "i32", "stride_om": "i32", "stride_rm": "i32",
-           "stride_mm": "i32", "scale": "fp32"}
+           "stride_mm": "i32", "scale": "fp32", "post_scale": "fp32"}
     const = {"stride_ak": 1, "stride_on": 1, "stride_rn": 1, "stride_mn": 1, "HAS_MUL": mul, "KEEP": n, "GROUP": m, "BITS": index_bits(m),
              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": 8,
              "HAS_BIAS": bias, "ACTIVATION": activation, "HAS_RESIDUAL": residual, "UPCAST": dtype == "float32",
-             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
+             "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "HAS_POST_SCALE": post_scale}
     return {"module": __name__, "kernel": "nm_gemm_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_om"], "num_warps": cfg["num_warps"],
             "num_stages": cfg["num_stages"], "label": f"nm_gemm {n}:{m} {dtype} {M}x{N}x{K}"}
