@@ -249,15 +249,14 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
               residual: bool = False, out_dtype: str | None = None, mul: bool = False, arch: int | None = None,
               keep: bool = False, norm: bool = False, swiglu: bool = False, split_k: int | None = None,
               gate: str = "silu", layer_norm: bool = False, bare_norm: bool = False, post_norm: bool = False,
-              post_scale: bool = False, bare_post: bool = False) -> dict:
+              post_scale: bool = False) -> dict:
     """Spec of `gemm_kernel` for contiguous operands of a M x N x K linear, blocks from `gemm_blocks`
     (`arch`: the decode table's configs for that GPU, as the launcher picks them there, split-K included);
     `norm`: the RMSNorm prologue, `swiglu`: the [gate; up] epilogue (N is the output width, the weight
     has 2N rows; `gate`: its activation, GeGLU's "gelu_tanh"); `split_k`: K splits instead of the table's;
     `layer_norm`: the LayerNorm prologue (weight and bias; `bare_norm`: neither, OLMo) instead of the RMSNorm one;
-    `post_norm`: the post-norm residual step before it (z = res + rms_norm(h, w), z stored; `bare_post`: z = rms_norm(h),
-    no residual, no weight: NanoChat's norm of a norm); `post_scale`: the multiplier after the activation (a logit
-    soft-cap: activation "tanh")."""
+    `post_norm`: the post-norm residual step before it (z = res + rms_norm(h, w), z stored); `post_scale`: the
+    multiplier after the activation (a logit soft-cap: activation "tanh")."""
     from fxforge.codegen.blocks import gemm_blocks, swiglu_blocks
 
     cfg = gemm_blocks(M, N, K, dtype, arch)
@@ -279,9 +278,6 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
     sig.update(res2_ptr=f"*{t}", stride_pm="i32", post_eps="fp32", stride_zm="i32")  # res2: A itself when off
     sig.update({"post_w_ptr": f"*{t}", "z_ptr": f"*{t}"} if post_norm else {})
     const.update({} if post_norm else {"post_w_ptr": None, "z_ptr": None})
-    if bare_post:
-        del sig["res2_ptr"], sig["post_w_ptr"]
-        const.update(res2_ptr=None, post_w_ptr=None)
     sig["eps"] = "fp32"
     sig.update(dict.fromkeys(("act_p0", "act_p1", "act_p2", "act_p3"), "fp32"))  # a PARAM_ACTIVATIONS one's scalars
     const["SPLIT_K"] = split
@@ -297,9 +293,8 @@ def gemm_spec(dtype: str, M: int, N: int, K: int, *, bias: bool = False, activat
         sig["nb_ptr"] = f"*{t}"
     else:
         const["nb_ptr"] = None
-    epi = "+".join([s for s, on in (("post_norm", post_norm), ("bare_post", bare_post), ("norm", norm), ("layer_norm", layer_norm),
-                                    ("bare", bare_norm), ("bias", bias), (activation, activation != "none"), ("post_scale", post_scale),
-                                    ("mul", mul),
+    epi = "+".join([s for s, on in (("post_norm", post_norm), ("norm", norm), ("layer_norm", layer_norm), ("bare", bare_norm),
+                                    ("bias", bias), (activation, activation != "none"), ("post_scale", post_scale), ("mul", mul),
                                     ("swiglu" if gate == "silu" else f"gated-{gate}", swiglu), ("res", residual), ("keep", keep),
                                     (f"splitk{split}", split > 1)) if on]) or "plain"
     return {"module": _GEMM_MODULE, "kernel": "gemm_kernel", "signature": sig, "constexprs": const,

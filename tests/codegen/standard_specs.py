@@ -126,7 +126,7 @@ def decode_specs(arch: int) -> list[dict]:
                 gemm_spec(dt, 16, 3072, 2048, post_norm=True, layer_norm=True, arch=arch),  # the most rows it takes
                 gemm_spec(dt, 1, 3072, 2048, layer_norm=True, bare_norm=True, arch=arch),
                 gemm_spec(dt, 1, 8192, 2048, norm=True, bare_norm=True, activation="relu2", arch=arch),  # NanoChat's fc1
-                gemm_spec(dt, 1, 3072, 2048, post_norm=True, bare_post=True, norm=True, bare_norm=True, arch=arch)]
+                _bare_post(gemm_spec(dt, 1, 3072, 2048, post_norm=True, norm=True, bare_norm=True, arch=arch))]
         specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in post]
     specs.append(_weightless_w4_decode(arch))
     unique: dict[str, dict] = {}
@@ -134,6 +134,13 @@ def decode_specs(arch: int) -> list[dict]:
         key = repr((sorted(s["signature"].items()), sorted(s["constexprs"].items()), s["num_warps"], s["num_stages"]))
         unique.setdefault(key, s)
     return list(unique.values())
+
+
+def _bare_post(spec: dict) -> dict:
+    """A post-norm GEMM spec without the step's residual and weight: z = rms_norm(h) (NanoChat's norm of a norm)."""
+    sig = {k: v for k, v in spec["signature"].items() if k not in ("res2_ptr", "post_w_ptr")}
+    return dict(spec, signature=sig, constexprs={**spec["constexprs"], "res2_ptr": None, "post_w_ptr": None},
+                label=spec["label"] + " bare_post")
 
 
 def _weightless_w4_decode(arch: int) -> dict:

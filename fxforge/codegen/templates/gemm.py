@@ -387,10 +387,8 @@ def _check_prologue(x: torch.Tensor, nb: torch.Tensor | None, post_norm: tuple |
     if post_norm is None:
         return
     res, pw, _ = post_norm
-    if (res is not None and (tuple(res.shape) != tuple(x.shape) or res.dtype != x.dtype)) or (
-            pw is not None and tuple(pw.shape) != (K,)):
-        raise ShapeError(f"post_norm needs a residual of x's shape {tuple(x.shape)} and dtype, and a weight ({K},) "
-                         f"(or None); got {res.shape if res is not None else None} and {pw.shape if pw is not None else None}")
+    if (res is not None and (tuple(res.shape) != tuple(x.shape) or res.dtype != x.dtype)) or (pw is not None and tuple(pw.shape) != (K,)):
+        raise ShapeError(f"post_norm needs a residual of x's shape {tuple(x.shape)} and dtype, and a weight ({K},), each or None")
     if keep:
         raise ShapeError("post_norm does not take keep flags (FFN skipping): a skipped tile writes no z")
 
