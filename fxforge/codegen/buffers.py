@@ -64,7 +64,7 @@ def tensor_reads(step: Step) -> list[Value]:
         norm = p.get("norm")  # a fused norm prologue: the GEMM reads its input (`norm_x`) and weights, not its result
         lead = [p.get("norm_x") or norm.operands[0], *norm.operands[1:]] if norm is not None else [root.operands[0]]
         post = p.get("post_norm")  # z = res + norm(h) in the load: reads h, the norm's weight and res, not z
-        lead = [*post.norm.operands, post.residual, *lead[1:]] if post is not None else lead
+        lead = [*post.reads, *lead[1:]] if post is not None else lead
         return [*lead, *root.operands[1:], *[v for v in extra if v is not None]]
     if step.kind in ("rope_cache", "kv_attention"):  # several ops, one template call reading the group's inputs
         return list(step.inputs)

@@ -138,8 +138,11 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
         kw.append(f"rotary_dim={s.rotary_dim}")
     if s.interleaved:  # channels (2i, 2i+1) rotate together (GLM); tables of one entry per pair
         kw += ["interleaved=True"] + (["pair_tables=True"] if s.pair_tables else [])
-    if s.qk_norm is not None:  # q/k RMSNorm before RoPE, per head (Qwen3) or over all heads (OLMo2)
-        kw.append(f"qk_norm=({n(s.qk_norm[0])}, {n(s.qk_norm[1])}, {s.qk_norm[2]!r})")
+    if s.negated:  # rotate(x) negated, cat(x2, -x1) (NanoChat)
+        kw.append("negated=True")
+    if s.qk_norm is not None:  # q/k RMSNorm before RoPE, per head (Qwen3; weightless: NanoChat) or over all heads (OLMo2)
+        w = [n(v) if v is not None else "None" for v in s.qk_norm[:2]]
+        kw.append(f"qk_norm=({w[0]}, {w[1]}, {s.qk_norm[2]!r})")
         kw += ["norm_fp32=True"] if s.norm_fp32 else []
         kw += ["norm_after=True"] if s.norm_after else []  # after RoPE (HunYuan)
     if s.q_scale is not None:  # q's per-token scale after RoPE (Ministral3)
@@ -175,14 +178,12 @@ def _has_epilogue(p: dict[str, Any]) -> bool:
 
 
 def _norm_arg(norm: Op | None, n: Names) -> list[str]:
-    """A fused norm prologue's argument: `norm=(w, eps)` (RMSNorm) or `layer_norm=(w or None, b or None, eps)`."""
+    """A fused norm prologue's argument: `norm=(w or None, eps)` (RMSNorm) or `layer_norm=(w or None, b or None, eps)`."""
     if norm is None:
         return []
     eps = float(norm.attrs["eps"])
-    if norm.opcode == "layer_norm":
-        w, bias = (n(norm.operands[i]) if len(norm.operands) > i else "None" for i in (1, 2))
-        return [f"layer_norm=({w}, {bias}, {eps!r})"]
-    return [f"norm=({n(norm.operands[1])}, {eps!r})"]
+    w, bias = (n(norm.operands[i]) if len(norm.operands) > i else "None" for i in (1, 2))
+    return [f"layer_norm=({w}, {bias}, {eps!r})" if norm.opcode == "layer_norm" else f"norm=({w}, {eps!r})"]
 
 
 def post_norm_z(g: KernelGroup) -> Value | None:
@@ -202,7 +203,8 @@ def _post_norm_args(g: KernelGroup, n: Names) -> list[str]:
     post = g.params.get("post_norm")
     if post is None:
         return []
-    arg = f"post_norm=({n(post.residual)}, {n(post.norm.operands[1])}, {float(post.norm.attrs['eps'])!r})"
+    res, w = (n(v) if v is not None else "None" for v in (post.residual, post.weight))  # None: z = norm(h[, w])
+    arg = f"post_norm=({res}, {w}, {float(post.norm.attrs['eps'])!r})"
     return [arg] + (["keep_z=True"] if post_norm_z(g) is not None else [])
 
 

@@ -283,9 +283,9 @@ class _Partitioner:
             members += prologue
             params["norm"], params["norm_x"] = found[0], found[1]
         post = post_norm_prologue(op, self.graph, params["norm_x"]) if rule.norm else None
-        if post is not None and self.free(post.norm) and self.free(post.add):  # z = res + norm(h), in the load
-            members += [post.norm, post.add]
-            prologue = [*prologue, post.norm, post.add]
+        if post is not None and all(self.free(o) for o in post.ops):  # z = res + norm(h) (or norm(h)), in the load
+            members += post.ops
+            prologue = [*prologue, *post.ops]
             params["post_norm"] = post
         swiglu = swiglu_ops(op, self.graph) if rule.swiglu else None
         if swiglu is not None and all(self.free(o) for o in swiglu):  # the activation and mul steps, in the template
@@ -307,7 +307,7 @@ class _Partitioner:
         if params["norm"]:
             reason = f"{params['norm'].opcode} prologue + " + reason
         if params["post_norm"]:
-            reason = "post-norm residual (add of an rms_norm) + " + reason
+            reason = ("post-norm residual (add of an rms_norm) + " if params["post_norm"].add else "norm of a norm + ") + reason
         src = op.operands[0].producer
         if rule.keep and src is not None and src.opcode == "row_keep":  # FFN skipping: early exit on the flags
             params["keep"] = src.operands[1]

@@ -14,6 +14,9 @@ Decisions:
   weight [K]; the other operand is the residual.
 - Only the dense `linear` template has the step (`POST_NORM_GEMMS`); before the 4-bit decode GEMM the norm and
   the add stay a row kernel.
+- The same step without the add: z = rms_norm(h[, w]) when the GEMM's fused norm prologue normalises z again (a
+  norm of a norm, `PRE_NORMS`: NanoChat normalises the embedding, the residual stream starts from that z, and its
+  first layer's input norm is a norm of it), only then: a norm the GEMM reads directly is its norm prologue.
 """
 
 from __future__ import annotations
@@ -26,32 +29,52 @@ from fxforge.ir.types import dims_equal
 from fxforge.passes.fusion_rules import decode_fusions_ok, kernel_types_ok, row_ok, same_shape, single_use
 
 POST_NORMS = {"rms_norm": 2}  # the norms the step computes: opcode -> operand count (x, weight)
+PRE_NORMS = {"rms_norm": (1, 2)}  # the norms of a norm's input it computes (z = norm(h[, w])): operand counts
 POST_NORM_GEMMS = ("linear",)  # the GEMM opcodes whose template has the step
 
 
 @dataclass(frozen=True)
 class PostNorm:
-    """z = add(residual, norm(h, weight)): `norm` and `add` join the consuming GEMM's group."""
+    """z = add(residual, norm(h, weight)), or z = norm(h[, weight]) itself (no add, no residual): `norm` and `add`
+    join the consuming GEMM's group."""
 
     norm: Op
-    add: Op
-    residual: Value
+    add: Op | None
+    residual: Value | None
 
     @property
     def h(self) -> Value:
         return self.norm.operands[0]
 
     @property
+    def weight(self) -> Value | None:
+        return self.norm.operands[1] if len(self.norm.operands) > 1 else None
+
+    @property
     def z(self) -> Value:
-        return self.add.result
+        return self.add.result if self.add is not None else self.norm.result
+
+    @property
+    def ops(self) -> list[Op]:
+        return [self.norm] + ([self.add] if self.add is not None else [])
+
+    @property
+    def reads(self) -> list[Value]:
+        """What the template reads for the step: h, the weight, the residual (those there are)."""
+        return [v for v in (self.h, self.weight, self.residual) if v is not None]
 
 
 def post_norm_prologue(op: Op, graph: Graph, norm_x: Value | None) -> PostNorm | None:
     """The post-norm residual add whose result z the GEMM `op` reads, directly or as `norm_x`, the input of its fused
-    norm prologue (`norm_ops`), else None."""
+    norm prologue (`norm_ops`), or that norm's own input z = rms_norm(h[, w]) (a norm of a norm: NanoChat's norm
+    after the embedding, which its first layer's input norm normalises again), else None."""
     z = norm_x if norm_x is not None else op.operands[0]
     add = z.producer
-    if op.opcode not in POST_NORM_GEMMS or add is None or add.opcode != "add" or not kernel_types_ok(add):
+    if op.opcode not in POST_NORM_GEMMS or add is None:
+        return None
+    if norm_x is not None and len(add.operands) in PRE_NORMS.get(add.opcode, ()):
+        return _pre_norm(add)
+    if add.opcode != "add" or not kernel_types_ok(add):
         return None
     for t, res in (add.operands, add.operands[::-1]):
         norm = t.producer
@@ -72,21 +95,33 @@ def post_norm_prologue(op: Op, graph: Graph, norm_x: Value | None) -> PostNorm |
     return None
 
 
-# the norms a GEMM's load computes (`gemm.py` HAS_NORM): opcode -> (operand counts, GEMM opcodes whose template
-# has that prologue). LayerNorm (weight and bias optional): the dense GEMM only (the 4-bit decode kernel: RMSNorm)
-NORM_PROLOGUES = {"rms_norm": ((2,), ("linear", "qlinear")), "layer_norm": ((1, 2, 3), ("linear",))}
+def _pre_norm(norm: Op) -> PostNorm | None:
+    """z = norm(h[, w[K]]) of h's dtype, a row kernel's norm: the step without its add (z is stored where read
+    elsewhere, as the post-norm add's is)."""
+    h, z = norm.operands[0], norm.result
+    w = norm.operands[1:]
+    ok = row_ok(norm) and same_shape(h, z) and h.type.dtype == z.type.dtype and kernel_types_ok(norm)
+    ok = ok and all(v.type.rank == 1 and dims_equal(v.type.shape[0], z.type.shape[-1]) for v in w)
+    return PostNorm(norm, None, None) if ok else None
+
+
+# the norms a GEMM's load computes (`gemm.py` HAS_NORM): opcode -> operand count -> the GEMM opcodes whose template
+# has that prologue. RMSNorm with or without a weight (NanoChat's has none: the dense GEMM's HAS_NW, the 4-bit decode
+# kernel's norm_ptr None); LayerNorm with its weight and bias optional, the dense GEMM only
+NORM_PROLOGUES = {"rms_norm": {1: ("linear", "qlinear"), 2: ("linear", "qlinear")},
+                  "layer_norm": {1: ("linear",), 2: ("linear",), 3: ("linear",)}}
 
 
 def norm_prologue(op: Op, graph: Graph, shared: bool = False) -> Op | None:
-    """The norm (`NORM_PROLOGUES`: `rms_norm(x, w)`, `layer_norm(x[, w[, b]])`) producing the GEMM's input that its
-    load can compute: a row-kernel norm whose single-use result has x's dtype, with a weight (and bias) [K];
+    """The norm (`NORM_PROLOGUES`: `rms_norm(x[, w])`, `layer_norm(x[, w[, b]])`) producing the GEMM's input that its
+    load can compute: a row-kernel norm whose single-use result has x's dtype, with its weight (and bias) [K];
     `shared`: whatever its other uses (`norm_copies` then gives each GEMM reader its own copy)."""
     y = op.operands[0]
     p = y.producer
     if not decode_fusions_ok(op) or p is None or p.opcode not in NORM_PROLOGUES:
         return None
-    arity, gemms = NORM_PROLOGUES[p.opcode]
-    if len(p.operands) not in arity or op.opcode not in gemms or not (shared or single_use(y, graph)) or not row_ok(p):
+    gemms = NORM_PROLOGUES[p.opcode].get(len(p.operands), ())
+    if op.opcode not in gemms or not (shared or single_use(y, graph)) or not row_ok(p):
         return None
     x, *params = p.operands
     ok = x.type.dtype == y.type.dtype and all(w.type.rank == 1 and dims_equal(w.type.shape[0], x.type.shape[-1])

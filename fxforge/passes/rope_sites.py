@@ -29,6 +29,8 @@ the row's scale over H heads. Either may weigh in fp32 before its one rounding (
 x.dtype): OLMo2 in fp16/bf16; the site's `norm_fp32`). Per-head norms after RoPE instead (HunYuan: rms_norm(rope(x_h),
 w[D]) feeds the attention / the cache write; the site's `norm_after`, dense caches only). q after RoPE (and its norm)
 may be scaled per token, mul(q, t[B or 1, 1, S, 1]) of q's dtype (Ministral3's position-dependent scaling; `q_scale`).
+NanoChat: rotate_half negated, cat(x[..., D/2:], neg(x[..., :D/2])) (the site's `negated`: a rotation by -theta), and
+per-head q/k norms without a weight (after RoPE there; before it too): qk_norm = (None, None, eps).
 
 Decisions:
 - The QKV GEMM may be a dense `linear` or a `qlinear` (quantized weights stacked by `concat_linears`):
@@ -72,18 +74,21 @@ class RopeSite:
     head_dim: int
     format: str = "dense"  # the caches' format (`cache_ops.CACHE_FORMATS`): a KV format writes packed rows
     block: int = 32
-    qk_norm: tuple[Value, Value, float] | None = None  # RMSNorm weights of q and k ([D] per head, [H * D] per row), eps
+    qk_norm: tuple[Value | None, Value | None, float] | None = None  # RMSNorm weights of q and k ([D] per head,
+    # [H * D] per row; None: weightless, per head), eps
     rotary_dim: int = 0  # channels [0, rotary_dim) rotated, the rest passed through (partial RoPE); 0: head_dim
     interleaved: bool = False  # channels (2i, 2i+1) rotate together (else i with i + R/2: rotate_half)
     pair_tables: bool = False  # cos / sin hold one entry per pair (R/2), channel d reads entry d // 2
     norm_fp32: bool = False  # the q/k norm weighs in fp32 before its one rounding (cast(rms_norm(cast(x, f32), w)))
     norm_after: bool = False  # the per-head q/k norm applies to RoPE's result (HunYuan), not before it
     q_scale: Value | None = None  # q after RoPE times a per-token scale [B or 1, 1, S, 1] (Ministral3)
+    negated: bool = False  # rotate(x) negated: x * cos - rotate(x) * sin (NanoChat's cat(x2, -x1))
 
     @property
     def reads(self) -> list[Value]:
-        """What the template reads (a repeat_interleave'd table is read through: not its copy)."""
-        norm = list(self.qk_norm[:2]) if self.qk_norm is not None else []
+        """What the template reads (a repeat_interleave'd table is read through: not its copy; a weightless norm's
+        weights are None)."""
+        norm = [w for w in self.qk_norm[:2] if w is not None] if self.qk_norm is not None else []
         scale = [self.q_scale] if self.q_scale is not None else []
         return [self.qkv, self.cos, self.sin, self.pos, self.k_cache, self.v_cache, *norm, *scale]
 
@@ -102,18 +107,28 @@ class _Norm:
     op: Op  # the rms_norm (its weight and eps)
     fp32: bool  # normalised and weighted in fp32 between casts, one rounding
 
+    @property
+    def weight(self) -> Value | None:
+        return self.op.operands[1] if len(self.op.operands) > 1 else None
 
-def _norm(v: Value, graph: Graph, width: int) -> _Norm | None:
+    def same_kind(self, other: _Norm) -> bool:
+        """q's and k's norms must be one: eps, fp32 and whether weighted."""
+        return (self.op.attrs["eps"], self.fp32, self.weight is None) == (other.op.attrs["eps"], other.fp32,
+                                                                          other.weight is None)
+
+
+def _norm(v: Value, graph: Graph, width: int, weightless: bool = True) -> _Norm | None:
     """`rms_norm(v, w[width])`, v's only use, or cast(rms_norm(cast(v, f32), w), v.dtype) (OLMo2's fp16/bf16 norm:
-    the weight multiplies in fp32 before the one rounding); else None."""
+    the weight multiplies in fp32 before the one rounding); `weightless`: w may be absent (NanoChat; a per-head norm,
+    whose template reads the head width from the site, not from a weight); else None."""
     up = _only_use(v, graph, "cast")
     fp32 = up is not None and up.result.type.dtype == DType.f32 and v.type.dtype != DType.f32
     x = up.result if fp32 else v
     n = _only_use(x, graph, "rms_norm")
-    if n is None or len(n.operands) != 2 or n.result.type != x.type:
+    if n is None or len(n.operands) not in ((1, 2) if weightless else (2,)) or n.result.type != x.type:
         return None
-    w = n.operands[1].type
-    if w.rank != 1 or w.shape[0] != width or w.dtype not in (x.type.dtype, v.type.dtype):
+    w = n.operands[-1].type
+    if len(n.operands) == 2 and (w.rank != 1 or w.shape[0] != width or w.dtype not in (x.type.dtype, v.type.dtype)):
         return None
     down = _only_use(n.result, graph, "cast") if fp32 else None
     if fp32 and (down is None or down.result.type != v.type):
@@ -124,7 +139,7 @@ def _norm(v: Value, graph: Graph, width: int) -> _Norm | None:
 def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, _Norm | None] | None:
     """slice -> [rms_norm over the row] -> reshape [B, S, H, D] -> [rms_norm over D] -> permute [0, 2, 1, 3]
     [-> rms_norm over D]: (x_h, the ops, H, D, the norm)."""
-    row = _norm(sl.result, graph, sl.result.type.shape[-1])  # over all heads of the token (OLMo2)
+    row = _norm(sl.result, graph, sl.result.type.shape[-1], weightless=False)  # over all heads of the token (OLMo2)
     r = _only_use((row or sl).result, graph, "reshape")
     if r is None or r.result.type.rank != 4:
         return None
@@ -157,21 +172,23 @@ def _last_dim_slices(x: Value, step: int) -> dict[int, Op]:
             and u.attrs["step"] == step}
 
 
-def _rotate_half(x: Value, graph: Graph, d: int) -> tuple[Value, list[Op]] | None:
-    """cat(neg(x[..., D/2:]), x[..., :D/2]) (Llama's rotate_half): (its result, its ops), else None."""
+def _rotate_half(x: Value, graph: Graph, d: int) -> tuple[Value, list[Op], bool] | None:
+    """cat(neg(x[..., D/2:]), x[..., :D/2]) (Llama's rotate_half), or its negation cat(x[..., D/2:], neg(x[..., :D/2]))
+    (NanoChat's): (its result, its ops, negated?), else None."""
     halves = _last_dim_slices(x, 1)
     lo, hi = halves.get(0), halves.get(d // 2)
     if lo is None or hi is None or lo.attrs["end"] != d // 2 or hi.attrs["end"] != d:
         return None
-    neg = _only_use(hi.result, graph, "neg")
+    negated = _only_use(hi.result, graph, "neg") is None  # then lo is the negated half
+    neg, kept = (_only_use(lo.result, graph, "neg"), hi) if negated else (_only_use(hi.result, graph, "neg"), lo)
     cat = _only_use(neg.result, graph, "cat") if neg is not None else None
-    if cat is None or cat.attrs["dim"] % 4 != 3 or list(cat.operands) != [neg.result, lo.result] or not _single_use(
-            lo.result, graph):
+    order = [kept.result, neg.result] if negated else [neg.result, kept.result]
+    if cat is None or cat.attrs["dim"] % 4 != 3 or list(cat.operands) != order or not _single_use(kept.result, graph):
         return None
-    return cat.result, [lo, hi, neg, cat]
+    return cat.result, [lo, hi, neg, cat], negated
 
 
-def _rotate_pairs(x: Value, graph: Graph, d: int) -> tuple[Value, list[Op]] | None:
+def _rotate_pairs(x: Value, graph: Graph, d: int) -> tuple[Value, list[Op], bool] | None:
     """reshape(cat(reshape(neg(x[..., 1::2]), [.., D/2, 1]), reshape(x[..., 0::2], [.., D/2, 1]), -1), [.., D])
     (interleaved pairs, `stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)`): (its result, its ops), else None."""
     strided = _last_dim_slices(x, 2)
@@ -187,7 +204,7 @@ def _rotate_pairs(x: Value, graph: Graph, d: int) -> tuple[Value, list[Op]] | No
     if flat is None or list(cat.operands) != [c.result for c in cols] or cat.attrs["dim"] != x.type.rank or tuple(
             flat.result.type.shape) != tuple(x.type.shape):
         return None
-    return flat.result, [even, odd, neg, *cols, cat, flat]
+    return flat.result, [even, odd, neg, *cols, cat, flat], False
 
 
 ROTATIONS = {False: _rotate_half, True: _rotate_pairs}  # interleaved? -> the rotation's matcher
@@ -218,12 +235,13 @@ class _Rope:
     rotary_dim: int
     interleaved: bool
     pair_tables: bool
+    negated: bool = False
 
     def same_variant(self, other: _Rope) -> bool:
-        """q's and k's RoPE must be one: the same tables, rotary dim and pairing."""
+        """q's and k's RoPE must be one: the same tables, rotary dim, pairing and sign."""
         return self.cos is other.cos and self.sin is other.sin and (self.rotary_dim, self.interleaved,
-                                                                    self.pair_tables) == (
-            other.rotary_dim, other.interleaved, other.pair_tables)
+                                                                    self.pair_tables, self.negated) == (
+            other.rotary_dim, other.interleaved, other.pair_tables, other.negated)
 
 
 def _rope(x: Value, graph: Graph, d: int) -> _Rope | None:
@@ -234,7 +252,7 @@ def _rope(x: Value, graph: Graph, d: int) -> _Rope | None:
     found = next(((i, r) for i, match in ROTATIONS.items() if (r := match(x, graph, d)) is not None), None)
     if len(muls) != 1 or found is None:
         return None
-    interleaved, (rot, rot_ops) = found
+    interleaved, (rot, rot_ops, negated) = found
     m1, m2 = muls[0], _only_use(rot, graph, "mul")
     cos = _mul_by(m1, x)
     sin = _mul_by(m2, rot) if m2 is not None else None
@@ -246,7 +264,7 @@ def _rope(x: Value, graph: Graph, d: int) -> _Rope | None:
         return None
     tables = [_pair_table(t) if interleaved else None for t in (cos, sin)]
     pairs = all(t is not None for t in tables)
-    return _Rope(add.result, *(tables if pairs else (cos, sin)), ops, d, interleaved, pairs)
+    return _Rope(add.result, *(tables if pairs else (cos, sin)), ops, d, interleaved, pairs, negated)
 
 
 def _partial_rope(x: Value, graph: Graph, d: int) -> _Rope | None:
@@ -299,19 +317,17 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     if any(h is None for h in heads) or len({h[3] for h in heads}) != 1 or heads[1][2] != heads[2][2]:
         return None
     (xq, oq, hq, d, nq), (xk, ok, hkv, _, nk), (xv, ov, _, _, nv) = heads
-    if nv is not None or (nq is None) != (nk is None) or (nq is not None and (
-            nq.op.attrs["eps"] != nk.op.attrs["eps"] or nq.fp32 != nk.fp32)):
+    if nv is not None or (nq is None) != (nk is None) or (nq is not None and not nq.same_kind(nk)):
         return None
-    qk_norm = (nq.op.operands[1], nk.op.operands[1], float(nq.op.attrs["eps"])) if nq is not None else None
+    qk_norm = (nq.weight, nk.weight, float(nq.op.attrs["eps"])) if nq is not None else None
     rq, rk = _fp32_rope(xq, graph, d), _fp32_rope(xk, graph, d)
     if rq is None or rk is None or not rq.same_variant(rk):
         return None
     aq, ak = _norm(rq.result, graph, d), _norm(rk.result, graph, d)  # per-head norms after RoPE (HunYuan)
-    if (aq is None) != (ak is None) or (aq is not None and (qk_norm is not None or aq.op.attrs["eps"] != ak.op.attrs[
-            "eps"] or aq.fp32 != ak.fp32)):
+    if (aq is None) != (ak is None) or (aq is not None and (qk_norm is not None or not aq.same_kind(ak))):
         return None
     if aq is not None:
-        qk_norm, nq = (aq.op.operands[1], ak.op.operands[1], float(aq.op.attrs["eps"])), aq
+        qk_norm, nq = (aq.weight, ak.weight, float(aq.op.attrs["eps"])), aq
     q, k = (aq.result, ak.result) if aq is not None else (rq.result, rk.result)
     scaled = _q_scale(q, graph)
     cw_k, cw_v = _only_use(k, graph, "cache_write"), _only_use(xv, graph, "cache_write")
@@ -325,7 +341,7 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0],
                     scaled[0].result if scaled else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
                     rq.rotary_dim, rq.interleaved, rq.pair_tables, nq is not None and nq.fp32, norm_after=aq is not None,
-                    q_scale=scaled[1] if scaled else None)
+                    q_scale=scaled[1] if scaled else None, negated=rq.negated)
 
 
 def _q_scale(q: Value, graph: Graph) -> tuple[Op, Value] | tuple[()]:

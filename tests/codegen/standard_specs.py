@@ -117,17 +117,37 @@ def decode_specs(arch: int) -> list[dict]:
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, gate="gelu_tanh", arch=arch))  # GeGLU
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, swiglu=True, bias=True, arch=arch))  # mlp_bias
     specs.append(gemm_spec("float16", 1, 8192, 2048, norm=True, activation="xielu", arch=arch))  # Apertus' up + xIELU
-    for dt in ("float16", "bfloat16"):  # post-norm blocks (Gemma2/3, OLMo2, EXAONE 4) and OLMo's bare LayerNorm
+    for dt in ("float16", "bfloat16"):  # post-norm blocks (Gemma2/3, OLMo2, EXAONE 4), OLMo's / NanoChat's bare norms
         cap = dict(activation="tanh", post_scale=True) if dt == "float16" else {}  # Gemma2's logit soft-cap (fp16)
         post = [gemm_spec(dt, 1, 8192, 2048, post_norm=True, norm=True, swiglu=True, gate="gelu_tanh", arch=arch),
                 gemm_spec(dt, 1, 3072, 2048, post_norm=True, arch=arch),  # OLMo2's QKV: z itself
                 gemm_spec(dt, 1, 2048, 2048, post_norm=True, split_k=4, arch=arch),  # z written by each K split
                 gemm_spec(dt, 1, 128256, 2048, post_norm=True, norm=True, arch=arch, **cap),  # the final norm + lm_head
                 gemm_spec(dt, 16, 3072, 2048, post_norm=True, layer_norm=True, arch=arch),  # the most rows it takes
-                gemm_spec(dt, 1, 3072, 2048, layer_norm=True, bare_norm=True, arch=arch)]
+                gemm_spec(dt, 1, 3072, 2048, layer_norm=True, bare_norm=True, arch=arch),
+                gemm_spec(dt, 1, 8192, 2048, norm=True, bare_norm=True, activation="relu2", arch=arch),  # NanoChat's fc1
+                _bare_post(gemm_spec(dt, 1, 3072, 2048, post_norm=True, norm=True, bare_norm=True, arch=arch))]
         specs += [dict(s, min_arch=90) if dt == "bfloat16" else s for s in post]
+    specs.append(_weightless_w4_decode(arch))
     unique: dict[str, dict] = {}
     for s in specs:
         key = repr((sorted(s["signature"].items()), sorted(s["constexprs"].items()), s["num_warps"], s["num_stages"]))
         unique.setdefault(key, s)
     return list(unique.values())
+
+
+def _bare_post(spec: dict) -> dict:
+    """A post-norm GEMM spec without the step's residual and weight: z = rms_norm(h) (NanoChat's norm of a norm)."""
+    sig = {k: v for k, v in spec["signature"].items() if k not in ("res2_ptr", "post_w_ptr")}
+    return dict(spec, signature=sig, constexprs={**spec["constexprs"], "res2_ptr": None, "post_w_ptr": None},
+                label=spec["label"] + " bare_post")
+
+
+def _weightless_w4_decode(arch: int) -> dict:
+    """The 4-bit decode GEMM with a weightless RMSNorm prologue (norm_ptr None: NanoChat's fc1 in w4a16) on `arch`."""
+    from fxforge.codegen.templates.qlinear_decode import decode_operand, w4_decode_spec
+
+    kw, xperm = decode_operand(arch)
+    spec = w4_decode_spec(8192, 2048, 128, 128, kw=kw, xperm=xperm, arch=arch, norm=True)
+    del spec["signature"]["norm_ptr"]
+    return dict(spec, constexprs={**spec["constexprs"], "norm_ptr": None}, label=spec["label"] + " weightless")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import fxforge
 from fxforge.codegen import buildcheck as bc
 from fxforge.codegen.templates.gemm import linear
+from fxforge.codegen.templates.gemm_prologue import post_norm_rows_spec
 from fxforge.codegen.templates.rope_cache import rope_cache, rope_cache_spec
 from fxforge.errors import ShapeError
 from fxforge.ir.ops import OPS
@@ -107,6 +108,8 @@ def test_decode_step_fused_kernels_build_without_spills(decode_step_specs):
               dict(rope_cache_spec("bfloat16", 16, 8, 128, qk_norm=True), key="rope bf16 128 qk_norm", min_arch=90),
               dict(rope_cache_spec("float16", 32, 8, 128, interleaved=True), key="rope fp16 128 interleaved"),  # GLM
               dict(rope_cache_spec("float16", 32, 8, 128, after=True), key="rope fp16 128 after"),  # HunYuan, Ministral3
+              dict(rope_cache_spec("float16", 32, 8, 128, weightless=True), key="rope fp16 128 weightless"),  # NanoChat
+              dict(post_norm_rows_spec("float16", bare=True), key="z = rms_norm(h) rows"),  # its norm of a norm, prefill
               dict(rope_cache_spec("float16", 32, 32, 128, qk_norm=True, norm_rows=True, norm_fp32=True),
                    key="rope fp16 128 qk_norm rows fp32")]  # OLMo2's norm over all heads
     specs += [dict(rope_cache_spec("float16", 32, 8, 128, fmt, 32), key=f"rope fp16 128 {fmt}")  # packed rows (#12)

@@ -8,7 +8,9 @@ fused qkv_proj / gate_up_proj and its full-dim partial RoPE (`cat_drop_empty`), 
 Starcoder2 the LayerNorm prologue, StableLM that and partial RoPE (`rotary_dim`), GLM interleaved partial RoPE with
 tables per pair and Helium the full one (`interleaved`, `pair_tables`), Gemma3 and EXAONE 4 the post-norm residual
 prologue (with and without the norm of z), OLMo the weightless LayerNorm prologue, OLMo2 both post-norm forms and its
-q/k norm over all heads in rope_cache, Arcee the relu2 epilogue, Apertus the xielu one, Mistral/SmolLM3 the plain pattern. Three compiles and
+q/k norm over all heads in rope_cache, Arcee the relu2 epilogue, Apertus the xielu one, NanoChat weightless RMSNorm
+prologues (its embedding's norm too, a norm of a norm) and its negated RoPE with weightless q/k norms after it in
+rope_cache, Mistral/SmolLM3 the plain pattern. Three compiles and
 ~14 interpreted steps per architecture (~40-90 s on 2 cores): slow; the variants' kernels and rules are checked
 cheaply in tests/codegen/test_arch_variants.py, test_arch_epilogues.py and test_post_norm.py."""
 
@@ -25,7 +27,7 @@ PER_LAYER, REST = 6, 4
 # (arch, per-layer budget, rest budget); the architectures still over it: docs/architecture.md ("Decoder architectures")
 WITHIN = [(arch, PER_LAYER, REST) for arch in ("mistral", "qwen3", "gemma", "phi3", "granite", "smollm3", "starcoder2",
                                                 "stablelm", "glm", "helium", "gemma3", "exaone4", "olmo", "olmo2",
-                                                "olmo3", "glm4", "arcee", "apertus")]
+                                                "olmo3", "glm4", "arcee", "apertus", "nanochat")]
 
 
 def _step(model: torch.nn.Module) -> tuple[list[str], object]:

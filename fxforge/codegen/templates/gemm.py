@@ -284,9 +284,9 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
     plus an epilogue. `mul` and `residual` broadcast to the output [..., N] (read through strides, never copied
     unless their layout cannot be viewed as [M, N]). `keep` [..., 1]: FFN-skip flags of x's rows (x's
     rows with keep 0 must be zero, as `row_keep` makes them): tiles whose rows are all off skip the K loop.
-    `norm=(weight, eps)`: x is rms_norm'ed in the load (`layer_norm=(weight, bias or None, eps)`:
+    `norm=(weight or None, eps)`: x is rms_norm'ed in the load (`layer_norm=(weight, bias or None, eps)`:
     layer_norm'ed; weight and bias may be None); `post_norm=(res, weight, eps)`: x is h and the GEMM's input is
-    z = res + rms_norm(h, weight, eps), then norm=/layer_norm= of z if given; `keep_z`: z is stored too (into
+    z = res + rms_norm(h, weight, eps) (res or weight None: without it), then norm=/layer_norm= of z if given; `keep_z`: z is stored too (into
     `z_out`, else allocated) and the result is (y, z); `swiglu`: w is [gate; up] [2N, K] and the result
     act(x @ gate.T) * (x @ up.T) [..., N], act = `gate` (silu, gelu_tanh, gelu). `out`: the result's storage (contiguous [..., N], a planned
     buffer of the generated `run()`), else allocated; `ws`: the workspace scratch comes from (split-K's
@@ -323,7 +323,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         _post_norm_rows(a, post_norm, z)
         a, post_norm = z, None
     write_z = keep_z and post_norm is not None
-    res2 = post_norm[0].reshape(M, K) if post_norm is not None else a
+    res2 = a if post_norm is None else post_norm[0].reshape(M, K) if post_norm[0] is not None else None
     cfg = gemm_blocks(M, N, K, x.dtype, device_arch(x.device))
     cfg = swiglu_blocks(cfg) if swiglu else cfg
     tiles, n_k = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(K, cfg["BLOCK_K"])
@@ -351,8 +351,9 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
         LAYER_NORM=layer_norm is not None, HAS_NW=norm is None or norm[0] is not None, HAS_NB=nb is not None,
         nb_ptr=nb.contiguous() if nb is not None else None, **dot_options(x.dtype, w.dtype),
         part_ptr=part, lock_ptr=locks, k_per_split=per, SPLIT_K=splits,
-        res2_ptr=res2, stride_pm=res2.stride(0), stride_pk=res2.stride(1), POST_NORM=post_norm is not None,
-        post_w_ptr=post_norm[1].contiguous() if post_norm is not None else None,
+        res2_ptr=res2, stride_pm=res2.stride(0) if res2 is not None else 0,
+        stride_pk=res2.stride(1) if res2 is not None else 0, POST_NORM=post_norm is not None,
+        post_w_ptr=post_norm[1].contiguous() if post_norm is not None and post_norm[1] is not None else None,
         post_eps=float(post_norm[2]) if post_norm is not None else 0.0,
         z_ptr=z if write_z else None, stride_zm=z.stride(0) if write_z else 0, WRITE_Z=write_z,
         post_scale=float(post_scale), HAS_POST_SCALE=post_scale != 1.0,
@@ -366,10 +367,11 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
 def _post_norm_rows(h: torch.Tensor, post_norm: tuple, z: torch.Tensor) -> None:
     """z [M, K] = res + rms_norm(h, w, eps) for `post_norm` = (res, w, eps): `gemm_prologue.post_norm_rows`."""
     M, K = h.shape
-    res = post_norm[0].reshape(M, K)
+    res = post_norm[0].reshape(M, K) if post_norm[0] is not None else None
+    pw = post_norm[1].contiguous() if post_norm[1] is not None else None
     cfg = POST_NORM_ROWS
     post_norm_rows[(triton.cdiv(M, cfg["BLOCK_M"]),)](
-        h, res, post_norm[1].contiguous(), z, M, K, h.stride(0), h.stride(1), res.stride(0), res.stride(1), z.stride(0),
+        h, res, pw, z, M, K, h.stride(0), h.stride(1), *(res.stride() if res is not None else (0, 0)), z.stride(0),
         float(post_norm[2]), BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"])
 
 
@@ -385,9 +387,8 @@ def _check_prologue(x: torch.Tensor, nb: torch.Tensor | None, post_norm: tuple |
     if post_norm is None:
         return
     res, pw, _ = post_norm
-    if tuple(res.shape) != tuple(x.shape) or tuple(pw.shape) != (K,) or res.dtype != x.dtype:
-        raise ShapeError(f"post_norm needs a residual of x's shape {tuple(x.shape)} and dtype, and a weight ({K},); "
-                         f"got {tuple(res.shape)} {res.dtype} and {tuple(pw.shape)}")
+    if (res is not None and (tuple(res.shape) != tuple(x.shape) or res.dtype != x.dtype)) or (pw is not None and tuple(pw.shape) != (K,)):
+        raise ShapeError(f"post_norm needs a residual of x's shape {tuple(x.shape)} and dtype, and a weight ({K},), each or None")
     if keep:
         raise ShapeError("post_norm does not take keep flags (FFN skipping): a skipped tile writes no z")
 

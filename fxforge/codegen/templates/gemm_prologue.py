@@ -5,10 +5,11 @@ the norms between a decoder block's GEMMs need no launch of their own (issue #13
   loop scales, rounds to X's dtype as Llama does, multiplies by the norm weight and rounds again (the rms_norm row
   kernel's steps). LAYER_NORM: LayerNorm instead (mean and variance in two passes, (x - mean) * rstd [* w] [+ b] in
   fp32, one rounding: the layer_norm row kernel's steps); HAS_NW / HAS_NB: whether it has a weight / a bias
-  (OLMo's LayerNorm has neither).
+  (OLMo's LayerNorm has neither; NanoChat's RMSNorm no weight: scaled and rounded once).
 - POST_NORM (Gemma2/3, OLMo2, EXAONE 4: the norm of a GEMM output before the residual add): a_ptr is h, the
   previous GEMM's output, and the GEMM's input is z = res + rms_norm(h, pw) (the rms_norm's roundings, then the
-  add's), optionally followed by the HAS_NORM / LAYER_NORM norm of z (Gemma's pre-feedforward norm, the final
+  add's; pw or res may be None: z = rms_norm(h), NanoChat's weightless norm after the embedding, a norm of a
+  norm with the HAS_NORM step), optionally followed by the HAS_NORM / LAYER_NORM norm of z (Gemma's pre-feedforward norm, the final
   norm before the lm_head). A first pass gives h's 1/rms; z's statistics are taken over z recomputed tile by
   tile. WRITE_Z: the programs of the first output-column tile (pid_n == 0; with split-K every split, each over its
   own K range) store z as well: the next residual add reads it.
@@ -46,9 +47,18 @@ def rms_scale(x, rstd, g, ONE_ROUNDING: tl.constexpr = False):
 
 
 @triton.jit
-def post_residual(h, r, g, h_rstd):
-    """z = r + rms_norm(h) * g for tiles h, r [rows, cols]: the norm's roundings (`rms_scale`), then the add's."""
-    return (r.to(tl.float32) + rms_scale(h, h_rstd, g).to(tl.float32)).to(h.dtype)
+def post_z(h, res_ptr, pw_ptr, offs_m, ks, m, stride_pm, stride_pk, K, h_rstd):
+    """z = res + rms_norm(h, pw) for the tile h [rows, ks] (mask m): the norm's roundings (`rms_scale`), then the
+    add's. pw_ptr None: weightless (scale, one rounding); res_ptr None: z is the norm itself (NanoChat's norm after
+    the embedding, which the residual reads and the layer's first GEMM normalises again)."""
+    if pw_ptr is None:
+        z = (h.to(tl.float32) * h_rstd[:, None]).to(h.dtype)
+    else:
+        z = rms_scale(h, h_rstd, tl.load(pw_ptr + ks, mask=ks < K, other=0.0).to(tl.float32))
+    if res_ptr is not None:
+        r = tl.load(res_ptr + offs_m[:, None] * stride_pm + ks[None, :] * stride_pk, mask=m, other=0.0)
+        z = (r.to(tl.float32) + z.to(tl.float32)).to(h.dtype)
+    return z
 
 
 @triton.jit
@@ -57,8 +67,7 @@ def prologue_input(a_ptr, res_ptr, pw_ptr, offs_m, rows, ks, stride_am, stride_a
     m = rows[:, None] & (ks[None, :] < K)
     x = tl.load(a_ptr + offs_m[:, None] * stride_am + ks[None, :] * stride_ak, mask=m, other=0.0)
     if POST_NORM:
-        r = tl.load(res_ptr + offs_m[:, None] * stride_pm + ks[None, :] * stride_pk, mask=m, other=0.0)
-        x = post_residual(x, r, tl.load(pw_ptr + ks, mask=ks < K, other=0.0).to(tl.float32), h_rstd)
+        x = post_z(x, res_ptr, pw_ptr, offs_m, ks, m, stride_pm, stride_pk, K, h_rstd)
     return x
 
 
@@ -139,8 +148,7 @@ def prologue_tile(
     WRITE_Z), then its norm (HAS_NORM), in the input's dtype."""
     k_ok = ks < K
     if POST_NORM:
-        r = tl.load(res_ptr + offs_m[:, None] * stride_pm + ks[None, :] * stride_pk, mask=rows[:, None] & k_ok[None, :], other=0.0)
-        a = post_residual(a, r, tl.load(pw_ptr + ks, mask=k_ok, other=0.0).to(tl.float32), h_rstd)
+        a = post_z(a, res_ptr, pw_ptr, offs_m, ks, rows[:, None] & k_ok[None, :], stride_pm, stride_pk, K, h_rstd)
         if WRITE_Z:
             tl.store(z_ptr + offs_m[:, None] * stride_zm + ks[None, :], a.to(z_ptr.dtype.element_ty), mask=z_rows[:, None] & k_ok[None, :])
     if HAS_NORM:
@@ -152,8 +160,10 @@ def prologue_tile(
             if HAS_NB:
                 y += tl.load(nb_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)[None, :]
             a = y.to(a.dtype)
-        else:
+        elif HAS_NW:
             a = rms_scale(a, rstd, g, norm_ptr.dtype.element_ty == tl.float32)  # fp32 g: one rounding
+        else:  # a weightless RMSNorm (NanoChat): scale, one rounding
+            a = (a.to(tl.float32) * rstd[:, None]).to(a.dtype)
     return a
 
 
@@ -176,11 +186,16 @@ def post_norm_rows(
 POST_NORM_ROWS = dict(BLOCK_M=16, BLOCK_K=128, num_warps=4)  # `post_norm_rows`' tile
 
 
-def post_norm_rows_spec(dtype: str) -> dict:
-    """Build spec (`codegen.build`) of `post_norm_rows` for contiguous rows of `dtype`."""
+def post_norm_rows_spec(dtype: str, bare: bool = False) -> dict:
+    """Build spec (`codegen.build`) of `post_norm_rows` for contiguous rows of `dtype` (`bare`: no residual, no
+    weight: z = rms_norm(h), NanoChat's)."""
     t = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
     sig = {"h_ptr": f"*{t}", "res_ptr": f"*{t}", "pw_ptr": f"*{t}", "z_ptr": f"*{t}", "M": "i32", "K": "i32",
            "stride_hm": "i32", "stride_pm": "i32", "stride_zm": "i32", "eps": "fp32"}  # fmt: skip
     const = {"stride_hk": 1, "stride_pk": 1, "BLOCK_M": POST_NORM_ROWS["BLOCK_M"], "BLOCK_K": POST_NORM_ROWS["BLOCK_K"]}
+    if bare:
+        del sig["res_ptr"], sig["pw_ptr"], sig["stride_pm"]
+        const.update(res_ptr=None, pw_ptr=None, stride_pm=0)
     return {"module": __name__, "kernel": "post_norm_rows", "signature": sig, "constexprs": const, "num_warps": 4,
-            "num_stages": 1, "divisible": ["K", "stride_hm", "stride_pm", "stride_zm"], "label": f"post_norm_rows {dtype}"}  # fmt: skip
+            "num_stages": 1, "divisible": [d for d in ("K", "stride_hm", "stride_pm", "stride_zm") if d in sig],
+            "label": f"post_norm_rows {dtype}{' bare' * bare}"}  # fmt: skip

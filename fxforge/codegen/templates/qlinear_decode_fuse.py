@@ -56,9 +56,12 @@ E4M3_MAX: tl.constexpr = tl.constexpr(formats.get_format("f8e4m3").max_value)
 
 @triton.jit
 def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.constexpr):
-    """x's tile (rows offs_m, columns ks) as fp32, rms_norm'ed with the row kernel's steps and roundings."""
+    """x's tile (rows offs_m, columns ks) as fp32, rms_norm'ed with the row kernel's steps and roundings (g_ptr None:
+    weightless, NanoChat's: scale, one rounding)."""
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
-    if HAS_NORM:
+    if HAS_NORM and g_ptr is None:
+        x = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
+    elif HAS_NORM:
         g = tl.load(g_ptr + ks, mask=ks < K, other=0.0)
         x = rms_scale(x, rstd, g.to(tl.float32), g_ptr.dtype.element_ty == tl.float32)  # fp32 g: one rounding
     return x.to(tl.float32)
@@ -125,7 +128,7 @@ def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: 
     with swiglu (the epilogue replaces them), a gated activation `gate`."""
     if gate not in GATED_ACTIVATIONS:
         raise ShapeError(f"qlinear_w4_decode: unknown gated activation gate={gate!r}; use one of {GATED_ACTIVATIONS}")
-    if norm is not None and tuple(norm[0].shape) != (K,):
+    if norm is not None and norm[0] is not None and tuple(norm[0].shape) != (K,):
         raise ShapeError(f"qlinear_w4_decode norm weight must have shape ({K},), got {tuple(norm[0].shape)}")
     if swiglu and (n_rows % 2 or not plain):
         raise ShapeError(f"qlinear_w4_decode swiglu needs interleaved [gate; up] rows (an even count, got {n_rows}) "
@@ -151,14 +154,14 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
         xn, rs, *extra = scratch(ws, x2d.device, ((programs, M, K), torch.float16),
                                  ((programs * splits, M), torch.float32), *more)
         return x2d, rs if fp4 else None, dict(
-            norm_ptr=norm[0].contiguous() if norm else None, xn_ptr=xn, eps=float(norm[1]) if norm else 0.0,
+            norm_ptr=norm[0].contiguous() if norm and norm[0] is not None else None, xn_ptr=xn, eps=float(norm[1]) if norm else 0.0,
             HAS_NORM=norm is not None, QUANT_X=fp4), extra
     if more or splits > 1:
         raise ShapeError(f"the decode prologue splits K at M <= {DECODE_ROWS} rows only (got {M})")
     if norm is not None:
         (xn,) = scratch(ws, x2d.device, ((M, K), x2d.dtype))
         rms_norm_rows_kernel[(triton.cdiv(M, PREFILL_ROWS),)](
-            x2d, x2d.stride(0), xn, norm[0].contiguous(), float(norm[1]), M, K, BLOCK_M=PREFILL_ROWS, BLOCK_K=bk)
+            x2d, x2d.stride(0), xn, norm[0].contiguous() if norm[0] is not None else None, float(norm[1]), M, K, BLOCK_M=PREFILL_ROWS, BLOCK_K=bk)
         x2d = xn
     rs = None
     if fp4:

@@ -31,6 +31,8 @@ Decisions:
   projection): each head program sums the squares of the whole row itself (a loop over NQN / NKN heads, L1/L2
   resident, no second launch) and reads its own slice of the weights. `norm_fp32` (OLMo2 in fp16/bf16): weighted in
   fp32 and rounded once, as cast(rms_norm(cast(x, f32), w), x.dtype).
+- `negated=True` (NanoChat's rotate_half, cat(x2, -x1)): the other channel of each pair is negated, a rotation by
+  -theta; `qk_norm=(None, None, eps)`: weightless per-head norms (NORM_W false, one rounding).
 - Packed: a k / v program computes its row as even and odd channels [blocks, block / 2] (RoPE evaluated
   at those indices), so the encoder reduces each block along one axis and pairs bfp4's nibbles without
   reshapes; q heads take the dense path (a runtime branch on the head, one kernel for all heads).
@@ -62,16 +64,26 @@ def _rows_rstd(row, stride_xn, eps, nh, NH: tl.constexpr, D: tl.constexpr, BLOCK
 
 
 @triton.jit
+def _norm_weight(d, md, qn_ptr, kn_ptr, w_off, vq, vk, NORM_W: tl.constexpr):
+    """The q/k norm's weights at channels `d` from `w_off` (fp32; q's where vq, k's where vk), or 1 (NORM_W false)."""
+    if NORM_W:
+        g = tl.load(qn_ptr + w_off + d, mask=md & vq, other=0.0).to(tl.float32) + tl.load(
+            kn_ptr + w_off + d, mask=md & vk, other=0.0).to(tl.float32)
+    else:
+        g = tl.full(d.shape, 1.0, tl.float32)
+    return g
+
+
+@triton.jit
 def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM: tl.constexpr,
-             NORM_F32: tl.constexpr):
+             NORM_F32: tl.constexpr, NORM_W: tl.constexpr):
     """Channels `d` of the head row (fp32); QK_NORM: the RMSNorm (weights qn / kn from `w_off`, the row's `rstd`)
     applied where is_q or is_k with `gemm_prologue.rms_scale`'s steps and roundings, NORM_F32: weighted in fp32 and rounded
-    once (v heads as loaded)."""
+    once (v heads as loaded); NORM_W false: weightless (a weight of 1: one rounding either way)."""
     x = tl.load(row + d * stride_xn, mask=md, other=0.0)
     if QK_NORM:
         vq, vk = (d * 0 + is_q.to(tl.int32)) != 0, (d * 0 + is_k.to(tl.int32)) != 0  # vector masks (the interpreter)
-        g = tl.load(qn_ptr + w_off + d, mask=md & vq, other=0.0).to(tl.float32) + tl.load(
-            kn_ptr + w_off + d, mask=md & vk, other=0.0).to(tl.float32)
+        g = _norm_weight(d, md, qn_ptr, kn_ptr, w_off, vq, vk, NORM_W)
         if NORM_F32:  # the norm's IR: cast(rms_norm(cast(x, f32), w), x.dtype)
             xn = (x.to(tl.float32) * rstd * g).to(x.dtype)
         else:
@@ -83,19 +95,23 @@ def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_
 @triton.jit
 def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr, qn_ptr, kn_ptr, w_off, rstd,
              is_q, is_k, QK_NORM: tl.constexpr, ROT: tl.constexpr, INTERLEAVED: tl.constexpr,
-             PAIR_TABLES: tl.constexpr, NORM_F32: tl.constexpr):
+             PAIR_TABLES: tl.constexpr, NORM_F32: tl.constexpr, NORM_W: tl.constexpr, NEGATED: tl.constexpr):
     """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row` (QK_NORM: normed first);
-    channels past ROT (partial RoPE) pass through."""
-    x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, NORM_F32)
+    channels past ROT (partial RoPE) pass through. NEGATED: the rotated half's sign flipped (a rotation by -theta)."""
+    x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, NORM_F32, NORM_W)
     in_rot = d < ROT
     if INTERLEAVED:  # pairs (2i, 2i + 1): rotate(x)[2i] = -x[2i + 1], rotate(x)[2i + 1] = x[2i]
         pd = d ^ 1
         negated = (d % 2) == 0
-    else:  # rotate_half: d with (d + R/2) mod R, negated in the first half
+        if NEGATED:  # -rotate: the odd channel's partner negated instead
+            negated = (d % 2) == 1
+    else:  # rotate_half: d with (d + R/2) mod R, negated in the first half (NEGATED, NanoChat's cat(x2, -x1): second)
         pd = (d + ROT // 2) % ROT
         negated = d < ROT // 2
+        if NEGATED:
+            negated = d >= ROT // 2
     partner = _channel(row, tl.where(in_rot, pd, d), md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM,
-                       NORM_F32)
+                       NORM_F32, NORM_W)
     rot = tl.where(negated, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
     if PAIR_TABLES:  # one table entry per pair
         cd = d // 2
@@ -107,15 +123,15 @@ def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.const
 
 
 @triton.jit
-def _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, out_ptr, D: tl.constexpr, NORM_F32: tl.constexpr):
+def _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, out_ptr, D: tl.constexpr, NORM_F32: tl.constexpr,
+                NORM_W: tl.constexpr):
     """RMSNorm over D of a RoPE'd q / k head row y (fp32; HunYuan's q/k norm after RoPE): of y rounded to the model's
     dtype (the graph's RoPE result), with `_channel`'s steps and roundings; v rows as they are."""
     dt = out_ptr.dtype.element_ty
     x = tl.where(md, y.to(dt).to(tl.float32), 0.0)
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
     vq, vk = (d * 0 + is_q.to(tl.int32)) != 0, (d * 0 + is_k.to(tl.int32)) != 0  # vector masks (the interpreter)
-    g = tl.load(qn_ptr + d, mask=md & vq, other=0.0).to(tl.float32) + tl.load(kn_ptr + d, mask=md & vk,
-                                                                              other=0.0).to(tl.float32)
+    g = _norm_weight(d, md, qn_ptr, kn_ptr, 0, vq, vk, NORM_W)
     if NORM_F32:
         xn = x * rstd * g
     else:
@@ -141,7 +157,8 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       qn_ptr=None, kn_ptr=None, eps=0.0, QK_NORM: tl.constexpr = False, ROT: tl.constexpr = 0,
                       INTERLEAVED: tl.constexpr = False, PAIR_TABLES: tl.constexpr = False, NQN: tl.constexpr = 1,
                       NKN: tl.constexpr = 1, NORM_F32: tl.constexpr = False, NORM_AFTER: tl.constexpr = False,
-                      qs_ptr=None, stride_qsb=0, stride_qss=0, Q_SCALE: tl.constexpr = False):
+                      qs_ptr=None, stride_qsb=0, stride_qss=0, Q_SCALE: tl.constexpr = False,
+                      NORM_W: tl.constexpr = True, NEGATED: tl.constexpr = False):
     """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k rows (NQN / NKN heads each),] RoPE on
     q/k heads [, their RMSNorm after RoPE (NORM_AFTER, dense caches), q times its token's scale (Q_SCALE)], then
     store q / write the cache."""
@@ -169,9 +186,9 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         hd = d * 0 + h  # the head index as a vector: masks of one dtype with md
         y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
-                     INTERLEAVED, PAIR_TABLES, NORM_F32)
+                     INTERLEAVED, PAIR_TABLES, NORM_F32, NORM_W, NEGATED)
         if NORM_AFTER:
-            y = _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, q_ptr, D, NORM_F32)
+            y = _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, q_ptr, D, NORM_F32, NORM_W)
         if Q_SCALE:
             y = _scaled_q(y, d, qs_ptr + b * stride_qsb + s * stride_qss, is_q, q_ptr)
         q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
@@ -185,7 +202,7 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         md = d < D
         y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
-                     INTERLEAVED, PAIR_TABLES, NORM_F32)
+                     INTERLEAVED, PAIR_TABLES, NORM_F32, NORM_W, NEGATED)
         if Q_SCALE:
             y = _scaled_q(y, d, qs_ptr + b * stride_qsb + s * stride_qss, is_q, q_ptr)
         tl.store(q_ptr + ((b * HQ + h) * S + s) * D + d, y.to(q_ptr.dtype.element_ty), mask=md)
@@ -197,10 +214,10 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         me = nb_mask[:, None] & (de < D)
         ye = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
-                     INTERLEAVED, PAIR_TABLES, NORM_F32)
+                     INTERLEAVED, PAIR_TABLES, NORM_F32, NORM_W, NEGATED)
         yo = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
-                     INTERLEAVED, PAIR_TABLES, NORM_F32)
+                     INTERLEAVED, PAIR_TABLES, NORM_F32, NORM_W, NEGATED)
         ye = ye.to(q_ptr.dtype.element_ty).to(tl.float32)  # what the graph's `new` holds: the model's dtype
         yo = yo.to(q_ptr.dtype.element_ty).to(tl.float32)
         if is_k:
@@ -230,18 +247,20 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
                block: int = 32, out: torch.Tensor | None = None,
                qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, rotary_dim: int | None = None,
                interleaved: bool = False, pair_tables: bool = False, norm_fp32: bool = False,
-               norm_after: bool = False,
-               q_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               norm_after: bool = False, q_scale: torch.Tensor | None = None,
+               negated: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
     buffer of the generated `run()`), else allocated. `qk_norm=(q_weight, k_weight, eps)`: q and k are rms_norm'ed
     before RoPE, each head over D with weights [D] (Qwen3's q_norm / k_norm), or the token's whole q (k) row with
-    weights [Hq * D] ([Hkv * D]: OLMo2). `rotary_dim` R (partial RoPE, even, <= D): channels [0, R) rotate with
-    cos/sin of R channels, the rest pass through. `interleaved`: pairs (2i, 2i + 1) rotate (GLM), not (i, i + R/2);
+    weights [Hq * D] ([Hkv * D]: OLMo2); weights None: weightless, per head (NanoChat). `rotary_dim` R (partial
+    RoPE, even, <= D): channels [0, R) rotate with cos/sin of R channels, the rest pass through. `interleaved`: pairs
+    (2i, 2i + 1) rotate (GLM), not (i, i + R/2);
     `pair_tables` (interleaved only): cos/sin of R/2 entries, one per pair (the table before `repeat_interleave(2)`).
     `norm_fp32`: the q/k norm weighs in fp32 and rounds once (OLMo2's fp16/bf16 norm), not rms_norm(x, w)'s two.
     `norm_after`: the per-head `qk_norm` applies to RoPE's result instead (HunYuan; dense caches). `q_scale`: q times a
-    per-token scale broadcast to [B, 1, S, 1] after RoPE (Ministral3's position-dependent scaling)."""
+    per-token scale broadcast to [B, 1, S, 1] after RoPE (Ministral3's position-dependent scaling). `negated`: the
+    rotation's sign flipped, x * cos - rotate(x) * sin (NanoChat's rotate_half, cat(x2, -x1): a rotation by -theta)."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
     rot = head_dim if rotary_dim is None else rotary_dim
@@ -266,7 +285,7 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
         *k_cache.stride()[:3], *v_cache.stride()[:3],
         HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), **_format_constexprs(
             format, block, head_dim), **{**_norm_args(qk_norm, q_heads, kv_heads, head_dim), **more}, ROT=rot,
-        INTERLEAVED=interleaved, PAIR_TABLES=pair_tables, NORM_F32=norm_fp32 and qk_norm is not None)
+        INTERLEAVED=interleaved, PAIR_TABLES=pair_tables, NORM_F32=norm_fp32 and qk_norm is not None, NEGATED=negated)
     return q, k_cache, v_cache
 
 
@@ -276,7 +295,7 @@ def _after_args(qk_norm: tuple | None, norm_after: bool, q_scale: torch.Tensor |
     q's per-token scale ([B, S] strides of its [B, 1, S, 1] broadcast)."""
     out: dict = {}
     if norm_after:
-        if qk_norm is None or fmt != "dense" or qk_norm[0].numel() != head_dim or qk_norm[1].numel() != head_dim:
+        if qk_norm is None or fmt != "dense" or any(w is not None and w.numel() != head_dim for w in qk_norm[:2]):
             raise ShapeError("rope_cache: norm_after takes per-head qk_norm weights of head_dim and dense caches")
         out.update(QK_NORM=False, NORM_AFTER=True)
     if q_scale is not None:
@@ -293,6 +312,10 @@ def _norm_args(qk_norm: tuple | None, q_heads: int, kv_heads: int, head_dim: int
     if qk_norm is None:
         return {}
     qn, kn, eps = qk_norm
+    if qn is None and kn is None:  # weightless (NanoChat's q/k norm): per head
+        return {"eps": float(eps), "QK_NORM": True, "NORM_W": False}
+    if qn is None or kn is None:
+        raise ShapeError("rope_cache: qk_norm weights are both tensors or both None (weightless)")
     if qn.dim() != 1 or kn.dim() != 1 or qn.numel() not in (head_dim, q_heads * head_dim) or kn.numel() not in (
             head_dim, kv_heads * head_dim):
         raise ShapeError(f"rope_cache: qk_norm weights {tuple(qn.shape)}, {tuple(kn.shape)} must be ({head_dim},) "
@@ -310,11 +333,12 @@ def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
 
 def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
                     block: int = 32, qk_norm: bool = False, norm_rows: bool = False, interleaved: bool = False,
-                    norm_fp32: bool = False, after: bool = False) -> dict:
+                    norm_fp32: bool = False, after: bool = False, weightless: bool = False, negated: bool = False) -> dict:
     """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches
     (`qk_norm`: with the per-head q/k RMSNorm, `norm_rows`: over all heads, `norm_fp32`: weighted in fp32; `interleaved`: pairs (2i, 2i + 1) with
     tables of one entry per pair and half the head rotated, GLM's; `after`: the per-head norm after RoPE and q's
-    per-token scale, HunYuan's and Ministral3's)."""
+    per-token scale, HunYuan's and Ministral3's; `weightless`: the per-head norm after RoPE without weights and the
+    rotation negated, NanoChat's)."""
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
     ptrs.update(dict.fromkeys(("k_ptr", "v_ptr"), f"*{t}" if format == "dense" else "*u8"))
@@ -325,8 +349,11 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
              "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim),
              "QK_NORM": qk_norm, "ROT": head_dim // 2 if interleaved else head_dim, "INTERLEAVED": interleaved,
              "PAIR_TABLES": interleaved, "NQN": q_heads if norm_rows else 1, "NKN": kv_heads if norm_rows else 1,
-             "NORM_F32": norm_fp32}
-    if qk_norm or after:
+             "NORM_F32": norm_fp32, "NORM_W": not weightless, "NEGATED": negated or weightless}
+    if weightless:
+        sig["eps"] = "fp32"
+        const.update({"qn_ptr": None, "kn_ptr": None})
+    elif qk_norm or after:
         sig.update({"qn_ptr": f"*{t}", "kn_ptr": f"*{t}", "eps": "fp32"})
     else:
         const.update({"qn_ptr": None, "kn_ptr": None, "eps": 0.0})
@@ -334,9 +361,9 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
         const.update(QK_NORM=False, NORM_AFTER=True, Q_SCALE=True, stride_qsb=0)
         sig.update(qs_ptr=f"*{t}", stride_qss="i32")
     else:
-        const.update(NORM_AFTER=False, Q_SCALE=False, qs_ptr=None, stride_qsb=0, stride_qss=0)
+        const.update(NORM_AFTER=weightless, Q_SCALE=False, qs_ptr=None, stride_qsb=0, stride_qss=0)
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
             "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"
                       f"{' qk_norm' * qk_norm}{' rows' * norm_rows}{' fp32' * norm_fp32}{' interleaved' * interleaved}"
-                      f"{' norm_after q_scale' * after}"}
+                      f"{' norm_after q_scale' * after}{' weightless norm_after negated' * weightless}"}
