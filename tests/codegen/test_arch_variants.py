@@ -250,24 +250,16 @@ def test_interleaved_rope_lowers_and_forms_a_rope_cache_site(cohere):
     """aten.stack / repeat_interleave lower to views + cat (no extern, torch's bits); with cache writes after it the
     graph is one rope_cache site: interleaved, tables read before their repeat (the group does not read the repeated
     copy), the row norm's weights [H * D]; Cohere's fp32 RoPE between casts. Swapping the pair order is not RoPE."""
-    from fxforge.frontend.export import capture_export
+    from rope_graphs import rope_site_graph
+
     from fxforge.passes.fuse import partition
     from fxforge.passes.rope_sites import rope_sites
 
     torch.manual_seed(0)
     dtype = torch.float16 if cohere else torch.float32
     m, x, pos = _InterleavedAttention(cohere).to(dtype).eval(), torch.randn(1, 3, 32, dtype=dtype), torch.tensor([0, 1, 2])
-    g = capture_export(m, (x, pos), dynamic=False).lowered.graph
-    Canonicalize().run(g, PassContext())
+    g, site = rope_site_graph(m, x, pos)
     assert "extern" not in g.op_counts()
-    for a, b in zip(evaluate(g, [x, pos]), m(x, pos), strict=True):
-        assert torch.equal(a, b)
-    q, k, v = g.outputs
-    caches = [g.add_input(n, TensorType((1, 2, 8, 16), q.type.dtype)) for n in ("kc", "vc")]
-    at = g.add_input("at", TensorType((q.type.shape[2],), DType.i64))
-    g.set_outputs([q, *(g.add_op("cache_write", [c, at, t], {"dim": 2}).result for c, t in zip(caches, (k, v)))])
-    verify(g)
-    (site,) = rope_sites(g)
     assert (site.rotary_dim, site.interleaved, site.pair_tables) == ((16, True, False) if cohere else (8, True, True))
     assert (site.qk_norm is None) if cohere else [tuple(w.type.shape) for w in site.qk_norm[:2]] == [(64,), (32,)]
     (group,) = [grp for grp in partition(g).groups if grp.kind == "rope_cache"]

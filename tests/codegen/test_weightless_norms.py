@@ -114,25 +114,14 @@ def test_nanochat_heads_form_a_rope_cache_site(dtype):
     """With cache writes after it, NanoChat's head path is one rope_cache site: negated, its weightless norms after
     RoPE (fp16: the fp32 norm between casts canonicalised to rms_norm(x)); a cat of the other order, cat(-x1, x2),
     rotates nothing."""
-    from fxforge.frontend.export import capture_export
-    from fxforge.ir import DType, TensorType, evaluate, verify
-    from fxforge.passes import PassContext
-    from fxforge.passes.canonicalize import Canonicalize
+    from rope_graphs import rope_site_graph
+
     from fxforge.passes.fuse import partition
     from fxforge.passes.rope_sites import rope_sites
 
     torch.manual_seed(0)
     m, x, pos = _NanoChatHeads().to(dtype).eval(), torch.randn(1, 3, 32, dtype=dtype), torch.tensor([0, 1, 2])
-    g = capture_export(m, (x, pos), dynamic=False).lowered.graph
-    Canonicalize().run(g, PassContext())
-    for a, b in zip(evaluate(g, [x, pos]), m(x, pos), strict=True):
-        assert torch.equal(a, b)
-    q, k, v = g.outputs
-    caches = [g.add_input(n, TensorType((1, 2, 8, 16), q.type.dtype)) for n in ("kc", "vc")]
-    at = g.add_input("at", TensorType((q.type.shape[2],), DType.i64))
-    g.set_outputs([q, *(g.add_op("cache_write", [c, at, t], {"dim": 2}).result for c, t in zip(caches, (k, v)))])
-    verify(g)
-    (site,) = rope_sites(g)
+    g, site = rope_site_graph(m, x, pos)
     assert site.negated and site.norm_after and site.qk_norm == (None, None, 1e-6) and not site.norm_fp32
     (group,) = [grp for grp in partition(g).groups if grp.kind == "rope_cache"]
     assert group.inputs == site.reads
