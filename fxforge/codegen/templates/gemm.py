@@ -45,7 +45,7 @@ import triton.language as tl
 from fxforge.codegen.blocks import SPLIT_K_ROWS, gemm_blocks, split_steps, swiglu_blocks
 from fxforge.codegen.pool import Workspace, counters, out_tensor, scratch
 from fxforge.codegen.templates.gemm_prologue import POST_NORM_ROWS, post_norm_rows, prologue_stats, prologue_tile
-from fxforge.codegen.templates.special_fns import xielu
+from fxforge.codegen.templates.special_fns import tanh, xielu
 from fxforge.codegen.templates.split_k import split_range, split_sum
 from fxforge.codegen.triton_compat import patch_interpreter
 from fxforge.errors import ShapeError
@@ -78,8 +78,8 @@ def apply_activation(y, ACTIVATION: tl.constexpr):
         y = 0.5 * y * (1.0 + (2.0 * tl.sigmoid(2.0 * u) - 1.0))  # tanh(u) = 2 sigmoid(2u) - 1
     elif ACTIVATION == "sigmoid":
         y = tl.sigmoid(y)
-    elif ACTIVATION == "tanh":  # portable (no libdevice); exactly +-1 once sigmoid saturates
-        y = 2.0 * tl.sigmoid(2.0 * y) - 1.0
+    elif ACTIVATION == "tanh":
+        y = tanh(y)
     return y
 
 

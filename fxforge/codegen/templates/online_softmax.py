@@ -20,6 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fxforge.codegen.templates.special_fns import tanh
+
 LOG2E = 1.4426950408889634
 
 
@@ -31,16 +33,10 @@ def score_scales(scale: float, softcap: float | None) -> tuple[float, float]:
 
 
 @triton.jit
-def _tanh(x):
-    # 1 - 2 / (exp(2x) + 1): exact limits at +-inf, no libdevice (as codegen's expression `_tanh`)
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
-
-
-@triton.jit
 def scaled_scores(dot, qk_scale, cap_scale, SOFTCAP: tl.constexpr):
     """The scores q.k of a tile in log2 units, soft-capped when SOFTCAP (see the module docstring)."""
     if SOFTCAP:
-        return _tanh(dot * qk_scale) * cap_scale
+        return tanh(dot * qk_scale) * cap_scale
     return dot * qk_scale
 
 

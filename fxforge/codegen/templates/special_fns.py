@@ -1,5 +1,6 @@
 """Device functions of pointwise ops with no portable `tl` form (libdevice does not run under the interpreter):
-`expm1`, `softplus` and the xIELU activation (`xielu`, Apertus' MLP: HF's `XIELUActivation`), shared by the dense
+`tanh` (the templates' copy of codegen's `expr.PRELUDE` `_tanh`: the GEMM epilogue's activation, attention's logit
+soft-cap), `expm1`, `softplus` and the xIELU activation (`xielu`, Apertus' MLP: HF's `XIELUActivation`), shared by the dense
 GEMM epilogue (`gemm.gemm_epilogue`, ACTIVATION "xielu") and the pointwise kernels the expression printer writes
 (`expr_ops`: `_expm1(x)`, `_softplus(x, beta, threshold)`, `_xielu(x, alpha_p, alpha_n, beta, eps)`).
 
@@ -15,6 +16,12 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def tanh(x):
+    """1 - 2 / (exp(2x) + 1): exact limits at +-inf, no libdevice (as generated modules' `_tanh`)."""
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
 
 @triton.jit
