@@ -25,6 +25,7 @@ from torch.utils import _pytree as pytree
 
 from fxforge.errors import CaptureError, InputError
 from fxforge.frontend import layer_reuse
+from fxforge.frontend.experts import batched_experts
 from fxforge.frontend.fx_to_ir import FxToIR, InputSlot, Lowered
 
 
@@ -69,11 +70,12 @@ def capture_export(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
     kwargs, notes = hf_export_kwargs(model, dict(kwargs or {}))
     _check_inputs(args, kwargs)
     start = time.perf_counter()
-    captured = _capture_reusing_layers(model, args, kwargs, dynamic, notes) if reuse_layers else None
-    if captured is None:
-        ep = _export(model, args, kwargs, dynamic)
-        _refuse_mutations(ep, model)
-        captured = lower_exported(ep, model), ep
+    with batched_experts(model):  # the experts' form `moe_rules` makes one op of
+        captured = _capture_reusing_layers(model, args, kwargs, dynamic, notes) if reuse_layers else None
+        if captured is None:
+            ep = _export(model, args, kwargs, dynamic)
+            _refuse_mutations(ep, model)
+            captured = lower_exported(ep, model), ep
     lowered, ep = captured
     _note_static_dims(lowered, args, kwargs, notes)
     return Capture(lowered, ep.call_spec.in_spec, ep.call_spec.out_spec, time.perf_counter() - start, notes + lowered.notes)

@@ -32,6 +32,7 @@ import torch
 from torch.export import Dim
 
 from fxforge.errors import CaptureError, ConfigError, NotCompilableError
+from fxforge.frontend.experts import batched_experts
 from fxforge.frontend.export import Capture, _written_placeholders, lower_exported
 from fxforge.frontend.rope_updates import static_rope
 from fxforge.ir.calling import DECODE_STEP_ARGS
@@ -106,7 +107,7 @@ def capture_decoder(model: torch.nn.Module, batch: int, max_length: int) -> tupl
     pos = torch.arange(2, device=device)
     kv = layout.allocate(device)
     start = time.perf_counter()
-    with static_rope(model, max_length):  # the tables it sets are those the export and the lowering read
+    with static_rope(model, max_length), batched_experts(model):  # the tables it sets are those the export and the lowering read
         try:
             with torch.no_grad():
                 ep = torch.export.export(step, (ids, pos, kv), strict=False,

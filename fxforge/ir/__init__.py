@@ -5,6 +5,7 @@ from fxforge.ir import (
     hadamard,  # noqa: F401  (registers hadamard)
     kv_ops,  # noqa: F401  (registers kv_quant)
     lowp_ops,  # noqa: F401  (registers quantize, dequantize, qlinear)
+    moe_ops,  # noqa: F401  (registers moe)
     multi_ops,  # noqa: F401  (registers topk, sort, var_mean, max_dim, min_dim)
     nm,  # noqa: F401  (the #nm weight decoder)
     skip_ops,  # noqa: F401  (registers skip_gate, gather_rows, scatter_add_rows, skip_counts)

@@ -27,6 +27,8 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   its scalars read from the graph once constant folding has evaluated their softplus.
 - `ATTENTION_RULES` (`attention_rules.py`): HF's eager attention written out (matmul, scale, optional
   logit soft-cap, additive mask, softmax, matmul) -> `attention(q, k, v, mask?) {scale, softcap}`.
+- `MOE_RULES` (`moe_rules.py`): HF's batched experts after a router (softmax, top-k, optional renormalisation) ->
+  one `moe` op; an add of its result -> the op with the residual.
 
 Decisions: the sandwich and bias rules need the inner linear (and the core rule its interior ops)
 to be single use, so a rewrite never computes anything twice; views and casts of leaves may be
@@ -43,6 +45,7 @@ from fxforge.ir.ops import norm_axis, prod
 from fxforge.ir.types import TensorType
 from fxforge.passes.attention_rules import ATTENTION_RULES
 from fxforge.passes.manager import PassContext
+from fxforge.passes.moe_rules import MOE_RULES
 from fxforge.passes.rewriter import P, Rule, apply_rules, dims_match, rule, same_type
 from fxforge.passes.xielu_rules import XIELU_RULES
 
@@ -281,7 +284,8 @@ def _relu2(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
 ACTIVATION_RULES: list[Rule] = [silu, Rule(P.op("mul", _RELU, P.any("r")), _relu2, "relu2_mul"),
                                 Rule(P.op("pow", _RELU, P.full(value=2)), _relu2, "relu2_pow")]
 
-RULES: list[Rule] = FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + XIELU_RULES + ATTENTION_RULES
+RULES: list[Rule] = (FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + XIELU_RULES + ATTENTION_RULES
+                     + MOE_RULES)
 
 
 class Canonicalize:

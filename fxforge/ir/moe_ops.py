@@ -1,0 +1,125 @@
+"""The `moe` op: a mixture-of-experts FFN block (router, top-k, the chosen experts' gated MLPs, their weighted sum)
+as one op, which `passes/moe_rules.py` makes from HF's batched experts and `codegen/templates/moe.py` runs in two
+launches.
+
+    %y = moe(%x, %norm_w, %router_w, %w_gate_up, %w_down) {k=2, renorm=true, norm="rms", eps=1e-05} : f32[s0, 64]
+
+Operands, in this order, those the flags leave out absent: x [T, H]; the RMSNorm weight [H] (`norm="rms"`; x is
+then the norm's input); the router weight [E, H] and its bias [E] (`router_bias`); the experts' stacked gate/up
+weight [E, 2I, H] ([E, H, 2I] when `transposed`) and its bias [E, 2I] (`expert_bias`); the down weight [E, H, I]
+([E, I, H] when `transposed`) and its bias [E, H] (`expert_bias`); a residual [T, H] (`residual`).
+
+Semantics (`_moe`, what every executor is checked against): xn = rms_norm(x, w) (or x); p = softmax(xn Wr^T + br)
+in fp32; the k largest p per token (lowest index first on ties), divided by their sum when `renorm` (softmax of the
+top-k logits, Granite's and GPT-OSS's order, is the same number); for each chosen expert e,
+a = act(xn W_gu[e]^T + b_gu[e]) (gate rows 0..I-1 then up rows I..2I-1, or interleaved gate/up pairs when
+`gate_up="interleaved"`), y += p * (a W_d[e]^T + b_d[e]); the result y (+ residual) in x's dtype. Every product and
+sum runs in fp32 from x's dtype (the router's and experts' inputs are rounded to it, as the captured chain's are).
+
+Decisions:
+- One op with presence flags rather than optional operands by position: the router, the norm and the biases vary by
+  architecture (GPT-OSS: router and expert biases, transposed interleaved weights; Mixtral: none), and flags name
+  which operand is which in the text form.
+- `act`: "silu" (SwiGLU: silu(g) * u), "gelu_tanh" (GeGLU), "gpt_oss" (g = min(g, limit), u = clamp(u, -limit,
+  limit), g * sigmoid(alpha * g) * (u + 1)).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fxforge.ir.errors import ShapeError
+from fxforge.ir.ops import REQUIRED, OpDef, register
+from fxforge.ir.types import TensorType
+
+MOE_ACTS = ("silu", "gelu_tanh", "gpt_oss")
+GATE_UP_LAYOUTS = ("concat", "interleaved")
+ROLES = ("x", "norm_w", "router_w", "router_b", "w_gate_up", "b_gate_up", "w_down", "b_down", "residual")
+
+
+def operand_roles(attrs: dict[str, Any]) -> list[str]:
+    """The roles of a `moe` op's operands, in order, for its flags."""
+    present = {"norm_w": attrs["norm"] == "rms", "router_b": attrs["router_bias"], "b_gate_up": attrs["expert_bias"],
+               "b_down": attrs["expert_bias"], "residual": attrs["residual"]}
+    return [r for r in ROLES if present.get(r, True)]
+
+
+def by_role(operands: list[Any], attrs: dict[str, Any]) -> dict[str, Any]:
+    """{role: operand} of a `moe` op (absent roles map to None)."""
+    named = dict(zip(operand_roles(attrs), operands, strict=True))
+    return {r: named.get(r) for r in ROLES}
+
+
+def _infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    roles = operand_roles(attrs)
+    if len(types) != len(roles):
+        raise ShapeError(f"moe: {len(types)} operands, the flags ask for {len(roles)} ({', '.join(roles)})")
+    t = dict(zip(roles, types, strict=True))
+    x, wr, wgu, wd = t["x"], t["router_w"], t["w_gate_up"], t["w_down"]
+    if attrs["act"] not in MOE_ACTS or attrs["gate_up"] not in GATE_UP_LAYOUTS:
+        raise ShapeError(f"moe: act {attrs['act']!r} / gate_up {attrs['gate_up']!r} not among {MOE_ACTS} / {GATE_UP_LAYOUTS}")
+    if x.rank != 2 or wr.rank != 2 or wgu.rank != 3 or wd.rank != 3:
+        raise ShapeError(f"moe: x [T, H], router [E, H], gate/up [E, 2I, H], down [E, H, I]; got "
+                         f"{list(x.shape)}, {list(wr.shape)}, {list(wgu.shape)}, {list(wd.shape)}")
+    k = attrs["k"]
+    if not isinstance(k, int) or k < 1 or (isinstance(wr.shape[0], int) and k > wr.shape[0]):
+        raise ShapeError(f"moe: k={k!r} must be an int in 1..{wr.shape[0]} (the experts)")
+    return [TensorType(x.shape, x.dtype)]
+
+
+def _act(g: torch.Tensor, u: torch.Tensor, act: str, limit: float, alpha: float) -> torch.Tensor:
+    if act == "silu":
+        return F.silu(g) * u
+    if act == "gelu_tanh":
+        return F.gelu(g, approximate="tanh") * u
+    g, u = g.clamp(max=limit), u.clamp(-limit, limit)
+    return g * torch.sigmoid(alpha * g) * (u + 1)
+
+
+def route(xn: torch.Tensor, wr: torch.Tensor, br: torch.Tensor | None, k: int, renorm: bool):
+    """(weights fp32 [T, k], expert indices [T, k]) of the router on xn."""
+    p = torch.softmax(F.linear(xn.float(), wr.float(), None if br is None else br.float()), -1)
+    w, idx = torch.topk(p, k, -1)
+    return (w / w.sum(-1, keepdim=True) if renorm else w), idx
+
+
+def _moe(*operands: torch.Tensor, k: int, renorm: bool, norm: str, eps: float, router_bias: bool, expert_bias: bool,
+         residual: bool, act: str, gate_up: str, transposed: bool, limit: float, alpha: float) -> torch.Tensor:
+    attrs = dict(norm=norm, router_bias=router_bias, expert_bias=expert_bias, residual=residual)
+    o = by_role(list(operands), attrs)
+    x = o["x"]
+    xn = x
+    if norm == "rms":
+        xf = x.float()
+        xn = (o["norm_w"].float() * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps))).to(x.dtype)
+    w, idx = route(xn, o["router_w"], o["router_b"], k, renorm)
+    wgu, wd = (o["w_gate_up"].float(), o["w_down"].float())
+    if transposed:
+        wgu, wd = wgu.transpose(1, 2), wd.transpose(1, 2)
+    e = idx.reshape(-1)
+    xs = xn.float().repeat_interleave(k, 0)
+    y = torch.bmm(wgu[e], xs[:, :, None])[..., 0]
+    if expert_bias:
+        y = y + o["b_gate_up"].float()[e]
+    n = y.shape[1] // 2
+    g, u = (y[:, 0::2], y[:, 1::2]) if gate_up == "interleaved" else (y[:, :n], y[:, n:])
+    a = _act(g, u, act, limit, alpha).to(x.dtype).float()  # the experts' activations, in x's dtype
+    d = torch.bmm(wd[e], a[:, :, None])[..., 0]
+    if expert_bias:
+        d = d + o["b_down"].float()[e]
+    out = (d * w.reshape(-1, 1)).view(x.shape[0], k, -1).sum(1)
+    if residual:
+        out = out + o["residual"].float()
+    return out.to(x.dtype)
+
+
+register(OpDef("moe", (4, 9), {"k": REQUIRED, "renorm": False, "norm": "none", "eps": 1e-6, "router_bias": False,
+                               "expert_bias": False, "residual": False, "act": "silu", "gate_up": "concat",
+                               "transposed": False, "limit": 7.0, "alpha": 1.702},
+               _infer, _moe, "composite",
+               "mixture-of-experts FFN: router softmax, top-k, the chosen experts' gated MLPs, weighted sum "
+               "(operands by the flags: x, norm_w?, router_w, router_b?, w_gate_up, b_gate_up?, w_down, b_down?, "
+               "residual?)", kernel="template"))

@@ -1,0 +1,246 @@
+"""HF's batched experts (`integrations/moe.batched_mm_experts_forward`, which the capture selects:
+`frontend/experts.py`) and the router before them become one `moe` op (canonicalize's `MOE_RULES`; `ir/moe_ops.py`),
+which `codegen/templates/moe.py` runs in two launches.
+
+The chain, per token t and slot j of S = T * k rows (views and the optional casts left out):
+
+    logits = linear(xn, Wr[, br]);  vals, idx = topk(softmax(logits)) [-> vals / sum(vals)]   (Mixtral, Qwen3-MoE, OLMoE)
+                                    vals, idx = topk(logits) -> softmax(vals)                 (GraniteMoE, GPT-OSS)
+    e = idx.flat;  up = bmm(W_gu[e], xn.repeat(k))[+ b_gu[e]];  a = act(gate(up), up(up))
+    down = bmm(W_d[e], a)[+ b_d[e]];  y = sum_j(down * vals.flat)
+ -> moe(x, [norm_w,] Wr, [br,] W_gu, [b_gu,] W_d[, b_d]) {k, renorm, norm, ...}
+
+and `add(r, moe(...))` -> the same op with the residual (`residual=true`).
+
+Decisions:
+- Matched procedurally from the final sum, one small function per part (router, one bmm, activation): the chain's
+  parts vary by architecture (bias or not, transposed weights, interleaved gate/up, the routing's order), a single
+  pattern would be a product of the variants. Anything unrecognised leaves the chain as it is (torch externs and
+  kernels: the same numbers, more launches).
+- The RMSNorm producing the experts' input is taken into the op (`norm="rms"`, the kernel computes it per token)
+  even when other ops read it too: computing it twice is cheaper than a launch.
+- Only constant weights: expert weights that are graph inputs stay on the batched path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fxforge.ir.graph import Graph, Op, Value
+from fxforge.passes.rewriter import P, Rule
+from fxforge.passes.xielu_rules import _scalar_const, scalar_value
+
+_VIEWS = ("reshape", "expand")
+_DIV = ("aten.div_.Tensor", "aten.div.Tensor")
+_ADD = ("aten.add_.Tensor", "aten.add.Tensor")
+
+
+def _src(v: Value, skip: tuple[str, ...] = _VIEWS) -> Value:
+    while v.producer is not None and v.producer.opcode in skip:
+        v = v.producer.operands[0]
+    return v
+
+
+def _op(v: Value, opcode: str, externs: tuple[str, ...] = ()) -> Op | None:
+    """v's producer if it is `opcode` (or an extern of one of `externs`, in-place or not, on two tensors)."""
+    p = v.producer
+    if p is None:
+        return None
+    if p.opcode == opcode or (p.opcode == "extern" and p.attrs.get("target") in externs and len(p.operands) == 2):
+        return p
+    return None
+
+
+def _const(v: Value) -> bool:
+    return v.producer is not None and v.producer.opcode == "const"
+
+
+def _gathered(v: Value, e: Value) -> Value | None:
+    """W when v = index_select(const W, e, dim=0) (through views), else None."""
+    p = _op(_src(v), "index_select")
+    if p is None or p.attrs["dim"] != 0 or _src(p.operands[1]) is not e or not _const(p.operands[0]):
+        return None
+    return p.operands[0]
+
+
+def _expert_linear(v: Value, e: Value) -> dict[str, Any] | None:
+    """{x, w, b, transposed} when v = bmm(W[e], x) or bmm(x, W[e]) (+ B[e]), through views."""
+    b = None
+    add = _op(_src(v), "add", _ADD)
+    if add is not None:
+        b = _gathered(add.operands[1], e)
+        if b is None:
+            return None
+        v = add.operands[0]
+    mm = _op(_src(v), "matmul")
+    if mm is None:
+        return None
+    lhs, rhs = mm.operands
+    w = _gathered(lhs, e)
+    if w is not None and rhs.type.rank == 3 and rhs.type.shape[2] == 1:
+        return dict(x=_src(rhs), w=w, b=b, transposed=False)
+    w = _gathered(rhs, e)
+    if w is not None and lhs.type.rank == 3 and lhs.type.shape[1] == 1:
+        return dict(x=_src(lhs), w=w, b=b, transposed=True)
+    return None
+
+
+def _halves(g: Value, u: Value) -> tuple[Value, str] | None:
+    """(up, layout) when g and u are the gate and up halves of one `up` [S, 2I]: concat or interleaved."""
+    gs, us = _op(g, "slice"), _op(u, "slice")
+    if gs is None or us is None or gs.operands[0] is not us.operands[0] or gs.attrs["dim"] not in (1, -1):
+        return None
+    up = gs.operands[0]
+    n = up.type.shape[-1]
+    a, b = gs.attrs, us.attrs
+    if (a["start"], a["step"], b["start"], b["step"]) == (0, 2, 1, 2):
+        return up, "interleaved"
+    if a["step"] == b["step"] == 1 and a["start"] == 0 and 2 * a["end"] == n and b["start"] == a["end"]:
+        return up, "concat"
+    return None
+
+
+def _pairs(op: Op) -> list[tuple[Value, Value]]:
+    a, b = op.operands
+    return [(a, b), (b, a)]
+
+
+def _gated(a: Value) -> dict[str, Any] | None:
+    """{up, gate_up, act[, limit, alpha]} of the experts' activation a [S, I]."""
+    m = _op(a, "mul")
+    if m is None:
+        return None
+    for g, u in _pairs(m):
+        act = _op(g, "silu") or _op(g, "gelu")
+        if act is not None and (act.opcode == "silu" or act.attrs.get("approximate") == "tanh"):
+            halves = _halves(act.operands[0], u)
+            if halves:
+                return dict(up=halves[0], gate_up=halves[1], act="silu" if act.opcode == "silu" else "gelu_tanh")
+    return _gpt_oss(m)
+
+
+def _gpt_oss(m: Op) -> dict[str, Any] | None:
+    """GPT-OSS: (clamp(u, -L, L) + 1) * (g * sigmoid(alpha * g)), g = clamp(g, max=L)."""
+    for plus, glu in _pairs(m):
+        add, mul = _op(plus, "add"), _op(glu, "mul")
+        if add is None or mul is None:
+            continue
+        for uc, one in _pairs(add):
+            cu = _op(uc, "clamp")
+            if cu is None or not _scalar_const(one) or scalar_value(m.graph, one) != 1.0:
+                continue
+            for gc, sig in _pairs(mul):
+                cg, s = _op(gc, "clamp"), _op(sig, "sigmoid")
+                inner = _op(s.operands[0], "mul") if s is not None else None
+                if cg is None or inner is None or cg.attrs["min"] is not None:
+                    continue
+                for g2, alpha in _pairs(inner):
+                    limit = cg.attrs["max"]
+                    if (g2 is gc and _scalar_const(alpha) and cu.attrs["max"] == limit and cu.attrs["min"] == -limit
+                            and (halves := _halves(cg.operands[0], cu.operands[0]))):
+                        return dict(up=halves[0], gate_up=halves[1], act="gpt_oss", limit=float(limit),
+                                    alpha=scalar_value(m.graph, alpha))
+    return None
+
+
+def _router(w: Value, e: Value) -> dict[str, Any] | None:
+    """{xr, wr, br, k, renorm} when the routing weights w [S] and expert ids e [S] come from one topk of a router."""
+    tk = _op(_src(e), "topk")
+    if tk is None or _src(e) is not tk.results[1] or tk.attrs["dim"] not in (-1, 1) or not tk.attrs["largest"]:
+        return None
+    vals, w = tk.results[0], _src(w, _VIEWS + ("cast",))
+    div, sm = _op(w, "div", _DIV), _op(w, "softmax")
+    if w is vals:
+        renorm, probs = False, _op(tk.operands[0], "softmax")
+    elif div is not None and div.operands[0] is vals and _op(div.operands[1], "sum") is not None:
+        renorm, probs = True, _op(tk.operands[0], "softmax")
+        if _op(div.operands[1], "sum").operands[0] is not vals:
+            return None
+    elif sm is not None and sm.operands[0] is vals:
+        renorm, probs = True, None
+    else:
+        return None
+    logits = _src(probs.operands[0], ("cast",)) if probs is not None else tk.operands[0]
+    if renorm and probs is None and _op(tk.operands[0], "softmax") is not None:
+        return None  # softmax(topk(softmax(.))): not a router this op knows
+    lin = _op(_src(logits, ("cast",)), "linear")
+    if lin is None or not all(_const(v) for v in lin.operands[1:]):
+        return None
+    return dict(xr=_src(lin.operands[0]), wr=lin.operands[1], br=lin.operands[2] if len(lin.operands) > 2 else None,
+                k=tk.attrs["k"], renorm=renorm)
+
+
+def _moe(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
+    """sum_j(down * w) over the slots of a [T, k, H] view -> moe(...)."""
+    m = _op(_src(root.operands[0], _VIEWS + ("cast",)), "mul")
+    for d, w in _pairs(m) if m is not None else []:
+        down = _down_of(d)
+        router = _router(w, down["e"]) if down else None
+        a = _gated(down["x"]) if router else None
+        up = _expert_linear(a["up"], down["e"]) if a else None
+        if (up is None or up["transposed"] != down["transposed"] or (up["b"] is None) != (down["b"] is None)
+                or _src(up["x"]) is not router["xr"]):
+            continue
+        return _build(g, root, router, up, down, a)
+    return None
+
+
+def _down_of(d: Value) -> dict[str, Any] | None:
+    """The experts' down bmm d (+ bias) and its expert ids e (the flat topk indices its weight is gathered by)."""
+    v = _src(d, _VIEWS + ("cast",))
+    add = _op(v, "add", _ADD)
+    mm = _op(_src(add.operands[0] if add is not None else v), "matmul")
+    for w in mm.operands if mm is not None else []:
+        p = _op(_src(w), "index_select")
+        got = _expert_linear(v, _src(p.operands[1])) if p is not None else None
+        if got:
+            return dict(got, e=_src(p.operands[1]))
+    return None
+
+
+def _build(g: Graph, root: Op, router: dict, up: dict, down: dict, a: dict) -> Value | None:
+    x = router["xr"]
+    norm = x.producer if x.producer is not None and x.producer.opcode == "rms_norm" else None
+    attrs: dict[str, Any] = dict(k=router["k"], renorm=router["renorm"], router_bias=router["br"] is not None,
+                                 expert_bias=up["b"] is not None, act=a["act"], gate_up=a["gate_up"],
+                                 transposed=up["transposed"])
+    if "limit" in a:
+        attrs.update(limit=a["limit"], alpha=a["alpha"])
+    operands = []
+    if norm is not None and len(norm.operands) == 2:
+        attrs.update(norm="rms", eps=float(norm.attrs["eps"]))
+        x, operands = norm.operands[0], [norm.operands[1]]
+    t, h = root.result.type.shape
+    if x.type.rank != 2:
+        x = g.insert_before(root, "reshape", [x], {"shape": [t, h]}).result
+    operands = [x, *operands, router["wr"], *([router["br"]] if router["br"] is not None else []),
+                up["w"], *([up["b"]] if up["b"] is not None else []), down["w"],
+                *([down["b"]] if down["b"] is not None else [])]
+    y = g.insert_before(root, "moe", operands, attrs).result
+    if y.type.dtype != root.result.type.dtype:
+        y = g.insert_before(root, "cast", [y], {"dtype": root.result.type.dtype}).result
+    return y
+
+
+def _residual(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
+    """add(r, moe(...)) (through a view of the moe result) -> moe(..., r) {residual=true}."""
+    for r, v in _pairs(root):
+        moe = _op(_src(v), "moe")
+        if (moe is None or moe.attrs["residual"] or len(moe.result.uses) != 1 or len(_src(v).uses) != 1
+                or r.type.dtype != moe.result.type.dtype):
+            continue
+        res = r if r.type.rank == 2 else g.insert_before(root, "reshape", [r], {"shape": list(moe.result.type.shape)}).result
+        y = g.insert_before(root, "moe", [*moe.operands, res], {**moe.attrs, "residual": True}).result
+        if root.result.type.rank != 2:
+            y = g.insert_before(root, "reshape", [y], {"shape": list(root.result.type.shape)}).result
+        return y
+    return None
+
+
+def _slot_sum(v: Value) -> bool:
+    dims = v.producer.attrs.get("dims")
+    return v.type.rank == 2 and tuple(dims or ()) in ((1,), (-2,)) and not v.producer.attrs.get("keepdim")
+
+
+MOE_RULES: list[Rule] = [Rule(P.op("sum", P.any("s"), check=_slot_sum), _moe, "moe"),
+                         Rule(P.op("add", P.any("a"), P.any("b")), _residual, "moe_residual")]
