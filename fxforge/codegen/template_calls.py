@@ -23,6 +23,7 @@ from typing import Any
 
 from fxforge.codegen.module_text import lit
 from fxforge.ir.graph import Op, Value
+from fxforge.ir.moe_ops import ROLES, by_role
 from fxforge.ir.optable import ACTIVATION_PARAMS
 from fxforge.ir.partition import KernelGroup
 
@@ -71,7 +72,7 @@ def _weight_kind(op) -> str | None:
 # z_out: a post-norm GEMM's z, `post_norm_z`)
 OUT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "_linear": ("out", "ws", "z_out"), "_matmul": ("out",), "_attention": ("out", "ws"), "_rope_cache": ("out",),
-    "_qlinear_w4_decode": ("out", "ws"),
+    "_qlinear_w4_decode": ("out", "ws"), "_moe": ("out", "ws"),
 }
 
 
@@ -124,6 +125,20 @@ def _epilogue(p: dict[str, Any], n: Names, keys: tuple[str, ...]) -> list[str]:
 def _hadamard(g: KernelGroup, n: Names) -> str:
     op = g.anchor
     return f"_hadamard({n(op.operands[0])}, block={op.attrs['block']})"
+
+
+@template_renders("moe")
+def _moe(g: KernelGroup, n: Names) -> str:
+    """`_moe(x, norm_w, router_w, router_b, w_gate_up, b_gate_up, w_down, b_down, residual, k=, ...)`: absent
+    operands None, attributes that differ from the template's defaults."""
+    op = g.anchor
+    a, o = op.attrs, by_role(op.operands, op.attrs)
+    args = [n(o[r]) if o[r] is not None else "None" for r in ROLES]
+    kw = [f"k={a['k']}"] + (["renorm=True"] if a["renorm"] else []) + ([f"eps={a['eps']!r}"] if a["norm"] == "rms" else [])
+    kw += [f"{key}={a[key]!r}" for key, default in (("act", "silu"), ("gate_up", "concat"), ("transposed", False))
+           if a[key] != default]
+    kw += [f"limit={a['limit']!r}", f"alpha={a['alpha']!r}"] if a["act"] == "gpt_oss" else []
+    return f"_moe({', '.join(args + kw)})"
 
 
 @group_renders("rope_cache")

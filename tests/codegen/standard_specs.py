@@ -29,7 +29,17 @@ def standard_specs() -> list[dict]:
         post_norm_rows_spec("float16"),  # a post-norm GEMM of more than 16 rows (prefill): z by a row kernel first
         dict(post_norm_rows_spec("bfloat16"), min_arch=90),
     ]
-    return specs + sparse_specs() + keep_specs()
+    return specs + sparse_specs() + keep_specs() + moe_specs_list()
+
+
+def moe_specs_list() -> list[dict]:
+    """The MoE template at decode: Mixtral-shaped fp16, Qwen3-MoE-shaped (128 experts, top-8) at 8 tokens, GPT-OSS's
+    biases / transposed interleaved weights / clamped SwiGLU in bf16 (sm_90), fp32."""
+    from fxforge.codegen.templates.moe import moe_specs
+
+    return [*moe_specs("float16", 1, 8, 4096, 14336, 2), *moe_specs("float16", 8, 128, 2048, 768, 8),
+            *(dict(s, min_arch=90) for s in moe_specs("bfloat16", 1, 32, 2880, 2880, 4, gpt_oss=True)),
+            *moe_specs("float32", 1, 8, 1024, 2048, 2)]
 
 
 def keep_specs() -> list[dict]:

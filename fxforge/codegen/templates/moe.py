@@ -1,0 +1,256 @@
+"""Mixture-of-experts template: the `moe` op (`ir/moe_ops.py`) in two launches, shaped for decode.
+
+`moe(x, norm_w, router_w, router_b, w_gate_up, b_gate_up, w_down, b_down, residual, k=, ...)`:
+- `moe_up_kernel`, grid (T * k, I tiles): program (t, j) normalises token t (RMSNorm, one pass for rstd), computes
+  its router logits over all E experts, softmax and the top-k in registers (lowest index first on ties), keeps slot
+  j's expert e and weight (renormalised over the k when asked; the I-tile 0 program stores both for the down
+  kernel), then the GEMV of e's gate and up rows with the gated activation, stored as row t * k + j of the
+  activations [T * k, I] (x's dtype, as the captured chain rounds them);
+- `moe_down_kernel`, grid (T, H tiles): program t sums over its k slots weight * (the slot's activations times e's
+  down rows + bias), adds the residual, stores y [T, H].
+The activations, weights and expert ids live in the workspace (`ws`), so `run()` allocates nothing.
+
+Decisions:
+- Each program routes its own token (E x H multiply-adds, the router weight read from L2 by every program) instead
+  of a routing launch: the op stays within two launches, and at decode the router is a few percent of one
+  expert's tile. Prefill (many tokens) reads each chosen expert's weights once per (token, slot): correct, not a
+  grouped GEMM (that is the place to add one: tokens sorted by expert).
+- GEMV tiles (rows x K chunk, CUDA-core products summed per row): at decode an expert's rows are read once, and
+  the tiles are chosen so the I (up) and H (down) tiles put >= 2 programs on every SM (`moe_blocks`).
+- Weight strides come from the tensors: transposed experts (GPT-OSS: [E, H, 2I], [E, I, H]) need no copy; the
+  interleaved gate/up layout (GPT-OSS) picks rows 2n, 2n + 1 instead of n, I + n.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fxforge.codegen.blocks import SM_COUNT, next_pow2
+from fxforge.codegen.pool import Workspace, out_tensor, scratch
+from fxforge.codegen.templates.gemm import apply_activation, device_arch
+
+
+@triton.jit
+def _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM: tl.constexpr):
+    """Token x's columns (fp32), normalised and rounded to x's dtype as rms_norm's result is."""
+    xk = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    if NORM:
+        w = tl.load(nw_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        xk = (w * (xk * rstd)).to(x_ptr.dtype.element_ty).to(tl.float32)
+    return xk
+
+
+@triton.jit
+def _route(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, j, stride_re, stride_rk,
+           K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, RENORM: tl.constexpr,
+           BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
+    """(expert, weight) of slot j: softmax of the router logits, the k largest in order."""
+    offs_e = tl.arange(0, BLOCK_E)
+    offs_r = tl.arange(0, BLOCK_R)
+    emask = offs_e < E
+    logits = tl.zeros([BLOCK_E], dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_R):
+        cols = k0 + offs_r
+        cmask = cols < H
+        xk = _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM)
+        wr = tl.load(wr_ptr + offs_e[:, None] * stride_re + cols[None, :] * stride_rk,
+                     mask=emask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        logits += tl.sum(wr * xk[None, :], 1)
+    if ROUTER_BIAS:
+        logits += tl.load(br_ptr + offs_e, mask=emask, other=0.0).to(tl.float32)
+    logits = tl.where(emask, logits, float("-inf"))
+    p = tl.exp(logits - tl.max(logits, 0))
+    p = tl.where(emask, p / tl.sum(p, 0), -2.0)  # padding below any probability: never chosen
+    total = 0.0
+    weight = 0.0
+    expert = 0
+    for i in tl.static_range(K):
+        top = tl.max(p, 0)
+        e = tl.min(tl.where(p == top, offs_e, BLOCK_E), 0)
+        total += top
+        weight = tl.where(j == i, top, weight)
+        expert = tl.where(j == i, e, expert)
+        p = tl.where(offs_e == e, -1.0, p)
+    if RENORM:
+        weight = weight / total
+    return expert, weight
+
+
+@triton.jit
+def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, bgu_ptr, act_ptr, route_w_ptr, route_e_ptr,
+                  H, I, E, eps, limit, alpha, stride_xt, stride_re, stride_rk,  # noqa: E741 (I: intermediate size)
+                  stride_ge, stride_gn, stride_gk, stride_be, stride_bn,
+                  K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, EXPERT_BIAS: tl.constexpr,
+                  RENORM: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr,
+                  BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    s = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    t = s // K
+    j = s % K
+    x_ptr += t.to(tl.int64) * stride_xt
+    offs_k = tl.arange(0, BLOCK_K)
+    rstd = 1.0
+    if NORM:
+        sq = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            xk = tl.load(x_ptr + k0 + offs_k, mask=k0 + offs_k < H, other=0.0).to(tl.float32)
+            sq += xk * xk
+        rstd = tl.rsqrt(tl.sum(sq, 0) / H + eps)
+    expert, weight = _route(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, j, stride_re, stride_rk,
+                            K, NORM, ROUTER_BIAS, RENORM, BLOCK_E, BLOCK_R)
+    if pid_n == 0:
+        tl.store(route_w_ptr + s, weight)
+        tl.store(route_e_ptr + s, expert)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < I
+    gate_rows = offs_n * 2 if INTERLEAVED else offs_n
+    up_rows = gate_rows + 1 if INTERLEAVED else offs_n + I
+    w_ptr = wgu_ptr + expert.to(tl.int64) * stride_ge
+    acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        cols = k0 + offs_k
+        cmask = cols < H
+        xk = _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM)[None, :]
+        m2 = nmask[:, None] & cmask[None, :]
+        wg = tl.load(w_ptr + gate_rows[:, None] * stride_gn + cols[None, :] * stride_gk, mask=m2, other=0.0)
+        wu = tl.load(w_ptr + up_rows[:, None] * stride_gn + cols[None, :] * stride_gk, mask=m2, other=0.0)
+        acc_g += tl.sum(wg.to(tl.float32) * xk, 1)
+        acc_u += tl.sum(wu.to(tl.float32) * xk, 1)
+    if EXPERT_BIAS:
+        b_ptr = bgu_ptr + expert.to(tl.int64) * stride_be
+        acc_g += tl.load(b_ptr + gate_rows * stride_bn, mask=nmask, other=0.0).to(tl.float32)
+        acc_u += tl.load(b_ptr + up_rows * stride_bn, mask=nmask, other=0.0).to(tl.float32)
+    if ACT == "gpt_oss":  # clamped SwiGLU: g * sigmoid(alpha g) * (u + 1)
+        acc_g = tl.minimum(acc_g, limit)
+        acc_u = tl.minimum(tl.maximum(acc_u, -limit), limit)
+        a = acc_g * tl.sigmoid(alpha * acc_g) * (acc_u + 1.0)
+    else:
+        a = apply_activation(acc_g, ACT) * acc_u
+    tl.store(act_ptr + s.to(tl.int64) * I + offs_n, a.to(act_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def moe_down_kernel(act_ptr, route_w_ptr, route_e_ptr, wd_ptr, bd_ptr, res_ptr, out_ptr, H, I,  # noqa: E741
+                    stride_de, stride_dn, stride_dk, stride_be, stride_bn, stride_rt, stride_ot,
+                    K: tl.constexpr, EXPERT_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    t = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < H
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for j in range(K):
+        s = t * K + j
+        expert = tl.load(route_e_ptr + s).to(tl.int64)
+        w_ptr = wd_ptr + expert * stride_de
+        a_ptr = act_ptr + s.to(tl.int64) * I
+        part = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, I, BLOCK_K):
+            cols = k0 + offs_k
+            cmask = cols < I
+            a = tl.load(a_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            wd = tl.load(w_ptr + offs_n[:, None] * stride_dn + cols[None, :] * stride_dk,
+                         mask=nmask[:, None] & cmask[None, :], other=0.0)
+            part += tl.sum(wd.to(tl.float32) * a[None, :], 1)
+        if EXPERT_BIAS:
+            part += tl.load(bd_ptr + expert * stride_be + offs_n * stride_bn, mask=nmask, other=0.0).to(tl.float32)
+        acc += part * tl.load(route_w_ptr + s)
+    if RESIDUAL:
+        acc += tl.load(res_ptr + t.to(tl.int64) * stride_rt + offs_n, mask=nmask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + t.to(tl.int64) * stride_ot + offs_n, acc.to(out_ptr.dtype.element_ty), mask=nmask)
+
+
+def moe_blocks(rows: int, n: int, k: int, dtype: torch.dtype, arch: int | None, tiles: int = 1) -> dict:
+    """GEMV tiles of `rows` programs' rows over an output of n x reduction k, `tiles` weight tiles per step (2: gate
+    and up): without an arch (the interpreter) whole rows (few programs); on a GPU the widest BLOCK_N in 16..64 / tiles
+    that still puts two programs on every SM, a K chunk of 128 (16-bit) or 64 (fp32) elements (two [64, 128] tiles
+    spilled ~1.2 KB on sm_90; one [32, 128] each: 167 registers, none)."""
+    if arch is None:
+        return dict(BLOCK_N=min(next_pow2(n), 128), BLOCK_K=min(next_pow2(k), 256), num_warps=4)
+    want = 2 * SM_COUNT.get(arch, 132)
+    bn = next((b for b in (64 // tiles, 32 // tiles) if rows * -(-n // b) >= want), 16)
+    return dict(BLOCK_N=bn, BLOCK_K=64, num_warps=4)
+
+
+def _weight_strides(w: torch.Tensor, transposed: bool) -> tuple[int, int, int]:
+    """(expert, output row, reduction) strides of an [E, N, K] weight, or of [E, K, N] when transposed."""
+    return (w.stride(0), w.stride(2), w.stride(1)) if transposed else tuple(w.stride())
+
+
+def _bias_strides(b: torch.Tensor | None) -> tuple[int, int]:
+    return tuple(b.stride()) if b is not None else (0, 0)
+
+
+def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, router_b: torch.Tensor | None,
+        w_gate_up: torch.Tensor, b_gate_up: torch.Tensor | None, w_down: torch.Tensor, b_down: torch.Tensor | None,
+        residual: torch.Tensor | None = None, *, k: int, renorm: bool = False, eps: float = 1e-6, act: str = "silu",
+        gate_up: str = "concat", transposed: bool = False, limit: float = 7.0, alpha: float = 1.702,
+        out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
+    """The `moe` op on x [T, H] (shapes checked by the op's type inference; operands as `ir/moe_ops.py` names them).
+    `out`: the result's storage (contiguous [T, H]), else allocated; `ws`: the workspace the activations and the
+    routing come from."""
+    T, H = x.shape
+    E = router_w.shape[0]
+    i2 = w_gate_up.shape[1 if not transposed else 2]
+    inter = i2 // 2
+    x = x.contiguous()
+    out = out_tensor(out, (T, H), x.dtype, x.device, "moe")
+    acts, route_w, route_e = scratch(ws, x.device, ((T * k, inter), x.dtype), ((T * k,), torch.float32),
+                                     ((T * k,), torch.int32))
+    arch = device_arch(x.device)
+    up = moe_blocks(T * k, inter, H, w_gate_up.dtype, arch, tiles=2)
+    block_e = max(next_pow2(E), 2)
+    dummy = out  # pointer of an absent operand (never read: its flag is off)
+    moe_up_kernel[(T * k, triton.cdiv(inter, up["BLOCK_N"]))](
+        x, norm_w if norm_w is not None else dummy, router_w, router_b if router_b is not None else dummy,
+        w_gate_up, b_gate_up if b_gate_up is not None else dummy, acts, route_w, route_e,
+        H, inter, E, float(eps), float(limit), float(alpha), x.stride(0), router_w.stride(0), router_w.stride(1),
+        *_weight_strides(w_gate_up, transposed), *_bias_strides(b_gate_up),
+        K=k, NORM=norm_w is not None, ROUTER_BIAS=router_b is not None, EXPERT_BIAS=b_gate_up is not None,
+        RENORM=renorm, ACT=act, INTERLEAVED=gate_up == "interleaved", BLOCK_E=block_e,
+        BLOCK_R=min(up["BLOCK_K"], max(16, 4096 // block_e)), BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"],
+        num_warps=up["num_warps"])
+    down = moe_blocks(T, H, inter, w_down.dtype, arch)
+    res = residual.contiguous() if residual is not None else None
+    moe_down_kernel[(T, triton.cdiv(H, down["BLOCK_N"]))](
+        acts, route_w, route_e, w_down, b_down if b_down is not None else dummy, res if res is not None else dummy,
+        out, H, inter, *_weight_strides(w_down, transposed), *_bias_strides(b_down),
+        res.stride(0) if res is not None else 0, out.stride(0),
+        K=k, EXPERT_BIAS=b_down is not None, RESIDUAL=res is not None,
+        BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"], num_warps=down["num_warps"])
+    return out
+
+
+def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: int = 90, gpt_oss: bool = False) -> list[dict]:
+    """Build specs (`codegen.build`) of both kernels for contiguous operands of `dtype` at T tokens (tiles as
+    `moe` picks them on sm_`arch`); `gpt_oss`: router and expert biases, transposed interleaved weights, its act."""
+    t = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
+    torch_dtype = getattr(torch, dtype)
+    up, down = moe_blocks(T * k, inter, H, torch_dtype, arch, tiles=2), moe_blocks(T, H, inter, torch_dtype, arch)
+    block_e = max(next_pow2(E), 2)
+    up_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "wgu_ptr", "bgu_ptr", "act_ptr")},
+              "route_w_ptr": "*fp32", "route_e_ptr": "*i32", "H": "i32", "I": "i32", "E": "i32", "eps": "fp32",
+              "limit": "fp32", "alpha": "fp32", "stride_xt": "i32", "stride_re": "i32", "stride_rk": "i32",
+              "stride_ge": "i32", "stride_gn": "i32", "stride_gk": "i32", "stride_be": "i32", "stride_bn": "i32"}
+    up_const = dict(K=k, NORM=True, ROUTER_BIAS=gpt_oss, EXPERT_BIAS=gpt_oss, RENORM=True,
+                    ACT="gpt_oss" if gpt_oss else "silu", INTERLEAVED=gpt_oss, BLOCK_E=block_e,
+                    BLOCK_R=min(up["BLOCK_K"], max(16, 4096 // block_e)), BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"])
+    down_sig = {"act_ptr": f"*{t}", "route_w_ptr": "*fp32", "route_e_ptr": "*i32", "wd_ptr": f"*{t}", "bd_ptr": f"*{t}",
+                "res_ptr": f"*{t}", "out_ptr": f"*{t}", "H": "i32", "I": "i32", "stride_de": "i32", "stride_dn": "i32",
+                "stride_dk": "i32", "stride_be": "i32", "stride_bn": "i32", "stride_rt": "i32", "stride_ot": "i32"}
+    down_const = dict(K=k, EXPERT_BIAS=gpt_oss, RESIDUAL=True, BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"])
+    unit = "stride_gn" if gpt_oss else "stride_gk"  # the weights' contiguous dim, as the JIT specialises a stride 1
+    up_const[unit] = 1
+    down_const["stride_dn" if gpt_oss else "stride_dk"] = 1
+    for sig, const in ((up_sig, up_const), (down_sig, down_const)):
+        for name in [n for n in sig if n in const]:
+            del sig[name]
+    label = f"moe {dtype} T={T} E={E} H={H} I={inter} k={k}{' gpt_oss' * gpt_oss}"
+    common = {"module": __name__, "num_stages": 1, "divisible": ["H", "I"]}
+    return [{**common, "kernel": "moe_up_kernel", "signature": up_sig, "constexprs": up_const,
+             "num_warps": up["num_warps"], "label": f"{label} up"},
+            {**common, "kernel": "moe_down_kernel", "signature": down_sig, "constexprs": down_const,
+             "num_warps": down["num_warps"], "label": f"{label} down"}]
