@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fxforge.codegen.templates.moe import moe, moe_blocks
+from fxforge.codegen.templates.moe_grouped import expert_tiles
 from fxforge.ir.moe_ops import _moe, operand_roles
 from fxforge.runtime.interpreter import interpreter_scope
 from fxforge.testing import counting_launches
@@ -36,13 +37,13 @@ def operands(attrs: dict, T: int, E: int, H: int, inter: int, dtype: torch.dtype
     return [make[role]() for role in operand_roles(attrs)]
 
 
-def run_template(ops: list[torch.Tensor], attrs: dict, k: int) -> torch.Tensor:
+def run_template(ops: list[torch.Tensor], attrs: dict, k: int, grouped: bool = False) -> torch.Tensor:
     named = dict(zip(operand_roles(attrs), ops, strict=True))
     args = [named.get(r) for r in ("x", "norm_w", "router_w", "router_b", "w_gate_up", "b_gate_up", "w_down",
                                    "b_down", "residual")]
     kw = {key: attrs[key] for key in ("renorm", "eps", "act", "gate_up", "transposed", "limit", "alpha")}
     with interpreter_scope():
-        return moe(*args, k=k, **kw)
+        return moe(*args, k=k, grouped=grouped, **kw)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -57,12 +58,36 @@ def test_template_matches_the_reference(name: str, T: int, E: int, k: int) -> No
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+GROUPED_LAUNCHES = ["moe_route_kernel", "moe_grouped_up_kernel", "moe_grouped_down_kernel"]
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("T,E,k", [(5, 4, 2), (37, 8, 3)])
+def test_grouped_prefill_matches_the_reference(name: str, T: int, E: int, k: int) -> None:
+    """The prefill path: slots sorted by expert into 16/64-row tiles (experts with no token, with one, with more
+    than a tile)."""
+    attrs = {**DEFAULTS, **VARIANTS[name]}
+    ops = operands(attrs, T, E, 48, 40, torch.float32, seed=T + k)
+    with counting_launches() as names:
+        got = run_template(ops, attrs, k, grouped=True)
+    assert names == GROUPED_LAUNCHES
+    torch.testing.assert_close(got, _moe(*ops, k=k, **attrs), rtol=1e-5, atol=1e-5)
+
+
+def test_expert_tiles_cover_every_slot_once() -> None:
+    experts = torch.tensor([2, 0, 2, 2, 1, 2, 0], dtype=torch.int32)
+    rows, tile_expert = expert_tiles(experts, 4, 2)
+    assert tile_expert.tolist() == [0, 1, 2, 2]  # expert 3: no tile; expert 2's four slots: two tiles
+    assert rows.view(-1, 2).tolist() == [[1, 6], [4, -1], [0, 2], [3, 5]]
+
+
 def test_half_precision_rounds_as_the_reference() -> None:
     attrs = {**DEFAULTS, **VARIANTS["mixtral"], "residual": True}
-    ops = operands(attrs, 2, 8, 64, 32, torch.float16, seed=3)
-    got = run_template(ops, attrs, 2)
-    assert got.dtype == torch.float16
-    torch.testing.assert_close(got, _moe(*ops, k=2, **attrs), rtol=2e-3, atol=2e-3)
+    ops = operands(attrs, 20, 8, 64, 32, torch.float16, seed=3)
+    for grouped in (False, True):
+        got = run_template(ops, attrs, 2, grouped)
+        assert got.dtype == torch.float16
+        torch.testing.assert_close(got, _moe(*ops, k=2, **attrs), rtol=2e-3, atol=2e-3)
 
 
 def test_decode_tiles_cover_the_gpu() -> None:

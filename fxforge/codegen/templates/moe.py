@@ -29,53 +29,9 @@ import triton.language as tl
 
 from fxforge.codegen.blocks import SM_COUNT, next_pow2
 from fxforge.codegen.pool import Workspace, out_tensor, scratch
-from fxforge.codegen.templates.gemm import apply_activation, device_arch
-
-
-@triton.jit
-def _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM: tl.constexpr):
-    """Token x's columns (fp32), normalised and rounded to x's dtype as rms_norm's result is."""
-    xk = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    if NORM:
-        w = tl.load(nw_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        xk = (w * (xk * rstd)).to(x_ptr.dtype.element_ty).to(tl.float32)
-    return xk
-
-
-@triton.jit
-def _route(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, j, stride_re, stride_rk,
-           K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, RENORM: tl.constexpr,
-           BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
-    """(expert, weight) of slot j: softmax of the router logits, the k largest in order."""
-    offs_e = tl.arange(0, BLOCK_E)
-    offs_r = tl.arange(0, BLOCK_R)
-    emask = offs_e < E
-    logits = tl.zeros([BLOCK_E], dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_R):
-        cols = k0 + offs_r
-        cmask = cols < H
-        xk = _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM)
-        wr = tl.load(wr_ptr + offs_e[:, None] * stride_re + cols[None, :] * stride_rk,
-                     mask=emask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-        logits += tl.sum(wr * xk[None, :], 1)
-    if ROUTER_BIAS:
-        logits += tl.load(br_ptr + offs_e, mask=emask, other=0.0).to(tl.float32)
-    logits = tl.where(emask, logits, float("-inf"))
-    p = tl.exp(logits - tl.max(logits, 0))
-    p = tl.where(emask, p / tl.sum(p, 0), -2.0)  # padding below any probability: never chosen
-    total = 0.0
-    weight = 0.0
-    expert = 0
-    for i in tl.static_range(K):
-        top = tl.max(p, 0)
-        e = tl.min(tl.where(p == top, offs_e, BLOCK_E), 0)
-        total += top
-        weight = tl.where(j == i, top, weight)
-        expert = tl.where(j == i, e, expert)
-        p = tl.where(offs_e == e, -1.0, p)
-    if RENORM:
-        weight = weight / total
-    return expert, weight
+from fxforge.codegen.templates.gemm import device_arch
+from fxforge.codegen.templates.moe_grouped import GROUPED_FROM, moe_grouped
+from fxforge.codegen.templates.moe_routing import _normed, _pick, _router_probs, _rstd, gated_act
 
 
 @triton.jit
@@ -91,15 +47,9 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, bgu_ptr, act_ptr, rout
     j = s % K
     x_ptr += t.to(tl.int64) * stride_xt
     offs_k = tl.arange(0, BLOCK_K)
-    rstd = 1.0
-    if NORM:
-        sq = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            xk = tl.load(x_ptr + k0 + offs_k, mask=k0 + offs_k < H, other=0.0).to(tl.float32)
-            sq += xk * xk
-        rstd = tl.rsqrt(tl.sum(sq, 0) / H + eps)
-    expert, weight = _route(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, j, stride_re, stride_rk,
-                            K, NORM, ROUTER_BIAS, RENORM, BLOCK_E, BLOCK_R)
+    rstd = _rstd(x_ptr, H, eps, NORM, BLOCK_K)
+    p = _router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, BLOCK_E, BLOCK_R)
+    expert, weight = _pick(p, j, K, RENORM, BLOCK_E)
     if pid_n == 0:
         tl.store(route_w_ptr + s, weight)
         tl.store(route_e_ptr + s, expert)
@@ -123,12 +73,7 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, bgu_ptr, act_ptr, rout
         b_ptr = bgu_ptr + expert.to(tl.int64) * stride_be
         acc_g += tl.load(b_ptr + gate_rows * stride_bn, mask=nmask, other=0.0).to(tl.float32)
         acc_u += tl.load(b_ptr + up_rows * stride_bn, mask=nmask, other=0.0).to(tl.float32)
-    if ACT == "gpt_oss":  # clamped SwiGLU: g * sigmoid(alpha g) * (u + 1)
-        acc_g = tl.minimum(acc_g, limit)
-        acc_u = tl.minimum(tl.maximum(acc_u, -limit), limit)
-        a = acc_g * tl.sigmoid(alpha * acc_g) * (acc_u + 1.0)
-    else:
-        a = apply_activation(acc_g, ACT) * acc_u
+    a = gated_act(acc_g, acc_u, limit, alpha, ACT)
     tl.store(act_ptr + s.to(tl.int64) * I + offs_n, a.to(act_ptr.dtype.element_ty), mask=nmask)
 
 
@@ -188,21 +133,30 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
         w_gate_up: torch.Tensor, b_gate_up: torch.Tensor | None, w_down: torch.Tensor, b_down: torch.Tensor | None,
         residual: torch.Tensor | None = None, *, k: int, renorm: bool = False, eps: float = 1e-6, act: str = "silu",
         gate_up: str = "concat", transposed: bool = False, limit: float = 7.0, alpha: float = 1.702,
-        out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
+        grouped: bool | None = None, out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """The `moe` op on x [T, H] (shapes checked by the op's type inference; operands as `ir/moe_ops.py` names them).
-    `out`: the result's storage (contiguous [T, H]), else allocated; `ws`: the workspace the activations and the
-    routing come from."""
+    `grouped`: the prefill path (`moe_grouped.py`; None: for more than GROUPED_FROM tokens). `out`: the result's
+    storage (contiguous [T, H]), else allocated; `ws`: the workspace the activations and the routing come from."""
     T, H = x.shape
     E = router_w.shape[0]
     i2 = w_gate_up.shape[1 if not transposed else 2]
     inter = i2 // 2
     x = x.contiguous()
     out = out_tensor(out, (T, H), x.dtype, x.device, "moe")
-    acts, route_w, route_e = scratch(ws, x.device, ((T * k, inter), x.dtype), ((T * k,), torch.float32),
-                                     ((T * k,), torch.int32))
     arch = device_arch(x.device)
     up = moe_blocks(T * k, inter, H, w_gate_up.dtype, arch, tiles=2)
     block_e = max(next_pow2(E), 2)
+    block_r = min(up["BLOCK_K"], max(16, 4096 // block_e))  # router tile [BLOCK_E, BLOCK_R]: <= 4096 values
+    res = residual.contiguous() if residual is not None else None
+    if grouped if grouped is not None else T > GROUPED_FROM:
+        strides = dict(transposed=transposed, gate_up=_weight_strides(w_gate_up, transposed),
+                       gate_up_bias=_bias_strides(b_gate_up), down=_weight_strides(w_down, transposed),
+                       down_bias=_bias_strides(b_down))
+        return moe_grouped(x, norm_w, router_w, router_b, w_gate_up, b_gate_up, w_down, b_down, res, out, ws, k=k,
+                           renorm=renorm, eps=eps, act=act, gate_up=gate_up, limit=limit, alpha=alpha, strides=strides,
+                           route_blocks=dict(BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_K=up["BLOCK_K"]))
+    acts, route_w, route_e = scratch(ws, x.device, ((T * k, inter), x.dtype), ((T * k,), torch.float32),
+                                     ((T * k,), torch.int32))
     dummy = out  # pointer of an absent operand (never read: its flag is off)
     moe_up_kernel[(T * k, triton.cdiv(inter, up["BLOCK_N"]))](
         x, norm_w if norm_w is not None else dummy, router_w, router_b if router_b is not None else dummy,
@@ -211,10 +165,8 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
         *_weight_strides(w_gate_up, transposed), *_bias_strides(b_gate_up),
         K=k, NORM=norm_w is not None, ROUTER_BIAS=router_b is not None, EXPERT_BIAS=b_gate_up is not None,
         RENORM=renorm, ACT=act, INTERLEAVED=gate_up == "interleaved", BLOCK_E=block_e,
-        BLOCK_R=min(up["BLOCK_K"], max(16, 4096 // block_e)), BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"],
-        num_warps=up["num_warps"])
+        BLOCK_R=block_r, BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], num_warps=up["num_warps"])
     down = moe_blocks(T, H, inter, w_down.dtype, arch)
-    res = residual.contiguous() if residual is not None else None
     moe_down_kernel[(T, triton.cdiv(H, down["BLOCK_N"]))](
         acts, route_w, route_e, w_down, b_down if b_down is not None else dummy, res if res is not None else dummy,
         out, H, inter, *_weight_strides(w_down, transposed), *_bias_strides(b_down),

@@ -1,0 +1,84 @@
+"""The `moe` templates' shared device functions: token normalisation, the router's softmax, the top-k pick of one
+slot, the experts' gated activation (`moe.py`'s decode kernels and `moe_grouped.py`'s prefill ones)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from fxforge.codegen.templates.gemm import apply_activation
+
+
+@triton.jit
+def _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM: tl.constexpr):
+    """Token x's columns (fp32), normalised and rounded to x's dtype as rms_norm's result is."""
+    xk = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    if NORM:
+        w = tl.load(nw_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        xk = (w * (xk * rstd)).to(x_ptr.dtype.element_ty).to(tl.float32)
+    return xk
+
+
+@triton.jit
+def _rstd(x_ptr, H, eps, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
+    """1 / rms of token x's H values (1.0 without a norm)."""
+    rstd = 1.0
+    if NORM:
+        offs_k = tl.arange(0, BLOCK_K)
+        sq = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            xk = tl.load(x_ptr + k0 + offs_k, mask=k0 + offs_k < H, other=0.0).to(tl.float32)
+            sq += xk * xk
+        rstd = tl.rsqrt(tl.sum(sq, 0) / H + eps)
+    return rstd
+
+
+@triton.jit
+def _router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk,
+                  NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Softmax of token x's router logits over the E experts (padding: -2, below any probability)."""
+    offs_e = tl.arange(0, BLOCK_E)
+    offs_r = tl.arange(0, BLOCK_R)
+    emask = offs_e < E
+    logits = tl.zeros([BLOCK_E], dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_R):
+        cols = k0 + offs_r
+        cmask = cols < H
+        xk = _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM)
+        wr = tl.load(wr_ptr + offs_e[:, None] * stride_re + cols[None, :] * stride_rk,
+                     mask=emask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        logits += tl.sum(wr * xk[None, :], 1)
+    if ROUTER_BIAS:
+        logits += tl.load(br_ptr + offs_e, mask=emask, other=0.0).to(tl.float32)
+    logits = tl.where(emask, logits, float("-inf"))
+    p = tl.exp(logits - tl.max(logits, 0))
+    return tl.where(emask, p / tl.sum(p, 0), -2.0)
+
+
+@triton.jit
+def _pick(p, j, K: tl.constexpr, RENORM: tl.constexpr, BLOCK_E: tl.constexpr):
+    """(expert, weight) of slot j: the k largest probabilities in order (lowest index first on ties)."""
+    offs_e = tl.arange(0, BLOCK_E)
+    total = 0.0
+    weight = 0.0
+    expert = 0
+    for i in tl.static_range(K):
+        top = tl.max(p, 0)
+        e = tl.min(tl.where(p == top, offs_e, BLOCK_E), 0)
+        total += top
+        weight = tl.where(j == i, top, weight)
+        expert = tl.where(j == i, e, expert)
+        p = tl.where(offs_e == e, -1.0, p)
+    if RENORM:
+        weight = weight / total
+    return expert, weight
+
+
+@triton.jit
+def gated_act(g, u, limit, alpha, ACT: tl.constexpr):
+    """The experts' gated activation of fp32 gate and up tiles: act(g) * u, or GPT-OSS's clamped SwiGLU."""
+    if ACT == "gpt_oss":  # g * sigmoid(alpha g) * (u + 1), g <= limit, |u| <= limit
+        g = tl.minimum(g, limit)
+        u = tl.minimum(tl.maximum(u, -limit), limit)
+        return g * tl.sigmoid(alpha * g) * (u + 1.0)
+    return apply_activation(g, ACT) * u
