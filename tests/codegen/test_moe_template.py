@@ -96,15 +96,19 @@ def test_decode_tiles_cover_the_gpu() -> None:
     assert 2 * -(-14336 // up["BLOCK_N"]) >= 264 and -(-4096 // down["BLOCK_N"]) >= 256 // 16
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "gpt_oss"])
-def test_moe_decoder_decodes_eager_tokens(arch: str) -> None:
+@pytest.mark.parametrize("arch,prompt", [("mixtral", 18), ("gpt_oss", 4)])  # 18: the prefill runs grouped
+def test_moe_decoder_decodes_eager_tokens(arch: str, prompt: int) -> None:
     import fxforge
     from fxforge.testing import gqa_decoder
 
     model = gqa_decoder(arch, 1)
     before = model.get_experts_implementation()
-    dec = fxforge.compile_decoder(model, max_length=16, executor="interpret")
+    dec = fxforge.compile_decoder(model, max_length=24, executor="interpret")
     assert model.get_experts_implementation() == before
     assert len(dec.graph.find("moe")) == 1 and not dec.graph.find("topk")
-    ids = torch.randint(3, 256, (1, 4), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(dec.generate(ids, 4), model.generate(ids, max_new_tokens=4, do_sample=False))
+    ids = torch.randint(3, 256, (1, prompt), generator=torch.Generator().manual_seed(0))
+    with counting_launches() as names:
+        got = dec.generate(ids, 4)
+    assert torch.equal(got, model.generate(ids, max_new_tokens=4, do_sample=False))
+    grouped = prompt > 16  # the prefill's path; the 3 decode steps run the decode kernels
+    assert ("moe_grouped_up_kernel" in names) == grouped and names.count("moe_up_kernel") == 3 + (not grouped)
