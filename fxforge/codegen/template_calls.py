@@ -151,8 +151,8 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
         kw += [f"format={s.format!r}", f"block={s.block}"]
     if s.rotary_dim and s.rotary_dim != s.head_dim:  # partial RoPE (StableLM)
         kw.append(f"rotary_dim={s.rotary_dim}")
-    if s.interleaved:  # channels (2i, 2i+1) rotate together (GLM); tables of one entry per pair
-        kw += ["interleaved=True"] + (["pair_tables=True"] if s.pair_tables else [])
+    kw += ["interleaved=True"] if s.interleaved else []  # channels (2i, 2i+1) rotate together (GLM)
+    kw += ["pair_tables=True"] if s.pair_tables else []  # tables of one entry per pair (GLM, GPT-OSS)
     if s.negated:  # rotate(x) negated, cat(x2, -x1) (NanoChat)
         kw.append("negated=True")
     if s.qk_norm is not None:  # q/k RMSNorm before RoPE, per head (Qwen3; weightless: NanoChat) or over all heads (OLMo2)

@@ -23,7 +23,8 @@ Decisions:
   same code at R = D is the full rotation.
 - `interleaved=True` (GLM, Helium, Cohere): channel d pairs with d ^ 1 (rotate(x)[2i] = -x[2i+1], rotate(x)[2i+1] =
   x[2i]) instead of (d + R/2) mod R; `pair_tables=True`: cos / sin hold R/2 entries, one per pair (the table
-  `repeat_interleave(t, 2)` repeats, read through: channel d reads entry d // 2). Constexprs: one kernel per pairing.
+  `repeat_interleave(t, 2)` repeats, read through: channel d reads entry d // 2; rotate_half pairs, GPT-OSS's
+  half tables: d reads d mod R/2). Constexprs: one kernel per pairing.
 - `qk_norm=(q_w, k_w, eps)` (Qwen3's q_norm / k_norm, `rope_sites._norm`): a q or k program first takes its
   row's 1/rms, then every channel it reads (the partner too) is normalised with `gemm_prologue.rms_scale`'s steps (scale,
   round to qkv's dtype, weight, round), so RoPE sees exactly what the rms_norm row kernel wrote. The row is the
@@ -113,8 +114,11 @@ def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.const
     partner = _channel(row, tl.where(in_rot, pd, d), md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM,
                        NORM_F32, NORM_W)
     rot = tl.where(negated, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
-    if PAIR_TABLES:  # one table entry per pair
-        cd = d // 2
+    if PAIR_TABLES:  # one table entry per pair: 2i and 2i + 1 read i (interleaved), i and i + R/2 read i (halves)
+        if INTERLEAVED:
+            cd = d // 2
+        else:
+            cd = d % (ROT // 2)
     else:
         cd = d
     c = tl.load(c_ptr + cd * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
@@ -256,7 +260,8 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
     weights [Hq * D] ([Hkv * D]: OLMo2); weights None: weightless, per head (NanoChat). `rotary_dim` R (partial
     RoPE, even, <= D): channels [0, R) rotate with cos/sin of R channels, the rest pass through. `interleaved`: pairs
     (2i, 2i + 1) rotate (GLM), not (i, i + R/2);
-    `pair_tables` (interleaved only): cos/sin of R/2 entries, one per pair (the table before `repeat_interleave(2)`).
+    `pair_tables`: cos/sin of R/2 entries, one per pair (interleaved: the table before `repeat_interleave(2)`; else
+    the table of both halves, GPT-OSS's `_apply_rotary_emb`).
     `norm_fp32`: the q/k norm weighs in fp32 and rounds once (OLMo2's fp16/bf16 norm), not rms_norm(x, w)'s two.
     `norm_after`: the per-head `qk_norm` applies to RoPE's result instead (HunYuan; dense caches). `q_scale`: q times a
     per-token scale broadcast to [B, 1, S, 1] after RoPE (Ministral3's position-dependent scaling). `negated`: the
@@ -266,8 +271,6 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
     rot = head_dim if rotary_dim is None else rotary_dim
     if rot % 2 or not 0 < rot <= head_dim:
         raise ShapeError(f"rope_cache: rotary_dim {rot} must be even and in (0, head_dim={head_dim}]")
-    if pair_tables and not interleaved:
-        raise ShapeError("rope_cache: pair_tables (one cos/sin entry per pair) needs interleaved pairs")
     width = rot // 2 if pair_tables else rot
     try:
         cs = [t.expand(B, 1, S, width).select(1, 0) for t in (cos, sin)]
@@ -333,12 +336,13 @@ def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
 
 def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
                     block: int = 32, qk_norm: bool = False, norm_rows: bool = False, interleaved: bool = False,
-                    norm_fp32: bool = False, after: bool = False, weightless: bool = False, negated: bool = False) -> dict:
+                    norm_fp32: bool = False, after: bool = False, weightless: bool = False, negated: bool = False,
+                    half_tables: bool = False) -> dict:
     """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches
     (`qk_norm`: with the per-head q/k RMSNorm, `norm_rows`: over all heads, `norm_fp32`: weighted in fp32; `interleaved`: pairs (2i, 2i + 1) with
     tables of one entry per pair and half the head rotated, GLM's; `after`: the per-head norm after RoPE and q's
     per-token scale, HunYuan's and Ministral3's; `weightless`: the per-head norm after RoPE without weights and the
-    rotation negated, NanoChat's)."""
+    rotation negated, NanoChat's; `half_tables`: rotate_half pairs with tables of one entry per pair, GPT-OSS's)."""
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
     ptrs.update(dict.fromkeys(("k_ptr", "v_ptr"), f"*{t}" if format == "dense" else "*u8"))
@@ -348,7 +352,7 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
     const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim,
              "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim),
              "QK_NORM": qk_norm, "ROT": head_dim // 2 if interleaved else head_dim, "INTERLEAVED": interleaved,
-             "PAIR_TABLES": interleaved, "NQN": q_heads if norm_rows else 1, "NKN": kv_heads if norm_rows else 1,
+             "PAIR_TABLES": interleaved or half_tables, "NQN": q_heads if norm_rows else 1, "NKN": kv_heads if norm_rows else 1,
              "NORM_F32": norm_fp32, "NORM_W": not weightless, "NEGATED": negated or weightless}
     if weightless:
         sig["eps"] = "fp32"
@@ -366,4 +370,4 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
             "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"
                       f"{' qk_norm' * qk_norm}{' rows' * norm_rows}{' fp32' * norm_fp32}{' interleaved' * interleaved}"
-                      f"{' norm_after q_scale' * after}{' weightless norm_after negated' * weightless}"}
+                      f"{' norm_after q_scale' * after}{' weightless norm_after negated' * weightless}{' half_tables' * half_tables}"}
