@@ -82,7 +82,7 @@ def _act(g: torch.Tensor, u: torch.Tensor, act: str, limit: float, alpha: float)
 def route(xn: torch.Tensor, wr: torch.Tensor, br: torch.Tensor | None, k: int, renorm: bool):
     """(weights fp32 [T, k], expert indices [T, k]) of the router on xn."""
     p = torch.softmax(F.linear(xn.float(), wr.float(), None if br is None else br.float()), -1)
-    w, idx = torch.topk(p, k, -1)
+    w, idx = (t[..., :k] for t in torch.sort(p, stable=True, dim=-1, descending=True))  # ties: lowest index first
     return (w / w.sum(-1, keepdim=True) if renorm else w), idx
 
 

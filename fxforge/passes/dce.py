@@ -36,15 +36,19 @@ def unseen_write(op: Op, outputs: set[int], order: dict[int, int]) -> bool:
     if len(name) < 2 or not name[1].endswith("_") or not args or args[0] != OperandRef(0) or op.attrs.get("kwargs"):
         return False
     v, chain = op.operands[0], {id(op)}
+
+    def seen(u: Op) -> bool:  # a reader after the write, or another view (its readers may come after)
+        return id(u) not in chain and (order[id(u)] > order[id(op)] or u.opdef.aliases)
+
     while v.producer is not None and v.producer.opdef.kernel == "view" and len(v.producer.operands[0].uses) == 1:
-        if id(v) in outputs or any(order[id(u)] > order[id(op)] for u in v.uses if id(u) not in chain):
+        if id(v) in outputs or any(map(seen, v.uses)):
             return False
         chain.add(id(v.producer))
         v = v.producer.operands[0]  # a view of a value nothing else reads: the write lands there
     p = v.producer
     if p is None or p.opcode == "const" or p.opdef.aliases or id(v) in outputs or has_side_effects(p):
         return False
-    return all(order[id(u)] < order[id(op)] for u in v.uses if id(u) not in chain)
+    return not any(map(seen, v.uses))
 
 
 def referenced_weights(graph: Graph) -> set[str]:

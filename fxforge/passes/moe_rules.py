@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.passes.rewriter import P, Rule
+from fxforge.passes.rewriter import P, Rule, same_type
 from fxforge.passes.xielu_rules import _scalar_const, scalar_value
 
 _VIEWS = ("reshape", "expand")
@@ -227,7 +227,7 @@ def _residual(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
     for r, v in _pairs(root):
         moe = _op(_src(v), "moe")
         if (moe is None or moe.attrs["residual"] or len(moe.result.uses) != 1 or len(_src(v).uses) != 1
-                or r.type.dtype != moe.result.type.dtype):
+                or not (same_type(r.type, root.result.type) and same_type(v.type, root.result.type))):  # no broadcast
             continue
         res = r if r.type.rank == 2 else g.insert_before(root, "reshape", [r], {"shape": list(moe.result.type.shape)}).result
         y = g.insert_before(root, "moe", [*moe.operands, res], {**moe.attrs, "residual": True}).result
