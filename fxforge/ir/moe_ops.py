@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from fxforge.ir.errors import ShapeError
 from fxforge.ir.ops import REQUIRED, OpDef, register
-from fxforge.ir.types import TensorType
+from fxforge.ir.types import TensorType, dims_equal
 
 MOE_ACTS = ("silu", "gelu_tanh", "gpt_oss")
 GATE_UP_LAYOUTS = ("concat", "interleaved")
@@ -65,8 +65,20 @@ def _infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         raise ShapeError(f"moe: x [T, H], router [E, H], gate/up [E, 2I, H], down [E, H, I]; got "
                          f"{list(x.shape)}, {list(wr.shape)}, {list(wgu.shape)}, {list(wd.shape)}")
     k = attrs["k"]
-    if not isinstance(k, int) or k < 1 or (isinstance(wr.shape[0], int) and k > wr.shape[0]):
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1 or (isinstance(wr.shape[0], int) and k > wr.shape[0]):
         raise ShapeError(f"moe: k={k!r} must be an int in 1..{wr.shape[0]} (the experts)")
+    (e, hd), tr = wr.shape, attrs["transposed"]
+    e_gu, n2, h_gu = (wgu.shape[0], wgu.shape[2], wgu.shape[1]) if tr else wgu.shape
+    e_d, h_d, inter = (wd.shape[0], wd.shape[2], wd.shape[1]) if tr else wd.shape
+    want = {"x": [x.shape[0], hd], "w_gate_up": [e, 2 * inter, hd], "w_down": [e, hd, inter], "norm_w": [hd],
+            "router_b": [e], "b_gate_up": [e, 2 * inter], "b_down": [e, hd], "residual": [x.shape[0], hd]}
+    have = {**{r: list(v.shape) for r, v in t.items()}, "w_gate_up": [e_gu, n2, h_gu], "w_down": [e_d, h_d, inter]}
+    for role in t:
+        if role != "router_w" and not (len(have[role]) == len(want[role])
+                                       and all(dims_equal(a, b) for a, b in zip(have[role], want[role], strict=True))):
+            raise ShapeError(f"moe: {role} {list(t[role].shape)} does not fit x {list(x.shape)}, router "
+                             f"{list(wr.shape)} and down {list(wd.shape)} (want {want[role]}"
+                             f"{', transposed' if tr and role.startswith('w_') else ''})")
     return [TensorType(x.shape, x.dtype)]
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.passes.rewriter import P, Rule, same_type
+from fxforge.passes.rewriter import P, Rule, dims_match, same_type
 from fxforge.passes.xielu_rules import _scalar_const, scalar_value
 
 _VIEWS = ("reshape", "expand")
@@ -78,11 +78,27 @@ def _expert_linear(v: Value, e: Value) -> dict[str, Any] | None:
     lhs, rhs = mm.operands
     w = _gathered(lhs, e)
     if w is not None and rhs.type.rank == 3 and rhs.type.shape[2] == 1:
-        return dict(x=_src(rhs), w=w, b=b, transposed=False)
+        return dict(x=rhs, w=w, b=b, transposed=False)
     w = _gathered(rhs, e)
     if w is not None and lhs.type.rank == 3 and lhs.type.shape[1] == 1:
-        return dict(x=_src(lhs), w=w, b=b, transposed=True)
+        return dict(x=lhs, w=w, b=b, transposed=True)
     return None
+
+
+def _token_rows(v: Value, k: int) -> tuple[Value, Any] | None:
+    """(x, T) when v = reshape(expand(reshape(x, [T, 1, H]), [T, k, H])): each token's row k times in a row, the
+    order of the flat top-k slots (repeat_interleave; x.repeat(k, 1), slot-major, is not this)."""
+    if k == 1:
+        x = _src(v, ("reshape",))
+        return x, x.type.shape[-2] if x.type.rank >= 2 else None
+    r = _op(v, "reshape")
+    ex = _op(r.operands[0], "expand") if r is not None else None
+    if ex is None:
+        return None
+    src, rows = ex.operands[0], ex.result.type
+    if rows.rank != 3 or src.type.rank != 3 or src.type.shape[1] != 1 or rows.shape[1] != k:
+        return None
+    return _src(src, ("reshape",)), rows.shape[0]
 
 
 def _halves(g: Value, u: Value) -> tuple[Value, str] | None:
@@ -166,20 +182,23 @@ def _router(w: Value, e: Value) -> dict[str, Any] | None:
     lin = _op(_src(logits, ("cast",)), "linear")
     if lin is None or not all(_const(v) for v in lin.operands[1:]):
         return None
-    return dict(xr=_src(lin.operands[0]), wr=lin.operands[1], br=lin.operands[2] if len(lin.operands) > 2 else None,
+    return dict(xr=_src(lin.operands[0], ("reshape",)), wr=lin.operands[1], br=lin.operands[2] if len(lin.operands) > 2 else None,
                 k=tk.attrs["k"], renorm=renorm)
 
 
 def _moe(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
     """sum_j(down * w) over the slots of a [T, k, H] view -> moe(...)."""
     m = _op(_src(root.operands[0], _VIEWS + ("cast",)), "mul")
+    slots = root.operands[0].type  # [T, k, H]
     for d, w in _pairs(m) if m is not None else []:
         down = _down_of(d)
         router = _router(w, down["e"]) if down else None
-        a = _gated(down["x"]) if router else None
+        a = _gated(_src(down["x"], ("reshape",))) if router else None
         up = _expert_linear(a["up"], down["e"]) if a else None
-        if (up is None or up["transposed"] != down["transposed"] or (up["b"] is None) != (down["b"] is None)
-                or _src(up["x"]) is not router["xr"]):
+        rows = _token_rows(up["x"], router["k"]) if up else None
+        if (rows is None or up["transposed"] != down["transposed"] or (up["b"] is None) != (down["b"] is None)
+                or rows[0] is not router["xr"] or slots.rank != 3 or slots.shape[1] != router["k"]
+                or not dims_match(slots.shape[0], rows[1])):
             continue
         return _build(g, root, router, up, down, a)
     return None

@@ -244,8 +244,6 @@ def test_unknown_act_or_layout_is_a_shape_error():
             graph_of(attrs_of(**bad))
 
 
-@pytest.mark.xfail(strict=True, reason="moe's type inference checks ranks only: sizes that disagree (H, E, I, biases, "
-                                       "norm weight) are not caught until evaluation; remove this mark once they are")
 @pytest.mark.parametrize("role,shape", [("router_w", (5, H + 1)), ("w_gate_up", (4, 2 * N_I, H)),
                                         ("w_gate_up", (5, 2 * N_I + 1, H)), ("w_down", (5, H, N_I + 1)),
                                         ("b_down", (5, H + 1)), ("norm_w", (H + 1,))])

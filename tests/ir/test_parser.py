@@ -68,6 +68,9 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %sw = const @sparse.weight : f32[16, 8] #nm<n=2, m=4, dtype=f32, scheme=none, group=0>
   %bw = const @mx.weight : f8e4m3[16, 8] #blockfp<format="f8e4m3", block=32, axis=-1, perm="mx.perm">
   %bw2 = const @mx2.weight : f8e4m3[16, 8] #blockfp<format="f8e4m3", block=16, axis=0, perm=none>
+  %mr = const @moe.router : f32[4, 8]
+  %mgu = const @moe.gate_up : f32[4, 6, 8]
+  %md = const @moe.down : f32[4, 8, 3]
   %lin = linear(%x, %w) : f32[s0, 16]
   %linb = linear(%x, %w, %b) : f32[s0, 16]
   %qlin = linear(%x, %qw) : f32[s0, 16]
@@ -143,6 +146,7 @@ graph @every_op(%x: f32[s0, 8], %y: f32[s0, 8], %c: bool[s0, 8], %ids: i64[s0], 
   %ql = qlinear(%x, %qw) {scheme="w4a8-fp", act_format="f8e4m3", group=32} : f32[s0, 16]
   %qv, %qs = quantize(%x) {format="f8e4m3"} : f8e4m3[s0, 8], f32[s0, 1]
   %dq = dequantize(%qv, %qs) {format="f8e4m3"} : f32[s0, 8]
+  %mo = moe(%x, %g8, %mr, %mgu, %md, %y) {k=2, renorm=true, norm="rms", eps=1e-05, residual=true} : f32[s0, 8]
   return %linb, %s_0, %s_1, %odd
 }
 """  # noqa: E501
@@ -159,6 +163,9 @@ def every_op_weights() -> dict[str, Weight | torch.Tensor]:
         "mx.weight": Weight(torch.randn(16, 8), BlockFP("f8e4m3", 32, -1, "mx.perm")),
         "mx2.weight": Weight(torch.randn(16, 8), BlockFP("f8e4m3", 16, 0)),
         "mx.perm": torch.arange(8),
+        "moe.router": torch.randn(4, 8),
+        "moe.gate_up": torch.randn(4, 6, 8),
+        "moe.down": torch.randn(4, 8, 3),
     }
 
 

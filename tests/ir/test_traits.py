@@ -17,7 +17,7 @@ def test_traits_of_the_table():
         "bitwise_xor"}
     assert set(ops_with("row")) == {"softmax", "log_softmax", "layer_norm", "rms_norm", "sum", "mean", "amax"}
     assert set(ops_with("view")) == {"reshape", "permute", "expand", "slice"}
-    assert set(ops_with("gemm")) == {"linear", "matmul", "qlinear"} and sorted(ops_with("template")) == ["attention", "hadamard"]
+    assert set(ops_with("gemm")) == {"linear", "matmul", "qlinear"} and sorted(ops_with("template")) == ["attention", "hadamard", "moe"]
     assert "triu" not in ops_with("pointwise") and "cast" in ops_with("pointwise")
     assert {n for n, d in OPS.items() if d.aliases} == {"reshape", "permute", "expand", "slice", "extern", "cache_write"}
     assert activations() == ("gelu", "gelu_tanh", "relu", "relu2", "sigmoid", "silu", "tanh", "xielu")

@@ -184,7 +184,5 @@ def test_a_broadcast_add_is_not_the_residual(residual):
     assert not g.find("moe")[0].attrs["residual"]
 
 
-@pytest.mark.xfail(strict=True, reason="moe_rules finds the experts' input through any reshape/expand: x.repeat(k, 1) "
-                                       "(slot-major rows) passes for repeat_interleave; the moe op gives other numbers")
 def test_slot_major_rows_are_not_the_tokens_routing():
     rewritten(chain(tiled=True))
