@@ -47,6 +47,7 @@ from fxforge.codegen.template_calls import post_norm_z, render_template, templat
 from fxforge.ir.evaluate import weight_tensor
 from fxforge.ir.fhash import graph_key
 from fxforge.ir.graph import Graph, Op, Value, Weight
+from fxforge.ir.moe_ops import by_role
 from fxforge.ir.partition import KernelGroup, Partition, check_partition
 from fxforge.ir.skip_ops import data_dependent_symbols
 
@@ -88,7 +89,12 @@ class GeneratedModule:
 
 
 RESERVED = {"weights", "device", "pool", "_ws", "_plan", "_pooled"}  # names run() itself uses
-ENCODED_READERS = ("qlinear", "linear")  # anchors whose kernel group reads its weight encoded (linear: `#nm`)
+# anchors whose kernel group reads a weight encoded: opcode -> whether op reads value v so (linear: `#nm`; moe: its
+# experts, `#quantized` int4)
+ENCODED_READERS: dict[str, Callable[[Op, Value], bool]] = {
+    "qlinear": lambda op, v: op.operands[1] is v, "linear": lambda op, v: op.operands[1] is v,
+    "moe": lambda op, v: any(by_role(op.operands, op.attrs)[r] is v for r in ("w_gate_up", "w_down")),
+}
 
 
 def encoded_consts(graph: Graph, part: Partition) -> set[int]:
@@ -102,7 +108,8 @@ def encoded_consts(graph: Graph, part: Partition) -> set[int]:
         if op.opcode != "const" or id(op.result) in outputs or op.result.type.encoding is None:
             continue
         uses = op.result.uses
-        if uses and all(u.opcode in ENCODED_READERS and id(u) in in_group and u.operands[1] is op.result for u in uses):
+        if uses and all(u.opcode in ENCODED_READERS and id(u) in in_group and ENCODED_READERS[u.opcode](u, op.result)
+                        for u in uses):
             out.add(id(op))
     return out
 

@@ -242,7 +242,8 @@ def decode_weight(weight: Weight) -> Tensor:
     else:
         scale = p["scale"].to(torch.float32)
         vals = decode_elements(codes, fmt.name)
-    return vals * scale.repeat_interleave(gsize, dim=1)[:, :in_f]  # the last group may be partial
+    dense = vals * scale.repeat_interleave(gsize, dim=1)[:, :in_f]  # the last group may be partial
+    return dense.reshape(weight.data.shape)  # stacked experts [E, N, K]: codes by rows [E * N, K]
 
 
 WEIGHT_DECODERS["quantized"] = decode_weight

@@ -18,8 +18,9 @@ Errors are measured on `ctx.calibration` (a list of input lists for the graph) w
 Decisions:
 - Stay high precision by default: `lm_head` (patterns "lm_head", "*.lm_head"), any linear whose weight
   is also an embedding's table (tied: same weight name, or same storage), linears whose weight is
-  not a 2-D const, and layers whose input dim cannot be packed (odd, for 4-bit formats); a `moe` op's
-  router and experts (no quantized MoE path yet). Skips are listed in `ctx.stats["skipped"]` with the reason.
+  not a 2-D const, and layers whose input dim cannot be packed (odd, for 4-bit formats). Skips are listed in
+  `ctx.stats["skipped"]` with the reason. A `moe` op's experts are encoded by `moe_quant.py` (w4a16-int4 only; its
+  router stays high precision), their figures in `ctx.stats["moe_experts"]`.
 - The encoded weight is a new table entry `<weight name>.q` (LoRC factors `<layer>.lorc_u` /
   `.lorc_v`, fp16); the original weight leaves the table once no `const` names it.
 - The requested group always holds (never a gcd or another quiet substitute): a group that does not
@@ -52,13 +53,13 @@ from fxforge.errors import ConfigError, InputError
 from fxforge.ir.evaluate import evaluate
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import decode_weight, encode_weight, get_scheme, group_count, qlinear_ref
-from fxforge.ir.moe_ops import by_role
 from fxforge.passes.calibrate import calibrate, site_name
 from fxforge.passes.gptq import gptq_encode
 from fxforge.passes.hessian import Hessian, run_stages
 from fxforge.passes.linear_sites import RANDOM_ROWS, choose_by_pattern, embedding_tables, free_name, relative_error, skip_reason
 from fxforge.passes.lorc import lorc_factors
 from fxforge.passes.manager import PassContext
+from fxforge.passes.moe_quant import quantize_moe
 from fxforge.passes.quant_methods import method_targets
 
 
@@ -107,9 +108,13 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
             continue
         plan.append((op, layer, chosen))
 
-    for op in graph.find("moe"):  # its experts' GEMVs read 16-bit weights: said, never silently left out
-        name = by_role(op.operands, op.attrs)["w_gate_up"].producer.attrs["weight"]
-        skipped[name.rsplit(".", 1)[0]] = "kept high precision: the moe op (router + experts) has no quantized path"
+    moe_experts: dict[str, dict[str, Any]] = {}
+    for op in graph.find("moe"):  # the experts: weight-only int4, else said why not (`moe_quant.py`)
+        site, got = quantize_moe(graph, op, scheme, overrides, group)
+        if isinstance(got, str):
+            skipped[site] = got
+        else:
+            moe_experts[site] = got
     calib = calibrate(graph, calibration, sites=[p[1] for p in plan]) if calibration else None
     layers: dict[str, dict[str, Any]] = {}
     wants = (lambda _: True) if gptq_schemes is None else set(gptq_schemes).__contains__
@@ -126,7 +131,7 @@ def quantize_graph(graph: Graph, scheme: str | None, overrides: dict[str, str | 
     else:
         for op, _, _ in plan:
             rewrite(op)
-    stats: dict[str, Any] = {"scheme": scheme, "layers": layers, "skipped": skipped,
+    stats: dict[str, Any] = {"scheme": scheme, "layers": layers, "skipped": skipped, "moe_experts": moe_experts,
                              "error_data": "calibration" if calib else f"random N(0,1), {RANDOM_ROWS} rows",
                              "method": "gptq" if use_gptq else "rtn"}
     if gptq and not calib:

@@ -34,14 +34,16 @@ def standard_specs() -> list[dict]:
 
 def moe_specs_list() -> list[dict]:
     """The MoE templates: decode Mixtral-shaped fp16, Qwen3-MoE-shaped (128 experts, top-8) at 8 tokens, GPT-OSS's
-    biases / transposed interleaved weights / clamped SwiGLU in bf16 (sm_90), fp32; the grouped prefill kernels."""
+    biases / transposed interleaved weights / clamped SwiGLU in bf16 (sm_90), fp32; the grouped prefill kernels; int4
+    experts (w4a16-int4)."""
     from fxforge.codegen.templates.moe import moe_specs
     from fxforge.codegen.templates.moe_grouped import moe_grouped_specs
 
     bf16 = [*moe_specs("bfloat16", 1, 32, 2880, 2880, 4, gpt_oss=True), *moe_grouped_specs("bfloat16", gpt_oss=True)]
     return [*moe_specs("float16", 1, 8, 4096, 14336, 2), *moe_specs("float16", 8, 128, 2048, 768, 8),
             *moe_specs("float32", 1, 8, 1024, 2048, 2), *(dict(s, min_arch=90) for s in bf16),
-            *moe_grouped_specs("float16"), *moe_grouped_specs("float16", block_m=16), *moe_grouped_specs("float32")]
+            *moe_grouped_specs("float16"), *moe_grouped_specs("float16", block_m=16), *moe_grouped_specs("float32"),
+            *moe_specs("float16", 1, 8, 4096, 14336, 2, quant=True), *moe_grouped_specs("float16", quant=True)]
 
 
 def keep_specs() -> list[dict]:

@@ -9,7 +9,10 @@ import torch
 
 from fxforge.codegen.templates.moe import moe, moe_blocks
 from fxforge.codegen.templates.moe_grouped import expert_tiles
+from fxforge.ir.graph import Weight
+from fxforge.ir.lowp_ops import decode_weight
 from fxforge.ir.moe_ops import _moe, operand_roles
+from fxforge.passes.moe_quant import encode_experts
 from fxforge.runtime.interpreter import interpreter_scope
 from fxforge.testing import counting_launches
 
@@ -79,6 +82,26 @@ def test_expert_tiles_cover_every_slot_once() -> None:
     rows, tile_expert = expert_tiles(experts, 4, 2)
     assert tile_expert.tolist() == [0, 1, 2, 2]  # expert 3: no tile; expert 2's four slots: two tiles
     assert rows.view(-1, 2).tolist() == [[1, 6], [4, -1], [0, 2], [3, 5]]
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("name", ["mixtral", "gpt_oss"])
+def test_int4_experts_match_the_reference(name: str, grouped: bool) -> None:
+    """w4a16-int4 experts (`moe_quant.encode_experts`: codes two per byte, scale and zero per group of 32) dequantized
+    in the kernels' registers: the reference on the decoded weights (GPT-OSS's transposed experts re-laid out)."""
+    attrs = {**DEFAULTS, **VARIANTS[name]}
+    ops = operands(attrs, 20 if grouped else 3, 4, 64, 48, torch.float16, seed=7)
+    named = dict(zip(operand_roles(attrs), ops, strict=True))
+    for role in ("w_gate_up", "w_down"):
+        w = named[role].float()
+        named[role] = encode_experts((w.transpose(1, 2) if attrs["transposed"] else w).contiguous(), "w4a16-int4", 32)
+    attrs["transposed"] = False
+    quant = [named[r] for r in operand_roles(attrs)]
+    dense = [decode_weight(v) if isinstance(v, Weight) else v for v in quant]
+    with counting_launches() as names:
+        got = run_template(quant, attrs, 2, grouped)
+    assert len(names) == (3 if grouped else 2)
+    torch.testing.assert_close(got, _moe(*dense, k=2, **attrs), rtol=2e-3, atol=2e-3)
 
 
 def test_half_precision_rounds_as_the_reference() -> None:

@@ -31,16 +31,18 @@ from fxforge.codegen.blocks import SM_COUNT, next_pow2
 from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.gemm import device_arch
 from fxforge.codegen.templates.moe_grouped import GROUPED_FROM, moe_grouped
-from fxforge.codegen.templates.moe_routing import _normed, _pick, _router_probs, _rstd, gated_act
+from fxforge.codegen.templates.moe_routing import ExpertWeight, _normed, _pick, _router_probs, _rstd, bias_strides, expert_tile, gated_act
+from fxforge.ir.graph import Weight
 
 
 @triton.jit
-def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, bgu_ptr, act_ptr, route_w_ptr, route_e_ptr,
+def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, gs_ptr, gz_ptr, bgu_ptr, act_ptr, route_w_ptr, route_e_ptr,
                   H, I, E, eps, limit, alpha, stride_xt, stride_re, stride_rk,  # noqa: E741 (I: intermediate size)
                   stride_ge, stride_gn, stride_gk, stride_be, stride_bn,
                   K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, EXPERT_BIAS: tl.constexpr,
-                  RENORM: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr,
-                  BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                  RENORM: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr, QUANT: tl.constexpr,
+                  GROUP: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
     s = tl.program_id(0)
     pid_n = tl.program_id(1)
     t = s // K
@@ -57,7 +59,10 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, bgu_ptr, act_ptr, rout
     nmask = offs_n < I
     gate_rows = offs_n * 2 if INTERLEAVED else offs_n
     up_rows = gate_rows + 1 if INTERLEAVED else offs_n + I
-    w_ptr = wgu_ptr + expert.to(tl.int64) * stride_ge
+    e64 = expert.to(tl.int64)
+    groups = tl.cdiv(H, GROUP)
+    w_ptr = wgu_ptr + e64 * stride_ge
+    s_ptr, z_ptr = gs_ptr + e64 * 2 * I * groups, gz_ptr + e64 * 2 * I * groups  # int4: the expert's scales, zeros
     acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
     for k0 in range(0, H, BLOCK_K):
@@ -65,10 +70,12 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, bgu_ptr, act_ptr, rout
         cmask = cols < H
         xk = _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM)[None, :]
         m2 = nmask[:, None] & cmask[None, :]
-        wg = tl.load(w_ptr + gate_rows[:, None] * stride_gn + cols[None, :] * stride_gk, mask=m2, other=0.0)
-        wu = tl.load(w_ptr + up_rows[:, None] * stride_gn + cols[None, :] * stride_gk, mask=m2, other=0.0)
-        acc_g += tl.sum(wg.to(tl.float32) * xk, 1)
-        acc_u += tl.sum(wu.to(tl.float32) * xk, 1)
+        wg = expert_tile(w_ptr, s_ptr, z_ptr, gate_rows[:, None], cols[None, :], m2, stride_gn, stride_gk, groups,
+                         GROUP, QUANT)
+        wu = expert_tile(w_ptr, s_ptr, z_ptr, up_rows[:, None], cols[None, :], m2, stride_gn, stride_gk, groups,
+                         GROUP, QUANT)
+        acc_g += tl.sum(wg * xk, 1)
+        acc_u += tl.sum(wu * xk, 1)
     if EXPERT_BIAS:
         b_ptr = bgu_ptr + expert.to(tl.int64) * stride_be
         acc_g += tl.load(b_ptr + gate_rows * stride_bn, mask=nmask, other=0.0).to(tl.float32)
@@ -78,28 +85,30 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, bgu_ptr, act_ptr, rout
 
 
 @triton.jit
-def moe_down_kernel(act_ptr, route_w_ptr, route_e_ptr, wd_ptr, bd_ptr, res_ptr, out_ptr, H, I,  # noqa: E741
+def moe_down_kernel(act_ptr, route_w_ptr, route_e_ptr, wd_ptr, ds_ptr, dz_ptr, bd_ptr, res_ptr, out_ptr, H, I,  # noqa: E741
                     stride_de, stride_dn, stride_dk, stride_be, stride_bn, stride_rt, stride_ot,
-                    K: tl.constexpr, EXPERT_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    K: tl.constexpr, EXPERT_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, QUANT: tl.constexpr,
+                    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     t = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < H
     offs_k = tl.arange(0, BLOCK_K)
+    groups = tl.cdiv(I, GROUP)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for j in range(K):
         s = t * K + j
         expert = tl.load(route_e_ptr + s).to(tl.int64)
         w_ptr = wd_ptr + expert * stride_de
+        s_ptr, z_ptr = ds_ptr + expert * H * groups, dz_ptr + expert * H * groups
         a_ptr = act_ptr + s.to(tl.int64) * I
         part = tl.zeros([BLOCK_N], dtype=tl.float32)
         for k0 in range(0, I, BLOCK_K):
             cols = k0 + offs_k
             cmask = cols < I
             a = tl.load(a_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-            wd = tl.load(w_ptr + offs_n[:, None] * stride_dn + cols[None, :] * stride_dk,
-                         mask=nmask[:, None] & cmask[None, :], other=0.0)
-            part += tl.sum(wd.to(tl.float32) * a[None, :], 1)
+            wd = expert_tile(w_ptr, s_ptr, z_ptr, offs_n[:, None], cols[None, :], nmask[:, None] & cmask[None, :],
+                             stride_dn, stride_dk, groups, GROUP, QUANT)
+            part += tl.sum(wd * a[None, :], 1)
         if EXPERT_BIAS:
             part += tl.load(bd_ptr + expert * stride_be + offs_n * stride_bn, mask=nmask, other=0.0).to(tl.float32)
         acc += part * tl.load(route_w_ptr + s)
@@ -120,87 +129,83 @@ def moe_blocks(rows: int, n: int, k: int, dtype: torch.dtype, arch: int | None, 
     return dict(BLOCK_N=bn, BLOCK_K=64, num_warps=4)
 
 
-def _weight_strides(w: torch.Tensor, transposed: bool) -> tuple[int, int, int]:
-    """(expert, output row, reduction) strides of an [E, N, K] weight, or of [E, K, N] when transposed."""
-    return (w.stride(0), w.stride(2), w.stride(1)) if transposed else tuple(w.stride())
-
-
-def _bias_strides(b: torch.Tensor | None) -> tuple[int, int]:
-    return tuple(b.stride()) if b is not None else (0, 0)
-
-
 def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, router_b: torch.Tensor | None,
-        w_gate_up: torch.Tensor, b_gate_up: torch.Tensor | None, w_down: torch.Tensor, b_down: torch.Tensor | None,
-        residual: torch.Tensor | None = None, *, k: int, renorm: bool = False, eps: float = 1e-6, act: str = "silu",
-        gate_up: str = "concat", transposed: bool = False, limit: float = 7.0, alpha: float = 1.702,
-        grouped: bool | None = None, out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
-    """The `moe` op on x [T, H] (shapes checked by the op's type inference; operands as `ir/moe_ops.py` names them).
-    `grouped`: the prefill path (`moe_grouped.py`; None: for more than GROUPED_FROM tokens). `out`: the result's
-    storage (contiguous [T, H]), else allocated; `ws`: the workspace the activations and the routing come from."""
+        w_gate_up: torch.Tensor | Weight, b_gate_up: torch.Tensor | None, w_down: torch.Tensor | Weight,
+        b_down: torch.Tensor | None, residual: torch.Tensor | None = None, *, k: int, renorm: bool = False,
+        eps: float = 1e-6, act: str = "silu", gate_up: str = "concat", transposed: bool = False, limit: float = 7.0,
+        alpha: float = 1.702, grouped: bool | None = None, out: torch.Tensor | None = None,
+        ws: Workspace | None = None) -> torch.Tensor:
+    """The `moe` op on x [T, H] (shapes checked by the op's type inference; operands as `ir/moe_ops.py` names them;
+    the experts dense or `#quantized` int4 `Weight`s, `moe_quant.py`). `grouped`: the prefill path
+    (`moe_grouped.py`; None: for more than GROUPED_FROM tokens). `out`: the result's storage (contiguous [T, H]),
+    else allocated; `ws`: the workspace the activations and the routing come from."""
     T, H = x.shape
     E = router_w.shape[0]
-    i2 = w_gate_up.shape[1 if not transposed else 2]
-    inter = i2 // 2
+    gu, dn = ExpertWeight.of(w_gate_up, transposed, x.dtype), ExpertWeight.of(w_down, transposed, x.dtype)
+    inter = gu.shape[1] // 2
     x = x.contiguous()
     out = out_tensor(out, (T, H), x.dtype, x.device, "moe")
     arch = device_arch(x.device)
-    up = moe_blocks(T * k, inter, H, w_gate_up.dtype, arch, tiles=2)
+    up = moe_blocks(T * k, inter, H, gu.dtype, arch, tiles=2)
     block_e = max(next_pow2(E), 2)
     block_r = min(up["BLOCK_K"], max(16, 4096 // block_e))  # router tile [BLOCK_E, BLOCK_R]: <= 4096 values
     res = residual.contiguous() if residual is not None else None
     if grouped if grouped is not None else T > GROUPED_FROM:
-        strides = dict(transposed=transposed, gate_up=_weight_strides(w_gate_up, transposed),
-                       gate_up_bias=_bias_strides(b_gate_up), down=_weight_strides(w_down, transposed),
-                       down_bias=_bias_strides(b_down))
-        return moe_grouped(x, norm_w, router_w, router_b, w_gate_up, b_gate_up, w_down, b_down, res, out, ws, k=k,
-                           renorm=renorm, eps=eps, act=act, gate_up=gate_up, limit=limit, alpha=alpha, strides=strides,
+        return moe_grouped(x, norm_w, router_w, router_b, gu, b_gate_up, dn, b_down, res, out, ws, k=k,
+                           renorm=renorm, eps=eps, act=act, gate_up=gate_up, limit=limit, alpha=alpha,
                            route_blocks=dict(BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_K=up["BLOCK_K"]))
     acts, route_w, route_e = scratch(ws, x.device, ((T * k, inter), x.dtype), ((T * k,), torch.float32),
                                      ((T * k,), torch.int32))
     dummy = out  # pointer of an absent operand (never read: its flag is off)
     moe_up_kernel[(T * k, triton.cdiv(inter, up["BLOCK_N"]))](
         x, norm_w if norm_w is not None else dummy, router_w, router_b if router_b is not None else dummy,
-        w_gate_up, b_gate_up if b_gate_up is not None else dummy, acts, route_w, route_e,
+        gu.ptr, gu.scale, gu.zero, b_gate_up if b_gate_up is not None else dummy, acts, route_w, route_e,
         H, inter, E, float(eps), float(limit), float(alpha), x.stride(0), router_w.stride(0), router_w.stride(1),
-        *_weight_strides(w_gate_up, transposed), *_bias_strides(b_gate_up),
+        *gu.strides, *bias_strides(b_gate_up),
         K=k, NORM=norm_w is not None, ROUTER_BIAS=router_b is not None, EXPERT_BIAS=b_gate_up is not None,
-        RENORM=renorm, ACT=act, INTERLEAVED=gate_up == "interleaved", BLOCK_E=block_e,
-        BLOCK_R=block_r, BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], num_warps=up["num_warps"])
-    down = moe_blocks(T, H, inter, w_down.dtype, arch)
+        RENORM=renorm, ACT=act, INTERLEAVED=gate_up == "interleaved", QUANT=gu.quant, GROUP=gu.group,
+        BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], num_warps=up["num_warps"])
+    down = moe_blocks(T, H, inter, dn.dtype, arch)
     moe_down_kernel[(T, triton.cdiv(H, down["BLOCK_N"]))](
-        acts, route_w, route_e, w_down, b_down if b_down is not None else dummy, res if res is not None else dummy,
-        out, H, inter, *_weight_strides(w_down, transposed), *_bias_strides(b_down),
+        acts, route_w, route_e, dn.ptr, dn.scale, dn.zero, b_down if b_down is not None else dummy,
+        res if res is not None else dummy, out, H, inter, *dn.strides, *bias_strides(b_down),
         res.stride(0) if res is not None else 0, out.stride(0),
-        K=k, EXPERT_BIAS=b_down is not None, RESIDUAL=res is not None,
+        K=k, EXPERT_BIAS=b_down is not None, RESIDUAL=res is not None, QUANT=dn.quant, GROUP=dn.group,
         BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"], num_warps=down["num_warps"])
     return out
 
 
-def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: int = 90, gpt_oss: bool = False) -> list[dict]:
+def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: int = 90, gpt_oss: bool = False,
+              quant: bool = False) -> list[dict]:
     """Build specs (`codegen.build`) of both kernels for contiguous operands of `dtype` at T tokens (tiles as
-    `moe` picks them on sm_`arch`); `gpt_oss`: router and expert biases, transposed interleaved weights, its act."""
+    `moe` picks them on sm_`arch`); `gpt_oss`: router and expert biases, transposed interleaved weights, its act;
+    `quant`: int4 experts (codes, fp16 scales, uint8 zeros, group 128)."""
     t = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
     torch_dtype = getattr(torch, dtype)
     up, down = moe_blocks(T * k, inter, H, torch_dtype, arch, tiles=2), moe_blocks(T, H, inter, torch_dtype, arch)
     block_e = max(next_pow2(E), 2)
-    up_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "wgu_ptr", "bgu_ptr", "act_ptr")},
+    w, sc, z = ("*u8", "*fp16", "*u8") if quant else (f"*{t}",) * 3
+    up_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "bgu_ptr", "act_ptr")},
+              "wgu_ptr": w, "gs_ptr": sc, "gz_ptr": z,
               "route_w_ptr": "*fp32", "route_e_ptr": "*i32", "H": "i32", "I": "i32", "E": "i32", "eps": "fp32",
               "limit": "fp32", "alpha": "fp32", "stride_xt": "i32", "stride_re": "i32", "stride_rk": "i32",
               "stride_ge": "i32", "stride_gn": "i32", "stride_gk": "i32", "stride_be": "i32", "stride_bn": "i32"}
+    flags = dict(QUANT=quant, GROUP=128 if quant else 1)
     up_const = dict(K=k, NORM=True, ROUTER_BIAS=gpt_oss, EXPERT_BIAS=gpt_oss, RENORM=True,
-                    ACT="gpt_oss" if gpt_oss else "silu", INTERLEAVED=gpt_oss, BLOCK_E=block_e,
+                    ACT="gpt_oss" if gpt_oss else "silu", INTERLEAVED=gpt_oss, BLOCK_E=block_e, **flags,
                     BLOCK_R=min(up["BLOCK_K"], max(16, 4096 // block_e)), BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"])
-    down_sig = {"act_ptr": f"*{t}", "route_w_ptr": "*fp32", "route_e_ptr": "*i32", "wd_ptr": f"*{t}", "bd_ptr": f"*{t}",
-                "res_ptr": f"*{t}", "out_ptr": f"*{t}", "H": "i32", "I": "i32", "stride_de": "i32", "stride_dn": "i32",
-                "stride_dk": "i32", "stride_be": "i32", "stride_bn": "i32", "stride_rt": "i32", "stride_ot": "i32"}
-    down_const = dict(K=k, EXPERT_BIAS=gpt_oss, RESIDUAL=True, BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"])
-    unit = "stride_gn" if gpt_oss else "stride_gk"  # the weights' contiguous dim, as the JIT specialises a stride 1
-    up_const[unit] = 1
-    down_const["stride_dn" if gpt_oss else "stride_dk"] = 1
+    down_sig = {"act_ptr": f"*{t}", "route_w_ptr": "*fp32", "route_e_ptr": "*i32", "wd_ptr": w, "ds_ptr": sc,
+                "dz_ptr": z, "bd_ptr": f"*{t}", "res_ptr": f"*{t}", "out_ptr": f"*{t}", "H": "i32", "I": "i32",
+                "stride_de": "i32", "stride_dn": "i32", "stride_dk": "i32", "stride_be": "i32", "stride_bn": "i32",
+                "stride_rt": "i32", "stride_ot": "i32"}
+    down_const = dict(K=k, EXPERT_BIAS=gpt_oss, RESIDUAL=True, BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"], **flags)
+    transposed = gpt_oss and not quant  # int4 experts are laid out [E, N, K] (`moe_quant.py`)
+    up_const["stride_gn" if transposed else "stride_gk"] = 1  # the contiguous dim, as the JIT specialises a stride 1
+    down_const["stride_dn" if transposed else "stride_dk"] = 1
     for sig, const in ((up_sig, up_const), (down_sig, down_const)):
         for name in [n for n in sig if n in const]:
             del sig[name]
-    label = f"moe {dtype} T={T} E={E} H={H} I={inter} k={k}{' gpt_oss' * gpt_oss}"
+    label = f"moe {dtype} T={T} E={E} H={H} I={inter} k={k}{' gpt_oss' * gpt_oss}{' int4' * quant}"
     common = {"module": __name__, "num_stages": 1, "divisible": ["H", "I"]}
     return [{**common, "kernel": "moe_up_kernel", "signature": up_sig, "constexprs": up_const,
              "num_warps": up["num_warps"], "label": f"{label} up"},

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.gemm import dot_options
-from fxforge.codegen.templates.moe_routing import _normed, _pick, _router_probs, _rstd, gated_act
+from fxforge.codegen.templates.moe_routing import ExpertWeight, _normed, _pick, _router_probs, _rstd, bias_strides, expert_tile, gated_act
 
 GROUPED_FROM = 16  # tokens: more run grouped (prefill); up to it the decode kernels (graph-capturable, no sync)
 
@@ -52,10 +52,11 @@ def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, xn_ptr, route_w_ptr, route_e
 
 
 @triton.jit
-def moe_grouped_up_kernel(xn_ptr, rows_ptr, tile_e_ptr, wgu_ptr, bgu_ptr, act_ptr, H, I, limit, alpha,  # noqa: E741
+def moe_grouped_up_kernel(xn_ptr, rows_ptr, tile_e_ptr, wgu_ptr, gs_ptr, gz_ptr, bgu_ptr, act_ptr, H, I,  # noqa: E741
+                          limit, alpha,
                           stride_ge, stride_gn, stride_gk, stride_be, stride_bn,
                           K: tl.constexpr, EXPERT_BIAS: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          QUANT: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     expert = tl.load(tile_e_ptr + pid_m).to(tl.int64)
@@ -66,7 +67,9 @@ def moe_grouped_up_kernel(xn_ptr, rows_ptr, tile_e_ptr, wgu_ptr, bgu_ptr, act_pt
     nmask = offs_n < I
     gate_rows = offs_n * 2 if INTERLEAVED else offs_n
     up_rows = gate_rows + 1 if INTERLEAVED else offs_n + I
+    groups = tl.cdiv(H, GROUP)
     w_ptr = wgu_ptr + expert * stride_ge
+    s_ptr, z_ptr = gs_ptr + expert * 2 * I * groups, gz_ptr + expert * 2 * I * groups
     offs_k = tl.arange(0, BLOCK_K)
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -75,10 +78,14 @@ def moe_grouped_up_kernel(xn_ptr, rows_ptr, tile_e_ptr, wgu_ptr, bgu_ptr, act_pt
         cmask = cols < H
         a = tl.load(xn_ptr + tokens[:, None] * H + cols[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
         wmask = cmask[:, None] & nmask[None, :]
-        wg = tl.load(w_ptr + cols[:, None] * stride_gk + gate_rows[None, :] * stride_gn, mask=wmask, other=0.0)
-        wu = tl.load(w_ptr + cols[:, None] * stride_gk + up_rows[None, :] * stride_gn, mask=wmask, other=0.0)
+        wg = expert_tile(w_ptr, s_ptr, z_ptr, gate_rows[None, :], cols[:, None], wmask, stride_gn, stride_gk, groups,
+                         GROUP, QUANT)
+        wu = expert_tile(w_ptr, s_ptr, z_ptr, up_rows[None, :], cols[:, None], wmask, stride_gn, stride_gk, groups,
+                         GROUP, QUANT)
         if UPCAST:
-            a, wg, wu = a.to(tl.float32), wg.to(tl.float32), wu.to(tl.float32)
+            a = a.to(tl.float32)
+        else:
+            wg, wu = wg.to(a.dtype), wu.to(a.dtype)
         acc_g = tl.dot(a, wg, acc_g, input_precision=INPUT_PRECISION)
         acc_u = tl.dot(a, wu, acc_u, input_precision=INPUT_PRECISION)
     if EXPERT_BIAS:
@@ -91,9 +98,11 @@ def moe_grouped_up_kernel(xn_ptr, rows_ptr, tile_e_ptr, wgu_ptr, bgu_ptr, act_pt
 
 
 @triton.jit
-def moe_grouped_down_kernel(act_ptr, rows_ptr, tile_e_ptr, route_w_ptr, wd_ptr, bd_ptr, part_ptr, H, I,  # noqa: E741
+def moe_grouped_down_kernel(act_ptr, rows_ptr, tile_e_ptr, route_w_ptr, wd_ptr, ds_ptr, dz_ptr, bd_ptr, part_ptr,
+                            H, I,  # noqa: E741
                             stride_de, stride_dn, stride_dk, stride_be, stride_bn,
-                            EXPERT_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            EXPERT_BIAS: tl.constexpr, QUANT: tl.constexpr, GROUP: tl.constexpr,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                             BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     expert = tl.load(tile_e_ptr + pid_m).to(tl.int64)
@@ -102,17 +111,21 @@ def moe_grouped_down_kernel(act_ptr, rows_ptr, tile_e_ptr, route_w_ptr, wd_ptr, 
     rows = tl.where(valid, slots, 0).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < H
+    groups = tl.cdiv(I, GROUP)
     w_ptr = wd_ptr + expert * stride_de
+    s_ptr, z_ptr = ds_ptr + expert * H * groups, dz_ptr + expert * H * groups
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, I, BLOCK_K):
         cols = k0 + offs_k
         cmask = cols < I
         a = tl.load(act_ptr + rows[:, None] * I + cols[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
-        w = tl.load(w_ptr + cols[:, None] * stride_dk + offs_n[None, :] * stride_dn,
-                    mask=cmask[:, None] & nmask[None, :], other=0.0)
+        w = expert_tile(w_ptr, s_ptr, z_ptr, offs_n[None, :], cols[:, None], cmask[:, None] & nmask[None, :],
+                        stride_dn, stride_dk, groups, GROUP, QUANT)
         if UPCAST:
-            a, w = a.to(tl.float32), w.to(tl.float32)
+            a = a.to(tl.float32)
+        else:
+            w = w.to(a.dtype)
         acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
     if EXPERT_BIAS:
         acc += tl.load(bd_ptr + expert * stride_be + offs_n * stride_bn, mask=nmask, other=0.0).to(tl.float32)[None, :]
@@ -138,13 +151,13 @@ def expert_tiles(experts: torch.Tensor, E: int, block_m: int) -> tuple[torch.Ten
     return rows.reshape(-1).to(torch.int32), tile_expert.to(torch.int32)
 
 
-def moe_grouped(x: torch.Tensor, norm_w, router_w, router_b, w_gate_up, b_gate_up, w_down, b_down, residual, out,
-                ws: Workspace | None, *, k: int, renorm: bool, eps: float, act: str, gate_up: str, limit: float,
-                alpha: float, strides: dict, route_blocks: dict) -> torch.Tensor:
-    """The prefill path of `moe.moe` (operands checked there; `strides`: the weights' and biases' strides as the
-    kernels read them; `route_blocks`: BLOCK_E / BLOCK_R / BLOCK_K of the router)."""
+def moe_grouped(x: torch.Tensor, norm_w, router_w, router_b, gu: ExpertWeight, b_gate_up, dn: ExpertWeight, b_down,
+                residual, out, ws: Workspace | None, *, k: int, renorm: bool, eps: float, act: str, gate_up: str,
+                limit: float, alpha: float, route_blocks: dict) -> torch.Tensor:
+    """The prefill path of `moe.moe` (operands checked there; `gu`/`dn`: the experts as the kernels read them;
+    `route_blocks`: BLOCK_E / BLOCK_R / BLOCK_K of the router)."""
     T, H = x.shape
-    E, inter = router_w.shape[0], w_down.shape[2] if not strides["transposed"] else w_down.shape[1]
+    E, inter = router_w.shape[0], dn.shape[2]
     xn, acts, part, route_w, route_e = scratch(
         ws, x.device, ((T, H), x.dtype), ((T * k, inter), x.dtype), ((T * k, H), torch.float32),
         ((T * k,), torch.float32), ((T * k,), torch.int32))
@@ -155,44 +168,47 @@ def moe_grouped(x: torch.Tensor, norm_w, router_w, router_b, w_gate_up, b_gate_u
                            ROUTER_BIAS=router_b is not None, RENORM=renorm, **route_blocks, num_warps=4)
     block_m = 16 if T * k <= 8 * E else 64
     rows, tile_expert = expert_tiles(route_e, E, block_m)
-    dots = dot_options(x.dtype, w_gate_up.dtype)
+    dots = dot_options(x.dtype, gu.dtype)
     bn, bk = 64, 16 if x.dtype.itemsize >= 4 else 64  # up: two [BLOCK_M, bn / 2] accumulators (fp32: K 32 spilled)
     moe_grouped_up_kernel[(tile_expert.numel(), triton.cdiv(inter, bn // 2))](
-        xn, rows, tile_expert, w_gate_up, b_gate_up if b_gate_up is not None else dummy, acts, H, inter,
-        float(limit), float(alpha), *strides["gate_up"], *strides["gate_up_bias"], K=k, EXPERT_BIAS=b_gate_up is not None,
-        ACT=act, INTERLEAVED=gate_up == "interleaved", BLOCK_M=block_m, BLOCK_N=bn // 2, BLOCK_K=bk, **dots,
+        xn, rows, tile_expert, gu.ptr, gu.scale, gu.zero, b_gate_up if b_gate_up is not None else dummy, acts, H, inter,
+        float(limit), float(alpha), *gu.strides, *bias_strides(b_gate_up), K=k, EXPERT_BIAS=b_gate_up is not None,
+        ACT=act, INTERLEAVED=gate_up == "interleaved", QUANT=gu.quant, GROUP=gu.group, BLOCK_M=block_m, BLOCK_N=bn // 2, BLOCK_K=bk, **dots,
         num_warps=4, num_stages=2)
     moe_grouped_down_kernel[(tile_expert.numel(), triton.cdiv(H, bn))](
-        acts, rows, tile_expert, route_w, w_down, b_down if b_down is not None else dummy, part, H, inter,
-        *strides["down"], *strides["down_bias"], EXPERT_BIAS=b_down is not None, BLOCK_M=block_m, BLOCK_N=bn,
-        BLOCK_K=bk, **dot_options(x.dtype, w_down.dtype), num_warps=4, num_stages=2)
+        acts, rows, tile_expert, route_w, dn.ptr, dn.scale, dn.zero, b_down if b_down is not None else dummy, part, H,
+        inter, *dn.strides, *bias_strides(b_down), EXPERT_BIAS=b_down is not None, QUANT=dn.quant, GROUP=dn.group,
+        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, **dot_options(x.dtype, dn.dtype), num_warps=4, num_stages=2)
     total = part.view(T, k, H).sum(1)
     if residual is not None:
         total += residual.float()
     return out.copy_(total)
 
 
-def moe_grouped_specs(dtype: str, *, block_m: int = 64, gpt_oss: bool = False) -> list[dict]:
+def moe_grouped_specs(dtype: str, *, block_m: int = 64, gpt_oss: bool = False, quant: bool = False) -> list[dict]:
     """Build specs (`codegen.build`) of the prefill kernels for contiguous operands of `dtype` (`gpt_oss`: expert
-    biases, transposed interleaved weights, its act; the router kernel as `moe.moe_specs` builds the decode one)."""
+    biases, transposed interleaved weights, its act; `quant`: int4 experts, group 128)."""
     t = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
     bk = 16 if dtype == "float32" else 64
     dots = dict(UPCAST=False, INPUT_PRECISION="ieee" if dtype == "float32" else "tf32")
+    w, sc, z = ("*u8", "*fp16", "*u8") if quant else (f"*{t}",) * 3
     strides = ("stride_e", "stride_n", "stride_k", "stride_be", "stride_bn")
-    up_sig = {**{p: f"*{t}" for p in ("xn_ptr", "wgu_ptr", "bgu_ptr", "act_ptr")}, "rows_ptr": "*i32",
-              "tile_e_ptr": "*i32", "H": "i32", "I": "i32", "limit": "fp32", "alpha": "fp32",
+    up_sig = {**{p: f"*{t}" for p in ("xn_ptr", "bgu_ptr", "act_ptr")}, "wgu_ptr": w, "gs_ptr": sc, "gz_ptr": z,
+              "rows_ptr": "*i32", "tile_e_ptr": "*i32", "H": "i32", "I": "i32", "limit": "fp32", "alpha": "fp32",
               **{s.replace("stride_", "stride_g") if s[7] != "b" else s: "i32" for s in strides}}
-    down_sig = {**{p: f"*{t}" for p in ("act_ptr", "wd_ptr", "bd_ptr")}, "rows_ptr": "*i32", "tile_e_ptr": "*i32",
-                "route_w_ptr": "*fp32", "part_ptr": "*fp32", "H": "i32", "I": "i32",
-                **{s.replace("stride_", "stride_d") if s[7] != "b" else s: "i32" for s in strides}}
-    common = dict(EXPERT_BIAS=gpt_oss, BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=bk, **dots)
+    down_sig = {**{p: f"*{t}" for p in ("act_ptr", "bd_ptr")}, "wd_ptr": w, "ds_ptr": sc, "dz_ptr": z,
+                "rows_ptr": "*i32", "tile_e_ptr": "*i32", "route_w_ptr": "*fp32", "part_ptr": "*fp32", "H": "i32",
+                "I": "i32", **{s.replace("stride_", "stride_d") if s[7] != "b" else s: "i32" for s in strides}}
+    common = dict(EXPERT_BIAS=gpt_oss, QUANT=quant, GROUP=128 if quant else 1, BLOCK_M=block_m, BLOCK_N=64,
+                  BLOCK_K=bk, **dots)
+    transposed = gpt_oss and not quant  # int4 experts are laid out [E, N, K] (`moe_quant.py`)
     up_const = dict(common, K=2, ACT="gpt_oss" if gpt_oss else "silu", INTERLEAVED=gpt_oss, BLOCK_N=32,
-                    **{"stride_gn" if gpt_oss else "stride_gk": 1})
-    down_const = dict(common, **{"stride_dn" if gpt_oss else "stride_dk": 1})
+                    **{"stride_gn" if transposed else "stride_gk": 1})
+    down_const = dict(common, **{"stride_dn" if transposed else "stride_dk": 1})
     for sig, const in ((up_sig, up_const), (down_sig, down_const)):
         for name in [n for n in sig if n in const]:
             del sig[name]
-    label = f"moe grouped {dtype} BLOCK_M={block_m}{' gpt_oss' * gpt_oss}"
+    label = f"moe grouped {dtype} BLOCK_M={block_m}{' gpt_oss' * gpt_oss}{' int4' * quant}"
     base = {"module": __name__, "num_warps": 4, "num_stages": 2, "divisible": ["H", "I"]}
     route_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "xn_ptr")}, "route_w_ptr": "*fp32",
                  "route_e_ptr": "*i32", "H": "i32", "E": "i32", "eps": "fp32", "stride_xt": "i32", "stride_re": "i32"}

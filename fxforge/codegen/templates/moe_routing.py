@@ -1,12 +1,47 @@
-"""The `moe` templates' shared device functions: token normalisation, the router's softmax, the top-k pick of one
-slot, the experts' gated activation (`moe.py`'s decode kernels and `moe_grouped.py`'s prefill ones)."""
+"""The `moe` templates' shared parts: device functions (token normalisation, the router's softmax, the top-k pick of
+one slot, the experts' gated activation, an expert weight tile dense or int4) and `ExpertWeight`, what the kernels
+read of one stacked expert weight (`moe.py`'s decode kernels and `moe_grouped.py`'s prefill ones)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 import triton
 import triton.language as tl
 
 from fxforge.codegen.templates.gemm import apply_activation
+from fxforge.ir.graph import Weight
+
+
+@dataclass(frozen=True)
+class ExpertWeight:
+    """What the kernels read of one stacked expert weight: a dense [E, N, K] tensor (or [E, K, N] transposed) by its
+    strides, or int4 codes [E * N, K / 2] with scale and zero [E * N, groups] (a `#quantized` `Weight`)."""
+
+    ptr: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    strides: tuple[int, int, int]  # (expert, output row, reduction): for codes, bytes
+    quant: bool
+    group: int
+    shape: tuple[int, int, int]  # [E, N, K]
+    dtype: torch.dtype  # of the values the kernel computes with
+
+    @classmethod
+    def of(cls, w: torch.Tensor | Weight, transposed: bool, dtype: torch.dtype) -> ExpertWeight:
+        if isinstance(w, Weight):
+            e, n, k = w.data.shape
+            p = w.payload
+            return cls(p["codes"], p["scale"], p["zero"], (n * (k // 2), k // 2, 1), True, w.encoding.group or k,
+                       (e, n, k), dtype)
+        strides = (w.stride(0), w.stride(2), w.stride(1)) if transposed else tuple(w.stride())
+        shape = (w.shape[0], w.shape[2], w.shape[1]) if transposed else tuple(w.shape)
+        return cls(w, w, w, strides, False, 1, shape, w.dtype)
+
+    def args(self) -> tuple:
+        """(pointer, scale, zero, *strides) in the kernels' order."""
+        return (self.ptr, self.scale, self.zero, *self.strides)
 
 
 @triton.jit
@@ -82,3 +117,23 @@ def gated_act(g, u, limit, alpha, ACT: tl.constexpr):
         u = tl.minimum(tl.maximum(u, -limit), limit)
         return g * tl.sigmoid(alpha * g) * (u + 1.0)
     return apply_activation(g, ACT) * u
+
+
+@triton.jit
+def expert_tile(w_ptr, s_ptr, z_ptr, rows, cols, mask, stride_n, stride_k, groups,
+                GROUP: tl.constexpr, QUANT: tl.constexpr):
+    """fp32 tile of one expert's weight at (rows, cols) (broadcast index tiles; cols along the reduction K): dense by
+    its strides, or (QUANT) int4 codes two per byte along K (element 2i the low nibble; `stride_n`: bytes a row)
+    with a scale and zero point per GROUP of K (`groups` a row): (code - zero) * scale, as `decode_weight` does."""
+    if QUANT:
+        b = tl.load(w_ptr + rows * stride_n + cols // 2, mask=mask, other=0)
+        q = ((b >> ((cols % 2) * 4).to(tl.uint8)) & 0xF).to(tl.float32)
+        at = rows * groups + cols // GROUP
+        zero = tl.load(z_ptr + at, mask=mask, other=0).to(tl.float32)
+        return (q - zero) * tl.load(s_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(w_ptr + rows * stride_n + cols * stride_k, mask=mask, other=0.0).to(tl.float32)
+
+
+def bias_strides(b: torch.Tensor | None) -> tuple[int, int]:
+    """(expert, row) strides of an expert bias [E, N], zeros when absent."""
+    return tuple(b.stride()) if b is not None else (0, 0)
