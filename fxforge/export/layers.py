@@ -70,6 +70,10 @@ def refusals(graph: Graph) -> list[tuple[str, str]]:
     for op in graph.ops:
         if op.opcode in REFUSED_OPS:
             out.append((f"%{op.result.name}" if op.results else op.opcode, REFUSED_OPS[op.opcode]))
+        if op.opcode == "moe" and any(v.type.encoding is not None for v in op.operands):
+            out.append((f"%{op.result.name}", "its experts are int4 (moe_quant); the exporter writes quantized "
+                                              "linears, not stacked experts (compile with quantize_overrides="
+                                              "{'*.experts': None} to export them 16-bit)"))
     return out
 
 

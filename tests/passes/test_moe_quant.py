@@ -72,3 +72,11 @@ def test_saved_int4_moe_decoder_generates_the_same_after_load(mixtral, tmp_path)
     want = dec.generate(IDS, max_new_tokens=4)
     dec.save(str(tmp_path / "moe"))
     assert torch.equal(fxforge.load(str(tmp_path / "moe")).generate(IDS, max_new_tokens=4), want)
+
+
+def test_export_refuses_int4_experts_and_names_the_fix(mixtral, tmp_path):
+    from fxforge.errors import ExportError
+
+    compiled = fxforge.compile_aot(mixtral, (IDS,), executor="reference", quantize="w4a16-int4", quantize_group=32)
+    with pytest.raises(ExportError, match=r"experts are int4.*quantize_overrides"):
+        compiled.export(str(tmp_path / "ct"))
