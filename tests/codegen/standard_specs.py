@@ -33,17 +33,25 @@ def standard_specs() -> list[dict]:
 
 
 def moe_specs_list() -> list[dict]:
-    """The MoE templates: decode Mixtral-shaped fp16, Qwen3-MoE-shaped (128 experts, top-8) at 8 tokens, GPT-OSS's
-    biases / transposed interleaved weights / clamped SwiGLU in bf16 (sm_90), fp32; the grouped prefill kernels; int4
-    experts (w4a16-int4)."""
+    """The MoE templates: decode Mixtral-shaped fp16 (16-bit and int4 experts), GPT-OSS's biases / transposed
+    interleaved weights / clamped SwiGLU in bf16 (sm_90); the grouped prefill kernels fp16 (16-bit and int4). The
+    other shapes (Qwen3-MoE's 128 experts top-8 at 8 tokens, fp32, 16-row tiles) build too: `all_moe_specs`."""
     from fxforge.codegen.templates.moe import moe_specs
     from fxforge.codegen.templates.moe_grouped import moe_grouped_specs
 
-    bf16 = [*moe_specs("bfloat16", 1, 32, 2880, 2880, 4, gpt_oss=True), *moe_grouped_specs("bfloat16", gpt_oss=True)]
-    return [*moe_specs("float16", 1, 8, 4096, 14336, 2), *moe_specs("float16", 8, 128, 2048, 768, 8),
-            *moe_specs("float32", 1, 8, 1024, 2048, 2), *(dict(s, min_arch=90) for s in bf16),
-            *moe_grouped_specs("float16"), *moe_grouped_specs("float16", block_m=16), *moe_grouped_specs("float32"),
-            *moe_specs("float16", 1, 8, 4096, 14336, 2, quant=True), *moe_grouped_specs("float16", quant=True)]
+    return [*moe_specs("float16", 1, 8, 4096, 14336, 2), *moe_specs("float16", 1, 8, 4096, 14336, 2, quant=True),
+            *(dict(s, min_arch=90) for s in moe_specs("bfloat16", 1, 32, 2880, 2880, 4, gpt_oss=True)),
+            *moe_grouped_specs("float16"), *moe_grouped_specs("float16", quant=True)]
+
+
+def all_moe_specs() -> list[dict]:
+    """Every MoE configuration checked when the templates change (by hand, not in CI)."""
+    from fxforge.codegen.templates.moe import moe_specs
+    from fxforge.codegen.templates.moe_grouped import moe_grouped_specs
+
+    return [*moe_specs_list(), *moe_specs("float16", 8, 128, 2048, 768, 8), *moe_specs("float32", 1, 8, 1024, 2048, 2),
+            *(dict(s, min_arch=90) for s in moe_grouped_specs("bfloat16", gpt_oss=True)),
+            *moe_grouped_specs("float16", block_m=16), *moe_grouped_specs("float32")]
 
 
 def keep_specs() -> list[dict]:
