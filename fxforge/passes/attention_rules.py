@@ -19,7 +19,7 @@ GPT-OSS's attention sinks (a learned logit per head [Hq] that joins the softmax'
 
 so it runs as one flash-attention / flash-decoding kernel instead of two bmm and a softmax with the
 scores in memory; the soft-cap is the op's `softcap` attribute (the templates apply it at the score
-step, before the mask; the reference executor computes it as eager does, `optable._softcapped_attention`).
+step, before the mask; the reference executor computes it as eager does, `attention_op._eager_attention`).
 
 Decisions:
 - One rule per combination of the optional pieces (a table, `_VARIANTS`), each asking every interior op
