@@ -156,8 +156,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                      kv_block: int = 32, out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """sdpa for one query position: q [B, Hq, 1, D], k/v [B, Hkv, Lk, D] (a `kv_format`: packed cache rows
     uint8 [B, Hkv, Lk, row_bytes], `kv_ops.kv_row_layout`), mask broadcasting to [B, Hq, 1, Lk] or None
-    (shapes checked by `attention` / `kv_attention`, which call this); `sinks` [Hq] contiguous or None. `out`: the result's storage
-    (contiguous, q's shape), else allocated; `ws`: the workspace the split partials come from."""
+    (shapes checked by `attention` / `kv_attention`, which call this); `sinks`: contiguous [Hq] or None. `out`: the
+    result's storage (contiguous, q's shape), else allocated; `ws`: the workspace the split partials come from."""
     B, Hq, _, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     group = Hq // Hkv
