@@ -3,7 +3,7 @@ done-when on a hidden architecture; the survey is `benchmarks/arch_probe.py`, re
 `generate()` gives eager HF `generate()`'s tokens, and a T=1 decode step launches <= 6 kernels per decoder layer
 + <= 4 for the rest, counted from outside fxforge (2n-layer minus n-layer model, n the period of alternating layer
 kinds, as benchmarks/arch_probe.py counts them): every architecture of `GQA_DECODERS` but GPT-OSS, which decodes
-eager's tokens over the budget (its attention sinks). The MoE ones (Mixtral, Qwen3-MoE, GraniteMoE, OLMoE) run their
+eager's tokens over the budget (its RoPE form; its attention sinks are the attention op's). The MoE ones (Mixtral, Qwen3-MoE, GraniteMoE, OLMoE) run their
 router and experts as the `moe` op's two kernels. Each architecture exercises a recognised variant: Qwen3 the
 per-head q/k RMSNorm inside rope_cache, Gemma the
 GeGLU gated epilogue (its (1 + w) norm folded to a weight, its embedding scale one kernel of the rest), Phi3 the
@@ -27,7 +27,7 @@ from fxforge.runtime.generate import StaticKVCache
 from fxforge.testing import GQA_DECODERS, counting_launches, gqa_decoder
 
 PER_LAYER, REST = 6, 4
-OVER = ("gpt_oss",)  # over it: its attention with sinks runs as bmm + softmax kernels (docs/architecture.md)
+OVER = ("gpt_oss",)  # over it (7 + 3): its half-table RoPE runs outside rope_cache (docs/architecture.md)
 WITHIN = [arch for arch in GQA_DECODERS if arch not in OVER]  # every dense one and the MoE ones (the `moe` op)
 
 
@@ -80,7 +80,6 @@ def test_architecture_tokens_and_launch_budget(arch):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", OVER)
 def test_architecture_over_budget_still_gives_eager_tokens(arch):
-    """Fewer fusions, never other tokens: GPT-OSS (attention sinks outside the attention template) decodes eager's
-    greedy tokens."""
+    """Fewer fusions, never other tokens: GPT-OSS (its RoPE outside rope_cache) decodes eager's greedy tokens."""
     want, got, _ = _tokens(arch)
     assert torch.equal(got, want)
