@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fxforge.codegen.module_text import lit
+from fxforge.ir.attention_op import attention_mask, attention_sinks
 from fxforge.ir.graph import Op, Value
 from fxforge.ir.moe_ops import ROLES, by_role
 from fxforge.ir.optable import ACTIVATION_PARAMS
@@ -167,12 +168,13 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
 
 @group_renders("kv_attention")
 def _kv_attention(g: KernelGroup, n: Names) -> str:
-    """`_kv_attention(q, k_cache, v_cache, mask, format=, block=, scale=, is_causal=, [softcap=])`: attention over
+    """`_kv_attention(q, k_cache, v_cache, mask, format=, block=, scale=, is_causal=, [softcap=, sinks=])`: attention over
     packed caches."""
     s = g.params["site"]
     a = s.attention.attrs
     kw = [f"format={s.format!r}", f"block={s.block}", f"scale={lit(a['scale'])}", f"is_causal={a['is_causal']}"]
     kw += [f"softcap={lit(a['softcap'])}"] if a.get("softcap") is not None else []
+    kw += [f"sinks={n(s.sinks)}"] if s.sinks is not None else []
     args = [n(v) for v in (s.q, s.k_cache, s.v_cache)] + ([n(s.mask)] if s.mask is not None else [])
     return f"_kv_attention({', '.join(args + kw)})"
 
@@ -183,7 +185,9 @@ def _attention(g: KernelGroup, n: Names) -> str:
     a = op.attrs
     kw = [f"scale={lit(a['scale'])}", f"is_causal={a['is_causal']}", f"enable_gqa={a['enable_gqa']}"]
     kw += [f"softcap={lit(a['softcap'])}"] if a.get("softcap") is not None else []  # Gemma2's logit soft-cap
-    return f"_attention({', '.join([n(v) for v in op.operands] + kw)})"
+    mask, sinks = attention_mask(op), attention_sinks(op)
+    kw += [f"sinks={n(sinks)}"] if sinks is not None else []  # GPT-OSS's attention sinks
+    return f"_attention({', '.join([n(v) for v in op.operands[:3]] + ([n(mask)] if mask is not None else []) + kw)})"
 
 
 def _has_epilogue(p: dict[str, Any]) -> bool:

@@ -1,6 +1,7 @@
 """fxforge's IR: types, the op table, graphs, text form, verifier and reference evaluator."""
 
 from fxforge.ir import (
+    attention_op,  # noqa: F401  (registers attention)
     cache_ops,  # noqa: F401  (registers cache_write)
     hadamard,  # noqa: F401  (registers hadamard)
     kv_ops,  # noqa: F401  (registers kv_quant)

@@ -313,34 +313,6 @@ def _rms_norm(x, w=None, *, eps):
     return y if w is None else w * y
 
 
-def _attention(q, k, v, mask=None, *, scale, is_causal, enable_gqa, softcap=None):
-    if softcap is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
-                                              enable_gqa=enable_gqa)
-    return _softcapped_attention(q, k, v, mask, scale, is_causal, enable_gqa, softcap)
-
-
-def _softcapped_attention(q, k, v, mask, scale, is_causal, enable_gqa, softcap):
-    """sdpa with the scaled scores soft-capped, tanh(s / cap) * cap, before the mask: HF's eager attention
-    (Gemma2) op for op, in q's dtype, softmax in fp32."""
-    if enable_gqa:
-        k, v = (t.repeat_interleave(q.shape[-3] // t.shape[-3], -3) for t in (k, v))
-    s = torch.matmul(q, k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
-    s = torch.tanh(s / softcap) * softcap
-    if is_causal:
-        mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
-    return torch.matmul(torch.softmax(s, -1, dtype=torch.float32).to(q.dtype), v)
-
-
-def _attention_infer(types, attrs):
-    q, k, v = types[:3]
-    if q.rank < 3 or not may_equal(q.shape[-1], k.shape[-1]) or not may_equal(k.shape[-2], v.shape[-2]):
-        raise ShapeError(f"attention: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)} do not fit")
-    return [TensorType(q.shape[:-1] + (v.shape[-1],), q.dtype)]
-
-
 register(OpDef("layer_norm", (1, 3), {"eps": 1e-5}, _same_as_first, _layer_norm, "composite",
                "layer_norm over the last dim: layer_norm(x, weight?, bias?)", kernel="row"))
 register(OpDef("rms_norm", (1, 2), {"eps": 1e-6}, _same_as_first, _rms_norm, "composite",
@@ -350,10 +322,7 @@ register(OpDef("softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: to
                kernel="row"))
 register(OpDef("log_softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: torch.log_softmax(x, dim),
                "composite", kernel="row"))
-register(OpDef("attention", (3, 4), {"scale": None, "is_causal": False, "enable_gqa": False, "softcap": None},
-               _attention_infer, _attention, "composite",
-               "scaled dot-product attention: attention(q, k, v, mask?); softcap: scores tanh(s / cap) * cap before "
-               "the mask", kernel="template"))
+# attention: `attention_op.py`
 
 # -- sources ----------------------------------------------------------------------------------------
 

@@ -11,9 +11,15 @@ soft-capping) captures as
     o = matmul(p, v)
  -> o = attention(q, k, v, mask?) {scale, softcap}
 
+GPT-OSS's attention sinks (a learned logit per head [Hq] that joins the softmax's denominator only):
+
+    s = cat(s, expand(reshape(sinks, [1, Hq, 1, 1]), [b, Hq, Lq, 1]), dim=3)
+    p = slice(softmax(sub(s, max_dim(s, dim=-1, keepdim=True)[0])), dim=3, end=Lk)   # the sink column dropped
+ -> o = attention(q, k, v, mask?, sinks) {scale, softcap, sinks=true}
+
 so it runs as one flash-attention / flash-decoding kernel instead of two bmm and a softmax with the
 scores in memory; the soft-cap is the op's `softcap` attribute (the templates apply it at the score
-step, before the mask; the reference executor computes it as eager does, `optable._softcapped_attention`).
+step, before the mask; the reference executor computes it as eager does, `attention_op._eager_attention`).
 
 Decisions:
 - One rule per combination of the optional pieces (a table, `_VARIANTS`), each asking every interior op
@@ -21,6 +27,10 @@ Decisions:
 - The cap is read from the `full`s the div and mul take; both must hold the same number. Only an
   additive float mask of q's dtype whose dims are 1 or the scores' is taken (the templates' contract).
 - The head repeat (HF's repeat_kv) stays in the operands: `gqa_attention` takes it into the op.
+- Sinks: the max subtraction is dropped (softmax is shift-invariant; the templates' online softmax keeps
+  its own running max). The scores `cat` is read by the sub and the max_dim only, the max's indices by
+  nobody; the sink column may be any reshape/expand chain of a tensor of Hq numbers (views, not checked
+  for single use).
 """
 
 from __future__ import annotations
@@ -42,15 +52,17 @@ def _scalar(full: Value) -> float | None:
 
 
 def _scores(scale: str, softcap: bool, mask: bool) -> Pattern:
-    s = P.op("matmul", P.any("q"), P.any("kt"), name="qk")
+    """The scores, each op asking for single use (the sinks rule cannot ask it of the whole match)."""
+    s = P.op("matmul", P.any("q"), P.any("kt"), name="qk", single_use=True)
     if scale == "mul":
-        s = P.op("mul", s, P.full("scale"), commutative=True)
+        s = P.op("mul", s, P.full("scale"), commutative=True, single_use=True)
     elif scale == "div":
-        s = P.op("div", s, P.full("inv_scale"))
+        s = P.op("div", s, P.full("inv_scale"), single_use=True)
     if softcap:
-        s = P.op("mul", P.op("tanh", P.op("div", s, P.full("cap"))), P.full("cap_out"), commutative=True)
+        s = P.op("mul", P.op("tanh", P.op("div", s, P.full("cap"), single_use=True), single_use=True),
+                 P.full("cap_out"), commutative=True, single_use=True)
     if mask:
-        s = P.op("add", s, P.any("mask"), commutative=True)
+        s = P.op("add", s, P.any("mask"), commutative=True, single_use=True)
     return s
 
 
@@ -73,7 +85,8 @@ def _mask_fits(mask: Value, scores: Value) -> bool:
     return mask.type.dtype == scores.type.dtype and len(shape) <= len(to) and all(a == 1 or dims_match(a, b) for a, b in zip(shape[::-1], to[::-1]))
 
 
-def _to_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+def _attention_args(op: Op, b: dict[str, Value], softmax: Op) -> tuple[list[Value], dict] | None:
+    """([q, k, v, mask?], {scale, softcap}) of a matched eager attention rooted at `op` (p @ v), or None."""
     q, v, qk = b["q"], b["v"], b["qk"]
     k = _key(b["kt"])
     if k is None or any(t.type.rank != 4 for t in (q, k, v)) or not q.type.dtype.is_float:
@@ -84,7 +97,6 @@ def _to_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
         return None
     if "p" in b and b["p"].producer.attrs["dtype"] != q.type.dtype:
         return None
-    softmax = op.operands[0].producer if "p" not in b else b["p"].producer.operands[0].producer
     if softmax.attrs["dim"] != 3:
         return None
     scale = _scalar(b["scale"]) if "scale" in b else 1.0
@@ -96,12 +108,72 @@ def _to_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
         return None
     if "mask" in b and not _mask_fits(b["mask"], qk):
         return None
-    operands = [q, k, v] + ([b["mask"]] if "mask" in b else [])
-    return g.insert_before(op, "attention", operands, {"scale": scale, "softcap": cap}).result
+    return [q, k, v] + ([b["mask"]] if "mask" in b else []), {"scale": scale, "softcap": cap}
+
+
+def _to_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    softmax = op.operands[0].producer if "p" not in b else b["p"].producer.operands[0].producer
+    args = _attention_args(op, b, softmax)
+    return None if args is None else g.insert_before(op, "attention", *args).result
+
+
+def _sink_source(col: Value, heads: int) -> Value | None:
+    """The [Hq] logits whose reshape/expand views `col` [b, Hq, Lq, 1] is (sink h in every row of head h)."""
+    v = col
+    while v.producer is not None and v.producer.opcode == "expand":
+        v = v.producer.operands[0]
+    if v.type.rank != 4 or tuple(v.type.shape) != (1, heads, 1, 1):
+        return None
+    while v.producer is not None and v.producer.opcode == "reshape":  # the flat order is kept: any shape of Hq numbers
+        v = v.producer.operands[0]
+    return v if v.type.dtype.is_float and v.type.numel() == heads else None
+
+
+def _is_shift_by_max(g: Graph, maxv: Value, cat: Value, sub: Op) -> bool:
+    """maxv is max_dim(cat, last dim, keepdim)'s values, read by `sub` only; its indices unused."""
+    m = maxv.producer
+    return (m is not None and m.opcode == "max_dim" and m.operands[0] is cat and m.attrs["dim"] in (3, -1)
+            and m.attrs["keepdim"] and m.results[0] is maxv and maxv.uses == [sub] and not m.results[1].uses
+            and not any(r is o for r in m.results for o in g.outputs))
+
+
+def _to_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    sl, cat = b["probs"].producer, b["cat"]
+    softmax = sl.operands[0].producer
+    sub = softmax.operands[0].producer
+    qk, heads = b["qk"], b["q"].type.shape[1]
+    if not isinstance(heads, int) or sorted(u.opcode for u in cat.uses) != ["max_dim", "sub"] or any(cat is o for o in g.outputs):
+        return None
+    if not _is_shift_by_max(g, sub.operands[1], cat, sub):
+        return None
+    if sl.attrs["dim"] not in (3, -1) or sl.attrs["start"] != 0 or sl.attrs["step"] != 1 or not dims_match(sl.result.type.shape[3], qk.type.shape[3]):
+        return None
+    sinks = _sink_source(cat.producer.operands[1], heads)
+    args = None if sinks is None else _attention_args(op, b, softmax)
+    if args is None:
+        return None
+    if sinks.type.rank != 1:
+        sinks = g.insert_before(op, "reshape", [sinks], {"shape": [heads]}).result
+    operands, attrs = args
+    out = g.insert_before(op, "attention", operands + [sinks], {**attrs, "sinks": True}).result
+    # drop the max: the shift's sub (erased with the match) then reads the cat alone, so the cat dies with it
+    maxv = sub.operands[1]
+    g.set_operand(sub, 1, cat)
+    g.erase(maxv.producer)
+    return out
+
+
+def _sink_pattern(scale: str, softcap: bool, mask: bool) -> Pattern:
+    cat = P.op("cat", _scores(scale, softcap, mask), P.any("sink_col"), name="cat", dim=lambda d: d in (3, -1))
+    p = P.op("softmax", P.op("sub", cat, P.any("max"), single_use=True), single_use=True)
+    return P.op("matmul", P.op("slice", p, name="probs", single_use=True), P.any("v"))
 
 
 # (scale op, soft-cap, mask, fp32 softmax between casts) -> one rule each
 _VARIANTS = list(itertools.product(("mul", "div", "none"), (True, False), (True, False), (True, False)))
 ATTENTION_RULES: list[Rule] = [
     Rule(_pattern(*variant), _to_attention, "eager_attention" + "_softcap" * variant[1], single_use=True) for variant in _VARIANTS
+] + [
+    Rule(_sink_pattern(*variant), _to_sink_attention, "eager_attention_sinks")
+    for variant in itertools.product(("mul", "div", "none"), (True, False), (True, False))
 ]

@@ -5,7 +5,7 @@ The shape matched (a decode step compiled with a kv_cache format, `passes/kv_cac
 
     k = kv_load(k_cache) {format, block, head_dim}       # and v = kv_load(v_cache), same format and block
     k_rep = reshape(expand(reshape(k, [B, Hkv, 1, L, D]), [B, Hkv, n, L, D]), [B, Hkv * n, L, D])   # optional
-    out = attention(q, k_rep, v_rep, mask?)
+    out = attention(q, k_rep, v_rep, mask?, sinks?)
 
 Decisions:
 - Matched structurally on the IR, like `rope_sites.py`: the graph stays what the reference executor
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fxforge.ir.attention_op import attention_mask, attention_sinks
 from fxforge.ir.graph import Graph, Op, Value
 
 
@@ -33,6 +34,7 @@ class KVAttentionSite:
     mask: Value | None
     format: str
     block: int
+    sinks: Value | None = None  # the attention's sinks operand [Hq] (GPT-OSS)
 
 
 def _single_use(v: Value, graph: Graph) -> bool:
@@ -73,9 +75,8 @@ def _site(op: Op, graph: Graph) -> KVAttentionSite | None:
         return None
     if kl.attrs["dtype"] != q.type.dtype or kl.attrs["head_dim"] != q.type.shape[3]:
         return None
-    mask = op.operands[3] if len(op.operands) > 3 else None
-    return KVAttentionSite(op, [kl, *kc, vl, *vc, op], q, kl.operands[0], vl.operands[0], mask,
-                           kl.attrs["format"], kl.attrs["block"])
+    return KVAttentionSite(op, [kl, *kc, vl, *vc, op], q, kl.operands[0], vl.operands[0], attention_mask(op),
+                           kl.attrs["format"], kl.attrs["block"], attention_sinks(op))
 
 
 def kv_attention_sites(graph: Graph) -> list[KVAttentionSite]:

@@ -26,6 +26,8 @@ def standard_specs() -> list[dict]:
         attention_spec("float32", 512, 512, 64, mask="bool"),
         dict(attention_spec("bfloat16", 2048, 2048, 128, causal=True, gqa=True), min_arch=90),
         attention_spec("float16", 1024, 1024, 128, mask="add", gqa=True, softcap=True),  # Gemma2's logit soft-cap
+        attention_spec("float16", 1024, 1024, 64, mask="add", gqa=True, sinks=True),  # GPT-OSS's attention sinks
+        dict(attention_spec("bfloat16", 1024, 1024, 64, mask="add", gqa=True, sinks=True), min_arch=90),
         post_norm_rows_spec("float16"),  # a post-norm GEMM of more than 16 rows (prefill): z by a row kernel first
         dict(post_norm_rows_spec("bfloat16"), min_arch=90),
     ]

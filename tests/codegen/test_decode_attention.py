@@ -65,6 +65,8 @@ def test_decode_attention_builds(arch):
         specs += decode_attention_specs(dt, 8, 8192, 128, arch=arch)
     specs += decode_attention_specs("float16", 2, 8192, 256, mask="add", arch=arch, softcap=True)  # Gemma2: D=256, soft-cap
     specs += decode_attention_specs("float16", 4, 8192, 128, mask="add", arch=arch)  # masked D=128 (spilled at 64 keys)
+    for dt in ("float16", "float32"):  # GPT-OSS: 8 query heads per kv head, D=64, sliding-window mask, attention sinks
+        specs += decode_attention_specs(dt, 8, 8192, 64, mask="add", arch=arch, sinks=True)
     for fmt in ("bfp4", "fp8", "int8"):  # packed KV-cache rows decoded in the key loop (issue #12)
         specs += decode_attention_specs("float16", 4, 8192, 128, mask="bool", arch=arch, kv_format=fmt, kv_block=32)
     specs = specs_for_arch(list({s["label"]: s for s in specs}.values()), arch)

@@ -70,3 +70,46 @@ def test_scores_read_elsewhere_stay_written_out():
     g = eager_graph(DType.f32, 5.0, True, keep_scores=True)
     Canonicalize().run(g, PassContext())
     assert "attention" not in g.op_counts()
+
+
+def sink_graph(use_indices: bool = False) -> Graph:
+    """GPT-OSS's eager attention with sinks as captured (its GQA head repeat aside): the sink column [1, 4, s, 1]
+    joins the masked scores, the row max is subtracted, softmax, the sink column dropped."""
+    g = Graph()
+    q = g.add_input("q", TensorType((1, 4, S, 16), DType.f32))
+    k, v = (g.add_input(n, TensorType((1, 4, 24, 16), DType.f32)) for n in ("k", "v"))
+    m = g.add_input("mask", TensorType((1, 1, S, 24), DType.f32))
+    sinks = g.add_input("sinks", TensorType((4,), DType.f32))
+
+    def op(opcode, *xs, **attrs):
+        return g.add_op(opcode, list(xs), attrs).result
+
+    s = op("add", op("mul", op("matmul", q, op("permute", k, dims=(0, 1, 3, 2))), op("full", shape=(), value=0.25, dtype=DType.f64)), m)
+    col = op("expand", op("reshape", sinks, shape=(1, 4, 1, 1)), shape=(1, 4, S, 1))
+    cat = op("cat", s, col, dim=3)
+    mx = g.add_op("max_dim", [cat], {"dim": -1, "keepdim": True})
+    p = op("slice", op("softmax", op("sub", cat, mx.results[0]), dim=3), dim=3, start=0, end=24)
+    g.set_outputs([op("matmul", p, v)] + ([mx.results[1]] if use_indices else []))
+    return g
+
+
+def test_sinks_become_the_attention_ops_sinks():
+    g = sink_graph()
+    xs = inputs(DType.f32)
+    xs.append(torch.linspace(-1.0, 4.0, 4))
+    want = evaluate(g, xs)[0]
+    Canonicalize().run(g, PassContext())
+    verify(g)
+    counts = g.op_counts()  # views of k and of the sinks are left to dce
+    assert counts.get("attention") == 1 and not {"softmax", "max_dim", "cat", "sub", "slice", "matmul"} & set(counts), counts
+    (att,) = g.find("attention")
+    assert att.attrs["sinks"] and att.operands[3] is g.inputs[3] and att.operands[4] is g.inputs[4]
+    torch.testing.assert_close(evaluate(g, xs)[0], want, atol=1e-5, rtol=0)
+    xs[4] = torch.full((4,), -1e4)  # sinks that weigh nothing: the op gives sdpa's result, far from the one above
+    assert (evaluate(g, xs)[0] - want).abs().max() > 0.05
+
+
+def test_sinks_with_the_max_indices_read_stay_written_out():
+    g = sink_graph(use_indices=True)
+    Canonicalize().run(g, PassContext())
+    assert "attention" not in g.op_counts()

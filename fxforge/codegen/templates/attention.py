@@ -13,6 +13,8 @@ This module owns fused scaled-dot-product attention for q [B, Hq, Lq, D], k/v [B
 - rows that can see no key (all masked) give 0, as torch's sdpa does;
 - an optional logit soft-cap (Gemma2): scores become tanh(score / cap) * cap before the mask
   (`online_softmax.scaled_scores`), as HF's eager attention computes them;
+- optional attention sinks (GPT-OSS): a logit per query head [Hq] in the softmax's denominator only
+  (the online softmax starts from it: `online_softmax.softmax_start`); a row that sees no key gives 0;
 - one query position (Lq = 1, a decode step) without `is_causal` goes to `decode_attention.py`
   (flash-decoding: split-KV + combine, the query heads of one kv head packed in one tile).
 Plain pointers with strides and masks (triton 3.6 and 3.9), tile shape from
@@ -32,7 +34,7 @@ from fxforge.codegen.blocks import attention_blocks
 from fxforge.codegen.pool import Workspace, out_tensor
 from fxforge.codegen.templates.decode_attention import decode_attention
 from fxforge.codegen.templates.gemm import dot_options
-from fxforge.codegen.templates.online_softmax import online_softmax_step, scaled_scores, score_scales
+from fxforge.codegen.templates.online_softmax import online_softmax_step, scaled_scores, score_scales, softmax_start
 from fxforge.errors import ShapeError
 
 MASK_KINDS = ("none", "bool", "add")
@@ -58,7 +60,7 @@ def _masked_scores(s, mask_ptr, offs_m, offs_n, mask_m, mask_n, stride_mm, strid
 
 @triton.jit
 def attention_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, sinks_ptr, out_ptr,
     Hq, Lq, Lk, D, GROUP, qk_scale, cap_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -66,11 +68,12 @@ def attention_kernel(
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_ob, stride_oh, stride_om, stride_od,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    """out[b, h, m] = softmax(cap(scale * q k^T) + mask) v for BLOCK_M queries m of head h of batch b;
-    qk_scale, cap_scale from `online_softmax.score_scales` (the softmax runs in exp2)."""
+    """out[b, h, m] = softmax(cap(scale * q k^T) + mask) v for BLOCK_M queries m of head h of batch b (with
+    HAS_SINKS the sink sinks[h] joins the softmax's denominator); qk_scale, cap_scale from
+    `online_softmax.score_scales` (the softmax runs in exp2)."""
     start_m = tl.program_id(0) * BLOCK_M
     pid_bh = tl.program_id(1)
     b = (pid_bh // Hq).to(tl.int64)
@@ -93,8 +96,8 @@ def attention_kernel(
     if UPCAST:
         q = q.to(tl.float32)
 
-    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running row max
-    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running row sum of exp
+    # running row max and row sum of exp2 (from the head's sink with HAS_SINKS)
+    m_i, l_i = softmax_start(sinks_ptr, h + tl.zeros((BLOCK_M,), dtype=tl.int64), mask_m, True, BLOCK_M, HAS_SINKS)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
 
     if IS_CAUSAL:  # top-left aligned: query i sees keys 0..i
@@ -131,10 +134,11 @@ def _broadcasts(shape: tuple, to: tuple) -> bool:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
               scale: float | None = None, is_causal: bool = False, enable_gqa: bool = False,
-              softcap: float | None = None, out: torch.Tensor | None = None,
+              softcap: float | None = None, sinks: torch.Tensor | None = None, out: torch.Tensor | None = None,
               ws: Workspace | None = None) -> torch.Tensor:
     """torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, scale=, is_causal=, enable_gqa=), no dropout;
-    `softcap`: scores tanh(score / softcap) * softcap before the mask (HF's eager soft-capped attention).
+    `softcap`: scores tanh(score / softcap) * softcap before the mask (HF's eager soft-capped attention);
+    `sinks` [Hq]: a logit per query head that joins the softmax's denominator only (HF's GPT-OSS attention).
 
     q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] (rank 3 [B, L, D] is taken as one head); mask broadcasts to
     [B, Hq, Lq, Lk], boolean (True = attend) or additive float. `out`: the result's storage (contiguous,
@@ -158,10 +162,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         raise ShapeError("pass either mask or is_causal=True, not both (fold the causal mask into the mask)")
     if D > 256:
         raise ShapeError(f"head dim {D} > 256 is not supported by the attention template")
+    if sinks is not None:
+        if sinks.numel() != Hq or not sinks.is_floating_point():
+            raise ShapeError(f"sinks must be {Hq} floats (one per query head); got {sinks.dtype}{tuple(sinks.shape)}")
+        sinks = sinks.reshape(Hq).contiguous()
     if Lq == 1 and Lk > 0 and not is_causal and B * Hq > 0:  # a decode step: flash-decoding, GQA heads packed
         if mask is not None and not _broadcasts(mask.shape, (B, Hq, 1, Lk)):
             raise ShapeError(f"mask {tuple(mask.shape)} does not broadcast to {(B, Hq, Lq, Lk)}")
-        out = decode_attention(q, k, v, mask, scale=scale, softcap=softcap, out=out, ws=ws)
+        out = decode_attention(q, k, v, mask, scale=scale, softcap=softcap, sinks=sinks, out=out, ws=ws)
         return out[:, 0] if squeeze else out
     out = out_tensor(out, q.shape, q.dtype, q.device, "attention")
     mask_kind = "none"
@@ -182,11 +190,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * Hq)
     qk_scale, cap_scale = score_scales(float(scale if scale is not None else 1.0 / math.sqrt(D)), softcap)
     attention_kernel[grid](
-        q, k, v, m, out,
+        q, k, v, m, sinks if sinks is not None else out, out,
         Hq, Lq, Lk, D, Hq // Hkv, qk_scale, cap_scale,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
-        IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind, SOFTCAP=softcap is not None,
+        IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind, SOFTCAP=softcap is not None, HAS_SINKS=sinks is not None,
         **dot_options(q.dtype, k.dtype, v.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )

@@ -16,6 +16,9 @@ Decisions:
   count matters more than parallelism. Tests force `splits` to check the combine.
 - exp2 with log2(e) folded into the scale (one multiply fewer per score); an optional logit soft-cap
   (`softcap`, Gemma2) at the score step, before the mask (`online_softmax.scaled_scores`).
+- Attention sinks (`sinks` [Hq], GPT-OSS): split 0 starts its online softmax from the sink (m = sink,
+  l = 1, `online_softmax.softmax_start`), the other splits from (-inf, 0); the combine's weighted sum of
+  the l's then counts it once, and it never reaches an accumulator.
 - A packed KV cache (`kv_format`, issue #12) is decoded tile by tile inside the key loop
   (`kv_cache.kv_decode_tile`: codes and block scales of each key row, rounded to q's dtype as the reference
   `kv_load` is): the compressed cache is what the kernel reads from memory, no dequantized copy exists.
@@ -34,13 +37,13 @@ from fxforge.codegen.blocks import decode_attention_blocks
 from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.gemm import device_arch, dot_options
 from fxforge.codegen.templates.kv_cache import kv_decode_tile
-from fxforge.codegen.templates.online_softmax import online_softmax_step, scaled_scores, score_scales
+from fxforge.codegen.templates.online_softmax import online_softmax_step, scaled_scores, score_scales, softmax_start
 from fxforge.ir.kv_ops import kv_row_layout
 
 
 @triton.jit
 def decode_split_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, ml_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, sinks_ptr, out_ptr, part_ptr, ml_ptr,
     Hq, Lk, D, GROUP, qk_scale, cap_scale, keys_per_split,
     stride_qb, stride_qh, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -48,7 +51,7 @@ def decode_split_kernel(
     stride_mb, stride_mh, stride_mn,
     stride_ob, stride_oh, stride_od,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
-    SOFTCAP: tl.constexpr, FINAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr, FINAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     KV_FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, D_CONST: tl.constexpr,
 ):
     """One split of the keys for the GROUP query heads of one kv head (see the module docstring)."""
@@ -69,8 +72,7 @@ def decode_split_kernel(
         q = q.to(tl.float32)
     k_ptr += b * stride_kb + kvh * stride_kh
     v_ptr += b * stride_vb + kvh * stride_vh
-    m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    m_i, l_i = softmax_start(sinks_ptr, heads, mask_g, split == 0, BLOCK_G, HAS_SINKS)  # split 0 counts the sinks
     acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
     start = split * keys_per_split
     end = tl.minimum(Lk, start + keys_per_split)
@@ -148,13 +150,14 @@ def kv_constexprs(kv_format: str, kv_block: int, D: int) -> dict:
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
-                     scale: float | None = None, softcap: float | None = None, splits: int | None = None,
+                     scale: float | None = None, softcap: float | None = None, sinks: torch.Tensor | None = None,
+                     splits: int | None = None,
                      kv_format: str = "dense",
                      kv_block: int = 32, out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """sdpa for one query position: q [B, Hq, 1, D], k/v [B, Hkv, Lk, D] (a `kv_format`: packed cache rows
     uint8 [B, Hkv, Lk, row_bytes], `kv_ops.kv_row_layout`), mask broadcasting to [B, Hq, 1, Lk] or None
-    (shapes checked by `attention` / `kv_attention`, which call this). `out`: the result's storage
-    (contiguous, q's shape), else allocated; `ws`: the workspace the split partials come from."""
+    (shapes checked by `attention` / `kv_attention`, which call this); `sinks`: contiguous [Hq] or None. `out`: the
+    result's storage (contiguous, q's shape), else allocated; `ws`: the workspace the split partials come from."""
     B, Hq, _, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     group = Hq // Hkv
@@ -176,10 +179,11 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                                                 ((B * Hq * n_splits, 2), torch.float32))
     qk_scale, cap_scale = score_scales(float(scale if scale is not None else 1.0 / math.sqrt(D)), softcap)
     decode_split_kernel[(n_splits, B * Hkv)](
-        q, k, v, m, out, part, ml, Hq, Lk, D, group, qk_scale, cap_scale, keys_per_split,
+        q, k, v, m, sinks if sinks is not None else out, out, part, ml, Hq, Lk, D, group, qk_scale, cap_scale, keys_per_split,
         q.stride(0), q.stride(1), q.stride(3), *k.stride(), *v.stride(), *ms,
         out.stride(0), out.stride(1), out.stride(3),
-        BLOCK_G=cfg["BLOCK_G"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, MASK_KIND=mask_kind, SOFTCAP=softcap is not None, FINAL=final,
+        BLOCK_G=cfg["BLOCK_G"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, MASK_KIND=mask_kind, SOFTCAP=softcap is not None,
+        HAS_SINKS=sinks is not None, FINAL=final,
         **kv_constexprs(kv_format, kv_block, D),
         **dot_options(*((q.dtype, k.dtype, v.dtype) if kv_format == "dense" else (q.dtype,))),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

@@ -1,7 +1,7 @@
 """Attention over a packed KV cache (issue #12): the template of a `kv_attention` kernel group, i.e. an
 `attention` op whose K and V are `kv_load`s of packed caches (through HF's GQA head-repeat views).
 
-    out = kv_attention(q, k_cache, v_cache, mask, format=, block=, scale=, is_causal=, softcap=)
+    out = kv_attention(q, k_cache, v_cache, mask, format=, block=, scale=, is_causal=, softcap=, sinks=)
 
 q [B, Hq, Lq, D]; k_cache / v_cache uint8 [B, Hkv, L, row_bytes] (`kv_ops.kv_row_layout`); mask as
 for `attention`. Query head h reads kv head h // (Hq / Hkv): the repeat views the group swallowed.
@@ -29,7 +29,7 @@ from fxforge.ir.kv_ops import kv_row_layout
 
 def kv_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor | None = None, *,
                  format: str, block: int, scale: float | None = None, is_causal: bool = False,
-                 softcap: float | None = None) -> torch.Tensor:
+                 softcap: float | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """sdpa of q over the packed caches (see the module docstring)."""
     B, Hq, Lq, D = q.shape
     row = kv_row_layout(format, block, D)[1]
@@ -45,8 +45,10 @@ def kv_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                 mask.expand(B, Hq, 1, L)
             except RuntimeError as e:
                 raise ShapeError(f"mask {tuple(mask.shape)} does not broadcast to {(B, Hq, 1, L)}") from e
-        return decode_attention(q, k_cache, v_cache, mask, scale=scale, softcap=softcap, kv_format=format,
+        if sinks is not None:
+            sinks = sinks.reshape(Hq).contiguous()
+        return decode_attention(q, k_cache, v_cache, mask, scale=scale, softcap=softcap, sinks=sinks, kv_format=format,
                                 kv_block=block)
     k = kv_unpack_rows(k_cache.contiguous(), format, block, D, q.dtype)
     v = kv_unpack_rows(v_cache.contiguous(), format, block, D, q.dtype)
-    return attention(q, k, v, mask, scale=scale, is_causal=is_causal, enable_gqa=Hq != Hkv, softcap=softcap)
+    return attention(q, k, v, mask, scale=scale, is_causal=is_causal, enable_gqa=Hq != Hkv, softcap=softcap, sinks=sinks)

@@ -3,6 +3,7 @@
 
     s = scaled_scores(dot, qk_scale, cap_scale, SOFTCAP)                         # @triton.jit
     m_i, l_i, acc = online_softmax_step(s, m_i, l_i, acc, v, INPUT_PRECISION)   # @triton.jit
+    m_i, l_i = softmax_start(sinks_ptr, heads, row_mask, counted, ROWS, HAS_SINKS)  # @triton.jit, before the loop
     qk_scale, cap_scale = score_scales(scale, softcap)                            # host side
 
 `s` [ROWS, BLOCK_N] are scores in log2 units (log2(e) folded into the scale and into an additive mask,
@@ -13,6 +14,12 @@ values. A row that has seen only -inf keeps m = -inf, l = 0 (m_safe keeps exp2 f
 Logit soft-capping (Gemma2: `s = tanh(scale * q.k / cap) * cap`, before the mask): the tanh must see the
 natural-unit score, so log2(e) is folded into the factor after it, not before: qk_scale = scale / cap,
 cap_scale = cap * log2(e); without a cap qk_scale = scale * log2(e) and cap_scale is unused.
+
+Attention sinks (GPT-OSS: a learned logit per head that joins the softmax's denominator only): the
+running state starts from the sink instead of (-inf, 0): m = sink * log2(e) (log2 units, never capped),
+l = exp2(sink - m) = 1, and the accumulator stays 0, so the sink weighs in every rescale of l but adds
+no value. Where several programs share a row (flash-decoding's splits) only one may count it
+(`counted`); the combine then merges its l like any other.
 """
 
 from __future__ import annotations
@@ -49,3 +56,16 @@ def online_softmax_step(s, m_i, l_i, acc, v, INPUT_PRECISION: tl.constexpr):
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
     return m_new, l_i, acc
+
+
+@triton.jit
+def softmax_start(sinks_ptr, heads, row_mask, counted, ROWS: tl.constexpr, HAS_SINKS: tl.constexpr):
+    """(m, l) [ROWS] before the first key tile: (-inf, 0), or when `counted` (a scalar) the sink of each
+    row's head `heads` and 1 (see the module docstring)."""
+    m0 = tl.full((ROWS,), float("-inf"), dtype=tl.float32)
+    l0 = tl.zeros((ROWS,), dtype=tl.float32)
+    if HAS_SINKS:
+        sink = tl.load(sinks_ptr + heads, mask=row_mask, other=float("-inf")).to(tl.float32) * 1.4426950408889634
+        m0 = tl.where(counted, sink, m0)
+        l0 = tl.where(m0 == float("-inf"), 0.0, 1.0)  # exp2(sink - m0); a -inf sink weighs nothing
+    return m0, l0
