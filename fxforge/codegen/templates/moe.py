@@ -13,8 +13,10 @@ The activations, weights and expert ids live in the workspace (`ws`), so `run()`
 Decisions:
 - Each program routes its own token (E x H multiply-adds, the router weight read from L2 by every program) instead
   of a routing launch: the op stays within two launches, and at decode the router is a few percent of one
-  expert's tile. Prefill (many tokens) reads each chosen expert's weights once per (token, slot): correct, not a
-  grouped GEMM (that is the place to add one: tokens sorted by expert).
+  expert's tile. These kernels read each chosen expert's weights once per (token, slot): right for decode; more
+  than GROUPED_FROM tokens (prefill) run `moe_grouped.py` (rows sorted by expert, tensor-core GEMMs).
+- The experts are dense, or w4a16-int4 `Weight`s (`passes/moe_quant.py`) dequantized in registers
+  (`moe_routing.expert_tile`); `ExpertWeight` says which to the kernels.
 - GEMV tiles (rows x K chunk, CUDA-core products summed per row): at decode an expert's rows are read once, and
   the tiles are chosen so the I (up) and H (down) tiles put >= 2 programs on every SM (`moe_blocks`).
 - Weight strides come from the tensors: transposed experts (GPT-OSS: [E, H, 2I], [E, I, H]) need no copy; the
@@ -31,7 +33,7 @@ from fxforge.codegen.blocks import SM_COUNT, next_pow2
 from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.gemm import device_arch
 from fxforge.codegen.templates.moe_grouped import GROUPED_FROM, moe_grouped
-from fxforge.codegen.templates.moe_routing import ExpertWeight, _normed, _pick, _router_probs, _rstd, bias_strides, expert_tile, gated_act
+from fxforge.codegen.templates.moe_routing import ExpertWeight, bias_strides, expert_tile, gated_act, normed_x, pick_slot, router_probs, token_rstd
 from fxforge.ir.graph import Weight
 
 
@@ -49,9 +51,9 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, gs_ptr, gz_ptr, bgu_pt
     j = s % K
     x_ptr += t.to(tl.int64) * stride_xt
     offs_k = tl.arange(0, BLOCK_K)
-    rstd = _rstd(x_ptr, H, eps, NORM, BLOCK_K)
-    p = _router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, BLOCK_E, BLOCK_R)
-    expert, weight = _pick(p, j, K, RENORM, BLOCK_E)
+    rstd = token_rstd(x_ptr, H, eps, NORM, BLOCK_K)
+    p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, BLOCK_E, BLOCK_R)
+    expert, weight = pick_slot(p, j, K, RENORM, BLOCK_E)
     if pid_n == 0:
         tl.store(route_w_ptr + s, weight)
         tl.store(route_e_ptr + s, expert)
@@ -68,7 +70,7 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, gs_ptr, gz_ptr, bgu_pt
     for k0 in range(0, H, BLOCK_K):
         cols = k0 + offs_k
         cmask = cols < H
-        xk = _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM)[None, :]
+        xk = normed_x(x_ptr, nw_ptr, cols, cmask, rstd, NORM)[None, :]
         m2 = nmask[:, None] & cmask[None, :]
         wg = expert_tile(w_ptr, s_ptr, z_ptr, gate_rows[:, None], cols[None, :], m2, stride_gn, stride_gk, groups,
                          GROUP, QUANT)

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.gemm import dot_options
-from fxforge.codegen.templates.moe_routing import ExpertWeight, _normed, _pick, _router_probs, _rstd, bias_strides, expert_tile, gated_act
+from fxforge.codegen.templates.moe_routing import ExpertWeight, bias_strides, expert_tile, gated_act, normed_x, pick_slot, router_probs, token_rstd
 
 GROUPED_FROM = 16  # tokens: more run grouped (prefill); up to it the decode kernels (graph-capturable, no sync)
 
@@ -38,15 +38,15 @@ def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, xn_ptr, route_w_ptr, route_e
                      BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     t = tl.program_id(0)
     x_ptr += t.to(tl.int64) * stride_xt
-    rstd = _rstd(x_ptr, H, eps, NORM, BLOCK_K)
+    rstd = token_rstd(x_ptr, H, eps, NORM, BLOCK_K)
     offs_k = tl.arange(0, BLOCK_K)
     for k0 in range(0, H, BLOCK_K):
         cols = k0 + offs_k
-        xk = _normed(x_ptr, nw_ptr, cols, cols < H, rstd, NORM)
+        xk = normed_x(x_ptr, nw_ptr, cols, cols < H, rstd, NORM)
         tl.store(xn_ptr + t.to(tl.int64) * H + cols, xk.to(xn_ptr.dtype.element_ty), mask=cols < H)
-    p = _router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, BLOCK_E, BLOCK_R)
+    p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, BLOCK_E, BLOCK_R)
     for j in range(K):
-        expert, weight = _pick(p, j, K, RENORM, BLOCK_E)
+        expert, weight = pick_slot(p, j, K, RENORM, BLOCK_E)
         tl.store(route_w_ptr + t * K + j, weight)
         tl.store(route_e_ptr + t * K + j, expert)
 

@@ -45,7 +45,7 @@ class ExpertWeight:
 
 
 @triton.jit
-def _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM: tl.constexpr):
+def normed_x(x_ptr, nw_ptr, cols, cmask, rstd, NORM: tl.constexpr):
     """Token x's columns (fp32), normalised and rounded to x's dtype as rms_norm's result is."""
     xk = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     if NORM:
@@ -55,7 +55,7 @@ def _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM: tl.constexpr):
 
 
 @triton.jit
-def _rstd(x_ptr, H, eps, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
+def token_rstd(x_ptr, H, eps, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
     """1 / rms of token x's H values (1.0 without a norm)."""
     rstd = 1.0
     if NORM:
@@ -69,7 +69,7 @@ def _rstd(x_ptr, H, eps, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk,
+def router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk,
                   NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
     """Softmax of token x's router logits over the E experts (padding: -2, below any probability)."""
     offs_e = tl.arange(0, BLOCK_E)
@@ -79,7 +79,7 @@ def _router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_r
     for k0 in range(0, H, BLOCK_R):
         cols = k0 + offs_r
         cmask = cols < H
-        xk = _normed(x_ptr, nw_ptr, cols, cmask, rstd, NORM)
+        xk = normed_x(x_ptr, nw_ptr, cols, cmask, rstd, NORM)
         wr = tl.load(wr_ptr + offs_e[:, None] * stride_re + cols[None, :] * stride_rk,
                      mask=emask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
         logits += tl.sum(wr * xk[None, :], 1)
@@ -91,7 +91,7 @@ def _router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_r
 
 
 @triton.jit
-def _pick(p, j, K: tl.constexpr, RENORM: tl.constexpr, BLOCK_E: tl.constexpr):
+def pick_slot(p, j, K: tl.constexpr, RENORM: tl.constexpr, BLOCK_E: tl.constexpr):
     """(expert, weight) of slot j: the k largest probabilities in order (lowest index first on ties)."""
     offs_e = tl.arange(0, BLOCK_E)
     total = 0.0
