@@ -139,8 +139,9 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
         ws: Workspace | None = None) -> torch.Tensor:
     """The `moe` op on x [T, H] (shapes checked by the op's type inference; operands as `ir/moe_ops.py` names them;
     the experts dense or `#quantized` int4 `Weight`s, `moe_quant.py`). `grouped`: the prefill path
-    (`moe_grouped.py`; None: for more than GROUPED_FROM tokens). `out`: the result's storage (contiguous [T, H]),
-    else allocated; `ws`: the workspace the activations and the routing come from."""
+    (`moe_grouped.py`; None: for more than GROUPED_FROM tokens, unless a CUDA graph is being captured). `out`: the
+    result's storage (contiguous [T, H]), else allocated; `ws`: the workspace the activations and the routing come
+    from."""
     T, H = x.shape
     E = router_w.shape[0]
     gu, dn = ExpertWeight.of(w_gate_up, transposed, x.dtype), ExpertWeight.of(w_down, transposed, x.dtype)
@@ -152,7 +153,9 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
     block_e = max(next_pow2(E), 2)
     block_r = min(up["BLOCK_K"], max(16, 4096 // block_e))  # router tile [BLOCK_E, BLOCK_R]: <= 4096 values
     res = residual.contiguous() if residual is not None else None
-    if grouped if grouped is not None else T > GROUPED_FROM:
+    if grouped is None:  # a CUDA graph being captured cannot take the grouped path's host sync (tile count)
+        grouped = T > GROUPED_FROM and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    if grouped:
         return moe_grouped(x, norm_w, router_w, router_b, gu, b_gate_up, dn, b_down, res, out, ws, k=k,
                            renorm=renorm, eps=eps, act=act, gate_up=gate_up, limit=limit, alpha=alpha,
                            route_blocks=dict(BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_K=up["BLOCK_K"]))
