@@ -69,6 +69,7 @@ MAIN_VENV_ONLY = {
     "tests/codegen/test_hadamard_kernel.py::test_rotated_model_runs_hadamard_kernels_and_matches_reference",
     "tests/codegen/test_qlinear_block.py::test_quantized_llama_runs_block_kernels[nvfp4]",
     "tests/codegen/test_attention_sinks.py::test_gpt_oss_attention_is_one_op_with_sinks[reference]",
+    "tests/codegen/test_moe_template.py::test_moe_decoder_decodes_eager_tokens*",
 }
 
 

@@ -32,6 +32,16 @@ def test_dry_run_writes_the_table(tmp_path):
     assert "needs a GPU" in text and (tmp_path / md.name.replace(".md", ".json")).exists()
 
 
+def test_dry_run_of_the_moe_model(tmp_path):
+    """--model mixtral: the Mixtral-shaped decoder (tiny here) through the moe op, 16-bit and int4 experts."""
+    md = _bench().main(["--dry-run", "--model", "mixtral", "--out", str(tmp_path), "--batches", "1", "--contexts",
+                        "16", "--reps", "1", "--variants", "eager", "fxforge bf16", "fxforge w4a16-int4"])
+    text = md.read_text()
+    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| ")}
+    assert "mixtral-shaped" in text and md.name.startswith("decode-dryrun-mixtral-")
+    assert float(rows["fxforge bf16"][8]) <= 1e-4 and float(rows["fxforge w4a16-int4"][5]) > 0, text
+
+
 def test_budget_skips_what_does_not_fit(tmp_path):
     bench = _bench()
     md = bench.main(["--dry-run", "--out", str(tmp_path), "--batches", "1", "--contexts", "16", "--budget-s", "0",

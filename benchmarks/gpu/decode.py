@@ -6,6 +6,8 @@ plus bf16 and FP8 GEMM at 4096^3 against cuBLAS (torch.matmul, torch._scaled_mm)
 
     python benchmarks/gpu/decode.py --out $OUT            # on the GPU (run_all.sh calls it)
     python benchmarks/gpu/decode.py --dry-run --out DIR   # tiny model on the CPU: the same code paths
+    python benchmarks/gpu/decode.py --model mixtral --variants eager "fxforge bf16" "fxforge w4a16-int4" --out $OUT
+                                                          # a Mixtral-shaped MoE (the moe op's kernels; int4 experts)
 
 fxforge's steps replay a CUDA graph as `generate()` does (--no-cuda-graph: uncaptured; torch.compile's
 max-autotune mode uses CUDA graphs too; eager does not).
@@ -35,6 +37,10 @@ from fxforge.runtime.generate import StaticKVCache
 
 FULL = dict(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, vocab=128256)
 TINY = dict(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vocab=256)
+# --model mixtral: a Mixtral-shaped MoE decoder (8 experts, top-2) at the Llama-1B's attention shape, 16 layers
+# (9.5 GB of bf16 weights, 1.6 GB of them read per token at batch 1: the chosen experts' only)
+MOE_FULL = dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                vocab_size=32000, num_local_experts=8, num_experts_per_tok=2)
 VARIANTS = ("eager", "torch.compile max-autotune", "fxforge bf16", "fxforge w8a8-fp8", "fxforge w4a16-int4",
             "fxforge w4a8-fp")
 PRIORITY = ("eager", "fxforge bf16", "torch.compile max-autotune", "fxforge w4a16-int4", "fxforge w8a8-fp8",
@@ -191,10 +197,9 @@ def run_all(args, write: Callable[[list[dict], float, list[dict]], None]) -> tup
     """Every row, in priority order (eager, fxforge bf16, torch.compile, then the quantized schemes);
     `write` gets the rows so far after each one (a run killed by its timeout still leaves its table)."""
     budget = Budget(args.budget_s)
-    sizes = TINY if args.dry_run else FULL
     torch.manual_seed(0)
     with torch.device(args.device):  # initialise on the device: a 1B model's CPU init is slow
-        model = zoo.llama(**sizes).to(args.dtype).eval()
+        model = build_model(args).to(args.dtype).eval()
     model.config.max_position_embeddings = max(args.contexts) + 1
     bandwidth = copy_bandwidth(args.device, 1 << (24 if args.dry_run else 30))
     rows: list[dict] = []
@@ -221,6 +226,13 @@ def run_all(args, write: Callable[[list[dict], float, list[dict]], None]) -> tup
     return rows, bandwidth, gemm_rows(args)
 
 
+def build_model(args) -> torch.nn.Module:
+    """The benchmarked decoder: Llama-3.2-1B-shaped, or (`--model mixtral`) the Mixtral-shaped MoE; tiny on a dry run."""
+    if args.model == "mixtral":
+        return zoo.gqa_decoder("mixtral", 2 if args.dry_run else 16, **({} if args.dry_run else MOE_FULL))
+    return zoo.llama(**(TINY if args.dry_run else FULL))
+
+
 def _row_order(r: dict) -> tuple:
     return r["batch"], r["context"], VARIANTS.index(r["variant"])
 
@@ -229,6 +241,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--dry-run", action="store_true", help="tiny model on the CPU (reference executor), fast")
+    ap.add_argument("--model", choices=("llama", "mixtral"), default="llama",
+                    help="the Llama-3.2-1B-shaped model (the issue's table) or a Mixtral-shaped MoE (the moe op)")
     ap.add_argument("--batches", type=int, nargs="+")
     ap.add_argument("--contexts", type=int, nargs="+")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -247,13 +261,13 @@ def main(argv: list[str] | None = None) -> Path:
         args.reps = min(args.reps, 3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"decode-{'dryrun-' if args.dry_run else ''}{date.today()}"
+    stem = f"decode-{'dryrun-' if args.dry_run else ''}{'' if args.model == 'llama' else args.model + '-'}{date.today()}"
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (dry run)"
 
     def write(rows: list[dict], bandwidth: float, gemms: list[dict]) -> str:
         import triton
 
-        text = (f"# Decode benchmark, {device}, torch {torch.__version__}, triton {triton.__version__}\n\n"
+        text = (f"# Decode benchmark ({args.model}-shaped), {device}, torch {torch.__version__}, triton {triton.__version__}\n\n"
                 + table(rows, bandwidth, gemms))
         (out / f"{stem}.md").write_text(text)
         (out / f"{stem}.json").write_text(json.dumps({"device": device, "bandwidth": bandwidth, "rows": rows,

@@ -22,5 +22,8 @@ timeout 400 python3 benchmarks/gpu/bench_models.py --out "$OUT/models.json" 2>&1
 # decode (issue #13): Llama-3.2-1B-shaped, batch 1/8, context 1k/8k, six variants + 4096^3 GEMMs; its own
 # budget (420 s) skips what does not fit and says so; the markdown table lands in $OUT and benchmarks/results/
 timeout 470 python3 benchmarks/gpu/decode.py --out "$OUT" 2>&1 | tail -60 > "$OUT/decode.log"
+# the MoE path (moe op: router + experts in two launches; int4 experts): Mixtral-shaped, batch 1/8, context 1k
+timeout 200 python3 benchmarks/gpu/decode.py --model mixtral --variants eager "fxforge bf16" "fxforge w4a16-int4" \
+  --contexts 1024 --budget-s 170 --out "$OUT" 2>&1 | tail -30 > "$OUT/decode-moe.log"
 cp "$OUT"/decode-*.md benchmarks/results/ 2>/dev/null || true
 echo "done: $(ls "$OUT")"
