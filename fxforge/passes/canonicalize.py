@@ -18,7 +18,9 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   `rms_norm(xf)`; `cast(rms_norm(cast(x, f32)), x.dtype)` -> `rms_norm(x)` (exactly what rms_norm does
   with its casts); `w * rms_norm(x)` -> `rms_norm(x, w)` only when the product keeps x's type, i.e.
   the weight multiply already happened in x's dtype (an fp32 weight times an fp16 norm promotes to
-  fp32, which rms_norm cannot express, so it is left alone). eps is read through the `full`'s own
+  fp32, which rms_norm cannot express, so it is left alone); of an fp32 x by a 16-bit weight (GPT-OSS's norm, in
+  fp32 between casts) the weight is cast to fp32 first, as the product promotes it, so the norm prologues' fp32-weight
+  form (`norm_prologues.cast_norm_prologue`) takes it. eps is read through the `full`'s own
   dtype, exactly the scalar the add used. `rms_norm(x - mean(x, [-1], keepdim)[, w])` of an fp32 x ->
   `layer_norm(x[, w])` (Cohere's LayerNorm spelled out; the same math up to the order of the sums).
 - `ACTIVATION_RULES`: `x * sigmoid(x)` -> `silu(x)`; `relu(x) * relu(x)` and `relu(x) ** 2` -> `relu2(x)`
@@ -242,6 +244,8 @@ def rms_norm_weight(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     x, w = b["x"], b["w"]
     if not dims_match(w.type.shape[0], x.type.shape[-1]) or not same_type(op.result.type, x.type):
         return None
+    if x.type.dtype == DType.f32 and w.type.dtype != DType.f32 and w.type.dtype.is_float:
+        w = g.insert_before(op, "cast", [w], {"dtype": DType.f32}).result  # the product promotes it: exactly this
     return g.insert_before(op, "rms_norm", [x, w], {"eps": b["norm"].producer.attrs["eps"]}).result
 
 

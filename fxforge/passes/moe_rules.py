@@ -217,18 +217,38 @@ def _down_of(d: Value) -> dict[str, Any] | None:
     return None
 
 
+def _weighted_rms_norm(x: Value) -> tuple[Value, Value, float] | None:
+    """(input, weight, eps) when x = rms_norm(x0, w), or x = cast(rms_norm(cast(x0, f32), w), x0's dtype) (the norm in
+    fp32, weight included, rounded once: GPT-OSS's, Gemma's): the op's norm computes the latter; the former it
+    rounds once too, where the chain rounded before the weight."""
+    p = x.producer
+    if p is not None and p.opcode == "cast":
+        inner = p.operands[0].producer
+        src = inner.operands[0].producer if inner is not None and inner.opcode == "rms_norm" else None
+        if src is not None and src.opcode == "cast" and src.operands[0].type.dtype == x.type.dtype:
+            p, x0 = inner, src.operands[0]
+        else:
+            return None
+    elif p is not None and p.opcode == "rms_norm":
+        x0 = p.operands[0]
+    else:
+        return None
+    return (x0, p.operands[1], float(p.attrs["eps"])) if len(p.operands) == 2 else None
+
+
 def _build(g: Graph, root: Op, router: dict, up: dict, down: dict, a: dict) -> Value | None:
     x = router["xr"]
-    norm = x.producer if x.producer is not None and x.producer.opcode == "rms_norm" else None
+    norm = _weighted_rms_norm(x)
     attrs: dict[str, Any] = dict(k=router["k"], renorm=router["renorm"], router_bias=router["br"] is not None,
                                  expert_bias=up["b"] is not None, act=a["act"], gate_up=a["gate_up"],
                                  transposed=up["transposed"])
     if "limit" in a:
         attrs.update(limit=a["limit"], alpha=a["alpha"])
     operands = []
-    if norm is not None and len(norm.operands) == 2:
-        attrs.update(norm="rms", eps=float(norm.attrs["eps"]))
-        x, operands = norm.operands[0], [norm.operands[1]]
+    if norm is not None:
+        x, w, eps = norm
+        attrs.update(norm="rms", eps=eps)
+        operands = [w]
     t, h = root.result.type.shape
     if x.type.rank != 2:
         x = g.insert_before(root, "reshape", [x], {"shape": [t, h]}).result

@@ -186,3 +186,22 @@ def test_a_broadcast_add_is_not_the_residual(residual):
 
 def test_slot_major_rows_are_not_the_tokens_routing():
     rewritten(chain(tiled=True))
+
+
+def test_gpt_oss_fp16_norm_in_fp32_is_the_ops_norm():
+    """GPT-OSS in fp16 normalises in fp32 between casts, its fp16 weight promoted in the product: canonicalize gives
+    rms_norm(x_f32, cast(w, f32)), the moe op takes it as its norm (one rounding, as the op computes), and the
+    attention's norm is the fp32-weight form the GEMM prologues take (`norm_prologues.cast_norm_prologue`)."""
+    model = gqa_decoder("gpt_oss", 1).to(torch.float16)
+    capture, layout = capture_decoder(model, 1, 16)
+    g = canonical(capture.lowered.graph)
+    (op,) = g.find("moe")
+    roles = by_role(op.operands, op.attrs)
+    assert op.attrs["norm"] == "rms" and roles["x"].type.dtype == DType.f16
+    norms = g.find("rms_norm")
+    assert norms and all(n.operands[1].type.dtype == DType.f32 for n in norms if len(n.operands) == 2)
+    ids = torch.randint(3, 256, (1, 5), generator=torch.Generator().manual_seed(0))
+    got = evaluate(g, [ids, torch.arange(5), *layout.allocate()])[0].float()
+    with torch.no_grad():
+        want = model(ids).logits.float()
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
