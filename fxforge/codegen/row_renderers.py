@@ -59,7 +59,8 @@ def _rms_norm(op: Op, b: ExprBuilder) -> list[str]:
     x = op.operands[0]
     body = ["_ms = tl.sum(_x * _x, axis=1)[:, None] / n_cols",
             f"_y = _x * tl.rsqrt(_ms + {float(op.attrs['eps'])!r})"]
-    if held(x.type.dtype) != x.type.dtype:  # Llama rounds the normalised row to x's dtype before the weight
+    one_rounding = len(op.operands) > 1 and op.operands[1].type.dtype == DType.f32  # an fp32 weight (optable)
+    if held(x.type.dtype) != x.type.dtype and not one_rounding:  # Llama rounds the normalised row before the weight
         body.append(f"_y = _y.to({TL_DTYPES[x.type.dtype]}).to(tl.float32)")
     if len(op.operands) > 1:
         body.append(f"_y = {b.cv(op.operands[1], DType.f32)} * _y")

@@ -9,7 +9,8 @@ then the norm's input); the router weight [E, H] and its bias [E] (`router_bias`
 weight [E, 2I, H] ([E, H, 2I] when `transposed`) and its bias [E, 2I] (`expert_bias`); the down weight [E, H, I]
 ([E, I, H] when `transposed`) and its bias [E, H] (`expert_bias`); a residual [T, H] (`residual`).
 
-Semantics (`_moe`, what every executor is checked against): xn = rms_norm(x, w) (or x); p = softmax(xn Wr^T + br)
+Semantics (`_moe`, what every executor is checked against): xn = rms_norm(x, w) (or x; the rms_norm op's
+roundings); p = softmax(xn Wr^T + br)
 in fp32; the k largest p per token (lowest index first on ties), divided by their sum when `renorm` (softmax of the
 top-k logits, Granite's and GPT-OSS's order, is the same number); for each chosen expert e,
 a = act(xn W_gu[e]^T + b_gu[e]) (gate rows 0..I-1 then up rows I..2I-1, or interleaved gate/up pairs when
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 from fxforge.ir.errors import ShapeError
 from fxforge.ir.ops import REQUIRED, OpDef, register
+from fxforge.ir.optable import _rms_norm
 from fxforge.ir.types import TensorType, dims_equal
 
 MOE_ACTS = ("silu", "gelu_tanh", "gpt_oss")
@@ -105,8 +107,7 @@ def _moe(*operands: torch.Tensor, k: int, renorm: bool, norm: str, eps: float, r
     x = o["x"]
     xn = x
     if norm == "rms":
-        xf = x.float()
-        xn = (o["norm_w"].float() * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps))).to(x.dtype)
+        xn = _rms_norm(x, o["norm_w"], eps=eps)
     w, idx = route(xn, o["router_w"], o["router_b"], k, renorm)
     wgu, wd = (o["w_gate_up"].float(), o["w_down"].float())
     if transposed:

@@ -309,14 +309,18 @@ def _layer_norm(x, w=None, b=None, *, eps):
 
 def _rms_norm(x, w=None, *, eps):
     xf = x.float()
-    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if w is not None and w.dtype == torch.float32 and x.dtype != torch.float32:  # fp32 weight: Gemma's one rounding
+        return (w * y).to(x.dtype)
+    y = y.to(x.dtype)
     return y if w is None else w * y
 
 
 register(OpDef("layer_norm", (1, 3), {"eps": 1e-5}, _same_as_first, _layer_norm, "composite",
                "layer_norm over the last dim: layer_norm(x, weight?, bias?)", kernel="row"))
 register(OpDef("rms_norm", (1, 2), {"eps": 1e-6}, _same_as_first, _rms_norm, "composite",
-               "weight * (x * rsqrt(mean(x^2) + eps)) in fp32, cast back to x's dtype (Llama's convention)",
+               "weight * (x * rsqrt(mean(x^2) + eps)): the normalised x rounded to x's dtype, then the weight (Llama's "
+               "convention); an fp32 weight on 16-bit x multiplies in fp32 and rounds once (Gemma's, GPT-OSS's)",
                kernel="row"))
 register(OpDef("softmax", (1, 1), {"dim": -1}, _same_as_first, lambda x, dim: torch.softmax(x, dim), "composite",
                kernel="row"))

@@ -263,7 +263,19 @@ def _layer_norm_of_centered(g: Graph, op: Op, b: dict[str, Value]) -> Value | No
     return g.insert_before(op, "layer_norm", [x, *op.operands[1:]], {"eps": op.attrs["eps"]}).result
 
 
-RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_weight] + [
+@rule(P.op("cast", P.op("rms_norm", P.op("cast", P.any("x"), dtype=DType.f32), P.any("w"), name="norm",
+                        single_use=True)))
+def rms_norm_fp32_weight(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """cast(rms_norm(cast(x, f32), w_f32), x.dtype) -> rms_norm(x, w_f32): the fp32 norm rounded once, what rms_norm
+    of 16-bit x by an fp32 weight computes (`optable._rms_norm`)."""
+    x, w = b["x"], b["w"]
+    if (op.attrs["dtype"] != x.type.dtype or not x.type.dtype.is_float or x.type.dtype == DType.f32
+            or w.type.dtype != DType.f32 or x.type.encoding is not None):
+        return None
+    return g.insert_before(op, "rms_norm", [x, w], {"eps": b["norm"].producer.attrs["eps"]}).result
+
+
+RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_fp32_weight, rms_norm_weight] + [
     Rule(P.op("rms_norm", _CENTERED, *w), _layer_norm_of_centered, "layer_norm_centered", single_use=True)
     for w in ((), (P.any("w"),))]
 

@@ -103,8 +103,9 @@ class _Norm:
 
 def _norm(v: Value, graph: Graph, width: int, weightless: bool = True) -> _Norm | None:
     """`rms_norm(v, w[width])`, v's only use, or cast(rms_norm(cast(v, f32), w), v.dtype) (OLMo2's fp16/bf16 norm:
-    the weight multiplies in fp32 before the one rounding); `weightless`: w may be absent (NanoChat; a per-head norm,
-    whose template reads the head width from the site, not from a weight); else None."""
+    the weight multiplies in fp32 before the one rounding; canonicalize makes it rms_norm(v, w_f32), the same);
+    `weightless`: w may be absent (NanoChat; a per-head norm, whose template reads the head width from the site, not
+    from a weight); else None."""
     up = only_use(v, graph, "cast")
     fp32 = up is not None and up.result.type.dtype == DType.f32 and v.type.dtype != DType.f32
     x = up.result if fp32 else v
@@ -112,12 +113,14 @@ def _norm(v: Value, graph: Graph, width: int, weightless: bool = True) -> _Norm 
     if n is None or len(n.operands) not in ((1, 2) if weightless else (2,)) or n.result.type != x.type:
         return None
     w = n.operands[-1].type
-    if len(n.operands) == 2 and (w.rank != 1 or w.shape[0] != width or w.dtype not in (x.type.dtype, v.type.dtype)):
+    one_rounding = len(n.operands) == 2 and w.dtype == DType.f32 and x.type.dtype != DType.f32  # rms_norm(x16, w32)
+    if len(n.operands) == 2 and (w.rank != 1 or w.shape[0] != width
+                                 or (w.dtype not in (x.type.dtype, v.type.dtype) and not one_rounding)):
         return None
     down = only_use(n.result, graph, "cast") if fp32 else None
     if fp32 and (down is None or down.result.type != v.type):
         return None
-    return _Norm([up, n, down], down.result, n, True) if fp32 else _Norm([n], n.result, n, False)
+    return _Norm([up, n, down], down.result, n, True) if fp32 else _Norm([n], n.result, n, one_rounding)
 
 
 def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, _Norm | None] | None:

@@ -54,7 +54,8 @@ def post_z(h, res_ptr, pw_ptr, offs_m, ks, m, stride_pm, stride_pk, K, h_rstd):
     if pw_ptr is None:
         z = (h.to(tl.float32) * h_rstd[:, None]).to(h.dtype)
     else:
-        z = rms_scale(h, h_rstd, tl.load(pw_ptr + ks, mask=ks < K, other=0.0).to(tl.float32))
+        z = rms_scale(h, h_rstd, tl.load(pw_ptr + ks, mask=ks < K, other=0.0).to(tl.float32),
+                      pw_ptr.dtype.element_ty == tl.float32)  # fp32 weight: one rounding
     if res_ptr is not None:
         r = tl.load(res_ptr + offs_m[:, None] * stride_pm + ks[None, :] * stride_pk, mask=m, other=0.0)
         z = (r.to(tl.float32) + z.to(tl.float32)).to(h.dtype)

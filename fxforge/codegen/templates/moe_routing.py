@@ -46,11 +46,16 @@ class ExpertWeight:
 
 @triton.jit
 def normed_x(x_ptr, nw_ptr, cols, cmask, rstd, NORM: tl.constexpr):
-    """Token x's columns (fp32), normalised and rounded to x's dtype as rms_norm's result is."""
+    """Token x's columns (fp32), normalised with rms_norm's roundings (`optable._rms_norm`): the normalised row
+    rounded to x's dtype before the weight, or with an fp32 weight one rounding after it."""
     xk = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     if NORM:
+        dt = x_ptr.dtype.element_ty
         w = tl.load(nw_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        xk = (w * (xk * rstd)).to(x_ptr.dtype.element_ty).to(tl.float32)
+        if nw_ptr.dtype.element_ty == tl.float32:
+            xk = (w * (xk * rstd)).to(dt).to(tl.float32)
+        else:
+            xk = (w * (xk * rstd).to(dt).to(tl.float32)).to(dt).to(tl.float32)
     return xk
 
 
