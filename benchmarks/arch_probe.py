@@ -13,7 +13,7 @@ vocab 256; `fxforge.testing.GQA_DECODERS`, norm weights with noise), in a fresh 
   the reference executor's on the same quantized graph;
 - extern ops and host ops left in the step graph (anything not a kernel).
 
-    OMP_NUM_THREADS=1 python benchmarks/arch_probe.py [--archs mistral qwen3 ...] [--no-quant]
+    OMP_NUM_THREADS=1 python benchmarks/arch_probe.py [--archs mistral qwen3 ...] [--no-quant] [--dtype float16]
         [--quant-archs llama qwen3 ...] [--out benchmarks/results/arch_probe-<date>.md]
 """
 
@@ -23,11 +23,15 @@ import time
 
 from probe_children import child_row, probe_parser, run_children, write_results
 
+DTYPE = "float32"  # --dtype: the models' dtype (the w4a16 columns are fp16 whatever it is)
+
 
 def build(arch: str, layers: int):
+    import torch
+
     from fxforge.testing import gqa_decoder
 
-    return gqa_decoder(arch, layers)
+    return gqa_decoder(arch, layers).to(getattr(torch, DTYPE))
 
 
 def period(arch: str) -> int:
@@ -126,11 +130,15 @@ def main() -> None:
     ap = probe_parser()
     ap.add_argument("--no-quant", action="store_true")
     ap.add_argument("--quant-archs", nargs="*", help="the w4a16 columns only for these (default: every arch)")
+    ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                    help="the models' dtype (tokens then compared with eager's in it)")
     args = ap.parse_args()
+    global DTYPE
+    DTYPE = args.dtype
     if args.child:
         return child(args.child, not args.no_quant)
-    rows = run_children(__file__, args.archs, lambda arch: [] if not args.no_quant and (
-        args.quant_archs is None or arch in args.quant_archs) else ["--no-quant"], args.timeout)
+    rows = run_children(__file__, args.archs, lambda arch: ["--dtype", args.dtype] + ([] if not args.no_quant and (
+        args.quant_archs is None or arch in args.quant_archs) else ["--no-quant"]), args.timeout)
     text = table(rows, not args.no_quant)
     print(text)
     if args.out:
