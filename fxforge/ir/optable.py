@@ -304,7 +304,9 @@ def _same_as_first(types, attrs):
 
 
 def _layer_norm(x, w=None, b=None, *, eps):
-    return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+    """In fp32, rounded once to x's dtype (16-bit x: what the kernels compute and an fp32 LayerNorm between casts is)."""
+    f32 = [None if t is None else t.float() for t in (w, b)]
+    return F.layer_norm(x.float(), (x.shape[-1],), *f32, eps).to(x.dtype)
 
 
 def _rms_norm(x, w=None, *, eps):

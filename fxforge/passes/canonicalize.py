@@ -275,7 +275,20 @@ def rms_norm_fp32_weight(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "rms_norm", [x, w], {"eps": b["norm"].producer.attrs["eps"]}).result
 
 
-RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_fp32_weight, rms_norm_weight] + [
+def _layer_norm_casts(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """cast(layer_norm(cast(x, f32), [w, [b]]), x.dtype) -> layer_norm(x, [w, [b]]): LayerNorm of 16-bit x computes in
+    fp32 and rounds once (`optable._layer_norm`), exactly this chain (OLMo's, Cohere's norms between casts)."""
+    x, norm = b["x"], b["norm"].producer
+    if op.attrs["dtype"] != x.type.dtype or not x.type.dtype.is_float or x.type.encoding is not None:
+        return None
+    return g.insert_before(op, "layer_norm", [x, *norm.operands[1:]], {"eps": norm.attrs["eps"]}).result
+
+
+_LN_CASTS = [Rule(P.op("cast", P.op("layer_norm", P.op("cast", P.any("x"), dtype=DType.f32), *params, name="norm",
+                                    single_use=True)), _layer_norm_casts, "layer_norm_casts")
+             for params in ((), (P.any("w"),), (P.any("w"), P.any("b")))]
+
+RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_fp32_weight, rms_norm_weight, *_LN_CASTS] + [
     Rule(P.op("rms_norm", _CENTERED, *w), _layer_norm_of_centered, "layer_norm_centered", single_use=True)
     for w in ((), (P.any("w"),))]
 
