@@ -54,6 +54,9 @@ def quantize_moe(graph: Graph, op: Op, scheme: str | None, overrides: dict[str, 
                       f"kept high precision: the moe kernels read {' / '.join(MOE_SCHEMES)} experts, not {chosen}")
     sc = get_scheme(chosen)
     roles = by_role(op.operands, op.attrs)
+    dims = [roles[r].type.shape[1 if op.attrs["transposed"] else 2] for r in ("w_gate_up", "w_down")]
+    if any(not isinstance(k, int) or k % 2 for k in dims):
+        return site, f"kept high precision: input dims {dims} must be even (4-bit codes pack two per byte)"
     operands, stats = dict(roles), {"scheme": chosen, "bytes_fp16": 0, "bytes_after": 0, "rel_error": 0.0}
     for role in ("w_gate_up", "w_down"):
         const = roles[role].producer

@@ -80,3 +80,10 @@ def test_export_refuses_int4_experts_and_names_the_fix(mixtral, tmp_path):
     compiled = fxforge.compile_aot(mixtral, (IDS,), executor="reference", quantize="w4a16-int4", quantize_group=32)
     with pytest.raises(ExportError, match=r"experts are int4.*quantize_overrides"):
         compiled.export(str(tmp_path / "ct"))
+
+
+def test_odd_expert_dims_stay_16_bit_and_say_why():
+    model = gqa_decoder("mixtral", 1, intermediate_size=63).to(torch.float16)
+    dec = fxforge.compile_decoder(model, max_length=16, executor="reference", quantize="w4a16-int4")
+    (why,) = [v for k, v in _quantize_stats(dec)["skipped"].items() if k.endswith("mlp.experts")]
+    assert "must be even" in why
