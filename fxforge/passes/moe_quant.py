@@ -25,7 +25,6 @@ import torch
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import decode_weight, encode_weight, get_scheme
 from fxforge.ir.moe_ops import ROLES, by_role
-from fxforge.ir.types import Quantized
 from fxforge.passes.linear_sites import choose_by_pattern, free_name
 
 MOE_SCHEMES = ("w4a16-int4",)  # the schemes the MoE templates dequantize
@@ -80,5 +79,5 @@ def quantize_moe(graph: Graph, op: Op, scheme: str | None, overrides: dict[str, 
             graph.erase(const)
             if not any(o.opcode == "const" and o.attrs["weight"] == const.attrs["weight"] for o in graph.ops):
                 del graph.weights[const.attrs["weight"]]
-    stats["group"] = getattr(enc.encoding, "group", 0) if isinstance(enc.encoding, Quantized) else 0
+    stats["group"] = enc.encoding.group
     return site, stats
