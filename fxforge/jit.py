@@ -31,7 +31,7 @@ import torch
 
 from fxforge.config import CompileConfig
 from fxforge.frontend.dynamo import lower_aten_graph, mutated_inputs
-from fxforge.frontend.experts import batched_experts
+from fxforge.frontend.experts import BatchedExperts
 from fxforge.frontend.fx_to_ir import Lowered
 from fxforge.pipeline import compile_lowered
 from fxforge.runtime.devices import check_arguments
@@ -135,12 +135,12 @@ def jit_wrapper(fn: Callable, cfg: CompileConfig, report: CompileReport, names: 
     state = {"told": False, "calibrated": cfg.calibration is None}
 
     owner = getattr(fn, "__self__", None)  # a model's forward: its MoE experts traced in `moe_rules`' form
+    experts = BatchedExperts(owner) if isinstance(owner, torch.nn.Module) else contextlib.nullcontext()
 
     def call(args: tuple, kwargs: dict) -> Any:
         import torch._dynamo
 
         limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        experts = batched_experts(owner) if isinstance(owner, torch.nn.Module) else contextlib.nullcontext()
         with torch._dynamo.config.patch(recompile_limit=limit), experts:
             return compiled(*args, **kwargs)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.passes.rewriter import P, Rule, dims_match, same_type
-from fxforge.passes.xielu_rules import _scalar_const, scalar_value
+from fxforge.passes.xielu_rules import scalar_const, scalar_value
 
 _VIEWS = ("reshape", "expand")
 _DIV = ("aten.div_.Tensor", "aten.div.Tensor")
@@ -143,7 +143,7 @@ def _gpt_oss(m: Op) -> dict[str, Any] | None:
             continue
         for uc, one in _pairs(add):
             cu = _op(uc, "clamp")
-            if cu is None or not _scalar_const(one) or scalar_value(m.graph, one) != 1.0:
+            if cu is None or not scalar_const(one) or scalar_value(m.graph, one) != 1.0:
                 continue
             for gc, sig in _pairs(mul):
                 cg, s = _op(gc, "clamp"), _op(sig, "sigmoid")
@@ -152,7 +152,7 @@ def _gpt_oss(m: Op) -> dict[str, Any] | None:
                     continue
                 for g2, alpha in _pairs(inner):
                     limit = cg.attrs["max"]
-                    if (g2 is gc and _scalar_const(alpha) and cu.attrs["max"] == limit and cu.attrs["min"] == -limit
+                    if (g2 is gc and scalar_const(alpha) and cu.attrs["max"] == limit and cu.attrs["min"] == -limit
                             and (halves := _halves(cg.operands[0], cu.operands[0]))):
                         return dict(up=halves[0], gate_up=halves[1], act="gpt_oss", limit=float(limit),
                                     alpha=scalar_value(m.graph, alpha))

@@ -31,7 +31,7 @@ from fxforge.ir.optable import ACTIVATION_PARAMS
 from fxforge.passes.rewriter import P, Rule, same_type
 
 
-def _scalar_const(v: Value) -> bool:
+def scalar_const(v: Value) -> bool:
     """A one-element `full` or `const` of a float dtype (a scalar the rule can read)."""
     p = v.producer
     return (p is not None and p.opcode in ("full", "const") and v.type.dtype.is_float and v.type.is_static
@@ -39,7 +39,7 @@ def _scalar_const(v: Value) -> bool:
 
 
 def scalar_value(g: Graph, v: Value) -> float:
-    """The number a `_scalar_const` value holds, as its dtype holds it."""
+    """The number a `scalar_const` value holds, as its dtype holds it."""
     p = v.producer
     if p.opcode == "const":
         return float(g.weight(p.attrs["weight"]).data.reshape(-1)[0].item())
@@ -47,7 +47,7 @@ def scalar_value(g: Graph, v: Value) -> float:
 
 
 def _s(name: str) -> P:
-    return P.any(name, check=_scalar_const)
+    return P.any(name, check=scalar_const)
 
 
 _X = P.any("x")
