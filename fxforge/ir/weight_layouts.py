@@ -45,9 +45,10 @@ from torch import Tensor
 from fxforge.ir import formats
 
 DECODE_ROWS = 16  # the most rows a decode-shaped linear has (the decode kernel's x tile: 16 columns of the MMA)
-_LAYOUT = re.compile(r"^(i4|f4)w(32|64|128)(k4)?(x)?$")
+_LAYOUT = re.compile(r"^(i4|f4)w(32|64|128)(k4)?(x)?$|^f4w128e$")
 FORMATS = {"i4": "i4", "f4": "f4e2m1"}  # layout prefix -> element format
 FP4_BIAS = 14  # the f4w halves are E2M1 values times 2^-14
+F8_BIAS = 6  # the f4w128e bytes are E2M1 values times 2^-6 as E4M3
 
 
 def layout_params(layout: str) -> tuple[int, int, bool]:
@@ -56,8 +57,16 @@ def layout_params(layout: str) -> tuple[int, int, bool]:
     m = _LAYOUT.match(layout)
     if m is None:
         raise ValueError(f"unknown weight layout {layout!r}; known: i4w32, i4w64, i4w128 and f4w32, f4w64, f4w128, "
-                         "each with an optional k4 then x suffix")
+                         "each with an optional k4 then x suffix, and f4w128e")
+    if fp8_operand(layout):
+        return 128, 4, False
     return int(m.group(2)), 4 if m.group(3) else 2, bool(m.group(4))
+
+
+def fp8_operand(layout: str | None) -> bool:
+    """Whether a decode layout is the FP8-MMA one ("f4w128e": FP4 codes placed for E4M3 operand bytes, the sm_90
+    decode kernel `qlinear_decode_f8`)."""
+    return bool(layout) and layout.endswith("e")
 
 
 def layout_format(layout: str) -> str:
@@ -66,7 +75,9 @@ def layout_format(layout: str) -> str:
     return FORMATS[layout[:2]]
 
 
-def layout_name(bk: int, kw: int = 2, fmt: str = "i4", xperm: bool = False) -> str:
+def layout_name(bk: int, kw: int = 2, fmt: str = "i4", xperm: bool = False, fp8: bool = False) -> str:
+    if fp8:
+        return "f4w128e"
     prefix = next(k for k, v in FORMATS.items() if v == fmt)
     return f"{prefix}w{bk}" + ("k4" if kw == 4 else "") + ("x" if xperm else "")
 
@@ -100,9 +111,14 @@ def fp4_tile(group: int) -> int | None:
     return 128 if group % 32 == 0 else decode_tile(group, 0)
 
 
-def _slot_columns(bk: int, kw: int, xperm: bool = False) -> Tensor:
+def _slot_columns(bk: int, kw: int, xperm: bool = False, fp8: bool = False) -> Tensor:
     """[bk/8, 8] tile column of each (word, slot) for an MMA operand of kWidth `kw` (2 or 4); `xperm`: the true K
-    column of the MMA's column (the kernel reads x in that order, `_x_order`)."""
+    column of the MMA's column (the kernel reads x in that order, `_x_order`); `fp8`: the "f4w128e" map (word j =
+    4q + g, slot e = 4h + b: column 32g + 16h + 4q + b, the bytes thread q of a wgmma E4M3 A fragment holds for
+    K block g)."""
+    if fp8:
+        j, e = torch.arange(16)[:, None], torch.arange(8)[None, :]
+        return 32 * (j % 4) + 16 * (e // 4) + 4 * (j // 4) + e % 4
     p_n = bk // 32
     j = torch.arange(bk // 8)
     c, p = (j // p_n)[:, None], (j % p_n)[:, None]
@@ -131,19 +147,24 @@ _MAG, _SIGN = (9, 25, 1, 17, 12, 28, 4, 20), (15, 31, 7, 23, 8, 24, 0, 16)
 BIT_POSITIONS = {
     "i4": torch.tensor([[4 * _NIBBLE[e] + b for b in range(4)] for e in range(8)]),
     "f4e2m1": torch.tensor([[_MAG[e], _MAG[e] + 1, _MAG[e] + 2, _SIGN[e]] for e in range(8)]),
+    # "f4w128e": slot 4h + b in byte b; h = 0 at E4M3's bits (m 2, e0 3, e1 4, sign 7): `w & 0x9C9C9C9C`; h = 1 at
+    # bits 0, 1, 6, 5: `((w & 0x23232323) << 2) | ((w >> 2) & 0x10101010)` (`qlinear_decode_f8`)
+    "f4e2m1e": torch.tensor([[8 * b + p for p in ((2, 3, 4, 7), (0, 1, 6, 5))[e // 4]] for e in range(8)
+                             for b in [e % 4]]),
 }
 
 
-def shuffle_words(codes: Tensor, bk: int, pad_code: Tensor, kw: int = 2, fmt: str = "i4", xperm: bool = False) -> Tensor:
+def shuffle_words(codes: Tensor, bk: int, pad_code: Tensor, kw: int = 2, fmt: str = "i4", xperm: bool = False,
+                  fp8: bool = False) -> Tensor:
     """Row-major codes [N, K] (uint8 0..15) -> int32 words [N, Kp/8] of the decode layout of `fmt` with tile
-    `bk`; `pad_code` [N] fills the columns past K."""
+    `bk` (`fp8`: "f4w128e"); `pad_code` [N] fills the columns past K."""
     n, k = codes.shape
     kp = -(-k // bk) * bk
     full = pad_code.to(torch.int64)[:, None].expand(n, kp).clone()
     full[:, :k] = codes.to(torch.int64)
-    tiles = full.reshape(n, kp // bk, bk)[:, :, _slot_columns(bk, kw, xperm)]  # [N, T, bk/8, 8]
+    tiles = full.reshape(n, kp // bk, bk)[:, :, _slot_columns(bk, kw, xperm, fp8)]  # [N, T, bk/8, 8]
     bits = (tiles[..., None] >> torch.arange(4)) & 1  # [N, T, bk/8, 8, 4]
-    words = (bits << BIT_POSITIONS[fmt]).sum((-1, -2))  # disjoint bits: the sum is an OR
+    words = (bits << BIT_POSITIONS[fmt + ("e" if fp8 else "")]).sum((-1, -2))  # disjoint bits: the sum is an OR
     return _wrap_i32(words).reshape(n, kp // 8)
 
 
@@ -152,14 +173,15 @@ def _wrap_i32(v: Tensor) -> Tensor:
     return (v - ((v >> 31) << 32)).to(torch.int32)
 
 
-def unshuffle_words(words: Tensor, k: int, bk: int, kw: int = 2, fmt: str = "i4", xperm: bool = False) -> Tensor:
+def unshuffle_words(words: Tensor, k: int, bk: int, kw: int = 2, fmt: str = "i4", xperm: bool = False,
+                    fp8: bool = False) -> Tensor:
     """int32 words of a decode layout -> row-major codes [N, k] (uint8)."""
     n = words.shape[0]
     w = words.to(torch.int64) & 0xFFFFFFFF
     w = w.reshape(n, -1, bk // 8, 1, 1)
-    slots = (((w >> BIT_POSITIONS[fmt]) & 1) << torch.arange(4)).sum(-1)  # [N, T, bk/8, 8]
+    slots = (((w >> BIT_POSITIONS[fmt + ("e" if fp8 else "")]) & 1) << torch.arange(4)).sum(-1)  # [N, T, bk/8, 8]
     out = torch.empty(n, w.shape[1], bk, dtype=torch.int64)
-    out[:, :, _slot_columns(bk, kw, xperm)] = slots
+    out[:, :, _slot_columns(bk, kw, xperm, fp8)] = slots
     return out.reshape(n, -1)[:, :k].to(torch.uint8)
 
 
@@ -174,10 +196,11 @@ def zero_pairs(zero: Tensor) -> Tensor:
     return _wrap_i32(pairs * 0x10001)
 
 
-def to_decode_layout(weight, bk: int | None = None, kw: int = 2, xperm: bool = False):
+def to_decode_layout(weight, bk: int | None = None, kw: int = 2, xperm: bool = False, fp8: bool = False):
     """A w4a16-int4 or w4a8-fp `Weight` in its decode layout ("i4w{bk}" / "f4w{bk}", +"k4" for kw=4, +"x" x-permuted; bk:
-    `decode_tile` by default); the weight itself when it already has that layout. ValueError when the group
-    admits no decode tile or the weight is of another scheme."""
+    `decode_tile` by default; `fp8`: "f4w128e" for a w4a8-fp weight whose groups are multiples of 32, else ignored); the
+    weight itself when it already has that layout. ValueError when the group admits no decode tile or the weight is
+    of another scheme."""
     enc, p = weight.encoding, weight.payload
     int4 = enc.format == "i4" and enc.zero_point
     if not int4 and not (enc.format == "f4e2m1" and "shift" in p):
@@ -185,22 +208,24 @@ def to_decode_layout(weight, bk: int | None = None, kw: int = 2, xperm: bool = F
                          f"shifts) weights, not {enc!r}")
     codes = codes_of(weight)
     n, k = codes.shape
-    bk = bk or (decode_tile(enc.group, k) if int4 else fp4_tile(enc.group))
+    fp8 = fp8 and not int4 and enc.group % 32 == 0
+    bk = 128 if fp8 else bk or (decode_tile(enc.group, k) if int4 else fp4_tile(enc.group))
     if bk is None or (enc.group and enc.group % bk and (int4 or enc.group % 32)):
         raise ValueError(f"group {enc.group} has no power-of-two K tile >= 32 dividing it; keep the row-major layout")
-    name = layout_name(bk, kw, enc.format, xperm)
+    name = layout_name(bk, kw, enc.format, xperm, fp8)
     if enc.layout == name:
         return weight
     if int4:
         zero = p["zero"]
         payload = {"words": shuffle_words(codes, bk, zero[:, -1], kw, xperm=xperm), "zz": zero_pairs(zero), "scale": p["scale"],
                    "zero": zero, "scale32": p["scale"].to(torch.float32).contiguous()}
-    else:  # fp4: code 0 is +0; a group's factor 2^(14 - k) (exact in f32: k <= 8)
+    else:  # fp4: code 0 is +0; a group's factor 2^(14 - k) (f4w128e: 2^(6 - k); exact in f32: k <= 8)
         shift = p["shift"]
-        factor = torch.ldexp(torch.ones(shift.shape), FP4_BIAS - shift.to(torch.int32))
-        payload = {"words": shuffle_words(codes, bk, torch.zeros(n, dtype=torch.uint8), kw, "f4e2m1", xperm),
-                   "scale": p["scale"], "shift": shift, "scale32": factor.contiguous(),
-                   "ss": _wrap_i32(_f16_bits(factor) * 0x10001).contiguous()}
+        factor = torch.ldexp(torch.ones(shift.shape), (F8_BIAS if fp8 else FP4_BIAS) - shift.to(torch.int32))
+        payload = {"words": shuffle_words(codes, bk, torch.zeros(n, dtype=torch.uint8), kw, "f4e2m1", xperm, fp8),
+                   "scale": p["scale"], "shift": shift, "scale32": factor.contiguous()}
+        if not fp8:  # the fp16 kernel's per-word factor pairs for groups narrower than the tile
+            payload["ss"] = _wrap_i32(_f16_bits(factor) * 0x10001).contiguous()
     return type(weight)(weight.data, dataclasses.replace(enc, layout=name), payload)
 
 
@@ -210,4 +235,5 @@ def codes_of(weight) -> Tensor:
     if not enc.layout:
         return formats.unpack_nibbles(p["codes"])
     bk, kw, xperm = layout_params(enc.layout)
-    return unshuffle_words(p["words"], weight.data.shape[1], bk, kw, layout_format(enc.layout), xperm)
+    return unshuffle_words(p["words"], weight.data.shape[1], bk, kw, layout_format(enc.layout), xperm,
+                           fp8_operand(enc.layout))

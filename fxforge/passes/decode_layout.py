@@ -20,7 +20,9 @@ Decisions:
   kernel with 64-row tiles (`qlinear_decode.decode_blocks`), never a second row-major copy of the weight.
 - The layout's MMA-operand variant follows the GPU this process sees (`weight_layouts.preferred_operand`:
   kWidth 4 for Triton 3.6 on sm_80, x-permuted but on sm_80 with Triton >= 3.9); without a GPU, sm_90's.
-  Only speed depends on it.
+  Only speed depends on it. w4a8-fp weights whose groups are multiples of 32 take "f4w128e" (the FP8-MMA kernel
+  `qlinear_decode_f8`) unless the GPU is older than sm_90 (the option `decode_layout.fp8` overrides); a GPU
+  without FP8 MMA that meets one re-encodes it for the fp16 kernel.
 - Runs for the generated-kernel executors only (the reference evaluator gains nothing), after quantize.
 - A stacked [gate; up] weight read as silu(gate) * up (`concat_linears`) gets its rows interleaved, gate and up
   alternating, before the layout is made (statistics `swiglu`): a row permutation of the row-major payload
@@ -85,16 +87,20 @@ def why_not(op: Op, decode_step: bool) -> str | None:
     return None
 
 
-def _gpu_operand() -> tuple[int, bool]:
-    arch = None
+def _gpu_arch() -> int | None:
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
-        arch = 10 * major + minor
+        return 10 * major + minor
+    return None
+
+
+def _gpu_operand() -> tuple[int, bool]:
     version = tuple(int(v) for v in importlib.metadata.version("triton").split(".")[:2])
-    return preferred_operand(arch, version)
+    return preferred_operand(_gpu_arch(), version)
 
 
-def apply_decode_layouts(graph: Graph, operand: tuple[int, bool] | None = None) -> dict[str, Any]:
+def apply_decode_layouts(graph: Graph, operand: tuple[int, bool] | None = None, fp8: bool | None = None
+                         ) -> dict[str, Any]:
     """Re-encode the weights of decode-shaped qlinears in place (see the module docstring); the statistics."""
     decode_step = any(op.opcode == "cache_write" for op in graph.ops)
     layers: dict[str, str] = {}
@@ -106,6 +112,7 @@ def apply_decode_layouts(graph: Graph, operand: tuple[int, bool] | None = None) 
         if reason is None:
             chosen[id(op.operands[1].producer)] = op.operands[1].producer
     kw, xperm = _gpu_operand() if operand is None and chosen else operand or (2, True)
+    fp8 = (_gpu_arch() or 90) >= 90 if fp8 is None else fp8  # FP4 weights for the FP8-MMA kernel (sm_90)
     converted, swiglu = 0, []
     for const in chosen.values():
         users = const.result.uses
@@ -119,12 +126,12 @@ def apply_decode_layouts(graph: Graph, operand: tuple[int, bool] | None = None) 
         if chain is not None:  # concat_linears' [gate; up]: rows interleaved for the decode kernel's SwiGLU epilogue
             weight = interleave_swiglu(weight, chain)
             swiglu.append(_label(graph, users[0]))
-        new = to_decode_layout(weight, kw=kw, xperm=xperm)
+        new = to_decode_layout(weight, kw=kw, xperm=xperm, fp8=fp8)
         graph.weights[name] = new
         const.result.type = dataclasses.replace(const.result.type, encoding=new.encoding)
         converted += 1
-    return {"decode_step": decode_step, "weights": converted, "kwidth": kw, "xperm": xperm, "layers": layers,
-            "swiglu": swiglu}
+    return {"decode_step": decode_step, "weights": converted, "kwidth": kw, "xperm": xperm, "fp8": fp8,
+            "layers": layers, "swiglu": swiglu}
 
 
 def interleave_swiglu(weight: Weight, chain: list[Op]) -> Weight:
@@ -143,5 +150,6 @@ class DecodeLayout:
     name = "decode_layout"
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
-        ctx.stats.update(apply_decode_layouts(graph, ctx.option("decode_layout.operand")))
+        ctx.stats.update(apply_decode_layouts(graph, ctx.option("decode_layout.operand"),
+                                              ctx.option("decode_layout.fp8")))
         return graph

@@ -69,17 +69,18 @@ def test_static_rows_decide_and_other_layers_keep_the_qlinear():
 
 
 def test_w4a8_fp_decode_step_runs_as_w4a16_on_the_fp4_layout():
-    """W4A8 at M <= 16: FP4 weights in the "f4w" layout, activations quantized to E4M3 per token as the reference."""
+    """W4A8 at M <= 16: FP4 weights in the "f4w128e" layout (the FP8-MMA kernel, sm_90's choice without a GPU),
+    activations quantized to E4M3 per token as the reference."""
     torch.manual_seed(0)
     model = zoo.mlp(dim=64, hidden=128).half()
     x = torch.randn(1, 2, 64).half()
     opts = dict(dynamic=False, quantize="w4a8-fp", quantize_group=32)
     mod = fxforge.compile_aot(model, (x,), executor="interpret", **opts)
     ref = fxforge.compile_aot(model, (x,), executor="reference", **opts)
-    assert _layouts(mod) == {"f4w128x"} and set(_stats(mod)["layers"].values()) == {"decode"}
+    assert _layouts(mod) == {"f4w128e"} and set(_stats(mod)["layers"].values()) == {"decode"}
     with counting() as names:
         y = mod(x).float()
-    assert names.count("qlinear_w4_decode_kernel") == 2 and "qlinear_w4a8_fp_kernel" not in names
+    assert names.count("qlinear_w4_f8_decode_kernel") == 2 and "qlinear_w4a8_fp_kernel" not in names
     y_ref = ref(x).float()
     assert (y - y_ref).abs().max() <= 2e-3 * y_ref.abs().max()
 

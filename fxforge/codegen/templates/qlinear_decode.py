@@ -53,18 +53,12 @@ How (per K tile of BLOCK_K = the layout's tile):
 - Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
   `split_plan` the steps): a split is the kernel on its K window (`_k_window`: x, the words, zero points and group
   scales advanced to its first column, which starts a group; K its width), so the K loop's code is the unsplit
-  kernel's (with a runtime start, address arithmetic cost ~11 instructions per iteration); after the loop (and
-  PACK's column sum) `split_k.split_sum` stores the fp32 partial out^T into part[SPLIT_K, N, M] and the tile's
-  last split sums them in split order and runs `_epilogue`. SPLIT_K = 1 builds the same SASS as before splits
-  (Triton 3.6 and 3.9, sm_80/sm_90). Split kernels' K loops measured 0.95-1.03x the unsplit ones' instructions
-  (register allocation around the partials' sum: 490 -> 503 for int4 g128 256 x 16 tiles on sm_90, Triton 3.6;
-  benchmarks/results/qdecode_sass-2026-12-01-splitk-*.md).
-  Sums: fp32 partials added in split order, so a split result differs from the unsplit one by fp32 rounding
-  only (bitwise equal when the sums are exact; tests/codegen/test_qlinear_decode_split.py).
-- ASM=False (the interpreter, which cannot run PTX) decodes the same words with portable integer ops into
-  the same fp16 values.
-Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, see the module
-`qlinear_cost` and benchmarks/results/qdecode_sass-*.md.
+  kernel's (a runtime start costs ~11 address instructions per iteration); after the loop (and PACK's column
+  sum) `split_k.split_sum` stores the fp32 partial out^T into part[SPLIT_K, N, M] and the tile's last split sums
+  them in split order (a split result differs from the unsplit one by fp32 rounding only) and runs `_epilogue`.
+  Split K loops measured 0.95-1.03x the unsplit ones' instructions (results/qdecode_sass-2026-12-01-splitk-*).
+- ASM=False (the interpreter) decodes with portable integer ops. "f4w128e" (sm_90's FP8 MMA): `qlinear_decode_f8`.
+Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, results/qdecode_sass-*.md.
 """
 
 from __future__ import annotations
@@ -90,7 +84,7 @@ from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, prologu
 from fxforge.codegen.templates.split_k import split_sum
 from fxforge.codegen.triton_compat import TRITON_VERSION
 from fxforge.errors import ShapeError
-from fxforge.ir.weight_layouts import DECODE_ROWS, layout_format, layout_name, layout_params, preferred_operand
+from fxforge.ir.weight_layouts import DECODE_ROWS, fp8_operand, layout_format, layout_name, layout_params, preferred_operand
 
 MAX_M = DECODE_ROWS
 
@@ -300,10 +294,12 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     into scratch from `ws`; `swiglu`: the weight's 2N rows are interleaved (gate, up) pairs and the result is
     act(gate) * up [..., N], act = `gate` (`qlinear_decode_fuse`). `split_k`: K splits instead of the table's (M <= 16;
     tests force them): fp32 partials from `ws`, summed by each tile's last split (`split_k.py`)."""
-    enc, p = weight.encoding, weight.payload
-    if not enc.layout:
+    if not weight.encoding.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
                          "fxforge.ir.weight_layouts.to_decode_layout(weight)")
+    from fxforge.codegen.templates import qlinear_decode_f8 as f8  # (it imports this module's device functions)
+    weight = f8.for_device(weight, x.device)  # "f4w128e" on a GPU without FP8 MMA: the fp16 layout's copy
+    enc, p, f8 = weight.encoding, weight.payload, fp8_operand(weight.encoding.layout) and f8
     if activation not in ACTIVATIONS:
         raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
     N, K = weight.data.shape
@@ -324,8 +320,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     res = residual.reshape(M, n_out) if residual is not None else out
     words, s = p["words"], p["scale32"]
     group = enc.group or words.shape[1] * 8
-    wscale = fp4 and group % bk != 0  # a group narrower than the tile: factors on the weights ("ss")
-    cfg = decode_blocks(N, M, device_arch(x.device), wscale, triton.cdiv(K, bk))
+    wscale = fp4 and group % bk != 0 and not f8  # a group narrower than the tile: factors on the weights ("ss")
+    cfg = (f8.f8_blocks if f8 else decode_blocks)(N, M, device_arch(x.device), wscale, triton.cdiv(K, bk))
     zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"] // (4 if cfg["PACK"] else 1)))
     per, splits = split_plan(K, bk, group, split_k or cfg["SPLIT_K"])
@@ -333,17 +329,21 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         raise ShapeError(f"qlinear_w4_decode splits K at M <= {MAX_M} rows only (got {M}); leave split_k unset")
     more = (((splits, N, M), torch.float32),) if splits > 1 else ()  # split-K's fp32 partials (out^T per split)
     # the norm / E4M3 prologue (M <= 16: in here) and the partials, in one workspace take
-    x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more)
+    x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more, bool(f8))
     row_scale = out if row_scale is None else row_scale  # unread unless FP4
     if splits > 1:  # one arrival counter per tile, kept zero between launches (`Workspace.counters`)
         fused = dict(fused, part_ptr=part[0], lock_ptr=counters(ws, x.device, grid[0]), k_per_split=per,
                      SPLIT_K=splits)
         grid = (grid[0], splits)
+    asm = (not interpreting()) if asm is None else asm
+    if f8:  # the FP8-MMA kernel: no zero points, no tile options
+        return f8.launch(grid, cfg, x2d, weight, s, out, bias, res, row_scale, col_scale, group, activation,
+                         residual is not None, swiglu, gate, scale, asm, fused).reshape(*lead, n_out)
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
-        ASM=(not interpreting()) if asm is None else asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
+        ASM=asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, GATE=gate, PACK=cfg["PACK"],
         PRMT=cfg["PRMT"], scale=float(scale), **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

@@ -139,19 +139,19 @@ _PLAIN = dict(norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM=False, QUANT_X=False
 
 
 def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bool, programs: int, bk: int,
-             ws: Workspace | None, splits: int = 1, more: tuple = ()) -> tuple[torch.Tensor, torch.Tensor | None, dict,
-                                                                             list[torch.Tensor]]:
+             ws: Workspace | None, splits: int = 1, more: tuple = (), fp8: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None, dict, list[torch.Tensor]]:
     """(x as the K loop's kernel argument, w4a8-fp's per-token scales, the prologue's kernel arguments, the caller's
     `more` scratch). M <= 16: the kernel normalises (`norm`) and quantizes (`fp4`) x itself into per-tile scratch
     rows ([programs, M, K] fp16, each of the `splits` K splits of a tile writing its own K range, and
     [programs * splits, M] scales) taken from the workspace in one take with `more` ((shape, dtype) specs: split-K's
     partials; M <= 16 only). Prefill: one row-kernel launch for the norm, then `quantize_activations` for FP4 (the
-    codes' values in fp16)."""
+    codes' values in fp16; `fp8`: the codes as E4M3 bytes, at any M, for `qlinear_decode_f8`)."""
     M, K = x2d.shape
     if M <= DECODE_ROWS:
         if norm is None and not fp4:
             return x2d, None, _PLAIN, scratch(ws, x2d.device, *more) if more else []
-        xn, rs, *extra = scratch(ws, x2d.device, ((programs, M, K), torch.float16),
+        xn, rs, *extra = scratch(ws, x2d.device, ((programs, M, K), torch.float8_e4m3fn if fp8 else torch.float16),
                                  ((programs * splits, M), torch.float32), *more)
         return x2d, rs if fp4 else None, dict(
             norm_ptr=norm[0].contiguous() if norm and norm[0] is not None else None, xn_ptr=xn, eps=float(norm[1]) if norm else 0.0,
@@ -166,5 +166,5 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
     rs = None
     if fp4:
         codes, rs = quantize_activations(x2d, "f8e4m3")
-        x2d = formats.decode_fp8(codes, "f8e4m3").to(torch.float16)
+        x2d = codes.view(torch.float8_e4m3fn) if fp8 else formats.decode_fp8(codes, "f8e4m3").to(torch.float16)
     return x2d, rs, _PLAIN, []
