@@ -57,3 +57,48 @@ def test_fused_norm_and_swiglu_match_reference(M):
     h = _ref(OPS["rms_norm"].ref(x, g, eps=1e-6), w, 32)
     ref = torch.nn.functional.silu(h[:, 0::2]) * h[:, 1::2]
     assert y.shape == (M, N) and (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
+
+
+_BUILD = r"""
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fxforge.codegen import sass
+from fxforge.codegen.build import FP_FUSION, _import_spec_module, _res_usage
+from fxforge.codegen.templates.qlinear_cost import weights_per_thread
+from fxforge.codegen.templates.qlinear_decode_f8 import f8_pack_order_ok, w4_f8_decode_spec
+out = []
+for group, M in json.loads(sys.argv[1]):
+    sp = w4_f8_decode_spec(4096, 4096, group, M=M, arch=90)
+    kern = getattr(_import_spec_module(sp), sp["kernel"])
+    sig = dict(sp["signature"], **{k: "constexpr" for k in sp["constexprs"]})
+    attrs = {(kern.arg_names.index(a),): [["tt.divisibility", 16]] for a in kern.arg_names
+             if sig[a].startswith("*") or a in sp["divisible"]}
+    src = ASTSource(fn=kern, signature={a: sig[a] for a in kern.arg_names}, constexprs=sp["constexprs"], attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": sp["num_warps"],
+                       "num_stages": sp["num_stages"], "enable_fp_fusion": FP_FUSION == "1"})
+    loop = sass.main_loop(sass.sass_text(k.asm["cubin"]))
+    out.append([len(loop) / weights_per_thread(sp), "QGMMA" in "".join(loop), f8_pack_order_ok(k.asm["ttgir"]),
+                _res_usage(k.asm["cubin"], k.metadata.name)[1] == 0])
+print(json.dumps(out))
+"""
+
+
+def test_kernel_builds_for_sm90_under_two_instructions_per_weight():
+    """Group 32 and 128 at batch 1 and 16 (one config serves 1-16): the K loop runs on the FP8 wgmma (QGMMA), at
+    <= 2 SASS instructions per weight, with no stack (spills), and the word tile reaches the pack-4 asm in
+    the register order it assumes (`f8_pack_order_ok`)."""
+    import json
+    import subprocess
+    import sys
+
+    from fxforge.codegen.build import _subprocess_env
+
+    cases = [(32, 1), (32, 16), (128, 16)]
+    run = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(cases)], capture_output=True, text=True,
+                         env=_subprocess_env(), timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for (group, M), (per_weight, qgmma, order_ok, no_stack) in zip(cases, json.loads(run.stdout.splitlines()[-1])):
+        assert qgmma and order_ok and no_stack, (group, M)
+        assert per_weight <= (1.8 if group == 32 else 1.3), (group, M, per_weight)
