@@ -95,12 +95,14 @@ def test_w4a16_decode_partition_has_one_qkv_gemm_and_rope_cache():
 def test_w4a16_decode_layer_stacks_qkv_and_gate_up(arch, scheme):
     """fp16 with group 32: the decode-layout path (`qlinear_w4_decode`, norm prologue and SwiGLU epilogue) on the
     stacked weights, 6 launches per layer with the reference executor's greedy tokens. w4a8-fp: the same 6 (its
-    per-token E4M3 quantization runs in the decode kernel's prologue at M <= 16, no act_quant launch)."""
+    per-token E4M3 quantization runs in the decode kernel's prologue at M <= 16, no act_quant launch), in the FP8-MMA
+    decode kernel (`qlinear_decode_f8`, sm_90's layout, the choice without a GPU)."""
     model, opts = arch().half(), dict(quantize=scheme, quantize_group=32)
     step = decode_step(model, **opts)
     assert step.groups == 2 and step.host == []
     assert len(step.names) == PER_LAYER + REST, step.names
-    assert step.names.count("qlinear_w4_decode_kernel") == 4 and step.names.count("rope_cache_kernel") == 1
+    gemm = "qlinear_w4_f8_decode_kernel" if scheme == "w4a8-fp" else "qlinear_w4_decode_kernel"
+    assert step.names.count(gemm) == 4 and step.names.count("rope_cache_kernel") == 1
     assert torch.equal(step.tokens, decode_step(model, "reference", **opts).tokens)
 
 
