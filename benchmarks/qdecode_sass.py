@@ -4,8 +4,8 @@
 
 Builds each 4-bit scheme's qlinear kernel at a decode shape (M=1 and M=16 (the decode kernel also 4 and 8), N=K=4096, fp16 activations)
 for sm_90 and sm_80 with the installed Triton, then the decode kernel (`templates/qlinear_decode.py`) on int4
-and FP4 decode layouts, and prints a markdown table: main-loop instructions, weights per thread per
-iteration, instructions per weight, registers, spills.
+and FP4 decode layouts, then the FP8-MMA decode kernel (`templates/qlinear_decode_f8.py`, sm_90), and prints a
+markdown table: main-loop instructions, weights per thread per iteration, instructions per weight, registers, spills.
 """
 
 from __future__ import annotations
@@ -51,6 +51,15 @@ def main() -> None:
                 rows.append(f"| {name} {spec['label'].split()[-1]} | {M} ({tile}) | "
                             f"sm_{arch} | {b.loop_instructions} | {weights_per_thread(spec):.0f} | "
                             f"{per_weight(spec, b):.2f} | {b.registers} | {b.spills} |")
+    # the FP8-MMA decode kernel (`templates/qlinear_decode_f8.py`, layout "f4w128e": w4a8-fp on sm_90, where the
+    # decode_layout pass picks it); one config serves batch 1-16
+    from fxforge.codegen.templates.qlinear_decode_f8 import w4_f8_decode_spec
+
+    f8 = [(M, g, w4_f8_decode_spec(4096, 4096, g, M=M, arch=90)) for g in (128, 32) for M in (1, 4, 8, 16)]
+    for (M, g, spec), b in zip(f8, build_in_subprocess([s for *_, s in f8], 90)):
+        rows.append(f"| w4_f8_decode fp4 g{g} f4w128e | {M} (x tile {spec['constexprs']['BLOCK_M']}) | sm_90 | "
+                    f"{b.loop_instructions} | {weights_per_thread(spec):.0f} | {per_weight(spec, b):.2f} | "
+                    f"{b.registers} | {b.spills} |")
     text = "\n".join(rows)
     print(text)
     if args.out:
