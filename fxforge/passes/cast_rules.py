@@ -1,0 +1,69 @@
+"""A float cast of exact data movement moves to the movement's sources when they are cast to that dtype anyway
+(canonicalize's `CAST_RULES`): then every path reads the one cast, which cse merges.
+
+ERNIE 4.5's interleaved RoPE in an fp16 model rotates in fp16 and casts around it:
+
+    add(mul(cast(x, f32), cos), mul(cast(reshape(cat(reshape(neg(x[..., 1::2])), reshape(x[..., 0::2]))), f32), sin))
+ -> add(mul(cast(x, f32), cos), mul(reshape(cat(reshape(neg(cast(x, f32)[..., 1::2])), ...)), sin))
+
+which is Cohere's form, RoPE of cast(x, f32) (`rope_forms.fp32_rope`): one rope_cache site, the cache write in it.
+
+Decisions:
+- Exact: each element of slice / reshape / permute / expand / cat is one source element, and neg commutes with a
+  float-to-float cast (round to nearest is symmetric), so the values are the same bits; the multiplies and adds
+  around them stay where they were, in the dtype eager uses. Integer casts are left alone (neg of the most
+  negative integer wraps).
+- Only when every source already has a cast to that dtype (the "twin"): the move then removes a cast rather than
+  adding work, and casts elsewhere stay where other rules look for them (`reshape(linear(...))` sandwiches,
+  norms between casts). The movement ops must be single use (no op is computed twice).
+- The cast is rebuilt before the root and cse merges it with its twin (the pipeline runs cse between its two
+  canonicalize runs); the old movement ops are left dead for dce.
+"""
+
+from __future__ import annotations
+
+from fxforge.ir.graph import Graph, Op, Value
+from fxforge.passes.rewriter import P, Rule
+
+EXACT_MOVES = ("slice", "reshape", "permute", "expand", "cat", "neg")  # each result element: one source element (negated)
+
+
+def _single_use(v: Value, graph: Graph) -> bool:
+    return len(v.uses) == 1 and not any(v is o for o in graph.outputs)
+
+
+def _has_twin(v: Value, root: Op) -> bool:
+    """v is cast to root's dtype by an op other than those under root."""
+    return any(u.opcode == "cast" and u.attrs["dtype"] == root.attrs["dtype"] and u is not root for u in v.uses)
+
+
+def _moved(g: Graph, root: Op, v: Value, memo: dict[int, Value]) -> Value:
+    """v rebuilt before root from casts of its sources (`_sources` checked the tree)."""
+    if id(v) not in memo:
+        p = v.producer
+        if p is not None and p.opcode in EXACT_MOVES and _single_use(v, g):
+            memo[id(v)] = g.insert_before(root, p.opcode, [_moved(g, root, x, memo) for x in p.operands],
+                                          dict(p.attrs)).result
+        else:
+            memo[id(v)] = g.insert_before(root, "cast", [v], {"dtype": root.attrs["dtype"]}).result
+    return memo[id(v)]
+
+
+def _sources(g: Graph, v: Value) -> list[Value]:
+    """The values a tree of single-use exact moves reads (v itself if it is no such move)."""
+    p = v.producer
+    if p is None or p.opcode not in EXACT_MOVES or not _single_use(v, g):
+        return [v]
+    return [s for x in p.operands for s in _sources(g, x)]
+
+
+def _cast_to_sources(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    moved, dtype = b["moved"], op.attrs["dtype"]
+    if not (dtype.is_float and moved.type.dtype.is_float and moved.type.encoding is None):
+        return None
+    if not _single_use(moved, g) or not all(_has_twin(s, op) for s in _sources(g, moved)):
+        return None
+    return _moved(g, op, moved, {})
+
+
+CAST_RULES: list[Rule] = [Rule(P.op("cast", P.op(EXACT_MOVES, name="moved")), _cast_to_sources, "cast_to_sources")]
