@@ -66,4 +66,21 @@ def _cast_to_sources(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return _moved(g, op, moved, {})
 
 
-CAST_RULES: list[Rule] = [Rule(P.op("cast", P.op(EXACT_MOVES, name="moved")), _cast_to_sources, "cast_to_sources")]
+def _cast_before_view(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """cast(view(y)) -> view(cast(y)) for y a single-use pointwise result: the cast joins y's pointwise kernel rather
+    than being one of its own behind the view (Ministral3's Llama-4 q scale, fp32 math cast to an fp16 model's dtype)."""
+    view, y = b["view"], b["y"]
+    p = y.producer
+    if not (op.attrs["dtype"].is_float and y.type.dtype.is_float and y.type.encoding is None):
+        return None
+    if p is None or p.opdef.kernel != "pointwise" or not _single_use(y, g) or not _single_use(view, g):
+        return None
+    cast = g.insert_before(op, "cast", [y], {"dtype": op.attrs["dtype"]}).result
+    return g.insert_before(op, view.producer.opcode, [cast], dict(view.producer.attrs)).result
+
+
+CAST_RULES: list[Rule] = [
+    Rule(P.op("cast", P.op(EXACT_MOVES, name="moved")), _cast_to_sources, "cast_to_sources"),
+    Rule(P.op("cast", P.op(("reshape", "permute", "expand"), P.any("y"), name="view")), _cast_before_view,
+         "cast_before_view"),
+]
