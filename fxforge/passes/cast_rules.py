@@ -1,12 +1,18 @@
-"""A float cast of exact data movement moves to the movement's sources when they are cast to that dtype anyway
-(canonicalize's `CAST_RULES`): then every path reads the one cast, which cse merges.
+"""canonicalize's `CAST_RULES`: a float cast moves above exact data movement where that saves a kernel.
 
-ERNIE 4.5's interleaved RoPE in an fp16 model rotates in fp16 and casts around it:
+- `cast_to_sources`: a cast of a tree of moves whose sources are cast to that dtype anyway reads those casts (cse
+  merges them with their twins): every path reads the one cast.
+- `cast_before_view`: cast(view(y)) -> view(cast(y)) for a single-use pointwise y: the cast joins y's kernel rather
+  than running as one of its own behind the view (the fuser does not fuse across views).
+
+ERNIE 4.5's interleaved RoPE in an fp16 model rotates in fp16 and casts around it (`cast_to_sources`):
 
     add(mul(cast(x, f32), cos), mul(cast(reshape(cat(reshape(neg(x[..., 1::2])), reshape(x[..., 0::2]))), f32), sin))
  -> add(mul(cast(x, f32), cos), mul(reshape(cat(reshape(neg(cast(x, f32)[..., 1::2])), ...)), sin))
 
 which is Cohere's form, RoPE of cast(x, f32) (`rope_forms.fp32_rope`): one rope_cache site, the cache write in it.
+Ministral3's Llama-4 q scale (`1 + beta * log(1 + floor(pos / n))` in fp32, viewed [1, 1, T, 1], cast to an fp16
+model's dtype) is one kernel with its cast (`cast_before_view`).
 
 Decisions:
 - Exact: each element of slice / reshape / permute / expand / cat is one source element, and neg commutes with a
@@ -16,6 +22,8 @@ Decisions:
 - Only when every source already has a cast to that dtype (the "twin"): the move then removes a cast rather than
   adding work, and casts elsewhere stay where other rules look for them (`reshape(linear(...))` sandwiches,
   norms between casts). The movement ops must be single use (no op is computed twice).
+- `cast_before_view` moves no cast past anything but a view and asks a pointwise producer: a view of a GEMM's or a
+  norm's result keeps its cast where it is (no element is dropped: slices are not taken).
 - The cast is rebuilt before the root and cse merges it with its twin (the pipeline runs cse between its two
   canonicalize runs); the old movement ops are left dead for dce.
 """
