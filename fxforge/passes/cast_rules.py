@@ -22,8 +22,9 @@ Decisions:
 - Only when every source already has a cast to that dtype (the "twin"): the move then removes a cast rather than
   adding work, and casts elsewhere stay where other rules look for them (`reshape(linear(...))` sandwiches,
   norms between casts). The movement ops must be single use (no op is computed twice).
-- `cast_before_view` moves no cast past anything but a view and asks a pointwise producer: a view of a GEMM's or a
-  norm's result keeps its cast where it is (no element is dropped: slices are not taken).
+- `cast_before_view` moves only narrowing casts (the kernel then stores the narrow values), past nothing but a view
+  (no element dropped: slices are not taken), and asks a pointwise producer: a view of a GEMM's or a norm's result
+  keeps its cast, and widening casts stay where the norm rules look for them (`cast(x, f32)` before a norm).
 - The cast is rebuilt before the root and cse merges it with its twin (the pipeline runs cse between its two
   canonicalize runs); the old movement ops are left dead for dce.
 """
@@ -75,11 +76,13 @@ def _cast_to_sources(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
 
 
 def _cast_before_view(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
-    """cast(view(y)) -> view(cast(y)) for y a single-use pointwise result: the cast joins y's pointwise kernel rather
-    than being one of its own behind the view (Ministral3's Llama-4 q scale, fp32 math cast to an fp16 model's dtype)."""
+    """cast(view(y)) -> view(cast(y)) for y a single-use pointwise result and a narrowing cast: the cast joins y's
+    pointwise kernel rather than being one of its own behind the view (Ministral3's Llama-4 q scale, fp32 math cast
+    to an fp16 model's dtype)."""
     view, y = b["view"], b["y"]
     p = y.producer
-    if not (op.attrs["dtype"].is_float and y.type.dtype.is_float and y.type.encoding is None):
+    to = op.attrs["dtype"]
+    if not (to.is_float and y.type.dtype.is_float and to.bits < y.type.dtype.bits and y.type.encoding is None):
         return None
     if p is None or p.opdef.kernel != "pointwise" or not _single_use(y, g) or not _single_use(view, g):
         return None

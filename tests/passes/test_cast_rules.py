@@ -54,9 +54,11 @@ def test_cast_behind_a_view_joins_the_pointwise_kernel():
     assert cast.operands[0].producer in kernel.ops and kernel.outputs == [cast.result]  # the scale's kernel, in fp16
 
 
-def test_cast_of_a_view_of_no_pointwise_op_stays():
+def test_cast_of_a_view_of_no_pointwise_op_or_widening_stays():
     b = B()
-    x = b.input("x", (S0, 16), F16)
-    w = b.const("w", torch.randn(8, 16).half())
-    b.g.set_outputs([b("cast", b("reshape", b("linear", x, w), shape=(S0, 2, 4)), dtype=F32)])
-    assert canonicalize(b.g, [torch.randn(3, 16).half()]) == {}
+    x = b.input("x", (S0, 16))
+    w = b.const("w", torch.randn(8, 16))
+    h = b.input("h", (S0, 16), F16)
+    b.g.set_outputs([b("cast", b("reshape", b("linear", x, w), shape=(S0, 2, 4)), dtype=F16),
+                     b("cast", b("reshape", b("exp", h), shape=(S0, 2, 8)), dtype=F32)])
+    assert canonicalize(b.g, [torch.randn(3, 16), torch.randn(3, 16).half()]) == {}
