@@ -8,6 +8,9 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   `-0.0 + 0.0` is `+0.0`); a `cat` drops its operands of static size 0 along the cat dim (partial RoPE at
   the full rotary dim, Phi3: `cat(rope(x), x[..., D:])`); an unsqueeze of rank-1 integer index arithmetic
   moves to the op's operands (`sink_index_unsqueeze`: the decode mask's positions join the mask's kernel).
+- `CAST_RULES` (`cast_rules.py`): a float cast of exact data movement (slice, reshape, permute, expand, cat, neg)
+  whose sources are cast to that dtype anyway reads those casts: `cast(rotate(x))` -> `rotate(cast(x))` (ERNIE 4.5's
+  interleaved RoPE in fp16, rotated in fp16 between casts: then RoPE of cast(x, f32), as `rope_forms` knows it).
 - `LINEAR_RULES`: `matmul(x, permute(const w, [1, 0]))` -> `linear(x, w)` for a 2-D const w;
   `add(linear(x, w), b)` with a rank-1 bias of w's output size -> `linear(x, w, b)`; the
   aot_autograd sandwich `reshape(linear(reshape(x, [M, K])), [*lead, N])` -> `linear(x)` on the
@@ -46,6 +49,7 @@ from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.ops import norm_axis, prod
 from fxforge.ir.types import TensorType
 from fxforge.passes.attention_rules import ATTENTION_RULES
+from fxforge.passes.cast_rules import CAST_RULES
 from fxforge.passes.manager import PassContext
 from fxforge.passes.moe_rules import MOE_RULES
 from fxforge.passes.rewriter import P, Rule, apply_rules, dims_match, rule, same_type
@@ -313,7 +317,7 @@ def _relu2(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
 ACTIVATION_RULES: list[Rule] = [silu, Rule(P.op("mul", _RELU, P.any("r")), _relu2, "relu2_mul"),
                                 Rule(P.op("pow", _RELU, P.full(value=2)), _relu2, "relu2_pow")]
 
-RULES: list[Rule] = (FOLD_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + XIELU_RULES + ATTENTION_RULES
+RULES: list[Rule] = (FOLD_RULES + CAST_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + XIELU_RULES + ATTENTION_RULES
                      + MOE_RULES)
 
 

@@ -9,14 +9,17 @@ from fxforge.frontend.export import capture_export
 from fxforge.ir import DType, Graph, TensorType, evaluate, verify
 from fxforge.passes import PassContext
 from fxforge.passes.canonicalize import Canonicalize
+from fxforge.passes.cse import CommonSubexpressionElimination
+from fxforge.passes.dce import DeadCodeElimination
 from fxforge.passes.rope_sites import rope_sites
 
 
 def rope_site_graph(m: torch.nn.Module, x: torch.Tensor, pos: torch.Tensor) -> tuple[Graph, object]:
-    """m(x, pos) -> (q, k, v) captured and canonicalised (checked bit for bit against m), k and v written into
-    [1, 2, 8, 16] caches at pos: the graph and its one RoPE + cache-write site."""
+    """m(x, pos) -> (q, k, v) captured, canonicalised, cse'd and dce'd as the pipeline does (checked bit for bit
+    against m), k and v written into [1, 2, 8, 16] caches at pos: the graph and its one RoPE + cache-write site."""
     g = capture_export(m, (x, pos), dynamic=False).lowered.graph
-    Canonicalize().run(g, PassContext())
+    for p in (Canonicalize(), CommonSubexpressionElimination(), DeadCodeElimination()):
+        g = p.run(g, PassContext())
     for a, b in zip(evaluate(g, [x, pos]), m(x, pos), strict=True):
         assert torch.equal(a, b)
     q, k, v = g.outputs

@@ -211,57 +211,63 @@ def test_rope_cache_norm_after_rope_and_q_scale(dtype):
 
 
 class _InterleavedAttention(torch.nn.Module):
-    """After one [q; k; v] linear, as HF writes them: OLMo2's q/k RMSNorm over the whole projection, the head views,
-    GLM's interleaved partial RoPE (R = D/2, cos/sin of R channels, their first R/2 repeat_interleave'd); `cohere`:
-    no norm, interleaved RoPE over all D channels with interleaved tables, in fp32 between casts (an fp16 model)."""
+    """After one [q; k; v] linear, as HF writes them: `glm`: OLMo2's q/k RMSNorm over the whole projection, the head
+    views, GLM's interleaved partial RoPE (R = D/2, cos/sin of R channels, their first R/2 repeat_interleave'd);
+    `cohere`: no norm, interleaved RoPE over all D channels with interleaved tables, in fp32 between casts (an fp16
+    model); `ernie`: ERNIE 4.5's, over all D channels with GLM's repeated tables, fp32 between casts but the pairs
+    rotated in fp16 (`q.float() * cos + rotate(q).float() * sin`)."""
 
-    def __init__(self, cohere: bool, hq: int = 4, hkv: int = 2, d: int = 16) -> None:
+    def __init__(self, form: str, hq: int = 4, hkv: int = 2, d: int = 16) -> None:
         super().__init__()
-        self.heads, self.d, self.cohere = (hq, hkv, hkv), d, cohere
+        self.heads, self.d, self.form = (hq, hkv, hkv), d, form
         self.qkv = torch.nn.Linear(32, (hq + 2 * hkv) * d, bias=False)
         self.qn, self.kn = (torch.nn.Parameter(1 + torch.randn(h * d) / 4) for h in (hq, hkv))
-        self.register_buffer("cos_t", torch.randn(8, d if cohere else d // 2))
-        self.register_buffer("sin_t", torch.randn(8, d if cohere else d // 2))
+        self.register_buffer("cos_t", torch.randn(8, d // 2 if form == "glm" else d))
+        self.register_buffer("sin_t", torch.randn(8, d // 2 if form == "glm" else d))
 
     def forward(self, x, pos):
         def norm(t, w):
-            return t if self.cohere else w * (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6))
+            return w * (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6)) if self.form == "glm" else t
+
+        def rotate(t):
+            return torch.stack((-t[..., 1::2], t[..., ::2]), -1).flatten(-2)
 
         def rope(t):
-            if self.cohere:  # fp32 between casts, all channels
+            if self.form != "glm":  # fp32 between casts, all channels
                 f = t.float()
-                return (f * cos + torch.stack((-f[..., 1::2], f[..., ::2]), -1).flatten(-2) * sin).to(t.dtype)
+                return (f * cos + (rotate(f) if self.form == "cohere" else rotate(t).float()) * sin).to(t.dtype)
             rot, r = t[..., :cos.shape[-1]], cos.shape[-1]
-            pairs = torch.stack((-rot[..., 1::2], rot[..., ::2]), -1).flatten(-2)
-            return torch.cat([rot * cos + pairs * sin, t[..., r:]], -1)
+            return torch.cat([rot * cos + rotate(rot) * sin, t[..., r:]], -1)
 
         q, k, v = self.qkv(x).split([h * self.d for h in self.heads], -1)
         q, k, v = (t.view(*x.shape[:2], -1, self.d).transpose(1, 2) for t in (norm(q, self.qn), norm(k, self.kn), v))
         cos, sin = (t[pos][None, None] for t in (self.cos_t, self.sin_t))
-        if not self.cohere:
+        if self.form != "cohere":
             cos, sin = (t[..., :t.shape[-1] // 2].repeat_interleave(2, -1) for t in (cos, sin))
         return rope(q), rope(k), v
 
 
-@pytest.mark.parametrize("cohere", [False, True])
-def test_interleaved_rope_lowers_and_forms_a_rope_cache_site(cohere):
+@pytest.mark.parametrize("form", ["glm", "cohere", "ernie"])
+def test_interleaved_rope_lowers_and_forms_a_rope_cache_site(form):
     """aten.stack / repeat_interleave lower to views + cat (no extern, torch's bits); with cache writes after it the
     graph is one rope_cache site: interleaved, tables read before their repeat (the group does not read the repeated
-    copy), the row norm's weights [H * D]; Cohere's fp32 RoPE between casts. Swapping the pair order is not RoPE."""
+    copy), the row norm's weights [H * D]; Cohere's fp32 RoPE between casts; ERNIE's pairs rotated in fp16 and cast
+    (the cast moves to the rotation's source: `cast_rules`). Swapping the pair order is not RoPE."""
     from rope_graphs import rope_site_graph
 
     from fxforge.passes.fuse import partition
     from fxforge.passes.rope_sites import rope_sites
 
     torch.manual_seed(0)
-    dtype = torch.float16 if cohere else torch.float32
-    m, x, pos = _InterleavedAttention(cohere).to(dtype).eval(), torch.randn(1, 3, 32, dtype=dtype), torch.tensor([0, 1, 2])
+    dtype = torch.float32 if form == "glm" else torch.float16
+    m, x, pos = _InterleavedAttention(form).to(dtype).eval(), torch.randn(1, 3, 32, dtype=dtype), torch.tensor([0, 1, 2])
     g, site = rope_site_graph(m, x, pos)
     assert "extern" not in g.op_counts()
-    assert (site.rotary_dim, site.interleaved, site.pair_tables) == ((16, True, False) if cohere else (8, True, True))
-    assert (site.qk_norm is None) if cohere else [tuple(w.type.shape) for w in site.qk_norm[:2]] == [(64,), (32,)]
+    d, tables = {"glm": (8, 4), "cohere": (16, 16), "ernie": (16, 8)}[form]
+    assert (site.rotary_dim, site.interleaved, site.pair_tables) == (d, True, form != "cohere")
+    assert (site.qk_norm is None) if form != "glm" else [tuple(w.type.shape) for w in site.qk_norm[:2]] == [(64,), (32,)]
     (group,) = [grp for grp in partition(g).groups if grp.kind == "rope_cache"]
-    assert group.inputs == site.reads and site.cos.type.shape[-1] == (16 if cohere else 4)
+    assert group.inputs == site.reads and site.cos.type.shape[-1] == tables
     cat = next(op for op in g.ops if op.opcode == "cat" and op.result.type.rank == 5)
     a, b = cat.operands
     g.set_operand(cat, 0, b)
