@@ -159,17 +159,42 @@ def f8_blocks(N: int, M: int, arch: int | None, narrow_groups: bool = False, k_t
     return dict(tile, SPLIT_K=1) if M > 16 else decode_split(tile, N, k_tiles, arch)
 
 
+def launch(grid, cfg: dict, x2d, weight, s, out, bias, res, row_scale, col_scale, group: int, activation: str,
+           residual: bool, swiglu: bool, gate: str, scale: float, asm: bool, fused: dict) -> torch.Tensor:
+    """Launch the kernel as `qlinear_w4_decode` planned it (x2d: E4M3 codes, or fp16 x for the prologue)."""
+    words = weight.payload["words"]
+    M, K = x2d.shape
+    N = weight.data.shape[0]
+    qlinear_w4_f8_decode_kernel[grid](
+        x2d, words, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
+        x2d.stride(0), words.stride(0), s.stride(0), out.stride(0), res.stride(0),
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], GROUP=group, EVEN_K=K % 128 == 0, ASM=asm,
+        HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual, SWIGLU=swiglu, GATE=gate,
+        scale=float(scale), **fused, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return out
+
+
+def for_device(weight, device: torch.device):
+    """The weight to run on `device`: an "f4w128e" weight on a GPU before sm_89 (no FP8 MMA) becomes its "f4w128"
+    copy for the fp16 kernel (re-encoded once per weight); anything else as it is."""
+    if device.type != "cuda" or not fp8_operand(weight.encoding.layout):
+        return weight
+    major, minor = torch.cuda.get_device_capability(device)
+    return weight if 10 * major + minor >= 89 else fp16_copy(weight, 10 * major + minor)
+
+
 _FP16_COPIES: dict[int, tuple[weakref.ref, object]] = {}  # id(words) -> (the words, their fp16-layout copy)
 
 
 def fp16_copy(weight, arch: int):
     """The weight re-encoded to the fp16 kernel's "f4w128" layout for sm_`arch` without FP8 MMA (once per weight)."""
     words = weight.payload["words"]
-    ref, copy = _FP16_COPIES.get(id(words), (None, None))
+    key = id(words)
+    ref, copy = _FP16_COPIES.get(key, (None, None))
     if ref is None or ref() is not words:
         kw, xperm = decode_operand(arch)
         copy = to_decode_layout(weight, bk=128, kw=kw, xperm=xperm)
-        _FP16_COPIES[id(words)] = (weakref.ref(words, lambda _, key=id(words): _FP16_COPIES.pop(key, None)), copy)
+        _FP16_COPIES[key] = (weakref.ref(words, lambda _: _FP16_COPIES.pop(key, None)), copy)
     return copy
 
 
