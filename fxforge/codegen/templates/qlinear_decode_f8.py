@@ -1,8 +1,9 @@
 """Decode-shaped W4A8 GEMM on the FP8 tensor cores (sm_90): FP4 weights in the "f4w128e" layout become E4M3 bytes
 in registers by 5 integer instructions per 8 weights, and meet x's E4M3 codes in a wgmma.
 
-This module owns `qlinear_w4_f8_decode_kernel`, its launcher `qlinear_w4_f8_decode` (called by
-`qlinear_decode.qlinear_w4_decode` for that layout) and its build spec `w4_f8_decode_spec`. The reference is the
+This module owns `qlinear_w4_f8_decode_kernel`, its `launch` (which `qlinear_decode.qlinear_w4_decode` calls for
+that layout, after planning the prologue, split-K and buffers as for its own kernel) and its build spec
+`w4_f8_decode_spec`. The reference is the
 fp16 decode kernel's (`lowp_ops.qlinear_ref` on `decode_weight`): x is quantized per token to E4M3 as the reference
 does, the products E4M3 x E2M1 are exact, and only the sums' order and precision differ.
 
