@@ -105,6 +105,7 @@ class Graph:
         self.partition: Partition | None = None  # kernel groups, set by the `fuse` pass (ir/partition.py)
         self._names: set[str] = set()
         self._counter = itertools.count()
+        self._near = 0  # where the last op was placed or erased: see `_position`
 
     # -- names ----------------------------------------------------------------------------------
     def fresh_name(self, hint: str | None = None) -> str:
@@ -187,13 +188,26 @@ class Graph:
                       attrs: dict[str, Any] | None = None, result_types: list[TensorType] | None = None,
                       name: str | None = None) -> Op:
         op = self.make_op(opcode, operands, attrs, result_types, [name] if name else None)
-        self._place(op, self.ops.index(anchor))
+        self._place(op, self._position(anchor))
         return op
 
     def _place(self, op: Op, index: int) -> None:
         self.ops.insert(index, op)
+        self._near = index + 1
         for v in op.operands:
             v.uses.append(op)
+
+    def _position(self, op: Op) -> int:
+        """The index of `op` in `ops`. Edits cluster (a rule inserts before its root, then erases the root and
+        the ops it matched just before it), so the few places around the last edit are looked at first: a
+        `list.index` walks the ops one rich comparison at a time, and a deep graph's ~1000 edits made that
+        quadratic in depth."""
+        ops, near = self.ops, getattr(self, "_near", 0)
+        lo, hi = max(near - 8, 0), min(near + 8, len(ops))
+        for i in range(lo, hi):
+            if ops[i] is op:
+                return i
+        return ops.index(op)
 
     def set_outputs(self, outputs: Iterable[Value]) -> None:
         self.outputs = list(outputs)
@@ -219,7 +233,9 @@ class Graph:
                 raise IRError(f"cannot erase {op.opcode} %{r.name}: it still has uses")
         for v in op.operands:
             v.uses.remove(op)
-        self.ops.remove(op)
+        index = self._position(op)
+        del self.ops[index]
+        self._near = index
         for r in op.results:
             self._names.discard(r.name)
 

@@ -56,3 +56,17 @@ def test_inferred_types_are_reused_by_signature_only(monkeypatch):
     first.append("scribbled")  # the caller's list: the cache keeps its own
     again = [g.infer_types("add", op.operands, op.attrs) for op in adds]
     assert len(calls) == 1 and again[0] == [adds[0].result.type] and all(a == again[0] for a in again)
+
+
+def test_edits_find_their_op_near_the_last_edit_or_anywhere():
+    g = chain(20)
+    ops = list(g.ops)
+    for near in (0, 5, 39, 10**6):  # a stale hint still finds every op
+        g._near = near
+        assert [g._position(op) for op in ops] == list(range(len(ops)))
+    add = next(op for op in ops if op.opcode == "add")
+    new = g.insert_before(add, "mul", [add.operands[0], add.operands[1]])
+    g.insert_before(add, "neg", [new.result])  # the anchor moved by one: found where the last insert left it
+    g.replace_all_uses(add.result, g.ops[g._position(add) - 1].result)
+    g.erase(add)
+    assert [op.opcode for op in g.ops[:4]] == ["const", "mul", "neg", "mul"] and add not in g.ops
