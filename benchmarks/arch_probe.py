@@ -24,6 +24,7 @@ import time
 from probe_children import child_row, probe_parser, run_children, write_results
 
 DTYPE = "float32"  # --dtype: the models' dtype (the w4a16 columns are fp16 whatever it is)
+SCHEME = "w4a16-int4"  # --scheme: the quantized columns' scheme (w4a8-fp: the FP8-MMA decode kernel's layout)
 
 
 def build(arch: str, layers: int):
@@ -91,7 +92,7 @@ def probe(arch: str, quant: bool) -> dict:
     if not row["tokens"]:
         row["got"], row["want"] = got.tolist(), want.tolist()
     if quant:
-        opts = dict(quantize="w4a16-int4", quantize_group=32)
+        opts = dict(quantize=SCHEME, quantize_group=32)
         q1, _, _ = step_launches(build(arch, n).half(), **opts)
         q2, qodd, qdec = step_launches(build(arch, 2 * n).half(), **opts)
         if n != 1:
@@ -109,7 +110,8 @@ def child(arch: str, quant: bool) -> None:
 
 
 def table(rows: list[dict], quant: bool) -> str:
-    head = "| arch | tokens equal | launches/layer | rest | w4a16 tokens = ref | w4a16 /layer | w4a16 rest | notes |"
+    w4 = SCHEME.split("-")[0]
+    head = f"| arch | tokens equal | launches/layer | rest | {w4} tokens = ref | {w4} /layer | {w4} rest | notes |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         if "error" in r:
@@ -132,12 +134,14 @@ def main() -> None:
     ap.add_argument("--quant-archs", nargs="*", help="the w4a16 columns only for these (default: every arch)")
     ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                     help="the models' dtype (tokens then compared with eager's in it)")
+    ap.add_argument("--scheme", choices=("w4a16-int4", "w4a8-fp"), default="w4a16-int4",
+                    help="the quantized columns' scheme (fp16 model, group 32)")
     args = ap.parse_args()
-    global DTYPE
-    DTYPE = args.dtype
+    global DTYPE, SCHEME
+    DTYPE, SCHEME = args.dtype, args.scheme
     if args.child:
         return child(args.child, not args.no_quant)
-    rows = run_children(__file__, args.archs, lambda arch: ["--dtype", args.dtype] + ([] if not args.no_quant and (
+    rows = run_children(__file__, args.archs, lambda arch: ["--dtype", args.dtype, "--scheme", args.scheme] + ([] if not args.no_quant and (
         args.quant_archs is None or arch in args.quant_archs) else ["--no-quant"]), args.timeout)
     text = table(rows, not args.no_quant)
     print(text)
