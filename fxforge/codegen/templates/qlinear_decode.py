@@ -69,7 +69,7 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.pool import Workspace, counters, out_tensor
-from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, device_arch, interpreting
+from fxforge.codegen.templates.gemm import ACTIVATIONS, PARAM_ACTIVATIONS, apply_activation, device_arch, interpreting
 from fxforge.codegen.templates.qlinear_decode_config import (  # noqa: F401 (re-exported: tests, benchmarks)
     MAX_M,
     decode_blocks,
@@ -85,9 +85,17 @@ from fxforge.codegen.templates.qlinear_decode_dequant import (
     dequant_f4s_asm,
     dequant_portable,
 )
-from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, prologue, prologue_rows, swiglu_pairs
+from fxforge.codegen.templates.qlinear_decode_fuse import (
+    check_fusions,
+    check_post_norm,
+    prologue,
+    prologue_rows,
+    swiglu_pairs,
+)
+from fxforge.codegen.templates.special_fns import xielu
 from fxforge.codegen.templates.split_k import split_sum
 from fxforge.errors import ShapeError
+from fxforge.ir.optable import ACTIVATION_PARAMS
 from fxforge.ir.weight_layouts import fp8_operand, layout_format, layout_params
 
 
@@ -100,12 +108,15 @@ def qlinear_w4_decode_kernel(
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False, scale=1.0,
     SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu", PACK: tl.constexpr = False, PRMT: tl.constexpr = False,
-    part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1,
+    part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0,
+    stride_pm=0, z_ptr=None, POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
+    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
-    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU:
-    the RMSNorm / E4M3 prologue and the SwiGLU epilogue (`qlinear_decode_fuse`). SPLIT_K > 1: grid axis 1 is the
-    K split (one program row, M <= 16): `split_k.py` hands the partials to the tile's last split."""
+    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU,
+    POST_NORM: the RMSNorm / E4M3 / post-norm residual prologue and the SwiGLU epilogue (`qlinear_decode_fuse`);
+    act_p*: xielu's scalars. SPLIT_K > 1: grid axis 1 is the K split (one program row, M <= 16): `split_k.py` hands
+    the partials to the tile's last split."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -120,13 +131,14 @@ def qlinear_w4_decode_kernel(
     else:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_r = offs_m
-    if HAS_NORM or QUANT_X:  # x's rows normalised / quantized into this tile's scratch rows: the K loop's x
+    if HAS_NORM or QUANT_X or POST_NORM:  # x's rows normalised / quantized into this tile's scratch rows: the K loop's x
         rs_at = pid * M  # a split writes its own K range of the tile's rows, and its own row scales
         if SPLIT_K > 1:
             rs_at = (pid * SPLIT_K + tl.program_id(1)) * M
         a_ptr, stride_am, rs_ptr = prologue_rows(a_ptr, stride_am, xn_ptr + pid * M * K, rs_ptr + rs_at, norm_ptr,
                                                  eps, offs_r, M, K, HAS_NORM, QUANT_X,
-                                                 BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_K, k_per_split, SPLIT_K)
+                                                 BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_K, k_per_split, SPLIT_K,
+                                                 pres_ptr, pw_ptr, post_eps, stride_pm, z_ptr, tl.where(pid == 0, M, 0), POST_NORM, WRITE_Z)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -199,7 +211,7 @@ def qlinear_w4_decode_kernel(
     if last:
         _epilogue(acc * scale, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
                   stride_om, stride_rm, BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_N, FP4, HAS_BIAS, ACTIVATION, SWIGLU,
-                  GATE, HAS_RESIDUAL)
+                  GATE, HAS_RESIDUAL, act_p0, act_p1, act_p2, act_p3)
 
 
 @triton.jit
@@ -218,16 +230,20 @@ def _k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K: tl.constexpr
 @triton.jit
 def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr, stride_om,
               stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP4: tl.constexpr, HAS_BIAS: tl.constexpr,
-              ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, GATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """The decode kernel's epilogue on its fp32 accumulator out^T [BLOCK_N, BLOCK_M]: scales, bias, activation,
-    SwiGLU, residual, store."""
+              ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, GATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+              act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0):
+    """The decode kernel's epilogue on its fp32 accumulator out^T [BLOCK_N, BLOCK_M]: scales, bias, activation
+    (xielu: its learned scalars act_p*, run-time, as the dense GEMM's), SwiGLU, residual, store."""
     y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
     if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
         y = y * tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
         y = y * tl.load(cs_ptr + rows_n)[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y = apply_activation(y, ACTIVATION)
+    if ACTIVATION == "xielu":
+        y = xielu(y, act_p0, act_p1, act_p2, act_p3)
+    else:
+        y = apply_activation(y, ACTIVATION)
     if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs act(g) * u of N / 2, act = GATE (a string: Triton
         y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N, GATE)  # 3.6 refuses one as an `if` test)
     mask = (offs_m < M)[:, None] & mask_n[None, :]
@@ -241,7 +257,9 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
                       keep: torch.Tensor | None = None, asm: bool | None = None,
                       norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False, gate: str = "silu",
                       out: torch.Tensor | None = None, ws: Workspace | None = None,
-                      split_k: int | None = None) -> torch.Tensor:
+                      split_k: int | None = None, post_norm: tuple | None = None, keep_z: bool = False,
+                      z_out: torch.Tensor | None = None, act_args: tuple[float, ...] = ()
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`qlinear_ref` with the scheme's epilogue (scale, bias, activation, residual) for fp16 x [..., K] (any number of
     rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers.
 
@@ -254,27 +272,33 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     codes. `norm=(weight, eps)`: x is rms_norm'ed first, in the kernel (M <= 16) or by one row kernel (prefill),
     into scratch from `ws`; `swiglu`: the weight's 2N rows are interleaved (gate, up) pairs and the result is
     act(gate) * up [..., N], act = `gate` (`qlinear_decode_fuse`). `split_k`: K splits instead of the table's (M <= 16;
-    tests force them): fp32 partials from `ws`, summed by each tile's last split (`split_k.py`)."""
+    tests force them): fp32 partials from `ws`, summed by each tile's last split (`split_k.py`).
+    `post_norm=(res, w, eps)`: x is h and the GEMM's input z = res + rms_norm(h, w, eps) (either None: without it),
+    then `norm` of z if given, as `gemm.linear`'s; `keep_z`: z is stored too (into `z_out`, else allocated) and the
+    result is (y, z). `act_args`: xielu's scalars (alpha_p, alpha_n, beta, eps)."""
     if not weight.encoding.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
                          "fxforge.ir.weight_layouts.to_decode_layout(weight)")
     from fxforge.codegen.templates import qlinear_decode_f8 as f8  # (it imports this module's device functions)
     weight = f8.for_device(weight, x.device)  # "f4w128e" on a GPU without FP8 MMA: the fp16 layout's copy
     enc, p, f8 = weight.encoding, weight.payload, fp8_operand(weight.encoding.layout) and f8
-    if activation not in ACTIVATIONS:
-        raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
+    if activation not in ACTIVATIONS + PARAM_ACTIVATIONS or len(act_args) != len(ACTIVATION_PARAMS.get(activation, ())):
+        raise ShapeError(f"activation {activation!r} with act_args {act_args}: use one of {ACTIVATIONS} or "
+                         f"{PARAM_ACTIVATIONS} with its scalars {ACTIVATION_PARAMS}")
     N, K = weight.data.shape
     lead = tuple(x.shape[:-1])
     if x.dtype != torch.float16 or x.shape[-1] != K:
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}]")
     fp4 = layout_format(enc.layout) == "f4e2m1"
     check_fusions(norm, swiglu, N, K, bias is None and activation == "none", gate)
+    check_post_norm(post_norm, x, keep_z)
     n_out = N // 2 if swiglu else N
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
     out = out_tensor(out, (*lead, n_out), out_dtype or x.dtype, x.device, "qlinear_w4_decode").view(M, n_out)
+    z = out_tensor(z_out, (*lead, K), x.dtype, x.device, "qlinear_w4_decode z").view(M, K) if keep_z else None
     if M == 0:
-        return out.reshape(*lead, n_out)
+        return (out.reshape(*lead, n_out), z.reshape(*lead, K)) if keep_z else out.reshape(*lead, n_out)
     col_scale = p["scale"].reshape(N).float() if fp4 else out  # unread unless FP4
     x2d = x2d.contiguous()
     bk, kw, xperm = layout_params(enc.layout)
@@ -290,7 +314,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         raise ShapeError(f"qlinear_w4_decode splits K at M <= {MAX_M} rows only (got {M}); leave split_k unset")
     more = (((splits, N, M), torch.float32),) if splits > 1 else ()  # split-K's fp32 partials (out^T per split)
     # the norm / E4M3 prologue (M <= 16: in here) and the partials, in one workspace take
-    x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more, bool(f8))
+    x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more, bool(f8), post_norm, z)
+    fused.update({f"act_p{i}": float(v) for i, v in enumerate(act_args)})
     row_scale = out if row_scale is None else row_scale  # unread unless FP4
     if splits > 1:  # one arrival counter per tile, kept zero between launches (`Workspace.counters`)
         fused = dict(fused, part_ptr=part[0], lock_ptr=counters(ws, x.device, grid[0]), k_per_split=per,
@@ -298,8 +323,9 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         grid = (grid[0], splits)
     asm = (not interpreting()) if asm is None else asm
     if f8:  # the FP8-MMA kernel: no zero points, no tile options
-        return f8.launch(grid, cfg, x2d, weight, s, out, bias, res, row_scale, col_scale, group, activation,
-                         residual is not None, swiglu, gate, scale, asm, fused).reshape(*lead, n_out)
+        y = f8.launch(grid, cfg, x2d, weight, s, out, bias, res, row_scale, col_scale, group, activation,
+                      residual is not None, swiglu, gate, scale, asm, fused).reshape(*lead, n_out)
+        return (y, z.reshape(*lead, K)) if keep_z else y
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
@@ -308,4 +334,4 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, GATE=gate, PACK=cfg["PACK"],
         PRMT=cfg["PRMT"], scale=float(scale), **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return out.reshape(*lead, n_out)
+    return (out.reshape(*lead, n_out), z.reshape(*lead, K)) if keep_z else out.reshape(*lead, n_out)
