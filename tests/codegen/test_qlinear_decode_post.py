@@ -1,0 +1,105 @@
+"""The 4-bit decode GEMM's post-norm prologue and xIELU epilogue (`qlinear_decode_fuse.prologue_rows` POST_NORM,
+`qlinear_decode._epilogue`), issue #13 "fewer launches": numerics under the interpreter against the op table's
+references, the fusion rule that hands a post-norm residual add and an xIELU to a 4-bit decode qlinear, and the
+kernels' sm_90 / sm_80 builds (no spill; the K loop's cost unchanged)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fxforge.codegen.build import build_in_subprocess  # noqa: E402
+from fxforge.codegen.pool import Workspace  # noqa: E402
+from fxforge.codegen.templates.qlinear_cost import per_weight  # noqa: E402
+from fxforge.codegen.templates.qlinear_decode import decode_operand, qlinear_w4_decode, w4_decode_spec  # noqa: E402
+from fxforge.errors import ShapeError  # noqa: E402
+from fxforge.ir.lowp_ops import decode_weight, encode_weight, qlinear_ref  # noqa: E402
+from fxforge.ir.ops import OPS  # noqa: E402
+from fxforge.ir.weight_layouts import to_decode_layout  # noqa: E402
+
+XIELU = (0.8, 0.9, 0.5, -1e-6)  # alpha_p, alpha_n, beta, eps
+
+
+def _ref(x, w, scheme, group):
+    act = "f8e4m3" if scheme == "w4a8-fp" else None
+    return qlinear_ref(x.float(), decode_weight(w), None, scheme=scheme, act_format=act, group=group, lorc_rank=0)
+
+
+# (scheme, rows, norm of z, residual, post weight dtype, K splits, fp8 layout): Gemma's (z then its norm, fp32
+# weights), OLMo2's (z itself), a norm of a norm (no residual), split K (each split writes its own K range of z),
+# w4a8-fp (E4M3 after the steps), the FP8-MMA layout, and prefill (z by `post_norm_rows` first)
+CASES = [("w4a16-int4", 1, True, True, torch.float32, None, False), ("w4a16-int4", 3, False, True, torch.float16, 2, False),
+         ("w4a16-int4", 2, True, False, torch.float16, None, False), ("w4a8-fp", 2, True, True, torch.float16, None, False),
+         ("w4a8-fp", 1, False, True, torch.float16, None, True), ("w4a16-int4", 40, True, True, torch.float32, None, False)]
+
+
+@pytest.mark.parametrize("scheme,M,norm,res,pw_dtype,split,fp8", CASES)
+def test_post_norm_prologue_matches_reference(scheme, M, norm, res, pw_dtype, split, fp8):
+    """y = qlinear(rms_norm(z, g) or z), z = res + rms_norm(h, pw) (the op table's rms_norm and add, fp16 roundings);
+    z itself (`keep_z`) equal to the reference's, into the caller's `z_out`."""
+    torch.manual_seed(M)
+    N, K, group = 80, 256, 64 if not fp8 else 32
+    w = encode_weight(torch.randn(N, K), scheme, group=group)
+    h, r = torch.randn(M, K).half(), torch.randn(M, K).half() if res else None
+    pw, g = (torch.rand(K) + 0.5).to(pw_dtype), (torch.rand(K) + 0.5).to(pw_dtype)
+    z_out = torch.full((M, K), float("nan"), dtype=torch.float16)
+    y, z = qlinear_w4_decode(h, to_decode_layout(w, fp8=fp8), norm=(g, 1e-6) if norm else None,
+                             post_norm=(r, pw, 1e-5), keep_z=True, z_out=z_out, split_k=split, ws=Workspace())
+    zr = OPS["rms_norm"].ref(h, pw, eps=1e-5).half()
+    zr = OPS["add"].ref(r, zr) if res else zr
+    ref = _ref(OPS["rms_norm"].ref(zr, g, eps=1e-6).half() if norm else zr, w, scheme, group)
+    assert z is z_out or z.data_ptr() == z_out.data_ptr()
+    assert (z.float() - zr.float()).abs().max() <= 2e-3 * zr.abs().max()  # one fp16 ulp at most
+    assert y.shape == (M, N) and (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
+    y2 = qlinear_w4_decode(h, to_decode_layout(w, fp8=fp8), norm=(g, 1e-6) if norm else None, post_norm=(r, pw, 1e-5),
+                           split_k=split)
+    assert torch.equal(y2, y)  # without z: the same y
+
+
+@pytest.mark.parametrize("scheme,M", [("w4a16-int4", 1), ("w4a8-fp", 3), ("w4a16-int4", 20)])
+def test_xielu_epilogue_matches_reference(scheme, M):
+    torch.manual_seed(M)
+    N, K, group = 96, 128, 32
+    w = encode_weight(torch.randn(N, K), scheme, group=group)
+    x, b = torch.randn(M, K).half(), torch.randn(N).half()
+    y = qlinear_w4_decode(x, to_decode_layout(w), b, activation="xielu", act_args=XIELU, ws=Workspace())
+    ref = OPS["xielu"].ref(_ref(x, w, scheme, group) + b.float(), *XIELU)
+    assert y.shape == (M, N) and (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
+
+
+def test_post_norm_and_xielu_operands_are_checked():
+    w = to_decode_layout(encode_weight(torch.randn(16, 64), "w4a16-int4", group=64))
+    x = torch.randn(2, 64).half()
+    with pytest.raises(ShapeError, match="post_norm"):
+        qlinear_w4_decode(x, w, post_norm=(torch.randn(3, 64).half(), None, 1e-6))
+    with pytest.raises(ShapeError, match="post_norm"):
+        qlinear_w4_decode(x, w, post_norm=(None, torch.ones(63).half(), 1e-6))
+    with pytest.raises(ShapeError, match="keep_z"):
+        qlinear_w4_decode(x, w, keep_z=True)
+    with pytest.raises(ShapeError, match="xielu"):
+        qlinear_w4_decode(x, w, activation="xielu")  # its scalars are required
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+def test_post_norm_and_xielu_kernels_build_without_spills(arch):
+    """Gemma's [gate; up] GEMM with z and its norm and z stored, OLMo2's QKV on z with K splits, w4a8-fp's post-norm
+    step before the E4M3 one, Apertus' up projection with xIELU, and a 64-row prefill tile with xIELU: no spill; the
+    K loop (`sass.main_loop`) costs what the plain kernel's does."""
+    kw, xperm = decode_operand(arch)
+    op = dict(kw=kw, xperm=xperm, arch=arch)
+    specs = [w4_decode_spec(16384, 2048, 128, 128, norm=True, post_norm=True, swiglu=True, **op),
+             w4_decode_spec(3072, 2048, 128, 128, post_norm=True, split_k=4, **op),
+             w4_decode_spec(4096, 4096, 32, 128, fp4=True, post_norm=True, norm=True, **op),
+             w4_decode_spec(4096, 4096, 128, 128, activation="xielu", **op),
+             w4_decode_spec(4096, 4096, 128, 128, activation="xielu", M=64, **op)]
+    plain = [w4_decode_spec(16384, 2048, 128, 128, norm=True, swiglu=True, **op),
+             w4_decode_spec(4096, 4096, 128, 128, **op)]
+    builds = build_in_subprocess(specs + plain, arch)
+    assert all(b.ok and b.spills == 0 for b in builds), [(s["label"], b.error, b.spills)
+                                                         for s, b in zip(specs, builds)]
+    for i, j in ((0, 5), (3, 6)):
+        assert per_weight(specs[i], builds[i]) <= per_weight(plain[j - 5], builds[j]) + 0.01, specs[i]["label"]
