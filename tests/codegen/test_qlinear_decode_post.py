@@ -84,22 +84,76 @@ def test_post_norm_and_xielu_operands_are_checked():
         qlinear_w4_decode(x, w, activation="xielu")  # its scalars are required
 
 
+class _PostNormMLP(torch.nn.Module):
+    """h2 = h + norm1(o(a)); y = down(xielu(up(norm2(h2) or h2))); h2 + norm3(y): a post-norm block (Gemma's with
+    `pre`, OLMo2's without) with Apertus' xIELU, HF's own RMSNorm and activation modules."""
+
+    def __init__(self, pre: bool) -> None:
+        from transformers.activations import XIELUActivation
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+        super().__init__()
+        self.o, self.up, self.down = (torch.nn.Linear(i, o, bias=False) for i, o in ((64, 64), (64, 128), (128, 64)))
+        self.norms = torch.nn.ModuleList(LlamaRMSNorm(64, eps=1e-6) for _ in range(3))
+        for n in self.norms:
+            torch.nn.init.uniform_(n.weight, 0.5, 1.5)
+        self.act, self.pre = XIELUActivation(), pre
+
+    def forward(self, a, h):
+        h2 = h + self.norms[0](self.o(a))
+        y = self.down(self.act(self.up(self.norms[1](h2) if self.pre else h2)))
+        return h2 + self.norms[2](y)
+
+
+@pytest.mark.parametrize("pre", [True, False], ids=["gemma", "olmo2"])
+def test_post_norm_block_runs_in_three_decode_gemms(pre):
+    """w4a16-int4 at 2 rows (the decode layout): the up projection's group takes the post-norm residual add (z kept:
+    the last add reads it), its norm and the xIELU: 3 decode GEMMs and the last norm + add (a graph output, no
+    GEMM after it), where there were 5 + a pointwise xIELU; the reference executor's result on the same graph."""
+    import fxforge
+    from fxforge.testing import counting_launches
+
+    torch.manual_seed(0)
+    m = _PostNormMLP(pre).half().eval()
+    a, h = torch.randn(1, 2, 64).half(), torch.randn(1, 2, 64).half()
+    opts = dict(dynamic=False, quantize="w4a16-int4", quantize_group=32)
+    mod = fxforge.compile_aot(m, (a, h), executor="interpret", **opts)
+    up = next(g for g in mod.graph.partition.groups if g.params.get("activation") == "xielu")
+    assert up.params["post_norm"] is not None and (up.params["norm"] is not None) == pre
+    with counting_launches() as names:
+        got = mod(a, h)
+    assert names == ["qlinear_w4_decode_kernel"] * 3 + [names[-1]], names
+    want = fxforge.compile_aot(m, (a, h), executor="reference", **opts)(a, h)
+    assert (got.float() - want.float()).abs().max() <= 2e-3 * want.abs().max()
+
+
 @pytest.mark.parametrize("arch", [90, 80])
 def test_post_norm_and_xielu_kernels_build_without_spills(arch):
-    """Gemma's [gate; up] GEMM with z and its norm and z stored, OLMo2's QKV on z with K splits, w4a8-fp's post-norm
-    step before the E4M3 one, Apertus' up projection with xIELU, and a 64-row prefill tile with xIELU: no spill; the
-    K loop (`sass.main_loop`) costs what the plain kernel's does."""
+    """Gemma's [gate; up] GEMM with z, its norm and z stored (against the same kernel without the post-norm step)
+    and Apertus' up projection with xIELU: no spill, and the K loop (`sass.main_loop`; the prologue's loops are
+    outside it) within ptxas' allocation noise of the kernel without the step (measured: -6 to +5 instructions of
+    ~450; w4a8-fp group 32 on sm_80 +7 of 478), at the plain kernels' per-weight bound."""
     kw, xperm = decode_operand(arch)
     op = dict(kw=kw, xperm=xperm, arch=arch)
     specs = [w4_decode_spec(16384, 2048, 128, 128, norm=True, post_norm=True, swiglu=True, **op),
-             w4_decode_spec(3072, 2048, 128, 128, post_norm=True, split_k=4, **op),
+             w4_decode_spec(16384, 2048, 128, 128, norm=True, swiglu=True, **op),
+             w4_decode_spec(4096, 4096, 128, 128, activation="xielu", **op)]
+    builds = build_in_subprocess(specs, arch)
+    assert all(b.ok and b.spills == 0 for b in builds), [(s["label"], b.error, b.spills) for s, b in zip(specs, builds)]
+    assert builds[0].loop_instructions <= 1.02 * builds[1].loop_instructions
+    assert all(0 < per_weight(s, b) <= 2.0 for s, b in zip(specs, builds))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [90, 80])
+def test_more_post_norm_and_xielu_kernels_build_without_spills(arch):
+    """OLMo2's QKV on z with K splits (each writes its own K range of z), w4a8-fp's post-norm step before its norm
+    and E4M3 steps, and a 64-row prefill tile with xIELU: no spill, at the plain kernels' per-weight bounds."""
+    kw, xperm = decode_operand(arch)
+    op = dict(kw=kw, xperm=xperm, arch=arch)
+    specs = [w4_decode_spec(3072, 2048, 128, 128, post_norm=True, split_k=4, **op),
              w4_decode_spec(4096, 4096, 32, 128, fp4=True, post_norm=True, norm=True, **op),
-             w4_decode_spec(4096, 4096, 128, 128, activation="xielu", **op),
              w4_decode_spec(4096, 4096, 128, 128, activation="xielu", M=64, **op)]
-    plain = [w4_decode_spec(16384, 2048, 128, 128, norm=True, swiglu=True, **op),
-             w4_decode_spec(4096, 4096, 128, 128, **op)]
-    builds = build_in_subprocess(specs + plain, arch)
-    assert all(b.ok and b.spills == 0 for b in builds), [(s["label"], b.error, b.spills)
-                                                         for s, b in zip(specs, builds)]
-    for i, j in ((0, 5), (3, 6)):
-        assert per_weight(specs[i], builds[i]) <= per_weight(plain[j - 5], builds[j]) + 0.01, specs[i]["label"]
+    builds = build_in_subprocess(specs, arch)
+    assert all(b.ok and b.spills == 0 for b in builds), [(s["label"], b.error, b.spills) for s, b in zip(specs, builds)]
+    assert 0 < per_weight(specs[0], builds[0]) <= 2.0 and 0 < per_weight(specs[1], builds[1]) <= 2.6

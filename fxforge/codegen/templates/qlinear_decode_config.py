@@ -95,7 +95,7 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
         const.update(part_ptr=None, lock_ptr=None, k_per_split=1)
     post = post_norm and M <= MAX_M
     const.update(POST_NORM=post, WRITE_Z=post)
-    sig.update(post_eps="fp32", stride_pm="i32", **{f"act_p{i}": "fp32" for i in range(4)})
+    sig.update(post_eps="fp32", **{f"act_p{i}": "fp32" for i in range(4)})
     for name, used in (("norm_ptr", norm), ("xn_ptr", norm or const["QUANT_X"] or post), ("pres_ptr", post),
                        ("pw_ptr", post), ("z_ptr", post)):  # the prologue's operands
         sig.update({name: "*fp16"}) if used else const.update({name: None})

@@ -55,14 +55,14 @@ E4M3_MAX: tl.constexpr = tl.constexpr(formats.get_format("f8e4m3").max_value)
 
 
 @triton.jit
-def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.constexpr, pres_ptr, pw_ptr, stride_pm,
-              h_rstd, POST_NORM: tl.constexpr, z_ptr=None, z_rows=0, WRITE_Z: tl.constexpr = False):
+def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.constexpr, pres_ptr, pw_ptr, h_rstd,
+              POST_NORM: tl.constexpr, z_ptr=None, z_rows=0, WRITE_Z: tl.constexpr = False):
     """x's tile (rows offs_m, columns ks) as fp32, rms_norm'ed with the row kernel's steps and roundings (g_ptr None:
     weightless, NanoChat's: scale, one rounding). POST_NORM: x is h and the tile is first z = res + rms_norm(h, pw)
-    (`gemm_prologue.post_z`), stored to z's rows (K contiguous) with WRITE_Z below row `z_rows`."""
+    (`gemm_prologue.post_z`; res rows of K contiguous elements), stored to z's rows with WRITE_Z below `z_rows`."""
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
     if POST_NORM:
-        x = post_z(x, pres_ptr, pw_ptr, offs_m, ks, mask, stride_pm, 1, K, h_rstd)
+        x = post_z(x, pres_ptr, pw_ptr, offs_m, ks, mask, K, 1, K, h_rstd)
         if WRITE_Z:
             z_mask = mask & (offs_m < z_rows)[:, None]
             tl.store(z_ptr + offs_m[:, None] * K + ks[None, :], x.to(z_ptr.dtype.element_ty), mask=z_mask)
@@ -77,30 +77,45 @@ def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.c
 @triton.jit
 def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HAS_NORM: tl.constexpr,
                   QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, k_per_split=1,
-                  SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0, stride_pm=0, z_ptr=None,
-                  z_rows=0, POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False):
+                  SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0, z_ptr=None, z_rows=0,
+                  POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False, STAGE_Z: tl.constexpr = True):
     """xn[m, :] = rms_norm(x[m, :]) * g (HAS_NORM) for the rows offs_m < M (xn: rows of K contiguous elements);
     QUANT: then quantized per token to E4M3 as `act_quant_kernel` does (rs[m] = amax / 448, codes by the same
     integer encoder, bit-exact) and stored as the codes' fp16 values. Then a barrier: the caller's threads read
     the rows back (returned: x's pointer and row stride for the K loop, and the scales' pointer). SPLIT_K > 1:
     only this K split's tiles of xn are written (`split_range`); the row's rms and amax span the whole K.
-    POST_NORM: x is h and the row is z = res + rms_norm(h, pw, post_eps) (res `pres_ptr`, pw or res None: without
-    it) before the steps above; WRITE_Z: z is stored to z_ptr's rows below `z_rows` as well (M in one column
-    tile, else 0)."""
+    POST_NORM: x is h and the row is z = res + rms_norm(h, pw, post_eps) (res `pres_ptr`, contiguous rows; pw or
+    res None: without it) before the steps above; WRITE_Z: z is stored to z_ptr's rows below `z_rows` as well (M in
+    one column tile, else 0). STAGE_Z (fp16 xn): z is written into xn by the pass that takes its rms, and the last
+    pass reads it back in place: recomputing z there (a residual load beside xn's store) cost the sm_90 K loop 3-20
+    SASS instructions in ptxas' allocation; an E4M3 xn (`qlinear_decode_f8`) recomputes it."""
     mask_m = offs_m < M
     offs_k = tl.arange(0, BLOCK_K)
+    k_lo, k_hi = 0, tl.cdiv(K, BLOCK_K)
+    if SPLIT_K > 1:
+        k_lo, k_hi = split_range(k_hi, k_per_split)
     rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
     h_rstd = rstd
-    if POST_NORM:  # h's rms, then z's (z recomputed tile by tile), as the dense prologue (`prologue_stats`)
+    if POST_NORM:  # h's rms, then z tile by tile: its rms (the whole row), staged in this split's range of xn
         h_rstd = row_rstd(x_ptr, offs_m, mask_m, stride_xm, 1, K, post_eps, BLOCK_M, BLOCK_K)
-        if HAS_NORM:
+        if HAS_NORM or STAGE_Z:
+            z_lo, z_hi = k_lo, k_hi
+            if HAS_NORM:
+                z_lo, z_hi = 0, tl.cdiv(K, BLOCK_K)
             ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+            for k0 in range(z_lo, z_hi):
                 ks = k0 * BLOCK_K + offs_k
-                v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask_m[:, None] & (ks[None, :] < K), K,
-                              False, pres_ptr, pw_ptr, stride_pm, h_rstd, True)
+                mask = mask_m[:, None] & (ks[None, :] < K)
+                v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, False, pres_ptr, pw_ptr, h_rstd, True)
                 ss += tl.sum(v * v, axis=1)
-            rstd = tl.rsqrt(ss / K + eps)
+                if STAGE_Z:
+                    mine = mask & ((ks >= k_lo * BLOCK_K) & (ks < k_hi * BLOCK_K))[None, :]  # this split's range
+                    tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mine)
+                    if WRITE_Z:
+                        tl.store(z_ptr + offs_m[:, None] * K + ks[None, :], v.to(z_ptr.dtype.element_ty),
+                                 mask=mine & (offs_m < z_rows)[:, None])
+            if HAS_NORM:
+                rstd = tl.rsqrt(ss / K + eps)
     elif HAS_NORM:
         rstd = row_rstd(x_ptr, offs_m, mask_m, stride_xm, 1, K, eps, BLOCK_M, BLOCK_K)
     s = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
@@ -109,22 +124,23 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
         for k0 in range(0, tl.cdiv(K, BLOCK_K)):
             ks = k0 * BLOCK_K + offs_k
             v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask_m[:, None] & (ks[None, :] < K), K, HAS_NORM,
-                          pres_ptr, pw_ptr, stride_pm, h_rstd, POST_NORM)
+                          pres_ptr, pw_ptr, h_rstd, POST_NORM)
             amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
         s = tl.math.div_rn(amax, E4M3_MAX + tl.zeros_like(amax))
         s = tl.where(s > 0.0, s, 1.0)
         tl.store(rs_ptr + offs_m, s, mask=mask_m)
-    k_lo, k_hi = 0, tl.cdiv(K, BLOCK_K)
-    if SPLIT_K > 1:
-        k_lo, k_hi = split_range(k_hi, k_per_split)
-    for k0 in range(k_lo, k_hi):
-        ks = k0 * BLOCK_K + offs_k
-        mask = mask_m[:, None] & (ks[None, :] < K)
-        v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM, pres_ptr, pw_ptr, stride_pm,
-                      h_rstd, POST_NORM, z_ptr, z_rows, WRITE_Z)
-        if QUANT:
-            v = fp8e4m3_to_f32(f32_to_fp8e4m3(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))))
-        tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mask)
+    if POST_NORM and STAGE_Z:  # the last pass reads z back from xn (each thread its own elements; a barrier anyway)
+        tl.debug_barrier()
+        x_ptr, stride_xm = xn_ptr, K
+    if HAS_NORM or QUANT or not (POST_NORM and STAGE_Z):  # (z alone, staged: xn is done)
+        for k0 in range(k_lo, k_hi):
+            ks = k0 * BLOCK_K + offs_k
+            mask = mask_m[:, None] & (ks[None, :] < K)
+            v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM, pres_ptr, pw_ptr, h_rstd,
+                          POST_NORM and not STAGE_Z, z_ptr, z_rows, WRITE_Z and not STAGE_Z)
+            if QUANT:
+                v = fp8e4m3_to_f32(f32_to_fp8e4m3(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))))
+            tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mask)
     tl.debug_barrier()
     return xn_ptr, K, rs_ptr
 
@@ -213,7 +229,7 @@ def _post_args(post: tuple | None, z: torch.Tensor | None, M: int, K: int) -> di
     res, pw, eps = post
     res = res.reshape(M, K).contiguous() if res is not None else None
     return dict(pres_ptr=res, pw_ptr=pw.contiguous() if pw is not None else None, post_eps=float(eps),
-                stride_pm=K, z_ptr=z, POST_NORM=True, WRITE_Z=z is not None)
+                z_ptr=z, POST_NORM=True, WRITE_Z=z is not None)
 
 
 def check_post_norm(post: tuple | None, x: torch.Tensor, keep_z: bool) -> None:
