@@ -18,6 +18,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/device.csv" 2>&1
 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/codegen/test_gemm.py tests/codegen/test_attention.py \
   tests/codegen/test_qlinear.py 2>&1 | tail -30 > "$OUT/gpu_tests.txt"
+timeout 120 python3 benchmarks/gpu/check_decode_kernels.py > "$OUT/decode_kernels.txt" 2>&1  # the 4-bit decode PTX
 timeout 400 python3 benchmarks/gpu/bench_models.py --out "$OUT/models.json" 2>&1 | tail -20 > "$OUT/models.log"
 # decode (issue #13): Llama-3.2-1B-shaped, batch 1/8, context 1k/8k, six variants + 4096^3 GEMMs; its own
 # budget (420 s) skips what does not fit and says so; the markdown table lands in $OUT and benchmarks/results/

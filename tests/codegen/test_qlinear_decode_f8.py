@@ -102,3 +102,16 @@ def test_kernel_builds_for_sm90_under_two_instructions_per_weight():
     for (group, M), (per_weight, qgmma, order_ok, no_stack) in zip(cases, json.loads(run.stdout.splitlines()[-1])):
         assert qgmma and order_ok and no_stack, (group, M)
         assert per_weight <= (1.8 if group == 32 else 1.3), (group, M, per_weight)
+
+
+def test_gpu_without_fp8_mma_gets_an_fp16_layout_copy():
+    """sm_80 (no FP8 MMA) re-encodes an "f4w128e" weight once into the fp16 kernel's layout, same values."""
+    from fxforge.codegen.templates.qlinear_decode import decode_operand
+    from fxforge.codegen.templates.qlinear_decode_f8 import fp16_copy
+
+    w = encode_weight(torch.randn(64, 256), "w4a8-fp", group=32)
+    d = to_decode_layout(w, fp8=True)
+    copy = fp16_copy(d, 80)
+    kw, xperm = decode_operand(80)
+    assert copy.encoding.layout == "f4w128" + ("k4" if kw == 4 else "") + ("x" if xperm else "")
+    assert torch.equal(decode_weight(copy), decode_weight(w)) and fp16_copy(d, 80) is copy

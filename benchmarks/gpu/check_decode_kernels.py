@@ -1,0 +1,52 @@
+"""The 4-bit decode GEMMs' PTX paths on a real GPU against the reference (issue #13): the CPU runs only their
+portable decodes under the interpreter, so this is where the inline asm meets hardware.
+
+    OUT=... python benchmarks/gpu/check_decode_kernels.py > $OUT/decode_kernels.txt   (run_all.sh runs it)
+
+For each layout the arch can run (int4 "i4w128", FP4 "f4w128" at groups 128 and 32, and on sm_89+ the FP8-MMA
+"f4w128e" at groups 32 and 128) and batch 1, 5, 16 and 40 (prefill tiles): max |y - ref| / max |ref| of
+`qlinear_w4_decode` against `qlinear_ref` on the row-major weight (fp16 output: <= 2e-3 expected), one line each,
+and a last line "ok" or "FAILED".
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "0")
+
+import torch  # noqa: E402
+
+from fxforge.codegen.pool import Workspace  # noqa: E402
+from fxforge.codegen.templates.qlinear_decode import decode_operand, qlinear_w4_decode  # noqa: E402
+from fxforge.ir.lowp_ops import decode_weight, encode_weight, qlinear_ref  # noqa: E402
+from fxforge.ir.weight_layouts import to_decode_layout  # noqa: E402
+
+
+def main() -> None:
+    major, minor = torch.cuda.get_device_capability()
+    arch = 10 * major + minor
+    kw, xperm = decode_operand(arch)
+    cases = [("w4a16-int4", 128, False), ("w4a8-fp", 128, False), ("w4a8-fp", 32, False)]
+    cases += [("w4a8-fp", 32, True), ("w4a8-fp", 128, True)] if arch >= 89 else []
+    worst = 0.0
+    for scheme, group, fp8 in cases:
+        torch.manual_seed(group)
+        N, K = 4096, 2048
+        w = encode_weight(torch.randn(N, K), scheme, group=group)
+        d = to_decode_layout(w, kw=kw, xperm=xperm, fp8=fp8)
+        d = type(d)(d.data, d.encoding, {k: v.cuda() for k, v in d.payload.items()})
+        for M in (1, 5, 16, 40):
+            x = torch.randn(M, K).half()
+            y = qlinear_w4_decode(x.cuda(), d, ws=Workspace()).float().cpu()
+            act = "f8e4m3" if scheme == "w4a8-fp" else None
+            ref = qlinear_ref(x.float(), decode_weight(w), None, scheme=scheme, act_format=act, group=group,
+                              lorc_rank=0)
+            err = ((y - ref).abs().max() / ref.abs().max()).item()
+            worst = max(worst, err)
+            print(f"sm_{arch} {scheme} g{group} {d.encoding.layout} M={M}: rel err {err:.2e}", flush=True)
+    print("ok" if worst <= 2e-3 else f"FAILED (worst {worst:.2e})")
+
+
+if __name__ == "__main__":
+    main()
