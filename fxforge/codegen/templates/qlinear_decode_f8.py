@@ -221,6 +221,8 @@ def w4_f8_decode_spec(N: int, K: int, group: int = 32, *, M: int = 1, arch: int 
         const.update(part_ptr=None, lock_ptr=None, k_per_split=1)
     sig.update(norm_ptr="*fp16") if norm else const.update(norm_ptr=None)
     sig.update(xn_ptr="*fp8e4nv") if quant else const.update(xn_ptr=None)
+    const.update(pres_ptr=None, pw_ptr=None, z_ptr=None, POST_NORM=False, WRITE_Z=False)  # no post-norm step
+    sig.update(post_eps="fp32", **{f"act_p{i}": "fp32" for i in range(4)})
     fused = "".join(f" {name}" for name, on in (("norm", norm), ("swiglu", swiglu)) if on)
     return {"module": __name__, "kernel": "qlinear_w4_f8_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_sn", "stride_om", "stride_rm"],
