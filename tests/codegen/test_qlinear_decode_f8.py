@@ -115,3 +115,33 @@ def test_gpu_without_fp8_mma_gets_an_fp16_layout_copy():
     kw, xperm = decode_operand(80)
     assert copy.encoding.layout == "f4w128" + ("k4" if kw == 4 else "") + ("x" if xperm else "")
     assert torch.equal(decode_weight(copy), decode_weight(w)) and fp16_copy(d, 80) is copy
+
+
+def test_ptx_places_the_layout_codes_into_e4m3_bytes():
+    """`F8_PTX` (emulated: no GPU runs it in CI) turns 4 words of "f4w128e" into 8 registers whose byte b of
+    register 2i + h is slot 4h + b of word i as an E4M3 byte (E2M1 times 2^-6): the bytes `dequant_f8_portable`
+    makes and `decode_weight` reads."""
+    from fxforge.codegen.templates.qlinear_decode_f8 import F8_PTX
+    from fxforge.ir.weight_layouts import BIT_POSITIONS
+
+    def lop3(a, b, c, lut):
+        return sum(((lut >> (((a >> i) & 1) << 2 | ((b >> i) & 1) << 1 | ((c >> i) & 1))) & 1) << i for i in range(32))
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        words = torch.randint(0, 2**32, (4,), generator=gen, dtype=torch.int64).tolist()
+        regs = {f"${8 + i}": w for i, w in enumerate(words)}
+        val = lambda t: regs[t] if t in regs else int(t, 0)  # noqa: E731
+        for line in F8_PTX.value.split(";"):
+            ins = line.strip().lstrip("{").strip()
+            if not ins or ins.startswith(".reg") or ins == "}":
+                continue
+            op, rest = ins.split(None, 1)
+            dst, *src = [o.strip() for o in rest.split(",")]
+            regs[dst] = {"lop3.b32": lambda: lop3(*map(val, src)), "shl.b32": lambda: (val(src[0]) << val(src[1])),
+                         "shr.u32": lambda: val(src[0]) >> val(src[1])}[op]() & 0xFFFFFFFF
+        for i, w in enumerate(words):
+            for e in range(8):
+                code = sum(((w >> int(p)) & 1) << k for k, p in enumerate(BIT_POSITIONS["f4e2m1e"][e]))
+                byte = (regs[f"${2 * i + e // 4}"] >> (8 * (e % 4))) & 0xFF
+                assert byte == ((code & 7) << 2) | ((code >> 3) << 7), (i, e, code, byte)

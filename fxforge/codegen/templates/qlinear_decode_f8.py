@@ -1,8 +1,9 @@
 """Decode-shaped W4A8 GEMM on the FP8 tensor cores (sm_90): FP4 weights in the "f4w128e" layout become E4M3 bytes
 in registers by 5 integer instructions per 8 weights, and meet x's E4M3 codes in a wgmma.
 
-This module owns `qlinear_w4_f8_decode_kernel`, its launcher `qlinear_w4_f8_decode` (called by
-`qlinear_decode.qlinear_w4_decode` for that layout) and its build spec `w4_f8_decode_spec`. The reference is the
+This module owns `qlinear_w4_f8_decode_kernel`, its `launch` (which `qlinear_decode.qlinear_w4_decode` calls for
+that layout, after planning the prologue, split-K and buffers as for its own kernel) and its build spec
+`w4_f8_decode_spec`. The reference is the
 fp16 decode kernel's (`lowp_ops.qlinear_ref` on `decode_weight`): x is quantized per token to E4M3 as the reference
 does, the products E4M3 x E2M1 are exact, and only the sums' order and precision differ.
 
@@ -163,9 +164,6 @@ def f8_blocks(N: int, M: int, arch: int | None, narrow_groups: bool = False, k_t
     return dict(tile, SPLIT_K=1) if M > 16 else decode_split(tile, N, k_tiles, arch)
 
 
-_FP16_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def launch(grid, cfg: dict, x2d, weight, s, out, bias, res, row_scale, col_scale, group: int, activation: str,
            residual: bool, swiglu: bool, gate: str, scale: float, asm: bool, fused: dict) -> torch.Tensor:
     """Launch the kernel as `qlinear_w4_decode` planned it (x2d: E4M3 codes, or fp16 x for the prologue)."""
@@ -190,13 +188,19 @@ def for_device(weight, device: torch.device):
     return weight if 10 * major + minor >= 89 else fp16_copy(weight, 10 * major + minor)
 
 
+_FP16_COPIES: dict[int, tuple[weakref.ref, object]] = {}  # id(words) -> (the words, their fp16-layout copy)
+
+
 def fp16_copy(weight, arch: int):
     """The weight re-encoded to the fp16 kernel's "f4w128" layout for sm_`arch` without FP8 MMA (once per weight)."""
     words = weight.payload["words"]
-    if words not in _FP16_COPIES:
+    key = id(words)
+    ref, copy = _FP16_COPIES.get(key, (None, None))
+    if ref is None or ref() is not words:
         kw, xperm = decode_operand(arch)
-        _FP16_COPIES[words] = to_decode_layout(weight, bk=128, kw=kw, xperm=xperm)
-    return _FP16_COPIES[words]
+        copy = to_decode_layout(weight, bk=128, kw=kw, xperm=xperm)
+        _FP16_COPIES[key] = (weakref.ref(words, lambda _: _FP16_COPIES.pop(key, None)), copy)
+    return copy
 
 
 def w4_f8_decode_spec(N: int, K: int, group: int = 32, *, M: int = 1, arch: int | None = 90, asm: bool = True,
