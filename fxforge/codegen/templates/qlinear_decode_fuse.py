@@ -19,6 +19,11 @@ row kernel `rms_norm_rows_kernel`, and `prologue`, the launcher's part that deci
   points the K loop's x at them. The steps are the row kernel's and the dense prologue's (fp32 sum of
   squares, scale, round to x's dtype, times the norm weight, round). Prefill tiles (M > 16, grid over N of
   64-row tiles) would each write M x K: they get one `rms_norm_rows_kernel` launch instead.
+- POST_NORM (Gemma2/3, OLMo2: the consuming GEMM computes a post-norm block's z = res + rms_norm(h, w), the dense
+  GEMM's `gemm_prologue` step, `passes/norm_prologues.py`): x is h; a pass over h takes its rms, the next computes
+  z tile by tile (`post_z`), takes z's rms (HAS_NORM: Gemma's norm of z) and writes z into this split's K range of
+  the scratch rows (and, in the first column tile, into z's buffer for the next residual add); the last pass reads
+  z back in place. Prefill: `post_norm_rows` writes z first (one launch), then the steps below run on z.
 - E4M3 (QUANT_X, w4a8-fp at M <= 16, which runs as W4A16 on the codes' values): the same prologue then
   quantizes each row per token as `act_quant_kernel` does (amax pass, s = amax / 448, IEEE division, the
   integer encoder `f32_to_fp8e4m3`: the same codes, bit for bit) and stores the codes' fp16 values and the
