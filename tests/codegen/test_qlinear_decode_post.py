@@ -128,16 +128,15 @@ def test_post_norm_block_runs_in_three_decode_gemms(pre):
 
 
 @pytest.mark.parametrize("arch", [90, 80])
-def test_post_norm_and_xielu_kernels_build_without_spills(arch):
-    """Gemma's [gate; up] GEMM with z, its norm and z stored (against the same kernel without the post-norm step)
-    and Apertus' up projection with xIELU: no spill, and the K loop (`sass.main_loop`; the prologue's loops are
+def test_post_norm_decode_kernel_builds_without_spills(arch):
+    """Gemma's [gate; up] GEMM with z, its norm and z stored, against the same kernel without the post-norm step:
+    no spill, and the K loop (`sass.main_loop`; the prologue's loops are
     outside it) within ptxas' allocation noise of the kernel without the step (measured: -6 to +5 instructions of
     ~450; w4a8-fp group 32 on sm_80 +7 of 478), at the plain kernels' per-weight bound."""
     kw, xperm = decode_operand(arch)
     op = dict(kw=kw, xperm=xperm, arch=arch)
     specs = [w4_decode_spec(16384, 2048, 128, 128, norm=True, post_norm=True, swiglu=True, **op),
-             w4_decode_spec(16384, 2048, 128, 128, norm=True, swiglu=True, **op),
-             w4_decode_spec(4096, 4096, 128, 128, activation="xielu", **op)]
+             w4_decode_spec(16384, 2048, 128, 128, norm=True, swiglu=True, **op)]
     builds = build_in_subprocess(specs, arch)
     assert all(b.ok and b.spills == 0 for b in builds), [(s["label"], b.error, b.spills) for s, b in zip(specs, builds)]
     assert builds[0].loop_instructions <= 1.02 * builds[1].loop_instructions
@@ -148,12 +147,15 @@ def test_post_norm_and_xielu_kernels_build_without_spills(arch):
 @pytest.mark.parametrize("arch", [90, 80])
 def test_more_post_norm_and_xielu_kernels_build_without_spills(arch):
     """OLMo2's QKV on z with K splits (each writes its own K range of z), w4a8-fp's post-norm step before its norm
-    and E4M3 steps, and a 64-row prefill tile with xIELU: no spill, at the plain kernels' per-weight bounds."""
+    and E4M3 steps, Apertus' up projection with xIELU and its 64-row prefill tile: no spill, at the plain kernels'
+    per-weight bounds."""
     kw, xperm = decode_operand(arch)
     op = dict(kw=kw, xperm=xperm, arch=arch)
     specs = [w4_decode_spec(3072, 2048, 128, 128, post_norm=True, split_k=4, **op),
              w4_decode_spec(4096, 4096, 32, 128, fp4=True, post_norm=True, norm=True, **op),
+             w4_decode_spec(4096, 4096, 128, 128, activation="xielu", **op),
              w4_decode_spec(4096, 4096, 128, 128, activation="xielu", M=64, **op)]
     builds = build_in_subprocess(specs, arch)
     assert all(b.ok and b.spills == 0 for b in builds), [(s["label"], b.error, b.spills) for s, b in zip(specs, builds)]
-    assert 0 < per_weight(specs[0], builds[0]) <= 2.0 and 0 < per_weight(specs[1], builds[1]) <= 2.6
+    costs = [per_weight(s, b) for s, b in zip(specs[:3], builds)]
+    assert 0 < costs[0] <= 2.0 and 0 < costs[1] <= 2.6 and 0 < costs[2] <= 2.0, costs
