@@ -155,6 +155,10 @@ def test_more_post_norm_and_xielu_kernels_build_without_spills(arch):
              w4_decode_spec(4096, 4096, 32, 128, fp4=True, post_norm=True, norm=True, **op),
              w4_decode_spec(4096, 4096, 128, 128, activation="xielu", **op),
              w4_decode_spec(4096, 4096, 128, 128, activation="xielu", M=64, **op)]
+    if arch >= 90:  # the FP8-MMA kernel (sm_90) with the same prologue (z recomputed in its last pass: E4M3 scratch)
+        from fxforge.codegen.templates.qlinear_decode_f8 import w4_f8_decode_spec
+
+        specs.append(w4_f8_decode_spec(16384, 2048, 32, arch=arch, norm=True, swiglu=True, post_norm=True))
     builds = build_in_subprocess(specs, arch)
     assert all(b.ok and b.spills == 0 for b in builds), [(s["label"], b.error, b.spills) for s, b in zip(specs, builds)]
     costs = [per_weight(s, b) for s, b in zip(specs[:3], builds)]

@@ -204,7 +204,8 @@ def fp16_copy(weight, arch: int):
 
 
 def w4_f8_decode_spec(N: int, K: int, group: int = 32, *, M: int = 1, arch: int | None = 90, asm: bool = True,
-                      norm: bool = False, swiglu: bool = False, split_k: int | None = None) -> dict:
+                      norm: bool = False, swiglu: bool = False, split_k: int | None = None,
+                      post_norm: bool = False) -> dict:
     """`fxforge.codegen.build` spec of the kernel for fp16 x [M, K] and an "f4w128e" weight [N, K] with the blocks
     and K splits the launcher picks on sm_`arch` (`split_k`: these instead)."""
     from fxforge.codegen.templates.qlinear_decode import split_plan
@@ -225,9 +226,12 @@ def w4_f8_decode_spec(N: int, K: int, group: int = 32, *, M: int = 1, arch: int 
         const.update(part_ptr=None, lock_ptr=None, k_per_split=1)
     sig.update(norm_ptr="*fp16") if norm else const.update(norm_ptr=None)
     sig.update(xn_ptr="*fp8e4nv") if quant else const.update(xn_ptr=None)
-    const.update(pres_ptr=None, pw_ptr=None, z_ptr=None, POST_NORM=False, WRITE_Z=False)  # no post-norm step
+    post = post_norm and quant  # the post-norm step in the prologue, z stored (prefill: a row kernel first)
+    const.update(POST_NORM=post, WRITE_Z=post)
+    for name in ("pres_ptr", "pw_ptr", "z_ptr"):
+        sig.update({name: "*fp16"}) if post else const.update({name: None})
     sig.update(post_eps="fp32", **{f"act_p{i}": "fp32" for i in range(4)})
-    fused = "".join(f" {name}" for name, on in (("norm", norm), ("swiglu", swiglu)) if on)
+    fused = "".join(f" {name}" for name, on in (("post_norm", post_norm), ("norm", norm), ("swiglu", swiglu)) if on)
     return {"module": __name__, "kernel": "qlinear_w4_f8_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
