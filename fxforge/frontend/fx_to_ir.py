@@ -55,6 +55,7 @@ class FxToIR:
         self.symbols = SymbolTable()
         self.env: dict[torch.fx.Node, Any] = {}
         self.result = Lowered(self.graph, [], [])
+        self._wants: dict[int, tuple[torch.Tensor, TensorType]] = {}  # id(meta) -> (meta, its type): see `_want`
 
     # -- entry ----------------------------------------------------------------------------------
     def run(self, tensors: dict[str, torch.Tensor]) -> Lowered:
@@ -153,9 +154,17 @@ class FxToIR:
         pairs = zip(out, metas) if isinstance(out, tuple) else [(out, metas)]
         for value, meta in pairs:
             if isinstance(value, Value) and isinstance(meta, torch.Tensor):
-                want = TensorType(self.symbols.shape(meta.shape), DType.from_torch(meta.dtype))
+                want = self._want(meta)
                 if not value.type.same_as(want):
                     raise Unsupported(f"lowering gave {value.type.dtype}{list(value.type.shape)}, torch gives {want.dtype}{list(want.shape)}")
+
+    def _want(self, meta: torch.Tensor) -> TensorType:
+        """The IR type of torch's recorded value, once per value object: the layers cloned from an exported
+        one (`layer_reuse`) share its nodes' values, whose symbolic shapes cost ~10 us each to convert."""
+        hit = self._wants.get(id(meta))
+        if hit is None or hit[0] is not meta:
+            hit = self._wants[id(meta)] = (meta, TensorType(self.symbols.shape(meta.shape), DType.from_torch(meta.dtype)))
+        return hit[1]
 
     def _extern(self, node: torch.fx.Node) -> Any:
         if not isinstance(node.target, torch._ops.OpOverload):

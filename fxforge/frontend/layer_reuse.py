@@ -19,7 +19,8 @@ graph from that:
    the pair (kind k-1, kind k), reading its own weights (new placeholders named by the layer's
    parameters), the previous layer's results where the template read its predecessor's, and the
    shared values (RoPE tables, each kind's mask) as they are; the nodes after the stack read the last clone.
-3. `check_numerics`: the replicated graph is run on the example inputs next to the eager model; any
+3. `check_numerics`: the replicated graph is run (node by node, `run_graph`: its module's code is not
+   regenerated, which cost more than the run) on the example inputs next to the eager model; any
    difference beyond float noise (or any of the conditions above failing) drops this path and
    `capture_export` exports the whole model, with a note saying why.
 
@@ -294,8 +295,7 @@ def replicate(gm: torch.fx.GraphModule, targets: dict[str, str], plan: Plan, sta
     for node in [*after, *outputs]:
         node.args = torch.fx.node.map_arg(node.args, lambda x: last.get(x, x))
         node.kwargs = torch.fx.node.map_arg(node.kwargs, lambda x: last.get(x, x))
-    graph.lint()
-    gm.recompile()
+    graph.lint()  # the module's Python code is not regenerated: see `run_graph`
     return targets
 
 
@@ -316,13 +316,42 @@ def _position(graph: torch.fx.Graph):
     return lambda n: order[n]
 
 
+def run_graph(gm: torch.fx.GraphModule, inputs: list) -> Any:
+    """`gm.graph` run node by node on `inputs` (one per placeholder): what `gm(*inputs)` returns once
+    `gm.recompile()` has run. `replicate` leaves the module's code as export made it (regenerating
+    the Python of ~70 nodes a layer cost ~3 ms a layer, more than the run itself adds): the lowering
+    reads the graph, and this runs it. A node kind export does not make is a NoReuse (full export)."""
+    env: dict[torch.fx.Node, Any] = {}
+    feed = iter(inputs)
+    read = env.__getitem__
+    for node in gm.graph.nodes:
+        if node.op == "call_function":
+            env[node] = node.target(*torch.fx.node.map_arg(node.args, read), **torch.fx.node.map_arg(node.kwargs, read))
+        elif node.op == "placeholder":
+            env[node] = next(feed)
+        elif node.op == "get_attr":
+            env[node] = _fetch(gm, node.target)
+        elif node.op == "output":
+            return torch.fx.node.map_arg(node.args[0], read)
+        else:
+            raise NoReuse(f"the exported graph holds a {node.op} node ({node.name})")
+    raise NoReuse("the exported graph has no output node")
+
+
+def _fetch(gm: torch.nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def check_numerics(gm: torch.fx.GraphModule, targets: dict[str, str], state: dict[str, Any], model: torch.nn.Module,
                    args: tuple, kwargs: dict) -> None:
-    """Run the replicated graph and the eager model on the examples; NoReuse if they differ."""
+    """Run the replicated graph (`run_graph`) and the eager model on the examples; NoReuse if they differ."""
     user = iter(pytree.tree_leaves((args, kwargs)))
     inputs = [state[targets[n.name]] if n.name in targets else next(user) for n in gm.graph.nodes if n.op == "placeholder"]
     with torch.no_grad():
-        got = pytree.tree_leaves(gm(*inputs))
+        got = pytree.tree_leaves(run_graph(gm, inputs))
         want = [t for t in pytree.tree_leaves(model(*args, **kwargs)) if isinstance(t, torch.Tensor)]
     got = [t for t in got if isinstance(t, torch.Tensor)]
     if len(got) != len(want) or any(g.shape != w.shape or not torch.allclose(g, w, rtol=1e-4, atol=1e-5)

@@ -105,6 +105,7 @@ class Graph:
         self.partition: Partition | None = None  # kernel groups, set by the `fuse` pass (ir/partition.py)
         self._names: set[str] = set()
         self._counter = itertools.count()
+        self._near = 0  # where the last op was placed or erased: see `_position`
 
     # -- names ----------------------------------------------------------------------------------
     def fresh_name(self, hint: str | None = None) -> str:
@@ -164,7 +165,17 @@ class Graph:
             return [TensorType(tuple(w.data.shape), _dtype_of(w), w.encoding)]
         if opdef.infer is None:
             raise ShapeError(f"{opcode}: result types must be given (the op declares them)")
-        return opdef.infer([v.type for v in operands], attrs)
+        types = [v.type for v in operands]
+        key = _infer_key(opcode, types, attrs)
+        hit = _INFERRED.get(key) if key is not None else None
+        if hit is not None:
+            return list(hit)
+        inferred = opdef.infer(types, attrs)
+        if key is not None:
+            if len(_INFERRED) >= MAX_INFERRED:
+                _INFERRED.clear()
+            _INFERRED[key] = tuple(inferred)
+        return inferred
 
     def add_op(self, opcode: str, operands: Iterable[Value] = (), attrs: dict[str, Any] | None = None,
                result_types: list[TensorType] | None = None, name: str | None = None) -> Op:
@@ -177,13 +188,26 @@ class Graph:
                       attrs: dict[str, Any] | None = None, result_types: list[TensorType] | None = None,
                       name: str | None = None) -> Op:
         op = self.make_op(opcode, operands, attrs, result_types, [name] if name else None)
-        self._place(op, self.ops.index(anchor))
+        self._place(op, self._position(anchor))
         return op
 
     def _place(self, op: Op, index: int) -> None:
         self.ops.insert(index, op)
+        self._near = index + 1
         for v in op.operands:
             v.uses.append(op)
+
+    def _position(self, op: Op) -> int:
+        """The index of `op` in `ops`. Edits cluster (a rule inserts before its root, then erases the root and
+        the ops it matched just before it), so the few places around the last edit are looked at first: a
+        `list.index` walks the ops one rich comparison at a time, and a deep graph's ~1000 edits made that
+        quadratic in depth."""
+        ops, near = self.ops, getattr(self, "_near", 0)
+        lo, hi = max(near - 8, 0), min(near + 8, len(ops))
+        for i in range(lo, hi):
+            if ops[i] is op:
+                return i
+        return ops.index(op)
 
     def set_outputs(self, outputs: Iterable[Value]) -> None:
         self.outputs = list(outputs)
@@ -209,7 +233,9 @@ class Graph:
                 raise IRError(f"cannot erase {op.opcode} %{r.name}: it still has uses")
         for v in op.operands:
             v.uses.remove(op)
-        self.ops.remove(op)
+        index = self._position(op)
+        del self.ops[index]
+        self._near = index
         for r in op.results:
             self._names.discard(r.name)
 
@@ -293,6 +319,29 @@ class Graph:
         self._names.discard(value.name)
         self._names.add(name)
         value.name = name
+
+
+# Result types by (opcode, operand types, attributes): an op's inference reads nothing else, and a deep
+# model's layers repeat the same signatures (a 32-layer Llama: ~2500 inferences at capture and again in
+# shape_prop, ~100 distinct). Attribute values are keyed with their types (1, 1.0 and True are equal keys
+# otherwise, and promote differently); an unhashable attribute (a dict) is not cached.
+_INFERRED: dict[tuple, tuple[TensorType, ...]] = {}
+MAX_INFERRED = 8192
+
+
+def _infer_key(opcode: str, types: list[TensorType], attrs: dict[str, Any]) -> tuple | None:
+    key = (opcode, tuple(types), tuple((k, _typed(v)) for k, v in attrs.items()))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _typed(value: Any) -> Any:
+    if type(value) is tuple:
+        return tuple, tuple(_typed(v) for v in value)
+    return type(value), value
 
 
 def _result_names(names: list[str | None] | None, count: int) -> list[str | None]:

@@ -162,16 +162,29 @@ class GraphText:
 
 
 def _op_copy(op: Op, memo: dict[int, tuple]) -> tuple:
-    """What `_op_text` reads of `op`: the memo's copy when nothing in it changed (compared by identity)."""
+    """What `_op_text` reads of `op`: the memo's copy when nothing in it changed (compared by identity).
+    Plain loops, not all() over generators: this runs for every op of every pass's snapshot (half the time)."""
     hit = memo.get(id(op))
     if hit is not None and hit[0] is op:
-        opcode, results, operands, attrs = copy = hit[1]
-        if (opcode == op.opcode and len(results) == len(op.results) and len(operands) == len(op.operands)
-                and len(attrs) == len(op.attrs) and all(op.attrs.get(k, _MISSING) is v for k, v in attrs.items())
-                and all(n == r.name and t is r.type for (n, t), r in zip(results, op.results))
-                and all(n == v.name for n, v in zip(operands, op.operands))):
-            return copy
-    copy = (op.opcode, tuple((r.name, r.type) for r in op.results), tuple(v.name for v in op.operands), dict(op.attrs))
+        copy = hit[1]
+        opcode, results, operands, attrs = copy
+        now_results, now_operands, now_attrs = op.results, op.operands, op.attrs
+        if (opcode == op.opcode and len(results) == len(now_results) and len(operands) == len(now_operands)
+                and len(attrs) == len(now_attrs)):
+            for (n, t), r in zip(results, now_results):
+                if n != r.name or t is not r.type:
+                    break
+            else:
+                for n, v in zip(operands, now_operands):
+                    if n != v.name:
+                        break
+                else:
+                    for k, v in attrs.items():
+                        if now_attrs.get(k, _MISSING) is not v:
+                            break
+                    else:
+                        return copy
+    copy = (op.opcode, tuple([(r.name, r.type) for r in op.results]), tuple([v.name for v in op.operands]), dict(op.attrs))
     memo[id(op)] = (op, copy)
     return copy
 

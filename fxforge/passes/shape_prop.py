@@ -54,6 +54,7 @@ def simplify_type(t: TensorType) -> TensorType:
 def propagate_shapes(graph: Graph) -> dict[str, int]:
     """Re-infer and simplify every result type; returns {"ops_checked", "types_updated"}."""
     checked = updated = 0
+    simplified: dict[int, tuple[TensorType, TensorType]] = {}  # id(type) -> (type, simplified): layers share types
     for op in graph.ops:
         checked += 1
         if op.opcode == "extern":
@@ -70,8 +71,11 @@ def propagate_shapes(graph: Graph) -> dict[str, int]:
                     f"{print_op(op)}: %{r.name} is declared {print_type(r.type)} but its operands give "
                     f"{print_type(t)}; the pass that built or retyped this op is wrong (run with verify on "
                     "to find the first pass that leaves it so)")
-            new = simplify_type(t)
-            if new != r.type:
+            hit = simplified.get(id(t))
+            if hit is None or hit[0] is not t:
+                hit = simplified[id(t)] = (t, simplify_type(t))
+            new = hit[1]
+            if new is not r.type and new != r.type:
                 r.type = new
                 updated += 1
     return {"ops_checked": checked, "types_updated": updated}

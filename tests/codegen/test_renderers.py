@@ -114,3 +114,11 @@ def test_host_sizes_print_max_and_min_as_python():
     s0 = sympy.Symbol("s0", integer=True, positive=True)
     text = lit((sympy.Max(0, s0 - 5), sympy.Min(s0, 7)))
     assert eval(text, {"s0": 3}) == (0, 3) and eval(text, {"s0": 9}) == (4, 7)
+
+
+def test_import_lines_read_whole_names_whose_attributes_are_read():
+    from fxforge.codegen.assemble import import_lines
+
+    code = "x = torch.zeros(1)\ny = a.tl.arange(4)\nz = mytorch.q + F\nw = _linear(x)\n"
+    assert import_lines(code) == ["import torch", "", "from fxforge.codegen.templates.gemm import linear as _linear"]
+    assert import_lines(code, "k = tl.load(p)\n")[1] == "import triton.language as tl"  # every part is read

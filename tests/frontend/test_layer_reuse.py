@@ -147,3 +147,33 @@ def test_graph_key_with_weights_digests_a_0_dim_weight():
     from fxforge.ir.fhash import _tensor_digest
     a, b = _tensor_digest(torch.tensor(2.0)), _tensor_digest(torch.tensor(3.0))
     assert a != b and a.startswith("torch.float32():") and a == _tensor_digest(torch.tensor(2.0))
+
+
+def test_replicated_graph_is_checked_without_regenerating_its_code(monkeypatch):
+    # regenerating the Python of every cloned node cost ~3 ms a layer: the check runs the graph node by node
+    from fxforge.frontend import export
+
+    exported, real_export, real_recompile = [], export._export, torch.fx.GraphModule.recompile
+
+    def recompile(self):
+        assert not exported, "the graph module's code was regenerated after the export"
+        return real_recompile(self)
+
+    def export_then_flag(*args, **kwargs):
+        ep = real_export(*args, **kwargs)
+        exported.append(ep)
+        return ep
+
+    monkeypatch.setattr(export, "_export", export_then_flag)
+    monkeypatch.setattr(torch.fx.GraphModule, "recompile", recompile)
+    torch.manual_seed(0)
+    model = Stack([Block(i) for i in range(5)]).eval()
+    cap = capture(model)
+    assert reused(cap) and exported, cap.notes
+    monkeypatch.undo()
+    x = torch.randn(2, 5, 8)
+    ep = torch.export.export(model, (x,), strict=False)
+    weights, tensors = export._weight_table(ep, model)
+    inputs = [tensors[weights[n.name]] if n.name in weights else x for n in ep.graph.nodes if n.op == "placeholder"]
+    with torch.no_grad():
+        torch.testing.assert_close(layer_reuse.run_graph(ep.graph_module, inputs)[0], model(x))

@@ -34,3 +34,39 @@ def test_deepcopy_of_a_long_graph_is_independent_and_equal():
     assert grouped <= set(map(id, c.ops)) and grouped
     c.add_op("neg", [c.outputs[0]])
     assert len(c.ops) == len(g.ops) + 1 and not g.outputs[0].uses
+
+
+def test_inferred_types_are_reused_by_signature_only(monkeypatch):
+    # a deep model's layers repeat op signatures: inference runs once per (opcode, operand types, typed attrs)
+    import dataclasses
+
+    from fxforge.ir import graph as ir_graph
+
+    key = ir_graph._infer_key
+    t = TensorType((4, 8), DType.f32)
+    assert key("add", [t], {"alpha": 1}) != key("add", [t], {"alpha": 1.0}) != key("add", [t], {"alpha": True})
+    assert key("add", [t], {"dims": (1, 2)}) != key("add", [t], {"dims": (1, 2.0)})
+    assert key("add", [t], {"table": {"a": 1}}) is None  # unhashable: not cached
+    g, calls, real = chain(3), [], ir_graph.lookup
+    counted = dataclasses.replace(real("add"), infer=lambda types, attrs: calls.append(1) or real("add").infer(types, attrs))
+    monkeypatch.setattr(ir_graph, "lookup", lambda opcode: counted if opcode == "add" else real(opcode))
+    monkeypatch.setattr(ir_graph, "_INFERRED", {})
+    adds = [op for op in g.ops if op.opcode == "add"]
+    first = g.infer_types("add", adds[0].operands, adds[0].attrs)
+    first.append("scribbled")  # the caller's list: the cache keeps its own
+    again = [g.infer_types("add", op.operands, op.attrs) for op in adds]
+    assert len(calls) == 1 and again[0] == [adds[0].result.type] and all(a == again[0] for a in again)
+
+
+def test_edits_find_their_op_near_the_last_edit_or_anywhere():
+    g = chain(20)
+    ops = list(g.ops)
+    for near in (0, 5, 39, 10**6):  # a stale hint still finds every op
+        g._near = near
+        assert [g._position(op) for op in ops] == list(range(len(ops)))
+    add = next(op for op in ops if op.opcode == "add")
+    new = g.insert_before(add, "mul", [add.operands[0], add.operands[1]])
+    g.insert_before(add, "neg", [new.result])  # the anchor moved by one: found where the last insert left it
+    g.replace_all_uses(add.result, g.ops[g._position(add) - 1].result)
+    g.erase(add)
+    assert [op.opcode for op in g.ops[:4]] == ["const", "mul", "neg", "mul"] and add not in g.ops

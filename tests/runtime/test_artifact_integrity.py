@@ -173,3 +173,23 @@ def test_unknown_hash_algorithm_and_missing_xxhash_are_named(tied_artifact, tmp_
     edit_manifest(path, lambda m: m["hash_algorithms"].update(weights="md5"), rehash=True)
     with pytest.raises(ArtifactError, match=r"unknown hash_algorithms \{'weights': 'md5'\}"):
         fxforge.load(str(path))
+
+
+def test_a_plain_output_spec_never_looks_at_transformers(tied_artifact, monkeypatch):
+    # the HF allow-list imports transformers.modeling_outputs (~60 ms): only a spec naming one of its classes pays that
+    from fxforge.runtime import specs
+
+    monkeypatch.setattr(specs, "_allow_hf_output", lambda name: pytest.fail(f"looked up {name} in transformers"))
+    assert len(fxforge.load(str(tied_artifact[0]))(torch.randn(2, 8))) == 2
+
+
+@pytest.mark.parametrize("name", ["transformers.modeling_outputs.dataclass", "transformers.modeling_outputs.NoSuchOutput",
+                                  "transformers.models.llama.modeling_llama.LlamaModel", "transformers.modeling_outputs"])
+def test_the_hf_allow_list_takes_only_output_classes_of_its_module(name):
+    from fxforge.runtime.specs import _allow_hf_output, load_spec
+
+    pytest.importorskip("transformers")
+    assert _allow_hf_output("transformers.modeling_outputs.CausalLMOutputWithPast") and not _allow_hf_output(name)
+    text = json.dumps([1, {"type": name, "context": "[]", "children_spec": []}])
+    with pytest.raises(ArtifactError, match="not one fxforge rebuilds"):
+        load_spec(text)
