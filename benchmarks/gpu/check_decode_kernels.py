@@ -6,7 +6,8 @@ portable decodes under the interpreter, so this is where the inline asm meets ha
 For each layout the arch can run (int4 "i4w128", FP4 "f4w128" at groups 128 and 32, and on sm_89+ the FP8-MMA
 "f4w128e" at groups 32 and 128) and batch 1, 5, 16 and 40 (prefill tiles): max |y - ref| / max |ref| of
 `qlinear_w4_decode` against `qlinear_ref` on the row-major weight (fp16 output: <= 2e-3 expected), one line each,
-and a last line "ok" or "FAILED".
+then ("fused") the same with a post-norm block's prologue (z = res + rms_norm(h, pw), its RMSNorm, z kept) and the
+xIELU epilogue, z and y against the op table's references; a last line "ok" or "FAILED".
 """
 
 from __future__ import annotations
@@ -45,7 +46,27 @@ def main() -> None:
             err = ((y - ref).abs().max() / ref.abs().max()).item()
             worst = max(worst, err)
             print(f"sm_{arch} {scheme} g{group} {d.encoding.layout} M={M}: rel err {err:.2e}", flush=True)
+            if M != 16:
+                err = _fused(x, w, d, scheme, group)
+                worst = max(worst, err)
+                print(f"sm_{arch} {scheme} g{group} {d.encoding.layout} M={M} fused: rel err {err:.2e}", flush=True)
     print("ok" if worst <= 2e-3 else f"FAILED (worst {worst:.2e})")
+
+
+def _fused(h, w, d, scheme: str, group: int) -> float:
+    """max relative error of y and z for `post_norm=`, `norm=`, xielu against the op table's references."""
+    from fxforge.ir.ops import OPS
+
+    K, xi = h.shape[1], (0.8, 0.9, 0.5, -1e-6)
+    res, pw, g = torch.randn_like(h), torch.rand(K) + 0.5, (torch.rand(K) + 0.5).half()
+    y, z = qlinear_w4_decode(h.cuda(), d, norm=(g.cuda(), 1e-6), post_norm=(res.cuda(), pw.cuda(), 1e-5), keep_z=True,
+                             activation="xielu", act_args=xi, ws=Workspace())
+    zr = OPS["add"].ref(res, OPS["rms_norm"].ref(h, pw, eps=1e-5).half())
+    act = "f8e4m3" if scheme == "w4a8-fp" else None
+    ref = OPS["xielu"].ref(qlinear_ref(OPS["rms_norm"].ref(zr, g, eps=1e-6).float(), decode_weight(w), None,
+                                       scheme=scheme, act_format=act, group=group, lorc_rank=0), *xi)
+    return max(((y.float().cpu() - ref).abs().max() / ref.abs().max()).item(),
+               ((z.float().cpu() - zr.float()).abs().max() / zr.float().abs().max()).item())
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def _weight_kind(op) -> str | None:
 # z_out: a post-norm GEMM's z, `post_norm_z`)
 OUT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "_linear": ("out", "ws", "z_out"), "_matmul": ("out",), "_attention": ("out", "ws"), "_rope_cache": ("out",),
-    "_qlinear_w4_decode": ("out", "ws"), "_moe": ("out", "ws"),
+    "_qlinear_w4_decode": ("out", "ws", "z_out"), "_moe": ("out", "ws"),
 }
 
 
@@ -305,16 +305,17 @@ def _qlinear(g: KernelGroup, n: Names) -> str:
 
 
 def _qlinear_decode(g: KernelGroup, n: Names) -> str:
-    """`_qlinear_w4_decode(x, w, [bias], [norm=], [swiglu=], <epilogue>)`: the 4-bit decode GEMM (no LoRC: the pass
-    keeps those row-major); a fused rms_norm prologue reads the norm's input and weight, as `_linear`'s does."""
+    """`_qlinear_w4_decode(x, w, [bias], [post_norm=], [norm=], [swiglu=], <epilogue>)`: the 4-bit decode GEMM (no
+    LoRC: the pass keeps those row-major); fused prologues read their inputs and weights, as `_linear`'s do."""
     op, p = g.anchor, g.params
     x, w, *rest = op.operands
     bias = rest[0] if rest else p["bias"]
-    norm = p.get("norm")
-    args = [n(p["norm_x"]) if norm is not None else n(x), n(w)] + ([n(bias)] if bias is not None else [])
-    args += _norm_arg(norm, n)
+    norm, post = p.get("norm"), p.get("post_norm")
+    x = post.h if post is not None else p["norm_x"] if norm is not None else x
+    args = [n(x), n(w)] + ([n(bias)] if bias is not None else [])
+    args += _post_norm_args(g, n) + _norm_arg(norm, n)
     args += _gated(p)
-    args += _epilogue(p, n, ("activation", "residual", "scale", "out_dtype"))
+    args += _epilogue(p, n, ("activation", "residual", "scale", "out_dtype")) + _act_args(g)
     if p.get("keep") is not None:
         args.append(f"keep={n(p['keep'])}")
     return f"_qlinear_w4_decode({', '.join(args)})"

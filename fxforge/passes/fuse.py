@@ -103,7 +103,7 @@ def _bias(f, op, rule, user, y):
 
 
 def _activation(f, op, rule, user, y):
-    return epilogue_activation(rule, user) if _same(user, y) else None
+    return epilogue_activation(rule, user, op) if _same(user, y) else None
 
 
 def _mul(f, op, rule, user, y):

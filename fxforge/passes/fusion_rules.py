@@ -191,7 +191,8 @@ class GemmRule:
     norm: bool = False  # an rms_norm prologue (`norm_prologue`)
     swiglu: bool = False  # the SwiGLU epilogue of a [gate; up] GEMM (`swiglu_ops`)
     post_scale: bool = False  # the multiplier by a rank-0 constant after the activation (`gemm.gemm_epilogue`)
-    act_params: bool = False  # activations with learned scalars (ACTIVATION_PARAMS: xielu), `linear(act_args=)`
+    act_params: bool | Callable[[Op], bool] = False  # activations with learned scalars (ACTIVATION_PARAMS: xielu),
+    # `linear(act_args=)`; or for which ops of the rule (the 4-bit decode kernel's qlinears)
 
 
 GEMM_RULES = {
@@ -199,7 +200,7 @@ GEMM_RULES = {
     "matmul": GemmRule(kernel_types_ok, _matmul_2d_weight, (), post_scale=True, act_params=True),
     # x, w, [bias], [u, v]; norm and SwiGLU only for a weight in a decode layout (`decode_fusions_ok`)
     "qlinear": GemmRule(qlinear_ok, _always, (3, 5), scale=lambda op: decode_fusions_ok(op), mul=False, keep=True, norm=True,
-                        swiglu=True),
+                        swiglu=True, act_params=lambda op: decode_fusions_ok(op)),
 }
 # anchors whose weight has an encoding another template reads: (opcode, encoding kind) -> rule, tried first
 ENCODED_GEMM_RULES = {
@@ -323,11 +324,12 @@ def host_reason(op: Op) -> str:
     return f"{op.opcode} ({op.opdef.category}): no kernel for it: host torch"
 
 
-def epilogue_activation(rule: GemmRule, op: Op) -> str | None:
-    """The activation `op` computes, when the template of `rule` applies it (one with learned scalars,
-    ACTIVATION_PARAMS, only where `act_params`: the others run it in a pointwise kernel), else None."""
+def epilogue_activation(rule: GemmRule, op: Op, anchor: Op | None = None) -> str | None:
+    """The activation `op` computes, when the template of `rule` (anchored by `anchor`) applies it (one with
+    learned scalars, ACTIVATION_PARAMS, only where `act_params`: the others run it in a pointwise kernel), else None."""
     act = activation_of(op)
-    return act if act not in ACTIVATION_PARAMS or rule.act_params else None
+    params = rule.act_params(anchor) if callable(rule.act_params) and anchor is not None else rule.act_params
+    return act if act not in ACTIVATION_PARAMS or params is True else None
 
 
 def gated_activation(chain: list[Op]) -> str:

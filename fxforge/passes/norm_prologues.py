@@ -12,8 +12,9 @@ Decisions:
 - Matched on the IR, whatever the model: the GEMM's input (or the input of its fused norm prologue) is an `add`
   one of whose operands is the single-use result of a `POST_NORMS` norm of a same-shape, same-dtype tensor, with a
   weight [K]; the other operand is the residual.
-- Only the dense `linear` template has the step (`POST_NORM_GEMMS`); before the 4-bit decode GEMM the norm and
-  the add stay a row kernel.
+- The dense `linear` template has the step, and the 4-bit decode GEMM (`POST_NORM_GEMMS`: a `qlinear` whose
+  weight is in a decode layout, `decode_fusions_ok`; `qlinear_decode_fuse.prologue_rows`); before any other
+  qlinear the norm and the add stay a row kernel.
 - The same step without the add: z = rms_norm(h[, w]) when the GEMM's fused norm prologue normalises z again (a
   norm of a norm, `PRE_NORMS`: NanoChat normalises the embedding, the residual stream starts from that z, and its
   first layer's input norm is a norm of it), only then: a norm the GEMM reads directly is its norm prologue.
@@ -30,7 +31,7 @@ from fxforge.passes.fusion_rules import decode_fusions_ok, kernel_types_ok, row_
 
 POST_NORMS = {"rms_norm": 2}  # the norms the step computes: opcode -> operand count (x, weight)
 PRE_NORMS = {"rms_norm": (1, 2)}  # the norms of a norm's input it computes (z = norm(h[, w])): operand counts
-POST_NORM_GEMMS = ("linear",)  # the GEMM opcodes whose template has the step
+POST_NORM_GEMMS = ("linear", "qlinear")  # the GEMM opcodes whose template has the step (qlinear: the decode kernel)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def post_norm_prologue(op: Op, graph: Graph, norm_x: Value | None) -> PostNorm |
     after the embedding, which its first layer's input norm normalises again), else None."""
     z = norm_x if norm_x is not None else op.operands[0]
     add = z.producer
-    if op.opcode not in POST_NORM_GEMMS or add is None:
+    if op.opcode not in POST_NORM_GEMMS or not decode_fusions_ok(op) or add is None:
         return None
     if norm_x is not None and len(add.operands) in PRE_NORMS.get(add.opcode, ()):
         return _pre_norm(add)

@@ -1,7 +1,8 @@
 """Decode-shaped 4-bit GEMM (M <= 16): int4 / FP4 weights in a decode layout, dequantized in registers by bit tricks.
 
-This module owns `qlinear_w4_decode_kernel`, its launcher `qlinear_w4_decode(x, weight, ...)` and its build
-spec `w4_decode_spec`. The weight is a w4a16-int4 (layout "i4w{BK}") or w4a8-fp ("f4w{BK}") `Weight`
+This module owns `qlinear_w4_decode_kernel` and its launcher `qlinear_w4_decode(x, weight, ...)`; its tile table
+and build spec `w4_decode_spec` are `qlinear_decode_config`'s (re-exported here). The weight is a w4a16-int4
+(layout "i4w{BK}") or w4a8-fp ("f4w{BK}") `Weight`
 re-encoded by `fxforge.ir.weight_layouts.to_decode_layout`; the reference is unchanged (`lowp_ops.qlinear_ref`
 on `decode_weight`, which reads any layout exactly). The compile routes here (`_qlinear_w4_decode` in
 generated code) every qlinear whose weight the `decode_layout` pass re-encoded (`fxforge.passes.decode_layout`);
@@ -63,15 +64,19 @@ Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K l
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from fxforge.codegen.blocks import decode_split, split_steps
 from fxforge.codegen.pool import Workspace, counters, out_tensor
-from fxforge.codegen.templates.gemm import ACTIVATIONS, apply_activation, device_arch, interpreting
+from fxforge.codegen.templates.gemm import ACTIVATIONS, PARAM_ACTIVATIONS, apply_activation, device_arch, interpreting
+from fxforge.codegen.templates.qlinear_decode_config import (  # noqa: F401 (re-exported: tests, benchmarks)
+    MAX_M,
+    decode_blocks,
+    decode_operand,
+    split_plan,
+    w4_decode_spec,
+)
 from fxforge.codegen.templates.qlinear_decode_dequant import (
     dequant_asm,
     dequant_f4_asm,
@@ -80,13 +85,18 @@ from fxforge.codegen.templates.qlinear_decode_dequant import (
     dequant_f4s_asm,
     dequant_portable,
 )
-from fxforge.codegen.templates.qlinear_decode_fuse import check_fusions, prologue, prologue_rows, swiglu_pairs
+from fxforge.codegen.templates.qlinear_decode_fuse import (
+    check_fusions,
+    check_post_norm,
+    prologue,
+    prologue_rows,
+    swiglu_pairs,
+)
+from fxforge.codegen.templates.special_fns import xielu
 from fxforge.codegen.templates.split_k import split_sum
-from fxforge.codegen.triton_compat import TRITON_VERSION
 from fxforge.errors import ShapeError
-from fxforge.ir.weight_layouts import DECODE_ROWS, fp8_operand, layout_format, layout_name, layout_params, preferred_operand
-
-MAX_M = DECODE_ROWS
+from fxforge.ir.optable import ACTIVATION_PARAMS
+from fxforge.ir.weight_layouts import fp8_operand, layout_format, layout_params
 
 
 @triton.jit
@@ -98,12 +108,15 @@ def qlinear_w4_decode_kernel(
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False, scale=1.0,
     SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu", PACK: tl.constexpr = False, PRMT: tl.constexpr = False,
-    part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1,
+    part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0,
+    z_ptr=None, POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
+    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
-    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU:
-    the RMSNorm / E4M3 prologue and the SwiGLU epilogue (`qlinear_decode_fuse`). SPLIT_K > 1: grid axis 1 is the
-    K split (one program row, M <= 16): `split_k.py` hands the partials to the tile's last split."""
+    computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU,
+    POST_NORM: the RMSNorm / E4M3 / post-norm residual prologue and the SwiGLU epilogue (`qlinear_decode_fuse`);
+    act_p*: xielu's scalars. SPLIT_K > 1: grid axis 1 is the K split (one program row, M <= 16): `split_k.py` hands
+    the partials to the tile's last split."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -118,13 +131,14 @@ def qlinear_w4_decode_kernel(
     else:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_r = offs_m
-    if HAS_NORM or QUANT_X:  # x's rows normalised / quantized into this tile's scratch rows: the K loop's x
+    if HAS_NORM or QUANT_X or POST_NORM:  # x's rows normalised / quantized into this tile's scratch rows: the K loop's x
         rs_at = pid * M  # a split writes its own K range of the tile's rows, and its own row scales
         if SPLIT_K > 1:
             rs_at = (pid * SPLIT_K + tl.program_id(1)) * M
         a_ptr, stride_am, rs_ptr = prologue_rows(a_ptr, stride_am, xn_ptr + pid * M * K, rs_ptr + rs_at, norm_ptr,
                                                  eps, offs_r, M, K, HAS_NORM, QUANT_X,
-                                                 BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_K, k_per_split, SPLIT_K)
+                                                 BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_K, k_per_split, SPLIT_K,
+                                                 pres_ptr, pw_ptr, post_eps, z_ptr, tl.where(pid == 0, M, 0), POST_NORM, WRITE_Z)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -197,7 +211,7 @@ def qlinear_w4_decode_kernel(
     if last:
         _epilogue(acc * scale, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
                   stride_om, stride_rm, BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_N, FP4, HAS_BIAS, ACTIVATION, SWIGLU,
-                  GATE, HAS_RESIDUAL)
+                  GATE, HAS_RESIDUAL, act_p0, act_p1, act_p2, act_p3)
 
 
 @triton.jit
@@ -216,16 +230,20 @@ def _k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K: tl.constexpr
 @triton.jit
 def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr, stride_om,
               stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP4: tl.constexpr, HAS_BIAS: tl.constexpr,
-              ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, GATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """The decode kernel's epilogue on its fp32 accumulator out^T [BLOCK_N, BLOCK_M]: scales, bias, activation,
-    SwiGLU, residual, store."""
+              ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, GATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+              act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0):
+    """The decode kernel's epilogue on its fp32 accumulator out^T [BLOCK_N, BLOCK_M]: scales, bias, activation
+    (xielu: its learned scalars act_p*, run-time, as the dense GEMM's), SwiGLU, residual, store."""
     y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
     if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
         y = y * tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
         y = y * tl.load(cs_ptr + rows_n)[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y = apply_activation(y, ACTIVATION)
+    if ACTIVATION == "xielu":
+        y = xielu(y, act_p0, act_p1, act_p2, act_p3)
+    else:
+        y = apply_activation(y, ACTIVATION)
     if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs act(g) * u of N / 2, act = GATE (a string: Triton
         y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N, GATE)  # 3.6 refuses one as an `if` test)
     mask = (offs_m < M)[:, None] & mask_n[None, :]
@@ -234,53 +252,14 @@ def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr,
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False, k_tiles: int = 1) -> dict:
-    """The decode kernel's launch config on sm_`arch` (None: the interpreter) for a weight of N rows and `k_tiles` K
-    steps: `_decode_tile`'s BLOCK_N, BLOCK_M, warps, stages and PACK, and SPLIT_K, at M <= 16 from
-    `blocks.decode_split` (K splits towards >= 2 CTAs per SM; 1 without an arch)."""
-    cfg = _decode_tile(N, M, arch, narrow_groups)
-    return dict(cfg, SPLIT_K=1) if M > MAX_M else decode_split(cfg, N, k_tiles, arch)
-
-
-def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False) -> dict:
-    """BLOCK_N, BLOCK_M, warps, stages and PACK of the decode kernel on sm_`arch` (None: the interpreter);
-    `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp decide the cost per
-    weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them, 32 rows per warp
-    cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half the MMAs and x
-    fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 4 pack each row's 4 K
-    blocks into the tile's columns (PACK, module notes; 16 columns past 2 rows). Measured at 4096x4096
-    (`benchmarks/qdecode_sass.py`): see benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs
-    for a GEMV (N=4096: 32 at batch 1, 16 past 8); filling the SMs is split-K's job (`decode_blocks`). M > 16 (the
-    prefill of a decode-step graph, whose weights are stored in the decode layout): 64 x rows per program on 8
-    warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the
-    instructions per row on sm_90)."""
-    if M > MAX_M:
-        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, PRMT=False)
-    # 4 K blocks of M rows in 8 (M <= 2) or 16 x columns; 16 where not narrow, and on mma.sync (sm_80: 2.11-2.14
-    # against 2.34 unpacked; with Triton 3.9 on sm_90 the 16 columns spilled beside split-K's partial sum)
-    narrow = M <= 8 and _narrow_x(arch) and not (narrow_groups and 2 < M <= 4 and (arch or 0) < 90)
-    pack = narrow_groups and (M <= 2 or (M <= 4 and not narrow))
-    # 256-row tiles on 4 warps: 16-column tiles, and unpacked narrow groups (128 x 8 on 2 spilled with 3.9 on sm_80)
-    wide = N >= 2048 and (not narrow or (narrow_groups and not pack))
-    tile = dict(BLOCK_N=256, num_warps=4) if wide else dict(BLOCK_N=128, num_warps=2) if N >= 512 else \
-        dict(BLOCK_N=64, num_warps=1)
-    # 2 stages: a third cost 10-15 instructions per iteration (and spilled packed 16-column tiles on 3.6 sm_80)
-    return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2, PACK=pack, PRMT=narrow or (arch or 90) < 90)
-
-
-def _narrow_x(arch: int | None) -> bool:
-    """Whether an 8-column x tile is cheaper than 16 on sm_`arch` with this Triton: sm_80's mma.m16n8k16 takes it as
-    is (int4 1.98-1.99 -> 1.78-1.79, FP4 2.07-2.14 -> 1.90-1.96 per weight); so does sm_90 with Triton 3.9 (1.91
-    -> 1.79) but not with 3.6 (2.69 on 4 warps). The interpreter: any; 8 exercises the narrow tile."""
-    return arch is None or arch < 90 or TRITON_VERSION >= (3, 9, 0)  # measured on 3.6 and 3.9 only
-
-
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
                       residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None, scale: float = 1.0,
                       keep: torch.Tensor | None = None, asm: bool | None = None,
                       norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False, gate: str = "silu",
                       out: torch.Tensor | None = None, ws: Workspace | None = None,
-                      split_k: int | None = None) -> torch.Tensor:
+                      split_k: int | None = None, post_norm: tuple | None = None, keep_z: bool = False,
+                      z_out: torch.Tensor | None = None, act_args: tuple[float, ...] = ()
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`qlinear_ref` with the scheme's epilogue (scale, bias, activation, residual) for fp16 x [..., K] (any number of
     rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers.
 
@@ -293,27 +272,33 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     codes. `norm=(weight, eps)`: x is rms_norm'ed first, in the kernel (M <= 16) or by one row kernel (prefill),
     into scratch from `ws`; `swiglu`: the weight's 2N rows are interleaved (gate, up) pairs and the result is
     act(gate) * up [..., N], act = `gate` (`qlinear_decode_fuse`). `split_k`: K splits instead of the table's (M <= 16;
-    tests force them): fp32 partials from `ws`, summed by each tile's last split (`split_k.py`)."""
+    tests force them): fp32 partials from `ws`, summed by each tile's last split (`split_k.py`).
+    `post_norm=(res, w, eps)`: x is h and the GEMM's input z = res + rms_norm(h, w, eps) (either None: without it),
+    then `norm` of z if given, as `gemm.linear`'s; `keep_z`: z is stored too (into `z_out`, else allocated) and the
+    result is (y, z). `act_args`: xielu's scalars (alpha_p, alpha_n, beta, eps)."""
     if not weight.encoding.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
                          "fxforge.ir.weight_layouts.to_decode_layout(weight)")
     from fxforge.codegen.templates import qlinear_decode_f8 as f8  # (it imports this module's device functions)
     weight = f8.for_device(weight, x.device)  # "f4w128e" on a GPU without FP8 MMA: the fp16 layout's copy
     enc, p, f8 = weight.encoding, weight.payload, fp8_operand(weight.encoding.layout) and f8
-    if activation not in ACTIVATIONS:
-        raise ShapeError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
+    if activation not in ACTIVATIONS + PARAM_ACTIVATIONS or len(act_args) != len(ACTIVATION_PARAMS.get(activation, ())):
+        raise ShapeError(f"activation {activation!r} with act_args {act_args}: use one of {ACTIVATIONS} or "
+                         f"{PARAM_ACTIVATIONS} with its scalars {ACTIVATION_PARAMS}")
     N, K = weight.data.shape
     lead = tuple(x.shape[:-1])
     if x.dtype != torch.float16 or x.shape[-1] != K:
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}]")
     fp4 = layout_format(enc.layout) == "f4e2m1"
     check_fusions(norm, swiglu, N, K, bias is None and activation == "none", gate)
+    check_post_norm(post_norm, x, keep_z)
     n_out = N // 2 if swiglu else N
     x2d = x.reshape(-1, K)
     M = x2d.shape[0]
     out = out_tensor(out, (*lead, n_out), out_dtype or x.dtype, x.device, "qlinear_w4_decode").view(M, n_out)
+    z = out_tensor(z_out, (*lead, K), x.dtype, x.device, "qlinear_w4_decode z").view(M, K) if keep_z else None
     if M == 0:
-        return out.reshape(*lead, n_out)
+        return (out.reshape(*lead, n_out), z.reshape(*lead, K)) if keep_z else out.reshape(*lead, n_out)
     col_scale = p["scale"].reshape(N).float() if fp4 else out  # unread unless FP4
     x2d = x2d.contiguous()
     bk, kw, xperm = layout_params(enc.layout)
@@ -329,7 +314,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         raise ShapeError(f"qlinear_w4_decode splits K at M <= {MAX_M} rows only (got {M}); leave split_k unset")
     more = (((splits, N, M), torch.float32),) if splits > 1 else ()  # split-K's fp32 partials (out^T per split)
     # the norm / E4M3 prologue (M <= 16: in here) and the partials, in one workspace take
-    x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more, bool(f8))
+    x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more, bool(f8), post_norm, z)
+    fused.update({f"act_p{i}": float(v) for i, v in enumerate(act_args)})
     row_scale = out if row_scale is None else row_scale  # unread unless FP4
     if splits > 1:  # one arrival counter per tile, kept zero between launches (`Workspace.counters`)
         fused = dict(fused, part_ptr=part[0], lock_ptr=counters(ws, x.device, grid[0]), k_per_split=per,
@@ -337,8 +323,9 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         grid = (grid[0], splits)
     asm = (not interpreting()) if asm is None else asm
     if f8:  # the FP8-MMA kernel: no zero points, no tile options
-        return f8.launch(grid, cfg, x2d, weight, s, out, bias, res, row_scale, col_scale, group, activation,
-                         residual is not None, swiglu, gate, scale, asm, fused).reshape(*lead, n_out)
+        y = f8.launch(grid, cfg, x2d, weight, s, out, bias, res, row_scale, col_scale, group, activation,
+                      residual is not None, swiglu, gate, scale, asm, fused).reshape(*lead, n_out)
+        return (y, z.reshape(*lead, K)) if keep_z else y
     qlinear_w4_decode_kernel[grid](
         x2d, words, zz, s, out, bias if bias is not None else out, res, row_scale, col_scale, M, N, K,
         x2d.stride(0), words.stride(0), zz.stride(0), s.stride(0), out.stride(0), res.stride(0),
@@ -347,54 +334,4 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, GATE=gate, PACK=cfg["PACK"],
         PRMT=cfg["PRMT"], scale=float(scale), **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return out.reshape(*lead, n_out)
-
-
-def split_plan(K: int, bk: int, group: int, splits: int) -> tuple[int, int]:
-    """(K steps per split, splits launched) of the decode kernel for `splits` wanted (`blocks.split_steps`): a split
-    starts on a group boundary (`_k_window`), so the steps per split are a multiple of lcm(bk, group) / bk unless
-    one group spans K."""
-    return split_steps(-(-K // bk), splits, math.lcm(bk, group) // bk if group < K else 1)
-
-
-def decode_operand(arch: int) -> tuple[int, bool]:
-    """(kWidth, x-permuted) of the decode layout to encode for sm_`arch` with this Triton
-    (`weight_layouts.preferred_operand`)."""
-    return preferred_operand(arch, TRITON_VERSION[:2])
-
-
-def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
-                   activation: str = "none", residual: bool = False, kw: int = 2, xperm: bool = False, M: int = 1,
-                   fp4: bool = False, arch: int | None = 90, norm: bool = False, swiglu: bool = False,
-                   split_k: int | None = None) -> dict:
-    """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
-    (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts), xperm: x-permuted ("x"); the
-    blocks the launcher picks on sm_`arch`; `norm`: the RMSNorm prologue, `swiglu`: the epilogue over interleaved
-    (gate, up) rows (N counts the weight's rows, 2x the output's); the K splits the launcher picks (`split_k`: these
-    instead)."""
-    wscale = fp4 and (group or K) % bk != 0
-    cfg = decode_blocks(N, M, arch, wscale, -(-K // bk))
-    per, split = split_plan(K, bk, group or K, split_k or cfg["SPLIT_K"])
-    sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
-           "bias_ptr": "*fp16", "res_ptr": "*fp16", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
-           "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
-           "stride_om": "i32", "stride_rm": "i32"}
-    const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
-             "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
-             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu, "GATE": "silu",
-             "PACK": cfg["PACK"], "PRMT": cfg["PRMT"], "SPLIT_K": split}
-    sig.update(eps="fp32", scale="fp32")
-    if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
-        sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")
-    else:
-        const.update(part_ptr=None, lock_ptr=None, k_per_split=1)
-    for name, used in (("norm_ptr", norm), ("xn_ptr", norm or const["QUANT_X"])):  # the prologue's operands
-        sig.update({name: "*fp16"}) if used else const.update({name: None})
-    layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4", xperm)
-    fused = "".join(f" {name}" for name, on in (("norm", norm), ("swiglu", swiglu)) if on)
-    return {"module": __name__, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
-            "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
-            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
-            "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group}"
-            + (f" splitk{split}" if split > 1 else "") + f" {layout}" + fused + ("" if asm else " portable")
-            + (f" M={M}" if M > MAX_M else "")}
+    return (out.reshape(*lead, n_out), z.reshape(*lead, K)) if keep_z else out.reshape(*lead, n_out)

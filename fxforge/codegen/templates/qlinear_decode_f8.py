@@ -97,23 +97,26 @@ def qlinear_w4_f8_decode_kernel(
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False, scale=1.0,
     SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu",
-    part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1,
+    part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0,
+    z_ptr=None, POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
+    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T) for W in "f4w128e" and x E4M3 codes (fp8; QUANT_X: quantized here from
-    fp16 x first); the grid, prologue, split-K and epilogue are `qlinear_w4_decode_kernel`'s."""
+    fp16 x first); the grid, prologue (post-norm step included), split-K and epilogue are `qlinear_w4_decode_kernel`'s."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows_n = tl.minimum(offs_n, N - 1)
     pid_m = tl.program_id(1) if SPLIT_K == 1 else 0
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    if HAS_NORM or QUANT_X:
+    if HAS_NORM or QUANT_X or POST_NORM:
         rs_at = pid * M
         if SPLIT_K > 1:
             rs_at = (pid * SPLIT_K + tl.program_id(1)) * M
         a_ptr, stride_am, rs_ptr = prologue_rows(a_ptr, stride_am, xn_ptr + pid * M * K, rs_ptr + rs_at, norm_ptr,
                                                  eps, offs_m, M, K, HAS_NORM, QUANT_X, BLOCK_M, 128, k_per_split,
-                                                 SPLIT_K)
+                                                 SPLIT_K, pres_ptr, pw_ptr, post_eps, z_ptr, tl.where(pid == 0, M, 0),
+                                                 POST_NORM, WRITE_Z, False)  # (xn is E4M3: z recomputed)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + tl.arange(0, 32)[:, None]  # x^T block [32, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, 16)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -147,7 +150,8 @@ def qlinear_w4_f8_decode_kernel(
         last, acc = split_sum(acc, part_ptr, lock_ptr, offs_n, offs_m, mask_n, offs_m < M, N, M, SPLIT_K)
     if last:
         _epilogue(acc * scale, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
-                  stride_om, stride_rm, BLOCK_M, BLOCK_N, True, HAS_BIAS, ACTIVATION, SWIGLU, GATE, HAS_RESIDUAL)
+                  stride_om, stride_rm, BLOCK_M, BLOCK_N, True, HAS_BIAS, ACTIVATION, SWIGLU, GATE, HAS_RESIDUAL,
+                  act_p0, act_p1, act_p2, act_p3)
 
 
 def f8_blocks(N: int, M: int, arch: int | None, narrow_groups: bool = False, k_tiles: int = 1) -> dict:
@@ -200,7 +204,8 @@ def fp16_copy(weight, arch: int):
 
 
 def w4_f8_decode_spec(N: int, K: int, group: int = 32, *, M: int = 1, arch: int | None = 90, asm: bool = True,
-                      norm: bool = False, swiglu: bool = False, split_k: int | None = None) -> dict:
+                      norm: bool = False, swiglu: bool = False, split_k: int | None = None,
+                      post_norm: bool = False) -> dict:
     """`fxforge.codegen.build` spec of the kernel for fp16 x [M, K] and an "f4w128e" weight [N, K] with the blocks
     and K splits the launcher picks on sm_`arch` (`split_k`: these instead)."""
     from fxforge.codegen.templates.qlinear_decode import split_plan
@@ -221,7 +226,12 @@ def w4_f8_decode_spec(N: int, K: int, group: int = 32, *, M: int = 1, arch: int 
         const.update(part_ptr=None, lock_ptr=None, k_per_split=1)
     sig.update(norm_ptr="*fp16") if norm else const.update(norm_ptr=None)
     sig.update(xn_ptr="*fp8e4nv") if quant else const.update(xn_ptr=None)
-    fused = "".join(f" {name}" for name, on in (("norm", norm), ("swiglu", swiglu)) if on)
+    post = post_norm and quant  # the post-norm step in the prologue, z stored (prefill: a row kernel first)
+    const.update(POST_NORM=post, WRITE_Z=post)
+    for name in ("pres_ptr", "pw_ptr", "z_ptr"):
+        sig.update({name: "*fp16"}) if post else const.update({name: None})
+    sig.update(post_eps="fp32", **{f"act_p{i}": "fp32" for i in range(4)})
+    fused = "".join(f" {name}" for name, on in (("post_norm", post_norm), ("norm", norm), ("swiglu", swiglu)) if on)
     return {"module": __name__, "kernel": "qlinear_w4_f8_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],

@@ -19,6 +19,11 @@ row kernel `rms_norm_rows_kernel`, and `prologue`, the launcher's part that deci
   points the K loop's x at them. The steps are the row kernel's and the dense prologue's (fp32 sum of
   squares, scale, round to x's dtype, times the norm weight, round). Prefill tiles (M > 16, grid over N of
   64-row tiles) would each write M x K: they get one `rms_norm_rows_kernel` launch instead.
+- POST_NORM (Gemma2/3, OLMo2: the consuming GEMM computes a post-norm block's z = res + rms_norm(h, w), the dense
+  GEMM's `gemm_prologue` step, `passes/norm_prologues.py`): x is h; a pass over h takes its rms, the next computes
+  z tile by tile (`post_z`), takes z's rms (HAS_NORM: Gemma's norm of z) and writes z into this split's K range of
+  the scratch rows (and, in the first column tile, into z's buffer for the next residual add); the last pass reads
+  z back in place. Prefill: `post_norm_rows` writes z first (one launch), then the steps below run on z.
 - E4M3 (QUANT_X, w4a8-fp at M <= 16, which runs as W4A16 on the codes' values): the same prologue then
   quantizes each row per token as `act_quant_kernel` does (amax pass, s = amax / 448, IEEE division, the
   integer encoder `f32_to_fp8e4m3`: the same codes, bit for bit) and stores the codes' fp16 values and the
@@ -43,7 +48,7 @@ from fxforge.codegen.decode import fp8e4m3_to_f32
 from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.act_quant import f32_to_fp8e4m3, quantize_activations
 from fxforge.codegen.templates.gemm import apply_activation
-from fxforge.codegen.templates.gemm_prologue import rms_scale, row_rstd
+from fxforge.codegen.templates.gemm_prologue import POST_NORM_ROWS, post_norm_rows, post_z, rms_scale, row_rstd
 from fxforge.codegen.templates.split_k import split_range
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
@@ -55,10 +60,17 @@ E4M3_MAX: tl.constexpr = tl.constexpr(formats.get_format("f8e4m3").max_value)
 
 
 @triton.jit
-def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.constexpr):
+def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.constexpr, pres_ptr, pw_ptr, h_rstd,
+              POST_NORM: tl.constexpr, z_ptr=None, z_rows=0, WRITE_Z: tl.constexpr = False):
     """x's tile (rows offs_m, columns ks) as fp32, rms_norm'ed with the row kernel's steps and roundings (g_ptr None:
-    weightless, NanoChat's: scale, one rounding)."""
+    weightless, NanoChat's: scale, one rounding). POST_NORM: x is h and the tile is first z = res + rms_norm(h, pw)
+    (`gemm_prologue.post_z`; res rows of K contiguous elements), stored to z's rows with WRITE_Z below `z_rows`."""
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
+    if POST_NORM:
+        x = post_z(x, pres_ptr, pw_ptr, offs_m, ks, mask, K, 1, K, h_rstd)
+        if WRITE_Z:
+            z_mask = mask & (offs_m < z_rows)[:, None]
+            tl.store(z_ptr + offs_m[:, None] * K + ks[None, :], x.to(z_ptr.dtype.element_ty), mask=z_mask)
     if HAS_NORM and g_ptr is None:
         x = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
     elif HAS_NORM:
@@ -70,37 +82,70 @@ def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.c
 @triton.jit
 def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HAS_NORM: tl.constexpr,
                   QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, k_per_split=1,
-                  SPLIT_K: tl.constexpr = 1):
+                  SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0, z_ptr=None, z_rows=0,
+                  POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False, STAGE_Z: tl.constexpr = True):
     """xn[m, :] = rms_norm(x[m, :]) * g (HAS_NORM) for the rows offs_m < M (xn: rows of K contiguous elements);
     QUANT: then quantized per token to E4M3 as `act_quant_kernel` does (rs[m] = amax / 448, codes by the same
     integer encoder, bit-exact) and stored as the codes' fp16 values. Then a barrier: the caller's threads read
     the rows back (returned: x's pointer and row stride for the K loop, and the scales' pointer). SPLIT_K > 1:
-    only this K split's tiles of xn are written (`split_range`); the row's rms and amax span the whole K."""
+    only this K split's tiles of xn are written (`split_range`); the row's rms and amax span the whole K.
+    POST_NORM: x is h and the row is z = res + rms_norm(h, pw, post_eps) (res `pres_ptr`, contiguous rows; pw or
+    res None: without it) before the steps above; WRITE_Z: z is stored to z_ptr's rows below `z_rows` as well (M in
+    one column tile, else 0). STAGE_Z (fp16 xn): z is written into xn by the pass that takes its rms, and the last
+    pass reads it back in place: recomputing z there (a residual load beside xn's store) cost the sm_90 K loop 3-20
+    SASS instructions in ptxas' allocation; an E4M3 xn (`qlinear_decode_f8`) recomputes it."""
     mask_m = offs_m < M
-    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if HAS_NORM:
-        rstd = row_rstd(x_ptr, offs_m, mask_m, stride_xm, 1, K, eps, BLOCK_M, BLOCK_K)
     offs_k = tl.arange(0, BLOCK_K)
+    k_lo, k_hi = 0, tl.cdiv(K, BLOCK_K)
+    if SPLIT_K > 1:
+        k_lo, k_hi = split_range(k_hi, k_per_split)
+    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    h_rstd = rstd
+    if POST_NORM:  # h's rms, then z tile by tile: its rms (the whole row), staged in this split's range of xn
+        h_rstd = row_rstd(x_ptr, offs_m, mask_m, stride_xm, 1, K, post_eps, BLOCK_M, BLOCK_K)
+        if HAS_NORM or STAGE_Z:
+            z_lo, z_hi = k_lo, k_hi
+            if HAS_NORM:
+                z_lo, z_hi = 0, tl.cdiv(K, BLOCK_K)
+            ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            for k0 in range(z_lo, z_hi):
+                ks = k0 * BLOCK_K + offs_k
+                mask = mask_m[:, None] & (ks[None, :] < K)
+                v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, False, pres_ptr, pw_ptr, h_rstd, True)
+                ss += tl.sum(v * v, axis=1)
+                if STAGE_Z:
+                    mine = mask & ((ks >= k_lo * BLOCK_K) & (ks < k_hi * BLOCK_K))[None, :]  # this split's range
+                    tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mine)
+                    if WRITE_Z:
+                        tl.store(z_ptr + offs_m[:, None] * K + ks[None, :], v.to(z_ptr.dtype.element_ty),
+                                 mask=mine & (offs_m < z_rows)[:, None])
+            if HAS_NORM:
+                rstd = tl.rsqrt(ss / K + eps)
+    elif HAS_NORM:
+        rstd = row_rstd(x_ptr, offs_m, mask_m, stride_xm, 1, K, eps, BLOCK_M, BLOCK_K)
     s = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
     if QUANT:
         amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for k0 in range(0, tl.cdiv(K, BLOCK_K)):
             ks = k0 * BLOCK_K + offs_k
-            v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask_m[:, None] & (ks[None, :] < K), K, HAS_NORM)
+            v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask_m[:, None] & (ks[None, :] < K), K, HAS_NORM,
+                          pres_ptr, pw_ptr, h_rstd, POST_NORM)
             amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
         s = tl.math.div_rn(amax, E4M3_MAX + tl.zeros_like(amax))
         s = tl.where(s > 0.0, s, 1.0)
         tl.store(rs_ptr + offs_m, s, mask=mask_m)
-    k_lo, k_hi = 0, tl.cdiv(K, BLOCK_K)
-    if SPLIT_K > 1:
-        k_lo, k_hi = split_range(k_hi, k_per_split)
-    for k0 in range(k_lo, k_hi):
-        ks = k0 * BLOCK_K + offs_k
-        mask = mask_m[:, None] & (ks[None, :] < K)
-        v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM)
-        if QUANT:
-            v = fp8e4m3_to_f32(f32_to_fp8e4m3(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))))
-        tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mask)
+    if POST_NORM and STAGE_Z:  # the last pass reads z back from xn (each thread its own elements; a barrier anyway)
+        tl.debug_barrier()
+        x_ptr, stride_xm = xn_ptr, K
+    if HAS_NORM or QUANT or not (POST_NORM and STAGE_Z):  # (z alone, staged: xn is done)
+        for k0 in range(k_lo, k_hi):
+            ks = k0 * BLOCK_K + offs_k
+            mask = mask_m[:, None] & (ks[None, :] < K)
+            v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM, pres_ptr, pw_ptr, h_rstd,
+                          POST_NORM and not STAGE_Z, z_ptr, z_rows, WRITE_Z and not STAGE_Z)
+            if QUANT:
+                v = fp8e4m3_to_f32(f32_to_fp8e4m3(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))))
+            tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mask)
     tl.debug_barrier()
     return xn_ptr, K, rs_ptr
 
@@ -139,27 +184,39 @@ _PLAIN = dict(norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM=False, QUANT_X=False
 
 
 def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bool, programs: int, bk: int,
-             ws: Workspace | None, splits: int = 1, more: tuple = (), fp8: bool = False
+             ws: Workspace | None, splits: int = 1, more: tuple = (), fp8: bool = False,
+             post: tuple | None = None, z: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, dict, list[torch.Tensor]]:
     """(x as the K loop's kernel argument, w4a8-fp's per-token scales, the prologue's kernel arguments, the caller's
     `more` scratch). M <= 16: the kernel normalises (`norm`) and quantizes (`fp4`) x itself into per-tile scratch
     rows ([programs, M, K] fp16, each of the `splits` K splits of a tile writing its own K range, and
     [programs * splits, M] scales) taken from the workspace in one take with `more` ((shape, dtype) specs: split-K's
     partials; M <= 16 only). Prefill: one row-kernel launch for the norm, then `quantize_activations` for FP4 (the
-    codes' values in fp16; `fp8`: the codes as E4M3 bytes, at any M, for `qlinear_decode_f8`)."""
+    codes' values in fp16; `fp8`: the codes as E4M3 bytes, at any M, for `qlinear_decode_f8`). `post=(res, w, eps)`:
+    x is h and the GEMM's input z = res + rms_norm(h, w) (the post-norm step, `check_post_norm`), written to `z`
+    [M, K] (contiguous) if given: in the kernel at M <= 16 (z by the first column tile), else `post_norm_rows` first."""
     M, K = x2d.shape
     if M <= DECODE_ROWS:
-        if norm is None and not fp4:
+        if norm is None and not fp4 and post is None:
             return x2d, None, _PLAIN, scratch(ws, x2d.device, *more) if more else []
         xn, rs, *extra = scratch(ws, x2d.device, ((programs, M, K), torch.float8_e4m3fn if fp8 else torch.float16),
                                  ((programs * splits, M), torch.float32), *more)
         return x2d, rs if fp4 else None, dict(
             norm_ptr=norm[0].contiguous() if norm and norm[0] is not None else None, xn_ptr=xn, eps=float(norm[1]) if norm else 0.0,
-            HAS_NORM=norm is not None, QUANT_X=fp4), extra
+            HAS_NORM=norm is not None, QUANT_X=fp4, **_post_args(post, z, M, K)), extra
     if more or splits > 1:
         raise ShapeError(f"the decode prologue splits K at M <= {DECODE_ROWS} rows only (got {M})")
+    specs = ([((M, K), x2d.dtype)] if post is not None and z is None else []) + ([((M, K), x2d.dtype)] if norm else [])
+    taken = scratch(ws, x2d.device, *specs) if specs else []
+    if post is not None:  # z once per row (the dense GEMM's prefill step), then the steps below on z
+        z = z if z is not None else taken.pop(0)
+        res, pw = (post[0].reshape(M, K).contiguous() if post[0] is not None else None), post[1]
+        post_norm_rows[(triton.cdiv(M, POST_NORM_ROWS["BLOCK_M"]),)](
+            x2d, res, pw.contiguous() if pw is not None else None, z, M, K, x2d.stride(0), 1, K, 1, K, float(post[2]),
+            BLOCK_M=POST_NORM_ROWS["BLOCK_M"], BLOCK_K=POST_NORM_ROWS["BLOCK_K"], num_warps=POST_NORM_ROWS["num_warps"])
+        x2d = z
     if norm is not None:
-        (xn,) = scratch(ws, x2d.device, ((M, K), x2d.dtype))
+        (xn,) = taken
         rms_norm_rows_kernel[(triton.cdiv(M, PREFILL_ROWS),)](
             x2d, x2d.stride(0), xn, norm[0].contiguous() if norm[0] is not None else None, float(norm[1]), M, K, BLOCK_M=PREFILL_ROWS, BLOCK_K=bk)
         x2d = xn
@@ -168,3 +225,26 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
         codes, rs = quantize_activations(x2d, "f8e4m3")
         x2d = codes.view(torch.float8_e4m3fn) if fp8 else formats.decode_fp8(codes, "f8e4m3").to(torch.float16)
     return x2d, rs, _PLAIN, []
+
+
+def _post_args(post: tuple | None, z: torch.Tensor | None, M: int, K: int) -> dict:
+    """The post-norm step's kernel arguments at M <= 16 (none without it: the kernels' defaults)."""
+    if post is None:
+        return {}
+    res, pw, eps = post
+    res = res.reshape(M, K).contiguous() if res is not None else None
+    return dict(pres_ptr=res, pw_ptr=pw.contiguous() if pw is not None else None, post_eps=float(eps),
+                z_ptr=z, POST_NORM=True, WRITE_Z=z is not None)
+
+
+def check_post_norm(post: tuple | None, x: torch.Tensor, keep_z: bool) -> None:
+    """`post_norm=(res, w, eps)`: a residual of x's shape and dtype and a weight [K], each or None; `keep_z` needs it."""
+    if keep_z and post is None:
+        raise ShapeError("qlinear_w4_decode keep_z stores the post-norm residual z: it needs post_norm=(res, weight, eps)")
+    if post is None:
+        return
+    res, pw, _ = post
+    K = x.shape[-1]
+    if (res is not None and (res.shape != x.shape or res.dtype != x.dtype)) or (pw is not None and tuple(pw.shape) != (K,)):
+        raise ShapeError(f"qlinear_w4_decode post_norm needs a residual of x's shape {tuple(x.shape)} and dtype, "
+                         f"and a weight ({K},), each or None")

@@ -1,0 +1,110 @@
+"""The 4-bit decode GEMM's launch plan (`qlinear_decode`): its tile table (`decode_blocks`), where split-K's splits
+start (`split_plan`), the weight operand to encode per GPU (`decode_operand`) and the kernel's build spec
+(`w4_decode_spec`). Host code only, so the kernel module keeps its room; `qlinear_decode` re-exports the names."""
+
+from __future__ import annotations
+
+import math
+
+from fxforge.codegen.blocks import decode_split, split_steps
+from fxforge.codegen.triton_compat import TRITON_VERSION
+from fxforge.ir.weight_layouts import DECODE_ROWS, layout_name, preferred_operand
+
+MAX_M = DECODE_ROWS
+KERNEL_MODULE = "fxforge.codegen.templates.qlinear_decode"  # the module of `qlinear_w4_decode_kernel`
+
+def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False, k_tiles: int = 1) -> dict:
+    """The decode kernel's launch config on sm_`arch` (None: the interpreter) for a weight of N rows and `k_tiles` K
+    steps: `_decode_tile`'s BLOCK_N, BLOCK_M, warps, stages and PACK, and SPLIT_K, at M <= 16 from
+    `blocks.decode_split` (K splits towards >= 2 CTAs per SM; 1 without an arch)."""
+    cfg = _decode_tile(N, M, arch, narrow_groups)
+    return dict(cfg, SPLIT_K=1) if M > MAX_M else decode_split(cfg, N, k_tiles, arch)
+
+
+def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False) -> dict:
+    """BLOCK_N, BLOCK_M, warps, stages and PACK of the decode kernel on sm_`arch` (None: the interpreter);
+    `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp decide the cost per
+    weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them, 32 rows per warp
+    cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half the MMAs and x
+    fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 4 pack each row's 4 K
+    blocks into the tile's columns (PACK, module notes; 16 columns past 2 rows). Measured at 4096x4096
+    (`benchmarks/qdecode_sass.py`): see benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs
+    for a GEMV (N=4096: 32 at batch 1, 16 past 8); filling the SMs is split-K's job (`decode_blocks`). M > 16 (the
+    prefill of a decode-step graph, whose weights are stored in the decode layout): 64 x rows per program on 8
+    warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the
+    instructions per row on sm_90)."""
+    if M > MAX_M:
+        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, PRMT=False)
+    # 4 K blocks of M rows in 8 (M <= 2) or 16 x columns; 16 where not narrow, and on mma.sync (sm_80: 2.11-2.14
+    # against 2.34 unpacked; with Triton 3.9 on sm_90 the 16 columns spilled beside split-K's partial sum)
+    narrow = M <= 8 and _narrow_x(arch) and not (narrow_groups and 2 < M <= 4 and (arch or 0) < 90)
+    pack = narrow_groups and (M <= 2 or (M <= 4 and not narrow))
+    # 256-row tiles on 4 warps: 16-column tiles, and unpacked narrow groups (128 x 8 on 2 spilled with 3.9 on sm_80)
+    wide = N >= 2048 and (not narrow or (narrow_groups and not pack))
+    tile = dict(BLOCK_N=256, num_warps=4) if wide else dict(BLOCK_N=128, num_warps=2) if N >= 512 else \
+        dict(BLOCK_N=64, num_warps=1)
+    # 2 stages: a third cost 10-15 instructions per iteration (and spilled packed 16-column tiles on 3.6 sm_80)
+    return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2, PACK=pack, PRMT=narrow or (arch or 90) < 90)
+
+
+def _narrow_x(arch: int | None) -> bool:
+    """Whether an 8-column x tile is cheaper than 16 on sm_`arch` with this Triton: sm_80's mma.m16n8k16 takes it as
+    is (int4 1.98-1.99 -> 1.78-1.79, FP4 2.07-2.14 -> 1.90-1.96 per weight); so does sm_90 with Triton 3.9 (1.91
+    -> 1.79) but not with 3.6 (2.69 on 4 warps). The interpreter: any; 8 exercises the narrow tile."""
+    return arch is None or arch < 90 or TRITON_VERSION >= (3, 9, 0)  # measured on 3.6 and 3.9 only
+
+
+def split_plan(K: int, bk: int, group: int, splits: int) -> tuple[int, int]:
+    """(K steps per split, splits launched) of the decode kernel for `splits` wanted (`blocks.split_steps`): a split
+    starts on a group boundary (`_k_window`), so the steps per split are a multiple of lcm(bk, group) / bk unless
+    one group spans K."""
+    return split_steps(-(-K // bk), splits, math.lcm(bk, group) // bk if group < K else 1)
+
+
+def decode_operand(arch: int) -> tuple[int, bool]:
+    """(kWidth, x-permuted) of the decode layout to encode for sm_`arch` with this Triton
+    (`weight_layouts.preferred_operand`)."""
+    return preferred_operand(arch, TRITON_VERSION[:2])
+
+
+def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
+                   activation: str = "none", residual: bool = False, kw: int = 2, xperm: bool = False, M: int = 1,
+                   fp4: bool = False, arch: int | None = 90, norm: bool = False, swiglu: bool = False,
+                   split_k: int | None = None, post_norm: bool = False) -> dict:
+    """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
+    (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts), xperm: x-permuted ("x"); the
+    blocks the launcher picks on sm_`arch`; `norm`: the RMSNorm prologue, `swiglu`: the epilogue over interleaved
+    (gate, up) rows (N counts the weight's rows, 2x the output's); the K splits the launcher picks (`split_k`: these
+    instead); `post_norm`: x is h and the input z = res + rms_norm(h, w), z stored (M <= 16; prefill writes z with
+    a row kernel first); activation "xielu": its run-time scalars act_p0..3."""
+    wscale = fp4 and (group or K) % bk != 0
+    cfg = decode_blocks(N, M, arch, wscale, -(-K // bk))
+    per, split = split_plan(K, bk, group or K, split_k or cfg["SPLIT_K"])
+    sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
+           "bias_ptr": "*fp16", "res_ptr": "*fp16", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
+           "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
+           "stride_om": "i32", "stride_rm": "i32"}
+    const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
+             "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
+             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu, "GATE": "silu",
+             "PACK": cfg["PACK"], "PRMT": cfg["PRMT"], "SPLIT_K": split}
+    sig.update(eps="fp32", scale="fp32")
+    if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
+        sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")
+    else:
+        const.update(part_ptr=None, lock_ptr=None, k_per_split=1)
+    post = post_norm and M <= MAX_M
+    const.update(POST_NORM=post, WRITE_Z=post)
+    sig.update(post_eps="fp32", **{f"act_p{i}": "fp32" for i in range(4)})
+    for name, used in (("norm_ptr", norm), ("xn_ptr", norm or const["QUANT_X"] or post), ("pres_ptr", post),
+                       ("pw_ptr", post), ("z_ptr", post)):  # the prologue's operands
+        sig.update({name: "*fp16"}) if used else const.update({name: None})
+    layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4", xperm)
+    fused = "".join(f" {name}" for name, on in (("post_norm", post_norm), ("norm", norm), ("swiglu", swiglu)) if on)
+    return {"module": KERNEL_MODULE, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
+            "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+            "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group}"
+            + (f" splitk{split}" if split > 1 else "") + f" {layout}" + fused + (" xielu" if activation == "xielu" else "")
+            + ("" if asm else " portable")
+            + (f" M={M}" if M > MAX_M else "")}
