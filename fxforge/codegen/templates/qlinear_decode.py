@@ -52,11 +52,11 @@ How (per K tile of BLOCK_K = the layout's tile):
   1.80-1.91 everywhere; batch 3-4: 2.34-2.48 -> 1.88 (sm_90, 3.6), 2.11-2.13 (sm_80: 16 columns, twice the
   MMAs of 8 on mma.sync; 3.9 on sm_90 keeps 8 unpacked: 16 spilled beside split-K's sum). No gain past 4 rows.
 - Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
-  `split_plan` the steps): a split is the kernel on its K window (`_k_window`: x, the words, zero points and group
+  `split_plan` the steps): a split is the kernel on its K window (`k_window`: x, the words, zero points and group
   scales advanced to its first column, which starts a group; K its width), so the K loop's code is the unsplit
   kernel's (a runtime start costs ~11 address instructions per iteration); after the loop (and PACK's column
   sum) `split_k.split_sum` stores the fp32 partial out^T into part[SPLIT_K, N, M] and the tile's last split sums
-  them in split order (a split result differs from the unsplit one by fp32 rounding only) and runs `_epilogue`.
+  them in split order (a split result differs from the unsplit one by fp32 rounding only) and runs `decode_epilogue`.
   Split K loops measured 0.95-1.03x the unsplit ones' instructions (results/qdecode_sass-2026-12-01-splitk-*).
 - ASM=False (the interpreter) decodes with portable integer ops. "f4w128e" (sm_90's FP8 MMA): `qlinear_decode_f8`.
 Measured (`benchmarks/qdecode_sass.py`): SASS instructions per weight in the K loop, results/qdecode_sass-*.md.
@@ -69,7 +69,7 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.pool import Workspace, counters, out_tensor
-from fxforge.codegen.templates.gemm import ACTIVATIONS, PARAM_ACTIVATIONS, apply_activation, device_arch, interpreting
+from fxforge.codegen.templates.gemm import ACTIVATIONS, PARAM_ACTIVATIONS, device_arch, interpreting
 from fxforge.codegen.templates.qlinear_decode_config import (  # noqa: F401 (re-exported: tests, benchmarks)
     MAX_M,
     decode_blocks,
@@ -88,11 +88,11 @@ from fxforge.codegen.templates.qlinear_decode_dequant import (
 from fxforge.codegen.templates.qlinear_decode_fuse import (
     check_fusions,
     check_post_norm,
+    decode_epilogue,
+    k_window,
     prologue,
     prologue_rows,
-    swiglu_pairs,
 )
-from fxforge.codegen.templates.special_fns import xielu
 from fxforge.codegen.templates.split_k import split_sum
 from fxforge.errors import ShapeError
 from fxforge.ir.optable import ACTIVATION_PARAMS
@@ -143,7 +143,7 @@ def qlinear_w4_decode_kernel(
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if SPLIT_K > 1:  # the loop below runs on this split's K window, as the unsplit kernel on a narrower K
-        a_ptr, w_ptr, zz_ptr, s_ptr, K = _k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K, GROUP, FP4)
+        a_ptr, w_ptr, zz_ptr, s_ptr, K = k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K, GROUP, FP4)
     for t in range(0, tl.cdiv(K, BLOCK_K)):
         if PACK and EVEN_K:
             a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=block_of, other=0.0)
@@ -209,47 +209,9 @@ def qlinear_w4_decode_kernel(
     if SPLIT_K > 1:  # partials part[SPLIT_K, N, M] (acc is out^T); the tile's last split sums them in split order
         last, acc = split_sum(acc, part_ptr, lock_ptr, offs_n, offs_r, mask_n, offs_r < M, N, M, SPLIT_K)
     if last:
-        _epilogue(acc * scale, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
-                  stride_om, stride_rm, BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_N, FP4, HAS_BIAS, ACTIVATION, SWIGLU,
-                  GATE, HAS_RESIDUAL, act_p0, act_p1, act_p2, act_p3)
-
-
-@triton.jit
-def _k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
-              FP4: tl.constexpr):
-    """A K split's window (grid axis 1; `k_per_split` K steps, whole groups): x, the weight words, zero points (int4:
-    a pair per group; FP4's per-word factors: one) and group scales advanced to its first column, and its width.
-    The K loop's code on the window is the unsplit kernel's (its induction variable starts at 0: a runtime start
-    cost ~11 SASS instructions per iteration in address arithmetic, FP4 group 32 on sm_90)."""
-    k0 = tl.program_id(1) * k_per_split * BLOCK_K
-    g0 = k0 // GROUP
-    return (a_ptr + k0, w_ptr + k0 // 8, zz_ptr + (1 if FP4 else 2) * g0, s_ptr + g0,
-            tl.minimum(K, k0 + k_per_split * BLOCK_K) - k0)
-
-
-@triton.jit
-def _epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr, stride_om,
-              stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP4: tl.constexpr, HAS_BIAS: tl.constexpr,
-              ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, GATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-              act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0):
-    """The decode kernel's epilogue on its fp32 accumulator out^T [BLOCK_N, BLOCK_M]: scales, bias, activation
-    (xielu: its learned scalars act_p*, run-time, as the dense GEMM's), SwiGLU, residual, store."""
-    y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
-    if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
-        y = y * tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
-        y = y * tl.load(cs_ptr + rows_n)[None, :]
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    if ACTIVATION == "xielu":
-        y = xielu(y, act_p0, act_p1, act_p2, act_p3)
-    else:
-        y = apply_activation(y, ACTIVATION)
-    if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs act(g) * u of N / 2, act = GATE (a string: Triton
-        y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N, GATE)  # 3.6 refuses one as an `if` test)
-    mask = (offs_m < M)[:, None] & mask_n[None, :]
-    if HAS_RESIDUAL:
-        y += tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+        decode_epilogue(acc * scale, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr,
+                        cs_ptr, stride_om, stride_rm, BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_N, FP4, HAS_BIAS,
+                        ACTIVATION, SWIGLU, GATE, HAS_RESIDUAL, act_p0, act_p1, act_p2, act_p3)
 
 
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",

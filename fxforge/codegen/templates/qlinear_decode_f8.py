@@ -38,8 +38,8 @@ import triton
 import triton.language as tl
 
 from fxforge.codegen.blocks import decode_split
-from fxforge.codegen.templates.qlinear_decode import _epilogue, _k_window, decode_operand
-from fxforge.codegen.templates.qlinear_decode_fuse import prologue_rows
+from fxforge.codegen.templates.qlinear_decode_config import decode_operand, split_plan
+from fxforge.codegen.templates.qlinear_decode_fuse import decode_epilogue, k_window, prologue_rows
 from fxforge.codegen.templates.split_k import split_sum
 from fxforge.ir.weight_layouts import fp8_operand, to_decode_layout
 
@@ -121,7 +121,7 @@ def qlinear_w4_f8_decode_kernel(
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, 16)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if SPLIT_K > 1:
-        a_ptr, w_ptr, s_ptr, s_ptr, K = _k_window(a_ptr, w_ptr, s_ptr, s_ptr, K, k_per_split, 128, GROUP, True)
+        a_ptr, w_ptr, s_ptr, s_ptr, K = k_window(a_ptr, w_ptr, s_ptr, s_ptr, K, k_per_split, 128, GROUP, True)
     for t in range(0, tl.cdiv(K, 128)):
         w = tl.load(w_ptr + t * 16 + w_off)
         if ASM:
@@ -149,9 +149,9 @@ def qlinear_w4_f8_decode_kernel(
     if SPLIT_K > 1:
         last, acc = split_sum(acc, part_ptr, lock_ptr, offs_n, offs_m, mask_n, offs_m < M, N, M, SPLIT_K)
     if last:
-        _epilogue(acc * scale, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
-                  stride_om, stride_rm, BLOCK_M, BLOCK_N, True, HAS_BIAS, ACTIVATION, SWIGLU, GATE, HAS_RESIDUAL,
-                  act_p0, act_p1, act_p2, act_p3)
+        decode_epilogue(acc * scale, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr,
+                        cs_ptr, stride_om, stride_rm, BLOCK_M, BLOCK_N, True, HAS_BIAS, ACTIVATION, SWIGLU, GATE,
+                        HAS_RESIDUAL, act_p0, act_p1, act_p2, act_p3)
 
 
 def f8_blocks(N: int, M: int, arch: int | None, narrow_groups: bool = False, k_tiles: int = 1) -> dict:
@@ -208,8 +208,6 @@ def w4_f8_decode_spec(N: int, K: int, group: int = 32, *, M: int = 1, arch: int 
                       post_norm: bool = False) -> dict:
     """`fxforge.codegen.build` spec of the kernel for fp16 x [M, K] and an "f4w128e" weight [N, K] with the blocks
     and K splits the launcher picks on sm_`arch` (`split_k`: these instead)."""
-    from fxforge.codegen.templates.qlinear_decode import split_plan
-
     cfg = f8_blocks(N, M, arch, k_tiles=-(-K // 128))
     per, split = split_plan(K, 128, group or K, split_k or cfg["SPLIT_K"])
     quant = M <= 16

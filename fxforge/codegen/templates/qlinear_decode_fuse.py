@@ -49,6 +49,7 @@ from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.act_quant import f32_to_fp8e4m3, quantize_activations
 from fxforge.codegen.templates.gemm import apply_activation
 from fxforge.codegen.templates.gemm_prologue import POST_NORM_ROWS, post_norm_rows, post_z, rms_scale, row_rstd
+from fxforge.codegen.templates.special_fns import xielu
 from fxforge.codegen.templates.split_k import split_range
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
@@ -248,3 +249,42 @@ def check_post_norm(post: tuple | None, x: torch.Tensor, keep_z: bool) -> None:
     if (res is not None and (res.shape != x.shape or res.dtype != x.dtype)) or (pw is not None and tuple(pw.shape) != (K,)):
         raise ShapeError(f"qlinear_w4_decode post_norm needs a residual of x's shape {tuple(x.shape)} and dtype, "
                          f"and a weight ({K},), each or None")
+
+
+@triton.jit
+def k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+             FP4: tl.constexpr):
+    """A K split's window (grid axis 1; `k_per_split` K steps, whole groups): x, the weight words, zero points (int4:
+    a pair per group; FP4's per-word factors: one) and group scales advanced to its first column, and its width.
+    The K loop's code on the window is the unsplit kernel's (its induction variable starts at 0: a runtime start
+    cost ~11 SASS instructions per iteration in address arithmetic, FP4 group 32 on sm_90)."""
+    k0 = tl.program_id(1) * k_per_split * BLOCK_K
+    g0 = k0 // GROUP
+    return (a_ptr + k0, w_ptr + k0 // 8, zz_ptr + (1 if FP4 else 2) * g0, s_ptr + g0,
+            tl.minimum(K, k0 + k_per_split * BLOCK_K) - k0)
+
+
+@triton.jit
+def decode_epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
+                    stride_om, stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP4: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, GATE: tl.constexpr,
+                    HAS_RESIDUAL: tl.constexpr, act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0):
+    """The 4-bit decode kernels' epilogue (`qlinear_decode`, `qlinear_decode_f8`) on their fp32 accumulator out^T
+    [BLOCK_N, BLOCK_M]: scales, bias, activation (xielu: its learned scalars act_p*, run-time, as the dense GEMM's),
+    SwiGLU, residual, store."""
+    y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
+    if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
+        y = y * tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
+        y = y * tl.load(cs_ptr + rows_n)[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if ACTIVATION == "xielu":
+        y = xielu(y, act_p0, act_p1, act_p2, act_p3)
+    else:
+        y = apply_activation(y, ACTIVATION)
+    if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs act(g) * u of N / 2, act = GATE (a string: Triton
+        y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N, GATE)  # 3.6 refuses one as an `if` test)
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
+    if HAS_RESIDUAL:
+        y += tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
