@@ -62,9 +62,11 @@ _SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(0.7978845608028654)
 
 
 @triton.jit
-def apply_activation(y, ACTIVATION: tl.constexpr):
-    """Elementwise activation on an fp32 tile; ACTIVATION is one of `ACTIVATIONS`."""
-    if ACTIVATION == "relu":
+def apply_activation(y, ACTIVATION: tl.constexpr, p0=0.0, p1=0.0, p2=0.0, p3=0.0):
+    """Elementwise activation on an fp32 tile; ACTIVATION is one of `ACTIVATIONS` (xielu: its scalars p0..p3)."""
+    if ACTIVATION == "xielu":
+        y = xielu(y, p0, p1, p2, p3)
+    elif ACTIVATION == "relu":
         y = tl.maximum(y, 0.0)
     elif ACTIVATION == "relu2":  # squared ReLU: relu(y) * relu(y), one rounding at the store
         y = tl.maximum(y, 0.0)
@@ -117,10 +119,7 @@ def gemm_epilogue(acc, scale, offs_m, offs_n, mask_m, mask_n, out_ptr, bias_ptr,
     y = acc * scale
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    if ACTIVATION == "xielu":
-        y = xielu(y, act_p0, act_p1, act_p2, act_p3)
-    else:
-        y = apply_activation(y, ACTIVATION)
+    y = apply_activation(y, ACTIVATION, act_p0, act_p1, act_p2, act_p3)
     if HAS_POST_SCALE:
         y = y * post_scale
     mask = mask_m[:, None] & mask_n[None, :]

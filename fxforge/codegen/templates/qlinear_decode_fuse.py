@@ -49,7 +49,6 @@ from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.act_quant import f32_to_fp8e4m3, quantize_activations
 from fxforge.codegen.templates.gemm import apply_activation
 from fxforge.codegen.templates.gemm_prologue import POST_NORM_ROWS, post_norm_rows, post_z, rms_scale, row_rstd
-from fxforge.codegen.templates.special_fns import xielu
 from fxforge.codegen.templates.split_k import split_range
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
@@ -278,10 +277,7 @@ def decode_epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bia
         y = y * tl.load(cs_ptr + rows_n)[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    if ACTIVATION == "xielu":
-        y = xielu(y, act_p0, act_p1, act_p2, act_p3)
-    else:
-        y = apply_activation(y, ACTIVATION)
+    y = apply_activation(y, ACTIVATION, act_p0, act_p1, act_p2, act_p3)
     if SWIGLU:  # rows [g0, u0, g1, u1, ...]: BLOCK_N / 2 outputs act(g) * u of N / 2, act = GATE (a string: Triton
         y, offs_n, mask_n = swiglu_pairs(y, pid, N, BLOCK_M, BLOCK_N, GATE)  # 3.6 refuses one as an `if` test)
     mask = (offs_m < M)[:, None] & mask_n[None, :]
