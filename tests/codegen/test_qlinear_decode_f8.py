@@ -145,3 +145,17 @@ def test_ptx_places_the_layout_codes_into_e4m3_bytes():
                 code = sum(((w >> int(p)) & 1) << k for k, p in enumerate(BIT_POSITIONS["f4e2m1e"][e]))
                 byte = (regs[f"${2 * i + e // 4}"] >> (8 * (e % 4))) & 0xFF
                 assert byte == ((code & 7) << 2) | ((code >> 3) << 7), (i, e, code, byte)
+
+
+@pytest.mark.slow  # two more sm_90 builds (~15 s)
+def test_fused_and_prefill_tiles_build_without_spills():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from standard_specs import f8_decode_specs
+
+    from fxforge.codegen.build import build_in_subprocess
+
+    builds = build_in_subprocess(f8_decode_specs(), 90)
+    assert all(b.ok and b.spills == 0 for b in builds), [(b.label, b.error[:300], b.spills) for b in builds]
