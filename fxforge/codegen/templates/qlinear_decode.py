@@ -242,7 +242,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
                          "fxforge.ir.weight_layouts.to_decode_layout(weight)")
     from fxforge.codegen.templates import qlinear_decode_f8 as f8  # (it imports this module's device functions)
-    weight = f8.for_device(weight, x.device)  # "f4w128e" on a GPU without FP8 MMA: the fp16 layout's copy
+    arch = device_arch(x.device)
+    weight = f8.for_device(weight, arch)  # "f4w128e" on a GPU without FP8 MMA: the fp16 layout's copy
     enc, p, f8 = weight.encoding, weight.payload, fp8_operand(weight.encoding.layout) and f8
     if activation not in ACTIVATIONS + PARAM_ACTIVATIONS or len(act_args) != len(ACTIVATION_PARAMS.get(activation, ())):
         raise ShapeError(f"activation {activation!r} with act_args {act_args}: use one of {ACTIVATIONS} or "
@@ -268,7 +269,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     words, s = p["words"], p["scale32"]
     group = enc.group or words.shape[1] * 8
     wscale = fp4 and group % bk != 0 and not f8  # a group narrower than the tile: factors on the weights ("ss")
-    cfg = (f8.f8_blocks if f8 else decode_blocks)(N, M, device_arch(x.device), wscale, triton.cdiv(K, bk))
+    cfg = (f8.f8_blocks if f8 else decode_blocks)(N, M, arch, wscale, triton.cdiv(K, bk))
     zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"] // (4 if cfg["PACK"] else 1)))
     per, splits = split_plan(K, bk, group, split_k or cfg["SPLIT_K"])

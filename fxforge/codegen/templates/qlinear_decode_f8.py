@@ -179,13 +179,12 @@ def launch(grid, cfg: dict, x2d, weight, s, out, bias, res, row_scale, col_scale
     return out
 
 
-def for_device(weight, device: torch.device):
-    """The weight to run on `device`: an "f4w128e" weight on a GPU before sm_89 (no FP8 MMA) becomes its "f4w128"
-    copy for the fp16 kernel (re-encoded once per weight); anything else as it is."""
-    if device.type != "cuda" or not fp8_operand(weight.encoding.layout):
+def for_device(weight, arch: int | None):
+    """The weight to run on sm_`arch` (None: the interpreter): an "f4w128e" weight on a GPU before sm_89 (no FP8
+    MMA) becomes its "f4w128" copy for the fp16 kernel (re-encoded once per weight); anything else as it is."""
+    if arch is None or arch >= 89 or not fp8_operand(weight.encoding.layout):
         return weight
-    major, minor = torch.cuda.get_device_capability(device)
-    return weight if 10 * major + minor >= 89 else fp16_copy(weight, 10 * major + minor)
+    return fp16_copy(weight, arch)
 
 
 _FP16_COPIES: dict[int, tuple[weakref.ref, object]] = {}  # id(words) -> (the words, their fp16-layout copy)
