@@ -22,6 +22,7 @@ import triton  # noqa: E402
 
 from fxforge.codegen.build import build_in_subprocess  # noqa: E402
 from fxforge.codegen.pool import Workspace  # noqa: E402
+from fxforge.codegen.templates import qlinear_decode_dequant  # noqa: E402
 from fxforge.codegen.templates.qlinear_cost import per_weight  # noqa: E402
 from fxforge.codegen.templates.qlinear_decode import decode_operand, qlinear_w4_decode, w4_decode_spec  # noqa: E402
 from fxforge.errors import ShapeError  # noqa: E402
@@ -60,7 +61,8 @@ CASES = [(1, 97, 256, 128, (2, True), "none", False), (5, 64, 200, 64, (4, True)
          (16, 130, 96, 96, (2, False), "none", True), (3, 48, 512, 0, (4, False), "gelu", False),
          (70, 130, 64, 32, (2, True), "none", True),  # 70 rows: two 64-row tiles; operand: (kWidth, x-permuted)
          (2, 64, 192, 32, (4, True), "none", True),  # FP4 group 32 at M <= 2: K blocks packed into x columns
-         (4, 64, 160, 32, (2, False), "none", False)]  # ... at M <= 4: into 16 columns (K past the last tile)
+         (4, 64, 160, 32, (2, False), "none", False),  # ... past 2 rows: an MMA per K block (K past the last tile)
+         (6, 72, 256, 64, (4, True), "silu", True)]  # ... group 64, x-permuted kWidth-4 operand
 
 
 @pytest.mark.parametrize("scheme", ["w4a16-int4", "w4a8-fp"])
@@ -219,10 +221,11 @@ def _run_ptx(text: str, args: list[int]) -> list[int]:
             r = {"mul.rn.f16x2": lambda: h[0:2] * h[2:4], "sub.f16x2": lambda: h[0:2] - h[2:4],
                  "fma.rn.f16x2": lambda: (h[0:2].astype(np.float64) * h[2:4] + h[4:6])}[op]()
             regs[ops[0]] = int(np.asarray(r).astype(np.float16).view(np.uint32)[0])
-        elif op == "prmt.b32":  # default mode: byte i of the result is byte sel[i] of (b:a)
-            a, b, sel = (val(o) for o in ops[1:])
-            assert not sel & 0x8888, "emulator lacks prmt's sign-replicate mode"
-            regs[ops[0]] = sum(((((b << 32 | a) >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i)) for i in range(4))
+        elif op == "prmt.b32":  # default mode: byte i of the result is byte sel[i] & 7 of (b:a), or with sel[i] & 8
+            a, b, sel = (val(o) for o in ops[1:])  # that byte's sign bit in all 8 bits
+            nib = [(sel >> (4 * i)) & 0xF for i in range(4)]
+            byte = [((b << 32 | a) >> (8 * (n & 7))) & 0xFF for n in nib]
+            regs[ops[0]] = sum(((0xFF * (v >> 7) if n & 8 else v) << (8 * i)) for i, (n, v) in enumerate(zip(nib, byte)))
         elif op == "mov.b32" and not ops[0].startswith("{"):
             regs[ops[0]] = val(ops[1])
         elif op == "mov.b32":
@@ -233,11 +236,11 @@ def _run_ptx(text: str, args: list[int]) -> list[int]:
     return [out[i] for i in range(8)]
 
 
-@pytest.mark.parametrize("body", ["F4_PTX", "F4P_PTX", "F4S_PTX"])
+@pytest.mark.parametrize("body", [*qlinear_decode_dequant.F4_SPELLINGS, "F4S_PTX"])
 def test_fp4_ptx_matches_the_layout(body):
-    """The PTX of `dequant_f4_asm` / `dequant_f4p_asm` / `dequant_f4s_asm` (emulated: no GPU runs it in CI)
-    decodes the words of an "f4w" layout into exactly the fp16 values the portable path and `decode_weight` give
-    (E2M1 * 2^-14, times the group factor when scaled)."""
+    """Each PTX spelling of `dequant_f4` and `dequant_f4s_asm`'s (emulated: no GPU runs them in CI) decodes the words
+    of an "f4w" layout into exactly the fp16 values the portable path and `decode_weight` give (E2M1 * 2^-14, times
+    the group factor when scaled)."""
     from fxforge.codegen.templates import qlinear_decode_dequant as qd
     from fxforge.ir.weight_layouts import BIT_POSITIONS, shuffle_words
 

@@ -31,26 +31,28 @@ How (per K tile of BLOCK_K = the layout's tile):
   the same order. Without it Triton 3.6 on sm_80 loads x pairs across two vector loads and ptxas spends ~2
   register moves per HMMA pairing them (int4 2.45 -> 1.99, FP4 2.53 -> 2.07 instructions per weight); on sm_90
   it is neutral at group 128 and saves ~40 instructions per iteration at FP4 group 32. Triton 3.9 on sm_80 reads
-  x with ldmatrix, which the permutation would lose (+19): plain layouts there. On sm_80 with 16-column tiles,
-  FP4 still pays ~60-80 moves per iteration to gather the integer-decoded pairs into HMMA A fragments (2.07 /
-  2.13 per weight with Triton 3.6 / 3.9; int4's decode ends in HADD2/HFMA2, which ptxas writes into the
-  fragments directly); 8-column tiles use the PRMT spelling of the decode (`dequant_f4p_asm`), which ptxas
-  allocates better there. Tried before: 24 orders of which output feeds which fragment slot (2.02 at best on
-  3.9, worse on 3.6).
+  x with ldmatrix, which the permutation would lose (+19): plain layouts there. On mma.sync, ptxas tends to write
+  the FP4 decode's last op of a pair over its dying source and then move it into the HMMA register quad (~60 moves
+  per iteration at 16 columns); the kernel's SPELL picks one of `dequant_f4`'s spellings per GPU, Triton and tile
+  (`qlinear_decode_config.f4_spelling`; one keeps the source live): sm_80 batch 16 2.03 -> 1.91 (3.9), 2.02 -> 1.98
+  (3.6). Tried before: 24 orders of which output feeds which fragment slot, and a layout whose word is a whole
+  A fragment (rows g and g + 8): no better.
 - The group scale multiplies the tile's partial accumulator (BLOCK_K divides the group), not each weight
   (int4: the f16 scale as f32; FP4: 2^(14 - k), the group's power of two times the 2^14 of the decode).
   FP4 groups narrower than the tile (WSCALE: w4a8-fp's default 32; an "f4w" tile stays 128 wide, a word's 8
-  weights lie in one 32-column block) multiply the decoded fp16 pairs by their group's factor instead (one
-  HMUL2 each, exact: powers of two): 0.5 instructions per weight more, 2.33-2.50 in all, against 3.2-3.5 with
-  32-wide tiles scaling the accumulator; at M <= 4 the K blocks are packed into x's columns instead (PACK; 8
-  columns at M <= 2, 16 at M <= 4): x tile column c holds row c // 4 of x restricted to K block c % 4 (zero
-  elsewhere), so the accumulator keeps each block's partial sum apart and the group factor multiplies it once
-  per tile (an FFMA per accumulator element: BLOCK_M / BLOCK_K of a weight's share) instead of each decoded
-  pair; the epilogue sums a row's 4 columns. The factors are loaded as [BLOCK_N, 4] and scale the product
-  viewed as [BLOCK_N, BLOCK_M / 4, 4], which stays in the MMA's layout (a [BLOCK_N, BLOCK_M] load went through
-  shared memory to reach it: ~50 instructions and, on Triton 3.6 / sm_90, a spill). Batch 1: 2.41-2.48 ->
-  1.80-1.91 everywhere; batch 3-4: 2.34-2.48 -> 1.88 (sm_90, 3.6), 2.11-2.13 (sm_80: 16 columns, twice the
-  MMAs of 8 on mma.sync; 3.9 on sm_90 keeps 8 unpacked: 16 spilled beside split-K's sum). No gain past 4 rows.
+  weights lie in one 32-column block) take one of three routes, by tile (`decode_blocks`):
+  - PACK (M <= 2; M <= 4 where x has 16 columns anyway): x tile column c holds row c // 4 of x restricted to K
+    block c % 4 (zero elsewhere), so the accumulator keeps each block's partial sum apart and the group factor
+    multiplies it once per tile (an FFMA per accumulator element: BLOCK_M / BLOCK_K of a weight's share); the
+    epilogue sums a row's 4 columns. The factors load as [BLOCK_N, 4] and scale the product viewed as [BLOCK_N,
+    BLOCK_M / 4, 4], which stays in the MMA's layout. Batch 1-2: 1.79-1.91; 3-4 on 16 columns: 1.88 (sm_90, 3.6).
+  - BLOCK_DOTS (an 8-column tile past PACK: M <= 8 on mma.sync, and on sm_90 with Triton 3.9): each 32-wide K block
+    is decoded and multiplied on its own (its words j = 4c + p split off the tile in registers, its x columns loaded
+    apart), and its product scaled by the block's factor: an FFMA per accumulator element, 0.25 per weight at 8
+    columns, instead of an HMUL2 per decoded pair (0.5). sm_80 batch 3-8: 2.11-2.34 -> 2.02 (both Tritons).
+  - otherwise (16 columns, and 64-row prefill tiles) the decoded fp16 pairs times their group's factor pair ("ss",
+    one HMUL2 each, exact: powers of two): 2.44-2.50 at batch 9-16. Its floor on mma.sync is ~2.0 (9 decode + 2
+    HMMA + 4 scale instructions per 8 weights, before loads), so batch 9-16 at group 32 stays above 2 there.
 - Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
   `split_plan` the steps): a split is the kernel on its K window (`k_window`: x, the words, zero points and group
   scales advanced to its first column, which starts a group; K its width), so the K loop's code is the unsplit
@@ -79,9 +81,8 @@ from fxforge.codegen.templates.qlinear_decode_config import (  # noqa: F401 (re-
 )
 from fxforge.codegen.templates.qlinear_decode_dequant import (
     dequant_asm,
-    dequant_f4_asm,
+    dequant_f4,
     dequant_f4_portable,
-    dequant_f4p_asm,
     dequant_f4s_asm,
     dequant_portable,
 )
@@ -100,6 +101,91 @@ from fxforge.ir.weight_layouts import fp8_operand, layout_format, layout_params
 
 
 @triton.jit
+def _operand(v, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr):
+    """The MMA's A operand [BLOCK_N, BLOCK_K] from a word tile's 8 decoded slots (`v`, each [BLOCK_N, BLOCK_K / 8]):
+    slot e of word j = c * (BLOCK_K/32) + p is tile column 32p + 16(e//4) + 8((e//2)%2) + 2c + e%2 (kWidth 4:
+    32p + 16(e//4) + 4c + 2((e//2)%2) + e%2); `weight_layouts` put each thread's weights there, so the permute only
+    names the mapping."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = v
+    h = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+    h = tl.reshape(h, (BLOCK_N, 4, BLOCK_K // 32, 2, 2, 2))
+    if KW == 2:
+        h = tl.permute(h, (0, 2, 3, 4, 1, 5))
+    else:
+        h = tl.permute(h, (0, 2, 3, 1, 4, 5))
+    return tl.reshape(h, (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def _x_perm(a, XP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
+    """x^T tile [BLOCK_K, BLOCK_M] in the MMA's column order of an x-permuted layout (`weight_layouts._x_order`)."""
+    if XP == 4:  # MMA column 32p + 16h + 4t + 2s + j is x's true column 32p + 8t + 4s + 2h + j
+        a = tl.reshape(tl.permute(tl.reshape(a, (BLOCK_K // 32, 4, 2, 2, 2, BLOCK_M)), (0, 3, 1, 2, 4, 5)),
+                       (BLOCK_K, BLOCK_M))
+    elif XP == 2:  # MMA column 16q + 8h + 2t + j is true column 16q + 4t + 2h + j
+        a = tl.reshape(tl.permute(tl.reshape(a, (BLOCK_K // 16, 4, 2, 2, BLOCK_M)), (0, 2, 1, 3, 4)),
+                       (BLOCK_K, BLOCK_M))
+    return a
+
+
+@triton.jit
+def _x_tile(x_ptr, a_off, block_of, offs_k, k_left, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, XP: tl.constexpr,
+            PACK: tl.constexpr, EVEN_K: tl.constexpr):
+    """x^T's K tile at x_ptr (`k_left` columns of K left; PACK: each column's own K block, `block_of`)."""
+    if PACK and EVEN_K:
+        a = tl.load(x_ptr + a_off, mask=block_of, other=0.0)
+    elif PACK:
+        a = tl.load(x_ptr + a_off, mask=block_of & (offs_k[:, None] < k_left), other=0.0)
+    elif EVEN_K:
+        a = tl.load(x_ptr + a_off)
+    else:
+        a = tl.load(x_ptr + a_off, mask=offs_k[:, None] < k_left, other=0.0)
+    return _x_perm(a, XP, BLOCK_K, BLOCK_M)
+
+
+@triton.jit
+def _quarters(v, BLOCK_N: tl.constexpr):
+    """A word tile [BLOCK_N, 16] of a 128-wide K tile (word j = 4c + p) as K blocks p = 0..3's [BLOCK_N, 4]."""
+    e, o = tl.split(tl.reshape(v, (BLOCK_N, 4, 2, 2)))
+    v0, v2 = tl.split(e)
+    v1, v3 = tl.split(o)
+    return v0, v1, v2, v3
+
+
+@triton.jit
+def _block_dot(acc, w, x_ptr, x_off, k_left, f, ASM: tl.constexpr, SPELL: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_M: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, EVEN_K: tl.constexpr):
+    """acc + (one 32-wide K block's words w [BLOCK_N, 4], decoded) @ (its x columns) * its group factor f [BLOCK_N]."""
+    if EVEN_K:
+        x = tl.load(x_ptr + x_off)
+    else:
+        x = tl.load(x_ptr + x_off, mask=tl.arange(0, 32)[:, None] < k_left, other=0.0)
+    h = _operand(dequant_f4(w, ASM, SPELL), BLOCK_N, 32, KW)
+    return acc + tl.dot(h, _x_perm(x, XP, 32, BLOCK_M).to(tl.float16)) * f[:, None]
+
+
+@triton.jit
+def _block_dots(acc, w, x_ptr, x_off, s_row, k0, K, GROUP: tl.constexpr, ASM: tl.constexpr, SPELL: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, EVEN_K: tl.constexpr):
+    """acc + the K tile at k0 for groups narrower than it: each 32-wide K block (the words j = 4c + p of block p) is
+    decoded and multiplied on its own, its product scaled by the block's group factor (an FFMA per accumulator
+    element: BLOCK_M / 32 per weight) instead of each decoded pair (an HMUL2 per 2 weights). The factors load as
+    [BLOCK_N, 4] once per tile."""
+    blk = (k0 + 32 * tl.arange(0, 4)) // GROUP
+    if not EVEN_K:  # blocks past K hold zero codes: any group's factor will do
+        blk = tl.minimum(blk, (K - 1) // GROUP)
+    f02, f13 = tl.split(tl.reshape(tl.load(s_row + blk[None, :]), (BLOCK_N, 2, 2)))
+    f0, f2 = tl.split(f02)
+    f1, f3 = tl.split(f13)
+    w0, w1, w2, w3 = _quarters(w, BLOCK_N)
+    k_left = K - k0
+    acc = _block_dot(acc, w0, x_ptr, x_off, k_left, f0, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)
+    acc = _block_dot(acc, w1, x_ptr + 32, x_off, k_left - 32, f1, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)
+    acc = _block_dot(acc, w2, x_ptr + 64, x_off, k_left - 64, f2, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)
+    return _block_dot(acc, w3, x_ptr + 96, x_off, k_left - 96, f3, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)
+
+
+@triton.jit
 def qlinear_w4_decode_kernel(
     a_ptr, w_ptr, zz_ptr, s_ptr, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
     M, N, K, stride_am, stride_wn, stride_zn, stride_sn, stride_om, stride_rm,
@@ -107,10 +193,10 @@ def qlinear_w4_decode_kernel(
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False, scale=1.0,
-    SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu", PACK: tl.constexpr = False, PRMT: tl.constexpr = False,
+    SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu", PACK: tl.constexpr = False, SPELL: tl.constexpr = 0,
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0,
     z_ptr=None, POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
-    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0,
+    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0, BLOCK_DOTS: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
     computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU,
@@ -131,6 +217,7 @@ def qlinear_w4_decode_kernel(
     else:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_r = offs_m
+        block_of = None
     if HAS_NORM or QUANT_X or POST_NORM:  # x's rows normalised / quantized into this tile's scratch rows: the K loop's x
         rs_at = pid * M  # a split writes its own K range of the tile's rows, and its own row scales
         if SPLIT_K > 1:
@@ -140,69 +227,50 @@ def qlinear_w4_decode_kernel(
                                                  BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_K, k_per_split, SPLIT_K,
                                                  pres_ptr, pw_ptr, post_eps, z_ptr, tl.where(pid == 0, M, 0), POST_NORM, WRITE_Z)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
+    x_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + tl.arange(0, 32)[:, None]  # (BLOCK_DOTS) [32, BLOCK_M]
+    s_row = s_ptr + rows_n[:, None] * stride_sn  # (PACK, BLOCK_DOTS) each row's group factors
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if SPLIT_K > 1:  # the loop below runs on this split's K window, as the unsplit kernel on a narrower K
         a_ptr, w_ptr, zz_ptr, s_ptr, K = k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K, GROUP, FP4)
     for t in range(0, tl.cdiv(K, BLOCK_K)):
-        if PACK and EVEN_K:
-            a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=block_of, other=0.0)
-        elif PACK:
-            a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=block_of & ((t * BLOCK_K + offs_k)[:, None] < K), other=0.0)
-        elif EVEN_K:
-            a = tl.load(a_ptr + t * BLOCK_K + a_off)
-        else:
-            a = tl.load(a_ptr + t * BLOCK_K + a_off, mask=(t * BLOCK_K + offs_k)[:, None] < K, other=0.0)
-        if XP == 4:  # x-permuted layouts (`weight_layouts._x_order`): MMA column 32p + 16h + 4t + 2s + j of x
-            a = tl.reshape(tl.permute(tl.reshape(a, (BLOCK_K // 32, 4, 2, 2, 2, BLOCK_M)), (0, 3, 1, 2, 4, 5)),
-                           (BLOCK_K, BLOCK_M))  # is its true column 32p + 8t + 4s + 2h + j
-        elif XP == 2:  # MMA column 16q + 8h + 2t + j is true column 16q + 4t + 2h + j
-            a = tl.reshape(tl.permute(tl.reshape(a, (BLOCK_K // 16, 4, 2, 2, BLOCK_M)), (0, 2, 1, 3, 4)),
-                           (BLOCK_K, BLOCK_M))
         w = tl.load(w_ptr + t * (BLOCK_K // 8) + w_off)
         g = (t * BLOCK_K) // GROUP
-        if FP4 and WSCALE and not PACK:  # groups narrower than the tile: each word's factor on its weights
-            blk = tl.minimum((t * BLOCK_K + 32 * (tl.arange(0, BLOCK_K // 8) % (BLOCK_K // 32))) // GROUP,
-                             (K - 1) // GROUP)  # blocks past K hold zero codes: any group's factor will do
-            ss = tl.load(zz_ptr + rows_n[:, None] * stride_zn + blk[None, :])
-            if ASM:
-                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4s_asm(w, ss)
-            else:
-                f = (ss & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_portable(w)
-                v0, v1, v2, v3, v4, v5, v6, v7 = v0 * f, v1 * f, v2 * f, v3 * f, v4 * f, v5 * f, v6 * f, v7 * f
-        elif FP4:
-            if ASM and PRMT:  # mma.sync: the PRMT spelling (see `dequant_f4p_asm`)
-                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4p_asm(w)
-            elif ASM:
-                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_asm(w)
-            else:
-                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_portable(w)
+        if BLOCK_DOTS:  # groups narrower than the tile on 8 x columns: an MMA per 32-wide K block (module notes)
+            acc = _block_dots(acc, w, a_ptr + t * BLOCK_K, x_off, s_row, t * BLOCK_K, K, GROUP, ASM, SPELL, BLOCK_N,
+                              BLOCK_M, KW, XP, EVEN_K)
         else:
-            zz = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g)[:, None], w.shape)
-            if ASM:
-                zz16 = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g + 1)[:, None], w.shape)
-                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_asm(w, zz, zz16)
+            a = _x_tile(a_ptr + t * BLOCK_K, a_off, block_of, offs_k, K - t * BLOCK_K, BLOCK_K, BLOCK_M, XP, PACK, EVEN_K)
+            if FP4 and WSCALE and not PACK:  # groups narrower than the tile: each word's factor on its weights
+                blk = tl.minimum((t * BLOCK_K + 32 * (tl.arange(0, BLOCK_K // 8) % (BLOCK_K // 32))) // GROUP,
+                                 (K - 1) // GROUP)  # blocks past K hold zero codes: any group's factor will do
+                ss = tl.load(zz_ptr + rows_n[:, None] * stride_zn + blk[None, :])
+                if ASM:
+                    v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4s_asm(w, ss)
+                else:
+                    f = (ss & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+                    v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_portable(w)
+                    v0, v1, v2, v3, v4, v5, v6, v7 = v0 * f, v1 * f, v2 * f, v3 * f, v4 * f, v5 * f, v6 * f, v7 * f
+            elif FP4:
+                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4(w, ASM, SPELL)
             else:
-                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_portable(w, zz)
-        # slot e of word j = c * (BLOCK_K/32) + p is tile column 32p + 16(e//4) + 8((e//2)%2) + 2c + e%2
-        h = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
-        h = tl.reshape(h, (BLOCK_N, 4, BLOCK_K // 32, 2, 2, 2))
-        if KW == 2:
-            h = tl.permute(h, (0, 2, 3, 4, 1, 5))
-        else:  # kWidth 4: slot e of word j is column 32p + 16(e//4) + 4c + 2((e//2)%2) + e%2
-            h = tl.permute(h, (0, 2, 3, 1, 4, 5))
-        h = tl.reshape(h, (BLOCK_N, BLOCK_K))
-        if PACK:  # column c holds K block c % 4's partial sum: its group factor per row
-            blk = tl.minimum((t * BLOCK_K + 32 * tl.arange(0, 4)) // GROUP, (K - 1) // GROUP)
-            f = tl.load(s_ptr + rows_n[:, None] * stride_sn + blk[None, :])
-            d = tl.reshape(tl.dot(h, a.to(tl.float16)), (BLOCK_N, BLOCK_M // 4, 4))
-            acc += tl.reshape(d * f[:, None, :], (BLOCK_N, BLOCK_M))
-        elif WSCALE:
-            acc = tl.dot(h, a.to(tl.float16), acc)
-        else:
-            s = tl.load(s_ptr + rows_n * stride_sn + g)
-            acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
+                zz = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g)[:, None], w.shape)
+                if ASM:
+                    zz16 = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g + 1)[:, None], w.shape)
+                    v0, v1, v2, v3, v4, v5, v6, v7 = dequant_asm(w, zz, zz16)
+                else:
+                    v0, v1, v2, v3, v4, v5, v6, v7 = dequant_portable(w, zz)
+            h = _operand((v0, v1, v2, v3, v4, v5, v6, v7), BLOCK_N, BLOCK_K, KW)
+            if PACK:  # column c holds K block c % 4's partial sum: its group factor per row
+                blk = tl.minimum((t * BLOCK_K + 32 * tl.arange(0, 4)) // GROUP, (K - 1) // GROUP)
+                f = tl.load(s_row + blk[None, :])
+                d = tl.reshape(tl.dot(h, a.to(tl.float16)), (BLOCK_N, BLOCK_M // 4, 4))
+                acc += tl.reshape(d * f[:, None, :], (BLOCK_N, BLOCK_M))
+            elif WSCALE:
+                acc = tl.dot(h, a.to(tl.float16), acc)
+            else:
+                s = tl.load(s_ptr + rows_n * stride_sn + g)
+                acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
     if PACK:  # sum each row's 4 block columns
         acc = tl.sum(tl.reshape(acc, (BLOCK_N, BLOCK_M // 4, 4)), axis=2)  # [BLOCK_N, BLOCK_M / 4]
     last = True
@@ -295,6 +363,6 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, GATE=gate, PACK=cfg["PACK"],
-        PRMT=cfg["PRMT"], scale=float(scale), **fused,
+        SPELL=cfg["SPELL"], BLOCK_DOTS=cfg["BLOCK_DOTS"], scale=float(scale), **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return (out.reshape(*lead, n_out), z.reshape(*lead, K)) if keep_z else out.reshape(*lead, n_out)

@@ -22,29 +22,42 @@ def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bo
 
 
 def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False) -> dict:
-    """BLOCK_N, BLOCK_M, warps, stages and PACK of the decode kernel on sm_`arch` (None: the interpreter);
-    `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp decide the cost per
-    weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them, 32 rows per warp
-    cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half the MMAs and x
-    fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 4 pack each row's 4 K
-    blocks into the tile's columns (PACK, module notes; 16 columns past 2 rows). Measured at 4096x4096
-    (`benchmarks/qdecode_sass.py`): see benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs
-    for a GEMV (N=4096: 32 at batch 1, 16 past 8); filling the SMs is split-K's job (`decode_blocks`). M > 16 (the
-    prefill of a decode-step graph, whose weights are stored in the decode layout): 64 x rows per program on 8
-    warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the
-    instructions per row on sm_90)."""
+    """BLOCK_N, BLOCK_M, warps, stages, PACK, BLOCK_DOTS and the FP4 decode's SPELL on sm_`arch` (None: the
+    interpreter); `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp decide
+    the cost per weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them, 32 rows
+    per warp cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half the MMAs
+    and x fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 2 (at M <= 4 where
+    the tile has 16 columns anyway) pack each row's 4 K blocks into the tile's columns (PACK); on an 8-column tile past
+    that, each K block is its own MMA (BLOCK_DOTS; module notes). Measured at 4096x4096
+    (`benchmarks/qdecode_sass.py`): see benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs for a GEMV (N=4096: 32 at batch 1, 16 past 8); filling the SMs is split-K's job
+    (`decode_blocks`). M > 16 (the prefill of a decode-step graph, whose weights are stored in the decode layout): 64
+    x rows per program on 8 warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows
+    cost ~1.4x the instructions per row on sm_90)."""
     if M > MAX_M:
-        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, PRMT=False)
-    # 4 K blocks of M rows in 8 (M <= 2) or 16 x columns; 16 where not narrow, and on mma.sync (sm_80: 2.11-2.14
-    # against 2.34 unpacked; with Triton 3.9 on sm_90 the 16 columns spilled beside split-K's partial sum)
-    narrow = M <= 8 and _narrow_x(arch) and not (narrow_groups and 2 < M <= 4 and (arch or 0) < 90)
-    pack = narrow_groups and (M <= 2 or (M <= 4 and not narrow))
-    # 256-row tiles on 4 warps: 16-column tiles, and unpacked narrow groups (128 x 8 on 2 spilled with 3.9 on sm_80)
-    wide = N >= 2048 and (not narrow or (narrow_groups and not pack))
-    tile = dict(BLOCK_N=256, num_warps=4) if wide else dict(BLOCK_N=128, num_warps=2) if N >= 512 else \
-        dict(BLOCK_N=64, num_warps=1)
-    # 2 stages: a third cost 10-15 instructions per iteration (and spilled packed 16-column tiles on 3.6 sm_80)
-    return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2, PACK=pack, PRMT=narrow or (arch or 90) < 90)
+        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, BLOCK_DOTS=False, SPELL=0)
+    narrow = M <= 8 and _narrow_x(arch)
+    pack = narrow_groups and (M <= 2 or (M <= 4 and not narrow))  # 8 columns (M <= 2) or 16
+    block_dots = narrow_groups and narrow and not pack
+    # 256-row tiles on 4 warps for 16-column tiles; 512 for per-block MMAs (the factors and x blocks they load per K
+    # tile cost ~0.1 per weight less: sm_80 2.02-2.05 -> 1.93-1.94)
+    wide = N >= 2048 and (not narrow or block_dots)
+    tile = dict(BLOCK_N=256, num_warps=4) if wide else \
+        dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
+    return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2, PACK=pack, BLOCK_DOTS=block_dots,
+                SPELL=f4_spelling(arch, narrow, block_dots))
+
+
+def f4_spelling(arch: int | None, narrow: bool, block_dots: bool) -> int:
+    """The FP4 decode's PTX spelling (`qlinear_decode_dequant.F4_SPELLINGS`) with the fewest SASS instructions per
+    weight on sm_`arch` (measured, 4096x4096, results/qdecode_sass-2026-12-01-s11-*): 0 LOP3, 1 PRMT, 2 PRMT with its
+    masked word kept live, 3 PRMT with zero bytes from a shift. wgmma (sm_90): LOP3 on 16 x columns, PRMT on 8 (Triton
+    3.9 only). mma.sync: the live spelling (Triton 3.9 batch 16: 2.03 -> 1.91), but on the kWidth-4 layouts of
+    Triton 3.6 at 16 columns the shift zeros (2.02 -> 1.98), and per-block MMAs the plain PRMT (the others: +0.05)."""
+    if arch is None or arch >= 90:
+        return 1 if narrow else 0
+    if block_dots:
+        return 1
+    return 3 if not narrow and preferred_operand(arch, TRITON_VERSION[:2])[0] == 4 else 2
 
 
 def _narrow_x(arch: int | None) -> bool:
@@ -87,7 +100,7 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
              "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu, "GATE": "silu",
-             "PACK": cfg["PACK"], "PRMT": cfg["PRMT"], "SPLIT_K": split}
+             "PACK": cfg["PACK"], "SPELL": cfg["SPELL"], "BLOCK_DOTS": cfg["BLOCK_DOTS"], "SPLIT_K": split}
     sig.update(eps="fp32", scale="fp32")
     if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
         sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")

@@ -5,11 +5,14 @@ interpreter (the same values, bit for bit).
 Decisions:
 - int4 ("i4w"): the magic-number trick, 4 LOP3 + 1 SHF + 2 HSUB2 + 2 HFMA2 per word: q - z exactly.
 - FP4 ("f4w"): E2M1 sign/magnitude bits placed into fp16 halves (value * 2^-14 exactly), 5 LOP3 + 4 shifts, or
-  the PRMT spelling (3 LOP3 + 2 shifts + 4 PRMT, same values) that ptxas allocates better on mma.sync; `_s`: times
-  a group factor pair (4 HMUL2). A search over shift/rotate/PRMT placements of the codes found no 8-instruction
-  FP4 decode. `tests/codegen/test_qlinear_decode.py` checks each PTX body with a small emulator of its
-  instructions against the layout (the FP4 bodies are assembled from named steps: `F4_PTX`, `F4P_PTX`,
-  `F4S_PTX`).
+  by byte permutes (3 LOP3 + 2 shifts + 4 PRMT, same values); `dequant_f4` picks one of `F4_SPELLINGS` by the
+  kernel's SPELL. The spellings differ only in what ptxas makes of them: it tends to write a pair's second PRMT
+  over its dying source and then move the result into the MMA's register quad (up to ~60 moves per K tile on
+  mma.sync), so two spellings keep a source live instead (`_F4_PRMT_LIVE`, `_F4_PRMT_SHZ`); which one allocates
+  best depends on the fragment layout and Triton (`qlinear_decode_config.f4_spelling`, measured). `_s`: times a
+  group factor pair (4 HMUL2). A search over shift/rotate/PRMT placements of the codes found no 8-instruction FP4
+  decode. `tests/codegen/test_qlinear_decode.py` checks each PTX body with a small emulator of its instructions
+  against the layout (the FP4 bodies are assembled from named steps).
 """
 
 from __future__ import annotations
@@ -70,24 +73,45 @@ _F4_LOP3 = ("lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;", "shl.b32 a, $8, 8;", "lop3.
 _F4_PRMT = ("lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;", "prmt.b32 t0, a, 0, 0x3414;", "prmt.b32 t1, a, 0, 0x2404;",
             "shr.u32 a, $8, 3;", "shl.b32 b, $8, 7;", "lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;",
             "lop3.b32 u, u, 0x8E8E8E8E, 0, 0xC0;", "prmt.b32 t2, u, 0, 0x3414;", "prmt.b32 t3, u, 0, 0x2404;")
+# PRMT, the first masked word kept live past its PRMTs (u's mask reads it as a don't-care operand): ptxas otherwise
+# writes a pair's second PRMT over its dying source and moves it into the MMA's register quad
+_F4_PRMT_LIVE = ("lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;", "shr.u32 b, $8, 3;", "shl.b32 u, $8, 7;",
+                 "lop3.b32 u, b, u, 0x0E0E0E0E, 0xE4;", "prmt.b32 t0, a, 0, 0x3414;", "prmt.b32 t1, a, 0, 0x2404;",
+                 "lop3.b32 u, u, 0x8E8E8E8E, a, 0xC0;", "prmt.b32 t2, u, 0, 0x3414;", "prmt.b32 t3, u, 0, 0x2404;")
+# PRMT, the second pair's zero bytes the sign of w >> 3's top byte (always 0: prmt's sign-replicate selector 0xF)
+_F4_PRMT_SHZ = ("lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;", "prmt.b32 t0, a, 0, 0x3414;", "prmt.b32 t1, a, 0, 0x2404;",
+                "shr.u32 b, $8, 3;", "shl.b32 u, $8, 7;", "lop3.b32 u, b, u, 0x0E0E0E0E, 0xE4;",
+                "lop3.b32 u, u, 0x8E8E8E8E, 0, 0xC0;", "prmt.b32 t2, u, b, 0x3F1F;", "prmt.b32 t3, u, b, 0x2F0F;")
 F4_PTX = _ptx(*_F4_LOP3)
 F4P_PTX = _ptx(*_F4_PRMT)
+F4PL_PTX = _ptx(*_F4_PRMT_LIVE)
+F4PZ_PTX = _ptx(*_F4_PRMT_SHZ)
 F4S_PTX = _ptx(*_F4_LOP3, *(f"mul.rn.f16x2 t{i}, t{i}, $9;" for i in range(4)))
+# the FP4 spellings by `SPELL` (the decode kernel's constexpr; `qlinear_decode_config.f4_spelling` picks one per
+# GPU and tile): the same values, register allocations that differ by up to ~60 moves per K tile
+F4_SPELLINGS = ("F4_PTX", "F4P_PTX", "F4PL_PTX", "F4PZ_PTX")
 
 
 @triton.jit
-def dequant_f4_asm(w):
-    """int32 words of an "f4w" layout -> 8 fp16 tensors (slot e = E2M1 value * 2^-14) by 5 LOP3 + 4 shifts."""
-    return tl.inline_asm_elementwise(asm=F4_PTX, constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w],
+def _f4(w, BODY: tl.constexpr):
+    return tl.inline_asm_elementwise(asm=BODY, constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w],
                                      dtype=(tl.float16,) * 8, is_pure=True, pack=1)
 
 
 @triton.jit
-def dequant_f4p_asm(w):
-    """`dequant_f4_asm` spelled with PRMT (same values): on mma.sync (8-column x tiles) ptxas then writes the
-    fragments directly, saving ~25 register moves per iteration; on wgmma the LOP3 spelling is cheaper."""
-    return tl.inline_asm_elementwise(asm=F4P_PTX, constraints="=h,=h,=h,=h,=h,=h,=h,=h,r", args=[w],
-                                     dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+def dequant_f4(w, ASM: tl.constexpr, SPELL: tl.constexpr):
+    """int32 words of an "f4w" layout -> 8 fp16 tensors (slot e = E2M1 value * 2^-14): by PTX spelling `SPELL`
+    (an index into `F4_SPELLINGS`) on a GPU, by integer ops without (ASM False)."""
+    if not ASM:
+        return dequant_f4_portable(w)
+    elif SPELL == 0:
+        return _f4(w, F4_PTX)
+    elif SPELL == 1:
+        return _f4(w, F4P_PTX)
+    elif SPELL == 2:
+        return _f4(w, F4PL_PTX)
+    else:
+        return _f4(w, F4PZ_PTX)
 
 
 @triton.jit
