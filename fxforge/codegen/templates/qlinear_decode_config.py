@@ -23,16 +23,17 @@ def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bo
 
 def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False) -> dict:
     """BLOCK_N, BLOCK_M, warps, stages, PACK, BLOCK_DOTS and the FP4 decode's SPELL on sm_`arch` (None: the
-    interpreter); `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp decide
-    the cost per weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them, 32 rows
-    per warp cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half the MMAs
-    and x fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 2 (at M <= 4 where
-    the tile has 16 columns anyway) pack each row's 4 K blocks into the tile's columns (PACK); on an 8-column tile past
-    that, each K block is its own MMA (BLOCK_DOTS; module notes). Measured at 4096x4096
-    (`benchmarks/qdecode_sass.py`): see benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs for a GEMV (N=4096: 32 at batch 1, 16 past 8); filling the SMs is split-K's job
-    (`decode_blocks`). M > 16 (the prefill of a decode-step graph, whose weights are stored in the decode layout): 64
-    x rows per program on 8 warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows
-    cost ~1.4x the instructions per row on sm_90)."""
+    interpreter); `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp
+    decide the cost per weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them,
+    32 rows per warp cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half
+    the MMAs and x fragments, 2 stages (3 cost ~15 more instructions per iteration); narrow groups at M <= 2 (at M
+    <= 4 where the tile has 16 columns anyway) pack each row's 4 K blocks into the tile's columns (PACK); on an
+    8-column tile past that, each K block is its own MMA (BLOCK_DOTS; module notes). Measured at 4096x4096
+    (`benchmarks/qdecode_sass.py`): see benchmarks/results/qdecode_sass-*.md; no spill. Wide tiles leave few CTAs
+    for a GEMV (N=4096: 32 at batch 1, 16 past 8); filling the SMs is split-K's job (`decode_blocks`). M > 16 (the
+    prefill of a decode-step graph, whose weights are stored in the decode layout): 64 x rows per program on 8
+    warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the
+    instructions per row on sm_90)."""
     if M > MAX_M:
         return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, BLOCK_DOTS=False, SPELL=0)
     narrow = M <= 8 and _narrow_x(arch)
