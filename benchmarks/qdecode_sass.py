@@ -47,7 +47,8 @@ def main() -> None:
         for M in (1, 4, 8, 16):  # batch <= 8 takes an 8-column x tile where that is cheaper (`decode_blocks`)
             specs = [w4_decode_spec(4096, 4096, kw=kw, xperm=xperm, M=M, arch=arch, **case) for _, case in cases]
             for (name, _), spec, b in zip(cases, specs, build_in_subprocess(specs, arch)):
-                tile = f"x tile {spec['constexprs']['BLOCK_M']}{' packed' if spec['constexprs']['PACK'] else ''}"
+                c = spec["constexprs"]
+                tile = f"x tile {c['BLOCK_M']}{' packed' if c['PACK'] else ' block MMAs' if c['BLOCK_DOTS'] else ''}"
                 rows.append(f"| {name} {spec['label'].split()[-1]} | {M} ({tile}) | "
                             f"sm_{arch} | {b.loop_instructions} | {weights_per_thread(spec):.0f} | "
                             f"{per_weight(spec, b):.2f} | {b.registers} | {b.spills} |")

@@ -150,6 +150,16 @@ def test_decode_kernel_builds_at_two_instructions_per_weight(arch, fp4):
     assert 0 < cost <= 2.0  # measured 1.67-1.96; 16-row x tiles (batch 9-16): FP4 on sm_80 2.07-2.14
 
 
+def test_fp4_batch16_on_mma_sync_builds_at_two_instructions_per_weight():
+    """sm_80's 16-column FP4 tile, where ptxas moved the decoded pairs into the HMMA quads until the decode kept its
+    source live (`f4_spelling`): 2.02-2.03 -> 1.91 (Triton 3.9) / 1.98 (3.6) per weight."""
+    kw, xperm = decode_operand(80)
+    spec = w4_decode_spec(4096, 4096, 128, 128, kw=kw, xperm=xperm, fp4=True, arch=80, M=16)
+    (b,) = build_in_subprocess([spec], 80)
+    assert b.ok and b.spills == 0, b.error
+    assert 0 < per_weight(spec, b) <= 2.0, per_weight(spec, b)
+
+
 @pytest.mark.parametrize("arch", [90, 80])
 def test_prefill_tile_builds_without_spills(arch):
     """The 64-row tiles that run a decode-step graph's prefill on the decode layout, with the whole epilogue."""
@@ -177,7 +187,8 @@ def test_fused_decode_kernels_build_without_spills(arch):
 @pytest.mark.parametrize("arch", [90, 80])
 def test_fp4_narrow_group_builds_without_spills(arch):
     """w4a8-fp's default group 32 in 128-wide tiles at batch 1, 4 and 8 (the launcher's tiles differ: packed 8 or 16
-    columns, unpacked 8 or 16; equal specs are built once); and the 64-row prefill tile."""
+    columns, an MMA per K block on 8, factors on the weights on 16; equal specs are built once); and the 64-row
+    prefill tile."""
     kw, xperm = decode_operand(arch)
     specs = [w4_decode_spec(4096, 4096, 32, 128, kw=kw, xperm=xperm, fp4=True, arch=arch, M=M) for M in (1, 4, 8)]
     specs = [s for i, s in enumerate(specs) if s not in specs[:i]]
@@ -186,11 +197,11 @@ def test_fp4_narrow_group_builds_without_spills(arch):
     builds = build_in_subprocess(specs, arch)
     assert all(b.ok and b.spills == 0 for b in builds), [(s["constexprs"]["BLOCK_M"], b.error, b.spills)
                                                          for s, b in zip(specs, builds)]
-    # packed K blocks (batch <= 4): 1.82-1.91 (2.16-2.24 for 16 columns on mma.sync); else the factors multiply the
-    # decoded pairs: 2.34-2.48
+    # packed K blocks (batch <= 2; <= 4 on 16 columns): 1.79-1.91; an MMA per K block (8 columns past that): 2.02 on
+    # sm_80, 2.31 on sm_90; else the factors multiply the decoded pairs: 2.34-2.50
     for spec, b in zip(specs[:-1], builds):
         c = spec["constexprs"]
-        bound = (2.0 if c["BLOCK_M"] == 8 or arch == 90 else 2.3) if c["PACK"] else 2.6
+        bound = 2.0 if c["PACK"] else (2.1 if arch == 80 else 2.4) if c["BLOCK_DOTS"] else 2.6
         assert 0 < per_weight(spec, b) <= bound, (spec["label"], c["BLOCK_M"], per_weight(spec, b))
 
 

@@ -39,10 +39,11 @@ def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: boo
     narrow = M <= 8 and _narrow_x(arch)
     pack = narrow_groups and (M <= 2 or (M <= 4 and not narrow))  # 8 columns (M <= 2) or 16
     block_dots = narrow_groups and narrow and not pack
-    # 256-row tiles on 4 warps for 16-column tiles; 512 for per-block MMAs (the factors and x blocks they load per K
-    # tile cost ~0.1 per weight less: sm_80 2.02-2.05 -> 1.93-1.94)
+    # 256-row tiles on 4 warps: 16-column tiles and per-block MMAs; with Triton 3.9 the latter take 512 rows on 8
+    # warps (sm_80 2.02 -> 1.96; 3.6 2.02 -> 2.17; on 4 warps 512 rows spill)
     wide = N >= 2048 and (not narrow or block_dots)
-    tile = dict(BLOCK_N=256, num_warps=4) if wide else \
+    rows = 512 if block_dots and TRITON_VERSION >= (3, 9, 0) else 256
+    tile = dict(BLOCK_N=rows, num_warps=rows // 64) if wide else \
         dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
     return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2, PACK=pack, BLOCK_DOTS=block_dots,
                 SPELL=f4_spelling(arch, narrow, block_dots))
