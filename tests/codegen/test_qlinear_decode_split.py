@@ -104,7 +104,7 @@ def _interleaved(n: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("scheme,group,M,norm,swiglu,splits", [
     ("w4a8-fp", 32, 1, True, False, 2),  # narrow groups at batch 1: PACK, with the norm + E4M3 prologue
-    ("w4a8-fp", 32, 3, False, False, 3),  # narrow groups, factors on the weights (WSCALE)
+    ("w4a8-fp", 32, 3, False, False, 3),  # narrow groups past batch 2: an MMA per K block (BLOCK_DOTS)
     ("w4a8-fp", 128, 2, True, True, 3),  # FP4 g128, norm prologue and SwiGLU epilogue
     ("w4a16-int4", 64, 5, True, True, 2),  # int4 64-wide tiles (5 K steps, the last 44 wide), norm and SwiGLU
 ])

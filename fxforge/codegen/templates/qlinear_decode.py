@@ -228,11 +228,11 @@ def qlinear_w4_decode_kernel(
                                                  pres_ptr, pw_ptr, post_eps, z_ptr, tl.where(pid == 0, M, 0), POST_NORM, WRITE_Z)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     x_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + tl.arange(0, 32)[:, None]  # (BLOCK_DOTS) [32, BLOCK_M]
-    s_row = s_ptr + rows_n[:, None] * stride_sn  # (PACK, BLOCK_DOTS) each row's group factors
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if SPLIT_K > 1:  # the loop below runs on this split's K window, as the unsplit kernel on a narrower K
         a_ptr, w_ptr, zz_ptr, s_ptr, K = k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K, GROUP, FP4)
+    s_row = s_ptr + rows_n[:, None] * stride_sn  # (PACK, BLOCK_DOTS) each row's group factors
     for t in range(0, tl.cdiv(K, BLOCK_K)):
         w = tl.load(w_ptr + t * (BLOCK_K // 8) + w_off)
         g = (t * BLOCK_K) // GROUP
