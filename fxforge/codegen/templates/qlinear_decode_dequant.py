@@ -69,19 +69,19 @@ def _ptx(*steps: str) -> tl.constexpr:
 _F4_LOP3 = ("lop3.b32 t0, $8, 0x8E008E00, 0, 0xC0;", "shl.b32 a, $8, 8;", "lop3.b32 t1, a, 0x8E008E00, 0, 0xC0;",
             "shr.u32 a, $8, 3;", "shl.b32 b, $8, 7;", "lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;",
             "lop3.b32 t2, u, 0x8E008E00, 0, 0xC0;", "shl.b32 a, u, 8;", "lop3.b32 t3, a, 0x8E008E00, 0, 0xC0;")
-# the same values by byte permutes: the 0x8E bytes masked once, moved into place (3 LOP3 + 2 shifts + 4 PRMT)
-_F4_PRMT = ("lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;", "prmt.b32 t0, a, 0, 0x3414;", "prmt.b32 t1, a, 0, 0x2404;",
-            "shr.u32 a, $8, 3;", "shl.b32 b, $8, 7;", "lop3.b32 u, a, b, 0x0E0E0E0E, 0xE4;",
-            "lop3.b32 u, u, 0x8E8E8E8E, 0, 0xC0;", "prmt.b32 t2, u, 0, 0x3414;", "prmt.b32 t3, u, 0, 0x2404;")
-# PRMT, the first masked word kept live past its PRMTs (u's mask reads it as a don't-care operand): ptxas otherwise
-# writes a pair's second PRMT over its dying source and moves it into the MMA's register quad
-_F4_PRMT_LIVE = ("lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;", "shr.u32 b, $8, 3;", "shl.b32 u, $8, 7;",
-                 "lop3.b32 u, b, u, 0x0E0E0E0E, 0xE4;", "prmt.b32 t0, a, 0, 0x3414;", "prmt.b32 t1, a, 0, 0x2404;",
-                 "lop3.b32 u, u, 0x8E8E8E8E, a, 0xC0;", "prmt.b32 t2, u, 0, 0x3414;", "prmt.b32 t3, u, 0, 0x2404;")
-# PRMT, the second pair's zero bytes the sign of w >> 3's top byte (always 0: prmt's sign-replicate selector 0xF)
-_F4_PRMT_SHZ = ("lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;", "prmt.b32 t0, a, 0, 0x3414;", "prmt.b32 t1, a, 0, 0x2404;",
-                "shr.u32 b, $8, 3;", "shl.b32 u, $8, 7;", "lop3.b32 u, b, u, 0x0E0E0E0E, 0xE4;",
-                "lop3.b32 u, u, 0x8E8E8E8E, 0, 0xC0;", "prmt.b32 t2, u, b, 0x3F1F;", "prmt.b32 t3, u, b, 0x2F0F;")
+# the same values by byte permutes (3 LOP3 + 2 shifts + 4 PRMT): the 0x8E bytes of w masked once (a) and moved into
+# the halves' high bytes (t0, t1); the other 4 codes' bits shifted into the same places (u), masked, moved (t2, t3)
+_MASK_A = ("lop3.b32 a, $8, 0x8E8E8E8E, 0, 0xC0;",)
+_PRMT_A = ("prmt.b32 t0, a, 0, 0x3414;", "prmt.b32 t1, a, 0, 0x2404;")
+_SHIFT_U = ("shr.u32 b, $8, 3;", "shl.b32 u, $8, 7;", "lop3.b32 u, b, u, 0x0E0E0E0E, 0xE4;")
+_MASK_U = ("lop3.b32 u, u, 0x8E8E8E8E, 0, 0xC0;",)
+_PRMT_U = ("prmt.b32 t2, u, 0, 0x3414;", "prmt.b32 t3, u, 0, 0x2404;")
+_F4_PRMT = (*_MASK_A, *_PRMT_A, *_SHIFT_U, *_MASK_U, *_PRMT_U)
+# a kept live past its PRMTs (u's mask reads it as a don't-care operand): ptxas otherwise writes a pair's second
+# PRMT over its dying source and moves it into the MMA's register quad
+_F4_PRMT_LIVE = (*_MASK_A, *_SHIFT_U, *_PRMT_A, "lop3.b32 u, u, 0x8E8E8E8E, a, 0xC0;", *_PRMT_U)
+# t2, t3's zero bytes the sign of b's top byte (b = w >> 3: always 0; prmt's sign-replicate selector 0xF)
+_F4_PRMT_SHZ = (*_MASK_A, *_PRMT_A, *_SHIFT_U, *_MASK_U, "prmt.b32 t2, u, b, 0x3F1F;", "prmt.b32 t3, u, b, 0x2F0F;")
 F4_PTX = _ptx(*_F4_LOP3)
 F4P_PTX = _ptx(*_F4_PRMT)
 F4PL_PTX = _ptx(*_F4_PRMT_LIVE)
