@@ -31,8 +31,10 @@ $(STAMP): pyproject.toml requirements-dev.txt
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+# --dist loadfile: a module's tests on one worker (module fixtures built once); --no-loadscope-reorder: modules in
+# collection order, which tests/conftest.py starts with the longest ones (LONGEST_FIRST) so the run ends on short ones.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --durations=15 $(MARK) tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 $(MARK) tests
 
 test-all: $(STAMP)
 	$(MAKE) test MARK=

@@ -74,6 +74,34 @@ MAIN_VENV_ONLY = {
 }
 
 
+# CI runs the main suite on 2 xdist workers with `--dist loadfile --no-loadscope-reorder` (Makefile): a module's
+# tests run on one worker (its module fixtures are built once) and modules are handed out in collection order. The
+# longest modules (CI's --durations, >= ~25 s each) are moved to the front, so the modules left at the end are
+# short ones and neither worker idles long while the other finishes (the notebook, collected last, used to run
+# alone for ~50 s at the end). The rest keep their collection order.
+LONGEST_FIRST = (
+    "tests/test_notebook.py",
+    "tests/passes/test_ffn_skip.py",
+    "tests/costmodel/test_cli_costmodel.py",
+    "tests/models/test_end_to_end.py",
+    "tests/test_cli.py",
+    "tests/passes/test_kv_cache_ksort.py",
+    "tests/runtime/test_jit_calibration.py",
+    "tests/runtime/test_generate.py",
+    "tests/passes/test_sparsify_refine.py",
+    "tests/models/test_multi_result.py",
+    "tests/codegen/test_interpret_models.py",
+    "tests/export/test_compressed_tensors.py",
+    "tests/runtime/test_decode_launches.py",
+    "tests/runtime/test_interpret_anywhere.py",
+)
+
+
+def _module_rank(item) -> int:
+    path = item.nodeid.split("::", 1)[0]
+    return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
     from fnmatch import fnmatchcase
 
@@ -85,3 +113,4 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in slow or any(fnmatchcase(item.nodeid, p) for p in slow if "*" in p):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=_module_rank)  # stable: the order inside a module and among the other modules is kept

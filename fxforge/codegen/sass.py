@@ -11,12 +11,17 @@ Decisions:
   not a longer row loop before it: the decode kernel's norm / E4M3 prologue), else the longest: Triton's software
   pipeliner leaves one steady-state loop per `for` (prologue and epilogue are straight-line code); a kernel whose
   only loop is elsewhere (a row loop) still gets that loop's count, which is what the caller asked about there.
+- `sass_text` keeps each listing in Triton's cache directory (TRITON_CACHE_DIR, which CI keeps between runs):
+  cuobjdump took most of a warm-cache build check's time.
 - Not counted: `NOP`s and `@!UPT UIADD3 URZ, URZ, URZ, URZ` (a predicated-off uniform add that ptxas
   pads wgmma sequences with; it issues nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
 import subprocess
 import tempfile
@@ -30,14 +35,40 @@ _MMA = re.compile(r"\b(HMMA|HGMMA|IMMA|IGMMA|QGMMA|UTC\w*MMA)\b")
 
 
 def sass_text(cubin: bytes) -> str:
-    """cuobjdump -sass of a cubin (the tool bundled with Triton)."""
+    """cuobjdump -sass of a cubin (the tool bundled with Triton), kept beside Triton's kernel cache by the hash of
+    the cubin and the tool: disassembling costs ~0.5 s of CPU a kernel (a cached compile costs less), and the same
+    cubin and tool always give the same listing."""
     import triton
 
+    tool = triton.knobs.nvidia.cuobjdump.path
+    cached = _cache_file(cubin, tool)
+    if cached is not None and cached.is_file():
+        return cached.read_text()
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "k.cubin"
         path.write_bytes(cubin)
-        return subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-sass", str(path)], capture_output=True, text=True,
-                              check=True).stdout
+        text = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True, check=True).stdout
+    if cached is not None:
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next disassembly
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, cached)  # atomic: concurrent builders never read a partial listing
+    return text
+
+
+def _cache_file(cubin: bytes, tool: str) -> Path | None:
+    import triton
+
+    try:
+        stat = os.stat(tool)
+        root = triton.knobs.cache.dir
+    except (OSError, AttributeError):
+        return None
+    if not root:
+        return None
+    key = hashlib.sha256(cubin + f"{tool}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    return Path(root) / "fxforge_sass" / f"{key}.sass"
 
 
 def instructions(text: str, drop_padding: bool = True) -> list[tuple[int, str]]:

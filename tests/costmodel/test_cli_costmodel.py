@@ -1,6 +1,11 @@
-"""`fxforge costmodel profile -> train -> eval` on a tiny model set (two MLP widths): profiling on a local
-Ray cluster (the `ray` extra, installed by requirements-dev), evaluation in this process; and the errors a
-user can make. Builds for sm_90 only, so it stays cheap."""
+"""`fxforge costmodel profile -> train -> eval` on a tiny model set (two MLP widths): profiling in local worker
+processes, evaluation's profiling job in this process; jobs on a local Ray cluster (the `ray` extra, installed by
+requirements-dev); and the errors a user can make. Builds for sm_90 only, so it stays cheap.
+
+The CLI runs here without TRITON_INTERPRET in the environment (the interpret executor arranges the interpreter
+itself), so the spawned build workers are fresh processes that build in-process: one process start per worker,
+not a build subprocess per kernel (what a worker that ran the interpreter, or has the variable set, must do).
+The whole profile on Ray (which reuses its interpreting workers for the builds) is the slow test below."""
 
 import json
 from pathlib import Path
@@ -15,22 +20,27 @@ TRAIN = f"{HERE / 'models.py'}:mlp_train"
 HELDOUT = f"{HERE / 'models.py'}:mlp_heldout"
 
 
+PROFILE = ["costmodel", "profile", "--models", TRAIN, "--example-input", "float32[1,4,64]", "--schemes", "dense,w8a8-int8",
+           "--arch", "90", "--mlir", "off"]
+
+
+@pytest.fixture
+def no_interpret_variable(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    ray = pytest.importorskip("ray")
     d = tmp_path_factory.mktemp("cm")
-    try:
-        assert main(["costmodel", "profile", "--models", TRAIN, "--example-input", "float32[1,4,64]",
-                     "--schemes", "dense,w8a8-int8", "--arch", "90",
-                     "--ray", "auto", "--mlir", "off", "-o", str(d / "ds.json")]) == 0
-    finally:
-        ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TRITON_INTERPRET", raising=False)
+        assert main([*PROFILE, "--workers", "2", "-o", str(d / "ds.json")]) == 0
     assert main(["costmodel", "train", "--data", str(d / "ds.json"), "-o", str(d / "model.json")]) == 0
     return d
 
 
-def test_profile_writes_a_versioned_dataset(trained):
-    ds = dataset.load(trained / "ds.json")
+def check_dataset(path: Path) -> None:
+    ds = dataset.load(path)
     assert ds["device"] and ds["versions"]["triton"] and ds["feature_set"] == "ir" and ds["archs"] == [90]
     rows = dataset.measured(ds["rows"])
     assert len(rows) == 8  # 3 dense kernels (2 GEMMs, layer norm) + 5 with int8 (2 act-quant, 2 qlinear, norm)
@@ -40,10 +50,41 @@ def test_profile_writes_a_versioned_dataset(trained):
     assert qlin and all(r["bag"].get("scheme:w8a8-int8") for r in qlin)
 
 
-def test_eval_on_a_heldout_model(trained, capsys):
+def test_profile_writes_a_versioned_dataset(trained):
+    check_dataset(trained / "ds.json")
+
+
+@pytest.mark.slow
+def test_profile_on_a_local_ray_cluster(tmp_path):
+    """The same profile with every job and build batch on Ray (`--ray auto` starts a local cluster)."""
+    ray = pytest.importorskip("ray")
+    try:
+        assert main([*PROFILE, "--ray", "auto", "-o", str(tmp_path / "ds.json")]) == 0
+    finally:
+        ray.shutdown()
+    check_dataset(tmp_path / "ds.json")
+
+
+def test_jobs_run_on_a_local_ray_cluster_in_job_order():
+    """`--ray auto` starts a local cluster (its CPUs are the parallelism); its workers import the job function
+    by reference (a stdlib one: no torch import per worker) and the results come back in job order."""
+    ray = pytest.importorskip("ray")
+    import shlex
+
+    from fxforge.costmodel.parallel import parallelism, run_jobs
+
+    try:
+        assert parallelism(1, "auto") == int(ray.cluster_resources()["CPU"]) >= 1
+        assert run_jobs(shlex.split, ["c a", "b", "e d f"], ray="auto") == ["c", "a", "b", "e", "d", "f"]
+        assert run_jobs(shlex.split, ["c a", "b"], ray="auto", flat=False) == [["c", "a"], ["b"]]
+    finally:
+        ray.shutdown()
+
+
+def test_eval_on_a_heldout_model(trained, no_interpret_variable, capsys):
     out = trained / "eval.json"
     assert main(["costmodel", "eval", "--models", HELDOUT, "--example-input", "float32[1,8,64]",
-                 "--schemes", "dense", "--arch", "90", "--workers", "1", "--mlir", "off",
+                 "--schemes", "dense", "--arch", "90", "--workers", "2", "--mlir", "off",
                  "--model-file", str(trained / "model.json"), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["n_kernels"] >= 3
@@ -58,8 +99,9 @@ def test_eval_refuses_a_training_model(trained, capsys):
     assert "held-out models only" in capsys.readouterr().err
 
 
-def test_unreachable_ray_address_is_a_clear_error(trained, capsys):
-    pytest.importorskip("ray")
+def test_unreachable_ray_address_is_a_clear_error(capsys):
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()  # else run_jobs would use that cluster, not probe the address
     from fxforge.costmodel.parallel import run_jobs
     from fxforge.errors import ConfigError
 

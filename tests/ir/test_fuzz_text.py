@@ -3,7 +3,7 @@ replacements, token swaps and replacements, line drops, duplications and swaps. 
 text and verifying the graph either succeed or raise an FxforgeError subclass; nothing else escapes,
 and no case runs longer than CASE_SECONDS (a hang is a failure, not a stuck CI job).
 
-The examples are derandomized so CI sees the same 400 cases on every run; set FXFORGE_FUZZ_SEED to
+The examples are derandomized so CI sees the same 300 cases on every run; set FXFORGE_FUZZ_SEED to
 explore others (`FXFORGE_FUZZ_SEED=7 pytest tests/ir/test_fuzz_text.py`).
 """
 
@@ -29,7 +29,7 @@ from fxforge.ir.parser import parse_dim, parse_graph, parse_type, parse_value
 from fxforge.ir.printer import print_graph
 from fxforge.ir.verify import verify
 
-CASES = 400
+CASES = 300  # issue #7: 300+ mutations of a real model's printed IR
 CASE_SECONDS = 10.0
 TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|[%@$#]?[A-Za-z0-9_.]+|\(\S*?\)|\s+|.')
 ALPHABET = st.one_of(st.sampled_from(list("%@$#()[]{}<>,:=*/+-.0123456789_ \n\"\\sfie")), st.characters())
