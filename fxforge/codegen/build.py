@@ -107,8 +107,11 @@ def _ptxas_spill_bytes(ptx: str, arch: int) -> int:
 
 
 def compile_for_target(kernel_fn, signature: dict, constexprs: dict, arch: int, num_warps: int = 4, num_stages: int = 3,
-                       *, divisible: tuple[str, ...] | list[str] = (), label: str = "") -> KernelBuild:
+                       *, divisible: tuple[str, ...] | list[str] = (), label: str = "", sass_counts: bool = True
+                       ) -> KernelBuild:
     """Compile `kernel_fn` for sm_`arch` and report its resources; never raises for compile errors.
+    `sass_counts=False` leaves the SASS instruction counts 0 (disassembly costs ~0.5 s of CPU a kernel on a cold
+    listing cache; a check of registers and spills does not need it).
 
     `signature` maps runtime argument names to Triton types ("*fp16", "i32", "fp32"); every name in
     `constexprs` (constexpr parameters, or runtime ones specialised like the JIT does for the value 1)
@@ -145,9 +148,10 @@ def compile_for_target(kernel_fn, signature: dict, constexprs: dict, arch: int, 
         build.ptx_lines = k.asm["ptx"].count("\n")
         build.registers, build.stack = _res_usage(k.asm["cubin"], getattr(k.metadata, "name", name))
         build.spills = _ptxas_spill_bytes(k.asm["ptx"], int(arch)) if build.stack else 0
-        text = sass.sass_text(k.asm["cubin"])
-        build.instructions = len(sass.instructions(text, drop_padding=False))
-        build.loop_instructions = len(sass.main_loop(text))
+        if sass_counts:
+            text = sass.sass_text(k.asm["cubin"])
+            build.instructions = len(sass.instructions(text, drop_padding=False))
+            build.loop_instructions = len(sass.main_loop(text))
         limit = SHARED_LIMITS.get(int(arch))
         if limit is not None and build.shared_bytes > limit:
             build.error = (f"needs {build.shared_bytes} B of shared memory, sm_{arch} allows {limit}; "
@@ -182,7 +186,7 @@ def _import_spec_module(spec: dict):
     return module
 
 
-def build_spec(spec: dict, arch: int) -> KernelBuild:
+def build_spec(spec: dict, arch: int, sass_counts: bool = True) -> KernelBuild:
     """Compile one serialisable spec (see `gemm_spec`; `"path"` imports a module file) in this process."""
     try:
         kernel = getattr(_import_spec_module(spec), spec["kernel"])
@@ -190,7 +194,8 @@ def build_spec(spec: dict, arch: int) -> KernelBuild:
         return KernelBuild(name=spec["kernel"], arch=int(arch), label=spec.get("label", ""),
                            error=f"cannot find kernel {spec.get('path') or spec['module']}.{spec['kernel']}: {e}")
     return compile_for_target(kernel, spec["signature"], spec["constexprs"], arch, spec.get("num_warps", 4),
-                              spec.get("num_stages", 3), divisible=spec.get("divisible", ()), label=spec.get("label", ""))
+                              spec.get("num_stages", 3), divisible=spec.get("divisible", ()), label=spec.get("label", ""),
+                              sass_counts=sass_counts)
 
 
 def _subprocess_env() -> dict:
@@ -201,8 +206,10 @@ def _subprocess_env() -> dict:
     return env
 
 
-def build_in_subprocess(specs: list[dict], arch: int, *, timeout: float = 300.0, jobs: int | None = None) -> list[KernelBuild]:
-    """Compile `specs` for sm_`arch` in fresh processes without TRITON_INTERPRET; results in spec order.
+def build_in_subprocess(specs: list[dict], arch: int, *, timeout: float = 300.0, jobs: int | None = None,
+                        sass_counts: bool = True) -> list[KernelBuild]:
+    """Compile `specs` for sm_`arch` in fresh processes without TRITON_INTERPRET; results in spec order
+    (`sass_counts`: as `compile_for_target`'s).
 
     Specs are split over `jobs` processes (default: up to 2, one per core); a process that fails or
     runs past `timeout` seconds gives ok=False builds that say so.
@@ -211,7 +218,7 @@ def build_in_subprocess(specs: list[dict], arch: int, *, timeout: float = 300.0,
     chunks = [list(range(i, len(specs), jobs)) for i in range(jobs)]
     procs = []
     for idx in chunks:
-        payload = json.dumps({"arch": int(arch), "specs": [specs[i] for i in idx]})
+        payload = json.dumps({"arch": int(arch), "specs": [specs[i] for i in idx], "sass_counts": sass_counts})
         p = subprocess.Popen([sys.executable, "-m", "fxforge.codegen.build"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=_subprocess_env())
         p.stdin.write(payload)
@@ -386,11 +393,12 @@ def specs_for_arch(specs: list[dict], arch: int) -> list[dict]:
 
 
 def main() -> None:
-    """`python -m fxforge.codegen.build`: JSON {"arch", "specs"} on stdin -> one marked JSON result line on stdout."""
+    """`python -m fxforge.codegen.build`: JSON {"arch", "specs", "sass_counts"} on stdin -> one marked JSON result
+    line on stdout."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("fxforge.codegen.build: unset TRITON_INTERPRET to compile for a GPU")
     req = json.loads(sys.stdin.read())
-    builds = [build_spec(s, req["arch"]) for s in req["specs"]]
+    builds = [build_spec(s, req["arch"], req.get("sass_counts", True)) for s in req["specs"]]
     sys.stdout.write("\n" + _RESULT_MARK + json.dumps([dataclasses.asdict(b) for b in builds]) + "\n")
     sys.stdout.flush()
 

@@ -46,7 +46,7 @@ def test_decode_table_builds(arch):
 
 
 def _check_builds(specs, arch):
-    builds = build_in_subprocess(specs, arch, timeout=900)
+    builds = build_in_subprocess(specs, arch, timeout=900, sass_counts=False)
     assert len(builds) == len(specs)
     report = "\n".join(f"{b.label}: ok={b.ok} regs={b.registers} stack={b.spills} shared={b.shared_bytes} {b.error[:300]}"
                        for b in builds)

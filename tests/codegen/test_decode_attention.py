@@ -70,7 +70,7 @@ def test_decode_attention_builds(arch):
     for fmt in ("bfp4", "fp8", "int8"):  # packed KV-cache rows decoded in the key loop (issue #12)
         specs += decode_attention_specs("float16", 4, 8192, 128, mask="bool", arch=arch, kv_format=fmt, kv_block=32)
     specs = specs_for_arch(list({s["label"]: s for s in specs}.values()), arch)
-    builds = build_in_subprocess(specs, arch, timeout=900)
+    builds = build_in_subprocess(specs, arch, timeout=900, sass_counts=False)
     report = "\n".join(f"{b.label}: ok={b.ok} regs={b.registers} stack={b.spills} {b.error[:200]}" for b in builds)
     assert len(builds) == len(specs) and all(b.ok and b.spills == 0 and 0 < b.registers <= 255 for b in builds), report
 

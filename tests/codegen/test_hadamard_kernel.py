@@ -43,7 +43,7 @@ def test_builds_without_spills(arch):
              hadamard_act_quant_spec("i8", 4096, 0), hadamard_act_quant_spec("i8", 11008, 16)]
     if arch >= 89:
         specs.append(hadamard_act_quant_spec("f8e4m3", 4096, 128))
-    builds = build_in_subprocess(specs, arch, jobs=1)
+    builds = build_in_subprocess(specs, arch, jobs=1, sass_counts=False)
     assert len(builds) == len(specs) and all(b.ok and b.spills == 0 for b in builds), builds
 
 

@@ -226,7 +226,7 @@ def _build_specs():
 def test_qlinear_kernels_build(arch):
     specs = build.specs_for_arch(_build_specs(), arch)
     assert len(specs) == (7 if arch == 90 else 5)
-    builds = build.build_in_subprocess(specs, arch, timeout=240)
+    builds = build.build_in_subprocess(specs, arch, timeout=240, sass_counts=False)
     report = "\n".join(f"sm_{arch} {b.label}: ok={b.ok} regs={b.registers} stack={b.spills} shared={b.shared_bytes} "
                        f"{b.error[:300]}" for b in builds)
     print(report)

@@ -159,7 +159,7 @@ def _build_specs():
 def test_block_kernels_build_without_spills(arch):
     from fxforge.codegen import build
 
-    builds = build.build_in_subprocess(_build_specs(), arch, timeout=600)
+    builds = build.build_in_subprocess(_build_specs(), arch, timeout=600, sass_counts=False)
     report = "\n".join(f"sm_{arch} {b.label}: ok={b.ok} regs={b.registers} stack={b.spills} {b.error[:300]}" for b in builds)
     assert len(builds) == 7
     for b in builds:
