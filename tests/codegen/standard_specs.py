@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from fxforge.codegen.build import attention_spec, bmm_spec, gemm_spec
+from fxforge.codegen.templates.dense_specs import attention_spec, bmm_spec, gemm_spec
 from fxforge.codegen.templates.gemm_prologue import post_norm_rows_spec
 
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fxforge.codegen.build import build_in_subprocess, decode_attention_specs, specs_for_arch
+from fxforge.codegen.build import build_in_subprocess, specs_for_arch
 from fxforge.codegen.templates.attention import attention
 from fxforge.codegen.templates.decode_attention import decode_attention
+from fxforge.codegen.templates.dense_specs import decode_attention_specs
 from fxforge.runtime.interpreter import interpreter_scope
 from fxforge.testing import counting_launches
 

@@ -4,11 +4,11 @@ signatures, constexprs and launch options a contiguous M x N x K call of each sc
 from __future__ import annotations
 
 from fxforge.codegen.blocks import qlinear_blocks, row_blocks
+from fxforge.codegen.templates.dense_specs import TRITON_TYPES
 from fxforge.ir import formats
 from fxforge.ir.lowp_ops import get_scheme
 
 _MODULE = "fxforge.codegen.templates.qlinear"
-_TT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def qlinear_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "float16", out_dtype: str | None = None,
@@ -16,8 +16,8 @@ def qlinear_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "float16
                  residual: bool = False, lorc: bool = False, keep: bool = False) -> dict:
     """A `fxforge.codegen.build` spec of this scheme's kernel for contiguous operands (blocks from `qlinear_blocks`)."""
     sc = get_scheme(scheme)
-    t = _TT[x_dtype]
-    to = _TT[out_dtype or x_dtype]
+    t = TRITON_TYPES[x_dtype]
+    to = TRITON_TYPES[out_dtype or x_dtype]
     g = sc.group if group is None else group
     g = g if g > 0 else K
     epi_sig = {"out_ptr": f"*{to}", "bias_ptr": f"*{t}", "add_ptr": "*fp32", "res_ptr": f"*{to}",
@@ -35,7 +35,7 @@ def qlinear_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "float16
         sig = {"a_ptr": "*u8", "a_scale_ptr": "*fp32", "w_ptr": "*u8", "w_scale_ptr": "*fp32"}
         const["FP8_DOT"] = fp8_dot
     elif scheme == "w4a16-int4":
-        kernel, dot = "qlinear_w4a16_int4_kernel", {"float32": "fp32"}.get(x_dtype, _TT[x_dtype])
+        kernel, dot = "qlinear_w4a16_int4_kernel", {"float32": "fp32"}.get(x_dtype, TRITON_TYPES[x_dtype])
         sig = {"a_ptr": f"*{t}", "w_ptr": "*u8", "scale_ptr": "*fp16", "zero_ptr": "*u8",
                "stride_sn": "i32", "stride_zn": "i32"}
         const.update(stride_sg=1, stride_zg=1, GROUP=g, DOT=dot)
@@ -58,7 +58,7 @@ def qlinear_block_spec(scheme: str, M: int, N: int, K: int, *, x_dtype: str = "f
     """A build spec of `qlinear_block_kernel` (MX / NVFP4 schemes, `templates/qlinear_block.py`)."""
     from fxforge.codegen.templates.qlinear_block import block_launch_config, element_params
 
-    t = _TT[x_dtype]
+    t = TRITON_TYPES[x_dtype]
     sig = {"a_ptr": f"*{t}", "a_ts_ptr": "*fp32", "w_ptr": "*u8", "ws_ptr": "*u8", "w_ts_ptr": "*fp32",
            "out_ptr": f"*{t}", "bias_ptr": f"*{t}", "res_ptr": f"*{t}", "M": "i32", "N": "i32", "K": "i32",
            "stride_am": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_om": "i32", "stride_rm": "i32"}
@@ -86,7 +86,7 @@ def block_specs() -> list[dict]:
 def act_quant_spec(fmt: str, K: int, x_dtype: str = "float16") -> dict:
     """A build spec of `act_quant_kernel` for rows of K elements."""
     block = row_blocks(min(K, 4096))
-    sig = {"x_ptr": f"*{_TT[x_dtype]}", "q_ptr": "*i8" if fmt == "i8" else "*u8", "s_ptr": "*fp32", "K": "i32",
+    sig = {"x_ptr": f"*{TRITON_TYPES[x_dtype]}", "q_ptr": "*i8" if fmt == "i8" else "*u8", "s_ptr": "*fp32", "K": "i32",
            "stride_xm": "i32", "stride_qm": "i32"}
     const = {"stride_xk": 1, "FORMAT": fmt, "MAX_VALUE": formats.get_format(fmt).max_value, "BLOCK": block["BLOCK"]}
     return {"module": "fxforge.codegen.templates.act_quant", "kernel": "act_quant_kernel", "signature": sig, "constexprs": const,
