@@ -70,7 +70,7 @@ _WORD = re.compile(r"(?<![\w.])\w+")  # a whole word, not an attribute (`x.name`
 _MODULE_USE = re.compile(r"(?<![\w.])(\w+)\.")  # a whole word read an attribute of (`torch.`, `tl.`)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)  # a module's text and its ~20 helpers; whole module texts are the keys
 def _names(text: str) -> frozenset[str]:
     """The words of `text`: a name is used when it is one of them. One scan for all names (a search
     per name and helper was linear in the module's length, hence in depth, times the helper count);

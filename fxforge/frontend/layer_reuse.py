@@ -317,32 +317,11 @@ def _position(graph: torch.fx.Graph):
 
 
 def run_graph(gm: torch.fx.GraphModule, inputs: list) -> Any:
-    """`gm.graph` run node by node on `inputs` (one per placeholder): what `gm(*inputs)` returns once
-    `gm.recompile()` has run. `replicate` leaves the module's code as export made it (regenerating
-    the Python of ~70 nodes a layer cost ~3 ms a layer, more than the run itself adds): the lowering
-    reads the graph, and this runs it. A node kind export does not make is a NoReuse (full export)."""
-    env: dict[torch.fx.Node, Any] = {}
-    feed = iter(inputs)
-    read = env.__getitem__
-    for node in gm.graph.nodes:
-        if node.op == "call_function":
-            env[node] = node.target(*torch.fx.node.map_arg(node.args, read), **torch.fx.node.map_arg(node.kwargs, read))
-        elif node.op == "placeholder":
-            env[node] = next(feed)
-        elif node.op == "get_attr":
-            env[node] = _fetch(gm, node.target)
-        elif node.op == "output":
-            return torch.fx.node.map_arg(node.args[0], read)
-        else:
-            raise NoReuse(f"the exported graph holds a {node.op} node ({node.name})")
-    raise NoReuse("the exported graph has no output node")
-
-
-def _fetch(gm: torch.nn.Module, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+    """`gm.graph` run node by node on `inputs` (one per placeholder, `torch.fx.Interpreter`): what `gm(*inputs)`
+    returns once `gm.recompile()` has run. `replicate` leaves the module's code as export made it (regenerating
+    the Python of ~70 nodes a layer cost ~3 ms a layer, more than the run itself adds): the lowering reads the
+    graph, and this runs it."""
+    return torch.fx.Interpreter(gm).run(*inputs)
 
 
 def check_numerics(gm: torch.fx.GraphModule, targets: dict[str, str], state: dict[str, Any], model: torch.nn.Module,

@@ -162,31 +162,33 @@ class GraphText:
 
 
 def _op_copy(op: Op, memo: dict[int, tuple]) -> tuple:
-    """What `_op_text` reads of `op`: the memo's copy when nothing in it changed (compared by identity).
-    Plain loops, not all() over generators: this runs for every op of every pass's snapshot (half the time)."""
+    """What `_op_text` reads of `op`: the memo's copy when nothing in it changed (compared by identity)."""
     hit = memo.get(id(op))
-    if hit is not None and hit[0] is op:
-        copy = hit[1]
-        opcode, results, operands, attrs = copy
-        now_results, now_operands, now_attrs = op.results, op.operands, op.attrs
-        if (opcode == op.opcode and len(results) == len(now_results) and len(operands) == len(now_operands)
-                and len(attrs) == len(now_attrs)):
-            for (n, t), r in zip(results, now_results):
-                if n != r.name or t is not r.type:
-                    break
-            else:
-                for n, v in zip(operands, now_operands):
-                    if n != v.name:
-                        break
-                else:
-                    for k, v in attrs.items():
-                        if now_attrs.get(k, _MISSING) is not v:
-                            break
-                    else:
-                        return copy
+    if hit is not None and hit[0] is op and _unchanged(hit[1], op):
+        return hit[1]
     copy = (op.opcode, tuple([(r.name, r.type) for r in op.results]), tuple([v.name for v in op.operands]), dict(op.attrs))
     memo[id(op)] = (op, copy)
     return copy
+
+
+def _unchanged(copy: tuple, op: Op) -> bool:
+    """Whether `op` still reads as its memo copy. Plain loops, not all() over generators: this runs for every op
+    of every pass's snapshot (half the time)."""
+    opcode, results, operands, attrs = copy
+    now_results, now_operands, now_attrs = op.results, op.operands, op.attrs
+    if (opcode != op.opcode or len(results) != len(now_results) or len(operands) != len(now_operands)
+            or len(attrs) != len(now_attrs)):
+        return False
+    for (n, t), r in zip(results, now_results):
+        if n != r.name or t is not r.type:
+            return False
+    for n, v in zip(operands, now_operands):
+        if n != v.name:
+            return False
+    for k, v in attrs.items():
+        if now_attrs.get(k, _MISSING) is not v:
+            return False
+    return True
 
 
 _MISSING = object()

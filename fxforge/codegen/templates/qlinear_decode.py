@@ -87,12 +87,14 @@ from fxforge.codegen.templates.qlinear_decode_dequant import (
     dequant_portable,
 )
 from fxforge.codegen.templates.qlinear_decode_fuse import (
+    block_factors,
     check_fusions,
     check_post_norm,
     decode_epilogue,
     k_window,
     prologue,
     prologue_rows,
+    quarters,
 )
 from fxforge.codegen.templates.split_k import split_sum
 from fxforge.errors import ShapeError
@@ -144,15 +146,6 @@ def _x_tile(x_ptr, a_off, block_of, offs_k, k_left, BLOCK_K: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _quarters(v, BLOCK_N: tl.constexpr):
-    """A word tile [BLOCK_N, 16] of a 128-wide K tile (word j = 4c + p) as K blocks p = 0..3's [BLOCK_N, 4]."""
-    e, o = tl.split(tl.reshape(v, (BLOCK_N, 4, 2, 2)))
-    v0, v2 = tl.split(e)
-    v1, v3 = tl.split(o)
-    return v0, v1, v2, v3
-
-
-@triton.jit
 def _block_dot(acc, w, x_ptr, x_off, k_left, f, ASM: tl.constexpr, SPELL: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_M: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, EVEN_K: tl.constexpr):
     """acc + (one 32-wide K block's words w [BLOCK_N, 4], decoded) @ (its x columns) * its group factor f [BLOCK_N]."""
@@ -171,13 +164,8 @@ def _block_dots(acc, w, x_ptr, x_off, s_row, k0, K, GROUP: tl.constexpr, ASM: tl
     decoded and multiplied on its own, its product scaled by the block's group factor (an FFMA per accumulator
     element: BLOCK_M / 32 per weight) instead of each decoded pair (an HMUL2 per 2 weights). The factors load as
     [BLOCK_N, 4] once per tile."""
-    blk = (k0 + 32 * tl.arange(0, 4)) // GROUP
-    if not EVEN_K:  # blocks past K hold zero codes: any group's factor will do
-        blk = tl.minimum(blk, (K - 1) // GROUP)
-    f02, f13 = tl.split(tl.reshape(tl.load(s_row + blk[None, :]), (BLOCK_N, 2, 2)))
-    f0, f2 = tl.split(f02)
-    f1, f3 = tl.split(f13)
-    w0, w1, w2, w3 = _quarters(w, BLOCK_N)
+    f0, f1, f2, f3 = block_factors(s_row, k0, K, GROUP, BLOCK_N, not EVEN_K)
+    w0, w1, w2, w3 = quarters(w, BLOCK_N, 4)
     k_left = K - k0
     acc = _block_dot(acc, w0, x_ptr, x_off, k_left, f0, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)
     acc = _block_dot(acc, w1, x_ptr + 32, x_off, k_left - 32, f1, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)

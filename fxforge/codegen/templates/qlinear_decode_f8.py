@@ -39,7 +39,7 @@ import triton.language as tl
 
 from fxforge.codegen.blocks import decode_split
 from fxforge.codegen.templates.qlinear_decode_config import decode_operand, split_plan
-from fxforge.codegen.templates.qlinear_decode_fuse import decode_epilogue, k_window, prologue_rows
+from fxforge.codegen.templates.qlinear_decode_fuse import block_factors, decode_epilogue, k_window, prologue_rows, quarters
 from fxforge.codegen.templates.split_k import split_sum
 from fxforge.ir.weight_layouts import fp8_operand, to_decode_layout
 
@@ -68,9 +68,7 @@ def _bytes(wg, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
 @triton.jit
 def dequant_f8_portable(w, BLOCK_N: tl.constexpr):
     """The same 8 tensors as `dequant_f8_asm`, by integer ops."""
-    e, o = tl.split(tl.reshape(w, (BLOCK_N, 4, 2, 2)))  # word 4q + 2 g1 + g0: g0 = 0 / 1
-    w0, w2 = tl.split(e)
-    w1, w3 = tl.split(o)
+    w0, w1, w2, w3 = quarters(w, BLOCK_N, 4)  # word 4q + g: K block g's
     return (_bytes(w0, 0, BLOCK_N), _bytes(w0, 1, BLOCK_N), _bytes(w1, 0, BLOCK_N), _bytes(w1, 1, BLOCK_N),
             _bytes(w2, 0, BLOCK_N), _bytes(w2, 1, BLOCK_N), _bytes(w3, 0, BLOCK_N), _bytes(w3, 1, BLOCK_N))
 
@@ -130,11 +128,7 @@ def qlinear_w4_f8_decode_kernel(
             h0, h1, h2, h3, h4, h5, h6, h7 = dequant_f8_portable(w, BLOCK_N)
         k0 = t * 128
         if GROUP % 128 != 0:  # a factor per 32-wide block: each block's wgmma scaled on its own
-            blk = tl.minimum((k0 + 32 * tl.arange(0, 4)) // GROUP, (K - 1) // GROUP)
-            f = tl.reshape(tl.load(s_ptr + rows_n[:, None] * stride_sn + blk[None, :]), (BLOCK_N, 2, 2))
-            f02, f13 = tl.split(f)
-            f0, f2 = tl.split(f02)
-            f1, f3 = tl.split(f13)
+            f0, f1, f2, f3 = block_factors(s_ptr + rows_n[:, None] * stride_sn, k0, K, GROUP, BLOCK_N, True)
             acc += tl.dot(_operand(h0, h1, BLOCK_N), _x_block(a_ptr, a_off, k0, K, EVEN_K)) * f0[:, None]
             acc += tl.dot(_operand(h2, h3, BLOCK_N), _x_block(a_ptr, a_off, k0 + 32, K, EVEN_K)) * f1[:, None]
             acc += tl.dot(_operand(h4, h5, BLOCK_N), _x_block(a_ptr, a_off, k0 + 64, K, EVEN_K)) * f2[:, None]

@@ -284,3 +284,26 @@ def decode_epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bia
     if HAS_RESIDUAL:
         y += tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def quarters(v, BLOCK_N: tl.constexpr, C: tl.constexpr):
+    """[BLOCK_N, 4 * C] (column 4c + p) as p = 0..3's [BLOCK_N, C] ([BLOCK_N] at C = 1), by register splits: a
+    128-wide K tile's 4 blocks of 32 in the 4-bit decode kernels (words j = 4c + p, or a row's 4 group factors)."""
+    if C == 1:
+        e, o = tl.split(tl.reshape(v, (BLOCK_N, 2, 2)))
+    else:
+        e, o = tl.split(tl.reshape(v, (BLOCK_N, C, 2, 2)))
+    v0, v2 = tl.split(e)
+    v1, v3 = tl.split(o)
+    return v0, v1, v2, v3
+
+
+@triton.jit
+def block_factors(s_row, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, CLAMP: tl.constexpr):
+    """The group factors [BLOCK_N] of the 4 K blocks of 32 at k0, from each row's factors `s_row` [BLOCK_N, 1]
+    (one [BLOCK_N, 4] load); CLAMP: blocks past K (zero codes: any group's factor will do) read the last group's."""
+    blk = (k0 + 32 * tl.arange(0, 4)) // GROUP
+    if CLAMP:
+        blk = tl.minimum(blk, (K - 1) // GROUP)
+    return quarters(tl.load(s_row + blk[None, :]), BLOCK_N, 1)
