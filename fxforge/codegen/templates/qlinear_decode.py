@@ -223,11 +223,11 @@ def qlinear_w4_decode_kernel(
     s_row = s_ptr + rows_n[:, None] * stride_sn  # (PACK, BLOCK_DOTS) each row's group factors
     for t in range(0, tl.cdiv(K, BLOCK_K)):
         w = tl.load(w_ptr + t * (BLOCK_K // 8) + w_off)
-        g = (t * BLOCK_K) // GROUP
         if BLOCK_DOTS:  # groups narrower than the tile on 8 x columns: an MMA per 32-wide K block (module notes)
             acc = _block_dots(acc, w, a_ptr + t * BLOCK_K, x_off, s_row, t * BLOCK_K, K, GROUP, ASM, SPELL, BLOCK_N,
                               BLOCK_M, KW, XP, EVEN_K)
         else:
+            g = (t * BLOCK_K) // GROUP
             a = _x_tile(a_ptr + t * BLOCK_K, a_off, block_of, offs_k, K - t * BLOCK_K, BLOCK_K, BLOCK_M, XP, PACK, EVEN_K)
             if FP4 and WSCALE and not PACK:  # groups narrower than the tile: each word's factor on its weights
                 blk = tl.minimum((t * BLOCK_K + 32 * (tl.arange(0, BLOCK_K // 8) % (BLOCK_K // 32))) // GROUP,
