@@ -62,7 +62,8 @@ CASES = [(1, 97, 256, 128, (2, True), "none", False), (5, 64, 200, 64, (4, True)
          (70, 130, 64, 32, (2, True), "none", True),  # 70 rows: two 64-row tiles; operand: (kWidth, x-permuted)
          (2, 64, 192, 32, (4, True), "none", True),  # FP4 group 32 at M <= 2: K blocks packed into x columns
          (4, 64, 160, 32, (2, False), "none", False),  # ... past 2 rows: an MMA per K block (K past the last tile)
-         (6, 72, 256, 64, (4, True), "silu", True)]  # ... group 64, x-permuted kWidth-4 operand
+         (6, 72, 256, 64, (4, True), "silu", True),  # ... group 64, x-permuted kWidth-4 operand
+         (12, 64, 416, 32, (2, False), "none", False)]  # 16 columns: factors on the weights (K past the last tile)
 
 
 @pytest.mark.parametrize("scheme", ["w4a16-int4", "w4a8-fp"])

@@ -51,8 +51,9 @@ How (per K tile of BLOCK_K = the layout's tile):
     apart), and its product scaled by the block's factor: an FFMA per accumulator element, 0.25 per weight at 8
     columns, instead of an HMUL2 per decoded pair (0.5). sm_80 batch 3-8: 2.11-2.34 -> 2.02 (both Tritons).
   - otherwise (16 columns, and 64-row prefill tiles) the decoded fp16 pairs times their group's factor pair ("ss",
-    one HMUL2 each, exact: powers of two): 2.44-2.50 at batch 9-16. Its floor on mma.sync is ~2.0 (9 decode + 2
-    HMMA + 4 scale instructions per 8 weights, before loads), so batch 9-16 at group 32 stays above 2 there.
+    one HMUL2 each, exact: powers of two; the pairs load as one [BLOCK_N, BLOCK_K / GROUP] vector per row,
+    `_word_factors`): sm_80 2.21-2.23 at batch 9-16. Its floor on mma.sync is ~1.9 (9 decode + 2 HMMA + 4 scale
+    instructions per 8 weights) before ~0.3 of loads and addresses, so batch 9-16 at group 32 stays above 2 there.
 - Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
   `split_plan` the steps): a split is the kernel on its K window (`k_window`: x, the words, zero points and group
   scales advanced to its first column, which starts a group; K its width), so the K loop's code is the unsplit
@@ -174,6 +175,28 @@ def _block_dots(acc, w, x_ptr, x_off, s_row, k0, K, GROUP: tl.constexpr, ASM: tl
 
 
 @triton.jit
+def _word_factors(ss_row, t, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  EVEN_K: tl.constexpr):
+    """Each word's group factor pair [BLOCK_N, BLOCK_K / 8] ("ss"; word j = 4c + p lies in K block p) in K tile t.
+    A group dividing the tile: one contiguous [BLOCK_N, BLOCK_K / GROUP] load (a 16-byte vector per row at group 32)
+    broadcast in registers (a gather per word cost 2 instructions per word: sm_80 batch 16, 2.50 -> 2.23 per
+    weight); other widths (groups across tiles) gather each block's group."""
+    if BLOCK_K % GROUP == 0:
+        G: tl.constexpr = BLOCK_K // GROUP
+        blk = t * G + tl.arange(0, G)
+    else:
+        blk = (t * BLOCK_K + 32 * tl.arange(0, BLOCK_K // 32)) // GROUP
+    if not EVEN_K:  # blocks past K hold zero codes: any group's factor will do
+        blk = tl.minimum(blk, (K - 1) // GROUP)
+    ss = tl.load(ss_row + blk[None, :])
+    if BLOCK_K % GROUP == 0:
+        ss = tl.broadcast_to(ss[:, None, :, None], (BLOCK_N, 4, G, GROUP // 32))
+    else:
+        ss = tl.broadcast_to(ss[:, None, :], (BLOCK_N, 4, BLOCK_K // 32))
+    return tl.reshape(ss, (BLOCK_N, BLOCK_K // 8))
+
+
+@triton.jit
 def qlinear_w4_decode_kernel(
     a_ptr, w_ptr, zz_ptr, s_ptr, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
     M, N, K, stride_am, stride_wn, stride_zn, stride_sn, stride_om, stride_rm,
@@ -230,9 +253,7 @@ def qlinear_w4_decode_kernel(
             g = (t * BLOCK_K) // GROUP
             a = _x_tile(a_ptr + t * BLOCK_K, a_off, block_of, offs_k, K - t * BLOCK_K, BLOCK_K, BLOCK_M, XP, PACK, EVEN_K)
             if FP4 and WSCALE and not PACK:  # groups narrower than the tile: each word's factor on its weights
-                blk = tl.minimum((t * BLOCK_K + 32 * (tl.arange(0, BLOCK_K // 8) % (BLOCK_K // 32))) // GROUP,
-                                 (K - 1) // GROUP)  # blocks past K hold zero codes: any group's factor will do
-                ss = tl.load(zz_ptr + rows_n[:, None] * stride_zn + blk[None, :])
+                ss = _word_factors(zz_ptr + rows_n[:, None] * stride_zn, t, K, GROUP, BLOCK_N, BLOCK_K, EVEN_K)
                 if ASM:
                     v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4s_asm(w, ss)
                 else:
