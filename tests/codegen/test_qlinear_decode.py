@@ -6,8 +6,8 @@ row-major weight (tolerance: fp16 output rounding, max |error| / max |reference|
 variant of the layout (kWidth 2/4, x-permuted or not). The build tests compile the PTX dequantization (inline
 asm) for sm_90 and sm_80 in subprocesses, on the layout `decode_operand` picks for that GPU and Triton, and read
 the K loop's SASS: no spill, and <= 2 instructions per weight for int4 everywhere and FP4 on sm_90; FP4 on
-sm_80 (2.07-2.14, register moves) and at group 32 (~2.5, a multiply per pair) are held at their measured
-figures so that a regression still fails.
+sm_80 at group 32 past batch 8 (2.21-2.23, a multiply per pair) and sm_90's fp16 kernel at group 32 (2.12-2.18;
+sm_90 runs w4a8-fp on the FP8-MMA kernel) are held at their measured figures so that a regression still fails.
 """
 
 from __future__ import annotations
@@ -82,6 +82,21 @@ def test_decode_kernel_matches_reference(M, N, K, group, operand, activation, re
     ref = ref + (res.float() if residual else 0)
     assert y.shape == (M, N) and y.dtype == torch.float16
     assert (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
+
+
+@pytest.mark.parametrize("M,N,K,group,operand", [(2, 64, 192, 32, (4, True)), (4, 64, 160, 32, (2, False)),
+                                                   (6, 72, 256, 64, (4, True))])
+def test_narrow_group_factor_loads_agree(M, N, K, group, operand, monkeypatch):
+    """Narrow groups' factors as one vector per row or as a gather per K block (`vector_factors` picks per GPU and
+    Triton; the interpreter takes the vector): the same values, so the same bits."""
+    from fxforge.codegen.templates import qlinear_decode_config
+
+    torch.manual_seed(M + K)
+    w = to_decode_layout(encode_weight(torch.randn(N, K), "w4a8-fp", group=group), kw=operand[0], xperm=operand[1])
+    x = torch.randn(M, K).half()
+    vector = qlinear_w4_decode(x, w)
+    monkeypatch.setattr(qlinear_decode_config, "vector_factors", lambda arch, block_dots: False)
+    assert torch.equal(qlinear_w4_decode(x, w), vector)
 
 
 def _interleaved(n: int) -> torch.Tensor:
@@ -198,11 +213,11 @@ def test_fp4_narrow_group_builds_without_spills(arch):
     builds = build_in_subprocess(specs, arch)
     assert all(b.ok and b.spills == 0 for b in builds), [(s["constexprs"]["BLOCK_M"], b.error, b.spills)
                                                          for s, b in zip(specs, builds)]
-    # packed K blocks (batch <= 2; <= 4 on 16 columns): 1.79-1.91; an MMA per K block (8 columns past that): 2.02 on
-    # sm_80, 2.31 on sm_90; else the factors multiply the decoded pairs: 2.34-2.50
+    # packed K blocks (batch <= 2; <= 4 on 16 columns): 1.72-1.90; an MMA per K block (8 columns past that): 1.96-1.98
+    # on sm_80, 2.12 on sm_90; else the factors multiply the decoded pairs: 2.17-2.23
     for spec, b in zip(specs[:-1], builds):
         c = spec["constexprs"]
-        bound = 2.0 if c["PACK"] else (2.1 if arch == 80 else 2.4) if c["BLOCK_DOTS"] else 2.6
+        bound = 2.0 if c["PACK"] else (2.0 if arch == 80 else 2.2) if c["BLOCK_DOTS"] else 2.3
         assert 0 < per_weight(spec, b) <= bound, (spec["label"], c["BLOCK_M"], per_weight(spec, b))
 
 

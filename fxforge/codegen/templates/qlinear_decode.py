@@ -92,6 +92,7 @@ from fxforge.codegen.templates.qlinear_decode_fuse import (
     check_fusions,
     check_post_norm,
     decode_epilogue,
+    group_factors,
     k_window,
     prologue,
     prologue_rows,
@@ -160,12 +161,13 @@ def _block_dot(acc, w, x_ptr, x_off, k_left, f, ASM: tl.constexpr, SPELL: tl.con
 
 @triton.jit
 def _block_dots(acc, w, x_ptr, x_off, s_row, k0, K, GROUP: tl.constexpr, ASM: tl.constexpr, SPELL: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, EVEN_K: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, EVEN_K: tl.constexpr,
+                VEC_F: tl.constexpr):
     """acc + the K tile at k0 for groups narrower than it: each 32-wide K block (the words j = 4c + p of block p) is
     decoded and multiplied on its own, its product scaled by the block's group factor (an FFMA per accumulator
     element: BLOCK_M / 32 per weight) instead of each decoded pair (an HMUL2 per 2 weights). The factors load as
     [BLOCK_N, 4] once per tile."""
-    f0, f1, f2, f3 = block_factors(s_row, k0, K, GROUP, BLOCK_N, not EVEN_K)
+    f0, f1, f2, f3 = block_factors(s_row, k0, K, GROUP, BLOCK_N, not EVEN_K, VEC_F)
     w0, w1, w2, w3 = quarters(w, BLOCK_N, 4)
     k_left = K - k0
     acc = _block_dot(acc, w0, x_ptr, x_off, k_left, f0, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)
@@ -175,25 +177,13 @@ def _block_dots(acc, w, x_ptr, x_off, s_row, k0, K, GROUP: tl.constexpr, ASM: tl
 
 
 @triton.jit
-def _word_factors(ss_row, t, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _word_factors(ss_row, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   EVEN_K: tl.constexpr):
-    """Each word's group factor pair [BLOCK_N, BLOCK_K / 8] ("ss"; word j = 4c + p lies in K block p) in K tile t.
-    A group dividing the tile: one contiguous [BLOCK_N, BLOCK_K / GROUP] load (a 16-byte vector per row at group 32)
-    broadcast in registers (a gather per word cost 2 instructions per word: sm_80 batch 16, 2.50 -> 2.23 per
-    weight); other widths (groups across tiles) gather each block's group."""
-    if BLOCK_K % GROUP == 0:
-        G: tl.constexpr = BLOCK_K // GROUP
-        blk = t * G + tl.arange(0, G)
-    else:
-        blk = (t * BLOCK_K + 32 * tl.arange(0, BLOCK_K // 32)) // GROUP
-    if not EVEN_K:  # blocks past K hold zero codes: any group's factor will do
-        blk = tl.minimum(blk, (K - 1) // GROUP)
-    ss = tl.load(ss_row + blk[None, :])
-    if BLOCK_K % GROUP == 0:
-        ss = tl.broadcast_to(ss[:, None, :, None], (BLOCK_N, 4, G, GROUP // 32))
-    else:
-        ss = tl.broadcast_to(ss[:, None, :], (BLOCK_N, 4, BLOCK_K // 32))
-    return tl.reshape(ss, (BLOCK_N, BLOCK_K // 8))
+    """Each word's group factor pair [BLOCK_N, BLOCK_K / 8] ("ss"; word j = 4c + p lies in K block p) in the K tile
+    at k0: its blocks' `group_factors` broadcast in registers (loaded per word, a gather cost 2 instructions per word:
+    sm_80 batch 16, 2.50 -> 2.23 per weight)."""
+    f = group_factors(ss_row, k0, K, GROUP, BLOCK_N, BLOCK_K, not EVEN_K, True)
+    return tl.reshape(tl.broadcast_to(f[:, None, :], (BLOCK_N, 4, BLOCK_K // 32)), (BLOCK_N, BLOCK_K // 8))
 
 
 @triton.jit
@@ -207,7 +197,7 @@ def qlinear_w4_decode_kernel(
     SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu", PACK: tl.constexpr = False, SPELL: tl.constexpr = 0,
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0,
     z_ptr=None, POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
-    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0, BLOCK_DOTS: tl.constexpr = False,
+    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0, BLOCK_DOTS: tl.constexpr = False, VEC_F: tl.constexpr = True,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
     computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU,
@@ -248,12 +238,12 @@ def qlinear_w4_decode_kernel(
         w = tl.load(w_ptr + t * (BLOCK_K // 8) + w_off)
         if BLOCK_DOTS:  # groups narrower than the tile on 8 x columns: an MMA per 32-wide K block (module notes)
             acc = _block_dots(acc, w, a_ptr + t * BLOCK_K, x_off, s_row, t * BLOCK_K, K, GROUP, ASM, SPELL, BLOCK_N,
-                              BLOCK_M, KW, XP, EVEN_K)
+                              BLOCK_M, KW, XP, EVEN_K, VEC_F)
         else:
             g = (t * BLOCK_K) // GROUP
             a = _x_tile(a_ptr + t * BLOCK_K, a_off, block_of, offs_k, K - t * BLOCK_K, BLOCK_K, BLOCK_M, XP, PACK, EVEN_K)
             if FP4 and WSCALE and not PACK:  # groups narrower than the tile: each word's factor on its weights
-                ss = _word_factors(zz_ptr + rows_n[:, None] * stride_zn, t, K, GROUP, BLOCK_N, BLOCK_K, EVEN_K)
+                ss = _word_factors(zz_ptr + rows_n[:, None] * stride_zn, t * BLOCK_K, K, GROUP, BLOCK_N, BLOCK_K, EVEN_K)
                 if ASM:
                     v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4s_asm(w, ss)
                 else:
@@ -271,8 +261,7 @@ def qlinear_w4_decode_kernel(
                     v0, v1, v2, v3, v4, v5, v6, v7 = dequant_portable(w, zz)
             h = _operand((v0, v1, v2, v3, v4, v5, v6, v7), BLOCK_N, BLOCK_K, KW)
             if PACK:  # column c holds K block c % 4's partial sum: its group factor per row
-                blk = tl.minimum((t * BLOCK_K + 32 * tl.arange(0, 4)) // GROUP, (K - 1) // GROUP)
-                f = tl.load(s_row + blk[None, :])
+                f = group_factors(s_row, t * BLOCK_K, K, GROUP, BLOCK_N, BLOCK_K, not EVEN_K, VEC_F)
                 d = tl.reshape(tl.dot(h, a.to(tl.float16)), (BLOCK_N, BLOCK_M // 4, 4))
                 acc += tl.reshape(d * f[:, None, :], (BLOCK_N, BLOCK_M))
             elif WSCALE:
@@ -372,6 +361,6 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, GATE=gate, PACK=cfg["PACK"],
-        SPELL=cfg["SPELL"], BLOCK_DOTS=cfg["BLOCK_DOTS"], scale=float(scale), **fused,
+        SPELL=cfg["SPELL"], BLOCK_DOTS=cfg["BLOCK_DOTS"], VEC_F=cfg["VEC_F"], scale=float(scale), **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return (out.reshape(*lead, n_out), z.reshape(*lead, K)) if keep_z else out.reshape(*lead, n_out)

@@ -35,7 +35,8 @@ def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: boo
     warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the
     instructions per row on sm_90)."""
     if M > MAX_M:
-        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, BLOCK_DOTS=False, SPELL=0)
+        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, BLOCK_DOTS=False, SPELL=0,
+                    VEC_F=True)
     narrow = M <= 8 and _narrow_x(arch)
     pack = narrow_groups and (M <= 2 or (M <= 4 and not narrow))  # 8 columns (M <= 2) or 16
     block_dots = narrow_groups and narrow and not pack
@@ -46,7 +47,7 @@ def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: boo
     tile = dict(BLOCK_N=rows, num_warps=rows // 64) if wide else \
         dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
     return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2, PACK=pack, BLOCK_DOTS=block_dots,
-                SPELL=f4_spelling(arch, narrow, block_dots))
+                SPELL=f4_spelling(arch, narrow, block_dots), VEC_F=vector_factors(arch, block_dots))
 
 
 def f4_spelling(arch: int | None, narrow: bool, block_dots: bool) -> int:
@@ -60,6 +61,13 @@ def f4_spelling(arch: int | None, narrow: bool, block_dots: bool) -> int:
     if block_dots:
         return 1
     return 3 if not narrow and preferred_operand(arch, TRITON_VERSION[:2])[0] == 4 else 2
+
+
+def vector_factors(arch: int | None, block_dots: bool) -> bool:
+    """Whether narrow groups' factors load as one vector per row (`qlinear_decode_fuse.group_factors`), else as a
+    gather per K block: measured, 4096x4096 group 32, loop instructions vector / gather: sm_80 per-block MMAs 518 /
+    501 with Triton 3.9 (more register moves), 508 / 517 with 3.6; sm_90 per-block MMAs 543 / 585 (3.9)."""
+    return not (block_dots and arch is not None and arch < 90 and TRITON_VERSION >= (3, 9, 0))
 
 
 def _narrow_x(arch: int | None) -> bool:
@@ -102,7 +110,8 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
              "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu, "GATE": "silu",
-             "PACK": cfg["PACK"], "SPELL": cfg["SPELL"], "BLOCK_DOTS": cfg["BLOCK_DOTS"], "SPLIT_K": split}
+             "PACK": cfg["PACK"], "SPELL": cfg["SPELL"], "BLOCK_DOTS": cfg["BLOCK_DOTS"], "VEC_F": cfg["VEC_F"],
+             "SPLIT_K": split}
     sig.update(eps="fp32", scale="fp32")
     if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
         sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")

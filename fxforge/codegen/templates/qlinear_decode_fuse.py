@@ -300,10 +300,28 @@ def quarters(v, BLOCK_N: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
-def block_factors(s_row, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, CLAMP: tl.constexpr):
-    """The group factors [BLOCK_N] of the 4 K blocks of 32 at k0, from each row's factors `s_row` [BLOCK_N, 1]
-    (one [BLOCK_N, 4] load); CLAMP: blocks past K (zero codes: any group's factor will do) read the last group's."""
-    blk = (k0 + 32 * tl.arange(0, 4)) // GROUP
+def group_factors(s_row, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  CLAMP: tl.constexpr, VECTOR: tl.constexpr):
+    """The group factors [BLOCK_N, BLOCK_K / 32] of the K tile at k0's blocks of 32, from each row's factors `s_row`
+    [BLOCK_N, 1]; CLAMP: blocks past K (zero codes: any group's factor will do) read the last group's. VECTOR (a
+    group dividing the tile): one contiguous [BLOCK_N, BLOCK_K / GROUP] load per row, broadcast in registers,
+    instead of a gather of each block's group, whose index Triton cannot prove contiguous; which one builds
+    shorter depends on the GPU, the Triton and the tile (`qlinear_decode_config.vector_factors`)."""
+    if VECTOR and BLOCK_K % GROUP == 0:
+        G: tl.constexpr = BLOCK_K // GROUP
+        blk = k0 // GROUP + tl.arange(0, G)
+        if CLAMP:
+            blk = tl.minimum(blk, (K - 1) // GROUP)
+        f = tl.load(s_row + blk[None, :])
+        return tl.reshape(tl.broadcast_to(f[:, :, None], (BLOCK_N, G, GROUP // 32)), (BLOCK_N, BLOCK_K // 32))
+    blk = (k0 + 32 * tl.arange(0, BLOCK_K // 32)) // GROUP
     if CLAMP:
         blk = tl.minimum(blk, (K - 1) // GROUP)
-    return quarters(tl.load(s_row + blk[None, :]), BLOCK_N, 1)
+    return tl.load(s_row + blk[None, :])
+
+
+@triton.jit
+def block_factors(s_row, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, CLAMP: tl.constexpr,
+                  VECTOR: tl.constexpr = True):
+    """A 128-wide tile's `group_factors` as its 4 blocks' [BLOCK_N] vectors."""
+    return quarters(group_factors(s_row, k0, K, GROUP, BLOCK_N, 128, CLAMP, VECTOR), BLOCK_N, 1)
