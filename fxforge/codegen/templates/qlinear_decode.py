@@ -44,12 +44,13 @@ How (per K tile of BLOCK_K = the layout's tile):
   - PACK (M <= 2; M <= 4 where x has 16 columns anyway): x tile column c holds row c // 4 of x restricted to K
     block c % 4 (zero elsewhere), so the accumulator keeps each block's partial sum apart and the group factor
     multiplies it once per tile (an FFMA per accumulator element: BLOCK_M / BLOCK_K of a weight's share); the
-    epilogue sums a row's 4 columns. The factors load as [BLOCK_N, 4] and scale the product viewed as [BLOCK_N,
-    BLOCK_M / 4, 4], which stays in the MMA's layout. Batch 1-2: 1.79-1.91; 3-4 on 16 columns: 1.88 (sm_90, 3.6).
+    epilogue sums a row's 4 columns. The factors load as [BLOCK_N, 4] (`group_factors`) and scale the product viewed
+    as [BLOCK_N, BLOCK_M / 4, 4], which stays in the MMA's layout. Batch 1-2: 1.72-1.89; 3-4 on 16 columns: 1.78
+    (sm_90, 3.6).
   - BLOCK_DOTS (an 8-column tile past PACK: M <= 8 on mma.sync, and on sm_90 with Triton 3.9): each 32-wide K block
     is decoded and multiplied on its own (its words j = 4c + p split off the tile in registers, its x columns loaded
     apart), and its product scaled by the block's factor: an FFMA per accumulator element, 0.25 per weight at 8
-    columns, instead of an HMUL2 per decoded pair (0.5). sm_80 batch 3-8: 2.11-2.34 -> 2.02 (both Tritons).
+    columns, instead of an HMUL2 per decoded pair (0.5). sm_80 batch 3-8: 1.96 (3.9), 1.98 (3.6).
   - otherwise (16 columns, and 64-row prefill tiles) the decoded fp16 pairs times their group's factor pair ("ss",
     one HMUL2 each, exact: powers of two; the pairs load as one [BLOCK_N, BLOCK_K / GROUP] vector per row,
     `_word_factors`): sm_80 2.21-2.23 at batch 9-16. Its floor on mma.sync is ~1.9 (9 decode + 2 HMMA + 4 scale

@@ -41,7 +41,7 @@ def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: boo
     pack = narrow_groups and (M <= 2 or (M <= 4 and not narrow))  # 8 columns (M <= 2) or 16
     block_dots = narrow_groups and narrow and not pack
     # 256-row tiles on 4 warps: 16-column tiles and per-block MMAs; with Triton 3.9 the latter take 512 rows on 8
-    # warps (sm_80 2.02 -> 1.96; 3.6 2.02 -> 2.17; on 4 warps 512 rows spill)
+    # warps (sm_80 2.02 -> 1.96; 3.6 1.98 -> 2.13; on 4 warps 512 rows spill)
     wide = N >= 2048 and (not narrow or block_dots)
     rows = 512 if block_dots and TRITON_VERSION >= (3, 9, 0) else 256
     tile = dict(BLOCK_N=rows, num_warps=rows // 64) if wide else \
