@@ -28,7 +28,6 @@ def test_dry_run_writes_the_table(tmp_path):
     for variant in ("eager", "fxforge bf16", "fxforge w4a16-int4"):
         assert float(rows[variant][4]) > 0 and float(rows[variant][5]) > 0, text  # ms/token, tok/s
     assert float(rows["fxforge bf16"][8]) <= 1e-4  # fp32 in the dry run: eager's logits
-    assert "float16 model" in rows["fxforge w4a16-int4"][9]  # the 4-bit decode GEMM takes fp16 activations
     assert "dry run" in rows["torch.compile max-autotune"][9]
     assert "needs a GPU" in text and (tmp_path / md.name.replace(".md", ".json")).exists()
 

@@ -2,9 +2,7 @@
 (random weights; hidden 2048, intermediate 8192, 16 layers, 32/8 heads, head dim 64, vocab 128256) at
 batch 1 and 8, context 1k and 8k, for eager, torch.compile(mode="max-autotune"), fxforge bf16,
 W8A8-FP8, W4A16 and W4A8, each beside its HBM floor ((weight + KV bytes) / measured copy bandwidth);
-plus bf16 and FP8 GEMM at 4096^3 against cuBLAS (torch.matmul, torch._scaled_mm). The 4-bit schemes run an fp16
-copy of the model (the table says so): fxforge's 4-bit decode GEMM takes fp16 activations, and a bf16 model would
-keep the row-major qlinear template for them.
+plus bf16 and FP8 GEMM at 4096^3 against cuBLAS (torch.matmul, torch._scaled_mm).
 
     python benchmarks/gpu/decode.py --out $OUT            # on the GPU (run_all.sh calls it)
     python benchmarks/gpu/decode.py --dry-run --out DIR   # tiny model on the CPU: the same code paths
@@ -23,7 +21,6 @@ Writes `decode-<date>.md` (the table) and `.json` to --out.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
@@ -51,9 +48,6 @@ PRIORITY = ("eager", "fxforge bf16", "torch.compile max-autotune", "fxforge w4a1
 COMPILE_MIN_LEFT_S = 150.0  # a max-autotune compile of the 1B model takes minutes: not started on less
 SCHEME = {"fxforge bf16": None, "fxforge w8a8-fp8": "w8a8-fp8", "fxforge w4a16-int4": "w4a16-int4",
           "fxforge w4a8-fp": "w4a8-fp"}
-# the 4-bit schemes run an fp16 copy of the model: fxforge's 4-bit decode GEMM (`qlinear_decode`) takes fp16
-# activations, and a bf16 model keeps the row-major qlinear template there (`decode_layout.why_not`)
-FP16_VARIANTS = ("fxforge w4a16-int4", "fxforge w4a8-fp")
 
 
 class Budget:
@@ -179,12 +173,6 @@ def gemm_rows(args) -> list[dict]:
     return rows
 
 
-def _note(r: dict) -> str:
-    """The table's note: the model's dtype where it is not the run's, and how the steps ran."""
-    ran = r.get("note", "CUDA graph" if r.get("cuda_graph") else "")
-    return "; ".join(n for n in (r.get("model_dtype") and f"{r['model_dtype']} model", ran) if n)
-
-
 def table(rows: list[dict], bandwidth: float, gemms: list[dict]) -> str:
     out = [f"HBM floor = (weight + KV bytes) / {bandwidth / 1e9:.0f} GB/s (measured copy bandwidth)", "",
            "| variant | batch | context | ms/token | tok/s | HBM floor ms | x floor | max abs diff vs eager | note |",
@@ -196,7 +184,7 @@ def table(rows: list[dict], bandwidth: float, gemms: list[dict]) -> str:
         floor = (r["weight_bytes"] + r["kv_bytes"]) / bandwidth * 1e3
         out.append(f"| {r['variant']} | {r['batch']} | {r['context']} | {r['ms_per_token']:.3f} | {r['tok_per_s']:.1f} | "
                    f"{floor:.3f} | {r['ms_per_token'] / floor:.2f} | {r.get('diff', 0.0):.2e} | "
-                   f"{_note(r)} |")
+                   f"{r.get('note', 'CUDA graph' if r.get('cuda_graph') else '')} |")
     out += ["", "| GEMM | fxforge ms | cuBLAS ms | fxforge TFLOP/s | cuBLAS TFLOP/s | note |", "|---|---|---|---|---|---|"]
     for g in gemms:
         f = lambda k: f"{g[k]:.3f}" if g.get(k) is not None else ""  # noqa: E731
@@ -217,19 +205,13 @@ def run_all(args, write: Callable[[list[dict], float, list[dict]], None]) -> tup
     rows: list[dict] = []
     eager: dict[tuple[int, int], torch.Tensor] = {}
     order = sorted(args.variants, key=PRIORITY.index)
-    models = {args.dtype: model}
     for variant in order:
-        dtype = torch.float16 if variant in FP16_VARIANTS else args.dtype
-        if dtype not in models:  # (2.5 GB for the 1B model: made once, when a 4-bit variant first runs)
-            models[dtype] = copy.deepcopy(model).to(dtype)
         for batch in args.batches:
             for context in args.contexts:
                 try:
-                    row = bench_variant(variant, models[dtype], batch, context, args, budget)
+                    row = bench_variant(variant, model, batch, context, args, budget)
                 except Exception as e:  # one variant failing must not lose the others' figures
                     row = {"variant": variant, "batch": batch, "context": context, "error": f"{type(e).__name__}: {e}"[:200]}
-                if dtype != args.dtype:
-                    row["model_dtype"] = str(dtype).removeprefix("torch.")
                 logits = row.pop("first_logits", None)
                 if logits is not None and variant == "eager":
                     eager[batch, context] = logits

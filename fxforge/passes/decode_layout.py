@@ -13,8 +13,9 @@ Which layers (decided per `qlinear`, statistics `layers`: {layer: "decode" or wh
   T is dynamic because prefill and decode share it). Static rows > 16 are prefill-shaped: the row-major
   weight and the qlinear template stay (the decode layout would buy them nothing).
 - w4a16-int4 or w4a8-fp with no LoRC, a group that admits a decode tile (`weight_layouts.decode_tile`), fp16
-  activations (the magic-number trick makes fp16 pairs; f32/bf16 models keep the qlinear template), and a
-  const read only by such qlinears.
+  or bf16 activations (the magic-number trick makes fp16 pairs; bf16 x is scaled into fp16 per row by a power
+  of two in the kernel's prologue, exactly; f32 models keep the qlinear template), and a const read only by
+  such qlinears.
 Decisions:
 - One weight copy: a decode-step graph whose T is dynamic runs its prefill calls through the same decode
   kernel with 64-row tiles (`qlinear_decode.decode_blocks`), never a second row-major copy of the weight.
@@ -77,8 +78,8 @@ def why_not(op: Op, decode_step: bool) -> str | None:
     k = w.type.shape[1]
     if not isinstance(k, int) or k % 2 or decode_tile(enc.group, k) is None:
         return f"group {enc.group} (K {k}) admits no decode tile"
-    if x.type.dtype != DType.f16:
-        return f"{x.type.dtype.name} activations: the decode kernel takes fp16"
+    if x.type.dtype not in (DType.f16, DType.bf16):
+        return f"{x.type.dtype.name} activations: the decode kernel takes fp16 or bf16"
     rows = _rows(op)
     if rows is None and not decode_step:
         return "symbolic rows outside a decode step"

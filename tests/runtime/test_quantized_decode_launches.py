@@ -71,13 +71,16 @@ def qwen2(layers: int = 1) -> torch.nn.Module:
     return transformers.Qwen2ForCausalLM(cfg).eval()
 
 
-def test_w4a16_decode_partition_has_one_qkv_gemm_and_rope_cache():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_w4a16_decode_partition_has_one_qkv_gemm_and_rope_cache(dtype):
     """The cheap check (compile only): 4 qlinear GEMM groups, the QKV one feeding the rope_cache group, both
     RMSNorms fused into the qlinears that read them and the SwiGLU into the gate/up one, no host cache write:
-    the partition's kernels are the 9 launches counted below."""
+    the partition's kernels are the 9 launches counted below. bf16: the same (its x scaled into fp16 in the
+    decode kernel's prologue)."""
     torch.manual_seed(0)
-    dec = fxforge.compile_decoder(llama().half(), max_length=12, executor="interpret", quantize="w4a16-int4",
+    dec = fxforge.compile_decoder(llama().to(dtype), max_length=12, executor="interpret", quantize="w4a16-int4",
                                   quantize_group=32)
+    assert all(op.operands[1].type.encoding.layout for op in dec.graph.find("qlinear"))  # the decode layout
     part = dec.graph.partition
     assert len(part.groups) == PER_LAYER + REST, part.stats()["groups"]
     gemms = [g for g in part.groups if g.kind == "gemm" and g.anchor.opcode == "qlinear"]
@@ -90,14 +93,15 @@ def test_w4a16_decode_partition_has_one_qkv_gemm_and_rope_cache():
 
 
 @pytest.mark.slow  # two compiles and three interpreted steps (~12 s on 2 cores) per case
-@pytest.mark.parametrize("arch,scheme", [(llama, "w4a16-int4"), (qwen2, "w4a16-int4"), (llama, "w4a8-fp")],
-                         ids=["llama", "qwen2", "llama-w4a8"])
-def test_w4a16_decode_layer_stacks_qkv_and_gate_up(arch, scheme):
+@pytest.mark.parametrize("arch,scheme,dtype", [(llama, "w4a16-int4", torch.float16), (qwen2, "w4a16-int4", torch.float16),
+                                               (llama, "w4a8-fp", torch.float16), (llama, "w4a16-int4", torch.bfloat16)],
+                         ids=["llama", "qwen2", "llama-w4a8", "llama-bf16"])
+def test_w4a16_decode_layer_stacks_qkv_and_gate_up(arch, scheme, dtype):
     """fp16 with group 32: the decode-layout path (`qlinear_w4_decode`, norm prologue and SwiGLU epilogue) on the
     stacked weights, 6 launches per layer with the reference executor's greedy tokens. w4a8-fp: the same 6 (its
     per-token E4M3 quantization runs in the decode kernel's prologue at M <= 16, no act_quant launch), in the FP8-MMA
-    decode kernel (`qlinear_decode_f8`, sm_90's layout, the choice without a GPU)."""
-    model, opts = arch().half(), dict(quantize=scheme, quantize_group=32)
+    decode kernel (`qlinear_decode_f8`, sm_90's layout, the choice without a GPU). bf16: the same 6."""
+    model, opts = arch().to(dtype), dict(quantize=scheme, quantize_group=32)
     step = decode_step(model, **opts)
     assert step.groups == 2 and step.host == []
     assert len(step.names) == PER_LAYER + REST, step.names

@@ -89,6 +89,7 @@ from fxforge.codegen.templates.qlinear_decode_dequant import (
     dequant_portable,
 )
 from fxforge.codegen.templates.qlinear_decode_fuse import (
+    F16_SCALED,
     block_factors,
     check_fusions,
     check_post_norm,
@@ -199,6 +200,7 @@ def qlinear_w4_decode_kernel(
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0,
     z_ptr=None, POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
     act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0, BLOCK_DOTS: tl.constexpr = False, VEC_F: tl.constexpr = True,
+    ROW_SCALE: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
     computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU,
@@ -227,7 +229,8 @@ def qlinear_w4_decode_kernel(
         a_ptr, stride_am, rs_ptr = prologue_rows(a_ptr, stride_am, xn_ptr + pid * M * K, rs_ptr + rs_at, norm_ptr,
                                                  eps, offs_r, M, K, HAS_NORM, QUANT_X,
                                                  BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_K, k_per_split, SPLIT_K,
-                                                 pres_ptr, pw_ptr, post_eps, z_ptr, tl.where(pid == 0, M, 0), POST_NORM, WRITE_Z)
+                                                 pres_ptr, pw_ptr, post_eps, z_ptr, tl.where(pid == 0, M, 0), POST_NORM, WRITE_Z,
+                                                 QUANT_X != F16_SCALED)  # (bf16's z: recomputed, not staged in fp16)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     x_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + tl.arange(0, 32)[:, None]  # (BLOCK_DOTS) [32, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
@@ -278,7 +281,7 @@ def qlinear_w4_decode_kernel(
     if last:
         decode_epilogue(acc * scale, pid, offs_r, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr,
                         cs_ptr, stride_om, stride_rm, BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_N, FP4, HAS_BIAS,
-                        ACTIVATION, SWIGLU, GATE, HAS_RESIDUAL, act_p0, act_p1, act_p2, act_p3)
+                        ACTIVATION, SWIGLU, GATE, HAS_RESIDUAL, act_p0, act_p1, act_p2, act_p3, ROW_SCALE)
 
 
 def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None, *, activation: str = "none",
@@ -317,8 +320,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
                          f"{PARAM_ACTIVATIONS} with its scalars {ACTIVATION_PARAMS}")
     N, K = weight.data.shape
     lead = tuple(x.shape[:-1])
-    if x.dtype != torch.float16 or x.shape[-1] != K:
-        raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 [..., {K}]")
+    if x.dtype not in (torch.float16, torch.bfloat16) or x.shape[-1] != K:
+        raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 or bf16 [..., {K}]")
     fp4 = layout_format(enc.layout) == "f4e2m1"
     check_fusions(norm, swiglu, N, K, bias is None and activation == "none", gate)
     check_post_norm(post_norm, x, keep_z)
@@ -346,7 +349,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     # the norm / E4M3 prologue (M <= 16: in here) and the partials, in one workspace take
     x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more, bool(f8), post_norm, z)
     fused.update({f"act_p{i}": float(v) for i, v in enumerate(act_args)})
-    row_scale = out if row_scale is None else row_scale  # unread unless FP4
+    row_scale = out if row_scale is None else row_scale  # unread unless FP4 or bf16 x (ROW_SCALE)
     if splits > 1:  # one arrival counter per tile, kept zero between launches (`Workspace.counters`)
         fused = dict(fused, part_ptr=part[0], lock_ptr=counters(ws, x.device, grid[0]), k_per_split=per,
                      SPLIT_K=splits)

@@ -93,23 +93,27 @@ def decode_operand(arch: int) -> tuple[int, bool]:
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
                    activation: str = "none", residual: bool = False, kw: int = 2, xperm: bool = False, M: int = 1,
                    fp4: bool = False, arch: int | None = 90, norm: bool = False, swiglu: bool = False,
-                   split_k: int | None = None, post_norm: bool = False) -> dict:
+                   split_k: int | None = None, post_norm: bool = False, x_dtype: str = "fp16") -> dict:
     """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
     (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts), xperm: x-permuted ("x"); the
     blocks the launcher picks on sm_`arch`; `norm`: the RMSNorm prologue, `swiglu`: the epilogue over interleaved
     (gate, up) rows (N counts the weight's rows, 2x the output's); the K splits the launcher picks (`split_k`: these
     instead); `post_norm`: x is h and the input z = res + rms_norm(h, w), z stored (M <= 16; prefill writes z with
-    a row kernel first); activation "xielu": its run-time scalars act_p0..3."""
+    a row kernel first); activation "xielu": its run-time scalars act_p0..3; `x_dtype` "bf16": x, the output and the
+    residual in bf16 (x scaled into fp16 per row in the prologue at M <= 16, by a row kernel past it)."""
     wscale = fp4 and (group or K) % bk != 0
     cfg = decode_blocks(N, M, arch, wscale, -(-K // bk))
     per, split = split_plan(K, bk, group or K, split_k or cfg["SPLIT_K"])
-    sig = {"a_ptr": "*fp16", "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": "*fp16",
-           "bias_ptr": "*fp16", "res_ptr": "*fp16", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
+    bf16 = x_dtype == "bf16"
+    xt = f"*{x_dtype}" if M <= MAX_M else "*fp16"  # (prefill reads the row kernel's fp16 rows)
+    sig = {"a_ptr": xt, "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": f"*{x_dtype}",
+           "bias_ptr": f"*{x_dtype}", "res_ptr": f"*{x_dtype}", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
            "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
            "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
-             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": fp4 and M <= MAX_M, "SWIGLU": swiglu, "GATE": "silu",
+             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": (1 if fp4 else 2 if bf16 else 0) if M <= MAX_M else 0,
+             "ROW_SCALE": bf16 and not fp4, "SWIGLU": swiglu, "GATE": "silu",
              "PACK": cfg["PACK"], "SPELL": cfg["SPELL"], "BLOCK_DOTS": cfg["BLOCK_DOTS"], "VEC_F": cfg["VEC_F"],
              "SPLIT_K": split}
     sig.update(eps="fp32", scale="fp32")
@@ -121,8 +125,8 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     const.update(POST_NORM=post, WRITE_Z=post)
     sig.update(post_eps="fp32", **{f"act_p{i}": "fp32" for i in range(4)})
     for name, used in (("norm_ptr", norm), ("xn_ptr", norm or const["QUANT_X"] or post), ("pres_ptr", post),
-                       ("pw_ptr", post), ("z_ptr", post)):  # the prologue's operands
-        sig.update({name: "*fp16"}) if used else const.update({name: None})
+                       ("pw_ptr", post), ("z_ptr", post)):  # the prologue's operands (xn: fp16 scratch rows)
+        sig.update({name: "*fp16" if name == "xn_ptr" else xt}) if used else const.update({name: None})
     layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4", xperm)
     fused = "".join(f" {name}" for name, on in (("post_norm", post_norm), ("norm", norm), ("swiglu", swiglu)) if on)
     return {"module": KERNEL_MODULE, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
@@ -130,5 +134,5 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
             "label": f"qlinear {'w4a8-fp' if fp4 else 'w4a16-int4'} decode {N}x{K} g={group}"
             + (f" splitk{split}" if split > 1 else "") + f" {layout}" + fused + (" xielu" if activation == "xielu" else "")
-            + ("" if asm else " portable")
+            + ("" if asm else " portable") + (" bf16" if bf16 else "")
             + (f" M={M}" if M > MAX_M else "")}

@@ -57,6 +57,9 @@ from fxforge.ir.weight_layouts import DECODE_ROWS
 
 PREFILL_ROWS = 64  # rows per program of `rms_norm_rows_kernel`
 E4M3_MAX: tl.constexpr = tl.constexpr(formats.get_format("f8e4m3").max_value)
+# the prologue's QUANT: x to E4M3 codes (w4a8-fp), or bf16 x to fp16 by power-of-two row scales (`f16_row_scale`)
+E4M3_CODES: tl.constexpr = tl.constexpr(1)
+F16_SCALED: tl.constexpr = tl.constexpr(2)
 
 
 @triton.jit
@@ -131,8 +134,11 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
             v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask_m[:, None] & (ks[None, :] < K), K, HAS_NORM,
                           pres_ptr, pw_ptr, h_rstd, POST_NORM)
             amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
-        s = tl.math.div_rn(amax, E4M3_MAX + tl.zeros_like(amax))
-        s = tl.where(s > 0.0, s, 1.0)
+        if QUANT == F16_SCALED:
+            s = f16_row_scale(amax)
+        else:
+            s = tl.math.div_rn(amax, E4M3_MAX + tl.zeros_like(amax))
+            s = tl.where(s > 0.0, s, 1.0)
         tl.store(rs_ptr + offs_m, s, mask=mask_m)
     if POST_NORM and STAGE_Z:  # the last pass reads z back from xn (each thread its own elements; a barrier anyway)
         tl.debug_barrier()
@@ -143,7 +149,9 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
             mask = mask_m[:, None] & (ks[None, :] < K)
             v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM, pres_ptr, pw_ptr, h_rstd,
                           POST_NORM and not STAGE_Z, z_ptr, z_rows, WRITE_Z and not STAGE_Z)
-            if QUANT:
+            if QUANT == F16_SCALED:  # a power of two: exact
+                v = v * (1.0 / s[:, None])
+            elif QUANT:
                 v = fp8e4m3_to_f32(f32_to_fp8e4m3(tl.math.div_rn(v, s[:, None] + tl.zeros_like(v))))
             tl.store(xn_ptr + offs_m[:, None] * K + ks[None, :], v.to(xn_ptr.dtype.element_ty), mask=mask)
     tl.debug_barrier()
@@ -162,10 +170,21 @@ def swiglu_pairs(y, pid, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GATE: 
 
 
 @triton.jit
-def rms_norm_rows_kernel(x_ptr, stride_xm, xn_ptr, g_ptr, eps, M, K, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """`prologue_rows` (the norm only) of BLOCK_M rows per program."""
+def f16_row_scale(amax):
+    """A bf16 row's power-of-two scale into fp16 (F16_SCALED): 2^(e - 14) for amax in [2^e, 2^(e+1)), so the row
+    divided by it stays under 2^15 (fp16's max is 65504) and every element >= amax * 2^-28 is exact in fp16; 1
+    for a zero (or subnormal) row. The exponent is read from amax's bits, not a rounded log2."""
+    e = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    s = ((e - 14 + 127) << 23).to(tl.float32, bitcast=True)
+    return tl.where(e > -100, s, 1.0)
+
+
+@triton.jit
+def rms_norm_rows_kernel(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, M, K, BLOCK_M: tl.constexpr,
+                         BLOCK_K: tl.constexpr, HAS_NORM: tl.constexpr = True, QUANT: tl.constexpr = 0):
+    """`prologue_rows` of BLOCK_M rows per program: the norm, and (QUANT F16_SCALED) bf16 rows to scaled fp16."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    prologue_rows(x_ptr, stride_xm, xn_ptr, xn_ptr, g_ptr, eps, offs_m, M, K, True, False, BLOCK_M, BLOCK_K)
+    prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HAS_NORM, QUANT, BLOCK_M, BLOCK_K)
 
 
 def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: bool, gate: str = "silu") -> None:
@@ -180,33 +199,38 @@ def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: 
                          "and no bias or activation")
 
 
-_PLAIN = dict(norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM=False, QUANT_X=False)
+_PLAIN = dict(norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM=False, QUANT_X=0)
 
 
 def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bool, programs: int, bk: int,
              ws: Workspace | None, splits: int = 1, more: tuple = (), fp8: bool = False,
              post: tuple | None = None, z: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, dict, list[torch.Tensor]]:
-    """(x as the K loop's kernel argument, w4a8-fp's per-token scales, the prologue's kernel arguments, the caller's
-    `more` scratch). M <= 16: the kernel normalises (`norm`) and quantizes (`fp4`) x itself into per-tile scratch
-    rows ([programs, M, K] fp16, each of the `splits` K splits of a tile writing its own K range, and
-    [programs * splits, M] scales) taken from the workspace in one take with `more` ((shape, dtype) specs: split-K's
-    partials; M <= 16 only). Prefill: one row-kernel launch for the norm, then `quantize_activations` for FP4 (the
-    codes' values in fp16; `fp8`: the codes as E4M3 bytes, at any M, for `qlinear_decode_f8`). `post=(res, w, eps)`:
-    x is h and the GEMM's input z = res + rms_norm(h, w) (the post-norm step, `check_post_norm`), written to `z`
-    [M, K] (contiguous) if given: in the kernel at M <= 16 (z by the first column tile), else `post_norm_rows` first."""
+    """(x as the K loop's kernel argument, the per-token scales (w4a8-fp's, or bf16 x's), the prologue's kernel
+    arguments, the caller's `more` scratch). M <= 16: the kernel normalises (`norm`) and quantizes (`fp4`; bf16 x:
+    scales to fp16, F16_SCALED) x itself into per-tile scratch rows ([programs, M, K] fp16, each of the `splits` K
+    splits of a tile writing its own K range, and [programs * splits, M] scales) taken from the workspace in one
+    take with `more` ((shape, dtype) specs: split-K's partials; M <= 16 only). Prefill: one row-kernel launch for
+    the norm (and bf16's scaling), then `quantize_activations` for FP4 (the codes' values in fp16; `fp8`: the codes
+    as E4M3 bytes, at any M, for `qlinear_decode_f8`). `post=(res, w, eps)`: x is h and the GEMM's input z = res +
+    rms_norm(h, w) (the post-norm step, `check_post_norm`), written to `z` [M, K] (contiguous) if given: in the
+    kernel at M <= 16 (z by the first column tile), else `post_norm_rows` first."""
     M, K = x2d.shape
+    quant = E4M3_CODES.value if fp4 else F16_SCALED.value if x2d.dtype == torch.bfloat16 else 0
+    scaled = quant == F16_SCALED.value
     if M <= DECODE_ROWS:
-        if norm is None and not fp4 and post is None:
+        if norm is None and not quant and post is None:
             return x2d, None, _PLAIN, scratch(ws, x2d.device, *more) if more else []
         xn, rs, *extra = scratch(ws, x2d.device, ((programs, M, K), torch.float8_e4m3fn if fp8 else torch.float16),
                                  ((programs * splits, M), torch.float32), *more)
-        return x2d, rs if fp4 else None, dict(
+        return x2d, rs if quant else None, dict(
             norm_ptr=norm[0].contiguous() if norm and norm[0] is not None else None, xn_ptr=xn, eps=float(norm[1]) if norm else 0.0,
-            HAS_NORM=norm is not None, QUANT_X=fp4, **_post_args(post, z, M, K)), extra
+            HAS_NORM=norm is not None, QUANT_X=quant, **_row_scale(scaled), **_post_args(post, z, M, K)), extra
     if more or splits > 1:
         raise ShapeError(f"the decode prologue splits K at M <= {DECODE_ROWS} rows only (got {M})")
-    specs = ([((M, K), x2d.dtype)] if post is not None and z is None else []) + ([((M, K), x2d.dtype)] if norm else [])
+    rows = norm is not None or scaled  # a row-kernel launch: the norm, bf16 to scaled fp16
+    specs = ([((M, K), x2d.dtype)] if post is not None and z is None else []) + (
+        [((M, K), torch.float16 if scaled else x2d.dtype), ((M,), torch.float32)] if rows else [])
     taken = scratch(ws, x2d.device, *specs) if specs else []
     if post is not None:  # z once per row (the dense GEMM's prefill step), then the steps below on z
         z = z if z is not None else taken.pop(0)
@@ -215,16 +239,24 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
             x2d, res, pw.contiguous() if pw is not None else None, z, M, K, x2d.stride(0), 1, K, 1, K, float(post[2]),
             BLOCK_M=POST_NORM_ROWS["BLOCK_M"], BLOCK_K=POST_NORM_ROWS["BLOCK_K"], num_warps=POST_NORM_ROWS["num_warps"])
         x2d = z
-    if norm is not None:
-        (xn,) = taken
-        rms_norm_rows_kernel[(triton.cdiv(M, PREFILL_ROWS),)](
-            x2d, x2d.stride(0), xn, norm[0].contiguous() if norm[0] is not None else None, float(norm[1]), M, K, BLOCK_M=PREFILL_ROWS, BLOCK_K=bk)
-        x2d = xn
     rs = None
+    if rows:
+        xn, rs = taken
+        rms_norm_rows_kernel[(triton.cdiv(M, PREFILL_ROWS),)](
+            x2d, x2d.stride(0), xn, rs, norm[0].contiguous() if norm and norm[0] is not None else None,
+            float(norm[1]) if norm else 0.0, M, K, BLOCK_M=PREFILL_ROWS, BLOCK_K=bk, HAS_NORM=norm is not None,
+            QUANT=quant if scaled else 0)
+        x2d, rs = xn, rs if scaled else None
     if fp4:
         codes, rs = quantize_activations(x2d, "f8e4m3")
         x2d = codes.view(torch.float8_e4m3fn) if fp8 else formats.decode_fp8(codes, "f8e4m3").to(torch.float16)
-    return x2d, rs, _PLAIN, []
+    return x2d, rs, dict(_PLAIN, **_row_scale(scaled)), []
+
+
+def _row_scale(scaled: bool) -> dict:
+    """The epilogue's ROW_SCALE argument where x's rows were scaled into fp16 (the FP8-MMA kernel has none: FP4
+    multiplies its row scales anyway)."""
+    return {"ROW_SCALE": True} if scaled else {}
 
 
 def _post_args(post: tuple | None, z: torch.Tensor | None, M: int, K: int) -> dict:
@@ -267,13 +299,15 @@ def k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K: tl.constexpr,
 def decode_epilogue(acc, pid, offs_m, offs_n, mask_n, rows_n, M, N, out_ptr, bias_ptr, res_ptr, rs_ptr, cs_ptr,
                     stride_om, stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP4: tl.constexpr,
                     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, SWIGLU: tl.constexpr, GATE: tl.constexpr,
-                    HAS_RESIDUAL: tl.constexpr, act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0):
+                    HAS_RESIDUAL: tl.constexpr, act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0,
+                    ROW_SCALE: tl.constexpr = False):
     """The 4-bit decode kernels' epilogue (`qlinear_decode`, `qlinear_decode_f8`) on their fp32 accumulator out^T
     [BLOCK_N, BLOCK_M]: scales, bias, activation (xielu: its learned scalars act_p*, run-time, as the dense GEMM's),
-    SwiGLU, residual, store."""
+    SwiGLU, residual, store. ROW_SCALE: x's rows were divided by the scales at rs_ptr (bf16 x as fp16)."""
     y = tl.trans(acc)  # [BLOCK_M, BLOCK_N]
-    if FP4:  # W4A8: x was E4M3 codes times a per-token scale, W times s_max per row
+    if FP4 or ROW_SCALE:  # W4A8: x was E4M3 codes times a per-token scale (bf16 x: fp16 times a power of two)
         y = y * tl.load(rs_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
+    if FP4:  # W times s_max per row
         y = y * tl.load(cs_ptr + rows_n)[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
