@@ -60,6 +60,24 @@ def test_post_norm_prologue_matches_reference(scheme, M, norm, res, pw_dtype, sp
     assert torch.equal(y2, y)  # without z: the same y
 
 
+@pytest.mark.parametrize("M,split", [(3, 2), (40, None)])  # 40 rows: prefill (z by `post_norm_rows` first)
+def test_bf16_post_norm_past_fp16_range(M, split):
+    """bf16 h and a residual at 3e5 (past fp16's range): z = res + rms_norm(h, pw) stays bf16 (recomputed in the
+    last pass, not staged in the fp16 scratch rows), then the row is scaled into fp16 (`f16_row_scale`). Tolerance:
+    the interpreter truncates each of the bf16 roundings where a GPU rounds to nearest."""
+    torch.manual_seed(M)
+    N, K, group = 48, 256, 64
+    w = encode_weight(torch.randn(N, K), "w4a16-int4", group=group)
+    h, r = torch.randn(M, K).bfloat16(), (torch.randn(M, K) * 3e5).bfloat16()
+    pw = (torch.rand(K) + 0.5).bfloat16()
+    y, z = qlinear_w4_decode(h, to_decode_layout(w), post_norm=(r, pw, 1e-5), keep_z=True, split_k=split)
+    zr = r.float() + OPS["rms_norm"].ref(h.float(), pw.float(), eps=1e-5)
+    ref = _ref(zr, w, "w4a16-int4", group)
+    assert torch.isfinite(y).all() and torch.isfinite(z).all()
+    assert (z.float() - zr).abs().max() <= 2**-6 * zr.abs().max()
+    assert (y.float() - ref).abs().max() <= 2**-6 * ref.abs().max()
+
+
 @pytest.mark.parametrize("scheme,M", [("w4a16-int4", 1), ("w4a8-fp", 3), ("w4a16-int4", 20)])
 def test_xielu_epilogue_matches_reference(scheme, M):
     torch.manual_seed(M)
