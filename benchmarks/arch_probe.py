@@ -9,11 +9,11 @@ vocab 256; `fxforge.testing.GQA_DECODERS`, norm weights with noise), in a fresh 
   per layer = (2n-layer count - n-layer count) / n, rest = n-layer count - n * per layer (budget 6 + 4),
   n = 1, or the layers of one period when the config's `layer_types` alternate (Gemma2: sliding, full):
   a 1-layer model lacks the second kind's shared kernels (its mask), which 2 - 1 would count per layer;
-- the same launches for `quantize="w4a16-int4"` (fp16 model, group 32), whose tokens are compared with
+- the same launches for `quantize="w4a16-int4"` (an fp16 model, `--quant-dtype bfloat16`: bf16; group 32), whose tokens are compared with
   the reference executor's on the same quantized graph;
 - extern ops and host ops left in the step graph (anything not a kernel).
 
-    OMP_NUM_THREADS=1 python benchmarks/arch_probe.py [--archs mistral qwen3 ...] [--no-quant] [--dtype float16]
+    OMP_NUM_THREADS=1 python benchmarks/arch_probe.py [--archs mistral qwen3 ...] [--no-quant] [--dtype float16] [--quant-dtype bfloat16]
         [--quant-archs llama qwen3 ...] [--out benchmarks/results/arch_probe-<date>.md]
 """
 
@@ -23,7 +23,8 @@ import time
 
 from probe_children import child_row, probe_parser, run_children, write_results
 
-DTYPE = "float32"  # --dtype: the models' dtype (the w4a16 columns are fp16 whatever it is)
+DTYPE = "float32"  # --dtype: the models' dtype
+QUANT_DTYPE = "float16"  # --quant-dtype: the quantized columns' model dtype (the 4-bit decode GEMM: fp16 or bf16)
 SCHEME = "w4a16-int4"  # --scheme: the quantized columns' scheme (w4a8-fp: the FP8-MMA decode kernel's layout)
 
 
@@ -93,11 +94,12 @@ def probe(arch: str, quant: bool) -> dict:
         row["got"], row["want"] = got.tolist(), want.tolist()
     if quant:
         opts = dict(quantize=SCHEME, quantize_group=32)
-        q1, _, _ = step_launches(build(arch, n).half(), **opts)
-        q2, qodd, qdec = step_launches(build(arch, 2 * n).half(), **opts)
+        qbuild = lambda layers: build(arch, layers).to(getattr(torch, QUANT_DTYPE))  # noqa: E731
+        q1, _, _ = step_launches(qbuild(n), **opts)
+        q2, qodd, qdec = step_launches(qbuild(2 * n), **opts)
         if n != 1:
-            qdec = step_launches(build(arch, 2).half(), **opts)[2]
-        ref = fxforge.compile_decoder(build(arch, 2).half(), max_length=24, executor="reference", **opts)
+            qdec = step_launches(qbuild(2), **opts)[2]
+        ref = fxforge.compile_decoder(qbuild(2), max_length=24, executor="reference", **opts)
         q = counts(q1, q2, n)
         row.update(q_tokens=bool(torch.equal(qdec.generate(ids, max_new_tokens=8), ref.generate(ids, max_new_tokens=8))),
                    q_per_layer=q["per_layer"], q_rest=q["rest"], q_odd=sorted(set(qodd)))
@@ -135,13 +137,16 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                     help="the models' dtype (tokens then compared with eager's in it)")
     ap.add_argument("--scheme", choices=("w4a16-int4", "w4a8-fp"), default="w4a16-int4",
-                    help="the quantized columns' scheme (fp16 model, group 32)")
+                    help="the quantized columns' scheme (group 32)")
+    ap.add_argument("--quant-dtype", choices=("float16", "bfloat16"), default="float16",
+                    help="the quantized columns' model dtype")
     args = ap.parse_args()
-    global DTYPE, SCHEME
-    DTYPE, SCHEME = args.dtype, args.scheme
+    global DTYPE, SCHEME, QUANT_DTYPE
+    DTYPE, SCHEME, QUANT_DTYPE = args.dtype, args.scheme, args.quant_dtype
     if args.child:
         return child(args.child, not args.no_quant)
-    rows = run_children(__file__, args.archs, lambda arch: ["--dtype", args.dtype, "--scheme", args.scheme] + ([] if not args.no_quant and (
+    rows = run_children(__file__, args.archs, lambda arch: ["--dtype", args.dtype, "--scheme", args.scheme,
+                                                            "--quant-dtype", args.quant_dtype] + ([] if not args.no_quant and (
         args.quant_archs is None or arch in args.quant_archs) else ["--no-quant"]), args.timeout)
     text = table(rows, not args.no_quant)
     print(text)
