@@ -9,8 +9,8 @@ vocab 256; `fxforge.testing.GQA_DECODERS`, norm weights with noise), in a fresh 
   per layer = (2n-layer count - n-layer count) / n, rest = n-layer count - n * per layer (budget 6 + 4),
   n = 1, or the layers of one period when the config's `layer_types` alternate (Gemma2: sliding, full):
   a 1-layer model lacks the second kind's shared kernels (its mask), which 2 - 1 would count per layer;
-- the same launches for `quantize="w4a16-int4"` (an fp16 model, `--quant-dtype bfloat16`: bf16; group 32), whose tokens are compared with
-  the reference executor's on the same quantized graph;
+- the same launches for `quantize="w4a16-int4"` (an fp16 model, `--quant-dtype bfloat16`: bf16; group 32), whose
+  tokens are compared with the reference executor's on the same quantized graph;
 - extern ops and host ops left in the step graph (anything not a kernel).
 
     OMP_NUM_THREADS=1 python benchmarks/arch_probe.py [--archs mistral qwen3 ...] [--no-quant] [--dtype float16] [--quant-dtype bfloat16]
