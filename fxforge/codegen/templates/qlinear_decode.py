@@ -292,8 +292,9 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
                       split_k: int | None = None, post_norm: tuple | None = None, keep_z: bool = False,
                       z_out: torch.Tensor | None = None, act_args: tuple[float, ...] = ()
                       ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """`qlinear_ref` with the scheme's epilogue (scale, bias, activation, residual) for fp16 x [..., K] (any number of
-    rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers.
+    """`qlinear_ref` with the scheme's epilogue (scale, bias, activation, residual) for fp16 or bf16 x [..., K] (any
+    number of rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers; bf16 rows are scaled
+    into fp16 by a power of two first, exactly (`qlinear_decode_fuse.f16_row_scale`), and the result is bf16.
 
     `weight`: a w4a16-int4 or w4a8-fp `Weight` in a decode layout (`weight_layouts.to_decode_layout`). w4a8-fp
     quantizes x per token to E4M3 first, as the reference does, and runs the fp16 MMA on the codes' values
