@@ -8,7 +8,7 @@ For each layout the arch can run (int4 "i4w128", FP4 "f4w128" at groups 128 and 
 `qlinear_w4_decode` against `qlinear_ref` on the row-major weight (fp16 output: <= 2e-3 expected), one line each,
 then ("fused") the same with a post-norm block's prologue (z = res + rms_norm(h, pw), its RMSNorm, z kept) and the
 xIELU epilogue, z and y against the op table's references, and ("bf16") bf16 x at batch 1, 16 (rows at 3e5,
-past fp16's range) and 40, scaled into fp16 per row by the kernel (bf16 output: <= 4e-3 expected, one bf16 step);
+past fp16's range) and 40, scaled into fp16 per row by the kernel (bf16 output: <= 8e-3, one bf16 step);
 a last line "ok" or "FAILED".
 """
 
@@ -25,7 +25,7 @@ from fxforge.codegen.templates.qlinear_decode import decode_operand, qlinear_w4_
 from fxforge.ir.lowp_ops import decode_weight, encode_weight, qlinear_ref  # noqa: E402
 from fxforge.ir.weight_layouts import to_decode_layout  # noqa: E402
 
-FP16_BOUND, BF16_BOUND = 2e-3, 4e-3  # max |y - ref| / max |ref|: about one output rounding step
+FP16_BOUND, BF16_BOUND = 2e-3, 8e-3  # max |y - ref| / max |ref|: about one fp16 / bf16 output step
 
 
 def main() -> None:
