@@ -350,7 +350,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     # the norm / E4M3 prologue (M <= 16: in here) and the partials, in one workspace take
     x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more, bool(f8), post_norm, z)
     fused.update({f"act_p{i}": float(v) for i, v in enumerate(act_args)})
-    row_scale = out if row_scale is None else row_scale  # unread unless FP4 or bf16 x (ROW_SCALE)
+    row_scaled = row_scale is not None and not fp4  # bf16 x: its rows were scaled into fp16 (ROW_SCALE)
+    row_scale = out if row_scale is None else row_scale  # unread unless FP4 or row_scaled
     if splits > 1:  # one arrival counter per tile, kept zero between launches (`Workspace.counters`)
         fused = dict(fused, part_ptr=part[0], lock_ptr=counters(ws, x.device, grid[0]), k_per_split=per,
                      SPLIT_K=splits)
@@ -366,6 +367,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, GATE=gate, PACK=cfg["PACK"],
-        SPELL=cfg["SPELL"], BLOCK_DOTS=cfg["BLOCK_DOTS"], VEC_F=cfg["VEC_F"], scale=float(scale), **fused,
+        SPELL=cfg["SPELL"], BLOCK_DOTS=cfg["BLOCK_DOTS"], VEC_F=cfg["VEC_F"], ROW_SCALE=row_scaled,
+        scale=float(scale), **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return (out.reshape(*lead, n_out), z.reshape(*lead, K)) if keep_z else out.reshape(*lead, n_out)

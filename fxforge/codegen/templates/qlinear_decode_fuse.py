@@ -206,15 +206,15 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
              ws: Workspace | None, splits: int = 1, more: tuple = (), fp8: bool = False,
              post: tuple | None = None, z: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, dict, list[torch.Tensor]]:
-    """(x as the K loop's kernel argument, the per-token scales (w4a8-fp's, or bf16 x's), the prologue's kernel
-    arguments, the caller's `more` scratch). M <= 16: the kernel normalises (`norm`) and quantizes (`fp4`; bf16 x:
-    scales to fp16, F16_SCALED) x itself into per-tile scratch rows ([programs, M, K] fp16, each of the `splits` K
-    splits of a tile writing its own K range, and [programs * splits, M] scales) taken from the workspace in one
-    take with `more` ((shape, dtype) specs: split-K's partials; M <= 16 only). Prefill: one row-kernel launch for
-    the norm (and bf16's scaling), then `quantize_activations` for FP4 (the codes' values in fp16; `fp8`: the codes
-    as E4M3 bytes, at any M, for `qlinear_decode_f8`). `post=(res, w, eps)`: x is h and the GEMM's input z = res +
-    rms_norm(h, w) (the post-norm step, `check_post_norm`), written to `z` [M, K] (contiguous) if given: in the
-    kernel at M <= 16 (z by the first column tile), else `post_norm_rows` first."""
+    """(x as the K loop's kernel argument, the per-token scales (w4a8-fp's, or bf16 x's; None without them), the
+    prologue's kernel arguments, the caller's `more` scratch). M <= 16: the kernel normalises (`norm`) and quantizes
+    (`fp4`; bf16 x: scales to fp16, F16_SCALED) x itself into per-tile scratch rows ([programs, M, K] fp16, each of
+    the `splits` K splits of a tile writing its own K range, and [programs * splits, M] scales) taken from the
+    workspace in one take with `more` ((shape, dtype) specs: split-K's partials; M <= 16 only). Prefill: one
+    row-kernel launch for the norm (and bf16's scaling), then `quantize_activations` for FP4 (the codes' values in
+    fp16; `fp8`: the codes as E4M3 bytes, at any M, for `qlinear_decode_f8`). `post=(res, w, eps)`: x is h and the
+    GEMM's input z = res + rms_norm(h, w) (the post-norm step, `check_post_norm`), written to `z` [M, K]
+    (contiguous) if given: in the kernel at M <= 16 (z by the first column tile), else `post_norm_rows` first."""
     M, K = x2d.shape
     quant = E4M3_CODES.value if fp4 else F16_SCALED.value if x2d.dtype == torch.bfloat16 else 0
     scaled = quant == F16_SCALED.value
@@ -225,7 +225,7 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
                                  ((programs * splits, M), torch.float32), *more)
         return x2d, rs if quant else None, dict(
             norm_ptr=norm[0].contiguous() if norm and norm[0] is not None else None, xn_ptr=xn, eps=float(norm[1]) if norm else 0.0,
-            HAS_NORM=norm is not None, QUANT_X=quant, **_row_scale(scaled), **_post_args(post, z, M, K)), extra
+            HAS_NORM=norm is not None, QUANT_X=quant, **_post_args(post, z, M, K)), extra
     if more or splits > 1:
         raise ShapeError(f"the decode prologue splits K at M <= {DECODE_ROWS} rows only (got {M})")
     rows = norm is not None or scaled  # a row-kernel launch: the norm, bf16 to scaled fp16
@@ -250,13 +250,7 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
     if fp4:
         codes, rs = quantize_activations(x2d, "f8e4m3")
         x2d = codes.view(torch.float8_e4m3fn) if fp8 else formats.decode_fp8(codes, "f8e4m3").to(torch.float16)
-    return x2d, rs, dict(_PLAIN, **_row_scale(scaled)), []
-
-
-def _row_scale(scaled: bool) -> dict:
-    """The epilogue's ROW_SCALE argument where x's rows were scaled into fp16 (the FP8-MMA kernel has none: FP4
-    multiplies its row scales anyway)."""
-    return {"ROW_SCALE": True} if scaled else {}
+    return x2d, rs, _PLAIN, []
 
 
 def _post_args(post: tuple | None, z: torch.Tensor | None, M: int, K: int) -> dict:
@@ -341,17 +335,18 @@ def group_factors(s_row, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOC
     group dividing the tile): one contiguous [BLOCK_N, BLOCK_K / GROUP] load per row, broadcast in registers,
     instead of a gather of each block's group, whose index Triton cannot prove contiguous; which one builds
     shorter depends on the GPU, the Triton and the tile (`qlinear_decode_config.vector_factors`)."""
-    if VECTOR and BLOCK_K % GROUP == 0:
-        G: tl.constexpr = BLOCK_K // GROUP
-        blk = k0 // GROUP + tl.arange(0, G)
-        if CLAMP:
-            blk = tl.minimum(blk, (K - 1) // GROUP)
-        f = tl.load(s_row + blk[None, :])
-        return tl.reshape(tl.broadcast_to(f[:, :, None], (BLOCK_N, G, GROUP // 32)), (BLOCK_N, BLOCK_K // 32))
-    blk = (k0 + 32 * tl.arange(0, BLOCK_K // 32)) // GROUP
+    vector: tl.constexpr = VECTOR and BLOCK_K % GROUP == 0
+    if vector:
+        blk = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+    else:
+        blk = (k0 + 32 * tl.arange(0, BLOCK_K // 32)) // GROUP
     if CLAMP:
         blk = tl.minimum(blk, (K - 1) // GROUP)
-    return tl.load(s_row + blk[None, :])
+    f = tl.load(s_row + blk[None, :])
+    if vector:
+        f = tl.reshape(tl.broadcast_to(f[:, :, None], (BLOCK_N, BLOCK_K // GROUP, GROUP // 32)),
+                       (BLOCK_N, BLOCK_K // 32))
+    return f
 
 
 @triton.jit
