@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from fxforge.codegen.blocks import decode_split, split_steps
+from fxforge.codegen.templates.qlinear_decode_fuse import quant_mode
 from fxforge.codegen.triton_compat import TRITON_VERSION
 from fxforge.ir.weight_layouts import DECODE_ROWS, layout_name, preferred_operand
 
@@ -112,7 +113,7 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
            "stride_om": "i32", "stride_rm": "i32"}
     const = {"BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": bk, "KW": kw, "XP": kw if xperm else 0, "GROUP": group or K, "EVEN_K": K % bk == 0, "ASM": asm,
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
-             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": (1 if fp4 else 2 if bf16 else 0) if M <= MAX_M else 0,
+             "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": quant_mode(fp4, bf16) if M <= MAX_M else 0,
              "ROW_SCALE": bf16 and not fp4, "SWIGLU": swiglu, "GATE": "silu",
              "PACK": cfg["PACK"], "SPELL": cfg["SPELL"], "BLOCK_DOTS": cfg["BLOCK_DOTS"], "VEC_F": cfg["VEC_F"],
              "SPLIT_K": split}

@@ -199,6 +199,11 @@ def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: 
                          "and no bias or activation")
 
 
+def quant_mode(fp4: bool, bf16: bool) -> int:
+    """The prologue's QUANT for an FP4 scheme's x (E4M3 codes) or bf16 x (fp16 rows scaled by powers of two)."""
+    return E4M3_CODES.value if fp4 else F16_SCALED.value if bf16 else 0
+
+
 _PLAIN = dict(norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM=False, QUANT_X=0)
 
 
@@ -216,7 +221,7 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
     GEMM's input z = res + rms_norm(h, w) (the post-norm step, `check_post_norm`), written to `z` [M, K]
     (contiguous) if given: in the kernel at M <= 16 (z by the first column tile), else `post_norm_rows` first."""
     M, K = x2d.shape
-    quant = E4M3_CODES.value if fp4 else F16_SCALED.value if x2d.dtype == torch.bfloat16 else 0
+    quant = quant_mode(fp4, x2d.dtype == torch.bfloat16)
     scaled = quant == F16_SCALED.value
     if M <= DECODE_ROWS:
         if norm is None and not quant and post is None:
