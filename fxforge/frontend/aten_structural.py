@@ -153,6 +153,9 @@ def _index(b, x, indices):
     if len(picked) != 1 or picked[0][1].type.rank != 1 or picked[0][1].type.dtype == DType.bool:
         raise Unsupported("advanced indexing beyond one 1-D integer index")
     d, idx = picked[0]
+    size = x.type.shape[d]
+    if isinstance(size, int):  # negatives count from the end (Falcon's qkv[..., [-2]]); index_select refuses them
+        idx = b.op("where", b.op("lt", idx, b.tensor(0, idx)), b.op("add", idx, b.tensor(size, idx)), idx)
     return b.op("index_select", x, idx, dim=d)
 
 

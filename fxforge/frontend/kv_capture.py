@@ -42,31 +42,53 @@ STEP_ARGS = list(DECODE_STEP_ARGS)  # the step's signature: how a CompiledModule
 
 @dataclass(frozen=True)
 class KVLayout:
-    """The caches of one decoder: `layers` pairs (k, v) of [batch, kv_heads, max_length, head_dim]."""
+    """The caches of one decoder: per cache layer a pair (k, v) of [batch, heads, max_length, dim], `shapes` holding
+    (k heads, k dim, v heads, v dim) per layer: what the model writes, which may differ between layers (Gemma 4's
+    global layers have wider heads) and from the config (Falcon's new decoder keeps every query head's K/V)."""
 
-    layers: int
-    kv_heads: int
-    head_dim: int
+    shapes: tuple[tuple[int, int, int, int], ...]
     batch: int
     max_length: int
     dtype: torch.dtype
 
+    @property
+    def layers(self) -> int:
+        return len(self.shapes)
+
     def allocate(self, device: Any = "cpu") -> tuple[torch.Tensor, ...]:
-        shape = (self.batch, self.kv_heads, self.max_length, self.head_dim)
-        return tuple(torch.zeros(shape, dtype=self.dtype, device=device) for _ in range(2 * self.layers))
+        return tuple(torch.zeros((self.batch, heads, self.max_length, dim), dtype=self.dtype, device=device)
+                     for kh, kd, vh, vd in self.shapes for heads, dim in ((kh, kd), (vh, vd)))
 
 
 def kv_layout(model: torch.nn.Module, batch: int, max_length: int) -> KVLayout:
+    """The cache shapes `model` writes, read from HF's own dynamic cache after a 2-token eager forward (a config says
+    what most models write, not what every one does)."""
     cfg = getattr(model, "config", None)
     text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
     if text is None or not hasattr(text, "num_hidden_layers") or not hasattr(text, "num_attention_heads"):
         raise NotCompilableError(f"{type(model).__name__} is not a Hugging Face decoder LM (no config with "
                                  "num_hidden_layers/num_attention_heads); compile_decoder takes e.g. LlamaForCausalLM")
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    dtype = next(model.parameters()).dtype
-    return KVLayout(text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim, batch,
-                    max_length, dtype)
+    from transformers.cache_utils import DynamicCache
+
+    param = next(model.parameters())
+    cache = DynamicCache(config=cfg)
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=param.device), past_key_values=cache,
+                  use_cache=True)
+    except Exception as e:  # the model's own forward: any failure means it cannot be captured either
+        raise CaptureError(f"a 2-token eager forward of {type(model).__name__} with HF's DynamicCache failed "
+                           f"({type(e).__name__}: {str(e).strip()[:200]}); compile_decoder needs a decoder LM that "
+                           "runs with HF's cache") from e
+    layers = getattr(cache, "layers", [])
+    unwritten = [i for i, layer in enumerate(layers) if getattr(layer, "keys", None) is None]
+    if not layers or unwritten:
+        raise NotCompilableError(f"{type(model).__name__} left cache layers {unwritten or 'all'} unwritten; "
+                                 "compile_decoder's static cache holds one (k, v) per layer the model writes at "
+                                 "every index (compile(model) still compiles its forward)")
+    shapes = tuple((layer.keys.shape[1], layer.keys.shape[3], layer.values.shape[1], layer.values.shape[3])
+                   for layer in layers)
+    return KVLayout(shapes, batch, max_length, param.dtype)
 
 
 def _step_module(model: torch.nn.Module) -> torch.nn.Module:
@@ -100,14 +122,14 @@ def _step_module(model: torch.nn.Module) -> torch.nn.Module:
 
 def capture_decoder(model: torch.nn.Module, batch: int, max_length: int) -> tuple[Capture, KVLayout]:
     """Export the decode step of `model` for one (batch, max_length) and lower it (see the docstring)."""
-    layout = kv_layout(model, batch, max_length)
     step = _step_module(model)
     device = next(model.parameters()).device
     ids = torch.zeros((batch, 2), dtype=torch.long, device=device)  # T=2: stays dynamic (1 would be specialised)
     pos = torch.arange(2, device=device)
-    kv = layout.allocate(device)
     start = time.perf_counter()
     with static_rope(model, max_length), batched_experts(model):  # the tables it sets are those the export and the lowering read
+        layout = kv_layout(model, batch, max_length)  # (its eager forward inside: the model's state is restored after)
+        kv = layout.allocate(device)
         try:
             with torch.no_grad():
                 ep = torch.export.export(step, (ids, pos, kv), strict=False,

@@ -12,6 +12,7 @@ exactly as HF's eager attention computes it:
 Decisions:
 - The sinks are flagged by an attribute, not found by position: with the mask absent a 4th operand would
   otherwise be ambiguous. `attention_mask(op)` / `attention_sinks(op)` read an op's optional operands.
+- Heads wider than `MAX_TEMPLATE_HEAD_DIM` (Gemma 4's global layers: 512) run on the host (`wide_head`).
 - The reference runs sdpa when no extra is set, else the eager chain op for op (`_eager_attention`:
   softmax in fp32, cast back to q's dtype), which is what the templates are checked against.
 """
@@ -42,6 +43,18 @@ def attention_mask(op) -> Any:
 def attention_sinks(op) -> Any:
     """The sinks operand [Hq] of an `attention` op, or None."""
     return _split_extras(tuple(op.operands[3:]), bool(op.attrs.get("sinks")))[1]
+
+
+MAX_TEMPLATE_HEAD_DIM = 256  # the attention templates hold a whole head in one tile
+
+
+def wide_head(op) -> str | None:
+    """Why an `attention` op's head is too wide for the templates (it then runs on the host, torch), or None (also for
+    any other op)."""
+    d = op.operands[0].type.shape[-1] if op.opcode == "attention" else 0
+    if isinstance(d, int) and d <= MAX_TEMPLATE_HEAD_DIM:
+        return None
+    return f"attention: head dim {d} is over the templates' {MAX_TEMPLATE_HEAD_DIM}: host torch"
 
 
 def _attention(q, k, v, *extra, scale, is_causal, enable_gqa, softcap=None, sinks=False):

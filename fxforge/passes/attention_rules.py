@@ -15,6 +15,7 @@ GPT-OSS's attention sinks (a learned logit per head [Hq] that joins the softmax'
 
     s = cat(s, expand(reshape(sinks, [1, Hq, 1, 1]), [b, Hq, Lq, 1]), dim=3)
     p = slice(softmax(sub(s, max_dim(s, dim=-1, keepdim=True)[0])), dim=3, end=Lk)   # the sink column dropped
+        (or slice(softmax(s)): the same without the shift, as Flint writes it)
  -> o = attention(q, k, v, mask?, sinks) {scale, softcap, sinks=true}
 
 so it runs as one flash-attention / flash-decoding kernel instead of two bmm and a softmax with the
@@ -140,11 +141,12 @@ def _is_shift_by_max(g: Graph, maxv: Value, cat: Value, sub: Op) -> bool:
 def _to_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     sl, cat = b["probs"].producer, b["cat"]
     softmax = sl.operands[0].producer
-    sub = softmax.operands[0].producer
+    sub = softmax.operands[0].producer if softmax.operands[0] is not cat else None  # None: softmax of the cat itself
     qk, heads = b["qk"], b["q"].type.shape[1]
-    if not isinstance(heads, int) or sorted(u.opcode for u in cat.uses) != ["max_dim", "sub"] or any(cat is o for o in g.outputs):
+    readers = ["max_dim", "sub"] if sub is not None else ["softmax"]
+    if not isinstance(heads, int) or sorted(u.opcode for u in cat.uses) != readers or any(cat is o for o in g.outputs):
         return None
-    if not _is_shift_by_max(g, sub.operands[1], cat, sub):
+    if sub is not None and not _is_shift_by_max(g, sub.operands[1], cat, sub):
         return None
     if sl.attrs["dim"] not in (3, -1) or sl.attrs["start"] != 0 or sl.attrs["step"] != 1 or not dims_match(sl.result.type.shape[3], qk.type.shape[3]):
         return None
@@ -156,16 +158,16 @@ def _to_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
         sinks = g.insert_before(op, "reshape", [sinks], {"shape": [heads]}).result
     operands, attrs = args
     out = g.insert_before(op, "attention", operands + [sinks], {**attrs, "sinks": True}).result
-    # drop the max: the shift's sub (erased with the match) then reads the cat alone, so the cat dies with it
-    maxv = sub.operands[1]
-    g.set_operand(sub, 1, cat)
-    g.erase(maxv.producer)
+    if sub is not None:  # drop the max: the shift's sub (erased with the match) then reads the cat alone, so the cat dies with it
+        maxv = sub.operands[1]
+        g.set_operand(sub, 1, cat)
+        g.erase(maxv.producer)
     return out
 
 
-def _sink_pattern(scale: str, softcap: bool, mask: bool) -> Pattern:
+def _sink_pattern(scale: str, softcap: bool, mask: bool, shifted: bool) -> Pattern:
     cat = P.op("cat", _scores(scale, softcap, mask), P.any("sink_col"), name="cat", dim=lambda d: d in (3, -1))
-    p = P.op("softmax", P.op("sub", cat, P.any("max"), single_use=True), single_use=True)
+    p = P.op("softmax", P.op("sub", cat, P.any("max"), single_use=True) if shifted else cat, single_use=True)
     return P.op("matmul", P.op("slice", p, name="probs", single_use=True), P.any("v"))
 
 
@@ -175,5 +177,5 @@ ATTENTION_RULES: list[Rule] = [
     Rule(_pattern(*variant), _to_attention, "eager_attention" + "_softcap" * variant[1], single_use=True) for variant in _VARIANTS
 ] + [
     Rule(_sink_pattern(*variant), _to_sink_attention, "eager_attention_sinks")
-    for variant in itertools.product(("mul", "div", "none"), (True, False), (True, False))
+    for variant in itertools.product(("mul", "div", "none"), (True, False), (True, False), (True, False))
 ]

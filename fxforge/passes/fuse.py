@@ -28,17 +28,16 @@ The rule table (`FUSION_RULES` prints it):
   one tensor, RoPE of q and k) and do not depend on each other become one kernel with several
   outputs (the common input is loaded once). It runs where the last of them did, so every outside
   reader of an earlier one's outputs must come after that point. At most MAX_HORIZONTAL outputs.
-- attention: alone (the flash-attention template).
+- attention: alone (the flash-attention template); heads wider than it takes run on the host (`wide_head`).
 - rope_cache: after a concatenated QKV GEMM, the q/k/v head views, RoPE of q and k and the two `cache_write`s
   (`rope_sites.py`); kv_attention: an attention over `kv_load`s of packed caches and their GQA repeat views
   (`kv_attention_sites.py`): one template launch each (`templates/rope_cache.py`, `templates/kv_attention.py`).
 - nm: a `linear`/`qlinear` whose weight is an `#nm` const runs the N:M sparse template of its GEMM rule
   (`ENCODED_GEMM_RULES`: the dense epilogue for `linear`, the qlinear one for `qlinear`); the pass's
   statistics say which path each pruned layer took (`sparse_paths`: template or host, and why).
-Everything else runs on the host with torch, reason recorded: views (reshape, permute, expand,
-slice are strided views; cat not fused as above, index_select, gather copy on the host), sources (const, full,
-arange), externs, embedding (a gather), reductions not over the last dim, and pointwise ops
-without a kernel emitter (triu, tril) or of types kernels do not handle (fp8, packed).
+Everything else runs on the host with torch, reason recorded: views (reshape, permute, expand, slice are strided
+views; cat not fused as above, index_select, gather copy on the host), sources (const, full, arange), externs, embedding
+(a gather), reductions not over the last dim, pointwise ops without a kernel emitter (triu, tril) or fp8/packed types.
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fxforge.ir.attention_op import wide_head
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.partition import KernelGroup, Partition
 from fxforge.ir.types import dims_equal
@@ -157,7 +157,7 @@ class _Partitioner:
         for op in ops:
             if row_ok(op) and self.free(op):
                 self.row(op)
-            elif op.opdef.kernel == "template" and self.free(op):  # alone, its own template (attention)
+            elif op.opdef.kernel == "template" and self.free(op) and not wide_head(op):  # alone, its template
                 reason = FUSION_RULES.get(op.opcode, f"{op.opcode} alone (its template)")
                 self.claim(KernelGroup(op.opcode, [op], [], [], reason))
         for op in reversed(ops):  # pointwise trees, grown from their roots (last op first)

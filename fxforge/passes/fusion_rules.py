@@ -1,6 +1,5 @@
-"""The fusion rule table (see `fuse.py` for the rules in words): which ops may anchor or join a
-kernel, read from the op table's traits (`kernel`, `activation`), the GEMM anchors' table, the
-epilogue steps of the GEMM template in order, and the reasons for ops left on the host.
+"""The fusion rule table (see `fuse.py` for the rules in words): which ops may anchor or join a kernel, read from the
+op table's traits (`kernel`, `activation`), the GEMM anchors' table, the GEMM template's epilogue steps, host reasons.
 
 Decisions:
 - What an op can do is its `OpDef`'s business (traits); this module only adds what depends on the
@@ -13,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fxforge.ir.attention_op import wide_head
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.lowp_ops import SCHEMES
@@ -75,6 +75,7 @@ HOST_REASONS: dict[str, str | Callable[[Op], str]] = {
     "any": "boolean reduction: host torch.any",
     "amin": "reduction without a row kernel: host torch.amin",
     "qlinear": _QLINEAR_HOST,
+    "attention": wide_head,
 }
 
 # -- helpers ----------------------------------------------------------------------------------------

@@ -349,3 +349,23 @@ def test_gemm_layer_norm_prologue(dtype, bias):
     assert got.shape == (3, 40) and (got.float() - want).abs().max() <= TOL[dtype] * 4 * want.abs().max()
     with pytest.raises(ShapeError, match="one norm prologue"):
         linear(x, w, norm=(g, 1e-6), layer_norm=(g, nb, 1e-5))
+
+
+class _WideHeads(torch.nn.Module):
+    """Attention over 512-wide heads (Gemma 4's global layers) beside a picked column (Falcon's qkv[..., [-2]])."""
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True), k[..., [-2], :] * 2
+
+
+def test_wide_heads_run_on_the_host_and_negative_indices_wrap():
+    """Heads wider than the attention templates take run on the host (torch), the reason recorded, instead of failing
+    at run time; a negative index of aten.index counts from the end as in torch (index_select refuses negatives)."""
+    import fxforge
+
+    q, k, v = (torch.randn(1, 2, 5, 512, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    mod = fxforge.compile_aot(_WideHeads(), (q, k, v), executor="interpret", dynamic=False)
+    host = mod.graph.partition.host_ops
+    assert any("head dim 512" in reason for reason in host.values()), host
+    for got, want in zip(mod(q, k, v), _WideHeads()(q, k, v), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -72,9 +72,10 @@ def test_scores_read_elsewhere_stay_written_out():
     assert "attention" not in g.op_counts()
 
 
-def sink_graph(use_indices: bool = False) -> Graph:
+def sink_graph(use_indices: bool = False, shifted: bool = True) -> Graph:
     """GPT-OSS's eager attention with sinks as captured (its GQA head repeat aside): the sink column [1, 4, s, 1]
-    joins the masked scores, the row max is subtracted, softmax, the sink column dropped."""
+    joins the masked scores, the row max is subtracted (not by Flint: `shifted` False), softmax, the sink column
+    dropped."""
     g = Graph()
     q = g.add_input("q", TensorType((1, 4, S, 16), DType.f32))
     k, v = (g.add_input(n, TensorType((1, 4, 24, 16), DType.f32)) for n in ("k", "v"))
@@ -87,14 +88,15 @@ def sink_graph(use_indices: bool = False) -> Graph:
     s = op("add", op("mul", op("matmul", q, op("permute", k, dims=(0, 1, 3, 2))), op("full", shape=(), value=0.25, dtype=DType.f64)), m)
     col = op("expand", op("reshape", sinks, shape=(1, 4, 1, 1)), shape=(1, 4, S, 1))
     cat = op("cat", s, col, dim=3)
-    mx = g.add_op("max_dim", [cat], {"dim": -1, "keepdim": True})
-    p = op("slice", op("softmax", op("sub", cat, mx.results[0]), dim=3), dim=3, start=0, end=24)
+    mx = g.add_op("max_dim", [cat], {"dim": -1, "keepdim": True}) if shifted else None
+    p = op("slice", op("softmax", op("sub", cat, mx.results[0]) if shifted else cat, dim=3), dim=3, start=0, end=24)
     g.set_outputs([op("matmul", p, v)] + ([mx.results[1]] if use_indices else []))
     return g
 
 
-def test_sinks_become_the_attention_ops_sinks():
-    g = sink_graph()
+@pytest.mark.parametrize("shifted", [True, False])
+def test_sinks_become_the_attention_ops_sinks(shifted):
+    g = sink_graph(shifted=shifted)
     xs = inputs(DType.f32)
     xs.append(torch.linspace(-1.0, 4.0, 4))
     want = evaluate(g, xs)[0]

@@ -49,6 +49,19 @@ def test_reference_generate_matches_eager(build):
     assert torch.equal(_eager(model, ids, 3), _eager(model, ids, 8)[:, :10])
 
 
+@pytest.mark.parametrize("arch", ["falcon", "gemma4"])
+def test_each_layer_caches_what_it_writes(arch):
+    """Falcon's new decoder caches every query head's K/V (not its config's num_kv_heads: 4 heads, not 2); Gemma 4's
+    global layers have 512-wide heads beside the sliding layers' 16 (a per-layer config attribute)."""
+    model = zoo.gqa_decoder(arch, layers=2)
+    model.generation_config.eos_token_id = None
+    ids = torch.randint(3, 256, (1, 5), generator=torch.Generator().manual_seed(1))
+    dec = fxforge.compile_decoder(model, max_length=16, executor="reference")
+    assert torch.equal(dec.generate(ids, max_new_tokens=6), _eager(model, ids, 6))
+    want = {"falcon": [(4, 16)] * 4, "gemma4": [(2, 16)] * 2 + [(2, 512)] * 2}[arch]
+    assert [(t.shape[1], t.shape[3]) for t in dec._kv_cache.tensors] == want
+
+
 def test_cache_written_in_place_and_reused():
     torch.manual_seed(0)
     model = zoo.llama(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128)
