@@ -153,8 +153,10 @@ def _index(b, x, indices):
     if len(picked) != 1 or picked[0][1].type.rank != 1 or picked[0][1].type.dtype == DType.bool:
         raise Unsupported("advanced indexing beyond one 1-D integer index")
     d, idx = picked[0]
-    size = x.type.shape[d]
-    if isinstance(size, int):  # negatives count from the end (Falcon's qkv[..., [-2]]); index_select refuses them
+    size, const = x.type.shape[d], idx.producer is not None and idx.producer.opcode == "const"
+    if const and isinstance(size, int) and (b.graph.weight(idx.producer.attrs["weight"]).data < 0).any():
+        # a constant's negatives count from the end (Falcon's qkv[..., [-2]]); index_select refuses them (a computed
+        # index is left alone: topk's and arange's are never negative, and a negative one fails loudly)
         idx = b.op("where", b.op("lt", idx, b.tensor(0, idx)), b.op("add", idx, b.tensor(size, idx)), idx)
     return b.op("index_select", x, idx, dim=d)
 

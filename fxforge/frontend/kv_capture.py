@@ -14,6 +14,8 @@ Decisions (the capture route):
   tensors, with `update` writing at the given positions (HF's own StaticLayer counts positions in a
   tensor of its own state, which an exported graph cannot keep). HF computes RoPE, GQA and the mask as
   in eager, so the tokens are eager's; no model code is rewritten.
+- Each layer's cache shape is read from HF's own dynamic cache after a 2-token eager forward (`kv_layout`), not from
+  the config: Falcon's new decoder caches every query head, Gemma 4's global layers have wider heads.
 - The writes are `aten.index_copy_` on graph inputs: lowered to `cache_write` (in place, no copy of
   the cache), and only the cache inputs may be written (anything else is refused as `compile_aot` does).
 - RoPE whose frequencies depend on the positions seen (dynamic NTK, LongRoPE) is captured with its original table,
