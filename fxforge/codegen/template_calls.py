@@ -146,7 +146,7 @@ def _moe(g: KernelGroup, n: Names) -> str:
 def _rope_cache(g: KernelGroup, n: Names) -> str:
     """`_rope_cache(qkv, cos, sin, pos, k_cache, v_cache, ...)` -> (q, k_cache, v_cache): the group's outputs."""
     s = g.params["site"]
-    args = [n(v) for v in (s.qkv, s.cos, s.sin, s.pos, s.k_cache, s.v_cache)]
+    args = [n(v) if v is not None else "None" for v in (s.qkv, s.cos, s.sin, s.pos, s.k_cache, s.v_cache)]  # no RoPE
     kw = [f"q_heads={s.q_heads}", f"kv_heads={s.kv_heads}", f"head_dim={s.head_dim}"]
     if s.format != "dense":
         kw += [f"format={s.format!r}", f"block={s.block}"]

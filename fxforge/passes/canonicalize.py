@@ -15,8 +15,9 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   `add(linear(x, w), b)` with a rank-1 bias of w's output size -> `linear(x, w, b)`; the
   aot_autograd sandwich `reshape(linear(reshape(x, [M, K])), [*lead, N])` -> `linear(x)` on the
   unflattened input when x is `[*lead, K]` (the reshapes only merged and split leading dims), else
-  `linear(reshape(x, [*lead, K]))` (e.g. attention heads merged into K before o_proj).
-- `RMS_NORM_RULES`: Llama's written-out RMSNorm, in three steps that each keep the semantics exact
+  `linear(reshape(x, [*lead, K]))` (e.g. attention heads merged into K before o_proj); `(a + f) + x` of two GEMMs'
+  results and a residual -> `f + (a + x)` (`parallel_residual`: one add per GEMM epilogue).
+- `RMS_NORM_RULES`: Llama's written-out RMSNorm (Gemma 4's `pow(v, -0.5)` first made `rsqrt(v)`), in three steps that each keep the semantics exact
   (see `_rms_norm` in ir/optable.py): the fp32 core `xf * rsqrt(mean(xf^2, [-1], keepdim) + eps)` ->
   `rms_norm(xf)`; `cast(rms_norm(cast(x, f32)), x.dtype)` -> `rms_norm(x)` (exactly what rms_norm does
   with its casts); `w * rms_norm(x)` -> `rms_norm(x, w)` only when the product keeps x's type, i.e.
@@ -27,7 +28,8 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   dtype, exactly the scalar the add used. `rms_norm(x - mean(x, [-1], keepdim)[, w])` of an fp32 x ->
   `layer_norm(x[, w])` (Cohere's LayerNorm spelled out; the same math up to the order of the sums).
 - `ACTIVATION_RULES`: `x * sigmoid(x)` -> `silu(x)`; `relu(x) * relu(x)` and `relu(x) ** 2` -> `relu2(x)`
-  (squared ReLU, exact: relu rounds nothing, so one rounding of the square either way).
+  (squared ReLU, exact: relu rounds nothing, so one rounding of the square either way); HF's NewGELUActivation written
+  out -> `gelu(x, approximate="tanh")` (the same formula; the kernels' rounding of it, within an ulp or so).
 - `XIELU_RULES` (`xielu_rules.py`): HF's xIELU written out (Apertus) -> `xielu(x) {alpha_p, alpha_n, beta, eps}`,
   its scalars read from the graph once constant folding has evaluated their softplus.
 - `ATTENTION_RULES` (`attention_rules.py`): HF's eager attention written out (matmul, scale, optional
@@ -41,6 +43,8 @@ shared. Rules check dtypes and shapes themselves and return None when a rewrite 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -198,10 +202,25 @@ def _unflatten_linear(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "linear", operands).result
 
 
+_GEMMS = ("linear", "qlinear")
+
+
+@rule(P.op("add", P.op("add", P.any("a"), P.any("f"), name="inner", single_use=True), P.any("x"), commutative=True))
+def parallel_residual(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """(a + f) + x of two GEMMs' results and a residual (Phi's, GPT-J's parallel block) -> f + (a + x): each GEMM's
+    epilogue then takes one add (a reassociation: the sum's rounding may differ by an ulp)."""
+    a, f, x = b["a"], b["f"], b["x"]
+    if any(v.producer is None or v.producer.opcode not in _GEMMS for v in (a, f)) or x.producer is not None and \
+            x.producer.opcode in _GEMMS or not all(same_type(v.type, op.result.type) for v in (a, f, x)):
+        return None
+    return g.insert_before(op, "add", [f, g.insert_before(op, "add", [a, x]).result]).result
+
+
 _FLAT = P.op("reshape", P.any("x"), name="flat")
 LINEAR_RULES: list[Rule] = [
     matmul_to_linear,
     linear_bias,
+    parallel_residual,
     Rule(P.op("reshape", P.op("linear", _FLAT, P.any("w"), single_use=True)), _unflatten_linear, "linear_unflatten"),
     Rule(P.op("reshape", P.op("linear", _FLAT, P.any("w"), P.any("bias"), single_use=True)), _unflatten_linear,
          "linear_unflatten"),
@@ -292,7 +311,14 @@ _LN_CASTS = [Rule(P.op("cast", P.op("layer_norm", P.op("cast", P.any("x"), dtype
                                     single_use=True)), _layer_norm_casts, "layer_norm_casts")
              for params in ((), (P.any("w"),), (P.any("w"), P.any("b")))]
 
-RMS_NORM_RULES: list[Rule] = [rms_norm_core, rms_norm_casts, rms_norm_fp32_weight, rms_norm_weight, *_LN_CASTS] + [
+@rule(P.op("pow", P.any("x"), P.full(value=-0.5)))
+def pow_rsqrt(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """x ** -0.5 (Gemma 4's RMSNorm) is rsqrt(x): torch's pow computes this exponent as rsqrt, the same bits."""
+    x = b["x"]
+    return g.insert_before(op, "rsqrt", [x]).result if x.type.dtype.is_float and same_type(op.result.type, x.type) else None
+
+
+RMS_NORM_RULES: list[Rule] = [pow_rsqrt, rms_norm_core, rms_norm_casts, rms_norm_fp32_weight, rms_norm_weight, *_LN_CASTS] + [
     Rule(P.op("rms_norm", _CENTERED, *w), _layer_norm_of_centered, "layer_norm_centered", single_use=True)
     for w in ((), (P.any("w"),))]
 
@@ -314,8 +340,23 @@ def _relu2(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "relu2", [b["x"]]).result if same_type(op.result.type, b["x"].type) else None
 
 
+# HF's NewGELUActivation (Phi, GPT-2): 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))), gelu's tanh form
+_CUBE = P.op("mul", P.op("pow", P.any("x"), P.full(value=3), single_use=True), P.full(value=0.044715), commutative=True,
+             single_use=True)
+_TANH = P.op("tanh", P.op("mul", P.op("add", P.any("x"), _CUBE, commutative=True, single_use=True),
+                          P.full(value=math.sqrt(2 / math.pi)), commutative=True, single_use=True), single_use=True)
+_NEW_GELU = P.op("mul", P.op("mul", P.any("x"), P.full(value=0.5), commutative=True, single_use=True),
+                 P.op("add", _TANH, P.full(value=1), commutative=True, single_use=True), commutative=True)
+
+
+def _gelu_tanh(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    x = b["x"]
+    return g.insert_before(op, "gelu", [x], {"approximate": "tanh"}).result if same_type(op.result.type, x.type) else None
+
+
 ACTIVATION_RULES: list[Rule] = [silu, Rule(P.op("mul", _RELU, P.any("r")), _relu2, "relu2_mul"),
-                                Rule(P.op("pow", _RELU, P.full(value=2)), _relu2, "relu2_pow")]
+                                Rule(P.op("pow", _RELU, P.full(value=2)), _relu2, "relu2_pow"),
+                                Rule(_NEW_GELU, _gelu_tanh, "gelu_tanh_written_out")]
 
 RULES: list[Rule] = (FOLD_RULES + CAST_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + XIELU_RULES + ATTENTION_RULES
                      + MOE_RULES)

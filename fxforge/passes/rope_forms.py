@@ -114,8 +114,8 @@ def _pair_table(c: Value) -> Value | None:
 @dataclass
 class _Rope:
     result: Value
-    cos: Value  # the tables the template reads
-    sin: Value
+    cos: Value | None  # the tables the template reads (None: no RoPE, `no_rope`)
+    sin: Value | None
     ops: list[Op]
     rotary_dim: int
     interleaved: bool
@@ -127,6 +127,11 @@ class _Rope:
         return self.cos is other.cos and self.sin is other.sin and (self.rotary_dim, self.interleaved,
                                                                     self.pair_tables, self.negated) == (
             other.rotary_dim, other.interleaved, other.pair_tables, other.negated)
+
+
+def no_rope(x: Value) -> _Rope:
+    """x as it is, no tables (the rope_cache site of layers without RoPE whose q and k are normed)."""
+    return _Rope(x, None, None, [], 0, False, False)
 
 
 def _halves_table(lo: Value, hi: Value, d: int) -> tuple[Value, bool] | None:

@@ -10,7 +10,8 @@ The shape matched, per decoder layer (HF's Llama/Qwen2 attention after `concat_l
     rope(x) = add(mul(x, cos), mul(cat(neg(x[..., D/2:]), x[..., :D/2]), sin))   (either operand order)
 
 rope is any form of `rope_forms.py` (rotate_half, or written over the two halves as GPT-OSS does; partial; interleaved,
-its tables maybe one entry per pair; negated; in fp32 between casts).
+its tables maybe one entry per pair; negated; in fp32 between casts), or none when q and k are normed (Flint's layers
+without RoPE: the norms and the cache writes in one launch instead of two norm kernels and host writes).
 
 Per-head q/k norms (Qwen3, Gemma3, OLMo3-style `q_norm`/`k_norm` over head_dim) sit between the reshape and
 the permute of q and k (x_h = permute(rms_norm(reshape(...), w[D]), [0, 2, 1, 3])) or after the permute (Gemma3);
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.passes.rope_forms import fp32_rope, mul_by, only_use
+from fxforge.passes.rope_forms import fp32_rope, mul_by, no_rope, only_use
 
 QKV_GEMMS = ("linear", "qlinear")  # the site reads the GEMM's output from memory: any GEMM template wrote it
 
@@ -52,8 +53,8 @@ class RopeSite:
 
     ops: list[Op]
     qkv: Value
-    cos: Value
-    sin: Value
+    cos: Value | None  # None: no RoPE, the q/k norms and the cache writes only (Flint's full-attention layers)
+    sin: Value | None
     pos: Value
     k_cache: Value
     v_cache: Value
@@ -81,7 +82,8 @@ class RopeSite:
         weights are None)."""
         norm = [w for w in self.qk_norm[:2] if w is not None] if self.qk_norm is not None else []
         scale = [self.q_scale] if self.q_scale is not None else []
-        return [self.qkv, self.cos, self.sin, self.pos, self.k_cache, self.v_cache, *norm, *scale]
+        tables = [self.cos, self.sin] if self.cos is not None else []  # (None: no RoPE)
+        return [self.qkv, *tables, self.pos, self.k_cache, self.v_cache, *norm, *scale]
 
 
 @dataclass
@@ -159,6 +161,8 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
         return None
     qk_norm = (nq.weight, nk.weight, float(nq.op.attrs["eps"])) if nq is not None else None
     rq, rk = fp32_rope(xq, graph, d), fp32_rope(xk, graph, d)
+    if rq is None and rk is None and nq is not None:  # no RoPE, q/k norms (Flint's full-attention layers)
+        rq, rk = no_rope(xq), no_rope(xk)
     if rq is None or rk is None or not rq.same_variant(rk):
         return None
     aq, ak = _norm(rq.result, graph, d), _norm(rk.result, graph, d)  # per-head norms after RoPE (HunYuan)

@@ -99,13 +99,16 @@ def _rot(x):
     return torch.cat((-x[..., d:], x[..., :d]), -1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16])
-def test_rope_cache_per_head_qk_norm(dtype):
-    """q and k heads rms_norm'ed over head_dim with their own weights before RoPE, v as is (Qwen3)."""
+@pytest.mark.parametrize("dtype,nope", [(torch.float16, False), (torch.float32, True)])
+def test_rope_cache_per_head_qk_norm(dtype, nope):
+    """q and k heads rms_norm'ed over head_dim with their own weights before RoPE, v as is (Qwen3); `nope`: no RoPE
+    (Flint's full-attention layers: cos = sin = None, the norms and the cache writes only)."""
     torch.manual_seed(0)
     B, S, Hq, Hkv, D, L = 1, 2, 4, 2, 16, 6
     qkv = torch.randn(B, S, (Hq + 2 * Hkv) * D, dtype=dtype) * 3
     cos, sin = torch.randn(1, 1, S, D, dtype=dtype), torch.randn(1, 1, S, D, dtype=dtype)
+    if nope:  # the identity rotation in the reference below
+        cos, sin = None, None
     qn, kn = (1 + torch.randn(D) / 4).to(dtype), (1 + torch.randn(D) / 4).to(dtype)
     pos = torch.tensor([3, 1])
     kc, vc = torch.zeros(B, Hkv, L, D, dtype=dtype), torch.zeros(B, Hkv, L, D, dtype=dtype)
@@ -113,7 +116,7 @@ def test_rope_cache_per_head_qk_norm(dtype):
     heads = qkv.reshape(B, S, -1, D)
     xq = OPS["rms_norm"].ref(heads[:, :, :Hq], qn, eps=1e-6).transpose(1, 2).float()
     xk = OPS["rms_norm"].ref(heads[:, :, Hq:Hq + Hkv], kn, eps=1e-6).transpose(1, 2).float()
-    c, s, tol = cos.float(), sin.float(), TOL[dtype] * 8
+    c, s, tol = (1.0, 0.0, 1e-6) if nope else (cos.float(), sin.float(), TOL[dtype] * 8)
     torch.testing.assert_close(q.float(), xq * c + _rot(xq) * s, atol=tol, rtol=tol)
     torch.testing.assert_close(kc[:, :, pos].float(), xk * c + _rot(xk) * s, atol=tol, rtol=tol)
     assert torch.equal(vc[:, :, pos], heads[:, :, Hq + Hkv:].transpose(1, 2))  # v: not normed
@@ -369,3 +372,34 @@ def test_wide_heads_run_on_the_host_and_negative_indices_wrap():
     assert any("head dim 512" in reason for reason in host.values()), host
     for got, want in zip(mod(q, k, v), _WideHeads()(q, k, v), strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+class _PhiBlock(torch.nn.Module):
+    """Phi's parallel block: attention and MLP read one norm, summed with the residual as (attn + mlp) + x; the MLP's
+    activation HF's NewGELUActivation written out, the norm Gemma 4's pow(v, -0.5) form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers.activations import NewGELUActivation
+
+        self.attn, self.fc1, self.fc2, self.act = (torch.nn.Linear(32, 32), torch.nn.Linear(32, 64),
+                                                   torch.nn.Linear(64, 32), NewGELUActivation())
+
+    def forward(self, x):
+        h = x * torch.pow(x.pow(2).mean(-1, keepdim=True) + 1e-6, -0.5)
+        return self.attn(h) + self.fc2(self.act(self.fc1(h))) + x
+
+
+def test_parallel_block_new_gelu_and_pow_norm_fuse():
+    """(attn + mlp) + x becomes mlp + (attn + x), one add per GEMM epilogue; NewGELU is gelu_tanh in fc1's epilogue;
+    pow(v, -0.5) is rsqrt, so the norm is rms_norm, the GEMMs' prologue: three kernels, torch's numbers."""
+    import fxforge
+
+    torch.manual_seed(0)
+    model, x = _PhiBlock().eval(), torch.randn(1, 3, 32)
+    mod = fxforge.compile_aot(model, (x,), executor="interpret", dynamic=False)
+    counts = mod.graph.op_counts()  # (the norm is each prologue's own copy)
+    assert counts.get("gelu") == 1 and "rms_norm" in counts and not {"pow", "rsqrt", "tanh"} & set(counts), counts
+    groups = mod.graph.partition.groups
+    assert [g.kind for g in groups] == ["gemm"] * 3 and sum(g.ops[-1].opcode == "add" for g in groups) == 2
+    torch.testing.assert_close(mod(x), model(x), atol=1e-5, rtol=1e-5)

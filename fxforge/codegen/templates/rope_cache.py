@@ -98,32 +98,37 @@ def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.const
              is_q, is_k, QK_NORM: tl.constexpr, ROT: tl.constexpr, INTERLEAVED: tl.constexpr,
              PAIR_TABLES: tl.constexpr, NORM_F32: tl.constexpr, NORM_W: tl.constexpr, NEGATED: tl.constexpr):
     """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row` (QK_NORM: normed first);
-    channels past ROT (partial RoPE) pass through. NEGATED: the rotated half's sign flipped (a rotation by -theta)."""
+    channels past ROT (partial RoPE) pass through, all of them at ROT 0 (no RoPE). NEGATED: the rotated half's sign
+    flipped (a rotation by -theta)."""
     x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, NORM_F32, NORM_W)
-    in_rot = d < ROT
-    if INTERLEAVED:  # pairs (2i, 2i + 1): rotate(x)[2i] = -x[2i + 1], rotate(x)[2i + 1] = x[2i]
-        pd = d ^ 1
-        negated = (d % 2) == 0
-        if NEGATED:  # -rotate: the odd channel's partner negated instead
-            negated = (d % 2) == 1
-    else:  # rotate_half: d with (d + R/2) mod R, negated in the first half (NEGATED, NanoChat's cat(x2, -x1): second)
-        pd = (d + ROT // 2) % ROT
-        negated = d < ROT // 2
-        if NEGATED:
-            negated = d >= ROT // 2
-    partner = _channel(row, tl.where(in_rot, pd, d), md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM,
-                       NORM_F32, NORM_W)
-    rot = tl.where(negated, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
-    if PAIR_TABLES:  # one table entry per pair: 2i and 2i + 1 read i (interleaved), i and i + R/2 read i (halves)
-        if INTERLEAVED:
-            cd = d // 2
-        else:
-            cd = d % (ROT // 2)
+    if ROT == 0:  # no RoPE (Flint's full-attention layers): the norms and the cache writes only
+        y = x
     else:
-        cd = d
-    c = tl.load(c_ptr + cd * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
-    sn = tl.load(s_ptr + cd * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
-    return tl.where(rotate, tl.where(in_rot, x * c + rot * sn, x), x)
+        in_rot = d < ROT
+        if INTERLEAVED:  # pairs (2i, 2i + 1): rotate(x)[2i] = -x[2i + 1], rotate(x)[2i + 1] = x[2i]
+            pd = d ^ 1
+            negated = (d % 2) == 0
+            if NEGATED:  # -rotate: the odd channel's partner negated instead
+                negated = (d % 2) == 1
+        else:  # rotate_half: d with (d + R/2) mod R, negated in the first half (NEGATED, NanoChat's: second)
+            pd = (d + ROT // 2) % ROT
+            negated = d < ROT // 2
+            if NEGATED:
+                negated = d >= ROT // 2
+        partner = _channel(row, tl.where(in_rot, pd, d), md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k,
+                           QK_NORM, NORM_F32, NORM_W)
+        rot = tl.where(negated, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
+        if PAIR_TABLES:  # one table entry per pair: 2i and 2i + 1 read i (interleaved), i and i + R/2 read i (halves)
+            if INTERLEAVED:
+                cd = d // 2
+            else:
+                cd = d % (ROT // 2)
+        else:
+            cd = d
+        c = tl.load(c_ptr + cd * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
+        sn = tl.load(s_ptr + cd * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
+        y = tl.where(rotate, tl.where(in_rot, x * c + rot * sn, x), x)
+    return y
 
 
 @triton.jit
@@ -246,9 +251,9 @@ def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, fmt, block) 
         raise ShapeError("rope_cache: the caches must be contiguous along head_dim (StaticKVCache allocates them so)")
 
 
-def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
-               v_cache: torch.Tensor, *, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
-               block: int = 32, out: torch.Tensor | None = None,
+def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, pos: torch.Tensor,
+               k_cache: torch.Tensor, v_cache: torch.Tensor, *, q_heads: int, kv_heads: int, head_dim: int,
+               format: str = "dense", block: int = 32, out: torch.Tensor | None = None,
                qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, rotary_dim: int | None = None,
                interleaved: bool = False, pair_tables: bool = False, norm_fp32: bool = False,
                norm_after: bool = False, q_scale: torch.Tensor | None = None,
@@ -258,7 +263,8 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
     buffer of the generated `run()`), else allocated. `qk_norm=(q_weight, k_weight, eps)`: q and k are rms_norm'ed
     before RoPE, each head over D with weights [D] (Qwen3's q_norm / k_norm), or the token's whole q (k) row with
     weights [Hq * D] ([Hkv * D]: OLMo2); weights None: weightless, per head (NanoChat). `rotary_dim` R (partial
-    RoPE, even, <= D): channels [0, R) rotate with cos/sin of R channels, the rest pass through. `interleaved`: pairs
+    RoPE, even, <= D): channels [0, R) rotate with cos/sin of R channels, the rest pass through; cos = sin = None: no
+    RoPE (the q/k norms and the cache writes only: Flint's full-attention layers). `interleaved`: pairs
     (2i, 2i + 1) rotate (GLM), not (i, i + R/2);
     `pair_tables`: cos/sin of R/2 entries, one per pair (interleaved: the table before `repeat_interleave(2)`; else
     the table of both halves, GPT-OSS's `_apply_rotary_emb`).
@@ -268,12 +274,13 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
     rotation's sign flipped, x * cos - rotate(x) * sin (NanoChat's rotate_half, cat(x2, -x1): a rotation by -theta)."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
-    rot = head_dim if rotary_dim is None else rotary_dim
-    if rot % 2 or not 0 < rot <= head_dim:
-        raise ShapeError(f"rope_cache: rotary_dim {rot} must be even and in (0, head_dim={head_dim}]")
+    rot = 0 if cos is None else head_dim if rotary_dim is None else rotary_dim
+    if (cos is None) != (sin is None) or rot % 2 or not (cos is None or 0 < rot <= head_dim):
+        raise ShapeError(f"rope_cache: rotary_dim {rot} must be even and in (0, head_dim={head_dim}], and cos and sin "
+                         "both given (or both None: no RoPE)")
     width = rot // 2 if pair_tables else rot
-    try:
-        cs = [t.expand(B, 1, S, width).select(1, 0) for t in (cos, sin)]
+    try:  # (no RoPE: the kernel reads no table; qkv's rows stand in for them)
+        cs = [t.expand(B, 1, S, width).select(1, 0) for t in (cos, sin)] if rot else [qkv, qkv]
     except RuntimeError as e:
         raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {(B, 1, S, width)}") from e
     if cs[0].stride() != cs[1].stride():  # the kernel reads both through one set of strides
@@ -337,12 +344,13 @@ def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
 def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
                     block: int = 32, qk_norm: bool = False, norm_rows: bool = False, interleaved: bool = False,
                     norm_fp32: bool = False, after: bool = False, weightless: bool = False, negated: bool = False,
-                    half_tables: bool = False) -> dict:
+                    half_tables: bool = False, nope: bool = False) -> dict:
     """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches
     (`qk_norm`: with the per-head q/k RMSNorm, `norm_rows`: over all heads, `norm_fp32`: weighted in fp32; `interleaved`: pairs (2i, 2i + 1) with
     tables of one entry per pair and half the head rotated, GLM's; `after`: the per-head norm after RoPE and q's
     per-token scale, HunYuan's and Ministral3's; `weightless`: the per-head norm after RoPE without weights and the
-    rotation negated, NanoChat's; `half_tables`: rotate_half pairs with tables of one entry per pair, GPT-OSS's)."""
+    rotation negated, NanoChat's; `half_tables`: rotate_half pairs with tables of one entry per pair, GPT-OSS's; `nope`:
+    no RoPE, Flint's)."""
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
     ptrs.update(dict.fromkeys(("k_ptr", "v_ptr"), f"*{t}" if format == "dense" else "*u8"))
@@ -351,7 +359,8 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
     sig = {**ptrs, "pos_ptr": "*i64", **dict.fromkeys(strides, "i32")}
     const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim,
              "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim),
-             "QK_NORM": qk_norm, "ROT": head_dim // 2 if interleaved else head_dim, "INTERLEAVED": interleaved,
+             "QK_NORM": qk_norm, "ROT": 0 if nope else head_dim // 2 if interleaved else head_dim,
+             "INTERLEAVED": interleaved,
              "PAIR_TABLES": interleaved or half_tables, "NQN": q_heads if norm_rows else 1, "NKN": kv_heads if norm_rows else 1,
              "NORM_F32": norm_fp32, "NORM_W": not weightless, "NEGATED": negated or weightless}
     if weightless:
@@ -370,4 +379,5 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
             "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"
                       f"{' qk_norm' * qk_norm}{' rows' * norm_rows}{' fp32' * norm_fp32}{' interleaved' * interleaved}"
-                      f"{' norm_after q_scale' * after}{' weightless norm_after negated' * weightless}{' half_tables' * half_tables}"}
+                      f"{' norm_after q_scale' * after}{' weightless norm_after negated' * weightless}{' half_tables' * half_tables}"
+                      f"{' nope' * nope}"}
