@@ -158,7 +158,7 @@ def _to_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
         sinks = g.insert_before(op, "reshape", [sinks], {"shape": [heads]}).result
     operands, attrs = args
     out = g.insert_before(op, "attention", operands + [sinks], {**attrs, "sinks": True}).result
-    if sub is not None:  # drop the max: the shift's sub (erased with the match) then reads the cat alone, so the cat dies with it
+    if sub is not None:  # drop the max: the shift's sub (erased with the match) then reads the cat alone; the cat dies
         maxv = sub.operands[1]
         g.set_operand(sub, 1, cat)
         g.erase(maxv.producer)

@@ -17,10 +17,10 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   unflattened input when x is `[*lead, K]` (the reshapes only merged and split leading dims), else
   `linear(reshape(x, [*lead, K]))` (e.g. attention heads merged into K before o_proj); `(a + f) + x` of two GEMMs'
   results and a residual -> `f + (a + x)` (`parallel_residual`: one add per GEMM epilogue).
-- `RMS_NORM_RULES`: Llama's written-out RMSNorm (Gemma 4's `pow(v, -0.5)` first made `rsqrt(v)`), in three steps that each keep the semantics exact
-  (see `_rms_norm` in ir/optable.py): the fp32 core `xf * rsqrt(mean(xf^2, [-1], keepdim) + eps)` ->
-  `rms_norm(xf)`; `cast(rms_norm(cast(x, f32)), x.dtype)` -> `rms_norm(x)` (exactly what rms_norm does
-  with its casts); `w * rms_norm(x)` -> `rms_norm(x, w)` only when the product keeps x's type, i.e.
+- `RMS_NORM_RULES`: Llama's written-out RMSNorm (Gemma 4's `pow(v, -0.5)` first made `rsqrt(v)`), in three steps
+  that each keep the semantics exact (see `_rms_norm` in ir/optable.py): the fp32 core
+  `xf * rsqrt(mean(xf^2, [-1], keepdim) + eps)` -> `rms_norm(xf)`; `cast(rms_norm(cast(x, f32)), x.dtype)` ->
+  `rms_norm(x)` (exactly what rms_norm does with its casts); `w * rms_norm(x)` -> `rms_norm(x, w)` only when the product keeps x's type, i.e.
   the weight multiply already happened in x's dtype (an fp32 weight times an fp16 norm promotes to
   fp32, which rms_norm cannot express, so it is left alone); of an fp32 x by a 16-bit weight (GPT-OSS's norm, in
   fp32 between casts) the weight is cast to fp32 first, as the product promotes it, so the norm prologues' fp32-weight
@@ -202,7 +202,8 @@ def _unflatten_linear(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "linear", operands).result
 
 
-_GEMMS = ("linear", "qlinear")
+def _of_gemm(v: Value) -> bool:
+    return v.producer is not None and v.producer.opcode in ("linear", "qlinear")
 
 
 @rule(P.op("add", P.op("add", P.any("a"), P.any("f"), name="inner", single_use=True), P.any("x"), commutative=True))
@@ -210,8 +211,7 @@ def parallel_residual(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     """(a + f) + x of two GEMMs' results and a residual (Phi's, GPT-J's parallel block) -> f + (a + x): each GEMM's
     epilogue then takes one add (a reassociation: the sum's rounding may differ by an ulp)."""
     a, f, x = b["a"], b["f"], b["x"]
-    if any(v.producer is None or v.producer.opcode not in _GEMMS for v in (a, f)) or x.producer is not None and \
-            x.producer.opcode in _GEMMS or not all(same_type(v.type, op.result.type) for v in (a, f, x)):
+    if not (_of_gemm(a) and _of_gemm(f)) or _of_gemm(x) or not all(same_type(v.type, op.result.type) for v in (a, f, x)):
         return None
     return g.insert_before(op, "add", [f, g.insert_before(op, "add", [a, x]).result]).result
 
@@ -315,10 +315,12 @@ _LN_CASTS = [Rule(P.op("cast", P.op("layer_norm", P.op("cast", P.any("x"), dtype
 def pow_rsqrt(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     """x ** -0.5 (Gemma 4's RMSNorm) is rsqrt(x): torch's pow computes this exponent as rsqrt, the same bits."""
     x = b["x"]
-    return g.insert_before(op, "rsqrt", [x]).result if x.type.dtype.is_float and same_type(op.result.type, x.type) else None
+    ok = x.type.dtype.is_float and same_type(op.result.type, x.type)
+    return g.insert_before(op, "rsqrt", [x]).result if ok else None
 
 
-RMS_NORM_RULES: list[Rule] = [pow_rsqrt, rms_norm_core, rms_norm_casts, rms_norm_fp32_weight, rms_norm_weight, *_LN_CASTS] + [
+RMS_NORM_RULES: list[Rule] = [pow_rsqrt, rms_norm_core, rms_norm_casts, rms_norm_fp32_weight, rms_norm_weight,
+                               *_LN_CASTS] + [
     Rule(P.op("rms_norm", _CENTERED, *w), _layer_norm_of_centered, "layer_norm_centered", single_use=True)
     for w in ((), (P.any("w"),))]
 
@@ -351,7 +353,8 @@ _NEW_GELU = P.op("mul", P.op("mul", P.any("x"), P.full(value=0.5), commutative=T
 
 def _gelu_tanh(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     x = b["x"]
-    return g.insert_before(op, "gelu", [x], {"approximate": "tanh"}).result if same_type(op.result.type, x.type) else None
+    return g.insert_before(op, "gelu", [x], {"approximate": "tanh"}).result if same_type(op.result.type, x.type) \
+        else None
 
 
 ACTIVATION_RULES: list[Rule] = [silu, Rule(P.op("mul", _RELU, P.any("r")), _relu2, "relu2_mul"),
