@@ -134,6 +134,9 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 # forms run as several kernels (Gemma 4's per-layer inputs and v norm, Falcon's parallel LayerNorms, Granite-SWA's
 # LSE-scaled sinks, DiffLlama's two softmaxes, Doge's dynamic mask, Beam's MoE layers)
 OVER_LAUNCH_BUDGET = frozenset({"beam", "falcon", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge"})
+# within the budget, but their caches written by host index_copy, not a kernel: GPTBigCode's MQA views of its fused
+# c_attn (unsqueezed, k and v already [B, 1, S, D]) are not a rope_cache site yet
+HOST_CACHE_WRITES = frozenset({"gpt_bigcode"})
 
 
 def gqa_decoder(arch: str, layers: int = 2, seed: int = 0, **overrides: Any) -> torch.nn.Module:
