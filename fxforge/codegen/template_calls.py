@@ -30,6 +30,13 @@ from fxforge.ir.partition import KernelGroup
 
 Names = Callable[[Value], str]
 TemplateRenderer = Callable[[KernelGroup, Names], str]
+
+
+def _maybe(n: Names, v: Value | None) -> str:
+    """An optional operand's name in a template call: None when absent."""
+    return "None" if v is None else n(v)
+
+
 TEMPLATE_RENDERERS: dict[str, TemplateRenderer] = {}
 # anchors whose weight operand carries an encoding with a template of its own: (opcode, encoding kind)
 ENCODED_TEMPLATE_RENDERERS: dict[tuple[str, str], TemplateRenderer] = {}
@@ -134,7 +141,7 @@ def _moe(g: KernelGroup, n: Names) -> str:
     operands None, attributes that differ from the template's defaults."""
     op = g.anchor
     a, o = op.attrs, by_role(op.operands, op.attrs)
-    args = [n(o[r]) if o[r] is not None else "None" for r in ROLES]
+    args = [_maybe(n, o[r]) for r in ROLES]
     kw = [f"k={a['k']}"] + (["renorm=True"] if a["renorm"] else []) + ([f"eps={a['eps']!r}"] if a["norm"] == "rms" else [])
     kw += [f"{key}={a[key]!r}" for key, default in (("act", "silu"), ("gate_up", "concat"), ("transposed", False))
            if a[key] != default]
@@ -146,7 +153,7 @@ def _moe(g: KernelGroup, n: Names) -> str:
 def _rope_cache(g: KernelGroup, n: Names) -> str:
     """`_rope_cache(qkv, cos, sin, pos, k_cache, v_cache, ...)` -> (q, k_cache, v_cache): the group's outputs."""
     s = g.params["site"]
-    args = [n(v) if v is not None else "None" for v in (s.qkv, s.cos, s.sin, s.pos, s.k_cache, s.v_cache)]  # no RoPE
+    args = [_maybe(n, v) for v in (s.qkv, s.cos, s.sin, s.pos, s.k_cache, s.v_cache)]  # (cos, sin None: no RoPE)
     kw = [f"q_heads={s.q_heads}", f"kv_heads={s.kv_heads}", f"head_dim={s.head_dim}"]
     if s.format != "dense":
         kw += [f"format={s.format!r}", f"block={s.block}"]
@@ -157,7 +164,7 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
     if s.negated:  # rotate(x) negated, cat(x2, -x1) (NanoChat)
         kw.append("negated=True")
     if s.qk_norm is not None:  # q/k RMSNorm before RoPE, per head (Qwen3; weightless: NanoChat) or over all heads (OLMo2)
-        w = [n(v) if v is not None else "None" for v in s.qk_norm[:2]]
+        w = [_maybe(n, v) for v in s.qk_norm[:2]]
         kw.append(f"qk_norm=({w[0]}, {w[1]}, {s.qk_norm[2]!r})")
         kw += ["norm_fp32=True"] if s.norm_fp32 else []
         kw += ["norm_after=True"] if s.norm_after else []  # after RoPE (HunYuan)
@@ -222,7 +229,7 @@ def _post_norm_args(g: KernelGroup, n: Names) -> list[str]:
     post = g.params.get("post_norm")
     if post is None:
         return []
-    res, w = (n(v) if v is not None else "None" for v in (post.residual, post.weight))  # None: z = norm(h[, w])
+    res, w = (_maybe(n, v) for v in (post.residual, post.weight))  # None: z = norm(h[, w])
     arg = f"post_norm=({res}, {w}, {float(post.norm.attrs['eps'])!r})"
     return [arg] + (["keep_z=True"] if post_norm_z(g) is not None else [])
 

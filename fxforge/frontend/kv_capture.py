@@ -53,10 +53,6 @@ class KVLayout:
     max_length: int
     dtype: torch.dtype
 
-    @property
-    def layers(self) -> int:
-        return len(self.shapes)
-
     def allocate(self, device: Any = "cpu") -> tuple[torch.Tensor, ...]:
         return tuple(torch.zeros((self.batch, heads, self.max_length, dim), dtype=self.dtype, device=device)
                      for kh, kd, vh, vd in self.shapes for heads, dim in ((kh, kd), (vh, vd)))

@@ -353,8 +353,9 @@ _NEW_GELU = P.op("mul", P.op("mul", P.any("x"), P.full(value=0.5), commutative=T
 
 def _gelu_tanh(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     x = b["x"]
-    return g.insert_before(op, "gelu", [x], {"approximate": "tanh"}).result if same_type(op.result.type, x.type) \
-        else None
+    if not same_type(op.result.type, x.type):
+        return None
+    return g.insert_before(op, "gelu", [x], {"approximate": "tanh"}).result
 
 
 ACTIVATION_RULES: list[Rule] = [silu, Rule(P.op("mul", _RELU, P.any("r")), _relu2, "relu2_mul"),
