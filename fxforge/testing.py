@@ -110,6 +110,9 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "apertus1p5": ("Apertus1p5TextConfig", "Apertus1p5TextForCausalLM", {}),
     "beam": ("BeamConfig", "BeamForCausalLM", {"head_dim": 16, "sliding_window": 6}),
     "falcon": ("FalconConfig", "FalconForCausalLM", {"new_decoder_architecture": True, "num_kv_heads": 2}),
+    # Falcon-7B's form: one kv head (multi-query), a parallel block under one LayerNorm
+    "falcon_mqa": ("FalconConfig", "FalconForCausalLM", {"new_decoder_architecture": False, "multi_query": True,
+                                                         "parallel_attn": True}),
     "flint": ("FlintConfig", "FlintForCausalLM", {"head_dim": 16, "sliding_window": 6}),
     "gemma4": ("Gemma4TextConfig", "Gemma4ForCausalLM", {"head_dim": 16, "sliding_window": 6}),
     "gemma4_unified": ("Gemma4UnifiedTextConfig", "Gemma4UnifiedForCausalLM", {"head_dim": 16, "sliding_window": 6}),
@@ -131,12 +134,12 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 
 # eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s13-*.md): unrecognised
-# forms run as several kernels (Gemma 4's per-layer inputs and v norm, Falcon's parallel LayerNorms, Granite-SWA's
-# LSE-scaled sinks, DiffLlama's two softmaxes, Doge's dynamic mask, Beam's MoE layers)
-OVER_LAUNCH_BUDGET = frozenset({"beam", "falcon", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge"})
-# within the budget, but their caches written by host index_copy, not a kernel: GPTBigCode's MQA views of its fused
-# c_attn (unsqueezed, k and v already [B, 1, S, D]) are not a rope_cache site yet
-HOST_CACHE_WRITES = frozenset({"gpt_bigcode"})
+# forms run as several kernels (Gemma 4's per-layer inputs and v norm, Granite-SWA's LSE-scaled sinks, DiffLlama's
+# two softmaxes, Doge's dynamic mask, Beam's MoE layers)
+OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge"})
+# within the budget, but their caches written by host index_copy, not a kernel: Falcon's new decoder caches k and v
+# repeated to every query head (its fused projection interleaves each kv group's q, k, v: no column slices either)
+HOST_CACHE_WRITES = frozenset({"falcon"})
 
 
 def gqa_decoder(arch: str, layers: int = 2, seed: int = 0, **overrides: Any) -> torch.nn.Module:

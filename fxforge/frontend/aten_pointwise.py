@@ -57,6 +57,19 @@ def _div(b, x, y, *, rounding_mode=None):
     return b.op("div", b.tensor(x, like), b.tensor(y, like), rounding_mode=rounding_mode)
 
 
+def _in_place(lower: Lowering) -> Lowering:
+    """`x.add_(y)` as `add(x, y)` cast back to x's dtype, as torch's in-place ops do; fx_to_ir rebinds x to the
+    result and lowers it only when x is the graph's own (`IN_PLACE`: no view of it and not a view itself)."""
+    return lambda b, x, *args, **kwargs: cast_to(b, lower(b, x, *args, **kwargs), b.meta_type().dtype.torch)
+
+
+# in-place arithmetic (Falcon's `mlp_output += attention_output`, Gemma 4's `hidden_states *= layer_scalar`)
+IN_PLACE = frozenset(t for name in ("add", "sub", "mul", "div") for t in overloads(f"{name}_", "Tensor", "Scalar"))
+for _target in IN_PLACE:
+    _name, _overload = _target._schema.name.split("::")[1], _target._overloadname
+    lowers(_target)(_in_place(TABLE[getattr(getattr(aten, _name[:-1]), _overload)]))
+
+
 @lowers(aten.gelu.default)
 def _gelu(b, x, approximate="none"):
     return b.op("gelu", x, approximate=approximate)

@@ -47,7 +47,13 @@ def _t(b, x):
     return x if x.type.rank < 2 else b.op("permute", x, dims=(1, 0))
 
 
-@lowers(aten.expand.default, aten.expand_as.default)
+@lowers(*overloads("numpy_T", "default"))
+def _numpy_t(b, x):
+    """`x.T`: every dim reversed (Falcon's linears are `x @ W.T`, then a linear like any other)."""
+    return x if x.type.rank < 2 else b.op("permute", x, dims=tuple(reversed(range(x.type.rank))))
+
+
+@lowers(aten.expand.default, aten.expand_as.default, *overloads("broadcast_to", "default"))
 def _expand(b, x, *args, **kwargs):
     shape = b.meta_shape()
     return x if shape == x.type.shape else b.op("expand", x, shape=shape)
@@ -154,9 +160,13 @@ def _index(b, x, indices):
         raise Unsupported("advanced indexing beyond one 1-D integer index")
     d, idx = picked[0]
     size, const = x.type.shape[d], idx.producer is not None and idx.producer.opcode == "const"
-    if const and isinstance(size, int) and (b.graph.weight(idx.producer.attrs["weight"]).data < 0).any():
-        # a constant's negatives count from the end (Falcon's qkv[..., [-2]]); index_select refuses them (a computed
-        # index is left alone: topk's and arange's are never negative, and a negative one fails loudly)
+    data = b.graph.weight(idx.producer.attrs["weight"]).data if const and isinstance(size, int) else None
+    if data is not None and data.numel() == 1 and -size <= int(data) < size:  # one constant index: a view
+        c = int(data) % size  # (Falcon-7B's k and v: qkv[:, :, [-2]], then a column slice of the projection)
+        return b.op("slice", x, dim=d, start=c, end=c + 1, step=1)
+    if data is not None and (data < 0).any():
+        # a constant's negatives count from the end; index_select refuses them (a computed index is left alone:
+        # topk's and arange's are never negative, and a negative one fails loudly)
         idx = b.op("where", b.op("lt", idx, b.tensor(0, idx)), b.op("add", idx, b.tensor(size, idx)), idx)
     return b.op("index_select", x, idx, dim=d)
 
@@ -216,6 +226,8 @@ def _log_softmax(b, x, dim, half_to_float_or_dtype=None):
 def _sdpa(b, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
     if dropout_p:
         raise Unsupported("attention dropout")
+    # one kv head broadcast over the query heads (Falcon-7B's multi-query attention): grouped-query attention
+    enable_gqa = enable_gqa or (q.type.rank == k.type.rank >= 3 and k.type.shape[-3] == 1 != q.type.shape[-3])
     return b.op("attention", q, k, v, *([attn_mask] if attn_mask is not None else []),
                 scale=scale, is_causal=is_causal, enable_gqa=enable_gqa)
 

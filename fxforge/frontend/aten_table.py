@@ -20,5 +20,6 @@ from fxforge.frontend.aten_common import Lowering
 
 LOWERINGS: dict[object, Lowering] = {**aten_pointwise.TABLE, **aten_structural.TABLE, **aten_multi.TABLE,
                                      **aten_cache.TABLE}
+IN_PLACE = aten_pointwise.IN_PLACE  # in-place lowerings that need a tensor of the graph's own (fx_to_ir checks)
 
-__all__ = ["LOWERINGS"]
+__all__ = ["IN_PLACE", "LOWERINGS"]

@@ -19,7 +19,7 @@ import torch
 import torch.fx
 
 from fxforge.errors import CaptureError
-from fxforge.frontend.aten_table import LOWERINGS
+from fxforge.frontend.aten_table import IN_PLACE, LOWERINGS
 from fxforge.frontend.builder import Builder, Unsupported
 from fxforge.frontend.symbols import SymbolTable
 from fxforge.ir.calling import InputSlot
@@ -114,6 +114,8 @@ class FxToIR:
         lowering = LOWERINGS.get(node.target)
         if lowering is not None:
             try:
+                if node.target in IN_PLACE:
+                    _check_own(node)
                 self.env[node] = self._lower(node, lowering)
                 self._rebind_written(node)
                 return
@@ -128,14 +130,13 @@ class FxToIR:
                                f"extern: {e}. Fix: rewrite that part of the model with tensor-returning ATen ops") from None
 
     def _rebind_written(self, node: torch.fx.Node) -> None:
-        """A lowered in-place op (`index_copy_` -> `cache_write`) returns the tensor it wrote: later reads
-        of that tensor read the result, so they come after the write in the SSA graph."""
-        schema = getattr(node.target, "_schema", None)
-        if schema is None or not schema.is_mutable or not schema.arguments or not isinstance(node.args[0], torch.fx.Node):
-            return
-        alias = schema.arguments[0].alias_info
-        if alias is not None and alias.is_write:
-            self.env[node.args[0]] = self.env[node]
+        """A lowered in-place op (`index_copy_` -> `cache_write`, `add_` -> `add`) returns the tensor it wrote: later
+        reads of that tensor (by its first name or an earlier in-place op's) read the result, so they come after the
+        write in the SSA graph."""
+        written = node
+        while _writes_first(written) and isinstance(written.args[0], torch.fx.Node):
+            written = written.args[0]
+            self.env[written] = self.env[node]
 
     def _lower(self, node: torch.fx.Node, lowering) -> Any:
         args, kwargs = self._convert(node.args), self._convert(node.kwargs)
@@ -229,6 +230,40 @@ def _used_results(node: torch.fx.Node) -> frozenset[int]:
         else:
             used.update(range(len(metas)) if isinstance(metas, (tuple, list)) else (0,))
     return frozenset(used)
+
+
+def _schema(node: torch.fx.Node):
+    return getattr(node.target, "_schema", None) if node.op == "call_function" else None
+
+
+def _writes_first(node: torch.fx.Node) -> bool:
+    """Does node write its first argument in place (`add_`, `index_copy_`: its result is that tensor)?"""
+    schema = _schema(node)
+    alias = schema.arguments[0].alias_info if schema is not None and schema.arguments else None
+    return alias is not None and alias.is_write
+
+
+def _is_view(node: torch.fx.Node) -> bool:
+    schema = _schema(node)
+    return schema is not None and bool(schema.returns) and schema.returns[0].alias_info is not None \
+        and not _writes_first(node)
+
+
+def _check_own(node: torch.fx.Node) -> None:
+    """An in-place op lowered as its out-of-place twin (`aten_pointwise.IN_PLACE`) must write a tensor that only
+    its name reaches: rebinding that name (`_rebind_written`) would miss an input's caller, the base of a view,
+    or a view taken before the write and read after it. Earlier in-place writes of the same tensor are that tensor."""
+    chain = [node.args[0]]
+    while isinstance(chain[0], torch.fx.Node) and _writes_first(chain[0]):
+        chain.insert(0, chain[0].args[0])
+    origin = chain[0]
+    if not isinstance(origin, torch.fx.Node) or origin.op != "call_function" or _is_view(origin):
+        raise Unsupported("writes an input, a weight or a view in place")
+    step = origin.next
+    while step is not node:
+        if _is_view(step) and any(step in n.users for n in chain):
+            raise Unsupported(f"writes {origin.name} in place while {step.name} views it")
+        step = step.next
 
 
 def _is_sym_node(node: torch.fx.Node) -> bool:

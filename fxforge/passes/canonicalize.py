@@ -11,6 +11,8 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
 - `CAST_RULES` (`cast_rules.py`): a float cast of exact data movement (slice, reshape, permute, expand, cat, neg)
   whose sources are cast to that dtype anyway reads those casts: `cast(rotate(x))` -> `rotate(cast(x))` (ERNIE 4.5's
   interleaved RoPE in fp16, rotated in fp16 between casts: then RoPE of cast(x, f32), as `rope_forms` knows it).
+- `HEAD_SPLIT_RULES` (`head_split_rules.py`): heads sliced out of a fused projection after its head split are a
+  column slice before it: Falcon-7B's q, k, v, GPTBigCode's.
 - `LINEAR_RULES`: `matmul(x, permute(const w, [1, 0]))` -> `linear(x, w)` for a 2-D const w;
   `add(linear(x, w), b)` with a rank-1 bias of w's output size -> `linear(x, w, b)`; the
   aot_autograd sandwich `reshape(linear(reshape(x, [M, K])), [*lead, N])` -> `linear(x)` on the
@@ -54,6 +56,7 @@ from fxforge.ir.ops import norm_axis, prod
 from fxforge.ir.types import TensorType
 from fxforge.passes.attention_rules import ATTENTION_RULES
 from fxforge.passes.cast_rules import CAST_RULES
+from fxforge.passes.head_split_rules import HEAD_SPLIT_RULES
 from fxforge.passes.manager import PassContext
 from fxforge.passes.moe_rules import MOE_RULES
 from fxforge.passes.rewriter import P, Rule, apply_rules, dims_match, rule, same_type
@@ -362,8 +365,8 @@ ACTIVATION_RULES: list[Rule] = [silu, Rule(P.op("mul", _RELU, P.any("r")), _relu
                                 Rule(P.op("pow", _RELU, P.full(value=2)), _relu2, "relu2_pow"),
                                 Rule(_NEW_GELU, _gelu_tanh, "gelu_tanh_written_out")]
 
-RULES: list[Rule] = (FOLD_RULES + CAST_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES + XIELU_RULES + ATTENTION_RULES
-                     + MOE_RULES)
+RULES: list[Rule] = (FOLD_RULES + CAST_RULES + HEAD_SPLIT_RULES + LINEAR_RULES + RMS_NORM_RULES + ACTIVATION_RULES
+                     + XIELU_RULES + ATTENTION_RULES + MOE_RULES)
 
 
 class Canonicalize:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
+from fxforge.passes.rewriter import dims_match
 from fxforge.passes.rope_forms import fp32_rope, mul_by, no_rope, only_use
 
 QKV_GEMMS = ("linear", "qlinear")  # the site reads the GEMM's output from memory: any GEMM template wrote it
@@ -125,6 +126,13 @@ def _norm(v: Value, graph: Graph, width: int, weightless: bool = True) -> _Norm 
     return _Norm([up, n, down], down.result, n, True) if fp32 else _Norm([n], n.result, n, one_rounding)
 
 
+def _one_head(x: Value, y: Value) -> bool:
+    """Is y = reshape(x [B, S, D]) of shape [B, 1, S, D] (one head, heads first)?"""
+    (b, s, d), (b2, one, s2, d2) = x.type.shape, y.type.shape
+    return one == 1 and isinstance(d, int) and d % 2 == 0 and all(
+        dims_match(m, n) for m, n in ((b, b2), (s, s2), (d, d2)))
+
+
 def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, _Norm | None] | None:
     """slice -> [rms_norm over the row] -> reshape [B, S, H, D] -> [rms_norm over D] -> permute [0, 2, 1, 3]
     [-> rms_norm over D]: (x_h, the ops, H, D, the norm)."""
@@ -133,6 +141,9 @@ def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, _Norm | Non
     if r is None or r.result.type.rank != 4:
         return None
     _, _, h, d = r.result.type.shape
+    if _one_head(sl.result, r.result):  # [B, S, D] -> [B, 1, S, D]: already the heads-first view (GPTBigCode's MQA)
+        norm = row or _norm(r.result, graph, d)
+        return (norm or r).result, [sl, r] + (norm.ops if norm else []), 1, d, norm
     if not isinstance(h, int) or not isinstance(d, int) or d % 2:
         return None
     norm = row or _norm(r.result, graph, d)  # per head (Qwen3)
@@ -161,7 +172,7 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
         return None
     qk_norm = (nq.weight, nk.weight, float(nq.op.attrs["eps"])) if nq is not None else None
     rq, rk = fp32_rope(xq, graph, d), fp32_rope(xk, graph, d)
-    if rq is None and rk is None and nq is not None:  # no RoPE, q/k norms (Flint's full-attention layers)
+    if rq is None and rk is None:  # no RoPE (Flint's full-attention layers, SmolLM3's NoPE layers)
         rq, rk = no_rope(xq), no_rope(xk)
     if rq is None or rk is None or not rq.same_variant(rk):
         return None
