@@ -201,6 +201,32 @@ def layer_norm_value(b: Builder, x: Value, normalized_shape, weight=None, bias=N
     return b.op("layer_norm", x, *[v for v in (weight, bias) if v is not None], eps=eps)
 
 
+@lowers(*overloads("rms_norm", "default"))
+def _rms_norm(b, x, normalized_shape, weight=None, eps=None):
+    """torch's own RMSNorm (`nn.RMSNorm`, `F.rms_norm`) over the last dim: fp32 math, a 16-bit weight multiplied in
+    fp32 before the one rounding, eps None finfo(fp32).eps (torch's composite, checked bit for bit): the IR op with
+    the weight cast to fp32."""
+    if len(normalized_shape) != 1 or (weight is not None and weight.type.dtype not in (x.type.dtype, DType.f32)):
+        raise Unsupported("rms_norm over several dims, or a weight of a third dtype")
+    if eps is None:
+        eps = torch.finfo(torch.promote_types(x.type.dtype.torch, torch.float32)).eps
+    w = [] if weight is None else [cast_to(b, weight, torch.float32)]
+    return b.op("rms_norm", x, *w, eps=float(eps))
+
+
+@lowers(aten.repeat.default)
+def _repeat(b, x, repeats):
+    """x tiled `repeats` times per dim (DiffLlama's v.repeat(1, 2, 1, 1)): each repeated dim n becomes (r, n) by a
+    unit dim expanded to r, then merged: reshape(expand(reshape(x))), the copy torch makes."""
+    if not all(isinstance(r, int) for r in repeats) or len(repeats) < x.type.rank:
+        raise Unsupported("repeat with symbolic counts")
+    shape = (1,) * (len(repeats) - x.type.rank) + tuple(x.type.shape)
+    split = tuple(d for n in shape for d in (1, n))
+    tiled = tuple(d for r, n in zip(repeats, shape) for d in (r, n))
+    y = b.op("expand", b.op("reshape", x, shape=split), shape=tiled)
+    return b.op("reshape", y, shape=b.meta_shape())
+
+
 @lowers(aten.layer_norm.default)
 def _layer_norm(b, x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
     return layer_norm_value(b, x, normalized_shape, weight, bias, eps)

@@ -37,13 +37,15 @@ class Builder:
     def tensor(self, x: Any, like: Value | None = None) -> Value:
         """A Value for x: itself if already one, else a rank-0 `full` with torch's scalar dtype rule
         (a python float beside an int tensor is f32, beside a float tensor it takes that tensor's
-        precision role: f64 so the value is exact; ints are i64, bools bool)."""
+        precision role: f64 so the value is exact, or a 0-d tensor's own dtype; ints are i64, bools bool)."""
         if isinstance(x, Value):
             return x
         if isinstance(x, bool):
             dtype = DType.bool
         elif isinstance(x, int):
             dtype = like.type.dtype if like is not None and like.type.dtype.is_float else DType.i64
+        elif isinstance(x, float) and like is not None and like.type.dtype.is_float and like.type.rank == 0:
+            dtype = like.type.dtype  # beside a 0-d tensor an f64 scalar would promote it; torch keeps its dtype
         elif isinstance(x, float):
             dtype = DType.f64 if like is not None and like.type.dtype.is_float else DType.f32
         else:

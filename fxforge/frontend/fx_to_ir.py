@@ -244,6 +244,8 @@ def _writes_first(node: torch.fx.Node) -> bool:
 
 
 def _is_view(node: torch.fx.Node) -> bool:
+    if node.op == "call_function" and node.target is operator.getitem:  # a piece of split/unbind: a view too
+        return isinstance(node.args[0], torch.fx.Node) and _is_view(node.args[0])
     schema = _schema(node)
     return schema is not None and bool(schema.returns) and schema.returns[0].alias_info is not None \
         and not _writes_first(node)

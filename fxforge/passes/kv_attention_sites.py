@@ -48,7 +48,7 @@ def _load_of(v: Value, graph: Graph, heads: int) -> tuple[Op, list[Op]] | None:
     if p is not None and p.opcode == "reshape":
         e = p.operands[0].producer
         u = e.operands[0].producer if e is not None and e.opcode == "expand" else None
-        if u is None or u.opcode != "reshape":
+        if u is None or u.opcode != "reshape" or u.operands[0].type.rank != 4:  # (a tile of another rank: not it)
             return None
         b, hkv, length, d = u.operands[0].type.shape
         n = heads // hkv if isinstance(hkv, int) and hkv and heads % hkv == 0 else 0

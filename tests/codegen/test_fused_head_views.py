@@ -79,7 +79,9 @@ class _InPlace(torch.nn.Module):
         g = self.b(x) * 2
         seen = g.view(-1)  # a view taken before g is written: it must see the write
         g.add_(h)
-        return h, seen * 3
+        p = self.a(x) * 3
+        p[:, :4].add_(1)  # a view of p: p sees the write
+        return h, seen * 3, p
 
 
 def test_in_place_arithmetic_lowers_only_on_a_tensor_nothing_else_reaches():
@@ -87,7 +89,7 @@ def test_in_place_arithmetic_lowers_only_on_a_tensor_nothing_else_reaches():
     model, x = _InPlace().eval(), torch.randn(2, 8)
     mod = fxforge.compile_aot(model, (x,), executor="interpret", dynamic=False)
     externs = [op.attrs["target"] for op in mod.graph.ops if op.opcode == "extern"]
-    assert externs == ["aten.add_.Tensor"], externs  # g's: viewed before the write; h's add_ and mul_ are kernels
+    assert externs == ["aten.add_.Tensor"] * 2, externs  # g's and p's view's; h's add_ and mul_ are kernels
     for got, want in zip(mod(x), model(x), strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 

@@ -1,0 +1,49 @@
+"""Lowerings of torch's own RMSNorm (`nn.RMSNorm`: `aten.rms_norm`), `Tensor.repeat` and a python float beside a 0-d
+tensor (DiffLlama's lambda + lambda_init), each against eager, with no extern left."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fxforge
+
+
+class _TorchNorms(torch.nn.Module):
+    def __init__(self, eps: float | None) -> None:
+        super().__init__()
+        self.norm = torch.nn.RMSNorm(32, eps=eps)
+        self.bare = torch.nn.RMSNorm(32, eps=eps, elementwise_affine=False)
+        with torch.no_grad():
+            self.norm.weight.add_(torch.randn(32) / 4)
+
+    def forward(self, x):
+        return self.norm(x), self.bare(x) * 2
+
+
+@pytest.mark.parametrize("dtype,eps", [(torch.float32, 1e-6), (torch.float16, None), (torch.bfloat16, 1e-5)])
+def test_torch_rms_norm_lowers_bit_for_bit(dtype, eps):
+    """fp32 math, a 16-bit weight multiplied in fp32 before the one rounding, eps None finfo(fp32).eps: torch's."""
+    torch.manual_seed(0)
+    model, x = _TorchNorms(eps).to(dtype).eval(), (torch.randn(2, 5, 32) * 3).to(dtype)
+    mod = fxforge.compile_aot(model, (x,), executor="reference", dynamic=False)
+    assert "extern" not in mod.graph.op_counts() and mod.graph.op_counts().get("rms_norm") == 2
+    for got, want in zip(mod(x), model(x), strict=True):
+        assert torch.equal(got, want)
+    kernels = fxforge.compile_aot(model, (x,), executor="interpret", dynamic=False)
+    for got, want in zip(kernels(x), model(x), strict=True):  # the row kernels' fp32-weight form
+        torch.testing.assert_close(got, want)
+
+
+class _Tiles(torch.nn.Module):
+    def forward(self, v, s):
+        lam = torch.exp((s * s).sum()) - torch.exp(s.sum())  # a 0-d float tensor
+        return v.repeat(1, 2, 1, 1) * (lam + 0.2), v.repeat(3, 1, 1, 2, 1)
+
+
+def test_repeat_and_a_scalar_beside_a_0d_tensor_lower():
+    v, s = torch.randn(1, 2, 3, 4), torch.randn(4) / 4
+    mod = fxforge.compile_aot(_Tiles(), (v, s), executor="interpret", dynamic=False)
+    assert "extern" not in mod.graph.op_counts(), mod.graph.op_counts()
+    for got, want in zip(mod(v, s), _Tiles()(v, s), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
