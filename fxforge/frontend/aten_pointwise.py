@@ -85,6 +85,16 @@ def _where(b, cond, x, y):
     return b.op("where", cond, x, y)
 
 
+@lowers(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
+def _masked_fill(b, x, mask, value):
+    """where(mask, value, x), the value in x's dtype (torch casts it so; a tensor value must be 0-d)."""
+    if isinstance(value, Value) and value.type.rank != 0:
+        raise Unsupported("masked_fill with a value that is not 0-d")
+    fill = cast_to(b, value, x.type.dtype.torch) if isinstance(value, Value) else b.op(
+        "full", shape=(), value=value, dtype=x.type.dtype)
+    return b.op("where", mask, fill, x)
+
+
 @lowers(aten.clamp.default)
 def _clamp(b, x, min=None, max=None):
     return b.op("clamp", x, min=min, max=max)

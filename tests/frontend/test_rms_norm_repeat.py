@@ -1,5 +1,5 @@
-"""Lowerings of torch's own RMSNorm (`nn.RMSNorm`: `aten.rms_norm`), `Tensor.repeat` and a python float beside a 0-d
-tensor (DiffLlama's lambda + lambda_init), each against eager, with no extern left."""
+"""Lowerings of torch's own RMSNorm (`nn.RMSNorm`: `aten.rms_norm`), `Tensor.repeat`, a python float beside a 0-d
+tensor (DiffLlama's lambda + lambda_init), and masked_fill, each against eager, with no extern left."""
 
 from __future__ import annotations
 
@@ -47,3 +47,22 @@ def test_repeat_and_a_scalar_beside_a_0d_tensor_lower():
     assert "extern" not in mod.graph.op_counts(), mod.graph.op_counts()
     for got, want in zip(mod(v, s), _Tiles()(v, s), strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+class _Fill(torch.nn.Module):
+    def forward(self, x, keep, value):
+        return x.masked_fill(~keep, float("-inf")).softmax(-1), x.masked_fill(keep, 2), x.masked_fill(keep, value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_masked_fill_lowers_bit_for_bit(dtype):
+    """masked_fill is a where with the value in x's dtype (a python scalar, or a 0-d tensor cast to it)."""
+    x = (torch.randn(2, 3, 8) * 4).to(dtype)
+    keep, value = torch.rand(2, 3, 8) > 0.3, torch.tensor(0.3, dtype=torch.float64)
+    mod = fxforge.compile_aot(_Fill(), (x, keep, value), executor="reference", dynamic=False)
+    assert "extern" not in mod.graph.op_counts(), mod.graph.op_counts()
+    for got, want in zip(mod(x, keep, value), _Fill()(x, keep, value), strict=True):
+        assert torch.equal(got, want)
+    kernels = fxforge.compile_aot(_Fill(), (x, keep, value), executor="interpret", dynamic=False)
+    for got, want in zip(kernels(x, keep, value), _Fill()(x, keep, value), strict=True):
+        torch.testing.assert_close(got, want)
