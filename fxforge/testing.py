@@ -122,6 +122,9 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", {}),
     "diffllama": ("DiffLlamaConfig", "DiffLlamaForCausalLM", {"head_dim": 16}),
     "doge": ("DogeConfig", "DogeForCausalLM", {}),
+    # Llama 4's dense layers: complex RoPE (carried as real pairs, `frontend/aten_complex.py`), chunked attention
+    "llama4": ("Llama4TextConfig", "Llama4ForCausalLM", {"moe_layers": [], "intermediate_size_mlp": 128,
+                                                         "head_dim": 16, "attention_chunk_size": 8}),
     # mixture-of-experts FFNs (eager's tokens; the experts run as externs and pointwise kernels, not within 6 + 4)
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}),
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2,
@@ -135,8 +138,9 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 # eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s13-*.md): unrecognised
 # forms run as several kernels (Gemma 4's per-layer inputs and v norm, Granite-SWA's LSE-scaled sinks, DiffLlama's
-# two softmaxes, Doge's dynamic mask, Beam's MoE layers)
-OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge"})
+# two softmaxes, Doge's dynamic mask, Beam's MoE layers, Llama 4's RoPE and L2 q/k norms before the head transpose,
+# its chunked mask)
+OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge", "llama4"})
 # within the budget, but their caches written by host index_copy, not a kernel: Falcon's new decoder caches k and v
 # repeated to every query head (its fused projection interleaves each kv group's q, k, v: no column slices either)
 HOST_CACHE_WRITES = frozenset({"falcon"})

@@ -13,6 +13,16 @@ from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.types import Dim, TensorType
 
+COMPLEX_PARTS = {torch.complex64: DType.f32, torch.complex128: DType.f64}  # a complex dtype -> its pair form's
+
+
+def ir_type(meta: torch.Tensor, shape: tuple[Dim, ...]) -> TensorType:
+    """The IR type of a value torch recorded as `meta` with (symbolic) `shape`: a complex one as its real pairs
+    [*shape, 2] (`view_as_real`'s form, how `aten_complex` carries it)."""
+    if meta.dtype in COMPLEX_PARTS:
+        return TensorType(tuple(shape) + (2,), COMPLEX_PARTS[meta.dtype])
+    return TensorType(shape, DType.from_torch(meta.dtype))
+
 
 class Unsupported(Exception):
     """Raised by a lowering that cannot express this particular call; the node becomes an extern."""
@@ -56,7 +66,7 @@ class Builder:
         val = self.meta if index is None else self.meta[index]
         if not isinstance(val, torch.Tensor):
             raise Unsupported("no tensor metadata for this node")
-        return TensorType(self.symbols.shape(val.shape), DType.from_torch(val.dtype))
+        return ir_type(val, self.symbols.shape(val.shape))
 
     def meta_shape(self, index: int | None = None) -> tuple[Dim, ...]:
         return self.meta_type(index).shape

@@ -19,8 +19,10 @@ import torch
 import torch.fx
 
 from fxforge.errors import CaptureError
+from fxforge.frontend.aten_complex import SHAPE_FROM_META, touches_complex
+from fxforge.frontend.aten_complex import TABLE as COMPLEX_LOWERINGS
 from fxforge.frontend.aten_table import IN_PLACE, LOWERINGS
-from fxforge.frontend.builder import Builder, Unsupported
+from fxforge.frontend.builder import Builder, Unsupported, ir_type
 from fxforge.frontend.symbols import SymbolTable
 from fxforge.ir.calling import InputSlot
 from fxforge.ir.dtypes import DType
@@ -112,6 +114,12 @@ class FxToIR:
             self.env[node] = self.symbols.dim(node.meta["val"])
             return
         lowering = LOWERINGS.get(node.target)
+        if touches_complex(node):  # complex values as real pairs: only the lowerings that know it
+            lowering = COMPLEX_LOWERINGS.get(node.target) or (lowering if node.target in SHAPE_FROM_META else None)
+            if lowering is None:
+                raise CaptureError(f"{node.name} ({target_name(node.target)}) on a complex tensor: fxforge carries "
+                                   "complex values as real pairs through polar, view_as_complex/real, products, slices "
+                                   "and views only. Fix: compute RoPE on real tensors, as rotate_half does")
         if lowering is not None:
             try:
                 if node.target in IN_PLACE:
@@ -164,7 +172,7 @@ class FxToIR:
         one (`layer_reuse`) share its nodes' values, whose symbolic shapes cost ~10 us each to convert."""
         hit = self._wants.get(id(meta))
         if hit is None or hit[0] is not meta:
-            hit = self._wants[id(meta)] = (meta, TensorType(self.symbols.shape(meta.shape), DType.from_torch(meta.dtype)))
+            hit = self._wants[id(meta)] = (meta, ir_type(meta, self.symbols.shape(meta.shape)))
         return hit[1]
 
     def _extern(self, node: torch.fx.Node) -> Any:
@@ -181,8 +189,8 @@ class FxToIR:
         try:
             types = [TensorType(self.symbols.shape(m.shape), DType.from_torch(m.dtype)) for m in metas_list]
         except TypeError as e:  # complex results (Llama4's complex RoPE): no IR dtype to carry them between ops
-            raise Unsupported(f"{e} (complex tensors are not supported: compute RoPE on real tensors, as "
-                              "rotate_half does)") from None
+            raise Unsupported(f"{e} (complex values pass only through fxforge's own lowerings, `aten_complex`: "
+                              "compute RoPE on real tensors, as rotate_half does)") from None
         name = target_name(node.target)
         self.result.externs[name] = self.result.externs.get(name, 0) + 1
         op = self.graph.add_op("extern", operands, {"target": name, "args": args, "kwargs": kwargs}, types, name=node.name)
@@ -192,6 +200,10 @@ class FxToIR:
         flat = node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]]
         values: list[Value] = []
         for item in flat:
+            val = item.meta.get("val") if isinstance(item, torch.fx.Node) else None
+            if isinstance(val, torch.Tensor) and val.is_complex():
+                raise CaptureError(f"output {item.name} is a complex tensor; fxforge returns real tensors only. "
+                                   "Fix: return torch.view_as_real of it")
             item = self._convert(item)
             if isinstance(item, Value):
                 self.result.outputs.append(("value", len(values)))

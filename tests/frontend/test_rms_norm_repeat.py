@@ -1,5 +1,6 @@
 """Lowerings of torch's own RMSNorm (`nn.RMSNorm`: `aten.rms_norm`), `Tensor.repeat`, a python float beside a 0-d
-tensor (DiffLlama's lambda + lambda_init), and masked_fill, each against eager, with no extern left."""
+tensor (DiffLlama's lambda + lambda_init), masked_fill and complex values (as real pairs), each against eager, with no
+extern left."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 import fxforge
+from fxforge.errors import CaptureError
 
 
 class _TorchNorms(torch.nn.Module):
@@ -66,3 +68,34 @@ def test_masked_fill_lowers_bit_for_bit(dtype):
     kernels = fxforge.compile_aot(_Fill(), (x, keep, value), executor="interpret", dynamic=False)
     for got, want in zip(kernels(x, keep, value), _Fill()(x, keep, value), strict=True):
         torch.testing.assert_close(got, want)
+
+
+class _ComplexRope(torch.nn.Module):
+    """Meta's reference / Llama 4 RoPE: freqs_cis = polar(1, pos * inv_freq), x viewed as complex pairs, times it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, 16, 2).float() / 16)))
+
+    def forward(self, x, pos):
+        freqs = pos[:, None].float() * self.inv_freq[None]
+        cis = torch.polar(torch.ones_like(freqs), freqs)[None, :, None, :] * 1.0  # [1, S, 1, 8]
+        z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(z * cis).flatten(3).type_as(x), torch.view_as_real(cis[:, 1:])
+
+
+def test_complex_rope_lowers_as_real_pairs():
+    """Complex values ride as their view_as_real pairs: polar, the complex product, slices and views, no extern; a
+    complex op fxforge does not know is a capture error that says so."""
+    x, pos = torch.randn(1, 5, 4, 16), torch.arange(3, 8)
+    mod = fxforge.compile_aot(_ComplexRope(), (x, pos), executor="interpret", dynamic=False)
+    assert "extern" not in mod.graph.op_counts(), mod.graph.op_counts()
+    for got, want in zip(mod(x, pos), _ComplexRope()(x, pos), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+    class _Conj(torch.nn.Module):
+        def forward(self, x):
+            return torch.view_as_real(torch.view_as_complex(x).conj_physical())
+
+    with pytest.raises(CaptureError, match="complex tensor"):
+        fxforge.compile_aot(_Conj(), (torch.randn(3, 2),), executor="reference", dynamic=False)
