@@ -114,12 +114,10 @@ class FxToIR:
             self.env[node] = self.symbols.dim(node.meta["val"])
             return
         lowering = LOWERINGS.get(node.target)
-        if touches_complex(node):  # complex values as real pairs: only the lowerings that know it
-            lowering = COMPLEX_LOWERINGS.get(node.target) or (lowering if node.target in SHAPE_FROM_META else None)
-            if lowering is None:
-                raise CaptureError(f"{node.name} ({target_name(node.target)}) on a complex tensor: fxforge carries "
-                                   "complex values as real pairs through polar, view_as_complex/real, products, slices "
-                                   "and views only. Fix: compute RoPE on real tensors, as rotate_half does")
+        if touches_complex(node):  # complex values as real pairs: only the lowerings that know it, and no extern
+            self._lower_complex(node, COMPLEX_LOWERINGS.get(node.target) or (
+                lowering if node.target in SHAPE_FROM_META else None))
+            return
         if lowering is not None:
             try:
                 if node.target in IN_PLACE:
@@ -136,6 +134,19 @@ class FxToIR:
         except Unsupported as e:
             raise CaptureError(f"{node.name} ({target_name(node.target)}) has no fxforge lowering and cannot run as an "
                                f"extern: {e}. Fix: rewrite that part of the model with tensor-returning ATen ops") from None
+
+    def _lower_complex(self, node: torch.fx.Node, lowering) -> None:
+        why = "fxforge carries complex values as real pairs through polar, view_as_complex/real, products, slices and " \
+              "views only"
+        try:
+            if lowering is not None:
+                self.env[node] = self._lower(node, lowering)
+                return
+        except (Unsupported, ShapeError) as e:
+            why = str(e)
+        raise CaptureError(f"{node.name} ({target_name(node.target)}) on a complex tensor: {why} (complex values "
+                           "cannot run through torch as externs). Fix: compute RoPE on real tensors, as rotate_half "
+                           "does, or with static head sizes") from None
 
     def _rebind_written(self, node: torch.fx.Node) -> None:
         """A lowered in-place op (`index_copy_` -> `cache_write`, `add_` -> `add`) returns the tensor it wrote: later
@@ -189,8 +200,7 @@ class FxToIR:
         try:
             types = [TensorType(self.symbols.shape(m.shape), DType.from_torch(m.dtype)) for m in metas_list]
         except TypeError as e:  # complex results (Llama4's complex RoPE): no IR dtype to carry them between ops
-            raise Unsupported(f"{e} (complex values pass only through fxforge's own lowerings, `aten_complex`: "
-                              "compute RoPE on real tensors, as rotate_half does)") from None
+            raise Unsupported(f"{e} (complex values pass only through fxforge's own lowerings, `aten_complex`)") from None
         name = target_name(node.target)
         self.result.externs[name] = self.result.externs.get(name, 0) + 1
         op = self.graph.add_op("extern", operands, {"target": name, "args": args, "kwargs": kwargs}, types, name=node.name)
