@@ -50,4 +50,30 @@ def cast_to(b: Builder, x: Value, dtype: torch.dtype | None) -> Value:
     return b.op("cast", x, dtype=DType.from_torch(dtype))
 
 
-__all__ = ["INT64_MAX", "Lowering", "Table", "Unsupported", "aten", "cast_to", "overloads", "registrar"]
+def slice_value(b: Builder, x: Value, dim: int, start, end, step: int) -> Value:
+    """x[start:end:step] along dim by torch's bounds conventions (None, negative, INT64_MAX ends); x if that is all."""
+    dim %= x.type.rank
+    size = x.type.shape[dim]
+    start = 0 if start is None else start
+    end = size if end is None or (isinstance(end, int) and end >= INT64_MAX // 2) else end
+    if isinstance(start, int) and start < 0:
+        start = start + size
+    if isinstance(end, int) and end < 0:
+        end = end + size
+    if isinstance(size, int) and isinstance(end, int):
+        end = min(end, size)
+    if start == 0 and end == size and step == 1:
+        return x
+    return b.op("slice", x, dim=dim, start=start, end=end, step=step)
+
+
+def slice_lowering(b: Builder, x: Value, dim: int = 0, start=None, end=None, step: int = 1) -> Value:
+    """aten.slice.Tensor (the complex pairs' lowering calls it with the dim counted on the complex shape)."""
+    out = slice_value(b, x, dim, start, end, step)
+    if out is not x and out.type.shape != b.meta_shape():
+        raise Unsupported("slice bounds beyond the tensor")
+    return out
+
+
+__all__ = ["INT64_MAX", "Lowering", "Table", "Unsupported", "aten", "cast_to", "overloads", "registrar", "slice_lowering",
+           "slice_value"]

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from fxforge.frontend.aten_common import Table, aten, overloads, registrar
-from fxforge.frontend.aten_structural import TABLE as STRUCTURAL
+from fxforge.frontend.aten_common import Table, aten, overloads, registrar, slice_lowering
 from fxforge.frontend.builder import Builder, Unsupported
 from fxforge.ir.graph import Value
 
@@ -76,7 +75,7 @@ def _mul(b: Builder, x, y) -> Value:
 
 @lowers(aten.slice.Tensor)
 def _slice(b: Builder, z: Value, dim: int = 0, start=None, end=None, step: int = 1) -> Value:
-    return STRUCTURAL[aten.slice.Tensor](b, z, dim % (z.type.rank - 1), start, end, step)
+    return slice_lowering(b, z, dim % (z.type.rank - 1), start, end, step)  # a complex dim: the same one here
 
 
 @lowers(aten._to_copy.default, aten.to.dtype_layout, aten.to.dtype, *overloads("to", "device"))

@@ -8,7 +8,7 @@ import operator
 
 import torch
 
-from fxforge.frontend.aten_common import INT64_MAX, Table, aten, cast_to, overloads, registrar
+from fxforge.frontend.aten_common import Table, aten, cast_to, overloads, registrar, slice_lowering, slice_value
 from fxforge.frontend.builder import Builder, Unsupported
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Value
@@ -59,33 +59,12 @@ def _expand(b, x, *args, **kwargs):
     return x if shape == x.type.shape else b.op("expand", x, shape=shape)
 
 
-def _slice_value(b: Builder, x: Value, dim: int, start, end, step: int) -> Value:
-    dim %= x.type.rank
-    size = x.type.shape[dim]
-    start = 0 if start is None else start
-    end = size if end is None or (isinstance(end, int) and end >= INT64_MAX // 2) else end
-    if isinstance(start, int) and start < 0:
-        start = start + size
-    if isinstance(end, int) and end < 0:
-        end = end + size
-    if isinstance(size, int) and isinstance(end, int):
-        end = min(end, size)
-    if start == 0 and end == size and step == 1:
-        return x
-    return b.op("slice", x, dim=dim, start=start, end=end, step=step)
-
-
-@lowers(aten.slice.Tensor)
-def _slice(b, x, dim=0, start=None, end=None, step=1):
-    out = _slice_value(b, x, dim, start, end, step)
-    if out is not x and out.type.shape != b.meta_shape():
-        raise Unsupported("slice bounds beyond the tensor")
-    return out
+lowers(aten.slice.Tensor)(slice_lowering)
 
 
 @lowers(aten.narrow.default)
 def _narrow(b, x, dim, start, length):
-    return _slice_value(b, x, dim, start, start + length, 1)
+    return slice_value(b, x, dim, start, start + length, 1)
 
 
 @lowers(aten.select.int)
@@ -93,7 +72,7 @@ def _select(b, x, dim, index):
     dim %= x.type.rank
     if isinstance(index, int) and index < 0:
         index = index + x.type.shape[dim]
-    s = _slice_value(b, x, dim, index, index + 1, 1)
+    s = slice_value(b, x, dim, index, index + 1, 1)
     return b.op("reshape", s, shape=b.meta_shape())
 
 
@@ -132,7 +111,7 @@ def _split(b, x, sizes_or_chunks, dim=0):
     shapes = [b.symbols.shape(m.shape) for m in b.meta]
     out, start = [], 0
     for shape in shapes:
-        out.append(_slice_value(b, x, dim, start, start + shape[dim], 1))
+        out.append(slice_value(b, x, dim, start, start + shape[dim], 1))
         start = start + shape[dim]
     return tuple(out)
 
@@ -140,7 +119,7 @@ def _split(b, x, sizes_or_chunks, dim=0):
 @lowers(aten.unbind.int)
 def _unbind(b, x, dim=0):
     dim %= x.type.rank
-    return tuple(b.op("reshape", _slice_value(b, x, dim, i, i + 1, 1), shape=b.meta_shape(i)) for i in range(len(b.meta)))
+    return tuple(b.op("reshape", slice_value(b, x, dim, i, i + 1, 1), shape=b.meta_shape(i)) for i in range(len(b.meta)))
 
 
 @lowers(aten.index_select.default)
