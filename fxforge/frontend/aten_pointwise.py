@@ -63,11 +63,13 @@ def _in_place(lower: Lowering) -> Lowering:
     return lambda b, x, *args, **kwargs: cast_to(b, lower(b, x, *args, **kwargs), b.meta_type().dtype.torch)
 
 
-# in-place arithmetic (Falcon's `mlp_output += attention_output`, Gemma 4's `hidden_states *= layer_scalar`)
-IN_PLACE = frozenset(t for name in ("add", "sub", "mul", "div") for t in overloads(f"{name}_", "Tensor", "Scalar"))
-for _target in IN_PLACE:
-    _name, _overload = _target._schema.name.split("::")[1], _target._overloadname
-    lowers(_target)(_in_place(TABLE[getattr(getattr(aten, _name[:-1]), _overload)]))
+# in-place arithmetic (Falcon's `mlp_output += attention_output`, Gemma 4's `hidden_states *= layer_scalar`) -> the
+# lowering of its out-of-place twin
+_TWINS = {t: TABLE[getattr(getattr(aten, name), t._overloadname)]
+          for name in ("add", "sub", "mul", "div") for t in overloads(f"{name}_", "Tensor", "Scalar")}
+IN_PLACE = frozenset(_TWINS)
+for _target, _twin in _TWINS.items():
+    lowers(_target)(_in_place(_twin))
 
 
 @lowers(aten.gelu.default)

@@ -130,7 +130,7 @@ class _Rope:
 
 
 def no_rope(x: Value) -> _Rope:
-    """x as it is, no tables (the rope_cache site of layers without RoPE whose q and k are normed)."""
+    """x as it is, no tables (the rope_cache site of a layer without RoPE)."""
     return _Rope(x, None, None, [], 0, False, False)
 
 

@@ -10,8 +10,9 @@ The shape matched, per decoder layer (HF's Llama/Qwen2 attention after `concat_l
     rope(x) = add(mul(x, cos), mul(cat(neg(x[..., D/2:]), x[..., :D/2]), sin))   (either operand order)
 
 rope is any form of `rope_forms.py` (rotate_half, or written over the two halves as GPT-OSS does; partial; interleaved,
-its tables maybe one entry per pair; negated; in fp32 between casts), or none when q and k are normed (Flint's layers
-without RoPE: the norms and the cache writes in one launch instead of two norm kernels and host writes).
+its tables maybe one entry per pair; negated; in fp32 between casts), or none (Flint's, SmolLM3's and GPTBigCode's
+layers without RoPE: the norms, if any, and the cache writes in one launch instead of norm kernels and host writes).
+A single kv head may arrive as [B, 1, S, D] straight from the slice, no permute (`_one_head`: GPTBigCode's MQA).
 
 Per-head q/k norms (Qwen3, Gemma3, OLMo3-style `q_norm`/`k_norm` over head_dim) sit between the reshape and
 the permute of q and k (x_h = permute(rms_norm(reshape(...), w[D]), [0, 2, 1, 3])) or after the permute (Gemma3);
