@@ -66,8 +66,8 @@ def _mul(b: Builder, x, y) -> Value:
         if isinstance(s, complex):
             raise Unsupported("a complex python scalar")
         return b.op("mul", z, b.tensor(float(s), z))
-    if x.type.dtype != y.type.dtype or b.meta_type().rank != max(x.type.rank, y.type.rank):
-        raise Unsupported("a complex product with a real tensor")
+    if x not in b.pairs or y not in b.pairs or x.type.dtype != y.type.dtype:
+        raise Unsupported("a complex product with a real tensor (its pairs' ranks cannot tell them apart)")
     (xr, xi), (yr, yi) = _parts(b, x), _parts(b, y)
     return _pair(b, b.op("sub", b.op("mul", xr, yr), b.op("mul", xi, yi)),
                  b.op("add", b.op("mul", xr, yi), b.op("mul", xi, yr)))

@@ -36,6 +36,7 @@ class Builder:
     name_hint: str | None = None
     notes: list[str] = field(default_factory=list)
     used: frozenset[int] = frozenset({0})  # which results of the node its users read (getitem indices)
+    pairs: set[Value] = field(default_factory=set)  # Values carrying complex values as real pairs (`aten_complex`)
 
     def op(self, opcode: str, *operands: Value, **attrs: Any) -> Value:
         return self.graph.add_op(opcode, list(operands), attrs, name=self.name_hint).result

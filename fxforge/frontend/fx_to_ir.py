@@ -58,6 +58,7 @@ class FxToIR:
         self.env: dict[torch.fx.Node, Any] = {}
         self.result = Lowered(self.graph, [], [])
         self._wants: dict[int, tuple[torch.Tensor, TensorType]] = {}  # id(meta) -> (meta, its type): see `_want`
+        self._pairs: set[Value] = set()  # the Values that carry complex values as real pairs (`aten_complex`)
 
     # -- entry ----------------------------------------------------------------------------------
     def run(self, tensors: dict[str, torch.Tensor]) -> Lowered:
@@ -141,6 +142,9 @@ class FxToIR:
         try:
             if lowering is not None:
                 self.env[node] = self._lower(node, lowering)
+                val = node.meta.get("val")
+                if isinstance(val, torch.Tensor) and val.is_complex():
+                    self._pairs.add(self.env[node])
                 return
         except (Unsupported, ShapeError) as e:
             why = str(e)
@@ -159,7 +163,8 @@ class FxToIR:
 
     def _lower(self, node: torch.fx.Node, lowering) -> Any:
         args, kwargs = self._convert(node.args), self._convert(node.kwargs)
-        b = Builder(self.graph, self.symbols, node.meta.get("val"), node.name, used=_used_results(node))
+        b = Builder(self.graph, self.symbols, node.meta.get("val"), node.name, used=_used_results(node),
+                    pairs=self._pairs)
         out = lowering(b, *args, **kwargs)
         self._check(node, out)
         if isinstance(out, tuple):

@@ -86,7 +86,8 @@ class _ComplexRope(torch.nn.Module):
 
 def test_complex_rope_lowers_as_real_pairs():
     """Complex values ride as their view_as_real pairs: polar, the complex product, slices and views, no extern; a
-    complex op fxforge does not know is a capture error that says so."""
+    complex op fxforge does not know, or a product with a real tensor (which computed garbage when told apart by
+    rank), is a capture error that says so."""
     x, pos = torch.randn(1, 5, 4, 16), torch.arange(3, 8)
     mod = fxforge.compile_aot(_ComplexRope(), (x, pos), executor="interpret", dynamic=False)
     assert "extern" not in mod.graph.op_counts(), mod.graph.op_counts()
@@ -97,5 +98,11 @@ def test_complex_rope_lowers_as_real_pairs():
         def forward(self, x):
             return torch.view_as_real(torch.view_as_complex(x).conj_physical())
 
+    class _ByReal(torch.nn.Module):  # a complex [2, 2] times a real [2, 2]: its pairs have the real one's rank + 1
+        def forward(self, x, r):
+            return torch.view_as_real(torch.view_as_complex(x) * r)
+
     with pytest.raises(CaptureError, match="complex tensor"):
         fxforge.compile_aot(_Conj(), (torch.randn(3, 2),), executor="reference", dynamic=False)
+    with pytest.raises(CaptureError, match="a complex product with a real tensor"):
+        fxforge.compile_aot(_ByReal(), (torch.randn(2, 2, 2), torch.randn(2, 2)), executor="reference", dynamic=False)
