@@ -161,6 +161,7 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
         kw.append(f"rotary_dim={s.rotary_dim}")
     kw += ["interleaved=True"] if s.interleaved else []  # channels (2i, 2i+1) rotate together (GLM)
     kw += ["pair_tables=True"] if s.pair_tables else []  # tables of one entry per pair (GLM, GPT-OSS)
+    kw += ["heads_last=True"] if s.heads_last else []  # tables [B, S, 1, W]: RoPE before the head transpose (Llama 4)
     if s.negated:  # rotate(x) negated, cat(x2, -x1) (NanoChat)
         kw.append("negated=True")
     if s.qk_norm is not None:  # q/k RMSNorm before RoPE, per head (Qwen3; weightless: NanoChat) or over all heads (OLMo2)

@@ -57,6 +57,12 @@ def _div(b, x, y, *, rounding_mode=None):
     return b.op("div", b.tensor(x, like), b.tensor(y, like), rounding_mode=rounding_mode)
 
 
+@lowers(aten.floor_divide.default, aten.floor_divide.Scalar)
+def _floor_divide(b, x, y):
+    """torch.floor_divide: div rounding down (Llama 4's chunked-attention mask, positions // chunk size)."""
+    return _div(b, x, y, rounding_mode="floor")
+
+
 def _in_place(lower: Lowering) -> Lowering:
     """`x.add_(y)` as `add(x, y)` cast back to x's dtype, as torch's in-place ops do; fx_to_ir rebinds x to the
     result and lowers it only when x is the graph's own (`IN_PLACE`: no view of it and not a view itself)."""

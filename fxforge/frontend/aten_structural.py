@@ -135,9 +135,20 @@ def _gather(b, x, dim, index, sparse_grad=False):
 @lowers(aten.index.Tensor)
 def _index(b, x, indices):
     picked = [(d, i) for d, i in enumerate(indices) if i is not None]
-    if len(picked) != 1 or picked[0][1].type.rank != 1 or picked[0][1].type.dtype == DType.bool:
-        raise Unsupported("advanced indexing beyond one 1-D integer index")
+    if len(picked) != 1 or picked[0][1].type.dtype == DType.bool:
+        raise Unsupported("advanced indexing beyond one integer index tensor")
     d, idx = picked[0]
+    if idx.type.rank == 1:
+        return _index_1d(b, x, d, idx)
+    if not idx.type.is_static:
+        raise Unsupported("advanced indexing by a multi-dimensional index of symbolic shape")
+    # an index of any static shape: the rows of its flat form, reshaped (Llama 4's chunked mask: zeros[offsets])
+    flat = b.op("reshape", idx, shape=(idx.type.numel(),))
+    return b.op("reshape", _index_1d(b, x, d, flat), shape=b.meta_shape())
+
+
+def _index_1d(b, x, d: int, idx):
+    """x[..., idx, ...] at dim d for a 1-D integer idx."""
     size, const = x.type.shape[d], idx.producer is not None and idx.producer.opcode == "const"
     data = b.graph.weight(idx.producer.attrs["weight"]).data if const and isinstance(size, int) else None
     if data is not None and data.numel() == 1 and -size <= int(data) < size:  # one constant index: a view

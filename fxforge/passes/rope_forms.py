@@ -193,9 +193,65 @@ def _rope_halves(x: Value, graph: Graph, d: int) -> _Rope | None:
     return _Rope(cat.result, cos[0], sin[0], ops, d, False, cos[1], negated)
 
 
+def _complex_parts(v: Value, graph: Graph) -> list[Value] | None:
+    """[a, b] where a = reshape(v[..., 0:1]), b = reshape(v[..., 1:2]) of a pair view v [.., n, 2] (the real and imaginary
+    parts as `aten_complex` lowers them), each single-use, else None."""
+    parts = _last_dim_slices(v, 1)
+    cuts = [parts.get(i) for i in (0, 1)]
+    if len(v.uses) != 2 or any(c is None or c.attrs["end"] != i + 1 for i, c in enumerate(cuts)):
+        return None
+    views = [only_use(c.result, graph, "reshape") for c in cuts]
+    if any(r is None or tuple(r.result.type.shape) != tuple(v.type.shape[:-1]) for r in views):
+        return None
+    return [r.result for r in views]
+
+
+def _rope_complex(x: Value, graph: Graph, d: int) -> _Rope | None:
+    """Llama 4's complex RoPE, `view_as_real(view_as_complex(x.reshape(.., D/2, 2)) * freqs_cis).flatten(-2)`, as the
+    frontend lowers it on real pairs: with a, b the parts of the pair view x2 [.., D/2, 2] (`_complex_parts`) and c, s
+    those of the table, reshape(cat(reshape(a c - b s, [.., D/2, 1]), reshape(a s + b c, [.., D/2, 1]), -1), [.., D]).
+    Interleaved RoPE (channels 2i, 2i + 1) with tables of one entry per pair. x is the pair view, or its only use
+    reshapes it to one."""
+    view = only_use(x, graph, "reshape") if x.type.rank == 4 else None
+    x2 = view.result if view is not None else x
+    if x2.type.rank != 5 or tuple(x2.type.shape[-2:]) != (d // 2, 2) or (view and x2.type.shape[:-2] != x.type.shape[:-1]):
+        return None
+    ab = _complex_parts(x2, graph)
+    if ab is None or any(len(v.uses) != 2 for v in ab):
+        return None
+    terms = {}  # (part, the combine it feeds) -> (the mul, its table)
+    for v in ab:
+        for m in v.uses:
+            t = mul_by(m, v)
+            if t is None or not _single_use(m.result, graph) or m.result.uses[0].opcode not in ("add", "sub"):
+                return None
+            terms[(v, m.result.uses[0].opcode)] = (m, t)
+    if len(terms) != 4:
+        return None
+    (a, b), (ac, bs, as_, bc) = ab, (terms[k] for k in ((ab[0], "sub"), (ab[1], "sub"), (ab[0], "add"), (ab[1], "add")))
+    re, im = ac[0].result.uses[0], as_[0].result.uses[0]
+    if (list(re.operands) != [ac[0].result, bs[0].result] or set(im.operands) != {as_[0].result, bc[0].result}
+            or ac[1] is not bc[1] or bs[1] is not as_[1]):
+        return None
+    cols = [only_use(v.result, graph, "reshape") for v in (re, im)]
+    cat = only_use(cols[0].result, graph, "cat") if cols[0] is not None else None
+    flat = only_use(cat.result, graph, "reshape") if cat is not None else None
+    if (flat is None or list(cat.operands) != [c.result for c in cols] or cat.attrs["dim"] % 5 != 4
+            or tuple(cols[1].result.type.shape) != (*a.type.shape, 1) or tuple(flat.result.type.shape) != (
+                *x2.type.shape[:-2], d)):
+        return None
+    ops = [*([view] if view else []), *(v.producer for v in (a, b)), *(v.producer.operands[0].producer for v in (a, b)),
+           ac[0], bs[0], as_[0], bc[0], re, im, *cols, cat, flat]
+    if any(o.result.type.dtype not in (x.type.dtype, DType.f32) for o in ops):
+        return None
+    return _Rope(flat.result, ac[1], as_[1], ops, d, True, True)
+
+
 def _rope(x: Value, graph: Graph, d: int) -> _Rope | None:
     """rope(x) = add(mul(x, cos), mul(rotate(x), sin)), either rotation of `ROTATIONS`, or its two-halves form
-    (`_rope_halves`), else None."""
+    (`_rope_halves`), or the complex form (`_rope_complex`), else None."""
+    if x.type.rank == 5 or (x.type.rank == 4 and len(x.uses) == 1):
+        return _rope_complex(x, graph, d)
     if len(x.uses) == 2:
         return _rope_halves(x, graph, d)
     if len(x.uses) != 3 or any(x is o for o in graph.outputs):

@@ -77,6 +77,7 @@ class RopeSite:
     norm_after: bool = False  # the per-head q/k norm applies to RoPE's result (HunYuan), not before it
     q_scale: Value | None = None  # q after RoPE times a per-token scale [B or 1, 1, S, 1] (Ministral3)
     negated: bool = False  # rotate(x) negated: x * cos - rotate(x) * sin (NanoChat's cat(x2, -x1))
+    heads_last: bool = False  # RoPE before the head transpose: cos / sin index [B or 1, S, 1, W] (Gemma 4, Llama 4)
 
     @property
     def reads(self) -> list[Value]:
@@ -134,26 +135,51 @@ def _one_head(x: Value, y: Value) -> bool:
         dims_match(m, n) for m, n in ((b, b2), (s, s2), (d, d2)))
 
 
-def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, _Norm | None] | None:
+def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, _Norm | None, bool] | None:
     """slice -> [rms_norm over the row] -> reshape [B, S, H, D] -> [rms_norm over D] -> permute [0, 2, 1, 3]
-    [-> rms_norm over D]: (x_h, the ops, H, D, the norm)."""
+    [-> rms_norm over D]: (x_h, the ops, H, D, the norm, False). Without the permute (RoPE before the head transpose:
+    Gemma 4, Llama 4), the view [B, S, H, D] (after its norm) or Llama 4's complex view [B, S, H, D/2, 2] straight from
+    the slice: (that view, ..., True), the permute to find after RoPE (`_late_transpose`)."""
     row = _norm(sl.result, graph, sl.result.type.shape[-1], weightless=False)  # over all heads of the token (OLMo2)
     r = only_use((row or sl).result, graph, "reshape")
+    if r is not None and _complex_view(r.result) and row is None:
+        _, _, h, half, _ = r.result.type.shape
+        return r.result, [sl, r], h, 2 * half, None, True
     if r is None or r.result.type.rank != 4:
         return None
     _, _, h, d = r.result.type.shape
     if _one_head(sl.result, r.result):  # [B, S, D] -> [B, 1, S, D]: already the heads-first view (GPTBigCode's MQA)
         norm = row or _norm(r.result, graph, d)
-        return (norm or r).result, [sl, r] + (norm.ops if norm else []), 1, d, norm
+        return (norm or r).result, [sl, r] + (norm.ops if norm else []), 1, d, norm, False
     if not isinstance(h, int) or not isinstance(d, int) or d % 2:
         return None
     norm = row or _norm(r.result, graph, d)  # per head (Qwen3)
-    p = only_use((r if row else norm or r).result, graph, "permute")
-    if p is None or list(p.attrs["dims"]) != [0, 2, 1, 3]:
+    view = (r if row else norm or r).result
+    p = only_use(view, graph, "permute")
+    if p is None:  # RoPE on [B, S, H, D], the transpose after it
+        return view, [sl, r] + (norm.ops if norm else []), h, d, norm, True
+    if list(p.attrs["dims"]) != [0, 2, 1, 3]:
         return None
     after = _norm(p.result, graph, d) if norm is None else None  # Gemma3 norms the heads after the transpose
     norm = norm or after
-    return (after or p).result, [sl, r, p] + (norm.ops if norm else []), h, d, norm
+    return (after or p).result, [sl, r, p] + (norm.ops if norm else []), h, d, norm, False
+
+
+def _complex_view(v: Value) -> bool:
+    """Is v [B, S, H, D/2, 2] with H and D/2 static (Llama 4's `view_as_complex` of the head view, as real pairs)?"""
+    return v.type.rank == 5 and v.type.shape[-1] == 2 and all(isinstance(n, int) for n in v.type.shape[2:4])
+
+
+def _late_transpose(v: Value, graph: Graph) -> Op | None:
+    """v's only use permute(v, [0, 2, 1, 3]) (the head transpose after RoPE), else None."""
+    p = only_use(v, graph, "permute")
+    return p if p is not None and list(p.attrs["dims"]) == [0, 2, 1, 3] else None
+
+
+def _heads_last(t: Value | None) -> bool:
+    """Does a table of RoPE before the head transpose broadcast as [B or 1, S, 1, W] (heads at dim 2)? None (no
+    RoPE): yes."""
+    return t is None or (t.type.rank == 4 and t.type.shape[2] == 1)
 
 
 def _site(qkv: Value, graph: Graph) -> RopeSite | None:
@@ -168,8 +194,9 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     heads = [_heads(u, graph) for u in slices]
     if any(h is None for h in heads) or len({h[3] for h in heads}) != 1 or heads[1][2] != heads[2][2]:
         return None
-    (xq, oq, hq, d, nq), (xk, ok, hkv, _, nk), (xv, ov, _, _, nv) = heads
-    if nv is not None or (nq is None) != (nk is None) or (nq is not None and not nq.same_kind(nk)):
+    (xq, oq, hq, d, nq, late), (xk, ok, hkv, _, nk, k_late), (xv, ov, _, _, nv, v_late) = heads
+    if nv is not None or v_late or late != k_late or (nq is None) != (nk is None) or (
+            nq is not None and not nq.same_kind(nk)):
         return None
     qk_norm = (nq.weight, nk.weight, float(nq.op.attrs["eps"])) if nq is not None else None
     rq, rk = fp32_rope(xq, graph, d), fp32_rope(xk, graph, d)
@@ -183,6 +210,10 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     if aq is not None:
         qk_norm, nq = (aq.weight, ak.weight, float(aq.op.attrs["eps"])), aq
     q, k = (aq.result, ak.result) if aq is not None else (rq.result, rk.result)
+    transposes = [_late_transpose(v, graph) for v in (q, k)] if late else []
+    if late and (None in transposes or not (_heads_last(rq.cos) and _heads_last(rq.sin))):
+        return None
+    q, k = (transposes[0].result, transposes[1].result) if late else (q, k)
     scaled = _q_scale(q, graph)
     cw_k, cw_v = only_use(k, graph, "cache_write"), only_use(xv, graph, "cache_write")
     if cw_k is None or cw_v is None or cw_k.operands[2] is not k or cw_v.operands[2] is not xv:
@@ -191,11 +222,11 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     if cw_k.operands[1] is not cw_v.operands[1] or any(c.attrs["dim"] % 4 != 2 for c in (cw_k, cw_v)) or fmt != (
             cw_v.attrs["format"], cw_v.attrs["block"]) or (aq is not None and fmt[0] != "dense"):
         return None
-    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *scaled[:1], cw_k, cw_v]
+    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *transposes, *scaled[:1], cw_k, cw_v]
     return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0],
                     scaled[0].result if scaled else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
                     rq.rotary_dim, rq.interleaved, rq.pair_tables, nq is not None and nq.fp32, norm_after=aq is not None,
-                    q_scale=scaled[1] if scaled else None, negated=rq.negated)
+                    q_scale=scaled[1] if scaled else None, negated=rq.negated, heads_last=late and rq.cos is not None)
 
 
 def _q_scale(q: Value, graph: Graph) -> tuple[Op, Value] | tuple[()]:

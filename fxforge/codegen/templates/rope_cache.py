@@ -257,7 +257,7 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
                qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, rotary_dim: int | None = None,
                interleaved: bool = False, pair_tables: bool = False, norm_fp32: bool = False,
                norm_after: bool = False, q_scale: torch.Tensor | None = None,
-               negated: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               negated: bool = False, heads_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
     buffer of the generated `run()`), else allocated. `qk_norm=(q_weight, k_weight, eps)`: q and k are rms_norm'ed
@@ -271,7 +271,8 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
     `norm_fp32`: the q/k norm weighs in fp32 and rounds once (OLMo2's fp16/bf16 norm), not rms_norm(x, w)'s two.
     `norm_after`: the per-head `qk_norm` applies to RoPE's result instead (HunYuan; dense caches). `q_scale`: q times a
     per-token scale broadcast to [B, 1, S, 1] after RoPE (Ministral3's position-dependent scaling). `negated`: the
-    rotation's sign flipped, x * cos - rotate(x) * sin (NanoChat's rotate_half, cat(x2, -x1): a rotation by -theta)."""
+    rotation's sign flipped, x * cos - rotate(x) * sin (NanoChat's rotate_half, cat(x2, -x1): a rotation by -theta).
+    `heads_last`: cos/sin broadcast to [B, S, 1, W] instead (RoPE applied before the head transpose: Gemma 4, Llama 4)."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
     rot = 0 if cos is None else head_dim if rotary_dim is None else rotary_dim
@@ -279,10 +280,11 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
         raise ShapeError(f"rope_cache: rotary_dim {rot} must be even and in (0, head_dim={head_dim}], and cos and sin "
                          "both given (or both None: no RoPE)")
     width = rot // 2 if pair_tables else rot
+    want = (B, S, 1, width) if heads_last else (B, 1, S, width)
     try:  # (no RoPE: the kernel reads no table; qkv's rows stand in for them)
-        cs = [t.expand(B, 1, S, width).select(1, 0) for t in (cos, sin)] if rot else [qkv, qkv]
+        cs = [t.expand(*want).select(2 if heads_last else 1, 0) for t in (cos, sin)] if rot else [qkv, qkv]
     except RuntimeError as e:
-        raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {(B, 1, S, width)}") from e
+        raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {want}") from e
     if cs[0].stride() != cs[1].stride():  # the kernel reads both through one set of strides
         cs = [t.contiguous() for t in cs]
     more = _after_args(qk_norm, norm_after, q_scale, format, head_dim, B, S)

@@ -1,0 +1,112 @@
+"""RoPE applied to the heads before their transpose to [B, H, S, D] (issue #13 on architectures outside the zoo's Llama
+family), each against torch:
+- Llama 4: `view_as_complex` RoPE (the complex product on real pairs, `frontend/aten_complex.py`), then a weightless
+  L2 norm of each q/k head, then the transpose;
+- Gemma 4: a weighted q/k norm, rotate_half RoPE with tables [1, S, 1, D], then the transpose.
+Both become one rope_cache site whose tables index [B, S, 1, W] (`heads_last`): graph-level here, the template against
+torch's math; the architectures' decode runs in tests/runtime/test_arch_decode.py (slow)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from rope_graphs import rope_site_graph
+
+from fxforge.codegen.templates.rope_cache import rope_cache
+from fxforge.ir.ops import OPS
+
+B, S, HQ, HKV, D, EPS = 1, 3, 4, 2, 16, 1e-5
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+def _l2(t):
+    """Llama 4's L2 norm (`Llama4TextL2Norm`): in fp32, cast back."""
+    f = t.float()
+    return (f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + EPS)).type_as(t)
+
+
+def _complex_rope(t, freqs_cis):
+    pairs = torch.view_as_complex(t.float().reshape(*t.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * freqs_cis).flatten(3).type_as(t)
+
+
+def _rotate_half(t):
+    return torch.cat((-t[..., D // 2:], t[..., :D // 2]), -1)
+
+
+class _Heads(torch.nn.Module):
+    """q, k, v of one projection, RoPE'd on [B, S, H, D] and transposed after: Llama 4's form or Gemma 4's."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.qkv = torch.nn.Linear(32, (HQ + 2 * HKV) * D, bias=False)
+        self.register_buffer("theta", torch.randn(8, D // 2))
+        self.qn, self.kn = (torch.nn.Parameter(1 + torch.randn(D) / 4) for _ in range(2))
+
+    def forward(self, x, pos):
+        q, k, v = (t.view(B, S, -1, D) for t in self.qkv(x).split([HQ * D, HKV * D, HKV * D], -1))
+        angles = self.theta[pos].float()  # (Llama 4 builds its tables in fp32)
+        if self.form == "llama4":
+            freqs_cis = torch.polar(torch.ones_like(angles), angles)[None, :, None]
+            q, k = (_l2(_complex_rope(t, freqs_cis)) for t in (q, k))
+        else:
+            cos, sin = (f(torch.cat((angles, angles), -1))[None, :, None].to(x.dtype) for f in (torch.cos, torch.sin))
+            q, k = (OPS["rms_norm"].ref(t, w, eps=EPS) for t, w in ((q, self.qn), (k, self.kn)))
+            q, k = (t * cos + _rotate_half(t) * sin for t in (q, k))
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+@pytest.mark.parametrize("form,dtype", [("llama4", torch.float32), ("llama4", torch.float16), ("gemma4", torch.float32)])
+def test_rope_before_the_head_transpose_is_one_site(form, dtype):
+    """The transpose after RoPE (and the norm) is the site's; its tables are read as [B, S, 1, W]: Llama 4's complex
+    RoPE is interleaved with one entry per pair and its L2 norm the weightless norm after RoPE."""
+    torch.manual_seed(0)
+    m, x = _Heads(form).to(dtype).eval(), torch.randn(B, S, 32, dtype=dtype)
+    g, site = rope_site_graph(m, x, torch.tensor([0, 1, 2]))
+    assert "extern" not in g.op_counts() and site.heads_last and (site.q_heads, site.kv_heads, site.head_dim) == (
+        HQ, HKV, D)
+    assert {op.opcode for op in site.ops} >= {"permute", "rms_norm", "cache_write"}
+    if form == "llama4":
+        assert (site.interleaved, site.pair_tables, site.norm_after) == (True, True, True)
+        assert site.qk_norm[:2] == (None, None) and tuple(site.cos.type.shape) == (1, S, 1, D // 2)
+    else:
+        assert (site.interleaved, site.pair_tables, site.norm_after) == (False, False, False)
+        assert tuple(site.cos.type.shape) == (1, S, 1, D) and site.qk_norm[0] is not None
+
+
+def test_rope_before_the_transpose_needs_both_transposes():
+    """k transposed by another permutation is not the head transpose: no site (pointwise kernels instead)."""
+    from fxforge.passes.rope_sites import rope_sites
+
+    torch.manual_seed(0)
+    g, _ = rope_site_graph(_Heads("llama4").eval(), torch.randn(B, S, 32), torch.tensor([0, 1, 2]))
+    (perm,) = [op for op in g.ops if op.opcode == "permute" and op.operands[0].producer.opcode == "rms_norm"
+               and [u.opcode for u in op.result.uses] == ["cache_write"]]  # k's
+    perm.attrs["dims"] = (2, 0, 1, 3)
+    assert rope_sites(g) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rope_cache_heads_last_tables(dtype):
+    """The template with [1, S, 1, D/2] tables of one entry per pair (interleaved) and the weightless norm after
+    RoPE against torch's complex RoPE and L2 norm; tables that only broadcast heads-first are a ShapeError."""
+    torch.manual_seed(0)
+    qkv = torch.randn(B, S, (HQ + 2 * HKV) * D, dtype=dtype) * 3
+    angles = torch.randn(S, D // 2)
+    freqs_cis = torch.polar(torch.ones_like(angles), angles)[None, :, None]
+    cos, sin = freqs_cis.real.contiguous(), freqs_cis.imag.contiguous()
+    pos, L = torch.tensor([4, 0, 2]), 6
+    kc, vc = torch.zeros(B, HKV, L, D, dtype=dtype), torch.zeros(B, HKV, L, D, dtype=dtype)
+    q, _, _ = rope_cache(qkv, cos, sin, pos, kc, vc, q_heads=HQ, kv_heads=HKV, head_dim=D, interleaved=True,
+                         pair_tables=True, qk_norm=(None, None, EPS), norm_after=True, heads_last=True)
+    x = qkv.reshape(B, S, -1, D)
+    want = OPS["rms_norm"].ref(_complex_rope(x, freqs_cis), None, eps=EPS).transpose(1, 2)
+    tol = TOL[dtype] * 8
+    torch.testing.assert_close(q.float(), want[:, :HQ].float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(kc[:, :, pos].float(), want[:, HQ:HQ + HKV].float(), atol=tol, rtol=tol)
+    assert torch.equal(vc[:, :, pos], x.transpose(1, 2)[:, HQ + HKV:])
+    from fxforge.errors import ShapeError
+    with pytest.raises(ShapeError, match="broadcast"):
+        rope_cache(qkv, cos.transpose(1, 2), sin.transpose(1, 2), pos, kc, vc, q_heads=HQ, kv_heads=HKV, head_dim=D,
+                   interleaved=True, pair_tables=True, heads_last=True)
