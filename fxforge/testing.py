@@ -137,10 +137,9 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 
 # eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s13-*.md): unrecognised
-# forms run as several kernels (Gemma 4's per-layer inputs and v norm, Granite-SWA's LSE-scaled sinks, DiffLlama's
-# two softmaxes, Doge's dynamic mask, Beam's MoE layers, Llama 4's RoPE and L2 q/k norms before the head transpose,
-# its chunked mask)
-OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge", "llama4"})
+# forms run as several kernels (Gemma 4's per-layer inputs and layer scalar, Granite-SWA's LSE-scaled sinks, DiffLlama's
+# two softmaxes, Doge's dynamic mask, Beam's MoE layers)
+OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge"})
 # within the budget, but their caches written by host index_copy, not a kernel: Falcon's new decoder caches k and v
 # repeated to every query head (its fused projection interleaves each kv group's q, k, v: no column slices either)
 HOST_CACHE_WRITES = frozenset({"falcon"})

@@ -169,6 +169,7 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
         kw.append(f"qk_norm=({w[0]}, {w[1]}, {s.qk_norm[2]!r})")
         kw += ["norm_fp32=True"] if s.norm_fp32 else []
         kw += ["norm_after=True"] if s.norm_after else []  # after RoPE (HunYuan)
+    kw += [f"v_norm={s.v_norm!r}"] if s.v_norm is not None else []  # v's weightless norm, its eps (Gemma 4)
     if s.q_scale is not None:  # q's per-token scale after RoPE (Ministral3)
         kw.append(f"q_scale={n(s.q_scale)}")
     return f"_rope_cache({', '.join(args + kw)})"

@@ -78,6 +78,7 @@ class RopeSite:
     q_scale: Value | None = None  # q after RoPE times a per-token scale [B or 1, 1, S, 1] (Ministral3)
     negated: bool = False  # rotate(x) negated: x * cos - rotate(x) * sin (NanoChat's cat(x2, -x1))
     heads_last: bool = False  # RoPE before the head transpose: cos / sin index [B or 1, S, 1, W] (Gemma 4, Llama 4)
+    v_norm: float | None = None  # the eps of v's weightless per-head RMSNorm before its cache write (Gemma 4)
 
     @property
     def reads(self) -> list[Value]:
@@ -195,9 +196,9 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     if any(h is None for h in heads) or len({h[3] for h in heads}) != 1 or heads[1][2] != heads[2][2]:
         return None
     (xq, oq, hq, d, nq, late), (xk, ok, hkv, _, nk, k_late), (xv, ov, _, _, nv, v_late) = heads
-    if nv is not None or v_late or late != k_late or (nq is None) != (nk is None) or (
+    if (nv is not None and nv.weight is not None) or v_late or late != k_late or (nq is None) != (nk is None) or (
             nq is not None and not nq.same_kind(nk)):
-        return None
+        return None  # (v's norm: weightless only, Gemma 4's)
     qk_norm = (nq.weight, nk.weight, float(nq.op.attrs["eps"])) if nq is not None else None
     rq, rk = fp32_rope(xq, graph, d), fp32_rope(xk, graph, d)
     if rq is None and rk is None:  # no RoPE (Flint's full-attention layers, SmolLM3's NoPE layers)
@@ -220,13 +221,14 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
         return None
     fmt = (cw_k.attrs["format"], cw_k.attrs["block"])
     if cw_k.operands[1] is not cw_v.operands[1] or any(c.attrs["dim"] % 4 != 2 for c in (cw_k, cw_v)) or fmt != (
-            cw_v.attrs["format"], cw_v.attrs["block"]) or (aq is not None and fmt[0] != "dense"):
+            cw_v.attrs["format"], cw_v.attrs["block"]) or ((aq is not None or nv is not None) and fmt[0] != "dense"):
         return None
     ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *transposes, *scaled[:1], cw_k, cw_v]
     return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0],
                     scaled[0].result if scaled else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
                     rq.rotary_dim, rq.interleaved, rq.pair_tables, nq is not None and nq.fp32, norm_after=aq is not None,
-                    q_scale=scaled[1] if scaled else None, negated=rq.negated, heads_last=late and rq.cos is not None)
+                    q_scale=scaled[1] if scaled else None, negated=rq.negated, heads_last=late and rq.cos is not None,
+                    v_norm=float(nv.op.attrs["eps"]) if nv is not None else None)
 
 
 def _q_scale(q: Value, graph: Graph) -> tuple[Op, Value] | tuple[()]:

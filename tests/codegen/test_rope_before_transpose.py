@@ -110,3 +110,33 @@ def test_rope_cache_heads_last_tables(dtype):
     with pytest.raises(ShapeError, match="broadcast"):
         rope_cache(qkv, cos.transpose(1, 2), sin.transpose(1, 2), pos, kc, vc, q_heads=HQ, kv_heads=HKV, head_dim=D,
                    interleaved=True, pair_tables=True, heads_last=True)
+
+
+class _NormedV(_Heads):
+    """Gemma 4's head path: q/k norms, RoPE before the transpose, and a norm of v (weightless, Gemma 4's, or not)."""
+
+    def __init__(self, weighted: bool) -> None:
+        super().__init__("gemma4")
+        self.vn = torch.nn.Parameter(1 + torch.randn(D) / 4) if weighted else None
+
+    def forward(self, x, pos):
+        q, k, v = super().forward(x, pos)
+        return q, k, OPS["rms_norm"].ref(v.transpose(1, 2), self.vn, eps=EPS).transpose(1, 2)
+
+
+def test_weightless_v_norm_joins_the_site():
+    """Gemma 4's v norm is the site's (`v_norm`, its eps): the template's v rows against torch; a weighted v norm is
+    not (no site)."""
+    torch.manual_seed(0)
+    x, at = torch.randn(B, S, 32), torch.tensor([0, 1, 2])
+    g, site = rope_site_graph(_NormedV(weighted=False).eval(), x, at)
+    assert site.v_norm == EPS and site.heads_last
+    qkv, pos, L = torch.randn(B, S, (HQ + 2 * HKV) * D) * 3, torch.tensor([1, 5, 2]), 6
+    kc, vc = torch.zeros(B, HKV, L, D), torch.zeros(B, HKV, L, D)
+    rope_cache(qkv, None, None, pos, kc, vc, q_heads=HQ, kv_heads=HKV, head_dim=D, v_norm=EPS)
+    heads = qkv.reshape(B, S, -1, D).transpose(1, 2)
+    torch.testing.assert_close(vc[:, :, pos], OPS["rms_norm"].ref(heads[:, HQ + HKV:], None, eps=EPS), atol=1e-6,
+                               rtol=1e-5)
+    assert torch.equal(kc[:, :, pos], heads[:, HQ:HQ + HKV])
+    with pytest.raises(ValueError):  # rope_site_graph finds no site
+        rope_site_graph(_NormedV(weighted=True).eval(), x, at)

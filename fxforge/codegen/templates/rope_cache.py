@@ -149,6 +149,14 @@ def _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, out_ptr, D: tl.conste
 
 
 @triton.jit
+def _v_norm(y, md, eps, is_v, D: tl.constexpr):
+    """Weightless RMSNorm over D of v rows as loaded (fp32 of the model's dtype; Gemma 4's v_norm), rounded once at the
+    store; q / k rows as they are."""
+    x = tl.where(md, y, 0.0)
+    return tl.where(is_v, x * tl.rsqrt(tl.sum(x * x, axis=0) / D + eps), y)
+
+
+@triton.jit
 def _scaled_q(y, d, scale_at, is_q, out_ptr):
     """q rows times their token's scale (Ministral3's position-dependent q scaling after RoPE), rounded as the graph's
     mul of two model-dtype tensors; k / v rows as they are."""
@@ -167,10 +175,11 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       INTERLEAVED: tl.constexpr = False, PAIR_TABLES: tl.constexpr = False, NQN: tl.constexpr = 1,
                       NKN: tl.constexpr = 1, NORM_F32: tl.constexpr = False, NORM_AFTER: tl.constexpr = False,
                       qs_ptr=None, stride_qsb=0, stride_qss=0, Q_SCALE: tl.constexpr = False,
-                      NORM_W: tl.constexpr = True, NEGATED: tl.constexpr = False):
+                      NORM_W: tl.constexpr = True, NEGATED: tl.constexpr = False, v_eps=0.0,
+                      V_NORM: tl.constexpr = False):
     """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k rows (NQN / NKN heads each),] RoPE on
-    q/k heads [, their RMSNorm after RoPE (NORM_AFTER, dense caches), q times its token's scale (Q_SCALE)], then
-    store q / write the cache."""
+    q/k heads [, their RMSNorm after RoPE (NORM_AFTER, dense caches), q times its token's scale (Q_SCALE), v's
+    weightless RMSNorm (V_NORM, dense caches)], then store q / write the cache."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     b = t // S
@@ -200,6 +209,8 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
             y = _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, q_ptr, D, NORM_F32, NORM_W)
         if Q_SCALE:
             y = _scaled_q(y, d, qs_ptr + b * stride_qsb + s * stride_qss, is_q, q_ptr)
+        if V_NORM:
+            y = _v_norm(y, md, v_eps, hd >= HQ + HKV, D)
         q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
         tl.store(q_dst, y.to(q_ptr.dtype.element_ty), mask=md & (hd < HQ))
         k_dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl + d
@@ -257,7 +268,7 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
                qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, rotary_dim: int | None = None,
                interleaved: bool = False, pair_tables: bool = False, norm_fp32: bool = False,
                norm_after: bool = False, q_scale: torch.Tensor | None = None,
-               negated: bool = False, heads_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               negated: bool = False, heads_last: bool = False, v_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
     buffer of the generated `run()`), else allocated. `qk_norm=(q_weight, k_weight, eps)`: q and k are rms_norm'ed
@@ -272,7 +283,8 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
     `norm_after`: the per-head `qk_norm` applies to RoPE's result instead (HunYuan; dense caches). `q_scale`: q times a
     per-token scale broadcast to [B, 1, S, 1] after RoPE (Ministral3's position-dependent scaling). `negated`: the
     rotation's sign flipped, x * cos - rotate(x) * sin (NanoChat's rotate_half, cat(x2, -x1): a rotation by -theta).
-    `heads_last`: cos/sin broadcast to [B, S, 1, W] instead (RoPE applied before the head transpose: Gemma 4, Llama 4)."""
+    `heads_last`: cos/sin broadcast to [B, S, 1, W] instead (RoPE applied before the head transpose: Gemma 4, Llama 4).
+    `v_norm`: the eps of a weightless RMSNorm of each v head before its cache write (Gemma 4's; dense caches)."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
     rot = 0 if cos is None else head_dim if rotary_dim is None else rotary_dim
@@ -288,6 +300,10 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
     if cs[0].stride() != cs[1].stride():  # the kernel reads both through one set of strides
         cs = [t.contiguous() for t in cs]
     more = _after_args(qk_norm, norm_after, q_scale, format, head_dim, B, S)
+    if v_norm is not None:
+        if format != "dense":
+            raise ShapeError("rope_cache: v_norm takes dense caches")
+        more.update(v_eps=float(v_norm), V_NORM=True)
     q = out_tensor(out, (B, q_heads, S, head_dim), qkv.dtype, qkv.device, "rope_cache")
     if q.numel() == 0:
         return q, k_cache, v_cache
@@ -346,13 +362,13 @@ def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
 def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
                     block: int = 32, qk_norm: bool = False, norm_rows: bool = False, interleaved: bool = False,
                     norm_fp32: bool = False, after: bool = False, weightless: bool = False, negated: bool = False,
-                    half_tables: bool = False, nope: bool = False) -> dict:
+                    half_tables: bool = False, nope: bool = False, v_norm: bool = False) -> dict:
     """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches
     (`qk_norm`: with the per-head q/k RMSNorm, `norm_rows`: over all heads, `norm_fp32`: weighted in fp32; `interleaved`: pairs (2i, 2i + 1) with
     tables of one entry per pair and half the head rotated, GLM's; `after`: the per-head norm after RoPE and q's
     per-token scale, HunYuan's and Ministral3's; `weightless`: the per-head norm after RoPE without weights and the
     rotation negated, NanoChat's; `half_tables`: rotate_half pairs with tables of one entry per pair, GPT-OSS's; `nope`:
-    no RoPE, Flint's)."""
+    no RoPE, Flint's; `v_norm`: v's weightless norm, Gemma 4's)."""
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
     ptrs.update(dict.fromkeys(("k_ptr", "v_ptr"), f"*{t}" if format == "dense" else "*u8"))
@@ -377,9 +393,12 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
         sig.update(qs_ptr=f"*{t}", stride_qss="i32")
     else:
         const.update(NORM_AFTER=weightless, Q_SCALE=False, qs_ptr=None, stride_qsb=0, stride_qss=0)
+    if v_norm:
+        sig["v_eps"] = "fp32"
+    const.update({"V_NORM": v_norm} if v_norm else {"V_NORM": False, "v_eps": 0.0})
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
             "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"
                       f"{' qk_norm' * qk_norm}{' rows' * norm_rows}{' fp32' * norm_fp32}{' interleaved' * interleaved}"
                       f"{' norm_after q_scale' * after}{' weightless norm_after negated' * weightless}{' half_tables' * half_tables}"
-                      f"{' nope' * nope}"}
+                      f"{' nope' * nope}{' v_norm' * v_norm}"}
