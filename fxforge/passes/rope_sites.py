@@ -13,6 +13,10 @@ rope is any form of `rope_forms.py` (rotate_half, or written over the two halves
 its tables maybe one entry per pair; negated; in fp32 between casts), or none (Flint's, SmolLM3's and GPTBigCode's
 layers without RoPE: the norms, if any, and the cache writes in one launch instead of norm kernels and host writes).
 A single kv head may arrive as [B, 1, S, D] straight from the slice, no permute (`_one_head`: GPTBigCode's MQA).
+RoPE may come before the head transpose (Gemma 4, Llama 4): rope (and the norms) on the view [B, S, H, D], or on
+Llama 4's complex view [B, S, H, D/2, 2] straight from the slice, then permute(.., [0, 2, 1, 3]) for q and k
+(`_late_transpose`); the tables then broadcast as [B or 1, S, 1, W] (the site's `heads_last`). v may be normed without a
+weight (Gemma 4's v_norm: the site's `v_norm`, dense caches).
 
 Per-head q/k norms (Qwen3, Gemma3, OLMo3-style `q_norm`/`k_norm` over head_dim) sit between the reshape and
 the permute of q and k (x_h = permute(rms_norm(reshape(...), w[D]), [0, 2, 1, 3])) or after the permute (Gemma3);
