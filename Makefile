@@ -17,7 +17,7 @@ T36_TESTS ?= $(addprefix tests/codegen/,test_attention.py test_build.py test_bui
 	test_decode_attention.py test_decode_fusions.py test_gemm.py test_kv_cache_kernels.py test_hadamard_kernel.py test_kernels.py test_qlinear.py \
 	test_qlinear_block.py test_qlinear_decode.py test_qlinear_decode_split.py test_sass.py test_split_k.py \
 	test_sparse_gemm.py test_sparse_qlinear.py test_triton_compat.py test_moe_template.py test_attention_sinks.py \
-	test_rope_halves.py test_qlinear_decode_f8.py)
+	test_rope_halves.py test_qlinear_decode_f8.py test_rope_before_transpose.py)
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11) on PATH, or run: make PY=python3 ..."; exit 1; }
