@@ -194,8 +194,8 @@ def _rope_halves(x: Value, graph: Graph, d: int) -> _Rope | None:
 
 
 def _complex_parts(v: Value, graph: Graph) -> list[Value] | None:
-    """[a, b] where a = reshape(v[..., 0:1]), b = reshape(v[..., 1:2]) of a pair view v [.., n, 2] (the real and imaginary
-    parts as `aten_complex` lowers them), each single-use, else None."""
+    """[a, b] where a = reshape(v[..., 0:1]), b = reshape(v[..., 1:2]) of a pair view v [.., n, 2] (the real and
+    imaginary parts as `aten_complex` lowers them), each single-use, else None."""
     parts = _last_dim_slices(v, 1)
     cuts = [parts.get(i) for i in (0, 1)]
     if len(v.uses) != 2 or any(c is None or c.attrs["end"] != i + 1 for i, c in enumerate(cuts)):
@@ -214,7 +214,8 @@ def _rope_complex(x: Value, graph: Graph, d: int) -> _Rope | None:
     reshapes it to one."""
     view = only_use(x, graph, "reshape") if x.type.rank == 4 else None
     x2 = view.result if view is not None else x
-    if x2.type.rank != 5 or tuple(x2.type.shape[-2:]) != (d // 2, 2) or (view and x2.type.shape[:-2] != x.type.shape[:-1]):
+    if x2.type.rank != 5 or tuple(x2.type.shape[-2:]) != (d // 2, 2) or (
+            view is not None and tuple(x2.type.shape[:-2]) != tuple(x.type.shape[:-1])):
         return None
     ab = _complex_parts(x2, graph)
     if ab is None or any(len(v.uses) != 2 for v in ab):

@@ -57,7 +57,8 @@ class _Heads(torch.nn.Module):
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
-@pytest.mark.parametrize("form,dtype", [("llama4", torch.float32), ("llama4", torch.float16), ("gemma4", torch.float32)])
+@pytest.mark.parametrize("form,dtype", [("llama4", torch.float32), ("llama4", torch.float16),
+                                        ("gemma4", torch.float32)])
 def test_rope_before_the_head_transpose_is_one_site(form, dtype):
     """The transpose after RoPE (and the norm) is the site's; its tables are read as [B, S, 1, W]: Llama 4's complex
     RoPE is interleaved with one entry per pair and its L2 norm the weightless norm after RoPE."""

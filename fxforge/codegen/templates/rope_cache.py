@@ -268,7 +268,8 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
                qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, rotary_dim: int | None = None,
                interleaved: bool = False, pair_tables: bool = False, norm_fp32: bool = False,
                norm_after: bool = False, q_scale: torch.Tensor | None = None,
-               negated: bool = False, heads_last: bool = False, v_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               negated: bool = False, heads_last: bool = False,
+               v_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
     buffer of the generated `run()`), else allocated. `qk_norm=(q_weight, k_weight, eps)`: q and k are rms_norm'ed
