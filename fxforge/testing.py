@@ -125,18 +125,21 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # Llama 4's dense layers: complex RoPE (carried as real pairs, `frontend/aten_complex.py`), chunked attention
     "llama4": ("Llama4TextConfig", "Llama4ForCausalLM", {"moe_layers": [], "intermediate_size_mlp": 128,
                                                          "head_dim": 16, "attention_chunk_size": 8}),
+    "emu3": ("Emu3TextConfig", "Emu3ForCausalLM", {}),  # Emu3's text decoder (session 15's survey)
     # mixture-of-experts FFNs (eager's tokens; the experts run as externs and pointwise kernels, not within 6 + 4)
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}),
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2,
                                                             "moe_intermediate_size": 32, "head_dim": 16}),
     "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}),
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2}),
+    "mellum": ("MellumConfig", "MellumForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2,
+                                                     "moe_intermediate_size": 32, "head_dim": 16}),
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2,
                                                       "head_dim": 16, "sliding_window": 6}),
 }
 
 
-# eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s13-*.md): unrecognised
+# eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s15-final.md): unrecognised
 # forms run as several kernels (Gemma 4's per-layer inputs and layer scalar, Granite-SWA's LSE-scaled sinks, DiffLlama's
 # two softmaxes, Doge's dynamic mask, Beam's MoE layers)
 OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge"})

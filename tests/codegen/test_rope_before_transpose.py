@@ -13,6 +13,7 @@ import torch
 from rope_graphs import rope_site_graph
 
 from fxforge.codegen.templates.rope_cache import rope_cache
+from fxforge.ir import evaluate
 from fxforge.ir.ops import OPS
 
 B, S, HQ, HKV, D, EPS = 1, 3, 4, 2, 16, 1e-5
@@ -141,3 +142,25 @@ def test_weightless_v_norm_joins_the_site():
     assert torch.equal(kc[:, :, pos], heads[:, HQ:HQ + HKV])
     with pytest.raises(ValueError):  # rope_site_graph finds no site
         rope_site_graph(_NormedV(weighted=True).eval(), x, at)
+
+
+@pytest.mark.parametrize("form,dtype", [("llama4", torch.float16), ("gemma4", torch.float16)])
+def test_site_kernel_matches_the_graph(form, dtype):
+    """rope_cache called with what the site reads gives the graph's q and cache rows (the reference executor, one
+    rounding per op) within an ulp or two of fp16: heads-last tables, complex pairs, the norms, the v norm."""
+    torch.manual_seed(0)
+    m = (_NormedV(weighted=False) if form == "gemma4" else _Heads(form)).to(dtype).eval()
+    x, at = torch.randn(B, S, 32, dtype=dtype), torch.tensor([0, 1, 2])
+    g, site = rope_site_graph(m, x, at)
+    seen = {}
+    caches = [torch.zeros(1, HKV, 8, D, dtype=dtype) for _ in range(2)]
+    want = evaluate(g, [x, at, *caches, at], observe=lambda op, outs: seen.update(zip(map(id, op.results), outs)))
+    kc, vc = (torch.zeros(1, HKV, 8, D, dtype=dtype) for _ in range(2))
+    kw = dict(interleaved=site.interleaved, pair_tables=site.pair_tables, heads_last=site.heads_last,
+              v_norm=site.v_norm, norm_after=site.norm_after, norm_fp32=site.norm_fp32)
+    norm = tuple(seen[id(w)] if w is not None else None for w in site.qk_norm[:2]) + (site.qk_norm[2],)
+    q, _, _ = rope_cache(seen[id(site.qkv)], seen[id(site.cos)], seen[id(site.sin)], at, kc, vc, q_heads=HQ,
+                         kv_heads=HKV, head_dim=D, qk_norm=norm, **kw)
+    ulp = torch.finfo(dtype).eps * 2
+    for got, ref in ((q, want[0]), (kc, want[1]), (vc, want[2])):
+        torch.testing.assert_close(got.float(), ref.float(), atol=ulp, rtol=ulp)
