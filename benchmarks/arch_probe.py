@@ -7,8 +7,10 @@ vocab 256; `fxforge.testing.GQA_DECODERS`, norm weights with noise), in a fresh 
   `model.generate(do_sample=False)` (2 layers);
 - launches of one T=1 decode step, counted from outside fxforge (`fxforge.testing.counting_launches`):
   per layer = (2n-layer count - n-layer count) / n, rest = n-layer count - n * per layer (budget 6 + 4),
-  n = 1, or the layers of one period when the config's `layer_types` alternate (Gemma2: sliding, full):
-  a 1-layer model lacks the second kind's shared kernels (its mask), which 2 - 1 would count per layer;
+  n = 1, or the layers of one period of the config's layer kinds (`testing.layer_period`: Gemma2's sliding / full,
+  Llama 4's layer without RoPE every fourth; session 15, before: the first layers holding every kind of 2n layers,
+  which missed kinds first seen past layer 2): a 1-layer model lacks the second kind's shared kernels (its mask),
+  which 2 - 1 would count per layer;
 - the same launches for `quantize="w4a16-int4"` (an fp16 model, `--quant-dtype bfloat16`: bf16; group 32), whose
   tokens are compared with the reference executor's on the same quantized graph;
 - extern ops and host ops left in the step graph (anything not a kernel).
@@ -37,12 +39,10 @@ def build(arch: str, layers: int):
 
 
 def period(arch: str) -> int:
-    """n: the fewest first layers holding every layer kind (`config.layer_types`) that 2n layers hold."""
-    for n in (1, 2, 3):
-        kinds = getattr(build(arch, 2 * n).config, "layer_types", None)
-        if not kinds or set(kinds[:n]) == set(kinds):
-            return n
-    return n
+    """n: the layers of one period of the config's layer kinds (`testing.layer_period`, with this probe's `build`)."""
+    from fxforge.testing import layer_period
+
+    return layer_period(arch, build)
 
 
 def counts(one: list[str], two: list[str], n: int) -> dict:

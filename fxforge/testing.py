@@ -167,6 +167,23 @@ def gqa_decoder(arch: str, layers: int = 2, seed: int = 0, **overrides: Any) -> 
     return model
 
 
+LAYER_KINDS = ("layer_types", "no_rope_layers")  # per-layer config lists: the layer kinds whose code differs
+
+
+def layer_period(arch: str, build: Callable[[str, int], torch.nn.Module] = gqa_decoder) -> int:
+    """p, the layers of one period of the config's layer kinds (`LAYER_KINDS`: Gemma2's sliding / full, Llama 4's
+    layer without RoPE every fourth), read from a 16-layer config without its last layer (some force it to full
+    attention): launches per layer are (L(2p) - L(p)) / p. 1 without kinds; where no period <= 8 repeats from the
+    first layer (Flint's two full layers first), the fewest first layers holding every kind."""
+    config = build(arch, 16).config
+    lists = [v for v in (getattr(config, k, None) for k in LAYER_KINDS) if isinstance(v, list)]
+    kinds = list(zip(*lists))[:-1] if lists else []
+    if not kinds:
+        return 1
+    repeats = (p for p in range(1, 9) if all(kinds[i] == kinds[i % p] for i in range(len(kinds))))
+    return next(repeats, None) or next(n for n in range(1, len(kinds) + 1) if set(kinds[:n]) == set(kinds))
+
+
 MODELS: dict[str, Callable[..., torch.nn.Module]] = {"llama": llama, "mistral": mistral, "gpt2": gpt2, "bert": bert, "mlp": mlp}
 
 

@@ -199,27 +199,32 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     heads = [_heads(u, graph) for u in slices]
     if any(h is None for h in heads) or len({h[3] for h in heads}) != 1 or heads[1][2] != heads[2][2]:
         return None
-    (xq, oq, hq, d, nq, late), (xk, ok, hkv, _, nk, k_late), (xv, ov, _, _, nv, v_late) = heads
-    if (nv is not None and nv.weight is not None) or v_late or late != k_late or (nq is None) != (nk is None) or (
+    (xq, oq, hq, d, nq, q_late), (xk, ok, hkv, _, nk, k_late), (xv, ov, _, _, nv, v_late) = heads
+    if (nv is not None and nv.weight is not None) or v_late or (nq is None) != (nk is None) or (
             nq is not None and not nq.same_kind(nk)):
         return None  # (v's norm: weightless only, Gemma 4's)
     qk_norm = (nq.weight, nk.weight, float(nq.op.attrs["eps"])) if nq is not None else None
     rq, rk = fp32_rope(xq, graph, d), fp32_rope(xk, graph, d)
     if rq is None and rk is None:  # no RoPE (Flint's full-attention layers, SmolLM3's NoPE layers)
         rq, rk = no_rope(xq), no_rope(xk)
-    if rq is None or rk is None or not rq.same_variant(rk):
-        return None
+    if rq is None or rk is None or not rq.same_variant(rk) or (q_late != k_late and rq.cos is not None):
+        return None  # (q and k transposed late or early alike where RoPE reads tables)
     aq, ak = _norm(rq.result, graph, d), _norm(rk.result, graph, d)  # per-head norms after RoPE (HunYuan)
     if (aq is None) != (ak is None) or (aq is not None and (qk_norm is not None or not aq.same_kind(ak))):
         return None
     if aq is not None:
         qk_norm, nq = (aq.weight, ak.weight, float(aq.op.attrs["eps"])), aq
     q, k = (aq.result, ak.result) if aq is not None else (rq.result, rk.result)
-    transposes = [_late_transpose(v, graph) for v in (q, k)] if late else []
-    if late and (None in transposes or not (_heads_last(rq.cos) and _heads_last(rq.sin))):
+    pre = _q_scale(q, graph, seq_dim=1) if q_late else ()  # q scaled on [B, S, H, D] (Llama 4's NoPE layers)
+    q = pre[0].result if pre else q
+    transposes = [_late_transpose(v, graph) for v, late in ((q, q_late), (k, k_late)) if late]
+    if None in transposes or (q_late and not (_heads_last(rq.cos) and _heads_last(rq.sin))):
         return None
-    q, k = (transposes[0].result, transposes[1].result) if late else (q, k)
-    scaled = _q_scale(q, graph)
+    q, k = transposes[0].result if q_late else q, transposes[-1].result if k_late else k
+    post = () if pre else _q_scale(q, graph)
+    if post and q_late and rq.cos is not None:
+        return None  # (one layout for the tables and the scale)
+    scaled = pre or post
     cw_k, cw_v = only_use(k, graph, "cache_write"), only_use(xv, graph, "cache_write")
     if cw_k is None or cw_v is None or cw_k.operands[2] is not k or cw_v.operands[2] is not xv:
         return None
@@ -229,21 +234,24 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
         return None
     ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *transposes, *scaled[:1], cw_k, cw_v]
     return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0],
-                    scaled[0].result if scaled else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
+                    post[0].result if post else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
                     rq.rotary_dim, rq.interleaved, rq.pair_tables, nq is not None and nq.fp32, norm_after=aq is not None,
-                    q_scale=scaled[1] if scaled else None, negated=rq.negated, heads_last=late and rq.cos is not None,
+                    q_scale=scaled[1] if scaled else None, negated=rq.negated,
+                    heads_last=q_late and (rq.cos is not None or bool(pre)),
                     v_norm=float(nv.op.attrs["eps"]) if nv is not None else None)
 
 
-def _q_scale(q: Value, graph: Graph) -> tuple[Op, Value] | tuple[()]:
-    """(the mul, t) of q's only use mul(q, t) with t a per-token scale [B or 1, 1, S, 1] of q's dtype (Ministral3's
-    position-dependent q scaling after RoPE), else ()."""
+def _q_scale(q: Value, graph: Graph, seq_dim: int = 2) -> tuple[Op, Value] | tuple[()]:
+    """(the mul, t) of q's only use mul(q, t) with t a per-token scale of q's dtype, [B or 1, 1, S, 1] (Ministral3's
+    position-dependent q scaling after RoPE) or with S at `seq_dim` 1, [B or 1, S, 1, 1] (Llama 4's attention
+    temperature on q before its head transpose), else ()."""
     m = only_use(q, graph, "mul")
     t = mul_by(m, q) if m is not None else None
     if t is None or m.result.type != q.type or t.type.dtype != q.type.dtype or t.type.rank != 4:
         return ()
-    b, h, s, one = t.type.shape
-    return (m, t) if h == 1 and one == 1 and s == q.type.shape[2] and b in (1, q.type.shape[0]) else ()
+    b, *rest = t.type.shape
+    ones = [n for i, n in enumerate(rest, 1) if i != seq_dim]
+    return (m, t) if ones == [1, 1] and rest[seq_dim - 1] == q.type.shape[seq_dim] and b in (1, q.type.shape[0]) else ()
 
 
 def rope_sites(graph: Graph) -> list[RopeSite]:

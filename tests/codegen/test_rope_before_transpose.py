@@ -164,3 +164,35 @@ def test_site_kernel_matches_the_graph(form, dtype):
     ulp = torch.finfo(dtype).eps * 2
     for got, ref in ((q, want[0]), (kc, want[1]), (vc, want[2])):
         torch.testing.assert_close(got.float(), ref.float(), atol=ulp, rtol=ulp)
+
+
+class _TemperedNoPE(torch.nn.Module):
+    """Llama 4's layers without RoPE: q scaled per token on [B, S, H, D] (attention temperature tuning), then both
+    transposed; no norms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(32, (HQ + 2 * HKV) * D, bias=False)
+
+    def forward(self, x, pos):
+        q, k, v = (t.view(B, S, -1, D) for t in self.qkv(x).split([HQ * D, HKV * D, HKV * D], -1))
+        scales = (torch.log1p(torch.floor((pos.float() + 1.0) / 4)) * 0.1 + 1.0).view(1, S, 1, 1)
+        q = (q * scales).to(q.dtype)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def test_q_scaled_before_the_transpose_is_the_sites_q_scale():
+    """Llama 4's NoPE layers: the per-token q scale on [B, S, H, D] before the transpose is the site's q_scale read as
+    [B, S, 1, 1] (`heads_last`, no tables); the template against torch."""
+    torch.manual_seed(0)
+    g, site = rope_site_graph(_TemperedNoPE().eval(), torch.randn(B, S, 32), torch.tensor([0, 5, 9]))
+    assert site.cos is None and site.q_scale is not None and site.heads_last
+    assert tuple(site.q_scale.type.shape) == (1, S, 1, 1)
+    qkv, pos, L = torch.randn(B, S, (HQ + 2 * HKV) * D), torch.tensor([2, 0, 4]), 6
+    scale = torch.tensor([1.5, 0.5, 2.0]).view(1, S, 1, 1)
+    kc, vc = torch.zeros(B, HKV, L, D), torch.zeros(B, HKV, L, D)
+    q, _, _ = rope_cache(qkv, None, None, pos, kc, vc, q_heads=HQ, kv_heads=HKV, head_dim=D, q_scale=scale,
+                         heads_last=True)
+    heads = qkv.reshape(B, S, -1, D)
+    assert torch.equal(q, (heads[:, :, :HQ] * scale).transpose(1, 2))
+    assert torch.equal(kc[:, :, pos], heads[:, :, HQ:HQ + HKV].transpose(1, 2))

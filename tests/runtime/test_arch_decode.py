@@ -24,7 +24,7 @@ import torch
 
 import fxforge
 from fxforge.runtime.generate import StaticKVCache
-from fxforge.testing import GQA_DECODERS, HOST_CACHE_WRITES, OVER_LAUNCH_BUDGET, counting_launches, gqa_decoder
+from fxforge.testing import GQA_DECODERS, HOST_CACHE_WRITES, OVER_LAUNCH_BUDGET, counting_launches, gqa_decoder, layer_period
 
 PER_LAYER, REST = 6, 4
 WITHIN = [a for a in GQA_DECODERS if a not in OVER_LAUNCH_BUDGET]  # the MoE ones too (the `moe` op; GPT-OSS's sinks)
@@ -38,16 +38,6 @@ def _step(model: torch.nn.Module) -> tuple[list[str], object]:
     with counting_launches() as names:
         dec(ids[:, :1], torch.tensor([4]), cache.tensors)
     return list(names), dec
-
-
-def _period(arch: str) -> int:
-    """Layers of one period of the config's alternating layer kinds (Gemma2: sliding, full), 1 without them: a
-    1-layer model lacks the second kind's shared kernels (its mask), which 2 - 1 layers would count per layer."""
-    for n in (1, 2, 3):
-        kinds = getattr(gqa_decoder(arch, layers=2 * n).config, "layer_types", None)
-        if not kinds or set(kinds[:n]) == set(kinds):
-            return n
-    return n
 
 
 def _tokens(arch: str) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -66,7 +56,7 @@ def _tokens(arch: str) -> tuple[torch.Tensor, torch.Tensor, object]:
 def test_architecture_tokens_and_launch_budget(arch):
     want, got, dec = _tokens(arch)
     assert torch.equal(got, want)
-    n = _period(arch)
+    n = layer_period(arch)
     one, _ = _step(gqa_decoder(arch, layers=n))
     two, _ = _step(gqa_decoder(arch, layers=2 * n))
     per_layer = (len(two) - len(one)) / n

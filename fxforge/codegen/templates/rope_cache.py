@@ -284,7 +284,8 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
     `norm_after`: the per-head `qk_norm` applies to RoPE's result instead (HunYuan; dense caches). `q_scale`: q times a
     per-token scale broadcast to [B, 1, S, 1] after RoPE (Ministral3's position-dependent scaling). `negated`: the
     rotation's sign flipped, x * cos - rotate(x) * sin (NanoChat's rotate_half, cat(x2, -x1): a rotation by -theta).
-    `heads_last`: cos/sin broadcast to [B, S, 1, W] instead (RoPE applied before the head transpose: Gemma 4, Llama 4).
+    `heads_last`: cos/sin broadcast to [B, S, 1, W] and q_scale to [B, S, 1, 1] instead (applied before the head
+    transpose: Gemma 4's and Llama 4's RoPE, Llama 4's attention temperature).
     `v_norm`: the eps of a weightless RMSNorm of each v head before its cache write (Gemma 4's; dense caches)."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
@@ -300,7 +301,7 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
         raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {want}") from e
     if cs[0].stride() != cs[1].stride():  # the kernel reads both through one set of strides
         cs = [t.contiguous() for t in cs]
-    more = _after_args(qk_norm, norm_after, q_scale, format, head_dim, B, S)
+    more = _after_args(qk_norm, norm_after, q_scale, format, head_dim, B, S, heads_last)
     if v_norm is not None:
         if format != "dense":
             raise ShapeError("rope_cache: v_norm takes dense caches")
@@ -319,19 +320,20 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
 
 
 def _after_args(qk_norm: tuple | None, norm_after: bool, q_scale: torch.Tensor | None, fmt: str, head_dim: int,
-                B: int, S: int) -> dict:
+                B: int, S: int, heads_last: bool = False) -> dict:
     """The steps after RoPE: the per-head q/k norm moved there (NORM_AFTER replaces QK_NORM's norm before RoPE) and
-    q's per-token scale ([B, S] strides of its [B, 1, S, 1] broadcast)."""
+    q's per-token scale ([B, S] strides of its [B, 1, S, 1] broadcast; `heads_last`: [B, S, 1, 1])."""
     out: dict = {}
     if norm_after:
         if qk_norm is None or fmt != "dense" or any(w is not None and w.numel() != head_dim for w in qk_norm[:2]):
             raise ShapeError("rope_cache: norm_after takes per-head qk_norm weights of head_dim and dense caches")
         out.update(QK_NORM=False, NORM_AFTER=True)
     if q_scale is not None:
+        want = (B, S, 1, 1) if heads_last else (B, 1, S, 1)
         try:
-            qs = q_scale.expand(B, 1, S, 1)[:, 0, :, 0]
+            qs = q_scale.expand(*want)[:, :, 0, 0] if heads_last else q_scale.expand(*want)[:, 0, :, 0]
         except RuntimeError as e:
-            raise ShapeError(f"rope_cache: q_scale {tuple(q_scale.shape)} does not broadcast to {(B, 1, S, 1)}") from e
+            raise ShapeError(f"rope_cache: q_scale {tuple(q_scale.shape)} does not broadcast to {want}") from e
         out.update(qs_ptr=qs, stride_qsb=qs.stride(0), stride_qss=qs.stride(1), Q_SCALE=True)
     return out
 
