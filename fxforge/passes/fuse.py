@@ -170,8 +170,9 @@ class _Partitioner:
             g.ops.sort(key=lambda o: order[id(o)])
             self.finish(g)
         self.groups.sort(key=lambda g: order[id(g.root)])
-        self.horizontal(order)
-        self.absorb(order)
+        for _ in range(2):  # absorbing gives groups common inputs (RoPE tables of one position cast): merge again
+            self.horizontal(order)
+            self.absorb(order)
         host: dict[int, str] = {}
         host_ops: dict[str, str] = {}
         for op in ops:
