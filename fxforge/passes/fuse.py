@@ -27,7 +27,9 @@ The rule table (`FUSION_RULES` prints it):
 - horizontal: pointwise groups of the same domain shape that read a common input (cos and sin of
   one tensor, RoPE of q and k) and do not depend on each other become one kernel with several
   outputs (the common input is loaded once). It runs where the last of them did, so every outside
-  reader of an earlier one's outputs must come after that point. At most MAX_HORIZONTAL outputs.
+  reader of an earlier one's outputs must come after that point. At most MAX_HORIZONTAL outputs. It runs again
+  after `absorb` (pulling in a producer only a group reads can give two groups a common input: Gemma 3's local and
+  global RoPE tables, both of one position cast).
 - attention: alone (the flash-attention template); heads wider than it takes run on the host (`wide_head`).
 - rope_cache: after a concatenated QKV GEMM, the q/k/v head views, RoPE of q and k and the two `cache_write`s
   (`rope_sites.py`); kv_attention: an attention over `kv_load`s of packed caches and their GQA repeat views
