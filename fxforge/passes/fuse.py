@@ -2,9 +2,9 @@
 
 `partition(graph)` returns a `Partition` (`ir/partition.py`): `KernelGroup`s (plain data naming ops
 of the graph) and, for every op left outside a kernel, the reason. The graph itself is not rewritten
-(no new opcodes: it stays valid IR for the verifier). The pass `fuse` (a row of
-`fxforge.pipeline.PASS_TABLE`, run last for the `interpret`/`triton` executors) and `fuse(graph)`
-store the partition in the graph's `partition` field, which codegen requires, and its summary in `ctx.stats`.
+(no new opcodes: it stays valid IR for the verifier). The pass `fuse` (a row of `fxforge.pipeline.PASS_TABLE`, run
+last for the `interpret`/`triton` executors) and `fuse(graph)` store the partition in the graph's `partition` field,
+which codegen requires, and its summary in `ctx.stats`.
 Which ops may anchor or join a kernel is read from the op table's traits (`fusion_rules.py`).
 
 The rule table (`FUSION_RULES` prints it):
@@ -27,9 +27,7 @@ The rule table (`FUSION_RULES` prints it):
 - horizontal: pointwise groups of the same domain shape that read a common input (cos and sin of
   one tensor, RoPE of q and k) and do not depend on each other become one kernel with several
   outputs (the common input is loaded once). It runs where the last of them did, so every outside
-  reader of an earlier one's outputs must come after that point. At most MAX_HORIZONTAL outputs. It runs again
-  after `absorb` (pulling in a producer only a group reads can give two groups a common input: Gemma 3's local and
-  global RoPE tables, both of one position cast).
+  reader of an earlier one's outputs must come after that point. At most MAX_HORIZONTAL outputs.
 - attention: alone (the flash-attention template); heads wider than it takes run on the host (`wide_head`).
 - rope_cache: after a concatenated QKV GEMM, the q/k/v head views, RoPE of q and k and the two `cache_write`s
   (`rope_sites.py`); kv_attention: an attention over `kv_load`s of packed caches and their GQA repeat views
@@ -172,9 +170,8 @@ class _Partitioner:
             g.ops.sort(key=lambda o: order[id(o)])
             self.finish(g)
         self.groups.sort(key=lambda g: order[id(g.root)])
-        for _ in range(2):  # absorbing gives groups common inputs (RoPE tables of one position cast): merge again
-            self.horizontal(order)
-            self.absorb(order)
+        for step in (self.horizontal, self.absorb, self.horizontal, self.absorb):
+            step(order)
         host: dict[int, str] = {}
         host_ops: dict[str, str] = {}
         for op in ops:
@@ -215,8 +212,8 @@ class _Partitioner:
         return all(id(r) not in outs and all(id(u) in inside for u in r.uses) for op in ops for r in op.results)
 
     def horizontal(self, order: dict[int, int]) -> None:
-        """Merge pointwise groups (in root order) into the first earlier one `can_merge_horizontal` allows (the
-        module notes say when)."""
+        """Merge pointwise groups (in root order) into the first earlier one `can_merge_horizontal` allows (the module
+        notes say when); run again after `absorb`, which can give groups a common input (Gemma 3's RoPE tables)."""
         merged: list[KernelGroup] = []
         readers: dict[int, set[int]] = {}  # input id -> positions in `merged` of its readers: only they can merge
         first_use: list[float] = []  # per merged group, its outputs' first reader: no later root merges with it

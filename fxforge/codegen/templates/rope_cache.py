@@ -150,8 +150,7 @@ def _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, out_ptr, D: tl.conste
 
 @triton.jit
 def _v_norm(y, md, eps, is_v, D: tl.constexpr):
-    """Weightless RMSNorm over D of v rows as loaded (fp32 of the model's dtype; Gemma 4's v_norm), rounded once at the
-    store; q / k rows as they are."""
+    """Weightless RMSNorm over D of v rows as loaded (Gemma 4's v_norm; rounded once at the store), q / k as they are."""
     x = tl.where(md, y, 0.0)
     return tl.where(is_v, x * tl.rsqrt(tl.sum(x * x, axis=0) / D + eps), y)
 
@@ -175,8 +174,7 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       INTERLEAVED: tl.constexpr = False, PAIR_TABLES: tl.constexpr = False, NQN: tl.constexpr = 1,
                       NKN: tl.constexpr = 1, NORM_F32: tl.constexpr = False, NORM_AFTER: tl.constexpr = False,
                       qs_ptr=None, stride_qsb=0, stride_qss=0, Q_SCALE: tl.constexpr = False,
-                      NORM_W: tl.constexpr = True, NEGATED: tl.constexpr = False, v_eps=0.0,
-                      V_NORM: tl.constexpr = False):
+                      NORM_W: tl.constexpr = True, NEGATED: tl.constexpr = False, v_eps=0.0, V_NORM: tl.constexpr = False):
     """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k rows (NQN / NKN heads each),] RoPE on
     q/k heads [, their RMSNorm after RoPE (NORM_AFTER, dense caches), q times its token's scale (Q_SCALE), v's
     weightless RMSNorm (V_NORM, dense caches)], then store q / write the cache."""
@@ -276,17 +274,15 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
     before RoPE, each head over D with weights [D] (Qwen3's q_norm / k_norm), or the token's whole q (k) row with
     weights [Hq * D] ([Hkv * D]: OLMo2); weights None: weightless, per head (NanoChat). `rotary_dim` R (partial
     RoPE, even, <= D): channels [0, R) rotate with cos/sin of R channels, the rest pass through; cos = sin = None: no
-    RoPE (the q/k norms and the cache writes only: Flint's full-attention layers). `interleaved`: pairs
-    (2i, 2i + 1) rotate (GLM), not (i, i + R/2);
-    `pair_tables`: cos/sin of R/2 entries, one per pair (interleaved: the table before `repeat_interleave(2)`; else
-    the table of both halves, GPT-OSS's `_apply_rotary_emb`).
-    `norm_fp32`: the q/k norm weighs in fp32 and rounds once (OLMo2's fp16/bf16 norm), not rms_norm(x, w)'s two.
+    RoPE (the q/k norms and the cache writes only: Flint's full-attention layers). `interleaved`: pairs (2i, 2i + 1)
+    rotate (GLM), not (i, i + R/2); `pair_tables`: cos/sin of R/2 entries, one per pair (interleaved: the table before
+    `repeat_interleave(2)`; else the table of both halves, GPT-OSS's `_apply_rotary_emb`). `norm_fp32`: the q/k
+    norm weighs in fp32 and rounds once (OLMo2's fp16/bf16 norm), not rms_norm(x, w)'s two.
     `norm_after`: the per-head `qk_norm` applies to RoPE's result instead (HunYuan; dense caches). `q_scale`: q times a
     per-token scale broadcast to [B, 1, S, 1] after RoPE (Ministral3's position-dependent scaling). `negated`: the
     rotation's sign flipped, x * cos - rotate(x) * sin (NanoChat's rotate_half, cat(x2, -x1): a rotation by -theta).
-    `heads_last`: cos/sin broadcast to [B, S, 1, W] and q_scale to [B, S, 1, 1] instead (applied before the head
-    transpose: Gemma 4's and Llama 4's RoPE, Llama 4's attention temperature).
-    `v_norm`: the eps of a weightless RMSNorm of each v head before its cache write (Gemma 4's; dense caches)."""
+    `heads_last`: cos/sin broadcast to [B, S, 1, W], q_scale to [B, S, 1, 1] (before the head transpose: Gemma 4,
+    Llama 4). `v_norm`: the eps of a weightless RMSNorm of each v head (Gemma 4's; dense caches)."""
     _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
     B, S, _ = qkv.shape
     rot = 0 if cos is None else head_dim if rotary_dim is None else rotary_dim
@@ -301,11 +297,7 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
         raise ShapeError(f"rope_cache: cos/sin {tuple(cos.shape)} do not broadcast to {want}") from e
     if cs[0].stride() != cs[1].stride():  # the kernel reads both through one set of strides
         cs = [t.contiguous() for t in cs]
-    more = _after_args(qk_norm, norm_after, q_scale, format, head_dim, B, S, heads_last)
-    if v_norm is not None:
-        if format != "dense":
-            raise ShapeError("rope_cache: v_norm takes dense caches")
-        more.update(v_eps=float(v_norm), V_NORM=True)
+    more = _after_args(qk_norm, norm_after, q_scale, format, head_dim, B, S, heads_last, v_norm)
     q = out_tensor(out, (B, q_heads, S, head_dim), qkv.dtype, qkv.device, "rope_cache")
     if q.numel() == 0:
         return q, k_cache, v_cache
@@ -320,13 +312,15 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
 
 
 def _after_args(qk_norm: tuple | None, norm_after: bool, q_scale: torch.Tensor | None, fmt: str, head_dim: int,
-                B: int, S: int, heads_last: bool = False) -> dict:
-    """The steps after RoPE: the per-head q/k norm moved there (NORM_AFTER replaces QK_NORM's norm before RoPE) and
-    q's per-token scale ([B, S] strides of its [B, 1, S, 1] broadcast; `heads_last`: [B, S, 1, 1])."""
-    out: dict = {}
+                B: int, S: int, heads_last: bool = False, v_norm: float | None = None) -> dict:
+    """The steps after RoPE: the per-head q/k norm moved there (NORM_AFTER replaces QK_NORM's norm before RoPE),
+    q's per-token scale ([B, S] strides of its [B, 1, S, 1] broadcast; `heads_last`: [B, S, 1, 1]), v's norm."""
+    out: dict = {"v_eps": float(v_norm), "V_NORM": True} if v_norm is not None else {}
+    if (norm_after or v_norm is not None) and fmt != "dense":
+        raise ShapeError("rope_cache: norm_after and v_norm take dense caches")
     if norm_after:
-        if qk_norm is None or fmt != "dense" or any(w is not None and w.numel() != head_dim for w in qk_norm[:2]):
-            raise ShapeError("rope_cache: norm_after takes per-head qk_norm weights of head_dim and dense caches")
+        if qk_norm is None or any(w is not None and w.numel() != head_dim for w in qk_norm[:2]):
+            raise ShapeError("rope_cache: norm_after takes per-head qk_norm weights of head_dim")
         out.update(QK_NORM=False, NORM_AFTER=True)
     if q_scale is not None:
         want = (B, S, 1, 1) if heads_last else (B, 1, S, 1)
@@ -396,8 +390,7 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
         sig.update(qs_ptr=f"*{t}", stride_qss="i32")
     else:
         const.update(NORM_AFTER=weightless, Q_SCALE=False, qs_ptr=None, stride_qsb=0, stride_qss=0)
-    if v_norm:
-        sig["v_eps"] = "fp32"
+    sig.update({"v_eps": "fp32"} if v_norm else {})
     const.update({"V_NORM": v_norm} if v_norm else {"V_NORM": False, "v_eps": 0.0})
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
