@@ -141,8 +141,9 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 # eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s15-final.md): unrecognised
 # forms run as several kernels (Gemma 4's per-layer inputs and layer scalar, Granite-SWA's LSE-scaled sinks, DiffLlama's
-# two softmaxes, Doge's dynamic mask, Beam's MoE layers)
-OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge"})
+# two softmaxes, Doge's dynamic mask, Beam's MoE layers; Flint's MoE layers from its third on, a sigmoid router with a
+# shared expert, never counted before session 15 measured over layer periods)
+OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge", "flint"})
 # within the budget, but their caches written by host index_copy, not a kernel: Falcon's new decoder caches k and v
 # repeated to every query head (its fused projection interleaves each kv group's q, k, v: no column slices either)
 HOST_CACHE_WRITES = frozenset({"falcon"})
