@@ -139,7 +139,7 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-# eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s15-final.md): unrecognised
+# eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s15-periods.md): unrecognised
 # forms run as several kernels (Gemma 4's per-layer inputs and layer scalar, Granite-SWA's LSE-scaled sinks, DiffLlama's
 # two softmaxes, Doge's dynamic mask, Beam's MoE layers; Flint's MoE layers from its third on, a sigmoid router with a
 # shared expert, never counted before session 15 measured over layer periods)
