@@ -38,11 +38,18 @@ def build(arch: str, layers: int):
     return gqa_decoder(arch, layers).to(getattr(torch, DTYPE))
 
 
+def config(arch: str, layers: int):
+    """`build`'s config without its weights (config_probe swaps both)."""
+    from fxforge.testing import gqa_config
+
+    return gqa_config(arch, layers)
+
+
 def period(arch: str) -> int:
-    """n: the layers of one period of the config's layer kinds (`testing.layer_period`, with this probe's `build`)."""
+    """n: the layers of one period of the config's layer kinds (`testing.layer_period`, this probe's `config`)."""
     from fxforge.testing import layer_period
 
-    return layer_period(arch, build)
+    return layer_period(arch, config)
 
 
 def counts(one: list[str], two: list[str], n: int) -> dict:

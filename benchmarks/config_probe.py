@@ -44,7 +44,15 @@ def build(name: str, layers: int):
     return gqa_decoder(arch, layers, **VARIANTS[variant])
 
 
-arch_probe.build = build  # the probe's model builder (its period / launches / tokens code is arch_probe's own)
+def config(name: str, layers: int):
+    """`build`'s config without its weights."""
+    from fxforge.testing import gqa_config
+
+    arch, variant = name.split("@")
+    return gqa_config(arch, layers, **VARIANTS[variant])
+
+
+arch_probe.build, arch_probe.config = build, config  # the probe's builders (its period / launches / tokens code is its own)
 
 
 def main() -> None:

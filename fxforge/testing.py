@@ -149,18 +149,28 @@ OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa
 HOST_CACHE_WRITES = frozenset({"falcon"})
 
 
-def gqa_decoder(arch: str, layers: int = 2, seed: int = 0, **overrides: Any) -> torch.nn.Module:
-    """A `GQA_DECODERS` model: hidden 64, intermediate 128, 4 heads, 2 KV heads, vocab 256, seeded random weights;
-    norm weights (zero- or one-initialised by HF) get noise too, so a norm weight's handling is exercised.
-    `overrides`: config fields on top (a new hidden size or head count resets an explicit head_dim to their ratio)."""
-    cfg_cls, model_cls, extra = GQA_DECODERS[arch]
-    torch.manual_seed(seed)
+def gqa_config(arch: str, layers: int = 2, **overrides: Any) -> Any:
+    """The transformers config of a `GQA_DECODERS` model (`gqa_decoder`'s sizes; no weights built)."""
+    import transformers
+
+    cfg_cls, _, extra = GQA_DECODERS[arch]
     config = {**dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                      vocab_size=256, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0),
               "num_hidden_layers": layers, **extra, **overrides}
     if "head_dim" in extra and "head_dim" not in overrides and {"hidden_size", "num_attention_heads"} & set(overrides):
         config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
-    model = _hf(cfg_cls, model_cls, **config)
+    return getattr(transformers, cfg_cls)(**config)
+
+
+def gqa_decoder(arch: str, layers: int = 2, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A `GQA_DECODERS` model: hidden 64, intermediate 128, 4 heads, 2 KV heads, vocab 256, seeded random weights;
+    norm weights (zero- or one-initialised by HF) get noise too, so a norm weight's handling is exercised.
+    `overrides`: config fields on top (a new hidden size or head count resets an explicit head_dim to their ratio)."""
+    import transformers
+
+    config = gqa_config(arch, layers, **overrides)
+    torch.manual_seed(seed)
+    model = getattr(transformers, GQA_DECODERS[arch][1])(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name.rsplit(".", 2)[-2] and p.dim() == 1:
@@ -171,13 +181,13 @@ def gqa_decoder(arch: str, layers: int = 2, seed: int = 0, **overrides: Any) -> 
 LAYER_KINDS = ("layer_types", "no_rope_layers")  # per-layer config lists: the layer kinds whose code differs
 
 
-def layer_period(arch: str, build: Callable[[str, int], torch.nn.Module] = gqa_decoder) -> int:
+def layer_period(arch: str, config: Callable[[str, int], Any] = gqa_config) -> int:
     """p, the layers of one period of the config's layer kinds (`LAYER_KINDS`: Gemma2's sliding / full, Llama 4's
     layer without RoPE every fourth), read from a 16-layer config without its last layer (some force it to full
     attention): launches per layer are (L(2p) - L(p)) / p. 1 without kinds; where no period <= 8 repeats from the
     first layer (Flint's two full layers first), the fewest first layers holding every kind."""
-    config = build(arch, 16).config
-    lists = [v for v in (getattr(config, k, None) for k in LAYER_KINDS) if isinstance(v, list)]
+    cfg = config(arch, 16)  # (a config only: no weights)
+    lists = [v for v in (getattr(cfg, k, None) for k in LAYER_KINDS) if isinstance(v, list)]
     kinds = list(zip(*lists))[:-1] if lists else []
     if not kinds:
         return 1

@@ -15,7 +15,7 @@ layers without RoPE: the norms, if any, and the cache writes in one launch inste
 A single kv head may arrive as [B, 1, S, D] straight from the slice, no permute (`_one_head`: GPTBigCode's MQA).
 RoPE may come before the head transpose (Gemma 4, Llama 4): rope (and the norms) on the view [B, S, H, D], or on
 Llama 4's complex view [B, S, H, D/2, 2] straight from the slice, then permute(.., [0, 2, 1, 3]) for q and k
-(`_late_transpose`); the tables then broadcast as [B or 1, S, 1, W] (the site's `heads_last`). v may be normed without a
+(`_head_transpose`); the tables then broadcast as [B or 1, S, 1, W] (the site's `heads_last`). v may be normed without a
 weight (Gemma 4's v_norm: the site's `v_norm`, dense caches).
 
 Per-head q/k norms (Qwen3, Gemma3, OLMo3-style `q_norm`/`k_norm` over head_dim) sit between the reshape and
@@ -144,7 +144,7 @@ def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, _Norm | Non
     """slice -> [rms_norm over the row] -> reshape [B, S, H, D] -> [rms_norm over D] -> permute [0, 2, 1, 3]
     [-> rms_norm over D]: (x_h, the ops, H, D, the norm, False). Without the permute (RoPE before the head transpose:
     Gemma 4, Llama 4), the view [B, S, H, D] (after its norm) or Llama 4's complex view [B, S, H, D/2, 2] straight from
-    the slice: (that view, ..., True), the permute to find after RoPE (`_late_transpose`)."""
+    the slice: (that view, ..., True), the permute to find after RoPE (`_head_transpose`)."""
     row = _norm(sl.result, graph, sl.result.type.shape[-1], weightless=False)  # over all heads of the token (OLMo2)
     r = only_use((row or sl).result, graph, "reshape")
     if r is not None and _complex_view(r.result) and row is None:
@@ -160,11 +160,9 @@ def _heads(sl: Op, graph: Graph) -> tuple[Value, list[Op], int, int, _Norm | Non
         return None
     norm = row or _norm(r.result, graph, d)  # per head (Qwen3)
     view = (r if row else norm or r).result
-    p = only_use(view, graph, "permute")
-    if p is None:  # RoPE on [B, S, H, D], the transpose after it
+    p = _head_transpose(view, graph)
+    if p is None:  # RoPE on [B, S, H, D], the transpose after it (else no site: `_site` finds none there)
         return view, [sl, r] + (norm.ops if norm else []), h, d, norm, True
-    if list(p.attrs["dims"]) != [0, 2, 1, 3]:
-        return None
     after = _norm(p.result, graph, d) if norm is None else None  # Gemma3 norms the heads after the transpose
     norm = norm or after
     return (after or p).result, [sl, r, p] + (norm.ops if norm else []), h, d, norm, False
@@ -175,8 +173,8 @@ def _complex_view(v: Value) -> bool:
     return v.type.rank == 5 and v.type.shape[-1] == 2 and all(isinstance(n, int) for n in v.type.shape[2:4])
 
 
-def _late_transpose(v: Value, graph: Graph) -> Op | None:
-    """v's only use permute(v, [0, 2, 1, 3]) (the head transpose after RoPE), else None."""
+def _head_transpose(v: Value, graph: Graph) -> Op | None:
+    """v's only use permute(v, [0, 2, 1, 3]) (the head transpose, after the head view or after RoPE), else None."""
     p = only_use(v, graph, "permute")
     return p if p is not None and list(p.attrs["dims"]) == [0, 2, 1, 3] else None
 
@@ -217,7 +215,7 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     q, k = (aq.result, ak.result) if aq is not None else (rq.result, rk.result)
     pre = _q_scale(q, graph, seq_dim=1) if q_late else ()  # q scaled on [B, S, H, D] (Llama 4's NoPE layers)
     q = pre[0].result if pre else q
-    transposes = [_late_transpose(v, graph) for v, late in ((q, q_late), (k, k_late)) if late]
+    transposes = [_head_transpose(v, graph) for v, late in ((q, q_late), (k, k_late)) if late]
     if None in transposes or (q_late and not (_heads_last(rq.cos) and _heads_last(rq.sin))):
         return None
     q, k = transposes[0].result if q_late else q, transposes[-1].result if k_late else k

@@ -325,7 +325,7 @@ def _after_args(qk_norm: tuple | None, norm_after: bool, q_scale: torch.Tensor |
     if q_scale is not None:
         want = (B, S, 1, 1) if heads_last else (B, 1, S, 1)
         try:
-            qs = q_scale.expand(*want)[:, :, 0, 0] if heads_last else q_scale.expand(*want)[:, 0, :, 0]
+            qs = q_scale.expand(*want).flatten(1)  # [B, S] (the other dims are 1)
         except RuntimeError as e:
             raise ShapeError(f"rope_cache: q_scale {tuple(q_scale.shape)} does not broadcast to {want}") from e
         out.update(qs_ptr=qs, stride_qsb=qs.stride(0), stride_qss=qs.stride(1), Q_SCALE=True)
