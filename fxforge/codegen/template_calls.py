@@ -137,14 +137,16 @@ def _hadamard(g: KernelGroup, n: Names) -> str:
 
 @template_renders("moe")
 def _moe(g: KernelGroup, n: Names) -> str:
-    """`_moe(x, norm_w, router_w, router_b, w_gate_up, b_gate_up, w_down, b_down, residual, k=, ...)`: absent
+    """`_moe(x, norm_w, router_w, router_b, router_cb, shared_gate_w, w_gate_up, b_gate_up, w_down, b_down, residual,
+    k=, ...)`: absent
     operands None, attributes that differ from the template's defaults."""
     op = g.anchor
     a, o = op.attrs, by_role(op.operands, op.attrs)
     args = [_maybe(n, o[r]) for r in ROLES]
     kw = [f"k={a['k']}"] + (["renorm=True"] if a["renorm"] else []) + ([f"eps={a['eps']!r}"] if a["norm"] == "rms" else [])
-    kw += [f"{key}={a[key]!r}" for key, default in (("act", "silu"), ("gate_up", "concat"), ("transposed", False))
-           if a[key] != default]
+    kw += [f"{key}={a[key]!r}" for key, default in (("act", "silu"), ("gate_up", "concat"), ("transposed", False),
+                                                     ("score", "softmax"), ("renorm_eps", 0.0), ("renorm_min", 0.0),
+                                                     ("scale", 1.0), ("shared", 0)) if a[key] != default]
     kw += [f"limit={a['limit']!r}", f"alpha={a['alpha']!r}"] if a["act"] == "gpt_oss" else []
     return f"_moe({', '.join(args + kw)})"
 

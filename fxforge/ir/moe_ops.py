@@ -5,14 +5,19 @@ launches.
     %y = moe(%x, %norm_w, %router_w, %w_gate_up, %w_down) {k=2, renorm=true, norm="rms", eps=1e-05} : f32[s0, 64]
 
 Operands, in this order, those the flags leave out absent: x [T, H]; the RMSNorm weight [H] (`norm="rms"`; x is
-then the norm's input); the router weight [E, H] and its bias [E] (`router_bias`); the experts' stacked gate/up
-weight [E, 2I, H] ([E, H, 2I] when `transposed`) and its bias [E, 2I] (`expert_bias`); the down weight [E, H, I]
-([E, I, H] when `transposed`) and its bias [E, H] (`expert_bias`); a residual [T, H] (`residual`).
+then the norm's input); the router weight [E, H], its bias [E] (`router_bias`) and its choice bias [E]
+(`choice_bias`); the shared experts' gate weight [1, H] (`shared_gate`); the experts' stacked gate/up weight
+[E + S, 2I, H] ([E + S, H, 2I] when `transposed`; S = `shared`) and its bias [E + S, 2I] (`expert_bias`); the down
+weight [E + S, H, I] ([E + S, I, H] when `transposed`) and its bias [E + S, H] (`expert_bias`); a residual [T, H]
+(`residual`).
 
 Semantics (`_moe`, what every executor is checked against): xn = rms_norm(x, w) (or x; the rms_norm op's
-roundings); p = softmax(xn Wr^T + br)
-in fp32; the k largest p per token (lowest index first on ties), divided by their sum when `renorm` (softmax of the
-top-k logits, Granite's and GPT-OSS's order, is the same number); for each chosen expert e,
+roundings); scores p = softmax(xn Wr^T + br) (`score="sigmoid"`: sigmoid of each logit) in fp32; the k experts of
+the largest p + cb (the choice bias, DeepSeek-V3's score correction; lowest index first on ties), weighted by their
+p, divided by max(sum + renorm_eps, renorm_min) when `renorm` (softmax of the top-k logits, Granite's and GPT-OSS's
+order, is the same number), times `scale`; then the S shared experts E..E+S-1, every token's, weighted by
+sigmoid(xn Wsg^T) (`shared_gate`, Qwen2-MoE's) or 1 (a shared MLP of intermediate size S * I is S such experts:
+`passes/moe_shared.py` stacks it so); for each chosen expert e,
 a = act(xn W_gu[e]^T + b_gu[e]) (gate rows 0..I-1 then up rows I..2I-1, or interleaved gate/up pairs when
 `gate_up="interleaved"`), y += p * (a W_d[e]^T + b_d[e]); the result y (+ residual) in x's dtype. Every product and
 sum runs in fp32 from x's dtype (the router's and experts' inputs are rounded to it, as the captured chain's are).
@@ -39,12 +44,15 @@ from fxforge.ir.types import TensorType, dims_equal
 
 MOE_ACTS = ("silu", "gelu_tanh", "gpt_oss")
 GATE_UP_LAYOUTS = ("concat", "interleaved")
-ROLES = ("x", "norm_w", "router_w", "router_b", "w_gate_up", "b_gate_up", "w_down", "b_down", "residual")
+SCORES = ("softmax", "sigmoid")
+ROLES = ("x", "norm_w", "router_w", "router_b", "router_cb", "shared_gate_w", "w_gate_up", "b_gate_up", "w_down",
+         "b_down", "residual")
 
 
 def operand_roles(attrs: dict[str, Any]) -> list[str]:
     """The roles of a `moe` op's operands, in order, for its flags."""
-    present = {"norm_w": attrs["norm"] == "rms", "router_b": attrs["router_bias"], "b_gate_up": attrs["expert_bias"],
+    present = {"norm_w": attrs["norm"] == "rms", "router_b": attrs["router_bias"], "router_cb": attrs["choice_bias"],
+               "shared_gate_w": attrs["shared_gate"], "b_gate_up": attrs["expert_bias"],
                "b_down": attrs["expert_bias"], "residual": attrs["residual"]}
     return [r for r in ROLES if present.get(r, True)]
 
@@ -61,8 +69,12 @@ def _infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         raise ShapeError(f"moe: {len(types)} operands, the flags ask for {len(roles)} ({', '.join(roles)})")
     t = dict(zip(roles, types, strict=True))
     x, wr, wgu, wd = t["x"], t["router_w"], t["w_gate_up"], t["w_down"]
-    if attrs["act"] not in MOE_ACTS or attrs["gate_up"] not in GATE_UP_LAYOUTS:
-        raise ShapeError(f"moe: act {attrs['act']!r} / gate_up {attrs['gate_up']!r} not among {MOE_ACTS} / {GATE_UP_LAYOUTS}")
+    if attrs["act"] not in MOE_ACTS or attrs["gate_up"] not in GATE_UP_LAYOUTS or attrs["score"] not in SCORES:
+        raise ShapeError(f"moe: act {attrs['act']!r} / gate_up {attrs['gate_up']!r} / score {attrs['score']!r} not "
+                         f"among {MOE_ACTS} / {GATE_UP_LAYOUTS} / {SCORES}")
+    shared = attrs["shared"]
+    if not isinstance(shared, int) or isinstance(shared, bool) or shared < 0 or (attrs["shared_gate"] and not shared):
+        raise ShapeError(f"moe: shared={shared!r} must be an int >= 0 (>= 1 with a shared gate)")
     if x.rank != 2 or wr.rank != 2 or wgu.rank != 3 or wd.rank != 3:
         raise ShapeError(f"moe: x [T, H], router [E, H], gate/up [E, 2I, H], down [E, H, I]; got "
                          f"{list(x.shape)}, {list(wr.shape)}, {list(wgu.shape)}, {list(wd.shape)}")
@@ -72,8 +84,10 @@ def _infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     (e, hd), tr = wr.shape, attrs["transposed"]
     e_gu, n2, h_gu = (wgu.shape[0], wgu.shape[2], wgu.shape[1]) if tr else wgu.shape
     e_d, h_d, inter = (wd.shape[0], wd.shape[2], wd.shape[1]) if tr else wd.shape
-    want = {"x": [x.shape[0], hd], "w_gate_up": [e, 2 * inter, hd], "w_down": [e, hd, inter], "norm_w": [hd],
-            "router_b": [e], "b_gate_up": [e, 2 * inter], "b_down": [e, hd], "residual": [x.shape[0], hd]}
+    es = e + shared  # the stacked experts: routed, then shared
+    want = {"x": [x.shape[0], hd], "w_gate_up": [es, 2 * inter, hd], "w_down": [es, hd, inter], "norm_w": [hd],
+            "router_b": [e], "router_cb": [e], "shared_gate_w": [1, hd], "b_gate_up": [es, 2 * inter],
+            "b_down": [es, hd], "residual": [x.shape[0], hd]}
     have = {**{r: list(v.shape) for r, v in t.items()}, "w_gate_up": [e_gu, n2, h_gu], "w_down": [e_d, h_d, inter]}
     for role in t:
         if role != "router_w" and not (len(have[role]) == len(want[role])
@@ -93,22 +107,40 @@ def _act(g: torch.Tensor, u: torch.Tensor, act: str, limit: float, alpha: float)
     return g * torch.sigmoid(alpha * g) * (u + 1)
 
 
-def route(xn: torch.Tensor, wr: torch.Tensor, br: torch.Tensor | None, k: int, renorm: bool):
-    """(weights fp32 [T, k], expert indices [T, k]) of the router on xn."""
-    p = torch.softmax(F.linear(xn.float(), wr.float(), None if br is None else br.float()), -1)
-    w, idx = (t[..., :k] for t in torch.sort(p, stable=True, dim=-1, descending=True))  # ties: lowest index first
-    return (w / w.sum(-1, keepdim=True) if renorm else w), idx
+def route(xn: torch.Tensor, o: dict[str, Any], k: int, renorm: bool, score: str = "softmax", renorm_eps: float = 0.0,
+          renorm_min: float = 0.0, scale: float = 1.0, shared: int = 0):
+    """(weights fp32 [T, k + shared], expert indices [T, k + shared]) of the router on xn (`o`: the op's operands by
+    role), the shared experts' slots last."""
+    logits = F.linear(xn.float(), o["router_w"].float(), None if o["router_b"] is None else o["router_b"].float())
+    p = torch.softmax(logits, -1) if score == "softmax" else torch.sigmoid(logits)
+    choice = p if o["router_cb"] is None else p + o["router_cb"].float()
+    idx = torch.sort(choice, stable=True, dim=-1, descending=True)[1][..., :k]  # ties: lowest index first
+    w = p.gather(-1, idx)
+    if renorm:
+        w = w / (w.sum(-1, keepdim=True) + renorm_eps).clamp(min=renorm_min)
+    w = w * scale
+    if shared:
+        e = p.shape[-1]
+        g = (torch.sigmoid(F.linear(xn.float(), o["shared_gate_w"].float())) if o["shared_gate_w"] is not None
+             else torch.ones_like(w[..., :1]))
+        idx = torch.cat([idx, torch.arange(e, e + shared, device=idx.device).expand(*idx.shape[:-1], shared)], -1)
+        w = torch.cat([w, g.expand(*w.shape[:-1], shared)], -1)
+    return w, idx
 
 
 def _moe(*operands: torch.Tensor, k: int, renorm: bool, norm: str, eps: float, router_bias: bool, expert_bias: bool,
-         residual: bool, act: str, gate_up: str, transposed: bool, limit: float, alpha: float) -> torch.Tensor:
-    attrs = dict(norm=norm, router_bias=router_bias, expert_bias=expert_bias, residual=residual)
+         residual: bool, act: str, gate_up: str, transposed: bool, limit: float, alpha: float, score: str,
+         choice_bias: bool, renorm_eps: float, renorm_min: float, scale: float, shared: int,
+         shared_gate: bool) -> torch.Tensor:
+    attrs = dict(norm=norm, router_bias=router_bias, expert_bias=expert_bias, residual=residual,
+                 choice_bias=choice_bias, shared_gate=shared_gate)
     o = by_role(list(operands), attrs)
     x = o["x"]
     xn = x
     if norm == "rms":
         xn = _rms_norm(x, o["norm_w"], eps=eps)
-    w, idx = route(xn, o["router_w"], o["router_b"], k, renorm)
+    w, idx = route(xn, o, k, renorm, score, renorm_eps, renorm_min, scale, shared)
+    k += shared
     wgu, wd = (o["w_gate_up"].float(), o["w_down"].float())
     if transposed:
         wgu, wd = wgu.transpose(1, 2), wd.transpose(1, 2)
@@ -129,10 +161,12 @@ def _moe(*operands: torch.Tensor, k: int, renorm: bool, norm: str, eps: float, r
     return out.to(x.dtype)
 
 
-register(OpDef("moe", (4, 9), {"k": REQUIRED, "renorm": False, "norm": "none", "eps": 1e-6, "router_bias": False,
-                               "expert_bias": False, "residual": False, "act": "silu", "gate_up": "concat",
-                               "transposed": False, "limit": 7.0, "alpha": 1.702},
+register(OpDef("moe", (4, 11), {"k": REQUIRED, "renorm": False, "norm": "none", "eps": 1e-6, "router_bias": False,
+                                "expert_bias": False, "residual": False, "act": "silu", "gate_up": "concat",
+                                "transposed": False, "limit": 7.0, "alpha": 1.702, "score": "softmax",
+                                "choice_bias": False, "renorm_eps": 0.0, "renorm_min": 0.0, "scale": 1.0, "shared": 0,
+                                "shared_gate": False},
                _infer, _moe, "composite",
-               "mixture-of-experts FFN: router softmax, top-k, the chosen experts' gated MLPs, weighted sum "
-               "(operands by the flags: x, norm_w?, router_w, router_b?, w_gate_up, b_gate_up?, w_down, b_down?, "
-               "residual?)", kernel="template"))
+               "mixture-of-experts FFN: router scores, top-k, the chosen and shared experts' gated MLPs, weighted sum "
+               "(operands by the flags: x, norm_w?, router_w, router_b?, router_cb?, shared_gate_w?, w_gate_up, "
+               "b_gate_up?, w_down, b_down?, residual?)", kernel="template"))

@@ -11,7 +11,7 @@ from fxforge.codegen.templates.moe import moe, moe_blocks
 from fxforge.codegen.templates.moe_grouped import expert_tiles
 from fxforge.ir.graph import Weight
 from fxforge.ir.lowp_ops import decode_weight
-from fxforge.ir.moe_ops import _moe, operand_roles
+from fxforge.ir.moe_ops import ROLES, _moe, operand_roles
 from fxforge.passes.moe_quant import encode_experts
 from fxforge.runtime.interpreter import interpreter_scope
 from fxforge.testing import counting_launches
@@ -22,9 +22,15 @@ VARIANTS = {  # name: op attributes besides k
     "unnormed": dict(renorm=True, act="gelu_tanh"),
     "gpt_oss": dict(renorm=True, norm="rms", eps=1e-5, router_bias=True, expert_bias=True, residual=True,
                     act="gpt_oss", gate_up="interleaved", transposed=True, limit=0.6, alpha=1.702),
+    # DeepSeek-V3-style routing (GLM-4.5, dots.llm1): sigmoid scores, a choice bias, scaled, one shared expert
+    "sigmoid_shared": dict(score="sigmoid", choice_bias=True, renorm=True, renorm_eps=1e-20, scale=2.5, shared=1,
+                           norm="rms", eps=1e-5, residual=True),
+    "qwen2_moe": dict(shared=2, shared_gate=True, norm="rms", eps=1e-5),  # a gated shared MLP two experts wide
+    "ernie": dict(choice_bias=True, renorm=True, renorm_min=0.9, shared=1),  # softmax, choice bias, clamped sum
 }
 DEFAULTS = dict(renorm=False, norm="none", eps=1e-6, router_bias=False, expert_bias=False, residual=False, act="silu",
-                gate_up="concat", transposed=False, limit=7.0, alpha=1.702)
+                gate_up="concat", transposed=False, limit=7.0, alpha=1.702, score="softmax", choice_bias=False,
+                renorm_eps=0.0, renorm_min=0.0, scale=1.0, shared=0, shared_gate=False)
 
 
 def operands(attrs: dict, T: int, E: int, H: int, inter: int, dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
@@ -33,18 +39,20 @@ def operands(attrs: dict, T: int, E: int, H: int, inter: int, dtype: torch.dtype
     def r(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(dtype)
 
-    gu, d = ((E, H, 2 * inter), (E, inter, H)) if attrs["transposed"] else ((E, 2 * inter, H), (E, H, inter))
+    es = E + attrs["shared"]  # the routed experts, then the shared ones
+    gu, d = ((es, H, 2 * inter), (es, inter, H)) if attrs["transposed"] else ((es, 2 * inter, H), (es, H, inter))
     make = {"x": lambda: r(T, H), "norm_w": lambda: 1 + r(H, scale=0.1), "router_w": lambda: r(E, H),
-            "router_b": lambda: r(E), "w_gate_up": lambda: r(*gu, scale=H ** -0.5), "b_gate_up": lambda: r(E, 2 * inter),
-            "w_down": lambda: r(*d, scale=inter ** -0.5), "b_down": lambda: r(E, H), "residual": lambda: r(T, H)}
+            "router_b": lambda: r(E), "router_cb": lambda: r(E, scale=0.3), "shared_gate_w": lambda: r(1, H, scale=0.3),
+            "w_gate_up": lambda: r(*gu, scale=H ** -0.5), "b_gate_up": lambda: r(es, 2 * inter),
+            "w_down": lambda: r(*d, scale=inter ** -0.5), "b_down": lambda: r(es, H), "residual": lambda: r(T, H)}
     return [make[role]() for role in operand_roles(attrs)]
 
 
 def run_template(ops: list[torch.Tensor], attrs: dict, k: int, grouped: bool = False) -> torch.Tensor:
     named = dict(zip(operand_roles(attrs), ops, strict=True))
-    args = [named.get(r) for r in ("x", "norm_w", "router_w", "router_b", "w_gate_up", "b_gate_up", "w_down",
-                                   "b_down", "residual")]
-    kw = {key: attrs[key] for key in ("renorm", "eps", "act", "gate_up", "transposed", "limit", "alpha")}
+    args = [named.get(r) for r in ROLES]
+    kw = {key: attrs[key] for key in ("renorm", "eps", "act", "gate_up", "transposed", "limit", "alpha", "score",
+                                      "renorm_eps", "renorm_min", "scale", "shared")}
     with interpreter_scope():
         return moe(*args, k=k, grouped=grouped, **kw)
 
@@ -85,7 +93,7 @@ def test_expert_tiles_cover_every_slot_once() -> None:
 
 
 @pytest.mark.parametrize("grouped", [False, True])
-@pytest.mark.parametrize("name", ["mixtral", "gpt_oss"])
+@pytest.mark.parametrize("name", ["mixtral", "gpt_oss", "sigmoid_shared"])
 def test_int4_experts_match_the_reference(name: str, grouped: bool) -> None:
     """w4a16-int4 experts (`moe_quant.encode_experts`: codes two per byte, scale and zero per group of 32) dequantized
     in the kernels' registers: the reference on the decoded weights (GPT-OSS's transposed experts re-laid out)."""

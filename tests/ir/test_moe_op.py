@@ -1,6 +1,6 @@
-"""The `moe` op (`fxforge.ir.moe_ops`): its reference `_moe` against a per-token loop written here (softmax router,
-top-k, each chosen expert's gated MLP, the weighted sum) for every weight layout, bias, activation, norm and residual
-flag, fp32 and bf16; ties choose the lowest expert index; properties (k = E is the softmax-weighted mixture of all
+"""The `moe` op (`fxforge.ir.moe_ops`): its reference `_moe` against a per-token loop written here (softmax or
+sigmoid router, a choice bias, top-k, each chosen expert's gated MLP, the shared experts with or without their
+gate, the weighted sum) for every weight layout, bias, activation, norm and residual flag, fp32 and bf16; ties choose the lowest expert index; properties (k = E is the softmax-weighted mixture of all
 experts, renumbering the experts changes nothing); shape errors; the text form round trip."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from fxforge.ir.parser import parse_graph
 
 H, N_I = 16, 12  # hidden, expert intermediate
 DEFAULTS = dict(k=2, renorm=False, norm="none", eps=1e-6, router_bias=False, expert_bias=False, residual=False,
-                act="silu", gate_up="concat", transposed=False, limit=7.0, alpha=1.702)
+                act="silu", gate_up="concat", transposed=False, limit=7.0, alpha=1.702, score="softmax",
+                choice_bias=False, renorm_eps=0.0, renorm_min=0.0, scale=1.0, shared=0, shared_gate=False)
 
 
 def attrs_of(**flags) -> dict:
@@ -32,17 +33,19 @@ def make(attrs: dict, dtype=torch.float32, T: int = 4, E: int = 5, seed: int = 0
     def r(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(dtype)
 
-    gu, d = ((E, H, 2 * N_I), (E, N_I, H)) if attrs["transposed"] else ((E, 2 * N_I, H), (E, H, N_I))
+    es = E + attrs["shared"]  # routed experts, then the shared ones
+    gu, d = ((es, H, 2 * N_I), (es, N_I, H)) if attrs["transposed"] else ((es, 2 * N_I, H), (es, H, N_I))
     ops = dict(x=r(T, H), norm_w=1 + r(H, scale=0.2), router_w=r(E, H, scale=0.5), router_b=r(E),
-               w_gate_up=r(*gu, scale=0.3), b_gate_up=r(E, 2 * N_I, scale=0.5), w_down=r(*d, scale=0.3),
-               b_down=r(E, H, scale=0.5), residual=r(T, H))
+               router_cb=r(E, scale=0.3), shared_gate_w=r(1, H, scale=0.5),
+               w_gate_up=r(*gu, scale=0.3), b_gate_up=r(es, 2 * N_I, scale=0.5), w_down=r(*d, scale=0.3),
+               b_down=r(es, H, scale=0.5), residual=r(T, H))
     return ops
 
 
 def roles(attrs: dict) -> list[str]:
     """The op's operand roles in the documented order, those the flags leave out absent."""
     present = [("x", True), ("norm_w", attrs["norm"] == "rms"), ("router_w", True), ("router_b", attrs["router_bias"]),
-               ("w_gate_up", True), ("b_gate_up", attrs["expert_bias"]), ("w_down", True),
+               ("router_cb", attrs["choice_bias"]), ("shared_gate_w", attrs["shared_gate"]), ("w_gate_up", True), ("b_gate_up", attrs["expert_bias"]), ("w_down", True),
                ("b_down", attrs["expert_bias"]), ("residual", attrs["residual"])]
     return [name for name, on in present if on]
 
@@ -73,10 +76,14 @@ def loop_ref(ops: dict, attrs: dict) -> torch.Tensor:
         logits = [float(ops["router_w"][e].double() @ xt) + (float(ops["router_b"][e]) if attrs["router_bias"] else 0)
                   for e in range(E)]
         z = [math.exp(v - max(logits)) for v in logits]
-        p = [v / sum(z) for v in z]
-        chosen = sorted(range(E), key=lambda e: (-p[e], e))[:k]
-        total = sum(p[e] for e in chosen) if attrs["renorm"] else 1.0
-        for e in chosen:
+        p = [v / sum(z) for v in z] if attrs["score"] == "softmax" else [1 / (1 + math.exp(-v)) for v in logits]
+        c = [p[e] + (float(ops["router_cb"][e]) if attrs["choice_bias"] else 0) for e in range(E)]
+        chosen = sorted(range(E), key=lambda e: (-c[e], e))[:k]
+        total = max(sum(p[e] for e in chosen) + attrs["renorm_eps"], attrs["renorm_min"]) if attrs["renorm"] else 1.0
+        weight = {e: p[e] / total * attrs["scale"] for e in chosen}
+        gate = 1 / (1 + math.exp(-float(ops["shared_gate_w"][0].double() @ xt))) if attrs["shared_gate"] else 1.0
+        weight.update({E + s: gate for s in range(attrs["shared"])})
+        for e, w in weight.items():
             wgu, wd = ops["w_gate_up"][e].double(), ops["w_down"][e].double()
             if attrs["transposed"]:
                 wgu, wd = wgu.T, wd.T
@@ -85,7 +92,7 @@ def loop_ref(ops: dict, attrs: dict) -> torch.Tensor:
             a = torch.tensor([_gated(float(gi), float(ui), attrs) for gi, ui in zip(g, u)], dtype=torch.float64)
             a = a.to(dt).double()
             y = wd @ a + (ops["b_down"][e].double() if attrs["expert_bias"] else 0)
-            out[t] += p[e] / total * y
+            out[t] += w * y
         if attrs["residual"]:
             out[t] += ops["residual"][t].double()
     return out.to(dt)
@@ -106,6 +113,11 @@ CASES = {
     "transposed_concat_biases": dict(transposed=True, expert_bias=True),
     "gelu_transposed_k1": dict(k=1, act="gelu_tanh", transposed=True, norm="rms"),
     "gpt_oss_concat_all_experts": dict(k=5, act="gpt_oss", limit=0.8, residual=True),
+    # DeepSeek-V3 / GLM-4.5 / dots.llm1: sigmoid scores, a choice bias, renormalised (+ 1e-20), scaled, a shared expert
+    "sigmoid_choice_bias_shared": dict(score="sigmoid", choice_bias=True, renorm=True, renorm_eps=1e-20, scale=2.5,
+                                       shared=1, norm="rms", residual=True),
+    "qwen2_moe_gated_shared": dict(shared=2, shared_gate=True, norm="rms"),  # a shared MLP of 2 experts' width
+    "ernie_softmax_choice_bias_clamp": dict(choice_bias=True, renorm=True, renorm_min=0.9, shared=1),  # clamp bites
 }
 
 

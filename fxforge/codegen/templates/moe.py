@@ -33,27 +33,29 @@ from fxforge.codegen.blocks import SM_COUNT, next_pow2
 from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.gemm import device_arch
 from fxforge.codegen.templates.moe_grouped import GROUPED_FROM, moe_grouped
-from fxforge.codegen.templates.moe_routing import ExpertWeight, bias_strides, expert_tile, gated_act, normed_x, pick_slot, router_probs, token_rstd
+from fxforge.codegen.templates.moe_routing import ExpertWeight, bias_strides, expert_tile, gated_act, normed_x, route_slot, token_rstd
 from fxforge.ir.graph import Weight
 
 
 @triton.jit
-def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, wgu_ptr, gs_ptr, gz_ptr, bgu_ptr, act_ptr, route_w_ptr, route_e_ptr,
-                  H, I, E, eps, limit, alpha, stride_xt, stride_re, stride_rk,  # noqa: E741 (I: intermediate size)
-                  stride_ge, stride_gn, stride_gk, stride_be, stride_bn,
-                  K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, EXPERT_BIAS: tl.constexpr,
-                  RENORM: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr, QUANT: tl.constexpr,
-                  GROUP: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
+def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, wgu_ptr, gs_ptr, gz_ptr, bgu_ptr, act_ptr,
+                  route_w_ptr, route_e_ptr, H, I, E, eps, limit, alpha, renorm_eps, renorm_min, scale,  # noqa: E741
+                  stride_xt, stride_re, stride_rk, stride_ge, stride_gn, stride_gk, stride_be, stride_bn,
+                  K: tl.constexpr, SLOTS: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr,
+                  SCORE: tl.constexpr, CHOICE_BIAS: tl.constexpr, SHARED_GATE: tl.constexpr,
+                  EXPERT_BIAS: tl.constexpr, RENORM: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr,
+                  QUANT: tl.constexpr, GROUP: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     s = tl.program_id(0)
     pid_n = tl.program_id(1)
-    t = s // K
-    j = s % K
+    t = s // SLOTS
+    j = s % SLOTS
     x_ptr += t.to(tl.int64) * stride_xt
     offs_k = tl.arange(0, BLOCK_K)
     rstd = token_rstd(x_ptr, H, eps, NORM, BLOCK_K)
-    p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, BLOCK_E, BLOCK_R)
-    expert, weight = pick_slot(p, j, K, RENORM, BLOCK_E)
+    expert, weight = route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, rstd, renorm_eps, renorm_min,
+                                scale, stride_re, stride_rk, K, NORM, ROUTER_BIAS, SCORE, CHOICE_BIAS, RENORM,
+                                SHARED_GATE, BLOCK_E, BLOCK_R)
     if pid_n == 0:
         tl.store(route_w_ptr + s, weight)
         tl.store(route_e_ptr + s, expert)
@@ -132,11 +134,12 @@ def moe_blocks(rows: int, n: int, k: int, dtype: torch.dtype, arch: int | None, 
 
 
 def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, router_b: torch.Tensor | None,
-        w_gate_up: torch.Tensor | Weight, b_gate_up: torch.Tensor | None, w_down: torch.Tensor | Weight,
-        b_down: torch.Tensor | None, residual: torch.Tensor | None = None, *, k: int, renorm: bool = False,
-        eps: float = 1e-6, act: str = "silu", gate_up: str = "concat", transposed: bool = False, limit: float = 7.0,
-        alpha: float = 1.702, grouped: bool | None = None, out: torch.Tensor | None = None,
-        ws: Workspace | None = None) -> torch.Tensor:
+        router_cb: torch.Tensor | None, shared_gate_w: torch.Tensor | None, w_gate_up: torch.Tensor | Weight,
+        b_gate_up: torch.Tensor | None, w_down: torch.Tensor | Weight, b_down: torch.Tensor | None,
+        residual: torch.Tensor | None = None, *, k: int, renorm: bool = False, eps: float = 1e-6, act: str = "silu",
+        gate_up: str = "concat", transposed: bool = False, limit: float = 7.0, alpha: float = 1.702,
+        score: str = "softmax", renorm_eps: float = 0.0, renorm_min: float = 0.0, scale: float = 1.0, shared: int = 0,
+        grouped: bool | None = None, out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """The `moe` op on x [T, H] (shapes checked by the op's type inference; operands as `ir/moe_ops.py` names them;
     the experts dense or `#quantized` int4 `Weight`s, `moe_quant.py`). `grouped`: the prefill path
     (`moe_grouped.py`; None: for more than GROUPED_FROM tokens, unless a CUDA graph is being captured). `out`: the
@@ -144,73 +147,84 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
     from."""
     T, H = x.shape
     E = router_w.shape[0]
+    slots = k + shared  # every token's routed slots, then the shared experts' (stacked after the routed ones)
     gu, dn = ExpertWeight.of(w_gate_up, transposed, x.dtype), ExpertWeight.of(w_down, transposed, x.dtype)
     inter = gu.shape[1] // 2
     x = x.contiguous()
     out = out_tensor(out, (T, H), x.dtype, x.device, "moe")
     arch = device_arch(x.device)
-    up = moe_blocks(T * k, inter, H, gu.dtype, arch, tiles=2)
+    up = moe_blocks(T * slots, inter, H, gu.dtype, arch, tiles=2)
     block_e = max(next_pow2(E), 2)
     block_r = min(up["BLOCK_K"], max(16, 4096 // block_e))  # router tile [BLOCK_E, BLOCK_R]: <= 4096 values
     res = residual.contiguous() if residual is not None else None
+    dummy = out  # pointer of an absent operand (never read: its flag is off)
+    router = dict(routing=(router_w, router_b if router_b is not None else dummy,
+                           router_cb if router_cb is not None else dummy,
+                           shared_gate_w if shared_gate_w is not None else dummy),
+                  flags=dict(K=k, SLOTS=slots, NORM=norm_w is not None, ROUTER_BIAS=router_b is not None, SCORE=score,
+                             CHOICE_BIAS=router_cb is not None, SHARED_GATE=shared_gate_w is not None, RENORM=renorm),
+                  floats=(float(renorm_eps), float(renorm_min), float(scale)))
     if grouped is None:  # a CUDA graph being captured cannot take the grouped path's host sync (tile count)
         grouped = T > GROUPED_FROM and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
     if grouped:
-        return moe_grouped(x, norm_w, router_w, router_b, gu, b_gate_up, dn, b_down, res, out, ws, k=k,
-                           renorm=renorm, eps=eps, act=act, gate_up=gate_up, limit=limit, alpha=alpha,
+        return moe_grouped(x, norm_w, router, gu, b_gate_up, dn, b_down, res, out, ws, eps=eps, act=act,
+                           gate_up=gate_up, limit=limit, alpha=alpha,
                            route_blocks=dict(BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_K=up["BLOCK_K"]))
-    acts, route_w, route_e = scratch(ws, x.device, ((T * k, inter), x.dtype), ((T * k,), torch.float32),
-                                     ((T * k,), torch.int32))
-    dummy = out  # pointer of an absent operand (never read: its flag is off)
-    moe_up_kernel[(T * k, triton.cdiv(inter, up["BLOCK_N"]))](
-        x, norm_w if norm_w is not None else dummy, router_w, router_b if router_b is not None else dummy,
+    acts, route_w, route_e = scratch(ws, x.device, ((T * slots, inter), x.dtype), ((T * slots,), torch.float32),
+                                     ((T * slots,), torch.int32))
+    moe_up_kernel[(T * slots, triton.cdiv(inter, up["BLOCK_N"]))](
+        x, norm_w if norm_w is not None else dummy, *router["routing"],
         gu.ptr, gu.scale, gu.zero, b_gate_up if b_gate_up is not None else dummy, acts, route_w, route_e,
-        H, inter, E, float(eps), float(limit), float(alpha), x.stride(0), router_w.stride(0), router_w.stride(1),
-        *gu.strides, *bias_strides(b_gate_up),
-        K=k, NORM=norm_w is not None, ROUTER_BIAS=router_b is not None, EXPERT_BIAS=b_gate_up is not None,
-        RENORM=renorm, ACT=act, INTERLEAVED=gate_up == "interleaved", QUANT=gu.quant, GROUP=gu.group,
-        BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"], num_warps=up["num_warps"])
+        H, inter, E, float(eps), float(limit), float(alpha), *router["floats"], x.stride(0), router_w.stride(0),
+        router_w.stride(1), *gu.strides, *bias_strides(b_gate_up), **router["flags"],
+        EXPERT_BIAS=b_gate_up is not None, ACT=act, INTERLEAVED=gate_up == "interleaved", QUANT=gu.quant,
+        GROUP=gu.group, BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"],
+        num_warps=up["num_warps"])
     down = moe_blocks(T, H, inter, dn.dtype, arch)
     moe_down_kernel[(T, triton.cdiv(H, down["BLOCK_N"]))](
         acts, route_w, route_e, dn.ptr, dn.scale, dn.zero, b_down if b_down is not None else dummy,
         res if res is not None else dummy, out, H, inter, *dn.strides, *bias_strides(b_down),
         res.stride(0) if res is not None else 0, out.stride(0),
-        K=k, EXPERT_BIAS=b_down is not None, RESIDUAL=res is not None, QUANT=dn.quant, GROUP=dn.group,
+        K=slots, EXPERT_BIAS=b_down is not None, RESIDUAL=res is not None, QUANT=dn.quant, GROUP=dn.group,
         BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"], num_warps=down["num_warps"])
     return out
 
 
 def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: int = 90, gpt_oss: bool = False,
-              quant: bool = False) -> list[dict]:
+              quant: bool = False, deepseek: bool = False) -> list[dict]:
     """Build specs (`codegen.build`) of both kernels for contiguous operands of `dtype` at T tokens (tiles as
     `moe` picks them on sm_`arch`); `gpt_oss`: router and expert biases, transposed interleaved weights, its act;
-    `quant`: int4 experts (codes, fp16 scales, uint8 zeros, group 128)."""
+    `quant`: int4 experts (codes, fp16 scales, uint8 zeros, group 128); `deepseek`: a sigmoid router with a choice
+    bias and one gated shared expert."""
     t = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
     torch_dtype = getattr(torch, dtype)
-    up, down = moe_blocks(T * k, inter, H, torch_dtype, arch, tiles=2), moe_blocks(T, H, inter, torch_dtype, arch)
+    slots = k + deepseek
+    up, down = moe_blocks(T * slots, inter, H, torch_dtype, arch, tiles=2), moe_blocks(T, H, inter, torch_dtype, arch)
     block_e = max(next_pow2(E), 2)
     w, sc, z = ("*u8", "*fp16", "*u8") if quant else (f"*{t}",) * 3
-    up_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "bgu_ptr", "act_ptr")},
+    up_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "cb_ptr", "wsg_ptr", "bgu_ptr", "act_ptr")},
               "wgu_ptr": w, "gs_ptr": sc, "gz_ptr": z,
               "route_w_ptr": "*fp32", "route_e_ptr": "*i32", "H": "i32", "I": "i32", "E": "i32", "eps": "fp32",
-              "limit": "fp32", "alpha": "fp32", "stride_xt": "i32", "stride_re": "i32", "stride_rk": "i32",
+              "limit": "fp32", "alpha": "fp32", "renorm_eps": "fp32", "renorm_min": "fp32", "scale": "fp32",
+              "stride_xt": "i32", "stride_re": "i32", "stride_rk": "i32",
               "stride_ge": "i32", "stride_gn": "i32", "stride_gk": "i32", "stride_be": "i32", "stride_bn": "i32"}
     flags = dict(QUANT=quant, GROUP=128 if quant else 1)
-    up_const = dict(K=k, NORM=True, ROUTER_BIAS=gpt_oss, EXPERT_BIAS=gpt_oss, RENORM=True,
+    up_const = dict(K=k, SLOTS=slots, NORM=True, ROUTER_BIAS=gpt_oss, EXPERT_BIAS=gpt_oss, RENORM=True,
+                    SCORE="sigmoid" if deepseek else "softmax", CHOICE_BIAS=deepseek, SHARED_GATE=deepseek,
                     ACT="gpt_oss" if gpt_oss else "silu", INTERLEAVED=gpt_oss, BLOCK_E=block_e, **flags,
                     BLOCK_R=min(up["BLOCK_K"], max(16, 4096 // block_e)), BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"])
     down_sig = {"act_ptr": f"*{t}", "route_w_ptr": "*fp32", "route_e_ptr": "*i32", "wd_ptr": w, "ds_ptr": sc,
                 "dz_ptr": z, "bd_ptr": f"*{t}", "res_ptr": f"*{t}", "out_ptr": f"*{t}", "H": "i32", "I": "i32",
                 "stride_de": "i32", "stride_dn": "i32", "stride_dk": "i32", "stride_be": "i32", "stride_bn": "i32",
                 "stride_rt": "i32", "stride_ot": "i32"}
-    down_const = dict(K=k, EXPERT_BIAS=gpt_oss, RESIDUAL=True, BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"], **flags)
+    down_const = dict(K=slots, EXPERT_BIAS=gpt_oss, RESIDUAL=True, BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"], **flags)
     transposed = gpt_oss and not quant  # int4 experts are laid out [E, N, K] (`moe_quant.py`)
     up_const["stride_gn" if transposed else "stride_gk"] = 1  # the contiguous dim, as the JIT specialises a stride 1
     down_const["stride_dn" if transposed else "stride_dk"] = 1
     for sig, const in ((up_sig, up_const), (down_sig, down_const)):
         for name in [n for n in sig if n in const]:
             del sig[name]
-    label = f"moe {dtype} T={T} E={E} H={H} I={inter} k={k}{' gpt_oss' * gpt_oss}{' int4' * quant}"
+    label = f"moe {dtype} T={T} E={E} H={H} I={inter} k={k}{' gpt_oss' * gpt_oss}{' int4' * quant}{' deepseek' * deepseek}"
     common = {"module": __name__, "num_stages": 1, "divisible": ["H", "I"]}
     return [{**common, "kernel": "moe_up_kernel", "signature": up_sig, "constexprs": up_const,
              "num_warps": up["num_warps"], "label": f"{label} up"},

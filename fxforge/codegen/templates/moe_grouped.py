@@ -26,16 +26,18 @@ import triton.language as tl
 
 from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.gemm import dot_options
-from fxforge.codegen.templates.moe_routing import ExpertWeight, bias_strides, expert_tile, gated_act, normed_x, pick_slot, router_probs, token_rstd
+from fxforge.codegen.templates.moe_routing import (ExpertWeight, bias_strides, choice_scores, expert_tile, gated_act, normed_x,
+                                                   pick_slot, router_probs, shared_gate, token_rstd)
 
 GROUPED_FROM = 16  # tokens: more run grouped (prefill); up to it the decode kernels (graph-capturable, no sync)
 
 
 @triton.jit
-def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, xn_ptr, route_w_ptr, route_e_ptr, H, E, eps,
-                     stride_xt, stride_re, stride_rk,
-                     K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, RENORM: tl.constexpr,
-                     BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, xn_ptr, route_w_ptr, route_e_ptr, H, E, eps,
+                     renorm_eps, renorm_min, scale, stride_xt, stride_re, stride_rk,
+                     K: tl.constexpr, SLOTS: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr,
+                     SCORE: tl.constexpr, CHOICE_BIAS: tl.constexpr, SHARED_GATE: tl.constexpr,
+                     RENORM: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     t = tl.program_id(0)
     x_ptr += t.to(tl.int64) * stride_xt
     rstd = token_rstd(x_ptr, H, eps, NORM, BLOCK_K)
@@ -44,11 +46,18 @@ def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, xn_ptr, route_w_ptr, route_e
         cols = k0 + offs_k
         xk = normed_x(x_ptr, nw_ptr, cols, cols < H, rstd, NORM)
         tl.store(xn_ptr + t.to(tl.int64) * H + cols, xk.to(xn_ptr.dtype.element_ty), mask=cols < H)
-    p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, BLOCK_E, BLOCK_R)
+    p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE, BLOCK_E,
+                     BLOCK_R)
+    c = choice_scores(p, cb_ptr, E, CHOICE_BIAS, BLOCK_E)
     for j in range(K):
-        expert, weight = pick_slot(p, j, K, RENORM, BLOCK_E)
-        tl.store(route_w_ptr + t * K + j, weight)
-        tl.store(route_e_ptr + t * K + j, expert)
+        expert, weight = pick_slot(p, c, j, renorm_eps, renorm_min, scale, K, RENORM, BLOCK_E)
+        tl.store(route_w_ptr + t * SLOTS + j, weight)
+        tl.store(route_e_ptr + t * SLOTS + j, expert)
+    if SLOTS > K:  # the shared experts, every token's
+        gate = shared_gate(x_ptr, nw_ptr, wsg_ptr, H, rstd, NORM, SHARED_GATE, BLOCK_R)
+        for j in range(K, SLOTS):
+            tl.store(route_w_ptr + t * SLOTS + j, gate)
+            tl.store(route_e_ptr + t * SLOTS + j, E + j - K)
 
 
 @triton.jit
@@ -151,23 +160,24 @@ def expert_tiles(experts: torch.Tensor, E: int, block_m: int) -> tuple[torch.Ten
     return rows.reshape(-1).to(torch.int32), tile_expert.to(torch.int32)
 
 
-def moe_grouped(x: torch.Tensor, norm_w, router_w, router_b, gu: ExpertWeight, b_gate_up, dn: ExpertWeight, b_down,
-                residual, out, ws: Workspace | None, *, k: int, renorm: bool, eps: float, act: str, gate_up: str,
-                limit: float, alpha: float, route_blocks: dict) -> torch.Tensor:
-    """The prefill path of `moe.moe` (operands checked there; `gu`/`dn`: the experts as the kernels read them;
-    `route_blocks`: BLOCK_E / BLOCK_R / BLOCK_K of the router)."""
+def moe_grouped(x: torch.Tensor, norm_w, router: dict, gu: ExpertWeight, b_gate_up, dn: ExpertWeight, b_down,
+                residual, out, ws: Workspace | None, *, eps: float, act: str, gate_up: str, limit: float, alpha: float,
+                route_blocks: dict) -> torch.Tensor:
+    """The prefill path of `moe.moe` (operands checked there; `router`: its routing operands, flags and floats, as
+    the decode kernel takes them; `gu`/`dn`: the experts as the kernels read them; `route_blocks`: BLOCK_E /
+    BLOCK_R / BLOCK_K of the router)."""
     T, H = x.shape
-    E, inter = router_w.shape[0], dn.shape[2]
+    router_w = router["routing"][0]
+    E, inter, k = router_w.shape[0], dn.shape[2], router["flags"]["SLOTS"]  # k: slots a token, shared ones included
     xn, acts, part, route_w, route_e = scratch(
         ws, x.device, ((T, H), x.dtype), ((T * k, inter), x.dtype), ((T * k, H), torch.float32),
         ((T * k,), torch.float32), ((T * k,), torch.int32))
     dummy = out
-    moe_route_kernel[(T,)](x, norm_w if norm_w is not None else dummy, router_w,
-                           router_b if router_b is not None else dummy, xn, route_w, route_e, H, E, float(eps),
-                           x.stride(0), router_w.stride(0), router_w.stride(1), K=k, NORM=norm_w is not None,
-                           ROUTER_BIAS=router_b is not None, RENORM=renorm, **route_blocks, num_warps=4)
+    moe_route_kernel[(T,)](x, norm_w if norm_w is not None else dummy, *router["routing"], xn, route_w, route_e, H, E,
+                           float(eps), *router["floats"], x.stride(0), router_w.stride(0), router_w.stride(1),
+                           **router["flags"], **route_blocks, num_warps=4)
     block_m = 16 if T * k <= 8 * E else 64
-    rows, tile_expert = expert_tiles(route_e, E, block_m)
+    rows, tile_expert = expert_tiles(route_e, gu.shape[0], block_m)
     dots = dot_options(x.dtype, gu.dtype)
     bn, bk = 64, 16 if x.dtype.itemsize >= 4 else 64  # up: two [BLOCK_M, bn / 2] accumulators (fp32: K 32 spilled)
     moe_grouped_up_kernel[(tile_expert.numel(), triton.cdiv(inter, bn // 2))](
@@ -210,9 +220,12 @@ def moe_grouped_specs(dtype: str, *, block_m: int = 64, gpt_oss: bool = False, q
             del sig[name]
     label = f"moe grouped {dtype} BLOCK_M={block_m}{' gpt_oss' * gpt_oss}{' int4' * quant}"
     base = {"module": __name__, "num_warps": 4, "num_stages": 2, "divisible": ["H", "I"]}
-    route_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "xn_ptr")}, "route_w_ptr": "*fp32",
+    route_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "cb_ptr", "wsg_ptr", "xn_ptr")},
+                 "route_w_ptr": "*fp32", "renorm_eps": "fp32", "renorm_min": "fp32", "scale": "fp32",
                  "route_e_ptr": "*i32", "H": "i32", "E": "i32", "eps": "fp32", "stride_xt": "i32", "stride_re": "i32"}
-    route_const = dict(stride_rk=1, K=8 if not gpt_oss else 4, NORM=True, ROUTER_BIAS=gpt_oss, RENORM=True,
+    route_const = dict(stride_rk=1, K=8 if not gpt_oss else 4, SLOTS=9 if not gpt_oss else 4, NORM=True,
+                       ROUTER_BIAS=gpt_oss, SCORE="softmax" if gpt_oss else "sigmoid", CHOICE_BIAS=not gpt_oss,
+                       SHARED_GATE=not gpt_oss, RENORM=True,
                        BLOCK_E=128 if not gpt_oss else 32, BLOCK_R=32 if not gpt_oss else 128, BLOCK_K=128)
     return [{**base, "kernel": "moe_route_kernel", "signature": route_sig, "constexprs": route_const,
              "divisible": ["H"], "label": f"{label} route"},

@@ -1,6 +1,6 @@
-"""The `moe` templates' shared parts: device functions (token normalisation, the router's softmax, the top-k pick of
-one slot, the experts' gated activation, an expert weight tile dense or int4) and `ExpertWeight`, what the kernels
-read of one stacked expert weight (`moe.py`'s decode kernels and `moe_grouped.py`'s prefill ones)."""
+"""The `moe` templates' shared parts: device functions (token normalisation, the router's scores (softmax or
+sigmoid, an optional choice bias), the top-k pick of one slot, the shared experts' gate, the experts' gated
+activation, an expert weight tile dense or int4) and `ExpertWeight`, what the kernels read of one stacked expert weight (`moe.py`'s decode kernels and `moe_grouped.py`'s prefill ones)."""
 
 from __future__ import annotations
 
@@ -75,8 +75,10 @@ def token_rstd(x_ptr, H, eps, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk,
-                  NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
-    """Softmax of token x's router logits over the E experts (padding: -2, below any probability)."""
+                 NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, SCORE: tl.constexpr, BLOCK_E: tl.constexpr,
+                 BLOCK_R: tl.constexpr):
+    """Token x's scores over the E experts: the softmax of its router logits, or (SCORE "sigmoid") each logit's
+    sigmoid (padding: -2, below any score)."""
     offs_e = tl.arange(0, BLOCK_E)
     offs_r = tl.arange(0, BLOCK_R)
     emask = offs_e < E
@@ -90,27 +92,77 @@ def router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk
         logits += tl.sum(wr * xk[None, :], 1)
     if ROUTER_BIAS:
         logits += tl.load(br_ptr + offs_e, mask=emask, other=0.0).to(tl.float32)
+    if SCORE == "sigmoid":
+        return tl.where(emask, tl.sigmoid(logits), -2.0)
     logits = tl.where(emask, logits, float("-inf"))
     p = tl.exp(logits - tl.max(logits, 0))
     return tl.where(emask, p / tl.sum(p, 0), -2.0)
 
 
 @triton.jit
-def pick_slot(p, j, K: tl.constexpr, RENORM: tl.constexpr, BLOCK_E: tl.constexpr):
-    """(expert, weight) of slot j: the k largest probabilities in order (lowest index first on ties)."""
+def choice_scores(p, cb_ptr, E, CHOICE_BIAS: tl.constexpr, BLOCK_E: tl.constexpr):
+    """What the top-k ranks: the scores p, plus a per-expert correction bias (DeepSeek-V3-style routers) that moves
+    the choice but not the weights (padding: -inf)."""
+    if CHOICE_BIAS:
+        offs_e = tl.arange(0, BLOCK_E)
+        return tl.where(offs_e < E, p + tl.load(cb_ptr + offs_e, mask=offs_e < E, other=0.0).to(tl.float32),
+                        float("-inf"))
+    return p
+
+
+@triton.jit
+def pick_slot(p, c, j, renorm_eps, renorm_min, scale, K: tl.constexpr, RENORM: tl.constexpr,
+              BLOCK_E: tl.constexpr):
+    """(expert, weight) of slot j: the experts of the k largest choice scores c in order (lowest index first on
+    ties), weighted by their scores p, divided by max(their sum + renorm_eps, renorm_min) when RENORM, times
+    scale."""
     offs_e = tl.arange(0, BLOCK_E)
     total = 0.0
     weight = 0.0
     expert = 0
     for i in tl.static_range(K):
-        top = tl.max(p, 0)
-        e = tl.min(tl.where(p == top, offs_e, BLOCK_E), 0)
-        total += top
-        weight = tl.where(j == i, top, weight)
+        top = tl.max(c, 0)
+        e = tl.min(tl.where(c == top, offs_e, BLOCK_E), 0)
+        pe = tl.sum(tl.where(offs_e == e, p, 0.0), 0)
+        total += pe
+        weight = tl.where(j == i, pe, weight)
         expert = tl.where(j == i, e, expert)
-        p = tl.where(offs_e == e, -1.0, p)
+        c = tl.where(offs_e == e, float("-inf"), c)
     if RENORM:
-        weight = weight / total
+        weight = weight / tl.maximum(total + renorm_eps, renorm_min)
+    return expert, weight * scale
+
+
+@triton.jit
+def shared_gate(x_ptr, nw_ptr, wsg_ptr, H, rstd, NORM: tl.constexpr, GATED: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The shared experts' weight for token x: sigmoid(xn . w_gate) (Qwen2-MoE's shared expert gate), or 1."""
+    if GATED:
+        offs_r = tl.arange(0, BLOCK_R)
+        acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_R):
+            cols = k0 + offs_r
+            cmask = cols < H
+            acc += normed_x(x_ptr, nw_ptr, cols, cmask, rstd, NORM) * tl.load(wsg_ptr + cols, mask=cmask,
+                                                                                other=0.0).to(tl.float32)
+        return tl.sigmoid(tl.sum(acc, 0))
+    return tl.full([], 1.0, tl.float32)
+
+
+@triton.jit
+def route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, rstd, renorm_eps, renorm_min, scale,
+               stride_re, stride_rk, K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr,
+               SCORE: tl.constexpr, CHOICE_BIAS: tl.constexpr, RENORM: tl.constexpr, SHARED_GATE: tl.constexpr,
+               BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
+    """(expert, weight) of token x's slot j: a routed slot (j < K) by the router, or shared expert E + j - K with
+    the shared gate (the shared experts are stacked after the routed ones and chosen by every token)."""
+    if j < K:
+        p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE,
+                         BLOCK_E, BLOCK_R)
+        c = choice_scores(p, cb_ptr, E, CHOICE_BIAS, BLOCK_E)
+        expert, weight = pick_slot(p, c, j, renorm_eps, renorm_min, scale, K, RENORM, BLOCK_E)
+    else:
+        expert = E + j - K
+        weight = shared_gate(x_ptr, nw_ptr, wsg_ptr, H, rstd, NORM, SHARED_GATE, BLOCK_R)
     return expert, weight
 
 
