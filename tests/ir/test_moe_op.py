@@ -1,7 +1,8 @@
 """The `moe` op (`fxforge.ir.moe_ops`): its reference `_moe` against a per-token loop written here (softmax or
 sigmoid router, a choice bias, top-k, each chosen expert's gated MLP, the shared experts with or without their
-gate, the weighted sum) for every weight layout, bias, activation, norm and residual flag, fp32 and bf16; ties choose the lowest expert index; properties (k = E is the softmax-weighted mixture of all
-experts, renumbering the experts changes nothing); shape errors; the text form round trip."""
+gate, the weighted sum) for every weight layout, bias, activation, norm and residual flag, fp32 and bf16; ties
+choose the lowest expert index; properties (k = E is the softmax-weighted mixture of all experts, renumbering the
+experts changes nothing); shape errors; the text form round trip."""
 
 from __future__ import annotations
 
@@ -45,8 +46,9 @@ def make(attrs: dict, dtype=torch.float32, T: int = 4, E: int = 5, seed: int = 0
 def roles(attrs: dict) -> list[str]:
     """The op's operand roles in the documented order, those the flags leave out absent."""
     present = [("x", True), ("norm_w", attrs["norm"] == "rms"), ("router_w", True), ("router_b", attrs["router_bias"]),
-               ("router_cb", attrs["choice_bias"]), ("shared_gate_w", attrs["shared_gate"]), ("w_gate_up", True), ("b_gate_up", attrs["expert_bias"]), ("w_down", True),
-               ("b_down", attrs["expert_bias"]), ("residual", attrs["residual"])]
+               ("router_cb", attrs["choice_bias"]), ("shared_gate_w", attrs["shared_gate"]), ("w_gate_up", True),
+               ("b_gate_up", attrs["expert_bias"]), ("w_down", True), ("b_down", attrs["expert_bias"]),
+               ("residual", attrs["residual"])]
     return [name for name, on in present if on]
 
 

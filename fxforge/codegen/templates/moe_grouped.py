@@ -26,8 +26,18 @@ import triton.language as tl
 
 from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.gemm import dot_options
-from fxforge.codegen.templates.moe_routing import (ExpertWeight, bias_strides, choice_scores, expert_tile, gated_act, normed_x,
-                                                   pick_slot, router_probs, shared_gate, token_rstd)
+from fxforge.codegen.templates.moe_routing import (
+    ExpertWeight,
+    bias_strides,
+    choice_scores,
+    expert_tile,
+    gated_act,
+    normed_x,
+    pick_slot,
+    router_probs,
+    shared_gate,
+    token_rstd,
+)
 
 GROUPED_FROM = 16  # tokens: more run grouped (prefill); up to it the decode kernels (graph-capturable, no sync)
 

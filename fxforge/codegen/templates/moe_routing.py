@@ -1,6 +1,7 @@
 """The `moe` templates' shared parts: device functions (token normalisation, the router's scores (softmax or
 sigmoid, an optional choice bias), the top-k pick of one slot, the shared experts' gate, the experts' gated
-activation, an expert weight tile dense or int4) and `ExpertWeight`, what the kernels read of one stacked expert weight (`moe.py`'s decode kernels and `moe_grouped.py`'s prefill ones)."""
+activation, an expert weight tile dense or int4) and `ExpertWeight`, what the kernels read of one stacked expert
+weight (`moe.py`'s decode kernels and `moe_grouped.py`'s prefill ones)."""
 
 from __future__ import annotations
 
