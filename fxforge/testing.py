@@ -66,6 +66,11 @@ def mlp(dim: int = 64, hidden: int = 256) -> torch.nn.Module:
     return MLP(dim, hidden).eval()
 
 
+# DeepSeek-V3-style MoE configs (GLM-4.5, dots.llm1): sigmoid router, choice bias, one shared expert, one group
+_DEEPSEEK_MOE = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "n_shared_experts": 1,
+                 "n_group": 1, "topk_group": 1, "first_k_dense_replace": 0}
+
+
 # GQA decoder LMs of `transformers` beyond Llama/Qwen2 (issue #13's hidden architecture; benchmarks/arch_probe.py):
 # name -> (config class, model class, config overrides). head_dim 16 where a config's default is not hidden / heads.
 GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -136,6 +141,23 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
                                                      "moe_intermediate_size": 32, "head_dim": 16}),
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2,
                                                       "head_dim": 16, "sliding_window": 6}),
+    # shared experts and DeepSeek-V3-style routers (sigmoid scores, a choice bias; one group) (session 16)
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2,
+                                                            "moe_intermediate_size": 32,
+                                                            "shared_expert_intermediate_size": 64}),
+    "glm4_moe": ("Glm4MoeConfig", "Glm4MoeForCausalLM", {**_DEEPSEEK_MOE, "head_dim": 16}),
+    "dots1": ("Dots1Config", "Dots1ForCausalLM", _DEEPSEEK_MOE),
+    "exaone_moe": ("ExaoneMoeConfig", "ExaoneMoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2,
+                                                               "moe_intermediate_size": 32, "num_shared_experts": 1,
+                                                               "n_group": 1, "topk_group": 1,
+                                                               "first_k_dense_replace": 0}),
+    "ernie4_5_moe": ("Ernie4_5_MoeConfig", "Ernie4_5_MoeForCausalLM", {"moe_num_experts": 4, "moe_k": 2,
+                                                                       "moe_intermediate_size": 32,
+                                                                       "moe_num_shared_experts": 1,
+                                                                       "moe_layer_start_index": 0}),
+    "hunyuan_moe": ("HunYuanMoEV1Config", "HunYuanMoEV1ForCausalLM", {"num_experts": 4, "moe_topk": 2, "head_dim": 16}),
+    "minimax_m2": ("MiniMaxM2Config", "MiniMaxM2ForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2,
+                                                               "head_dim": 16}),
 }
 
 

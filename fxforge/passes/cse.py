@@ -14,6 +14,9 @@ Decisions:
 - Ops without the `deterministic` trait (externs that are random or stateful: rand, dropout,
   bernoulli, empty, ..., or impure) never merge: two draws are two different values. Two `const` ops
   of the same weight do merge.
+- An op whose result an impure op reads (an in-place extern may write it: `zeros_like` then `scatter_`)
+  never merges: two fresh tensors written in place are two tensors, and keeping them apart lets DCE drop
+  a write nobody reads (`dce.unseen_write`).
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from collections.abc import Hashable
 from typing import Any
 
 from fxforge.ir.graph import Graph, Op
+from fxforge.passes.dce import has_side_effects
 from fxforge.passes.manager import PassContext
 from fxforge.passes.rewriter import same_type
 
 
 def may_merge(op: Op) -> bool:
-    """The op table's `deterministic` trait: random or stateful externs never merge."""
-    return op.opdef.is_deterministic(op.attrs)
+    """The op table's `deterministic` trait (random or stateful externs never merge), and no impure reader (an
+    in-place write) of its results."""
+    return op.opdef.is_deterministic(op.attrs) and not any(has_side_effects(u) for r in op.results for u in r.uses)
 
 
 def attr_key(value: Any) -> Hashable:

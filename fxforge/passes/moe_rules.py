@@ -20,45 +20,27 @@ Decisions:
 - The RMSNorm producing the experts' input is taken into the op (`norm="rms"`, the kernel computes it per token)
   even when other ops read it too: computing it twice is cheaper than a launch.
 - Only constant weights: expert weights that are graph inputs stay on the batched path.
+- Not a router whose experts tie on every token (`_always_ties`): the op breaks ties by the lowest index, torch.topk
+  by its own order, so a zero-initialised router would choose other experts than eager's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from fxforge.ir.graph import Graph, Op, Value
+from fxforge.passes.moe_match import ADD, DIV, VIEWS, is_const, op_of, pairs, src, weighted_rms_norm
+from fxforge.passes.moe_shared import shared_experts
 from fxforge.passes.rewriter import P, Rule, dims_match, same_type
 from fxforge.passes.xielu_rules import scalar_const, scalar_value
-
-_VIEWS = ("reshape", "expand")
-_DIV = ("aten.div_.Tensor", "aten.div.Tensor")
-_ADD = ("aten.add_.Tensor", "aten.add.Tensor")
-
-
-def _src(v: Value, skip: tuple[str, ...] = _VIEWS) -> Value:
-    while v.producer is not None and v.producer.opcode in skip:
-        v = v.producer.operands[0]
-    return v
-
-
-def _op(v: Value, opcode: str, externs: tuple[str, ...] = ()) -> Op | None:
-    """v's producer if it is `opcode` (or an extern of one of `externs`, in-place or not, on two tensors)."""
-    p = v.producer
-    if p is None:
-        return None
-    if p.opcode == opcode or (p.opcode == "extern" and p.attrs.get("target") in externs and len(p.operands) == 2):
-        return p
-    return None
-
-
-def _const(v: Value) -> bool:
-    return v.producer is not None and v.producer.opcode == "const"
 
 
 def _gathered(v: Value, e: Value) -> Value | None:
     """W when v = index_select(const W, e, dim=0) (through views), else None."""
-    p = _op(_src(v), "index_select")
-    if p is None or p.attrs["dim"] != 0 or _src(p.operands[1]) is not e or not _const(p.operands[0]):
+    p = op_of(src(v), "index_select")
+    if p is None or p.attrs["dim"] != 0 or src(p.operands[1]) is not e or not is_const(p.operands[0]):
         return None
     return p.operands[0]
 
@@ -66,13 +48,13 @@ def _gathered(v: Value, e: Value) -> Value | None:
 def _expert_linear(v: Value, e: Value) -> dict[str, Any] | None:
     """{x, w, b, transposed} when v = bmm(W[e], x) or bmm(x, W[e]) (+ B[e]), through views."""
     b = None
-    add = _op(_src(v), "add", _ADD)
+    add = op_of(src(v), "add", ADD)
     if add is not None:
         b = _gathered(add.operands[1], e)
         if b is None:
             return None
         v = add.operands[0]
-    mm = _op(_src(v), "matmul")
+    mm = op_of(src(v), "matmul")
     if mm is None:
         return None
     lhs, rhs = mm.operands
@@ -89,21 +71,21 @@ def _token_rows(v: Value, k: int) -> tuple[Value, Any] | None:
     """(x, T) when v = reshape(expand(reshape(x, [T, 1, H]), [T, k, H])): each token's row k times in a row, the
     order of the flat top-k slots (repeat_interleave; x.repeat(k, 1), slot-major, is not this)."""
     if k == 1:
-        x = _src(v, ("reshape",))
+        x = src(v, ("reshape",))
         return x, x.type.shape[-2] if x.type.rank >= 2 else None
-    r = _op(v, "reshape")
-    ex = _op(r.operands[0], "expand") if r is not None else None
+    r = op_of(v, "reshape")
+    ex = op_of(r.operands[0], "expand") if r is not None else None
     if ex is None:
         return None
-    src, rows = ex.operands[0], ex.result.type
-    if rows.rank != 3 or src.type.rank != 3 or src.type.shape[1] != 1 or rows.shape[1] != k:
+    one, rows = ex.operands[0], ex.result.type
+    if rows.rank != 3 or one.type.rank != 3 or one.type.shape[1] != 1 or rows.shape[1] != k:
         return None
-    return _src(src, ("reshape",)), rows.shape[0]
+    return src(one, ("reshape",)), rows.shape[0]
 
 
 def _halves(g: Value, u: Value) -> tuple[Value, str] | None:
     """(up, layout) when g and u are the gate and up halves of one `up` [S, 2I]: concat or interleaved."""
-    gs, us = _op(g, "slice"), _op(u, "slice")
+    gs, us = op_of(g, "slice"), op_of(u, "slice")
     if gs is None or us is None or gs.operands[0] is not us.operands[0] or gs.attrs["dim"] not in (1, -1):
         return None
     up = gs.operands[0]
@@ -116,18 +98,13 @@ def _halves(g: Value, u: Value) -> tuple[Value, str] | None:
     return None
 
 
-def _pairs(op: Op) -> list[tuple[Value, Value]]:
-    a, b = op.operands
-    return [(a, b), (b, a)]
-
-
 def _gated(a: Value) -> dict[str, Any] | None:
     """{up, gate_up, act[, limit, alpha]} of the experts' activation a [S, I]."""
-    m = _op(a, "mul")
+    m = op_of(a, "mul")
     if m is None:
         return None
-    for g, u in _pairs(m):
-        act = _op(g, "silu") or _op(g, "gelu")
+    for g, u in pairs(m):
+        act = op_of(g, "silu") or op_of(g, "gelu")
         if act is not None and (act.opcode == "silu" or act.attrs.get("approximate") == "tanh"):
             halves = _halves(act.operands[0], u)
             if halves:
@@ -137,20 +114,20 @@ def _gated(a: Value) -> dict[str, Any] | None:
 
 def _gpt_oss(m: Op) -> dict[str, Any] | None:
     """GPT-OSS: (clamp(u, -L, L) + 1) * (g * sigmoid(alpha * g)), g = clamp(g, max=L)."""
-    for plus, glu in _pairs(m):
-        add, mul = _op(plus, "add"), _op(glu, "mul")
+    for plus, glu in pairs(m):
+        add, mul = op_of(plus, "add"), op_of(glu, "mul")
         if add is None or mul is None:
             continue
-        for uc, one in _pairs(add):
-            cu = _op(uc, "clamp")
+        for uc, one in pairs(add):
+            cu = op_of(uc, "clamp")
             if cu is None or not scalar_const(one) or scalar_value(m.graph, one) != 1.0:
                 continue
-            for gc, sig in _pairs(mul):
-                cg, s = _op(gc, "clamp"), _op(sig, "sigmoid")
-                inner = _op(s.operands[0], "mul") if s is not None else None
+            for gc, sig in pairs(mul):
+                cg, s = op_of(gc, "clamp"), op_of(sig, "sigmoid")
+                inner = op_of(s.operands[0], "mul") if s is not None else None
                 if cg is None or inner is None or cg.attrs["min"] is not None:
                     continue
-                for g2, alpha in _pairs(inner):
+                for g2, alpha in pairs(inner):
                     limit = cg.attrs["max"]
                     if (g2 is gc and scalar_const(alpha) and cu.attrs["max"] == limit and cu.attrs["min"] == -limit
                             and (halves := _halves(cg.operands[0], cu.operands[0]))):
@@ -160,40 +137,129 @@ def _gpt_oss(m: Op) -> dict[str, Any] | None:
 
 
 def _router(w: Value, e: Value) -> dict[str, Any] | None:
-    """{xr, wr, br, k, renorm} when the routing weights w [S] and expert ids e [S] come from one topk of a router."""
-    tk = _op(_src(e), "topk")
-    if tk is None or _src(e) is not tk.results[1] or tk.attrs["dim"] not in (-1, 1) or not tk.attrs["largest"]:
+    """{xr, wr, br, cb, k, renorm, score, renorm_eps, renorm_min, scale} when the routing weights w [S] and expert ids e
+    [S] come from one topk of a router: topk of its scores (softmax or sigmoid), softmax of its top-k logits, or (a
+    choice bias) the scores gathered at the topk of scores + bias; then optionally divided by their sum and scaled."""
+    tk = op_of(src(e), "topk")
+    if tk is None or src(e) is not tk.results[1] or tk.attrs["dim"] not in (-1, 1) or not tk.attrs["largest"]:
         return None
-    vals, w = tk.results[0], _src(w, _VIEWS + ("cast",))
-    div, sm = _op(w, "div", _DIV), _op(w, "softmax")
-    if w is vals:
-        renorm, probs = False, _op(tk.operands[0], "softmax")
-    elif div is not None and div.operands[0] is vals and _op(div.operands[1], "sum") is not None:
-        renorm, probs = True, _op(tk.operands[0], "softmax")
-        if _op(div.operands[1], "sum").operands[0] is not vals:
+    w = src(w, VIEWS + ("cast",))
+    out: dict[str, Any] = dict(k=tk.attrs["k"], renorm=False, renorm_eps=0.0, renorm_min=0.0, scale=1.0, cb=None)
+    if (scaled := op_of(w, "mul")) is not None:
+        for v, c in pairs(scaled):
+            if scalar_const(c):
+                w, out["scale"] = src(v, ("cast",)), scalar_value(scaled.graph, c)
+                break
+        else:
             return None
-    elif sm is not None and sm.operands[0] is vals:
-        renorm, probs = True, None
+    if (div := op_of(w, "div", DIV)) is not None:
+        den = _denominator(div.operands[1], div.operands[0])
+        if den is None:
+            return None
+        w = src(div.operands[0], ("cast",))
+        out.update(renorm=True, **den)
+    vals, sm, gather = tk.results[0], op_of(w, "softmax"), op_of(w, "gather")
+    if w is vals:  # topk of the scores
+        scores = _scores(tk.operands[0])
+    elif sm is not None and sm.operands[0] is vals and not out["renorm"]:  # softmax of the top-k logits
+        if _scores(tk.operands[0]) is not None:
+            return None  # softmax(topk(softmax(.))): not a router this op knows
+        scores, out["renorm"] = ("softmax", tk.operands[0]), True
+    elif gather is not None and gather.attrs["dim"] in (-1, 1) and gather.operands[1] is tk.results[1]:
+        scores, cb = _scores(gather.operands[0]), _choice_bias(tk.operands[0], gather.operands[0])
+        if cb is None:
+            return None
+        out["cb"] = cb if cb is not False else None
     else:
         return None
-    logits = _src(probs.operands[0], ("cast",)) if probs is not None else tk.operands[0]
-    if renorm and probs is None and _op(tk.operands[0], "softmax") is not None:
-        return None  # softmax(topk(softmax(.))): not a router this op knows
-    lin = _op(_src(logits, ("cast",)), "linear")
-    if lin is None or not all(_const(v) for v in lin.operands[1:]):
+    if scores is None:
         return None
-    return dict(xr=_src(lin.operands[0], ("reshape",)), wr=lin.operands[1], br=lin.operands[2] if len(lin.operands) > 2 else None,
-                k=tk.attrs["k"], renorm=renorm)
+    out["score"], logits = scores
+    lin = op_of(src(logits, ("cast",)), "linear")
+    if lin is None or not all(is_const(v) for v in lin.operands[1:]) or _always_ties(lin, out["cb"]):
+        return None
+    return dict(out, xr=src(lin.operands[0], ("reshape",)), wr=lin.operands[1],
+                br=lin.operands[2] if len(lin.operands) > 2 else None)
+
+
+def _always_ties(lin: Op, cb: Value | None) -> bool:
+    """Two experts the router cannot tell apart (equal weight rows, biases and choice biases: an untrained,
+    zero-initialised router such as AFMoE's) tie on every token, where torch.topk's order is its own and the op's
+    is the lowest index: such a chain stays as torch runs it."""
+    g = lin.graph
+    cols = [g.weight(v.producer.attrs["weight"]).data.float().reshape(lin.operands[1].type.shape[0], -1)
+            for v in lin.operands[1:]]
+    if cb is not None and is_const(src(cb)):
+        cols.append(g.weight(src(cb).producer.attrs["weight"]).data.float().reshape(-1, 1))
+    rows = torch.cat(cols, 1)
+    return torch.unique(rows, dim=0).shape[0] < rows.shape[0]
+
+
+def _scores(v: Value) -> tuple[str, Value] | None:
+    """("softmax" | "sigmoid", the logits) when v = softmax(logits) over the last dim or sigmoid(logits), through casts."""
+    v = src(v, ("cast",))
+    sm, sig = op_of(v, "softmax"), op_of(v, "sigmoid")
+    if sm is not None and sm.attrs["dim"] in (-1, v.type.rank - 1):
+        return "softmax", sm.operands[0]
+    return ("sigmoid", sig.operands[0]) if sig is not None else None
+
+
+def _denominator(d: Value, num: Value) -> dict[str, float] | None:
+    """{renorm_eps, renorm_min} when d = sum(num) over the slots, + eps, or clamped below at min (DeepSeek-V3's 1e-20,
+    ERNIE 4.5's clamp)."""
+    out = dict(renorm_eps=0.0, renorm_min=0.0)
+    if (add := op_of(d, "add", ADD)) is not None:
+        eps = [(v, c) for v, c in pairs(add) if scalar_const(c)]
+        if not eps:
+            return None
+        d, out["renorm_eps"] = eps[0][0], scalar_value(add.graph, eps[0][1])
+    elif (clamp := op_of(d, "clamp")) is not None and clamp.attrs["max"] is None and clamp.attrs["min"] is not None:
+        d, out["renorm_min"] = clamp.operands[0], float(clamp.attrs["min"])
+    total = op_of(d, "sum")
+    if (total is None or src(total.operands[0], ("cast",)) is not src(num, ("cast",)) or not total.attrs.get("keepdim")
+            or tuple(total.attrs.get("dims") or ()) not in ((-1,), (num.type.rank - 1,))):
+        return None
+    return out
+
+
+def _choice_bias(c: Value, scores: Value) -> Value | bool | None:
+    """What the topk ranks besides the scores: a per-expert const bias b (c = scores + b, through a mask that keeps
+    every expert: `_one_group`), False for the scores themselves, None for anything else."""
+    c = src(c, ("cast",))
+    if (where := op_of(c, "where")) is not None and _one_group(where.operands[0]):
+        c = where.operands[2]
+    if c is scores:
+        return False
+    add = op_of(c, "add", ADD)
+    for s, b in pairs(add) if add is not None else []:
+        if s is scores and is_const(src(b)) and b.type.rank == 1:
+            return b
+    return None
+
+
+def _one_group(cond: Value) -> bool:
+    """cond = not(bool(scatter(zeros [T, 1], 1, idx, v != 0))) broadcast: DeepSeek-V3's group-limited routing with
+    one group (GLM-4.5, dots.llm1), whose group mask keeps every expert: cond is False everywhere."""
+    inv = op_of(cond, "bitwise_not")
+    written = src(src(inv.operands[0], ("cast",)), VIEWS) if inv is not None else None
+    p = written.producer if written is not None else None
+    if p is None or p.opcode != "extern" or p.attrs.get("target") not in ("aten.scatter_.value", "aten.scatter.value"):
+        return False
+    zeros = p.operands[0]
+    args = p.attrs.get("args", [])
+    return (zeros.producer is not None and zeros.producer.opcode == "full" and zeros.producer.attrs["value"] == 0
+            and zeros.type.rank == 2 and zeros.type.shape[1] == 1 and len(args) == 4 and args[1] in (1, -1)
+            and isinstance(args[3], (int, float)) and args[3] != 0)
 
 
 def _moe(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
     """sum_j(down * w) over the slots of a [T, k, H] view -> moe(...)."""
-    m = _op(_src(root.operands[0], _VIEWS + ("cast",)), "mul")
+    m = op_of(src(root.operands[0], VIEWS + ("cast",)), "mul")
     slots = root.operands[0].type  # [T, k, H]
-    for d, w in _pairs(m) if m is not None else []:
+    for d, w in pairs(m) if m is not None else []:
         down = _down_of(d)
         router = _router(w, down["e"]) if down else None
-        a = _gated(_src(down["x"], ("reshape",))) if router else None
+        a = _gated(src(down["x"], ("reshape",))) if router else None
         up = _expert_linear(a["up"], down["e"]) if a else None
         rows = _token_rows(up["x"], router["k"]) if up else None
         if (rows is None or up["transposed"] != down["transposed"] or (up["b"] is None) != (down["b"] is None)
@@ -206,42 +272,24 @@ def _moe(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
 
 def _down_of(d: Value) -> dict[str, Any] | None:
     """The experts' down bmm d (+ bias) and its expert ids e (the flat topk indices its weight is gathered by)."""
-    v = _src(d, _VIEWS + ("cast",))
-    add = _op(v, "add", _ADD)
-    mm = _op(_src(add.operands[0] if add is not None else v), "matmul")
+    v = src(d, VIEWS + ("cast",))
+    add = op_of(v, "add", ADD)
+    mm = op_of(src(add.operands[0] if add is not None else v), "matmul")
     for w in mm.operands if mm is not None else []:
-        p = _op(_src(w), "index_select")
-        got = _expert_linear(v, _src(p.operands[1])) if p is not None else None
+        p = op_of(src(w), "index_select")
+        got = _expert_linear(v, src(p.operands[1])) if p is not None else None
         if got:
-            return dict(got, e=_src(p.operands[1]))
+            return dict(got, e=src(p.operands[1]))
     return None
-
-
-def _weighted_rms_norm(x: Value) -> tuple[Value, Value, float] | None:
-    """(input, weight, eps) when x = rms_norm(x0, w), or x = cast(rms_norm(cast(x0, f32), w), x0's dtype) (the norm in
-    fp32, weight included, rounded once: GPT-OSS's, Gemma's): the op's norm computes the latter; the former it
-    rounds once too, where the chain rounded before the weight."""
-    p = x.producer
-    if p is not None and p.opcode == "cast":
-        inner = p.operands[0].producer
-        src = inner.operands[0].producer if inner is not None and inner.opcode == "rms_norm" else None
-        if src is not None and src.opcode == "cast" and src.operands[0].type.dtype == x.type.dtype:
-            p, x0 = inner, src.operands[0]
-        else:
-            return None
-    elif p is not None and p.opcode == "rms_norm":
-        x0 = p.operands[0]
-    else:
-        return None
-    return (x0, p.operands[1], float(p.attrs["eps"])) if len(p.operands) == 2 else None
 
 
 def _build(g: Graph, root: Op, router: dict, up: dict, down: dict, a: dict) -> Value | None:
     x = router["xr"]
-    norm = _weighted_rms_norm(x)
+    norm = weighted_rms_norm(x)
     attrs: dict[str, Any] = dict(k=router["k"], renorm=router["renorm"], router_bias=router["br"] is not None,
                                  expert_bias=up["b"] is not None, act=a["act"], gate_up=a["gate_up"],
-                                 transposed=up["transposed"])
+                                 transposed=up["transposed"], score=router["score"], choice_bias=router["cb"] is not None,
+                                 renorm_eps=router["renorm_eps"], renorm_min=router["renorm_min"], scale=router["scale"])
     if "limit" in a:
         attrs.update(limit=a["limit"], alpha=a["alpha"])
     operands = []
@@ -252,7 +300,7 @@ def _build(g: Graph, root: Op, router: dict, up: dict, down: dict, a: dict) -> V
     t, h = root.result.type.shape
     if x.type.rank != 2:
         x = g.insert_before(root, "reshape", [x], {"shape": [t, h]}).result
-    operands = [x, *operands, router["wr"], *([router["br"]] if router["br"] is not None else []),
+    operands = [x, *operands, router["wr"], *[router[r] for r in ("br", "cb") if router[r] is not None],
                 up["w"], *([up["b"]] if up["b"] is not None else []), down["w"],
                 *([down["b"]] if down["b"] is not None else [])]
     y = g.insert_before(root, "moe", operands, attrs).result
@@ -263,9 +311,9 @@ def _build(g: Graph, root: Op, router: dict, up: dict, down: dict, a: dict) -> V
 
 def _residual(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
     """add(r, moe(...)) (through a view of the moe result) -> moe(..., r) {residual=true}."""
-    for r, v in _pairs(root):
-        moe = _op(_src(v), "moe")
-        if (moe is None or moe.attrs["residual"] or len(moe.result.uses) != 1 or len(_src(v).uses) != 1
+    for r, v in pairs(root):
+        moe = op_of(src(v), "moe")
+        if (moe is None or moe.attrs["residual"] or len(moe.result.uses) != 1 or len(src(v).uses) != 1
                 or not (same_type(r.type, root.result.type) and same_type(v.type, root.result.type))):  # no broadcast
             continue
         res = r if r.type.rank == 2 else g.insert_before(root, "reshape", [r], {"shape": list(moe.result.type.shape)}).result
@@ -282,4 +330,5 @@ def _slot_sum(v: Value) -> bool:
 
 
 MOE_RULES: list[Rule] = [Rule(P.op("sum", P.any("s"), check=_slot_sum), _moe, "moe"),
+                         Rule(P.op("add", P.any("a"), P.any("b")), shared_experts, "moe_shared"),  # before residual
                          Rule(P.op("add", P.any("a"), P.any("b")), _residual, "moe_residual")]

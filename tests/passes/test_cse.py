@@ -71,3 +71,19 @@ def test_random_and_stateful_externs_never_merge_but_consts_do():
     stats = run(g)
     assert stats["merged_by_opcode"] == {"const": 1, "extern": 1}
     assert len(g.find("extern")) == 7 and len(g.find("const")) == 1
+
+
+def test_fresh_tensors_written_in_place_never_merge():
+    """Two `zeros` each scattered into in place (DeepSeek-V3's group mask, one per layer) stay two tensors: merged,
+    the second scatter would read the first's write; a zeros only pure ops read still merges."""
+    g, x, _ = make()
+    t = TensorType((S0, 1), F32)
+    zeros = [op(g, "full", shape=(S0, 1), value=0, dtype=F32) for _ in range(4)]
+    idx = op(g, "full", shape=(S0, 1), value=0, dtype=DType.i64)
+    scatters = [g.add_op("extern", [z, idx], {"target": "aten.scatter_.value",
+                                              "args": (OperandRef(0), 1, OperandRef(1), v)}, [t]).result
+                for z, v in zip(zeros[:2], (1.0, 2.0), strict=True)]
+    g.set_outputs([*scatters, op(g, "exp", zeros[2]), op(g, "exp", zeros[3])])
+    stats = run(g, [torch.randn(3, 8), torch.randn(3, 8)])
+    assert stats["merged_by_opcode"] == {"full": 1, "exp": 1}
+    assert [o.operands[0] for o in g.find("extern")][0] is not [o.operands[0] for o in g.find("extern")][1]

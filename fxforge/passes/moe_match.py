@@ -1,0 +1,58 @@
+"""What the `moe` rules match with (`moe_rules.py`: router and experts; `moe_shared.py`: shared experts): values
+through views and casts, producers by opcode (or the in-place externs of one), operand pairs, the weighted RMSNorm
+the experts read."""
+
+from __future__ import annotations
+
+from fxforge.ir.graph import Op, Value
+
+VIEWS = ("reshape", "expand")
+DIV = ("aten.div_.Tensor", "aten.div.Tensor")
+ADD = ("aten.add_.Tensor", "aten.add.Tensor")
+
+
+def src(v: Value, skip: tuple[str, ...] = VIEWS) -> Value:
+    """v through the producers of the opcodes `skip` (views: the value they view)."""
+    while v.producer is not None and v.producer.opcode in skip:
+        v = v.producer.operands[0]
+    return v
+
+
+def op_of(v: Value, opcode: str, externs: tuple[str, ...] = ()) -> Op | None:
+    """v's producer if it is `opcode` (or an extern of one of `externs`, in-place or not, on two tensors)."""
+    p = v.producer
+    if p is None:
+        return None
+    if p.opcode == opcode or (p.opcode == "extern" and p.attrs.get("target") in externs and len(p.operands) == 2):
+        return p
+    return None
+
+
+def is_const(v: Value) -> bool:
+    """v is made by a `const` (a weight)."""
+    return v.producer is not None and v.producer.opcode == "const"
+
+
+def pairs(op: Op) -> list[tuple[Value, Value]]:
+    """A binary op's operands in both orders."""
+    a, b = op.operands
+    return [(a, b), (b, a)]
+
+
+def weighted_rms_norm(x: Value) -> tuple[Value, Value, float] | None:
+    """(input, weight, eps) when x = rms_norm(x0, w), or x = cast(rms_norm(cast(x0, f32), w), x0's dtype) (the norm in
+    fp32, weight included, rounded once: GPT-OSS's, Gemma's): the op's norm computes the latter; the former it
+    rounds once too, where the chain rounded before the weight."""
+    p = x.producer
+    if p is not None and p.opcode == "cast":
+        inner = p.operands[0].producer
+        first = inner.operands[0].producer if inner is not None and inner.opcode == "rms_norm" else None
+        if first is not None and first.opcode == "cast" and first.operands[0].type.dtype == x.type.dtype:
+            p, x0 = inner, first.operands[0]
+        else:
+            return None
+    elif p is not None and p.opcode == "rms_norm":
+        x0 = p.operands[0]
+    else:
+        return None
+    return (x0, p.operands[1], float(p.attrs["eps"])) if len(p.operands) == 2 else None

@@ -1,0 +1,117 @@
+"""A shared expert beside a `moe` op (Qwen2-MoE, DeepSeek-V3, GLM-4.5, dots.llm1, ERNIE 4.5, HunYuan-MoE) joins
+it: its dense gated MLP on the experts' input, optionally times a sigmoid gate, added to the routed sum, becomes S
+more experts stacked after the routed ones that every token chooses (`moe(..., shared=S[, shared_gate])`,
+`ir/moe_ops.py`), so the block stays the op's two launches instead of two or three GEMMs and an add beside them.
+
+    y = moe(x, ...) + [sigmoid(xn Wsg^T) *] down(act(gate(xn)) * up(xn))     (xn: the op's normalised input)
+ -> moe(x, ..., [Wsg,] cat(W_gu, gu_shared), cat(W_d, d_shared)) {shared=S[, shared_gate=true]}
+
+Decisions:
+- A gated MLP of intermediate size S * I is exactly S experts of size I (its rows split into S blocks: the gated
+  activation is per row, the down projection a sum over them), so the kernels need no second weight layout; a
+  shared width that is not a multiple of the experts' I stays beside the op.
+- Only what the op computes exactly: the op's activation, no biases, the op's input (the same norm), constant
+  weights of the experts' dtype, a concat gate/up layout without transposed experts (the forms that have shared
+  experts); anything else is left as it was (the same numbers, more launches).
+- Runs before the residual rule (`MOE_RULES`), which would otherwise take the shared output as a residual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fxforge.ir.graph import Graph, Op, Value
+from fxforge.ir.moe_ops import by_role
+from fxforge.passes.linear_sites import free_name
+from fxforge.passes.moe_match import is_const, op_of, pairs, src, weighted_rms_norm
+from fxforge.passes.rewriter import same_type
+
+_ACT_OPS = {"silu": ("silu", None), "gelu_tanh": ("gelu", "tanh")}  # the op's act: (opcode, approximate)
+
+
+def _reads_input(v: Value, moe: Op) -> bool:
+    """v (through views) is what the op's experts read: its normalised x (the same norm weight and eps) or x."""
+    o = by_role(moe.operands, moe.attrs)
+    if moe.attrs["norm"] != "rms":
+        return src(v) is src(o["x"])
+    norm = weighted_rms_norm(src(v, ("reshape",)))
+    return (norm is not None and src(norm[0]) is src(o["x"]) and norm[1] is o["norm_w"]
+            and norm[2] == moe.attrs["eps"])
+
+
+def _linear_weight(v: Value, moe: Op, rows: int | None = None) -> Value | None:
+    """W when v = linear(the op's input, const W) without bias (W with `rows` output rows when given)."""
+    lin = op_of(src(v), "linear")
+    if lin is None or len(lin.operands) != 2 or not is_const(lin.operands[1]) or not _reads_input(lin.operands[0], moe):
+        return None
+    return lin.operands[1] if rows is None or lin.operands[1].type.shape[0] == rows else None
+
+
+def _shared_mlp(s: Value, moe: Op) -> dict[str, Any] | None:
+    """{wg, wu, wd, gate} of s = [sigmoid(linear(xn, Wsg [1, H])) *] linear(act(linear(xn, Wg)) * linear(xn, Wu), Wd)."""
+    gate = None
+    m = op_of(src(s), "mul")
+    for sig, y in pairs(m) if m is not None else []:
+        sg = op_of(src(sig), "sigmoid")
+        if sg is not None and (w := _linear_weight(sg.operands[0], moe, rows=1)) is not None:
+            gate, s = w, y
+            break
+    down = op_of(src(s), "linear")
+    if down is None or len(down.operands) != 2 or not is_const(down.operands[1]):
+        return None
+    opcode, approximate = _ACT_OPS.get(moe.attrs["act"], (None, None))
+    prod = op_of(src(down.operands[0]), "mul")
+    for g, u in pairs(prod) if prod is not None else []:
+        act = op_of(src(g), opcode) if opcode else None
+        if act is None or act.attrs.get("approximate", None if opcode == "silu" else "none") != approximate:
+            continue
+        wg, wu = _linear_weight(act.operands[0], moe), _linear_weight(u, moe)
+        if wg is not None and wu is not None:
+            return dict(wg=wg, wu=wu, wd=down.operands[1], gate=gate)
+    return None
+
+
+def shared_experts(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
+    """add(moe(...), shared MLP) -> moe(..., shared=S) with the MLP's rows as S more experts."""
+    for v, s in pairs(root):
+        moe = op_of(src(v), "moe")
+        if (moe is None or moe.attrs["shared"] or moe.attrs["residual"] or moe.attrs["transposed"]
+                or moe.attrs["expert_bias"] or moe.attrs["gate_up"] != "concat" or len(moe.result.uses) != 1
+                or len(src(v).uses) != 1 or not (same_type(v.type, root.result.type) and same_type(s.type, v.type))):
+            continue
+        mlp = _shared_mlp(s, moe)
+        stacked = _stack(g, moe, mlp) if mlp is not None else None
+        if stacked is None:
+            continue
+        o = by_role(moe.operands, moe.attrs)
+        o.update(shared_gate_w=mlp["gate"], w_gate_up=stacked[0], w_down=stacked[1])
+        attrs = {**moe.attrs, "shared": stacked[2], "shared_gate": mlp["gate"] is not None}
+        y = g.insert_before(root, "moe", [val for val in o.values() if val is not None], attrs).result
+        if root.result.type.rank != 2:
+            y = g.insert_before(root, "reshape", [y], {"shape": list(root.result.type.shape)}).result
+        return y
+    return None
+
+
+def _stack(g: Graph, moe: Op, mlp: dict[str, Any]) -> tuple[Value, Value, int] | None:
+    """(gate/up const [E + S, 2I, H], down const [E + S, H, I], S): the experts with the shared MLP's S row blocks
+    after them, or None when its width is not a multiple of I or a dtype differs."""
+    o = by_role(moe.operands, moe.attrs)
+    names = [o[r].producer.attrs["weight"] for r in ("w_gate_up", "w_down")]
+    gu, d = (g.weight(n).data for n in names)
+    wg, wu, wd = (g.weight(mlp[r].producer.attrs["weight"]).data for r in ("wg", "wu", "wd"))
+    inter, width = d.shape[2], wg.shape[0]
+    if (g.weight(names[0]).encoding is not None or width % inter or wu.shape != wg.shape
+            or wd.shape != (d.shape[1], width) or len({t.dtype for t in (gu, d, wg, wu, wd)}) != 1):
+        return None
+    blocks = range(0, width, inter)
+    gu_shared = torch.stack([torch.cat([wg[i:i + inter], wu[i:i + inter]]) for i in blocks])
+    d_shared = torch.stack([wd[:, i:i + inter] for i in blocks])
+    consts = []
+    for name, old, new in zip(names, (gu, d), (gu_shared, d_shared), strict=True):
+        stacked = g.add_weight(free_name(g, f"{name}_shared"), torch.cat([old, new]).contiguous())
+        consts.append(g.insert_before(moe, "const", attrs={"weight": stacked}, name=stacked.rsplit(".", 1)[-1]).result)
+    return consts[0], consts[1], len(blocks)
+
