@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.passes.moe_match import ADD, DIV, VIEWS, is_const, op_of, pairs, src, weighted_rms_norm
 from fxforge.passes.moe_shared import shared_experts
@@ -176,19 +177,27 @@ def _router(w: Value, e: Value) -> dict[str, Any] | None:
         return None
     out["score"], logits = scores
     lin = op_of(src(logits, ("cast",)), "linear")
-    if lin is None or not all(is_const(v) for v in lin.operands[1:]) or _always_ties(lin, out["cb"]):
+    params = [_upcast_src(v) for v in lin.operands[1:]] if lin is not None else []
+    if lin is None or not all(is_const(v) for v in params) or _always_ties(params, out["cb"]):
         return None
-    return dict(out, xr=src(lin.operands[0], ("reshape",)), wr=lin.operands[1],
-                br=lin.operands[2] if len(lin.operands) > 2 else None)
+    return dict(out, xr=src(_upcast_src(lin.operands[0]), ("reshape",)), wr=params[0],
+                br=params[1] if len(params) > 1 else None)
 
 
-def _always_ties(lin: Op, cb: Value | None) -> bool:
+def _upcast_src(v: Value) -> Value:
+    """v before casts to fp32 from a narrower float (exact: the router's fp32 logits of fp16 / bf16 weights)."""
+    while (v.producer is not None and v.producer.opcode == "cast" and v.type.dtype == DType.f32
+           and v.producer.operands[0].type.dtype in (DType.f16, DType.bf16, DType.f32)):
+        v = v.producer.operands[0]
+    return v
+
+
+def _always_ties(params: list[Value], cb: Value | None) -> bool:
     """Two experts the router cannot tell apart (equal weight rows, biases and choice biases: an untrained,
     zero-initialised router such as AFMoE's) tie on every token, where torch.topk's order is its own and the op's
     is the lowest index: such a chain stays as torch runs it."""
-    g = lin.graph
-    cols = [g.weight(v.producer.attrs["weight"]).data.float().reshape(lin.operands[1].type.shape[0], -1)
-            for v in lin.operands[1:]]
+    g = params[0].producer.graph
+    cols = [g.weight(v.producer.attrs["weight"]).data.float().reshape(params[0].type.shape[0], -1) for v in params]
     if cb is not None and is_const(src(cb)):
         cols.append(g.weight(src(cb).producer.attrs["weight"]).data.float().reshape(-1, 1))
     rows = torch.cat(cols, 1)

@@ -1,6 +1,7 @@
 """The MoE template (`codegen/templates/moe.py`) under Triton's interpreter against the `moe` op's reference
 (`ir/moe_ops._moe`), in two launches, for each routing / layout / activation variant; and a real MoE decoder
-(Mixtral, GPT-OSS: 1 layer) decoding eager's tokens through `executor="interpret"` with the op's two kernels."""
+(Mixtral, GPT-OSS, GLM-4.5, Qwen2-MoE: 1 layer) decoding eager's tokens through `executor="interpret"` with the
+op's two kernels."""
 
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def test_decode_tiles_cover_the_gpu() -> None:
     assert 2 * -(-14336 // up["BLOCK_N"]) >= 264 and -(-4096 // down["BLOCK_N"]) >= 256 // 16
 
 
-@pytest.mark.parametrize("arch,prompt", [("mixtral", 18), ("gpt_oss", 4)])  # 18: the prefill runs grouped
+@pytest.mark.parametrize("arch,prompt", [("mixtral", 18), ("gpt_oss", 4), ("glm4_moe", 18), ("qwen2_moe", 4)])  # 18: grouped
 def test_moe_decoder_decodes_eager_tokens(arch: str, prompt: int) -> None:
     import fxforge
     from fxforge.testing import gqa_decoder
