@@ -163,8 +163,8 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 # eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s15-periods.md): unrecognised
 # forms run as several kernels (Gemma 4's per-layer inputs and layer scalar, Granite-SWA's LSE-scaled sinks, DiffLlama's
-# two softmaxes, Doge's dynamic mask, Beam's MoE layers; Flint's MoE layers from its third on, a sigmoid router with a
-# shared expert, never counted before session 15 measured over layer periods)
+# two softmaxes, Doge's dynamic mask, Beam's MoE layers (a grouped top-k over several groups); Flint's MoE layers are
+# a `moe` op since session 16, 6.33 per layer over its period: a RoPE table kernel)
 OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge", "flint"})
 # within the budget, but their caches written by host index_copy, not a kernel: Falcon's new decoder caches k and v
 # repeated to every query head (its fused projection interleaves each kv group's q, k, v: no column slices either)
