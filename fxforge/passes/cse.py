@@ -14,9 +14,9 @@ Decisions:
 - Ops without the `deterministic` trait (externs that are random or stateful: rand, dropout,
   bernoulli, empty, ..., or impure) never merge: two draws are two different values. Two `const` ops
   of the same weight do merge.
-- An op whose result an impure op reads (an in-place extern may write it: `zeros_like` then `scatter_`)
-  never merges: two fresh tensors written in place are two tensors, and keeping them apart lets DCE drop
-  a write nobody reads (`dce.unseen_write`).
+- An op whose result an impure op writes (its first operand: `zeros_like` then `scatter_`) never merges:
+  two fresh tensors written in place are two tensors, and keeping them apart lets DCE drop a write nobody
+  reads (`dce.unseen_write`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from fxforge.passes.rewriter import same_type
 
 
 def may_merge(op: Op) -> bool:
-    """The op table's `deterministic` trait (random or stateful externs never merge), and no impure reader (an
-    in-place write) of its results."""
-    return op.opdef.is_deterministic(op.attrs) and not any(has_side_effects(u) for r in op.results for u in r.uses)
+    """The op table's `deterministic` trait (random or stateful externs never merge), and no result written in place
+    (the first operand of an impure op: an in-place aten op's self, a `cache_write`'s cache)."""
+    return op.opdef.is_deterministic(op.attrs) and not any(
+        has_side_effects(u) and u.operands[0] is r for r in op.results for u in r.uses)
 
 
 def attr_key(value: Any) -> Hashable:
