@@ -205,7 +205,8 @@ def _always_ties(params: list[Value], cb: Value | None) -> bool:
 
 
 def _scores(v: Value) -> tuple[str, Value] | None:
-    """("softmax" | "sigmoid", the logits) when v = softmax(logits) over the last dim or sigmoid(logits), through casts."""
+    """("softmax" | "sigmoid", the logits) when v = softmax(logits) over the last dim or sigmoid(logits), through
+    casts."""
     v = src(v, ("cast",))
     sm, sig = op_of(v, "softmax"), op_of(v, "sigmoid")
     if sm is not None and sm.attrs["dim"] in (-1, v.type.rank - 1):
@@ -297,8 +298,9 @@ def _build(g: Graph, root: Op, router: dict, up: dict, down: dict, a: dict) -> V
     norm = weighted_rms_norm(x)
     attrs: dict[str, Any] = dict(k=router["k"], renorm=router["renorm"], router_bias=router["br"] is not None,
                                  expert_bias=up["b"] is not None, act=a["act"], gate_up=a["gate_up"],
-                                 transposed=up["transposed"], score=router["score"], choice_bias=router["cb"] is not None,
-                                 renorm_eps=router["renorm_eps"], renorm_min=router["renorm_min"], scale=router["scale"])
+                                 transposed=up["transposed"], score=router["score"],
+                                 choice_bias=router["cb"] is not None, renorm_eps=router["renorm_eps"],
+                                 renorm_min=router["renorm_min"], scale=router["scale"])
     if "limit" in a:
         attrs.update(limit=a["limit"], alpha=a["alpha"])
     operands = []

@@ -14,6 +14,8 @@ Decisions:
   weights of the experts' dtype, a concat gate/up layout without transposed experts (the forms that have shared
   experts); anything else is left as it was (the same numbers, more launches).
 - Runs before the residual rule (`MOE_RULES`), which would otherwise take the shared output as a residual.
+- The stacked weights are new tensors (the experts' copied once at compile time); the old ones leave the graph with
+  DCE, which drops unused weights.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def _linear_weight(v: Value, moe: Op, rows: int | None = None) -> Value | None:
 
 
 def _shared_mlp(s: Value, moe: Op) -> dict[str, Any] | None:
-    """{wg, wu, wd, gate} of s = [sigmoid(linear(xn, Wsg [1, H])) *] linear(act(linear(xn, Wg)) * linear(xn, Wu), Wd)."""
+    """{wg, wu, wd, gate} of s = [sigmoid(linear(xn, Wsg [1, H])) *] linear(act(linear(xn, Wg)) * linear(xn, Wu),
+    Wd)."""
     gate = None
     m = op_of(src(s), "mul")
     for sig, y in pairs(m) if m is not None else []:
@@ -65,7 +68,7 @@ def _shared_mlp(s: Value, moe: Op) -> dict[str, Any] | None:
     prod = op_of(src(down.operands[0]), "mul")
     for g, u in pairs(prod) if prod is not None else []:
         act = op_of(src(g), opcode) if opcode else None
-        if act is None or act.attrs.get("approximate", None if opcode == "silu" else "none") != approximate:
+        if act is None or act.attrs.get("approximate") != approximate:
             continue
         wg, wu = _linear_weight(act.operands[0], moe), _linear_weight(u, moe)
         if wg is not None and wu is not None:
@@ -79,7 +82,8 @@ def shared_experts(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
         moe = op_of(src(v), "moe")
         if (moe is None or moe.attrs["shared"] or moe.attrs["residual"] or moe.attrs["transposed"]
                 or moe.attrs["expert_bias"] or moe.attrs["gate_up"] != "concat" or len(moe.result.uses) != 1
-                or len(src(v).uses) != 1 or not (same_type(v.type, root.result.type) and same_type(s.type, v.type))):
+                or len(src(v).uses) != 1 or len(s.uses) != 1  # else the shared MLP would run twice
+                or not (same_type(v.type, root.result.type) and same_type(s.type, v.type))):
             continue
         mlp = _shared_mlp(s, moe)
         stacked = _stack(g, moe, mlp) if mlp is not None else None

@@ -128,7 +128,8 @@ def test_decode_tiles_cover_the_gpu() -> None:
     assert 2 * -(-14336 // up["BLOCK_N"]) >= 264 and -(-4096 // down["BLOCK_N"]) >= 256 // 16
 
 
-@pytest.mark.parametrize("arch,prompt", [("mixtral", 18), ("gpt_oss", 4), ("glm4_moe", 18), ("qwen2_moe", 4)])  # 18: grouped
+@pytest.mark.parametrize("arch,prompt", [("mixtral", 18), ("gpt_oss", 4), ("glm4_moe", 18), ("qwen2_moe", 4)])
+# 18 tokens: the prefill runs grouped
 def test_moe_decoder_decodes_eager_tokens(arch: str, prompt: int) -> None:
     import fxforge
     from fxforge.testing import gqa_decoder

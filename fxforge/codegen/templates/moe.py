@@ -202,7 +202,8 @@ def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: i
     up, down = moe_blocks(T * slots, inter, H, torch_dtype, arch, tiles=2), moe_blocks(T, H, inter, torch_dtype, arch)
     block_e = max(next_pow2(E), 2)
     w, sc, z = ("*u8", "*fp16", "*u8") if quant else (f"*{t}",) * 3
-    up_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "cb_ptr", "wsg_ptr", "bgu_ptr", "act_ptr")},
+    up_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "cb_ptr", "wsg_ptr", "bgu_ptr",
+                                      "act_ptr")},
               "wgu_ptr": w, "gs_ptr": sc, "gz_ptr": z,
               "route_w_ptr": "*fp32", "route_e_ptr": "*i32", "H": "i32", "I": "i32", "E": "i32", "eps": "fp32",
               "limit": "fp32", "alpha": "fp32", "renorm_eps": "fp32", "renorm_min": "fp32", "scale": "fp32",
@@ -217,14 +218,16 @@ def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: i
                 "dz_ptr": z, "bd_ptr": f"*{t}", "res_ptr": f"*{t}", "out_ptr": f"*{t}", "H": "i32", "I": "i32",
                 "stride_de": "i32", "stride_dn": "i32", "stride_dk": "i32", "stride_be": "i32", "stride_bn": "i32",
                 "stride_rt": "i32", "stride_ot": "i32"}
-    down_const = dict(K=slots, EXPERT_BIAS=gpt_oss, RESIDUAL=True, BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"], **flags)
+    down_const = dict(K=slots, EXPERT_BIAS=gpt_oss, RESIDUAL=True, BLOCK_N=down["BLOCK_N"], BLOCK_K=down["BLOCK_K"],
+                      **flags)
     transposed = gpt_oss and not quant  # int4 experts are laid out [E, N, K] (`moe_quant.py`)
     up_const["stride_gn" if transposed else "stride_gk"] = 1  # the contiguous dim, as the JIT specialises a stride 1
     down_const["stride_dn" if transposed else "stride_dk"] = 1
     for sig, const in ((up_sig, up_const), (down_sig, down_const)):
         for name in [n for n in sig if n in const]:
             del sig[name]
-    label = f"moe {dtype} T={T} E={E} H={H} I={inter} k={k}{' gpt_oss' * gpt_oss}{' int4' * quant}{' deepseek' * deepseek}"
+    label = (f"moe {dtype} T={T} E={E} H={H} I={inter} k={k}{' gpt_oss' * gpt_oss}{' int4' * quant}"
+             f"{' deepseek' * deepseek}")
     common = {"module": __name__, "num_stages": 1, "divisible": ["H", "I"]}
     return [{**common, "kernel": "moe_up_kernel", "signature": up_sig, "constexprs": up_const,
              "num_warps": up["num_warps"], "label": f"{label} up"},
