@@ -18,6 +18,7 @@ import re
 from torch import Tensor
 
 from fxforge.ir.graph import Graph, Op
+from fxforge.ir.moe_ops import by_role
 
 STACKED = re.compile(r"\{([^{}]+)\}")
 
@@ -50,8 +51,11 @@ def split_layer(layer, names: list[str], rows: list[int]) -> list:
 
 
 def plain_parts(graph: Graph) -> dict[str, Tensor]:
-    """{original name: tensor} of the stacked plain (not encoded) weights and biases of the graph's linears."""
+    """{original name: tensor} of the stacked plain (not encoded) weights and biases of the graph's linears, and of
+    the `moe` ops' experts stacked with a shared MLP (`moe_experts`)."""
     out: dict[str, Tensor] = {}
+    for op in graph.find("moe"):
+        out.update(moe_experts(graph, op))
     for op in graph.ops:
         if op.opcode not in ("linear", "qlinear"):
             continue
@@ -64,4 +68,26 @@ def plain_parts(graph: Graph) -> dict[str, Tensor]:
             rows = part_rows(op, len(names)) if len(names) > 1 and w.encoding is None else None
             if rows is not None:
                 out.update(zip(names, split_rows(w.data, rows)))
+    return out
+
+
+def moe_experts(graph: Graph, op: Op) -> dict[str, Tensor]:
+    """{original name: tensor} of a `moe` op's experts stacked with S shared experts (`passes/moe_shared.py`): the
+    routed experts' [E, 2I, H] and [E, H, I], and the shared MLP's gate and up [S * I, H] and down [H, S * I], its
+    row blocks put back in order."""
+    S = op.attrs["shared"]
+    roles = by_role(op.operands, op.attrs)
+    out: dict[str, Tensor] = {}
+    for role in ("w_gate_up", "w_down") if S and not op.attrs["transposed"] else ():
+        name = roles[role].producer.attrs["weight"] if roles[role].producer.opcode == "const" else ""
+        names, w = parts_of(name), graph.weights.get(name)
+        if w is None or w.encoding is not None or len(names) != (3 if role == "w_gate_up" else 2):
+            continue
+        routed, blocks = w.data[:-S], w.data[-S:]
+        if role == "w_gate_up":  # blocks [S, 2I, H]: rows [gate; up] of I each
+            inter = blocks.shape[1] // 2
+            shared = [blocks[:, :inter].reshape(-1, blocks.shape[2]), blocks[:, inter:].reshape(-1, blocks.shape[2])]
+        else:  # blocks [S, H, I]: the down projection's columns by block
+            shared = [blocks.permute(1, 0, 2).reshape(blocks.shape[1], -1)]
+        out.update(zip(names, [t.contiguous() for t in (routed, *shared)]))
     return out

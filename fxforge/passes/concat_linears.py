@@ -31,6 +31,7 @@ Decisions:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 
 import torch
@@ -117,7 +118,9 @@ def _groups(graph: Graph, mlp: bool) -> list[list[Op]]:
     return groups
 
 
-def _stacked_name(names: list[str]) -> str:
+def stacked_name(names: list[str]) -> str:
+    """The name of a weight stacked from `names`: their common prefix and suffix around `{a+b+...}`, which
+    `export.stacked.parts_of` reads back (`moe_shared.py` names the experts stacked with a shared MLP so too)."""
     parts = [n.split(".") for n in names]
     head = 0
     while all(len(p) > head + 1 and p[head] == parts[0][head] for p in parts):
@@ -127,6 +130,11 @@ def _stacked_name(names: list[str]) -> str:
         tail += 1
     mid = "+".join(".".join(p[head:len(p) - tail]) for p in parts)
     return ".".join(parts[0][:head] + ["{" + mid + "}"] + (parts[0][len(parts[0]) - tail:] if tail else []))
+
+
+def first_part(name: str) -> str:
+    """The first weight name a stacked one lists (the name itself when it is not stacked)."""
+    return re.sub(r"\{([^+{}]*)[^{}]*\}", r"\1", name, count=1)
 
 
 def stack_weights(weights: list[Weight]) -> Weight:
@@ -156,7 +164,7 @@ def permute_rows(weight: Weight, perm: torch.Tensor) -> Weight:
 
 def _stack(graph: Graph, anchor: Op, operands: list[Value]) -> Value:
     names = [operand.producer.attrs["weight"] for operand in operands]
-    name = _stacked_name(names)
+    name = stacked_name(names)
     graph.add_weight(name, stack_weights([graph.weight(n) for n in names]))
     return graph.insert_before(anchor, "const", attrs={"weight": name}, name=name.rsplit(".", 1)[0].split(".")[-1]).result
 

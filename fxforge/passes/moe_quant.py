@@ -25,14 +25,16 @@ import torch
 from fxforge.ir.graph import Graph, Op, Weight
 from fxforge.ir.lowp_ops import decode_weight, encode_weight, get_scheme
 from fxforge.ir.moe_ops import ROLES, by_role
+from fxforge.passes.concat_linears import first_part
 from fxforge.passes.linear_sites import choose_by_pattern, free_name
 
 MOE_SCHEMES = ("w4a16-int4",)  # the schemes the MoE templates dequantize
 
 
 def experts_site(op: Op) -> str:
-    """The module path of a `moe` op's experts (its gate/up weight's name without the parameter)."""
-    return by_role(op.operands, op.attrs)["w_gate_up"].producer.attrs["weight"].rsplit(".", 1)[0]
+    """The module path of a `moe` op's experts (its gate/up weight's name without the parameter; the routed
+    experts' of a stack with shared ones, `moe_shared.py`)."""
+    return first_part(by_role(op.operands, op.attrs)["w_gate_up"].producer.attrs["weight"]).rsplit(".", 1)[0]
 
 
 def encode_experts(w: torch.Tensor, scheme: str, group: int | None) -> Weight:

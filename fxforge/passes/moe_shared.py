@@ -15,7 +15,8 @@ Decisions:
   experts); anything else is left as it was (the same numbers, more launches).
 - Runs before the residual rule (`MOE_RULES`), which would otherwise take the shared output as a residual.
 - The stacked weights are new tensors (the experts' copied once at compile time); the old ones leave the graph with
-  DCE, which drops unused weights.
+  DCE, which drops unused weights. Their names list the HF weights they hold (`concat_linears.stacked_name`:
+  the experts', then the shared MLP's), so an exporter splits them back (`export.stacked.plain_parts`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.moe_ops import by_role
+from fxforge.passes.concat_linears import stacked_name
 from fxforge.passes.linear_sites import free_name
 from fxforge.passes.moe_match import is_const, op_of, pairs, src, weighted_rms_norm
 from fxforge.passes.rewriter import same_type
@@ -113,9 +115,10 @@ def _stack(g: Graph, moe: Op, mlp: dict[str, Any]) -> tuple[Value, Value, int] |
     blocks = range(0, width, inter)
     gu_shared = torch.stack([torch.cat([wg[i:i + inter], wu[i:i + inter]]) for i in blocks])
     d_shared = torch.stack([wd[:, i:i + inter] for i in blocks])
+    shared = [[mlp[r].producer.attrs["weight"] for r in roles] for roles in (("wg", "wu"), ("wd",))]
     consts = []
-    for name, old, new in zip(names, (gu, d), (gu_shared, d_shared), strict=True):
-        stacked = g.add_weight(free_name(g, f"{name}_shared"), torch.cat([old, new]).contiguous())
-        consts.append(g.insert_before(moe, "const", attrs={"weight": stacked}, name=stacked.rsplit(".", 1)[-1]).result)
+    for name, parts, old, new in zip(names, shared, (gu, d), (gu_shared, d_shared), strict=True):
+        stacked = g.add_weight(free_name(g, stacked_name([name, *parts])), torch.cat([old, new]).contiguous())
+        consts.append(g.insert_before(moe, "const", attrs={"weight": stacked}, name=name.rsplit(".", 1)[-1]).result)
     return consts[0], consts[1], len(blocks)
 
