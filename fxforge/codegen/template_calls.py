@@ -148,6 +148,8 @@ def _moe(g: KernelGroup, n: Names) -> str:
                                                      ("score", "softmax"), ("renorm_eps", 0.0), ("renorm_min", 0.0),
                                                      ("scale", 1.0), ("shared", 0)) if a[key] != default]
     kw += [f"limit={a['limit']!r}", f"alpha={a['alpha']!r}"] if a["act"] == "gpt_oss" else []
+    kw += ([f"groups={a['groups']}", f"top_groups={a['top_groups']}", f"group_fill=float({str(a['group_fill'])!r})"]
+           if a["groups"] > 1 else [])  # float('-inf'): -inf is no Python literal
     return f"_moe({', '.join(args + kw)})"
 
 

@@ -11,13 +11,15 @@ then the norm's input); the router weight [E, H], its bias [E] (`router_bias`) a
 weight [E + S, H, I] ([E + S, I, H] when `transposed`) and its bias [E + S, H] (`expert_bias`); a residual [T, H]
 (`residual`).
 
-Semantics (`_moe`, what every executor is checked against): xn = rms_norm(x, w) (or x; the rms_norm op's
-roundings); scores p = softmax(xn Wr^T + br) (`score="sigmoid"`: sigmoid of each logit) in fp32; the k experts of
-the largest p + cb (the choice bias, DeepSeek-V3's score correction; lowest index first on ties), weighted by their
-p, divided by max(sum + renorm_eps, renorm_min) when `renorm` (softmax of the top-k logits, Granite's and GPT-OSS's
-order, is the same number), times `scale`; then the S shared experts E..E+S-1, every token's, weighted by
-sigmoid(xn Wsg^T) (`shared_gate`, Qwen2-MoE's) or 1 (a shared MLP of intermediate size S * I is S such experts:
-`passes/moe_shared.py` stacks it so); for each chosen expert e,
+Semantics (`_moe`, what every executor is checked against): xn = rms_norm(x, w) (or x; the rms_norm op's roundings);
+scores p = softmax(xn Wr^T + br) (`score="sigmoid"`: sigmoid of each logit) in fp32; the k experts of the largest p
++ cb (the choice bias, DeepSeek-V3's score correction; lowest index first on ties; with `groups` > 1 only among the
+experts of the `top_groups` groups of E / groups whose two largest p + cb sum highest, the others' choice set to
+`group_fill`), weighted by their p, divided by max(sum + renorm_eps, renorm_min) when `renorm` (softmax of the top-k
+logits, Granite's and GPT-OSS's order, is the same number), times `scale`; then the S shared experts E..E+S-1, every
+token's, weighted by sigmoid(xn Wsg^T) (`shared_gate`, Qwen2-MoE's) or 1 (a shared MLP of intermediate size S * I is
+S such experts: `passes/moe_shared.py` stacks it so);
+for each chosen expert e,
 a = act(xn W_gu[e]^T + b_gu[e]) (gate rows 0..I-1 then up rows I..2I-1, or interleaved gate/up pairs when
 `gate_up="interleaved"`), y += p * (a W_d[e]^T + b_d[e]); the result y (+ residual) in x's dtype. Every product and
 sum runs in fp32 from x's dtype (the router's and experts' inputs are rounded to it, as the captured chain's are).
@@ -75,6 +77,15 @@ def _infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     shared = attrs["shared"]
     if not isinstance(shared, int) or isinstance(shared, bool) or shared < 0 or (attrs["shared_gate"] and not shared):
         raise ShapeError(f"moe: shared={shared!r} must be an int >= 0 (>= 1 with a shared gate)")
+    groups, top = attrs["groups"], attrs["top_groups"]
+    e_r = types[roles.index("router_w")].shape[0]
+    if not (isinstance(groups, int) and isinstance(top, int) and 1 <= top <= groups
+            and (not isinstance(e_r, int) or e_r % groups == 0 and e_r // groups >= 2 or groups == 1)):
+        raise ShapeError(f"moe: groups={groups!r} / top_groups={top!r}: groups must divide the {e_r} experts (two or "
+                         "more a group) and 1 <= top_groups <= groups")
+    if groups > 1 and isinstance(e_r, int) and attrs["k"] > top * (e_r // groups):
+        raise ShapeError(f"moe: k={attrs['k']} is more than the {top * (e_r // groups)} experts of the "
+                         f"top_groups={top} groups kept")
     if x.rank != 2 or wr.rank != 2 or wgu.rank != 3 or wd.rank != 3:
         raise ShapeError(f"moe: x [T, H], router [E, H], gate/up [E, 2I, H], down [E, H, I]; got "
                          f"{list(x.shape)}, {list(wr.shape)}, {list(wgu.shape)}, {list(wd.shape)}")
@@ -107,13 +118,26 @@ def _act(g: torch.Tensor, u: torch.Tensor, act: str, limit: float, alpha: float)
     return g * torch.sigmoid(alpha * g) * (u + 1)
 
 
+def _limit_groups(choice: torch.Tensor, groups: int, top: int, fill: float) -> torch.Tensor:
+    """choice with the experts outside the `top` groups of the highest top-2 sums set to `fill` (ties: lowest group
+    first)."""
+    by_group = choice.unflatten(-1, (groups, -1))
+    score = by_group.topk(2, dim=-1)[0].sum(-1)
+    keep = torch.zeros_like(score, dtype=torch.bool).scatter(
+        -1, torch.sort(score, stable=True, dim=-1, descending=True)[1][..., :top], True)
+    return torch.where(keep[..., None], by_group, fill).flatten(-2)
+
+
 def route(xn: torch.Tensor, o: dict[str, Any], k: int, renorm: bool, score: str = "softmax", renorm_eps: float = 0.0,
-          renorm_min: float = 0.0, scale: float = 1.0, shared: int = 0):
+          renorm_min: float = 0.0, scale: float = 1.0, shared: int = 0, groups: int = 1, top_groups: int = 1,
+          group_fill: float = float("-inf")):
     """(weights fp32 [T, k + shared], expert indices [T, k + shared]) of the router on xn (`o`: the op's operands by
     role), the shared experts' slots last."""
     logits = F.linear(xn.float(), o["router_w"].float(), None if o["router_b"] is None else o["router_b"].float())
     p = torch.softmax(logits, -1) if score == "softmax" else torch.sigmoid(logits)
     choice = p if o["router_cb"] is None else p + o["router_cb"].float()
+    if groups > 1:
+        choice = _limit_groups(choice, groups, top_groups, group_fill)
     idx = torch.sort(choice, stable=True, dim=-1, descending=True)[1][..., :k]  # ties: lowest index first
     w = p.gather(-1, idx)
     if renorm:
@@ -131,7 +155,7 @@ def route(xn: torch.Tensor, o: dict[str, Any], k: int, renorm: bool, score: str 
 def _moe(*operands: torch.Tensor, k: int, renorm: bool, norm: str, eps: float, router_bias: bool, expert_bias: bool,
          residual: bool, act: str, gate_up: str, transposed: bool, limit: float, alpha: float, score: str,
          choice_bias: bool, renorm_eps: float, renorm_min: float, scale: float, shared: int,
-         shared_gate: bool) -> torch.Tensor:
+         shared_gate: bool, groups: int, top_groups: int, group_fill: float) -> torch.Tensor:
     attrs = dict(norm=norm, router_bias=router_bias, expert_bias=expert_bias, residual=residual,
                  choice_bias=choice_bias, shared_gate=shared_gate)
     o = by_role(list(operands), attrs)
@@ -139,7 +163,7 @@ def _moe(*operands: torch.Tensor, k: int, renorm: bool, norm: str, eps: float, r
     xn = x
     if norm == "rms":
         xn = _rms_norm(x, o["norm_w"], eps=eps)
-    w, idx = route(xn, o, k, renorm, score, renorm_eps, renorm_min, scale, shared)
+    w, idx = route(xn, o, k, renorm, score, renorm_eps, renorm_min, scale, shared, groups, top_groups, group_fill)
     k += shared
     wgu, wd = (o["w_gate_up"].float(), o["w_down"].float())
     if transposed:
@@ -165,7 +189,7 @@ register(OpDef("moe", (4, 11), {"k": REQUIRED, "renorm": False, "norm": "none", 
                                 "expert_bias": False, "residual": False, "act": "silu", "gate_up": "concat",
                                 "transposed": False, "limit": 7.0, "alpha": 1.702, "score": "softmax",
                                 "choice_bias": False, "renorm_eps": 0.0, "renorm_min": 0.0, "scale": 1.0, "shared": 0,
-                                "shared_gate": False},
+                                "shared_gate": False, "groups": 1, "top_groups": 1, "group_fill": float("-inf")},
                _infer, _moe, "composite",
                "mixture-of-experts FFN: router scores, top-k, the chosen and shared experts' gated MLPs, weighted sum "
                "(operands by the flags: x, norm_w?, router_w, router_b?, router_cb?, shared_gate_w?, w_gate_up, "

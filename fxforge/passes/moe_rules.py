@@ -145,7 +145,8 @@ def _router(w: Value, e: Value) -> dict[str, Any] | None:
     if tk is None or src(e) is not tk.results[1] or tk.attrs["dim"] not in (-1, 1) or not tk.attrs["largest"]:
         return None
     w = src(w, VIEWS + ("cast",))
-    out: dict[str, Any] = dict(k=tk.attrs["k"], renorm=False, renorm_eps=0.0, renorm_min=0.0, scale=1.0, cb=None)
+    out: dict[str, Any] = dict(k=tk.attrs["k"], renorm=False, renorm_eps=0.0, renorm_min=0.0, scale=1.0, cb=None,
+                               groups=1, top_groups=1, group_fill=float("-inf"))
     if (scaled := op_of(w, "mul")) is not None:
         for v, c in pairs(scaled):
             if scalar_const(c):
@@ -167,10 +168,10 @@ def _router(w: Value, e: Value) -> dict[str, Any] | None:
             return None  # softmax(topk(softmax(.))): not a router this op knows
         scores, out["renorm"] = ("softmax", tk.operands[0]), True
     elif gather is not None and gather.attrs["dim"] in (-1, 1) and gather.operands[1] is tk.results[1]:
-        scores, cb = _scores(gather.operands[0]), _choice_bias(tk.operands[0], gather.operands[0])
-        if cb is None:
+        scores, choice = _scores(gather.operands[0]), _choice(tk.operands[0], gather.operands[0], tk.attrs["k"])
+        if choice is None:
             return None
-        out["cb"] = cb if cb is not False else None
+        out.update(choice)
     else:
         return None
     if scores is None:
@@ -232,34 +233,57 @@ def _denominator(d: Value, num: Value) -> dict[str, float] | None:
     return out
 
 
-def _choice_bias(c: Value, scores: Value) -> Value | bool | None:
-    """What the topk ranks besides the scores: a per-expert const bias b (c = scores + b, through a mask that keeps
-    every expert: `_one_group`), False for the scores themselves, None for anything else."""
+def _choice(c: Value, scores: Value, k: int) -> dict[str, Any] | None:
+    """{cb, groups, top_groups, group_fill} of what the topk ranks: the scores, plus a per-expert const bias cb
+    (DeepSeek-V3's score correction), limited to the best groups of experts when a group mask is applied
+    (`_group_limit`); None for anything else."""
     c = src(c, ("cast",))
-    if (where := op_of(c, "where")) is not None and _one_group(where.operands[0]):
+    out: dict[str, Any] = dict(cb=None, groups=1, top_groups=1, group_fill=float("-inf"))
+    if (where := op_of(c, "where")) is not None:
+        limit = _group_limit(where, k)
+        if limit is None:
+            return None
+        out.update(limit)
         c = where.operands[2]
     if c is scores:
-        return False
+        return out
     add = op_of(c, "add", ADD)
     for s, b in pairs(add) if add is not None else []:
         if s is scores and is_const(src(b)) and b.type.rank == 1:
-            return b
+            return dict(out, cb=b)
     return None
 
 
-def _one_group(cond: Value) -> bool:
-    """cond = not(bool(scatter(zeros [T, 1], 1, idx, v != 0))) broadcast: DeepSeek-V3's group-limited routing with
-    one group (GLM-4.5, dots.llm1), whose group mask keeps every expert: cond is False everywhere."""
+def _group_limit(where: Op, k: int) -> dict[str, Any] | None:
+    """{groups, top_groups, group_fill} of DeepSeek-V3's group-limited routing on c = where.operands[2]:
+    where(not(bool(expand(scatter(zeros [T, G], 1, topk(sum(topk(c.view(T, G, E / G), 2)[0], -1), top)[1], v)))),
+    fill, c), v != 0: the experts outside the `top` groups of the best top-2 sums get `fill`."""
+    cond, fill, c = where.operands
     inv = op_of(cond, "bitwise_not")
-    written = src(src(inv.operands[0], ("cast",)), VIEWS) if inv is not None else None
-    p = written.producer if written is not None else None
+    mask = src(src(inv.operands[0], ("cast",)), VIEWS) if inv is not None and scalar_const(fill) else None
+    p = mask.producer if mask is not None else None
     if p is None or p.opcode != "extern" or p.attrs.get("target") not in ("aten.scatter_.value", "aten.scatter.value"):
-        return False
-    zeros = p.operands[0]
+        return None
+    zeros, idx = p.operands
     args = p.attrs.get("args", [])
-    return (zeros.producer is not None and zeros.producer.opcode == "full" and zeros.producer.attrs["value"] == 0
-            and zeros.type.rank == 2 and zeros.type.shape[1] == 1 and len(args) == 4 and args[1] in (1, -1)
-            and isinstance(args[3], (int, float)) and args[3] != 0)
+    if (zeros.producer is None or zeros.producer.opcode != "full" or zeros.producer.attrs["value"] != 0
+            or zeros.type.rank != 2 or not isinstance(zeros.type.shape[1], int) or len(args) != 4
+            or args[1] not in (1, -1) or not isinstance(args[3], (int, float)) or args[3] == 0):
+        return None
+    groups = zeros.type.shape[1]
+    top = op_of(src(idx), "topk")
+    gsum = op_of(top.operands[0], "sum") if top is not None and src(idx) is top.results[1] else None
+    summed = gsum is not None and tuple(gsum.attrs["dims"] or ()) in ((-1,), (2,))
+    best2 = op_of(gsum.operands[0], "topk") if summed else None
+    if (best2 is None or gsum.operands[0] is not best2.results[0] or best2.attrs["k"] != 2
+            or top.attrs["dim"] not in (-1, 1)):
+        return None
+    grouped = best2.operands[0]
+    if src(grouped, ("reshape",)) is not c or grouped.type.rank != 3 or grouped.type.shape[1] != groups:
+        return None
+    if groups > 1 and (not isinstance(c.type.shape[-1], int) or k > top.attrs["k"] * c.type.shape[-1] // groups):
+        return None  # a top-k past the kept experts ranks masked ones in torch's order
+    return dict(groups=groups, top_groups=top.attrs["k"], group_fill=scalar_value(where.graph, fill))
 
 
 def _moe(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
@@ -300,7 +324,8 @@ def _build(g: Graph, root: Op, router: dict, up: dict, down: dict, a: dict) -> V
                                  expert_bias=up["b"] is not None, act=a["act"], gate_up=a["gate_up"],
                                  transposed=up["transposed"], score=router["score"],
                                  choice_bias=router["cb"] is not None, renorm_eps=router["renorm_eps"],
-                                 renorm_min=router["renorm_min"], scale=router["scale"])
+                                 renorm_min=router["renorm_min"], scale=router["scale"], groups=router["groups"],
+                                 top_groups=router["top_groups"], group_fill=router["group_fill"])
     if "limit" in a:
         attrs.update(limit=a["limit"], alpha=a["alpha"])
     operands = []

@@ -31,7 +31,8 @@ VARIANTS = {  # name: op attributes besides k
 }
 DEFAULTS = dict(renorm=False, norm="none", eps=1e-6, router_bias=False, expert_bias=False, residual=False, act="silu",
                 gate_up="concat", transposed=False, limit=7.0, alpha=1.702, score="softmax", choice_bias=False,
-                renorm_eps=0.0, renorm_min=0.0, scale=1.0, shared=0, shared_gate=False)
+                renorm_eps=0.0, renorm_min=0.0, scale=1.0, shared=0, shared_gate=False, groups=1, top_groups=1,
+                group_fill=float("-inf"))
 
 
 def operands(attrs: dict, T: int, E: int, H: int, inter: int, dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
@@ -53,7 +54,8 @@ def run_template(ops: list[torch.Tensor], attrs: dict, k: int, grouped: bool = F
     named = dict(zip(operand_roles(attrs), ops, strict=True))
     args = [named.get(r) for r in ROLES]
     kw = {key: attrs[key] for key in ("renorm", "eps", "act", "gate_up", "transposed", "limit", "alpha", "score",
-                                      "renorm_eps", "renorm_min", "scale", "shared")}
+                                      "renorm_eps", "renorm_min", "scale", "shared", "groups", "top_groups",
+                                      "group_fill")}
     with interpreter_scope():
         return moe(*args, k=k, grouped=grouped, **kw)
 
@@ -84,6 +86,19 @@ def test_grouped_prefill_matches_the_reference(name: str, T: int, E: int, k: int
         got = run_template(ops, attrs, k, grouped=True)
     assert names == GROUPED_LAUNCHES
     torch.testing.assert_close(got, _moe(*ops, k=k, **attrs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fill", [float("-inf"), 0.0])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_group_limited_routing_matches_the_reference(grouped: bool, fill: float) -> None:
+    """DeepSeek-V3's routing in registers: 8 experts in 4 groups, the best 2 groups' experts only (top-2 sums),
+    sigmoid scores with a choice bias and a shared expert; decode kernels and the grouped prefill."""
+    attrs = {**DEFAULTS, **VARIANTS["sigmoid_shared"], "groups": 4, "top_groups": 2, "group_fill": fill}
+    T = 20 if grouped else 3
+    ops = operands(attrs, T, 8, 48, 40, torch.float32, seed=5)
+    want = _moe(*ops, k=3, **attrs)
+    assert not torch.allclose(want, _moe(*ops, k=3, **{**attrs, "groups": 1}))  # the limit changes the choice
+    torch.testing.assert_close(run_template(ops, attrs, 3, grouped), want, rtol=1e-5, atol=1e-5)
 
 
 def test_expert_tiles_cover_every_slot_once() -> None:

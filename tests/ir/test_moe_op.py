@@ -20,7 +20,8 @@ from fxforge.ir.parser import parse_graph
 H, N_I = 16, 12  # hidden, expert intermediate
 DEFAULTS = dict(k=2, renorm=False, norm="none", eps=1e-6, router_bias=False, expert_bias=False, residual=False,
                 act="silu", gate_up="concat", transposed=False, limit=7.0, alpha=1.702, score="softmax",
-                choice_bias=False, renorm_eps=0.0, renorm_min=0.0, scale=1.0, shared=0, shared_gate=False)
+                choice_bias=False, renorm_eps=0.0, renorm_min=0.0, scale=1.0, shared=0, shared_gate=False, groups=1,
+                top_groups=1, group_fill=float("-inf"))
 
 
 def attrs_of(**flags) -> dict:
@@ -80,6 +81,11 @@ def loop_ref(ops: dict, attrs: dict) -> torch.Tensor:
         z = [math.exp(v - max(logits)) for v in logits]
         p = [v / sum(z) for v in z] if attrs["score"] == "softmax" else [1 / (1 + math.exp(-v)) for v in logits]
         c = [p[e] + (float(ops["router_cb"][e]) if attrs["choice_bias"] else 0) for e in range(E)]
+        if attrs["groups"] > 1:  # keep the top_groups groups of the best top-2 sums (lowest group first on ties)
+            size = E // attrs["groups"]
+            best = [sum(sorted(c[g * size:(g + 1) * size])[-2:]) for g in range(attrs["groups"])]
+            kept = sorted(range(attrs["groups"]), key=lambda g: (-best[g], g))[:attrs["top_groups"]]
+            c = [v if e // size in kept else attrs["group_fill"] for e, v in enumerate(c)]
         chosen = sorted(range(E), key=lambda e: (-c[e], e))[:k]
         total = max(sum(p[e] for e in chosen) + attrs["renorm_eps"], attrs["renorm_min"]) if attrs["renorm"] else 1.0
         weight = {e: p[e] / total * attrs["scale"] for e in chosen}
@@ -264,3 +270,25 @@ def test_unknown_act_or_layout_is_a_shape_error():
 def test_sizes_that_disagree_are_shape_errors(role, shape):
     with pytest.raises(ShapeError, match="moe:"):
         graph_of(attrs_of(expert_bias=True, norm="rms"), shapes={role: shape})
+
+
+@pytest.mark.parametrize("fill", [float("-inf"), 0.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_group_limited_routing_matches_the_loop(dtype, fill):
+    """DeepSeek-V3's routing: 8 experts in 4 groups, the experts of the best 2 groups (by their top-2 sums) only;
+    the groups matter (without them other experts are chosen)."""
+    attrs = attrs_of(score="sigmoid", choice_bias=True, renorm=True, scale=2.5, k=3, groups=4, top_groups=2,
+                     group_fill=fill, shared=1, norm="rms")
+    ops = make(attrs, dtype, T=6, E=8)
+    got = _moe(*operands(ops, attrs), **attrs)
+    close(got, loop_ref(ops, attrs))
+    assert not torch.allclose(got.float(), _moe(*operands(ops, attrs), **{**attrs, "groups": 1}).float())
+
+
+def test_a_top_k_past_the_kept_groups_is_a_shape_error():
+    g = Graph()
+    x = g.add_input("x", TensorType((4, H), DType.f32))
+    shapes = (("r", (8, H)), ("gu", (8, 2 * N_I, H)), ("d", (8, H, N_I)))
+    ws = [g.add_input(n, TensorType(s, DType.f32)) for n, s in shapes]
+    with pytest.raises(ShapeError, match="more than the 4 experts"):
+        g.add_op("moe", [x, *ws], dict(attrs_of(k=5, groups=4, top_groups=2)))

@@ -1,7 +1,8 @@
 """Shared experts and DeepSeek-V3-style routers become the `moe` op (`passes/moe_shared.py`, `moe_rules._router`):
 the decode step of real transformers MoE models (one layer) is one `moe` op with the architecture's routing flags and
 its shared MLP stacked after the routed experts, and gives eager's logits; forms the op does not compute (a shared
-width that is not a multiple of the experts', several expert groups) stay as they were, with eager's logits."""
+width that is not a multiple of the experts', a top-k past the experts of the kept groups) stay as they were, with
+eager's logits."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from fxforge.ir.moe_ops import by_role
 from fxforge.testing import gqa_decoder
 from tests.passes.test_moe_rules import canonical
 
-ROUTER = dict(score="softmax", choice_bias=False, renorm=False, renorm_eps=0.0, renorm_min=0.0, scale=1.0)
+ROUTER = dict(score="softmax", choice_bias=False, renorm=False, renorm_eps=0.0, renorm_min=0.0, scale=1.0, groups=1,
+              top_groups=1)
 # arch -> (config overrides, the moe op's routing and shared flags)
 EXPECTED = {
     "qwen2_moe": ({}, {**ROUTER, "shared": 2, "shared_gate": True}),  # a gated shared MLP two experts wide
@@ -24,6 +26,9 @@ EXPECTED = {
               {**ROUTER, "score": "sigmoid", "choice_bias": True, "scale": 2.5, "shared": 1}),
     "ernie4_5_moe": ({}, {**ROUTER, "choice_bias": True, "renorm": True, "renorm_min": 1e-12, "shared": 1}),
     "minimax_m2": ({}, {**ROUTER, "score": "sigmoid", "choice_bias": True, "renorm": True, "shared": 0}),
+    "glm4_moe@groups": ({"n_routed_experts": 8, "n_group": 4, "topk_group": 2},  # DeepSeek-V3's group-limited top-k
+                        {**ROUTER, "score": "sigmoid", "choice_bias": True, "renorm": True, "renorm_eps": 1e-20,
+                         "shared": 1, "groups": 4, "top_groups": 2}),
 }
 
 
@@ -43,7 +48,7 @@ def _canonical(model):
 @pytest.mark.parametrize("arch", list(EXPECTED))
 def test_routers_and_shared_experts_become_one_moe_op(arch):
     overrides, flags = EXPECTED[arch]
-    model = gqa_decoder(arch, 1, **overrides)
+    model = gqa_decoder(arch.split("@")[0], 1, **overrides)
     g = _canonical(model)
     counts = g.op_counts()
     assert counts.get("moe") == 1 and not {"topk", "index_select", "extern", "sigmoid"} & set(counts), counts
@@ -71,7 +76,7 @@ def test_the_router_choice_bias_moves_the_choice():
 
 @pytest.mark.parametrize("arch,overrides,left", [
     ("qwen2_moe", {"shared_expert_intermediate_size": 48}, "linear"),  # 48 is not a multiple of the experts' 32
-    ("glm4_moe", {"n_routed_experts": 8, "n_group": 4, "topk_group": 2}, "topk"),  # groups limit the choice
+    ("glm4_moe", {"n_routed_experts": 8, "n_group": 4, "topk_group": 1, "num_experts_per_tok": 3}, "topk"),  # k > kept
 ])
 def test_forms_the_op_does_not_compute_stay(arch, overrides, left):
     model = gqa_decoder(arch, 1, **overrides)

@@ -40,9 +40,10 @@ from fxforge.ir.graph import Weight
 @triton.jit
 def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, wgu_ptr, gs_ptr, gz_ptr, bgu_ptr, act_ptr,
                   route_w_ptr, route_e_ptr, H, I, E, eps, limit, alpha, renorm_eps, renorm_min, scale,  # noqa: E741
-                  stride_xt, stride_re, stride_rk, stride_ge, stride_gn, stride_gk, stride_be, stride_bn,
+                  group_fill, stride_xt, stride_re, stride_rk, stride_ge, stride_gn, stride_gk, stride_be, stride_bn,
                   K: tl.constexpr, SLOTS: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr,
-                  SCORE: tl.constexpr, CHOICE_BIAS: tl.constexpr, SHARED_GATE: tl.constexpr,
+                  SCORE: tl.constexpr, CHOICE_BIAS: tl.constexpr, SHARED_GATE: tl.constexpr, GROUPS: tl.constexpr,
+                  TOP_GROUPS: tl.constexpr,
                   EXPERT_BIAS: tl.constexpr, RENORM: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr,
                   QUANT: tl.constexpr, GROUP: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -54,8 +55,8 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, wgu_ptr, gs_pt
     offs_k = tl.arange(0, BLOCK_K)
     rstd = token_rstd(x_ptr, H, eps, NORM, BLOCK_K)
     expert, weight = route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, rstd, renorm_eps, renorm_min,
-                                scale, stride_re, stride_rk, K, NORM, ROUTER_BIAS, SCORE, CHOICE_BIAS, RENORM,
-                                SHARED_GATE, BLOCK_E, BLOCK_R)
+                                scale, group_fill, stride_re, stride_rk, K, NORM, ROUTER_BIAS, SCORE, CHOICE_BIAS,
+                                RENORM, SHARED_GATE, GROUPS, TOP_GROUPS, BLOCK_E, BLOCK_R)
     if pid_n == 0:
         tl.store(route_w_ptr + s, weight)
         tl.store(route_e_ptr + s, expert)
@@ -139,7 +140,8 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
         residual: torch.Tensor | None = None, *, k: int, renorm: bool = False, eps: float = 1e-6, act: str = "silu",
         gate_up: str = "concat", transposed: bool = False, limit: float = 7.0, alpha: float = 1.702,
         score: str = "softmax", renorm_eps: float = 0.0, renorm_min: float = 0.0, scale: float = 1.0, shared: int = 0,
-        grouped: bool | None = None, out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
+        groups: int = 1, top_groups: int = 1, group_fill: float = float("-inf"), grouped: bool | None = None,
+        out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """The `moe` op on x [T, H] (shapes checked by the op's type inference; operands as `ir/moe_ops.py` names them;
     the experts dense or `#quantized` int4 `Weight`s, `moe_quant.py`). `grouped`: the prefill path
     (`moe_grouped.py`; None: for more than GROUPED_FROM tokens, unless a CUDA graph is being captured). `out`: the
@@ -162,8 +164,9 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
                            router_cb if router_cb is not None else dummy,
                            shared_gate_w if shared_gate_w is not None else dummy),
                   flags=dict(K=k, SLOTS=slots, NORM=norm_w is not None, ROUTER_BIAS=router_b is not None, SCORE=score,
-                             CHOICE_BIAS=router_cb is not None, SHARED_GATE=shared_gate_w is not None, RENORM=renorm),
-                  floats=(float(renorm_eps), float(renorm_min), float(scale)))
+                             CHOICE_BIAS=router_cb is not None, SHARED_GATE=shared_gate_w is not None, RENORM=renorm,
+                             GROUPS=groups, TOP_GROUPS=top_groups),
+                  floats=(float(renorm_eps), float(renorm_min), float(scale), float(group_fill)))
     if grouped is None:  # a CUDA graph being captured cannot take the grouped path's host sync (tile count)
         grouped = T > GROUPED_FROM and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
     if grouped:
@@ -207,11 +210,12 @@ def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: i
               "wgu_ptr": w, "gs_ptr": sc, "gz_ptr": z,
               "route_w_ptr": "*fp32", "route_e_ptr": "*i32", "H": "i32", "I": "i32", "E": "i32", "eps": "fp32",
               "limit": "fp32", "alpha": "fp32", "renorm_eps": "fp32", "renorm_min": "fp32", "scale": "fp32",
-              "stride_xt": "i32", "stride_re": "i32", "stride_rk": "i32",
+              "group_fill": "fp32", "stride_xt": "i32", "stride_re": "i32", "stride_rk": "i32",
               "stride_ge": "i32", "stride_gn": "i32", "stride_gk": "i32", "stride_be": "i32", "stride_bn": "i32"}
     flags = dict(QUANT=quant, GROUP=128 if quant else 1)
     up_const = dict(K=k, SLOTS=slots, NORM=True, ROUTER_BIAS=gpt_oss, EXPERT_BIAS=gpt_oss, RENORM=True,
                     SCORE="sigmoid" if deepseek else "softmax", CHOICE_BIAS=deepseek, SHARED_GATE=deepseek,
+                    GROUPS=8 if deepseek else 1, TOP_GROUPS=4 if deepseek else 1,
                     ACT="gpt_oss" if gpt_oss else "silu", INTERLEAVED=gpt_oss, BLOCK_E=block_e, **flags,
                     BLOCK_R=min(up["BLOCK_K"], max(16, 4096 // block_e)), BLOCK_N=up["BLOCK_N"], BLOCK_K=up["BLOCK_K"])
     down_sig = {"act_ptr": f"*{t}", "route_w_ptr": "*fp32", "route_e_ptr": "*i32", "wd_ptr": w, "ds_ptr": sc,

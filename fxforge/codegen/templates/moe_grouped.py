@@ -32,6 +32,7 @@ from fxforge.codegen.templates.moe_routing import (
     choice_scores,
     expert_tile,
     gated_act,
+    limit_groups,
     normed_x,
     pick_slot,
     router_probs,
@@ -44,10 +45,11 @@ GROUPED_FROM = 16  # tokens: more run grouped (prefill); up to it the decode ker
 
 @triton.jit
 def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, xn_ptr, route_w_ptr, route_e_ptr, H, E, eps,
-                     renorm_eps, renorm_min, scale, stride_xt, stride_re, stride_rk,
+                     renorm_eps, renorm_min, scale, group_fill, stride_xt, stride_re, stride_rk,
                      K: tl.constexpr, SLOTS: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr,
                      SCORE: tl.constexpr, CHOICE_BIAS: tl.constexpr, SHARED_GATE: tl.constexpr,
-                     RENORM: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                     GROUPS: tl.constexpr, TOP_GROUPS: tl.constexpr, RENORM: tl.constexpr, BLOCK_E: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     t = tl.program_id(0)
     x_ptr += t.to(tl.int64) * stride_xt
     rstd = token_rstd(x_ptr, H, eps, NORM, BLOCK_K)
@@ -58,7 +60,7 @@ def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, xn_ptr, rou
         tl.store(xn_ptr + t.to(tl.int64) * H + cols, xk.to(xn_ptr.dtype.element_ty), mask=cols < H)
     p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE, BLOCK_E,
                      BLOCK_R)
-    c = choice_scores(p, cb_ptr, E, CHOICE_BIAS, BLOCK_E)
+    c = limit_groups(choice_scores(p, cb_ptr, E, CHOICE_BIAS, BLOCK_E), E, group_fill, GROUPS, TOP_GROUPS, BLOCK_E)
     for j in range(K):
         expert, weight = pick_slot(p, c, j, renorm_eps, renorm_min, scale, K, RENORM, BLOCK_E)
         tl.store(route_w_ptr + t * SLOTS + j, weight)
@@ -232,10 +234,12 @@ def moe_grouped_specs(dtype: str, *, block_m: int = 64, gpt_oss: bool = False, q
     base = {"module": __name__, "num_warps": 4, "num_stages": 2, "divisible": ["H", "I"]}
     route_sig = {**{p: f"*{t}" for p in ("x_ptr", "nw_ptr", "wr_ptr", "br_ptr", "cb_ptr", "wsg_ptr", "xn_ptr")},
                  "route_w_ptr": "*fp32", "renorm_eps": "fp32", "renorm_min": "fp32", "scale": "fp32",
+                 "group_fill": "fp32",
                  "route_e_ptr": "*i32", "H": "i32", "E": "i32", "eps": "fp32", "stride_xt": "i32", "stride_re": "i32"}
     route_const = dict(stride_rk=1, K=8 if not gpt_oss else 4, SLOTS=9 if not gpt_oss else 4, NORM=True,
                        ROUTER_BIAS=gpt_oss, SCORE="softmax" if gpt_oss else "sigmoid", CHOICE_BIAS=not gpt_oss,
-                       SHARED_GATE=not gpt_oss, RENORM=True,
+                       SHARED_GATE=not gpt_oss, GROUPS=1 if gpt_oss else 8, TOP_GROUPS=1 if gpt_oss else 4,
+                       RENORM=True,
                        BLOCK_E=128 if not gpt_oss else 32, BLOCK_R=32 if not gpt_oss else 128, BLOCK_K=128)
     return [{**base, "kernel": "moe_route_kernel", "signature": route_sig, "constexprs": route_const,
              "divisible": ["H"], "label": f"{label} route"},

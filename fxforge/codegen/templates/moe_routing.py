@@ -112,6 +112,30 @@ def choice_scores(p, cb_ptr, E, CHOICE_BIAS: tl.constexpr, BLOCK_E: tl.constexpr
 
 
 @triton.jit
+def limit_groups(c, E, group_fill, GROUPS: tl.constexpr, TOP_GROUPS: tl.constexpr, BLOCK_E: tl.constexpr):
+    """The choice scores c kept for the experts of the TOP_GROUPS groups (E / GROUPS experts each, in order) whose
+    two largest scores sum highest, `group_fill` for the others (DeepSeek-V3's group-limited routing; ties: the
+    lowest group first); unchanged with one group."""
+    if GROUPS > 1:
+        offs_e = tl.arange(0, BLOCK_E)
+        grp = offs_e // (E // GROUPS)  # padding: past the last group
+        gscore = tl.full([BLOCK_E], float("-inf"), tl.float32)  # each expert's group's score
+        for g in tl.static_range(GROUPS):
+            v = tl.where(grp == g, c, float("-inf"))
+            m1 = tl.max(v, 0)
+            i1 = tl.min(tl.where(v == m1, offs_e, BLOCK_E), 0)
+            gscore = tl.where(grp == g, m1 + tl.max(tl.where(offs_e == i1, float("-inf"), v), 0), gscore)
+        keep = offs_e < 0
+        for _ in tl.static_range(TOP_GROUPS):
+            top = tl.max(gscore, 0)
+            chosen = tl.min(tl.where(gscore == top, grp, GROUPS), 0)
+            keep = keep | (grp == chosen)
+            gscore = tl.where(grp == chosen, float("-inf"), gscore)
+        c = tl.where(offs_e < E, tl.where(keep, c, group_fill), float("-inf"))
+    return c
+
+
+@triton.jit
 def pick_slot(p, c, j, renorm_eps, renorm_min, scale, K: tl.constexpr, RENORM: tl.constexpr,
               BLOCK_E: tl.constexpr):
     """(expert, weight) of slot j: the experts of the k largest choice scores c in order (lowest index first on
@@ -150,16 +174,16 @@ def shared_gate(x_ptr, nw_ptr, wsg_ptr, H, rstd, NORM: tl.constexpr, GATED: tl.c
 
 
 @triton.jit
-def route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, rstd, renorm_eps, renorm_min, scale,
+def route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, rstd, renorm_eps, renorm_min, scale, group_fill,
                stride_re, stride_rk, K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr,
                SCORE: tl.constexpr, CHOICE_BIAS: tl.constexpr, RENORM: tl.constexpr, SHARED_GATE: tl.constexpr,
-               BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
+               GROUPS: tl.constexpr, TOP_GROUPS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
     """(expert, weight) of token x's slot j: a routed slot (j < K) by the router, or shared expert E + j - K with
     the shared gate (the shared experts are stacked after the routed ones and chosen by every token)."""
     if j < K:
         p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE,
                          BLOCK_E, BLOCK_R)
-        c = choice_scores(p, cb_ptr, E, CHOICE_BIAS, BLOCK_E)
+        c = limit_groups(choice_scores(p, cb_ptr, E, CHOICE_BIAS, BLOCK_E), E, group_fill, GROUPS, TOP_GROUPS, BLOCK_E)
         expert, weight = pick_slot(p, c, j, renorm_eps, renorm_min, scale, K, RENORM, BLOCK_E)
     else:
         expert = E + j - K
