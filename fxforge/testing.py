@@ -163,8 +163,8 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 # eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s15-periods.md): unrecognised
 # forms run as several kernels (Gemma 4's per-layer inputs and layer scalar, Granite-SWA's LSE-scaled sinks, DiffLlama's
-# two softmaxes, Doge's dynamic mask, Beam's MoE layers (a grouped top-k over several groups)); Flint left it in session
-# 16 (its MoE layers a `moe` op: 6 + 3 at 4 / 8 / 12 layers)
+# two softmaxes, Doge's dynamic mask, Beam's norm and scale row kernels and host cache writes: its MoE layers, a
+# top-k over 8 expert groups, are a `moe` op since session 16); Flint left it in session 16 (6 + 3 at 4 / 8 / 12 layers)
 OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge"})
 # within the budget, but their caches written by host index_copy, not a kernel: Falcon's new decoder caches k and v
 # repeated to every query head (its fused projection interleaves each kv group's q, k, v: no column slices either)
