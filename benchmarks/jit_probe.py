@@ -3,7 +3,8 @@
 `model.generate(do_sample=False)`, EOS off, for each `fxforge.testing.GQA_DECODERS` model (hidden 64, 4 heads,
 2 KV heads, vocab 256, 2 layers, fp32, random weights), each in a fresh subprocess.
 
-Per architecture: tokens equal, the graphs fxforge compiled (one per dynamo capture), the externs their capture left, seconds,
+Per architecture: tokens equal, the graphs fxforge compiled (one per dynamo capture), the externs they still run
+through torch (after the passes), seconds,
 and on a mismatch the first position where the tokens differ; an exception is reported as the row's error.
 
     OMP_NUM_THREADS=1 python benchmarks/jit_probe.py [--archs llama gemma ...] [--executor interpret]
