@@ -60,8 +60,9 @@ def slice_value(b: Builder, x: Value, dim: int, start, end, step: int) -> Value:
         start = start + size
     if isinstance(end, int) and end < 0:
         end = end + size
-    if isinstance(size, int) and isinstance(end, int):
-        end = min(end, size)
+    if isinstance(size, int):  # Python's clamping: x[-4095:] of 5 rows is all 5 (a sliding-window cache's slice)
+        start = min(max(start, 0), size) if isinstance(start, int) else start
+        end = min(max(end, 0), size) if isinstance(end, int) else end
     if start == 0 and end == size and step == 1:
         return x
     return b.op("slice", x, dim=dim, start=start, end=end, step=step)
@@ -69,6 +70,8 @@ def slice_value(b: Builder, x: Value, dim: int, start, end, step: int) -> Value:
 
 def slice_lowering(b: Builder, x: Value, dim: int = 0, start=None, end=None, step: int = 1) -> Value:
     """aten.slice.Tensor (the complex pairs' lowering calls it with the dim counted on the complex shape)."""
+    if step == 1 and tuple(b.meta_shape()) == tuple(x.type.shape):
+        return x  # torch's shapes (under dynamo's guards) say it takes the whole dim: x[-4095:] of s + 1 rows, s < 4095
     out = slice_value(b, x, dim, start, end, step)
     if out is not x and out.type.shape != b.meta_shape():
         raise Unsupported("slice bounds beyond the tensor")
