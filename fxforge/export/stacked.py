@@ -76,10 +76,12 @@ def moe_experts(graph: Graph, op: Op) -> dict[str, Tensor]:
     routed experts' [E, 2I, H] and [E, H, I], and the shared MLP's gate and up [S * I, H] and down [H, S * I], its
     row blocks put back in order."""
     S = op.attrs["shared"]
-    roles = by_role(op.operands, op.attrs)
     out: dict[str, Tensor] = {}
-    for role in ("w_gate_up", "w_down") if S and not op.attrs["transposed"] else ():
-        name = roles[role].producer.attrs["weight"] if roles[role].producer.opcode == "const" else ""
+    if not S or op.attrs["transposed"]:
+        return out
+    roles = by_role(op.operands, op.attrs)
+    for role in ("w_gate_up", "w_down"):
+        name = roles[role].producer.attrs["weight"]  # a const: the rule stacks constants only
         names, w = parts_of(name), graph.weights.get(name)
         if w is None or w.encoding is not None or len(names) != (3 if role == "w_gate_up" else 2):
             continue

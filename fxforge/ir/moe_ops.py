@@ -77,15 +77,7 @@ def _infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     shared = attrs["shared"]
     if not isinstance(shared, int) or isinstance(shared, bool) or shared < 0 or (attrs["shared_gate"] and not shared):
         raise ShapeError(f"moe: shared={shared!r} must be an int >= 0 (>= 1 with a shared gate)")
-    groups, top = attrs["groups"], attrs["top_groups"]
-    e_r = types[roles.index("router_w")].shape[0]
-    if not (isinstance(groups, int) and isinstance(top, int) and 1 <= top <= groups
-            and (not isinstance(e_r, int) or e_r % groups == 0 and e_r // groups >= 2 or groups == 1)):
-        raise ShapeError(f"moe: groups={groups!r} / top_groups={top!r}: groups must divide the {e_r} experts (two or "
-                         "more a group) and 1 <= top_groups <= groups")
-    if groups > 1 and isinstance(e_r, int) and attrs["k"] > top * (e_r // groups):
-        raise ShapeError(f"moe: k={attrs['k']} is more than the {top * (e_r // groups)} experts of the "
-                         f"top_groups={top} groups kept")
+    _check_groups(attrs, wr.shape[0])
     if x.rank != 2 or wr.rank != 2 or wgu.rank != 3 or wd.rank != 3:
         raise ShapeError(f"moe: x [T, H], router [E, H], gate/up [E, 2I, H], down [E, H, I]; got "
                          f"{list(x.shape)}, {list(wr.shape)}, {list(wgu.shape)}, {list(wd.shape)}")
@@ -107,6 +99,18 @@ def _infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
                              f"{list(wr.shape)} and down {list(wd.shape)} (want {want[role]}"
                              f"{', transposed' if tr and role.startswith('w_') else ''})")
     return [TensorType(x.shape, x.dtype)]
+
+
+def _check_groups(attrs: dict[str, Any], experts: Any) -> None:
+    """Group-limited routing's attributes fit the routed experts (a symbolic count is not checked)."""
+    groups, top = attrs["groups"], attrs["top_groups"]
+    fits = groups == 1 or not isinstance(experts, int) or (experts % groups == 0 and experts // groups >= 2)
+    if not (isinstance(groups, int) and isinstance(top, int) and 1 <= top <= groups and fits):
+        raise ShapeError(f"moe: groups={groups!r} / top_groups={top!r}: groups must divide the {experts} experts (two "
+                         "or more a group) and 1 <= top_groups <= groups")
+    if groups > 1 and isinstance(experts, int) and attrs["k"] > top * (experts // groups):
+        raise ShapeError(f"moe: k={attrs['k']} is more than the {top * (experts // groups)} experts of the "
+                         f"top_groups={top} groups kept")
 
 
 def _act(g: torch.Tensor, u: torch.Tensor, act: str, limit: float, alpha: float) -> torch.Tensor:

@@ -138,9 +138,10 @@ def _gpt_oss(m: Op) -> dict[str, Any] | None:
 
 
 def _router(w: Value, e: Value) -> dict[str, Any] | None:
-    """{xr, wr, br, cb, k, renorm, score, renorm_eps, renorm_min, scale} when the routing weights w [S] and expert ids e
-    [S] come from one topk of a router: topk of its scores (softmax or sigmoid), softmax of its top-k logits, or (a
-    choice bias) the scores gathered at the topk of scores + bias; then optionally divided by their sum and scaled."""
+    """{xr, wr, br, cb, k, renorm, score, renorm_eps, renorm_min, scale, groups, top_groups, group_fill} when the
+    routing weights w [S] and expert ids e [S] come from one topk of a router: topk of its scores (softmax or
+    sigmoid), softmax of its top-k logits, or (a choice bias) the scores gathered at the topk of scores + bias;
+    then optionally divided by their sum and scaled."""
     tk = op_of(src(e), "topk")
     if tk is None or src(e) is not tk.results[1] or tk.attrs["dim"] not in (-1, 1) or not tk.attrs["largest"]:
         return None

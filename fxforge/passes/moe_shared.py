@@ -121,4 +121,3 @@ def _stack(g: Graph, moe: Op, mlp: dict[str, Any]) -> tuple[Value, Value, int] |
         stacked = g.add_weight(free_name(g, stacked_name([name, *parts])), torch.cat([old, new]).contiguous())
         consts.append(g.insert_before(moe, "const", attrs={"weight": stacked}, name=name.rsplit(".", 1)[-1]).result)
     return consts[0], consts[1], len(blocks)
-

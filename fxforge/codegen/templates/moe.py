@@ -43,10 +43,9 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, wgu_ptr, gs_pt
                   group_fill, stride_xt, stride_re, stride_rk, stride_ge, stride_gn, stride_gk, stride_be, stride_bn,
                   K: tl.constexpr, SLOTS: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr,
                   SCORE: tl.constexpr, CHOICE_BIAS: tl.constexpr, SHARED_GATE: tl.constexpr, GROUPS: tl.constexpr,
-                  TOP_GROUPS: tl.constexpr,
-                  EXPERT_BIAS: tl.constexpr, RENORM: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr,
-                  QUANT: tl.constexpr, GROUP: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                  TOP_GROUPS: tl.constexpr, EXPERT_BIAS: tl.constexpr, RENORM: tl.constexpr, ACT: tl.constexpr,
+                  INTERLEAVED: tl.constexpr, QUANT: tl.constexpr, GROUP: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     s = tl.program_id(0)
     pid_n = tl.program_id(1)
     t = s // SLOTS

@@ -32,7 +32,6 @@ from fxforge.codegen.templates.moe_routing import (
     choice_scores,
     expert_tile,
     gated_act,
-    limit_groups,
     normed_x,
     pick_slot,
     router_probs,
@@ -60,7 +59,7 @@ def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, xn_ptr, rou
         tl.store(xn_ptr + t.to(tl.int64) * H + cols, xk.to(xn_ptr.dtype.element_ty), mask=cols < H)
     p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE, BLOCK_E,
                      BLOCK_R)
-    c = limit_groups(choice_scores(p, cb_ptr, E, CHOICE_BIAS, BLOCK_E), E, group_fill, GROUPS, TOP_GROUPS, BLOCK_E)
+    c = choice_scores(p, cb_ptr, E, group_fill, CHOICE_BIAS, GROUPS, TOP_GROUPS, BLOCK_E)
     for j in range(K):
         expert, weight = pick_slot(p, c, j, renorm_eps, renorm_min, scale, K, RENORM, BLOCK_E)
         tl.store(route_w_ptr + t * SLOTS + j, weight)

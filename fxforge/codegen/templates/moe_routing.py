@@ -101,14 +101,16 @@ def router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk
 
 
 @triton.jit
-def choice_scores(p, cb_ptr, E, CHOICE_BIAS: tl.constexpr, BLOCK_E: tl.constexpr):
+def choice_scores(p, cb_ptr, E, group_fill, CHOICE_BIAS: tl.constexpr, GROUPS: tl.constexpr,
+                  TOP_GROUPS: tl.constexpr, BLOCK_E: tl.constexpr):
     """What the top-k ranks: the scores p, plus a per-expert correction bias (DeepSeek-V3-style routers) that moves
-    the choice but not the weights (padding: -inf)."""
+    the choice but not the weights (padding: -inf), limited to the best groups (`limit_groups`)."""
+    c = p
     if CHOICE_BIAS:
         offs_e = tl.arange(0, BLOCK_E)
-        return tl.where(offs_e < E, p + tl.load(cb_ptr + offs_e, mask=offs_e < E, other=0.0).to(tl.float32),
-                        float("-inf"))
-    return p
+        c = tl.where(offs_e < E, p + tl.load(cb_ptr + offs_e, mask=offs_e < E, other=0.0).to(tl.float32),
+                     float("-inf"))
+    return limit_groups(c, E, group_fill, GROUPS, TOP_GROUPS, BLOCK_E)
 
 
 @triton.jit
@@ -183,7 +185,7 @@ def route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, rstd, re
     if j < K:
         p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE,
                          BLOCK_E, BLOCK_R)
-        c = limit_groups(choice_scores(p, cb_ptr, E, CHOICE_BIAS, BLOCK_E), E, group_fill, GROUPS, TOP_GROUPS, BLOCK_E)
+        c = choice_scores(p, cb_ptr, E, group_fill, CHOICE_BIAS, GROUPS, TOP_GROUPS, BLOCK_E)
         expert, weight = pick_slot(p, c, j, renorm_eps, renorm_min, scale, K, RENORM, BLOCK_E)
     else:
         expert = E + j - K
