@@ -158,14 +158,20 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "hunyuan_moe": ("HunYuanMoEV1Config", "HunYuanMoEV1ForCausalLM", {"num_experts": 4, "moe_topk": 2, "head_dim": 16}),
     "minimax_m2": ("MiniMaxM2Config", "MiniMaxM2ForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2,
                                                                "head_dim": 16}),
+    # Granite-SWA's sinks as a scale on the output (sigmoid of logsumexp - sink) with a shared expert (session 17)
+    "granitemoe_swa": ("GraniteMoeSWAConfig", "GraniteMoeSWAForCausalLM", {"num_local_experts": 4,
+                                                                           "num_experts_per_tok": 2,
+                                                                           "shared_intermediate_size": 256,
+                                                                           "sliding_window": 6}),
 }
 
 
 # eager's tokens, launches over the 6 + 4 budget (benchmarks/results/arch_probe-2026-12-02-s15-periods.md): unrecognised
-# forms run as several kernels (Gemma 4's per-layer inputs and layer scalar, Granite-SWA's LSE-scaled sinks, DiffLlama's
-# two softmaxes, Doge's dynamic mask, Beam's norm and scale row kernels and host cache writes: its MoE layers, a
-# top-k over 8 expert groups, are a `moe` op since session 16); Flint left it in session 16 (6 + 3 at 4 / 8 / 12 layers)
-OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "granite_swa", "diffllama", "doge"})
+# forms run as several kernels (Gemma 4's per-layer inputs and layer scalar, DiffLlama's two softmaxes, Doge's dynamic
+# mask, Beam's norm and scale row kernels and host cache writes: its MoE layers, a top-k over 8 expert groups, are a
+# `moe` op since session 16); Flint left it in session 16 (6 + 3 at 4 / 8 / 12 layers), Granite-SWA in session 17 (its
+# LSE-scaled sinks are the attention op's sinks: 6 + 3)
+OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "diffllama", "doge"})
 # within the budget, but their caches written by host index_copy, not a kernel: Falcon's new decoder caches k and v
 # repeated to every query head (its fused projection interleaves each kv group's q, k, v: no column slices either)
 HOST_CACHE_WRITES = frozenset({"falcon"})

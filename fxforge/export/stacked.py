@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import torch
 from torch import Tensor
 
 from fxforge.ir.graph import Graph, Op
@@ -73,8 +74,8 @@ def plain_parts(graph: Graph) -> dict[str, Tensor]:
 
 def moe_experts(graph: Graph, op: Op) -> dict[str, Tensor]:
     """{original name: tensor} of a `moe` op's experts stacked with S shared experts (`passes/moe_shared.py`): the
-    routed experts' [E, 2I, H] and [E, H, I], and the shared MLP's gate and up [S * I, H] and down [H, S * I], its
-    row blocks put back in order."""
+    routed experts' [E, 2I, H] and [E, H, I], and the shared MLP's gate and up [S * I, H] (or both as one [gate; up]
+    [2 S I, H]) and down [H, S * I], its row blocks put back in order."""
     S = op.attrs["shared"]
     out: dict[str, Tensor] = {}
     if not S or op.attrs["transposed"]:
@@ -83,12 +84,13 @@ def moe_experts(graph: Graph, op: Op) -> dict[str, Tensor]:
     for role in ("w_gate_up", "w_down"):
         name = roles[role].producer.attrs["weight"]  # a const: the rule stacks constants only
         names, w = parts_of(name), graph.weights.get(name)
-        if w is None or w.encoding is not None or len(names) != (3 if role == "w_gate_up" else 2):
+        if w is None or w.encoding is not None or len(names) not in ((2, 3) if role == "w_gate_up" else (2,)):
             continue
         routed, blocks = w.data[:-S], w.data[-S:]
-        if role == "w_gate_up":  # blocks [S, 2I, H]: rows [gate; up] of I each
+        if role == "w_gate_up":  # blocks [S, 2I, H]: rows [gate; up] of I each (one weight of both: its halves)
             inter = blocks.shape[1] // 2
             shared = [blocks[:, :inter].reshape(-1, blocks.shape[2]), blocks[:, inter:].reshape(-1, blocks.shape[2])]
+            shared = shared if len(names) == 3 else [torch.cat(shared)]
         else:  # blocks [S, H, I]: the down projection's columns by block
             shared = [blocks.permute(1, 0, 2).reshape(blocks.shape[1], -1)]
         out.update(zip(names, [t.contiguous() for t in (routed, *shared)]))

@@ -6,7 +6,9 @@ batch and sequence >= 2 to keep them dynamic; the capture notes which dims staye
 A forward that writes a buffer or an input in place (`buffers_to_mutate` in the graph signature) is
 refused with a `CaptureError` naming them: the AOT graph and its artifact hold constant weights only.
 Hugging Face models are exported with `use_cache=False` unless the caller says otherwise: the
-`DynamicCache` they return is not a pytree torch.export can output (the JIT path keeps the cache).
+`DynamicCache` they return is not a pytree torch.export can output (the JIT path keeps the cache). A forward
+that takes it only through `**kwargs` (GraniteMoE) is exported with `config.use_cache` off instead: torch.export
+fails on a bool inside `**kwargs`' dynamic shapes ("Must provide a tree_name ...").
 A stack of >= 3 layers of one structure (or of a few kinds that repeat, e.g. local/global attention)
 is exported with its first layers (two when uniform) and the others cloned from them (`layer_reuse.py`;
 export's time grows with depth, the clone's barely), noted in the capture's notes either way.
@@ -14,6 +16,7 @@ export's time grows with depth, the clone's barely), noted in the capture's note
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass
@@ -58,9 +61,26 @@ def _dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
 def hf_export_kwargs(model: torch.nn.Module, kwargs: dict) -> tuple[dict, list[str]]:
     config = getattr(model, "config", None)
     if getattr(config, "use_cache", False) and "use_cache" not in kwargs:
-        return {**kwargs, "use_cache": False}, ["Hugging Face model exported with use_cache=False "
-                                                "(torch.export cannot return a DynamicCache); use fxforge.compile for generation"]
+        named = "use_cache" in inspect.signature(model.forward).parameters  # else `_config_cache_off` turns it off
+        return {**kwargs, "use_cache": False} if named else kwargs, [
+            "Hugging Face model exported with use_cache=False (torch.export cannot return a DynamicCache); use "
+            "fxforge.compile for generation"]
     return kwargs, []
+
+
+@contextlib.contextmanager
+def _config_cache_off(model: torch.nn.Module, kwargs: dict):
+    """config.use_cache off while exporting a Hugging Face model whose forward takes use_cache through **kwargs only
+    and was not given one (`hf_export_kwargs`)."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "use_cache", False) or "use_cache" in kwargs:
+        yield
+        return
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = True
 
 
 def capture_export(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dynamic: bool = True,
@@ -70,7 +90,7 @@ def capture_export(model: torch.nn.Module, args: tuple, kwargs: dict | None = No
     kwargs, notes = hf_export_kwargs(model, dict(kwargs or {}))
     _check_inputs(args, kwargs)
     start = time.perf_counter()
-    with batched_experts(model):  # the experts' form `moe_rules` makes one op of
+    with batched_experts(model), _config_cache_off(model, kwargs):  # (the experts' form `moe_rules` makes one op of)
         captured = _capture_reusing_layers(model, args, kwargs, dynamic, notes) if reuse_layers else None
         if captured is None:
             ep = _export(model, args, kwargs, dynamic)

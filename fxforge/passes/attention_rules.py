@@ -18,6 +18,13 @@ GPT-OSS's attention sinks (a learned logit per head [Hq] that joins the softmax'
         (or slice(softmax(s)): the same without the shift, as Flint writes it)
  -> o = attention(q, k, v, mask?, sinks) {scale, softcap, sinks=true}
 
+Granite-SWA's sinks, the same function written as a scale on the output (softmax(s) @ v times
+sum(e^s) / (sum(e^s) + e^sink)):
+
+    o = mul(matmul(softmax(s), v), reshape(sigmoid(sub(logsumexp(s, -1), reshape(sinks, [1, Hq, 1])))))
+        (fp16: the softmax between casts as above, the sigmoid of the difference cast to fp32 and back)
+ -> o = attention(q, k, v, mask?, sinks) {scale, softcap, sinks=true}
+
 so it runs as one flash-attention / flash-decoding kernel instead of two bmm and a softmax with the
 scores in memory; the soft-cap is the op's `softcap` attribute (the templates apply it at the score
 step, before the mask; the reference executor computes it as eager does, `attention_op._eager_attention`).
@@ -32,17 +39,20 @@ Decisions:
   its own running max). The scores `cat` is read by the sub and the max_dim only, the max's indices by
   nobody; the sink column may be any reshape/expand chain of a tensor of Hq numbers (views, not checked
   for single use).
+- logsumexp is matched as the `extern` the frontend leaves it as (its last dim, no keepdim); the scores are
+  read by it and the softmax only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import torch
 
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.passes.rewriter import P, Pattern, Rule, dims_match
+from fxforge.passes.rewriter import P, Pattern, Rule, dims_match, same_type
 
 
 def _scalar(full: Value) -> float | None:
@@ -119,11 +129,12 @@ def _to_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
 
 
 def _sink_source(col: Value, heads: int) -> Value | None:
-    """The [Hq] logits whose reshape/expand views `col` [b, Hq, Lq, 1] is (sink h in every row of head h)."""
+    """The [Hq] logits whose reshape/expand views `col` [b, Hq, Lq, 1] (or [1, Hq, 1]) is (sink h in every row of
+    head h)."""
     v = col
     while v.producer is not None and v.producer.opcode == "expand":
         v = v.producer.operands[0]
-    if v.type.rank != 4 or tuple(v.type.shape) != (1, heads, 1, 1):
+    if v.type.rank not in (3, 4) or tuple(v.type.shape) != (1, heads) + (1,) * (v.type.rank - 2):
         return None
     while v.producer is not None and v.producer.opcode == "reshape":  # the flat order is kept: any shape of Hq numbers
         v = v.producer.operands[0]
@@ -171,6 +182,49 @@ def _sink_pattern(scale: str, softcap: bool, mask: bool, shifted: bool) -> Patte
     return P.op("matmul", P.op("slice", p, name="probs", single_use=True), P.any("v"))
 
 
+def _sink_args(op: Op, b: dict[str, Value], softmax: Op) -> tuple[list[Value], dict] | None:
+    """`_attention_args` of p @ v (`op`) with the [Hq] sinks of `b["sink_view"]` appended, or None."""
+    heads = b["q"].type.shape[1]
+    sinks = _sink_source(b["sink_view"], heads) if isinstance(heads, int) else None
+    args = None if sinks is None else _attention_args(op, b, softmax)
+    if args is None:
+        return None
+    if sinks.type.rank != 1:
+        sinks = op.graph.insert_before(op, "reshape", [sinks], {"shape": [heads]}).result
+    return args[0] + [sinks], {**args[1], "sinks": True}
+
+
+def _to_lse_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    pv = b["pv"].producer
+    if not same_type(op.result.type, pv.result.type):  # (a scale of another dtype or shape would promote p @ v)
+        return None
+    p = pv.operands[0].producer
+    args = _sink_args(pv, b, p if p.opcode == "softmax" else p.operands[0].producer)
+    return None if args is None else g.insert_before(op, "attention", *args).result
+
+
+def _last_dim(args) -> bool:
+    """logsumexp's args reduce the scores' last dim without keepdim."""
+    return len(args) in (2, 3) and tuple(args[1]) in ((-1,), (3,)) and (len(args) == 2 or args[2] is False)
+
+
+def _lse_sink_pattern(scale: str, softcap: bool, mask: bool, upcast: bool) -> Pattern:
+    s = _scores(scale, softcap, mask)
+    s = s if s.name else dataclasses.replace(s, name="scores")  # (the scores read twice: one name binds both)
+    p = P.op("cast", P.op("softmax", P.op("cast", s, dtype=DType.f32, single_use=True), single_use=True),
+             single_use=True) if upcast else P.op("softmax", s, single_use=True)
+    lse = P.op("extern", P.any(s.name), target="aten.logsumexp.default", args=_last_dim, kwargs={},
+               single_use=True)
+    d = P.op("sub", lse, P.any("sink_view"), single_use=True)
+    w = P.op("sigmoid", P.op("cast", d, dtype=DType.f32, single_use=True) if upcast else d, single_use=True)
+    if upcast:  # the cast back and the unsqueeze in either order (canonicalize moves casts across views)
+        views = ("reshape", "cast")
+        w = P.op(views, P.op(views, w, single_use=True), single_use=True)
+    else:
+        w = P.op("reshape", w, single_use=True)
+    return P.op("mul", P.op("matmul", p, P.any("v"), name="pv", single_use=True), w, commutative=True)
+
+
 # (scale op, soft-cap, mask, fp32 softmax between casts) -> one rule each
 _VARIANTS = list(itertools.product(("mul", "div", "none"), (True, False), (True, False), (True, False)))
 ATTENTION_RULES: list[Rule] = [
@@ -178,4 +232,4 @@ ATTENTION_RULES: list[Rule] = [
 ] + [
     Rule(_sink_pattern(*variant), _to_sink_attention, "eager_attention_sinks")
     for variant in itertools.product(("mul", "div", "none"), (True, False), (True, False), (True, False))
-]
+] + [Rule(_lse_sink_pattern(*variant), _to_lse_sink_attention, "eager_attention_lse_sinks") for variant in _VARIANTS]

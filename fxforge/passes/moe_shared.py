@@ -12,7 +12,8 @@ Decisions:
   shared width that is not a multiple of the experts' I stays beside the op.
 - Only what the op computes exactly: the op's activation, no biases, the op's input (the same norm), constant
   weights of the experts' dtype, a concat gate/up layout without transposed experts (the forms that have shared
-  experts); anything else is left as it was (the same numbers, more launches).
+  experts); anything else is left as it was (the same numbers, more launches). The gate and up projections are
+  two linears or the halves [gate; up] of one (Granite's `input_linear`, chunked).
 - Runs before the residual rule (`MOE_RULES`), which would otherwise take the shared output as a residual.
 - The stacked weights are new tensors (the experts' copied once at compile time); the old ones leave the graph with
   DCE, which drops unused weights. Their names list the HF weights they hold (`concat_linears.stacked_name`:
@@ -53,9 +54,27 @@ def _linear_weight(v: Value, moe: Op, rows: int | None = None) -> Value | None:
     return lin.operands[1] if rows is None or lin.operands[1].type.shape[0] == rows else None
 
 
+def _gate_up(g: Value, u: Value, moe: Op) -> tuple[Value, Value | None] | None:
+    """(Wg, Wu) of the shared MLP's gate and up inputs g, u: two linears of the op's input, or (W, None) for the
+    halves [gate; up] of one linear's output (Granite's `input_linear` chunked in two)."""
+    wg, wu = _linear_weight(g, moe), _linear_weight(u, moe)
+    if wg is not None and wu is not None:
+        return wg, wu
+    halves = [op_of(src(t), "slice") for t in (g, u)]
+    if any(h is None or h.attrs["dim"] not in (-1, h.operands[0].type.rank - 1) or h.attrs.get("step", 1) != 1
+           for h in halves) or halves[0].operands[0] is not halves[1].operands[0]:
+        return None
+    w = _linear_weight(halves[0].operands[0], moe)
+    width = halves[0].result.type.shape[-1]
+    spans = [(h.attrs.get("start") or 0, h.attrs.get("end")) for h in halves]
+    if w is None or not isinstance(width, int) or w.type.shape[0] != 2 * width or spans != [(0, width), (width, 2 * width)]:
+        return None
+    return w, None
+
+
 def _shared_mlp(s: Value, moe: Op) -> dict[str, Any] | None:
     """{wg, wu, wd, gate} of s = [sigmoid(linear(xn, Wsg [1, H])) *] linear(act(linear(xn, Wg)) * linear(xn, Wu),
-    Wd)."""
+    Wd) (wu None: wg holds [gate; up], `_gate_up`)."""
     gate = None
     m = op_of(src(s), "mul")
     for sig, y in pairs(m) if m is not None else []:
@@ -72,9 +91,9 @@ def _shared_mlp(s: Value, moe: Op) -> dict[str, Any] | None:
         act = op_of(src(g), opcode) if opcode else None
         if act is None or act.attrs.get("approximate") != approximate:
             continue
-        wg, wu = _linear_weight(act.operands[0], moe), _linear_weight(u, moe)
-        if wg is not None and wu is not None:
-            return dict(wg=wg, wu=wu, wd=down.operands[1], gate=gate)
+        weights = _gate_up(act.operands[0], u, moe)
+        if weights is not None:
+            return dict(wg=weights[0], wu=weights[1], wd=down.operands[1], gate=gate)
     return None
 
 
@@ -107,7 +126,10 @@ def _stack(g: Graph, moe: Op, mlp: dict[str, Any]) -> tuple[Value, Value, int] |
     o = by_role(moe.operands, moe.attrs)
     names = [o[r].producer.attrs["weight"] for r in ("w_gate_up", "w_down")]
     gu, d = (g.weight(n).data for n in names)
-    wg, wu, wd = (g.weight(mlp[r].producer.attrs["weight"]).data for r in ("wg", "wu", "wd"))
+    roles = ("wg", "wd") if mlp["wu"] is None else ("wg", "wu", "wd")
+    parts = {r: g.weight(mlp[r].producer.attrs["weight"]).data for r in roles}
+    wg, wd = parts["wg"], parts["wd"]
+    wg, wu = (wg.chunk(2) if mlp["wu"] is None else (wg, parts["wu"]))  # (one linear: its [gate; up] halves)
     inter, width = d.shape[2], wg.shape[0]
     if (g.weight(names[0]).encoding is not None or width % inter or wu.shape != wg.shape
             or wd.shape != (d.shape[1], width) or len({t.dtype for t in (gu, d, wg, wu, wd)}) != 1):
@@ -115,7 +137,7 @@ def _stack(g: Graph, moe: Op, mlp: dict[str, Any]) -> tuple[Value, Value, int] |
     blocks = range(0, width, inter)
     gu_shared = torch.stack([torch.cat([wg[i:i + inter], wu[i:i + inter]]) for i in blocks])
     d_shared = torch.stack([wd[:, i:i + inter] for i in blocks])
-    shared = [[mlp[r].producer.attrs["weight"] for r in roles] for roles in (("wg", "wu"), ("wd",))]
+    shared = [[mlp[r].producer.attrs["weight"] for r in roles[:-1]], [mlp["wd"].producer.attrs["weight"]]]
     consts = []
     for name, parts, old, new in zip(names, shared, (gu, d), (gu_shared, d_shared), strict=True):
         stacked = g.add_weight(free_name(g, stacked_name([name, *parts])), torch.cat([old, new]).contiguous())

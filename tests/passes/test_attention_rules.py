@@ -115,3 +115,52 @@ def test_sinks_with_the_max_indices_read_stay_written_out():
     g = sink_graph(use_indices=True)
     Canonicalize().run(g, PassContext())
     assert "attention" not in g.op_counts()
+
+
+def lse_sink_graph(dtype: DType, read_lse: bool = False) -> Graph:
+    """Granite-SWA's eager attention with sinks as captured: softmax(s) @ v scaled by sigmoid(logsumexp(s) - sink)
+    (fp16: the softmax between casts, the difference cast to fp32, the scale cast back before its unsqueeze)."""
+    from fxforge.ir.extern_op import OperandRef
+
+    g = Graph()
+    q = g.add_input("q", TensorType((1, 4, S, 16), dtype))
+    k, v = (g.add_input(n, TensorType((1, 4, 24, 16), dtype)) for n in ("k", "v"))
+    m = g.add_input("mask", TensorType((1, 1, S, 24), dtype))
+    sinks = g.add_input("sinks", TensorType((4,), dtype))
+    f16 = dtype != DType.f32
+
+    def op(opcode, *xs, **attrs):
+        return g.add_op(opcode, list(xs), attrs).result
+
+    s = op("add", op("mul", op("matmul", q, op("permute", k, dims=(0, 1, 3, 2))), op("full", shape=(), value=0.25, dtype=DType.f64)), m)
+    lse = g.add_op("extern", [s], {"target": "aten.logsumexp.default", "args": (OperandRef(0), (-1,)), "kwargs": {}},
+                   result_types=[TensorType((1, 4, S), dtype)]).result
+    d = op("sub", lse, op("reshape", sinks, shape=(1, 4, 1)))
+    w = op("sigmoid", op("cast", d, dtype=DType.f32) if f16 else d)
+    w = op("reshape", op("cast", w, dtype=dtype) if f16 else w, shape=(1, 4, S, 1))
+    p = op("cast", op("softmax", op("cast", s, dtype=DType.f32), dim=3), dtype=dtype) if f16 else op("softmax", s, dim=3)
+    g.set_outputs([op("mul", op("matmul", p, v), w)] + ([lse] if read_lse else []))
+    return g
+
+
+@pytest.mark.parametrize("dtype", [DType.f32, DType.f16])
+def test_logsumexp_sinks_become_the_attention_ops_sinks(dtype):
+    g = lse_sink_graph(dtype)
+    xs = [x.to(dtype.torch) for x in inputs(DType.f32)] + [torch.linspace(-1.0, 4.0, 4).to(dtype.torch)]
+    want = evaluate(g, xs)[0]
+    Canonicalize().run(g, PassContext())
+    verify(g)
+    counts = g.op_counts()
+    assert counts.get("attention") == 1 and not {"softmax", "extern", "sigmoid", "matmul", "mul"} & set(counts), counts
+    (att,) = g.find("attention")
+    assert att.attrs["sinks"] and att.attrs["scale"] == 0.25 and att.operands[4] is g.inputs[4]
+    tol = 2e-3 if dtype == DType.f16 else 1e-5  # fp16: eager rounds the probabilities and the scale (1-2 ulps)
+    torch.testing.assert_close(evaluate(g, xs)[0].float(), want.float(), atol=tol, rtol=tol)
+    xs[4] = torch.full((4,), -1e4).to(dtype.torch)  # sinks that weigh nothing: other numbers than above
+    assert (evaluate(g, xs)[0].float() - want.float()).abs().max() > 0.05
+
+
+def test_logsumexp_read_elsewhere_stays_written_out():
+    g = lse_sink_graph(DType.f32, read_lse=True)
+    Canonicalize().run(g, PassContext())
+    assert "attention" not in g.op_counts()
