@@ -158,6 +158,9 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "hunyuan_moe": ("HunYuanMoEV1Config", "HunYuanMoEV1ForCausalLM", {"num_experts": 4, "moe_topk": 2, "head_dim": 16}),
     "minimax_m2": ("MiniMaxM2Config", "MiniMaxM2ForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2,
                                                                "head_dim": 16}),
+    # transposed experts ([E, H, 2I]) with a shared MLP, the routing softmax over the top-k logits (session 17)
+    "aria_text": ("AriaTextConfig", "AriaTextForCausalLM", {"moe_num_experts": 4, "moe_topk": 2,
+                                                            "moe_num_shared_experts": 1}),
     # Granite-SWA's sinks as a scale on the output (sigmoid of logsumexp - sink) with a shared expert (session 17)
     "granitemoe_swa": ("GraniteMoeSWAConfig", "GraniteMoeSWAForCausalLM", {"num_local_experts": 4,
                                                                            "num_experts_per_tok": 2,

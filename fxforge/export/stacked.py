@@ -74,19 +74,20 @@ def plain_parts(graph: Graph) -> dict[str, Tensor]:
 
 def moe_experts(graph: Graph, op: Op) -> dict[str, Tensor]:
     """{original name: tensor} of a `moe` op's experts stacked with S shared experts (`passes/moe_shared.py`): the
-    routed experts' [E, 2I, H] and [E, H, I], and the shared MLP's gate and up [S * I, H] (or both as one [gate; up]
-    [2 S I, H]) and down [H, S * I], its row blocks put back in order."""
+    routed experts' [E, 2I, H] and [E, H, I] (transposed: [E, H, 2I], [E, I, H]), and the shared MLP's gate and up
+    [S * I, H] (or both as one [gate; up] [2 S I, H]) and down [H, S * I], its row blocks put back in order."""
     S = op.attrs["shared"]
     out: dict[str, Tensor] = {}
-    if not S or op.attrs["transposed"]:
+    if not S:
         return out
+    transposed = op.attrs["transposed"]  # [E, H, 2I] / [E, I, H]: each block transposed back first
     roles = by_role(op.operands, op.attrs)
     for role in ("w_gate_up", "w_down"):
         name = roles[role].producer.attrs["weight"]  # a const: the rule stacks constants only
         names, w = parts_of(name), graph.weights.get(name)
         if w is None or w.encoding is not None or len(names) not in ((2, 3) if role == "w_gate_up" else (2,)):
             continue
-        routed, blocks = w.data[:-S], w.data[-S:]
+        routed, blocks = w.data[:-S], w.data[-S:].transpose(1, 2) if transposed else w.data[-S:]
         if role == "w_gate_up":  # blocks [S, 2I, H]: rows [gate; up] of I each (one weight of both: its halves)
             inter = blocks.shape[1] // 2
             shared = [blocks[:, :inter].reshape(-1, blocks.shape[2]), blocks[:, inter:].reshape(-1, blocks.shape[2])]

@@ -85,10 +85,13 @@ def _token_rows(v: Value, k: int) -> tuple[Value, Any] | None:
 
 
 def _halves(g: Value, u: Value) -> tuple[Value, str] | None:
-    """(up, layout) when g and u are the gate and up halves of one `up` [S, 2I]: concat or interleaved."""
-    gs, us = op_of(g, "slice"), op_of(u, "slice")
-    if gs is None or us is None or gs.operands[0] is not us.operands[0] or gs.attrs["dim"] not in (1, -1):
-        return None
+    """(up, layout) when g and u are the gate and up halves of one `up` [S, 2I] (or [S, 1, 2I], the halves reshaped:
+    Aria's transposed experts): concat or interleaved."""
+    gs, us = op_of(src(g, ("reshape",)), "slice"), op_of(src(u, ("reshape",)), "slice")
+    if (gs is None or us is None or gs.operands[0] is not us.operands[0]
+            or gs.attrs["dim"] not in (-1, gs.operands[0].type.rank - 1) or us.attrs["dim"] != gs.attrs["dim"]
+            or not all(dims_match(t.type.shape[-1], h.result.type.shape[-1]) for t, h in ((g, gs), (u, us)))):
+        return None  # (a reshape between may drop unit dims only: the halves' last dim stays)
     up = gs.operands[0]
     n = up.type.shape[-1]
     a, b = gs.attrs, us.attrs

@@ -11,9 +11,9 @@ Decisions:
   activation is per row, the down projection a sum over them), so the kernels need no second weight layout; a
   shared width that is not a multiple of the experts' I stays beside the op.
 - Only what the op computes exactly: the op's activation, no biases, the op's input (the same norm), constant
-  weights of the experts' dtype, a concat gate/up layout without transposed experts (the forms that have shared
-  experts); anything else is left as it was (the same numbers, more launches). The gate and up projections are
-  two linears or the halves [gate; up] of one (Granite's `input_linear`, chunked).
+  weights of the experts' dtype, a concat gate/up layout (transposed experts take the blocks transposed: Aria);
+  anything else is left as it was (the same numbers, more launches). The gate and up projections are two linears
+  or the halves [gate; up] of one (Granite's `input_linear`, chunked).
 - Runs before the residual rule (`MOE_RULES`), which would otherwise take the shared output as a residual.
 - The stacked weights are new tensors (the experts' copied once at compile time); the old ones leave the graph with
   DCE, which drops unused weights. Their names list the HF weights they hold (`concat_linears.stacked_name`:
@@ -101,7 +101,7 @@ def shared_experts(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
     """add(moe(...), shared MLP) -> moe(..., shared=S) with the MLP's rows as S more experts."""
     for v, s in pairs(root):
         moe = op_of(src(v), "moe")
-        if (moe is None or moe.attrs["shared"] or moe.attrs["residual"] or moe.attrs["transposed"]
+        if (moe is None or moe.attrs["shared"] or moe.attrs["residual"]
                 or moe.attrs["expert_bias"] or moe.attrs["gate_up"] != "concat" or len(moe.result.uses) != 1
                 or len(src(v).uses) != 1 or len(s.uses) != 1  # else the shared MLP would run twice
                 or not (same_type(v.type, root.result.type) and same_type(s.type, v.type))):
@@ -130,13 +130,16 @@ def _stack(g: Graph, moe: Op, mlp: dict[str, Any]) -> tuple[Value, Value, int] |
     parts = {r: g.weight(mlp[r].producer.attrs["weight"]).data for r in roles}
     wg, wd = parts["wg"], parts["wd"]
     wg, wu = (wg.chunk(2) if mlp["wu"] is None else (wg, parts["wu"]))  # (one linear: its [gate; up] halves)
-    inter, width = d.shape[2], wg.shape[0]
+    transposed = moe.attrs["transposed"]  # experts [E, H, 2I] and [E, I, H] (Aria): the blocks transposed alike
+    inter, hidden, width = d.shape[1 if transposed else 2], d.shape[2 if transposed else 1], wg.shape[0]
     if (g.weight(names[0]).encoding is not None or width % inter or wu.shape != wg.shape
-            or wd.shape != (d.shape[1], width) or len({t.dtype for t in (gu, d, wg, wu, wd)}) != 1):
+            or wd.shape != (hidden, width) or len({t.dtype for t in (gu, d, wg, wu, wd)}) != 1):
         return None
     blocks = range(0, width, inter)
     gu_shared = torch.stack([torch.cat([wg[i:i + inter], wu[i:i + inter]]) for i in blocks])
     d_shared = torch.stack([wd[:, i:i + inter] for i in blocks])
+    if transposed:
+        gu_shared, d_shared = gu_shared.transpose(1, 2), d_shared.transpose(1, 2)
     shared = [[mlp[r].producer.attrs["weight"] for r in roles[:-1]], [mlp["wd"].producer.attrs["weight"]]]
     consts = []
     for name, parts, old, new in zip(names, shared, (gu, d), (gu_shared, d_shared), strict=True):

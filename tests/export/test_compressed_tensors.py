@@ -285,13 +285,13 @@ def test_stacked_linears_export_as_their_hf_layers(tmp_path):
 
 
 @pytest.mark.parametrize("quantize", [None, "w8a8-int8"])
-@pytest.mark.parametrize("arch", ["qwen2_moe", "glm4_moe", "granitemoe_swa"])
+@pytest.mark.parametrize("arch", ["qwen2_moe", "glm4_moe", "granitemoe_swa", "aria_text"])
 def test_experts_stacked_with_a_shared_mlp_export_as_their_hf_layers(arch, quantize, tmp_path):
     """`moe_shared` stacks a shared MLP into the experts' weights: the checkpoint still holds the HF experts and the
     shared MLP's gate / up / down, bit for bit (the experts stay 16-bit under w8a8, as the moe op's are)."""
     model = testing.gqa_decoder(arch, 1)
     compiled = fxforge.compile_aot(model, (X[:1, :6],), executor="reference", quantize=quantize)
-    assert [op.attrs["shared"] for op in compiled.graph.find("moe")] == [1 if arch == "glm4_moe" else 2]
+    assert [op.attrs["shared"] for op in compiled.graph.find("moe")] == [1 if arch in ("glm4_moe", "aria_text") else 2]
     state = load_file(str(Path(compiled.export(str(tmp_path))) / "model.safetensors"))
     want = {k: v for k, v in model.state_dict().items() if "expert" in k or "shared_mlp" in k}
     assert want and all(torch.equal(state[k], v) for k, v in want.items()), [k for k in want if k not in state]

@@ -27,6 +27,7 @@ EXPECTED = {
     "ernie4_5_moe": ({}, {**ROUTER, "choice_bias": True, "renorm": True, "renorm_min": 1e-12, "shared": 1}),
     "minimax_m2": ({}, {**ROUTER, "score": "sigmoid", "choice_bias": True, "renorm": True, "shared": 0}),
     "granitemoe_swa": ({}, {**ROUTER, "renorm": True, "shared": 2}),  # one input_linear [gate; up] chunked in two
+    "aria_text": ({}, {**ROUTER, "renorm": True, "shared": 1}),  # transposed experts: the blocks stacked transposed
     "glm4_moe@groups": ({"n_routed_experts": 8, "n_group": 4, "topk_group": 2},  # DeepSeek-V3's group-limited top-k
                         {**ROUTER, "score": "sigmoid", "choice_bias": True, "renorm": True, "renorm_eps": 1e-20,
                          "shared": 1, "groups": 4, "top_groups": 2}),
