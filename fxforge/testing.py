@@ -161,6 +161,9 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # transposed experts ([E, H, 2I]) with a shared MLP, the routing softmax over the top-k logits (session 17)
     "aria_text": ("AriaTextConfig", "AriaTextForCausalLM", {"moe_num_experts": 4, "moe_topk": 2,
                                                             "moe_num_shared_experts": 1}),
+    # a LayerNorm (written out, no bias) before the router and experts, parallel attention / MoE (session 17)
+    "cohere2_moe": ("Cohere2MoeConfig", "Cohere2MoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2,
+                                                                  "moe_intermediate_size": 32, "sliding_window": 6}),
     # Granite-SWA's sinks as a scale on the output (sigmoid of logsumexp - sink) with a shared expert (session 17)
     "granitemoe_swa": ("GraniteMoeSWAConfig", "GraniteMoeSWAForCausalLM", {"num_local_experts": 4,
                                                                            "num_experts_per_tok": 2,

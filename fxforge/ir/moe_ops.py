@@ -4,14 +4,15 @@ launches.
 
     %y = moe(%x, %norm_w, %router_w, %w_gate_up, %w_down) {k=2, renorm=true, norm="rms", eps=1e-05} : f32[s0, 64]
 
-Operands, in this order, those the flags leave out absent: x [T, H]; the RMSNorm weight [H] (`norm="rms"`; x is
-then the norm's input); the router weight [E, H], its bias [E] (`router_bias`) and its choice bias [E]
+Operands, in this order, those the flags leave out absent: x [T, H]; the norm weight [H] (`norm="rms"`, or "layer":
+a LayerNorm without bias, Cohere's; x is then the norm's input); the router weight [E, H], its bias [E] (`router_bias`) and its choice bias [E]
 (`choice_bias`); the shared experts' gate weight [1, H] (`shared_gate`); the experts' stacked gate/up weight
 [E + S, 2I, H] ([E + S, H, 2I] when `transposed`; S = `shared`) and its bias [E + S, 2I] (`expert_bias`); the down
 weight [E + S, H, I] ([E + S, I, H] when `transposed`) and its bias [E + S, H] (`expert_bias`); a residual [T, H]
 (`residual`).
 
-Semantics (`_moe`, what every executor is checked against): xn = rms_norm(x, w) (or x; the rms_norm op's roundings);
+Semantics (`_moe`, what every executor is checked against): xn = rms_norm(x, w) or layer_norm(x, w) (or x; the
+norm ops' roundings);
 scores p = softmax(xn Wr^T + br) (`score="sigmoid"`: sigmoid of each logit) in fp32; the k experts of the largest p
 + cb (the choice bias, DeepSeek-V3's score correction; lowest index first on ties; with `groups` > 1 only among the
 experts of the `top_groups` groups of E / groups whose two largest p + cb sum highest, the others' choice set to
@@ -41,19 +42,20 @@ import torch.nn.functional as F
 
 from fxforge.ir.errors import ShapeError
 from fxforge.ir.ops import REQUIRED, OpDef, register
-from fxforge.ir.optable import _rms_norm
+from fxforge.ir.optable import _layer_norm, _rms_norm
 from fxforge.ir.types import TensorType, dims_equal
 
 MOE_ACTS = ("silu", "gelu_tanh", "gpt_oss")
 GATE_UP_LAYOUTS = ("concat", "interleaved")
 SCORES = ("softmax", "sigmoid")
+NORMS = ("none", "rms", "layer")
 ROLES = ("x", "norm_w", "router_w", "router_b", "router_cb", "shared_gate_w", "w_gate_up", "b_gate_up", "w_down",
          "b_down", "residual")
 
 
 def operand_roles(attrs: dict[str, Any]) -> list[str]:
     """The roles of a `moe` op's operands, in order, for its flags."""
-    present = {"norm_w": attrs["norm"] == "rms", "router_b": attrs["router_bias"], "router_cb": attrs["choice_bias"],
+    present = {"norm_w": attrs["norm"] != "none", "router_b": attrs["router_bias"], "router_cb": attrs["choice_bias"],
                "shared_gate_w": attrs["shared_gate"], "b_gate_up": attrs["expert_bias"],
                "b_down": attrs["expert_bias"], "residual": attrs["residual"]}
     return [r for r in ROLES if present.get(r, True)]
@@ -71,9 +73,10 @@ def _infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         raise ShapeError(f"moe: {len(types)} operands, the flags ask for {len(roles)} ({', '.join(roles)})")
     t = dict(zip(roles, types, strict=True))
     x, wr, wgu, wd = t["x"], t["router_w"], t["w_gate_up"], t["w_down"]
-    if attrs["act"] not in MOE_ACTS or attrs["gate_up"] not in GATE_UP_LAYOUTS or attrs["score"] not in SCORES:
-        raise ShapeError(f"moe: act {attrs['act']!r} / gate_up {attrs['gate_up']!r} / score {attrs['score']!r} not "
-                         f"among {MOE_ACTS} / {GATE_UP_LAYOUTS} / {SCORES}")
+    if (attrs["act"] not in MOE_ACTS or attrs["gate_up"] not in GATE_UP_LAYOUTS or attrs["score"] not in SCORES
+            or attrs["norm"] not in NORMS):
+        raise ShapeError(f"moe: act {attrs['act']!r} / gate_up {attrs['gate_up']!r} / score {attrs['score']!r} / norm "
+                         f"{attrs['norm']!r} not among {MOE_ACTS} / {GATE_UP_LAYOUTS} / {SCORES} / {NORMS}")
     shared = attrs["shared"]
     if not isinstance(shared, int) or isinstance(shared, bool) or shared < 0 or (attrs["shared_gate"] and not shared):
         raise ShapeError(f"moe: shared={shared!r} must be an int >= 0 (>= 1 with a shared gate)")
@@ -164,9 +167,7 @@ def _moe(*operands: torch.Tensor, k: int, renorm: bool, norm: str, eps: float, r
                  choice_bias=choice_bias, shared_gate=shared_gate)
     o = by_role(list(operands), attrs)
     x = o["x"]
-    xn = x
-    if norm == "rms":
-        xn = _rms_norm(x, o["norm_w"], eps=eps)
+    xn = {"rms": _rms_norm, "layer": _layer_norm}[norm](x, o["norm_w"], eps=eps) if norm != "none" else x
     w, idx = route(xn, o, k, renorm, score, renorm_eps, renorm_min, scale, shared, groups, top_groups, group_fill)
     k += shared
     wgu, wd = (o["w_gate_up"].float(), o["w_down"].float())

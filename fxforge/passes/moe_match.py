@@ -39,20 +39,34 @@ def pairs(op: Op) -> list[tuple[Value, Value]]:
     return [(a, b), (b, a)]
 
 
-def weighted_rms_norm(x: Value) -> tuple[Value, Value, float] | None:
-    """(input, weight, eps) when x = rms_norm(x0, w), or x = cast(rms_norm(cast(x0, f32), w), x0's dtype) (the norm in
-    fp32, weight included, rounded once: GPT-OSS's, Gemma's): the op's norm computes the latter; the former it
-    rounds once too, where the chain rounded before the weight."""
+def weighted_norm(x: Value) -> tuple[str, Value, Value, float] | None:
+    """(kind, input, weight, eps) when x = rms_norm(x0, w) or layer_norm(x0, w) (kind "rms" / "layer", the `moe` op's
+    `norm`; a LayerNorm without bias), or x = cast(norm(cast(x0, f32), w), x0's dtype) (the norm in fp32, weight
+    included, rounded once: GPT-OSS's, Gemma's, Cohere's): the op's norm computes the latter; the former it rounds
+    once too, where an rms_norm chain rounded before the weight."""
     p = x.producer
     if p is not None and p.opcode == "cast":
         inner = p.operands[0].producer
-        first = inner.operands[0].producer if inner is not None and inner.opcode == "rms_norm" else None
+        first = inner.operands[0].producer if inner is not None and inner.opcode in _NORMS else None
         if first is not None and first.opcode == "cast" and first.operands[0].type.dtype == x.type.dtype:
             p, x0 = inner, first.operands[0]
         else:
             return None
-    elif p is not None and p.opcode == "rms_norm":
+    elif p is not None and p.opcode in _NORMS:
         x0 = p.operands[0]
     else:
         return None
-    return (x0, p.operands[1], float(p.attrs["eps"])) if len(p.operands) == 2 else None
+    if len(p.operands) != 2 or (p.opcode == "rms_norm" and _centered(x0)):
+        return None
+    return _NORMS[p.opcode], x0, p.operands[1], float(p.attrs["eps"])
+
+
+def _centered(v: Value) -> bool:
+    """v = x - mean(x, keepdim): an rms_norm of it is a LayerNorm canonicalize has not made one yet (Cohere's is
+    written out): `moe_rules._norm_into` takes the layer_norm once it is."""
+    p = v.producer
+    m = p.operands[1].producer if p is not None and p.opcode == "sub" else None
+    return m is not None and m.opcode == "mean" and m.operands[0] is p.operands[0]
+
+
+_NORMS = {"rms_norm": "rms", "layer_norm": "layer"}  # IR opcode -> the moe op's norm

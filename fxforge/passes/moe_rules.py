@@ -17,8 +17,9 @@ Decisions:
   parts vary by architecture (bias or not, transposed weights, interleaved gate/up, the routing's order), a single
   pattern would be a product of the variants. Anything unrecognised leaves the chain as it is (torch externs and
   kernels: the same numbers, more launches).
-- The RMSNorm producing the experts' input is taken into the op (`norm="rms"`, the kernel computes it per token)
-  even when other ops read it too: computing it twice is cheaper than a launch.
+- The RMSNorm (or bias-free LayerNorm: Cohere 2 MoE's) producing the experts' input is taken into the op
+  (`norm="rms"` / "layer", the kernel computes it per token) even when other ops read it too: computing it twice is
+  cheaper than a launch.
 - Only constant weights: expert weights that are graph inputs stay on the batched path.
 - Not a router whose experts tie on every token (`_always_ties`): the op breaks ties by the lowest index, torch.topk
   by its own order, so a zero-initialised router would choose other experts than eager's.
@@ -32,7 +33,8 @@ import torch
 
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.passes.moe_match import ADD, DIV, VIEWS, is_const, op_of, pairs, src, weighted_rms_norm
+from fxforge.ir.moe_ops import by_role
+from fxforge.passes.moe_match import ADD, DIV, VIEWS, is_const, op_of, pairs, src, weighted_norm
 from fxforge.passes.moe_shared import shared_experts
 from fxforge.passes.rewriter import P, Rule, dims_match, same_type
 from fxforge.passes.xielu_rules import scalar_const, scalar_value
@@ -167,7 +169,7 @@ def _router(w: Value, e: Value) -> dict[str, Any] | None:
     vals, sm, gather = tk.results[0], op_of(w, "softmax"), op_of(w, "gather")
     if w is vals:  # topk of the scores
         scores = _scores(tk.operands[0])
-    elif sm is not None and sm.operands[0] is vals and not out["renorm"]:  # softmax of the top-k logits
+    elif sm is not None and _upcast_src(sm.operands[0]) is vals and not out["renorm"]:  # softmax of the top-k logits
         if _scores(tk.operands[0]) is not None:
             return None  # softmax(topk(softmax(.))): not a router this op knows
         scores, out["renorm"] = ("softmax", tk.operands[0]), True
@@ -323,7 +325,7 @@ def _down_of(d: Value) -> dict[str, Any] | None:
 
 def _build(g: Graph, root: Op, router: dict, up: dict, down: dict, a: dict) -> Value | None:
     x = router["xr"]
-    norm = weighted_rms_norm(x)
+    norm = weighted_norm(x)
     attrs: dict[str, Any] = dict(k=router["k"], renorm=router["renorm"], router_bias=router["br"] is not None,
                                  expert_bias=up["b"] is not None, act=a["act"], gate_up=a["gate_up"],
                                  transposed=up["transposed"], score=router["score"],
@@ -334,8 +336,8 @@ def _build(g: Graph, root: Op, router: dict, up: dict, down: dict, a: dict) -> V
         attrs.update(limit=a["limit"], alpha=a["alpha"])
     operands = []
     if norm is not None:
-        x, w, eps = norm
-        attrs.update(norm="rms", eps=eps)
+        kind, x, w, eps = norm
+        attrs.update(norm=kind, eps=eps)
         operands = [w]
     t, h = root.result.type.shape
     if x.type.rank != 2:
@@ -364,11 +366,27 @@ def _residual(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
     return None
 
 
+def _norm_into(g: Graph, root: Op, b: dict[str, Value]) -> Value | None:
+    """moe(norm(x0, w), ...) {norm="none"} -> moe(x0, w, ...) {norm=...}: a norm canonicalized after the op was made
+    (Cohere's LayerNorm is written out and becomes `layer_norm` over several sweeps)."""
+    o = by_role(root.operands, root.attrs)
+    norm = weighted_norm(src(o["x"], ("reshape",))) if root.attrs["norm"] == "none" else None
+    if norm is None:
+        return None
+    kind, x, w, eps = norm
+    if x.type.rank != 2:
+        x = g.insert_before(root, "reshape", [x], {"shape": list(o["x"].type.shape)}).result
+    o.update(x=x, norm_w=w)
+    return g.insert_before(root, "moe", [v for v in o.values() if v is not None],
+                           {**root.attrs, "norm": kind, "eps": eps}).result
+
+
 def _slot_sum(v: Value) -> bool:
     dims = v.producer.attrs.get("dims")
     return v.type.rank == 2 and tuple(dims or ()) in ((1,), (-2,)) and not v.producer.attrs.get("keepdim")
 
 
 MOE_RULES: list[Rule] = [Rule(P.op("sum", P.any("s"), check=_slot_sum), _moe, "moe"),
+                         Rule(P.op("moe"), _norm_into, "moe_norm"),
                          Rule(P.op("add", P.any("a"), P.any("b")), shared_experts, "moe_shared"),  # before residual
                          Rule(P.op("add", P.any("a"), P.any("b")), _residual, "moe_residual")]

@@ -30,7 +30,7 @@ from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.moe_ops import by_role
 from fxforge.passes.concat_linears import stacked_name
 from fxforge.passes.linear_sites import free_name
-from fxforge.passes.moe_match import is_const, op_of, pairs, src, weighted_rms_norm
+from fxforge.passes.moe_match import is_const, op_of, pairs, src, weighted_norm
 from fxforge.passes.rewriter import same_type
 
 _ACT_OPS = {"silu": ("silu", None), "gelu_tanh": ("gelu", "tanh")}  # the op's act: (opcode, approximate)
@@ -39,11 +39,11 @@ _ACT_OPS = {"silu": ("silu", None), "gelu_tanh": ("gelu", "tanh")}  # the op's a
 def _reads_input(v: Value, moe: Op) -> bool:
     """v (through views) is what the op's experts read: its normalised x (the same norm weight and eps) or x."""
     o = by_role(moe.operands, moe.attrs)
-    if moe.attrs["norm"] != "rms":
+    if moe.attrs["norm"] == "none":
         return src(v) is src(o["x"])
-    norm = weighted_rms_norm(src(v, ("reshape",)))
-    return (norm is not None and src(norm[0]) is src(o["x"]) and norm[1] is o["norm_w"]
-            and norm[2] == moe.attrs["eps"])
+    norm = weighted_norm(src(v, ("reshape",)))
+    return (norm is not None and norm[0] == moe.attrs["norm"] and src(norm[1]) is src(o["x"])
+            and norm[2] is o["norm_w"] and norm[3] == moe.attrs["eps"])
 
 
 def _linear_weight(v: Value, moe: Op, rows: int | None = None) -> Value | None:

@@ -28,6 +28,7 @@ VARIANTS = {  # name: op attributes besides k
                            norm="rms", eps=1e-5, residual=True),
     "qwen2_moe": dict(shared=2, shared_gate=True, norm="rms", eps=1e-5),  # a gated shared MLP two experts wide
     "ernie": dict(choice_bias=True, renorm=True, renorm_min=0.9, shared=1),  # softmax, choice bias, clamped sum
+    "cohere2_layer_norm": dict(renorm=True, norm="layer", eps=1e-5, residual=True),  # LayerNorm, no bias
 }
 DEFAULTS = dict(renorm=False, norm="none", eps=1e-6, router_bias=False, expert_bias=False, residual=False, act="silu",
                 gate_up="concat", transposed=False, limit=7.0, alpha=1.702, score="softmax", choice_bias=False,
@@ -53,7 +54,7 @@ def operands(attrs: dict, T: int, E: int, H: int, inter: int, dtype: torch.dtype
 def run_template(ops: list[torch.Tensor], attrs: dict, k: int, grouped: bool = False) -> torch.Tensor:
     named = dict(zip(operand_roles(attrs), ops, strict=True))
     args = [named.get(r) for r in ROLES]
-    kw = {key: attrs[key] for key in ("renorm", "eps", "act", "gate_up", "transposed", "limit", "alpha", "score",
+    kw = {key: attrs[key] for key in ("renorm", "norm", "eps", "act", "gate_up", "transposed", "limit", "alpha", "score",
                                       "renorm_eps", "renorm_min", "scale", "shared", "groups", "top_groups",
                                       "group_fill")}
     with interpreter_scope():

@@ -46,7 +46,7 @@ def make(attrs: dict, dtype=torch.float32, T: int = 4, E: int = 5, seed: int = 0
 
 def roles(attrs: dict) -> list[str]:
     """The op's operand roles in the documented order, those the flags leave out absent."""
-    present = [("x", True), ("norm_w", attrs["norm"] == "rms"), ("router_w", True), ("router_b", attrs["router_bias"]),
+    present = [("x", True), ("norm_w", attrs["norm"] != "none"), ("router_w", True), ("router_b", attrs["router_bias"]),
                ("router_cb", attrs["choice_bias"]), ("shared_gate_w", attrs["shared_gate"]), ("w_gate_up", True),
                ("b_gate_up", attrs["expert_bias"]), ("w_down", True), ("b_down", attrs["expert_bias"]),
                ("residual", attrs["residual"])]
@@ -76,6 +76,9 @@ def loop_ref(ops: dict, attrs: dict) -> torch.Tensor:
         xt = x[t].double()
         if attrs["norm"] == "rms":
             xt = (ops["norm_w"].double() * xt / math.sqrt(float((xt * xt).mean()) + attrs["eps"])).to(dt).double()
+        elif attrs["norm"] == "layer":  # (no bias: Cohere's)
+            d = xt - xt.mean()
+            xt = (ops["norm_w"].double() * d / math.sqrt(float((d * d).mean()) + attrs["eps"])).to(dt).double()
         logits = [float(ops["router_w"][e].double() @ xt) + (float(ops["router_b"][e]) if attrs["router_bias"] else 0)
                   for e in range(E)]
         z = [math.exp(v - max(logits)) for v in logits]
@@ -126,6 +129,7 @@ CASES = {
                                        shared=1, norm="rms", residual=True),
     "qwen2_moe_gated_shared": dict(shared=2, shared_gate=True, norm="rms"),  # a shared MLP of 2 experts' width
     "ernie_softmax_choice_bias_clamp": dict(choice_bias=True, renorm=True, renorm_min=0.9, shared=1),  # clamp bites
+    "cohere2_layer_norm": dict(renorm=True, norm="layer", eps=1e-5, residual=True),  # a LayerNorm before the router
 }
 
 

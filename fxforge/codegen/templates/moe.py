@@ -1,7 +1,7 @@
 """Mixture-of-experts template: the `moe` op (`ir/moe_ops.py`) in two launches, shaped for decode.
 
 `moe(x, norm_w, router_w, router_b, w_gate_up, b_gate_up, w_down, b_down, residual, k=, ...)`:
-- `moe_up_kernel`, grid (T * k, I tiles): program (t, j) normalises token t (RMSNorm, one pass for rstd), computes
+- `moe_up_kernel`, grid (T * k, I tiles): program (t, j) normalises token t (RMSNorm or LayerNorm: `moe_routing.token_stats`), computes
   its router logits over all E experts, softmax and the top-k in registers (lowest index first on ties), keeps slot
   j's expert e and weight (renormalised over the k when asked; the I-tile 0 program stores both for the down
   kernel), then the GEMV of e's gate and up rows with the gated activation, stored as row t * k + j of the
@@ -33,7 +33,7 @@ from fxforge.codegen.blocks import SM_COUNT, next_pow2
 from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.gemm import device_arch
 from fxforge.codegen.templates.moe_grouped import GROUPED_FROM, moe_grouped
-from fxforge.codegen.templates.moe_routing import ExpertWeight, bias_strides, expert_tile, gated_act, normed_x, route_slot, token_rstd
+from fxforge.codegen.templates.moe_routing import ExpertWeight, bias_strides, expert_tile, gated_act, normed_x, route_slot, token_stats
 from fxforge.ir.graph import Weight
 
 
@@ -52,8 +52,8 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, wgu_ptr, gs_pt
     j = s % SLOTS
     x_ptr += t.to(tl.int64) * stride_xt
     offs_k = tl.arange(0, BLOCK_K)
-    rstd = token_rstd(x_ptr, H, eps, NORM, BLOCK_K)
-    expert, weight = route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, rstd, renorm_eps, renorm_min,
+    stats = token_stats(x_ptr, H, eps, NORM, BLOCK_K)
+    expert, weight = route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, stats, renorm_eps, renorm_min,
                                 scale, group_fill, stride_re, stride_rk, K, NORM, ROUTER_BIAS, SCORE, CHOICE_BIAS,
                                 RENORM, SHARED_GATE, GROUPS, TOP_GROUPS, BLOCK_E, BLOCK_R)
     if pid_n == 0:
@@ -72,7 +72,7 @@ def moe_up_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, wgu_ptr, gs_pt
     for k0 in range(0, H, BLOCK_K):
         cols = k0 + offs_k
         cmask = cols < H
-        xk = normed_x(x_ptr, nw_ptr, cols, cmask, rstd, NORM)[None, :]
+        xk = normed_x(x_ptr, nw_ptr, cols, cmask, stats, NORM)[None, :]
         m2 = nmask[:, None] & cmask[None, :]
         wg = expert_tile(w_ptr, s_ptr, z_ptr, gate_rows[:, None], cols[None, :], m2, stride_gn, stride_gk, groups,
                          GROUP, QUANT)
@@ -136,13 +136,14 @@ def moe_blocks(rows: int, n: int, k: int, dtype: torch.dtype, arch: int | None, 
 def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, router_b: torch.Tensor | None,
         router_cb: torch.Tensor | None, shared_gate_w: torch.Tensor | None, w_gate_up: torch.Tensor | Weight,
         b_gate_up: torch.Tensor | None, w_down: torch.Tensor | Weight, b_down: torch.Tensor | None,
-        residual: torch.Tensor | None = None, *, k: int, renorm: bool = False, eps: float = 1e-6, act: str = "silu",
+        residual: torch.Tensor | None = None, *, k: int, renorm: bool = False, norm: str = "rms", eps: float = 1e-6,
+        act: str = "silu",
         gate_up: str = "concat", transposed: bool = False, limit: float = 7.0, alpha: float = 1.702,
         score: str = "softmax", renorm_eps: float = 0.0, renorm_min: float = 0.0, scale: float = 1.0, shared: int = 0,
         groups: int = 1, top_groups: int = 1, group_fill: float = float("-inf"), grouped: bool | None = None,
         out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """The `moe` op on x [T, H] (shapes checked by the op's type inference; operands as `ir/moe_ops.py` names them;
-    the experts dense or `#quantized` int4 `Weight`s, `moe_quant.py`). `grouped`: the prefill path
+    the experts dense or `#quantized` int4 `Weight`s, `moe_quant.py`; `norm`: the kind of norm_w, "rms" or "layer"). `grouped`: the prefill path
     (`moe_grouped.py`; None: for more than GROUPED_FROM tokens, unless a CUDA graph is being captured). `out`: the
     result's storage (contiguous [T, H]), else allocated; `ws`: the workspace the activations and the routing come
     from."""
@@ -162,9 +163,9 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
     router = dict(routing=(router_w, router_b if router_b is not None else dummy,
                            router_cb if router_cb is not None else dummy,
                            shared_gate_w if shared_gate_w is not None else dummy),
-                  flags=dict(K=k, SLOTS=slots, NORM=norm_w is not None, ROUTER_BIAS=router_b is not None, SCORE=score,
-                             CHOICE_BIAS=router_cb is not None, SHARED_GATE=shared_gate_w is not None, RENORM=renorm,
-                             GROUPS=groups, TOP_GROUPS=top_groups),
+                  flags=dict(K=k, SLOTS=slots, NORM=norm if norm_w is not None else "none",
+                             ROUTER_BIAS=router_b is not None, SCORE=score, CHOICE_BIAS=router_cb is not None,
+                             SHARED_GATE=shared_gate_w is not None, RENORM=renorm, GROUPS=groups, TOP_GROUPS=top_groups),
                   floats=(float(renorm_eps), float(renorm_min), float(scale), float(group_fill)))
     if grouped is None:  # a CUDA graph being captured cannot take the grouped path's host sync (tile count)
         grouped = T > GROUPED_FROM and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
@@ -212,7 +213,7 @@ def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: i
               "group_fill": "fp32", "stride_xt": "i32", "stride_re": "i32", "stride_rk": "i32",
               "stride_ge": "i32", "stride_gn": "i32", "stride_gk": "i32", "stride_be": "i32", "stride_bn": "i32"}
     flags = dict(QUANT=quant, GROUP=128 if quant else 1)
-    up_const = dict(K=k, SLOTS=slots, NORM=True, ROUTER_BIAS=gpt_oss, EXPERT_BIAS=gpt_oss, RENORM=True,
+    up_const = dict(K=k, SLOTS=slots, NORM="rms", ROUTER_BIAS=gpt_oss, EXPERT_BIAS=gpt_oss, RENORM=True,
                     SCORE="sigmoid" if deepseek else "softmax", CHOICE_BIAS=deepseek, SHARED_GATE=deepseek,
                     GROUPS=8 if deepseek else 1, TOP_GROUPS=4 if deepseek else 1,
                     ACT="gpt_oss" if gpt_oss else "silu", INTERLEAVED=gpt_oss, BLOCK_E=block_e, **flags,

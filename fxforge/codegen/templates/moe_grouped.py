@@ -36,7 +36,7 @@ from fxforge.codegen.templates.moe_routing import (
     pick_slot,
     router_probs,
     shared_gate,
-    token_rstd,
+    token_stats,
 )
 
 GROUPED_FROM = 16  # tokens: more run grouped (prefill); up to it the decode kernels (graph-capturable, no sync)
@@ -51,13 +51,13 @@ def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, xn_ptr, rou
                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     t = tl.program_id(0)
     x_ptr += t.to(tl.int64) * stride_xt
-    rstd = token_rstd(x_ptr, H, eps, NORM, BLOCK_K)
+    stats = token_stats(x_ptr, H, eps, NORM, BLOCK_K)
     offs_k = tl.arange(0, BLOCK_K)
     for k0 in range(0, H, BLOCK_K):
         cols = k0 + offs_k
-        xk = normed_x(x_ptr, nw_ptr, cols, cols < H, rstd, NORM)
+        xk = normed_x(x_ptr, nw_ptr, cols, cols < H, stats, NORM)
         tl.store(xn_ptr + t.to(tl.int64) * H + cols, xk.to(xn_ptr.dtype.element_ty), mask=cols < H)
-    p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE, BLOCK_E,
+    p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, stats, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE, BLOCK_E,
                      BLOCK_R)
     c = choice_scores(p, cb_ptr, E, group_fill, CHOICE_BIAS, GROUPS, TOP_GROUPS, BLOCK_E)
     for j in range(K):
@@ -65,7 +65,7 @@ def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, xn_ptr, rou
         tl.store(route_w_ptr + t * SLOTS + j, weight)
         tl.store(route_e_ptr + t * SLOTS + j, expert)
     if SLOTS > K:  # the shared experts, every token's
-        gate = shared_gate(x_ptr, nw_ptr, wsg_ptr, H, rstd, NORM, SHARED_GATE, BLOCK_R)
+        gate = shared_gate(x_ptr, nw_ptr, wsg_ptr, H, stats, NORM, SHARED_GATE, BLOCK_R)
         for j in range(K, SLOTS):
             tl.store(route_w_ptr + t * SLOTS + j, gate)
             tl.store(route_e_ptr + t * SLOTS + j, E + j - K)
@@ -235,7 +235,7 @@ def moe_grouped_specs(dtype: str, *, block_m: int = 64, gpt_oss: bool = False, q
                  "route_w_ptr": "*fp32", "renorm_eps": "fp32", "renorm_min": "fp32", "scale": "fp32",
                  "group_fill": "fp32",
                  "route_e_ptr": "*i32", "H": "i32", "E": "i32", "eps": "fp32", "stride_xt": "i32", "stride_re": "i32"}
-    route_const = dict(stride_rk=1, K=8 if not gpt_oss else 4, SLOTS=9 if not gpt_oss else 4, NORM=True,
+    route_const = dict(stride_rk=1, K=8 if not gpt_oss else 4, SLOTS=9 if not gpt_oss else 4, NORM="rms",
                        ROUTER_BIAS=gpt_oss, SCORE="softmax" if gpt_oss else "sigmoid", CHOICE_BIAS=not gpt_oss,
                        SHARED_GATE=not gpt_oss, GROUPS=1 if gpt_oss else 8, TOP_GROUPS=1 if gpt_oss else 4,
                        RENORM=True,

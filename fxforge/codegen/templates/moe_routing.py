@@ -46,36 +46,45 @@ class ExpertWeight:
 
 
 @triton.jit
-def normed_x(x_ptr, nw_ptr, cols, cmask, rstd, NORM: tl.constexpr):
-    """Token x's columns (fp32), normalised with rms_norm's roundings (`optable._rms_norm`): the normalised row
-    rounded to x's dtype before the weight, or with an fp32 weight one rounding after it."""
+def normed_x(x_ptr, nw_ptr, cols, cmask, stats, NORM: tl.constexpr):
+    """Token x's columns (fp32), normalised with the norm op's roundings (`optable._rms_norm`: the normalised row
+    rounded to x's dtype before the weight, or with an fp32 weight one rounding after it; `_layer_norm`: in fp32,
+    rounded once); `stats`: `token_stats`."""
     xk = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    if NORM:
+    if NORM != "none":
         dt = x_ptr.dtype.element_ty
         w = tl.load(nw_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        if nw_ptr.dtype.element_ty == tl.float32:
-            xk = (w * (xk * rstd)).to(dt).to(tl.float32)
+        if NORM == "layer" or nw_ptr.dtype.element_ty == tl.float32:
+            xk = (w * ((xk - stats[0]) * stats[1])).to(dt).to(tl.float32)
         else:
-            xk = (w * (xk * rstd).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+            xk = (w * (xk * stats[1]).to(dt).to(tl.float32)).to(dt).to(tl.float32)
     return xk
 
 
 @triton.jit
-def token_rstd(x_ptr, H, eps, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
-    """1 / rms of token x's H values (1.0 without a norm)."""
+def token_stats(x_ptr, H, eps, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(mean, 1 / std) of token x's H values for its norm: LayerNorm's (two passes, as torch's is exact to fp32),
+    RMSNorm's (0, 1 / rms), (0, 1) without one."""
+    mean = 0.0
     rstd = 1.0
-    if NORM:
+    if NORM != "none":
         offs_k = tl.arange(0, BLOCK_K)
+        if NORM == "layer":
+            acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                acc += tl.load(x_ptr + k0 + offs_k, mask=k0 + offs_k < H, other=0.0).to(tl.float32)
+            mean = tl.sum(acc, 0) / H
         sq = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k0 in range(0, H, BLOCK_K):
             xk = tl.load(x_ptr + k0 + offs_k, mask=k0 + offs_k < H, other=0.0).to(tl.float32)
+            xk = tl.where(k0 + offs_k < H, xk - mean, 0.0)
             sq += xk * xk
         rstd = tl.rsqrt(tl.sum(sq, 0) / H + eps)
-    return rstd
+    return mean, rstd
 
 
 @triton.jit
-def router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk,
+def router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, stats, stride_re, stride_rk,
                  NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr, SCORE: tl.constexpr, BLOCK_E: tl.constexpr,
                  BLOCK_R: tl.constexpr):
     """Token x's scores over the E experts: the softmax of its router logits, or (SCORE "sigmoid") each logit's
@@ -87,7 +96,7 @@ def router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk
     for k0 in range(0, H, BLOCK_R):
         cols = k0 + offs_r
         cmask = cols < H
-        xk = normed_x(x_ptr, nw_ptr, cols, cmask, rstd, NORM)
+        xk = normed_x(x_ptr, nw_ptr, cols, cmask, stats, NORM)
         wr = tl.load(wr_ptr + offs_e[:, None] * stride_re + cols[None, :] * stride_rk,
                      mask=emask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
         logits += tl.sum(wr * xk[None, :], 1)
@@ -161,7 +170,7 @@ def pick_slot(p, c, j, renorm_eps, renorm_min, scale, K: tl.constexpr, RENORM: t
 
 
 @triton.jit
-def shared_gate(x_ptr, nw_ptr, wsg_ptr, H, rstd, NORM: tl.constexpr, GATED: tl.constexpr, BLOCK_R: tl.constexpr):
+def shared_gate(x_ptr, nw_ptr, wsg_ptr, H, stats, NORM: tl.constexpr, GATED: tl.constexpr, BLOCK_R: tl.constexpr):
     """The shared experts' weight for token x: sigmoid(xn . w_gate) (Qwen2-MoE's shared expert gate), or 1."""
     if GATED:
         offs_r = tl.arange(0, BLOCK_R)
@@ -169,27 +178,27 @@ def shared_gate(x_ptr, nw_ptr, wsg_ptr, H, rstd, NORM: tl.constexpr, GATED: tl.c
         for k0 in range(0, H, BLOCK_R):
             cols = k0 + offs_r
             cmask = cols < H
-            acc += normed_x(x_ptr, nw_ptr, cols, cmask, rstd, NORM) * tl.load(wsg_ptr + cols, mask=cmask,
+            acc += normed_x(x_ptr, nw_ptr, cols, cmask, stats, NORM) * tl.load(wsg_ptr + cols, mask=cmask,
                                                                                 other=0.0).to(tl.float32)
         return tl.sigmoid(tl.sum(acc, 0))
     return tl.full([], 1.0, tl.float32)
 
 
 @triton.jit
-def route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, rstd, renorm_eps, renorm_min, scale, group_fill,
+def route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, stats, renorm_eps, renorm_min, scale, group_fill,
                stride_re, stride_rk, K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr,
                SCORE: tl.constexpr, CHOICE_BIAS: tl.constexpr, RENORM: tl.constexpr, SHARED_GATE: tl.constexpr,
                GROUPS: tl.constexpr, TOP_GROUPS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
     """(expert, weight) of token x's slot j: a routed slot (j < K) by the router, or shared expert E + j - K with
     the shared gate (the shared experts are stacked after the routed ones and chosen by every token)."""
     if j < K:
-        p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, rstd, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE,
+        p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, stats, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE,
                          BLOCK_E, BLOCK_R)
         c = choice_scores(p, cb_ptr, E, group_fill, CHOICE_BIAS, GROUPS, TOP_GROUPS, BLOCK_E)
         expert, weight = pick_slot(p, c, j, renorm_eps, renorm_min, scale, K, RENORM, BLOCK_E)
     else:
         expert = E + j - K
-        weight = shared_gate(x_ptr, nw_ptr, wsg_ptr, H, rstd, NORM, SHARED_GATE, BLOCK_R)
+        weight = shared_gate(x_ptr, nw_ptr, wsg_ptr, H, stats, NORM, SHARED_GATE, BLOCK_R)
     return expert, weight
 
 
