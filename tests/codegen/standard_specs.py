@@ -47,13 +47,15 @@ def f8_decode_specs() -> list[dict]:
 def moe_specs_list() -> list[dict]:
     """The MoE templates: decode Mixtral-shaped fp16 (16-bit and int4 experts), GPT-OSS's biases / transposed
     interleaved weights / clamped SwiGLU in bf16 (sm_90), GLM-4.5-Air-shaped DeepSeek-V3-style routing (sigmoid,
-    choice bias, a gated shared expert) in bf16 (sm_90, as every bf16 spec); the grouped prefill kernels fp16
+    choice bias, a gated shared expert) in bf16 (sm_90, as every bf16 spec), the up kernel with Cohere 2 MoE's LayerNorm;
+    the grouped prefill kernels fp16
     (16-bit and int4; their router the DeepSeek-V3 form). The
     other shapes (Qwen3-MoE's 128 experts top-8 at 8 tokens, fp32, 16-row tiles) build too: `all_moe_specs`."""
     from fxforge.codegen.templates.moe import moe_specs
     from fxforge.codegen.templates.moe_grouped import moe_grouped_specs
 
     return [*moe_specs("float16", 1, 8, 4096, 14336, 2), *moe_specs("float16", 1, 8, 4096, 14336, 2, quant=True),
+            moe_specs("float16", 1, 8, 4096, 14336, 2, norm="layer")[0],  # (its down kernel is the first spec's)
             *(dict(s, min_arch=90) for s in moe_specs("bfloat16", 1, 32, 2880, 2880, 4, gpt_oss=True)),
             *(dict(s, min_arch=90) for s in moe_specs("bfloat16", 1, 128, 4096, 1408, 8, deepseek=True)),
             *moe_grouped_specs("float16"), *moe_grouped_specs("float16", quant=True)]

@@ -194,11 +194,11 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
 
 
 def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: int = 90, gpt_oss: bool = False,
-              quant: bool = False, deepseek: bool = False) -> list[dict]:
+              quant: bool = False, deepseek: bool = False, norm: str = "rms") -> list[dict]:
     """Build specs (`codegen.build`) of both kernels for contiguous operands of `dtype` at T tokens (tiles as
     `moe` picks them on sm_`arch`); `gpt_oss`: router and expert biases, transposed interleaved weights, its act;
     `quant`: int4 experts (codes, fp16 scales, uint8 zeros, group 128); `deepseek`: a sigmoid router with a choice
-    bias and one gated shared expert."""
+    bias and one gated shared expert; `norm`: the token norm ("rms", or "layer": Cohere 2 MoE's LayerNorm)."""
     t = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
     torch_dtype = getattr(torch, dtype)
     slots = k + deepseek
@@ -213,7 +213,7 @@ def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: i
               "group_fill": "fp32", "stride_xt": "i32", "stride_re": "i32", "stride_rk": "i32",
               "stride_ge": "i32", "stride_gn": "i32", "stride_gk": "i32", "stride_be": "i32", "stride_bn": "i32"}
     flags = dict(QUANT=quant, GROUP=128 if quant else 1)
-    up_const = dict(K=k, SLOTS=slots, NORM="rms", ROUTER_BIAS=gpt_oss, EXPERT_BIAS=gpt_oss, RENORM=True,
+    up_const = dict(K=k, SLOTS=slots, NORM=norm, ROUTER_BIAS=gpt_oss, EXPERT_BIAS=gpt_oss, RENORM=True,
                     SCORE="sigmoid" if deepseek else "softmax", CHOICE_BIAS=deepseek, SHARED_GATE=deepseek,
                     GROUPS=8 if deepseek else 1, TOP_GROUPS=4 if deepseek else 1,
                     ACT="gpt_oss" if gpt_oss else "silu", INTERLEAVED=gpt_oss, BLOCK_E=block_e, **flags,
@@ -231,7 +231,7 @@ def moe_specs(dtype: str, T: int, E: int, H: int, inter: int, k: int, *, arch: i
         for name in [n for n in sig if n in const]:
             del sig[name]
     label = (f"moe {dtype} T={T} E={E} H={H} I={inter} k={k}{' gpt_oss' * gpt_oss}{' int4' * quant}"
-             f"{' deepseek' * deepseek}")
+             f"{' deepseek' * deepseek}{' layer_norm' * (norm == 'layer')}")
     common = {"module": __name__, "num_stages": 1, "divisible": ["H", "I"]}
     return [{**common, "kernel": "moe_up_kernel", "signature": up_sig, "constexprs": up_const,
              "num_warps": up["num_warps"], "label": f"{label} up"},
