@@ -143,8 +143,8 @@ def _moe(g: KernelGroup, n: Names) -> str:
     op = g.anchor
     a, o = op.attrs, by_role(op.operands, op.attrs)
     args = [_maybe(n, o[r]) for r in ROLES]
-    kw = [f"k={a['k']}"] + (["renorm=True"] if a["renorm"] else []) + ([f"eps={a['eps']!r}"] if a["norm"] != "none" else [])
-    kw += ["norm='layer'"] if a["norm"] == "layer" else []
+    kw = [f"k={a['k']}"] + (["renorm=True"] if a["renorm"] else [])
+    kw += ([f"eps={a['eps']!r}"] if a["norm"] != "none" else []) + (["norm='layer'"] if a["norm"] == "layer" else [])
     kw += [f"{key}={a[key]!r}" for key, default in (("act", "silu"), ("gate_up", "concat"), ("transposed", False),
                                                      ("score", "softmax"), ("renorm_eps", 0.0), ("renorm_min", 0.0),
                                                      ("scale", 1.0), ("shared", 0)) if a[key] != default]

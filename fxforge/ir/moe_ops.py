@@ -5,11 +5,11 @@ launches.
     %y = moe(%x, %norm_w, %router_w, %w_gate_up, %w_down) {k=2, renorm=true, norm="rms", eps=1e-05} : f32[s0, 64]
 
 Operands, in this order, those the flags leave out absent: x [T, H]; the norm weight [H] (`norm="rms"`, or "layer":
-a LayerNorm without bias, Cohere's; x is then the norm's input); the router weight [E, H], its bias [E] (`router_bias`) and its choice bias [E]
-(`choice_bias`); the shared experts' gate weight [1, H] (`shared_gate`); the experts' stacked gate/up weight
-[E + S, 2I, H] ([E + S, H, 2I] when `transposed`; S = `shared`) and its bias [E + S, 2I] (`expert_bias`); the down
-weight [E + S, H, I] ([E + S, I, H] when `transposed`) and its bias [E + S, H] (`expert_bias`); a residual [T, H]
-(`residual`).
+a LayerNorm without bias, Cohere's; x is then the norm's input); the router weight [E, H], its bias [E]
+(`router_bias`) and its choice bias [E] (`choice_bias`); the shared experts' gate weight [1, H] (`shared_gate`); the
+experts' stacked gate/up weight [E + S, 2I, H] ([E + S, H, 2I] when `transposed`; S = `shared`) and its bias
+[E + S, 2I] (`expert_bias`); the down weight [E + S, H, I] ([E + S, I, H] when `transposed`) and its bias [E + S, H]
+(`expert_bias`); a residual [T, H] (`residual`).
 
 Semantics (`_moe`, what every executor is checked against): xn = rms_norm(x, w) or layer_norm(x, w) (or x; the
 norm ops' roundings);

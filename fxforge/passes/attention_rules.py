@@ -149,6 +149,18 @@ def _is_shift_by_max(g: Graph, maxv: Value, cat: Value, sub: Op) -> bool:
             and not any(r is o for r in m.results for o in g.outputs))
 
 
+def _sink_args(op: Op, b: dict[str, Value], softmax: Op, view: Value) -> tuple[list[Value], dict] | None:
+    """`_attention_args` of p @ v (`op`) with the [Hq] sinks `view` views (`_sink_source`) appended, or None."""
+    heads = b["q"].type.shape[1]
+    sinks = _sink_source(view, heads) if isinstance(heads, int) else None
+    args = None if sinks is None else _attention_args(op, b, softmax)
+    if args is None:
+        return None
+    if sinks.type.rank != 1:
+        sinks = op.graph.insert_before(op, "reshape", [sinks], {"shape": [heads]}).result
+    return args[0] + [sinks], {**args[1], "sinks": True}
+
+
 def _to_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     sl, cat = b["probs"].producer, b["cat"]
     softmax = sl.operands[0].producer
@@ -161,14 +173,10 @@ def _to_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
         return None
     if sl.attrs["dim"] not in (3, -1) or sl.attrs["start"] != 0 or sl.attrs["step"] != 1 or not dims_match(sl.result.type.shape[3], qk.type.shape[3]):
         return None
-    sinks = _sink_source(cat.producer.operands[1], heads)
-    args = None if sinks is None else _attention_args(op, b, softmax)
+    args = _sink_args(op, b, softmax, cat.producer.operands[1])
     if args is None:
         return None
-    if sinks.type.rank != 1:
-        sinks = g.insert_before(op, "reshape", [sinks], {"shape": [heads]}).result
-    operands, attrs = args
-    out = g.insert_before(op, "attention", operands + [sinks], {**attrs, "sinks": True}).result
+    out = g.insert_before(op, "attention", *args).result
     if sub is not None:  # drop the max: the shift's sub (erased with the match) then reads the cat alone; the cat dies
         maxv = sub.operands[1]
         g.set_operand(sub, 1, cat)
@@ -182,24 +190,12 @@ def _sink_pattern(scale: str, softcap: bool, mask: bool, shifted: bool) -> Patte
     return P.op("matmul", P.op("slice", p, name="probs", single_use=True), P.any("v"))
 
 
-def _sink_args(op: Op, b: dict[str, Value], softmax: Op) -> tuple[list[Value], dict] | None:
-    """`_attention_args` of p @ v (`op`) with the [Hq] sinks of `b["sink_view"]` appended, or None."""
-    heads = b["q"].type.shape[1]
-    sinks = _sink_source(b["sink_view"], heads) if isinstance(heads, int) else None
-    args = None if sinks is None else _attention_args(op, b, softmax)
-    if args is None:
-        return None
-    if sinks.type.rank != 1:
-        sinks = op.graph.insert_before(op, "reshape", [sinks], {"shape": [heads]}).result
-    return args[0] + [sinks], {**args[1], "sinks": True}
-
-
 def _to_lse_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     pv = b["pv"].producer
     if not same_type(op.result.type, pv.result.type):  # (a scale of another dtype or shape would promote p @ v)
         return None
     p = pv.operands[0].producer
-    args = _sink_args(pv, b, p if p.opcode == "softmax" else p.operands[0].producer)
+    args = _sink_args(pv, b, p if p.opcode == "softmax" else p.operands[0].producer, b["sink_view"])
     return None if args is None else g.insert_before(op, "attention", *args).result
 
 

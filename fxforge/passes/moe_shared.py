@@ -67,7 +67,8 @@ def _gate_up(g: Value, u: Value, moe: Op) -> tuple[Value, Value | None] | None:
     w = _linear_weight(halves[0].operands[0], moe)
     width = halves[0].result.type.shape[-1]
     spans = [(h.attrs.get("start") or 0, h.attrs.get("end")) for h in halves]
-    if w is None or not isinstance(width, int) or w.type.shape[0] != 2 * width or spans != [(0, width), (width, 2 * width)]:
+    if (w is None or not isinstance(width, int) or w.type.shape[0] != 2 * width
+            or spans != [(0, width), (width, 2 * width)]):
         return None
     return w, None
 

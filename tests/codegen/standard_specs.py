@@ -47,8 +47,8 @@ def f8_decode_specs() -> list[dict]:
 def moe_specs_list() -> list[dict]:
     """The MoE templates: decode Mixtral-shaped fp16 (16-bit and int4 experts), GPT-OSS's biases / transposed
     interleaved weights / clamped SwiGLU in bf16 (sm_90), GLM-4.5-Air-shaped DeepSeek-V3-style routing (sigmoid,
-    choice bias, a gated shared expert) in bf16 (sm_90, as every bf16 spec), the up kernel with Cohere 2 MoE's LayerNorm;
-    the grouped prefill kernels fp16
+    choice bias, a gated shared expert) in bf16 (sm_90, as every bf16 spec), the up kernel with Cohere 2 MoE's
+    LayerNorm; the grouped prefill kernels fp16
     (16-bit and int4; their router the DeepSeek-V3 form). The
     other shapes (Qwen3-MoE's 128 experts top-8 at 8 tokens, fp32, 16-row tiles) build too: `all_moe_specs`."""
     from fxforge.codegen.templates.moe import moe_specs

@@ -54,8 +54,8 @@ def operands(attrs: dict, T: int, E: int, H: int, inter: int, dtype: torch.dtype
 def run_template(ops: list[torch.Tensor], attrs: dict, k: int, grouped: bool = False) -> torch.Tensor:
     named = dict(zip(operand_roles(attrs), ops, strict=True))
     args = [named.get(r) for r in ROLES]
-    kw = {key: attrs[key] for key in ("renorm", "norm", "eps", "act", "gate_up", "transposed", "limit", "alpha", "score",
-                                      "renorm_eps", "renorm_min", "scale", "shared", "groups", "top_groups",
+    kw = {key: attrs[key] for key in ("renorm", "norm", "eps", "act", "gate_up", "transposed", "limit", "alpha",
+                                      "score", "renorm_eps", "renorm_min", "scale", "shared", "groups", "top_groups",
                                       "group_fill")}
     with interpreter_scope():
         return moe(*args, k=k, grouped=grouped, **kw)

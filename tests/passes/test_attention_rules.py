@@ -132,13 +132,15 @@ def lse_sink_graph(dtype: DType, read_lse: bool = False) -> Graph:
     def op(opcode, *xs, **attrs):
         return g.add_op(opcode, list(xs), attrs).result
 
-    s = op("add", op("mul", op("matmul", q, op("permute", k, dims=(0, 1, 3, 2))), op("full", shape=(), value=0.25, dtype=DType.f64)), m)
+    quarter = op("full", shape=(), value=0.25, dtype=DType.f64)
+    s = op("add", op("mul", op("matmul", q, op("permute", k, dims=(0, 1, 3, 2))), quarter), m)
     lse = g.add_op("extern", [s], {"target": "aten.logsumexp.default", "args": (OperandRef(0), (-1,)), "kwargs": {}},
                    result_types=[TensorType((1, 4, S), dtype)]).result
     d = op("sub", lse, op("reshape", sinks, shape=(1, 4, 1)))
     w = op("sigmoid", op("cast", d, dtype=DType.f32) if f16 else d)
     w = op("reshape", op("cast", w, dtype=dtype) if f16 else w, shape=(1, 4, S, 1))
-    p = op("cast", op("softmax", op("cast", s, dtype=DType.f32), dim=3), dtype=dtype) if f16 else op("softmax", s, dim=3)
+    p = op("softmax", op("cast", s, dtype=DType.f32) if f16 else s, dim=3)
+    p = op("cast", p, dtype=dtype) if f16 else p
     g.set_outputs([op("mul", op("matmul", p, v), w)] + ([lse] if read_lse else []))
     return g
 

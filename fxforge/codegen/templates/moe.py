@@ -1,7 +1,7 @@
 """Mixture-of-experts template: the `moe` op (`ir/moe_ops.py`) in two launches, shaped for decode.
 
 `moe(x, norm_w, router_w, router_b, w_gate_up, b_gate_up, w_down, b_down, residual, k=, ...)`:
-- `moe_up_kernel`, grid (T * k, I tiles): program (t, j) normalises token t (RMSNorm or LayerNorm: `moe_routing.token_stats`), computes
+- `moe_up_kernel`, grid (T * k, I tiles): program (t, j) normalises token t (RMSNorm or LayerNorm), computes
   its router logits over all E experts, softmax and the top-k in registers (lowest index first on ties), keeps slot
   j's expert e and weight (renormalised over the k when asked; the I-tile 0 program stores both for the down
   kernel), then the GEMV of e's gate and up rows with the gated activation, stored as row t * k + j of the
@@ -33,7 +33,15 @@ from fxforge.codegen.blocks import SM_COUNT, next_pow2
 from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.gemm import device_arch
 from fxforge.codegen.templates.moe_grouped import GROUPED_FROM, moe_grouped
-from fxforge.codegen.templates.moe_routing import ExpertWeight, bias_strides, expert_tile, gated_act, normed_x, route_slot, token_stats
+from fxforge.codegen.templates.moe_routing import (
+    ExpertWeight,
+    bias_strides,
+    expert_tile,
+    gated_act,
+    normed_x,
+    route_slot,
+    token_stats,
+)
 from fxforge.ir.graph import Weight
 
 
@@ -143,7 +151,8 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
         groups: int = 1, top_groups: int = 1, group_fill: float = float("-inf"), grouped: bool | None = None,
         out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """The `moe` op on x [T, H] (shapes checked by the op's type inference; operands as `ir/moe_ops.py` names them;
-    the experts dense or `#quantized` int4 `Weight`s, `moe_quant.py`; `norm`: the kind of norm_w, "rms" or "layer"). `grouped`: the prefill path
+    the experts dense or `#quantized` int4 `Weight`s, `moe_quant.py`; `norm`: the kind of norm_w, "rms" or "layer").
+    `grouped`: the prefill path
     (`moe_grouped.py`; None: for more than GROUPED_FROM tokens, unless a CUDA graph is being captured). `out`: the
     result's storage (contiguous [T, H]), else allocated; `ws`: the workspace the activations and the routing come
     from."""
@@ -165,7 +174,8 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
                            shared_gate_w if shared_gate_w is not None else dummy),
                   flags=dict(K=k, SLOTS=slots, NORM=norm if norm_w is not None else "none",
                              ROUTER_BIAS=router_b is not None, SCORE=score, CHOICE_BIAS=router_cb is not None,
-                             SHARED_GATE=shared_gate_w is not None, RENORM=renorm, GROUPS=groups, TOP_GROUPS=top_groups),
+                             SHARED_GATE=shared_gate_w is not None, RENORM=renorm, GROUPS=groups,
+                             TOP_GROUPS=top_groups),
                   floats=(float(renorm_eps), float(renorm_min), float(scale), float(group_fill)))
     if grouped is None:  # a CUDA graph being captured cannot take the grouped path's host sync (tile count)
         grouped = T > GROUPED_FROM and not (x.is_cuda and torch.cuda.is_current_stream_capturing())

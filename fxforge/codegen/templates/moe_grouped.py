@@ -57,8 +57,8 @@ def moe_route_kernel(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, xn_ptr, rou
         cols = k0 + offs_k
         xk = normed_x(x_ptr, nw_ptr, cols, cols < H, stats, NORM)
         tl.store(xn_ptr + t.to(tl.int64) * H + cols, xk.to(xn_ptr.dtype.element_ty), mask=cols < H)
-    p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, stats, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE, BLOCK_E,
-                     BLOCK_R)
+    p = router_probs(x_ptr, nw_ptr, wr_ptr, br_ptr, H, E, stats, stride_re, stride_rk, NORM, ROUTER_BIAS, SCORE,
+                     BLOCK_E, BLOCK_R)
     c = choice_scores(p, cb_ptr, E, group_fill, CHOICE_BIAS, GROUPS, TOP_GROUPS, BLOCK_E)
     for j in range(K):
         expert, weight = pick_slot(p, c, j, renorm_eps, renorm_min, scale, K, RENORM, BLOCK_E)

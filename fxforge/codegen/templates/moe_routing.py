@@ -185,8 +185,8 @@ def shared_gate(x_ptr, nw_ptr, wsg_ptr, H, stats, NORM: tl.constexpr, GATED: tl.
 
 
 @triton.jit
-def route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, stats, renorm_eps, renorm_min, scale, group_fill,
-               stride_re, stride_rk, K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr,
+def route_slot(x_ptr, nw_ptr, wr_ptr, br_ptr, cb_ptr, wsg_ptr, j, H, E, stats, renorm_eps, renorm_min, scale,
+               group_fill, stride_re, stride_rk, K: tl.constexpr, NORM: tl.constexpr, ROUTER_BIAS: tl.constexpr,
                SCORE: tl.constexpr, CHOICE_BIAS: tl.constexpr, RENORM: tl.constexpr, SHARED_GATE: tl.constexpr,
                GROUPS: tl.constexpr, TOP_GROUPS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr):
     """(expert, weight) of token x's slot j: a routed slot (j < K) by the router, or shared expert E + j - K with
