@@ -10,7 +10,8 @@ patterns (no operand patterns: any operands) and whose attributes equal the give
 the given predicates; `check(value)` is a last predicate on the matched value. `P.any(name)` matches
 any value, `P.const(name)` a value made by `const`, `P.full(name, value=None)` a `full` whose every
 dim is 1 (rank 0 included: a scalar that broadcasts), with an optional value or value predicate.
-A name bound twice must bind the same value (`mul(x, sigmoid(x))`).
+A name bound twice must bind the same value (`mul(x, sigmoid(x))`). `P.either(*ops, check=)` matches as the
+first alternative that does, after one `check` of the value: a rule's many variants as one root.
 
 Decisions:
 - Matching is a generator over the ways a pattern can match, so `commutative=True` (try both operand
@@ -158,6 +159,24 @@ class OpPat(Pattern):
             yield from _match_all(self.operands, operands, state)
 
 
+@dataclass(frozen=True, eq=False)
+class EitherPat(Pattern):
+    """The matches of each alternative op pattern in turn, after one `check` of the value (`P.either`)."""
+
+    alternatives: tuple[OpPat, ...]
+    check: Callable[[Value], bool] | None = None
+    leaf: bool = False
+
+    @property
+    def opcodes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(o for alt in self.alternatives for o in alt.opcodes))
+
+    def match(self, value: Value, state: State) -> Iterator[State]:
+        if self.check is None or self.check(value):
+            for alt in self.alternatives:
+                yield from alt.match(value, state)
+
+
 def _match_all(pats, values, state: State) -> Iterator[State]:
     if not pats:
         yield state
@@ -179,6 +198,12 @@ class P:
         opcodes = (opcode,) if isinstance(opcode, str) else tuple(opcode)
         return OpPat(opcodes, tuple(operands) if operands else None, tuple(attrs.items()), name, single_use,
                      commutative, check)
+
+    @staticmethod
+    def either(*alternatives: OpPat, check: Callable[[Value], bool] | None = None) -> EitherPat:
+        """The first of `alternatives` that matches (a rule's variants as one root: `check` runs once per value,
+        where separate rules would each start a match on every op of their root's opcode)."""
+        return EitherPat(tuple(alternatives), check)
 
     @staticmethod
     def any(name: str | None = None, check: Callable[[Value], bool] | None = None) -> AnyPat:
@@ -203,16 +228,16 @@ RuleFn = Callable[[Graph, Op, dict[str, Value]], "Value | None"]
 
 @dataclass(frozen=True)
 class Rule:
-    """A named (pattern, fn) pair; the pattern's root must be a `P.op`."""
+    """A named (pattern, fn) pair; the pattern's root must be a `P.op` (or `P.either` of them)."""
 
-    pattern: OpPat
+    pattern: OpPat | EitherPat
     fn: RuleFn
     name: str = ""
     single_use: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.pattern, OpPat) or self.pattern.leaf:
-            raise TypeError(f"rule {self.name or self.fn.__name__}: the root pattern must be P.op(...)")
+        if not isinstance(self.pattern, (OpPat, EitherPat)) or self.pattern.leaf:
+            raise TypeError(f"rule {self.name or self.fn.__name__}: the root pattern must be P.op(...) or P.either(...)")
         if not self.name:
             object.__setattr__(self, "name", self.fn.__name__)
 

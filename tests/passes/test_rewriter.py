@@ -120,6 +120,23 @@ def test_uses_inside_the_match_count_as_single_use():
     assert g.op_counts() == {"exp": 1, "silu": 1}
 
 
+def test_either_matches_its_first_matching_alternative_after_one_check():
+    g, x = graph_with()
+    e = op(g, "exp", op(g, "neg", x))
+    s = op(g, "sigmoid", x)
+    checked = []
+    pat = P.either(P.op("exp", P.op("abs", P.any("x"))), P.op("exp", P.op("neg", P.any("x"), name="n")),
+                   check=lambda v: checked.append(v) or True)
+    assert matches(pat, e) == [{"x": x, "n": e.producer.operands[0]}] and checked == [e]
+    assert matches(pat, s) == [] and pat.opcodes == ("exp",)
+    assert matches(P.either(*pat.alternatives, check=lambda v: False), e) == []
+    g.set_outputs([e, s])  # as a rule: the matched neg is erased with the exp
+    r = Rule(pat, lambda g_, o, b: g_.insert_before(o, "sigmoid", [b["x"]]).result, "either")
+    assert apply_rules(g, [r]) == {"either": 1}
+    verify(g)
+    assert g.op_counts() == {"sigmoid": 2}
+
+
 def test_first_matching_rule_wins_and_tuples_are_rules():
     g, x = graph_with()
     g.set_outputs([op(g, "neg", op(g, "neg", x))])
