@@ -18,7 +18,9 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   aot_autograd sandwich `reshape(linear(reshape(x, [M, K])), [*lead, N])` -> `linear(x)` on the
   unflattened input when x is `[*lead, K]` (the reshapes only merged and split leading dims), else
   `linear(reshape(x, [*lead, K]))` (e.g. attention heads merged into K before o_proj); `(a + f) + x` of two GEMMs'
-  results and a residual -> `f + (a + x)` (`parallel_residual`: one add per GEMM epilogue).
+  results and a residual -> `f + (a + x)` (`parallel_residual`: one add per GEMM epilogue); dynamo's bmm of
+  attention heads `reshape(matmul(reshape(a, [B*H, m, k]), reshape(c, [B*H, k, n])), [B, H, m, n])` -> a batched
+  matmul on [B, H, ...] views (`matmul_unflatten`: the JIT path's eager attention then becomes the attention op).
 - `RMS_NORM_RULES`: Llama's written-out RMSNorm (Gemma 4's `pow(v, -0.5)` first made `rsqrt(v)`), in three steps
   that each keep the semantics exact (see `_rms_norm` in ir/optable.py): the fp32 core
   `xf * rsqrt(mean(xf^2, [-1], keepdim) + eps)` -> `rms_norm(xf)`; `cast(rms_norm(cast(x, f32)), x.dtype)` ->
@@ -219,8 +221,26 @@ def parallel_residual(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "add", [f, g.insert_before(op, "add", [a, x]).result]).result
 
 
+def _unflatten_matmul(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """reshape(matmul(reshape(a, [BH, m, k]), reshape(c, [BH, k, n])), [B, H, m, n]) -> matmul(a', c') with a', c'
+    the operands viewed [B, H, m, k] / [B, H, k, n] (dynamo's bmm of attention heads: q k^T and p v): a batched
+    matmul works batch by batch, and the reshapes only merge and split the leading dims. 4-D results only (the
+    batched experts' [S, 2I, 1] products, squeezed, stay for `moe_rules`)."""
+    fa, fb = b["fa"], b["fb"]
+    out, mm = op.result.type.shape, op.operands[0].type.shape
+    if len(out) != 4 or len(mm) != 3 or not dims_match(out[0] * out[1], mm[0]):
+        return None
+    if not (dims_match(out[2], mm[1]) and dims_match(out[3], mm[2])):
+        return None
+    views = [v if same_type(v.type, v.type.with_shape(s)) else g.insert_before(op, "reshape", [v], {"shape": s}).result
+             for v, s in ((b["a"], (*out[:2], *fa.type.shape[1:])), (b["c"], (*out[:2], *fb.type.shape[1:])))]
+    return g.insert_before(op, "matmul", views).result
+
+
 _FLAT = P.op("reshape", P.any("x"), name="flat")
 LINEAR_RULES: list[Rule] = [
+    Rule(P.op("reshape", P.op("matmul", P.op("reshape", P.any("a"), name="fa"), P.op("reshape", P.any("c"), name="fb"),
+                              single_use=True)), _unflatten_matmul, "matmul_unflatten"),
     matmul_to_linear,
     linear_bias,
     parallel_residual,

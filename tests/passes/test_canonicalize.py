@@ -139,6 +139,29 @@ def test_aot_linear_sandwich_becomes_linear_on_the_unflattened_input(with_bias):
     assert stats == {"matmul_to_linear": 1, "linear_unflatten": 1, **({"linear_bias": 1} if with_bias else {})}
 
 
+def test_dynamo_head_bmm_sandwich_becomes_a_batched_matmul():
+    """Dynamo's q k^T and p v: bmm of the heads viewed [B * H, m, k], viewed back [B, H, m, n]; v a GQA repeat
+    (expand of [B, Hkv, 1, L, d]) viewed straight to [B * H, L, d]. Each becomes matmul on [B, H, ...] views; a
+    bmm viewed back to fewer dims (the batched experts' squeeze) stays."""
+    b = B()
+    q, kt = b.input("q", (2, 4, S0, 16)), b.input("kt", (2, 4, 16, 6))
+    v = b.input("v", (2, 2, 1, 6, 16))
+    s = b("reshape", b("matmul", b("reshape", q, shape=(8, S0, 16)), b("reshape", kt, shape=(8, 16, 6))),
+          shape=(2, 4, S0, 6))
+    rep = b("reshape", b("expand", v, shape=(2, 2, 2, 6, 16)), shape=(8, 6, 16))
+    o = b("reshape", b("matmul", b("reshape", s, shape=(8, S0, 6)), rep), shape=(2, 4, S0, 16))
+    squeezed = b("reshape", b("matmul", b("reshape", q, shape=(8, S0, 16)), b("reshape", kt, shape=(8, 16, 6))),
+                 shape=(8 * S0, 6))
+    b.g.set_outputs([o, squeezed])
+    g = torch.Generator().manual_seed(0)
+    stats = canonicalize(b.g, [torch.randn(2, 4, 3, 16, generator=g), torch.randn(2, 4, 16, 6, generator=g),
+                               torch.randn(2, 2, 1, 6, 16, generator=g)], atol=1e-5, rtol=1e-5)
+    assert stats.get("matmul_unflatten") == 2
+    assert sorted(len(m.result.type.shape) for m in b.g.find("matmul")) == [3, 4, 4]
+    first = [m for m in b.g.find("matmul") if m.result.type.shape == (2, 4, S0, 6)][0]
+    assert first.operands[0] is q and first.operands[1] is kt  # the views of q and kt folded away
+
+
 def test_merged_heads_before_o_proj_become_a_3d_linear():
     b = B()
     x = b.input("x", (S0, 8, 4, 16))  # attention output, heads not yet merged
