@@ -237,7 +237,8 @@ class Rule:
 
     def __post_init__(self) -> None:
         if not isinstance(self.pattern, (OpPat, EitherPat)) or self.pattern.leaf:
-            raise TypeError(f"rule {self.name or self.fn.__name__}: the root pattern must be P.op(...) or P.either(...)")
+            raise TypeError(f"rule {self.name or self.fn.__name__}: the root pattern must be P.op(...) or "
+                            "P.either(...)")
         if not self.name:
             object.__setattr__(self, "name", self.fn.__name__)
 
