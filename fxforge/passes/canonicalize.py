@@ -13,7 +13,7 @@ Rule lists (each rule a few lines; `RULES` is their concatenation, in this order
   interleaved RoPE in fp16, rotated in fp16 between casts: then RoPE of cast(x, f32), as `rope_forms` knows it).
 - `HEAD_SPLIT_RULES` (`head_split_rules.py`): heads sliced out of a fused projection after its head split are a
   column slice before it: Falcon-7B's q, k, v, GPTBigCode's.
-- `LINEAR_RULES`: `matmul(x, permute(const w, [1, 0]))` -> `linear(x, w)` for a 2-D const w;
+- `LINEAR_RULES` (`linear_rules.py`): `matmul(x, permute(const w, [1, 0]))` -> `linear(x, w)` for a 2-D const w;
   `add(linear(x, w), b)` with a rank-1 bias of w's output size -> `linear(x, w, b)`; the
   aot_autograd sandwich `reshape(linear(reshape(x, [M, K])), [*lead, N])` -> `linear(x)` on the
   unflattened input when x is `[*lead, K]` (the reshapes only merged and split leading dims), else
@@ -54,11 +54,12 @@ import torch
 
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.ir.ops import norm_axis, prod
+from fxforge.ir.ops import norm_axis
 from fxforge.ir.types import TensorType
 from fxforge.passes.attention_rules import ATTENTION_RULES
 from fxforge.passes.cast_rules import CAST_RULES
 from fxforge.passes.head_split_rules import HEAD_SPLIT_RULES
+from fxforge.passes.linear_rules import LINEAR_RULES, has_rank
 from fxforge.passes.manager import PassContext
 from fxforge.passes.moe_rules import MOE_RULES
 from fxforge.passes.rewriter import P, Rule, apply_rules, dims_match, rule, same_type
@@ -168,87 +169,6 @@ FOLD_RULES += [
 # -- linear ------------------------------------------------------------------------------------------
 
 
-def _rank(n: int):
-    return lambda v: v.type.rank == n
-
-
-@rule(P.op("matmul", P.any("x"), P.op("permute", P.const("w", check=_rank(2)), dims=(1, 0))))
-def matmul_to_linear(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
-    x, w = b["x"], b["w"]
-    if x.type.dtype != w.type.dtype or w.type.encoding is not None:
-        return None
-    return g.insert_before(op, "linear", [x, w]).result
-
-
-@rule(P.op("add", P.op("linear", P.any("x"), P.any("w"), single_use=True), P.any("bias", check=_rank(1)),
-           commutative=True))
-def linear_bias(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
-    x, w, bias = b["x"], b["w"], b["bias"]
-    if bias.type.dtype != x.type.dtype or not dims_match(bias.type.shape[0], w.type.shape[0]):
-        return None
-    if not same_type(op.result.type, x.type.with_shape(x.type.shape[:-1] + (w.type.shape[0],))):
-        return None
-    return g.insert_before(op, "linear", [x, w, bias]).result
-
-
-def _unflatten_linear(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
-    """reshape(linear(reshape(x, [M, K]), w, b?), [*lead, N]) -> linear(x', w, b?) with x' = x when x is
-    [*lead, K], else reshape(x, [*lead, K]): linear works row by row, and both reshapes keep the rows
-    in row-major order, so only the leading dims change."""
-    x, flat = b["x"], b["flat"]
-    target = op.result.type.shape
-    k = flat.type.shape[-1]
-    if not dims_match(prod(target[:-1]), prod(flat.type.shape[:-1])):
-        return None
-    want = tuple(target[:-1]) + (k,)
-    if not same_type(x.type.with_shape(want), x.type):
-        x = g.insert_before(op, "reshape", [x], {"shape": want}).result
-    operands = [x, b["w"]] + ([b["bias"]] if "bias" in b else [])
-    return g.insert_before(op, "linear", operands).result
-
-
-def _of_gemm(v: Value) -> bool:
-    return v.producer is not None and v.producer.opcode in ("linear", "qlinear")
-
-
-@rule(P.op("add", P.op("add", P.any("a"), P.any("f"), name="inner", single_use=True), P.any("x"), commutative=True))
-def parallel_residual(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
-    """(a + f) + x of two GEMMs' results and a residual (Phi's, GPT-J's parallel block) -> f + (a + x): each GEMM's
-    epilogue then takes one add (a reassociation: the sum's rounding may differ by an ulp)."""
-    a, f, x = b["a"], b["f"], b["x"]
-    if not (_of_gemm(a) and _of_gemm(f)) or _of_gemm(x) or not all(same_type(v.type, op.result.type) for v in (a, f, x)):
-        return None
-    return g.insert_before(op, "add", [f, g.insert_before(op, "add", [a, x]).result]).result
-
-
-def _unflatten_matmul(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
-    """reshape(matmul(reshape(a, [BH, m, k]), reshape(c, [BH, k, n])), [B, H, m, n]) -> matmul(a', c') with a', c'
-    the operands viewed [B, H, m, k] / [B, H, k, n] (dynamo's bmm of attention heads: q k^T and p v): a batched
-    matmul works batch by batch, and the reshapes only merge and split the leading dims. 4-D results only (the
-    batched experts' [S, 2I, 1] products, squeezed, stay for `moe_rules`)."""
-    fa, fb = b["fa"], b["fb"]
-    out, mm = op.result.type.shape, op.operands[0].type.shape
-    if len(out) != 4 or len(mm) != 3 or not dims_match(out[0] * out[1], mm[0]):
-        return None
-    if not (dims_match(out[2], mm[1]) and dims_match(out[3], mm[2])):
-        return None
-    views = [v if same_type(v.type, v.type.with_shape(s)) else g.insert_before(op, "reshape", [v], {"shape": s}).result
-             for v, s in ((b["a"], (*out[:2], *fa.type.shape[1:])), (b["c"], (*out[:2], *fb.type.shape[1:])))]
-    return g.insert_before(op, "matmul", views).result
-
-
-_FLAT = P.op("reshape", P.any("x"), name="flat")
-LINEAR_RULES: list[Rule] = [
-    Rule(P.op("reshape", P.op("matmul", P.op("reshape", P.any("a"), name="fa"), P.op("reshape", P.any("c"), name="fb"),
-                              single_use=True)), _unflatten_matmul, "matmul_unflatten"),
-    matmul_to_linear,
-    linear_bias,
-    parallel_residual,
-    Rule(P.op("reshape", P.op("linear", _FLAT, P.any("w"), single_use=True)), _unflatten_linear, "linear_unflatten"),
-    Rule(P.op("reshape", P.op("linear", _FLAT, P.any("w"), P.any("bias"), single_use=True)), _unflatten_linear,
-         "linear_unflatten"),
-]
-
 # -- rms_norm ----------------------------------------------------------------------------------------
 
 _MEAN_SQ = P.op("mean", P.op("pow", P.any("xf"), P.full(value=2)), name="mean", keepdim=True, dtype=None)
@@ -284,7 +204,7 @@ def rms_norm_casts(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return g.insert_before(op, "rms_norm", [x], {"eps": b["norm"].producer.attrs["eps"]}).result
 
 
-@rule(P.op("mul", P.any("w", check=_rank(1)), P.op("rms_norm", P.any("x"), name="norm", single_use=True),
+@rule(P.op("mul", P.any("w", check=has_rank(1)), P.op("rms_norm", P.any("x"), name="norm", single_use=True),
            commutative=True))
 def rms_norm_weight(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     x, w = b["x"], b["w"]
