@@ -1,10 +1,11 @@
-"""What the `moe` rules match with (`moe_rules.py`: router and experts; `moe_shared.py`: shared experts): values
-through views and casts, producers by opcode (or the in-place externs of one), operand pairs, the weighted RMSNorm
-the experts read."""
+"""What the `moe` rules match with (`moe_rules.py`: router and experts; `moe_shared.py`: shared experts; the
+attention rules' LSE test reads `src` / `op_of` too): values through views and casts, producers by opcode (or the
+in-place externs of one), operand pairs, the gate / up halves of one product, the norm the experts read."""
 
 from __future__ import annotations
 
 from fxforge.ir.graph import Op, Value
+from fxforge.passes.rewriter import dims_match
 
 VIEWS = ("reshape", "expand")
 DIV = ("aten.div_.Tensor", "aten.div.Tensor")
@@ -37,6 +38,25 @@ def pairs(op: Op) -> list[tuple[Value, Value]]:
     """A binary op's operands in both orders."""
     a, b = op.operands
     return [(a, b), (b, a)]
+
+
+def gate_up_halves(g: Value, u: Value) -> tuple[Value, str] | None:
+    """(up, layout) when g and u are the gate and up halves of one `up` [S, 2I] (or [S, 1, 2I], the halves reshaped:
+    Aria's transposed experts): concat or interleaved (the experts' bmm, `moe_rules`; a shared MLP's one linear,
+    `moe_shared`)."""
+    gs, us = op_of(src(g, ("reshape",)), "slice"), op_of(src(u, ("reshape",)), "slice")
+    if (gs is None or us is None or gs.operands[0] is not us.operands[0]
+            or gs.attrs["dim"] not in (-1, gs.operands[0].type.rank - 1) or us.attrs["dim"] != gs.attrs["dim"]
+            or not all(dims_match(t.type.shape[-1], h.result.type.shape[-1]) for t, h in ((g, gs), (u, us)))):
+        return None  # (a reshape between may drop unit dims only: the halves' last dim stays)
+    up = gs.operands[0]
+    n = up.type.shape[-1]
+    a, b = gs.attrs, us.attrs
+    if (a["start"], a["step"], b["start"], b["step"]) == (0, 2, 1, 2):
+        return up, "interleaved"
+    if a["step"] == b["step"] == 1 and a["start"] == 0 and 2 * a["end"] == n and b["start"] == a["end"]:
+        return up, "concat"
+    return None
 
 
 def weighted_norm(x: Value) -> tuple[str, Value, Value, float] | None:

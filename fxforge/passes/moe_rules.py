@@ -34,7 +34,7 @@ import torch
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.moe_ops import by_role
-from fxforge.passes.moe_match import ADD, DIV, VIEWS, is_const, op_of, pairs, src, weighted_norm
+from fxforge.passes.moe_match import ADD, DIV, VIEWS, gate_up_halves, is_const, op_of, pairs, src, weighted_norm
 from fxforge.passes.moe_shared import shared_experts
 from fxforge.passes.rewriter import P, Rule, dims_match, same_type
 from fxforge.passes.xielu_rules import scalar_const, scalar_value
@@ -86,24 +86,6 @@ def _token_rows(v: Value, k: int) -> tuple[Value, Any] | None:
     return src(one, ("reshape",)), rows.shape[0]
 
 
-def _halves(g: Value, u: Value) -> tuple[Value, str] | None:
-    """(up, layout) when g and u are the gate and up halves of one `up` [S, 2I] (or [S, 1, 2I], the halves reshaped:
-    Aria's transposed experts): concat or interleaved."""
-    gs, us = op_of(src(g, ("reshape",)), "slice"), op_of(src(u, ("reshape",)), "slice")
-    if (gs is None or us is None or gs.operands[0] is not us.operands[0]
-            or gs.attrs["dim"] not in (-1, gs.operands[0].type.rank - 1) or us.attrs["dim"] != gs.attrs["dim"]
-            or not all(dims_match(t.type.shape[-1], h.result.type.shape[-1]) for t, h in ((g, gs), (u, us)))):
-        return None  # (a reshape between may drop unit dims only: the halves' last dim stays)
-    up = gs.operands[0]
-    n = up.type.shape[-1]
-    a, b = gs.attrs, us.attrs
-    if (a["start"], a["step"], b["start"], b["step"]) == (0, 2, 1, 2):
-        return up, "interleaved"
-    if a["step"] == b["step"] == 1 and a["start"] == 0 and 2 * a["end"] == n and b["start"] == a["end"]:
-        return up, "concat"
-    return None
-
-
 def _gated(a: Value) -> dict[str, Any] | None:
     """{up, gate_up, act[, limit, alpha]} of the experts' activation a [S, I]."""
     m = op_of(a, "mul")
@@ -112,7 +94,7 @@ def _gated(a: Value) -> dict[str, Any] | None:
     for g, u in pairs(m):
         act = op_of(g, "silu") or op_of(g, "gelu")
         if act is not None and (act.opcode == "silu" or act.attrs.get("approximate") == "tanh"):
-            halves = _halves(act.operands[0], u)
+            halves = gate_up_halves(act.operands[0], u)
             if halves:
                 return dict(up=halves[0], gate_up=halves[1], act="silu" if act.opcode == "silu" else "gelu_tanh")
     return _gpt_oss(m)
@@ -136,7 +118,7 @@ def _gpt_oss(m: Op) -> dict[str, Any] | None:
                 for g2, alpha in pairs(inner):
                     limit = cg.attrs["max"]
                     if (g2 is gc and scalar_const(alpha) and cu.attrs["max"] == limit and cu.attrs["min"] == -limit
-                            and (halves := _halves(cg.operands[0], cu.operands[0]))):
+                            and (halves := gate_up_halves(cg.operands[0], cu.operands[0]))):
                         return dict(up=halves[0], gate_up=halves[1], act="gpt_oss", limit=float(limit),
                                     alpha=scalar_value(m.graph, alpha))
     return None

@@ -30,7 +30,7 @@ from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.moe_ops import by_role
 from fxforge.passes.concat_linears import stacked_name
 from fxforge.passes.linear_sites import free_name
-from fxforge.passes.moe_match import is_const, op_of, pairs, src, weighted_norm
+from fxforge.passes.moe_match import gate_up_halves, is_const, op_of, pairs, src, weighted_norm
 from fxforge.passes.rewriter import same_type
 
 _ACT_OPS = {"silu": ("silu", None), "gelu_tanh": ("gelu", "tanh")}  # the op's act: (opcode, approximate)
@@ -60,17 +60,9 @@ def _gate_up(g: Value, u: Value, moe: Op) -> tuple[Value, Value | None] | None:
     wg, wu = _linear_weight(g, moe), _linear_weight(u, moe)
     if wg is not None and wu is not None:
         return wg, wu
-    halves = [op_of(src(t), "slice") for t in (g, u)]
-    if any(h is None or h.attrs["dim"] not in (-1, h.operands[0].type.rank - 1) or h.attrs.get("step", 1) != 1
-           for h in halves) or halves[0].operands[0] is not halves[1].operands[0]:
-        return None
-    w = _linear_weight(halves[0].operands[0], moe)
-    width = halves[0].result.type.shape[-1]
-    spans = [(h.attrs.get("start") or 0, h.attrs.get("end")) for h in halves]
-    if (w is None or not isinstance(width, int) or w.type.shape[0] != 2 * width
-            or spans != [(0, width), (width, 2 * width)]):
-        return None
-    return w, None
+    halves = gate_up_halves(g, u)
+    w = _linear_weight(halves[0], moe) if halves is not None and halves[1] == "concat" else None
+    return (w, None) if w is not None else None
 
 
 def _shared_mlp(s: Value, moe: Op) -> dict[str, Any] | None:
@@ -128,9 +120,9 @@ def _stack(g: Graph, moe: Op, mlp: dict[str, Any]) -> tuple[Value, Value, int] |
     names = [o[r].producer.attrs["weight"] for r in ("w_gate_up", "w_down")]
     gu, d = (g.weight(n).data for n in names)
     roles = ("wg", "wd") if mlp["wu"] is None else ("wg", "wu", "wd")
-    parts = {r: g.weight(mlp[r].producer.attrs["weight"]).data for r in roles}
-    wg, wd = parts["wg"], parts["wd"]
-    wg, wu = (wg.chunk(2) if mlp["wu"] is None else (wg, parts["wu"]))  # (one linear: its [gate; up] halves)
+    data = {r: g.weight(mlp[r].producer.attrs["weight"]).data for r in roles}
+    wg, wu = data["wg"].chunk(2) if mlp["wu"] is None else (data["wg"], data["wu"])  # (one linear: [gate; up])
+    wd = data["wd"]
     transposed = moe.attrs["transposed"]  # experts [E, H, 2I] and [E, I, H] (Aria): the blocks transposed alike
     inter, hidden, width = d.shape[1 if transposed else 2], d.shape[2 if transposed else 1], wg.shape[0]
     if (g.weight(names[0]).encoding is not None or width % inter or wu.shape != wg.shape

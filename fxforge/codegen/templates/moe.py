@@ -145,17 +145,15 @@ def moe(x: torch.Tensor, norm_w: torch.Tensor | None, router_w: torch.Tensor, ro
         router_cb: torch.Tensor | None, shared_gate_w: torch.Tensor | None, w_gate_up: torch.Tensor | Weight,
         b_gate_up: torch.Tensor | None, w_down: torch.Tensor | Weight, b_down: torch.Tensor | None,
         residual: torch.Tensor | None = None, *, k: int, renorm: bool = False, norm: str = "rms", eps: float = 1e-6,
-        act: str = "silu",
-        gate_up: str = "concat", transposed: bool = False, limit: float = 7.0, alpha: float = 1.702,
+        act: str = "silu", gate_up: str = "concat", transposed: bool = False, limit: float = 7.0, alpha: float = 1.702,
         score: str = "softmax", renorm_eps: float = 0.0, renorm_min: float = 0.0, scale: float = 1.0, shared: int = 0,
         groups: int = 1, top_groups: int = 1, group_fill: float = float("-inf"), grouped: bool | None = None,
         out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
     """The `moe` op on x [T, H] (shapes checked by the op's type inference; operands as `ir/moe_ops.py` names them;
     the experts dense or `#quantized` int4 `Weight`s, `moe_quant.py`; `norm`: the kind of norm_w, "rms" or "layer").
-    `grouped`: the prefill path
-    (`moe_grouped.py`; None: for more than GROUPED_FROM tokens, unless a CUDA graph is being captured). `out`: the
-    result's storage (contiguous [T, H]), else allocated; `ws`: the workspace the activations and the routing come
-    from."""
+    `grouped`: the prefill path (`moe_grouped.py`; None: for more than GROUPED_FROM tokens, unless a CUDA graph is
+    being captured). `out`: the result's storage (contiguous [T, H]), else allocated; `ws`: the workspace the
+    activations and the routing come from."""
     T, H = x.shape
     E = router_w.shape[0]
     slots = k + shared  # every token's routed slots, then the shared experts' (stacked after the routed ones)

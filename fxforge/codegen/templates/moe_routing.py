@@ -77,7 +77,8 @@ def token_stats(x_ptr, H, eps, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
         sq = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k0 in range(0, H, BLOCK_K):
             xk = tl.load(x_ptr + k0 + offs_k, mask=k0 + offs_k < H, other=0.0).to(tl.float32)
-            xk = tl.where(k0 + offs_k < H, xk - mean, 0.0)
+            if NORM == "layer":
+                xk = tl.where(k0 + offs_k < H, xk - mean, 0.0)
             sq += xk * xk
         rstd = tl.rsqrt(tl.sum(sq, 0) / H + eps)
     return mean, rstd
