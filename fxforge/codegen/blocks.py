@@ -129,12 +129,13 @@ def gemm_blocks(M: int, N: int, K: int, dtype, arch: int | None = None) -> dict:
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=num_warps, num_stages=num_stages, SPLIT_K=1)
 
 
-def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> dict:
+def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False, dv: int | None = None) -> dict:
     """Tile shape for flash attention: queries per program, keys per step, padded head dim.
 
     `masked`: the kernel also loads a [BLOCK_M, BLOCK_N] mask tile (bool or additive).
-    Returns dict(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). BLOCK_D is D rounded up to a
-    power of two (>= 16); the kernel masks the padding.
+    Returns dict(BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, num_warps, num_stages). BLOCK_D is D rounded up to a
+    power of two (>= 16), BLOCK_DV v's head dim `dv` (default D) likewise; the kernel masks the padding. The
+    tile caps read the wider of the two.
     Spill limits measured with ptxas (`tests/codegen/test_build.py`'s size sweep, Triton 3.6 and 3.9):
     a masked 16-bit attention takes BLOCK_N 32 (at 64 the mask tile spilled 8 B at D=128 on sm_90 with
     3.6, and 64-208 B at D=16/24 on sm_80). fp32 (a correctness path: fast attention runs in 16 bits) takes
@@ -143,35 +144,37 @@ def attention_blocks(Lq: int, Lk: int, D: int, dtype, masked: bool = False) -> d
     On 4 warps every stage count spilled 4-16 B somewhere (D=16 masked on sm_80, D=32/48 on one version
     or the other); 32x32, 32x16 and 16x32 tiles spilled 8-808 B.
     """
-    bd = _clamp_pow2(D, 16, 256)
+    bd, bdv = _clamp_pow2(D, 16, 256), _clamp_pow2(dv or D, 16, 256)
     wide = _itemsize(dtype) >= 4
-    cap_m = 16 if wide else 64 if bd > 64 else 128
+    cap_m = 16 if wide else 64 if max(bd, bdv) > 64 else 128
     cap_n = 16 if wide else 32 if masked else 64
     bm = _clamp_pow2(Lq, 16, cap_m)
     bn = _clamp_pow2(Lk, 16, cap_n)
-    num_warps = 8 if wide or ((bm >= 128 or bd > 64) and bm * bn >= 64 * 32) else 4
+    num_warps = 8 if wide or ((bm >= 128 or max(bd, bdv) > 64) and bm * bn >= 64 * 32) else 4
     num_stages = 2
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=num_warps, num_stages=num_stages)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=num_warps, num_stages=num_stages)
 
 
 def decode_attention_blocks(programs: int, group: int, Lk: int, D: int, dtype, arch: int | None,
-                            masked: bool = False) -> dict:
-    """Flash-decoding (`templates.decode_attention`): `programs` = batch * kv heads, `group` query heads
-    per kv head packed as the tile's rows. Returns dict(BLOCK_G, BLOCK_N, BLOCK_D, splits, num_warps,
-    num_stages): splits of >= 256 keys until programs * splits covers the SMs twice (1 without an arch:
-    the interpreter). fp32 keeps 16-key tiles (as fp32 attention: larger tiles spilled); 16-bit tiles hold
-    at most 8192 keys x head dims, 4096 with a mask tile (64 keys spilled 4-12 B at a masked D=128 on sm_80 with
-    Triton 3.6, 72-128 B at D=256 (Gemma2), 44 B at an unmasked D=256); D=256 on 8 warps on sm_80 (on 4, 16 keys still
-    spilled 4 B with Triton 3.9, which caps sm_80 at 168 registers) and 4 on sm_90 (8 spilled 20 B with 3.6)."""
+                            masked: bool = False, dv: int | None = None) -> dict:
+    """Flash-decoding (`templates.decode_attention`): `programs` = batch * kv heads, `group` query heads per kv head
+    packed as the tile's rows. Returns dict(BLOCK_G, BLOCK_N, BLOCK_D, BLOCK_DV, splits, num_warps, num_stages)
+    (BLOCK_DV: v's head dim `dv`, default D; the caps read the wider): splits of >= 256 keys until programs * splits
+    covers the SMs twice (1 without an arch: the interpreter). fp32 keeps 16-key tiles (as fp32 attention: larger
+    tiles spilled); 16-bit tiles hold at most 8192 keys x head dims, 4096 with a mask tile (64 keys spilled 4-12 B
+    at a masked D=128 on sm_80 with Triton 3.6, 72-128 B at D=256 (Gemma2), 44 B at an unmasked D=256); D=256 on 8
+    warps on sm_80 (on 4, 16 keys still spilled 4 B with Triton 3.9, which caps sm_80 at 168 registers) and 4 on
+    sm_90 (8 spilled 20 B with 3.6)."""
     wide = _itemsize(dtype) >= 4
-    bd = _clamp_pow2(D, 16, 256)
-    bn = 16 if wide else max(16, min(64, 8192 // bd // (2 if masked else 1)))  # keys x head dim capped (spills)
+    bd, bdv = _clamp_pow2(D, 16, 256), _clamp_pow2(dv or D, 16, 256)
+    wider = max(bd, bdv)
+    bn = 16 if wide else max(16, min(64, 8192 // wider // (2 if masked else 1)))  # keys x head dim capped (spills)
     splits = 1
     if arch is not None:
         want = -(-2 * SM_COUNT.get(arch, 132) // max(programs, 1))
         splits = max(1, min(want, -(-Lk // 256)))
-    return dict(BLOCK_G=_clamp_pow2(group, 16, 64), BLOCK_N=bn, BLOCK_D=bd, splits=splits,
-                num_warps=8 if bd >= 256 and (arch or 90) < 90 else 4, num_stages=2)
+    return dict(BLOCK_G=_clamp_pow2(group, 16, 64), BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv, splits=splits,
+                num_warps=8 if wider >= 256 and (arch or 90) < 90 else 4, num_stages=2)
 
 
 def row_blocks(n_cols: int) -> dict:

@@ -25,6 +25,10 @@ sum(e^s) / (sum(e^s) + e^sink)):
         (fp16: the softmax between casts as above, the sigmoid of the difference cast to fp32 and back)
  -> o = attention(q, k, v, mask?, sinks) {scale, softcap, sinks=true}
 
+A softmax of scores shifted by their row max (MiMo-V2-Flash's eager attention, with or without sinks) is the
+softmax of the scores (`softmax_unshift`: softmax(sub(s, max_dim(s, -1, keepdim)[0])) -> softmax(s), the max
+read by the sub only), so the forms above match it too;
+
 so it runs as one flash-attention / flash-decoding kernel instead of two bmm and a softmax with the
 scores in memory; the soft-cap is the op's `softcap` attribute (the templates apply it at the score
 step, before the mask; the reference executor computes it as eager does, `attention_op._eager_attention`).
@@ -145,7 +149,7 @@ def _sink_source(col: Value, heads: int) -> Value | None:
 def _is_shift_by_max(g: Graph, maxv: Value, cat: Value, sub: Op) -> bool:
     """maxv is max_dim(cat, last dim, keepdim)'s values, read by `sub` only; its indices unused."""
     m = maxv.producer
-    return (m is not None and m.opcode == "max_dim" and m.operands[0] is cat and m.attrs["dim"] in (3, -1)
+    return (m is not None and m.opcode == "max_dim" and m.operands[0] is cat and m.attrs["dim"] in (cat.type.rank - 1, -1)
             and m.attrs["keepdim"] and m.results[0] is maxv and maxv.uses == [sub] and not m.results[1].uses
             and not any(r is o for r in m.results for o in g.outputs))
 
@@ -182,6 +186,18 @@ def _to_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
         maxv = sub.operands[1]
         g.set_operand(sub, 1, cat)
         g.erase(maxv.producer)
+    return out
+
+
+def _unshift(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
+    """softmax(s - rowmax(s)) -> softmax(s) (shift-invariant; the templates keep their own running max)."""
+    s, sub = b["s"], op.operands[0].producer
+    if op.attrs["dim"] not in (s.type.rank - 1, -1) or not _is_shift_by_max(g, b["max"], s, sub):
+        return None
+    out = g.insert_before(op, "softmax", [s], dict(op.attrs)).result
+    maxv = sub.operands[1]
+    g.set_operand(sub, 1, s)  # the sub (erased with the match) no longer reads the max, which dies here
+    g.erase(maxv.producer)
     return out
 
 
@@ -241,5 +257,6 @@ ATTENTION_RULES: list[Rule] = [
 ] + [
     Rule(_sink_pattern(*variant), _to_sink_attention, "eager_attention_sinks")
     for variant in itertools.product(("mul", "div", "none"), (True, False), (True, False), (True, False))
-] + [Rule(P.either(*(_lse_sink_pattern(*variant) for variant in _VARIANTS), check=_lse_scaled), _to_lse_sink_attention,
+] + [Rule(P.op("softmax", P.op("sub", P.any("s"), P.any("max"), single_use=True)), _unshift, "softmax_unshift"),
+      Rule(P.either(*(_lse_sink_pattern(*variant) for variant in _VARIANTS), check=_lse_scaled), _to_lse_sink_attention,
          "eager_attention_lse_sinks")]

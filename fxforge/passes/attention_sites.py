@@ -31,6 +31,7 @@ class AttentionSite:
     kv_heads: int
     head_dim: int
     rope: bool
+    v_head_dim: int  # v's (MiMo-V2-Flash, MLA per head: != head_dim)
 
 
 def _before_repeat(v: Value) -> tuple[Value, Op | None]:
@@ -73,10 +74,10 @@ def attention_sites(graph: Graph) -> list[AttentionSite]:
             continue
         k, k_chain = _before_repeat(k_att)
         v, v_chain = _before_repeat(v_att)
-        heads, kv_heads, d = q.type.shape[1], k.type.shape[1], q.type.shape[3]
-        if not all(isinstance(n, int) for n in (heads, kv_heads, d)):
+        heads, kv_heads, d, dv = q.type.shape[1], k.type.shape[1], q.type.shape[3], v.type.shape[3]
+        if not all(isinstance(n, int) for n in (heads, kv_heads, d, dv)):
             continue
-        sites.append(AttentionSite(op, i, q, k, v, k_chain or op, v_chain or op, heads, kv_heads, d, is_rope(k)))
+        sites.append(AttentionSite(op, i, q, k, v, k_chain or op, v_chain or op, heads, kv_heads, d, is_rope(k), dv))
     return sites
 
 

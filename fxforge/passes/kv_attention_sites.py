@@ -73,8 +73,8 @@ def _site(op: Op, graph: Graph) -> KVAttentionSite | None:
     (kl, kc), (vl, vc) = loads
     if (kl.attrs["format"], kl.attrs["block"]) != (vl.attrs["format"], vl.attrs["block"]):
         return None
-    if kl.attrs["dtype"] != q.type.dtype or kl.attrs["head_dim"] != q.type.shape[3]:
-        return None
+    if kl.attrs["dtype"] != q.type.dtype or {kl.attrs["head_dim"], vl.attrs["head_dim"]} != {q.type.shape[3]}:
+        return None  # the packed template reads one head dim: a v head dim apart keeps the kv_loads
     return KVAttentionSite(op, [kl, *kc, vl, *vc, op], q, kl.operands[0], vl.operands[0], attention_mask(op),
                            kl.attrs["format"], kl.attrs["block"], attention_sinks(op))
 

@@ -45,8 +45,7 @@ DEFAULT_BLOCK = 32
 
 def token_bytes(site: AttentionSite, fmt: str, block: int) -> int:
     """Bytes one token's K and V take in the cache of this attention, measured from the packed form."""
-    one = torch.zeros(1, site.kv_heads, 1, site.head_dim)
-    return 2 * pack_kv(one, fmt, block).nbytes
+    return sum(pack_kv(torch.zeros(1, site.kv_heads, 1, d), fmt, block).nbytes for d in (site.head_dim, site.v_head_dim))
 
 
 def _cache_writes(graph: Graph, site: AttentionSite) -> list | None:
@@ -80,10 +79,10 @@ def _pack(graph: Graph, cw: Any, fmt: str, block: int) -> Value:
 def apply_kv_cache(graph: Graph, fmt: str, block: int) -> dict[str, Any]:
     """Pack the decode step's caches, or insert the kv_quant ops, in place; returns the statistics."""
     sites = attention_sites(graph)
-    for site in sites:
-        if site.head_dim % block:
-            raise ConfigError(f"kv_block={block} does not divide head_dim {site.head_dim} (attention {site.index}); "
-                              f"use a kv_block that divides it ({[b for b in KV_BLOCKS if site.head_dim % b == 0]})")
+    for site, d in ((s, d) for s in sites for d in {s.head_dim, s.v_head_dim}):
+        if d % block:
+            raise ConfigError(f"kv_block={block} does not divide head_dim {d} (attention {site.index}); "
+                              f"use a kv_block that divides it ({[b for b in KV_BLOCKS if d % b == 0]})")
     layers = {}
     for site in sites:
         cws = _cache_writes(graph, site)
@@ -95,7 +94,7 @@ def apply_kv_cache(graph: Graph, fmt: str, block: int) -> dict[str, Any]:
                 q = graph.insert_before(reader, "kv_quant", [value], {"format": fmt, "block": block},
                                         name=f"{value.name}_cached")
                 replace_use(graph, reader, value, q.result)
-        fp16 = 2 * 2 * site.kv_heads * site.head_dim
+        fp16 = 2 * site.kv_heads * (site.head_dim + site.v_head_dim)
         layers[str(site.index)] = {"storage": "packed" if cws is not None else "kv_quant",
                                    "heads_kv": site.kv_heads, "head_dim": site.head_dim,
                                    "bytes_per_token": token_bytes(site, fmt, block), "bytes_per_token_fp16": fp16}

@@ -9,7 +9,8 @@ This module owns fused scaled-dot-product attention for q [B, Hq, Lq, D], k/v [B
 - an optional mask [B or 1, H or 1, Lq, Lk] (any shape that broadcasts to it): boolean (True = attend)
   or additive float; broadcast axes get stride 0, so nothing is copied;
 - grouped-query attention: query head h reads kv head h // (Hq // Hkv);
-- D is padded to a power of two BLOCK_D (>= 16) and masked, so D = 48 or 80 work;
+- D is padded to a power of two BLOCK_D (>= 16) and masked, so D = 48 or 80 work; v's head dim DV may differ
+  from q/k's (MiMo-V2-Flash: 192 / 128; MLA models written out per head), padded apart (BLOCK_DV);
 - rows that can see no key (all masked) give 0, as torch's sdpa does;
 - an optional logit soft-cap (Gemma2): scores become tanh(score / cap) * cap before the mask
   (`online_softmax.scaled_scores`), as HF's eager attention computes them;
@@ -61,13 +62,13 @@ def _masked_scores(s, mask_ptr, offs_m, offs_n, mask_m, mask_n, stride_mm, strid
 @triton.jit
 def attention_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, sinks_ptr, out_ptr,
-    Hq, Lq, Lk, D, GROUP, qk_scale, cap_scale,
+    Hq, Lq, Lk, D, DV, GROUP, qk_scale, cap_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_ob, stride_oh, stride_om, stride_od,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DV_APART: tl.constexpr,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
@@ -90,6 +91,12 @@ def attention_kernel(
     offs_n0 = tl.arange(0, BLOCK_N)
     mask_m = offs_m < Lq
     mask_d = offs_d < D
+    if DV_APART:  # v's head dim differs from q/k's
+        offs_dv = tl.arange(0, BLOCK_DV)
+        mask_dv = offs_dv < DV
+    else:  # the same offsets and mask (apart, fp32 D=64 decode spilled 4 B on sm_80)
+        offs_dv = offs_d
+        mask_dv = mask_d
 
     q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
@@ -98,7 +105,7 @@ def attention_kernel(
 
     # running row max and row sum of exp2 (from the head's sink with HAS_SINKS)
     m_i, l_i = softmax_start(sinks_ptr, h + tl.zeros((BLOCK_M,), dtype=tl.int64), mask_m, True, BLOCK_M, HAS_SINKS)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
 
     if IS_CAUSAL:  # top-left aligned: query i sees keys 0..i
         end_n = tl.minimum(Lk, start_m + BLOCK_M)
@@ -110,8 +117,8 @@ def attention_kernel(
         # K tile read transposed as [BLOCK_D, BLOCK_N]
         kt = tl.load(k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn,
                      mask=mask_d[:, None] & mask_n[None, :], other=0.0)
-        v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                    mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
         if UPCAST:
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
@@ -122,8 +129,8 @@ def attention_kernel(
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows that saw no key give 0
     o = acc / l_safe[:, None]
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-             o.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
+             o.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_dv[None, :])
 
 
 def _broadcasts(shape: tuple, to: tuple) -> bool:
@@ -140,9 +147,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     `softcap`: scores tanh(score / softcap) * softcap before the mask (HF's eager soft-capped attention);
     `sinks` [Hq]: a logit per query head that joins the softmax's denominator only (HF's GPT-OSS attention).
 
-    q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] (rank 3 [B, L, D] is taken as one head); mask broadcasts to
-    [B, Hq, Lq, Lk], boolean (True = attend) or additive float. `out`: the result's storage (contiguous,
-    q's shape; a planned buffer of the generated `run()`), else allocated; `ws`: the workspace the
+    q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, DV] (rank 3 [B, L, D] is taken as one head); mask
+    broadcasts to [B, Hq, Lq, Lk], boolean (True = attend) or additive float. `out`: the result's storage
+    (contiguous, [B, Hq, Lq, DV]; a planned buffer of the generated `run()`), else allocated; `ws`: the workspace the
     decode path's split partials come from.
     """
     squeeze = q.dim() == 3
@@ -153,15 +160,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         raise ShapeError(f"attention needs q/k/v of rank 4 [B, H, L, D] (or 3); got {q.dim()}, {k.dim()}, {v.dim()}")
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
-    if k.shape != (B, Hkv, Lk, D) or v.shape != k.shape:
-        raise ShapeError(f"k and v must both be [B, Hkv, Lk, D={D}]; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)} (a v head dim different from q's is not supported)")
+    DV = v.shape[-1]
+    if k.shape != (B, Hkv, Lk, D) or v.shape != (B, Hkv, Lk, DV):
+        raise ShapeError(f"k must be [B, Hkv, Lk, D={D}] and v [B, Hkv, Lk, DV]; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     if Hq != Hkv and not (enable_gqa and Hq % Hkv == 0):
         raise ShapeError(f"{Hq} query heads and {Hkv} kv heads need enable_gqa=True and Hq a multiple of Hkv")
     if is_causal and mask is not None:
         raise ShapeError("pass either mask or is_causal=True, not both (fold the causal mask into the mask)")
-    if D > 256:
-        raise ShapeError(f"head dim {D} > 256 is not supported by the attention template")
+    if max(D, DV) > 256:
+        raise ShapeError(f"head dims {D} (q, k) and {DV} (v) must be <= 256 for the attention template")
     if sinks is not None:
         if sinks.numel() != Hq or not sinks.is_floating_point():
             raise ShapeError(f"sinks must be {Hq} floats (one per query head); got {sinks.dtype}{tuple(sinks.shape)}")
@@ -171,7 +179,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
             raise ShapeError(f"mask {tuple(mask.shape)} does not broadcast to {(B, Hq, Lq, Lk)}")
         out = decode_attention(q, k, v, mask, scale=scale, softcap=softcap, sinks=sinks, out=out, ws=ws)
         return out[:, 0] if squeeze else out
-    out = out_tensor(out, q.shape, q.dtype, q.device, "attention")
+    out = out_tensor(out, (B, Hq, Lq, DV), q.dtype, q.device, "attention")
     mask_kind = "none"
     if mask is not None:
         try:
@@ -186,14 +194,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     m_strides = m.stride() if mask is not None else (0, 0, 0, 0)
     if out.numel() == 0:
         return out[:, 0] if squeeze else out
-    cfg = attention_blocks(Lq, Lk, D, q.dtype, masked=mask_kind != "none")
+    cfg = attention_blocks(Lq, Lk, D, q.dtype, masked=mask_kind != "none", dv=DV)
     grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * Hq)
     qk_scale, cap_scale = score_scales(float(scale if scale is not None else 1.0 / math.sqrt(D)), softcap)
     attention_kernel[grid](
         q, k, v, m, sinks if sinks is not None else out, out,
-        Hq, Lq, Lk, D, Hq // Hkv, qk_scale, cap_scale,
+        Hq, Lq, Lk, D, DV, Hq // Hkv, qk_scale, cap_scale,
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *out.stride(),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"],
+        DV_APART=DV != D,
         IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind, SOFTCAP=softcap is not None, HAS_SINKS=sinks is not None,
         **dot_options(q.dtype, k.dtype, v.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],

@@ -1,6 +1,7 @@
 """Flash-decoding template: attention of ONE query position (Lq = 1, a decode step) over a long cache.
 
-`decode_attention(q, k, v, mask, scale=, splits=)` computes sdpa for q [B, Hq, 1, D], k/v [B, Hkv, Lk, D]:
+`decode_attention(q, k, v, mask, scale=, splits=)` computes sdpa for q [B, Hq, 1, D], k [B, Hkv, Lk, D],
+v [B, Hkv, Lk, DV] (DV, v's head dim, may differ from D; a packed cache has one head dim):
 - `decode_split_kernel`, grid (splits, B * Hkv): the GROUP = Hq / Hkv query heads that share one kv
   head are packed as the rows of one tile (padded to 16, the smallest dot), so each K/V tile is read
   once for all of them; each program walks its split of the keys with an online softmax and writes
@@ -44,13 +45,14 @@ from fxforge.ir.kv_ops import kv_row_layout
 @triton.jit
 def decode_split_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, sinks_ptr, out_ptr, part_ptr, ml_ptr,
-    Hq, Lk, D, GROUP, qk_scale, cap_scale, keys_per_split,
+    Hq, Lk, D, DV, GROUP, qk_scale, cap_scale, keys_per_split,
     stride_qb, stride_qh, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mh, stride_mn,
     stride_ob, stride_oh, stride_od,
-    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DV_APART: tl.constexpr,
+    MASK_KIND: tl.constexpr,
     SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr, FINAL: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     KV_FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, D_CONST: tl.constexpr,
 ):
@@ -65,6 +67,12 @@ def decode_split_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_g = offs_g < GROUP
     mask_d = offs_d < D
+    if DV_APART:  # v's head dim differs from q/k's
+        offs_dv = tl.arange(0, BLOCK_DV)
+        mask_dv = offs_dv < DV
+    else:  # the same offsets and mask (apart, fp32 D=64 decode spilled 4 B on sm_80)
+        offs_dv = offs_d
+        mask_dv = mask_d
     heads = kvh * GROUP + offs_g
     q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :] * stride_qd,
                 mask=mask_g[:, None] & mask_d[None, :], other=0.0)
@@ -73,7 +81,7 @@ def decode_split_kernel(
     k_ptr += b * stride_kb + kvh * stride_kh
     v_ptr += b * stride_vb + kvh * stride_vh
     m_i, l_i = softmax_start(sinks_ptr, heads, mask_g, split == 0, BLOCK_G, HAS_SINKS)  # split 0 counts the sinks
-    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_DV), dtype=tl.float32)
     start = split * keys_per_split
     end = tl.minimum(Lk, start + keys_per_split)
     for start_n in range(start, end, BLOCK_N):
@@ -82,8 +90,8 @@ def decode_split_kernel(
         if KV_FORMAT == "dense":
             kt = tl.load(k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn,
                          mask=mask_d[:, None] & mask_n[None, :], other=0.0)
-            v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                        mask=mask_n[:, None] & mask_dv[None, :], other=0.0)
         else:  # packed rows: decoded here, in the model's dtype as the reference kv_load gives them
             kt = tl.trans(kv_decode_tile(k_ptr + offs_n[:, None] * stride_kn, mask_n[:, None], D_CONST, BLOCK_D,
                                          KV_FORMAT, KV_BLOCK, CODE_BYTES).to(q_ptr.dtype.element_ty))
@@ -105,11 +113,11 @@ def decode_split_kernel(
     rows = b * Hq + heads  # flat (batch, head) row of this tile's query heads
     if FINAL:
         o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :] * stride_od,
-                 o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
+        tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + offs_dv[None, :] * stride_od,
+                 o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_dv[None, :])
     else:
         slot = rows * n_splits + split
-        tl.store(part_ptr + slot[:, None] * BLOCK_D + offs_d[None, :], acc, mask=mask_g[:, None])
+        tl.store(part_ptr + slot[:, None] * BLOCK_DV + offs_dv[None, :], acc, mask=mask_g[:, None])
         tl.store(ml_ptr + slot * 2, m_i, mask=mask_g)
         tl.store(ml_ptr + slot * 2 + 1, l_i, mask=mask_g)
 
@@ -154,40 +162,44 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                      splits: int | None = None,
                      kv_format: str = "dense",
                      kv_block: int = 32, out: torch.Tensor | None = None, ws: Workspace | None = None) -> torch.Tensor:
-    """sdpa for one query position: q [B, Hq, 1, D], k/v [B, Hkv, Lk, D] (a `kv_format`: packed cache rows
-    uint8 [B, Hkv, Lk, row_bytes], `kv_ops.kv_row_layout`), mask broadcasting to [B, Hq, 1, Lk] or None
-    (shapes checked by `attention` / `kv_attention`, which call this); `sinks`: contiguous [Hq] or None. `out`: the
-    result's storage (contiguous, q's shape), else allocated; `ws`: the workspace the split partials come from."""
+    """sdpa for one query position: q [B, Hq, 1, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, DV] (a `kv_format`: packed cache
+    rows uint8 [B, Hkv, Lk, row_bytes] of head dim D, `kv_ops.kv_row_layout`), mask broadcasting to [B, Hq, 1, Lk]
+    or None (shapes checked by `attention` / `kv_attention`, which call this); `sinks`: contiguous [Hq] or None.
+    `out`: the result's storage (contiguous, [B, Hq, 1, DV]), else allocated; `ws`: the workspace the split partials
+    come from."""
     B, Hq, _, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
+    DV = D if kv_format != "dense" else v.shape[-1]
     group = Hq // Hkv
-    cfg = packed_blocks(decode_attention_blocks(B * Hkv, group, Lk, D, q.dtype, device_arch(q.device), mask is not None),
-                        kv_format)
+    cfg = packed_blocks(decode_attention_blocks(B * Hkv, group, Lk, D, q.dtype, device_arch(q.device), mask is not None,
+                                                dv=DV), kv_format)
     n_splits = max(1, min(splits or cfg["splits"], triton.cdiv(Lk, cfg["BLOCK_N"])))
     keys_per_split = triton.cdiv(triton.cdiv(Lk, n_splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     n_splits = triton.cdiv(Lk, keys_per_split)
-    out = out_tensor(out, q.shape, q.dtype, q.device, "decode_attention")
+    out = out_tensor(out, (B, Hq, 1, DV), q.dtype, q.device, "decode_attention")
     mask_kind, m = "none", out
     if mask is not None:
         m = mask.expand(B, Hq, 1, Lk)
         mask_kind = "bool" if m.dtype == torch.bool else "add"
         m = m.view(torch.uint8) if m.dtype == torch.bool else m
     ms = (m.stride(0), m.stride(1), m.stride(3)) if mask is not None else (0, 0, 0)
-    bd = cfg["BLOCK_D"]
+    bd, bdv = cfg["BLOCK_D"], cfg["BLOCK_DV"]
     final = n_splits == 1
-    part, ml = (out, out) if final else scratch(ws, q.device, ((B * Hq * n_splits, bd), torch.float32),
+    part, ml = (out, out) if final else scratch(ws, q.device, ((B * Hq * n_splits, bdv), torch.float32),
                                                 ((B * Hq * n_splits, 2), torch.float32))
     qk_scale, cap_scale = score_scales(float(scale if scale is not None else 1.0 / math.sqrt(D)), softcap)
     decode_split_kernel[(n_splits, B * Hkv)](
-        q, k, v, m, sinks if sinks is not None else out, out, part, ml, Hq, Lk, D, group, qk_scale, cap_scale, keys_per_split,
+        q, k, v, m, sinks if sinks is not None else out, out, part, ml, Hq, Lk, D, DV, group, qk_scale, cap_scale,
+        keys_per_split,
         q.stride(0), q.stride(1), q.stride(3), *k.stride(), *v.stride(), *ms,
         out.stride(0), out.stride(1), out.stride(3),
-        BLOCK_G=cfg["BLOCK_G"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, MASK_KIND=mask_kind, SOFTCAP=softcap is not None,
+        BLOCK_G=cfg["BLOCK_G"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=bd, BLOCK_DV=bdv, DV_APART=DV != D, MASK_KIND=mask_kind,
+        SOFTCAP=softcap is not None,
         HAS_SINKS=sinks is not None, FINAL=final,
         **kv_constexprs(kv_format, kv_block, D),
         **dot_options(*((q.dtype, k.dtype, v.dtype) if kv_format == "dense" else (q.dtype,))),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if not final:
-        decode_combine_kernel[(B * Hq,)](out, part, ml, Hq, D, n_splits, out.stride(0), out.stride(1), out.stride(3),
-                                         BLOCK_S=triton.next_power_of_2(n_splits), BLOCK_D=bd, num_warps=4)
+        decode_combine_kernel[(B * Hq,)](out, part, ml, Hq, DV, n_splits, out.stride(0), out.stride(1), out.stride(3),
+                                         BLOCK_S=triton.next_power_of_2(n_splits), BLOCK_D=bdv, num_warps=4)
     return out

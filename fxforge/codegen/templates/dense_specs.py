@@ -85,52 +85,59 @@ def bmm_spec(dtype: str, M: int, N: int, K: int) -> dict:
 
 
 def attention_spec(dtype: str, Lq: int, Lk: int, D: int, *, causal: bool = False, mask: str = "none",
-                   gqa: bool = False, softcap: bool = False, sinks: bool = False) -> dict:
-    """Spec of `attention_kernel` for contiguous q/k/v [B, H, L, D] (mask "none", "bool" or "add"; logit soft-cap; sinks)."""
+                   gqa: bool = False, softcap: bool = False, sinks: bool = False, dv: int | None = None) -> dict:
+    """Spec of `attention_kernel` for contiguous q/k [B, H, L, D], v [B, H, L, dv or D] (mask "none", "bool" or "add";
+    logit soft-cap; sinks)."""
     from fxforge.codegen.blocks import attention_blocks
 
-    cfg = attention_blocks(Lq, Lk, D, dtype, masked=mask != "none")
+    cfg = attention_blocks(Lq, Lk, D, dtype, masked=mask != "none", dv=dv)
     t = TRITON_TYPES[dtype]
     sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": {"none": f"*{t}", "bool": "*u8", "add": f"*{t}"}[mask],
-           "out_ptr": f"*{t}", "Hq": "i32", "Lq": "i32", "Lk": "i32", "D": "i32", "GROUP": "i32", "qk_scale": "fp32", "cap_scale": "fp32"}
+           "out_ptr": f"*{t}", "Hq": "i32", "Lq": "i32", "Lk": "i32", "D": "i32", "DV": "i32", "GROUP": "i32",
+           "qk_scale": "fp32", "cap_scale": "fp32"}
     strides = ["stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh",
                "stride_vn", "stride_mb", "stride_mh", "stride_mm", "stride_ob", "stride_oh", "stride_om"]
     sig.update({s: "i32" for s in strides}, sinks_ptr=f"*{t}")  # sinks_ptr: out when no sinks (never read)
     const = {"stride_qd": 1, "stride_kd": 1, "stride_vd": 1, "stride_mn": 1, "stride_od": 1,
-             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"],
+             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "BLOCK_DV": cfg["BLOCK_DV"],
+             "DV_APART": bool(dv) and dv != D,
              "IS_CAUSAL": causal, "MASK_KIND": mask, "SOFTCAP": softcap, "HAS_SINKS": sinks, "UPCAST": False,
              "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
     divisible = [s for s in strides if not s.startswith("stride_m")] + (["Lk"] if mask != "none" else [])
     tags = [s for s, on in (("causal", causal), (f"{mask}-mask", mask != "none"), ("gqa", gqa), ("softcap", softcap), ("sinks", sinks)) if on]
     return {"module": _ATTN_MODULE, "kernel": "attention_kernel", "signature": sig, "constexprs": const,
             "divisible": divisible, "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
-            "label": f"attention {dtype} {Lq}x{Lk} D={D} {' '.join(tags) or 'plain'}"}
+            "label": f"attention {dtype} {Lq}x{Lk} D={D}{f' DV={dv}' if dv else ''} {' '.join(tags) or 'plain'}"}
 
 
 _DECODE_ATTN_MODULE = "fxforge.codegen.templates.decode_attention"
 
 
 def decode_attention_specs(dtype: str, group: int, Lk: int, D: int, *, mask: str = "none", arch: int = 90,
-                           kv_format: str = "dense", kv_block: int = 32, softcap: bool = False, sinks: bool = False) -> list[dict]:
+                           kv_format: str = "dense", kv_block: int = 32, softcap: bool = False, sinks: bool = False,
+                           dv: int | None = None) -> list[dict]:
     """Specs of the flash-decoding kernels (`decode_split_kernel` with its final and partial stores, and
-    `decode_combine_kernel`) for contiguous q [B, Hq, 1, D], k/v [B, Hkv, Lk, D] (or packed rows) on `arch`."""
+    `decode_combine_kernel`) for contiguous q [B, Hq, 1, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, dv or D] (or packed
+    rows) on `arch`."""
     from fxforge.codegen.blocks import decode_attention_blocks
     from fxforge.codegen.templates.decode_attention import kv_constexprs, packed_blocks
 
-    cfg = packed_blocks(decode_attention_blocks(8, group, Lk, D, dtype, arch, mask != "none"), kv_format)
+    cfg = packed_blocks(decode_attention_blocks(8, group, Lk, D, dtype, arch, mask != "none", dv=dv), kv_format)
     t = TRITON_TYPES[dtype]
     sig = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": {"none": f"*{t}", "bool": "*u8", "add": f"*{t}"}[mask],
            "sinks_ptr": f"*{t}", "out_ptr": f"*{t}", "part_ptr": "*fp32", "ml_ptr": "*fp32", "Hq": "i32", "Lk": "i32", "D": "i32",
-           "GROUP": "i32", "qk_scale": "fp32", "cap_scale": "fp32", "keys_per_split": "i32"}
+           "DV": "i32", "GROUP": "i32", "qk_scale": "fp32", "cap_scale": "fp32", "keys_per_split": "i32"}
     strides = ["stride_qb", "stride_qh", "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh", "stride_vn",
                "stride_mb", "stride_mh", "stride_ob", "stride_oh"]
     sig.update({s: "i32" for s in strides})
     const = {"stride_qd": 1, "stride_kd": 1, "stride_vd": 1, "stride_mn": 1, "stride_od": 1, "BLOCK_G": cfg["BLOCK_G"],
-             "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "MASK_KIND": mask, "SOFTCAP": softcap, "HAS_SINKS": sinks, "UPCAST": False,
+             "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "BLOCK_DV": cfg["BLOCK_DV"],
+             "DV_APART": bool(dv) and dv != D, "MASK_KIND": mask, "SOFTCAP": softcap, "HAS_SINKS": sinks,
+             "UPCAST": False,
              "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", **kv_constexprs(kv_format, kv_block, D)}
     if kv_format != "dense":  # packed cache rows (uint8), decoded in the key loop
         sig.update(k_ptr="*u8", v_ptr="*u8")
-    label = f"decode-attention {dtype} G={group} Lk={Lk} D={D} {mask}-mask sm_{arch}" + (
+    label = f"decode-attention {dtype} G={group} Lk={Lk} D={D}{f' DV={dv}' if dv else ''} {mask}-mask sm_{arch}" + (
         f" {kv_format}/{kv_block}" if kv_format != "dense" else "") + (" softcap" if softcap else "") + (" sinks" if sinks else "")
     split = [{"module": _DECODE_ATTN_MODULE, "kernel": "decode_split_kernel", "signature": sig,
               "constexprs": dict(const, FINAL=final), "divisible": [s for s in strides if not s.startswith("stride_m")],
@@ -139,6 +146,7 @@ def decode_attention_specs(dtype: str, group: int, Lk: int, D: int, *, mask: str
     combine = {"module": _DECODE_ATTN_MODULE, "kernel": "decode_combine_kernel",
                "signature": {"out_ptr": f"*{t}", "part_ptr": "*fp32", "ml_ptr": "*fp32", "Hq": "i32", "D": "i32",
                              "n_splits": "i32", "stride_ob": "i32", "stride_oh": "i32"},
-               "constexprs": {"stride_od": 1, "BLOCK_S": 64, "BLOCK_D": cfg["BLOCK_D"]}, "divisible": ["stride_ob", "stride_oh"],
-               "num_warps": 4, "num_stages": 1, "label": f"decode-attention-combine {dtype} D={D}"}
+               "constexprs": {"stride_od": 1, "BLOCK_S": 64, "BLOCK_D": cfg["BLOCK_DV"]},
+               "divisible": ["stride_ob", "stride_oh"],
+               "num_warps": 4, "num_stages": 1, "label": f"decode-attention-combine {dtype} D={dv or D}"}
     return [*split, combine]
