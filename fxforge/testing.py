@@ -169,6 +169,16 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
                                                                            "num_experts_per_tok": 2,
                                                                            "shared_intermediate_size": 256,
                                                                            "sliding_window": 6}),
+    # v heads narrower than q/k's (24 / 16 here; 192 / 128 real), sinks on its sliding layers, values scaled before the
+    # cache, twice the kv heads on sliding layers (session 18)
+    "mimo_v2_flash": ("MiMoV2FlashConfig", "MiMoV2FlashForCausalLM", {"head_dim": 24, "v_head_dim": 16,
+                                                                      "n_routed_experts": 4, "num_experts_per_tok": 2,
+                                                                      "moe_intermediate_size": 32}),
+    # MLA as HF runs it (per head: K = [nope; rope] of 24, V of 16; MHA, not GQA): eager's tokens (session 18)
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", {**_DEEPSEEK_MOE, "num_key_value_heads": 4,
+                                                                  "q_lora_rank": 32, "kv_lora_rank": 16,
+                                                                  "qk_rope_head_dim": 8, "qk_nope_head_dim": 16,
+                                                                  "v_head_dim": 16, "first_k_dense_replace": 1}),
 }
 
 
@@ -176,8 +186,9 @@ GQA_DECODERS: dict[str, tuple[str, str, dict[str, Any]]] = {
 # forms run as several kernels (Gemma 4's per-layer inputs and layer scalar, DiffLlama's two softmaxes, Doge's dynamic
 # mask, Beam's norm and scale row kernels and host cache writes: its MoE layers, a top-k over 8 expert groups, are a
 # `moe` op since session 16); Flint left it in session 16 (6 + 3 at 4 / 8 / 12 layers), Granite-SWA in session 17 (its
-# LSE-scaled sinks are the attention op's sinks: 6 + 3)
-OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "diffllama", "doge"})
+# LSE-scaled sinks are the attention op's sinks: 6 + 3); DeepSeek-V3's MLA (10 + 3 in session 18: its low-rank q and
+# kv projections with their norms, RoPE on a split of the heads, two host ops building q and k)
+OVER_LAUNCH_BUDGET = frozenset({"beam", "gemma4", "gemma4_unified", "diffllama", "doge", "deepseek_v3"})
 # within the budget, but their caches written by host index_copy, not a kernel: Falcon's new decoder caches k and v
 # repeated to every query head (its fused projection interleaves each kv group's q, k, v: no column slices either)
 HOST_CACHE_WRITES = frozenset({"falcon"})

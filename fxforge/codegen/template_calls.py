@@ -175,6 +175,8 @@ def _rope_cache(g: KernelGroup, n: Names) -> str:
         kw += ["norm_fp32=True"] if s.norm_fp32 else []
         kw += ["norm_after=True"] if s.norm_after else []  # after RoPE (HunYuan)
     kw += [f"v_norm={s.v_norm!r}"] if s.v_norm is not None else []  # v's weightless norm, its eps (Gemma 4)
+    kw += [f"v_head_dim={s.v_head_dim}"] if s.v_head_dim else []  # v heads of their own width (MiMo-V2-Flash)
+    kw += [f"v_scale={s.v_scale!r}"] if s.v_scale is not None else []  # v times a number before the cache
     if s.q_scale is not None:  # q's per-token scale after RoPE (Ministral3)
         kw.append(f"q_scale={n(s.q_scale)}")
     return f"_rope_cache({', '.join(args + kw)})"

@@ -27,6 +27,8 @@ x.dtype): OLMo2 in fp16/bf16; the site's `norm_fp32`). Per-head norms after RoPE
 w[D]) feeds the attention / the cache write; the site's `norm_after`, dense caches only). q after RoPE (and its norm)
 may be scaled per token, mul(q, t[B or 1, 1, S, 1]) of q's dtype (Ministral3's position-dependent scaling; `q_scale`).
 NanoChat: per-head q/k norms without a weight (after RoPE there; before it too): qk_norm = (None, None, eps).
+v's heads may be of their own width (MiMo-V2-Flash: q/k 192, v 128; the v slice [B, S, Hkv * DV]; dense caches), and
+v may be multiplied by a number before its cache write (MiMo-V2-Flash's attention_value_scale; `v_scale`).
 
 Decisions:
 - The QKV GEMM may be a dense `linear` or a `qlinear` (quantized weights stacked by `concat_linears`):
@@ -49,6 +51,7 @@ from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.passes.rewriter import dims_match
 from fxforge.passes.rope_forms import fp32_rope, mul_by, no_rope, only_use
+from fxforge.passes.xielu_rules import scalar_const, scalar_value
 
 QKV_GEMMS = ("linear", "qlinear")  # the site reads the GEMM's output from memory: any GEMM template wrote it
 
@@ -83,6 +86,8 @@ class RopeSite:
     negated: bool = False  # rotate(x) negated: x * cos - rotate(x) * sin (NanoChat's cat(x2, -x1))
     heads_last: bool = False  # RoPE before the head transpose: cos / sin index [B or 1, S, 1, W] (Gemma 4, Llama 4)
     v_norm: float | None = None  # the eps of v's weightless per-head RMSNorm before its cache write (Gemma 4)
+    v_head_dim: int = 0  # v's heads' width when it differs from head_dim (MiMo-V2-Flash; dense caches), else 0
+    v_scale: float | None = None  # v times this number before its cache write (MiMo-V2-Flash's value scale)
 
     @property
     def reads(self) -> list[Value]:
@@ -195,9 +200,9 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     if any(u.attrs["start"] != ends[i] for i, u in enumerate(slices)) or ends[-1] != qkv.type.shape[2]:
         return None
     heads = [_heads(u, graph) for u in slices]
-    if any(h is None for h in heads) or len({h[3] for h in heads}) != 1 or heads[1][2] != heads[2][2]:
+    if any(h is None for h in heads) or heads[0][3] != heads[1][3] or heads[1][2] != heads[2][2]:
         return None
-    (xq, oq, hq, d, nq, q_late), (xk, ok, hkv, _, nk, k_late), (xv, ov, _, _, nv, v_late) = heads
+    (xq, oq, hq, d, nq, q_late), (xk, ok, hkv, _, nk, k_late), (xv, ov, _, dv, nv, v_late) = heads
     if (nv is not None and nv.weight is not None) or v_late or (nq is None) != (nk is None) or (
             nq is not None and not nq.same_kind(nk)):
         return None  # (v's norm: weightless only, Gemma 4's)
@@ -223,20 +228,35 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
     if post and q_late and rq.cos is not None:
         return None  # (one layout for the tables and the scale)
     scaled = pre or post
-    cw_k, cw_v = only_use(k, graph, "cache_write"), only_use(xv, graph, "cache_write")
-    if cw_k is None or cw_v is None or cw_k.operands[2] is not k or cw_v.operands[2] is not xv:
+    v_mul = _v_scale(xv, graph)
+    v = v_mul[0].result if v_mul else xv
+    cw_k, cw_v = only_use(k, graph, "cache_write"), only_use(v, graph, "cache_write")
+    if cw_k is None or cw_v is None or cw_k.operands[2] is not k or cw_v.operands[2] is not v:
         return None
     fmt = (cw_k.attrs["format"], cw_k.attrs["block"])
     if cw_k.operands[1] is not cw_v.operands[1] or any(c.attrs["dim"] % 4 != 2 for c in (cw_k, cw_v)) or fmt != (
-            cw_v.attrs["format"], cw_v.attrs["block"]) or ((aq is not None or nv is not None) and fmt[0] != "dense"):
+            cw_v.attrs["format"], cw_v.attrs["block"]) or ((aq is not None or nv is not None or dv != d)
+                                                          and fmt[0] != "dense"):
         return None
-    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *transposes, *scaled[:1], cw_k, cw_v]
+    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *transposes, *scaled[:1], *v_mul[:1],
+           cw_k, cw_v]
     return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0],
                     post[0].result if post else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
                     rq.rotary_dim, rq.interleaved, rq.pair_tables, nq is not None and nq.fp32, norm_after=aq is not None,
                     q_scale=scaled[1] if scaled else None, negated=rq.negated,
                     heads_last=q_late and (rq.cos is not None or bool(pre)),
-                    v_norm=float(nv.op.attrs["eps"]) if nv is not None else None)
+                    v_norm=float(nv.op.attrs["eps"]) if nv is not None else None, v_head_dim=dv if dv != d else 0,
+                    v_scale=v_mul[1] if v_mul else None)
+
+
+def _v_scale(v: Value, graph: Graph) -> tuple[Op, float] | tuple[()]:
+    """(the mul, c) of v's only use mul(v, c) with c a number of v's type's result (MiMo-V2-Flash's value scale
+    before the cache), else ()."""
+    m = only_use(v, graph, "mul")
+    c = mul_by(m, v) if m is not None else None
+    if c is None or c is v or not scalar_const(c) or m.result.type != v.type:
+        return ()
+    return m, scalar_value(graph, c)
 
 
 def _q_scale(q: Value, graph: Graph, seq_dim: int = 2) -> tuple[Op, Value] | tuple[()]:

@@ -113,6 +113,9 @@ def test_decode_step_fused_kernels_build_without_spills(decode_step_specs):
               dict(rope_cache_spec("float16", 32, 8, 128, qk_norm=True, nope=True), key="rope fp16 128 nope"),  # Flint
               dict(rope_cache_spec("bfloat16", 16, 8, 256, qk_norm=True, v_norm=True), key="rope bf16 256 v_norm",
                    min_arch=90),  # Gemma 4
+              dict(rope_cache_spec("bfloat16", 64, 4, 192, v_head_dim=128, v_scale=True), key="rope bf16 192 v128",
+                   min_arch=90),  # MiMo-V2-Flash: v heads of their own width, scaled before the cache
+              dict(rope_cache_spec("float16", 16, 4, 64, "fp8", 32, v_scale=True), key="rope fp16 64 fp8 v_scale"),
               dict(post_norm_rows_spec("float16", bare=True), key="z = rms_norm(h) rows"),  # its norm of a norm, prefill
               dict(rope_cache_spec("float16", 32, 32, 128, qk_norm=True, norm_rows=True, norm_fp32=True),
                    key="rope fp16 128 qk_norm rows fp32")]  # OLMo2's norm over all heads

@@ -47,121 +47,9 @@ import triton.language as tl
 
 from fxforge.codegen.pool import out_tensor
 from fxforge.codegen.templates.kv_cache import kv_encode
+from fxforge.codegen.templates.rope_steps import norm_after_rope, q_scaled, rope_at, rows_rstd, v_normed
 from fxforge.errors import ShapeError
 from fxforge.ir.kv_ops import kv_row_layout
-
-
-@triton.jit
-def _rows_rstd(row, stride_xn, eps, nh, NH: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """1 / sqrt(mean(x^2) + eps) over the nh <= NH head rows from `row` on (fp32): the q/k RMSNorm's scale (nh = 1: the
-    head's own)."""
-    d = tl.arange(0, BLOCK_D)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for i in range(NH):
-        live = (d * 0 + i) < nh  # a vector mask (the interpreter refuses a scalar one in `&`)
-        x = tl.load(row + (i * D + d) * stride_xn, mask=(d < D) & live, other=0.0).to(tl.float32)
-        acc += x * x
-    return tl.rsqrt(tl.sum(acc, axis=0) / (nh * D) + eps)
-
-
-@triton.jit
-def _norm_weight(d, md, qn_ptr, kn_ptr, w_off, vq, vk, NORM_W: tl.constexpr):
-    """The q/k norm's weights at channels `d` from `w_off` (fp32; q's where vq, k's where vk), or 1 (NORM_W false)."""
-    if NORM_W:
-        g = tl.load(qn_ptr + w_off + d, mask=md & vq, other=0.0).to(tl.float32) + tl.load(
-            kn_ptr + w_off + d, mask=md & vk, other=0.0).to(tl.float32)
-    else:
-        g = tl.full(d.shape, 1.0, tl.float32)
-    return g
-
-
-@triton.jit
-def _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM: tl.constexpr,
-             NORM_F32: tl.constexpr, NORM_W: tl.constexpr):
-    """Channels `d` of the head row (fp32); QK_NORM: the RMSNorm (weights qn / kn from `w_off`, the row's `rstd`)
-    applied where is_q or is_k with `gemm_prologue.rms_scale`'s steps and roundings, NORM_F32: weighted in fp32 and rounded
-    once (v heads as loaded); NORM_W false: weightless (a weight of 1: one rounding either way)."""
-    x = tl.load(row + d * stride_xn, mask=md, other=0.0)
-    if QK_NORM:
-        vq, vk = (d * 0 + is_q.to(tl.int32)) != 0, (d * 0 + is_k.to(tl.int32)) != 0  # vector masks (the interpreter)
-        g = _norm_weight(d, md, qn_ptr, kn_ptr, w_off, vq, vk, NORM_W)
-        if NORM_F32:  # the norm's IR: cast(rms_norm(cast(x, f32), w), x.dtype)
-            xn = (x.to(tl.float32) * rstd * g).to(x.dtype)
-        else:
-            xn = ((x.to(tl.float32) * rstd).to(x.dtype).to(tl.float32) * g).to(x.dtype)
-        x = tl.where(vq | vk, xn, x)
-    return x.to(tl.float32)
-
-
-@triton.jit
-def _rope_at(row, c_ptr, s_ptr, d, md, stride_xn, stride_cd, rotate, D: tl.constexpr, qn_ptr, kn_ptr, w_off, rstd,
-             is_q, is_k, QK_NORM: tl.constexpr, ROT: tl.constexpr, INTERLEAVED: tl.constexpr,
-             PAIR_TABLES: tl.constexpr, NORM_F32: tl.constexpr, NORM_W: tl.constexpr, NEGATED: tl.constexpr):
-    """fp32 RoPE (where `rotate`, else the input) of channels `d` of the head row at `row` (QK_NORM: normed first);
-    channels past ROT (partial RoPE) pass through, all of them at ROT 0 (no RoPE). NEGATED: the rotated half's sign
-    flipped (a rotation by -theta)."""
-    x = _channel(row, d, md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, NORM_F32, NORM_W)
-    if ROT == 0:  # no RoPE (Flint's full-attention layers): the norms and the cache writes only
-        y = x
-    else:
-        in_rot = d < ROT
-        if INTERLEAVED:  # pairs (2i, 2i + 1): rotate(x)[2i] = -x[2i + 1], rotate(x)[2i + 1] = x[2i]
-            pd = d ^ 1
-            negated = (d % 2) == 0
-            if NEGATED:  # -rotate: the odd channel's partner negated instead
-                negated = (d % 2) == 1
-        else:  # rotate_half: d with (d + R/2) mod R, negated in the first half (NEGATED, NanoChat's: second)
-            pd = (d + ROT // 2) % ROT
-            negated = d < ROT // 2
-            if NEGATED:
-                negated = d >= ROT // 2
-        partner = _channel(row, tl.where(in_rot, pd, d), md, stride_xn, qn_ptr, kn_ptr, w_off, rstd, is_q, is_k,
-                           QK_NORM, NORM_F32, NORM_W)
-        rot = tl.where(negated, partner * -1.0, partner)  # not `-partner`: Triton 3.6 computes it as 0 - x (+0, not -0)
-        if PAIR_TABLES:  # one table entry per pair: 2i and 2i + 1 read i (interleaved), i and i + R/2 read i (halves)
-            if INTERLEAVED:
-                cd = d // 2
-            else:
-                cd = d % (ROT // 2)
-        else:
-            cd = d
-        c = tl.load(c_ptr + cd * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
-        sn = tl.load(s_ptr + cd * stride_cd, mask=md & in_rot, other=0.0).to(tl.float32)
-        y = tl.where(rotate, tl.where(in_rot, x * c + rot * sn, x), x)
-    return y
-
-
-@triton.jit
-def _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, out_ptr, D: tl.constexpr, NORM_F32: tl.constexpr,
-                NORM_W: tl.constexpr):
-    """RMSNorm over D of a RoPE'd q / k head row y (fp32; HunYuan's q/k norm after RoPE): of y rounded to the model's
-    dtype (the graph's RoPE result), with `_channel`'s steps and roundings; v rows as they are."""
-    dt = out_ptr.dtype.element_ty
-    x = tl.where(md, y.to(dt).to(tl.float32), 0.0)
-    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
-    vq, vk = (d * 0 + is_q.to(tl.int32)) != 0, (d * 0 + is_k.to(tl.int32)) != 0  # vector masks (the interpreter)
-    g = _norm_weight(d, md, qn_ptr, kn_ptr, 0, vq, vk, NORM_W)
-    if NORM_F32:
-        xn = x * rstd * g
-    else:
-        xn = (x * rstd).to(dt).to(tl.float32) * g
-    return tl.where(vq | vk, xn.to(dt).to(tl.float32), y)
-
-
-@triton.jit
-def _v_norm(y, md, eps, is_v, D: tl.constexpr):
-    """Weightless RMSNorm over D of v rows as loaded (Gemma 4's v_norm; rounded once at the store), q / k as they are."""
-    x = tl.where(md, y, 0.0)
-    return tl.where(is_v, x * tl.rsqrt(tl.sum(x * x, axis=0) / D + eps), y)
-
-
-@triton.jit
-def _scaled_q(y, d, scale_at, is_q, out_ptr):
-    """q rows times their token's scale (Ministral3's position-dependent q scaling after RoPE), rounded as the graph's
-    mul of two model-dtype tensors; k / v rows as they are."""
-    dt = out_ptr.dtype.element_ty
-    vq = (d * 0 + is_q.to(tl.int32)) != 0
-    return tl.where(vq, (y.to(dt).to(tl.float32) * tl.load(scale_at).to(tl.float32)).to(dt).to(tl.float32), y)
 
 
 @triton.jit
@@ -174,16 +62,18 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       INTERLEAVED: tl.constexpr = False, PAIR_TABLES: tl.constexpr = False, NQN: tl.constexpr = 1,
                       NKN: tl.constexpr = 1, NORM_F32: tl.constexpr = False, NORM_AFTER: tl.constexpr = False,
                       qs_ptr=None, stride_qsb=0, stride_qss=0, Q_SCALE: tl.constexpr = False,
-                      NORM_W: tl.constexpr = True, NEGATED: tl.constexpr = False, v_eps=0.0, V_NORM: tl.constexpr = False):
+                      NORM_W: tl.constexpr = True, NEGATED: tl.constexpr = False, v_eps=0.0,
+                      V_NORM: tl.constexpr = False, DV: tl.constexpr = 0, v_scale=1.0, V_SCALE: tl.constexpr = False):
     """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k rows (NQN / NKN heads each),] RoPE on
     q/k heads [, their RMSNorm after RoPE (NORM_AFTER, dense caches), q times its token's scale (Q_SCALE), v's
-    weightless RMSNorm (V_NORM, dense caches)], then store q / write the cache."""
+    weightless RMSNorm (V_NORM, dense caches), v times `v_scale` (V_SCALE)], then store q / write the cache. v heads
+    hold DV channels (the launcher passes DV, D's or their own; dense caches when it differs)."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     b = t // S
     s = t % S
     token = qkv_ptr + b * stride_xb + s * stride_xs
-    row = token + h * D * stride_xn
+    row = token + (h * D + tl.maximum(h - HQ - HKV, 0) * (DV - D)) * stride_xn  # v heads: DV channels each
     c_off = b * stride_cb + s * stride_cs
     p = tl.load(pos_ptr + s)
     hk = tl.minimum(tl.maximum(h - HQ, 0), HKV - 1)
@@ -194,21 +84,23 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
     if QK_NORM:  # q/k RMSNorm before RoPE over rows of NQN / NKN heads: 1 (Qwen3), all (OLMo2)
         first = tl.where(is_q, (h // NQN) * NQN, HQ + (tl.maximum(h - HQ, 0) // NKN) * NKN)
         w_off = (h - first) * D
-        rstd = _rows_rstd(token + first * D * stride_xn, stride_xn, eps, tl.where(is_q, NQN, NKN),
+        rstd = rows_rstd(token + first * D * stride_xn, stride_xn, eps, tl.where(is_q, NQN, NKN),
                           NQN if NQN > NKN else NKN, D, BLOCK_D)
     if FORMAT == "dense":
         d = tl.arange(0, BLOCK_D)
-        md = d < D
         hd = d * 0 + h  # the head index as a vector: masks of one dtype with md
-        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D,
+        md = d < tl.where(hd >= HQ + HKV, DV, D)
+        y = rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, hd < HQ + HKV, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
                      INTERLEAVED, PAIR_TABLES, NORM_F32, NORM_W, NEGATED)
         if NORM_AFTER:
-            y = _norm_after(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, q_ptr, D, NORM_F32, NORM_W)
+            y = norm_after_rope(y, d, md, qn_ptr, kn_ptr, eps, is_q, is_k, q_ptr, D, NORM_F32, NORM_W)
         if Q_SCALE:
-            y = _scaled_q(y, d, qs_ptr + b * stride_qsb + s * stride_qss, is_q, q_ptr)
+            y = q_scaled(y, d, qs_ptr + b * stride_qsb + s * stride_qss, is_q, q_ptr)
         if V_NORM:
-            y = _v_norm(y, md, v_eps, hd >= HQ + HKV, D)
+            y = v_normed(y, md, v_eps, hd >= HQ + HKV, DV)
+        if V_SCALE:  # v times a number, rounded once at the store as the graph's mul of v by a scalar
+            y = tl.where(hd >= HQ + HKV, y * v_scale, y)
         q_dst = q_ptr + ((b * HQ + tl.minimum(h, HQ - 1)) * S + s) * D + d
         tl.store(q_dst, y.to(q_ptr.dtype.element_ty), mask=md & (hd < HQ))
         k_dst = k_ptr + b * stride_kb + hk * stride_kh + p * stride_kl + d
@@ -218,11 +110,11 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
     elif h < HQ:  # packed cache, a q head: plain store
         d = tl.arange(0, BLOCK_D)
         md = d < D
-        y = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D,
+        y = rope_at(row, cos_ptr + c_off, sin_ptr + c_off, d, md, stride_xn, stride_cd, h < HQ, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
                      INTERLEAVED, PAIR_TABLES, NORM_F32, NORM_W, NEGATED)
         if Q_SCALE:
-            y = _scaled_q(y, d, qs_ptr + b * stride_qsb + s * stride_qss, is_q, q_ptr)
+            y = q_scaled(y, d, qs_ptr + b * stride_qsb + s * stride_qss, is_q, q_ptr)
         tl.store(q_ptr + ((b * HQ + h) * S + s) * D + d, y.to(q_ptr.dtype.element_ty), mask=md)
     else:  # packed cache, a k or v head: encode the token's row (even / odd channels of each block)
         is_k = h < HQ + HKV
@@ -230,12 +122,15 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         nb_mask = nb < D // KV_BLOCK
         de = nb[:, None] * KV_BLOCK + 2 * tl.arange(0, KV_BLOCK // 2)[None, :]
         me = nb_mask[:, None] & (de < D)
-        ye = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D,
+        ye = rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de, me, stride_xn, stride_cd, is_k, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
                      INTERLEAVED, PAIR_TABLES, NORM_F32, NORM_W, NEGATED)
-        yo = _rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D,
+        yo = rope_at(row, cos_ptr + c_off, sin_ptr + c_off, de + 1, me, stride_xn, stride_cd, is_k, D,
                      qn_ptr, kn_ptr, w_off, rstd, is_q, is_k, QK_NORM, ROT,
                      INTERLEAVED, PAIR_TABLES, NORM_F32, NORM_W, NEGATED)
+        if V_SCALE:
+            vs = tl.where(is_k, 1.0, v_scale)
+            ye, yo = ye * vs, yo * vs
         ye = ye.to(q_ptr.dtype.element_ty).to(tl.float32)  # what the graph's `new` holds: the model's dtype
         yo = yo.to(q_ptr.dtype.element_ty).to(tl.float32)
         if is_k:
@@ -245,15 +140,18 @@ def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
         kv_encode(dst, ye, yo, nb_mask, FORMAT, KV_BLOCK, CODE_BYTES)
 
 
-def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, fmt, block) -> None:
+def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, fmt, block, dv) -> None:
     B, S, N = qkv.shape
+    if fmt != "dense" and dv != head_dim:
+        raise ShapeError(f"rope_cache: a {fmt} cache takes one head dim (v_head_dim {dv} != head_dim {head_dim})")
     row = head_dim if fmt == "dense" else kv_row_layout(fmt, block, head_dim)[1]
     want = (B, kv_heads, k_cache.shape[2], row)
-    if N != (q_heads + 2 * kv_heads) * head_dim or head_dim % 2:
-        raise ShapeError(f"rope_cache: qkv {tuple(qkv.shape)} is not [B, S, (Hq + 2 Hkv) * D] for Hq={q_heads}, "
-                         f"Hkv={kv_heads}, D={head_dim} (D even)")
-    if tuple(k_cache.shape) != want or tuple(v_cache.shape) != want:
-        raise ShapeError(f"rope_cache: caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)} must be {want}")
+    if N != (q_heads + kv_heads) * head_dim + kv_heads * dv or head_dim % 2:
+        raise ShapeError(f"rope_cache: qkv {tuple(qkv.shape)} is not [B, S, (Hq + Hkv) * D + Hkv * DV] for "
+                         f"Hq={q_heads}, Hkv={kv_heads}, D={head_dim}, DV={dv} (D even)")
+    if tuple(k_cache.shape) != want or tuple(v_cache.shape) != want[:3] + (row - head_dim + dv,):
+        raise ShapeError(f"rope_cache: caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)} must be {want} and "
+                         f"{want[:3] + (row - head_dim + dv,)}")
     if fmt != "dense" and (k_cache.dtype != torch.uint8 or v_cache.dtype != torch.uint8):
         raise ShapeError(f"rope_cache: {fmt} caches hold packed rows (uint8), got {k_cache.dtype}, {v_cache.dtype}")
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
@@ -267,7 +165,8 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
                interleaved: bool = False, pair_tables: bool = False, norm_fp32: bool = False,
                norm_after: bool = False, q_scale: torch.Tensor | None = None,
                negated: bool = False, heads_last: bool = False,
-               v_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               v_norm: float | None = None, v_head_dim: int | None = None,
+               v_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(RoPE'd q [B, Hq, S, D], k_cache, v_cache) with RoPE'd k and v written into the caches at `pos`
     (a KV `format`: as packed rows, `kv_ops.pack_kv_rows`); `out`: q's storage (contiguous; a planned
     buffer of the generated `run()`), else allocated. `qk_norm=(q_weight, k_weight, eps)`: q and k are rms_norm'ed
@@ -282,8 +181,11 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
     per-token scale broadcast to [B, 1, S, 1] after RoPE (Ministral3's position-dependent scaling). `negated`: the
     rotation's sign flipped, x * cos - rotate(x) * sin (NanoChat's rotate_half, cat(x2, -x1): a rotation by -theta).
     `heads_last`: cos/sin broadcast to [B, S, 1, W], q_scale to [B, S, 1, 1] (before the head transpose: Gemma 4,
-    Llama 4). `v_norm`: the eps of a weightless RMSNorm of each v head (Gemma 4's; dense caches)."""
-    _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block)
+    Llama 4). `v_norm`: the eps of a weightless RMSNorm of each v head (Gemma 4's; dense caches). `v_head_dim` DV:
+    v's heads are DV wide (qkv [B, S, (Hq + Hkv) * D + Hkv * DV], v_cache [.., DV]; MiMo-V2-Flash; dense caches).
+    `v_scale`: v times this number before its cache write (MiMo-V2-Flash's attention_value_scale)."""
+    dv = head_dim if v_head_dim is None else v_head_dim
+    _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, format, block, dv)
     B, S, _ = qkv.shape
     rot = 0 if cos is None else head_dim if rotary_dim is None else rotary_dim
     if (cos is None) != (sin is None) or rot % 2 or not (cos is None or 0 < rot <= head_dim):
@@ -305,7 +207,8 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | 
         qkv, cs[0], cs[1], pos, q, k_cache, v_cache,
         S, *qkv.stride(), *cs[0].stride(),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
-        HQ=q_heads, HKV=kv_heads, D=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), **_format_constexprs(
+        HQ=q_heads, HKV=kv_heads, D=head_dim, DV=dv, BLOCK_D=triton.next_power_of_2(max(head_dim, dv)),
+        **({"v_scale": float(v_scale), "V_SCALE": True} if v_scale is not None else {}), **_format_constexprs(
             format, block, head_dim), **{**_norm_args(qk_norm, q_heads, kv_heads, head_dim), **more}, ROT=rot,
         INTERLEAVED=interleaved, PAIR_TABLES=pair_tables, NORM_F32=norm_fp32 and qk_norm is not None, NEGATED=negated)
     return q, k_cache, v_cache
@@ -359,21 +262,25 @@ def _format_constexprs(fmt: str, block: int, head_dim: int) -> dict:
 def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, format: str = "dense",
                     block: int = 32, qk_norm: bool = False, norm_rows: bool = False, interleaved: bool = False,
                     norm_fp32: bool = False, after: bool = False, weightless: bool = False, negated: bool = False,
-                    half_tables: bool = False, nope: bool = False, v_norm: bool = False) -> dict:
+                    half_tables: bool = False, nope: bool = False, v_norm: bool = False, v_head_dim: int = 0,
+                    v_scale: bool = False) -> dict:
     """Build spec (`fxforge.codegen.build.build_spec`) of `rope_cache_kernel` for a contiguous qkv and caches
     (`qk_norm`: with the per-head q/k RMSNorm, `norm_rows`: over all heads, `norm_fp32`: weighted in fp32; `interleaved`: pairs (2i, 2i + 1) with
     tables of one entry per pair and half the head rotated, GLM's; `after`: the per-head norm after RoPE and q's
     per-token scale, HunYuan's and Ministral3's; `weightless`: the per-head norm after RoPE without weights and the
     rotation negated, NanoChat's; `half_tables`: rotate_half pairs with tables of one entry per pair, GPT-OSS's; `nope`:
-    no RoPE, Flint's; `v_norm`: v's weightless norm, Gemma 4's)."""
+    no RoPE, Flint's; `v_norm`: v's weightless norm, Gemma 4's; `v_head_dim`: v heads of their own width, `v_scale`:
+    v times a number, MiMo-V2-Flash's)."""
+    dv = v_head_dim or head_dim
     t = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     ptrs = {name: f"*{t}" for name in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr")}
     ptrs.update(dict.fromkeys(("k_ptr", "v_ptr"), f"*{t}" if format == "dense" else "*u8"))
     strides = ("S", "stride_xb", "stride_xs", "stride_cb", "stride_cs", "stride_kb", "stride_kh", "stride_kl",
                "stride_vb", "stride_vh", "stride_vl")
     sig = {**ptrs, "pos_ptr": "*i64", **dict.fromkeys(strides, "i32")}
-    const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim,
-             "BLOCK_D": triton.next_power_of_2(head_dim), **_format_constexprs(format, block, head_dim),
+    const = {"stride_xn": 1, "stride_cd": 1, "HQ": q_heads, "HKV": kv_heads, "D": head_dim, "DV": dv,
+             "V_SCALE": v_scale, "BLOCK_D": triton.next_power_of_2(max(head_dim, dv)),
+             **_format_constexprs(format, block, head_dim),
              "QK_NORM": qk_norm, "ROT": 0 if nope else head_dim // 2 if interleaved else head_dim,
              "INTERLEAVED": interleaved,
              "PAIR_TABLES": interleaved or half_tables, "NQN": q_heads if norm_rows else 1, "NKN": kv_heads if norm_rows else 1,
@@ -391,10 +298,12 @@ def rope_cache_spec(dtype: str, q_heads: int, kv_heads: int, head_dim: int, form
     else:
         const.update(NORM_AFTER=weightless, Q_SCALE=False, qs_ptr=None, stride_qsb=0, stride_qss=0)
     sig.update({"v_eps": "fp32"} if v_norm else {})
+    sig.update({"v_scale": "fp32"} if v_scale else {})
+    const.update({} if v_scale else {"v_scale": 1.0})
     const.update({"V_NORM": v_norm} if v_norm else {"V_NORM": False, "v_eps": 0.0})
     return {"module": __name__, "kernel": "rope_cache_kernel", "signature": sig, "constexprs": const,
             "divisible": [s for s in strides if s != "S"], "num_warps": 4, "num_stages": 3,
             "label": f"rope_cache {dtype} Hq={q_heads} Hkv={kv_heads} D={head_dim} {format}"
                       f"{' qk_norm' * qk_norm}{' rows' * norm_rows}{' fp32' * norm_fp32}{' interleaved' * interleaved}"
                       f"{' norm_after q_scale' * after}{' weightless norm_after negated' * weightless}{' half_tables' * half_tables}"
-                      f"{' nope' * nope}{' v_norm' * v_norm}"}
+                      f"{' nope' * nope}{' v_norm' * v_norm}{f' DV={dv}' * (dv != head_dim)}{' v_scale' * v_scale}"}
