@@ -155,10 +155,15 @@ def main() -> None:
     rows = run_children(__file__, args.archs, lambda arch: ["--dtype", args.dtype, "--scheme", args.scheme,
                                                             "--quant-dtype", args.quant_dtype] + ([] if not args.no_quant and (
         args.quant_archs is None or arch in args.quant_archs) else ["--no-quant"]), args.timeout)
-    text = table(rows, not args.no_quant)
+    report(rows, not args.no_quant, "arch_probe", args.out)
+
+
+def report(rows: list[dict], quant: bool, title: str, out: str | None) -> None:
+    """Print the rows' table; write it (and the rows) to `out` when given (arch_probe, config_probe, mla_probe)."""
+    text = table(rows, quant)
     print(text)
-    if args.out:
-        write_results(args.out, "arch_probe", text, rows)
+    if out:
+        write_results(out, title, text, rows)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ LongRoPE), biases, tied / untied embeddings, odd sizes.
 from __future__ import annotations
 
 import arch_probe
-from probe_children import child_row, probe_parser, run_children, write_results
+from probe_children import child_row, probe_parser, run_children
 
 ROPE = {"rope_theta": 10000.0}
 VARIANTS: dict[str, dict] = {
@@ -64,10 +64,7 @@ def main() -> None:
         return child_row(arch_probe.probe, args.child, False)
     names = args.names or [f"{a}@{v}" for a in args.archs for v in args.variants]
     rows = run_children(__file__, names, lambda name: [], args.timeout)
-    text = arch_probe.table(rows, False)
-    print(text)
-    if args.out:
-        write_results(args.out, "config_probe", text, rows)
+    arch_probe.report(rows, False, "config_probe", args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 
 import arch_probe
-from probe_children import child_row, probe_parser, run_children, write_results
+from probe_children import child_row, probe_parser, run_children
 
 MODELS = ["DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "MiniCPM3ForCausalLM", "Glm4MoeLiteForCausalLM",
           "Mistral4ForCausalLM", "YoutuForCausalLM", "AXK1ForCausalLM", "DeepseekV32ForCausalLM"]
@@ -40,10 +40,7 @@ def main() -> None:
         return child_row(lambda m: arch_probe.probe(register(m), quant=False), args.child)
     archs = args.archs if args.archs and args.archs[0] in MODELS else MODELS  # (the default is the zoo's names)
     rows = run_children(__file__, archs, lambda arch: [], args.timeout)
-    text = arch_probe.table(rows, False)
-    print(text)
-    if args.out:
-        write_results(args.out, "mla_probe", text, rows)
+    arch_probe.report(rows, False, "mla_probe", args.out)
 
 
 if __name__ == "__main__":

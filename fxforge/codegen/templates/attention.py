@@ -35,7 +35,13 @@ from fxforge.codegen.blocks import attention_blocks
 from fxforge.codegen.pool import Workspace, out_tensor
 from fxforge.codegen.templates.decode_attention import decode_attention
 from fxforge.codegen.templates.gemm import dot_options
-from fxforge.codegen.templates.online_softmax import online_softmax_step, scaled_scores, score_scales, softmax_start
+from fxforge.codegen.templates.online_softmax import (
+    online_softmax_step,
+    scaled_scores,
+    score_scales,
+    softmax_start,
+    v_channels,
+)
 from fxforge.errors import ShapeError
 
 MASK_KINDS = ("none", "bool", "add")
@@ -91,12 +97,7 @@ def attention_kernel(
     offs_n0 = tl.arange(0, BLOCK_N)
     mask_m = offs_m < Lq
     mask_d = offs_d < D
-    if DV_APART:  # v's head dim differs from q/k's
-        offs_dv = tl.arange(0, BLOCK_DV)
-        mask_dv = offs_dv < DV
-    else:  # the same offsets and mask (apart, fp32 D=64 decode spilled 4 B on sm_80)
-        offs_dv = offs_d
-        mask_dv = mask_d
+    offs_dv, mask_dv = v_channels(offs_d, mask_d, DV, BLOCK_DV, DV_APART)
 
     q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)

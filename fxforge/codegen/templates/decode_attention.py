@@ -38,7 +38,13 @@ from fxforge.codegen.blocks import decode_attention_blocks
 from fxforge.codegen.pool import Workspace, out_tensor, scratch
 from fxforge.codegen.templates.gemm import device_arch, dot_options
 from fxforge.codegen.templates.kv_cache import kv_decode_tile
-from fxforge.codegen.templates.online_softmax import online_softmax_step, scaled_scores, score_scales, softmax_start
+from fxforge.codegen.templates.online_softmax import (
+    online_softmax_step,
+    scaled_scores,
+    score_scales,
+    softmax_start,
+    v_channels,
+)
 from fxforge.ir.kv_ops import kv_row_layout
 
 
@@ -67,12 +73,7 @@ def decode_split_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_g = offs_g < GROUP
     mask_d = offs_d < D
-    if DV_APART:  # v's head dim differs from q/k's
-        offs_dv = tl.arange(0, BLOCK_DV)
-        mask_dv = offs_dv < DV
-    else:  # the same offsets and mask (apart, fp32 D=64 decode spilled 4 B on sm_80)
-        offs_dv = offs_d
-        mask_dv = mask_d
+    offs_dv, mask_dv = v_channels(offs_d, mask_d, DV, BLOCK_DV, DV_APART)
     heads = kvh * GROUP + offs_g
     q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :] * stride_qd,
                 mask=mask_g[:, None] & mask_d[None, :], other=0.0)

@@ -5,6 +5,7 @@
     m_i, l_i, acc = online_softmax_step(s, m_i, l_i, acc, v, INPUT_PRECISION)   # @triton.jit
     m_i, l_i = softmax_start(sinks_ptr, heads, row_mask, counted, ROWS, HAS_SINKS)  # @triton.jit, before the loop
     qk_scale, cap_scale = score_scales(scale, softcap)                            # host side
+    offs_dv, mask_dv = v_channels(offs_d, mask_d, DV, BLOCK_DV, DV_APART)         # @triton.jit: v's channels
 
 `s` [ROWS, BLOCK_N] are scores in log2 units (log2(e) folded into the scale and into an additive mask,
 so each score costs one exp2, no extra multiply), -inf where excluded; `m_i`/`l_i` [ROWS] the running
@@ -69,3 +70,14 @@ def softmax_start(sinks_ptr, heads, row_mask, counted, ROWS: tl.constexpr, HAS_S
         m0 = tl.where(counted, sink, m0)
         l0 = tl.where(m0 == float("-inf"), 0.0, 1.0)  # exp2(sink - m0); a -inf sink weighs nothing
     return m0, l0
+
+
+@triton.jit
+def v_channels(offs_d, mask_d, DV, BLOCK_DV: tl.constexpr, DV_APART: tl.constexpr):
+    """v's channel offsets and mask: its own (DV_APART: a v head dim apart from q/k's, MiMo-V2-Flash's, MLA's) or q/k's
+    (the same ones: separate ones cost an fp32 D=64 decode 4 B of spill on sm_80)."""
+    if DV_APART:
+        offs_dv = tl.arange(0, BLOCK_DV)
+        return offs_dv, offs_dv < DV
+    else:
+        return offs_d, mask_d
