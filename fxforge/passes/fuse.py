@@ -282,7 +282,7 @@ class _Partitioner:
         if prologue:
             members += prologue
             params["norm"], params["norm_x"] = found[0], found[1]
-        post = post_norm_prologue(op, self.graph, params["norm_x"]) if rule.norm else None
+        post = post_norm_prologue(op, self.graph, params["norm_x"], params["norm"]) if rule.norm else None
         if post is not None and all(self.free(o) for o in post.ops):  # z = res + norm(h) (or norm(h)), in the load
             members += post.ops
             prologue = [*prologue, *post.ops]

@@ -65,13 +65,16 @@ class PostNorm:
         return [v for v in (self.h, self.weight, self.residual) if v is not None]
 
 
-def post_norm_prologue(op: Op, graph: Graph, norm_x: Value | None) -> PostNorm | None:
+def post_norm_prologue(op: Op, graph: Graph, norm_x: Value | None, norm: Op | None = None) -> PostNorm | None:
     """The post-norm residual add whose result z the GEMM `op` reads, directly or as `norm_x`, the input of its fused
-    norm prologue (`norm_ops`), or that norm's own input z = rms_norm(h[, w]) (a norm of a norm: NanoChat's norm
-    after the embedding, which its first layer's input norm normalises again), else None."""
+    norm prologue `norm` (`norm_ops`), or that norm's own input z = rms_norm(h[, w]) (a norm of a norm: NanoChat's
+    norm after the embedding, which its first layer's input norm normalises again), else None. The 4-bit decode
+    kernel's LayerNorm prologue takes none."""
     z = norm_x if norm_x is not None else op.operands[0]
     add = z.producer
     if op.opcode not in POST_NORM_GEMMS or not decode_fusions_ok(op) or add is None:
+        return None
+    if op.opcode == "qlinear" and norm is not None and norm.opcode == "layer_norm":
         return None
     if norm_x is not None and len(add.operands) in PRE_NORMS.get(add.opcode, ()):
         return _pre_norm(add)
@@ -108,9 +111,9 @@ def _pre_norm(norm: Op) -> PostNorm | None:
 
 # the norms a GEMM's load computes (`gemm.py` HAS_NORM): opcode -> operand count -> the GEMM opcodes whose template
 # has that prologue. RMSNorm with or without a weight (NanoChat's has none: the dense GEMM's HAS_NW, the 4-bit decode
-# kernel's norm_ptr None); LayerNorm with its weight and bias optional, the dense GEMM only
+# kernel's norm_ptr None); LayerNorm with its weight and bias optional (the 4-bit decode kernel's since session 18)
 NORM_PROLOGUES = {"rms_norm": {1: ("linear", "qlinear"), 2: ("linear", "qlinear")},
-                  "layer_norm": {1: ("linear",), 2: ("linear",), 3: ("linear",)}}
+                  "layer_norm": {1: ("linear", "qlinear"), 2: ("linear", "qlinear"), 3: ("linear", "qlinear")}}
 
 
 def norm_prologue(op: Op, graph: Graph, shared: bool = False) -> Op | None:

@@ -200,11 +200,12 @@ def qlinear_w4_decode_kernel(
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0,
     z_ptr=None, POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
     act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0, BLOCK_DOTS: tl.constexpr = False, VEC_F: tl.constexpr = True,
-    ROW_SCALE: tl.constexpr = False,
+    ROW_SCALE: tl.constexpr = False, nb_ptr=None, LAYER_NORM: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
     computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU,
-    POST_NORM: the RMSNorm / E4M3 / post-norm residual prologue and the SwiGLU epilogue (`qlinear_decode_fuse`);
+    POST_NORM: the RMSNorm (LAYER_NORM: LayerNorm) / E4M3 / post-norm residual prologue and the SwiGLU epilogue
+    (`qlinear_decode_fuse`);
     act_p*: xielu's scalars. SPLIT_K > 1: grid axis 1 is the K split (one program row, M <= 16): `split_k.py` hands
     the partials to the tile's last split."""
     pid = tl.program_id(0)
@@ -230,7 +231,8 @@ def qlinear_w4_decode_kernel(
                                                  eps, offs_r, M, K, HAS_NORM, QUANT_X,
                                                  BLOCK_M // 4 if PACK else BLOCK_M, BLOCK_K, k_per_split, SPLIT_K,
                                                  pres_ptr, pw_ptr, post_eps, z_ptr, tl.where(pid == 0, M, 0), POST_NORM, WRITE_Z,
-                                                 QUANT_X != F16_SCALED)  # (bf16's z: recomputed, not staged in fp16)
+                                                 QUANT_X != F16_SCALED,  # (bf16's z: recomputed, not staged in fp16)
+                                                 nb_ptr, LAYER_NORM)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + offs_k[:, None]  # x^T tile [BLOCK_K, BLOCK_M]
     x_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + tl.arange(0, 32)[:, None]  # (BLOCK_DOTS) [32, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
@@ -290,7 +292,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
                       norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False, gate: str = "silu",
                       out: torch.Tensor | None = None, ws: Workspace | None = None,
                       split_k: int | None = None, post_norm: tuple | None = None, keep_z: bool = False,
-                      z_out: torch.Tensor | None = None, act_args: tuple[float, ...] = ()
+                      z_out: torch.Tensor | None = None, act_args: tuple[float, ...] = (),
+                      layer_norm: tuple[torch.Tensor | None, torch.Tensor | None, float] | None = None
                       ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`qlinear_ref` with the scheme's epilogue (scale, bias, activation, residual) for fp16 or bf16 x [..., K] (any
     number of rows: tiles of 16 rows up to 16, of 64 past it), the weight decoded in registers; bf16 rows are scaled
@@ -308,7 +311,14 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     tests force them): fp32 partials from `ws`, summed by each tile's last split (`split_k.py`).
     `post_norm=(res, w, eps)`: x is h and the GEMM's input z = res + rms_norm(h, w, eps) (either None: without it),
     then `norm` of z if given, as `gemm.linear`'s; `keep_z`: z is stored too (into `z_out`, else allocated) and the
-    result is (y, z). `act_args`: xielu's scalars (alpha_p, alpha_n, beta, eps)."""
+    result is (y, z). `act_args`: xielu's scalars (alpha_p, alpha_n, beta, eps). `layer_norm=(weight, bias, eps)`
+    (either None): x is layer_norm'ed instead of `norm`'s RMSNorm (`gemm.linear`'s argument; no post_norm)."""
+    if layer_norm is not None:
+        if norm is not None:
+            raise ShapeError("qlinear_w4_decode takes one norm prologue: norm= (RMSNorm) or layer_norm=, not both")
+        norm, layer = (layer_norm[0], layer_norm[2]), (layer_norm[1],)
+    else:
+        layer = None
     if not weight.encoding.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
                          "fxforge.ir.weight_layouts.to_decode_layout(weight)")
@@ -324,7 +334,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     if x.dtype not in (torch.float16, torch.bfloat16) or x.shape[-1] != K:
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 or bf16 [..., {K}]")
     fp4 = layout_format(enc.layout) == "f4e2m1"
-    check_fusions(norm, swiglu, N, K, bias is None and activation == "none", gate)
+    check_fusions(norm, swiglu, N, K, bias is None and activation == "none", gate, layer, post_norm is not None)
     check_post_norm(post_norm, x, keep_z)
     n_out = N // 2 if swiglu else N
     x2d = x.reshape(-1, K)
@@ -348,7 +358,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         raise ShapeError(f"qlinear_w4_decode splits K at M <= {MAX_M} rows only (got {M}); leave split_k unset")
     more = (((splits, N, M), torch.float32),) if splits > 1 else ()  # split-K's fp32 partials (out^T per split)
     # the norm / E4M3 prologue (M <= 16: in here) and the partials, in one workspace take
-    x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more, bool(f8), post_norm, z)
+    x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more, bool(f8), post_norm, z,
+                                           layer)
     fused.update({f"act_p{i}": float(v) for i, v in enumerate(act_args)})
     row_scaled = row_scale is not None and not fp4  # bf16 x: its rows were scaled into fp16 (ROW_SCALE)
     row_scale = out if row_scale is None else row_scale  # unread unless FP4 or row_scaled

@@ -94,14 +94,17 @@ def decode_operand(arch: int) -> tuple[int, bool]:
 def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool = True, bias: bool = False,
                    activation: str = "none", residual: bool = False, kw: int = 2, xperm: bool = False, M: int = 1,
                    fp4: bool = False, arch: int | None = 90, norm: bool = False, swiglu: bool = False,
-                   split_k: int | None = None, post_norm: bool = False, x_dtype: str = "fp16") -> dict:
+                   split_k: int | None = None, post_norm: bool = False, x_dtype: str = "fp16",
+                   layer_norm: bool = False) -> dict:
     """`fxforge.codegen.build` spec of the decode kernel for fp16 x [M, K] and a weight [N, K] in layout "i4w{bk}"
     (w4a16-int4) or, with `fp4`, "f4w{bk}" (w4a8-fp); kw: kWidth ("k4" layouts), xperm: x-permuted ("x"); the
     blocks the launcher picks on sm_`arch`; `norm`: the RMSNorm prologue, `swiglu`: the epilogue over interleaved
     (gate, up) rows (N counts the weight's rows, 2x the output's); the K splits the launcher picks (`split_k`: these
     instead); `post_norm`: x is h and the input z = res + rms_norm(h, w), z stored (M <= 16; prefill writes z with
     a row kernel first); activation "xielu": its run-time scalars act_p0..3; `x_dtype` "bf16": x, the output and the
-    residual in bf16 (x scaled into fp16 per row in the prologue at M <= 16, by a row kernel past it)."""
+    residual in bf16 (x scaled into fp16 per row in the prologue at M <= 16, by a row kernel past it); `layer_norm`:
+    the prologue's norm is a LayerNorm with weight and bias."""
+    norm = norm or layer_norm
     wscale = fp4 and (group or K) % bk != 0
     cfg = decode_blocks(N, M, arch, wscale, -(-K // bk))
     per, split = split_plan(K, bk, group or K, split_k or cfg["SPLIT_K"])
@@ -123,13 +126,14 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     else:
         const.update(part_ptr=None, lock_ptr=None, k_per_split=1)
     post = post_norm and M <= MAX_M
-    const.update(POST_NORM=post, WRITE_Z=post)
+    const.update(POST_NORM=post, WRITE_Z=post, LAYER_NORM=layer_norm)
     sig.update(post_eps="fp32", **{f"act_p{i}": "fp32" for i in range(4)})
-    for name, used in (("norm_ptr", norm), ("xn_ptr", norm or const["QUANT_X"] or post), ("pres_ptr", post),
-                       ("pw_ptr", post), ("z_ptr", post)):  # the prologue's operands (xn: fp16 scratch rows)
+    for name, used in (("norm_ptr", norm), ("nb_ptr", layer_norm), ("xn_ptr", norm or const["QUANT_X"] or post),
+                       ("pres_ptr", post), ("pw_ptr", post), ("z_ptr", post)):  # the prologue's operands (xn: fp16)
         sig.update({name: "*fp16" if name == "xn_ptr" else xt}) if used else const.update({name: None})
     layout = layout_name(bk, kw, "f4e2m1" if fp4 else "i4", xperm)
-    fused = "".join(f" {name}" for name, on in (("post_norm", post_norm), ("norm", norm), ("swiglu", swiglu)) if on)
+    steps = (("post_norm", post_norm), ("layer_norm" if layer_norm else "norm", norm), ("swiglu", swiglu))
+    fused = "".join(f" {name}" for name, on in steps if on)
     return {"module": KERNEL_MODULE, "kernel": "qlinear_w4_decode_kernel", "signature": sig, "constexprs": const,
             "divisible": ["N", "K", "stride_am", "stride_wn", "stride_zn", "stride_sn", "stride_om", "stride_rm"],
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],

@@ -97,7 +97,7 @@ def qlinear_w4_f8_decode_kernel(
     SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu",
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0,
     z_ptr=None, POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
-    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0,
+    act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0, nb_ptr=None, LAYER_NORM: tl.constexpr = False,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T) for W in "f4w128e" and x E4M3 codes (fp8; QUANT_X: quantized here from
     fp16 x first); the grid, prologue (post-norm step included), split-K and epilogue are `qlinear_w4_decode_kernel`'s."""
@@ -114,7 +114,8 @@ def qlinear_w4_f8_decode_kernel(
         a_ptr, stride_am, rs_ptr = prologue_rows(a_ptr, stride_am, xn_ptr + pid * M * K, rs_ptr + rs_at, norm_ptr,
                                                  eps, offs_m, M, K, HAS_NORM, QUANT_X, BLOCK_M, 128, k_per_split,
                                                  SPLIT_K, pres_ptr, pw_ptr, post_eps, z_ptr, tl.where(pid == 0, M, 0),
-                                                 POST_NORM, WRITE_Z, False)  # (xn is E4M3: z recomputed)
+                                                 POST_NORM, WRITE_Z, False,  # (xn is E4M3: z recomputed)
+                                                 nb_ptr, LAYER_NORM)
     a_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + tl.arange(0, 32)[:, None]  # x^T block [32, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, 16)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)

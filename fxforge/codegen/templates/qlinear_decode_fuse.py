@@ -48,7 +48,14 @@ from fxforge.codegen.decode import fp8e4m3_to_f32
 from fxforge.codegen.pool import Workspace, scratch
 from fxforge.codegen.templates.act_quant import f32_to_fp8e4m3, quantize_activations
 from fxforge.codegen.templates.gemm import apply_activation
-from fxforge.codegen.templates.gemm_prologue import POST_NORM_ROWS, post_norm_rows, post_z, rms_scale, row_rstd
+from fxforge.codegen.templates.gemm_prologue import (
+    POST_NORM_ROWS,
+    post_norm_rows,
+    post_z,
+    prologue_stats,
+    rms_scale,
+    row_rstd,
+)
 from fxforge.codegen.templates.split_k import split_range
 from fxforge.errors import ShapeError
 from fxforge.ir import formats
@@ -64,17 +71,27 @@ F16_SCALED: tl.constexpr = tl.constexpr(2)
 
 @triton.jit
 def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.constexpr, pres_ptr, pw_ptr, h_rstd,
-              POST_NORM: tl.constexpr, z_ptr=None, z_rows=0, WRITE_Z: tl.constexpr = False):
+              POST_NORM: tl.constexpr, z_ptr=None, z_rows=0, WRITE_Z: tl.constexpr = False, mean=None, nb_ptr=None,
+              LAYER_NORM: tl.constexpr = False):
     """x's tile (rows offs_m, columns ks) as fp32, rms_norm'ed with the row kernel's steps and roundings (g_ptr None:
-    weightless, NanoChat's: scale, one rounding). POST_NORM: x is h and the tile is first z = res + rms_norm(h, pw)
-    (`gemm_prologue.post_z`; res rows of K contiguous elements), stored to z's rows with WRITE_Z below `z_rows`."""
+    weightless, NanoChat's: scale, one rounding; LAYER_NORM: layer_norm'ed about the rows' `mean`, weight g and bias
+    nb each optional, in fp32 and rounded once, the layer_norm row kernel's steps). POST_NORM: x is h and the tile is
+    first z = res + rms_norm(h, pw) (`gemm_prologue.post_z`; res rows of K contiguous elements), stored to z's rows
+    with WRITE_Z below `z_rows`."""
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
     if POST_NORM:
         x = post_z(x, pres_ptr, pw_ptr, offs_m, ks, mask, K, 1, K, h_rstd)
         if WRITE_Z:
             z_mask = mask & (offs_m < z_rows)[:, None]
             tl.store(z_ptr + offs_m[:, None] * K + ks[None, :], x.to(z_ptr.dtype.element_ty), mask=z_mask)
-    if HAS_NORM and g_ptr is None:
+    if HAS_NORM and LAYER_NORM:
+        y = (x.to(tl.float32) - mean[:, None]) * rstd[:, None]
+        if g_ptr is not None:
+            y = y * tl.load(g_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)[None, :]
+        if nb_ptr is not None:
+            y += tl.load(nb_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)[None, :]
+        x = y.to(x.dtype)
+    elif HAS_NORM and g_ptr is None:
         x = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
     elif HAS_NORM:
         g = tl.load(g_ptr + ks, mask=ks < K, other=0.0)
@@ -86,7 +103,8 @@ def _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM: tl.c
 def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HAS_NORM: tl.constexpr,
                   QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, k_per_split=1,
                   SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0, z_ptr=None, z_rows=0,
-                  POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False, STAGE_Z: tl.constexpr = True):
+                  POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False, STAGE_Z: tl.constexpr = True,
+                  nb_ptr=None, LAYER_NORM: tl.constexpr = False):
     """xn[m, :] = rms_norm(x[m, :]) * g (HAS_NORM) for the rows offs_m < M (xn: rows of K contiguous elements);
     QUANT: then quantized per token to E4M3 as `act_quant_kernel` does (rs[m] = amax / 448, codes by the same
     integer encoder, bit-exact) and stored as the codes' fp16 values. Then a barrier: the caller's threads read
@@ -96,7 +114,8 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
     res None: without it) before the steps above; WRITE_Z: z is stored to z_ptr's rows below `z_rows` as well (M in
     one column tile, else 0). STAGE_Z (fp16 xn): z is written into xn by the pass that takes its rms, and the last
     pass reads it back in place: recomputing z there (a residual load beside xn's store) cost the sm_90 K loop 3-20
-    SASS instructions in ptxas' allocation; an E4M3 xn (`qlinear_decode_f8`) recomputes it."""
+    SASS instructions in ptxas' allocation; an E4M3 xn (`qlinear_decode_f8`) recomputes it. LAYER_NORM (not with
+    POST_NORM): the norm is a LayerNorm (bias `nb_ptr`), its statistics the dense prologue's (`prologue_stats`)."""
     mask_m = offs_m < M
     offs_k = tl.arange(0, BLOCK_K)
     k_lo, k_hi = 0, tl.cdiv(K, BLOCK_K)
@@ -104,6 +123,7 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
         k_lo, k_hi = split_range(k_hi, k_per_split)
     rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
     h_rstd = rstd
+    mean = rstd
     if POST_NORM:  # h's rms, then z tile by tile: its rms (the whole row), staged in this split's range of xn
         h_rstd = row_rstd(x_ptr, offs_m, mask_m, stride_xm, 1, K, post_eps, BLOCK_M, BLOCK_K)
         if HAS_NORM or STAGE_Z:
@@ -124,6 +144,9 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
                                  mask=mine & (offs_m < z_rows)[:, None])
             if HAS_NORM:
                 rstd = tl.rsqrt(ss / K + eps)
+    elif HAS_NORM and LAYER_NORM:  # mean, then the centred squares
+        _, mean, rstd = prologue_stats(x_ptr, None, None, offs_m, mask_m, stride_xm, 1, 0, 0, K, eps, 0.0, BLOCK_M,
+                                       BLOCK_K, True, True, False)
     elif HAS_NORM:
         rstd = row_rstd(x_ptr, offs_m, mask_m, stride_xm, 1, K, eps, BLOCK_M, BLOCK_K)
     s = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
@@ -132,7 +155,7 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
         for k0 in range(0, tl.cdiv(K, BLOCK_K)):
             ks = k0 * BLOCK_K + offs_k
             v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask_m[:, None] & (ks[None, :] < K), K, HAS_NORM,
-                          pres_ptr, pw_ptr, h_rstd, POST_NORM)
+                          pres_ptr, pw_ptr, h_rstd, POST_NORM, mean=mean, nb_ptr=nb_ptr, LAYER_NORM=LAYER_NORM)
             amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
         if QUANT == F16_SCALED:
             s = f16_row_scale(amax)
@@ -148,7 +171,7 @@ def prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HA
             ks = k0 * BLOCK_K + offs_k
             mask = mask_m[:, None] & (ks[None, :] < K)
             v = _row_tile(x_ptr, stride_xm, g_ptr, rstd, offs_m, ks, mask, K, HAS_NORM, pres_ptr, pw_ptr, h_rstd,
-                          POST_NORM and not STAGE_Z, z_ptr, z_rows, WRITE_Z and not STAGE_Z)
+                          POST_NORM and not STAGE_Z, z_ptr, z_rows, WRITE_Z and not STAGE_Z, mean, nb_ptr, LAYER_NORM)
             if QUANT == F16_SCALED:  # a power of two: exact
                 v = v * (1.0 / s[:, None])
             elif QUANT:
@@ -181,19 +204,26 @@ def f16_row_scale(amax):
 
 @triton.jit
 def rms_norm_rows_kernel(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, M, K, BLOCK_M: tl.constexpr,
-                         BLOCK_K: tl.constexpr, HAS_NORM: tl.constexpr = True, QUANT: tl.constexpr = 0):
-    """`prologue_rows` of BLOCK_M rows per program: the norm, and (QUANT F16_SCALED) bf16 rows to scaled fp16."""
+                         BLOCK_K: tl.constexpr, HAS_NORM: tl.constexpr = True, QUANT: tl.constexpr = 0, nb_ptr=None,
+                         LAYER_NORM: tl.constexpr = False):
+    """`prologue_rows` of BLOCK_M rows per program: the norm (LAYER_NORM: a LayerNorm), and (QUANT F16_SCALED) bf16
+    rows to scaled fp16."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HAS_NORM, QUANT, BLOCK_M, BLOCK_K)
+    prologue_rows(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, offs_m, M, K, HAS_NORM, QUANT, BLOCK_M, BLOCK_K,
+                  nb_ptr=nb_ptr, LAYER_NORM=LAYER_NORM)
 
 
-def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: bool, gate: str = "silu") -> None:
-    """The fused operands of `qlinear_w4_decode`: a norm weight [K], an even row count and no bias or activation
-    with swiglu (the epilogue replaces them), a gated activation `gate`."""
+def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: bool, gate: str = "silu",
+                  layer: tuple | None = None, post: bool = False) -> None:
+    """The fused operands of `qlinear_w4_decode`: a norm weight [K] (a LayerNorm's bias too, `layer`; not after a
+    post-norm step), an even row count and no bias or activation with swiglu (the epilogue replaces them), a gated
+    activation `gate`."""
     if gate not in GATED_ACTIVATIONS:
         raise ShapeError(f"qlinear_w4_decode: unknown gated activation gate={gate!r}; use one of {GATED_ACTIVATIONS}")
     if norm is not None and norm[0] is not None and tuple(norm[0].shape) != (K,):
         raise ShapeError(f"qlinear_w4_decode norm weight must have shape ({K},), got {tuple(norm[0].shape)}")
+    if layer and ((layer[0] is not None and tuple(layer[0].shape) != (K,)) or post):
+        raise ShapeError(f"qlinear_w4_decode layer_norm takes a bias of shape ({K},) or None, and no post_norm")
     if swiglu and (n_rows % 2 or not plain):
         raise ShapeError(f"qlinear_w4_decode swiglu needs interleaved [gate; up] rows (an even count, got {n_rows}) "
                          "and no bias or activation")
@@ -209,7 +239,7 @@ _PLAIN = dict(norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM=False, QUANT_X=0)
 
 def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bool, programs: int, bk: int,
              ws: Workspace | None, splits: int = 1, more: tuple = (), fp8: bool = False,
-             post: tuple | None = None, z: torch.Tensor | None = None
+             post: tuple | None = None, z: torch.Tensor | None = None, layer: tuple | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, dict, list[torch.Tensor]]:
     """(x as the K loop's kernel argument, the per-token scales (w4a8-fp's, or bf16 x's; None without them), the
     prologue's kernel arguments, the caller's `more` scratch). M <= 16: the kernel normalises (`norm`) and quantizes
@@ -219,8 +249,10 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
     row-kernel launch for the norm (and bf16's scaling), then `quantize_activations` for FP4 (the codes' values in
     fp16; `fp8`: the codes as E4M3 bytes, at any M, for `qlinear_decode_f8`). `post=(res, w, eps)`: x is h and the
     GEMM's input z = res + rms_norm(h, w) (the post-norm step, `check_post_norm`), written to `z` [M, K]
-    (contiguous) if given: in the kernel at M <= 16 (z by the first column tile), else `post_norm_rows` first."""
+    (contiguous) if given: in the kernel at M <= 16 (z by the first column tile), else `post_norm_rows` first.
+    `layer=(bias or None,)`: `norm` is a LayerNorm with that bias (weight and bias each optional)."""
     M, K = x2d.shape
+    ln = dict(nb_ptr=layer[0].contiguous() if layer[0] is not None else None, LAYER_NORM=True) if layer else {}
     quant = quant_mode(fp4, x2d.dtype == torch.bfloat16)
     scaled = quant == F16_SCALED.value
     if M <= DECODE_ROWS:
@@ -230,7 +262,7 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
                                  ((programs * splits, M), torch.float32), *more)
         return x2d, rs if quant else None, dict(
             norm_ptr=norm[0].contiguous() if norm and norm[0] is not None else None, xn_ptr=xn, eps=float(norm[1]) if norm else 0.0,
-            HAS_NORM=norm is not None, QUANT_X=quant, **_post_args(post, z, M, K)), extra
+            HAS_NORM=norm is not None, QUANT_X=quant, **_post_args(post, z, M, K), **ln), extra
     if more or splits > 1:
         raise ShapeError(f"the decode prologue splits K at M <= {DECODE_ROWS} rows only (got {M})")
     rows = norm is not None or scaled  # a row-kernel launch: the norm, bf16 to scaled fp16
@@ -250,7 +282,7 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
         rms_norm_rows_kernel[(triton.cdiv(M, PREFILL_ROWS),)](
             x2d, x2d.stride(0), xn, rs, norm[0].contiguous() if norm and norm[0] is not None else None,
             float(norm[1]) if norm else 0.0, M, K, BLOCK_M=PREFILL_ROWS, BLOCK_K=bk, HAS_NORM=norm is not None,
-            QUANT=quant if scaled else 0)
+            QUANT=quant if scaled else 0, **ln)
         x2d, rs = xn, rs if scaled else None
     if fp4:
         codes, rs = quantize_activations(x2d, "f8e4m3")
