@@ -219,7 +219,7 @@ def w4_f8_decode_spec(N: int, K: int, group: int = 32, *, M: int = 1, arch: int 
     sig.update(norm_ptr="*fp16") if norm else const.update(norm_ptr=None)
     sig.update(xn_ptr="*fp8e4nv") if quant else const.update(xn_ptr=None)
     post = post_norm and quant  # the post-norm step in the prologue, z stored (prefill: a row kernel first)
-    const.update(POST_NORM=post, WRITE_Z=post)
+    const.update(POST_NORM=post, WRITE_Z=post, nb_ptr=None, LAYER_NORM=False)
     for name in ("pres_ptr", "pw_ptr", "z_ptr"):
         sig.update({name: "*fp16"}) if post else const.update({name: None})
     sig.update(post_eps="fp32", **{f"act_p{i}": "fp32" for i in range(4)})
