@@ -39,6 +39,28 @@ def test_layer_norm_prologue_matches_reference(scheme, fp8, M, weight, bias, spl
     assert y.shape == (M, N) and (y.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
 
 
+def _truncated(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> bf16 as Triton's interpreter converts (truncation; a GPU rounds to nearest), kept as fp32."""
+    return (t.float().view(torch.int32) & -65536).view(torch.float32)
+
+
+@pytest.mark.parametrize("scheme,fp8", [("w4a16-int4", False), ("w4a8-fp", False), ("w4a8-fp", True)])
+@pytest.mark.parametrize("M", [3, 40])
+def test_bf16_layer_norm_is_exact(scheme, fp8, M):
+    """bf16 rows (scaled into fp16 / quantized to E4M3 in the prologue): the same numbers as the LayerNorm computed in
+    fp32 and rounded once to bf16, then the reference GEMM, rounding as the interpreter does."""
+    torch.manual_seed(M)
+    w = encode_weight(torch.randn(N, K), scheme, group=GROUP)
+    x, g, b = (torch.randn(M, K) * 3 + 1).bfloat16(), (torch.rand(K) + 0.5).bfloat16(), torch.randn(K).bfloat16()
+    y = qlinear_w4_decode(x, to_decode_layout(w, fp8=fp8), layer_norm=(g, b, 1e-5))
+    xf = x.float()
+    mean = xf.mean(-1, keepdim=True)
+    xn = _truncated((xf - mean) * torch.rsqrt(((xf - mean) ** 2).mean(-1, keepdim=True) + 1e-5) * g.float() + b.float())
+    act = "f8e4m3" if scheme == "w4a8-fp" else None
+    ref = _truncated(qlinear_ref(xn, decode_weight(w), None, scheme=scheme, act_format=act, group=GROUP, lorc_rank=0))
+    assert y.dtype == torch.bfloat16 and torch.equal(y.float(), ref)
+
+
 def test_layer_norm_operands_are_checked():
     w = to_decode_layout(encode_weight(torch.randn(16, 64), "w4a16-int4", group=64))
     x, ones = torch.randn(2, 64).half(), torch.ones(64).half()
