@@ -238,7 +238,7 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
             cw_v.attrs["format"], cw_v.attrs["block"]) or ((aq is not None or nv is not None or dv != d)
                                                           and fmt[0] != "dense"):
         return None
-    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *transposes, *scaled[:1], *v_mul[:1],
+    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *transposes, *(scaled[2] if scaled else []), *v_mul[:1],
            cw_k, cw_v]
     return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0],
                     post[0].result if post else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
@@ -259,17 +259,27 @@ def _v_scale(v: Value, graph: Graph) -> tuple[Op, float] | tuple[()]:
     return m, scalar_value(graph, c)
 
 
-def _q_scale(q: Value, graph: Graph, seq_dim: int = 2) -> tuple[Op, Value] | tuple[()]:
-    """(the mul, t) of q's only use mul(q, t) with t a per-token scale of q's dtype, [B or 1, 1, S, 1] (Ministral3's
-    position-dependent q scaling after RoPE) or with S at `seq_dim` 1, [B or 1, S, 1, 1] (Llama 4's attention
-    temperature on q before its head transpose), else ()."""
+def _q_scale(q: Value, graph: Graph, seq_dim: int = 2) -> tuple[Op, Value, list[Op]] | tuple[()]:
+    """(the op giving scaled q, t, the ops) of q's only use mul(q, t) with t a per-token scale, [B or 1, 1, S, 1]
+    (Ministral3's position-dependent q scaling after RoPE) or with S at `seq_dim` 1, [B or 1, S, 1, 1] (Llama 4's
+    attention temperature on q before its head transpose), of q's dtype, or fp32 with the product cast back to q's
+    dtype (Llama 4 in 16 bits: the same math as the template's, a product in fp32 rounded once), else ()."""
     m = only_use(q, graph, "mul")
     t = mul_by(m, q) if m is not None else None
-    if t is None or m.result.type != q.type or t.type.dtype != q.type.dtype or t.type.rank != 4:
+    if t is None or t.type.rank != 4 or m.result.type.shape != q.type.shape:
+        return ()
+    ops = [m]
+    if t.type.dtype != q.type.dtype:  # fp32 t: mul(q, t) in fp32, cast back to q's dtype
+        back = only_use(m.result, graph, "cast")
+        if t.type.dtype != DType.f32 or m.result.type.dtype != DType.f32 or back is None or back.result.type != q.type:
+            return ()
+        ops.append(back)
+    elif m.result.type != q.type:
         return ()
     b, *rest = t.type.shape
     ones = [n for i, n in enumerate(rest, 1) if i != seq_dim]
-    return (m, t) if ones == [1, 1] and rest[seq_dim - 1] == q.type.shape[seq_dim] and b in (1, q.type.shape[0]) else ()
+    ok = ones == [1, 1] and rest[seq_dim - 1] == q.type.shape[seq_dim] and b in (1, q.type.shape[0])
+    return (ops[-1], t, ops) if ok else ()
 
 
 def rope_sites(graph: Graph) -> list[RopeSite]:

@@ -181,18 +181,21 @@ class _TemperedNoPE(torch.nn.Module):
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
-def test_q_scaled_before_the_transpose_is_the_sites_q_scale():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_q_scaled_before_the_transpose_is_the_sites_q_scale(dtype):
     """Llama 4's NoPE layers: the per-token q scale on [B, S, H, D] before the transpose is the site's q_scale read as
-    [B, S, 1, 1] (`heads_last`, no tables); the template against torch."""
+    [B, S, 1, 1] (`heads_last`, no tables); in 16 bits the scale stays fp32 and the product is cast back (one rounding,
+    the template's); the template against torch."""
     torch.manual_seed(0)
-    g, site = rope_site_graph(_TemperedNoPE().eval(), torch.randn(B, S, 32), torch.tensor([0, 5, 9]))
+    m = _TemperedNoPE().eval().to(dtype)
+    g, site = rope_site_graph(m, torch.randn(B, S, 32, dtype=dtype), torch.tensor([0, 5, 9]))
     assert site.cos is None and site.q_scale is not None and site.heads_last
     assert tuple(site.q_scale.type.shape) == (1, S, 1, 1)
-    qkv, pos, L = torch.randn(B, S, (HQ + 2 * HKV) * D), torch.tensor([2, 0, 4]), 6
-    scale = torch.tensor([1.5, 0.5, 2.0]).view(1, S, 1, 1)
-    kc, vc = torch.zeros(B, HKV, L, D), torch.zeros(B, HKV, L, D)
+    qkv, pos, L = torch.randn(B, S, (HQ + 2 * HKV) * D).to(dtype), torch.tensor([2, 0, 4]), 6
+    scale = torch.tensor([1.5, 0.5, 2.0 + 2 ** -12]).view(1, S, 1, 1)  # fp32 (2 + 2^-12 is no fp16 number)
+    kc, vc = torch.zeros(B, HKV, L, D, dtype=dtype), torch.zeros(B, HKV, L, D, dtype=dtype)
     q, _, _ = rope_cache(qkv, None, None, pos, kc, vc, q_heads=HQ, kv_heads=HKV, head_dim=D, q_scale=scale,
                          heads_last=True)
     heads = qkv.reshape(B, S, -1, D)
-    assert torch.equal(q, (heads[:, :, :HQ] * scale).transpose(1, 2))
+    assert torch.equal(q, (heads[:, :, :HQ].float() * scale).to(dtype).transpose(1, 2))
     assert torch.equal(kc[:, :, pos], heads[:, :, HQ:HQ + HKV].transpose(1, 2))
