@@ -238,8 +238,8 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
             cw_v.attrs["format"], cw_v.attrs["block"]) or ((aq is not None or nv is not None or dv != d)
                                                           and fmt[0] != "dense"):
         return None
-    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *transposes, *(scaled[2] if scaled else []), *v_mul[:1],
-           cw_k, cw_v]
+    ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *transposes,
+           *(scaled[2] if scaled else []), *v_mul[:1], cw_k, cw_v]
     return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0],
                     post[0].result if post else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
                     rq.rotary_dim, rq.interleaved, rq.pair_tables, nq is not None and nq.fp32, norm_after=aq is not None,
