@@ -149,7 +149,8 @@ def _sink_source(col: Value, heads: int) -> Value | None:
 def _is_shift_by_max(g: Graph, maxv: Value, cat: Value, sub: Op) -> bool:
     """maxv is max_dim(cat, last dim, keepdim)'s values, read by `sub` only; its indices unused."""
     m = maxv.producer
-    return (m is not None and m.opcode == "max_dim" and m.operands[0] is cat and m.attrs["dim"] in (cat.type.rank - 1, -1)
+    last = (cat.type.rank - 1, -1)
+    return (m is not None and m.opcode == "max_dim" and m.operands[0] is cat and m.attrs["dim"] in last
             and m.attrs["keepdim"] and m.results[0] is maxv and maxv.uses == [sub] and not m.results[1].uses
             and not any(r is o for r in m.results for o in g.outputs))
 

@@ -45,7 +45,8 @@ DEFAULT_BLOCK = 32
 
 def token_bytes(site: AttentionSite, fmt: str, block: int) -> int:
     """Bytes one token's K and V take in the cache of this attention, measured from the packed form."""
-    return sum(pack_kv(torch.zeros(1, site.kv_heads, 1, d), fmt, block).nbytes for d in (site.head_dim, site.v_head_dim))
+    dims = (site.head_dim, site.v_head_dim)
+    return sum(pack_kv(torch.zeros(1, site.kv_heads, 1, d), fmt, block).nbytes for d in dims)
 
 
 def _cache_writes(graph: Graph, site: AttentionSite) -> list | None:

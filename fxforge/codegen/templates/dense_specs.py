@@ -99,7 +99,8 @@ def attention_spec(dtype: str, Lq: int, Lk: int, D: int, *, causal: bool = False
                "stride_vn", "stride_mb", "stride_mh", "stride_mm", "stride_ob", "stride_oh", "stride_om"]
     sig.update({s: "i32" for s in strides}, sinks_ptr=f"*{t}")  # sinks_ptr: out when no sinks (never read)
     const = {"stride_qd": 1, "stride_kd": 1, "stride_vd": 1, "stride_mn": 1, "stride_od": 1,
-             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "BLOCK_DV": cfg["BLOCK_DV"],
+             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"],
+             "BLOCK_DV": cfg["BLOCK_DV"],
              "DV_APART": bool(dv) and dv != D,
              "IS_CAUSAL": causal, "MASK_KIND": mask, "SOFTCAP": softcap, "HAS_SINKS": sinks, "UPCAST": False,
              "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32"}
