@@ -7,7 +7,9 @@ q [..., Hq, Lq, D], k/v [..., Hkv, Lk, D]; mask (optional) broadcasts to the sco
 exactly as HF's eager attention computes it:
 - `softcap` (Gemma2): scores tanh(s / cap) * cap after the scale, before the mask;
 - `sinks=true` (GPT-OSS's attention sinks): the last operand is a learned logit per query head [Hq] that
-  joins the softmax's denominator only: p = softmax([scores, sink])[..., :Lk] (the sink's column dropped).
+  joins the softmax's denominator only: p = softmax([scores, sink])[..., :Lk] (the sink's column dropped);
+- `upcast=true` (Flint in 16 bits): the scores are computed in fp32 from q and k cast up, the mask added in fp32,
+  p cast back to q's dtype for p @ v (the templates' dot already accumulates 16-bit q.k in fp32).
 
 Decisions:
 - The sinks are flagged by an attribute, not found by position: with the mask absent a 4th operand would
@@ -57,19 +59,21 @@ def wide_head(op) -> str | None:
     return f"attention: head dim {d} is over the templates' {MAX_TEMPLATE_HEAD_DIM}: host torch"
 
 
-def _attention(q, k, v, *extra, scale, is_causal, enable_gqa, softcap=None, sinks=False):
+def _attention(q, k, v, *extra, scale, is_causal, enable_gqa, softcap=None, sinks=False, upcast=False):
     mask, sink = _split_extras(extra, sinks)
-    if softcap is None and sink is None:
+    if softcap is None and sink is None and not upcast:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
                                               enable_gqa=enable_gqa)
-    return _eager_attention(q, k, v, mask, scale, is_causal, enable_gqa, softcap, sink)
+    return _eager_attention(q, k, v, mask, scale, is_causal, enable_gqa, softcap, sink, upcast)
 
 
-def _eager_attention(q, k, v, mask, scale, is_causal, enable_gqa, softcap, sinks):
-    """sdpa with HF's eager extras (module docstring), op for op in q's dtype, softmax in fp32."""
+def _eager_attention(q, k, v, mask, scale, is_causal, enable_gqa, softcap, sinks, upcast=False):
+    """sdpa with HF's eager extras (module docstring), op for op in q's dtype (`upcast`: the scores in fp32),
+    softmax in fp32."""
     if enable_gqa:
         k, v = (t.repeat_interleave(q.shape[-3] // t.shape[-3], -3) for t in (k, v))
-    s = torch.matmul(q, k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    qs, ks = (q.float(), k.float()) if upcast else (q, k)
+    s = torch.matmul(qs, ks.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
     if softcap is not None:
         s = torch.tanh(s / softcap) * softcap
     if is_causal:
@@ -97,7 +101,7 @@ def _attention_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[Ten
 
 
 register(OpDef("attention", (3, 5), {"scale": None, "is_causal": False, "enable_gqa": False, "softcap": None,
-                                     "sinks": False},
+                                     "sinks": False, "upcast": False},
                _attention_infer, _attention, "composite",
                "scaled dot-product attention: attention(q, k, v, mask?, sinks?); softcap: scores tanh(s / cap) * cap "
                "before the mask; sinks=true: the last operand [Hq] joins the softmax denominator only",

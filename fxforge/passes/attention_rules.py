@@ -96,15 +96,35 @@ def _key(kt: Value) -> Value | None:
     return p.operands[0]
 
 
-def _mask_fits(mask: Value, scores: Value) -> bool:
+def _mask_fits(mask: Value, scores: Value, q_dtype: DType | None = None) -> bool:
+    """An additive mask of the scores' dtype (or, upcast scores, of q's: added exactly in fp32) broadcasting to them."""
     shape, to = mask.type.shape, scores.type.shape
-    return mask.type.dtype == scores.type.dtype and len(shape) <= len(to) and all(a == 1 or dims_match(a, b) for a, b in zip(shape[::-1], to[::-1]))
+    return mask.type.dtype in (scores.type.dtype, q_dtype) and len(shape) <= len(to) and all(
+        a == 1 or dims_match(a, b) for a, b in zip(shape[::-1], to[::-1]))
+
+
+def _up_from(v: Value | None) -> Value | None:
+    """x when v = cast(x, f32) with x a 16-bit float, else None."""
+    p = v.producer if v is not None else None
+    ok = p is not None and p.opcode == "cast" and v.type.dtype == DType.f32
+    return p.operands[0] if ok and p.operands[0].type.dtype.is_float and p.operands[0].type.dtype.bits == 16 else None
+
+
+def _upcast_qk(q: Value, kt: Value) -> tuple[Value, Value] | None:
+    """(q16, k16) when the scores are matmul(cast(q16, f32), k16 cast to f32 and transposed, in either order), else
+    None (Flint's scores in fp32 from 16-bit q and k)."""
+    q16 = _up_from(q)
+    k16 = _up_from(_key(kt)) if _key(kt) is not None else _key(_up_from(kt)) if _up_from(kt) is not None else None
+    return (q16, k16) if q16 is not None and k16 is not None and q16.type.dtype == k16.type.dtype else None
 
 
 def _attention_args(op: Op, b: dict[str, Value], softmax: Op) -> tuple[list[Value], dict] | None:
-    """([q, k, v, mask?], {scale, softcap}) of a matched eager attention rooted at `op` (p @ v), or None."""
+    """([q, k, v, mask?], {scale, softcap[, upcast]}) of a matched eager attention rooted at `op` (p @ v), or None."""
     q, v, qk = b["q"], b["v"], b["qk"]
     k = _key(b["kt"])
+    up = _upcast_qk(q, b["kt"]) if q.type.dtype != v.type.dtype else None
+    if up is not None:
+        q, k = up
     if k is None or any(t.type.rank != 4 for t in (q, k, v)) or not q.type.dtype.is_float:
         return None
     if len({t.type.dtype for t in (q, k, v)}) != 1 or op.result.type.dtype != q.type.dtype:
@@ -122,9 +142,10 @@ def _attention_args(op: Op, b: dict[str, Value], softmax: Op) -> tuple[list[Valu
     cap = _scalar(b["cap"]) if "cap" in b else None
     if scale is None or ("cap" in b and (not cap or cap != _scalar(b["cap_out"]))):
         return None
-    if "mask" in b and not _mask_fits(b["mask"], qk):
+    if "mask" in b and not _mask_fits(b["mask"], qk, q.type.dtype if up is not None else None):
         return None
-    return [q, k, v] + ([b["mask"]] if "mask" in b else []), {"scale": scale, "softcap": cap}
+    attrs = {"scale": scale, "softcap": cap, **({"upcast": True} if up is not None else {})}
+    return [q, k, v] + ([b["mask"]] if "mask" in b else []), attrs
 
 
 def _to_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
@@ -202,10 +223,13 @@ def _unshift(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return out
 
 
-def _sink_pattern(scale: str, softcap: bool, mask: bool, shifted: bool) -> Pattern:
+def _sink_pattern(scale: str, softcap: bool, mask: bool, shifted: bool, cast_out: bool = False) -> Pattern:
     cat = P.op("cat", _scores(scale, softcap, mask), P.any("sink_col"), name="cat", dim=lambda d: d in (3, -1))
     p = P.op("softmax", P.op("sub", cat, P.any("max"), single_use=True) if shifted else cat, single_use=True)
-    return P.op("matmul", P.op("slice", p, name="probs", single_use=True), P.any("v"))
+    probs = P.op("slice", p, name="probs", single_use=True)
+    if cast_out:  # fp32 scores from upcast q and k, p cast back to v's dtype (Flint in 16 bits)
+        probs = P.op("cast", probs, name="p", single_use=True)
+    return P.op("matmul", probs, P.any("v"))
 
 
 def _to_lse_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
@@ -257,7 +281,7 @@ ATTENTION_RULES: list[Rule] = [
     Rule(_pattern(*variant), _to_attention, "eager_attention" + "_softcap" * variant[1], single_use=True) for variant in _VARIANTS
 ] + [
     Rule(_sink_pattern(*variant), _to_sink_attention, "eager_attention_sinks")
-    for variant in itertools.product(("mul", "div", "none"), (True, False), (True, False), (True, False))
+    for variant in itertools.product(("mul", "div", "none"), (True, False), (True, False), (True, False), (False, True))
 ] + [Rule(P.op("softmax", P.op("sub", P.any("s"), P.any("max"), single_use=True)), _unshift, "softmax_unshift"),
       Rule(P.either(*(_lse_sink_pattern(*variant) for variant in _VARIANTS), check=_lse_scaled), _to_lse_sink_attention,
          "eager_attention_lse_sinks")]

@@ -166,3 +166,37 @@ def test_logsumexp_read_elsewhere_stays_written_out():
     g = lse_sink_graph(DType.f32, read_lse=True)
     Canonicalize().run(g, PassContext())
     assert "attention" not in g.op_counts()
+
+
+def upcast_sink_graph() -> Graph:
+    """Flint's eager attention in fp16 as captured: q and k cast to fp32 before the scores' matmul, the fp16 mask and
+    sink column joining the fp32 scores, softmax, the sink column dropped, p cast back to fp16 for p @ v."""
+    g = Graph()
+    q = g.add_input("q", TensorType((1, 4, S, 16), DType.f16))
+    k, v = (g.add_input(n, TensorType((1, 4, 24, 16), DType.f16)) for n in ("k", "v"))
+    m = g.add_input("mask", TensorType((1, 1, S, 24), DType.f16))
+    sinks = g.add_input("sinks", TensorType((4,), DType.f16))
+
+    def op(opcode, *xs, **attrs):
+        return g.add_op(opcode, list(xs), attrs).result
+
+    qk = op("matmul", op("cast", q, dtype=DType.f32), op("permute", op("cast", k, dtype=DType.f32), dims=(0, 1, 3, 2)))
+    s = op("add", op("mul", qk, op("full", shape=(), value=0.25, dtype=DType.f64)), m)
+    cat = op("cat", s, op("expand", op("reshape", sinks, shape=(1, 4, 1, 1)), shape=(1, 4, S, 1)), dim=3)
+    p = op("cast", op("slice", op("softmax", cat, dim=3), dim=3, start=0, end=24), dtype=DType.f16)
+    g.set_outputs([op("matmul", p, v)])
+    return g
+
+
+def test_upcast_scores_with_sinks_become_one_attention_op():
+    g = upcast_sink_graph()
+    xs = [t.half() for t in inputs(DType.f32)] + [torch.linspace(-1.0, 4.0, 4).half()]
+    want = evaluate(g, xs)[0]
+    Canonicalize().run(g, PassContext())
+    verify(g)
+    counts = g.op_counts()
+    assert counts.get("attention") == 1 and not {"softmax", "cat", "slice", "matmul"} & set(counts), counts
+    (att,) = g.find("attention")
+    assert att.attrs["upcast"] and att.attrs["sinks"] and att.operands[0] is g.inputs[0]  # q itself, not its cast
+    got = evaluate(g, xs)[0]
+    assert got.dtype == torch.float16 and torch.equal(got, want)  # the reference's chain is eager's, op for op
