@@ -72,19 +72,24 @@ def test_scores_read_elsewhere_stay_written_out():
     assert "attention" not in g.op_counts()
 
 
+def _sink_inputs(dtype: DType):
+    """A graph with inputs q [1, 4, S, 16], k, v [1, 4, 24, 16], an additive mask [1, 1, S, 24] and sinks [4] of
+    `dtype`, and a helper adding an op and returning its result."""
+    g = Graph()
+    shapes = {"q": (1, 4, S, 16), "k": (1, 4, 24, 16), "v": (1, 4, 24, 16), "mask": (1, 1, S, 24), "sinks": (4,)}
+    xs = [g.add_input(n, TensorType(shape, dtype)) for n, shape in shapes.items()]
+
+    def op(opcode, *args, **attrs):
+        return g.add_op(opcode, list(args), attrs).result
+
+    return g, xs, op
+
+
 def sink_graph(use_indices: bool = False, shifted: bool = True) -> Graph:
     """GPT-OSS's eager attention with sinks as captured (its GQA head repeat aside): the sink column [1, 4, s, 1]
     joins the masked scores, the row max is subtracted (not by Flint: `shifted` False), softmax, the sink column
     dropped."""
-    g = Graph()
-    q = g.add_input("q", TensorType((1, 4, S, 16), DType.f32))
-    k, v = (g.add_input(n, TensorType((1, 4, 24, 16), DType.f32)) for n in ("k", "v"))
-    m = g.add_input("mask", TensorType((1, 1, S, 24), DType.f32))
-    sinks = g.add_input("sinks", TensorType((4,), DType.f32))
-
-    def op(opcode, *xs, **attrs):
-        return g.add_op(opcode, list(xs), attrs).result
-
+    g, (q, k, v, m, sinks), op = _sink_inputs(DType.f32)
     s = op("add", op("mul", op("matmul", q, op("permute", k, dims=(0, 1, 3, 2))), op("full", shape=(), value=0.25, dtype=DType.f64)), m)
     col = op("expand", op("reshape", sinks, shape=(1, 4, 1, 1)), shape=(1, 4, S, 1))
     cat = op("cat", s, col, dim=3)
@@ -171,15 +176,7 @@ def test_logsumexp_read_elsewhere_stays_written_out():
 def upcast_sink_graph() -> Graph:
     """Flint's eager attention in fp16 as captured: q and k cast to fp32 before the scores' matmul, the fp16 mask and
     sink column joining the fp32 scores, softmax, the sink column dropped, p cast back to fp16 for p @ v."""
-    g = Graph()
-    q = g.add_input("q", TensorType((1, 4, S, 16), DType.f16))
-    k, v = (g.add_input(n, TensorType((1, 4, 24, 16), DType.f16)) for n in ("k", "v"))
-    m = g.add_input("mask", TensorType((1, 1, S, 24), DType.f16))
-    sinks = g.add_input("sinks", TensorType((4,), DType.f16))
-
-    def op(opcode, *xs, **attrs):
-        return g.add_op(opcode, list(xs), attrs).result
-
+    g, (q, k, v, m, sinks), op = _sink_inputs(DType.f16)
     qk = op("matmul", op("cast", q, dtype=DType.f32), op("permute", op("cast", k, dtype=DType.f32), dims=(0, 1, 3, 2)))
     s = op("add", op("mul", qk, op("full", shape=(), value=0.25, dtype=DType.f64)), m)
     cat = op("cat", s, op("expand", op("reshape", sinks, shape=(1, 4, 1, 1)), shape=(1, 4, S, 1)), dim=3)
