@@ -82,12 +82,12 @@ def tiling() -> int:
         s = {v[p] for p in SLOTS}
         return None if -1 in s or len(s) < 8 else s
 
-    found, base = 0, slots(W)
-    for v1 in shifts(W):
+    found, base, of_w = 0, slots(W), shifts(W)
+    for v1 in of_w:
         s1 = slots(v1)
         if s1 is None or s1 & base:
             continue
-        for v2 in shifts(W) + shifts(v1) + funnels(W, v1) + funnels(v1, W):
+        for v2 in of_w + shifts(v1) + funnels(W, v1) + funnels(v1, W):
             s2 = slots(v2)
             if s2 is None or s2 & (base | s1):
                 continue

@@ -14,8 +14,7 @@ soft-capping) captures as
 GPT-OSS's attention sinks (a learned logit per head [Hq] that joins the softmax's denominator only):
 
     s = cat(s, expand(reshape(sinks, [1, Hq, 1, 1]), [b, Hq, Lq, 1]), dim=3)
-    p = slice(softmax(sub(s, max_dim(s, dim=-1, keepdim=True)[0])), dim=3, end=Lk)   # the sink column dropped
-        (or slice(softmax(s)): the same without the shift, as Flint writes it)
+    p = slice(softmax(s), dim=3, end=Lk)   # the sink column dropped (GPT-OSS's shift by the row max: below)
  -> o = attention(q, k, v, mask?, sinks) {scale, softcap, sinks=true}
 
 Granite-SWA's sinks, the same function written as a scale on the output (softmax(s) @ v times
@@ -25,9 +24,9 @@ sum(e^s) / (sum(e^s) + e^sink)):
         (fp16: the softmax between casts as above, the sigmoid of the difference cast to fp32 and back)
  -> o = attention(q, k, v, mask?, sinks) {scale, softcap, sinks=true}
 
-A softmax of scores shifted by their row max (MiMo-V2-Flash's eager attention, with or without sinks) is the
-softmax of the scores (`softmax_unshift`: softmax(sub(s, max_dim(s, -1, keepdim)[0])) -> softmax(s), the max
-read by the sub only), so the forms above match it too;
+A softmax of scores shifted by their row max (GPT-OSS's and MiMo-V2-Flash's eager attention) is the softmax of the
+scores (`softmax_unshift`: softmax(sub(s, max_dim(s, -1, keepdim)[0])) -> softmax(s), the max read by the sub only,
+its indices by nobody), so the forms above match it too;
 
 so it runs as one flash-attention / flash-decoding kernel instead of two bmm and a softmax with the
 scores in memory; the soft-cap is the op's `softcap` attribute (the templates apply it at the score
@@ -39,10 +38,9 @@ Decisions:
 - The cap is read from the `full`s the div and mul take; both must hold the same number. Only an
   additive float mask of q's dtype whose dims are 1 or the scores' is taken (the templates' contract).
 - The head repeat (HF's repeat_kv) stays in the operands: `gqa_attention` takes it into the op.
-- Sinks: the max subtraction is dropped (softmax is shift-invariant; the templates' online softmax keeps
-  its own running max). The scores `cat` is read by the sub and the max_dim only, the max's indices by
-  nobody; the sink column may be any reshape/expand chain of a tensor of Hq numbers (views, not checked
-  for single use).
+- A max subtraction is dropped (softmax is shift-invariant; the templates' online softmax keeps its own running
+  max). The sinks' scores `cat` is read by the softmax only; the sink column may be any reshape/expand chain of a
+  tensor of Hq numbers (views, not checked for single use).
 - logsumexp is matched as the `extern` the frontend leaves it as (its last dim, no keepdim); the scores are
   read by it and the softmax only.
 """
@@ -56,7 +54,7 @@ import torch
 
 from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
-from fxforge.passes.moe_match import op_of, src
+from fxforge.passes.moe_match import op_of, src, upcast_src
 from fxforge.passes.rewriter import P, Pattern, Rule, dims_match, same_type
 
 
@@ -103,19 +101,13 @@ def _mask_fits(mask: Value, scores: Value, q_dtype: DType | None = None) -> bool
         a == 1 or dims_match(a, b) for a, b in zip(shape[::-1], to[::-1]))
 
 
-def _up_from(v: Value | None) -> Value | None:
-    """x when v = cast(x, f32) with x a 16-bit float, else None."""
-    p = v.producer if v is not None else None
-    ok = p is not None and p.opcode == "cast" and v.type.dtype == DType.f32
-    return p.operands[0] if ok and p.operands[0].type.dtype.is_float and p.operands[0].type.dtype.bits == 16 else None
-
-
 def _upcast_qk(q: Value, kt: Value) -> tuple[Value, Value] | None:
     """(q16, k16) when the scores are matmul(cast(q16, f32), k16 cast to f32 and transposed, in either order), else
     None (Flint's scores in fp32 from 16-bit q and k)."""
-    q16 = _up_from(q)
-    k16 = _up_from(_key(kt)) if _key(kt) is not None else _key(_up_from(kt)) if _up_from(kt) is not None else None
-    return (q16, k16) if q16 is not None and k16 is not None and q16.type.dtype == k16.type.dtype else None
+    k = _key(kt)
+    q16, k16 = upcast_src(q), upcast_src(k) if k is not None else _key(upcast_src(kt))
+    ok = q16 is not q and k16 is not None and q16.type.dtype == k16.type.dtype and q16.type.dtype.bits == 16
+    return (q16, k16) if ok else None
 
 
 def _attention_args(op: Op, b: dict[str, Value], softmax: Op) -> tuple[list[Value], dict] | None:
@@ -167,11 +159,11 @@ def _sink_source(col: Value, heads: int) -> Value | None:
     return v if v.type.dtype.is_float and v.type.numel() == heads else None
 
 
-def _is_shift_by_max(g: Graph, maxv: Value, cat: Value, sub: Op) -> bool:
-    """maxv is max_dim(cat, last dim, keepdim)'s values, read by `sub` only; its indices unused."""
+def _is_shift_by_max(g: Graph, maxv: Value, s: Value, sub: Op) -> bool:
+    """maxv is max_dim(s, last dim, keepdim)'s values, read by `sub` only; its indices unused."""
     m = maxv.producer
-    last = (cat.type.rank - 1, -1)
-    return (m is not None and m.opcode == "max_dim" and m.operands[0] is cat and m.attrs["dim"] in last
+    last = (s.type.rank - 1, -1)
+    return (m is not None and m.opcode == "max_dim" and m.operands[0] is s and m.attrs["dim"] in last
             and m.attrs["keepdim"] and m.results[0] is maxv and maxv.uses == [sub] and not m.results[1].uses
             and not any(r is o for r in m.results for o in g.outputs))
 
@@ -191,24 +183,13 @@ def _sink_args(op: Op, b: dict[str, Value], softmax: Op, view: Value) -> tuple[l
 def _to_sink_attention(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     sl, cat = b["probs"].producer, b["cat"]
     softmax = sl.operands[0].producer
-    sub = softmax.operands[0].producer if softmax.operands[0] is not cat else None  # None: softmax of the cat itself
     qk, heads = b["qk"], b["q"].type.shape[1]
-    readers = ["max_dim", "sub"] if sub is not None else ["softmax"]
-    if not isinstance(heads, int) or sorted(u.opcode for u in cat.uses) != readers or any(cat is o for o in g.outputs):
-        return None
-    if sub is not None and not _is_shift_by_max(g, sub.operands[1], cat, sub):
+    if not isinstance(heads, int) or [u.opcode for u in cat.uses] != ["softmax"] or any(cat is o for o in g.outputs):
         return None
     if sl.attrs["dim"] not in (3, -1) or sl.attrs["start"] != 0 or sl.attrs["step"] != 1 or not dims_match(sl.result.type.shape[3], qk.type.shape[3]):
         return None
     args = _sink_args(op, b, softmax, cat.producer.operands[1])
-    if args is None:
-        return None
-    out = g.insert_before(op, "attention", *args).result
-    if sub is not None:  # drop the max: the shift's sub (erased with the match) then reads the cat alone; the cat dies
-        maxv = sub.operands[1]
-        g.set_operand(sub, 1, cat)
-        g.erase(maxv.producer)
-    return out
+    return None if args is None else g.insert_before(op, "attention", *args).result
 
 
 def _unshift(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
@@ -223,9 +204,9 @@ def _unshift(g: Graph, op: Op, b: dict[str, Value]) -> Value | None:
     return out
 
 
-def _sink_pattern(scale: str, softcap: bool, mask: bool, shifted: bool, cast_out: bool = False) -> Pattern:
+def _sink_pattern(scale: str, softcap: bool, mask: bool, cast_out: bool) -> Pattern:
     cat = P.op("cat", _scores(scale, softcap, mask), P.any("sink_col"), name="cat", dim=lambda d: d in (3, -1))
-    p = P.op("softmax", P.op("sub", cat, P.any("max"), single_use=True) if shifted else cat, single_use=True)
+    p = P.op("softmax", cat, single_use=True)  # (a shift by the row max: `softmax_unshift` took it off first)
     probs = P.op("slice", p, name="probs", single_use=True)
     if cast_out:  # fp32 scores from upcast q and k, p cast back to v's dtype (Flint in 16 bits)
         probs = P.op("cast", probs, name="p", single_use=True)
@@ -281,7 +262,7 @@ ATTENTION_RULES: list[Rule] = [
     Rule(_pattern(*variant), _to_attention, "eager_attention" + "_softcap" * variant[1], single_use=True) for variant in _VARIANTS
 ] + [
     Rule(_sink_pattern(*variant), _to_sink_attention, "eager_attention_sinks")
-    for variant in itertools.product(("mul", "div", "none"), (True, False), (True, False), (True, False), (False, True))
+    for variant in itertools.product(("mul", "div", "none"), (True, False), (True, False), (False, True))
 ] + [Rule(P.op("softmax", P.op("sub", P.any("s"), P.any("max"), single_use=True)), _unshift, "softmax_unshift"),
       Rule(P.either(*(_lse_sink_pattern(*variant) for variant in _VARIANTS), check=_lse_scaled), _to_lse_sink_attention,
          "eager_attention_lse_sinks")]

@@ -4,6 +4,7 @@ in-place externs of one), operand pairs, the gate / up halves of one product, th
 
 from __future__ import annotations
 
+from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Op, Value
 from fxforge.passes.rewriter import dims_match
 
@@ -38,6 +39,15 @@ def pairs(op: Op) -> list[tuple[Value, Value]]:
     """A binary op's operands in both orders."""
     a, b = op.operands
     return [(a, b), (b, a)]
+
+
+def upcast_src(v: Value) -> Value:
+    """v before casts to fp32 from a narrower float (exact: the router's fp32 logits of fp16 / bf16 weights, Flint's
+    fp32 attention scores of 16-bit q and k)."""
+    while (v.producer is not None and v.producer.opcode == "cast" and v.type.dtype == DType.f32
+           and v.producer.operands[0].type.dtype in (DType.f16, DType.bf16, DType.f32)):
+        v = v.producer.operands[0]
+    return v
 
 
 def gate_up_halves(g: Value, u: Value) -> tuple[Value, str] | None:

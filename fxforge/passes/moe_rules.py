@@ -31,10 +31,20 @@ from typing import Any
 
 import torch
 
-from fxforge.ir.dtypes import DType
 from fxforge.ir.graph import Graph, Op, Value
 from fxforge.ir.moe_ops import by_role
-from fxforge.passes.moe_match import ADD, DIV, VIEWS, gate_up_halves, is_const, op_of, pairs, src, weighted_norm
+from fxforge.passes.moe_match import (
+    ADD,
+    DIV,
+    VIEWS,
+    gate_up_halves,
+    is_const,
+    op_of,
+    pairs,
+    src,
+    upcast_src,
+    weighted_norm,
+)
 from fxforge.passes.moe_shared import shared_experts
 from fxforge.passes.rewriter import P, Rule, dims_match, same_type
 from fxforge.passes.xielu_rules import scalar_const, scalar_value
@@ -151,7 +161,7 @@ def _router(w: Value, e: Value) -> dict[str, Any] | None:
     vals, sm, gather = tk.results[0], op_of(w, "softmax"), op_of(w, "gather")
     if w is vals:  # topk of the scores
         scores = _scores(tk.operands[0])
-    elif sm is not None and _upcast_src(sm.operands[0]) is vals and not out["renorm"]:  # softmax of the top-k logits
+    elif sm is not None and upcast_src(sm.operands[0]) is vals and not out["renorm"]:  # softmax of the top-k logits
         if _scores(tk.operands[0]) is not None:
             return None  # softmax(topk(softmax(.))): not a router this op knows
         scores, out["renorm"] = ("softmax", tk.operands[0]), True
@@ -166,19 +176,11 @@ def _router(w: Value, e: Value) -> dict[str, Any] | None:
         return None
     out["score"], logits = scores
     lin = op_of(src(logits, ("cast",)), "linear")
-    params = [_upcast_src(v) for v in lin.operands[1:]] if lin is not None else []
+    params = [upcast_src(v) for v in lin.operands[1:]] if lin is not None else []
     if lin is None or not all(is_const(v) for v in params) or _always_ties(params, out["cb"]):
         return None
-    return dict(out, xr=src(_upcast_src(lin.operands[0]), ("reshape",)), wr=params[0],
+    return dict(out, xr=src(upcast_src(lin.operands[0]), ("reshape",)), wr=params[0],
                 br=params[1] if len(params) > 1 else None)
-
-
-def _upcast_src(v: Value) -> Value:
-    """v before casts to fp32 from a narrower float (exact: the router's fp32 logits of fp16 / bf16 weights)."""
-    while (v.producer is not None and v.producer.opcode == "cast" and v.type.dtype == DType.f32
-           and v.producer.operands[0].type.dtype in (DType.f16, DType.bf16, DType.f32)):
-        v = v.producer.operands[0]
-    return v
 
 
 def _always_ties(params: list[Value], cb: Value | None) -> bool:

@@ -219,7 +219,7 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
         qk_norm, nq = (aq.weight, ak.weight, float(aq.op.attrs["eps"])), aq
     q, k = (aq.result, ak.result) if aq is not None else (rq.result, rk.result)
     pre = _q_scale(q, graph, seq_dim=1) if q_late else ()  # q scaled on [B, S, H, D] (Llama 4's NoPE layers)
-    q = pre[0].result if pre else q
+    q = pre[1][-1].result if pre else q
     transposes = [_head_transpose(v, graph) for v, late in ((q, q_late), (k, k_late)) if late]
     if None in transposes or (q_late and not (_heads_last(rq.cos) and _heads_last(rq.sin))):
         return None
@@ -239,11 +239,11 @@ def _site(qkv: Value, graph: Graph) -> RopeSite | None:
                                                           and fmt[0] != "dense"):
         return None
     ops = [*oq, *ok, *ov, *rq.ops, *rk.ops, *(aq.ops + ak.ops if aq else []), *transposes,
-           *(scaled[2] if scaled else []), *v_mul[:1], cw_k, cw_v]
+           *(scaled[1] if scaled else []), *v_mul[:1], cw_k, cw_v]
     return RopeSite(ops, qkv, rq.cos, rq.sin, cw_k.operands[1], cw_k.operands[0], cw_v.operands[0],
-                    post[0].result if post else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
+                    post[1][-1].result if post else q, cw_k.result, cw_v.result, hq, hkv, d, *fmt, qk_norm,
                     rq.rotary_dim, rq.interleaved, rq.pair_tables, nq is not None and nq.fp32, norm_after=aq is not None,
-                    q_scale=scaled[1] if scaled else None, negated=rq.negated,
+                    q_scale=scaled[0] if scaled else None, negated=rq.negated,
                     heads_last=q_late and (rq.cos is not None or bool(pre)),
                     v_norm=float(nv.op.attrs["eps"]) if nv is not None else None, v_head_dim=dv if dv != d else 0,
                     v_scale=v_mul[1] if v_mul else None)
@@ -259,8 +259,8 @@ def _v_scale(v: Value, graph: Graph) -> tuple[Op, float] | tuple[()]:
     return m, scalar_value(graph, c)
 
 
-def _q_scale(q: Value, graph: Graph, seq_dim: int = 2) -> tuple[Op, Value, list[Op]] | tuple[()]:
-    """(the op giving scaled q, t, the ops) of q's only use mul(q, t) with t a per-token scale, [B or 1, 1, S, 1]
+def _q_scale(q: Value, graph: Graph, seq_dim: int = 2) -> tuple[Value, list[Op]] | tuple[()]:
+    """(t, the ops, the last giving scaled q) of q's only use mul(q, t) with t a per-token scale, [B or 1, 1, S, 1]
     (Ministral3's position-dependent q scaling after RoPE) or with S at `seq_dim` 1, [B or 1, S, 1, 1] (Llama 4's
     attention temperature on q before its head transpose), of q's dtype, or fp32 with the product cast back to q's
     dtype (Llama 4 in 16 bits: the same math as the template's, a product in fp32 rounded once), else ()."""
@@ -279,7 +279,7 @@ def _q_scale(q: Value, graph: Graph, seq_dim: int = 2) -> tuple[Op, Value, list[
     b, *rest = t.type.shape
     ones = [n for i, n in enumerate(rest, 1) if i != seq_dim]
     ok = ones == [1, 1] and rest[seq_dim - 1] == q.type.shape[seq_dim] and b in (1, q.type.shape[0])
-    return (ops[-1], t, ops) if ok else ()
+    return (t, ops) if ok else ()
 
 
 def rope_sites(graph: Graph) -> list[RopeSite]:

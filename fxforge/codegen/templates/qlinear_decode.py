@@ -313,12 +313,10 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     then `norm` of z if given, as `gemm.linear`'s; `keep_z`: z is stored too (into `z_out`, else allocated) and the
     result is (y, z). `act_args`: xielu's scalars (alpha_p, alpha_n, beta, eps). `layer_norm=(weight, bias, eps)`
     (either None): x is layer_norm'ed instead of `norm`'s RMSNorm (`gemm.linear`'s argument; no post_norm)."""
-    if layer_norm is not None:
-        if norm is not None:
-            raise ShapeError("qlinear_w4_decode takes one norm prologue: norm= (RMSNorm) or layer_norm=, not both")
-        norm, layer = (layer_norm[0], layer_norm[2]), (layer_norm[1],)
-    else:
-        layer = None
+    layer, nb = layer_norm is not None, layer_norm[1] if layer_norm is not None else None
+    if layer and norm is not None:
+        raise ShapeError("qlinear_w4_decode takes one norm prologue: norm= (RMSNorm) or layer_norm=, not both")
+    norm = (layer_norm[0], layer_norm[2]) if layer else norm
     if not weight.encoding.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
                          "fxforge.ir.weight_layouts.to_decode_layout(weight)")
@@ -334,7 +332,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     if x.dtype not in (torch.float16, torch.bfloat16) or x.shape[-1] != K:
         raise ShapeError(f"qlinear_w4_decode: input {tuple(x.shape)} {x.dtype} must be fp16 or bf16 [..., {K}]")
     fp4 = layout_format(enc.layout) == "f4e2m1"
-    check_fusions(norm, swiglu, N, K, bias is None and activation == "none", gate, layer, post_norm is not None)
+    check_fusions(norm, swiglu, N, K, bias is None and activation == "none", gate, layer, nb, post_norm is not None)
     check_post_norm(post_norm, x, keep_z)
     n_out = N // 2 if swiglu else N
     x2d = x.reshape(-1, K)
@@ -359,7 +357,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     more = (((splits, N, M), torch.float32),) if splits > 1 else ()  # split-K's fp32 partials (out^T per split)
     # the norm / E4M3 prologue (M <= 16: in here) and the partials, in one workspace take
     x2d, row_scale, fused, part = prologue(x2d, norm, fp4, grid[0], bk, ws, splits, more, bool(f8), post_norm, z,
-                                           layer)
+                                           layer, nb)
     fused.update({f"act_p{i}": float(v) for i, v in enumerate(act_args)})
     row_scaled = row_scale is not None and not fp4  # bf16 x: its rows were scaled into fp16 (ROW_SCALE)
     row_scale = out if row_scale is None else row_scale  # unread unless FP4 or row_scaled

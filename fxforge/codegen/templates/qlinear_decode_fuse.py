@@ -214,15 +214,15 @@ def rms_norm_rows_kernel(x_ptr, stride_xm, xn_ptr, rs_ptr, g_ptr, eps, M, K, BLO
 
 
 def check_fusions(norm: tuple | None, swiglu: bool, n_rows: int, K: int, plain: bool, gate: str = "silu",
-                  layer: tuple | None = None, post: bool = False) -> None:
-    """The fused operands of `qlinear_w4_decode`: a norm weight [K] (a LayerNorm's bias too, `layer`; not after a
-    post-norm step), an even row count and no bias or activation with swiglu (the epilogue replaces them), a gated
-    activation `gate`."""
+                  layer: bool = False, nb: torch.Tensor | None = None, post: bool = False) -> None:
+    """The fused operands of `qlinear_w4_decode`: a norm weight [K] (`layer`: a LayerNorm's, its bias `nb` too; not
+    after a post-norm step), an even row count and no bias or activation with swiglu (the epilogue replaces them), a
+    gated activation `gate`."""
     if gate not in GATED_ACTIVATIONS:
         raise ShapeError(f"qlinear_w4_decode: unknown gated activation gate={gate!r}; use one of {GATED_ACTIVATIONS}")
     if norm is not None and norm[0] is not None and tuple(norm[0].shape) != (K,):
         raise ShapeError(f"qlinear_w4_decode norm weight must have shape ({K},), got {tuple(norm[0].shape)}")
-    if layer and ((layer[0] is not None and tuple(layer[0].shape) != (K,)) or post):
+    if layer and ((nb is not None and tuple(nb.shape) != (K,)) or post):
         raise ShapeError(f"qlinear_w4_decode layer_norm takes a bias of shape ({K},) or None, and no post_norm")
     if swiglu and (n_rows % 2 or not plain):
         raise ShapeError(f"qlinear_w4_decode swiglu needs interleaved [gate; up] rows (an even count, got {n_rows}) "
@@ -239,8 +239,8 @@ _PLAIN = dict(norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM=False, QUANT_X=0)
 
 def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bool, programs: int, bk: int,
              ws: Workspace | None, splits: int = 1, more: tuple = (), fp8: bool = False,
-             post: tuple | None = None, z: torch.Tensor | None = None, layer: tuple | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor | None, dict, list[torch.Tensor]]:
+             post: tuple | None = None, z: torch.Tensor | None = None, layer: bool = False,
+             nb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict, list[torch.Tensor]]:
     """(x as the K loop's kernel argument, the per-token scales (w4a8-fp's, or bf16 x's; None without them), the
     prologue's kernel arguments, the caller's `more` scratch). M <= 16: the kernel normalises (`norm`) and quantizes
     (`fp4`; bf16 x: scales to fp16, F16_SCALED) x itself into per-tile scratch rows ([programs, M, K] fp16, each of
@@ -250,9 +250,9 @@ def prologue(x2d: torch.Tensor, norm: tuple[torch.Tensor, float] | None, fp4: bo
     fp16; `fp8`: the codes as E4M3 bytes, at any M, for `qlinear_decode_f8`). `post=(res, w, eps)`: x is h and the
     GEMM's input z = res + rms_norm(h, w) (the post-norm step, `check_post_norm`), written to `z` [M, K]
     (contiguous) if given: in the kernel at M <= 16 (z by the first column tile), else `post_norm_rows` first.
-    `layer=(bias or None,)`: `norm` is a LayerNorm with that bias (weight and bias each optional)."""
+    `layer`: `norm` is a LayerNorm, its bias `nb` (weight and bias each optional)."""
     M, K = x2d.shape
-    ln = dict(nb_ptr=layer[0].contiguous() if layer[0] is not None else None, LAYER_NORM=True) if layer else {}
+    ln = dict(nb_ptr=nb.contiguous() if nb is not None else None, LAYER_NORM=True) if layer else {}
     quant = quant_mode(fp4, x2d.dtype == torch.bfloat16)
     scaled = quant == F16_SCALED.value
     if M <= DECODE_ROWS:

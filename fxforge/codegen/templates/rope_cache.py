@@ -56,18 +56,18 @@ from fxforge.ir.kv_ops import kv_row_layout
 def rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
                       S, stride_xb, stride_xs, stride_xn, stride_cb, stride_cs, stride_cd,
                       stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
-                      HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                      HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr,
                       FORMAT: tl.constexpr, KV_BLOCK: tl.constexpr, CODE_BYTES: tl.constexpr, NB: tl.constexpr,
                       qn_ptr=None, kn_ptr=None, eps=0.0, QK_NORM: tl.constexpr = False, ROT: tl.constexpr = 0,
                       INTERLEAVED: tl.constexpr = False, PAIR_TABLES: tl.constexpr = False, NQN: tl.constexpr = 1,
                       NKN: tl.constexpr = 1, NORM_F32: tl.constexpr = False, NORM_AFTER: tl.constexpr = False,
                       qs_ptr=None, stride_qsb=0, stride_qss=0, Q_SCALE: tl.constexpr = False,
                       NORM_W: tl.constexpr = True, NEGATED: tl.constexpr = False, v_eps=0.0,
-                      V_NORM: tl.constexpr = False, DV: tl.constexpr = 0, v_scale=1.0, V_SCALE: tl.constexpr = False):
+                      V_NORM: tl.constexpr = False, v_scale=1.0, V_SCALE: tl.constexpr = False):
     """Head program_id(1) of token program_id(0) = b * S + s: [RMSNorm of q/k rows (NQN / NKN heads each),] RoPE on
     q/k heads [, their RMSNorm after RoPE (NORM_AFTER, dense caches), q times its token's scale (Q_SCALE), v's
     weightless RMSNorm (V_NORM, dense caches), v times `v_scale` (V_SCALE)], then store q / write the cache. v heads
-    hold DV channels (the launcher passes DV, D's or their own; dense caches when it differs)."""
+    hold DV channels (D's or their own; dense caches when it differs)."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     b = t // S
@@ -149,9 +149,10 @@ def _check(qkv, cos, k_cache, v_cache, q_heads, kv_heads, head_dim, fmt, block, 
     if N != (q_heads + kv_heads) * head_dim + kv_heads * dv or head_dim % 2:
         raise ShapeError(f"rope_cache: qkv {tuple(qkv.shape)} is not [B, S, (Hq + Hkv) * D + Hkv * DV] for "
                          f"Hq={q_heads}, Hkv={kv_heads}, D={head_dim}, DV={dv} (D even)")
-    if tuple(k_cache.shape) != want or tuple(v_cache.shape) != want[:3] + (row - head_dim + dv,):
+    want_v = want[:3] + (dv if fmt == "dense" else row,)
+    if tuple(k_cache.shape) != want or tuple(v_cache.shape) != want_v:
         raise ShapeError(f"rope_cache: caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)} must be {want} and "
-                         f"{want[:3] + (row - head_dim + dv,)}")
+                         f"{want_v}")
     if fmt != "dense" and (k_cache.dtype != torch.uint8 or v_cache.dtype != torch.uint8):
         raise ShapeError(f"rope_cache: {fmt} caches hold packed rows (uint8), got {k_cache.dtype}, {v_cache.dtype}")
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
