@@ -1,5 +1,5 @@
 """Is there an FP4 (E2M1) decode of one int32 word into four fp16x2 registers in 7 instructions or fewer? (issue #13:
-the sm_80 w4a8-fp group-32 batch 9-16 cell, 9 placement instructions per 8 weights today, `qlinear_decode_dequant`.)
+the sm_80 w4a8-fp group-32 batch 9-16 cell; `qlinear_decode_dequant`.)
 
 Each output register holds two halves whose bits 15 (sign) and 11..9 (magnitude) carry a code and whose other bits
 are zero: out_k = M & f_k(w) with M = 0x8E008E00, the last instruction of each output a LOP3 with M (4 of them). The
@@ -12,10 +12,11 @@ rotates and LOP3's XOR are linear over GF(2): a layout is the inverse of an inve
   the four values' M bits read 32 distinct stored bits.
 Both find none. 8-instruction decodes exist (`eight`): the codes' bits z1 = w & P and z2 = P & ((w >> a) ^ (w << b))
 with P = 0x8E8E8E8E (two shifts, two LOP3s) read all 32 stored bits for (a, b) = (2, 1), (3, 2), (3, 7), (4, 3), and
-four byte permutes place z1's and z2's bytes into the halves' high bytes: one instruction fewer than today's 9 (the
-select of w >> 3 and w << 7 and its mask are one LOP3 as an XOR). In these forms FP4 placement costs >= 1 per weight
-against the cell's 2.0 budget, beside the group factor's 0.5 (one HMUL2 per decoded pair at 16 columns) and the
-MMA's 0.25: at 8 the cell's 570 per 256 weights would be ~538, 2.10.
+four byte permutes place z1's and z2's bytes into the halves' high bytes: one instruction fewer than the plain
+placement's 9 (the select of w >> 3 and w << 7 and its mask are one LOP3 as an XOR). Session 19 built (3, 7): the "f4w"
+layouts are XOR-encoded that way (`weight_layouts._f4_xor`). FP4 placement then costs 1 per weight, beside the group
+factor's 0.5 (one HMUL2 per decoded pair at 16 columns) and the MMA's 0.25; the cell reaches 1.97 with 4 K tiles an
+iteration (loads and addresses paid once per 4 tiles).
 
     python benchmarks/fp4_decode_search.py
 """

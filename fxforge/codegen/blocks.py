@@ -87,10 +87,12 @@ def gemv_split(tiles: int, k_tiles: int, arch: int | None, min_steps: int = MIN_
 DECODE_SPLIT_STEPS = 2
 
 
-def decode_split(tile: dict, N: int, k_tiles: int, arch: int | None) -> dict:
+def decode_split(tile: dict, N: int, k_tiles: int, arch: int | None, unit: int = 1) -> dict:
     """`tile` (the 4-bit decode kernel's config at M <= 16: one program row, BLOCK_N rows per program) with SPLIT_K
-    for a weight of N rows and `k_tiles` K steps (`gemv_split`, >= DECODE_SPLIT_STEPS steps a split)."""
-    return dict(tile, SPLIT_K=gemv_split(-(-N // tile["BLOCK_N"]), k_tiles, arch, DECODE_SPLIT_STEPS))
+    for a weight of N rows and `k_tiles` K steps (`gemv_split`, >= DECODE_SPLIT_STEPS steps a split), each split a
+    multiple of `unit` steps (the kernel's tiles per iteration)."""
+    steps = max(1, -(-DECODE_SPLIT_STEPS // unit))
+    return dict(tile, SPLIT_K=gemv_split(-(-N // tile["BLOCK_N"]), k_tiles // unit, arch, steps))
 
 
 def decode_gemm_blocks(M: int, N: int, K: int, arch: int) -> dict | None:

@@ -21,15 +21,18 @@ kWidth 4, which Triton 3.6 picks on sm_80 where 3.9 picks 2: slot e is column 32
 - payload "scale" (f16 [N, G]) and "zero" (uint8 [N, G]) stay as in the row-major layout; "scale32" holds
   the same scales as f32 (exact), so the kernel's loop converts nothing.
 Layout "f4w{BK}" (w4a8-fp; "k4" likewise): the same words and slot -> column map, but a slot's 4 code bits
-(sign s, magnitude e1 e0 m) are not a nibble: slot e's magnitude sits at bits MAG[e]..MAG[e]+2 and its sign at
-bit SIGN[e], so that with M = 0x8E008E00 the fp16x2 pairs are w & M (slots 0, 1), (w << 8) & M (2, 3), and,
-with u = ((w >> 3) & 0x0E0E0E0E) | ((w << 7) & ~0x0E0E0E0E), u & M (4, 5) and (u << 8) & M (6, 7): 4 LOP3 +
-1 LOP3 + 4 shifts per 8 weights. Each half is then s << 15 | (e1 e0 m) << 9, the fp16 whose value is exactly
-the E2M1 value times 2^-14 (E2M1's subnormal 0.5 lands on fp16's subnormal 2^-15); the 2^14 goes into the
-group factor. Payload: "words", "scale" (s_max f32 [N, 1]) and "shift" (uint8 [N, G]) as row-major, and
-"scale32" = 2^(14 - shift) f32 [N, G], the factor of a group's partial accumulator, and "ss" (int32 [N, G]:
-the same factor as an fp16x2 pair) for groups narrower than the tile (w4a8-fp's default 32: the K tile stays
-128, and each word's fp16 pairs are multiplied by their group's pair, one HMUL2 each, exact).
+(sign s, magnitude e1 e0 m) are not a nibble, and half the word is XOR-encoded. With P = 0x8E8E8E8E (each byte's
+bits 1-3 and 7) and M = 0x8E008E00, the word's P bits hold slots 0-3 as they are (z1 = w & P) and
+z2 = ((w >> 3) ^ (w << 7)) & P (logical shifts) holds slots 4-7 at the same places; in z1 | z2-as-a-plain-word
+(`f4_plain`) slot e's magnitude sits at bits MAG[e]..MAG[e]+2 and its sign at bit SIGN[e]. The fp16x2 pairs are
+z1 & M (slots 0, 1), (z1 << 8) & M (2, 3), z2 & M (4, 5) and (z2 << 8) & M (6, 7): 8 instructions per 8 weights
+(`qlinear_decode_dequant`: 2 shifts, and z2's XOR and mask one LOP3; a plain placement needs a select and a
+mask there, 9). Each half is then s << 15 | (e1 e0 m) << 9, the fp16 whose value is exactly the E2M1 value times
+2^-14 (E2M1's subnormal 0.5 lands on fp16's subnormal 2^-15); the 2^14 goes into the group factor. Payload:
+"words", "scale" (s_max f32 [N, 1]) and "shift" (uint8 [N, G]) as row-major, "scale32" = 2^(14 - shift) f32
+[N, G], the factor of a group's partial accumulator, and "s16" (the same factors in fp16) for groups narrower
+than the tile (w4a8-fp's default 32: the K tile stays 128, and each word's fp16 pairs are multiplied by their
+group's factor, one HMUL2 per pair, exact: powers of two).
 Decided: the layout depends on BK (the thread/fragment mapping is per tile); BK divides the group, so a
 tile reads one scale per row and the kernel scales its partial accumulator, not each weight.
 """
@@ -107,7 +110,7 @@ def decode_tile(group: int, K: int) -> int | None:
 
 def fp4_tile(group: int) -> int | None:
     """The K tile of an "f4w" layout: 128 whenever the group is a multiple of 32 (a word's 8 weights lie in one
-    32-column block, so a group narrower than the tile scales the decoded weights, "ss"), else `decode_tile`'s."""
+    32-column block, so a group narrower than the tile scales the decoded weights, "s16"), else `decode_tile`'s."""
     return 128 if group % 32 == 0 else decode_tile(group, 0)
 
 
@@ -154,6 +157,29 @@ BIT_POSITIONS = {
 }
 
 
+_P = 0x8E8E8E8E  # the f4w word's directly placed bits (each byte's 1-3 and 7)
+
+
+def _f4_xor(plain: Tensor) -> Tensor:
+    """An "f4w" word (int64 holding 32 bits) from its plain placement (slots 4-7 at P's complement, where
+    ((plain >> 3) & 0x0E0E0E0E) | ((plain << 7) & 0x80808080) moves them onto P): the word w with the same P bits
+    whose ((w >> 3) ^ (w << 7)) & P is that. Solved bit by bit: w's bits 4, 5 of byte j are slot bits XOR z1's
+    bits 2, 3 of byte j - 1; bit 6 XOR bit 4 of byte j - 1 (just solved); bit 0 XOR z1's bit 2 of byte j + 1."""
+    z1 = plain & _P
+    z2 = ((plain >> 3) & 0x0E0E0E0E) | ((plain << 7) & 0x80808080)
+    a = ((z2 & 0x06060606) << 3) ^ ((z1 & 0x000C0C0C) << 10)
+    b = ((z2 & 0x08080808) << 3) ^ ((a & 0x00101010) << 10)
+    c = ((z2 & 0x80808080) >> 7) ^ ((z1 & 0x04040400) >> 10)
+    return z1 | a | b | c
+
+
+def f4_plain(words: Tensor) -> Tensor:
+    """The plain placement (`BIT_POSITIONS["f4e2m1"]`) of "f4w" words (int64 holding 32 bits): `_f4_xor` undone."""
+    w = words & 0xFFFFFFFF
+    z2 = ((w >> 3) ^ (w << 7)) & _P
+    return (w & _P) | ((z2 & 0x0E0E0E0E) << 3) | ((z2 & 0x80808080) >> 7)
+
+
 def shuffle_words(codes: Tensor, bk: int, pad_code: Tensor, kw: int = 2, fmt: str = "i4", xperm: bool = False,
                   fp8: bool = False) -> Tensor:
     """Row-major codes [N, K] (uint8 0..15) -> int32 words [N, Kp/8] of the decode layout of `fmt` with tile
@@ -165,6 +191,8 @@ def shuffle_words(codes: Tensor, bk: int, pad_code: Tensor, kw: int = 2, fmt: st
     tiles = full.reshape(n, kp // bk, bk)[:, :, _slot_columns(bk, kw, xperm, fp8)]  # [N, T, bk/8, 8]
     bits = (tiles[..., None] >> torch.arange(4)) & 1  # [N, T, bk/8, 8, 4]
     words = (bits << BIT_POSITIONS[fmt + ("e" if fp8 else "")]).sum((-1, -2))  # disjoint bits: the sum is an OR
+    if fmt == "f4e2m1" and not fp8:
+        words = _f4_xor(words)
     return _wrap_i32(words).reshape(n, kp // 8)
 
 
@@ -178,6 +206,8 @@ def unshuffle_words(words: Tensor, k: int, bk: int, kw: int = 2, fmt: str = "i4"
     """int32 words of a decode layout -> row-major codes [N, k] (uint8)."""
     n = words.shape[0]
     w = words.to(torch.int64) & 0xFFFFFFFF
+    if fmt == "f4e2m1" and not fp8:
+        w = f4_plain(w)
     w = w.reshape(n, -1, bk // 8, 1, 1)
     slots = (((w >> BIT_POSITIONS[fmt + ("e" if fp8 else "")]) & 1) << torch.arange(4)).sum(-1)  # [N, T, bk/8, 8]
     out = torch.empty(n, w.shape[1], bk, dtype=torch.int64)
@@ -224,8 +254,8 @@ def to_decode_layout(weight, bk: int | None = None, kw: int = 2, xperm: bool = F
         factor = torch.ldexp(torch.ones(shift.shape), (F8_BIAS if fp8 else FP4_BIAS) - shift.to(torch.int32))
         payload = {"words": shuffle_words(codes, bk, torch.zeros(n, dtype=torch.uint8), kw, "f4e2m1", xperm, fp8),
                    "scale": p["scale"], "shift": shift, "scale32": factor.contiguous()}
-        if not fp8:  # the fp16 kernel's per-word factor pairs for groups narrower than the tile
-            payload["ss"] = _wrap_i32(_f16_bits(factor) * 0x10001).contiguous()
+        if not fp8:  # the fp16 kernel's factors for groups narrower than the tile
+            payload["s16"] = factor.to(torch.float16).contiguous()
     return type(weight)(weight.data, dataclasses.replace(enc, layout=name), payload)
 
 

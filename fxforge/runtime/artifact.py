@@ -64,7 +64,7 @@ from fxforge.runtime.specs import load_spec
 from fxforge.version import __version__
 
 FORMAT = "fxforge-artifact"
-VERSION = 1
+VERSION = 2  # 2: "f4w" decode layouts XOR-encode half of each word, and carry fp16 factors ("s16")
 FILES = {"manifest": "manifest.json", "graph": "graph.fxir", "trace": "trace.json", "weights": "weights.safetensors"}
 HASHED = ("graph", "trace", "weights")  # every file but the manifest, which hashes its own body
 BACKGROUND = "weights"  # the one large file: hashed beside the rest of the load, checked before it returns

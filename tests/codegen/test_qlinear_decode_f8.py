@@ -28,7 +28,7 @@ def test_layout_is_exact(group, K):
     torch.manual_seed(K + group)
     w = encode_weight(torch.randn(37, K), "w4a8-fp", group=group)
     d = to_decode_layout(w, fp8=True)
-    assert d.encoding.layout == "f4w128e" and "ss" not in d.payload
+    assert d.encoding.layout == "f4w128e" and "s16" not in d.payload
     assert torch.equal(decode_weight(d), decode_weight(w))
 
 

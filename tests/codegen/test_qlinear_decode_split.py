@@ -38,8 +38,9 @@ F = torch.nn.functional
 def test_decode_table_puts_two_ctas_on_every_sm(arch, fp4, group):
     """A Llama-shaped 4096 x 4096 GEMV and the [gate; up] one of a 2048 x 8192 MLP (16384 x 2048), batch 1 and 16:
     tiles x splits >= 2 x SMs, each split >= DECODE_SPLIT_STEPS K steps, or the most such splits where the tile
-    leaves too few (`blocks.decode_split`: 256-row tiles of a 4096-row weight, 16 x 16 = 256 CTAs on sm_90);
-    the gate/up GEMV always reaches 2 per SM; the build spec gives the launcher's config."""
+    leaves too few (`blocks.decode_split`: 256-row tiles of a 4096-row weight, 16 x 16 = 256 CTAs on sm_90), within
+    96% (splits of whole UNROLL-tile iterations); both GEMVs reach 96% of 2 per SM; the build spec gives the
+    launcher's config."""
     want = 2 * SM_COUNT[arch]
     for N, K in [(4096, 4096), (2 * 8192, 2048)]:
         k_tiles = K // 128
@@ -47,9 +48,10 @@ def test_decode_table_puts_two_ctas_on_every_sm(arch, fp4, group):
         for M in (1, 16):
             cfg = decode_blocks(N, M, arch, fp4 and group < 128, k_tiles)
             tiles = -(-N // cfg["BLOCK_N"])
-            assert tiles * cfg["SPLIT_K"] >= min(want, tiles * most), (N, K, M, cfg)
-            assert tiles * cfg["SPLIT_K"] >= (want if N > 4096 else 0.96 * want), (N, K, M, cfg)
-            per, launched = split_steps(k_tiles, cfg["SPLIT_K"])
+            # (>= 96%: a split is whole iterations of UNROLL tiles, which `decode_blocks` lowers below that)
+            assert tiles * cfg["SPLIT_K"] >= 0.96 * min(want, tiles * most), (N, K, M, cfg)
+            assert tiles * cfg["SPLIT_K"] >= 0.96 * want, (N, K, M, cfg)
+            per, launched = split_steps(k_tiles, cfg["SPLIT_K"], cfg["UNROLL"])
             assert launched == cfg["SPLIT_K"] and per >= DECODE_SPLIT_STEPS, (N, K, M, cfg)
             spec = w4_decode_spec(N, K, group, 128, fp4=fp4, M=M, arch=arch)
             c = spec["constexprs"]

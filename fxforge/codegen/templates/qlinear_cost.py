@@ -21,7 +21,7 @@ from fxforge.codegen.templates.qlinear_specs import qlinear_spec
 def weights_per_thread(spec: dict) -> float:
     """Weights one thread decodes per K-loop iteration of a qlinear build spec."""
     c = spec["constexprs"]
-    return c["BLOCK_N"] * c.get("BLOCK_K", 128) / (32 * spec["num_warps"])
+    return c["BLOCK_N"] * c.get("BLOCK_K", 128) * c.get("UNROLL", 1) / (32 * spec["num_warps"])
 
 
 def per_weight(spec: dict, build: KernelBuild) -> float:

@@ -20,9 +20,9 @@ How (per K tile of BLOCK_K = the layout's tile):
   (`weight_layouts` shuffles them there), so no layout conversion follows; the 6-D permute below only
   names that mapping for Triton. Zero points arrive as int32 fp16x2 pairs ("zz"), so every operand of the
   chain is 32-bit and Triton picks kWidth=2 (a uint8 operand made it kWidth=8, which cost a MOV per HMMA).
-- FP4 (w4a8-fp, FP4=True): `dequant_f4_asm` places each E2M1 code's sign at an fp16 half's bit 15 and its
-  3 magnitude bits at bits 9-11 (5 LOP3 + 4 shifts per word, no zero point): the fp16 is the E2M1 value times
-  2^-14 exactly. At M <= 16, W4A8 runs as W4A16: x is quantized per token to E4M3 as the reference does
+- FP4 (w4a8-fp, FP4=True): `dequant_f4` places each E2M1 code's sign at an fp16 half's bit 15 and its
+  3 magnitude bits at bits 9-11 (8 instructions per word, no zero point; the layout XOR-encodes half the word for
+  it): the fp16 is the E2M1 value times 2^-14 exactly. At M <= 16, W4A8 runs as W4A16: x is quantized per token to E4M3 as the reference does
   (`act_quant`, in the prologue), and the codes' values (exact in fp16) are the fp16 B operand; the epilogue multiplies by the
   token scale and the row's s_max.
 - x-permuted layouts ("x" suffix, `weight_layouts._x_order`; chosen per GPU and Triton by `preferred_operand`):
@@ -31,12 +31,11 @@ How (per K tile of BLOCK_K = the layout's tile):
   the same order. Without it Triton 3.6 on sm_80 loads x pairs across two vector loads and ptxas spends ~2
   register moves per HMMA pairing them (int4 2.45 -> 1.99, FP4 2.53 -> 2.07 instructions per weight); on sm_90
   it is neutral at group 128 and saves ~40 instructions per iteration at FP4 group 32. Triton 3.9 on sm_80 reads
-  x with ldmatrix, which the permutation would lose (+19): plain layouts there. On mma.sync, ptxas tends to write
-  the FP4 decode's last op of a pair over its dying source and then move it into the HMMA register quad (~60 moves
-  per iteration at 16 columns); the kernel's SPELL picks one of `dequant_f4`'s spellings per GPU, Triton and tile
-  (`qlinear_decode_config.f4_spelling`; one keeps the source live): sm_80 batch 16 2.03 -> 1.91 (3.9), 2.02 -> 1.98
-  (3.6). Tried before: 24 orders of which output feeds which fragment slot, and a layout whose word is a whole
-  A fragment (rows g and g + 8): no better.
+  x with ldmatrix, which the permutation would lose (+19): plain layouts there. Tried: 24 orders of which output
+  feeds which fragment slot, and a layout whose word is a whole A fragment (rows g and g + 8): no better.
+- UNROLL K tiles per loop iteration (`qlinear_decode_config._unroll`; the host makes it divide the tile count and
+  each split's): every tile is `qlinear_decode_tile.k_tile`, with its own loads, whose addresses are the first tile's plus constants
+  (ptxas folds them), so the loop's address arithmetic, counters and barriers are paid once per UNROLL tiles.
 - The group scale multiplies the tile's partial accumulator (BLOCK_K divides the group), not each weight
   (int4: the f16 scale as f32; FP4: 2^(14 - k), the group's power of two times the 2^14 of the decode).
   FP4 groups narrower than the tile (WSCALE: w4a8-fp's default 32; an "f4w" tile stays 128 wide, a word's 8
@@ -51,10 +50,11 @@ How (per K tile of BLOCK_K = the layout's tile):
     is decoded and multiplied on its own (its words j = 4c + p split off the tile in registers, its x columns loaded
     apart), and its product scaled by the block's factor: an FFMA per accumulator element, 0.25 per weight at 8
     columns, instead of an HMUL2 per decoded pair (0.5). sm_80 batch 3-8: 1.96 (3.9), 1.98 (3.6).
-  - otherwise (16 columns, and 64-row prefill tiles) the decoded fp16 pairs times their group's factor pair ("ss",
-    one HMUL2 each, exact: powers of two; the pairs load as one [BLOCK_N, BLOCK_K / GROUP] vector per row,
-    `_word_factors`): sm_80 2.21-2.23 at batch 9-16. Its floor on mma.sync is ~1.9 (9 decode + 2 HMMA + 4 scale
-    instructions per 8 weights) before ~0.3 of loads and addresses, so batch 9-16 at group 32 stays above 2 there.
+  - otherwise (16 columns, and 64-row prefill tiles) the decoded fp16 pairs times their group's factor ("s16", fp16,
+    one HMUL2 per pair reading it as both halves, exact: powers of two; loaded as one [BLOCK_N, BLOCK_K / GROUP]
+    vector per row, `_word_factors`): 8 decode + 4 scale + 2 HMMA instructions per 8 weights, 1.75 per weight before
+    loads and addresses; with 4 tiles an iteration sm_80 batch 9-16 1.95-1.98 (2.21-2.23 at 9 decode instructions
+    and one tile).
 - Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
   `split_plan` the steps): a split is the kernel on its K window (`k_window`: x, the words, zero points and group
   scales advanced to its first column, which starts a group; K its width), so the K loop's code is the unsplit
@@ -81,16 +81,8 @@ from fxforge.codegen.templates.qlinear_decode_config import (  # noqa: F401 (re-
     split_plan,
     w4_decode_spec,
 )
-from fxforge.codegen.templates.qlinear_decode_dequant import (
-    dequant_asm,
-    dequant_f4,
-    dequant_f4_portable,
-    dequant_f4s_asm,
-    dequant_portable,
-)
 from fxforge.codegen.templates.qlinear_decode_fuse import (
     F16_SCALED,
-    block_factors,
     check_fusions,
     check_post_norm,
     decode_epilogue,
@@ -98,94 +90,12 @@ from fxforge.codegen.templates.qlinear_decode_fuse import (
     k_window,
     prologue,
     prologue_rows,
-    quarters,
 )
+from fxforge.codegen.templates.qlinear_decode_tile import k_tile, tile_parts
 from fxforge.codegen.templates.split_k import split_sum
 from fxforge.errors import ShapeError
 from fxforge.ir.optable import ACTIVATION_PARAMS
 from fxforge.ir.weight_layouts import fp8_operand, layout_format, layout_params
-
-
-@triton.jit
-def _operand(v, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KW: tl.constexpr):
-    """The MMA's A operand [BLOCK_N, BLOCK_K] from a word tile's 8 decoded slots (`v`, each [BLOCK_N, BLOCK_K / 8]):
-    slot e of word j = c * (BLOCK_K/32) + p is tile column 32p + 16(e//4) + 8((e//2)%2) + 2c + e%2 (kWidth 4:
-    32p + 16(e//4) + 4c + 2((e//2)%2) + e%2); `weight_layouts` put each thread's weights there, so the permute only
-    names the mapping."""
-    v0, v1, v2, v3, v4, v5, v6, v7 = v
-    h = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
-    h = tl.reshape(h, (BLOCK_N, 4, BLOCK_K // 32, 2, 2, 2))
-    if KW == 2:
-        h = tl.permute(h, (0, 2, 3, 4, 1, 5))
-    else:
-        h = tl.permute(h, (0, 2, 3, 1, 4, 5))
-    return tl.reshape(h, (BLOCK_N, BLOCK_K))
-
-
-@triton.jit
-def _x_perm(a, XP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
-    """x^T tile [BLOCK_K, BLOCK_M] in the MMA's column order of an x-permuted layout (`weight_layouts._x_order`)."""
-    if XP == 4:  # MMA column 32p + 16h + 4t + 2s + j is x's true column 32p + 8t + 4s + 2h + j
-        a = tl.reshape(tl.permute(tl.reshape(a, (BLOCK_K // 32, 4, 2, 2, 2, BLOCK_M)), (0, 3, 1, 2, 4, 5)),
-                       (BLOCK_K, BLOCK_M))
-    elif XP == 2:  # MMA column 16q + 8h + 2t + j is true column 16q + 4t + 2h + j
-        a = tl.reshape(tl.permute(tl.reshape(a, (BLOCK_K // 16, 4, 2, 2, BLOCK_M)), (0, 2, 1, 3, 4)),
-                       (BLOCK_K, BLOCK_M))
-    return a
-
-
-@triton.jit
-def _x_tile(x_ptr, a_off, block_of, offs_k, k_left, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, XP: tl.constexpr,
-            PACK: tl.constexpr, EVEN_K: tl.constexpr):
-    """x^T's K tile at x_ptr (`k_left` columns of K left; PACK: each column's own K block, `block_of`)."""
-    if PACK and EVEN_K:
-        a = tl.load(x_ptr + a_off, mask=block_of, other=0.0)
-    elif PACK:
-        a = tl.load(x_ptr + a_off, mask=block_of & (offs_k[:, None] < k_left), other=0.0)
-    elif EVEN_K:
-        a = tl.load(x_ptr + a_off)
-    else:
-        a = tl.load(x_ptr + a_off, mask=offs_k[:, None] < k_left, other=0.0)
-    return _x_perm(a, XP, BLOCK_K, BLOCK_M)
-
-
-@triton.jit
-def _block_dot(acc, w, x_ptr, x_off, k_left, f, ASM: tl.constexpr, SPELL: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_M: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, EVEN_K: tl.constexpr):
-    """acc + (one 32-wide K block's words w [BLOCK_N, 4], decoded) @ (its x columns) * its group factor f [BLOCK_N]."""
-    if EVEN_K:
-        x = tl.load(x_ptr + x_off)
-    else:
-        x = tl.load(x_ptr + x_off, mask=tl.arange(0, 32)[:, None] < k_left, other=0.0)
-    h = _operand(dequant_f4(w, ASM, SPELL), BLOCK_N, 32, KW)
-    return acc + tl.dot(h, _x_perm(x, XP, 32, BLOCK_M).to(tl.float16)) * f[:, None]
-
-
-@triton.jit
-def _block_dots(acc, w, x_ptr, x_off, s_row, k0, K, GROUP: tl.constexpr, ASM: tl.constexpr, SPELL: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, KW: tl.constexpr, XP: tl.constexpr, EVEN_K: tl.constexpr,
-                VEC_F: tl.constexpr):
-    """acc + the K tile at k0 for groups narrower than it: each 32-wide K block (the words j = 4c + p of block p) is
-    decoded and multiplied on its own, its product scaled by the block's group factor (an FFMA per accumulator
-    element: BLOCK_M / 32 per weight) instead of each decoded pair (an HMUL2 per 2 weights). The factors load as
-    [BLOCK_N, 4] once per tile."""
-    f0, f1, f2, f3 = block_factors(s_row, k0, K, GROUP, BLOCK_N, not EVEN_K, VEC_F)
-    w0, w1, w2, w3 = quarters(w, BLOCK_N, 4)
-    k_left = K - k0
-    acc = _block_dot(acc, w0, x_ptr, x_off, k_left, f0, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)
-    acc = _block_dot(acc, w1, x_ptr + 32, x_off, k_left - 32, f1, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)
-    acc = _block_dot(acc, w2, x_ptr + 64, x_off, k_left - 64, f2, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)
-    return _block_dot(acc, w3, x_ptr + 96, x_off, k_left - 96, f3, ASM, SPELL, BLOCK_N, BLOCK_M, KW, XP, EVEN_K)
-
-
-@triton.jit
-def _word_factors(ss_row, k0, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  EVEN_K: tl.constexpr):
-    """Each word's group factor pair [BLOCK_N, BLOCK_K / 8] ("ss"; word j = 4c + p lies in K block p) in the K tile
-    at k0: its blocks' `group_factors` broadcast in registers (loaded per word, a gather cost 2 instructions per word:
-    sm_80 batch 16, 2.50 -> 2.23 per weight)."""
-    f = group_factors(ss_row, k0, K, GROUP, BLOCK_N, BLOCK_K, not EVEN_K, True)
-    return tl.reshape(tl.broadcast_to(f[:, None, :], (BLOCK_N, 4, BLOCK_K // 32)), (BLOCK_N, BLOCK_K // 8))
 
 
 @triton.jit
@@ -196,11 +106,11 @@ def qlinear_w4_decode_kernel(
     ASM: tl.constexpr, BLOCK_M: tl.constexpr, FP4: tl.constexpr, WSCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     norm_ptr=None, xn_ptr=None, eps=0.0, HAS_NORM: tl.constexpr = False, QUANT_X: tl.constexpr = False, scale=1.0,
-    SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu", PACK: tl.constexpr = False, SPELL: tl.constexpr = 0,
+    SWIGLU: tl.constexpr = False, GATE: tl.constexpr = "silu", PACK: tl.constexpr = False,
     part_ptr=None, lock_ptr=None, k_per_split=1, SPLIT_K: tl.constexpr = 1, pres_ptr=None, pw_ptr=None, post_eps=0.0,
     z_ptr=None, POST_NORM: tl.constexpr = False, WRITE_Z: tl.constexpr = False,
     act_p0=0.0, act_p1=0.0, act_p2=0.0, act_p3=0.0, BLOCK_DOTS: tl.constexpr = False, VEC_F: tl.constexpr = True,
-    ROW_SCALE: tl.constexpr = False, nb_ptr=None, LAYER_NORM: tl.constexpr = False,
+    ROW_SCALE: tl.constexpr = False, nb_ptr=None, LAYER_NORM: tl.constexpr = False, UNROLL: tl.constexpr = 1,
 ):
     """out[M, N] = epilogue(x[M, K] @ W^T), W an "i4w{BLOCK_K}" int4 weight (see module doc); program (n, m)
     computes BLOCK_N outputs of BLOCK_M rows (16 for a decode step: one program column). HAS_NORM, QUANT_X, SWIGLU,
@@ -240,41 +150,18 @@ def qlinear_w4_decode_kernel(
     if SPLIT_K > 1:  # the loop below runs on this split's K window, as the unsplit kernel on a narrower K
         a_ptr, w_ptr, zz_ptr, s_ptr, K = k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K, GROUP, FP4)
     s_row = s_ptr + rows_n[:, None] * stride_sn  # (PACK, BLOCK_DOTS) each row's group factors
-    for t in range(0, tl.cdiv(K, BLOCK_K)):
-        w = tl.load(w_ptr + t * (BLOCK_K // 8) + w_off)
-        if BLOCK_DOTS:  # groups narrower than the tile on 8 x columns: an MMA per 32-wide K block (module notes)
-            acc = _block_dots(acc, w, a_ptr + t * BLOCK_K, x_off, s_row, t * BLOCK_K, K, GROUP, ASM, SPELL, BLOCK_N,
-                              BLOCK_M, KW, XP, EVEN_K, VEC_F)
-        else:
-            g = (t * BLOCK_K) // GROUP
-            a = _x_tile(a_ptr + t * BLOCK_K, a_off, block_of, offs_k, K - t * BLOCK_K, BLOCK_K, BLOCK_M, XP, PACK, EVEN_K)
-            if FP4 and WSCALE and not PACK:  # groups narrower than the tile: each word's factor on its weights
-                ss = _word_factors(zz_ptr + rows_n[:, None] * stride_zn, t * BLOCK_K, K, GROUP, BLOCK_N, BLOCK_K, EVEN_K)
-                if ASM:
-                    v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4s_asm(w, ss)
-                else:
-                    f = (ss & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-                    v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4_portable(w)
-                    v0, v1, v2, v3, v4, v5, v6, v7 = v0 * f, v1 * f, v2 * f, v3 * f, v4 * f, v5 * f, v6 * f, v7 * f
-            elif FP4:
-                v0, v1, v2, v3, v4, v5, v6, v7 = dequant_f4(w, ASM, SPELL)
-            else:
-                zz = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g)[:, None], w.shape)
-                if ASM:
-                    zz16 = tl.broadcast_to(tl.load(zz_ptr + rows_n * stride_zn + 2 * g + 1)[:, None], w.shape)
-                    v0, v1, v2, v3, v4, v5, v6, v7 = dequant_asm(w, zz, zz16)
-                else:
-                    v0, v1, v2, v3, v4, v5, v6, v7 = dequant_portable(w, zz)
-            h = _operand((v0, v1, v2, v3, v4, v5, v6, v7), BLOCK_N, BLOCK_K, KW)
-            if PACK:  # column c holds K block c % 4's partial sum: its group factor per row
-                f = group_factors(s_row, t * BLOCK_K, K, GROUP, BLOCK_N, BLOCK_K, not EVEN_K, VEC_F)
-                d = tl.reshape(tl.dot(h, a.to(tl.float16)), (BLOCK_N, BLOCK_M // 4, 4))
-                acc += tl.reshape(d * f[:, None, :], (BLOCK_N, BLOCK_M))
-            elif WSCALE:
-                acc = tl.dot(h, a.to(tl.float16), acc)
-            else:
-                s = tl.load(s_ptr + rows_n * stride_sn + g)
-                acc += tl.dot(h, a.to(tl.float16)) * s[:, None]
+    word_factors: tl.constexpr = FP4 and WSCALE and not PACK and not BLOCK_DOTS  # (narrow groups on 16 columns)
+    for t0 in range(0, tl.cdiv(K, UNROLL * BLOCK_K)):  # UNROLL tiles an iteration (the host makes it divide the count)
+        f = tl.zeros((BLOCK_N, UNROLL * BLOCK_K // 32), tl.float16)  # (unread unless word_factors)
+        if word_factors:  # the iteration's group factors in one vector load per row ("s16"), split per tile
+            f = group_factors(zz_ptr + rows_n[:, None] * stride_zn + t0 * (UNROLL * BLOCK_K // GROUP), 0,
+                              K - t0 * UNROLL * BLOCK_K, GROUP, BLOCK_N, UNROLL * BLOCK_K, not EVEN_K, True)
+            # (the pointer advanced by a multiple of the vector: Triton proves it aligned, 16-byte loads)
+        fs = tile_parts(f, UNROLL)
+        for i in tl.static_range(UNROLL):
+            acc = k_tile(acc, t0 * UNROLL + i, fs[i], a_ptr, a_off, x_off, block_of, offs_k, w_ptr, w_off, zz_ptr,
+                          s_ptr, s_row, rows_n, stride_zn, stride_sn, K, BLOCK_N, BLOCK_K, BLOCK_M, KW, XP, GROUP,
+                          EVEN_K, ASM, FP4, word_factors, PACK, BLOCK_DOTS, VEC_F)
     if PACK:  # sum each row's 4 block columns
         acc = tl.sum(tl.reshape(acc, (BLOCK_N, BLOCK_M // 4, 4)), axis=2)  # [BLOCK_N, BLOCK_M / 4]
     last = True
@@ -320,7 +207,8 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     if not weight.encoding.layout:
         raise ShapeError("qlinear_w4_decode takes a weight in a decode layout; convert it with "
                          "fxforge.ir.weight_layouts.to_decode_layout(weight)")
-    from fxforge.codegen.templates import qlinear_decode_f8 as f8  # (it imports this module's device functions)
+    from fxforge.codegen.templates import qlinear_decode_f8 as f8  # (f8 below: the module, or False)
+
     arch = device_arch(x.device)
     weight = f8.for_device(weight, arch)  # "f4w128e" on a GPU without FP8 MMA: the fp16 layout's copy
     enc, p, f8 = weight.encoding, weight.payload, fp8_operand(weight.encoding.layout) and f8
@@ -347,11 +235,11 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     res = residual.reshape(M, n_out) if residual is not None else out
     words, s = p["words"], p["scale32"]
     group = enc.group or words.shape[1] * 8
-    wscale = fp4 and group % bk != 0 and not f8  # a group narrower than the tile: factors on the weights ("ss")
+    wscale = fp4 and group % bk != 0 and not f8  # a group narrower than the tile: factors on the weights ("s16")
     cfg = (f8.f8_blocks if f8 else decode_blocks)(N, M, arch, wscale, triton.cdiv(K, bk))
-    zz = p["ss"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
+    zz = p["s16"] if wscale else p["zz"] if not fp4 else words  # FP4 with per-tile factors reads no zz
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"] // (4 if cfg["PACK"] else 1)))
-    per, splits = split_plan(K, bk, group, split_k or cfg["SPLIT_K"])
+    per, splits = split_plan(K, bk, group, split_k or cfg["SPLIT_K"], cfg.get("UNROLL", 1))
     if splits > 1 and M > MAX_M:  # one program row (M <= 16): grid axis 1 is free for the splits
         raise ShapeError(f"qlinear_w4_decode splits K at M <= {MAX_M} rows only (got {M}); leave split_k unset")
     more = (((splits, N, M), torch.float32),) if splits > 1 else ()  # split-K's fp32 partials (out^T per split)
@@ -376,7 +264,7 @@ def qlinear_w4_decode(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, KW=kw, XP=kw if xperm else 0, GROUP=group, EVEN_K=K % bk == 0,
         ASM=asm, BLOCK_M=cfg["BLOCK_M"], FP4=fp4, WSCALE=wscale, HAS_BIAS=bias is not None,
         ACTIVATION=activation, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu, GATE=gate, PACK=cfg["PACK"],
-        SPELL=cfg["SPELL"], BLOCK_DOTS=cfg["BLOCK_DOTS"], VEC_F=cfg["VEC_F"], ROW_SCALE=row_scaled,
+        BLOCK_DOTS=cfg["BLOCK_DOTS"], VEC_F=cfg["VEC_F"], ROW_SCALE=row_scaled, UNROLL=cfg["UNROLL"],
         scale=float(scale), **fused,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return (out.reshape(*lead, n_out), z.reshape(*lead, K)) if keep_z else out.reshape(*lead, n_out)

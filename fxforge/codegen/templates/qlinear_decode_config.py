@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from fxforge.codegen.blocks import decode_split, split_steps
+from fxforge.codegen.blocks import decode_split, gemv_ctas, split_steps
 from fxforge.codegen.templates.qlinear_decode_fuse import quant_mode
 from fxforge.codegen.triton_compat import TRITON_VERSION
 from fxforge.ir.weight_layouts import DECODE_ROWS, layout_name, preferred_operand
@@ -16,14 +16,23 @@ KERNEL_MODULE = "fxforge.codegen.templates.qlinear_decode"  # the module of `qli
 
 def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False, k_tiles: int = 1) -> dict:
     """The decode kernel's launch config on sm_`arch` (None: the interpreter) for a weight of N rows and `k_tiles` K
-    steps: `_decode_tile`'s BLOCK_N, BLOCK_M, warps, stages and PACK, and SPLIT_K, at M <= 16 from
-    `blocks.decode_split` (K splits towards >= 2 CTAs per SM; 1 without an arch)."""
+    steps: `_decode_tile`'s BLOCK_N, BLOCK_M, warps, stages and PACK; UNROLL (dividing the tile count), and SPLIT_K,
+    at M <= 16 from `blocks.decode_split` (K splits towards >= 2 CTAs per SM; 1 without an arch), each split a
+    multiple of UNROLL tiles; UNROLL is lowered where its splits would launch < 96% of 2 programs per SM (or of what
+    single tiles launch, when they cannot reach that)."""
     cfg = _decode_tile(N, M, arch, narrow_groups)
-    return dict(cfg, SPLIT_K=1) if M > MAX_M else decode_split(cfg, N, k_tiles, arch)
+    units = [u for u in (4, 2, 1) if u <= cfg["UNROLL"] and k_tiles % u == 0]
+    if M > MAX_M:
+        return dict(cfg, SPLIT_K=1, UNROLL=units[0])
+    plans = [decode_split(dict(cfg, UNROLL=u), N, k_tiles, arch, u) for u in units]
+    programs = [split_steps(k_tiles // p["UNROLL"], p["SPLIT_K"])[1] for p in plans]  # per tile
+    # the most tiles an iteration whose splits keep >= 96% of 2 programs per SM, or of what single tiles launch
+    want = min(programs[-1], gemv_ctas(arch) / -(-N // cfg["BLOCK_N"])) if arch is not None else programs[-1]
+    return next(p for p, n in zip(plans, programs) if n >= 0.96 * want)
 
 
 def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: bool = False) -> dict:
-    """BLOCK_N, BLOCK_M, warps, stages, PACK, BLOCK_DOTS and the FP4 decode's SPELL on sm_`arch` (None: the
+    """BLOCK_N, BLOCK_M, warps, stages, PACK, BLOCK_DOTS and UNROLL on sm_`arch` (None: the
     interpreter); `narrow_groups`: FP4 groups narrower than the K tile. M <= 16 (a decode step): rows per warp
     decide the cost per weight: each warp reloads the x fragments for its rows, so 64 rows per warp amortise them,
     32 rows per warp cost ~2.3. M <= 8 takes an 8-column x tile where the MMA runs it unpadded (`_narrow_x`): half
@@ -36,32 +45,34 @@ def _decode_tile(N: int, M: int = 1, arch: int | None = None, narrow_groups: boo
     warps, so each weight tile is decoded once per 64 rows (4 warps spilled on sm_80; 32 rows cost ~1.4x the
     instructions per row on sm_90)."""
     if M > MAX_M:
-        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, BLOCK_DOTS=False, SPELL=0,
-                    VEC_F=True)
+        return dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3, PACK=False, BLOCK_DOTS=False, VEC_F=True,
+                    UNROLL=1)
     narrow = M <= 8 and _narrow_x(arch)
     pack = narrow_groups and (M <= 2 or (M <= 4 and not narrow))  # 8 columns (M <= 2) or 16
     block_dots = narrow_groups and narrow and not pack
+    half = narrow_groups and not narrow and not pack and arch is not None and arch < 90
     # 256-row tiles on 4 warps: 16-column tiles and per-block MMAs; with Triton 3.9 the latter take 512 rows on 8
-    # warps (sm_80 2.02 -> 1.96; 3.6 1.98 -> 2.13; on 4 warps 512 rows spill)
-    wide = N >= 2048 and (not narrow or block_dots)
+    # warps (sm_80 2.02 -> 1.96; 3.6 1.98 -> 2.13; on 4 warps 512 rows spill). Factors on the weights on mma.sync
+    # (`half`): 128 rows on 2 warps (~as many instructions per weight, twice the tiles: 4096 rows then split K 8 ways
+    # on 4 tiles an iteration; on sm_90 2 warps are no warpgroup: 3.43 per weight with Triton 3.6)
+    wide = N >= 2048 and (not narrow or block_dots) and not half
     rows = 512 if block_dots and TRITON_VERSION >= (3, 9, 0) else 256
     tile = dict(BLOCK_N=rows, num_warps=rows // 64) if wide else \
         dict(BLOCK_N=128, num_warps=2) if N >= 512 else dict(BLOCK_N=64, num_warps=1)
     return dict(tile, BLOCK_M=8 if narrow else 16, num_stages=2, PACK=pack, BLOCK_DOTS=block_dots,
-                SPELL=f4_spelling(arch, narrow, block_dots), VEC_F=vector_factors(arch, block_dots))
+                VEC_F=vector_factors(arch, block_dots), UNROLL=_unroll(narrow, narrow_groups, pack, block_dots))
 
 
-def f4_spelling(arch: int | None, narrow: bool, block_dots: bool) -> int:
-    """The FP4 decode's PTX spelling (`qlinear_decode_dequant.F4_SPELLINGS`) with the fewest SASS instructions per
-    weight on sm_`arch` (measured, 4096x4096, results/qdecode_sass-2026-12-01-s11-*): 0 LOP3, 1 PRMT, 2 PRMT with its
-    masked word kept live, 3 PRMT with zero bytes from a shift. wgmma (sm_90): LOP3 on 16 x columns, PRMT on 8 (Triton
-    3.9 only). mma.sync: the live spelling (Triton 3.9 batch 16: 2.03 -> 1.91), but on the kWidth-4 layouts of
-    Triton 3.6 at 16 columns the shift zeros (2.02 -> 1.98), and per-block MMAs the plain PRMT (the others: +0.05)."""
-    if arch is None or arch >= 90:
-        return 1 if narrow else 0
-    if block_dots:
-        return 1
-    return 3 if not narrow and preferred_operand(arch, TRITON_VERSION[:2])[0] == 4 else 2
+def _unroll(narrow: bool, narrow_groups: bool, pack: bool, block_dots: bool) -> int:
+    """K tiles per loop iteration (`decode_blocks` lowers it to divide the tile count): each tile's loads get their
+    own instructions, but their addresses are the first tile's plus constants, so ptxas folds them into the loads,
+    and the loop's own instructions and barriers are paid once. Measured on sm_80 / sm_90, Triton 3.6 / 3.9, 4096 x
+    4096 (results/qdecode_sass-2026-12-02-s19-sweep.md): 8-column tiles 4 (0.04-0.17 per weight less); packed K
+    blocks and per-block MMAs 2 (4 spilled on one of the four); 16 columns with factors on the weights (narrow
+    groups) 4 (sm_80 2.10 -> 1.95-1.98), else 1 (their loop is at 202-255 registers; 2 spilled on sm_90)."""
+    if pack or block_dots:
+        return 2
+    return 4 if narrow or narrow_groups else 1
 
 
 def vector_factors(arch: int | None, block_dots: bool) -> bool:
@@ -78,11 +89,11 @@ def _narrow_x(arch: int | None) -> bool:
     return arch is None or arch < 90 or TRITON_VERSION >= (3, 9, 0)  # measured on 3.6 and 3.9 only
 
 
-def split_plan(K: int, bk: int, group: int, splits: int) -> tuple[int, int]:
+def split_plan(K: int, bk: int, group: int, splits: int, unroll: int = 1) -> tuple[int, int]:
     """(K steps per split, splits launched) of the decode kernel for `splits` wanted (`blocks.split_steps`): a split
     starts on a group boundary (`_k_window`), so the steps per split are a multiple of lcm(bk, group) / bk unless
-    one group spans K."""
-    return split_steps(-(-K // bk), splits, math.lcm(bk, group) // bk if group < K else 1)
+    one group spans K, and of `unroll` (the kernel's tiles per iteration)."""
+    return split_steps(-(-K // bk), splits, math.lcm(math.lcm(bk, group) // bk if group < K else 1, unroll))
 
 
 def decode_operand(arch: int) -> tuple[int, bool]:
@@ -107,10 +118,10 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     norm = norm or layer_norm
     wscale = fp4 and (group or K) % bk != 0
     cfg = decode_blocks(N, M, arch, wscale, -(-K // bk))
-    per, split = split_plan(K, bk, group or K, split_k or cfg["SPLIT_K"])
+    per, split = split_plan(K, bk, group or K, split_k or cfg["SPLIT_K"], cfg["UNROLL"])
     bf16 = x_dtype == "bf16"
     xt = f"*{x_dtype}" if M <= MAX_M else "*fp16"  # (prefill reads the row kernel's fp16 rows)
-    sig = {"a_ptr": xt, "w_ptr": "*i32", "zz_ptr": "*i32", "s_ptr": "*fp32", "out_ptr": f"*{x_dtype}",
+    sig = {"a_ptr": xt, "w_ptr": "*i32", "zz_ptr": "*fp16" if wscale else "*i32", "s_ptr": "*fp32", "out_ptr": f"*{x_dtype}",
            "bias_ptr": f"*{x_dtype}", "res_ptr": f"*{x_dtype}", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
            "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
            "stride_om": "i32", "stride_rm": "i32"}
@@ -118,8 +129,8 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
              "BLOCK_M": cfg["BLOCK_M"], "FP4": fp4, "WSCALE": wscale, "HAS_BIAS": bias, "ACTIVATION": activation,
              "HAS_RESIDUAL": residual, "HAS_NORM": norm, "QUANT_X": quant_mode(fp4, bf16) if M <= MAX_M else 0,
              "ROW_SCALE": bf16 and not fp4, "SWIGLU": swiglu, "GATE": "silu",
-             "PACK": cfg["PACK"], "SPELL": cfg["SPELL"], "BLOCK_DOTS": cfg["BLOCK_DOTS"], "VEC_F": cfg["VEC_F"],
-             "SPLIT_K": split}
+             "PACK": cfg["PACK"], "BLOCK_DOTS": cfg["BLOCK_DOTS"], "VEC_F": cfg["VEC_F"],
+             "SPLIT_K": split, "UNROLL": cfg["UNROLL"]}
     sig.update(eps="fp32", scale="fp32")
     if split > 1:  # split-K: fp32 partials, one arrival counter per tile, K steps per split
         sig.update(part_ptr="*fp32", lock_ptr="*i32", k_per_split="i32")
