@@ -68,10 +68,11 @@ def _unroll(narrow: bool, narrow_groups: bool, pack: bool, block_dots: bool) -> 
     own instructions, but their addresses are the first tile's plus constants, so ptxas folds them into the loads,
     and the loop's own instructions and barriers are paid once. Measured on sm_80 / sm_90, Triton 3.6 / 3.9, 4096 x
     4096 (results/qdecode_sass-2026-12-02-s19-sweep.md): 8-column tiles 4 (0.04-0.17 per weight less); packed K
-    blocks and per-block MMAs 2 (4 spilled on one of the four); 16 columns with factors on the weights (narrow
-    groups) 4 (sm_80 2.10 -> 1.95-1.98), else 1 (their loop is at 202-255 registers; 2 spilled on sm_90)."""
+    blocks and per-block MMAs on 8 columns 2 (4 spilled on one of the four); 16 columns with factors on the weights
+    (narrow groups) 4 (sm_80 2.10 -> 1.95-1.98), else 1 (their loop is at 202-255 registers: 2 spilled on sm_90, and
+    with Triton 3.6 the packed tile with the norm and SwiGLU)."""
     if pack or block_dots:
-        return 2
+        return 2 if narrow else 1
     return 4 if narrow or narrow_groups else 1
 
 
