@@ -22,9 +22,9 @@ How (per K tile of BLOCK_K = the layout's tile):
   chain is 32-bit and Triton picks kWidth=2 (a uint8 operand made it kWidth=8, which cost a MOV per HMMA).
 - FP4 (w4a8-fp, FP4=True): `dequant_f4` places each E2M1 code's sign at an fp16 half's bit 15 and its
   3 magnitude bits at bits 9-11 (8 instructions per word, no zero point; the layout XOR-encodes half the word for
-  it): the fp16 is the E2M1 value times 2^-14 exactly. At M <= 16, W4A8 runs as W4A16: x is quantized per token to E4M3 as the reference does
-  (`act_quant`, in the prologue), and the codes' values (exact in fp16) are the fp16 B operand; the epilogue multiplies by the
-  token scale and the row's s_max.
+  it): the fp16 is the E2M1 value times 2^-14 exactly. At M <= 16, W4A8 runs as W4A16: x is quantized per token to
+  E4M3 as the reference does (`act_quant`, in the prologue), and the codes' values (exact in fp16) are the fp16 B
+  operand; the epilogue multiplies by the token scale and the row's s_max.
 - x-permuted layouts ("x" suffix, `weight_layouts._x_order`; chosen per GPU and Triton by `preferred_operand`):
   the kernel reads x's K tile in an order (a reshape/permute below, free in registers) in which each thread's
   B-fragment halves (b0, b1) of one MMA are 4 contiguous fp16 in x, and the weight layout stores its columns in
@@ -34,8 +34,9 @@ How (per K tile of BLOCK_K = the layout's tile):
   x with ldmatrix, which the permutation would lose (+19): plain layouts there. Tried: 24 orders of which output
   feeds which fragment slot, and a layout whose word is a whole A fragment (rows g and g + 8): no better.
 - UNROLL K tiles per loop iteration (`qlinear_decode_config._unroll`; the host makes it divide the tile count and
-  each split's): every tile is `qlinear_decode_tile.k_tile`, with its own loads, whose addresses are the first tile's plus constants
-  (ptxas folds them), so the loop's address arithmetic, counters and barriers are paid once per UNROLL tiles.
+  each split's): every tile is `qlinear_decode_tile.k_tile`, with its own loads, whose addresses are the first
+  tile's plus constants (ptxas folds them), so the loop's address arithmetic, counters and barriers are paid once
+  per UNROLL tiles.
 - The group scale multiplies the tile's partial accumulator (BLOCK_K divides the group), not each weight
   (int4: the f16 scale as f32; FP4: 2^(14 - k), the group's power of two times the 2^14 of the decode).
   FP4 groups narrower than the tile (WSCALE: w4a8-fp's default 32; an "f4w" tile stays 128 wide, a word's 8
@@ -51,10 +52,10 @@ How (per K tile of BLOCK_K = the layout's tile):
     apart), and its product scaled by the block's factor: an FFMA per accumulator element, 0.25 per weight at 8
     columns, instead of an HMUL2 per decoded pair (0.5). sm_80 batch 3-8: 1.96 (3.9), 1.98 (3.6).
   - otherwise (16 columns, and 64-row prefill tiles) the decoded fp16 pairs times their group's factor ("s16", fp16,
-    one HMUL2 per pair reading it as both halves, exact: powers of two; loaded as one [BLOCK_N, BLOCK_K / GROUP]
-    vector per row, `_word_factors`): 8 decode + 4 scale + 2 HMMA instructions per 8 weights, 1.75 per weight before
-    loads and addresses; with 4 tiles an iteration sm_80 batch 9-16 1.95-1.98 (2.21-2.23 at 9 decode instructions
-    and one tile).
+    one HMUL2 per pair reading it as both halves, exact: powers of two; an iteration's load as one vector per row,
+    which `tile_parts` splits per tile): 8 decode + 4 scale + 2 HMMA instructions per 8 weights, 1.75 per weight
+    before loads and addresses; with 4 tiles an iteration (128-row tiles on mma.sync) sm_80 batch 9-16 1.97 (2.21-2.23
+    at 9 decode instructions and one tile).
 - Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
   `split_plan` the steps): a split is the kernel on its K window (`k_window`: x, the words, zero points and group
   scales advanced to its first column, which starts a group; K its width), so the K loop's code is the unsplit
