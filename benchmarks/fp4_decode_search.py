@@ -15,7 +15,7 @@ with P = 0x8E8E8E8E (two shifts, two LOP3s) read all 32 stored bits for (a, b) =
 four byte permutes place z1's and z2's bytes into the halves' high bytes: one instruction fewer than the plain
 placement's 9 (the select of w >> 3 and w << 7 and its mask are one LOP3 as an XOR). Session 19 built (3, 7): the "f4w"
 layouts are XOR-encoded that way (`weight_layouts._f4_xor`). FP4 placement then costs 1 per weight, beside the group
-factor's 0.5 (one HMUL2 per decoded pair at 16 columns) and the MMA's 0.25; the cell reaches 1.97 with 4 K tiles an
+factor's 0.5 (one HMUL2 per decoded pair at 16 columns) and the MMA's 0.25; the cell reaches 1.94 with 4 K tiles an
 iteration (loads and addresses paid once per 4 tiles).
 
     python benchmarks/fp4_decode_search.py

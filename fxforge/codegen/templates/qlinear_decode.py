@@ -54,7 +54,7 @@ How (per K tile of BLOCK_K = the layout's tile):
   - otherwise (16 columns, and 64-row prefill tiles) the decoded fp16 pairs times their group's factor ("s16", fp16,
     one HMUL2 per pair reading it as both halves, exact: powers of two; an iteration's load as one vector per row,
     which `tile_parts` splits per tile): 8 decode + 4 scale + 2 HMMA instructions per 8 weights, 1.75 per weight
-    before loads and addresses; with 4 tiles an iteration (128-row tiles on mma.sync) sm_80 batch 9-16 1.97 (2.21-2.23
+    before loads and addresses; with 4 tiles an iteration (128-row tiles on mma.sync) sm_80 batch 9-16 1.94 (2.21-2.23
     at 9 decode instructions and one tile).
 - Split-K (SPLIT_K > 1, M <= 16: one program row, so grid axis 1 is the split; `blocks.decode_split` picks the count,
   `split_plan` the steps): a split is the kernel on its K window (`k_window`: x, the words, zero points and group
@@ -148,16 +148,16 @@ def qlinear_w4_decode_kernel(
     x_off = tl.minimum(offs_m, M - 1)[None, :] * stride_am + tl.arange(0, 32)[:, None]  # (BLOCK_DOTS) [32, BLOCK_M]
     w_off = rows_n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    if SPLIT_K > 1:  # the loop below runs on this split's K window, as the unsplit kernel on a narrower K
-        a_ptr, w_ptr, zz_ptr, s_ptr, K = k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K, GROUP, FP4)
-    s_row = s_ptr + rows_n[:, None] * stride_sn  # (PACK, BLOCK_DOTS) each row's group factors
     word_factors: tl.constexpr = FP4 and WSCALE and not PACK and not BLOCK_DOTS  # (narrow groups on 16 columns)
+    if SPLIT_K > 1:  # the loop below runs on this split's K window, as the unsplit kernel on a narrower K
+        a_ptr, w_ptr, zz_ptr, s_ptr, K = k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K, GROUP, FP4,
+                                                  UNROLL if word_factors else 1)
+    s_row = s_ptr + rows_n[:, None] * stride_sn  # (PACK, BLOCK_DOTS) each row's group factors
     for t0 in range(0, tl.cdiv(K, UNROLL * BLOCK_K)):  # UNROLL tiles an iteration (the host makes it divide the count)
         f = tl.zeros((BLOCK_N, UNROLL * BLOCK_K // 32), tl.float16)  # (unread unless word_factors)
         if word_factors:  # the iteration's group factors in one vector load per row ("s16"), split per tile
             f = group_factors(zz_ptr + rows_n[:, None] * stride_zn + t0 * (UNROLL * BLOCK_K // GROUP), 0,
                               K - t0 * UNROLL * BLOCK_K, GROUP, BLOCK_N, UNROLL * BLOCK_K, not EVEN_K, True)
-            # (the pointer advanced by a multiple of the vector: Triton proves it aligned, 16-byte loads)
         fs = tile_parts(f, UNROLL)
         for i in tl.static_range(UNROLL):
             acc = k_tile(acc, t0 * UNROLL + i, fs[i], a_ptr, a_off, x_off, block_of, offs_k, w_ptr, w_off, zz_ptr,

@@ -315,12 +315,15 @@ def check_post_norm(post: tuple | None, x: torch.Tensor, keep_z: bool) -> None:
 
 @triton.jit
 def k_window(a_ptr, w_ptr, zz_ptr, s_ptr, K, k_per_split, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
-             FP4: tl.constexpr):
-    """A K split's window (grid axis 1; `k_per_split` K steps, whole groups): x, the weight words, zero points (int4:
-    a pair per group; FP4's per-word factors: one) and group scales advanced to its first column, and its width.
-    The K loop's code on the window is the unsplit kernel's (its induction variable starts at 0: a runtime start
-    cost ~11 SASS instructions per iteration in address arithmetic, FP4 group 32 on sm_90)."""
-    k0 = tl.program_id(1) * k_per_split * BLOCK_K
+             FP4: tl.constexpr, UNROLL: tl.constexpr = 1):
+    """A K split's window (grid axis 1; `k_per_split` K steps, whole groups, a multiple of UNROLL): x, the weight
+    words, zero points (int4: a pair per group; FP4's factors: one) and group scales advanced to its first column, and
+    its width. The K loop's code on the window is the unsplit kernel's (its induction variable starts at 0: a runtime
+    start cost ~11 SASS instructions per iteration in address arithmetic, FP4 group 32 on sm_90). UNROLL > 1: the
+    start written as whole iterations of UNROLL tiles, so Triton proves the factors' pointer aligned to an iteration's
+    vector (16-byte loads; the decode kernel passes it where it loads its factors so: elsewhere ptxas allocated
+    one tile worse with it, 32 B of spill on sm_80 with Triton 3.6)."""
+    k0 = tl.program_id(1) * (k_per_split // UNROLL) * (UNROLL * BLOCK_K)
     g0 = k0 // GROUP
     return (a_ptr + k0, w_ptr + k0 // 8, zz_ptr + (1 if FP4 else 2) * g0, s_ptr + g0,
             tl.minimum(K, k0 + k_per_split * BLOCK_K) - k0)
