@@ -18,6 +18,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from fxforge.codegen.build import build_in_subprocess  # noqa: E402
 from fxforge.codegen.pool import Workspace  # noqa: E402
@@ -47,6 +49,20 @@ def test_layout_is_exact(group, K, kw, xperm, scheme):
     t = TensorType((37, K), DType.i4, d.encoding)
     assert parse_type(print_type(t)) == t and "layout=" in print_type(t)
     assert "layout" not in print_type(TensorType((37, K), DType.i4, w.encoding))  # row-major prints as before
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_fp4_xor_encoding_round_trips(plain):
+    """Any plain "f4w" placement XOR-encodes to a word whose z1 = w & P and z2 = ((w >> 3) ^ (w << 7)) & P (32-bit
+    logical shifts; what the PTX decodes) are the plain word's two halves moved onto P, and back."""
+    from fxforge.ir.weight_layouts import _f4_xor, f4_plain
+
+    w = int(_f4_xor(torch.tensor(plain)))
+    P = 0x8E8E8E8E
+    assert 0 <= w < 2**32 and w & P == plain & P
+    assert ((w >> 3) ^ (w << 7)) & P == (((plain >> 3) & 0x0E0E0E0E) | ((plain << 7) & 0x80808080)) & 0xFFFFFFFF
+    assert int(f4_plain(torch.tensor(w))) == plain
 
 
 def test_odd_group_keeps_row_major():

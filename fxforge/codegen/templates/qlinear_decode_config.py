@@ -122,7 +122,8 @@ def w4_decode_spec(N: int, K: int, group: int = 128, bk: int = 128, *, asm: bool
     per, split = split_plan(K, bk, group or K, split_k or cfg["SPLIT_K"], cfg["UNROLL"])
     bf16 = x_dtype == "bf16"
     xt = f"*{x_dtype}" if M <= MAX_M else "*fp16"  # (prefill reads the row kernel's fp16 rows)
-    sig = {"a_ptr": xt, "w_ptr": "*i32", "zz_ptr": "*fp16" if wscale else "*i32", "s_ptr": "*fp32", "out_ptr": f"*{x_dtype}",
+    sig = {"a_ptr": xt, "w_ptr": "*i32", "zz_ptr": "*fp16" if wscale else "*i32",  # (narrow groups: "s16")
+           "s_ptr": "*fp32", "out_ptr": f"*{x_dtype}",
            "bias_ptr": f"*{x_dtype}", "res_ptr": f"*{x_dtype}", "rs_ptr": "*fp32", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
            "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_zn": "i32", "stride_sn": "i32",
            "stride_om": "i32", "stride_rm": "i32"}
