@@ -2,10 +2,11 @@
 
     PYTHONPATH=$PWD python benchmarks/qdecode_sass.py [--out benchmarks/results/qdecode_sass-DATE.md]
 
-Builds each 4-bit scheme's qlinear kernel at a decode shape (M=1 and M=16 (the decode kernel also 4 and 8), N=K=4096, fp16 activations)
-for sm_90 and sm_80 with the installed Triton, then the decode kernel (`templates/qlinear_decode.py`) on int4
-and FP4 decode layouts, then the FP8-MMA decode kernel (`templates/qlinear_decode_f8.py`, sm_90), and prints a
-markdown table: main-loop instructions, weights per thread per iteration, instructions per weight, registers, spills.
+Builds each 4-bit scheme's qlinear kernel at a decode shape (M=1 and M=16 (the decode kernel also 4 and 8),
+N=K=4096, fp16 activations) for sm_90 and sm_80 with the installed Triton, then the decode kernel
+(`templates/qlinear_decode.py`) on int4 and FP4 decode layouts (and FP4 group 32 at batch 16 at Llama-3.2-1B's
+shapes on sm_80), then the FP8-MMA decode kernel (`templates/qlinear_decode_f8.py`, sm_90), and prints a markdown
+table: main-loop instructions, weights per thread per iteration, instructions per weight, registers, spills.
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ def main() -> None:
                 rows.append(f"| {name} {spec['label'].split()[-1]} | {M} ({tile}) | "
                             f"sm_{arch} | {b.loop_instructions} | {weights_per_thread(spec):.0f} | "
                             f"{per_weight(spec, b):.2f} | {b.registers} | {b.spills} |")
+    # w4a8-fp's group 32 at batch 16 on sm_80 at Llama-3.2-1B's GEMV shapes (qkv, o, [gate; up], down): the K
+    # splits there decide how many K tiles an iteration runs (`decode_blocks`), 2 where a split has only 2
+    kw, xperm = decode_operand(80)
+    shapes = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)]
+    specs = [w4_decode_spec(n, k, 32, 128, kw=kw, xperm=xperm, fp4=True, M=16, arch=80) for n, k in shapes]
+    for (n, k), spec, b in zip(shapes, specs, build_in_subprocess(specs, 80)):
+        c = spec["constexprs"]
+        rows.append(f"| w4_decode fp4 g32 {n}x{k} {spec['label'].split()[-1]} | 16 ({c['UNROLL']} tiles an iteration, "
+                    f"{c['SPLIT_K']} splits) | sm_80 | {b.loop_instructions} | {weights_per_thread(spec):.0f} | "
+                    f"{per_weight(spec, b):.2f} | {b.registers} | {b.spills} |")
     # the FP8-MMA decode kernel (`templates/qlinear_decode_f8.py`, layout "f4w128e": w4a8-fp on sm_90, where the
     # decode_layout pass picks it); one config serves batch 1-16
     from fxforge.codegen.templates.qlinear_decode_f8 import w4_f8_decode_spec
