@@ -87,10 +87,11 @@ def gemv_split(tiles: int, k_tiles: int, arch: int | None, min_steps: int = MIN_
 DECODE_SPLIT_STEPS = 2
 
 
-def decode_split(tile: dict, N: int, k_tiles: int, arch: int | None, unit: int = 1) -> dict:
-    """`tile` (the 4-bit decode kernel's config at M <= 16: one program row, BLOCK_N rows per program) with SPLIT_K
-    for a weight of N rows and `k_tiles` K steps (`gemv_split`, >= DECODE_SPLIT_STEPS steps a split), each split a
-    multiple of `unit` steps (the kernel's tiles per iteration)."""
+def decode_split(tile: dict, N: int, k_tiles: int, arch: int | None) -> dict:
+    """`tile` (the 4-bit decode kernel's config at M <= 16: one program row, BLOCK_N rows per program, UNROLL K steps
+    an iteration) with SPLIT_K for a weight of N rows and `k_tiles` K steps (`gemv_split`, >= DECODE_SPLIT_STEPS
+    steps a split), counted in iterations: each split a multiple of UNROLL steps."""
+    unit = tile["UNROLL"]
     steps = max(1, -(-DECODE_SPLIT_STEPS // unit))
     return dict(tile, SPLIT_K=gemv_split(-(-N // tile["BLOCK_N"]), k_tiles // unit, arch, steps))
 

@@ -24,7 +24,7 @@ def decode_blocks(N: int, M: int = 1, arch: int | None = None, narrow_groups: bo
     units = [u for u in (4, 2, 1) if u <= cfg["UNROLL"] and k_tiles % u == 0]
     if M > MAX_M:
         return dict(cfg, SPLIT_K=1, UNROLL=units[0])
-    plans = [decode_split(dict(cfg, UNROLL=u), N, k_tiles, arch, u) for u in units]
+    plans = [decode_split(dict(cfg, UNROLL=u), N, k_tiles, arch) for u in units]
     programs = [split_steps(k_tiles // p["UNROLL"], p["SPLIT_K"])[1] for p in plans]  # per tile
     # the most tiles an iteration whose splits keep >= 96% of 2 programs per SM, or of what single tiles launch
     want = min(programs[-1], gemv_ctas(arch) / -(-N // cfg["BLOCK_N"])) if arch is not None else programs[-1]

@@ -155,7 +155,7 @@ def f8_blocks(N: int, M: int, arch: int | None, narrow_groups: bool = False, k_t
     `blocks.decode_split` at M <= 16."""
     wide = 256 if M <= 16 else 64  # prefill: 64 x columns beside 128 rows spilled at group 32
     tile = dict(BLOCK_N=wide if N >= 2048 else min(wide, 128) if N >= 512 else 64, num_warps=4, num_stages=2,
-                BLOCK_M=16 if M <= 16 else 64, PACK=False, BLOCK_DOTS=False)
+                BLOCK_M=16 if M <= 16 else 64, PACK=False, BLOCK_DOTS=False, UNROLL=1)
     return dict(tile, SPLIT_K=1) if M > 16 else decode_split(tile, N, k_tiles, arch)
 
 
